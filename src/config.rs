@@ -1,0 +1,564 @@
+//! `keybroker.toml` (shared/DESIGN.md §12): loaded into typed configuration, with every
+//! problem — syntax, unknown keys, wrong types, inconsistent values — reported at once with
+//! `file:line:column`.
+//!
+//! Each top-level section is deserialized on its own from toml's spanned tree, so a bad
+//! section does not hide the errors of the next one; `serde_ignored` collects every unknown
+//! key instead of stopping at the first. Relative paths are made relative to the file.
+
+mod schema;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+pub use schema::{
+    AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, FileSourceConfig,
+    KvVersion, PemMode, ServerConfig, SourceConfig, VaultAuth, VaultSourceConfig,
+};
+
+use crate::source::SourceKind;
+
+/// The whole configuration, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The access-policy folder (read from issue 6 on).
+    pub policies: Option<PathBuf>,
+    default_source: Option<String>,
+    pub server: ServerConfig,
+    pub sources: Vec<SourceConfig>,
+    pub cache: CacheConfig,
+    pub audit: Option<AuditConfig>,
+}
+
+/// One problem in a configuration file, with its position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the configuration: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Every problem found, in file order.
+    #[error("{}", display_all(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn display_all(diags: &[Diagnostic]) -> String {
+    diags
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text` as if read from `file` (relative paths resolve against its folder).
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let mut d = Diags {
+            file,
+            text,
+            list: Vec::new(),
+        };
+        let root = match DeTable::parse(text) {
+            Ok(root) => root,
+            Err(e) => {
+                d.at(e.span().unwrap_or(0..0), e.message().trim().to_owned());
+                return Err(ConfigError::Invalid(d.list));
+            }
+        };
+        let base = file.parent().unwrap_or(Path::new("."));
+        let mut cfg = Config {
+            file: file.to_owned(),
+            policies: None,
+            default_source: None,
+            server: ServerConfig::default(),
+            sources: Vec::new(),
+            cache: CacheConfig::default(),
+            audit: None,
+        };
+        let mut spans = Spans::default();
+        for (key, value) in root.get_ref().iter() {
+            match key.get_ref().as_ref() {
+                "policies" => cfg.policies = d.section(value, &[]),
+                "default_source" => {
+                    spans.default_source = value.span();
+                    cfg.default_source = d.section(value, &[]);
+                }
+                "server" => cfg.server = d.section(value, &[]).unwrap_or_default(),
+                "cache" => cfg.cache = d.section(value, &[]).unwrap_or_default(),
+                "audit" => cfg.audit = d.section(value, &[]),
+                "source" => cfg.sources = d.sources(value, &mut spans),
+                other => d.at(key.span(), format!("unknown key `{other}`")),
+            }
+        }
+        cfg.resolve_paths(base);
+        cfg.validate(&mut d, &spans);
+        if d.list.is_empty() {
+            Ok(cfg)
+        } else {
+            d.list.sort_by_key(|x| (x.line, x.column));
+            Err(ConfigError::Invalid(d.list))
+        }
+    }
+
+    /// The source `$SECRET_<path>` (without `<source>:`) reads from: `default_source`, or
+    /// the only non-CCP source when there is exactly one.
+    pub fn default_source(&self) -> Option<&str> {
+        if let Some(name) = &self.default_source {
+            return Some(name);
+        }
+        let mut candidates = self.sources.iter().filter(|s| s.kind() != SourceKind::Ccp);
+        match (candidates.next(), candidates.next()) {
+            (Some(only), None) => Some(only.name()),
+            _ => None,
+        }
+    }
+
+    /// The source `$SAFE_ … $NAME_ …` reads from: the first CCP source.
+    pub fn ccp_source(&self) -> Option<&str> {
+        self.sources
+            .iter()
+            .find(|s| s.kind() == SourceKind::Ccp)
+            .map(SourceConfig::name)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let fix_opt = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p {
+                fix(p);
+            }
+        };
+        fix_opt(&mut self.policies);
+        fix_opt(&mut self.server.tls_cert);
+        fix_opt(&mut self.server.tls_key);
+        fix_opt(&mut self.server.client_ca);
+        for s in &mut self.sources {
+            match s {
+                SourceConfig::Vault(v) => {
+                    fix_opt(&mut v.ca_cert);
+                    fix_opt(&mut v.client_cert);
+                    fix_opt(&mut v.client_key);
+                    match &mut v.auth {
+                        VaultAuth::Token { token_file } => fix_opt(token_file),
+                        VaultAuth::AppRole {
+                            role_id_file,
+                            secret_id_file,
+                            ..
+                        } => {
+                            fix_opt(role_id_file);
+                            fix_opt(secret_id_file);
+                        }
+                        VaultAuth::Cert { .. } => {}
+                    }
+                }
+                SourceConfig::Ccp(c) => {
+                    fix_opt(&mut c.ca_cert);
+                    fix_opt(&mut c.client_cert);
+                    fix_opt(&mut c.client_key);
+                }
+                SourceConfig::File(f) => fix(&mut f.path),
+            }
+        }
+        if let Some(audit) = &mut self.audit {
+            if audit.path != Path::new("-") {
+                fix(&mut audit.path);
+            }
+            fix_opt(&mut audit.hmac_key_file);
+        }
+    }
+
+    /// Checks that need more than one value, or the file system.
+    fn validate(&self, d: &mut Diags<'_>, spans: &Spans) {
+        let mut seen: Vec<&str> = Vec::new();
+        for (s, span) in self.sources.iter().zip(&spans.source_names) {
+            let name = s.name();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                d.at(span.clone(), format!("source name {name:?} must match [A-Za-z0-9_-]+ (it is written in references as `$SECRET_<name>:`)"));
+            } else if seen.contains(&name) {
+                d.at(span.clone(), format!("source name `{name}` is used twice"));
+            }
+            seen.push(name);
+        }
+        for (s, span) in self.sources.iter().zip(&spans.source_paths) {
+            if let SourceConfig::File(f) = s {
+                if !f.path.is_dir() {
+                    d.at(
+                        span.clone(),
+                        format!("file source directory {} does not exist", f.path.display()),
+                    );
+                }
+            }
+        }
+        if let Some(name) = &self.default_source {
+            if !self.sources.iter().any(|s| s.name() == name) {
+                d.at(
+                    spans.default_source.clone(),
+                    format!("default_source `{name}` is not a configured source"),
+                );
+            }
+        }
+        if let Some(p) = &self.policies {
+            if !p.is_dir() {
+                d.at(
+                    0..0,
+                    format!("policies directory {} does not exist", p.display()),
+                );
+            }
+        }
+        let srv = &self.server;
+        if srv.tls_cert.is_some() != srv.tls_key.is_some() {
+            d.at(
+                0..0,
+                "[server] tls_cert and tls_key must be set together".to_owned(),
+            );
+        }
+        if srv.client_ca.is_some() && srv.tls_cert.is_none() {
+            d.at(
+                0..0,
+                "[server] client_ca needs tls_cert and tls_key".to_owned(),
+            );
+        }
+        if srv.client_cert_header.is_some() && srv.trusted_proxies.is_empty() {
+            d.at(
+                0..0,
+                "[server] client_cert_header is never accepted without trusted_proxies".to_owned(),
+            );
+        }
+    }
+}
+
+/// Spans kept for checks that run after deserialization.
+#[derive(Default)]
+struct Spans {
+    default_source: Range<usize>,
+    source_names: Vec<Range<usize>>,
+    source_paths: Vec<Range<usize>>,
+}
+
+struct Diags<'a> {
+    file: &'a Path,
+    text: &'a str,
+    list: Vec<Diagnostic>,
+}
+
+impl Diags<'_> {
+    fn at(&mut self, span: Range<usize>, message: String) {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        self.list.push(Diagnostic {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message,
+        });
+    }
+
+    /// Deserializes one value, reporting its unknown keys (except `allowed`) and its first
+    /// type error.
+    fn section<T: DeserializeOwned>(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        allowed: &[&str],
+    ) -> Option<T> {
+        let mut unknown = Vec::new();
+        let result: Result<T, _> =
+            serde_ignored::deserialize(ValueDeserializer::from(value.clone()), |path| {
+                let mut segs = Vec::new();
+                path_segments(&path, &mut segs);
+                unknown.push(segs);
+            });
+        for segs in unknown {
+            if let [Seg::Key(k)] = segs.as_slice() {
+                if allowed.contains(&k.as_str()) {
+                    continue;
+                }
+            }
+            let span = span_of(value, &segs).unwrap_or_else(|| value.span());
+            self.at(span, format!("unknown key `{}`", display_path(&segs)));
+        }
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.at(
+                    e.span().unwrap_or_else(|| value.span()),
+                    e.message().trim().to_owned(),
+                );
+                None
+            }
+        }
+    }
+
+    fn sources(&mut self, value: &Spanned<DeValue<'_>>, spans: &mut Spans) -> Vec<SourceConfig> {
+        let Some(items) = value.get_ref().as_array() else {
+            self.at(
+                value.span(),
+                "`source` must be an array of tables: write [[source]]".to_owned(),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items.iter() {
+            let kind = item
+                .get_ref()
+                .get("kind")
+                .map(|k| (k.get_ref().as_str(), k.span()));
+            let parsed = match kind {
+                Some((Some("vault"), _)) => self.section(item, &["kind"]).map(SourceConfig::Vault),
+                Some((Some("ccp"), _)) => self.section(item, &["kind"]).map(SourceConfig::Ccp),
+                Some((Some("file"), _)) => self.section(item, &["kind"]).map(SourceConfig::File),
+                Some((_, span)) => {
+                    self.at(
+                        span,
+                        "source `kind` must be \"vault\", \"ccp\" or \"file\"".to_owned(),
+                    );
+                    None
+                }
+                None => {
+                    self.at(
+                        item.span(),
+                        "[[source]] needs `kind` (\"vault\", \"ccp\" or \"file\")".to_owned(),
+                    );
+                    None
+                }
+            };
+            if let Some(source) = parsed {
+                let key_span = |key: &str| {
+                    span_of(item, &[Seg::Key(key.to_owned())]).unwrap_or_else(|| item.span())
+                };
+                spans.source_names.push(key_span("name"));
+                spans.source_paths.push(key_span("path"));
+                out.push(source);
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<Seg>) {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => {}
+        P::Seq { parent, index } => {
+            path_segments(parent, out);
+            out.push(Seg::Index(*index));
+        }
+        P::Map { parent, key } => {
+            path_segments(parent, out);
+            out.push(Seg::Key(key.clone()));
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            path_segments(parent, out)
+        }
+    }
+}
+
+fn display_path(segs: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in segs {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// The span of the key (or array element) that `segs` leads to.
+fn span_of(value: &Spanned<DeValue<'_>>, segs: &[Seg]) -> Option<Range<usize>> {
+    let (first, rest) = segs.split_first()?;
+    let (span, next) = match first {
+        Seg::Key(k) => {
+            let table = value.get_ref().as_table()?;
+            let (key, v) = table.iter().find(|(key, _)| key.get_ref() == k)?;
+            (key.span(), v)
+        }
+        Seg::Index(i) => {
+            let item = value.get_ref().as_array()?.get(*i)?;
+            (item.span(), item)
+        }
+    };
+    if rest.is_empty() {
+        Some(span)
+    } else {
+        span_of(next, rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(text, Path::new("/nonexistent/kb.toml")) {
+            Err(ConfigError::Invalid(d)) => d
+                .iter()
+                .map(|d| format!("{}:{} {}", d.line, d.column, d.message))
+                .collect(),
+            other => panic!("expected errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        let text = include_str!("../tests/data/design-config.toml");
+        let cfg = Config::parse(text, &dir.path().join("keybroker.toml")).unwrap();
+        assert_eq!(cfg.sources.len(), 3);
+        assert_eq!(cfg.default_source(), Some("vault"));
+        assert_eq!(cfg.ccp_source(), Some("ccp"));
+        assert_eq!(cfg.cache.max_bytes, ByteSize(64 << 20));
+        assert_eq!(cfg.cache.ttl, Dur(std::time::Duration::from_secs(300)));
+        assert_eq!(cfg.server.client_auth, ClientAuth::Optional);
+        let SourceConfig::File(f) = &cfg.sources[2] else {
+            panic!("third source is the file source")
+        };
+        assert_eq!(f.path, dir.path().join("secrets"));
+        let SourceConfig::Vault(v) = &cfg.sources[0] else {
+            panic!("first source is vault")
+        };
+        assert_eq!(v.kv_version, KvVersion::Auto);
+        assert_eq!(v.auth, VaultAuth::Token { token_file: None });
+    }
+
+    #[test]
+    fn every_unknown_key_is_listed_with_its_line() {
+        let got = errors(
+            "polices = \"p\"\n[server]\nlisten = \"127.0.0.1:1\"\ntls_certt = \"x\"\n[[source]]\nname = \"v\"\nkind = \"vault\"\nadress = \"x\"\n[cache]\nttl = \"5m\"\nmax_sale = \"1h\"\n",
+        );
+        assert_eq!(
+            got,
+            vec![
+                "1:1 unknown key `polices`",
+                "4:1 unknown key `tls_certt`",
+                "8:1 unknown key `adress`",
+                "11:1 unknown key `max_sale`",
+            ]
+        );
+    }
+
+    #[test]
+    fn type_errors_in_several_sections_are_all_reported() {
+        let got = errors(
+            "[server]\nlisten = \"not an address\"\n[cache]\nttl = \"soon\"\n[[source]]\nname = \"x\"\nkind = \"nfs\"\n[[source]]\nname = \"f\"\nkind = \"vault\"\nkv_version = 3\n",
+        );
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[0].starts_with("2:10 "), "{got:?}");
+        assert!(
+            got[1].starts_with("4:7 ") && got[1].contains("not a duration"),
+            "{got:?}"
+        );
+        assert!(
+            got[2].starts_with("7:8 ") && got[2].contains("must be \"vault\""),
+            "{got:?}"
+        );
+        assert!(
+            got[3].starts_with("11:14 ") && got[3].contains("kv_version"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let got = errors(
+            "default_source = \"nope\"\n[[source]]\nname = \"a\"\nkind = \"file\"\npath = \"missing-dir\"\n[[source]]\nname = \"a\"\nkind = \"ccp\"\nurl = \"https://c\"\napp_id = \"kb\"\n[[source]]\nname = \"bad name\"\nkind = \"ccp\"\nurl = \"https://c\"\napp_id = \"kb\"\n",
+        );
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[0].starts_with("1:18 default_source `nope`"), "{got:?}");
+        assert!(got[1].starts_with("5:1 file source directory"), "{got:?}");
+        assert!(
+            got[2].starts_with("7:1 source name `a` is used twice"),
+            "{got:?}"
+        );
+        assert!(
+            got[3].starts_with("12:1 source name \"bad name\""),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_a_position() {
+        let got = errors("[server\nlisten = 1\n");
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("1:"), "{got:?}");
+    }
+
+    #[test]
+    fn unknown_keys_inside_vault_auth_are_errors() {
+        let got = errors(
+            "[[source]]\nname = \"v\"\nkind = \"vault\"\nauth = { method = \"approle\", role_id = \"x\" }\n",
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("role_id"), "{got:?}");
+    }
+
+    #[test]
+    fn default_source_falls_back_to_the_only_non_ccp_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::parse(
+            "[[source]]\nname = \"files\"\nkind = \"file\"\npath = \".\"\n[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"https://c\"\napp_id = \"kb\"\n",
+            &dir.path().join("kb.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.default_source(), Some("files"));
+    }
+}

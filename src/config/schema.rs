@@ -1,0 +1,332 @@
+//! The `keybroker.toml` schema (shared/DESIGN.md §12) as plain data.
+//!
+//! Unknown keys are found by [`super::load`] with `serde_ignored`, so that every one of
+//! them is reported with its line, not only the first.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Turns on client-certificate authentication.
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Peers allowed to send `client_cert_header`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    pub client_cert_header: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            client_auth: ClientAuth::default(),
+            trusted_proxies: Vec::new(),
+            client_cert_header: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Optional,
+    Required,
+}
+
+/// How PEM values from a source or credential are treated (shared/DESIGN.md §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PemMode {
+    #[default]
+    Repair,
+    Strict,
+    Off,
+}
+
+/// One `[[source]]`, by `kind`.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    Vault(VaultSourceConfig),
+    Ccp(CcpSourceConfig),
+    File(FileSourceConfig),
+}
+
+impl SourceConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Vault(s) => &s.name,
+            Self::Ccp(s) => &s.name,
+            Self::File(s) => &s.name,
+        }
+    }
+
+    pub fn kind(&self) -> crate::source::SourceKind {
+        use crate::source::SourceKind;
+        match self {
+            Self::Vault(_) => SourceKind::Vault,
+            Self::Ccp(_) => SourceKind::Ccp,
+            Self::File(_) => SourceKind::File,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct VaultSourceConfig {
+    pub name: String,
+    /// Else `VAULT_ADDR`.
+    pub address: Option<String>,
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    #[serde(default)]
+    pub kv_version: KvVersion,
+    /// Else `VAULT_NAMESPACE`.
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub auth: VaultAuth,
+    /// Else `VAULT_CACERT`.
+    pub ca_cert: Option<PathBuf>,
+    /// mTLS to Vault; else `VAULT_CLIENT_CERT` / `VAULT_CLIENT_KEY`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    pub timeout: Option<Dur>,
+    pub ttl: Option<Dur>,
+    #[serde(default)]
+    pub pem: PemMode,
+    /// Allows `http://` to a non-loopback address. For development only.
+    #[serde(default)]
+    pub insecure_dev: bool,
+}
+
+fn default_mount() -> String {
+    "secret".to_owned()
+}
+
+/// KV engine version: `"auto"` (detected per mount), `1` or `2` (number or string).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvVersion {
+    #[default]
+    Auto,
+    V1,
+    V2,
+}
+
+impl<'de> Deserialize<'de> for KvVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(1) => Ok(Self::V1),
+            Raw::Int(2) => Ok(Self::V2),
+            Raw::Str(s) => match s.as_str() {
+                "auto" => Ok(Self::Auto),
+                "1" => Ok(Self::V1),
+                "2" => Ok(Self::V2),
+                _ => Err(serde::de::Error::custom(
+                    "kv_version must be \"auto\", 1 or 2",
+                )),
+            },
+            Raw::Int(_) => Err(serde::de::Error::custom(
+                "kv_version must be \"auto\", 1 or 2",
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+pub enum VaultAuth {
+    /// `VAULT_TOKEN`, or a token file re-read when it changes.
+    Token { token_file: Option<PathBuf> },
+    AppRole {
+        role_id_file: Option<PathBuf>,
+        secret_id_file: Option<PathBuf>,
+        mount: Option<String>,
+    },
+    Cert {
+        name: Option<String>,
+        mount: Option<String>,
+    },
+}
+
+impl Default for VaultAuth {
+    fn default() -> Self {
+        Self::Token { token_file: None }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CcpSourceConfig {
+    pub name: String,
+    pub url: String,
+    pub app_id: String,
+    #[serde(default = "default_service_path")]
+    pub service_path: String,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
+    pub timeout: Option<Dur>,
+    /// CCP's own `ConnectionTimeout` (seconds it allows for its trip to the vault).
+    pub connection_timeout: Option<u32>,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub fail_request_on_password_change: bool,
+    pub ttl: Option<Dur>,
+    #[serde(default)]
+    pub pem: PemMode,
+    #[serde(default)]
+    pub insecure_dev: bool,
+}
+
+fn default_service_path() -> String {
+    "AIMWebService".to_owned()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct FileSourceConfig {
+    pub name: String,
+    /// The directory of secrets; relative to the config file.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub pem: PemMode,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CacheConfig {
+    #[serde(default = "default_ttl")]
+    pub ttl: Dur,
+    #[serde(default = "default_max_stale")]
+    pub max_stale: Dur,
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: Dur,
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: default_ttl(),
+            max_stale: default_max_stale(),
+            negative_ttl: default_negative_ttl(),
+            max_bytes: default_max_bytes(),
+        }
+    }
+}
+
+fn default_ttl() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_max_stale() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+fn default_negative_ttl() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AuditConfig {
+    /// A file, or `-` for stdout.
+    pub path: PathBuf,
+    pub hmac_key_file: Option<PathBuf>,
+    #[serde(default = "yes")]
+    pub fail_closed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A duration written as a string: `"250ms"`, `"5m"`, `"1h 30m"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|_| {
+            serde::de::Error::custom(format!("{s:?} is not a duration like \"250ms\" or \"5m\""))
+        })
+    }
+}
+
+/// A size: an integer number of bytes or a string such as `"64MiB"`, `"512KiB"`, `"1GB"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => parse_byte_size(&s).map(ByteSize).ok_or_else(|| {
+                serde::de::Error::custom(format!("{s:?} is not a size like \"64MiB\""))
+            }),
+        }
+    }
+}
+
+/// Six units are all this needs; a crate for it would be larger than the function.
+fn parse_byte_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_byte_size("10 KB"), Some(10_000));
+        assert_eq!(parse_byte_size("12"), Some(12));
+        assert_eq!(parse_byte_size("MiB"), None);
+        assert_eq!(parse_byte_size("1TiB"), None);
+        assert_eq!(parse_byte_size("99999999999999GiB"), None);
+    }
+}

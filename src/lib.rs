@@ -1,0 +1,13 @@
+//! keybroker: a secrets broker. It expands `$SECRET_<path> $KEY_<field>` and
+//! `$SAFE_<safe> $NAME_<object>` references against its sources, and hands the values over
+//! without leaving copies in memory, logs or errors.
+//!
+//! The library is usable without the server: load a [`config::Config`], build a
+//! [`broker::Broker`], call [`broker::Broker::resolve`]. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod reference;
+pub mod secret;
+pub mod source;

@@ -1,0 +1,315 @@
+//! The `keybroker` command: argument parsing and glue. The library does the work; this file
+//! alone turns errors into messages and exit codes (shared/DESIGN.md §13):
+//! 0 ok, 1 rejected or unresolved, 2 usage or configuration error.
+
+// The one place that writes to the terminal on purpose.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use keybroker::api::{self, AppState, TokenDigest};
+use keybroker::broker::{Broker, Caller, Document, ResolveError};
+use keybroker::config::Config;
+use keybroker::reference::{Format, Layout};
+
+#[derive(Parser)]
+#[command(
+    name = "keybroker",
+    version,
+    about = "A secrets broker for gateways and automation platforms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve {
+        #[arg(long, env = "KEYBROKER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Development mode: examples/dev/keybroker.toml, plain HTTP on 127.0.0.1:8080,
+        /// a fresh bearer token printed at start.
+        #[arg(long)]
+        dev: bool,
+        /// Listen address (overrides [server] listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Expand the references of a document and print it.
+    Resolve {
+        #[arg(long, env = "KEYBROKER_CONFIG", default_value = "keybroker.toml")]
+        config: PathBuf,
+        /// Document format; by default from the file extension (.json, .yaml/.yml, else text).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// The document; `-` or nothing for standard input.
+        file: Option<PathBuf>,
+    },
+    /// Validate the configuration and list every error with file:line:column.
+    Check {
+        #[arg(long, env = "KEYBROKER_CONFIG", default_value = "keybroker.toml")]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// How a command ended, mapped to an exit code in one place.
+enum Failure {
+    /// 1: the request was understood and refused or could not be satisfied.
+    Rejected,
+    /// 2: usage, configuration or environment error.
+    Usage(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Version => {
+            println!("keybroker {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Check { config } => check(&config),
+        Command::Resolve {
+            config,
+            format,
+            file,
+        } => runtime().and_then(|rt| rt.block_on(resolve(&config, format, file.as_deref()))),
+        Command::Serve {
+            config,
+            dev,
+            listen,
+        } => runtime().and_then(|rt| rt.block_on(serve(config, dev, listen))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Rejected) => ExitCode::from(1),
+        Err(Failure::Usage(message)) => {
+            eprintln!("keybroker: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Usage(format!("cannot start the async runtime: {e}")))
+}
+
+fn load_config(path: &Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(|e| Failure::Usage(format!("invalid configuration:\n{e}")))
+}
+
+fn check(path: &Path) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    let names: Vec<&str> = config.sources.iter().map(|s| s.name()).collect();
+    println!(
+        "{}: OK ({} source(s): {}; default source: {})",
+        path.display(),
+        names.len(),
+        names.join(", "),
+        config.default_source().unwrap_or("none")
+    );
+    Ok(())
+}
+
+async fn resolve(
+    config: &Path,
+    format: Option<Format>,
+    file: Option<&Path>,
+) -> Result<(), Failure> {
+    let config = load_config(config)?;
+    let broker = Broker::from_config(&config).map_err(|e| Failure::Usage(e.to_string()))?;
+    let (text, format) = read_document(file, format)?;
+    let layout = Layout::Pretty;
+    let result = broker
+        .resolve(&Caller::Operator, Document::Text { format, text }, layout)
+        .await;
+    match result {
+        Ok(resolution) => {
+            let mut stdout = std::io::stdout().lock();
+            let bytes = resolution.document.as_bytes();
+            let newline = format == Format::Json && !bytes.ends_with(b"\n");
+            stdout
+                .write_all(bytes)
+                .and_then(|()| {
+                    if newline {
+                        stdout.write_all(b"\n")
+                    } else {
+                        Ok(())
+                    }
+                })
+                .and_then(|()| stdout.flush())
+                .map_err(|e| Failure::Usage(format!("cannot write the document: {e}")))
+        }
+        Err(e) => {
+            eprintln!("{}", error_json(&e));
+            Err(Failure::Rejected)
+        }
+    }
+}
+
+/// The errors of a failed resolution as one JSON object on stderr. Never a value.
+fn error_json(e: &ResolveError) -> String {
+    let body = match e {
+        ResolveError::Document(d) => serde_json::json!({
+            "error": {"code": d.code(), "message": d.to_string()}
+        }),
+        ResolveError::Unresolved(errors) => serde_json::json!({
+            "error": {
+                "code": "unresolved_references",
+                "message": e.to_string(),
+                "details": errors,
+            }
+        }),
+    };
+    body.to_string()
+}
+
+fn read_document(file: Option<&Path>, format: Option<Format>) -> Result<(String, Format), Failure> {
+    let mut text = String::new();
+    let from_stdin = file.is_none_or(|f| f == Path::new("-"));
+    let read = if from_stdin {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::File::open(file.unwrap_or(Path::new("-")))
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .map(|_| ())
+    };
+    read.map_err(|e| Failure::Usage(format!("cannot read the document: {e}")))?;
+    let format =
+        format.unwrap_or_else(
+            || match file.and_then(Path::extension).and_then(|e| e.to_str()) {
+                Some("json") => Format::Json,
+                Some("yaml" | "yml") => Format::Yaml,
+                _ => Format::Text,
+            },
+        );
+    Ok((text, format))
+}
+
+/// `examples/dev/keybroker.toml` from the working directory, or from the source checkout
+/// this binary was built in (so `cargo run -- serve --dev` works from any folder in it).
+fn dev_config_path() -> Result<PathBuf, Failure> {
+    let relative = Path::new("examples/dev/keybroker.toml");
+    let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    [relative.to_path_buf(), built_in]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Failure::Usage(
+                "--dev needs examples/dev/keybroker.toml: run it from the keybroker checkout"
+                    .to_owned(),
+            )
+        })
+}
+
+async fn serve(
+    config: Option<PathBuf>,
+    dev: bool,
+    listen: Option<SocketAddr>,
+) -> Result<(), Failure> {
+    if !dev {
+        // TLS and consumer authentication arrive with the API issue; until then the only
+        // server keybroker offers is the loopback development one.
+        return Err(Failure::Usage(
+            "only `serve --dev` is available in this version (TLS and consumer authentication are not built yet)".to_owned(),
+        ));
+    }
+    let path = match config {
+        Some(p) => p,
+        None => dev_config_path()?,
+    };
+    let config = load_config(&path)?;
+    let addr = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    if !addr.ip().is_loopback() {
+        return Err(Failure::Usage(format!(
+            "--dev serves plain HTTP and only listens on loopback, not {addr}"
+        )));
+    }
+    let broker = Broker::from_config(&config).map_err(|e| Failure::Usage(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Failure::Usage(format!("cannot read the listening address: {e}")))?;
+    let (token, dev_token) = TokenDigest::generate();
+    let state = Arc::new(AppState {
+        broker: Arc::new(broker),
+        dev_token,
+    });
+    let example = path.with_file_name("document.json");
+    print_dev_banner(bound, &token, &example);
+    drop(token);
+    tracing::info!(%bound, config = %path.display(), "keybroker serving (dev mode)");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| Failure::Usage(format!("server error: {e}")))?;
+    tracing::info!("keybroker stopped");
+    Ok(())
+}
+
+/// The dev token is meant to be seen: it is new on every start and only valid on loopback.
+fn print_dev_banner(addr: SocketAddr, token: &str, example: &Path) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout is no reason to stop serving.
+    let _ = writeln!(
+        out,
+        "keybroker dev server listening on http://{addr}\n\
+         dev bearer token (new on every start): {token}\n\
+         try:\n  \
+         curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n    \
+         --data \"{{\\\"document\\\": $(cat {example})}}\" http://{addr}/v1/resolve\n\
+         stop with Ctrl-C",
+        example = example.display()
+    );
+    let _ = out.flush();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        // If the handler cannot be installed, the server still stops on SIGTERM.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested; finishing open requests");
+}

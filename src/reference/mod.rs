@@ -1,0 +1,22 @@
+//! The reference language (shared/DESIGN.md §2): `$SECRET_<path> $KEY_<field>`,
+//! `$SAFE_<safe> $NAME_<object>`, and their expansion in JSON, YAML and text documents.
+//!
+//! Data flow: [`parse`] turns a string into a [`Template`]; [`locate`] finds templates in a
+//! document and prepares a secret-free skeleton; [`render`] writes the expanded document
+//! into a zeroizing [`crate::secret::SecretBuf`], all or nothing.
+//!
+//! **Boundary:** this module knows nothing of sources, policy or the network. It is given a
+//! lookup function and never fetches anything itself.
+
+mod error;
+mod locate;
+mod parse;
+mod render;
+
+pub use error::{DocumentError, ExpandError, Location, ParseErrorKind, Reason};
+pub use locate::{Format, Layout, PrepareError, Prepared, Site};
+pub use parse::{
+    ParseError, Part, Reference, SecretPath, Target, Template, is_ccp_forbidden, parse_reference,
+    parse_template,
+};
+pub use render::Resolved;

@@ -1,0 +1,301 @@
+//! Writes a prepared document with its secrets into a zeroizing buffer — all or nothing.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::error::{ExpandError, Reason};
+use super::locate::{Body, Prepared, Site};
+use super::parse::{Part, Reference, Template};
+use crate::secret::{Secret, SecretBuf};
+
+/// What a reference resolves to.
+#[derive(Clone, Copy, Debug)]
+pub enum Resolved<'a> {
+    /// One field (`$KEY_…`, or a CCP `Content`).
+    Value(&'a SecretString),
+    /// A whole secret, written as an object of its fields.
+    Whole(&'a Secret),
+}
+
+impl Prepared {
+    /// Renders the document, asking `lookup` for every reference. Every reference is looked
+    /// up before a byte is written: if any fails, the answer lists each failure and no
+    /// buffer exists.
+    pub fn render<'s>(
+        &self,
+        lookup: &dyn Fn(&Reference) -> Result<Resolved<'s>, Reason>,
+    ) -> Result<SecretBuf, Vec<ExpandError>> {
+        let mut errors = Vec::new();
+        let mut secret_bytes = 0usize;
+        for (reference, location) in self.references() {
+            match lookup(reference) {
+                Ok(Resolved::Value(v)) => secret_bytes += v.expose_secret().len(),
+                Ok(Resolved::Whole(s)) => {
+                    secret_bytes += s
+                        .fields()
+                        .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
+                        .sum::<usize>()
+                }
+                Err(reason) => errors.push(ExpandError {
+                    location,
+                    reference: Some(reference.to_string()),
+                    reason,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // Room for some escaping up front; growth beyond it is zeroized too.
+        let skeleton_len = match &self.body {
+            Body::Tree { skeleton, .. } => skeleton.len(),
+            Body::Text { text, .. } => text.len(),
+        };
+        let mut out = SecretBuf::with_capacity(skeleton_len + secret_bytes + secret_bytes / 8 + 16);
+        match &self.body {
+            Body::Text { template, .. } => {
+                for part in &template.parts {
+                    match part {
+                        Part::Literal(text) => out.push_str(text),
+                        Part::Ref { reference, .. } => match lookup(reference) {
+                            Ok(Resolved::Value(v)) => out.push_secret(v),
+                            // Whole-secret references were rejected when preparing text,
+                            // and every lookup succeeded above.
+                            _ => unreachable!("checked before rendering"),
+                        },
+                    }
+                }
+            }
+            Body::Tree {
+                skeleton,
+                marker,
+                sites,
+            } => render_tree(&mut out, skeleton, marker, sites, lookup),
+        }
+        Ok(out)
+    }
+}
+
+fn render_tree<'s>(
+    out: &mut SecretBuf,
+    skeleton: &str,
+    marker: &str,
+    sites: &[Site],
+    lookup: &dyn Fn(&Reference) -> Result<Resolved<'s>, Reason>,
+) {
+    let bytes = skeleton.as_bytes();
+    let mut copied = 0;
+    let mut search = 0;
+    while let Some(found) = skeleton[search..].find(marker) {
+        let start = search + found;
+        let digits_start = start + marker.len();
+        let digits_len = skeleton[digits_start..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        let index: usize = skeleton[digits_start..digits_start + digits_len]
+            .parse()
+            .expect("the placeholder was written with a decimal index");
+        let mut end = digits_start + digits_len + 1; // the closing `_`
+        let mut begin = start;
+        // The serializer may have quoted the placeholder: replace the quotes too.
+        if begin > 0
+            && end < bytes.len()
+            && matches!(bytes[begin - 1], b'"' | b'\'')
+            && bytes[end] == bytes[begin - 1]
+        {
+            begin -= 1;
+            end += 1;
+        }
+        out.extend_from_slice(&bytes[copied..begin]);
+        write_site(out, &sites[index].template, lookup);
+        copied = end;
+        search = end;
+    }
+    out.extend_from_slice(&bytes[copied..]);
+}
+
+/// Writes one site as a JSON/YAML value: a quoted string, or an object for a whole secret.
+fn write_site<'s>(
+    out: &mut SecretBuf,
+    template: &Template,
+    lookup: &dyn Fn(&Reference) -> Result<Resolved<'s>, Reason>,
+) {
+    if let Some(reference) = template.as_whole() {
+        if let Ok(Resolved::Whole(secret)) = lookup(reference) {
+            // A flow mapping in JSON syntax is valid in both JSON and YAML.
+            out.push_str("{");
+            for (i, (name, value)) in secret.fields().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_quoted(name);
+                out.push_str(": ");
+                out.push_quoted(value.expose_secret());
+            }
+            out.push_str("}");
+            return;
+        }
+    }
+    out.push_str("\"");
+    for part in &template.parts {
+        match part {
+            Part::Literal(text) => out.push_escaped(text),
+            Part::Ref { reference, .. } => match lookup(reference) {
+                Ok(Resolved::Value(v)) => out.push_escaped(v.expose_secret()),
+                // Whole secrets inside strings were rejected when preparing.
+                _ => unreachable!("checked before rendering"),
+            },
+        }
+    }
+    out.push_str("\"");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::reference::locate::Layout;
+    use crate::secret::{SecretMeta, secret_string};
+    use serde_json::{Value, json};
+
+    fn demo_db() -> Secret {
+        let mut f = BTreeMap::new();
+        f.insert("username".to_owned(), secret_string("app"));
+        f.insert(
+            "password".to_owned(),
+            secret_string("p\"w\n\u{7f}\u{2028}é"),
+        );
+        Secret::new(f, SecretMeta::default())
+    }
+
+    fn lookup_in<'s>(db: &'s Secret) -> impl Fn(&Reference) -> Result<Resolved<'s>, Reason> {
+        move |r: &Reference| match r.field.as_deref() {
+            None => Ok(Resolved::Whole(db)),
+            Some(f) => db
+                .field(f)
+                .map(Resolved::Value)
+                .ok_or(Reason::FieldNotFound),
+        }
+    }
+
+    fn text(buf: &SecretBuf) -> &str {
+        std::str::from_utf8(buf.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn json_whole_value_interpolated_and_whole_secret() {
+        let db = demo_db();
+        let doc = json!({
+            "user": "$SECRET_demo/db $KEY_username",
+            "dsn": "postgres://$SECRET_demo/db $KEY_username:$SECRET_demo/db $KEY_password@db",
+            "all": "$SECRET_demo/db",
+            "lit": "$$SECRET_not/a $KEY_ref",
+            "n": [1, true, null]
+        });
+        let p = Prepared::json(doc, Layout::Compact).unwrap();
+        let out = p.render(&lookup_in(&db)).unwrap();
+        let v: Value = serde_json::from_slice(out.as_bytes()).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "user": "app",
+                "dsn": "postgres://app:p\"w\n\u{7f}\u{2028}é@db",
+                "all": {"password": "p\"w\n\u{7f}\u{2028}é", "username": "app"},
+                "lit": "$SECRET_not/a $KEY_ref",
+                "n": [1, true, null]
+            })
+        );
+    }
+
+    #[test]
+    fn yaml_values_are_quoted_and_reparse() {
+        let db = demo_db();
+        let p = Prepared::yaml(
+            "top:\n  user: $SECRET_demo/db $KEY_username\n  pw: \"x-$SECRET_demo/db $KEY_password\"\n  all: $SECRET_demo/db\n  list:\n    - $SECRET_demo/db $KEY_password\n",
+        )
+        .unwrap();
+        let out = p.render(&lookup_in(&db)).unwrap();
+        let v: Value = serde_saphyr::from_str(text(&out)).unwrap();
+        let pw = "p\"w\n\u{7f}\u{2028}é";
+        assert_eq!(
+            v,
+            json!({"top": {
+                "user": "app",
+                "pw": format!("x-{pw}"),
+                "all": {"password": pw, "username": "app"},
+                "list": [pw]
+            }})
+        );
+    }
+
+    #[test]
+    fn text_is_copied_byte_for_byte_around_values() {
+        let db = demo_db();
+        let p = Prepared::text(
+            "a=$SECRET_demo/db $KEY_username\r\n\tb = \"$SECRET_demo/db $KEY_username\" $$KEY_x\n",
+        )
+        .unwrap();
+        let out = p.render(&lookup_in(&db)).unwrap();
+        assert_eq!(text(&out), "a=app\r\n\tb = \"app\" $KEY_x\n");
+    }
+
+    #[test]
+    fn any_failure_means_no_output_and_every_failure_listed() {
+        let db = demo_db();
+        let p = Prepared::json(
+            json!({"a": "$SECRET_demo/db $KEY_nope", "b": "$SECRET_demo/db $KEY_username", "c": ["$SECRET_demo/db $KEY_other"]}),
+            Layout::Compact,
+        )
+        .unwrap();
+        let errors = p.render(&lookup_in(&db)).unwrap_err();
+        let got: Vec<_> = errors
+            .iter()
+            .map(|e| {
+                (
+                    e.location.to_string(),
+                    e.reason.code(),
+                    e.reference.clone().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "/a".to_owned(),
+                    "field_not_found",
+                    "$SECRET_demo/db $KEY_nope".to_owned()
+                ),
+                (
+                    "/c/0".to_owned(),
+                    "field_not_found",
+                    "$SECRET_demo/db $KEY_other".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_document_cannot_forge_a_placeholder() {
+        let db = demo_db();
+        // Looks like a placeholder but the marker is random per document.
+        let doc = json!({"x": "kbref_00000000000000000000000000000000_0_", "y": "$SECRET_demo/db $KEY_username"});
+        let p = Prepared::json(doc, Layout::Compact).unwrap();
+        let v: Value =
+            serde_json::from_slice(p.render(&lookup_in(&db)).unwrap().as_bytes()).unwrap();
+        assert_eq!(v["x"], "kbref_00000000000000000000000000000000_0_");
+        assert_eq!(v["y"], "app");
+    }
+
+    #[test]
+    fn escaper_output_is_valid_json_for_every_char_class() {
+        let sample = "\u{0}\u{1f}\u{7f}\u{85}\u{9f}\u{a0}\u{2028}\u{2029}\u{feff}\u{1F600}\"\\/";
+        let mut out = SecretBuf::default();
+        out.push_quoted(sample);
+        let back: String = serde_json::from_slice(out.as_bytes()).unwrap();
+        assert_eq!(back, sample);
+        let back: String = serde_saphyr::from_str(text(&out)).unwrap();
+        assert_eq!(back, sample);
+    }
+}

@@ -1,0 +1,257 @@
+//! The types that hold secret bytes. Everything secret in keybroker lives in one of these.
+//!
+//! **Invariant:** none of these types implements `Display`, `Serialize` or a `Debug` that
+//! shows bytes, and every allocation they own is zeroized before it is freed — including
+//! the intermediate allocations a growing buffer leaves behind (see [`SecretBuf`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use zeroize::Zeroize;
+
+/// A zeroizing string made with an allocation of exactly `s.len()` bytes.
+///
+/// `SecretString::from(String)` goes through `into_boxed_str`, which reallocates (and leaves
+/// the old bytes behind) whenever the `String` has spare capacity; this never does.
+pub fn secret_string(s: &str) -> SecretString {
+    SecretBox::new(Box::<str>::from(s))
+}
+
+/// One secret as a source returns it: named fields of zeroizing strings plus metadata that
+/// is not secret. A plain (non-object) value is a secret with the single field `value`.
+pub struct Secret {
+    fields: BTreeMap<String, SecretString>,
+    meta: SecretMeta,
+}
+
+/// What is known about a secret besides its value. Never secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretMeta {
+    /// The source (by configured name) the secret came from.
+    pub source: String,
+    /// KV v2 version, when the source has versions.
+    pub version: Option<u64>,
+    /// Creation time as the source reports it (RFC 3339).
+    pub created_time: Option<String>,
+    /// How long the source says the value may be cached.
+    pub ttl: Option<Duration>,
+}
+
+/// The field name a plain, single-valued secret is stored under.
+pub const VALUE_FIELD: &str = "value";
+
+impl Secret {
+    pub fn new(fields: BTreeMap<String, SecretString>, meta: SecretMeta) -> Self {
+        Self { fields, meta }
+    }
+
+    pub fn field(&self, name: &str) -> Option<&SecretString> {
+        self.fields.get(name)
+    }
+
+    /// Field names in sorted order, with their values.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &SecretString)> {
+        self.fields.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn field_names(&self) -> impl Iterator<Item = &str> {
+        self.fields.keys().map(String::as_str)
+    }
+
+    pub fn meta(&self) -> &SecretMeta {
+        &self.meta
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .field("values", &"[redacted]")
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+/// A growable byte buffer for output that carries secrets (an expanded document, a
+/// response body). Zeroized on drop, and — unlike `Zeroizing<Vec<u8>>` — also when it
+/// grows: the old allocation is wiped before it is released.
+#[derive(Default)]
+pub struct SecretBuf {
+    buf: Vec<u8>,
+}
+
+impl SecretBuf {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(capacity),
+        }
+    }
+
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub fn push_str(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+
+    /// Appends a secret's bytes.
+    pub fn push_secret(&mut self, s: &SecretString) {
+        self.push_str(s.expose_secret());
+    }
+
+    /// Appends `s` as a double-quoted string, valid in JSON and YAML alike.
+    pub fn push_quoted(&mut self, s: &str) {
+        self.push_str("\"");
+        self.push_escaped(s);
+        self.push_str("\"");
+    }
+
+    /// Escapes the contents of a double-quoted string so that it is valid both as JSON and as
+    /// a YAML double-quoted scalar. Written by hand so that secret bytes go straight into the
+    /// zeroizing buffer: serde_json's own escaper is not public, and YAML additionally needs
+    /// DEL, C1 controls, U+2028/2029 and U+FEFF escaped.
+    pub fn push_escaped(&mut self, s: &str) {
+        let mut run_start = 0;
+        for (i, c) in s.char_indices() {
+            let short = match c {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                '\n' => Some("\\n"),
+                '\r' => Some("\\r"),
+                '\t' => Some("\\t"),
+                _ => None,
+            };
+            let needs_u = short.is_none()
+                && (c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}'));
+            if short.is_none() && !needs_u {
+                continue;
+            }
+            self.push_str(&s[run_start..i]);
+            match short {
+                Some(esc) => self.push_str(esc),
+                None => {
+                    // Built on the stack: even one escaped character of a secret stays
+                    // out of unzeroized heap memory.
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        const HEX: &[u8; 16] = b"0123456789abcdef";
+                        let u = *unit as usize;
+                        let esc = [
+                            b'\\',
+                            b'u',
+                            HEX[u >> 12],
+                            HEX[(u >> 8) & 0xf],
+                            HEX[(u >> 4) & 0xf],
+                            HEX[u & 0xf],
+                        ];
+                        self.extend_from_slice(&esc);
+                    }
+                }
+            }
+            run_start = i + c.len_utf8();
+        }
+        self.push_str(&s[run_start..]);
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    fn reserve(&mut self, extra: usize) {
+        if self.buf.capacity() - self.buf.len() >= extra {
+            return;
+        }
+        let wanted = self.buf.len().saturating_add(extra);
+        let new_cap = wanted.max(self.buf.capacity().saturating_mul(2)).max(64);
+        let mut grown = Vec::with_capacity(new_cap);
+        grown.extend_from_slice(&self.buf);
+        // `Vec::zeroize` wipes the whole capacity, not only `len` bytes.
+        self.buf.zeroize();
+        self.buf = grown;
+    }
+}
+
+impl io::Write for SecretBuf {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRef<[u8]> for SecretBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for SecretBuf {
+    fn drop(&mut self) {
+        self.buf.zeroize();
+    }
+}
+
+impl fmt::Debug for SecretBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBuf([redacted; {} bytes])", self.buf.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn debug_never_shows_values() {
+        let mut fields = BTreeMap::new();
+        fields.insert("password".to_owned(), secret_string("canary-7f3a"));
+        let secret = Secret::new(fields, SecretMeta::default());
+        let shown = format!("{secret:?}");
+        assert!(shown.contains("password"));
+        assert!(!shown.contains("canary-7f3a"));
+
+        let mut buf = SecretBuf::default();
+        buf.push_str("canary-7f3a");
+        assert!(!format!("{buf:?}").contains("canary"));
+    }
+
+    #[test]
+    fn secret_buf_grows_and_keeps_content() {
+        let mut buf = SecretBuf::with_capacity(1);
+        for i in 0..1000 {
+            write!(buf, "{i},").unwrap();
+        }
+        let text = std::str::from_utf8(buf.as_bytes()).unwrap();
+        assert!(text.starts_with("0,1,2,"));
+        assert!(text.ends_with("998,999,"));
+        assert!(buf.capacity() >= buf.len());
+    }
+
+    #[test]
+    fn secret_string_has_exact_allocation() {
+        let s = secret_string("abc");
+        assert_eq!(s.expose_secret(), "abc");
+    }
+}

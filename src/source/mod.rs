@@ -1,0 +1,62 @@
+//! Secret sources (shared/DESIGN.md §3): one trait, one implementation per backend.
+//!
+//! **Boundary:** a source knows how to read one secret from its backend and classify the
+//! failure. It knows nothing of references, policy, caching or who is asking.
+
+mod file;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use file::FileSource;
+
+use crate::reference::SecretPath;
+use crate::secret::Secret;
+
+/// What to read: a path relative to the source's root or mount, and optionally a version.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReadRequest {
+    pub path: SecretPath,
+    pub version: Option<u64>,
+}
+
+/// Why a source could not return a secret. Never carries a secret value or backend text
+/// that could echo one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The secret (or that version of it) does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The backend refused keybroker's own credentials.
+    #[error("access denied by the source")]
+    Denied,
+    /// The backend could not be reached or answered with a transient failure.
+    #[error("source unavailable: {0}")]
+    Unavailable(&'static str),
+    /// The request cannot be served by this kind of source.
+    #[error("unsupported by this source: {0}")]
+    Unsupported(&'static str),
+    /// The backend holds something that is not a valid secret.
+    #[error("malformed secret: {0}")]
+    Malformed(&'static str),
+}
+
+/// The kinds of backend keybroker speaks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Vault,
+    Ccp,
+    File,
+}
+
+pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<Secret, SourceError>> + Send + 'a>>;
+
+/// A backend that returns secrets. Object-safe so the broker can hold `dyn SecretSource`.
+pub trait SecretSource: Send + Sync + std::fmt::Debug {
+    /// The configured name (`$SECRET_<name>:…`).
+    fn name(&self) -> &str;
+    fn kind(&self) -> SourceKind;
+    fn read<'a>(&'a self, request: &'a ReadRequest) -> ReadFuture<'a>;
+}
