@@ -15,8 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, SourceConfig};
 use crate::reference::{
-    DocumentError, ExpandError, Format, Layout, PrepareError, Prepared, Reason, Reference,
-    Resolved, Target,
+    DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, Resolved, Target,
 };
 use crate::secret::{Secret, SecretBuf};
 use crate::source::{FileSource, ReadRequest, SecretSource, SourceError};
@@ -166,11 +165,7 @@ impl Broker {
                 Format::Yaml => Prepared::yaml(&text),
                 Format::Text => Prepared::text(&text),
             },
-        }
-        .map_err(|e| match e {
-            PrepareError::Document(d) => ResolveError::Document(d),
-            PrepareError::References(r) => ResolveError::Unresolved(r),
-        })?;
+        }?;
 
         let mut order: Vec<ReadKey> = Vec::new();
         for (reference, _) in prepared.references() {

@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::error::{DocumentError, ExpandError, Location, Reason};
-use super::parse::{Reference, Template, parse_template};
+use super::parse::{ParseError, Reference, Template, parse_template_lenient};
 
 /// The document formats of `/v1/resolve` and `keybroker resolve`.
 #[derive(
@@ -27,13 +27,20 @@ pub enum Format {
 pub struct Site {
     pub location: Location,
     pub template: Template,
+    /// Position in document order, shared with the errors found while preparing.
+    pub(super) ordinal: usize,
 }
 
 /// A document whose references are found and checked for syntax; ready to render.
+///
+/// Malformed references do not stop preparation: they are kept in `errors` and reported by
+/// [`Prepared::render`] together with the lookup failures of the well-formed ones.
 #[derive(Debug)]
 pub struct Prepared {
     pub(super) format: Format,
     pub(super) body: Body,
+    /// Errors found while preparing, each with its place in document order.
+    pub(super) errors: Vec<(usize, ExpandError)>,
 }
 
 #[derive(Debug)]
@@ -48,16 +55,6 @@ pub(super) enum Body {
     Text { template: Template, text: String },
 }
 
-/// Why a document could not be prepared.
-#[derive(Debug, thiserror::Error)]
-pub enum PrepareError {
-    #[error(transparent)]
-    Document(#[from] DocumentError),
-    /// Every malformed reference, in document order.
-    #[error("{} malformed reference(s)", .0.len())]
-    References(Vec<ExpandError>),
-}
-
 /// How a tree document is written back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -67,19 +64,19 @@ pub enum Layout {
 
 impl Prepared {
     /// A parsed JSON value (the `document` of a `/v1/resolve` request).
-    pub fn json(mut value: Value, layout: Layout) -> Result<Self, PrepareError> {
-        let (sites, marker) = collect_sites(&mut value)?;
+    pub fn json(mut value: Value, layout: Layout) -> Result<Self, DocumentError> {
+        let (sites, errors, marker) = collect_sites(&mut value);
         let skeleton = match layout {
             Layout::Compact => serde_json::to_string(&value),
             Layout::Pretty => serde_json::to_string_pretty(&value),
         }
         // Serializing a `Value` with string keys cannot fail.
         .expect("a serde_json::Value always serializes");
-        Ok(Self::tree(Format::Json, skeleton, marker, sites))
+        Ok(Self::tree(Format::Json, skeleton, marker, sites, errors))
     }
 
     /// JSON text (a file given to `keybroker resolve`).
-    pub fn json_text(text: &str, layout: Layout) -> Result<Self, PrepareError> {
+    pub fn json_text(text: &str, layout: Layout) -> Result<Self, DocumentError> {
         let value: Value = serde_json::from_str(text).map_err(|e| DocumentError::Json {
             line: e.line(),
             column: e.column(),
@@ -88,53 +85,59 @@ impl Prepared {
     }
 
     /// YAML text. Parsed into the JSON data model: anchors are expanded, comments dropped.
-    pub fn yaml(text: &str) -> Result<Self, PrepareError> {
+    pub fn yaml(text: &str) -> Result<Self, DocumentError> {
         let mut value: Value = serde_saphyr::from_str(text).map_err(|e| DocumentError::Yaml {
             at: e.location().map(|l| (l.line(), l.column())),
         })?;
-        let (sites, marker) = collect_sites(&mut value)?;
+        let (sites, errors, marker) = collect_sites(&mut value);
         let skeleton = serde_saphyr::to_string(&value).map_err(|_| DocumentError::WrongShape)?;
-        Ok(Self::tree(Format::Yaml, skeleton, marker, sites))
+        Ok(Self::tree(Format::Yaml, skeleton, marker, sites, errors))
     }
 
     /// Plain text: references anywhere, written back byte for byte around them.
-    pub fn text(text: &str) -> Result<Self, PrepareError> {
-        let template = match parse_template(text) {
-            Ok(t) => t,
-            Err(errors) => {
-                let errors = errors
-                    .into_iter()
-                    .map(|e| ExpandError {
-                        location: line_column(text, e.offset),
-                        reference: None,
-                        reason: Reason::Syntax(e.kind),
-                    })
-                    .collect();
-                return Err(PrepareError::References(errors));
-            }
-        };
-        let whole: Vec<ExpandError> = template
-            .references()
-            .filter(|(r, _)| r.is_whole_secret())
-            .map(|(r, offset)| ExpandError {
-                location: line_column(text, offset),
-                reference: Some(r.to_string()),
-                reason: Reason::WholeSecretInText,
+    pub fn text(text: &str) -> Result<Self, DocumentError> {
+        let (template, syntax) = parse_template_lenient(text);
+        let mut errors: Vec<(usize, ExpandError)> = syntax
+            .into_iter()
+            .map(|e| {
+                let error = ExpandError {
+                    location: line_column(text, e.offset),
+                    reference: None,
+                    reason: Reason::Syntax(e.kind),
+                };
+                (e.offset, error)
             })
             .collect();
-        if !whole.is_empty() {
-            return Err(PrepareError::References(whole));
-        }
+        errors.extend(
+            template
+                .references()
+                .filter(|(r, _)| r.is_whole_secret())
+                .map(|(r, offset)| {
+                    let error = ExpandError {
+                        location: line_column(text, offset),
+                        reference: Some(r.to_string()),
+                        reason: Reason::WholeSecretInText,
+                    };
+                    (offset, error)
+                }),
+        );
         Ok(Self {
             format: Format::Text,
             body: Body::Text {
                 template,
                 text: text.to_owned(),
             },
+            errors,
         })
     }
 
-    fn tree(format: Format, skeleton: String, marker: String, sites: Vec<Site>) -> Self {
+    fn tree(
+        format: Format,
+        skeleton: String,
+        marker: String,
+        sites: Vec<Site>,
+        errors: Vec<(usize, ExpandError)>,
+    ) -> Self {
         Self {
             format,
             body: Body::Tree {
@@ -142,6 +145,7 @@ impl Prepared {
                 marker,
                 sites,
             },
+            errors,
         }
     }
 
@@ -149,53 +153,70 @@ impl Prepared {
         self.format
     }
 
-    /// Every reference with its location, in document order (duplicates included).
+    /// Every well-formed reference with its location, in document order (duplicates
+    /// included).
     pub fn references(&self) -> Vec<(&Reference, Location)> {
+        self.ordered_references()
+            .into_iter()
+            .map(|(_, r, l)| (r, l))
+            .collect()
+    }
+
+    /// The references with their place in document order.
+    pub(super) fn ordered_references(&self) -> Vec<(usize, &Reference, Location)> {
         match &self.body {
             Body::Tree { sites, .. } => sites
                 .iter()
                 .flat_map(|s| {
                     s.template
                         .references()
-                        .map(|(r, _)| (r, s.location.clone()))
+                        .map(|(r, _)| (s.ordinal, r, s.location.clone()))
                 })
                 .collect(),
             Body::Text { template, text } => template
                 .references()
-                .map(|(r, offset)| (r, line_column(text, offset)))
+                .map(|(r, offset)| (offset, r, line_column(text, offset)))
                 .collect(),
         }
     }
+
+    /// The errors found while preparing (syntax, misplaced whole-secret references).
+    pub fn errors(&self) -> impl Iterator<Item = &ExpandError> {
+        self.errors.iter().map(|(_, e)| e)
+    }
 }
 
-/// Replaces every string holding a reference by a placeholder and returns the sites.
-fn collect_sites(root: &mut Value) -> Result<(Vec<Site>, String), PrepareError> {
+/// Replaces every string holding a reference by a placeholder; returns the sites, the
+/// errors and the marker.
+fn collect_sites(root: &mut Value) -> (Vec<Site>, Vec<(usize, ExpandError)>, String) {
     let marker = new_marker();
     let mut walk = Walk {
         marker: &marker,
         sites: Vec::new(),
         errors: Vec::new(),
         pointer: String::new(),
+        ordinal: 0,
     };
     walk.value(root);
-    if walk.errors.is_empty() {
-        Ok((walk.sites, marker))
-    } else {
-        Err(PrepareError::References(walk.errors))
-    }
+    (walk.sites, walk.errors, marker)
 }
 
 struct Walk<'m> {
     marker: &'m str,
     sites: Vec<Site>,
-    errors: Vec<ExpandError>,
+    errors: Vec<(usize, ExpandError)>,
     pointer: String,
+    /// Counts the strings visited: document order.
+    ordinal: usize,
 }
 
 impl Walk<'_> {
     fn value(&mut self, v: &mut Value) {
         match v {
-            Value::String(s) => self.string(s),
+            Value::String(s) => {
+                self.ordinal += 1;
+                self.string(s);
+            }
             Value::Array(items) => {
                 for (i, item) in items.iter_mut().enumerate() {
                     let len = self.pointer.len();
@@ -220,6 +241,15 @@ impl Walk<'_> {
         }
     }
 
+    fn error(&mut self, location: &Location, reference: Option<String>, reason: Reason) {
+        let error = ExpandError {
+            location: location.clone(),
+            reference,
+            reason,
+        };
+        self.errors.push((self.ordinal, error));
+    }
+
     fn string(&mut self, s: &mut String) {
         if !s.contains('$') {
             return;
@@ -227,35 +257,35 @@ impl Walk<'_> {
         let location = Location::Pointer {
             pointer: self.pointer.clone(),
         };
-        let template = match parse_template(s) {
-            Ok(t) => t,
-            Err(errors) => {
-                self.errors.extend(errors.into_iter().map(|e| ExpandError {
-                    location: location.clone(),
-                    reference: None,
-                    reason: Reason::Syntax(e.kind),
-                }));
-                return;
-            }
-        };
+        let (template, syntax) = parse_template_lenient(s);
+        for ParseError { kind, .. } in syntax.iter().cloned() {
+            self.error(&location, None, Reason::Syntax(kind));
+        }
         if !template.has_references() {
-            // Only `$$` escapes (or lone `$`): the reduced text replaces the string.
-            if let Some(text) = template.into_literal() {
-                *s = text;
+            if syntax.is_empty() {
+                // Only `$$` escapes (or lone `$`): the reduced text replaces the string.
+                if let Some(text) = template.into_literal() {
+                    *s = text;
+                }
             }
             return;
         }
-        if template.as_whole().is_none() {
-            for (r, _) in template.references().filter(|(r, _)| r.is_whole_secret()) {
-                self.errors.push(ExpandError {
-                    location: location.clone(),
-                    reference: Some(r.to_string()),
-                    reason: Reason::WholeSecretInterpolated,
-                });
+        if template.as_whole().is_none() || !syntax.is_empty() {
+            let whole: Vec<String> = template
+                .references()
+                .filter(|(r, _)| r.is_whole_secret())
+                .map(|(r, _)| r.to_string())
+                .collect();
+            for r in whole {
+                self.error(&location, Some(r), Reason::WholeSecretInterpolated);
             }
         }
         *s = placeholder(self.marker, self.sites.len());
-        self.sites.push(Site { location, template });
+        self.sites.push(Site {
+            location,
+            template,
+            ordinal: self.ordinal,
+        });
     }
 }
 
@@ -285,11 +315,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn errors(r: Result<Prepared, PrepareError>) -> Vec<ExpandError> {
-        match r {
-            Err(PrepareError::References(e)) => e,
-            other => panic!("expected reference errors, got {other:?}"),
-        }
+    fn errors(r: Result<Prepared, DocumentError>) -> Vec<ExpandError> {
+        r.unwrap().errors().cloned().collect()
     }
 
     #[test]
@@ -351,12 +378,11 @@ mod tests {
         let e = errors(Prepared::text(
             "ok\n  é $SECRET_a/../b $KEY_c\n$SECRET_whole\n",
         ));
-        assert_eq!(
-            e.len(),
-            1,
-            "syntax errors are reported before whole-secret checks"
-        );
+        assert_eq!(e.len(), 2, "{e:?}");
         assert_eq!(e[0].location, Location::LineColumn { line: 2, column: 5 });
+        assert_eq!(e[0].reason.code(), "dot_segment");
+        assert_eq!(e[1].reason, Reason::WholeSecretInText);
+        assert_eq!(e[1].location.to_string(), "3:1");
         let e = errors(Prepared::text("x\n$SECRET_whole\n"));
         assert_eq!(e[0].reason, Reason::WholeSecretInText);
         assert_eq!(e[0].location.to_string(), "2:1");
@@ -370,7 +396,7 @@ mod tests {
         assert_eq!(refs[0].1.to_string(), "/a/b");
         assert!(matches!(
             Prepared::yaml("a: [unclosed"),
-            Err(PrepareError::Document(DocumentError::Yaml { .. }))
+            Err(DocumentError::Yaml { .. })
         ));
     }
 

@@ -14,9 +14,9 @@ mod parse;
 mod render;
 
 pub use error::{DocumentError, ExpandError, Location, ParseErrorKind, Reason};
-pub use locate::{Format, Layout, PrepareError, Prepared, Site};
+pub use locate::{Format, Layout, Prepared, Site};
 pub use parse::{
     ParseError, Part, Reference, SecretPath, Target, Template, is_ccp_forbidden, parse_reference,
-    parse_template,
+    parse_template, parse_template_lenient,
 };
 pub use render::Resolved;

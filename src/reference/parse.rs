@@ -181,6 +181,18 @@ pub fn parse_reference(s: &str) -> Result<Reference, ParseError> {
 
 /// Splits `s` into literals and references. On failure returns every error in `s`.
 pub fn parse_template(s: &str) -> Result<Template, Vec<ParseError>> {
+    let (template, errors) = parse_template_lenient(s);
+    if errors.is_empty() {
+        Ok(template)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Like [`parse_template`], but also returns the template of everything that did parse
+/// (a malformed reference is dropped from it), so that a caller can report the failures of
+/// the good references together with the syntax errors of the bad ones.
+pub fn parse_template_lenient(s: &str) -> (Template, Vec<ParseError>) {
     let bytes = s.as_bytes();
     let mut parts = Vec::new();
     let mut errors = Vec::new();
@@ -241,14 +253,11 @@ pub fn parse_template(s: &str) -> Result<Template, Vec<ParseError>> {
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
     literal.push_str(&s[start..]);
     if !literal.is_empty() || parts.is_empty() {
         parts.push(Part::Literal(literal));
     }
-    Ok(Template { parts })
+    (Template { parts }, errors)
 }
 
 /// The end of the (escaped) reference-like text starting with the keyword at `at`.

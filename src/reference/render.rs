@@ -24,9 +24,9 @@ impl Prepared {
         &self,
         lookup: &dyn Fn(&Reference) -> Result<Resolved<'s>, Reason>,
     ) -> Result<SecretBuf, Vec<ExpandError>> {
-        let mut errors = Vec::new();
+        let mut errors: Vec<(usize, ExpandError)> = self.errors.clone();
         let mut secret_bytes = 0usize;
-        for (reference, location) in self.references() {
+        for (ordinal, reference, location) in self.ordered_references() {
             match lookup(reference) {
                 Ok(Resolved::Value(v)) => secret_bytes += v.expose_secret().len(),
                 Ok(Resolved::Whole(s)) => {
@@ -35,15 +35,20 @@ impl Prepared {
                         .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
                         .sum::<usize>()
                 }
-                Err(reason) => errors.push(ExpandError {
-                    location,
-                    reference: Some(reference.to_string()),
-                    reason,
-                }),
+                Err(reason) => errors.push((
+                    ordinal,
+                    ExpandError {
+                        location,
+                        reference: Some(reference.to_string()),
+                        reason,
+                    },
+                )),
             }
         }
         if !errors.is_empty() {
-            return Err(errors);
+            // Document order; stable, so several errors of one string keep their order.
+            errors.sort_by_key(|(ordinal, _)| *ordinal);
+            return Err(errors.into_iter().map(|(_, e)| e).collect());
         }
         // Room for some escaping up front; growth beyond it is zeroized too.
         let skeleton_len = match &self.body {

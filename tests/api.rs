@@ -1,0 +1,185 @@
+//! The HTTP API driven through the router, without a socket.
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use keybroker::api::{AppState, TokenDigest, router};
+use keybroker::broker::Broker;
+use keybroker::config::Config;
+
+const TOKEN: &str = "test-token-1234";
+const CANARY: &str = "canary-9d3e2f-never-log";
+
+/// The dev example tree plus a secret holding the canary.
+fn app() -> (axum::Router, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets/team");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(
+        secrets.join("db.json"),
+        json!({"username": "svc", "password": CANARY}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("kb.toml"),
+        "[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("kb.toml")).unwrap();
+    let state = AppState {
+        broker: Arc::new(Broker::from_config(&config).unwrap()),
+        dev_token: TokenDigest::of(TOKEN),
+    };
+    (router(Arc::new(state)), dir)
+}
+
+async fn post(
+    app: &axum::Router,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, Option<String>, String) {
+    let mut req = Request::post("/v1/resolve").header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let cache = resp
+        .headers()
+        .get(header::CACHE_CONTROL)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, cache, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn healthz_answers() {
+    let (app, _dir) = app();
+    let resp = app
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn resolve_requires_the_token() {
+    let (app, _dir) = app();
+    let body = r#"{"document": "$SECRET_team/db $KEY_password"}"#;
+    for token in [None, Some("wrong"), Some("")] {
+        let (status, _, text) = post(&app, token, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(!text.contains(CANARY));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "unauthorized");
+    }
+}
+
+#[tokio::test]
+async fn resolve_json_yaml_and_text() {
+    let (app, _dir) = app();
+    let (status, cache, text) = post(
+        &app,
+        Some(TOKEN),
+        r#"{"document": {"pw": "$SECRET_team/db $KEY_password", "all": "$SECRET_team/db"}, "format": "json"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(cache.as_deref(), Some("no-store"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["document"],
+        json!({"pw": CANARY, "all": {"password": CANARY, "username": "svc"}})
+    );
+    assert_eq!(v["metadata"]["stale"], false);
+    assert_eq!(
+        v["metadata"]["secrets"],
+        json!([{"source": "files", "path": "team/db"}])
+    );
+
+    let (status, _, text) = post(
+        &app,
+        Some(TOKEN),
+        r#"{"document": "db:\n  user: $SECRET_team/db $KEY_username\n", "format": "yaml"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let yaml: Value = serde_saphyr::from_str(v["document"].as_str().unwrap()).unwrap();
+    assert_eq!(yaml, json!({"db": {"user": "svc"}}));
+
+    let (status, _, text) = post(
+        &app,
+        Some(TOKEN),
+        r#"{"document": "user=$SECRET_team/db $KEY_username\n", "format": "text"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["document"], "user=svc\n");
+}
+
+#[tokio::test]
+async fn errors_are_typed_and_never_carry_values() {
+    let (app, _dir) = app();
+    let cases = [
+        // A good reference next to failing ones: the good value must not appear.
+        (
+            r#"{"document": {"ok": "$SECRET_team/db $KEY_password", "no": "$SECRET_team/db $KEY_nope", "bad": "$SECRET_a/../b $KEY_c"}}"#,
+            StatusCode::BAD_REQUEST,
+            "unresolved_references",
+        ),
+        (
+            r#"{"document": 1, "format": "yaml"}"#,
+            StatusCode::BAD_REQUEST,
+            "wrong_document_shape",
+        ),
+        (
+            r#"{"document": "a: [", "format": "yaml"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_yaml",
+        ),
+        (
+            r#"{"documents": "canary-9d3e2f-never-log"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            r#"{"document": "x", "format": "xml"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "not json canary-9d3e2f-never-log",
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+    ];
+    for (body, want_status, want_code) in cases {
+        let (status, cache, text) = post(&app, Some(TOKEN), body).await;
+        assert_eq!(status, want_status, "{body}: {text}");
+        assert_eq!(cache.as_deref(), Some("no-store"));
+        assert!(!text.contains(CANARY), "{body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], want_code, "{body}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    let (app, _dir) = app();
+    let big = format!(
+        r#"{{"document": "{}"}}"#,
+        "a".repeat(keybroker::api::MAX_BODY_BYTES)
+    );
+    let (status, _, _) = post(&app, Some(TOKEN), &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}

@@ -1,0 +1,202 @@
+//! The `keybroker` command as a user runs it: exit codes, stdout, stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn keybroker(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("KEYBROKER_CONFIG")
+        .env("RUST_LOG", "trace")
+        .output()
+        .expect("the keybroker binary runs")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[test]
+fn resolve_prints_the_expanded_example_document() {
+    let out = keybroker(
+        &[
+            "resolve",
+            "--config",
+            "examples/dev/keybroker.toml",
+            "examples/dev/document.json",
+        ],
+        &repo(),
+    );
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["database"]["user"], "app");
+    assert_eq!(
+        doc["database"]["url"],
+        "postgres://app:dev-only-Zq8#w2!v@db.internal.example/app"
+    );
+    let cert = doc["partner_mtls"]["cert"].as_str().unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----\n"));
+    assert!(
+        doc["partner_mtls"]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----\n")
+    );
+    assert_eq!(doc["api"]["authorization"], "Bearer dev-api-token-4c1e0b7a");
+    assert_eq!(doc["api"]["note"], "write $SECRET_ for a literal reference");
+    // Values never reach the log, even at trace level.
+    assert!(!stderr(&out).contains("dev-only-Zq8"), "{}", stderr(&out));
+}
+
+#[test]
+fn failed_resolve_lists_every_failure_on_stderr_and_prints_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("doc.json");
+    std::fs::write(
+        &doc,
+        r#"{"ok": "$SECRET_demo/db $KEY_password", "missing": "$SECRET_demo/nope $KEY_x", "bad": ["x $SECRET_demo/../db $KEY_password"]}"#,
+    )
+    .unwrap();
+    let config = repo().join("examples/dev/keybroker.toml");
+    let out = keybroker(
+        &[
+            "resolve",
+            "--config",
+            config.to_str().unwrap(),
+            doc.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(out.stdout.is_empty(), "no partial output");
+    let err = stderr(&out);
+    assert!(
+        !err.contains("dev-only-Zq8"),
+        "a resolved value leaked: {err}"
+    );
+    let json_line = err
+        .lines()
+        .find(|l| l.starts_with("{\"error\""))
+        .expect("a JSON error line");
+    let v: serde_json::Value = serde_json::from_str(json_line).unwrap();
+    assert_eq!(v["error"]["code"], "unresolved_references");
+    let details = v["error"]["details"].as_array().unwrap();
+    let got: Vec<(String, String)> = details
+        .iter()
+        .map(|d| {
+            (
+                d["pointer"].as_str().unwrap().to_owned(),
+                d["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/missing".to_owned(), "not_found".to_owned()),
+            ("/bad/0".to_owned(), "dot_segment".to_owned()),
+        ]
+    );
+    assert_eq!(details[0]["reference"], "$SECRET_demo/nope $KEY_x");
+}
+
+#[test]
+fn text_documents_keep_their_bytes_and_report_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = repo().join("examples/dev/keybroker.toml");
+    let ok = dir.path().join("app.env");
+    std::fs::write(
+        &ok,
+        "# env\r\nDB_USER=$SECRET_demo/db $KEY_username\r\nLIT=$$SECRET_x\n",
+    )
+    .unwrap();
+    let out = keybroker(
+        &[
+            "resolve",
+            "--config",
+            config.to_str().unwrap(),
+            ok.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "# env\r\nDB_USER=app\r\nLIT=$SECRET_x\n");
+
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, "line one\n  $SECRET_demo/db $KEY_nope\n").unwrap();
+    let out = keybroker(
+        &[
+            "resolve",
+            "--config",
+            config.to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert!(err.contains(r#""line":2,"column":3"#), "{err}");
+    assert!(err.contains("field_not_found"), "{err}");
+}
+
+#[test]
+fn check_accepts_the_examples_and_lists_every_error_with_file_and_line() {
+    let out = keybroker(
+        &["check", "--config", "examples/dev/keybroker.toml"],
+        &repo(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("OK"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kb.toml");
+    std::fs::write(
+        &cfg,
+        "polices = \"p\"\n[[source]]\nname = \"f\"\nkind = \"file\"\npath = \"nowhere\"\n[cache]\nttl = \"later\"\n",
+    )
+    .unwrap();
+    let out = keybroker(&["check", "--config", cfg.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let file = cfg.display().to_string();
+    assert!(
+        err.contains(&format!("{file}:1:1: unknown key `polices`")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}:5:1: file source directory")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{file}:7:7: ")), "{err}");
+}
+
+#[test]
+fn missing_config_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keybroker(&["resolve", "--config", "absent.toml", "-"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("absent.toml"));
+}
+
+#[test]
+fn vault_sources_are_refused_until_they_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kb.toml");
+    std::fs::write(&cfg, "[[source]]\nname = \"v\"\nkind = \"vault\"\n").unwrap();
+    let out = keybroker(
+        &["resolve", "--config", cfg.to_str().unwrap(), "-"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not available"), "{}", stderr(&out));
+}
