@@ -1,1 +1,101 @@
-fn main() {}
+//! Reference expansion throughput: a JSON document with 10,000 references.
+//!
+//! Run: `cargo bench --bench expand`. Results are recorded in docs/PERFORMANCE.md.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::Value;
+
+use keybroker::broker::{Broker, Caller, Document};
+use keybroker::reference::{Layout, Prepared, Reason, Reference, Resolved};
+use keybroker::secret::{Secret, SecretMeta, secret_string};
+use keybroker::source::FileSource;
+
+const REFS: usize = 10_000;
+const SECRETS: usize = 100;
+
+/// `{"items": [{"user": "$SECRET_s/<n> $KEY_user", "dsn": "pg://$SECRET_… $KEY_pass@h"}, …]}`
+/// — half whole-value, half interpolated references, over 100 distinct secrets.
+fn document() -> Value {
+    let items: Vec<Value> = (0..REFS / 2)
+        .map(|i| {
+            let n = i % SECRETS;
+            serde_json::json!({
+                "user": format!("$SECRET_s/{n} $KEY_user"),
+                "dsn": format!("pg://x:$SECRET_s/{n} $KEY_pass@db-{i}.internal:5432/app"),
+                "n": i,
+            })
+        })
+        .collect();
+    serde_json::json!({ "items": items })
+}
+
+fn secret() -> Secret {
+    let mut f = BTreeMap::new();
+    f.insert("user".to_owned(), secret_string("service-account"));
+    f.insert("pass".to_owned(), secret_string("correct horse battery staple 0123456789"));
+    Secret::new(f, SecretMeta::default())
+}
+
+fn bench(c: &mut Criterion) {
+    let doc = document();
+    let doc_bytes = serde_json::to_vec(&doc).unwrap().len() as u64;
+    let s = secret();
+    let lookup = |r: &Reference| -> Result<Resolved<'_>, Reason> {
+        s.field(r.field.as_deref().unwrap_or("user"))
+            .map(Resolved::Value)
+            .ok_or(Reason::FieldNotFound)
+    };
+
+    let mut g = c.benchmark_group("expand_10k_refs_json");
+    g.throughput(Throughput::Bytes(doc_bytes));
+    // Baseline: the clone of the input that every `prepare` iteration below includes.
+    g.bench_function("clone_document_baseline", |b| b.iter(|| black_box(doc.clone())));
+    g.bench_function("prepare", |b| {
+        b.iter(|| Prepared::json(black_box(doc.clone()), Layout::Compact).unwrap())
+    });
+    let prepared = Prepared::json(doc.clone(), Layout::Compact).unwrap();
+    g.bench_function("render", |b| b.iter(|| prepared.render(&lookup).unwrap()));
+    g.bench_function("prepare_and_render", |b| {
+        b.iter(|| {
+            Prepared::json(black_box(doc.clone()), Layout::Compact)
+                .unwrap()
+                .render(&lookup)
+                .unwrap()
+        })
+    });
+
+    // End to end through the broker and the file source (100 distinct files read per run).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("s")).unwrap();
+    for n in 0..SECRETS {
+        std::fs::write(
+            dir.path().join(format!("s/{n}.json")),
+            r#"{"user": "service-account", "pass": "correct horse battery staple 0123456789"}"#,
+        )
+        .unwrap();
+    }
+    let broker = Broker::new(
+        vec![Arc::new(FileSource::new("files", dir.path()).unwrap())],
+        Some("files".to_owned()),
+        None,
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    g.bench_function("broker_file_source", |b| {
+        b.iter(|| {
+            rt.block_on(broker.resolve(
+                &Caller::Operator,
+                Document::JsonValue(doc.clone()),
+                Layout::Compact,
+            ))
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

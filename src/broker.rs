@@ -167,34 +167,39 @@ impl Broker {
             },
         }?;
 
+        // Each distinct reference is mapped once; each distinct read happens once.
         let mut order: Vec<ReadKey> = Vec::new();
-        for (reference, _) in prepared.references() {
-            if let Ok(key) = self.read_key(reference) {
-                if !order.contains(&key) {
-                    order.push(key);
-                }
+        let mut read_index: HashMap<ReadKey, usize> = HashMap::new();
+        let mut plan: HashMap<&Reference, Result<usize, Reason>> = HashMap::new();
+        for (reference, _) in prepared.references_unlocated() {
+            if plan.contains_key(reference) {
+                continue;
             }
+            let step = self.read_key(reference).map(|key| {
+                *read_index.entry(key.clone()).or_insert_with(|| {
+                    order.push(key);
+                    order.len() - 1
+                })
+            });
+            plan.insert(reference, step);
         }
         let secrets = self.read_all(&order).await;
         let lookup = |r: &Reference| -> Result<Resolved<'_>, Reason> {
-            let key = self.read_key(r)?;
-            let secret = secrets
-                .get(&key)
-                .expect("every key was read above")
-                .as_ref()
-                .map_err(source_reason)?;
+            let index = plan.get(r).cloned().unwrap_or(Err(Reason::UnknownSource))?;
+            let secret = secrets[index].as_ref().map_err(source_reason)?;
             pick(r, secret)
         };
         let document = prepared.render(&lookup).map_err(ResolveError::Unresolved)?;
         let metadata = ResolveMetadata {
             secrets: order
                 .iter()
-                .map(|(source, req)| SecretUse {
+                .zip(&secrets)
+                .map(|((source, req), secret)| SecretUse {
                     source: source.clone(),
                     path: req.path.to_string(),
-                    version: secrets
-                        .get(&(source.clone(), req.clone()))
-                        .and_then(|s| s.as_ref().ok())
+                    version: secret
+                        .as_ref()
+                        .ok()
                         .and_then(|s| s.meta().version)
                         .or(req.version),
                 })
@@ -248,25 +253,22 @@ impl Broker {
         Ok((source.clone(), request))
     }
 
-    /// Reads each key once, all concurrently.
-    async fn read_all(&self, keys: &[ReadKey]) -> HashMap<ReadKey, Result<Secret, SourceError>> {
+    /// Reads each key once, all concurrently; the answers are in the order of `keys`.
+    async fn read_all(&self, keys: &[ReadKey]) -> Vec<Result<Secret, SourceError>> {
         let mut tasks = JoinSet::new();
         for (i, (name, request)) in keys.iter().enumerate() {
             let source = Arc::clone(&self.sources[name]);
             let request = request.clone();
             tasks.spawn(async move { (i, source.read(&request).await) });
         }
-        let mut out = HashMap::with_capacity(keys.len());
+        let mut out: Vec<Result<Secret, SourceError>> = (0..keys.len())
+            .map(|_| Err(SourceError::Unavailable("read task failed")))
+            .collect();
+        // A read task only panics on a bug; its key then stays "unavailable".
         while let Some(joined) = tasks.join_next().await {
-            // A read task only panics on a bug; the key then stays unread and is reported
-            // as unavailable below.
             if let Ok((i, result)) = joined {
-                out.insert(keys[i].clone(), result);
+                out[i] = result;
             }
-        }
-        for key in keys {
-            out.entry(key.clone())
-                .or_insert(Err(SourceError::Unavailable("read task failed")));
         }
         out
     }

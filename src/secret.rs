@@ -117,6 +117,14 @@ impl SecretBuf {
     /// zeroizing buffer: serde_json's own escaper is not public, and YAML additionally needs
     /// DEL, C1 controls, U+2028/2029 and U+FEFF escaped.
     pub fn push_escaped(&mut self, s: &str) {
+        // Most values are printable ASCII with nothing to escape: one copy.
+        if s
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            self.push_str(s);
+            return;
+        }
         let mut run_start = 0;
         for (i, c) in s.char_indices() {
             let short = match c {

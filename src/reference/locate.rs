@@ -55,6 +55,13 @@ pub(super) enum Body {
     Text { template: Template, text: String },
 }
 
+/// Where a reference sits, before it is turned into a [`Location`].
+#[derive(Clone, Copy, Debug)]
+pub(super) enum At<'a> {
+    Site(&'a Location),
+    Offset(usize),
+}
+
 /// How a tree document is written back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -158,25 +165,43 @@ impl Prepared {
     pub fn references(&self) -> Vec<(&Reference, Location)> {
         self.ordered_references()
             .into_iter()
-            .map(|(_, r, l)| (r, l))
+            .map(|(_, r, at)| (r, self.location(at)))
             .collect()
     }
 
-    /// The references with their place in document order.
-    pub(super) fn ordered_references(&self) -> Vec<(usize, &Reference, Location)> {
+    /// Every well-formed reference, in document order, without computing locations.
+    pub fn references_unlocated(&self) -> impl Iterator<Item = (&Reference, usize)> {
+        self.ordered_references().into_iter().map(|(o, r, _)| (r, o))
+    }
+
+    /// The references with their place in document order; the location is computed only
+    /// when asked for (see [`Prepared::location`]), so the hot path allocates nothing per
+    /// reference.
+    pub(super) fn ordered_references(&self) -> Vec<(usize, &Reference, At<'_>)> {
         match &self.body {
             Body::Tree { sites, .. } => sites
                 .iter()
                 .flat_map(|s| {
                     s.template
                         .references()
-                        .map(|(r, _)| (s.ordinal, r, s.location.clone()))
+                        .map(|(r, _)| (s.ordinal, r, At::Site(&s.location)))
                 })
                 .collect(),
-            Body::Text { template, text } => template
+            Body::Text { template, .. } => template
                 .references()
-                .map(|(r, offset)| (offset, r, line_column(text, offset)))
+                .map(|(r, offset)| (offset, r, At::Offset(offset)))
                 .collect(),
+        }
+    }
+
+    pub(super) fn location(&self, at: At<'_>) -> Location {
+        match (at, &self.body) {
+            (At::Site(location), _) => location.clone(),
+            (At::Offset(offset), Body::Text { text, .. }) => line_column(text, offset),
+            (At::Offset(offset), Body::Tree { .. }) => Location::LineColumn {
+                line: 0,
+                column: offset,
+            },
         }
     }
 
@@ -231,8 +256,12 @@ impl Walk<'_> {
                     let len = self.pointer.len();
                     self.pointer.push('/');
                     // RFC 6901: `~` is written `~0`, `/` is written `~1`.
-                    self.pointer
-                        .push_str(&key.replace('~', "~0").replace('/', "~1"));
+                    if key.contains(['~', '/']) {
+                        self.pointer
+                            .push_str(&key.replace('~', "~0").replace('/', "~1"));
+                    } else {
+                        self.pointer.push_str(key);
+                    }
                     self.value(item);
                     self.pointer.truncate(len);
                 }

@@ -26,7 +26,7 @@ impl Prepared {
     ) -> Result<SecretBuf, Vec<ExpandError>> {
         let mut errors: Vec<(usize, ExpandError)> = self.errors.clone();
         let mut secret_bytes = 0usize;
-        for (ordinal, reference, location) in self.ordered_references() {
+        for (ordinal, reference, at) in self.ordered_references() {
             match lookup(reference) {
                 Ok(Resolved::Value(v)) => secret_bytes += v.expose_secret().len(),
                 Ok(Resolved::Whole(s)) => {
@@ -38,7 +38,7 @@ impl Prepared {
                 Err(reason) => errors.push((
                     ordinal,
                     ExpandError {
-                        location,
+                        location: self.location(at),
                         reference: Some(reference.to_string()),
                         reason,
                     },
@@ -88,9 +88,10 @@ fn render_tree<'s>(
     lookup: &dyn Fn(&Reference) -> Result<Resolved<'s>, Reason>,
 ) {
     let bytes = skeleton.as_bytes();
+    let finder = memchr::memmem::Finder::new(marker.as_bytes());
     let mut copied = 0;
     let mut search = 0;
-    while let Some(found) = skeleton[search..].find(marker) {
+    while let Some(found) = finder.find(&bytes[search..]) {
         let start = search + found;
         let digits_start = start + marker.len();
         let digits_len = skeleton[digits_start..]

@@ -1,0 +1,203 @@
+//! Property tests of the reference language (issue 2's "done when").
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use keybroker::reference::{
+    Layout, Prepared, Reason, Reference, Resolved, SecretPath, Target, parse_reference,
+};
+use keybroker::secret::{Secret, SecretMeta, secret_string};
+
+const KEYWORDS: [&str; 4] = ["$SECRET_", "$SAFE_", "$KEY_", "$NAME_"];
+
+fn has_keyword(s: &str) -> bool {
+    KEYWORDS.iter().any(|k| s.contains(k))
+}
+
+/// Text rich in `$`, `_` and keyword fragments, but holding no reference keyword.
+fn plain_text() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            Just("$".to_owned()),
+            Just("$$".to_owned()),
+            Just("$SECRET".to_owned()),
+            Just("SECRET_".to_owned()),
+            Just("$SAF".to_owned()),
+            Just("KEY_".to_owned()),
+            Just("\r\n".to_owned()),
+            Just("\t".to_owned()),
+            any::<char>().prop_map(String::from),
+            "[a-zA-Z0-9 ._/-]{1,8}",
+        ],
+        0..24,
+    )
+    .prop_map(|parts| parts.concat())
+    .prop_filter("no reference keyword", |s| !has_keyword(s))
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        plain_text().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z$_]{0,6}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn no_lookup(_: &Reference) -> Result<Resolved<'static>, Reason> {
+    panic!("a document without references looks nothing up")
+}
+
+fn segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[A-Za-z0-9._-]{1,12}",
+        prop::collection::vec(any::<char>(), 1..8).prop_map(|c| c.into_iter().collect()),
+    ]
+    .prop_filter("valid decoded segment", |s: &String| {
+        s != "."
+            && s != ".."
+            && !s.is_empty()
+            && !s.chars().any(|c| matches!(c, '/' | '\\' | '?' | '#') || c.is_control())
+    })
+}
+
+fn ccp_name() -> impl Strategy<Value = String> {
+    segment().prop_filter("CCP-safe", |s| {
+        !s.chars().any(keybroker::reference::is_ccp_forbidden)
+    })
+}
+
+fn field() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_.-]{0,10}[A-Za-z0-9_-]"
+}
+
+fn reference() -> impl Strategy<Value = Reference> {
+    let secret = (
+        prop::option::of("[A-Za-z0-9_-]{1,8}"),
+        prop::collection::vec(segment(), 1..4),
+        prop::option::of(1u64..),
+        prop::option::of(field()),
+    )
+        .prop_map(|(source, segs, version, field)| Reference {
+            target: Target::Secret {
+                source,
+                path: SecretPath::from_segments(segs).unwrap(),
+                version,
+            },
+            field,
+        });
+    let ccp = (ccp_name(), ccp_name(), prop::option::of(field())).prop_map(|(safe, object, field)| {
+        Reference {
+            target: Target::Ccp { safe, object },
+            field,
+        }
+    });
+    prop_oneof![secret, ccp]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn text_without_references_is_byte_identical(text in plain_text()) {
+        let p = Prepared::text(&text).unwrap();
+        prop_assert_eq!(p.errors().count(), 0);
+        // `$$` before a keyword is an escape; without keywords there is none.
+        let out = p.render(&no_lookup).unwrap();
+        prop_assert_eq!(out.as_bytes(), text.as_bytes());
+    }
+
+    #[test]
+    fn json_without_references_is_value_identical(v in json_value()) {
+        for layout in [Layout::Compact, Layout::Pretty] {
+            let p = Prepared::json(v.clone(), layout).unwrap();
+            let out = p.render(&no_lookup).unwrap();
+            let back: Value = serde_json::from_slice(out.as_bytes()).unwrap();
+            prop_assert_eq!(&back, &v);
+        }
+    }
+
+    #[test]
+    fn yaml_without_references_is_value_identical(v in json_value()) {
+        let yaml = serde_saphyr::to_string(&v).unwrap();
+        let p = Prepared::yaml(&yaml).unwrap();
+        let out = p.render(&no_lookup).unwrap();
+        let back: Value = serde_saphyr::from_str(std::str::from_utf8(out.as_bytes()).unwrap()).unwrap();
+        prop_assert_eq!(back, v);
+    }
+
+    #[test]
+    fn print_parse_is_stable(r in reference()) {
+        let printed = r.to_string();
+        let parsed = parse_reference(&printed).unwrap();
+        prop_assert_eq!(&parsed, &r);
+        prop_assert_eq!(parsed.to_string(), printed);
+    }
+
+    #[test]
+    fn parsing_arbitrary_text_never_panics(s in "\\PC{0,40}", prefix in prop_oneof![Just("$SECRET_"), Just("$SAFE_"), Just("")]) {
+        let text = format!("{prefix}{s}");
+        let _ = keybroker::reference::parse_template(&text);
+        let _ = Prepared::text(&text).unwrap();
+    }
+
+    /// Random documents mixing resolvable, missing and malformed references: the answer is
+    /// the full document when all resolve, else exactly the failing ones and no output.
+    #[test]
+    fn failures_never_produce_partial_output(
+        kinds in prop::collection::vec(0u8..4, 1..12),
+        interpolate in prop::collection::vec(any::<bool>(), 12),
+    ) {
+        let mut fields = BTreeMap::new();
+        fields.insert("present".to_owned(), secret_string("VALUE"));
+        let secret = Secret::new(fields, SecretMeta::default());
+        let lookup = |r: &Reference| -> Result<Resolved<'_>, Reason> {
+            match &r.target {
+                Target::Secret { path, .. } if path.to_string() == "ok" => match r.field.as_deref() {
+                    None => Ok(Resolved::Whole(&secret)),
+                    Some(f) => secret.field(f).map(Resolved::Value).ok_or(Reason::FieldNotFound),
+                },
+                _ => Err(Reason::NotFound),
+            }
+        };
+        let mut doc = serde_json::Map::new();
+        let mut failing = Vec::new();
+        for (i, kind) in kinds.iter().enumerate() {
+            let reference = match kind {
+                0 => "$SECRET_ok $KEY_present",
+                1 => "$SECRET_ok $KEY_absent",
+                2 => "$SECRET_missing $KEY_present",
+                _ => "$SECRET_ok/../x $KEY_present",
+            };
+            if *kind != 0 {
+                failing.push(format!("/k{i}"));
+            }
+            let value = if interpolate[i] { format!("a {reference} b") } else { reference.to_owned() };
+            doc.insert(format!("k{i}"), Value::String(value));
+        }
+        let p = Prepared::json(Value::Object(doc), Layout::Compact).unwrap();
+        match p.render(&lookup) {
+            Ok(out) => {
+                prop_assert!(failing.is_empty());
+                let v: Value = serde_json::from_slice(out.as_bytes()).unwrap();
+                for (i, _) in kinds.iter().enumerate() {
+                    let want = if interpolate[i] { "a VALUE b" } else { "VALUE" };
+                    prop_assert_eq!(&v[format!("k{i}")], want);
+                }
+            }
+            Err(errors) => {
+                let got: Vec<String> = errors.iter().map(|e| e.location.to_string()).collect();
+                prop_assert_eq!(got, failing);
+            }
+        }
+    }
+}
