@@ -1,0 +1,28 @@
+//! Documents in every format: preparing never panics, and rendering with every lookup
+//! failing never yields output.
+#![no_main]
+
+use keybroker::reference::{Layout, Prepared, Reason, Reference, Resolved};
+use libfuzzer_sys::fuzz_target;
+
+fn missing(_: &Reference) -> Result<Resolved<'static>, Reason> {
+    Err(Reason::NotFound)
+}
+
+fuzz_target!(|input: (u8, &str)| {
+    let (format, text) = input;
+    let prepared = match format % 3 {
+        0 => Prepared::json_text(text, Layout::Compact),
+        1 => Prepared::yaml(text),
+        _ => Prepared::text(text),
+    };
+    let Ok(prepared) = prepared else {
+        return;
+    };
+    let has_refs = !prepared.references().is_empty();
+    let has_errors = prepared.errors().next().is_some();
+    match prepared.render(&missing) {
+        Ok(_) => assert!(!has_refs && !has_errors),
+        Err(errors) => assert!(!errors.is_empty()),
+    }
+});
