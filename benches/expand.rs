@@ -36,7 +36,10 @@ fn document() -> Value {
 fn secret() -> Secret {
     let mut f = BTreeMap::new();
     f.insert("user".to_owned(), secret_string("service-account"));
-    f.insert("pass".to_owned(), secret_string("correct horse battery staple 0123456789"));
+    f.insert(
+        "pass".to_owned(),
+        secret_string("correct horse battery staple 0123456789"),
+    );
     Secret::new(f, SecretMeta::default())
 }
 
@@ -53,7 +56,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("expand_10k_refs_json");
     g.throughput(Throughput::Bytes(doc_bytes));
     // Baseline: the clone of the input that every `prepare` iteration below includes.
-    g.bench_function("clone_document_baseline", |b| b.iter(|| black_box(doc.clone())));
+    g.bench_function("clone_document_baseline", |b| {
+        b.iter(|| black_box(doc.clone()))
+    });
     g.bench_function("prepare", |b| {
         b.iter(|| Prepared::json(black_box(doc.clone()), Layout::Compact).unwrap())
     });

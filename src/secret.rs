@@ -118,8 +118,7 @@ impl SecretBuf {
     /// DEL, C1 controls, U+2028/2029 and U+FEFF escaped.
     pub fn push_escaped(&mut self, s: &str) {
         // Most values are printable ASCII with nothing to escape: one copy.
-        if s
-            .bytes()
+        if s.bytes()
             .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
         {
             self.push_str(s);

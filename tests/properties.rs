@@ -66,7 +66,9 @@ fn segment() -> impl Strategy<Value = String> {
         s != "."
             && s != ".."
             && !s.is_empty()
-            && !s.chars().any(|c| matches!(c, '/' | '\\' | '?' | '#') || c.is_control())
+            && !s
+                .chars()
+                .any(|c| matches!(c, '/' | '\\' | '?' | '#') || c.is_control())
     })
 }
 
@@ -95,12 +97,13 @@ fn reference() -> impl Strategy<Value = Reference> {
             },
             field,
         });
-    let ccp = (ccp_name(), ccp_name(), prop::option::of(field())).prop_map(|(safe, object, field)| {
-        Reference {
-            target: Target::Ccp { safe, object },
-            field,
-        }
-    });
+    let ccp =
+        (ccp_name(), ccp_name(), prop::option::of(field())).prop_map(|(safe, object, field)| {
+            Reference {
+                target: Target::Ccp { safe, object },
+                field,
+            }
+        });
     prop_oneof![secret, ccp]
 }
 

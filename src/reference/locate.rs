@@ -171,7 +171,9 @@ impl Prepared {
 
     /// Every well-formed reference, in document order, without computing locations.
     pub fn references_unlocated(&self) -> impl Iterator<Item = (&Reference, usize)> {
-        self.ordered_references().into_iter().map(|(o, r, _)| (r, o))
+        self.ordered_references()
+            .into_iter()
+            .map(|(o, r, _)| (r, o))
     }
 
     /// The references with their place in document order; the location is computed only
