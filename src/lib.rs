@@ -8,6 +8,7 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod pem;
 pub mod reference;
 pub mod secret;
 pub mod source;

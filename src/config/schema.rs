@@ -53,14 +53,7 @@ pub enum ClientAuth {
 }
 
 /// How PEM values from a source or credential are treated (shared/DESIGN.md §4).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PemMode {
-    #[default]
-    Repair,
-    Strict,
-    Off,
-}
+pub use crate::pem::Mode as PemMode;
 
 /// One `[[source]]`, by `kind`.
 #[derive(Clone, Debug)]
