@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, SourceConfig};
+use crate::pem::{self, CheckedSecret, RepairKind};
 use crate::reference::{
     DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, Resolved, Target,
 };
@@ -52,10 +53,19 @@ pub struct Resolution {
 pub struct ResolveMetadata {
     /// True when any value came from a cache past its TTL (set from issue 8 on).
     pub stale: bool,
-    /// PEM repairs applied (filled from issue 3 on).
-    pub repairs: Vec<String>,
+    /// PEM repairs applied to the values used, per field.
+    pub repairs: Vec<RepairUse>,
     /// Each distinct secret read, in first-use order.
     pub secrets: Vec<SecretUse>,
+}
+
+/// The PEM repairs applied to one field of one secret.
+#[derive(Clone, Debug, Serialize)]
+pub struct RepairUse {
+    pub source: String,
+    pub path: String,
+    pub field: String,
+    pub repairs: Vec<RepairKind>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -91,6 +101,8 @@ pub enum BuildError {
 #[derive(Debug)]
 pub struct Broker {
     sources: HashMap<String, Arc<dyn SecretSource>>,
+    /// How PEM values of each source are treated (repair when not listed).
+    pem_modes: HashMap<String, pem::Mode>,
     default_source: Option<String>,
     ccp_source: Option<String>,
 }
@@ -101,7 +113,14 @@ type ReadKey = (String, ReadRequest);
 impl Broker {
     pub fn from_config(config: &Config) -> Result<Self, BuildError> {
         let mut sources: Vec<Arc<dyn SecretSource>> = Vec::new();
+        let mut pem_modes = HashMap::new();
         for s in &config.sources {
+            let mode = match s {
+                SourceConfig::File(f) => f.pem,
+                SourceConfig::Vault(v) => v.pem,
+                SourceConfig::Ccp(c) => c.pem,
+            };
+            pem_modes.insert(s.name().to_owned(), mode);
             match s {
                 SourceConfig::File(f) => {
                     let source = FileSource::new(&f.name, &f.path).map_err(|source| {
@@ -127,11 +146,13 @@ impl Broker {
                 }
             }
         }
-        Ok(Self::new(
+        let mut broker = Self::new(
             sources,
             config.default_source().map(str::to_owned),
             config.ccp_source().map(str::to_owned),
-        ))
+        );
+        broker.pem_modes = pem_modes;
+        Ok(broker)
     }
 
     pub fn new(
@@ -145,9 +166,16 @@ impl Broker {
             .collect();
         Self {
             sources,
+            pem_modes: HashMap::new(),
             default_source,
             ccp_source,
         }
+    }
+
+    /// Sets how PEM values of source `name` are treated (default: repair).
+    pub fn with_pem_mode(mut self, name: &str, mode: pem::Mode) -> Self {
+        self.pem_modes.insert(name.to_owned(), mode);
+        self
     }
 
     /// Expands every reference in `document`, or reports every one that fails.
@@ -183,29 +211,45 @@ impl Broker {
             });
             plan.insert(reference, step);
         }
-        let secrets = self.read_all(&order).await;
+        // PEM values are repaired and verified before anything is written (DESIGN §4).
+        let secrets: Vec<Result<CheckedSecret, SourceError>> = self
+            .read_all(&order)
+            .await
+            .into_iter()
+            .zip(&order)
+            .map(|(read, (name, _))| {
+                let options = pem::Options {
+                    mode: self.pem_modes.get(name).copied().unwrap_or_default(),
+                    ..pem::Options::default()
+                };
+                read.map(|secret| pem::check_secret(&secret, &options))
+            })
+            .collect();
         let lookup = |r: &Reference| -> Result<Resolved<'_>, Reason> {
             let index = plan.get(r).cloned().unwrap_or(Err(Reason::UnknownSource))?;
-            let secret = secrets[index].as_ref().map_err(source_reason)?;
-            pick(r, secret)
+            let checked = secrets[index].as_ref().map_err(source_reason)?;
+            pick(r, checked)
         };
         let document = prepared.render(&lookup).map_err(ResolveError::Unresolved)?;
-        let metadata = ResolveMetadata {
-            secrets: order
-                .iter()
-                .zip(&secrets)
-                .map(|((source, req), secret)| SecretUse {
+        let mut metadata = ResolveMetadata::default();
+        for ((source, req), checked) in order.iter().zip(&secrets) {
+            let checked = checked.as_ref().ok();
+            metadata.secrets.push(SecretUse {
+                source: source.clone(),
+                path: req.path.to_string(),
+                version: checked
+                    .and_then(|c| c.secret.meta().version)
+                    .or(req.version),
+            });
+            for (field, repairs) in checked.map_or(&[][..], |c| &c.repaired[..]) {
+                metadata.repairs.push(RepairUse {
                     source: source.clone(),
                     path: req.path.to_string(),
-                    version: secret
-                        .as_ref()
-                        .ok()
-                        .and_then(|s| s.meta().version)
-                        .or(req.version),
-                })
-                .collect(),
-            ..ResolveMetadata::default()
-        };
+                    field: field.clone(),
+                    repairs: repairs.clone(),
+                });
+            }
+        }
         Ok(Resolution {
             format: prepared.format(),
             document,
@@ -274,14 +318,24 @@ impl Broker {
     }
 }
 
-/// The part of a secret a reference asks for.
-fn pick<'s>(r: &Reference, secret: &'s Secret) -> Result<Resolved<'s>, Reason> {
+/// The part of a secret a reference asks for; a rejected PEM value is an error, also when
+/// it is one field of a whole secret.
+fn pick<'s>(r: &Reference, checked: &'s CheckedSecret) -> Result<Resolved<'s>, Reason> {
     let field = match (&r.target, r.field.as_deref()) {
-        (Target::Secret { .. }, None) => return Ok(Resolved::Whole(secret)),
+        (Target::Secret { .. }, None) => {
+            if let Some(e) = checked.rejected.values().next() {
+                return Err(Reason::PemRejected(e.code()));
+            }
+            return Ok(Resolved::Whole(&checked.secret));
+        }
         (Target::Ccp { .. }, None) => "Content",
         (_, Some(f)) => f,
     };
-    secret
+    if let Some(e) = checked.rejected.get(field) {
+        return Err(Reason::PemRejected(e.code()));
+    }
+    checked
+        .secret
         .field(field)
         .map(Resolved::Value)
         .ok_or(Reason::FieldNotFound)

@@ -183,3 +183,63 @@ async fn oversized_bodies_are_refused() {
     let (status, _, _) = post(&app, Some(TOKEN), &big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+/// A CCP-style flattened certificate and key are repaired on the way out; the repairs are
+/// reported; a PEM value that cannot be repaired is refused with its code and no value.
+#[tokio::test]
+async fn flattened_pem_is_repaired_and_broken_pem_refused() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["gw.example".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem();
+    let key_pem = key.serialize_pem();
+    let (app, dir) = app();
+    let flat = |s: &str| s.replace("\r\n", "\n").replace('\n', " ").trim().to_owned();
+    std::fs::write(
+        dir.path().join("secrets/team/mtls.json"),
+        json!({"cert": flat(&cert), "key": flat(&key_pem)}).to_string(),
+    )
+    .unwrap();
+    let broken = flat(&key_pem).replacen("-----END PRIVATE KEY-----", "", 1) + " " + CANARY;
+    std::fs::write(
+        dir.path().join("secrets/team/broken.json"),
+        json!({"key": broken}).to_string(),
+    )
+    .unwrap();
+
+    let (status, _, text) = post(
+        &app,
+        Some(TOKEN),
+        r#"{"document": {"c": "$SECRET_team/mtls $KEY_cert", "k": "$SECRET_team/mtls $KEY_key"}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["document"]["c"], cert.replace("\r\n", "\n"));
+    assert_eq!(v["document"]["k"], key_pem.replace("\r\n", "\n"));
+    let repairs = v["metadata"]["repairs"].as_array().unwrap();
+    assert_eq!(repairs.len(), 2, "{text}");
+    assert_eq!(repairs[0]["field"], "cert");
+    assert_eq!(repairs[0]["repairs"], json!(["spaces_to_newlines"]));
+
+    for doc in [
+        r#"{"document": {"k": "$SECRET_team/broken $KEY_key"}}"#,
+        r#"{"document": {"all": "$SECRET_team/broken"}}"#,
+    ] {
+        let (status, _, text) = post(&app, Some(TOKEN), doc).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(!text.contains(CANARY), "{text}");
+        assert!(!text.contains("BEGIN PRIVATE KEY"), "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["details"][0]["code"], "pem_rejected", "{text}");
+        assert!(
+            v["error"]["details"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("missing_end"),
+            "{text}"
+        );
+    }
+}

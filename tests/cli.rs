@@ -53,6 +53,15 @@ fn resolve_prints_the_expanded_example_document() {
     );
     assert_eq!(doc["api"]["authorization"], "Bearer dev-api-token-4c1e0b7a");
     assert_eq!(doc["api"]["note"], "write $SECRET_ for a literal reference");
+    // The CCP-flattened copy of the bundle comes back byte-identical to the intact one.
+    assert_eq!(
+        doc["partner_mtls_repaired"]["cert"],
+        doc["partner_mtls"]["cert"]
+    );
+    assert_eq!(
+        doc["partner_mtls_repaired"]["key"],
+        doc["partner_mtls"]["key"]
+    );
     // Values never reach the log, even at trace level.
     assert!(!stderr(&out).contains("dev-only-Zq8"), "{}", stderr(&out));
 }
@@ -199,4 +208,84 @@ fn vault_sources_are_refused_until_they_exist() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not available"), "{}", stderr(&out));
+}
+
+fn keybroker_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn pem_repair_round_trips_a_ccp_flattened_key_through_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let status = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .expect("openssl is installed (scripts/test.sh installs it)");
+    assert!(status.success());
+    let original = std::fs::read_to_string(&key).unwrap();
+    let flat = original.replace('\n', " ");
+    let out = keybroker_stdin(&["pem", "repair"], flat.trim_end().as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), original, "byte-exact");
+    assert_eq!(stderr(&out).trim(), r#"{"repairs":["spaces_to_newlines"]}"#);
+
+    let out = keybroker_stdin(&["pem", "repair", "--strict"], flat.as_bytes());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert!(err.contains(r#""code":"not_intact""#), "{err}");
+    let body_line = original.lines().nth(1).unwrap();
+    assert!(
+        !err.contains(&body_line[..16]),
+        "key text in an error: {err}"
+    );
+
+    let out = keybroker_stdin(&["pem", "inspect"], flat.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let facts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(facts["blocks"][0]["kind"], "private_key");
+    assert_eq!(facts["blocks"][0]["key_algorithm"], "RSA");
+    assert_eq!(facts["blocks"][0]["key_bits"], 2048);
+    assert!(
+        !stdout(&out).contains(&body_line[..16]),
+        "inspect shows key bytes"
+    );
+}
+
+#[test]
+fn pem_inspect_describes_the_dev_certificate() {
+    let bundle: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/dev/secrets/demo/partner.json")).unwrap(),
+    )
+    .unwrap();
+    let input = format!(
+        "{}{}{}",
+        bundle["cert"].as_str().unwrap(),
+        bundle["key"].as_str().unwrap(),
+        bundle["ca"].as_str().unwrap()
+    );
+    let out = keybroker_stdin(&["pem", "inspect", "--expect-leaf"], input.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let facts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(facts["blocks"][0]["subject"], "CN=gateway.payments.example");
+    assert_eq!(facts["blocks"][2]["is_ca"], true);
+    assert_eq!(facts["repairs"], serde_json::json!([]));
 }

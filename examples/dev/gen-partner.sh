@@ -16,11 +16,16 @@ printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n
 openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
   -extfile ext -out leaf.pem 2>/dev/null
 openssl pkcs8 -topk8 -nocrypt -in leaf.key -out leaf.p8
-python3 - "$here/secrets/demo/partner.json" <<'PY'
+python3 - "$here/secrets/demo" <<'PY'
 import json, sys
 doc = {"cert": open("leaf.pem").read(), "key": open("leaf.p8").read(), "ca": open("ca.pem").read()}
-with open(sys.argv[1], "w") as f:
+with open(sys.argv[1] + "/partner.json", "w") as f:
     json.dump(doc, f, indent=2)
     f.write("\n")
+# The same bundle as CyberArk CCP returns it: every newline replaced by a space.
+flat = {k: v.replace("\n", " ").strip() for k, v in doc.items()}
+with open(sys.argv[1] + "/partner-ccp.json", "w") as f:
+    json.dump(flat, f, indent=2)
+    f.write("\n")
 PY
-echo "wrote $here/secrets/demo/partner.json"
+echo "wrote $here/secrets/demo/partner.json and partner-ccp.json"

@@ -69,6 +69,11 @@ impl fmt::Debug for Repaired {
     }
 }
 
+/// The label keybroker knows by that name (`"PRIVATE KEY"`, `"CERTIFICATE"`, …).
+pub fn known_label(name: &str) -> Option<&'static str> {
+    scan::KNOWN_LABELS.iter().copied().find(|l| *l == name)
+}
+
 /// True when `value` holds a PEM armour line (possibly flattened).
 pub fn looks_like_pem(value: &str) -> bool {
     value.contains("-----BEGIN")
@@ -152,4 +157,49 @@ fn unwrap_base64(input: &str) -> Option<Zeroizing<String>> {
     );
     let text = std::str::from_utf8(&bytes).ok()?;
     looks_like_pem(text).then(|| Zeroizing::new(text.to_owned()))
+}
+
+/// A secret whose PEM-looking fields went through [`repair`].
+#[derive(Debug)]
+pub struct CheckedSecret {
+    /// The secret with repaired values; rejected fields are absent.
+    pub secret: crate::secret::Secret,
+    /// Fields whose value was rejected, with the reason.
+    pub rejected: std::collections::BTreeMap<String, PemError>,
+    /// Fields that were repaired, with what was done.
+    pub repaired: Vec<(String, Vec<RepairKind>)>,
+}
+
+/// Applies [`repair`] to every field of `secret` that looks like PEM.
+pub fn check_secret(secret: &crate::secret::Secret, opts: &Options) -> CheckedSecret {
+    use secrecy::ExposeSecret;
+
+    use crate::secret::{Secret, secret_string};
+
+    let mut fields = std::collections::BTreeMap::new();
+    let mut rejected = std::collections::BTreeMap::new();
+    let mut repaired = Vec::new();
+    for (name, value) in secret.fields() {
+        let text = value.expose_secret();
+        if opts.mode == Mode::Off || !looks_like_pem(text) {
+            fields.insert(name.to_owned(), secret_string(text));
+            continue;
+        }
+        match repair(text, opts) {
+            Ok(r) => {
+                if !r.repairs.is_empty() {
+                    repaired.push((name.to_owned(), r.repairs));
+                }
+                fields.insert(name.to_owned(), secret_string(&r.pem));
+            }
+            Err(e) => {
+                rejected.insert(name.to_owned(), e);
+            }
+        }
+    }
+    CheckedSecret {
+        secret: Secret::new(fields, secret.meta().clone()),
+        rejected,
+        repaired,
+    }
 }

@@ -136,6 +136,9 @@ pub enum Reason {
     /// The source holds something that is not a valid secret (e.g. a malformed file).
     #[error("the stored secret is malformed: {0}")]
     Malformed(&'static str),
+    /// A PEM value that could not be repaired or did not verify; holds the PEM reason code.
+    #[error("the stored PEM value was rejected ({0})")]
+    PemRejected(&'static str),
 }
 
 impl Reason {
@@ -152,6 +155,7 @@ impl Reason {
             Self::SourceUnavailable => "source_unavailable",
             Self::Unsupported(_) => "unsupported",
             Self::Malformed(_) => "malformed_secret",
+            Self::PemRejected(_) => "pem_rejected",
         }
     }
 }
