@@ -127,6 +127,16 @@ pub fn repair(input: &str, opts: &Options) -> Result<Repaired, PemError> {
     })
 }
 
+/// The structural restoration alone, **without verification**: the text may be a wrong or
+/// mangled key. For measuring the repair stage and for tooling; anything handed out must go
+/// through [`repair`].
+pub fn danger_restore_unverified(
+    input: &str,
+) -> Result<(Zeroizing<String>, Vec<RepairKind>), PemError> {
+    let scanned = scan::scan(input, None)?;
+    Ok((scanned.text, scanned.repairs.into_iter().collect()))
+}
+
 /// The stable name of a repair kind (as serialized).
 pub fn repair_name(kind: RepairKind) -> &'static str {
     match kind {

@@ -184,21 +184,31 @@ fn normalize(input: &str, repairs: &mut BTreeSet<RepairKind>) -> Zeroizing<Strin
     if escaped {
         repairs.insert(RepairKind::EscapedNewlines);
     }
-    let mut rest = input;
-    while !rest.is_empty() {
-        let (skip, push) = if rest.starts_with("\r\n") {
-            (2, "\n")
-        } else if escaped && rest.starts_with("\\r\\n") {
-            (4, "\n")
-        } else if escaped && rest.starts_with("\\n") {
-            (2, "\n")
-        } else {
-            let c = rest.chars().next().map_or(1, char::len_utf8);
-            (c, &rest[..c])
-        };
-        out.push_str(push);
-        rest = &rest[skip..];
+    if !crlf && !escaped {
+        out.push_str(input);
+        return out;
     }
+    // Copy runs between the sequences to replace, never byte by byte.
+    let mut rest = input;
+    while let Some(at) = rest.find(['\r', '\\']) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let skip = if rest.starts_with("\r\n") || (escaped && rest.starts_with("\\n")) {
+            2
+        } else if escaped && rest.starts_with("\\r\\n") {
+            4
+        } else {
+            0
+        };
+        if skip == 0 {
+            out.push_str(&rest[..1]);
+            rest = &rest[1..];
+        } else {
+            out.push('\n');
+            rest = &rest[skip..];
+        }
+    }
+    out.push_str(rest);
     out
 }
 
@@ -414,15 +424,19 @@ fn body_lines(
         }
     } else {
         repairs.insert(RepairKind::Rewrapped);
+        // Tokens are base64 (ASCII, checked above): slicing by bytes is slicing by chars.
         let mut col = 0;
         for t in &tokens {
-            for (i, ch) in t.char_indices() {
+            let mut t: &str = t;
+            while !t.is_empty() {
                 if col == 64 {
                     body.push('\n');
                     col = 0;
                 }
-                body.push_str(&t[i..i + ch.len_utf8()]);
-                col += 1;
+                let take = (64 - col).min(t.len());
+                body.push_str(&t[..take]);
+                col += take;
+                t = &t[take..];
             }
         }
     }
