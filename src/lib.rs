@@ -9,6 +9,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod pem;
+pub mod policy;
 pub mod reference;
 pub mod secret;
 pub mod source;
