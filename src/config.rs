@@ -8,14 +8,14 @@
 
 mod schema;
 
-use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::de::{DeTable, DeValue};
 
+pub use crate::diag::Diagnostic;
+use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, FileSourceConfig,
     KvVersion, PemMode, ServerConfig, SourceConfig, VaultAuth, VaultSourceConfig,
@@ -35,28 +35,6 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub cache: CacheConfig,
     pub audit: Option<AuditConfig>,
-}
-
-/// One problem in a configuration file, with its position.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,11 +69,7 @@ impl Config {
 
     /// Validates `text` as if read from `file` (relative paths resolve against its folder).
     pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
-        let mut d = Diags {
-            file,
-            text,
-            list: Vec::new(),
-        };
+        let mut d = Diags::new(file, text);
         let root = match DeTable::parse(text) {
             Ok(root) => root,
             Err(e) => {
@@ -124,7 +98,7 @@ impl Config {
                 "server" => cfg.server = d.section(value, &[]).unwrap_or_default(),
                 "cache" => cfg.cache = d.section(value, &[]).unwrap_or_default(),
                 "audit" => cfg.audit = d.section(value, &[]),
-                "source" => cfg.sources = d.sources(value, &mut spans),
+                "source" => cfg.sources = ConfigSections::sources(&mut d, value, &mut spans),
                 other => d.at(key.span(), format!("unknown key `{other}`")),
             }
         }
@@ -281,63 +255,16 @@ struct Spans {
     source_paths: Vec<Range<usize>>,
 }
 
-struct Diags<'a> {
-    file: &'a Path,
-    text: &'a str,
-    list: Vec<Diagnostic>,
-}
+struct ConfigSections;
 
-impl Diags<'_> {
-    fn at(&mut self, span: Range<usize>, message: String) {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        self.list.push(Diagnostic {
-            file: self.file.to_owned(),
-            line,
-            column,
-            message,
-        });
-    }
-
-    /// Deserializes one value, reporting its unknown keys (except `allowed`) and its first
-    /// type error.
-    fn section<T: DeserializeOwned>(
-        &mut self,
+impl ConfigSections {
+    fn sources(
+        d: &mut Diags<'_>,
         value: &Spanned<DeValue<'_>>,
-        allowed: &[&str],
-    ) -> Option<T> {
-        let mut unknown = Vec::new();
-        let result: Result<T, _> =
-            serde_ignored::deserialize(ValueDeserializer::from(value.clone()), |path| {
-                let mut segs = Vec::new();
-                path_segments(&path, &mut segs);
-                unknown.push(segs);
-            });
-        for segs in unknown {
-            if let [Seg::Key(k)] = segs.as_slice() {
-                if allowed.contains(&k.as_str()) {
-                    continue;
-                }
-            }
-            let span = span_of(value, &segs).unwrap_or_else(|| value.span());
-            self.at(span, format!("unknown key `{}`", display_path(&segs)));
-        }
-        match result {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.at(
-                    e.span().unwrap_or_else(|| value.span()),
-                    e.message().trim().to_owned(),
-                );
-                None
-            }
-        }
-    }
-
-    fn sources(&mut self, value: &Spanned<DeValue<'_>>, spans: &mut Spans) -> Vec<SourceConfig> {
+        spans: &mut Spans,
+    ) -> Vec<SourceConfig> {
         let Some(items) = value.get_ref().as_array() else {
-            self.at(
+            d.at(
                 value.span(),
                 "`source` must be an array of tables: write [[source]]".to_owned(),
             );
@@ -350,18 +277,18 @@ impl Diags<'_> {
                 .get("kind")
                 .map(|k| (k.get_ref().as_str(), k.span()));
             let parsed = match kind {
-                Some((Some("vault"), _)) => self.section(item, &["kind"]).map(SourceConfig::Vault),
-                Some((Some("ccp"), _)) => self.section(item, &["kind"]).map(SourceConfig::Ccp),
-                Some((Some("file"), _)) => self.section(item, &["kind"]).map(SourceConfig::File),
+                Some((Some("vault"), _)) => d.section(item, &["kind"]).map(SourceConfig::Vault),
+                Some((Some("ccp"), _)) => d.section(item, &["kind"]).map(SourceConfig::Ccp),
+                Some((Some("file"), _)) => d.section(item, &["kind"]).map(SourceConfig::File),
                 Some((_, span)) => {
-                    self.at(
+                    d.at(
                         span,
                         "source `kind` must be \"vault\", \"ccp\" or \"file\"".to_owned(),
                     );
                     None
                 }
                 None => {
-                    self.at(
+                    d.at(
                         item.span(),
                         "[[source]] needs `kind` (\"vault\", \"ccp\" or \"file\")".to_owned(),
                     );
@@ -378,67 +305,6 @@ impl Diags<'_> {
             }
         }
         out
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<Seg>) {
-    use serde_ignored::Path as P;
-    match path {
-        P::Root => {}
-        P::Seq { parent, index } => {
-            path_segments(parent, out);
-            out.push(Seg::Index(*index));
-        }
-        P::Map { parent, key } => {
-            path_segments(parent, out);
-            out.push(Seg::Key(key.clone()));
-        }
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
-            path_segments(parent, out)
-        }
-    }
-}
-
-fn display_path(segs: &[Seg]) -> String {
-    let mut s = String::new();
-    for seg in segs {
-        match seg {
-            Seg::Key(k) => {
-                if !s.is_empty() {
-                    s.push('.');
-                }
-                s.push_str(k);
-            }
-            Seg::Index(i) => s.push_str(&format!("[{i}]")),
-        }
-    }
-    s
-}
-
-/// The span of the key (or array element) that `segs` leads to.
-fn span_of(value: &Spanned<DeValue<'_>>, segs: &[Seg]) -> Option<Range<usize>> {
-    let (first, rest) = segs.split_first()?;
-    let (span, next) = match first {
-        Seg::Key(k) => {
-            let table = value.get_ref().as_table()?;
-            let (key, v) = table.iter().find(|(key, _)| key.get_ref() == k)?;
-            (key.span(), v)
-        }
-        Seg::Index(i) => {
-            let item = value.get_ref().as_array()?.get(*i)?;
-            (item.span(), item)
-        }
-    };
-    if rest.is_empty() {
-        Some(span)
-    } else {
-        span_of(next, rest)
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+mod diag;
 pub mod pem;
 pub mod policy;
 pub mod reference;
