@@ -31,6 +31,24 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// A diagnostic at byte `span.start` of `text` (read from `file`).
+pub(crate) fn diagnostic(
+    file: &Path,
+    text: &str,
+    span: Range<usize>,
+    message: String,
+) -> Diagnostic {
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    Diagnostic {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
 pub(crate) struct Diags<'a> {
     pub file: &'a Path,
     pub text: &'a str,
@@ -49,15 +67,8 @@ impl<'a> Diags<'a> {
 
 impl Diags<'_> {
     pub fn at(&mut self, span: Range<usize>, message: String) {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        self.list.push(Diagnostic {
-            file: self.file.to_owned(),
-            line,
-            column,
-            message,
-        });
+        self.list
+            .push(diagnostic(self.file, self.text, span, message));
     }
 
     /// Deserializes one value, reporting its unknown keys (except `allowed`) and its first
@@ -96,7 +107,7 @@ impl Diags<'_> {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Seg {
     Key(String),
     Index(usize),

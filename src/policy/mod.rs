@@ -1,3 +1,16 @@
 //! Access policy (shared/DESIGN.md §5): who may read what, for which destination.
+//!
+//! Policy is plain data ([`Policy`]) plus one pure decision function ([`Policy::decide`]);
+//! the default is deny. **Boundary:** no I/O but loading; nothing here is cached with values.
 
+mod decide;
 pub mod host;
+mod load;
+mod model;
+
+pub use decide::{Decision, Subject};
+pub use host::{Destination, HostError, HostPattern};
+pub use load::{PolicyError, load};
+pub use model::{
+    Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Policy, ReadAccess,
+};

@@ -1,0 +1,155 @@
+//! The one pure decision: (consumer, credential or reference, destination) → allow or deny,
+//! with a reason code and the rule that matched. Default deny. A denial for a credential the
+//! caller cannot see is indistinguishable from one that does not exist.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::host::Destination;
+use super::model::{Credential, Policy, ReadAccess};
+use crate::reference::SecretPath;
+
+/// What is asked for.
+#[derive(Clone, Copy, Debug)]
+pub enum Subject<'a> {
+    /// A named credential (`/v1/credentials/{name}/material`).
+    Credential(&'a str),
+    /// A raw reference in a `/v1/resolve` document.
+    Reference {
+        source: &'a str,
+        path: &'a SecretPath,
+    },
+}
+
+/// The outcome, with enough to explain it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Stable reason code.
+    pub reason: &'static str,
+    /// The rule that allowed (or, for host denials, the grant or credential considered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The consumer's team, when the consumer is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+}
+
+impl Decision {
+    fn deny(reason: &'static str, team: Option<&str>, rule: Option<String>) -> Self {
+        Self {
+            allowed: false,
+            reason,
+            rule,
+            team: team.map(str::to_owned),
+        }
+    }
+}
+
+impl Policy {
+    /// The consumer whose `token_sha256` is the SHA-256 of `token`. Every consumer's digest
+    /// is compared, in constant time, whether or not an earlier one matched.
+    pub fn consumer_by_token(&self, token: &str) -> Option<&str> {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for c in &self.consumers {
+            if let Some(d) = &c.token_sha256 {
+                if bool::from(d.ct_eq(&presented)) && found.is_none() {
+                    found = Some(c.name.as_str());
+                }
+            }
+        }
+        found
+    }
+
+    /// The credential `name` as `team` sees it: its own first (same-team name wins), else
+    /// the one other team's credential shared with it.
+    pub fn visible_credential(&self, team: &str, name: &str) -> Result<&Credential, &'static str> {
+        let named = || self.credentials.iter().filter(move |c| c.name == name);
+        if let Some(own) = named().find(|c| c.team == team) {
+            return Ok(own);
+        }
+        let mut shared = named().filter(|c| match c.read_access {
+            ReadAccess::Team => false,
+            ReadAccess::Global => true,
+            ReadAccess::SpecificTeams => c.shared_team_slugs.iter().any(|t| t == team),
+        });
+        match (shared.next(), shared.next()) {
+            (Some(c), None) => Ok(c),
+            (Some(_), Some(_)) => Err("ambiguous_credential"),
+            (None, _) => Err("not_found_or_not_visible"),
+        }
+    }
+
+    /// Decides one request. Pure: the same inputs give the same decision, whatever any cache
+    /// holds.
+    pub fn decide(
+        &self,
+        consumer: &str,
+        subject: Subject<'_>,
+        host: Option<&Destination>,
+    ) -> Decision {
+        let Some(c) = self.consumers.iter().find(|c| c.name == consumer) else {
+            return Decision::deny("unknown_consumer", None, None);
+        };
+        let team = c.team.as_str();
+        match subject {
+            Subject::Credential(name) => {
+                let cred = match self.visible_credential(team, name) {
+                    Ok(cred) => cred,
+                    Err(reason) => return Decision::deny(reason, Some(team), None),
+                };
+                let why = match (cred.team == team, cred.read_access) {
+                    (true, _) => "team",
+                    (false, ReadAccess::Global) => "global",
+                    (false, _) => "shared",
+                };
+                let rule = format!("credential {}/{} ({why})", cred.team, cred.name);
+                hosts_decision(&cred.allowed_hosts, host, team, rule)
+            }
+            Subject::Reference { source, path } => {
+                let mut considered = None;
+                for g in self
+                    .grants
+                    .iter()
+                    .filter(|g| g.team == team && g.source == source)
+                {
+                    let Some(p) = g.paths.iter().find(|p| p.matches(path)) else {
+                        continue;
+                    };
+                    let rule = format!("grant {} {}:{}", g.team, g.source, p);
+                    let d = hosts_decision(&g.allowed_hosts, host, team, rule);
+                    if d.allowed {
+                        return d;
+                    }
+                    considered.get_or_insert(d);
+                }
+                considered.unwrap_or_else(|| Decision::deny("no_grant", Some(team), None))
+            }
+        }
+    }
+}
+
+fn hosts_decision(
+    patterns: &[super::host::HostPattern],
+    host: Option<&Destination>,
+    team: &str,
+    rule: String,
+) -> Decision {
+    let Some(dest) = host else {
+        return Decision::deny("host_required", Some(team), Some(rule));
+    };
+    if patterns.is_empty() {
+        return Decision::deny("no_allowed_hosts", Some(team), Some(rule));
+    }
+    match patterns.iter().find(|p| p.matches(dest)) {
+        Some(p) => Decision {
+            allowed: true,
+            reason: "allowed",
+            rule: Some(format!("{rule}; host {p}")),
+            team: Some(team.to_owned()),
+        },
+        None => Decision::deny("host_not_allowed", Some(team), Some(rule)),
+    }
+}

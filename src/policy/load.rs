@@ -1,0 +1,499 @@
+//! Loading the policies folder: every `*.toml` under it (the `vault/` subfolder holds HCL for
+//! Vault and is skipped), all errors of all files listed with `file:line:column`. A policy
+//! that fails to load is rejected whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::host::HostPattern;
+use super::model::{
+    Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Policy, ReadAccess,
+};
+use crate::diag::{Diagnostic, Diags, Seg, diagnostic};
+use crate::reference::parse_reference;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}: cannot read the policies: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Every problem found, in file order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+#[derive(Deserialize)]
+struct TeamDef {
+    slug: String,
+}
+
+#[derive(Deserialize)]
+struct PinDef {
+    fingerprint: String,
+    not_after: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ConsumerDef {
+    name: String,
+    team: String,
+    #[serde(default)]
+    cert_sha256: Vec<PinDef>,
+    issuer_ca: Option<PathBuf>,
+    subject: Option<String>,
+    token_sha256: Option<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+#[derive(Deserialize)]
+struct CredentialDef {
+    name: String,
+    mode: CredentialMode,
+    team: String,
+    #[serde(default)]
+    read_access: ReadAccess,
+    #[serde(default)]
+    shared_team_slugs: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    description: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    pem: Option<crate::pem::Mode>,
+    client_certificate: Option<String>,
+    client_private_key: Option<String>,
+    root_certificate: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GrantDef {
+    team: String,
+    source: String,
+    paths: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+}
+
+/// One parsed item with where it came from: the spans of its keys and array elements.
+struct Item<T> {
+    def: T,
+    file: usize,
+    span: Range<usize>,
+    keys: BTreeMap<Vec<Seg>, Range<usize>>,
+}
+
+struct Files {
+    paths: Vec<PathBuf>,
+    texts: Vec<String>,
+    list: Vec<Diagnostic>,
+}
+
+impl Files {
+    /// A diagnostic at `key` of an item (or at the item).
+    fn at<T>(&mut self, item: &Item<T>, key: &[Seg], message: String) {
+        let span = item
+            .keys
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| item.span.clone());
+        let file = item.file;
+        self.list.push(diagnostic(
+            &self.paths[file],
+            &self.texts[file],
+            span,
+            message,
+        ));
+    }
+}
+
+fn key(k: &str) -> Vec<Seg> {
+    vec![Seg::Key(k.to_owned())]
+}
+
+fn key_index(k: &str, i: usize) -> Vec<Seg> {
+    vec![Seg::Key(k.to_owned()), Seg::Index(i)]
+}
+
+/// Reads and validates every policy file under `dir`.
+pub fn load(dir: &Path) -> Result<Policy, PolicyError> {
+    let mut paths = Vec::new();
+    collect_files(dir, &mut paths).map_err(|source| PolicyError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    paths.sort();
+    let mut texts = Vec::new();
+    for p in &paths {
+        texts.push(
+            std::fs::read_to_string(p).map_err(|source| PolicyError::Read {
+                path: p.clone(),
+                source,
+            })?,
+        );
+    }
+    let mut files = Files {
+        paths,
+        texts,
+        list: Vec::new(),
+    };
+    let mut teams: Vec<Item<TeamDef>> = Vec::new();
+    let mut consumers: Vec<Item<ConsumerDef>> = Vec::new();
+    let mut credentials: Vec<Item<CredentialDef>> = Vec::new();
+    let mut grants: Vec<Item<GrantDef>> = Vec::new();
+    for i in 0..files.paths.len() {
+        let text = files.texts[i].clone();
+        let path = files.paths[i].clone();
+        let mut d = Diags::new(&path, &text);
+        match DeTable::parse(&text) {
+            Err(e) => d.at(e.span().unwrap_or(0..0), e.message().trim().to_owned()),
+            Ok(root) => {
+                for (k, v) in root.get_ref().iter() {
+                    let Some(items) = v.get_ref().as_array() else {
+                        d.at(
+                            k.span(),
+                            format!(
+                                "`{}` must be an array of tables: write [[{}]]",
+                                k.get_ref(),
+                                k.get_ref()
+                            ),
+                        );
+                        continue;
+                    };
+                    for item in items.iter() {
+                        match k.get_ref().as_ref() {
+                            "team" => push(&mut d, &mut teams, item, i),
+                            "consumer" => push(&mut d, &mut consumers, item, i),
+                            "credential" => push(&mut d, &mut credentials, item, i),
+                            "grant" => push(&mut d, &mut grants, item, i),
+                            other => {
+                                d.at(k.span(), format!("unknown key `{other}` (expected team, consumer, credential, grant)"));
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        files.list.append(&mut d.list);
+    }
+    let policy = validate(&mut files, teams, consumers, credentials, grants);
+    files
+        .list
+        .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    if files.list.is_empty() {
+        Ok(policy)
+    } else {
+        Err(PolicyError::Invalid(files.list))
+    }
+}
+
+fn push<T: serde::de::DeserializeOwned>(
+    d: &mut Diags<'_>,
+    out: &mut Vec<Item<T>>,
+    item: &Spanned<DeValue<'_>>,
+    file: usize,
+) {
+    let Some(def) = d.section::<T>(item, &[]) else {
+        return;
+    };
+    // Keep the spans the cross-checks may point at: each key, and each array element.
+    let mut keys = BTreeMap::new();
+    if let Some(table) = item.get_ref().as_table() {
+        for (k, v) in table.iter() {
+            let name = k.get_ref().to_string();
+            keys.insert(vec![Seg::Key(name.clone())], k.span());
+            if let Some(arr) = v.get_ref().as_array() {
+                for (i, elem) in arr.iter().enumerate() {
+                    keys.insert(vec![Seg::Key(name.clone()), Seg::Index(i)], elem.span());
+                }
+            }
+        }
+    }
+    out.push(Item {
+        def,
+        file,
+        span: item.span(),
+        keys,
+    });
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "vault") {
+                continue;
+            }
+            collect_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn valid_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn validate(
+    files: &mut Files,
+    teams: Vec<Item<TeamDef>>,
+    consumers: Vec<Item<ConsumerDef>>,
+    credentials: Vec<Item<CredentialDef>>,
+    grants: Vec<Item<GrantDef>>,
+) -> Policy {
+    let mut policy = Policy::default();
+    let mut slugs = BTreeSet::new();
+    for t in &teams {
+        let slug = &t.def.slug;
+        if !valid_slug(slug) {
+            files.at(
+                t,
+                &key("slug"),
+                format!("team slug {slug:?} must match [a-z0-9_-]+"),
+            );
+        } else if !slugs.insert(slug.clone()) {
+            files.at(t, &key("slug"), format!("team `{slug}` is defined twice"));
+        }
+    }
+    policy.teams = slugs.iter().cloned().collect();
+    let mut names = BTreeSet::new();
+    for c in consumers {
+        let def = &c.def;
+        if !names.insert(def.name.clone()) {
+            files.at(
+                &c,
+                &key("name"),
+                format!("consumer `{}` is defined twice", def.name),
+            );
+        }
+        if !slugs.contains(&def.team) {
+            files.at(&c, &key("team"), format!("unknown team `{}`", def.team));
+        }
+        let mut pins = Vec::new();
+        for (i, pin) in def.cert_sha256.iter().enumerate() {
+            let hex_text: String = pin.fingerprint.chars().filter(|c| *c != ':').collect();
+            let mut fp = [0u8; 32];
+            if hex::decode_to_slice(&hex_text, &mut fp).is_err() {
+                files.at(
+                    &c,
+                    &key_index("cert_sha256", i),
+                    "fingerprint must be 32 bytes of hex (colons allowed)".to_owned(),
+                );
+                continue;
+            }
+            let not_after = match &pin.not_after {
+                None => None,
+                Some(t) => match humantime::parse_rfc3339(t) {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        files.at(
+                            &c,
+                            &key_index("cert_sha256", i),
+                            format!("not_after {t:?} is not an RFC 3339 time"),
+                        );
+                        continue;
+                    }
+                },
+            };
+            pins.push((fp, not_after));
+        }
+        let token = match &def.token_sha256 {
+            None => None,
+            Some(h) => {
+                let mut d = [0u8; 32];
+                if hex::decode_to_slice(h, &mut d).is_err() {
+                    files.at(
+                        &c,
+                        &key("token_sha256"),
+                        "token_sha256 must be the hex SHA-256 of the token (64 hex digits)"
+                            .to_owned(),
+                    );
+                }
+                Some(d)
+            }
+        };
+        if def.issuer_ca.is_some() != def.subject.is_some() {
+            files.at(
+                &c,
+                &key("name"),
+                "issuer_ca and subject go together".to_owned(),
+            );
+        }
+        if def.cert_sha256.is_empty() && def.issuer_ca.is_none() && def.token_sha256.is_none() {
+            files.at(&c, &key("name"), format!("consumer `{}` has no way to authenticate (cert_sha256, issuer_ca + subject, or token_sha256)", def.name));
+        }
+        policy.consumers.push(Consumer {
+            name: def.name.clone(),
+            team: def.team.clone(),
+            cert_sha256: pins,
+            issuer_ca: def.issuer_ca.clone(),
+            subject: def.subject.clone(),
+            token_sha256: token,
+            admin: def.admin,
+        });
+    }
+    let mut cred_names = BTreeSet::new();
+    for c in credentials {
+        if let Some(cred) = credential(files, &c, &slugs) {
+            if !cred_names.insert((cred.team.clone(), cred.name.clone())) {
+                files.at(
+                    &c,
+                    &key("name"),
+                    format!(
+                        "team `{}` defines credential `{}` twice",
+                        cred.team, cred.name
+                    ),
+                );
+            }
+            policy.credentials.push(cred);
+        }
+    }
+    for g in grants {
+        if !slugs.contains(&g.def.team) {
+            files.at(&g, &key("team"), format!("unknown team `{}`", g.def.team));
+        }
+        let mut paths = Vec::new();
+        for (i, p) in g.def.paths.iter().enumerate() {
+            match PathPattern::parse(p) {
+                Ok(p) => paths.push(p),
+                Err(why) => files.at(&g, &key_index("paths", i), format!("{p:?}: {why}")),
+            }
+        }
+        let allowed_hosts = hosts(files, &g, &g.def.allowed_hosts);
+        policy.grants.push(Grant {
+            team: g.def.team.clone(),
+            source: g.def.source.clone(),
+            paths,
+            allowed_hosts,
+        });
+    }
+    policy
+}
+
+fn hosts<T>(files: &mut Files, item: &Item<T>, list: &[String]) -> Vec<HostPattern> {
+    let mut out = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        match HostPattern::parse(h) {
+            Ok(p) => out.push(p),
+            Err(e) => files.at(
+                item,
+                &key_index("allowed_hosts", i),
+                format!("{h:?}: {e} ({})", e.code()),
+            ),
+        }
+    }
+    out
+}
+
+fn credential(
+    files: &mut Files,
+    c: &Item<CredentialDef>,
+    slugs: &BTreeSet<String>,
+) -> Option<Credential> {
+    let def = &c.def;
+    if !slugs.contains(&def.team) {
+        files.at(c, &key("team"), format!("unknown team `{}`", def.team));
+    }
+    match def.read_access {
+        ReadAccess::SpecificTeams if def.shared_team_slugs.is_empty() => files.at(
+            c,
+            &key("read_access"),
+            "SPECIFIC_TEAMS needs shared_team_slugs".to_owned(),
+        ),
+        ReadAccess::SpecificTeams => {
+            for (i, s) in def.shared_team_slugs.iter().enumerate() {
+                if !slugs.contains(s) {
+                    files.at(
+                        c,
+                        &key_index("shared_team_slugs", i),
+                        format!("unknown team `{s}`"),
+                    );
+                }
+            }
+        }
+        _ if !def.shared_team_slugs.is_empty() => files.at(
+            c,
+            &key("shared_team_slugs"),
+            "shared_team_slugs only applies with read_access = \"SPECIFIC_TEAMS\"".to_owned(),
+        ),
+        _ => {}
+    }
+    let allowed_hosts = hosts(files, c, &def.allowed_hosts);
+    let roles: [(&'static str, &Option<String>); 4] = [
+        ("client_certificate", &def.client_certificate),
+        ("client_private_key", &def.client_private_key),
+        ("root_certificate", &def.root_certificate),
+        ("value", &def.value),
+    ];
+    let (required, allowed): (&[&str], &[&str]) = match def.mode {
+        CredentialMode::Mtls => (
+            &["client_certificate", "client_private_key"],
+            &[
+                "client_certificate",
+                "client_private_key",
+                "root_certificate",
+            ],
+        ),
+        CredentialMode::Text | CredentialMode::Fields => (&["value"], &["value"]),
+    };
+    let mut by_role = BTreeMap::new();
+    for (role, text) in roles {
+        match text {
+            None if required.contains(&role) => files.at(
+                c,
+                &key("mode"),
+                format!("mode {:?} needs `{role}`", def.mode),
+            ),
+            None => {}
+            Some(_) if !allowed.contains(&role) => files.at(
+                c,
+                &key(role),
+                format!("`{role}` does not apply to mode {:?}", def.mode),
+            ),
+            Some(text) => match parse_reference(text) {
+                Ok(r) => {
+                    let whole = r.is_whole_secret();
+                    if whole != (def.mode == CredentialMode::Fields) {
+                        let want = if whole {
+                            "a field (`$KEY_…`)"
+                        } else {
+                            "a whole secret (no `$KEY_`)"
+                        };
+                        files.at(c, &key(role), format!("this mode needs {want} reference"));
+                    }
+                    by_role.insert(role, r);
+                }
+                Err(e) => files.at(
+                    c,
+                    &key(role),
+                    format!("not a reference: {} ({})", e.kind, e.kind.code()),
+                ),
+            },
+        }
+    }
+    Some(Credential {
+        name: def.name.clone(),
+        mode: def.mode,
+        team: def.team.clone(),
+        read_access: def.read_access,
+        shared_team_slugs: def.shared_team_slugs.clone(),
+        allowed_hosts,
+        description: def.description.clone(),
+        metadata: def.metadata.clone(),
+        pem: def.pem,
+        values: CredentialValues { by_role },
+    })
+}

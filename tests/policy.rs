@@ -1,0 +1,384 @@
+//! The access policy: loading with every error listed, the decision matrix, and the
+//! properties of THREATS.md rows 1–7, 10 and 12.
+
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use keybroker::policy::{Destination, HostPattern, Policy, PolicyError, Subject, load};
+use keybroker::reference::SecretPath;
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn sha(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Three teams; one credential per read_access mode, all owned by `payments`.
+fn matrix_policy() -> (Policy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for t in ["payments", "fraud", "web"] {
+        text.push_str(&format!(
+            "[[team]]\nslug = \"{t}\"\n\n[[consumer]]\nname = \"{t}-gw\"\nteam = \"{t}\"\ntoken_sha256 = \"{}\"\n\n",
+            sha(&format!("token-{t}"))
+        ));
+    }
+    text.push_str(
+        r#"
+[[credential]]
+name = "team-only"
+mode = "text"
+team = "payments"
+read_access = "TEAM"
+allowed_hosts = ["api.partner.example"]
+value = "$SECRET_payments/a $KEY_v"
+
+[[credential]]
+name = "global"
+mode = "text"
+team = "payments"
+read_access = "GLOBAL"
+allowed_hosts = ["*.partner.example"]
+value = "$SECRET_payments/b $KEY_v"
+
+[[credential]]
+name = "shared"
+mode = "mtls"
+team = "payments"
+read_access = "SPECIFIC_TEAMS"
+shared_team_slugs = ["fraud"]
+allowed_hosts = ["https://api.partner.example/v1"]
+client_certificate = "$SECRET_payments/c $KEY_cert"
+client_private_key = "$SAFE_Payments $NAME_partner-key"
+
+[[grant]]
+team = "payments"
+source = "vault"
+paths = ["payments/*"]
+allowed_hosts = ["*.payments.example"]
+"#,
+    );
+    write(dir.path(), "policy.toml", &text);
+    (load(dir.path()).unwrap(), dir)
+}
+
+fn dest(h: &str) -> Destination {
+    Destination::parse(h).unwrap()
+}
+
+#[test]
+fn authorization_matrix() {
+    let (p, _dir) = matrix_policy();
+    // (consumer, credential, host, allowed?, reason)
+    let cases = [
+        (
+            "payments-gw",
+            "team-only",
+            "api.partner.example",
+            true,
+            "allowed",
+        ),
+        (
+            "payments-gw",
+            "team-only",
+            "evil.example",
+            false,
+            "host_not_allowed",
+        ),
+        (
+            "fraud-gw",
+            "team-only",
+            "api.partner.example",
+            false,
+            "not_found_or_not_visible",
+        ),
+        (
+            "web-gw",
+            "team-only",
+            "api.partner.example",
+            false,
+            "not_found_or_not_visible",
+        ),
+        (
+            "payments-gw",
+            "global",
+            "x.partner.example",
+            true,
+            "allowed",
+        ),
+        ("fraud-gw", "global", "x.partner.example", true, "allowed"),
+        ("web-gw", "global", "x.partner.example", true, "allowed"),
+        (
+            "web-gw",
+            "global",
+            "x.y.partner.example",
+            false,
+            "host_not_allowed",
+        ),
+        (
+            "payments-gw",
+            "shared",
+            "https://api.partner.example/v1/x",
+            true,
+            "allowed",
+        ),
+        (
+            "fraud-gw",
+            "shared",
+            "https://api.partner.example/v1/x",
+            true,
+            "allowed",
+        ),
+        (
+            "fraud-gw",
+            "shared",
+            "https://api.partner.example/v2",
+            false,
+            "host_not_allowed",
+        ),
+        (
+            "web-gw",
+            "shared",
+            "https://api.partner.example/v1/x",
+            false,
+            "not_found_or_not_visible",
+        ),
+        (
+            "web-gw",
+            "missing",
+            "api.partner.example",
+            false,
+            "not_found_or_not_visible",
+        ),
+        (
+            "nobody",
+            "global",
+            "x.partner.example",
+            false,
+            "unknown_consumer",
+        ),
+    ];
+    for (consumer, cred, host, allowed, reason) in cases {
+        let d = p.decide(consumer, Subject::Credential(cred), Some(&dest(host)));
+        assert_eq!(
+            (d.allowed, d.reason),
+            (allowed, reason),
+            "{consumer} {cred} {host}: {d:?}"
+        );
+    }
+    let d = p.decide("payments-gw", Subject::Credential("team-only"), None);
+    assert_eq!(d.reason, "host_required");
+}
+
+#[test]
+fn grants_cover_raw_references() {
+    let (p, _dir) = matrix_policy();
+    let path = |s: &str| SecretPath::from_segments(s.split('/')).unwrap();
+    let ask = |consumer: &str, source: &str, p_: &str, host: &str| {
+        let sp = path(p_);
+        p.decide(
+            consumer,
+            Subject::Reference { source, path: &sp },
+            Some(&dest(host)),
+        )
+    };
+    assert!(ask("payments-gw", "vault", "payments/db", "gw.payments.example").allowed);
+    assert_eq!(
+        ask(
+            "payments-gw",
+            "vault",
+            "payments/a/b",
+            "gw.payments.example"
+        )
+        .reason,
+        "no_grant"
+    );
+    assert_eq!(
+        ask("payments-gw", "ccp", "payments/db", "gw.payments.example").reason,
+        "no_grant"
+    );
+    assert_eq!(
+        ask("fraud-gw", "vault", "payments/db", "gw.payments.example").reason,
+        "no_grant"
+    );
+    assert_eq!(
+        ask("payments-gw", "vault", "payments/db", "payments.example").reason,
+        "host_not_allowed"
+    );
+}
+
+#[test]
+fn same_team_name_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[[team]]
+slug = "a"
+[[team]]
+slug = "b"
+[[consumer]]
+name = "b-gw"
+team = "b"
+token_sha256 = "{}"
+[[credential]]
+name = "api"
+mode = "text"
+team = "a"
+read_access = "GLOBAL"
+allowed_hosts = ["a.example.com"]
+value = "$SECRET_a/api $KEY_v"
+[[credential]]
+name = "api"
+mode = "text"
+team = "b"
+allowed_hosts = ["b.example.com"]
+value = "$SECRET_b/api $KEY_v"
+"#,
+            sha("t")
+        ),
+    );
+    let p = load(dir.path()).unwrap();
+    let d = p.decide(
+        "b-gw",
+        Subject::Credential("api"),
+        Some(&dest("b.example.com")),
+    );
+    assert!(d.allowed, "{d:?}");
+    assert!(d.rule.unwrap().starts_with("credential b/api"));
+    assert!(
+        !p.decide(
+            "b-gw",
+            Subject::Credential("api"),
+            Some(&dest("a.example.com"))
+        )
+        .allowed
+    );
+}
+
+#[test]
+fn threat_12_tokens_are_digests_compared_in_constant_time() {
+    let (p, _dir) = matrix_policy();
+    assert_eq!(p.consumer_by_token("token-fraud"), Some("fraud-gw"));
+    assert_eq!(p.consumer_by_token("token-fraud "), None);
+    assert_eq!(p.consumer_by_token(""), None);
+    let shown = format!("{:?}", p.consumers);
+    assert!(
+        !shown.contains(&sha("token-fraud")),
+        "Debug shows a token digest"
+    );
+}
+
+#[test]
+fn every_error_of_every_file_is_listed_and_nothing_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "a.toml",
+        "[[team]]\nslug = \"a\"\n[[team]]\nslug = \"a\"\n[[consumer]]\nname = \"c\"\nteam = \"nope\"\n",
+    );
+    write(
+        dir.path(),
+        "b.toml",
+        r#"[[credential]]
+name = "x"
+mode = "text"
+team = "a"
+read_access = "SPECIFIC_TEAMS"
+allowed_hosts = ["*", "*.co.uk", "a*.example.com", "ok.example.com"]
+value = "$SECRET_a/../b $KEY_v"
+colour = "blue"
+"#,
+    );
+    std::fs::create_dir(dir.path().join("vault")).unwrap();
+    write(
+        &dir.path().join("vault"),
+        "ignored.toml",
+        "this is not toml",
+    );
+    let Err(PolicyError::Invalid(diags)) = load(dir.path()) else {
+        panic!("the policy must be rejected")
+    };
+    let got: Vec<String> = diags
+        .iter()
+        .map(|d| {
+            format!(
+                "{}:{}: {}",
+                d.file.file_name().unwrap().to_str().unwrap(),
+                d.line,
+                d.message
+            )
+        })
+        .collect();
+    let want_prefixes = [
+        "a.toml:4: team `a` is defined twice",
+        "a.toml:6: consumer `c` has no way to authenticate",
+        "a.toml:7: unknown team `nope`",
+        "b.toml:8: unknown key `colour`",
+    ];
+    for w in want_prefixes {
+        assert!(
+            got.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in {got:#?}"
+        );
+    }
+    for code in [
+        "wildcard_too_wide",
+        "partial_wildcard",
+        "dot_segment",
+        "SPECIFIC_TEAMS needs",
+    ] {
+        assert!(
+            got.iter().any(|g| g.contains(code)),
+            "missing {code} in {got:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_example_policies_load() {
+    for dir in ["examples/dev/policies", "policies"] {
+        let p = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+            .unwrap_or_else(|e| panic!("{dir}:\n{e}"));
+        assert!(!p.teams.is_empty(), "{dir}");
+    }
+}
+
+fn label() -> impl Strategy<Value = String> {
+    "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?"
+}
+
+proptest! {
+    #[test]
+    fn normalisation_is_idempotent(labels in prop::collection::vec("[a-zA-Z0-9]{1,8}", 1..5), dot in any::<bool>()) {
+        let host = format!("{}{}", labels.join("."), if dot { "." } else { "" });
+        if let Ok(once) = Destination::parse(&host) {
+            let twice = Destination::parse(&once.host.to_string()).unwrap();
+            prop_assert_eq!(once, twice);
+        }
+    }
+
+    #[test]
+    fn one_star_never_crosses_a_dot(extra in prop::collection::vec(label(), 0..4), base in prop::collection::vec(label(), 2..4)) {
+        let base = format!("{}.example", base.join("."));
+        let pattern = HostPattern::parse(&format!("*.{base}")).unwrap();
+        let host = if extra.is_empty() { base.clone() } else { format!("{}.{base}", extra.join(".")) };
+        let matched = pattern.matches(&Destination::parse(&host).unwrap());
+        prop_assert_eq!(matched, extra.len() == 1, "{}", host);
+    }
+
+    #[test]
+    fn dns_patterns_never_match_ips(ip in any::<std::net::Ipv4Addr>(), base in prop::collection::vec(label(), 1..3)) {
+        let base = format!("{}.example.com", base.join("."));
+        let d = Destination::parse(&ip.to_string()).unwrap();
+        for p in [base.clone(), format!("*.{base}"), format!("**.{base}")] {
+            prop_assert!(!HostPattern::parse(&p).unwrap().matches(&d));
+        }
+    }
+}
