@@ -95,6 +95,7 @@ fn bench(c: &mut Criterion) {
                 &Caller::Operator,
                 Document::JsonValue(doc.clone()),
                 Layout::Compact,
+                None,
             ))
             .unwrap()
         })

@@ -15,19 +15,23 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, SourceConfig};
 use crate::pem::{self, CheckedSecret, RepairKind};
+use crate::policy::{Destination, Policy, PolicyError, Subject};
 use crate::reference::{
     DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, Resolved, Target,
 };
 use crate::secret::{Secret, SecretBuf};
 use crate::source::{FileSource, ReadRequest, SecretSource, SourceError};
 
-/// Who is asking. Only the operator exists until consumers and policies arrive (issue 6);
-/// the operator reads with keybroker's own source credentials and no access policy.
+/// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Caller {
-    /// The CLI without `--as`, or the `serve --dev` token.
+    /// The CLI without `--as`, or the `serve --dev` token: keybroker's own source
+    /// credentials, no access policy.
     Operator,
+    /// An authenticated consumer of the policy (by name): every reference is decided by
+    /// the policy, on every request.
+    Consumer(String),
 }
 
 /// A document to expand, as received.
@@ -87,6 +91,8 @@ pub enum ResolveError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("invalid policies:\n{0}")]
+    Policy(#[from] PolicyError),
     #[error("source `{name}`: {kind} sources are not available in this version of keybroker yet")]
     SourceNotAvailable { name: String, kind: &'static str },
     #[error("source `{name}`: cannot open {path}: {source}")]
@@ -103,6 +109,8 @@ pub struct Broker {
     sources: HashMap<String, Arc<dyn SecretSource>>,
     /// How PEM values of each source are treated (repair when not listed).
     pem_modes: HashMap<String, pem::Mode>,
+    /// The access policy consumers are held to (none: only the operator may resolve).
+    policy: Arc<Policy>,
     default_source: Option<String>,
     ccp_source: Option<String>,
 }
@@ -152,6 +160,9 @@ impl Broker {
             config.ccp_source().map(str::to_owned),
         );
         broker.pem_modes = pem_modes;
+        if let Some(dir) = &config.policies {
+            broker.policy = Arc::new(crate::policy::load(dir)?);
+        }
         Ok(broker)
     }
 
@@ -167,9 +178,21 @@ impl Broker {
         Self {
             sources,
             pem_modes: HashMap::new(),
+            policy: Arc::new(Policy::default()),
             default_source,
             ccp_source,
         }
+    }
+
+    /// Replaces the access policy.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Sets how PEM values of source `name` are treated (default: repair).
@@ -184,8 +207,8 @@ impl Broker {
         caller: &Caller,
         document: Document,
         layout: Layout,
+        host: Option<&Destination>,
     ) -> Result<Resolution, ResolveError> {
-        let Caller::Operator = caller;
         let prepared = match document {
             Document::JsonValue(v) => Prepared::json(v, layout),
             Document::Text { format, text } => match format {
@@ -203,12 +226,15 @@ impl Broker {
             if plan.contains_key(reference) {
                 continue;
             }
-            let step = self.read_key(reference).map(|key| {
-                *read_index.entry(key.clone()).or_insert_with(|| {
-                    order.push(key);
-                    order.len() - 1
-                })
-            });
+            let step = self
+                .read_key(reference)
+                .and_then(|key| self.authorize(caller, &key, host).map(|()| key))
+                .map(|key| {
+                    *read_index.entry(key.clone()).or_insert_with(|| {
+                        order.push(key);
+                        order.len() - 1
+                    })
+                });
             plan.insert(reference, step);
         }
         // PEM values are repaired and verified before anything is written (DESIGN §4).
@@ -255,6 +281,32 @@ impl Broker {
             document,
             metadata,
         })
+    }
+
+    /// The policy's decision for one read, before anything is read: a denial never depends
+    /// on whether the secret exists.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        (source, request): &ReadKey,
+        host: Option<&Destination>,
+    ) -> Result<(), Reason> {
+        match caller {
+            Caller::Operator => Ok(()),
+            Caller::Consumer(name) => {
+                let subject = Subject::Reference {
+                    source,
+                    path: &request.path,
+                };
+                let decision = self.policy.decide(name, subject, host);
+                if decision.allowed {
+                    Ok(())
+                } else {
+                    tracing::debug!(consumer = %name, source = %source, reason = decision.reason, "reference denied");
+                    Err(Reason::Denied)
+                }
+            }
+        }
     }
 
     /// Which source and which read a reference needs.
@@ -344,7 +396,7 @@ fn pick<'s>(r: &Reference, checked: &'s CheckedSecret) -> Result<Resolved<'s>, R
 fn source_reason(e: &SourceError) -> Reason {
     match e {
         SourceError::NotFound => Reason::NotFound,
-        SourceError::Denied => Reason::Denied,
+        SourceError::Denied => Reason::SourceDenied,
         SourceError::Unavailable(_) => Reason::SourceUnavailable,
         SourceError::Unsupported(why) => Reason::Unsupported(why),
         SourceError::Malformed(why) => Reason::Malformed(why),

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use keybroker::api::{self, AppState, TokenDigest};
 use keybroker::broker::{Broker, Caller, Document, ResolveError};
 use keybroker::config::Config;
+use keybroker::policy::Destination;
 use keybroker::reference::{Format, Layout};
 
 #[derive(Parser)]
@@ -47,6 +48,12 @@ enum Command {
     Resolve {
         #[arg(long, env = "KEYBROKER_CONFIG", default_value = "keybroker.toml")]
         config: PathBuf,
+        /// Apply this consumer's policy, exactly as the server would.
+        #[arg(long = "as", value_name = "CONSUMER")]
+        as_consumer: Option<String>,
+        /// Where the values will be used (checked against allowed_hosts).
+        #[arg(long)]
+        host: Option<String>,
         /// Document format; by default from the file extension (.json, .yaml/.yml, else text).
         #[arg(long, value_enum)]
         format: Option<Format>,
@@ -57,6 +64,11 @@ enum Command {
     Pem {
         #[command(subcommand)]
         command: PemCommand,
+    },
+    /// Explain the access decision for a consumer, as JSON.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Validate the configuration and list every error with file:line:column.
     Check {
@@ -82,6 +94,32 @@ enum PemCommand {
     Inspect {
         #[command(flatten)]
         checks: PemArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the decision for one request as JSON; exit 0 when allowed, 1 when denied.
+    Explain {
+        /// Read the policies (and source names) from this configuration.
+        #[arg(long, env = "KEYBROKER_CONFIG", conflicts_with = "policies")]
+        config: Option<PathBuf>,
+        /// Read the policies from this folder.
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        #[arg(long)]
+        consumer: String,
+        #[arg(
+            long,
+            required_unless_present = "reference",
+            conflicts_with = "reference"
+        )]
+        credential: Option<String>,
+        /// A reference, e.g. `$SECRET_vault:payments/db $KEY_password`.
+        #[arg(long)]
+        reference: Option<String>,
+        #[arg(long)]
+        host: String,
     },
 }
 
@@ -121,11 +159,22 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => check(&config),
         Command::Pem { command } => pem_command(command),
+        Command::Policy { command } => policy_command(command),
         Command::Resolve {
             config,
+            as_consumer,
+            host,
             format,
             file,
-        } => runtime().and_then(|rt| rt.block_on(resolve(&config, format, file.as_deref()))),
+        } => runtime().and_then(|rt| {
+            rt.block_on(resolve(
+                &config,
+                as_consumer,
+                host.as_deref(),
+                format,
+                file.as_deref(),
+            ))
+        }),
         Command::Serve {
             config,
             dev,
@@ -162,8 +211,97 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
     Config::load(path).map_err(|e| Failure::Usage(format!("invalid configuration:\n{e}")))
 }
 
+fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
+    use keybroker::policy::Subject;
+    use keybroker::reference::{Target, parse_reference};
+    let PolicyCommand::Explain {
+        config,
+        policies,
+        consumer,
+        credential,
+        reference,
+        host,
+    } = command;
+    let config = config.map(|c| load_config(&c)).transpose()?;
+    let dir = match (&policies, &config) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(cfg)) => cfg.policies.clone().ok_or_else(|| {
+            Failure::Usage("the configuration names no policies folder".to_owned())
+        })?,
+        (None, None) => return Err(Failure::Usage("give --config or --policies".to_owned())),
+    };
+    let policy = keybroker::policy::load(&dir).map_err(|e| Failure::Usage(e.to_string()))?;
+    let dest =
+        Destination::parse(&host).map_err(|e| Failure::Usage(format!("--host {host:?}: {e}")))?;
+    let (source, path) = match &reference {
+        None => (String::new(), None),
+        Some(text) => {
+            let r = parse_reference(text)
+                .map_err(|e| Failure::Usage(format!("--reference: {}", e.kind)))?;
+            let (source, path) = match r.target {
+                Target::Secret { source, path, .. } => {
+                    let source = source.or_else(|| {
+                        config
+                            .as_ref()
+                            .and_then(|c| c.default_source().map(str::to_owned))
+                    });
+                    (source, path)
+                }
+                Target::Ccp { safe, object } => (
+                    config
+                        .as_ref()
+                        .and_then(|c| c.ccp_source().map(str::to_owned)),
+                    keybroker::reference::SecretPath::from_segments([safe, object])
+                        .map_err(|e| Failure::Usage(format!("--reference: {e}")))?,
+                ),
+            };
+            let source = source.ok_or_else(|| {
+                Failure::Usage(
+                    "--reference: name the source (`$SECRET_<source>:…`) or give --config"
+                        .to_owned(),
+                )
+            })?;
+            (source, Some(path))
+        }
+    };
+    let subject = match (&credential, &path) {
+        (Some(name), _) => Subject::Credential(name),
+        (None, Some(path)) => Subject::Reference {
+            source: &source,
+            path,
+        },
+        (None, None) => {
+            return Err(Failure::Usage(
+                "give --credential or --reference".to_owned(),
+            ));
+        }
+    };
+    let decision = policy.decide(&consumer, subject, Some(&dest));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&decision).unwrap_or_default()
+    );
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(Failure::Rejected)
+    }
+}
+
 fn check(path: &Path) -> Result<(), Failure> {
     let config = load_config(path)?;
+    if let Some(dir) = &config.policies {
+        let policy = keybroker::policy::load(dir)
+            .map_err(|e| Failure::Usage(format!("invalid policies:\n{e}")))?;
+        println!(
+            "{}: OK ({} team(s), {} consumer(s), {} credential(s), {} grant(s))",
+            dir.display(),
+            policy.teams.len(),
+            policy.consumers.len(),
+            policy.credentials.len(),
+            policy.grants.len()
+        );
+    }
     let names: Vec<&str> = config.sources.iter().map(|s| s.name()).collect();
     println!(
         "{}: OK ({} source(s): {}; default source: {})",
@@ -177,15 +315,39 @@ fn check(path: &Path) -> Result<(), Failure> {
 
 async fn resolve(
     config: &Path,
+    as_consumer: Option<String>,
+    host: Option<&str>,
     format: Option<Format>,
     file: Option<&Path>,
 ) -> Result<(), Failure> {
     let config = load_config(config)?;
     let broker = Broker::from_config(&config).map_err(|e| Failure::Usage(e.to_string()))?;
+    let caller = match as_consumer {
+        None => Caller::Operator,
+        Some(name) => {
+            if !broker.policy().consumers.iter().any(|c| c.name == name) {
+                return Err(Failure::Usage(format!(
+                    "--as: no consumer `{name}` in the policies"
+                )));
+            }
+            Caller::Consumer(name)
+        }
+    };
+    let host = match host {
+        None => None,
+        Some(h) => {
+            Some(Destination::parse(h).map_err(|e| Failure::Usage(format!("--host {h:?}: {e}")))?)
+        }
+    };
     let (text, format) = read_document(file, format)?;
     let layout = Layout::Pretty;
     let result = broker
-        .resolve(&Caller::Operator, Document::Text { format, text }, layout)
+        .resolve(
+            &caller,
+            Document::Text { format, text },
+            layout,
+            host.as_ref(),
+        )
         .await;
     match result {
         Ok(resolution) => {

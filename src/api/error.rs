@@ -45,6 +45,8 @@ impl IntoResponse for ApiError {
                         "source_unavailable",
                         errors,
                     )
+                } else if errors.iter().any(|e| e.reason == Reason::Denied) {
+                    (StatusCode::FORBIDDEN, "denied", errors)
                 } else {
                     (StatusCode::BAD_REQUEST, "unresolved_references", errors)
                 }

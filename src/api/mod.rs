@@ -21,6 +21,7 @@ pub use auth::TokenDigest;
 pub use error::ApiError;
 
 use crate::broker::{Broker, Caller, Document};
+use crate::policy::Destination;
 use crate::reference::{DocumentError, Format, Layout};
 use crate::secret::SecretBuf;
 
@@ -57,9 +58,8 @@ struct ResolveBody {
     document: Value,
     #[serde(default = "json_format")]
     format: Format,
-    /// The destination host. Recorded now; enforced with allowed_hosts from issue 6 on.
+    /// Where the caller will use the values; consumers must give it (allowed_hosts).
     #[serde(default)]
-    #[allow(dead_code)]
     host: Option<String>,
 }
 
@@ -74,9 +74,11 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
         .and_then(auth::bearer)
         .ok_or(ApiError::Unauthorized)?;
     if state.dev_token.verify(presented) {
-        Ok(Caller::Operator)
-    } else {
-        Err(ApiError::Unauthorized)
+        return Ok(Caller::Operator);
+    }
+    match state.broker.policy().consumer_by_token(presented) {
+        Some(name) => Ok(Caller::Consumer(name.to_owned())),
+        None => Err(ApiError::Unauthorized),
     }
 }
 
@@ -95,6 +97,13 @@ async fn resolve(
             e.column()
         ),
     })?;
+    let host = match body.host.as_deref() {
+        None => None,
+        Some(h) => Some(Destination::parse(h).map_err(|e| ApiError::BadRequest {
+            code: e.code(),
+            message: format!("host: {e}"),
+        })?),
+    };
     let document = match (body.format, body.document) {
         (Format::Json, v) => Document::JsonValue(v),
         (format, Value::String(text)) => Document::Text { format, text },
@@ -102,7 +111,7 @@ async fn resolve(
     };
     let resolution = state
         .broker
-        .resolve(&caller, document, Layout::Compact)
+        .resolve(&caller, document, Layout::Compact, host.as_ref())
         .await?;
 
     let doc = resolution.document.as_bytes();

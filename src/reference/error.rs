@@ -126,8 +126,13 @@ pub enum Reason {
     NotFound,
     #[error("the secret has no such field")]
     FieldNotFound,
-    #[error("the source refused access")]
+    /// The access policy does not allow this reference for this caller and host. Given
+    /// before any read, so it says nothing about whether the secret exists.
+    #[error("not permitted by the access policy for this caller and host")]
     Denied,
+    /// The source refused keybroker's own credentials.
+    #[error("the source refused keybroker's credentials")]
+    SourceDenied,
     #[error("the source is unavailable")]
     SourceUnavailable,
     /// The source cannot serve this kind of reference (e.g. a version on the file source).
@@ -152,6 +157,7 @@ impl Reason {
             Self::NotFound => "not_found",
             Self::FieldNotFound => "field_not_found",
             Self::Denied => "denied",
+            Self::SourceDenied => "source_denied",
             Self::SourceUnavailable => "source_unavailable",
             Self::Unsupported(_) => "unsupported",
             Self::Malformed(_) => "malformed_secret",

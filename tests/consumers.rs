@@ -1,0 +1,173 @@
+//! Consumers of the policy through the API and the CLI: every reference decided per request,
+//! denials that do not reveal whether a secret exists (shared/THREATS.md rows 10 and 12).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use keybroker::api::{AppState, TokenDigest, router};
+use keybroker::broker::Broker;
+use keybroker::config::Config;
+
+/// The token of the dev policy's consumer `gateway-dev` (team payments; grant files:demo/*
+/// towards *.payments.example).
+const GATEWAY: &str = "dev-gateway-token";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn app() -> axum::Router {
+    let config = Config::load(&repo().join("examples/dev/keybroker.toml")).unwrap();
+    let state = AppState {
+        broker: Arc::new(Broker::from_config(&config).unwrap()),
+        dev_token: TokenDigest::of("operator-token"),
+    };
+    router(Arc::new(state))
+}
+
+async fn resolve(app: &axum::Router, token: &str, body: Value) -> (StatusCode, Value) {
+    let req = Request::post("/v1/resolve")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn a_consumer_gets_what_its_grant_allows_for_its_hosts() {
+    let app = app();
+    let doc = serde_json::json!({"pw": "$SECRET_demo/db $KEY_password"});
+    let (status, v) = resolve(
+        &app,
+        GATEWAY,
+        serde_json::json!({"document": doc, "host": "gw1.payments.example"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["document"]["pw"], "dev-only-Zq8#w2!v");
+
+    for host in [
+        None,
+        Some("evil.example"),
+        Some("gw1.payments.example.evil.com"),
+        Some("a.b.payments.example"),
+    ] {
+        let mut body = serde_json::json!({"document": doc});
+        if let Some(h) = host {
+            body["host"] = Value::from(h);
+        }
+        let (status, v) = resolve(&app, GATEWAY, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host:?}: {v}");
+        assert_eq!(v["error"]["code"], "denied");
+        assert!(!v.to_string().contains("dev-only-Zq8"));
+    }
+}
+
+#[tokio::test]
+async fn a_denial_does_not_reveal_whether_the_secret_exists() {
+    let app = app();
+    let mut bodies = Vec::new();
+    for reference in [
+        "$SECRET_other/exists-or-not $KEY_x",
+        "$SECRET_files:elsewhere/db $KEY_password",
+    ] {
+        let body =
+            serde_json::json!({"document": {"v": reference}, "host": "gw1.payments.example"});
+        let (status, v) = resolve(&app, GATEWAY, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+        bodies.push(v["error"]["details"][0]["code"].clone());
+    }
+    assert_eq!(bodies[0], "denied");
+    assert_eq!(bodies[0], bodies[1]);
+    // Inside the grant, a missing secret is reported as missing.
+    let body = serde_json::json!({"document": {"v": "$SECRET_demo/nope $KEY_x"}, "host": "gw1.payments.example"});
+    let (status, v) = resolve(&app, GATEWAY, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["details"][0]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn decisions_are_made_per_request_not_remembered() {
+    // Threat 10: the operator reads first (warming anything there is to warm); the consumer
+    // is still held to its own policy.
+    let app = app();
+    let outside = serde_json::json!({"document": {"v": "$SECRET_other/db $KEY_x"}, "host": "gw1.payments.example"});
+    let (_, _) = resolve(&app, "operator-token", outside.clone()).await;
+    let (status, _) = resolve(&app, GATEWAY, outside).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let unknown = serde_json::json!({"document": {"v": "$SECRET_demo/db $KEY_password"}, "host": "gw1.payments.example"});
+    let (status, _) = resolve(&app, "not-a-token", unknown).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn the_cli_applies_a_consumers_policy_with_as() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args(args)
+            .current_dir(repo())
+            .env_remove("KEYBROKER_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("d.json");
+    std::fs::write(&doc, r#"{"pw": "$SECRET_demo/db $KEY_password"}"#).unwrap();
+    let doc = doc.to_str().unwrap();
+    let cfg = "examples/dev/keybroker.toml";
+    let ok = run(&[
+        "resolve",
+        "--config",
+        cfg,
+        "--as",
+        "gateway-dev",
+        "--host",
+        "x.payments.example",
+        doc,
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let denied = run(&["resolve", "--config", cfg, "--as", "gateway-dev", doc]);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(denied.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains(r#""code":"denied""#));
+    let unknown = run(&["resolve", "--config", cfg, "--as", "nobody", doc]);
+    assert_eq!(unknown.status.code(), Some(2));
+
+    let explain = run(&[
+        "policy",
+        "explain",
+        "--config",
+        cfg,
+        "--consumer",
+        "gateway-dev",
+        "--reference",
+        "$SECRET_demo/db $KEY_password",
+        "--host",
+        "x.payments.example",
+    ]);
+    assert!(
+        explain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&explain.stderr)
+    );
+    let d: Value = serde_json::from_slice(&explain.stdout).unwrap();
+    assert_eq!(d["allowed"], true);
+    assert_eq!(
+        d["rule"],
+        "grant payments files:demo/*; host *.payments.example"
+    );
+}
