@@ -382,3 +382,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn certificate_pins_rotate_with_overlap() {
+    let p = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+    let old = [
+        0x3f, 0xa2, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc,
+        0xdd, 0xee, 0xff, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb,
+        0xcc, 0xdd,
+    ];
+    let mut new = old;
+    new[0] = 0x9b;
+    new[1] = 0x10;
+    let before = humantime::parse_rfc3339("2027-01-30T00:00:00Z").unwrap();
+    let after = humantime::parse_rfc3339("2027-02-01T00:00:00Z").unwrap();
+    assert_eq!(p.consumer_by_fingerprint(&old, before), Some("gateway-eu"));
+    assert_eq!(p.consumer_by_fingerprint(&new, before), Some("gateway-eu"));
+    assert_eq!(p.consumer_by_fingerprint(&old, after), None, "expired pin");
+    assert_eq!(p.consumer_by_fingerprint(&new, after), Some("gateway-eu"));
+    assert_eq!(p.consumer_by_fingerprint(&[0; 32], before), None);
+}

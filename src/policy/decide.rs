@@ -153,3 +153,22 @@ fn hosts_decision(
         None => Decision::deny("host_not_allowed", Some(team), Some(rule)),
     }
 }
+
+impl Policy {
+    /// The consumer pinned to this client-certificate SHA-256 fingerprint at `now`; a pin
+    /// past its `not_after` no longer identifies anyone (rotation with overlap).
+    pub fn consumer_by_fingerprint(
+        &self,
+        fingerprint: &[u8; 32],
+        now: std::time::SystemTime,
+    ) -> Option<&str> {
+        self.consumers
+            .iter()
+            .find(|c| {
+                c.cert_sha256
+                    .iter()
+                    .any(|(fp, not_after)| fp == fingerprint && not_after.is_none_or(|t| now <= t))
+            })
+            .map(|c| c.name.as_str())
+    }
+}

@@ -109,13 +109,7 @@ impl fmt::Display for HostPattern {
 
 impl HostPattern {
     pub fn parse(text: &str) -> Result<Self, HostError> {
-        let raw = text.trim();
-        if raw.is_empty() {
-            return Err(HostError::Empty);
-        }
-        if raw.contains(['@', '\\']) || raw.chars().any(char::is_whitespace) {
-            return Err(HostError::Ambiguous);
-        }
+        let raw = unambiguous(text)?;
         let (scheme, rest) = match raw.split_once("://") {
             Some((s, rest)) => (Some(s.to_ascii_lowercase()), rest),
             None => (None, raw),
@@ -297,6 +291,19 @@ fn normalise_dns(host: &str) -> Result<Host, HostError> {
     }
 }
 
+/// `text` trimmed, unless it is empty or holds userinfo (`@`), a backslash or whitespace:
+/// strings whose host differs between parsers are refused, not guessed at.
+fn unambiguous(text: &str) -> Result<&str, HostError> {
+    let raw = text.trim();
+    if raw.is_empty() {
+        return Err(HostError::Empty);
+    }
+    if raw.contains(['@', '\\']) || raw.chars().any(char::is_whitespace) {
+        return Err(HostError::Ambiguous);
+    }
+    Ok(raw)
+}
+
 /// `::ffff:a.b.c.d` is the IPv4 address it maps.
 fn canonical_v6(ip: std::net::Ipv6Addr) -> IpAddr {
     match ip.to_ipv4_mapped() {
@@ -309,13 +316,7 @@ impl Destination {
     /// Parses what a caller says it will connect to: `host`, `host:port`, `[v6]:port`, or a
     /// URL. Userinfo and backslashes are refused: their host differs between parsers.
     pub fn parse(text: &str) -> Result<Self, HostError> {
-        let raw = text.trim();
-        if raw.is_empty() {
-            return Err(HostError::Empty);
-        }
-        if raw.contains(['@', '\\']) || raw.chars().any(char::is_whitespace) {
-            return Err(HostError::Ambiguous);
-        }
+        let raw = unambiguous(text)?;
         if !raw.contains("://") {
             let (host, port) = split_port(raw)?;
             let host = match parse_ip_literal(host) {
