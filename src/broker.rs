@@ -20,7 +20,7 @@ use crate::reference::{
     DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, Resolved, Target,
 };
 use crate::secret::{Secret, SecretBuf};
-use crate::source::{FileSource, ReadRequest, SecretSource, SourceError};
+use crate::source::{FileSource, ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource};
 
 /// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +95,11 @@ pub enum BuildError {
     Policy(#[from] PolicyError),
     #[error("source `{name}`: {kind} sources are not available in this version of keybroker yet")]
     SourceNotAvailable { name: String, kind: &'static str },
+    #[error("source `{name}`: {source}")]
+    Vault {
+        name: String,
+        source: crate::source::VaultConfigError,
+    },
     #[error("source `{name}`: cannot open {path}: {source}")]
     FileSource {
         name: String,
@@ -120,6 +125,11 @@ type ReadKey = (String, ReadRequest);
 
 impl Broker {
     pub fn from_config(config: &Config) -> Result<Self, BuildError> {
+        Self::from_config_with_env(config, &VaultEnv::from_process())
+    }
+
+    /// As [`Broker::from_config`], with the `VAULT_*` environment given explicitly.
+    pub fn from_config_with_env(config: &Config, env: &VaultEnv) -> Result<Self, BuildError> {
         let mut sources: Vec<Arc<dyn SecretSource>> = Vec::new();
         let mut pem_modes = HashMap::new();
         for s in &config.sources {
@@ -141,10 +151,14 @@ impl Broker {
                     sources.push(Arc::new(source));
                 }
                 SourceConfig::Vault(v) => {
-                    return Err(BuildError::SourceNotAvailable {
+                    let source = VaultSource::new(v, env).map_err(|source| BuildError::Vault {
                         name: v.name.clone(),
-                        kind: "vault",
-                    });
+                        source,
+                    })?;
+                    if tokio::runtime::Handle::try_current().is_ok() {
+                        source.spawn_renewer();
+                    }
+                    sources.push(Arc::new(source));
                 }
                 SourceConfig::Ccp(c) => {
                     return Err(BuildError::SourceNotAvailable {

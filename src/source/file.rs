@@ -6,15 +6,13 @@
 //! and symlinks that lead out of the root are refused.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::io::{self, Read, Write as _};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use secrecy::SecretString;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
+use super::fields::Fields;
 use super::{ReadFuture, ReadRequest, SecretSource, SourceError, SourceKind};
 use crate::secret::{Secret, SecretMeta, VALUE_FIELD, secret_string};
 
@@ -119,82 +117,6 @@ fn read_inside(root: &Path, path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, S
         .read_to_end(&mut bytes)
         .map_err(unavailable)?;
     Ok(Some(bytes))
-}
-
-/// A JSON object of fields, deserialized straight into zeroizing strings.
-///
-/// Known gap: serde_json copies strings that contain escapes through an internal scratch
-/// buffer that is freed without zeroizing (serde-rs/json#1093); unescaped strings are
-/// borrowed from our zeroizing input buffer.
-struct Fields(BTreeMap<String, SecretString>);
-
-impl<'de> Deserialize<'de> for Fields {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = Fields;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of fields")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-                let mut fields = BTreeMap::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    let FieldValue(value) = map.next_value()?;
-                    fields.insert(key, value);
-                }
-                Ok(Fields(fields))
-            }
-        }
-        d.deserialize_map(FieldsVisitor)
-    }
-}
-
-struct FieldValue(SecretString);
-
-impl<'de> Deserialize<'de> for FieldValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ValueVisitor;
-        impl ValueVisitor {
-            fn display<E: de::Error>(v: impl fmt::Display) -> Result<FieldValue, E> {
-                // Formatted on the stack, so even a numeric secret leaves no heap copy.
-                let mut buf = [0u8; 64];
-                let mut cursor = io::Cursor::new(&mut buf[..]);
-                write!(cursor, "{v}").map_err(|_| E::custom("number too long"))?;
-                let len = cursor.position() as usize;
-                let text = std::str::from_utf8(&buf[..len]).map_err(|_| E::custom("not UTF-8"))?;
-                let value = FieldValue(secret_string(text));
-                buf.zeroize();
-                Ok(value)
-            }
-        }
-        impl Visitor<'_> for ValueVisitor {
-            type Value = FieldValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string, number or boolean")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldValue, E> {
-                Ok(FieldValue(secret_string(v)))
-            }
-            fn visit_string<E: de::Error>(self, mut v: String) -> Result<FieldValue, E> {
-                let value = FieldValue(secret_string(&v));
-                v.zeroize();
-                Ok(value)
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<FieldValue, E> {
-                Self::display(v)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<FieldValue, E> {
-                Self::display(v)
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<FieldValue, E> {
-                Self::display(v)
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<FieldValue, E> {
-                Self::display(v)
-            }
-        }
-        d.deserialize_any(ValueVisitor)
-    }
 }
 
 #[cfg(test)]

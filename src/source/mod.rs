@@ -3,12 +3,15 @@
 //! **Boundary:** a source knows how to read one secret from its backend and classify the
 //! failure. It knows nothing of references, policy, caching or who is asking.
 
+mod fields;
 mod file;
+mod vault;
 
 use std::future::Future;
 use std::pin::Pin;
 
 pub use file::FileSource;
+pub use vault::{VaultConfigError, VaultEnv, VaultSource};
 
 use crate::reference::SecretPath;
 use crate::secret::Secret;

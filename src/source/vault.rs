@@ -1,0 +1,612 @@
+//! The `vault` source: HashiCorp Vault and OpenBao over their HTTP API (shared/DESIGN.md §3).
+//!
+//! Direct HTTP (reqwest + rustls) rather than vaultrs: keybroker reads the `VAULT_*`
+//! environment itself (vaultrs' builder reads it implicitly and treats any
+//! `VAULT_SKIP_VERIFY` but `0`/`false` as "skip"), keeps its token in a `SecretString` (vaultrs
+//! holds a plain `String` in a `Debug` struct), and needs the lease metadata vaultrs' KV helpers
+//! drop. The API surface used is small: KV v1/v2 reads, mount lookup, token lookup/renewal and
+//! logins.
+//!
+//! Tokens: looked up at first use; renewed when two thirds of their TTL have passed (on use
+//! and by a background task); a login-based token (AppRole, cert) is replaced by a new login
+//! when it cannot be renewed any more, and once after a 403. Failures are classified on HTTP
+//! status and never carry a token, a secret or Vault's error text.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use url::Url;
+use zeroize::Zeroizing;
+
+use super::fields::{FieldValue, Fields};
+use super::{ReadFuture, ReadRequest, SecretSource, SourceError, SourceKind};
+use crate::config::{KvVersion, VaultAuth, VaultSourceConfig};
+use crate::secret::{Secret, SecretMeta, secret_string};
+
+/// The `VAULT_*` variables, read once by keybroker itself (never by a library).
+#[derive(Clone, Debug, Default)]
+pub struct VaultEnv {
+    pub addr: Option<String>,
+    /// Never printed: `Debug` of this struct shows only whether it is set.
+    pub token: Option<SecretString>,
+    pub namespace: Option<String>,
+    pub cacert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl VaultEnv {
+    pub fn from_process() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self {
+            addr: var("VAULT_ADDR"),
+            token: var("VAULT_TOKEN").map(|t| secret_string(&Zeroizing::new(t))),
+            namespace: var("VAULT_NAMESPACE"),
+            cacert: var("VAULT_CACERT").map(PathBuf::from),
+            client_cert: var("VAULT_CLIENT_CERT").map(PathBuf::from),
+            client_key: var("VAULT_CLIENT_KEY").map(PathBuf::from),
+        }
+    }
+}
+
+/// Why a vault source could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultConfigError {
+    #[error("no address: set `address` or VAULT_ADDR")]
+    NoAddress,
+    #[error("address {0:?} is not a URL")]
+    BadAddress(String),
+    #[error("http:// is only allowed to a loopback address (or with insecure_dev = true)")]
+    InsecureHttp,
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a usable PEM certificate or key")]
+    BadPem(String),
+    #[error("cannot build the HTTP client")]
+    Client,
+    #[error("token auth needs VAULT_TOKEN or token_file")]
+    NoToken,
+}
+
+#[derive(Debug)]
+pub struct VaultSource {
+    name: String,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    mount: String,
+    namespace: Option<String>,
+    configured_kv: KvVersion,
+    auth: Auth,
+    ttl: Option<Duration>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+enum Auth {
+    /// A fixed token from the environment.
+    Token(SecretString),
+    /// A token file, re-read when its modification time changes.
+    TokenFile(PathBuf),
+    AppRole {
+        mount: String,
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
+    },
+    Cert {
+        mount: String,
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct State {
+    token: Option<Token>,
+    kv: Option<u8>,
+    token_file_mtime: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+struct Token {
+    value: SecretString,
+    obtained: Instant,
+    /// None: does not expire.
+    ttl: Option<Duration>,
+    renewable: bool,
+}
+
+impl Token {
+    fn due_for_renewal(&self) -> bool {
+        self.ttl
+            .is_some_and(|ttl| self.obtained.elapsed() >= ttl.mul_f64(2.0 / 3.0))
+    }
+}
+
+impl VaultSource {
+    pub fn new(cfg: &VaultSourceConfig, env: &VaultEnv) -> Result<Self, VaultConfigError> {
+        let address = cfg
+            .address
+            .clone()
+            .or_else(|| env.addr.clone())
+            .ok_or(VaultConfigError::NoAddress)?;
+        let mut base =
+            Url::parse(&address).map_err(|_| VaultConfigError::BadAddress(address.clone()))?;
+        if base.scheme() == "http" && !cfg.insecure_dev && !is_loopback(&base) {
+            return Err(VaultConfigError::InsecureHttp);
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let timeout = cfg.timeout.map_or(Duration::from_secs(10), |d| d.0);
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = cfg.ca_cert.as_ref().or(env.cacert.as_ref()) {
+            let pem = read(ca)?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|_| VaultConfigError::BadPem(ca.display().to_string()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client_cert = cfg.client_cert.as_ref().or(env.client_cert.as_ref());
+        let client_key = cfg.client_key.as_ref().or(env.client_key.as_ref());
+        if let (Some(cert), Some(key)) = (client_cert, client_key) {
+            let mut pem = Zeroizing::new(read(cert)?.to_vec());
+            pem.extend_from_slice(&read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|_| VaultConfigError::BadPem(cert.display().to_string()))?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().map_err(|_| VaultConfigError::Client)?;
+        let auth = match &cfg.auth {
+            VaultAuth::Token {
+                token_file: Some(f),
+            } => Auth::TokenFile(f.clone()),
+            VaultAuth::Token { token_file: None } => Auth::Token(
+                env.token
+                    .as_ref()
+                    .map(|t| secret_string(t.expose_secret()))
+                    .ok_or(VaultConfigError::NoToken)?,
+            ),
+            VaultAuth::AppRole {
+                role_id_file,
+                secret_id_file,
+                mount,
+            } => Auth::AppRole {
+                mount: mount.clone().unwrap_or_else(|| "approle".to_owned()),
+                role_id_file: role_id_file.clone().ok_or(VaultConfigError::NoToken)?,
+                secret_id_file: secret_id_file.clone().ok_or(VaultConfigError::NoToken)?,
+            },
+            VaultAuth::Cert { name, mount } => Auth::Cert {
+                mount: mount.clone().unwrap_or_else(|| "cert".to_owned()),
+                name: name.clone(),
+            },
+        };
+        Ok(Self {
+            name: cfg.name.clone(),
+            inner: Arc::new(Inner {
+                http,
+                base,
+                mount: cfg.mount.trim_matches('/').to_owned(),
+                namespace: cfg.namespace.clone().or_else(|| env.namespace.clone()),
+                configured_kv: cfg.kv_version,
+                auth,
+                ttl: cfg.ttl.map(|d| d.0),
+                state: Mutex::new(State::default()),
+            }),
+        })
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, VaultConfigError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| VaultConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+impl SecretSource for VaultSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> SourceKind {
+        SourceKind::Vault
+    }
+
+    fn read<'a>(&'a self, request: &'a ReadRequest) -> ReadFuture<'a> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let first = inner.read_once(&self.name, request).await;
+            match first {
+                // A login-based token may have been revoked: log in again, once.
+                Err(SourceError::Denied) if inner.can_login() => {
+                    inner.state.lock().await.token = None;
+                    inner.read_once(&self.name, request).await
+                }
+                other => other,
+            }
+        })
+    }
+}
+
+/// Vault's answers, parsed into types at the edge. Secret values go straight into
+/// zeroizing strings ([`Fields`], [`FieldValue`]).
+#[derive(Deserialize)]
+struct KvV2 {
+    data: KvV2Data,
+}
+#[derive(Deserialize)]
+struct KvV2Data {
+    data: Option<Fields>,
+    metadata: Option<KvV2Meta>,
+}
+#[derive(Deserialize)]
+struct KvV2Meta {
+    version: Option<u64>,
+    created_time: Option<String>,
+    #[serde(default)]
+    deletion_time: String,
+    #[serde(default)]
+    destroyed: bool,
+}
+#[derive(Deserialize)]
+struct KvV1 {
+    data: Fields,
+    #[serde(default)]
+    lease_duration: u64,
+}
+#[derive(Deserialize)]
+struct Mounts {
+    data: MountData,
+}
+#[derive(Deserialize)]
+struct MountData {
+    #[serde(default)]
+    options: Option<MountOptions>,
+}
+#[derive(Deserialize)]
+struct MountOptions {
+    version: Option<String>,
+}
+#[derive(Deserialize)]
+struct LoginAnswer {
+    auth: AuthData,
+}
+#[derive(Deserialize)]
+struct AuthData {
+    client_token: FieldValue,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+#[derive(Deserialize)]
+struct LookupAnswer {
+    data: LookupData,
+}
+#[derive(Deserialize)]
+struct LookupData {
+    #[serde(default)]
+    ttl: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+fn classify(status: reqwest::StatusCode) -> SourceError {
+    match status.as_u16() {
+        404 => SourceError::NotFound,
+        401 | 403 => SourceError::Denied,
+        429 => SourceError::Unavailable("vault standby or rate limited (429)"),
+        503 => SourceError::Unavailable("vault sealed or in maintenance (503)"),
+        500..=599 => SourceError::Unavailable("vault server error"),
+        _ => SourceError::Unavailable("unexpected answer from vault"),
+    }
+}
+
+fn transport(e: &reqwest::Error) -> SourceError {
+    if e.is_timeout() {
+        SourceError::Unavailable("vault timed out")
+    } else {
+        SourceError::Unavailable("vault unreachable")
+    }
+}
+
+impl Inner {
+    fn can_login(&self) -> bool {
+        matches!(
+            self.auth,
+            Auth::AppRole { .. } | Auth::Cert { .. } | Auth::TokenFile(_)
+        )
+    }
+
+    fn url(&self, path: &str) -> Result<Url, SourceError> {
+        self.base
+            .join(&format!("v1/{path}"))
+            .map_err(|_| SourceError::Unsupported("path does not form a URL"))
+    }
+
+    /// A GET or POST with the token and namespace headers; the body bytes on 2xx.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        token: Option<&SecretString>,
+        body: Option<serde_json::Value>,
+    ) -> Result<Zeroizing<Vec<u8>>, SourceError> {
+        let mut req = self.http.request(method, url);
+        if let Some(t) = token {
+            let mut hv = HeaderValue::from_str(t.expose_secret())
+                .map_err(|_| SourceError::Unavailable("the vault token is not a valid header"))?;
+            hv.set_sensitive(true);
+            req = req.header("X-Vault-Token", hv);
+        }
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| transport(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| transport(&e))?;
+        let bytes = Zeroizing::new(bytes.to_vec());
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(classify(status))
+        }
+    }
+
+    async fn read_once(&self, source: &str, request: &ReadRequest) -> Result<Secret, SourceError> {
+        let token = self.token().await?;
+        let kv = self.kv_version(&token).await?;
+        let mut url = self.url(&self.mount)?;
+        {
+            let mut segs = url
+                .path_segments_mut()
+                .map_err(|_| SourceError::Unsupported("path does not form a URL"))?;
+            if kv == 2 {
+                segs.push("data");
+            }
+            for s in request.path.segments() {
+                segs.push(s);
+            }
+        }
+        if let Some(v) = request.version {
+            if kv != 2 {
+                return Err(SourceError::Unsupported("versions need a KV v2 mount"));
+            }
+            url.query_pairs_mut().append_pair("version", &v.to_string());
+        }
+        let body = self
+            .call(reqwest::Method::GET, url, Some(&token), None)
+            .await?;
+        let mut meta = SecretMeta {
+            source: source.to_owned(),
+            ttl: self.ttl,
+            ..SecretMeta::default()
+        };
+        let fields = if kv == 2 {
+            let answer: KvV2 = serde_json::from_slice(&body)
+                .map_err(|_| SourceError::Malformed("unexpected KV v2 answer"))?;
+            if let Some(m) = answer.data.metadata {
+                if m.destroyed || !m.deletion_time.is_empty() {
+                    return Err(SourceError::NotFound);
+                }
+                meta.version = m.version;
+                meta.created_time = m.created_time;
+            }
+            answer.data.data.ok_or(SourceError::NotFound)?
+        } else {
+            let answer: KvV1 = serde_json::from_slice(&body)
+                .map_err(|_| SourceError::Malformed("unexpected KV v1 answer"))?;
+            if answer.lease_duration > 0 && meta.ttl.is_none() {
+                meta.ttl = Some(Duration::from_secs(answer.lease_duration));
+            }
+            answer.data
+        };
+        Ok(Secret::new(fields.0, meta))
+    }
+
+    /// The KV version of the mount: configured, or asked once (`sys/internal/ui/mounts`).
+    async fn kv_version(&self, token: &SecretString) -> Result<u8, SourceError> {
+        match self.configured_kv {
+            KvVersion::V1 => return Ok(1),
+            KvVersion::V2 => return Ok(2),
+            KvVersion::Auto => {}
+        }
+        if let Some(v) = self.state.lock().await.kv {
+            return Ok(v);
+        }
+        let url = self.url(&format!("sys/internal/ui/mounts/{}", self.mount))?;
+        let body = self
+            .call(reqwest::Method::GET, url, Some(token), None)
+            .await?;
+        let mounts: Mounts = serde_json::from_slice(&body)
+            .map_err(|_| SourceError::Malformed("unexpected mount answer"))?;
+        let v = match mounts.data.options.and_then(|o| o.version).as_deref() {
+            Some("2") => 2,
+            _ => 1,
+        };
+        self.state.lock().await.kv = Some(v);
+        Ok(v)
+    }
+
+    /// The current token: reused, renewed when due, or obtained by a login.
+    async fn token(self: &Inner) -> Result<SecretString, SourceError> {
+        let mut state = self.state.lock().await;
+        if let Auth::TokenFile(path) = &self.auth {
+            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if mtime != state.token_file_mtime {
+                state.token = None;
+                state.token_file_mtime = mtime;
+            }
+        }
+        if let Some(t) = &state.token {
+            if !t.due_for_renewal() {
+                return Ok(secret_string(t.value.expose_secret()));
+            }
+            let renewable = t.renewable;
+            let current = secret_string(t.value.expose_secret());
+            if renewable {
+                if let Ok(renewed) = self.renew(&current).await {
+                    state.token = Some(renewed);
+                    let t = state.token.as_ref().expect("just set");
+                    return Ok(secret_string(t.value.expose_secret()));
+                }
+            }
+            if !self.can_login() {
+                // A fixed token that cannot be renewed any more: use it while it lasts.
+                tracing::warn!("vault token is not renewable or reached its max TTL");
+                return Ok(current);
+            }
+            state.token = None;
+        }
+        let token = self.login().await?;
+        let value = secret_string(token.value.expose_secret());
+        state.token = Some(token);
+        Ok(value)
+    }
+
+    async fn renew(&self, token: &SecretString) -> Result<Token, SourceError> {
+        let url = self.url("auth/token/renew-self")?;
+        let body = self
+            .call(
+                reqwest::Method::POST,
+                url,
+                Some(token),
+                Some(serde_json::json!({})),
+            )
+            .await?;
+        let answer: LoginAnswer = serde_json::from_slice(&body)
+            .map_err(|_| SourceError::Malformed("unexpected renewal answer"))?;
+        tracing::debug!(ttl = answer.auth.lease_duration, "vault token renewed");
+        Ok(token_from(answer.auth))
+    }
+
+    async fn login(&self) -> Result<Token, SourceError> {
+        let (path, body) = match &self.auth {
+            Auth::Token(t) => return self.lookup(secret_string(t.expose_secret())).await,
+            Auth::TokenFile(f) => {
+                let raw =
+                    Zeroizing::new(std::fs::read_to_string(f).map_err(|_| {
+                        SourceError::Unavailable("cannot read the vault token file")
+                    })?);
+                return self.lookup(secret_string(raw.trim())).await;
+            }
+            Auth::AppRole {
+                mount,
+                role_id_file,
+                secret_id_file,
+            } => {
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p).map(Zeroizing::new).map_err(|_| {
+                        SourceError::Unavailable("cannot read the AppRole credentials")
+                    })
+                };
+                let role_id = read(role_id_file)?;
+                let secret_id = read(secret_id_file)?;
+                let body = serde_json::json!({
+                    "role_id": role_id.trim(),
+                    "secret_id": secret_id.trim(),
+                });
+                (format!("auth/{mount}/login"), body)
+            }
+            Auth::Cert { mount, name } => {
+                let body = match name {
+                    Some(n) => serde_json::json!({ "name": n }),
+                    None => serde_json::json!({}),
+                };
+                (format!("auth/{mount}/login"), body)
+            }
+        };
+        let url = self.url(&path)?;
+        let answer = self
+            .call(reqwest::Method::POST, url, None, Some(body))
+            .await?;
+        let answer: LoginAnswer = serde_json::from_slice(&answer)
+            .map_err(|_| SourceError::Malformed("unexpected login answer"))?;
+        tracing::debug!(ttl = answer.auth.lease_duration, "vault login");
+        Ok(token_from(answer.auth))
+    }
+
+    /// A given token, looked up for its TTL and renewability.
+    async fn lookup(&self, value: SecretString) -> Result<Token, SourceError> {
+        let url = self.url("auth/token/lookup-self")?;
+        let body = self
+            .call(reqwest::Method::GET, url, Some(&value), None)
+            .await?;
+        let answer: LookupAnswer = serde_json::from_slice(&body)
+            .map_err(|_| SourceError::Malformed("unexpected token lookup answer"))?;
+        Ok(Token {
+            value,
+            obtained: Instant::now(),
+            ttl: (answer.data.ttl > 0).then(|| Duration::from_secs(answer.data.ttl)),
+            renewable: answer.data.renewable,
+        })
+    }
+}
+
+fn token_from(auth: AuthData) -> Token {
+    Token {
+        value: auth.client_token.0,
+        obtained: Instant::now(),
+        ttl: (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration)),
+        renewable: auth.renewable,
+    }
+}
+
+impl VaultSource {
+    /// Keeps the token fresh while nothing is read: wakes at two thirds of its TTL and renews
+    /// (or logs in again). Stops when the source is dropped. Call from within a runtime.
+    pub fn spawn_renewer(&self) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let wait = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let state = inner.state.lock().await;
+                    match &state.token {
+                        Some(t) => t
+                            .ttl
+                            .map(|ttl| ttl.mul_f64(2.0 / 3.0).saturating_sub(t.obtained.elapsed()))
+                            .unwrap_or(Duration::from_secs(300)),
+                        None => Duration::from_secs(5),
+                    }
+                };
+                tokio::time::sleep(wait.max(Duration::from_millis(200))).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.state.lock().await.token.is_some() {
+                    if let Err(e) = inner.token().await {
+                        tracing::warn!(error = %e, "vault token renewal failed");
+                    }
+                }
+            }
+        });
+    }
+}
