@@ -1,9 +1,9 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # Seeds an OpenBao/Vault dev server with keybroker's example secrets, its policy and an AppRole.
 # The same script runs in docker-compose.vault.yml and in the integration tests.
 # Needs: BAO_ADDR (or VAULT_ADDR) and BAO_TOKEN (or VAULT_TOKEN) with root rights.
 # Optional: KB_APPROLE_DIR — where to write role_id and secret_id for keybroker.
-set -euo pipefail
+set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 export BAO_ADDR="${BAO_ADDR:-${VAULT_ADDR:?BAO_ADDR or VAULT_ADDR}}"
 export BAO_TOKEN="${BAO_TOKEN:-${VAULT_TOKEN:?BAO_TOKEN or VAULT_TOKEN}}"

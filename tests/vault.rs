@@ -1,0 +1,255 @@
+//! The vault source against a real OpenBao server (shared/DESIGN.md §3, issue 4).
+
+mod support {
+    pub mod openbao;
+}
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use secrecy::ExposeSecret;
+
+use keybroker::config::{Config, SourceConfig};
+use keybroker::reference::SecretPath;
+use keybroker::source::{ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource};
+use support::openbao::{OpenBao, ROOT_TOKEN};
+
+fn source(toml: &str, env: VaultEnv) -> VaultSource {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(toml, &dir.path().join("kb.toml")).unwrap();
+    let SourceConfig::Vault(v) = &cfg.sources[0] else {
+        panic!("a vault source")
+    };
+    VaultSource::new(v, &env).unwrap()
+}
+
+fn env(bao: &OpenBao, token: &str) -> VaultEnv {
+    VaultEnv {
+        addr: Some(bao.addr.clone()),
+        token: Some(keybroker::secret::secret_string(token)),
+        ..VaultEnv::default()
+    }
+}
+
+fn req(path: &str, version: Option<u64>) -> ReadRequest {
+    ReadRequest {
+        path: SecretPath::from_segments(path.split('/')).unwrap(),
+        version,
+    }
+}
+
+const KV2: &str = "[[source]]\nname = \"vault\"\nkind = \"vault\"\nmount = \"secret\"\n";
+
+#[tokio::test]
+async fn kv_v2_fields_versions_and_metadata() {
+    let bao = OpenBao::start();
+    bao.cli(&[
+        "kv",
+        "put",
+        "-mount=secret",
+        "demo/db",
+        "username=app",
+        "password=second",
+    ]);
+    let src = source(KV2, env(&bao, ROOT_TOKEN));
+    let latest = src.read(&req("demo/db", None)).await.unwrap();
+    assert_eq!(latest.field("password").unwrap().expose_secret(), "second");
+    assert_eq!(latest.meta().version, Some(2));
+    assert!(latest.meta().created_time.is_some());
+    let first = src.read(&req("demo/db", Some(1))).await.unwrap();
+    assert_eq!(
+        first.field("password").unwrap().expose_secret(),
+        "dev-only-Zq8#w2!v"
+    );
+    assert_eq!(
+        src.read(&req("demo/none", None)).await.unwrap_err(),
+        SourceError::NotFound
+    );
+    assert_eq!(
+        src.read(&req("demo/db", Some(9))).await.unwrap_err(),
+        SourceError::NotFound
+    );
+    // A deleted version reads as not found.
+    bao.cli(&["kv", "delete", "-mount=secret", "demo/db"]);
+    assert_eq!(
+        src.read(&req("demo/db", None)).await.unwrap_err(),
+        SourceError::NotFound
+    );
+}
+
+#[tokio::test]
+async fn kv_v1_is_detected_from_the_mount() {
+    let bao = OpenBao::start();
+    let src = source(
+        "[[source]]\nname = \"legacy\"\nkind = \"vault\"\nmount = \"kv1\"\n",
+        env(&bao, ROOT_TOKEN),
+    );
+    let s = src.read(&req("legacy/app", None)).await.unwrap();
+    assert_eq!(s.field("token").unwrap().expose_secret(), "v1-token-7f2");
+    assert_eq!(s.meta().version, None);
+    assert!(matches!(
+        src.read(&req("legacy/app", Some(1))).await,
+        Err(SourceError::Unsupported(_))
+    ));
+}
+
+#[tokio::test]
+async fn permission_denied_is_not_not_found() {
+    let bao = OpenBao::start();
+    std::fs::write(
+        bao.approle_dir.path().join("demo.hcl"),
+        "path \"secret/data/demo/*\" { capabilities = [\"read\"] }\n",
+    )
+    .unwrap();
+    bao.cli(&[
+        "policy",
+        "write",
+        "demo-only",
+        bao.approle_dir.path().join("demo.hcl").to_str().unwrap(),
+    ]);
+    let token = bao.token("demo-only", "1h");
+    let src = source(&format!("{KV2}kv_version = 2\n"), env(&bao, &token));
+    assert!(src.read(&req("demo/db", None)).await.is_ok());
+    assert_eq!(
+        src.read(&req("payments/partner", None)).await.unwrap_err(),
+        SourceError::Denied
+    );
+    assert_eq!(
+        src.read(&req("demo/absent", None)).await.unwrap_err(),
+        SourceError::NotFound
+    );
+}
+
+#[tokio::test]
+async fn token_file_is_reread_when_it_changes() {
+    let bao = OpenBao::start();
+    std::fs::write(
+        bao.approle_dir.path().join("demo.hcl"),
+        "path \"secret/data/demo/*\" { capabilities = [\"read\"] }\n",
+    )
+    .unwrap();
+    bao.cli(&[
+        "policy",
+        "write",
+        "demo-only",
+        bao.approle_dir.path().join("demo.hcl").to_str().unwrap(),
+    ]);
+    let file = bao.approle_dir.path().join("token");
+    std::fs::write(&file, format!("{}\n", bao.token("demo-only", "1h"))).unwrap();
+    let toml = format!(
+        "{KV2}kv_version = 2\nauth = {{ method = \"token\", token_file = {:?} }}\n",
+        file
+    );
+    let src = source(
+        &toml,
+        VaultEnv {
+            addr: Some(bao.addr.clone()),
+            ..VaultEnv::default()
+        },
+    );
+    assert_eq!(
+        src.read(&req("payments/partner", None)).await.unwrap_err(),
+        SourceError::Denied
+    );
+    // Rotate: a token with the keybroker policy. A different size makes the change visible
+    // even on file systems with coarse modification times.
+    std::fs::write(&file, format!("  {}\n\n", bao.token("keybroker", "1h"))).unwrap();
+    let t = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    assert!(src.read(&req("payments/partner", None)).await.is_ok());
+}
+
+fn approle_toml(bao: &OpenBao) -> String {
+    let dir = bao.approle_dir.path();
+    format!(
+        "{KV2}auth = {{ method = \"approle\", role_id_file = {:?}, secret_id_file = {:?} }}\n",
+        dir.join("role_id"),
+        dir.join("secret_id")
+    )
+}
+
+#[tokio::test]
+async fn approle_login_and_relogin_after_revocation() {
+    let bao = OpenBao::start();
+    let src = source(
+        &approle_toml(&bao),
+        VaultEnv {
+            addr: Some(bao.addr.clone()),
+            ..VaultEnv::default()
+        },
+    );
+    assert!(src.read(&req("payments/partner", None)).await.is_ok());
+    // Revoke every token the AppRole issued: the next read logs in again, once.
+    bao.cli(&["token", "revoke", "-mode=path", "auth/approle/login"]);
+    let s = src.read(&req("demo/db", None)).await.unwrap();
+    assert_eq!(s.field("username").unwrap().expose_secret(), "app");
+}
+
+#[tokio::test]
+async fn a_short_ttl_token_is_renewed_across_more_than_its_ttl() {
+    let bao = OpenBao::start();
+    let token = bao.token("keybroker", "4s");
+    let src = source(KV2, env(&bao, &token));
+    // Reads at 0 s, 3 s and 6 s: past two thirds of the TTL each time, so each renews; without
+    // renewal the token would have expired at 4 s.
+    for _ in 0..3 {
+        assert!(src.read(&req("demo/db", None)).await.is_ok());
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
+    assert!(src.read(&req("demo/db", None)).await.is_ok());
+    let lookup = bao.cli(&["token", "lookup", "-format=json", &token]);
+    assert!(lookup.contains("\"ttl\""), "{lookup}");
+}
+
+#[tokio::test]
+async fn openbao_stopped_means_unavailable() {
+    let mut bao = OpenBao::start();
+    let src = source(&format!("{KV2}timeout = \"2s\"\n"), env(&bao, ROOT_TOKEN));
+    assert!(src.read(&req("demo/db", None)).await.is_ok());
+    bao.stop();
+    assert!(matches!(
+        src.read(&req("demo/db", None)).await,
+        Err(SourceError::Unavailable(_))
+    ));
+}
+
+#[test]
+fn resolve_end_to_end_with_only_vault_addr_and_token() {
+    let bao = OpenBao::start();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args([
+            "resolve",
+            "--config",
+            "examples/vault/keybroker.toml",
+            "examples/vault/document.json",
+        ])
+        .current_dir(&repo)
+        .env("VAULT_ADDR", &bao.addr)
+        .env("VAULT_TOKEN", ROOT_TOKEN)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["database"],
+        "postgres://app:dev-only-Zq8#w2!v@db.internal.example/app"
+    );
+    assert_eq!(doc["legacy_token"], "v1-token-7f2");
+    assert!(
+        doc["partner_cert"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----\n")
+    );
+    // Canary: neither the values nor the token reach the log at trace level.
+    assert!(!stderr.contains("dev-only-Zq8"), "{stderr}");
+    assert!(!stderr.contains("v1-token-7f2"), "{stderr}");
+}
