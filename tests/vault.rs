@@ -253,3 +253,97 @@ fn resolve_end_to_end_with_only_vault_addr_and_token() {
     assert!(!stderr.contains("dev-only-Zq8"), "{stderr}");
     assert!(!stderr.contains("v1-token-7f2"), "{stderr}");
 }
+
+/// TLS certificate auth through an mTLS listener added with `-config=`; keybroker presents a
+/// client certificate, trusts a custom CA, and logs in with `auth/cert`.
+#[tokio::test]
+async fn cert_auth_through_an_mtls_listener() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "bao test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(vec!["keybroker.test".to_owned()]).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "keybroker");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &issuer).unwrap();
+    for (name, pem) in [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.pem()),
+        ("server-key.pem", server_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client-key.pem", client_key.serialize_pem()),
+    ] {
+        std::fs::write(d.join(name), pem).unwrap();
+    }
+    let tls_port = support::openbao::free_port();
+    let extra = d.join("extra.hcl");
+    std::fs::write(
+        &extra,
+        format!(
+            "listener \"tcp\" {{\n  address = \"127.0.0.1:{tls_port}\"\n  tls_cert_file = {:?}\n  tls_key_file = {:?}\n  tls_client_ca_file = {:?}\n}}\n",
+            d.join("server.pem"),
+            d.join("server-key.pem"),
+            d.join("ca.pem")
+        ),
+    )
+    .unwrap();
+    let bao = OpenBao::start_with_config(Some(&extra));
+    bao.cli(&["auth", "enable", "cert"]);
+    bao.cli(&[
+        "write",
+        "auth/cert/certs/keybroker",
+        "display_name=keybroker",
+        "token_policies=keybroker",
+        &format!("certificate=@{}", d.join("ca.pem").display()),
+    ]);
+    let toml = format!(
+        "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"https://127.0.0.1:{tls_port}\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\nauth = {{ method = \"cert\", name = \"keybroker\" }}\n",
+        d.join("ca.pem"),
+        d.join("client.pem"),
+        d.join("client-key.pem")
+    );
+    let src = source(&toml, VaultEnv::default());
+    let s = src
+        .read(&req("payments/partner", None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", bao.log()));
+    assert!(
+        s.field("cert")
+            .unwrap()
+            .expose_secret()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+
+    // The same listener with a CA keybroker does not trust: refused, not silently accepted.
+    let other = KeyPair::generate().unwrap();
+    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    std::fs::write(
+        d.join("other-ca.pem"),
+        other_params.self_signed(&other).unwrap().pem(),
+    )
+    .unwrap();
+    let wrong = toml.replace("ca.pem", "other-ca.pem");
+    let src = source(&wrong, VaultEnv::default());
+    assert!(matches!(
+        src.read(&req("payments/partner", None)).await,
+        Err(SourceError::Unavailable(_))
+    ));
+}

@@ -329,6 +329,7 @@ fn classify(status: reqwest::StatusCode) -> SourceError {
 }
 
 fn transport(e: &reqwest::Error) -> SourceError {
+    tracing::debug!(error = %e, "vault request failed");
     if e.is_timeout() {
         SourceError::Unavailable("vault timed out")
     } else {

