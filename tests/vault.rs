@@ -347,3 +347,39 @@ async fn cert_auth_through_an_mtls_listener() {
         Err(SourceError::Unavailable(_))
     ));
 }
+
+#[tokio::test]
+async fn a_sealed_server_is_unavailable_and_failed_logins_back_off() {
+    let bao = OpenBao::start();
+    let src = source(KV2, env(&bao, ROOT_TOKEN));
+    assert!(src.read(&req("demo/db", None)).await.is_ok());
+    bao.cli(&["operator", "seal"]);
+    assert_eq!(
+        src.read(&req("demo/db", None)).await.unwrap_err(),
+        SourceError::Unavailable("vault sealed or in maintenance (503)")
+    );
+
+    // A wrong AppRole secret: the first read tries to log in, the next one backs off instead
+    // of hammering the server.
+    let bao = OpenBao::start();
+    std::fs::write(
+        bao.approle_dir.path().join("secret_id"),
+        "not-the-secret-id",
+    )
+    .unwrap();
+    let src = source(
+        &approle_toml(&bao),
+        VaultEnv {
+            addr: Some(bao.addr.clone()),
+            ..VaultEnv::default()
+        },
+    );
+    assert_eq!(
+        src.read(&req("demo/db", None)).await.unwrap_err(),
+        SourceError::Denied
+    );
+    assert_eq!(
+        src.read(&req("demo/db", None)).await.unwrap_err(),
+        SourceError::Unavailable("vault login failed recently; backing off")
+    );
+}

@@ -74,6 +74,8 @@ pub enum VaultConfigError {
     Client,
     #[error("token auth needs VAULT_TOKEN or token_file")]
     NoToken,
+    #[error("tls_server_name is not supported yet: put the server's certificate name in `address`")]
+    ServerNameUnsupported,
 }
 
 #[derive(Debug)]
@@ -116,6 +118,10 @@ struct State {
     token: Option<Token>,
     kv: Option<u8>,
     token_file_mtime: Option<SystemTime>,
+    /// After a failed login: no new attempt before this instant (backoff with jitter), so
+    /// an outage or a bad credential does not become a login storm.
+    login_not_before: Option<Instant>,
+    login_failures: u32,
 }
 
 #[derive(Debug)]
@@ -141,6 +147,9 @@ impl VaultSource {
             .clone()
             .or_else(|| env.addr.clone())
             .ok_or(VaultConfigError::NoAddress)?;
+        if cfg.tls_server_name.is_some() {
+            return Err(VaultConfigError::ServerNameUnsupported);
+        }
         let mut base =
             Url::parse(&address).map_err(|_| VaultConfigError::BadAddress(address.clone()))?;
         if base.scheme() == "http" && !cfg.insecure_dev && !is_loopback(&base) {
@@ -245,7 +254,13 @@ impl SecretSource for VaultSource {
             match first {
                 // A login-based token may have been revoked: log in again, once.
                 Err(SourceError::Denied) if inner.can_login() => {
-                    inner.state.lock().await.token = None;
+                    let mut state = inner.state.lock().await;
+                    if state.login_not_before.is_some() {
+                        // The login itself was refused: retrying would only hammer it.
+                        return Err(SourceError::Denied);
+                    }
+                    state.token = None;
+                    drop(state);
                     inner.read_once(&self.name, request).await
                 }
                 other => other,
@@ -319,6 +334,7 @@ struct LookupData {
 
 fn classify(status: reqwest::StatusCode) -> SourceError {
     match status.as_u16() {
+        400 => SourceError::Malformed("vault rejected the request (400)"),
         404 => SourceError::NotFound,
         401 | 403 => SourceError::Denied,
         429 => SourceError::Unavailable("vault standby or rate limited (429)"),
@@ -488,10 +504,25 @@ impl Inner {
             }
             state.token = None;
         }
-        let token = self.login().await?;
-        let value = secret_string(token.value.expose_secret());
-        state.token = Some(token);
-        Ok(value)
+        if state.login_not_before.is_some_and(|t| Instant::now() < t) {
+            return Err(SourceError::Unavailable(
+                "vault login failed recently; backing off",
+            ));
+        }
+        match self.login().await {
+            Ok(token) => {
+                state.login_failures = 0;
+                state.login_not_before = None;
+                let value = secret_string(token.value.expose_secret());
+                state.token = Some(token);
+                Ok(value)
+            }
+            Err(e) => {
+                state.login_failures = state.login_failures.saturating_add(1);
+                state.login_not_before = Some(Instant::now() + login_backoff(state.login_failures));
+                Err(e)
+            }
+        }
     }
 
     async fn renew(&self, token: &SecretString) -> Result<Token, SourceError> {
@@ -547,9 +578,14 @@ impl Inner {
             }
         };
         let url = self.url(&path)?;
+        // Vault answers 400 to a wrong role_id/secret_id: the login was refused.
         let answer = self
             .call(reqwest::Method::POST, url, None, Some(body))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                SourceError::Malformed(_) => SourceError::Denied,
+                other => other,
+            })?;
         let answer: LoginAnswer = serde_json::from_slice(&answer)
             .map_err(|_| SourceError::Malformed("unexpected login answer"))?;
         tracing::debug!(ttl = answer.auth.lease_duration, "vault login");
@@ -571,6 +607,17 @@ impl Inner {
             renewable: answer.data.renewable,
         })
     }
+}
+
+/// 0.5 s doubling per failure up to 60 s, with ±25 % jitter so replicas spread out.
+fn login_backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1 << failures.min(7).saturating_sub(1));
+    let base = base.min(Duration::from_secs(60));
+    let mut r = [0u8; 1];
+    // Without randomness the backoff is still bounded; only the spread is lost.
+    let _ = getrandom::fill(&mut r);
+    let factor = 0.75 + f64::from(r[0]) / 255.0 * 0.5;
+    base.mul_f64(factor)
 }
 
 fn token_from(auth: AuthData) -> Token {
