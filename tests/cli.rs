@@ -198,16 +198,31 @@ fn missing_config_is_a_usage_error() {
 }
 
 #[test]
-fn vault_sources_are_refused_until_they_exist() {
+fn ccp_sources_are_refused_until_they_exist_and_vault_needs_an_address() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("kb.toml");
-    std::fs::write(&cfg, "[[source]]\nname = \"v\"\nkind = \"vault\"\n").unwrap();
-    let out = keybroker(
-        &["resolve", "--config", cfg.to_str().unwrap(), "-"],
-        dir.path(),
-    );
+    let run = |toml: &str| {
+        std::fs::write(&cfg, toml).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args(["resolve", "--config", cfg.to_str().unwrap(), "-"])
+            .current_dir(dir.path())
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out =
+        run("[[source]]\nname = \"c\"\nkind = \"ccp\"\nurl = \"https://ccp\"\napp_id = \"kb\"\n");
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not available"), "{}", stderr(&out));
+    let out = run("[[source]]\nname = \"v\"\nkind = \"vault\"\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("VAULT_ADDR"), "{}", stderr(&out));
+    let out = run(
+        "[[source]]\nname = \"v\"\nkind = \"vault\"\naddress = \"http://vault.example:8200\"\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("http://"), "{}", stderr(&out));
 }
 
 fn keybroker_stdin(args: &[&str], input: &[u8]) -> Output {
