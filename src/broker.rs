@@ -20,7 +20,9 @@ use crate::reference::{
     DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, Resolved, Target,
 };
 use crate::secret::{Secret, SecretBuf};
-use crate::source::{FileSource, ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource};
+use crate::source::{
+    CcpSource, FileSource, ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource,
+};
 
 /// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +98,11 @@ pub enum BuildError {
     #[error("source `{name}`: {kind} sources are not available in this version of keybroker yet")]
     SourceNotAvailable { name: String, kind: &'static str },
     #[error("source `{name}`: {source}")]
+    Ccp {
+        name: String,
+        source: crate::source::CcpConfigError,
+    },
+    #[error("source `{name}`: {source}")]
     Vault {
         name: String,
         source: crate::source::VaultConfigError,
@@ -161,10 +168,11 @@ impl Broker {
                     sources.push(Arc::new(source));
                 }
                 SourceConfig::Ccp(c) => {
-                    return Err(BuildError::SourceNotAvailable {
+                    let source = CcpSource::new(c).map_err(|source| BuildError::Ccp {
                         name: c.name.clone(),
-                        kind: "ccp",
-                    });
+                        source,
+                    })?;
+                    sources.push(Arc::new(source));
                 }
             }
         }
@@ -414,5 +422,6 @@ fn source_reason(e: &SourceError) -> Reason {
         SourceError::Unavailable(_) => Reason::SourceUnavailable,
         SourceError::Unsupported(why) => Reason::Unsupported(why),
         SourceError::Malformed(why) => Reason::Malformed(why),
+        SourceError::Ambiguous => Reason::Ambiguous,
     }
 }

@@ -198,7 +198,7 @@ fn missing_config_is_a_usage_error() {
 }
 
 #[test]
-fn ccp_sources_are_refused_until_they_exist_and_vault_needs_an_address() {
+fn sources_refuse_plain_http_off_loopback_and_vault_needs_an_address() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("kb.toml");
     let run = |toml: &str| {
@@ -211,10 +211,11 @@ fn ccp_sources_are_refused_until_they_exist_and_vault_needs_an_address() {
             .output()
             .unwrap()
     };
-    let out =
-        run("[[source]]\nname = \"c\"\nkind = \"ccp\"\nurl = \"https://ccp\"\napp_id = \"kb\"\n");
+    let out = run(
+        "[[source]]\nname = \"c\"\nkind = \"ccp\"\nurl = \"http://ccp.example\"\napp_id = \"kb\"\n",
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not available"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("http://"), "{}", stderr(&out));
     let out = run("[[source]]\nname = \"v\"\nkind = \"vault\"\n");
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("VAULT_ADDR"), "{}", stderr(&out));

@@ -141,6 +141,9 @@ pub enum Reason {
     /// The source holds something that is not a valid secret (e.g. a malformed file).
     #[error("the stored secret is malformed: {0}")]
     Malformed(&'static str),
+    /// Several objects match (CCP).
+    #[error("several objects match the reference")]
+    Ambiguous,
     /// A PEM value that could not be repaired or did not verify; holds the PEM reason code.
     #[error("the stored PEM value was rejected ({0})")]
     PemRejected(&'static str),
@@ -162,6 +165,7 @@ impl Reason {
             Self::Unsupported(_) => "unsupported",
             Self::Malformed(_) => "malformed_secret",
             Self::PemRejected(_) => "pem_rejected",
+            Self::Ambiguous => "ambiguous",
         }
     }
 }

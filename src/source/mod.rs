@@ -3,6 +3,7 @@
 //! **Boundary:** a source knows how to read one secret from its backend and classify the
 //! failure. It knows nothing of references, policy, caching or who is asking.
 
+mod ccp;
 mod fields;
 mod file;
 mod vault;
@@ -10,6 +11,7 @@ mod vault;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use ccp::{CcpConfigError, CcpQueryError, CcpSource, build_query, classify_error_code};
 pub use file::FileSource;
 pub use vault::{VaultConfigError, VaultEnv, VaultSource};
 
@@ -43,6 +45,9 @@ pub enum SourceError {
     /// The backend holds something that is not a valid secret.
     #[error("malformed secret: {0}")]
     Malformed(&'static str),
+    /// Several objects match the query (CCP `APPAP227E`).
+    #[error("several objects match")]
+    Ambiguous,
 }
 
 /// The kinds of backend keybroker speaks to.

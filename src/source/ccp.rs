@@ -1,0 +1,334 @@
+//! The `ccp` source: CyberArk Central Credential Provider (shared/CCP-API.md).
+//!
+//! `GET <url>/<service_path>/api/Accounts?AppID=…&Safe=…&Folder=…&Object=…` over TLS with a
+//! client certificate. Values containing characters CCP does not support (`;`, `&`, `+`, `%`,
+//! `=`, control characters) are rejected before any request, never escaped. Failures are
+//! classified on `ErrorCode` — CCP answers a transient "cannot reach the vault" with HTTP 400 —
+//! and `ErrorMsg`, which echoes the query, the AppID and certificate serials, is never read.
+//! IIS in front of CCP answers with HTML pages or a bare 404; those are told apart from CCP's
+//! JSON. Redirects are never followed. Every returned property becomes a field (`Content`,
+//! `UserName`, `Address`, custom ones); PEM values are repaired by the broker's PEM stage.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+use url::Url;
+use zeroize::Zeroizing;
+
+use super::fields::Fields;
+use super::{ReadFuture, ReadRequest, SecretSource, SourceError, SourceKind};
+use crate::config::CcpSourceConfig;
+use crate::reference::is_ccp_forbidden;
+use crate::secret::{Secret, SecretMeta};
+
+/// Why a CCP query could not be built. Holds the parameter name, never its value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CcpQueryError {
+    #[error(
+        "parameter {0} holds a character CCP does not support (; & + % = or a control character)"
+    )]
+    Forbidden(&'static str),
+    #[error("parameter {0} is empty")]
+    Empty(&'static str),
+}
+
+/// Unreserved characters (RFC 3986) stay as they are; everything else is percent-encoded,
+/// so a space travels as `%20`, never as a `+` (which CCP would not take for a space).
+const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Builds the query string: `AppID` first and exactly once, then the given parameters.
+/// Every value is checked against CCP's forbidden characters first.
+pub fn build_query(app_id: &str, params: &[(&'static str, &str)]) -> Result<String, CcpQueryError> {
+    let mut q = String::new();
+    for (i, (name, value)) in std::iter::once(&("AppID", app_id))
+        .chain(params)
+        .enumerate()
+    {
+        if value.is_empty() {
+            return Err(CcpQueryError::Empty(name));
+        }
+        if value.chars().any(is_ccp_forbidden) {
+            return Err(CcpQueryError::Forbidden(name));
+        }
+        if i > 0 {
+            q.push('&');
+        }
+        q.push_str(name);
+        q.push('=');
+        q.extend(utf8_percent_encode(value, ENCODE));
+    }
+    Ok(q)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CcpConfigError {
+    #[error("url {0:?} is not a URL")]
+    BadUrl(String),
+    #[error("http:// is only allowed to a loopback address (or with insecure_dev = true)")]
+    InsecureHttp,
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a usable PEM certificate or key")]
+    BadPem(String),
+    #[error("cannot build the HTTP client")]
+    Client,
+    #[error("app_id, service_path and reason must not hold ; & + % = or control characters")]
+    Forbidden,
+}
+
+#[derive(Debug)]
+pub struct CcpSource {
+    name: String,
+    http: reqwest::Client,
+    accounts: Url,
+    app_id: String,
+    reason: Option<String>,
+    connection_timeout: Option<u32>,
+    fail_on_change: bool,
+    ttl: Option<Duration>,
+}
+
+impl CcpSource {
+    pub fn new(cfg: &CcpSourceConfig) -> Result<Self, CcpConfigError> {
+        let base = Url::parse(&cfg.url).map_err(|_| CcpConfigError::BadUrl(cfg.url.clone()))?;
+        let loopback = match base.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        if base.scheme() != "https" && !(cfg.insecure_dev || loopback && base.scheme() == "http") {
+            return Err(CcpConfigError::InsecureHttp);
+        }
+        let forbidden = |s: &str| s.chars().any(is_ccp_forbidden);
+        if forbidden(&cfg.app_id)
+            || forbidden(&cfg.service_path)
+            || cfg.reason.as_deref().is_some_and(forbidden)
+        {
+            return Err(CcpConfigError::Forbidden);
+        }
+        let mut accounts = base.clone();
+        {
+            let mut segs = accounts
+                .path_segments_mut()
+                .map_err(|_| CcpConfigError::BadUrl(cfg.url.clone()))?;
+            segs.pop_if_empty();
+            for s in cfg.service_path.split('/').filter(|s| !s.is_empty()) {
+                segs.push(s);
+            }
+            segs.push("api").push("Accounts");
+        }
+        let timeout = cfg.timeout.map_or(Duration::from_secs(10), |d| d.0);
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = &cfg.ca_cert {
+            let pem = read(ca)?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|_| CcpConfigError::BadPem(ca.display().to_string()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
+            let mut pem = Zeroizing::new(read(cert)?.to_vec());
+            pem.extend_from_slice(&read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|_| CcpConfigError::BadPem(cert.display().to_string()))?;
+            builder = builder.identity(identity);
+        }
+        Ok(Self {
+            name: cfg.name.clone(),
+            http: builder.build().map_err(|_| CcpConfigError::Client)?,
+            accounts,
+            app_id: cfg.app_id.clone(),
+            reason: cfg.reason.clone(),
+            connection_timeout: cfg.connection_timeout,
+            fail_on_change: cfg.fail_request_on_password_change,
+            ttl: cfg.ttl.map(|d| d.0),
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, CcpConfigError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| CcpConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Only `ErrorCode` is read from an error answer; `ErrorMsg` is skipped unread.
+#[derive(Deserialize)]
+struct CcpError {
+    #[serde(rename = "ErrorCode")]
+    code: String,
+}
+
+/// What an `ErrorCode` means (shared/CCP-API.md, error table).
+pub fn classify_error_code(code: &str) -> SourceError {
+    match code {
+        "APPAP004E" => SourceError::NotFound,
+        "APPAP306E" | "APPAP008E" | "APPAP133E" => SourceError::Denied,
+        "APPAP227E" | "APPAP228E" | "APPAP229E" => SourceError::Ambiguous,
+        "APPAP007E" => SourceError::Unavailable("ccp cannot reach its vault (APPAP007E)"),
+        "APPAP282E" => SourceError::Unavailable("password change in progress (APPAP282E)"),
+        "AIMWS030E" | "AIMWS031E" | "APPAP081E" | "CASVL010E" => {
+            SourceError::Unsupported("ccp rejected the query")
+        }
+        _ => SourceError::Unavailable("ccp error"),
+    }
+}
+
+impl CcpSource {
+    async fn fetch(&self, request: &ReadRequest) -> Result<Secret, SourceError> {
+        if request.version.is_some() {
+            return Err(SourceError::Unsupported("ccp has no versions"));
+        }
+        let (safe, folder, object) = match request.path.segments() {
+            [safe, object] => (safe, None, object),
+            [safe, folder, object] => (safe, Some(folder), object),
+            _ => {
+                return Err(SourceError::Unsupported(
+                    "a ccp path is Safe/Object or Safe/Folder/Object",
+                ));
+            }
+        };
+        let timeout = self.connection_timeout.map(|t| t.to_string());
+        let mut params: Vec<(&'static str, &str)> = vec![("Safe", safe)];
+        if let Some(f) = folder {
+            params.push(("Folder", f));
+        }
+        params.push(("Object", object));
+        if let Some(r) = &self.reason {
+            params.push(("Reason", r));
+        }
+        if let Some(t) = &timeout {
+            params.push(("ConnectionTimeout", t));
+        }
+        if self.fail_on_change {
+            params.push(("FailRequestOnPasswordChange", "true"));
+        }
+        let query = build_query(&self.app_id, &params).map_err(|_| {
+            SourceError::Unsupported(
+                "the safe, folder or object holds a character ccp does not support",
+            )
+        })?;
+        let mut url = self.accounts.clone();
+        url.set_query(Some(&query));
+        let resp = self.http.get(url).send().await.map_err(|e| {
+            let timed_out = e.is_timeout();
+            // The URL carries the query; the log keeps only the kind of failure.
+            tracing::debug!(error = %e.without_url(), "ccp request failed");
+            if timed_out {
+                SourceError::Unavailable("ccp timed out")
+            } else {
+                SourceError::Unavailable("ccp unreachable")
+            }
+        })?;
+        let status = resp.status();
+        let json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let body = Zeroizing::new(
+            resp.bytes()
+                .await
+                .map_err(|_| SourceError::Unavailable("ccp answer cut short"))?
+                .to_vec(),
+        );
+        if status.is_redirection() {
+            return Err(SourceError::Unavailable(
+                "ccp redirected; redirects are not followed",
+            ));
+        }
+        if status.is_success() && json {
+            let fields: Fields = serde_json::from_slice(&body)
+                .map_err(|_| SourceError::Malformed("unexpected ccp answer"))?;
+            let meta = SecretMeta {
+                source: self.name.clone(),
+                ttl: self.ttl,
+                ..SecretMeta::default()
+            };
+            return Ok(Secret::new(fields.0, meta));
+        }
+        if json {
+            if let Ok(e) = serde_json::from_slice::<CcpError>(&body) {
+                return Err(classify_error_code(&e.code));
+            }
+        }
+        // Not CCP's JSON: IIS in front of it.
+        Err(match status.as_u16() {
+            404 => SourceError::Unavailable("bare 404 from the web server: is service_path right?"),
+            401 | 403 => SourceError::Denied,
+            _ => SourceError::Unavailable("ccp web server error page"),
+        })
+    }
+}
+
+impl SecretSource for CcpSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> SourceKind {
+        SourceKind::Ccp
+    }
+
+    fn read<'a>(&'a self, request: &'a ReadRequest) -> ReadFuture<'a> {
+        Box::pin(self.fetch(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appid_first_and_once_values_encoded_never_escaped() {
+        let q = build_query("kb app", &[("Safe", "Pay ments"), ("Object", "key-1.pem")]).unwrap();
+        assert_eq!(q, "AppID=kb%20app&Safe=Pay%20ments&Object=key-1.pem");
+        for bad in [";Safe=Other", "a&AppID=x", "a+b", "100%", "a=b", "a\nb"] {
+            assert_eq!(
+                build_query("kb", &[("Object", bad)]),
+                Err(CcpQueryError::Forbidden("Object")),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(build_query("", &[]), Err(CcpQueryError::Empty("AppID")));
+        let shown = build_query("kb", &[("Safe", "s3cr3t;x")])
+            .unwrap_err()
+            .to_string();
+        assert!(!shown.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn error_codes_are_classified() {
+        assert_eq!(classify_error_code("APPAP004E"), SourceError::NotFound);
+        assert_eq!(classify_error_code("APPAP306E"), SourceError::Denied);
+        assert_eq!(classify_error_code("APPAP008E"), SourceError::Denied);
+        assert_eq!(classify_error_code("APPAP227E"), SourceError::Ambiguous);
+        assert!(matches!(
+            classify_error_code("APPAP007E"),
+            SourceError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify_error_code("APPAP282E"),
+            SourceError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify_error_code("AIMWS031E"),
+            SourceError::Unsupported(_)
+        ));
+    }
+}
