@@ -1,0 +1,351 @@
+//! The ccp source against the CCP double of tests/support/ccp.rs (shared/CCP-API.md).
+
+mod support {
+    pub mod ccp;
+}
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use keybroker::broker::{Broker, Caller, Document, ResolveError};
+use keybroker::config::{Config, SourceConfig};
+use keybroker::reference::{Layout, SecretPath};
+use keybroker::source::{CcpSource, ReadRequest, SecretSource, SourceError};
+use support::ccp::{AppAuth, CcpDouble, ERRORMSG_CANARY, Fault, Object, Pki, Store, flatten};
+
+fn object(name: &str, props: &[(&str, &str)]) -> Object {
+    Object {
+        folder: "Root".into(),
+        name: name.into(),
+        props: props
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        changing: false,
+    }
+}
+
+/// The seeds' scenario material: a key and its certificate, as CCP flattens them.
+fn partner() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["gw.payments.example".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (
+        cert.pem().replace("\r\n", "\n"),
+        key.serialize_pem().replace("\r\n", "\n"),
+    )
+}
+
+fn store(pki: &Pki, cert: &str, key: &str) -> Store {
+    let mut s = Store::default();
+    s.apps.insert(
+        "keybroker".into(),
+        AppAuth {
+            ips: vec!["127.0.0.1".parse::<IpAddr>().unwrap()],
+            serials: vec![pki.client_serial.clone()],
+            ..AppAuth::default()
+        },
+    );
+    s.apps.insert(
+        "nocert-app".into(),
+        AppAuth {
+            serials: vec!["00".into()],
+            ..AppAuth::default()
+        },
+    );
+    let mut objects = vec![
+        object(
+            "partner-key",
+            &[("Content", &flatten(key)), ("UserName", "svc-partner")],
+        ),
+        object("partner-cert", &[("Content", &flatten(cert))]),
+        object(
+            "db",
+            &[
+                ("Content", "pw-7d1e"),
+                ("UserName", "app"),
+                ("Address", "10.0.0.5"),
+                ("Port", "5432"),
+            ],
+        ),
+        object("dup", &[("Content", "a")]),
+        object("dup", &[("Content", "b")]),
+    ];
+    let mut changing = object("rotating", &[("Content", "old-value")]);
+    changing.changing = true;
+    objects.push(changing);
+    s.safes.insert(
+        "Payments".into(),
+        (vec!["keybroker".into(), "nocert-app".into()], objects),
+    );
+    s.safes.insert(
+        "Other".into(),
+        (
+            vec!["someone-else".into()],
+            vec![object("x", &[("Content", "hidden")])],
+        ),
+    );
+    s
+}
+
+fn config(pki: &Pki, url: &str, extra: &str) -> Config {
+    let d = pki.dir.path();
+    let text = format!(
+        "[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{url}\"\napp_id = \"keybroker\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\ntimeout = \"3s\"\n{extra}",
+        d.join("ca.pem"),
+        d.join("client.pem"),
+        d.join("client-key.pem")
+    );
+    Config::parse(&text, &d.join("kb.toml")).unwrap()
+}
+
+fn source(cfg: &Config) -> CcpSource {
+    let SourceConfig::Ccp(c) = &cfg.sources[0] else {
+        panic!("ccp")
+    };
+    CcpSource::new(c).unwrap()
+}
+
+fn req(path: &str) -> ReadRequest {
+    ReadRequest {
+        path: SecretPath::from_segments(path.split('/')).unwrap(),
+        version: None,
+    }
+}
+
+#[tokio::test]
+async fn the_seeds_scenario_key_and_certificate_from_ccp_come_back_intact() {
+    let pki = Pki::new();
+    let (cert, key) = partner();
+    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let broker = Broker::from_config(&config(&pki, &double.url, "")).unwrap();
+    let doc = json!({
+        "cert": "$SAFE_Payments $NAME_partner-cert",
+        "key": "$SAFE_Payments $NAME_partner-key",
+        "user": "$SAFE_Payments $NAME_partner-key $KEY_UserName",
+        "db": "$SECRET_ccp:Payments/db $KEY_Address"
+    });
+    let r = broker
+        .resolve(
+            &Caller::Operator,
+            Document::JsonValue(doc),
+            Layout::Compact,
+            None,
+        )
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(r.document.as_bytes()).unwrap();
+    assert_eq!(v["cert"], cert, "byte-exact certificate");
+    assert_eq!(v["key"], key, "byte-exact key");
+    assert_eq!(v["user"], "svc-partner");
+    assert_eq!(v["db"], "10.0.0.5");
+    let repaired: Vec<_> = r.metadata.repairs.iter().map(|x| x.path.clone()).collect();
+    assert!(
+        repaired.contains(&"Payments/partner-key".to_owned()),
+        "{repaired:?}"
+    );
+    // The key must be the certificate's: a bundle of the two verifies.
+    let bundle = format!(
+        "{}{}",
+        v["cert"].as_str().unwrap(),
+        v["key"].as_str().unwrap()
+    );
+    keybroker::pem::repair(&bundle, &keybroker::pem::Options::default()).unwrap();
+    // On the wire: AppID first and exactly once in every query.
+    for q in double.queries() {
+        assert!(q.starts_with("AppID=keybroker&"), "{q}");
+        assert_eq!(q.to_ascii_lowercase().matches("appid=").count(), 1, "{q}");
+    }
+}
+
+#[tokio::test]
+async fn every_error_row_is_classified() {
+    let pki = Pki::new();
+    let (cert, key) = partner();
+    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let src = source(&config(&pki, &double.url, ""));
+    assert_eq!(
+        src.read(&req("Payments/nope")).await.unwrap_err(),
+        SourceError::NotFound
+    );
+    assert_eq!(
+        src.read(&req("Other/x")).await.unwrap_err(),
+        SourceError::Denied,
+        "403 before 404"
+    );
+    assert_eq!(
+        src.read(&req("Unknown/x")).await.unwrap_err(),
+        SourceError::Denied
+    );
+    assert_eq!(
+        src.read(&req("Payments/dup")).await.unwrap_err(),
+        SourceError::Ambiguous
+    );
+    double.set_fault(Some(Fault::VaultUnreachable));
+    assert_eq!(
+        src.read(&req("Payments/db")).await.unwrap_err(),
+        SourceError::Unavailable("ccp cannot reach its vault (APPAP007E)")
+    );
+    double.set_fault(None);
+    // Forbidden characters never leave keybroker.
+    let before = double.queries().len();
+    for bad in [
+        "Payments/a;Safe=Other",
+        "Payments/a&AppID=x",
+        "Payments/a+b",
+        "Payments/a=b",
+    ] {
+        let r = ReadRequest {
+            path: SecretPath::from_segments(bad.split('/')).unwrap(),
+            version: None,
+        };
+        assert!(
+            matches!(src.read(&r).await, Err(SourceError::Unsupported(_))),
+            "{bad}"
+        );
+    }
+    assert_eq!(double.queries().len(), before, "nothing was sent");
+    // Unknown AppID, and an AppID whose certificate serial does not match.
+    let cfg = config(&pki, &double.url, "");
+    let SourceConfig::Ccp(mut c) = cfg.sources[0].clone() else {
+        panic!()
+    };
+    c.app_id = "stranger".into();
+    assert_eq!(
+        CcpSource::new(&c)
+            .unwrap()
+            .read(&req("Payments/db"))
+            .await
+            .unwrap_err(),
+        SourceError::Denied
+    );
+    c.app_id = "nocert-app".into();
+    assert_eq!(
+        CcpSource::new(&c)
+            .unwrap()
+            .read(&req("Payments/db"))
+            .await
+            .unwrap_err(),
+        SourceError::Denied
+    );
+}
+
+#[tokio::test]
+async fn password_change_in_process_both_forms_and_fail_on_change() {
+    let pki = Pki::new();
+    let (cert, key) = partner();
+    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let src = source(&config(&pki, &double.url, ""));
+    let s = src.read(&req("Payments/rotating")).await.unwrap();
+    assert_eq!(
+        s.field("PasswordChangeInProcess").unwrap().expose_secret(),
+        "True"
+    );
+    double.set_fault(Some(Fault::BoolPasswordChange));
+    let s = src.read(&req("Payments/rotating")).await.unwrap();
+    assert_eq!(
+        s.field("PasswordChangeInProcess").unwrap().expose_secret(),
+        "true"
+    );
+    assert_eq!(s.field("Content").unwrap().expose_secret(), "old-value");
+    double.set_fault(None);
+    let strict = source(&config(
+        &pki,
+        &double.url,
+        "fail_request_on_password_change = true\n",
+    ));
+    assert_eq!(
+        strict.read(&req("Payments/rotating")).await.unwrap_err(),
+        SourceError::Unavailable("password change in progress (APPAP282E)")
+    );
+    assert!(strict.read(&req("Payments/db")).await.is_ok());
+}
+
+#[tokio::test]
+async fn transport_faults_html_redirect_reset_and_wrong_service_path() {
+    let pki = Pki::new();
+    let (cert, key) = partner();
+    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let src = source(&config(&pki, &double.url, ""));
+    double.set_fault(Some(Fault::HtmlError));
+    assert_eq!(
+        src.read(&req("Payments/db")).await.unwrap_err(),
+        SourceError::Unavailable("ccp web server error page")
+    );
+    double.set_fault(Some(Fault::Redirect));
+    assert_eq!(
+        src.read(&req("Payments/db")).await.unwrap_err(),
+        SourceError::Unavailable("ccp redirected; redirects are not followed")
+    );
+    // A reset happens at connect: a fresh client, with no pooled connection, meets it.
+    double.set_fault(Some(Fault::Reset));
+    let fresh = source(&config(&pki, &double.url, ""));
+    assert!(matches!(
+        fresh.read(&req("Payments/db")).await,
+        Err(SourceError::Unavailable(_))
+    ));
+    double.set_fault(Some(Fault::Slow(std::time::Duration::from_secs(5))));
+    assert_eq!(
+        src.read(&req("Payments/db")).await.unwrap_err(),
+        SourceError::Unavailable("ccp timed out")
+    );
+    double.set_fault(None);
+    let wrong = source(&config(
+        &pki,
+        &double.url,
+        "service_path = \"AIMWebServiceX\"\n",
+    ));
+    assert_eq!(
+        wrong.read(&req("Payments/db")).await.unwrap_err(),
+        SourceError::Unavailable("bare 404 from the web server: is service_path right?")
+    );
+    // Without a client certificate the serial check fails: denied.
+    let d = pki.dir.path();
+    let text = format!(
+        "[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{}\"\napp_id = \"keybroker\"\nca_cert = {:?}\n",
+        double.url,
+        d.join("ca.pem")
+    );
+    let cfg = Config::parse(&text, &d.join("kb.toml")).unwrap();
+    assert_eq!(
+        source(&cfg).read(&req("Payments/db")).await.unwrap_err(),
+        SourceError::Denied
+    );
+}
+
+#[tokio::test]
+async fn errormsg_and_values_never_reach_an_error_answer() {
+    let pki = Pki::new();
+    let (cert, key) = partner();
+    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let broker = Arc::new(Broker::from_config(&config(&pki, &double.url, "")).unwrap());
+    let doc = json!({"ok": "$SAFE_Payments $NAME_db", "missing": "$SAFE_Payments $NAME_nope", "other": "$SAFE_Other $NAME_x"});
+    let err = broker
+        .resolve(
+            &Caller::Operator,
+            Document::JsonValue(doc),
+            Layout::Compact,
+            None,
+        )
+        .await
+        .unwrap_err();
+    let ResolveError::Unresolved(errors) = &err else {
+        panic!("{err:?}")
+    };
+    let shown = serde_json::to_string(errors).unwrap();
+    assert!(!shown.contains(ERRORMSG_CANARY), "{shown}");
+    assert!(!shown.contains("pw-7d1e"), "{shown}");
+    assert!(!shown.contains(&pki.client_serial), "{shown}");
+    let codes: BTreeMap<String, String> = errors
+        .iter()
+        .map(|e| (e.location.to_string(), e.reason.code().to_owned()))
+        .collect();
+    assert_eq!(codes["/missing"], "not_found");
+    assert_eq!(codes["/other"], "source_denied");
+}
