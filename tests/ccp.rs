@@ -349,3 +349,57 @@ async fn errormsg_and_values_never_reach_an_error_answer() {
     assert_eq!(codes["/missing"], "not_found");
     assert_eq!(codes["/other"], "source_denied");
 }
+
+#[tokio::test]
+async fn query_and_query_format_carry_the_same_lookup() {
+    let pki = Pki::new();
+    let (cert, key) = partner();
+    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let src = source(&config(
+        &pki,
+        &double.url,
+        "use_query = true\nreason = \"keybroker test\"\nconnection_timeout = 5\n",
+    ));
+    let s = src.read(&req("Payments/db")).await.unwrap();
+    assert_eq!(s.field("Content").unwrap().expose_secret(), "pw-7d1e");
+    let q = double.queries().pop().unwrap();
+    assert_eq!(
+        q,
+        "AppID=keybroker&Reason=keybroker%20test&ConnectionTimeout=5&Query=Safe%3DPayments%3BObject%3Ddb&QueryFormat=Exact"
+    );
+}
+
+/// The CLI at trace level against the double: no value, no ErrorMsg in any log line.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_logs_carry_no_value_and_no_errormsg() {
+    let pki = Pki::new();
+    let (cert, key) = partner();
+    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let d = pki.dir.path();
+    std::fs::write(
+        d.join("kb.toml"),
+        format!(
+            "[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{}\"\napp_id = \"keybroker\"\nca_cert = \"ca.pem\"\nclient_cert = \"client.pem\"\nclient_key = \"client-key.pem\"\n",
+            double.url
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("doc.txt"),
+        "pw=$SAFE_Payments $NAME_db\nx=$SAFE_Payments $NAME_nope\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["resolve", "--config", "kb.toml", "doc.txt"])
+        .current_dir(d)
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not_found"), "{err}");
+    assert!(!err.contains(ERRORMSG_CANARY), "{err}");
+    assert!(!err.contains("pw-7d1e"), "{err}");
+    assert!(out.stdout.is_empty());
+}

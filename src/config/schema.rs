@@ -187,6 +187,10 @@ pub struct CcpSourceConfig {
     pub reason: Option<String>,
     #[serde(default)]
     pub fail_request_on_password_change: bool,
+    /// Send Safe/Folder/Object as one `Query` parameter (`QueryFormat=Exact`) instead of
+    /// separate parameters.
+    #[serde(default)]
+    pub use_query: bool,
     pub ttl: Option<Dur>,
     #[serde(default)]
     pub pem: PemMode,

@@ -66,6 +66,36 @@ pub fn build_query(app_id: &str, params: &[(&'static str, &str)]) -> Result<Stri
     Ok(q)
 }
 
+/// As [`build_query`], with `parts` sent as one `Query=k=v;k=v` parameter and
+/// `QueryFormat=Exact`. Each part is checked first, so the only `;` and `=` in the composed
+/// value are the ones keybroker put there.
+pub fn build_composite_query(
+    app_id: &str,
+    parts: &[(&'static str, &str)],
+    params: &[(&'static str, &str)],
+) -> Result<String, CcpQueryError> {
+    let mut composed = String::new();
+    for (i, (name, value)) in parts.iter().enumerate() {
+        if value.is_empty() {
+            return Err(CcpQueryError::Empty(name));
+        }
+        if value.chars().any(is_ccp_forbidden) {
+            return Err(CcpQueryError::Forbidden(name));
+        }
+        if i > 0 {
+            composed.push(';');
+        }
+        composed.push_str(name);
+        composed.push('=');
+        composed.push_str(value);
+    }
+    let mut q = build_query(app_id, params)?;
+    q.push_str("&Query=");
+    q.extend(utf8_percent_encode(&composed, ENCODE));
+    q.push_str("&QueryFormat=Exact");
+    Ok(q)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CcpConfigError {
     #[error("url {0:?} is not a URL")]
@@ -94,6 +124,7 @@ pub struct CcpSource {
     reason: Option<String>,
     connection_timeout: Option<u32>,
     fail_on_change: bool,
+    use_query: bool,
     ttl: Option<Duration>,
 }
 
@@ -153,6 +184,7 @@ impl CcpSource {
             reason: cfg.reason.clone(),
             connection_timeout: cfg.connection_timeout,
             fail_on_change: cfg.fail_request_on_password_change,
+            use_query: cfg.use_query,
             ttl: cfg.ttl.map(|d| d.0),
         })
     }
@@ -204,11 +236,12 @@ impl CcpSource {
             }
         };
         let timeout = self.connection_timeout.map(|t| t.to_string());
-        let mut params: Vec<(&'static str, &str)> = vec![("Safe", safe)];
+        let mut target: Vec<(&'static str, &str)> = vec![("Safe", safe)];
         if let Some(f) = folder {
-            params.push(("Folder", f));
+            target.push(("Folder", f));
         }
-        params.push(("Object", object));
+        target.push(("Object", object));
+        let mut params: Vec<(&'static str, &str)> = Vec::new();
         if let Some(r) = &self.reason {
             params.push(("Reason", r));
         }
@@ -218,7 +251,13 @@ impl CcpSource {
         if self.fail_on_change {
             params.push(("FailRequestOnPasswordChange", "true"));
         }
-        let query = build_query(&self.app_id, &params).map_err(|_| {
+        let query = if self.use_query {
+            build_composite_query(&self.app_id, &target, &params)
+        } else {
+            target.extend(params);
+            build_query(&self.app_id, &target)
+        }
+        .map_err(|_| {
             SourceError::Unsupported(
                 "the safe, folder or object holds a character ccp does not support",
             )
@@ -310,6 +349,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!shown.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn composite_query_checks_each_part() {
+        let q = build_composite_query(
+            "kb",
+            &[("Safe", "S 1"), ("Object", "o")],
+            &[("Reason", "audit")],
+        )
+        .unwrap();
+        assert_eq!(
+            q,
+            "AppID=kb&Reason=audit&Query=Safe%3DS%201%3BObject%3Do&QueryFormat=Exact"
+        );
+        assert_eq!(
+            build_composite_query("kb", &[("Safe", "S;Folder=X")], &[]),
+            Err(CcpQueryError::Forbidden("Safe"))
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@ mod vault;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use ccp::{CcpConfigError, CcpQueryError, CcpSource, build_query, classify_error_code};
+pub use ccp::{
+    CcpConfigError, CcpQueryError, CcpSource, build_composite_query, build_query,
+    classify_error_code,
+};
 pub use file::FileSource;
 pub use vault::{VaultConfigError, VaultEnv, VaultSource};
 

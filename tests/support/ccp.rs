@@ -279,7 +279,13 @@ async fn accounts(
         let Ok(value) = percent_encoding::percent_decode_str(v).decode_utf8() else {
             return error(StatusCode::BAD_REQUEST, "APPAP081E", &raw);
         };
-        if v.contains('+') || bad_value(&value) {
+        // `Query` is the one value whose syntax uses `;` and `=`.
+        let checked = if key == "query" {
+            value.split([';', '=']).any(bad_value)
+        } else {
+            bad_value(&value)
+        };
+        if v.contains('+') || checked {
             return error(StatusCode::BAD_REQUEST, "APPAP081E", &raw);
         }
         if params.insert(key, value.into_owned()).is_some() {
