@@ -15,7 +15,9 @@ use keybroker::broker::{Broker, Caller, Document, ResolveError};
 use keybroker::config::{Config, SourceConfig};
 use keybroker::reference::{Layout, SecretPath};
 use keybroker::source::{CcpSource, ReadRequest, SecretSource, SourceError};
-use support::ccp::{AppAuth, CcpDouble, ERRORMSG_CANARY, Fault, Object, Pki, Store, flatten};
+use support::ccp::{
+    AppAuth, CcpDouble, ERRORMSG_CANARY, Fault, Object, Pki, Store, flatten, stored_as,
+};
 
 fn object(name: &str, props: &[(&str, &str)]) -> Object {
     Object {
@@ -402,4 +404,106 @@ async fn cli_logs_carry_no_value_and_no_errormsg() {
     assert!(!err.contains(ERRORMSG_CANARY), "{err}");
     assert!(!err.contains("pw-7d1e"), "{err}");
     assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn every_storage_form_of_a_key_is_repaired_and_damage_is_rejected() {
+    let pki = Pki::new();
+    let (cert, key) = partner();
+    let mut st = store(&pki, &cert, &key);
+    let objects = &mut st.safes.get_mut("Payments").unwrap().1;
+    for how in ["newlines_kept", "crlf_kept", "spaces", "whitespace_removed"] {
+        objects.push(object(
+            &format!("key-{how}"),
+            &[("Content", &stored_as(&key, how))],
+        ));
+    }
+    // Damaged beyond repair: a run of base64 lost from the middle.
+    let flat = flatten(&key);
+    let damaged = format!("{}{}", &flat[..60], &flat[90..]);
+    objects.push(object("key-damaged", &[("Content", &damaged)]));
+    let mut rotated = object("rotated", &[("Content", "new-secret")]);
+    rotated
+        .props
+        .insert("PreviousContent".into(), "old-secret".into());
+    objects.push(rotated);
+    let double = CcpDouble::start(&pki, st).await;
+    let broker = Broker::from_config(&config(&pki, &double.url, "")).unwrap();
+    for how in ["newlines_kept", "crlf_kept", "spaces", "whitespace_removed"] {
+        let doc = json!({"k": format!("$SAFE_Payments $NAME_key-{how}")});
+        let r = broker
+            .resolve(
+                &Caller::Operator,
+                Document::JsonValue(doc),
+                Layout::Compact,
+                None,
+            )
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(r.document.as_bytes()).unwrap();
+        assert_eq!(v["k"], key, "{how}");
+    }
+    let doc = json!({"k": "$SAFE_Payments $NAME_key-damaged"});
+    let err = broker
+        .resolve(
+            &Caller::Operator,
+            Document::JsonValue(doc),
+            Layout::Compact,
+            None,
+        )
+        .await
+        .unwrap_err();
+    let ResolveError::Unresolved(errors) = err else {
+        panic!()
+    };
+    assert_eq!(errors[0].reason.code(), "pem_rejected");
+    assert!(
+        errors[0].reason.to_string().contains("bad_"),
+        "{}",
+        errors[0].reason
+    );
+
+    // CCP's own cache serving the value from before a rotation.
+    let src = source(&config(&pki, &double.url, ""));
+    assert_eq!(
+        src.read(&req("Payments/rotated"))
+            .await
+            .unwrap()
+            .field("Content")
+            .unwrap()
+            .expose_secret(),
+        "new-secret"
+    );
+    double.set_fault(Some(Fault::Stale));
+    assert_eq!(
+        src.read(&req("Payments/rotated"))
+            .await
+            .unwrap()
+            .field("Content")
+            .unwrap()
+            .expose_secret(),
+        "old-secret"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_client_certificate_is_denied() {
+    let pki = Pki::new();
+    pki.second_client();
+    let (cert, key) = partner();
+    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let cfg = config(&pki, &double.url, "");
+    let SourceConfig::Ccp(mut c) = cfg.sources[0].clone() else {
+        panic!()
+    };
+    c.client_cert = Some(pki.dir.path().join("client2.pem"));
+    c.client_key = Some(pki.dir.path().join("client2-key.pem"));
+    assert_eq!(
+        CcpSource::new(&c)
+            .unwrap()
+            .read(&req("Payments/db"))
+            .await
+            .unwrap_err(),
+        SourceError::Denied
+    );
 }

@@ -51,6 +51,9 @@ pub enum Fault {
     Slow(Duration),
     /// `PasswordChangeInProcess` as a JSON boolean instead of `"True"`/`"False"`.
     BoolPasswordChange,
+    /// CCP's own cache still holds the value from before a rotation: objects answer with
+    /// their `PreviousContent` property as `Content`.
+    Stale,
 }
 
 #[derive(Default)]
@@ -70,9 +73,28 @@ pub struct Pki {
     server_der: CertificateDer<'static>,
     server_key: Vec<u8>,
     ca_der: CertificateDer<'static>,
+    ca_key: Vec<u8>,
 }
 
 impl Pki {
+    /// A second client certificate from the same CA (another serial), as `client2*.pem`.
+    pub fn second_client(&self) {
+        let ca_key = KeyPair::try_from(self.ca_key.as_slice()).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "CCP test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut cp = CertificateParams::new(vec!["intruder.test".to_owned()]).unwrap();
+        cp.distinguished_name.push(DnType::CommonName, "intruder");
+        cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = cp.signed_by(&key, &issuer).unwrap();
+        std::fs::write(self.dir.path().join("client2.pem"), cert.pem()).unwrap();
+        std::fs::write(self.dir.path().join("client2-key.pem"), key.serialize_pem()).unwrap();
+    }
+
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_key = KeyPair::generate().unwrap();
@@ -108,6 +130,7 @@ impl Pki {
             server_der: server.der().clone(),
             server_key: server_key.serialize_der(),
             ca_der: ca.der().clone(),
+            ca_key: ca_key.serialize_der(),
         }
     }
 }
@@ -381,8 +404,17 @@ async fn accounts(
         return error(StatusCode::INTERNAL_SERVER_ERROR, "APPAP282E", &echo);
     }
     let mut body = serde_json::Map::new();
-    for (k, v) in &o.props {
+    for (k, v) in o
+        .props
+        .iter()
+        .filter(|(k, _)| k.as_str() != "PreviousContent")
+    {
         body.insert(k.clone(), serde_json::Value::from(v.clone()));
+    }
+    if matches!(fault, Some(Fault::Stale)) {
+        if let Some(old) = o.props.get("PreviousContent") {
+            body.insert("Content".into(), old.clone().into());
+        }
     }
     body.insert("Safe".into(), safe.clone().into());
     body.insert("Folder".into(), o.folder.clone().into());
@@ -404,4 +436,15 @@ async fn accounts(
 /// How CCP returns a multi-line value stored through the single-line password field.
 pub fn flatten(value: &str) -> String {
     value.replace("\r\n", "\n").trim_end().replace('\n', " ")
+}
+
+/// The ways a multi-line value can be stored in CCP (CCP-API.md, "Multi-line values").
+pub fn stored_as(value: &str, how: &str) -> String {
+    match how {
+        "newlines_kept" => value.to_owned(),
+        "crlf_kept" => value.replace('\n', "\r\n"),
+        "spaces" => flatten(value),
+        "whitespace_removed" => value.split_whitespace().collect(),
+        other => panic!("unknown storage form {other}"),
+    }
 }
