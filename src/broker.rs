@@ -13,13 +13,14 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
+use crate::cache::{Fetched, SecretCache, with_retries};
 use crate::config::{Config, SourceConfig};
 use crate::pem::{self, CheckedSecret, RepairKind};
 use crate::policy::{Destination, Policy, PolicyError, Subject};
 use crate::reference::{
     DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, Resolved, Target,
 };
-use crate::secret::{Secret, SecretBuf};
+use crate::secret::SecretBuf;
 use crate::source::{
     CcpSource, FileSource, ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource,
 };
@@ -123,6 +124,8 @@ pub struct Broker {
     pem_modes: HashMap<String, pem::Mode>,
     /// The access policy consumers are held to (none: only the operator may resolve).
     policy: Arc<Policy>,
+    /// Verified secrets, shared by all callers; authorization is decided before it is asked.
+    cache: Arc<SecretCache>,
     default_source: Option<String>,
     ccp_source: Option<String>,
 }
@@ -182,6 +185,10 @@ impl Broker {
             config.ccp_source().map(str::to_owned),
         );
         broker.pem_modes = pem_modes;
+        broker.cache = Arc::new(SecretCache::new(&config.cache));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            broker.cache.spawn_maintenance();
+        }
         if let Some(dir) = &config.policies {
             broker.policy = Arc::new(crate::policy::load(dir)?);
         }
@@ -201,6 +208,7 @@ impl Broker {
             sources,
             pem_modes: HashMap::new(),
             policy: Arc::new(Policy::default()),
+            cache: Arc::new(SecretCache::new(&crate::config::CacheConfig::default())),
             default_source,
             ccp_source,
         }
@@ -260,28 +268,18 @@ impl Broker {
             plan.insert(reference, step);
         }
         // PEM values are repaired and verified before anything is written (DESIGN §4).
-        let secrets: Vec<Result<CheckedSecret, SourceError>> = self
-            .read_all(&order)
-            .await
-            .into_iter()
-            .zip(&order)
-            .map(|(read, (name, _))| {
-                let options = pem::Options {
-                    mode: self.pem_modes.get(name).copied().unwrap_or_default(),
-                    ..pem::Options::default()
-                };
-                read.map(|secret| pem::check_secret(&secret, &options))
-            })
-            .collect();
+        // Through the cache; PEM values were repaired and verified before they were cached.
+        let secrets: Vec<Result<Fetched, SourceError>> = self.read_all(&order).await;
         let lookup = |r: &Reference| -> Result<Resolved<'_>, Reason> {
             let index = plan.get(r).cloned().unwrap_or(Err(Reason::UnknownSource))?;
-            let checked = secrets[index].as_ref().map_err(source_reason)?;
-            pick(r, checked)
+            let fetched = secrets[index].as_ref().map_err(source_reason)?;
+            pick(r, &fetched.secret)
         };
         let document = prepared.render(&lookup).map_err(ResolveError::Unresolved)?;
         let mut metadata = ResolveMetadata::default();
-        for ((source, req), checked) in order.iter().zip(&secrets) {
-            let checked = checked.as_ref().ok();
+        for ((source, req), fetched) in order.iter().zip(&secrets) {
+            let checked = fetched.as_ref().ok().map(|f| &*f.secret);
+            metadata.stale |= fetched.as_ref().is_ok_and(|f| f.stale);
             metadata.secrets.push(SecretUse {
                 source: source.clone(),
                 path: req.path.to_string(),
@@ -372,14 +370,27 @@ impl Broker {
     }
 
     /// Reads each key once, all concurrently; the answers are in the order of `keys`.
-    async fn read_all(&self, keys: &[ReadKey]) -> Vec<Result<Secret, SourceError>> {
+    async fn read_all(&self, keys: &[ReadKey]) -> Vec<Result<Fetched, SourceError>> {
         let mut tasks = JoinSet::new();
         for (i, (name, request)) in keys.iter().enumerate() {
             let source = Arc::clone(&self.sources[name]);
-            let request = request.clone();
-            tasks.spawn(async move { (i, source.read(&request).await) });
+            let cache = Arc::clone(&self.cache);
+            let key = (name.clone(), request.clone());
+            let options = pem::Options {
+                mode: self.pem_modes.get(name).copied().unwrap_or_default(),
+                ..pem::Options::default()
+            };
+            tasks.spawn(async move {
+                let fetch = || async {
+                    let request = &key.1;
+                    let secret =
+                        with_retries(RETRY_ATTEMPTS, RETRY_BASE, || source.read(request)).await?;
+                    Ok(pem::check_secret(&secret, &options))
+                };
+                (i, cache.get_or_fetch(key.clone(), fetch).await)
+            });
         }
-        let mut out: Vec<Result<Secret, SourceError>> = (0..keys.len())
+        let mut out: Vec<Result<Fetched, SourceError>> = (0..keys.len())
             .map(|_| Err(SourceError::Unavailable("read task failed")))
             .collect();
         // A read task only panics on a bug; its key then stays "unavailable".
@@ -390,7 +401,17 @@ impl Broker {
         }
         out
     }
+
+    /// The cache, for purging (admin) and inspection.
+    pub fn cache(&self) -> &SecretCache {
+        &self.cache
+    }
 }
+
+/// Transient source failures are retried this many times in all …
+const RETRY_ATTEMPTS: u32 = 3;
+/// … starting from this delay, doubled each time, with jitter.
+const RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The part of a secret a reference asks for; a rejected PEM value is an error, also when
 /// it is one field of a whole secret.

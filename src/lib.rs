@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod cache;
 pub mod config;
 mod diag;
 pub mod pem;

@@ -1,0 +1,427 @@
+//! The secret cache (shared/DESIGN.md §8): moka, keyed by (source, path, version), holding
+//! secrets *after* PEM verification so a hit costs neither a backend call nor a key check.
+//!
+//! - Concurrent misses for one key make exactly one source call (`try_get_with`).
+//! - An entry is fresh for its TTL (the source's `ttl`, else `[cache] ttl`); moka keeps it
+//!   `max_stale` longer, and during that time it is served — flagged stale — only when the
+//!   source is unavailable (stale-if-error).
+//! - "Not found" is remembered for `negative_ttl`; other failures are never cached.
+//! - Capacity is by weight (bytes of names and values); a maintenance task runs moka's pending
+//!   work every second, so expired secrets are dropped — and zeroized — on time.
+//! - Authorization is not here: the broker decides every request before it asks the cache.
+//!
+//! **Invariant:** values are `Arc<CheckedSecret>`; the last reference dropping wipes them.
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Freshness is measured on tokio's clock (the same as std's outside paused tests).
+type Clock = tokio::time::Instant;
+
+use moka::Expiry;
+use secrecy::ExposeSecret;
+
+use crate::config::CacheConfig;
+use crate::pem::CheckedSecret;
+use crate::source::{ReadRequest, SourceError};
+
+/// (source name, read).
+pub type CacheKey = (String, ReadRequest);
+
+/// What a lookup returns.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub secret: Arc<CheckedSecret>,
+    /// Served past its TTL because the source is unavailable.
+    pub stale: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// `None`: the source said "not found" (negative entry).
+    secret: Option<Arc<CheckedSecret>>,
+    fetched: Clock,
+    fresh_for: Duration,
+}
+
+impl Entry {
+    fn fresh(&self) -> bool {
+        self.fetched.elapsed() < self.fresh_for
+    }
+
+    fn answer(&self, stale: bool) -> Result<Fetched, SourceError> {
+        match &self.secret {
+            Some(s) => Ok(Fetched {
+                secret: Arc::clone(s),
+                stale,
+            }),
+            None => Err(SourceError::NotFound),
+        }
+    }
+}
+
+struct Lifetime {
+    max_stale: Duration,
+}
+
+impl Expiry<CacheKey, Arc<Entry>> for Lifetime {
+    fn expire_after_create(&self, _: &CacheKey, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        Some(self.lifetime(e))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        e: &Arc<Entry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.lifetime(e))
+    }
+}
+
+impl Lifetime {
+    /// Found entries live `max_stale` past freshness, for stale-if-error; negatives do not.
+    fn lifetime(&self, e: &Entry) -> Duration {
+        if e.secret.is_some() {
+            e.fresh_for + self.max_stale
+        } else {
+            e.fresh_for
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SecretCache {
+    inner: moka::future::Cache<CacheKey, Arc<Entry>>,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl std::fmt::Debug for SecretCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretCache")
+            .field("entries", &self.inner.entry_count())
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+fn weight(e: &Entry) -> u32 {
+    let bytes: usize = e.secret.as_ref().map_or(0, |s| {
+        s.secret
+            .fields()
+            .map(|(k, v)| k.len() + v.expose_secret().len())
+            .sum()
+    });
+    u32::try_from(bytes + 64).unwrap_or(u32::MAX)
+}
+
+impl SecretCache {
+    pub fn new(cfg: &CacheConfig) -> Self {
+        let inner = moka::future::Cache::builder()
+            .max_capacity(cfg.max_bytes.0)
+            .weigher(|_: &CacheKey, e: &Arc<Entry>| weight(e))
+            .expire_after(Lifetime {
+                max_stale: cfg.max_stale.0,
+            })
+            .support_invalidation_closures()
+            .build();
+        Self {
+            inner,
+            ttl: cfg.ttl.0,
+            negative_ttl: cfg.negative_ttl.0,
+        }
+    }
+
+    /// The secret for `key`: from the cache when fresh; else from `fetch` (one call for all
+    /// concurrent misses); else, if the source is unavailable, the stale entry.
+    pub async fn get_or_fetch<F, Fut>(
+        &self,
+        key: CacheKey,
+        fetch: F,
+    ) -> Result<Fetched, SourceError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CheckedSecret, SourceError>>,
+    {
+        if let Some(entry) = self.inner.get(&key).await {
+            if entry.fresh() {
+                return entry.answer(false);
+            }
+            return match fetch().await {
+                Ok(secret) => self.store(key, Some(secret)).await.answer(false),
+                Err(SourceError::NotFound) => self.store(key, None).await.answer(false),
+                Err(SourceError::Unavailable(why)) if entry.secret.is_some() => {
+                    tracing::debug!(reason = why, "serving a stale secret: source unavailable");
+                    entry.answer(true)
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let init = async {
+            match fetch().await {
+                Ok(secret) => Ok(self.entry(Some(secret))),
+                Err(SourceError::NotFound) => Ok(self.entry(None)),
+                Err(e) => Err(e),
+            }
+        };
+        let entry = self
+            .inner
+            .try_get_with(key, init)
+            .await
+            .map_err(|e: Arc<SourceError>| (*e).clone())?;
+        entry.answer(false)
+    }
+
+    fn entry(&self, secret: Option<CheckedSecret>) -> Arc<Entry> {
+        let fresh_for = match &secret {
+            Some(s) => s.secret.meta().ttl.unwrap_or(self.ttl),
+            None => self.negative_ttl,
+        };
+        Arc::new(Entry {
+            secret: secret.map(Arc::new),
+            fetched: Clock::now(),
+            fresh_for,
+        })
+    }
+
+    async fn store(&self, key: CacheKey, secret: Option<CheckedSecret>) -> Arc<Entry> {
+        let entry = self.entry(secret);
+        self.inner.insert(key, Arc::clone(&entry)).await;
+        entry
+    }
+
+    /// Drops every entry of `source` whose path starts with the segments of `prefix`
+    /// (all of the source when `prefix` is empty).
+    pub fn purge(&self, source: &str, prefix: &[String]) {
+        let source = source.to_owned();
+        let prefix = prefix.to_vec();
+        // Only fails when closures are not enabled, which `new` does.
+        let _ = self.inner.invalidate_entries_if(move |(s, req), _| {
+            *s == source && req.path.segments().starts_with(&prefix)
+        });
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entry_count()
+    }
+
+    /// Runs moka's pending work (expiry, eviction) now.
+    pub async fn maintain(&self) {
+        self.inner.run_pending_tasks().await;
+    }
+
+    /// Runs [`SecretCache::maintain`] every second until the cache is dropped.
+    pub fn spawn_maintenance(self: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(cache) = weak.upgrade() else { return };
+                cache.maintain().await;
+            }
+        });
+    }
+}
+
+/// Retries a transient failure (source unavailable) up to `attempts` times with jittered
+/// exponential backoff from `base`; never retries not-found, denied or malformed.
+pub async fn with_retries<F, Fut, T>(
+    attempts: u32,
+    base: Duration,
+    mut call: F,
+) -> Result<T, SourceError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SourceError>>,
+{
+    let mut delay = base;
+    for attempt in 1.. {
+        match call().await {
+            Err(SourceError::Unavailable(why)) if attempt < attempts => {
+                let mut r = [0u8; 1];
+                // Without randomness the backoff still holds; only the spread is lost.
+                let _ = getrandom::fill(&mut r);
+                let jitter = 0.5 + f64::from(r[0]) / 255.0;
+                tracing::debug!(attempt, reason = why, "transient source failure; retrying");
+                tokio::time::sleep(delay.mul_f64(jitter)).await;
+                delay = delay.saturating_mul(2);
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns on the last attempt")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::{ByteSize, Dur};
+    use crate::reference::SecretPath;
+    use crate::secret::{Secret, SecretMeta, secret_string};
+
+    fn cfg(ttl_ms: u64, stale_ms: u64) -> CacheConfig {
+        CacheConfig {
+            ttl: Dur(Duration::from_millis(ttl_ms)),
+            max_stale: Dur(Duration::from_millis(stale_ms)),
+            negative_ttl: Dur(Duration::from_millis(ttl_ms)),
+            max_bytes: ByteSize(1 << 20),
+        }
+    }
+
+    fn key(p: &str) -> CacheKey {
+        let path = SecretPath::from_segments(p.split('/')).unwrap();
+        (
+            "s".to_owned(),
+            ReadRequest {
+                path,
+                version: None,
+            },
+        )
+    }
+
+    fn checked(v: &str) -> CheckedSecret {
+        let mut f = BTreeMap::new();
+        f.insert("v".to_owned(), secret_string(v));
+        CheckedSecret {
+            secret: Secret::new(f, SecretMeta::default()),
+            rejected: BTreeMap::new(),
+            repaired: Vec::new(),
+        }
+    }
+
+    fn value(f: &Fetched) -> String {
+        f.secret
+            .secret
+            .field("v")
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_call() {
+        let cache = SecretCache::new(&cfg(60_000, 0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let (cache, calls) = (cache.clone(), Arc::clone(&calls));
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_fetch(key("a"), || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok(checked("x"))
+                    })
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(value(&t.await.unwrap().unwrap()), "x");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_only_when_the_source_is_unavailable_and_only_within_max_stale() {
+        let cache = SecretCache::new(&cfg(1000, 5000));
+        let ok = || async { Ok(checked("v1")) };
+        assert!(!cache.get_or_fetch(key("a"), ok).await.unwrap().stale);
+        // Past the TTL: a working source refreshes.
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let f = cache
+            .get_or_fetch(key("a"), || async { Ok(checked("v2")) })
+            .await
+            .unwrap();
+        assert_eq!((value(&f), f.stale), ("v2".to_owned(), false));
+        // Past the TTL again, source down: the old value, flagged stale.
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let down = || async { Err(SourceError::Unavailable("down")) };
+        let f = cache.get_or_fetch(key("a"), down).await.unwrap();
+        assert_eq!((value(&f), f.stale), ("v2".to_owned(), true));
+        // Denied is not "unavailable": no stale answer for it.
+        let denied = || async { Err(SourceError::Denied) };
+        assert_eq!(
+            cache.get_or_fetch(key("a"), denied).await.unwrap_err(),
+            SourceError::Denied
+        );
+    }
+
+    #[tokio::test]
+    async fn not_found_is_remembered_briefly_and_errors_not_at_all() {
+        let cache = SecretCache::new(&cfg(60_000, 0));
+        let calls = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let r = cache
+                .get_or_fetch(key("nf"), || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(SourceError::NotFound)
+                })
+                .await;
+            assert_eq!(r.unwrap_err(), SourceError::NotFound);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        for _ in 0..2 {
+            let _ = cache
+                .get_or_fetch(key("err"), || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(SourceError::Unavailable("x"))
+                })
+                .await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn purge_by_source_and_prefix() {
+        let cache = SecretCache::new(&cfg(60_000, 0));
+        for p in ["pay/a", "pay/b", "web/a"] {
+            cache
+                .get_or_fetch(key(p), || async { Ok(checked(p)) })
+                .await
+                .unwrap();
+        }
+        cache.purge("s", &["pay".to_owned()]);
+        cache.maintain().await;
+        let calls = AtomicUsize::new(0);
+        for p in ["pay/a", "web/a"] {
+            cache
+                .get_or_fetch(key(p), || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok(checked(p))
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "only the purged entry is fetched again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_only_transient_failures() {
+        let calls = AtomicUsize::new(0);
+        let r: Result<(), _> = with_retries(3, Duration::from_millis(100), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(SourceError::Unavailable("x"))
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let calls = AtomicUsize::new(0);
+        let r: Result<(), _> = with_retries(3, Duration::from_millis(100), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(SourceError::Denied)
+        })
+        .await;
+        assert_eq!(r.unwrap_err(), SourceError::Denied);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
