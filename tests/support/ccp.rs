@@ -64,6 +64,8 @@ pub struct Store {
     pub fault: Option<Fault>,
     /// Raw query strings as received.
     pub queries: Vec<String>,
+    /// Answer this many requests with `APPAP007E` (vault unreachable) before serving.
+    pub unreachable_next: usize,
 }
 
 /// Test PKI: a CA, the server certificate, and a client certificate for keybroker.
@@ -342,6 +344,15 @@ async fn accounts(
     if matches!(fault, Some(Fault::VaultUnreachable)) {
         return error(StatusCode::BAD_REQUEST, "APPAP007E", &echo);
     }
+    drop(s);
+    {
+        let mut m = store.lock().unwrap();
+        if m.unreachable_next > 0 {
+            m.unreachable_next -= 1;
+            return error(StatusCode::BAD_REQUEST, "APPAP007E", &echo);
+        }
+    }
+    let s = store.lock().unwrap();
     let (safe, folder, object) = if let Some(q) = params.get("query") {
         if params
             .get("queryformat")

