@@ -5,6 +5,9 @@
 //! faults of the spec on demand. `ErrorMsg` echoes the query, AppID and serial — as the real
 //! service does — so tests can check keybroker never passes it on.
 
+// Shared by several test binaries, each of which uses only part of it.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};

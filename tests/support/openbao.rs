@@ -2,6 +2,9 @@
 //! docker-compose.vault.yml runs. A missing `bao` binary fails the test with instructions;
 //! nothing is mocked.
 
+// Shared by several test binaries, each of which uses only part of it.
+#![allow(dead_code)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
