@@ -371,24 +371,14 @@ impl Broker {
 
     /// Reads each key once, all concurrently; the answers are in the order of `keys`.
     async fn read_all(&self, keys: &[ReadKey]) -> Vec<Result<Fetched, SourceError>> {
+        // One key (the common case): no task to spawn and join.
+        if let [key] = keys {
+            return vec![self.read_one(key.clone()).await];
+        }
         let mut tasks = JoinSet::new();
-        for (i, (name, request)) in keys.iter().enumerate() {
-            let source = Arc::clone(&self.sources[name]);
-            let cache = Arc::clone(&self.cache);
-            let key = (name.clone(), request.clone());
-            let options = pem::Options {
-                mode: self.pem_modes.get(name).copied().unwrap_or_default(),
-                ..pem::Options::default()
-            };
-            tasks.spawn(async move {
-                let fetch = || async {
-                    let request = &key.1;
-                    let secret =
-                        with_retries(RETRY_ATTEMPTS, RETRY_BASE, || source.read(request)).await?;
-                    Ok(pem::check_secret(&secret, &options))
-                };
-                (i, cache.get_or_fetch(key.clone(), fetch).await)
-            });
+        for (i, key) in keys.iter().enumerate() {
+            let read = self.read_one(key.clone());
+            tasks.spawn(async move { (i, read.await) });
         }
         let mut out: Vec<Result<Fetched, SourceError>> = (0..keys.len())
             .map(|_| Err(SourceError::Unavailable("read task failed")))
@@ -400,6 +390,28 @@ impl Broker {
             }
         }
         out
+    }
+
+    /// One read through the cache: on a miss, the source (with retries), then the PEM stage.
+    fn read_one(
+        &self,
+        key: ReadKey,
+    ) -> impl std::future::Future<Output = Result<Fetched, SourceError>> + Send + 'static {
+        let source = Arc::clone(&self.sources[&key.0]);
+        let cache = Arc::clone(&self.cache);
+        let options = pem::Options {
+            mode: self.pem_modes.get(&key.0).copied().unwrap_or_default(),
+            ..pem::Options::default()
+        };
+        async move {
+            let request = key.1.clone();
+            let fetch = || async {
+                let secret =
+                    with_retries(RETRY_ATTEMPTS, RETRY_BASE, || source.read(&request)).await?;
+                Ok(pem::check_secret(&secret, &options))
+            };
+            cache.get_or_fetch(key, fetch).await
+        }
     }
 
     /// The cache, for purging (admin) and inspection.
