@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use crate::cache::{Fetched, SecretCache, with_retries};
+use crate::cache::{CircuitBreaker, Fetched, SecretCache, with_retries};
 use crate::config::{Config, SourceConfig};
 use crate::pem::{self, CheckedSecret, RepairKind};
 use crate::policy::{Destination, Policy, PolicyError, Subject};
@@ -126,6 +126,8 @@ pub struct Broker {
     policy: Arc<Policy>,
     /// Verified secrets, shared by all callers; authorization is decided before it is asked.
     cache: Arc<SecretCache>,
+    /// One circuit breaker per source.
+    breakers: std::sync::Mutex<HashMap<String, Arc<CircuitBreaker>>>,
     default_source: Option<String>,
     ccp_source: Option<String>,
 }
@@ -209,6 +211,7 @@ impl Broker {
             pem_modes: HashMap::new(),
             policy: Arc::new(Policy::default()),
             cache: Arc::new(SecretCache::new(&crate::config::CacheConfig::default())),
+            breakers: std::sync::Mutex::new(HashMap::new()),
             default_source,
             ccp_source,
         }
@@ -398,6 +401,7 @@ impl Broker {
         key: ReadKey,
     ) -> impl std::future::Future<Output = Result<Fetched, SourceError>> + Send + 'static {
         let source = Arc::clone(&self.sources[&key.0]);
+        let breaker = self.breaker(&key.0);
         let cache = Arc::clone(&self.cache);
         let options = pem::Options {
             mode: self.pem_modes.get(&key.0).copied().unwrap_or_default(),
@@ -406,12 +410,23 @@ impl Broker {
         async move {
             let request = key.1.clone();
             let fetch = || async {
-                let secret =
-                    with_retries(RETRY_ATTEMPTS, RETRY_BASE, || source.read(&request)).await?;
+                let secret = breaker
+                    .call(|| with_retries(RETRY_ATTEMPTS, RETRY_BASE, || source.read(&request)))
+                    .await?;
                 Ok(pem::check_secret(&secret, &options))
             };
             cache.get_or_fetch(key, fetch).await
         }
+    }
+
+    /// The circuit breaker of source `name` (made on first use).
+    fn breaker(&self, name: &str) -> Arc<CircuitBreaker> {
+        let mut all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            all.entry(name.to_owned()).or_insert_with(|| {
+                Arc::new(CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOL_DOWN))
+            }),
+        )
     }
 
     /// The cache, for purging (admin) and inspection.
@@ -419,6 +434,11 @@ impl Broker {
         &self.cache
     }
 }
+
+/// After this many consecutive failed (retried) reads a source's circuit opens …
+const BREAKER_THRESHOLD: u32 = 5;
+/// … for this long.
+const BREAKER_COOL_DOWN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Transient source failures are retried this many times in all …
 const RETRY_ATTEMPTS: u32 = 3;

@@ -226,6 +226,69 @@ impl SecretCache {
     }
 }
 
+/// A per-source circuit breaker: after `threshold` consecutive transient failures the source
+/// is not called for `cool_down`; requests fail fast (and the cache serves what it may hold,
+/// stale). One trial call is let through after the cool-down; its outcome closes or reopens.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    threshold: u32,
+    cool_down: Duration,
+    state: std::sync::Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<Clock>,
+}
+
+impl CircuitBreaker {
+    pub fn new(threshold: u32, cool_down: Duration) -> Self {
+        Self {
+            threshold,
+            cool_down,
+            state: std::sync::Mutex::new(BreakerState::default()),
+        }
+    }
+
+    /// Runs `call` unless the circuit is open; records its outcome.
+    pub async fn call<F, Fut, T>(&self, call: F) -> Result<T, SourceError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, SourceError>>,
+    {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            match st.open_until {
+                Some(t) if Clock::now() < t => {
+                    return Err(SourceError::Unavailable(
+                        "circuit open: the source failed repeatedly",
+                    ));
+                }
+                // Half-open: this call is the trial; others keep failing fast meanwhile.
+                Some(_) => st.open_until = Some(Clock::now() + self.cool_down),
+                None => {}
+            }
+        }
+        let result = call().await;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Err(SourceError::Unavailable(_)) => {
+                st.failures = st.failures.saturating_add(1);
+                if st.failures >= self.threshold {
+                    st.open_until = Some(Clock::now() + self.cool_down);
+                }
+            }
+            // Any answer from the source, even "not found" or "denied", shows it is up.
+            _ => {
+                st.failures = 0;
+                st.open_until = None;
+            }
+        }
+        result
+    }
+}
+
 /// Retries a transient failure (source unavailable) up to `attempts` times with jittered
 /// exponential backoff from `base`; never retries not-found, denied or malformed.
 pub async fn with_retries<F, Fut, T>(
@@ -402,6 +465,35 @@ mod tests {
             calls.load(Ordering::SeqCst),
             1,
             "only the purged entry is fetched again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
+        let b = CircuitBreaker::new(3, Duration::from_secs(10));
+        let calls = AtomicUsize::new(0);
+        let down = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(SourceError::Unavailable("down"))
+        };
+        for _ in 0..3 {
+            assert!(b.call(down).await.is_err());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let open = b.call(down).await.unwrap_err();
+        assert_eq!(
+            open,
+            SourceError::Unavailable("circuit open: the source failed repeatedly")
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "not called while open");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(
+            b.call(|| async { Ok::<_, SourceError>(7) }).await.unwrap(),
+            7
+        );
+        assert!(
+            b.call(|| async { Ok::<_, SourceError>(8) }).await.is_ok(),
+            "closed again"
         );
     }
 
