@@ -270,8 +270,8 @@ impl Broker {
                 });
             plan.insert(reference, step);
         }
-        // PEM values are repaired and verified before anything is written (DESIGN §4).
-        // Through the cache; PEM values were repaired and verified before they were cached.
+        // Through the cache; PEM values are repaired and verified before they are cached
+        // (DESIGN §4), so nothing unverified is ever written.
         let secrets: Vec<Result<Fetched, SourceError>> = self.read_all(&order).await;
         let lookup = |r: &Reference| -> Result<Resolved<'_>, Reason> {
             let index = plan.get(r).cloned().unwrap_or(Err(Reason::UnknownSource))?;
