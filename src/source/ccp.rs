@@ -9,7 +9,6 @@
 //! JSON. Redirects are never followed. Every returned property becomes a field (`Content`,
 //! `UserName`, `Address`, custom ones); PEM values are repaired by the broker's PEM stage.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -18,6 +17,7 @@ use url::Url;
 use zeroize::Zeroizing;
 
 use super::fields::Fields;
+use super::http::{HttpSetupError, client, is_loopback};
 use super::{ReadFuture, ReadRequest, SecretSource, SourceError, SourceKind};
 use crate::config::CcpSourceConfig;
 use crate::reference::is_ccp_forbidden;
@@ -102,15 +102,8 @@ pub enum CcpConfigError {
     BadUrl(String),
     #[error("http:// is only allowed to a loopback address (or with insecure_dev = true)")]
     InsecureHttp,
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0} is not a usable PEM certificate or key")]
-    BadPem(String),
-    #[error("cannot build the HTTP client")]
-    Client,
+    #[error(transparent)]
+    Http(#[from] HttpSetupError),
     #[error("app_id, service_path and reason must not hold ; & + % = or control characters")]
     Forbidden,
 }
@@ -131,12 +124,7 @@ pub struct CcpSource {
 impl CcpSource {
     pub fn new(cfg: &CcpSourceConfig) -> Result<Self, CcpConfigError> {
         let base = Url::parse(&cfg.url).map_err(|_| CcpConfigError::BadUrl(cfg.url.clone()))?;
-        let loopback = match base.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        };
+        let loopback = is_loopback(&base);
         if base.scheme() != "https" && !(cfg.insecure_dev || loopback && base.scheme() == "http") {
             return Err(CcpConfigError::InsecureHttp);
         }
@@ -159,26 +147,11 @@ impl CcpSource {
             segs.push("api").push("Accounts");
         }
         let timeout = cfg.timeout.map_or(Duration::from_secs(10), |d| d.0);
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(ca) = &cfg.ca_cert {
-            let pem = read(ca)?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|_| CcpConfigError::BadPem(ca.display().to_string()))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
-            let mut pem = Zeroizing::new(read(cert)?.to_vec());
-            pem.extend_from_slice(&read(key)?);
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|_| CcpConfigError::BadPem(cert.display().to_string()))?;
-            builder = builder.identity(identity);
-        }
+        let identity = cfg.client_cert.as_deref().zip(cfg.client_key.as_deref());
+        let http = client(timeout, cfg.ca_cert.as_deref(), identity)?;
         Ok(Self {
             name: cfg.name.clone(),
-            http: builder.build().map_err(|_| CcpConfigError::Client)?,
+            http,
             accounts,
             app_id: cfg.app_id.clone(),
             reason: cfg.reason.clone(),
@@ -188,15 +161,6 @@ impl CcpSource {
             ttl: cfg.ttl.map(|d| d.0),
         })
     }
-}
-
-fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, CcpConfigError> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|source| CcpConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })
 }
 
 /// Only `ErrorCode` is read from an error answer; `ErrorMsg` is skipped unread.

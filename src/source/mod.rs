@@ -6,6 +6,7 @@
 mod ccp;
 mod fields;
 mod file;
+mod http;
 mod vault;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ pub use ccp::{
     classify_error_code,
 };
 pub use file::FileSource;
+pub use http::HttpSetupError;
 pub use vault::{VaultConfigError, VaultEnv, VaultSource};
 
 use crate::reference::SecretPath;

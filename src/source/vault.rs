@@ -12,7 +12,7 @@
 //! when it cannot be renewed any more, and once after a 403. Failures are classified on HTTP
 //! status and never carry a token, a secret or Vault's error text.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +24,7 @@ use url::Url;
 use zeroize::Zeroizing;
 
 use super::fields::{FieldValue, Fields};
+use super::http::{HttpSetupError, client, is_loopback};
 use super::{ReadFuture, ReadRequest, SecretSource, SourceError, SourceKind};
 use crate::config::{KvVersion, VaultAuth, VaultSourceConfig};
 use crate::secret::{Secret, SecretMeta, secret_string};
@@ -63,15 +64,8 @@ pub enum VaultConfigError {
     BadAddress(String),
     #[error("http:// is only allowed to a loopback address (or with insecure_dev = true)")]
     InsecureHttp,
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0} is not a usable PEM certificate or key")]
-    BadPem(String),
-    #[error("cannot build the HTTP client")]
-    Client,
+    #[error(transparent)]
+    Http(#[from] HttpSetupError),
     #[error("token auth needs VAULT_TOKEN or token_file")]
     NoToken,
     #[error("tls_server_name is not supported yet: put the server's certificate name in `address`")]
@@ -160,26 +154,10 @@ impl VaultSource {
             base.set_path(&path);
         }
         let timeout = cfg.timeout.map_or(Duration::from_secs(10), |d| d.0);
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(ca) = cfg.ca_cert.as_ref().or(env.cacert.as_ref()) {
-            let pem = read(ca)?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|_| VaultConfigError::BadPem(ca.display().to_string()))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let client_cert = cfg.client_cert.as_ref().or(env.client_cert.as_ref());
-        let client_key = cfg.client_key.as_ref().or(env.client_key.as_ref());
-        if let (Some(cert), Some(key)) = (client_cert, client_key) {
-            let mut pem = Zeroizing::new(read(cert)?.to_vec());
-            pem.extend_from_slice(&read(key)?);
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|_| VaultConfigError::BadPem(cert.display().to_string()))?;
-            builder = builder.identity(identity);
-        }
-        let http = builder.build().map_err(|_| VaultConfigError::Client)?;
+        let ca = cfg.ca_cert.as_deref().or(env.cacert.as_deref());
+        let cert = cfg.client_cert.as_deref().or(env.client_cert.as_deref());
+        let key = cfg.client_key.as_deref().or(env.client_key.as_deref());
+        let http = client(timeout, ca, cert.zip(key))?;
         let auth = match &cfg.auth {
             VaultAuth::Token {
                 token_file: Some(f),
@@ -218,24 +196,6 @@ impl VaultSource {
             }),
         })
     }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    }
-}
-
-fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, VaultConfigError> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|source| VaultConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })
 }
 
 impl SecretSource for VaultSource {

@@ -1,0 +1,70 @@
+//! The HTTPS client setup the network sources share: rustls, no redirects, timeouts, an
+//! optional private CA and client certificate — and the loopback test for `http://`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+use zeroize::Zeroizing;
+
+/// Why a source's HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a usable PEM certificate or key")]
+    BadPem(String),
+    #[error("cannot build the HTTP client")]
+    Client,
+}
+
+/// True when `url` names a loopback host (the only place plain `http://` is allowed by
+/// default).
+pub(crate) fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+/// A client that never follows redirects, trusts `ca` in addition to the system roots, and
+/// presents `identity` (certificate, key) when given.
+pub(crate) fn client(
+    timeout: Duration,
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<reqwest::Client, HttpSetupError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = ca {
+        let pem = read(ca)?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|_| HttpSetupError::BadPem(ca.display().to_string()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    if let Some((cert, key)) = identity {
+        // Certificate and key in one zeroizing buffer, as reqwest wants them.
+        let mut pem = Zeroizing::new(read(cert)?.to_vec());
+        pem.extend_from_slice(&read(key)?);
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|_| HttpSetupError::BadPem(cert.display().to_string()))?;
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|_| HttpSetupError::Client)
+}
+
+fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, HttpSetupError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| HttpSetupError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
