@@ -114,6 +114,21 @@ fn source(cfg: &Config) -> CcpSource {
     CcpSource::new(c).unwrap()
 }
 
+/// Resolves a JSON document as the operator.
+async fn expand(
+    broker: &Broker,
+    doc: serde_json::Value,
+) -> Result<keybroker::broker::Resolution, ResolveError> {
+    broker
+        .resolve(
+            &Caller::Operator,
+            Document::JsonValue(doc),
+            Layout::Compact,
+            None,
+        )
+        .await
+}
+
 fn req(path: &str) -> ReadRequest {
     ReadRequest {
         path: SecretPath::from_segments(path.split('/')).unwrap(),
@@ -133,15 +148,7 @@ async fn the_seeds_scenario_key_and_certificate_from_ccp_come_back_intact() {
         "user": "$SAFE_Payments $NAME_partner-key $KEY_UserName",
         "db": "$SECRET_ccp:Payments/db $KEY_Address"
     });
-    let r = broker
-        .resolve(
-            &Caller::Operator,
-            Document::JsonValue(doc),
-            Layout::Compact,
-            None,
-        )
-        .await
-        .unwrap();
+    let r = expand(&broker, doc).await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(r.document.as_bytes()).unwrap();
     assert_eq!(v["cert"], cert, "byte-exact certificate");
     assert_eq!(v["key"], key, "byte-exact key");
@@ -328,15 +335,7 @@ async fn errormsg_and_values_never_reach_an_error_answer() {
     let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
     let broker = Arc::new(Broker::from_config(&config(&pki, &double.url, "")).unwrap());
     let doc = json!({"ok": "$SAFE_Payments $NAME_db", "missing": "$SAFE_Payments $NAME_nope", "other": "$SAFE_Other $NAME_x"});
-    let err = broker
-        .resolve(
-            &Caller::Operator,
-            Document::JsonValue(doc),
-            Layout::Compact,
-            None,
-        )
-        .await
-        .unwrap_err();
+    let err = expand(&broker, doc).await.unwrap_err();
     let ResolveError::Unresolved(errors) = &err else {
         panic!("{err:?}")
     };
@@ -431,28 +430,12 @@ async fn every_storage_form_of_a_key_is_repaired_and_damage_is_rejected() {
     let broker = Broker::from_config(&config(&pki, &double.url, "")).unwrap();
     for how in ["newlines_kept", "crlf_kept", "spaces", "whitespace_removed"] {
         let doc = json!({"k": format!("$SAFE_Payments $NAME_key-{how}")});
-        let r = broker
-            .resolve(
-                &Caller::Operator,
-                Document::JsonValue(doc),
-                Layout::Compact,
-                None,
-            )
-            .await
-            .unwrap();
+        let r = expand(&broker, doc).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(r.document.as_bytes()).unwrap();
         assert_eq!(v["k"], key, "{how}");
     }
     let doc = json!({"k": "$SAFE_Payments $NAME_key-damaged"});
-    let err = broker
-        .resolve(
-            &Caller::Operator,
-            Document::JsonValue(doc),
-            Layout::Compact,
-            None,
-        )
-        .await
-        .unwrap_err();
+    let err = expand(&broker, doc).await.unwrap_err();
     let ResolveError::Unresolved(errors) = err else {
         panic!()
     };

@@ -38,6 +38,17 @@ fn req(path: &str, version: Option<u64>) -> ReadRequest {
     }
 }
 
+/// A Vault policy `demo-only`: read under `secret/data/demo/` and nothing else.
+fn demo_only_policy(bao: &OpenBao) {
+    let file = bao.approle_dir.path().join("demo.hcl");
+    std::fs::write(
+        &file,
+        "path \"secret/data/demo/*\" { capabilities = [\"read\"] }\n",
+    )
+    .unwrap();
+    bao.cli(&["policy", "write", "demo-only", file.to_str().unwrap()]);
+}
+
 const KV2: &str = "[[source]]\nname = \"vault\"\nkind = \"vault\"\nmount = \"secret\"\n";
 
 #[tokio::test]
@@ -96,17 +107,7 @@ async fn kv_v1_is_detected_from_the_mount() {
 #[tokio::test]
 async fn permission_denied_is_not_not_found() {
     let bao = OpenBao::start();
-    std::fs::write(
-        bao.approle_dir.path().join("demo.hcl"),
-        "path \"secret/data/demo/*\" { capabilities = [\"read\"] }\n",
-    )
-    .unwrap();
-    bao.cli(&[
-        "policy",
-        "write",
-        "demo-only",
-        bao.approle_dir.path().join("demo.hcl").to_str().unwrap(),
-    ]);
+    demo_only_policy(&bao);
     let token = bao.token("demo-only", "1h");
     let src = source(&format!("{KV2}kv_version = 2\n"), env(&bao, &token));
     assert!(src.read(&req("demo/db", None)).await.is_ok());
@@ -123,17 +124,7 @@ async fn permission_denied_is_not_not_found() {
 #[tokio::test]
 async fn token_file_is_reread_when_it_changes() {
     let bao = OpenBao::start();
-    std::fs::write(
-        bao.approle_dir.path().join("demo.hcl"),
-        "path \"secret/data/demo/*\" { capabilities = [\"read\"] }\n",
-    )
-    .unwrap();
-    bao.cli(&[
-        "policy",
-        "write",
-        "demo-only",
-        bao.approle_dir.path().join("demo.hcl").to_str().unwrap(),
-    ]);
+    demo_only_policy(&bao);
     let file = bao.approle_dir.path().join("token");
     std::fs::write(&file, format!("{}\n", bao.token("demo-only", "1h"))).unwrap();
     let toml = format!(
