@@ -42,6 +42,17 @@ const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// A CCP query value must be non-empty and free of the characters CCP does not support.
+fn check_value(name: &'static str, value: &str) -> Result<(), CcpQueryError> {
+    if value.is_empty() {
+        return Err(CcpQueryError::Empty(name));
+    }
+    if value.chars().any(is_ccp_forbidden) {
+        return Err(CcpQueryError::Forbidden(name));
+    }
+    Ok(())
+}
+
 /// Builds the query string: `AppID` first and exactly once, then the given parameters.
 /// Every value is checked against CCP's forbidden characters first.
 pub fn build_query(app_id: &str, params: &[(&'static str, &str)]) -> Result<String, CcpQueryError> {
@@ -50,12 +61,7 @@ pub fn build_query(app_id: &str, params: &[(&'static str, &str)]) -> Result<Stri
         .chain(params)
         .enumerate()
     {
-        if value.is_empty() {
-            return Err(CcpQueryError::Empty(name));
-        }
-        if value.chars().any(is_ccp_forbidden) {
-            return Err(CcpQueryError::Forbidden(name));
-        }
+        check_value(name, value)?;
         if i > 0 {
             q.push('&');
         }
@@ -76,12 +82,7 @@ pub fn build_composite_query(
 ) -> Result<String, CcpQueryError> {
     let mut composed = String::new();
     for (i, (name, value)) in parts.iter().enumerate() {
-        if value.is_empty() {
-            return Err(CcpQueryError::Empty(name));
-        }
-        if value.chars().any(is_ccp_forbidden) {
-            return Err(CcpQueryError::Forbidden(name));
-        }
+        check_value(name, value)?;
         if i > 0 {
             composed.push(';');
         }
