@@ -96,6 +96,14 @@ fn store(pki: &Pki, cert: &str, key: &str) -> Store {
     s
 }
 
+/// The test PKI, the partner certificate and key, and a double seeded with `store`.
+async fn started() -> (Pki, String, String, CcpDouble) {
+    let pki = Pki::new();
+    let (cert, key) = partner();
+    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    (pki, cert, key, double)
+}
+
 fn config(pki: &Pki, url: &str, extra: &str) -> Config {
     let d = pki.dir.path();
     let text = format!(
@@ -138,9 +146,7 @@ fn req(path: &str) -> ReadRequest {
 
 #[tokio::test]
 async fn the_seeds_scenario_key_and_certificate_from_ccp_come_back_intact() {
-    let pki = Pki::new();
-    let (cert, key) = partner();
-    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let (pki, cert, key, double) = started().await;
     let broker = Broker::from_config(&config(&pki, &double.url, "")).unwrap();
     let doc = json!({
         "cert": "$SAFE_Payments $NAME_partner-cert",
@@ -175,9 +181,7 @@ async fn the_seeds_scenario_key_and_certificate_from_ccp_come_back_intact() {
 
 #[tokio::test]
 async fn every_error_row_is_classified() {
-    let pki = Pki::new();
-    let (cert, key) = partner();
-    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let (pki, _, _, double) = started().await;
     let src = source(&config(&pki, &double.url, ""));
     assert_eq!(
         src.read(&req("Payments/nope")).await.unwrap_err(),
@@ -247,9 +251,7 @@ async fn every_error_row_is_classified() {
 
 #[tokio::test]
 async fn password_change_in_process_both_forms_and_fail_on_change() {
-    let pki = Pki::new();
-    let (cert, key) = partner();
-    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let (pki, _, _, double) = started().await;
     let src = source(&config(&pki, &double.url, ""));
     let s = src.read(&req("Payments/rotating")).await.unwrap();
     assert_eq!(
@@ -278,9 +280,7 @@ async fn password_change_in_process_both_forms_and_fail_on_change() {
 
 #[tokio::test]
 async fn transport_faults_html_redirect_reset_and_wrong_service_path() {
-    let pki = Pki::new();
-    let (cert, key) = partner();
-    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let (pki, _, _, double) = started().await;
     let src = source(&config(&pki, &double.url, ""));
     double.set_fault(Some(Fault::HtmlError));
     assert_eq!(
@@ -330,9 +330,7 @@ async fn transport_faults_html_redirect_reset_and_wrong_service_path() {
 
 #[tokio::test]
 async fn errormsg_and_values_never_reach_an_error_answer() {
-    let pki = Pki::new();
-    let (cert, key) = partner();
-    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let (pki, _, _, double) = started().await;
     let broker = Arc::new(Broker::from_config(&config(&pki, &double.url, "")).unwrap());
     let doc = json!({"ok": "$SAFE_Payments $NAME_db", "missing": "$SAFE_Payments $NAME_nope", "other": "$SAFE_Other $NAME_x"});
     let err = expand(&broker, doc).await.unwrap_err();
@@ -353,9 +351,7 @@ async fn errormsg_and_values_never_reach_an_error_answer() {
 
 #[tokio::test]
 async fn query_and_query_format_carry_the_same_lookup() {
-    let pki = Pki::new();
-    let (cert, key) = partner();
-    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let (pki, _, _, double) = started().await;
     let src = source(&config(
         &pki,
         &double.url,
@@ -373,9 +369,7 @@ async fn query_and_query_format_carry_the_same_lookup() {
 /// The CLI at trace level against the double: no value, no ErrorMsg in any log line.
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_logs_carry_no_value_and_no_errormsg() {
-    let pki = Pki::new();
-    let (cert, key) = partner();
-    let double = CcpDouble::start(&pki, store(&pki, &cert, &key)).await;
+    let (pki, _, _, double) = started().await;
     let d = pki.dir.path();
     std::fs::write(
         d.join("kb.toml"),
