@@ -2,19 +2,36 @@
 //! both call [`Broker::resolve`]; later stages (identity, policy, cache, PEM) slot in here
 //! and nowhere else.
 //!
-//! Today's path: caller → prepare the document (find and check every reference) → map each
-//! reference to a source and a read → read every distinct secret once, concurrently →
-//! render all or nothing into a zeroizing buffer.
+//! The path of a document: caller → prepare the document (find and check every reference) →
+//! map each reference to a source and a read → the policy decides each read for a consumer →
+//! read every distinct secret once, through the cache, concurrently → render all or nothing
+//! into a zeroizing buffer → one audit line. Named credentials (`credentials.rs`) take the
+//! same path with a credential decision instead of per-reference grants.
+
+mod credentials;
+mod ops;
+
+pub use credentials::{
+    CredentialError, CredentialInfo, CredentialSummary, Material, MaterialMetadata, RoleError,
+    RoleRepair,
+};
+pub use ops::{PolicySummary, ReloadError, SourceHealth};
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use serde::Serialize;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
+use crate::audit::{Audit, AuditError, Record};
 use crate::cache::{CircuitBreaker, Fetched, SecretCache, with_retries};
 use crate::config::{Config, SourceConfig};
+use crate::metrics::Metrics;
 use crate::pem::{self, CheckedSecret, RepairKind};
 use crate::policy::{Destination, Policy, PolicyError, Subject};
 use crate::reference::{
@@ -90,6 +107,9 @@ pub enum ResolveError {
     /// Every reference that failed, with its location and reason.
     #[error("{} reference(s) could not be resolved", .0.len())]
     Unresolved(Vec<ExpandError>),
+    /// The audit line could not be written and `fail_closed` is set.
+    #[error("the audit trail cannot be written; refusing to answer")]
+    AuditUnavailable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +128,8 @@ pub enum BuildError {
         name: String,
         source: crate::source::VaultConfigError,
     },
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error("source `{name}`: cannot open {path}: {source}")]
     FileSource {
         name: String,
@@ -123,7 +145,12 @@ pub struct Broker {
     /// How PEM values of each source are treated (repair when not listed).
     pem_modes: HashMap<String, pem::Mode>,
     /// The access policy consumers are held to (none: only the operator may resolve).
-    policy: Arc<Policy>,
+    /// Swapped whole on reload; a request keeps the policy it started with.
+    policy: ArcSwap<Policy>,
+    /// Where the policy is reloaded from.
+    policies_dir: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+    audit: Option<Arc<Audit>>,
     /// Verified secrets, shared by all callers; authorization is decided before it is asked.
     cache: Arc<SecretCache>,
     /// One circuit breaker per source.
@@ -192,7 +219,11 @@ impl Broker {
             broker.cache.spawn_maintenance();
         }
         if let Some(dir) = &config.policies {
-            broker.policy = Arc::new(crate::policy::load(dir)?);
+            broker.policy = ArcSwap::from_pointee(crate::policy::load(dir)?);
+            broker.policies_dir = Some(dir.clone());
+        }
+        if let Some(audit) = &config.audit {
+            broker.audit = Some(Arc::new(Audit::open(audit)?));
         }
         Ok(broker)
     }
@@ -209,7 +240,10 @@ impl Broker {
         Self {
             sources,
             pem_modes: HashMap::new(),
-            policy: Arc::new(Policy::default()),
+            policy: ArcSwap::from_pointee(Policy::default()),
+            policies_dir: None,
+            metrics: Arc::new(Metrics::default()),
+            audit: None,
             cache: Arc::new(SecretCache::new(&crate::config::CacheConfig::default())),
             breakers: std::sync::Mutex::new(HashMap::new()),
             default_source,
@@ -218,14 +252,25 @@ impl Broker {
     }
 
     /// Replaces the access policy.
-    pub fn with_policy(mut self, policy: Policy) -> Self {
-        self.policy = Arc::new(policy);
+    pub fn with_policy(self, policy: Policy) -> Self {
+        self.policy.store(Arc::new(policy));
         self
     }
 
-    /// The policy in force.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// Writes an audit line per decision to `audit`.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = Some(Arc::new(audit));
+        self
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Counters for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Sets how PEM values of source `name` are treated (default: repair).
@@ -234,7 +279,8 @@ impl Broker {
         self
     }
 
-    /// Expands every reference in `document`, or reports every one that fails.
+    /// Expands every reference in `document`, or reports every one that fails. Writes one
+    /// audit line either way.
     pub async fn resolve(
         &self,
         caller: &Caller,
@@ -242,6 +288,62 @@ impl Broker {
         layout: Layout,
         host: Option<&Destination>,
     ) -> Result<Resolution, ResolveError> {
+        let started = Instant::now();
+        let mut subjects = Vec::new();
+        let result = self
+            .resolve_unaudited(caller, document, layout, host, &mut subjects)
+            .await;
+        let (decision, reason) = match &result {
+            Ok(_) => ("allowed", "allowed"),
+            Err(ResolveError::Document(d)) => ("failed", d.code()),
+            Err(ResolveError::Unresolved(errors)) => {
+                let denied = errors.iter().any(|e| e.reason == Reason::Denied);
+                let first = errors.first().map_or("unresolved", |e| e.reason.code());
+                if denied {
+                    ("denied", "denied")
+                } else {
+                    ("failed", first)
+                }
+            }
+            Err(ResolveError::AuditUnavailable) => ("failed", "audit_unavailable"),
+        };
+        let (repairs, stale) = match &result {
+            Ok(r) => (
+                r.metadata
+                    .repairs
+                    .iter()
+                    .flat_map(|u| u.repairs.iter().map(|k| pem::repair_name(*k)))
+                    .collect(),
+                r.metadata.stale,
+            ),
+            Err(_) => (Vec::new(), false),
+        };
+        let entry = AuditEntry {
+            action: "resolve",
+            caller,
+            subjects,
+            host,
+            decision,
+            reason,
+            repairs,
+            stale,
+            started,
+        };
+        // A resolution that cannot be audited is dropped (and wiped) unanswered.
+        self.audit(entry)
+            .map_err(|AuditRefused| ResolveError::AuditUnavailable)?;
+        result
+    }
+
+    async fn resolve_unaudited(
+        &self,
+        caller: &Caller,
+        document: Document,
+        layout: Layout,
+        host: Option<&Destination>,
+        subjects: &mut Vec<String>,
+    ) -> Result<Resolution, ResolveError> {
+        let policy = self.policy.load();
         let prepared = match document {
             Document::JsonValue(v) => Prepared::json(v, layout),
             Document::Text { format, text } => match format {
@@ -259,9 +361,10 @@ impl Broker {
             if plan.contains_key(reference) {
                 continue;
             }
+            subjects.push(reference.to_string());
             let step = self
                 .read_key(reference)
-                .and_then(|key| self.authorize(caller, &key, host).map(|()| key))
+                .and_then(|key| authorize(&policy, caller, &key, host).map(|()| key))
                 .map(|key| {
                     *read_index.entry(key.clone()).or_insert_with(|| {
                         order.push(key);
@@ -304,32 +407,6 @@ impl Broker {
             document,
             metadata,
         })
-    }
-
-    /// The policy's decision for one read, before anything is read: a denial never depends
-    /// on whether the secret exists.
-    fn authorize(
-        &self,
-        caller: &Caller,
-        (source, request): &ReadKey,
-        host: Option<&Destination>,
-    ) -> Result<(), Reason> {
-        match caller {
-            Caller::Operator => Ok(()),
-            Caller::Consumer(name) => {
-                let subject = Subject::Reference {
-                    source,
-                    path: &request.path,
-                };
-                let decision = self.policy.decide(name, subject, host);
-                if decision.allowed {
-                    Ok(())
-                } else {
-                    tracing::debug!(consumer = %name, source = %source, reason = decision.reason, "reference denied");
-                    Err(Reason::Denied)
-                }
-            }
-        }
     }
 
     /// Which source and which read a reference needs.
@@ -396,26 +473,44 @@ impl Broker {
     }
 
     /// One read through the cache: on a miss, the source (with retries), then the PEM stage.
-    fn read_one(
+    pub(crate) fn read_one(
         &self,
         key: ReadKey,
     ) -> impl std::future::Future<Output = Result<Fetched, SourceError>> + Send + 'static {
         let source = Arc::clone(&self.sources[&key.0]);
         let breaker = self.breaker(&key.0);
         let cache = Arc::clone(&self.cache);
+        let metrics = Arc::clone(&self.metrics);
         let options = pem::Options {
             mode: self.pem_modes.get(&key.0).copied().unwrap_or_default(),
             ..pem::Options::default()
         };
         async move {
             let request = key.1.clone();
+            let name = key.0.clone();
+            let missed = std::sync::atomic::AtomicBool::new(false);
             let fetch = || async {
-                let secret = breaker
+                missed.store(true, std::sync::atomic::Ordering::Relaxed);
+                let started = Instant::now();
+                let read = breaker
                     .call(|| with_retries(RETRY_ATTEMPTS, RETRY_BASE, || source.read(&request)))
-                    .await?;
-                Ok(pem::check_secret(&secret, &options))
+                    .await;
+                let outcome = match &read {
+                    Ok(_) => "ok",
+                    Err(e) => source_reason(e).code(),
+                };
+                metrics.source_read(&name, outcome, started.elapsed());
+                let checked = pem::check_secret(&read?, &options);
+                for (_, kinds) in &checked.repaired {
+                    for k in kinds {
+                        metrics.repaired(pem::repair_name(*k));
+                    }
+                }
+                Ok(checked)
             };
-            cache.get_or_fetch(key, fetch).await
+            let fetched = cache.get_or_fetch(key, fetch).await;
+            metrics.cache(!missed.load(std::sync::atomic::Ordering::Relaxed));
+            fetched
         }
     }
 
@@ -432,6 +527,95 @@ impl Broker {
     /// The cache, for purging (admin) and inspection.
     pub fn cache(&self) -> &SecretCache {
         &self.cache
+    }
+}
+
+/// The policy's decision for one read, before anything is read: a denial never depends on
+/// whether the secret exists.
+fn authorize(
+    policy: &Policy,
+    caller: &Caller,
+    (source, request): &ReadKey,
+    host: Option<&Destination>,
+) -> Result<(), Reason> {
+    match caller {
+        Caller::Operator => Ok(()),
+        Caller::Consumer(name) => {
+            let subject = Subject::Reference {
+                source,
+                path: &request.path,
+            };
+            let decision = policy.decide(name, subject, host);
+            if decision.allowed {
+                Ok(())
+            } else {
+                tracing::debug!(consumer = %name, source = %source, reason = decision.reason, "reference denied");
+                Err(Reason::Denied)
+            }
+        }
+    }
+}
+
+/// The audit line could not be written and the audit trail is fail-closed.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("the audit trail cannot be written; refusing to answer")]
+pub struct AuditRefused;
+
+/// What one audit line says (see [`Broker::audit`]).
+pub(crate) struct AuditEntry<'a> {
+    pub action: &'static str,
+    pub caller: &'a Caller,
+    pub subjects: Vec<String>,
+    pub host: Option<&'a Destination>,
+    pub decision: &'static str,
+    pub reason: &'a str,
+    pub repairs: Vec<&'static str>,
+    pub stale: bool,
+    pub started: Instant,
+}
+
+impl Broker {
+    /// Writes one audit line; `Err` only when it failed and the audit is fail-closed.
+    pub(crate) fn audit(&self, e: AuditEntry<'_>) -> Result<(), AuditRefused> {
+        let Some(audit) = &self.audit else {
+            return Ok(());
+        };
+        let policy = self.policy.load();
+        let (consumer, team) = match e.caller {
+            Caller::Operator => ("operator", None),
+            Caller::Consumer(name) => (
+                name.as_str(),
+                policy
+                    .consumers
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .map(|c| c.team.as_str()),
+            ),
+        };
+        let record = Record {
+            time: crate::audit::now_rfc3339(),
+            action: e.action,
+            consumer,
+            team,
+            subjects: e.subjects.iter().map(|s| audit.identifier(s)).collect(),
+            host: e.host.map(|h| audit.identifier(&h.to_string())),
+            decision: e.decision,
+            reason: e.reason,
+            repairs: e.repairs,
+            stale: e.stale,
+            latency_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        };
+        match audit.write(&record) {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                tracing::error!(error = %err, fail_closed = audit.fail_closed(), "audit write failed");
+                if audit.fail_closed() {
+                    Err(AuditRefused)
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 }
 

@@ -251,6 +251,12 @@ impl CircuitBreaker {
         }
     }
 
+    /// Whether calls currently fail fast (for `/readyz`).
+    pub fn is_open(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.open_until.is_some_and(|t| Clock::now() < t)
+    }
+
     /// Runs `call` unless the circuit is open; records its outcome.
     pub async fn call<F, Fut, T>(&self, call: F) -> Result<T, SourceError>
     where
@@ -355,6 +361,7 @@ mod tests {
             secret: Secret::new(f, SecretMeta::default()),
             rejected: BTreeMap::new(),
             repaired: Vec::new(),
+            facts: BTreeMap::new(),
         }
     }
 

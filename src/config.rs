@@ -18,7 +18,7 @@ pub use crate::diag::Diagnostic;
 use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, FileSourceConfig,
-    KvVersion, PemMode, ServerConfig, SourceConfig, VaultAuth, VaultSourceConfig,
+    FsyncPolicy, KvVersion, PemMode, ServerConfig, SourceConfig, VaultAuth, VaultSourceConfig,
 };
 
 use crate::source::SourceKind;
@@ -242,6 +242,12 @@ impl Config {
             d.at(
                 0..0,
                 "[server] client_cert_header is never accepted without trusted_proxies".to_owned(),
+            );
+        }
+        if srv.client_cert_header.is_some() && srv.client_ca.is_none() {
+            d.at(
+                0..0,
+                "[server] client_cert_header needs client_ca: forwarded certificates are verified like TLS ones".to_owned(),
             );
         }
     }

@@ -6,10 +6,12 @@
 //! [`broker::Broker`], call [`broker::Broker::resolve`]. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod audit;
 pub mod broker;
 pub mod cache;
 pub mod config;
 mod diag;
+pub mod metrics;
 pub mod pem;
 pub mod policy;
 pub mod reference;

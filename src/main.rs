@@ -386,6 +386,9 @@ fn error_json(e: &ResolveError) -> String {
                 "details": errors,
             }
         }),
+        ResolveError::AuditUnavailable => serde_json::json!({
+            "error": {"code": "audit_unavailable", "message": e.to_string()}
+        }),
     };
     body.to_string()
 }
@@ -499,59 +502,120 @@ async fn serve(
     dev: bool,
     listen: Option<SocketAddr>,
 ) -> Result<(), Failure> {
-    if !dev {
-        // TLS and consumer authentication arrive with the API issue; until then the only
-        // server keybroker offers is the loopback development one.
-        return Err(Failure::Usage(
-            "only `serve --dev` is available in this version (TLS and consumer authentication are not built yet)".to_owned(),
-        ));
-    }
-    let path = match config {
-        Some(p) => p,
-        None => dev_config_path()?,
+    harden_process();
+    let path = match (config, dev) {
+        (Some(p), _) => p,
+        (None, true) => dev_config_path()?,
+        (None, false) => {
+            return Err(Failure::Usage(
+                "serve needs --config FILE (or KEYBROKER_CONFIG), or --dev".to_owned(),
+            ));
+        }
     };
     let config = load_config(&path)?;
-    let addr = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    if !addr.ip().is_loopback() {
+    let default_dev = SocketAddr::from(([127, 0, 0, 1], 8080));
+    let addr = listen.unwrap_or(if dev {
+        default_dev
+    } else {
+        config.server.listen
+    });
+    let verifier = api::listen::client_verifier(&config.server).map_err(usage)?;
+    let tls = api::listen::tls_acceptor(&config.server, verifier.clone()).map_err(usage)?;
+    if tls.is_none() && !addr.ip().is_loopback() {
         return Err(Failure::Usage(format!(
-            "--dev serves plain HTTP and only listens on loopback, not {addr}"
+            "plain HTTP only listens on loopback, not {addr}: set [server] tls_cert and tls_key"
         )));
     }
-    let broker = Broker::from_config(&config).map_err(|e| Failure::Usage(e.to_string()))?;
+    if config.audit.is_none() && !dev {
+        tracing::warn!("no [audit] section: decisions are not recorded in an audit trail");
+    }
+    let broker = Arc::new(Broker::from_config(&config).map_err(usage)?);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
     let bound = listener
         .local_addr()
         .map_err(|e| Failure::Usage(format!("cannot read the listening address: {e}")))?;
-    let (token, dev_token) = TokenDigest::generate();
-    let state = Arc::new(AppState {
-        broker: Arc::new(broker),
-        dev_token,
-    });
-    let example = path.with_file_name("document.json");
-    print_dev_banner(bound, &token, &example);
-    drop(token);
-    tracing::info!(%bound, config = %path.display(), "keybroker serving (dev mode)");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| Failure::Usage(format!("server error: {e}")))?;
+    let mut state = AppState::new(Arc::clone(&broker))
+        .with_server(&config.server, verifier)
+        .map_err(usage)?;
+    if dev {
+        let (token, dev_token) = TokenDigest::generate();
+        state = state.with_dev_token(dev_token);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        print_dev_banner(scheme, bound, &token, &path.with_file_name("document.json"));
+    }
+    spawn_reload_on_sighup(Arc::clone(&broker));
+    tracing::info!(
+        %bound,
+        tls = tls.is_some(),
+        client_auth = ?config.server.client_ca.as_ref().map(|_| config.server.client_auth),
+        config = %path.display(),
+        "keybroker serving"
+    );
+    api::listen::serve(
+        listener,
+        tls,
+        api::router(Arc::new(state)),
+        shutdown_signal(),
+    )
+    .await;
     tracing::info!("keybroker stopped");
     Ok(())
 }
 
+fn usage(e: impl std::fmt::Display) -> Failure {
+    Failure::Usage(e.to_string())
+}
+
+/// No core dumps (they would hold every cached secret) and no ptrace attach by other
+/// processes of the same user. Failure is logged, not fatal: containers may forbid it.
+fn harden_process() {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(e) = setrlimit(Resource::Core, none) {
+        tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(error = %e, "cannot mark the process non-dumpable");
+    }
+}
+
+/// SIGHUP reloads the policy; a broken policy leaves the old one in force.
+fn spawn_reload_on_sighup(broker: Arc<Broker>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler; reload with POST /v1/admin/reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            // The outcome is logged (and counted) by the broker.
+            let _ = broker.reload_policy();
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = broker;
+}
+
 /// The dev token is meant to be seen: it is new on every start and only valid on loopback.
-fn print_dev_banner(addr: SocketAddr, token: &str, example: &Path) {
+fn print_dev_banner(scheme: &str, addr: SocketAddr, token: &str, example: &Path) {
     let mut out = std::io::stdout().lock();
     // A closed stdout is no reason to stop serving.
     let _ = writeln!(
         out,
-        "keybroker dev server listening on http://{addr}\n\
+        "keybroker dev server listening on {scheme}://{addr}\n\
          dev bearer token (new on every start): {token}\n\
          try:\n  \
          curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n    \
-         --data \"{{\\\"document\\\": $(cat {example})}}\" http://{addr}/v1/resolve\n\
+         --data \"{{\\\"document\\\": $(cat {example})}}\" {scheme}://{addr}/v1/resolve\n\
          stop with Ctrl-C",
         example = example.display()
     );

@@ -30,10 +30,8 @@ fn app() -> (axum::Router, tempfile::TempDir) {
     )
     .unwrap();
     let config = Config::load(&dir.path().join("kb.toml")).unwrap();
-    let state = AppState {
-        broker: Arc::new(Broker::from_config(&config).unwrap()),
-        dev_token: TokenDigest::of(TOKEN),
-    };
+    let state = AppState::new(Arc::new(Broker::from_config(&config).unwrap()))
+        .with_dev_token(TokenDigest::of(TOKEN));
     (router(Arc::new(state)), dir)
 }
 

@@ -24,10 +24,8 @@ fn repo() -> PathBuf {
 
 fn app() -> axum::Router {
     let config = Config::load(&repo().join("examples/dev/keybroker.toml")).unwrap();
-    let state = AppState {
-        broker: Arc::new(Broker::from_config(&config).unwrap()),
-        dev_token: TokenDigest::of("operator-token"),
-    };
+    let state = AppState::new(Arc::new(Broker::from_config(&config).unwrap()))
+        .with_dev_token(TokenDigest::of("operator-token"));
     router(Arc::new(state))
 }
 

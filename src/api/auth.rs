@@ -1,9 +1,190 @@
-//! Bearer-token authentication. Tokens are kept only as SHA-256 digests and compared in
-//! constant time (shared/THREATS.md row 12); the token type has no `PartialEq`.
+//! Who is calling. In order: a TLS client certificate (verified by the handshake) wins; else
+//! a client certificate forwarded in `client_cert_header`, accepted only from
+//! `trusted_proxies` and verified like a TLS one (shared/THREATS.md row 8); else a bearer
+//! token. Tokens are kept only as SHA-256 digests and compared in constant time (row 12); the
+//! token type has no `PartialEq`.
 
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::http::{HeaderMap, HeaderName, header};
+use base64::Engine as _;
+use ipnet::IpNet;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
+
+use super::listen::Peer;
+use crate::broker::Caller;
+use crate::policy::Policy;
+
+/// Why a caller was not authenticated. The answer is a plain 401 either way; the code is for
+/// logs and the audit of the refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials presented")]
+    Missing,
+    #[error("the client certificate identifies no consumer")]
+    UnknownCertificate,
+    #[error("a client-certificate header from an address that is not a trusted proxy")]
+    UntrustedHeader,
+    #[error("the forwarded client certificate is malformed, repeated or not trusted")]
+    BadHeader,
+    #[error("unknown bearer token")]
+    UnknownToken,
+}
+
+impl AuthError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "missing_credentials",
+            Self::UnknownCertificate => "unknown_certificate",
+            Self::UntrustedHeader => "untrusted_header",
+            Self::BadHeader => "bad_header",
+            Self::UnknownToken => "unknown_token",
+        }
+    }
+}
+
+/// How a caller proved who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    TlsCertificate,
+    ForwardedCertificate,
+    Token,
+}
+
+/// The authentication settings of the server.
+#[derive(Default)]
+pub struct Authenticator {
+    /// The `serve --dev` bearer token; it authenticates as the operator.
+    pub dev_token: Option<TokenDigest>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub cert_header: Option<HeaderName>,
+    /// Verifies forwarded certificates against `client_ca` (set with `cert_header`).
+    pub verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("dev_token", &self.dev_token)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("cert_header", &self.cert_header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn authenticate(
+        &self,
+        policy: &Policy,
+        peer: Option<&Peer>,
+        headers: &HeaderMap,
+    ) -> Result<(Caller, Via), AuthError> {
+        let now = SystemTime::now();
+        if let Some(der) = peer.and_then(|p| p.certificate.as_ref()) {
+            return policy
+                .consumer_by_certificate(der, now)
+                .map(|n| (Caller::Consumer(n.to_owned()), Via::TlsCertificate))
+                .ok_or(AuthError::UnknownCertificate);
+        }
+        if let Some(name) = &self.cert_header {
+            if headers.contains_key(name) {
+                let der = self.forwarded_certificate(peer, headers, name)?;
+                return policy
+                    .consumer_by_certificate(&der, now)
+                    .map(|n| (Caller::Consumer(n.to_owned()), Via::ForwardedCertificate))
+                    .ok_or(AuthError::UnknownCertificate);
+            }
+        }
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .ok_or(AuthError::Missing)?;
+        if self.dev_token.as_ref().is_some_and(|d| d.verify(presented)) {
+            return Ok((Caller::Operator, Via::Token));
+        }
+        policy
+            .consumer_by_token(presented)
+            .map(|n| (Caller::Consumer(n.to_owned()), Via::Token))
+            .ok_or(AuthError::UnknownToken)
+    }
+
+    /// The certificate a trusted proxy forwarded, verified against `client_ca`.
+    fn forwarded_certificate(
+        &self,
+        peer: Option<&Peer>,
+        headers: &HeaderMap,
+        name: &HeaderName,
+    ) -> Result<CertificateDer<'static>, AuthError> {
+        let trusted = peer.is_some_and(|p| {
+            let ip = canonical(p.addr.ip());
+            self.trusted_proxies.iter().any(|net| net.contains(&ip))
+        });
+        if !trusted {
+            return Err(AuthError::UntrustedHeader);
+        }
+        // A header the client asked a proxy to drop as hop-by-hop is not the proxy's word.
+        let nominated = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()));
+        let mut values = headers.get_all(name).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(AuthError::BadHeader);
+        };
+        if nominated {
+            return Err(AuthError::BadHeader);
+        }
+        let der = decode_certificate(value.as_bytes()).ok_or(AuthError::BadHeader)?;
+        let verifier = self.verifier.as_ref().ok_or(AuthError::BadHeader)?;
+        verifier
+            .verify_client_cert(&der, &[], UnixTime::now())
+            .map_err(|_| AuthError::BadHeader)?;
+        Ok(der)
+    }
+}
+
+/// `::ffff:a.b.c.d` is the IPv4 peer it maps (dual-stack listeners).
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A forwarded certificate: URL-encoded PEM (nginx `$ssl_client_escaped_cert`), base64 of
+/// PEM, or base64 of DER (Gravitee, Envoy-style). Exactly one certificate.
+pub fn decode_certificate(value: &[u8]) -> Option<CertificateDer<'static>> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let pem_text: Option<Vec<u8>> = if text.starts_with("-----BEGIN") || text.contains('%') {
+        Some(percent_encoding::percent_decode_str(text).collect::<Vec<u8>>())
+    } else {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?;
+        if raw.starts_with(b"-----BEGIN") {
+            Some(raw)
+        } else {
+            return (raw.first() == Some(&0x30)).then(|| CertificateDer::from(raw));
+        }
+    };
+    let pem_text = pem_text?;
+    let mut certs = CertificateDer::pem_slice_iter(&pem_text);
+    match (certs.next(), certs.next()) {
+        (Some(Ok(c)), None) => Some(c.into_owned()),
+        _ => None,
+    }
+}
 
 /// The digest of the one token `serve --dev` accepts.
 pub struct TokenDigest([u8; 32]);

@@ -5,17 +5,29 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::broker::ResolveError;
-use crate::reference::{ExpandError, Reason};
+use super::auth::AuthError;
+use crate::broker::{CredentialError, ReloadError, ResolveError};
+use crate::reference::Reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("a valid bearer token is required")]
-    Unauthorized,
+    /// One generic answer whatever the cause (the cause is logged at debug).
+    #[error("authentication required: a client certificate or a valid bearer token")]
+    Unauthorized(AuthError),
+    #[error("this endpoint is for admin consumers")]
+    NotAdmin,
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    #[error("the request took longer than the server's request_timeout")]
+    Timeout,
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
+    #[error("no source named {0:?}")]
+    UnknownSource(String),
 }
 
 #[derive(Serialize)]
@@ -27,42 +39,97 @@ struct Body<'a> {
 struct Inner<'a> {
     code: &'a str,
     message: String,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    details: &'a [ExpandError],
+    #[serde(skip_serializing_if = "Details::is_empty")]
+    details: Details<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Details<'a> {
+    None,
+    References(&'a [crate::reference::ExpandError]),
+    Roles(&'a [crate::broker::RoleError]),
+    Lines(Vec<String>),
+}
+
+impl Details<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::None => true,
+            Self::References(d) => d.is_empty(),
+            Self::Roles(d) => d.is_empty(),
+            Self::Lines(d) => d.is_empty(),
+        }
+    }
+}
+
+impl ApiError {
+    /// The status and stable code of this error.
+    pub fn status_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotAdmin => (StatusCode::FORBIDDEN, "admin_required"),
+            Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::UnknownSource(_) => (StatusCode::NOT_FOUND, "unknown_source"),
+            Self::Resolve(ResolveError::Document(d)) => (StatusCode::BAD_REQUEST, d.code()),
+            Self::Resolve(ResolveError::AuditUnavailable)
+            | Self::Credential(CredentialError::AuditUnavailable) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable")
+            }
+            Self::Resolve(ResolveError::Unresolved(errors)) => {
+                if errors.iter().any(|e| e.reason == Reason::SourceUnavailable) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "source_unavailable")
+                } else if errors.iter().any(|e| e.reason == Reason::Denied) {
+                    (StatusCode::FORBIDDEN, "denied")
+                } else {
+                    (StatusCode::BAD_REQUEST, "unresolved_references")
+                }
+            }
+            Self::Credential(CredentialError::Denied) => (StatusCode::FORBIDDEN, "denied"),
+            Self::Credential(CredentialError::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Credential(CredentialError::Ambiguous) => {
+                (StatusCode::CONFLICT, "ambiguous_credential")
+            }
+            Self::Credential(CredentialError::Unresolved(errors)) => {
+                if errors.iter().any(|e| e.reason == Reason::SourceUnavailable) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "source_unavailable")
+                } else {
+                    (StatusCode::BAD_GATEWAY, "credential_unresolved")
+                }
+            }
+            Self::Reload(ReloadError::NoPolicies) => (StatusCode::CONFLICT, "no_policies"),
+            Self::Reload(ReloadError::Invalid(_)) => (StatusCode::CONFLICT, "policy_invalid"),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let message = self.to_string();
-        let (status, code, details): (_, &str, &[ExpandError]) = match &self {
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", &[]),
-            Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code, &[]),
-            Self::Resolve(ResolveError::Document(d)) => (StatusCode::BAD_REQUEST, d.code(), &[]),
-            Self::Resolve(ResolveError::Unresolved(errors)) => {
-                if errors.iter().any(|e| e.reason == Reason::SourceUnavailable) {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "source_unavailable",
-                        errors,
-                    )
-                } else if errors.iter().any(|e| e.reason == Reason::Denied) {
-                    (StatusCode::FORBIDDEN, "denied", errors)
-                } else {
-                    (StatusCode::BAD_REQUEST, "unresolved_references", errors)
-                }
+        let (status, code) = self.status_code();
+        if let Self::Unauthorized(why) = &self {
+            tracing::debug!(reason = why.code(), "request not authenticated");
+        }
+        let details = match &self {
+            Self::Resolve(ResolveError::Unresolved(e)) => Details::References(e),
+            Self::Credential(CredentialError::Unresolved(e)) => Details::Roles(e),
+            // Policy files are not secret; their diagnostics tell the admin what to fix.
+            Self::Reload(ReloadError::Invalid(crate::policy::PolicyError::Invalid(list))) => {
+                Details::Lines(list.iter().map(ToString::to_string).collect())
             }
+            _ => Details::None,
         };
         let body = Body {
             error: Inner {
                 code,
-                message,
+                message: self.to_string(),
                 details,
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if matches!(self, Self::Unauthorized) {
+        if matches!(self, Self::Unauthorized(_)) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response

@@ -1,136 +1,209 @@
-//! The HTTP API (shared/DESIGN.md §6). Handlers are thin: authenticate, parse the body into
-//! types, call the broker, write the answer. Errors become HTTP in `error.rs` only.
+//! The HTTP API (shared/DESIGN.md §6, docs/openapi.yaml). Handlers are thin: authenticate,
+//! parse the body into types, call the broker, write the answer. Errors become HTTP in
+//! `error.rs` only; secret-bearing answers are built in a [`SecretBuf`] that is wiped when
+//! hyper drops the body.
 //!
 //! **Boundary:** the API decides nothing about secrets; it calls [`crate::broker`].
 
+mod admin;
 mod auth;
+mod credentials;
 mod error;
+pub mod listen;
+mod ops;
+mod resolve;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::Value;
 
-pub use auth::TokenDigest;
+pub use auth::{AuthError, Authenticator, TokenDigest, Via, decode_certificate};
 pub use error::ApiError;
+pub use listen::{Peer, TlsSetupError};
 
-use crate::broker::{Broker, Caller, Document};
-use crate::policy::Destination;
-use crate::reference::{DocumentError, Format, Layout};
+use crate::broker::{Broker, Caller};
+use crate::config::ServerConfig;
 use crate::secret::SecretBuf;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// Every route: method and path template. docs/openapi.yaml describes exactly these (a test
+/// holds the two together), and [`router`] serves exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/resolve"),
+    ("GET", "/v1/credentials"),
+    ("GET", "/v1/credentials/{name}"),
+    ("POST", "/v1/credentials/{name}/material"),
+    ("POST", "/v1/admin/reload"),
+    ("POST", "/v1/admin/cache/purge"),
+];
+
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState {
     pub broker: Arc<Broker>,
-    /// The `serve --dev` bearer token; it authenticates as the operator.
-    pub dev_token: TokenDigest,
+    pub auth: Authenticator,
+    pub request_timeout: Duration,
 }
 
-/// The router; tests drive it without a socket.
+impl AppState {
+    /// State for `broker` with no way in but tokens of the policy (add a dev token or
+    /// [`AppState::with_server`]).
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self {
+            broker,
+            auth: Authenticator::default(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Accepts `token` as the operator (`serve --dev`).
+    pub fn with_dev_token(mut self, token: TokenDigest) -> Self {
+        self.auth.dev_token = Some(token);
+        self
+    }
+
+    /// Takes trusted proxies, the client-certificate header and its verifier, and the
+    /// request timeout from `[server]`.
+    pub fn with_server(
+        mut self,
+        server: &ServerConfig,
+        verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Result<Self, TlsSetupError> {
+        self.auth.trusted_proxies = server.trusted_proxies.clone();
+        self.auth.cert_header = match &server.client_cert_header {
+            None => None,
+            Some(h) => Some(HeaderName::try_from(h.as_str()).map_err(|_| {
+                TlsSetupError::Rustls(format!("client_cert_header {h:?} is not a header name"))
+            })?),
+        };
+        self.auth.verifier = verifier;
+        self.request_timeout = server.request_timeout.0;
+        Ok(self)
+    }
+
+    /// The authenticated caller of a request.
+    fn caller(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let policy = self.broker.policy();
+        let (caller, via) = self
+            .auth
+            .authenticate(&policy, peer, headers)
+            .map_err(ApiError::Unauthorized)?;
+        tracing::debug!(?caller, ?via, "authenticated");
+        Ok(caller)
+    }
+
+    /// The caller, who must be the operator or an admin consumer.
+    fn admin(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let caller = self.caller(peer, headers)?;
+        let admin = match &caller {
+            Caller::Operator => true,
+            Caller::Consumer(name) => self
+                .broker
+                .policy()
+                .consumers
+                .iter()
+                .any(|c| &c.name == name && c.admin),
+        };
+        if admin {
+            Ok(caller)
+        } else {
+            Err(ApiError::NotAdmin)
+        }
+    }
+}
+
+/// The router; tests drive it without a socket (then no [`Peer`] is known: no certificate,
+/// no trusted proxy).
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/resolve", post(resolve))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/resolve", post(resolve::resolve))
+        .route("/v1/credentials", get(credentials::list))
+        .route("/v1/credentials/{name}", get(credentials::info))
+        .route(
+            "/v1/credentials/{name}/material",
+            post(credentials::material),
+        )
+        .route("/v1/admin/reload", post(admin::reload))
+        .route("/v1/admin/cache/purge", post(admin::purge))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            observe,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-async fn healthz() -> impl IntoResponse {
+async fn not_found() -> Response {
+    let body = "{\"error\":{\"code\":\"no_route\",\"message\":\"no such endpoint\"}}";
     (
+        StatusCode::NOT_FOUND,
         [(header::CONTENT_TYPE, "application/json")],
-        "{\"status\":\"ok\"}",
+        body,
     )
+        .into_response()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResolveBody {
-    document: Value,
-    #[serde(default = "json_format")]
-    format: Format,
-    /// Where the caller will use the values; consumers must give it (allowed_hosts).
-    #[serde(default)]
-    host: Option<String>,
+/// Request timeout and the per-route request counter.
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| ROUTES.iter().find(|(_, p)| *p == m.as_str()))
+        .map_or("other", |(_, p)| *p);
+    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::Timeout.into_response(),
+    };
+    let status = response.status();
+    let decision = match status.as_u16() {
+        200..=299 => "ok",
+        401 => "unauthenticated",
+        403 => "denied",
+        404 => "not_found",
+        400..=499 => "rejected",
+        _ => "failed",
+    };
+    state.broker.metrics().request(route, decision);
+    response
 }
 
-fn json_format() -> Format {
-    Format::Json
-}
-
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(auth::bearer)
-        .ok_or(ApiError::Unauthorized)?;
-    if state.dev_token.verify(presented) {
-        return Ok(Caller::Operator);
-    }
-    match state.broker.policy().consumer_by_token(presented) {
-        Some(name) => Ok(Caller::Consumer(name.to_owned())),
-        None => Err(ApiError::Unauthorized),
-    }
-}
-
-async fn resolve(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers)?;
-    // Parsed here, not with `Json<_>`: serde's messages can quote the input.
-    let body: ResolveBody = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
+/// Parses a JSON body without letting serde's message (which can quote input) out.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
         code: "invalid_body",
         message: format!(
-            "the body must be {{\"document\": …, \"format\": \"json\"|\"yaml\"|\"text\"}} (line {}, column {})",
+            "the body must be {shape} (line {}, column {})",
             e.line(),
             e.column()
         ),
-    })?;
-    let host = match body.host.as_deref() {
-        None => None,
-        Some(h) => Some(Destination::parse(h).map_err(|e| ApiError::BadRequest {
+    })
+}
+
+/// The destination a caller names, normalised.
+fn destination(host: Option<&str>) -> Result<Option<crate::policy::Destination>, ApiError> {
+    host.map(|h| {
+        crate::policy::Destination::parse(h).map_err(|e| ApiError::BadRequest {
             code: e.code(),
             message: format!("host: {e}"),
-        })?),
-    };
-    let document = match (body.format, body.document) {
-        (Format::Json, v) => Document::JsonValue(v),
-        (format, Value::String(text)) => Document::Text { format, text },
-        _ => return Err(ApiError::Resolve(DocumentError::WrongShape.into())),
-    };
-    let resolution = state
-        .broker
-        .resolve(&caller, document, Layout::Compact, host.as_ref())
-        .await?;
-
-    let doc = resolution.document.as_bytes();
-    let mut out = SecretBuf::with_capacity(doc.len() + doc.len() / 8 + 256);
-    out.push_str("{\"document\":");
-    match resolution.format {
-        Format::Json => out.extend_from_slice(doc),
-        Format::Yaml | Format::Text => {
-            // The expanded text came from a `String` and UTF-8 secrets.
-            let text = std::str::from_utf8(doc).expect("expanded text is UTF-8");
-            out.push_quoted(text);
-        }
-    }
-    out.push_str(",\"metadata\":");
-    serde_json::to_writer(&mut out, &resolution.metadata)
-        .expect("metadata serializes into a buffer that cannot fail");
-    out.push_str("}");
-    drop(resolution);
-    Ok(secret_response(out))
+        })
+    })
+    .transpose()
 }
 
 /// A 200 answer whose body is zeroized when hyper drops it.
@@ -143,5 +216,14 @@ fn secret_response(body: SecretBuf) -> Response {
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A JSON answer without secrets.
+fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut response = (status, axum::Json(value)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

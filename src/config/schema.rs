@@ -24,6 +24,13 @@ pub struct ServerConfig {
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
     pub client_cert_header: Option<String>,
+    /// A request (body read, decision, source reads) that takes longer is answered 503.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+}
+
+fn default_request_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 impl Default for ServerConfig {
@@ -36,6 +43,7 @@ impl Default for ServerConfig {
             client_auth: ClientAuth::default(),
             trusted_proxies: Vec::new(),
             client_cert_header: None,
+            request_timeout: default_request_timeout(),
         }
     }
 }
@@ -254,6 +262,17 @@ pub struct AuditConfig {
     pub hmac_key_file: Option<PathBuf>,
     #[serde(default = "yes")]
     pub fail_closed: bool,
+    /// `always` (each line is on disk before the answer leaves) or `never` (the OS decides).
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    #[default]
+    Always,
+    Never,
 }
 
 fn yes() -> bool {

@@ -178,6 +178,8 @@ pub struct CheckedSecret {
     pub rejected: std::collections::BTreeMap<String, PemError>,
     /// Fields that were repaired, with what was done.
     pub repaired: Vec<(String, Vec<RepairKind>)>,
+    /// Facts (never key bytes) of each verified PEM field, for metadata and expiry metrics.
+    pub facts: std::collections::BTreeMap<String, Vec<BlockFacts>>,
 }
 
 /// Applies [`repair`] to every field of `secret` that looks like PEM.
@@ -189,6 +191,7 @@ pub fn check_secret(secret: &crate::secret::Secret, opts: &Options) -> CheckedSe
     let mut fields = std::collections::BTreeMap::new();
     let mut rejected = std::collections::BTreeMap::new();
     let mut repaired = Vec::new();
+    let mut facts = std::collections::BTreeMap::new();
     for (name, value) in secret.fields() {
         let text = value.expose_secret();
         if opts.mode == Mode::Off || !looks_like_pem(text) {
@@ -200,6 +203,7 @@ pub fn check_secret(secret: &crate::secret::Secret, opts: &Options) -> CheckedSe
                 if !r.repairs.is_empty() {
                     repaired.push((name.to_owned(), r.repairs));
                 }
+                facts.insert(name.to_owned(), r.blocks);
                 fields.insert(name.to_owned(), secret_string(&r.pem));
             }
             Err(e) => {
@@ -211,5 +215,6 @@ pub fn check_secret(secret: &crate::secret::Secret, opts: &Options) -> CheckedSe
         secret: Secret::new(fields, secret.meta().clone()),
         rejected,
         repaired,
+        facts,
     }
 }

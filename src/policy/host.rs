@@ -41,6 +41,16 @@ impl fmt::Display for Host {
     }
 }
 
+/// `host` or `host:port` (the scheme and path of a URL are not shown).
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => write!(f, "{}", self.host),
+        }
+    }
+}
+
 /// Why a host or pattern was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -335,11 +335,34 @@ fn validate(
         if def.cert_sha256.is_empty() && def.issuer_ca.is_none() && def.token_sha256.is_none() {
             files.at(&c, &key("name"), format!("consumer `{}` has no way to authenticate (cert_sha256, issuer_ca + subject, or token_sha256)", def.name));
         }
+        // Relative to the policy file; the CA certificates are read now, so a decision
+        // never does I/O.
+        let issuer_ca = def.issuer_ca.as_ref().map(|p| {
+            let base = files.paths[c.file].parent().unwrap_or(Path::new("."));
+            base.join(p)
+        });
+        let mut issuer_certs = Vec::new();
+        if let Some(path) = &issuer_ca {
+            match read_certificates(path) {
+                Ok(certs) => issuer_certs = certs,
+                Err(why) => files.at(
+                    &c,
+                    &key("issuer_ca"),
+                    format!("issuer_ca {}: {why}", path.display()),
+                ),
+            }
+        }
+        if let Some(pattern) = &def.subject {
+            if let Err(why) = super::certificate::SubjectPattern::parse(pattern) {
+                files.at(&c, &key("subject"), format!("subject {pattern:?}: {why}"));
+            }
+        }
         policy.consumers.push(Consumer {
             name: def.name.clone(),
             team: def.team.clone(),
             cert_sha256: pins,
-            issuer_ca: def.issuer_ca.clone(),
+            issuer_certs,
+            issuer_ca,
             subject: def.subject.clone(),
             token_sha256: token,
             admin: def.admin,
@@ -496,4 +519,19 @@ fn credential(
         pem: def.pem,
         values: CredentialValues { by_role },
     })
+}
+
+/// The certificates of a CA file (PEM). CA certificates are public: parse errors may be shown.
+fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .map(|c| c.map(|c| c.to_vec()).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE block found".to_owned());
+    }
+    Ok(certs)
 }

@@ -3,11 +3,13 @@
 //! Policy is plain data ([`Policy`]) plus one pure decision function ([`Policy::decide`]);
 //! the default is deny. **Boundary:** no I/O but loading; nothing here is cached with values.
 
+mod certificate;
 mod decide;
 pub mod host;
 mod load;
 mod model;
 
+pub use certificate::SubjectPattern;
 pub use decide::{Decision, Subject};
 pub use host::{Destination, HostError, HostPattern};
 pub use load::{PolicyError, load};

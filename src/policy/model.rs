@@ -42,8 +42,10 @@ pub struct Consumer {
     pub team: String,
     /// Client-certificate SHA-256 fingerprints, each valid until its optional `not_after`.
     pub cert_sha256: Vec<([u8; 32], Option<SystemTime>)>,
-    /// Apinizer-style issuer ACL: a CA file and a subject pattern.
+    /// Apinizer-style issuer ACL: a CA file (its certificates, DER, read at load) and a
+    /// subject pattern.
     pub issuer_ca: Option<PathBuf>,
+    pub issuer_certs: Vec<Vec<u8>>,
     pub subject: Option<String>,
     /// SHA-256 of the bearer token. Compared in constant time only.
     pub(crate) token_sha256: Option<[u8; 32]>,

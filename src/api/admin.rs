@@ -1,0 +1,71 @@
+//! `/v1/admin/…`: policy reload and cache purge, for the operator and admin consumers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::{ApiError, AppState, Peer, json_response, parse_body};
+
+pub(super) async fn reload(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.admin(peer.as_deref(), &headers)?;
+    let started = Instant::now();
+    let result = state.broker.reload_policy();
+    state
+        .broker
+        .audit_admin(&caller, "admin.reload", Vec::new(), result.is_ok(), started)
+        .map_err(|_| ApiError::Credential(crate::broker::CredentialError::AuditUnavailable))?;
+    let summary = result?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "reloaded": true, "policy": summary }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    source: String,
+    /// Path prefix (`a/b`); empty or absent: the whole source.
+    #[serde(default)]
+    prefix: String,
+}
+
+pub(super) async fn purge(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.admin(peer.as_deref(), &headers)?;
+    let body: PurgeBody = parse_body(&body, "{\"source\": \"…\", \"prefix\": \"a/b\"}")?;
+    let prefix: Vec<String> = body
+        .prefix
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let started = Instant::now();
+    let found = state.broker.purge(&body.source, &prefix);
+    let subject = format!("{}:{}", body.source, prefix.join("/"));
+    state
+        .broker
+        .audit_admin(&caller, "admin.purge", vec![subject], found, started)
+        .map_err(|_| ApiError::Credential(crate::broker::CredentialError::AuditUnavailable))?;
+    if !found {
+        return Err(ApiError::UnknownSource(body.source));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "purged": true, "source": body.source, "prefix": body.prefix }),
+    ))
+}

@@ -1,0 +1,91 @@
+//! `/v1/credentials…`: what the caller may see, one credential's metadata, its material.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::{ApiError, AppState, Peer, destination, json_response, parse_body, secret_response};
+use crate::policy::CredentialMode;
+use crate::secret::SecretBuf;
+
+pub(super) async fn list(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(peer.as_deref(), &headers)?;
+    let credentials = state.broker.list_credentials(&caller);
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "credentials": credentials }),
+    ))
+}
+
+pub(super) async fn info(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(peer.as_deref(), &headers)?;
+    let info = state.broker.credential_info(&caller, &name).await?;
+    Ok(json_response(StatusCode::OK, &info))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaterialBody {
+    /// Where the material will be used; checked against `allowed_hosts`.
+    host: Option<String>,
+}
+
+pub(super) async fn material(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(peer.as_deref(), &headers)?;
+    let body: MaterialBody = if body.is_empty() {
+        MaterialBody { host: None }
+    } else {
+        parse_body(&body, "{\"host\": \"…\"}")?
+    };
+    let host = destination(body.host.as_deref())?;
+    let material = state.broker.material(&caller, &name, host.as_ref()).await?;
+
+    let size: usize = material
+        .values
+        .iter()
+        .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
+        .sum();
+    let mut out = SecretBuf::with_capacity(size + size / 8 + 512);
+    out.push_str("{\"credential\":");
+    out.push_quoted(&material.credential);
+    let nested = material.mode == CredentialMode::Fields;
+    if nested {
+        out.push_str(",\"fields\":{");
+    }
+    for (i, (field, value)) in material.values.iter().enumerate() {
+        out.push_str(if nested && i == 0 { "" } else { "," });
+        out.push_quoted(field);
+        out.push_str(":");
+        out.push_quoted(value.expose_secret());
+    }
+    if nested {
+        out.push_str("}");
+    }
+    out.push_str(",\"metadata\":");
+    serde_json::to_writer(&mut out, &material.metadata)
+        .expect("metadata serializes into a buffer that cannot fail");
+    out.push_str("}");
+    drop(material);
+    Ok(secret_response(out))
+}

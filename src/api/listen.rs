@@ -1,0 +1,189 @@
+//! The listener: TLS (rustls, TLS 1.2/1.3, client certificates optional or required) or plain
+//! HTTP (loopback or `--dev` only — `main.rs` enforces that), an accept loop that hands each
+//! connection's [`Peer`] to the handlers, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{Extension, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ClientAuth, ServerConfig};
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The client certificate the TLS handshake verified against `client_ca` (end entity).
+    pub certificate: Option<CertificateDer<'static>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read {path}: {why}")]
+    Certificates { path: PathBuf, why: String },
+    /// Never the parser's message: it can quote key bytes.
+    #[error("no usable private key in {0} (PKCS#8, PKCS#1 or SEC1 PEM expected)")]
+    Key(PathBuf),
+    #[error("{0}")]
+    Rustls(String),
+}
+
+/// Reads a PEM certificate file (public data: parse errors may be shown).
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let err = |why: String| TlsSetupError::Certificates {
+        path: path.to_owned(),
+        why,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no CERTIFICATE block".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// The verifier of client certificates, from `client_ca` (`None` without one). The same
+/// verifier checks certificates forwarded in `client_cert_header`.
+pub fn client_verifier(
+    server: &ServerConfig,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsSetupError> {
+    let Some(ca) = &server.client_ca else {
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsSetupError::Rustls(format!("{}: {e}", ca.display())))?;
+    }
+    let builder = WebPkiClientVerifier::builder(Arc::new(roots));
+    let builder = match server.client_auth {
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+        ClientAuth::Required => builder,
+    };
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))
+}
+
+/// The rustls server configuration of `[server]`, or `None` when no `tls_cert` is set.
+pub fn tls_acceptor(
+    server: &ServerConfig,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Option<TlsAcceptor>, TlsSetupError> {
+    let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) else {
+        return Ok(None);
+    };
+    let chain = certificates(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|_| TlsSetupError::Key(key.clone()))?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(tls))))
+}
+
+/// A TLS handshake that takes longer is dropped (slowloris).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers must arrive within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// After shutdown is asked for, open requests get this long to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
+/// (up to 30 s).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let http = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .to_owned();
+            match tls {
+                None => {
+                    let peer = Peer {
+                        addr,
+                        certificate: None,
+                    };
+                    let svc = TowerToHyperService::new(app.layer(Extension(peer)));
+                    let conn = http.serve_connection(TokioIo::new(tcp), svc);
+                    let _ = watcher.watch(conn).await;
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%addr, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let certificate = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.clone().into_owned());
+                    let peer = Peer { addr, certificate };
+                    let svc = TowerToHyperService::new(app.layer(Extension(peer)));
+                    let conn = http.serve_connection(TokioIo::new(stream), svc);
+                    let _ = watcher.watch(conn).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open connections did not finish in time; closing them");
+    }
+}

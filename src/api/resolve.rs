@@ -1,0 +1,72 @@
+//! `POST /v1/resolve`: a document with references in, the expanded document out.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ApiError, AppState, Peer, destination, parse_body, secret_response};
+use crate::broker::Document;
+use crate::reference::{DocumentError, Format, Layout};
+use crate::secret::SecretBuf;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    document: Value,
+    #[serde(default = "json_format")]
+    format: Format,
+    /// Where the caller will use the values; consumers must give it (allowed_hosts).
+    #[serde(default)]
+    host: Option<String>,
+}
+
+fn json_format() -> Format {
+    Format::Json
+}
+
+pub(super) async fn resolve(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(peer.as_deref(), &headers)?;
+    let body: ResolveBody = parse_body(
+        &body,
+        "{\"document\": …, \"format\": \"json\"|\"yaml\"|\"text\", \"host\": …}",
+    )?;
+    let host = destination(body.host.as_deref())?;
+    let document = match (body.format, body.document) {
+        (crate::reference::Format::Json, v) => Document::JsonValue(v),
+        (format, Value::String(text)) => Document::Text { format, text },
+        _ => return Err(ApiError::Resolve(DocumentError::WrongShape.into())),
+    };
+    let resolution = state
+        .broker
+        .resolve(&caller, document, Layout::Compact, host.as_ref())
+        .await?;
+
+    let doc = resolution.document.as_bytes();
+    let mut out = SecretBuf::with_capacity(doc.len() + doc.len() / 8 + 256);
+    out.push_str("{\"document\":");
+    match resolution.format {
+        Format::Json => out.extend_from_slice(doc),
+        Format::Yaml | Format::Text => {
+            // The expanded text came from a `String` and UTF-8 secrets.
+            let text = std::str::from_utf8(doc).expect("expanded text is UTF-8");
+            out.push_quoted(text);
+        }
+    }
+    out.push_str(",\"metadata\":");
+    serde_json::to_writer(&mut out, &resolution.metadata)
+        .expect("metadata serializes into a buffer that cannot fail");
+    out.push_str("}");
+    drop(resolution);
+    Ok(secret_response(out))
+}

@@ -1,0 +1,245 @@
+//! The audit trail (shared/DESIGN.md §9): one JSON line per decision, appended to a file or
+//! stdout. Never a value: a record holds identities, what was asked for (credential names,
+//! `source:path` of references), the destination, the decision and its reason code, repairs
+//! and latency. With `hmac_key_file`, the identifiers of what was asked for and the host are
+//! replaced by `hmac-sha256:<hex>` so the trail can be shipped where names are sensitive and
+//! still be correlated.
+//!
+//! A write that fails is an error the broker turns into a refusal when `fail_closed` (the
+//! default): no answer leaves without its audit line (shared/THREATS.md row 15).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use hmac::{KeyInit, Mac};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::config::{AuditConfig, FsyncPolicy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open the audit log {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the audit HMAC key {path}: {source}")]
+    Key {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the audit HMAC key file {0} is empty")]
+    EmptyKey(PathBuf),
+    /// The sink refused a line (disk full, file gone read-only, closed stdout, …).
+    #[error("the audit log cannot be written: {0}")]
+    Write(std::io::ErrorKind),
+}
+
+/// One decision.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// `resolve`, `credentials.list`, `credential.metadata`, `credential.material`,
+    /// `admin.reload`, `admin.purge`.
+    pub action: &'static str,
+    /// Consumer name, or `operator`.
+    pub consumer: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<&'a str>,
+    /// Credential name or `source:path` of each reference (HMAC'd when configured).
+    pub subjects: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `allowed`, `denied` or `failed`.
+    pub decision: &'static str,
+    /// Stable reason code.
+    pub reason: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    pub latency_us: u64,
+}
+
+/// Where audit lines go.
+#[derive(Debug)]
+enum Sink {
+    File(File),
+    Stdout,
+}
+
+pub struct Audit {
+    sink: Mutex<Sink>,
+    key: Option<Zeroizing<Vec<u8>>>,
+    fsync: FsyncPolicy,
+    fail_closed: bool,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("path", &self.path)
+            .field("hmac", &self.key.as_ref().map(|_| "[redacted]"))
+            .field("fsync", &self.fsync)
+            .field("fail_closed", &self.fail_closed)
+            .finish()
+    }
+}
+
+impl Audit {
+    pub fn open(cfg: &AuditConfig) -> Result<Self, AuditError> {
+        let sink = if cfg.path == Path::new("-") {
+            Sink::Stdout
+        } else {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&cfg.path)
+                .map_err(|source| AuditError::Open {
+                    path: cfg.path.clone(),
+                    source,
+                })?;
+            Sink::File(file)
+        };
+        let key = match &cfg.hmac_key_file {
+            None => None,
+            Some(path) => {
+                let bytes =
+                    Zeroizing::new(std::fs::read(path).map_err(|source| AuditError::Key {
+                        path: path.clone(),
+                        source,
+                    })?);
+                let trimmed = bytes.trim_ascii();
+                if trimmed.is_empty() {
+                    return Err(AuditError::EmptyKey(path.clone()));
+                }
+                Some(Zeroizing::new(trimmed.to_vec()))
+            }
+        };
+        Ok(Self {
+            sink: Mutex::new(sink),
+            key,
+            fsync: cfg.fsync,
+            fail_closed: cfg.fail_closed,
+            path: cfg.path.clone(),
+        })
+    }
+
+    /// Whether a failed write must refuse the request.
+    pub fn fail_closed(&self) -> bool {
+        self.fail_closed
+    }
+
+    /// An identifier as it may appear in the trail: itself, or its HMAC.
+    pub fn identifier(&self, id: &str) -> String {
+        match &self.key {
+            None => id.to_owned(),
+            Some(key) => {
+                let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
+                    .expect("HMAC takes keys of any length");
+                mac.update(id.as_bytes());
+                format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+            }
+        }
+    }
+
+    /// Appends one line (and syncs it, by policy).
+    pub fn write(&self, record: &Record<'_>) -> Result<(), AuditError> {
+        let mut line = serde_json::to_vec(record).expect("an audit record serializes");
+        line.push(b'\n');
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match &mut *sink {
+            Sink::File(f) => f.write_all(&line).and_then(|()| match self.fsync {
+                FsyncPolicy::Always => f.sync_data(),
+                FsyncPolicy::Never => Ok(()),
+            }),
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&line).and_then(|()| out.flush())
+            }
+        };
+        result.map_err(|e| AuditError::Write(e.kind()))
+    }
+}
+
+/// Now, as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, key: Option<&str>) -> AuditConfig {
+        let hmac_key_file = key.map(|k| {
+            let p = dir.join("audit.key");
+            std::fs::write(&p, k).unwrap();
+            p
+        });
+        AuditConfig {
+            path: dir.join("audit.log"),
+            hmac_key_file,
+            fail_closed: true,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+
+    fn record(subject: String) -> Record<'static> {
+        Record {
+            time: now_rfc3339(),
+            action: "credential.material",
+            consumer: "gw",
+            team: Some("payments"),
+            subjects: vec![subject],
+            host: Some("api.partner.example".to_owned()),
+            decision: "allowed",
+            reason: "allowed",
+            repairs: vec![],
+            stale: false,
+            latency_us: 12,
+        }
+    }
+
+    #[test]
+    fn appends_one_json_line_per_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(&config(dir.path(), None)).unwrap();
+        audit
+            .write(&record(audit.identifier("partner-api")))
+            .unwrap();
+        audit.write(&record(audit.identifier("other"))).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["subjects"][0], "partner-api");
+        assert_eq!(lines[1]["decision"], "allowed");
+    }
+
+    #[test]
+    fn hmac_hides_identifiers_but_keeps_them_comparable() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(&config(dir.path(), Some("k3y\n"))).unwrap();
+        let a = audit.identifier("partner-api");
+        assert!(a.starts_with("hmac-sha256:"), "{a}");
+        assert!(!a.contains("partner"));
+        assert_eq!(a, audit.identifier("partner-api"));
+        assert_ne!(a, audit.identifier("partner-apj"));
+        assert!(!format!("{audit:?}").contains("k3y"));
+    }
+
+    #[test]
+    fn empty_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Audit::open(&config(dir.path(), Some("  \n"))).unwrap_err();
+        assert!(matches!(err, AuditError::EmptyKey(_)));
+    }
+}

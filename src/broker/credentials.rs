@@ -1,0 +1,402 @@
+//! Named credentials (`/v1/credentials…`): what a caller may see, a credential's metadata, and
+//! its material. The policy decides first (visibility, then `allowed_hosts` for material);
+//! the references of the credential are then read through the same cache and PEM stage as a
+//! document's. A consumer is told the same thing for a credential it may not see and for
+//! one that does not exist.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use super::{AuditEntry, Broker, Caller, pick, source_reason};
+use crate::pem::{self, BlockFacts, RepairKind};
+use crate::policy::{Credential, CredentialMode, Destination, Policy, ReadAccess, Subject};
+use crate::reference::{Reason, Reference, Resolved};
+use crate::secret::secret_string;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// Not allowed — or not there: the two are never told apart for a consumer.
+    #[error("denied by policy")]
+    Denied,
+    /// No credential of that name is visible (metadata; for consumers also "not allowed").
+    #[error("no such credential")]
+    NotFound,
+    /// The operator named a credential several teams define.
+    #[error("several teams define this credential; ask as a consumer of one of them")]
+    Ambiguous,
+    /// Its values could not be read or were rejected, by role.
+    #[error("the credential's values could not be resolved")]
+    Unresolved(Vec<RoleError>),
+    #[error("the audit trail cannot be written; refusing to answer")]
+    AuditUnavailable,
+}
+
+/// PEM repairs applied to one value of a credential.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoleRepair {
+    pub role: &'static str,
+    pub field: String,
+    pub repairs: Vec<RepairKind>,
+}
+
+/// One value of a credential that failed.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoleError {
+    pub role: &'static str,
+    #[serde(serialize_with = "reason_code")]
+    pub reason: Reason,
+}
+
+fn reason_code<S: serde::Serializer>(r: &Reason, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.code())
+}
+
+/// A line of `GET /v1/credentials`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CredentialSummary {
+    pub name: String,
+    pub team: String,
+    pub mode: CredentialMode,
+    pub read_access: ReadAccess,
+    pub allowed_hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// `GET /v1/credentials/{name}`: the summary plus facts read from the source (never values).
+#[derive(Clone, Debug, Serialize)]
+pub struct CredentialInfo {
+    #[serde(flatten)]
+    pub summary: CredentialSummary,
+    pub metadata: BTreeMap<String, String>,
+    /// `ok`, or the reason code of the first value that could not be read.
+    pub status: &'static str,
+    /// Facts of the client certificate (mtls), e.g. `sha256`, `not_after`, `days_left`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<BlockFacts>,
+    pub repairs: Vec<RoleRepair>,
+    pub stale: bool,
+}
+
+/// The values of a credential, by answer field, with facts about them.
+#[derive(Debug)]
+pub struct Material {
+    pub credential: String,
+    pub mode: CredentialMode,
+    /// `certificate`, `private_key`, `ca` (mtls), `value` (text) or the secret's fields.
+    pub values: Vec<(String, SecretString)>,
+    pub metadata: MaterialMetadata,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MaterialMetadata {
+    pub stale: bool,
+    pub repairs: Vec<RoleRepair>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<BlockFacts>,
+}
+
+/// Where a role's value goes in a material answer.
+fn answer_field(role: &str) -> &str {
+    match role {
+        "client_certificate" => "certificate",
+        "client_private_key" => "private_key",
+        "root_certificate" => "ca",
+        other => other,
+    }
+}
+
+fn summary(c: &Credential) -> CredentialSummary {
+    CredentialSummary {
+        name: c.name.clone(),
+        team: c.team.clone(),
+        mode: c.mode,
+        read_access: c.read_access,
+        allowed_hosts: c.allowed_hosts.iter().map(ToString::to_string).collect(),
+        description: c.description.clone(),
+    }
+}
+
+/// What one role of a credential resolved to.
+struct RoleValue {
+    role: &'static str,
+    reference: Reference,
+    fetched: Result<crate::cache::Fetched, Reason>,
+}
+
+impl Broker {
+    /// The credentials `caller` may see (own team's, GLOBAL ones, those shared with it).
+    pub fn list_credentials(&self, caller: &Caller) -> Vec<CredentialSummary> {
+        let policy = self.policy.load();
+        let mut names: Vec<&str> = policy.credentials.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let out: Vec<CredentialSummary> = names
+            .into_iter()
+            .filter_map(|n| visible(&policy, caller, n).ok())
+            .map(summary)
+            .collect();
+        let _ = self.audit(AuditEntry {
+            action: "credentials.list",
+            caller,
+            subjects: Vec::new(),
+            host: None,
+            decision: "allowed",
+            reason: "allowed",
+            repairs: Vec::new(),
+            stale: false,
+            started: Instant::now(),
+        });
+        out
+    }
+
+    /// Metadata of one credential: its policy entry and facts of its values.
+    pub async fn credential_info(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<CredentialInfo, CredentialError> {
+        let started = Instant::now();
+        let policy = self.policy.load_full();
+        let result = match visible(&policy, caller, name) {
+            Err(e) => Err(e),
+            Ok(cred) => {
+                let values = self.read_roles(cred).await;
+                let (repairs, stale, certificate) = facts(cred, &values);
+                let status = values
+                    .iter()
+                    .find_map(|v| v.fetched.as_ref().err().map(Reason::code))
+                    .unwrap_or("ok");
+                Ok(CredentialInfo {
+                    summary: summary(cred),
+                    metadata: cred.metadata.clone(),
+                    status,
+                    certificate,
+                    repairs,
+                    stale,
+                })
+            }
+        };
+        let (decision, reason) = outcome(&result);
+        self.audit(AuditEntry {
+            action: "credential.metadata",
+            caller,
+            subjects: vec![name.to_owned()],
+            host: None,
+            decision,
+            reason,
+            repairs: Vec::new(),
+            stale: false,
+            started,
+        })
+        .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;
+        result
+    }
+
+    /// The values of credential `name` for use at `host`, after `read_access` and
+    /// `allowed_hosts`.
+    pub async fn material(
+        &self,
+        caller: &Caller,
+        name: &str,
+        host: Option<&Destination>,
+    ) -> Result<Material, CredentialError> {
+        let started = Instant::now();
+        let policy = self.policy.load_full();
+        let result = self.material_unaudited(&policy, caller, name, host).await;
+        let (decision, reason) = outcome(&result);
+        let (repairs, stale) = match &result {
+            Ok(m) => (
+                m.metadata
+                    .repairs
+                    .iter()
+                    .flat_map(|u| u.repairs.iter().map(|k| pem::repair_name(*k)))
+                    .collect(),
+                m.metadata.stale,
+            ),
+            Err(_) => (Vec::new(), false),
+        };
+        self.audit(AuditEntry {
+            action: "credential.material",
+            caller,
+            subjects: vec![name.to_owned()],
+            host,
+            decision,
+            reason,
+            repairs,
+            stale,
+            started,
+        })
+        .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;
+        result
+    }
+
+    async fn material_unaudited(
+        &self,
+        policy: &Policy,
+        caller: &Caller,
+        name: &str,
+        host: Option<&Destination>,
+    ) -> Result<Material, CredentialError> {
+        let cred = match caller {
+            // The operator holds the sources' own credentials; like `resolve` without `--as`
+            // it is not held to a destination.
+            Caller::Operator => visible(policy, caller, name)?,
+            Caller::Consumer(consumer) => {
+                let decision = policy.decide(consumer, Subject::Credential(name), host);
+                if !decision.allowed {
+                    tracing::debug!(consumer = %consumer, reason = decision.reason, "credential denied");
+                    return Err(CredentialError::Denied);
+                }
+                visible(policy, caller, name).map_err(|_| CredentialError::Denied)?
+            }
+        };
+        let values = self.read_roles(cred).await;
+        let mut errors = Vec::new();
+        let mut out = Vec::new();
+        for v in &values {
+            let picked = v.fetched.as_ref().map_err(Clone::clone).and_then(|f| {
+                // A credential with `pem = "strict"` refuses values that needed repair.
+                let strict = cred.pem == Some(pem::Mode::Strict);
+                if strict && field_repaired(&f.secret.repaired, &v.reference) {
+                    return Err(Reason::PemRejected("not_intact"));
+                }
+                pick(&v.reference, &f.secret).map(|r| match r {
+                    Resolved::Value(s) => vec![(
+                        answer_field(v.role).to_owned(),
+                        secret_string(s.expose_secret()),
+                    )],
+                    Resolved::Whole(secret) => secret
+                        .fields()
+                        .map(|(k, s)| (k.to_owned(), secret_string(s.expose_secret())))
+                        .collect(),
+                })
+            });
+            match picked {
+                Ok(mut pairs) => out.append(&mut pairs),
+                Err(reason) => errors.push(RoleError {
+                    role: v.role,
+                    reason,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CredentialError::Unresolved(errors));
+        }
+        let (repairs, stale, certificate) = facts(cred, &values);
+        if let Some(days) = certificate.as_ref().and_then(|c| c.days_left) {
+            self.metrics.certificate_days_left(&cred.name, days);
+        }
+        Ok(Material {
+            credential: cred.name.clone(),
+            mode: cred.mode,
+            values: out,
+            metadata: MaterialMetadata {
+                stale,
+                repairs,
+                certificate,
+            },
+        })
+    }
+
+    /// Reads every role of `cred` through the cache (no grant check: the credential decision
+    /// covers its own references).
+    async fn read_roles(&self, cred: &Credential) -> Vec<RoleValue> {
+        let mut out = Vec::new();
+        for (role, reference) in &cred.values.by_role {
+            let fetched = match self.read_key(reference) {
+                Err(reason) => Err(reason),
+                Ok(key) => self.read_one(key).await.map_err(|e| source_reason(&e)),
+            };
+            out.push(RoleValue {
+                role,
+                reference: reference.clone(),
+                fetched,
+            });
+        }
+        out
+    }
+}
+
+/// The credential `name` as `caller` sees it.
+fn visible<'p>(
+    policy: &'p Policy,
+    caller: &Caller,
+    name: &str,
+) -> Result<&'p Credential, CredentialError> {
+    match caller {
+        Caller::Operator => {
+            let mut all = policy.credentials.iter().filter(|c| c.name == name);
+            match (all.next(), all.next()) {
+                (Some(c), None) => Ok(c),
+                (Some(_), Some(_)) => Err(CredentialError::Ambiguous),
+                (None, _) => Err(CredentialError::NotFound),
+            }
+        }
+        Caller::Consumer(consumer) => {
+            let team = policy
+                .consumers
+                .iter()
+                .find(|c| &c.name == consumer)
+                .map(|c| c.team.as_str())
+                .ok_or(CredentialError::NotFound)?;
+            policy
+                .visible_credential(team, name)
+                .map_err(|_| CredentialError::NotFound)
+        }
+    }
+}
+
+fn field_repaired(repaired: &[(String, Vec<RepairKind>)], reference: &Reference) -> bool {
+    match reference.field.as_deref() {
+        Some(f) => repaired.iter().any(|(name, _)| name == f),
+        None => !repaired.is_empty(),
+    }
+}
+
+/// Repairs, staleness and the client certificate's facts of a credential's values.
+fn facts(cred: &Credential, values: &[RoleValue]) -> (Vec<RoleRepair>, bool, Option<BlockFacts>) {
+    let mut repairs = Vec::new();
+    let mut stale = false;
+    let mut certificate = None;
+    for v in values {
+        let Ok(f) = &v.fetched else { continue };
+        stale |= f.stale;
+        let field = v.reference.field.as_deref().unwrap_or("Content");
+        for (name, kinds) in &f.secret.repaired {
+            if v.reference.field.is_none() || name == field {
+                repairs.push(RoleRepair {
+                    role: v.role,
+                    field: name.clone(),
+                    repairs: kinds.clone(),
+                });
+            }
+        }
+        if v.role == "client_certificate" && cred.mode == CredentialMode::Mtls {
+            certificate = f
+                .secret
+                .facts
+                .get(field)
+                .and_then(|blocks| blocks.iter().find(|b| b.kind == "certificate"))
+                .cloned();
+        }
+    }
+    (repairs, stale, certificate)
+}
+
+fn outcome<T>(result: &Result<T, CredentialError>) -> (&'static str, &'static str) {
+    match result {
+        Ok(_) => ("allowed", "allowed"),
+        Err(CredentialError::Denied) => ("denied", "denied"),
+        Err(CredentialError::NotFound) => ("denied", "not_found"),
+        Err(CredentialError::Ambiguous) => ("failed", "ambiguous_credential"),
+        Err(CredentialError::Unresolved(e)) => (
+            "failed",
+            e.first().map_or("unresolved", |r| r.reason.code()),
+        ),
+        Err(CredentialError::AuditUnavailable) => ("failed", "audit_unavailable"),
+    }
+}

@@ -1,0 +1,122 @@
+//! Operating the broker: policy reload (the old policy stays in force on any error), source
+//! readiness for `/readyz`, cache purge.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::Broker;
+use crate::policy::PolicyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no policies folder is configured")]
+    NoPolicies,
+    /// The new policy is invalid; the previous one is still in force.
+    #[error("the policy was not reloaded; the previous policy stays in force:\n{0}")]
+    Invalid(#[from] PolicyError),
+}
+
+/// One source as `/readyz` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceHealth {
+    pub name: String,
+    pub kind: crate::source::SourceKind,
+    /// False while the source's circuit breaker is open (repeated failures).
+    pub ready: bool,
+}
+
+impl Broker {
+    /// Reads the policies folder again and swaps the policy in whole, or keeps the old one.
+    /// Requests already running finish under the policy they started with.
+    pub fn reload_policy(&self) -> Result<PolicySummary, ReloadError> {
+        let dir = self.policies_dir.as_ref().ok_or(ReloadError::NoPolicies)?;
+        match crate::policy::load(dir) {
+            Ok(policy) => {
+                let summary = PolicySummary::of(&policy);
+                self.policy.store(Arc::new(policy));
+                self.metrics.reload("ok");
+                tracing::info!(
+                    consumers = summary.consumers,
+                    credentials = summary.credentials,
+                    "policy reloaded"
+                );
+                Ok(summary)
+            }
+            Err(e) => {
+                self.metrics.reload("rejected");
+                tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Each source and whether it is taking reads.
+    pub fn readiness(&self) -> Vec<SourceHealth> {
+        let mut all: Vec<SourceHealth> = self
+            .sources
+            .values()
+            .map(|s| SourceHealth {
+                name: s.name().to_owned(),
+                kind: s.kind(),
+                ready: !self.breaker(s.name()).is_open(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Drops cached secrets of `source` under `prefix` (all of the source when empty).
+    /// Returns false for an unknown source.
+    pub fn purge(&self, source: &str, prefix: &[String]) -> bool {
+        if !self.sources.contains_key(source) {
+            return false;
+        }
+        self.cache.purge(source, prefix);
+        true
+    }
+}
+
+impl Broker {
+    /// The audit line of an admin action; `Err` when it cannot be written and must refuse.
+    pub fn audit_admin(
+        &self,
+        caller: &super::Caller,
+        action: &'static str,
+        subjects: Vec<String>,
+        ok: bool,
+        started: std::time::Instant,
+    ) -> Result<(), super::AuditRefused> {
+        self.audit(super::AuditEntry {
+            action,
+            caller,
+            subjects,
+            host: None,
+            decision: if ok { "allowed" } else { "failed" },
+            reason: if ok { "allowed" } else { "rejected" },
+            repairs: Vec::new(),
+            stale: false,
+            started,
+        })
+    }
+}
+
+/// Sizes of a policy, for logs and the reload answer.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PolicySummary {
+    pub teams: usize,
+    pub consumers: usize,
+    pub credentials: usize,
+    pub grants: usize,
+}
+
+impl PolicySummary {
+    fn of(p: &crate::policy::Policy) -> Self {
+        Self {
+            teams: p.teams.len(),
+            consumers: p.consumers.len(),
+            credentials: p.credentials.len(),
+            grants: p.grants.len(),
+        }
+    }
+}
