@@ -1,0 +1,102 @@
+//! A throwaway PKI for TLS tests: CAs that issue server and client certificates into a
+//! folder, as PEM files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use sha2::{Digest, Sha256};
+
+pub struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pub pem: String,
+}
+
+/// An issued certificate: where its files are, and its DER.
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: Vec<u8>,
+}
+
+impl Issued {
+    /// `aa:bb:…` SHA-256 fingerprint of the certificate.
+    pub fn fingerprint(&self) -> String {
+        Sha256::digest(&self.der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// Certificate and key in one PEM (reqwest's `Identity::from_pem`).
+    pub fn identity_pem(&self) -> Vec<u8> {
+        format!("{}{}", self.cert_pem, self.key_pem).into_bytes()
+    }
+}
+
+impl Ca {
+    pub fn new(cn: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self { params, key, pem }
+    }
+
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, &self.pem).unwrap();
+    }
+
+    fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        cn: &str,
+        sans: Vec<String>,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Issued {
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let issued = Issued {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&issued.cert, &issued.cert_pem).unwrap();
+        std::fs::write(&issued.key, &issued.key_pem).unwrap();
+        issued
+    }
+
+    pub fn server(&self, dir: &Path, name: &str) -> Issued {
+        self.issue(
+            dir,
+            name,
+            "keybroker",
+            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    pub fn client(&self, dir: &Path, name: &str, cn: &str) -> Issued {
+        self.issue(
+            dir,
+            name,
+            cn,
+            vec![format!("{name}.test")],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+}
