@@ -362,7 +362,10 @@ async fn client_certificates_decide_who_gets_mtls_material() {
         .send()
         .await
         .unwrap();
-    assert_eq!((hidden.status().as_u16(), missing.status().as_u16()), (404, 404));
+    assert_eq!(
+        (hidden.status().as_u16(), missing.status().as_u16()),
+        (404, 404)
+    );
 
     // Every decision left one audit line, none with a value.
     let audit = std::fs::read_to_string(fx.path("audit.log")).unwrap();
