@@ -320,7 +320,7 @@ impl Broker {
         };
         let entry = AuditEntry {
             action: "resolve",
-            caller,
+            caller: Some(caller),
             subjects,
             host,
             decision,
@@ -564,7 +564,8 @@ pub struct AuditRefused;
 /// What one audit line says (see [`Broker::audit`]).
 pub(crate) struct AuditEntry<'a> {
     pub action: &'static str,
-    pub caller: &'a Caller,
+    /// `None`: the caller could not be authenticated.
+    pub caller: Option<&'a Caller>,
     pub subjects: Vec<String>,
     pub host: Option<&'a Destination>,
     pub decision: &'static str,
@@ -582,8 +583,9 @@ impl Broker {
         };
         let policy = self.policy.load();
         let (consumer, team) = match e.caller {
-            Caller::Operator => ("operator", None),
-            Caller::Consumer(name) => (
+            None => ("anonymous", None),
+            Some(Caller::Operator) => ("operator", None),
+            Some(Caller::Consumer(name)) => (
                 name.as_str(),
                 policy
                     .consumers

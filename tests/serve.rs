@@ -96,3 +96,96 @@ fn dev_server_serves_and_stops_cleanly_on_ctrl_c() {
     );
     assert!(!log.contains(&token), "the token reached the log");
 }
+
+/// examples/tls as the README runs it: make the PKI with gen-certs.sh, `check`, serve over
+/// TLS, and fetch the partner material with the generated gateway certificate.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_tls_example_serves_material_to_the_gateway_certificate() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    std::fs::create_dir_all(tls.join("policies")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("dev/secrets/demo")).unwrap();
+    for f in ["keybroker.toml", "gen-certs.sh", "policies/teams.toml"] {
+        std::fs::copy(repo.join("examples/tls").join(f), tls.join(f)).unwrap();
+    }
+    std::fs::copy(
+        repo.join("examples/dev/secrets/demo/partner-ccp.json"),
+        tmp.path().join("dev/secrets/demo/partner-ccp.json"),
+    )
+    .unwrap();
+    let made = Command::new("sh")
+        .arg(tls.join("gen-certs.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = tls.join("keybroker.toml");
+    let check = Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pki = tls.join("pki");
+    let read = |f: &str| std::fs::read(pki.join(f)).unwrap();
+    let mut identity = read("gateway.pem");
+    identity.extend(read("gateway-key.pem"));
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.pem")).unwrap())
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{port}/v1/credentials/partner-api/material");
+    let mut answer = None;
+    for _ in 0..100 {
+        match client
+            .post(&url)
+            .json(&serde_json::json!({"host": "api.partner.example"}))
+            .send()
+            .await
+        {
+            Ok(r) => {
+                answer = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let answer = answer.expect("the TLS example server answers");
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let intact: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("examples/dev/secrets/demo/partner.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        body["private_key"], intact["key"],
+        "the flattened key comes back intact"
+    );
+    assert_eq!(body["certificate"], intact["cert"]);
+    child.kill().await.unwrap();
+}

@@ -378,13 +378,21 @@ async fn client_certificates_decide_who_gets_mtls_material() {
         .iter()
         .filter(|l| l["action"] == "credential.material")
         .collect();
-    // 401s and the failed handshake are not decisions of the policy.
+    // 401s are audited as `authenticate`; the failed handshake never reached HTTP.
     assert_eq!(material_lines.len(), 6, "{audit}");
     assert_eq!(material_lines[0]["consumer"], "gw-payments");
     assert_eq!(material_lines[0]["decision"], "allowed");
     assert_eq!(material_lines[0]["repairs"][0], "spaces_to_newlines");
     assert_eq!(material_lines[1]["decision"], "denied");
     assert_eq!(material_lines[1]["host"], "evil.example");
+    // The trail tells the auditor why; the caller only got "denied".
+    assert_eq!(material_lines[1]["reason"], "host_not_allowed");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["action"] == "authenticate" && l["reason"] == "missing_credentials"),
+        "{audit}"
+    );
 
     // Metrics count the requests and show the certificate's days to expiry.
     let metrics = anonymous

@@ -86,7 +86,7 @@ impl ApiError {
                     (StatusCode::BAD_REQUEST, "unresolved_references")
                 }
             }
-            Self::Credential(CredentialError::Denied) => (StatusCode::FORBIDDEN, "denied"),
+            Self::Credential(CredentialError::Denied(_)) => (StatusCode::FORBIDDEN, "denied"),
             Self::Credential(CredentialError::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Credential(CredentialError::Ambiguous) => {
                 (StatusCode::CONFLICT, "ambiguous_credential")

@@ -99,7 +99,11 @@ impl AppState {
         let (caller, via) = self
             .auth
             .authenticate(&policy, peer, headers)
-            .map_err(ApiError::Unauthorized)?;
+            .map_err(|why| {
+                // Refused either way; a failing audit sink changes nothing here.
+                let _ = self.broker.audit_unauthenticated(why.code());
+                ApiError::Unauthorized(why)
+            })?;
         tracing::debug!(?caller, ?via, "authenticated");
         Ok(caller)
     }

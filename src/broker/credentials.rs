@@ -18,9 +18,10 @@ use crate::secret::secret_string;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    /// Not allowed — or not there: the two are never told apart for a consumer.
+    /// Not allowed — or not there: the two are never told apart for a consumer. The
+    /// policy's reason code goes to the audit trail, not to the caller.
     #[error("denied by policy")]
-    Denied,
+    Denied(&'static str),
     /// No credential of that name is visible (metadata; for consumers also "not allowed").
     #[error("no such credential")]
     NotFound,
@@ -141,7 +142,7 @@ impl Broker {
             .collect();
         let _ = self.audit(AuditEntry {
             action: "credentials.list",
-            caller,
+            caller: Some(caller),
             subjects: Vec::new(),
             host: None,
             decision: "allowed",
@@ -183,7 +184,7 @@ impl Broker {
         let (decision, reason) = outcome(&result);
         self.audit(AuditEntry {
             action: "credential.metadata",
-            caller,
+            caller: Some(caller),
             subjects: vec![name.to_owned()],
             host: None,
             decision,
@@ -221,7 +222,7 @@ impl Broker {
         };
         self.audit(AuditEntry {
             action: "credential.material",
-            caller,
+            caller: Some(caller),
             subjects: vec![name.to_owned()],
             host,
             decision,
@@ -249,9 +250,10 @@ impl Broker {
                 let decision = policy.decide(consumer, Subject::Credential(name), host);
                 if !decision.allowed {
                     tracing::debug!(consumer = %consumer, reason = decision.reason, "credential denied");
-                    return Err(CredentialError::Denied);
+                    return Err(CredentialError::Denied(decision.reason));
                 }
-                visible(policy, caller, name).map_err(|_| CredentialError::Denied)?
+                visible(policy, caller, name)
+                    .map_err(|_| CredentialError::Denied("not_found_or_not_visible"))?
             }
         };
         let values = self.read_roles(cred).await;
@@ -390,7 +392,7 @@ fn facts(cred: &Credential, values: &[RoleValue]) -> (Vec<RoleRepair>, bool, Opt
 fn outcome<T>(result: &Result<T, CredentialError>) -> (&'static str, &'static str) {
     match result {
         Ok(_) => ("allowed", "allowed"),
-        Err(CredentialError::Denied) => ("denied", "denied"),
+        Err(CredentialError::Denied(reason)) => ("denied", reason),
         Err(CredentialError::NotFound) => ("denied", "not_found"),
         Err(CredentialError::Ambiguous) => ("failed", "ambiguous_credential"),
         Err(CredentialError::Unresolved(e)) => (

@@ -89,7 +89,7 @@ impl Broker {
     ) -> Result<(), super::AuditRefused> {
         self.audit(super::AuditEntry {
             action,
-            caller,
+            caller: Some(caller),
             subjects,
             host: None,
             decision: if ok { "allowed" } else { "failed" },
@@ -97,6 +97,23 @@ impl Broker {
             repairs: Vec::new(),
             stale: false,
             started,
+        })
+    }
+}
+
+impl Broker {
+    /// The audit line of a request whose caller could not be authenticated.
+    pub fn audit_unauthenticated(&self, reason: &'static str) -> Result<(), super::AuditRefused> {
+        self.audit(super::AuditEntry {
+            action: "authenticate",
+            caller: None,
+            subjects: Vec::new(),
+            host: None,
+            decision: "denied",
+            reason,
+            repairs: Vec::new(),
+            stale: false,
+            started: std::time::Instant::now(),
         })
     }
 }
