@@ -181,7 +181,8 @@ pub fn decode_certificate(value: &[u8]) -> Option<CertificateDer<'static>> {
     let pem_text = pem_text?;
     let mut certs = CertificateDer::pem_slice_iter(&pem_text);
     match (certs.next(), certs.next()) {
-        (Some(Ok(c)), None) => Some(c.into_owned()),
+        // A certificate is a DER SEQUENCE; anything else is refused before webpki sees it.
+        (Some(Ok(c)), None) if c.first() == Some(&0x30) => Some(c.into_owned()),
         _ => None,
     }
 }
