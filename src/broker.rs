@@ -307,17 +307,10 @@ impl Broker {
             }
             Err(ResolveError::AuditUnavailable) => ("failed", "audit_unavailable"),
         };
-        let (repairs, stale) = match &result {
-            Ok(r) => (
-                r.metadata
-                    .repairs
-                    .iter()
-                    .flat_map(|u| u.repairs.iter().map(|k| pem::repair_name(*k)))
-                    .collect(),
-                r.metadata.stale,
-            ),
-            Err(_) => (Vec::new(), false),
-        };
+        let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |r| {
+            let lists = r.metadata.repairs.iter().map(|u| &u.repairs[..]);
+            (repair_names(lists), r.metadata.stale)
+        });
         let entry = AuditEntry {
             action: "resolve",
             caller: Some(caller),
@@ -554,6 +547,13 @@ fn authorize(
             }
         }
     }
+}
+
+/// The names of the repairs in `lists`, for the audit trail.
+fn repair_names<'a>(lists: impl Iterator<Item = &'a [RepairKind]>) -> Vec<&'static str> {
+    lists
+        .flat_map(|l| l.iter().map(|k| pem::repair_name(*k)))
+        .collect()
 }
 
 /// The audit line could not be written and the audit trail is fail-closed.

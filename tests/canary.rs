@@ -9,15 +9,14 @@ mod support {
     pub mod ccp;
     pub mod openbao;
     pub mod pki;
+    pub mod server;
 }
 
 use std::net::IpAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use support::ccp::{AppAuth, CcpDouble, ERRORMSG_CANARY, Fault, Object, Pki, Store};
 use support::openbao::{OpenBao, free_port};
@@ -82,18 +81,9 @@ async fn no_canary_leaves_through_logs_audit_metrics_or_error_bodies() {
     let pki = Pki::new();
     let double = CcpDouble::start(&pki, ccp_store(&pki)).await;
 
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, server_ca) = support::server::folder(FILE_CANARY);
     let root = dir.path();
-    std::fs::create_dir_all(root.join("secrets/app")).unwrap();
-    std::fs::create_dir_all(root.join("policies")).unwrap();
-    std::fs::write(
-        root.join("secrets/app/token.json"),
-        json!({ "value": FILE_CANARY }).to_string(),
-    )
-    .unwrap();
-    let server_ca = support::pki::Ca::new("canary server CA");
-    server_ca.server(root, "server");
-    let sha = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+    let sha = support::server::token_sha256;
     std::fs::write(
         root.join("policies/p.toml"),
         format!(
@@ -189,38 +179,10 @@ path = "audit.log"
     )
     .unwrap();
 
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
-        .args(["serve", "--config", "kb.toml"])
-        .current_dir(root)
-        .env("RUST_LOG", "trace")
-        .env("VAULT_TOKEN", support::openbao::ROOT_TOKEN)
-        .env_remove("VAULT_ADDR")
-        .stdout(Stdio::from(
-            std::fs::File::create(root.join("stdout.log")).unwrap(),
-        ))
-        .stderr(Stdio::from(
-            std::fs::File::create(root.join("stderr.log")).unwrap(),
-        ))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(server_ca.pem.as_bytes()).unwrap())
-        .resolve("localhost", ([127, 0, 0, 1], 0).into())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let url = |path: &str| format!("https://localhost:{port}{path}");
-    let mut up = false;
-    for _ in 0..100 {
-        if client.get(url("/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let running = support::server::Running::start(root, &server_ca.pem, port, "trace").await;
+    let client = &running.client;
+    let url = |path: &str| running.url(path);
     let stderr = || std::fs::read_to_string(root.join("stderr.log")).unwrap_or_default();
-    assert!(up, "keybroker did not start:\n{}", stderr());
 
     let mut calls: Vec<Call> = Vec::new();
     macro_rules! call {
@@ -360,8 +322,27 @@ path = "audit.log"
     );
     call!("metrics", client.get(url("/metrics")));
 
-    // SIGTERM: a graceful stop flushes everything.
+    // SIGHUP reloads the policy (and says so in the log).
+    let mut child = running.child;
     let pid = child.id().unwrap().to_string();
+    // (The admin reload above logged it once already.)
+    let before = stderr().matches("policy reloaded").count();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if stderr().matches("policy reloaded").count() > before {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "SIGHUP did not reload the policy:\n{}", stderr());
+
+    // SIGTERM: a graceful stop flushes everything.
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()

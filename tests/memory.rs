@@ -7,14 +7,13 @@
 mod support {
     pub mod openbao;
     pub mod pki;
+    pub mod server;
 }
 
 use std::io::{Read, Seek, SeekFrom};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 /// How many places in the process's writable memory hold `needle`.
 fn occurrences(pid: u32, needle: &[u8]) -> Vec<String> {
@@ -67,18 +66,9 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         "secret/app/token",
         &format!("value={vault_canary}"),
     ]);
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, ca) = support::server::folder(&file_canary);
     let root = dir.path();
-    std::fs::create_dir_all(root.join("secrets/app")).unwrap();
-    std::fs::create_dir_all(root.join("policies")).unwrap();
-    std::fs::write(
-        root.join("secrets/app/token.json"),
-        json!({ "value": file_canary }).to_string(),
-    )
-    .unwrap();
-    let ca = support::pki::Ca::new("memory test CA");
-    ca.server(root, "server");
-    let sha = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+    let sha = support::server::token_sha256;
     std::fs::write(
         root.join("policies/p.toml"),
         format!(
@@ -97,32 +87,10 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
-        .args(["serve", "--config", "kb.toml"])
-        .current_dir(root)
-        .env("RUST_LOG", "warn")
-        .env("VAULT_TOKEN", "root")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
-        .resolve("localhost", ([127, 0, 0, 1], 0).into())
-        .build()
-        .unwrap();
-    let url = |path: &str| format!("https://localhost:{port}{path}");
-    let mut up = false;
-    for _ in 0..100 {
-        if client.get(url("/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "keybroker did not start");
+    let mut running = support::server::Running::start(root, &ca.pem, port, "warn").await;
+    let pid = running.pid();
+    let client = running.client.clone();
+    let url = |path: &str| running.url(path);
 
     let credentials = [("from-file", &file_canary), ("from-vault", &vault_canary)];
     for _ in 0..20 {
@@ -166,7 +134,7 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         .map(|(name, canary)| (*name, occurrences(pid, canary.as_bytes())))
         .filter(|(_, at)| !at.is_empty())
         .collect();
-    child.kill().await.unwrap();
+    running.child.kill().await.unwrap();
     assert!(
         left.is_empty(),
         "copies of secrets left in memory: {left:?}"

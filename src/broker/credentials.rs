@@ -209,17 +209,10 @@ impl Broker {
         let policy = self.policy.load_full();
         let result = self.material_unaudited(&policy, caller, name, host).await;
         let (decision, reason) = outcome(&result);
-        let (repairs, stale) = match &result {
-            Ok(m) => (
-                m.metadata
-                    .repairs
-                    .iter()
-                    .flat_map(|u| u.repairs.iter().map(|k| pem::repair_name(*k)))
-                    .collect(),
-                m.metadata.stale,
-            ),
-            Err(_) => (Vec::new(), false),
-        };
+        let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |m| {
+            let lists = m.metadata.repairs.iter().map(|u| &u.repairs[..]);
+            (super::repair_names(lists), m.metadata.stale)
+        });
         self.audit(AuditEntry {
             action: "credential.material",
             caller: Some(caller),

@@ -1,0 +1,91 @@
+//! The real `keybroker serve` binary over TLS, for tests that must see the process itself
+//! (its logs, its memory): started in a folder holding `kb.toml` and `server.pem`/`-key.pem`.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// A folder for `serve`: `secrets/app/token.json` holding `{"value": file_secret}`, an empty
+/// `policies/`, and `server.pem`/`server-key.pem` from a new CA (returned).
+pub fn folder(file_secret: &str) -> (tempfile::TempDir, super::pki::Ca) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("secrets/app")).unwrap();
+    std::fs::create_dir_all(root.join("policies")).unwrap();
+    std::fs::write(
+        root.join("secrets/app/token.json"),
+        serde_json::json!({ "value": file_secret }).to_string(),
+    )
+    .unwrap();
+    let ca = super::pki::Ca::new("keybroker test server CA");
+    ca.server(root, "server");
+    (dir, ca)
+}
+
+/// The hex SHA-256 of a bearer token, as policies store it.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+pub struct Running {
+    pub child: tokio::process::Child,
+    pub client: reqwest::Client,
+    pub port: u16,
+}
+
+impl Running {
+    /// Starts `serve --config kb.toml` in `root` (which must listen on 127.0.0.1:`port` with
+    /// a certificate of `ca_pem`), logs at `rust_log` into `root/stdout.log` and
+    /// `root/stderr.log`, and waits until `/healthz` answers.
+    pub async fn start(root: &Path, ca_pem: &str, port: u16, rust_log: &str) -> Self {
+        let log = |name: &str| Stdio::from(std::fs::File::create(root.join(name)).unwrap());
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args(["serve", "--config", "kb.toml"])
+            .current_dir(root)
+            .env("RUST_LOG", rust_log)
+            .env("VAULT_TOKEN", super::openbao::ROOT_TOKEN)
+            .env_remove("VAULT_ADDR")
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+            .resolve("localhost", ([127, 0, 0, 1], 0).into())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let running = Self {
+            child,
+            client,
+            port,
+        };
+        for _ in 0..100 {
+            if running
+                .client
+                .get(running.url("/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
+                return running;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "keybroker did not start:\n{}",
+            std::fs::read_to_string(root.join("stderr.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+}
