@@ -324,6 +324,7 @@ impl Broker {
         };
         // A resolution that cannot be audited is dropped (and wiped) unanswered.
         self.audit(entry)
+            .await
             .map_err(|AuditRefused| ResolveError::AuditUnavailable)?;
         result
     }
@@ -577,7 +578,7 @@ pub(crate) struct AuditEntry<'a> {
 
 impl Broker {
     /// Writes one audit line; `Err` only when it failed and the audit is fail-closed.
-    pub(crate) fn audit(&self, e: AuditEntry<'_>) -> Result<(), AuditRefused> {
+    pub(crate) async fn audit(&self, e: AuditEntry<'_>) -> Result<(), AuditRefused> {
         let Some(audit) = &self.audit else {
             return Ok(());
         };
@@ -607,7 +608,7 @@ impl Broker {
             stale: e.stale,
             latency_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         };
-        match audit.write(&record) {
+        match audit.write(&record).await {
             Ok(()) => Ok(()),
             Err(err) => {
                 tracing::error!(error = %err, fail_closed = audit.fail_closed(), "audit write failed");

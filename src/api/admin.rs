@@ -17,12 +17,13 @@ pub(super) async fn reload(
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.admin(peer.as_deref(), &headers)?;
+    let caller = state.admin(peer.as_deref(), &headers).await?;
     let started = Instant::now();
     let result = state.broker.reload_policy();
     state
         .broker
         .audit_admin(&caller, "admin.reload", Vec::new(), result.is_ok(), started)
+        .await
         .map_err(|_| ApiError::Credential(crate::broker::CredentialError::AuditUnavailable))?;
     let summary = result?;
     Ok(json_response(
@@ -46,7 +47,7 @@ pub(super) async fn purge(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.admin(peer.as_deref(), &headers)?;
+    let caller = state.admin(peer.as_deref(), &headers).await?;
     let body: PurgeBody = parse_body(&body, "{\"source\": \"…\", \"prefix\": \"a/b\"}")?;
     let prefix: Vec<String> = body
         .prefix
@@ -60,6 +61,7 @@ pub(super) async fn purge(
     state
         .broker
         .audit_admin(&caller, "admin.purge", vec![subject], found, started)
+        .await
         .map_err(|_| ApiError::Credential(crate::broker::CredentialError::AuditUnavailable))?;
     if !found {
         return Err(ApiError::UnknownSource(body.source));

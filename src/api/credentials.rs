@@ -19,8 +19,8 @@ pub(super) async fn list(
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(peer.as_deref(), &headers)?;
-    let credentials = state.broker.list_credentials(&caller);
+    let caller = state.caller(peer.as_deref(), &headers).await?;
+    let credentials = state.broker.list_credentials(&caller).await?;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "credentials": credentials }),
@@ -33,7 +33,7 @@ pub(super) async fn info(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(peer.as_deref(), &headers)?;
+    let caller = state.caller(peer.as_deref(), &headers).await?;
     let info = state.broker.credential_info(&caller, &name).await?;
     Ok(json_response(StatusCode::OK, &info))
 }
@@ -52,7 +52,7 @@ pub(super) async fn material(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(peer.as_deref(), &headers)?;
+    let caller = state.caller(peer.as_deref(), &headers).await?;
     let body: MaterialBody = if body.is_empty() {
         MaterialBody { host: None }
     } else {

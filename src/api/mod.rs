@@ -94,23 +94,24 @@ impl AppState {
     }
 
     /// The authenticated caller of a request.
-    fn caller(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    async fn caller(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let policy = self.broker.policy();
-        let (caller, via) = self
-            .auth
-            .authenticate(&policy, peer, headers)
-            .map_err(|why| {
+        let authenticated = self.auth.authenticate(&policy, peer, headers);
+        let (caller, via) = match authenticated {
+            Ok(found) => found,
+            Err(why) => {
                 // Refused either way; a failing audit sink changes nothing here.
-                let _ = self.broker.audit_unauthenticated(why.code());
-                ApiError::Unauthorized(why)
-            })?;
+                let _ = self.broker.audit_unauthenticated(why.code()).await;
+                return Err(ApiError::Unauthorized(why));
+            }
+        };
         tracing::debug!(?caller, ?via, "authenticated");
         Ok(caller)
     }
 
     /// The caller, who must be the operator or an admin consumer.
-    fn admin(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let caller = self.caller(peer, headers)?;
+    async fn admin(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let caller = self.caller(peer, headers).await?;
         let admin = match &caller {
             Caller::Operator => true,
             Caller::Consumer(name) => self

@@ -36,7 +36,7 @@ pub(super) async fn resolve(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(peer.as_deref(), &headers)?;
+    let caller = state.caller(peer.as_deref(), &headers).await?;
     let body: ResolveBody = parse_body(
         &body,
         "{\"document\": …, \"format\": \"json\"|\"yaml\"|\"text\", \"host\": …}",

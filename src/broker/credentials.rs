@@ -130,7 +130,10 @@ struct RoleValue {
 
 impl Broker {
     /// The credentials `caller` may see (own team's, GLOBAL ones, those shared with it).
-    pub fn list_credentials(&self, caller: &Caller) -> Vec<CredentialSummary> {
+    pub async fn list_credentials(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<CredentialSummary>, CredentialError> {
         let policy = self.policy.load();
         let mut names: Vec<&str> = policy.credentials.iter().map(|c| c.name.as_str()).collect();
         names.sort_unstable();
@@ -140,7 +143,7 @@ impl Broker {
             .filter_map(|n| visible(&policy, caller, n).ok())
             .map(summary)
             .collect();
-        let _ = self.audit(AuditEntry {
+        self.audit(AuditEntry {
             action: "credentials.list",
             caller: Some(caller),
             subjects: Vec::new(),
@@ -150,8 +153,10 @@ impl Broker {
             repairs: Vec::new(),
             stale: false,
             started: Instant::now(),
-        });
-        out
+        })
+        .await
+        .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;
+        Ok(out)
     }
 
     /// Metadata of one credential: its policy entry and facts of its values.
@@ -193,6 +198,7 @@ impl Broker {
             stale: false,
             started,
         })
+        .await
         .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;
         result
     }
@@ -224,6 +230,7 @@ impl Broker {
             stale,
             started,
         })
+        .await
         .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;
         result
     }

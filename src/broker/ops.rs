@@ -79,7 +79,7 @@ impl Broker {
 
 impl Broker {
     /// The audit line of an admin action; `Err` when it cannot be written and must refuse.
-    pub fn audit_admin(
+    pub async fn audit_admin(
         &self,
         caller: &super::Caller,
         action: &'static str,
@@ -98,12 +98,16 @@ impl Broker {
             stale: false,
             started,
         })
+        .await
     }
 }
 
 impl Broker {
     /// The audit line of a request whose caller could not be authenticated.
-    pub fn audit_unauthenticated(&self, reason: &'static str) -> Result<(), super::AuditRefused> {
+    pub async fn audit_unauthenticated(
+        &self,
+        reason: &'static str,
+    ) -> Result<(), super::AuditRefused> {
         self.audit(super::AuditEntry {
             action: "authenticate",
             caller: None,
@@ -115,6 +119,7 @@ impl Broker {
             stale: false,
             started: std::time::Instant::now(),
         })
+        .await
     }
 }
 
