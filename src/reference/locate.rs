@@ -321,10 +321,26 @@ impl Walk<'_> {
 }
 
 /// `kbref_<128 random bits>_`: an unguessable marker, so a document cannot forge a site.
+/// The bits come from the OS, fetched 4 KiB at a time per thread (one `getrandom` call per
+/// 256 documents instead of one per document); each byte is used once.
 fn new_marker() -> String {
-    let mut nonce = [0u8; 16];
-    // Without an OS random source the process cannot do anything safely.
-    getrandom::fill(&mut nonce).expect("the OS random number generator is available");
+    use std::cell::RefCell;
+    const POOL: usize = 4096;
+    thread_local! {
+        static RANDOM: RefCell<(Box<[u8; POOL]>, usize)> = RefCell::new((Box::new([0; POOL]), POOL));
+    }
+    let nonce: [u8; 16] = RANDOM.with(|r| {
+        let (pool, used) = &mut *r.borrow_mut();
+        if *used + 16 > POOL {
+            // Without an OS random source the process cannot do anything safely.
+            getrandom::fill(&mut pool[..]).expect("the OS random number generator is available");
+            *used = 0;
+        }
+        let mut nonce = [0u8; 16];
+        nonce.copy_from_slice(&pool[*used..*used + 16]);
+        *used += 16;
+        nonce
+    });
     format!("kbref_{}_", hex::encode(nonce))
 }
 
