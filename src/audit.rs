@@ -8,15 +8,16 @@
 //! A write that fails is an error the broker turns into a refusal when `fail_closed` (the
 //! default): no answer leaves without its audit line (shared/THREATS.md row 15).
 //!
-//! Lines are written by one thread with group commit: a request hands its line over and waits
-//! until it is written (and synced, with `fsync = "always"`); lines that arrive meanwhile share
-//! the next write and sync. One `write` + `fdatasync` per batch instead of per request keeps
-//! the trail off the hot path without giving up "written before answered".
+//! With `fsync = "always"`, lines are written by one thread with group commit: a request hands
+//! its line over and waits until it is written and synced; lines that arrive meanwhile share the
+//! next write and sync — one `fdatasync` per batch instead of per request, without giving up
+//! "on disk before answered". With `fsync = "never"` a request writes its line itself (one
+//! `write` under a mutex): cheaper than a hand-over to a thread when nothing waits for a disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 
 use hmac::{KeyInit, Mac};
 use serde::Serialize;
@@ -86,8 +87,16 @@ type Job = (
 /// Most lines written (and synced) together.
 const MAX_BATCH: usize = 1024;
 
+/// How lines reach the sink.
+enum Writer {
+    /// The caller writes (fsync never).
+    Direct(Mutex<Sink>),
+    /// The group-commit thread writes and syncs (fsync always).
+    Grouped(mpsc::Sender<Job>),
+}
+
 pub struct Audit {
-    jobs: mpsc::Sender<Job>,
+    writer: Writer,
     key: Option<Zeroizing<Vec<u8>>>,
     fsync: FsyncPolicy,
     fail_closed: bool,
@@ -135,17 +144,22 @@ impl Audit {
                 Some(Zeroizing::new(trimmed.to_vec()))
             }
         };
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let fsync = cfg.fsync;
-        std::thread::Builder::new()
-            .name("keybroker-audit".to_owned())
-            .spawn(move || writer(sink, fsync, &queue))
-            .map_err(|source| AuditError::Open {
-                path: cfg.path.clone(),
-                source,
-            })?;
+        let writer = match cfg.fsync {
+            FsyncPolicy::Never => Writer::Direct(Mutex::new(sink)),
+            FsyncPolicy::Always => {
+                let (jobs, queue) = mpsc::channel::<Job>();
+                std::thread::Builder::new()
+                    .name("keybroker-audit".to_owned())
+                    .spawn(move || group_commit(sink, &queue))
+                    .map_err(|source| AuditError::Open {
+                        path: cfg.path.clone(),
+                        source,
+                    })?;
+                Writer::Grouped(jobs)
+            }
+        };
         Ok(Self {
-            jobs,
+            writer,
             key,
             fsync: cfg.fsync,
             fail_closed: cfg.fail_closed,
@@ -175,10 +189,16 @@ impl Audit {
     pub async fn write(&self, record: &Record<'_>) -> Result<(), AuditError> {
         let mut line = serde_json::to_vec(record).expect("an audit record serializes");
         line.push(b'\n');
+        let jobs = match &self.writer {
+            Writer::Direct(sink) => {
+                let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+                return put(&mut sink, &line, false).map_err(|e| AuditError::Write(e.kind()));
+            }
+            Writer::Grouped(jobs) => jobs,
+        };
         let (done, written) = tokio::sync::oneshot::channel();
         // The writer thread lives as long as `self`; a send or receive failure means it died.
-        self.jobs
-            .send((line, done))
+        jobs.send((line, done))
             .map_err(|_| AuditError::Write(std::io::ErrorKind::BrokenPipe))?;
         match written.await {
             Ok(result) => result.map_err(AuditError::Write),
@@ -187,9 +207,23 @@ impl Audit {
     }
 }
 
+/// Writes `bytes` to the sink, then syncs a file when asked.
+fn put(sink: &mut Sink, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+    match sink {
+        Sink::File(f) => {
+            f.write_all(bytes)?;
+            if sync { f.sync_data() } else { Ok(()) }
+        }
+        Sink::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|()| out.flush())
+        }
+    }
+}
+
 /// The writer thread: takes every line waiting (up to [`MAX_BATCH`]), writes them at once,
 /// syncs once, then tells each sender. Ends when the [`Audit`] is dropped.
-fn writer(mut sink: Sink, fsync: FsyncPolicy, queue: &mpsc::Receiver<Job>) {
+fn group_commit(mut sink: Sink, queue: &mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     while let Ok(first) = queue.recv() {
@@ -204,17 +238,7 @@ fn writer(mut sink: Sink, fsync: FsyncPolicy, queue: &mpsc::Receiver<Job>) {
         for (line, _) in &batch {
             buf.extend_from_slice(line);
         }
-        let result = match &mut sink {
-            Sink::File(f) => f.write_all(&buf).and_then(|()| match fsync {
-                FsyncPolicy::Always => f.sync_data(),
-                FsyncPolicy::Never => Ok(()),
-            }),
-            Sink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&buf).and_then(|()| out.flush())
-            }
-        };
-        let result = result.map_err(|e| e.kind());
+        let result = put(&mut sink, &buf, true).map_err(|e| e.kind());
         for (_, done) in batch.drain(..) {
             // A requester that gave up (timeout) no longer waits; nothing to do.
             let _ = done.send(result);
@@ -322,15 +346,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_sink_reports_to_every_writer() {
-        let cfg = AuditConfig {
-            path: PathBuf::from("/dev/full"),
-            hmac_key_file: None,
-            fail_closed: true,
-            fsync: FsyncPolicy::Never,
-        };
-        let audit = Audit::open(&cfg).unwrap();
-        let err = audit.write(&record("x".to_owned())).await.unwrap_err();
-        assert!(matches!(err, AuditError::Write(_)), "{err}");
+        for fsync in [FsyncPolicy::Never, FsyncPolicy::Always] {
+            let cfg = AuditConfig {
+                path: PathBuf::from("/dev/full"),
+                hmac_key_file: None,
+                fail_closed: true,
+                fsync,
+            };
+            let audit = Audit::open(&cfg).unwrap();
+            let err = audit.write(&record("x".to_owned())).await.unwrap_err();
+            assert!(matches!(err, AuditError::Write(_)), "{fsync:?}: {err}");
+        }
     }
 
     #[test]
