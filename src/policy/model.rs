@@ -152,6 +152,9 @@ pub struct Policy {
     pub consumers: Vec<Consumer>,
     pub credentials: Vec<Credential>,
     pub grants: Vec<Grant>,
+    /// Issuer-ACL results by certificate fingerprint (see `certificate.rs`). Lives and dies
+    /// with this policy, so a reload starts afresh.
+    pub(crate) issuer_memo: super::certificate::IssuerMemo,
 }
 
 #[cfg(test)]
