@@ -495,7 +495,7 @@ async fn the_certificate_header_counts_only_from_trusted_proxies() {
 
 #[tokio::test]
 async fn a_broken_policy_on_reload_keeps_the_old_one() {
-    let fx = Fixture::new("");
+    let fx = Fixture::new("[audit]\npath = \"audit.log\"");
     let s = Server::start(&fx.path("keybroker.toml")).await;
     let gw = client(&fx, Some(&fx.payments), LOCAL);
     let ops = client(&fx, None, LOCAL);
@@ -550,6 +550,22 @@ async fn a_broken_policy_on_reload_keeps_the_old_one() {
     assert_eq!(purge("ops-token", "nope").await.unwrap().status(), 404);
     assert_eq!(purge("viewer-token", "files").await.unwrap().status(), 403);
     s.stop().await;
+
+    // The refusals and the reloads are in the audit trail.
+    let audit = std::fs::read_to_string(fx.path("audit.log")).unwrap();
+    let lines: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let said = |action: &str, consumer: &str, reason: &str| {
+        lines
+            .iter()
+            .any(|l| l["action"] == action && l["consumer"] == consumer && l["reason"] == reason)
+    };
+    assert!(said("admin.reload", "viewer", "admin_required"), "{audit}");
+    assert!(said("admin.purge", "viewer", "admin_required"), "{audit}");
+    assert!(said("admin.reload", "ops", "rejected"), "{audit}");
+    assert!(said("admin.reload", "ops", "allowed"), "{audit}");
 }
 
 #[tokio::test]

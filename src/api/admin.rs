@@ -17,7 +17,9 @@ pub(super) async fn reload(
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.admin(peer.as_deref(), &headers).await?;
+    let caller = state
+        .admin(peer.as_deref(), &headers, "admin.reload")
+        .await?;
     let started = Instant::now();
     let result = state.broker.reload_policy();
     state
@@ -47,7 +49,9 @@ pub(super) async fn purge(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.admin(peer.as_deref(), &headers).await?;
+    let caller = state
+        .admin(peer.as_deref(), &headers, "admin.purge")
+        .await?;
     let body: PurgeBody = parse_body(&body, "{\"source\": \"…\", \"prefix\": \"a/b\"}")?;
     let prefix: Vec<String> = body
         .prefix

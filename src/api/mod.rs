@@ -109,8 +109,14 @@ impl AppState {
         Ok(caller)
     }
 
-    /// The caller, who must be the operator or an admin consumer.
-    async fn admin(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// The caller, who must be the operator or an admin consumer (`action` names the endpoint
+    /// in the audit line of a refusal).
+    async fn admin(
+        &self,
+        peer: Option<&Peer>,
+        headers: &HeaderMap,
+        action: &'static str,
+    ) -> Result<Caller, ApiError> {
         let caller = self.caller(peer, headers).await?;
         let admin = match &caller {
             Caller::Operator => true,
@@ -124,6 +130,8 @@ impl AppState {
         if admin {
             Ok(caller)
         } else {
+            // Refused either way; a failing audit sink changes nothing here.
+            let _ = self.broker.audit_not_admin(&caller, action).await;
             Err(ApiError::NotAdmin)
         }
     }

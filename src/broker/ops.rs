@@ -103,6 +103,26 @@ impl Broker {
 }
 
 impl Broker {
+    /// The audit line of a caller refused an admin endpoint.
+    pub async fn audit_not_admin(
+        &self,
+        caller: &super::Caller,
+        action: &'static str,
+    ) -> Result<(), super::AuditRefused> {
+        self.audit(super::AuditEntry {
+            action,
+            caller: Some(caller),
+            subjects: Vec::new(),
+            host: None,
+            decision: "denied",
+            reason: "admin_required",
+            repairs: Vec::new(),
+            stale: false,
+            started: std::time::Instant::now(),
+        })
+        .await
+    }
+
     /// The audit line of a request whose caller could not be authenticated.
     pub async fn audit_unauthenticated(
         &self,
