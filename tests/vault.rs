@@ -2,6 +2,7 @@
 
 mod support {
     pub mod openbao;
+    pub mod pki;
 }
 
 use std::path::PathBuf;
@@ -249,40 +250,12 @@ fn resolve_end_to_end_with_only_vault_addr_and_token() {
 /// client certificate, trusts a custom CA, and logs in with `auth/cert`.
 #[tokio::test]
 async fn cert_auth_through_an_mtls_listener() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "bao test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(vec!["keybroker.test".to_owned()]).unwrap();
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "keybroker");
-    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client = client_params.signed_by(&client_key, &issuer).unwrap();
-    for (name, pem) in [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server.pem()),
-        ("server-key.pem", server_key.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client-key.pem", client_key.serialize_pem()),
-    ] {
-        std::fs::write(d.join(name), pem).unwrap();
-    }
+    let ca = support::pki::Ca::new("bao test CA");
+    ca.write(&d.join("ca.pem"));
+    ca.server(d, "server");
+    ca.client(d, "client", "keybroker");
     let tls_port = support::openbao::free_port();
     let extra = d.join("extra.hcl");
     std::fs::write(
@@ -323,14 +296,7 @@ async fn cert_auth_through_an_mtls_listener() {
     );
 
     // The same listener with a CA keybroker does not trust: refused, not silently accepted.
-    let other = KeyPair::generate().unwrap();
-    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    std::fs::write(
-        d.join("other-ca.pem"),
-        other_params.self_signed(&other).unwrap().pem(),
-    )
-    .unwrap();
+    support::pki::Ca::new("other CA").write(&d.join("other-ca.pem"));
     let wrong = toml.replace("ca.pem", "other-ca.pem");
     let src = source(&wrong, VaultEnv::default());
     assert!(matches!(
