@@ -7,7 +7,7 @@
 #[path = "../tests/support/ccp.rs"]
 mod ccp;
 
-use ccp::{AppAuth, CcpDouble, Object, Pki, Store};
+use ccp::{CcpDouble, Object, Pki, Store};
 
 fn main() {
     let mut objects = 1000usize;
@@ -26,15 +26,7 @@ fn main() {
     rt.block_on(async move {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let pki = Pki::new();
-        let mut store = Store::default();
-        store.apps.insert(
-            "keybroker".into(),
-            AppAuth {
-                ips: vec!["127.0.0.1".parse().unwrap()],
-                serials: vec![pki.client_serial.clone()],
-                ..AppAuth::default()
-            },
-        );
+        let mut store = Store::for_keybroker(&pki);
         let objs = (0..objects)
             .map(|i| Object {
                 folder: "Root".into(),

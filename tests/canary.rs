@@ -12,13 +12,12 @@ mod support {
     pub mod server;
 }
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use support::ccp::{AppAuth, CcpDouble, ERRORMSG_CANARY, Fault, Object, Pki, Store};
+use support::ccp::{CcpDouble, ERRORMSG_CANARY, Fault, Object, Pki, Store};
 use support::openbao::{OpenBao, free_port};
 
 const FILE_CANARY: &str = "FILE-CANARY-0a9f31";
@@ -42,15 +41,7 @@ fn assert_clean(what: &str, text: &str) {
 }
 
 fn ccp_store(pki: &Pki) -> Store {
-    let mut s = Store::default();
-    s.apps.insert(
-        "keybroker".into(),
-        AppAuth {
-            ips: vec!["127.0.0.1".parse::<IpAddr>().unwrap()],
-            serials: vec![pki.client_serial.clone()],
-            ..AppAuth::default()
-        },
-    );
+    let mut s = Store::for_keybroker(pki);
     let token = Object {
         folder: "Root".into(),
         name: "api-token".into(),

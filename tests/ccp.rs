@@ -5,7 +5,6 @@ mod support {
 }
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use secrecy::ExposeSecret;
@@ -45,15 +44,7 @@ fn partner() -> (String, String) {
 }
 
 fn store(pki: &Pki, cert: &str, key: &str) -> Store {
-    let mut s = Store::default();
-    s.apps.insert(
-        "keybroker".into(),
-        AppAuth {
-            ips: vec!["127.0.0.1".parse::<IpAddr>().unwrap()],
-            serials: vec![pki.client_serial.clone()],
-            ..AppAuth::default()
-        },
-    );
+    let mut s = Store::for_keybroker(pki);
     s.apps.insert(
         "nocert-app".into(),
         AppAuth {

@@ -81,6 +81,23 @@ pub struct Pki {
     ca_key: Vec<u8>,
 }
 
+impl Store {
+    /// A store where AppID `keybroker` may call from loopback with the `pki` client
+    /// certificate (the setup every user of the double starts from).
+    pub fn for_keybroker(pki: &Pki) -> Self {
+        let mut s = Self::default();
+        s.apps.insert(
+            "keybroker".into(),
+            AppAuth {
+                ips: vec!["127.0.0.1".parse::<IpAddr>().unwrap()],
+                serials: vec![pki.client_serial.clone()],
+                ..AppAuth::default()
+            },
+        );
+        s
+    }
+}
+
 impl Pki {
     /// A second client certificate from the same CA (another serial), as `client2*.pem`.
     pub fn second_client(&self) {
