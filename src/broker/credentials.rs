@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{AuditEntry, Broker, Caller, pick, source_reason};
 use crate::pem::{self, BlockFacts, RepairKind};
-use crate::policy::{Credential, CredentialMode, Destination, Policy, ReadAccess, Subject};
+use crate::policy::{Credential, CredentialMode, Destination, Policy, ReadAccess};
 use crate::reference::{Reason, Reference, Resolved};
 use crate::secret::secret_string;
 
@@ -246,15 +246,13 @@ impl Broker {
             // The operator holds the sources' own credentials; like `resolve` without `--as`
             // it is not held to a destination.
             Caller::Operator => visible(policy, caller, name)?,
-            Caller::Consumer(consumer) => {
-                let decision = policy.decide(consumer, Subject::Credential(name), host);
-                if !decision.allowed {
+            Caller::Consumer(consumer) => match policy.decide_credential(consumer, name, host) {
+                (decision, Some(cred)) if decision.allowed => cred,
+                (decision, _) => {
                     tracing::debug!(consumer = %consumer, reason = decision.reason, "credential denied");
                     return Err(CredentialError::Denied(decision.reason));
                 }
-                visible(policy, caller, name)
-                    .map_err(|_| CredentialError::Denied("not_found_or_not_visible"))?
-            }
+            },
         };
         let values = self.read_roles(cred).await;
         let mut errors = Vec::new();

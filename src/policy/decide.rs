@@ -95,19 +95,7 @@ impl Policy {
         };
         let team = c.team.as_str();
         match subject {
-            Subject::Credential(name) => {
-                let cred = match self.visible_credential(team, name) {
-                    Ok(cred) => cred,
-                    Err(reason) => return Decision::deny(reason, Some(team), None),
-                };
-                let why = match (cred.team == team, cred.read_access) {
-                    (true, _) => "team",
-                    (false, ReadAccess::Global) => "global",
-                    (false, _) => "shared",
-                };
-                let rule = format!("credential {}/{} ({why})", cred.team, cred.name);
-                hosts_decision(&cred.allowed_hosts, host, team, rule)
-            }
+            Subject::Credential(name) => self.decide_credential(consumer, name, host).0,
             Subject::Reference { source, path } => {
                 let mut considered = None;
                 for g in self
@@ -128,6 +116,36 @@ impl Policy {
                 considered.unwrap_or_else(|| Decision::deny("no_grant", Some(team), None))
             }
         }
+    }
+}
+
+impl Policy {
+    /// [`Policy::decide`] for a named credential, with the credential the decision is about
+    /// (when the consumer can see one), so the caller does not look it up a second time.
+    pub fn decide_credential(
+        &self,
+        consumer: &str,
+        name: &str,
+        host: Option<&Destination>,
+    ) -> (Decision, Option<&Credential>) {
+        let Some(c) = self.consumers.iter().find(|c| c.name == consumer) else {
+            return (Decision::deny("unknown_consumer", None, None), None);
+        };
+        let team = c.team.as_str();
+        let cred = match self.visible_credential(team, name) {
+            Ok(cred) => cred,
+            Err(reason) => return (Decision::deny(reason, Some(team), None), None),
+        };
+        let why = match (cred.team == team, cred.read_access) {
+            (true, _) => "team",
+            (false, ReadAccess::Global) => "global",
+            (false, _) => "shared",
+        };
+        let rule = format!("credential {}/{} ({why})", cred.team, cred.name);
+        (
+            hosts_decision(&cred.allowed_hosts, host, team, rule),
+            Some(cred),
+        )
     }
 }
 
