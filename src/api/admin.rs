@@ -25,8 +25,7 @@ pub(super) async fn reload(
     state
         .broker
         .audit_admin(&caller, "admin.reload", Vec::new(), result.is_ok(), started)
-        .await
-        .map_err(|_| ApiError::Credential(crate::broker::CredentialError::AuditUnavailable))?;
+        .await?;
     let summary = result?;
     Ok(json_response(
         StatusCode::OK,
@@ -65,8 +64,7 @@ pub(super) async fn purge(
     state
         .broker
         .audit_admin(&caller, "admin.purge", vec![subject], found, started)
-        .await
-        .map_err(|_| ApiError::Credential(crate::broker::CredentialError::AuditUnavailable))?;
+        .await?;
     if !found {
         return Err(ApiError::UnknownSource(body.source));
     }

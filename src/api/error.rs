@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::auth::AuthError;
-use crate::broker::{CredentialError, ReloadError, ResolveError};
+use crate::broker::{AuditRefused, CredentialError, ReloadError, ResolveError};
 use crate::reference::Reason;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,8 @@ pub enum ApiError {
     Reload(#[from] ReloadError),
     #[error("no source named {0:?}")]
     UnknownSource(String),
+    #[error(transparent)]
+    Audit(#[from] AuditRefused),
 }
 
 #[derive(Serialize)]
@@ -74,9 +76,8 @@ impl ApiError {
             Self::UnknownSource(_) => (StatusCode::NOT_FOUND, "unknown_source"),
             Self::Resolve(ResolveError::Document(d)) => (StatusCode::BAD_REQUEST, d.code()),
             Self::Resolve(ResolveError::AuditUnavailable)
-            | Self::Credential(CredentialError::AuditUnavailable) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable")
-            }
+            | Self::Credential(CredentialError::AuditUnavailable)
+            | Self::Audit(AuditRefused) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             Self::Resolve(ResolveError::Unresolved(errors)) => {
                 if errors.iter().any(|e| e.reason == Reason::SourceUnavailable) {
                     (StatusCode::SERVICE_UNAVAILABLE, "source_unavailable")

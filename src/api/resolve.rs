@@ -43,7 +43,7 @@ pub(super) async fn resolve(
     )?;
     let host = destination(body.host.as_deref())?;
     let document = match (body.format, body.document) {
-        (crate::reference::Format::Json, v) => Document::JsonValue(v),
+        (Format::Json, v) => Document::JsonValue(v),
         (format, Value::String(text)) => Document::Text { format, text },
         _ => return Err(ApiError::Resolve(DocumentError::WrongShape.into())),
     };
