@@ -578,6 +578,16 @@ async fn an_unwritable_audit_trail_fails_closed_unless_configured_open() {
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "audit_unavailable");
     assert!(!body.to_string().contains("PRIVATE KEY"));
+    // Admin actions are refused the same way.
+    let reload = client(&closed, None, LOCAL)
+        .post(s.url("/v1/admin/reload"))
+        .bearer_auth("ops-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 503);
+    let body: Value = reload.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "audit_unavailable");
     s.stop().await;
 
     let open =
