@@ -220,24 +220,18 @@ async fn every_error_row_is_classified() {
     let SourceConfig::Ccp(mut c) = cfg.sources[0].clone() else {
         panic!()
     };
-    c.app_id = "stranger".into();
-    assert_eq!(
-        CcpSource::new(&c)
-            .unwrap()
-            .read(&req("Payments/db"))
-            .await
-            .unwrap_err(),
-        SourceError::Denied
-    );
-    c.app_id = "nocert-app".into();
-    assert_eq!(
-        CcpSource::new(&c)
-            .unwrap()
-            .read(&req("Payments/db"))
-            .await
-            .unwrap_err(),
-        SourceError::Denied
-    );
+    for app in ["stranger", "nocert-app"] {
+        c.app_id = app.into();
+        assert_eq!(
+            CcpSource::new(&c)
+                .unwrap()
+                .read(&req("Payments/db"))
+                .await
+                .unwrap_err(),
+            SourceError::Denied,
+            "{app}"
+        );
+    }
 }
 
 #[tokio::test]
