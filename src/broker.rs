@@ -659,7 +659,8 @@ fn source_reason(e: &SourceError) -> Reason {
     match e {
         SourceError::NotFound => Reason::NotFound,
         SourceError::Denied => Reason::SourceDenied,
-        SourceError::Unavailable(_) => Reason::SourceUnavailable,
+        SourceError::Unavailable(_) | SourceError::RateLimited { .. } => Reason::SourceUnavailable,
+        SourceError::Invalid(why) => Reason::InvalidReference(why),
         SourceError::Unsupported(why) => Reason::Unsupported(why),
         SourceError::Malformed(why) => Reason::Malformed(why),
         SourceError::Ambiguous => Reason::Ambiguous,

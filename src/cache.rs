@@ -5,7 +5,10 @@
 //! - An entry is fresh for its TTL (the source's `ttl`, else `[cache] ttl`); moka keeps it
 //!   `max_stale` longer, and during that time it is served — flagged stale — only when the
 //!   source is unavailable (stale-if-error).
-//! - "Not found" is remembered for `negative_ttl`; other failures are never cached.
+//! - A refresh past the TTL is single-flight too: concurrent callers of a stale key share one
+//!   source call (THREATS row 28: the moment a hot key expires is when every gateway asks).
+//! - "Not found" and "denied by the source" are remembered for `negative_ttl`, so repeated
+//!   reads the backend refuses cost it nothing; other failures are never cached.
 //! - Capacity is by weight (bytes of names and values); a maintenance task runs moka's pending
 //!   work every second, so expired secrets are dropped — and zeroized — on time.
 //! - Authorization is not here: the broker decides every request before it asks the cache.
@@ -39,8 +42,8 @@ pub struct Fetched {
 
 #[derive(Debug)]
 struct Entry {
-    /// `None`: the source said "not found" (negative entry).
-    secret: Option<Arc<CheckedSecret>>,
+    /// `Err`: the source said "not found" or "denied" (a negative entry).
+    secret: Result<Arc<CheckedSecret>, SourceError>,
     fetched: Clock,
     fresh_for: Duration,
 }
@@ -52,11 +55,11 @@ impl Entry {
 
     fn answer(&self, stale: bool) -> Result<Fetched, SourceError> {
         match &self.secret {
-            Some(s) => Ok(Fetched {
+            Ok(s) => Ok(Fetched {
                 secret: Arc::clone(s),
                 stale,
             }),
-            None => Err(SourceError::NotFound),
+            Err(e) => Err(e.clone()),
         }
     }
 }
@@ -84,7 +87,7 @@ impl Expiry<CacheKey, Arc<Entry>> for Lifetime {
 impl Lifetime {
     /// Found entries live `max_stale` past freshness, for stale-if-error; negatives do not.
     fn lifetime(&self, e: &Entry) -> Duration {
-        if e.secret.is_some() {
+        if e.secret.is_ok() {
             e.fresh_for + self.max_stale
         } else {
             e.fresh_for
@@ -92,11 +95,16 @@ impl Lifetime {
     }
 }
 
+/// The outcome of one refresh, shared by everyone who waited for it.
+type Refresh = Arc<tokio::sync::OnceCell<Result<Fetched, SourceError>>>;
+
 #[derive(Clone)]
 pub struct SecretCache {
     inner: moka::future::Cache<CacheKey, Arc<Entry>>,
     ttl: Duration,
     negative_ttl: Duration,
+    /// Refreshes of stale entries in flight, one per key.
+    refreshing: Arc<std::sync::Mutex<std::collections::HashMap<CacheKey, Refresh>>>,
 }
 
 impl std::fmt::Debug for SecretCache {
@@ -132,6 +140,7 @@ impl SecretCache {
             inner,
             ttl: cfg.ttl.0,
             negative_ttl: cfg.negative_ttl.0,
+            refreshing: Arc::default(),
         }
     }
 
@@ -150,20 +159,12 @@ impl SecretCache {
             if entry.fresh() {
                 return entry.answer(false);
             }
-            return match fetch().await {
-                Ok(secret) => self.store(key, Some(secret)).await.answer(false),
-                Err(SourceError::NotFound) => self.store(key, None).await.answer(false),
-                Err(SourceError::Unavailable(why)) if entry.secret.is_some() => {
-                    tracing::debug!(reason = why, "serving a stale secret: source unavailable");
-                    entry.answer(true)
-                }
-                Err(e) => Err(e),
-            };
+            return self.refresh(key, entry, fetch).await;
         }
         let init = async {
             match fetch().await {
-                Ok(secret) => Ok(self.entry(Some(secret))),
-                Err(SourceError::NotFound) => Ok(self.entry(None)),
+                Ok(secret) => Ok(self.entry(Ok(secret))),
+                Err(e @ (SourceError::NotFound | SourceError::Denied)) => Ok(self.entry(Err(e))),
                 Err(e) => Err(e),
             }
         };
@@ -175,10 +176,54 @@ impl SecretCache {
         entry.answer(false)
     }
 
-    fn entry(&self, secret: Option<CheckedSecret>) -> Arc<Entry> {
+    /// A stale entry's refresh: one `fetch` for all concurrent callers of `key`.
+    async fn refresh<F, Fut>(
+        &self,
+        key: CacheKey,
+        stale: Arc<Entry>,
+        fetch: F,
+    ) -> Result<Fetched, SourceError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CheckedSecret, SourceError>>,
+    {
+        let cell: Refresh = {
+            let mut all = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(all.entry(key.clone()).or_default())
+        };
+        let result = cell
+            .get_or_init(|| async {
+                // A refresh that ended while this caller was on its way: take its result.
+                if let Some(now) = self.inner.get(&key).await {
+                    if now.fresh() {
+                        return now.answer(false);
+                    }
+                }
+                match fetch().await {
+                    Ok(secret) => self.store(key.clone(), Ok(secret)).await.answer(false),
+                    Err(e @ (SourceError::NotFound | SourceError::Denied)) => {
+                        self.store(key.clone(), Err(e)).await.answer(false)
+                    }
+                    Err(e) if stale.secret.is_ok() && is_transient(&e) => {
+                        tracing::debug!(reason = %e, "serving a stale secret: source unavailable");
+                        stale.answer(true)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .clone();
+        let mut all = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        if all.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            all.remove(&key);
+        }
+        result
+    }
+
+    fn entry(&self, secret: Result<CheckedSecret, SourceError>) -> Arc<Entry> {
         let fresh_for = match &secret {
-            Some(s) => s.secret.meta().ttl.unwrap_or(self.ttl),
-            None => self.negative_ttl,
+            Ok(s) => s.secret.meta().ttl.unwrap_or(self.ttl),
+            Err(_) => self.negative_ttl,
         };
         Arc::new(Entry {
             secret: secret.map(Arc::new),
@@ -187,7 +232,7 @@ impl SecretCache {
         })
     }
 
-    async fn store(&self, key: CacheKey, secret: Option<CheckedSecret>) -> Arc<Entry> {
+    async fn store(&self, key: CacheKey, secret: Result<CheckedSecret, SourceError>) -> Arc<Entry> {
         let entry = self.entry(secret);
         self.inner.insert(key, Arc::clone(&entry)).await;
         entry
@@ -226,6 +271,12 @@ impl SecretCache {
     }
 }
 
+/// Whether a stale value may stand in for a failed refresh (stale-if-error): the source is
+/// down or asked for quiet — not when it answered, and not when the caller's input failed.
+fn is_transient(e: &SourceError) -> bool {
+    e.is_outage() || matches!(e, SourceError::RateLimited { .. })
+}
+
 /// A per-source circuit breaker: after `threshold` consecutive transient failures the source
 /// is not called for `cool_down`; requests fail fast (and the cache serves what it may hold,
 /// stale). One trial call is let through after the cool-down; its outcome closes or reopens.
@@ -240,7 +291,14 @@ pub struct CircuitBreaker {
 struct BreakerState {
     failures: u32,
     open_until: Option<Clock>,
+    /// The source asked to be left alone (429 with `Retry-After`) until then.
+    quiet_until: Option<Clock>,
 }
+
+/// The longest `Retry-After` honoured: a backend cannot switch a source off for longer.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The pause after a 429 that names no `Retry-After`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl CircuitBreaker {
     pub fn new(threshold: u32, cool_down: Duration) -> Self {
@@ -257,7 +315,9 @@ impl CircuitBreaker {
         st.open_until.is_some_and(|t| Clock::now() < t)
     }
 
-    /// Runs `call` unless the circuit is open; records its outcome.
+    /// Runs `call` unless the circuit is open or the source asked for quiet; records its
+    /// outcome. Only outages ([`SourceError::is_outage`]) count; a failure the caller's
+    /// input caused neither counts nor proves the source healthy.
     pub async fn call<F, Fut, T>(&self, call: F) -> Result<T, SourceError>
     where
         F: FnOnce() -> Fut,
@@ -265,26 +325,40 @@ impl CircuitBreaker {
     {
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Clock::now();
+            if let Some(t) = st.quiet_until.filter(|t| now < *t) {
+                return Err(SourceError::RateLimited {
+                    retry_after: Some(t - now),
+                });
+            }
             match st.open_until {
-                Some(t) if Clock::now() < t => {
+                Some(t) if now < t => {
                     return Err(SourceError::Unavailable(
                         "circuit open: the source failed repeatedly",
                     ));
                 }
                 // Half-open: this call is the trial; others keep failing fast meanwhile.
-                Some(_) => st.open_until = Some(Clock::now() + self.cool_down),
+                Some(_) => st.open_until = Some(now + self.cool_down),
                 None => {}
             }
         }
         let result = call().await;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
-            Err(SourceError::Unavailable(_)) => {
+            Err(e) if e.is_outage() => {
                 st.failures = st.failures.saturating_add(1);
                 if st.failures >= self.threshold {
                     st.open_until = Some(Clock::now() + self.cool_down);
                 }
             }
+            Err(SourceError::RateLimited { retry_after }) => {
+                let pause = retry_after
+                    .unwrap_or(DEFAULT_RETRY_AFTER)
+                    .min(MAX_RETRY_AFTER);
+                st.quiet_until = Some(Clock::now() + pause);
+            }
+            // Not the source's failure, and not proof of its health either.
+            Err(SourceError::Invalid(_)) => {}
             // Any answer from the source, even "not found" or "denied", shows it is up.
             _ => {
                 st.failures = 0;
@@ -296,7 +370,8 @@ impl CircuitBreaker {
 }
 
 /// Retries a transient failure (source unavailable) up to `attempts` times with jittered
-/// exponential backoff from `base`; never retries not-found, denied or malformed.
+/// exponential backoff from `base`; never retries not-found, denied, malformed, a caller's
+/// invalid reference or a rate limit (429: retrying is what the backend asked us not to do).
 pub async fn with_retries<F, Fut, T>(
     attempts: u32,
     base: Duration,
@@ -309,12 +384,12 @@ where
     let mut delay = base;
     for attempt in 1.. {
         match call().await {
-            Err(SourceError::Unavailable(why)) if attempt < attempts => {
+            Err(e) if e.is_outage() && attempt < attempts => {
                 let mut r = [0u8; 1];
                 // Without randomness the backoff still holds; only the spread is lost.
                 let _ = getrandom::fill(&mut r);
                 let jitter = 0.5 + f64::from(r[0]) / 255.0;
-                tracing::debug!(attempt, reason = why, "transient source failure; retrying");
+                tracing::debug!(attempt, reason = %e, "transient source failure; retrying");
                 tokio::time::sleep(delay.mul_f64(jitter)).await;
                 delay = delay.saturating_mul(2);
             }
@@ -420,6 +495,80 @@ mod tests {
             cache.get_or_fetch(key("a"), denied).await.unwrap_err(),
             SourceError::Denied
         );
+    }
+
+    /// THREATS row 28: a hot key just past its TTL, 1,000 concurrent callers: one source call,
+    /// and every caller gets the new value.
+    #[tokio::test(start_paused = true)]
+    async fn threat_28_a_refresh_past_the_ttl_is_single_flight() {
+        let cache = SecretCache::new(&cfg(1000, 60_000));
+        let first = || async { Ok(checked("v1")) };
+        cache.get_or_fetch(key("hot"), first).await.unwrap();
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let (cache, calls) = (cache.clone(), Arc::clone(&calls));
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_fetch(key("hot"), || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok(checked("v2"))
+                    })
+                    .await
+            }));
+        }
+        for t in tasks {
+            let f = t.await.unwrap().unwrap();
+            assert_eq!((value(&f), f.stale), ("v2".to_owned(), false));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Reads the backend refuses are remembered like "not found" (THREATS row 24: repeated
+    /// denied reads cost the backend nothing).
+    #[tokio::test]
+    async fn denied_is_remembered_briefly() {
+        let cache = SecretCache::new(&cfg(60_000, 0));
+        let calls = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let r = cache
+                .get_or_fetch(key("no"), || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(SourceError::Denied)
+                })
+                .await;
+            assert_eq!(r.unwrap_err(), SourceError::Denied);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// THREATS rows 20 and 23: caller-caused failures and rate limits never open the breaker;
+    /// a 429 keeps the source quiet for its Retry-After instead of being retried.
+    #[tokio::test(start_paused = true)]
+    async fn caller_failures_do_not_count_and_rate_limits_are_honoured() {
+        let b = CircuitBreaker::new(3, Duration::from_secs(10));
+        for _ in 0..10 {
+            let invalid = || async { Err::<(), _>(SourceError::Invalid("too long")) };
+            assert!(b.call(invalid).await.is_err());
+        }
+        assert!(!b.is_open(), "a caller's bad input is not an outage");
+        let calls = AtomicUsize::new(0);
+        let limited = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(SourceError::RateLimited {
+                retry_after: Some(Duration::from_secs(5)),
+            })
+        };
+        let r = with_retries(3, Duration::from_millis(1), || b.call(limited)).await;
+        assert!(matches!(r, Err(SourceError::RateLimited { .. })));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "429 is not retried");
+        assert!(b.call(limited).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "quiet during Retry-After");
+        assert!(!b.is_open());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(b.call(|| async { Ok::<_, SourceError>(()) }).await.is_ok());
     }
 
     #[tokio::test]

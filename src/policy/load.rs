@@ -352,18 +352,18 @@ fn validate(
                 ),
             }
         }
-        if let Some(pattern) = &def.subject {
-            if let Err(why) = super::certificate::SubjectPattern::parse(pattern) {
-                files.at(&c, &key("subject"), format!("subject {pattern:?}: {why}"));
-            }
-        }
+        let subject = def.subject.as_ref().and_then(|pattern| {
+            super::SubjectPattern::parse(pattern)
+                .map_err(|why| files.at(&c, &key("subject"), format!("subject {pattern:?}: {why}")))
+                .ok()
+        });
         policy.consumers.push(Consumer {
             name: def.name.clone(),
             team: def.team.clone(),
             cert_sha256: pins,
             issuer_certs,
             issuer_ca,
-            subject: def.subject.clone(),
+            subject,
             token_sha256: token,
             admin: def.admin,
         });

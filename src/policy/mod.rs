@@ -8,8 +8,9 @@ mod decide;
 pub mod host;
 mod load;
 mod model;
+mod subject;
 
-pub use certificate::SubjectPattern;
+pub use subject::SubjectPattern;
 pub use decide::{Decision, Subject};
 pub use host::{Destination, HostError, HostPattern};
 pub use load::{PolicyError, load};

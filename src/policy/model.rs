@@ -46,7 +46,7 @@ pub struct Consumer {
     /// subject pattern.
     pub issuer_ca: Option<PathBuf>,
     pub issuer_certs: Vec<Vec<u8>>,
-    pub subject: Option<String>,
+    pub subject: Option<super::SubjectPattern>,
     /// SHA-256 of the bearer token. Compared in constant time only.
     pub(crate) token_sha256: Option<[u8; 32]>,
     pub admin: bool,

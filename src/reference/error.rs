@@ -147,6 +147,10 @@ pub enum Reason {
     /// A PEM value that could not be repaired or did not verify; holds the PEM reason code.
     #[error("the stored PEM value was rejected ({0})")]
     PemRejected(&'static str),
+    /// The reference is well-formed but no source can serve it as written (a name too long,
+    /// a path through a file, a backend's 4xx): the caller's failure, not the source's.
+    #[error("the source cannot serve this reference as written: {0}")]
+    InvalidReference(&'static str),
 }
 
 impl Reason {
@@ -166,6 +170,7 @@ impl Reason {
             Self::Malformed(_) => "malformed_secret",
             Self::PemRejected(_) => "pem_rejected",
             Self::Ambiguous => "ambiguous",
+            Self::InvalidReference(_) => "invalid_reference",
         }
     }
 }

@@ -223,9 +223,7 @@ impl CcpSource {
             build_query(&self.app_id, &target)
         }
         .map_err(|_| {
-            SourceError::Unsupported(
-                "the safe, folder or object holds a character ccp does not support",
-            )
+            SourceError::Invalid("the safe, folder or object holds a character ccp does not support")
         })?;
         let mut url = self.accounts.clone();
         url.set_query(Some(&query));
@@ -240,6 +238,7 @@ impl CcpSource {
             }
         })?;
         let status = resp.status();
+        let retry_after = super::http::retry_after(resp.headers());
         let json = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -272,9 +271,16 @@ impl CcpSource {
             }
         }
         // Not CCP's JSON: IIS in front of it.
+        // A 4xx page answers the request's shape (the caller's); only 5xx and the rest say
+        // the service is failing — except a bare 404, which means every query misses.
         Err(match status.as_u16() {
             404 => SourceError::Unavailable("bare 404 from the web server: is service_path right?"),
             401 | 403 => SourceError::Denied,
+            429 => SourceError::RateLimited {
+                retry_after,
+            },
+            414 => SourceError::Invalid("the query is too long for the ccp web server (414)"),
+            400..=499 => SourceError::Invalid("the ccp web server rejected the request (4xx)"),
             _ => SourceError::Unavailable("ccp web server error page"),
         })
     }

@@ -2,13 +2,21 @@
 //!
 //! `<root>/<path>.json` holds a JSON object of fields (strings, numbers or booleans);
 //! a plain file `<root>/<path>` holds one raw value, exposed as the field `value`, byte for
-//! byte (no newline is trimmed). Paths were validated by the reference parser (no `..`),
-//! and symlinks that lead out of the root are refused.
+//! byte (no newline is trimmed). Paths were validated by the reference parser (no `..`).
+//!
+//! **No symlink is followed inside the tree** (THREATS row 25): a grant decides on the path
+//! the caller named, so `payments/in.json -> ../fraud/model.json` would hand the payments grant
+//! the fraud team's secret while the audit shows only the alias. Each component is opened
+//! relative to its parent with `O_NOFOLLOW`, so a link swapped in between two checks is
+//! refused as well. The root itself may be a symlink (it is resolved once, at start).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use zeroize::Zeroizing;
 
@@ -67,20 +75,24 @@ fn read_blocking(root: &Path, name: &str, request: &ReadRequest) -> Result<Secre
     if request.version.is_some() {
         return Err(SourceError::Unsupported("the file source has no versions"));
     }
-    let relative: PathBuf = request.path.segments().iter().collect();
-    let mut json_name = relative.clone().into_os_string();
-    json_name.push(".json");
+    let segments = request.path.segments();
+    let (leaf, dirs) = segments
+        .split_last()
+        .ok_or(SourceError::Invalid("empty path"))?;
     let meta = SecretMeta {
         source: name.to_owned(),
         ..SecretMeta::default()
     };
-    if let Some(bytes) = read_inside(root, &root.join(json_name))? {
+    let Some(dir) = open_dirs(root, dirs)? else {
+        return Err(SourceError::NotFound);
+    };
+    if let Some(bytes) = read_leaf(&dir, &format!("{leaf}.json"))? {
         let fields: Fields = serde_json::from_slice(&bytes).map_err(|_| {
             SourceError::Malformed("not a JSON object of string, number or boolean fields")
         })?;
         return Ok(Secret::new(fields.0, meta));
     }
-    if let Some(bytes) = read_inside(root, &root.join(relative))? {
+    if let Some(bytes) = read_leaf(&dir, leaf)? {
         let text = std::str::from_utf8(&bytes).map_err(|_| SourceError::Malformed("not UTF-8"))?;
         let mut fields = BTreeMap::new();
         fields.insert(VALUE_FIELD.to_owned(), secret_string(text));
@@ -89,22 +101,66 @@ fn read_blocking(root: &Path, name: &str, request: &ReadRequest) -> Result<Secre
     Err(SourceError::NotFound)
 }
 
-/// Reads `path` if it is a regular file under `root` (after resolving symlinks).
-fn read_inside(root: &Path, path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, SourceError> {
-    let real = match std::fs::canonicalize(path) {
-        Ok(p) => p,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(_) => return Err(SourceError::Unavailable("cannot access the secret file")),
-    };
-    if !real.starts_with(root) {
-        return Err(SourceError::Denied);
+const SYMLINK: SourceError =
+    SourceError::Malformed("a symlink: the file source does not follow symlinks");
+
+/// Who caused an `openat` failure: a missing entry is "not found", a name too long or a path
+/// through a file is the caller's reference, a symlink is refused; the rest is the disk's.
+fn classify(dir: &OwnedFd, name: &str, e: rustix::io::Errno) -> Result<(), SourceError> {
+    use rustix::io::Errno;
+    match e {
+        Errno::NOENT => Ok(()),
+        Errno::NAMETOOLONG => Err(SourceError::Invalid("a path segment is too long")),
+        Errno::LOOP => Err(SYMLINK),
+        Errno::NOTDIR => {
+            let link = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+            Err(if link {
+                SYMLINK
+            } else {
+                SourceError::Invalid("the path goes through a file")
+            })
+        }
+        _ => Err(SourceError::Unavailable("cannot access the secret file")),
     }
-    if !real.is_file() {
+}
+
+/// The directory `root/dirs…`, each step opened without following symlinks; `None` when a
+/// step does not exist.
+fn open_dirs(root: &Path, dirs: &[String]) -> Result<Option<OwnedFd>, SourceError> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut dir = rustix::fs::open(root, flags, Mode::empty())
+        .map_err(|_| SourceError::Unavailable("cannot open the file source's root"))?;
+    for segment in dirs {
+        match rustix::fs::openat(&dir, segment.as_str(), flags | OFlags::NOFOLLOW, Mode::empty()) {
+            Ok(next) => dir = next,
+            Err(e) => {
+                classify(&dir, segment, e)?;
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// The bytes of `dir/name` if it is a regular file (never through a symlink).
+fn read_leaf(dir: &OwnedFd, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>, SourceError> {
+    // NONBLOCK: opening a FIFO planted in the tree must not hang the read.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            classify(dir, name, e)?;
+            return Ok(None);
+        }
+    };
+    let mut file = std::fs::File::from(fd);
+    let unavailable = |_| SourceError::Unavailable("cannot read the secret file");
+    let stat = file.metadata().map_err(unavailable)?;
+    if !stat.is_file() {
         return Ok(None);
     }
-    let unavailable = |_| SourceError::Unavailable("cannot read the secret file");
-    let mut file = std::fs::File::open(&real).map_err(unavailable)?;
-    let len = file.metadata().map_err(unavailable)?.len();
+    let len = stat.len();
     if len > MAX_FILE_BYTES {
         return Err(SourceError::Malformed(
             "the secret file is larger than 1 MiB",
@@ -194,9 +250,39 @@ mod tests {
         )
         .unwrap();
         let src = FileSource::new("files", dir.path()).unwrap();
-        assert_eq!(
-            src.read(&request("escape")).await.unwrap_err(),
-            SourceError::Denied
-        );
+        assert_eq!(src.read(&request("escape")).await.unwrap_err(), SYMLINK);
+    }
+
+    /// THREATS row 25: a link inside the tree to another team's secret — as the file, or as
+    /// a directory on the way — is refused, not followed.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn threat_25_symlinks_inside_the_tree_are_refused() {
+        let dir = tree();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("fraud/models")).unwrap();
+        std::fs::create_dir_all(root.join("payments")).unwrap();
+        std::fs::write(root.join("fraud/model.json"), r#"{"k":"fraud-only"}"#).unwrap();
+        std::fs::write(root.join("fraud/models/m.json"), r#"{"k":"fraud-only"}"#).unwrap();
+        std::os::unix::fs::symlink("../fraud/model.json", root.join("payments/in.json")).unwrap();
+        std::os::unix::fs::symlink("../fraud/models", root.join("payments/models")).unwrap();
+        std::os::unix::fs::symlink("../fraud/model.json", root.join("payments/raw")).unwrap();
+        let src = FileSource::new("files", root).unwrap();
+        for path in ["payments/in", "payments/models/m", "payments/raw"] {
+            assert_eq!(src.read(&request(path)).await.unwrap_err(), SYMLINK, "{path}");
+        }
+        assert!(src.read(&request("fraud/model")).await.is_ok());
+    }
+
+    /// THREATS row 20: what the caller's path causes is the caller's failure.
+    #[tokio::test]
+    async fn caller_caused_failures_are_invalid_not_unavailable() {
+        let dir = tree();
+        let src = FileSource::new("files", dir.path()).unwrap();
+        let through_a_file = src.read(&request("demo/token/x")).await.unwrap_err();
+        assert!(matches!(through_a_file, SourceError::Invalid(_)), "{through_a_file:?}");
+        let long = format!("demo/{}", "a".repeat(300));
+        let too_long = src.read(&request(&long)).await.unwrap_err();
+        assert!(matches!(too_long, SourceError::Invalid(_)), "{too_long:?}");
     }
 }

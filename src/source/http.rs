@@ -68,3 +68,16 @@ fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, HttpSetupError> {
             source,
         })
 }
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by Vault or CCP; it counts as
+/// absent, and the caller's default pause applies).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}

@@ -53,7 +53,30 @@ pub enum SourceError {
     /// Several objects match the query (CCP `APPAP227E`).
     #[error("several objects match")]
     Ambiguous,
+    /// The caller's reference cannot be served as written: a name too long for the backend,
+    /// a path through a file, a URI the backend cannot take, a 4xx answer to the request's
+    /// shape. The caller's failure: never retried, never counted against the source.
+    #[error("the source cannot serve this reference as written: {0}")]
+    Invalid(&'static str),
+    /// The backend asked keybroker to slow down (429). Not retried; the source is left alone
+    /// for `retry_after` (capped) and not counted as down.
+    #[error("the source is rate limiting keybroker")]
+    RateLimited { retry_after: Option<std::time::Duration> },
 }
+
+impl SourceError {
+    /// Whether the failure says the source itself is failing (what circuit breakers count
+    /// and retries retry). Caller-caused failures and answers of a working backend do not.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Longest path segment any source accepts (NAME_MAX of common file systems; Vault and CCP
+/// names are shorter in practice). Checked before any source call.
+pub const MAX_SEGMENT_BYTES: usize = 255;
+/// Longest whole path (segments and `/`) any source accepts. Checked before any source call.
+pub const MAX_PATH_BYTES: usize = 1024;
 
 /// The kinds of backend keybroker speaks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

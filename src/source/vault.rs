@@ -9,8 +9,9 @@
 //!
 //! Tokens: looked up at first use; renewed when two thirds of their TTL have passed (on use
 //! and by a background task); a login-based token (AppRole, cert) is replaced by a new login
-//! when it cannot be renewed any more, and once after a 403. Failures are classified on HTTP
-//! status and never carry a token, a secret or Vault's error text.
+//! when it cannot be renewed any more (the old one is revoked), and after a 403 only when
+//! `lookup-self` says the token itself is no longer valid. Failures are classified on HTTP
+//! status by who caused them and never carry a token, a secret or Vault's error text.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -116,6 +117,9 @@ struct State {
     /// an outage or a bad credential does not become a login storm.
     login_not_before: Option<Instant>,
     login_failures: u32,
+    /// A login-issued token being replaced while it may still be valid; revoked after the
+    /// new login succeeds.
+    replaced: Option<SecretString>,
 }
 
 #[derive(Debug)]
@@ -210,18 +214,17 @@ impl SecretSource for VaultSource {
     fn read<'a>(&'a self, request: &'a ReadRequest) -> ReadFuture<'a> {
         Box::pin(async move {
             let inner = &self.inner;
-            let first = inner.read_once(&self.name, request).await;
-            match first {
-                // A login-based token may have been revoked: log in again, once.
+            let token = inner.token().await?;
+            match inner.read_once(&self.name, request, &token).await {
+                // A 403 is usually Vault's policy saying no to this path, which a new login
+                // would not change (and a consumer could repeat at will, THREATS row 24). Log
+                // in again only when the token itself is no longer valid.
                 Err(SourceError::Denied) if inner.can_login() => {
-                    let mut state = inner.state.lock().await;
-                    if state.login_not_before.is_some() {
-                        // The login itself was refused: retrying would only hammer it.
+                    if !inner.drop_if_invalid(&token).await {
                         return Err(SourceError::Denied);
                     }
-                    state.token = None;
-                    drop(state);
-                    inner.read_once(&self.name, request).await
+                    let token = inner.token().await?;
+                    inner.read_once(&self.name, request, &token).await
                 }
                 other => other,
             }
@@ -292,12 +295,19 @@ struct LookupData {
     renewable: bool,
 }
 
-fn classify(status: reqwest::StatusCode) -> SourceError {
+/// Who caused a failed answer: a 4xx to the request's shape is the caller's reference
+/// (`Invalid`), a 429 asks for quiet, only 5xx and the unexpected say the server is failing.
+fn classify(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> SourceError {
     match status.as_u16() {
-        400 => SourceError::Malformed("vault rejected the request (400)"),
         404 => SourceError::NotFound,
         401 | 403 => SourceError::Denied,
-        429 => SourceError::Unavailable("vault standby or rate limited (429)"),
+        429 => SourceError::RateLimited {
+            retry_after: super::http::retry_after(headers),
+        },
+        // Vault's "consistency not yet reached" on performance standbys: transient.
+        412 => SourceError::Unavailable("vault is not yet consistent (412)"),
+        414 => SourceError::Invalid("the path is too long for vault (414)"),
+        400..=499 => SourceError::Invalid("vault rejected the request (4xx)"),
         503 => SourceError::Unavailable("vault sealed or in maintenance (503)"),
         500..=599 => SourceError::Unavailable("vault server error"),
         _ => SourceError::Unavailable("unexpected answer from vault"),
@@ -324,7 +334,7 @@ impl Inner {
     fn url(&self, path: &str) -> Result<Url, SourceError> {
         self.base
             .join(&format!("v1/{path}"))
-            .map_err(|_| SourceError::Unsupported("path does not form a URL"))
+            .map_err(|_| SourceError::Invalid("the path does not form a URL"))
     }
 
     /// A GET or POST with the token and namespace headers; the body bytes on 2xx.
@@ -350,23 +360,53 @@ impl Inner {
         }
         let resp = req.send().await.map_err(|e| transport(&e))?;
         let status = resp.status();
+        if !status.is_success() {
+            return Err(classify(status, resp.headers()));
+        }
         let bytes = resp.bytes().await.map_err(|e| transport(&e))?;
-        let bytes = Zeroizing::new(bytes.to_vec());
-        if status.is_success() {
-            Ok(bytes)
-        } else {
-            Err(classify(status))
+        Ok(Zeroizing::new(bytes.to_vec()))
+    }
+
+    /// After a 403 with `used`: whether the token is invalid (then it is dropped, so the next
+    /// [`Inner::token`] logs in — once, under the state lock, however many reads saw the 403).
+    /// A token another read already replaced counts as invalid: the caller retries with the new.
+    async fn drop_if_invalid(&self, used: &SecretString) -> bool {
+        let mut state = self.state.lock().await;
+        let Some(current) = &state.token else {
+            return true;
+        };
+        if current.value.expose_secret() != used.expose_secret() {
+            return true;
+        }
+        if state.login_not_before.is_some() {
+            // The last login was refused: another one now would only hammer it.
+            return false;
+        }
+        match self.lookup(secret_string(used.expose_secret())).await {
+            Ok(_) => false,
+            Err(SourceError::Denied) => {
+                tracing::info!("vault token no longer valid; logging in again");
+                state.token = None;
+                true
+            }
+            // Cannot tell (Vault unreachable): keep the token, report the denial.
+            Err(_) => false,
         }
     }
 
-    async fn read_once(&self, source: &str, request: &ReadRequest) -> Result<Secret, SourceError> {
-        let token = self.token().await?;
+    async fn read_once(
+        &self,
+        source: &str,
+        request: &ReadRequest,
+        token: &SecretString,
+    ) -> Result<Secret, SourceError> {
+        let token = secret_string(token.expose_secret());
         let kv = self.kv_version(&token).await?;
         let mut url = self.url(&self.mount)?;
         {
             let mut segs = url
                 .path_segments_mut()
-                .map_err(|_| SourceError::Unsupported("path does not form a URL"))?;
+                .map_err(|_| SourceError::Invalid("the path does not form a URL"))?;
             if kv == 2 {
                 segs.push("data");
             }
@@ -463,6 +503,7 @@ impl Inner {
                 return Ok(current);
             }
             state.token = None;
+            state.replaced = Some(current);
         }
         if state.login_not_before.is_some_and(|t| Instant::now() < t) {
             return Err(SourceError::Unavailable(
@@ -475,6 +516,13 @@ impl Inner {
                 state.login_not_before = None;
                 let value = secret_string(token.value.expose_secret());
                 state.token = Some(token);
+                // The token this login replaces may still be live: revoke it, so replacing
+                // tokens never leaves a trail of valid ones behind.
+                if let Some(old) = state.replaced.take() {
+                    if matches!(self.auth, Auth::AppRole { .. } | Auth::Cert { .. }) {
+                        self.revoke(&old).await;
+                    }
+                }
                 Ok(value)
             }
             Err(e) => {
@@ -482,6 +530,20 @@ impl Inner {
                 state.login_not_before = Some(Instant::now() + login_backoff(state.login_failures));
                 Err(e)
             }
+        }
+    }
+
+    /// Best effort: a token that cannot be revoked now expires by its TTL.
+    async fn revoke(&self, token: &SecretString) {
+        let Ok(url) = self.url("auth/token/revoke-self") else {
+            return;
+        };
+        match self
+            .call(reqwest::Method::POST, url, Some(token), Some(serde_json::json!({})))
+            .await
+        {
+            Ok(_) => tracing::debug!("replaced vault token revoked"),
+            Err(e) => tracing::debug!(error = %e, "could not revoke the replaced vault token"),
         }
     }
 
@@ -543,7 +605,7 @@ impl Inner {
             .call(reqwest::Method::POST, url, None, Some(body))
             .await
             .map_err(|e| match e {
-                SourceError::Malformed(_) => SourceError::Denied,
+                SourceError::Invalid(_) => SourceError::Denied,
                 other => other,
             })?;
         let answer: LoginAnswer = serde_json::from_slice(&answer)
