@@ -110,6 +110,10 @@ pub enum ResolveError {
     /// The audit line could not be written and `fail_closed` is set.
     #[error("the audit trail cannot be written; refusing to answer")]
     AuditUnavailable,
+    /// The document needs more distinct reads than `[limits] max_references`; refused before
+    /// any read.
+    #[error("the document needs more than {limit} distinct secrets ([limits] max_references)")]
+    TooManyReferences { limit: usize },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +161,10 @@ pub struct Broker {
     breakers: std::sync::Mutex<HashMap<String, Arc<CircuitBreaker>>>,
     default_source: Option<String>,
     ccp_source: Option<String>,
+    limits: crate::config::LimitsConfig,
+    /// Reads in flight per source, shared by every request (`[limits] source_concurrency`):
+    /// one request's fan-out cannot flood a backend or take all of its connections.
+    in_flight: HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
 /// (source name, read) — one backend read, shared by every reference to the same secret.
@@ -214,12 +222,17 @@ impl Broker {
             config.ccp_source().map(str::to_owned),
         );
         broker.pem_modes = pem_modes;
+        broker.set_limits(config.limits.clone());
         broker.cache = Arc::new(SecretCache::new(&config.cache));
         if tokio::runtime::Handle::try_current().is_ok() {
             broker.cache.spawn_maintenance();
         }
         if let Some(dir) = &config.policies {
-            broker.policy = ArcSwap::from_pointee(crate::policy::load(dir)?);
+            let policy = crate::policy::load_checked(dir, &broker.known_sources())?;
+            for w in &policy.warnings {
+                tracing::warn!(warning = %w, "policy");
+            }
+            broker.policy = ArcSwap::from_pointee(policy);
             broker.policies_dir = Some(dir.clone());
         }
         if let Some(audit) = &config.audit {
@@ -233,10 +246,12 @@ impl Broker {
         default_source: Option<String>,
         ccp_source: Option<String>,
     ) -> Self {
-        let sources = sources
+        let sources: HashMap<String, Arc<dyn SecretSource>> = sources
             .into_iter()
             .map(|s| (s.name().to_owned(), s))
             .collect();
+        let limits = crate::config::LimitsConfig::default();
+        let in_flight = semaphores(&sources, &limits);
         Self {
             sources,
             pem_modes: HashMap::new(),
@@ -248,7 +263,29 @@ impl Broker {
             breakers: std::sync::Mutex::new(HashMap::new()),
             default_source,
             ccp_source,
+            limits,
+            in_flight,
         }
+    }
+
+    /// The source names policies are checked against.
+    pub fn known_sources(&self) -> crate::policy::KnownSources {
+        crate::policy::KnownSources {
+            names: self.sources.keys().cloned().collect(),
+            default: self.default_source.clone(),
+            ccp: self.ccp_source.clone(),
+        }
+    }
+
+    /// Sets the `[limits]` (and sizes the per-source read semaphores by them).
+    pub fn with_limits(mut self, limits: crate::config::LimitsConfig) -> Self {
+        self.set_limits(limits);
+        self
+    }
+
+    fn set_limits(&mut self, limits: crate::config::LimitsConfig) {
+        self.in_flight = semaphores(&self.sources, &limits);
+        self.limits = limits;
     }
 
     /// Replaces the access policy.
@@ -306,6 +343,7 @@ impl Broker {
                 }
             }
             Err(ResolveError::AuditUnavailable) => ("failed", "audit_unavailable"),
+            Err(ResolveError::TooManyReferences { .. }) => ("failed", "too_many_references"),
         };
         let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |r| {
             let lists = r.metadata.repairs.iter().map(|u| &u.repairs[..]);
@@ -357,8 +395,7 @@ impl Broker {
             }
             subjects.push(reference.to_string());
             let step = self
-                .read_key(reference)
-                .and_then(|key| authorize(&policy, caller, &key, host).map(|()| key))
+                .plan(&policy, caller, reference, host)
                 .map(|key| {
                     *read_index.entry(key.clone()).or_insert_with(|| {
                         order.push(key);
@@ -366,6 +403,11 @@ impl Broker {
                     })
                 });
             plan.insert(reference, step);
+            if order.len() > self.limits.max_references {
+                return Err(ResolveError::TooManyReferences {
+                    limit: self.limits.max_references,
+                });
+            }
         }
         // Through the cache; PEM values are repaired and verified before they are cached
         // (DESIGN §4), so nothing unverified is ever written.
@@ -403,44 +445,50 @@ impl Broker {
         })
     }
 
-    /// Which source and which read a reference needs.
-    fn read_key(&self, r: &Reference) -> Result<ReadKey, Reason> {
-        let (source, request) = match &r.target {
+    /// The read of `r` for `caller`. For a consumer the policy decides first, on the source
+    /// name as written (or the default/CCP source): an unknown source is denied like any
+    /// other reference the consumer may not read, so no consumer learns which sources exist
+    /// (THREATS row 33).
+    fn plan(
+        &self,
+        policy: &Policy,
+        caller: &Caller,
+        r: &Reference,
+        host: Option<&Destination>,
+    ) -> Result<ReadKey, Reason> {
+        if let Caller::Consumer(name) = caller {
+            let source = self.source_of(r).map_err(|_| Reason::Denied)?;
+            let request = request_of(r)?;
+            authorize(policy, name, source, &request, host)?;
+        }
+        self.read_key(r)
+    }
+
+    /// The source a reference names, or the default (`$SECRET_` without `<source>:`) or CCP
+    /// (`$SAFE_`) source; not checked to exist.
+    fn source_of<'a>(&'a self, r: &'a Reference) -> Result<&'a str, Reason> {
+        match &r.target {
             Target::Secret {
-                source,
-                path,
-                version,
-            } => {
-                let name = match source {
-                    Some(name) => name,
-                    None => self
-                        .default_source
-                        .as_ref()
-                        .ok_or(Reason::NoDefaultSource)?,
-                };
-                let request = ReadRequest {
-                    path: path.clone(),
-                    version: *version,
-                };
-                (name, request)
-            }
-            Target::Ccp { safe, object } => {
-                let name = self.ccp_source.as_ref().ok_or(Reason::UnknownSource)?;
-                let path = crate::reference::SecretPath::from_segments([safe.as_str(), object])
-                    .map_err(Reason::Syntax)?;
-                (
-                    name,
-                    ReadRequest {
-                        path,
-                        version: None,
-                    },
-                )
-            }
-        };
+                source: Some(name), ..
+            } => Ok(name),
+            Target::Secret { source: None, .. } => self
+                .default_source
+                .as_deref()
+                .ok_or(Reason::NoDefaultSource),
+            Target::Ccp { .. } => self.ccp_source.as_deref().ok_or(Reason::UnknownSource),
+        }
+    }
+
+    /// Which source and which read a reference needs (no policy: the operator's view, and
+    /// the credentials', whose decision covers their own references).
+    fn read_key(&self, r: &Reference) -> Result<ReadKey, Reason> {
+        let source = self.source_of(r)?;
         if !self.sources.contains_key(source) {
             return Err(Reason::UnknownSource);
         }
-        Ok((source.clone(), request))
+        let request = request_of(r)?;
+        check_lengths(&request.path)?;
+        Ok((source.to_owned(), request))
     }
 
     /// Reads each key once, all concurrently; the answers are in the order of `keys`.
@@ -473,6 +521,7 @@ impl Broker {
     ) -> impl std::future::Future<Output = Result<Fetched, SourceError>> + Send + 'static {
         let source = Arc::clone(&self.sources[&key.0]);
         let breaker = self.breaker(&key.0);
+        let in_flight = Arc::clone(&self.in_flight[&key.0]);
         let cache = Arc::clone(&self.cache);
         let metrics = Arc::clone(&self.metrics);
         let options = pem::Options {
@@ -486,8 +535,13 @@ impl Broker {
             let fetch = || async {
                 missed.store(true, std::sync::atomic::Ordering::Relaxed);
                 let started = Instant::now();
+                // Each attempt holds a permit only while it talks to the source.
+                let attempt = || async {
+                    let _permit = in_flight.acquire().await;
+                    source.read(&request).await
+                };
                 let read = breaker
-                    .call(|| with_retries(RETRY_ATTEMPTS, RETRY_BASE, || source.read(&request)))
+                    .call(|| with_retries(RETRY_ATTEMPTS, RETRY_BASE, attempt))
                     .await;
                 let outcome = match &read {
                     Ok(_) => "ok",
@@ -524,30 +578,72 @@ impl Broker {
     }
 }
 
-/// The policy's decision for one read, before anything is read: a denial never depends on
-/// whether the secret exists.
+/// The policy's decision for one read by consumer `name`, before anything is read: a denial
+/// never depends on whether the secret (or its source) exists.
 fn authorize(
     policy: &Policy,
-    caller: &Caller,
-    (source, request): &ReadKey,
+    name: &str,
+    source: &str,
+    request: &ReadRequest,
     host: Option<&Destination>,
 ) -> Result<(), Reason> {
-    match caller {
-        Caller::Operator => Ok(()),
-        Caller::Consumer(name) => {
-            let subject = Subject::Reference {
-                source,
-                path: &request.path,
-            };
-            let decision = policy.decide(name, subject, host);
-            if decision.allowed {
-                Ok(())
-            } else {
-                tracing::debug!(consumer = %name, source = %source, reason = decision.reason, "reference denied");
-                Err(Reason::Denied)
-            }
-        }
+    let subject = Subject::Reference {
+        source,
+        path: &request.path,
+    };
+    let decision = policy.decide(name, subject, host);
+    if decision.allowed {
+        Ok(())
+    } else {
+        tracing::debug!(consumer = %name, source = %source, reason = decision.reason, "reference denied");
+        Err(Reason::Denied)
     }
+}
+
+/// The read a reference asks for (path and version), whatever its source.
+fn request_of(r: &Reference) -> Result<ReadRequest, Reason> {
+    match &r.target {
+        Target::Secret { path, version, .. } => Ok(ReadRequest {
+            path: path.clone(),
+            version: *version,
+        }),
+        Target::Ccp { safe, object } => Ok(ReadRequest {
+            path: crate::reference::SecretPath::from_segments([safe.as_str(), object])
+                .map_err(Reason::Syntax)?,
+            version: None,
+        }),
+    }
+}
+
+/// Names longer than any backend takes are the caller's failure, found before any source
+/// call (a source would answer ENAMETOOLONG, 414 or a URI error — THREATS row 20).
+fn check_lengths(path: &crate::reference::SecretPath) -> Result<(), Reason> {
+    use crate::source::{MAX_PATH_BYTES, MAX_SEGMENT_BYTES};
+    let segments = path.segments();
+    if segments.iter().any(|s| s.len() > MAX_SEGMENT_BYTES) {
+        return Err(Reason::InvalidReference(
+            "a path segment is longer than 255 bytes",
+        ));
+    }
+    let total: usize = segments.iter().map(|s| s.len() + 1).sum();
+    if total > MAX_PATH_BYTES + 1 {
+        return Err(Reason::InvalidReference("the path is longer than 1024 bytes"));
+    }
+    Ok(())
+}
+
+/// One semaphore per source, of `source_concurrency` permits.
+fn semaphores(
+    sources: &HashMap<String, Arc<dyn SecretSource>>,
+    limits: &crate::config::LimitsConfig,
+) -> HashMap<String, Arc<tokio::sync::Semaphore>> {
+    sources
+        .keys()
+        .map(|name| {
+            let permits = limits.source_concurrency.max(1);
+            (name.clone(), Arc::new(tokio::sync::Semaphore::new(permits)))
+        })
+        .collect()
 }
 
 /// The names of the repairs in `lists`, for the audit trail.

@@ -18,7 +18,8 @@ pub use crate::diag::Diagnostic;
 use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, FileSourceConfig,
-    FsyncPolicy, KvVersion, PemMode, ServerConfig, SourceConfig, VaultAuth, VaultSourceConfig,
+    FsyncPolicy, KvVersion, LimitsConfig, PemMode, ServerConfig, SourceConfig, VaultAuth,
+    VaultSourceConfig,
 };
 
 use crate::source::SourceKind;
@@ -34,6 +35,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub sources: Vec<SourceConfig>,
     pub cache: CacheConfig,
+    pub limits: LimitsConfig,
     pub audit: Option<AuditConfig>,
 }
 
@@ -85,6 +87,7 @@ impl Config {
             server: ServerConfig::default(),
             sources: Vec::new(),
             cache: CacheConfig::default(),
+            limits: LimitsConfig::default(),
             audit: None,
         };
         let mut spans = Spans::default();
@@ -97,6 +100,7 @@ impl Config {
                 }
                 "server" => cfg.server = d.section(value, &[]).unwrap_or_default(),
                 "cache" => cfg.cache = d.section(value, &[]).unwrap_or_default(),
+                "limits" => cfg.limits = d.section(value, &[]).unwrap_or_default(),
                 "audit" => cfg.audit = d.section(value, &[]),
                 "source" => cfg.sources = ConfigSections::sources(&mut d, value, &mut spans),
                 other => d.at(key.span(), format!("unknown key `{other}`")),
@@ -224,6 +228,12 @@ impl Config {
                     format!("policies directory {} does not exist", p.display()),
                 );
             }
+        }
+        if self.limits.max_references == 0 || self.limits.source_concurrency == 0 {
+            d.at(
+                0..0,
+                "[limits] max_references and source_concurrency must be at least 1".to_owned(),
+            );
         }
         let srv = &self.server;
         if srv.tls_cert.is_some() != srv.tls_key.is_some() {

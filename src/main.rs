@@ -230,7 +230,11 @@ fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
         })?,
         (None, None) => return Err(Failure::Usage("give --config or --policies".to_owned())),
     };
-    let policy = keybroker::policy::load(&dir).map_err(|e| Failure::Usage(e.to_string()))?;
+    let policy = match &config {
+        Some(cfg) => keybroker::policy::load_checked(&dir, &known_sources(cfg)),
+        None => keybroker::policy::load(&dir),
+    }
+    .map_err(|e| Failure::Usage(e.to_string()))?;
     let dest =
         Destination::parse(&host).map_err(|e| Failure::Usage(format!("--host {host:?}: {e}")))?;
     let (source, path) = match &reference {
@@ -288,11 +292,23 @@ fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
     }
 }
 
+/// The configured sources, for checking the policies against them.
+fn known_sources(config: &keybroker::config::Config) -> keybroker::policy::KnownSources {
+    keybroker::policy::KnownSources {
+        names: config.sources.iter().map(|s| s.name().to_owned()).collect(),
+        default: config.default_source().map(str::to_owned),
+        ccp: config.ccp_source().map(str::to_owned),
+    }
+}
+
 fn check(path: &Path) -> Result<(), Failure> {
     let config = load_config(path)?;
     if let Some(dir) = &config.policies {
-        let policy = keybroker::policy::load(dir)
+        let policy = keybroker::policy::load_checked(dir, &known_sources(&config))
             .map_err(|e| Failure::Usage(format!("invalid policies:\n{e}")))?;
+        for w in &policy.warnings {
+            eprintln!("warning: {w}");
+        }
         println!(
             "{}: OK ({} team(s), {} consumer(s), {} credential(s), {} grant(s))",
             dir.display(),
@@ -388,6 +404,9 @@ fn error_json(e: &ResolveError) -> String {
         }),
         ResolveError::AuditUnavailable => serde_json::json!({
             "error": {"code": "audit_unavailable", "message": e.to_string()}
+        }),
+        ResolveError::TooManyReferences { .. } => serde_json::json!({
+            "error": {"code": "too_many_references", "message": e.to_string()}
         }),
     };
     body.to_string()

@@ -210,7 +210,7 @@ async fn every_error_row_is_classified() {
             version: None,
         };
         assert!(
-            matches!(src.read(&r).await, Err(SourceError::Unsupported(_))),
+            matches!(src.read(&r).await, Err(SourceError::Invalid(_))),
             "{bad}"
         );
     }

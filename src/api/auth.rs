@@ -35,6 +35,10 @@ pub enum AuthError {
     BadHeader,
     #[error("unknown bearer token")]
     UnknownToken,
+    /// Two `Authorization` headers: which one counts would depend on the proxy in front
+    /// (THREATS row 32), so neither does. Answered 400, not 401.
+    #[error("more than one Authorization header")]
+    RepeatedAuthorization,
 }
 
 impl AuthError {
@@ -45,6 +49,7 @@ impl AuthError {
             Self::UntrustedHeader => "untrusted_header",
             Self::BadHeader => "bad_header",
             Self::UnknownToken => "unknown_token",
+            Self::RepeatedAuthorization => "repeated_authorization",
         }
     }
 }
@@ -101,8 +106,12 @@ impl Authenticator {
                     .ok_or(AuthError::UnknownCertificate);
             }
         }
-        let presented = headers
-            .get(header::AUTHORIZATION)
+        let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+        let (first, second) = (authorization.next(), authorization.next());
+        if second.is_some() {
+            return Err(AuthError::RepeatedAuthorization);
+        }
+        let presented = first
             .and_then(|v| v.to_str().ok())
             .and_then(bearer)
             .ok_or(AuthError::Missing)?;

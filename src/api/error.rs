@@ -75,6 +75,9 @@ impl ApiError {
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::UnknownSource(_) => (StatusCode::NOT_FOUND, "unknown_source"),
             Self::Resolve(ResolveError::Document(d)) => (StatusCode::BAD_REQUEST, d.code()),
+            Self::Resolve(ResolveError::TooManyReferences { .. }) => {
+                (StatusCode::BAD_REQUEST, "too_many_references")
+            }
             Self::Resolve(ResolveError::AuditUnavailable)
             | Self::Credential(CredentialError::AuditUnavailable)
             | Self::Audit(AuditRefused) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),

@@ -102,6 +102,12 @@ impl AppState {
             Err(why) => {
                 // Refused either way; a failing audit sink changes nothing here.
                 let _ = self.broker.audit_unauthenticated(why.code()).await;
+                if why == AuthError::RepeatedAuthorization {
+                    return Err(ApiError::BadRequest {
+                        code: why.code(),
+                        message: why.to_string(),
+                    });
+                }
                 return Err(ApiError::Unauthorized(why));
             }
         };

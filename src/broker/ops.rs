@@ -31,7 +31,7 @@ impl Broker {
     /// Requests already running finish under the policy they started with.
     pub fn reload_policy(&self) -> Result<PolicySummary, ReloadError> {
         let dir = self.policies_dir.as_ref().ok_or(ReloadError::NoPolicies)?;
-        match crate::policy::load(dir) {
+        match crate::policy::load_checked(dir, &self.known_sources()) {
             Ok(policy) => {
                 let summary = PolicySummary::of(&policy);
                 self.policy.store(Arc::new(policy));

@@ -219,6 +219,35 @@ pub struct FileSourceConfig {
     pub pem: PemMode,
 }
 
+/// `[limits]`: what one caller may make keybroker do (tenant isolation). Wave-2 limits not
+/// listed here are not enforced yet (see docs/POLICY.md, "Limits").
+#[derive(Clone, Debug, Deserialize)]
+pub struct LimitsConfig {
+    /// Distinct reads (secrets) one request may cause; more is `400 too_many_references`,
+    /// refused before any read.
+    #[serde(default = "default_max_references")]
+    pub max_references: usize,
+    /// Reads in flight per source, shared by all requests; the rest wait their turn.
+    #[serde(default = "default_source_concurrency")]
+    pub source_concurrency: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_references: default_max_references(),
+            source_concurrency: default_source_concurrency(),
+        }
+    }
+}
+
+fn default_max_references() -> usize {
+    1000
+}
+fn default_source_concurrency() -> usize {
+    64
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct CacheConfig {
     #[serde(default = "default_ttl")]

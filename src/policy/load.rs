@@ -15,7 +15,7 @@ use super::model::{
     Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Policy, ReadAccess,
 };
 use crate::diag::{Diagnostic, Diags, Seg, diagnostic};
-use crate::reference::parse_reference;
+use crate::reference::{Reference, Target, parse_reference};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -95,6 +95,8 @@ struct Files {
     paths: Vec<PathBuf>,
     texts: Vec<String>,
     list: Vec<Diagnostic>,
+    /// Problems that do not stop the policy from loading (`check` prints them).
+    warnings: Vec<Diagnostic>,
 }
 
 impl Files {
@@ -113,6 +115,13 @@ impl Files {
             message,
         ));
     }
+
+    /// A warning at `key` of an item.
+    fn warn<T>(&mut self, item: &Item<T>, key: &[Seg], message: String) {
+        self.at(item, key, message);
+        let w = self.list.pop().expect("just pushed");
+        self.warnings.push(w);
+    }
 }
 
 fn key(k: &str) -> Vec<Seg> {
@@ -123,8 +132,29 @@ fn key_index(k: &str, i: usize) -> Vec<Seg> {
     vec![Seg::Key(k.to_owned()), Seg::Index(i)]
 }
 
-/// Reads and validates every policy file under `dir`.
+/// The sources a policy is loaded against: grants and credentials must name one of them
+/// (a misspelt source would otherwise load and silently grant nothing, or fail on use).
+#[derive(Clone, Debug, Default)]
+pub struct KnownSources {
+    pub names: BTreeSet<String>,
+    /// Where `$SECRET_<path>` without `<source>:` goes.
+    pub default: Option<String>,
+    /// Where `$SAFE_ $NAME_` goes.
+    pub ccp: Option<String>,
+}
+
+/// Reads and validates every policy file under `dir`, without knowing the sources (for
+/// `policy explain --policies` and tests); see [`load_checked`].
 pub fn load(dir: &Path) -> Result<Policy, PolicyError> {
+    load_inner(dir, None)
+}
+
+/// As [`load`], and every source a grant or a credential names must be one of `sources`.
+pub fn load_checked(dir: &Path, sources: &KnownSources) -> Result<Policy, PolicyError> {
+    load_inner(dir, Some(sources))
+}
+
+fn load_inner(dir: &Path, sources: Option<&KnownSources>) -> Result<Policy, PolicyError> {
     let mut paths = Vec::new();
     collect_files(dir, &mut paths).map_err(|source| PolicyError::Read {
         path: dir.to_owned(),
@@ -144,6 +174,7 @@ pub fn load(dir: &Path) -> Result<Policy, PolicyError> {
         paths,
         texts,
         list: Vec::new(),
+        warnings: Vec::new(),
     };
     let mut teams: Vec<Item<TeamDef>> = Vec::new();
     let mut consumers: Vec<Item<ConsumerDef>> = Vec::new();
@@ -185,11 +216,12 @@ pub fn load(dir: &Path) -> Result<Policy, PolicyError> {
         }
         files.list.append(&mut d.list);
     }
-    let policy = validate(&mut files, teams, consumers, credentials, grants);
-    files
-        .list
-        .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    let mut policy = validate(&mut files, teams, consumers, credentials, grants, sources);
+    for list in [&mut files.list, &mut files.warnings] {
+        list.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    }
     if files.list.is_empty() {
+        policy.warnings = files.warnings;
         Ok(policy)
     } else {
         Err(PolicyError::Invalid(files.list))
@@ -253,6 +285,7 @@ fn validate(
     consumers: Vec<Item<ConsumerDef>>,
     credentials: Vec<Item<CredentialDef>>,
     grants: Vec<Item<GrantDef>>,
+    sources: Option<&KnownSources>,
 ) -> Policy {
     let mut policy = Policy::default();
     let mut slugs = BTreeSet::new();
@@ -270,6 +303,11 @@ fn validate(
     }
     policy.teams = slugs.iter().cloned().collect();
     let mut names = BTreeSet::new();
+    // Who holds each token digest and pin: a second holder is a load error, never "the first
+    // one in file order wins" (THREATS row 32).
+    let mut token_owner: BTreeMap<[u8; 32], String> = BTreeMap::new();
+    let mut pin_owner: BTreeMap<[u8; 32], String> = BTreeMap::new();
+    let mut acl_items: Vec<(Item<()>, String, usize)> = Vec::new();
     for c in consumers {
         let def = &c.def;
         if !names.insert(def.name.clone()) {
@@ -308,6 +346,13 @@ fn validate(
                     }
                 },
             };
+            if let Some(other) = pin_owner.insert(fp, def.name.clone()) {
+                files.at(
+                    &c,
+                    &key_index("cert_sha256", i),
+                    format!("this fingerprint is already pinned by consumer `{other}`"),
+                );
+            }
             pins.push((fp, not_after));
         }
         let token = match &def.token_sha256 {
@@ -320,6 +365,12 @@ fn validate(
                         &key("token_sha256"),
                         "token_sha256 must be the hex SHA-256 of the token (64 hex digits)"
                             .to_owned(),
+                    );
+                } else if let Some(other) = token_owner.insert(d, def.name.clone()) {
+                    files.at(
+                        &c,
+                        &key("token_sha256"),
+                        format!("consumer `{other}` has the same token"),
                     );
                 }
                 Some(d)
@@ -357,6 +408,15 @@ fn validate(
                 .map_err(|why| files.at(&c, &key("subject"), format!("subject {pattern:?}: {why}")))
                 .ok()
         });
+        if subject.is_some() {
+            let at = Item {
+                def: (),
+                file: c.file,
+                span: c.span.clone(),
+                keys: c.keys.clone(),
+            };
+            acl_items.push((at, def.team.clone(), policy.consumers.len()));
+        }
         policy.consumers.push(Consumer {
             name: def.name.clone(),
             team: def.team.clone(),
@@ -368,9 +428,20 @@ fn validate(
             admin: def.admin,
         });
     }
+    warn_overlapping_acls(files, &policy, &acl_items);
+    let mut cred_items = Vec::new();
     let mut cred_names = BTreeSet::new();
     for c in credentials {
         if let Some(cred) = credential(files, &c, &slugs) {
+            if let Some(known) = sources {
+                for (role, r) in &cred.values.by_role {
+                    match reference_source(r, known) {
+                        Ok(name) if known.names.contains(name) => {}
+                        Ok(name) => files.at(&c, &key(role), format!("unknown source `{name}`")),
+                        Err(why) => files.at(&c, &key(role), why.to_owned()),
+                    }
+                }
+            }
             if !cred_names.insert((cred.team.clone(), cred.name.clone())) {
                 files.at(
                     &c,
@@ -381,12 +452,21 @@ fn validate(
                     ),
                 );
             }
+            cred_items.push(Item {
+                def: policy.credentials.len(),
+                file: c.file,
+                span: c.span.clone(),
+                keys: c.keys.clone(),
+            });
             policy.credentials.push(cred);
         }
     }
     for g in grants {
         if !slugs.contains(&g.def.team) {
             files.at(&g, &key("team"), format!("unknown team `{}`", g.def.team));
+        }
+        if sources.is_some_and(|k| !k.names.contains(&g.def.source)) {
+            files.at(&g, &key("source"), format!("unknown source `{}`", g.def.source));
         }
         let mut paths = Vec::new();
         for (i, p) in g.def.paths.iter().enumerate() {
@@ -403,7 +483,93 @@ fn validate(
             allowed_hosts,
         });
     }
+    if let Some(known) = sources {
+        warn_credentials_outside_grants(files, &policy, &cred_items, known);
+    }
     policy
+}
+
+/// The source a reference reads from under `known`.
+fn reference_source<'a>(r: &'a Reference, known: &'a KnownSources) -> Result<&'a str, &'static str> {
+    match &r.target {
+        Target::Secret {
+            source: Some(s), ..
+        } => Ok(s),
+        Target::Secret { source: None, .. } => known
+            .default
+            .as_deref()
+            .ok_or("no default source is configured: write `$SECRET_<source>:<path>`"),
+        Target::Ccp { .. } => known
+            .ccp
+            .as_deref()
+            .ok_or("`$SAFE_` references need a ccp source, and none is configured"),
+    }
+}
+
+/// Issuer ACLs of different teams that one certificate could satisfy: the first in file
+/// order would win, so a team could end up holding another's identity.
+fn warn_overlapping_acls(files: &mut Files, policy: &Policy, items: &[(Item<()>, String, usize)]) {
+    for (i, (item, team, a)) in items.iter().enumerate() {
+        for (_, other_team, b) in &items[..i] {
+            let (ca, cb) = (&policy.consumers[*a], &policy.consumers[*b]);
+            let same_ca = ca.issuer_certs.iter().any(|x| cb.issuer_certs.contains(x));
+            let overlap = match (&ca.subject, &cb.subject) {
+                (Some(pa), Some(pb)) => pa.overlaps(pb),
+                _ => false,
+            };
+            if team != other_team && same_ca && overlap {
+                files.warn(
+                    item,
+                    &key("subject"),
+                    format!(
+                        "issuer ACL overlaps consumer `{}` of team `{other_team}`: one certificate could match both (the first in file order wins)",
+                        cb.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A credential hands out what its references read, with no grant check: one whose
+/// references lie outside every grant of its own team lets that team (and whoever the
+/// credential is shared with) read what the team itself may not.
+fn warn_credentials_outside_grants(
+    files: &mut Files,
+    policy: &Policy,
+    items: &[Item<usize>],
+    known: &KnownSources,
+) {
+    for item in items {
+        let cred = &policy.credentials[item.def];
+        for (role, r) in &cred.values.by_role {
+            let Ok(source) = reference_source(r, known) else {
+                continue;
+            };
+            let path = match &r.target {
+                Target::Secret { path, .. } => path.clone(),
+                Target::Ccp { safe, object } => {
+                    match crate::reference::SecretPath::from_segments([safe.as_str(), object]) {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let granted = policy.grants.iter().any(|g| {
+                g.team == cred.team && g.source == source && g.paths.iter().any(|p| p.matches(&path))
+            });
+            if !granted {
+                files.warn(
+                    item,
+                    &key(role),
+                    format!(
+                        "`{source}:{path}` is outside every grant of team `{}`: this credential gives its readers a secret the team cannot read itself",
+                        cred.team
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn hosts<T>(files: &mut Files, item: &Item<T>, list: &[String]) -> Vec<HostPattern> {

@@ -13,7 +13,7 @@ mod subject;
 pub use subject::SubjectPattern;
 pub use decide::{Decision, Subject};
 pub use host::{Destination, HostError, HostPattern};
-pub use load::{PolicyError, load};
+pub use load::{KnownSources, PolicyError, load, load_checked};
 pub use model::{
     Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Policy, ReadAccess,
 };

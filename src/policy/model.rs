@@ -155,6 +155,9 @@ pub struct Policy {
     /// Issuer-ACL results by certificate fingerprint (see `certificate.rs`). Lives and dies
     /// with this policy, so a reload starts afresh.
     pub(crate) issuer_memo: super::certificate::IssuerMemo,
+    /// What `check` warns about (the policy loaded anyway): overlapping issuer ACLs of
+    /// different teams, credentials reading outside their team's grants.
+    pub warnings: Vec<crate::diag::Diagnostic>,
 }
 
 #[cfg(test)]
