@@ -28,6 +28,8 @@ const FRAUD_CANARY: &str = "FRAUD-CANARY-7d1e0c";
 struct Fixture {
     dir: tempfile::TempDir,
     server_ca: Ca,
+    /// The client CA (`client_ca`, and the fraud workers' `issuer_ca`).
+    clients: Ca,
     /// Pinned by fingerprint: consumer `gw-payments`.
     payments: Issued,
     /// Matches the issuer ACL of `fraud-workers`.
@@ -161,6 +163,7 @@ path = "secrets"
         Self {
             dir,
             server_ca,
+            clients,
             payments,
             fraud,
             stranger,
@@ -415,6 +418,45 @@ async fn client_certificates_decide_who_gets_mtls_material() {
     assert!(metrics.contains("keybroker_cache_requests_total{result=\"hit\"}"));
     let ready = anonymous.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    s.stop().await;
+}
+
+/// THREATS row 19: a certificate of the trusted client CA whose attribute *values* render
+/// like the fraud workers' subject (`CN=worker-*.fraud.example`) is nobody — over TLS and
+/// through the forwarded-certificate header. The subject is matched attribute by attribute.
+#[tokio::test]
+async fn threat_19_injected_subject_attributes_do_not_impersonate() {
+    use rcgen::DnType;
+    let fx = Fixture::new("");
+    let s = Server::start(&fx.path("keybroker.toml")).await;
+    let clients = &fx.clients;
+    let tls = fx.path("tls");
+    let forged = [
+        clients.client_dn(&tls, "inject-cn", &[(DnType::CommonName, "gateway-9, CN=worker-1.fraud.example")]),
+        clients.client_dn(
+            &tls,
+            "inject-ou",
+            &[
+                (DnType::OrganizationalUnitName, "x, CN=worker-1.fraud.example"),
+                (DnType::CommonName, "gateway-9"),
+            ],
+        ),
+    ];
+    let proxy = client(&fx, None, PROXY);
+    for cert in &forged {
+        let direct = client(&fx, Some(cert), LOCAL);
+        let (status, body) = material(&direct, &s, "fraud-internal", "a.fraud.example", &[]).await;
+        assert_eq!(status, 401, "over TLS: {body}");
+        let header = [(HEADER, b64_der(cert))];
+        let (status, body) =
+            material(&proxy, &s, "fraud-internal", "a.fraud.example", &header).await;
+        assert_eq!(status, 401, "forwarded: {body}");
+        assert!(!body.to_string().contains(FRAUD_CANARY));
+    }
+    // The genuine worker still gets in, both ways.
+    let worker = client(&fx, Some(&fx.fraud), LOCAL);
+    let (status, _) = material(&worker, &s, "fraud-internal", "a.fraud.example", &[]).await;
+    assert_eq!(status, 200);
     s.stop().await;
 }
 

@@ -62,10 +62,23 @@ impl Ca {
         sans: Vec<String>,
         usage: ExtendedKeyUsagePurpose,
     ) -> Issued {
+        self.issue_dn(dir, name, &[(DnType::CommonName, cn)], sans, usage)
+    }
+
+    fn issue_dn(
+        &self,
+        dir: &Path,
+        name: &str,
+        dn: &[(DnType, &str)],
+        sans: Vec<String>,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Issued {
         let issuer = Issuer::from_params(&self.params, &self.key);
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
+        for (ty, value) in dn {
+            params.distinguished_name.push(ty.clone(), *value);
+        }
         params.extended_key_usages = vec![usage];
         let cert = params.signed_by(&key, &issuer).unwrap();
         let issued = Issued {
@@ -87,6 +100,17 @@ impl Ca {
             "keybroker",
             vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
             ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A client certificate with the subject attributes `dn`, in that order.
+    pub fn client_dn(&self, dir: &Path, name: &str, dn: &[(DnType, &str)]) -> Issued {
+        self.issue_dn(
+            dir,
+            name,
+            dn,
+            vec![format!("{name}.test")],
+            ExtendedKeyUsagePurpose::ClientAuth,
         )
     }
 
