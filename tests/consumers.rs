@@ -94,6 +94,57 @@ async fn a_denial_does_not_reveal_whether_the_secret_exists() {
     assert_eq!(v["error"]["details"][0]["code"], "not_found");
 }
 
+/// THREATS row 33: a consumer learns nothing about which source names exist — an unknown
+/// source, a configured one it has no grant for and a `$SAFE_` reference with no CCP source
+/// configured all get the same `denied`, in the same body.
+#[tokio::test]
+async fn threat_33_unknown_sources_are_denied_like_any_other_reference() {
+    let app = app();
+    let mut bodies = Vec::new();
+    for reference in [
+        "$SECRET_no-such-source:demo/db $KEY_password",
+        "$SECRET_files:elsewhere/db $KEY_password",
+        "$SAFE_Payments $NAME_db",
+    ] {
+        let body = serde_json::json!({"document": {"v": reference}, "host": "gw1.payments.example"});
+        let (status, v) = resolve(&app, GATEWAY, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{reference}: {v}");
+        let mut v = v;
+        v["error"]["details"][0]["reference"] = Value::Null;
+        bodies.push(v);
+    }
+    assert_eq!(bodies[0]["error"]["details"][0]["code"], "denied");
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(bodies[1], bodies[2]);
+    // The operator, held to no policy, is told the truth.
+    let body = serde_json::json!({"document": {"v": "$SECRET_no-such-source:demo/db $KEY_password"}});
+    let (_, v) = resolve(&app, "operator-token", body).await;
+    assert_eq!(v["error"]["details"][0]["code"], "unknown_source");
+}
+
+/// THREATS row 32: two `Authorization` headers are refused (400), whichever comes first —
+/// which one a proxy in front would forward is not keybroker's guess to make.
+#[tokio::test]
+async fn threat_32_two_authorization_headers_are_refused() {
+    let app = app();
+    for (first, second) in [(GATEWAY, "not-a-token"), ("not-a-token", GATEWAY), (GATEWAY, GATEWAY)] {
+        let req = Request::post("/v1/resolve")
+            .header(header::AUTHORIZATION, format!("Bearer {first}"))
+            .header(header::AUTHORIZATION, format!("Bearer {second}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                serde_json::json!({"document": {"v": "$SECRET_demo/db $KEY_password"}, "host": "gw1.payments.example"}).to_string(),
+            ))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], "repeated_authorization");
+        assert!(!v.to_string().contains("dev-only-Zq8"));
+    }
+}
+
 #[tokio::test]
 async fn decisions_are_made_per_request_not_remembered() {
     // Threat 10: the operator reads first (warming anything there is to warm); the consumer

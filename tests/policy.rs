@@ -402,3 +402,136 @@ fn certificate_pins_rotate_with_overlap() {
     assert_eq!(p.consumer_by_fingerprint(&new, after), Some("gateway-eu"));
     assert_eq!(p.consumer_by_fingerprint(&[0; 32], before), None);
 }
+
+fn known(names: &[&str], default: Option<&str>, ccp: Option<&str>) -> keybroker::policy::KnownSources {
+    keybroker::policy::KnownSources {
+        names: names.iter().map(|s| (*s).to_owned()).collect(),
+        default: default.map(str::to_owned),
+        ccp: ccp.map(str::to_owned),
+    }
+}
+
+fn messages(dir: &Path, sources: &keybroker::policy::KnownSources) -> Vec<String> {
+    let Err(PolicyError::Invalid(diags)) = keybroker::policy::load_checked(dir, sources) else {
+        panic!("the policy must be rejected")
+    };
+    diags.iter().map(|d| format!("{}: {}", d.line, d.message)).collect()
+}
+
+/// THREATS row 32: what file order would otherwise resolve silently is a load error, with
+/// the line of the second holder: a token digest or a pin held by two consumers, a grant or
+/// a credential naming a source that does not exist.
+#[test]
+fn threat_32_ambiguities_are_load_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let pin = "aa".repeat(32);
+    write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"[[team]]
+slug = "a"
+[[team]]
+slug = "b"
+[[consumer]]
+name = "one"
+team = "a"
+token_sha256 = "{t}"
+cert_sha256 = [{{ fingerprint = "{pin}" }}]
+[[consumer]]
+name = "two"
+team = "b"
+token_sha256 = "{t}"
+cert_sha256 = [{{ fingerprint = "{pin}" }}]
+[[grant]]
+team = "a"
+source = "vualt"
+paths = ["a/*"]
+[[credential]]
+name = "c"
+mode = "text"
+team = "a"
+value = "$SECRET_nosuch:a/x $KEY_v"
+[[credential]]
+name = "d"
+mode = "text"
+team = "a"
+value = "$SAFE_S $NAME_o"
+"#,
+            t = sha("shared-token")
+        ),
+    );
+    let got = messages(dir.path(), &known(&["vault"], None, None));
+    let want = [
+        "13: consumer `one` has the same token",
+        "14: this fingerprint is already pinned by consumer `one`",
+        "17: unknown source `vualt`",
+        "23: unknown source `nosuch`",
+        "28: `$SAFE_` references need a ccp source, and none is configured",
+    ];
+    assert_eq!(got, want);
+    // Without the source check (no configuration at hand) the duplicates still fail.
+    let Err(PolicyError::Invalid(d)) = load(dir.path()) else {
+        panic!()
+    };
+    assert_eq!(d.len(), 2, "{d:?}");
+}
+
+/// `check` warnings: issuer ACLs of different teams that one certificate could satisfy, and
+/// a credential that reads outside every grant of its own team. The policy still loads.
+#[test]
+fn overlapping_acls_and_credentials_outside_grants_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen_ca_pem();
+    write(dir.path(), "ca.pem", &ca);
+    write(
+        dir.path(),
+        "p.toml",
+        r#"[[team]]
+slug = "payments"
+[[team]]
+slug = "fraud"
+[[consumer]]
+name = "gw"
+team = "payments"
+issuer_ca = "ca.pem"
+subject = "CN=gw-*"
+[[consumer]]
+name = "any-1"
+team = "fraud"
+issuer_ca = "ca.pem"
+subject = "CN=*-1"
+[[consumer]]
+name = "workers"
+team = "fraud"
+issuer_ca = "ca.pem"
+subject = "CN=worker-*"
+[[grant]]
+team = "fraud"
+source = "files"
+paths = ["fraud/**"]
+[[credential]]
+name = "fraud-reads-payments"
+mode = "text"
+team = "fraud"
+value = "$SECRET_files:payments/k $KEY_v"
+[[credential]]
+name = "fraud-own"
+mode = "text"
+team = "fraud"
+value = "$SECRET_files:fraud/k $KEY_v"
+"#,
+    );
+    let p = keybroker::policy::load_checked(dir.path(), &known(&["files"], None, None)).unwrap();
+    let got: Vec<String> = p.warnings.iter().map(|d| format!("{}: {}", d.line, d.message)).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with("14: issuer ACL overlaps consumer `gw` of team `payments`"), "{got:?}");
+    assert!(got[1].starts_with("28: `files:payments/k` is outside every grant of team `fraud`"), "{got:?}");
+}
+
+fn rcgen_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
