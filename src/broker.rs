@@ -394,14 +394,12 @@ impl Broker {
                 continue;
             }
             subjects.push(reference.to_string());
-            let step = self
-                .plan(&policy, caller, reference, host)
-                .map(|key| {
-                    *read_index.entry(key.clone()).or_insert_with(|| {
-                        order.push(key);
-                        order.len() - 1
-                    })
-                });
+            let step = self.plan(&policy, caller, reference, host).map(|key| {
+                *read_index.entry(key.clone()).or_insert_with(|| {
+                    order.push(key);
+                    order.len() - 1
+                })
+            });
             plan.insert(reference, step);
             if order.len() > self.limits.max_references {
                 return Err(ResolveError::TooManyReferences {
@@ -627,7 +625,9 @@ fn check_lengths(path: &crate::reference::SecretPath) -> Result<(), Reason> {
     }
     let total: usize = segments.iter().map(|s| s.len() + 1).sum();
     if total > MAX_PATH_BYTES + 1 {
-        return Err(Reason::InvalidReference("the path is longer than 1024 bytes"));
+        return Err(Reason::InvalidReference(
+            "the path is longer than 1024 bytes",
+        ));
     }
     Ok(())
 }

@@ -106,7 +106,8 @@ async fn threat_33_unknown_sources_are_denied_like_any_other_reference() {
         "$SECRET_files:elsewhere/db $KEY_password",
         "$SAFE_Payments $NAME_db",
     ] {
-        let body = serde_json::json!({"document": {"v": reference}, "host": "gw1.payments.example"});
+        let body =
+            serde_json::json!({"document": {"v": reference}, "host": "gw1.payments.example"});
         let (status, v) = resolve(&app, GATEWAY, body).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{reference}: {v}");
         let mut v = v;
@@ -117,7 +118,8 @@ async fn threat_33_unknown_sources_are_denied_like_any_other_reference() {
     assert_eq!(bodies[0], bodies[1]);
     assert_eq!(bodies[1], bodies[2]);
     // The operator, held to no policy, is told the truth.
-    let body = serde_json::json!({"document": {"v": "$SECRET_no-such-source:demo/db $KEY_password"}});
+    let body =
+        serde_json::json!({"document": {"v": "$SECRET_no-such-source:demo/db $KEY_password"}});
     let (_, v) = resolve(&app, "operator-token", body).await;
     assert_eq!(v["error"]["details"][0]["code"], "unknown_source");
 }
@@ -127,7 +129,11 @@ async fn threat_33_unknown_sources_are_denied_like_any_other_reference() {
 #[tokio::test]
 async fn threat_32_two_authorization_headers_are_refused() {
     let app = app();
-    for (first, second) in [(GATEWAY, "not-a-token"), ("not-a-token", GATEWAY), (GATEWAY, GATEWAY)] {
+    for (first, second) in [
+        (GATEWAY, "not-a-token"),
+        ("not-a-token", GATEWAY),
+        (GATEWAY, GATEWAY),
+    ] {
         let req = Request::post("/v1/resolve")
             .header(header::AUTHORIZATION, format!("Bearer {first}"))
             .header(header::AUTHORIZATION, format!("Bearer {second}"))

@@ -403,7 +403,11 @@ fn certificate_pins_rotate_with_overlap() {
     assert_eq!(p.consumer_by_fingerprint(&[0; 32], before), None);
 }
 
-fn known(names: &[&str], default: Option<&str>, ccp: Option<&str>) -> keybroker::policy::KnownSources {
+fn known(
+    names: &[&str],
+    default: Option<&str>,
+    ccp: Option<&str>,
+) -> keybroker::policy::KnownSources {
     keybroker::policy::KnownSources {
         names: names.iter().map(|s| (*s).to_owned()).collect(),
         default: default.map(str::to_owned),
@@ -415,7 +419,10 @@ fn messages(dir: &Path, sources: &keybroker::policy::KnownSources) -> Vec<String
     let Err(PolicyError::Invalid(diags)) = keybroker::policy::load_checked(dir, sources) else {
         panic!("the policy must be rejected")
     };
-    diags.iter().map(|d| format!("{}: {}", d.line, d.message)).collect()
+    diags
+        .iter()
+        .map(|d| format!("{}: {}", d.line, d.message))
+        .collect()
 }
 
 /// THREATS row 32: what file order would otherwise resolve silently is a load error, with
@@ -523,10 +530,20 @@ value = "$SECRET_files:fraud/k $KEY_v"
 "#,
     );
     let p = keybroker::policy::load_checked(dir.path(), &known(&["files"], None, None)).unwrap();
-    let got: Vec<String> = p.warnings.iter().map(|d| format!("{}: {}", d.line, d.message)).collect();
+    let got: Vec<String> = p
+        .warnings
+        .iter()
+        .map(|d| format!("{}: {}", d.line, d.message))
+        .collect();
     assert_eq!(got.len(), 2, "{got:?}");
-    assert!(got[0].starts_with("14: issuer ACL overlaps consumer `gw` of team `payments`"), "{got:?}");
-    assert!(got[1].starts_with("28: `files:payments/k` is outside every grant of team `fraud`"), "{got:?}");
+    assert!(
+        got[0].starts_with("14: issuer ACL overlaps consumer `gw` of team `payments`"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].starts_with("28: `files:payments/k` is outside every grant of team `fraud`"),
+        "{got:?}"
+    );
 }
 
 fn rcgen_ca_pem() -> String {

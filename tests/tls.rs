@@ -432,12 +432,19 @@ async fn threat_19_injected_subject_attributes_do_not_impersonate() {
     let clients = &fx.clients;
     let tls = fx.path("tls");
     let forged = [
-        clients.client_dn(&tls, "inject-cn", &[(DnType::CommonName, "gateway-9, CN=worker-1.fraud.example")]),
+        clients.client_dn(
+            &tls,
+            "inject-cn",
+            &[(DnType::CommonName, "gateway-9, CN=worker-1.fraud.example")],
+        ),
         clients.client_dn(
             &tls,
             "inject-ou",
             &[
-                (DnType::OrganizationalUnitName, "x, CN=worker-1.fraud.example"),
+                (
+                    DnType::OrganizationalUnitName,
+                    "x, CN=worker-1.fraud.example",
+                ),
                 (DnType::CommonName, "gateway-9"),
             ],
         ),

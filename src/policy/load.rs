@@ -466,7 +466,11 @@ fn validate(
             files.at(&g, &key("team"), format!("unknown team `{}`", g.def.team));
         }
         if sources.is_some_and(|k| !k.names.contains(&g.def.source)) {
-            files.at(&g, &key("source"), format!("unknown source `{}`", g.def.source));
+            files.at(
+                &g,
+                &key("source"),
+                format!("unknown source `{}`", g.def.source),
+            );
         }
         let mut paths = Vec::new();
         for (i, p) in g.def.paths.iter().enumerate() {
@@ -490,7 +494,10 @@ fn validate(
 }
 
 /// The source a reference reads from under `known`.
-fn reference_source<'a>(r: &'a Reference, known: &'a KnownSources) -> Result<&'a str, &'static str> {
+fn reference_source<'a>(
+    r: &'a Reference,
+    known: &'a KnownSources,
+) -> Result<&'a str, &'static str> {
     match &r.target {
         Target::Secret {
             source: Some(s), ..
@@ -556,7 +563,9 @@ fn warn_credentials_outside_grants(
                 }
             };
             let granted = policy.grants.iter().any(|g| {
-                g.team == cred.team && g.source == source && g.paths.iter().any(|p| p.matches(&path))
+                g.team == cred.team
+                    && g.source == source
+                    && g.paths.iter().any(|p| p.matches(&path))
             });
             if !granted {
                 files.warn(

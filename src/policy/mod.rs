@@ -10,10 +10,10 @@ mod load;
 mod model;
 mod subject;
 
-pub use subject::SubjectPattern;
 pub use decide::{Decision, Subject};
 pub use host::{Destination, HostError, HostPattern};
 pub use load::{KnownSources, PolicyError, load, load_checked};
 pub use model::{
     Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Policy, ReadAccess,
 };
+pub use subject::SubjectPattern;

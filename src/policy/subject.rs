@@ -205,7 +205,10 @@ mod tests {
                 .overlaps(&SubjectPattern::parse(b).unwrap())
         };
         assert!(o("CN=gw-*", "CN=*-1"));
-        assert!(o("CN=gw-*", "O=Payments"), "different attributes can co-occur");
+        assert!(
+            o("CN=gw-*", "O=Payments"),
+            "different attributes can co-occur"
+        );
         assert!(!o("CN=gw-*", "CN=worker-*"));
         assert!(!o("CN=a*b", "CN=*c"));
         assert!(o("CN=a*", "CN=*b"));

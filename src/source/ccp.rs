@@ -223,7 +223,9 @@ impl CcpSource {
             build_query(&self.app_id, &target)
         }
         .map_err(|_| {
-            SourceError::Invalid("the safe, folder or object holds a character ccp does not support")
+            SourceError::Invalid(
+                "the safe, folder or object holds a character ccp does not support",
+            )
         })?;
         let mut url = self.accounts.clone();
         url.set_query(Some(&query));
@@ -276,9 +278,7 @@ impl CcpSource {
         Err(match status.as_u16() {
             404 => SourceError::Unavailable("bare 404 from the web server: is service_path right?"),
             401 | 403 => SourceError::Denied,
-            429 => SourceError::RateLimited {
-                retry_after,
-            },
+            429 => SourceError::RateLimited { retry_after },
             414 => SourceError::Invalid("the query is too long for the ccp web server (414)"),
             400..=499 => SourceError::Invalid("the ccp web server rejected the request (4xx)"),
             _ => SourceError::Unavailable("ccp web server error page"),

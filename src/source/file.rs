@@ -132,7 +132,12 @@ fn open_dirs(root: &Path, dirs: &[String]) -> Result<Option<OwnedFd>, SourceErro
     let mut dir = rustix::fs::open(root, flags, Mode::empty())
         .map_err(|_| SourceError::Unavailable("cannot open the file source's root"))?;
     for segment in dirs {
-        match rustix::fs::openat(&dir, segment.as_str(), flags | OFlags::NOFOLLOW, Mode::empty()) {
+        match rustix::fs::openat(
+            &dir,
+            segment.as_str(),
+            flags | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) {
             Ok(next) => dir = next,
             Err(e) => {
                 classify(&dir, segment, e)?;
@@ -269,7 +274,11 @@ mod tests {
         std::os::unix::fs::symlink("../fraud/model.json", root.join("payments/raw")).unwrap();
         let src = FileSource::new("files", root).unwrap();
         for path in ["payments/in", "payments/models/m", "payments/raw"] {
-            assert_eq!(src.read(&request(path)).await.unwrap_err(), SYMLINK, "{path}");
+            assert_eq!(
+                src.read(&request(path)).await.unwrap_err(),
+                SYMLINK,
+                "{path}"
+            );
         }
         assert!(src.read(&request("fraud/model")).await.is_ok());
     }
@@ -280,7 +289,10 @@ mod tests {
         let dir = tree();
         let src = FileSource::new("files", dir.path()).unwrap();
         let through_a_file = src.read(&request("demo/token/x")).await.unwrap_err();
-        assert!(matches!(through_a_file, SourceError::Invalid(_)), "{through_a_file:?}");
+        assert!(
+            matches!(through_a_file, SourceError::Invalid(_)),
+            "{through_a_file:?}"
+        );
         let long = format!("demo/{}", "a".repeat(300));
         let too_long = src.read(&request(&long)).await.unwrap_err();
         assert!(matches!(too_long, SourceError::Invalid(_)), "{too_long:?}");

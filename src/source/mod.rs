@@ -61,7 +61,9 @@ pub enum SourceError {
     /// The backend asked keybroker to slow down (429). Not retried; the source is left alone
     /// for `retry_after` (capped) and not counted as down.
     #[error("the source is rate limiting keybroker")]
-    RateLimited { retry_after: Option<std::time::Duration> },
+    RateLimited {
+        retry_after: Option<std::time::Duration>,
+    },
 }
 
 impl SourceError {

@@ -539,7 +539,12 @@ impl Inner {
             return;
         };
         match self
-            .call(reqwest::Method::POST, url, Some(token), Some(serde_json::json!({})))
+            .call(
+                reqwest::Method::POST,
+                url,
+                Some(token),
+                Some(serde_json::json!({})),
+            )
             .await
         {
             Ok(_) => tracing::debug!("replaced vault token revoked"),
