@@ -35,7 +35,8 @@ use crate::metrics::Metrics;
 use crate::pem::{self, CheckedSecret, RepairKind};
 use crate::policy::{Destination, Policy, PolicyError, Subject};
 use crate::reference::{
-    DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, Resolved, Target,
+    DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, RenderError,
+    Resolved, Target,
 };
 use crate::secret::SecretBuf;
 use crate::source::{
@@ -104,9 +105,13 @@ pub struct SecretUse {
 pub enum ResolveError {
     #[error(transparent)]
     Document(#[from] DocumentError),
-    /// Every reference that failed, with its location and reason.
-    #[error("{} reference(s) could not be resolved", .0.len())]
-    Unresolved(Vec<ExpandError>),
+    /// The references that failed, with location and reason: the first `[limits]
+    /// max_errors` in document order, and how many more.
+    #[error("{} reference(s) could not be resolved", .errors.len() + .omitted)]
+    Unresolved {
+        errors: Vec<ExpandError>,
+        omitted: usize,
+    },
     /// The audit line could not be written and `fail_closed` is set.
     #[error("the audit trail cannot be written; refusing to answer")]
     AuditUnavailable,
@@ -114,6 +119,13 @@ pub enum ResolveError {
     /// any read.
     #[error("the document needs more than {limit} distinct secrets ([limits] max_references)")]
     TooManyReferences { limit: usize },
+    /// The document holds more reference occurrences than `[limits] max_sites`.
+    #[error("the document holds more than {limit} references ([limits] max_sites)")]
+    TooManySites { limit: usize },
+    /// The expanded answer would be larger than `[limits] max_answer_bytes`; refused before
+    /// anything was reserved.
+    #[error("the expanded answer would be larger than {limit} bytes ([limits] max_answer_bytes)")]
+    TooLarge { limit: usize },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -333,7 +345,7 @@ impl Broker {
         let (decision, reason) = match &result {
             Ok(_) => ("allowed", "allowed"),
             Err(ResolveError::Document(d)) => ("failed", d.code()),
-            Err(ResolveError::Unresolved(errors)) => {
+            Err(ResolveError::Unresolved { errors, .. }) => {
                 let denied = errors.iter().any(|e| e.reason == Reason::Denied);
                 let first = errors.first().map_or("unresolved", |e| e.reason.code());
                 if denied {
@@ -343,7 +355,10 @@ impl Broker {
                 }
             }
             Err(ResolveError::AuditUnavailable) => ("failed", "audit_unavailable"),
-            Err(ResolveError::TooManyReferences { .. }) => ("failed", "too_many_references"),
+            Err(ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. }) => {
+                ("failed", "too_many_references")
+            }
+            Err(ResolveError::TooLarge { .. }) => ("failed", "too_large"),
         };
         let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |r| {
             let lists = r.metadata.repairs.iter().map(|u| &u.repairs[..]);
@@ -376,14 +391,24 @@ impl Broker {
         subjects: &mut Vec<String>,
     ) -> Result<Resolution, ResolveError> {
         let policy = self.policy.load();
-        let prepared = match document {
+        let large = match &document {
+            Document::JsonValue(_) => false,
+            Document::Text { text, .. } => text.len() > LARGE_DOCUMENT,
+        };
+        let prepared = heavy(large, || match document {
             Document::JsonValue(v) => Prepared::json(v, layout),
             Document::Text { format, text } => match format {
                 Format::Json => Prepared::json_text(&text, layout),
                 Format::Yaml => Prepared::yaml(&text),
                 Format::Text => Prepared::text(&text),
             },
-        }?;
+        })?;
+        let large = large || prepared.occurrences() > LARGE_OCCURRENCES;
+        if prepared.occurrences() > self.limits.max_sites {
+            return Err(ResolveError::TooManySites {
+                limit: self.limits.max_sites,
+            });
+        }
 
         // Each distinct reference is mapped once; each distinct read happens once.
         let mut order: Vec<ReadKey> = Vec::new();
@@ -415,7 +440,16 @@ impl Broker {
             let fetched = secrets[index].as_ref().map_err(source_reason)?;
             pick(r, &fetched.secret)
         };
-        let document = prepared.render(&lookup).map_err(ResolveError::Unresolved)?;
+        let limits = crate::reference::RenderLimits {
+            max_answer_bytes: usize::try_from(self.limits.max_answer_bytes.0).unwrap_or(usize::MAX),
+            max_errors: self.limits.max_errors,
+        };
+        let document = heavy(large, || prepared.render(&lookup, limits)).map_err(|e| match e {
+            RenderError::Unresolved { errors, omitted } => {
+                ResolveError::Unresolved { errors, omitted }
+            }
+            RenderError::TooLarge { limit } => ResolveError::TooLarge { limit },
+        })?;
         let mut metadata = ResolveMetadata::default();
         for ((source, req), fetched) in order.iter().zip(&secrets) {
             let checked = fetched.as_ref().ok().map(|f| &*f.secret);
@@ -715,6 +749,25 @@ impl Broker {
                 }
             }
         }
+    }
+}
+
+/// Documents longer than this are prepared and rendered where they cannot hold up a runtime
+/// worker (THREATS row 22: two large requests must not stall `/healthz`) …
+const LARGE_DOCUMENT: usize = 64 << 10;
+/// … and so are documents with more reference occurrences than this.
+const LARGE_OCCURRENCES: usize = 1000;
+
+/// Runs CPU-heavy `work` (when `large`) with the runtime told to move this worker's other
+/// tasks elsewhere meanwhile; inline otherwise, and on a current-thread runtime, which has no
+/// other worker to move them to.
+fn heavy<T>(large: bool, work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if large && multi {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 

@@ -395,18 +395,24 @@ fn error_json(e: &ResolveError) -> String {
         ResolveError::Document(d) => serde_json::json!({
             "error": {"code": d.code(), "message": d.to_string()}
         }),
-        ResolveError::Unresolved(errors) => serde_json::json!({
+        ResolveError::Unresolved { errors, omitted } => serde_json::json!({
             "error": {
                 "code": "unresolved_references",
                 "message": e.to_string(),
                 "details": errors,
+                "omitted": omitted,
             }
         }),
         ResolveError::AuditUnavailable => serde_json::json!({
             "error": {"code": "audit_unavailable", "message": e.to_string()}
         }),
-        ResolveError::TooManyReferences { .. } => serde_json::json!({
-            "error": {"code": "too_many_references", "message": e.to_string()}
+        ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. } => {
+            serde_json::json!({
+                "error": {"code": "too_many_references", "message": e.to_string()}
+            })
+        }
+        ResolveError::TooLarge { .. } => serde_json::json!({
+            "error": {"code": "too_large", "message": e.to_string()}
         }),
     };
     body.to_string()

@@ -89,21 +89,51 @@ impl fmt::Debug for Secret {
 /// A growable byte buffer for output that carries secrets (an expanded document, a
 /// response body). Zeroized on drop, and — unlike `Zeroizing<Vec<u8>>` — also when it
 /// grows: the old allocation is wiped before it is released.
-#[derive(Default)]
 pub struct SecretBuf {
     buf: Vec<u8>,
+    /// Never grows past this many bytes; a write that would is dropped and remembered.
+    limit: usize,
+    overflow: bool,
+}
+
+impl Default for SecretBuf {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
 }
 
 impl SecretBuf {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             buf: Vec::with_capacity(capacity),
+            limit: usize::MAX,
+            overflow: false,
         }
     }
 
+    /// A buffer that never holds more than `limit` bytes, with `capacity` reserved up front;
+    /// `None` if even that cannot be allocated. Writes past the limit are dropped and
+    /// [`SecretBuf::overflowed`] says so: the caller answers "too large" instead of the
+    /// allocator aborting the process.
+    pub fn bounded(capacity: usize, limit: usize) -> Option<Self> {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(capacity.min(limit)).ok()?;
+        Some(Self {
+            buf,
+            limit,
+            overflow: false,
+        })
+    }
+
+    /// Whether a write was dropped because it would have passed the limit.
+    pub fn overflowed(&self) -> bool {
+        self.overflow
+    }
+
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
-        self.reserve(bytes.len());
-        self.buf.extend_from_slice(bytes);
+        if self.reserve(bytes.len()) {
+            self.buf.extend_from_slice(bytes);
+        }
     }
 
     pub fn push_str(&mut self, s: &str) {
@@ -192,23 +222,48 @@ impl SecretBuf {
         self.buf.capacity()
     }
 
-    fn reserve(&mut self, extra: usize) {
-        if self.buf.capacity() - self.buf.len() >= extra {
-            return;
+    /// Makes room for `extra` more bytes; false (and the overflow noted) past the limit or
+    /// when the allocation fails.
+    fn reserve(&mut self, extra: usize) -> bool {
+        if self.overflow {
+            return false;
         }
-        let wanted = self.buf.len().saturating_add(extra);
-        let new_cap = wanted.max(self.buf.capacity().saturating_mul(2)).max(64);
-        let mut grown = Vec::with_capacity(new_cap);
+        if self.buf.capacity() - self.buf.len() >= extra {
+            return true;
+        }
+        let wanted = match self.buf.len().checked_add(extra) {
+            Some(w) if w <= self.limit => w,
+            _ => {
+                self.overflow = true;
+                return false;
+            }
+        };
+        let new_cap = wanted
+            .max(self.buf.capacity().saturating_mul(2))
+            .max(64)
+            .min(self.limit);
+        let mut grown = Vec::new();
+        if grown.try_reserve_exact(new_cap).is_err() {
+            self.overflow = true;
+            return false;
+        }
         grown.extend_from_slice(&self.buf);
         // `Vec::zeroize` wipes the whole capacity, not only `len` bytes.
         self.buf.zeroize();
         self.buf = grown;
+        true
     }
 }
 
 impl io::Write for SecretBuf {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.extend_from_slice(bytes);
+        if !self.reserve(bytes.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "the buffer's size limit was reached",
+            ));
+        }
+        self.buf.extend_from_slice(bytes);
         Ok(bytes.len())
     }
 

@@ -319,7 +319,7 @@ async fn errormsg_and_values_never_reach_an_error_answer() {
     let broker = Arc::new(Broker::from_config(&config(&pki, &double.url, "")).unwrap());
     let doc = json!({"ok": "$SAFE_Payments $NAME_db", "missing": "$SAFE_Payments $NAME_nope", "other": "$SAFE_Other $NAME_x"});
     let err = expand(&broker, doc).await.unwrap_err();
-    let ResolveError::Unresolved(errors) = &err else {
+    let ResolveError::Unresolved { errors, .. } = &err else {
         panic!("{err:?}")
     };
     let shown = serde_json::to_string(errors).unwrap();
@@ -415,7 +415,7 @@ async fn every_storage_form_of_a_key_is_repaired_and_damage_is_rejected() {
     }
     let doc = json!({"k": "$SAFE_Payments $NAME_key-damaged"});
     let err = expand(&broker, doc).await.unwrap_err();
-    let ResolveError::Unresolved(errors) = err else {
+    let ResolveError::Unresolved { errors, .. } = err else {
         panic!()
     };
     assert_eq!(errors[0].reason.code(), "pem_rejected");

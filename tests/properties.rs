@@ -6,7 +6,8 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use keybroker::reference::{
-    Layout, Prepared, Reason, Reference, Resolved, SecretPath, Target, parse_reference,
+    Layout, Prepared, Reason, Reference, RenderError, RenderLimits, Resolved, SecretPath, Target,
+    parse_reference,
 };
 use keybroker::secret::{Secret, SecretMeta, secret_string};
 
@@ -115,7 +116,7 @@ proptest! {
         let p = Prepared::text(&text).unwrap();
         prop_assert_eq!(p.errors().count(), 0);
         // `$$` before a keyword is an escape; without keywords there is none.
-        let out = p.render(&no_lookup).unwrap();
+        let out = p.render(&no_lookup, RenderLimits::default()).unwrap();
         prop_assert_eq!(out.as_bytes(), text.as_bytes());
     }
 
@@ -123,7 +124,7 @@ proptest! {
     fn json_without_references_is_value_identical(v in json_value()) {
         for layout in [Layout::Compact, Layout::Pretty] {
             let p = Prepared::json(v.clone(), layout).unwrap();
-            let out = p.render(&no_lookup).unwrap();
+            let out = p.render(&no_lookup, RenderLimits::default()).unwrap();
             let back: Value = serde_json::from_slice(out.as_bytes()).unwrap();
             prop_assert_eq!(&back, &v);
         }
@@ -133,7 +134,7 @@ proptest! {
     fn yaml_without_references_is_value_identical(v in json_value()) {
         let yaml = serde_saphyr::to_string(&v).unwrap();
         let p = Prepared::yaml(&yaml).unwrap();
-        let out = p.render(&no_lookup).unwrap();
+        let out = p.render(&no_lookup, RenderLimits::default()).unwrap();
         let back: Value = serde_saphyr::from_str(std::str::from_utf8(out.as_bytes()).unwrap()).unwrap();
         prop_assert_eq!(back, v);
     }
@@ -188,7 +189,7 @@ proptest! {
             doc.insert(format!("k{i}"), Value::String(value));
         }
         let p = Prepared::json(Value::Object(doc), Layout::Compact).unwrap();
-        match p.render(&lookup) {
+        match p.render(&lookup, RenderLimits::default()) {
             Ok(out) => {
                 prop_assert!(failing.is_empty());
                 let v: Value = serde_json::from_slice(out.as_bytes()).unwrap();
@@ -197,10 +198,11 @@ proptest! {
                     prop_assert_eq!(&v[format!("k{i}")], want);
                 }
             }
-            Err(errors) => {
+            Err(RenderError::Unresolved { errors, .. }) => {
                 let got: Vec<String> = errors.iter().map(|e| e.location.to_string()).collect();
                 prop_assert_eq!(got, failing);
             }
+            Err(e) => prop_assert!(false, "no limit was set: {e}"),
         }
     }
 }

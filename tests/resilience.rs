@@ -80,7 +80,7 @@ async fn openbao_killed_stale_within_max_stale_unavailable_otherwise_then_recove
     let v: serde_json::Value = serde_json::from_slice(stale.document.as_bytes()).unwrap();
     assert_eq!(v["v"], "app");
     // Never cached: a clear "unavailable".
-    let Err(ResolveError::Unresolved(errors)) =
+    let Err(ResolveError::Unresolved { errors, .. }) =
         resolve(&b, "$SECRET_payments/partner $KEY_cert").await
     else {
         panic!("an uncached secret cannot be served while OpenBao is down")

@@ -2,7 +2,7 @@
 //! failing never yields output.
 #![no_main]
 
-use keybroker::reference::{Layout, Prepared, Reason, Reference, Resolved};
+use keybroker::reference::{Layout, Prepared, Reason, Reference, RenderError, RenderLimits, Resolved};
 use libfuzzer_sys::fuzz_target;
 
 fn missing(_: &Reference) -> Result<Resolved<'static>, Reason> {
@@ -21,8 +21,12 @@ fuzz_target!(|input: (u8, &str)| {
     };
     let has_refs = !prepared.references().is_empty();
     let has_errors = prepared.errors().next().is_some();
-    match prepared.render(&missing) {
+    match prepared.render(&missing, RenderLimits::default()) {
         Ok(_) => assert!(!has_refs && !has_errors),
-        Err(errors) => assert!(!errors.is_empty()),
+        Err(RenderError::Unresolved { errors, omitted }) => {
+            assert!(!errors.is_empty());
+            assert_eq!(omitted, 0, "no limit was set");
+        }
+        Err(e) => panic!("unexpected {e:?}"),
     }
 });

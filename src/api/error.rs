@@ -43,6 +43,13 @@ struct Inner<'a> {
     message: String,
     #[serde(skip_serializing_if = "Details::is_empty")]
     details: Details<'a>,
+    /// Failures not listed in `details` (over `[limits] max_errors`).
+    #[serde(skip_serializing_if = "is_zero")]
+    omitted: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -75,13 +82,16 @@ impl ApiError {
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::UnknownSource(_) => (StatusCode::NOT_FOUND, "unknown_source"),
             Self::Resolve(ResolveError::Document(d)) => (StatusCode::BAD_REQUEST, d.code()),
-            Self::Resolve(ResolveError::TooManyReferences { .. }) => {
-                (StatusCode::BAD_REQUEST, "too_many_references")
+            Self::Resolve(
+                ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. },
+            ) => (StatusCode::BAD_REQUEST, "too_many_references"),
+            Self::Resolve(ResolveError::TooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
             }
             Self::Resolve(ResolveError::AuditUnavailable)
             | Self::Credential(CredentialError::AuditUnavailable)
             | Self::Audit(AuditRefused) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
-            Self::Resolve(ResolveError::Unresolved(errors)) => {
+            Self::Resolve(ResolveError::Unresolved { errors, .. }) => {
                 if errors.iter().any(|e| e.reason == Reason::SourceUnavailable) {
                     (StatusCode::SERVICE_UNAVAILABLE, "source_unavailable")
                 } else if errors.iter().any(|e| e.reason == Reason::Denied) {
@@ -115,7 +125,7 @@ impl IntoResponse for ApiError {
             tracing::debug!(reason = why.code(), "request not authenticated");
         }
         let details = match &self {
-            Self::Resolve(ResolveError::Unresolved(e)) => Details::References(e),
+            Self::Resolve(ResolveError::Unresolved { errors, .. }) => Details::References(errors),
             Self::Credential(CredentialError::Unresolved(e)) => Details::Roles(e),
             // Policy files are not secret; their diagnostics tell the admin what to fix.
             Self::Reload(ReloadError::Invalid(crate::policy::PolicyError::Invalid(list))) => {
@@ -123,11 +133,16 @@ impl IntoResponse for ApiError {
             }
             _ => Details::None,
         };
+        let omitted = match &self {
+            Self::Resolve(ResolveError::Unresolved { omitted, .. }) => *omitted,
+            _ => 0,
+        };
         let body = Body {
             error: Inner {
                 code,
                 message: self.to_string(),
                 details,
+                omitted,
             },
         };
         let mut response = (status, axum::Json(body)).into_response();

@@ -230,6 +230,15 @@ pub struct LimitsConfig {
     /// Reads in flight per source, shared by all requests; the rest wait their turn.
     #[serde(default = "default_source_concurrency")]
     pub source_concurrency: usize,
+    /// Reference occurrences in one document (duplicates included).
+    #[serde(default = "default_max_sites")]
+    pub max_sites: usize,
+    /// Size of one expanded answer; checked before anything is reserved.
+    #[serde(default = "default_max_answer_bytes")]
+    pub max_answer_bytes: ByteSize,
+    /// Failures listed in one error answer (then a count).
+    #[serde(default = "default_max_errors")]
+    pub max_errors: usize,
 }
 
 impl Default for LimitsConfig {
@@ -237,8 +246,21 @@ impl Default for LimitsConfig {
         Self {
             max_references: default_max_references(),
             source_concurrency: default_source_concurrency(),
+            max_sites: default_max_sites(),
+            max_answer_bytes: default_max_answer_bytes(),
+            max_errors: default_max_errors(),
         }
     }
+}
+
+fn default_max_sites() -> usize {
+    10_000
+}
+fn default_max_answer_bytes() -> ByteSize {
+    ByteSize(8 << 20)
+}
+fn default_max_errors() -> usize {
+    100
 }
 
 fn default_max_references() -> usize {

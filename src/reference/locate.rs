@@ -104,30 +104,32 @@ impl Prepared {
     /// Plain text: references anywhere, written back byte for byte around them.
     pub fn text(text: &str) -> Result<Self, DocumentError> {
         let (template, syntax) = parse_template_lenient(text);
-        let mut errors: Vec<(usize, ExpandError)> = syntax
+        let mut found: Vec<(usize, Option<String>, Reason)> = syntax
             .into_iter()
-            .map(|e| {
-                let error = ExpandError {
-                    location: line_column(text, e.offset),
-                    reference: None,
-                    reason: Reason::Syntax(e.kind),
-                };
-                (e.offset, error)
-            })
+            .map(|e| (e.offset, None, Reason::Syntax(e.kind)))
             .collect();
-        errors.extend(
+        found.extend(
             template
                 .references()
                 .filter(|(r, _)| r.is_whole_secret())
-                .map(|(r, offset)| {
-                    let error = ExpandError {
-                        location: line_column(text, offset),
-                        reference: Some(r.to_string()),
-                        reason: Reason::WholeSecretInText,
-                    };
-                    (offset, error)
-                }),
+                .map(|(r, offset)| (offset, Some(r.to_string()), Reason::WholeSecretInText)),
         );
+        // All locations in one pass over the text (THREATS row 22: one pass per error was
+        // quadratic in a document of many errors).
+        let offsets: Vec<usize> = found.iter().map(|(o, _, _)| *o).collect();
+        let locations = line_columns(text, &offsets);
+        let errors: Vec<(usize, ExpandError)> = found
+            .into_iter()
+            .zip(locations)
+            .map(|((offset, reference, reason), location)| {
+                let error = ExpandError {
+                    location,
+                    reference,
+                    reason,
+                };
+                (offset, error)
+            })
+            .collect();
         Ok(Self {
             format: Format::Text,
             body: Body::Text {
@@ -197,13 +199,46 @@ impl Prepared {
     }
 
     pub(super) fn location(&self, at: At<'_>) -> Location {
-        match (at, &self.body) {
-            (At::Site(location), _) => location.clone(),
-            (At::Offset(offset), Body::Text { text, .. }) => line_column(text, offset),
-            (At::Offset(offset), Body::Tree { .. }) => Location::LineColumn {
-                line: 0,
-                column: offset,
-            },
+        self.locations(&[at]).pop().expect("one location per place")
+    }
+
+    /// The locations of `places`, in their order; text offsets are resolved in one pass.
+    pub(super) fn locations(&self, places: &[At<'_>]) -> Vec<Location> {
+        let offsets: Vec<usize> = places
+            .iter()
+            .map(|a| match a {
+                At::Offset(o) => *o,
+                At::Site(_) => 0,
+            })
+            .collect();
+        let mut text_locations = match &self.body {
+            Body::Text { text, .. } => line_columns(text, &offsets),
+            Body::Tree { .. } => Vec::new(),
+        }
+        .into_iter();
+        places
+            .iter()
+            .map(|a| match (a, &self.body) {
+                (At::Site(location), _) => {
+                    text_locations.next();
+                    (*location).clone()
+                }
+                (At::Offset(_), Body::Text { .. }) => {
+                    text_locations.next().expect("one per offset")
+                }
+                (At::Offset(offset), Body::Tree { .. }) => Location::LineColumn {
+                    line: 0,
+                    column: *offset,
+                },
+            })
+            .collect()
+    }
+
+    /// How many reference occurrences the document holds (duplicates included).
+    pub fn occurrences(&self) -> usize {
+        match &self.body {
+            Body::Tree { sites, .. } => sites.iter().map(|s| s.template.references().count()).sum(),
+            Body::Text { template, .. } => template.references().count(),
         }
     }
 
@@ -348,13 +383,31 @@ fn placeholder(marker: &str, index: usize) -> String {
     format!("{marker}{index}_")
 }
 
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-pub(super) fn line_column(text: &str, offset: usize) -> Location {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    Location::LineColumn { line, column }
+/// 1-based line and column (in characters) of each byte offset in `text`, in the order
+/// given: one walk over the text however many offsets there are.
+pub(super) fn line_columns(text: &str, offsets: &[usize]) -> Vec<Location> {
+    let mut order: Vec<usize> = (0..offsets.len()).collect();
+    order.sort_by_key(|&i| offsets[i]);
+    let mut out = vec![Location::LineColumn { line: 0, column: 0 }; offsets.len()];
+    let (mut pos, mut line, mut column) = (0usize, 1usize, 1usize);
+    for i in order {
+        let mut target = offsets[i].min(text.len());
+        while !text.is_char_boundary(target) {
+            target -= 1;
+        }
+        let target = target.max(pos);
+        for c in text[pos..target].chars() {
+            if c == '\n' {
+                line += 1;
+                column = 1;
+            } else {
+                column += 1;
+            }
+        }
+        pos = target;
+        out[i] = Location::LineColumn { line, column };
+    }
+    out
 }
 
 #[cfg(test)]

@@ -19,4 +19,4 @@ pub use parse::{
     ParseError, Part, Reference, SecretPath, Target, Template, is_ccp_forbidden, parse_reference,
     parse_template, parse_template_lenient,
 };
-pub use render::Resolved;
+pub use render::{RenderError, RenderLimits, Resolved};

@@ -16,46 +16,86 @@ pub enum Resolved<'a> {
     Whole(&'a Secret),
 }
 
+/// What one rendering may cost (`[limits]`); unbounded by default.
+#[derive(Clone, Copy, Debug)]
+pub struct RenderLimits {
+    /// Largest expanded answer, in bytes: checked before anything is reserved, and enforced
+    /// while writing (escaping can only grow the answer).
+    pub max_answer_bytes: usize,
+    /// Failures listed in an error answer; the rest are only counted.
+    pub max_errors: usize,
+}
+
+impl Default for RenderLimits {
+    fn default() -> Self {
+        Self {
+            max_answer_bytes: usize::MAX,
+            max_errors: usize::MAX,
+        }
+    }
+}
+
+/// Why a document was not rendered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenderError {
+    /// References failed: the first `max_errors` in document order, and how many more.
+    #[error("{} reference(s) could not be resolved", .errors.len() + .omitted)]
+    Unresolved {
+        errors: Vec<ExpandError>,
+        omitted: usize,
+    },
+    /// The expanded answer would exceed `max_answer_bytes` (or could not be allocated).
+    #[error("the expanded answer would be larger than {limit} bytes")]
+    TooLarge { limit: usize },
+}
+
 impl Prepared {
     /// Renders the document, asking `lookup` for every reference. Every reference is looked
     /// up before a byte is written: if any fails, the answer lists each failure and no
-    /// buffer exists.
+    /// buffer exists. Never reserves more than `limits.max_answer_bytes` — the size of the
+    /// answer is the caller's choice (one secret referenced 30,000 times), so it is checked
+    /// before the reservation, not found out by the allocator (THREATS row 21).
     pub fn render<'s>(
         &self,
         lookup: &dyn Fn(&Reference) -> Result<Resolved<'s>, Reason>,
-    ) -> Result<SecretBuf, Vec<ExpandError>> {
-        let mut errors: Vec<(usize, ExpandError)> = self.errors.clone();
+        limits: RenderLimits,
+    ) -> Result<SecretBuf, RenderError> {
+        let mut failed: Vec<(usize, &Reference, super::locate::At<'_>, Reason)> = Vec::new();
         let mut secret_bytes = 0usize;
         for (ordinal, reference, at) in self.ordered_references() {
             match lookup(reference) {
-                Ok(Resolved::Value(v)) => secret_bytes += v.expose_secret().len(),
+                Ok(Resolved::Value(v)) => {
+                    secret_bytes = secret_bytes.saturating_add(v.expose_secret().len());
+                }
                 Ok(Resolved::Whole(s)) => {
-                    secret_bytes += s
+                    let whole = s
                         .fields()
                         .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
-                        .sum::<usize>()
+                        .fold(0usize, usize::saturating_add);
+                    secret_bytes = secret_bytes.saturating_add(whole);
                 }
-                Err(reason) => errors.push((
-                    ordinal,
-                    ExpandError {
-                        location: self.location(at),
-                        reference: Some(reference.to_string()),
-                        reason,
-                    },
-                )),
+                Err(reason) => failed.push((ordinal, reference, at, reason)),
             }
         }
-        if !errors.is_empty() {
-            // Document order; stable, so several errors of one string keep their order.
-            errors.sort_by_key(|(ordinal, _)| *ordinal);
-            return Err(errors.into_iter().map(|(_, e)| e).collect());
+        if !self.errors.is_empty() || !failed.is_empty() {
+            return Err(self.unresolved(failed, limits.max_errors));
         }
-        // Room for some escaping up front; growth beyond it is zeroized too.
         let skeleton_len = match &self.body {
             Body::Tree { skeleton, .. } => skeleton.len(),
             Body::Text { text, .. } => text.len(),
         };
-        let mut out = SecretBuf::with_capacity(skeleton_len + secret_bytes + secret_bytes / 8 + 16);
+        // The answer is at least this long: refuse before reserving anything.
+        let least = skeleton_len.saturating_add(secret_bytes);
+        let limit = limits.max_answer_bytes;
+        if least > limit {
+            return Err(RenderError::TooLarge { limit });
+        }
+        // Room for some escaping up front; growth beyond it is zeroized too, up to `limit`.
+        let room = least.saturating_add(secret_bytes / 8).saturating_add(16);
+        let Some(mut out) = SecretBuf::bounded(room.min(limit), limit) else {
+            return Err(RenderError::TooLarge { limit });
+        };
         match &self.body {
             Body::Text { template, .. } => {
                 for part in &template.parts {
@@ -76,7 +116,57 @@ impl Prepared {
                 sites,
             } => render_tree(&mut out, skeleton, marker, sites, lookup),
         }
+        if out.overflowed() {
+            return Err(RenderError::TooLarge { limit });
+        }
         Ok(out)
+    }
+
+    /// The failures in document order: the first `max` located (text offsets in one pass),
+    /// the rest counted.
+    fn unresolved(
+        &self,
+        failed: Vec<(usize, &Reference, super::locate::At<'_>, Reason)>,
+        max: usize,
+    ) -> RenderError {
+        enum Failure<'a> {
+            Prepared(&'a ExpandError),
+            Lookup(&'a Reference, super::locate::At<'a>, Reason),
+        }
+        let mut all: Vec<(usize, Failure<'_>)> = self
+            .errors
+            .iter()
+            .map(|(o, e)| (*o, Failure::Prepared(e)))
+            .chain(
+                failed
+                    .into_iter()
+                    .map(|(o, r, at, reason)| (o, Failure::Lookup(r, at, reason))),
+            )
+            .collect();
+        // Document order; stable, so several errors of one string keep their order.
+        all.sort_by_key(|(ordinal, _)| *ordinal);
+        let omitted = all.len().saturating_sub(max);
+        all.truncate(max);
+        let places: Vec<super::locate::At<'_>> = all
+            .iter()
+            .filter_map(|(_, f)| match f {
+                Failure::Lookup(_, at, _) => Some(*at),
+                Failure::Prepared(_) => None,
+            })
+            .collect();
+        let mut locations = self.locations(&places).into_iter();
+        let errors = all
+            .into_iter()
+            .map(|(_, f)| match f {
+                Failure::Prepared(e) => e.clone(),
+                Failure::Lookup(r, _, reason) => ExpandError {
+                    location: locations.next().expect("one location per lookup failure"),
+                    reference: Some(r.to_string()),
+                    reason,
+                },
+            })
+            .collect();
+        RenderError::Unresolved { errors, omitted }
     }
 }
 
@@ -200,7 +290,7 @@ mod tests {
             "n": [1, true, null]
         });
         let p = Prepared::json(doc, Layout::Compact).unwrap();
-        let out = p.render(&lookup_in(&db)).unwrap();
+        let out = p.render(&lookup_in(&db), RenderLimits::default()).unwrap();
         let v: Value = serde_json::from_slice(out.as_bytes()).unwrap();
         assert_eq!(
             v,
@@ -221,7 +311,7 @@ mod tests {
             "top:\n  user: $SECRET_demo/db $KEY_username\n  pw: \"x-$SECRET_demo/db $KEY_password\"\n  all: $SECRET_demo/db\n  list:\n    - $SECRET_demo/db $KEY_password\n",
         )
         .unwrap();
-        let out = p.render(&lookup_in(&db)).unwrap();
+        let out = p.render(&lookup_in(&db), RenderLimits::default()).unwrap();
         let v: Value = serde_saphyr::from_str(text(&out)).unwrap();
         let pw = "p\"w\n\u{7f}\u{2028}é";
         assert_eq!(
@@ -242,7 +332,7 @@ mod tests {
             "a=$SECRET_demo/db $KEY_username\r\n\tb = \"$SECRET_demo/db $KEY_username\" $$KEY_x\n",
         )
         .unwrap();
-        let out = p.render(&lookup_in(&db)).unwrap();
+        let out = p.render(&lookup_in(&db), RenderLimits::default()).unwrap();
         assert_eq!(text(&out), "a=app\r\n\tb = \"app\" $KEY_x\n");
     }
 
@@ -254,7 +344,11 @@ mod tests {
             Layout::Compact,
         )
         .unwrap();
-        let errors = p.render(&lookup_in(&db)).unwrap_err();
+        let Err(RenderError::Unresolved { errors, omitted: 0 }) =
+            p.render(&lookup_in(&db), RenderLimits::default())
+        else {
+            panic!("two failures, all listed")
+        };
         let got: Vec<_> = errors
             .iter()
             .map(|e| {
@@ -289,7 +383,7 @@ mod tests {
         let doc = json!({"x": "kbref_00000000000000000000000000000000_0_", "y": "$SECRET_demo/db $KEY_username"});
         let p = Prepared::json(doc, Layout::Compact).unwrap();
         let v: Value =
-            serde_json::from_slice(p.render(&lookup_in(&db)).unwrap().as_bytes()).unwrap();
+            serde_json::from_slice(p.render(&lookup_in(&db), RenderLimits::default()).unwrap().as_bytes()).unwrap();
         assert_eq!(v["x"], "kbref_00000000000000000000000000000000_0_");
         assert_eq!(v["y"], "app");
     }

@@ -40,9 +40,43 @@ impl Running {
     /// a certificate of `ca_pem`), logs at `rust_log` into `root/stdout.log` and
     /// `root/stderr.log`, and waits until `/healthz` answers.
     pub async fn start(root: &Path, ca_pem: &str, port: u16, rust_log: &str) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"));
+        command.args(["serve", "--config", "kb.toml"]);
+        Self::start_command(command, root, ca_pem, port, rust_log).await
+    }
+
+    /// As [`Running::start`], with the process's address space limited to `bytes`
+    /// (`ulimit -v`), so an allocation sized by a caller would abort it.
+    pub async fn start_limited(
+        root: &Path,
+        ca_pem: &str,
+        port: u16,
+        rust_log: &str,
+        bytes: u64,
+    ) -> Self {
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -v {} && exec \"$0\" serve --config kb.toml",
+                bytes / 1024
+            ))
+            .arg(env!("CARGO_BIN_EXE_keybroker"))
+            // glibc reserves 64 MiB of address space per malloc arena; keep their number to
+            // what a 2-core server uses, so the limit measures keybroker, not the allocator.
+            .env("MALLOC_ARENA_MAX", "2");
+        Self::start_command(command, root, ca_pem, port, rust_log).await
+    }
+
+    async fn start_command(
+        mut command: tokio::process::Command,
+        root: &Path,
+        ca_pem: &str,
+        port: u16,
+        rust_log: &str,
+    ) -> Self {
         let log = |name: &str| Stdio::from(std::fs::File::create(root.join(name)).unwrap());
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
-            .args(["serve", "--config", "kb.toml"])
+        let child = command
             .current_dir(root)
             .env("RUST_LOG", rust_log)
             .env("VAULT_TOKEN", super::openbao::ROOT_TOKEN)
