@@ -544,6 +544,13 @@ async fn serve(
     } else {
         config.server.listen
     });
+    // The dev token is the policy-free operator: it never leaves the machine, TLS or not
+    // (THREATS row 31).
+    if dev && !addr.ip().is_loopback() {
+        return Err(Failure::Usage(format!(
+            "--dev serves a policy-free operator token and only listens on loopback, not {addr}"
+        )));
+    }
     let verifier = api::listen::client_verifier(&config.server).map_err(usage)?;
     let tls = api::listen::tls_acceptor(&config.server, verifier.clone()).map_err(usage)?;
     if tls.is_none() && !addr.ip().is_loopback() {
@@ -603,6 +610,17 @@ fn harden_process() {
     };
     if let Err(e) = setrlimit(Resource::Core, none) {
         tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    // Every client connection is a file descriptor: use all the kernel allows this process.
+    let files = rustix::process::getrlimit(Resource::Nofile);
+    if files.maximum != files.current {
+        let raised = Rlimit {
+            current: files.maximum,
+            maximum: files.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open-files limit");
+        }
     }
     #[cfg(target_os = "linux")]
     if let Err(e) =

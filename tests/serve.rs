@@ -1,6 +1,10 @@
 //! `keybroker serve --dev` as a newcomer runs it: banner, token, a real request over a
 //! socket, and a clean stop on Ctrl-C (SIGINT).
 
+mod support {
+    pub mod pki;
+}
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -188,4 +192,51 @@ async fn the_tls_example_serves_material_to_the_gateway_certificate() {
     );
     assert_eq!(body["certificate"], intact["cert"]);
     child.kill().await.unwrap();
+}
+
+/// THREATS row 31: the dev token is the policy-free operator, so `serve --dev` refuses every
+/// listener off loopback — plain, and with a TLS configuration too.
+#[test]
+fn threat_31_dev_mode_never_listens_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    support::pki::Ca::new("dev test CA").server(root, "server");
+    std::fs::create_dir_all(root.join("secrets")).unwrap();
+    let tls = root.join("kb.toml");
+    std::fs::write(
+        &tls,
+        "[server]\nlisten = \"0.0.0.0:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n",
+    )
+    .unwrap();
+    let tls = tls.to_str().unwrap();
+    for args in [
+        vec!["serve", "--dev", "--listen", "0.0.0.0:0"],
+        vec!["serve", "--dev", "--config", tls, "--listen", "0.0.0.0:0"],
+        vec!["serve", "--dev", "--config", tls, "--listen", "[::]:0"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("KEYBROKER_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A server that started would never exit: poll with a deadline, then fail.
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > DEADLINE {
+                let _ = child.kill();
+                panic!("{args:?}: serve --dev started on a non-loopback address");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("policy-free operator token"), "{args:?}: {stderr}");
+    }
 }
