@@ -63,7 +63,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| Prepared::json(black_box(doc.clone()), Layout::Compact).unwrap())
     });
     let prepared = Prepared::json(doc.clone(), Layout::Compact).unwrap();
-    g.bench_function("render", |b| b.iter(|| prepared.render(&lookup, keybroker::reference::RenderLimits::default()).unwrap()));
+    g.bench_function("render", |b| {
+        b.iter(|| {
+            prepared
+                .render(&lookup, keybroker::reference::RenderLimits::default())
+                .unwrap()
+        })
+    });
     g.bench_function("prepare_and_render", |b| {
         b.iter(|| {
             Prepared::json(black_box(doc.clone()), Layout::Compact)

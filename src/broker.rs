@@ -35,8 +35,8 @@ use crate::metrics::Metrics;
 use crate::pem::{self, CheckedSecret, RepairKind};
 use crate::policy::{Destination, Policy, PolicyError, Subject};
 use crate::reference::{
-    DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, RenderError,
-    Resolved, Target,
+    DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, RenderError, Resolved,
+    Target,
 };
 use crate::secret::SecretBuf;
 use crate::source::{
@@ -177,6 +177,8 @@ pub struct Broker {
     /// Reads in flight per source, shared by every request (`[limits] source_concurrency`):
     /// one request's fan-out cannot flood a backend or take all of its connections.
     in_flight: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Audit lines of failed authentications, per peer address.
+    refusals: crate::audit::RefusalBudget,
 }
 
 /// (source name, read) — one backend read, shared by every reference to the same secret.
@@ -277,6 +279,7 @@ impl Broker {
             ccp_source,
             limits,
             in_flight,
+            refusals: crate::audit::RefusalBudget::default(),
         }
     }
 
@@ -373,6 +376,7 @@ impl Broker {
             reason,
             repairs,
             stale,
+            suppressed: None,
             started,
         };
         // A resolution that cannot be audited is dropped (and wiped) unanswered.
@@ -704,6 +708,8 @@ pub(crate) struct AuditEntry<'a> {
     pub repairs: Vec<&'static str>,
     pub stale: bool,
     pub started: Instant,
+    /// On a summary line: failed authentications of one peer that were not written.
+    pub suppressed: Option<u64>,
 }
 
 impl Broker {
@@ -725,18 +731,22 @@ impl Broker {
                     .map(|c| c.team.as_str()),
             ),
         };
+        let (subjects, subjects_omitted, subjects_digest) = audit.subjects(&e.subjects);
         let record = Record {
             time: crate::audit::now_rfc3339(),
             action: e.action,
             consumer,
             team,
-            subjects: e.subjects.iter().map(|s| audit.identifier(s)).collect(),
+            subjects,
+            subjects_omitted,
+            subjects_digest,
             host: e.host.map(|h| audit.identifier(&h.to_string())),
             decision: e.decision,
             reason: e.reason,
             repairs: e.repairs,
             stale: e.stale,
             latency_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            suppressed: e.suppressed,
         };
         match audit.write(&record).await {
             Ok(()) => Ok(()),
@@ -763,7 +773,8 @@ const LARGE_OCCURRENCES: usize = 1000;
 /// other worker to move them to.
 fn heavy<T>(large: bool, work: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
-    let multi = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    let multi =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
     if large && multi {
         tokio::task::block_in_place(work)
     } else {

@@ -36,7 +36,7 @@ async fn start() -> (tempfile::TempDir, support::server::Running) {
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n"
+            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[audit]\npath = \"audit.log\"\nfsync = \"never\"\n"
         ),
     )
     .unwrap();
@@ -84,7 +84,10 @@ async fn threat_21_answer_amplification_is_refused_before_reserving() {
     let (status, v) = resolve_text(&s, "$SECRET_app/big $KEY_v\n".repeat(4)).await;
     assert_eq!(status, 200, "{v}");
     assert!(healthy(&s).await);
-    assert!(s.child.try_wait().unwrap().is_none(), "the server is still running");
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
 }
 
 /// THREATS row 22: 140,000 orphan `$KEY_` in a 1 MB text document — no grant needed — are
@@ -109,7 +112,10 @@ async fn threat_22_many_errors_are_located_in_one_pass_and_capped() {
         })
     };
     let (a, b) = (heavy(), heavy());
-    assert!(healthy(&s).await, "/healthz answers while two large documents are prepared");
+    assert!(
+        healthy(&s).await,
+        "/healthz answers while two large documents are prepared"
+    );
     assert_eq!(a.await.unwrap(), 400);
     assert_eq!(b.await.unwrap(), 400);
     let (status, v) = resolve_text(&s, text).await;
@@ -120,4 +126,43 @@ async fn threat_22_many_errors_are_located_in_one_pass_and_capped() {
     assert_eq!(details[0]["code"], "orphan_key");
     assert_eq!(details[1]["column"], 8);
     assert!(s.child.try_wait().unwrap().is_none());
+}
+
+/// THREATS row 27: callers do not decide how fast the audit trail grows. A denied request of
+/// 5,000 distinct references writes one bounded line (100 subjects, a count, a digest); 300
+/// failed authentications from one address write at most the per-address budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_27_audit_growth_is_bounded() {
+    let (dir, s) = start().await;
+    let audit = dir.path().join("audit.log");
+    let text: String = (0..5000)
+        .map(|i| format!("$SECRET_other/s{i} $KEY_v\n"))
+        .collect();
+    let (status, _) = resolve_text(&s, text).await;
+    assert_eq!(status, 403);
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    let line = lines.lines().last().unwrap();
+    assert!(line.len() < 16 << 10, "a {}-byte audit line", line.len());
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["subjects"].as_array().unwrap().len(), 100);
+    assert_eq!(v["subjects_omitted"], 4900);
+
+    let before = std::fs::read_to_string(&audit).unwrap().lines().count();
+    for _ in 0..300 {
+        let resp = s
+            .client
+            .post(s.url("/v1/resolve"))
+            .bearer_auth("not-a-token")
+            .json(&json!({"document": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    let written = std::fs::read_to_string(&audit).unwrap().lines().count() - before;
+    assert!(
+        written <= 10,
+        "{written} lines for 300 failed authentications"
+    );
+    assert!(written >= 1, "failed authentications are still recorded");
 }

@@ -235,8 +235,16 @@ fn threat_31_dev_mode_never_listens_off_loopback() {
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains("policy-free operator token"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("policy-free operator token"),
+            "{args:?}: {stderr}"
+        );
     }
 }

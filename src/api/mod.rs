@@ -101,7 +101,8 @@ impl AppState {
             Ok(found) => found,
             Err(why) => {
                 // Refused either way; a failing audit sink changes nothing here.
-                let _ = self.broker.audit_unauthenticated(why.code()).await;
+                let ip = peer.map(|p| p.addr.ip());
+                let _ = self.broker.audit_unauthenticated(why.code(), ip).await;
                 if why == AuthError::RepeatedAuthorization {
                     return Err(ApiError::BadRequest {
                         code: why.code(),

@@ -152,6 +152,7 @@ impl Broker {
             reason: "allowed",
             repairs: Vec::new(),
             stale: false,
+            suppressed: None,
             started: Instant::now(),
         })
         .await
@@ -196,6 +197,7 @@ impl Broker {
             reason,
             repairs: Vec::new(),
             stale: false,
+            suppressed: None,
             started,
         })
         .await
@@ -228,6 +230,7 @@ impl Broker {
             reason,
             repairs,
             stale,
+            suppressed: None,
             started,
         })
         .await

@@ -96,6 +96,7 @@ impl Broker {
             reason: if ok { "allowed" } else { "rejected" },
             repairs: Vec::new(),
             stale: false,
+            suppressed: None,
             started,
         })
         .await
@@ -118,6 +119,7 @@ impl Broker {
             reason: "admin_required",
             repairs: Vec::new(),
             stale: false,
+            suppressed: None,
             started: std::time::Instant::now(),
         })
         .await
@@ -127,8 +129,13 @@ impl Broker {
     pub async fn audit_unauthenticated(
         &self,
         reason: &'static str,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<(), super::AuditRefused> {
-        self.audit(super::AuditEntry {
+        use crate::audit::Admit;
+        let admit = peer.map_or(Admit::Write, |ip| {
+            self.refusals.admit(ip, std::time::Instant::now())
+        });
+        let entry = |reason, suppressed| super::AuditEntry {
             action: "authenticate",
             caller: None,
             subjects: Vec::new(),
@@ -138,8 +145,16 @@ impl Broker {
             repairs: Vec::new(),
             stale: false,
             started: std::time::Instant::now(),
-        })
-        .await
+            suppressed,
+        };
+        match admit {
+            Admit::Suppress => return Ok(()),
+            Admit::WriteAfterSuppressed(n) => {
+                self.audit(entry("failures_suppressed", Some(n))).await?;
+            }
+            Admit::Write => {}
+        }
+        self.audit(entry(reason, None)).await
     }
 }
 

@@ -27,6 +27,11 @@ pub enum PolicyError {
     /// Every problem found, in file order.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
+    /// The file changed while it was being read (an editor rewriting it in place): what was
+    /// read may be half a file that still parses. Write policies to a temporary file and
+    /// rename it into place.
+    #[error("{}: changed while it was being read; write policy files elsewhere and rename them into place", path.display())]
+    Changed { path: PathBuf },
 }
 
 #[derive(Deserialize)]
@@ -163,12 +168,7 @@ fn load_inner(dir: &Path, sources: Option<&KnownSources>) -> Result<Policy, Poli
     paths.sort();
     let mut texts = Vec::new();
     for p in &paths {
-        texts.push(
-            std::fs::read_to_string(p).map_err(|source| PolicyError::Read {
-                path: p.clone(),
-                source,
-            })?,
-        );
+        texts.push(read_stable(p, || ())?);
     }
     let mut files = Files {
         paths,
@@ -256,6 +256,28 @@ fn push<T: serde::de::DeserializeOwned>(
         span: item.span(),
         keys,
     });
+}
+
+/// Reads `path`, refusing it when its size, modification time or inode changed between
+/// before and after the read, or the bytes read are not the size it has (THREATS row 30).
+/// `between` runs after the read (tests use it to change the file at that moment).
+fn read_stable(path: &Path, between: impl FnOnce()) -> Result<String, PolicyError> {
+    use std::os::unix::fs::MetadataExt;
+    let read_error = |source| PolicyError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let before = std::fs::metadata(path).map_err(read_error)?;
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    between();
+    let after = std::fs::metadata(path).map_err(read_error)?;
+    let same = |m: &std::fs::Metadata| (m.len(), m.mtime(), m.mtime_nsec(), m.ino(), m.dev());
+    if same(&before) != same(&after) || text.len() as u64 != after.len() {
+        return Err(PolicyError::Changed {
+            path: path.to_owned(),
+        });
+    }
+    Ok(text)
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -709,4 +731,38 @@ fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, String> {
         return Err("no CERTIFICATE block found".to_owned());
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// THREATS row 30: a file rewritten while it is read is refused, not half-loaded.
+    #[test]
+    fn threat_30_a_file_changed_during_the_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let full = "[[team]]\nslug = \"a\"\n";
+        std::fs::write(&path, full).unwrap();
+        assert_eq!(read_stable(&path, || ()).unwrap(), full);
+        let changed = read_stable(&path, || {
+            std::fs::write(&path, "[[team]]\nslug = \"a\"\n[[team]]\nslug = \"b\"\n").unwrap();
+        });
+        assert!(
+            matches!(changed, Err(PolicyError::Changed { .. })),
+            "{changed:?}"
+        );
+        // The same length, rewritten in place: the modification time tells.
+        std::fs::write(&path, full).unwrap();
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let same_length = read_stable(&path, || {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.set_modified(before + std::time::Duration::from_secs(1))
+                .unwrap();
+        });
+        assert!(
+            matches!(same_length, Err(PolicyError::Changed { .. })),
+            "{same_length:?}"
+        );
+    }
 }

@@ -382,8 +382,12 @@ mod tests {
         // Looks like a placeholder but the marker is random per document.
         let doc = json!({"x": "kbref_00000000000000000000000000000000_0_", "y": "$SECRET_demo/db $KEY_username"});
         let p = Prepared::json(doc, Layout::Compact).unwrap();
-        let v: Value =
-            serde_json::from_slice(p.render(&lookup_in(&db), RenderLimits::default()).unwrap().as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(
+            p.render(&lookup_in(&db), RenderLimits::default())
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
         assert_eq!(v["x"], "kbref_00000000000000000000000000000000_0_");
         assert_eq!(v["y"], "app");
     }

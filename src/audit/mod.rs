@@ -25,6 +25,10 @@ use zeroize::Zeroizing;
 
 use crate::config::{AuditConfig, FsyncPolicy};
 
+mod budget;
+
+pub use budget::{Admit, RefusalBudget};
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("cannot open the audit log {path}: {source}")]
@@ -56,8 +60,16 @@ pub struct Record<'a> {
     pub consumer: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<&'a str>,
-    /// Credential name or `source:path` of each reference (HMAC'd when configured).
+    /// Credential name or `source:path` of each reference (HMAC'd when configured): the
+    /// first [`MAX_SUBJECTS`]; the rest are counted and digested, so a caller cannot make
+    /// one line as large as its request (THREATS row 27).
     pub subjects: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subjects_omitted: Option<usize>,
+    /// Digest of the omitted subjects (newline-joined): HMAC with the audit key when one is
+    /// configured, else SHA-256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subjects_digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// `allowed`, `denied` or `failed`.
@@ -69,7 +81,13 @@ pub struct Record<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
     pub latency_us: u64,
+    /// On a summary line: how many failed authentications of this peer were not written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
 }
+
+/// Subjects listed in one audit line before the rest are only counted and digested.
+pub const MAX_SUBJECTS: usize = 100;
 
 /// Where audit lines go.
 #[derive(Debug)]
@@ -170,6 +188,28 @@ impl Audit {
     /// Whether a failed write must refuse the request.
     pub fn fail_closed(&self) -> bool {
         self.fail_closed
+    }
+
+    /// The subjects of one line: the first [`MAX_SUBJECTS`] as identifiers, and for the rest
+    /// their number and one digest.
+    pub fn subjects(&self, all: &[String]) -> (Vec<String>, Option<usize>, Option<String>) {
+        let shown = all.len().min(MAX_SUBJECTS);
+        let listed = all[..shown].iter().map(|s| self.identifier(s)).collect();
+        if shown == all.len() {
+            return (listed, None, None);
+        }
+        let rest = all[shown..].join("\n");
+        let digest = match &self.key {
+            Some(_) => self.identifier(&rest),
+            None => {
+                use sha2::Digest;
+                format!(
+                    "sha256:{}",
+                    hex::encode(sha2::Sha256::digest(rest.as_bytes()))
+                )
+            }
+        };
+        (listed, Some(all.len() - shown), Some(digest))
     }
 
     /// An identifier as it may appear in the trail: itself, or its HMAC.
@@ -276,13 +316,34 @@ mod tests {
             consumer: "gw",
             team: Some("payments"),
             subjects: vec![subject],
+            subjects_omitted: None,
+            subjects_digest: None,
             host: Some("api.partner.example".to_owned()),
             decision: "allowed",
             reason: "allowed",
             repairs: vec![],
             stale: false,
             latency_us: 12,
+            suppressed: None,
         }
+    }
+
+    /// THREATS row 27: a line lists at most MAX_SUBJECTS subjects; the rest are a count and
+    /// one digest (HMAC'd with the audit key when there is one).
+    #[test]
+    fn threat_27_subject_lists_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let all: Vec<String> = (0..5000).map(|i| format!("files:a/{i}")).collect();
+        let plain = Audit::open(&config(dir.path(), None)).unwrap();
+        let (listed, omitted, digest) = plain.subjects(&all);
+        assert_eq!(listed.len(), MAX_SUBJECTS);
+        assert_eq!(omitted, Some(5000 - MAX_SUBJECTS));
+        assert!(digest.unwrap().starts_with("sha256:"));
+        assert_eq!(plain.subjects(&all[..3]), (all[..3].to_vec(), None, None));
+        let keyed = Audit::open(&config(dir.path(), Some(&"k".repeat(32)))).unwrap();
+        let (listed, _, digest) = keyed.subjects(&all);
+        assert!(listed.iter().all(|s| s.starts_with("hmac-sha256:")));
+        assert!(digest.unwrap().starts_with("hmac-sha256:"));
     }
 
     #[tokio::test]
