@@ -47,6 +47,13 @@ fn main() {
             "baseline listening on http://{}",
             listener.local_addr().unwrap()
         );
-        keybroker::api::listen::serve(listener, None, app, std::future::pending()).await;
+        keybroker::api::listen::serve(
+            listener,
+            None,
+            app,
+            (&keybroker::config::LimitsConfig::default()).into(),
+            std::future::pending(),
+        )
+        .await;
     });
 }

@@ -589,6 +589,7 @@ async fn serve(
         listener,
         tls,
         api::router(Arc::new(state)),
+        (&config.limits).into(),
         shutdown_signal(),
     )
     .await;

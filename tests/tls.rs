@@ -202,6 +202,7 @@ impl Server {
             listener,
             tls,
             api::router(Arc::new(state)),
+            (&config.limits).into(),
             async move {
                 let _ = stopped.await;
             },

@@ -6,20 +6,18 @@ use std::time::Instant;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{ApiError, AppState, Peer, json_response, parse_body};
+use super::{ApiError, AppState, json_response, parse_body};
+use crate::broker::Caller;
 
 pub(super) async fn reload(
     State(state): State<Arc<AppState>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let caller = state
-        .admin(peer.as_deref(), &headers, "admin.reload")
-        .await?;
+    let caller = state.admin(caller, "admin.reload").await?;
     let started = Instant::now();
     let result = state.broker.reload_policy();
     state
@@ -44,13 +42,10 @@ struct PurgeBody {
 
 pub(super) async fn purge(
     State(state): State<Arc<AppState>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state
-        .admin(peer.as_deref(), &headers, "admin.purge")
-        .await?;
+    let caller = state.admin(caller, "admin.purge").await?;
     let body: PurgeBody = parse_body(&body, "{\"source\": \"…\", \"prefix\": \"a/b\"}")?;
     let prefix: Vec<String> = body
         .prefix

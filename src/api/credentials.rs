@@ -5,21 +5,20 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{ApiError, AppState, Peer, destination, json_response, parse_body, secret_response};
+use super::{ApiError, AppState, destination, json_response, parse_body, secret_response};
+use crate::broker::Caller;
 use crate::policy::CredentialMode;
 use crate::secret::SecretBuf;
 
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(peer.as_deref(), &headers).await?;
     let credentials = state.broker.list_credentials(&caller).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -29,11 +28,9 @@ pub(super) async fn list(
 
 pub(super) async fn info(
     State(state): State<Arc<AppState>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(peer.as_deref(), &headers).await?;
     let info = state.broker.credential_info(&caller, &name).await?;
     Ok(json_response(StatusCode::OK, &info))
 }
@@ -47,12 +44,10 @@ struct MaterialBody {
 
 pub(super) async fn material(
     State(state): State<Arc<AppState>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(peer.as_deref(), &headers).await?;
     let body: MaterialBody = if body.is_empty() {
         MaterialBody { host: None }
     } else {

@@ -110,14 +110,83 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown is asked for, open requests get this long to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What all clients together, and one peer address, may hold open, and how long an answer
+/// may wait for its client (`[limits]`; THREATS row 26).
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    pub max: usize,
+    pub per_ip: usize,
+    pub write_timeout: Duration,
+}
+
+impl From<&crate::config::LimitsConfig> for ConnectionLimits {
+    fn from(l: &crate::config::LimitsConfig) -> Self {
+        Self {
+            max: l.max_connections,
+            per_ip: l.max_connections_per_ip,
+            write_timeout: l.write_timeout.0,
+        }
+    }
+}
+
+/// Admission of connections: a slot of the total and one of the peer's.
+#[derive(Debug)]
+struct Gate {
+    total: Arc<tokio::sync::Semaphore>,
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    limit_per_ip: usize,
+}
+
+/// An admitted connection; dropping it gives both slots back.
+struct Slot {
+    gate: Arc<Gate>,
+    ip: std::net::IpAddr,
+    _total: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Gate {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        let total = Arc::clone(&self.total).try_acquire_owned().ok()?;
+        let mut peers = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let open = peers.entry(ip).or_default();
+        if *open >= self.limit_per_ip {
+            return None;
+        }
+        *open += 1;
+        Some(Slot {
+            gate: Arc::clone(self),
+            ip,
+            _total: total,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut peers = self.gate.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = peers.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
 /// (up to 30 s).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
+    let gate = Arc::new(Gate {
+        total: Arc::new(tokio::sync::Semaphore::new(limits.max.max(1))),
+        per_ip: std::sync::Mutex::default(),
+        limit_per_ip: limits.per_ip.max(1),
+    });
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -133,11 +202,24 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Over a limit the connection is closed at once: a flood of silent connections costs
+        // one descriptor each for a moment, and never the other clients' service.
+        let Some(slot) = gate.enter(addr.ip()) else {
+            tracing::debug!(%addr, "connection refused: connection limit reached");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
+        // An answer the client does not take is dropped after `write_timeout`, with the
+        // memory it holds.
+        let mut tcp = tokio_io_timeout::TimeoutStream::new(tcp);
+        tcp.set_write_timeout(Some(limits.write_timeout));
+        let tcp = Box::pin(tcp);
         let app = app.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)

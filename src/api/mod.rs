@@ -118,13 +118,7 @@ impl AppState {
 
     /// The caller, who must be the operator or an admin consumer (`action` names the endpoint
     /// in the audit line of a refusal).
-    async fn admin(
-        &self,
-        peer: Option<&Peer>,
-        headers: &HeaderMap,
-        action: &'static str,
-    ) -> Result<Caller, ApiError> {
-        let caller = self.caller(peer, headers).await?;
+    async fn admin(&self, caller: Caller, action: &'static str) -> Result<Caller, ApiError> {
         let admin = match &caller {
             Caller::Operator => true,
             Caller::Consumer(name) => self
@@ -147,19 +141,28 @@ impl AppState {
 /// The router; tests drive it without a socket (then no [`Peer`] is known: no certificate,
 /// no trusted proxy).
 pub fn router(state: Arc<AppState>) -> Router {
+    // Every `/v1/` handler needs a caller, found from the headers before the body is read
+    // (on the method's route only, so a wrong method is still 405 for anyone).
+    let auth = || axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate);
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/v1/resolve", post(resolve::resolve))
-        .route("/v1/credentials", get(credentials::list))
-        .route("/v1/credentials/{name}", get(credentials::info))
+        .route("/v1/resolve", post(resolve::resolve).route_layer(auth()))
+        .route("/v1/credentials", get(credentials::list).route_layer(auth()))
+        .route(
+            "/v1/credentials/{name}",
+            get(credentials::info).route_layer(auth()),
+        )
         .route(
             "/v1/credentials/{name}/material",
-            post(credentials::material),
+            post(credentials::material).route_layer(auth()),
         )
-        .route("/v1/admin/reload", post(admin::reload))
-        .route("/v1/admin/cache/purge", post(admin::purge))
+        .route("/v1/admin/reload", post(admin::reload).route_layer(auth()))
+        .route(
+            "/v1/admin/cache/purge",
+            post(admin::purge).route_layer(auth()),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -167,6 +170,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Authenticates a request from its headers (and its connection's certificate) before its
+/// body is read, so an anonymous caller never costs a body buffer (THREATS row 26); the
+/// handler receives the [`Caller`] as an extension.
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request.extensions().get::<Peer>().cloned();
+    match state.caller(peer.as_ref(), request.headers()).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn not_found() -> Response {

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ApiError, AppState, Peer, destination, parse_body, secret_response};
-use crate::broker::Document;
+use super::{ApiError, AppState, destination, parse_body, secret_response};
+use crate::broker::{Caller, Document};
 use crate::reference::{DocumentError, Format, Layout};
 use crate::secret::SecretBuf;
 
@@ -32,11 +31,9 @@ fn json_format() -> Format {
 
 pub(super) async fn resolve(
     State(state): State<Arc<AppState>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(peer.as_deref(), &headers).await?;
     let body: ResolveBody = parse_body(
         &body,
         "{\"document\": …, \"format\": \"json\"|\"yaml\"|\"text\", \"host\": …}",

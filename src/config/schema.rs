@@ -239,6 +239,15 @@ pub struct LimitsConfig {
     /// Failures listed in one error answer (then a count).
     #[serde(default = "default_max_errors")]
     pub max_errors: usize,
+    /// Open client connections; more are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open client connections per peer address; more are closed at once.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// An answer the client does not take within this is dropped with its connection.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: Dur,
 }
 
 impl Default for LimitsConfig {
@@ -249,8 +258,21 @@ impl Default for LimitsConfig {
             max_sites: default_max_sites(),
             max_answer_bytes: default_max_answer_bytes(),
             max_errors: default_max_errors(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            write_timeout: default_write_timeout(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+fn default_write_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 fn default_max_sites() -> usize {
