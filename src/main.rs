@@ -5,6 +5,13 @@
 // The one place that writes to the terminal on purpose.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+/// Freed memory is wiped (see the `zeroize-heap` feature in Cargo.toml): a guarantee that no
+/// freed buffer holds a secret, instead of hoping it was overwritten (THREATS row 29).
+#[cfg(feature = "zeroize-heap")]
+#[global_allocator]
+static ALLOCATOR: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
-//! shared/THREATS.md row 13: after secrets were handed out and the cache purged, the server
-//! process's memory holds no copy of them. The real binary serves material over TLS; then
-//! every writable mapping of the process is read through /proc/<pid>/mem and searched.
+//! docs/THREATS.md rows 13 and 29: after secrets were handed out and their cache entries
+//! purged — or expired — the server process's memory holds no copy of them, in any encoding.
+//! The real binary serves material over TLS; then every writable mapping of the process is
+//! read through /proc/<pid>/mem and searched for the *random part* of each canary, which is
+//! the same whether the copy is decoded, JSON-escaped (`\n`) or in a backend's answer.
 
 #![cfg(target_os = "linux")]
 
@@ -54,10 +56,12 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
     let fresh = |tag: &str| {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).unwrap();
-        format!("{tag}-{}\nsecond line", hex::encode(raw))
+        let random = hex::encode(raw);
+        (format!("{tag}-{random}\nsecond line"), random)
     };
-    let file_canary = fresh("FILECANARY");
-    let vault_canary = fresh("VAULTCANARY");
+    let (file_canary, file_random) = fresh("FILECANARY");
+    let (vault_canary, vault_random) = fresh("VAULTCANARY");
+    let (short_canary, short_random) = fresh("SHORTCANARY");
 
     let bao = support::openbao::OpenBao::start();
     bao.cli(&[
@@ -65,6 +69,12 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         "put",
         "secret/app/token",
         &format!("value={vault_canary}"),
+    ]);
+    bao.cli(&[
+        "kv",
+        "put",
+        "secret/app/short",
+        &format!("value={short_canary}"),
     ]);
     let (dir, ca) = support::server::folder(&file_canary);
     let root = dir.path();
@@ -74,7 +84,8 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         format!(
             "[[team]]\nslug = \"t\"\n[[consumer]]\nname = \"gw\"\nteam = \"t\"\ntoken_sha256 = \"{}\"\nadmin = true\n\
              [[credential]]\nname = \"from-vault\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_vault:app/token $KEY_value\"\n\
-             [[credential]]\nname = \"from-file\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_files:app/token $KEY_value\"\n",
+             [[credential]]\nname = \"from-file\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_files:app/token $KEY_value\"\n\
+             [[credential]]\nname = \"expiring\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_short:app/short $KEY_value\"\n",
             sha("gw-token")
         ),
     )
@@ -83,7 +94,7 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[cache]\nttl = \"1h\"\n", bao.addr
+            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{a}\"\n[[source]]\nname = \"short\"\nkind = \"vault\"\naddress = \"{a}\"\nttl = \"1s\"\n[cache]\nttl = \"1h\"\nmax_stale = \"0s\"\n", a = bao.addr
         ),
     )
     .unwrap();
@@ -92,7 +103,11 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
     let client = running.client.clone();
     let url = |path: &str| running.url(path);
 
-    let credentials = [("from-file", &file_canary), ("from-vault", &vault_canary)];
+    let credentials = [
+        ("from-file", &file_canary),
+        ("from-vault", &vault_canary),
+        ("expiring", &short_canary),
+    ];
     for _ in 0..20 {
         for (name, canary) in credentials {
             let body = client
@@ -110,9 +125,9 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         }
     }
     // Positive control: while cached, the values are in the process.
-    for (_, canary) in credentials {
+    for random in [&file_random, &vault_random] {
         assert!(
-            !occurrences(pid, canary.as_bytes()).is_empty(),
+            !occurrences(pid, random.as_bytes()).is_empty(),
             "the scan cannot see the cached value: it would prove nothing"
         );
     }
@@ -127,11 +142,17 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
             .unwrap();
         assert_eq!(purged.status(), 200);
     }
-    // The cache's maintenance runs every second; give it three.
+    // The cache's maintenance runs every second; give it three (also past the 1 s TTL of
+    // the `short` source, whose entry is never purged: it must go by expiry).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let left: Vec<(&str, Vec<String>)> = credentials
+    let randoms = [
+        ("from-file", &file_random),
+        ("from-vault", &vault_random),
+        ("expiring", &short_random),
+    ];
+    let left: Vec<(&str, Vec<String>)> = randoms
         .iter()
-        .map(|(name, canary)| (*name, occurrences(pid, canary.as_bytes())))
+        .map(|(name, random)| (*name, occurrences(pid, random.as_bytes())))
         .filter(|(_, at)| !at.is_empty())
         .collect();
     running.child.kill().await.unwrap();
