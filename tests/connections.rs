@@ -47,7 +47,11 @@ async fn exchange(mut s: TcpStream, request: &[u8]) -> Option<String> {
 
 async fn healthz(from: u8, to: SocketAddr) -> Option<String> {
     let s = connect(from, to).await;
-    exchange(s, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await
+    exchange(
+        s,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
 }
 
 async fn start(limits: &str) -> Server {
@@ -90,8 +94,11 @@ async fn start(limits: &str) -> Server {
     let started = Instant::now();
     loop {
         if let Ok(s) = TcpStream::connect(addr).await {
-            let answer =
-                exchange(s, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+            let answer = exchange(
+                s,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await;
             if answer.is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
                 break;
             }
@@ -119,7 +126,11 @@ async fn threat_26_silent_connections_past_the_limits_do_not_stop_others() {
     // The server accepts in order: once a request from .2 is answered, all 8 are admitted.
     let other = healthz(2, s.addr).await.expect("another address is served");
     assert!(other.starts_with("HTTP/1.1 200"), "{other}");
-    assert_eq!(healthz(1, s.addr).await, None, "the 9th from 127.0.0.1 is closed");
+    assert_eq!(
+        healthz(1, s.addr).await,
+        None,
+        "the 9th from 127.0.0.1 is closed"
+    );
     for _ in 0..4 {
         silent.push(connect(3, s.addr).await);
     }
@@ -134,7 +145,10 @@ async fn threat_26_silent_connections_past_the_limits_do_not_stop_others() {
         {
             break;
         }
-        assert!(started.elapsed() < DEADLINE, "slots came back when the connections closed");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "slots came back when the connections closed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -159,10 +173,9 @@ async fn threat_26_bodies_are_not_read_before_authentication() {
 /// address is served once the unread answer is dropped.
 #[tokio::test]
 async fn threat_26_unread_answers_are_dropped_after_write_timeout() {
-    let s = start(
-        "max_connections_per_ip = 1\nwrite_timeout = \"1s\"\nmax_answer_bytes = \"64MiB\"",
-    )
-    .await;
+    let s =
+        start("max_connections_per_ip = 1\nwrite_timeout = \"1s\"\nmax_answer_bytes = \"64MiB\"")
+            .await;
     let doc: String = (0..16).map(|_| "$SECRET_app/big $KEY_v ").collect();
     let body = serde_json::json!({"document": doc, "format": "text", "host": "api.conn.example"})
         .to_string();

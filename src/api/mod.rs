@@ -149,7 +149,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/v1/resolve", post(resolve::resolve).route_layer(auth()))
-        .route("/v1/credentials", get(credentials::list).route_layer(auth()))
+        .route(
+            "/v1/credentials",
+            get(credentials::list).route_layer(auth()),
+        )
         .route(
             "/v1/credentials/{name}",
             get(credentials::info).route_layer(auth()),

@@ -41,13 +41,21 @@ impl fmt::Display for Host {
     }
 }
 
-/// `host` or `host:port` (the scheme and path of a URL are not shown).
+/// The destination as given, normalised: `host`, `host:port`, or for a URL
+/// `scheme://host:port/path` (the audit trail records this whole form).
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.port {
-            Some(port) => write!(f, "{}:{port}", self.host),
-            None => write!(f, "{}", self.host),
+        if let Some(scheme) = &self.scheme {
+            write!(f, "{scheme}://")?;
         }
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host)?,
+            None => write!(f, "{}", self.host)?,
+        }
+        if let Some(path) = &self.path {
+            f.write_str(path)?;
+        }
+        Ok(())
     }
 }
 
@@ -141,6 +149,9 @@ impl HostPattern {
             None => (rest, None),
         };
         let (host, port) = split_port(authority)?;
+        // A URL pattern pins its scheme's port: `https://api.example/v1` is port 443 only,
+        // as the destination `https://api.example:8443/v1` is not the same service.
+        let port = port.or_else(|| scheme.as_deref().and_then(default_port));
         let host = host.trim_end_matches('.');
         if host.is_empty() {
             return Err(HostError::Empty);
@@ -221,6 +232,16 @@ impl HostPattern {
     }
 }
 
+/// The port a URL of `scheme` uses when it names none (WHATWG's special schemes).
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        "ftp" => Some(21),
+        _ => None,
+    }
+}
+
 /// `h` without the suffix `.base`, if `h` ends with it on a label boundary.
 fn strip_label_suffix<'h>(h: &'h str, base: &str) -> Option<&'h str> {
     let left = h.strip_suffix(base)?;
@@ -283,12 +304,16 @@ fn normalise_dns(host: &str) -> Result<Host, HostError> {
     match parsed {
         url::Host::Domain(d) => {
             let d = d.trim_end_matches('.').to_owned();
+            // RFC 1035 after IDNA: at most 253 bytes, labels of 1–63 letters, digits and
+            // hyphens, not starting or ending with a hyphen.
             let valid = !d.is_empty()
+                && d.len() <= 253
                 && d.split('.').all(|l| {
                     !l.is_empty()
                         && l.len() <= 63
-                        && l.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 });
             if valid {
                 Ok(Host::Dns(d))
@@ -452,6 +477,46 @@ mod tests {
         // Without userinfo the URL's host is the one checked.
         let d = Destination::parse("https://evil.com/allowed.com").unwrap();
         assert_eq!(d.host, Host::Dns("evil.com".into()));
+    }
+
+    /// URL patterns pin their scheme's default port; DNS names are checked for length and
+    /// label syntax after IDNA.
+    #[test]
+    fn url_patterns_pin_the_default_port_and_names_are_ldh() {
+        assert!(hits(
+            "https://api.example.com/v1",
+            "https://api.example.com/v1/x"
+        ));
+        assert!(hits(
+            "https://api.example.com/v1",
+            "https://api.example.com:443/v1"
+        ));
+        assert!(!hits(
+            "https://api.example.com/v1",
+            "https://api.example.com:8443/v1"
+        ));
+        assert!(hits(
+            "https://api.example.com:8443/v1",
+            "https://api.example.com:8443/v1"
+        ));
+        let long = format!("{}.example.com", vec!["a"; 125].join("."));
+        assert!(long.len() > 253);
+        assert_eq!(refused(&long), HostError::Invalid);
+        assert_eq!(refused("a_b.example.com"), HostError::Invalid);
+        assert_eq!(refused("-a.example.com"), HostError::Invalid);
+        assert_eq!(refused("a-.example.com"), HostError::Invalid);
+        assert_eq!(
+            Destination::parse("https://API.example.com/v1/x")
+                .unwrap()
+                .to_string(),
+            "https://api.example.com:443/v1/x"
+        );
+        assert_eq!(
+            Destination::parse("api.example.com:8443")
+                .unwrap()
+                .to_string(),
+            "api.example.com:8443"
+        );
     }
 
     #[test]
