@@ -437,7 +437,7 @@ impl Broker {
             }
         }
         // Through the cache; PEM values are repaired and verified before they are cached
-        // (DESIGN §4), so nothing unverified is ever written.
+        // (docs/DESIGN.md §4), so nothing unverified is ever written.
         let secrets: Vec<Result<Fetched, SourceError>> = self.read_all(&order).await;
         let lookup = |r: &Reference| -> Result<Resolved<'_>, Reason> {
             let index = plan.get(r).cloned().unwrap_or(Err(Reason::UnknownSource))?;

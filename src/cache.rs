@@ -1,4 +1,4 @@
-//! The secret cache (shared/DESIGN.md §8): moka, keyed by (source, path, version), holding
+//! The secret cache (docs/DESIGN.md §8): moka, keyed by (source, path, version), holding
 //! secrets *after* PEM verification so a hit costs neither a backend call nor a key check.
 //!
 //! - Concurrent misses for one key make exactly one source call (`try_get_with`).

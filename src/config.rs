@@ -1,4 +1,4 @@
-//! `keybroker.toml` (shared/DESIGN.md §12): loaded into typed configuration, with every
+//! `keybroker.toml` (docs/DESIGN.md §12): loaded into typed configuration, with every
 //! problem — syntax, unknown keys, wrong types, inconsistent values — reported at once with
 //! `file:line:column`.
 //!

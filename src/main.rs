@@ -1,5 +1,5 @@
 //! The `keybroker` command: argument parsing and glue. The library does the work; this file
-//! alone turns errors into messages and exit codes (shared/DESIGN.md §13):
+//! alone turns errors into messages and exit codes (docs/DESIGN.md §13):
 //! 0 ok, 1 rejected or unresolved, 2 usage or configuration error.
 
 // The one place that writes to the terminal on purpose.

@@ -1,4 +1,4 @@
-//! shared/THREATS.md row 11: canaries planted in a file secret, in OpenBao, in a CCP
+//! docs/THREATS.md row 11: canaries planted in a file secret, in OpenBao, in a CCP
 //! `Content` and in CCP's `ErrorMsg`; the real `keybroker serve` binary over TLS at
 //! `RUST_LOG=trace`; every route, successes and errors (denials, not found, a CCP HTML error
 //! page, OpenBao down). No canary — nor its base64 or hex — may appear in the logs, the audit

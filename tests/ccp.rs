@@ -1,4 +1,4 @@
-//! The ccp source against the CCP double of tests/support/ccp.rs (shared/CCP-API.md).
+//! The ccp source against the CCP double of tests/support/ccp.rs (docs/CCP-API.md).
 
 mod support {
     pub mod ccp;

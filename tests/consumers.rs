@@ -1,5 +1,5 @@
 //! Consumers of the policy through the API and the CLI: every reference decided per request,
-//! denials that do not reveal whether a secret exists (shared/THREATS.md rows 10 and 12).
+//! denials that do not reveal whether a secret exists (docs/THREATS.md rows 10 and 12).
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! The API over real TLS (shared/THREATS.md rows 8 and 15, issue 7's "done when"): client
+//! The API over real TLS (docs/THREATS.md rows 8 and 15, issue 7's "done when"): client
 //! certificates, the forwarded-certificate header from trusted proxies only, bearer tokens,
 //! credentials, reload keeping the old policy, the audit trail and metrics.
 

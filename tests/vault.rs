@@ -1,4 +1,4 @@
-//! The vault source against a real OpenBao server (shared/DESIGN.md §3, issue 4).
+//! The vault source against a real OpenBao server (docs/DESIGN.md §3, issue 4).
 
 mod support {
     pub mod openbao;

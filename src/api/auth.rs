@@ -1,6 +1,6 @@
 //! Who is calling. In order: a TLS client certificate (verified by the handshake) wins; else
 //! a client certificate forwarded in `client_cert_header`, accepted only from
-//! `trusted_proxies` and verified like a TLS one (shared/THREATS.md row 8); else a bearer
+//! `trusted_proxies` and verified like a TLS one (docs/THREATS.md row 8); else a bearer
 //! token. Tokens are kept only as SHA-256 digests and compared in constant time (row 12); the
 //! token type has no `PartialEq`.
 

@@ -1,4 +1,4 @@
-//! The HTTP API (shared/DESIGN.md §6, docs/openapi.yaml). Handlers are thin: authenticate,
+//! The HTTP API (docs/DESIGN.md §6, docs/openapi.yaml). Handlers are thin: authenticate,
 //! parse the body into types, call the broker, write the answer. Errors become HTTP in
 //! `error.rs` only; secret-bearing answers are built in a [`SecretBuf`] that is wiped when
 //! hyper drops the body.

@@ -1,4 +1,4 @@
-//! The audit trail (shared/DESIGN.md §9): one JSON line per decision, appended to a file or
+//! The audit trail (docs/DESIGN.md §9): one JSON line per decision, appended to a file or
 //! stdout. Never a value: a record holds identities, what was asked for (credential names,
 //! `source:path` of references), the destination, the decision and its reason code, repairs
 //! and latency. With `hmac_key_file`, the identifiers of what was asked for and the host are
@@ -6,7 +6,7 @@
 //! still be correlated.
 //!
 //! A write that fails is an error the broker turns into a refusal when `fail_closed` (the
-//! default): no answer leaves without its audit line (shared/THREATS.md row 15).
+//! default): no answer leaves without its audit line (docs/THREATS.md row 15).
 //!
 //! With `fsync = "always"`, lines are written by one thread with group commit: a request hands
 //! its line over and waits until it is written and synced; lines that arrive meanwhile share the

@@ -1,4 +1,4 @@
-//! The `keybroker.toml` schema (shared/DESIGN.md §12) as plain data.
+//! The `keybroker.toml` schema (docs/DESIGN.md §12) as plain data.
 //!
 //! Unknown keys are found by [`super::load`] with `serde_ignored`, so that every one of
 //! them is reported with its line, not only the first.
@@ -60,7 +60,7 @@ pub enum ClientAuth {
     Required,
 }
 
-/// How PEM values from a source or credential are treated (shared/DESIGN.md §4).
+/// How PEM values from a source or credential are treated (docs/DESIGN.md §4).
 pub use crate::pem::Mode as PemMode;
 
 /// One `[[source]]`, by `kind`.

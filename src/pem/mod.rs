@@ -1,4 +1,4 @@
-//! PEM repair and verification (shared/DESIGN.md §4).
+//! PEM repair and verification (docs/DESIGN.md §4).
 //!
 //! CyberArk CCP returns multi-line values with each newline replaced by a space; other tools
 //! lose newlines in other ways. [`repair`] restores every recoverable variant to the exact

@@ -1,5 +1,5 @@
 //! `allowed_hosts`: destination patterns and the hosts matched against them
-//! (shared/DESIGN.md §5, shared/THREATS.md rows 1–7).
+//! (docs/DESIGN.md §5, docs/THREATS.md rows 1–7).
 //!
 //! Both sides are normalised the same way before comparing: lower case, no trailing dot,
 //! IDNA A-labels, IP literals canonicalised (WHATWG rules, so `0x7f.1`, `2130706433` and

@@ -1,4 +1,4 @@
-//! Access policy (shared/DESIGN.md §5): who may read what, for which destination.
+//! Access policy (docs/DESIGN.md §5): who may read what, for which destination.
 //!
 //! Policy is plain data ([`Policy`]) plus one pure decision function ([`Policy::decide`]);
 //! the default is deny. **Boundary:** no I/O but loading; nothing here is cached with values.

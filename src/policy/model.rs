@@ -1,4 +1,4 @@
-//! The policy model (shared/DESIGN.md §5) as validated data: teams, consumers, credentials,
+//! The policy model (docs/DESIGN.md §5) as validated data: teams, consumers, credentials,
 //! grants. Built only by [`super::load`]; every value here has been checked.
 
 use std::collections::BTreeMap;

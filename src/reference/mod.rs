@@ -1,4 +1,4 @@
-//! The reference language (shared/DESIGN.md §2): `$SECRET_<path> $KEY_<field>`,
+//! The reference language (docs/DESIGN.md §2): `$SECRET_<path> $KEY_<field>`,
 //! `$SAFE_<safe> $NAME_<object>`, and their expansion in JSON, YAML and text documents.
 //!
 //! Data flow: [`parse`] turns a string into a [`Template`]; [`locate`] finds templates in a

@@ -1,4 +1,4 @@
-//! The reference grammar (shared/DESIGN.md §2): one string in, a [`Template`] of literal
+//! The reference grammar (docs/DESIGN.md §2): one string in, a [`Template`] of literal
 //! text and parsed [`Reference`]s out, or every syntax error in it.
 //!
 //! Hand-written rather than a regex: the errors must say precisely what is wrong and where,
@@ -407,7 +407,7 @@ fn decode_ccp_name(raw: &str) -> Result<String, ParseErrorKind> {
     Ok(name)
 }
 
-/// Characters CyberArk CCP does not accept inside a query value (shared/CCP-API.md).
+/// Characters CyberArk CCP does not accept inside a query value (docs/CCP-API.md).
 /// They are rejected, never escaped.
 pub fn is_ccp_forbidden(c: char) -> bool {
     matches!(c, ';' | '&' | '+' | '%' | '=') || c.is_control()
@@ -599,7 +599,7 @@ mod tests {
 
     #[test]
     fn traversal_and_injection_are_rejected() {
-        // shared/THREATS.md row 9.
+        // docs/THREATS.md row 9.
         assert_eq!(err_kind("$SECRET_a/../b $KEY_x"), K::DotSegment);
         assert_eq!(err_kind("$SECRET_a/%2e%2e/b $KEY_x"), K::DotSegment);
         assert_eq!(err_kind("$SECRET_./b"), K::DotSegment);

@@ -1,4 +1,4 @@
-//! The `ccp` source: CyberArk Central Credential Provider (shared/CCP-API.md).
+//! The `ccp` source: CyberArk Central Credential Provider (docs/CCP-API.md).
 //!
 //! `GET <url>/<service_path>/api/Accounts?AppID=…&Safe=…&Folder=…&Object=…` over TLS with a
 //! client certificate. Values containing characters CCP does not support (`;`, `&`, `+`, `%`,
@@ -171,7 +171,7 @@ struct CcpError {
     code: String,
 }
 
-/// What an `ErrorCode` means (shared/CCP-API.md, error table).
+/// What an `ErrorCode` means (docs/CCP-API.md, error table).
 pub fn classify_error_code(code: &str) -> SourceError {
     match code {
         "APPAP004E" => SourceError::NotFound,

@@ -1,4 +1,4 @@
-//! Secret sources (shared/DESIGN.md §3): one trait, one implementation per backend.
+//! Secret sources (docs/DESIGN.md §3): one trait, one implementation per backend.
 //!
 //! **Boundary:** a source knows how to read one secret from its backend and classify the
 //! failure. It knows nothing of references, policy, caching or who is asking.

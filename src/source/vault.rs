@@ -1,4 +1,4 @@
-//! The `vault` source: HashiCorp Vault and OpenBao over their HTTP API (shared/DESIGN.md §3).
+//! The `vault` source: HashiCorp Vault and OpenBao over their HTTP API (docs/DESIGN.md §3).
 //!
 //! Direct HTTP (reqwest + rustls) rather than vaultrs: keybroker reads the `VAULT_*`
 //! environment itself (vaultrs' builder reads it implicitly and treats any

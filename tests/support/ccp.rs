@@ -1,4 +1,4 @@
-//! A CyberArk CCP double that follows shared/CCP-API.md, strict where CCP is strict:
+//! A CyberArk CCP double that follows docs/CCP-API.md, strict where CCP is strict:
 //! HTTPS with optional client certificates, per-AppID authentication by source IP and
 //! certificate serial/subject/issuer, safes with member AppIDs (403 before 404), objects with
 //! properties, CCP's error codes and HTTP statuses, case-insensitive parameter names, and the
