@@ -305,3 +305,72 @@ fn pem_inspect_describes_the_dev_certificate() {
     assert_eq!(facts["blocks"][2]["is_ca"], true);
     assert_eq!(facts["repairs"], serde_json::json!([]));
 }
+
+/// `check` proves what `serve` will do: every configuration `serve` refuses at start, `check`
+/// refuses too, with the same exit code (2) and the same reason.
+#[test]
+fn check_refuses_what_serve_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    let files = "[[source]]\nname = \"f\"\nkind = \"file\"\npath = \"secrets\"\n";
+    let cases = [
+        (
+            "[[source]]\nname = \"c\"\nkind = \"ccp\"\nurl = \"http://ccp.example\"\napp_id = \"kb\"\n".to_owned(),
+            "http://",
+        ),
+        ("[[source]]\nname = \"v\"\nkind = \"vault\"\n".to_owned(), "VAULT_ADDR"),
+        (
+            "[[source]]\nname = \"v\"\nkind = \"vault\"\naddress = \"https://127.0.0.1:8200\"\ntls_server_name = \"vault\"\n".to_owned(),
+            "tls_server_name",
+        ),
+        (
+            format!("[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"missing.pem\"\ntls_key = \"missing-key.pem\"\n{files}"),
+            "missing",
+        ),
+        (
+            format!("[server]\nlisten = \"0.0.0.0:0\"\n{files}"),
+            "only listens on loopback",
+        ),
+        (
+            format!("{files}[audit]\npath = \"no/such/folder/audit.log\"\n"),
+            "audit",
+        ),
+    ];
+    for (i, (toml, why)) in cases.iter().enumerate() {
+        let cfg = dir.path().join(format!("kb{i}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
+        let run = |command: &str| {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_keybroker"))
+                .args([command, "--config", cfg.to_str().unwrap()])
+                .current_dir(dir.path())
+                .env_remove("VAULT_ADDR")
+                .env("VAULT_TOKEN", "t")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            // A `serve` that started would not exit: poll with a deadline.
+            let started = std::time::Instant::now();
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break s;
+                }
+                if started.elapsed() > std::time::Duration::from_secs(30) {
+                    let _ = child.kill();
+                    panic!("{command} accepted case {i}:\n{toml}");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            let mut err = String::new();
+            use std::io::Read;
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            (status.code(), err)
+        };
+        let (serve_code, serve_err) = run("serve");
+        let (check_code, check_err) = run("check");
+        assert_eq!(serve_code, Some(2), "serve, case {i}: {serve_err}");
+        assert_eq!(check_code, Some(2), "check, case {i}: {check_err}");
+        assert!(serve_err.contains(why), "serve, case {i}: {serve_err}");
+        assert!(check_err.contains(why), "check, case {i}: {check_err}");
+    }
+}
