@@ -18,11 +18,9 @@ pub use crate::diag::Diagnostic;
 use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, FileSourceConfig,
-    FsyncPolicy, KvVersion, LimitsConfig, PemMode, ServerConfig, SourceConfig, VaultAuth,
-    VaultSourceConfig,
+    FsyncPolicy, KvVersion, LimitsConfig, PemMode, ServerConfig, SourceConfig, SourceKind,
+    VaultAuth, VaultSourceConfig,
 };
-
-use crate::source::SourceKind;
 
 /// The whole configuration, validated.
 #[derive(Clone, Debug)]

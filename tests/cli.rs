@@ -363,7 +363,12 @@ fn check_refuses_what_serve_refuses() {
             };
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             (status.code(), err)
         };
         let (serve_code, serve_err) = run("serve");

@@ -61,7 +61,28 @@ pub enum ClientAuth {
 }
 
 /// How PEM values from a source or credential are treated (docs/DESIGN.md §4).
-pub use crate::pem::Mode as PemMode;
+/// How a source's or credential's PEM values are treated (docs/PEM.md). Defined here, with
+/// the configuration that names it, and re-exported as `pem::Mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PemMode {
+    /// Restore flattened values, then verify.
+    #[default]
+    Repair,
+    /// Only intact values (a missing final newline is tolerated); then verify.
+    Strict,
+    /// Pass values through untouched and unchecked.
+    Off,
+}
+
+/// The kinds of backend keybroker speaks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Vault,
+    Ccp,
+    File,
+}
 
 /// One `[[source]]`, by `kind`.
 #[derive(Clone, Debug)]
@@ -80,8 +101,7 @@ impl SourceConfig {
         }
     }
 
-    pub fn kind(&self) -> crate::source::SourceKind {
-        use crate::source::SourceKind;
+    pub fn kind(&self) -> SourceKind {
         match self {
             Self::Vault(_) => SourceKind::Vault,
             Self::Ccp(_) => SourceKind::Ccp,

@@ -18,25 +18,14 @@ mod verify;
 use std::fmt;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use error::PemError;
 pub use scan::RepairKind;
 pub use verify::{BlockFacts, Checks};
 
-/// How a source's or credential's PEM values are treated.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Restore flattened values, then verify.
-    #[default]
-    Repair,
-    /// Only intact values (a missing final newline is tolerated); then verify.
-    Strict,
-    /// Pass values through untouched and unchecked.
-    Off,
-}
+/// How a source's or credential's PEM values are treated (named by the configuration).
+pub use crate::config::PemMode as Mode;
 
 /// What to do with one value.
 #[derive(Clone, Copy, Debug, Default)]

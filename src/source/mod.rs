@@ -80,14 +80,9 @@ pub const MAX_SEGMENT_BYTES: usize = 255;
 /// Longest whole path (segments and `/`) any source accepts. Checked before any source call.
 pub const MAX_PATH_BYTES: usize = 1024;
 
-/// The kinds of backend keybroker speaks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    Vault,
-    Ccp,
-    File,
-}
+/// The kinds of backend keybroker speaks to (defined with the configuration, which names
+/// them, so that `config` depends on nothing).
+pub use crate::config::SourceKind;
 
 pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<Secret, SourceError>> + Send + 'a>>;
 
