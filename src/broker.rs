@@ -29,7 +29,8 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::audit::{Audit, AuditError, Record};
-use crate::cache::{CircuitBreaker, Fetched, SecretCache, with_retries};
+use crate::cache::{Fetched, SecretCache};
+use crate::resilience::{CircuitBreaker, with_retries};
 use crate::config::{Config, SourceConfig};
 use crate::metrics::Metrics;
 use crate::pem::{self, CheckedSecret, RepairKind};

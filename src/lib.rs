@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod pem;
 pub mod policy;
 pub mod reference;
+pub mod resilience;
 pub mod secret;
 pub mod source;
