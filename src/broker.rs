@@ -30,7 +30,6 @@ use tokio::task::JoinSet;
 
 use crate::audit::{Audit, AuditError, Record};
 use crate::cache::{Fetched, SecretCache};
-use crate::resilience::{CircuitBreaker, with_retries};
 use crate::config::{Config, SourceConfig};
 use crate::metrics::Metrics;
 use crate::pem::{self, CheckedSecret, RepairKind};
@@ -39,6 +38,7 @@ use crate::reference::{
     DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, RenderError, Resolved,
     Target,
 };
+use crate::resilience::{CircuitBreaker, with_retries};
 use crate::secret::SecretBuf;
 use crate::source::{
     CcpSource, FileSource, ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource,

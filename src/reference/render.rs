@@ -62,18 +62,22 @@ impl Prepared {
         limits: RenderLimits,
     ) -> Result<SecretBuf, RenderError> {
         let mut failed: Vec<(usize, &Reference, super::locate::At<'_>, Reason)> = Vec::new();
+        // Each occurrence is looked up once, here, in document order; writing uses these
+        // answers, so a lookup cannot answer differently the second time.
+        let mut values: Vec<Resolved<'s>> = Vec::new();
         let mut secret_bytes = 0usize;
         for (ordinal, reference, at) in self.ordered_references() {
             match lookup(reference) {
-                Ok(Resolved::Value(v)) => {
-                    secret_bytes = secret_bytes.saturating_add(v.expose_secret().len());
-                }
-                Ok(Resolved::Whole(s)) => {
-                    let whole = s
-                        .fields()
-                        .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
-                        .fold(0usize, usize::saturating_add);
-                    secret_bytes = secret_bytes.saturating_add(whole);
+                Ok(v) => {
+                    let size = match v {
+                        Resolved::Value(v) => v.expose_secret().len(),
+                        Resolved::Whole(s) => s
+                            .fields()
+                            .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
+                            .fold(0usize, usize::saturating_add),
+                    };
+                    secret_bytes = secret_bytes.saturating_add(size);
+                    values.push(v);
                 }
                 Err(reason) => failed.push((ordinal, reference, at, reason)),
             }
@@ -98,15 +102,17 @@ impl Prepared {
         };
         match &self.body {
             Body::Text { template, .. } => {
+                let mut next = values.iter();
                 for part in &template.parts {
                     match part {
                         Part::Literal(text) => out.push_str(text),
-                        Part::Ref { reference, .. } => match lookup(reference) {
-                            Ok(Resolved::Value(v)) => out.push_secret(v),
-                            // Whole-secret references were rejected when preparing text,
-                            // and every lookup succeeded above.
-                            _ => unreachable!("checked before rendering"),
-                        },
+                        // Whole-secret references in text were refused when preparing (the
+                        // errors above), so every value here is one field.
+                        Part::Ref { .. } => {
+                            if let Some(Resolved::Value(v)) = next.next() {
+                                out.push_secret(v);
+                            }
+                        }
                     }
                 }
             }
@@ -114,7 +120,7 @@ impl Prepared {
                 skeleton,
                 marker,
                 sites,
-            } => render_tree(&mut out, skeleton, marker, sites, lookup),
+            } => render_tree(&mut out, skeleton, marker, sites, &values),
         }
         if out.overflowed() {
             return Err(RenderError::TooLarge { limit });
@@ -170,13 +176,20 @@ impl Prepared {
     }
 }
 
-fn render_tree<'s>(
+fn render_tree(
     out: &mut SecretBuf,
     skeleton: &str,
     marker: &str,
     sites: &[Site],
-    lookup: &dyn Fn(&Reference) -> Result<Resolved<'s>, Reason>,
+    values: &[Resolved<'_>],
 ) {
+    // Where each site's values start in `values` (document order, site by site).
+    let mut starts = Vec::with_capacity(sites.len());
+    let mut at = 0;
+    for site in sites {
+        starts.push(at);
+        at += site.template.references().count();
+    }
     let bytes = skeleton.as_bytes();
     let finder = memchr::memmem::Finder::new(marker.as_bytes());
     let mut copied = 0;
@@ -188,9 +201,16 @@ fn render_tree<'s>(
             .bytes()
             .take_while(u8::is_ascii_digit)
             .count();
-        let index: usize = skeleton[digits_start..digits_start + digits_len]
-            .parse()
-            .expect("the placeholder was written with a decimal index");
+        // The marker is 128 random bits chosen for this document: only a placeholder this
+        // module wrote carries it, always with a decimal index and a closing `_`.
+        let Ok(index) = skeleton[digits_start..digits_start + digits_len].parse::<usize>() else {
+            search = digits_start;
+            continue;
+        };
+        let (Some(site), Some(&first)) = (sites.get(index), starts.get(index)) else {
+            search = digits_start;
+            continue;
+        };
         let mut end = digits_start + digits_len + 1; // the closing `_`
         let mut begin = start;
         // The serializer may have quoted the placeholder: replace the quotes too.
@@ -203,7 +223,12 @@ fn render_tree<'s>(
             end += 1;
         }
         out.extend_from_slice(&bytes[copied..begin]);
-        write_site(out, &sites[index].template, lookup);
+        let count = site.template.references().count();
+        write_site(
+            out,
+            &site.template,
+            values.get(first..first + count).unwrap_or(&[]),
+        );
         copied = end;
         search = end;
     }
@@ -211,13 +236,10 @@ fn render_tree<'s>(
 }
 
 /// Writes one site as a JSON/YAML value: a quoted string, or an object for a whole secret.
-fn write_site<'s>(
-    out: &mut SecretBuf,
-    template: &Template,
-    lookup: &dyn Fn(&Reference) -> Result<Resolved<'s>, Reason>,
-) {
-    if let Some(reference) = template.as_whole() {
-        if let Ok(Resolved::Whole(secret)) = lookup(reference) {
+/// `values` are the site's references, resolved, in order.
+fn write_site(out: &mut SecretBuf, template: &Template, values: &[Resolved<'_>]) {
+    if template.as_whole().is_some() {
+        if let [Resolved::Whole(secret)] = values {
             // A flow mapping in JSON syntax is valid in both JSON and YAML.
             out.push_str("{");
             for (i, (name, value)) in secret.fields().enumerate() {
@@ -233,14 +255,16 @@ fn write_site<'s>(
         }
     }
     out.push_str("\"");
+    let mut next = values.iter();
     for part in &template.parts {
         match part {
             Part::Literal(text) => out.push_escaped(text),
-            Part::Ref { reference, .. } => match lookup(reference) {
-                Ok(Resolved::Value(v)) => out.push_escaped(v.expose_secret()),
-                // Whole secrets inside strings were rejected when preparing.
-                _ => unreachable!("checked before rendering"),
-            },
+            // Whole secrets inside strings were refused when preparing.
+            Part::Ref { .. } => {
+                if let Some(Resolved::Value(v)) = next.next() {
+                    out.push_escaped(v.expose_secret());
+                }
+            }
         }
     }
     out.push_str("\"");
@@ -334,6 +358,31 @@ mod tests {
         .unwrap();
         let out = p.render(&lookup_in(&db), RenderLimits::default()).unwrap();
         assert_eq!(text(&out), "a=app\r\n\tb = \"app\" $KEY_x\n");
+    }
+
+    /// One lookup per occurrence: a lookup that would answer differently a second time
+    /// (the source changed mid-request) cannot make rendering panic or mix answers.
+    #[test]
+    fn each_occurrence_is_looked_up_once() {
+        let db = demo_db();
+        let calls = std::cell::Cell::new(0);
+        let counting = |r: &Reference| {
+            calls.set(calls.get() + 1);
+            lookup_in(&db)(r)
+        };
+        let p = Prepared::json(
+            json!({"a": "$SECRET_demo/db $KEY_username", "b": "x $SECRET_demo/db $KEY_username y", "c": "$SECRET_demo/db"}),
+            Layout::Compact,
+        )
+        .unwrap();
+        p.render(&counting, RenderLimits::default()).unwrap();
+        assert_eq!(calls.get(), 3);
+        let t = Prepared::text("$SECRET_demo/db $KEY_username and $SECRET_demo/db $KEY_username")
+            .unwrap();
+        calls.set(0);
+        let out = t.render(&counting, RenderLimits::default()).unwrap();
+        assert_eq!(calls.get(), 2);
+        assert_eq!(text(&out), "app and app");
     }
 
     #[test]
