@@ -121,12 +121,7 @@ impl AppState {
     async fn admin(&self, caller: Caller, action: &'static str) -> Result<Caller, ApiError> {
         let admin = match &caller {
             Caller::Operator => true,
-            Caller::Consumer(name) => self
-                .broker
-                .policy()
-                .consumers
-                .iter()
-                .any(|c| &c.name == name && c.admin),
+            Caller::Consumer(name) => self.broker.policy().may_administer(name),
         };
         if admin {
             Ok(caller)

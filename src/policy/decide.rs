@@ -120,6 +120,12 @@ impl Policy {
 }
 
 impl Policy {
+    /// Whether consumer `name` may use the admin endpoints (reload, purge): decided here with
+    /// the other decisions, not by the API.
+    pub fn may_administer(&self, name: &str) -> bool {
+        self.consumers.iter().any(|c| c.name == name && c.admin)
+    }
+
     /// [`Policy::decide`] for a named credential, with the credential the decision is about
     /// (when the consumer can see one), so the caller does not look it up a second time.
     pub fn decide_credential(
