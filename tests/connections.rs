@@ -137,18 +137,20 @@ async fn threat_26_silent_connections_past_the_limits_do_not_stop_others() {
     // 12 open: a 13th, from anywhere, is closed.
     assert_eq!(healthz(4, s.addr).await, None);
     drop(silent);
+    served_within_deadline(4, s.addr, "slots came back when the connections closed").await;
+}
+
+/// Polls `/healthz` from 127.0.0.`from` until it is answered 200, failing at the deadline.
+async fn served_within_deadline(from: u8, to: SocketAddr, what: &str) {
     let started = Instant::now();
     loop {
-        if healthz(4, s.addr)
+        if healthz(from, to)
             .await
             .is_some_and(|a| a.starts_with("HTTP/1.1 200"))
         {
-            break;
+            return;
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "slots came back when the connections closed"
-        );
+        assert!(started.elapsed() < DEADLINE, "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -186,19 +188,11 @@ async fn threat_26_unread_answers_are_dropped_after_write_timeout() {
     );
     greedy.write_all(request.as_bytes()).await.unwrap();
     // Never read from `greedy`: its answer fills the socket buffers and stalls.
-    let started = Instant::now();
-    loop {
-        if healthz(1, s.addr)
-            .await
-            .is_some_and(|a| a.starts_with("HTTP/1.1 200"))
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the unread answer still holds the address's only connection"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    served_within_deadline(
+        1,
+        s.addr,
+        "the unread answer still holds the address's only connection",
+    )
+    .await;
     drop(greedy);
 }

@@ -148,6 +148,19 @@ async fn resolve(app: &axum::Router, token: &str, document: Value) -> (StatusCod
     call(app, req).await
 }
 
+/// A JSON document of `n` distinct references `$SECRET_vault:fraud/s<i> $KEY_v`.
+fn many_references(n: usize) -> Value {
+    let map: serde_json::Map<String, Value> = (0..n)
+        .map(|i| {
+            (
+                format!("k{i}"),
+                json!(format!("$SECRET_vault:fraud/s{i} $KEY_v")),
+            )
+        })
+        .collect();
+    Value::Object(map)
+}
+
 async fn readyz(app: &axum::Router) -> StatusCode {
     call(app, Request::get("/readyz").body(Body::empty()).unwrap())
         .await
@@ -205,28 +218,14 @@ async fn threat_20_one_tenant_cannot_open_the_shared_breaker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_23_fan_out_is_bounded() {
     let s = setup("[limits]\nsource_concurrency = 4\n").await;
-    let many: serde_json::Map<String, Value> = (0..2000)
-        .map(|i| {
-            (
-                format!("k{i}"),
-                json!(format!("$SECRET_vault:fraud/s{i} $KEY_v")),
-            )
-        })
-        .collect();
-    let (status, v) = resolve(&s.app, ATTACKER, Value::Object(many)).await;
+    let many = many_references(2000);
+    let (status, v) = resolve(&s.app, ATTACKER, many).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["code"], "too_many_references");
     assert_eq!(s.seen.matches(), 0, "refused before any read");
 
-    let some: serde_json::Map<String, Value> = (0..300)
-        .map(|i| {
-            (
-                format!("k{i}"),
-                json!(format!("$SECRET_vault:fraud/s{i} $KEY_v")),
-            )
-        })
-        .collect();
-    let (status, v) = resolve(&s.app, ATTACKER, Value::Object(some)).await;
+    let some = many_references(300);
+    let (status, v) = resolve(&s.app, ATTACKER, some).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["details"][0]["code"], "not_found");
     assert_eq!(s.seen.matches(), 300, "each distinct secret read once");
@@ -252,15 +251,8 @@ async fn threat_23_a_rate_limited_backend_is_not_hammered() {
         "interval=10s",
         "path=secret/",
     ]);
-    let refs: serde_json::Map<String, Value> = (0..60)
-        .map(|i| {
-            (
-                format!("k{i}"),
-                json!(format!("$SECRET_vault:fraud/s{i} $KEY_v")),
-            )
-        })
-        .collect();
-    let (status, v) = resolve(&s.app, ATTACKER, Value::Object(refs)).await;
+    let refs = many_references(60);
+    let (status, v) = resolve(&s.app, ATTACKER, refs).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert!(
         s.seen.matches() <= 60,
