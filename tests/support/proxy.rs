@@ -16,6 +16,10 @@ pub struct Seen {
     open: AtomicUsize,
     /// The most connections that were open at the same time.
     pub max_open: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// The most matching requests awaiting their answer at the same time (HTTP/1.1: one per
+    /// connection, from the request line until the first byte of the answer).
+    pub max_in_flight: AtomicUsize,
 }
 
 impl Seen {
@@ -25,6 +29,10 @@ impl Seen {
 
     pub fn max_open(&self) -> usize {
         self.max_open.load(Ordering::SeqCst)
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
     }
 }
 
@@ -47,6 +55,7 @@ pub async fn counting_proxy(upstream: String, needle: &'static [u8]) -> (String,
                 if let Ok(mut server) = TcpStream::connect(&upstream).await {
                     let (mut cr, mut cw) = client.split();
                     let (mut sr, mut sw) = server.split();
+                    let awaiting = std::sync::atomic::AtomicBool::new(false);
                     let up = async {
                         let mut buf = vec![0u8; 16 * 1024];
                         loop {
@@ -59,14 +68,36 @@ pub async fn counting_proxy(upstream: String, needle: &'static [u8]) -> (String,
                                 .filter(|w| *w == needle)
                                 .count();
                             seen.matches.fetch_add(hits, Ordering::SeqCst);
+                            if hits > 0 && !awaiting.swap(true, Ordering::SeqCst) {
+                                let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                                seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                            }
                             if sw.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
                         }
                         let _ = sw.shutdown().await;
                     };
-                    let down = tokio::io::copy(&mut sr, &mut cw);
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if awaiting.swap(false, Ordering::SeqCst) {
+                                seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = cw.shutdown().await;
+                    };
                     let _ = tokio::join!(up, down);
+                    if awaiting.swap(false, Ordering::SeqCst) {
+                        seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
                 seen.open.fetch_sub(1, Ordering::SeqCst);
             });

@@ -1,0 +1,75 @@
+//! The broker's audit line: one per decision; refused answers when the trail is
+//! fail-closed and cannot be written.
+
+use super::*;
+
+/// The audit line could not be written and the audit trail is fail-closed.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("the audit trail cannot be written; refusing to answer")]
+pub struct AuditRefused;
+
+/// What one audit line says (see [`Broker::audit`]).
+pub(crate) struct AuditEntry<'a> {
+    pub action: &'static str,
+    /// `None`: the caller could not be authenticated.
+    pub caller: Option<&'a Caller>,
+    pub subjects: Vec<String>,
+    pub host: Option<&'a Destination>,
+    pub decision: &'static str,
+    pub reason: &'a str,
+    pub repairs: Vec<&'static str>,
+    pub stale: bool,
+    pub started: Instant,
+    /// On a summary line: failed authentications of one peer that were not written.
+    pub suppressed: Option<u64>,
+}
+
+impl Broker {
+    /// Writes one audit line; `Err` only when it failed and the audit is fail-closed.
+    pub(crate) async fn audit(&self, e: AuditEntry<'_>) -> Result<(), AuditRefused> {
+        let Some(audit) = &self.audit else {
+            return Ok(());
+        };
+        let policy = self.policy.load();
+        let (consumer, team) = match e.caller {
+            None => ("anonymous", None),
+            Some(Caller::Operator) => ("operator", None),
+            Some(Caller::Consumer(name)) => (
+                name.as_str(),
+                policy
+                    .consumers
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .map(|c| c.team.as_str()),
+            ),
+        };
+        let (subjects, subjects_omitted, subjects_digest) = audit.subjects(&e.subjects);
+        let record = Record {
+            time: crate::audit::now_rfc3339(),
+            action: e.action,
+            consumer,
+            team,
+            subjects,
+            subjects_omitted,
+            subjects_digest,
+            host: e.host.map(|h| audit.identifier(&h.to_string())),
+            decision: e.decision,
+            reason: e.reason,
+            repairs: e.repairs,
+            stale: e.stale,
+            latency_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            suppressed: e.suppressed,
+        };
+        match audit.write(&record).await {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                tracing::error!(error = %err, fail_closed = audit.fail_closed(), "audit write failed");
+                if audit.fail_closed() {
+                    Err(AuditRefused)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Building a broker: sources from the configuration, the cache, the policy checked
+//! against the source names, the audit trail, the per-source read semaphores.
+
+use super::*;
+
+impl Broker {
+    pub fn from_config(config: &Config) -> Result<Self, BuildError> {
+        Self::from_config_with_env(config, &VaultEnv::from_process())
+    }
+
+    /// As [`Broker::from_config`], with the `VAULT_*` environment given explicitly.
+    pub fn from_config_with_env(config: &Config, env: &VaultEnv) -> Result<Self, BuildError> {
+        let mut sources: Vec<Arc<dyn SecretSource>> = Vec::new();
+        let mut pem_modes = HashMap::new();
+        for s in &config.sources {
+            let mode = match s {
+                SourceConfig::File(f) => f.pem,
+                SourceConfig::Vault(v) => v.pem,
+                SourceConfig::Ccp(c) => c.pem,
+            };
+            pem_modes.insert(s.name().to_owned(), mode);
+            match s {
+                SourceConfig::File(f) => {
+                    let source = FileSource::new(&f.name, &f.path).map_err(|source| {
+                        BuildError::FileSource {
+                            name: f.name.clone(),
+                            path: f.path.display().to_string(),
+                            source,
+                        }
+                    })?;
+                    sources.push(Arc::new(source));
+                }
+                SourceConfig::Vault(v) => {
+                    let source = VaultSource::new(v, env).map_err(|source| BuildError::Vault {
+                        name: v.name.clone(),
+                        source,
+                    })?;
+                    if tokio::runtime::Handle::try_current().is_ok() {
+                        source.spawn_renewer();
+                    }
+                    sources.push(Arc::new(source));
+                }
+                SourceConfig::Ccp(c) => {
+                    let source = CcpSource::new(c).map_err(|source| BuildError::Ccp {
+                        name: c.name.clone(),
+                        source,
+                    })?;
+                    sources.push(Arc::new(source));
+                }
+            }
+        }
+        let mut broker = Self::new(
+            sources,
+            config.default_source().map(str::to_owned),
+            config.ccp_source().map(str::to_owned),
+        );
+        broker.pem_modes = pem_modes;
+        broker.set_limits(config.limits.clone());
+        broker.cache = Arc::new(SecretCache::new(&config.cache));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            broker.cache.spawn_maintenance();
+        }
+        if let Some(dir) = &config.policies {
+            let policy = crate::policy::load_checked(dir, &broker.known_sources())?;
+            for w in &policy.warnings {
+                tracing::warn!(warning = %w, "policy");
+            }
+            broker.policy = ArcSwap::from_pointee(policy);
+            broker.policies_dir = Some(dir.clone());
+        }
+        if let Some(audit) = &config.audit {
+            broker.audit = Some(Arc::new(Audit::open(audit)?));
+        }
+        Ok(broker)
+    }
+
+    pub fn new(
+        sources: Vec<Arc<dyn SecretSource>>,
+        default_source: Option<String>,
+        ccp_source: Option<String>,
+    ) -> Self {
+        let sources: HashMap<String, Arc<dyn SecretSource>> = sources
+            .into_iter()
+            .map(|s| (s.name().to_owned(), s))
+            .collect();
+        let limits = crate::config::LimitsConfig::default();
+        let in_flight = semaphores(&sources, &limits);
+        Self {
+            sources,
+            pem_modes: HashMap::new(),
+            policy: ArcSwap::from_pointee(Policy::default()),
+            policies_dir: None,
+            metrics: Arc::new(Metrics::default()),
+            audit: None,
+            cache: Arc::new(SecretCache::new(&crate::config::CacheConfig::default())),
+            breakers: std::sync::Mutex::new(HashMap::new()),
+            default_source,
+            ccp_source,
+            limits,
+            in_flight,
+            refusals: crate::audit::RefusalBudget::default(),
+        }
+    }
+
+    /// The source names policies are checked against.
+    pub fn known_sources(&self) -> crate::policy::KnownSources {
+        crate::policy::KnownSources {
+            names: self.sources.keys().cloned().collect(),
+            default: self.default_source.clone(),
+            ccp: self.ccp_source.clone(),
+        }
+    }
+
+    /// Sets the `[limits]` (and sizes the per-source read semaphores by them).
+    pub fn with_limits(mut self, limits: crate::config::LimitsConfig) -> Self {
+        self.set_limits(limits);
+        self
+    }
+
+    pub(super) fn set_limits(&mut self, limits: crate::config::LimitsConfig) {
+        self.in_flight = semaphores(&self.sources, &limits);
+        self.limits = limits;
+    }
+
+    /// Replaces the access policy.
+    pub fn with_policy(self, policy: Policy) -> Self {
+        self.policy.store(Arc::new(policy));
+        self
+    }
+
+    /// Writes an audit line per decision to `audit`.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = Some(Arc::new(audit));
+        self
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Counters for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Sets how PEM values of source `name` are treated (default: repair).
+    pub fn with_pem_mode(mut self, name: &str, mode: pem::Mode) -> Self {
+        self.pem_modes.insert(name.to_owned(), mode);
+        self
+    }
+
+    /// The cache, for purging (admin) and inspection.
+    pub fn cache(&self) -> &SecretCache {
+        &self.cache
+    }
+}
+
+/// One semaphore per source, of `source_concurrency` permits.
+pub(super) fn semaphores(
+    sources: &HashMap<String, Arc<dyn SecretSource>>,
+    limits: &crate::config::LimitsConfig,
+) -> HashMap<String, Arc<tokio::sync::Semaphore>> {
+    sources
+        .keys()
+        .map(|name| {
+            let permits = limits.source_concurrency.max(1);
+            (name.clone(), Arc::new(tokio::sync::Semaphore::new(permits)))
+        })
+        .collect()
+}

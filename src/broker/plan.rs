@@ -1,0 +1,108 @@
+//! From a reference to a read: the policy's decision first (for a consumer), then the
+//! source and the read, with lengths checked before any source is asked.
+
+use super::*;
+
+impl Broker {
+    /// The read of `r` for `caller`. For a consumer the policy decides first, on the source
+    /// name as written (or the default/CCP source): an unknown source is denied like any
+    /// other reference the consumer may not read, so no consumer learns which sources exist
+    /// (THREATS row 33).
+    pub(super) fn plan(
+        &self,
+        policy: &Policy,
+        caller: &Caller,
+        r: &Reference,
+        host: Option<&Destination>,
+    ) -> Result<ReadKey, Reason> {
+        if let Caller::Consumer(name) = caller {
+            let source = self.source_of(r).map_err(|_| Reason::Denied)?;
+            let request = request_of(r)?;
+            authorize(policy, name, source, &request, host)?;
+        }
+        self.read_key(r)
+    }
+
+    /// The source a reference names, or the default (`$SECRET_` without `<source>:`) or CCP
+    /// (`$SAFE_`) source; not checked to exist.
+    pub(super) fn source_of<'a>(&'a self, r: &'a Reference) -> Result<&'a str, Reason> {
+        match &r.target {
+            Target::Secret {
+                source: Some(name), ..
+            } => Ok(name),
+            Target::Secret { source: None, .. } => self
+                .default_source
+                .as_deref()
+                .ok_or(Reason::NoDefaultSource),
+            Target::Ccp { .. } => self.ccp_source.as_deref().ok_or(Reason::UnknownSource),
+        }
+    }
+
+    /// Which source and which read a reference needs (no policy: the operator's view, and
+    /// the credentials', whose decision covers their own references).
+    pub(super) fn read_key(&self, r: &Reference) -> Result<ReadKey, Reason> {
+        let source = self.source_of(r)?;
+        if !self.sources.contains_key(source) {
+            return Err(Reason::UnknownSource);
+        }
+        let request = request_of(r)?;
+        check_lengths(&request.path)?;
+        Ok((source.to_owned(), request))
+    }
+}
+
+/// The policy's decision for one read by consumer `name`, before anything is read: a denial
+/// never depends on whether the secret (or its source) exists.
+pub(super) fn authorize(
+    policy: &Policy,
+    name: &str,
+    source: &str,
+    request: &ReadRequest,
+    host: Option<&Destination>,
+) -> Result<(), Reason> {
+    let subject = Subject::Reference {
+        source,
+        path: &request.path,
+    };
+    let decision = policy.decide(name, subject, host);
+    if decision.allowed {
+        Ok(())
+    } else {
+        tracing::debug!(consumer = %name, source = %source, reason = decision.reason, "reference denied");
+        Err(Reason::Denied)
+    }
+}
+
+/// The read a reference asks for (path and version), whatever its source.
+pub(super) fn request_of(r: &Reference) -> Result<ReadRequest, Reason> {
+    match &r.target {
+        Target::Secret { path, version, .. } => Ok(ReadRequest {
+            path: path.clone(),
+            version: *version,
+        }),
+        Target::Ccp { safe, object } => Ok(ReadRequest {
+            path: crate::reference::SecretPath::from_segments([safe.as_str(), object])
+                .map_err(Reason::Syntax)?,
+            version: None,
+        }),
+    }
+}
+
+/// Names longer than any backend takes are the caller's failure, found before any source
+/// call (a source would answer ENAMETOOLONG, 414 or a URI error — THREATS row 20).
+pub(super) fn check_lengths(path: &crate::reference::SecretPath) -> Result<(), Reason> {
+    use crate::source::{MAX_PATH_BYTES, MAX_SEGMENT_BYTES};
+    let segments = path.segments();
+    if segments.iter().any(|s| s.len() > MAX_SEGMENT_BYTES) {
+        return Err(Reason::InvalidReference(
+            "a path segment is longer than 255 bytes",
+        ));
+    }
+    let total: usize = segments.iter().map(|s| s.len() + 1).sum();
+    if total > MAX_PATH_BYTES + 1 {
+        return Err(Reason::InvalidReference(
+            "the path is longer than 1024 bytes",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! One read through the cache: on a miss, the source (within its concurrency permit, its
+//! circuit breaker and retries), then the PEM stage.
+
+use super::*;
+
+impl Broker {
+    /// Reads each key once, all concurrently; the answers are in the order of `keys`.
+    pub(super) async fn read_all(&self, keys: &[ReadKey]) -> Vec<Result<Fetched, SourceError>> {
+        // One key (the common case): no task to spawn and join.
+        if let [key] = keys {
+            return vec![self.read_one(key.clone()).await];
+        }
+        let mut tasks = JoinSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let read = self.read_one(key.clone());
+            tasks.spawn(async move { (i, read.await) });
+        }
+        let mut out: Vec<Result<Fetched, SourceError>> = (0..keys.len())
+            .map(|_| Err(SourceError::Unavailable("read task failed")))
+            .collect();
+        // A read task only panics on a bug; its key then stays "unavailable".
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((i, result)) = joined {
+                out[i] = result;
+            }
+        }
+        out
+    }
+
+    /// One read through the cache: on a miss, the source (with retries), then the PEM stage.
+    pub(crate) fn read_one(
+        &self,
+        key: ReadKey,
+    ) -> impl std::future::Future<Output = Result<Fetched, SourceError>> + Send + 'static {
+        let source = Arc::clone(&self.sources[&key.0]);
+        let breaker = self.breaker(&key.0);
+        let in_flight = Arc::clone(&self.in_flight[&key.0]);
+        let cache = Arc::clone(&self.cache);
+        let metrics = Arc::clone(&self.metrics);
+        let options = pem::Options {
+            mode: self.pem_modes.get(&key.0).copied().unwrap_or_default(),
+            ..pem::Options::default()
+        };
+        async move {
+            let request = key.1.clone();
+            let name = key.0.clone();
+            let missed = std::sync::atomic::AtomicBool::new(false);
+            let fetch = || async {
+                missed.store(true, std::sync::atomic::Ordering::Relaxed);
+                let started = Instant::now();
+                // Each attempt holds a permit only while it talks to the source.
+                let attempt = || async {
+                    let _permit = in_flight.acquire().await;
+                    source.read(&request).await
+                };
+                let read = breaker
+                    .call(|| with_retries(RETRY_ATTEMPTS, RETRY_BASE, attempt))
+                    .await;
+                let outcome = match &read {
+                    Ok(_) => "ok",
+                    Err(e) => source_reason(e).code(),
+                };
+                metrics.source_read(&name, outcome, started.elapsed());
+                let checked = pem::check_secret(&read?, &options);
+                for (_, kinds) in &checked.repaired {
+                    for k in kinds {
+                        metrics.repaired(pem::repair_name(*k));
+                    }
+                }
+                Ok(checked)
+            };
+            let fetched = cache.get_or_fetch(key, fetch).await;
+            metrics.cache(!missed.load(std::sync::atomic::Ordering::Relaxed));
+            fetched
+        }
+    }
+
+    /// The circuit breaker of source `name` (made on first use).
+    pub(super) fn breaker(&self, name: &str) -> Arc<CircuitBreaker> {
+        let mut all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            all.entry(name.to_owned()).or_insert_with(|| {
+                Arc::new(CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOL_DOWN))
+            }),
+        )
+    }
+}
+
+/// After this many consecutive failed (retried) reads a source's circuit opens …
+const BREAKER_THRESHOLD: u32 = 5;
+/// … for this long.
+const BREAKER_COOL_DOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Transient source failures are retried this many times in all …
+const RETRY_ATTEMPTS: u32 = 3;
+/// … starting from this delay, doubled each time, with jitter.
+const RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub(super) fn source_reason(e: &SourceError) -> Reason {
+    match e {
+        SourceError::NotFound => Reason::NotFound,
+        SourceError::Denied => Reason::SourceDenied,
+        SourceError::Unavailable(_) | SourceError::RateLimited { .. } => Reason::SourceUnavailable,
+        SourceError::Invalid(why) => Reason::InvalidReference(why),
+        SourceError::Unsupported(why) => Reason::Unsupported(why),
+        SourceError::Malformed(why) => Reason::Malformed(why),
+        SourceError::Ambiguous => Reason::Ambiguous,
+    }
+}

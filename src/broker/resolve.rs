@@ -1,0 +1,205 @@
+//! `Broker::resolve`: prepare → plan → read → render, all or nothing, one audit line.
+
+use super::*;
+
+impl Broker {
+    /// Expands every reference in `document`, or reports every one that fails. Writes one
+    /// audit line either way.
+    pub async fn resolve(
+        &self,
+        caller: &Caller,
+        document: Document,
+        layout: Layout,
+        host: Option<&Destination>,
+    ) -> Result<Resolution, ResolveError> {
+        let started = Instant::now();
+        let mut subjects = Vec::new();
+        let result = self
+            .resolve_unaudited(caller, document, layout, host, &mut subjects)
+            .await;
+        let (decision, reason) = match &result {
+            Ok(_) => ("allowed", "allowed"),
+            Err(ResolveError::Document(d)) => ("failed", d.code()),
+            Err(ResolveError::Unresolved { errors, .. }) => {
+                let denied = errors.iter().any(|e| e.reason == Reason::Denied);
+                let first = errors.first().map_or("unresolved", |e| e.reason.code());
+                if denied {
+                    ("denied", "denied")
+                } else {
+                    ("failed", first)
+                }
+            }
+            Err(ResolveError::AuditUnavailable) => ("failed", "audit_unavailable"),
+            Err(ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. }) => {
+                ("failed", "too_many_references")
+            }
+            Err(ResolveError::TooLarge { .. }) => ("failed", "too_large"),
+        };
+        let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |r| {
+            let lists = r.metadata.repairs.iter().map(|u| &u.repairs[..]);
+            (repair_names(lists), r.metadata.stale)
+        });
+        let entry = AuditEntry {
+            action: "resolve",
+            caller: Some(caller),
+            subjects,
+            host,
+            decision,
+            reason,
+            repairs,
+            stale,
+            suppressed: None,
+            started,
+        };
+        // A resolution that cannot be audited is dropped (and wiped) unanswered.
+        self.audit(entry)
+            .await
+            .map_err(|AuditRefused| ResolveError::AuditUnavailable)?;
+        result
+    }
+
+    pub(super) async fn resolve_unaudited(
+        &self,
+        caller: &Caller,
+        document: Document,
+        layout: Layout,
+        host: Option<&Destination>,
+        subjects: &mut Vec<String>,
+    ) -> Result<Resolution, ResolveError> {
+        let policy = self.policy.load();
+        let large = match &document {
+            Document::JsonValue(_) => false,
+            Document::Text { text, .. } => text.len() > LARGE_DOCUMENT,
+        };
+        let prepared = heavy(large, || match document {
+            Document::JsonValue(v) => Prepared::json(v, layout),
+            Document::Text { format, text } => match format {
+                Format::Json => Prepared::json_text(&text, layout),
+                Format::Yaml => Prepared::yaml(&text),
+                Format::Text => Prepared::text(&text),
+            },
+        })?;
+        let large = large || prepared.occurrences() > LARGE_OCCURRENCES;
+        if prepared.occurrences() > self.limits.max_sites {
+            return Err(ResolveError::TooManySites {
+                limit: self.limits.max_sites,
+            });
+        }
+
+        // Each distinct reference is mapped once; each distinct read happens once.
+        let mut order: Vec<ReadKey> = Vec::new();
+        let mut read_index: HashMap<ReadKey, usize> = HashMap::new();
+        let mut plan: HashMap<&Reference, Result<usize, Reason>> = HashMap::new();
+        for (reference, _) in prepared.references_unlocated() {
+            if plan.contains_key(reference) {
+                continue;
+            }
+            subjects.push(reference.to_string());
+            let step = self.plan(&policy, caller, reference, host).map(|key| {
+                *read_index.entry(key.clone()).or_insert_with(|| {
+                    order.push(key);
+                    order.len() - 1
+                })
+            });
+            plan.insert(reference, step);
+            if order.len() > self.limits.max_references {
+                return Err(ResolveError::TooManyReferences {
+                    limit: self.limits.max_references,
+                });
+            }
+        }
+        // Through the cache; PEM values are repaired and verified before they are cached
+        // (docs/DESIGN.md §4), so nothing unverified is ever written.
+        let secrets: Vec<Result<Fetched, SourceError>> = self.read_all(&order).await;
+        let lookup = |r: &Reference| -> Result<Resolved<'_>, Reason> {
+            let index = plan.get(r).cloned().unwrap_or(Err(Reason::UnknownSource))?;
+            let fetched = secrets[index].as_ref().map_err(source_reason)?;
+            pick(r, &fetched.secret)
+        };
+        let limits = crate::reference::RenderLimits {
+            max_answer_bytes: usize::try_from(self.limits.max_answer_bytes.0).unwrap_or(usize::MAX),
+            max_errors: self.limits.max_errors,
+        };
+        let document = heavy(large, || prepared.render(&lookup, limits)).map_err(|e| match e {
+            RenderError::Unresolved { errors, omitted } => {
+                ResolveError::Unresolved { errors, omitted }
+            }
+            RenderError::TooLarge { limit } => ResolveError::TooLarge { limit },
+        })?;
+        let mut metadata = ResolveMetadata::default();
+        for ((source, req), fetched) in order.iter().zip(&secrets) {
+            let checked = fetched.as_ref().ok().map(|f| &*f.secret);
+            metadata.stale |= fetched.as_ref().is_ok_and(|f| f.stale);
+            metadata.secrets.push(SecretUse {
+                source: source.clone(),
+                path: req.path.to_string(),
+                version: checked
+                    .and_then(|c| c.secret.meta().version)
+                    .or(req.version),
+            });
+            for (field, repairs) in checked.map_or(&[][..], |c| &c.repaired[..]) {
+                metadata.repairs.push(RepairUse {
+                    source: source.clone(),
+                    path: req.path.to_string(),
+                    field: field.clone(),
+                    repairs: repairs.clone(),
+                });
+            }
+        }
+        Ok(Resolution {
+            format: prepared.format(),
+            document,
+            metadata,
+        })
+    }
+}
+
+/// The names of the repairs in `lists`, for the audit trail.
+pub(super) fn repair_names<'a>(lists: impl Iterator<Item = &'a [RepairKind]>) -> Vec<&'static str> {
+    lists
+        .flat_map(|l| l.iter().map(|k| pem::repair_name(*k)))
+        .collect()
+}
+
+/// Documents longer than this are prepared and rendered where they cannot hold up a runtime
+/// worker (THREATS row 22: two large requests must not stall `/healthz`) …
+const LARGE_DOCUMENT: usize = 64 << 10;
+/// … and so are documents with more reference occurrences than this.
+const LARGE_OCCURRENCES: usize = 1000;
+
+/// Runs CPU-heavy `work` (when `large`) with the runtime told to move this worker's other
+/// tasks elsewhere meanwhile; inline otherwise, and on a current-thread runtime, which has no
+/// other worker to move them to.
+fn heavy<T>(large: bool, work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if large && multi {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
+/// The part of a secret a reference asks for; a rejected PEM value is an error, also when
+/// it is one field of a whole secret.
+pub(super) fn pick<'s>(r: &Reference, checked: &'s CheckedSecret) -> Result<Resolved<'s>, Reason> {
+    let field = match (&r.target, r.field.as_deref()) {
+        (Target::Secret { .. }, None) => {
+            if let Some(e) = checked.rejected.values().next() {
+                return Err(Reason::PemRejected(e.code()));
+            }
+            return Ok(Resolved::Whole(&checked.secret));
+        }
+        (Target::Ccp { .. }, None) => "Content",
+        (_, Some(f)) => f,
+    };
+    if let Some(e) = checked.rejected.get(field) {
+        return Err(Reason::PemRejected(e.code()));
+    }
+    checked
+        .secret
+        .field(field)
+        .map(Resolved::Value)
+        .ok_or(Reason::FieldNotFound)
+}
