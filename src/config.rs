@@ -91,14 +91,33 @@ impl Config {
         let mut spans = Spans::default();
         for (key, value) in root.get_ref().iter() {
             match key.get_ref().as_ref() {
-                "policies" => cfg.policies = d.section(value, &[]),
+                "policies" => {
+                    spans.sections.insert("policies", value.span());
+                    cfg.policies = d.section(value, &[]);
+                }
                 "default_source" => {
                     spans.default_source = value.span();
                     cfg.default_source = d.section(value, &[]);
                 }
-                "server" => cfg.server = d.section(value, &[]).unwrap_or_default(),
+                "server" => {
+                    spans.record(
+                        "server",
+                        value,
+                        &[
+                            "listen",
+                            "tls_cert",
+                            "tls_key",
+                            "client_ca",
+                            "client_cert_header",
+                        ],
+                    );
+                    cfg.server = d.section(value, &[]).unwrap_or_default();
+                }
                 "cache" => cfg.cache = d.section(value, &[]).unwrap_or_default(),
-                "limits" => cfg.limits = d.section(value, &[]).unwrap_or_default(),
+                "limits" => {
+                    spans.record("limits", value, &["max_references", "source_concurrency"]);
+                    cfg.limits = d.section(value, &[]).unwrap_or_default();
+                }
                 "audit" => cfg.audit = d.section(value, &[]),
                 "source" => cfg.sources = ConfigSections::sources(&mut d, value, &mut spans),
                 other => d.at(key.span(), format!("unknown key `{other}`")),
@@ -222,39 +241,49 @@ impl Config {
         if let Some(p) = &self.policies {
             if !p.is_dir() {
                 d.at(
-                    0..0,
+                    spans.at("policies", ""),
                     format!("policies directory {} does not exist", p.display()),
                 );
             }
         }
         if self.limits.max_references == 0 || self.limits.source_concurrency == 0 {
+            let key = if self.limits.max_references == 0 {
+                "max_references"
+            } else {
+                "source_concurrency"
+            };
             d.at(
-                0..0,
+                spans.at("limits", key),
                 "[limits] max_references and source_concurrency must be at least 1".to_owned(),
             );
         }
         let srv = &self.server;
         if srv.tls_cert.is_some() != srv.tls_key.is_some() {
+            let set = if srv.tls_cert.is_some() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
             d.at(
-                0..0,
+                spans.at("server", set),
                 "[server] tls_cert and tls_key must be set together".to_owned(),
             );
         }
         if srv.client_ca.is_some() && srv.tls_cert.is_none() {
             d.at(
-                0..0,
+                spans.at("server", "client_ca"),
                 "[server] client_ca needs tls_cert and tls_key".to_owned(),
             );
         }
         if srv.client_cert_header.is_some() && srv.trusted_proxies.is_empty() {
             d.at(
-                0..0,
+                spans.at("server", "client_cert_header"),
                 "[server] client_cert_header is never accepted without trusted_proxies".to_owned(),
             );
         }
         if srv.client_cert_header.is_some() && srv.client_ca.is_none() {
             d.at(
-                0..0,
+                spans.at("server", "client_cert_header"),
                 "[server] client_cert_header needs client_ca: forwarded certificates are verified like TLS ones".to_owned(),
             );
         }
@@ -267,6 +296,35 @@ struct Spans {
     default_source: Range<usize>,
     source_names: Vec<Range<usize>>,
     source_paths: Vec<Range<usize>>,
+    /// (section, key) → span of the key, and section → span of the section, so that
+    /// relational errors point at a setting involved instead of 1:1.
+    keys: std::collections::HashMap<(&'static str, &'static str), Range<usize>>,
+    sections: std::collections::HashMap<&'static str, Range<usize>>,
+}
+
+impl Spans {
+    fn record(
+        &mut self,
+        section: &'static str,
+        value: &Spanned<DeValue<'_>>,
+        keys: &[&'static str],
+    ) {
+        self.sections.insert(section, value.span());
+        for k in keys {
+            if let Some(span) = span_of(value, &[Seg::Key((*k).to_owned())]) {
+                self.keys.insert((section, *k), span);
+            }
+        }
+    }
+
+    /// The span of `section.key`, else of the section, else the start of the file.
+    fn at(&self, section: &'static str, key: &'static str) -> Range<usize> {
+        self.keys
+            .get(&(section, key))
+            .or_else(|| self.sections.get(section))
+            .cloned()
+            .unwrap_or(0..0)
+    }
 }
 
 struct ConfigSections;
@@ -413,6 +471,29 @@ mod tests {
             got[3].starts_with("12:1 source name \"bad name\""),
             "{got:?}"
         );
+    }
+
+    /// Relational errors point at a setting involved, not at 1:1.
+    #[test]
+    fn relational_errors_point_at_a_setting() {
+        let got = errors(
+            "[[source]]\nname = \"f\"\nkind = \"file\"\npath = \".\"\n[server]\nlisten = \"127.0.0.1:1\"\nclient_ca = \"ca.pem\"\nclient_cert_header = \"X-Cert\"\n[limits]\nmax_errors = 5\nsource_concurrency = 0\n",
+        );
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("7:1 [server] client_ca needs")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("8:1 [server] client_cert_header is never")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(|e| e.starts_with("11:1 [limits]")),
+            "{got:?}"
+        );
+        assert!(got.iter().all(|e| !e.starts_with("1:1 ")), "{got:?}");
     }
 
     #[test]
