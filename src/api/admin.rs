@@ -11,18 +11,25 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::{ApiError, AppState, json_response, parse_body};
+use crate::audit::Action;
 use crate::broker::Caller;
 
 pub(super) async fn reload(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let caller = state.admin(caller, "admin.reload").await?;
+    let caller = state.admin(caller, Action::AdminReload).await?;
     let started = Instant::now();
     let result = state.broker.reload_policy();
     state
         .broker
-        .audit_admin(&caller, "admin.reload", Vec::new(), result.is_ok(), started)
+        .audit_admin(
+            &caller,
+            Action::AdminReload,
+            Vec::new(),
+            result.is_ok(),
+            started,
+        )
         .await?;
     let summary = result?;
     Ok(json_response(
@@ -45,7 +52,7 @@ pub(super) async fn purge(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.admin(caller, "admin.purge").await?;
+    let caller = state.admin(caller, Action::AdminPurge).await?;
     let body: PurgeBody = parse_body(&body, "{\"source\": \"…\", \"prefix\": \"a/b\"}")?;
     let prefix: Vec<String> = body
         .prefix
@@ -58,7 +65,7 @@ pub(super) async fn purge(
     let subject = format!("{}:{}", body.source, prefix.join("/"));
     state
         .broker
-        .audit_admin(&caller, "admin.purge", vec![subject], found, started)
+        .audit_admin(&caller, Action::AdminPurge, vec![subject], found, started)
         .await?;
     if !found {
         return Err(ApiError::UnknownSource(body.source));

@@ -118,7 +118,11 @@ impl AppState {
 
     /// The caller, who must be the operator or an admin consumer (`action` names the endpoint
     /// in the audit line of a refusal).
-    async fn admin(&self, caller: Caller, action: &'static str) -> Result<Caller, ApiError> {
+    async fn admin(
+        &self,
+        caller: Caller,
+        action: crate::audit::Action,
+    ) -> Result<Caller, ApiError> {
         let admin = match &caller {
             Caller::Operator => true,
             Caller::Consumer(name) => self.broker.policy().may_administer(name),

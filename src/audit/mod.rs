@@ -53,9 +53,7 @@ pub enum AuditError {
 pub struct Record<'a> {
     /// RFC 3339, UTC.
     pub time: String,
-    /// `resolve`, `credentials.list`, `credential.metadata`, `credential.material`,
-    /// `admin.reload`, `admin.purge`.
-    pub action: &'static str,
+    pub action: Action,
     /// Consumer name, or `operator`.
     pub consumer: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,8 +70,7 @@ pub struct Record<'a> {
     pub subjects_digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// `allowed`, `denied` or `failed`.
-    pub decision: &'static str,
+    pub decision: Outcome,
     /// Stable reason code.
     pub reason: &'a str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -84,6 +81,37 @@ pub struct Record<'a> {
     /// On a summary line: how many failed authentications of this peer were not written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<u64>,
+}
+
+/// What an audit line is about (its `action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Action {
+    #[serde(rename = "resolve")]
+    Resolve,
+    #[serde(rename = "credentials.list")]
+    CredentialsList,
+    #[serde(rename = "credential.metadata")]
+    CredentialMetadata,
+    #[serde(rename = "credential.material")]
+    CredentialMaterial,
+    #[serde(rename = "admin.reload")]
+    AdminReload,
+    #[serde(rename = "admin.purge")]
+    AdminPurge,
+    /// A request whose caller could not be authenticated.
+    #[serde(rename = "authenticate")]
+    Authenticate,
+}
+
+/// How a decision ended (the line's `decision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Allowed,
+    /// Refused by the policy (or authentication).
+    Denied,
+    /// Allowed, but it could not be carried out (a source, a document, a limit).
+    Failed,
 }
 
 /// Subjects listed in one audit line before the rest are only counted and digested.
@@ -312,14 +340,14 @@ mod tests {
     fn record(subject: String) -> Record<'static> {
         Record {
             time: now_rfc3339(),
-            action: "credential.material",
+            action: Action::CredentialMaterial,
             consumer: "gw",
             team: Some("payments"),
             subjects: vec![subject],
             subjects_omitted: None,
             subjects_digest: None,
             host: Some("api.partner.example".to_owned()),
-            decision: "allowed",
+            decision: Outcome::Allowed,
             reason: "allowed",
             repairs: vec![],
             stale: false,

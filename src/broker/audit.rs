@@ -10,12 +10,12 @@ pub struct AuditRefused;
 
 /// What one audit line says (see [`Broker::audit`]).
 pub(crate) struct AuditEntry<'a> {
-    pub action: &'static str,
+    pub action: crate::audit::Action,
     /// `None`: the caller could not be authenticated.
     pub caller: Option<&'a Caller>,
     pub subjects: Vec<String>,
     pub host: Option<&'a Destination>,
-    pub decision: &'static str,
+    pub decision: crate::audit::Outcome,
     pub reason: &'a str,
     pub repairs: Vec<&'static str>,
     pub stale: bool,

@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 use super::{AuditEntry, Broker, Caller, pick, source_reason};
+use crate::audit::{Action, Outcome};
 use crate::pem::{self, BlockFacts, RepairKind};
 use crate::policy::{Credential, CredentialMode, Destination, Policy, ReadAccess};
 use crate::reference::{Reason, Reference, Resolved};
@@ -144,11 +145,11 @@ impl Broker {
             .map(summary)
             .collect();
         self.audit(AuditEntry {
-            action: "credentials.list",
+            action: Action::CredentialsList,
             caller: Some(caller),
             subjects: Vec::new(),
             host: None,
-            decision: "allowed",
+            decision: Outcome::Allowed,
             reason: "allowed",
             repairs: Vec::new(),
             stale: false,
@@ -189,7 +190,7 @@ impl Broker {
         };
         let (decision, reason) = outcome(&result);
         self.audit(AuditEntry {
-            action: "credential.metadata",
+            action: Action::CredentialMetadata,
             caller: Some(caller),
             subjects: vec![name.to_owned()],
             host: None,
@@ -222,7 +223,7 @@ impl Broker {
             (super::repair_names(lists), m.metadata.stale)
         });
         self.audit(AuditEntry {
-            action: "credential.material",
+            action: Action::CredentialMaterial,
             caller: Some(caller),
             subjects: vec![name.to_owned()],
             host,
@@ -390,16 +391,16 @@ fn facts(cred: &Credential, values: &[RoleValue]) -> (Vec<RoleRepair>, bool, Opt
     (repairs, stale, certificate)
 }
 
-fn outcome<T>(result: &Result<T, CredentialError>) -> (&'static str, &'static str) {
+fn outcome<T>(result: &Result<T, CredentialError>) -> (Outcome, &'static str) {
     match result {
-        Ok(_) => ("allowed", "allowed"),
-        Err(CredentialError::Denied(reason)) => ("denied", reason),
-        Err(CredentialError::NotFound) => ("denied", "not_found"),
-        Err(CredentialError::Ambiguous) => ("failed", "ambiguous_credential"),
+        Ok(_) => (Outcome::Allowed, "allowed"),
+        Err(CredentialError::Denied(reason)) => (Outcome::Denied, reason),
+        Err(CredentialError::NotFound) => (Outcome::Denied, "not_found"),
+        Err(CredentialError::Ambiguous) => (Outcome::Failed, "ambiguous_credential"),
         Err(CredentialError::Unresolved(e)) => (
-            "failed",
+            Outcome::Failed,
             e.first().map_or("unresolved", |r| r.reason.code()),
         ),
-        Err(CredentialError::AuditUnavailable) => ("failed", "audit_unavailable"),
+        Err(CredentialError::AuditUnavailable) => (Outcome::Failed, "audit_unavailable"),
     }
 }

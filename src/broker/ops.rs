@@ -82,7 +82,7 @@ impl Broker {
     pub async fn audit_admin(
         &self,
         caller: &super::Caller,
-        action: &'static str,
+        action: crate::audit::Action,
         subjects: Vec<String>,
         ok: bool,
         started: std::time::Instant,
@@ -92,7 +92,11 @@ impl Broker {
             caller: Some(caller),
             subjects,
             host: None,
-            decision: if ok { "allowed" } else { "failed" },
+            decision: if ok {
+                crate::audit::Outcome::Allowed
+            } else {
+                crate::audit::Outcome::Failed
+            },
             reason: if ok { "allowed" } else { "rejected" },
             repairs: Vec::new(),
             stale: false,
@@ -108,14 +112,14 @@ impl Broker {
     pub async fn audit_not_admin(
         &self,
         caller: &super::Caller,
-        action: &'static str,
+        action: crate::audit::Action,
     ) -> Result<(), super::AuditRefused> {
         self.audit(super::AuditEntry {
             action,
             caller: Some(caller),
             subjects: Vec::new(),
             host: None,
-            decision: "denied",
+            decision: crate::audit::Outcome::Denied,
             reason: "admin_required",
             repairs: Vec::new(),
             stale: false,
@@ -136,11 +140,11 @@ impl Broker {
             self.refusals.admit(ip, std::time::Instant::now())
         });
         let entry = |reason, suppressed| super::AuditEntry {
-            action: "authenticate",
+            action: crate::audit::Action::Authenticate,
             caller: None,
             subjects: Vec::new(),
             host: None,
-            decision: "denied",
+            decision: crate::audit::Outcome::Denied,
             reason,
             repairs: Vec::new(),
             stale: false,

@@ -1,6 +1,7 @@
 //! `Broker::resolve`: prepare → plan → read → render, all or nothing, one audit line.
 
 use super::*;
+use crate::audit::{Action, Outcome};
 
 impl Broker {
     /// Expands every reference in `document`, or reports every one that fails. Writes one
@@ -18,29 +19,29 @@ impl Broker {
             .resolve_unaudited(caller, document, layout, host, &mut subjects)
             .await;
         let (decision, reason) = match &result {
-            Ok(_) => ("allowed", "allowed"),
-            Err(ResolveError::Document(d)) => ("failed", d.code()),
+            Ok(_) => (Outcome::Allowed, "allowed"),
+            Err(ResolveError::Document(d)) => (Outcome::Failed, d.code()),
             Err(ResolveError::Unresolved { errors, .. }) => {
                 let denied = errors.iter().any(|e| e.reason == Reason::Denied);
                 let first = errors.first().map_or("unresolved", |e| e.reason.code());
                 if denied {
-                    ("denied", "denied")
+                    (Outcome::Denied, "denied")
                 } else {
-                    ("failed", first)
+                    (Outcome::Failed, first)
                 }
             }
-            Err(ResolveError::AuditUnavailable) => ("failed", "audit_unavailable"),
+            Err(ResolveError::AuditUnavailable) => (Outcome::Failed, "audit_unavailable"),
             Err(ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. }) => {
-                ("failed", "too_many_references")
+                (Outcome::Failed, "too_many_references")
             }
-            Err(ResolveError::TooLarge { .. }) => ("failed", "too_large"),
+            Err(ResolveError::TooLarge { .. }) => (Outcome::Failed, "too_large"),
         };
         let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |r| {
             let lists = r.metadata.repairs.iter().map(|u| &u.repairs[..]);
             (repair_names(lists), r.metadata.stale)
         });
         let entry = AuditEntry {
-            action: "resolve",
+            action: Action::Resolve,
             caller: Some(caller),
             subjects,
             host,
