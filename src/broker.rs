@@ -172,9 +172,8 @@ pub enum BuildError {
 /// Holds the sources; decides and serves requests. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Broker {
-    sources: HashMap<String, Arc<dyn SecretSource>>,
-    /// How PEM values of each source are treated (repair when not listed).
-    pem_modes: HashMap<String, pem::Mode>,
+    /// Every configured source with what is kept per source, by name.
+    sources: HashMap<String, SourceEntry>,
     /// The access policy consumers are held to (none: only the operator may resolve).
     /// Swapped whole on reload; a request keeps the policy it started with.
     policy: ArcSwap<Policy>,
@@ -184,16 +183,24 @@ pub struct Broker {
     audit: Option<Arc<Audit>>,
     /// Verified secrets, shared by all callers; authorization is decided before it is asked.
     cache: Arc<SecretCache>,
-    /// One circuit breaker per source.
-    breakers: std::sync::Mutex<HashMap<String, Arc<CircuitBreaker>>>,
     default_source: Option<String>,
     ccp_source: Option<String>,
     limits: crate::config::LimitsConfig,
-    /// Reads in flight per source, shared by every request (`[limits] source_concurrency`):
-    /// one request's fan-out cannot flood a backend or take all of its connections.
-    in_flight: HashMap<String, Arc<tokio::sync::Semaphore>>,
     /// Audit lines of failed authentications, per peer address.
     refusals: crate::audit::RefusalBudget,
+}
+
+/// One configured source and everything the broker keeps for it.
+#[derive(Debug)]
+struct SourceEntry {
+    source: Arc<dyn SecretSource>,
+    /// How its PEM values are treated.
+    pem: pem::Mode,
+    /// Opens after repeated outages; `/readyz` reports it.
+    breaker: Arc<CircuitBreaker>,
+    /// Reads in flight, shared by every request (`[limits] source_concurrency`): one request's
+    /// fan-out cannot flood a backend or take all of its connections.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// (source name, read) — one backend read, shared by every reference to the same secret.

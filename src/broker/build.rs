@@ -1,6 +1,7 @@
 //! Building a broker: sources from the configuration, the cache, the policy checked
 //! against the source names, the audit trail, the per-source read semaphores.
 
+use super::read::{BREAKER_COOL_DOWN, BREAKER_THRESHOLD};
 use super::*;
 
 impl Broker {
@@ -11,14 +12,14 @@ impl Broker {
     /// As [`Broker::from_config`], with the `VAULT_*` environment given explicitly.
     pub fn from_config_with_env(config: &Config, env: &VaultEnv) -> Result<Self, BuildError> {
         let mut sources: Vec<Arc<dyn SecretSource>> = Vec::new();
-        let mut pem_modes = HashMap::new();
+        let mut pem_modes = Vec::new();
         for s in &config.sources {
             let mode = match s {
                 SourceConfig::File(f) => f.pem,
                 SourceConfig::Vault(v) => v.pem,
                 SourceConfig::Ccp(c) => c.pem,
             };
-            pem_modes.insert(s.name().to_owned(), mode);
+            pem_modes.push((s.name().to_owned(), mode));
             match s {
                 SourceConfig::File(f) => {
                     let source = FileSource::new(&f.name, &f.path).map_err(|source| {
@@ -54,7 +55,11 @@ impl Broker {
             config.default_source().map(str::to_owned),
             config.ccp_source().map(str::to_owned),
         );
-        broker.pem_modes = pem_modes;
+        for (name, mode) in pem_modes {
+            if let Some(entry) = broker.sources.get_mut(&name) {
+                entry.pem = mode;
+            }
+        }
         broker.set_limits(config.limits.clone());
         broker.cache = Arc::new(SecretCache::new(&config.cache));
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -79,25 +84,29 @@ impl Broker {
         default_source: Option<String>,
         ccp_source: Option<String>,
     ) -> Self {
-        let sources: HashMap<String, Arc<dyn SecretSource>> = sources
-            .into_iter()
-            .map(|s| (s.name().to_owned(), s))
-            .collect();
         let limits = crate::config::LimitsConfig::default();
-        let in_flight = semaphores(&sources, &limits);
+        let sources = sources
+            .into_iter()
+            .map(|source| {
+                let entry = SourceEntry {
+                    source: Arc::clone(&source),
+                    pem: pem::Mode::default(),
+                    breaker: Arc::new(CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOL_DOWN)),
+                    in_flight: semaphore(&limits),
+                };
+                (source.name().to_owned(), entry)
+            })
+            .collect();
         Self {
             sources,
-            pem_modes: HashMap::new(),
             policy: ArcSwap::from_pointee(Policy::default()),
             policies_dir: None,
             metrics: Arc::new(Metrics::default()),
             audit: None,
             cache: Arc::new(SecretCache::new(&crate::config::CacheConfig::default())),
-            breakers: std::sync::Mutex::new(HashMap::new()),
             default_source,
             ccp_source,
             limits,
-            in_flight,
             refusals: crate::audit::RefusalBudget::default(),
         }
     }
@@ -118,7 +127,9 @@ impl Broker {
     }
 
     pub(super) fn set_limits(&mut self, limits: crate::config::LimitsConfig) {
-        self.in_flight = semaphores(&self.sources, &limits);
+        for entry in self.sources.values_mut() {
+            entry.in_flight = semaphore(&limits);
+        }
         self.limits = limits;
     }
 
@@ -146,7 +157,9 @@ impl Broker {
 
     /// Sets how PEM values of source `name` are treated (default: repair).
     pub fn with_pem_mode(mut self, name: &str, mode: pem::Mode) -> Self {
-        self.pem_modes.insert(name.to_owned(), mode);
+        if let Some(entry) = self.sources.get_mut(name) {
+            entry.pem = mode;
+        }
         self
     }
 
@@ -156,16 +169,9 @@ impl Broker {
     }
 }
 
-/// One semaphore per source, of `source_concurrency` permits.
-pub(super) fn semaphores(
-    sources: &HashMap<String, Arc<dyn SecretSource>>,
-    limits: &crate::config::LimitsConfig,
-) -> HashMap<String, Arc<tokio::sync::Semaphore>> {
-    sources
-        .keys()
-        .map(|name| {
-            let permits = limits.source_concurrency.max(1);
-            (name.clone(), Arc::new(tokio::sync::Semaphore::new(permits)))
-        })
-        .collect()
+/// A source's read semaphore, of `source_concurrency` permits.
+fn semaphore(limits: &crate::config::LimitsConfig) -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(
+        limits.source_concurrency.max(1),
+    ))
 }

@@ -56,10 +56,10 @@ impl Broker {
         let mut all: Vec<SourceHealth> = self
             .sources
             .values()
-            .map(|s| SourceHealth {
-                name: s.name().to_owned(),
-                kind: s.kind(),
-                ready: !self.breaker(s.name()).is_open(),
+            .map(|e| SourceHealth {
+                name: e.source.name().to_owned(),
+                kind: e.source.kind(),
+                ready: !e.breaker.is_open(),
             })
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));

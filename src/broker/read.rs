@@ -32,13 +32,15 @@ impl Broker {
         &self,
         key: ReadKey,
     ) -> impl std::future::Future<Output = Result<Fetched, SourceError>> + Send + 'static {
-        let source = Arc::clone(&self.sources[&key.0]);
-        let breaker = self.breaker(&key.0);
-        let in_flight = Arc::clone(&self.in_flight[&key.0]);
+        // `plan` only hands out keys of configured sources.
+        let entry = &self.sources[&key.0];
+        let source = Arc::clone(&entry.source);
+        let breaker = Arc::clone(&entry.breaker);
+        let in_flight = Arc::clone(&entry.in_flight);
         let cache = Arc::clone(&self.cache);
         let metrics = Arc::clone(&self.metrics);
         let options = pem::Options {
-            mode: self.pem_modes.get(&key.0).copied().unwrap_or_default(),
+            mode: entry.pem,
             ..pem::Options::default()
         };
         async move {
@@ -74,22 +76,12 @@ impl Broker {
             fetched
         }
     }
-
-    /// The circuit breaker of source `name` (made on first use).
-    pub(super) fn breaker(&self, name: &str) -> Arc<CircuitBreaker> {
-        let mut all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            all.entry(name.to_owned()).or_insert_with(|| {
-                Arc::new(CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOL_DOWN))
-            }),
-        )
-    }
 }
 
 /// After this many consecutive failed (retried) reads a source's circuit opens …
-const BREAKER_THRESHOLD: u32 = 5;
+pub(super) const BREAKER_THRESHOLD: u32 = 5;
 /// … for this long.
-const BREAKER_COOL_DOWN: std::time::Duration = std::time::Duration::from_secs(10);
+pub(super) const BREAKER_COOL_DOWN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Transient source failures are retried this many times in all …
 const RETRY_ATTEMPTS: u32 = 3;
