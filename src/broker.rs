@@ -65,9 +65,53 @@ pub enum Caller {
     /// The CLI without `--as`, or the `serve --dev` token: keybroker's own source
     /// credentials, no access policy.
     Operator,
-    /// An authenticated consumer of the policy (by name): every reference is decided by
-    /// the policy, on every request.
-    Consumer(String),
+    /// An authenticated consumer of the policy: every reference is decided by the policy,
+    /// on every request — by the policy snapshot the consumer was authenticated under.
+    Consumer(ConsumerRef),
+}
+
+/// An authenticated consumer, tied to the policy snapshot it was found in. The whole request
+/// is decided, and audited, under that one snapshot: a reload in the middle of a request
+/// cannot authenticate it under one policy and decide it under another.
+#[derive(Clone)]
+pub struct ConsumerRef {
+    policy: Arc<Policy>,
+    index: usize,
+}
+
+impl ConsumerRef {
+    /// Consumer `name` of `policy`, if it has one.
+    pub fn of(policy: Arc<Policy>, name: &str) -> Option<Self> {
+        let index = policy.consumers.iter().position(|c| c.name == name)?;
+        Some(Self { policy, index })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.policy.consumers[self.index].name
+    }
+
+    pub fn team(&self) -> &str {
+        &self.policy.consumers[self.index].team
+    }
+
+    /// The snapshot this consumer was authenticated under.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+}
+
+impl PartialEq for ConsumerRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.policy, &other.policy) && self.index == other.index
+    }
+}
+
+impl Eq for ConsumerRef {}
+
+impl std::fmt::Debug for ConsumerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Consumer({})", self.name())
+    }
 }
 
 /// A document to expand, as received.

@@ -349,14 +349,14 @@ async fn resolve(
     let broker = Broker::from_config(&config).map_err(|e| Failure::Usage(e.to_string()))?;
     let caller = match as_consumer {
         None => Caller::Operator,
-        Some(name) => {
-            if !broker.policy().consumers.iter().any(|c| c.name == name) {
+        Some(name) => match keybroker::broker::ConsumerRef::of(broker.policy(), &name) {
+            Some(c) => Caller::Consumer(c),
+            None => {
                 return Err(Failure::Usage(format!(
                     "--as: no consumer `{name}` in the policies"
                 )));
             }
-            Caller::Consumer(name)
-        }
+        },
     };
     let host = match host {
         None => None,

@@ -86,7 +86,7 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     pub fn authenticate(
         &self,
-        policy: &Policy,
+        policy: &Arc<Policy>,
         peer: Option<&Peer>,
         headers: &HeaderMap,
     ) -> Result<(Caller, Via), AuthError> {
@@ -94,7 +94,8 @@ impl Authenticator {
         if let Some(der) = peer.and_then(|p| p.certificate.as_ref()) {
             return policy
                 .consumer_by_certificate(der, now)
-                .map(|n| (Caller::Consumer(n.to_owned()), Via::TlsCertificate))
+                .and_then(|n| consumer(policy, n))
+                .map(|c| (c, Via::TlsCertificate))
                 .ok_or(AuthError::UnknownCertificate);
         }
         if let Some(name) = &self.cert_header {
@@ -102,7 +103,8 @@ impl Authenticator {
                 let der = self.forwarded_certificate(peer, headers, name)?;
                 return policy
                     .consumer_by_certificate(&der, now)
-                    .map(|n| (Caller::Consumer(n.to_owned()), Via::ForwardedCertificate))
+                    .and_then(|n| consumer(policy, n))
+                    .map(|c| (c, Via::ForwardedCertificate))
                     .ok_or(AuthError::UnknownCertificate);
             }
         }
@@ -120,7 +122,8 @@ impl Authenticator {
         }
         policy
             .consumer_by_token(presented)
-            .map(|n| (Caller::Consumer(n.to_owned()), Via::Token))
+            .and_then(|n| consumer(policy, n))
+            .map(|c| (c, Via::Token))
             .ok_or(AuthError::UnknownToken)
     }
 
@@ -159,6 +162,11 @@ impl Authenticator {
             .map_err(|_| AuthError::BadHeader)?;
         Ok(der)
     }
+}
+
+/// The caller for consumer `name` of `policy`, tied to that snapshot.
+fn consumer(policy: &Arc<Policy>, name: &str) -> Option<Caller> {
+    crate::broker::ConsumerRef::of(Arc::clone(policy), name).map(Caller::Consumer)
 }
 
 /// `::ffff:a.b.c.d` is the IPv4 peer it maps (dual-stack listeners).

@@ -125,7 +125,7 @@ impl AppState {
     ) -> Result<Caller, ApiError> {
         let admin = match &caller {
             Caller::Operator => true,
-            Caller::Consumer(name) => self.broker.policy().may_administer(name),
+            Caller::Consumer(c) => c.policy().may_administer(c.name()),
         };
         if admin {
             Ok(caller)

@@ -30,18 +30,10 @@ impl Broker {
         let Some(audit) = &self.audit else {
             return Ok(());
         };
-        let policy = self.policy.load();
         let (consumer, team) = match e.caller {
             None => ("anonymous", None),
             Some(Caller::Operator) => ("operator", None),
-            Some(Caller::Consumer(name)) => (
-                name.as_str(),
-                policy
-                    .consumers
-                    .iter()
-                    .find(|c| &c.name == name)
-                    .map(|c| c.team.as_str()),
-            ),
+            Some(Caller::Consumer(c)) => (c.name(), Some(c.team())),
         };
         let (subjects, subjects_omitted, subjects_digest) = audit.subjects(&e.subjects);
         let record = Record {

@@ -150,6 +150,15 @@ impl Broker {
         self.policy.load_full()
     }
 
+    /// The policy a request of `caller` is decided under: the snapshot a consumer was
+    /// authenticated under, the current one for the operator.
+    pub(super) fn snapshot(&self, caller: &Caller) -> Arc<Policy> {
+        match caller {
+            Caller::Consumer(c) => Arc::clone(c.policy()),
+            Caller::Operator => self.policy.load_full(),
+        }
+    }
+
     /// Counters for `/metrics`.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

@@ -135,7 +135,7 @@ impl Broker {
         &self,
         caller: &Caller,
     ) -> Result<Vec<CredentialSummary>, CredentialError> {
-        let policy = self.policy.load();
+        let policy = self.snapshot(caller);
         let mut names: Vec<&str> = policy.credentials.iter().map(|c| c.name.as_str()).collect();
         names.sort_unstable();
         names.dedup();
@@ -168,7 +168,7 @@ impl Broker {
         name: &str,
     ) -> Result<CredentialInfo, CredentialError> {
         let started = Instant::now();
-        let policy = self.policy.load_full();
+        let policy = self.snapshot(caller);
         let result = match visible(&policy, caller, name) {
             Err(e) => Err(e),
             Ok(cred) => {
@@ -215,7 +215,7 @@ impl Broker {
         host: Option<&Destination>,
     ) -> Result<Material, CredentialError> {
         let started = Instant::now();
-        let policy = self.policy.load_full();
+        let policy = self.snapshot(caller);
         let result = self.material_unaudited(&policy, caller, name, host).await;
         let (decision, reason) = outcome(&result);
         let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |m| {
@@ -250,13 +250,15 @@ impl Broker {
             // The operator holds the sources' own credentials; like `resolve` without `--as`
             // it is not held to a destination.
             Caller::Operator => visible(policy, caller, name)?,
-            Caller::Consumer(consumer) => match policy.decide_credential(consumer, name, host) {
-                (decision, Some(cred)) if decision.allowed => cred,
-                (decision, _) => {
-                    tracing::debug!(consumer = %consumer, reason = decision.reason, "credential denied");
-                    return Err(CredentialError::Denied(decision.reason));
+            Caller::Consumer(consumer) => {
+                match policy.decide_credential(consumer.name(), name, host) {
+                    (decision, Some(cred)) if decision.allowed => cred,
+                    (decision, _) => {
+                        tracing::debug!(consumer = %consumer.name(), reason = decision.reason, "credential denied");
+                        return Err(CredentialError::Denied(decision.reason));
+                    }
                 }
-            },
+            }
         };
         let values = self.read_roles(cred).await;
         let mut errors = Vec::new();
@@ -340,17 +342,9 @@ fn visible<'p>(
                 (None, _) => Err(CredentialError::NotFound),
             }
         }
-        Caller::Consumer(consumer) => {
-            let team = policy
-                .consumers
-                .iter()
-                .find(|c| &c.name == consumer)
-                .map(|c| c.team.as_str())
-                .ok_or(CredentialError::NotFound)?;
-            policy
-                .visible_credential(team, name)
-                .map_err(|_| CredentialError::NotFound)
-        }
+        Caller::Consumer(consumer) => policy
+            .visible_credential(consumer.team(), name)
+            .map_err(|_| CredentialError::NotFound),
     }
 }
 

@@ -15,10 +15,10 @@ impl Broker {
         r: &Reference,
         host: Option<&Destination>,
     ) -> Result<ReadKey, Reason> {
-        if let Caller::Consumer(name) = caller {
+        if let Caller::Consumer(c) = caller {
             let source = self.source_of(r).map_err(|_| Reason::Denied)?;
             let request = request_of(r)?;
-            authorize(policy, name, source, &request, host)?;
+            authorize(policy, c.name(), source, &request, host)?;
         }
         self.read_key(r)
     }

@@ -67,7 +67,7 @@ impl Broker {
         host: Option<&Destination>,
         subjects: &mut Vec<String>,
     ) -> Result<Resolution, ResolveError> {
-        let policy = self.policy.load();
+        let policy = self.snapshot(caller);
         let large = match &document {
             Document::JsonValue(_) => false,
             Document::Text { text, .. } => text.len() > LARGE_DOCUMENT,
