@@ -34,29 +34,21 @@ use resolve::{pick, repair_names};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio::task::JoinSet;
 
-use crate::audit::{Audit, AuditError, Record};
-use crate::cache::{Fetched, SecretCache};
-use crate::config::{Config, SourceConfig};
+use crate::audit::{Audit, AuditError};
+use crate::cache::SecretCache;
 use crate::metrics::Metrics;
-use crate::pem::{self, CheckedSecret, RepairKind};
-use crate::policy::{Destination, Policy, PolicyError, Subject};
-use crate::reference::{
-    DocumentError, ExpandError, Format, Layout, Prepared, Reason, Reference, RenderError, Resolved,
-    Target,
-};
-use crate::resilience::{CircuitBreaker, with_retries};
+use crate::pem::{self, RepairKind};
+use crate::policy::{Policy, PolicyError};
+use crate::reference::{DocumentError, ExpandError, Format};
+use crate::resilience::CircuitBreaker;
 use crate::secret::SecretBuf;
-use crate::source::{
-    CcpSource, FileSource, ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource,
-};
+use crate::source::{ReadRequest, SecretSource};
 
 /// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,11 @@
 //! The broker's audit line: one per decision; refused answers when the trail is
 //! fail-closed and cannot be written.
 
-use super::*;
+use std::time::Instant;
+
+use super::{Broker, Caller};
+use crate::audit::Record;
+use crate::policy::Destination;
 
 /// The audit line could not be written and the audit trail is fail-closed.
 #[derive(Clone, Copy, Debug, thiserror::Error)]

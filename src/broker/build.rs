@@ -2,7 +2,19 @@
 //! against the source names, the audit trail, the per-source read semaphores.
 
 use super::read::{BREAKER_COOL_DOWN, BREAKER_THRESHOLD};
-use super::*;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::{Broker, BuildError, Caller, SourceEntry};
+use crate::audit::Audit;
+use crate::cache::SecretCache;
+use crate::config::{Config, SourceConfig};
+use crate::metrics::Metrics;
+use crate::pem;
+use crate::policy::Policy;
+use crate::resilience::CircuitBreaker;
+use crate::source::{CcpSource, FileSource, SecretSource, VaultEnv, VaultSource};
 
 impl Broker {
     pub fn from_config(config: &Config) -> Result<Self, BuildError> {

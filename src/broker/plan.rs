@@ -1,7 +1,10 @@
 //! From a reference to a read: the policy's decision first (for a consumer), then the
 //! source and the read, with lengths checked before any source is asked.
 
-use super::*;
+use super::{Broker, Caller, ReadKey};
+use crate::policy::{Destination, Policy, Subject};
+use crate::reference::{Reason, Reference, Target};
+use crate::source::ReadRequest;
 
 impl Broker {
     /// The read of `r` for `caller`. For a consumer the policy decides first, on the source

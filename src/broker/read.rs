@@ -1,7 +1,17 @@
 //! One read through the cache: on a miss, the source (within its concurrency permit, its
 //! circuit breaker and retries), then the PEM stage.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::task::JoinSet;
+
+use super::{Broker, ReadKey};
+use crate::cache::Fetched;
+use crate::pem;
+use crate::reference::Reason;
+use crate::resilience::with_retries;
+use crate::source::SourceError;
 
 impl Broker {
     /// Reads each key once, all concurrently; the answers are in the order of `keys`.

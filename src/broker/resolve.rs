@@ -1,7 +1,20 @@
 //! `Broker::resolve`: prepare → plan → read → render, all or nothing, one audit line.
 
-use super::*;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::{
+    AuditEntry, AuditRefused, Broker, Caller, Document, ReadKey, RepairUse, Resolution,
+    ResolveError, ResolveMetadata, SecretUse, source_reason,
+};
 use crate::audit::{Action, Outcome};
+use crate::cache::Fetched;
+use crate::pem::{self, CheckedSecret, RepairKind};
+use crate::policy::Destination;
+use crate::reference::{
+    Format, Layout, Prepared, Reason, Reference, RenderError, Resolved, Target,
+};
+use crate::source::SourceError;
 
 impl Broker {
     /// Expands every reference in `document`, or reports every one that fails. Writes one
