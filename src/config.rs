@@ -407,6 +407,11 @@ mod tests {
         assert_eq!(cfg.cache.max_bytes, ByteSize(64 << 20));
         assert_eq!(cfg.cache.ttl, Dur(std::time::Duration::from_secs(300)));
         assert_eq!(cfg.server.client_auth, ClientAuth::Optional);
+        assert_eq!(cfg.limits.max_answer_bytes, ByteSize(8 << 20));
+        assert_eq!(
+            cfg.limits.write_timeout,
+            Dur(std::time::Duration::from_secs(30))
+        );
         let SourceConfig::File(f) = &cfg.sources[2] else {
             panic!("third source is the file source")
         };
