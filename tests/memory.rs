@@ -7,6 +7,7 @@
 #![cfg(target_os = "linux")]
 
 mod support {
+    pub mod ccp;
     pub mod openbao;
     pub mod pki;
     pub mod server;
@@ -62,6 +63,19 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
     let (file_canary, file_random) = fresh("FILECANARY");
     let (vault_canary, vault_random) = fresh("VAULTCANARY");
     let (short_canary, short_random) = fresh("SHORTCANARY");
+    let (ccp_canary, ccp_random) = fresh("CCPCANARY");
+    let pki = support::ccp::Pki::new();
+    let mut store = support::ccp::Store::for_keybroker(&pki);
+    let object = support::ccp::Object {
+        folder: "Root".into(),
+        name: "mem-token".into(),
+        props: [("Content".to_owned(), ccp_canary.clone())].into(),
+        changing: false,
+    };
+    store
+        .safes
+        .insert("Payments".into(), (vec!["keybroker".into()], vec![object]));
+    let double = support::ccp::CcpDouble::start(&pki, store).await;
 
     let bao = support::openbao::OpenBao::start();
     bao.cli(&[
@@ -85,7 +99,8 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
             "[[team]]\nslug = \"t\"\n[[consumer]]\nname = \"gw\"\nteam = \"t\"\ntoken_sha256 = \"{}\"\nadmin = true\n\
              [[credential]]\nname = \"from-vault\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_vault:app/token $KEY_value\"\n\
              [[credential]]\nname = \"from-file\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_files:app/token $KEY_value\"\n\
-             [[credential]]\nname = \"expiring\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_short:app/short $KEY_value\"\n",
+             [[credential]]\nname = \"expiring\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_short:app/short $KEY_value\"\n\
+             [[credential]]\nname = \"from-ccp\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SAFE_Payments $NAME_mem-token\"\n",
             sha("gw-token")
         ),
     )
@@ -94,7 +109,7 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{a}\"\n[[source]]\nname = \"short\"\nkind = \"vault\"\naddress = \"{a}\"\nttl = \"1s\"\n[cache]\nttl = \"1h\"\nmax_stale = \"0s\"\n", a = bao.addr
+            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{a}\"\n[[source]]\nname = \"short\"\nkind = \"vault\"\naddress = \"{a}\"\nttl = \"1s\"\n[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{c}\"\napp_id = \"keybroker\"\nca_cert = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\n[cache]\nttl = \"1h\"\nmax_stale = \"0s\"\n", a = bao.addr, c = double.url, ca = pki.dir.path().join("ca.pem"), cert = pki.dir.path().join("client.pem"), key = pki.dir.path().join("client-key.pem")
         ),
     )
     .unwrap();
@@ -107,6 +122,7 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         ("from-file", &file_canary),
         ("from-vault", &vault_canary),
         ("expiring", &short_canary),
+        ("from-ccp", &ccp_canary),
     ];
     for _ in 0..20 {
         for (name, canary) in credentials {
@@ -125,14 +141,14 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         }
     }
     // Positive control: while cached, the values are in the process.
-    for random in [&file_random, &vault_random] {
+    for random in [&file_random, &vault_random, &ccp_random] {
         assert!(
             !occurrences(pid, random.as_bytes()).is_empty(),
             "the scan cannot see the cached value: it would prove nothing"
         );
     }
 
-    for source in ["files", "vault"] {
+    for source in ["files", "vault", "ccp"] {
         let purged = client
             .post(url("/v1/admin/cache/purge"))
             .bearer_auth("gw-token")
@@ -149,6 +165,7 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         ("from-file", &file_random),
         ("from-vault", &vault_random),
         ("expiring", &short_random),
+        ("from-ccp", &ccp_random),
     ];
     let left: Vec<(&str, Vec<String>)> = randoms
         .iter()

@@ -32,8 +32,8 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// A client that never follows redirects, trusts `ca` in addition to the system roots, and
-/// presents `identity` (certificate, key) when given.
+/// A client that never follows redirects, keeps no idle connections, trusts `ca` in addition
+/// to the system roots, and presents `identity` (certificate, key) when given.
 pub(crate) fn client(
     timeout: Duration,
     ca: Option<&Path>,
@@ -42,7 +42,14 @@ pub(crate) fn client(
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none());
+        .redirect(reqwest::redirect::Policy::none())
+        // No idle connections: an idle connection keeps its last answer — a secret — in its
+        // TLS and HTTP read buffers until it is reused, and those buffers are never freed, so
+        // the zeroizing allocator cannot wipe them (THREATS row 29; tests/memory.rs found a
+        // CCP value there after purge). A closed connection's buffers are freed and wiped.
+        // Cost: a new connection (and TLS handshake) per source read — reads happen only on
+        // cache misses.
+        .pool_max_idle_per_host(0);
     if let Some(ca) = ca {
         let pem = read(ca)?;
         let cert = reqwest::Certificate::from_pem(&pem)
