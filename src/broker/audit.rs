@@ -28,6 +28,31 @@ pub(crate) struct AuditEntry<'a> {
     pub suppressed: Option<u64>,
 }
 
+impl<'a> AuditEntry<'a> {
+    /// A line of `action` by `caller` with this outcome; no subjects, host or repairs (set
+    /// them with struct update syntax where a line has them).
+    pub fn new(
+        action: crate::audit::Action,
+        caller: Option<&'a Caller>,
+        decision: crate::audit::Outcome,
+        reason: &'a str,
+        started: Instant,
+    ) -> Self {
+        Self {
+            action,
+            caller,
+            subjects: Vec::new(),
+            host: None,
+            decision,
+            reason,
+            repairs: Vec::new(),
+            stale: false,
+            started,
+            suppressed: None,
+        }
+    }
+}
+
 impl Broker {
     /// Writes one audit line; `Err` only when it failed and the audit is fail-closed.
     pub(crate) async fn audit(&self, e: AuditEntry<'_>) -> Result<(), AuditRefused> {

@@ -144,18 +144,13 @@ impl Broker {
             .filter_map(|n| visible(&policy, caller, n).ok())
             .map(summary)
             .collect();
-        self.audit(AuditEntry {
-            action: Action::CredentialsList,
-            caller: Some(caller),
-            subjects: Vec::new(),
-            host: None,
-            decision: Outcome::Allowed,
-            reason: "allowed",
-            repairs: Vec::new(),
-            stale: false,
-            suppressed: None,
-            started: Instant::now(),
-        })
+        self.audit(AuditEntry::new(
+            Action::CredentialsList,
+            Some(caller),
+            Outcome::Allowed,
+            "allowed",
+            Instant::now(),
+        ))
         .await
         .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;
         Ok(out)
@@ -190,16 +185,14 @@ impl Broker {
         };
         let (decision, reason) = outcome(&result);
         self.audit(AuditEntry {
-            action: Action::CredentialMetadata,
-            caller: Some(caller),
             subjects: vec![name.to_owned()],
-            host: None,
-            decision,
-            reason,
-            repairs: Vec::new(),
-            stale: false,
-            suppressed: None,
-            started,
+            ..AuditEntry::new(
+                Action::CredentialMetadata,
+                Some(caller),
+                decision,
+                reason,
+                started,
+            )
         })
         .await
         .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;
@@ -223,16 +216,17 @@ impl Broker {
             (super::repair_names(lists), m.metadata.stale)
         });
         self.audit(AuditEntry {
-            action: Action::CredentialMaterial,
-            caller: Some(caller),
             subjects: vec![name.to_owned()],
             host,
-            decision,
-            reason,
             repairs,
             stale,
-            suppressed: None,
-            started,
+            ..AuditEntry::new(
+                Action::CredentialMaterial,
+                Some(caller),
+                decision,
+                reason,
+                started,
+            )
         })
         .await
         .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;

@@ -87,21 +87,14 @@ impl Broker {
         ok: bool,
         started: std::time::Instant,
     ) -> Result<(), super::AuditRefused> {
+        let (decision, reason) = if ok {
+            (crate::audit::Outcome::Allowed, "allowed")
+        } else {
+            (crate::audit::Outcome::Failed, "rejected")
+        };
         self.audit(super::AuditEntry {
-            action,
-            caller: Some(caller),
             subjects,
-            host: None,
-            decision: if ok {
-                crate::audit::Outcome::Allowed
-            } else {
-                crate::audit::Outcome::Failed
-            },
-            reason: if ok { "allowed" } else { "rejected" },
-            repairs: Vec::new(),
-            stale: false,
-            suppressed: None,
-            started,
+            ..super::AuditEntry::new(action, Some(caller), decision, reason, started)
         })
         .await
     }
@@ -114,18 +107,13 @@ impl Broker {
         caller: &super::Caller,
         action: crate::audit::Action,
     ) -> Result<(), super::AuditRefused> {
-        self.audit(super::AuditEntry {
+        self.audit(super::AuditEntry::new(
             action,
-            caller: Some(caller),
-            subjects: Vec::new(),
-            host: None,
-            decision: crate::audit::Outcome::Denied,
-            reason: "admin_required",
-            repairs: Vec::new(),
-            stale: false,
-            suppressed: None,
-            started: std::time::Instant::now(),
-        })
+            Some(caller),
+            crate::audit::Outcome::Denied,
+            "admin_required",
+            std::time::Instant::now(),
+        ))
         .await
     }
 
@@ -140,16 +128,14 @@ impl Broker {
             self.refusals.admit(ip, std::time::Instant::now())
         });
         let entry = |reason, suppressed| super::AuditEntry {
-            action: crate::audit::Action::Authenticate,
-            caller: None,
-            subjects: Vec::new(),
-            host: None,
-            decision: crate::audit::Outcome::Denied,
-            reason,
-            repairs: Vec::new(),
-            stale: false,
-            started: std::time::Instant::now(),
             suppressed,
+            ..super::AuditEntry::new(
+                crate::audit::Action::Authenticate,
+                None,
+                crate::audit::Outcome::Denied,
+                reason,
+                std::time::Instant::now(),
+            )
         };
         match admit {
             Admit::Suppress => return Ok(()),

@@ -54,16 +54,11 @@ impl Broker {
             (repair_names(lists), r.metadata.stale)
         });
         let entry = AuditEntry {
-            action: Action::Resolve,
-            caller: Some(caller),
             subjects,
             host,
-            decision,
-            reason,
             repairs,
             stale,
-            suppressed: None,
-            started,
+            ..AuditEntry::new(Action::Resolve, Some(caller), decision, reason, started)
         };
         // A resolution that cannot be audited is dropped (and wiped) unanswered.
         self.audit(entry)
