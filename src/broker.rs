@@ -42,69 +42,15 @@ use serde_json::Value;
 
 use crate::audit::{Audit, AuditError};
 use crate::cache::SecretCache;
+use crate::identity::Snapshot;
+pub use crate::identity::{Caller, ConsumerRef};
 use crate::metrics::Metrics;
 use crate::pem::{self, RepairKind};
-use crate::policy::{Policy, PolicyError};
+use crate::policy::PolicyError;
 use crate::reference::{DocumentError, ExpandError, Format};
 use crate::resilience::CircuitBreaker;
 use crate::secret::SecretBuf;
 use crate::source::{ReadRequest, SecretSource};
-
-/// Who is asking.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Caller {
-    /// The CLI without `--as`, or the `serve --dev` token: keybroker's own source
-    /// credentials, no access policy.
-    Operator,
-    /// An authenticated consumer of the policy: every reference is decided by the policy,
-    /// on every request — by the policy snapshot the consumer was authenticated under.
-    Consumer(ConsumerRef),
-}
-
-/// An authenticated consumer, tied to the policy snapshot it was found in. The whole request
-/// is decided, and audited, under that one snapshot: a reload in the middle of a request
-/// cannot authenticate it under one policy and decide it under another.
-#[derive(Clone)]
-pub struct ConsumerRef {
-    policy: Arc<Policy>,
-    index: usize,
-}
-
-impl ConsumerRef {
-    /// Consumer `name` of `policy`, if it has one.
-    pub fn of(policy: Arc<Policy>, name: &str) -> Option<Self> {
-        let index = policy.consumers.iter().position(|c| c.name == name)?;
-        Some(Self { policy, index })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.policy.consumers[self.index].name
-    }
-
-    pub fn team(&self) -> &str {
-        &self.policy.consumers[self.index].team
-    }
-
-    /// The snapshot this consumer was authenticated under.
-    pub fn policy(&self) -> &Arc<Policy> {
-        &self.policy
-    }
-}
-
-impl PartialEq for ConsumerRef {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.policy, &other.policy) && self.index == other.index
-    }
-}
-
-impl Eq for ConsumerRef {}
-
-impl std::fmt::Debug for ConsumerRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Consumer({})", self.name())
-    }
-}
 
 /// A document to expand, as received.
 #[derive(Debug)]
@@ -212,7 +158,7 @@ pub struct Broker {
     sources: HashMap<String, SourceEntry>,
     /// The access policy consumers are held to (none: only the operator may resolve).
     /// Swapped whole on reload; a request keeps the policy it started with.
-    policy: ArcSwap<Policy>,
+    policy: ArcSwap<Snapshot>,
     /// Where the policy is reloaded from.
     policies_dir: Option<PathBuf>,
     metrics: Arc<Metrics>,

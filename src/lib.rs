@@ -11,6 +11,7 @@ pub mod broker;
 pub mod cache;
 pub mod config;
 mod diag;
+pub mod identity;
 pub mod metrics;
 pub mod pem;
 pub mod policy;

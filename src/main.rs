@@ -20,9 +20,10 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use keybroker::api::{self, AppState, TokenDigest};
+use keybroker::api::{self, AppState};
 use keybroker::broker::{Broker, Caller, Document, ResolveError};
 use keybroker::config::Config;
+use keybroker::identity::TokenDigest;
 use keybroker::policy::Destination;
 use keybroker::reference::{Format, Layout};
 

@@ -7,9 +7,10 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use keybroker::api::{AppState, TokenDigest, router};
+use keybroker::api::{AppState, router};
 use keybroker::broker::Broker;
 use keybroker::config::Config;
+use keybroker::identity::TokenDigest;
 
 const TOKEN: &str = "test-token-1234";
 const CANARY: &str = "canary-9d3e2f-never-log";

@@ -65,6 +65,12 @@ fn the_module_graph_keeps_its_boundaries() {
             "{leaf} imports {deps:?}"
         );
     }
+    // Identity sits between the policy and its users: it may read the policy, nothing above.
+    let identity = &g["identity"];
+    assert!(
+        identity.iter().all(|d| d == "policy"),
+        "identity imports {identity:?}"
+    );
     let config: Vec<&String> = g["config"].iter().filter(|d| *d != "diag").collect();
     assert!(config.is_empty(), "config imports {config:?}");
     // No cycle: a depth-first search finds no back edge.

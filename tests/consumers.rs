@@ -10,9 +10,10 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use keybroker::api::{AppState, TokenDigest, router};
+use keybroker::api::{AppState, router};
 use keybroker::broker::Broker;
 use keybroker::config::Config;
+use keybroker::identity::TokenDigest;
 
 /// The token of the dev policy's consumer `gateway-dev` (team payments; grant files:demo/*
 /// towards *.payments.example).

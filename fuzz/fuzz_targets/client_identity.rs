@@ -7,7 +7,7 @@
 //! `,` and `=`: it is one value, as in a certificate).
 #![no_main]
 
-use keybroker::api::decode_certificate;
+use keybroker::identity::decode_certificate;
 use keybroker::policy::SubjectPattern;
 use libfuzzer_sys::fuzz_target;
 

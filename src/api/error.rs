@@ -5,8 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::auth::AuthError;
 use crate::broker::{AuditRefused, CredentialError, ReloadError, ResolveError};
+use crate::identity::AuthError;
 use crate::reference::Reason;
 
 #[derive(Debug, thiserror::Error)]

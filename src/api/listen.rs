@@ -20,13 +20,15 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ClientAuth, ServerConfig};
+use crate::identity::ClientCert;
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
-    /// The client certificate the TLS handshake verified against `client_ca` (end entity).
-    pub certificate: Option<CertificateDer<'static>>,
+    /// The client certificate the TLS handshake verified against `client_ca` (end entity),
+    /// parsed once for the life of the connection.
+    pub certificate: Option<Arc<ClientCert>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +254,7 @@ pub async fn serve(
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .map(|c| c.clone().into_owned());
+                        .map(|c| Arc::new(ClientCert::new(c.clone().into_owned())));
                     let peer = Peer { addr, certificate };
                     let svc = TowerToHyperService::new(app.layer(Extension(peer)));
                     let conn = http.serve_connection(TokioIo::new(stream), svc);

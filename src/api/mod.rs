@@ -6,7 +6,6 @@
 //! **Boundary:** the API decides nothing about secrets; it calls [`crate::broker`].
 
 mod admin;
-mod auth;
 mod credentials;
 mod error;
 pub mod listen;
@@ -24,7 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-pub use auth::{AuthError, Authenticator, TokenDigest, Via, decode_certificate};
+use crate::identity::{AuthError, Authenticator, TokenDigest};
 pub use error::ApiError;
 pub use listen::{Peer, TlsSetupError};
 
@@ -95,8 +94,13 @@ impl AppState {
 
     /// The authenticated caller of a request.
     async fn caller(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let policy = self.broker.policy();
-        let authenticated = self.auth.authenticate(&policy, peer, headers);
+        let snapshot = self.broker.policy();
+        let authenticated = self.auth.authenticate(
+            &snapshot,
+            peer.map(|p| p.addr.ip()),
+            peer.and_then(|p| p.certificate.as_deref()),
+            headers,
+        );
         let (caller, via) = match authenticated {
             Ok(found) => found,
             Err(why) => {
@@ -123,11 +127,7 @@ impl AppState {
         caller: Caller,
         action: crate::audit::Action,
     ) -> Result<Caller, ApiError> {
-        let admin = match &caller {
-            Caller::Operator => true,
-            Caller::Consumer(c) => c.policy().may_administer(c.name()),
-        };
-        if admin {
+        if caller.may_administer() {
             Ok(caller)
         } else {
             // Refused either way; a failing audit sink changes nothing here.

@@ -10,6 +10,7 @@ use super::{Broker, BuildError, Caller, SourceEntry};
 use crate::audit::Audit;
 use crate::cache::SecretCache;
 use crate::config::{Config, SourceConfig};
+use crate::identity::Snapshot;
 use crate::metrics::Metrics;
 use crate::pem;
 use crate::policy::Policy;
@@ -82,7 +83,7 @@ impl Broker {
             for w in &policy.warnings {
                 tracing::warn!(warning = %w, "policy");
             }
-            broker.policy = ArcSwap::from_pointee(policy);
+            broker.policy = ArcSwap::from_pointee(Snapshot::new(policy));
             broker.policies_dir = Some(dir.clone());
         }
         if let Some(audit) = &config.audit {
@@ -111,7 +112,7 @@ impl Broker {
             .collect();
         Self {
             sources,
-            policy: ArcSwap::from_pointee(Policy::default()),
+            policy: ArcSwap::from_pointee(Snapshot::default()),
             policies_dir: None,
             metrics: Arc::new(Metrics::default()),
             audit: None,
@@ -147,7 +148,7 @@ impl Broker {
 
     /// Replaces the access policy.
     pub fn with_policy(self, policy: Policy) -> Self {
-        self.policy.store(Arc::new(policy));
+        self.policy.store(Arc::new(Snapshot::new(policy)));
         self
     }
 
@@ -157,16 +158,16 @@ impl Broker {
         self
     }
 
-    /// The policy in force now.
-    pub fn policy(&self) -> Arc<Policy> {
+    /// The policy snapshot in force now.
+    pub fn policy(&self) -> Arc<Snapshot> {
         self.policy.load_full()
     }
 
     /// The policy a request of `caller` is decided under: the snapshot a consumer was
     /// authenticated under, the current one for the operator.
-    pub(super) fn snapshot(&self, caller: &Caller) -> Arc<Policy> {
+    pub(super) fn snapshot(&self, caller: &Caller) -> Arc<Snapshot> {
         match caller {
-            Caller::Consumer(c) => Arc::clone(c.policy()),
+            Caller::Consumer(c) => Arc::clone(c.snapshot()),
             Caller::Operator => self.policy.load_full(),
         }
     }

@@ -135,13 +135,14 @@ impl Broker {
         &self,
         caller: &Caller,
     ) -> Result<Vec<CredentialSummary>, CredentialError> {
-        let policy = self.snapshot(caller);
+        let snapshot = self.snapshot(caller);
+        let policy = snapshot.policy();
         let mut names: Vec<&str> = policy.credentials.iter().map(|c| c.name.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         let out: Vec<CredentialSummary> = names
             .into_iter()
-            .filter_map(|n| visible(&policy, caller, n).ok())
+            .filter_map(|n| visible(policy, caller, n).ok())
             .map(summary)
             .collect();
         self.audit(AuditEntry::new(
@@ -163,8 +164,9 @@ impl Broker {
         name: &str,
     ) -> Result<CredentialInfo, CredentialError> {
         let started = Instant::now();
-        let policy = self.snapshot(caller);
-        let result = match visible(&policy, caller, name) {
+        let snapshot = self.snapshot(caller);
+        let policy = snapshot.policy();
+        let result = match visible(policy, caller, name) {
             Err(e) => Err(e),
             Ok(cred) => {
                 let values = self.read_roles(cred).await;
@@ -208,8 +210,9 @@ impl Broker {
         host: Option<&Destination>,
     ) -> Result<Material, CredentialError> {
         let started = Instant::now();
-        let policy = self.snapshot(caller);
-        let result = self.material_unaudited(&policy, caller, name, host).await;
+        let snapshot = self.snapshot(caller);
+        let policy = snapshot.policy();
+        let result = self.material_unaudited(policy, caller, name, host).await;
         let (decision, reason) = outcome(&result);
         let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |m| {
             let lists = m.metadata.repairs.iter().map(|u| &u.repairs[..]);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Broker;
+use crate::identity::Snapshot;
 use crate::policy::PolicyError;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +35,7 @@ impl Broker {
         match crate::policy::load_checked(dir, &self.known_sources()) {
             Ok(policy) => {
                 let summary = PolicySummary::of(&policy);
-                self.policy.store(Arc::new(policy));
+                self.policy.store(Arc::new(Snapshot::new(policy)));
                 self.metrics.reload("ok");
                 tracing::info!(
                     consumers = summary.consumers,

@@ -75,7 +75,8 @@ impl Broker {
         host: Option<&Destination>,
         subjects: &mut Vec<String>,
     ) -> Result<Resolution, ResolveError> {
-        let policy = self.snapshot(caller);
+        let snapshot = self.snapshot(caller);
+        let policy = snapshot.policy();
         let large = match &document {
             Document::JsonValue(_) => false,
             Document::Text { text, .. } => text.len() > LARGE_DOCUMENT,
@@ -104,7 +105,7 @@ impl Broker {
                 continue;
             }
             subjects.push(reference.to_string());
-            let step = self.plan(&policy, caller, reference, host).map(|key| {
+            let step = self.plan(policy, caller, reference, host).map(|key| {
                 *read_index.entry(key.clone()).or_insert_with(|| {
                     order.push(key);
                     order.len() - 1

@@ -3,8 +3,6 @@
 //! caller cannot see is indistinguishable from one that does not exist.
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::host::Destination;
 use super::model::{Credential, Policy, ReadAccess};
@@ -48,21 +46,6 @@ impl Decision {
 }
 
 impl Policy {
-    /// The consumer whose `token_sha256` is the SHA-256 of `token`. Every consumer's digest
-    /// is compared, in constant time, whether or not an earlier one matched.
-    pub fn consumer_by_token(&self, token: &str) -> Option<&str> {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut found = None;
-        for c in &self.consumers {
-            if let Some(d) = &c.token_sha256 {
-                if bool::from(d.ct_eq(&presented)) && found.is_none() {
-                    found = Some(c.name.as_str());
-                }
-            }
-        }
-        found
-    }
-
     /// The credential `name` as `team` sees it: its own first (same-team name wins), else
     /// the one other team's credential shared with it.
     pub fn visible_credential(&self, team: &str, name: &str) -> Result<&Credential, &'static str> {
@@ -120,12 +103,6 @@ impl Policy {
 }
 
 impl Policy {
-    /// Whether consumer `name` may use the admin endpoints (reload, purge): decided here with
-    /// the other decisions, not by the API.
-    pub fn may_administer(&self, name: &str) -> bool {
-        self.consumers.iter().any(|c| c.name == name && c.admin)
-    }
-
     /// [`Policy::decide`] for a named credential, with the credential the decision is about
     /// (when the consumer can see one), so the caller does not look it up a second time.
     pub fn decide_credential(
@@ -175,24 +152,5 @@ fn hosts_decision(
             team: Some(team.to_owned()),
         },
         None => Decision::deny("host_not_allowed", Some(team), Some(rule)),
-    }
-}
-
-impl Policy {
-    /// The consumer pinned to this client-certificate SHA-256 fingerprint at `now`; a pin
-    /// past its `not_after` no longer identifies anyone (rotation with overlap).
-    pub fn consumer_by_fingerprint(
-        &self,
-        fingerprint: &[u8; 32],
-        now: std::time::SystemTime,
-    ) -> Option<&str> {
-        self.consumers
-            .iter()
-            .find(|c| {
-                c.cert_sha256
-                    .iter()
-                    .any(|(fp, not_after)| fp == fingerprint && not_after.is_none_or(|t| now <= t))
-            })
-            .map(|c| c.name.as_str())
     }
 }

@@ -3,7 +3,6 @@
 //! Policy is plain data ([`Policy`]) plus one pure decision function ([`Policy::decide`]);
 //! the default is deny. **Boundary:** no I/O but loading; nothing here is cached with values.
 
-mod certificate;
 mod decide;
 pub mod host;
 mod load;

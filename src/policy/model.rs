@@ -152,9 +152,6 @@ pub struct Policy {
     pub consumers: Vec<Consumer>,
     pub credentials: Vec<Credential>,
     pub grants: Vec<Grant>,
-    /// Issuer-ACL results by certificate fingerprint (see `certificate.rs`). Lives and dies
-    /// with this policy, so a reload starts afresh.
-    pub(crate) issuer_memo: super::certificate::IssuerMemo,
     /// What `check` warns about (the policy loaded anyway): overlapping issuer ACLs of
     /// different teams, credentials reading outside their team's grants.
     pub warnings: Vec<crate::diag::Diagnostic>,

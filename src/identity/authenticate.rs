@@ -1,9 +1,9 @@
 //! Who is calling. In order: a TLS client certificate (verified by the handshake) wins; else
 //! a client certificate forwarded in `client_cert_header`, accepted only from
 //! `trusted_proxies` and verified like a TLS one (docs/THREATS.md row 8); else a bearer
-//! token. Tokens are kept only as SHA-256 digests and compared in constant time (row 12); the
-//! token type has no `PartialEq`.
+//! token. Tokens are kept only as SHA-256 digests (row 12).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,13 +13,8 @@ use ipnet::IpNet;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
 
-use super::listen::Peer;
-use crate::broker::Caller;
-use crate::policy::Policy;
+use super::{Caller, ClientCert, ConsumerRef, Snapshot, TokenDigest};
 
 /// Why a caller was not authenticated. The answer is a plain 401 either way; the code is for
 /// logs and the audit of the refusal.
@@ -84,27 +79,30 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
+    /// The caller of a request: `peer` is the connection's address, `certificate` the one
+    /// its TLS handshake verified (both unknown when the router is driven without a socket).
     pub fn authenticate(
         &self,
-        policy: &Arc<Policy>,
-        peer: Option<&Peer>,
+        snapshot: &Arc<Snapshot>,
+        peer: Option<IpAddr>,
+        certificate: Option<&ClientCert>,
         headers: &HeaderMap,
     ) -> Result<(Caller, Via), AuthError> {
         let now = SystemTime::now();
-        if let Some(der) = peer.and_then(|p| p.certificate.as_ref()) {
-            return policy
-                .consumer_by_certificate(der, now)
-                .and_then(|n| consumer(policy, n))
-                .map(|c| (c, Via::TlsCertificate))
+        let ids = snapshot.identities();
+        let consumer = |i: usize| Caller::Consumer(ConsumerRef::at(snapshot, i));
+        if let Some(cert) = certificate {
+            return ids
+                .by_certificate(snapshot.policy(), cert, now)
+                .map(|i| (consumer(i), Via::TlsCertificate))
                 .ok_or(AuthError::UnknownCertificate);
         }
         if let Some(name) = &self.cert_header {
             if headers.contains_key(name) {
-                let der = self.forwarded_certificate(peer, headers, name)?;
-                return policy
-                    .consumer_by_certificate(&der, now)
-                    .and_then(|n| consumer(policy, n))
-                    .map(|c| (c, Via::ForwardedCertificate))
+                let cert = self.forwarded_certificate(peer, headers, name)?;
+                return ids
+                    .by_certificate(snapshot.policy(), &cert, now)
+                    .map(|i| (consumer(i), Via::ForwardedCertificate))
                     .ok_or(AuthError::UnknownCertificate);
             }
         }
@@ -120,22 +118,20 @@ impl Authenticator {
         if self.dev_token.as_ref().is_some_and(|d| d.verify(presented)) {
             return Ok((Caller::Operator, Via::Token));
         }
-        policy
-            .consumer_by_token(presented)
-            .and_then(|n| consumer(policy, n))
-            .map(|c| (c, Via::Token))
+        ids.by_token(presented)
+            .map(|i| (consumer(i), Via::Token))
             .ok_or(AuthError::UnknownToken)
     }
 
     /// The certificate a trusted proxy forwarded, verified against `client_ca`.
     fn forwarded_certificate(
         &self,
-        peer: Option<&Peer>,
+        peer: Option<IpAddr>,
         headers: &HeaderMap,
         name: &HeaderName,
-    ) -> Result<CertificateDer<'static>, AuthError> {
+    ) -> Result<ClientCert, AuthError> {
         let trusted = peer.is_some_and(|p| {
-            let ip = canonical(p.addr.ip());
+            let ip = canonical(p);
             self.trusted_proxies.iter().any(|net| net.contains(&ip))
         });
         if !trusted {
@@ -160,21 +156,14 @@ impl Authenticator {
         verifier
             .verify_client_cert(&der, &[], UnixTime::now())
             .map_err(|_| AuthError::BadHeader)?;
-        Ok(der)
+        Ok(ClientCert::new(der))
     }
 }
 
-/// The caller for consumer `name` of `policy`, tied to that snapshot.
-fn consumer(policy: &Arc<Policy>, name: &str) -> Option<Caller> {
-    crate::broker::ConsumerRef::of(Arc::clone(policy), name).map(Caller::Consumer)
-}
-
 /// `::ffff:a.b.c.d` is the IPv4 peer it maps (dual-stack listeners).
-fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -204,38 +193,6 @@ pub fn decode_certificate(value: &[u8]) -> Option<CertificateDer<'static>> {
     }
 }
 
-/// The digest of the one token `serve --dev` accepts.
-pub struct TokenDigest([u8; 32]);
-
-impl TokenDigest {
-    /// A fresh random token (returned once, to be shown to the operator) and its digest.
-    pub fn generate() -> (Zeroizing<String>, Self) {
-        let mut raw = Zeroizing::new([0u8; 32]);
-        // Without an OS random source no token can be made safely.
-        getrandom::fill(raw.as_mut()).expect("the OS random number generator is available");
-        let token = Zeroizing::new(format!("kbdev_{}", hex::encode(raw.as_ref())));
-        let digest = Self::of(&token);
-        (token, digest)
-    }
-
-    pub fn of(token: &str) -> Self {
-        Self(Sha256::digest(token.as_bytes()).into())
-    }
-
-    /// True when `presented` hashes to this digest; timing does not depend on where the
-    /// two differ.
-    pub fn verify(&self, presented: &str) -> bool {
-        let other = Self::of(presented);
-        self.0.ct_eq(&other.0).into()
-    }
-}
-
-impl std::fmt::Debug for TokenDigest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenDigest([redacted])")
-    }
-}
-
 /// The token of an `Authorization: Bearer <token>` header value.
 pub fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
@@ -245,17 +202,6 @@ pub fn bearer(header: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn generated_tokens_verify_and_differ() {
-        let (t1, d1) = TokenDigest::generate();
-        let (t2, _) = TokenDigest::generate();
-        assert_ne!(*t1, *t2);
-        assert!(d1.verify(&t1));
-        assert!(!d1.verify(&t2));
-        assert!(!d1.verify(""));
-        assert!(!format!("{d1:?}").contains(&hex::encode(d1.0)));
-    }
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
