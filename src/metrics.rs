@@ -1,217 +1,276 @@
-//! Counters and histograms in Prometheus text format, written by hand: the handful of series
-//! keybroker exports do not justify a metrics framework. Label values are route templates,
-//! source names, reason codes, repair kinds and credential names — never a value, a path the
-//! caller typed, or a host.
+//! What `/metrics` reports, on `prometheus-client`: one typed label set per series, label
+//! values from closed vocabularies (route templates, outcome codes, repair kinds) or
+//! configuration names (sources, credentials, consumers) — never a value, a path the caller
+//! typed, or a host. Updates take a shared read lock on the series' family, no mutex.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the source latency histogram.
 const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [u64; LATENCY_BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A closed vocabulary used as a label value: encoded as its `code()`.
+macro_rules! vocabulary {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $code:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub fn code(self) -> &'static str {
+                match self { $(Self::$variant => $code),+ }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, self.code())
+            }
+        }
+    };
+}
+
+vocabulary! {
+    /// How an HTTP request ended, by status class.
+    RequestOutcome {
+        Ok => "ok",
+        Unauthenticated => "unauthenticated",
+        Denied => "denied",
+        NotFound => "not_found",
+        Rejected => "rejected",
+        Failed => "failed",
+    }
+}
+
+impl RequestOutcome {
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            200..=399 => Self::Ok,
+            401 => Self::Unauthenticated,
+            403 => Self::Denied,
+            404 => Self::NotFound,
+            400..=499 => Self::Rejected,
+            _ => Self::Failed,
+        }
+    }
+}
+
+vocabulary! {
+    /// Whether a secret was in the cache.
+    CacheResult { Hit => "hit", Miss => "miss" }
+}
+
+vocabulary! {
+    /// How a policy reload ended.
+    ReloadOutcome { Ok => "ok", Rejected => "rejected" }
+}
+
+vocabulary! {
+    /// What a certificate whose expiry is exported belongs to (docs/DESIGN.md §15).
+    ExpiryKind {
+        Credential => "credential",
+        ConsumerPin => "consumer_pin",
+        IssuerCa => "issuer_ca",
+        Server => "server",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    decision: RequestOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceReadLabels {
+    source: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: CacheResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: ReloadOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExpiryLabels {
+    kind: ExpiryKind,
+    name: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// Everything `/metrics` reports. Cheap to update from any task.
-#[derive(Debug, Default)]
 pub struct Metrics {
-    /// (route, decision) → requests.
-    requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    /// source → histogram of read latency (misses only; hits never reach a source).
-    source_latency: Mutex<BTreeMap<String, Histogram>>,
-    /// (source, outcome code) → reads.
-    source_reads: Mutex<BTreeMap<(String, &'static str), u64>>,
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
-    /// repair kind → fields repaired.
-    repairs: Mutex<BTreeMap<&'static str, u64>>,
-    /// credential → days until its client certificate expires (last seen).
-    cert_days_left: Mutex<BTreeMap<String, i64>>,
-    /// Policy reloads by outcome.
-    reloads: Mutex<BTreeMap<&'static str, u64>>,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    source_reads: Family<SourceReadLabels, Counter>,
+    /// Misses only; hits never reach a source.
+    source_latency: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    cache: Family<CacheLabels, Counter>,
+    repairs: Family<RepairLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    expiry: Family<ExpiryLabels, Gauge>,
 }
 
-fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
-    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
-    *m.entry(key).or_default() += 1;
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        let source_reads = Family::default();
+        let source_latency =
+            Family::<SourceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        let cache = Family::default();
+        let repairs = Family::default();
+        let reloads = Family::default();
+        let expiry = Family::default();
+        registry.register(
+            "keybroker_requests",
+            "Requests by route and decision",
+            Family::clone(&requests),
+        );
+        registry.register(
+            "keybroker_source_reads",
+            "Source reads (cache misses) by outcome",
+            Family::clone(&source_reads),
+        );
+        registry.register(
+            "keybroker_source_read_seconds",
+            "Latency of source reads, retries included",
+            Family::clone(&source_latency),
+        );
+        registry.register(
+            "keybroker_cache_requests",
+            "Secret cache lookups by result",
+            Family::clone(&cache),
+        );
+        registry.register(
+            "keybroker_pem_repairs",
+            "PEM fields repaired, by kind of repair",
+            Family::clone(&repairs),
+        );
+        registry.register(
+            "keybroker_policy_reloads",
+            "Policy reloads by outcome",
+            Family::clone(&reloads),
+        );
+        registry.register(
+            "keybroker_certificate_expiry_timestamp_seconds",
+            "When a certificate keybroker knows expires (not_after, Unix seconds)",
+            Family::clone(&expiry),
+        );
+        Self {
+            registry,
+            requests,
+            source_reads,
+            source_latency,
+            cache,
+            repairs,
+            reloads,
+            expiry,
+        }
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
 }
 
 impl Metrics {
-    pub fn request(&self, route: &'static str, decision: &'static str) {
-        bump(&self.requests, (route, decision));
+    pub fn request(&self, route: &'static str, decision: RequestOutcome) {
+        self.requests
+            .get_or_create(&RequestLabels { route, decision })
+            .inc();
     }
 
+    /// One read of `source` (a cache miss), `outcome` = `ok` or a reason code.
     pub fn source_read(&self, source: &str, outcome: &'static str, took: Duration) {
-        bump(&self.source_reads, (source.to_owned(), outcome));
-        let secs = took.as_secs_f64();
-        let mut all = self
-            .source_latency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let h = all.entry(source.to_owned()).or_default();
-        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                h.buckets[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        self.source_reads
+            .get_or_create(&SourceReadLabels {
+                source: source.to_owned(),
+                outcome,
+            })
+            .inc();
+        self.source_latency
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     pub fn cache(&self, hit: bool) {
-        let c = if hit {
-            &self.cache_hits
+        let result = if hit {
+            CacheResult::Hit
         } else {
-            &self.cache_misses
+            CacheResult::Miss
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        self.cache.get_or_create(&CacheLabels { result }).inc();
     }
 
+    /// A PEM field repaired; `kind` is a repair code (`pem::RepairKind::code`).
     pub fn repaired(&self, kind: &'static str) {
-        bump(&self.repairs, kind);
+        self.repairs.get_or_create(&RepairLabels { kind }).inc();
     }
 
-    pub fn certificate_days_left(&self, credential: &str, days: i64) {
-        let mut m = self
-            .cert_days_left
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        m.insert(credential.to_owned(), days);
+    pub fn reload(&self, outcome: ReloadOutcome) {
+        self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
     }
 
-    pub fn reload(&self, outcome: &'static str) {
-        bump(&self.reloads, outcome);
+    /// Sets when the certificate `name` of `kind` expires (Unix seconds).
+    pub fn certificate_expiry(&self, kind: ExpiryKind, name: &str, not_after: i64) {
+        self.expiry
+            .get_or_create(&ExpiryLabels {
+                kind,
+                name: name.to_owned(),
+            })
+            .set(not_after);
     }
 
-    /// The Prometheus text exposition (version 0.0.4).
+    /// Drops the series of a certificate that is gone (its object left the policy).
+    pub fn forget_certificate(&self, kind: ExpiryKind, name: &str) {
+        self.expiry.remove(&ExpiryLabels {
+            kind,
+            name: name.to_owned(),
+        });
+    }
+
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        out.push_str("# HELP keybroker_requests_total Requests by route and decision.\n");
-        out.push_str("# TYPE keybroker_requests_total counter\n");
-        for ((route, decision), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "keybroker_requests_total{{route=\"{route}\",decision=\"{decision}\"}} {n}"
-            );
-        }
-
-        out.push_str(
-            "# HELP keybroker_source_reads_total Source reads (cache misses) by outcome.\n",
-        );
-        out.push_str("# TYPE keybroker_source_reads_total counter\n");
-        for ((source, outcome), n) in self
-            .source_reads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "keybroker_source_reads_total{{source=\"{}\",outcome=\"{outcome}\"}} {n}",
-                escape(source)
-            );
-        }
-
-        out.push_str(
-            "# HELP keybroker_source_read_seconds Latency of source reads, retries included.\n",
-        );
-        out.push_str("# TYPE keybroker_source_read_seconds histogram\n");
-        for (source, h) in self
-            .source_latency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let s = escape(source);
-            for (le, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(
-                    out,
-                    "keybroker_source_read_seconds_bucket{{source=\"{s}\",le=\"{le}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "keybroker_source_read_seconds_bucket{{source=\"{s}\",le=\"+Inf\"}} {}\n\
-                 keybroker_source_read_seconds_sum{{source=\"{s}\"}} {}\n\
-                 keybroker_source_read_seconds_count{{source=\"{s}\"}} {}",
-                h.count, h.sum, h.count
-            );
-        }
-
-        out.push_str("# HELP keybroker_cache_requests_total Secret cache lookups by result.\n");
-        out.push_str("# TYPE keybroker_cache_requests_total counter\n");
-        let _ = writeln!(
-            out,
-            "keybroker_cache_requests_total{{result=\"hit\"}} {}\n\
-             keybroker_cache_requests_total{{result=\"miss\"}} {}",
-            self.cache_hits.load(Ordering::Relaxed),
-            self.cache_misses.load(Ordering::Relaxed)
-        );
-
-        out.push_str(
-            "# HELP keybroker_pem_repairs_total PEM fields repaired, by kind of repair.\n",
-        );
-        out.push_str("# TYPE keybroker_pem_repairs_total counter\n");
-        for (kind, n) in self
-            .repairs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(out, "keybroker_pem_repairs_total{{kind=\"{kind}\"}} {n}");
-        }
-
-        out.push_str(
-            "# HELP keybroker_credential_certificate_days_left Days until a credential's client certificate expires (as last read).\n",
-        );
-        out.push_str("# TYPE keybroker_credential_certificate_days_left gauge\n");
-        for (name, days) in self
-            .cert_days_left
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "keybroker_credential_certificate_days_left{{credential=\"{}\"}} {days}",
-                escape(name)
-            );
-        }
-
-        out.push_str("# HELP keybroker_policy_reloads_total Policy reloads by outcome.\n");
-        out.push_str("# TYPE keybroker_policy_reloads_total counter\n");
-        for (outcome, n) in self
-            .reloads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "keybroker_policy_reloads_total{{outcome=\"{outcome}\"}} {n}"
-            );
-        }
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-}
-
-/// Label values are configuration names; escape what the format requires anyway.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -221,28 +280,29 @@ mod tests {
     #[test]
     fn renders_counters_histograms_and_gauges() {
         let m = Metrics::default();
-        m.request("/v1/resolve", "allowed");
-        m.request("/v1/resolve", "allowed");
+        m.request("/v1/resolve", RequestOutcome::of_status(200));
+        m.request("/v1/resolve", RequestOutcome::Ok);
         m.source_read("vault", "ok", Duration::from_millis(3));
         m.cache(true);
         m.cache(false);
-        m.repaired("spaces_for_newlines");
-        m.certificate_days_left("partner\"api", 42);
+        m.repaired(crate::pem::RepairKind::SpacesToNewlines.code());
+        m.certificate_expiry(ExpiryKind::Credential, "partner\"api", 1_900_000_000);
+        m.certificate_expiry(ExpiryKind::Server, "server", 1_800_000_000);
         let text = m.render();
-        assert!(
-            text.contains("keybroker_requests_total{route=\"/v1/resolve\",decision=\"allowed\"} 2")
-        );
-        assert!(
-            text.contains("keybroker_source_read_seconds_bucket{source=\"vault\",le=\"0.0025\"} 0")
-        );
-        assert!(
-            text.contains("keybroker_source_read_seconds_bucket{source=\"vault\",le=\"0.005\"} 1")
-        );
-        assert!(text.contains("keybroker_source_read_seconds_count{source=\"vault\"} 1"));
-        assert!(text.contains("keybroker_cache_requests_total{result=\"hit\"} 1"));
-        assert!(text.contains("keybroker_pem_repairs_total{kind=\"spaces_for_newlines\"} 1"));
-        assert!(text.contains(
-            "keybroker_credential_certificate_days_left{credential=\"partner\\\"api\"} 42"
-        ));
+        for line in [
+            "keybroker_requests_total{route=\"/v1/resolve\",decision=\"ok\"} 2",
+            "keybroker_source_read_seconds_bucket{le=\"0.0025\",source=\"vault\"} 0",
+            "keybroker_source_read_seconds_bucket{le=\"0.005\",source=\"vault\"} 1",
+            "keybroker_source_read_seconds_count{source=\"vault\"} 1",
+            "keybroker_cache_requests_total{result=\"hit\"} 1",
+            "keybroker_pem_repairs_total{kind=\"spaces_to_newlines\"} 1",
+            "keybroker_certificate_expiry_timestamp_seconds{kind=\"credential\",name=\"partner\\\"api\"} 1900000000",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        m.forget_certificate(ExpiryKind::Credential, "partner\"api");
+        let text = m.render();
+        assert!(!text.contains("partner"), "{text}");
+        assert!(text.contains("kind=\"server\""));
     }
 }

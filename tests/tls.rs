@@ -414,7 +414,10 @@ async fn client_certificates_decide_who_gets_mtls_material() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("keybroker_credential_certificate_days_left{credential=\"partner-api\"}")
+        metrics.contains(
+            "keybroker_certificate_expiry_timestamp_seconds{kind=\"credential\",name=\"partner-api\"}"
+        ),
+        "{metrics}"
     );
     assert!(metrics.contains("keybroker_cache_requests_total{result=\"hit\"}"));
     let ready = anonymous.get(s.url("/readyz")).send().await.unwrap();

@@ -213,15 +213,7 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         Ok(r) => r,
         Err(_) => ApiError::Timeout.into_response(),
     };
-    let status = response.status();
-    let decision = match status.as_u16() {
-        200..=299 => "ok",
-        401 => "unauthenticated",
-        403 => "denied",
-        404 => "not_found",
-        400..=499 => "rejected",
-        _ => "failed",
-    };
+    let decision = crate::metrics::RequestOutcome::of_status(response.status().as_u16());
     state.broker.metrics().request(route, decision);
     response
 }

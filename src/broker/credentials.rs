@@ -290,8 +290,9 @@ impl Broker {
             return Err(CredentialError::Unresolved(errors));
         }
         let (repairs, stale, certificate) = facts(cred, &values);
-        if let Some(days) = certificate.as_ref().and_then(|c| c.days_left) {
-            self.metrics.certificate_days_left(&cred.name, days);
+        if let Some(at) = certificate.as_ref().and_then(|c| c.not_after_unix) {
+            let kind = crate::metrics::ExpiryKind::Credential;
+            self.metrics.certificate_expiry(kind, &cred.name, at);
         }
         Ok(Material {
             credential: cred.name.clone(),

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::Broker;
 use crate::identity::Snapshot;
+use crate::metrics::ReloadOutcome;
 use crate::policy::PolicyError;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +37,7 @@ impl Broker {
             Ok(policy) => {
                 let summary = PolicySummary::of(&policy);
                 self.policy.store(Arc::new(Snapshot::new(policy)));
-                self.metrics.reload("ok");
+                self.metrics.reload(ReloadOutcome::Ok);
                 tracing::info!(
                     consumers = summary.consumers,
                     credentials = summary.credentials,
@@ -45,7 +46,7 @@ impl Broker {
                 Ok(summary)
             }
             Err(e) => {
-                self.metrics.reload("rejected");
+                self.metrics.reload(ReloadOutcome::Rejected);
                 tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
                 Err(e.into())
             }

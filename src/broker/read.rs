@@ -76,7 +76,7 @@ impl Broker {
                 let checked = pem::check_secret(&read?, &options);
                 for (_, kinds) in &checked.repaired {
                     for k in kinds {
-                        metrics.repaired(pem::repair_name(*k));
+                        metrics.repaired(k.code());
                     }
                 }
                 Ok(checked)

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::audit::{Action, Outcome};
 use crate::cache::Fetched;
-use crate::pem::{self, CheckedSecret, RepairKind};
+use crate::pem::{CheckedSecret, RepairKind};
 use crate::policy::Destination;
 use crate::reference::{
     Format, Layout, Prepared, Reason, Reference, RenderError, Resolved, Target,
@@ -166,9 +166,7 @@ impl Broker {
 
 /// The names of the repairs in `lists`, for the audit trail.
 pub(super) fn repair_names<'a>(lists: impl Iterator<Item = &'a [RepairKind]>) -> Vec<&'static str> {
-    lists
-        .flat_map(|l| l.iter().map(|k| pem::repair_name(*k)))
-        .collect()
+    lists.flat_map(|l| l.iter().map(|k| k.code())).collect()
 }
 
 /// Documents longer than this are prepared and rendered where they cannot hold up a runtime

@@ -102,7 +102,7 @@ pub fn repair(input: &str, opts: &Options) -> Result<Repaired, PemError> {
         let needed: Vec<&str> = repairs
             .iter()
             .filter(|k| **k != RepairKind::FinalNewline)
-            .map(|k| repair_name(*k))
+            .map(|k| k.code())
             .collect();
         if !needed.is_empty() {
             return Err(PemError::NotIntact(needed.join(", ")));
@@ -126,22 +126,30 @@ pub fn danger_restore_unverified(
     Ok((scanned.text, scanned.repairs.into_iter().collect()))
 }
 
-/// The stable name of a repair kind (as serialized).
-pub fn repair_name(kind: RepairKind) -> &'static str {
-    match kind {
-        RepairKind::Crlf => "crlf",
-        RepairKind::EscapedNewlines => "escaped_newlines",
-        RepairKind::Trimmed => "trimmed",
-        RepairKind::SpacesToNewlines => "spaces_to_newlines",
-        RepairKind::WhitespaceRuns => "whitespace_runs",
-        RepairKind::NewlinesRemoved => "newlines_removed",
-        RepairKind::Rewrapped => "rewrapped",
-        RepairKind::LabelSpaces => "label_spaces",
-        RepairKind::LegacyHeaders => "legacy_headers",
-        RepairKind::FinalNewline => "final_newline",
-        RepairKind::ArmourAdded => "armour_added",
-        RepairKind::Base64Decoded => "base64_decoded",
-        RepairKind::Reformatted => "reformatted",
+impl serde::Serialize for RepairKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
+impl RepairKind {
+    /// The stable code of this repair (audit lines, metadata, metric labels).
+    pub fn code(self) -> &'static str {
+        match self {
+            RepairKind::Crlf => "crlf",
+            RepairKind::EscapedNewlines => "escaped_newlines",
+            RepairKind::Trimmed => "trimmed",
+            RepairKind::SpacesToNewlines => "spaces_to_newlines",
+            RepairKind::WhitespaceRuns => "whitespace_runs",
+            RepairKind::NewlinesRemoved => "newlines_removed",
+            RepairKind::Rewrapped => "rewrapped",
+            RepairKind::LabelSpaces => "label_spaces",
+            RepairKind::LegacyHeaders => "legacy_headers",
+            RepairKind::FinalNewline => "final_newline",
+            RepairKind::ArmourAdded => "armour_added",
+            RepairKind::Base64Decoded => "base64_decoded",
+            RepairKind::Reformatted => "reformatted",
+        }
     }
 }
 

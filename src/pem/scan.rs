@@ -9,14 +9,13 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::error::PemError;
 
-/// One kind of repair applied to a value. Reported in metadata and the audit trail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// One kind of repair applied to a value. Reported in metadata and the audit trail, always
+/// as its [`RepairKind::code`] (serialization included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RepairKind {
     /// CRLF line ends became LF.
     Crlf,

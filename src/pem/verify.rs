@@ -50,6 +50,9 @@ pub struct BlockFacts {
     pub not_after: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub days_left: Option<i64>,
+    /// `not_after` in Unix seconds (for the expiry gauge; not serialized).
+    #[serde(skip)]
+    pub not_after_unix: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub is_ca: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -192,6 +195,7 @@ fn certificate_facts(der: &[u8], n: usize, f: &mut BlockFacts) -> Result<(), Pem
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     f.days_left = Some((validity.not_after.timestamp() - now).div_euclid(86_400));
+    f.not_after_unix = Some(validity.not_after.timestamp());
     f.is_ca = Some(cert.is_ca());
     spki_facts(cert.public_key().raw, f);
     Ok(())
