@@ -279,6 +279,7 @@ fn is_transient(e: &SourceError) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::source::Outage;
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -364,7 +365,7 @@ mod tests {
         assert_eq!((value(&f), f.stale), ("v2".to_owned(), false));
         // Past the TTL again, source down: the old value, flagged stale.
         tokio::time::advance(Duration::from_millis(1500)).await;
-        let down = || async { Err(SourceError::Unavailable("down")) };
+        let down = || async { Err(SourceError::Unavailable(Outage::Unreachable)) };
         let f = cache.get_or_fetch(key("a"), down).await.unwrap();
         assert_eq!((value(&f), f.stale), ("v2".to_owned(), true));
         // Denied is not "unavailable": no stale answer for it.
@@ -440,7 +441,7 @@ mod tests {
             let _ = cache
                 .get_or_fetch(key("err"), || async {
                     calls.fetch_add(1, Ordering::SeqCst);
-                    Err(SourceError::Unavailable("x"))
+                    Err(SourceError::Unavailable(Outage::Unreachable))
                 })
                 .await;
         }

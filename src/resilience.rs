@@ -3,6 +3,7 @@
 //! reference caused says nothing about the source (docs/DESIGN.md §3, THREATS row 20), and a
 //! 429 asks for quiet, not for more requests (row 23).
 
+use crate::source::Outage;
 use std::future::Future;
 use std::time::Duration;
 
@@ -67,9 +68,7 @@ impl CircuitBreaker {
             }
             match st.open_until {
                 Some(t) if now < t => {
-                    return Err(SourceError::Unavailable(
-                        "circuit open: the source failed repeatedly",
-                    ));
+                    return Err(SourceError::Unavailable(Outage::CircuitOpen));
                 }
                 // Half-open: this call is the trial; others keep failing fast meanwhile.
                 Some(_) => st.open_until = Some(now + self.cool_down),
@@ -145,17 +144,14 @@ mod tests {
         let calls = AtomicUsize::new(0);
         let down = || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(SourceError::Unavailable("down"))
+            Err::<(), _>(SourceError::Unavailable(Outage::Unreachable))
         };
         for _ in 0..3 {
             assert!(b.call(down).await.is_err());
         }
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         let open = b.call(down).await.unwrap_err();
-        assert_eq!(
-            open,
-            SourceError::Unavailable("circuit open: the source failed repeatedly")
-        );
+        assert_eq!(open, SourceError::Unavailable(Outage::CircuitOpen));
         assert_eq!(calls.load(Ordering::SeqCst), 3, "not called while open");
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(
@@ -200,7 +196,7 @@ mod tests {
         let calls = AtomicUsize::new(0);
         let r: Result<(), _> = with_retries(3, Duration::from_millis(100), || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            Err(SourceError::Unavailable("x"))
+            Err(SourceError::Unavailable(Outage::Unreachable))
         })
         .await;
         assert!(r.is_err());

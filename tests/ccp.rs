@@ -4,6 +4,7 @@ mod support {
     pub mod ccp;
 }
 
+use keybroker::source::Outage;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -194,7 +195,7 @@ async fn every_error_row_is_classified() {
     double.set_fault(Some(Fault::VaultUnreachable));
     assert_eq!(
         src.read(&req("Payments/db")).await.unwrap_err(),
-        SourceError::Unavailable("ccp cannot reach its vault (APPAP007E)")
+        SourceError::Unavailable(Outage::CcpVaultUnreachable)
     );
     double.set_fault(None);
     // Forbidden characters never leave keybroker.
@@ -258,7 +259,7 @@ async fn password_change_in_process_both_forms_and_fail_on_change() {
     ));
     assert_eq!(
         strict.read(&req("Payments/rotating")).await.unwrap_err(),
-        SourceError::Unavailable("password change in progress (APPAP282E)")
+        SourceError::Unavailable(Outage::CcpPasswordChange)
     );
     assert!(strict.read(&req("Payments/db")).await.is_ok());
 }
@@ -270,12 +271,12 @@ async fn transport_faults_html_redirect_reset_and_wrong_service_path() {
     double.set_fault(Some(Fault::HtmlError));
     assert_eq!(
         src.read(&req("Payments/db")).await.unwrap_err(),
-        SourceError::Unavailable("ccp web server error page")
+        SourceError::Unavailable(Outage::CcpErrorPage)
     );
     double.set_fault(Some(Fault::Redirect));
     assert_eq!(
         src.read(&req("Payments/db")).await.unwrap_err(),
-        SourceError::Unavailable("ccp redirected; redirects are not followed")
+        SourceError::Unavailable(Outage::Redirected)
     );
     // A reset happens at connect: a fresh client, with no pooled connection, meets it.
     double.set_fault(Some(Fault::Reset));
@@ -287,7 +288,7 @@ async fn transport_faults_html_redirect_reset_and_wrong_service_path() {
     double.set_fault(Some(Fault::Slow(std::time::Duration::from_secs(5))));
     assert_eq!(
         src.read(&req("Payments/db")).await.unwrap_err(),
-        SourceError::Unavailable("ccp timed out")
+        SourceError::Unavailable(Outage::TimedOut)
     );
     double.set_fault(None);
     let wrong = source(&config(
@@ -297,7 +298,7 @@ async fn transport_faults_html_redirect_reset_and_wrong_service_path() {
     ));
     assert_eq!(
         wrong.read(&req("Payments/db")).await.unwrap_err(),
-        SourceError::Unavailable("bare 404 from the web server: is service_path right?")
+        SourceError::Unavailable(Outage::CcpBare404)
     );
     // Without a client certificate the serial check fails: denied.
     let d = pki.dir.path();

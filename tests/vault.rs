@@ -5,6 +5,7 @@ mod support {
     pub mod pki;
 }
 
+use keybroker::source::Outage;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -313,7 +314,7 @@ async fn a_sealed_server_is_unavailable_and_failed_logins_back_off() {
     bao.cli(&["operator", "seal"]);
     assert_eq!(
         src.read(&req("demo/db", None)).await.unwrap_err(),
-        SourceError::Unavailable("vault sealed or in maintenance (503)")
+        SourceError::Unavailable(Outage::VaultSealed)
     );
 
     // A wrong AppRole secret: the first read tries to log in, the next one backs off instead
@@ -337,6 +338,6 @@ async fn a_sealed_server_is_unavailable_and_failed_logins_back_off() {
     );
     assert_eq!(
         src.read(&req("demo/db", None)).await.unwrap_err(),
-        SourceError::Unavailable("vault login failed recently; backing off")
+        SourceError::Unavailable(Outage::LoginBackoff)
     );
 }

@@ -1,6 +1,7 @@
 //! One read through the cache: on a miss, the source (within its concurrency permit, its
 //! circuit breaker and retries), then the PEM stage.
 
+use crate::source::Outage;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,7 +27,7 @@ impl Broker {
             tasks.spawn(async move { (i, read.await) });
         }
         let mut out: Vec<Result<Fetched, SourceError>> = (0..keys.len())
-            .map(|_| Err(SourceError::Unavailable("read task failed")))
+            .map(|_| Err(SourceError::Unavailable(Outage::ReadTaskFailed)))
             .collect();
         // A read task only panics on a bug; its key then stays "unavailable".
         while let Some(joined) = tasks.join_next().await {

@@ -9,6 +9,7 @@
 //! JSON. Redirects are never followed. Every returned property becomes a field (`Content`,
 //! `UserName`, `Address`, custom ones); PEM values are repaired by the broker's PEM stage.
 
+use super::Outage;
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -177,12 +178,12 @@ pub fn classify_error_code(code: &str) -> SourceError {
         "APPAP004E" => SourceError::NotFound,
         "APPAP306E" | "APPAP008E" | "APPAP133E" => SourceError::Denied,
         "APPAP227E" | "APPAP228E" | "APPAP229E" => SourceError::Ambiguous,
-        "APPAP007E" => SourceError::Unavailable("ccp cannot reach its vault (APPAP007E)"),
-        "APPAP282E" => SourceError::Unavailable("password change in progress (APPAP282E)"),
+        "APPAP007E" => SourceError::Unavailable(Outage::CcpVaultUnreachable),
+        "APPAP282E" => SourceError::Unavailable(Outage::CcpPasswordChange),
         "AIMWS030E" | "AIMWS031E" | "APPAP081E" | "CASVL010E" => {
             SourceError::Unsupported("ccp rejected the query")
         }
-        _ => SourceError::Unavailable("ccp error"),
+        _ => SourceError::Unavailable(Outage::ServerError),
     }
 }
 
@@ -231,12 +232,12 @@ impl CcpSource {
         url.set_query(Some(&query));
         let resp = self.http.get(url).send().await.map_err(|e| {
             let timed_out = e.is_timeout();
-            // The URL carries the query; the log keeps only the kind of failure.
-            tracing::debug!(error = %e.without_url(), "ccp request failed");
+            // The URL carries the query; the log keeps only the causes.
+            tracing::warn!(cause = %super::http::causes(&e), "ccp request failed");
             if timed_out {
-                SourceError::Unavailable("ccp timed out")
+                SourceError::Unavailable(Outage::TimedOut)
             } else {
-                SourceError::Unavailable("ccp unreachable")
+                SourceError::Unavailable(Outage::Unreachable)
             }
         })?;
         let status = resp.status();
@@ -249,13 +250,11 @@ impl CcpSource {
         let body = Zeroizing::new(
             resp.bytes()
                 .await
-                .map_err(|_| SourceError::Unavailable("ccp answer cut short"))?
+                .map_err(|_| SourceError::Unavailable(Outage::Truncated))?
                 .to_vec(),
         );
         if status.is_redirection() {
-            return Err(SourceError::Unavailable(
-                "ccp redirected; redirects are not followed",
-            ));
+            return Err(SourceError::Unavailable(Outage::Redirected));
         }
         if status.is_success() && json {
             let fields: Fields = serde_json::from_slice(&body)
@@ -276,12 +275,12 @@ impl CcpSource {
         // A 4xx page answers the request's shape (the caller's); only 5xx and the rest say
         // the service is failing — except a bare 404, which means every query misses.
         Err(match status.as_u16() {
-            404 => SourceError::Unavailable("bare 404 from the web server: is service_path right?"),
+            404 => SourceError::Unavailable(Outage::CcpBare404),
             401 | 403 => SourceError::Denied,
             429 => SourceError::RateLimited { retry_after },
             414 => SourceError::Invalid("the query is too long for the ccp web server (414)"),
             400..=499 => SourceError::Invalid("the ccp web server rejected the request (4xx)"),
-            _ => SourceError::Unavailable("ccp web server error page"),
+            _ => SourceError::Unavailable(Outage::CcpErrorPage),
         })
     }
 }

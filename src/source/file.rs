@@ -10,6 +10,7 @@
 //! relative to its parent with `O_NOFOLLOW`, so a link swapped in between two checks is
 //! refused as well. The root itself may be a symlink (it is resolved once, at start).
 
+use super::Outage;
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -66,7 +67,7 @@ impl SecretSource for FileSource {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || read_blocking(&root, &name, &request))
                 .await
-                .unwrap_or(Err(SourceError::Unavailable("file read task failed")))
+                .unwrap_or(Err(SourceError::Unavailable(Outage::ReadTaskFailed)))
         })
     }
 }
@@ -121,7 +122,7 @@ fn classify(dir: &OwnedFd, name: &str, e: rustix::io::Errno) -> Result<(), Sourc
                 SourceError::Invalid("the path goes through a file")
             })
         }
-        _ => Err(SourceError::Unavailable("cannot access the secret file")),
+        _ => Err(SourceError::Unavailable(Outage::FileAccess)),
     }
 }
 
@@ -130,7 +131,7 @@ fn classify(dir: &OwnedFd, name: &str, e: rustix::io::Errno) -> Result<(), Sourc
 fn open_dirs(root: &Path, dirs: &[String]) -> Result<Option<OwnedFd>, SourceError> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let mut dir = rustix::fs::open(root, flags, Mode::empty())
-        .map_err(|_| SourceError::Unavailable("cannot open the file source's root"))?;
+        .map_err(|_| SourceError::Unavailable(Outage::FileRoot))?;
     for segment in dirs {
         match rustix::fs::openat(
             &dir,
@@ -160,7 +161,7 @@ fn read_leaf(dir: &OwnedFd, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>, So
         }
     };
     let mut file = std::fs::File::from(fd);
-    let unavailable = |_| SourceError::Unavailable("cannot read the secret file");
+    let unavailable = |_| SourceError::Unavailable(Outage::FileRead);
     let stat = file.metadata().map_err(unavailable)?;
     if !stat.is_file() {
         return Ok(None);

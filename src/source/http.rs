@@ -88,3 +88,26 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .ok()
         .map(Duration::from_secs)
 }
+
+/// What went wrong under a transport error, for the log: the chain of causes below reqwest's
+/// own message (which quotes the URL, and CCP's URL carries the query) — e.g. "tcp connect
+/// error: Connection refused (os error 111)".
+pub(super) fn causes(e: &reqwest::Error) -> String {
+    let mut out = String::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    if out.is_empty() {
+        out.push_str(if e.is_timeout() {
+            "timed out"
+        } else {
+            "request failed"
+        });
+    }
+    out
+}

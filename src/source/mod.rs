@@ -43,7 +43,7 @@ pub enum SourceError {
     Denied,
     /// The backend could not be reached or answered with a transient failure.
     #[error("source unavailable: {0}")]
-    Unavailable(&'static str),
+    Unavailable(Outage),
     /// The request cannot be served by this kind of source.
     #[error("unsupported by this source: {0}")]
     Unsupported(&'static str),
@@ -64,6 +64,105 @@ pub enum SourceError {
     RateLimited {
         retry_after: Option<std::time::Duration>,
     },
+}
+
+/// Why a source is unavailable: a closed list, so logs and tests name a case rather than a
+/// sentence. Each has a stable `code()` and a sentence for operators (`Display`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outage {
+    /// The backend did not answer in time.
+    TimedOut,
+    /// No connection could be made (refused, no route, DNS, TLS handshake).
+    Unreachable,
+    /// The backend answered 5xx.
+    ServerError,
+    /// The backend answered something it should not (a status or body keybroker cannot read).
+    UnexpectedAnswer,
+    /// The answer ended before its declared length.
+    Truncated,
+    /// A redirect (never followed).
+    Redirected,
+    /// keybroker's own circuit breaker: the source failed repeatedly and is left alone.
+    CircuitOpen,
+    /// The task reading the source failed (panicked or was cancelled).
+    ReadTaskFailed,
+    FileAccess,
+    FileRoot,
+    FileRead,
+    /// Vault 412: a performance standby has not caught up yet.
+    VaultNotConsistent,
+    /// Vault 503: sealed or in maintenance.
+    VaultSealed,
+    VaultTokenHeader,
+    VaultTokenFile,
+    AppRoleCredentials,
+    /// A login failed a moment ago; the next is not tried before the back-off ends.
+    LoginBackoff,
+    /// CCP `APPAP007E`: the provider cannot reach its vault.
+    CcpVaultUnreachable,
+    /// CCP `APPAP282E`: the password is being changed.
+    CcpPasswordChange,
+    /// A bare 404 from IIS: most likely a wrong `service_path`.
+    CcpBare404,
+    /// An HTML error page from the web server in front of CCP.
+    CcpErrorPage,
+}
+
+impl Outage {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::TimedOut => "timed_out",
+            Self::Unreachable => "unreachable",
+            Self::ServerError => "server_error",
+            Self::UnexpectedAnswer => "unexpected_answer",
+            Self::Truncated => "truncated",
+            Self::Redirected => "redirected",
+            Self::CircuitOpen => "circuit_open",
+            Self::ReadTaskFailed => "read_task_failed",
+            Self::FileAccess => "file_access",
+            Self::FileRoot => "file_root",
+            Self::FileRead => "file_read",
+            Self::VaultNotConsistent => "vault_not_consistent",
+            Self::VaultSealed => "vault_sealed",
+            Self::VaultTokenHeader => "vault_token_header",
+            Self::VaultTokenFile => "vault_token_file",
+            Self::AppRoleCredentials => "approle_credentials",
+            Self::LoginBackoff => "login_backoff",
+            Self::CcpVaultUnreachable => "ccp_vault_unreachable",
+            Self::CcpPasswordChange => "ccp_password_change",
+            Self::CcpBare404 => "ccp_bare_404",
+            Self::CcpErrorPage => "ccp_error_page",
+        }
+    }
+}
+
+impl std::fmt::Display for Outage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TimedOut => "timed out",
+            Self::Unreachable => "unreachable",
+            Self::ServerError => "server error",
+            Self::UnexpectedAnswer => "unexpected answer",
+            Self::Truncated => "answer cut short",
+            Self::Redirected => "redirected; redirects are not followed",
+            Self::CircuitOpen => "circuit open: the source failed repeatedly",
+            Self::ReadTaskFailed => "read task failed",
+            Self::FileAccess => "cannot access the secret file",
+            Self::FileRoot => "cannot open the file source's root",
+            Self::FileRead => "cannot read the secret file",
+            Self::VaultNotConsistent => "vault is not yet consistent (412)",
+            Self::VaultSealed => "vault sealed or in maintenance (503)",
+            Self::VaultTokenHeader => "the vault token is not a valid header",
+            Self::VaultTokenFile => "cannot read the vault token file",
+            Self::AppRoleCredentials => "cannot read the AppRole credentials",
+            Self::LoginBackoff => "vault login failed recently; backing off",
+            Self::CcpVaultUnreachable => "ccp cannot reach its vault (APPAP007E)",
+            Self::CcpPasswordChange => "password change in progress (APPAP282E)",
+            Self::CcpBare404 => "bare 404 from the web server: is service_path right?",
+            Self::CcpErrorPage => "ccp web server error page",
+        })
+    }
 }
 
 impl SourceError {

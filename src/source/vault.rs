@@ -13,6 +13,7 @@
 //! `lookup-self` says the token itself is no longer valid. Failures are classified on HTTP
 //! status by who caused them and never carry a token, a secret or Vault's error text.
 
+use super::Outage;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -305,21 +306,22 @@ fn classify(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -
             retry_after: super::http::retry_after(headers),
         },
         // Vault's "consistency not yet reached" on performance standbys: transient.
-        412 => SourceError::Unavailable("vault is not yet consistent (412)"),
+        412 => SourceError::Unavailable(Outage::VaultNotConsistent),
         414 => SourceError::Invalid("the path is too long for vault (414)"),
         400..=499 => SourceError::Invalid("vault rejected the request (4xx)"),
-        503 => SourceError::Unavailable("vault sealed or in maintenance (503)"),
-        500..=599 => SourceError::Unavailable("vault server error"),
-        _ => SourceError::Unavailable("unexpected answer from vault"),
+        503 => SourceError::Unavailable(Outage::VaultSealed),
+        500..=599 => SourceError::Unavailable(Outage::ServerError),
+        _ => SourceError::Unavailable(Outage::UnexpectedAnswer),
     }
 }
 
 fn transport(e: &reqwest::Error) -> SourceError {
-    tracing::debug!(error = %e, "vault request failed");
+    // At warn: a wrong address or a dead server must be visible at the default level.
+    tracing::warn!(cause = %super::http::causes(e), "vault request failed");
     if e.is_timeout() {
-        SourceError::Unavailable("vault timed out")
+        SourceError::Unavailable(Outage::TimedOut)
     } else {
-        SourceError::Unavailable("vault unreachable")
+        SourceError::Unavailable(Outage::Unreachable)
     }
 }
 
@@ -348,7 +350,7 @@ impl Inner {
         let mut req = self.http.request(method, url);
         if let Some(t) = token {
             let mut hv = HeaderValue::from_str(t.expose_secret())
-                .map_err(|_| SourceError::Unavailable("the vault token is not a valid header"))?;
+                .map_err(|_| SourceError::Unavailable(Outage::VaultTokenHeader))?;
             hv.set_sensitive(true);
             req = req.header("X-Vault-Token", hv);
         }
@@ -506,9 +508,7 @@ impl Inner {
             state.replaced = Some(current);
         }
         if state.login_not_before.is_some_and(|t| Instant::now() < t) {
-            return Err(SourceError::Unavailable(
-                "vault login failed recently; backing off",
-            ));
+            return Err(SourceError::Unavailable(Outage::LoginBackoff));
         }
         match self.login().await {
             Ok(token) => {
@@ -572,10 +572,10 @@ impl Inner {
         let (path, body) = match &self.auth {
             Auth::Token(t) => return self.lookup(secret_string(t.expose_secret())).await,
             Auth::TokenFile(f) => {
-                let raw =
-                    Zeroizing::new(std::fs::read_to_string(f).map_err(|_| {
-                        SourceError::Unavailable("cannot read the vault token file")
-                    })?);
+                let raw = Zeroizing::new(
+                    std::fs::read_to_string(f)
+                        .map_err(|_| SourceError::Unavailable(Outage::VaultTokenFile))?,
+                );
                 return self.lookup(secret_string(raw.trim())).await;
             }
             Auth::AppRole {
@@ -584,9 +584,9 @@ impl Inner {
                 secret_id_file,
             } => {
                 let read = |p: &PathBuf| {
-                    std::fs::read_to_string(p).map(Zeroizing::new).map_err(|_| {
-                        SourceError::Unavailable("cannot read the AppRole credentials")
-                    })
+                    std::fs::read_to_string(p)
+                        .map(Zeroizing::new)
+                        .map_err(|_| SourceError::Unavailable(Outage::AppRoleCredentials))
                 };
                 let role_id = read(role_id_file)?;
                 let secret_id = read(secret_id_file)?;
