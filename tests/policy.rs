@@ -166,13 +166,13 @@ fn authorization_matrix() {
     for (consumer, cred, host, allowed, reason) in cases {
         let d = p.decide(consumer, Subject::Credential(cred), Some(&dest(host)));
         assert_eq!(
-            (d.allowed, d.reason),
+            (d.allowed, d.reason.code()),
             (allowed, reason),
             "{consumer} {cred} {host}: {d:?}"
         );
     }
     let d = p.decide("payments-gw", Subject::Credential("team-only"), None);
-    assert_eq!(d.reason, "host_required");
+    assert_eq!(d.reason.code(), "host_required");
 }
 
 #[test]
@@ -195,19 +195,26 @@ fn grants_cover_raw_references() {
             "payments/a/b",
             "gw.payments.example"
         )
-        .reason,
+        .reason
+        .code(),
         "no_grant"
     );
     assert_eq!(
-        ask("payments-gw", "ccp", "payments/db", "gw.payments.example").reason,
+        ask("payments-gw", "ccp", "payments/db", "gw.payments.example")
+            .reason
+            .code(),
         "no_grant"
     );
     assert_eq!(
-        ask("fraud-gw", "vault", "payments/db", "gw.payments.example").reason,
+        ask("fraud-gw", "vault", "payments/db", "gw.payments.example")
+            .reason
+            .code(),
         "no_grant"
     );
     assert_eq!(
-        ask("payments-gw", "vault", "payments/db", "payments.example").reason,
+        ask("payments-gw", "vault", "payments/db", "payments.example")
+            .reason
+            .code(),
         "host_not_allowed"
     );
 }

@@ -22,7 +22,7 @@ pub enum CredentialError {
     /// Not allowed — or not there: the two are never told apart for a consumer. The
     /// policy's reason code goes to the audit trail, not to the caller.
     #[error("denied by policy")]
-    Denied(&'static str),
+    Denied(crate::policy::DecisionReason),
     /// No credential of that name is visible (metadata; for consumers also "not allowed").
     #[error("no such credential")]
     NotFound,
@@ -251,7 +251,7 @@ impl Broker {
                 match policy.decide_credential(consumer.name(), name, host) {
                     (decision, Some(cred)) if decision.allowed => cred,
                     (decision, _) => {
-                        tracing::debug!(consumer = %consumer.name(), reason = decision.reason, "credential denied");
+                        tracing::debug!(consumer = %consumer.name(), reason = decision.reason.code(), "credential denied");
                         return Err(CredentialError::Denied(decision.reason));
                     }
                 }
@@ -386,7 +386,7 @@ fn facts(cred: &Credential, values: &[RoleValue]) -> (Vec<RoleRepair>, bool, Opt
 fn outcome<T>(result: &Result<T, CredentialError>) -> (Outcome, &'static str) {
     match result {
         Ok(_) => (Outcome::Allowed, "allowed"),
-        Err(CredentialError::Denied(reason)) => (Outcome::Denied, reason),
+        Err(CredentialError::Denied(reason)) => (Outcome::Denied, reason.code()),
         Err(CredentialError::NotFound) => (Outcome::Denied, "not_found"),
         Err(CredentialError::Ambiguous) => (Outcome::Failed, "ambiguous_credential"),
         Err(CredentialError::Unresolved(e)) => (

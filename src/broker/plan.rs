@@ -71,7 +71,7 @@ pub(super) fn authorize(
     if decision.allowed {
         Ok(())
     } else {
-        tracing::debug!(consumer = %name, source = %source, reason = decision.reason, "reference denied");
+        tracing::debug!(consumer = %name, source = %source, reason = decision.reason.code(), "reference denied");
         Err(Reason::Denied)
     }
 }

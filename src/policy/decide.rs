@@ -20,12 +20,53 @@ pub enum Subject<'a> {
     },
 }
 
+/// Why a decision came out as it did: a closed list with stable codes (audit `reason`,
+/// `policy explain`, debug logs). A denial for a credential the caller cannot see has the
+/// same reason as one that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecisionReason {
+    Allowed,
+    UnknownConsumer,
+    NoGrant,
+    HostRequired,
+    NoAllowedHosts,
+    HostNotAllowed,
+    AmbiguousCredential,
+    NotFoundOrNotVisible,
+}
+
+impl DecisionReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::UnknownConsumer => "unknown_consumer",
+            Self::NoGrant => "no_grant",
+            Self::HostRequired => "host_required",
+            Self::NoAllowedHosts => "no_allowed_hosts",
+            Self::HostNotAllowed => "host_not_allowed",
+            Self::AmbiguousCredential => "ambiguous_credential",
+            Self::NotFoundOrNotVisible => "not_found_or_not_visible",
+        }
+    }
+}
+
+impl Serialize for DecisionReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
+impl std::fmt::Display for DecisionReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
 /// The outcome, with enough to explain it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub allowed: bool,
-    /// Stable reason code.
-    pub reason: &'static str,
+    pub reason: DecisionReason,
     /// The rule that allowed (or, for host denials, the grant or credential considered).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
@@ -35,7 +76,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn deny(reason: &'static str, team: Option<&str>, rule: Option<String>) -> Self {
+    fn deny(reason: DecisionReason, team: Option<&str>, rule: Option<String>) -> Self {
         Self {
             allowed: false,
             reason,
@@ -48,7 +89,11 @@ impl Decision {
 impl Policy {
     /// The credential `name` as `team` sees it: its own first (same-team name wins), else
     /// the one other team's credential shared with it.
-    pub fn visible_credential(&self, team: &str, name: &str) -> Result<&Credential, &'static str> {
+    pub fn visible_credential(
+        &self,
+        team: &str,
+        name: &str,
+    ) -> Result<&Credential, DecisionReason> {
         let named = || self.credentials.iter().filter(move |c| c.name == name);
         if let Some(own) = named().find(|c| c.team == team) {
             return Ok(own);
@@ -60,8 +105,8 @@ impl Policy {
         });
         match (shared.next(), shared.next()) {
             (Some(c), None) => Ok(c),
-            (Some(_), Some(_)) => Err("ambiguous_credential"),
-            (None, _) => Err("not_found_or_not_visible"),
+            (Some(_), Some(_)) => Err(DecisionReason::AmbiguousCredential),
+            (None, _) => Err(DecisionReason::NotFoundOrNotVisible),
         }
     }
 
@@ -74,7 +119,7 @@ impl Policy {
         host: Option<&Destination>,
     ) -> Decision {
         let Some(c) = self.consumers.iter().find(|c| c.name == consumer) else {
-            return Decision::deny("unknown_consumer", None, None);
+            return Decision::deny(DecisionReason::UnknownConsumer, None, None);
         };
         let team = c.team.as_str();
         match subject {
@@ -96,7 +141,8 @@ impl Policy {
                     }
                     considered.get_or_insert(d);
                 }
-                considered.unwrap_or_else(|| Decision::deny("no_grant", Some(team), None))
+                considered
+                    .unwrap_or_else(|| Decision::deny(DecisionReason::NoGrant, Some(team), None))
             }
         }
     }
@@ -112,7 +158,10 @@ impl Policy {
         host: Option<&Destination>,
     ) -> (Decision, Option<&Credential>) {
         let Some(c) = self.consumers.iter().find(|c| c.name == consumer) else {
-            return (Decision::deny("unknown_consumer", None, None), None);
+            return (
+                Decision::deny(DecisionReason::UnknownConsumer, None, None),
+                None,
+            );
         };
         let team = c.team.as_str();
         let cred = match self.visible_credential(team, name) {
@@ -139,18 +188,18 @@ fn hosts_decision(
     rule: String,
 ) -> Decision {
     let Some(dest) = host else {
-        return Decision::deny("host_required", Some(team), Some(rule));
+        return Decision::deny(DecisionReason::HostRequired, Some(team), Some(rule));
     };
     if patterns.is_empty() {
-        return Decision::deny("no_allowed_hosts", Some(team), Some(rule));
+        return Decision::deny(DecisionReason::NoAllowedHosts, Some(team), Some(rule));
     }
     match patterns.iter().find(|p| p.matches(dest)) {
         Some(p) => Decision {
             allowed: true,
-            reason: "allowed",
+            reason: DecisionReason::Allowed,
             rule: Some(format!("{rule}; host {p}")),
             team: Some(team.to_owned()),
         },
-        None => Decision::deny("host_not_allowed", Some(team), Some(rule)),
+        None => Decision::deny(DecisionReason::HostNotAllowed, Some(team), Some(rule)),
     }
 }
