@@ -4,15 +4,12 @@
 //!
 //! Run: `cargo bench --bench api`. Results are recorded in docs/PERFORMANCE.md.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::Request;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::ServiceExt;
 
-use keybroker::api::{AppState, router};
-use keybroker::broker::Broker;
+use keybroker::app::{App, Options};
 use keybroker::config::Config;
 
 fn bench(c: &mut Criterion) {
@@ -20,9 +17,12 @@ fn bench(c: &mut Criterion) {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let app = rt.block_on(async {
         let config = Config::load(&repo.join("examples/dev/keybroker.toml")).unwrap();
-        router(Arc::new(AppState::new(Arc::new(
-            Broker::from_config(&config).unwrap(),
-        ))))
+        // The same assembly `serve` runs (audit opened as configured).
+        let options = Options {
+            open_audit: true,
+            ..Options::check(&config)
+        };
+        App::build(&config, &options).unwrap().router()
     });
     let body = r#"{"document":{"v":"$SECRET_demo/db $KEY_password"},"host":"a.payments.example"}"#;
     let resolve = || {

@@ -6,6 +6,7 @@
 //! [`broker::Broker`], call [`broker::Broker::resolve`]. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod app;
 pub mod audit;
 pub mod broker;
 pub mod cache;

@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use keybroker::api::{self, AppState};
+use keybroker::api;
+use keybroker::app::{App, Options};
 use keybroker::broker::{Broker, Caller, Document, ResolveError};
 use keybroker::config::Config;
 use keybroker::identity::TokenDigest;
@@ -312,7 +313,7 @@ fn known_sources(config: &keybroker::config::Config) -> keybroker::policy::Known
 fn check(path: &Path) -> Result<(), Failure> {
     let config = load_config(path)?;
     // What `serve` would refuse, `check` refuses: sources, TLS files, listener, audit folder.
-    assemble(&config, config.server.listen, false, false)?;
+    App::build(&config, &Options::check(&config)).map_err(usage)?;
     if let Some(dir) = &config.policies {
         let policy = keybroker::policy::load_checked(dir, &known_sources(&config))
             .map_err(|e| Failure::Usage(format!("invalid policies:\n{e}")))?;
@@ -557,7 +558,12 @@ async fn serve(
     if config.audit.is_none() && !dev {
         tracing::warn!("no [audit] section: decisions are not recorded in an audit trail");
     }
-    let Assembled { broker, state, tls } = assemble(&config, addr, dev, true)?;
+    let options = Options {
+        listen: addr,
+        dev,
+        open_audit: true,
+    };
+    let App { broker, state, tls } = App::build(&config, &options).map_err(usage)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
@@ -589,72 +595,6 @@ async fn serve(
     .await;
     tracing::info!("keybroker stopped");
     Ok(())
-}
-
-/// What `serve` runs, built without touching the network.
-struct Assembled {
-    broker: Arc<Broker>,
-    state: AppState,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-}
-
-/// Everything `serve` checks and builds before it listens, in one place, so that `check`
-/// refuses exactly what `serve` would (`open_audit = false` there: `check` creates no file).
-fn assemble(
-    config: &Config,
-    addr: SocketAddr,
-    dev: bool,
-    open_audit: bool,
-) -> Result<Assembled, Failure> {
-    // The dev token is the policy-free operator: it never leaves the machine, TLS or not
-    // (THREATS row 31).
-    if dev && !addr.ip().is_loopback() {
-        return Err(Failure::Usage(format!(
-            "--dev serves a policy-free operator token and only listens on loopback, not {addr}"
-        )));
-    }
-    let verifier = api::listen::client_verifier(&config.server).map_err(usage)?;
-    let tls = api::listen::tls_acceptor(&config.server, verifier.clone()).map_err(usage)?;
-    if tls.is_none() && !addr.ip().is_loopback() {
-        return Err(Failure::Usage(format!(
-            "plain HTTP only listens on loopback, not {addr}: set [server] tls_cert and tls_key"
-        )));
-    }
-    let broker = if open_audit {
-        Broker::from_config(config)
-    } else {
-        let mut without_audit = config.clone();
-        if let Some(audit) = without_audit.audit.take() {
-            check_audit_path(&audit.path)?;
-        }
-        Broker::from_config(&without_audit)
-    }
-    .map_err(usage)?;
-    let broker = Arc::new(broker);
-    let state = AppState::new(Arc::clone(&broker))
-        .with_server(&config.server, verifier)
-        .map_err(usage)?;
-    Ok(Assembled { broker, state, tls })
-}
-
-/// `check` does not create the audit file, but its folder must exist.
-fn check_audit_path(path: &Path) -> Result<(), Failure> {
-    if path == Path::new("-") {
-        return Ok(());
-    }
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if folder.is_dir() {
-        Ok(())
-    } else {
-        Err(Failure::Usage(format!(
-            "[audit] path {}: the folder {} does not exist",
-            path.display(),
-            folder.display()
-        )))
-    }
 }
 
 fn usage(e: impl std::fmt::Display) -> Failure {

@@ -1,0 +1,118 @@
+//! Assembly: from a loaded configuration to everything `serve` runs — TLS acceptor, broker,
+//! API state — without touching the network. `check`, `serve`, the benches and tests use this
+//! one path, so `check` refuses exactly what `serve` would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::{self, AppState, TlsSetupError};
+use crate::broker::{Broker, BuildError};
+use crate::config::Config;
+
+/// How the server is to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Where it will listen.
+    pub listen: SocketAddr,
+    /// `serve --dev`: a policy-free operator token, loopback only.
+    pub dev: bool,
+    /// Open (create) the audit file. `check` does not; it only checks the folder exists.
+    pub open_audit: bool,
+}
+
+impl Options {
+    /// What `check` verifies for `config`: its own listener, no file created.
+    pub fn check(config: &Config) -> Self {
+        Self {
+            listen: config.server.listen,
+            dev: false,
+            open_audit: false,
+        }
+    }
+}
+
+/// What `serve` runs.
+pub struct App {
+    pub broker: Arc<Broker>,
+    pub state: AppState,
+    pub tls: Option<TlsAcceptor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The dev token is the policy-free operator: it never leaves the machine, TLS or not
+    /// (docs/THREATS.md row 31).
+    #[error("--dev serves a policy-free operator token and only listens on loopback, not {0}")]
+    DevOffLoopback(SocketAddr),
+    #[error("plain HTTP only listens on loopback, not {0}: set [server] tls_cert and tls_key")]
+    PlainOffLoopback(SocketAddr),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("[audit] path {path}: the folder {folder} does not exist")]
+    AuditFolder { path: PathBuf, folder: PathBuf },
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("broker", &self.broker)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub fn build(config: &Config, options: &Options) -> Result<Self, AppError> {
+        let addr = options.listen;
+        if options.dev && !addr.ip().is_loopback() {
+            return Err(AppError::DevOffLoopback(addr));
+        }
+        let verifier = api::listen::client_verifier(&config.server)?;
+        let tls = api::listen::tls_acceptor(&config.server, verifier.clone())?;
+        if tls.is_none() && !addr.ip().is_loopback() {
+            return Err(AppError::PlainOffLoopback(addr));
+        }
+        let broker = if options.open_audit {
+            Broker::from_config(config)?
+        } else {
+            let mut without_audit = config.clone();
+            if let Some(audit) = without_audit.audit.take() {
+                audit_folder_exists(&audit.path)?;
+            }
+            Broker::from_config(&without_audit)?
+        };
+        let broker = Arc::new(broker);
+        let state = AppState::new(Arc::clone(&broker)).with_server(&config.server, verifier)?;
+        Ok(Self { broker, state, tls })
+    }
+
+    /// The router over this app's state (what `serve` listens with; tests drive it with
+    /// `oneshot`).
+    pub fn router(self) -> axum::Router {
+        api::router(Arc::new(self.state))
+    }
+}
+
+/// `check` does not create the audit file, but its folder must exist.
+fn audit_folder_exists(path: &Path) -> Result<(), AppError> {
+    if path == Path::new("-") {
+        return Ok(());
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if folder.is_dir() {
+        Ok(())
+    } else {
+        Err(AppError::AuditFolder {
+            path: path.to_owned(),
+            folder: folder.to_owned(),
+        })
+    }
+}
