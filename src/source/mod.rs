@@ -12,10 +12,11 @@ mod vault;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use ccp::{
-    CcpConfigError, CcpQueryError, CcpSource, build_composite_query, build_query,
-    classify_error_code,
-};
+pub use ccp::{CcpConfigError, CcpQueryError, CcpSource};
+/// CCP's query builder and error classification, exported for the fuzz targets and the
+/// CCP conformance tests; not an API.
+#[doc(hidden)]
+pub use ccp::{build_composite_query, build_query, classify_error_code};
 pub use file::FileSource;
 pub use http::HttpSetupError;
 pub use vault::{VaultConfigError, VaultEnv, VaultSource};

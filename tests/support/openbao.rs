@@ -38,12 +38,24 @@ impl OpenBao {
     }
 
     /// With an extra configuration file (`-config=`), e.g. an mTLS listener.
+    /// The port is picked free and then handed to `bao`, so another process can take it in
+    /// between; a server that exits before it is healthy is started again on a new port.
     pub fn start_with_config(extra: Option<&std::path::Path>) -> Self {
-        Self::start_at(&format!("127.0.0.1:{}", free_port()), extra)
+        for _ in 0..4 {
+            if let Some(bao) = Self::try_start_at(&format!("127.0.0.1:{}", free_port()), extra) {
+                return bao;
+            }
+        }
+        panic!("OpenBao exited before it was healthy, four times: see its log");
     }
 
     /// On a given address (to restart a server where clients expect it).
     pub fn start_at(listen: &str, extra: Option<&std::path::Path>) -> Self {
+        Self::try_start_at(listen, extra).expect("OpenBao exited before it was healthy")
+    }
+
+    /// `None` when the server exits before it is healthy (e.g. its port was taken).
+    fn try_start_at(listen: &str, extra: Option<&std::path::Path>) -> Option<Self> {
         let found = Command::new("bao").arg("version").output();
         assert!(
             found.as_ref().is_ok_and(|o| o.status.success()),
@@ -66,12 +78,14 @@ impl OpenBao {
             .stderr(log)
             .spawn()
             .expect("bao server starts");
-        let bao = Self {
+        let mut bao = Self {
             addr: format!("http://{listen}"),
             approle_dir,
             child,
         };
-        bao.wait_healthy();
+        if !bao.wait_healthy() {
+            return None;
+        }
         let out = Command::new("sh")
             .arg(repo().join("scripts/seed-openbao.sh"))
             .env("BAO_ADDR", &bao.addr)
@@ -84,11 +98,12 @@ impl OpenBao {
             "seeding failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        bao
+        Some(bao)
     }
 
-    /// Polls `sys/health` until the server answers 200, with a deadline.
-    fn wait_healthy(&self) {
+    /// Polls `sys/health` until the server answers 200, with a deadline; false if the
+    /// server exited first.
+    fn wait_healthy(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         let hostport = self.addr.trim_start_matches("http://").to_owned();
         loop {
@@ -100,8 +115,11 @@ impl OpenBao {
                 let mut out = String::new();
                 let _ = s.read_to_string(&mut out);
                 if out.starts_with("HTTP/1.1 200") {
-                    return;
+                    return true;
                 }
+            }
+            if self.child.try_wait().is_ok_and(|s| s.is_some()) {
+                return false;
             }
             assert!(
                 Instant::now() < deadline,
