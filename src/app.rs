@@ -9,8 +9,9 @@ use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, AppState, TlsSetupError};
+use crate::audit::AuditError;
 use crate::broker::{Broker, BuildError};
-use crate::config::Config;
+use crate::config::{Config, Diagnostic, Setting};
 
 /// How the server is to run.
 #[derive(Clone, Copy, Debug)]
@@ -55,6 +56,57 @@ pub enum AppError {
     Build(#[from] BuildError),
     #[error("[audit] path {path}: the folder {folder} does not exist")]
     AuditFolder { path: PathBuf, folder: PathBuf },
+}
+
+impl AppError {
+    /// The setting of `config` this error is about (`None`: the error has its own positions,
+    /// as invalid policies do).
+    pub fn setting<'c>(&self, config: &'c Config) -> Option<Setting<'c>> {
+        let server = &config.server;
+        let tls_file = |path: &Path| {
+            let key = if server.tls_key.as_deref() == Some(path) {
+                "tls_key"
+            } else if server.client_ca.as_deref() == Some(path) {
+                "client_ca"
+            } else {
+                "tls_cert"
+            };
+            Setting::Key("server", key)
+        };
+        let source = |name: &str| {
+            config
+                .sources
+                .iter()
+                .find(|s| s.name() == name)
+                .map(|s| Setting::Source(s.name()))
+        };
+        match self {
+            Self::DevOffLoopback(_) | Self::PlainOffLoopback(_) => {
+                Some(Setting::Key("server", "listen"))
+            }
+            Self::Tls(TlsSetupError::Certificates { path, .. } | TlsSetupError::Key(path)) => {
+                Some(tls_file(path))
+            }
+            Self::Tls(TlsSetupError::Rustls(_)) => Some(Setting::Key("server", "tls_cert")),
+            Self::AuditFolder { .. } | Self::Build(BuildError::Audit(AuditError::Open { .. })) => {
+                Some(Setting::Key("audit", "path"))
+            }
+            Self::Build(BuildError::Audit(_)) => Some(Setting::Key("audit", "hmac_key_file")),
+            Self::Build(
+                BuildError::SourceNotAvailable { name, .. }
+                | BuildError::Ccp { name, .. }
+                | BuildError::Vault { name, .. }
+                | BuildError::FileSource { name, .. },
+            ) => source(name),
+            Self::Build(BuildError::Policy(_)) => None,
+        }
+    }
+
+    /// This error as `check` and `serve` print it: at its setting's `file:line:column`.
+    pub fn diagnostic(&self, config: &Config) -> Option<Diagnostic> {
+        self.setting(config)
+            .map(|at| config.diagnostic(at, self.to_string()))
+    }
 }
 
 impl std::fmt::Debug for App {

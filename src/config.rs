@@ -35,6 +35,24 @@ pub struct Config {
     pub cache: CacheConfig,
     pub limits: LimitsConfig,
     pub audit: Option<AuditConfig>,
+    /// Where each setting is written, for problems found after loading (assembly).
+    positions: Positions,
+}
+
+/// A setting of the configuration file, named by an error found after loading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting<'a> {
+    /// `[section] key` (the section itself when the key is not written).
+    Key(&'static str, &'static str),
+    /// The `[[source]]` with this name.
+    Source(&'a str),
+}
+
+/// `file:line:column` of the settings errors after loading can name.
+#[derive(Clone, Debug, Default)]
+struct Positions {
+    text_spans: std::collections::HashMap<(&'static str, &'static str), (usize, usize)>,
+    sources: Vec<(String, (usize, usize))>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +105,7 @@ impl Config {
             cache: CacheConfig::default(),
             limits: LimitsConfig::default(),
             audit: None,
+            positions: Positions::default(),
         };
         let mut spans = Spans::default();
         for (key, value) in root.get_ref().iter() {
@@ -118,13 +137,17 @@ impl Config {
                     spans.record("limits", value, &["max_references", "source_concurrency"]);
                     cfg.limits = d.section(value, &[]).unwrap_or_default();
                 }
-                "audit" => cfg.audit = d.section(value, &[]),
+                "audit" => {
+                    spans.record("audit", value, &["path", "hmac_key_file"]);
+                    cfg.audit = d.section(value, &[]);
+                }
                 "source" => cfg.sources = ConfigSections::sources(&mut d, value, &mut spans),
                 other => d.at(key.span(), format!("unknown key `{other}`")),
             }
         }
         cfg.resolve_paths(base);
         cfg.validate(&mut d, &spans);
+        cfg.positions = Positions::of(&cfg, &spans, text);
         if d.list.is_empty() {
             Ok(cfg)
         } else {
@@ -300,6 +323,54 @@ struct Spans {
     /// relational errors point at a setting involved instead of 1:1.
     keys: std::collections::HashMap<(&'static str, &'static str), Range<usize>>,
     sections: std::collections::HashMap<&'static str, Range<usize>>,
+}
+
+impl Positions {
+    fn of(cfg: &Config, spans: &Spans, text: &str) -> Self {
+        let line_col = |span: &Range<usize>| {
+            let d = crate::diag::diagnostic(Path::new(""), text, span.clone(), String::new());
+            (d.line, d.column)
+        };
+        let mut text_spans = std::collections::HashMap::new();
+        for (k, span) in &spans.keys {
+            text_spans.insert(*k, line_col(span));
+        }
+        for (section, span) in &spans.sections {
+            text_spans.insert((*section, ""), line_col(span));
+        }
+        let sources = cfg
+            .sources
+            .iter()
+            .zip(&spans.source_names)
+            .map(|(s, span)| (s.name().to_owned(), line_col(span)))
+            .collect();
+        Self {
+            text_spans,
+            sources,
+        }
+    }
+}
+
+impl Config {
+    /// A diagnostic at `setting` of this file (at 1:1 when it is not written there).
+    pub fn diagnostic(&self, setting: Setting<'_>, message: String) -> Diagnostic {
+        let p = &self.positions;
+        let (line, column) = match setting {
+            Setting::Key(section, key) => p
+                .text_spans
+                .get(&(section, key))
+                .or_else(|| p.text_spans.get(&(section, "")))
+                .copied(),
+            Setting::Source(name) => p.sources.iter().find(|(n, _)| n == name).map(|(_, at)| *at),
+        }
+        .unwrap_or((1, 1));
+        Diagnostic {
+            file: self.file.clone(),
+            line,
+            column,
+            message,
+        }
+    }
 }
 
 impl Spans {

@@ -313,7 +313,7 @@ fn known_sources(config: &keybroker::config::Config) -> keybroker::policy::Known
 fn check(path: &Path) -> Result<(), Failure> {
     let config = load_config(path)?;
     // What `serve` would refuse, `check` refuses: sources, TLS files, listener, audit folder.
-    App::build(&config, &Options::check(&config)).map_err(usage)?;
+    App::build(&config, &Options::check(&config)).map_err(|e| assembly(&config, &e))?;
     if let Some(dir) = &config.policies {
         let policy = keybroker::policy::load_checked(dir, &known_sources(&config))
             .map_err(|e| Failure::Usage(format!("invalid policies:\n{e}")))?;
@@ -563,7 +563,8 @@ async fn serve(
         dev,
         open_audit: true,
     };
-    let App { broker, state, tls } = App::build(&config, &options).map_err(usage)?;
+    let App { broker, state, tls } =
+        App::build(&config, &options).map_err(|e| assembly(&config, &e))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
@@ -597,8 +598,12 @@ async fn serve(
     Ok(())
 }
 
-fn usage(e: impl std::fmt::Display) -> Failure {
-    Failure::Usage(e.to_string())
+/// An assembly error, at the setting it is about.
+fn assembly(config: &Config, e: &keybroker::app::AppError) -> Failure {
+    match e.diagnostic(config) {
+        Some(d) => Failure::Usage(d.to_string()),
+        None => Failure::Usage(e.to_string()),
+    }
 }
 
 /// No core dumps (they would hold every cached secret) and no ptrace attach by other

@@ -377,5 +377,20 @@ fn check_refuses_what_serve_refuses() {
         assert_eq!(check_code, Some(2), "check, case {i}: {check_err}");
         assert!(serve_err.contains(why), "serve, case {i}: {serve_err}");
         assert!(check_err.contains(why), "check, case {i}: {check_err}");
+        // At the setting involved (none of them is on line 1), by both commands alike.
+        let at = |err: &str| {
+            let start = err.find(&format!("kb{i}.toml:"))?;
+            let rest = &err[start + format!("kb{i}.toml:").len()..];
+            let mut parts = rest.splitn(3, ':');
+            let line: usize = parts.next()?.parse().ok()?;
+            let column: usize = parts.next()?.parse().ok()?;
+            Some((line, column))
+        };
+        let place = at(&check_err);
+        assert!(
+            place.is_some_and(|(line, _)| line > 1),
+            "check, case {i}: no file:line:column of the setting: {check_err}"
+        );
+        assert_eq!(at(&serve_err), place, "serve, case {i}: {serve_err}");
     }
 }
