@@ -11,6 +11,12 @@
 //!   reads the backend refuses cost it nothing; other failures are never cached.
 //! - Capacity is by weight (bytes of names and values); a maintenance task runs moka's pending
 //!   work every second, so expired secrets are dropped — and zeroized — on time.
+//! - Refresh ahead: the first read of an entry during its TTL hands the caller a
+//!   [`RefreshAhead`] ticket (one per entry); the broker runs it, which re-reads the secret at a
+//!   jittered 75–90 % of the TTL, so a secret in use never misses (docs/DESIGN.md §15).
+//! - Change: every entry carries a digest of its content; a store whose digest differs from
+//!   the entry it replaces bumps [`SecretCache::subscribe`]'s generation, which wakes blocking
+//!   queries.
 //! - Authorization is not here: the broker decides every request before it asks the cache.
 //!
 //! **Invariant:** values are `Arc<CheckedSecret>`; the last reference dropping wipes them.
@@ -38,6 +44,17 @@ pub struct Fetched {
     pub secret: Arc<CheckedSecret>,
     /// Served past its TTL because the source is unavailable.
     pub stale: bool,
+    /// Set for the first read of a fresh entry: the caller should run it (in the background).
+    pub refresh: Option<RefreshAhead>,
+}
+
+/// A refresh of one entry, due at a jittered point before its TTL ends. Running it after the
+/// entry was replaced, purged or evicted does nothing.
+#[derive(Clone, Debug)]
+pub struct RefreshAhead {
+    key: CacheKey,
+    entry: Weak<Entry>,
+    at: Clock,
 }
 
 #[derive(Debug)]
@@ -46,6 +63,12 @@ struct Entry {
     secret: Result<Arc<CheckedSecret>, SourceError>,
     fetched: Clock,
     fresh_for: Duration,
+    /// SHA-256 of what a reader would see (fields and values, rejected fields, version).
+    digest: [u8; 32],
+    /// When (after `fetched`) the refresh ahead is due.
+    refresh_after: Duration,
+    /// Whether a [`RefreshAhead`] was handed out for this entry.
+    claimed: std::sync::atomic::AtomicBool,
 }
 
 impl Entry {
@@ -58,10 +81,67 @@ impl Entry {
             Ok(s) => Ok(Fetched {
                 secret: Arc::clone(s),
                 stale,
+                refresh: None,
             }),
             Err(e) => Err(e.clone()),
         }
     }
+
+    /// A fresh answer; the first one of a found entry carries its refresh ticket.
+    fn answer_fresh(self: &Arc<Self>, key: &CacheKey) -> Result<Fetched, SourceError> {
+        let mut fetched = self.answer(false)?;
+        if !self
+            .claimed
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            fetched.refresh = Some(RefreshAhead {
+                key: key.clone(),
+                entry: Arc::downgrade(self),
+                at: self.fetched + self.refresh_after,
+            });
+        }
+        Ok(fetched)
+    }
+}
+
+/// What a reader of `secret` would see, hashed. The hasher's state is wiped on drop.
+fn digest(secret: &Result<CheckedSecret, SourceError>) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    match secret {
+        Ok(s) => {
+            h.update(b"found");
+            h.update(s.secret.meta().version.unwrap_or(0).to_be_bytes());
+            let mut fields: Vec<(&str, &secrecy::SecretString)> = s.secret.fields().collect();
+            fields.sort_unstable_by_key(|(k, _)| *k);
+            for (k, v) in fields {
+                let v = v.expose_secret().as_bytes();
+                h.update((k.len() as u64).to_be_bytes());
+                h.update(k.as_bytes());
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(v);
+            }
+            for k in s.rejected.keys() {
+                h.update(b"rejected");
+                h.update((k.len() as u64).to_be_bytes());
+                h.update(k.as_bytes());
+            }
+        }
+        Err(e) => h.update(format!("error {e:?}").as_bytes()),
+    }
+    h.finalize().into()
+}
+
+/// A point between 75 % and 90 % of `fresh_for`, at random, so that entries read at the same
+/// moment are not refreshed at the same moment.
+fn refresh_point(fresh_for: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = if getrandom::fill(&mut b).is_ok() {
+        f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+    } else {
+        0.5
+    };
+    fresh_for.mul_f64(0.75 + 0.15 * r)
 }
 
 struct Lifetime {
@@ -105,6 +185,8 @@ pub struct SecretCache {
     negative_ttl: Duration,
     /// Refreshes of stale entries in flight, one per key.
     refreshing: Arc<std::sync::Mutex<std::collections::HashMap<CacheKey, Refresh>>>,
+    /// Bumped whenever an entry is replaced by different content.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for SecretCache {
@@ -141,6 +223,46 @@ impl SecretCache {
             ttl: cfg.ttl.0,
             negative_ttl: cfg.negative_ttl.0,
             refreshing: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// A receiver whose value changes whenever some entry's content changed (or
+    /// [`SecretCache::announce_change`] was called).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Wakes every subscriber (e.g. after a policy reload, which can change answers).
+    pub fn announce_change(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Runs a refresh ticket: waits until it is due, then — if its entry is still the one
+    /// in the cache — reads the secret again with `fetch` and stores it. A failed read leaves
+    /// the entry as it is (the TTL path will try again, with stale-if-error).
+    pub async fn refresh_ahead<F, Fut>(&self, ticket: RefreshAhead, fetch: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CheckedSecret, SourceError>>,
+    {
+        tokio::time::sleep_until(ticket.at).await;
+        let Some(entry) = ticket.entry.upgrade() else {
+            return;
+        };
+        let current = self.inner.get(&ticket.key).await;
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, &entry)) {
+            return;
+        }
+        drop(entry);
+        match fetch().await {
+            Ok(secret) => {
+                self.store(ticket.key, Ok(secret)).await;
+            }
+            Err(e @ (SourceError::NotFound | SourceError::Denied)) => {
+                self.store(ticket.key, Err(e)).await;
+            }
+            Err(e) => tracing::debug!(reason = %e, "refresh ahead failed; the entry stands"),
         }
     }
 
@@ -157,7 +279,7 @@ impl SecretCache {
     {
         if let Some(entry) = self.inner.get(&key).await {
             if entry.fresh() {
-                return entry.answer(false);
+                return entry.answer_fresh(&key);
             }
             return self.refresh(key, entry, fetch).await;
         }
@@ -170,10 +292,10 @@ impl SecretCache {
         };
         let entry = self
             .inner
-            .try_get_with(key, init)
+            .try_get_with(key.clone(), init)
             .await
             .map_err(|e: Arc<SourceError>| (*e).clone())?;
-        entry.answer(false)
+        entry.answer_fresh(&key)
     }
 
     /// A stale entry's refresh: one `fetch` for all concurrent callers of `key`.
@@ -226,15 +348,24 @@ impl SecretCache {
             Err(_) => self.negative_ttl,
         };
         Arc::new(Entry {
+            digest: digest(&secret),
             secret: secret.map(Arc::new),
             fetched: Clock::now(),
             fresh_for,
+            refresh_after: refresh_point(fresh_for),
+            claimed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
+    /// Replaces `key`'s entry; announces a change when the content differs from the entry
+    /// replaced.
     async fn store(&self, key: CacheKey, secret: Result<CheckedSecret, SourceError>) -> Arc<Entry> {
         let entry = self.entry(secret);
+        let previous = self.inner.get(&key).await;
         self.inner.insert(key, Arc::clone(&entry)).await;
+        if previous.is_some_and(|p| p.digest != entry.digest) {
+            self.announce_change();
+        }
         entry
     }
 
@@ -349,6 +480,75 @@ mod tests {
             assert_eq!(value(&t.await.unwrap().unwrap()), "x");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// The first read hands out one ticket; run, it re-reads before the TTL ends, so the next
+    /// read after the TTL would have ended is still a fresh hit with the new content, and the
+    /// change is announced. Without content change, nothing is announced.
+    #[tokio::test(start_paused = true)]
+    async fn refresh_ahead_keeps_a_used_entry_fresh_and_announces_changes() {
+        let cache = SecretCache::new(&cfg(1000, 0));
+        let mut changes = cache.subscribe();
+        let first = cache
+            .get_or_fetch(key("a"), || async { Ok(checked("v1")) })
+            .await
+            .unwrap();
+        let ticket = first
+            .refresh
+            .clone()
+            .expect("the first read carries the ticket");
+        let second = cache
+            .get_or_fetch(key("a"), || async { Ok(checked("no")) })
+            .await
+            .unwrap();
+        assert!(second.refresh.is_none(), "one ticket per entry");
+        let started = Clock::now();
+        cache
+            .refresh_ahead(ticket, || async { Ok(checked("v2")) })
+            .await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(750) && waited <= Duration::from_millis(900),
+            "due at 75–90 % of the TTL, was {waited:?}"
+        );
+        assert!(changes.has_changed().unwrap(), "new content announced");
+        changes.mark_unchanged();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        let after = cache
+            .get_or_fetch(key("a"), || async {
+                Err(SourceError::Unavailable(Outage::Unreachable))
+            })
+            .await
+            .unwrap();
+        assert_eq!(value(&after), "v2");
+        assert!(!after.stale);
+        // The same content again: no announcement.
+        let ticket = after.refresh.expect("the new entry's ticket");
+        cache
+            .refresh_ahead(ticket, || async { Ok(checked("v2")) })
+            .await;
+        assert!(!changes.has_changed().unwrap());
+    }
+
+    /// A ticket whose entry was purged in the meantime does not bring it back.
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_ahead_of_a_purged_entry_does_nothing() {
+        let cache = SecretCache::new(&cfg(1000, 0));
+        let first = cache
+            .get_or_fetch(key("a"), || async { Ok(checked("v1")) })
+            .await
+            .unwrap();
+        cache.purge("s", &[]);
+        cache.maintain().await;
+        let calls = AtomicUsize::new(0);
+        cache
+            .refresh_ahead(first.refresh.unwrap(), || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok(checked("v2"))
+            })
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(cache.entry_count(), 0);
     }
 
     #[tokio::test(start_paused = true)]

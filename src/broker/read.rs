@@ -39,53 +39,87 @@ impl Broker {
     }
 
     /// One read through the cache: on a miss, the source (with retries), then the PEM stage.
+    /// The first read of a fresh entry also starts its refresh ahead, in the background.
     pub(crate) fn read_one(
         &self,
         key: ReadKey,
     ) -> impl std::future::Future<Output = Result<Fetched, SourceError>> + Send + 'static {
-        // `plan` only hands out keys of configured sources.
-        let entry = &self.sources[&key.0];
-        let source = Arc::clone(&entry.source);
-        let breaker = Arc::clone(&entry.breaker);
-        let in_flight = Arc::clone(&entry.in_flight);
+        let fetch = self.fetcher(&key);
         let cache = Arc::clone(&self.cache);
         let metrics = Arc::clone(&self.metrics);
-        let options = pem::Options {
-            mode: entry.pem,
-            ..pem::Options::default()
-        };
         async move {
-            let request = key.1.clone();
-            let name = key.0.clone();
             let missed = std::sync::atomic::AtomicBool::new(false);
-            let fetch = || async {
-                missed.store(true, std::sync::atomic::Ordering::Relaxed);
-                let started = Instant::now();
-                // Each attempt holds a permit only while it talks to the source.
-                let attempt = || async {
-                    let _permit = in_flight.acquire().await;
-                    source.read(&request).await
-                };
-                let read = breaker
-                    .call(|| with_retries(RETRY_ATTEMPTS, RETRY_BASE, attempt))
-                    .await;
-                let outcome = match &read {
-                    Ok(_) => "ok",
-                    Err(e) => source_reason(e).code(),
-                };
-                metrics.source_read(&name, outcome, started.elapsed());
-                let checked = pem::check_secret(&read?, &options);
-                for (_, kinds) in &checked.repaired {
-                    for k in kinds {
-                        metrics.repaired(k.code());
-                    }
-                }
-                Ok(checked)
-            };
-            let fetched = cache.get_or_fetch(key, fetch).await;
+            let ahead = fetch.clone();
+            let fetched = cache
+                .get_or_fetch(key, || {
+                    missed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    fetch.run()
+                })
+                .await;
             metrics.cache(!missed.load(std::sync::atomic::Ordering::Relaxed));
+            if let Some(ticket) = fetched.as_ref().ok().and_then(|f| f.refresh.clone()) {
+                tokio::spawn(async move { cache.refresh_ahead(ticket, || ahead.run()).await });
+            }
             fetched
         }
+    }
+
+    /// What reads `key` from its source: owned, so a refresh ahead can run it later.
+    fn fetcher(&self, key: &ReadKey) -> Fetch {
+        // `plan` only hands out keys of configured sources.
+        let entry = &self.sources[&key.0];
+        Fetch {
+            name: key.0.clone(),
+            request: key.1.clone(),
+            source: Arc::clone(&entry.source),
+            breaker: Arc::clone(&entry.breaker),
+            in_flight: Arc::clone(&entry.in_flight),
+            metrics: Arc::clone(&self.metrics),
+            options: pem::Options {
+                mode: entry.pem,
+                ..pem::Options::default()
+            },
+        }
+    }
+}
+
+/// One source read and its PEM stage, with what it needs.
+#[derive(Clone)]
+struct Fetch {
+    name: String,
+    request: crate::source::ReadRequest,
+    source: Arc<dyn crate::source::SecretSource>,
+    breaker: Arc<crate::resilience::CircuitBreaker>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<crate::metrics::Metrics>,
+    options: pem::Options,
+}
+
+impl Fetch {
+    async fn run(self) -> Result<pem::CheckedSecret, SourceError> {
+        let started = Instant::now();
+        // Each attempt holds a permit only while it talks to the source.
+        let attempt = || async {
+            let _permit = self.in_flight.acquire().await;
+            self.source.read(&self.request).await
+        };
+        let read = self
+            .breaker
+            .call(|| with_retries(RETRY_ATTEMPTS, RETRY_BASE, attempt))
+            .await;
+        let outcome = match &read {
+            Ok(_) => "ok",
+            Err(e) => source_reason(e).code(),
+        };
+        self.metrics
+            .source_read(&self.name, outcome, started.elapsed());
+        let checked = pem::check_secret(&read?, &self.options);
+        for (_, kinds) in &checked.repaired {
+            for k in kinds {
+                self.metrics.repaired(k.code());
+            }
+        }
+        Ok(checked)
     }
 }
 
