@@ -54,6 +54,8 @@ pub enum AppError {
     Tls(#[from] TlsSetupError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    EtagKey(#[from] crate::api::change::EtagKeyError),
     #[error("[audit] path {path}: the folder {folder} does not exist")]
     AuditFolder { path: PathBuf, folder: PathBuf },
 }
@@ -99,6 +101,7 @@ impl AppError {
                 | BuildError::FileSource { name, .. },
             ) => source(name),
             Self::Build(BuildError::Policy(_)) => None,
+            Self::EtagKey(_) => Some(Setting::Key("server", "etag_key_file")),
         }
     }
 
@@ -139,7 +142,10 @@ impl App {
             Broker::from_config(&without_audit)?
         };
         let broker = Arc::new(broker);
-        let state = AppState::new(Arc::clone(&broker)).with_server(&config.server, verifier)?;
+        let mut state = AppState::new(Arc::clone(&broker)).with_server(&config.server, verifier)?;
+        if let Some(path) = &config.server.etag_key_file {
+            state = state.with_etag_key(crate::api::change::EtagKey::from_file(path)?);
+        }
         Ok(Self { broker, state, tls })
     }
 

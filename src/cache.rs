@@ -380,6 +380,11 @@ impl SecretCache {
         });
     }
 
+    /// The fresh-for of entries whose source gave no TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.inner.entry_count()
     }

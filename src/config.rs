@@ -128,6 +128,7 @@ impl Config {
                             "tls_key",
                             "client_ca",
                             "client_cert_header",
+                            "etag_key_file",
                         ],
                     );
                     cfg.server = d.section(value, &[]).unwrap_or_default();
@@ -192,6 +193,7 @@ impl Config {
         fix_opt(&mut self.server.tls_cert);
         fix_opt(&mut self.server.tls_key);
         fix_opt(&mut self.server.client_ca);
+        fix_opt(&mut self.server.etag_key_file);
         for s in &mut self.sources {
             match s {
                 SourceConfig::Vault(v) => {

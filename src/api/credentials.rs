@@ -4,13 +4,14 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{ApiError, AppState, destination, json_response, parse_body, secret_response};
+use super::change::{self, Conditional, Tagged};
+use super::{ApiError, AppState, destination, json_response, parse_body};
 use crate::broker::Caller;
 use crate::policy::CredentialMode;
 use crate::secret::SecretBuf;
@@ -26,15 +27,6 @@ pub(super) async fn list(
     ))
 }
 
-pub(super) async fn info(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    let info = state.broker.credential_info(&caller, &name).await?;
-    Ok(json_response(StatusCode::OK, &info))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MaterialBody {
@@ -42,19 +34,63 @@ struct MaterialBody {
     host: Option<String>,
 }
 
+pub(super) async fn info(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let info = state.broker.credential_info(&caller, &name).await?;
+    let mut response = json_response(StatusCode::OK, &info);
+    let body = serde_json::to_vec(&info).unwrap_or_default();
+    let etag = state.etag.tag([b"info".as_slice(), &body]);
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
 pub(super) async fn material(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let cond = Conditional::parse(&headers, query.as_deref())?;
     let body: MaterialBody = if body.is_empty() {
         MaterialBody { host: None }
     } else {
         parse_body(&body, "{\"host\": \"…\"}")?
     };
     let host = destination(body.host.as_deref())?;
-    let material = state.broker.material(&caller, &name, host.as_ref()).await?;
+    let (caller, name, host) = (&caller, name.as_str(), host.as_ref());
+    let state = &*state;
+    change::answer(
+        state.broker.changes(),
+        &cond,
+        state.recheck(),
+        || async move {
+            let material = state.broker.material(caller, name, host).await?;
+            Ok(material_answer(&state.etag, material))
+        },
+    )
+    .await
+}
+
+/// The material as JSON in a zeroizing buffer, tagged by its values (not its metadata,
+/// which holds e.g. days left).
+fn material_answer(key: &change::EtagKey, material: crate::broker::Material) -> Tagged {
+    let etag = key.tag(
+        [b"material".as_slice(), material.credential.as_bytes()]
+            .into_iter()
+            .chain(
+                material
+                    .values
+                    .iter()
+                    .flat_map(|(k, v)| [k.as_bytes(), v.expose_secret().as_bytes()]),
+            ),
+    );
 
     let size: usize = material
         .values
@@ -82,5 +118,5 @@ pub(super) async fn material(
         .expect("metadata serializes into a buffer that cannot fail");
     out.push_str("}");
     drop(material);
-    Ok(secret_response(out))
+    Tagged { etag, body: out }
 }

@@ -6,6 +6,7 @@
 //! **Boundary:** the API decides nothing about secrets; it calls [`crate::broker`].
 
 mod admin;
+pub mod change;
 mod credentials;
 mod error;
 pub mod listen;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     pub auth: Authenticator,
     pub request_timeout: Duration,
+    /// The key of answers' ETags.
+    pub etag: change::EtagKey,
 }
 
 impl AppState {
@@ -64,7 +67,20 @@ impl AppState {
             broker,
             auth: Authenticator::default(),
             request_timeout: Duration::from_secs(30),
+            etag: change::EtagKey::random(),
         }
+    }
+
+    /// Tags answers with `key` (`[server] etag_key_file`).
+    pub fn with_etag_key(mut self, key: change::EtagKey) -> Self {
+        self.etag = key;
+        self
+    }
+
+    /// How often a blocking query asks again without a change announcement: often enough
+    /// that the entries it reads are used in every TTL (and so refreshed ahead).
+    fn recheck(&self) -> Duration {
+        (self.broker.cache_ttl() / 2).clamp(Duration::from_millis(250), Duration::from_secs(30))
     }
 
     /// Accepts `token` as the operator (`serve --dev`).
@@ -209,7 +225,13 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .get::<MatchedPath>()
         .and_then(|m| ROUTES.iter().find(|(_, p)| *p == m.as_str()))
         .map_or("other", |(_, p)| *p);
-    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+    // A blocking query may take its `wait` beyond the request timeout.
+    let wait = change::wait(request.uri().query())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let response = match tokio::time::timeout(state.request_timeout + wait, next.run(request)).await
+    {
         Ok(r) => r,
         Err(_) => ApiError::Timeout.into_response(),
     };

@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ApiError, AppState, destination, parse_body, secret_response};
+use super::change::{self, Conditional, Tagged};
+use super::{ApiError, AppState, destination, parse_body};
 use crate::broker::{Caller, Document};
 use crate::reference::{DocumentError, Format, Layout};
 use crate::secret::SecretBuf;
@@ -32,8 +34,11 @@ fn json_format() -> Format {
 pub(super) async fn resolve(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let cond = Conditional::parse(&headers, query.as_deref())?;
     let body: ResolveBody = parse_body(
         &body,
         "{\"document\": …, \"format\": \"json\"|\"yaml\"|\"text\", \"host\": …}",
@@ -44,11 +49,39 @@ pub(super) async fn resolve(
         (format, Value::String(text)) => Document::Text { format, text },
         _ => return Err(ApiError::Resolve(DocumentError::WrongShape.into())),
     };
-    let resolution = state
-        .broker
-        .resolve(&caller, document, Layout::Compact, host.as_ref())
-        .await?;
+    let (caller, host, state) = (&caller, host.as_ref(), &*state);
+    // A blocking query asks again with the same document; only then is it copied.
+    let mut once = Some(document);
+    let copy = |d: &Document| match d {
+        Document::JsonValue(v) => Document::JsonValue(v.clone()),
+        Document::Text { format, text } => Document::Text {
+            format: *format,
+            text: text.clone(),
+        },
+    };
+    let template = (cond.wait() > std::time::Duration::ZERO).then(|| once.as_ref().map(copy));
+    let template = template.flatten();
+    change::answer(state.broker.changes(), &cond, state.recheck(), || {
+        let document = once.take().or_else(|| template.as_ref().map(copy));
+        async move {
+            let document = document.ok_or(ApiError::Timeout)?;
+            let resolution = state
+                .broker
+                .resolve(caller, document, Layout::Compact, host)
+                .await?;
+            Ok(resolution_answer(&state.etag, resolution))
+        }
+    })
+    .await
+}
 
+/// The expansion as JSON in a zeroizing buffer, tagged by the expanded document.
+fn resolution_answer(key: &change::EtagKey, resolution: crate::broker::Resolution) -> Tagged {
+    let etag = key.tag([
+        b"resolve".as_slice(),
+        format_code(resolution.format),
+        resolution.document.as_bytes(),
+    ]);
     let doc = resolution.document.as_bytes();
     let mut out = SecretBuf::with_capacity(doc.len() + doc.len() / 8 + 256);
     out.push_str("{\"document\":");
@@ -65,5 +98,13 @@ pub(super) async fn resolve(
         .expect("metadata serializes into a buffer that cannot fail");
     out.push_str("}");
     drop(resolution);
-    Ok(secret_response(out))
+    Tagged { etag, body: out }
+}
+
+fn format_code(f: Format) -> &'static [u8] {
+    match f {
+        Format::Json => b"json",
+        Format::Yaml => b"yaml",
+        Format::Text => b"text",
+    }
 }

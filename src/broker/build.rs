@@ -158,6 +158,17 @@ impl Broker {
         self
     }
 
+    /// The fresh-for of cached secrets without a TTL of their own (`[cache] ttl`).
+    pub fn cache_ttl(&self) -> std::time::Duration {
+        self.cache.ttl()
+    }
+
+    /// Changes whenever a cached secret's content changed or the policy was reloaded: what
+    /// blocking queries wait on.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.cache.subscribe()
+    }
+
     /// The policy snapshot in force now.
     pub fn policy(&self) -> Arc<Snapshot> {
         self.policy.load_full()

@@ -38,6 +38,8 @@ impl Broker {
                 let summary = PolicySummary::of(&policy);
                 self.policy.store(Arc::new(Snapshot::new(policy)));
                 self.metrics.reload(ReloadOutcome::Ok);
+                // Answers may differ under the new policy: blocking queries ask again.
+                self.cache.announce_change();
                 tracing::info!(
                     consumers = summary.consumers,
                     credentials = summary.credentials,

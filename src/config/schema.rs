@@ -27,6 +27,9 @@ pub struct ServerConfig {
     /// A request (body read, decision, source reads) that takes longer is answered 503.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
+    /// The key of answers' ETags, shared by replicas so they tag the same content alike
+    /// (random per process when absent).
+    pub etag_key_file: Option<PathBuf>,
 }
 
 fn default_request_timeout() -> Dur {
@@ -44,6 +47,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             client_cert_header: None,
             request_timeout: default_request_timeout(),
+            etag_key_file: None,
         }
     }
 }

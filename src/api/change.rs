@@ -1,0 +1,258 @@
+//! Change detection for answers that carry material (docs/DESIGN.md §15): a keyed `ETag`,
+//! `If-None-Match` → 304, and `?wait=` blocking queries that hold a request until the answer
+//! changes. A waiter is a parked task (no thread): it wakes when the cache announces changed
+//! content, or to re-read at an interval so the entries it depends on stay in use (and so
+//! refreshed ahead of their TTL), or when its wait ends.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use zeroize::Zeroizing;
+
+use super::ApiError;
+use crate::secret::SecretBuf;
+
+/// The longest `?wait=` accepted.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// The key of ETags. Keyed, so an ETag never lets anyone test a guess of a value.
+pub struct EtagKey(Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for EtagKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EtagKey([redacted])")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtagKeyError {
+    #[error("cannot read the ETag key {0}: {1}")]
+    Read(std::path::PathBuf, std::io::Error),
+    #[error("the ETag key {0} must hold at least 16 bytes")]
+    Short(std::path::PathBuf),
+}
+
+impl EtagKey {
+    /// A fresh random key (ETags then differ between processes).
+    pub fn random() -> Self {
+        let mut key = Zeroizing::new(vec![0u8; 32]);
+        // Without an OS random source no key can be made safely.
+        getrandom::fill(&mut key).expect("the OS random number generator is available");
+        Self(key)
+    }
+
+    /// The key in `path` (its bytes, trailing whitespace ignored), for replicas to share.
+    pub fn from_file(path: &Path) -> Result<Self, EtagKeyError> {
+        let mut bytes = Zeroizing::new(
+            std::fs::read(path).map_err(|e| EtagKeyError::Read(path.to_owned(), e))?,
+        );
+        while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+            bytes.pop();
+        }
+        if bytes.len() < 16 {
+            return Err(EtagKeyError::Short(path.to_owned()));
+        }
+        Ok(Self(bytes))
+    }
+
+    /// `"kb1-" + base64url(HMAC-SHA256(key, parts))`, 22 characters of it, quoted. Each part
+    /// is length-prefixed, so different splits of the same bytes tag differently.
+    pub fn tag<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
+        for p in parts {
+            mac.update(&(p.len() as u64).to_be_bytes());
+            mac.update(p);
+        }
+        let digest = mac.finalize().into_bytes();
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+        format!("\"kb1-{}\"", &text[..22])
+    }
+}
+
+/// What a request asks about change: the ETags it holds and how long it will wait.
+#[derive(Debug, Default)]
+pub struct Conditional {
+    /// `None`: no `If-None-Match`. `Some(empty)` never matches.
+    if_none_match: Option<Vec<String>>,
+    any: bool,
+    wait: Option<Duration>,
+}
+
+impl Conditional {
+    /// From the request's `If-None-Match` headers and its query (`wait=30s`, nothing else).
+    pub fn parse(headers: &HeaderMap, query: Option<&str>) -> Result<Self, ApiError> {
+        let mut tags = None::<Vec<String>>;
+        let mut any = false;
+        for value in headers.get_all(header::IF_NONE_MATCH) {
+            let text = value
+                .to_str()
+                .map_err(|_| bad("invalid_if_none_match", "If-None-Match is not ASCII"))?;
+            let list = tags.get_or_insert_with(Vec::new);
+            for t in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if t == "*" {
+                    any = true;
+                } else {
+                    // Weak comparison: `W/"x"` matches `"x"`.
+                    list.push(t.trim_start_matches("W/").to_owned());
+                }
+                if list.len() > 64 {
+                    return Err(bad(
+                        "invalid_if_none_match",
+                        "more than 64 ETags in If-None-Match",
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            if_none_match: tags,
+            any,
+            wait: wait(query)?,
+        })
+    }
+
+    fn matches(&self, etag: &str) -> bool {
+        self.any
+            || self
+                .if_none_match
+                .as_ref()
+                .is_some_and(|l| l.iter().any(|t| t == etag))
+    }
+
+    /// How long a request may take beyond the server's `request_timeout`.
+    pub fn wait(&self) -> Duration {
+        if self.if_none_match.is_some() {
+            self.wait.unwrap_or_default()
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// The `wait` of a query (`30s`, `2m`; at most [`MAX_WAIT`]); other parameters are refused.
+pub fn wait(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let mut found = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "wait" || found.is_some() {
+            return Err(bad(
+                "invalid_query",
+                "the only query parameter is one `wait`",
+            ));
+        }
+        let d = humantime::parse_duration(v)
+            .map_err(|_| bad("invalid_wait", "wait is a duration such as 30s or 5m"))?;
+        if d > MAX_WAIT {
+            return Err(bad("invalid_wait", "wait is at most 300s"));
+        }
+        found = Some(d);
+    }
+    Ok(found)
+}
+
+fn bad(code: &'static str, message: &str) -> ApiError {
+    ApiError::BadRequest {
+        code,
+        message: message.to_owned(),
+    }
+}
+
+/// An answer and its ETag.
+#[derive(Debug)]
+pub struct Tagged {
+    pub etag: String,
+    pub body: SecretBuf,
+}
+
+/// Answers `cond` with what `answer` makes: the answer (200, with its ETag) when its ETag is
+/// not one the caller holds; else, without `wait`, 304; with `wait`, the request is held and
+/// `answer` asked again on each change (and every `recheck`) until its ETag differs (200) or
+/// the wait ends (304). Each asking is a full request — decided and audited again, so a
+/// policy change during the wait applies.
+pub async fn answer<F, Fut>(
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    cond: &Conditional,
+    recheck: Duration,
+    mut answer: F,
+) -> Result<Response, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Tagged, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + cond.wait();
+    loop {
+        changes.mark_unchanged();
+        let tagged = answer().await?;
+        if !cond.matches(&tagged.etag) {
+            return Ok(with_etag(super::secret_response(tagged.body), &tagged.etag));
+        }
+        let etag = tagged.etag;
+        drop(tagged.body);
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(not_modified(&etag));
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(recheck) => {}
+            () = tokio::time::sleep_until(deadline) => return Ok(not_modified(&etag)),
+        }
+    }
+}
+
+fn with_etag(mut response: Response, etag: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+fn not_modified(etag: &str) -> Response {
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    with_etag(response, etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_keyed_short_and_split_aware() {
+        let a = EtagKey::random();
+        let b = EtagKey::random();
+        let t = a.tag([b"ab".as_slice(), b"c"]);
+        assert_eq!(t.len(), 2 + 4 + 22);
+        assert!(t.starts_with("\"kb1-"));
+        assert_eq!(t, a.tag([b"ab".as_slice(), b"c"]));
+        assert_ne!(t, a.tag([b"a".as_slice(), b"bc"]), "length-prefixed parts");
+        assert_ne!(t, b.tag([b"ab".as_slice(), b"c"]), "keyed");
+    }
+
+    #[test]
+    fn if_none_match_and_wait() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("W/\"x\", \"y\""),
+        );
+        let c = Conditional::parse(&h, Some("wait=30s")).unwrap();
+        assert!(c.matches("\"x\"") && c.matches("\"y\"") && !c.matches("\"z\""));
+        assert_eq!(c.wait(), Duration::from_secs(30));
+        assert!(Conditional::parse(&h, Some("wait=301s")).is_err());
+        assert!(Conditional::parse(&h, Some("wait=soon")).is_err());
+        assert!(Conditional::parse(&h, Some("wait=1s&wait=2s")).is_err());
+        assert!(Conditional::parse(&h, Some("other=1")).is_err());
+        // Without If-None-Match a wait holds nothing.
+        let c = Conditional::parse(&HeaderMap::new(), Some("wait=30s")).unwrap();
+        assert_eq!(c.wait(), Duration::ZERO);
+        assert!(!c.matches("\"x\""));
+    }
+}
