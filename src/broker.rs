@@ -16,6 +16,7 @@
 mod audit;
 mod build;
 mod credentials;
+mod expiry;
 mod ops;
 mod plan;
 mod read;
@@ -27,7 +28,7 @@ pub use credentials::{
     CredentialError, CredentialInfo, CredentialSummary, Material, MaterialMetadata, RoleError,
     RoleRepair,
 };
-pub use ops::{PolicySummary, ReloadError, SourceHealth};
+pub use ops::{PolicySummary, Readiness, ReloadError, SourceHealth};
 use read::source_reason;
 use resolve::{pick, repair_names};
 
@@ -170,6 +171,10 @@ pub struct Broker {
     limits: crate::config::LimitsConfig,
     /// Audit lines of failed authentications, per peer address.
     refusals: crate::audit::RefusalBudget,
+    expiry: crate::config::ExpiryConfig,
+    expiry_state: expiry::ExpiryState,
+    /// The server's own certificate file, for the expiry sweep.
+    server_cert: Option<PathBuf>,
 }
 
 /// One configured source and everything the broker keeps for it.
@@ -180,6 +185,8 @@ struct SourceEntry {
     pem: pem::Mode,
     /// Opens after repeated outages; `/readyz` reports it.
     breaker: Arc<CircuitBreaker>,
+    /// Whether the source answered once (start-up check or any read): `/readyz`.
+    answered: Arc<std::sync::atomic::AtomicBool>,
     /// Reads in flight, shared by every request (`[limits] source_concurrency`): one request's
     /// fan-out cannot flood a backend or take all of its connections.
     in_flight: Arc<tokio::sync::Semaphore>,

@@ -17,9 +17,9 @@ use toml::de::{DeTable, DeValue};
 pub use crate::diag::Diagnostic;
 use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
-    AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, FileSourceConfig,
-    FsyncPolicy, KvVersion, LimitsConfig, PemMode, ServerConfig, SourceConfig, SourceKind,
-    VaultAuth, VaultSourceConfig,
+    AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, ExpiryConfig,
+    FileSourceConfig, FsyncPolicy, KvVersion, LimitsConfig, PemMode, ServerConfig, SourceConfig,
+    SourceKind, VaultAuth, VaultSourceConfig,
 };
 
 /// The whole configuration, validated.
@@ -33,6 +33,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub sources: Vec<SourceConfig>,
     pub cache: CacheConfig,
+    pub expiry: ExpiryConfig,
     pub limits: LimitsConfig,
     pub audit: Option<AuditConfig>,
     /// Where each setting is written, for problems found after loading (assembly).
@@ -103,6 +104,7 @@ impl Config {
             server: ServerConfig::default(),
             sources: Vec::new(),
             cache: CacheConfig::default(),
+            expiry: ExpiryConfig::default(),
             limits: LimitsConfig::default(),
             audit: None,
             positions: Positions::default(),
@@ -134,6 +136,7 @@ impl Config {
                     cfg.server = d.section(value, &[]).unwrap_or_default();
                 }
                 "cache" => cfg.cache = d.section(value, &[]).unwrap_or_default(),
+                "expiry" => cfg.expiry = d.section(value, &[]).unwrap_or_default(),
                 "limits" => {
                     spans.record("limits", value, &["max_references", "source_concurrency"]);
                     cfg.limits = d.section(value, &[]).unwrap_or_default();

@@ -579,6 +579,10 @@ async fn serve(
         print_dev_banner(scheme, bound, &token, &path.with_file_name("document.json"));
     }
     spawn_reload_on_sighup(Arc::clone(&broker));
+    // Readiness: the trail proves writable, each source answers once; then expiry sweeps.
+    broker.audit_start().await;
+    broker.spawn_startup_checks();
+    broker.spawn_expiry_sweep();
     tracing::info!(
         %bound,
         tls = tls.is_some(),
@@ -647,7 +651,9 @@ fn spawn_reload_on_sighup(broker: Arc<Broker>) {
         };
         while hup.recv().await.is_some() {
             // The outcome is logged (and counted) by the broker.
-            let _ = broker.reload_policy();
+            if broker.reload_policy().is_ok() {
+                broker.sweep_expiry().await;
+            }
         }
     });
     #[cfg(not(unix))]

@@ -137,6 +137,7 @@ pub struct Metrics {
     repairs: Family<RepairLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     expiry: Family<ExpiryLabels, Gauge>,
+    source_up: Family<SourceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -152,6 +153,7 @@ impl Default for Metrics {
         let repairs = Family::default();
         let reloads = Family::default();
         let expiry = Family::default();
+        let source_up = Family::default();
         registry.register(
             "keybroker_requests",
             "Requests by route and decision",
@@ -187,8 +189,14 @@ impl Default for Metrics {
             "When a certificate keybroker knows expires (not_after, Unix seconds)",
             Family::clone(&expiry),
         );
+        registry.register(
+            "keybroker_source_available",
+            "1 while a source takes reads (circuit closed), 0 while its circuit is open",
+            Family::clone(&source_up),
+        );
         Self {
             registry,
+            source_up,
             requests,
             source_reads,
             source_latency,
@@ -244,6 +252,15 @@ impl Metrics {
 
     pub fn reload(&self, outcome: ReloadOutcome) {
         self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
+    }
+
+    /// Whether `source` takes reads (its circuit is closed).
+    pub fn source_available(&self, source: &str, available: bool) {
+        self.source_up
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .set(i64::from(available));
     }
 
     /// Sets when the certificate `name` of `kind` expires (Unix seconds).

@@ -14,8 +14,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use keybroker::api::{self, AppState};
-use keybroker::broker::Broker;
+use keybroker::api;
+use keybroker::app::App;
 use keybroker::config::Config;
 use support::pki::{Ca, Issued};
 
@@ -188,13 +188,15 @@ impl Server {
     async fn start(config: &Path) -> Self {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let config = Config::load(config).unwrap();
-        let verifier = api::listen::client_verifier(&config.server).unwrap();
-        let tls = api::listen::tls_acceptor(&config.server, verifier.clone()).unwrap();
+        // What `serve` assembles, as `serve` does.
+        let options = keybroker::app::Options {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            dev: false,
+            open_audit: true,
+        };
+        let App { broker, state, tls } = App::build(&config, &options).unwrap();
         assert!(tls.is_some());
-        let broker = Arc::new(Broker::from_config(&config).unwrap());
-        let state = AppState::new(broker)
-            .with_server(&config.server, verifier)
-            .unwrap();
+        broker.spawn_startup_checks();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -415,7 +417,7 @@ async fn client_certificates_decide_who_gets_mtls_material() {
     );
     assert!(
         metrics.contains(
-            "keybroker_certificate_expiry_timestamp_seconds{kind=\"credential\",name=\"partner-api\"}"
+            "keybroker_certificate_expiry_timestamp_seconds{kind=\"credential\",name=\"payments/partner-api\"}"
         ),
         "{metrics}"
     );

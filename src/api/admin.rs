@@ -32,6 +32,8 @@ pub(super) async fn reload(
         )
         .await?;
     let summary = result?;
+    // Objects that left the policy lose their expiry series; new ones get theirs.
+    state.broker.sweep_expiry().await;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "reloaded": true, "policy": summary }),

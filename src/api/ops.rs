@@ -16,22 +16,21 @@ pub(super) async fn healthz() -> impl IntoResponse {
     )
 }
 
-/// 200 when every source takes reads (no circuit open), else 503 with the sources listed.
+/// 200 when keybroker itself is ready (docs/DESIGN.md §15), else 503; the body says why and
+/// how each source is.
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let sources = state.broker.readiness();
-    let ready = sources.iter().all(|s| s.ready);
-    let status = if ready {
+    let readiness = state.broker.readiness();
+    let status = if readiness.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(
-        status,
-        &serde_json::json!({ "ready": ready, "sources": sources }),
-    )
+    json_response(status, &readiness)
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    // Brings the per-source availability gauges up to date.
+    let _ = state.broker.readiness();
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.broker.metrics().render(),

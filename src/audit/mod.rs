@@ -101,6 +101,15 @@ pub enum Action {
     /// A request whose caller could not be authenticated.
     #[serde(rename = "authenticate")]
     Authenticate,
+    /// keybroker started serving (also proves the trail writable, for `/readyz`).
+    #[serde(rename = "service.start")]
+    ServiceStart,
+    /// A certificate keybroker knows expires within `[expiry] warn_before`.
+    #[serde(rename = "certificate.expiring")]
+    CertificateExpiring,
+    /// A certificate keybroker knows has expired.
+    #[serde(rename = "certificate.expired")]
+    CertificateExpired,
 }
 
 /// How a decision ended (the line's `decision`).
@@ -112,6 +121,8 @@ pub enum Outcome {
     Denied,
     /// Allowed, but it could not be carried out (a source, a document, a limit).
     Failed,
+    /// Not a decision: an event keybroker reports (start, certificate expiry).
+    Notice,
 }
 
 /// Subjects listed in one audit line before the rest are only counted and digested.
@@ -147,6 +158,7 @@ pub struct Audit {
     fsync: FsyncPolicy,
     fail_closed: bool,
     path: PathBuf,
+    writable: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Audit {
@@ -210,6 +222,7 @@ impl Audit {
             fsync: cfg.fsync,
             fail_closed: cfg.fail_closed,
             path: cfg.path.clone(),
+            writable: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -253,8 +266,20 @@ impl Audit {
         }
     }
 
+    /// Whether the last write succeeded (true before the first): `/readyz` reports it.
+    pub fn writable(&self) -> bool {
+        self.writable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Appends one line and returns once it is written (and synced, by policy).
     pub async fn write(&self, record: &Record<'_>) -> Result<(), AuditError> {
+        let result = self.write_line(record).await;
+        self.writable
+            .store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    async fn write_line(&self, record: &Record<'_>) -> Result<(), AuditError> {
         let mut line = serde_json::to_vec(record).expect("an audit record serializes");
         line.push(b'\n');
         let jobs = match &self.writer {

@@ -74,6 +74,8 @@ impl Broker {
             }
         }
         broker.set_limits(config.limits.clone());
+        broker.expiry = config.expiry.clone();
+        broker.server_cert = config.server.tls_cert.clone();
         broker.cache = Arc::new(SecretCache::new(&config.cache));
         if tokio::runtime::Handle::try_current().is_ok() {
             broker.cache.spawn_maintenance();
@@ -106,6 +108,7 @@ impl Broker {
                     pem: pem::Mode::default(),
                     breaker: Arc::new(CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOL_DOWN)),
                     in_flight: semaphore(&limits),
+                    answered: Arc::default(),
                 };
                 (source.name().to_owned(), entry)
             })
@@ -121,6 +124,9 @@ impl Broker {
             ccp_source,
             limits,
             refusals: crate::audit::RefusalBudget::default(),
+            expiry: crate::config::ExpiryConfig::default(),
+            expiry_state: super::expiry::ExpiryState::default(),
+            server_cert: None,
         }
     }
 

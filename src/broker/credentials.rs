@@ -76,6 +76,9 @@ pub struct CredentialInfo {
     pub metadata: BTreeMap<String, String>,
     /// `ok`, or the reason code of the first value that could not be read.
     pub status: &'static str,
+    /// When the client certificate (mtls) expires, RFC 3339 (also in `certificate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
     /// Facts of the client certificate (mtls), e.g. `sha256`, `not_after`, `days_left`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<BlockFacts>,
@@ -123,7 +126,7 @@ fn summary(c: &Credential) -> CredentialSummary {
 }
 
 /// What one role of a credential resolved to.
-struct RoleValue {
+pub(super) struct RoleValue {
     role: &'static str,
     reference: Reference,
     fetched: Result<crate::cache::Fetched, Reason>,
@@ -179,6 +182,7 @@ impl Broker {
                     summary: summary(cred),
                     metadata: cred.metadata.clone(),
                     status,
+                    not_after: certificate.as_ref().and_then(|c| c.not_after.clone()),
                     certificate,
                     repairs,
                     stale,
@@ -292,7 +296,8 @@ impl Broker {
         let (repairs, stale, certificate) = facts(cred, &values);
         if let Some(at) = certificate.as_ref().and_then(|c| c.not_after_unix) {
             let kind = crate::metrics::ExpiryKind::Credential;
-            self.metrics.certificate_expiry(kind, &cred.name, at);
+            self.metrics
+                .certificate_expiry(kind, &super::expiry::credential_series(cred), at);
         }
         Ok(Material {
             credential: cred.name.clone(),
@@ -308,7 +313,7 @@ impl Broker {
 
     /// Reads every role of `cred` through the cache (no grant check: the credential decision
     /// covers its own references).
-    async fn read_roles(&self, cred: &Credential) -> Vec<RoleValue> {
+    pub(super) async fn read_roles(&self, cred: &Credential) -> Vec<RoleValue> {
         let mut out = Vec::new();
         for (role, reference) in &cred.values.by_role {
             let fetched = match self.read_key(reference) {
@@ -354,7 +359,10 @@ fn field_repaired(repaired: &[(String, Vec<RepairKind>)], reference: &Reference)
 }
 
 /// Repairs, staleness and the client certificate's facts of a credential's values.
-fn facts(cred: &Credential, values: &[RoleValue]) -> (Vec<RoleRepair>, bool, Option<BlockFacts>) {
+pub(super) fn facts(
+    cred: &Credential,
+    values: &[RoleValue],
+) -> (Vec<RoleRepair>, bool, Option<BlockFacts>) {
     let mut repairs = Vec::new();
     let mut stale = false;
     let mut certificate = None;

@@ -2,6 +2,8 @@
 //! readiness for `/readyz`, cache purge.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -24,8 +26,24 @@ pub enum ReloadError {
 pub struct SourceHealth {
     pub name: String,
     pub kind: crate::source::SourceKind,
-    /// False while the source's circuit breaker is open (repeated failures).
+    /// The source has answered at least once (its start-up check, or any read).
+    pub answered: bool,
+    /// False while the source's circuit breaker is open (repeated failures). Reported, not
+    /// counted against readiness: stale answers may still flow.
+    pub available: bool,
+}
+
+/// What `/readyz` answers (docs/DESIGN.md §15): ready when every source answered once, the
+/// policy is loaded and the audit trail was writable at its last write. A source failing
+/// later is only reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct Readiness {
     pub ready: bool,
+    /// Every source answered once.
+    pub started: bool,
+    pub policy_loaded: bool,
+    pub audit_writable: bool,
+    pub sources: Vec<SourceHealth>,
 }
 
 impl Broker {
@@ -55,19 +73,80 @@ impl Broker {
         }
     }
 
-    /// Each source and whether it is taking reads.
-    pub fn readiness(&self) -> Vec<SourceHealth> {
-        let mut all: Vec<SourceHealth> = self
+    /// Whether keybroker itself is ready, and each source's state.
+    pub fn readiness(&self) -> Readiness {
+        let mut sources: Vec<SourceHealth> = self
             .sources
             .values()
             .map(|e| SourceHealth {
                 name: e.source.name().to_owned(),
                 kind: e.source.kind(),
-                ready: !e.breaker.is_open(),
+                answered: e.answered.load(Ordering::Relaxed),
+                available: !e.breaker.is_open(),
             })
             .collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        sources.sort_by(|a, b| a.name.cmp(&b.name));
+        for s in &sources {
+            self.metrics.source_available(&s.name, s.available);
+        }
+        let started = sources.iter().all(|s| s.answered);
+        // The policy is loaded before the broker exists, and a bad reload keeps the old one.
+        let policy_loaded = true;
+        let audit_writable = self.audit.as_ref().is_none_or(|a| a.writable());
+        Readiness {
+            ready: started && policy_loaded && audit_writable,
+            started,
+            policy_loaded,
+            audit_writable,
+            sources,
+        }
+    }
+
+    /// Probes every source that has not answered yet, with growing pauses (1 s to 30 s),
+    /// until all have: what `/readyz` waits for at start.
+    pub fn spawn_startup_checks(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut pause = Duration::from_secs(1);
+            loop {
+                let Some(broker) = weak.upgrade() else { return };
+                let mut waiting = 0;
+                for e in broker.sources.values() {
+                    if e.answered.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    match e.source.probe().await {
+                        Ok(()) => {
+                            e.answered.store(true, Ordering::Relaxed);
+                            tracing::info!(source = e.source.name(), "source answered");
+                        }
+                        Err(why) => {
+                            waiting += 1;
+                            tracing::warn!(source = e.source.name(), %why, "source not answering yet");
+                        }
+                    }
+                }
+                drop(broker);
+                if waiting == 0 {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+
+    /// The start-of-service audit line (it also shows whether the trail is writable).
+    pub async fn audit_start(&self) {
+        let entry = super::AuditEntry::new(
+            crate::audit::Action::ServiceStart,
+            Some(&super::Caller::Operator),
+            crate::audit::Outcome::Notice,
+            "start",
+            std::time::Instant::now(),
+        );
+        // Refused or not, nothing is answered here; readiness reports it.
+        let _ = self.audit(entry).await;
     }
 
     /// Drops cached secrets of `source` under `prefix` (all of the source when empty).

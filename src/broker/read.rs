@@ -74,6 +74,7 @@ impl Broker {
             source: Arc::clone(&entry.source),
             breaker: Arc::clone(&entry.breaker),
             in_flight: Arc::clone(&entry.in_flight),
+            answered: Arc::clone(&entry.answered),
             metrics: Arc::clone(&self.metrics),
             options: pem::Options {
                 mode: entry.pem,
@@ -91,6 +92,7 @@ struct Fetch {
     source: Arc<dyn crate::source::SecretSource>,
     breaker: Arc<crate::resilience::CircuitBreaker>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    answered: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<crate::metrics::Metrics>,
     options: pem::Options,
 }
@@ -111,6 +113,10 @@ impl Fetch {
             Ok(_) => "ok",
             Err(e) => source_reason(e).code(),
         };
+        if read.as_ref().err().is_none_or(|e| !e.is_outage()) {
+            self.answered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.metrics
             .source_read(&self.name, outcome, started.elapsed());
         let checked = pem::check_secret(&read?, &self.options);

@@ -316,6 +316,35 @@ fn default_source_concurrency() -> usize {
     64
 }
 
+/// `[expiry]`: the certificate expiry sweep (docs/DESIGN.md §15).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiryConfig {
+    /// How often every certificate keybroker knows is looked at (also at start).
+    #[serde(default = "default_expiry_interval")]
+    pub interval: Dur,
+    /// A certificate that expires sooner than this is `certificate.expiring`.
+    #[serde(default = "default_warn_before")]
+    pub warn_before: Dur,
+}
+
+impl Default for ExpiryConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_expiry_interval(),
+            warn_before: default_warn_before(),
+        }
+    }
+}
+
+fn default_expiry_interval() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+
+fn default_warn_before() -> Dur {
+    Dur(Duration::from_secs(30 * 86_400))
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct CacheConfig {
     #[serde(default = "default_ttl")]

@@ -286,6 +286,26 @@ impl CcpSource {
 }
 
 impl SecretSource for CcpSource {
+    /// Any HTTP answer from the provider's web server over TLS: reachable. No query is made
+    /// (a query would be a password retrieval in CCP's own audit).
+    fn probe(&self) -> super::ProbeFuture<'_> {
+        Box::pin(async move {
+            let mut url = self.accounts.clone();
+            url.set_query(None);
+            match self.http.get(url).send().await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(cause = %super::http::causes(&e), "ccp not reachable");
+                    Err(SourceError::Unavailable(if e.is_timeout() {
+                        Outage::TimedOut
+                    } else {
+                        Outage::Unreachable
+                    }))
+                }
+            }
+        })
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -70,6 +70,20 @@ impl SecretSource for FileSource {
                 .unwrap_or(Err(SourceError::Unavailable(Outage::ReadTaskFailed)))
         })
     }
+
+    fn probe(&self) -> super::ProbeFuture<'_> {
+        let root = Arc::clone(&self.root);
+        Box::pin(async move {
+            let readable = tokio::task::spawn_blocking(move || std::fs::read_dir(&*root).is_ok())
+                .await
+                .unwrap_or(false);
+            if readable {
+                Ok(())
+            } else {
+                Err(SourceError::Unavailable(Outage::FileRoot))
+            }
+        })
+    }
 }
 
 fn read_blocking(root: &Path, name: &str, request: &ReadRequest) -> Result<Secret, SourceError> {

@@ -192,4 +192,9 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     fn kind(&self) -> SourceKind;
     fn read<'a>(&'a self, request: &'a ReadRequest) -> ReadFuture<'a>;
+    /// The start-up check `/readyz` waits for (docs/DESIGN.md §15): Vault logged in and
+    /// `sys/health` answered, CCP reachable over TLS, the file tree readable. Reads no secret.
+    fn probe(&self) -> ProbeFuture<'_>;
 }
+
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;

@@ -208,6 +208,17 @@ impl SecretSource for VaultSource {
         &self.name
     }
 
+    fn probe(&self) -> super::ProbeFuture<'_> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner.token().await?;
+            // 200 active, 429/472/473 standbys: answered. 501 uninitialized, 503 sealed: not.
+            let url = inner.url("sys/health?standbyok=true&perfstandbyok=true")?;
+            inner.call(reqwest::Method::GET, url, None, None).await?;
+            Ok(())
+        })
+    }
+
     fn kind(&self) -> SourceKind {
         SourceKind::Vault
     }

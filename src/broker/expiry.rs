@@ -1,0 +1,153 @@
+//! The certificate expiry sweep (docs/DESIGN.md §15): at start and every `[expiry]
+//! interval`, every certificate keybroker knows — each mtls credential's client certificate
+//! (read as the operator, through the cache), each consumer pin with `not_after`, each
+//! `issuer_ca`, the server's own certificate — becomes a series of
+//! `keybroker_certificate_expiry_timestamp_seconds{kind,name}`; series of objects that left
+//! the policy are removed. A certificate entering `warn_before`, or expiring, writes one audit
+//! event (`certificate.expiring`, `certificate.expired`) per change of state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use x509_parser::prelude::FromDer;
+
+use super::{AuditEntry, Broker};
+use crate::audit::{Action, Outcome};
+use crate::metrics::ExpiryKind;
+use crate::policy::{Credential, CredentialMode};
+
+/// Where a certificate stands against `warn_before`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Valid,
+    Expiring,
+    Expired,
+}
+
+/// What the last sweep saw, by series.
+#[derive(Debug, Default)]
+pub(super) struct ExpiryState(Mutex<HashMap<(ExpiryKind, String), Phase>>);
+
+/// The series name of a credential: team and name (names are unique only per team).
+pub(super) fn credential_series(cred: &Credential) -> String {
+    format!("{}/{}", cred.team, cred.name)
+}
+
+impl Broker {
+    /// One sweep; returns how many certificates it found.
+    pub async fn sweep_expiry(&self) -> usize {
+        let snapshot = self.policy();
+        let policy = snapshot.policy();
+        let mut found: Vec<(ExpiryKind, String, i64)> = Vec::new();
+        for cred in policy
+            .credentials
+            .iter()
+            .filter(|c| c.mode == CredentialMode::Mtls)
+        {
+            let values = self.read_roles(cred).await;
+            let (_, _, certificate) = super::credentials::facts(cred, &values);
+            if let Some(at) = certificate.and_then(|c| c.not_after_unix) {
+                found.push((ExpiryKind::Credential, credential_series(cred), at));
+            }
+        }
+        for c in &policy.consumers {
+            for (fp, not_after) in &c.cert_sha256 {
+                if let Some(at) = not_after.and_then(unix) {
+                    let name = format!("{}/{}", c.name, &hex::encode(fp)[..16]);
+                    found.push((ExpiryKind::ConsumerPin, name, at));
+                }
+            }
+            let earliest = c.issuer_certs.iter().filter_map(|der| not_after(der)).min();
+            if let Some(at) = earliest {
+                found.push((ExpiryKind::IssuerCa, c.name.clone(), at));
+            }
+        }
+        if let Some(at) = self.server_cert.as_deref().and_then(server_not_after) {
+            found.push((ExpiryKind::Server, "server".to_owned(), at));
+        }
+        let now = unix(SystemTime::now()).unwrap_or(0);
+        let warn = i64::try_from(self.expiry.warn_before.0.as_secs()).unwrap_or(i64::MAX);
+        let mut events = Vec::new();
+        {
+            let mut seen = self
+                .expiry_state
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut next = HashMap::new();
+            for (kind, name, at) in &found {
+                self.metrics.certificate_expiry(*kind, name, *at);
+                let phase = if *at <= now {
+                    Phase::Expired
+                } else if at.saturating_sub(now) <= warn {
+                    Phase::Expiring
+                } else {
+                    Phase::Valid
+                };
+                let before = seen.get(&(*kind, name.clone())).copied();
+                if phase != Phase::Valid && before != Some(phase) {
+                    events.push((phase, *kind, name.clone()));
+                }
+                next.insert((*kind, name.clone()), phase);
+            }
+            for (kind, name) in seen.keys() {
+                if !next.contains_key(&(*kind, name.clone())) {
+                    self.metrics.forget_certificate(*kind, name);
+                }
+            }
+            *seen = next;
+        }
+        for (phase, kind, name) in events {
+            let action = match phase {
+                Phase::Expired => Action::CertificateExpired,
+                _ => Action::CertificateExpiring,
+            };
+            tracing::warn!(kind = kind.code(), %name, expired = phase == Phase::Expired, "certificate expiry");
+            let reason = kind.code();
+            // An event, not a decision: a failing trail refuses nothing here.
+            let _ = self
+                .audit(AuditEntry {
+                    subjects: vec![format!("{reason}:{name}")],
+                    ..AuditEntry::new(action, None, Outcome::Notice, reason, Instant::now())
+                })
+                .await;
+        }
+        found.len()
+    }
+
+    /// Sweeps now and then every `[expiry] interval`, while the broker lives.
+    pub fn spawn_expiry_sweep(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = self.expiry.interval.0;
+        tokio::spawn(async move {
+            loop {
+                let Some(broker) = weak.upgrade() else { return };
+                broker.sweep_expiry().await;
+                drop(broker);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+}
+
+fn unix(t: SystemTime) -> Option<i64> {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+}
+
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// The first certificate of the server's PEM file (read at each sweep: it may be rotated).
+fn server_not_after(path: &std::path::Path) -> Option<i64> {
+    use rustls::pki_types::pem::PemObject;
+    let first = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .ok()?
+        .next()?
+        .ok()?;
+    not_after(first.as_ref())
+}
