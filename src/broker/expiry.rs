@@ -109,7 +109,13 @@ impl Broker {
             let _ = self
                 .audit(AuditEntry {
                     subjects: vec![format!("{reason}:{name}")],
-                    ..AuditEntry::new(action, None, Outcome::Notice, reason, Instant::now())
+                    ..AuditEntry::new(
+                        action,
+                        Some(&super::Caller::Operator),
+                        Outcome::Notice,
+                        reason,
+                        Instant::now(),
+                    )
                 })
                 .await;
         }

@@ -1,0 +1,593 @@
+//! Change and expiry (docs/DESIGN.md §15) against a real OpenBao and the real `keybroker serve`:
+//! ETags, 304, blocking queries woken by refresh-ahead, many waiters without threads, ETags
+//! shared by replicas, the expiry sweep and its series and events, and readiness.
+
+mod support {
+    pub mod openbao;
+    pub mod pki;
+    pub mod server;
+}
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use support::openbao::{OpenBao, free_port};
+use support::pki::Ca;
+use support::server::{Running, folder, token_sha256};
+
+const GW: &str = "gw-token";
+const OPS: &str = "ops-token";
+const HOST: &str = "api.partner.example";
+
+/// A client certificate and key for the credential, stored as a new KV version.
+fn put_certificate(bao: &OpenBao, ca: &Ca, name: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let issued = ca.client(dir.path(), name, &format!("{name}.partner.example"));
+    bao.cli(&[
+        "kv",
+        "put",
+        "-mount=secret",
+        "tls/partner",
+        &format!("cert={}", issued.cert_pem),
+        &format!("key={}", issued.key_pem),
+    ]);
+    issued.cert_pem
+}
+
+/// The policy: a gateway consumer (token), an admin, a pinned consumer whose pin expires, an
+/// issuer-ACL consumer, the mtls credential `partner-api` and (when `second`) `other-api`.
+fn write_policy(root: &Path, clients_ca: &Path, second: bool) {
+    let other = if second {
+        r#"
+[[credential]]
+name = "other-api"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["api.partner.example"]
+client_certificate = "$SECRET_vault:tls/partner $KEY_cert"
+client_private_key = "$SECRET_vault:tls/partner $KEY_key"
+"#
+    } else {
+        ""
+    };
+    let policy = format!(
+        r#"
+[[team]]
+slug = "payments"
+
+[[consumer]]
+name = "gw"
+team = "payments"
+token_sha256 = "{gw}"
+
+[[consumer]]
+name = "ops"
+team = "payments"
+token_sha256 = "{ops}"
+admin = true
+
+[[consumer]]
+name = "pinned"
+team = "payments"
+cert_sha256 = [{{ fingerprint = "{pin}", not_after = "2031-06-30T00:00:00Z" }}]
+
+[[consumer]]
+name = "workers"
+team = "payments"
+issuer_ca = {ca:?}
+subject = "CN=worker-*"
+
+[[grant]]
+team = "payments"
+source = "vault"
+paths = ["**"]
+allowed_hosts = ["api.partner.example"]
+
+[[credential]]
+name = "partner-api"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["api.partner.example"]
+client_certificate = "$SECRET_vault:tls/partner $KEY_cert"
+client_private_key = "$SECRET_vault:tls/partner $KEY_key"
+{other}"#,
+        gw = token_sha256(GW),
+        ops = token_sha256(OPS),
+        pin = "ab".repeat(32),
+        ca = clients_ca,
+    );
+    std::fs::write(root.join("policies/p.toml"), policy).unwrap();
+}
+
+struct Server {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    running: Running,
+}
+
+/// `serve` in a new folder against `vault` (an address), with `extra` TOML appended.
+async fn serve(vault: &str, extra: &str) -> Server {
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    let clients = Ca::new("workers CA");
+    clients.write(&root.join("clients-ca.pem"));
+    write_policy(root, &root.join("clients-ca.pem"), true);
+    let port = free_port();
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            r#"
+policies = "policies"
+[server]
+listen = "127.0.0.1:{port}"
+tls_cert = "server.pem"
+tls_key = "server-key.pem"
+[[source]]
+name = "vault"
+kind = "vault"
+address = "{vault}"
+{extra}
+"#
+        ),
+    )
+    .unwrap();
+    let running = Running::start(root, &ca.pem, port, "info").await;
+    Server { dir, ca, running }
+}
+
+impl Server {
+    fn material(&self, name: &str) -> reqwest::RequestBuilder {
+        self.running
+            .client
+            .post(
+                self.running
+                    .url(&format!("/v1/credentials/{name}/material")),
+            )
+            .bearer_auth(GW)
+            .json(&json!({ "host": HOST }))
+    }
+
+    async fn metrics(&self) -> String {
+        let r = self.running.client.get(self.running.url("/metrics"));
+        r.send().await.unwrap().text().await.unwrap()
+    }
+
+    async fn readyz(&self) -> (u16, Value) {
+        let r = self.running.client.get(self.running.url("/readyz"));
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+fn etag(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("etag")
+        .expect("an ETag")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Polls `check` until it is true, with a deadline.
+async fn until<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    while !check().await {
+        assert!(Instant::now() < end, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_sees_a_new_version_within_seconds_and_304_means_unchanged() {
+    let bao = OpenBao::start();
+    let partner = Ca::new("partner CA");
+    let first_cert = put_certificate(&bao, &partner, "v1");
+    let s = serve(&bao.addr, "[cache]\nttl = \"1s\"\n").await;
+
+    let resp = s.material("partner-api").send().await.unwrap();
+    let status = resp.status();
+    let e1 = resp
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let e1 = e1.expect("an ETag");
+    assert!(e1.starts_with("\"kb1-") && e1.len() == 28, "{e1}");
+    assert_eq!(body["certificate"], first_cert.as_str());
+
+    // The same content: 304, no body, the same ETag.
+    let resp = s
+        .material("partner-api")
+        .header("if-none-match", &e1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 304);
+    assert_eq!(etag(&resp), e1);
+    assert!(resp.bytes().await.unwrap().is_empty(), "304 has no body");
+
+    // A waiter holding the current ETag, then a new version.
+    let waiter = {
+        let req = s
+            .running
+            .client
+            .post(
+                s.running
+                    .url("/v1/credentials/partner-api/material?wait=15s"),
+            )
+            .bearer_auth(GW)
+            .header("if-none-match", &e1)
+            .json(&json!({ "host": HOST }));
+        tokio::spawn(async move {
+            let resp = req.send().await.unwrap();
+            (Instant::now(), resp)
+        })
+    };
+    // Whether the waiter parked before the write or not, it is answered 200 only with the
+    // new content (a wait that sees no change ends in 304, below).
+    let second_cert = put_certificate(&bao, &partner, "v2");
+    let written = Instant::now();
+    let (answered, resp) = waiter.await.unwrap();
+    let took = answered - written;
+    assert_eq!(resp.status(), 200);
+    assert_ne!(etag(&resp), e1);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["certificate"], second_cert.as_str());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    // A wait that sees no change ends in 304 with the current ETag.
+    let e2 = etag(&s.material("partner-api").send().await.unwrap());
+    let resp = s
+        .running
+        .client
+        .post(
+            s.running
+                .url("/v1/credentials/partner-api/material?wait=1s"),
+        )
+        .bearer_auth(GW)
+        .header("if-none-match", &e2)
+        .json(&json!({ "host": HOST }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 304);
+    // A wait beyond 300 s, or an unknown parameter, is the caller's error.
+    for q in ["wait=301s", "wait=soon", "x=1"] {
+        let resp = s
+            .running
+            .client
+            .post(
+                s.running
+                    .url(&format!("/v1/credentials/partner-api/material?{q}")),
+            )
+            .bearer_auth(GW)
+            .header("if-none-match", &e2)
+            .json(&json!({ "host": HOST }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{q}");
+    }
+}
+
+/// The threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// Open file descriptors of process `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_waiters_are_held_without_a_thread_each_and_all_woken() {
+    // The test process holds 1,000 client connections: raise its soft open-files limit.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )
+    .unwrap();
+    let bao = OpenBao::start();
+    let partner = Ca::new("partner CA");
+    put_certificate(&bao, &partner, "v1");
+    let s = serve(
+        &bao.addr,
+        "[cache]\nttl = \"1s\"\n[limits]\nmax_connections = 4096\nmax_connections_per_ip = 4096\n[audit]\npath = \"audit.log\"\nfsync = \"never\"\n",
+    )
+    .await;
+    let resp = s.material("partner-api").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", s.stderr());
+    let e1 = etag(&resp);
+    let pid = s.running.pid();
+    let before = fds(pid);
+
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(s.ca.pem.as_bytes()).unwrap())
+        .resolve("localhost", ([127, 0, 0, 1], 0).into())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..1000 {
+        let req = client
+            .post(
+                s.running
+                    .url("/v1/credentials/partner-api/material?wait=50s"),
+            )
+            .bearer_auth(GW)
+            .header("if-none-match", &e1)
+            .json(&json!({ "host": HOST }));
+        waiters.push(tokio::spawn(
+            async move { req.send().await.map(|r| r.status()) },
+        ));
+    }
+    until(
+        "1,000 connections held",
+        Duration::from_secs(60),
+        || async { fds(pid) >= before + 1000 },
+    )
+    .await;
+    let held = threads(pid);
+    assert!(held < 40, "{held} threads for 1,000 waiters");
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "all still waiting"
+    );
+
+    // One change wakes them all.
+    put_certificate(&bao, &partner, "v2");
+    for w in waiters {
+        assert_eq!(w.await.unwrap().unwrap(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etags_agree_across_replicas_sharing_a_key_and_differ_without() {
+    let bao = OpenBao::start();
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), "a shared ETag key of enough bytes\n").unwrap();
+    let shared = format!("etag_key_file = {:?}\n", key.path());
+    let partner = Ca::new("partner CA");
+    put_certificate(&bao, &partner, "v1");
+    let a = serve_with_server_extra(&bao.addr, &shared).await;
+    let b = serve_with_server_extra(&bao.addr, &shared).await;
+    let c = serve_with_server_extra(&bao.addr, "").await;
+    let tag = |s: &Server| {
+        let req = s.material("partner-api");
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            etag(&resp)
+        }
+    };
+    let (ta, tb, tc) = (tag(&a).await, tag(&b).await, tag(&c).await);
+    assert_eq!(ta, tb, "replicas with one key tag the same content alike");
+    assert_ne!(ta, tc, "without the key, each process has its own");
+    // A key file too short to be a key is refused at start.
+    std::fs::write(key.path(), "short").unwrap();
+    let (dir, _) = folder("unused");
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("kb.toml"),
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n{shared}[[source]]\nname = \"f\"\nkind = \"file\"\npath = \"secrets\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["check", "--config", "kb.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kb.toml:3:1") && err.contains("at least 16 bytes"),
+        "{err}"
+    );
+}
+
+/// As [`serve`], with `server_extra` inside `[server]`.
+async fn serve_with_server_extra(vault: &str, server_extra: &str) -> Server {
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    let clients = Ca::new("workers CA");
+    clients.write(&root.join("clients-ca.pem"));
+    write_policy(root, &root.join("clients-ca.pem"), true);
+    let port = free_port();
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n{server_extra}[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{vault}\"\n"
+        ),
+    )
+    .unwrap();
+    let running = Running::start(root, &ca.pem, port, "info").await;
+    Server { dir, ca, running }
+}
+
+fn has_series(metrics: &str, kind: &str, name: &str) -> bool {
+    metrics.lines().any(|l| {
+        l.starts_with(&format!(
+            "keybroker_certificate_expiry_timestamp_seconds{{kind=\"{kind}\",name=\"{name}\"}} "
+        ))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_sweep_knows_every_certificate_from_the_start() {
+    let bao = OpenBao::start();
+    let partner = Ca::new("partner CA");
+    put_certificate(&bao, &partner, "v1");
+    let s = serve(
+        &bao.addr,
+        "[expiry]\ninterval = \"1h\"\nwarn_before = \"1000000d\"\n[audit]\npath = \"audit.log\"\n",
+    )
+    .await;
+    // Nothing was requested: the sweep at start found them.
+    until("the start-up sweep", Duration::from_secs(30), || async {
+        has_series(&s.metrics().await, "credential", "payments/other-api")
+    })
+    .await;
+    let metrics = s.metrics().await;
+    for (kind, name) in [
+        ("credential", "payments/partner-api"),
+        ("consumer_pin", &format!("pinned/{}", "ab".repeat(8))),
+        ("issuer_ca", "workers"),
+        ("server", "server"),
+    ] {
+        assert!(
+            has_series(&metrics, kind, name),
+            "{kind} {name}:\n{metrics}"
+        );
+    }
+    let pin_line = metrics
+        .lines()
+        .find(|l| l.contains("kind=\"consumer_pin\""))
+        .unwrap();
+    let pin_at = humantime::parse_rfc3339("2031-06-30T00:00:00Z")
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        pin_line.ends_with(&format!(" {pin_at}")),
+        "the pin's not_after: {pin_line}"
+    );
+    // Inside warn_before (rcgen certificates run to 4096, hence the long warn_before): one
+    // event per certificate, not one per sweep.
+    let events = |audit: &str| {
+        audit
+            .lines()
+            .filter(|l| {
+                l.contains("\"certificate.expiring\"") && l.contains("payments/partner-api")
+            })
+            .count()
+    };
+    until("the start-up events", Duration::from_secs(30), || async {
+        events(&s.audit()) >= 1
+    })
+    .await;
+    assert_eq!(events(&s.audit()), 1, "{}", s.audit());
+
+    // The credential leaves the policy: its series goes at the reload (which sweeps again).
+    write_policy(s.dir.path(), &s.dir.path().join("clients-ca.pem"), false);
+    let resp = s
+        .running
+        .client
+        .post(s.running.url("/v1/admin/reload"))
+        .bearer_auth(OPS)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let metrics = s.metrics().await;
+    assert!(
+        !has_series(&metrics, "credential", "payments/other-api"),
+        "{metrics}"
+    );
+    assert!(has_series(&metrics, "credential", "payments/partner-api"));
+    assert_eq!(
+        events(&s.audit()),
+        1,
+        "no second event without a change of state"
+    );
+
+    // The metadata shows not_after.
+    let info: Value = s
+        .running
+        .client
+        .get(s.running.url("/v1/credentials/partner-api"))
+        .bearer_auth(GW)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        info["not_after"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{info}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_about_keybroker_not_about_a_source_that_left() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let s = serve(&format!("http://{listen}"), "").await;
+    // OpenBao not there yet: not ready, and the body says which source.
+    let (status, body) = s.readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["started"], false);
+    assert_eq!(body["sources"][0]["answered"], false);
+
+    let mut bao = OpenBao::start_at(&listen, None);
+    until(
+        "ready once OpenBao answered",
+        Duration::from_secs(60),
+        || async { s.readyz().await.0 == 200 },
+    )
+    .await;
+
+    // OpenBao goes away: reads fail until the breaker opens; readiness stays 200 and the body
+    // marks the source.
+    bao.stop();
+    let mut n = 0;
+    until("the source marked unavailable", Duration::from_secs(90), || {
+        n += 1;
+        let req = s
+            .running
+            .client
+            .post(s.running.url("/v1/resolve"))
+            .bearer_auth(GW)
+            .json(&json!({ "document": { "v": format!("$SECRET_vault:nothing/{n} $KEY_v") }, "host": HOST }));
+        let s = &s;
+        async move {
+            let _ = req.send().await;
+            let (_, body) = s.readyz().await;
+            body["sources"][0]["available"] == false
+        }
+    })
+    .await;
+    let (status, body) = s.readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        s.metrics()
+            .await
+            .contains("keybroker_source_available{source=\"vault\"} 0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_503_while_the_audit_trail_cannot_be_written() {
+    let bao = OpenBao::start();
+    // Every write to /dev/full fails (ENOSPC), even for root.
+    let s = serve(&bao.addr, "[audit]\npath = \"/dev/full\"\n").await;
+    let (status, body) = s.readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["audit_writable"], false, "{body}");
+    assert_eq!(body["ready"], false);
+}
