@@ -267,7 +267,42 @@ path = "audit.log"
                 .bearer_auth("gw-token")
                 .json(&json!({ "host": "evil.example" }))
         );
+        // Change detection: 304 (no body), a wait that ends in 304, a wait refused.
+        call!(
+            "material not modified",
+            client
+                .post(url(&format!("/v1/credentials/{name}/material")))
+                .bearer_auth("gw-token")
+                .header("if-none-match", "*")
+                .json(&json!({ "host": host }))
+        );
+        call!(
+            "material wait",
+            client
+                .post(url(&format!("/v1/credentials/{name}/material?wait=200ms")))
+                .bearer_auth("gw-token")
+                .header("if-none-match", "*")
+                .json(&json!({ "host": host }))
+        );
+        call!(
+            "material bad wait",
+            client
+                .post(url(&format!(
+                    "/v1/credentials/{name}/material?wait={FILE_CANARY}"
+                )))
+                .bearer_auth("gw-token")
+                .header("if-none-match", FILE_CANARY)
+                .json(&json!({ "host": host }))
+        );
     }
+    call!(
+        "resolve wait",
+        client
+            .post(url("/v1/resolve?wait=200ms"))
+            .bearer_auth("gw-token")
+            .header("if-none-match", "*")
+            .json(&json!({"document": {"all": all_refs}, "host": host}))
+    );
     // CCP answers with an HTML error page that carries the ErrorMsg canary.
     double.set_fault(Some(Fault::HtmlError));
     call!(
@@ -360,6 +395,10 @@ path = "audit.log"
     expect("material vault down", 503);
     expect("reload", 200);
     expect("reload not admin", 403);
+    expect("material not modified", 304);
+    expect("material wait", 304);
+    expect("material bad wait", 400);
+    expect("resolve wait", 304);
 
     // Positive control: the values did flow where they should.
     let ok = calls.iter().find(|c| c.name == "resolve ok").unwrap();
