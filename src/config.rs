@@ -19,7 +19,7 @@ use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, ExpiryConfig,
     FileSourceConfig, FsyncPolicy, KvVersion, LimitsConfig, PemMode, ServerConfig, SourceConfig,
-    SourceKind, VaultAuth, VaultSourceConfig,
+    SourceKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
 };
 
 /// The whole configuration, validated.
@@ -34,6 +34,7 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub cache: CacheConfig,
     pub expiry: ExpiryConfig,
+    pub vault_api: Option<VaultApiConfig>,
     pub limits: LimitsConfig,
     pub audit: Option<AuditConfig>,
     /// Where each setting is written, for problems found after loading (assembly).
@@ -105,6 +106,7 @@ impl Config {
             sources: Vec::new(),
             cache: CacheConfig::default(),
             expiry: ExpiryConfig::default(),
+            vault_api: None,
             limits: LimitsConfig::default(),
             audit: None,
             positions: Positions::default(),
@@ -137,6 +139,14 @@ impl Config {
                 }
                 "cache" => cfg.cache = d.section(value, &[]).unwrap_or_default(),
                 "expiry" => cfg.expiry = d.section(value, &[]).unwrap_or_default(),
+                "vault_api" => {
+                    spans.record(
+                        "vault_api",
+                        value,
+                        &["listen", "tls_cert", "token_key_file"],
+                    );
+                    cfg.vault_api = d.section(value, &[]);
+                }
                 "limits" => {
                     spans.record("limits", value, &["max_references", "source_concurrency"]);
                     cfg.limits = d.section(value, &[]).unwrap_or_default();
@@ -197,6 +207,12 @@ impl Config {
         fix_opt(&mut self.server.tls_key);
         fix_opt(&mut self.server.client_ca);
         fix_opt(&mut self.server.etag_key_file);
+        if let Some(v) = &mut self.vault_api {
+            fix_opt(&mut v.tls_cert);
+            fix_opt(&mut v.tls_key);
+            fix_opt(&mut v.client_ca);
+            fix_opt(&mut v.token_key_file);
+        }
         for s in &mut self.sources {
             match s {
                 SourceConfig::Vault(v) => {

@@ -20,3 +20,4 @@ pub mod reference;
 pub mod resilience;
 pub mod secret;
 pub mod source;
+pub mod vault_api;

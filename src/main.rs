@@ -563,11 +563,21 @@ async fn serve(
         dev,
         open_audit: true,
     };
-    let App { broker, state, tls } =
-        App::build(&config, &options).map_err(|e| assembly(&config, &e))?;
+    let App {
+        broker,
+        state,
+        tls,
+        vault_api,
+    } = App::build(&config, &options).map_err(|e| assembly(&config, &e))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
+    let vault_listener = match &vault_api {
+        None => None,
+        Some(v) => Some(tokio::net::TcpListener::bind(v.listen).await.map_err(|e| {
+            Failure::Usage(format!("[vault_api] cannot listen on {}: {e}", v.listen))
+        })?),
+    };
     let bound = listener
         .local_addr()
         .map_err(|e| Failure::Usage(format!("cannot read the listening address: {e}")))?;
@@ -590,14 +600,36 @@ async fn serve(
         config = %path.display(),
         "keybroker serving"
     );
-    api::listen::serve(
+    // One signal stops both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let vault = async {
+        if let (Some(v), Some(listener)) = (vault_api, vault_listener) {
+            tracing::info!(bound = %v.listen, tls = v.tls.is_some(), "Vault-compatible API serving");
+            api::listen::serve(
+                listener,
+                v.tls,
+                v.router,
+                (&config.limits).into(),
+                until_stopped(stopped.clone()),
+            )
+            .await;
+        }
+    };
+    let main = api::listen::serve(
         listener,
         tls,
         api::router(Arc::new(state)),
         (&config.limits).into(),
-        shutdown_signal(),
-    )
-    .await;
+        until_stopped(stopped.clone()),
+    );
+    tokio::join!(main, vault);
     tracing::info!("keybroker stopped");
     Ok(())
 }

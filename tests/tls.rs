@@ -194,7 +194,9 @@ impl Server {
             dev: false,
             open_audit: true,
         };
-        let App { broker, state, tls } = App::build(&config, &options).unwrap();
+        let App {
+            broker, state, tls, ..
+        } = App::build(&config, &options).unwrap();
         assert!(tls.is_some());
         broker.spawn_startup_checks();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -81,6 +81,9 @@ pub struct Record<'a> {
     /// On a summary line: how many failed authentications of this peer were not written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<u64>,
+    /// The door a request came through when not keybroker's own API (`vault_api`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
 }
 
 /// What an audit line is about (its `action`).
@@ -378,6 +381,7 @@ mod tests {
             stale: false,
             latency_us: 12,
             suppressed: None,
+            via: None,
         }
     }
 

@@ -26,6 +26,8 @@ pub(crate) struct AuditEntry<'a> {
     pub started: Instant,
     /// On a summary line: failed authentications of one peer that were not written.
     pub suppressed: Option<u64>,
+    /// The door the request came through, when not keybroker's own API (`vault_api`).
+    pub via: Option<&'static str>,
 }
 
 impl<'a> AuditEntry<'a> {
@@ -49,6 +51,7 @@ impl<'a> AuditEntry<'a> {
             stale: false,
             started,
             suppressed: None,
+            via: None,
         }
     }
 }
@@ -80,6 +83,7 @@ impl Broker {
             stale: e.stale,
             latency_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             suppressed: e.suppressed,
+            via: e.via,
         };
         match audit.write(&record).await {
             Ok(()) => Ok(()),

@@ -213,6 +213,17 @@ impl Broker {
         name: &str,
         host: Option<&Destination>,
     ) -> Result<Material, CredentialError> {
+        self.material_via(None, caller, name, host).await
+    }
+
+    /// [`Broker::material`] through another door (`via` in the audit line).
+    pub async fn material_via(
+        &self,
+        via: Option<&'static str>,
+        caller: &Caller,
+        name: &str,
+        host: Option<&Destination>,
+    ) -> Result<Material, CredentialError> {
         let started = Instant::now();
         let snapshot = self.snapshot(caller);
         let policy = snapshot.policy();
@@ -227,6 +238,7 @@ impl Broker {
             host,
             repairs,
             stale,
+            via,
             ..AuditEntry::new(
                 Action::CredentialMaterial,
                 Some(caller),

@@ -26,6 +26,19 @@ impl Broker {
         layout: Layout,
         host: Option<&Destination>,
     ) -> Result<Resolution, ResolveError> {
+        self.resolve_via(None, caller, document, layout, host).await
+    }
+
+    /// [`Broker::resolve`] for a request that came through another door (`via` in the audit
+    /// line, e.g. `vault_api`).
+    pub async fn resolve_via(
+        &self,
+        via: Option<&'static str>,
+        caller: &Caller,
+        document: Document,
+        layout: Layout,
+        host: Option<&Destination>,
+    ) -> Result<Resolution, ResolveError> {
         let started = Instant::now();
         let mut subjects = Vec::new();
         let result = self
@@ -58,6 +71,7 @@ impl Broker {
             host,
             repairs,
             stale,
+            via,
             ..AuditEntry::new(Action::Resolve, Some(caller), decision, reason, started)
         };
         // A resolution that cannot be audited is dropped (and wiped) unanswered.

@@ -316,6 +316,47 @@ fn default_source_concurrency() -> usize {
     64
 }
 
+/// `[vault_api]`: the Vault-compatible read API (docs/VAULT-API.md), on its own listener with
+/// the TLS keys and rules of `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultApiConfig {
+    #[serde(default = "default_vault_api_listen")]
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// The key that signs tokens of `auth/cert/login`, shared by replicas (random per process
+    /// when absent: tokens then work only on the replica that issued them).
+    pub token_key_file: Option<PathBuf>,
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl: Dur,
+}
+
+fn default_vault_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8200))
+}
+
+fn default_token_ttl() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+
+impl VaultApiConfig {
+    /// The `[server]` settings its listener is built from.
+    pub fn server(&self) -> ServerConfig {
+        ServerConfig {
+            listen: self.listen,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            client_ca: self.client_ca.clone(),
+            client_auth: self.client_auth,
+            ..ServerConfig::default()
+        }
+    }
+}
+
 /// `[expiry]`: the certificate expiry sweep (docs/DESIGN.md §15).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

