@@ -14,7 +14,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use support::ccp::{CcpDouble, Object, Pki, Store, flatten};
-use support::openbao::free_port;
+use support::openbao::{OpenBao, free_port};
 use support::pki::Ca;
 use support::server::{Running, folder, token_sha256};
 
@@ -34,6 +34,12 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(None).await
+}
+
+/// As [`setup`]; with `bao`, also a `vault` source and the credential `vault-partner` read from
+/// OpenBao's `secret/tls/partner` (fields `cert`, `key`).
+async fn setup_with(bao: Option<&OpenBao>) -> Setup {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let (dir, ca) = folder("unused");
     let root = dir.path();
@@ -112,6 +118,20 @@ team = "payments"
 allowed_hosts = ["api.partner.example"]
 client_certificate = "$SECRET_files:partner/cert $KEY_cert"
 client_private_key = "$SAFE_Payments $NAME_partner-key"
+
+[[grant]]
+team = "payments"
+source = "vault"
+paths = ["**"]
+allowed_hosts = ["api.partner.example"]
+
+[[credential]]
+name = "vault-partner"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["api.partner.example"]
+client_certificate = "$SECRET_vault:tls/partner $KEY_cert"
+client_private_key = "$SECRET_vault:tls/partner $KEY_key"
 "#,
             gw = token_sha256(GW),
             nohost = token_sha256(NO_HOST),
@@ -150,7 +170,12 @@ client_cert = {cert:?}
 client_key = {key:?}
 [audit]
 path = "audit.log"
+{vault}
 "#,
+            vault = bao.map_or(String::new(), |b| format!(
+                "[cache]\nttl = \"1s\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n",
+                b.addr
+            )),
             ccp = double.url,
             ca = p.join("ca.pem"),
             cert = p.join("client.pem"),
@@ -395,4 +420,96 @@ async fn certificate_login_issues_a_signed_token_and_a_tampered_one_is_refused()
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+}
+
+/// `kv put` of a new client certificate for `vault-partner`; returns its PEM.
+fn put_partner(bao: &OpenBao, name: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let issued = Ca::new("vault partner CA").client(dir.path(), name, name);
+    bao.cli(&[
+        "kv",
+        "put",
+        "-mount=secret",
+        "tls/partner",
+        &format!("cert={}", issued.cert_pem),
+        &format!("key={}", issued.key_pem),
+    ]);
+    issued.cert_pem
+}
+
+/// `bao agent` logs in to keybroker with its client certificate (auto-auth `cert`), renders a
+/// template from `credentials/`, and renders it again when the secret changes in OpenBao.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bao_agent_renders_a_credential_and_follows_a_rotation() {
+    let bao = OpenBao::start();
+    let first = put_partner(&bao, "v1");
+    let s = setup_with(Some(&bao)).await;
+    let root = s.dir.path();
+    let out = root.join("rendered.pem");
+    std::fs::write(
+        root.join("agent.hcl"),
+        format!(
+            r#"
+pid_file = "{pid}"
+vault {{
+  address = "{addr}"
+  ca_cert = "{ca}"
+  client_cert = "{cert}"
+  client_key = "{key}"
+}}
+auto_auth {{
+  method "cert" {{
+    config = {{}}
+  }}
+}}
+template_config {{
+  static_secret_render_interval = "1s"
+}}
+template {{
+  contents = "{{{{ with secret \"credentials/data/vault-partner\" }}}}{{{{ .Data.data.certificate }}}}{{{{ end }}}}"
+  destination = "{out}"
+}}
+"#,
+            pid = root.join("agent.pid").display(),
+            addr = s.addr(),
+            ca = root.join("ca.pem").display(),
+            cert = s.workers.cert.display(),
+            key = s.workers.key.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(root.join("agent.log")).unwrap();
+    let mut agent = tokio::process::Command::new("bao")
+        .args(["agent", "-config", "agent.hcl"])
+        .current_dir(root)
+        .env_remove("VAULT_ADDR")
+        .env_remove("BAO_ADDR")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("bao agent starts");
+    let rendered = |want: String| {
+        let out = out.clone();
+        let root = root.to_owned();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                if std::fs::read_to_string(&out).is_ok_and(|t| t.trim_end() == want.trim_end()) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not rendered:\n{}",
+                    std::fs::read_to_string(root.join("agent.log")).unwrap_or_default()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    rendered(first).await;
+    let second = put_partner(&bao, "v2");
+    rendered(second).await;
+    let _ = agent.kill().await;
 }
