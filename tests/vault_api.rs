@@ -23,6 +23,23 @@ const NO_HOST: &str = "nohost-token";
 const STRANGER: &str = "stranger-token";
 const PASSWORD: &str = "VAULT-API-CANARY-5d1e";
 
+/// The policy's part about the `vault` source (present only with OpenBao).
+const VAULT_POLICY: &str = r#"
+[[grant]]
+team = "payments"
+source = "vault"
+paths = ["**"]
+allowed_hosts = ["api.partner.example"]
+
+[[credential]]
+name = "vault-partner"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["api.partner.example"]
+client_certificate = "$SECRET_vault:tls/partner $KEY_cert"
+client_private_key = "$SECRET_vault:tls/partner $KEY_key"
+"#;
+
 struct Setup {
     dir: tempfile::TempDir,
     ca: Ca,
@@ -118,25 +135,12 @@ team = "payments"
 allowed_hosts = ["api.partner.example"]
 client_certificate = "$SECRET_files:partner/cert $KEY_cert"
 client_private_key = "$SAFE_Payments $NAME_partner-key"
-
-[[grant]]
-team = "payments"
-source = "vault"
-paths = ["**"]
-allowed_hosts = ["api.partner.example"]
-
-[[credential]]
-name = "vault-partner"
-mode = "mtls"
-team = "payments"
-allowed_hosts = ["api.partner.example"]
-client_certificate = "$SECRET_vault:tls/partner $KEY_cert"
-client_private_key = "$SECRET_vault:tls/partner $KEY_key"
-"#,
+{vault_policy}"#,
             gw = token_sha256(GW),
             nohost = token_sha256(NO_HOST),
             stranger = token_sha256(STRANGER),
             pin = workers.fingerprint(),
+            vault_policy = if bao.is_some() { VAULT_POLICY } else { "" },
         ),
     )
     .unwrap();
