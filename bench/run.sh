@@ -64,6 +64,7 @@ slug = "bench"
 name = "bench-gateway"
 team = "bench"
 token_sha256 = "$token_sha"
+vault_api_host = "a.bench.example"
 [[consumer]]
 name = "bench-gateway-cert"
 team = "bench"
@@ -101,12 +102,13 @@ config() { # file listen tls(yes/no) ttl
     echo '[[source]]'; echo 'name = "files"'; echo 'kind = "file"'; echo "path = \"$root/examples/dev/secrets\""
     echo '[[source]]'; echo 'name = "ccp"'; echo 'kind = "ccp"'; echo "url = \"$ccp_url\""; echo 'app_id = "keybroker"'
     echo "ca_cert = \"$ccp_dir/ca.pem\""; echo "client_cert = \"$ccp_dir/client.pem\""; echo "client_key = \"$ccp_dir/client-key.pem\""
+    if [ -n "${5:-}" ]; then echo '[vault_api]'; echo "listen = \"$5\""; fi
     echo '[cache]'; echo "ttl = \"$4\""; echo 'max_bytes = "256MiB"'
     echo '[audit]'; echo 'path = "audit.log"'; echo 'fsync = "never"'
   } >"$work/$1"
 }
-plain=$(port); tls=$(port); cold=$(port); base=$(port)
-config plain.toml 127.0.0.1:$plain no 1h
+plain=$(port); tls=$(port); cold=$(port); base=$(port); vapi=$(port)
+config plain.toml 127.0.0.1:$plain no 1h 127.0.0.1:$vapi
 config tls.toml 127.0.0.1:$tls yes 1h
 config cold.toml 127.0.0.1:$cold no 1ms
 for c in plain tls cold; do
@@ -139,6 +141,7 @@ for c in $CONCURRENCY; do
   run "d resolve-hit-mtls" "$c" --url "https://localhost:$tls/v1/resolve" $tlsopts --body "$resolve_body" >>"$results"
   # shellcheck disable=SC2086
   run "d material-hit-mtls" "$c" --url "https://localhost:$tls/v1/credentials/partner-api/material" $tlsopts --body "$material_body" >>"$results"
+  run "g vault-api-hit" "$c" --url "http://127.0.0.1:$vapi/v1/vault/data/bench/s-0" --header "X-Vault-Token: $token" >>"$results"
   run "e baseline" "$c" --url "http://127.0.0.1:$base/v1/resolve" --body "$resolve_body" >>"$results"
   run "f cold-vault" "$c" --url "http://127.0.0.1:$cold/v1/resolve" --header "Authorization: Bearer $token" --keys "$SECRETS" \
     --body '{"document":{"v":"$SECRET_vault:bench/s-{i} $KEY_value"},"host":"a.bench.example"}' >>"$results"
@@ -180,13 +183,13 @@ for r in rows:
     print("| %s | %d | %d | %d | %d | %d | %d/%d |" % (r["label"], r["connections"], r["rps"], r["p50_us"], r["p99_us"], r["p999_us"], r["errors"], r["non_2xx"]))
 by = {(r["label"], r["connections"]): r for r in rows}
 print()
-print("| conns | b/a | b/e | p99 b/e | d/b (resolve) | d/b (material, vs c) |")
-print("|---:|---:|---:|---:|---:|---:|")
+print("| conns | b/a | b/e | p99 b/e | d/b (resolve) | d/b (material, vs c) | g/b (Vault API vs resolve) |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
 for c in sorted({r["connections"] for r in rows}):
     g = lambda l: by[(l, c)]
     a, b, cc, e = g("a openbao-direct"), g("b resolve-hit"), g("c material-hit"), g("e baseline")
-    d, dm = g("d resolve-hit-mtls"), g("d material-hit-mtls")
-    print("| %d | %.1f× | %.0f %% | %.2f | %.0f %% | %.0f %% |" % (c, b["rps"]/a["rps"], 100*b["rps"]/e["rps"], b["p99_us"]/max(e["p99_us"],1), 100*d["rps"]/b["rps"], 100*dm["rps"]/cc["rps"]))
+    d, dm, gv = g("d resolve-hit-mtls"), g("d material-hit-mtls"), g("g vault-api-hit")
+    print("| %d | %.1f× | %.0f %% | %.2f | %.0f %% | %.0f %% | %.0f %% |" % (c, b["rps"]/a["rps"], 100*b["rps"]/e["rps"], b["p99_us"]/max(e["p99_us"],1), 100*d["rps"]/b["rps"], 100*dm["rps"]/cc["rps"], 100*gv["rps"]/b["rps"]))
 print()
 print("answer size of row b: %s bytes; startup to ready (file source, median of 5): %s ms" % (sys.argv[2], sys.argv[3]))
 print("cache RSS: %s; %s" % (sys.argv[4], sys.argv[5]))

@@ -57,6 +57,13 @@ pub struct RefreshAhead {
     at: Clock,
 }
 
+impl RefreshAhead {
+    /// The entry's key.
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     /// `Err`: the source said "not found" or "denied" (a negative entry).
@@ -274,7 +281,7 @@ impl SecretCache {
         fetch: F,
     ) -> Result<Fetched, SourceError>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(&CacheKey) -> Fut,
         Fut: Future<Output = Result<CheckedSecret, SourceError>>,
     {
         if let Some(entry) = self.inner.get(&key).await {
@@ -284,7 +291,7 @@ impl SecretCache {
             return self.refresh(key, entry, fetch).await;
         }
         let init = async {
-            match fetch().await {
+            match fetch(&key).await {
                 Ok(secret) => Ok(self.entry(Ok(secret))),
                 Err(e @ (SourceError::NotFound | SourceError::Denied)) => Ok(self.entry(Err(e))),
                 Err(e) => Err(e),
@@ -306,7 +313,7 @@ impl SecretCache {
         fetch: F,
     ) -> Result<Fetched, SourceError>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(&CacheKey) -> Fut,
         Fut: Future<Output = Result<CheckedSecret, SourceError>>,
     {
         let cell: Refresh = {
@@ -321,7 +328,7 @@ impl SecretCache {
                         return now.answer(false);
                     }
                 }
-                match fetch().await {
+                match fetch(&key).await {
                     Ok(secret) => self.store(key.clone(), Ok(secret)).await.answer(false),
                     Err(e @ (SourceError::NotFound | SourceError::Denied)) => {
                         self.store(key.clone(), Err(e)).await.answer(false)
@@ -473,7 +480,7 @@ mod tests {
             let (cache, calls) = (cache.clone(), Arc::clone(&calls));
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_fetch(key("a"), || async {
+                    .get_or_fetch(key("a"), |_| async {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         Ok(checked("x"))
@@ -495,7 +502,7 @@ mod tests {
         let cache = SecretCache::new(&cfg(1000, 0));
         let mut changes = cache.subscribe();
         let first = cache
-            .get_or_fetch(key("a"), || async { Ok(checked("v1")) })
+            .get_or_fetch(key("a"), |_| async { Ok(checked("v1")) })
             .await
             .unwrap();
         let ticket = first
@@ -503,7 +510,7 @@ mod tests {
             .clone()
             .expect("the first read carries the ticket");
         let second = cache
-            .get_or_fetch(key("a"), || async { Ok(checked("no")) })
+            .get_or_fetch(key("a"), |_| async { Ok(checked("no")) })
             .await
             .unwrap();
         assert!(second.refresh.is_none(), "one ticket per entry");
@@ -520,7 +527,7 @@ mod tests {
         changes.mark_unchanged();
         tokio::time::advance(Duration::from_millis(400)).await;
         let after = cache
-            .get_or_fetch(key("a"), || async {
+            .get_or_fetch(key("a"), |_| async {
                 Err(SourceError::Unavailable(Outage::Unreachable))
             })
             .await
@@ -540,7 +547,7 @@ mod tests {
     async fn a_refresh_ahead_of_a_purged_entry_does_nothing() {
         let cache = SecretCache::new(&cfg(1000, 0));
         let first = cache
-            .get_or_fetch(key("a"), || async { Ok(checked("v1")) })
+            .get_or_fetch(key("a"), |_| async { Ok(checked("v1")) })
             .await
             .unwrap();
         cache.purge("s", &[]);
@@ -560,23 +567,26 @@ mod tests {
     async fn stale_only_when_the_source_is_unavailable_and_only_within_max_stale() {
         let cache = SecretCache::new(&cfg(1000, 5000));
         let ok = || async { Ok(checked("v1")) };
-        assert!(!cache.get_or_fetch(key("a"), ok).await.unwrap().stale);
+        assert!(!cache.get_or_fetch(key("a"), |_| ok()).await.unwrap().stale);
         // Past the TTL: a working source refreshes.
         tokio::time::advance(Duration::from_millis(1500)).await;
         let f = cache
-            .get_or_fetch(key("a"), || async { Ok(checked("v2")) })
+            .get_or_fetch(key("a"), |_| async { Ok(checked("v2")) })
             .await
             .unwrap();
         assert_eq!((value(&f), f.stale), ("v2".to_owned(), false));
         // Past the TTL again, source down: the old value, flagged stale.
         tokio::time::advance(Duration::from_millis(1500)).await;
         let down = || async { Err(SourceError::Unavailable(Outage::Unreachable)) };
-        let f = cache.get_or_fetch(key("a"), down).await.unwrap();
+        let f = cache.get_or_fetch(key("a"), |_| down()).await.unwrap();
         assert_eq!((value(&f), f.stale), ("v2".to_owned(), true));
         // Denied is not "unavailable": no stale answer for it.
         let denied = || async { Err(SourceError::Denied) };
         assert_eq!(
-            cache.get_or_fetch(key("a"), denied).await.unwrap_err(),
+            cache
+                .get_or_fetch(key("a"), |_| denied())
+                .await
+                .unwrap_err(),
             SourceError::Denied
         );
     }
@@ -586,7 +596,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn threat_28_a_refresh_past_the_ttl_is_single_flight() {
         let cache = SecretCache::new(&cfg(1000, 60_000));
-        let first = || async { Ok(checked("v1")) };
+        let first = |_: &CacheKey| async { Ok(checked("v1")) };
         cache.get_or_fetch(key("hot"), first).await.unwrap();
         tokio::time::advance(Duration::from_millis(1001)).await;
         let calls = Arc::new(AtomicUsize::new(0));
@@ -595,7 +605,7 @@ mod tests {
             let (cache, calls) = (cache.clone(), Arc::clone(&calls));
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_fetch(key("hot"), || async {
+                    .get_or_fetch(key("hot"), |_| async {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         Ok(checked("v2"))
@@ -618,7 +628,7 @@ mod tests {
         let calls = AtomicUsize::new(0);
         for _ in 0..3 {
             let r = cache
-                .get_or_fetch(key("no"), || async {
+                .get_or_fetch(key("no"), |_| async {
                     calls.fetch_add(1, Ordering::SeqCst);
                     Err(SourceError::Denied)
                 })
@@ -634,7 +644,7 @@ mod tests {
         let calls = AtomicUsize::new(0);
         for _ in 0..3 {
             let r = cache
-                .get_or_fetch(key("nf"), || async {
+                .get_or_fetch(key("nf"), |_| async {
                     calls.fetch_add(1, Ordering::SeqCst);
                     Err(SourceError::NotFound)
                 })
@@ -644,7 +654,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         for _ in 0..2 {
             let _ = cache
-                .get_or_fetch(key("err"), || async {
+                .get_or_fetch(key("err"), |_| async {
                     calls.fetch_add(1, Ordering::SeqCst);
                     Err(SourceError::Unavailable(Outage::Unreachable))
                 })
@@ -658,7 +668,7 @@ mod tests {
         let cache = SecretCache::new(&cfg(60_000, 0));
         for p in ["pay/a", "pay/b", "web/a"] {
             cache
-                .get_or_fetch(key(p), || async { Ok(checked(p)) })
+                .get_or_fetch(key(p), |_| async { Ok(checked(p)) })
                 .await
                 .unwrap();
         }
@@ -667,7 +677,7 @@ mod tests {
         let calls = AtomicUsize::new(0);
         for p in ["pay/a", "web/a"] {
             cache
-                .get_or_fetch(key(p), || async {
+                .get_or_fetch(key(p), |_| async {
                     calls.fetch_add(1, Ordering::SeqCst);
                     Ok(checked(p))
                 })

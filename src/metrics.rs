@@ -133,7 +133,10 @@ pub struct Metrics {
     source_reads: Family<SourceReadLabels, Counter>,
     /// Misses only; hits never reach a source.
     source_latency: Family<SourceLabels, Histogram, fn() -> Histogram>,
-    cache: Family<CacheLabels, Counter>,
+    /// The two series of `keybroker_cache_requests_total`, held directly: a hit is the hot
+    /// path, and needs no label lookup.
+    cache_hits: Counter,
+    cache_misses: Counter,
     repairs: Family<RepairLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     expiry: Family<ExpiryLabels, Gauge>,
@@ -149,7 +152,7 @@ impl Default for Metrics {
             Family::<SourceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 latency_histogram,
             );
-        let cache = Family::default();
+        let cache: Family<CacheLabels, Counter> = Family::default();
         let repairs = Family::default();
         let reloads = Family::default();
         let expiry = Family::default();
@@ -194,13 +197,24 @@ impl Default for Metrics {
             "1 while a source takes reads (circuit closed), 0 while its circuit is open",
             Family::clone(&source_up),
         );
+        let cache_hits = cache
+            .get_or_create(&CacheLabels {
+                result: CacheResult::Hit,
+            })
+            .clone();
+        let cache_misses = cache
+            .get_or_create(&CacheLabels {
+                result: CacheResult::Miss,
+            })
+            .clone();
         Self {
             registry,
             source_up,
+            cache_hits,
+            cache_misses,
             requests,
             source_reads,
             source_latency,
-            cache,
             repairs,
             reloads,
             expiry,
@@ -237,12 +251,11 @@ impl Metrics {
     }
 
     pub fn cache(&self, hit: bool) {
-        let result = if hit {
-            CacheResult::Hit
+        if hit {
+            self.cache_hits.inc();
         } else {
-            CacheResult::Miss
-        };
-        self.cache.get_or_create(&CacheLabels { result }).inc();
+            self.cache_misses.inc();
+        }
     }
 
     /// A PEM field repaired; `kind` is a repair code (`pem::RepairKind::code`).

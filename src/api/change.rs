@@ -20,8 +20,9 @@ use crate::secret::SecretBuf;
 /// The longest `?wait=` accepted.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// The key of ETags. Keyed, so an ETag never lets anyone test a guess of a value.
-pub struct EtagKey(Zeroizing<Vec<u8>>);
+/// The key of ETags. Keyed, so an ETag never lets anyone test a guess of a value. Held as the
+/// keyed HMAC state (wiped on drop), cloned per tag: the key is not re-hashed per answer.
+pub struct EtagKey(hmac::Hmac<sha2::Sha256>);
 
 impl std::fmt::Debug for EtagKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,7 +44,14 @@ impl EtagKey {
         let mut key = Zeroizing::new(vec![0u8; 32]);
         // Without an OS random source no key can be made safely.
         getrandom::fill(&mut key).expect("the OS random number generator is available");
-        Self(key)
+        Self::keyed(&key)
+    }
+
+    fn keyed(key: &[u8]) -> Self {
+        Self(
+            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
+                .expect("HMAC takes keys of any length"),
+        )
     }
 
     /// The key in `path` (its bytes, trailing whitespace ignored), for replicas to share.
@@ -57,14 +65,13 @@ impl EtagKey {
         if bytes.len() < 16 {
             return Err(EtagKeyError::Short(path.to_owned()));
         }
-        Ok(Self(bytes))
+        Ok(Self::keyed(&bytes))
     }
 
     /// `"kb1-" + base64url(HMAC-SHA256(key, parts))`, 22 characters of it, quoted. Each part
     /// is length-prefixed, so different splits of the same bytes tag differently.
     pub fn tag<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> String {
-        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC takes keys of any length");
+        let mut mac = self.0.clone();
         for p in parts {
             mac.update(&(p.len() as u64).to_be_bytes());
             mac.update(p);
@@ -131,6 +138,18 @@ impl Conditional {
         } else {
             Duration::ZERO
         }
+    }
+}
+
+/// From the request's parts by reference: no copy of the header map per request.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Conditional {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Self::parse(&parts.headers, parts.uri.query())
     }
 }
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -53,11 +53,9 @@ pub(super) async fn material(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    cond: Conditional,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let cond = Conditional::parse(&headers, query.as_deref())?;
     let body: MaterialBody = if body.is_empty() {
         MaterialBody { host: None }
     } else {

@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,11 +33,9 @@ fn json_format() -> Format {
 pub(super) async fn resolve(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    cond: Conditional,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let cond = Conditional::parse(&headers, query.as_deref())?;
     let body: ResolveBody = parse_body(
         &body,
         "{\"document\": …, \"format\": \"json\"|\"yaml\"|\"text\", \"host\": …}",

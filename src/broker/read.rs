@@ -44,33 +44,33 @@ impl Broker {
         &self,
         key: ReadKey,
     ) -> impl std::future::Future<Output = Result<Fetched, SourceError>> + Send + 'static {
-        let fetch = self.fetcher(&key);
+        // Only Arcs here: the key's strings are copied only when a read is really made.
+        let fetch = self.fetcher(&key.0);
         let cache = Arc::clone(&self.cache);
         let metrics = Arc::clone(&self.metrics);
         async move {
             let missed = std::sync::atomic::AtomicBool::new(false);
-            let ahead = fetch.clone();
+            let miss = fetch.clone();
             let fetched = cache
-                .get_or_fetch(key, || {
+                .get_or_fetch(key, |key| {
                     missed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    fetch.run()
+                    miss.run(key.clone())
                 })
                 .await;
             metrics.cache(!missed.load(std::sync::atomic::Ordering::Relaxed));
             if let Some(ticket) = fetched.as_ref().ok().and_then(|f| f.refresh.clone()) {
-                tokio::spawn(async move { cache.refresh_ahead(ticket, || ahead.run()).await });
+                let again = ticket.key().clone();
+                tokio::spawn(async move { cache.refresh_ahead(ticket, || fetch.run(again)).await });
             }
             fetched
         }
     }
 
-    /// What reads `key` from its source: owned, so a refresh ahead can run it later.
-    fn fetcher(&self, key: &ReadKey) -> Fetch {
+    /// What reads from source `name`: owned, so a refresh ahead can run it later.
+    fn fetcher(&self, name: &str) -> Fetch {
         // `plan` only hands out keys of configured sources.
-        let entry = &self.sources[&key.0];
+        let entry = &self.sources[name];
         Fetch {
-            name: key.0.clone(),
-            request: key.1.clone(),
             source: Arc::clone(&entry.source),
             breaker: Arc::clone(&entry.breaker),
             in_flight: Arc::clone(&entry.in_flight),
@@ -84,11 +84,9 @@ impl Broker {
     }
 }
 
-/// One source read and its PEM stage, with what it needs.
+/// A source read and its PEM stage, with what it needs.
 #[derive(Clone)]
 struct Fetch {
-    name: String,
-    request: crate::source::ReadRequest,
     source: Arc<dyn crate::source::SecretSource>,
     breaker: Arc<crate::resilience::CircuitBreaker>,
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -98,12 +96,12 @@ struct Fetch {
 }
 
 impl Fetch {
-    async fn run(self) -> Result<pem::CheckedSecret, SourceError> {
+    async fn run(self, (name, request): ReadKey) -> Result<pem::CheckedSecret, SourceError> {
         let started = Instant::now();
         // Each attempt holds a permit only while it talks to the source.
         let attempt = || async {
             let _permit = self.in_flight.acquire().await;
-            self.source.read(&self.request).await
+            self.source.read(&request).await
         };
         let read = self
             .breaker
@@ -117,8 +115,7 @@ impl Fetch {
             self.answered
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        self.metrics
-            .source_read(&self.name, outcome, started.elapsed());
+        self.metrics.source_read(&name, outcome, started.elapsed());
         let checked = pem::check_secret(&read?, &self.options);
         for (_, kinds) in &checked.repaired {
             for k in kinds {
