@@ -11,9 +11,11 @@
 //!   reads the backend refuses cost it nothing; other failures are never cached.
 //! - Capacity is by weight (bytes of names and values); a maintenance task runs moka's pending
 //!   work every second, so expired secrets are dropped — and zeroized — on time.
-//! - Refresh ahead: the first read of an entry during its TTL hands the caller a
-//!   [`RefreshAhead`] ticket (one per entry); the broker runs it, which re-reads the secret at a
-//!   jittered 75–90 % of the TTL, so a secret in use never misses (docs/DESIGN.md §15).
+//! - Refresh ahead: the first *hit* of an entry (it is in use: read again after the read that
+//!   fetched it) hands the caller a [`RefreshAhead`] ticket, one per entry and at most
+//!   [`MAX_PENDING_REFRESHES`] waiting at once; the broker runs it, which re-reads the secret at
+//!   a jittered 75–90 % of the TTL, so a secret in use never misses (docs/DESIGN.md §15). A
+//!   secret read once (a bulk load) costs no task.
 //! - Change: every entry carries a digest of its content; a store whose digest differs from
 //!   the entry it replaces bumps [`SecretCache::subscribe`]'s generation, which wakes blocking
 //!   queries.
@@ -55,6 +57,8 @@ pub struct RefreshAhead {
     key: CacheKey,
     entry: Weak<Entry>,
     at: Clock,
+    /// The cache's count of waiting tickets, given back when this one has run.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RefreshAhead {
@@ -94,19 +98,37 @@ impl Entry {
         }
     }
 
-    /// A fresh answer; the first one of a found entry carries its refresh ticket.
-    fn answer_fresh(self: &Arc<Self>, key: &CacheKey) -> Result<Fetched, SourceError> {
+    /// A fresh hit; the first one of a found entry carries its refresh ticket (while fewer
+    /// than [`MAX_PENDING_REFRESHES`] wait).
+    fn answer_hit(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        pending: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Result<Fetched, SourceError> {
+        use std::sync::atomic::Ordering;
         let mut fetched = self.answer(false)?;
-        if !self
-            .claimed
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            fetched.refresh = Some(RefreshAhead {
-                key: key.clone(),
-                entry: Arc::downgrade(self),
-                at: self.fetched + self.refresh_after,
-            });
+        if self.claimed.load(Ordering::Relaxed) {
+            return Ok(fetched);
         }
+        let room = pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_PENDING_REFRESHES).then_some(n + 1)
+            })
+            .is_ok();
+        if !room {
+            return Ok(fetched);
+        }
+        if self.claimed.swap(true, Ordering::Relaxed) {
+            // Another hit claimed it in between.
+            pending.fetch_sub(1, Ordering::Relaxed);
+            return Ok(fetched);
+        }
+        fetched.refresh = Some(RefreshAhead {
+            key: key.clone(),
+            entry: Arc::downgrade(self),
+            at: self.fetched + self.refresh_after,
+            pending: Arc::clone(pending),
+        });
         Ok(fetched)
     }
 }
@@ -138,6 +160,10 @@ fn digest(secret: &Result<CheckedSecret, SourceError>) -> [u8; 32] {
     }
     h.finalize().into()
 }
+
+/// Refresh-ahead tickets waiting at once, at most: each is a sleeping task (a few hundred
+/// bytes); past this, entries in use are refreshed on expiry instead (single-flight).
+pub const MAX_PENDING_REFRESHES: usize = 10_000;
 
 /// A point between 75 % and 90 % of `fresh_for`, at random, so that entries read at the same
 /// moment are not refreshed at the same moment.
@@ -194,6 +220,8 @@ pub struct SecretCache {
     refreshing: Arc<std::sync::Mutex<std::collections::HashMap<CacheKey, Refresh>>>,
     /// Bumped whenever an entry is replaced by different content.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Refresh-ahead tickets handed out and not yet run.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for SecretCache {
@@ -231,6 +259,7 @@ impl SecretCache {
             negative_ttl: cfg.negative_ttl.0,
             refreshing: Arc::default(),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            pending: Arc::default(),
         }
     }
 
@@ -253,6 +282,13 @@ impl SecretCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<CheckedSecret, SourceError>>,
     {
+        struct GiveBack(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for GiveBack {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _give_back = GiveBack(Arc::clone(&ticket.pending));
         tokio::time::sleep_until(ticket.at).await;
         let Some(entry) = ticket.entry.upgrade() else {
             return;
@@ -262,7 +298,8 @@ impl SecretCache {
             return;
         }
         drop(entry);
-        match fetch().await {
+        // Boxed: while the ticket sleeps, its task holds only the small state above.
+        match Box::pin(fetch()).await {
             Ok(secret) => {
                 self.store(ticket.key, Ok(secret)).await;
             }
@@ -286,7 +323,7 @@ impl SecretCache {
     {
         if let Some(entry) = self.inner.get(&key).await {
             if entry.fresh() {
-                return entry.answer_fresh(&key);
+                return entry.answer_hit(&key, &self.pending);
             }
             return self.refresh(key, entry, fetch).await;
         }
@@ -302,7 +339,8 @@ impl SecretCache {
             .try_get_with(key.clone(), init)
             .await
             .map_err(|e: Arc<SourceError>| (*e).clone())?;
-        entry.answer_fresh(&key)
+        // A miss, or a caller that waited on one: the next hit shows the entry is in use.
+        entry.answer(false)
     }
 
     /// A stale entry's refresh: one `fetch` for all concurrent callers of `key`.
@@ -494,26 +532,23 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
-    /// The first read hands out one ticket; run, it re-reads before the TTL ends, so the next
+    /// The first hit hands out one ticket; run, it re-reads before the TTL ends, so the next
     /// read after the TTL would have ended is still a fresh hit with the new content, and the
     /// change is announced. Without content change, nothing is announced.
     #[tokio::test(start_paused = true)]
     async fn refresh_ahead_keeps_a_used_entry_fresh_and_announces_changes() {
         let cache = SecretCache::new(&cfg(1000, 0));
         let mut changes = cache.subscribe();
-        let first = cache
-            .get_or_fetch(key("a"), |_| async { Ok(checked("v1")) })
-            .await
-            .unwrap();
-        let ticket = first
-            .refresh
-            .clone()
-            .expect("the first read carries the ticket");
-        let second = cache
-            .get_or_fetch(key("a"), |_| async { Ok(checked("no")) })
-            .await
-            .unwrap();
-        assert!(second.refresh.is_none(), "one ticket per entry");
+        let read =
+            |v: &'static str| cache.get_or_fetch(key("a"), move |_| async move { Ok(checked(v)) });
+        let first = read("v1").await.unwrap();
+        assert!(first.refresh.is_none(), "read once (a miss): no ticket");
+        let second = read("no").await.unwrap();
+        let ticket = second.refresh.expect("the first hit carries the ticket");
+        assert!(
+            read("no").await.unwrap().refresh.is_none(),
+            "one ticket per entry"
+        );
         let started = Clock::now();
         cache
             .refresh_ahead(ticket, || async { Ok(checked("v2")) })
@@ -526,16 +561,19 @@ mod tests {
         assert!(changes.has_changed().unwrap(), "new content announced");
         changes.mark_unchanged();
         tokio::time::advance(Duration::from_millis(400)).await;
-        let after = cache
-            .get_or_fetch(key("a"), |_| async {
+        let down = || {
+            cache.get_or_fetch(key("a"), |_| async {
                 Err(SourceError::Unavailable(Outage::Unreachable))
             })
-            .await
-            .unwrap();
+        };
+        // The refreshed entry's first read is a hit (the refresh was no caller's read).
+        let after = down().await.unwrap();
         assert_eq!(value(&after), "v2");
         assert!(!after.stale);
         // The same content again: no announcement.
-        let ticket = after.refresh.expect("the new entry's ticket");
+        let ticket = after
+            .refresh
+            .expect("the new entry's first hit carries its ticket");
         cache
             .refresh_ahead(ticket, || async { Ok(checked("v2")) })
             .await;
@@ -546,10 +584,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_refresh_ahead_of_a_purged_entry_does_nothing() {
         let cache = SecretCache::new(&cfg(1000, 0));
-        let first = cache
-            .get_or_fetch(key("a"), |_| async { Ok(checked("v1")) })
-            .await
-            .unwrap();
+        let read = || cache.get_or_fetch(key("a"), |_| async { Ok(checked("v1")) });
+        read().await.unwrap();
+        let first = read().await.unwrap();
         cache.purge("s", &[]);
         cache.maintain().await;
         let calls = AtomicUsize::new(0);
@@ -561,6 +598,11 @@ mod tests {
             .await;
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         assert_eq!(cache.entry_count(), 0);
+        assert_eq!(
+            cache.pending.load(Ordering::SeqCst),
+            0,
+            "the ticket was given back"
+        );
     }
 
     #[tokio::test(start_paused = true)]
