@@ -5,6 +5,7 @@
 //! The library is usable without the server: load a [`config::Config`], build a
 //! [`broker::Broker`], call [`broker::Broker::resolve`]. See ARCHITECTURE.md for the map.
 
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod audit;

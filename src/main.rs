@@ -84,6 +84,15 @@ enum Command {
         #[arg(long, env = "KEYBROKER_CONFIG", default_value = "keybroker.toml")]
         config: PathBuf,
     },
+    /// Keep key material as files for a gateway (docs/AGENT.md).
+    Agent {
+        #[arg(long, default_value = "agent.toml")]
+        config: PathBuf,
+        /// Write everything once and exit: 0 all written, 1 refused or failed, 75 the server
+        /// was unreachable (try again later).
+        #[arg(long)]
+        once: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -156,6 +165,8 @@ enum Failure {
     Rejected,
     /// 2: usage, configuration or environment error.
     Usage(String),
+    /// Another code (the agent's 75: try again later).
+    Code(u8),
 }
 
 fn main() -> ExitCode {
@@ -189,10 +200,12 @@ fn main() -> ExitCode {
             dev,
             listen,
         } => runtime().and_then(|rt| rt.block_on(serve(config, dev, listen))),
+        Command::Agent { config, once } => runtime().and_then(|rt| rt.block_on(agent(&config, once))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Rejected) => ExitCode::from(1),
+        Err(Failure::Code(code)) => ExitCode::from(code),
         Err(Failure::Usage(message)) => {
             eprintln!("keybroker: {message}");
             ExitCode::from(2)
@@ -632,6 +645,24 @@ async fn serve(
     tokio::join!(main, vault);
     tracing::info!("keybroker stopped");
     Ok(())
+}
+
+async fn agent(path: &Path, once: bool) -> Result<(), Failure> {
+    let cfg = keybroker::agent::AgentConfig::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
+    if once {
+        let passes = keybroker::agent::once(&cfg)
+            .await
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        return match keybroker::agent::Pass::exit_code(&passes) {
+            0 => Ok(()),
+            1 => Err(Failure::Rejected),
+            code => Err(Failure::Code(code)),
+        };
+    }
+    tokio::select! {
+        r = keybroker::agent::run(cfg) => r.map_err(|e| Failure::Usage(e.to_string())),
+        () = shutdown_signal() => Ok(()),
+    }
 }
 
 /// An assembly error, at the setting it is about.

@@ -5,6 +5,7 @@
 
 mod ccp;
 mod fields;
+pub(crate) use fields::FieldValue;
 mod file;
 mod http;
 mod vault;

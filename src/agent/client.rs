@@ -1,0 +1,182 @@
+//! The agent's side of the HTTP API: material and expansions, with ETags and blocking queries.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::config::ServerSection;
+use crate::source::FieldValue;
+
+/// Why a fetch did not give new material.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The server could not be reached (or answered 5xx): try again later.
+    #[error("the keybroker server is unreachable or unavailable: {0}")]
+    Unreachable(String),
+    /// The server answered and refused (4xx): a configuration problem.
+    #[error("the keybroker server refused: {status} {code}")]
+    Refused { status: u16, code: String },
+    #[error("cannot set up the client: {0}")]
+    Setup(String),
+}
+
+/// The values of one credential, as the server sent them.
+#[derive(Deserialize)]
+pub struct Material {
+    pub certificate: Option<FieldValue>,
+    pub private_key: Option<FieldValue>,
+    pub ca: Option<FieldValue>,
+}
+
+#[derive(Deserialize)]
+struct Expanded {
+    document: FieldValue,
+}
+
+/// An answer: new content with its ETag, or "unchanged".
+pub enum Fetched<T> {
+    Changed { etag: Option<String>, value: T },
+    Unchanged,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<SecretString>,
+}
+
+impl Client {
+    pub fn new(server: &ServerSection) -> Result<Self, FetchError> {
+        let setup = |e: String| FetchError::Setup(e);
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(server.wait + Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(ca) = &server.ca_cert {
+            let pem = std::fs::read(ca).map_err(|e| setup(format!("{}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| setup(e.to_string()))?;
+            b = b.add_root_certificate(cert);
+        }
+        if let (Some(cert), Some(key)) = (&server.client_cert, &server.client_key) {
+            let mut pem =
+                Zeroizing::new(std::fs::read(cert).map_err(|e| setup(format!("{}: {e}", cert.display())))?);
+            pem.extend_from_slice(
+                &Zeroizing::new(std::fs::read(key).map_err(|e| setup(format!("{}: {e}", key.display())))?),
+            );
+            b = b.identity(
+                reqwest::Identity::from_pem(&pem)
+                    .map_err(|_| setup("the client certificate or key does not parse".into()))?,
+            );
+        }
+        let token = match &server.token_file {
+            None => None,
+            Some(p) => {
+                let t = Zeroizing::new(
+                    std::fs::read_to_string(p).map_err(|e| setup(format!("{}: {e}", p.display())))?,
+                );
+                Some(crate::secret::secret_string(t.trim()))
+            }
+        };
+        Ok(Self {
+            http: b.build().map_err(|e| setup(e.to_string()))?,
+            base: server.url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        etag: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Result<Option<(Option<String>, Zeroizing<Vec<u8>>)>, FetchError> {
+        let mut url = format!("{}{path}", self.base);
+        if let (Some(_), Some(w)) = (etag, wait) {
+            url.push_str(&format!("?wait={}s", w.as_secs().clamp(1, 300)));
+        }
+        let mut req = self.http.post(url).json(&body);
+        if let Some(t) = &self.token {
+            use secrecy::ExposeSecret;
+            req = req.bearer_auth(t.expose_secret());
+        }
+        if let Some(e) = etag {
+            req = req.header("if-none-match", e);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| FetchError::Unreachable(e.without_url().to_string()))?;
+        let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if status == 304 {
+            return Ok(None);
+        }
+        let bytes = Zeroizing::new(
+            resp.bytes()
+                .await
+                .map_err(|e| FetchError::Unreachable(e.without_url().to_string()))?
+                .to_vec(),
+        );
+        match status {
+            200 => Ok(Some((etag, bytes))),
+            500..=599 => Err(FetchError::Unreachable(format!("status {status}"))),
+            _ => {
+                // Error bodies hold codes, never values.
+                let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                Err(FetchError::Refused { status, code })
+            }
+        }
+    }
+
+    pub async fn material(
+        &self,
+        credential: &str,
+        host: &str,
+        etag: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Result<Fetched<Material>, FetchError> {
+        let path = format!("/v1/credentials/{credential}/material");
+        match self
+            .post(&path, serde_json::json!({ "host": host }), etag, wait)
+            .await?
+        {
+            None => Ok(Fetched::Unchanged),
+            Some((etag, bytes)) => {
+                let value: Material = serde_json::from_slice(&bytes)
+                    .map_err(|_| FetchError::Unreachable("an answer that does not parse".into()))?;
+                Ok(Fetched::Changed { etag, value })
+            }
+        }
+    }
+
+    pub async fn expand(
+        &self,
+        text: &str,
+        host: &str,
+        etag: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Result<Fetched<SecretString>, FetchError> {
+        let body = serde_json::json!({ "document": text, "format": "text", "host": host });
+        match self.post("/v1/resolve", body, etag, wait).await? {
+            None => Ok(Fetched::Unchanged),
+            Some((etag, bytes)) => {
+                let value: Expanded = serde_json::from_slice(&bytes)
+                    .map_err(|_| FetchError::Unreachable("an answer that does not parse".into()))?;
+                Ok(Fetched::Changed {
+                    etag,
+                    value: value.document.0,
+                })
+            }
+        }
+    }
+}

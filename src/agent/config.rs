@@ -1,0 +1,153 @@
+//! `agent.toml` (docs/AGENT.md): where the server is, how to authenticate, which files to keep.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub server: ServerSection,
+    #[serde(default)]
+    pub output: Vec<Output>,
+    #[serde(default)]
+    pub template: Vec<Template>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub url: String,
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    /// How long one blocking query waits for a change (at most the server's 300 s).
+    #[serde(default = "default_wait", with = "humantime_serde_lite")]
+    pub wait: Duration,
+}
+
+/// One credential kept as files in one directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub credential: String,
+    pub host: String,
+    pub dir: PathBuf,
+    #[serde(default = "default_files")]
+    pub files: Vec<String>,
+    /// Octal, for files holding a private key; other files are 0644.
+    #[serde(default = "default_key_mode")]
+    pub key_mode: String,
+    /// argv run after each swap (no shell).
+    #[serde(default)]
+    pub reload: Vec<String>,
+    #[serde(default = "default_reload_timeout", with = "humantime_serde_lite")]
+    pub reload_timeout: Duration,
+}
+
+/// A text document with references, expanded by `/v1/resolve` into `destination`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub host: String,
+    #[serde(default = "default_key_mode")]
+    pub mode: String,
+}
+
+fn default_wait() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_files() -> Vec<String> {
+    vec!["cert.pem".into(), "key.pem".into(), "ca.pem".into()]
+}
+fn default_key_mode() -> String {
+    "0600".into()
+}
+fn default_reload_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Durations as humantime text (`"30s"`).
+mod humantime_serde_lite {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The files an output may name.
+pub const KNOWN_FILES: &[&str] = &["cert.pem", "key.pem", "ca.pem", "chain.pem", "bundle.pem"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentConfigError {
+    #[error("{}: cannot read: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{}: {why}", path.display())]
+    Invalid { path: PathBuf, why: String },
+}
+
+impl AgentConfigError {
+    fn invalid(path: &Path, why: impl Into<String>) -> Self {
+        Self::Invalid {
+            path: path.to_owned(),
+            why: why.into(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads `path`; relative paths are taken relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| AgentConfigError::Read { path: path.to_owned(), error })?;
+        let mut cfg: Self = toml::from_str(&text)
+            .map_err(|e| AgentConfigError::invalid(path, e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for p in [
+            &mut cfg.server.ca_cert,
+            &mut cfg.server.client_cert,
+            &mut cfg.server.client_key,
+            &mut cfg.server.token_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        for o in &mut cfg.output {
+            fix(&mut o.dir);
+            if let Some(bad) = o.files.iter().find(|f| !KNOWN_FILES.contains(&f.as_str())) {
+                return Err(AgentConfigError::invalid(path, format!("output {}: unknown file {bad:?} (one of {KNOWN_FILES:?}; keystore.p12 is not built yet)", o.credential),
+                ));
+            }
+            parse_mode(&o.key_mode).ok_or_else(|| {
+                AgentConfigError::invalid(path, format!("key_mode {:?} is not octal", o.key_mode))
+            })?;
+        }
+        for t in &mut cfg.template {
+            fix(&mut t.source);
+            fix(&mut t.destination);
+        }
+        if cfg.server.client_cert.is_some() != cfg.server.client_key.is_some() {
+            return Err(AgentConfigError::invalid(path, "client_cert and client_key go together",
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+pub fn parse_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+}

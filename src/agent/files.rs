@@ -1,0 +1,189 @@
+//! Writing one output's files so that a reader sees the old set or the new set, never a mix:
+//! a new generation directory, written and synced, then the `..data` symlink swapped by a
+//! rename (the Kubernetes atomic-writer layout Envoy's `watched_directory` understands).
+//! `cert.pem` etc. are links to `..data/cert.pem`. Material is verified before anything is
+//! written.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use secrecy::ExposeSecret;
+use zeroize::Zeroizing;
+
+use super::client::Material;
+
+const DATA: &str = "..data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The material is not a usable certificate and key (the PEM module's code, never text).
+    #[error("the material is refused: {0}")]
+    Refused(String),
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
+    move |error| WriteError::Io {
+        path: path.to_owned(),
+        error,
+    }
+}
+
+/// The files of one generation, by name, as zeroizing text.
+pub type Contents = Vec<(String, Zeroizing<String>)>;
+
+/// Checks `m` (key matches the leaf, chain in order, nothing expired, the leaf not a CA) and
+/// lays out the requested files.
+pub fn prepare(m: &Material, files: &[String]) -> Result<Contents, WriteError> {
+    let chain = m
+        .certificate
+        .as_ref()
+        .ok_or_else(|| WriteError::Refused("no certificate in the material".into()))?;
+    let key = m
+        .private_key
+        .as_ref()
+        .ok_or_else(|| WriteError::Refused("no private key in the material".into()))?;
+    let chain = chain.0.expose_secret();
+    let key = key.0.expose_secret();
+    let mut bundle = Zeroizing::new(String::with_capacity(key.len() + chain.len() + 1));
+    bundle.push_str(key);
+    if !bundle.ends_with('\n') {
+        bundle.push('\n');
+    }
+    bundle.push_str(chain);
+    let opts = crate::pem::Options {
+        checks: crate::pem::Checks {
+            reject_expired: true,
+            expect_leaf: true,
+            known_labels_only: false,
+        },
+        ..crate::pem::Options::default()
+    };
+    crate::pem::repair(&bundle, &opts).map_err(|e| WriteError::Refused(e.to_string()))?;
+    let leaf = chain
+        .find("-----END CERTIFICATE-----")
+        .map(|i| {
+            let end = i + "-----END CERTIFICATE-----".len();
+            format!("{}\n", &chain[..end])
+        })
+        .unwrap_or_else(|| chain.to_owned());
+    let mut out = Contents::new();
+    for f in files {
+        let text = match f.as_str() {
+            "cert.pem" => Zeroizing::new(leaf.clone()),
+            "key.pem" => Zeroizing::new(key.to_owned()),
+            "chain.pem" => Zeroizing::new(chain.to_owned()),
+            "bundle.pem" => Zeroizing::new(bundle.to_string()),
+            "ca.pem" => match &m.ca {
+                Some(ca) => Zeroizing::new(ca.0.expose_secret().to_owned()),
+                None => return Err(WriteError::Refused("no ca in the material".into())),
+            },
+            other => return Err(WriteError::Refused(format!("unknown file {other:?}"))),
+        };
+        out.push((f.clone(), text));
+    }
+    Ok(out)
+}
+
+/// Whether a file holds key material (and gets `key_mode`).
+fn holds_key(name: &str) -> bool {
+    matches!(name, "key.pem" | "bundle.pem")
+}
+
+/// Writes `contents` as a new generation of `dir` and swaps `..data` to it. Returns the
+/// generation that was current before (for a rollback), if any.
+pub fn swap_in(dir: &Path, contents: &Contents, key_mode: u32) -> Result<Option<String>, WriteError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let stamp = humantime::format_rfc3339_nanos(std::time::SystemTime::now())
+        .to_string()
+        .replace([':', '-', '.'], "_");
+    let generation = format!("..{stamp}");
+    let gen_dir = dir.join(&generation);
+    std::fs::create_dir(&gen_dir).map_err(io(&gen_dir))?;
+    std::fs::set_permissions(&gen_dir, std::fs::Permissions::from_mode(0o755)).map_err(io(&gen_dir))?;
+    for (name, text) in contents {
+        let path = gen_dir.join(name);
+        let mode = if holds_key(name) { key_mode } else { 0o644 };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(io(&path))?;
+        f.write_all(text.as_bytes()).map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))?;
+        // The umask may have narrowed the mode; set it as asked.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io(&path))?;
+    }
+    sync_dir(&gen_dir)?;
+    let previous = current(dir);
+    point_data_at(dir, &generation)?;
+    for (name, _) in contents {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("{DATA}/{name}"), &link).map_err(io(&link))?;
+        }
+    }
+    sync_dir(dir)?;
+    Ok(previous)
+}
+
+/// The generation `..data` points at.
+pub fn current(dir: &Path) -> Option<String> {
+    std::fs::read_link(dir.join(DATA))
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_owned))
+}
+
+/// Points `..data` at `generation` atomically (a new link renamed over the old).
+pub fn point_data_at(dir: &Path, generation: &str) -> Result<(), WriteError> {
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(generation, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, dir.join(DATA)).map_err(io(dir))?;
+    sync_dir(dir)
+}
+
+/// Removes every generation but `keep`.
+pub fn prune(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("..") && name != DATA && name != keep && e.path().is_dir() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WriteError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// Writes one file atomically (a template's destination): temporary file, sync, rename.
+pub fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), WriteError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    sync_dir(dir)
+}
