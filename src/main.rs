@@ -200,7 +200,9 @@ fn main() -> ExitCode {
             dev,
             listen,
         } => runtime().and_then(|rt| rt.block_on(serve(config, dev, listen))),
-        Command::Agent { config, once } => runtime().and_then(|rt| rt.block_on(agent(&config, once))),
+        Command::Agent { config, once } => {
+            runtime().and_then(|rt| rt.block_on(agent(&config, once)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -648,7 +650,8 @@ async fn serve(
 }
 
 async fn agent(path: &Path, once: bool) -> Result<(), Failure> {
-    let cfg = keybroker::agent::AgentConfig::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
+    let cfg =
+        keybroker::agent::AgentConfig::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
     if once {
         let passes = keybroker::agent::once(&cfg)
             .await

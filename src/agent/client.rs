@@ -60,11 +60,12 @@ impl Client {
             b = b.add_root_certificate(cert);
         }
         if let (Some(cert), Some(key)) = (&server.client_cert, &server.client_key) {
-            let mut pem =
-                Zeroizing::new(std::fs::read(cert).map_err(|e| setup(format!("{}: {e}", cert.display())))?);
-            pem.extend_from_slice(
-                &Zeroizing::new(std::fs::read(key).map_err(|e| setup(format!("{}: {e}", key.display())))?),
+            let mut pem = Zeroizing::new(
+                std::fs::read(cert).map_err(|e| setup(format!("{}: {e}", cert.display())))?,
             );
+            pem.extend_from_slice(&Zeroizing::new(
+                std::fs::read(key).map_err(|e| setup(format!("{}: {e}", key.display())))?,
+            ));
             b = b.identity(
                 reqwest::Identity::from_pem(&pem)
                     .map_err(|_| setup("the client certificate or key does not parse".into()))?,
@@ -74,7 +75,8 @@ impl Client {
             None => None,
             Some(p) => {
                 let t = Zeroizing::new(
-                    std::fs::read_to_string(p).map_err(|e| setup(format!("{}: {e}", p.display())))?,
+                    std::fs::read_to_string(p)
+                        .map_err(|e| setup(format!("{}: {e}", p.display())))?,
                 );
                 Some(crate::secret::secret_string(t.trim()))
             }

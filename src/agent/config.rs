@@ -86,7 +86,10 @@ pub const KNOWN_FILES: &[&str] = &["cert.pem", "key.pem", "ca.pem", "chain.pem",
 #[derive(Debug, thiserror::Error)]
 pub enum AgentConfigError {
     #[error("{}: cannot read: {error}", path.display())]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{}: {why}", path.display())]
     Invalid { path: PathBuf, why: String },
 }
@@ -103,10 +106,12 @@ impl AgentConfigError {
 impl AgentConfig {
     /// Reads `path`; relative paths are taken relative to its folder.
     pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| AgentConfigError::Read { path: path.to_owned(), error })?;
-        let mut cfg: Self = toml::from_str(&text)
-            .map_err(|e| AgentConfigError::invalid(path, e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|error| AgentConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        let mut cfg: Self =
+            toml::from_str(&text).map_err(|e| AgentConfigError::invalid(path, e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -127,7 +132,12 @@ impl AgentConfig {
         for o in &mut cfg.output {
             fix(&mut o.dir);
             if let Some(bad) = o.files.iter().find(|f| !KNOWN_FILES.contains(&f.as_str())) {
-                return Err(AgentConfigError::invalid(path, format!("output {}: unknown file {bad:?} (one of {KNOWN_FILES:?}; keystore.p12 is not built yet)", o.credential),
+                return Err(AgentConfigError::invalid(
+                    path,
+                    format!(
+                        "output {}: unknown file {bad:?} (one of {KNOWN_FILES:?}; keystore.p12 is not built yet)",
+                        o.credential
+                    ),
                 ));
             }
             parse_mode(&o.key_mode).ok_or_else(|| {
@@ -139,7 +149,9 @@ impl AgentConfig {
             fix(&mut t.destination);
         }
         if cfg.server.client_cert.is_some() != cfg.server.client_key.is_some() {
-            return Err(AgentConfigError::invalid(path, "client_cert and client_key go together",
+            return Err(AgentConfigError::invalid(
+                path,
+                "client_cert and client_key go together",
             ));
         }
         Ok(cfg)

@@ -21,7 +21,10 @@ pub enum WriteError {
     #[error("the material is refused: {0}")]
     Refused(String),
     #[error("{}: {error}", path.display())]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
@@ -94,7 +97,11 @@ fn holds_key(name: &str) -> bool {
 
 /// Writes `contents` as a new generation of `dir` and swaps `..data` to it. Returns the
 /// generation that was current before (for a rollback), if any.
-pub fn swap_in(dir: &Path, contents: &Contents, key_mode: u32) -> Result<Option<String>, WriteError> {
+pub fn swap_in(
+    dir: &Path,
+    contents: &Contents,
+    key_mode: u32,
+) -> Result<Option<String>, WriteError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let stamp = humantime::format_rfc3339_nanos(std::time::SystemTime::now())
         .to_string()
@@ -102,7 +109,8 @@ pub fn swap_in(dir: &Path, contents: &Contents, key_mode: u32) -> Result<Option<
     let generation = format!("..{stamp}");
     let gen_dir = dir.join(&generation);
     std::fs::create_dir(&gen_dir).map_err(io(&gen_dir))?;
-    std::fs::set_permissions(&gen_dir, std::fs::Permissions::from_mode(0o755)).map_err(io(&gen_dir))?;
+    std::fs::set_permissions(&gen_dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(io(&gen_dir))?;
     for (name, text) in contents {
         let path = gen_dir.join(name);
         let mode = if holds_key(name) { key_mode } else { 0o644 };
@@ -115,7 +123,8 @@ pub fn swap_in(dir: &Path, contents: &Contents, key_mode: u32) -> Result<Option<
         f.write_all(text.as_bytes()).map_err(io(&path))?;
         f.sync_all().map_err(io(&path))?;
         // The umask may have narrowed the mode; set it as asked.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(io(&path))?;
     }
     sync_dir(&gen_dir)?;
     let previous = current(dir);

@@ -1,0 +1,407 @@
+//! `keybroker agent` end to end (docs/AGENT.md): a real nginx proxies to an upstream that
+//! requires a client certificate and answers with the subject it verified; the agent keeps
+//! nginx's client certificate current from a keybroker server backed by OpenBao.
+
+mod support {
+    pub mod openbao;
+    pub mod pki;
+    pub mod server;
+}
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::openbao::{OpenBao, free_port};
+use support::pki::Ca;
+use support::server::{Running, folder, token_sha256};
+
+const GW: &str = "agent-token";
+
+/// A client certificate of the partner CA with common name `cn`, as a new KV version.
+fn put_partner(bao: &OpenBao, partner: &Ca, cn: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let issued = partner.client(dir.path(), cn, cn);
+    bao.cli(&[
+        "kv",
+        "put",
+        "-mount=secret",
+        "tls/partner",
+        &format!("cert={}", issued.cert_pem),
+        &format!("key={}", issued.key_pem),
+    ]);
+}
+
+struct World {
+    bao: OpenBao,
+    partner: Ca,
+    dir: tempfile::TempDir,
+    _server: Running,
+    server_port: u16,
+    nginx: Option<PathBuf>,
+    proxy_port: u16,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(prefix) = &self.nginx {
+            let _ = Command::new("nginx")
+                .args([
+                    "-p",
+                    prefix.to_str().unwrap(),
+                    "-c",
+                    "nginx.conf",
+                    "-s",
+                    "stop",
+                ])
+                .status();
+        }
+    }
+}
+
+async fn world() -> World {
+    let bao = OpenBao::start();
+    let partner = Ca::new("partner CA");
+    put_partner(&bao, &partner, "gateway-v1");
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    std::fs::write(
+        root.join("policies/p.toml"),
+        format!(
+            r#"
+[[team]]
+slug = "edge"
+[[consumer]]
+name = "agent"
+team = "edge"
+token_sha256 = "{}"
+[[credential]]
+name = "partner-api"
+mode = "mtls"
+team = "edge"
+allowed_hosts = ["api.partner.example"]
+client_certificate = "$SECRET_vault:tls/partner $KEY_cert"
+client_private_key = "$SECRET_vault:tls/partner $KEY_key"
+"#,
+            token_sha256(GW)
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[cache]\nttl = \"1s\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n",
+            bao.addr
+        ),
+    )
+    .unwrap();
+    ca.write(&root.join("ca.pem"));
+    std::fs::write(root.join("token"), format!("{GW}\n")).unwrap();
+    let server = Running::start(root, &ca.pem, port, "info").await;
+    World {
+        bao,
+        partner,
+        dir,
+        _server: server,
+        server_port: port,
+        nginx: None,
+        proxy_port: 0,
+    }
+}
+
+impl World {
+    /// An agent.toml for `partner-api` into `certs/`, reloading with `reload`.
+    fn agent_config(&self, reload: &[String], port: u16) -> PathBuf {
+        let root = self.dir.path();
+        let reload = reload
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let path = root.join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[server]
+url = "https://localhost:{port}"
+ca_cert = "ca.pem"
+token_file = "token"
+wait = "30s"
+
+[[output]]
+credential = "partner-api"
+host = "api.partner.example"
+dir = "certs"
+files = ["cert.pem", "key.pem", "chain.pem"]
+reload = [{reload}]
+reload_timeout = "10s"
+"#
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn agent_once(&self, config: &Path) -> (Option<i32>, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args(["agent", "--once", "--config", config.to_str().unwrap()])
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn nginx_reload(&self) -> Vec<String> {
+        let prefix = self.dir.path().join("nginx");
+        [
+            "nginx",
+            "-p",
+            prefix.to_str().unwrap(),
+            "-c",
+            "nginx.conf",
+            "-s",
+            "reload",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    /// Starts nginx: an upstream on TLS that requires a client certificate of the partner CA
+    /// and answers with the subject it verified, and a plain proxy in front of it presenting
+    /// the agent's files.
+    fn start_nginx(&mut self) {
+        let found = Command::new("nginx").arg("-v").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "nginx is required for the agent tests: run scripts/test.sh, or apt-get install nginx"
+        );
+        let root = self.dir.path();
+        let prefix = root.join("nginx");
+        std::fs::create_dir_all(prefix.join("logs")).unwrap();
+        let upstream_ca = Ca::new("upstream server CA");
+        let upstream = upstream_ca.server(&prefix, "upstream");
+        self.partner.write(&prefix.join("partner-ca.pem"));
+        let (up, proxy) = (free_port(), free_port());
+        std::fs::write(
+            prefix.join("nginx.conf"),
+            format!(
+                r#"
+user root;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+  server {{
+    listen 127.0.0.1:{up} ssl;
+    ssl_certificate {upcert};
+    ssl_certificate_key {upkey};
+    ssl_client_certificate {prefix}/partner-ca.pem;
+    ssl_verify_client on;
+    location / {{ return 200 "$ssl_client_s_dn\n"; }}
+  }}
+  server {{
+    listen 127.0.0.1:{proxy};
+    location / {{
+      proxy_pass https://127.0.0.1:{up};
+      proxy_ssl_certificate {certs}/cert.pem;
+      proxy_ssl_certificate_key {certs}/key.pem;
+      proxy_ssl_verify off;
+    }}
+  }}
+}}
+"#,
+                prefix = prefix.display(),
+                upcert = upstream.cert.display(),
+                upkey = upstream.key.display(),
+                certs = root.join("certs").display(),
+            ),
+        )
+        .unwrap();
+        let status = Command::new("nginx")
+            .args(["-p", prefix.to_str().unwrap(), "-c", "nginx.conf"])
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "nginx did not start: {}",
+            std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default()
+        );
+        self.nginx = Some(prefix);
+        self.proxy_port = proxy;
+    }
+
+    async fn through_nginx(&self, client: &reqwest::Client) -> Result<String, String> {
+        let resp = client
+            .get(format!("http://127.0.0.1:{}/", self.proxy_port))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp.text().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{status}: {body}"))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_presents_the_agents_files_and_a_rotation_reaches_the_upstream_without_a_failure() {
+    let mut w = world().await;
+    let root = w.dir.path().to_owned();
+    // Once, with no reload yet (nginx is not running): the files appear.
+    let config = w.agent_config(&[], w.server_port);
+    let (code, stderr) = w.agent_once(&config);
+    assert_eq!(code, Some(0), "{stderr}");
+    let certs = root.join("certs");
+    let key_mode = std::fs::metadata(certs.join("..data/key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600, "key files are 0600");
+    assert!(
+        std::fs::symlink_metadata(certs.join("cert.pem"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        std::fs::read_link(certs.join("..data"))
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("..")
+    );
+
+    w.start_nginx();
+    let client = reqwest::Client::new();
+    let first = w.through_nginx(&client).await.expect("nginx answers");
+    assert!(first.contains("CN=gateway-v1"), "{first}");
+
+    // The agent keeps running, reloading nginx on each change.
+    let config = w.agent_config(&w.nginx_reload(), w.server_port);
+    let log = std::fs::File::create(root.join("agent.log")).unwrap();
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .current_dir(&root)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // A request loop through the rotation.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let (stop, client) = (std::sync::Arc::clone(&stop), client.clone());
+        let url = format!("http://127.0.0.1:{}/", w.proxy_port);
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut seen_v2) = (0u32, Vec::new(), false);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        ok += 1;
+                        seen_v2 |= r.text().await.unwrap_or_default().contains("CN=gateway-v2");
+                    }
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed, seen_v2)
+        })
+    };
+    put_partner(&w.bao, &w.partner, "gateway-v2");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = w.through_nginx(&client).await.unwrap_or_default();
+        if now.contains("CN=gateway-v2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotation did not reach the upstream:\n{}",
+            std::fs::read_to_string(root.join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, seen_v2) = looping.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 0 && seen_v2);
+    let _ = agent.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_reload_puts_the_previous_files_back_and_an_absent_server_is_75() {
+    let w = world().await;
+    let root = w.dir.path().to_owned();
+    let config = w.agent_config(&[], w.server_port);
+    assert_eq!(w.agent_once(&config).0, Some(0));
+    let certs = root.join("certs");
+    let before_link = std::fs::read_link(certs.join("..data")).unwrap();
+    let before = std::fs::read_to_string(certs.join("cert.pem")).unwrap();
+
+    // New material, but the reload fails: the previous generation is swapped back.
+    put_partner(&w.bao, &w.partner, "gateway-v2");
+    let failing = w.agent_config(&["false".to_owned()], w.server_port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The server's cache (1 s TTL) may still hand out v1 for a moment; wait for v2 to be
+        // what was attempted, then check the files stayed.
+        let (code, stderr) = w.agent_once(&failing);
+        if stderr.contains("reload failed") {
+            assert_eq!(code, Some(1), "{stderr}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failing reload never ran: {stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        std::fs::read_link(certs.join("..data")).unwrap(),
+        before_link
+    );
+    assert_eq!(
+        std::fs::read_to_string(certs.join("cert.pem")).unwrap(),
+        before
+    );
+    let generations = std::fs::read_dir(&certs)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_str().unwrap();
+            n.starts_with("..") && n != "..data" && e.path().is_dir()
+        })
+        .count();
+    assert_eq!(generations, 1, "the failed generation is removed");
+
+    // No server there: 75, and the files stay.
+    let away = w.agent_config(&[], free_port());
+    assert_eq!(w.agent_once(&away).0, Some(75));
+    assert_eq!(
+        std::fs::read_to_string(certs.join("cert.pem")).unwrap(),
+        before
+    );
+}
