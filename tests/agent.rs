@@ -20,7 +20,8 @@ use support::server::{Running, folder, token_sha256};
 const GW: &str = "agent-token";
 
 /// A client certificate of the partner CA with common name `cn`, as a new KV version.
-fn put_partner(bao: &OpenBao, partner: &Ca, cn: &str) {
+/// Returns a line of the key's base64 body (for canary checks).
+fn put_partner(bao: &OpenBao, partner: &Ca, cn: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let issued = partner.client(dir.path(), cn, cn);
     bao.cli(&[
@@ -31,6 +32,7 @@ fn put_partner(bao: &OpenBao, partner: &Ca, cn: &str) {
         &format!("cert={}", issued.cert_pem),
         &format!("key={}", issued.key_pem),
     ]);
+    issued.key_pem.lines().nth(1).unwrap().to_owned()
 }
 
 struct World {
@@ -299,6 +301,7 @@ async fn nginx_presents_the_agents_files_and_a_rotation_reaches_the_upstream_wit
     let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
         .args(["agent", "--config", config.to_str().unwrap()])
         .current_dir(&root)
+        .env("RUST_LOG", "trace")
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
@@ -324,7 +327,7 @@ async fn nginx_presents_the_agents_files_and_a_rotation_reaches_the_upstream_wit
             (ok, failed, seen_v2)
         })
     };
-    put_partner(&w.bao, &w.partner, "gateway-v2");
+    let key_line = put_partner(&w.bao, &w.partner, "gateway-v2");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = w.through_nginx(&client).await.unwrap_or_default();
@@ -348,6 +351,12 @@ async fn nginx_presents_the_agents_files_and_a_rotation_reaches_the_upstream_wit
     );
     assert!(ok > 0 && seen_v2);
     let _ = agent.kill().await;
+    // The agent's log (at trace) holds no key material.
+    let log = std::fs::read_to_string(root.join("agent.log")).unwrap();
+    assert!(
+        !log.contains(&key_line),
+        "the key leaked into the agent's log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,13 +370,17 @@ async fn a_failing_reload_puts_the_previous_files_back_and_an_absent_server_is_7
     let before = std::fs::read_to_string(certs.join("cert.pem")).unwrap();
 
     // New material, but the reload fails: the previous generation is swapped back.
-    put_partner(&w.bao, &w.partner, "gateway-v2");
+    let key_line = put_partner(&w.bao, &w.partner, "gateway-v2");
     let failing = w.agent_config(&["false".to_owned()], w.server_port);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // The server's cache (1 s TTL) may still hand out v1 for a moment; wait for v2 to be
         // what was attempted, then check the files stayed.
         let (code, stderr) = w.agent_once(&failing);
+        assert!(
+            !stderr.contains(&key_line),
+            "the key leaked into the agent's output"
+        );
         if stderr.contains("reload failed") {
             assert_eq!(code, Some(1), "{stderr}");
             break;
