@@ -101,6 +101,7 @@ client_private_key = "$SECRET_vault:tls/partner $KEY_key"
     .unwrap();
     ca.write(&root.join("ca.pem"));
     std::fs::write(root.join("token"), format!("{GW}\n")).unwrap();
+    std::fs::write(root.join("p12.pass"), "changeit\n").unwrap();
     let server = Running::start(root, &ca.pem, port, "info").await;
     World {
         bao,
@@ -137,7 +138,8 @@ wait = "30s"
 credential = "partner-api"
 host = "api.partner.example"
 dir = "certs"
-files = ["cert.pem", "key.pem", "chain.pem"]
+files = ["cert.pem", "key.pem", "chain.pem", "keystore.p12"]
+pkcs12_password_file = "p12.pass"
 reload = [{reload}]
 reload_timeout = "10s"
 "#

@@ -40,6 +40,8 @@ pub struct Output {
     /// Octal, for files holding a private key; other files are 0644.
     #[serde(default = "default_key_mode")]
     pub key_mode: String,
+    /// The password of `keystore.p12` (first line of the file).
+    pub pkcs12_password_file: Option<PathBuf>,
     /// argv run after each swap (no shell).
     #[serde(default)]
     pub reload: Vec<String>,
@@ -81,7 +83,14 @@ mod humantime_serde_lite {
 }
 
 /// The files an output may name.
-pub const KNOWN_FILES: &[&str] = &["cert.pem", "key.pem", "ca.pem", "chain.pem", "bundle.pem"];
+pub const KNOWN_FILES: &[&str] = &[
+    "cert.pem",
+    "key.pem",
+    "ca.pem",
+    "chain.pem",
+    "bundle.pem",
+    "keystore.p12",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentConfigError {
@@ -131,11 +140,23 @@ impl AgentConfig {
         }
         for o in &mut cfg.output {
             fix(&mut o.dir);
+            if let Some(p) = &mut o.pkcs12_password_file {
+                fix(p);
+            }
+            if o.files.iter().any(|f| f == "keystore.p12") && o.pkcs12_password_file.is_none() {
+                return Err(AgentConfigError::invalid(
+                    path,
+                    format!(
+                        "output {}: keystore.p12 needs pkcs12_password_file",
+                        o.credential
+                    ),
+                ));
+            }
             if let Some(bad) = o.files.iter().find(|f| !KNOWN_FILES.contains(&f.as_str())) {
                 return Err(AgentConfigError::invalid(
                     path,
                     format!(
-                        "output {}: unknown file {bad:?} (one of {KNOWN_FILES:?}; keystore.p12 is not built yet)",
+                        "output {}: unknown file {bad:?} (one of {KNOWN_FILES:?})",
                         o.credential
                     ),
                 ));

@@ -34,12 +34,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
     }
 }
 
-/// The files of one generation, by name, as zeroizing text.
-pub type Contents = Vec<(String, Zeroizing<String>)>;
+/// The files of one generation, by name, as zeroizing bytes.
+pub type Contents = Vec<(String, Zeroizing<Vec<u8>>)>;
 
 /// Checks `m` (key matches the leaf, chain in order, nothing expired, the leaf not a CA) and
-/// lays out the requested files.
-pub fn prepare(m: &Material, files: &[String]) -> Result<Contents, WriteError> {
+/// lays out the requested files; `keystore.p12` is encrypted with `p12_password`.
+pub fn prepare(
+    m: &Material,
+    files: &[String],
+    alias: &str,
+    p12_password: Option<&str>,
+) -> Result<Contents, WriteError> {
     let chain = m
         .certificate
         .as_ref()
@@ -72,27 +77,83 @@ pub fn prepare(m: &Material, files: &[String]) -> Result<Contents, WriteError> {
             format!("{}\n", &chain[..end])
         })
         .unwrap_or_else(|| chain.to_owned());
+    let text = |s: &str| Zeroizing::new(s.as_bytes().to_vec());
     let mut out = Contents::new();
     for f in files {
-        let text = match f.as_str() {
-            "cert.pem" => Zeroizing::new(leaf.clone()),
-            "key.pem" => Zeroizing::new(key.to_owned()),
-            "chain.pem" => Zeroizing::new(chain.to_owned()),
-            "bundle.pem" => Zeroizing::new(bundle.to_string()),
+        let bytes = match f.as_str() {
+            "cert.pem" => text(&leaf),
+            "key.pem" => text(key),
+            "chain.pem" => text(chain),
+            "bundle.pem" => text(&bundle),
             "ca.pem" => match &m.ca {
-                Some(ca) => Zeroizing::new(ca.0.expose_secret().to_owned()),
+                Some(ca) => text(ca.0.expose_secret()),
                 None => return Err(WriteError::Refused("no ca in the material".into())),
             },
+            "keystore.p12" => {
+                let password = p12_password.ok_or_else(|| {
+                    WriteError::Refused("keystore.p12 needs pkcs12_password_file".into())
+                })?;
+                keystore(key, chain, alias, password)?
+            }
             other => return Err(WriteError::Refused(format!("unknown file {other:?}"))),
         };
-        out.push((f.clone(), text));
+        out.push((f.clone(), bytes));
     }
     Ok(out)
 }
 
+/// A PKCS#12 keystore (PBES2/AES-256, HMAC-SHA256 MAC: what current Java and OpenSSL read)
+/// holding the key and the chain under `alias`. The key must be PKCS#8.
+fn keystore(
+    key: &str,
+    chain: &str,
+    alias: &str,
+    password: &str,
+) -> Result<Zeroizing<Vec<u8>>, WriteError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let refused = |why: &str| WriteError::Refused(why.to_owned());
+    let der =
+        PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| refused("the key is not PEM"))?;
+    let PrivateKeyDer::Pkcs8(pkcs8) = der else {
+        return Err(refused(
+            "keystore.p12 needs a PKCS#8 key (BEGIN PRIVATE KEY)",
+        ));
+    };
+    let key = p12_keystore::PrivateKey::from_der(pkcs8.secret_pkcs8_der())
+        .map_err(|_| refused("the key does not fit a keystore"))?;
+    let mut certs = Vec::new();
+    for c in CertificateDer::pem_slice_iter(chain.as_bytes()) {
+        let c = c.map_err(|_| refused("a certificate is not PEM"))?;
+        certs.push(
+            p12_keystore::Certificate::from_der(c.as_ref())
+                .map_err(|_| refused("a certificate does not fit a keystore"))?,
+        );
+    }
+    let id = certs
+        .first()
+        .map(|c| {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(c.as_der()).to_vec()
+        })
+        .unwrap_or_default();
+    let mut store = p12_keystore::KeyStore::new();
+    store.add_entry(
+        alias,
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+            id, key, certs,
+        )),
+    );
+    store
+        .writer(password)
+        .write()
+        .map(Zeroizing::new)
+        .map_err(|_| refused("the keystore could not be written"))
+}
+
 /// Whether a file holds key material (and gets `key_mode`).
 fn holds_key(name: &str) -> bool {
-    matches!(name, "key.pem" | "bundle.pem")
+    matches!(name, "key.pem" | "bundle.pem" | "keystore.p12")
 }
 
 /// Writes `contents` as a new generation of `dir` and swaps `..data` to it. Returns the
@@ -120,7 +181,7 @@ pub fn swap_in(
             .mode(mode)
             .open(&path)
             .map_err(io(&path))?;
-        f.write_all(text.as_bytes()).map_err(io(&path))?;
+        f.write_all(text).map_err(io(&path))?;
         f.sync_all().map_err(io(&path))?;
         // The umask may have narrowed the mode; set it as asked.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))

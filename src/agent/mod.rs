@@ -129,7 +129,25 @@ async fn output_pass(
         Ok(Fetched::Changed { etag, value }) => (etag, value),
         Err(e) => return report_fetch(&o.credential, &e),
     };
-    let contents = match files::prepare(&material, &o.files) {
+    let password = match &o.pkcs12_password_file {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => Some(zeroize::Zeroizing::new(
+                t.lines().next().unwrap_or("").to_owned(),
+            )),
+            Err(e) => {
+                tracing::error!(file = %p.display(), error = %e, "cannot read the keystore password");
+                return Pass::Failed;
+            }
+        },
+    };
+    let prepared = files::prepare(
+        &material,
+        &o.files,
+        &o.credential,
+        password.as_deref().map(String::as_str),
+    );
+    let contents = match prepared {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(credential = %o.credential, error = %e, "material refused; the files stay as they are");
