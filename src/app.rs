@@ -42,9 +42,11 @@ pub struct App {
     pub tls: Option<TlsAcceptor>,
     /// The Vault-compatible API's listener, when `[vault_api]` is configured.
     pub vault_api: Option<VaultApiApp>,
+    /// The egress proxy's listener, when `[egress]` is configured.
+    pub egress: Option<VaultApiApp>,
 }
 
-/// The `[vault_api]` listener: where, with which TLS, serving what.
+/// An extra listener (`[vault_api]`, `[egress]`): where, with which TLS, serving what.
 #[allow(missing_debug_implementations)] // the TLS acceptor and router have none
 pub struct VaultApiApp {
     pub listen: SocketAddr,
@@ -72,6 +74,10 @@ pub enum AppError {
     VaultApiPlainOffLoopback(SocketAddr),
     #[error(transparent)]
     TokenKey(#[from] crate::vault_api::token::TokenKeyError),
+    #[error("[egress] {0}")]
+    EgressTls(TlsSetupError),
+    #[error("[egress]: plain HTTP only listens on loopback, not {0}: set tls_cert and tls_key")]
+    EgressPlainOffLoopback(SocketAddr),
     #[error("[audit] path {path}: the folder {folder} does not exist")]
     AuditFolder { path: PathBuf, folder: PathBuf },
 }
@@ -121,6 +127,8 @@ impl AppError {
             Self::VaultApiTls(_) => Some(Setting::Key("vault_api", "tls_cert")),
             Self::VaultApiPlainOffLoopback(_) => Some(Setting::Key("vault_api", "listen")),
             Self::TokenKey(_) => Some(Setting::Key("vault_api", "token_key_file")),
+            Self::EgressTls(_) => Some(Setting::Key("egress", "tls_cert")),
+            Self::EgressPlainOffLoopback(_) => Some(Setting::Key("egress", "listen")),
         }
     }
 
@@ -170,11 +178,16 @@ impl App {
             None => None,
             Some(v) => Some(vault_api(v, &broker)?),
         };
+        let egress = match &config.egress {
+            None => None,
+            Some(e) => Some(egress(e, &broker)?),
+        };
         Ok(Self {
             broker,
             state,
             tls,
             vault_api,
+            egress,
         })
     }
 
@@ -209,6 +222,25 @@ fn vault_api(
         listen: v.listen,
         tls,
         router: crate::vault_api::router(Arc::new(state)),
+    })
+}
+
+/// The egress proxy, with the TLS rules of `[server]` applied to its own keys.
+fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<VaultApiApp, AppError> {
+    let server = e.server();
+    let tls = api::listen::tls_acceptor(&server, None).map_err(AppError::EgressTls)?;
+    if tls.is_none() && !e.listen.ip().is_loopback() {
+        return Err(AppError::EgressPlainOffLoopback(e.listen));
+    }
+    let state = crate::egress::EgressState {
+        broker: Arc::clone(broker),
+        resolve: e.resolve.clone(),
+        timeout: e.timeout.0,
+    };
+    Ok(VaultApiApp {
+        listen: e.listen,
+        tls,
+        router: crate::egress::router(Arc::new(state)),
     })
 }
 

@@ -17,9 +17,9 @@ use toml::de::{DeTable, DeValue};
 pub use crate::diag::Diagnostic;
 use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
-    AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, ExpiryConfig,
-    FileSourceConfig, FsyncPolicy, KvVersion, LimitsConfig, PemMode, ServerConfig, SourceConfig,
-    SourceKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
+    AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, EgressConfig,
+    ExpiryConfig, FileSourceConfig, FsyncPolicy, KvVersion, LimitsConfig, PemMode, ServerConfig,
+    SourceConfig, SourceKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
 };
 
 /// The whole configuration, validated.
@@ -35,6 +35,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub expiry: ExpiryConfig,
     pub vault_api: Option<VaultApiConfig>,
+    pub egress: Option<EgressConfig>,
     pub limits: LimitsConfig,
     pub audit: Option<AuditConfig>,
     /// Where each setting is written, for problems found after loading (assembly).
@@ -107,6 +108,7 @@ impl Config {
             cache: CacheConfig::default(),
             expiry: ExpiryConfig::default(),
             vault_api: None,
+            egress: None,
             limits: LimitsConfig::default(),
             audit: None,
             positions: Positions::default(),
@@ -139,6 +141,10 @@ impl Config {
                 }
                 "cache" => cfg.cache = d.section(value, &[]).unwrap_or_default(),
                 "expiry" => cfg.expiry = d.section(value, &[]).unwrap_or_default(),
+                "egress" => {
+                    spans.record("egress", value, &["listen", "tls_cert"]);
+                    cfg.egress = d.section(value, &[]);
+                }
                 "vault_api" => {
                     spans.record(
                         "vault_api",
@@ -207,6 +213,10 @@ impl Config {
         fix_opt(&mut self.server.tls_key);
         fix_opt(&mut self.server.client_ca);
         fix_opt(&mut self.server.etag_key_file);
+        if let Some(e) = &mut self.egress {
+            fix_opt(&mut e.tls_cert);
+            fix_opt(&mut e.tls_key);
+        }
         if let Some(v) = &mut self.vault_api {
             fix_opt(&mut v.tls_cert);
             fix_opt(&mut v.tls_key);

@@ -13,6 +13,7 @@ pub mod broker;
 pub mod cache;
 pub mod config;
 mod diag;
+pub mod egress;
 pub mod identity;
 pub mod metrics;
 pub mod pem;

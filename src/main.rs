@@ -583,6 +583,7 @@ async fn serve(
         state,
         tls,
         vault_api,
+        egress,
     } = App::build(&config, &options).map_err(|e| assembly(&config, &e))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -593,6 +594,13 @@ async fn serve(
             Failure::Usage(format!("[vault_api] cannot listen on {}: {e}", v.listen))
         })?),
     };
+    let egress_listener =
+        match &egress {
+            None => None,
+            Some(v) => Some(tokio::net::TcpListener::bind(v.listen).await.map_err(|e| {
+                Failure::Usage(format!("[egress] cannot listen on {}: {e}", v.listen))
+            })?),
+        };
     let bound = listener
         .local_addr()
         .map_err(|e| Failure::Usage(format!("cannot read the listening address: {e}")))?;
@@ -637,6 +645,19 @@ async fn serve(
             .await;
         }
     };
+    let egress = async {
+        if let (Some(v), Some(listener)) = (egress, egress_listener) {
+            tracing::info!(bound = %v.listen, tls = v.tls.is_some(), "egress proxy serving");
+            api::listen::serve(
+                listener,
+                v.tls,
+                v.router,
+                (&config.limits).into(),
+                until_stopped(stopped.clone()),
+            )
+            .await;
+        }
+    };
     let main = api::listen::serve(
         listener,
         tls,
@@ -644,7 +665,7 @@ async fn serve(
         (&config.limits).into(),
         until_stopped(stopped.clone()),
     );
-    tokio::join!(main, vault);
+    tokio::join!(main, vault, egress);
     tracing::info!("keybroker stopped");
     Ok(())
 }

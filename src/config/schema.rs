@@ -357,6 +357,42 @@ impl VaultApiConfig {
     }
 }
 
+/// `[egress]`: the egress proxy (docs/EGRESS.md), on its own listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    #[serde(default = "default_egress_listen")]
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Names pinned to addresses; a destination named here may be private.
+    #[serde(default)]
+    pub resolve: std::collections::BTreeMap<String, std::net::IpAddr>,
+    /// A request to a destination that takes longer is answered 502 `upstream_timeout`.
+    #[serde(default = "default_egress_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_egress_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+
+fn default_egress_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+impl EgressConfig {
+    /// The `[server]` settings its listener is built from.
+    pub fn server(&self) -> ServerConfig {
+        ServerConfig {
+            listen: self.listen,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            ..ServerConfig::default()
+        }
+    }
+}
+
 /// `[expiry]`: the certificate expiry sweep (docs/DESIGN.md §15).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

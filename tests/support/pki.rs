@@ -103,6 +103,17 @@ impl Ca {
         )
     }
 
+    /// A server certificate for the names `sans`.
+    pub fn server_for(&self, dir: &Path, name: &str, sans: &[&str]) -> Issued {
+        self.issue(
+            dir,
+            name,
+            sans.first().copied().unwrap_or("keybroker"),
+            sans.iter().map(|s| (*s).to_owned()).collect(),
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
     /// A client certificate with the subject attributes `dn`, in that order.
     pub fn client_dn(&self, dir: &Path, name: &str, dn: &[(DnType, &str)]) -> Issued {
         self.issue_dn(

@@ -1,0 +1,433 @@
+//! The egress proxy (docs/EGRESS.md): keybroker makes the mTLS call, so the key never leaves
+//! it and `allowed_hosts` is checked against the destination actually connected to.
+//!
+//! An HTTP forward proxy: `curl -x http://kb:8081 -H 'Proxy-Authorization: Bearer …'
+//! -H 'Keybroker-Credential: partner-api' http://api.partner.example/x`. The consumer is
+//! authenticated, the credential decided for the URL's real host and port (through
+//! `Broker::material_via`, audited with `via: "egress"`), the name resolved once and the
+//! checked address connected to with the credential's client certificate; the answer is
+//! streamed back. Redirects are returned, never followed; `CONNECT` is refused.
+//!
+//! **Boundary:** uses `broker`, `identity`, `policy`; nothing uses it but `app`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use secrecy::ExposeSecret;
+use zeroize::Zeroizing;
+
+use crate::broker::{Broker, Caller, ConsumerRef, CredentialError};
+use crate::policy::{Destination, ReadAccess};
+
+/// What the egress handler shares.
+#[derive(Debug)]
+pub struct EgressState {
+    pub broker: Arc<Broker>,
+    /// `[egress] resolve`: names pinned to addresses (split-horizon DNS, tests). A destination
+    /// named here may be private.
+    pub resolve: BTreeMap<String, IpAddr>,
+    pub timeout: Duration,
+}
+
+/// The largest request body forwarded.
+const MAX_REQUEST_BODY: usize = 1 << 20;
+
+pub fn router(state: Arc<EgressState>) -> Router {
+    Router::new().fallback(proxy).with_state(state)
+}
+
+/// A refusal: a JSON error with a stable code (never a value).
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+/// Headers that belong to one hop (RFC 9110 §7.6.1), plus those naming this proxy's own
+/// inputs; never forwarded either way.
+fn hop_by_hop(name: &HeaderName, nominated: &[String]) -> bool {
+    const FIXED: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    ];
+    let n = name.as_str();
+    FIXED.contains(&n) || n.starts_with("keybroker-") || nominated.iter().any(|x| x == n)
+}
+
+/// Header names a `Connection` header nominates as hop-by-hop.
+fn nominated(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// Loopback, private, link-local, unspecified, CGNAT, unique-local: not on the internet.
+fn internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]))
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| internal(IpAddr::V4(v4)))
+        }
+    }
+}
+
+async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Response {
+    if request.method() == Method::CONNECT {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "connect_refused",
+            "CONNECT is refused: a tunnel cannot carry the credential; send http://host/path",
+        );
+    }
+    let uri = request.uri().clone();
+    let Some(authority) = uri.authority().cloned() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "absolute_url_required",
+            "send the request in proxy form: GET http://host/path",
+        );
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = authority.port_u16().unwrap_or(443);
+    let Ok(dest) = Destination::parse(&format!("{}:{port}", authority.host())) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_host",
+            "the URL's host is not valid",
+        );
+    };
+
+    // Who is asking.
+    let snapshot = state.broker.policy();
+    let token = request
+        .headers()
+        .get(header::PROXY_AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::identity::bearer);
+    let consumer = token.and_then(|t| {
+        let i = snapshot.identities().by_token(t)?;
+        ConsumerRef::of(Arc::clone(&snapshot), &snapshot.policy().consumers[i].name)
+    });
+    let Some(consumer) = consumer else {
+        let _ = state
+            .broker
+            .audit_unauthenticated(
+                if token.is_some() {
+                    "unknown_token"
+                } else {
+                    "missing_credentials"
+                },
+                None,
+            )
+            .await;
+        return refuse(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "proxy_authentication_required",
+            "Proxy-Authorization: Bearer <consumer token>",
+        );
+    };
+    let caller = Caller::Consumer(consumer.clone());
+
+    // Which credential: named, or the one visible credential whose allowed_hosts match.
+    let named = request
+        .headers()
+        .get("keybroker-credential")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let name = match named {
+        Some(n) => n,
+        None => {
+            let policy = snapshot.policy();
+            let team = consumer.team();
+            let mut fitting = policy.credentials.iter().filter(|c| {
+                let visible = c.team == team
+                    || c.read_access == ReadAccess::Global
+                    || (c.read_access == ReadAccess::SpecificTeams
+                        && c.shared_team_slugs.iter().any(|t| t == team));
+                visible
+                    && c.mode == crate::policy::CredentialMode::Mtls
+                    && c.allowed_hosts.iter().any(|p| p.matches(&dest))
+            });
+            match (fitting.next(), fitting.next()) {
+                (Some(c), None) => c.name.clone(),
+                _ => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        "credential_required",
+                        "name the credential in Keybroker-Credential (none, or more than one, fits this host)",
+                    );
+                }
+            }
+        }
+    };
+
+    // The decision, on the URL's real host and port, audited.
+    let material = match state
+        .broker
+        .material_via(Some("egress"), &caller, &name, Some(&dest))
+        .await
+    {
+        Ok(m) => m,
+        Err(CredentialError::Denied(_) | CredentialError::NotFound) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "denied",
+                "not allowed for this destination",
+            );
+        }
+        Err(CredentialError::AuditUnavailable) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit trail cannot be written",
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "credential_unresolved",
+                "the credential's values could not be resolved",
+            );
+        }
+    };
+
+    // One resolution; the checked address is the one connected to.
+    let pinned = state.resolve.get(&host).copied();
+    let literal: Option<IpAddr> = host.parse().ok();
+    let addr = match (pinned, literal) {
+        (Some(ip), _) | (None, Some(ip)) => ip,
+        (None, None) => match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(mut addrs) => match addrs.next() {
+                Some(a) => a.ip(),
+                None => {
+                    return refuse(
+                        StatusCode::BAD_GATEWAY,
+                        "unresolvable",
+                        "the host does not resolve",
+                    );
+                }
+            },
+            Err(_) => {
+                return refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "unresolvable",
+                    "the host does not resolve",
+                );
+            }
+        },
+    };
+    // An IP literal passed allowed_hosts only through an IP pattern, which names it; a pinned
+    // name is the operator's word. Anything else must not lead inside.
+    if pinned.is_none() && literal.is_none() && internal(addr) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "internal_destination",
+            "the host resolves to a loopback, private or link-local address",
+        );
+    }
+
+    // A client with the credential's certificate, trusting its root (else the system roots).
+    let mut identity = Zeroizing::new(String::new());
+    let mut roots = None;
+    for (field, value) in &material.values {
+        match field.as_str() {
+            "certificate" | "private_key" => {
+                identity.push_str(value.expose_secret());
+                if !identity.ends_with('\n') {
+                    identity.push('\n');
+                }
+            }
+            "ca" => roots = Some(value.expose_secret().to_owned()),
+            _ => {}
+        }
+    }
+    drop(material);
+    let Ok(id) = reqwest::Identity::from_pem(identity.as_bytes()) else {
+        return refuse(
+            StatusCode::BAD_GATEWAY,
+            "credential_unusable",
+            "the credential is not a certificate and key",
+        );
+    };
+    drop(identity);
+    let mut builder = reqwest::Client::builder()
+        .identity(id)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(state.timeout)
+        .pool_max_idle_per_host(0)
+        .resolve(&host, SocketAddr::new(addr, port));
+    if let Some(pem) = roots {
+        match reqwest::Certificate::from_pem_bundle(pem.as_bytes()) {
+            Ok(certs) => builder = builder.tls_certs_only(certs),
+            Err(_) => {
+                return refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "credential_unusable",
+                    "the root certificate does not parse",
+                );
+            }
+        }
+    }
+    let Ok(client) = builder.build() else {
+        return refuse(
+            StatusCode::BAD_GATEWAY,
+            "credential_unusable",
+            "the client cannot be set up",
+        );
+    };
+
+    // Forward, without hop-by-hop and keybroker's own headers; stream both ways.
+    let (parts, body) = request.into_parts();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = format!("https://{}:{port}{path}", authority.host());
+    let skip = nominated(&parts.headers);
+    let mut out = client.request(parts.method.clone(), &target);
+    for (k, v) in &parts.headers {
+        if !hop_by_hop(k, &skip) {
+            out = out.header(k, v);
+        }
+    }
+    // The request body is read whole within the API's body limit (workflow requests are
+    // small); the answer streams.
+    let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BODY).await else {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request body is larger than 1 MiB",
+        );
+    };
+    out = out.body(body);
+    let answer = match out.send().await {
+        Ok(a) => a,
+        Err(e) => {
+            // The URL holds the path the workflow chose; the log keeps host, port and causes.
+            let mut causes = String::new();
+            let mut next = std::error::Error::source(&e);
+            while let Some(c) = next {
+                causes.push_str(&c.to_string());
+                causes.push_str("; ");
+                next = c.source();
+            }
+            tracing::warn!(%host, port, %causes, "egress request failed");
+            let (code, message) = if e.is_timeout() {
+                ("upstream_timeout", "the destination did not answer in time")
+            } else if causes.to_ascii_lowercase().contains("certificate") {
+                (
+                    "upstream_untrusted",
+                    "the destination's certificate is not trusted for this credential",
+                )
+            } else {
+                (
+                    "upstream_unreachable",
+                    "the destination could not be reached",
+                )
+            };
+            return refuse(StatusCode::BAD_GATEWAY, code, message);
+        }
+    };
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = answer.status();
+    let skip = nominated(answer.headers());
+    for (k, v) in answer.headers() {
+        if !hop_by_hop(k, &skip) {
+            response.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    *response.body_mut() = Body::new(reqwest::Body::from(answer));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111", "100.128.0.1"] {
+            assert!(!internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_keybrokers_own_are_not_forwarded() {
+        let n = |s: &str| HeaderName::from_bytes(s.as_bytes()).unwrap();
+        for h in [
+            "connection",
+            "proxy-authorization",
+            "keybroker-credential",
+            "te",
+            "host",
+            "upgrade",
+        ] {
+            assert!(hop_by_hop(&n(h), &[]), "{h}");
+        }
+        assert!(hop_by_hop(&n("x-secret-hop"), &["x-secret-hop".into()]));
+        assert!(!hop_by_hop(&n("accept"), &[]));
+    }
+}

@@ -1,0 +1,338 @@
+//! The egress proxy (docs/EGRESS.md) with curl against a real nginx that requires a client
+//! certificate and answers with the subject it verified: keybroker makes the mTLS call, the
+//! private key never reaches the caller, and refusals never reach the upstream.
+
+mod support {
+    pub mod openbao;
+    pub mod pki;
+    pub mod server;
+}
+
+use std::path::Path;
+use std::process::Command;
+
+use support::openbao::free_port;
+use support::pki::Ca;
+use support::server::{Running, folder, token_sha256};
+
+const GW: &str = "egress-gw-token";
+const OTHER: &str = "egress-other-token";
+
+struct World {
+    dir: tempfile::TempDir,
+    _server: Running,
+    egress: u16,
+    upstream: u16,
+    key_line: String,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let prefix = self.dir.path().join("nginx");
+        let _ = Command::new("nginx")
+            .args([
+                "-p",
+                prefix.to_str().unwrap(),
+                "-c",
+                "nginx.conf",
+                "-s",
+                "stop",
+            ])
+            .status();
+    }
+}
+
+fn nginx(prefix: &Path, conf: &str) {
+    let found = Command::new("nginx").arg("-v").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "nginx is required for the egress tests: run scripts/test.sh, or apt-get install nginx"
+    );
+    std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+    let status = Command::new("nginx")
+        .args(["-p", prefix.to_str().unwrap(), "-c", "nginx.conf"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "nginx did not start");
+}
+
+async fn world() -> World {
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    let prefix = root.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    // The upstream: its own server CA (the credential's root_certificate), clients of the
+    // partner CA only.
+    let upstream_ca = Ca::new("upstream CA");
+    let upstream = upstream_ca.server_for(&prefix, "upstream", &["api.partner.example"]);
+    let partner = Ca::new("partner CA");
+    partner.write(&prefix.join("partner-ca.pem"));
+    let client = partner.client(root, "gw-client", "gw-client");
+    std::fs::create_dir_all(root.join("secrets/partner")).unwrap();
+    std::fs::write(
+        root.join("secrets/partner/api.json"),
+        serde_json::json!({
+            "cert": client.cert_pem, "key": client.key_pem, "ca": upstream_ca.pem,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("secrets/partner/wrong-ca.json"),
+        serde_json::json!({
+            "cert": client.cert_pem, "key": client.key_pem, "ca": Ca::new("some other CA").pem,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let up = free_port();
+    nginx(
+        &prefix,
+        &format!(
+            r#"
+user root;
+worker_processes 1;
+pid {p}/nginx.pid;
+error_log {p}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log {p}/logs/access.log;
+  client_body_temp_path {p}/body;
+  proxy_temp_path {p}/proxy;
+  fastcgi_temp_path {p}/fastcgi;
+  uwsgi_temp_path {p}/uwsgi;
+  scgi_temp_path {p}/scgi;
+  server {{
+    listen 127.0.0.1:{up} ssl;
+    server_name api.partner.example;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_client_certificate {p}/partner-ca.pem;
+    ssl_verify_client on;
+    location /redirect {{ return 302 https://elsewhere.example/; }}
+    location / {{ return 200 "verified $ssl_client_s_dn for $request_method $request_uri x=$http_x_forwarded\n"; }}
+  }}
+}}
+"#,
+            p = prefix.display(),
+            cert = upstream.cert.display(),
+            key = upstream.key.display(),
+        ),
+    );
+    std::fs::write(
+        root.join("policies/p.toml"),
+        format!(
+            r#"
+[[team]]
+slug = "payments"
+[[team]]
+slug = "other"
+[[consumer]]
+name = "gw"
+team = "payments"
+token_sha256 = "{gw}"
+[[consumer]]
+name = "other"
+team = "other"
+token_sha256 = "{other}"
+[[credential]]
+name = "partner-api"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["api.partner.example", "localhost"]
+client_certificate = "$SECRET_files:partner/api $KEY_cert"
+client_private_key = "$SECRET_files:partner/api $KEY_key"
+root_certificate = "$SECRET_files:partner/api $KEY_ca"
+[[credential]]
+name = "wrong-root"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["api.partner.example"]
+client_certificate = "$SECRET_files:partner/wrong-ca $KEY_cert"
+client_private_key = "$SECRET_files:partner/wrong-ca $KEY_key"
+root_certificate = "$SECRET_files:partner/wrong-ca $KEY_ca"
+"#,
+            gw = token_sha256(GW),
+            other = token_sha256(OTHER),
+        ),
+    )
+    .unwrap();
+    let (port, egress) = (free_port(), free_port());
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            r#"
+policies = "policies"
+[server]
+listen = "127.0.0.1:{port}"
+tls_cert = "server.pem"
+tls_key = "server-key.pem"
+[egress]
+listen = "127.0.0.1:{egress}"
+resolve = {{ "api.partner.example" = "127.0.0.1" }}
+timeout = "10s"
+[[source]]
+name = "files"
+kind = "file"
+path = "secrets"
+[audit]
+path = "audit.log"
+"#
+        ),
+    )
+    .unwrap();
+    let server = Running::start(root, &ca.pem, port, "info").await;
+    World {
+        key_line: client.key_pem.lines().nth(1).unwrap().to_owned(),
+        dir,
+        _server: server,
+        egress,
+        upstream: up,
+    }
+}
+
+impl World {
+    /// curl through the proxy; (HTTP status, body).
+    fn curl(
+        &self,
+        token: &str,
+        credential: Option<&str>,
+        url: &str,
+        extra: &[&str],
+    ) -> (u16, String) {
+        let mut args = vec![
+            "-s".to_owned(),
+            "-o".to_owned(),
+            "-".to_owned(),
+            "-w".to_owned(),
+            "\n%{http_code}".to_owned(),
+            "-x".to_owned(),
+            format!("http://127.0.0.1:{}", self.egress),
+            "-H".to_owned(),
+            format!("Proxy-Authorization: Bearer {token}"),
+        ];
+        if let Some(c) = credential {
+            args.push("-H".to_owned());
+            args.push(format!("Keybroker-Credential: {c}"));
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.push(url.to_owned());
+        let out = Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// Requests the upstream has logged.
+    fn upstream_requests(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("nginx/logs/access.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.upstream)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_through_the_proxy_reaches_an_mtls_upstream_with_the_credentials_certificate() {
+    let w = world().await;
+    let (status, body) = w.curl(
+        GW,
+        Some("partner-api"),
+        &w.url("api.partner.example", "/v1/accounts?x=1"),
+        &["-H", "X-Forwarded: kept"],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("verified CN=gw-client for GET /v1/accounts?x=1 x=kept"),
+        "{body}"
+    );
+    assert!(
+        !body.contains(&w.key_line),
+        "the answer never holds the private key"
+    );
+    // Without Keybroker-Credential: the one credential whose allowed_hosts match is not unique
+    // (partner-api and wrong-root both fit), so it must be named.
+    let (status, body) = w.curl(GW, None, &w.url("api.partner.example", "/"), &[]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("credential_required"));
+    // Redirects come back as they are, never followed.
+    let (status, _) = w.curl(
+        GW,
+        Some("partner-api"),
+        &w.url("api.partner.example", "/redirect"),
+        &[],
+    );
+    assert_eq!(status, 302);
+    // Each request through the proxy is an audit line with via egress.
+    let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
+    assert!(audit.contains("\"via\":\"egress\""), "{audit}");
+    assert!(!audit.contains(&w.key_line));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_34_refusals_never_reach_the_upstream() {
+    let w = world().await;
+    let before = w.upstream_requests();
+    // A host outside allowed_hosts.
+    let (status, body) = w.curl(GW, Some("partner-api"), &w.url("evil.example", "/"), &[]);
+    assert_eq!(status, 403, "{body}");
+    // An allowed name that resolves to a loopback address, not pinned by `resolve`.
+    let (status, body) = w.curl(GW, Some("partner-api"), &w.url("localhost", "/"), &[]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("internal_destination"), "{body}");
+    // CONNECT: refused with 405.
+    let connect = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect}",
+            "-p",
+            "-x",
+            &format!("http://127.0.0.1:{}", w.egress),
+            &format!("https://api.partner.example:{}/", w.upstream),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&connect.stdout), "405");
+    // A consumer that may not read the credential.
+    let (status, _) = w.curl(
+        OTHER,
+        Some("partner-api"),
+        &w.url("api.partner.example", "/"),
+        &[],
+    );
+    assert_eq!(status, 403);
+    // No or a wrong token.
+    let (status, _) = w.curl(
+        "nope",
+        Some("partner-api"),
+        &w.url("api.partner.example", "/"),
+        &[],
+    );
+    assert_eq!(status, 407);
+    assert_eq!(
+        w.upstream_requests(),
+        before,
+        "the upstream saw none of these"
+    );
+    // A wrong root_certificate: the upstream's certificate is not trusted — a 502, and the
+    // TLS handshake fails before any request is sent.
+    let (status, body) = w.curl(
+        GW,
+        Some("wrong-root"),
+        &w.url("api.partner.example", "/"),
+        &[],
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_untrusted"), "{body}");
+    assert_eq!(w.upstream_requests(), before);
+}
