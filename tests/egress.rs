@@ -20,6 +20,7 @@ const OTHER: &str = "egress-other-token";
 
 struct World {
     dir: tempfile::TempDir,
+    partner: Ca,
     _server: Running,
     egress: u16,
     upstream: u16,
@@ -171,6 +172,8 @@ tls_key = "server-key.pem"
 listen = "127.0.0.1:{egress}"
 resolve = {{ "api.partner.example" = "127.0.0.1" }}
 timeout = "10s"
+[cache]
+ttl = "1s"
 [[source]]
 name = "files"
 kind = "file"
@@ -183,6 +186,7 @@ path = "audit.log"
     .unwrap();
     let server = Running::start(root, &ca.pem, port, "info").await;
     World {
+        partner,
         key_line: client.key_pem.lines().nth(1).unwrap().to_owned(),
         dir,
         _server: server,
@@ -270,6 +274,38 @@ async fn curl_through_the_proxy_reaches_an_mtls_upstream_with_the_credentials_ce
         &[],
     );
     assert_eq!(status, 302);
+    // A rotated credential is used by the next request once the cache has seen it (the
+    // material is read through the cache per request; the file source's TTL here is 1 s).
+    let client2 = w.partner.client(w.dir.path(), "gw-client-2", "gw-client-2");
+    let mut secret: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(w.dir.path().join("secrets/partner/api.json")).unwrap(),
+    )
+    .unwrap();
+    secret["cert"] = client2.cert_pem.clone().into();
+    secret["key"] = client2.key_pem.clone().into();
+    std::fs::write(
+        w.dir.path().join("secrets/partner/api.json"),
+        secret.to_string(),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = w.curl(
+            GW,
+            Some("partner-api"),
+            &w.url("api.partner.example", "/"),
+            &[],
+        );
+        assert_eq!(status, 200, "{body}");
+        if body.contains("CN=gw-client-2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotation was not used: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // Each request through the proxy is an audit line with via egress.
     let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
     assert!(audit.contains("\"via\":\"egress\""), "{audit}");
