@@ -236,6 +236,7 @@ fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Vault
         broker: Arc::clone(broker),
         resolve: e.resolve.clone(),
         timeout: e.timeout.0,
+        pool: crate::egress::Pool::default(),
     };
     Ok(VaultApiApp {
         listen: e.listen,

@@ -34,6 +34,43 @@ pub struct EgressState {
     /// named here may be private.
     pub resolve: BTreeMap<String, IpAddr>,
     pub timeout: Duration,
+    /// Clients (with their keep-alive connections) by credential and destination; see
+    /// [`Pool`].
+    pub pool: Pool,
+}
+
+/// One HTTP client per (credential, host, checked address), reused so that requests to a
+/// keep-alive upstream share connections. An entry remembers the digest of the material it
+/// was built from: when the credential's material changes, the next request replaces the
+/// client, and the old one's connections close with it.
+#[derive(Debug, Default)]
+pub struct Pool(std::sync::Mutex<std::collections::HashMap<PoolKey, ([u8; 32], reqwest::Client)>>);
+
+/// (team/credential, host, checked address).
+type PoolKey = (String, String, SocketAddr);
+
+/// Clients kept before the pool starts over.
+const POOL_MAX: usize = 256;
+
+impl Pool {
+    fn get(
+        &self,
+        key: &(String, String, SocketAddr),
+        digest: &[u8; 32],
+    ) -> Option<reqwest::Client> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(key)
+            .filter(|(d, _)| d == digest)
+            .map(|(_, c)| c.clone())
+    }
+
+    fn put(&self, key: PoolKey, digest: [u8; 32], client: reqwest::Client) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= POOL_MAX && !m.contains_key(&key) {
+            m.clear();
+        }
+        m.insert(key, (digest, client));
+    }
 }
 
 /// The largest request body forwarded.
@@ -291,41 +328,28 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
             _ => {}
         }
     }
+    let credential_id = format!("{}/{}", consumer.team(), material.credential);
     drop(material);
-    let Ok(id) = reqwest::Identity::from_pem(identity.as_bytes()) else {
-        return refuse(
-            StatusCode::BAD_GATEWAY,
-            "credential_unusable",
-            "the credential is not a certificate and key",
-        );
+    let digest: [u8; 32] = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(identity.as_bytes());
+        h.update(roots.as_deref().unwrap_or("").as_bytes());
+        h.finalize().into()
+    };
+    let socket = SocketAddr::new(addr, port);
+    let pool_key = (credential_id, host.clone(), socket);
+    let client = match state.pool.get(&pool_key, &digest) {
+        Some(c) => c,
+        None => match build_client(&identity, roots.as_deref(), &host, socket, state.timeout) {
+            Ok(c) => {
+                state.pool.put(pool_key, digest, c.clone());
+                c
+            }
+            Err(why) => return refuse(StatusCode::BAD_GATEWAY, "credential_unusable", why),
+        },
     };
     drop(identity);
-    let mut builder = reqwest::Client::builder()
-        .identity(id)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(state.timeout)
-        .pool_max_idle_per_host(0)
-        .resolve(&host, SocketAddr::new(addr, port));
-    if let Some(pem) = roots {
-        match reqwest::Certificate::from_pem_bundle(pem.as_bytes()) {
-            Ok(certs) => builder = builder.tls_certs_only(certs),
-            Err(_) => {
-                return refuse(
-                    StatusCode::BAD_GATEWAY,
-                    "credential_unusable",
-                    "the root certificate does not parse",
-                );
-            }
-        }
-    }
-    let Ok(client) = builder.build() else {
-        return refuse(
-            StatusCode::BAD_GATEWAY,
-            "credential_unusable",
-            "the client cannot be set up",
-        );
-    };
 
     // Forward, without hop-by-hop and keybroker's own headers; stream both ways.
     let (parts, body) = request.into_parts();
@@ -386,6 +410,31 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
     }
     *response.body_mut() = Body::new(reqwest::Body::from(answer));
     response
+}
+
+/// A client presenting `identity` (certificate and key PEM), trusting `roots` only (else the
+/// system roots), connecting `host` to `socket`, following no redirect.
+fn build_client(
+    identity: &str,
+    roots: Option<&str>,
+    host: &str,
+    socket: SocketAddr,
+    timeout: Duration,
+) -> Result<reqwest::Client, &'static str> {
+    let id = reqwest::Identity::from_pem(identity.as_bytes())
+        .map_err(|_| "the credential is not a certificate and key")?;
+    let mut builder = reqwest::Client::builder()
+        .identity(id)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(timeout)
+        .resolve(host, socket);
+    if let Some(pem) = roots {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|_| "the root certificate does not parse")?;
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().map_err(|_| "the client cannot be set up")
 }
 
 #[cfg(test)]
