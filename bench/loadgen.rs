@@ -31,6 +31,9 @@ struct Args {
     cert: Option<String>,
     key: Option<String>,
     label: String,
+    /// Send this absolute URI as the request target (a forward proxy's form), connecting to
+    /// `url`'s host and port.
+    proxy_uri: Option<String>,
 }
 
 fn args() -> Args {
@@ -47,6 +50,7 @@ fn args() -> Args {
         cert: None,
         key: None,
         label: String::new(),
+        proxy_uri: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +77,7 @@ fn args() -> Args {
             "--cert" => a.cert = Some(value()),
             "--key" => a.key = Some(value()),
             "--label" => a.label = value(),
+            "--proxy-uri" => a.proxy_uri = Some(value()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -147,8 +152,17 @@ async fn worker(
 ) -> Tally {
     let mut sender = connect(&a, connector.as_deref()).await;
     let mut t = Tally::default();
-    let path = a.url[url::Position::BeforePath..].to_owned();
-    let authority = a.url[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
+    let path = a
+        .proxy_uri
+        .clone()
+        .unwrap_or_else(|| a.url[url::Position::BeforePath..].to_owned());
+    let authority = match &a.proxy_uri {
+        Some(u) => {
+            let u = url::Url::parse(u).expect("--proxy-uri");
+            u[url::Position::BeforeHost..url::Position::AfterPort].to_owned()
+        }
+        None => a.url[url::Position::BeforeHost..url::Position::AfterPort].to_owned(),
+    };
     let mut i = id;
     let measure_from = start + a.warmup;
     let end = measure_from + a.duration;

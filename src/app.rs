@@ -41,14 +41,14 @@ pub struct App {
     pub state: AppState,
     pub tls: Option<TlsAcceptor>,
     /// The Vault-compatible API's listener, when `[vault_api]` is configured.
-    pub vault_api: Option<VaultApiApp>,
+    pub vault_api: Option<Door>,
     /// The egress proxy's listener, when `[egress]` is configured.
-    pub egress: Option<VaultApiApp>,
+    pub egress: Option<Door>,
 }
 
 /// An extra listener (`[vault_api]`, `[egress]`): where, with which TLS, serving what.
 #[allow(missing_debug_implementations)] // the TLS acceptor and router have none
-pub struct VaultApiApp {
+pub struct Door {
     pub listen: SocketAddr,
     pub tls: Option<TlsAcceptor>,
     pub router: axum::Router,
@@ -199,10 +199,7 @@ impl App {
 }
 
 /// The Vault-compatible API, with the TLS rules of `[server]` applied to its own keys.
-fn vault_api(
-    v: &crate::config::VaultApiConfig,
-    broker: &Arc<Broker>,
-) -> Result<VaultApiApp, AppError> {
+fn vault_api(v: &crate::config::VaultApiConfig, broker: &Arc<Broker>) -> Result<Door, AppError> {
     let server = v.server();
     let verifier = api::listen::client_verifier(&server).map_err(AppError::VaultApiTls)?;
     let tls = api::listen::tls_acceptor(&server, verifier).map_err(AppError::VaultApiTls)?;
@@ -218,7 +215,7 @@ fn vault_api(
         tokens,
         token_ttl: v.token_ttl.0,
     };
-    Ok(VaultApiApp {
+    Ok(Door {
         listen: v.listen,
         tls,
         router: crate::vault_api::router(Arc::new(state)),
@@ -226,7 +223,7 @@ fn vault_api(
 }
 
 /// The egress proxy, with the TLS rules of `[server]` applied to its own keys.
-fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<VaultApiApp, AppError> {
+fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Door, AppError> {
     let server = e.server();
     let tls = api::listen::tls_acceptor(&server, None).map_err(AppError::EgressTls)?;
     if tls.is_none() && !e.listen.ip().is_loopback() {
@@ -238,7 +235,7 @@ fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Vault
         timeout: e.timeout.0,
         pool: crate::egress::Pool::default(),
     };
-    Ok(VaultApiApp {
+    Ok(Door {
         listen: e.listen,
         tls,
         router: crate::egress::router(Arc::new(state)),

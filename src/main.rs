@@ -588,19 +588,15 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
-    let vault_listener = match &vault_api {
-        None => None,
-        Some(v) => Some(tokio::net::TcpListener::bind(v.listen).await.map_err(|e| {
-            Failure::Usage(format!("[vault_api] cannot listen on {}: {e}", v.listen))
-        })?),
-    };
-    let egress_listener =
-        match &egress {
-            None => None,
-            Some(v) => Some(tokio::net::TcpListener::bind(v.listen).await.map_err(|e| {
-                Failure::Usage(format!("[egress] cannot listen on {}: {e}", v.listen))
-            })?),
-        };
+    // The extra doors, each on its own listener, bound before anything is served.
+    let mut doors = Vec::new();
+    for (what, door) in [("[vault_api]", vault_api), ("[egress]", egress)] {
+        let Some(door) = door else { continue };
+        let listener = tokio::net::TcpListener::bind(door.listen)
+            .await
+            .map_err(|e| Failure::Usage(format!("{what} cannot listen on {}: {e}", door.listen)))?;
+        doors.push((what, door, listener));
+    }
     let bound = listener
         .local_addr()
         .map_err(|e| Failure::Usage(format!("cannot read the listening address: {e}")))?;
@@ -623,7 +619,7 @@ async fn serve(
         config = %path.display(),
         "keybroker serving"
     );
-    // One signal stops both listeners.
+    // One signal stops every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -632,40 +628,27 @@ async fn serve(
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let vault = async {
-        if let (Some(v), Some(listener)) = (vault_api, vault_listener) {
-            tracing::info!(bound = %v.listen, tls = v.tls.is_some(), "Vault-compatible API serving");
-            api::listen::serve(
-                listener,
-                v.tls,
-                v.router,
-                (&config.limits).into(),
-                until_stopped(stopped.clone()),
-            )
-            .await;
-        }
-    };
-    let egress = async {
-        if let (Some(v), Some(listener)) = (egress, egress_listener) {
-            tracing::info!(bound = %v.listen, tls = v.tls.is_some(), "egress proxy serving");
-            api::listen::serve(
-                listener,
-                v.tls,
-                v.router,
-                (&config.limits).into(),
-                until_stopped(stopped.clone()),
-            )
-            .await;
-        }
-    };
+    let limits: api::listen::ConnectionLimits = (&config.limits).into();
+    let mut extra = tokio::task::JoinSet::new();
+    for (what, door, listener) in doors {
+        tracing::info!(door = what, bound = %door.listen, tls = door.tls.is_some(), "serving");
+        extra.spawn(api::listen::serve(
+            listener,
+            door.tls,
+            door.router,
+            limits.clone(),
+            until_stopped(stopped.clone()),
+        ));
+    }
     let main = api::listen::serve(
         listener,
         tls,
         api::router(Arc::new(state)),
-        (&config.limits).into(),
+        limits,
         until_stopped(stopped.clone()),
     );
-    tokio::join!(main, vault, egress);
+    main.await;
+    while extra.join_next().await.is_some() {}
     tracing::info!("keybroker stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! nginx's client certificate current from a keybroker server backed by OpenBao.
 
 mod support {
+    pub mod nginx;
     pub mod openbao;
     pub mod pki;
     pub mod server;
@@ -41,25 +42,8 @@ struct World {
     dir: tempfile::TempDir,
     _server: Running,
     server_port: u16,
-    nginx: Option<PathBuf>,
+    nginx: Option<support::nginx::Nginx>,
     proxy_port: u16,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if let Some(prefix) = &self.nginx {
-            let _ = Command::new("nginx")
-                .args([
-                    "-p",
-                    prefix.to_str().unwrap(),
-                    "-c",
-                    "nginx.conf",
-                    "-s",
-                    "stop",
-                ])
-                .status();
-        }
-    }
 }
 
 async fn world() -> World {
@@ -162,53 +146,25 @@ reload_timeout = "10s"
     }
 
     fn nginx_reload(&self) -> Vec<String> {
-        let prefix = self.dir.path().join("nginx");
-        [
-            "nginx",
-            "-p",
-            prefix.to_str().unwrap(),
-            "-c",
-            "nginx.conf",
-            "-s",
-            "reload",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+        self.nginx.as_ref().expect("nginx started").reload_argv()
     }
 
     /// Starts nginx: an upstream on TLS that requires a client certificate of the partner CA
     /// and answers with the subject it verified, and a plain proxy in front of it presenting
     /// the agent's files.
     fn start_nginx(&mut self) {
-        let found = Command::new("nginx").arg("-v").output();
-        assert!(
-            found.is_ok_and(|o| o.status.success()),
-            "nginx is required for the agent tests: run scripts/test.sh, or apt-get install nginx"
-        );
         let root = self.dir.path();
         let prefix = root.join("nginx");
-        std::fs::create_dir_all(prefix.join("logs")).unwrap();
+        std::fs::create_dir_all(&prefix).unwrap();
         let upstream_ca = Ca::new("upstream server CA");
         let upstream = upstream_ca.server(&prefix, "upstream");
         self.partner.write(&prefix.join("partner-ca.pem"));
         let (up, proxy) = (free_port(), free_port());
-        std::fs::write(
-            prefix.join("nginx.conf"),
-            format!(
+        let nginx = support::nginx::Nginx::start(
+            &prefix,
+            &format!(
                 r#"
-user root;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 256; }}
-http {{
   access_log off;
-  client_body_temp_path {prefix}/body;
-  proxy_temp_path {prefix}/proxy;
-  fastcgi_temp_path {prefix}/fastcgi;
-  uwsgi_temp_path {prefix}/uwsgi;
-  scgi_temp_path {prefix}/scgi;
   server {{
     listen 127.0.0.1:{up} ssl;
     ssl_certificate {upcert};
@@ -226,25 +182,14 @@ http {{
       proxy_ssl_verify off;
     }}
   }}
-}}
 "#,
                 prefix = prefix.display(),
                 upcert = upstream.cert.display(),
                 upkey = upstream.key.display(),
                 certs = root.join("certs").display(),
             ),
-        )
-        .unwrap();
-        let status = Command::new("nginx")
-            .args(["-p", prefix.to_str().unwrap(), "-c", "nginx.conf"])
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "nginx did not start: {}",
-            std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default()
         );
-        self.nginx = Some(prefix);
+        self.nginx = Some(nginx);
         self.proxy_port = proxy;
     }
 

@@ -109,6 +109,15 @@ struct Server {
 
 /// `serve` in a new folder against `vault` (an address), with `extra` TOML appended.
 async fn serve(vault: &str, extra: &str) -> Server {
+    serve_with(vault, "", extra).await
+}
+
+/// As [`serve`], with `server_extra` inside `[server]`.
+async fn serve_with_server_extra(vault: &str, server_extra: &str) -> Server {
+    serve_with(vault, server_extra, "").await
+}
+
+async fn serve_with(vault: &str, server_extra: &str, extra: &str) -> Server {
     let (dir, ca) = folder("unused");
     let root = dir.path();
     let clients = Ca::new("workers CA");
@@ -118,18 +127,7 @@ async fn serve(vault: &str, extra: &str) -> Server {
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            r#"
-policies = "policies"
-[server]
-listen = "127.0.0.1:{port}"
-tls_cert = "server.pem"
-tls_key = "server-key.pem"
-[[source]]
-name = "vault"
-kind = "vault"
-address = "{vault}"
-{extra}
-"#
+            "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n{server_extra}[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{vault}\"\n{extra}\n"
         ),
     )
     .unwrap();
@@ -408,25 +406,6 @@ async fn etags_agree_across_replicas_sharing_a_key_and_differ_without() {
         err.contains("kb.toml:3:1") && err.contains("at least 16 bytes"),
         "{err}"
     );
-}
-
-/// As [`serve`], with `server_extra` inside `[server]`.
-async fn serve_with_server_extra(vault: &str, server_extra: &str) -> Server {
-    let (dir, ca) = folder("unused");
-    let root = dir.path();
-    let clients = Ca::new("workers CA");
-    clients.write(&root.join("clients-ca.pem"));
-    write_policy(root, &root.join("clients-ca.pem"), true);
-    let port = free_port();
-    std::fs::write(
-        root.join("kb.toml"),
-        format!(
-            "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n{server_extra}[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{vault}\"\n"
-        ),
-    )
-    .unwrap();
-    let running = Running::start(root, &ca.pem, port, "info").await;
-    Server { dir, ca, running }
 }
 
 fn has_series(metrics: &str, kind: &str, name: &str) -> bool {

@@ -3,12 +3,12 @@
 //! private key never reaches the caller, and refusals never reach the upstream.
 
 mod support {
+    pub mod nginx;
     pub mod openbao;
     pub mod pki;
     pub mod server;
 }
 
-use std::path::Path;
 use std::process::Command;
 
 use support::openbao::free_port;
@@ -19,42 +19,13 @@ const GW: &str = "egress-gw-token";
 const OTHER: &str = "egress-other-token";
 
 struct World {
+    _nginx: support::nginx::Nginx,
     dir: tempfile::TempDir,
     partner: Ca,
     _server: Running,
     egress: u16,
     upstream: u16,
     key_line: String,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let prefix = self.dir.path().join("nginx");
-        let _ = Command::new("nginx")
-            .args([
-                "-p",
-                prefix.to_str().unwrap(),
-                "-c",
-                "nginx.conf",
-                "-s",
-                "stop",
-            ])
-            .status();
-    }
-}
-
-fn nginx(prefix: &Path, conf: &str) {
-    let found = Command::new("nginx").arg("-v").output();
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "nginx is required for the egress tests: run scripts/test.sh, or apt-get install nginx"
-    );
-    std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
-    let status = Command::new("nginx")
-        .args(["-p", prefix.to_str().unwrap(), "-c", "nginx.conf"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "nginx did not start");
 }
 
 async fn world() -> World {
@@ -87,22 +58,11 @@ async fn world() -> World {
     )
     .unwrap();
     let up = free_port();
-    nginx(
+    let nginx = support::nginx::Nginx::start(
         &prefix,
         &format!(
             r#"
-user root;
-worker_processes 1;
-pid {p}/nginx.pid;
-error_log {p}/logs/error.log warn;
-events {{ worker_connections 64; }}
-http {{
   access_log {p}/logs/access.log;
-  client_body_temp_path {p}/body;
-  proxy_temp_path {p}/proxy;
-  fastcgi_temp_path {p}/fastcgi;
-  uwsgi_temp_path {p}/uwsgi;
-  scgi_temp_path {p}/scgi;
   server {{
     listen 127.0.0.1:{up} ssl;
     server_name api.partner.example;
@@ -113,7 +73,6 @@ http {{
     location /redirect {{ return 302 https://elsewhere.example/; }}
     location / {{ return 200 "verified $ssl_client_s_dn for $request_method $request_uri x=$http_x_forwarded\n"; }}
   }}
-}}
 "#,
             p = prefix.display(),
             cert = upstream.cert.display(),
@@ -186,6 +145,7 @@ path = "audit.log"
     .unwrap();
     let server = Running::start(root, &ca.pem, port, "info").await;
     World {
+        _nginx: nginx,
         partner,
         key_line: client.key_pem.lines().nth(1).unwrap().to_owned(),
         dir,
