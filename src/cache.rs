@@ -361,10 +361,10 @@ impl SecretCache {
         let result = cell
             .get_or_init(|| async {
                 // A refresh that ended while this caller was on its way: take its result.
-                if let Some(now) = self.inner.get(&key).await {
-                    if now.fresh() {
-                        return now.answer(false);
-                    }
+                if let Some(now) = self.inner.get(&key).await
+                    && now.fresh()
+                {
+                    return now.answer(false);
                 }
                 match fetch(&key).await {
                     Ok(secret) => self.store(key.clone(), Ok(secret)).await.answer(false),

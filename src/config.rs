@@ -135,6 +135,7 @@ impl Config {
                             "client_ca",
                             "client_cert_header",
                             "etag_key_file",
+                            "ops_listen",
                         ],
                     );
                     cfg.server = d.section(value, &[]).unwrap_or_default();
@@ -275,30 +276,30 @@ impl Config {
             seen.push(name);
         }
         for (s, span) in self.sources.iter().zip(&spans.source_paths) {
-            if let SourceConfig::File(f) = s {
-                if !f.path.is_dir() {
-                    d.at(
-                        span.clone(),
-                        format!("file source directory {} does not exist", f.path.display()),
-                    );
-                }
-            }
-        }
-        if let Some(name) = &self.default_source {
-            if !self.sources.iter().any(|s| s.name() == name) {
+            if let SourceConfig::File(f) = s
+                && !f.path.is_dir()
+            {
                 d.at(
-                    spans.default_source.clone(),
-                    format!("default_source `{name}` is not a configured source"),
+                    span.clone(),
+                    format!("file source directory {} does not exist", f.path.display()),
                 );
             }
         }
-        if let Some(p) = &self.policies {
-            if !p.is_dir() {
-                d.at(
-                    spans.at("policies", ""),
-                    format!("policies directory {} does not exist", p.display()),
-                );
-            }
+        if let Some(name) = &self.default_source
+            && !self.sources.iter().any(|s| s.name() == name)
+        {
+            d.at(
+                spans.default_source.clone(),
+                format!("default_source `{name}` is not a configured source"),
+            );
+        }
+        if let Some(p) = &self.policies
+            && !p.is_dir()
+        {
+            d.at(
+                spans.at("policies", ""),
+                format!("policies directory {} does not exist", p.display()),
+            );
         }
         if self.limits.max_references == 0 || self.limits.source_concurrency == 0 {
             let key = if self.limits.max_references == 0 {

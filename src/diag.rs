@@ -86,10 +86,10 @@ impl Diags<'_> {
                 unknown.push(segs);
             });
         for segs in unknown {
-            if let [Seg::Key(k)] = segs.as_slice() {
-                if allowed.contains(&k.as_str()) {
-                    continue;
-                }
+            if let [Seg::Key(k)] = segs.as_slice()
+                && allowed.contains(&k.as_str())
+            {
+                continue;
             }
             let span = span_of(value, &segs).unwrap_or_else(|| value.span());
             self.at(span, format!("unknown key `{}`", display_path(&segs)));

@@ -35,8 +35,19 @@ use keybroker::reference::{Format, Layout};
     about = "A secrets broker for gateways and automation platforms"
 )]
 struct Cli {
+    /// Log lines on stderr: `text`, `json` (one object per line), or `auto` (text with colour
+    /// on a terminal, JSON otherwise).
+    #[arg(long, global = true, env = "KEYBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -171,7 +182,7 @@ enum Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Version => {
             println!("keybroker {}", env!("CARGO_PKG_VERSION"));
@@ -215,13 +226,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let terminal = std::io::stderr().is_terminal();
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        // Colour only on a terminal: a log file gets no escape codes.
+        builder.with_ansi(terminal).init();
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -410,10 +433,25 @@ async fn resolve(
         }
         Err(e) => {
             eprintln!("{}", error_json(&e));
-            Err(Failure::Rejected)
+            // A source that is down is worth retrying; anything else is not (scripts and init
+            // containers tell the two apart by the code).
+            let transient = match &e {
+                ResolveError::Unresolved { errors, .. } => errors
+                    .iter()
+                    .any(|x| x.reason == keybroker::reference::Reason::SourceUnavailable),
+                _ => false,
+            };
+            Err(if transient {
+                Failure::Code(EX_TEMPFAIL)
+            } else {
+                Failure::Rejected
+            })
         }
     }
 }
+
+/// sysexits' EX_TEMPFAIL: a source was unavailable, try again later.
+const EX_TEMPFAIL: u8 = 75;
 
 /// The errors of a failed resolution as one JSON object on stderr. Never a value.
 fn error_json(e: &ResolveError) -> String {
@@ -597,6 +635,12 @@ async fn serve(
             .map_err(|e| Failure::Usage(format!("{what} cannot listen on {}: {e}", door.listen)))?;
         doors.push((what, door, listener));
     }
+    let ops_listener = match config.server.ops_listen {
+        None => None,
+        Some(at) => Some(tokio::net::TcpListener::bind(at).await.map_err(|e| {
+            Failure::Usage(format!("[server] ops_listen: cannot listen on {at}: {e}"))
+        })?),
+    };
     let bound = listener
         .local_addr()
         .map_err(|e| Failure::Usage(format!("cannot read the listening address: {e}")))?;
@@ -640,10 +684,21 @@ async fn serve(
             until_stopped(stopped.clone()),
         ));
     }
+    let state = Arc::new(state);
+    if let Some(ops) = ops_listener {
+        tracing::info!(door = "ops", bound = ?ops.local_addr().ok(), "serving");
+        extra.spawn(api::listen::serve(
+            ops,
+            None,
+            api::ops_router(Arc::clone(&state)),
+            limits.clone(),
+            until_stopped(stopped.clone()),
+        ));
+    }
     let main = api::listen::serve(
         listener,
         tls,
-        api::router(Arc::new(state)),
+        api::router(state),
         limits,
         until_stopped(stopped.clone()),
     );
@@ -663,7 +718,7 @@ async fn agent(path: &Path, once: bool) -> Result<(), Failure> {
         return match keybroker::agent::Pass::exit_code(&passes) {
             0 => Ok(()),
             1 => Err(Failure::Rejected),
-            code => Err(Failure::Code(code)),
+            _ => Err(Failure::Code(EX_TEMPFAIL)),
         };
     }
     tokio::select! {

@@ -153,6 +153,17 @@ impl AppState {
     }
 }
 
+/// The probes and metrics alone (`[server] ops_listen`): for kubelets and scrapers that cannot
+/// present client certificates. Nothing here carries a value or needs a caller.
+pub fn ops_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
 /// The router; tests drive it without a socket (then no [`Peer`] is known: no certificate,
 /// no trusted proxy).
 pub fn router(state: Arc<AppState>) -> Router {
@@ -235,9 +246,41 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         Ok(r) => r,
         Err(_) => ApiError::Timeout.into_response(),
     };
+    let response = json_errors(response);
     let decision = crate::metrics::RequestOutcome::of_status(response.status().as_u16());
     state.broker.metrics().request(route, decision);
     response
+}
+
+/// The router's own refusals (405 from a route, 413 from the body limit, a body that is not
+/// JSON) come with an empty or text body; every error keybroker answers is JSON.
+fn json_errors(response: Response) -> Response {
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let (code, message) = match response.status() {
+        _ if json => return response,
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint does not take that method",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            "the request body is larger than the server takes",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send application/json"),
+        StatusCode::BAD_REQUEST => ("bad_request", "the request could not be read"),
+        _ => return response,
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Parses a JSON body without letting serde's message (which can quote input) out.

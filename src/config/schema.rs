@@ -27,6 +27,8 @@ pub struct ServerConfig {
     /// A request (body read, decision, source reads) that takes longer is answered 503.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
+    /// A plain-HTTP listener with `/healthz`, `/readyz` and `/metrics` only.
+    pub ops_listen: Option<SocketAddr>,
     /// The key of answers' ETags, shared by replicas so they tag the same content alike
     /// (random per process when absent).
     pub etag_key_file: Option<PathBuf>,
@@ -47,6 +49,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             client_cert_header: None,
             request_timeout: default_request_timeout(),
+            ops_listen: None,
             etag_key_file: None,
         }
     }

@@ -97,14 +97,14 @@ impl Authenticator {
                 .map(|i| (consumer(i), Via::TlsCertificate))
                 .ok_or(AuthError::UnknownCertificate);
         }
-        if let Some(name) = &self.cert_header {
-            if headers.contains_key(name) {
-                let cert = self.forwarded_certificate(peer, headers, name)?;
-                return ids
-                    .by_certificate(snapshot.policy(), &cert, now)
-                    .map(|i| (consumer(i), Via::ForwardedCertificate))
-                    .ok_or(AuthError::UnknownCertificate);
-            }
+        if let Some(name) = &self.cert_header
+            && headers.contains_key(name)
+        {
+            let cert = self.forwarded_certificate(peer, headers, name)?;
+            return ids
+                .by_certificate(snapshot.policy(), &cert, now)
+                .map(|i| (consumer(i), Via::ForwardedCertificate))
+                .ok_or(AuthError::UnknownCertificate);
         }
         let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
         let (first, second) = (authorization.next(), authorization.next());

@@ -265,10 +265,11 @@ fn check_bundle(
             return Err(PemError::KeyMismatch);
         }
     }
-    if let Some((n, leaf)) = parsed.first() {
-        if checks.expect_leaf && leaf.is_ca() {
-            return Err(PemError::CaNotLeaf { block: *n });
-        }
+    if let Some((n, leaf)) = parsed.first()
+        && checks.expect_leaf
+        && leaf.is_ca()
+    {
+        return Err(PemError::CaNotLeaf { block: *n });
     }
     for pair in parsed.windows(2) {
         let ((n, child), (_, parent)) = (&pair[0], &pair[1]);

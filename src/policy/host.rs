@@ -133,16 +133,16 @@ impl HostPattern {
             None => (None, raw),
         };
         // CIDR patterns have a `/` of their own; URL-form patterns a path.
-        if scheme.is_none() {
-            if let Ok(net) = rest.parse::<IpNet>() {
-                return Ok(Self::new(
-                    HostMatch::Net(net.trunc()),
-                    None,
-                    None,
-                    None,
-                    text,
-                ));
-            }
+        if scheme.is_none()
+            && let Ok(net) = rest.parse::<IpNet>()
+        {
+            return Ok(Self::new(
+                HostMatch::Net(net.trunc()),
+                None,
+                None,
+                None,
+                text,
+            ));
         }
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], Some(rest[i..].to_owned())),
@@ -214,10 +214,10 @@ impl HostPattern {
         if self.port.is_some() && self.port != dest.port {
             return false;
         }
-        if let Some(scheme) = &self.scheme {
-            if dest.scheme.as_deref() != Some(scheme) {
-                return false;
-            }
+        if let Some(scheme) = &self.scheme
+            && dest.scheme.as_deref() != Some(scheme)
+        {
+            return false;
         }
         if let Some(prefix) = &self.path_prefix {
             let path = dest.path.as_deref().unwrap_or("/");

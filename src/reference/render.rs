@@ -238,21 +238,21 @@ fn render_tree(
 /// Writes one site as a JSON/YAML value: a quoted string, or an object for a whole secret.
 /// `values` are the site's references, resolved, in order.
 fn write_site(out: &mut SecretBuf, template: &Template, values: &[Resolved<'_>]) {
-    if template.as_whole().is_some() {
-        if let [Resolved::Whole(secret)] = values {
-            // A flow mapping in JSON syntax is valid in both JSON and YAML.
-            out.push_str("{");
-            for (i, (name, value)) in secret.fields().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_quoted(name);
-                out.push_str(": ");
-                out.push_quoted(value.expose_secret());
+    if template.as_whole().is_some()
+        && let [Resolved::Whole(secret)] = values
+    {
+        // A flow mapping in JSON syntax is valid in both JSON and YAML.
+        out.push_str("{");
+        for (i, (name, value)) in secret.fields().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
             }
-            out.push_str("}");
-            return;
+            out.push_quoted(name);
+            out.push_str(": ");
+            out.push_quoted(value.expose_secret());
         }
+        out.push_str("}");
+        return;
     }
     out.push_str("\"");
     let mut next = values.iter();

@@ -266,10 +266,8 @@ impl CcpSource {
             };
             return Ok(Secret::new(fields.0, meta));
         }
-        if json {
-            if let Ok(e) = serde_json::from_slice::<CcpError>(&body) {
-                return Err(classify_error_code(&e.code));
-            }
+        if json && let Ok(e) = serde_json::from_slice::<CcpError>(&body) {
+            return Err(classify_error_code(&e.code));
         }
         // Not CCP's JSON: IIS in front of it.
         // A 4xx page answers the request's shape (the caller's); only 5xx and the rest say

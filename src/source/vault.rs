@@ -503,12 +503,10 @@ impl Inner {
             }
             let renewable = t.renewable;
             let current = secret_string(t.value.expose_secret());
-            if renewable {
-                if let Ok(renewed) = self.renew(&current).await {
-                    state.token = Some(renewed);
-                    let t = state.token.as_ref().expect("just set");
-                    return Ok(secret_string(t.value.expose_secret()));
-                }
+            if renewable && let Ok(renewed) = self.renew(&current).await {
+                state.token = Some(renewed);
+                let t = state.token.as_ref().expect("just set");
+                return Ok(secret_string(t.value.expose_secret()));
             }
             if !self.can_login() {
                 // A fixed token that cannot be renewed any more: use it while it lasts.
@@ -529,10 +527,10 @@ impl Inner {
                 state.token = Some(token);
                 // The token this login replaces may still be live: revoke it, so replacing
                 // tokens never leaves a trail of valid ones behind.
-                if let Some(old) = state.replaced.take() {
-                    if matches!(self.auth, Auth::AppRole { .. } | Auth::Cert { .. }) {
-                        self.revoke(&old).await;
-                    }
+                if let Some(old) = state.replaced.take()
+                    && matches!(self.auth, Auth::AppRole { .. } | Auth::Cert { .. })
+                {
+                    self.revoke(&old).await;
                 }
                 Ok(value)
             }
@@ -687,10 +685,10 @@ impl VaultSource {
                 };
                 tokio::time::sleep(wait.max(Duration::from_millis(200))).await;
                 let Some(inner) = weak.upgrade() else { return };
-                if inner.state.lock().await.token.is_some() {
-                    if let Err(e) = inner.token().await {
-                        tracing::warn!(error = %e, "vault token renewal failed");
-                    }
+                if inner.state.lock().await.token.is_some()
+                    && let Err(e) = inner.token().await
+                {
+                    tracing::warn!(error = %e, "vault token renewal failed");
                 }
             }
         });

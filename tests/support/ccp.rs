@@ -442,10 +442,10 @@ async fn accounts(
     {
         body.insert(k.clone(), serde_json::Value::from(v.clone()));
     }
-    if matches!(fault, Some(Fault::Stale)) {
-        if let Some(old) = o.props.get("PreviousContent") {
-            body.insert("Content".into(), old.clone().into());
-        }
+    if matches!(fault, Some(Fault::Stale))
+        && let Some(old) = o.props.get("PreviousContent")
+    {
+        body.insert("Content".into(), old.clone().into());
     }
     body.insert("Safe".into(), safe.clone().into());
     body.insert("Folder".into(), o.folder.clone().into());

@@ -1,0 +1,206 @@
+//! Operations (docs/DESIGN.md §19, in part): probes on `ops_listen` while the main listener
+//! requires client certificates, exit code 75 for an unavailable source, JSON log lines, JSON
+//! bodies for the router's own refusals.
+
+mod support {
+    pub mod openbao;
+    pub mod pki;
+    pub mod server;
+}
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::openbao::free_port;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics_answer_on_ops_listen_while_the_api_requires_client_certificates() {
+    let (dir, ca) = support::server::folder("unused");
+    let root = dir.path();
+    let clients = support::pki::Ca::new("clients CA");
+    clients.write(&root.join("clients-ca.pem"));
+    let (port, ops) = (free_port(), free_port());
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\nclient_ca = \"clients-ca.pem\"\nclient_auth = \"required\"\nops_listen = \"127.0.0.1:{ops}\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["serve", "--config", "kb.toml"])
+        .current_dir(root)
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let plain = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        if let Ok(r) = plain
+            .get(format!("http://127.0.0.1:{ops}/healthz"))
+            .send()
+            .await
+        {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "ops_listen never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health.status(), 200);
+    let ready = plain
+        .get(format!("http://127.0.0.1:{ops}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(ready.status() == 200 || ready.status() == 503);
+    let metrics = plain
+        .get(format!("http://127.0.0.1:{ops}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    // Nothing else is served there (a JSON 404), and secrets stay on the main listener.
+    let other = plain
+        .post(format!("http://127.0.0.1:{ops}/v1/resolve"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    // The main listener refuses a client without a certificate at the handshake.
+    let no_cert = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    assert!(
+        no_cert
+            .get(format!("https://localhost:{port}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+    let _ = child.kill().await;
+}
+
+#[test]
+fn resolve_exits_75_when_a_source_is_down_and_1_for_a_missing_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("secrets")).unwrap();
+    let down = free_port();
+    std::fs::write(
+        root.join("kb.toml"),
+        format!("[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"http://127.0.0.1:{down}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("down.json"),
+        r#"{"v": "$SECRET_vault:app/db $KEY_password"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("missing.json"),
+        r#"{"v": "$SECRET_files:nope $KEY_x"}"#,
+    )
+    .unwrap();
+    let run = |doc: &str| {
+        Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args([
+                "--log-format",
+                "json",
+                "resolve",
+                "--config",
+                "kb.toml",
+                doc,
+            ])
+            .current_dir(root)
+            .env("VAULT_TOKEN", "t")
+            .env_remove("VAULT_ADDR")
+            .output()
+            .unwrap()
+    };
+    let out = run("down.json");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(out.stdout.is_empty());
+    // The log lines are JSON objects, and say what failed.
+    let logged: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"level\""))
+        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+        .collect();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l["level"] == "WARN" && l.to_string().contains("refused")),
+        "{stderr}"
+    );
+    assert_eq!(run("missing.json").status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn the_routers_own_refusals_are_json() {
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use tower::ServiceExt;
+    let broker = std::sync::Arc::new(keybroker::broker::Broker::new(Vec::new(), None, None));
+    let state = keybroker::api::AppState::new(broker)
+        .with_dev_token(keybroker::identity::TokenDigest::of("operator"));
+    let app = keybroker::api::router(std::sync::Arc::new(state));
+    for (req, status, code) in [
+        (
+            Request::get("/v1/resolve").body(Body::empty()).unwrap(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            Request::post("/v1/resolve")
+                .header("authorization", "Bearer operator")
+                .header("content-type", "application/json")
+                .body(Body::from(vec![b' '; 2 << 20]))
+                .unwrap(),
+            413,
+            "too_large",
+        ),
+    ] {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), status);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+}
+
+/// `rust-version` in Cargo.toml is at least every dependency's own (as `cargo metadata`
+/// reports them), so the claim stays true when a dependency raises its floor.
+#[test]
+fn rust_version_is_true_for_the_locked_dependencies() {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parse = |v: &str| -> (u32, u32) {
+        let mut it = v.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    };
+    let ours = parse(env!("CARGO_PKG_RUST_VERSION"));
+    for p in meta["packages"].as_array().unwrap() {
+        if let Some(v) = p["rust_version"].as_str() {
+            assert!(
+                parse(v) <= ours,
+                "{} needs Rust {v}; Cargo.toml says rust-version {}",
+                p["name"],
+                env!("CARGO_PKG_RUST_VERSION")
+            );
+        }
+    }
+}
