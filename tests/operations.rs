@@ -204,3 +204,65 @@ fn rust_version_is_true_for_the_locked_dependencies() {
         }
     }
 }
+
+/// The Vault environment as the bao and vault CLIs read it: `BAO_ADDR` and `BAO_TOKEN` alone are
+/// enough; a truthy `VAULT_SKIP_VERIFY` stops start-up with an explanation instead of being
+/// ignored.
+#[test]
+fn bao_variables_are_read_and_skip_verify_is_refused() {
+    let bao = support::openbao::OpenBao::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(
+        root.join("kb.toml"),
+        "[[source]]\nname = \"vault\"\nkind = \"vault\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("doc.json"),
+        r#"{"u": "$SECRET_vault:demo/db $KEY_username"}"#,
+    )
+    .unwrap();
+    let run = |extra: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keybroker"));
+        c.args(args)
+            .current_dir(root)
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .env("BAO_ADDR", &bao.addr)
+            .env("BAO_TOKEN", support::openbao::ROOT_TOKEN);
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&[], &["resolve", "--config", "kb.toml", "doc.json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["u"], "app");
+    let out = run(
+        &[("VAULT_SKIP_VERIFY", "1")],
+        &["check", "--config", "kb.toml"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not turn off TLS verification"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "false" is not truthy.
+    let out = run(
+        &[("VAULT_SKIP_VERIFY", "false")],
+        &["check", "--config", "kb.toml"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

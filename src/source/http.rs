@@ -33,7 +33,7 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
 }
 
 /// A client that never follows redirects, keeps no idle connections, trusts `ca` in addition
-/// to the system roots, and presents `identity` (certificate, key) when given.
+/// instead of the system roots, and presents `identity` (certificate, key) when given.
 pub(crate) fn client(
     timeout: Duration,
     ca: Option<&Path>,
@@ -54,7 +54,9 @@ pub(crate) fn client(
         let pem = read(ca)?;
         let cert = reqwest::Certificate::from_pem(&pem)
             .map_err(|_| HttpSetupError::BadPem(ca.display().to_string()))?;
-        builder = builder.add_root_certificate(cert);
+        // The given CA *replaces* the system roots, as the vault CLI treats VAULT_CACERT: a
+        // private backend trusts exactly its own CA.
+        builder = builder.tls_certs_only([cert]);
     }
     if let Some((cert, key)) = identity {
         // Certificate and key in one zeroizing buffer, as reqwest wants them.

@@ -41,18 +41,29 @@ pub struct VaultEnv {
     pub cacert: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// `VAULT_SKIP_VERIFY` was set truthy: refused at start, never honoured.
+    pub skip_verify: bool,
 }
 
 impl VaultEnv {
+    /// As the vault and bao CLIs read them: `BAO_*` first, then `VAULT_*`.
     pub fn from_process() -> Self {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let var = |k: &str| {
+            [format!("BAO_{k}"), format!("VAULT_{k}")]
+                .iter()
+                .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        };
+        let truthy = |v: Option<String>| {
+            v.is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no" | ""))
+        };
         Self {
-            addr: var("VAULT_ADDR"),
-            token: var("VAULT_TOKEN").map(|t| secret_string(&Zeroizing::new(t))),
-            namespace: var("VAULT_NAMESPACE"),
-            cacert: var("VAULT_CACERT").map(PathBuf::from),
-            client_cert: var("VAULT_CLIENT_CERT").map(PathBuf::from),
-            client_key: var("VAULT_CLIENT_KEY").map(PathBuf::from),
+            addr: var("ADDR"),
+            token: var("TOKEN").map(|t| secret_string(&Zeroizing::new(t))),
+            namespace: var("NAMESPACE"),
+            cacert: var("CACERT").map(PathBuf::from),
+            client_cert: var("CLIENT_CERT").map(PathBuf::from),
+            client_key: var("CLIENT_KEY").map(PathBuf::from),
+            skip_verify: truthy(var("SKIP_VERIFY")),
         }
     }
 }
@@ -60,15 +71,21 @@ impl VaultEnv {
 /// Why a vault source could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultConfigError {
-    #[error("no address: set `address` or VAULT_ADDR")]
+    #[error("no address: set `address`, or BAO_ADDR / VAULT_ADDR")]
     NoAddress,
+    /// keybroker never turns TLS verification off; the variable is refused rather than
+    /// ignored, so nobody believes it took effect.
+    #[error(
+        "VAULT_SKIP_VERIFY (or BAO_SKIP_VERIFY) is set: keybroker does not turn off TLS verification; give the server's CA in `ca_cert` or VAULT_CACERT instead"
+    )]
+    SkipVerifyRefused,
     #[error("address {0:?} is not a URL")]
     BadAddress(String),
     #[error("http:// is only allowed to a loopback address (or with insecure_dev = true)")]
     InsecureHttp,
     #[error(transparent)]
     Http(#[from] HttpSetupError),
-    #[error("token auth needs VAULT_TOKEN or token_file")]
+    #[error("token auth needs BAO_TOKEN / VAULT_TOKEN or token_file")]
     NoToken,
     #[error("tls_server_name is not supported yet: put the server's certificate name in `address`")]
     ServerNameUnsupported,
@@ -148,6 +165,9 @@ impl VaultSource {
             .ok_or(VaultConfigError::NoAddress)?;
         if cfg.tls_server_name.is_some() {
             return Err(VaultConfigError::ServerNameUnsupported);
+        }
+        if env.skip_verify {
+            return Err(VaultConfigError::SkipVerifyRefused);
         }
         let mut base =
             Url::parse(&address).map_err(|_| VaultConfigError::BadAddress(address.clone()))?;
