@@ -54,6 +54,7 @@ enum LogFormat {
 enum Command {
     /// Run the HTTP server.
     Serve {
+        /// The configuration file (keybroker.toml).
         #[arg(long, env = "KEYBROKER_CONFIG")]
         config: Option<PathBuf>,
         /// Development mode: examples/dev/keybroker.toml, plain HTTP on 127.0.0.1:8080,
@@ -66,6 +67,7 @@ enum Command {
     },
     /// Expand the references of a document and print it.
     Resolve {
+        /// The configuration file (keybroker.toml).
         #[arg(long, env = "KEYBROKER_CONFIG", default_value = "keybroker.toml")]
         config: PathBuf,
         /// Apply this consumer's policy, exactly as the server would.
@@ -92,11 +94,13 @@ enum Command {
     },
     /// Validate the configuration and list every error with file:line:column.
     Check {
+        /// The configuration file (keybroker.toml).
         #[arg(long, env = "KEYBROKER_CONFIG", default_value = "keybroker.toml")]
         config: PathBuf,
     },
     /// Keep key material as files for a gateway (docs/AGENT.md).
     Agent {
+        /// The agent's configuration file (docs/AGENT.md).
         #[arg(long, default_value = "agent.toml")]
         config: PathBuf,
         /// Write everything once and exit: 0 all written, 1 refused or failed, 75 the server
@@ -136,8 +140,10 @@ enum PolicyCommand {
         /// Read the policies from this folder.
         #[arg(long)]
         policies: Option<PathBuf>,
+        /// The consumer (its `name` in the policy) the request is decided for.
         #[arg(long)]
         consumer: String,
+        /// A named credential the consumer asks for (or give `--reference`).
         #[arg(
             long,
             required_unless_present = "reference",
@@ -147,6 +153,7 @@ enum PolicyCommand {
         /// A reference, e.g. `$SECRET_vault:payments/db $KEY_password`.
         #[arg(long)]
         reference: Option<String>,
+        /// The destination the values would be used for: host, host:port or URL.
         #[arg(long)]
         host: String,
     },
@@ -826,4 +833,31 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown requested; finishing open requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every flag and argument of every command says what it is for.
+    #[test]
+    fn every_flag_has_a_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "keybroker", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }
