@@ -666,7 +666,11 @@ async fn serve(
     tracing::info!(
         %bound,
         tls = tls.is_some(),
-        client_auth = ?config.server.client_ca.as_ref().map(|_| config.server.client_auth),
+        client_certificates = match (&config.server.client_ca, config.server.client_auth) {
+            (None, _) => "off",
+            (Some(_), keybroker::config::ClientAuth::Optional) => "optional",
+            (Some(_), keybroker::config::ClientAuth::Required) => "required",
+        },
         config = %path.display(),
         "keybroker serving"
     );

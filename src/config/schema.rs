@@ -67,7 +67,6 @@ pub enum ClientAuth {
     Required,
 }
 
-/// How PEM values from a source or credential are treated (docs/DESIGN.md §4).
 /// How a source's or credential's PEM values are treated (docs/PEM.md). Defined here, with
 /// the configuration that names it, and re-exported as `pem::Mode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
