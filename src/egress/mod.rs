@@ -24,7 +24,7 @@ use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use crate::broker::{Broker, Caller, ConsumerRef, CredentialError};
-use crate::policy::{Destination, ReadAccess};
+use crate::policy::Destination;
 
 /// What the egress handler shares.
 #[derive(Debug)]
@@ -191,10 +191,7 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         .get(header::PROXY_AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::identity::bearer);
-    let consumer = token.and_then(|t| {
-        let i = snapshot.identities().by_token(t)?;
-        ConsumerRef::of(Arc::clone(&snapshot), &snapshot.policy().consumers[i].name)
-    });
+    let consumer = token.and_then(|t| ConsumerRef::by_token(&snapshot, t));
     let Some(consumer) = consumer else {
         let _ = state
             .broker
@@ -226,11 +223,11 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         None => {
             let policy = snapshot.policy();
             let team = consumer.team();
+            // Visible as the policy decides it: the credential this team sees under the name.
             let mut fitting = policy.credentials.iter().filter(|c| {
-                let visible = c.team == team
-                    || c.read_access == ReadAccess::Global
-                    || (c.read_access == ReadAccess::SpecificTeams
-                        && c.shared_team_slugs.iter().any(|t| t == team));
+                let visible = policy
+                    .visible_credential(team, &c.name)
+                    .is_ok_and(|seen| std::ptr::eq(seen, *c));
                 visible
                     && c.mode == crate::policy::CredentialMode::Mtls
                     && c.allowed_hosts.iter().any(|p| p.matches(&dest))

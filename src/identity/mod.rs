@@ -90,6 +90,13 @@ impl ConsumerRef {
         Some(Self { snapshot, index })
     }
 
+    /// The consumer whose bearer token is `token` in `snapshot` (a digest lookup in the
+    /// identity index). For doors other than the main API: the Vault API, the egress proxy.
+    pub fn by_token(snapshot: &Arc<Snapshot>, token: &str) -> Option<Self> {
+        let index = snapshot.identities.by_token(token)?;
+        Some(Self::at(snapshot, index))
+    }
+
     /// Consumer number `index` of `snapshot` (from its identity index).
     fn at(snapshot: &Arc<Snapshot>, index: usize) -> Self {
         Self {

@@ -187,8 +187,7 @@ async fn authenticate(
             let name = state.tokens.verify(t, SystemTime::now()).ok()?;
             ConsumerRef::of(Arc::clone(&snapshot), &name)
         } else {
-            let i = snapshot.identities().by_token(t)?;
-            ConsumerRef::of(Arc::clone(&snapshot), &snapshot.policy().consumers[i].name)
+            ConsumerRef::by_token(&snapshot, t)
         }
     });
     match found {
