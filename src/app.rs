@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio_rustls::TlsAcceptor;
-
-use crate::api::{self, AppState, TlsSetupError};
+use crate::api::{self, AppState, ServerTls, TlsSetupError};
 use crate::audit::AuditError;
 use crate::broker::{Broker, BuildError};
 use crate::config::{Config, Diagnostic, Setting};
@@ -39,7 +37,8 @@ impl Options {
 pub struct App {
     pub broker: Arc<Broker>,
     pub state: AppState,
-    pub tls: Option<TlsAcceptor>,
+    /// The main listener's TLS (plain HTTP when it has no certificate).
+    pub tls: Arc<ServerTls>,
     /// The Vault-compatible API's listener, when `[vault_api]` is configured.
     pub vault_api: Option<Door>,
     /// The egress proxy's listener, when `[egress]` is configured.
@@ -50,7 +49,7 @@ pub struct App {
 #[allow(missing_debug_implementations)] // the TLS acceptor and router have none
 pub struct Door {
     pub listen: SocketAddr,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Arc<ServerTls>,
     pub router: axum::Router,
 }
 
@@ -111,6 +110,9 @@ impl AppError {
             Self::Tls(TlsSetupError::Certificates { path, .. } | TlsSetupError::Key(path)) => {
                 Some(tls_file(path))
             }
+            Self::Tls(TlsSetupError::Crl { .. } | TlsSetupError::CrlWithoutCa) => {
+                Some(Setting::Key("server", "client_crl"))
+            }
             Self::Tls(TlsSetupError::Rustls(_)) => Some(Setting::Key("server", "tls_cert")),
             Self::AuditFolder { .. } | Self::Build(BuildError::Audit(AuditError::Open { .. })) => {
                 Some(Setting::Key("audit", "path"))
@@ -143,7 +145,7 @@ impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
             .field("broker", &self.broker)
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.tls.is_tls())
             .field("vault_api", &self.vault_api.as_ref().map(|v| v.listen))
             .finish_non_exhaustive()
     }
@@ -155,9 +157,8 @@ impl App {
         if options.dev && !addr.ip().is_loopback() {
             return Err(AppError::DevOffLoopback(addr));
         }
-        let verifier = api::listen::client_verifier(&config.server)?;
-        let tls = api::listen::tls_acceptor(&config.server, verifier.clone())?;
-        if tls.is_none() && !addr.ip().is_loopback() {
+        let tls = Arc::new(ServerTls::load(&config.server)?);
+        if !tls.is_tls() && !addr.ip().is_loopback() {
             return Err(AppError::PlainOffLoopback(addr));
         }
         let broker = if options.open_audit {
@@ -170,7 +171,8 @@ impl App {
             Broker::from_config(&without_audit)?
         };
         let broker = Arc::new(broker);
-        let mut state = AppState::new(Arc::clone(&broker)).with_server(&config.server, verifier)?;
+        let mut state =
+            AppState::new(Arc::clone(&broker)).with_server(&config.server, Arc::clone(&tls))?;
         if let Some(path) = &config.server.etag_key_file {
             state = state.with_etag_key(crate::api::change::EtagKey::from_file(path)?);
         }
@@ -182,6 +184,9 @@ impl App {
             None => None,
             Some(e) => Some(egress(e, &broker)?),
         };
+        for door in vault_api.iter().chain(&egress) {
+            state = state.reloads_tls(Arc::clone(&door.tls));
+        }
         Ok(Self {
             broker,
             state,
@@ -201,9 +206,8 @@ impl App {
 /// The Vault-compatible API, with the TLS rules of `[server]` applied to its own keys.
 fn vault_api(v: &crate::config::VaultApiConfig, broker: &Arc<Broker>) -> Result<Door, AppError> {
     let server = v.server();
-    let verifier = api::listen::client_verifier(&server).map_err(AppError::VaultApiTls)?;
-    let tls = api::listen::tls_acceptor(&server, verifier).map_err(AppError::VaultApiTls)?;
-    if tls.is_none() && !v.listen.ip().is_loopback() {
+    let tls = Arc::new(ServerTls::load(&server).map_err(AppError::VaultApiTls)?);
+    if !tls.is_tls() && !v.listen.ip().is_loopback() {
         return Err(AppError::VaultApiPlainOffLoopback(v.listen));
     }
     let tokens = match &v.token_key_file {
@@ -225,8 +229,8 @@ fn vault_api(v: &crate::config::VaultApiConfig, broker: &Arc<Broker>) -> Result<
 /// The egress proxy, with the TLS rules of `[server]` applied to its own keys.
 fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Door, AppError> {
     let server = e.server();
-    let tls = api::listen::tls_acceptor(&server, None).map_err(AppError::EgressTls)?;
-    if tls.is_none() && !e.listen.ip().is_loopback() {
+    let tls = Arc::new(ServerTls::load(&server).map_err(AppError::EgressTls)?);
+    if !tls.is_tls() && !e.listen.ip().is_loopback() {
         return Err(AppError::EgressPlainOffLoopback(e.listen));
     }
     let state = crate::egress::EgressState {

@@ -655,17 +655,16 @@ async fn serve(
     if dev {
         let (token, dev_token) = TokenDigest::generate();
         state = state.with_dev_token(dev_token);
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let scheme = if tls.is_tls() { "https" } else { "http" };
         print_dev_banner(scheme, bound, &token, &path.with_file_name("document.json"));
     }
-    spawn_reload_on_sighup(Arc::clone(&broker));
     // Readiness: the trail proves writable, each source answers once; then expiry sweeps.
     broker.audit_start().await;
     broker.spawn_startup_checks();
     broker.spawn_expiry_sweep();
     tracing::info!(
         %bound,
-        tls = tls.is_some(),
+        tls = tls.is_tls(),
         client_certificates = match (&config.server.client_ca, config.server.client_auth) {
             (None, _) => "off",
             (Some(_), keybroker::config::ClientAuth::Optional) => "optional",
@@ -686,7 +685,7 @@ async fn serve(
     let limits: api::listen::ConnectionLimits = (&config.limits).into();
     let mut extra = tokio::task::JoinSet::new();
     for (what, door, listener) in doors {
-        tracing::info!(door = what, bound = %door.listen, tls = door.tls.is_some(), "serving");
+        tracing::info!(door = what, bound = %door.listen, tls = door.tls.is_tls(), "serving");
         extra.spawn(api::listen::serve(
             listener,
             door.tls,
@@ -696,11 +695,12 @@ async fn serve(
         ));
     }
     let state = Arc::new(state);
+    spawn_reload_on_sighup(Arc::clone(&state));
     if let Some(ops) = ops_listener {
         tracing::info!(door = "ops", bound = ?ops.local_addr().ok(), "serving");
         extra.spawn(api::listen::serve(
             ops,
-            None,
+            Arc::new(api::ServerTls::plain()),
             api::ops_router(Arc::clone(&state)),
             limits.clone(),
             until_stopped(stopped.clone()),
@@ -776,8 +776,9 @@ fn harden_process() {
     }
 }
 
-/// SIGHUP reloads the policy; a broken policy leaves the old one in force.
-fn spawn_reload_on_sighup(broker: Arc<Broker>) {
+/// SIGHUP reloads the policy and every listener's TLS files; what does not load leaves the
+/// previous version in force.
+fn spawn_reload_on_sighup(state: Arc<api::AppState>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -786,14 +787,16 @@ fn spawn_reload_on_sighup(broker: Arc<Broker>) {
             return;
         };
         while hup.recv().await.is_some() {
-            // The outcome is logged (and counted) by the broker.
-            if broker.reload_policy().is_ok() {
-                broker.sweep_expiry().await;
+            // The outcomes are logged (and the policy's counted) where they happen.
+            let policy = state.broker.reload_policy();
+            let _ = state.reload_tls();
+            if policy.is_ok() {
+                state.broker.sweep_expiry().await;
             }
         }
     });
     #[cfg(not(unix))]
-    let _ = broker;
+    let _ = state;
 }
 
 /// The dev token is meant to be seen: it is new on every start and only valid on loopback.

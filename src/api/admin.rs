@@ -21,19 +21,21 @@ pub(super) async fn reload(
     let caller = state.admin(caller, Action::AdminReload).await?;
     let started = Instant::now();
     let result = state.broker.reload_policy();
+    let tls = state.reload_tls();
     state
         .broker
         .audit_admin(
             &caller,
             Action::AdminReload,
             Vec::new(),
-            result.is_ok(),
+            result.is_ok() && tls.is_ok(),
             started,
         )
         .await?;
     let summary = result?;
     // Objects that left the policy lose their expiry series; new ones get theirs.
     state.broker.sweep_expiry().await;
+    tls?;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "reloaded": true, "policy": summary }),

@@ -26,6 +26,8 @@ pub enum ApiError {
     Credential(#[from] CredentialError),
     #[error(transparent)]
     Reload(#[from] ReloadError),
+    #[error("the TLS settings were not reloaded; the previous ones stay in force: {0}")]
+    TlsReload(#[from] crate::api::TlsSetupError),
     #[error("no source named {0:?}")]
     UnknownSource(String),
     #[error(transparent)]
@@ -114,6 +116,7 @@ impl ApiError {
             }
             Self::Reload(ReloadError::NoPolicies) => (StatusCode::CONFLICT, "no_policies"),
             Self::Reload(ReloadError::Invalid(_)) => (StatusCode::CONFLICT, "policy_invalid"),
+            Self::TlsReload(_) => (StatusCode::CONFLICT, "tls_invalid"),
         }
     }
 }

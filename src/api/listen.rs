@@ -1,10 +1,9 @@
-//! The listener: TLS (rustls, TLS 1.2/1.3, client certificates optional or required) or plain
-//! HTTP (loopback or `--dev` only — `main.rs` enforces that), an accept loop that hands each
+//! The listener: TLS (rustls, TLS 1.2/1.3, client certificates optional or required; the
+//! settings in [`ServerTls`], reloadable) or plain HTTP (loopback or `--dev` only — `main.rs` enforces that), an accept loop that hands each
 //! connection's [`Peer`] to the handlers, and graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,14 +11,9 @@ use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::ClientCertVerifier;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ClientAuth, ServerConfig};
+use super::tls::ServerTls;
 use crate::identity::ClientCert;
 
 /// Who is on the other end of a connection.
@@ -29,80 +23,6 @@ pub struct Peer {
     /// The client certificate the TLS handshake verified against `client_ca` (end entity),
     /// parsed once for the life of the connection.
     pub certificate: Option<Arc<ClientCert>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    #[error("cannot read {path}: {why}")]
-    Certificates { path: PathBuf, why: String },
-    /// Never the parser's message: it can quote key bytes.
-    #[error("no usable private key in {0} (PKCS#8, PKCS#1 or SEC1 PEM expected)")]
-    Key(PathBuf),
-    #[error("{0}")]
-    Rustls(String),
-}
-
-/// Reads a PEM certificate file (public data: parse errors may be shown).
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let err = |why: String| TlsSetupError::Certificates {
-        path: path.to_owned(),
-        why,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no CERTIFICATE block".to_owned()));
-    }
-    Ok(certs)
-}
-
-/// The verifier of client certificates, from `client_ca` (`None` without one). The same
-/// verifier checks certificates forwarded in `client_cert_header`.
-pub fn client_verifier(
-    server: &ServerConfig,
-) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsSetupError> {
-    let Some(ca) = &server.client_ca else {
-        return Ok(None);
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certificates(ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| TlsSetupError::Rustls(format!("{}: {e}", ca.display())))?;
-    }
-    let builder = WebPkiClientVerifier::builder(Arc::new(roots));
-    let builder = match server.client_auth {
-        ClientAuth::Optional => builder.allow_unauthenticated(),
-        ClientAuth::Required => builder,
-    };
-    builder
-        .build()
-        .map(Some)
-        .map_err(|e| TlsSetupError::Rustls(e.to_string()))
-}
-
-/// The rustls server configuration of `[server]`, or `None` when no `tls_cert` is set.
-pub fn tls_acceptor(
-    server: &ServerConfig,
-    verifier: Option<Arc<dyn ClientCertVerifier>>,
-) -> Result<Option<TlsAcceptor>, TlsSetupError> {
-    let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) else {
-        return Ok(None);
-    };
-    let chain = certificates(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|_| TlsSetupError::Key(key.clone()))?;
-    let builder = rustls::ServerConfig::builder();
-    let builder = match verifier {
-        Some(v) => builder.with_client_cert_verifier(v),
-        None => builder.with_no_client_auth(),
-    };
-    let mut tls = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(TlsAcceptor::from(Arc::new(tls))))
 }
 
 /// A TLS handshake that takes longer is dropped (slowloris).
@@ -179,7 +99,7 @@ impl Drop for Slot {
 /// (up to 30 s).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Arc<ServerTls>,
     app: Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
@@ -218,7 +138,8 @@ pub async fn serve(
         tcp.set_write_timeout(Some(limits.write_timeout));
         let tcp = Box::pin(tcp);
         let app = app.clone();
-        let tls = tls.clone();
+        // The settings current now; a reload during this connection does not touch it.
+        let tls = tls.current().acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;

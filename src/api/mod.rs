@@ -12,6 +12,7 @@ mod error;
 pub mod listen;
 mod ops;
 mod resolve;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,8 @@ use axum::routing::{get, post};
 
 use crate::identity::{AuthError, Authenticator, TokenDigest};
 pub use error::ApiError;
-pub use listen::{Peer, TlsSetupError};
+pub use listen::Peer;
+pub use tls::{ServerTls, TlsSetupError};
 
 use crate::broker::{Broker, Caller};
 use crate::config::ServerConfig;
@@ -54,6 +56,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub struct AppState {
     pub broker: Arc<Broker>,
     pub auth: Authenticator,
+    /// The main listener's TLS: its verifier checks forwarded certificates.
+    tls: Option<Arc<ServerTls>>,
+    /// Every listener's TLS, reloaded with the policy.
+    reloadable: Vec<Arc<ServerTls>>,
     pub request_timeout: Duration,
     /// The key of answers' ETags.
     pub etag: change::EtagKey,
@@ -66,6 +72,8 @@ impl AppState {
         Self {
             broker,
             auth: Authenticator::default(),
+            tls: None,
+            reloadable: Vec::new(),
             request_timeout: Duration::from_secs(30),
             etag: change::EtagKey::random(),
         }
@@ -83,18 +91,40 @@ impl AppState {
         (self.broker.cache_ttl() / 2).clamp(Duration::from_millis(250), Duration::from_secs(30))
     }
 
+    /// Reloads `tls` (another listener's) with the main listener's.
+    pub fn reloads_tls(mut self, tls: Arc<ServerTls>) -> Self {
+        self.reloadable.push(tls);
+        self
+    }
+
+    /// Reads every listener's TLS files again (SIGHUP, `POST /v1/admin/reload`). A listener
+    /// whose files do not load keeps its previous settings; the first such error is returned.
+    pub fn reload_tls(&self) -> Result<(), TlsSetupError> {
+        let mut first = None;
+        for tls in &self.reloadable {
+            match tls.reload() {
+                Ok(()) => tracing::info!(files = %tls.describe(), "TLS settings reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload rejected; the previous settings stay in force");
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     /// Accepts `token` as the operator (`serve --dev`).
     pub fn with_dev_token(mut self, token: TokenDigest) -> Self {
         self.auth.dev_token = Some(token);
         self
     }
 
-    /// Takes trusted proxies, the client-certificate header and its verifier, and the
-    /// request timeout from `[server]`.
+    /// Takes trusted proxies, the client-certificate header, the request timeout from
+    /// `[server]`, and the main listener's TLS (whose verifier checks forwarded certificates).
     pub fn with_server(
         mut self,
         server: &ServerConfig,
-        verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+        tls: Arc<ServerTls>,
     ) -> Result<Self, TlsSetupError> {
         self.auth.trusted_proxies = server.trusted_proxies.clone();
         self.auth.cert_header = match &server.client_cert_header {
@@ -103,7 +133,8 @@ impl AppState {
                 TlsSetupError::Rustls(format!("client_cert_header {h:?} is not a header name"))
             })?),
         };
-        self.auth.verifier = verifier;
+        self.reloadable.insert(0, Arc::clone(&tls));
+        self.tls = Some(tls);
         self.request_timeout = server.request_timeout.0;
         Ok(self)
     }
@@ -111,10 +142,12 @@ impl AppState {
     /// The authenticated caller of a request.
     async fn caller(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let snapshot = self.broker.policy();
+        let tls = self.tls.as_ref().map(|t| t.current());
         let authenticated = self.auth.authenticate(
             &snapshot,
             peer.map(|p| p.addr.ip()),
             peer.and_then(|p| p.certificate.as_deref()),
+            tls.as_ref().and_then(|t| t.verifier.as_deref()),
             headers,
         );
         let (caller, via) = match authenticated {

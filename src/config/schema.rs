@@ -18,6 +18,8 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Turns on client-certificate authentication.
     pub client_ca: Option<PathBuf>,
+    /// Revocation lists (PEM `X509 CRL`) of the CAs in `client_ca`; reloaded with the policy.
+    pub client_crl: Option<PathBuf>,
     #[serde(default)]
     pub client_auth: ClientAuth,
     /// Peers allowed to send `client_cert_header`.
@@ -45,6 +47,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            client_crl: None,
             client_auth: ClientAuth::default(),
             trusted_proxies: Vec::new(),
             client_cert_header: None,
@@ -328,6 +331,7 @@ pub struct VaultApiConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
+    pub client_crl: Option<PathBuf>,
     #[serde(default)]
     pub client_auth: ClientAuth,
     /// The key that signs tokens of `auth/cert/login`, shared by replicas (random per process
@@ -353,6 +357,7 @@ impl VaultApiConfig {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             client_ca: self.client_ca.clone(),
+            client_crl: self.client_crl.clone(),
             client_auth: self.client_auth,
             ..ServerConfig::default()
         }

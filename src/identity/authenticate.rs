@@ -64,8 +64,6 @@ pub struct Authenticator {
     pub dev_token: Option<TokenDigest>,
     pub trusted_proxies: Vec<IpNet>,
     pub cert_header: Option<HeaderName>,
-    /// Verifies forwarded certificates against `client_ca` (set with `cert_header`).
-    pub verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -80,12 +78,14 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// The caller of a request: `peer` is the connection's address, `certificate` the one
-    /// its TLS handshake verified (both unknown when the router is driven without a socket).
+    /// its TLS handshake verified (both unknown when the router is driven without a socket),
+    /// `verifier` what checks a forwarded certificate (`client_ca`, `client_crl`: current).
     pub fn authenticate(
         &self,
         snapshot: &Arc<Snapshot>,
         peer: Option<IpAddr>,
         certificate: Option<&ClientCert>,
+        verifier: Option<&dyn ClientCertVerifier>,
         headers: &HeaderMap,
     ) -> Result<(Caller, Via), AuthError> {
         let now = SystemTime::now();
@@ -100,7 +100,7 @@ impl Authenticator {
         if let Some(name) = &self.cert_header
             && headers.contains_key(name)
         {
-            let cert = self.forwarded_certificate(peer, headers, name)?;
+            let cert = self.forwarded_certificate(peer, verifier, headers, name)?;
             return ids
                 .by_certificate(snapshot.policy(), &cert, now)
                 .map(|i| (consumer(i), Via::ForwardedCertificate))
@@ -127,6 +127,7 @@ impl Authenticator {
     fn forwarded_certificate(
         &self,
         peer: Option<IpAddr>,
+        verifier: Option<&dyn ClientCertVerifier>,
         headers: &HeaderMap,
         name: &HeaderName,
     ) -> Result<ClientCert, AuthError> {
@@ -152,7 +153,7 @@ impl Authenticator {
             return Err(AuthError::BadHeader);
         }
         let der = decode_certificate(value.as_bytes()).ok_or(AuthError::BadHeader)?;
-        let verifier = self.verifier.as_ref().ok_or(AuthError::BadHeader)?;
+        let verifier = verifier.ok_or(AuthError::BadHeader)?;
         verifier
             .verify_client_cert(&der, &[], UnixTime::now())
             .map_err(|_| AuthError::BadHeader)?;

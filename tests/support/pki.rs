@@ -54,6 +54,36 @@ impl Ca {
         std::fs::write(path, &self.pem).unwrap();
     }
 
+    /// A PEM revocation list of this CA revoking `revoked`, valid for a day.
+    pub fn crl(&self, revoked: &[&Issued]) -> String {
+        use rcgen::{
+            CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let revoked_certs = revoked
+            .iter()
+            .map(|i| {
+                let (_, cert) = x509_parser::parse_x509_certificate(&i.der).unwrap();
+                RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(cert.raw_serial()),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: None,
+                    invalidity_date: None,
+                }
+            })
+            .collect();
+        let params = CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from(now.unix_timestamp() as u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        params.signed_by(&issuer).unwrap().pem().unwrap()
+    }
+
     fn issue(
         &self,
         dir: &Path,
