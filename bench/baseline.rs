@@ -49,7 +49,7 @@ fn main() {
         );
         keybroker::api::listen::serve(
             listener,
-            None,
+            std::sync::Arc::new(keybroker::api::ServerTls::plain()),
             app,
             (&keybroker::config::LimitsConfig::default()).into(),
             std::future::pending(),

@@ -197,7 +197,7 @@ impl Server {
         let App {
             broker, state, tls, ..
         } = App::build(&config, &options).unwrap();
-        assert!(tls.is_some());
+        assert!(tls.is_tls());
         broker.spawn_startup_checks();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
