@@ -18,8 +18,8 @@ pub use crate::diag::Diagnostic;
 use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, EgressConfig,
-    ExpiryConfig, FileSourceConfig, FsyncPolicy, KvVersion, LimitsConfig, PemMode, ServerConfig,
-    SourceConfig, SourceKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
+    ExpiryConfig, FileSourceConfig, FsyncPolicy, KUBERNETES_TOKEN_FILE, KvVersion, LimitsConfig,
+    PemMode, ServerConfig, SourceConfig, SourceKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
 };
 
 /// The whole configuration, validated.
@@ -213,6 +213,7 @@ impl Config {
         fix_opt(&mut self.server.tls_cert);
         fix_opt(&mut self.server.tls_key);
         fix_opt(&mut self.server.client_ca);
+        fix_opt(&mut self.server.client_crl);
         fix_opt(&mut self.server.etag_key_file);
         if let Some(e) = &mut self.egress {
             fix_opt(&mut e.tls_cert);
@@ -222,6 +223,7 @@ impl Config {
             fix_opt(&mut v.tls_cert);
             fix_opt(&mut v.tls_key);
             fix_opt(&mut v.client_ca);
+            fix_opt(&mut v.client_crl);
             fix_opt(&mut v.token_key_file);
         }
         for s in &mut self.sources {
@@ -240,6 +242,8 @@ impl Config {
                             fix_opt(role_id_file);
                             fix_opt(secret_id_file);
                         }
+                        VaultAuth::Jwt { token_file, .. } => fix(token_file),
+                        VaultAuth::Kubernetes { token_file, .. } => fix_opt(token_file),
                         VaultAuth::Cert { .. } => {}
                     }
                 }

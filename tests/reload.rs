@@ -127,8 +127,10 @@ async fn sighup_reloads_the_server_certificate_and_the_revocation_list_without_d
     .unwrap();
     let stderr = std::fs::File::create(root.join("stderr.log")).unwrap();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
-        .args(["serve", "--config", "kb.toml", "--log-format", "text"])
-        .current_dir(root)
+        .args(["serve", "--log-format", "text", "--config"])
+        .arg(root.join("kb.toml"))
+        // Elsewhere: the files' relative paths are relative to the configuration file.
+        .current_dir(std::env::temp_dir())
         .env("RUST_LOG", "info")
         .stderr(stderr)
         .kill_on_drop(true)

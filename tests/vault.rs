@@ -341,3 +341,115 @@ async fn a_sealed_server_is_unavailable_and_failed_logins_back_off() {
         SourceError::Unavailable(Outage::LoginBackoff)
     );
 }
+
+/// A JWT signed with `key` (Ed25519, `alg = EdDSA`) for `aud`.
+fn jwt(key: &rcgen::KeyPair, aud: &str) -> String {
+    use base64::Engine;
+    use rcgen::SigningKey;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = b64(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+    let claims = b64(serde_json::json!({
+        "iss": "keybroker-test", "sub": "keybroker", "aud": aud,
+        "iat": now, "nbf": now - 5, "exp": now + 3600,
+    })
+    .to_string()
+    .as_bytes());
+    let signed = format!("{header}.{claims}");
+    let signature = key.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&signature))
+}
+
+/// OpenBao's JWT auth at `mount`, trusting `key`, with a role `keybroker` for audience
+/// `keybroker` and the `keybroker` policy.
+fn jwt_auth(bao: &OpenBao, mount: &str, key: &rcgen::KeyPair) {
+    let pubkey = bao.approle_dir.path().join(format!("{mount}.pub.pem"));
+    std::fs::write(&pubkey, key.public_key_pem()).unwrap();
+    bao.cli(&["auth", "enable", &format!("-path={mount}"), "jwt"]);
+    bao.cli(&[
+        "write",
+        &format!("auth/{mount}/config"),
+        &format!("jwt_validation_pubkeys=@{}", pubkey.display()),
+        "bound_issuer=keybroker-test",
+    ]);
+    bao.cli(&[
+        "write",
+        &format!("auth/{mount}/role/keybroker"),
+        "role_type=jwt",
+        "user_claim=sub",
+        "bound_audiences=keybroker",
+        "token_policies=keybroker",
+        "token_ttl=1h",
+    ]);
+}
+
+#[tokio::test]
+async fn jwt_login_rereads_its_token_file_at_every_login() {
+    let bao = OpenBao::start();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    jwt_auth(&bao, "jwt", &key);
+    let file = bao.approle_dir.path().join("jwt");
+    std::fs::write(&file, jwt(&key, "keybroker")).unwrap();
+    let src = source(
+        &format!(
+            "{KV2}auth = {{ method = \"jwt\", role = \"keybroker\", token_file = {file:?} }}\n"
+        ),
+        VaultEnv {
+            addr: Some(bao.addr.clone()),
+            ..VaultEnv::default()
+        },
+    );
+    assert!(src.read(&req("demo/db", None)).await.is_ok());
+
+    // The file now holds a JWT for another audience, and the login's token is revoked: the
+    // next login reads the file again and is refused (a cached JWT would have logged in).
+    std::fs::write(&file, jwt(&key, "someone-else")).unwrap();
+    bao.cli(&["token", "revoke", "-mode=path", "auth/jwt/login"]);
+    let refused = src.read(&req("demo/db", None)).await;
+    assert!(
+        matches!(refused, Err(SourceError::Denied)),
+        "{:?}",
+        refused.err()
+    );
+    // A good JWT again: once the login back-off has passed, reads work.
+    std::fs::write(&file, jwt(&key, "keybroker")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match src.read(&req("demo/db", None)).await {
+            Ok(s) => {
+                assert_eq!(s.field("username").unwrap().expose_secret(), "app");
+                break;
+            }
+            Err(e) => assert!(std::time::Instant::now() < deadline, "no login: {e:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `method = "kubernetes"` sends Vault's Kubernetes login (`{role, jwt}` to
+/// `auth/kubernetes/login`); without a Kubernetes API here, OpenBao's JWT auth mounted at
+/// `kubernetes` checks the same request.
+#[tokio::test]
+async fn kubernetes_login_sends_the_service_account_token_to_the_kubernetes_mount() {
+    let bao = OpenBao::start();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    jwt_auth(&bao, "kubernetes", &key);
+    let file = bao.approle_dir.path().join("sa-token");
+    std::fs::write(&file, jwt(&key, "keybroker")).unwrap();
+    let src = source(
+        &format!(
+            "{KV2}auth = {{ method = \"kubernetes\", role = \"keybroker\", token_file = {file:?} }}\n"
+        ),
+        VaultEnv {
+            addr: Some(bao.addr.clone()),
+            ..VaultEnv::default()
+        },
+    );
+    assert!(src.read(&req("demo/db", None)).await.is_ok());
+    // No VAULT_TOKEN: the token came from that mount. Revoked, it is replaced by a new login.
+    bao.cli(&["token", "revoke", "-mode=path", "auth/kubernetes/login"]);
+    assert!(src.read(&req("demo/db", None)).await.is_ok());
+}

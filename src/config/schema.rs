@@ -200,7 +200,23 @@ pub enum VaultAuth {
         name: Option<String>,
         mount: Option<String>,
     },
+    /// `auth/<mount>/login` with `{role, jwt}`, the JWT read from `token_file` at every login
+    /// (a projected service-account token or a workload identity file is rotated under us).
+    Jwt {
+        role: String,
+        token_file: PathBuf,
+        mount: Option<String>,
+    },
+    /// As `jwt`, on the `kubernetes` mount, with the pod's service-account token by default.
+    Kubernetes {
+        role: String,
+        token_file: Option<PathBuf>,
+        mount: Option<String>,
+    },
 }
+
+/// Where Kubernetes mounts a pod's service-account token.
+pub const KUBERNETES_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 impl Default for VaultAuth {
     fn default() -> Self {

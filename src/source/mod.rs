@@ -99,6 +99,7 @@ pub enum Outage {
     VaultTokenHeader,
     VaultTokenFile,
     AppRoleCredentials,
+    JwtFile,
     /// A login failed a moment ago; the next is not tried before the back-off ends.
     LoginBackoff,
     /// CCP `APPAP007E`: the provider cannot reach its vault.
@@ -130,6 +131,7 @@ impl Outage {
             Self::VaultTokenHeader => "vault_token_header",
             Self::VaultTokenFile => "vault_token_file",
             Self::AppRoleCredentials => "approle_credentials",
+            Self::JwtFile => "jwt_file",
             Self::LoginBackoff => "login_backoff",
             Self::CcpVaultUnreachable => "ccp_vault_unreachable",
             Self::CcpPasswordChange => "ccp_password_change",
@@ -158,6 +160,7 @@ impl std::fmt::Display for Outage {
             Self::VaultTokenHeader => "the vault token is not a valid header",
             Self::VaultTokenFile => "cannot read the vault token file",
             Self::AppRoleCredentials => "cannot read the AppRole credentials",
+            Self::JwtFile => "cannot read the JWT token file of the vault login",
             Self::LoginBackoff => "vault login failed recently; backing off",
             Self::CcpVaultUnreachable => "ccp cannot reach its vault (APPAP007E)",
             Self::CcpPasswordChange => "password change in progress (APPAP282E)",

@@ -124,6 +124,12 @@ enum Auth {
         mount: String,
         name: Option<String>,
     },
+    /// JWT and Kubernetes auth: the same login with a token file read each time.
+    Jwt {
+        mount: String,
+        role: String,
+        token_file: PathBuf,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -205,6 +211,26 @@ impl VaultSource {
             VaultAuth::Cert { name, mount } => Auth::Cert {
                 mount: mount.clone().unwrap_or_else(|| "cert".to_owned()),
                 name: name.clone(),
+            },
+            VaultAuth::Jwt {
+                role,
+                token_file,
+                mount,
+            } => Auth::Jwt {
+                mount: mount.clone().unwrap_or_else(|| "jwt".to_owned()),
+                role: role.clone(),
+                token_file: token_file.clone(),
+            },
+            VaultAuth::Kubernetes {
+                role,
+                token_file,
+                mount,
+            } => Auth::Jwt {
+                mount: mount.clone().unwrap_or_else(|| "kubernetes".to_owned()),
+                role: role.clone(),
+                token_file: token_file
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(crate::config::KUBERNETES_TOKEN_FILE)),
             },
         };
         Ok(Self {
@@ -360,7 +386,7 @@ impl Inner {
     fn can_login(&self) -> bool {
         matches!(
             self.auth,
-            Auth::AppRole { .. } | Auth::Cert { .. } | Auth::TokenFile(_)
+            Auth::AppRole { .. } | Auth::Cert { .. } | Auth::Jwt { .. } | Auth::TokenFile(_)
         )
     }
 
@@ -548,7 +574,10 @@ impl Inner {
                 // The token this login replaces may still be live: revoke it, so replacing
                 // tokens never leaves a trail of valid ones behind.
                 if let Some(old) = state.replaced.take()
-                    && matches!(self.auth, Auth::AppRole { .. } | Auth::Cert { .. })
+                    && matches!(
+                        self.auth,
+                        Auth::AppRole { .. } | Auth::Cert { .. } | Auth::Jwt { .. }
+                    )
                 {
                     self.revoke(&old).await;
                 }
@@ -630,6 +659,19 @@ impl Inner {
                     Some(n) => serde_json::json!({ "name": n }),
                     None => serde_json::json!({}),
                 };
+                (format!("auth/{mount}/login"), body)
+            }
+            Auth::Jwt {
+                mount,
+                role,
+                token_file,
+            } => {
+                // Read at every login: the issuer rotates the file, and an expired JWT is
+                // the usual reason a login is needed again.
+                let jwt = std::fs::read_to_string(token_file)
+                    .map(Zeroizing::new)
+                    .map_err(|_| SourceError::Unavailable(Outage::JwtFile))?;
+                let body = serde_json::json!({ "role": role, "jwt": jwt.trim() });
                 (format!("auth/{mount}/login"), body)
             }
         };
