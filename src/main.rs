@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -107,6 +108,19 @@ enum Command {
         /// was unreachable (try again later).
         #[arg(long)]
         once: bool,
+    },
+    /// Ask a running keybroker whether it is ready, for container health checks (no curl
+    /// needed in the image): exit 0 when the URL answers 2xx, 1 otherwise.
+    Health {
+        /// What to ask: `/readyz` (or `/healthz`) on `ops_listen` or the main listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090/readyz")]
+        url: String,
+        /// A PEM CA to verify an https URL with (replaces the system roots).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s")]
+        timeout: humantime::Duration,
     },
     /// Print the version.
     Version,
@@ -221,6 +235,11 @@ fn main() -> ExitCode {
         Command::Agent { config, once } => {
             runtime().and_then(|rt| rt.block_on(agent(&config, once)))
         }
+        Command::Health {
+            url,
+            ca_cert,
+            timeout,
+        } => runtime().and_then(|rt| rt.block_on(health(&url, ca_cert.as_deref(), *timeout))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -235,8 +254,13 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let unknown = unknown_log_word(&spec);
+    let filter = match unknown {
+        Some(_) => tracing_subscriber::EnvFilter::new("info"),
+        None => tracing_subscriber::EnvFilter::try_new(&spec)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     let terminal = std::io::stderr().is_terminal();
     let json = match format {
         LogFormat::Json => true,
@@ -252,6 +276,37 @@ fn init_logging(format: LogFormat) {
         // Colour only on a terminal: a log file gets no escape codes.
         builder.with_ansi(terminal).init();
     }
+    if let Some(word) = unknown {
+        tracing::warn!(
+            word,
+            "RUST_LOG names neither a level nor a module of keybroker; logging at info"
+        );
+    }
+}
+
+/// A bare `RUST_LOG` word that is neither a level nor a crate keybroker logs from (`verbose`,
+/// `INFO:`): taken as a target it would silence every log line.
+fn unknown_log_word(spec: &str) -> Option<String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    const TARGETS: [&str; 9] = [
+        "keybroker",
+        "hyper",
+        "hyper_util",
+        "reqwest",
+        "rustls",
+        "tokio",
+        "axum",
+        "tower",
+        "h2",
+    ];
+    spec.split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains('=') && !d.contains('['))
+        .find(|d| {
+            let root = d.split("::").next().unwrap_or(d);
+            !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) && !TARGETS.contains(&root)
+        })
+        .map(str::to_owned)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -673,10 +728,16 @@ async fn serve(
         config = %path.display(),
         "keybroker serving"
     );
+    // Every listener is bound: tell systemd (`Type=notify`; nothing happens without
+    // NOTIFY_SOCKET).
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
     // One signal stops every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let _ = stop.send(true);
     });
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -717,6 +778,26 @@ async fn serve(
     while extra.join_next().await.is_some() {}
     tracing::info!("keybroker stopped");
     Ok(())
+}
+
+/// `keybroker health`: one GET; the status line goes to stdout for the container log.
+async fn health(url: &str, ca: Option<&Path>, timeout: Duration) -> Result<(), Failure> {
+    let client = keybroker::source::http_client(timeout, ca, None)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    match client.get(url).send().await {
+        Ok(answer) if answer.status().is_success() => {
+            println!("{url}: {}", answer.status());
+            Ok(())
+        }
+        Ok(answer) => {
+            println!("{url}: {}", answer.status());
+            Err(Failure::Rejected)
+        }
+        Err(e) => {
+            println!("{url}: {}", keybroker::source::http_causes(&e));
+            Err(Failure::Rejected)
+        }
+    }
 }
 
 async fn agent(path: &Path, once: bool) -> Result<(), Failure> {
@@ -866,5 +947,22 @@ mod tests {
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "keybroker", &mut missing);
         assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn a_log_word_that_would_silence_everything_is_named() {
+        use super::unknown_log_word as w;
+        for fine in [
+            "",
+            "info",
+            "DEBUG",
+            "keybroker=debug",
+            "warn,keybroker::api=trace",
+            "hyper",
+        ] {
+            assert_eq!(w(fine), None, "{fine}");
+        }
+        assert_eq!(w("verbose").as_deref(), Some("verbose"));
+        assert_eq!(w("info,loud").as_deref(), Some("loud"));
     }
 }

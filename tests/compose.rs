@@ -1,8 +1,21 @@
-//! docker-compose.vault.yml cannot run here (no Docker engine); this checks what it promises:
-//! OpenBao in dev mode on loopback, seeded by the very script the vault tests run, and
-//! keybroker pointed at it with only VAULT_ADDR and VAULT_TOKEN.
+//! docker-compose.vault.yml and the Dockerfile cannot run here (no Docker engine). This checks
+//! what they promise: OpenBao in dev mode on loopback, seeded by the very script the vault tests
+//! run; keybroker *serving* examples/compose/keybroker.toml — which runs here against
+//! `bao server -dev`, wired the way compose wires it — and an image whose health check is
+//! `keybroker health` and whose dependency layer builds from the manifest alone.
+
+mod support {
+    pub mod openbao;
+}
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::openbao::{OpenBao, ROOT_TOKEN, free_port};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 fn compose() -> Value {
     let text = std::fs::read_to_string(concat!(
@@ -73,13 +86,184 @@ fn services_ports_environment_and_seeding() {
         kb["depends_on"]["seed"]["condition"],
         "service_completed_successfully"
     );
-    assert_eq!(kb["environment"]["VAULT_ADDR"], "http://openbao:8200");
-    assert_eq!(kb["environment"]["VAULT_TOKEN"], "root");
+    assert_eq!(
+        kb["depends_on"]["certs"]["condition"],
+        "service_completed_successfully"
+    );
+    assert_eq!(kb["environment"]["BAO_TOKEN"], "root");
     let cmd: Vec<&str> = kb["command"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert!(cmd.contains(&"/kb/examples/vault/keybroker.toml"));
+    assert_eq!(
+        cmd,
+        ["serve", "--config", "/kb/examples/compose/keybroker.toml"],
+        "keybroker serves, it does not resolve once and exit"
+    );
+    let volumes: Vec<&str> = kb["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(volumes.contains(&"./examples:/kb/examples:ro"));
+    assert!(volumes.contains(&"pki:/kb/pki:ro"));
+    // The certificates keybroker reads are the ones the certs job writes.
+    let certs = s["certs"]["entrypoint"].as_array().unwrap();
+    let script = certs.last().unwrap().as_str().unwrap();
+    assert!(
+        script.contains("/kb/examples/tls/gen-certs.sh /kb/pki"),
+        "{script}"
+    );
+    assert!(script.contains("chown -R 10001"), "{script}");
+    let config =
+        std::fs::read_to_string(format!("{REPO}/examples/compose/keybroker.toml")).unwrap();
+    assert!(config.contains("\"/kb/pki/server.pem\""));
+    assert!(config.contains("http://openbao:8200"));
+}
+
+/// examples/compose/keybroker.toml as compose runs it, with compose's names mapped to this
+/// machine: `openbao:8200` to a `bao server -dev` seeded by the same script, `/kb/pki` to the
+/// output of the same gen-certs.sh, the listeners to free loopback ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_configuration_serves_the_seeded_secrets() {
+    let bao = OpenBao::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let made = Command::new("sh")
+        .arg(format!("{REPO}/examples/tls/gen-certs.sh"))
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (port, ops) = (free_port(), free_port());
+    let config = std::fs::read_to_string(format!("{REPO}/examples/compose/keybroker.toml"))
+        .unwrap()
+        .replace("http://openbao:8200", &bao.addr)
+        .replace("/kb/pki/", &format!("{}/", pki.display()))
+        .replace("0.0.0.0:8443", &format!("127.0.0.1:{port}"))
+        .replace("0.0.0.0:9090", &format!("127.0.0.1:{ops}"))
+        .replace(
+            "policies = \"policies\"",
+            &format!("policies = \"{REPO}/examples/compose/policies\""),
+        );
+    let kb_toml = dir.path().join("kb.toml");
+    std::fs::write(&kb_toml, config).unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    // Compose's environment: BAO_TOKEN, nothing else of Vault's.
+    let _server = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["serve", "--config"])
+        .arg(&kb_toml)
+        .env("BAO_TOKEN", ROOT_TOKEN)
+        .env_remove("VAULT_TOKEN")
+        .env_remove("VAULT_ADDR")
+        .env_remove("BAO_ADDR")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The image's HEALTHCHECK command, pointed at this ops listener.
+    let health = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args(["health", "--timeout", "2s", "--url", url])
+            .output()
+            .unwrap()
+    };
+    let readyz = format!("http://127.0.0.1:{ops}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !health(&readyz).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "not ready:\n{}",
+            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let answer: Value = client
+        .post(format!("https://localhost:{port}/v1/resolve"))
+        .bearer_auth("compose-demo-token")
+        .json(&serde_json::json!({
+            "document": {
+                "user": "$SECRET_demo/db $KEY_username",
+                "legacy": "$SECRET_legacy:legacy/app $KEY_token",
+            },
+            "host": "api.payments.example",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["document"]["user"], "app", "{answer}");
+    assert_eq!(answer["document"]["legacy"], "v1-token-7f2", "{answer}");
+    // Nothing listening: the health check fails (exit 1), it does not hang or pass.
+    let closed = health(&format!("http://127.0.0.1:{}/readyz", free_port()));
+    assert_eq!(closed.status.code(), Some(1));
+}
+
+fn dockerfile() -> String {
+    std::fs::read_to_string(format!("{REPO}/Dockerfile")).unwrap()
+}
+
+#[test]
+fn the_image_is_stripped_has_ca_certificates_and_checks_its_own_health() {
+    let d = dockerfile();
+    assert!(d.contains("CARGO_PROFILE_RELEASE_STRIP=symbols"));
+    assert!(d.contains("CARGO_PROFILE_RELEASE_DEBUG=0"));
+    assert!(d.contains("install -y --no-install-recommends ca-certificates"));
+    assert!(d.contains("EXPOSE 8443 9090"));
+    assert!(
+        d.contains("CMD [\"keybroker\", \"health\", \"--url\", \"http://127.0.0.1:9090/readyz\"]")
+    );
+    let manifest_first = d.find("COPY Cargo.toml Cargo.lock ./").unwrap();
+    let sources = d.find("COPY . .").unwrap();
+    assert!(
+        manifest_first < sources,
+        "the dependency layer comes before the sources"
+    );
+}
+
+/// The dependency layer's stubs: with only Cargo.toml, Cargo.lock and the stub step, cargo
+/// must get past reading the manifest (every bench and example it names exists).
+#[test]
+fn the_dockerfile_dependency_layer_stubs_every_target_of_the_manifest() {
+    let d = dockerfile();
+    let stub = d
+        .lines()
+        .find(|l| l.starts_with("RUN mkdir -p src"))
+        .expect("the stub step")
+        .trim_start_matches("RUN ");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["Cargo.toml", "Cargo.lock"] {
+        std::fs::copy(Path::new(REPO).join(f), dir.path().join(f)).unwrap();
+    }
+    let ran = Command::new("sh")
+        .arg("-c")
+        .arg(stub)
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    // A target name that does not exist: cargo answers about it only once the manifest parsed.
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+        .args(["build", "--offline", "--locked", "--bin", "no-such-target"])
+        .current_dir(dir.path())
+        .env("CARGO_TARGET_DIR", dir.path().join("target"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no bin target named"), "{stderr}");
 }

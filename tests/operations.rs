@@ -331,3 +331,42 @@ fn the_test_script_installs_its_python_tools_into_its_own_virtual_environment() 
         .unwrap();
     assert!(hvac.success(), "hvac is not importable in the venv");
 }
+
+/// examples/systemd/keybroker.service is `Type=notify`: `serve` sends `READY=1` once its
+/// listeners are bound and `STOPPING=1` when asked to stop, on `NOTIFY_SOCKET`.
+#[test]
+fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd/keybroker.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("\nType=notify\n"));
+    assert!(unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 within 30 s");
+    let message = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(message.contains("READY=1"), "{message}");
+    // Ready means bound: a connection is accepted now, without retrying.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening when READY=1");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+}

@@ -19,7 +19,7 @@ pub use ccp::{CcpConfigError, CcpQueryError, CcpSource};
 #[doc(hidden)]
 pub use ccp::{build_composite_query, build_query, classify_error_code};
 pub use file::FileSource;
-pub use http::HttpSetupError;
+pub use http::{HttpSetupError, causes as http_causes, client as http_client};
 pub use vault::{VaultConfigError, VaultEnv, VaultSource};
 
 use crate::reference::SecretPath;
