@@ -430,6 +430,16 @@ impl SecretCache {
         self.ttl
     }
 
+    /// Applies moka's pending inserts and evictions to its counts.
+    pub async fn run_pending_tasks(&self) {
+        self.inner.run_pending_tasks().await;
+    }
+
+    /// What the weigher counts of all entries (approximate bytes; `max_bytes` bounds it).
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.weighted_size()
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.inner.entry_count()
     }

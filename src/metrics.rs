@@ -122,6 +122,16 @@ struct ExpiryLabels {
     name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
@@ -141,6 +151,12 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     expiry: Family<ExpiryLabels, Gauge>,
     source_up: Family<SourceLabels, Gauge>,
+    request_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
+    stale_answers: Counter,
+    audit_failures: Counter,
+    token_ttl: Family<SourceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -157,6 +173,56 @@ impl Default for Metrics {
         let reloads = Family::default();
         let expiry = Family::default();
         let source_up = Family::default();
+        let request_seconds =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        let cache_entries = Gauge::default();
+        let cache_bytes = Gauge::default();
+        let stale_answers = Counter::default();
+        let audit_failures = Counter::default();
+        let token_ttl = Family::default();
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "keybroker_build_info",
+            "The running version (always 1)",
+            build,
+        );
+        registry.register(
+            "keybroker_request_duration_seconds",
+            "Time to answer a request, by route (blocking queries include their wait)",
+            Family::clone(&request_seconds),
+        );
+        registry.register(
+            "keybroker_cache_entries",
+            "Secrets (and remembered not-founds) in the cache",
+            Gauge::clone(&cache_entries),
+        );
+        registry.register(
+            "keybroker_cache_bytes",
+            "Approximate bytes the cache's entries hold (what max_bytes counts)",
+            Gauge::clone(&cache_bytes),
+        );
+        registry.register(
+            "keybroker_stale_answers",
+            "Reads answered from a stale entry because the source was unavailable",
+            Counter::clone(&stale_answers),
+        );
+        registry.register(
+            "keybroker_audit_write_failures",
+            "Audit lines that could not be written",
+            Counter::clone(&audit_failures),
+        );
+        registry.register(
+            "keybroker_vault_token_ttl_seconds",
+            "Time left on a Vault source's login token",
+            Family::clone(&token_ttl),
+        );
         registry.register(
             "keybroker_requests",
             "Requests by route and decision",
@@ -218,6 +284,12 @@ impl Default for Metrics {
             repairs,
             reloads,
             expiry,
+            request_seconds,
+            cache_entries,
+            cache_bytes,
+            stale_answers,
+            audit_failures,
+            token_ttl,
         }
     }
 }
@@ -233,6 +305,48 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels { route, decision })
             .inc();
+    }
+
+    /// How long a request to `route` took to answer.
+    pub fn request_duration(&self, route: &'static str, took: Duration) {
+        self.request_seconds
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The cache's size now (set before each exposition).
+    pub fn cache_size(&self, entries: u64, bytes: u64) {
+        self.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// A read answered from a stale entry (stale-if-error).
+    pub fn stale_answer(&self) {
+        self.stale_answers.inc();
+    }
+
+    /// An audit line that could not be written.
+    pub fn audit_failure(&self) {
+        self.audit_failures.inc();
+    }
+
+    /// Time left on `source`'s Vault token; `None` removes the series (no expiring token).
+    pub fn token_ttl(&self, source: &str, left: Option<Duration>) {
+        let labels = SourceLabels {
+            source: source.to_owned(),
+        };
+        match left {
+            Some(d) => {
+                self.token_ttl
+                    .get_or_create(&labels)
+                    .set(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.token_ttl.remove(&labels);
+            }
+        }
     }
 
     /// One read of `source` (a cache miss), `outcome` = `ok` or a reason code.

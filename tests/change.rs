@@ -569,4 +569,68 @@ async fn readiness_is_503_while_the_audit_trail_cannot_be_written() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["audit_writable"], false, "{body}");
     assert_eq!(body["ready"], false);
+    // A request whose audit line cannot be written is refused, and counted.
+    let refused = s.material("partner-api").send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    let failures = gauge(&s.metrics().await, "keybroker_audit_write_failures_total");
+    assert!(failures >= 1, "audit failures {failures}");
+}
+
+/// The value of the unlabelled (or exactly labelled) series `name` in an exposition.
+fn gauge(metrics: &str, name: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+        .trim()
+        .parse::<f64>()
+        .unwrap() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_the_build_request_durations_cache_size_and_vault_token_ttl() {
+    let bao = OpenBao::start();
+    let dir = bao.approle_dir.path();
+    let auth = format!(
+        "auth = {{ method = \"approle\", role_id_file = {:?}, secret_id_file = {:?} }}\n",
+        dir.join("role_id"),
+        dir.join("secret_id")
+    );
+    let s = serve(&bao.addr, &auth).await;
+    until("ready", Duration::from_secs(30), || async {
+        s.readyz().await.0 == 200
+    })
+    .await;
+    let answer = s
+        .running
+        .client
+        .post(s.running.url("/v1/resolve"))
+        .bearer_auth(GW)
+        .json(&json!({ "document": { "u": "$SECRET_vault:demo/db $KEY_username" }, "host": HOST }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let m = s.metrics().await;
+    assert!(
+        m.contains(&format!(
+            "keybroker_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{m}"
+    );
+    assert_eq!(
+        gauge(
+            &m,
+            "keybroker_request_duration_seconds_count{route=\"/v1/resolve\"}"
+        ),
+        1
+    );
+    assert!(gauge(&m, "keybroker_cache_entries") >= 1, "{m}");
+    assert!(gauge(&m, "keybroker_cache_bytes") > 0, "{m}");
+    assert_eq!(gauge(&m, "keybroker_stale_answers_total"), 0);
+    assert_eq!(gauge(&m, "keybroker_audit_write_failures_total"), 0);
+    // The AppRole's tokens live 1 h (scripts/seed-openbao.sh).
+    let ttl = gauge(&m, "keybroker_vault_token_ttl_seconds{source=\"vault\"}");
+    assert!((3000..=3600).contains(&ttl), "token ttl {ttl}");
 }

@@ -274,6 +274,7 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .ok()
         .flatten()
         .unwrap_or_default();
+    let started = std::time::Instant::now();
     let response = match tokio::time::timeout(state.request_timeout + wait, next.run(request)).await
     {
         Ok(r) => r,
@@ -282,6 +283,10 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     let response = json_errors(response);
     let decision = crate::metrics::RequestOutcome::of_status(response.status().as_u16());
     state.broker.metrics().request(route, decision);
+    state
+        .broker
+        .metrics()
+        .request_duration(route, started.elapsed());
     response
 }
 

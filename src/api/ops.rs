@@ -29,8 +29,7 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    // Brings the per-source availability gauges up to date.
-    let _ = state.broker.readiness();
+    state.broker.update_gauges().await;
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.broker.metrics().render(),

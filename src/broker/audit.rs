@@ -88,6 +88,7 @@ impl Broker {
         match audit.write(&record).await {
             Ok(()) => Ok(()),
             Err(err) => {
+                self.metrics.audit_failure();
                 tracing::error!(error = %err, fail_closed = audit.fail_closed(), "audit write failed");
                 if audit.fail_closed() {
                     Err(AuditRefused)

@@ -74,6 +74,22 @@ impl Broker {
     }
 
     /// Whether keybroker itself is ready, and each source's state.
+    /// Brings the gauges that are read, not counted, up to date: source availability, cache
+    /// size, Vault token TTLs (before each `/metrics` exposition).
+    pub async fn update_gauges(&self) {
+        let _ = self.readiness();
+        // moka counts lazily: settle its pending bookkeeping so the sizes are current.
+        self.cache.run_pending_tasks().await;
+        self.metrics
+            .cache_size(self.cache.entry_count(), self.cache.weighted_size());
+        for e in self.sources.values() {
+            if e.source.kind() == crate::source::SourceKind::Vault {
+                self.metrics
+                    .token_ttl(e.source.name(), e.source.token_ttl());
+            }
+        }
+    }
+
     pub fn readiness(&self) -> Readiness {
         let mut sources: Vec<SourceHealth> = self
             .sources

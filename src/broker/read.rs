@@ -58,6 +58,9 @@ impl Broker {
                 })
                 .await;
             metrics.cache(!missed.load(std::sync::atomic::Ordering::Relaxed));
+            if fetched.as_ref().is_ok_and(|f| f.stale) {
+                metrics.stale_answer();
+            }
             if let Some(ticket) = fetched.as_ref().ok().and_then(|f| f.refresh.clone()) {
                 let again = ticket.key().clone();
                 tokio::spawn(async move { cache.refresh_ahead(ticket, || fetch.run(again)).await });

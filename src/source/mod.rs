@@ -199,6 +199,11 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
     /// The start-up check `/readyz` waits for (docs/DESIGN.md §15): Vault logged in and
     /// `sys/health` answered, CCP reachable over TLS, the file tree readable. Reads no secret.
     fn probe(&self) -> ProbeFuture<'_>;
+    /// How long the source's current login token has left (Vault), for
+    /// `keybroker_vault_token_ttl_seconds`; `None`: no token, or one that does not expire.
+    fn token_ttl(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;

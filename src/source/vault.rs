@@ -107,6 +107,8 @@ struct Inner {
     auth: Auth,
     ttl: Option<Duration>,
     state: Mutex<State>,
+    /// When the current token expires, readable without the state lock (metrics).
+    token_expires: std::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Debug)]
@@ -244,6 +246,7 @@ impl VaultSource {
                 auth,
                 ttl: cfg.ttl.map(|d| d.0),
                 state: Mutex::new(State::default()),
+                token_expires: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -267,6 +270,15 @@ impl SecretSource for VaultSource {
 
     fn kind(&self) -> SourceKind {
         SourceKind::Vault
+    }
+
+    fn token_ttl(&self) -> Option<Duration> {
+        let expires = *self
+            .inner
+            .token_expires
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        expires.map(|at| at.saturating_duration_since(Instant::now()))
     }
 
     fn read<'a>(&'a self, request: &'a ReadRequest) -> ReadFuture<'a> {
@@ -383,6 +395,15 @@ fn transport(e: &reqwest::Error) -> SourceError {
 }
 
 impl Inner {
+    /// Notes when `token` expires, for the TTL gauge.
+    fn remember(&self, token: &Token) {
+        let expires = token.ttl.map(|ttl| token.obtained + ttl);
+        *self
+            .token_expires
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = expires;
+    }
+
     fn can_login(&self) -> bool {
         matches!(
             self.auth,
@@ -550,6 +571,7 @@ impl Inner {
             let renewable = t.renewable;
             let current = secret_string(t.value.expose_secret());
             if renewable && let Ok(renewed) = self.renew(&current).await {
+                self.remember(&renewed);
                 state.token = Some(renewed);
                 let t = state.token.as_ref().expect("just set");
                 return Ok(secret_string(t.value.expose_secret()));
@@ -570,6 +592,7 @@ impl Inner {
                 state.login_failures = 0;
                 state.login_not_before = None;
                 let value = secret_string(token.value.expose_secret());
+                self.remember(&token);
                 state.token = Some(token);
                 // The token this login replaces may still be live: revoke it, so replacing
                 // tokens never leaves a trail of valid ones behind.
