@@ -320,8 +320,8 @@ fn check_refuses_what_serve_refuses() {
         ),
         ("[[source]]\nname = \"v\"\nkind = \"vault\"\n".to_owned(), "VAULT_ADDR"),
         (
-            "[[source]]\nname = \"v\"\nkind = \"vault\"\naddress = \"https://127.0.0.1:8200\"\ntls_server_name = \"vault\"\n".to_owned(),
-            "tls_server_name",
+            "[[source]]\nname = \"v\"\nkind = \"vault\"\naddress = \"https://127.0.0.1:8200\"\ntls_server_name = \"not a name\"\n".to_owned(),
+            "is not a DNS name",
         ),
         (
             format!("[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"missing.pem\"\ntls_key = \"missing-key.pem\"\n{files}"),

@@ -453,3 +453,119 @@ async fn kubernetes_login_sends_the_service_account_token_to_the_kubernetes_moun
     bao.cli(&["token", "revoke", "-mode=path", "auth/kubernetes/login"]);
     assert!(src.read(&req("demo/db", None)).await.is_ok());
 }
+
+/// An OpenBao TLS listener whose certificate names only `vault.internal` (not 127.0.0.1),
+/// issued by `ca`; returns the server and the listener's port.
+fn bao_named_tls(d: &std::path::Path, ca: &support::pki::Ca) -> (OpenBao, u16) {
+    ca.server_for(d, "named", &["vault.internal"]);
+    let tls_port = support::openbao::free_port();
+    let extra = d.join("named.hcl");
+    std::fs::write(
+        &extra,
+        format!(
+            "listener \"tcp\" {{\n  address = \"127.0.0.1:{tls_port}\"\n  tls_cert_file = {:?}\n  tls_key_file = {:?}\n}}\n",
+            d.join("named.pem"),
+            d.join("named-key.pem"),
+        ),
+    )
+    .unwrap();
+    (OpenBao::start_with_config(Some(&extra)), tls_port)
+}
+
+#[tokio::test]
+async fn tls_server_name_checks_the_certificate_for_that_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = support::pki::Ca::new("bao named CA");
+    ca.write(&d.join("ca.pem"));
+    let (_bao, port) = bao_named_tls(d, &ca);
+    let base = format!(
+        "{KV2}address = \"https://127.0.0.1:{port}\"\nca_cert = {:?}\n",
+        d.join("ca.pem")
+    );
+    let token = VaultEnv {
+        token: Some(keybroker::secret::secret_string(ROOT_TOKEN)),
+        ..VaultEnv::default()
+    };
+    // The certificate does not name 127.0.0.1: refused without a server name.
+    let src = source(&base, VaultEnv { ..token.clone() });
+    assert!(matches!(
+        src.read(&req("demo/db", None)).await,
+        Err(SourceError::Unavailable(_))
+    ));
+    // The setting, then the environment variable: checked for vault.internal, read.
+    let src = source(
+        &format!("{base}tls_server_name = \"vault.internal\"\n"),
+        token.clone(),
+    );
+    assert!(src.read(&req("demo/db", None)).await.is_ok());
+    let src = source(
+        &base,
+        VaultEnv {
+            tls_server_name: Some("vault.internal".to_owned()),
+            ..token.clone()
+        },
+    );
+    assert!(src.read(&req("demo/db", None)).await.is_ok());
+    // A name the certificate does not carry is refused, not waved through.
+    let src = source(
+        &format!("{base}tls_server_name = \"other.internal\"\n"),
+        token,
+    );
+    assert!(matches!(
+        src.read(&req("demo/db", None)).await,
+        Err(SourceError::Unavailable(_))
+    ));
+}
+
+/// VAULT_CACERT replaces the system roots, as the Vault CLI treats it: with the system roots
+/// (SSL_CERT_FILE) holding OpenBao's CA, a VAULT_CACERT of another CA still fails — exit 75.
+#[test]
+fn vault_cacert_replaces_the_system_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = support::pki::Ca::new("bao named CA");
+    ca.write(&d.join("ca.pem"));
+    support::pki::Ca::new("unrelated CA").write(&d.join("other-ca.pem"));
+    let (_bao, port) = bao_named_tls(d, &ca);
+    std::fs::write(
+        d.join("kb.toml"),
+        "[[source]]\nname = \"vault\"\nkind = \"vault\"\nmount = \"secret\"\ntls_server_name = \"vault.internal\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("doc.json"),
+        r#"{"u": "$SECRET_demo/db $KEY_username"}"#,
+    )
+    .unwrap();
+    let run = |cacert: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keybroker"));
+        c.args(["resolve", "--config", "kb.toml", "doc.json"])
+            .current_dir(d)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BAO_ADDR", format!("https://127.0.0.1:{port}"))
+            .env("BAO_TOKEN", ROOT_TOKEN)
+            // The system roots, as rustls-platform-verifier reads them on Linux.
+            .env("SSL_CERT_FILE", d.join("ca.pem"));
+        if let Some(ca) = cacert {
+            c.env("VAULT_CACERT", d.join(ca));
+        }
+        c.output().unwrap()
+    };
+    let system = run(None);
+    assert!(
+        system.status.success(),
+        "the system roots accept OpenBao's certificate: {}",
+        String::from_utf8_lossy(&system.stderr)
+    );
+    assert!(String::from_utf8_lossy(&system.stdout).contains("\"app\""));
+    let replaced = run(Some("other-ca.pem"));
+    assert_eq!(
+        replaced.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    assert!(run(Some("ca.pem")).status.success());
+}

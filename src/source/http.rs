@@ -39,6 +39,17 @@ pub fn client(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> Result<reqwest::Client, HttpSetupError> {
+    client_resolving(timeout, ca, identity, None)
+}
+
+/// As [`client`], with `pinned` = (name, addresses): requests to `name` go to those addresses,
+/// and TLS checks the server's certificate for `name` (Vault's `tls_server_name`).
+pub fn client_resolving(
+    timeout: Duration,
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+    pinned: Option<(&str, &[std::net::SocketAddr])>,
+) -> Result<reqwest::Client, HttpSetupError> {
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
@@ -65,6 +76,9 @@ pub fn client(
         let identity = reqwest::Identity::from_pem(&pem)
             .map_err(|_| HttpSetupError::BadPem(cert.display().to_string()))?;
         builder = builder.identity(identity);
+    }
+    if let Some((name, addrs)) = pinned {
+        builder = builder.resolve_to_addrs(name, addrs);
     }
     builder.build().map_err(|_| HttpSetupError::Client)
 }

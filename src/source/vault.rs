@@ -26,7 +26,7 @@ use url::Url;
 use zeroize::Zeroizing;
 
 use super::fields::{FieldValue, Fields};
-use super::http::{HttpSetupError, client, is_loopback};
+use super::http::{HttpSetupError, is_loopback};
 use super::{ReadFuture, ReadRequest, SecretSource, SourceError, SourceKind};
 use crate::config::{KvVersion, VaultAuth, VaultSourceConfig};
 use crate::secret::{Secret, SecretMeta, secret_string};
@@ -43,6 +43,7 @@ pub struct VaultEnv {
     pub client_key: Option<PathBuf>,
     /// `VAULT_SKIP_VERIFY` was set truthy: refused at start, never honoured.
     pub skip_verify: bool,
+    pub tls_server_name: Option<String>,
 }
 
 impl VaultEnv {
@@ -64,6 +65,7 @@ impl VaultEnv {
             client_cert: var("CLIENT_CERT").map(PathBuf::from),
             client_key: var("CLIENT_KEY").map(PathBuf::from),
             skip_verify: truthy(var("SKIP_VERIFY")),
+            tls_server_name: var("TLS_SERVER_NAME"),
         }
     }
 }
@@ -87,8 +89,12 @@ pub enum VaultConfigError {
     Http(#[from] HttpSetupError),
     #[error("token auth needs BAO_TOKEN / VAULT_TOKEN or token_file")]
     NoToken,
-    #[error("tls_server_name is not supported yet: put the server's certificate name in `address`")]
-    ServerNameUnsupported,
+    #[error("tls_server_name {0:?} is not a DNS name")]
+    BadServerName(String),
+    #[error("tls_server_name needs an https:// address")]
+    ServerNameWithoutTls,
+    #[error("cannot resolve {0} (resolved once at start when tls_server_name is set)")]
+    Unresolvable(String),
 }
 
 #[derive(Debug)]
@@ -171,9 +177,6 @@ impl VaultSource {
             .clone()
             .or_else(|| env.addr.clone())
             .ok_or(VaultConfigError::NoAddress)?;
-        if cfg.tls_server_name.is_some() {
-            return Err(VaultConfigError::ServerNameUnsupported);
-        }
         if env.skip_verify {
             return Err(VaultConfigError::SkipVerifyRefused);
         }
@@ -190,7 +193,20 @@ impl VaultSource {
         let ca = cfg.ca_cert.as_deref().or(env.cacert.as_deref());
         let cert = cfg.client_cert.as_deref().or(env.client_cert.as_deref());
         let key = cfg.client_key.as_deref().or(env.client_key.as_deref());
-        let http = client(timeout, ca, cert.zip(key))?;
+        let server_name = cfg
+            .tls_server_name
+            .clone()
+            .or_else(|| env.tls_server_name.clone());
+        let pinned = match &server_name {
+            None => None,
+            Some(name) => Some(pin_server_name(&mut base, name)?),
+        };
+        let http = super::http::client_resolving(
+            timeout,
+            ca,
+            cert.zip(key),
+            pinned.as_ref().map(|(n, a)| (n.as_str(), a.as_slice())),
+        )?;
         let auth = match &cfg.auth {
             VaultAuth::Token {
                 token_file: Some(f),
@@ -728,6 +744,45 @@ impl Inner {
             renewable: answer.data.renewable,
         })
     }
+}
+
+/// `tls_server_name`: the URL's host becomes `name` (what TLS verifies and SNI sends) and `name`
+/// is pinned to the addresses the configured host has now — reqwest has no separate SNI
+/// setting, and the result is the same: connect here, check the certificate for that name.
+fn pin_server_name(
+    base: &mut Url,
+    name: &str,
+) -> Result<(String, Vec<std::net::SocketAddr>), VaultConfigError> {
+    use std::net::ToSocketAddrs as _;
+    if base.scheme() != "https" {
+        return Err(VaultConfigError::ServerNameWithoutTls);
+    }
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        return Err(VaultConfigError::BadServerName(name.to_owned()));
+    }
+    let port = base.port_or_known_default().unwrap_or(443);
+    let host = match base.host() {
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        Some(h) => h.to_string(),
+        None => return Err(VaultConfigError::Unresolvable(base.to_string())),
+    };
+    let addrs: Vec<_> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|_| VaultConfigError::Unresolvable(host.clone()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(VaultConfigError::Unresolvable(host));
+    }
+    base.set_host(Some(name))
+        .map_err(|_| VaultConfigError::BadServerName(name.to_owned()))?;
+    Ok((name.to_ascii_lowercase(), addrs))
 }
 
 /// 0.5 s doubling per failure up to 60 s, with ±25 % jitter so replicas spread out.
