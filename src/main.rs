@@ -257,6 +257,7 @@ fn init_logging(format: LogFormat) {
     let spec = std::env::var("RUST_LOG").unwrap_or_default();
     let unknown = unknown_log_word(&spec);
     let filter = match unknown {
+        _ if spec.trim().is_empty() => tracing_subscriber::EnvFilter::new("info"),
         Some(_) => tracing_subscriber::EnvFilter::new("info"),
         None => tracing_subscriber::EnvFilter::try_new(&spec)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -118,6 +118,8 @@ fn resolve_exits_75_when_a_source_is_down_and_1_for_a_missing_secret() {
             .current_dir(root)
             .env("VAULT_TOKEN", "t")
             .env_remove("VAULT_ADDR")
+            // The default level must show why a source is unavailable.
+            .env_remove("RUST_LOG")
             .output()
             .unwrap()
     };

@@ -569,3 +569,42 @@ fn vault_cacert_replaces_the_system_roots() {
     );
     assert!(run(Some("ca.pem")).status.success());
 }
+
+/// A mount that does not exist: with a root token Vault answers 403, which alone would read
+/// as "refused keybroker's credentials"; the log names the mount and both explanations.
+#[test]
+fn a_missing_mount_is_named_in_the_log() {
+    let bao = OpenBao::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("kb.toml"),
+        "[[source]]\nname = \"vault\"\nkind = \"vault\"\nmount = \"nosuch\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("doc.json"),
+        r#"{"u": "$SECRET_demo/db $KEY_username"}"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args([
+            "--log-format",
+            "text",
+            "resolve",
+            "--config",
+            "kb.toml",
+            "doc.json",
+        ])
+        .current_dir(d)
+        .env("BAO_ADDR", &bao.addr)
+        .env("BAO_TOKEN", ROOT_TOKEN)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("mount=nosuch"), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("status=403"), "{stderr}");
+}

@@ -441,6 +441,7 @@ impl Inner {
         token: Option<&SecretString>,
         body: Option<serde_json::Value>,
     ) -> Result<Zeroizing<Vec<u8>>, SourceError> {
+        let endpoint = endpoint_of(&url, &self.mount);
         let mut req = self.http.request(method, url);
         if let Some(t) = token {
             let mut hv = HeaderValue::from_str(t.expose_secret())
@@ -457,6 +458,12 @@ impl Inner {
         let resp = req.send().await.map_err(|e| transport(&e))?;
         let status = resp.status();
         if !status.is_success() {
+            // What failed, where — never Vault's error text (it can quote request data).
+            if status == reqwest::StatusCode::NOT_FOUND {
+                tracing::debug!(status = status.as_u16(), %endpoint, "vault answered an error");
+            } else {
+                tracing::info!(status = status.as_u16(), %endpoint, "vault answered an error");
+            }
             return Err(classify(status, resp.headers()));
         }
         let bytes = resp.bytes().await.map_err(|e| transport(&e))?;
@@ -559,7 +566,18 @@ impl Inner {
         let url = self.url(&format!("sys/internal/ui/mounts/{}", self.mount))?;
         let body = self
             .call(reqwest::Method::GET, url, Some(token), None)
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if *e == SourceError::Denied {
+                    // Vault answers 403 both for a mount that does not exist and for one the
+                    // token may not see: say both, with the mount's name.
+                    tracing::warn!(
+                        mount = %self.mount,
+                        "vault: the mount does not exist or keybroker's token may not look it up \
+                         (sys/internal/ui/mounts/<mount>); set kv_version to skip the lookup"
+                    );
+                }
+            })?;
         let mounts: Mounts = serde_json::from_slice(&body)
             .map_err(|_| SourceError::Malformed("unexpected mount answer"))?;
         let v = match mounts.data.options.and_then(|o| o.version).as_deref() {
@@ -743,6 +761,18 @@ impl Inner {
             ttl: (answer.data.ttl > 0).then(|| Duration::from_secs(answer.data.ttl)),
             renewable: answer.data.renewable,
         })
+    }
+}
+
+/// What a request was to, for logs: `sys/…` and `auth/<mount>/…` by their first two
+/// segments, reads by their mount (never the secret's path: that is the caller's business).
+fn endpoint_of(url: &Url, mount: &str) -> String {
+    let path = url.path().trim_start_matches('/');
+    let path = path.strip_prefix("v1/").unwrap_or(path);
+    if path.starts_with("sys/") || path.starts_with("auth/") {
+        path.split('/').take(2).collect::<Vec<_>>().join("/")
+    } else {
+        format!("{mount} (read)")
     }
 }
 
