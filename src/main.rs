@@ -649,22 +649,57 @@ fn dev_config_path() -> Result<PathBuf, Failure> {
         })
 }
 
+/// `serve --dev`'s configuration: examples/dev/, plus a `vault` source (mount `secret`) when
+/// `BAO_ADDR` or `VAULT_ADDR` is set, with the environment's token or `~/.vault-token` — what
+/// the vault and bao CLIs would use.
+fn dev_config(path: &Path) -> Result<Config, Failure> {
+    let env = keybroker::source::VaultEnv::from_process();
+    let Some(addr) = env.addr else {
+        return load_config(path);
+    };
+    let mut text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+    text.push_str("\n[[source]]\nname = \"vault\"\nkind = \"vault\"\nmount = \"secret\"\n");
+    if env.token.is_none() {
+        let file = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".vault-token"));
+        match file.filter(|f| f.is_file()) {
+            Some(f) => text.push_str(&format!(
+                "auth = {{ method = \"token\", token_file = {:?} }}\n",
+                f.display().to_string()
+            )),
+            None => {
+                return Err(Failure::Usage(format!(
+                    "serve --dev with a Vault at {addr} needs BAO_TOKEN / VAULT_TOKEN or ~/.vault-token"
+                )));
+            }
+        }
+    }
+    let config = Config::parse(&text, path)
+        .map_err(|e| Failure::Usage(format!("invalid configuration:\n{e}")))?;
+    tracing::info!(%addr, "serve --dev: added the source `vault` (mount secret) from the environment");
+    Ok(config)
+}
+
 async fn serve(
     config: Option<PathBuf>,
     dev: bool,
     listen: Option<SocketAddr>,
 ) -> Result<(), Failure> {
     harden_process();
-    let path = match (config, dev) {
-        (Some(p), _) => p,
-        (None, true) => dev_config_path()?,
+    let (path, built_in_dev) = match (config, dev) {
+        (Some(p), _) => (p, false),
+        (None, true) => (dev_config_path()?, true),
         (None, false) => {
             return Err(Failure::Usage(
                 "serve needs --config FILE (or KEYBROKER_CONFIG), or --dev".to_owned(),
             ));
         }
     };
-    let config = load_config(&path)?;
+    let config = if built_in_dev {
+        dev_config(&path)?
+    } else {
+        load_config(&path)?
+    };
     let default_dev = SocketAddr::from(([127, 0, 0, 1], 8080));
     let addr = listen.unwrap_or(if dev {
         default_dev

@@ -608,3 +608,61 @@ fn a_missing_mount_is_named_in_the_log() {
     assert!(stderr.contains("does not exist"), "{stderr}");
     assert!(stderr.contains("status=403"), "{stderr}");
 }
+
+/// `serve --dev` with BAO_ADDR set adds a `vault` source; the token comes from BAO_TOKEN or,
+/// as the CLIs do, from ~/.vault-token.
+#[tokio::test]
+async fn serve_dev_adds_the_vault_of_the_environment() {
+    use std::io::BufRead;
+    let bao = OpenBao::start();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join(".vault-token"), ROOT_TOKEN).unwrap();
+    for token_from_env in [true, false] {
+        let port = support::openbao::free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keybroker"));
+        command
+            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("VAULT_TOKEN")
+            .env_remove("VAULT_ADDR")
+            .env_remove("KEYBROKER_CONFIG")
+            .env("BAO_ADDR", &bao.addr)
+            .env("HOME", home.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if token_from_env {
+            command.env("BAO_TOKEN", ROOT_TOKEN);
+        } else {
+            command.env_remove("BAO_TOKEN");
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let token = stdout
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split("dev bearer token (new on every start): ")
+                    .nth(1)
+                    .map(|t| t.trim().to_owned())
+            })
+            .expect("the dev banner");
+        let answer: serde_json::Value = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v1/resolve"))
+            .bearer_auth(&token)
+            .json(
+                &serde_json::json!({ "document": { "u": "$SECRET_vault:demo/db $KEY_username" } }),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            answer["document"]["u"], "app",
+            "token from env {token_from_env}: {answer}"
+        );
+    }
+}

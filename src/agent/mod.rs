@@ -243,7 +243,10 @@ async fn reload(argv: &[String], timeout: Duration) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => Err(format!("{program} did not finish within {timeout:?}")),
+        Err(_) => Err(format!(
+            "{program} did not finish within {}",
+            humantime::format_duration(timeout)
+        )),
         Ok(Err(e)) => Err(format!("{program}: {e}")),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => Err(format!("{program} exited with {}", out.status)),

@@ -689,13 +689,13 @@ fn credential(
             None if required.contains(&role) => files.at(
                 c,
                 &key("mode"),
-                format!("mode {:?} needs `{role}`", def.mode),
+                format!("mode \"{}\" needs `{role}`", def.mode.code()),
             ),
             None => {}
             Some(_) if !allowed.contains(&role) => files.at(
                 c,
                 &key(role),
-                format!("`{role}` does not apply to mode {:?}", def.mode),
+                format!("`{role}` does not apply to mode \"{}\"", def.mode.code()),
             ),
             Some(text) => match parse_reference(text) {
                 Ok(r) => {

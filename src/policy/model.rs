@@ -36,6 +36,17 @@ pub enum CredentialMode {
     Fields,
 }
 
+impl CredentialMode {
+    /// As written in a policy file.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Mtls => "mtls",
+            Self::Text => "text",
+            Self::Fields => "fields",
+        }
+    }
+}
+
 /// A consumer: a caller identity belonging to one team.
 pub struct Consumer {
     pub name: String,
