@@ -568,6 +568,33 @@ fn vault_cacert_replaces_the_system_roots() {
         String::from_utf8_lossy(&replaced.stderr)
     );
     assert!(run(Some("ca.pem")).status.success());
+    // A bundle trusts every certificate in it, not only the first.
+    let bundle = format!(
+        "{}{}",
+        std::fs::read_to_string(d.join("other-ca.pem")).unwrap(),
+        ca.pem
+    );
+    std::fs::write(d.join("bundle.pem"), bundle).unwrap();
+    assert!(run(Some("bundle.pem")).status.success());
+    // VAULT_CAPATH: a folder of CA files, replacing the system roots the same way.
+    let capath = |files: &[&str]| {
+        let folder = tempfile::tempdir_in(d).unwrap();
+        for f in files {
+            std::fs::copy(d.join(f), folder.path().join(f)).unwrap();
+        }
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keybroker"));
+        c.args(["resolve", "--config", "kb.toml", "doc.json"])
+            .current_dir(d)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BAO_ADDR", format!("https://127.0.0.1:{port}"))
+            .env("BAO_TOKEN", ROOT_TOKEN)
+            .env("SSL_CERT_FILE", d.join("ca.pem"))
+            .env("VAULT_CAPATH", folder.path());
+        c.output().unwrap().status.code()
+    };
+    assert_eq!(capath(&["other-ca.pem"]), Some(75));
+    assert_eq!(capath(&["other-ca.pem", "ca.pem"]), Some(0));
 }
 
 /// A mount that does not exist: with a root token Vault answers 403, which alone would read

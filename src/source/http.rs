@@ -62,12 +62,19 @@ pub fn client_resolving(
         // cache misses.
         .pool_max_idle_per_host(0);
     if let Some(ca) = ca {
-        let pem = read(ca)?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|_| HttpSetupError::BadPem(ca.display().to_string()))?;
-        // The given CA *replaces* the system roots, as the vault CLI treats VAULT_CACERT: a
+        // A bundle file (every certificate in it) or a folder of them (VAULT_CAPATH).
+        let pem = if ca.is_dir() {
+            read_folder(ca)?
+        } else {
+            read(ca)?
+        };
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| HttpSetupError::BadPem(ca.display().to_string()))?;
+        // The given CAs *replace* the system roots, as the vault CLI treats VAULT_CACERT: a
         // private backend trusts exactly its own CA.
-        builder = builder.tls_certs_only([cert]);
+        builder = builder.tls_certs_only(certs);
     }
     if let Some((cert, key)) = identity {
         // Certificate and key in one zeroizing buffer, as reqwest wants them.
@@ -81,6 +88,26 @@ pub fn client_resolving(
         builder = builder.resolve_to_addrs(name, addrs);
     }
     builder.build().map_err(|_| HttpSetupError::Client)
+}
+
+/// Every `.pem`/`.crt` file of a folder, in name order, one after the other.
+fn read_folder(dir: &Path) -> Result<Zeroizing<Vec<u8>>, HttpSetupError> {
+    let err = |source| HttpSetupError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "pem" || x == "crt"))
+        .collect();
+    files.sort();
+    let mut all = Zeroizing::new(Vec::new());
+    for f in files {
+        all.extend_from_slice(&read(&f)?);
+        all.push(b'\n');
+    }
+    Ok(all)
 }
 
 fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, HttpSetupError> {

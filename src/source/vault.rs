@@ -61,7 +61,8 @@ impl VaultEnv {
             addr: var("ADDR"),
             token: var("TOKEN").map(|t| secret_string(&Zeroizing::new(t))),
             namespace: var("NAMESPACE"),
-            cacert: var("CACERT").map(PathBuf::from),
+            // VAULT_CACERT wins over VAULT_CAPATH (a folder of CA files), as in the CLI.
+            cacert: var("CACERT").or_else(|| var("CAPATH")).map(PathBuf::from),
             client_cert: var("CLIENT_CERT").map(PathBuf::from),
             client_key: var("CLIENT_KEY").map(PathBuf::from),
             skip_verify: truthy(var("SKIP_VERIFY")),
