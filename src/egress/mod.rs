@@ -154,6 +154,47 @@ fn internal(ip: IpAddr) -> bool {
     }
 }
 
+/// Where a proxy-form request goes: the URL's host (brackets of an IPv6 literal removed), its
+/// port (443 when absent: keybroker always calls out over TLS), and the destination the policy
+/// decides on.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Target {
+    pub host: String,
+    /// The host as the URL writes it (an IPv6 literal in brackets).
+    pub url_host: String,
+    pub port: u16,
+    pub dest: Destination,
+}
+
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub enum TargetError {
+    /// Origin form (`GET /path`): not a proxy request.
+    NotAbsolute,
+    InvalidHost,
+}
+
+/// The request-target of a proxy request (the fuzz target's entry point).
+#[doc(hidden)]
+pub fn target(uri: &axum::http::Uri) -> Result<Target, TargetError> {
+    let authority = uri.authority().ok_or(TargetError::NotAbsolute)?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = authority.port_u16().unwrap_or(443);
+    let dest = Destination::parse(&format!("{}:{port}", authority.host()))
+        .map_err(|_| TargetError::InvalidHost)?;
+    Ok(Target {
+        host,
+        url_host: authority.host().to_owned(),
+        port,
+        dest,
+    })
+}
+
 async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Response {
     if request.method() == Method::CONNECT {
         return refuse(
@@ -163,25 +204,27 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         );
     }
     let uri = request.uri().clone();
-    let Some(authority) = uri.authority().cloned() else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "absolute_url_required",
-            "send the request in proxy form: GET http://host/path",
-        );
-    };
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = authority.port_u16().unwrap_or(443);
-    let Ok(dest) = Destination::parse(&format!("{}:{port}", authority.host())) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_host",
-            "the URL's host is not valid",
-        );
+    let Target {
+        host,
+        url_host,
+        port,
+        dest,
+    } = match target(&uri) {
+        Ok(t) => t,
+        Err(TargetError::NotAbsolute) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "absolute_url_required",
+                "send the request in proxy form: GET http://host/path",
+            );
+        }
+        Err(TargetError::InvalidHost) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_host",
+                "the URL's host is not valid",
+            );
+        }
     };
 
     // Who is asking.
@@ -351,7 +394,7 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
     // Forward, without hop-by-hop and keybroker's own headers; stream both ways.
     let (parts, body) = request.into_parts();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let target = format!("https://{}:{port}{path}", authority.host());
+    let target = format!("https://{url_host}:{port}{path}");
     let skip = nominated(&parts.headers);
     let mut out = client.request(parts.method.clone(), &target);
     for (k, v) in &parts.headers {

@@ -253,34 +253,47 @@ impl CcpSource {
                 .map_err(|_| SourceError::Unavailable(Outage::Truncated))?
                 .to_vec(),
         );
-        if status.is_redirection() {
-            return Err(SourceError::Unavailable(Outage::Redirected));
-        }
-        if status.is_success() && json {
-            let fields: Fields = serde_json::from_slice(&body)
-                .map_err(|_| SourceError::Malformed("unexpected ccp answer"))?;
-            let meta = SecretMeta {
-                source: self.name.clone(),
-                ttl: self.ttl,
-                ..SecretMeta::default()
-            };
-            return Ok(Secret::new(fields.0, meta));
-        }
-        if json && let Ok(e) = serde_json::from_slice::<CcpError>(&body) {
-            return Err(classify_error_code(&e.code));
-        }
-        // Not CCP's JSON: IIS in front of it.
-        // A 4xx page answers the request's shape (the caller's); only 5xx and the rest say
-        // the service is failing — except a bare 404, which means every query misses.
-        Err(match status.as_u16() {
-            404 => SourceError::Unavailable(Outage::CcpBare404),
-            401 | 403 => SourceError::Denied,
-            429 => SourceError::RateLimited { retry_after },
-            414 => SourceError::Invalid("the query is too long for the ccp web server (414)"),
-            400..=499 => SourceError::Invalid("the ccp web server rejected the request (4xx)"),
-            _ => SourceError::Unavailable(Outage::CcpErrorPage),
-        })
+        let meta = SecretMeta {
+            source: self.name.clone(),
+            ttl: self.ttl,
+            ..SecretMeta::default()
+        };
+        parse_answer(status.as_u16(), json, retry_after, &body, meta)
     }
+}
+
+/// An answer of CCP (or of the IIS in front of it) as a secret or a classified error. Public
+/// for the fuzz target of source answers.
+#[doc(hidden)]
+pub fn parse_answer(
+    status: u16,
+    json: bool,
+    retry_after: Option<std::time::Duration>,
+    body: &[u8],
+    meta: SecretMeta,
+) -> Result<Secret, SourceError> {
+    if (300..400).contains(&status) {
+        return Err(SourceError::Unavailable(Outage::Redirected));
+    }
+    if (200..300).contains(&status) && json {
+        let fields: Fields = serde_json::from_slice(body)
+            .map_err(|_| SourceError::Malformed("unexpected ccp answer"))?;
+        return Ok(Secret::new(fields.0, meta));
+    }
+    if json && let Ok(e) = serde_json::from_slice::<CcpError>(body) {
+        return Err(classify_error_code(&e.code));
+    }
+    // Not CCP's JSON: IIS in front of it.
+    // A 4xx page answers the request's shape (the caller's); only 5xx and the rest say
+    // the service is failing — except a bare 404, which means every query misses.
+    Err(match status {
+        404 => SourceError::Unavailable(Outage::CcpBare404),
+        401 | 403 => SourceError::Denied,
+        429 => SourceError::RateLimited { retry_after },
+        414 => SourceError::Invalid("the query is too long for the ccp web server (414)"),
+        400..=499 => SourceError::Invalid("the ccp web server rejected the request (4xx)"),
+        _ => SourceError::Unavailable(Outage::CcpErrorPage),
+    })
 }
 
 impl SecretSource for CcpSource {

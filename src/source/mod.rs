@@ -17,9 +17,13 @@ pub use ccp::{CcpConfigError, CcpQueryError, CcpSource};
 /// CCP's query builder and error classification, exported for the fuzz targets and the
 /// CCP conformance tests; not an API.
 #[doc(hidden)]
-pub use ccp::{build_composite_query, build_query, classify_error_code};
+pub use ccp::{
+    build_composite_query, build_query, classify_error_code, parse_answer as parse_ccp_answer,
+};
 pub use file::FileSource;
 pub use http::{HttpSetupError, causes as http_causes, client as http_client};
+#[doc(hidden)]
+pub use vault::parse_kv_answer;
 pub use vault::{VaultConfigError, VaultEnv, VaultSource};
 
 use crate::reference::SecretPath;

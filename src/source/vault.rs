@@ -527,31 +527,12 @@ impl Inner {
         let body = self
             .call(reqwest::Method::GET, url, Some(&token), None)
             .await?;
-        let mut meta = SecretMeta {
+        let meta = SecretMeta {
             source: source.to_owned(),
             ttl: self.ttl,
             ..SecretMeta::default()
         };
-        let fields = if kv == 2 {
-            let answer: KvV2 = serde_json::from_slice(&body)
-                .map_err(|_| SourceError::Malformed("unexpected KV v2 answer"))?;
-            if let Some(m) = answer.data.metadata {
-                if m.destroyed || !m.deletion_time.is_empty() {
-                    return Err(SourceError::NotFound);
-                }
-                meta.version = m.version;
-                meta.created_time = m.created_time;
-            }
-            answer.data.data.ok_or(SourceError::NotFound)?
-        } else {
-            let answer: KvV1 = serde_json::from_slice(&body)
-                .map_err(|_| SourceError::Malformed("unexpected KV v1 answer"))?;
-            if answer.lease_duration > 0 && meta.ttl.is_none() {
-                meta.ttl = Some(Duration::from_secs(answer.lease_duration));
-            }
-            answer.data
-        };
-        Ok(Secret::new(fields.0, meta))
+        parse_kv_answer(&body, kv, meta)
     }
 
     /// The KV version of the mount: configured, or asked once (`sys/internal/ui/mounts`).
@@ -763,6 +744,32 @@ impl Inner {
             renewable: answer.data.renewable,
         })
     }
+}
+
+/// A KV read's answer (v1 or v2) as a secret; a deleted or destroyed v2 version is not found.
+/// Public for the fuzz target of source answers.
+#[doc(hidden)]
+pub fn parse_kv_answer(body: &[u8], kv: u8, mut meta: SecretMeta) -> Result<Secret, SourceError> {
+    let fields = if kv == 2 {
+        let answer: KvV2 = serde_json::from_slice(body)
+            .map_err(|_| SourceError::Malformed("unexpected KV v2 answer"))?;
+        if let Some(m) = answer.data.metadata {
+            if m.destroyed || !m.deletion_time.is_empty() {
+                return Err(SourceError::NotFound);
+            }
+            meta.version = m.version;
+            meta.created_time = m.created_time;
+        }
+        answer.data.data.ok_or(SourceError::NotFound)?
+    } else {
+        let answer: KvV1 = serde_json::from_slice(body)
+            .map_err(|_| SourceError::Malformed("unexpected KV v1 answer"))?;
+        if answer.lease_duration > 0 && meta.ttl.is_none() {
+            meta.ttl = Some(Duration::from_secs(answer.lease_duration));
+        }
+        answer.data
+    };
+    Ok(Secret::new(fields.0, meta))
 }
 
 /// What a request was to, for logs: `sys/…` and `auth/<mount>/…` by their first two

@@ -8,6 +8,7 @@
 //! buffers. **Boundary:** uses `broker`, `identity` and `api::listen`'s `Peer`; `api` does not
 //! use it.
 
+pub mod route;
 pub mod token;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -25,6 +26,7 @@ use crate::api::listen::Peer;
 use crate::broker::{Broker, Caller, ConsumerRef, CredentialError, Document, ResolveError};
 use crate::reference::{Format, Layout, Reason, SecretPath};
 use crate::secret::SecretBuf;
+use route::{Route, RouteError};
 pub use token::TokenKey;
 
 /// What the Vault API's handlers share.
@@ -107,54 +109,49 @@ fn request_id() -> String {
 
 async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Response {
     let (parts, _body) = request.into_parts();
-    let method = parts.method.clone();
-    let Some(rest) = parts.uri.path().strip_prefix("/v1/") else {
-        return error(StatusCode::NOT_FOUND, &["unsupported path"]);
-    };
-    let mut segments = Vec::new();
-    for raw in rest.split('/').filter(|s| !s.is_empty()) {
-        match percent_encoding::percent_decode_str(raw).decode_utf8() {
-            Ok(s) => segments.push(s.into_owned()),
-            Err(_) => return error(StatusCode::BAD_REQUEST, &["the path is not UTF-8"]),
+    let route = match route::route(&parts.method, parts.uri.path(), parts.uri.query()) {
+        Ok(r) => r,
+        Err(RouteError::NotApi) => return error(StatusCode::NOT_FOUND, &["unsupported path"]),
+        Err(RouteError::NotUtf8) => {
+            return error(StatusCode::BAD_REQUEST, &["the path is not UTF-8"]);
         }
-    }
-    let query = parts.uri.query().unwrap_or("");
-    let listing = method.as_str() == "LIST" || query.split('&').any(|p| p == "list=true");
-    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    };
     let peer = parts.extensions.get::<Peer>().cloned();
-    let get = method == Method::GET || method == Method::HEAD;
-    let post = method == Method::POST || method == Method::PUT;
-    match seg.as_slice() {
-        ["sys", "health"] if get => json_answer(
-            StatusCode::OK,
-            &json!({
-                "initialized": true, "sealed": false, "standby": false,
-                "version": concat!("keybroker-", env!("CARGO_PKG_VERSION")),
-                "server_time_utc": unix(SystemTime::now()),
-            }),
-        ),
-        ["auth", "cert", "login"] if post => login(&state, peer.as_ref()).await,
-        _ => {
-            let caller = match authenticate(&state, &parts.headers, peer.as_ref()).await {
-                Ok(c) => c,
-                Err(r) => return r,
-            };
-            match seg.as_slice() {
-                ["sys", "internal", "ui", "mounts", mount, ..] if get => mount_info(mount),
-                ["auth", "token", "lookup-self"] if get => {
-                    lookup_self(&state, &caller, &parts.headers)
-                }
-                ["auth", "token", "renew-self"] if post => {
-                    error(StatusCode::BAD_REQUEST, &["lease is not renewable"])
-                }
-                [_, "data" | "metadata", ..] if listing || !get => read_only(),
-                [mount, kind @ ("data" | "metadata"), path @ ..] if !path.is_empty() => {
-                    let metadata = *kind == "metadata";
-                    read(&state, &caller, mount, path, query, metadata).await
-                }
-                _ if !get => read_only(),
-                _ => error(StatusCode::NOT_FOUND, &["unsupported path"]),
-            }
+    match route {
+        Route::Health => {
+            return json_answer(
+                StatusCode::OK,
+                &json!({
+                    "initialized": true, "sealed": false, "standby": false,
+                    "version": concat!("keybroker-", env!("CARGO_PKG_VERSION")),
+                    "server_time_utc": unix(SystemTime::now()),
+                }),
+            );
+        }
+        Route::Login => return login(&state, peer.as_ref()).await,
+        _ => {}
+    }
+    let caller = match authenticate(&state, &parts.headers, peer.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match route {
+        Route::MountInfo(mount) => mount_info(&mount),
+        Route::LookupSelf => lookup_self(&state, &caller, &parts.headers),
+        Route::RenewSelf => error(StatusCode::BAD_REQUEST, &["lease is not renewable"]),
+        Route::ReadOnly => read_only(),
+        Route::BadVersion => error(StatusCode::BAD_REQUEST, &["version is a number"]),
+        Route::Read {
+            mount,
+            path,
+            version,
+            metadata,
+        } => {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            read(&state, &caller, &mount, &path, version, metadata).await
+        }
+        Route::Health | Route::Login | Route::NotFound => {
+            error(StatusCode::NOT_FOUND, &["unsupported path"])
         }
     }
 }
@@ -287,21 +284,12 @@ async fn read(
     caller: &Caller,
     mount: &str,
     path: &[&str],
-    query: &str,
+    version: Option<u64>,
     metadata_only: bool,
 ) -> Response {
     let host = match caller {
         Caller::Consumer(c) => c.consumer().vault_api_host.clone(),
         _ => None,
-    };
-    let version = match query
-        .split('&')
-        .find_map(|p| p.strip_prefix("version="))
-        .map(str::parse::<u64>)
-    {
-        None | Some(Ok(0)) => None,
-        Some(Ok(v)) => Some(v),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, &["version is a number"]),
     };
     if mount == "credentials" {
         let [name] = path else {
