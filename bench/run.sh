@@ -89,7 +89,7 @@ client_certificate = "\$SECRET_files:demo/partner-ccp \$KEY_cert"
 client_private_key = "\$SECRET_files:demo/partner-ccp \$KEY_key"
 root_certificate = "\$SECRET_files:demo/partner-ccp \$KEY_ca"
 TOML
-config() { # file listen tls(yes/no) ttl
+config() { # file listen tls(yes/no) ttl [vault_api listen] [fsync]
   {
     echo 'policies = "policies"'
     echo 'default_source = "vault"'
@@ -104,18 +104,22 @@ config() { # file listen tls(yes/no) ttl
     echo "ca_cert = \"$ccp_dir/ca.pem\""; echo "client_cert = \"$ccp_dir/client.pem\""; echo "client_key = \"$ccp_dir/client-key.pem\""
     if [ -n "${5:-}" ]; then echo '[vault_api]'; echo "listen = \"$5\""; fi
     echo '[cache]'; echo "ttl = \"$4\""; echo 'max_bytes = "256MiB"'
-    echo '[audit]'; echo 'path = "audit.log"'; echo 'fsync = "never"'
+    # The audit trail as configured by default (fsync = "always") unless told otherwise.
+    echo '[audit]'; echo "path = \"$1.audit.log\""; echo "fsync = \"${6:-always}\""
   } >"$work/$1"
 }
-plain=$(port); tls=$(port); cold=$(port); base=$(port); vapi=$(port)
+plain=$(port); tls=$(port); cold=$(port); base=$(port); vapi=$(port); nosync=$(port)
 config plain.toml 127.0.0.1:$plain no 1h 127.0.0.1:$vapi
 config tls.toml 127.0.0.1:$tls yes 1h
 config cold.toml 127.0.0.1:$cold no 1ms
-for c in plain tls cold; do
+config nosync.toml 127.0.0.1:$nosync no 1h "" never
+for c in plain tls cold nosync; do
   (cd "$work" && VAULT_TOKEN=root RUST_LOG=warn exec "$bin/keybroker" serve --config $c.toml) >"$work/$c.log" 2>&1 &
   pids="$pids $!"
+  eval "pid_$c=$!"
 done
 wait_http "http://127.0.0.1:$plain/readyz"
+wait_http "http://127.0.0.1:$nosync/readyz"
 wait_http "https://localhost:$tls/readyz" --cacert "$work/pki/ca.pem"
 wait_http "http://127.0.0.1:$cold/readyz"
 
@@ -124,28 +128,38 @@ answer_bytes=$(curl -s -H "Authorization: Bearer $token" -H 'Content-Type: appli
   --data "$resolve_body" "http://127.0.0.1:$plain/v1/resolve" | wc -c)
 "$bin/examples/baseline" --listen 127.0.0.1:$base --bytes "$answer_bytes" >"$work/base.log" 2>&1 &
 pids="$pids $!"
+pid_base=$!
 wait_http "http://127.0.0.1:$base/"
 
 material_body='{"host":"api.partner.example"}'
 tlsopts="--cacert $work/pki/ca.pem --cert $work/pki/gateway.pem --key $work/pki/gateway-key.pem"
-run() { # label connections args...
-  label=$1; c=$2; shift 2
-  "$bin/examples/loadgen" --label "$label" -c "$c" -d "$DURATION" "$@"
+# Server CPU time (user + system, clock ticks) of a process, from /proc.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+run() { # label connections server-pid args...
+  label=$1; c=$2; server=$3; shift 3
+  before=$(ticks "$server")
+  out=$("$bin/examples/loadgen" --label "$label" -c "$c" -d "$DURATION" "$@")
+  after=$(ticks "$server")
+  # Server CPU µs per request, beside what loadgen measured.
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["cpu_us"]=round((int(sys.argv[3])-int(sys.argv[2]))*1e6/int(sys.argv[4])/max(r["requests"],1),1); print(json.dumps(r))' \
+    "$out" "$before" "$after" "$hz"
 }
 results="$work/results.jsonl"
 for c in $CONCURRENCY; do
-  run "a openbao-direct" "$c" --url "http://127.0.0.1:$bao_port/v1/secret/data/bench/s-0" --header "X-Vault-Token: root" >>"$results"
-  run "b resolve-hit" "$c" --url "http://127.0.0.1:$plain/v1/resolve" --header "Authorization: Bearer $token" --body "$resolve_body" >>"$results"
-  run "c material-hit" "$c" --url "http://127.0.0.1:$plain/v1/credentials/partner-api/material" --header "Authorization: Bearer $token" --body "$material_body" >>"$results"
+  run "a openbao-direct" "$c" "$(pgrep -f "bao server -dev.*$bao_port" | head -1)" --url "http://127.0.0.1:$bao_port/v1/secret/data/bench/s-0" --header "X-Vault-Token: root" >>"$results"
+  run "b resolve-hit" "$c" "$pid_plain" --url "http://127.0.0.1:$plain/v1/resolve" --header "Authorization: Bearer $token" --body "$resolve_body" >>"$results"
+  run "b resolve-hit-fsync-never" "$c" "$pid_nosync" --url "http://127.0.0.1:$nosync/v1/resolve" --header "Authorization: Bearer $token" --body "$resolve_body" >>"$results"
+  run "c material-hit" "$c" "$pid_plain" --url "http://127.0.0.1:$plain/v1/credentials/partner-api/material" --header "Authorization: Bearer $token" --body "$material_body" >>"$results"
   # shellcheck disable=SC2086
-  run "d resolve-hit-mtls" "$c" --url "https://localhost:$tls/v1/resolve" $tlsopts --body "$resolve_body" >>"$results"
+  run "d resolve-hit-mtls" "$c" "$pid_tls" --url "https://localhost:$tls/v1/resolve" $tlsopts --body "$resolve_body" >>"$results"
   # shellcheck disable=SC2086
-  run "d material-hit-mtls" "$c" --url "https://localhost:$tls/v1/credentials/partner-api/material" $tlsopts --body "$material_body" >>"$results"
-  run "g vault-api-hit" "$c" --url "http://127.0.0.1:$vapi/v1/vault/data/bench/s-0" --header "X-Vault-Token: $token" >>"$results"
-  run "e baseline" "$c" --url "http://127.0.0.1:$base/v1/resolve" --body "$resolve_body" >>"$results"
-  run "f cold-vault" "$c" --url "http://127.0.0.1:$cold/v1/resolve" --header "Authorization: Bearer $token" --keys "$SECRETS" \
+  run "d material-hit-mtls" "$c" "$pid_tls" --url "https://localhost:$tls/v1/credentials/partner-api/material" $tlsopts --body "$material_body" >>"$results"
+  run "g vault-api-hit" "$c" "$pid_plain" --url "http://127.0.0.1:$vapi/v1/vault/data/bench/s-0" --header "X-Vault-Token: $token" >>"$results"
+  run "e baseline" "$c" "$pid_base" --url "http://127.0.0.1:$base/v1/resolve" --body "$resolve_body" >>"$results"
+  run "f cold-vault" "$c" "$pid_cold" --url "http://127.0.0.1:$cold/v1/resolve" --header "Authorization: Bearer $token" --keys "$SECRETS" \
     --body '{"document":{"v":"$SECRET_vault:bench/s-{i} $KEY_value"},"host":"a.bench.example"}' >>"$results"
-  run "f cold-ccp" "$c" --url "http://127.0.0.1:$cold/v1/resolve" --header "Authorization: Bearer $token" --keys "$SECRETS" \
+  run "f cold-ccp" "$c" "$pid_cold" --url "http://127.0.0.1:$cold/v1/resolve" --header "Authorization: Bearer $token" --keys "$SECRETS" \
     --body '{"document":{"v":"$SAFE_Bench $NAME_obj-{i}"},"host":"a.bench.example"}' >>"$results"
 done
 
@@ -177,19 +191,19 @@ rss100k=$("$bin/examples/rss" 100000)
 python3 - "$results" "$answer_bytes" "$ready_ms" "$rss10k" "$rss100k" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("| row | conns | req/s | p50 µs | p99 µs | p99.9 µs | errors/non-2xx |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| row | conns | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | errors/non-2xx |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
-    print("| %s | %d | %d | %d | %d | %d | %d/%d |" % (r["label"], r["connections"], r["rps"], r["p50_us"], r["p99_us"], r["p999_us"], r["errors"], r["non_2xx"]))
+    print("| %s | %d | %d | %d | %d | %d | %.1f | %d/%d |" % (r["label"], r["connections"], r["rps"], r["p50_us"], r["p99_us"], r["p999_us"], r["cpu_us"], r["errors"], r["non_2xx"]))
 by = {(r["label"], r["connections"]): r for r in rows}
 print()
-print("| conns | b/a | b/e | p99 b/e | d/b (resolve) | d/b (material, vs c) | g/b (Vault API vs resolve) |")
-print("|---:|---:|---:|---:|---:|---:|---:|")
+print("| conns | b/a | b/e (fsync always) | b/e (fsync never) | CPU b/e (always) | CPU b/e (never) | p99 b/e | d/b (resolve) | d/b (material, vs c) | g/b (Vault API vs resolve) |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for c in sorted({r["connections"] for r in rows}):
     g = lambda l: by[(l, c)]
-    a, b, cc, e = g("a openbao-direct"), g("b resolve-hit"), g("c material-hit"), g("e baseline")
+    a, b, bn, cc, e = g("a openbao-direct"), g("b resolve-hit"), g("b resolve-hit-fsync-never"), g("c material-hit"), g("e baseline")
     d, dm, gv = g("d resolve-hit-mtls"), g("d material-hit-mtls"), g("g vault-api-hit")
-    print("| %d | %.1f× | %.0f %% | %.2f | %.0f %% | %.0f %% | %.0f %% |" % (c, b["rps"]/a["rps"], 100*b["rps"]/e["rps"], b["p99_us"]/max(e["p99_us"],1), 100*d["rps"]/b["rps"], 100*dm["rps"]/cc["rps"], 100*gv["rps"]/b["rps"]))
+    print("| %d | %.1f× | %.0f %% | %.0f %% | %.2f× | %.2f× | %.2f | %.0f %% | %.0f %% | %.0f %% |" % (c, b["rps"]/a["rps"], 100*b["rps"]/e["rps"], 100*bn["rps"]/e["rps"], b["cpu_us"]/max(e["cpu_us"],0.1), bn["cpu_us"]/max(e["cpu_us"],0.1), b["p99_us"]/max(e["p99_us"],1), 100*d["rps"]/b["rps"], 100*dm["rps"]/cc["rps"], 100*gv["rps"]/b["rps"]))
 print()
 print("answer size of row b: %s bytes; startup to ready (file source, median of 5): %s ms" % (sys.argv[2], sys.argv[3]))
 print("cache RSS: %s; %s" % (sys.argv[4], sys.argv[5]))

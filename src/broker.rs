@@ -180,6 +180,8 @@ pub struct Broker {
 /// One configured source and everything the broker keeps for it.
 #[derive(Debug)]
 struct SourceEntry {
+    /// The source's name, shared by every cache key of its secrets.
+    name: Arc<str>,
     source: Arc<dyn SecretSource>,
     /// How its PEM values are treated.
     pem: pem::Mode,
@@ -193,4 +195,4 @@ struct SourceEntry {
 }
 
 /// (source name, read) — one backend read, shared by every reference to the same secret.
-type ReadKey = (String, ReadRequest);
+type ReadKey = (Arc<str>, ReadRequest);

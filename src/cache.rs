@@ -38,7 +38,7 @@ use crate::pem::CheckedSecret;
 use crate::source::{ReadRequest, SourceError};
 
 /// (source name, read).
-pub type CacheKey = (String, ReadRequest);
+pub type CacheKey = (std::sync::Arc<str>, ReadRequest);
 
 /// What a lookup returns.
 #[derive(Clone, Debug)]
@@ -421,7 +421,7 @@ impl SecretCache {
         let prefix = prefix.to_vec();
         // Only fails when closures are not enabled, which `new` does.
         let _ = self.inner.invalidate_entries_if(move |(s, req), _| {
-            *s == source && req.path.segments().starts_with(&prefix)
+            **s == *source && req.path.segments().starts_with(&prefix)
         });
     }
 
@@ -491,7 +491,7 @@ mod tests {
     fn key(p: &str) -> CacheKey {
         let path = SecretPath::from_segments(p.split('/')).unwrap();
         (
-            "s".to_owned(),
+            "s".into(),
             ReadRequest {
                 path,
                 version: None,

@@ -32,8 +32,6 @@ pub struct Secret {
 /// What is known about a secret besides its value. Never secret.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SecretMeta {
-    /// The source (by configured name) the secret came from.
-    pub source: String,
     /// KV v2 version, when the source has versions.
     pub version: Option<u64>,
     /// Creation time as the source reports it (RFC 3339).

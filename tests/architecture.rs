@@ -124,3 +124,38 @@ fn every_path_architecture_md_names_exists() {
         }
     }
 }
+
+/// `(name, version)` of every package in a Cargo.lock.
+fn locked(path: &Path) -> BTreeSet<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lock: toml::Table = toml::from_str(&text).unwrap();
+    lock["package"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The fuzz targets exercise the crate as it ships: every crate both lock files hold is at a
+/// version the main lock file has (fuzz/README.md says how to bring them back in step).
+#[test]
+fn the_fuzz_lock_file_is_in_step_with_the_main_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let main = locked(&root.join("Cargo.lock"));
+    let names: BTreeSet<&str> = main.iter().map(|(n, _)| n.as_str()).collect();
+    let behind: Vec<String> = locked(&root.join("fuzz/Cargo.lock"))
+        .into_iter()
+        .filter(|(n, v)| names.contains(n.as_str()) && !main.contains(&(n.clone(), v.clone())))
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect();
+    assert!(
+        behind.is_empty(),
+        "fuzz/Cargo.lock differs from Cargo.lock: {behind:?}"
+    );
+}

@@ -104,6 +104,7 @@ impl Broker {
             .into_iter()
             .map(|source| {
                 let entry = SourceEntry {
+                    name: Arc::from(source.name()),
                     source: Arc::clone(&source),
                     pem: pem::Mode::default(),
                     breaker: Arc::new(CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOL_DOWN)),

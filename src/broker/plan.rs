@@ -45,12 +45,10 @@ impl Broker {
     /// the credentials', whose decision covers their own references).
     pub(super) fn read_key(&self, r: &Reference) -> Result<ReadKey, Reason> {
         let source = self.source_of(r)?;
-        if !self.sources.contains_key(source) {
-            return Err(Reason::UnknownSource);
-        }
+        let entry = self.sources.get(source).ok_or(Reason::UnknownSource)?;
         let request = request_of(r)?;
         check_lengths(&request.path)?;
-        Ok((source.to_owned(), request))
+        Ok((std::sync::Arc::clone(&entry.name), request))
     }
 }
 

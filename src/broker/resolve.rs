@@ -155,7 +155,7 @@ impl Broker {
             let checked = fetched.as_ref().ok().map(|f| &*f.secret);
             metadata.stale |= fetched.as_ref().is_ok_and(|f| f.stale);
             metadata.secrets.push(SecretUse {
-                source: source.clone(),
+                source: source.to_string(),
                 path: req.path.to_string(),
                 version: checked
                     .and_then(|c| c.secret.meta().version)
@@ -163,7 +163,7 @@ impl Broker {
             });
             for (field, repairs) in checked.map_or(&[][..], |c| &c.repaired[..]) {
                 metadata.repairs.push(RepairUse {
-                    source: source.clone(),
+                    source: source.to_string(),
                     path: req.path.to_string(),
                     field: field.clone(),
                     repairs: repairs.clone(),

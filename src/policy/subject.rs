@@ -88,10 +88,17 @@ impl SubjectPattern {
 /// star — so the cost is O(pattern × text) at worst, never exponential, whatever the number of
 /// stars (the text comes from a caller's certificate).
 fn glob(pattern: &str, text: &str) -> bool {
+    glob_counting(pattern, text).0
+}
+
+/// [`glob`] and the number of steps it took (what the worst-case tests bound).
+fn glob_counting(pattern: &str, text: &str) -> (bool, usize) {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut i, mut j) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
+    let mut steps = 0usize;
     while j < t.len() {
+        steps += 1;
         if i < p.len() && p[i] == b'*' {
             star = Some((i, j));
             i += 1;
@@ -104,10 +111,10 @@ fn glob(pattern: &str, text: &str) -> bool {
             j = sj + 1;
             star = Some((si, sj + 1));
         } else {
-            return false;
+            return (false, steps);
         }
     }
-    p[i..].iter().all(|&b| b == b'*')
+    (p[i..].iter().all(|&b| b == b'*'), steps)
 }
 
 /// Whether two globs (`*` = any run) share a matching string: reachability in the product of
@@ -182,6 +189,45 @@ mod tests {
         // Two values of a named attribute: no match, whichever comes first.
         assert!(!workers.matches(&[(CN, Some("gateway-9")), (CN, Some("worker-1"))]));
         assert!(!workers.matches(&[(CN, Some("worker-1")), (CN, Some("gateway-9"))]));
+    }
+
+    /// The worst cases a caller can build — many stars, a 64 KiB subject value, the input
+    /// that hung the old matcher for 14.7 s — in at most (pattern + 1) × (text + 1) steps.
+    #[test]
+    fn glob_work_is_bounded_by_pattern_times_text() {
+        let text = "a".repeat(64 * 1024);
+        for pattern in [
+            "*a*a*a*a*a*a*a*a*a*a*b",
+            "*a*a*a*a*a*a*a*a*a*a*",
+            "****b",
+            "a*",
+        ] {
+            let (_, steps) = glob_counting(pattern, &text);
+            let bound = (pattern.len() + 1) * (text.len() + 1);
+            assert!(steps <= bound, "{pattern}: {steps} steps > {bound}");
+        }
+        // The pattern and subject value of the hanging fuzz input (issue 22).
+        let hang = include_bytes!("../../fuzz/corpus/client_identity/issue-22-hang");
+        let hang = String::from_utf8_lossy(hang);
+        let (pattern, subject) = hang.split_once('|').unwrap();
+        let value = subject
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("C=")
+            .to_ascii_lowercase();
+        for part in pattern.split(',') {
+            let glob_part = part
+                .split_once('=')
+                .map_or(part, |(_, v)| v)
+                .to_ascii_lowercase();
+            let (_, steps) = glob_counting(&glob_part, &value);
+            assert!(steps <= (glob_part.len() + 1) * (value.len() + 1));
+        }
+        // Linear in practice on the common shape: a star, then a literal suffix.
+        let (matched, steps) = glob_counting("*.example", &format!("{}.example", "x".repeat(1000)));
+        assert!(matched);
+        assert!(steps <= 2 * 1009, "{steps}");
     }
 
     #[test]

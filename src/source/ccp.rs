@@ -254,7 +254,6 @@ impl CcpSource {
                 .to_vec(),
         );
         let meta = SecretMeta {
-            source: self.name.clone(),
             ttl: self.ttl,
             ..SecretMeta::default()
         };

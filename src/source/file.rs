@@ -62,10 +62,9 @@ impl SecretSource for FileSource {
 
     fn read<'a>(&'a self, request: &'a ReadRequest) -> ReadFuture<'a> {
         let root = Arc::clone(&self.root);
-        let name = self.name.clone();
         let request = request.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || read_blocking(&root, &name, &request))
+            tokio::task::spawn_blocking(move || read_blocking(&root, &request))
                 .await
                 .unwrap_or(Err(SourceError::Unavailable(Outage::ReadTaskFailed)))
         })
@@ -86,7 +85,7 @@ impl SecretSource for FileSource {
     }
 }
 
-fn read_blocking(root: &Path, name: &str, request: &ReadRequest) -> Result<Secret, SourceError> {
+fn read_blocking(root: &Path, request: &ReadRequest) -> Result<Secret, SourceError> {
     if request.version.is_some() {
         return Err(SourceError::Unsupported("the file source has no versions"));
     }
@@ -95,7 +94,6 @@ fn read_blocking(root: &Path, name: &str, request: &ReadRequest) -> Result<Secre
         .split_last()
         .ok_or(SourceError::Invalid("empty path"))?;
     let meta = SecretMeta {
-        source: name.to_owned(),
         ..SecretMeta::default()
     };
     let Some(dir) = open_dirs(root, dirs)? else {
@@ -229,7 +227,6 @@ mod tests {
         assert_eq!(db.field("password").unwrap().expose_secret(), "s3\ncr3t");
         assert_eq!(db.field("port").unwrap().expose_secret(), "5432");
         assert_eq!(db.field("tls").unwrap().expose_secret(), "true");
-        assert_eq!(db.meta().source, "files");
         let token = src.read(&request("demo/token")).await.unwrap();
         assert_eq!(token.field("value").unwrap().expose_secret(), "raw-token\n");
     }

@@ -302,7 +302,7 @@ impl SecretSource for VaultSource {
         Box::pin(async move {
             let inner = &self.inner;
             let token = inner.token().await?;
-            match inner.read_once(&self.name, request, &token).await {
+            match inner.read_once(request, &token).await {
                 // A 403 is usually Vault's policy saying no to this path, which a new login
                 // would not change (and a consumer could repeat at will, THREATS row 24). Log
                 // in again only when the token itself is no longer valid.
@@ -311,7 +311,7 @@ impl SecretSource for VaultSource {
                         return Err(SourceError::Denied);
                     }
                     let token = inner.token().await?;
-                    inner.read_once(&self.name, request, &token).await
+                    inner.read_once(request, &token).await
                 }
                 other => other,
             }
@@ -500,7 +500,6 @@ impl Inner {
 
     async fn read_once(
         &self,
-        source: &str,
         request: &ReadRequest,
         token: &SecretString,
     ) -> Result<Secret, SourceError> {
@@ -528,7 +527,6 @@ impl Inner {
             .call(reqwest::Method::GET, url, Some(&token), None)
             .await?;
         let meta = SecretMeta {
-            source: source.to_owned(),
             ttl: self.ttl,
             ..SecretMeta::default()
         };

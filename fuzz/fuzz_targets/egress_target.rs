@@ -1,0 +1,27 @@
+//! The egress proxy's request-target (`egress::target`): never panics, and a target it accepts
+//! becomes an `https://` URL that parses, to the same host and port the policy decided on.
+#![no_main]
+
+use keybroker::egress::target;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(uri) = axum::http::Uri::try_from(data) else {
+        return;
+    };
+    let Ok(t) = target(&uri) else {
+        return;
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("https://{}:{}{path}", t.url_host, t.port);
+    let parsed = url::Url::parse(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert_eq!(parsed.port_or_known_default(), Some(t.port), "{url}");
+    // The host connected to is the host decided on (case and IDNA aside).
+    let connected = parsed.host_str().unwrap_or_default().trim_matches(['[', ']']);
+    assert!(
+        connected.eq_ignore_ascii_case(&t.host) || !t.host.is_ascii() || connected.starts_with("xn--")
+            || t.host.parse::<std::net::IpAddr>().is_ok(),
+        "{url}: decided on {} but connects to {connected}",
+        t.host
+    );
+});
