@@ -421,7 +421,7 @@ impl SecretCache {
         let prefix = prefix.to_vec();
         // Only fails when closures are not enabled, which `new` does.
         let _ = self.inner.invalidate_entries_if(move |(s, req), _| {
-            **s == *source && req.path.segments().starts_with(&prefix)
+            **s == *source && req.path.starts_with(&prefix)
         });
     }
 

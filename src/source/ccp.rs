@@ -192,7 +192,7 @@ impl CcpSource {
         if request.version.is_some() {
             return Err(SourceError::Unsupported("ccp has no versions"));
         }
-        let (safe, folder, object) = match request.path.segments() {
+        let (safe, folder, object) = match request.path.segments()[..] {
             [safe, object] => (safe, None, object),
             [safe, folder, object] => (safe, Some(folder), object),
             _ => {

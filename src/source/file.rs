@@ -140,17 +140,12 @@ fn classify(dir: &OwnedFd, name: &str, e: rustix::io::Errno) -> Result<(), Sourc
 
 /// The directory `root/dirs…`, each step opened without following symlinks; `None` when a
 /// step does not exist.
-fn open_dirs(root: &Path, dirs: &[String]) -> Result<Option<OwnedFd>, SourceError> {
+fn open_dirs(root: &Path, dirs: &[&str]) -> Result<Option<OwnedFd>, SourceError> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let mut dir = rustix::fs::open(root, flags, Mode::empty())
         .map_err(|_| SourceError::Unavailable(Outage::FileRoot))?;
     for segment in dirs {
-        match rustix::fs::openat(
-            &dir,
-            segment.as_str(),
-            flags | OFlags::NOFOLLOW,
-            Mode::empty(),
-        ) {
+        match rustix::fs::openat(&dir, *segment, flags | OFlags::NOFOLLOW, Mode::empty()) {
             Ok(next) => dir = next,
             Err(e) => {
                 classify(&dir, segment, e)?;
