@@ -386,22 +386,29 @@ fn jwt_auth(bao: &OpenBao, mount: &str, key: &rcgen::KeyPair) {
     ]);
 }
 
-#[tokio::test]
-async fn jwt_login_rereads_its_token_file_at_every_login() {
+/// An OpenBao whose JWT auth is mounted at `method`'s default mount, and a vault source with
+/// `auth = { method, role, token_file }`, the file holding a good JWT.
+fn jwt_source(method: &str) -> (OpenBao, rcgen::KeyPair, PathBuf, VaultSource) {
     let bao = OpenBao::start();
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    jwt_auth(&bao, "jwt", &key);
-    let file = bao.approle_dir.path().join("jwt");
+    jwt_auth(&bao, method, &key);
+    let file = bao.approle_dir.path().join(format!("{method}.jwt"));
     std::fs::write(&file, jwt(&key, "keybroker")).unwrap();
     let src = source(
         &format!(
-            "{KV2}auth = {{ method = \"jwt\", role = \"keybroker\", token_file = {file:?} }}\n"
+            "{KV2}auth = {{ method = \"{method}\", role = \"keybroker\", token_file = {file:?} }}\n"
         ),
         VaultEnv {
             addr: Some(bao.addr.clone()),
             ..VaultEnv::default()
         },
     );
+    (bao, key, file, src)
+}
+
+#[tokio::test]
+async fn jwt_login_rereads_its_token_file_at_every_login() {
+    let (bao, key, file, src) = jwt_source("jwt");
     assert!(src.read(&req("demo/db", None)).await.is_ok());
 
     // The file now holds a JWT for another audience, and the login's token is revoked: the
@@ -434,20 +441,7 @@ async fn jwt_login_rereads_its_token_file_at_every_login() {
 /// `kubernetes` checks the same request.
 #[tokio::test]
 async fn kubernetes_login_sends_the_service_account_token_to_the_kubernetes_mount() {
-    let bao = OpenBao::start();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    jwt_auth(&bao, "kubernetes", &key);
-    let file = bao.approle_dir.path().join("sa-token");
-    std::fs::write(&file, jwt(&key, "keybroker")).unwrap();
-    let src = source(
-        &format!(
-            "{KV2}auth = {{ method = \"kubernetes\", role = \"keybroker\", token_file = {file:?} }}\n"
-        ),
-        VaultEnv {
-            addr: Some(bao.addr.clone()),
-            ..VaultEnv::default()
-        },
-    );
+    let (bao, _key, _file, src) = jwt_source("kubernetes");
     assert!(src.read(&req("demo/db", None)).await.is_ok());
     // No VAULT_TOKEN: the token came from that mount. Revoked, it is replaced by a new login.
     bao.cli(&["token", "revoke", "-mode=path", "auth/kubernetes/login"]);
@@ -538,7 +532,9 @@ fn vault_cacert_replaces_the_system_roots() {
         r#"{"u": "$SECRET_demo/db $KEY_username"}"#,
     )
     .unwrap();
-    let run = |cacert: Option<&str>| {
+    // keybroker resolve with the system roots (as rustls-platform-verifier reads them on
+    // Linux) holding OpenBao's CA, and `vars` on top.
+    let run = |vars: &[(&str, std::path::PathBuf)]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_keybroker"));
         c.args(["resolve", "--config", "kb.toml", "doc.json"])
             .current_dir(d)
@@ -546,28 +542,28 @@ fn vault_cacert_replaces_the_system_roots() {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BAO_ADDR", format!("https://127.0.0.1:{port}"))
             .env("BAO_TOKEN", ROOT_TOKEN)
-            // The system roots, as rustls-platform-verifier reads them on Linux.
             .env("SSL_CERT_FILE", d.join("ca.pem"));
-        if let Some(ca) = cacert {
-            c.env("VAULT_CACERT", d.join(ca));
+        for (k, v) in vars {
+            c.env(k, v);
         }
         c.output().unwrap()
     };
-    let system = run(None);
+    let cacert = |file: &str| [("VAULT_CACERT", d.join(file))];
+    let system = run(&[]);
     assert!(
         system.status.success(),
         "the system roots accept OpenBao's certificate: {}",
         String::from_utf8_lossy(&system.stderr)
     );
     assert!(String::from_utf8_lossy(&system.stdout).contains("\"app\""));
-    let replaced = run(Some("other-ca.pem"));
+    let replaced = run(&cacert("other-ca.pem"));
     assert_eq!(
         replaced.status.code(),
         Some(75),
         "{}",
         String::from_utf8_lossy(&replaced.stderr)
     );
-    assert!(run(Some("ca.pem")).status.success());
+    assert!(run(&cacert("ca.pem")).status.success());
     // A bundle trusts every certificate in it, not only the first.
     let bundle = format!(
         "{}{}",
@@ -575,23 +571,16 @@ fn vault_cacert_replaces_the_system_roots() {
         ca.pem
     );
     std::fs::write(d.join("bundle.pem"), bundle).unwrap();
-    assert!(run(Some("bundle.pem")).status.success());
+    assert!(run(&cacert("bundle.pem")).status.success());
     // VAULT_CAPATH: a folder of CA files, replacing the system roots the same way.
     let capath = |files: &[&str]| {
         let folder = tempfile::tempdir_in(d).unwrap();
         for f in files {
             std::fs::copy(d.join(f), folder.path().join(f)).unwrap();
         }
-        let mut c = Command::new(env!("CARGO_BIN_EXE_keybroker"));
-        c.args(["resolve", "--config", "kb.toml", "doc.json"])
-            .current_dir(d)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("BAO_ADDR", format!("https://127.0.0.1:{port}"))
-            .env("BAO_TOKEN", ROOT_TOKEN)
-            .env("SSL_CERT_FILE", d.join("ca.pem"))
-            .env("VAULT_CAPATH", folder.path());
-        c.output().unwrap().status.code()
+        run(&[("VAULT_CAPATH", folder.path().to_owned())])
+            .status
+            .code()
     };
     assert_eq!(capath(&["other-ca.pem"]), Some(75));
     assert_eq!(capath(&["other-ca.pem", "ca.pem"]), Some(0));
