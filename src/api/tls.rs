@@ -202,34 +202,30 @@ fn acceptor(
 
 /// Reads a PEM certificate file (public data: parse errors may be shown).
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let err = |why: String| TlsSetupError::Certificates {
+    pem_blocks(path, "CERTIFICATE").map_err(|why| TlsSetupError::Certificates {
         path: path.to_owned(),
         why,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no CERTIFICATE block".to_owned()));
-    }
-    Ok(certs)
+    })
 }
 
 /// Reads a PEM file of `X509 CRL` blocks (public data).
 fn revocation_lists(
     path: &Path,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsSetupError> {
-    let err = |why: String| TlsSetupError::Crl {
+    pem_blocks(path, "X509 CRL").map_err(|why| TlsSetupError::Crl {
         path: path.to_owned(),
         why,
-    };
-    let crls = CertificateRevocationListDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
+    })
+}
+
+/// Every block of one kind in a PEM file of public data; none is an error.
+fn pem_blocks<T: PemObject>(path: &Path, label: &str) -> Result<Vec<T>, String> {
+    let blocks = T::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if crls.is_empty() {
-        return Err(err("no X509 CRL block".to_owned()));
+        .map_err(|e| e.to_string())?;
+    if blocks.is_empty() {
+        return Err(format!("no {label} block"));
     }
-    Ok(crls)
+    Ok(blocks)
 }
