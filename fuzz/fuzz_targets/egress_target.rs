@@ -16,12 +16,13 @@ fuzz_target!(|data: &[u8]| {
     let url = format!("https://{}:{}{path}", t.url_host, t.port);
     let parsed = url::Url::parse(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
     assert_eq!(parsed.port_or_known_default(), Some(t.port), "{url}");
-    // The host connected to is the host decided on (case and IDNA aside).
-    let connected = parsed.host_str().unwrap_or_default().trim_matches(['[', ']']);
-    assert!(
-        connected.eq_ignore_ascii_case(&t.host) || !t.host.is_ascii() || connected.starts_with("xn--")
-            || t.host.parse::<std::net::IpAddr>().is_ok(),
-        "{url}: decided on {} but connects to {connected}",
+    // The host connected to is the host decided on, exactly (both canonical).
+    let connected = parsed.host_str().unwrap_or_default();
+    assert_eq!(connected, t.url_host, "{url}: decided on {}", t.host);
+    assert_eq!(
+        connected.trim_matches(['[', ']']),
+        t.host,
+        "{url}: decided on {}",
         t.host
     );
 });

@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 
 use crate::broker::{Broker, Caller, ConsumerRef, CredentialError};
 use crate::policy::Destination;
+use crate::policy::host::Host;
 
 /// What the egress handler shares.
 #[derive(Debug)]
@@ -160,8 +161,9 @@ fn internal(ip: IpAddr) -> bool {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Target {
+    /// The decided host, canonical: what is pinned, resolved and checked.
     pub host: String,
-    /// The host as the URL writes it (an IPv6 literal in brackets).
+    /// The same host as a URL writes it (an IPv6 literal in brackets).
     pub url_host: String,
     pub port: u16,
     pub dest: Destination,
@@ -176,20 +178,25 @@ pub enum TargetError {
 }
 
 /// The request-target of a proxy request (the fuzz target's entry point).
+///
+/// The host connected to is the *decided* one, in its canonical form — lower-case A-labels,
+/// or the IP address WHATWG parsing gives (`http://1/` is 0.0.0.1, `0x7f000001` is 127.0.0.1)
+/// — never the text as the caller wrote it: resolving, pinning and the URL then all see the
+/// same host, and no parser can read the caller's spelling differently from the policy.
 #[doc(hidden)]
 pub fn target(uri: &axum::http::Uri) -> Result<Target, TargetError> {
     let authority = uri.authority().ok_or(TargetError::NotAbsolute)?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
     let port = authority.port_u16().unwrap_or(443);
     let dest = Destination::parse(&format!("{}:{port}", authority.host()))
         .map_err(|_| TargetError::InvalidHost)?;
+    let (host, url_host) = match &dest.host {
+        Host::Dns(name) => (name.clone(), name.clone()),
+        Host::Ip(IpAddr::V6(v6)) => (v6.to_string(), format!("[{v6}]")),
+        Host::Ip(ip) => (ip.to_string(), ip.to_string()),
+    };
     Ok(Target {
         host,
-        url_host: authority.host().to_owned(),
+        url_host,
         port,
         dest,
     })
@@ -480,6 +487,36 @@ fn build_client(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host connected to is the one decided on, however the caller spelled it (found by
+    /// the `egress_target` fuzz target: `http://1/` was decided as 0.0.0.1 but resolved as
+    /// the text "1").
+    #[test]
+    fn the_target_host_is_the_decided_host_in_canonical_form() {
+        let t = |u: &str| target(&axum::http::Uri::try_from(u).unwrap()).unwrap();
+        for (url, host, url_host) in [
+            ("http://1/", "0.0.0.1", "0.0.0.1"),
+            ("http://0x7f000001/x", "127.0.0.1", "127.0.0.1"),
+            (
+                "http://API.Partner.Example/v1",
+                "api.partner.example",
+                "api.partner.example",
+            ),
+            ("http://[0:0::1]:8443/", "::1", "[::1]"),
+        ] {
+            let got = t(url);
+            assert_eq!(
+                (got.host.as_str(), got.url_host.as_str()),
+                (host, url_host),
+                "{url}"
+            );
+        }
+        assert_eq!(t("http://a.example/").port, 443);
+        assert_eq!(
+            target(&axum::http::Uri::from_static("/origin-form")).unwrap_err(),
+            TargetError::NotAbsolute
+        );
+    }
 
     #[test]
     fn internal_addresses() {
