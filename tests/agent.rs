@@ -255,23 +255,29 @@ async fn nginx_presents_the_agents_files_and_a_rotation_reaches_the_upstream_wit
         .unwrap();
     // A request loop through the rotation.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Set by the loop itself once one of its own requests got the new certificate: the loop
+    // must run across the whole rotation, however slowly it is scheduled.
+    let loop_saw_v2 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let looping = {
         let (stop, client) = (std::sync::Arc::clone(&stop), client.clone());
+        let saw = std::sync::Arc::clone(&loop_saw_v2);
         let url = format!("http://127.0.0.1:{}/", w.proxy_port);
         tokio::spawn(async move {
-            let (mut ok, mut failed, mut seen_v2) = (0u32, Vec::new(), false);
+            let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match client.get(&url).send().await {
                     Ok(r) if r.status().is_success() => {
                         ok += 1;
-                        seen_v2 |= r.text().await.unwrap_or_default().contains("CN=gateway-v2");
+                        if r.text().await.unwrap_or_default().contains("CN=gateway-v2") {
+                            saw.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                     Ok(r) => failed.push(r.status().to_string()),
                     Err(e) => failed.push(e.to_string()),
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            (ok, failed, seen_v2)
+            (ok, failed)
         })
     };
     let key_line = put_partner(&w.bao, &w.partner, "gateway-v2");
@@ -288,8 +294,16 @@ async fn nginx_presents_the_agents_files_and_a_rotation_reaches_the_upstream_wit
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    while !loop_saw_v2.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            Instant::now() < deadline,
+            "the request loop never saw the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed, seen_v2) = looping.await.unwrap();
+    let (ok, failed) = looping.await.unwrap();
+    let seen_v2 = loop_saw_v2.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {failed:?}",
