@@ -3,7 +3,7 @@
 //! Also collects the facts `pem inspect` and response metadata report.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
@@ -307,11 +307,52 @@ fn fingerprint(der: &[u8]) -> String {
     out
 }
 
+/// Unix seconds as RFC 3339 UTC. Certificates carry any year from 0000 to 9999; humantime
+/// formats only 1970–9999 and panics before (a certificate valid from 1966 aborted a
+/// read — found by the `pem_repair` fuzz target), so the civil date is computed here
+/// (H. Hinnant's days-to-civil algorithm).
 fn rfc3339(ts: i64) -> String {
-    let t = if ts >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(ts as u64)
-    } else {
-        SystemTime::UNIX_EPOCH - Duration::from_secs(ts.unsigned_abs())
-    };
-    humantime::format_rfc3339_seconds(t).to_string()
+    let (days, secs) = (ts.div_euclid(86_400), ts.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_agrees_with_humantime_after_1970_and_works_before() {
+        let day = 86_400i64;
+        for ts in (0..=253_402_300_799i64).step_by(7_777_777).chain([
+            951_782_400,     // 2000-02-29
+            4_107_542_399,   // 2100-02-28T23:59:59 (not a leap year)
+            253_402_300_799, // 9999-12-31T23:59:59
+        ]) {
+            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(ts as u64);
+            assert_eq!(
+                rfc3339(ts),
+                humantime::format_rfc3339_seconds(t).to_string(),
+                "{ts}"
+            );
+        }
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        // The notBefore of the certificate that made humantime panic (pem_repair fuzz target).
+        assert_eq!(rfc3339(-98_087_102), "1966-11-22T17:34:58Z");
+        assert_eq!(rfc3339(-62_167_219_200), "0000-01-01T00:00:00Z");
+        assert_eq!(rfc3339(-719_528 * day + 59 * day), "0000-02-29T00:00:00Z");
+    }
 }
