@@ -304,6 +304,12 @@ fn normalise_dns(host: &str) -> Result<Host, HostError> {
     match parsed {
         url::Host::Domain(d) => {
             let d = d.trim_end_matches('.').to_owned();
+            // Trimming must not change what the name is: `6..` is a domain to WHATWG, but
+            // `6` is the address 0.0.0.6 to every URL parser after us (found by the
+            // `egress_target` fuzz target). Such a name is refused.
+            if !matches!(url::Host::parse(&d), Ok(url::Host::Domain(ref again)) if *again == d) {
+                return Err(HostError::Invalid);
+            }
             // RFC 1035 after IDNA: at most 253 bytes, labels of 1–63 letters, digits and
             // hyphens, not starting or ending with a hyphen.
             let valid = !d.is_empty()
@@ -401,6 +407,20 @@ mod tests {
 
     fn refused(host: &str) -> HostError {
         Destination::parse(host).unwrap_err()
+    }
+
+    /// A name whose trailing dots hide a number is refused: without them every URL parser
+    /// reads it as an IPv4 address (`6..` → `6` → 0.0.0.6), so the policy and the connection
+    /// would see different hosts.
+    #[test]
+    fn trailing_dots_cannot_turn_a_name_into_an_address() {
+        assert_eq!(refused("6.."), HostError::Invalid);
+        assert_eq!(refused("10.0.0.1..:443"), HostError::Invalid);
+        assert!(Destination::parse("example.com.").is_ok());
+        assert!(matches!(
+            Destination::parse("6.").map(|d| d.host),
+            Ok(Host::Ip(IpAddr::V4(_)))
+        ));
     }
 
     #[test]
