@@ -79,10 +79,55 @@ impl<'de> Deserialize<'de> for FieldValue {
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<FieldValue, E> {
                 Self::display(v)
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<FieldValue, E> {
-                Self::display(v)
+            /// A number with a fraction or exponent, or an integer beyond 64 bits, reaches us
+            /// only as an `f64`: its text is gone (`1.50` would come out as `1.5`, and
+            /// `770000000000000000000051240` as `770000000000000000000000000` — found by the
+            /// `source_answer` fuzz target). A value is passed on exactly or not at all.
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<FieldValue, E> {
+                Err(E::custom(
+                    "a number that is not a 64-bit integer cannot be passed on exactly; store it as a string",
+                ))
             }
         }
         d.deserialize_any(ValueVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::Fields;
+
+    fn parse(json: &str) -> Result<Vec<(String, String)>, serde_json::Error> {
+        let f: Fields = serde_json::from_str(json)?;
+        Ok(f.0
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose_secret().to_owned()))
+            .collect())
+    }
+
+    #[test]
+    fn values_are_passed_on_exactly_or_refused() {
+        let got =
+            parse(r#"{"i": -42, "u": 18446744073709551615, "b": true, "s": "x\u00e9"}"#).unwrap();
+        let want = [
+            ("b", "true"),
+            ("i", "-42"),
+            ("s", "xé"),
+            ("u", "18446744073709551615"),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec()
+        );
+        // Their text would change: refused, not altered.
+        for altered in [
+            r#"{"n": 1.50}"#,
+            r#"{"n": 1e3}"#,
+            r#"{"n": 770000000000000000000051240}"#,
+        ] {
+            assert!(parse(altered).is_err(), "{altered}");
+        }
     }
 }
