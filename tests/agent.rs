@@ -37,12 +37,14 @@ fn put_partner(bao: &OpenBao, partner: &Ca, cn: &str) -> String {
 }
 
 struct World {
+    /// First, so it drops first: stopping nginx needs its pid file, which lives in `dir`
+    /// (declared after it, dropped after it). The other order left an nginx running per run.
+    nginx: Option<support::nginx::Nginx>,
     bao: OpenBao,
     partner: Ca,
     dir: tempfile::TempDir,
     _server: Running,
     server_port: u16,
-    nginx: Option<support::nginx::Nginx>,
     proxy_port: u16,
 }
 
