@@ -764,15 +764,11 @@ async fn serve(
         config = %path.display(),
         "keybroker serving"
     );
-    // Every listener is bound: tell systemd (`Type=notify`; nothing happens without
-    // NOTIFY_SOCKET).
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-        tracing::warn!(error = %e, "cannot notify systemd of readiness");
-    }
     // One signal stops every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signalled = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signalled.await;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let _ = stop.send(true);
     });
@@ -793,6 +789,11 @@ async fn serve(
     }
     let state = Arc::new(state);
     spawn_reload_on_sighup(Arc::clone(&state));
+    // Every listener is bound and every signal handler installed: tell systemd
+    // (`Type=notify`; nothing happens without NOTIFY_SOCKET).
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
     if let Some(ops) = ops_listener {
         tracing::info!(door = "ops", bound = ?ops.local_addr().ok(), "serving");
         extra.spawn(api::listen::serve(
@@ -897,21 +898,24 @@ fn harden_process() {
 /// previous version in force.
 fn spawn_reload_on_sighup(state: Arc<api::AppState>) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{SignalKind, signal};
+        // Registered before returning, so a SIGHUP right after `READY=1` reloads, not kills.
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!("cannot install the SIGHUP handler; reload with POST /v1/admin/reload");
             return;
         };
-        while hup.recv().await.is_some() {
-            // The outcomes are logged (and the policy's counted) where they happen.
-            let policy = state.broker.reload_policy();
-            let _ = state.reload_tls();
-            if policy.is_ok() {
-                state.broker.sweep_expiry().await;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // The outcomes are logged (and the policy's counted) where they happen.
+                let policy = state.broker.reload_policy();
+                let _ = state.reload_tls();
+                if policy.is_ok() {
+                    state.broker.sweep_expiry().await;
+                }
             }
-        }
-    });
+        });
+    }
     #[cfg(not(unix))]
     let _ = state;
 }
@@ -933,30 +937,42 @@ fn print_dev_banner(scheme: &str, addr: SocketAddr, token: &str, example: &Path)
     let _ = out.flush();
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        // If the handler cannot be installed, the server still stops on SIGTERM.
+/// Installs the stop handlers now and returns the wait for them: a signal that arrives after
+/// this returns (e.g. right after `READY=1`) stops the server cleanly instead of killing it with
+/// the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    // `tokio::signal::ctrl_c()` registers only when first polled; `signal()` registers now.
+    #[cfg(unix)]
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            // A handler that cannot be installed waits forever; the other still stops the server.
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {},
+                () = wait(terminate) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        tracing::info!("shutdown requested; finishing open requests");
     }
-    tracing::info!("shutdown requested; finishing open requests");
 }
 
 #[cfg(test)]

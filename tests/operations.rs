@@ -8,6 +8,7 @@ mod support {
     pub mod server;
 }
 
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -362,12 +363,25 @@ fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let n = socket.recv(&mut buf).expect("READY=1 within 30 s");
     let message = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(message.contains("READY=1"), "{message}");
+    // Ready means the signal handlers are installed too: systemd may send SIGHUP (reload) the
+    // moment READY=1 arrives, and the default action of SIGHUP is to die.
+    // Sent directly, not through kill(1), which would give serve a millisecond of grace.
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
     // Ready means bound: a connection is accepted now, without retrying.
-    std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening when READY=1");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening when READY=1");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "after SIGHUP: {answer:?}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP stopped serve");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let n = socket.recv(&mut buf).expect("STOPPING=1");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(child.wait().unwrap().success());
