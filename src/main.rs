@@ -721,6 +721,8 @@ async fn serve(
         vault_api,
         egress,
     } = App::build(&config, &options).map_err(|e| assembly(&config, &e))?;
+    // Installed before anything is announced (banner, READY=1), so no signal is lost.
+    let signalled = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
@@ -766,7 +768,6 @@ async fn serve(
     );
     // One signal stops every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let signalled = shutdown_signal();
     tokio::spawn(async move {
         signalled.await;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
