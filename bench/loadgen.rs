@@ -142,6 +142,8 @@ struct Tally {
     latencies_us: Vec<u32>,
     errors: u64,
     non_2xx: u64,
+    /// Requests sent, warm-up included.
+    sent: u64,
 }
 
 async fn worker(
@@ -206,6 +208,7 @@ async fn worker(
             Err(_) => None,
         };
         let took = sent.elapsed();
+        t.sent += 1;
         if sent < measure_from {
             continue;
         }
@@ -263,6 +266,8 @@ fn main() {
             "connections": a.connections,
             "seconds": a.duration.as_secs_f64(),
             "requests": all.len(),
+            // Every request, warm-up included: what the server's CPU time covers.
+            "sent": tallies.iter().map(|t| t.sent).sum::<u64>(),
             "rps": rps.round(),
             "p50_us": pct(0.50),
             "p99_us": pct(0.99),

@@ -142,7 +142,7 @@ run() { # label connections server-pid args...
   out=$("$bin/examples/loadgen" --label "$label" -c "$c" -d "$DURATION" "$@")
   after=$(ticks "$server")
   # Server CPU µs per request, beside what loadgen measured.
-  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["cpu_us"]=round((int(sys.argv[3])-int(sys.argv[2]))*1e6/int(sys.argv[4])/max(r["requests"],1),1); print(json.dumps(r))' \
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["cpu_us"]=round((int(sys.argv[3])-int(sys.argv[2]))*1e6/int(sys.argv[4])/max(r["sent"],1),1); print(json.dumps(r))' \
     "$out" "$before" "$after" "$hz"
 }
 results="$work/results.jsonl"
