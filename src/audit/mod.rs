@@ -26,8 +26,10 @@ use zeroize::Zeroizing;
 use crate::config::{AuditConfig, FsyncPolicy};
 
 mod budget;
+mod group;
 
 pub use budget::{Admit, RefusalBudget};
+pub use group::Ticket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -144,15 +146,12 @@ type Job = (
     tokio::sync::oneshot::Sender<Result<(), std::io::ErrorKind>>,
 );
 
-/// Most lines written (and synced) together.
-const MAX_BATCH: usize = 1024;
-
 /// How lines reach the sink.
 enum Writer {
     /// The caller writes (fsync never).
     Direct(Mutex<Sink>),
     /// The group-commit thread writes and syncs (fsync always).
-    Grouped(mpsc::Sender<Job>),
+    Grouped(mpsc::Sender<Job>, group::Coming),
 }
 
 pub struct Audit {
@@ -209,14 +208,16 @@ impl Audit {
             FsyncPolicy::Never => Writer::Direct(Mutex::new(sink)),
             FsyncPolicy::Always => {
                 let (jobs, queue) = mpsc::channel::<Job>();
+                let coming = group::Coming::default();
+                let announced = coming.clone();
                 std::thread::Builder::new()
                     .name("keybroker-audit".to_owned())
-                    .spawn(move || group_commit(sink, &queue))
+                    .spawn(move || group_commit(sink, &queue, &announced))
                     .map_err(|source| AuditError::Open {
                         path: cfg.path.clone(),
                         source,
                     })?;
-                Writer::Grouped(jobs)
+                Writer::Grouped(jobs, coming)
             }
         };
         Ok(Self {
@@ -275,14 +276,36 @@ impl Audit {
     }
 
     /// Appends one line and returns once it is written (and synced, by policy).
+    /// Announces a line this request will write (see `group.rs`): a sync then waits for it
+    /// so that it shares the batch. `None` when lines are not synced.
+    pub fn announce(&self) -> Option<Ticket> {
+        match &self.writer {
+            Writer::Direct(_) => None,
+            Writer::Grouped(_, coming) => Some(coming.announce()),
+        }
+    }
+
     pub async fn write(&self, record: &Record<'_>) -> Result<(), AuditError> {
-        let result = self.write_line(record).await;
+        self.write_announced(record, None).await
+    }
+
+    /// [`Audit::write`] of the line `ticket` announced.
+    pub async fn write_announced(
+        &self,
+        record: &Record<'_>,
+        ticket: Option<Ticket>,
+    ) -> Result<(), AuditError> {
+        let result = self.write_line(record, ticket).await;
         self.writable
             .store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
         result
     }
 
-    async fn write_line(&self, record: &Record<'_>) -> Result<(), AuditError> {
+    async fn write_line(
+        &self,
+        record: &Record<'_>,
+        ticket: Option<Ticket>,
+    ) -> Result<(), AuditError> {
         let mut line = serde_json::to_vec(record).expect("an audit record serializes");
         line.push(b'\n');
         let jobs = match &self.writer {
@@ -290,12 +313,14 @@ impl Audit {
                 let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
                 return put(&mut sink, &line, false).map_err(|e| AuditError::Write(e.kind()));
             }
-            Writer::Grouped(jobs) => jobs,
+            Writer::Grouped(jobs, _) => jobs,
         };
         let (done, written) = tokio::sync::oneshot::channel();
         // The writer thread lives as long as `self`; a send or receive failure means it died.
-        jobs.send((line, done))
-            .map_err(|_| AuditError::Write(std::io::ErrorKind::BrokenPipe))?;
+        let sent = jobs.send((line, done));
+        // Handed over first, then no longer to come: the writer's count never misses it.
+        drop(ticket);
+        sent.map_err(|_| AuditError::Write(std::io::ErrorKind::BrokenPipe))?;
         match written.await {
             Ok(result) => result.map_err(AuditError::Write),
             Err(_) => Err(AuditError::Write(std::io::ErrorKind::BrokenPipe)),
@@ -317,19 +342,14 @@ fn put(sink: &mut Sink, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     }
 }
 
-/// The writer thread: takes every line waiting (up to [`MAX_BATCH`]), writes them at once,
-/// syncs once, then tells each sender. Ends when the [`Audit`] is dropped.
-fn group_commit(mut sink: Sink, queue: &mpsc::Receiver<Job>) {
+/// The writer thread: takes every line waiting and every line announced within the window
+/// (`group::collect`), writes them at once, syncs once, then tells each sender. Ends when the [`Audit`] is dropped.
+fn group_commit(mut sink: Sink, queue: &mpsc::Receiver<Job>, coming: &group::Coming) {
     let mut batch: Vec<Job> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     while let Ok(first) = queue.recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        group::collect(queue, coming, group::Window::DEFAULT, &mut batch);
         buf.clear();
         for (line, _) in &batch {
             buf.extend_from_slice(line);

@@ -28,6 +28,8 @@ pub(crate) struct AuditEntry<'a> {
     pub suppressed: Option<u64>,
     /// The door the request came through, when not keybroker's own API (`vault_api`).
     pub via: Option<&'static str>,
+    /// The line as announced when the request started ([`Broker::announce_audit`]).
+    pub ticket: Option<crate::audit::Ticket>,
 }
 
 impl<'a> AuditEntry<'a> {
@@ -52,11 +54,18 @@ impl<'a> AuditEntry<'a> {
             started,
             suppressed: None,
             via: None,
+            ticket: None,
         }
     }
 }
 
 impl Broker {
+    /// Announces the audit line of a request that starts now, so that a synced batch waits
+    /// for it (docs/DESIGN.md §9); pass the ticket in its [`AuditEntry`].
+    pub(crate) fn announce_audit(&self) -> Option<crate::audit::Ticket> {
+        self.audit.as_ref().and_then(|a| a.announce())
+    }
+
     /// Writes one audit line; `Err` only when it failed and the audit is fail-closed.
     pub(crate) async fn audit(&self, e: AuditEntry<'_>) -> Result<(), AuditRefused> {
         let Some(audit) = &self.audit else {
@@ -85,7 +94,7 @@ impl Broker {
             suppressed: e.suppressed,
             via: e.via,
         };
-        match audit.write(&record).await {
+        match audit.write_announced(&record, e.ticket).await {
             Ok(()) => Ok(()),
             Err(err) => {
                 self.metrics.audit_failure();

@@ -225,6 +225,7 @@ impl Broker {
         host: Option<&Destination>,
     ) -> Result<Material, CredentialError> {
         let started = Instant::now();
+        let ticket = self.announce_audit();
         let snapshot = self.snapshot(caller);
         let policy = snapshot.policy();
         let result = self.material_unaudited(policy, caller, name, host).await;
@@ -239,6 +240,7 @@ impl Broker {
             repairs,
             stale,
             via,
+            ticket,
             ..AuditEntry::new(
                 Action::CredentialMaterial,
                 Some(caller),

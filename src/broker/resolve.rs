@@ -40,6 +40,7 @@ impl Broker {
         host: Option<&Destination>,
     ) -> Result<Resolution, ResolveError> {
         let started = Instant::now();
+        let ticket = self.announce_audit();
         let mut subjects = Vec::new();
         let result = self
             .resolve_unaudited(caller, document, layout, host, &mut subjects)
@@ -72,6 +73,7 @@ impl Broker {
             repairs,
             stale,
             via,
+            ticket,
             ..AuditEntry::new(Action::Resolve, Some(caller), decision, reason, started)
         };
         // A resolution that cannot be audited is dropped (and wiped) unanswered.
