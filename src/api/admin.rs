@@ -3,20 +3,18 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{ApiError, AppState, json_response, parse_body};
+use super::{ApiError, AppState, Authenticated, json_response, parse_body};
 use crate::audit::Action;
-use crate::broker::Caller;
 
 pub(super) async fn reload(
     State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Authenticated(caller): Authenticated,
 ) -> Result<Response, ApiError> {
     let caller = state.admin(caller, Action::AdminReload).await?;
     let started = Instant::now();
@@ -53,7 +51,7 @@ struct PurgeBody {
 
 pub(super) async fn purge(
     State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Authenticated(caller): Authenticated,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = state.admin(caller, Action::AdminPurge).await?;

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,14 +10,13 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::change::{self, Conditional, Tagged};
-use super::{ApiError, AppState, destination, json_response, parse_body};
-use crate::broker::Caller;
+use super::{ApiError, AppState, Authenticated, destination, json_response, parse_body};
 use crate::policy::CredentialMode;
 use crate::secret::SecretBuf;
 
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Authenticated(caller): Authenticated,
 ) -> Result<Response, ApiError> {
     let credentials = state.broker.list_credentials(&caller).await?;
     Ok(json_response(
@@ -36,7 +34,7 @@ struct MaterialBody {
 
 pub(super) async fn info(
     State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let info = state.broker.credential_info(&caller, &name).await?;
@@ -51,7 +49,7 @@ pub(super) async fn info(
 
 pub(super) async fn material(
     State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
     cond: Conditional,
     body: Bytes,

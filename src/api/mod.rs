@@ -10,6 +10,7 @@ pub mod change;
 mod credentials;
 mod error;
 pub mod listen;
+mod observe;
 mod ops;
 mod resolve;
 pub mod tls;
@@ -19,9 +20,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
@@ -200,55 +200,44 @@ pub fn ops_router(state: Arc<AppState>) -> Router {
 /// The router; tests drive it without a socket (then no [`Peer`] is known: no certificate,
 /// no trusted proxy).
 pub fn router(state: Arc<AppState>) -> Router {
-    // Every `/v1/` handler needs a caller, found from the headers before the body is read
-    // (on the method's route only, so a wrong method is still 405 for anyone).
-    let auth = || axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate);
+    // Every `/v1/` handler takes an [`Authenticated`] caller first.
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/v1/resolve", post(resolve::resolve).route_layer(auth()))
-        .route(
-            "/v1/credentials",
-            get(credentials::list).route_layer(auth()),
-        )
-        .route(
-            "/v1/credentials/{name}",
-            get(credentials::info).route_layer(auth()),
-        )
+        .route("/v1/resolve", post(resolve::resolve))
+        .route("/v1/credentials", get(credentials::list))
+        .route("/v1/credentials/{name}", get(credentials::info))
         .route(
             "/v1/credentials/{name}/material",
-            post(credentials::material).route_layer(auth()),
+            post(credentials::material),
         )
-        .route("/v1/admin/reload", post(admin::reload).route_layer(auth()))
-        .route(
-            "/v1/admin/cache/purge",
-            post(admin::purge).route_layer(auth()),
-        )
+        .route("/v1/admin/reload", post(admin::reload))
+        .route("/v1/admin/cache/purge", post(admin::purge))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            observe,
-        ))
+        .layer(observe::Observe::layer(Arc::clone(&state)))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// Authenticates a request from its headers (and its connection's certificate) before its
-/// body is read, so an anonymous caller never costs a body buffer (THREATS row 26); the
-/// handler receives the [`Caller`] as an extension.
-async fn authenticate(
-    State(state): State<Arc<AppState>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let peer = request.extensions().get::<Peer>().cloned();
-    match state.caller(peer.as_ref(), request.headers()).await {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
+/// The caller of a `/v1/` request, found from the headers (and the connection's certificate).
+/// Handlers take it before any other fallible extractor and before the body, so an anonymous
+/// caller never costs a body buffer (THREATS row 26); a wrong method is refused (405) by the
+/// router before it runs.
+pub(crate) struct Authenticated(pub Caller);
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for Authenticated {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        let peer = parts.extensions.get::<Peer>();
+        match state.caller(peer, &parts.headers).await {
+            Ok(caller) => Ok(Self(caller)),
+            Err(e) => Err(e.into_response()),
         }
-        Err(e) => e.into_response(),
     }
 }
 
@@ -260,65 +249,6 @@ async fn not_found() -> Response {
         body,
     )
         .into_response()
-}
-
-/// Request timeout and the per-route request counter.
-async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|m| ROUTES.iter().find(|(_, p)| *p == m.as_str()))
-        .map_or("other", |(_, p)| *p);
-    // A blocking query may take its `wait` beyond the request timeout.
-    let wait = change::wait(request.uri().query())
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    let started = std::time::Instant::now();
-    let response = match tokio::time::timeout(state.request_timeout + wait, next.run(request)).await
-    {
-        Ok(r) => r,
-        Err(_) => ApiError::Timeout.into_response(),
-    };
-    let response = json_errors(response);
-    let decision = crate::metrics::RequestOutcome::of_status(response.status().as_u16());
-    state.broker.metrics().request(route, decision);
-    state
-        .broker
-        .metrics()
-        .request_duration(route, started.elapsed());
-    response
-}
-
-/// The router's own refusals (405 from a route, 413 from the body limit, a body that is not
-/// JSON) come with an empty or text body; every error keybroker answers is JSON.
-fn json_errors(response: Response) -> Response {
-    let json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let (code, message) = match response.status() {
-        _ if json => return response,
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
-            "this endpoint does not take that method",
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => (
-            "too_large",
-            "the request body is larger than the server takes",
-        ),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send application/json"),
-        StatusCode::BAD_REQUEST => ("bad_request", "the request could not be read"),
-        _ => return response,
-    };
-    let (mut parts, _) = response.into_parts();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
-    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Parses a JSON body without letting serde's message (which can quote input) out.

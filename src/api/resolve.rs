@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
@@ -10,8 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::change::{self, Conditional, Tagged};
-use super::{ApiError, AppState, destination, parse_body};
-use crate::broker::{Caller, Document};
+use super::{ApiError, AppState, Authenticated, destination, parse_body};
+use crate::broker::Document;
 use crate::reference::{DocumentError, Format, Layout};
 use crate::secret::SecretBuf;
 
@@ -32,7 +31,7 @@ fn json_format() -> Format {
 
 pub(super) async fn resolve(
     State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Authenticated(caller): Authenticated,
     cond: Conditional,
     body: Bytes,
 ) -> Result<Response, ApiError> {
