@@ -191,7 +191,7 @@ fn render_tree(
         at += site.template.references().count();
     }
     let bytes = skeleton.as_bytes();
-    let finder = memchr::memmem::Finder::new(marker.as_bytes());
+    let finder = Search::new(marker.as_bytes(), bytes.len());
     let mut copied = 0;
     let mut search = 0;
     while let Some(found) = finder.find(&bytes[search..]) {
@@ -233,6 +233,45 @@ fn render_tree(
         search = end;
     }
     out.extend_from_slice(&bytes[copied..]);
+}
+
+/// A search for the document's marker. Building a `memmem` searcher costs more than scanning
+/// a short skeleton for the marker's first byte, and most documents are short (the cache-hit
+/// profile in docs/PERFORMANCE.md).
+enum Search<'n> {
+    Short(&'n [u8]),
+    Long(memchr::memmem::Finder<'n>),
+}
+
+impl<'n> Search<'n> {
+    /// Skeletons up to this long are scanned byte-wise.
+    const SHORT: usize = 4096;
+
+    fn new(needle: &'n [u8], haystack: usize) -> Self {
+        if haystack <= Self::SHORT {
+            Self::Short(needle)
+        } else {
+            Self::Long(memchr::memmem::Finder::new(needle))
+        }
+    }
+
+    fn find(&self, hay: &[u8]) -> Option<usize> {
+        match self {
+            Self::Long(finder) => finder.find(hay),
+            Self::Short(needle) => {
+                let (&first, _) = needle.split_first()?;
+                let mut from = 0;
+                while let Some(i) = memchr::memchr(first, &hay[from..]) {
+                    let at = from + i;
+                    if hay[at..].starts_with(needle) {
+                        return Some(at);
+                    }
+                    from = at + 1;
+                }
+                None
+            }
+        }
+    }
 }
 
 /// Writes one site as a JSON/YAML value: a quoted string, or an object for a whole secret.
@@ -287,6 +326,27 @@ mod tests {
             secret_string("p\"w\n\u{7f}\u{2028}é"),
         );
         Secret::new(f, SecretMeta::default())
+    }
+
+    /// The byte-wise scan of short skeletons finds what the memmem searcher finds, also after
+    /// a false start on the needle's first byte.
+    #[test]
+    fn both_searches_agree() {
+        let needle = b"kbref_0123_";
+        let hays: [&[u8]; 6] = [
+            b"",
+            b"kbref_012",
+            b"kkbref_0123_",
+            b"x kbref_0124_ kbref_0123_ y",
+            b"kbref_0123_",
+            b"no marker here at all",
+        ];
+        for hay in hays {
+            let short = Search::Short(needle).find(hay);
+            let long = Search::Long(memchr::memmem::Finder::new(needle)).find(hay);
+            assert_eq!(short, long, "{:?}", String::from_utf8_lossy(hay));
+        }
+        assert_eq!(Search::Short(needle).find(hays[3]), Some(14));
     }
 
     fn lookup_in<'s>(db: &'s Secret) -> impl Fn(&Reference) -> Result<Resolved<'s>, Reason> {
