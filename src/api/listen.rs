@@ -7,10 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::{Extension, Router};
+use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use super::tls::ServerTls;
@@ -153,8 +152,7 @@ pub async fn serve(
                         addr,
                         certificate: None,
                     };
-                    let svc = TowerToHyperService::new(app.layer(Extension(peer)));
-                    let conn = http.serve_connection(TokioIo::new(tcp), svc);
+                    let conn = http.serve_connection(TokioIo::new(tcp), with_peer(app, peer));
                     let _ = watcher.watch(conn).await;
                 }
                 Some(acceptor) => {
@@ -177,8 +175,7 @@ pub async fn serve(
                         .and_then(|c| c.first())
                         .map(|c| Arc::new(ClientCert::new(c.clone().into_owned())));
                     let peer = Peer { addr, certificate };
-                    let svc = TowerToHyperService::new(app.layer(Extension(peer)));
-                    let conn = http.serve_connection(TokioIo::new(stream), svc);
+                    let conn = http.serve_connection(TokioIo::new(stream), with_peer(app, peer));
                     let _ = watcher.watch(conn).await;
                 }
             }
@@ -191,4 +188,22 @@ pub async fn serve(
     {
         tracing::warn!("open connections did not finish in time; closing them");
     }
+}
+
+/// The connection's service: each request gets the [`Peer`] as an extension, then goes to the
+/// router. (Not `Router::layer(Extension(…))`, which would wrap every route once more for each
+/// connection, and clone that wrapping on every request.)
+fn with_peer(
+    app: Router,
+    peer: Peer,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(peer.clone());
+        tower_service::Service::call(&mut app.clone(), request)
+    })
 }

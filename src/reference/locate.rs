@@ -376,7 +376,14 @@ fn new_marker() -> String {
         *used += 16;
         nonce
     });
-    format!("kbref_{}_", hex::encode(nonce))
+    // One allocation, sized once: this runs for every document.
+    let mut marker = String::with_capacity(6 + 32 + 1 + 8);
+    marker.push_str("kbref_");
+    let mut hex = [0u8; 32];
+    hex::encode_to_slice(nonce, &mut hex).expect("32 hex digits for 16 bytes");
+    marker.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
+    marker.push('_');
+    marker
 }
 
 fn placeholder(marker: &str, index: usize) -> String {
