@@ -76,3 +76,30 @@ async fn the_router_serves_exactly_the_listed_routes() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
+
+/// Every `/v1/` route needs a caller: without credentials each answers 401 before it looks at
+/// the path or the body (a handler that forgot the `Authenticated` extractor would answer 400
+/// to this body, or worse).
+#[tokio::test]
+async fn every_v1_route_refuses_an_anonymous_caller() {
+    let app = router(Arc::new(AppState::new(Arc::new(Broker::new(
+        Vec::new(),
+        None,
+        None,
+    )))));
+    for (method, path) in ROUTES.iter().filter(|(_, p)| p.starts_with("/v1/")) {
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method(*method)
+                    .uri(path.replace("{name}", "x"))
+                    .header("content-type", "application/json")
+                    .body(Body::from("{not json"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+}
