@@ -528,14 +528,17 @@ fn check_decoded_segment(seg: &str) -> Result<(), ParseErrorKind> {
 }
 
 fn write_encoded(f: &mut fmt::Formatter<'_>, seg: &str) -> fmt::Result {
-    for b in seg.bytes() {
-        if is_segment_byte(b) {
-            f.write_str(std::str::from_utf8(&[b]).map_err(|_| fmt::Error)?)?;
-        } else {
+    // Runs of segment bytes (ASCII) are written whole: most segments are one run.
+    let bytes = seg.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !is_segment_byte(b) {
+            f.write_str(std::str::from_utf8(&bytes[run..i]).map_err(|_| fmt::Error)?)?;
             write!(f, "%{b:02X}")?;
+            run = i + 1;
         }
     }
-    Ok(())
+    f.write_str(std::str::from_utf8(&bytes[run..]).map_err(|_| fmt::Error)?)
 }
 
 #[cfg(test)]
