@@ -1,6 +1,7 @@
 //! The machine's ceiling for bench/run.sh (row e): keybroker's own listener and accept loop
-//! (`api::listen::serve`, HTTP/1.1, same timeouts) with a handler that only returns a fixed
-//! body of the given size — what keybroker would cost if deciding and expanding were free.
+//! (`api::listen::serve`, HTTP/1.1, same timeouts) with a handler that reads the request body
+//! and returns a fixed body of the given size — what keybroker would cost if deciding and
+//! expanding were free.
 //!
 //!     cargo run --release --example baseline -- --listen 127.0.0.1:9080 --bytes 120
 
@@ -29,13 +30,23 @@ fn main() {
         "{{\"document\":\"{}\"}}",
         "x".repeat(bytes.saturating_sub(15))
     ));
+    let answer = body.clone();
     let handler = move || {
         let body = body.clone();
         async move { ([(header::CONTENT_TYPE, "application/json")], body) }
     };
+    // As issue 21 defines the bare handler: it reads the request body (as keybroker's
+    // handlers do, through axum's `Bytes` extractor) and answers the same number of bytes.
+    let reads_body = move |request: Bytes| {
+        let body = answer.clone();
+        async move {
+            drop(request);
+            ([(header::CONTENT_TYPE, "application/json")], body)
+        }
+    };
     let app = Router::new()
-        .route("/", get(handler.clone()))
-        .route("/v1/resolve", post(handler));
+        .route("/", get(handler))
+        .route("/v1/resolve", post(reads_body));
     // The same runtime shape as `keybroker serve`.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
