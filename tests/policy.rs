@@ -259,7 +259,7 @@ value = "$SECRET_b/api $KEY_v"
         Some(&dest("b.example.com")),
     );
     assert!(d.allowed, "{d:?}");
-    assert!(d.rule.unwrap().starts_with("credential b/api"));
+    assert!(d.rule.unwrap().to_string().starts_with("credential b/api"));
     assert!(
         !p.decide(
             "b-gw",

@@ -14,6 +14,7 @@
 //! "on disk before answered". With `fsync = "never"` a request writes its line itself (one
 //! `write` under a mutex): cheaper than a hand-over to a thread when nothing waits for a disk.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -54,7 +55,7 @@ pub enum AuditError {
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
     /// RFC 3339, UTC.
-    pub time: String,
+    pub time: Timestamp,
     pub action: Action,
     /// Consumer name, or `operator`.
     pub consumer: &'a str,
@@ -63,7 +64,7 @@ pub struct Record<'a> {
     /// Credential name or `source:path` of each reference (HMAC'd when configured): the
     /// first [`MAX_SUBJECTS`]; the rest are counted and digested, so a caller cannot make
     /// one line as large as its request (THREATS row 27).
-    pub subjects: Vec<String>,
+    pub subjects: Vec<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subjects_omitted: Option<usize>,
     /// Digest of the omitted subjects (newline-joined): HMAC with the audit key when one is
@@ -71,7 +72,7 @@ pub struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subjects_digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
+    pub host: Option<Cow<'a, str>>,
     pub decision: Outcome,
     /// Stable reason code.
     pub reason: &'a str,
@@ -237,7 +238,10 @@ impl Audit {
 
     /// The subjects of one line: the first [`MAX_SUBJECTS`] as identifiers, and for the rest
     /// their number and one digest.
-    pub fn subjects(&self, all: &[String]) -> (Vec<String>, Option<usize>, Option<String>) {
+    pub fn subjects<'s>(
+        &self,
+        all: &'s [String],
+    ) -> (Vec<Cow<'s, str>>, Option<usize>, Option<String>) {
         let shown = all.len().min(MAX_SUBJECTS);
         let listed = all[..shown].iter().map(|s| self.identifier(s)).collect();
         if shown == all.len() {
@@ -245,7 +249,7 @@ impl Audit {
         }
         let rest = all[shown..].join("\n");
         let digest = match &self.key {
-            Some(_) => self.identifier(&rest),
+            Some(_) => self.identifier(&rest).into_owned(),
             None => {
                 use sha2::Digest;
                 format!(
@@ -258,19 +262,22 @@ impl Audit {
     }
 
     /// An identifier as it may appear in the trail: itself, or its HMAC.
-    pub fn identifier(&self, id: &str) -> String {
+    /// `id` as the trail shows it: itself, or its HMAC when a key is configured.
+    pub fn identifier<'s>(&self, id: &'s str) -> Cow<'s, str> {
         match &self.key {
-            None => id.to_owned(),
+            None => Cow::Borrowed(id),
             Some(key) => {
                 let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
                     .expect("HMAC takes keys of any length");
                 mac.update(id.as_bytes());
-                format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+                Cow::Owned(format!(
+                    "hmac-sha256:{}",
+                    hex::encode(mac.finalize().into_bytes())
+                ))
             }
         }
     }
 
-    /// Whether the last write succeeded (true before the first): `/readyz` reports it.
     pub fn writable(&self) -> bool {
         self.writable.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -362,9 +369,21 @@ fn group_commit(mut sink: Sink, queue: &mpsc::Receiver<Job>, coming: &group::Com
     }
 }
 
-/// Now, as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+/// A moment of the trail, written as RFC 3339 UTC with milliseconds (formatted straight into
+/// the line, not through a `String`).
+#[derive(Clone, Copy, Debug)]
+pub struct Timestamp(std::time::SystemTime);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self(std::time::SystemTime::now())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
 }
 
 #[cfg(test)]
@@ -387,14 +406,14 @@ mod tests {
 
     fn record(subject: String) -> Record<'static> {
         Record {
-            time: now_rfc3339(),
+            time: Timestamp::now(),
             action: Action::CredentialMaterial,
             consumer: "gw",
             team: Some("payments"),
-            subjects: vec![subject],
+            subjects: vec![subject.into()],
             subjects_omitted: None,
             subjects_digest: None,
-            host: Some("api.partner.example".to_owned()),
+            host: Some("api.partner.example".into()),
             decision: Outcome::Allowed,
             reason: "allowed",
             repairs: vec![],
@@ -416,7 +435,9 @@ mod tests {
         assert_eq!(listed.len(), MAX_SUBJECTS);
         assert_eq!(omitted, Some(5000 - MAX_SUBJECTS));
         assert!(digest.unwrap().starts_with("sha256:"));
-        assert_eq!(plain.subjects(&all[..3]), (all[..3].to_vec(), None, None));
+        let (few, none, no_digest) = plain.subjects(&all[..3]);
+        assert_eq!(few, all[..3].iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        assert_eq!((none, no_digest), (None, None));
         let keyed = Audit::open(&config(dir.path(), Some(&"k".repeat(32)))).unwrap();
         let (listed, _, digest) = keyed.subjects(&all);
         assert!(listed.iter().all(|s| s.starts_with("hmac-sha256:")));
@@ -428,11 +449,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let audit = Audit::open(&config(dir.path(), None)).unwrap();
         audit
-            .write(&record(audit.identifier("partner-api")))
+            .write(&record(audit.identifier("partner-api").into_owned()))
             .await
             .unwrap();
         audit
-            .write(&record(audit.identifier("other")))
+            .write(&record(audit.identifier("other").into_owned()))
             .await
             .unwrap();
         let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();

@@ -77,15 +77,16 @@ impl Broker {
             Some(Caller::Consumer(c)) => (c.name(), Some(c.team())),
         };
         let (subjects, subjects_omitted, subjects_digest) = audit.subjects(&e.subjects);
+        let host = e.host.map(ToString::to_string);
         let record = Record {
-            time: crate::audit::now_rfc3339(),
+            time: crate::audit::Timestamp::now(),
             action: e.action,
             consumer,
             team,
             subjects,
             subjects_omitted,
             subjects_digest,
-            host: e.host.map(|h| audit.identifier(&h.to_string())),
+            host: host.as_deref().map(|h| audit.identifier(h)),
             decision: e.decision,
             reason: e.reason,
             repairs: e.repairs,

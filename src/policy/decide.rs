@@ -5,7 +5,8 @@
 use serde::Serialize;
 
 use super::host::Destination;
-use super::model::{Credential, Policy, ReadAccess};
+use super::host::HostPattern;
+use super::model::{Credential, PathPattern, Policy, ReadAccess};
 use crate::reference::SecretPath;
 
 /// What is asked for.
@@ -62,26 +63,103 @@ impl std::fmt::Display for DecisionReason {
     }
 }
 
-/// The outcome, with enough to explain it.
+/// The outcome, with enough to explain it. It borrows from the policy: the rule's text is
+/// only written when someone reads it (`policy explain`, a debug log), not on every decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Decision {
+pub struct Decision<'p> {
     pub allowed: bool,
     pub reason: DecisionReason,
     /// The rule that allowed (or, for host denials, the grant or credential considered).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<Rule<'p>>,
     /// The consumer's team, when the consumer is known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub team: Option<String>,
+    pub team: Option<&'p str>,
 }
 
-impl Decision {
-    fn deny(reason: DecisionReason, team: Option<&str>, rule: Option<String>) -> Self {
+/// The rule a decision rests on, printed as `grant <team> <source>:<path>` or
+/// `credential <team>/<name> (<why>)`, with `; host <pattern>` when a destination matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule<'p> {
+    Grant {
+        team: &'p str,
+        source: &'p str,
+        path: &'p PathPattern,
+        host: Option<&'p HostPattern>,
+    },
+    Credential {
+        team: &'p str,
+        name: &'p str,
+        why: &'static str,
+        host: Option<&'p HostPattern>,
+    },
+}
+
+impl<'p> Rule<'p> {
+    fn with_host(self, pattern: &'p HostPattern) -> Self {
+        match self {
+            Self::Grant {
+                team, source, path, ..
+            } => Self::Grant {
+                team,
+                source,
+                path,
+                host: Some(pattern),
+            },
+            Self::Credential {
+                team, name, why, ..
+            } => Self::Credential {
+                team,
+                name,
+                why,
+                host: Some(pattern),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Rule<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = match self {
+            Self::Grant {
+                team,
+                source,
+                path,
+                host,
+            } => {
+                write!(f, "grant {team} {source}:{path}")?;
+                host
+            }
+            Self::Credential {
+                team,
+                name,
+                why,
+                host,
+            } => {
+                write!(f, "credential {team}/{name} ({why})")?;
+                host
+            }
+        };
+        match host {
+            Some(p) => write!(f, "; host {p}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Serialize for Rule<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'p> Decision<'p> {
+    fn deny(reason: DecisionReason, team: Option<&'p str>, rule: Option<Rule<'p>>) -> Self {
         Self {
             allowed: false,
             reason,
             rule,
-            team: team.map(str::to_owned),
+            team,
         }
     }
 }
@@ -117,7 +195,7 @@ impl Policy {
         consumer: &str,
         subject: Subject<'_>,
         host: Option<&Destination>,
-    ) -> Decision {
+    ) -> Decision<'_> {
         let Some(c) = self.consumers.iter().find(|c| c.name == consumer) else {
             return Decision::deny(DecisionReason::UnknownConsumer, None, None);
         };
@@ -134,7 +212,12 @@ impl Policy {
                     let Some(p) = g.paths.iter().find(|p| p.matches(path)) else {
                         continue;
                     };
-                    let rule = format!("grant {} {}:{}", g.team, g.source, p);
+                    let rule = Rule::Grant {
+                        team: &g.team,
+                        source: &g.source,
+                        path: p,
+                        host: None,
+                    };
                     let d = hosts_decision(&g.allowed_hosts, host, team, rule);
                     if d.allowed {
                         return d;
@@ -156,7 +239,7 @@ impl Policy {
         consumer: &str,
         name: &str,
         host: Option<&Destination>,
-    ) -> (Decision, Option<&Credential>) {
+    ) -> (Decision<'_>, Option<&Credential>) {
         let Some(c) = self.consumers.iter().find(|c| c.name == consumer) else {
             return (
                 Decision::deny(DecisionReason::UnknownConsumer, None, None),
@@ -173,7 +256,12 @@ impl Policy {
             (false, ReadAccess::Global) => "global",
             (false, _) => "shared",
         };
-        let rule = format!("credential {}/{} ({why})", cred.team, cred.name);
+        let rule = Rule::Credential {
+            team: &cred.team,
+            name: &cred.name,
+            why,
+            host: None,
+        };
         (
             hosts_decision(&cred.allowed_hosts, host, team, rule),
             Some(cred),
@@ -181,12 +269,12 @@ impl Policy {
     }
 }
 
-fn hosts_decision(
-    patterns: &[super::host::HostPattern],
+fn hosts_decision<'p>(
+    patterns: &'p [HostPattern],
     host: Option<&Destination>,
-    team: &str,
-    rule: String,
-) -> Decision {
+    team: &'p str,
+    rule: Rule<'p>,
+) -> Decision<'p> {
     let Some(dest) = host else {
         return Decision::deny(DecisionReason::HostRequired, Some(team), Some(rule));
     };
@@ -197,8 +285,8 @@ fn hosts_decision(
         Some(p) => Decision {
             allowed: true,
             reason: DecisionReason::Allowed,
-            rule: Some(format!("{rule}; host {p}")),
-            team: Some(team.to_owned()),
+            rule: Some(rule.with_host(p)),
+            team: Some(team),
         },
         None => Decision::deny(DecisionReason::HostNotAllowed, Some(team), Some(rule)),
     }
