@@ -21,6 +21,7 @@ mod ops;
 mod plan;
 mod read;
 mod resolve;
+mod seen;
 
 pub(crate) use audit::AuditEntry;
 pub use audit::AuditRefused;

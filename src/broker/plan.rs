@@ -93,13 +93,12 @@ pub(super) fn request_of(r: &Reference) -> Result<ReadRequest, Reason> {
 /// call (a source would answer ENAMETOOLONG, 414 or a URI error — THREATS row 20).
 pub(super) fn check_lengths(path: &crate::reference::SecretPath) -> Result<(), Reason> {
     use crate::source::{MAX_PATH_BYTES, MAX_SEGMENT_BYTES};
-    let segments = path.segments();
-    if segments.iter().any(|s| s.len() > MAX_SEGMENT_BYTES) {
+    if path.iter().any(|s| s.len() > MAX_SEGMENT_BYTES) {
         return Err(Reason::InvalidReference(
             "a path segment is longer than 255 bytes",
         ));
     }
-    let total: usize = segments.iter().map(|s| s.len() + 1).sum();
+    let total: usize = path.iter().map(|s| s.len() + 1).sum();
     if total > MAX_PATH_BYTES + 1 {
         return Err(Reason::InvalidReference(
             "the path is longer than 1024 bytes",

@@ -1,8 +1,8 @@
 //! `Broker::resolve`: prepare → plan → read → render, all or nothing, one audit line.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
+use super::seen::FirstSeen;
 use super::{
     AuditEntry, AuditRefused, Broker, Caller, Document, ReadKey, RepairUse, Resolution,
     ResolveError, ResolveMetadata, SecretUse, source_reason,
@@ -113,32 +113,32 @@ impl Broker {
         }
 
         // Each distinct reference is mapped once; each distinct read happens once.
-        let mut order: Vec<ReadKey> = Vec::new();
-        let mut read_index: HashMap<ReadKey, usize> = HashMap::new();
-        let mut plan: HashMap<&Reference, Result<usize, Reason>> = HashMap::new();
+        let mut reads: FirstSeen<ReadKey> = FirstSeen::new();
+        let mut references: FirstSeen<&Reference> = FirstSeen::new();
+        let mut steps: Vec<Result<usize, Reason>> = Vec::new();
         for (reference, _) in prepared.references_unlocated() {
-            if plan.contains_key(reference) {
+            if !references.insert(reference).1 {
                 continue;
             }
             subjects.push(reference.to_string());
-            let step = self.plan(policy, caller, reference, host).map(|key| {
-                *read_index.entry(key.clone()).or_insert_with(|| {
-                    order.push(key);
-                    order.len() - 1
-                })
-            });
-            plan.insert(reference, step);
-            if order.len() > self.limits.max_references {
+            let step = self
+                .plan(policy, caller, reference, host)
+                .map(|key| reads.insert(key).0);
+            steps.push(step);
+            if reads.len() > self.limits.max_references {
                 return Err(ResolveError::TooManyReferences {
                     limit: self.limits.max_references,
                 });
             }
         }
+        let order = reads.keys();
         // Through the cache; PEM values are repaired and verified before they are cached
         // (docs/DESIGN.md §4), so nothing unverified is ever written.
-        let secrets: Vec<Result<Fetched, SourceError>> = self.read_all(&order).await;
+        let secrets: Vec<Result<Fetched, SourceError>> = self.read_all(order).await;
         let lookup = |r: &Reference| -> Result<Resolved<'_>, Reason> {
-            let index = plan.get(r).cloned().unwrap_or(Err(Reason::UnknownSource))?;
+            let index = references
+                .get(&r)
+                .map_or(Err(Reason::UnknownSource), |i| steps[i].clone())?;
             let fetched = secrets[index].as_ref().map_err(source_reason)?;
             pick(r, &fetched.secret)
         };

@@ -134,6 +134,22 @@ impl PathPattern {
     /// reachable so far: O(pattern × path) whatever the `**`s (a backtracking match grows as
     /// path^(number of `**`), and the consumer chooses the path).
     pub fn matches(&self, path: &SecretPath) -> bool {
+        // Without `**` a pattern matches segment by segment: no allocation on the hot path.
+        if !self.segments.iter().any(|p| p == "**") {
+            let mut given = path.iter();
+            for p in &self.segments {
+                match given.next() {
+                    Some(s) if p == "*" || p == s => {}
+                    _ => return false,
+                }
+            }
+            return given.next().is_none();
+        }
+        self.matches_in_steps(path)
+    }
+
+    /// The general match, in O(pattern × path) steps whatever the number of wildcards.
+    fn matches_in_steps(&self, path: &SecretPath) -> bool {
         let path = path.segments();
         // reach[j]: the pattern so far matches exactly the first j segments.
         let mut reach = vec![false; path.len() + 1];
@@ -211,8 +227,10 @@ mod tests {
             segs in prop::collection::vec(prop::sample::select(vec!["a", "b"]), 1..9),
         ) {
             let p = PathPattern::parse(&pat.join("/")).unwrap();
-            let got = p.matches(&SecretPath::from_segments(segs.iter().copied()).unwrap());
-            prop_assert_eq!(got, oracle(&pat, &segs));
+            let given = SecretPath::from_segments(segs.iter().copied()).unwrap();
+            prop_assert_eq!(p.matches(&given), oracle(&pat, &segs));
+            // The segment-by-segment path for patterns without `**` and the general one agree.
+            prop_assert_eq!(p.matches_in_steps(&given), oracle(&pat, &segs));
         }
     }
 
