@@ -77,8 +77,13 @@ impl EtagKey {
             mac.update(p);
         }
         let digest = mac.finalize().into_bytes();
-        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
-        format!("\"kb1-{}\"", &text[..22])
+        // The first 22 base64 digits of the MAC (those of its first 17 bytes), in one string.
+        let mut tag = String::with_capacity(28);
+        tag.push_str("\"kb1-");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(&digest[..17], &mut tag);
+        tag.truncate(5 + 22);
+        tag.push('"');
+        tag
     }
 }
 
@@ -242,6 +247,22 @@ fn not_modified(etag: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tag is the first 22 base64 digits of the whole MAC, as it always was: replicas
+    /// sharing `etag_key_file` across an upgrade keep matching each other's tags.
+    #[test]
+    fn tags_keep_their_format() {
+        let key = EtagKey::keyed(b"0123456789abcdef");
+        let mut mac = key.0.clone();
+        mac.update(&3u64.to_be_bytes());
+        mac.update(b"abc");
+        let whole =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        assert_eq!(
+            key.tag([b"abc".as_slice()]),
+            format!("\"kb1-{}\"", &whole[..22])
+        );
+    }
 
     #[test]
     fn tags_are_keyed_short_and_split_aware() {

@@ -120,7 +120,7 @@ impl Broker {
             if !references.insert(reference).1 {
                 continue;
             }
-            subjects.push(reference.to_string());
+            subjects.push(sized_text(reference));
             let step = self
                 .plan(policy, caller, reference, host)
                 .map(|key| reads.insert(key).0);
@@ -158,7 +158,7 @@ impl Broker {
             metadata.stale |= fetched.as_ref().is_ok_and(|f| f.stale);
             metadata.secrets.push(SecretUse {
                 source: source.to_string(),
-                path: req.path.to_string(),
+                path: sized_text(&req.path),
                 version: checked
                     .and_then(|c| c.secret.meta().version)
                     .or(req.version),
@@ -166,7 +166,7 @@ impl Broker {
             for (field, repairs) in checked.map_or(&[][..], |c| &c.repaired[..]) {
                 metadata.repairs.push(RepairUse {
                     source: source.to_string(),
-                    path: req.path.to_string(),
+                    path: sized_text(&req.path),
                     field: field.clone(),
                     repairs: repairs.clone(),
                 });
@@ -178,6 +178,16 @@ impl Broker {
             metadata,
         })
     }
+}
+
+/// `value` as text, usually in one allocation (`to_string` starts from an empty string and
+/// grows it several times for a reference or a path).
+fn sized_text(value: &impl std::fmt::Display) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64);
+    // Writing into a `String` cannot fail.
+    let _ = write!(out, "{value}");
+    out
 }
 
 /// The names of the repairs in `lists`, for the audit trail.

@@ -387,7 +387,12 @@ fn new_marker() -> String {
 }
 
 fn placeholder(marker: &str, index: usize) -> String {
-    format!("{marker}{index}_")
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(marker.len() + 21);
+    out.push_str(marker);
+    // Writing into a `String` cannot fail.
+    let _ = write!(out, "{index}_");
+    out
 }
 
 /// 1-based line and column (in characters) of each byte offset in `text`, in the order
