@@ -158,4 +158,39 @@ fn the_fuzz_lock_file_is_in_step_with_the_main_one() {
         behind.is_empty(),
         "fuzz/Cargo.lock differs from Cargo.lock: {behind:?}"
     );
+    // A dependency added to the crate must reach the fuzz lock too (a fuzz build would
+    // otherwise rewrite it): every `[dependencies]` entry of Cargo.toml is among keybroker's
+    // dependencies in fuzz/Cargo.lock.
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("Cargo.toml")).unwrap()).unwrap();
+    let fuzzed = crate_dependencies(&root.join("fuzz/Cargo.lock"));
+    let missing: Vec<&String> = manifest["dependencies"]
+        .as_table()
+        .unwrap()
+        .keys()
+        .filter(|d| !fuzzed.contains(*d))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "fuzz/Cargo.lock lacks keybroker's dependencies {missing:?}"
+    );
+}
+
+/// The names of the `dependencies` of the `keybroker` package in a Cargo.lock.
+fn crate_dependencies(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lock: toml::Table = toml::from_str(&text).unwrap();
+    let package = lock["package"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("keybroker"))
+        .expect("keybroker is in the lock file");
+    package["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        // `name` or `name version` (when the lock holds several versions of it).
+        .map(|d| d.as_str().unwrap().split(' ').next().unwrap().to_owned())
+        .collect()
 }

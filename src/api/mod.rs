@@ -142,7 +142,11 @@ impl AppState {
     /// The authenticated caller of a request.
     async fn caller(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let snapshot = self.broker.policy();
-        let tls = self.tls.as_ref().map(|t| t.current());
+        // The verifier checks forwarded certificates only: no TLS generation to load otherwise.
+        let tls = match (&self.tls, &self.auth.cert_header) {
+            (Some(t), Some(_)) => Some(t.current()),
+            _ => None,
+        };
         let authenticated = self.auth.authenticate(
             &snapshot,
             peer.map(|p| p.addr.ip()),
