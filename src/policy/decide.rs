@@ -80,67 +80,36 @@ pub struct Decision<'p> {
 /// The rule a decision rests on, printed as `grant <team> <source>:<path>` or
 /// `credential <team>/<name> (<why>)`, with `; host <pattern>` when a destination matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rule<'p> {
+pub struct Rule<'p> {
+    pub basis: Basis<'p>,
+    /// The `allowed_hosts` entry the destination matched.
+    pub host: Option<&'p HostPattern>,
+}
+
+/// What a [`Rule`] grants from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Basis<'p> {
     Grant {
         team: &'p str,
         source: &'p str,
         path: &'p PathPattern,
-        host: Option<&'p HostPattern>,
     },
     Credential {
         team: &'p str,
         name: &'p str,
         why: &'static str,
-        host: Option<&'p HostPattern>,
     },
-}
-
-impl<'p> Rule<'p> {
-    fn with_host(self, pattern: &'p HostPattern) -> Self {
-        match self {
-            Self::Grant {
-                team, source, path, ..
-            } => Self::Grant {
-                team,
-                source,
-                path,
-                host: Some(pattern),
-            },
-            Self::Credential {
-                team, name, why, ..
-            } => Self::Credential {
-                team,
-                name,
-                why,
-                host: Some(pattern),
-            },
-        }
-    }
 }
 
 impl std::fmt::Display for Rule<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let host = match self {
-            Self::Grant {
-                team,
-                source,
-                path,
-                host,
-            } => {
-                write!(f, "grant {team} {source}:{path}")?;
-                host
-            }
-            Self::Credential {
-                team,
-                name,
-                why,
-                host,
-            } => {
+        match self.basis {
+            Basis::Grant { team, source, path } => write!(f, "grant {team} {source}:{path}")?,
+            Basis::Credential { team, name, why } => {
                 write!(f, "credential {team}/{name} ({why})")?;
-                host
             }
-        };
-        match host {
+        }
+        match self.host {
             Some(p) => write!(f, "; host {p}"),
             None => Ok(()),
         }
@@ -212,10 +181,12 @@ impl Policy {
                     let Some(p) = g.paths.iter().find(|p| p.matches(path)) else {
                         continue;
                     };
-                    let rule = Rule::Grant {
-                        team: &g.team,
-                        source: &g.source,
-                        path: p,
+                    let rule = Rule {
+                        basis: Basis::Grant {
+                            team: &g.team,
+                            source: &g.source,
+                            path: p,
+                        },
                         host: None,
                     };
                     let d = hosts_decision(&g.allowed_hosts, host, team, rule);
@@ -256,10 +227,12 @@ impl Policy {
             (false, ReadAccess::Global) => "global",
             (false, _) => "shared",
         };
-        let rule = Rule::Credential {
-            team: &cred.team,
-            name: &cred.name,
-            why,
+        let rule = Rule {
+            basis: Basis::Credential {
+                team: &cred.team,
+                name: &cred.name,
+                why,
+            },
             host: None,
         };
         (
@@ -285,7 +258,10 @@ fn hosts_decision<'p>(
         Some(p) => Decision {
             allowed: true,
             reason: DecisionReason::Allowed,
-            rule: Some(rule.with_host(p)),
+            rule: Some(Rule {
+                host: Some(p),
+                ..rule
+            }),
             team: Some(team),
         },
         None => Decision::deny(DecisionReason::HostNotAllowed, Some(team), Some(rule)),

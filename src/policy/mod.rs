@@ -9,7 +9,7 @@ mod load;
 mod model;
 mod subject;
 
-pub use decide::{Decision, DecisionReason, Rule, Subject};
+pub use decide::{Basis, Decision, DecisionReason, Rule, Subject};
 pub use host::{Destination, HostError, HostPattern};
 pub use load::{KnownSources, PolicyError, load, load_checked};
 pub use model::{
