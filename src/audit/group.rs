@@ -74,8 +74,8 @@ pub enum Closed {
 pub const MAX_BATCH: usize = 1024;
 
 /// Adds to `batch` (which holds the batch's first job) what is queued and what is announced,
-/// within `window`. The writer hands its lines over *before* dropping its ticket, so a zero
-/// count followed by one more drain misses nothing.
+/// within `window`. A line whose ticket is dropped just before it is queued may miss this
+/// batch and start the next one; the drain after a zero count takes what is already queued.
 pub fn collect<J>(
     queue: &Receiver<J>,
     coming: &Coming,
@@ -149,7 +149,7 @@ mod tests {
                 (batch, closed)
             }
         });
-        // The announced request hands its line over, then drops its ticket, as write() does.
+        // The line comes while its ticket is still held: the batch must be waiting for it.
         tx.send(1).unwrap();
         drop(ticket);
         let (batch, closed) = writer.join().unwrap();

@@ -323,11 +323,13 @@ impl Audit {
             Writer::Grouped(jobs, _) => jobs,
         };
         let (done, written) = tokio::sync::oneshot::channel();
-        // The writer thread lives as long as `self`; a send or receive failure means it died.
-        let sent = jobs.send((line, done));
-        // Handed over first, then no longer to come: the writer's count never misses it.
+        // No longer to come, then handed over. A batch that closes in between misses this
+        // line, which then opens the next batch at once; the other order could leave the
+        // writer waiting out a whole gap for a line it already holds.
         drop(ticket);
-        sent.map_err(|_| AuditError::Write(std::io::ErrorKind::BrokenPipe))?;
+        // The writer thread lives as long as `self`; a send or receive failure means it died.
+        jobs.send((line, done))
+            .map_err(|_| AuditError::Write(std::io::ErrorKind::BrokenPipe))?;
         match written.await {
             Ok(result) => result.map_err(AuditError::Write),
             Err(_) => Err(AuditError::Write(std::io::ErrorKind::BrokenPipe)),
