@@ -22,8 +22,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { u=$1; shift; i=0; until curl -so /dev/null "$@" "$u"; do i=$((i+1)); [ $i -lt 200 ] || { echo "no answer from $u" >&2; exit 1; }; sleep 0.05; done; }
+. "$root/bench/lib.sh"
 
 sh examples/tls/gen-certs.sh "$work/pki" >/dev/null
 up=$(port); kb=$(port); eg=$(port)
@@ -56,14 +55,8 @@ json.dump({"cert": read("gateway.pem"), "key": read("gateway-key.pem"), "ca": re
           open(f"{w}/secrets/partner/api.json", "w"))
 PY
 token=bench-egress-token
-sha=$(printf %s "$token" | sha256sum | cut -d' ' -f1)
-cat >"$work/policies/p.toml" <<TOML
-[[team]]
-slug = "bench"
-[[consumer]]
-name = "workflow"
-team = "bench"
-token_sha256 = "$sha"
+bench_policy "$work/policies/p.toml" workflow "$token"
+cat >>"$work/policies/p.toml" <<TOML
 [[credential]]
 name = "partner-api"
 mode = "mtls"

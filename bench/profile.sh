@@ -19,22 +19,13 @@ work=$(mktemp -d)
 pids=""
 cleanup() { for p in $pids; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  i=0; until curl -sfo /dev/null "$1"; do i=$((i+1)); [ $i -lt 200 ] || { echo "no answer from $1" >&2; exit 1; }; sleep 0.05; done
-}
+. "$root/bench/lib.sh"
 
 mkdir -p "$work/secrets/bench" "$work/policies"
 printf %s "bench-secret-value-000000-0123456789abcdef" >"$work/secrets/bench/s-0"
 token=bench-token
-token_sha=$(printf %s "$token" | sha256sum | cut -d' ' -f1)
-cat >"$work/policies/bench.toml" <<TOML
-[[team]]
-slug = "bench"
-[[consumer]]
-name = "bench-gateway"
-team = "bench"
-token_sha256 = "$token_sha"
+bench_policy "$work/policies/bench.toml" bench-gateway "$token"
+cat >>"$work/policies/bench.toml" <<TOML
 [[grant]]
 team = "bench"
 source = "files"
@@ -62,7 +53,6 @@ bytes=$(curl -s -H "Authorization: Bearer $token" -H 'Content-Type: application/
 pid_base=$!; pids="$pids $pid_base"
 wait_http "http://127.0.0.1:$base/"
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 row() { # label pid url [loadgen args]
   label=$1; pid=$2; url=$3; shift 3

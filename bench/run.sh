@@ -23,11 +23,7 @@ pids=""
 cleanup() { for p in $pids; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url [curl options]
-  u=$1; shift
-  i=0; until curl -sfo /dev/null "$@" "$u"; do i=$((i+1)); [ $i -lt 200 ] || { echo "no answer from $u" >&2; exit 1; }; sleep 0.05; done
-}
+. "$root/bench/lib.sh"
 
 # --- OpenBao with $SECRETS secrets under secret/bench/s-<i> -----------------------------------
 bao_port=$(port)
@@ -56,14 +52,8 @@ ccp_dir=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dir"]
 sh examples/tls/gen-certs.sh "$work/pki" >/dev/null
 mkdir -p "$work/policies"
 token=bench-token
-token_sha=$(printf %s "$token" | sha256sum | cut -d' ' -f1)
-cat >"$work/policies/bench.toml" <<TOML
-[[team]]
-slug = "bench"
-[[consumer]]
-name = "bench-gateway"
-team = "bench"
-token_sha256 = "$token_sha"
+bench_policy "$work/policies/bench.toml" bench-gateway "$token"
+cat >>"$work/policies/bench.toml" <<TOML
 vault_api_host = "a.bench.example"
 [[consumer]]
 name = "bench-gateway-cert"
@@ -133,8 +123,6 @@ wait_http "http://127.0.0.1:$base/"
 
 material_body='{"host":"api.partner.example"}'
 tlsopts="--cacert $work/pki/ca.pem --cert $work/pki/gateway.pem --key $work/pki/gateway-key.pem"
-# Server CPU time (user + system, clock ticks) of a process, from /proc.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 run() { # label connections server-pid args...
   label=$1; c=$2; server=$3; shift 3
