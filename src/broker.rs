@@ -94,7 +94,8 @@ pub struct RepairUse {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SecretUse {
-    pub source: String,
+    /// The source's name as configured (shared with the source table).
+    pub source: Arc<str>,
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,

@@ -205,7 +205,7 @@ pub fn ops_router(state: Arc<AppState>) -> Router {
 /// no trusted proxy).
 pub fn router(state: Arc<AppState>) -> Router {
     // Every `/v1/` handler takes an [`Authenticated`] caller first.
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -219,9 +219,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/reload", post(admin::reload))
         .route("/v1/admin/cache/purge", post(admin::purge))
         .fallback(not_found)
-        .layer(observe::Observe::layer(Arc::clone(&state)))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(Arc::clone(&state));
+    // Around the routing, not through `Router::layer` (observe.rs says why).
+    let limited = tower_layer::Layer::layer(&DefaultBodyLimit::max(MAX_BODY_BYTES), routes);
+    Router::new().fallback_service(observe::Observe::new(limited, state))
 }
 
 /// The caller of a `/v1/` request, found from the headers (and the connection's certificate).

@@ -1,8 +1,10 @@
 //! Around every route: the request timeout, JSON bodies for the router's own refusals, the
 //! per-route request counter and duration.
 //!
-//! A hand-written layer rather than `axum::middleware::from_fn`: that one clones and boxes the
-//! inner service on every request, which the cache-hit profile showed (docs/PERFORMANCE.md).
+//! A hand-written service around the whole router, not a `Router::layer`: a layer wraps every
+//! route in one more boxed service, cloned on every request, and `axum::middleware::from_fn`
+//! boxes once more — the cache-hit profile showed both (docs/PERFORMANCE.md). So the route is
+//! named here from the path, before routing, by [`route_of`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,36 +12,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState, ROUTES, change};
 
-/// The layer ([`Observe::layer`]) and the service it wraps each route in.
+/// The service around the router.
 #[derive(Clone)]
 pub(super) struct Observe<S> {
     inner: S,
     state: Arc<AppState>,
 }
 
-impl Observe<()> {
-    pub(super) fn layer(state: Arc<AppState>) -> ObserveLayer {
-        ObserveLayer(state)
-    }
-}
-
-#[derive(Clone)]
-pub(super) struct ObserveLayer(Arc<AppState>);
-
-impl<S> tower_layer::Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-
-    fn layer(&self, inner: S) -> Observe<S> {
-        Observe {
-            inner,
-            state: Arc::clone(&self.0),
-        }
+impl<S> Observe<S> {
+    pub(super) fn new(inner: S, state: Arc<AppState>) -> Self {
+        Self { inner, state }
     }
 }
 
@@ -57,11 +45,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .and_then(|m| ROUTES.iter().find(|(_, p)| *p == m.as_str()))
-            .map_or("other", |(_, p)| *p);
+        let route = route_of(request.uri().path());
         // A blocking query may take its `wait` beyond the request timeout.
         let wait = change::wait(request.uri().query())
             .ok()
@@ -84,6 +68,30 @@ where
             Ok(response)
         })
     }
+}
+
+/// The template in [`ROUTES`] that `path` falls under (whatever the method: a 405 counts
+/// against its route), or `other`. A `{…}` segment stands for any one non-empty segment, as in
+/// the router.
+pub(super) fn route_of(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .map(|(_, template)| *template)
+        .find(|template| fits(template, path))
+        .unwrap_or("other")
+}
+
+fn fits(template: &str, path: &str) -> bool {
+    let Some(brace) = template.find('{') else {
+        return template == path;
+    };
+    // `prefix{name}suffix`, where the name is one segment: no `/`, not empty.
+    let (prefix, rest) = template.split_at(brace);
+    let suffix = rest.find('}').map_or("", |end| &rest[end + 1..]);
+    path.len() > prefix.len() + suffix.len()
+        && path.starts_with(prefix)
+        && path.ends_with(suffix)
+        && !path[prefix.len()..path.len() - suffix.len()].contains('/')
 }
 
 /// The router's own refusals (405 from a route, 413 from the body limit, a body that is not
@@ -115,4 +123,40 @@ fn json_errors(response: Response) -> Response {
     );
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ROUTES, route_of};
+
+    #[test]
+    fn requests_are_named_by_their_route_template() {
+        for (_, template) in ROUTES {
+            // `fits` knows one placeholder per template.
+            assert!(template.matches('{').count() <= 1, "{template}");
+            let path = template.replace("{name}", "db-prod");
+            assert_eq!(route_of(&path), *template);
+        }
+        assert_eq!(route_of("/v1/resolve"), "/v1/resolve");
+        assert_eq!(route_of("/v1/credentials"), "/v1/credentials");
+        assert_eq!(route_of("/v1/credentials/db"), "/v1/credentials/{name}");
+        assert_eq!(
+            route_of("/v1/credentials/db/material"),
+            "/v1/credentials/{name}/material"
+        );
+        // Not a route: the label stays in a closed vocabulary whatever the caller sends.
+        for path in [
+            "/v1/credentials//material",
+            "/v1/credentials/",
+            "/v1/resolve/",
+            "/v1/resolve/x",
+            "/v1",
+            "/",
+            "",
+            "/V1/resolve",
+            "/v1/credentials/a/b/material",
+        ] {
+            assert_eq!(route_of(path), "other", "{path:?}");
+        }
+    }
 }

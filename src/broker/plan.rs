@@ -22,6 +22,7 @@ impl Broker {
             let source = self.source_of(r).map_err(|_| Reason::Denied)?;
             let request = request_of(r)?;
             authorize(policy, c.name(), source, &request, host)?;
+            return self.read_of(source, request);
         }
         self.read_key(r)
     }
@@ -45,8 +46,11 @@ impl Broker {
     /// the credentials', whose decision covers their own references).
     pub(super) fn read_key(&self, r: &Reference) -> Result<ReadKey, Reason> {
         let source = self.source_of(r)?;
+        self.read_of(source, request_of(r)?)
+    }
+
+    fn read_of(&self, source: &str, request: ReadRequest) -> Result<ReadKey, Reason> {
         let entry = self.sources.get(source).ok_or(Reason::UnknownSource)?;
-        let request = request_of(r)?;
         check_lengths(&request.path)?;
         Ok((std::sync::Arc::clone(&entry.name), request))
     }

@@ -157,7 +157,7 @@ impl Broker {
             let checked = fetched.as_ref().ok().map(|f| &*f.secret);
             metadata.stale |= fetched.as_ref().is_ok_and(|f| f.stale);
             metadata.secrets.push(SecretUse {
-                source: source.to_string(),
+                source: std::sync::Arc::clone(source),
                 path: sized_text(&req.path),
                 version: checked
                     .and_then(|c| c.secret.meta().version)
