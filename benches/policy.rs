@@ -79,6 +79,59 @@ fn bench(c: &mut Criterion) {
     c.bench_function("consumer_by_token_100_consumers", |b| {
         b.iter(|| identities.by_token(black_box("token-99")))
     });
+    large_policy(c);
+}
+
+/// A policy of a shared installation: 200 teams, 1,000 consumers, 2,000 credentials and 2,000
+/// grants. The decision for the last of each must not walk the whole policy.
+fn large_policy(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for t in 0..200 {
+        text.push_str(&format!("[[team]]\nslug = \"t{t}\"\n"));
+    }
+    for i in 0..1000 {
+        text.push_str(&format!(
+            "[[consumer]]\nname = \"c{i}\"\nteam = \"t{}\"\ntoken_sha256 = \"{}\"\n",
+            i % 200,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("token-{i}")))
+        ));
+    }
+    for i in 0..2000 {
+        let team = i % 200;
+        text.push_str(&format!(
+            "[[credential]]\nname = \"cred{i}\"\nmode = \"text\"\nteam = \"t{team}\"\n\
+             allowed_hosts = [\"*.t{team}.example\"]\nvalue = \"$SECRET_t{team}/c{i} $KEY_v\"\n\
+             [[grant]]\nteam = \"t{team}\"\nsource = \"vault\"\npaths = [\"t{team}/g{i}/*\"]\n\
+             allowed_hosts = [\"*.t{team}.example\"]\n"
+        ));
+    }
+    std::fs::write(dir.path().join("p.toml"), text).unwrap();
+    let policy = keybroker::policy::load(dir.path()).unwrap();
+    // c999 is in team t199, whose grants are the last ones of each round of 200.
+    let host = Destination::parse("gw.t199.example").unwrap();
+    let path = SecretPath::from_segments(["t199", "g1999", "key"]).unwrap();
+    c.bench_function("decide_reference_1000_consumers_2000_grants", |b| {
+        b.iter(|| {
+            policy.decide(
+                black_box("c999"),
+                Subject::Reference {
+                    source: "vault",
+                    path: black_box(&path),
+                },
+                Some(&host),
+            )
+        })
+    });
+    c.bench_function("decide_credential_1000_consumers_2000_credentials", |b| {
+        b.iter(|| {
+            policy.decide(
+                black_box("c999"),
+                Subject::Credential(black_box("cred1999")),
+                Some(&host),
+            )
+        })
+    });
 }
 
 criterion_group!(benches, bench);

@@ -206,9 +206,11 @@ const LARGE_OCCURRENCES: usize = 1000;
 /// other worker to move them to.
 fn heavy<T>(large: bool, work: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
+    // The runtime is asked only for large work: the lookup costs a small request as much as
+    // some of its parsing.
     let multi =
-        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if large && multi {
+        || Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if large && multi() {
         tokio::task::block_in_place(work)
     } else {
         work()

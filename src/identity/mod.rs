@@ -30,6 +30,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn new(policy: Policy) -> Self {
+        policy.build_index();
         let identities = Identities::of(&policy);
         Self { policy, identities }
     }

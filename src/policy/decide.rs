@@ -141,7 +141,14 @@ impl Policy {
         team: &str,
         name: &str,
     ) -> Result<&Credential, DecisionReason> {
-        let named = || self.credentials.iter().filter(move |c| c.name == name);
+        let index = self.index();
+        let named = || {
+            index
+                .credentials(name)
+                .iter()
+                .map(|&i| &self.credentials[i])
+                .filter(move |c| c.name == name)
+        };
         if let Some(own) = named().find(|c| c.team == team) {
             return Ok(own);
         }
@@ -165,7 +172,8 @@ impl Policy {
         subject: Subject<'_>,
         host: Option<&Destination>,
     ) -> Decision<'_> {
-        let Some(c) = self.consumers.iter().find(|c| c.name == consumer) else {
+        let index = self.index();
+        let Some(c) = self.consumer(&index, consumer) else {
             return Decision::deny(DecisionReason::UnknownConsumer, None, None);
         };
         let team = c.team.as_str();
@@ -173,9 +181,10 @@ impl Policy {
             Subject::Credential(name) => self.decide_credential(consumer, name, host).0,
             Subject::Reference { source, path } => {
                 let mut considered = None;
-                for g in self
-                    .grants
+                for g in index
+                    .grants(team, source)
                     .iter()
+                    .map(|&i| &self.grants[i])
                     .filter(|g| g.team == team && g.source == source)
                 {
                     let Some(p) = g.paths.iter().find(|p| p.matches(path)) else {
@@ -203,6 +212,14 @@ impl Policy {
 }
 
 impl Policy {
+    /// The consumer called `name` (the index's answer checked against the policy itself).
+    fn consumer(&self, index: &super::index::Index, name: &str) -> Option<&super::Consumer> {
+        index
+            .consumer(name)
+            .map(|i| &self.consumers[i])
+            .filter(|c| c.name == name)
+    }
+
     /// [`Policy::decide`] for a named credential, with the credential the decision is about
     /// (when the consumer can see one), so the caller does not look it up a second time.
     pub fn decide_credential(
@@ -211,7 +228,7 @@ impl Policy {
         name: &str,
         host: Option<&Destination>,
     ) -> (Decision<'_>, Option<&Credential>) {
-        let Some(c) = self.consumers.iter().find(|c| c.name == consumer) else {
+        let Some(c) = self.consumer(&self.index(), consumer) else {
             return (
                 Decision::deny(DecisionReason::UnknownConsumer, None, None),
                 None,

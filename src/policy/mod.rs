@@ -5,6 +5,7 @@
 
 mod decide;
 pub mod host;
+mod index;
 mod load;
 mod model;
 mod subject;

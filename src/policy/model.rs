@@ -201,6 +201,8 @@ pub struct Policy {
     /// What `check` warns about (the policy loaded anyway): overlapping issuer ACLs of
     /// different teams, credentials reading outside their team's grants.
     pub warnings: Vec<crate::diag::Diagnostic>,
+    /// Where decisions look up consumers, grants and credentials (policy/index.rs).
+    pub(super) index: super::index::Lazy,
 }
 
 #[cfg(test)]
