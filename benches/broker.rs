@@ -21,6 +21,13 @@ fn bench(c: &mut Criterion) {
         r#"{"username": "app", "password": "correct horse battery staple"}"#,
     )
     .unwrap();
+    for i in 0..5 {
+        std::fs::write(
+            dir.path().join(format!("demo/s{i}.json")),
+            format!(r#"{{"v": "value {i}"}}"#),
+        )
+        .unwrap();
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let broker = rt.block_on(async {
         Broker::new(
@@ -42,6 +49,24 @@ fn bench(c: &mut Criterion) {
     resolve(); // warm the cache
     c.bench_function("broker_resolve_one_reference_cache_hit", |b| {
         b.iter(resolve)
+    });
+    // Five distinct secrets, all cached: a gateway's usual mTLS bundle and then some.
+    let five = json!({
+        "a": "$SECRET_demo/s0 $KEY_v", "b": "$SECRET_demo/s1 $KEY_v", "c": "$SECRET_demo/s2 $KEY_v",
+        "d": "$SECRET_demo/s3 $KEY_v", "e": "$SECRET_demo/s4 $KEY_v"
+    });
+    let resolve_five = || {
+        rt.block_on(broker.resolve(
+            &Caller::Operator,
+            Document::JsonValue(black_box(five.clone())),
+            Layout::Compact,
+            None,
+        ))
+        .unwrap()
+    };
+    resolve_five();
+    c.bench_function("broker_resolve_five_secrets_cache_hit", |b| {
+        b.iter(resolve_five)
     });
 }
 

@@ -310,6 +310,13 @@ impl SecretCache {
         }
     }
 
+    /// The answer for `key` if a fresh entry holds it (exactly what [`Self::get_or_fetch`]
+    /// answers then), else `None`: for callers that want a hit without preparing a miss.
+    pub async fn hit(&self, key: &CacheKey) -> Option<Result<Fetched, SourceError>> {
+        let entry = self.inner.get(key).await?;
+        entry.fresh().then(|| entry.answer_hit(key, &self.pending))
+    }
+
     /// The secret for `key`: from the cache when fresh; else from `fetch` (one call for all
     /// concurrent misses); else, if the source is unavailable, the stale entry.
     pub async fn get_or_fetch<F, Fut>(

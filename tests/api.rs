@@ -242,3 +242,58 @@ async fn flattened_pem_is_repaired_and_broken_pem_refused() {
         );
     }
 }
+
+/// Cached and uncached secrets in one document (hits are answered inline, misses read from
+/// the source): values and metadata in document order, a cached value served from the cache,
+/// and one missing secret fails the whole document.
+#[tokio::test]
+async fn hits_and_misses_in_one_document_answer_in_document_order() {
+    let (app, dir) = app();
+    let team = dir.path().join("secrets/team");
+    for name in ["a", "b", "c"] {
+        std::fs::write(
+            team.join(format!("{name}.json")),
+            json!({ "v": format!("value-{name}") }).to_string(),
+        )
+        .unwrap();
+    }
+    let ask = |doc: Value| json!({ "document": doc }).to_string();
+    let (status, _, _) = post(
+        &app,
+        Some(TOKEN),
+        &ask(json!({"x": "$SECRET_team/a $KEY_v"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let three = ask(json!({
+        "p": "$SECRET_team/c $KEY_v", "q": "$SECRET_team/a $KEY_v", "r": "$SECRET_team/b $KEY_v"
+    }));
+    let (status, _, body) = post(&app, Some(TOKEN), &three).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["document"],
+        json!({"p": "value-c", "q": "value-a", "r": "value-b"})
+    );
+    let paths: Vec<&str> = v["metadata"]["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["team/c", "team/a", "team/b"]);
+
+    // All three are cached now: a changed file is not read again within the TTL.
+    std::fs::write(team.join("b.json"), json!({"v": "changed"}).to_string()).unwrap();
+    let (status, _, body) = post(&app, Some(TOKEN), &three).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["document"]["r"], "value-b");
+
+    let with_missing = ask(json!({"q": "$SECRET_team/a $KEY_v", "z": "$SECRET_team/none $KEY_v"}));
+    let (status, _, body) = post(&app, Some(TOKEN), &with_missing).await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert!(!body.contains("value-a"), "{body}");
+    assert!(body.contains("not_found"), "{body}");
+}
