@@ -115,9 +115,10 @@ impl fmt::Display for Reference {
             } => {
                 f.write_str("$SECRET_")?;
                 if let Some(source) = source {
-                    write!(f, "{source}:")?;
+                    f.write_str(source)?;
+                    f.write_str(":")?;
                 }
-                write!(f, "{path}")?;
+                fmt::Display::fmt(path, f)?;
                 if let Some(v) = version {
                     write!(f, "@{v}")?;
                 }
@@ -130,7 +131,8 @@ impl fmt::Display for Reference {
             }
         }
         if let Some(field) = &self.field {
-            write!(f, " $KEY_{field}")?;
+            f.write_str(" $KEY_")?;
+            f.write_str(field)?;
         }
         Ok(())
     }
@@ -528,23 +530,47 @@ fn check_decoded_segment(seg: &str) -> Result<(), ParseErrorKind> {
 }
 
 fn write_encoded(f: &mut fmt::Formatter<'_>, seg: &str) -> fmt::Result {
-    // Runs of segment bytes (ASCII) are written whole: most segments are one run.
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // Runs of segment bytes (ASCII) are written whole: most segments are one run. A run
+    // starts and ends next to ASCII bytes or the ends, so it is sliced on char boundaries.
     let bytes = seg.as_bytes();
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if !is_segment_byte(b) {
-            f.write_str(std::str::from_utf8(&bytes[run..i]).map_err(|_| fmt::Error)?)?;
-            write!(f, "%{b:02X}")?;
+            if run < i {
+                f.write_str(&seg[run..i])?;
+            }
+            let escaped = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+            f.write_str(std::str::from_utf8(&escaped).map_err(|_| fmt::Error)?)?;
             run = i + 1;
         }
     }
-    f.write_str(std::str::from_utf8(&bytes[run..]).map_err(|_| fmt::Error)?)
+    if run < bytes.len() {
+        f.write_str(&seg[run..])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ParseErrorKind as K;
+
+    proptest::proptest! {
+        /// Any segment a path may hold prints as a reference that parses back to it
+        /// (percent-encoding runs are sliced on char boundaries whatever the characters).
+        #[test]
+        fn any_segment_prints_and_parses_back(seg in "\\PC{1,12}", tail in "[ -~]{1,6}") {
+            if let Ok(path) = SecretPath::from_segments([seg.as_str(), tail.as_str()]) {
+                let r = Reference {
+                    target: Target::Secret { source: None, path, version: None },
+                    field: Some("k".to_owned()),
+                };
+                let text = r.to_string();
+                proptest::prop_assert_eq!(parse_reference(&text).unwrap(), r, "{}", text);
+            }
+        }
+    }
 
     fn secret(path: &str, field: Option<&str>) -> Reference {
         Reference {
