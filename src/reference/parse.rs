@@ -441,7 +441,7 @@ fn decode_ccp_name(raw: &str) -> Result<String, ParseErrorKind> {
     if let Some(c) = name.chars().find(|c| is_ccp_forbidden(*c)) {
         return Err(ParseErrorKind::CcpForbiddenCharacter { ch: c });
     }
-    Ok(name)
+    Ok(name.into_owned())
 }
 
 /// Characters CyberArk CCP does not accept inside a query value (docs/CCP-API.md).
@@ -482,11 +482,15 @@ fn is_field_byte(b: u8) -> bool {
 }
 
 /// Decodes one segment: `[A-Za-z0-9._-]` as is, `%XX` as a byte; the result must be UTF-8.
-fn decode_segment(raw: &str) -> Result<String, ParseErrorKind> {
+fn decode_segment(raw: &str) -> Result<std::borrow::Cow<'_, str>, ParseErrorKind> {
     if raw.is_empty() {
         return Err(ParseErrorKind::EmptySegment);
     }
     let bytes = raw.as_bytes();
+    // Most segments have no escape: they are their own decoding, and cost no allocation.
+    if bytes.iter().all(|&b| is_segment_byte(b)) {
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -510,7 +514,9 @@ fn decode_segment(raw: &str) -> Result<String, ParseErrorKind> {
             return Err(ParseErrorKind::InvalidCharacter { ch });
         }
     }
-    String::from_utf8(out).map_err(|_| ParseErrorKind::BadEscape)
+    String::from_utf8(out)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|_| ParseErrorKind::BadEscape)
 }
 
 fn check_decoded_segment(seg: &str) -> Result<(), ParseErrorKind> {
