@@ -265,6 +265,13 @@ impl io::Write for SecretBuf {
         Ok(bytes.len())
     }
 
+    /// One reservation and one copy: `write` takes everything or fails (serde_json writes
+    /// through here piece by piece, and the default `write_all` loops around `write`).
+    #[inline]
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write(bytes).map(|_| ())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
