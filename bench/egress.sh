@@ -14,15 +14,9 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "bench/egress.sh
 PATH="$PATH:/usr/sbin"
 cargo build --release --quiet ${CARGO_FLAGS:-} --bin keybroker --example loadgen
 bin=$root/target/release
-work=$(mktemp -d)
-pids=""
-cleanup() {
-  for p in $pids; do kill "$p" 2>/dev/null || true; done
-  nginx -p "$work/nginx" -c nginx.conf -s stop 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+before_cleanup() { nginx -p "$work/nginx" -c nginx.conf -s stop 2>/dev/null || true; }
 . "$root/bench/lib.sh"
+scratch
 
 sh examples/tls/gen-certs.sh "$work/pki" >/dev/null
 up=$(port); kb=$(port); eg=$(port)

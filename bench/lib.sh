@@ -1,5 +1,13 @@
 # Shared by bench/run.sh, bench/profile.sh and bench/egress.sh (sourced, not run).
 
+# A scratch folder `$work` and a list `$pids` of background processes, both cleaned up when the
+# script ends (processes first, then `before_cleanup` if the script defines it, then the folder).
+scratch() {
+  work=$(mktemp -d)
+  pids=""
+  trap 'for p in $pids; do kill "$p" 2>/dev/null || true; done; if command -v before_cleanup >/dev/null; then before_cleanup; fi; rm -rf "$work"' EXIT INT TERM
+}
+
 # A free loopback port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

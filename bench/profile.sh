@@ -23,11 +23,8 @@ if [ "${PERF:-0}" = 1 ] && [ "$(echo $FSYNC | wc -w)" -ne 1 ]; then
 fi
 cargo build --release --quiet --bin keybroker --example loadgen --example baseline
 bin=$root/target/release
-work=$(mktemp -d)
-pids=""
-cleanup() { for p in $pids; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
 . "$root/bench/lib.sh"
+scratch
 
 mkdir -p "$work/secrets/bench" "$work/policies"
 printf %s "bench-secret-value-000000-0123456789abcdef" >"$work/secrets/bench/s-0"

@@ -18,12 +18,8 @@ command -v bao >/dev/null || { echo "bench needs OpenBao's bao: pip install open
 # CARGO_FLAGS="--no-default-features" measures without the zeroizing allocator.
 cargo build --release --quiet ${CARGO_FLAGS:-} --bin keybroker --example loadgen --example baseline --example ccp-double --example rss
 bin=$root/target/release
-work=$(mktemp -d)
-pids=""
-cleanup() { for p in $pids; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
-
 . "$root/bench/lib.sh"
+scratch
 
 # --- OpenBao with $SECRETS secrets under secret/bench/s-<i> -----------------------------------
 bao_port=$(port)
