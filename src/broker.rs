@@ -22,6 +22,7 @@ mod plan;
 mod read;
 mod resolve;
 mod seen;
+mod verdict;
 
 pub(crate) use audit::AuditEntry;
 pub use audit::AuditRefused;
@@ -177,6 +178,8 @@ pub struct Broker {
     expiry_state: expiry::ExpiryState,
     /// The server's own certificate file, for the expiry sweep.
     server_cert: Option<PathBuf>,
+    /// Whole-credential verdicts, one per cache fill of the credential's values.
+    verdicts: verdict::Verdicts,
 }
 
 /// One configured source and everything the broker keeps for it.

@@ -239,6 +239,41 @@ async fn nginx_presents_the_agents_files_and_a_rotation_reaches_the_upstream_wit
             .starts_with("..")
     );
 
+    // The keystore opens with the tools Java gateways' operators use: openssl always, keytool
+    // where a JDK is installed. Both must find the key and the leaf of this credential.
+    let p12 = certs.join("keystore.p12");
+    let out = std::process::Command::new("openssl")
+        .args(["pkcs12", "-in", p12.to_str().unwrap(), "-nodes", "-passin"])
+        .arg("pass:changeit")
+        .output()
+        .expect("openssl runs (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "openssl pkcs12: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("BEGIN PRIVATE KEY") && text.contains("CN = gateway-v1"),
+        "{text}"
+    );
+    if let Ok(out) = std::process::Command::new("keytool")
+        .args([
+            "-list",
+            "-storetype",
+            "PKCS12",
+            "-storepass",
+            "changeit",
+            "-keystore",
+        ])
+        .arg(&p12)
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "keytool -list: {text}");
+        assert!(text.contains("PrivateKeyEntry"), "{text}");
+    }
+
     w.start_nginx();
     let client = reqwest::Client::new();
     let first = w.through_nginx(&client).await.expect("nginx answers");

@@ -44,7 +44,10 @@ async fn world() -> World {
     std::fs::write(
         root.join("secrets/partner/api.json"),
         serde_json::json!({
-            "cert": client.cert_pem, "key": client.key_pem, "ca": upstream_ca.pem,
+            // The root bundle anchors the client's chain (verified credentials) and is the
+            // trust for the upstream's certificate.
+            "cert": client.cert_pem, "key": client.key_pem,
+            "ca": format!("{}{}", upstream_ca.pem, partner.pem),
         })
         .to_string(),
     )
@@ -52,7 +55,8 @@ async fn world() -> World {
     std::fs::write(
         root.join("secrets/partner/wrong-ca.json"),
         serde_json::json!({
-            "cert": client.cert_pem, "key": client.key_pem, "ca": Ca::new("some other CA").pem,
+            "cert": client.cert_pem, "key": client.key_pem,
+            "ca": format!("{}{}", partner.pem, Ca::new("some other CA").pem),
         })
         .to_string(),
     )

@@ -126,17 +126,20 @@ impl Client {
                 .map_err(|e| FetchError::Unreachable(e.without_url().to_string()))?
                 .to_vec(),
         );
+        if status == 200 {
+            return Ok(Some((etag, bytes)));
+        }
+        // Error bodies hold codes, never values.
+        let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+            .unwrap_or_default();
         match status {
-            200 => Ok(Some((etag, bytes))),
-            500..=599 => Err(FetchError::Unreachable(format!("status {status}"))),
-            _ => {
-                // Error bodies hold codes, never values.
-                let code = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                Err(FetchError::Refused { status, code })
-            }
+            // A credential the server verified and refused is wrong until someone fixes it:
+            // a refusal, not "try again later".
+            502 if code == "credential_rejected" => Err(FetchError::Refused { status, code }),
+            500..=599 => Err(FetchError::Unreachable(format!("status {status} {code}"))),
+            _ => Err(FetchError::Refused { status, code }),
         }
     }
 

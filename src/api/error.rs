@@ -60,7 +60,15 @@ enum Details<'a> {
     None,
     References(&'a [crate::reference::ExpandError]),
     Roles(&'a [crate::broker::RoleError]),
+    Rejected([Rejected<'a>; 1]),
     Lines(Vec<String>),
+}
+
+/// A verification refusal in the shape of a role's failure (`role`, `reason`).
+#[derive(Serialize)]
+struct Rejected<'a> {
+    role: &'a str,
+    reason: &'a str,
 }
 
 impl Details<'_> {
@@ -69,6 +77,7 @@ impl Details<'_> {
             Self::None => true,
             Self::References(d) => d.is_empty(),
             Self::Roles(d) => d.is_empty(),
+            Self::Rejected(_) => false,
             Self::Lines(d) => d.is_empty(),
         }
     }
@@ -114,6 +123,9 @@ impl ApiError {
                     (StatusCode::BAD_GATEWAY, "credential_unresolved")
                 }
             }
+            Self::Credential(CredentialError::Rejected(_)) => {
+                (StatusCode::BAD_GATEWAY, "credential_rejected")
+            }
             Self::Reload(ReloadError::NoPolicies) => (StatusCode::CONFLICT, "no_policies"),
             Self::Reload(ReloadError::Invalid(_)) => (StatusCode::CONFLICT, "policy_invalid"),
             Self::TlsReload(_) => (StatusCode::CONFLICT, "tls_invalid"),
@@ -130,6 +142,10 @@ impl IntoResponse for ApiError {
         let details = match &self {
             Self::Resolve(ResolveError::Unresolved { errors, .. }) => Details::References(errors),
             Self::Credential(CredentialError::Unresolved(e)) => Details::Roles(e),
+            Self::Credential(CredentialError::Rejected(r)) => Details::Rejected([Rejected {
+                role: r.role,
+                reason: r.code,
+            }]),
             // Policy files are not secret; their diagnostics tell the admin what to fix.
             Self::Reload(ReloadError::Invalid(crate::policy::PolicyError::Invalid(list))) => {
                 Details::Lines(list.iter().map(ToString::to_string).collect())

@@ -128,6 +128,7 @@ impl Broker {
             expiry: crate::config::ExpiryConfig::default(),
             expiry_state: super::expiry::ExpiryState::default(),
             server_cert: None,
+            verdicts: super::verdict::Verdicts::default(),
         }
     }
 

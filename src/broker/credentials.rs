@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::{AuditEntry, Broker, Caller, pick, source_reason};
 use crate::audit::{Action, Outcome};
+use crate::pem::credential::{Parts, Rejection};
 use crate::pem::{self, BlockFacts, RepairKind};
 use crate::policy::{Credential, CredentialMode, Destination, Policy, ReadAccess};
 use crate::reference::{Reason, Reference, Resolved};
@@ -32,6 +33,10 @@ pub enum CredentialError {
     /// Its values could not be read or were rejected, by role.
     #[error("the credential's values could not be resolved")]
     Unresolved(Vec<RoleError>),
+    /// Its values were read, but do not make a usable mTLS credential together (a key that is
+    /// not the leaf's, a CA or expired leaf, a chain that does not reach the root…).
+    #[error("the credential was refused by verification: {}: {}", .0.role, .0.code)]
+    Rejected(Rejection),
     #[error("the audit trail cannot be written; refusing to answer")]
     AuditUnavailable,
 }
@@ -74,8 +79,12 @@ pub struct CredentialInfo {
     #[serde(flatten)]
     pub summary: CredentialSummary,
     pub metadata: BTreeMap<String, String>,
-    /// `ok`, or the reason code of the first value that could not be read.
+    /// `ok`; `rejected` when the values were read but verification refused the credential
+    /// (see `rejected`); else the reason code of the first value that could not be read.
     pub status: &'static str,
+    /// Why verification refused the credential: the role at fault and the code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Rejection>,
     /// When the client certificate (mtls) expires, RFC 3339 (also in `certificate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,
@@ -174,14 +183,28 @@ impl Broker {
             Ok(cred) => {
                 let values = self.read_roles(cred).await;
                 let (repairs, stale, certificate) = facts(cred, &values);
-                let status = values
-                    .iter()
-                    .find_map(|v| v.fetched.as_ref().err().map(Reason::code))
-                    .unwrap_or("ok");
+                let errors = role_errors(cred, &values);
+                let (unread, rejected) = if errors.is_empty() {
+                    (None, self.verdict(cred, &values).err())
+                } else {
+                    match unresolved(errors) {
+                        CredentialError::Rejected(r) => (None, Some(r)),
+                        CredentialError::Unresolved(e) => {
+                            (e.first().map(|r| r.reason.code()), None)
+                        }
+                        _ => (None, None),
+                    }
+                };
+                let status = match (unread, rejected) {
+                    (Some(code), _) => code,
+                    (None, Some(_)) => "rejected",
+                    (None, None) => "ok",
+                };
                 Ok(CredentialInfo {
                     summary: summary(cred),
                     metadata: cred.metadata.clone(),
                     status,
+                    rejected,
                     not_after: certificate.as_ref().and_then(|c| c.not_after.clone()),
                     certificate,
                     repairs,
@@ -276,36 +299,28 @@ impl Broker {
             }
         };
         let values = self.read_roles(cred).await;
-        let mut errors = Vec::new();
+        let errors = role_errors(cred, &values);
+        if !errors.is_empty() {
+            return Err(unresolved(errors));
+        }
+        self.verdict(cred, &values)
+            .map_err(CredentialError::Rejected)?;
         let mut out = Vec::new();
         for v in &values {
-            let picked = v.fetched.as_ref().map_err(Clone::clone).and_then(|f| {
-                // A credential with `pem = "strict"` refuses values that needed repair.
-                let strict = cred.pem == Some(pem::Mode::Strict);
-                if strict && field_repaired(&f.secret.repaired, &v.reference) {
-                    return Err(Reason::PemRejected("not_intact"));
-                }
-                pick(&v.reference, &f.secret).map(|r| match r {
-                    Resolved::Value(s) => vec![(
-                        answer_field(v.role).to_owned(),
-                        secret_string(s.expose_secret()),
-                    )],
-                    Resolved::Whole(secret) => secret
+            let Ok(Ok(resolved)) = v.fetched.as_ref().map(|f| pick(&v.reference, &f.secret)) else {
+                continue; // not reached: role_errors found none
+            };
+            match resolved {
+                Resolved::Value(s) => out.push((
+                    answer_field(v.role).to_owned(),
+                    secret_string(s.expose_secret()),
+                )),
+                Resolved::Whole(secret) => out.extend(
+                    secret
                         .fields()
-                        .map(|(k, s)| (k.to_owned(), secret_string(s.expose_secret())))
-                        .collect(),
-                })
-            });
-            match picked {
-                Ok(mut pairs) => out.append(&mut pairs),
-                Err(reason) => errors.push(RoleError {
-                    role: v.role,
-                    reason,
-                }),
+                        .map(|(k, s)| (k.to_owned(), secret_string(s.expose_secret()))),
+                ),
             }
-        }
-        if !errors.is_empty() {
-            return Err(CredentialError::Unresolved(errors));
         }
         let (repairs, stale, certificate) = facts(cred, &values);
         if let Some(at) = certificate.as_ref().and_then(|c| c.not_after_unix) {
@@ -325,14 +340,57 @@ impl Broker {
         })
     }
 
+    /// The whole-credential verification of an mtls credential whose values were all read
+    /// (`pem::credential`): made once per cache fill of its values, the clock checked on every
+    /// use. Other modes have nothing to verify together.
+    pub(super) fn verdict(&self, cred: &Credential, values: &[RoleValue]) -> Result<(), Rejection> {
+        if cred.mode != CredentialMode::Mtls {
+            return Ok(());
+        }
+        let inputs: Vec<&std::sync::Arc<pem::CheckedSecret>> = values
+            .iter()
+            .filter_map(|v| v.fetched.as_ref().ok().map(|f| &f.secret))
+            .collect();
+        let window =
+            self.verdicts
+                .get_or_verify((&cred.team, &cred.name), &cred.values, &inputs, || {
+                    let certificate = role_text(values, "client_certificate");
+                    let private_key = role_text(values, "client_private_key");
+                    let root = role_text(values, "root_certificate");
+                    pem::credential::verify(&Parts {
+                        certificate: certificate.as_deref().map_or("", String::as_str),
+                        private_key: private_key.as_deref().map_or("", String::as_str),
+                        root: root.as_deref().map(String::as_str),
+                    })
+                })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        window.check(now)
+    }
+
     /// Reads every role of `cred` through the cache (no grant check: the credential decision
     /// covers its own references).
+    ///
+    /// Roles in one secret share one read: read separately, a rotation landing between them
+    /// could pair the old certificate with the new key.
     pub(super) async fn read_roles(&self, cred: &Credential) -> Vec<RoleValue> {
-        let mut out = Vec::new();
+        let mut out: Vec<RoleValue> = Vec::new();
+        let mut read: Vec<(super::ReadKey, Result<crate::cache::Fetched, Reason>)> = Vec::new();
         for (role, reference) in &cred.values.by_role {
             let fetched = match self.read_key(reference) {
                 Err(reason) => Err(reason),
-                Ok(key) => self.read_one(key).await.map_err(|e| source_reason(&e)),
+                Ok(key) => match read.iter().find(|(k, _)| *k == key) {
+                    Some((_, earlier)) => earlier.clone(),
+                    None => {
+                        let fetched = self
+                            .read_one(key.clone())
+                            .await
+                            .map_err(|e| source_reason(&e));
+                        read.push((key, fetched.clone()));
+                        fetched
+                    }
+                },
             };
             out.push(RoleValue {
                 role,
@@ -341,6 +399,61 @@ impl Broker {
             });
         }
         out
+    }
+}
+
+/// Why each role of `cred` cannot be used, if any: not read, not in the secret, refused by the
+/// PEM stage, or (a credential with `pem = "strict"`) needing repair.
+fn role_errors(cred: &Credential, values: &[RoleValue]) -> Vec<RoleError> {
+    let strict = cred.pem == Some(pem::Mode::Strict);
+    values
+        .iter()
+        .filter_map(|v| {
+            let usable = v.fetched.as_ref().map_err(Clone::clone).and_then(|f| {
+                if strict && field_repaired(&f.secret.repaired, &v.reference) {
+                    return Err(Reason::PemRejected("not_intact"));
+                }
+                pick(&v.reference, &f.secret).map(|_| ())
+            });
+            usable.err().map(|reason| RoleError {
+                role: v.role,
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// A credential whose values could not all be used: an outage stays an outage (503, try
+/// again); otherwise a value the PEM stage refused makes the credential `rejected`, like a
+/// verification failure, with the role and the PEM code.
+fn unresolved(errors: Vec<RoleError>) -> CredentialError {
+    if errors.iter().any(|e| e.reason == Reason::SourceUnavailable) {
+        return CredentialError::Unresolved(errors);
+    }
+    let pem = errors.iter().find_map(|e| match e.reason {
+        Reason::PemRejected(code) => Some(Rejection { role: e.role, code }),
+        _ => None,
+    });
+    match pem {
+        Some(r) => CredentialError::Rejected(r),
+        None => CredentialError::Unresolved(errors),
+    }
+}
+
+/// The text of `role`'s value (a whole secret: its fields, one after another), if it resolved.
+fn role_text(values: &[RoleValue], role: &str) -> Option<zeroize::Zeroizing<String>> {
+    let v = values.iter().find(|v| v.role == role)?;
+    let fetched = v.fetched.as_ref().ok()?;
+    match pick(&v.reference, &fetched.secret).ok()? {
+        Resolved::Value(s) => Some(zeroize::Zeroizing::new(s.expose_secret().to_owned())),
+        Resolved::Whole(secret) => {
+            let mut text = zeroize::Zeroizing::new(String::new());
+            for (_, s) in secret.fields() {
+                text.push_str(s.expose_secret());
+                text.push('\n');
+            }
+            Some(text)
+        }
     }
 }
 
@@ -416,5 +529,6 @@ fn outcome<T>(result: &Result<T, CredentialError>) -> (Outcome, &'static str) {
             e.first().map_or("unresolved", |r| r.reason.code()),
         ),
         Err(CredentialError::AuditUnavailable) => (Outcome::Failed, "audit_unavailable"),
+        Err(CredentialError::Rejected(r)) => (Outcome::Failed, r.code),
     }
 }

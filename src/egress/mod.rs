@@ -316,6 +316,11 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
                 "the audit trail cannot be written",
             );
         }
+        // The main API's answer, word for word (502 `credential_rejected`, role and code),
+        // before any upstream connection is opened.
+        Err(e @ CredentialError::Rejected(_)) => {
+            return axum::response::IntoResponse::into_response(crate::api::ApiError::from(e));
+        }
         Err(_) => {
             return refuse(
                 StatusCode::BAD_GATEWAY,

@@ -45,6 +45,9 @@ pub enum PemError {
     /// A label keybroker does not know, in strict mode.
     #[error("block {block}: unsupported label (strict mode)")]
     UnsupportedLabel { block: usize },
+    /// An RSA key below 2048 bits (`pem::credential::MIN_RSA_BITS`).
+    #[error("block {block}: the key is too weak (RSA below 2048 bits)")]
+    WeakKey { block: usize },
     /// The private key is not the key of the (first) certificate.
     #[error("the private key does not match the certificate")]
     KeyMismatch,
@@ -87,6 +90,7 @@ impl PemError {
             Self::BadPublicKey { .. } => "bad_public_key",
             Self::BadCrl { .. } => "bad_crl",
             Self::UnsupportedLabel { .. } => "unsupported_label",
+            Self::WeakKey { .. } => "weak_key",
             Self::KeyMismatch => "key_certificate_mismatch",
             Self::TwoPrivateKeys => "two_private_keys",
             Self::ChainOrder { .. } => "chain_order",

@@ -11,6 +11,7 @@
 //! **Invariant:** every buffer holding key text or DER is zeroizing, and no parser message
 //! about key input leaves the module (see [`PemError`]).
 
+pub mod credential;
 mod error;
 mod scan;
 mod verify;

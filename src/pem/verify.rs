@@ -94,7 +94,14 @@ pub(crate) fn verify(blocks: &[Block], checks: Checks) -> Result<Vec<BlockFacts>
             "CERTIFICATE" => certificate_facts(&der, n, &mut f)?,
             "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
                 private_keys += 1;
-                let k = private_key(&block.label, &der).ok_or(PemError::BadKey { block: n })?;
+                let k = private_key(&block.label, &der).ok_or_else(|| {
+                    match super::credential::rsa_modulus_bits(&der) {
+                        Some(bits) if bits < super::credential::MIN_RSA_BITS => {
+                            PemError::WeakKey { block: n }
+                        }
+                        _ => PemError::BadKey { block: n },
+                    }
+                })?;
                 f.kind = "private_key";
                 if let Some(spki) = k.public_key() {
                     spki_facts(spki.as_ref(), &mut f);
@@ -135,7 +142,7 @@ pub(crate) fn verify(blocks: &[Block], checks: Checks) -> Result<Vec<BlockFacts>
 
 /// Strict base64 (standard alphabet, canonical padding and trailing bits) into a zeroizing
 /// buffer.
-fn decode(block: &Block, n: usize) -> Result<Zeroizing<Vec<u8>>, PemError> {
+pub(super) fn decode(block: &Block, n: usize) -> Result<Zeroizing<Vec<u8>>, PemError> {
     let b64 = block.base64();
     let engine = &base64::engine::general_purpose::STANDARD;
     let mut der = Zeroizing::new(vec![0u8; base64::decoded_len_estimate(b64.len())]);
@@ -154,7 +161,7 @@ fn one_der_element(der: &[u8], n: usize) -> Result<(), PemError> {
     }
 }
 
-fn private_key(label: &str, der: &[u8]) -> Option<Arc<dyn SigningKey>> {
+pub(super) fn private_key(label: &str, der: &[u8]) -> Option<Arc<dyn SigningKey>> {
     let key = match label {
         "PRIVATE KEY" => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)),
         "RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der)),
@@ -271,7 +278,10 @@ fn check_bundle(
     {
         return Err(PemError::CaNotLeaf { block: *n });
     }
-    for pair in parsed.windows(2) {
+    // Only CA certificates and no key: a trust bundle (a set of roots), not a chain, so its
+    // order means nothing. A value with a leaf or a key must go leaf → CA.
+    let bundle = private_keys_absent(blocks) && parsed.iter().all(|(_, c)| c.is_ca());
+    for pair in parsed.windows(2).filter(|_| !bundle) {
         let ((n, child), (_, parent)) = (&pair[0], &pair[1]);
         let linked = child.issuer().as_raw() == parent.subject().as_raw()
             && child.verify_signature(Some(parent.public_key())).is_ok();
@@ -292,6 +302,10 @@ fn check_bundle(
         }
     }
     Ok(())
+}
+
+fn private_keys_absent(blocks: &[Block]) -> bool {
+    !blocks.iter().any(|b| b.label.ends_with("PRIVATE KEY"))
 }
 
 fn fingerprint(der: &[u8]) -> String {

@@ -330,6 +330,11 @@ async fn read(
             {
                 error(StatusCode::SERVICE_UNAVAILABLE, &["source unavailable"])
             }
+            // Vault's error shape: the role and the verification code, no data.
+            Err(CredentialError::Rejected(r)) => error(
+                StatusCode::BAD_GATEWAY,
+                &[&format!("credential_rejected: {}: {}", r.role, r.code)],
+            ),
             Err(_) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &["the credential's values could not be resolved"],

@@ -1,0 +1,137 @@
+//! Verdicts of whole-credential verification (`pem::credential`), kept while the values they
+//! judged are the ones the cache holds: a credential is verified once per cache fill, not per
+//! request. A verdict remembers the cache entries it judged by weak pointer (a weak pointer
+//! keeps the allocation, so an address cannot be reused by a later entry while it is held)
+//! and the credential's references (a reload may point a role at another field of the same
+//! secret).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use crate::pem::CheckedSecret;
+use crate::pem::credential::{Rejection, Window};
+use crate::policy::CredentialValues;
+
+/// More verdicts than this (credentials renamed or removed over a long life) and the store
+/// starts again: every verdict is cheap to make anew.
+const MAX_VERDICTS: usize = 10_000;
+
+#[derive(Default)]
+pub(super) struct Verdicts {
+    by_credential: Mutex<HashMap<(String, String), Verdict>>,
+}
+
+impl fmt::Debug for Verdicts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self
+            .by_credential
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        f.debug_struct("Verdicts").field("held", &n).finish()
+    }
+}
+
+struct Verdict {
+    inputs: Vec<Weak<CheckedSecret>>,
+    values: CredentialValues,
+    result: Result<Window, Rejection>,
+}
+
+impl Verdicts {
+    /// The verdict on `inputs` for credential (`team`, `name`): the kept one while it judged
+    /// these very entries, else `verify`'s (run outside the lock), kept.
+    pub(super) fn get_or_verify(
+        &self,
+        key: (&str, &str),
+        values: &CredentialValues,
+        inputs: &[&Arc<CheckedSecret>],
+        verify: impl FnOnce() -> Result<Window, Rejection>,
+    ) -> Result<Window, Rejection> {
+        let same = |v: &Verdict| {
+            v.values == *values
+                && v.inputs.len() == inputs.len()
+                && v.inputs
+                    .iter()
+                    .zip(inputs)
+                    .all(|(w, a)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(a)))
+        };
+        {
+            let map = self
+                .by_credential
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(v) = map.get(&(key.0.to_owned(), key.1.to_owned()))
+                && same(v)
+            {
+                return v.result;
+            }
+        }
+        let result = verify();
+        let mut map = self
+            .by_credential
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_VERDICTS {
+            map.clear();
+        }
+        map.insert(
+            (key.0.to_owned(), key.1.to_owned()),
+            Verdict {
+                inputs: inputs.iter().map(|a| Arc::downgrade(a)).collect(),
+                values: values.clone(),
+                result,
+            },
+        );
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn secret() -> Arc<CheckedSecret> {
+        let s = crate::secret::Secret::new(Default::default(), Default::default());
+        Arc::new(crate::pem::check_secret(
+            &s,
+            &crate::pem::Options::default(),
+        ))
+    }
+
+    #[test]
+    fn a_verdict_is_made_once_per_set_of_entries() {
+        let verdicts = Verdicts::default();
+        let values = CredentialValues {
+            by_role: Default::default(),
+        };
+        let runs = AtomicUsize::new(0);
+        let ok = || {
+            runs.fetch_add(1, Ordering::Relaxed);
+            Ok(Window {
+                not_before: 0,
+                not_after: 1,
+            })
+        };
+        let (a, b) = (secret(), secret());
+        for _ in 0..3 {
+            verdicts
+                .get_or_verify(("t", "c"), &values, &[&a, &b], ok)
+                .unwrap();
+        }
+        assert_eq!(runs.load(Ordering::Relaxed), 1);
+        // A refill of one entry is a new verdict.
+        let b2 = secret();
+        verdicts
+            .get_or_verify(("t", "c"), &values, &[&a, &b2], ok)
+            .unwrap();
+        assert_eq!(runs.load(Ordering::Relaxed), 2);
+        // Another credential over the same entries is its own verdict.
+        verdicts
+            .get_or_verify(("t", "d"), &values, &[&a, &b2], ok)
+            .unwrap();
+        assert_eq!(runs.load(Ordering::Relaxed), 3);
+    }
+}
