@@ -112,6 +112,11 @@ struct RepairLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     outcome: ReloadOutcome,
 }
@@ -148,6 +153,7 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_misses: Counter,
     repairs: Family<RepairLabels, Counter>,
+    rejections: Family<RejectionLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     expiry: Family<ExpiryLabels, Gauge>,
     source_up: Family<SourceLabels, Gauge>,
@@ -170,6 +176,7 @@ impl Default for Metrics {
             );
         let cache: Family<CacheLabels, Counter> = Family::default();
         let repairs = Family::default();
+        let rejections = Family::default();
         let reloads = Family::default();
         let expiry = Family::default();
         let source_up = Family::default();
@@ -249,6 +256,11 @@ impl Default for Metrics {
             Family::clone(&repairs),
         );
         registry.register(
+            "keybroker_credential_rejections",
+            "Credentials refused by verification, by code, once per change of verdict (no names)",
+            Family::clone(&rejections),
+        );
+        registry.register(
             "keybroker_policy_reloads",
             "Policy reloads by outcome",
             Family::clone(&reloads),
@@ -282,6 +294,7 @@ impl Default for Metrics {
             source_reads,
             source_latency,
             repairs,
+            rejections,
             reloads,
             expiry,
             request_seconds,
@@ -375,6 +388,13 @@ impl Metrics {
     /// A PEM field repaired; `kind` is a repair code (`pem::RepairKind::code`).
     pub fn repaired(&self, kind: &'static str) {
         self.repairs.get_or_create(&RepairLabels { kind }).inc();
+    }
+
+    /// A credential's verdict became a refusal; `code` is a verification or PEM code.
+    pub fn credential_rejected(&self, code: &'static str) {
+        self.rejections
+            .get_or_create(&RejectionLabels { code })
+            .inc();
     }
 
     pub fn reload(&self, outcome: ReloadOutcome) {

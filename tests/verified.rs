@@ -526,4 +526,37 @@ async fn every_door_serves_only_verified_credentials() {
     }
     let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
     assert!(audit.contains("\"key_certificate_mismatch\""), "{audit}");
+    // Each refusal is reported once per change of verdict, not once per request (every
+    // refused credential was asked for four times above): one audit event each, one count
+    // per code in the metric, which names no credential.
+    let events: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("\"credential.rejected\""))
+        .collect();
+    let refused = w.cases.iter().filter(|c| c.refused.is_some()).count();
+    assert_eq!(events.len(), refused, "{events:#?}");
+    let metrics = w
+        .server
+        .client
+        .get(w.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keybroker_credential_rejections_total{code=\"wrong_key_usage\"} 2"),
+        "{metrics}"
+    );
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("keybroker_credential_rejections_total"))
+    {
+        assert!(
+            line.starts_with("keybroker_credential_rejections_total{code=\""),
+            "{line}"
+        );
+        assert_eq!(line.matches('=').count(), 1, "one label, the code: {line}");
+    }
 }

@@ -116,6 +116,9 @@ pub enum Action {
     /// A certificate keybroker knows has expired.
     #[serde(rename = "certificate.expired")]
     CertificateExpired,
+    /// A credential's verdict became a refusal (once per change, not per request).
+    #[serde(rename = "credential.rejected")]
+    CredentialRejected,
 }
 
 /// How a decision ended (the line's `decision`).

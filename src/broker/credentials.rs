@@ -183,17 +183,12 @@ impl Broker {
             Ok(cred) => {
                 let values = self.read_roles(cred).await;
                 let (repairs, stale, certificate) = facts(cred, &values);
-                let errors = role_errors(cred, &values);
-                let (unread, rejected) = if errors.is_empty() {
-                    (None, self.verdict(cred, &values).err())
-                } else {
-                    match unresolved(errors) {
-                        CredentialError::Rejected(r) => (None, Some(r)),
-                        CredentialError::Unresolved(e) => {
-                            (e.first().map(|r| r.reason.code()), None)
-                        }
-                        _ => (None, None),
+                let (unread, rejected) = match self.usable(cred, &values).await {
+                    Err(CredentialError::Rejected(r)) => (None, Some(r)),
+                    Err(CredentialError::Unresolved(e)) => {
+                        (e.first().map(|r| r.reason.code()), None)
                     }
+                    _ => (None, None),
                 };
                 let status = match (unread, rejected) {
                     (Some(code), _) => code,
@@ -299,12 +294,7 @@ impl Broker {
             }
         };
         let values = self.read_roles(cred).await;
-        let errors = role_errors(cred, &values);
-        if !errors.is_empty() {
-            return Err(unresolved(errors));
-        }
-        self.verdict(cred, &values)
-            .map_err(CredentialError::Rejected)?;
+        self.usable(cred, &values).await?;
         let mut out = Vec::new();
         for v in &values {
             let Ok(Ok(resolved)) = v.fetched.as_ref().map(|f| pick(&v.reference, &f.secret)) else {
@@ -340,10 +330,26 @@ impl Broker {
         })
     }
 
+    /// Whether `cred`'s values may be handed out: every role read and accepted by the PEM
+    /// stage, then the credential verified as a whole. The outcome is noted (a new refusal is
+    /// reported once).
+    async fn usable(&self, cred: &Credential, values: &[RoleValue]) -> Result<(), CredentialError> {
+        let errors = role_errors(cred, values);
+        let result = if errors.is_empty() {
+            self.verdict(cred, values)
+                .await
+                .map_err(CredentialError::Rejected)
+        } else {
+            Err(unresolved(errors))
+        };
+        self.note_outcome(cred, &result).await;
+        result
+    }
+
     /// The whole-credential verification of an mtls credential whose values were all read
     /// (`pem::credential`): made once per cache fill of its values, the clock checked on every
     /// use. Other modes have nothing to verify together.
-    pub(super) fn verdict(&self, cred: &Credential, values: &[RoleValue]) -> Result<(), Rejection> {
+    async fn verdict(&self, cred: &Credential, values: &[RoleValue]) -> Result<(), Rejection> {
         if cred.mode != CredentialMode::Mtls {
             return Ok(());
         }
@@ -351,7 +357,7 @@ impl Broker {
             .iter()
             .filter_map(|v| v.fetched.as_ref().ok().map(|f| &f.secret))
             .collect();
-        let window =
+        let verdict =
             self.verdicts
                 .get_or_verify((&cred.team, &cred.name), &cred.values, &inputs, || {
                     let certificate = role_text(values, "client_certificate");
@@ -362,11 +368,45 @@ impl Broker {
                         private_key: private_key.as_deref().map_or("", String::as_str),
                         root: root.as_deref().map(String::as_str),
                     })
-                })?;
+                });
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        window.check(now)
+        verdict?.check(now)
+    }
+
+    /// How a use of `cred` ended; a refusal that differs from the last one noted is reported:
+    /// one WARN, one metric increment (no name), one `credential.rejected` audit event,
+    /// whatever the number of requests that see it.
+    async fn note_outcome<T>(&self, cred: &Credential, result: &Result<T, CredentialError>) {
+        let outcome = match result {
+            Ok(_) => None,
+            Err(CredentialError::Rejected(r)) => Some(*r),
+            Err(_) => return,
+        };
+        let Some(r) = outcome else {
+            self.verdicts.note((&cred.team, &cred.name), None);
+            return;
+        };
+        if !self.verdicts.note((&cred.team, &cred.name), outcome) {
+            return;
+        }
+        tracing::warn!(team = %cred.team, credential = %cred.name, role = r.role, code = r.code, "credential refused by verification");
+        self.metrics.credential_rejected(r.code);
+        // An event, not a decision: a failing trail refuses nothing here (the request's own
+        // line does).
+        let _ = self
+            .audit(AuditEntry {
+                subjects: vec![format!("{}/{}:{}", cred.team, cred.name, r.role)],
+                ..AuditEntry::new(
+                    Action::CredentialRejected,
+                    Some(&Caller::Operator),
+                    Outcome::Notice,
+                    r.code,
+                    Instant::now(),
+                )
+            })
+            .await;
     }
 
     /// Reads every role of `cred` through the cache (no grant check: the credential decision

@@ -20,6 +20,8 @@ const MAX_VERDICTS: usize = 10_000;
 #[derive(Default)]
 pub(super) struct Verdicts {
     by_credential: Mutex<HashMap<(String, String), Verdict>>,
+    /// The last outcome noted per credential (`None`: served).
+    reported: Mutex<HashMap<(String, String), Option<Rejection>>>,
 }
 
 impl fmt::Debug for Verdicts {
@@ -86,6 +88,19 @@ impl Verdicts {
         );
         result
     }
+
+    /// Notes how a use of credential (`team`, `name`) ended (served, or refused by
+    /// verification or the PEM stage); true when it is a refusal that differs from the last
+    /// one noted: the moment to report it (once per change, not per request).
+    pub(super) fn note(&self, key: (&str, &str), outcome: Option<Rejection>) -> bool {
+        let mut map = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_VERDICTS {
+            map.clear();
+        }
+        let k = (key.0.to_owned(), key.1.to_owned());
+        let before = map.insert(k, outcome);
+        outcome.is_some() && before.flatten() != outcome
+    }
 }
 
 #[cfg(test)]
@@ -133,5 +148,25 @@ mod tests {
             .get_or_verify(("t", "d"), &values, &[&a, &b2], ok)
             .unwrap();
         assert_eq!(runs.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_refusal_is_reported_once_per_change() {
+        let verdicts = Verdicts::default();
+        let expired = Some(Rejection {
+            role: "client_certificate",
+            code: "expired",
+        });
+        let key = ("t", "c");
+        assert!(verdicts.note(key, expired));
+        assert!(!verdicts.note(key, expired));
+        assert!(!verdicts.note(key, None));
+        assert!(verdicts.note(key, expired));
+        let weak = Some(Rejection {
+            role: "client_private_key",
+            code: "weak_key",
+        });
+        assert!(verdicts.note(key, weak));
+        assert!(verdicts.note(("t", "d"), weak));
     }
 }
