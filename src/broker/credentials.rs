@@ -333,7 +333,11 @@ impl Broker {
     /// Whether `cred`'s values may be handed out: every role read and accepted by the PEM
     /// stage, then the credential verified as a whole. The outcome is noted (a new refusal is
     /// reported once).
-    async fn usable(&self, cred: &Credential, values: &[RoleValue]) -> Result<(), CredentialError> {
+    pub(super) async fn usable(
+        &self,
+        cred: &Credential,
+        values: &[RoleValue],
+    ) -> Result<(), CredentialError> {
         let errors = role_errors(cred, values);
         let result = if errors.is_empty() {
             self.verdict(cred, values)

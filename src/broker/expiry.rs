@@ -4,7 +4,9 @@
 //! `issuer_ca`, the server's own certificate — becomes a series of
 //! `keybroker_certificate_expiry_timestamp_seconds{kind,name}`; series of objects that left
 //! the policy are removed. A certificate entering `warn_before`, or expiring, writes one audit
-//! event (`certificate.expiring`, `certificate.expired`) per change of state.
+//! event (`certificate.expiring`, `certificate.expired`) per change of state. Each mtls
+//! credential is also verified as a whole; a refusal is reported (`credential.rejected`) once
+//! per change, before any consumer asks for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,9 @@ impl Broker {
             .filter(|c| c.mode == CredentialMode::Mtls)
         {
             let values = self.read_roles(cred).await;
+            // A credential that no longer verifies (or never did) is reported by the sweep
+            // too, before any consumer asks for it (once per change).
+            let _ = self.usable(cred, &values).await;
             let (_, _, certificate) = super::credentials::facts(cred, &values);
             if let Some(at) = certificate.and_then(|c| c.not_after_unix) {
                 found.push((ExpiryKind::Credential, credential_series(cred), at));
