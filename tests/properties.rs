@@ -54,6 +54,101 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// JSON text as people write it: any whitespace between tokens, numbers in spellings a
+/// tree would change (big integers, `1.10`, `1E+400`, `-0`), escapes, duplicate keys.
+fn json_text() -> impl Strategy<Value = String> {
+    let ws = prop_oneof![Just(""), Just(" "), Just("\n  "), Just("\t"), Just("\r\n")];
+    let number = prop_oneof![
+        Just("12345678901234567890123".to_owned()),
+        Just("1.10".to_owned()),
+        Just("1E+400".to_owned()),
+        Just("-0".to_owned()),
+        Just("0.5e-7".to_owned()),
+        any::<i64>().prop_map(|n| n.to_string()),
+    ];
+    let string = prop_oneof![
+        plain_text().prop_map(|t| serde_json::to_string(&t).unwrap()),
+        Just(r#""caf\u00e9 \/ \"q\"""#.to_owned()),
+    ];
+    let leaf = prop_oneof![
+        Just("null".to_owned()),
+        Just("true".to_owned()),
+        number,
+        string.clone()
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        let ws = ws.clone();
+        let string = string.clone();
+        prop_oneof![
+            prop::collection::vec((inner.clone(), ws.clone()), 0..6).prop_map(|items| {
+                let body: Vec<String> = items
+                    .into_iter()
+                    .map(|(v, w)| format!("{w}{v}{w}"))
+                    .collect();
+                format!("[{}]", body.join(","))
+            }),
+            prop::collection::vec((string, inner, ws), 0..6).prop_map(|items| {
+                let body: Vec<String> = items
+                    .into_iter()
+                    .map(|(k, v, w)| format!("{w}{k}{w}:{w}{v}"))
+                    .collect();
+                format!("{{{}}}", body.join(","))
+            }),
+        ]
+    })
+}
+
+/// Every string of `v` that starts with `$SECRET_`, with its JSON pointer, in document order:
+/// the tree walk the span finder must agree with.
+fn tree_references(v: &Value, pointer: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::String(s) if s.starts_with("$SECRET_") => out.push((s.clone(), pointer.to_owned())),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                tree_references(item, &format!("{pointer}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let k = k.replace('~', "~0").replace('/', "~1");
+                tree_references(item, &format!("{pointer}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `v` with every `$SECRET_` string replaced by `value`.
+fn substituted(v: &Value, value: &str) -> Value {
+    match v {
+        Value::String(s) if s.starts_with("$SECRET_") => Value::String(value.to_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(|i| substituted(i, value)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, i)| (k.clone(), substituted(i, value)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A JSON value some of whose strings are references to `demo/<n> $KEY_k`.
+fn json_with_references() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::from),
+        plain_text().prop_map(Value::String),
+        (0u8..5).prop_map(|n| Value::String(format!("$SECRET_demo/s{n} $KEY_k"))),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z~/_]{0,6}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
 fn no_lookup(_: &Reference) -> Result<Resolved<'static>, Reason> {
     panic!("a document without references looks nothing up")
 }
@@ -128,6 +223,62 @@ proptest! {
             let back: Value = serde_json::from_slice(out.as_bytes()).unwrap();
             prop_assert_eq!(&back, &v);
         }
+    }
+
+    /// Faithful expansion: a JSON text without references comes back byte for byte, however
+    /// it is spaced and whatever its number spellings or duplicate keys.
+    #[test]
+    fn json_text_without_references_is_byte_identical(text in json_text()) {
+        let p = Prepared::json_text(&text).unwrap();
+        prop_assert_eq!(p.errors().count(), 0);
+        let out = p.render(&no_lookup, RenderLimits::default()).unwrap();
+        prop_assert_eq!(out.as_bytes(), text.as_bytes());
+    }
+
+    /// The span finder finds the same reference strings at the same pointers as a walk of the
+    /// parsed tree, and the answer parses as the input with the values substituted.
+    #[test]
+    fn json_spans_agree_with_a_tree_walk(v in json_with_references(), pretty in any::<bool>()) {
+        let text = if pretty {
+            serde_json::to_string_pretty(&v).unwrap()
+        } else {
+            serde_json::to_string(&v).unwrap()
+        };
+        let p = Prepared::json_text(&text).unwrap();
+        let found: Vec<(String, String)> = p
+            .references()
+            .into_iter()
+            .map(|(r, l)| (r.to_string(), l.to_string()))
+            .collect();
+        let mut want = Vec::new();
+        tree_references(&v, "", &mut want);
+        for (_, pointer) in &mut want {
+            if pointer.is_empty() {
+                "(document root)".clone_into(pointer);
+            }
+        }
+        prop_assert_eq!(&found, &want);
+        let value = secret_string("v\"al\n\u{2028}");
+        let out = p
+            .render(&|_| Ok(Resolved::Value(&value)), RenderLimits::default())
+            .unwrap();
+        let back: Value = serde_json::from_slice(out.as_bytes()).unwrap();
+        prop_assert_eq!(back, substituted(&v, "v\"al\n\u{2028}"));
+    }
+
+    /// Faithful expansion of YAML: without references, a stream comes back byte for byte —
+    /// comments, anchors, aliases and several documents included.
+    #[test]
+    fn yaml_without_references_is_byte_identical(v in json_value(), w in json_value()) {
+        let yaml = format!(
+            "# head\n---\n{}--- # second\nbase: &b {{x: 1}}\nuse: *b\nwhen: 2020-01-01\nok: yes\n---\n{}",
+            serde_saphyr::to_string(&v).unwrap(),
+            serde_saphyr::to_string(&w).unwrap()
+        );
+        let p = Prepared::yaml(&yaml).unwrap();
+        prop_assert_eq!(p.errors().count(), 0);
+        let out = p.render(&no_lookup, RenderLimits::default()).unwrap();
+        prop_assert_eq!(out.as_bytes(), yaml.as_bytes());
     }
 
     #[test]

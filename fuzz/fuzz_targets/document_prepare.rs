@@ -2,7 +2,7 @@
 //! failing never yields output.
 #![no_main]
 
-use keybroker::reference::{Layout, Prepared, Reason, Reference, RenderError, RenderLimits, Resolved};
+use keybroker::reference::{Prepared, Reason, Reference, RenderError, RenderLimits, Resolved};
 use libfuzzer_sys::fuzz_target;
 
 fn missing(_: &Reference) -> Result<Resolved<'static>, Reason> {
@@ -12,7 +12,7 @@ fn missing(_: &Reference) -> Result<Resolved<'static>, Reason> {
 fuzz_target!(|input: (u8, &str)| {
     let (format, text) = input;
     let prepared = match format % 3 {
-        0 => Prepared::json_text(text, Layout::Compact),
+        0 => Prepared::json_text(text),
         1 => Prepared::yaml(text),
         _ => Prepared::text(text),
     };

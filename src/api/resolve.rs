@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::change::{self, Conditional, Tagged};
 use super::{ApiError, AppState, Authenticated, destination, parse_body};
@@ -17,7 +17,9 @@ use crate::secret::SecretBuf;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResolveBody {
-    document: Value,
+    /// As sent: a JSON document is expanded in its own bytes (whitespace, number spellings,
+    /// duplicate keys kept), not re-serialized from a tree.
+    document: Box<RawValue>,
     #[serde(default = "json_format")]
     format: Format,
     /// Where the caller will use the values; consumers must give it (allowed_hosts).
@@ -40,10 +42,16 @@ pub(super) async fn resolve(
         "{\"document\": …, \"format\": \"json\"|\"yaml\"|\"text\", \"host\": …}",
     )?;
     let host = destination(body.host.as_deref())?;
-    let document = match (body.format, body.document) {
-        (Format::Json, v) => Document::JsonValue(v),
-        (format, Value::String(text)) => Document::Text { format, text },
-        _ => return Err(ApiError::Resolve(DocumentError::WrongShape.into())),
+    let raw = body.document.get();
+    let document = match body.format {
+        Format::Json => Document::Text {
+            format: Format::Json,
+            text: raw.to_owned(),
+        },
+        format => match serde_json::from_str::<String>(raw) {
+            Ok(text) => Document::Text { format, text },
+            Err(_) => return Err(ApiError::Resolve(DocumentError::WrongShape.into())),
+        },
     };
     let (caller, host, state) = (&caller, host.as_ref(), &*state);
     // A blocking query asks again with the same document; only then is it copied.

@@ -100,7 +100,7 @@ impl Broker {
         let prepared = heavy(large, || match document {
             Document::JsonValue(v) => Prepared::json(v, layout),
             Document::Text { format, text } => match format {
-                Format::Json => Prepared::json_text(&text, layout),
+                Format::Json => Prepared::json_text(&text),
                 Format::Yaml => Prepared::yaml(&text),
                 Format::Text => Prepared::text(&text),
             },

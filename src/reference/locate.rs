@@ -1,10 +1,12 @@
 //! Finds the references in a JSON, YAML or text document and prepares it for rendering.
 //!
-//! A tree document (JSON, YAML) is serialized once *without* secrets: every string that
-//! holds a reference is replaced by a random placeholder, and the library serializer writes
-//! the rest. Rendering then copies that skeleton into a zeroizing buffer, writing secret
-//! values where the placeholders are — so no serializer ever sees a secret, and no
-//! `serde_json::Value` ever holds one. Object keys are never expanded.
+//! A tree document (JSON, YAML) becomes a *skeleton* without secrets: every string that
+//! holds a reference is replaced by a random placeholder. JSON text keeps every other byte as
+//! it was sent (the string tokens are found by [`super::json`]'s one pass over the text);
+//! YAML is still read into the JSON model and written again. Rendering then copies the
+//! skeleton into a zeroizing buffer, writing secret values where the placeholders are — so no
+//! serializer ever sees a secret, and no `serde_json::Value` ever holds one. Object keys are
+//! never expanded.
 
 use serde_json::Value;
 
@@ -70,35 +72,45 @@ pub enum Layout {
 }
 
 impl Prepared {
-    /// A parsed JSON value (the `document` of a `/v1/resolve` request).
-    pub fn json(mut value: Value, layout: Layout) -> Result<Self, DocumentError> {
-        let (sites, errors, marker) = collect_sites(&mut value);
-        let skeleton = match layout {
+    /// A parsed JSON value, written out in `layout` and prepared as that text.
+    pub fn json(value: Value, layout: Layout) -> Result<Self, DocumentError> {
+        let text = match layout {
             Layout::Compact => serde_json::to_string(&value),
             Layout::Pretty => serde_json::to_string_pretty(&value),
         }
         // Serializing a `Value` with string keys cannot fail.
         .expect("a serde_json::Value always serializes");
-        Ok(Self::tree(Format::Json, skeleton, marker, sites, errors))
+        Self::json_text(&text)
     }
 
-    /// JSON text (a file given to `keybroker resolve`).
-    pub fn json_text(text: &str, layout: Layout) -> Result<Self, DocumentError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| DocumentError::Json {
-            line: e.line(),
-            column: e.column(),
+    /// JSON text, expanded in place: the answer is `text` with exactly the string tokens that
+    /// hold references (or `$$` escapes) replaced, every other byte as sent.
+    pub fn json_text(text: &str) -> Result<Self, DocumentError> {
+        let mut splice = Splice::new(text);
+        super::json::scan(text, |token, pointer| {
+            splice.collect.ordinal += 1;
+            let raw = &text[token.span.0..token.span.1];
+            // A reference starts with `$`, which an escape may spell `\u0024`.
+            if !raw.contains(['$', '\\']) {
+                return;
+            }
+            if let Some(decoded) = super::json::decode(text, token.span) {
+                splice.string(&decoded, token.span, pointer);
+            }
         })?;
-        Self::json(value, layout)
+        Ok(splice.finish(Format::Json))
     }
 
-    /// YAML text. Parsed into the JSON data model: anchors are expanded, comments dropped.
+    /// YAML text (a stream of one or more documents), expanded in place: the scalars that
+    /// hold references (or `$$` escapes) become double-quoted scalars, every other byte —
+    /// comments, anchors, tags, flow and block style — stays as it was.
     pub fn yaml(text: &str) -> Result<Self, DocumentError> {
-        let mut value: Value = serde_saphyr::from_str(text).map_err(|e| DocumentError::Yaml {
-            at: e.location().map(|l| (l.line(), l.column())),
+        let mut splice = Splice::new(text);
+        super::yaml::scan(text, |scalar, pointer| {
+            splice.collect.ordinal += 1;
+            splice.string(scalar.value, scalar.span, pointer);
         })?;
-        let (sites, errors, marker) = collect_sites(&mut value);
-        let skeleton = serde_saphyr::to_string(&value).map_err(|_| DocumentError::WrongShape)?;
-        Ok(Self::tree(Format::Yaml, skeleton, marker, sites, errors))
+        Ok(splice.finish(Format::Yaml))
     }
 
     /// Plain text: references anywhere, written back byte for byte around them.
@@ -248,63 +260,90 @@ impl Prepared {
     }
 }
 
-/// Replaces every string holding a reference by a placeholder; returns the sites, the
-/// errors and the marker.
-fn collect_sites(root: &mut Value) -> (Vec<Site>, Vec<(usize, ExpandError)>, String) {
-    let marker = new_marker();
-    let mut walk = Walk {
-        marker: &marker,
-        sites: Vec::new(),
-        errors: Vec::new(),
-        pointer: String::new(),
-        ordinal: 0,
-    };
-    walk.value(root);
-    (walk.sites, walk.errors, marker)
+/// A skeleton built from a document's own text: the text, with the strings that hold
+/// references replaced by quoted placeholders (and `$$`-escaped ones by their reduced text).
+struct Splice<'t> {
+    text: &'t str,
+    collect: Collect,
+    skeleton: String,
+    /// How much of `text` is in `skeleton` already.
+    copied: usize,
 }
 
-struct Walk<'m> {
-    marker: &'m str,
+impl<'t> Splice<'t> {
+    fn new(text: &'t str) -> Self {
+        Self {
+            text,
+            collect: Collect::new(),
+            skeleton: String::with_capacity(text.len()),
+            copied: 0,
+        }
+    }
+
+    /// The string `decoded`, written as `text[span]`, at the place `pointer` names.
+    fn string(&mut self, decoded: &str, span: (usize, usize), pointer: &dyn Fn() -> String) {
+        let Some(replacement) = self
+            .collect
+            .string(decoded, || Location::Pointer { pointer: pointer() })
+        else {
+            return;
+        };
+        let (start, end) = span;
+        // Spans come in document order and do not overlap; anything else is left as it is.
+        let Some(before) = self.text.get(self.copied..start) else {
+            return;
+        };
+        self.skeleton.push_str(before);
+        match replacement {
+            Replacement::Site(placeholder) => {
+                self.skeleton.push('"');
+                self.skeleton.push_str(&placeholder);
+                self.skeleton.push('"');
+            }
+            // A JSON string is also a YAML double-quoted scalar; writing one cannot fail.
+            Replacement::Literal(reduced) => self
+                .skeleton
+                .push_str(&serde_json::to_string(&reduced).unwrap_or_default()),
+        }
+        self.copied = end;
+    }
+
+    fn finish(mut self, format: Format) -> Prepared {
+        self.skeleton.push_str(&self.text[self.copied..]);
+        let (sites, errors, marker) = self.collect.finish();
+        Prepared::tree(format, self.skeleton, marker, sites, errors)
+    }
+}
+
+/// What a string of a tree document becomes in the skeleton.
+enum Replacement {
+    /// A placeholder for the site just recorded.
+    Site(String),
+    /// The text with its `$$` escapes reduced (no reference in it).
+    Literal(String),
+}
+
+/// The sites and errors of a tree document, in document order.
+struct Collect {
+    marker: String,
     sites: Vec<Site>,
     errors: Vec<(usize, ExpandError)>,
-    pointer: String,
     /// Counts the strings visited: document order.
     ordinal: usize,
 }
 
-impl Walk<'_> {
-    fn value(&mut self, v: &mut Value) {
-        match v {
-            Value::String(s) => {
-                self.ordinal += 1;
-                self.string(s);
-            }
-            Value::Array(items) => {
-                for (i, item) in items.iter_mut().enumerate() {
-                    let len = self.pointer.len();
-                    self.pointer.push('/');
-                    self.pointer.push_str(&i.to_string());
-                    self.value(item);
-                    self.pointer.truncate(len);
-                }
-            }
-            Value::Object(map) => {
-                for (key, item) in map.iter_mut() {
-                    let len = self.pointer.len();
-                    self.pointer.push('/');
-                    // RFC 6901: `~` is written `~0`, `/` is written `~1`.
-                    if key.contains(['~', '/']) {
-                        self.pointer
-                            .push_str(&key.replace('~', "~0").replace('/', "~1"));
-                    } else {
-                        self.pointer.push_str(key);
-                    }
-                    self.value(item);
-                    self.pointer.truncate(len);
-                }
-            }
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+impl Collect {
+    fn new() -> Self {
+        Self {
+            marker: new_marker(),
+            sites: Vec::new(),
+            errors: Vec::new(),
+            ordinal: 0,
         }
+    }
+
+    fn finish(self) -> (Vec<Site>, Vec<(usize, ExpandError)>, String) {
+        (self.sites, self.errors, self.marker)
     }
 
     fn error(&mut self, location: &Location, reference: Option<String>, reason: Reason) {
@@ -316,25 +355,27 @@ impl Walk<'_> {
         self.errors.push((self.ordinal, error));
     }
 
-    fn string(&mut self, s: &mut String) {
+    /// The string `s` at `location` (built only when needed): a new site, a reduced literal,
+    /// or nothing to change.
+    fn string(&mut self, s: &str, location: impl FnOnce() -> Location) -> Option<Replacement> {
         if !s.contains('$') {
-            return;
+            return None;
         }
-        let location = Location::Pointer {
-            pointer: self.pointer.clone(),
-        };
+        let location = location();
         let (template, syntax) = parse_template_lenient(s);
         for ParseError { kind, .. } in syntax.iter().cloned() {
             self.error(&location, None, Reason::Syntax(kind));
         }
         if !template.has_references() {
             if syntax.is_empty() {
-                // Only `$$` escapes (or lone `$`): the reduced text replaces the string.
-                if let Some(text) = template.into_literal() {
-                    *s = text;
-                }
+                // Only `$$` escapes (or lone `$`): the reduced text replaces the string —
+                // where there was something to reduce.
+                return template
+                    .into_literal()
+                    .filter(|reduced| reduced != s)
+                    .map(Replacement::Literal);
             }
-            return;
+            return None;
         }
         if template.as_whole().is_none() || !syntax.is_empty() {
             let whole: Vec<String> = template
@@ -346,12 +387,13 @@ impl Walk<'_> {
                 self.error(&location, Some(r), Reason::WholeSecretInterpolated);
             }
         }
-        *s = placeholder(self.marker, self.sites.len());
+        let placeholder = placeholder(&self.marker, self.sites.len());
         self.sites.push(Site {
             location,
             template,
             ordinal: self.ordinal,
         });
+        Some(Replacement::Site(placeholder))
     }
 }
 
@@ -514,7 +556,7 @@ mod tests {
 
     #[test]
     fn invalid_json_reports_position_only() {
-        let err = Prepared::json_text("{\"a\": \"s3cr3t\" x}", Layout::Compact).unwrap_err();
+        let err = Prepared::json_text("{\"a\": \"s3cr3t\" x}").unwrap_err();
         let shown = err.to_string();
         assert!(shown.contains("line 1"), "{shown}");
         assert!(!shown.contains("s3cr3t"));

@@ -9,9 +9,11 @@
 //! lookup function and never fetches anything itself.
 
 mod error;
+mod json;
 mod locate;
 mod parse;
 mod render;
+mod yaml;
 
 pub use error::{DocumentError, ExpandError, Location, ParseErrorKind, Reason};
 pub use locate::{Format, Layout, Prepared, Site};
