@@ -219,10 +219,16 @@ fn vault_api(v: &crate::config::VaultApiConfig, broker: &Arc<Broker>) -> Result<
         tokens,
         token_ttl: v.token_ttl.0,
     };
+    let observed = crate::api::observe::Observe::new(
+        crate::vault_api::router(Arc::new(state)),
+        broker.shared_metrics(),
+        server.request_timeout.0,
+        crate::vault_api::door(),
+    );
     Ok(Door {
         listen: v.listen,
         tls,
-        router: crate::vault_api::router(Arc::new(state)),
+        router: axum::Router::new().fallback_service(observed),
     })
 }
 
@@ -239,10 +245,17 @@ fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Door,
         timeout: e.timeout.0,
         pool: crate::egress::Pool::default(),
     };
+    // The whole exchange with the upstream is within `timeout`; the door's own work on top.
+    let observed = crate::api::observe::Observe::new(
+        crate::egress::router(Arc::new(state)),
+        broker.shared_metrics(),
+        e.timeout.0 + server.request_timeout.0,
+        crate::egress::door(),
+    );
     Ok(Door {
         listen: e.listen,
         tls,
-        router: crate::egress::router(Arc::new(state)),
+        router: axum::Router::new().fallback_service(observed),
     })
 }
 

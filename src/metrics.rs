@@ -55,7 +55,7 @@ impl RequestOutcome {
     pub fn of_status(status: u16) -> Self {
         match status {
             200..=399 => Self::Ok,
-            401 => Self::Unauthenticated,
+            401 | 407 => Self::Unauthenticated,
             403 => Self::Denied,
             404 => Self::NotFound,
             400..=499 => Self::Rejected,
@@ -86,6 +86,8 @@ vocabulary! {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
+    /// `api`, `vault_api`, `egress`, `ops`: which door the request came through.
+    door: &'static str,
     route: &'static str,
     decision: RequestOutcome,
 }
@@ -129,6 +131,7 @@ struct ExpiryLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
+    door: &'static str,
     route: &'static str,
 }
 
@@ -314,16 +317,20 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, route: &'static str, decision: RequestOutcome) {
+    pub fn request(&self, door: &'static str, route: &'static str, decision: RequestOutcome) {
         self.requests
-            .get_or_create(&RequestLabels { route, decision })
+            .get_or_create(&RequestLabels {
+                door,
+                route,
+                decision,
+            })
             .inc();
     }
 
-    /// How long a request to `route` took to answer.
-    pub fn request_duration(&self, route: &'static str, took: Duration) {
+    /// How long a request to `route` of `door` took to answer.
+    pub fn request_duration(&self, door: &'static str, route: &'static str, took: Duration) {
         self.request_seconds
-            .get_or_create(&RouteLabels { route })
+            .get_or_create(&RouteLabels { door, route })
             .observe(took.as_secs_f64());
     }
 
@@ -444,8 +451,8 @@ mod tests {
     #[test]
     fn renders_counters_histograms_and_gauges() {
         let m = Metrics::default();
-        m.request("/v1/resolve", RequestOutcome::of_status(200));
-        m.request("/v1/resolve", RequestOutcome::Ok);
+        m.request("api", "/v1/resolve", RequestOutcome::of_status(200));
+        m.request("api", "/v1/resolve", RequestOutcome::Ok);
         m.source_read("vault", "ok", Duration::from_millis(3));
         m.cache(true);
         m.cache(false);
@@ -454,7 +461,7 @@ mod tests {
         m.certificate_expiry(ExpiryKind::Server, "server", 1_800_000_000);
         let text = m.render();
         for line in [
-            "keybroker_requests_total{route=\"/v1/resolve\",decision=\"ok\"} 2",
+            "keybroker_requests_total{door=\"api\",route=\"/v1/resolve\",decision=\"ok\"} 2",
             "keybroker_source_read_seconds_bucket{le=\"0.0025\",source=\"vault\"} 0",
             "keybroker_source_read_seconds_bucket{le=\"0.005\",source=\"vault\"} 1",
             "keybroker_source_read_seconds_count{source=\"vault\"} 1",

@@ -346,7 +346,10 @@ path = "audit.log"
         "reload not admin",
         client.post(url("/v1/admin/reload")).bearer_auth("gw-token")
     );
-    call!("metrics", client.get(url("/metrics")));
+    call!(
+        "metrics",
+        client.get(url("/metrics")).bearer_auth("ops-token")
+    );
 
     // SIGHUP reloads the policy (and says so in the log).
     let mut child = running.child;

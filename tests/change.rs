@@ -148,8 +148,15 @@ impl Server {
     }
 
     async fn metrics(&self) -> String {
+        // On the consumer-facing listener, metrics are for admins.
         let r = self.running.client.get(self.running.url("/metrics"));
-        r.send().await.unwrap().text().await.unwrap()
+        r.bearer_auth(OPS)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     async fn readyz(&self) -> (u16, Value) {
@@ -622,7 +629,7 @@ async fn metrics_report_the_build_request_durations_cache_size_and_vault_token_t
     assert_eq!(
         gauge(
             &m,
-            "keybroker_request_duration_seconds_count{route=\"/v1/resolve\"}"
+            "keybroker_request_duration_seconds_count{door=\"api\",route=\"/v1/resolve\"}"
         ),
         1
     );

@@ -402,9 +402,21 @@ async fn client_certificates_decide_who_gets_mtls_material() {
         "{audit}"
     );
 
+    // Metrics name teams' credentials: on the consumer-facing listener, an anonymous caller
+    // and a consumer that is not an admin are refused.
+    let refused = anonymous.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused = anonymous
+        .get(s.url("/metrics"))
+        .bearer_auth("viewer-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
     // Metrics count the requests and show the certificate's days to expiry.
     let metrics = anonymous
         .get(s.url("/metrics"))
+        .bearer_auth("ops-token")
         .send()
         .await
         .unwrap()
@@ -413,7 +425,7 @@ async fn client_certificates_decide_who_gets_mtls_material() {
         .unwrap();
     assert!(
         metrics.contains(
-            "keybroker_requests_total{route=\"/v1/credentials/{name}/material\",decision=\"ok\"} 2"
+            "keybroker_requests_total{door=\"api\",route=\"/v1/credentials/{name}/material\",decision=\"ok\"} 2"
         ),
         "{metrics}"
     );

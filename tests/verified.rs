@@ -26,6 +26,7 @@ use support::openbao::free_port;
 use support::server::{Running, folder, token_sha256};
 
 const GW: &str = "verified-gw-token";
+const OPS: &str = "verified-ops-token";
 
 struct Authority {
     params: CertificateParams,
@@ -279,8 +280,14 @@ name = "gw"
 team = "payments"
 token_sha256 = "{}"
 vault_api_host = "api.partner.example"
+[[consumer]]
+name = "ops"
+team = "payments"
+token_sha256 = "{}"
+admin = true
 "#,
-        token_sha256(GW)
+        token_sha256(GW),
+        token_sha256(OPS)
     );
     for c in &cases {
         let mut secret = json!({ "cert": c.cert, "key": c.key });
@@ -539,6 +546,7 @@ async fn every_door_serves_only_verified_credentials() {
         .server
         .client
         .get(w.server.url("/metrics"))
+        .bearer_auth(OPS)
         .send()
         .await
         .unwrap()

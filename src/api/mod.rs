@@ -10,7 +10,7 @@ pub mod change;
 mod credentials;
 mod error;
 pub mod listen;
-mod observe;
+pub mod observe;
 mod ops;
 mod resolve;
 pub mod tls;
@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::identity::{AuthError, Authenticator, TokenDigest};
+use crate::identity::{Authenticator, TokenDigest};
 pub use error::ApiError;
 pub use listen::Peer;
 pub use tls::{ServerTls, TlsSetupError};
@@ -160,7 +160,7 @@ impl AppState {
                 // Refused either way; a failing audit sink changes nothing here.
                 let ip = peer.map(|p| p.addr.ip());
                 let _ = self.broker.audit_unauthenticated(why.code(), ip).await;
-                if why == AuthError::RepeatedAuthorization {
+                if why.is_bad_request() {
                     return Err(ApiError::BadRequest {
                         code: why.code(),
                         message: why.to_string(),
@@ -208,7 +208,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let routes = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+        .route("/metrics", get(ops::admin_metrics))
         .route("/v1/resolve", post(resolve::resolve))
         .route("/v1/credentials", get(credentials::list))
         .route("/v1/credentials/{name}", get(credentials::info))
@@ -222,7 +222,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(Arc::clone(&state));
     // Around the routing, not through `Router::layer` (observe.rs says why).
     let limited = tower_layer::Layer::layer(&DefaultBodyLimit::max(MAX_BODY_BYTES), routes);
-    Router::new().fallback_service(observe::Observe::new(limited, state))
+    let observed = observe::api(limited, &state);
+    Router::new().fallback_service(observed)
 }
 
 /// The caller of a `/v1/` request, found from the headers (and the connection's certificate).

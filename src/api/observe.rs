@@ -1,5 +1,6 @@
-//! Around every route: the request timeout, JSON bodies for the router's own refusals, the
-//! per-route request counter and duration.
+//! Around every door's router: the request timeout, JSON bodies for the router's own
+//! refusals (main API), the per-door, per-route request counter and duration. Every door —
+//! the API, the Vault-compatible API, the egress proxy — is wrapped by this one service.
 //!
 //! A hand-written service around the whole router, not a `Router::layer`: a layer wraps every
 //! route in one more boxed service, cloned on every request, and `axum::middleware::from_fn`
@@ -18,17 +19,63 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState, ROUTES, change};
 
-/// The service around the router.
+/// How one door is observed.
+#[derive(Clone, Copy, Debug)]
+pub struct DoorSpec {
+    /// The `door` label: `api`, `vault_api`, `egress`.
+    pub door: &'static str,
+    /// The `route` label of a path, from a closed vocabulary.
+    pub route_of: fn(&str) -> &'static str,
+    /// The answer when the request timeout passes, in the door's dialect.
+    pub timed_out: fn() -> Response,
+    /// Whether the router's own refusals get the API's JSON error bodies.
+    pub json_errors: bool,
+}
+
+/// The service around a door's router.
 #[derive(Clone)]
-pub(super) struct Observe<S> {
+#[allow(missing_debug_implementations)] // the inner router has none
+pub struct Observe<S> {
     inner: S,
-    state: Arc<AppState>,
+    metrics: Arc<crate::metrics::Metrics>,
+    timeout: std::time::Duration,
+    spec: DoorSpec,
 }
 
 impl<S> Observe<S> {
-    pub(super) fn new(inner: S, state: Arc<AppState>) -> Self {
-        Self { inner, state }
+    pub fn new(
+        inner: S,
+        metrics: Arc<crate::metrics::Metrics>,
+        timeout: std::time::Duration,
+        spec: DoorSpec,
+    ) -> Self {
+        Self {
+            inner,
+            metrics,
+            timeout,
+            spec,
+        }
     }
+}
+
+/// The main API as a door.
+pub(super) fn api_door() -> DoorSpec {
+    DoorSpec {
+        door: "api",
+        route_of,
+        timed_out: || ApiError::Timeout.into_response(),
+        json_errors: true,
+    }
+}
+
+/// An `Observe` for the main API's router.
+pub(super) fn api<S>(inner: S, state: &AppState) -> Observe<S> {
+    Observe::new(
+        inner,
+        state.broker.shared_metrics(),
+        state.request_timeout,
+        api_door(),
+    )
 }
 
 impl<S> tower_service::Service<Request> for Observe<S>
@@ -45,26 +92,35 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let route = route_of(request.uri().path());
+        let spec = self.spec;
+        let route = (spec.route_of)(request.uri().path());
         // A blocking query may take its `wait` beyond the request timeout.
-        let wait = change::wait(request.uri().query())
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let state = Arc::clone(&self.state);
+        let wait = if spec.json_errors {
+            change::wait(request.uri().query())
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            std::time::Duration::ZERO
+        };
+        let metrics = Arc::clone(&self.metrics);
+        let timeout = self.timeout + wait;
         let answer = self.inner.call(request);
         Box::pin(async move {
             let started = std::time::Instant::now();
-            let response = match tokio::time::timeout(state.request_timeout + wait, answer).await {
+            let response = match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(never)) => match never {},
-                Err(_) => ApiError::Timeout.into_response(),
+                Err(_) => (spec.timed_out)(),
             };
-            let response = json_errors(response);
-            let metrics = state.broker.metrics();
+            let response = if spec.json_errors {
+                json_errors(response)
+            } else {
+                response
+            };
             let decision = crate::metrics::RequestOutcome::of_status(response.status().as_u16());
-            metrics.request(route, decision);
-            metrics.request_duration(route, started.elapsed());
+            metrics.request(spec.door, route, decision);
+            metrics.request_duration(spec.door, route, started.elapsed());
             Ok(response)
         })
     }

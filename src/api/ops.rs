@@ -1,5 +1,7 @@
-//! Liveness, readiness and metrics. Unauthenticated, like the probes and scrapers that call
-//! them; none of them carries a value or a secret's path.
+//! Liveness, readiness and metrics. The probes are unauthenticated, like the kubelets that
+//! call them; none carries a value or a secret's path. `/metrics` names teams' credentials,
+//! consumers and pin prefixes: on the consumer-facing listener it answers admins only, on
+//! `ops_listen` (bound by operators to their own network) anyone.
 
 use std::sync::Arc;
 
@@ -26,6 +28,15 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json_response(status, &readiness)
+}
+
+/// `/metrics` on the consumer-facing listener: for the operator and admin consumers only.
+pub(super) async fn admin_metrics(
+    State(state): State<Arc<AppState>>,
+    super::Authenticated(caller): super::Authenticated,
+) -> Result<Response, super::ApiError> {
+    state.admin(caller, crate::audit::Action::Metrics).await?;
+    Ok(metrics(State(state)).await)
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -104,9 +104,15 @@ pub enum Action {
     AdminReload,
     #[serde(rename = "admin.purge")]
     AdminPurge,
+    /// `/metrics` on the consumer-facing listener (admins only).
+    #[serde(rename = "metrics")]
+    Metrics,
     /// A request whose caller could not be authenticated.
     #[serde(rename = "authenticate")]
     Authenticate,
+    /// A consumer exchanged its client certificate for a token (Vault API `auth/cert/login`).
+    #[serde(rename = "auth.login")]
+    Login,
     /// keybroker started serving (also proves the trail writable, for `/readyz`).
     #[serde(rename = "service.start")]
     ServiceStart,

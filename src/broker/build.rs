@@ -196,6 +196,11 @@ impl Broker {
         &self.metrics
     }
 
+    /// The counters, shared (for the service around every door).
+    pub fn shared_metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     /// Sets how PEM values of source `name` are treated (default: repair).
     pub fn with_pem_mode(mut self, name: &str, mode: pem::Mode) -> Self {
         if let Some(entry) = self.sources.get_mut(name) {

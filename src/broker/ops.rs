@@ -217,6 +217,25 @@ impl Broker {
     }
 
     /// The audit line of a request whose caller could not be authenticated.
+    /// A successful login through a door (`via`): the consumer now holds a token.
+    pub async fn audit_login(
+        &self,
+        caller: &super::Caller,
+        via: &'static str,
+    ) -> Result<(), super::AuditRefused> {
+        self.audit(super::AuditEntry {
+            via: Some(via),
+            ..super::AuditEntry::new(
+                crate::audit::Action::Login,
+                Some(caller),
+                crate::audit::Outcome::Allowed,
+                "allowed",
+                std::time::Instant::now(),
+            )
+        })
+        .await
+    }
+
     pub async fn audit_unauthenticated(
         &self,
         reason: &'static str,

@@ -81,6 +81,22 @@ pub fn router(state: Arc<EgressState>) -> Router {
     Router::new().fallback(proxy).with_state(state)
 }
 
+/// The egress proxy as a door (request metrics, timeout as a JSON refusal).
+pub fn door() -> crate::api::observe::DoorSpec {
+    crate::api::observe::DoorSpec {
+        door: "egress",
+        route_of: |_| "proxy",
+        timed_out: || {
+            refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the request took longer than the proxy's timeout",
+            )
+        },
+        json_errors: false,
+    }
+}
+
 /// A refusal: a JSON error with a stable code (never a value).
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
@@ -234,13 +250,20 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         }
     };
 
-    // Who is asking.
+    // Who is asking. Refusals are budgeted per peer address like every door's (THREATS 27).
     let snapshot = state.broker.policy();
-    let token = request
-        .headers()
-        .get(header::PROXY_AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::identity::bearer);
+    let ip = request
+        .extensions()
+        .get::<crate::api::Peer>()
+        .map(|p| p.addr.ip());
+    let token =
+        match crate::identity::presented_token(request.headers(), crate::identity::Door::Egress) {
+            Ok(t) => t,
+            Err(why) => {
+                let _ = state.broker.audit_unauthenticated(why.code(), ip).await;
+                return refuse(StatusCode::BAD_REQUEST, why.code(), &why.to_string());
+            }
+        };
     let consumer = token.and_then(|t| ConsumerRef::by_token(&snapshot, t));
     let Some(consumer) = consumer else {
         let _ = state
@@ -251,7 +274,7 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
                 } else {
                     "missing_credentials"
                 },
-                None,
+                ip,
             )
             .await;
         return refuse(

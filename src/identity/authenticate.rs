@@ -30,10 +30,65 @@ pub enum AuthError {
     BadHeader,
     #[error("unknown bearer token")]
     UnknownToken,
-    /// Two `Authorization` headers: which one counts would depend on the proxy in front
-    /// (THREATS row 32), so neither does. Answered 400, not 401.
-    #[error("more than one Authorization header")]
+    /// Two headers of the door's credential (`Authorization`, `X-Vault-Token`,
+    /// `Proxy-Authorization`): which one counts would depend on the proxy in front (THREATS
+    /// row 32), so neither does. Answered 400 (or the door's equivalent), not 401.
+    #[error("more than one credential header")]
     RepeatedAuthorization,
+    /// Two different credentials in the headers a door reads (`X-Vault-Token` and an
+    /// `Authorization` naming someone else): refused, not settled by order.
+    #[error("conflicting credentials in X-Vault-Token and Authorization")]
+    ConflictingCredentials,
+}
+
+impl AuthError {
+    /// Whether the request itself is malformed (400), rather than unauthenticated (401).
+    pub fn is_bad_request(self) -> bool {
+        matches!(
+            self,
+            Self::RepeatedAuthorization | Self::ConflictingCredentials
+        )
+    }
+}
+
+/// The door a request came through: which headers carry its bearer credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Door {
+    /// `Authorization: Bearer`.
+    Api,
+    /// `X-Vault-Token`, or `Authorization: Bearer`.
+    VaultApi,
+    /// `Proxy-Authorization: Bearer`.
+    Egress,
+}
+
+/// The bearer credential a request presents at `door`, if any — one function for every door,
+/// so a repeated or conflicting credential is refused the same way everywhere (THREATS row
+/// 32).
+pub fn presented_token(headers: &HeaderMap, door: Door) -> Result<Option<&str>, AuthError> {
+    let one = |name: &HeaderName| -> Result<Option<&str>, AuthError> {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (_, Some(_)) => Err(AuthError::RepeatedAuthorization),
+            (None, None) => Ok(None),
+            (Some(v), None) => Ok(Some(v.to_str().map_err(|_| AuthError::Missing)?)),
+        }
+    };
+    let bearer_of =
+        |name: &HeaderName| -> Result<Option<&str>, AuthError> { Ok(one(name)?.and_then(bearer)) };
+    match door {
+        Door::Api => bearer_of(&header::AUTHORIZATION),
+        Door::Egress => bearer_of(&header::PROXY_AUTHORIZATION),
+        Door::VaultApi => {
+            let vault = one(&HeaderName::from_static("x-vault-token"))?;
+            let authorization = bearer_of(&header::AUTHORIZATION)?;
+            match (vault, authorization) {
+                (Some(a), Some(b)) if a != b => Err(AuthError::ConflictingCredentials),
+                (Some(a), _) | (None, Some(a)) => Ok(Some(a)),
+                (None, None) => Ok(None),
+            }
+        }
+    }
 }
 
 impl AuthError {
@@ -45,6 +100,7 @@ impl AuthError {
             Self::BadHeader => "bad_header",
             Self::UnknownToken => "unknown_token",
             Self::RepeatedAuthorization => "repeated_authorization",
+            Self::ConflictingCredentials => "conflicting_credentials",
         }
     }
 }
@@ -106,15 +162,7 @@ impl Authenticator {
                 .map(|i| (consumer(i), Via::ForwardedCertificate))
                 .ok_or(AuthError::UnknownCertificate);
         }
-        let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
-        let (first, second) = (authorization.next(), authorization.next());
-        if second.is_some() {
-            return Err(AuthError::RepeatedAuthorization);
-        }
-        let presented = first
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .ok_or(AuthError::Missing)?;
+        let presented = presented_token(headers, Door::Api)?.ok_or(AuthError::Missing)?;
         if self.dev_token.as_ref().is_some_and(|d| d.verify(presented)) {
             return Ok((Caller::Operator, Via::Token));
         }

@@ -13,7 +13,9 @@ mod token;
 
 use std::sync::Arc;
 
-pub use authenticate::{AuthError, Authenticator, Via, bearer, decode_certificate};
+pub use authenticate::{
+    AuthError, Authenticator, Door, Via, bearer, decode_certificate, presented_token,
+};
 pub use cert::ClientCert;
 pub use index::Identities;
 pub use token::TokenDigest;

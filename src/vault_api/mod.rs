@@ -45,6 +45,34 @@ pub fn router(state: Arc<VaultApiState>) -> Router {
         .with_state(state)
 }
 
+/// The Vault-compatible API as a door (request metrics, timeout in Vault's error shape).
+pub fn door() -> crate::api::observe::DoorSpec {
+    crate::api::observe::DoorSpec {
+        door: "vault_api",
+        route_of: route_label,
+        timed_out: || {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &["the request took longer than the server's request_timeout"],
+            )
+        },
+        json_errors: false,
+    }
+}
+
+/// A closed vocabulary of routes for the request metrics: never the caller's path.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/sys/health" => "/v1/sys/health",
+        "/v1/auth/cert/login" => "/v1/auth/cert/login",
+        "/v1/auth/token/lookup-self" => "/v1/auth/token/lookup-self",
+        p if p.starts_with("/v1/sys/") => "/v1/sys/*",
+        p if p.starts_with("/v1/auth/") => "/v1/auth/*",
+        p if p.starts_with("/v1/") => "/v1/{mount}/*",
+        _ => "other",
+    }
+}
+
 /// Vault's error shape.
 fn error(status: StatusCode, messages: &[&str]) -> Response {
     let body = json!({ "errors": messages }).to_string();
@@ -131,6 +159,14 @@ async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Re
         Route::Login => return login(&state, peer.as_ref()).await,
         _ => {}
     }
+    // Response wrapping is not served: a client asking for it must not get the secret
+    // unwrapped in its place.
+    if parts.headers.contains_key("x-vault-wrap-ttl") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &["response wrapping (X-Vault-Wrap-TTL) is not supported"],
+        );
+    }
     let caller = match authenticate(&state, &parts.headers, peer.as_ref()).await {
         Ok(c) => c,
         Err(r) => return r,
@@ -161,17 +197,6 @@ fn unix(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The token of `X-Vault-Token` or `Authorization: Bearer`.
-fn presented(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get("x-vault-token") {
-        return v.to_str().ok();
-    }
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::identity::bearer)
-}
-
 /// The consumer a request's token names: a policy bearer token, or a token issued here.
 async fn authenticate(
     state: &VaultApiState,
@@ -179,7 +204,17 @@ async fn authenticate(
     peer: Option<&Peer>,
 ) -> Result<Caller, Response> {
     let snapshot = state.broker.policy();
-    let found = presented(headers).and_then(|t| {
+    let ip = peer.map(|p| p.addr.ip());
+    // The one rule of every door: a repeated or conflicting credential counts for no one.
+    let presented = match crate::identity::presented_token(headers, crate::identity::Door::VaultApi)
+    {
+        Ok(p) => p,
+        Err(why) => {
+            let _ = state.broker.audit_unauthenticated(why.code(), ip).await;
+            return Err(error(StatusCode::BAD_REQUEST, &[&why.to_string()]));
+        }
+    };
+    let found = presented.and_then(|t| {
         if token::is_issued(t) {
             let name = state.tokens.verify(t, SystemTime::now()).ok()?;
             ConsumerRef::of(Arc::clone(&snapshot), &name)
@@ -190,16 +225,13 @@ async fn authenticate(
     match found {
         Some(c) => Ok(Caller::Consumer(c)),
         None => {
-            let why = if presented(headers).is_some() {
+            let why = if presented.is_some() {
                 "unknown_token"
             } else {
                 "missing_credentials"
             };
             // Refused either way; a failing audit sink changes nothing here.
-            let _ = state
-                .broker
-                .audit_unauthenticated(why, peer.map(|p| p.addr.ip()))
-                .await;
+            let _ = state.broker.audit_unauthenticated(why, ip).await;
             Err(denied())
         }
     }
@@ -223,6 +255,22 @@ async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
             .await;
         return denied();
     };
+    // A token is a credential handed out: audited like a read (and refused when the trail
+    // cannot be written).
+    let Some(consumer) = ConsumerRef::of(Arc::clone(&snapshot), &name) else {
+        return denied();
+    };
+    if state
+        .broker
+        .audit_login(&Caller::Consumer(consumer), "vault_api")
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &["the audit trail cannot be written"],
+        );
+    }
     let token = state
         .tokens
         .issue(&name, state.token_ttl, SystemTime::now());
@@ -244,7 +292,9 @@ fn lookup_self(state: &VaultApiState, caller: &Caller, headers: &HeaderMap) -> R
     let Caller::Consumer(c) = caller else {
         return denied();
     };
-    let ttl = presented(headers)
+    let ttl = crate::identity::presented_token(headers, crate::identity::Door::VaultApi)
+        .ok()
+        .flatten()
         .filter(|t| token::is_issued(t))
         .map_or(0, |t| state.tokens.ttl_left(t, SystemTime::now()));
     json_answer(

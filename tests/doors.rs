@@ -1,0 +1,298 @@
+//! One front hall: every door — the API, the Vault-compatible API, the egress proxy — keeps
+//! THREATS rows 27 (refusals budgeted per peer address) and 32 (a repeated or conflicting
+//! credential counts for no one), is counted with its `door` label, and `/metrics` on the
+//! consumer-facing listener names nothing to an anonymous caller. Each row fails when a door
+//! bypasses the shared piece.
+
+mod support {
+    pub mod openbao;
+    pub mod pki;
+    pub mod server;
+}
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use support::openbao::free_port;
+use support::server::{Running, folder, token_sha256};
+
+const GW: &str = "doors-gw-token";
+const OTHER: &str = "doors-other-token";
+const OPS: &str = "doors-ops-token";
+
+struct World {
+    dir: tempfile::TempDir,
+    server: Running,
+    vault_port: u16,
+    egress: u16,
+}
+
+async fn world() -> World {
+    let (dir, ca) = folder("door-secret");
+    let root = dir.path();
+    std::fs::write(
+        root.join("policies/p.toml"),
+        format!(
+            r#"
+[[team]]
+slug = "payments"
+[[consumer]]
+name = "gw"
+team = "payments"
+token_sha256 = "{}"
+vault_api_host = "api.partner.example"
+[[consumer]]
+name = "other"
+team = "payments"
+token_sha256 = "{}"
+vault_api_host = "api.partner.example"
+[[consumer]]
+name = "ops"
+team = "payments"
+token_sha256 = "{}"
+admin = true
+[[grant]]
+team = "payments"
+source = "files"
+paths = ["app/*"]
+allowed_hosts = ["api.partner.example"]
+"#,
+            token_sha256(GW),
+            token_sha256(OTHER),
+            token_sha256(OPS)
+        ),
+    )
+    .unwrap();
+    let (port, vault_port, egress) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            r#"
+policies = "policies"
+[server]
+listen = "127.0.0.1:{port}"
+tls_cert = "server.pem"
+tls_key = "server-key.pem"
+[vault_api]
+listen = "127.0.0.1:{vault_port}"
+[egress]
+listen = "127.0.0.1:{egress}"
+timeout = "5s"
+[[source]]
+name = "files"
+kind = "file"
+path = "secrets"
+[audit]
+path = "audit.log"
+"#
+        ),
+    )
+    .unwrap();
+    let server = Running::start(root, &ca.pem, port, "info").await;
+    World {
+        dir,
+        server,
+        vault_port,
+        egress,
+    }
+}
+
+/// A plain HTTP client whose connections leave from `from` (each door gets its own address,
+/// so one door's budget is not spent by another's refusals).
+fn client_from(from: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(IpAddr::from(from))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+impl World {
+    fn vault(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/v1/{path}", self.vault_port)
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    async fn metrics(&self) -> String {
+        self.server
+            .client
+            .get(self.server.url("/metrics"))
+            .bearer_auth(OPS)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// THREATS row 32 at every door: two credential headers, or two that disagree, are refused
+/// with 400 and audited, never settled by order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_32_at_every_door_a_repeated_or_conflicting_credential_counts_for_no_one() {
+    let w = world().await;
+    let http = client_from([127, 0, 0, 1]);
+    // The main API.
+    let resp = w
+        .server
+        .client
+        .get(w.server.url("/v1/credentials"))
+        .header("authorization", format!("Bearer {GW}"))
+        .header("authorization", format!("Bearer {OTHER}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // The Vault API: two X-Vault-Token; X-Vault-Token and Authorization naming different
+    // consumers; the same token twice over both headers is one credential.
+    let read = w.vault("files/data/app/token");
+    let resp = http
+        .get(&read)
+        .header("x-vault-token", GW)
+        .header("x-vault-token", OTHER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("more than one"),
+        "{body}"
+    );
+    let resp = http
+        .get(&read)
+        .header("x-vault-token", GW)
+        .header("authorization", format!("Bearer {OTHER}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = http
+        .get(&read)
+        .header("x-vault-token", GW)
+        .header("authorization", format!("Bearer {GW}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    // Response wrapping is refused, not ignored.
+    let resp = http
+        .get(&read)
+        .header("x-vault-token", GW)
+        .header("x-vault-wrap-ttl", "60s")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // The egress proxy.
+    let proxy = reqwest::Proxy::http(format!("http://127.0.0.1:{}", w.egress)).unwrap();
+    let proxied = reqwest::Client::builder()
+        .proxy(proxy)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let resp = proxied
+        .get("http://api.partner.example/")
+        .header("proxy-authorization", format!("Bearer {GW}"))
+        .header("proxy-authorization", format!("Bearer {OTHER}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "repeated_authorization");
+    let refusals = w
+        .audit()
+        .into_iter()
+        .filter(|l| {
+            l["action"] == "authenticate"
+                && (l["reason"] == "repeated_authorization"
+                    || l["reason"] == "conflicting_credentials")
+        })
+        .count();
+    assert_eq!(refusals, 4, "every door audits the refusal");
+}
+
+/// THREATS row 27 at every door: a flood of anonymous requests from one address writes at
+/// most the address's budget of audit lines (and a summary), whichever door it knocks on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_27_at_every_door_anonymous_refusals_are_budgeted_per_address() {
+    let w = world().await;
+    const FLOOD: usize = 60;
+    let before = w.audit().len();
+    let vault = client_from([127, 0, 0, 2]);
+    for _ in 0..FLOOD {
+        let resp = vault
+            .get(w.vault("files/data/app/token"))
+            .header("x-vault-token", "wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+    }
+    let proxy = reqwest::Proxy::http(format!("http://127.0.0.1:{}", w.egress)).unwrap();
+    let proxied = reqwest::Client::builder()
+        .proxy(proxy)
+        .local_address(IpAddr::from([127, 0, 0, 3]))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    for _ in 0..FLOOD {
+        let resp = proxied
+            .get("http://api.partner.example/")
+            .header("proxy-authorization", "Bearer wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 407);
+    }
+    let lines = w.audit();
+    let written = lines[before..]
+        .iter()
+        .filter(|l| l["action"] == "authenticate")
+        .count();
+    // Ten a minute per address, two addresses; a summary line at most per address.
+    assert!(
+        written <= 2 * (10 + 1),
+        "{written} audit lines for {} refusals",
+        2 * FLOOD
+    );
+    assert!(
+        written >= 2 * 10,
+        "each door audits its refusals: {written}"
+    );
+    // Every door is counted, with its label.
+    let metrics = w.metrics().await;
+    for door in ["api", "vault_api", "egress"] {
+        assert!(
+            metrics.contains(&format!("keybroker_requests_total{{door=\"{door}\"")),
+            "{door}: {metrics}"
+        );
+    }
+    assert!(metrics.contains(
+        "keybroker_requests_total{door=\"egress\",route=\"proxy\",decision=\"unauthenticated\"} 60"
+    ));
+    // Anonymous `/metrics` on the consumer-facing listener names nothing.
+    let anonymous = w
+        .server
+        .client
+        .get(w.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(!anonymous.text().await.unwrap().contains("keybroker_"));
+}
