@@ -285,3 +285,55 @@ async fn a_request_is_decided_under_the_snapshot_it_was_authenticated_under() {
     );
     assert!(!resolve(after).await, "the reloaded policy has no grant");
 }
+
+/// THREATS row 40: an ETag is keyed by the caller's team as well as the content, so two teams
+/// resolving the same literal document get different tags, and a tag seen in one team's
+/// answer is no guess oracle in another's. The same team gets the same tag again.
+#[tokio::test]
+async fn threat_40_etags_differ_between_teams_for_the_same_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("secrets")).unwrap();
+    std::fs::create_dir_all(root.join("policies")).unwrap();
+    let mut policy = String::new();
+    for (team, token) in [("a", "token-a"), ("b", "token-b"), ("a", "token-a2")] {
+        policy.push_str(&format!(
+            "[[team]]\nslug = \"{team}\"\n[[consumer]]\nname = \"{token}\"\nteam = \"{team}\"\ntoken_sha256 = \"{}\"\n",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()))
+        ));
+    }
+    // A team is declared once.
+    let policy = policy.replacen("[[team]]\nslug = \"a\"\n", "", 1);
+    std::fs::write(root.join("policies/p.toml"), policy).unwrap();
+    std::fs::write(
+        root.join("kb.toml"),
+        "policies = \"policies\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&root.join("kb.toml")).unwrap();
+    let app = router(Arc::new(AppState::new(Arc::new(
+        Broker::from_config(&config).unwrap(),
+    ))));
+    let etag = |token: &'static str| {
+        let app = app.clone();
+        async move {
+            let req = Request::post("/v1/resolve")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(
+                    r#"{"document": {"literal": "no secrets here"}, "host": "x.example"}"#,
+                ))
+                .unwrap();
+            let resp = app.oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.headers()[header::ETAG].to_str().unwrap().to_owned()
+        }
+    };
+    let (a, a2, b) = (
+        etag("token-a").await,
+        etag("token-a2").await,
+        etag("token-b").await,
+    );
+    assert_eq!(a, a2, "one team, one tag for one answer");
+    assert_ne!(a, b, "another team's tag for the same answer differs");
+}

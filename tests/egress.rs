@@ -75,7 +75,7 @@ async fn world() -> World {
     ssl_client_certificate {p}/partner-ca.pem;
     ssl_verify_client on;
     location /redirect {{ return 302 https://elsewhere.example/; }}
-    location / {{ return 200 "verified $ssl_client_s_dn for $request_method $request_uri x=$http_x_forwarded\n"; }}
+    location / {{ return 200 "verified $ssl_client_s_dn for $request_method $request_uri x=$http_x_forwarded fwd=$http_forwarded xff=$http_x_forwarded_for\n"; }}
   }}
 "#,
             p = prefix.display(),
@@ -214,11 +214,19 @@ async fn curl_through_the_proxy_reaches_an_mtls_upstream_with_the_credentials_ce
         GW,
         Some("partner-api"),
         &w.url("api.partner.example", "/v1/accounts?x=1"),
-        &["-H", "X-Forwarded: kept"],
+        &[
+            "-H",
+            "X-Forwarded: kept",
+            "-H",
+            "Forwarded: for=10.0.0.1",
+            "-H",
+            "X-Forwarded-For: 10.0.0.1",
+        ],
     );
     assert_eq!(status, 200, "{body}");
+    // The caller's claims of origin are dropped (THREATS row 41); other headers pass.
     assert!(
-        body.contains("verified CN=gw-client for GET /v1/accounts?x=1 x=kept"),
+        body.contains("verified CN=gw-client for GET /v1/accounts?x=1 x=kept fwd= xff=\n"),
         "{body}"
     );
     assert!(
@@ -303,6 +311,16 @@ async fn threat_34_refusals_never_reach_the_upstream() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&connect.stdout), "405");
+    // TRACE would echo the request (Proxy-Authorization included) back: refused, never
+    // forwarded (THREATS row 41).
+    let (status, body) = w.curl(
+        GW,
+        Some("partner-api"),
+        &w.url("api.partner.example", "/"),
+        &["-X", "TRACE"],
+    );
+    assert_eq!(status, 405, "{body}");
+    assert!(body.contains("trace_refused"), "{body}");
     // A consumer that may not read the credential.
     let (status, _) = w.curl(
         OTHER,

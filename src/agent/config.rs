@@ -161,8 +161,15 @@ impl AgentConfig {
                     ),
                 ));
             }
-            parse_mode(&o.key_mode).ok_or_else(|| {
-                AgentConfigError::invalid(path, format!("key_mode {:?} is not octal", o.key_mode))
+            secret_mode(&o.key_mode)
+                .map_err(|why| AgentConfigError::invalid(path, format!("key_mode: {why}")))?;
+        }
+        for t in &cfg.template {
+            secret_mode(&t.mode).map_err(|why| {
+                AgentConfigError::invalid(
+                    path,
+                    format!("template {}: mode: {why}", t.destination.display()),
+                )
             })?;
         }
         for t in &mut cfg.template {
@@ -179,8 +186,43 @@ impl AgentConfig {
     }
 }
 
+/// The mode of a file holding secrets: octal, and giving no one but the owner (and, for
+/// reading only, its group — a gateway running in the agent's group) any access. `0644`,
+/// `0666` or `0660` on a private key are refused, not obeyed.
+pub fn secret_mode(text: &str) -> Result<u32, String> {
+    let mode = parse_mode(text).ok_or_else(|| format!("{text:?} is not an octal mode"))?;
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{text} lets every user of the host read or change secrets"
+        ));
+    }
+    if mode & 0o030 != 0 {
+        return Err(format!(
+            "{text} lets the group change or run secrets (group read, 0640, is the most)"
+        ));
+    }
+    Ok(mode)
+}
+
 pub fn parse_mode(text: &str) -> Option<u32> {
     u32::from_str_radix(text.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_mode;
+
+    /// THREATS row 42: a mode that lets the world, or the group to write, reach a private key
+    /// is refused at load.
+    #[test]
+    fn threat_42_world_or_group_writable_secret_modes_are_refused() {
+        for ok in ["0600", "0400", "0640", "0440", "600"] {
+            assert!(secret_mode(ok).is_ok(), "{ok}");
+        }
+        for bad in ["0644", "0666", "0777", "0660", "0604", "0610", "x", "01000"] {
+            assert!(secret_mode(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -163,14 +163,17 @@ pub fn swap_in(
     contents: &Contents,
     key_mode: u32,
 ) -> Result<Option<String>, WriteError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // Directories are the owner's (and, when the files are for the group, the group's to
+    // enter), whatever the umask: anyone who may write here could re-point `..data`.
+    let dir_mode = if key_mode & 0o040 != 0 { 0o750 } else { 0o700 };
+    private_dir(dir, dir_mode)?;
     let stamp = humantime::format_rfc3339_nanos(std::time::SystemTime::now())
         .to_string()
         .replace([':', '-', '.'], "_");
     let generation = format!("..{stamp}");
     let gen_dir = dir.join(&generation);
     std::fs::create_dir(&gen_dir).map_err(io(&gen_dir))?;
-    std::fs::set_permissions(&gen_dir, std::fs::Permissions::from_mode(0o755))
+    std::fs::set_permissions(&gen_dir, std::fs::Permissions::from_mode(dir_mode))
         .map_err(io(&gen_dir))?;
     for (name, text) in contents {
         let path = gen_dir.join(name);
@@ -192,12 +195,45 @@ pub fn swap_in(
     point_data_at(dir, &generation)?;
     for (name, _) in contents {
         let link = dir.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("{DATA}/{name}"), &link).map_err(io(&link))?;
+        let ours = format!("{DATA}/{name}");
+        match std::fs::symlink_metadata(&link) {
+            Err(_) => {}
+            // Our own link: nothing to do.
+            Ok(m)
+                if m.file_type().is_symlink()
+                    && std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&ours)) =>
+            {
+                continue;
+            }
+            // A stale file or a symlink someone else put here: replaced, never followed
+            // (the agent must not report success while a foreign key.pem is served).
+            Ok(m) if !m.is_dir() => {
+                tracing::warn!(path = %link.display(), "replacing an entry the agent did not write");
+                std::fs::remove_file(&link).map_err(io(&link))?;
+            }
+            Ok(_) => {
+                return Err(io(&link)(std::io::Error::other(
+                    "a directory is in the way of the file",
+                )));
+            }
         }
+        std::os::unix::fs::symlink(&ours, &link).map_err(io(&link))?;
     }
     sync_dir(dir)?;
     Ok(previous)
+}
+
+/// Creates `dir` (and missing parents) and gives `dir` exactly `mode`.
+fn private_dir(dir: &Path, mode: u32) -> Result<(), WriteError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io(dir))
 }
 
 /// The generation `..data` points at.
@@ -239,7 +275,11 @@ fn sync_dir(dir: &Path) -> Result<(), WriteError> {
 /// Writes one file atomically (a template's destination): temporary file, sync, rename.
 pub fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), WriteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // A folder the agent creates is private whatever the umask; an existing one (a
+    // gateway's configuration folder) is left as its owner set it.
+    if !dir.is_dir() {
+        private_dir(dir, if mode & 0o040 != 0 { 0o750 } else { 0o700 })?;
+    }
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
@@ -256,4 +296,59 @@ pub fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), WriteError> 
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
     sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// THREATS row 42: under umask 000 the agent's folders are still private, and entries of
+    /// its output folder that it did not write — a stale key.pem, a symlink someone planted —
+    /// are replaced, never kept or followed.
+    #[test]
+    fn threat_42_the_output_folder_is_private_and_foreign_entries_are_replaced() {
+        let old = rustix::process::umask(rustix::fs::Mode::empty());
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("certs");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(dir.join("key.pem"), "stale foreign key").unwrap();
+        std::fs::write(root.path().join("elsewhere.pem"), "planted").unwrap();
+        std::os::unix::fs::symlink(root.path().join("elsewhere.pem"), dir.join("cert.pem"))
+            .unwrap();
+        let contents: Contents = vec![
+            ("cert.pem".into(), Zeroizing::new(b"CERT".to_vec())),
+            ("key.pem".into(), Zeroizing::new(b"KEY".to_vec())),
+        ];
+        swap_in(&dir, &contents, 0o600).unwrap();
+        let template = root.path().join("new/sub/app.conf");
+        write_file(&template, "secret", 0o600).unwrap();
+        rustix::process::umask(old);
+        assert_eq!(mode_of(&dir), 0o700);
+        let generation = current(&dir).unwrap();
+        assert_eq!(mode_of(&dir.join(&generation)), 0o700);
+        assert_eq!(mode_of(&dir.join(&generation).join("key.pem")), 0o600);
+        assert_eq!(mode_of(template.parent().unwrap()), 0o700);
+        for name in ["cert.pem", "key.pem"] {
+            let link = dir.join(name);
+            assert_eq!(
+                std::fs::read_link(&link).unwrap(),
+                Path::new(&format!("{DATA}/{name}"))
+            );
+        }
+        assert_eq!(std::fs::read(dir.join("key.pem")).unwrap(), b"KEY");
+        assert_eq!(std::fs::read(dir.join("cert.pem")).unwrap(), b"CERT");
+        // The planted target was not written through.
+        assert_eq!(
+            std::fs::read(root.path().join("elsewhere.pem")).unwrap(),
+            b"planted"
+        );
+        // With group read for the gateway's group, folders are 0750.
+        swap_in(&dir, &contents, 0o640).unwrap();
+        assert_eq!(mode_of(&dir), 0o750);
+    }
 }

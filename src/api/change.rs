@@ -87,6 +87,16 @@ impl EtagKey {
     }
 }
 
+/// Whose answer an ETag tags: the consumer's team (the operator has its own scope). ETags of
+/// the same content differ between teams, so a tag seen elsewhere is no guess oracle for
+/// another team's document or material (THREATS row 40).
+pub fn scope(caller: &crate::broker::Caller) -> &[u8] {
+    match caller {
+        crate::broker::Caller::Operator => b"\0operator",
+        crate::broker::Caller::Consumer(c) => c.team().as_bytes(),
+    }
+}
+
 /// What a request asks about change: the ETags it holds and how long it will wait.
 #[derive(Debug, Default)]
 pub struct Conditional {

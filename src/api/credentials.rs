@@ -40,7 +40,9 @@ pub(super) async fn info(
     let info = state.broker.credential_info(&caller, &name).await?;
     let mut response = json_response(StatusCode::OK, &info);
     let body = serde_json::to_vec(&info).unwrap_or_default();
-    let etag = state.etag.tag([b"info".as_slice(), &body]);
+    let etag = state
+        .etag
+        .tag([b"info".as_slice(), change::scope(&caller), &body]);
     if let Ok(v) = HeaderValue::from_str(&etag) {
         response.headers_mut().insert(header::ETAG, v);
     }
@@ -68,7 +70,11 @@ pub(super) async fn material(
         state.recheck(),
         || async move {
             let material = state.broker.material(caller, name, host).await?;
-            Ok(material_answer(&state.etag, material))
+            Ok(material_answer(
+                &state.etag,
+                change::scope(caller),
+                material,
+            ))
         },
     )
     .await
@@ -76,16 +82,24 @@ pub(super) async fn material(
 
 /// The material as JSON in a zeroizing buffer, tagged by its values (not its metadata,
 /// which holds e.g. days left).
-fn material_answer(key: &change::EtagKey, material: crate::broker::Material) -> Tagged {
+fn material_answer(
+    key: &change::EtagKey,
+    scope: &[u8],
+    material: crate::broker::Material,
+) -> Tagged {
     let etag = key.tag(
-        [b"material".as_slice(), material.credential.as_bytes()]
-            .into_iter()
-            .chain(
-                material
-                    .values
-                    .iter()
-                    .flat_map(|(k, v)| [k.as_bytes(), v.expose_secret().as_bytes()]),
-            ),
+        [
+            b"material".as_slice(),
+            scope,
+            material.credential.as_bytes(),
+        ]
+        .into_iter()
+        .chain(
+            material
+                .values
+                .iter()
+                .flat_map(|(k, v)| [k.as_bytes(), v.expose_secret().as_bytes()]),
+        ),
     );
 
     let size: usize = material

@@ -73,16 +73,25 @@ pub(super) async fn resolve(
                 .broker
                 .resolve(caller, document, Layout::Compact, host)
                 .await?;
-            Ok(resolution_answer(&state.etag, resolution))
+            Ok(resolution_answer(
+                &state.etag,
+                change::scope(caller),
+                resolution,
+            ))
         }
     })
     .await
 }
 
 /// The expansion as JSON in a zeroizing buffer, tagged by the expanded document.
-fn resolution_answer(key: &change::EtagKey, resolution: crate::broker::Resolution) -> Tagged {
+fn resolution_answer(
+    key: &change::EtagKey,
+    scope: &[u8],
+    resolution: crate::broker::Resolution,
+) -> Tagged {
     let etag = key.tag([
         b"resolve".as_slice(),
+        scope,
         format_code(resolution.format),
         resolution.document.as_bytes(),
     ]);

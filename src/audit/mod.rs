@@ -140,8 +140,33 @@ pub enum Outcome {
     Notice,
 }
 
+/// `subject` as written: itself, or — past [`MAX_SUBJECT_BYTES`] — its first 48 bytes, its
+/// length and the first 16 hex digits of its SHA-256 (THREATS row 39: one reference of 900 KB
+/// was a 900 KB line).
+fn bounded(subject: Cow<'_, str>) -> Cow<'_, str> {
+    if subject.len() <= MAX_SUBJECT_BYTES {
+        return subject;
+    }
+    use sha2::Digest;
+    let mut cut = 48;
+    while !subject.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = hex::encode(sha2::Sha256::digest(subject.as_bytes()));
+    Cow::Owned(format!(
+        "{}…({} bytes, sha256:{})",
+        &subject[..cut],
+        subject.len(),
+        &digest[..16]
+    ))
+}
+
 /// Subjects listed in one audit line before the rest are only counted and digested.
 pub const MAX_SUBJECTS: usize = 100;
+
+/// A subject longer than this is written as its first bytes, its length and its digest: with
+/// [`MAX_SUBJECTS`] of them a line stays under 16 KiB however long a caller's reference is.
+pub const MAX_SUBJECT_BYTES: usize = 120;
 
 /// Where audit lines go.
 #[derive(Debug)]
@@ -252,7 +277,10 @@ impl Audit {
         all: &'s [String],
     ) -> (Vec<Cow<'s, str>>, Option<usize>, Option<String>) {
         let shown = all.len().min(MAX_SUBJECTS);
-        let listed = all[..shown].iter().map(|s| self.identifier(s)).collect();
+        let listed = all[..shown]
+            .iter()
+            .map(|s| bounded(self.identifier(s)))
+            .collect();
         if shown == all.len() {
             return (listed, None, None);
         }
@@ -271,6 +299,8 @@ impl Audit {
     }
 
     /// An identifier as it may appear in the trail: itself, or its HMAC.
+    ///
+    /// (Subjects are bounded in length by [`bounded`] on top of this.)
     /// `id` as the trail shows it: itself, or its HMAC when a key is configured.
     pub fn identifier<'s>(&self, id: &'s str) -> Cow<'s, str> {
         match &self.key {
@@ -433,6 +463,31 @@ mod tests {
             suppressed: None,
             via: None,
         }
+    }
+
+    /// THREATS row 39: however long the subjects, a line of MAX_SUBJECTS of them stays under
+    /// 16 KiB; a long subject keeps its start, its length and a digest.
+    #[test]
+    fn threat_39_long_subjects_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = Audit::open(&config(dir.path(), None)).unwrap();
+        let long = format!("$SECRET_files:{} $KEY_é", "a/".repeat(450_000));
+        let all = vec![long.clone(); 150];
+        let (listed, omitted, digest) = plain.subjects(&all);
+        assert_eq!(omitted, Some(50));
+        assert!(listed[0].starts_with("$SECRET_files:a/a/"), "{}", listed[0]);
+        assert!(listed[0].contains(&format!("({} bytes, sha256:", long.len())));
+        assert!(listed.iter().all(|s| s.len() <= MAX_SUBJECT_BYTES));
+        let line = serde_json::to_string(&serde_json::json!({
+            "subjects": listed, "omitted": omitted, "digest": digest
+        }))
+        .unwrap();
+        assert!(line.len() < 16 * 1024, "{} bytes", line.len());
+        // Short subjects are written as they are; a cut never splits a character.
+        let few = ["files:a/b".to_owned(), "é".repeat(100)];
+        let (short, _, _) = plain.subjects(&few);
+        assert_eq!(short[0], "files:a/b");
+        assert!(short[1].starts_with(&"é".repeat(24)));
     }
 
     /// THREATS row 27: a line lists at most MAX_SUBJECTS subjects; the rest are a count and

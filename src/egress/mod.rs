@@ -134,7 +134,13 @@ fn hop_by_hop(name: &HeaderName, nominated: &[String]) -> bool {
         "content-length",
     ];
     let n = name.as_str();
-    FIXED.contains(&n) || n.starts_with("keybroker-") || nominated.iter().any(|x| x == n)
+    FIXED.contains(&n)
+        || n.starts_with("keybroker-")
+        // A caller's claims about where the request came from are not this proxy's word: an
+        // upstream that trusts them would be told what the caller chose.
+        || n == "forwarded"
+        || n.starts_with("x-forwarded-")
+        || nominated.iter().any(|x| x == n)
 }
 
 /// Header names a `Connection` header nominates as hop-by-hop.
@@ -160,13 +166,23 @@ fn internal(ip: IpAddr) -> bool {
                 || (v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]))
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let o = v6.octets();
+            let v4 = |a: u8, b: u8, c: u8, d: u8| internal(IpAddr::V4([a, b, c, d].into()));
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
                 || v6
                     .to_ipv4_mapped()
                     .is_some_and(|v4| internal(IpAddr::V4(v4)))
+                // IPv4-compatible (::a.b.c.d, deprecated but still routed by some stacks).
+                || (s[..6] == [0; 6] && v4(o[12], o[13], o[14], o[15]))
+                // NAT64, the well-known prefix 64:ff9b::/96 and the local-use 64:ff9b:1::/48.
+                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && v4(o[12], o[13], o[14], o[15]))
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                // 6to4: 2002:a.b.c.d::/48 carries an IPv4 address.
+                || (s[0] == 0x2002 && v4(o[2], o[3], o[4], o[5]))
         }
     }
 }
@@ -219,6 +235,14 @@ pub fn target(uri: &axum::http::Uri) -> Result<Target, TargetError> {
 }
 
 async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Response {
+    if request.method() == Method::TRACE {
+        // TRACE echoes the request, Proxy-Authorization and all, back to whoever reads it.
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "trace_refused",
+            "TRACE is not forwarded",
+        );
+    }
     if request.method() == Method::CONNECT {
         return refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -479,7 +503,9 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
     *response.status_mut() = answer.status();
     let skip = nominated(answer.headers());
     for (k, v) in answer.headers() {
-        if !hop_by_hop(k, &skip) {
+        // The answer's length is kept: an answer cut short (the upstream or `timeout` ends it
+        // mid-stream) is then an error at the client, not a complete-looking short body.
+        if !hop_by_hop(k, &skip) || *k == header::CONTENT_LENGTH {
             response.headers_mut().append(k.clone(), v.clone());
         }
     }
@@ -560,10 +586,24 @@ mod tests {
             "fe80::1",
             "::ffff:10.0.0.1",
             "0.0.0.0",
+            // THREATS row 41: the IPv6 forms that carry an internal IPv4 address.
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::5",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
         ] {
             assert!(internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:4700::1111", "100.128.0.1"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "100.128.0.1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
             assert!(!internal(ip.parse().unwrap()), "{ip}");
         }
     }
@@ -578,6 +618,9 @@ mod tests {
             "te",
             "host",
             "upgrade",
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
         ] {
             assert!(hop_by_hop(&n(h), &[]), "{h}");
         }
