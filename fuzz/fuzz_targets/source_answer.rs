@@ -6,48 +6,7 @@
 //! content type), bytes 1–2 the HTTP status for CCP, the rest is the body.
 #![no_main]
 
-use keybroker::secret::SecretMeta;
-use keybroker::source::{parse_ccp_answer, parse_kv_answer};
-use libfuzzer_sys::fuzz_target;
-use secrecy::ExposeSecret;
+#[path = "../checks/source_answer.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&pick, rest)) = data.split_first() else {
-        return;
-    };
-    let Some((status, body)) = rest.split_first_chunk::<2>() else {
-        return;
-    };
-    let status = 100 + u16::from_be_bytes(*status) % 500;
-    let meta = SecretMeta::default();
-    let answer = if pick % 2 == 0 {
-        parse_kv_answer(body, if pick & 2 == 0 { 1 } else { 2 }, meta)
-    } else {
-        parse_ccp_answer(status, pick & 2 != 0, None, body, meta)
-    };
-    match answer {
-        Ok(secret) => {
-            for (name, value) in secret.fields() {
-                // Every field is a string the body held (JSON may escape it, so compare only
-                // plain ASCII without escapes).
-                let v = value.expose_secret();
-                if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                    assert!(
-                        body.windows(v.len()).any(|w| w == v.as_bytes()),
-                        "field {name} not from the body"
-                    );
-                }
-            }
-        }
-        Err(e) => {
-            let message = format!("{e} {e:?}");
-            if let Ok(text) = std::str::from_utf8(body) {
-                for word in text.split(|c: char| !c.is_ascii_alphanumeric()) {
-                    if word.len() >= 12 {
-                        assert!(!message.contains(word), "the error quotes the answer: {message}");
-                    }
-                }
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

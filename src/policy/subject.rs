@@ -207,7 +207,7 @@ mod tests {
             assert!(steps <= bound, "{pattern}: {steps} steps > {bound}");
         }
         // The pattern and subject value of the hanging fuzz input (issue 22).
-        let hang = include_bytes!("../../fuzz/corpus/client_identity/issue-22-hang");
+        let hang = include_bytes!("../../fuzz/regressions/client_identity/issue-22-hang");
         let hang = String::from_utf8_lossy(hang);
         let (pattern, subject) = hang.split_once('|').unwrap();
         let value = subject
