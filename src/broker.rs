@@ -194,6 +194,9 @@ struct SourceEntry {
     breaker: Arc<CircuitBreaker>,
     /// Whether the source answered once (start-up check or any read): `/readyz`.
     answered: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the source's last answer refused keybroker's own credentials: `/readyz` and
+    /// `keybroker_source_available` report it unavailable until a read succeeds again.
+    refused: Arc<std::sync::atomic::AtomicBool>,
     /// Reads in flight, shared by every request (`[limits] source_concurrency`): one request's
     /// fan-out cannot flood a backend or take all of its connections.
     in_flight: Arc<tokio::sync::Semaphore>,

@@ -471,8 +471,11 @@ impl SecretCache {
 
 /// Whether a stale value may stand in for a failed refresh (stale-if-error): the source is
 /// down or asked for quiet — not when it answered, and not when the caller's input failed.
+/// Not when it refused keybroker's own credentials either: a revoked token may be an
+/// operator cutting keybroker off, and serving what it read before would defeat that.
 fn is_transient(e: &SourceError) -> bool {
-    e.is_outage() || matches!(e, SourceError::RateLimited { .. })
+    let refused = *e == SourceError::Unavailable(crate::source::Outage::CredentialsRefused);
+    (e.is_outage() && !refused) || matches!(e, SourceError::RateLimited { .. })
 }
 
 #[cfg(test)]

@@ -496,15 +496,22 @@ async fn resolve(
         }
         Err(e) => {
             eprintln!("{}", error_json(&e));
-            // A source that is down is worth retrying; anything else is not (scripts and init
-            // containers tell the two apart by the code).
-            let transient = match &e {
-                ResolveError::Unresolved { errors, .. } => errors
-                    .iter()
-                    .any(|x| x.reason == keybroker::reference::Reason::SourceUnavailable),
-                _ => false,
+            // A source that is down is worth retrying; keybroker's own credentials refused by
+            // a source are not, and neither is anything else (scripts and init containers
+            // tell them apart by the code).
+            use keybroker::reference::Reason;
+            let reasons: Vec<&Reason> = match &e {
+                ResolveError::Unresolved { errors, .. } => {
+                    errors.iter().map(|x| &x.reason).collect()
+                }
+                _ => Vec::new(),
             };
-            Err(if transient {
+            Err(if reasons.contains(&&Reason::SourceCredentialsRefused) {
+                eprintln!(
+                    "keybroker: a source refused keybroker's own credentials: check VAULT_TOKEN/BAO_TOKEN, the source's token_file, or its login method's role and secret"
+                );
+                Failure::Code(EX_NOPERM)
+            } else if reasons.contains(&&Reason::SourceUnavailable) {
                 Failure::Code(EX_TEMPFAIL)
             } else {
                 Failure::Rejected
@@ -515,6 +522,8 @@ async fn resolve(
 
 /// sysexits' EX_TEMPFAIL: a source was unavailable, try again later.
 const EX_TEMPFAIL: u8 = 75;
+/// sysexits' EX_NOPERM: a source refused keybroker's own credentials; retrying will not help.
+const EX_NOPERM: u8 = 77;
 
 /// The errors of a failed resolution as one JSON object on stderr. Never a value.
 fn error_json(e: &ResolveError) -> String {
@@ -895,8 +904,8 @@ fn harden_process() {
     }
 }
 
-/// SIGHUP reloads the policy and every listener's TLS files; what does not load leaves the
-/// previous version in force.
+/// SIGHUP reopens the audit file and reloads the policy and every listener's TLS files; what
+/// does not load leaves the previous version in force.
 fn spawn_reload_on_sighup(state: Arc<api::AppState>) {
     #[cfg(unix)]
     {
@@ -908,6 +917,8 @@ fn spawn_reload_on_sighup(state: Arc<api::AppState>) {
         };
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
+                // After logrotate's rename: the audit trail goes to the path again.
+                state.broker.reopen_audit();
                 // The outcomes are logged (and the policy's counted) where they happen.
                 let policy = state.broker.reload_policy();
                 let _ = state.reload_tls();

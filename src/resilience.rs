@@ -117,7 +117,12 @@ where
     let mut delay = base;
     for attempt in 1.. {
         match call().await {
-            Err(e) if e.is_outage() && attempt < attempts => {
+            // Refused credentials are an outage, but not one a retry a moment later fixes.
+            Err(e)
+                if e.is_outage()
+                    && e != SourceError::Unavailable(crate::source::Outage::CredentialsRefused)
+                    && attempt < attempts =>
+            {
                 let mut r = [0u8; 1];
                 // Without randomness the backoff still holds; only the spread is lost.
                 let _ = getrandom::fill(&mut r);

@@ -386,3 +386,230 @@ fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(child.wait().unwrap().success());
 }
+
+/// Honest failures: keybroker's own Vault token refused is not "try again later". The CLI
+/// exits 77 and names what to check; a path the token may not read stays the caller's denial
+/// (1); under `serve`, a token revoked while running makes the source unavailable to every
+/// consumer (503) and to `/readyz`, within one read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_vault_token_is_77_and_an_outage_not_a_denial() {
+    let bao = support::openbao::OpenBao::start();
+    bao.cli(&[
+        "kv",
+        "put",
+        "-mount=secret",
+        "app/db",
+        "password=s3cr3t-value",
+    ]);
+    bao.cli(&["kv", "put", "-mount=secret", "other/db", "password=x"]);
+    let (dir, ca) = support::server::folder("unused");
+    let root = dir.path();
+    std::fs::write(
+        root.join("app-only.hcl"),
+        "path \"secret/data/app/*\" { capabilities = [\"read\"] }\npath \"secret/metadata/*\" { capabilities = [\"read\"] }\npath \"sys/internal/ui/mounts/*\" { capabilities = [\"read\"] }\n",
+    )
+    .unwrap();
+    bao.cli(&[
+        "policy",
+        "write",
+        "app-only",
+        root.join("app-only.hcl").to_str().unwrap(),
+    ]);
+    let token = bao
+        .cli(&["token", "create", "-policy=app-only", "-field=token"])
+        .trim()
+        .to_owned();
+    std::fs::write(root.join("token"), &token).unwrap();
+    let port = free_port();
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[cache]\nttl = \"1s\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\nauth = {{ method = \"token\", token_file = \"token\" }}\n",
+            bao.addr
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("app.json"),
+        r#"{"v": "$SECRET_vault:app/db $KEY_password"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("other.json"),
+        r#"{"v": "$SECRET_vault:other/db $KEY_password"}"#,
+    )
+    .unwrap();
+    let resolve = |doc: &str, token: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keybroker"));
+        // With a token: a configuration that takes the environment's token, not the file.
+        let config = if token.is_some() {
+            "env.toml"
+        } else {
+            "kb.toml"
+        };
+        c.args(["resolve", "--config", config, doc])
+            .current_dir(root)
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .env_remove("BAO_TOKEN");
+        if let Some(t) = token {
+            c.env("VAULT_TOKEN", t);
+        }
+        c.output().unwrap()
+    };
+    std::fs::write(
+        root.join("env.toml"),
+        format!(
+            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n",
+            bao.addr
+        ),
+    )
+    .unwrap();
+    // The token works; a path it may not read is the caller's denial, not an outage.
+    assert_eq!(resolve("app.json", None).status.code(), Some(0));
+    let out = resolve("other.json", None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A wrong token: 77, and the message says what to check.
+    let out = resolve("app.json", Some("not-a-token"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(stderr.contains("VAULT_TOKEN"), "{stderr}");
+    assert!(stderr.contains("source_credentials_refused"), "{stderr}");
+
+    // Under serve: revoked while running.
+    std::fs::write(
+        root.join("policies/p.toml"),
+        format!(
+            "[[team]]\nslug = \"t\"\n[[consumer]]\nname = \"gw\"\nteam = \"t\"\ntoken_sha256 = \"{}\"\n[[grant]]\nteam = \"t\"\nsource = \"vault\"\npaths = [\"app/*\"]\nallowed_hosts = [\"gw.example\"]\n",
+            support::server::token_sha256("gw-token")
+        ),
+    )
+    .unwrap();
+    let mut config = std::fs::read_to_string(root.join("kb.toml")).unwrap();
+    config.insert_str(0, "policies = \"policies\"\n");
+    std::fs::write(root.join("kb.toml"), config).unwrap();
+    let server = support::server::Running::start(root, &ca.pem, port, "info").await;
+    let read = || async {
+        let r = server
+            .client
+            .post(server.url("/v1/resolve"))
+            .bearer_auth("gw-token")
+            .json(&serde_json::json!({
+                "document": { "v": "$SECRET_vault:app/db $KEY_password" },
+                "host": "gw.example"
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let source_available = || async {
+        let r = server
+            .client
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        r.json::<serde_json::Value>().await.unwrap()["sources"][0]["available"].clone()
+    };
+    let (status, body) = read().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(source_available().await, true);
+    bao.cli(&["token", "revoke", &token]);
+    // Past the cache's TTL, the next read meets the revoked token: an outage for the
+    // consumer (503, not its 400 `source_denied`), and readiness says so at once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (status, body) = read().await;
+        if status != 200 {
+            assert_eq!(status, 503, "{body}");
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked token was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["error"]["code"], "source_unavailable", "{body}");
+    assert_eq!(source_available().await, false);
+    let log = std::fs::read_to_string(root.join("stderr.log")).unwrap();
+    assert!(
+        log.contains("ERROR") && log.contains("credentials"),
+        "{log}"
+    );
+    assert!(!log.contains(&token), "the token never reaches a log line");
+    drop(server);
+}
+
+/// logrotate renames the audit file and sends SIGHUP: the next lines go to a new file at the
+/// configured path, in both write modes (direct and group commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_audit_file_after_a_rename() {
+    for fsync in ["never", "always"] {
+        let (dir, ca) = support::server::folder("rotated");
+        let root = dir.path();
+        let port = free_port();
+        std::fs::write(
+            root.join("policies/p.toml"),
+            format!(
+                "[[team]]\nslug = \"t\"\n[[consumer]]\nname = \"gw\"\nteam = \"t\"\ntoken_sha256 = \"{}\"\n",
+                support::server::token_sha256("gw-token")
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("kb.toml"),
+            format!(
+                "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[audit]\npath = \"audit.log\"\nfsync = \"{fsync}\"\n"
+            ),
+        )
+        .unwrap();
+        let server = support::server::Running::start(root, &ca.pem, port, "info").await;
+        let list = || async {
+            let r = server
+                .client
+                .get(server.url("/v1/credentials"))
+                .bearer_auth("gw-token")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        };
+        list().await;
+        std::fs::rename(root.join("audit.log"), root.join("audit.log.1")).unwrap();
+        let before = std::fs::read_to_string(root.join("audit.log.1")).unwrap();
+        assert!(before.contains("credentials.list"), "{before}");
+        let status = Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            list().await;
+            let now = std::fs::read_to_string(root.join("audit.log")).unwrap_or_default();
+            if now.contains("credentials.list") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fsync {fsync}: lines still go to the renamed file"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Nothing written after the reopen went to the rotated file.
+        let rotated = std::fs::read_to_string(root.join("audit.log.1")).unwrap();
+        let lines_after = rotated.lines().count() - before.lines().count();
+        assert!(
+            lines_after <= 2,
+            "fsync {fsync}: {lines_after} lines after the rename"
+        );
+    }
+}

@@ -332,13 +332,15 @@ async fn a_sealed_server_is_unavailable_and_failed_logins_back_off() {
             ..VaultEnv::default()
         },
     );
+    // A refused login is keybroker's own credentials failing: an outage for every caller
+    // (not a caller's denial), and still so while the next login backs off.
     assert_eq!(
         src.read(&req("demo/db", None)).await.unwrap_err(),
-        SourceError::Denied
+        SourceError::Unavailable(Outage::CredentialsRefused)
     );
     assert_eq!(
         src.read(&req("demo/db", None)).await.unwrap_err(),
-        SourceError::Unavailable(Outage::LoginBackoff)
+        SourceError::Unavailable(Outage::CredentialsRefused)
     );
 }
 
@@ -417,7 +419,10 @@ async fn jwt_login_rereads_its_token_file_at_every_login() {
     bao.cli(&["token", "revoke", "-mode=path", "auth/jwt/login"]);
     let refused = src.read(&req("demo/db", None)).await;
     assert!(
-        matches!(refused, Err(SourceError::Denied)),
+        matches!(
+            refused,
+            Err(SourceError::Unavailable(Outage::CredentialsRefused))
+        ),
         "{:?}",
         refused.err()
     );

@@ -103,7 +103,7 @@ impl ApiError {
             | Self::Credential(CredentialError::AuditUnavailable)
             | Self::Audit(AuditRefused) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             Self::Resolve(ResolveError::Unresolved { errors, .. }) => {
-                if errors.iter().any(|e| e.reason == Reason::SourceUnavailable) {
+                if errors.iter().any(|e| e.reason.is_outage()) {
                     (StatusCode::SERVICE_UNAVAILABLE, "source_unavailable")
                 } else if errors.iter().any(|e| e.reason == Reason::Denied) {
                     (StatusCode::FORBIDDEN, "denied")
@@ -117,7 +117,7 @@ impl ApiError {
                 (StatusCode::CONFLICT, "ambiguous_credential")
             }
             Self::Credential(CredentialError::Unresolved(errors)) => {
-                if errors.iter().any(|e| e.reason == Reason::SourceUnavailable) {
+                if errors.iter().any(|e| e.reason.is_outage()) {
                     (StatusCode::SERVICE_UNAVAILABLE, "source_unavailable")
                 } else {
                     (StatusCode::BAD_GATEWAY, "credential_unresolved")

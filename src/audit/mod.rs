@@ -171,8 +171,29 @@ pub const MAX_SUBJECT_BYTES: usize = 120;
 /// Where audit lines go.
 #[derive(Debug)]
 enum Sink {
-    File(File),
+    File(File, PathBuf),
     Stdout,
+}
+
+impl Sink {
+    /// After logrotate renamed the file (and SIGHUP asked): the path again, appended to or
+    /// created. A path that cannot be opened keeps the file in hand (and says so).
+    fn reopen_if_asked(&mut self, asked: &std::sync::atomic::AtomicBool) {
+        if !asked.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        if let Sink::File(file, path) = self {
+            match OpenOptions::new().create(true).append(true).open(&*path) {
+                Ok(reopened) => {
+                    *file = reopened;
+                    tracing::info!(path = %path.display(), "audit file reopened");
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot reopen the audit file; writing to the one open");
+                }
+            }
+        }
+    }
 }
 
 /// One line to write and whom to tell when it is.
@@ -191,6 +212,8 @@ enum Writer {
 
 pub struct Audit {
     writer: Writer,
+    /// Set by [`Audit::reopen`]; the writer reopens the path before its next line.
+    reopen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     key: Option<Zeroizing<Vec<u8>>>,
     fsync: FsyncPolicy,
     fail_closed: bool,
@@ -222,8 +245,9 @@ impl Audit {
                     path: cfg.path.clone(),
                     source,
                 })?;
-            Sink::File(file)
+            Sink::File(file, cfg.path.clone())
         };
+        let reopen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let key = match &cfg.hmac_key_file {
             None => None,
             Some(path) => {
@@ -245,9 +269,10 @@ impl Audit {
                 let (jobs, queue) = mpsc::channel::<Job>();
                 let coming = group::Coming::default();
                 let announced = coming.clone();
+                let asked = std::sync::Arc::clone(&reopen);
                 std::thread::Builder::new()
                     .name("keybroker-audit".to_owned())
-                    .spawn(move || group_commit(sink, &queue, &announced))
+                    .spawn(move || group_commit(sink, &queue, &announced, &asked))
                     .map_err(|source| AuditError::Open {
                         path: cfg.path.clone(),
                         source,
@@ -257,12 +282,19 @@ impl Audit {
         };
         Ok(Self {
             writer,
+            reopen,
             key,
             fsync: cfg.fsync,
             fail_closed: cfg.fail_closed,
             path: cfg.path.clone(),
             writable: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Reopens the file by its path before the next line (SIGHUP after logrotate renamed it).
+    pub fn reopen(&self) {
+        self.reopen
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether a failed write must refuse the request.
@@ -357,6 +389,7 @@ impl Audit {
         let jobs = match &self.writer {
             Writer::Direct(sink) => {
                 let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+                sink.reopen_if_asked(&self.reopen);
                 return put(&mut sink, &line, false).map_err(|e| AuditError::Write(e.kind()));
             }
             Writer::Grouped(jobs, _) => jobs,
@@ -379,7 +412,7 @@ impl Audit {
 /// Writes `bytes` to the sink, then syncs a file when asked.
 fn put(sink: &mut Sink, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     match sink {
-        Sink::File(f) => {
+        Sink::File(f, _) => {
             f.write_all(bytes)?;
             if sync { f.sync_data() } else { Ok(()) }
         }
@@ -392,10 +425,16 @@ fn put(sink: &mut Sink, bytes: &[u8], sync: bool) -> std::io::Result<()> {
 
 /// The writer thread: takes every line waiting and every line announced within the window
 /// (`group::collect`), writes them at once, syncs once, then tells each sender. Ends when the [`Audit`] is dropped.
-fn group_commit(mut sink: Sink, queue: &mpsc::Receiver<Job>, coming: &group::Coming) {
+fn group_commit(
+    mut sink: Sink,
+    queue: &mpsc::Receiver<Job>,
+    coming: &group::Coming,
+    reopen: &std::sync::atomic::AtomicBool,
+) {
     let mut batch: Vec<Job> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     while let Ok(first) = queue.recv() {
+        sink.reopen_if_asked(reopen);
         batch.push(first);
         group::collect(queue, coming, group::Window::DEFAULT, &mut batch);
         buf.clear();

@@ -110,6 +110,7 @@ impl Broker {
                     breaker: Arc::new(CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOL_DOWN)),
                     in_flight: semaphore(&limits),
                     answered: Arc::default(),
+                    refused: Arc::default(),
                 };
                 (source.name().to_owned(), entry)
             })

@@ -471,7 +471,7 @@ fn role_errors(cred: &Credential, values: &[RoleValue]) -> Vec<RoleError> {
 /// again); otherwise a value the PEM stage refused makes the credential `rejected`, like a
 /// verification failure, with the role and the PEM code.
 fn unresolved(errors: Vec<RoleError>) -> CredentialError {
-    if errors.iter().any(|e| e.reason == Reason::SourceUnavailable) {
+    if errors.iter().any(|e| e.reason.is_outage()) {
         return CredentialError::Unresolved(errors);
     }
     let pem = errors.iter().find_map(|e| match e.reason {

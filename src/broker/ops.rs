@@ -98,7 +98,7 @@ impl Broker {
                 name: e.source.name().to_owned(),
                 kind: e.source.kind(),
                 answered: e.answered.load(Ordering::Relaxed),
-                available: !e.breaker.is_open(),
+                available: !e.breaker.is_open() && !e.refused.load(Ordering::Relaxed),
             })
             .collect();
         sources.sort_by(|a, b| a.name.cmp(&b.name));
@@ -217,6 +217,13 @@ impl Broker {
     }
 
     /// The audit line of a request whose caller could not be authenticated.
+    /// Reopens the audit file by its path before its next line (SIGHUP, after logrotate).
+    pub fn reopen_audit(&self) {
+        if let Some(audit) = &self.audit {
+            audit.reopen();
+        }
+    }
+
     /// A successful login through a door (`via`): the consumer now holds a token.
     pub async fn audit_login(
         &self,

@@ -93,6 +93,7 @@ impl Broker {
             breaker: Arc::clone(&entry.breaker),
             in_flight: Arc::clone(&entry.in_flight),
             answered: Arc::clone(&entry.answered),
+            refused: Arc::clone(&entry.refused),
             metrics: Arc::clone(&self.metrics),
             options: pem::Options {
                 mode: entry.pem,
@@ -131,6 +132,7 @@ struct Fetch {
     breaker: Arc<crate::resilience::CircuitBreaker>,
     in_flight: Arc<tokio::sync::Semaphore>,
     answered: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<crate::metrics::Metrics>,
     options: pem::Options,
 }
@@ -154,6 +156,14 @@ impl Fetch {
         if read.as_ref().err().is_none_or(|e| !e.is_outage()) {
             self.answered
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let refused = matches!(
+            read,
+            Err(SourceError::Unavailable(Outage::CredentialsRefused))
+        );
+        if refused || read.as_ref().err().is_none_or(|e| !e.is_outage()) {
+            self.refused
+                .store(refused, std::sync::atomic::Ordering::Relaxed);
         }
         self.metrics.source_read(&name, outcome, started.elapsed());
         let checked = pem::check_secret(&read?, &self.options);
@@ -180,6 +190,9 @@ pub(super) fn source_reason(e: &SourceError) -> Reason {
     match e {
         SourceError::NotFound => Reason::NotFound,
         SourceError::Denied => Reason::SourceDenied,
+        SourceError::Unavailable(crate::source::Outage::CredentialsRefused) => {
+            Reason::SourceCredentialsRefused
+        }
         SourceError::Unavailable(_) | SourceError::RateLimited { .. } => Reason::SourceUnavailable,
         SourceError::Invalid(why) => Reason::InvalidReference(why),
         SourceError::Unsupported(why) => Reason::Unsupported(why),

@@ -130,11 +130,15 @@ pub enum Reason {
     /// before any read, so it says nothing about whether the secret exists.
     #[error("not permitted by the access policy for this caller and host")]
     Denied,
-    /// The source refused keybroker's own credentials.
-    #[error("the source refused keybroker's credentials")]
+    /// The source does not let keybroker read this path (its policy for keybroker's token).
+    #[error("the source does not allow keybroker to read this")]
     SourceDenied,
     #[error("the source is unavailable")]
     SourceUnavailable,
+    /// The source refused keybroker's *own* credentials (an invalid or revoked token, a
+    /// refused login): unavailable for everyone until an operator fixes them.
+    #[error("the source refused keybroker's own credentials")]
+    SourceCredentialsRefused,
     /// The source cannot serve this kind of reference (e.g. a version on the file source).
     #[error("the source does not support this reference: {0}")]
     Unsupported(&'static str),
@@ -154,6 +158,14 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Whether the source, not the caller or its reference, is at fault (503, not 4xx).
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            Self::SourceUnavailable | Self::SourceCredentialsRefused
+        )
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Self::Syntax(kind) => kind.code(),
@@ -166,6 +178,7 @@ impl Reason {
             Self::Denied => "denied",
             Self::SourceDenied => "source_denied",
             Self::SourceUnavailable => "source_unavailable",
+            Self::SourceCredentialsRefused => "source_credentials_refused",
             Self::Unsupported(_) => "unsupported",
             Self::Malformed(_) => "malformed_secret",
             Self::PemRejected(_) => "pem_rejected",

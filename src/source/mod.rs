@@ -106,6 +106,10 @@ pub enum Outage {
     JwtFile,
     /// A login failed a moment ago; the next is not tried before the back-off ends.
     LoginBackoff,
+    /// The source refused keybroker's *own* credentials (a Vault token that is invalid or
+    /// revoked, a refused login): an outage for every caller, not a caller's denial, and not
+    /// something retrying soon will fix (`resolve` exits 77).
+    CredentialsRefused,
     /// CCP `APPAP007E`: the provider cannot reach its vault.
     CcpVaultUnreachable,
     /// CCP `APPAP282E`: the password is being changed.
@@ -137,6 +141,7 @@ impl Outage {
             Self::AppRoleCredentials => "approle_credentials",
             Self::JwtFile => "jwt_file",
             Self::LoginBackoff => "login_backoff",
+            Self::CredentialsRefused => "credentials_refused",
             Self::CcpVaultUnreachable => "ccp_vault_unreachable",
             Self::CcpPasswordChange => "ccp_password_change",
             Self::CcpBare404 => "ccp_bare_404",
@@ -166,6 +171,9 @@ impl std::fmt::Display for Outage {
             Self::AppRoleCredentials => "cannot read the AppRole credentials",
             Self::JwtFile => "cannot read the JWT token file of the vault login",
             Self::LoginBackoff => "vault login failed recently; backing off",
+            Self::CredentialsRefused => {
+                "the source refused keybroker's own credentials (check VAULT_TOKEN/BAO_TOKEN, token_file, or the login method's role and secret)"
+            }
             Self::CcpVaultUnreachable => "ccp cannot reach its vault (APPAP007E)",
             Self::CcpPasswordChange => "password change in progress (APPAP282E)",
             Self::CcpBare404 => "bare 404 from the web server: is service_path right?",

@@ -150,6 +150,11 @@ struct State {
     /// an outage or a bad credential does not become a login storm.
     login_not_before: Option<Instant>,
     login_failures: u32,
+    /// The last login was refused (not merely failed): while backing off, reads say so.
+    login_refused: bool,
+    /// When a fixed token was last looked up after a 403, and whether it was valid: at most
+    /// one look-up a second, however many denied reads (THREATS row 24).
+    token_checked: Option<(Instant, bool)>,
     /// A login-issued token being replaced while it may still be valid; revoked after the
     /// new login succeeds.
     replaced: Option<SecretString>,
@@ -313,6 +318,16 @@ impl SecretSource for VaultSource {
                     let token = inner.token().await?;
                     inner.read_once(request, &token).await
                 }
+                // A fixed token: a 403 because the token itself is invalid or revoked is
+                // keybroker's own credentials failing, an outage for everyone — not the
+                // path being forbidden, which stays the caller's denial.
+                Err(SourceError::Denied) => {
+                    if inner.fixed_token_valid(&token).await {
+                        Err(SourceError::Denied)
+                    } else {
+                        Err(SourceError::Unavailable(Outage::CredentialsRefused))
+                    }
+                }
                 other => other,
             }
         })
@@ -471,6 +486,29 @@ impl Inner {
         Ok(Zeroizing::new(bytes.to_vec()))
     }
 
+    /// After a 403 with a fixed token: whether the token itself is still valid
+    /// (`lookup-self`), looked up at most once a second; when Vault cannot say, valid.
+    async fn fixed_token_valid(&self, used: &SecretString) -> bool {
+        let mut state = self.state.lock().await;
+        if let Some((at, valid)) = state.token_checked
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return valid;
+        }
+        let valid = !matches!(
+            self.lookup(secret_string(used.expose_secret())).await,
+            Err(SourceError::Denied)
+        );
+        if !valid && state.token_checked.is_none_or(|(_, was)| was) {
+            tracing::error!(
+                cause = Outage::CredentialsRefused.to_string(),
+                "vault token invalid or revoked"
+            );
+        }
+        state.token_checked = Some((Instant::now(), valid));
+        valid
+    }
+
     /// After a 403 with `used`: whether the token is invalid (then it is dropped, so the next
     /// [`Inner::token`] logs in — once, under the state lock, however many reads saw the 403).
     /// A token another read already replaced counts as invalid: the caller retries with the new.
@@ -599,12 +637,17 @@ impl Inner {
             state.replaced = Some(current);
         }
         if state.login_not_before.is_some_and(|t| Instant::now() < t) {
-            return Err(SourceError::Unavailable(Outage::LoginBackoff));
+            return Err(SourceError::Unavailable(if state.login_refused {
+                Outage::CredentialsRefused
+            } else {
+                Outage::LoginBackoff
+            }));
         }
         match self.login().await {
             Ok(token) => {
                 state.login_failures = 0;
                 state.login_not_before = None;
+                state.login_refused = false;
                 let value = secret_string(token.value.expose_secret());
                 self.remember(&token);
                 state.token = Some(token);
@@ -623,6 +666,16 @@ impl Inner {
             Err(e) => {
                 state.login_failures = state.login_failures.saturating_add(1);
                 state.login_not_before = Some(Instant::now() + login_backoff(state.login_failures));
+                // Refused (a wrong token, role or secret) is keybroker's own credentials being
+                // wrong: an outage for every caller, told apart from a caller's denial.
+                state.login_refused = e == SourceError::Denied;
+                if state.login_refused {
+                    tracing::error!(
+                        cause = Outage::CredentialsRefused.to_string(),
+                        "vault refused keybroker's credentials"
+                    );
+                    return Err(SourceError::Unavailable(Outage::CredentialsRefused));
+                }
                 Err(e)
             }
         }

@@ -375,9 +375,7 @@ async fn read(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &["the audit trail cannot be written"],
             ),
-            Err(CredentialError::Unresolved(e))
-                if e.iter().any(|r| r.reason == Reason::SourceUnavailable) =>
-            {
+            Err(CredentialError::Unresolved(e)) if e.iter().any(|r| r.reason.is_outage()) => {
                 error(StatusCode::SERVICE_UNAVAILABLE, &["source unavailable"])
             }
             // Vault's error shape: the role and the verification code, no data.
@@ -443,7 +441,7 @@ async fn read(
             match reason {
                 Some(Reason::Denied) => denied(),
                 Some(Reason::NotFound) => error(StatusCode::NOT_FOUND, &[]),
-                Some(Reason::SourceUnavailable) => {
+                Some(r) if r.is_outage() => {
                     error(StatusCode::SERVICE_UNAVAILABLE, &["source unavailable"])
                 }
                 Some(r) => error(StatusCode::BAD_REQUEST, &[r.code()]),
