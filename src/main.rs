@@ -857,6 +857,8 @@ async fn agent(path: &Path, once: bool) -> Result<(), Failure> {
         return match keybroker::agent::Pass::exit_code(&passes) {
             0 => Ok(()),
             1 => Err(Failure::Rejected),
+            // The configuration: fixed by a person, not by retrying (the cause is logged).
+            2 => Err(Failure::Code(2)),
             _ => Err(Failure::Code(EX_TEMPFAIL)),
         };
     }

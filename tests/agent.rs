@@ -416,3 +416,38 @@ async fn a_failing_reload_puts_the_previous_files_back_and_an_absent_server_is_7
         before
     );
 }
+
+/// Honest exit codes for an init container: a `ca_cert` that does not trust the server is
+/// the agent's configuration (2, with the cause), not "try again later"; `--once` with a
+/// reload command that fails because the gateway is not running yet still leaves the first
+/// files in place (0), since there is nothing to put back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_cert_is_2_and_the_first_once_keeps_its_files_without_a_gateway() {
+    let w = world().await;
+    let root = w.dir.path();
+    // A CA that did not issue the server's certificate.
+    Ca::new("some other CA").write(&root.join("other-ca.pem"));
+    let config = w.agent_config(&[], w.server_port);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let wrong = root.join("agent-wrong-ca.toml");
+    std::fs::write(
+        &wrong,
+        text.replace("ca_cert = \"ca.pem\"", "ca_cert = \"other-ca.pem\""),
+    )
+    .unwrap();
+    let (code, stderr) = w.agent_once(&wrong);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("ca_cert"), "{stderr}");
+    assert!(
+        stderr.contains("UnknownIssuer"),
+        "the cause is kept: {stderr}"
+    );
+    assert!(!root.join("certs/cert.pem").exists());
+    // No gateway yet: the reload fails, and there were no files before.
+    let config = w.agent_config(&["false".to_owned()], w.server_port);
+    let (code, stderr) = w.agent_once(&config);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(root.join("certs/cert.pem").exists());
+    assert!(stderr.contains("no previous files"), "{stderr}");
+    assert!(!stderr.contains("put back"), "{stderr}");
+}

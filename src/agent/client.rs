@@ -15,9 +15,13 @@ pub enum FetchError {
     /// The server could not be reached (or answered 5xx): try again later.
     #[error("the keybroker server is unreachable or unavailable: {0}")]
     Unreachable(String),
-    /// The server answered and refused (4xx): a configuration problem.
+    /// The server answered and refused (4xx), or refused our client certificate.
     #[error("the keybroker server refused: {status} {code}")]
     Refused { status: u16, code: String },
+    /// The agent's own configuration is wrong in a way retrying cannot fix (the server's
+    /// certificate is not trusted by `ca_cert`): exit 2, not "try again later".
+    #[error("{0}")]
+    Misconfigured(String),
     #[error("cannot set up the client: {0}")]
     Setup(String),
 }
@@ -107,10 +111,7 @@ impl Client {
         if let Some(e) = etag {
             req = req.header("if-none-match", e);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| FetchError::Unreachable(e.without_url().to_string()))?;
+        let resp = req.send().await.map_err(|e| transport(&e))?;
         let status = resp.status().as_u16();
         let etag = resp
             .headers()
@@ -120,12 +121,7 @@ impl Client {
         if status == 304 {
             return Ok(None);
         }
-        let bytes = Zeroizing::new(
-            resp.bytes()
-                .await
-                .map_err(|e| FetchError::Unreachable(e.without_url().to_string()))?
-                .to_vec(),
-        );
+        let bytes = Zeroizing::new(resp.bytes().await.map_err(|e| transport(&e))?.to_vec());
         if status == 200 {
             return Ok(Some((etag, bytes)));
         }
@@ -183,5 +179,31 @@ impl Client {
                 })
             }
         }
+    }
+}
+
+/// What a failed exchange with the server means, with its cause kept (the URL, the TLS
+/// error): an untrusted server certificate is the agent's configuration (`ca_cert`), a TLS
+/// alert from the server is a refusal of our client certificate, anything else (refused
+/// connection, timeout, reset) is the server being away.
+fn transport(e: &reqwest::Error) -> FetchError {
+    let causes = crate::source::http_causes(e);
+    let url = e
+        .url()
+        .map(|u| format!("{}{}", u.origin().ascii_serialization(), u.path()));
+    let at = url.unwrap_or_default();
+    let lower = causes.to_ascii_lowercase();
+    if lower.contains("invalid peer certificate") {
+        FetchError::Misconfigured(format!(
+            "{at}: the server's certificate is not trusted (check [server] ca_cert): {causes}"
+        ))
+    } else if lower.contains("received fatal alert") {
+        tracing::error!(%at, %causes, "the server refused our client certificate");
+        FetchError::Refused {
+            status: 0,
+            code: "client_certificate_refused".to_owned(),
+        }
+    } else {
+        FetchError::Unreachable(format!("{at}: {causes}"))
     }
 }

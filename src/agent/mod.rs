@@ -27,13 +27,18 @@ pub enum Pass {
     Failed,
     /// The server could not be reached.
     Unreachable,
+    /// The agent's configuration is wrong (an untrusted server certificate).
+    Misconfigured,
 }
 
 impl Pass {
-    /// The `--once` exit code of a set of passes: 1 if any failed, else 75 if any could not
-    /// reach the server, else 0.
+    /// The `--once` exit code of a set of passes: 2 if the configuration is wrong, else 1 if
+    /// any failed, else 75 if any could not reach the server, else 0 — so an init container
+    /// retries only what a retry can fix.
     pub fn exit_code(passes: &[Pass]) -> u8 {
-        if passes.contains(&Pass::Failed) {
+        if passes.contains(&Pass::Misconfigured) {
+            2
+        } else if passes.contains(&Pass::Failed) {
             1
         } else if passes.contains(&Pass::Unreachable) {
             75
@@ -172,6 +177,14 @@ async fn output_pass(
             w.etag = etag;
             Pass::Done
         }
+        // The first files (nothing to put back): the gateway is not running yet — the init
+        // container case — and will read them when it starts. Keep them; say so.
+        Err(why) if previous.is_none() => {
+            tracing::warn!(credential = %o.credential, %why, "reload failed with no previous files; the new files stay for the gateway to read when it starts");
+            files::prune(&o.dir, &new);
+            w.etag = etag;
+            Pass::Done
+        }
         Err(why) => {
             tracing::error!(credential = %o.credential, %why, "reload failed; the previous files are put back");
             if let Some(prev) = previous {
@@ -223,6 +236,10 @@ fn report_fetch(what: &str, e: &FetchError) -> Pass {
         FetchError::Unreachable(_) => {
             tracing::warn!(%what, error = %e, "keybroker unreachable; the files stay as they are");
             Pass::Unreachable
+        }
+        FetchError::Misconfigured(_) => {
+            tracing::error!(%what, error = %e, "the agent's configuration is wrong; the files stay as they are");
+            Pass::Misconfigured
         }
         _ => {
             tracing::error!(%what, error = %e, "refused");
