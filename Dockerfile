@@ -11,6 +11,10 @@ RUN mkdir -p src benches bench && echo 'fn main() {}' > src/main.rs && touch src
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
 RUN cargo build --release --locked --bin keybroker && rm -rf src benches bench
 COPY . .
+# The commit `keybroker version` names (.git is not in the build context):
+#   docker build --build-arg KEYBROKER_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG KEYBROKER_COMMIT=unknown
+ENV KEYBROKER_COMMIT=$KEYBROKER_COMMIT
 # COPY keeps the build context's modification times, which may be older than the stub build:
 # touch the crate roots so cargo rebuilds keybroker itself.
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin keybroker

@@ -206,7 +206,11 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Version => {
-            println!("keybroker {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "keybroker {} (commit {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("KEYBROKER_COMMIT")
+            );
             Ok(())
         }
         Command::Check { config } => check(&config),
@@ -698,9 +702,14 @@ async fn serve(
     let (path, built_in_dev) = match (config, dev) {
         (Some(p), _) => (p, false),
         (None, true) => (dev_config_path()?, true),
+        // Like `resolve` and `check`: keybroker.toml of the working directory.
+        (None, false) if Path::new("keybroker.toml").is_file() => {
+            (PathBuf::from("keybroker.toml"), false)
+        }
         (None, false) => {
             return Err(Failure::Usage(
-                "serve needs --config FILE (or KEYBROKER_CONFIG), or --dev".to_owned(),
+                "serve needs --config FILE (or KEYBROKER_CONFIG, or a keybroker.toml here), or --dev"
+                    .to_owned(),
             ));
         }
     };

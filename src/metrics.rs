@@ -138,6 +138,7 @@ struct RouteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
+    commit: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -196,11 +197,12 @@ impl Default for Metrics {
         build
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
+                commit: env!("KEYBROKER_COMMIT"),
             })
             .set(1);
         registry.register(
             "keybroker_build_info",
-            "The running version (always 1)",
+            "The running version and the commit it was built from (always 1)",
             build,
         );
         registry.register(

@@ -621,7 +621,7 @@ async fn metrics_report_the_build_request_durations_cache_size_and_vault_token_t
     let m = s.metrics().await;
     assert!(
         m.contains(&format!(
-            "keybroker_build_info{{version=\"{}\"}} 1",
+            "keybroker_build_info{{version=\"{}\",commit=\"",
             env!("CARGO_PKG_VERSION")
         )),
         "{m}"

@@ -394,3 +394,36 @@ fn check_refuses_what_serve_refuses() {
         assert_eq!(at(&serve_err), place, "serve, case {i}: {serve_err}");
     }
 }
+
+/// `keybroker version` names the commit it was built from (the checkout's, in a clone).
+#[test]
+fn version_names_the_commit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .arg("version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let commit = text
+        .split("(commit ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_default();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match head {
+        // Built from this checkout (or KEYBROKER_COMMIT said otherwise on purpose).
+        Some(h) if std::env::var("KEYBROKER_COMMIT").is_err() => {
+            assert!(
+                h.starts_with(commit) || commit.starts_with(&h[..7.min(h.len())]),
+                "{text} vs {h}"
+            )
+        }
+        _ => assert!(!commit.is_empty(), "{text}"),
+    }
+}
