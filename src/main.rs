@@ -98,6 +98,9 @@ enum Command {
         /// The configuration file (keybroker.toml).
         #[arg(long, env = "KEYBROKER_CONFIG", default_value = "keybroker.toml")]
         config: PathBuf,
+        /// Also log in to every source, probe it, and verify every credential as a whole.
+        #[arg(long)]
+        online: bool,
     },
     /// Keep key material as files for a gateway (docs/AGENT.md).
     Agent {
@@ -213,7 +216,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
-        Command::Check { config } => check(&config),
+        Command::Check { config, online } => check(&config, online),
         Command::Pem { command } => pem_command(command),
         Command::Policy { command } => policy_command(command),
         Command::Resolve {
@@ -415,24 +418,40 @@ fn known_sources(config: &keybroker::config::Config) -> keybroker::policy::Known
     }
 }
 
-fn check(path: &Path) -> Result<(), Failure> {
+fn check(path: &Path, online: bool) -> Result<(), Failure> {
     let config = load_config(path)?;
+    // Every stage runs, and every problem of every stage is listed in one run.
+    let mut problems: Vec<String> = Vec::new();
     // What `serve` would refuse, `check` refuses: sources, TLS files, listener, audit folder.
-    App::build(&config, &Options::check(&config)).map_err(|e| assembly(&config, &e))?;
+    if let Err(e) = App::build(&config, &Options::check(&config)) {
+        problems.push(match assembly(&config, &e) {
+            Failure::Usage(why) => why,
+            _ => e.to_string(),
+        });
+    }
     if let Some(dir) = &config.policies {
-        let policy = keybroker::policy::load_checked(dir, &known_sources(&config))
-            .map_err(|e| Failure::Usage(format!("invalid policies:\n{e}")))?;
-        for w in &policy.warnings {
-            eprintln!("warning: {w}");
+        match keybroker::policy::load_checked(dir, &known_sources(&config)) {
+            Ok(policy) => {
+                for w in &policy.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!(
+                    "{}: OK ({} team(s), {} consumer(s), {} credential(s), {} grant(s))",
+                    dir.display(),
+                    policy.teams.len(),
+                    policy.consumers.len(),
+                    policy.credentials.len(),
+                    policy.grants.len()
+                );
+            }
+            Err(e) => problems.push(format!("invalid policies:\n{e}")),
         }
-        println!(
-            "{}: OK ({} team(s), {} consumer(s), {} credential(s), {} grant(s))",
-            dir.display(),
-            policy.teams.len(),
-            policy.consumers.len(),
-            policy.credentials.len(),
-            policy.grants.len()
-        );
+    }
+    if !problems.is_empty() {
+        return Err(Failure::Usage(problems.join("\n")));
+    }
+    if online {
+        check_online(&config)?;
     }
     let names: Vec<&str> = config.sources.iter().map(|s| s.name()).collect();
     println!(
@@ -443,6 +462,27 @@ fn check(path: &Path) -> Result<(), Failure> {
         config.default_source().unwrap_or("none")
     );
     Ok(())
+}
+
+/// `check --online`: every source logged in to and probed, every credential read and verified
+/// as a whole — one line per problem, exit 1 when there is any.
+fn check_online(config: &Config) -> Result<(), Failure> {
+    let broker = Broker::from_config(config).map_err(|e| Failure::Usage(e.to_string()))?;
+    let lines = runtime()?.block_on(broker.check_online());
+    let mut failed = false;
+    for (ok, line) in &lines {
+        failed |= !ok;
+        if *ok {
+            println!("ok: {line}");
+        } else {
+            eprintln!("problem: {line}");
+        }
+    }
+    if failed {
+        Err(Failure::Rejected)
+    } else {
+        Ok(())
+    }
 }
 
 async fn resolve(

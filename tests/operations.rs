@@ -613,3 +613,94 @@ async fn sighup_reopens_the_audit_file_after_a_rename() {
         );
     }
 }
+
+/// `check` lists the problems of every stage in one run (here a missing TLS file and a
+/// broken policy); `check --online` logs in to each source and verifies every credential, and
+/// says OK only when all of that works — a wrong token is a problem line, not an OK.
+#[test]
+fn check_lists_every_stage_and_online_logs_in_and_verifies() {
+    let bao = support::openbao::OpenBao::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("policies")).unwrap();
+    std::fs::write(
+        root.join("policies/p.toml"),
+        "[[team]]\nslug = \"t\"\n[[consumer]]\nname = \"c\"\nteam = \"nope\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("broken.toml"),
+        format!(
+            "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"missing.pem\"\ntls_key = \"missing-key.pem\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n",
+            bao.addr
+        ),
+    )
+    .unwrap();
+    let check = |config: &str, online: bool, token: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keybroker"));
+        c.args(["check", "--config", config]).current_dir(root);
+        if online {
+            c.arg("--online");
+        }
+        c.env("VAULT_TOKEN", token)
+            .env_remove("VAULT_ADDR")
+            .env_remove("BAO_TOKEN");
+        c.output().unwrap()
+    };
+    let out = check("broken.toml", false, support::openbao::ROOT_TOKEN);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing.pem"), "the TLS stage: {stderr}");
+    assert!(
+        stderr.contains("invalid policies"),
+        "the policy stage too: {stderr}"
+    );
+
+    // A sound configuration with a credential, checked online with a good and a wrong token.
+    bao.cli(&[
+        "kv",
+        "put",
+        "-mount=secret",
+        "tls/bad",
+        "cert=not a certificate",
+    ]);
+    std::fs::write(
+        root.join("policies/p.toml"),
+        "[[team]]\nslug = \"t\"\n[[credential]]\nname = \"broken\"\nmode = \"mtls\"\nteam = \"t\"\nallowed_hosts = [\"a.example\"]\nclient_certificate = \"$SECRET_vault:tls/bad $KEY_cert\"\nclient_private_key = \"$SECRET_vault:tls/bad $KEY_cert\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            "policies = \"policies\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n",
+            bao.addr
+        ),
+    )
+    .unwrap();
+    let out = check("kb.toml", false, "not-a-token");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "offline, the token is not tried"
+    );
+    let out = check("kb.toml", true, "not-a-token");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("problem: source vault"), "{stderr}");
+    assert!(stderr.contains("credentials"), "{stderr}");
+    let out = check("kb.toml", true, support::openbao::ROOT_TOKEN);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("ok: source vault: answered"), "{stdout}");
+    assert!(
+        stderr.contains("problem: credential t/broken:"),
+        "the credential is verified: {stderr}"
+    );
+    assert!(
+        !stderr.contains("not a certificate"),
+        "no value in a problem line"
+    );
+}

@@ -152,6 +152,41 @@ impl Broker {
         });
     }
 
+    /// `check --online`: each source probed (logged in to), then each credential read and
+    /// verified as a whole, as the operator; `(ok, line)` per item, never a value.
+    pub async fn check_online(&self) -> Vec<(bool, String)> {
+        let mut out = Vec::new();
+        let mut names: Vec<&String> = self.sources.keys().collect();
+        names.sort();
+        for name in names {
+            let entry = &self.sources[name];
+            match entry.source.probe().await {
+                Ok(()) => out.push((true, format!("source {name}: answered"))),
+                Err(e) => out.push((false, format!("source {name}: {e}"))),
+            }
+        }
+        let snapshot = self.policy();
+        for cred in &snapshot.policy().credentials {
+            let label = format!("credential {}/{}", cred.team, cred.name);
+            let values = self.read_roles(cred).await;
+            match self.usable(cred, &values).await {
+                Ok(()) => out.push((true, format!("{label}: ok"))),
+                Err(super::CredentialError::Rejected(r)) => {
+                    out.push((false, format!("{label}: rejected: {}: {}", r.role, r.code)));
+                }
+                Err(super::CredentialError::Unresolved(errors)) => {
+                    let why: Vec<String> = errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.role, e.reason.code()))
+                        .collect();
+                    out.push((false, format!("{label}: unresolved: {}", why.join(", "))));
+                }
+                Err(e) => out.push((false, format!("{label}: {e}"))),
+            }
+        }
+        out
+    }
+
     /// The start-of-service audit line (it also shows whether the trail is writable).
     pub async fn audit_start(&self) {
         let entry = super::AuditEntry::new(
