@@ -555,6 +555,10 @@ async fn resolve(
                     "keybroker: a source refused keybroker's own credentials: check VAULT_TOKEN/BAO_TOKEN, the source's token_file, or its login method's role and secret"
                 );
                 Failure::Code(EX_NOPERM)
+            } else if reasons.contains(&&Reason::SourceMisconfigured) {
+                Failure::Usage(
+                    "a source's answers show its configuration to be wrong: CCP's web server answers a bare 404 to every query — check the source's service_path (e.g. AIMWebService)".to_owned(),
+                )
             } else if reasons.contains(&&Reason::SourceUnavailable) {
                 Failure::Code(EX_TEMPFAIL)
             } else {

@@ -117,12 +117,9 @@ where
     let mut delay = base;
     for attempt in 1.. {
         match call().await {
-            // Refused credentials are an outage, but not one a retry a moment later fixes.
-            Err(e)
-                if e.is_outage()
-                    && e != SourceError::Unavailable(crate::source::Outage::CredentialsRefused)
-                    && attempt < attempts =>
-            {
+            // Refused credentials or a wrong service path are outages, but not ones a retry a
+            // moment later fixes.
+            Err(e) if e.is_outage() && !e.is_permanent_outage() && attempt < attempts => {
                 let mut r = [0u8; 1];
                 // Without randomness the backoff still holds; only the spread is lost.
                 let _ = getrandom::fill(&mut r);

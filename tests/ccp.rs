@@ -470,3 +470,39 @@ async fn a_wrong_client_certificate_is_denied() {
         SourceError::Denied
     );
 }
+
+/// A wrong `service_path`: CCP's web server answers a bare 404 to every query. That is the
+/// configuration, not an outage to retry: `resolve` exits 2 with the hint, and the log says it
+/// at WARN once.
+#[tokio::test]
+async fn a_wrong_service_path_is_a_configuration_error_with_its_hint() {
+    let (pki, _, _, double) = started().await;
+    let d = pki.dir.path();
+    std::fs::write(
+        d.join("wrong.toml"),
+        format!(
+            "[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{}\"\napp_id = \"keybroker\"\nservice_path = \"AIMWebServiceX\"\nca_cert = \"ca.pem\"\nclient_cert = \"client.pem\"\nclient_key = \"client-key.pem\"\n",
+            double.url
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("one.txt"), "pw=$SAFE_Payments $NAME_db\n").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["resolve", "--config", "wrong.toml", "one.txt"])
+        .current_dir(d)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("service_path"), "{err}");
+    assert!(err.contains("source_misconfigured"), "{err}");
+    assert_eq!(
+        err.matches("answers a bare 404 to every query: check service_path")
+            .count(),
+        1,
+        "one WARN, no retries: {err}"
+    );
+    assert!(out.stdout.is_empty());
+}

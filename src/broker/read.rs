@@ -193,6 +193,7 @@ pub(super) fn source_reason(e: &SourceError) -> Reason {
         SourceError::Unavailable(crate::source::Outage::CredentialsRefused) => {
             Reason::SourceCredentialsRefused
         }
+        SourceError::Unavailable(crate::source::Outage::CcpBare404) => Reason::SourceMisconfigured,
         SourceError::Unavailable(_) | SourceError::RateLimited { .. } => Reason::SourceUnavailable,
         SourceError::Invalid(why) => Reason::InvalidReference(why),
         SourceError::Unsupported(why) => Reason::Unsupported(why),

@@ -139,6 +139,10 @@ pub enum Reason {
     /// refused login): unavailable for everyone until an operator fixes them.
     #[error("the source refused keybroker's own credentials")]
     SourceCredentialsRefused,
+    /// The source's answers show keybroker's configuration of it to be wrong (CCP's bare 404:
+    /// `service_path`): unavailable for everyone until an operator fixes it.
+    #[error("the source's configuration is wrong")]
+    SourceMisconfigured,
     /// The source cannot serve this kind of reference (e.g. a version on the file source).
     #[error("the source does not support this reference: {0}")]
     Unsupported(&'static str),
@@ -162,7 +166,7 @@ impl Reason {
     pub fn is_outage(&self) -> bool {
         matches!(
             self,
-            Self::SourceUnavailable | Self::SourceCredentialsRefused
+            Self::SourceUnavailable | Self::SourceCredentialsRefused | Self::SourceMisconfigured
         )
     }
 
@@ -179,6 +183,7 @@ impl Reason {
             Self::SourceDenied => "source_denied",
             Self::SourceUnavailable => "source_unavailable",
             Self::SourceCredentialsRefused => "source_credentials_refused",
+            Self::SourceMisconfigured => "source_misconfigured",
             Self::Unsupported(_) => "unsupported",
             Self::Malformed(_) => "malformed_secret",
             Self::PemRejected(_) => "pem_rejected",

@@ -121,6 +121,9 @@ pub struct CcpSource {
     fail_on_change: bool,
     use_query: bool,
     ttl: Option<Duration>,
+    service_path: String,
+    /// Whether the bare-404 warning was given since the last other answer.
+    warned_service_path: std::sync::atomic::AtomicBool,
 }
 
 impl CcpSource {
@@ -152,6 +155,8 @@ impl CcpSource {
         let identity = cfg.client_cert.as_deref().zip(cfg.client_key.as_deref());
         let http = client(timeout, cfg.ca_cert.as_deref(), identity)?;
         Ok(Self {
+            service_path: cfg.service_path.clone(),
+            warned_service_path: std::sync::atomic::AtomicBool::new(false),
             name: cfg.name.clone(),
             http,
             accounts,
@@ -257,7 +262,21 @@ impl CcpSource {
             ttl: self.ttl,
             ..SecretMeta::default()
         };
-        parse_answer(status.as_u16(), json, retry_after, &body, meta)
+        let answer = parse_answer(status.as_u16(), json, retry_after, &body, meta);
+        // Every query misses the service: the configuration, said at WARN with the fix, once
+        // per change (not at DEBUG per read, where nobody looks).
+        let misconfigured = matches!(answer, Err(SourceError::Unavailable(Outage::CcpBare404)));
+        let was = self
+            .warned_service_path
+            .swap(misconfigured, std::sync::atomic::Ordering::Relaxed);
+        if misconfigured && !was {
+            tracing::warn!(
+                source = %self.name,
+                service_path = %self.service_path,
+                "ccp's web server answers a bare 404 to every query: check service_path (e.g. AIMWebService); not retried"
+            );
+        }
+        answer
     }
 }
 

@@ -188,6 +188,16 @@ impl SourceError {
     pub fn is_outage(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
+
+    /// An outage that retrying a moment later cannot fix: keybroker's own credentials refused,
+    /// or a configuration the source itself shows to be wrong (CCP's bare 404:
+    /// `service_path`). Not retried; an operator has to act.
+    pub fn is_permanent_outage(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable(Outage::CredentialsRefused | Outage::CcpBare404)
+        )
+    }
 }
 
 /// Longest path segment any source accepts (NAME_MAX of common file systems; Vault and CCP
