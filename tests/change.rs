@@ -322,7 +322,7 @@ async fn a_thousand_waiters_are_held_without_a_thread_each_and_all_woken() {
     put_certificate(&bao, &partner, "v1");
     let s = serve(
         &bao.addr,
-        "[cache]\nttl = \"1s\"\n[limits]\nmax_connections = 4096\nmax_connections_per_ip = 4096\n[audit]\npath = \"audit.log\"\nfsync = \"never\"\n",
+        "[cache]\nttl = \"1s\"\n[limits]\nmax_connections = 4096\nmax_connections_per_ip = 4096\nmax_waiting_per_consumer = 1000\n[audit]\npath = \"audit.log\"\nfsync = \"never\"\n",
     )
     .await;
     let resp = s.material("partner-api").send().await.unwrap();
@@ -640,4 +640,53 @@ async fn metrics_report_the_build_request_durations_cache_size_and_vault_token_t
     // The AppRole's tokens live 1 h (scripts/seed-openbao.sh).
     let ttl = gauge(&m, "keybroker_vault_token_ttl_seconds{source=\"vault\"}");
     assert!((3000..=3600).contains(&ttl), "token ttl {ttl}");
+}
+
+/// THREATS row 43: one consumer holds at most `max_waiting_per_consumer` blocking queries; the
+/// next is 429 `too_many_waiting` at once (not held), and a slot comes back when a wait ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_43_a_consumer_holds_at_most_its_share_of_waiters() {
+    let bao = OpenBao::start();
+    let partner = Ca::new("partner CA");
+    put_certificate(&bao, &partner, "v1");
+    let s = serve(&bao.addr, "[limits]\nmax_waiting_per_consumer = 1\n").await;
+    let resp = s.material("partner-api").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", s.stderr());
+    let e1 = etag(&resp);
+    let wait = |secs: u32| {
+        let req = s
+            .running
+            .client
+            .post(s.running.url(&format!(
+                "/v1/credentials/partner-api/material?wait={secs}s"
+            )))
+            .bearer_auth(GW)
+            .header("if-none-match", &e1)
+            .json(&json!({ "host": HOST }));
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    // `held` takes the one slot; a probe (which frees its slot after a second when
+    // admitted) is refused while `held` waits. Which of the two arrives first is up to the
+    // server, so a refused `held` is sent again.
+    let mut held = wait(4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = wait(1).await.unwrap().unwrap();
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 304);
+        if held.is_finished() {
+            assert_eq!(held.await.unwrap().unwrap(), 429);
+            held = wait(4);
+        }
+        assert!(std::time::Instant::now() < deadline, "never refused");
+    }
+    // The held wait ends (304); its slot is free again.
+    assert_eq!(held.await.unwrap().unwrap(), 304);
+    assert_eq!(
+        wait(1).await.unwrap().unwrap(),
+        304,
+        "a freed slot is used again"
+    );
 }

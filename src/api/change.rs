@@ -97,6 +97,56 @@ pub fn scope(caller: &crate::broker::Caller) -> &[u8] {
     }
 }
 
+/// Blocking queries held per consumer: one consumer cannot hold every connection slot and
+/// wake-up of the server with waiters (THREATS row 43).
+#[derive(Debug, Default)]
+pub struct Waiting {
+    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One held blocking query; counted down when dropped.
+#[derive(Debug)]
+pub struct WaitSlot<'w> {
+    waiting: &'w Waiting,
+    consumer: String,
+}
+
+impl Waiting {
+    /// A slot for `caller`'s blocking query, unless it holds `max` already. The operator is
+    /// not counted.
+    pub fn enter(
+        &self,
+        caller: &crate::broker::Caller,
+        max: usize,
+    ) -> Result<Option<WaitSlot<'_>>, ApiError> {
+        let crate::broker::Caller::Consumer(c) = caller else {
+            return Ok(None);
+        };
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(c.name().to_owned()).or_insert(0);
+        if *n >= max {
+            return Err(ApiError::TooManyWaiting);
+        }
+        *n += 1;
+        Ok(Some(WaitSlot {
+            waiting: self,
+            consumer: c.name().to_owned(),
+        }))
+    }
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        let mut held = self.waiting.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.consumer) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.consumer);
+            }
+        }
+    }
+}
+
 /// What a request asks about change: the ETags it holds and how long it will wait.
 #[derive(Debug, Default)]
 pub struct Conditional {

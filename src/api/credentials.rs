@@ -62,6 +62,14 @@ pub(super) async fn material(
         parse_body(&body, "{\"host\": \"…\"}")?
     };
     let host = destination(body.host.as_deref())?;
+    // A blocking query holds a slot of its consumer's for as long as it waits.
+    let _slot = if cond.wait() > std::time::Duration::ZERO {
+        state
+            .waiting
+            .enter(&caller, state.broker.limits().max_waiting_per_consumer)?
+    } else {
+        None
+    };
     let (caller, name, host) = (&caller, name.as_str(), host.as_ref());
     let state = &*state;
     change::answer(

@@ -20,6 +20,10 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("the request took longer than the server's request_timeout")]
     Timeout,
+    #[error(
+        "this consumer holds as many blocking queries as it may ([limits] max_waiting_per_consumer)"
+    )]
+    TooManyWaiting,
     #[error(transparent)]
     Resolve(#[from] ResolveError),
     #[error(transparent)]
@@ -91,6 +95,7 @@ impl ApiError {
             Self::NotAdmin => (StatusCode::FORBIDDEN, "admin_required"),
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::TooManyWaiting => (StatusCode::TOO_MANY_REQUESTS, "too_many_waiting"),
             Self::UnknownSource(_) => (StatusCode::NOT_FOUND, "unknown_source"),
             Self::Resolve(ResolveError::Document(d)) => (StatusCode::BAD_REQUEST, d.code()),
             Self::Resolve(

@@ -63,6 +63,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// The key of answers' ETags.
     pub etag: change::EtagKey,
+    /// Blocking queries held, per consumer.
+    pub waiting: change::Waiting,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
             reloadable: Vec::new(),
             request_timeout: Duration::from_secs(30),
             etag: change::EtagKey::random(),
+            waiting: change::Waiting::default(),
         }
     }
 

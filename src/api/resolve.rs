@@ -53,6 +53,14 @@ pub(super) async fn resolve(
             Err(_) => return Err(ApiError::Resolve(DocumentError::WrongShape.into())),
         },
     };
+    // A blocking query holds a slot of its consumer's for as long as it waits.
+    let _slot = if cond.wait() > std::time::Duration::ZERO {
+        state
+            .waiting
+            .enter(&caller, state.broker.limits().max_waiting_per_consumer)?
+    } else {
+        None
+    };
     let (caller, host, state) = (&caller, host.as_ref(), &*state);
     // A blocking query asks again with the same document; only then is it copied.
     let mut once = Some(document);

@@ -197,6 +197,11 @@ impl Broker {
         &self.metrics
     }
 
+    /// The resource limits in force (`[limits]`).
+    pub fn limits(&self) -> &crate::config::LimitsConfig {
+        &self.limits
+    }
+
     /// The counters, shared (for the service around every door).
     pub fn shared_metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)

@@ -293,6 +293,10 @@ pub struct LimitsConfig {
     /// An answer the client does not take within this is dropped with its connection.
     #[serde(default = "default_write_timeout")]
     pub write_timeout: Dur,
+    /// Blocking queries (`?wait=`) one consumer may hold at once; more are `429
+    /// too_many_waiting`. The operator is not counted.
+    #[serde(default = "default_max_waiting_per_consumer")]
+    pub max_waiting_per_consumer: usize,
 }
 
 impl Default for LimitsConfig {
@@ -306,8 +310,13 @@ impl Default for LimitsConfig {
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
             write_timeout: default_write_timeout(),
+            max_waiting_per_consumer: default_max_waiting_per_consumer(),
         }
     }
+}
+
+fn default_max_waiting_per_consumer() -> usize {
+    64
 }
 
 fn default_max_connections() -> usize {
