@@ -79,6 +79,51 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // Faithful expansion (issue 29): the document as text, expanded in its own bytes.
+    let text = serde_json::to_string(&doc).unwrap();
+    g.bench_function("prepare_text", |b| {
+        b.iter(|| Prepared::json_text(black_box(&text)).unwrap())
+    });
+    g.bench_function("prepare_text_and_render", |b| {
+        b.iter(|| {
+            Prepared::json_text(black_box(&text))
+                .unwrap()
+                .render(&lookup, keybroker::reference::RenderLimits::default())
+                .unwrap()
+        })
+    });
+    // 1 MiB of JSON that is mostly not references (10 of them): the cost of passing the rest
+    // through untouched.
+    let mut big = String::from("{\"items\": [");
+    let mut n = 0;
+    while big.len() < 1 << 20 {
+        if n > 0 {
+            big.push(',');
+        }
+        if n % 2_000 == 0 && n / 2_000 < 10 {
+            big.push_str(&format!(
+                "{{\"id\": {n}, \"dsn\": \"$SECRET_s/{} $KEY_user\"}}",
+                n / 2_000
+            ));
+        } else {
+            big.push_str(&format!(
+                "{{\"id\": {n}, \"amount\": 12345678901234567890.10, \"note\": \"plain text, no references here\"}}"
+            ));
+        }
+        n += 1;
+    }
+    big.push_str("]}");
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.bench_function("one_mib_ten_refs_prepare_and_render", |b| {
+        b.iter(|| {
+            Prepared::json_text(black_box(&big))
+                .unwrap()
+                .render(&lookup, keybroker::reference::RenderLimits::default())
+                .unwrap()
+        })
+    });
+    g.throughput(Throughput::Bytes(doc_bytes));
+
     // End to end through the broker and the file source (100 distinct files read per run).
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("s")).unwrap();
