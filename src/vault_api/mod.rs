@@ -383,9 +383,11 @@ async fn read(
                 StatusCode::BAD_GATEWAY,
                 &[&format!("credential_rejected: {}: {}", r.role, r.code)],
             ),
+            // As the main API: the operator's credential does not resolve — the server's
+            // failure, 502 `credential_unresolved`, not a 500.
             Err(_) => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &["the credential's values could not be resolved"],
+                StatusCode::BAD_GATEWAY,
+                &["credential_unresolved: the credential's values could not be resolved"],
             ),
         };
     }
