@@ -63,13 +63,7 @@ pub(super) async fn material(
     };
     let host = destination(body.host.as_deref())?;
     // A blocking query holds a slot of its consumer's for as long as it waits.
-    let _slot = if cond.wait() > std::time::Duration::ZERO {
-        state
-            .waiting
-            .enter(&caller, state.broker.limits().max_waiting_per_consumer)?
-    } else {
-        None
-    };
+    let _slot = state.wait_slot(&caller, &cond)?;
     let (caller, name, host) = (&caller, name.as_str(), host.as_ref());
     let state = &*state;
     change::answer(

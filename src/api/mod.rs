@@ -142,6 +142,20 @@ impl AppState {
         Ok(self)
     }
 
+    /// For a blocking query (`?wait=`), a slot of the caller's held waits (none for the
+    /// operator, or without a wait); 429 past `[limits] max_waiting_per_consumer`.
+    fn wait_slot<'s>(
+        &'s self,
+        caller: &crate::broker::Caller,
+        cond: &change::Conditional,
+    ) -> Result<Option<change::WaitSlot<'s>>, ApiError> {
+        if cond.wait().is_zero() {
+            return Ok(None);
+        }
+        let max = self.broker.limits().max_waiting_per_consumer;
+        self.waiting.enter(caller, max)
+    }
+
     /// The authenticated caller of a request.
     async fn caller(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let snapshot = self.broker.policy();

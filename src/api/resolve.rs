@@ -54,13 +54,7 @@ pub(super) async fn resolve(
         },
     };
     // A blocking query holds a slot of its consumer's for as long as it waits.
-    let _slot = if cond.wait() > std::time::Duration::ZERO {
-        state
-            .waiting
-            .enter(&caller, state.broker.limits().max_waiting_per_consumer)?
-    } else {
-        None
-    };
+    let _slot = state.wait_slot(&caller, &cond)?;
     let (caller, host, state) = (&caller, host.as_ref(), &*state);
     // A blocking query asks again with the same document; only then is it copied.
     let mut once = Some(document);
