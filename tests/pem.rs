@@ -556,6 +556,17 @@ fn facts_describe_blocks_without_key_bytes() {
     assert_eq!(key.kind, "private_key");
     // A key's fingerprint is its public key's: it equals the certificate's SPKI, not the DER.
     assert_eq!(key.key_algorithm.as_deref(), Some("EC P-256"));
+    let spki = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(m._dir.path().join("leaf.key"))
+        .output()
+        .unwrap();
+    assert!(spki.status.success());
+    let want: Vec<String> = <sha2::Sha256 as sha2::Digest>::digest(&spki.stdout)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(key.sha256.as_deref(), Some(want.join(":").as_str()));
     let rsa = repair(&m.rsa4096_pkcs8, &opts()).unwrap();
     assert_eq!(rsa.blocks[0].key_algorithm.as_deref(), Some("RSA"));
     assert_eq!(rsa.blocks[0].key_bits, Some(4096));
