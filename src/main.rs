@@ -771,6 +771,7 @@ async fn serve(
     if config.audit.is_none() && !dev {
         tracing::warn!("no [audit] section: decisions are not recorded in an audit trail");
     }
+    warn_if_files_run_out(&config);
     let options = Options {
         listen: addr,
         dev,
@@ -931,6 +932,34 @@ fn assembly(config: &Config, e: &keybroker::app::AppError) -> Failure {
 
 /// No core dumps (they would hold every cached secret) and no ptrace attach by other
 /// processes of the same user. Failure is logged, not fatal: containers may forbid it.
+/// Every connection is a file descriptor: when `[limits] max_connections` on every listener
+/// (and some for sources, the audit file, the policies) exceeds what the process may open, the
+/// limit that bites first is the kernel's — accept errors instead of keybroker's clean
+/// refusals. Said at start, with the numbers.
+fn warn_if_files_run_out(config: &Config) {
+    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let Some(open_files) = files.current else {
+        return;
+    };
+    let listeners = 1
+        + usize::from(config.server.ops_listen.is_some())
+        + usize::from(config.vault_api.is_some())
+        + usize::from(config.egress.is_some());
+    let needed = config
+        .limits
+        .max_connections
+        .saturating_mul(listeners)
+        .saturating_add(64);
+    if needed as u64 > open_files {
+        tracing::warn!(
+            max_connections = config.limits.max_connections,
+            listeners,
+            open_files,
+            "[limits] max_connections on every listener exceeds the process's open-files limit (RLIMIT_NOFILE): raise LimitNOFILE / ulimit -n, or lower max_connections"
+        );
+    }
+}
+
 fn harden_process() {
     use rustix::process::{Resource, Rlimit, setrlimit};
     let none = Rlimit {

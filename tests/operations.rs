@@ -704,3 +704,43 @@ fn check_lists_every_stage_and_online_logs_in_and_verifies() {
         "no value in a problem line"
     );
 }
+
+/// With more connections allowed than files may be opened, the kernel's limit would bite
+/// first (accept errors, not keybroker's clean refusals): `serve` says so at start.
+#[test]
+fn serve_warns_when_max_connections_exceeds_the_open_files_limit() {
+    let port = free_port();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 512 && exec \"$0\" serve --dev --listen 127.0.0.1:{port}"
+        ))
+        .arg(env!("CARGO_BIN_EXE_keybroker"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.contains("RLIMIT_NOFILE") {
+                let _ = tx.send(text.clone());
+                return;
+            }
+        }
+        let _ = tx.send(text);
+    });
+    let text = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("RLIMIT_NOFILE"), "{text}");
+    assert!(text.contains("4096") && text.contains("512"), "{text}");
+}
