@@ -3,6 +3,8 @@
 //! configuration names (sources, credentials, consumers) — never a value, a path the caller
 //! typed, or a host. Updates take a shared read lock on the series' family, no mutex.
 
+mod process;
+
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -162,6 +164,7 @@ pub struct Metrics {
     expiry: Family<ExpiryLabels, Gauge>,
     source_up: Family<SourceLabels, Gauge>,
     request_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    process: process::ProcessGauges,
     cache_entries: Gauge,
     cache_bytes: Gauge,
     stale_answers: Counter,
@@ -188,6 +191,8 @@ impl Default for Metrics {
             Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 latency_histogram,
             );
+        let process = process::ProcessGauges::default();
+        process.register(&mut registry);
         let cache_entries = Gauge::default();
         let cache_bytes = Gauge::default();
         let stale_answers = Counter::default();
@@ -303,6 +308,7 @@ impl Default for Metrics {
             reloads,
             expiry,
             request_seconds,
+            process,
             cache_entries,
             cache_bytes,
             stale_answers,
@@ -337,6 +343,11 @@ impl Metrics {
     }
 
     /// The cache's size now (set before each exposition).
+    /// The `process_*` series, read now (at scrape time).
+    pub fn update_process(&self) {
+        self.process.update();
+    }
+
     pub fn cache_size(&self, entries: u64, bytes: u64) {
         self.cache_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));

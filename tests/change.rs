@@ -626,6 +626,15 @@ async fn metrics_report_the_build_request_durations_cache_size_and_vault_token_t
         )),
         "{m}"
     );
+    for series in [
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(m.contains(series), "{series}: {m}");
+    }
     assert_eq!(
         gauge(
             &m,

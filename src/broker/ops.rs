@@ -78,6 +78,7 @@ impl Broker {
     /// size, Vault token TTLs (before each `/metrics` exposition).
     pub async fn update_gauges(&self) {
         let _ = self.readiness();
+        self.metrics.update_process();
         // moka counts lazily: settle its pending bookkeeping so the sizes are current.
         self.cache.run_pending_tasks().await;
         self.metrics
