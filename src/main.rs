@@ -817,6 +817,7 @@ async fn serve(
     // Readiness: the trail proves writable, each source answers once; then expiry sweeps.
     broker.audit_start().await;
     broker.spawn_startup_checks();
+    broker.spawn_self_checks();
     broker.spawn_expiry_sweep();
     tracing::info!(
         %bound,

@@ -522,8 +522,17 @@ async fn a_refused_vault_token_is_77_and_an_outage_not_a_denial() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(source_available().await, true);
     bao.cli(&["token", "revoke", &token]);
-    // Past the cache's TTL, the next read meets the revoked token: an outage for the
-    // consumer (503, not its 400 `source_denied`), and readiness says so at once.
+    // Without any read, the periodic self-check (every 15 s) finds the revoked token.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while source_available().await != false {
+        assert!(
+            Instant::now() < deadline,
+            "the self-check never noticed the revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Past the cache's TTL, a read meets the revoked token: an outage for the consumer (503,
+    // not its 400 `source_denied`).
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
         let (status, body) = read().await;

@@ -8,6 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Broker;
+
+/// How often each source's own credentials are checked (`spawn_self_checks`).
+const SELF_CHECK_EVERY: Duration = Duration::from_secs(15);
 use crate::identity::Snapshot;
 use crate::metrics::ReloadOutcome;
 use crate::policy::PolicyError;
@@ -186,6 +189,44 @@ impl Broker {
             }
         }
         out
+    }
+
+    /// Every `SELF_CHECK_EVERY`, each source checks that keybroker's own credentials still
+    /// work (a revoked Vault token is found without waiting for a read): `/readyz` and
+    /// `keybroker_source_available` follow, and a change is logged once.
+    pub fn spawn_self_checks(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SELF_CHECK_EVERY).await;
+                let Some(broker) = weak.upgrade() else { return };
+                for e in broker.sources.values() {
+                    let result = e.source.self_check().await;
+                    let refused = matches!(
+                        result,
+                        Err(crate::source::SourceError::Unavailable(
+                            crate::source::Outage::CredentialsRefused
+                        ))
+                    );
+                    // Only refusals and their end are this check's business; outages are
+                    // the breaker's.
+                    if refused || result.is_ok() {
+                        let was = e.refused.swap(refused, Ordering::Relaxed);
+                        if refused && !was {
+                            tracing::error!(
+                                source = e.source.name(),
+                                "self-check: the source refuses keybroker's own credentials; reads fail until they are fixed"
+                            );
+                        } else if !refused && was {
+                            tracing::info!(
+                                source = e.source.name(),
+                                "self-check: the source accepts keybroker's credentials again"
+                            );
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// The start-of-service audit line (it also shows whether the trail is writable).

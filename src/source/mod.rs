@@ -221,6 +221,12 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
     /// The start-up check `/readyz` waits for (docs/DESIGN.md §15): Vault logged in and
     /// `sys/health` answered, CCP reachable over TLS, the file tree readable. Reads no secret.
     fn probe(&self) -> ProbeFuture<'_>;
+    /// The periodic check that keybroker's own credentials still work (Vault:
+    /// `auth/token/lookup-self`), so readiness tells the truth without waiting for a read.
+    /// Sources without credentials of their own probe.
+    fn self_check(&self) -> ProbeFuture<'_> {
+        self.probe()
+    }
     /// How long the source's current login token has left (Vault), for
     /// `keybroker_vault_token_ttl_seconds`; `None`: no token, or one that does not expire.
     fn token_ttl(&self) -> Option<std::time::Duration> {

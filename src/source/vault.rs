@@ -290,6 +290,27 @@ impl SecretSource for VaultSource {
         })
     }
 
+    /// The token looked up (`lookup-self`); an invalid one is dropped and, where the source
+    /// can log in, replaced — a refused login or an invalid fixed token is
+    /// `CredentialsRefused`.
+    fn self_check(&self) -> super::ProbeFuture<'_> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let token = inner.token().await?;
+            match inner.lookup(secret_string(token.expose_secret())).await {
+                Ok(_) => Ok(()),
+                Err(SourceError::Denied) if inner.can_login() => {
+                    inner.drop_if_invalid(&token).await;
+                    inner.token().await.map(|_| ())
+                }
+                Err(SourceError::Denied) => {
+                    Err(SourceError::Unavailable(Outage::CredentialsRefused))
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     fn kind(&self) -> SourceKind {
         SourceKind::Vault
     }
