@@ -23,13 +23,33 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, for a server a test starts.
+///
+/// Chosen at random below Linux's ephemeral range (32768–60999) and checked free, not with
+/// `bind(…:0)`: the kernel hands recently freed ephemeral ports out again, so two test
+/// processes picking at once could be given the same port, and one test would talk to the
+/// other's server (seen: a connection-limit test admitted by a server with other limits).
+/// The port is still free only until its server binds it (issue 33 replaces picking with
+/// servers that listen on port 0 and say where).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+    for attempt in 0u64.. {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if taken.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+        assert!(attempt < 1_000, "no free port found");
+    }
+    unreachable!("the loop returns or panics")
 }
 
 impl OpenBao {
