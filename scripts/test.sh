@@ -80,9 +80,9 @@ fi
 # Debian installs it in /usr/sbin, which a non-login PATH may lack.
 need nginx || { PATH="/usr/sbin:$PATH"; export PATH; }
 
-# Every crate of Cargo.lock, for every platform: tests run `cargo metadata --offline`, which reads
-# the manifests of crates this platform never builds (e.g. anstyle-wincon). A fresh machine's cache
-# holds only what a build pulled in, so fetch the rest here instead of trusting a developer's cache.
+# Every crate of Cargo.lock, for every platform, once: tests run `cargo metadata`, which reads the
+# manifests of crates this platform never builds (e.g. anstyle-wincon). A fresh machine's cache
+# holds only what a build pulled in; fetched here, the tests find them without a network round each.
 cargo fetch --locked --quiet
 
 # KB_TEST_SETUP_ONLY=1: stop here (tests/operations.rs checks the setup on a PEP 668 python).

@@ -259,7 +259,7 @@ fn the_dockerfile_dependency_layer_stubs_every_target_of_the_manifest() {
     assert!(ran.success());
     // A target name that does not exist: cargo answers about it only once the manifest parsed.
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-        .args(["build", "--offline", "--locked", "--bin", "no-such-target"])
+        .args(["build", "--locked", "--bin", "no-such-target"])
         .current_dir(dir.path())
         .env("CARGO_TARGET_DIR", dir.path().join("target"))
         .output()
