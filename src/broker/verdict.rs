@@ -19,9 +19,47 @@ const MAX_VERDICTS: usize = 10_000;
 
 #[derive(Default)]
 pub(super) struct Verdicts {
-    by_credential: Mutex<HashMap<(String, String), Verdict>>,
+    by_credential: Mutex<ByCredential<Verdict>>,
     /// The last outcome noted per credential (`None`: served).
-    reported: Mutex<HashMap<(String, String), Option<Rejection>>>,
+    reported: Mutex<ByCredential<Option<Rejection>>>,
+}
+
+/// Values by team, then credential name: looked up with borrowed names, so a request that
+/// finds what it needs allocates nothing (this is on every material request's path).
+struct ByCredential<T> {
+    teams: HashMap<String, HashMap<String, T>>,
+    len: usize,
+}
+
+impl<T> Default for ByCredential<T> {
+    fn default() -> Self {
+        Self {
+            teams: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> ByCredential<T> {
+    fn get(&self, (team, name): (&str, &str)) -> Option<&T> {
+        self.teams.get(team)?.get(name)
+    }
+
+    /// Keeps `value` for (`team`, `name`), returning the one it replaces.
+    fn insert(&mut self, (team, name): (&str, &str), value: T) -> Option<T> {
+        if self.len >= MAX_VERDICTS {
+            self.teams.clear();
+            self.len = 0;
+        }
+        if let Some(slot) = self.teams.get_mut(team).and_then(|m| m.get_mut(name)) {
+            return Some(std::mem::replace(slot, value));
+        }
+        self.len += 1;
+        self.teams
+            .entry(team.to_owned())
+            .or_default()
+            .insert(name.to_owned(), value)
+    }
 }
 
 impl fmt::Debug for Verdicts {
@@ -30,7 +68,7 @@ impl fmt::Debug for Verdicts {
             .by_credential
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .len();
+            .len;
         f.debug_struct("Verdicts").field("held", &n).finish()
     }
 }
@@ -64,7 +102,7 @@ impl Verdicts {
                 .by_credential
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(v) = map.get(&(key.0.to_owned(), key.1.to_owned()))
+            if let Some(v) = map.get(key)
                 && same(v)
             {
                 return v.result;
@@ -75,11 +113,8 @@ impl Verdicts {
             .by_credential
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= MAX_VERDICTS {
-            map.clear();
-        }
         map.insert(
-            (key.0.to_owned(), key.1.to_owned()),
+            key,
             Verdict {
                 inputs: inputs.iter().map(|a| Arc::downgrade(a)).collect(),
                 values: values.clone(),
@@ -94,11 +129,13 @@ impl Verdicts {
     /// one noted: the moment to report it (once per change, not per request).
     pub(super) fn note(&self, key: (&str, &str), outcome: Option<Rejection>) -> bool {
         let mut map = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= MAX_VERDICTS {
-            map.clear();
+        // The usual case, the same outcome as last time: nothing to write.
+        if let Some(before) = map.get(key)
+            && *before == outcome
+        {
+            return false;
         }
-        let k = (key.0.to_owned(), key.1.to_owned());
-        let before = map.insert(k, outcome);
+        let before = map.insert(key, outcome);
         outcome.is_some() && before.flatten() != outcome
     }
 }

@@ -11,6 +11,7 @@
 use serde::de::IgnoredAny;
 
 use super::error::DocumentError;
+use super::locate::push_pointer_segment;
 
 /// A string token in value position (not an object key): `span` includes its quotes.
 #[derive(Debug)]
@@ -123,17 +124,11 @@ pub(super) fn decode(text: &str, span: (usize, usize)) -> Option<String> {
 fn pointer(text: &str, stack: &[Frame]) -> String {
     let mut out = String::new();
     for frame in stack {
-        out.push('/');
         match frame {
-            Frame::Array { index } => out.push_str(&index.to_string()),
+            Frame::Array { index } => push_pointer_segment(&mut out, &index.to_string()),
             Frame::Object { key } => {
                 let key = key.and_then(|k| decode(text, k)).unwrap_or_default();
-                // `~` is written `~0`, `/` is written `~1`.
-                if key.contains(['~', '/']) {
-                    out.push_str(&key.replace('~', "~0").replace('/', "~1"));
-                } else {
-                    out.push_str(&key);
-                }
+                push_pointer_segment(&mut out, &key);
             }
         }
     }

@@ -9,6 +9,7 @@
 use granit_parser::{Event, Parser, ScalarStyle};
 
 use super::error::DocumentError;
+use super::locate::push_pointer_segment;
 
 /// A scalar in value position: its decoded value, and the span of source text that a
 /// replacement must cover (for a block scalar, from its `|`/`>` indicator to the end of its
@@ -143,16 +144,10 @@ fn replaceable(
 fn pointer(stack: &[Frame]) -> String {
     let mut out = String::new();
     for frame in stack {
-        out.push('/');
         match frame {
-            Frame::Sequence { index } => out.push_str(&index.to_string()),
+            Frame::Sequence { index } => push_pointer_segment(&mut out, &index.to_string()),
             Frame::Mapping { key, .. } => {
-                let key = key.as_deref().unwrap_or_default();
-                if key.contains(['~', '/']) {
-                    out.push_str(&key.replace('~', "~0").replace('/', "~1"));
-                } else {
-                    out.push_str(key);
-                }
+                push_pointer_segment(&mut out, key.as_deref().unwrap_or_default());
             }
         }
     }
