@@ -451,3 +451,40 @@ async fn a_wrong_ca_cert_is_2_and_the_first_once_keeps_its_files_without_a_gatew
     assert!(stderr.contains("no previous files"), "{stderr}");
     assert!(!stderr.contains("put back"), "{stderr}");
 }
+
+/// Verified credentials at the agent's door: a pair whose key is another certificate's is
+/// refused by the server (502 `credential_rejected`), and `--once` exits 1 — a refusal, not
+/// "try again later" — writing no file and no byte of the key into its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mismatched_pair_is_refused_at_the_agents_door_too() {
+    let w = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let one = w.partner.client(dir.path(), "one", "one");
+    let other = w.partner.client(dir.path(), "other", "other");
+    w.bao.cli(&[
+        "kv",
+        "put",
+        "-mount=secret",
+        "tls/partner",
+        &format!("cert={}", one.cert_pem),
+        &format!("key={}", other.key_pem),
+    ]);
+    let config = w.agent_config(&[], w.server_port);
+    // The server may still hold the good pair for its 1 s cache TTL.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stderr = loop {
+        let (code, stderr) = w.agent_once(&config);
+        if code != Some(0) {
+            assert_eq!(code, Some(1), "{stderr}");
+            break stderr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mismatched pair was served: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(stderr.contains("credential_rejected"), "{stderr}");
+    let key_line = other.key_pem.lines().nth(1).unwrap();
+    assert!(!stderr.contains(key_line), "no key text in the agent's log");
+}
