@@ -17,11 +17,13 @@ mod audit;
 mod build;
 mod credentials;
 mod expiry;
+mod failure;
 mod ops;
 mod plan;
 mod read;
 mod resolve;
 mod seen;
+mod single;
 mod verdict;
 
 pub(crate) use audit::AuditEntry;
@@ -30,9 +32,11 @@ pub use credentials::{
     CredentialError, CredentialInfo, CredentialSummary, Material, MaterialMetadata, RoleError,
     RoleRepair,
 };
+pub use failure::Failure;
 pub use ops::{PolicySummary, Readiness, ReloadError, SourceHealth};
 use read::source_reason;
 use resolve::{pick, repair_names};
+pub use single::{SecretAnswer, SecretRead};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

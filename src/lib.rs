@@ -14,6 +14,7 @@ pub mod cache;
 pub mod config;
 mod diag;
 pub mod egress;
+pub mod exit;
 pub mod identity;
 pub mod metrics;
 pub mod pem;

@@ -160,12 +160,9 @@ enum PolicyCommand {
         /// The consumer (its `name` in the policy) the request is decided for.
         #[arg(long)]
         consumer: String,
-        /// A named credential the consumer asks for (or give `--reference`).
-        #[arg(
-            long,
-            required_unless_present = "reference",
-            conflicts_with = "reference"
-        )]
+        /// A named credential the consumer asks for. With neither this nor `--reference`: the
+        /// egress proxy's choice of credential for `--host` when the caller names none.
+        #[arg(long, conflicts_with = "reference")]
         credential: Option<String>,
         /// A reference, e.g. `$SECRET_vault:payments/db $KEY_password`.
         #[arg(long)]
@@ -391,10 +388,27 @@ fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
             source: &source,
             path,
         },
+        // The egress proxy's question: which credential, then the decision on it.
         (None, None) => {
-            return Err(Failure::Usage(
-                "give --credential or --reference".to_owned(),
-            ));
+            let chosen = match policy.credential_for_destination(&consumer, &dest) {
+                Ok(c) => c,
+                Err(reason) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"allowed": false, "reason": reason, "credential": null})
+                    );
+                    return Err(Failure::Rejected);
+                }
+            };
+            let (decision, _) = policy.decide_credential(&consumer, &chosen.name, Some(&dest));
+            let mut out = serde_json::to_value(&decision).unwrap_or_default();
+            out["credential"] = serde_json::Value::from(chosen.name.as_str());
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            return if decision.allowed {
+                Ok(())
+            } else {
+                Err(Failure::Rejected)
+            };
         }
     };
     let decision = policy.decide(&consumer, subject, Some(&dest));
@@ -540,38 +554,15 @@ async fn resolve(
         }
         Err(e) => {
             eprintln!("{}", error_json(&e));
-            // A source that is down is worth retrying; keybroker's own credentials refused by
-            // a source are not, and neither is anything else (scripts and init containers
-            // tell them apart by the code).
-            use keybroker::reference::Reason;
-            let reasons: Vec<&Reason> = match &e {
-                ResolveError::Unresolved { errors, .. } => {
-                    errors.iter().map(|x| &x.reason).collect()
-                }
-                _ => Vec::new(),
-            };
-            Err(if reasons.contains(&&Reason::SourceCredentialsRefused) {
-                eprintln!(
-                    "keybroker: a source refused keybroker's own credentials: check VAULT_TOKEN/BAO_TOKEN, the source's token_file, or its login method's role and secret"
-                );
-                Failure::Code(EX_NOPERM)
-            } else if reasons.contains(&&Reason::SourceMisconfigured) {
-                Failure::Usage(
-                    "a source's answers show its configuration to be wrong: CCP's web server answers a bare 404 to every query — check the source's service_path (e.g. AIMWebService)".to_owned(),
-                )
-            } else if reasons.contains(&&Reason::SourceUnavailable) {
-                Failure::Code(EX_TEMPFAIL)
-            } else {
-                Failure::Rejected
-            })
+            // The class decides the code (keybroker::exit, the CLI's row of the one table).
+            let class = e.failure();
+            if let Some(hint) = keybroker::exit::hint(class) {
+                eprintln!("keybroker: {hint}");
+            }
+            Err(Failure::Code(keybroker::exit::code(class)))
         }
     }
 }
-
-/// sysexits' EX_TEMPFAIL: a source was unavailable, try again later.
-const EX_TEMPFAIL: u8 = 75;
-/// sysexits' EX_NOPERM: a source refused keybroker's own credentials; retrying will not help.
-const EX_NOPERM: u8 = 77;
 
 /// The errors of a failed resolution as one JSON object on stderr. Never a value.
 fn error_json(e: &ResolveError) -> String {
@@ -914,7 +905,7 @@ async fn agent(path: &Path, once: bool) -> Result<(), Failure> {
             1 => Err(Failure::Rejected),
             // The configuration: fixed by a person, not by retrying (the cause is logged).
             2 => Err(Failure::Code(2)),
-            _ => Err(Failure::Code(EX_TEMPFAIL)),
+            _ => Err(Failure::Code(keybroker::exit::TEMPFAIL)),
         };
     }
     tokio::select! {

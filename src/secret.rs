@@ -143,6 +143,24 @@ impl SecretBuf {
         self.push_str(s.expose_secret());
     }
 
+    /// Appends the fields as one flow mapping in JSON syntax (valid in JSON and YAML alike),
+    /// each name and value double-quoted: a whole secret, or a credential's values.
+    pub fn push_object<'a>(
+        &mut self,
+        fields: impl IntoIterator<Item = (&'a str, &'a SecretString)>,
+    ) {
+        self.push_str("{");
+        for (i, (name, value)) in fields.into_iter().enumerate() {
+            if i > 0 {
+                self.push_str(", ");
+            }
+            self.push_quoted(name);
+            self.push_str(": ");
+            self.push_quoted(value.expose_secret());
+        }
+        self.push_str("}");
+    }
+
     /// Appends `s` as a double-quoted string, valid in JSON and YAML alike.
     pub fn push_quoted(&mut self, s: &str) {
         self.push_str("\"");

@@ -228,6 +228,47 @@ fn the_cli_applies_a_consumers_policy_with_as() {
     );
 }
 
+/// The egress proxy's choice of credential (when the caller names none) is a policy decision
+/// `policy explain` prints: the one visible mtls credential whose allowed_hosts match.
+#[test]
+fn policy_explain_prints_the_egress_proxys_choice_of_credential() {
+    let explain = |host: &str| {
+        Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args([
+                "policy",
+                "explain",
+                "--config",
+                "examples/dev/keybroker.toml",
+                "--consumer",
+                "gateway-dev",
+                "--host",
+                host,
+            ])
+            .current_dir(repo())
+            .env_remove("KEYBROKER_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let chosen = explain("x.sandbox.partner.example");
+    assert!(
+        chosen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chosen.stderr)
+    );
+    let d: Value = serde_json::from_slice(&chosen.stdout).unwrap();
+    assert_eq!(d["credential"], "partner-api");
+    assert_eq!(d["allowed"], true);
+    assert_eq!(
+        d["rule"],
+        "credential payments/partner-api (team); host *.sandbox.partner.example"
+    );
+    let none = explain("api.elsewhere.example");
+    assert_eq!(none.status.code(), Some(1));
+    let d: Value = serde_json::from_slice(&none.stdout).unwrap();
+    assert_eq!(d["reason"], "no_credential_fits");
+    assert_eq!(d["credential"], Value::Null);
+}
+
 /// One request, one policy snapshot: a consumer is decided (and audited) under the policy it
 /// was authenticated under, even when a reload changed the policy in between.
 #[tokio::test]

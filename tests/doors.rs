@@ -296,3 +296,39 @@ async fn threat_27_at_every_door_anonymous_refusals_are_budgeted_per_address() {
     assert_eq!(anonymous.status(), 401);
     assert!(!anonymous.text().await.unwrap().contains("keybroker_"));
 }
+
+/// The one classification of failures, and each door's row: the main API's status, the Vault
+/// API's, the egress proxy's, the CLI's exit code. A door that maps a class on its own (or a
+/// class added without a row) fails here.
+#[test]
+fn each_failure_class_has_one_answer_per_door() {
+    use keybroker::broker::Failure::{self, *};
+    #[rustfmt::skip]
+    let table: &[(Failure, u16, u16, u16, u8)] = &[
+        //  class                       api  vault egress exit
+        (Unauthenticated,          401, 403, 407, 1),
+        (Invalid,                  400, 400, 400, 1),
+        (TooMany,                  400, 400, 400, 1),
+        (TooLarge,                 413, 413, 413, 1),
+        (Unresolved,               400, 400, 400, 1),
+        (NotFound,                 404, 404, 403, 1),
+        (Denied,                   403, 403, 403, 1),
+        (Ambiguous,                409, 409, 400, 1),
+        (Unavailable,              503, 503, 503, 75),
+        (SourceCredentialsRefused, 503, 503, 503, 77),
+        (SourceMisconfigured,      503, 503, 503, 2),
+        (AuditUnavailable,         503, 503, 503, 75),
+        (Rejected,                 502, 502, 502, 1),
+        (Broken,                   502, 502, 502, 1),
+    ];
+    assert_eq!(table.len(), Failure::ALL.len(), "every class has a row");
+    for &(class, api, vault, egress, exit) in table {
+        let got = (
+            keybroker::api::status(class).as_u16(),
+            keybroker::vault_api::status(class).0.as_u16(),
+            keybroker::egress::status(class).0.as_u16(),
+            keybroker::exit::code(class),
+        );
+        assert_eq!(got, (api, vault, egress, exit), "{class:?}");
+    }
+}

@@ -5,9 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::broker::{AuditRefused, CredentialError, ReloadError, ResolveError};
+use crate::broker::{AuditRefused, CredentialError, Failure, ReloadError, ResolveError};
 use crate::identity::AuthError;
-use crate::reference::Reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -88,7 +87,8 @@ impl Details<'_> {
 }
 
 impl ApiError {
-    /// The status and stable code of this error.
+    /// The status and stable code of this error. Broker failures take their status from
+    /// their class ([`status`]); the code names the case.
     pub fn status_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -97,44 +97,62 @@ impl ApiError {
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::TooManyWaiting => (StatusCode::TOO_MANY_REQUESTS, "too_many_waiting"),
             Self::UnknownSource(_) => (StatusCode::NOT_FOUND, "unknown_source"),
-            Self::Resolve(ResolveError::Document(d)) => (StatusCode::BAD_REQUEST, d.code()),
-            Self::Resolve(
-                ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. },
-            ) => (StatusCode::BAD_REQUEST, "too_many_references"),
-            Self::Resolve(ResolveError::TooLarge { .. }) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            Self::Audit(AuditRefused) => (
+                status(Failure::AuditUnavailable),
+                Failure::AuditUnavailable.code(),
+            ),
+            Self::Resolve(e) => {
+                let class = e.failure();
+                let code = match e {
+                    ResolveError::Document(d) => d.code(),
+                    ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. } => {
+                        "too_many_references"
+                    }
+                    ResolveError::TooLarge { .. } => "too_large",
+                    ResolveError::AuditUnavailable => "audit_unavailable",
+                    ResolveError::Unresolved { .. } => match class {
+                        f if f.is_outage() => "source_unavailable",
+                        Failure::Denied => "denied",
+                        _ => "unresolved_references",
+                    },
+                };
+                (status(class), code)
             }
-            Self::Resolve(ResolveError::AuditUnavailable)
-            | Self::Credential(CredentialError::AuditUnavailable)
-            | Self::Audit(AuditRefused) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
-            Self::Resolve(ResolveError::Unresolved { errors, .. }) => {
-                if errors.iter().any(|e| e.reason.is_outage()) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "source_unavailable")
-                } else if errors.iter().any(|e| e.reason == Reason::Denied) {
-                    (StatusCode::FORBIDDEN, "denied")
-                } else {
-                    (StatusCode::BAD_REQUEST, "unresolved_references")
-                }
-            }
-            Self::Credential(CredentialError::Denied(_)) => (StatusCode::FORBIDDEN, "denied"),
-            Self::Credential(CredentialError::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
-            Self::Credential(CredentialError::Ambiguous) => {
-                (StatusCode::CONFLICT, "ambiguous_credential")
-            }
-            Self::Credential(CredentialError::Unresolved(errors)) => {
-                if errors.iter().any(|e| e.reason.is_outage()) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "source_unavailable")
-                } else {
-                    (StatusCode::BAD_GATEWAY, "credential_unresolved")
-                }
-            }
-            Self::Credential(CredentialError::Rejected(_)) => {
-                (StatusCode::BAD_GATEWAY, "credential_rejected")
+            Self::Credential(e) => {
+                let class = e.failure();
+                let code = match e {
+                    CredentialError::Denied(_) => "denied",
+                    CredentialError::NotFound => "not_found",
+                    CredentialError::Ambiguous => "ambiguous_credential",
+                    CredentialError::AuditUnavailable => "audit_unavailable",
+                    CredentialError::Rejected(_) => "credential_rejected",
+                    CredentialError::Unresolved(_) if class.is_outage() => "source_unavailable",
+                    CredentialError::Unresolved(_) => "credential_unresolved",
+                };
+                (status(class), code)
             }
             Self::Reload(ReloadError::NoPolicies) => (StatusCode::CONFLICT, "no_policies"),
             Self::Reload(ReloadError::Invalid(_)) => (StatusCode::CONFLICT, "policy_invalid"),
             Self::TlsReload(_) => (StatusCode::CONFLICT, "tls_invalid"),
         }
+    }
+}
+
+/// The main API's status for each failure class: this door's row of the one table
+/// (`tests/doors.rs`).
+pub fn status(class: Failure) -> StatusCode {
+    match class {
+        Failure::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Failure::Invalid | Failure::TooMany | Failure::Unresolved => StatusCode::BAD_REQUEST,
+        Failure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Failure::NotFound => StatusCode::NOT_FOUND,
+        Failure::Denied => StatusCode::FORBIDDEN,
+        Failure::Ambiguous => StatusCode::CONFLICT,
+        Failure::Unavailable
+        | Failure::SourceCredentialsRefused
+        | Failure::SourceMisconfigured
+        | Failure::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Failure::Rejected | Failure::Broken => StatusCode::BAD_GATEWAY,
     }
 }
 

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::identity::{Authenticator, TokenDigest};
-pub use error::ApiError;
+pub use error::{ApiError, status};
 pub use listen::Peer;
 pub use tls::{ServerTls, TlsSetupError};
 

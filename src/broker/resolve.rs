@@ -45,24 +45,7 @@ impl Broker {
         let result = self
             .resolve_unaudited(caller, document, layout, host, &mut subjects)
             .await;
-        let (decision, reason) = match &result {
-            Ok(_) => (Outcome::Allowed, "allowed"),
-            Err(ResolveError::Document(d)) => (Outcome::Failed, d.code()),
-            Err(ResolveError::Unresolved { errors, .. }) => {
-                let denied = errors.iter().any(|e| e.reason == Reason::Denied);
-                let first = errors.first().map_or("unresolved", |e| e.reason.code());
-                if denied {
-                    (Outcome::Denied, "denied")
-                } else {
-                    (Outcome::Failed, first)
-                }
-            }
-            Err(ResolveError::AuditUnavailable) => (Outcome::Failed, "audit_unavailable"),
-            Err(ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. }) => {
-                (Outcome::Failed, "too_many_references")
-            }
-            Err(ResolveError::TooLarge { .. }) => (Outcome::Failed, "too_large"),
-        };
+        let (decision, reason) = outcome(&result);
         let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |r| {
             let lists = r.metadata.repairs.iter().map(|u| &u.repairs[..]);
             (repair_names(lists), r.metadata.stale)
@@ -178,6 +161,32 @@ impl Broker {
             metadata,
         })
     }
+}
+
+/// The audit line's decision and reason for a resolution's result: the failure's class
+/// decides whether it was a denial, the first reason names it.
+pub(super) fn outcome<T>(result: &Result<T, ResolveError>) -> (Outcome, &'static str) {
+    let Err(e) = result else {
+        return (Outcome::Allowed, "allowed");
+    };
+    let decision = if e.failure() == super::Failure::Denied {
+        Outcome::Denied
+    } else {
+        Outcome::Failed
+    };
+    let reason = match e {
+        ResolveError::Document(d) => d.code(),
+        ResolveError::Unresolved { .. } if decision == Outcome::Denied => "denied",
+        ResolveError::Unresolved { errors, .. } => {
+            errors.first().map_or("unresolved", |e| e.reason.code())
+        }
+        ResolveError::AuditUnavailable => "audit_unavailable",
+        ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. } => {
+            "too_many_references"
+        }
+        ResolveError::TooLarge { .. } => "too_large",
+    };
+    (decision, reason)
 }
 
 /// `value` as text, usually in one allocation (`to_string` starts from an empty string and

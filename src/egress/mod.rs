@@ -23,7 +23,7 @@ use axum::response::Response;
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
-use crate::broker::{Broker, Caller, ConsumerRef, CredentialError};
+use crate::broker::{Broker, Caller, ConsumerRef, CredentialError, Failure};
 use crate::policy::Destination;
 use crate::policy::host::Host;
 
@@ -98,6 +98,60 @@ pub fn door() -> crate::api::observe::DoorSpec {
 }
 
 /// A refusal: a JSON error with a stable code (never a value).
+/// The egress proxy's answer for each failure class: this door's row of the one table
+/// (`tests/doors.rs`). A credential that is not there is a denial, as for any consumer.
+pub fn status(class: Failure) -> (StatusCode, &'static str, &'static str) {
+    match class {
+        Failure::Unauthenticated => (
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "proxy_authentication_required",
+            "Proxy-Authorization: Bearer <consumer token>",
+        ),
+        Failure::Denied | Failure::NotFound => (
+            StatusCode::FORBIDDEN,
+            "denied",
+            "not allowed for this destination",
+        ),
+        Failure::Ambiguous => (
+            StatusCode::BAD_REQUEST,
+            "credential_required",
+            "name the credential in Keybroker-Credential (none, or more than one, fits this host)",
+        ),
+        Failure::Invalid | Failure::TooMany | Failure::Unresolved => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the request cannot be served",
+        ),
+        Failure::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request is too large",
+        ),
+        Failure::Unavailable | Failure::SourceCredentialsRefused | Failure::SourceMisconfigured => {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "source_unavailable",
+                "the credential's source is unavailable",
+            )
+        }
+        Failure::AuditUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit trail cannot be written",
+        ),
+        Failure::Rejected => (
+            StatusCode::BAD_GATEWAY,
+            "credential_rejected",
+            "the credential was refused by verification",
+        ),
+        Failure::Broken => (
+            StatusCode::BAD_GATEWAY,
+            "credential_unresolved",
+            "the credential's values could not be resolved",
+        ),
+    }
+}
+
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     let mut r = Response::new(Body::from(body));
@@ -285,7 +339,7 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
             Ok(t) => t,
             Err(why) => {
                 let _ = state.broker.audit_unauthenticated(why.code(), ip).await;
-                return refuse(StatusCode::BAD_REQUEST, why.code(), &why.to_string());
+                return refuse(status(why.into()).0, why.code(), &why.to_string());
             }
         };
     let consumer = token.and_then(|t| ConsumerRef::by_token(&snapshot, t));
@@ -301,11 +355,8 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
                 ip,
             )
             .await;
-        return refuse(
-            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            "proxy_authentication_required",
-            "Proxy-Authorization: Bearer <consumer token>",
-        );
+        let (status, code, message) = status(Failure::Unauthenticated);
+        return refuse(status, code, message);
     };
     let caller = Caller::Consumer(consumer.clone());
 
@@ -317,29 +368,21 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         .map(str::to_owned);
     let name = match named {
         Some(n) => n,
-        None => {
-            let policy = snapshot.policy();
-            let team = consumer.team();
-            // Visible as the policy decides it: the credential this team sees under the name.
-            let mut fitting = policy.credentials.iter().filter(|c| {
-                let visible = policy
-                    .visible_credential(team, &c.name)
-                    .is_ok_and(|seen| std::ptr::eq(seen, *c));
-                visible
-                    && c.mode == crate::policy::CredentialMode::Mtls
-                    && c.allowed_hosts.iter().any(|p| p.matches(&dest))
-            });
-            match (fitting.next(), fitting.next()) {
-                (Some(c), None) => c.name.clone(),
-                _ => {
-                    return refuse(
-                        StatusCode::BAD_REQUEST,
-                        "credential_required",
-                        "name the credential in Keybroker-Credential (none, or more than one, fits this host)",
-                    );
-                }
+        // The policy's choice (`policy explain` prints it); the decision below is the
+        // same as for a named credential.
+        None => match snapshot
+            .policy()
+            .credential_for_destination(consumer.name(), &dest)
+        {
+            Ok(c) => c.name.clone(),
+            Err(_) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "credential_required",
+                    "name the credential in Keybroker-Credential (none, or more than one, fits this host)",
+                );
             }
-        }
+        },
     };
 
     // The decision, on the URL's real host and port, audited.
@@ -349,31 +392,14 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         .await
     {
         Ok(m) => m,
-        Err(CredentialError::Denied(_) | CredentialError::NotFound) => {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "denied",
-                "not allowed for this destination",
-            );
-        }
-        Err(CredentialError::AuditUnavailable) => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the audit trail cannot be written",
-            );
-        }
         // The main API's answer, word for word (502 `credential_rejected`, role and code),
         // before any upstream connection is opened.
         Err(e @ CredentialError::Rejected(_)) => {
             return axum::response::IntoResponse::into_response(crate::api::ApiError::from(e));
         }
-        Err(_) => {
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "credential_unresolved",
-                "the credential's values could not be resolved",
-            );
+        Err(e) => {
+            let (status, code, message) = status(e.failure());
+            return refuse(status, code, message);
         }
     };
 

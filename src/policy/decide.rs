@@ -34,6 +34,10 @@ pub enum DecisionReason {
     HostNotAllowed,
     AmbiguousCredential,
     NotFoundOrNotVisible,
+    /// The egress proxy's choice: no visible mtls credential's `allowed_hosts` match.
+    NoCredentialFits,
+    /// The egress proxy's choice: more than one does (the caller must name one).
+    SeveralCredentialsFit,
 }
 
 impl DecisionReason {
@@ -47,6 +51,8 @@ impl DecisionReason {
             Self::HostNotAllowed => "host_not_allowed",
             Self::AmbiguousCredential => "ambiguous_credential",
             Self::NotFoundOrNotVisible => "not_found_or_not_visible",
+            Self::NoCredentialFits => "no_credential_fits",
+            Self::SeveralCredentialsFit => "several_credentials_fit",
         }
     }
 }
@@ -256,6 +262,35 @@ impl Policy {
             hosts_decision(&cred.allowed_hosts, host, team, rule),
             Some(cred),
         )
+    }
+}
+
+impl Policy {
+    /// The egress proxy's question when the caller names no credential: the one mtls
+    /// credential visible to the consumer's team (as [`Policy::visible_credential`] sees it
+    /// under its name) whose `allowed_hosts` match `dest`. Only a choice: the proxy then asks
+    /// [`Policy::decide_credential`] for the credential it chose, like a named one.
+    pub fn credential_for_destination(
+        &self,
+        consumer: &str,
+        dest: &Destination,
+    ) -> Result<&Credential, DecisionReason> {
+        let Some(c) = self.consumer(&self.index(), consumer) else {
+            return Err(DecisionReason::UnknownConsumer);
+        };
+        let team = c.team.as_str();
+        let mut fitting = self.credentials.iter().filter(|cred| {
+            cred.mode == super::CredentialMode::Mtls
+                && cred.allowed_hosts.iter().any(|p| p.matches(dest))
+                && self
+                    .visible_credential(team, &cred.name)
+                    .is_ok_and(|seen| std::ptr::eq(seen, *cred))
+        });
+        match (fitting.next(), fitting.next()) {
+            (Some(cred), None) => Ok(cred),
+            (None, _) => Err(DecisionReason::NoCredentialFits),
+            (Some(_), Some(_)) => Err(DecisionReason::SeveralCredentialsFit),
+        }
     }
 }
 

@@ -282,17 +282,7 @@ fn write_site(out: &mut SecretBuf, template: &Template, values: &[Resolved<'_>])
     if template.as_whole().is_some()
         && let [Resolved::Whole(secret)] = values
     {
-        // A flow mapping in JSON syntax is valid in both JSON and YAML.
-        out.push_str("{");
-        for (i, (name, value)) in secret.fields().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            out.push_quoted(name);
-            out.push_str(": ");
-            out.push_quoted(value.expose_secret());
-        }
-        out.push_str("}");
+        out.push_object(secret.fields());
         return;
     }
     out.push_str("\"");

@@ -23,8 +23,10 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::api::listen::Peer;
-use crate::broker::{Broker, Caller, ConsumerRef, CredentialError, Document, ResolveError};
-use crate::reference::{Format, Layout, Reason, SecretPath};
+use crate::broker::{
+    Broker, Caller, ConsumerRef, CredentialError, Failure, ResolveError, SecretRead,
+};
+use crate::reference::{Reason, SecretPath};
 use crate::secret::SecretBuf;
 use route::{Route, RouteError};
 pub use token::TokenKey;
@@ -88,7 +90,7 @@ fn error(status: StatusCode, messages: &[&str]) -> Response {
 }
 
 fn denied() -> Response {
-    error(StatusCode::FORBIDDEN, &["permission denied"])
+    failed(Failure::Denied)
 }
 
 fn read_only() -> Response {
@@ -211,7 +213,7 @@ async fn authenticate(
         Ok(p) => p,
         Err(why) => {
             let _ = state.broker.audit_unauthenticated(why.code(), ip).await;
-            return Err(error(StatusCode::BAD_REQUEST, &[&why.to_string()]));
+            return Err(error(status(why.into()).0, &[&why.to_string()]));
         }
     };
     let found = presented.and_then(|t| {
@@ -266,10 +268,7 @@ async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
         .await
         .is_err()
     {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &["the audit trail cannot be written"],
-        );
+        return failed(Failure::AuditUnavailable);
     }
     let token = state
         .tokens
@@ -351,49 +350,25 @@ async fn read(
             .await;
         return match material {
             Ok(m) => {
-                let mut inner = SecretBuf::with_capacity(
-                    m.values
-                        .iter()
-                        .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
-                        .sum::<usize>()
-                        + 2,
-                );
-                inner.push_str("{");
-                for (i, (k, v)) in m.values.iter().enumerate() {
-                    if i > 0 {
-                        inner.push_str(",");
-                    }
-                    inner.push_quoted(k);
-                    inner.push_str(":");
-                    inner.push_quoted(v.expose_secret());
-                }
-                inner.push_str("}");
+                let size = m
+                    .values
+                    .iter()
+                    .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
+                    .sum::<usize>();
+                let mut inner = SecretBuf::with_capacity(size + 2);
+                inner.push_object(m.values.iter().map(|(k, v)| (k.as_str(), v)));
                 envelope(&inner, 1, metadata_only)
-            }
-            Err(CredentialError::Denied(_) | CredentialError::NotFound) => denied(),
-            Err(CredentialError::AuditUnavailable) => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &["the audit trail cannot be written"],
-            ),
-            Err(CredentialError::Unresolved(e)) if e.iter().any(|r| r.reason.is_outage()) => {
-                error(StatusCode::SERVICE_UNAVAILABLE, &["source unavailable"])
             }
             // Vault's error shape: the role and the verification code, no data.
             Err(CredentialError::Rejected(r)) => error(
-                StatusCode::BAD_GATEWAY,
+                status(Failure::Rejected).0,
                 &[&format!("credential_rejected: {}: {}", r.role, r.code)],
             ),
-            // As the main API: the operator's credential does not resolve — the server's
-            // failure, 502 `credential_unresolved`, not a 500.
-            Err(_) => error(
-                StatusCode::BAD_GATEWAY,
-                &["credential_unresolved: the credential's values could not be resolved"],
-            ),
+            Err(e) => failed(e.failure()),
         };
     }
-    // The mount must be a source name, the path one keybroker's references can hold; then the
-    // reference text is built from the canonical (encoded) path, so no part of the URL can
-    // add reference syntax.
+    // The mount must be a source name, the path one keybroker's references can hold; the
+    // broker reads it as a typed read (no reference text is built from the URL).
     let name_ok = !mount.is_empty()
         && mount
             .bytes()
@@ -404,57 +379,64 @@ async fn read(
     if !name_ok {
         return denied();
     }
-    let at = version.map_or(String::new(), |v| format!("@{v}"));
-    let reference = format!("$SECRET_{mount}:{secret_path}{at}");
-    let document = Document::JsonValue(json!({ "d": reference }));
-    let resolved = state
+    let read = SecretRead {
+        source: mount.to_owned(),
+        path: secret_path,
+        version,
+    };
+    match state
         .broker
-        .resolve_via(
-            Some("vault_api"),
-            caller,
-            document,
-            Layout::Compact,
-            host.as_ref(),
-        )
-        .await;
-    match resolved {
-        Ok(r) if r.format == Format::Json => {
-            let bytes = r.document.as_bytes();
-            // The document is `{"d":<object>}`, written compactly by keybroker itself.
-            let Some(inner) = bytes
-                .strip_prefix(b"{\"d\":")
-                .and_then(|b| b.strip_suffix(b"}"))
-            else {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, &["unexpected expansion"]);
-            };
-            let mut obj = SecretBuf::with_capacity(inner.len());
-            obj.extend_from_slice(inner);
-            let version = r
-                .metadata
-                .secrets
-                .first()
-                .and_then(|s| s.version)
-                .unwrap_or(1);
-            envelope(&obj, version, metadata_only)
+        .read_secret(Some("vault_api"), caller, read, host.as_ref())
+        .await
+    {
+        Ok(answer) => envelope(&answer.fields, answer.version.unwrap_or(1), metadata_only),
+        // A single read that is not found is Vault's 404, not a document's 400.
+        Err(ResolveError::Unresolved { errors, .. })
+            if errors.iter().all(|e| e.reason == Reason::NotFound) =>
+        {
+            failed(Failure::NotFound)
         }
-        Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, &["unexpected expansion"]),
-        Err(ResolveError::Unresolved { errors, .. }) => {
-            let reason = errors.first().map(|e| e.reason.clone());
-            match reason {
-                Some(Reason::Denied) => denied(),
-                Some(Reason::NotFound) => error(StatusCode::NOT_FOUND, &[]),
-                Some(r) if r.is_outage() => {
-                    error(StatusCode::SERVICE_UNAVAILABLE, &["source unavailable"])
-                }
-                Some(r) => error(StatusCode::BAD_REQUEST, &[r.code()]),
-                None => error(StatusCode::BAD_REQUEST, &["unresolved"]),
-            }
+        Err(e) => failed(e.failure()),
+    }
+}
+
+/// The Vault API's answer for each failure class: this door's row of the one table
+/// (`tests/doors.rs`). Vault answers 403 "permission denied" to a missing or wrong token and
+/// to a denial alike, and 404 with no messages to a path that holds nothing.
+pub fn status(class: Failure) -> (StatusCode, &'static str) {
+    match class {
+        Failure::Unauthenticated | Failure::Denied => (StatusCode::FORBIDDEN, "permission denied"),
+        Failure::NotFound => (StatusCode::NOT_FOUND, ""),
+        Failure::Invalid | Failure::TooMany | Failure::Unresolved => {
+            (StatusCode::BAD_REQUEST, "the secret could not be read")
         }
-        Err(ResolveError::AuditUnavailable) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &["the audit trail cannot be written"],
+        Failure::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the answer would be too large",
         ),
-        Err(e) => error(StatusCode::BAD_REQUEST, &[&e.to_string()]),
+        Failure::Ambiguous => (
+            StatusCode::CONFLICT,
+            "ambiguous: several teams define this credential",
+        ),
+        Failure::Unavailable | Failure::SourceCredentialsRefused | Failure::SourceMisconfigured => {
+            (StatusCode::SERVICE_UNAVAILABLE, "source unavailable")
+        }
+        Failure::AuditUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit trail cannot be written",
+        ),
+        Failure::Rejected => (StatusCode::BAD_GATEWAY, "credential_rejected"),
+        Failure::Broken => (
+            StatusCode::BAD_GATEWAY,
+            "credential_unresolved: the credential's values could not be resolved",
+        ),
+    }
+}
+
+fn failed(class: Failure) -> Response {
+    match status(class) {
+        (code, "") => error(code, &[]),
+        (code, message) => error(code, &[message]),
     }
 }
 
