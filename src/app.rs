@@ -2,6 +2,10 @@
 //! API state — without touching the network. `check`, `serve`, the benches and tests use this
 //! one path, so `check` refuses exactly what `serve` would.
 
+mod run;
+
+pub use run::{BindError, Listeners};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,7 +50,10 @@ pub struct App {
 }
 
 /// An extra listener (`[vault_api]`, `[egress]`): where, with which TLS, serving what.
-#[allow(missing_debug_implementations)] // the TLS acceptor and router have none
+#[expect(
+    missing_debug_implementations,
+    reason = "the TLS acceptor and router have none"
+)]
 pub struct Door {
     pub listen: SocketAddr,
     pub tls: Arc<ServerTls>,

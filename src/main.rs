@@ -65,6 +65,11 @@ enum Command {
         /// Listen address (overrides [server] listen).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Once every listener is bound, write where each listens to this file as JSON
+        /// (`{"listen": "127.0.0.1:41234", "ops_listen": …, "vault_api": …, "egress": …}`),
+        /// by rename: for `listen = "127.0.0.1:0"` and supervisors that wait for a port.
+        #[arg(long, value_name = "FILE")]
+        ready_file: Option<PathBuf>,
     },
     /// Expand the references of a document and print it.
     Resolve {
@@ -235,7 +240,8 @@ fn main() -> ExitCode {
             config,
             dev,
             listen,
-        } => runtime().and_then(|rt| rt.block_on(serve(config, dev, listen))),
+            ready_file,
+        } => runtime().and_then(|rt| rt.block_on(serve(config, dev, listen, ready_file))),
         Command::Agent { config, once } => {
             runtime().and_then(|rt| rt.block_on(agent(&config, once)))
         }
@@ -732,6 +738,7 @@ async fn serve(
     config: Option<PathBuf>,
     dev: bool,
     listen: Option<SocketAddr>,
+    ready_file: Option<PathBuf>,
 ) -> Result<(), Failure> {
     harden_process();
     let (path, built_in_dev) = match (config, dev) {
@@ -777,27 +784,14 @@ async fn serve(
     } = App::build(&config, &options).map_err(|e| assembly(&config, &e))?;
     // Installed before anything is announced (banner, READY=1), so no signal is lost.
     let signalled = shutdown_signal();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
-    // The extra doors, each on its own listener, bound before anything is served.
-    let mut doors = Vec::new();
-    for (what, door) in [("[vault_api]", vault_api), ("[egress]", egress)] {
-        let Some(door) = door else { continue };
-        let listener = tokio::net::TcpListener::bind(door.listen)
-            .await
-            .map_err(|e| Failure::Usage(format!("{what} cannot listen on {}: {e}", door.listen)))?;
-        doors.push((what, door, listener));
-    }
-    let ops_listener = match config.server.ops_listen {
-        None => None,
-        Some(at) => Some(tokio::net::TcpListener::bind(at).await.map_err(|e| {
-            Failure::Usage(format!("[server] ops_listen: cannot listen on {at}: {e}"))
-        })?),
-    };
-    let bound = listener
-        .local_addr()
-        .map_err(|e| Failure::Usage(format!("cannot read the listening address: {e}")))?;
+    let listeners = keybroker::app::Listeners::bind(
+        addr,
+        config.server.ops_listen,
+        [("[vault_api]", vault_api), ("[egress]", egress)],
+    )
+    .await
+    .map_err(|e| Failure::Usage(e.to_string()))?;
+    let bound = listeners.main_addr();
     let mut state = state;
     if dev {
         let (token, dev_token) = TokenDigest::generate();
@@ -821,56 +815,40 @@ async fn serve(
         config = %path.display(),
         "keybroker serving"
     );
-    // One signal stops every listener.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        signalled.await;
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        let _ = stop.send(true);
-    });
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let limits: api::listen::ConnectionLimits = (&config.limits).into();
-    let mut extra = tokio::task::JoinSet::new();
-    for (what, door, listener) in doors {
-        tracing::info!(door = what, bound = %door.listen, tls = door.tls.is_tls(), "serving");
-        extra.spawn(api::listen::serve(
-            listener,
-            door.tls,
-            door.router,
-            limits.clone(),
-            until_stopped(stopped.clone()),
-        ));
-    }
     let state = Arc::new(state);
     spawn_reload_on_sighup(Arc::clone(&state));
+    if let Some(file) = &ready_file {
+        write_ready_file(file, &listeners.addresses())?;
+    }
     // Every listener is bound and every signal handler installed: tell systemd
     // (`Type=notify`; nothing happens without NOTIFY_SOCKET).
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
-    if let Some(ops) = ops_listener {
-        tracing::info!(door = "ops", bound = ?ops.local_addr().ok(), "serving");
-        extra.spawn(api::listen::serve(
-            ops,
-            Arc::new(api::ServerTls::plain()),
-            api::ops_router(Arc::clone(&state)),
-            limits.clone(),
-            until_stopped(stopped.clone()),
-        ));
-    }
-    let main = api::listen::serve(
-        listener,
-        tls,
-        api::router(state),
-        limits,
-        until_stopped(stopped.clone()),
-    );
-    main.await;
-    while extra.join_next().await.is_some() {}
+    let stop = async move {
+        signalled.await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    };
+    listeners
+        .serve(tls, state, &(&config.limits).into(), stop)
+        .await;
     tracing::info!("keybroker stopped");
     Ok(())
+}
+
+/// Where each listener listens, as one JSON object, written beside `file` and renamed onto
+/// it so a reader never sees half of it.
+fn write_ready_file(file: &Path, addresses: &[(&str, SocketAddr)]) -> Result<(), Failure> {
+    let map: serde_json::Map<String, serde_json::Value> = addresses
+        .iter()
+        .map(|(name, addr)| ((*name).to_owned(), addr.to_string().into()))
+        .collect();
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, serde_json::Value::Object(map).to_string())
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .map_err(|e| Failure::Usage(format!("--ready-file {}: {e}", file.display())))
 }
 
 /// `keybroker health`: one GET; the status line goes to stdout for the container log.
@@ -922,36 +900,27 @@ fn assembly(config: &Config, e: &keybroker::app::AppError) -> Failure {
     }
 }
 
-/// No core dumps (they would hold every cached secret) and no ptrace attach by other
-/// processes of the same user. Failure is logged, not fatal: containers may forbid it.
-/// Every connection is a file descriptor: when `[limits] max_connections` on every listener
-/// (and some for sources, the audit file, the policies) exceeds what the process may open, the
-/// limit that bites first is the kernel's — accept errors instead of keybroker's clean
-/// refusals. Said at start, with the numbers.
+/// Every connection is a file descriptor: when `[limits] max_connections` (counted across
+/// every listener of the process) plus some for sources, the audit file and the policies
+/// exceeds what the process may open, the limit that bites first is the kernel's — accept
+/// errors instead of keybroker's clean refusals. Said at start, with the numbers.
 fn warn_if_files_run_out(config: &Config) {
     let files = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let Some(open_files) = files.current else {
         return;
     };
-    let listeners = 1
-        + usize::from(config.server.ops_listen.is_some())
-        + usize::from(config.vault_api.is_some())
-        + usize::from(config.egress.is_some());
-    let needed = config
-        .limits
-        .max_connections
-        .saturating_mul(listeners)
-        .saturating_add(64);
+    let needed = config.limits.max_connections.saturating_add(64);
     if needed as u64 > open_files {
         tracing::warn!(
             max_connections = config.limits.max_connections,
-            listeners,
             open_files,
-            "[limits] max_connections on every listener exceeds the process's open-files limit (RLIMIT_NOFILE): raise LimitNOFILE / ulimit -n, or lower max_connections"
+            "[limits] max_connections exceeds the process's open-files limit (RLIMIT_NOFILE): raise LimitNOFILE / ulimit -n, or lower max_connections"
         );
     }
 }
 
+/// No core dumps (they would hold every cached secret) and no ptrace attach by other
+/// processes of the same user. Failure is logged, not fatal: containers may forbid it.
 fn harden_process() {
     use rustix::process::{Resource, Rlimit, setrlimit};
     let none = Rlimit {

@@ -17,6 +17,8 @@ struct Server {
     _dir: tempfile::TempDir,
     _child: tokio::process::Child,
     addr: SocketAddr,
+    /// The ops listener, when one was asked for.
+    ops: Option<SocketAddr>,
 }
 
 fn sha(token: &str) -> String {
@@ -45,6 +47,29 @@ async fn exchange(mut s: TcpStream, request: &[u8]) -> Option<String> {
     (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
 }
 
+/// A keep-alive connection from 127.0.0.`from` whose `/healthz` was answered, kept open.
+async fn answered_and_held(from: u8, to: SocketAddr) -> TcpStream {
+    let mut s = connect(from, to).await;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("\"ok\"") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("an answer within the deadline")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the connection was closed: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
 async fn healthz(from: u8, to: SocketAddr) -> Option<String> {
     let s = connect(from, to).await;
     exchange(
@@ -55,6 +80,11 @@ async fn healthz(from: u8, to: SocketAddr) -> Option<String> {
 }
 
 async fn start(limits: &str) -> Server {
+    start_with("", limits).await
+}
+
+/// A server with `server` added to its `[server]` section.
+async fn start_with(server: &str, limits: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("secrets/app")).unwrap();
@@ -69,20 +99,15 @@ async fn start(limits: &str) -> Server {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[limits]\n{limits}\n"
+            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[limits]\n{limits}\n"
         ),
     )
     .unwrap();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
-        .args(["serve", "--config", "kb.toml"])
+        .args(["serve", "--config", "kb.toml", "--ready-file", "ready.json"])
         .current_dir(root)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -90,8 +115,16 @@ async fn start(limits: &str) -> Server {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let started = Instant::now();
+    let (addr, ops): (SocketAddr, Option<SocketAddr>) = loop {
+        if let Ok(text) = std::fs::read_to_string(root.join("ready.json")) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let ops = v["ops_listen"].as_str().map(|a| a.parse().unwrap());
+            break (v["listen"].as_str().unwrap().parse().unwrap(), ops);
+        }
+        assert!(started.elapsed() < DEADLINE, "keybroker did not bind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     loop {
         if let Ok(s) = TcpStream::connect(addr).await {
             let answer = exchange(
@@ -110,6 +143,7 @@ async fn start(limits: &str) -> Server {
         _dir: dir,
         _child: child,
         addr,
+        ops,
     }
 }
 
@@ -124,20 +158,48 @@ async fn threat_26_silent_connections_past_the_limits_do_not_stop_others() {
         silent.push(connect(1, s.addr).await);
     }
     // The server accepts in order: once a request from .2 is answered, all 8 are admitted.
-    let other = healthz(2, s.addr).await.expect("another address is served");
-    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    // That connection stays open (keep-alive), so its slot is counted for certain — a closed
+    // one might still hold it for a moment after its answer.
+    silent.push(answered_and_held(2, s.addr).await);
     assert_eq!(
         healthz(1, s.addr).await,
         None,
         "the 9th from 127.0.0.1 is closed"
     );
-    for _ in 0..4 {
+    for _ in 0..3 {
         silent.push(connect(3, s.addr).await);
     }
     // 12 open: a 13th, from anywhere, is closed.
     assert_eq!(healthz(4, s.addr).await, None);
     drop(silent);
     served_within_deadline(4, s.addr, "slots came back when the connections closed").await;
+}
+
+/// The limits count the process's connections, not each listener's: an address holding its
+/// share on the main listener cannot open more on the ops listener (one gate for all doors;
+/// the total is counted by the same gate). Only 127.0.0.1 holds connections, and only silent
+/// ones, so no answered request's slot can still be in use when the refusal is checked.
+#[tokio::test]
+async fn threat_26_the_limits_count_every_listener_together() {
+    let s = start_with("ops_listen = \"127.0.0.1:0\"", "max_connections_per_ip = 2").await;
+    let ops = s.ops.expect("the ready file names the ops listener");
+    let answer = healthz(9, ops).await.expect("the ops listener serves");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let silent = vec![connect(1, s.addr).await, connect(1, s.addr).await];
+    // The main listener accepts in order: once another address is answered there, both of
+    // 127.0.0.1's connections are admitted.
+    let _held = answered_and_held(2, s.addr).await;
+    assert_eq!(
+        healthz(1, ops).await,
+        None,
+        "127.0.0.1 holds its 2 on the main listener: the ops listener refuses its 3rd"
+    );
+    assert!(
+        healthz(3, ops).await.is_some(),
+        "other addresses are served"
+    );
+    drop(silent);
+    served_within_deadline(1, ops, "the slots came back").await;
 }
 
 /// Polls `/healthz` from 127.0.0.`from` until it is answered 200, failing at the deadline.

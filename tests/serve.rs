@@ -141,15 +141,13 @@ async fn the_tls_example_serves_material_to_the_gateway_certificate() {
         String::from_utf8_lossy(&check.stderr)
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let ready = tempfile::tempdir().unwrap();
+    let ready_file = ready.path().join("ready.json");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
         .args(["serve", "--config"])
         .arg(&config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.1:0", "--ready-file"])
+        .arg(&ready_file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -164,6 +162,21 @@ async fn the_tls_example_serves_material_to_the_gateway_certificate() {
         .identity(reqwest::Identity::from_pem(&identity).unwrap())
         .build()
         .unwrap();
+    // Port 0 in, the bound port out through the ready file.
+    let started = std::time::Instant::now();
+    let port = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready_file) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let at: std::net::SocketAddr = v["listen"].as_str().unwrap().parse().unwrap();
+            break at.port();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "keybroker did not bind"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(port, 0);
     let url = format!("https://localhost:{port}/v1/credentials/partner-api/material");
     let mut answer = None;
     for _ in 0..100 {

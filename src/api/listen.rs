@@ -50,12 +50,15 @@ impl From<&crate::config::LimitsConfig> for ConnectionLimits {
     }
 }
 
-/// Admission of connections: a slot of the total and one of the peer's.
+/// Admission of connections: a slot of the total and one of the peer's. One gate serves
+/// every listener of a process, so `[limits]` count the process's connections, not each
+/// listener's (one address cannot hold the per-address limit once per door).
 #[derive(Debug)]
-struct Gate {
+pub struct Gate {
     total: Arc<tokio::sync::Semaphore>,
     per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     limit_per_ip: usize,
+    write_timeout: Duration,
 }
 
 /// An admitted connection; dropping it gives both slots back.
@@ -66,6 +69,15 @@ struct Slot {
 }
 
 impl Gate {
+    pub fn new(limits: &ConnectionLimits) -> Arc<Self> {
+        Arc::new(Self {
+            total: Arc::new(tokio::sync::Semaphore::new(limits.max.max(1))),
+            per_ip: std::sync::Mutex::default(),
+            limit_per_ip: limits.per_ip.max(1),
+            write_timeout: limits.write_timeout,
+        })
+    }
+
     fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
         let total = Arc::clone(&self.total).try_acquire_owned().ok()?;
         let mut peers = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
@@ -94,8 +106,7 @@ impl Drop for Slot {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
-/// (up to 30 s).
+/// Serves `app` on `listener` alone, with its own gate for `limits` (tests and benches).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerTls>,
@@ -103,11 +114,19 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let gate = Arc::new(Gate {
-        total: Arc::new(tokio::sync::Semaphore::new(limits.max.max(1))),
-        per_ip: std::sync::Mutex::default(),
-        limit_per_ip: limits.per_ip.max(1),
-    });
+    serve_gated(listener, tls, app, Gate::new(&limits), shutdown).await;
+}
+
+/// Serves `app` on `listener`, admitting connections through `gate` (shared by every
+/// listener of the process), until `shutdown` completes; then lets open connections finish
+/// (up to 30 s).
+pub async fn serve_gated(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    app: Router,
+    gate: Arc<Gate>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -134,7 +153,7 @@ pub async fn serve(
         // An answer the client does not take is dropped after `write_timeout`, with the
         // memory it holds.
         let mut tcp = tokio_io_timeout::TimeoutStream::new(tcp);
-        tcp.set_write_timeout(Some(limits.write_timeout));
+        tcp.set_write_timeout(Some(gate.write_timeout));
         let tcp = Box::pin(tcp);
         let app = app.clone();
         // The settings current now; a reload during this connection does not touch it.

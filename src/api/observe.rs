@@ -34,7 +34,7 @@ pub struct DoorSpec {
 
 /// The service around a door's router.
 #[derive(Clone)]
-#[allow(missing_debug_implementations)] // the inner router has none
+#[expect(missing_debug_implementations, reason = "the inner router has none")]
 pub struct Observe<S> {
     inner: S,
     metrics: Arc<crate::metrics::Metrics>,

@@ -238,8 +238,10 @@ fn render_tree(
 /// A search for the document's marker. Building a `memmem` searcher costs more than scanning
 /// a short skeleton for the marker's first byte, and most documents are short (the cache-hit
 /// profile in docs/PERFORMANCE.md).
-// One on the stack per render; boxing the searcher would add an allocation per document.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one on the stack per render; boxing the searcher would add an allocation per document"
+)]
 enum Search<'n> {
     Short(&'n [u8]),
     Long(memchr::memmem::Finder<'n>),

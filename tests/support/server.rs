@@ -36,12 +36,12 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `serve --config kb.toml` in `root` (which must listen on 127.0.0.1:`port` with
-    /// a certificate of `ca_pem`), logs at `rust_log` into `root/stdout.log` and
+    /// Starts `serve --config kb.toml` in `root` (which must listen on 127.0.0.1:`port` — or
+    /// port 0, and `port` is then the one it bound — with a certificate of `ca_pem`), logs at `rust_log` into `root/stdout.log` and
     /// `root/stderr.log`, and waits until `/healthz` answers.
     pub async fn start(root: &Path, ca_pem: &str, port: u16, rust_log: &str) -> Self {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"));
-        command.args(["serve", "--config", "kb.toml"]);
+        command.args(["serve", "--config", "kb.toml", "--ready-file", "ready.json"]);
         Self::start_command(command, root, ca_pem, port, rust_log).await
     }
 
@@ -58,7 +58,7 @@ impl Running {
         command
             .arg("-c")
             .arg(format!(
-                "ulimit -v {} && exec \"$0\" serve --config kb.toml",
+                "ulimit -v {} && exec \"$0\" serve --config kb.toml --ready-file ready.json",
                 bytes / 1024
             ))
             .arg(env!("CARGO_BIN_EXE_keybroker"))
@@ -92,10 +92,28 @@ impl Running {
             .timeout(Duration::from_secs(20))
             .build()
             .unwrap();
+        // Where it listens, from the file it writes once bound (the configuration may say
+        // port 0: no port is picked by binding and dropping a socket).
+        let ready = root.join("ready.json");
+        let started = std::time::Instant::now();
+        let bound = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let at: std::net::SocketAddr = v["listen"].as_str().unwrap().parse().unwrap();
+                break at.port();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "keybroker did not bind:\n{}",
+                std::fs::read_to_string(root.join("stderr.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(port == 0 || port == bound, "listens on {bound}, not {port}");
         let running = Self {
             child,
             client,
-            port,
+            port: bound,
         };
         for _ in 0..100 {
             if running

@@ -1,0 +1,153 @@
+//! The running server: every listener bound before anything is served, one connection gate
+//! for the whole process (`[limits]` count all doors together), one stop for all. `main.rs`
+//! only announces (banner, systemd) and waits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use super::Door;
+use crate::api::listen::{ConnectionLimits, Gate};
+use crate::api::{self, AppState, ServerTls};
+
+/// A listener that could not be bound, named by its setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting} cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub setting: &'static str,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Every listener of a server, bound.
+#[expect(
+    missing_debug_implementations,
+    reason = "doors hold routers, which have none"
+)]
+pub struct Listeners {
+    main: TcpListener,
+    main_addr: SocketAddr,
+    ops: Option<TcpListener>,
+    doors: Vec<(&'static str, Door, TcpListener)>,
+    /// Where each listener listens, by name (`listen`, `ops_listen`, `vault_api`, `egress`).
+    addresses: Vec<(&'static str, SocketAddr)>,
+}
+
+async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        setting,
+        addr,
+        source,
+    })
+}
+
+impl Listeners {
+    /// Binds the main listener at `main`, the ops listener and each door, in that order.
+    pub async fn bind(
+        main: SocketAddr,
+        ops: Option<SocketAddr>,
+        doors: impl IntoIterator<Item = (&'static str, Option<Door>)>,
+    ) -> Result<Self, BindError> {
+        let main_listener = bind("[server] listen", main).await?;
+        let main_addr = main_listener.local_addr().map_err(|source| BindError {
+            setting: "[server] listen",
+            addr: main,
+            source,
+        })?;
+        let ops_addr = ops;
+        let ops = match ops {
+            Some(at) => Some(bind("[server] ops_listen", at).await?),
+            None => None,
+        };
+        let local = |l: &TcpListener, setting: &'static str, addr: SocketAddr| {
+            l.local_addr().map_err(|source| BindError {
+                setting,
+                addr,
+                source,
+            })
+        };
+        let mut addresses = vec![("listen", main_addr)];
+        if let (Some(l), Some(at)) = (&ops, ops_addr) {
+            addresses.push(("ops_listen", local(l, "[server] ops_listen", at)?));
+        }
+        let mut bound = Vec::new();
+        for (setting, door) in doors {
+            let Some(door) = door else { continue };
+            let listener = bind(setting, door.listen).await?;
+            let at = local(&listener, setting, door.listen)?;
+            addresses.push((setting.trim_matches(|c| c == '[' || c == ']'), at));
+            bound.push((setting, door, listener));
+        }
+        Ok(Self {
+            main: main_listener,
+            main_addr,
+            ops,
+            doors: bound,
+            addresses,
+        })
+    }
+
+    /// Where each listener listens (the real ports when the configuration said 0).
+    pub fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.addresses.clone()
+    }
+
+    /// Where the main listener listens (the port when it was 0).
+    pub fn main_addr(&self) -> SocketAddr {
+        self.main_addr
+    }
+
+    /// Serves every door until `stop` completes, then waits for each to drain.
+    pub async fn serve(
+        self,
+        tls: Arc<ServerTls>,
+        state: Arc<AppState>,
+        limits: &ConnectionLimits,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let gate = Gate::new(limits);
+        let (tell, told) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stop.await;
+            let _ = tell.send(true);
+        });
+        let until_stopped = || {
+            let mut rx = told.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let mut all = tokio::task::JoinSet::new();
+        for (setting, door, listener) in self.doors {
+            let bound = listener.local_addr().ok();
+            tracing::info!(door = setting, bound = ?bound, tls = door.tls.is_tls(), "serving");
+            all.spawn(api::listen::serve_gated(
+                listener,
+                door.tls,
+                door.router,
+                Arc::clone(&gate),
+                until_stopped(),
+            ));
+        }
+        if let Some(ops) = self.ops {
+            tracing::info!(door = "ops", bound = ?ops.local_addr().ok(), "serving");
+            all.spawn(api::listen::serve_gated(
+                ops,
+                Arc::new(ServerTls::plain()),
+                api::ops_router(Arc::clone(&state)),
+                Arc::clone(&gate),
+                until_stopped(),
+            ));
+        }
+        all.spawn(api::listen::serve_gated(
+            self.main,
+            tls,
+            api::router(state),
+            gate,
+            until_stopped(),
+        ));
+        while all.join_next().await.is_some() {}
+    }
+}
