@@ -221,8 +221,13 @@ fn vault_api(v: &crate::config::VaultApiConfig, broker: &Arc<Broker>) -> Result<
         Some(path) => crate::vault_api::TokenKey::from_file(path)?,
         None => crate::vault_api::TokenKey::random(),
     };
+    let tokens = Arc::new(tokens);
     let state = crate::vault_api::VaultApiState {
         broker: Arc::clone(broker),
+        auth: crate::identity::Authenticator {
+            issued: Some(Arc::clone(&tokens) as Arc<dyn crate::identity::IssuedTokens>),
+            ..Default::default()
+        },
         tokens,
         token_ttl: v.token_ttl.0,
     };
@@ -247,6 +252,7 @@ fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Door,
         return Err(AppError::EgressPlainOffLoopback(e.listen));
     }
     let state = crate::egress::EgressState {
+        auth: crate::identity::Authenticator::default(),
         broker: Arc::clone(broker),
         resolve: e.resolve.clone(),
         timeout: e.timeout.0,

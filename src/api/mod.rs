@@ -158,33 +158,27 @@ impl AppState {
 
     /// The authenticated caller of a request.
     async fn caller(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let snapshot = self.broker.policy();
         // The verifier checks forwarded certificates only: no TLS generation to load otherwise.
         let tls = match (&self.tls, &self.auth.cert_header) {
             (Some(t), Some(_)) => Some(t.current()),
             _ => None,
         };
-        let authenticated = self.auth.authenticate(
-            &snapshot,
-            peer.map(|p| p.addr.ip()),
-            peer.and_then(|p| p.certificate.as_deref()),
-            tls.as_ref().and_then(|t| t.verifier.as_deref()),
+        let presented = crate::identity::Presented {
+            door: crate::identity::Door::Api,
+            peer: peer.map(|p| p.addr.ip()),
+            certificate: peer.and_then(|p| p.certificate.as_deref()),
+            verifier: tls.as_ref().and_then(|t| t.verifier.as_deref()),
             headers,
-        );
-        let (caller, via) = match authenticated {
+        };
+        let (caller, via) = match self.broker.authenticate(&self.auth, presented).await {
             Ok(found) => found,
-            Err(why) => {
-                // Refused either way; a failing audit sink changes nothing here.
-                let ip = peer.map(|p| p.addr.ip());
-                let _ = self.broker.audit_unauthenticated(why.code(), ip).await;
-                if why.is_bad_request() {
-                    return Err(ApiError::BadRequest {
-                        code: why.code(),
-                        message: why.to_string(),
-                    });
-                }
-                return Err(ApiError::Unauthorized(why));
+            Err(why) if why.is_bad_request() => {
+                return Err(ApiError::BadRequest {
+                    code: why.code(),
+                    message: why.to_string(),
+                });
             }
+            Err(why) => return Err(ApiError::Unauthorized(why)),
         };
         tracing::debug!(?caller, ?via, "authenticated");
         Ok(caller)

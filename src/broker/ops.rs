@@ -301,6 +301,23 @@ impl Broker {
         }
     }
 
+    /// The caller of a request at any door: the one authenticator under the current policy
+    /// snapshot, and every refusal audited through the peer address's budget (THREATS rows
+    /// 27 and 32 at every door, by construction).
+    pub async fn authenticate(
+        &self,
+        authenticator: &crate::identity::Authenticator,
+        presented: crate::identity::Presented<'_>,
+    ) -> Result<(super::Caller, crate::identity::Via), crate::identity::AuthError> {
+        let snapshot = self.policy();
+        let found = authenticator.authenticate(&snapshot, presented);
+        if let Err(why) = &found {
+            // Refused either way; a failing audit sink changes nothing here.
+            let _ = self.audit_unauthenticated(why.code(), presented.peer).await;
+        }
+        found
+    }
+
     /// A successful login through a door (`via`): the consumer now holds a token.
     pub async fn audit_login(
         &self,

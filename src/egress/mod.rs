@@ -23,7 +23,7 @@ use axum::response::Response;
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
-use crate::broker::{Broker, Caller, ConsumerRef, CredentialError, Failure};
+use crate::broker::{Broker, Caller, CredentialError, Failure};
 use crate::policy::Destination;
 use crate::policy::host::Host;
 
@@ -31,6 +31,9 @@ use crate::policy::host::Host;
 #[derive(Debug)]
 pub struct EgressState {
     pub broker: Arc<Broker>,
+    /// The one authenticator, set for this door: the policy's tokens in
+    /// `Proxy-Authorization`.
+    pub auth: crate::identity::Authenticator,
     /// `[egress] resolve`: names pinned to addresses (split-horizon DNS, tests). A destination
     /// named here may be private.
     pub resolve: BTreeMap<String, IpAddr>,
@@ -328,35 +331,33 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         }
     };
 
-    // Who is asking. Refusals are budgeted per peer address like every door's (THREATS 27).
+    // Who is asking: the one authenticator, set for this door (refusals budgeted per peer
+    // address like every door's, THREATS 27; repeated credentials refused, THREATS 32).
     let snapshot = state.broker.policy();
-    let ip = request
-        .extensions()
-        .get::<crate::api::Peer>()
-        .map(|p| p.addr.ip());
-    let token =
-        match crate::identity::presented_token(request.headers(), crate::identity::Door::Egress) {
-            Ok(t) => t,
-            Err(why) => {
-                let _ = state.broker.audit_unauthenticated(why.code(), ip).await;
-                return refuse(status(why.into()).0, why.code(), &why.to_string());
-            }
-        };
-    let consumer = token.and_then(|t| ConsumerRef::by_token(&snapshot, t));
-    let Some(consumer) = consumer else {
-        let _ = state
-            .broker
-            .audit_unauthenticated(
-                if token.is_some() {
-                    "unknown_token"
-                } else {
-                    "missing_credentials"
-                },
-                ip,
-            )
-            .await;
-        let (status, code, message) = status(Failure::Unauthenticated);
-        return refuse(status, code, message);
+    let presented = crate::identity::Presented {
+        door: crate::identity::Door::Egress,
+        peer: request
+            .extensions()
+            .get::<crate::api::Peer>()
+            .map(|p| p.addr.ip()),
+        certificate: None,
+        verifier: None,
+        headers: request.headers(),
+    };
+    let consumer = match state.broker.authenticate(&state.auth, presented).await {
+        Ok((Caller::Consumer(c), _)) => c,
+        // Only the main API knows an operator token; nothing else gets through here.
+        Ok((Caller::Operator, _)) => {
+            let (status, code, message) = status(Failure::Unauthenticated);
+            return refuse(status, code, message);
+        }
+        Err(why) if why.is_bad_request() => {
+            return refuse(status(why.into()).0, why.code(), &why.to_string());
+        }
+        Err(why) => {
+            let (status, code, message) = status(why.into());
+            return refuse(status, code, message);
+        }
     };
     let caller = Caller::Consumer(consumer.clone());
 

@@ -113,13 +113,25 @@ pub enum Via {
     Token,
 }
 
-/// The authentication settings of the server.
+/// Tokens a door issued itself (the Vault API's `auth/cert/login` tokens): the consumer a
+/// token names, when it is one of them and valid now.
+pub trait IssuedTokens: Send + Sync {
+    /// `None` when `token` is not of this kind; `Some(None)` when it is but does not verify.
+    fn consumer(&self, token: &str, now: SystemTime) -> Option<Option<String>>;
+}
+
+/// The one authenticator of every door: what each door reads is fixed by its [`Door`] (the
+/// main API: certificate, forwarded certificate, bearer token; the Vault API: its tokens and
+/// the policy's; the egress proxy: the policy's tokens), and every door refuses a repeated or
+/// conflicting credential alike.
 #[derive(Default)]
 pub struct Authenticator {
     /// The `serve --dev` bearer token; it authenticates as the operator.
     pub dev_token: Option<TokenDigest>,
     pub trusted_proxies: Vec<IpNet>,
     pub cert_header: Option<HeaderName>,
+    /// Tokens the door issued (the Vault API's).
+    pub issued: Option<Arc<dyn IssuedTokens>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -128,25 +140,63 @@ impl std::fmt::Debug for Authenticator {
             .field("dev_token", &self.dev_token)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("cert_header", &self.cert_header)
+            .field("issued", &self.issued.is_some())
             .finish_non_exhaustive()
     }
 }
 
+/// What a request presented at a door, as the door's extractor collected it.
+#[derive(Clone, Copy)]
+#[expect(
+    missing_debug_implementations,
+    reason = "the headers hold credentials, and the verifier has no Debug"
+)]
+pub struct Presented<'a> {
+    pub door: Door,
+    /// The connection's peer address (unknown when a router is driven without a socket).
+    pub peer: Option<IpAddr>,
+    /// The client certificate its TLS handshake verified.
+    pub certificate: Option<&'a ClientCert>,
+    /// What checks a forwarded certificate (`client_ca`, `client_crl`: current).
+    pub verifier: Option<&'a dyn ClientCertVerifier>,
+    pub headers: &'a HeaderMap,
+}
+
 impl Authenticator {
-    /// The caller of a request: `peer` is the connection's address, `certificate` the one
-    /// its TLS handshake verified (both unknown when the router is driven without a socket),
-    /// `verifier` what checks a forwarded certificate (`client_ca`, `client_crl`: current).
+    /// The caller of a request.
     pub fn authenticate(
         &self,
         snapshot: &Arc<Snapshot>,
-        peer: Option<IpAddr>,
-        certificate: Option<&ClientCert>,
-        verifier: Option<&dyn ClientCertVerifier>,
-        headers: &HeaderMap,
+        presented: Presented<'_>,
     ) -> Result<(Caller, Via), AuthError> {
+        let Presented {
+            door,
+            peer,
+            certificate,
+            verifier,
+            headers,
+        } = presented;
         let now = SystemTime::now();
         let ids = snapshot.identities();
         let consumer = |i: usize| Caller::Consumer(ConsumerRef::at(snapshot, i));
+        // The token first: a repeated or conflicting credential header is refused at every
+        // door, also beside a certificate.
+        let token = presented_token(headers, door)?;
+        if door != Door::Api {
+            // The Vault API and the egress proxy read tokens only (a Vault client's
+            // certificate is for `auth/cert/login`).
+            let token = token.ok_or(AuthError::Missing)?;
+            if let Some(found) = self.issued.as_ref().and_then(|i| i.consumer(token, now)) {
+                let name = found.ok_or(AuthError::UnknownToken)?;
+                return ConsumerRef::of(Arc::clone(snapshot), &name)
+                    .map(|c| (Caller::Consumer(c), Via::Token))
+                    .ok_or(AuthError::UnknownToken);
+            }
+            return ids
+                .by_token(token)
+                .map(|i| (consumer(i), Via::Token))
+                .ok_or(AuthError::UnknownToken);
+        }
         if let Some(cert) = certificate {
             return ids
                 .by_certificate(snapshot.policy(), cert, now)
@@ -162,7 +212,7 @@ impl Authenticator {
                 .map(|i| (consumer(i), Via::ForwardedCertificate))
                 .ok_or(AuthError::UnknownCertificate);
         }
-        let presented = presented_token(headers, Door::Api)?.ok_or(AuthError::Missing)?;
+        let presented = token.ok_or(AuthError::Missing)?;
         if self.dev_token.as_ref().is_some_and(|d| d.verify(presented)) {
             return Ok((Caller::Operator, Via::Token));
         }

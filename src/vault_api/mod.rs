@@ -35,7 +35,9 @@ pub use token::TokenKey;
 #[derive(Debug)]
 pub struct VaultApiState {
     pub broker: Arc<Broker>,
-    pub tokens: TokenKey,
+    pub tokens: Arc<TokenKey>,
+    /// The one authenticator, set for this door: its own tokens and the policy's.
+    pub auth: crate::identity::Authenticator,
     pub token_ttl: Duration,
 }
 
@@ -205,37 +207,18 @@ async fn authenticate(
     headers: &HeaderMap,
     peer: Option<&Peer>,
 ) -> Result<Caller, Response> {
-    let snapshot = state.broker.policy();
-    let ip = peer.map(|p| p.addr.ip());
-    // The one rule of every door: a repeated or conflicting credential counts for no one.
-    let presented = match crate::identity::presented_token(headers, crate::identity::Door::VaultApi)
-    {
-        Ok(p) => p,
-        Err(why) => {
-            let _ = state.broker.audit_unauthenticated(why.code(), ip).await;
-            return Err(error(status(why.into()).0, &[&why.to_string()]));
-        }
+    let presented = crate::identity::Presented {
+        door: crate::identity::Door::VaultApi,
+        peer: peer.map(|p| p.addr.ip()),
+        certificate: None,
+        verifier: None,
+        headers,
     };
-    let found = presented.and_then(|t| {
-        if token::is_issued(t) {
-            let name = state.tokens.verify(t, SystemTime::now()).ok()?;
-            ConsumerRef::of(Arc::clone(&snapshot), &name)
-        } else {
-            ConsumerRef::by_token(&snapshot, t)
-        }
-    });
-    match found {
-        Some(c) => Ok(Caller::Consumer(c)),
-        None => {
-            let why = if presented.is_some() {
-                "unknown_token"
-            } else {
-                "missing_credentials"
-            };
-            // Refused either way; a failing audit sink changes nothing here.
-            let _ = state.broker.audit_unauthenticated(why, ip).await;
-            Err(denied())
-        }
+    match state.broker.authenticate(&state.auth, presented).await {
+        Ok((caller, _)) => Ok(caller),
+        Err(why) if why.is_bad_request() => Err(error(status(why.into()).0, &[&why.to_string()])),
+        // Vault's own answer to a missing or wrong token.
+        Err(why) => Err(failed(why.into())),
     }
 }
 

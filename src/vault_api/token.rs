@@ -140,6 +140,12 @@ impl TokenKey {
     }
 }
 
+impl crate::identity::IssuedTokens for TokenKey {
+    fn consumer(&self, token: &str, now: SystemTime) -> Option<Option<String>> {
+        is_issued(token).then(|| self.verify(token, now).ok())
+    }
+}
+
 /// Whether `token` looks like an issued token (else it is a policy bearer token).
 pub fn is_issued(token: &str) -> bool {
     token.starts_with(PREFIX)
