@@ -173,8 +173,8 @@ pub struct Broker {
     audit: Option<Arc<Audit>>,
     /// Verified secrets, shared by all callers; authorization is decided before it is asked.
     cache: Arc<SecretCache>,
-    default_source: Option<String>,
-    ccp_source: Option<String>,
+    /// Where references without a source name go (default and CCP sources).
+    routes: crate::policy::KnownSources,
     limits: crate::config::LimitsConfig,
     /// Audit lines of failed authentications, per peer address.
     refusals: crate::audit::RefusalBudget,

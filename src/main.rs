@@ -333,7 +333,7 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
 
 fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
     use keybroker::policy::Subject;
-    use keybroker::reference::{Target, parse_reference};
+    use keybroker::reference::parse_reference;
     let PolicyCommand::Explain {
         config,
         policies,
@@ -362,29 +362,14 @@ fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
         Some(text) => {
             let r = parse_reference(text)
                 .map_err(|e| Failure::Usage(format!("--reference: {}", e.kind)))?;
-            let (source, path) = match r.target {
-                Target::Secret { source, path, .. } => {
-                    let source = source.or_else(|| {
-                        config
-                            .as_ref()
-                            .and_then(|c| c.default_source().map(str::to_owned))
-                    });
-                    (source, path)
-                }
-                Target::Ccp { safe, object } => (
-                    config
-                        .as_ref()
-                        .and_then(|c| c.ccp_source().map(str::to_owned)),
-                    keybroker::reference::SecretPath::from_segments([safe, object])
-                        .map_err(|e| Failure::Usage(format!("--reference: {e}")))?,
-                ),
-            };
-            let source = source.ok_or_else(|| {
-                Failure::Usage(
-                    "--reference: name the source (`$SECRET_<source>:…`) or give --config"
-                        .to_owned(),
-                )
-            })?;
+            // The broker's routing: without a configuration only named sources route.
+            let known = config.as_ref().map(known_sources).unwrap_or_default();
+            let source = known
+                .source_of(&r.target)
+                .map(str::to_owned)
+                .map_err(|e| Failure::Usage(format!("--reference: {e} (or give --config)")))?;
+            let path = keybroker::policy::path_of(&r.target)
+                .map_err(|e| Failure::Usage(format!("--reference: {e}")))?;
             (source, Some(path))
         }
     };

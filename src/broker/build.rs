@@ -122,8 +122,11 @@ impl Broker {
             metrics: Arc::new(Metrics::default()),
             audit: None,
             cache: Arc::new(SecretCache::new(&crate::config::CacheConfig::default())),
-            default_source,
-            ccp_source,
+            routes: crate::policy::KnownSources {
+                names: std::collections::BTreeSet::new(),
+                default: default_source,
+                ccp: ccp_source,
+            },
             limits,
             refusals: crate::audit::RefusalBudget::default(),
             expiry: crate::config::ExpiryConfig::default(),
@@ -137,8 +140,7 @@ impl Broker {
     pub fn known_sources(&self) -> crate::policy::KnownSources {
         crate::policy::KnownSources {
             names: self.sources.keys().cloned().collect(),
-            default: self.default_source.clone(),
-            ccp: self.ccp_source.clone(),
+            ..self.routes.clone()
         }
     }
 

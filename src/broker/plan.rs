@@ -30,16 +30,10 @@ impl Broker {
     /// The source a reference names, or the default (`$SECRET_` without `<source>:`) or CCP
     /// (`$SAFE_`) source; not checked to exist.
     pub(super) fn source_of<'a>(&'a self, r: &'a Reference) -> Result<&'a str, Reason> {
-        match &r.target {
-            Target::Secret {
-                source: Some(name), ..
-            } => Ok(name),
-            Target::Secret { source: None, .. } => self
-                .default_source
-                .as_deref()
-                .ok_or(Reason::NoDefaultSource),
-            Target::Ccp { .. } => self.ccp_source.as_deref().ok_or(Reason::UnknownSource),
-        }
+        self.routes.source_of(&r.target).map_err(|e| match e {
+            crate::policy::Unrouted::NoDefaultSource => Reason::NoDefaultSource,
+            crate::policy::Unrouted::NoCcpSource => Reason::UnknownSource,
+        })
     }
 
     /// Which source and which read a reference needs (no policy: the operator's view, and
@@ -80,17 +74,14 @@ pub(super) fn authorize(
 
 /// The read a reference asks for (path and version), whatever its source.
 pub(super) fn request_of(r: &Reference) -> Result<ReadRequest, Reason> {
-    match &r.target {
-        Target::Secret { path, version, .. } => Ok(ReadRequest {
-            path: path.clone(),
-            version: *version,
-        }),
-        Target::Ccp { safe, object } => Ok(ReadRequest {
-            path: crate::reference::SecretPath::from_segments([safe.as_str(), object])
-                .map_err(Reason::Syntax)?,
-            version: None,
-        }),
-    }
+    let version = match &r.target {
+        Target::Secret { version, .. } => *version,
+        Target::Ccp { .. } => None,
+    };
+    Ok(ReadRequest {
+        path: crate::policy::path_of(&r.target).map_err(Reason::Syntax)?,
+        version,
+    })
 }
 
 /// Names longer than any backend takes are the caller's failure, found before any source

@@ -15,7 +15,7 @@ use super::model::{
     Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Policy, ReadAccess,
 };
 use crate::diag::{Diagnostic, Diags, Seg, diagnostic};
-use crate::reference::{Reference, Target, parse_reference};
+use crate::reference::parse_reference;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -471,10 +471,10 @@ fn validate(
         if let Some(cred) = credential(files, &c, &slugs) {
             if let Some(known) = sources {
                 for (role, r) in &cred.values.by_role {
-                    match reference_source(r, known) {
+                    match known.source_of(&r.target) {
                         Ok(name) if known.names.contains(name) => {}
                         Ok(name) => files.at(&c, &key(role), format!("unknown source `{name}`")),
-                        Err(why) => files.at(&c, &key(role), why.to_owned()),
+                        Err(why) => files.at(&c, &key(role), why.to_string()),
                     }
                 }
             }
@@ -529,26 +529,6 @@ fn validate(
     policy
 }
 
-/// The source a reference reads from under `known`.
-fn reference_source<'a>(
-    r: &'a Reference,
-    known: &'a KnownSources,
-) -> Result<&'a str, &'static str> {
-    match &r.target {
-        Target::Secret {
-            source: Some(s), ..
-        } => Ok(s),
-        Target::Secret { source: None, .. } => known
-            .default
-            .as_deref()
-            .ok_or("no default source is configured: write `$SECRET_<source>:<path>`"),
-        Target::Ccp { .. } => known
-            .ccp
-            .as_deref()
-            .ok_or("`$SAFE_` references need a ccp source, and none is configured"),
-    }
-}
-
 /// Issuer ACLs of different teams that one certificate could satisfy: the first in file
 /// order would win, so a team could end up holding another's identity.
 fn warn_overlapping_acls(files: &mut Files, policy: &Policy, items: &[(Item<()>, String, usize)]) {
@@ -586,17 +566,9 @@ fn warn_credentials_outside_grants(
     for item in items {
         let cred = &policy.credentials[item.def];
         for (role, r) in &cred.values.by_role {
-            let Ok(source) = reference_source(r, known) else {
+            let (Ok(source), Ok(path)) = (known.source_of(&r.target), super::path_of(&r.target))
+            else {
                 continue;
-            };
-            let path = match &r.target {
-                Target::Secret { path, .. } => path.clone(),
-                Target::Ccp { safe, object } => {
-                    match crate::reference::SecretPath::from_segments([safe.as_str(), object]) {
-                        Ok(p) => p,
-                        Err(_) => continue,
-                    }
-                }
             };
             let granted = policy.grants.iter().any(|g| {
                 g.team == cred.team

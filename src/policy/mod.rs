@@ -8,6 +8,7 @@ pub mod host;
 mod index;
 mod load;
 mod model;
+mod route;
 mod subject;
 
 pub use decide::{Basis, Decision, DecisionReason, Rule, Subject};
@@ -16,4 +17,5 @@ pub use load::{KnownSources, PolicyError, load, load_checked};
 pub use model::{
     Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Policy, ReadAccess,
 };
+pub use route::{Unrouted, path_of};
 pub use subject::SubjectPattern;
