@@ -2,6 +2,7 @@
 //! API state — without touching the network. `check`, `serve`, the benches and tests use this
 //! one path, so `check` refuses exactly what `serve` would.
 
+pub mod process;
 mod run;
 
 pub use run::{BindError, Listeners};

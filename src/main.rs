@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use keybroker::api;
 use keybroker::app::{App, Options};
 use keybroker::broker::{Broker, Caller, Document, ResolveError};
 use keybroker::config::Config;
@@ -725,7 +724,7 @@ async fn serve(
     listen: Option<SocketAddr>,
     ready_file: Option<PathBuf>,
 ) -> Result<(), Failure> {
-    harden_process();
+    keybroker::app::process::harden();
     let (path, built_in_dev) = match (config, dev) {
         (Some(p), _) => (p, false),
         (None, true) => (dev_config_path()?, true),
@@ -754,7 +753,7 @@ async fn serve(
     if config.audit.is_none() && !dev {
         tracing::warn!("no [audit] section: decisions are not recorded in an audit trail");
     }
-    warn_if_files_run_out(&config);
+    keybroker::app::process::warn_if_files_run_out(&config);
     let options = Options {
         listen: addr,
         dev,
@@ -768,7 +767,7 @@ async fn serve(
         egress,
     } = App::build(&config, &options).map_err(|e| assembly(&config, &e))?;
     // Installed before anything is announced (banner, READY=1), so no signal is lost.
-    let signalled = shutdown_signal();
+    let signalled = keybroker::app::process::shutdown_signal();
     let listeners = keybroker::app::Listeners::bind(
         addr,
         config.server.ops_listen,
@@ -801,9 +800,10 @@ async fn serve(
         "keybroker serving"
     );
     let state = Arc::new(state);
-    spawn_reload_on_sighup(Arc::clone(&state));
+    keybroker::app::process::spawn_reload_on_sighup(Arc::clone(&state));
     if let Some(file) = &ready_file {
-        write_ready_file(file, &listeners.addresses())?;
+        keybroker::app::process::write_ready_file(file, &listeners.addresses())
+            .map_err(|e| Failure::Usage(format!("--ready-file {}: {e}", file.display())))?;
     }
     // Every listener is bound and every signal handler installed: tell systemd
     // (`Type=notify`; nothing happens without NOTIFY_SOCKET).
@@ -819,21 +819,6 @@ async fn serve(
         .await;
     tracing::info!("keybroker stopped");
     Ok(())
-}
-
-/// Where each listener listens, as one JSON object, written beside `file` and renamed onto
-/// it so a reader never sees half of it.
-fn write_ready_file(file: &Path, addresses: &[(&str, SocketAddr)]) -> Result<(), Failure> {
-    let map: serde_json::Map<String, serde_json::Value> = addresses
-        .iter()
-        .map(|(name, addr)| ((*name).to_owned(), addr.to_string().into()))
-        .collect();
-    let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, serde_json::Value::Object(map).to_string())
-        .and_then(|()| std::fs::rename(&tmp, file))
-        .map_err(|e| Failure::Usage(format!("--ready-file {}: {e}", file.display())))
 }
 
 /// `keybroker health`: one GET; the status line goes to stdout for the container log.
@@ -873,7 +858,7 @@ async fn agent(path: &Path, once: bool) -> Result<(), Failure> {
     }
     tokio::select! {
         r = keybroker::agent::run(cfg) => r.map_err(|e| Failure::Usage(e.to_string())),
-        () = shutdown_signal() => Ok(()),
+        () = keybroker::app::process::shutdown_signal() => Ok(()),
     }
 }
 
@@ -883,83 +868,6 @@ fn assembly(config: &Config, e: &keybroker::app::AppError) -> Failure {
         Some(d) => Failure::Usage(d.to_string()),
         None => Failure::Usage(e.to_string()),
     }
-}
-
-/// Every connection is a file descriptor: when `[limits] max_connections` (counted across
-/// every listener of the process) plus some for sources, the audit file and the policies
-/// exceeds what the process may open, the limit that bites first is the kernel's — accept
-/// errors instead of keybroker's clean refusals. Said at start, with the numbers.
-fn warn_if_files_run_out(config: &Config) {
-    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let Some(open_files) = files.current else {
-        return;
-    };
-    let needed = config.limits.max_connections.saturating_add(64);
-    if needed as u64 > open_files {
-        tracing::warn!(
-            max_connections = config.limits.max_connections,
-            open_files,
-            "[limits] max_connections exceeds the process's open-files limit (RLIMIT_NOFILE): raise LimitNOFILE / ulimit -n, or lower max_connections"
-        );
-    }
-}
-
-/// No core dumps (they would hold every cached secret) and no ptrace attach by other
-/// processes of the same user. Failure is logged, not fatal: containers may forbid it.
-fn harden_process() {
-    use rustix::process::{Resource, Rlimit, setrlimit};
-    let none = Rlimit {
-        current: Some(0),
-        maximum: Some(0),
-    };
-    if let Err(e) = setrlimit(Resource::Core, none) {
-        tracing::warn!(error = %e, "cannot disable core dumps");
-    }
-    // Every client connection is a file descriptor: use all the kernel allows this process.
-    let files = rustix::process::getrlimit(Resource::Nofile);
-    if files.maximum != files.current {
-        let raised = Rlimit {
-            current: files.maximum,
-            maximum: files.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::warn!(error = %e, "cannot raise the open-files limit");
-        }
-    }
-    #[cfg(target_os = "linux")]
-    if let Err(e) =
-        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-    {
-        tracing::warn!(error = %e, "cannot mark the process non-dumpable");
-    }
-}
-
-/// SIGHUP reopens the audit file and reloads the policy and every listener's TLS files; what
-/// does not load leaves the previous version in force.
-fn spawn_reload_on_sighup(state: Arc<api::AppState>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Registered before returning, so a SIGHUP right after `READY=1` reloads, not kills.
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot install the SIGHUP handler; reload with POST /v1/admin/reload");
-            return;
-        };
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                // After logrotate's rename: the audit trail goes to the path again.
-                state.broker.reopen_audit();
-                // The outcomes are logged (and the policy's counted) where they happen.
-                let policy = state.broker.reload_policy();
-                let _ = state.reload_tls();
-                if policy.is_ok() {
-                    state.broker.sweep_expiry().await;
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    let _ = state;
 }
 
 /// The dev token is meant to be seen: it is new on every start and only valid on loopback.
@@ -977,44 +885,6 @@ fn print_dev_banner(scheme: &str, addr: SocketAddr, token: &str, example: &Path)
         example = example.display()
     );
     let _ = out.flush();
-}
-
-/// Installs the stop handlers now and returns the wait for them: a signal that arrives after
-/// this returns (e.g. right after `READY=1`) stops the server cleanly instead of killing it with
-/// the default action.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    // `tokio::signal::ctrl_c()` registers only when first polled; `signal()` registers now.
-    #[cfg(unix)]
-    let (interrupt, terminate) = {
-        use tokio::signal::unix::{SignalKind, signal};
-        (
-            signal(SignalKind::interrupt()).ok(),
-            signal(SignalKind::terminate()).ok(),
-        )
-    };
-    async move {
-        #[cfg(unix)]
-        {
-            // A handler that cannot be installed waits forever; the other still stops the server.
-            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
-                match s {
-                    Some(mut s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                () = wait(interrupt) => {},
-                () = wait(terminate) => {},
-            }
-        }
-        #[cfg(not(unix))]
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tracing::info!("shutdown requested; finishing open requests");
-    }
 }
 
 #[cfg(test)]
