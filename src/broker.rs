@@ -27,7 +27,7 @@ mod single;
 mod verdict;
 
 pub(crate) use audit::AuditEntry;
-pub use audit::AuditRefused;
+pub use audit::{AuditMemo, AuditRefused};
 pub use credentials::{
     CredentialError, CredentialInfo, CredentialSummary, Material, MaterialMetadata, RoleError,
     RoleRepair,

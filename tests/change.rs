@@ -699,3 +699,54 @@ async fn threat_43_a_consumer_holds_at_most_its_share_of_waiters() {
         "a freed slot is used again"
     );
 }
+
+/// THREATS row 44: a held wait re-reads every half TTL, but writes an audit line only when
+/// its decision or answer changes — not one per re-read with nothing changing — and the
+/// changed answer's line is written before it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_44_a_held_wait_writes_audit_lines_only_on_change() {
+    let bao = OpenBao::start();
+    let partner = Ca::new("partner CA");
+    put_certificate(&bao, &partner, "v1");
+    let s = serve(
+        &bao.addr,
+        "[cache]\nttl = \"1s\"\n[audit]\npath = \"audit.log\"\nfsync = \"never\"\n",
+    )
+    .await;
+    let lines = |s: &Server| {
+        s.audit()
+            .lines()
+            .filter(|l| l.contains("\"credential.material\""))
+            .count()
+    };
+    let resp = s.material("partner-api").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", s.stderr());
+    let e1 = etag(&resp);
+    assert_eq!(lines(&s), 1);
+    let wait = |secs: u32, etag: &str| {
+        s.running
+            .client
+            .post(s.running.url(&format!(
+                "/v1/credentials/partner-api/material?wait={secs}s"
+            )))
+            .bearer_auth(GW)
+            .header("if-none-match", etag)
+            .json(&json!({ "host": HOST }))
+            .send()
+    };
+    // Three seconds held, re-read every half second: one line, for its first read.
+    let held = wait(3, &e1).await.unwrap();
+    assert_eq!(held.status(), 304);
+    assert_eq!(lines(&s), 2, "{}", s.audit());
+
+    // A change during the wait: its line, then the answer.
+    let waiting = tokio::spawn(wait(20, &e1));
+    until("the wait's first read", Duration::from_secs(20), || async {
+        lines(&s) == 3
+    })
+    .await;
+    put_certificate(&bao, &partner, "v2");
+    let changed = waiting.await.unwrap().unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_eq!(lines(&s), 4, "{}", s.audit());
+}

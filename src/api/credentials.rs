@@ -66,12 +66,18 @@ pub(super) async fn material(
     let _slot = state.wait_slot(&caller, &cond)?;
     let (caller, name, host) = (&caller, name.as_str(), host.as_ref());
     let state = &*state;
+    // A held wait's re-asks write a line only when something changed (THREATS row 43).
+    let memo = (cond.wait() > std::time::Duration::ZERO).then(crate::broker::AuditMemo::default);
+    let memo = memo.as_ref();
     change::answer(
         state.broker.changes(),
         &cond,
         state.recheck(),
         || async move {
-            let material = state.broker.material(caller, name, host).await?;
+            let material = state
+                .broker
+                .material_remembered(None, caller, name, host, memo)
+                .await?;
             Ok(material_answer(
                 &state.etag,
                 change::scope(caller),

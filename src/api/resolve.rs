@@ -67,13 +67,16 @@ pub(super) async fn resolve(
     };
     let template = (cond.wait() > std::time::Duration::ZERO).then(|| once.as_ref().map(copy));
     let template = template.flatten();
+    // A held wait's re-asks write a line only when something changed (THREATS row 43).
+    let memo = (cond.wait() > std::time::Duration::ZERO).then(crate::broker::AuditMemo::default);
+    let memo = memo.as_ref();
     change::answer(state.broker.changes(), &cond, state.recheck(), || {
         let document = once.take().or_else(|| template.as_ref().map(copy));
         async move {
             let document = document.ok_or(ApiError::Timeout)?;
             let resolution = state
                 .broker
-                .resolve(caller, document, Layout::Compact, host)
+                .resolve_remembered(None, caller, document, Layout::Compact, host, memo)
                 .await?;
             Ok(resolution_answer(
                 &state.etag,

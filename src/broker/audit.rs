@@ -59,6 +59,62 @@ impl<'a> AuditEntry<'a> {
     }
 }
 
+/// What a blocking query's asks have written to the audit trail. A re-ask whose decision,
+/// reason and answer are those of the last line written writes none (THREATS row 43: held
+/// waiters re-reading every second wrote a line each with nothing changing); a change of
+/// any of them is written before it is answered. The answer is remembered as a digest keyed
+/// per wait, never as its bytes.
+pub struct AuditMemo {
+    key: hmac::Hmac<sha2::Sha256>,
+    last: std::sync::Mutex<Option<(crate::audit::Outcome, String, [u8; 32])>>,
+}
+
+impl std::fmt::Debug for AuditMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditMemo")
+    }
+}
+
+impl Default for AuditMemo {
+    fn default() -> Self {
+        use hmac::KeyInit;
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        // Without an OS random source no key can be made safely.
+        getrandom::fill(&mut *key).expect("the OS random number generator is available");
+        Self {
+            key: hmac::Hmac::new_from_slice(&*key).expect("HMAC takes keys of any length"),
+            last: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl AuditMemo {
+    /// Whether this ask's line would repeat the last one written; if not, it is remembered as
+    /// the last one (the caller then writes it).
+    pub(super) fn repeats<'a>(
+        &self,
+        decision: crate::audit::Outcome,
+        reason: &str,
+        answer: impl IntoIterator<Item = &'a [u8]>,
+    ) -> bool {
+        use hmac::Mac;
+        let mut mac = self.key.clone();
+        for part in answer {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        let digest: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let same = last
+            .as_ref()
+            .is_some_and(|(d, r, a)| *d == decision && r == reason && *a == digest);
+        if !same {
+            *last = Some((decision, reason.to_owned(), digest));
+        }
+        same
+    }
+}
+
 impl Broker {
     /// Announces the audit line of a request that starts now, so that a synced batch waits
     /// for it (docs/DESIGN.md §9); pass the ticket in its [`AuditEntry`].

@@ -242,12 +242,35 @@ impl Broker {
         name: &str,
         host: Option<&Destination>,
     ) -> Result<Material, CredentialError> {
+        self.material_remembered(via, caller, name, host, None)
+            .await
+    }
+
+    /// [`Broker::material_via`] for one ask of a blocking query: a line that would repeat
+    /// the last one `memo` wrote is not written.
+    pub async fn material_remembered(
+        &self,
+        via: Option<&'static str>,
+        caller: &Caller,
+        name: &str,
+        host: Option<&Destination>,
+        memo: Option<&super::AuditMemo>,
+    ) -> Result<Material, CredentialError> {
         let started = Instant::now();
         let ticket = self.announce_audit();
         let snapshot = self.snapshot(caller);
         let policy = snapshot.policy();
         let result = self.material_unaudited(policy, caller, name, host).await;
         let (decision, reason) = outcome(&result);
+        if let Some(memo) = memo {
+            let values = result.as_ref().map_or(&[][..], |m| &m.values[..]);
+            let answer = values
+                .iter()
+                .flat_map(|(k, v)| [k.as_bytes(), v.expose_secret().as_bytes()]);
+            if memo.repeats(decision, reason, answer) {
+                return result;
+            }
+        }
         let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |m| {
             let lists = m.metadata.repairs.iter().map(|u| &u.repairs[..]);
             (super::repair_names(lists), m.metadata.stale)

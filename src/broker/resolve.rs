@@ -39,6 +39,21 @@ impl Broker {
         layout: Layout,
         host: Option<&Destination>,
     ) -> Result<Resolution, ResolveError> {
+        self.resolve_remembered(via, caller, document, layout, host, None)
+            .await
+    }
+
+    /// [`Broker::resolve_via`] for one ask of a blocking query: a line that would repeat the
+    /// last one `memo` wrote is not written.
+    pub async fn resolve_remembered(
+        &self,
+        via: Option<&'static str>,
+        caller: &Caller,
+        document: Document,
+        layout: Layout,
+        host: Option<&Destination>,
+        memo: Option<&super::AuditMemo>,
+    ) -> Result<Resolution, ResolveError> {
         let started = Instant::now();
         let ticket = self.announce_audit();
         let mut subjects = Vec::new();
@@ -46,6 +61,12 @@ impl Broker {
             .resolve_unaudited(caller, document, layout, host, &mut subjects)
             .await;
         let (decision, reason) = outcome(&result);
+        if let Some(memo) = memo {
+            let answer = result.as_ref().map_or(&[][..], |r| r.document.as_bytes());
+            if memo.repeats(decision, reason, [answer]) {
+                return result;
+            }
+        }
         let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |r| {
             let lists = r.metadata.repairs.iter().map(|u| &u.repairs[..]);
             (repair_names(lists), r.metadata.stale)
