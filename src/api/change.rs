@@ -256,9 +256,8 @@ pub struct Tagged {
 /// Answers `cond` with what `answer` makes: the answer (200, with its ETag) when its ETag is
 /// not one the caller holds; else, without `wait`, 304; with `wait`, the request is held and
 /// `answer` asked again on each change (and every `recheck`) until its ETag differs (200) or
-/// the wait ends (304). Each asking is a full request — decided again (audited when something
-/// changed, `broker::AuditMemo`), so a
-/// policy change during the wait applies.
+/// the wait ends (304). Each asking is a full request — decided again, so a policy change
+/// during the wait applies, and audited when something changed (`broker::AuditMemo`).
 pub async fn answer<F, Fut>(
     mut changes: tokio::sync::watch::Receiver<u64>,
     cond: &Conditional,
