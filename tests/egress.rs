@@ -108,6 +108,14 @@ client_certificate = "$SECRET_files:partner/api $KEY_cert"
 client_private_key = "$SECRET_files:partner/api $KEY_key"
 root_certificate = "$SECRET_files:partner/api $KEY_ca"
 [[credential]]
+name = "partner-v1"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["https://api.partner.example:{up}/v1/"]
+client_certificate = "$SECRET_files:partner/api $KEY_cert"
+client_private_key = "$SECRET_files:partner/api $KEY_key"
+root_certificate = "$SECRET_files:partner/api $KEY_ca"
+[[credential]]
 name = "wrong-root"
 mode = "mtls"
 team = "payments"
@@ -282,6 +290,44 @@ async fn curl_through_the_proxy_reaches_an_mtls_upstream_with_the_credentials_ce
     let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
     assert!(audit.contains("\"via\":\"egress\""), "{audit}");
     assert!(!audit.contains(&w.key_line));
+}
+
+/// URL-form `allowed_hosts` match on egress, against the https URL with the path decided on
+/// (dot segments resolved as WHATWG parsing does, and that path is the one sent); an encoded
+/// `/`, `\` or `.` is refused, since the upstream could decode it into another path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_form_allowed_hosts_match_the_path_decided_on() {
+    let w = world().await;
+    let v1 = |path: &str| {
+        w.curl(
+            GW,
+            Some("partner-v1"),
+            &w.url("api.partner.example", path),
+            &["--path-as-is"],
+        )
+    };
+    let (status, body) = v1("/v1/accounts");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("for GET /v1/accounts "), "{body}");
+    let before = w.upstream_requests();
+    for outside in ["/admin", "/v1/../admin", "/v1/./../admin", "/v1"] {
+        let (status, body) = v1(outside);
+        assert_eq!(status, 403, "{outside}: {body}");
+    }
+    for ambiguous in ["/v1/..%2Fadmin", "/v1/%2e%2e/admin", "/v1/%2E%2E%2fadmin"] {
+        let (status, body) = v1(ambiguous);
+        assert_eq!(status, 400, "{ambiguous}: {body}");
+        assert!(body.contains("ambiguous_path"), "{body}");
+    }
+    assert_eq!(
+        w.upstream_requests(),
+        before,
+        "no refusal reached the upstream"
+    );
+    // A path that resolves inside the prefix is sent resolved.
+    let (status, body) = v1("/v1/x/../accounts");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("for GET /v1/accounts "), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! The egress proxy's request-target (`egress::target`): never panics, and a target it accepts
-//! becomes an `https://` URL that parses, to the same host and port the policy decided on.
+//! becomes an `https://` URL that parses, to the same host, port and path the policy decided on.
 //!
 //! Shared by the fuzz target and `tests/fuzz_regressions.rs`, which replays
 //! `fuzz/regressions/egress_target/` on stable.
@@ -13,8 +13,7 @@ pub fn check(data: &[u8]) {
     let Ok(t) = target(&uri) else {
         return;
     };
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("https://{}:{}{path}", t.url_host, t.port);
+    let url = format!("https://{}:{}{}", t.url_host, t.port, t.path_and_query);
     let parsed = url::Url::parse(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
     assert_eq!(parsed.port_or_known_default(), Some(t.port), "{url}");
     // The host connected to is the host decided on, exactly (both canonical).
@@ -26,4 +25,6 @@ pub fn check(data: &[u8]) {
         "{url}: decided on {}",
         t.host
     );
+    // The path sent is the path decided on, exactly (parsing it again changes nothing).
+    assert_eq!(Some(parsed.path()), t.dest.path.as_deref(), "{url}");
 }

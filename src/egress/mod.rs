@@ -255,6 +255,9 @@ pub struct Target {
     /// The same host as a URL writes it (an IPv6 literal in brackets).
     pub url_host: String,
     pub port: u16,
+    /// The decided path and query, normalised as WHATWG parsing does (dot segments
+    /// resolved): what URL-form `allowed_hosts` matched and what is sent upstream.
+    pub path_and_query: String,
     pub dest: Destination,
 }
 
@@ -264,6 +267,9 @@ pub enum TargetError {
     /// Origin form (`GET /path`): not a proxy request.
     NotAbsolute,
     InvalidHost,
+    /// An encoded `/`, `\` or `.` in the path: the upstream may decode it into a path the
+    /// policy did not decide on (`/v1/..%2Fadmin`).
+    AmbiguousPath,
 }
 
 /// The request-target of a proxy request (the fuzz target's entry point).
@@ -276,17 +282,33 @@ pub enum TargetError {
 pub fn target(uri: &axum::http::Uri) -> Result<Target, TargetError> {
     let authority = uri.authority().ok_or(TargetError::NotAbsolute)?;
     let port = authority.port_u16().unwrap_or(443);
-    let dest = Destination::parse(&format!("{}:{port}", authority.host()))
+    let mut dest = Destination::parse(&format!("{}:{port}", authority.host()))
         .map_err(|_| TargetError::InvalidHost)?;
     let (host, url_host) = match &dest.host {
         Host::Dns(name) => (name.clone(), name.clone()),
         Host::Ip(IpAddr::V6(v6)) => (v6.to_string(), format!("[{v6}]")),
         Host::Ip(ip) => (ip.to_string(), ip.to_string()),
     };
+    let path = uri.path();
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%5c", "%2e"].iter().any(|e| lower.contains(e)) || path.contains('\\') {
+        return Err(TargetError::AmbiguousPath);
+    }
+    // keybroker always calls out over TLS: the destination decided on is the https URL
+    // (so URL-form allowed_hosts match it), with its path as WHATWG parsing resolves it.
+    let url = url::Url::parse(&format!("https://{url_host}:{port}{path}"))
+        .map_err(|_| TargetError::InvalidHost)?;
+    dest.scheme = Some("https".to_owned());
+    dest.path = Some(url.path().to_owned());
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    };
     Ok(Target {
         host,
         url_host,
         port,
+        path_and_query,
         dest,
     })
 }
@@ -312,6 +334,7 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         host,
         url_host,
         port,
+        path_and_query,
         dest,
     } = match target(&uri) {
         Ok(t) => t,
@@ -327,6 +350,13 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
                 StatusCode::BAD_REQUEST,
                 "invalid_host",
                 "the URL's host is not valid",
+            );
+        }
+        Err(TargetError::AmbiguousPath) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "ambiguous_path",
+                "the path holds an encoded '/', '\\' or '.': send it decoded",
             );
         }
     };
@@ -479,8 +509,8 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
 
     // Forward, without hop-by-hop and keybroker's own headers; stream both ways.
     let (parts, body) = request.into_parts();
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let target = format!("https://{url_host}:{port}{path}");
+    // The path decided on, not the caller's spelling of it.
+    let target = format!("https://{url_host}:{port}{path_and_query}");
     let skip = nominated(&parts.headers);
     let mut out = client.request(parts.method.clone(), &target);
     for (k, v) in &parts.headers {
@@ -593,6 +623,22 @@ mod tests {
             );
         }
         assert_eq!(t("http://a.example/").port, 443);
+        // The path decided on is the resolved one; encoded separators are refused.
+        let got = t("http://a.example/v1/./x/../y?q=%2F");
+        assert_eq!(got.path_and_query, "/v1/y?q=%2F");
+        assert_eq!(got.dest.to_string(), "https://a.example:443/v1/y");
+        for ambiguous in [
+            "http://a.example/v1/..%2Fadmin",
+            "http://a.example/v1/%2E%2E/x",
+            "http://a.example/a%5cb",
+        ] {
+            let uri = axum::http::Uri::try_from(ambiguous).unwrap();
+            assert_eq!(
+                target(&uri).unwrap_err(),
+                TargetError::AmbiguousPath,
+                "{ambiguous}"
+            );
+        }
         assert_eq!(
             target(&axum::http::Uri::from_static("/origin-form")).unwrap_err(),
             TargetError::NotAbsolute
