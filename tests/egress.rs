@@ -61,6 +61,24 @@ async fn world() -> World {
         .to_string(),
     )
     .unwrap();
+    // Behind nginx's `/cut`: an answer that announces 100,000 bytes, sends 10 and closes.
+    let cutter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cut_port = cutter.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in cutter.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n0123456789");
+        }
+    });
     let up = free_port();
     let nginx = support::nginx::Nginx::start(
         &prefix,
@@ -75,6 +93,7 @@ async fn world() -> World {
     ssl_client_certificate {p}/partner-ca.pem;
     ssl_verify_client on;
     location /redirect {{ return 302 https://elsewhere.example/; }}
+    location /cut {{ proxy_pass http://127.0.0.1:{cut_port}; }}
     location / {{ return 200 "verified $ssl_client_s_dn for $request_method $request_uri x=$http_x_forwarded fwd=$http_forwarded xff=$http_x_forwarded_for\n"; }}
   }}
 "#,
@@ -290,6 +309,34 @@ async fn curl_through_the_proxy_reaches_an_mtls_upstream_with_the_credentials_ce
     let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
     assert!(audit.contains("\"via\":\"egress\""), "{audit}");
     assert!(!audit.contains(&w.key_line));
+}
+
+/// An answer cut short by the upstream is an error at the client, never a complete-looking
+/// short body (THREATS row 41): its Content-Length is kept and the connection is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_short_upstream_is_an_error_at_the_client() {
+    let w = world().await;
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            "-x",
+            &format!("http://127.0.0.1:{}", w.egress),
+            "-H",
+            &format!("Proxy-Authorization: Bearer {GW}"),
+            "-H",
+            "Keybroker-Credential: partner-api",
+            &w.url("api.partner.example", "/cut"),
+        ])
+        .output()
+        .expect("curl runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("200 "), "the head arrived: {said}");
+    // curl 18: "transfer closed with outstanding read data remaining".
+    assert_eq!(out.status.code(), Some(18), "{said}");
 }
 
 /// URL-form `allowed_hosts` match on egress, against the https URL with the path decided on
