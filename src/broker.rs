@@ -18,6 +18,7 @@ mod build;
 mod credentials;
 mod expiry;
 mod failure;
+mod fair;
 mod ops;
 mod plan;
 mod read;
@@ -203,7 +204,7 @@ struct SourceEntry {
     refused: Arc<std::sync::atomic::AtomicBool>,
     /// Reads in flight, shared by every request (`[limits] source_concurrency`): one request's
     /// fan-out cannot flood a backend or take all of its connections.
-    in_flight: Arc<tokio::sync::Semaphore>,
+    in_flight: Arc<fair::FairPermits>,
 }
 
 /// (source name, read) — one backend read, shared by every reference to the same secret.

@@ -155,7 +155,11 @@ impl Config {
                     cfg.vault_api = d.section(value, &[]);
                 }
                 "limits" => {
-                    spans.record("limits", value, &["max_references", "source_concurrency"]);
+                    spans.record(
+                        "limits",
+                        value,
+                        &["max_references", "source_concurrency", "team_share"],
+                    );
                     cfg.limits = d.section(value, &[]).unwrap_or_default();
                 }
                 "audit" => {
@@ -314,6 +318,13 @@ impl Config {
             d.at(
                 spans.at("limits", key),
                 "[limits] max_references and source_concurrency must be at least 1".to_owned(),
+            );
+        }
+        let share = self.limits.team_share;
+        if !(share > 0.0 && share <= 1.0) {
+            d.at(
+                spans.at("limits", "team_share"),
+                format!("[limits] team_share must be above 0 and at most 1, not {share}"),
             );
         }
         let srv = &self.server;
@@ -583,6 +594,23 @@ mod tests {
             got[3].starts_with("12:1 source name \"bad name\""),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn a_team_share_outside_zero_to_one_is_refused_at_its_line() {
+        for bad in ["0", "0.0", "1.5", "-1.0", "nan"] {
+            let got = errors(&format!(
+                "[[source]]\nname = \"f\"\nkind = \"file\"\npath = \".\"\n[limits]\nteam_share = {bad}\n"
+            ));
+            assert!(
+                got.iter().any(|e| e.starts_with("6:1 [limits] team_share")),
+                "{bad}: {got:?}"
+            );
+        }
+        let fine = errors(
+            "[[source]]\nname = \"f\"\nkind = \"file\"\npath = \".\"\n[limits]\nteam_share = 1.0\n",
+        );
+        assert!(!fine.iter().any(|e| e.contains("team_share")), "{fine:?}");
     }
 
     /// Relational errors point at a setting involved, not at 1:1.

@@ -50,6 +50,23 @@ impl CircuitBreaker {
         st.open_until.is_some_and(|t| Clock::now() < t)
     }
 
+    /// How long the source still asked to be left alone (a 429's `Retry-After`), if it did.
+    pub fn quiet_left(&self) -> Option<Duration> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Clock::now();
+        st.quiet_until.filter(|t| now < *t).map(|t| t - now)
+    }
+
+    /// Records a 429: the source is left alone for `retry_after` (bounded).
+    pub fn quiet_for(&self, retry_after: Option<Duration>) {
+        let pause = retry_after
+            .unwrap_or(DEFAULT_RETRY_AFTER)
+            .min(MAX_RETRY_AFTER);
+        let until = Clock::now() + pause;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.quiet_until = Some(st.quiet_until.map_or(until, |t| t.max(until)));
+    }
+
     /// Runs `call` unless the circuit is open or the source asked for quiet; records its
     /// outcome. Only outages ([`SourceError::is_outage`]) count; a failure the caller's
     /// input caused neither counts nor proves the source healthy.
@@ -85,10 +102,9 @@ impl CircuitBreaker {
                 }
             }
             Err(SourceError::RateLimited { retry_after }) => {
-                let pause = retry_after
-                    .unwrap_or(DEFAULT_RETRY_AFTER)
-                    .min(MAX_RETRY_AFTER);
-                st.quiet_until = Some(Clock::now() + pause);
+                drop(st);
+                self.quiet_for(*retry_after);
+                return result;
             }
             // Not the source's failure, and not proof of its health either.
             Err(SourceError::Invalid(_)) => {}

@@ -351,3 +351,66 @@ async fn threat_24_denied_reads_do_not_mint_vault_tokens() {
     assert_eq!(src.read(&req).await.unwrap_err(), SourceError::Denied);
     assert_eq!(tokens(), after_revoke + 1, "one new login after revocation");
 }
+
+/// THREATS row 45: a fair share of a source under a rate-limit quota. One team resolves
+/// 1,000 fresh references again and again against an OpenBao that allows 200 reads a second
+/// (a real rate-limit quota); another team reads one fresh secret every 350 ms for 10 s. Its
+/// reads go out when the source's quiet ends, ahead of the other team's queue, instead of
+/// being refused: at most two of its 28 reads are refused (503). (The 350 ms between a
+/// bystander's reads is the load being modelled, not a wait for a condition.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_45_a_team_keeps_its_share_of_a_rate_limited_source() {
+    let s = setup("").await;
+    s._bao.cli(&[
+        "write",
+        "sys/quotas/rate-limit/kb",
+        "rate=200",
+        "interval=1s",
+        "path=secret/",
+    ]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let (app, stop) = (s.app.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut round = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let map: serde_json::Map<String, Value> = (0..1000)
+                    .map(|i| {
+                        (
+                            format!("k{i}"),
+                            json!(format!("$SECRET_vault:fraud/r{round}/s{i} $KEY_v")),
+                        )
+                    })
+                    .collect();
+                let _ = resolve(&app, ATTACKER, Value::Object(map)).await;
+                round += 1;
+            }
+            round
+        })
+    };
+    // Let the first burst drain the quota.
+    while s.seen.matches() < 300 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut refused = 0;
+    for i in 0..28 {
+        let doc = json!({ "v": format!("$SECRET_vault:payments/bystander{i} $KEY_v") });
+        let (status, v) = resolve(&s.app, VICTIM, doc).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            refused += 1;
+        } else {
+            // Not found in OpenBao: the read was made and answered.
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+            assert_eq!(v["error"]["details"][0]["code"], "not_found", "{v}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = attacker.await.unwrap();
+    assert!(rounds >= 1, "the attacking team kept sending");
+    assert!(
+        refused <= 2,
+        "{refused} of 28 reads of the bystander team refused"
+    );
+}

@@ -223,9 +223,7 @@ impl Broker {
     }
 }
 
-/// A source's read semaphore, of `source_concurrency` permits.
-fn semaphore(limits: &crate::config::LimitsConfig) -> Arc<tokio::sync::Semaphore> {
-    Arc::new(tokio::sync::Semaphore::new(
-        limits.source_concurrency.max(1),
-    ))
+/// A source's read permits: `source_concurrency`, shared fairly between teams.
+fn semaphore(limits: &crate::config::LimitsConfig) -> Arc<super::fair::FairPermits> {
+    super::fair::FairPermits::new(limits.source_concurrency, limits.team_share)
 }

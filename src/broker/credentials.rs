@@ -181,7 +181,7 @@ impl Broker {
         let result = match visible(policy, caller, name) {
             Err(e) => Err(e),
             Ok(cred) => {
-                let values = self.read_roles(cred).await;
+                let values = self.read_roles(cred, super::read::team_of(caller)).await;
                 let (repairs, stale, certificate) = facts(cred, &values);
                 let (unread, rejected) = match self.usable(cred, &values).await {
                     Err(CredentialError::Rejected(r)) => (None, Some(r)),
@@ -316,7 +316,7 @@ impl Broker {
                 }
             }
         };
-        let values = self.read_roles(cred).await;
+        let values = self.read_roles(cred, super::read::team_of(caller)).await;
         self.usable(cred, &values).await?;
         let mut out = Vec::new();
         for v in &values {
@@ -441,7 +441,7 @@ impl Broker {
     ///
     /// Roles in one secret share one read: read separately, a rotation landing between them
     /// could pair the old certificate with the new key.
-    pub(super) async fn read_roles(&self, cred: &Credential) -> Vec<RoleValue> {
+    pub(super) async fn read_roles(&self, cred: &Credential, team: &str) -> Vec<RoleValue> {
         let mut out: Vec<RoleValue> = Vec::new();
         let mut read: Vec<(super::ReadKey, Result<crate::cache::Fetched, Reason>)> = Vec::new();
         for (role, reference) in &cred.values.by_role {
@@ -451,7 +451,7 @@ impl Broker {
                     Some((_, earlier)) => earlier.clone(),
                     None => {
                         let fetched = self
-                            .read_one(key.clone())
+                            .read_one(key.clone(), team)
                             .await
                             .map_err(|e| source_reason(&e));
                         read.push((key, fetched.clone()));

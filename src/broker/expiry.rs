@@ -47,7 +47,7 @@ impl Broker {
             .iter()
             .filter(|c| c.mode == CredentialMode::Mtls)
         {
-            let values = self.read_roles(cred).await;
+            let values = self.read_roles(cred, super::read::BACKGROUND).await;
             // A credential that no longer verifies (or never did) is reported by the sweep
             // too, before any consumer asks for it (once per change).
             let _ = self.usable(cred, &values).await;

@@ -172,7 +172,7 @@ impl Broker {
         let snapshot = self.policy();
         for cred in &snapshot.policy().credentials {
             let label = format!("credential {}/{}", cred.team, cred.name);
-            let values = self.read_roles(cred).await;
+            let values = self.read_roles(cred, super::read::BACKGROUND).await;
             match self.usable(cred, &values).await {
                 Ok(()) => out.push((true, format!("{label}: ok"))),
                 Err(super::CredentialError::Rejected(r)) => {

@@ -18,7 +18,11 @@ impl Broker {
     /// Reads each key once; the answers are in the order of `keys`. Cached secrets are
     /// answered inline, and only misses go to the sources, concurrently: a document of cached
     /// secrets spawns no task (five hits cost 34 µs through a task each, docs/PERFORMANCE.md).
-    pub(super) async fn read_all(&self, keys: &[ReadKey]) -> Vec<Result<Fetched, SourceError>> {
+    pub(super) async fn read_all(
+        &self,
+        keys: &[ReadKey],
+        team: &str,
+    ) -> Vec<Result<Fetched, SourceError>> {
         let mut out: Vec<Option<Result<Fetched, SourceError>>> = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
         for (i, key) in keys.iter().enumerate() {
@@ -30,11 +34,11 @@ impl Broker {
         }
         match misses[..] {
             [] => {}
-            [i] => out[i] = Some(self.read_one(keys[i].clone()).await),
+            [i] => out[i] = Some(self.read_one(keys[i].clone(), team).await),
             _ => {
                 let mut tasks = JoinSet::new();
                 for i in misses {
-                    let read = self.read_one(keys[i].clone());
+                    let read = self.read_one(keys[i].clone(), team);
                     tasks.spawn(async move { (i, read.await) });
                 }
                 while let Some(joined) = tasks.join_next().await {
@@ -50,13 +54,16 @@ impl Broker {
             .collect()
     }
 
-    /// One read through the cache: on a miss, the source (with retries), then the PEM stage.
+    /// One read through the cache: on a miss, the source (with retries), then the PEM stage,
+    /// within `team`'s share of the source's permits.
     pub(crate) fn read_one(
         &self,
         key: ReadKey,
+        team: &str,
     ) -> impl std::future::Future<Output = Result<Fetched, SourceError>> + Send + 'static {
         // Only Arcs here: the key's strings are copied only when a read is really made.
-        let fetch = self.fetcher(&key.0);
+        let mut fetch = self.fetcher(&key.0);
+        fetch.team = Arc::from(team);
         let cache = Arc::clone(&self.cache);
         let metrics = Arc::clone(&self.metrics);
         async move {
@@ -89,6 +96,7 @@ impl Broker {
         // `plan` only hands out keys of configured sources.
         let entry = &self.sources[name];
         Fetch {
+            team: Arc::from(BACKGROUND),
             source: Arc::clone(&entry.source),
             breaker: Arc::clone(&entry.breaker),
             in_flight: Arc::clone(&entry.in_flight),
@@ -128,9 +136,11 @@ fn after_read(
 /// A source read and its PEM stage, with what it needs.
 #[derive(Clone)]
 struct Fetch {
+    /// Whose read this is, for the source's fair share (refresh ahead: [`BACKGROUND`]).
+    team: Arc<str>,
     source: Arc<dyn crate::source::SecretSource>,
     breaker: Arc<crate::resilience::CircuitBreaker>,
-    in_flight: Arc<tokio::sync::Semaphore>,
+    in_flight: Arc<super::fair::FairPermits>,
     answered: Arc<std::sync::atomic::AtomicBool>,
     refused: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -140,10 +150,43 @@ struct Fetch {
 impl Fetch {
     async fn run(self, (name, request): ReadKey) -> Result<pem::CheckedSecret, SourceError> {
         let started = Instant::now();
-        // Each attempt holds a permit only while it talks to the source.
+        // Each attempt holds a permit only while it talks to the source. A read that has not
+        // gone out yet while the source asked for quiet (a 429) waits the quiet out when that
+        // fits in QUIET_BUDGET, and then goes in the order the fair permits give, instead of
+        // being refused: one team's burst that drains a source's rate limit does not fail
+        // every other team's reads (THREATS row 45). Past the budget the 429 is the answer.
+        let budget = tokio::time::Instant::now() + QUIET_BUDGET;
+        let wait_quiet = || async {
+            match self.breaker.quiet_left() {
+                Some(left) if tokio::time::Instant::now() + left <= budget => {
+                    tokio::time::sleep(left).await;
+                }
+                _ => {}
+            }
+        };
+        // The breaker fails fast while the source is quiet: wait that out first (bounded).
+        wait_quiet().await;
         let attempt = || async {
-            let _permit = self.in_flight.acquire().await;
-            self.source.read(&request).await
+            loop {
+                if let Some(left) = self.breaker.quiet_left() {
+                    if tokio::time::Instant::now() + left > budget {
+                        return Err(SourceError::RateLimited {
+                            retry_after: Some(left),
+                        });
+                    }
+                    tokio::time::sleep(left).await;
+                    continue;
+                }
+                let permit = self.in_flight.acquire(&self.team).await;
+                // Quiet may have begun while this read waited for its permit.
+                if self.breaker.quiet_left().is_some() {
+                    drop(permit);
+                    continue;
+                }
+                // A read that got a 429 itself is not made again (THREATS row 23): the
+                // breaker records the quiet, and reads still waiting to go out wait for it.
+                return self.source.read(&request).await;
+            }
         };
         let read = self
             .breaker
@@ -176,10 +219,25 @@ impl Fetch {
     }
 }
 
+/// The team of reads no caller waits for (refresh ahead, expiry sweeps, start-up probes); the
+/// operator's reads are the team `operator`.
+pub(super) const BACKGROUND: &str = "(background)";
+
+/// The team a caller's reads count against at a source.
+pub(super) fn team_of(caller: &super::Caller) -> &str {
+    match caller {
+        super::Caller::Consumer(c) => c.team(),
+        super::Caller::Operator => "operator",
+    }
+}
+
 /// After this many consecutive failed (retried) reads a source's circuit opens …
 pub(super) const BREAKER_THRESHOLD: u32 = 5;
 /// … for this long.
 pub(super) const BREAKER_COOL_DOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long one read may wait out a source's 429 quiet before the 429 is its answer.
+const QUIET_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Transient source failures are retried this many times in all …
 const RETRY_ATTEMPTS: u32 = 3;

@@ -138,7 +138,8 @@ impl Broker {
         let order = reads.keys();
         // Through the cache; PEM values are repaired and verified before they are cached
         // (docs/DESIGN.md §4), so nothing unverified is ever written.
-        let secrets: Vec<Result<Fetched, SourceError>> = self.read_all(order).await;
+        let secrets: Vec<Result<Fetched, SourceError>> =
+            self.read_all(order, super::read::team_of(caller)).await;
         let lookup = |r: &Reference| -> Result<Resolved<'_>, Reason> {
             let index = references
                 .get(&r)

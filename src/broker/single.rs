@@ -86,7 +86,7 @@ impl Broker {
             .plan(snapshot.policy(), caller, reference, host)
             .map_err(unresolved)?;
         let fetched = self
-            .read_all(std::slice::from_ref(&key))
+            .read_all(std::slice::from_ref(&key), super::read::team_of(caller))
             .await
             .pop()
             .ok_or(Reason::SourceUnavailable)

@@ -297,6 +297,10 @@ pub struct LimitsConfig {
     /// too_many_waiting`. The operator is not counted.
     #[serde(default = "default_max_waiting_per_consumer")]
     pub max_waiting_per_consumer: usize,
+    /// The share of a source's `source_concurrency` one team may hold while another team
+    /// waits for a read (0 < share ≤ 1); a team alone may use them all.
+    #[serde(default = "default_team_share")]
+    pub team_share: f64,
 }
 
 impl Default for LimitsConfig {
@@ -311,8 +315,13 @@ impl Default for LimitsConfig {
             max_connections_per_ip: default_max_connections_per_ip(),
             write_timeout: default_write_timeout(),
             max_waiting_per_consumer: default_max_waiting_per_consumer(),
+            team_share: default_team_share(),
         }
     }
+}
+
+fn default_team_share() -> f64 {
+    0.5
 }
 
 fn default_max_waiting_per_consumer() -> usize {
