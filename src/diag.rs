@@ -56,7 +56,7 @@ pub(crate) struct Diags<'a> {
 }
 
 impl<'a> Diags<'a> {
-    pub fn new(file: &'a Path, text: &'a str) -> Self {
+    pub(crate) fn new(file: &'a Path, text: &'a str) -> Self {
         Self {
             file,
             text,
@@ -66,14 +66,14 @@ impl<'a> Diags<'a> {
 }
 
 impl Diags<'_> {
-    pub fn at(&mut self, span: Range<usize>, message: String) {
+    pub(crate) fn at(&mut self, span: Range<usize>, message: String) {
         self.list
             .push(diagnostic(self.file, self.text, span, message));
     }
 
     /// Deserializes one value, reporting its unknown keys (except `allowed`) and its first
     /// type error.
-    pub fn section<T: DeserializeOwned>(
+    pub(crate) fn section<T: DeserializeOwned>(
         &mut self,
         value: &Spanned<DeValue<'_>>,
         allowed: &[&str],

@@ -5,6 +5,10 @@
 //! The library is usable without the server: load a [`config::Config`], build a
 //! [`broker::Broker`], call [`broker::Broker::resolve`]. See ARCHITECTURE.md for the map.
 
+// `pub` only where something outside the crate uses it (as rustls); tests and benches keep
+// their own support modules public.
+#![warn(unreachable_pub)]
+
 pub mod agent;
 pub mod api;
 pub mod app;

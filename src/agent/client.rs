@@ -28,7 +28,7 @@ pub enum FetchError {
 
 /// The values of one credential, as the server sent them.
 #[derive(Deserialize)]
-pub struct Material {
+pub(super) struct Material {
     pub certificate: Option<FieldValue>,
     pub private_key: Option<FieldValue>,
     pub ca: Option<FieldValue>,
@@ -40,19 +40,19 @@ struct Expanded {
 }
 
 /// An answer: new content with its ETag, or "unchanged".
-pub enum Fetched<T> {
+pub(super) enum Fetched<T> {
     Changed { etag: Option<String>, value: T },
     Unchanged,
 }
 
-pub struct Client {
+pub(super) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<SecretString>,
 }
 
 impl Client {
-    pub fn new(server: &ServerSection) -> Result<Self, FetchError> {
+    pub(super) fn new(server: &ServerSection) -> Result<Self, FetchError> {
         let setup = |e: String| FetchError::Setup(e);
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -139,7 +139,7 @@ impl Client {
         }
     }
 
-    pub async fn material(
+    pub(super) async fn material(
         &self,
         credential: &str,
         host: &str,
@@ -160,7 +160,7 @@ impl Client {
         }
     }
 
-    pub async fn expand(
+    pub(super) async fn expand(
         &self,
         text: &str,
         host: &str,

@@ -16,7 +16,7 @@ use super::client::Material;
 const DATA: &str = "..data";
 
 #[derive(Debug, thiserror::Error)]
-pub enum WriteError {
+pub(super) enum WriteError {
     /// The material is not a usable certificate and key (the PEM module's code, never text).
     #[error("the material is refused: {0}")]
     Refused(String),
@@ -35,11 +35,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
 }
 
 /// The files of one generation, by name, as zeroizing bytes.
-pub type Contents = Vec<(String, Zeroizing<Vec<u8>>)>;
+pub(super) type Contents = Vec<(String, Zeroizing<Vec<u8>>)>;
 
 /// Checks `m` (key matches the leaf, chain in order, nothing expired, the leaf not a CA) and
 /// lays out the requested files; `keystore.p12` is encrypted with `p12_password`.
-pub fn prepare(
+pub(super) fn prepare(
     m: &Material,
     files: &[String],
     alias: &str,
@@ -158,7 +158,7 @@ fn holds_key(name: &str) -> bool {
 
 /// Writes `contents` as a new generation of `dir` and swaps `..data` to it. Returns the
 /// generation that was current before (for a rollback), if any.
-pub fn swap_in(
+pub(super) fn swap_in(
     dir: &Path,
     contents: &Contents,
     key_mode: u32,
@@ -237,14 +237,14 @@ fn private_dir(dir: &Path, mode: u32) -> Result<(), WriteError> {
 }
 
 /// The generation `..data` points at.
-pub fn current(dir: &Path) -> Option<String> {
+pub(super) fn current(dir: &Path) -> Option<String> {
     std::fs::read_link(dir.join(DATA))
         .ok()
         .and_then(|p| p.to_str().map(str::to_owned))
 }
 
 /// Points `..data` at `generation` atomically (a new link renamed over the old).
-pub fn point_data_at(dir: &Path, generation: &str) -> Result<(), WriteError> {
+pub(super) fn point_data_at(dir: &Path, generation: &str) -> Result<(), WriteError> {
     let tmp = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(generation, &tmp).map_err(io(&tmp))?;
@@ -253,7 +253,7 @@ pub fn point_data_at(dir: &Path, generation: &str) -> Result<(), WriteError> {
 }
 
 /// Removes every generation but `keep`.
-pub fn prune(dir: &Path, keep: &str) {
+pub(super) fn prune(dir: &Path, keep: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -273,7 +273,7 @@ fn sync_dir(dir: &Path) -> Result<(), WriteError> {
 }
 
 /// Writes one file atomically (a template's destination): temporary file, sync, rename.
-pub fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), WriteError> {
+pub(super) fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), WriteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     // A folder the agent creates is private whatever the umask; an existing one (a
     // gateway's configuration folder) is left as its owner set it.

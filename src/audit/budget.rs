@@ -11,9 +11,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Lines per peer address per window.
-pub const PER_WINDOW: u32 = 10;
+pub(super) const PER_WINDOW: u32 = 10;
 /// The window.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(super) const WINDOW: Duration = Duration::from_secs(60);
 /// Peers remembered; past this the memory starts over (an attacker with many addresses gets
 /// a fresh budget for each, which the per-address budget cannot prevent anyway).
 const MAX_PEERS: usize = 10_000;

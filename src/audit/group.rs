@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// How long a batch may wait for announced lines.
 #[derive(Clone, Copy, Debug)]
-pub struct Window {
+pub(super) struct Window {
     /// Stop waiting when no line arrived for this long.
     pub gap: Duration,
     /// Never wait longer than this for one batch.
@@ -26,7 +26,7 @@ pub struct Window {
 impl Window {
     /// Several requests' worth of CPU at the rates this machine serves, and small beside a
     /// sync.
-    pub const DEFAULT: Self = Self {
+    pub(super) const DEFAULT: Self = Self {
         gap: Duration::from_micros(200),
         cap: Duration::from_millis(1),
     };
@@ -34,12 +34,12 @@ impl Window {
 
 /// The number of announced lines not yet handed to the writer.
 #[derive(Clone, Debug, Default)]
-pub struct Coming(Arc<AtomicUsize>);
+pub(super) struct Coming(Arc<AtomicUsize>);
 
 impl Coming {
     /// Announces one line; it counts until the returned ticket is dropped (on hand-over, or
     /// when the request ends without writing one).
-    pub fn announce(&self) -> Ticket {
+    pub(super) fn announce(&self) -> Ticket {
         self.0.fetch_add(1, Ordering::AcqRel);
         Ticket(Arc::clone(&self.0))
     }
@@ -61,7 +61,7 @@ impl Drop for Ticket {
 
 /// Why a batch stopped collecting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Closed {
+pub(super) enum Closed {
     /// No announced line was outstanding (or the batch is full).
     AllIn,
     /// Announced lines were outstanding but none arrived for [`Window::gap`].
@@ -71,12 +71,12 @@ pub enum Closed {
 }
 
 /// Most lines in one batch.
-pub const MAX_BATCH: usize = 1024;
+pub(super) const MAX_BATCH: usize = 1024;
 
 /// Adds to `batch` (which holds the batch's first job) what is queued and what is announced,
 /// within `window`. A line whose ticket is dropped just before it is queued may miss this
 /// batch and start the next one; the drain after a zero count takes what is already queued.
-pub fn collect<J>(
+pub(super) fn collect<J>(
     queue: &Receiver<J>,
     coming: &Coming,
     window: Window,

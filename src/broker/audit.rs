@@ -35,7 +35,7 @@ pub(crate) struct AuditEntry<'a> {
 impl<'a> AuditEntry<'a> {
     /// A line of `action` by `caller` with this outcome; no subjects, host or repairs (set
     /// them with struct update syntax where a line has them).
-    pub fn new(
+    pub(crate) fn new(
         action: crate::audit::Action,
         caller: Option<&'a Caller>,
         decision: crate::audit::Outcome,

@@ -18,7 +18,7 @@ impl<K: Eq + Hash + Clone> FirstSeen<K> {
     /// Keys up to this many are found by scanning.
     const SMALL: usize = 16;
 
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             keys: Vec::new(),
             index: None,
@@ -26,7 +26,7 @@ impl<K: Eq + Hash + Clone> FirstSeen<K> {
     }
 
     /// The index of `key`, if it was seen.
-    pub fn get(&self, key: &K) -> Option<usize> {
+    pub(super) fn get(&self, key: &K) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(key).copied(),
             None => self.keys.iter().position(|k| k == key),
@@ -34,7 +34,7 @@ impl<K: Eq + Hash + Clone> FirstSeen<K> {
     }
 
     /// The index of `key`, and whether it is new (then it was added at the end).
-    pub fn insert(&mut self, key: K) -> (usize, bool) {
+    pub(super) fn insert(&mut self, key: K) -> (usize, bool) {
         if let Some(i) = self.get(&key) {
             return (i, false);
         }
@@ -50,11 +50,11 @@ impl<K: Eq + Hash + Clone> FirstSeen<K> {
         (i, true)
     }
 
-    pub fn keys(&self) -> &[K] {
+    pub(super) fn keys(&self) -> &[K] {
         &self.keys
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.keys.len()
     }
 }

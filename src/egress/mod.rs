@@ -434,78 +434,15 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         }
     };
 
-    // One resolution; the checked address is the one connected to.
-    let pinned = state.resolve.get(&host).copied();
-    let literal: Option<IpAddr> = host.parse().ok();
-    let addr = match (pinned, literal) {
-        (Some(ip), _) | (None, Some(ip)) => ip,
-        (None, None) => match tokio::net::lookup_host((host.as_str(), port)).await {
-            Ok(mut addrs) => match addrs.next() {
-                Some(a) => a.ip(),
-                None => {
-                    return refuse(
-                        StatusCode::BAD_GATEWAY,
-                        "unresolvable",
-                        "the host does not resolve",
-                    );
-                }
-            },
-            Err(_) => {
-                return refuse(
-                    StatusCode::BAD_GATEWAY,
-                    "unresolvable",
-                    "the host does not resolve",
-                );
-            }
-        },
-    };
-    // An IP literal passed allowed_hosts only through an IP pattern, which names it; a pinned
-    // name is the operator's word. Anything else must not lead inside.
-    if pinned.is_none() && literal.is_none() && internal(addr) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "internal_destination",
-            "the host resolves to a loopback, private or link-local address",
-        );
-    }
-
-    // A client with the credential's certificate, trusting its root (else the system roots).
-    let mut identity = Zeroizing::new(String::new());
-    let mut roots = None;
-    for (field, value) in &material.values {
-        match field.as_str() {
-            "certificate" | "private_key" => {
-                identity.push_str(value.expose_secret());
-                if !identity.ends_with('\n') {
-                    identity.push('\n');
-                }
-            }
-            "ca" => roots = Some(value.expose_secret().to_owned()),
-            _ => {}
-        }
-    }
-    let credential_id = format!("{}/{}", consumer.team(), material.credential);
-    drop(material);
-    let digest: [u8; 32] = {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        h.update(identity.as_bytes());
-        h.update(roots.as_deref().unwrap_or("").as_bytes());
-        h.finalize().into()
+    let addr = match checked_address(&state, &host, port).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
     };
     let socket = SocketAddr::new(addr, port);
-    let pool_key = (credential_id, host.clone(), socket);
-    let client = match state.pool.get(&pool_key, &digest) {
-        Some(c) => c,
-        None => match build_client(&identity, roots.as_deref(), &host, socket, state.timeout) {
-            Ok(c) => {
-                state.pool.put(pool_key, digest, c.clone());
-                c
-            }
-            Err(why) => return refuse(StatusCode::BAD_GATEWAY, "credential_unusable", why),
-        },
+    let client = match client_for(&state, consumer.team(), material, &host, socket) {
+        Ok(c) => c,
+        Err(why) => return refuse(StatusCode::BAD_GATEWAY, "credential_unusable", why),
     };
-    drop(identity);
 
     // Forward, without hop-by-hop and keybroker's own headers; stream both ways.
     let (parts, body) = request.into_parts();
@@ -530,31 +467,7 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
     out = out.body(body);
     let answer = match out.send().await {
         Ok(a) => a,
-        Err(e) => {
-            // The URL holds the path the workflow chose; the log keeps host, port and causes.
-            let mut causes = String::new();
-            let mut next = std::error::Error::source(&e);
-            while let Some(c) = next {
-                causes.push_str(&c.to_string());
-                causes.push_str("; ");
-                next = c.source();
-            }
-            tracing::warn!(%host, port, %causes, "egress request failed");
-            let (code, message) = if e.is_timeout() {
-                ("upstream_timeout", "the destination did not answer in time")
-            } else if causes.to_ascii_lowercase().contains("certificate") {
-                (
-                    "upstream_untrusted",
-                    "the destination's certificate is not trusted for this credential",
-                )
-            } else {
-                (
-                    "upstream_unreachable",
-                    "the destination could not be reached",
-                )
-            };
-            return refuse(StatusCode::BAD_GATEWAY, code, message);
-        }
+        Err(e) => return upstream_failure(&e, &host, port),
     };
     let mut response = Response::new(Body::empty());
     *response.status_mut() = answer.status();
@@ -568,6 +481,120 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
     }
     *response.body_mut() = Body::new(reqwest::Body::from(answer));
     response
+}
+
+/// The one address `host` is connected at: pinned by `[egress] resolve`, an IP literal, or
+/// resolved once — and then refused when it leads inside.
+async fn checked_address(state: &EgressState, host: &str, port: u16) -> Result<IpAddr, Response> {
+    let pinned = state.resolve.get(host).copied();
+    let literal: Option<IpAddr> = host.parse().ok();
+    let addr = match (pinned, literal) {
+        (Some(ip), _) | (None, Some(ip)) => ip,
+        (None, None) => match tokio::net::lookup_host((host, port)).await {
+            Ok(mut addrs) => match addrs.next() {
+                Some(a) => a.ip(),
+                None => {
+                    return Err(refuse(
+                        StatusCode::BAD_GATEWAY,
+                        "unresolvable",
+                        "the host does not resolve",
+                    ));
+                }
+            },
+            Err(_) => {
+                return Err(refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "unresolvable",
+                    "the host does not resolve",
+                ));
+            }
+        },
+    };
+    // An IP literal passed allowed_hosts only through an IP pattern, which names it; a pinned
+    // name is the operator's word. Anything else must not lead inside.
+    if pinned.is_none() && literal.is_none() && internal(addr) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "internal_destination",
+            "the host resolves to a loopback, private or link-local address",
+        ));
+    }
+    Ok(addr)
+}
+
+/// A client with the credential's certificate, trusting its root (else the system roots),
+/// reused from the pool while the material is the same; `Err` says why the material makes
+/// no client.
+fn client_for(
+    state: &EgressState,
+    team: &str,
+    material: crate::broker::Material,
+    host: &str,
+    socket: SocketAddr,
+) -> Result<reqwest::Client, &'static str> {
+    let mut identity = Zeroizing::new(String::new());
+    let mut roots = None;
+    for (field, value) in &material.values {
+        match field.as_str() {
+            "certificate" | "private_key" => {
+                identity.push_str(value.expose_secret());
+                if !identity.ends_with('\n') {
+                    identity.push('\n');
+                }
+            }
+            "ca" => roots = Some(value.expose_secret().to_owned()),
+            _ => {}
+        }
+    }
+    let credential_id = format!("{team}/{}", material.credential);
+    drop(material);
+    let digest: [u8; 32] = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(identity.as_bytes());
+        h.update(roots.as_deref().unwrap_or("").as_bytes());
+        h.finalize().into()
+    };
+    let pool_key = (credential_id, host.to_owned(), socket);
+    let client = match state.pool.get(&pool_key, &digest) {
+        Some(c) => c,
+        None => match build_client(&identity, roots.as_deref(), host, socket, state.timeout) {
+            Ok(c) => {
+                state.pool.put(pool_key, digest, c.clone());
+                c
+            }
+            Err(why) => return Err(why),
+        },
+    };
+    drop(identity);
+    Ok(client)
+}
+
+/// The answer when the upstream could not be asked: its causes logged (the URL, which holds
+/// the path the workflow chose, is not), the kind of failure answered.
+fn upstream_failure(e: &reqwest::Error, host: &str, port: u16) -> Response {
+    let mut causes = String::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(c) = next {
+        causes.push_str(&c.to_string());
+        causes.push_str("; ");
+        next = c.source();
+    }
+    tracing::warn!(%host, port, %causes, "egress request failed");
+    let (code, message) = if e.is_timeout() {
+        ("upstream_timeout", "the destination did not answer in time")
+    } else if causes.to_ascii_lowercase().contains("certificate") {
+        (
+            "upstream_untrusted",
+            "the destination's certificate is not trusted for this credential",
+        )
+    } else {
+        (
+            "upstream_unreachable",
+            "the destination could not be reached",
+        )
+    };
+    refuse(StatusCode::BAD_GATEWAY, code, message)
 }
 
 /// A client presenting `identity` (certificate and key PEM), trusting `roots` only (else the

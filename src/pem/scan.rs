@@ -66,7 +66,7 @@ pub(crate) struct Block {
 
 impl Block {
     /// The base64 text without line breaks.
-    pub fn base64(&self) -> Zeroizing<String> {
+    pub(super) fn base64(&self) -> Zeroizing<String> {
         let mut s = Zeroizing::new(String::with_capacity(self.body.len()));
         for line in self.body.split('\n') {
             s.push_str(line);

@@ -44,7 +44,7 @@ pub fn client(
 
 /// As [`client`], with `pinned` = (name, addresses): requests to `name` go to those addresses,
 /// and TLS checks the server's certificate for `name` (Vault's `tls_server_name`).
-pub fn client_resolving(
+pub(super) fn client_resolving(
     timeout: Duration,
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
