@@ -28,7 +28,9 @@ COPY --from=build /src/target/release/keybroker /usr/local/bin/keybroker
 USER keybroker
 # 8443: the API ([server] listen); 9090: probes and metrics ([server] ops_listen).
 EXPOSE 8443 9090
-# Needs `[server] ops_listen = "0.0.0.0:9090"` (or another --url): no curl in the image.
+# `keybroker health` asks /readyz on the configuration's ops_listen (else on a plain main
+# listener) — the configuration named by KEYBROKER_CONFIG, as `serve` reads it. No curl needed.
+ENV KEYBROKER_CONFIG=/etc/keybroker/keybroker.toml
 HEALTHCHECK --interval=10s --timeout=6s --start-period=5s --retries=3 \
-    CMD ["keybroker", "health", "--url", "http://127.0.0.1:9090/readyz"]
+    CMD ["keybroker", "health"]
 ENTRYPOINT ["keybroker"]

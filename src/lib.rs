@@ -13,6 +13,7 @@ pub mod agent;
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod backoff;
 pub mod broker;
 pub mod cache;
 pub mod config;

@@ -119,9 +119,14 @@ enum Command {
     /// Ask a running keybroker whether it is ready, for container health checks (no curl
     /// needed in the image): exit 0 when the URL answers 2xx, 1 otherwise.
     Health {
-        /// What to ask: `/readyz` (or `/healthz`) on `ops_listen` or the main listener.
-        #[arg(long, default_value = "http://127.0.0.1:9090/readyz")]
-        url: String,
+        /// What to ask. Without it: `/readyz` on the configuration's `ops_listen`, else on its
+        /// main listener when that is plain HTTP (a TLS listener may ask for client
+        /// certificates: set `ops_listen`, or give `--url` and `--ca-cert`).
+        #[arg(long)]
+        url: Option<String>,
+        /// The configuration whose listeners to ask (when no `--url` is given).
+        #[arg(long, env = "KEYBROKER_CONFIG", default_value = "keybroker.toml")]
+        config: PathBuf,
         /// A PEM CA to verify an https URL with (replaces the system roots).
         #[arg(long)]
         ca_cert: Option<PathBuf>,
@@ -246,9 +251,12 @@ fn main() -> ExitCode {
         }
         Command::Health {
             url,
+            config,
             ca_cert,
             timeout,
-        } => runtime().and_then(|rt| rt.block_on(health(&url, ca_cert.as_deref(), *timeout))),
+        } => health_url(url, &config).and_then(|url| {
+            runtime().and_then(|rt| rt.block_on(health(&url, ca_cert.as_deref(), *timeout)))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -819,6 +827,34 @@ async fn serve(
         .await;
     tracing::info!("keybroker stopped");
     Ok(())
+}
+
+/// The URL `keybroker health` asks: the one given, else the configuration's readiness probe
+/// on a listener that needs no client certificate.
+fn health_url(url: Option<String>, config: &Path) -> Result<String, Failure> {
+    if let Some(url) = url {
+        return Ok(url);
+    }
+    let config = load_config(config)?;
+    // A wildcard address is asked on loopback.
+    let local = |addr: SocketAddr| -> SocketAddr {
+        match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+            }
+            _ => addr,
+        }
+    };
+    match (config.server.ops_listen, &config.server.tls_cert) {
+        (Some(ops), _) => Ok(format!("http://{}/readyz", local(ops))),
+        (None, None) => Ok(format!("http://{}/readyz", local(config.server.listen))),
+        (None, Some(_)) => Err(Failure::Usage(
+            "the main listener is TLS (it may ask for client certificates): set [server] ops_listen for health checks, or give --url and --ca-cert".to_owned(),
+        )),
+    }
 }
 
 /// `keybroker health`: one GET; the status line goes to stdout for the container log.

@@ -130,19 +130,18 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SourceError>>,
 {
-    let mut delay = base;
+    let backoff = crate::backoff::Backoff {
+        base,
+        max: base.saturating_mul(1 << 10),
+        jitter: 0.5,
+    };
     for attempt in 1.. {
         match call().await {
             // Refused credentials or a wrong service path are outages, but not ones a retry a
             // moment later fixes.
             Err(e) if e.is_outage() && !e.is_permanent_outage() && attempt < attempts => {
-                let mut r = [0u8; 1];
-                // Without randomness the backoff still holds; only the spread is lost.
-                let _ = getrandom::fill(&mut r);
-                let jitter = 0.5 + f64::from(r[0]) / 255.0;
                 tracing::debug!(attempt, reason = %e, "transient source failure; retrying");
-                tokio::time::sleep(delay.mul_f64(jitter)).await;
-                delay = delay.saturating_mul(2);
+                tokio::time::sleep(backoff.delay(attempt)).await;
             }
             other => return other,
         }

@@ -427,3 +427,37 @@ fn version_names_the_commit() {
         _ => assert!(!commit.is_empty(), "{text}"),
     }
 }
+
+/// `keybroker health` without `--url` asks the configuration's probe: a plain main listener's
+/// `/readyz` (nothing listening here: exit 1, the URL named), and for a TLS main listener
+/// without `ops_listen` it says what to set (exit 2) instead of asking a port nobody serves.
+#[test]
+fn health_finds_its_url_in_the_configuration() {
+    let plain = keybroker(
+        &[
+            "health",
+            "--timeout",
+            "1s",
+            "--config",
+            "examples/dev/keybroker.toml",
+        ],
+        &repo(),
+    );
+    assert_eq!(plain.status.code(), Some(1), "{}", stderr(&plain));
+    assert!(
+        stdout(&plain).starts_with("http://127.0.0.1:"),
+        "{}",
+        stdout(&plain)
+    );
+    assert!(stdout(&plain).contains("/readyz"), "{}", stdout(&plain));
+    let tls = keybroker(
+        &["health", "--config", "examples/tls/keybroker.toml"],
+        &repo(),
+    );
+    assert_eq!(tls.status.code(), Some(2));
+    assert!(
+        stderr(&tls).contains("set [server] ops_listen"),
+        "{}",
+        stderr(&tls)
+    );
+}

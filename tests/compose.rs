@@ -99,8 +99,13 @@ fn services_ports_environment_and_seeding() {
         .collect();
     assert_eq!(
         cmd,
-        ["serve", "--config", "/kb/examples/compose/keybroker.toml"],
+        ["serve"],
         "keybroker serves, it does not resolve once and exit"
+    );
+    // `serve` and the image's HEALTHCHECK read the same configuration.
+    assert_eq!(
+        kb["environment"]["KEYBROKER_CONFIG"],
+        "/kb/examples/compose/keybroker.toml"
     );
     let volumes: Vec<&str> = kb["volumes"]
         .as_array()
@@ -169,7 +174,15 @@ async fn the_compose_configuration_serves_the_seeded_secrets() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // The image's HEALTHCHECK command, pointed at this ops listener.
+    // The image's HEALTHCHECK command as it runs there: no URL, the configuration's own
+    // ops listener (through KEYBROKER_CONFIG).
+    let image_check = Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["health", "--timeout", "2s"])
+        .env("KEYBROKER_CONFIG", &kb_toml)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&image_check.stdout);
+    assert!(said.contains(&format!("127.0.0.1:{ops}/readyz")), "{said}");
     let health = |url: &str| {
         Command::new(env!("CARGO_BIN_EXE_keybroker"))
             .args(["health", "--timeout", "2s", "--url", url])
@@ -225,9 +238,8 @@ fn the_image_is_stripped_has_ca_certificates_and_checks_its_own_health() {
     assert!(d.contains("CARGO_PROFILE_RELEASE_DEBUG=0"));
     assert!(d.contains("install -y --no-install-recommends ca-certificates"));
     assert!(d.contains("EXPOSE 8443 9090"));
-    assert!(
-        d.contains("CMD [\"keybroker\", \"health\", \"--url\", \"http://127.0.0.1:9090/readyz\"]")
-    );
+    assert!(d.contains("CMD [\"keybroker\", \"health\"]"));
+    assert!(d.contains("ENV KEYBROKER_CONFIG="));
     let manifest_first = d.find("COPY Cargo.toml Cargo.lock ./").unwrap();
     let sources = d.find("COPY . .").unwrap();
     assert!(

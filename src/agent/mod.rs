@@ -109,14 +109,12 @@ impl Backoff {
             return;
         }
         self.0 = (self.0 + 1).min(7);
-        let base = Duration::from_secs(1 << (self.0 - 1)).min(Duration::from_secs(60));
-        let mut b = [0u8; 1];
-        let jitter = if getrandom::fill(&mut b).is_ok() {
-            f64::from(b[0]) / 255.0
-        } else {
-            0.5
+        let backoff = crate::backoff::Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter: 0.25,
         };
-        tokio::time::sleep(base.mul_f64(0.5 + jitter / 2.0)).await;
+        tokio::time::sleep(backoff.delay(self.0)).await;
     }
 }
 

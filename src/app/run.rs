@@ -121,8 +121,8 @@ impl Listeners {
         };
         let mut all = tokio::task::JoinSet::new();
         for (setting, door, listener) in self.doors {
-            let bound = listener.local_addr().ok();
-            tracing::info!(door = setting, bound = ?bound, tls = door.tls.is_tls(), "serving");
+            let bound = listener.local_addr().map_or(door.listen, |a| a);
+            tracing::info!(door = setting, %bound, tls = door.tls.is_tls(), "serving");
             all.spawn(api::listen::serve_gated(
                 listener,
                 door.tls,
@@ -132,7 +132,9 @@ impl Listeners {
             ));
         }
         if let Some(ops) = self.ops {
-            tracing::info!(door = "ops", bound = ?ops.local_addr().ok(), "serving");
+            if let Ok(bound) = ops.local_addr() {
+                tracing::info!(door = "ops", %bound, "serving");
+            }
             all.spawn(api::listen::serve_gated(
                 ops,
                 Arc::new(ServerTls::plain()),

@@ -897,13 +897,12 @@ fn pin_server_name(
 
 /// 0.5 s doubling per failure up to 60 s, with ±25 % jitter so replicas spread out.
 fn login_backoff(failures: u32) -> Duration {
-    let base = Duration::from_millis(500).saturating_mul(1 << failures.min(7).saturating_sub(1));
-    let base = base.min(Duration::from_secs(60));
-    let mut r = [0u8; 1];
-    // Without randomness the backoff is still bounded; only the spread is lost.
-    let _ = getrandom::fill(&mut r);
-    let factor = 0.75 + f64::from(r[0]) / 255.0 * 0.5;
-    base.mul_f64(factor)
+    crate::backoff::Backoff {
+        base: Duration::from_millis(500),
+        max: Duration::from_secs(60),
+        jitter: 0.25,
+    }
+    .delay(failures)
 }
 
 fn token_from(auth: AuthData) -> Token {
