@@ -133,6 +133,14 @@ impl AppError {
                 | BuildError::FileSource { name, .. },
             ) => source(name),
             Self::Build(BuildError::Policy(_)) => None,
+            Self::Build(BuildError::Notify(e)) => Some(Setting::Key(
+                "notify",
+                match e {
+                    crate::notify::NotifyError::Url(_) => "webhook",
+                    crate::notify::NotifyError::Http(_) => "ca_cert",
+                    _ => "hmac_key_file",
+                },
+            )),
             Self::EtagKey(_) => Some(Setting::Key("server", "etag_key_file")),
             Self::VaultApiTls(_) => Some(Setting::Key("vault_api", "tls_cert")),
             Self::VaultApiPlainOffLoopback(_) => Some(Setting::Key("vault_api", "listen")),
@@ -175,6 +183,10 @@ impl App {
             let mut without_audit = config.clone();
             if let Some(audit) = without_audit.audit.take() {
                 audit_folder_exists(&audit.path)?;
+            }
+            // Checked, not started: `check` sends nothing.
+            if let Some(notify) = without_audit.notify.take() {
+                crate::notify::Notifier::check(&notify).map_err(crate::broker::BuildError::from)?;
             }
             Broker::from_config(&without_audit)?
         };

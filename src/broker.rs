@@ -152,6 +152,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     #[error("source `{name}`: cannot open {path}: {source}")]
     FileSource {
         name: String,
@@ -174,6 +176,8 @@ pub struct Broker {
     audit: Option<Arc<Audit>>,
     /// Verified secrets, shared by all callers; authorization is decided before it is asked.
     cache: Arc<SecretCache>,
+    /// `[notify]`: where expiry and rejection events are pushed, besides the audit trail.
+    notifier: Option<crate::notify::Notifier>,
     /// Where references without a source name go (default and CCP sources).
     routes: crate::policy::KnownSources,
     limits: crate::config::LimitsConfig,

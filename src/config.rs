@@ -19,7 +19,8 @@ use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, EgressConfig,
     ExpiryConfig, FileSourceConfig, FsyncPolicy, KUBERNETES_TOKEN_FILE, KvVersion, LimitsConfig,
-    PemMode, ServerConfig, SourceConfig, SourceKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
+    NotifyConfig, PemMode, ServerConfig, SourceConfig, SourceKind, VaultApiConfig, VaultAuth,
+    VaultSourceConfig,
 };
 
 /// The whole configuration, validated.
@@ -34,6 +35,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub cache: CacheConfig,
     pub expiry: ExpiryConfig,
+    /// `[notify]`: expiry and rejection events pushed to a webhook.
+    pub notify: Option<NotifyConfig>,
     pub vault_api: Option<VaultApiConfig>,
     pub egress: Option<EgressConfig>,
     pub limits: LimitsConfig,
@@ -107,6 +110,7 @@ impl Config {
             sources: Vec::new(),
             cache: CacheConfig::default(),
             expiry: ExpiryConfig::default(),
+            notify: None,
             vault_api: None,
             egress: None,
             limits: LimitsConfig::default(),
@@ -142,6 +146,10 @@ impl Config {
                 }
                 "cache" => cfg.cache = d.section(value, &[]).unwrap_or_default(),
                 "expiry" => cfg.expiry = d.section(value, &[]).unwrap_or_default(),
+                "notify" => {
+                    spans.record("notify", value, &["webhook", "ca_cert", "hmac_key_file"]);
+                    cfg.notify = d.section(value, &[]);
+                }
                 "egress" => {
                     spans.record("egress", value, &["listen", "tls_cert"]);
                     cfg.egress = d.section(value, &[]);
@@ -222,6 +230,10 @@ impl Config {
         if let Some(e) = &mut self.egress {
             fix_opt(&mut e.tls_cert);
             fix_opt(&mut e.tls_key);
+        }
+        if let Some(n) = &mut self.notify {
+            fix_opt(&mut n.ca_cert);
+            fix_opt(&mut n.hmac_key_file);
         }
         if let Some(v) = &mut self.vault_api {
             fix_opt(&mut v.tls_cert);

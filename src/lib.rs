@@ -22,6 +22,7 @@ pub mod egress;
 pub mod exit;
 pub mod identity;
 pub mod metrics;
+pub mod notify;
 pub mod pem;
 pub mod policy;
 pub mod reference;

@@ -91,6 +91,9 @@ impl Broker {
         if let Some(audit) = &config.audit {
             broker.audit = Some(Arc::new(Audit::open(audit)?));
         }
+        if let Some(notify) = &config.notify {
+            broker.notifier = Some(crate::notify::Notifier::start(notify)?);
+        }
         Ok(broker)
     }
 
@@ -122,6 +125,7 @@ impl Broker {
             metrics: Arc::new(Metrics::default()),
             audit: None,
             cache: Arc::new(SecretCache::new(&crate::config::CacheConfig::default())),
+            notifier: None,
             routes: crate::policy::KnownSources {
                 names: std::collections::BTreeSet::new(),
                 default: default_source,

@@ -420,6 +420,14 @@ impl Broker {
         }
         tracing::warn!(team = %cred.team, credential = %cred.name, role = r.role, code = r.code, "credential refused by verification");
         self.metrics.credential_rejected(r.code);
+        if let Some(n) = &self.notifier {
+            let subject = format!("{}/{}:{}", cred.team, cred.name, r.role);
+            n.send(crate::notify::Event::now(
+                "credential.rejected",
+                subject,
+                r.code,
+            ));
+        }
         // An event, not a decision: a failing trail refuses nothing here (the request's own
         // line does).
         let _ = self

@@ -110,6 +110,17 @@ impl Broker {
             };
             tracing::warn!(kind = kind.code(), %name, expired = phase == Phase::Expired, "certificate expiry");
             let reason = kind.code();
+            if let Some(n) = &self.notifier {
+                let event = match phase {
+                    Phase::Expired => "certificate.expired",
+                    _ => "certificate.expiring",
+                };
+                n.send(crate::notify::Event::now(
+                    event,
+                    format!("{reason}:{name}"),
+                    reason,
+                ));
+            }
             // An event, not a decision: a failing trail refuses nothing here.
             let _ = self
                 .audit(AuditEntry {

@@ -590,3 +590,33 @@ mod tests {
         assert_eq!(parse_byte_size("99999999999999GiB"), None);
     }
 }
+
+/// `[notify]` in keybroker.toml (see `notify.rs`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct NotifyConfig {
+    /// Where events are POSTed: `https://…` (or `http://` to a loopback address).
+    pub webhook: String,
+    /// A PEM bundle that replaces the system roots for the webhook's certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// A key (at least 16 bytes) that signs every body.
+    pub hmac_key_file: Option<PathBuf>,
+    /// One delivery attempt's limit.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    /// Attempts per event (the first and the retries).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Events waiting to be sent; past it new events are dropped (and counted).
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+fn default_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_queue() -> usize {
+    1000
+}

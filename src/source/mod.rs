@@ -21,6 +21,7 @@ pub use ccp::{
     build_composite_query, build_query, classify_error_code, parse_answer as parse_ccp_answer,
 };
 pub use file::FileSource;
+pub(crate) use http::is_loopback;
 pub use http::{HttpSetupError, causes as http_causes, client as http_client};
 #[doc(hidden)]
 pub use vault::parse_kv_answer;

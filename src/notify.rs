@@ -1,0 +1,183 @@
+//! Pushed notifications (`[notify]`): `certificate.expiring`, `certificate.expired` and
+//! `credential.rejected` events, each once per change (where the audit trail gets its event),
+//! POSTed as JSON to a webhook. TLS is verified (against `ca_cert` when given, else the
+//! system roots; plain `http://` only to loopback); with `hmac_key_file` each body is signed
+//! (`X-Keybroker-Signature: sha256=<hex HMAC of the body>`). A bounded queue and one sender
+//! task: a slow or dead receiver costs keybroker a full queue (events dropped and counted,
+//! never a blocked request); failed deliveries are retried with backoff.
+//!
+//! Events name credentials and certificates, never values.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use crate::config::NotifyConfig;
+use tokio::sync::mpsc;
+
+/// One event as the receiver gets it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// `certificate.expiring`, `certificate.expired`, `credential.rejected`.
+    pub event: &'static str,
+    /// RFC 3339, when keybroker saw the change.
+    pub time: String,
+    /// What it is about: `credential:<team>/<name>`, `pin:<consumer>`, `server:…`, or for a
+    /// rejection `<team>/<name>:<role>`.
+    pub subject: String,
+    /// The verification code of a rejection, or the kind of certificate.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("[notify] webhook {0:?} is not an https URL (plain http only to loopback)")]
+    Url(String),
+    #[error("[notify] cannot read hmac_key_file {0}: {1}")]
+    Key(PathBuf, std::io::Error),
+    #[error("[notify] hmac_key_file {0} must hold at least 16 bytes")]
+    ShortKey(PathBuf),
+    #[error("[notify] {0}")]
+    Http(#[from] crate::source::HttpSetupError),
+}
+
+/// The sending side, held by the broker.
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    queue: mpsc::Sender<Event>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Notifier {
+    /// Checks the settings and starts the sender task (on the current runtime).
+    pub fn start(cfg: &NotifyConfig) -> Result<Self, NotifyError> {
+        let sender = Sender::new(cfg)?;
+        let (queue, rx) = mpsc::channel(cfg.queue.max(1));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(sender.run(rx))),
+            // Only outside `serve` (a library user without a runtime): nothing is sent.
+            Err(_) => tracing::warn!("no async runtime: [notify] events will not be sent"),
+        }
+        Ok(Self {
+            queue,
+            dropped: Arc::default(),
+        })
+    }
+
+    /// Checks the settings without starting anything (`keybroker check`).
+    pub fn check(cfg: &NotifyConfig) -> Result<(), NotifyError> {
+        Sender::new(cfg).map(|_| ())
+    }
+
+    /// Queues `event`; never waits. A full queue drops it (counted, logged at WARN).
+    pub fn send(&self, event: Event) {
+        if self.queue.try_send(event).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(dropped = n, "notification queue full: event dropped");
+        }
+    }
+}
+
+struct Sender {
+    url: reqwest::Url,
+    client: reqwest::Client,
+    key: Option<hmac::Hmac<sha2::Sha256>>,
+    attempts: u32,
+}
+
+impl Sender {
+    fn new(cfg: &NotifyConfig) -> Result<Self, NotifyError> {
+        let url = reqwest::Url::parse(&cfg.webhook)
+            .ok()
+            .filter(|u| {
+                u.scheme() == "https" || (u.scheme() == "http" && crate::source::is_loopback(u))
+            })
+            .ok_or_else(|| NotifyError::Url(cfg.webhook.clone()))?;
+        let client = crate::source::http_client(cfg.timeout.0, cfg.ca_cert.as_deref(), None)?;
+        let key = match &cfg.hmac_key_file {
+            None => None,
+            Some(path) => {
+                use hmac::KeyInit;
+                let mut bytes = zeroize::Zeroizing::new(
+                    std::fs::read(path).map_err(|e| NotifyError::Key(path.clone(), e))?,
+                );
+                while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+                    bytes.pop();
+                }
+                if bytes.len() < 16 {
+                    return Err(NotifyError::ShortKey(path.clone()));
+                }
+                Some(hmac::Hmac::new_from_slice(&bytes).expect("HMAC takes keys of any length"))
+            }
+        };
+        Ok(Self {
+            url,
+            client,
+            key,
+            attempts: cfg.attempts.max(1),
+        })
+    }
+
+    async fn run(self, mut rx: mpsc::Receiver<Event>) {
+        let backoff = crate::backoff::Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(60),
+            jitter: 0.25,
+        };
+        while let Some(event) = rx.recv().await {
+            let body = serde_json::to_vec(&event).unwrap_or_default();
+            for attempt in 1..=self.attempts {
+                match self.deliver(&body).await {
+                    Ok(()) => break,
+                    Err(why) if attempt < self.attempts => {
+                        tracing::debug!(attempt, %why, event = event.event, "notification not delivered; retrying");
+                        tokio::time::sleep(backoff.delay(attempt)).await;
+                    }
+                    Err(why) => {
+                        tracing::warn!(attempts = self.attempts, %why, event = event.event, "notification not delivered; giving up");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, body: &[u8]) -> Result<(), String> {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
+        if let Some(key) = &self.key {
+            use hmac::Mac;
+            let mut mac = key.clone();
+            mac.update(body);
+            let tag = hex::encode(mac.finalize().into_bytes());
+            request = request.header("X-Keybroker-Signature", format!("sha256={tag}"));
+        }
+        match request.send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("the webhook answered {}", r.status())),
+            Err(e) => Err(crate::source::http_causes(&e)),
+        }
+    }
+}
+
+impl Event {
+    /// An event that happens now.
+    pub fn now(event: &'static str, subject: String, reason: &'static str) -> Self {
+        Self {
+            event,
+            time: now(),
+            subject,
+            reason,
+        }
+    }
+}
+
+/// Now, as RFC 3339 (seconds).
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

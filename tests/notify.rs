@@ -1,0 +1,208 @@
+//! `[notify]`: expiry and rejection events pushed to a webhook over verified TLS, signed with
+//! the configured key, each once per change however many requests see it, and never a value.
+
+mod support {
+    pub mod openbao;
+    pub mod pki;
+    pub mod server;
+}
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use hmac::{KeyInit, Mac};
+use serde_json::{Value, json};
+
+use support::pki::Ca;
+use support::server::{Running, folder, token_sha256};
+
+const GW: &str = "notify-gw-token";
+const KEY: &str = "a webhook signing key of enough bytes";
+
+type Received = Arc<Mutex<Vec<(Value, String)>>>;
+
+/// A webhook receiver over TLS (a certificate of `ca` for localhost) that keeps every body
+/// with its signature header; its port.
+async fn receiver(dir: &std::path::Path, ca: &Ca) -> (u16, Received) {
+    use rustls::pki_types::pem::PemObject as _;
+    let issued = ca.server(dir, "hook");
+    let got: Received = Arc::default();
+    let keep = Arc::clone(&got);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let keep = Arc::clone(&keep);
+            async move {
+                let sig = headers
+                    .get("x-keybroker-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                // The signature is checked here, over the bytes received.
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
+                mac.update(&body);
+                let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+                keep.lock()
+                    .unwrap()
+                    .push((v, if sig == want { "valid".into() } else { sig }));
+                "ok"
+            }
+        }),
+    );
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |r| tower::ServiceExt::oneshot(app.clone(), r));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_and_rejection_events_reach_the_webhook_once_each_signed() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    let hook_ca = Ca::new("webhook CA");
+    hook_ca.write(&root.join("hook-ca.pem"));
+    let (hook, got) = receiver(root, &hook_ca).await;
+    std::fs::write(root.join("hook.key"), KEY).unwrap();
+
+    // A good credential (expiring inside warn_before) and a mismatched pair (rejected).
+    let partner = Ca::new("partner CA");
+    let good = partner.client(root, "good", "good-client");
+    let other = partner.client(root, "other", "other-client");
+    std::fs::create_dir_all(root.join("secrets/creds")).unwrap();
+    for (name, cert, key) in [
+        ("good", &good.cert_pem, &good.key_pem),
+        ("mismatched", &good.cert_pem, &other.key_pem),
+        ("late", &other.cert_pem, &good.key_pem),
+    ] {
+        std::fs::write(
+            root.join(format!("secrets/creds/{name}.json")),
+            json!({ "cert": cert, "key": key, "ca": partner.pem }).to_string(),
+        )
+        .unwrap();
+    }
+    let mut policy = format!(
+        "[[team]]\nslug = \"payments\"\n[[consumer]]\nname = \"gw\"\nteam = \"payments\"\ntoken_sha256 = \"{}\"\n",
+        token_sha256(GW)
+    );
+    for name in ["good", "mismatched", "late"] {
+        policy.push_str(&format!(
+            "[[credential]]\nname = \"{name}\"\nmode = \"mtls\"\nteam = \"payments\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_files:creds/{name} $KEY_cert\"\nclient_private_key = \"$SECRET_files:creds/{name} $KEY_key\"\nroot_certificate = \"$SECRET_files:creds/{name} $KEY_ca\"\n"
+        ));
+    }
+    std::fs::write(root.join("policies/p.toml"), policy).unwrap();
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            r#"
+policies = "policies"
+[server]
+listen = "127.0.0.1:0"
+tls_cert = "server.pem"
+tls_key = "server-key.pem"
+[[source]]
+name = "files"
+kind = "file"
+path = "secrets"
+[expiry]
+interval = "1h"
+warn_before = "1000000d"
+[notify]
+webhook = "https://localhost:{hook}/hook"
+ca_cert = "hook-ca.pem"
+hmac_key_file = "hook.key"
+"#
+        ),
+    )
+    .unwrap();
+    let server = Running::start(root, &ca.pem, 0, "info").await;
+    let material = |name: &'static str| {
+        server
+            .client
+            .post(server.url(&format!("/v1/credentials/{name}/material")))
+            .bearer_auth(GW)
+            .json(&json!({ "host": "api.partner.example" }))
+            .send()
+    };
+    // The rejected credential, asked for three times: one event. Then another rejected one:
+    // events go out in order from one queue, so once its event arrived, every earlier one has.
+    for _ in 0..3 {
+        assert_eq!(material("mismatched").await.unwrap().status(), 502);
+    }
+    assert_eq!(material("late").await.unwrap().status(), 502);
+    let events = |name: &str| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|(v, _)| v["event"] == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let good_expiring = |events: &[(Value, String)]| {
+        events
+            .iter()
+            .filter(|(v, _)| v["subject"] == "credential:payments/good")
+            .count()
+    };
+    while !events("credential.rejected")
+        .iter()
+        .any(|(v, _)| v["subject"] == "payments/late:client_private_key")
+        || good_expiring(&events("certificate.expiring")) == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "events received: {:?}\n{}",
+            got.lock().unwrap(),
+            std::fs::read_to_string(root.join("stderr.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rejected = events("credential.rejected");
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert_eq!(
+        rejected[0].0["subject"],
+        "payments/mismatched:client_private_key"
+    );
+    assert_eq!(rejected[0].0["reason"], "key_certificate_mismatch");
+    // The start-up sweep: one event per certificate (expiring inside warn_before).
+    let expiring = events("certificate.expiring");
+    assert_eq!(good_expiring(&expiring), 1, "{expiring:?}");
+    for (v, sig) in got.lock().unwrap().iter() {
+        assert_eq!(sig, "valid", "signed with the configured key: {v}");
+        let text = v.to_string();
+        assert!(
+            !text.contains("PRIVATE KEY") && !text.contains("BEGIN"),
+            "{text}"
+        );
+    }
+}
