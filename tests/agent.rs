@@ -76,11 +76,10 @@ client_private_key = "$SECRET_vault:tls/partner $KEY_key"
         ),
     )
     .unwrap();
-    let port = free_port();
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[cache]\nttl = \"1s\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n",
+            "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[cache]\nttl = \"1s\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n",
             bao.addr
         ),
     )
@@ -88,7 +87,8 @@ client_private_key = "$SECRET_vault:tls/partner $KEY_key"
     ca.write(&root.join("ca.pem"));
     std::fs::write(root.join("token"), format!("{GW}\n")).unwrap();
     std::fs::write(root.join("p12.pass"), "changeit\n").unwrap();
-    let server = Running::start(root, &ca.pem, port, "info").await;
+    let server = Running::start(root, &ca.pem, 0, "info").await;
+    let port = server.port;
     World {
         bao,
         partner,

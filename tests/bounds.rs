@@ -32,17 +32,15 @@ async fn start() -> (tempfile::TempDir, support::server::Running) {
         ),
     )
     .unwrap();
-    let port = support::openbao::free_port();
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[audit]\npath = \"audit.log\"\nfsync = \"never\"\n"
+            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[audit]\npath = \"audit.log\"\nfsync = \"never\"\n"
         ),
     )
     .unwrap();
     // 1 GiB of address space, as the resource-bounds issue demands.
-    let running =
-        support::server::Running::start_limited(root, &ca.pem, port, "warn", 1 << 30).await;
+    let running = support::server::Running::start_limited(root, &ca.pem, 0, "warn", 1 << 30).await;
     (dir, running)
 }
 

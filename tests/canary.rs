@@ -18,7 +18,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use support::ccp::{CcpDouble, ERRORMSG_CANARY, Fault, Object, Pki, Store};
-use support::openbao::{OpenBao, free_port};
+use support::openbao::OpenBao;
 
 const FILE_CANARY: &str = "FILE-CANARY-0a9f31";
 const VAULT_CANARY: &str = "VAULT-CANARY-c41b77";
@@ -129,7 +129,6 @@ value = "$SAFE_Payments $NAME_api-token"
         ),
     )
     .unwrap();
-    let port = free_port();
     let p = pki.dir.path();
     std::fs::write(
         root.join("kb.toml"),
@@ -138,7 +137,7 @@ value = "$SAFE_Payments $NAME_api-token"
 policies = "policies"
 default_source = "files"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 tls_cert = "server.pem"
 tls_key = "server-key.pem"
 [[source]]
@@ -170,7 +169,7 @@ path = "audit.log"
     )
     .unwrap();
 
-    let running = support::server::Running::start(root, &server_ca.pem, port, "trace").await;
+    let running = support::server::Running::start(root, &server_ca.pem, 0, "trace").await;
     let client = &running.client;
     let url = |path: &str| running.url(path);
     let stderr = || std::fs::read_to_string(root.join("stderr.log")).unwrap_or_default();

@@ -123,15 +123,14 @@ async fn serve_with(vault: &str, server_extra: &str, extra: &str) -> Server {
     let clients = Ca::new("workers CA");
     clients.write(&root.join("clients-ca.pem"));
     write_policy(root, &root.join("clients-ca.pem"), true);
-    let port = free_port();
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n{server_extra}[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{vault}\"\n{extra}\n"
+            "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n{server_extra}[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{vault}\"\n{extra}\n"
         ),
     )
     .unwrap();
-    let running = Running::start(root, &ca.pem, port, "info").await;
+    let running = Running::start(root, &ca.pem, 0, "info").await;
     Server { dir, ca, running }
 }
 

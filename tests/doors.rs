@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::openbao::free_port;
 use support::server::{Running, folder, token_sha256};
 
 const GW: &str = "doors-gw-token";
@@ -65,20 +64,19 @@ allowed_hosts = ["api.partner.example"]
         ),
     )
     .unwrap();
-    let (port, vault_port, egress) = (free_port(), free_port(), free_port());
     std::fs::write(
         root.join("kb.toml"),
         format!(
             r#"
 policies = "policies"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 tls_cert = "server.pem"
 tls_key = "server-key.pem"
 [vault_api]
-listen = "127.0.0.1:{vault_port}"
+listen = "127.0.0.1:0"
 [egress]
-listen = "127.0.0.1:{egress}"
+listen = "127.0.0.1:0"
 timeout = "5s"
 [[source]]
 name = "files"
@@ -90,12 +88,13 @@ path = "audit.log"
         ),
     )
     .unwrap();
-    let server = Running::start(root, &ca.pem, port, "info").await;
+    // Every listener on port 0: where each is comes from the ready file.
+    let server = Running::start(root, &ca.pem, 0, "info").await;
     World {
         dir,
+        vault_port: server.port_of("vault_api"),
+        egress: server.port_of("egress"),
         server,
-        vault_port,
-        egress,
     }
 }
 

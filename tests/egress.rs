@@ -148,18 +148,17 @@ root_certificate = "$SECRET_files:partner/wrong-ca $KEY_ca"
         ),
     )
     .unwrap();
-    let (port, egress) = (free_port(), free_port());
     std::fs::write(
         root.join("kb.toml"),
         format!(
             r#"
 policies = "policies"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 tls_cert = "server.pem"
 tls_key = "server-key.pem"
 [egress]
-listen = "127.0.0.1:{egress}"
+listen = "127.0.0.1:0"
 resolve = {{ "api.partner.example" = "127.0.0.1" }}
 timeout = "10s"
 [cache]
@@ -174,7 +173,8 @@ path = "audit.log"
         ),
     )
     .unwrap();
-    let server = Running::start(root, &ca.pem, port, "info").await;
+    let server = Running::start(root, &ca.pem, 0, "info").await;
+    let egress = server.port_of("egress");
     World {
         _nginx: nginx,
         partner,

@@ -105,15 +105,14 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         ),
     )
     .unwrap();
-    let port = support::openbao::free_port();
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{a}\"\n[[source]]\nname = \"short\"\nkind = \"vault\"\naddress = \"{a}\"\nttl = \"1s\"\n[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{c}\"\napp_id = \"keybroker\"\nca_cert = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\n[cache]\nttl = \"1h\"\nmax_stale = \"0s\"\n", a = bao.addr, c = double.url, ca = pki.dir.path().join("ca.pem"), cert = pki.dir.path().join("client.pem"), key = pki.dir.path().join("client-key.pem")
+            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{a}\"\n[[source]]\nname = \"short\"\nkind = \"vault\"\naddress = \"{a}\"\nttl = \"1s\"\n[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{c}\"\napp_id = \"keybroker\"\nca_cert = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\n[cache]\nttl = \"1h\"\nmax_stale = \"0s\"\n", a = bao.addr, c = double.url, ca = pki.dir.path().join("ca.pem"), cert = pki.dir.path().join("client.pem"), key = pki.dir.path().join("client-key.pem")
         ),
     )
     .unwrap();
-    let mut running = support::server::Running::start(root, &ca.pem, port, "warn").await;
+    let mut running = support::server::Running::start(root, &ca.pem, 0, "warn").await;
     let pid = running.pid();
     let client = running.client.clone();
     let url = |path: &str| running.url(path);

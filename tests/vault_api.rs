@@ -14,7 +14,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use support::ccp::{CcpDouble, Object, Pki, Store, flatten};
-use support::openbao::{OpenBao, free_port};
+use support::openbao::OpenBao;
 use support::pki::Ca;
 use support::server::{Running, folder, token_sha256};
 
@@ -144,7 +144,6 @@ client_private_key = "$SAFE_Payments $NAME_partner-key"
         ),
     )
     .unwrap();
-    let (port, vault_port) = (free_port(), free_port());
     let p = pki.dir.path();
     std::fs::write(
         root.join("kb.toml"),
@@ -152,11 +151,11 @@ client_private_key = "$SAFE_Payments $NAME_partner-key"
             r#"
 policies = "policies"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 tls_cert = "server.pem"
 tls_key = "server-key.pem"
 [vault_api]
-listen = "127.0.0.1:{vault_port}"
+listen = "127.0.0.1:0"
 tls_cert = "server.pem"
 tls_key = "server-key.pem"
 client_ca = "clients-ca.pem"
@@ -188,7 +187,8 @@ path = "audit.log"
     )
     .unwrap();
     ca.write(&root.join("ca.pem"));
-    let running = Running::start(root, &ca.pem, port, "info").await;
+    let running = Running::start(root, &ca.pem, 0, "info").await;
+    let vault_port = running.port_of("vault_api");
     Setup {
         key_pem: partner.key_pem,
         dir,

@@ -22,7 +22,6 @@ use rcgen::{
 };
 use serde_json::{Value, json};
 
-use support::openbao::free_port;
 use support::server::{Running, folder, token_sha256};
 
 const GW: &str = "verified-gw-token";
@@ -330,22 +329,21 @@ client_private_key = "$SECRET_files:creds/{n} $KEY_key"
             drop(conn);
         }
     });
-    let (port, vault_port, egress) = (free_port(), free_port(), free_port());
     std::fs::write(
         root.join("kb.toml"),
         format!(
             r#"
 policies = "policies"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 tls_cert = "server.pem"
 tls_key = "server-key.pem"
 [vault_api]
-listen = "127.0.0.1:{vault_port}"
+listen = "127.0.0.1:0"
 tls_cert = "server.pem"
 tls_key = "server-key.pem"
 [egress]
-listen = "127.0.0.1:{egress}"
+listen = "127.0.0.1:0"
 resolve = {{ "api.partner.example" = "127.0.0.1" }}
 timeout = "10s"
 [[source]]
@@ -358,7 +356,9 @@ path = "audit.log"
         ),
     )
     .unwrap();
-    let server = Running::start(root, &ca.pem, port, "debug").await;
+    let server = Running::start(root, &ca.pem, 0, "debug").await;
+    let vault_port = server.port_of("vault_api");
+    let egress = server.port_of("egress");
     World {
         dir,
         server,

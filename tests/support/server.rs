@@ -33,6 +33,9 @@ pub struct Running {
     pub child: tokio::process::Child,
     pub client: reqwest::Client,
     pub port: u16,
+    /// Where each listener listens, from `--ready-file` (`listen`, `ops_listen`,
+    /// `vault_api`, `egress`).
+    pub addresses: std::collections::BTreeMap<String, std::net::SocketAddr>,
 }
 
 impl Running {
@@ -96,11 +99,14 @@ impl Running {
         // port 0: no port is picked by binding and dropping a socket).
         let ready = root.join("ready.json");
         let started = std::time::Instant::now();
-        let bound = loop {
+        let addresses: std::collections::BTreeMap<String, std::net::SocketAddr> = loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                let at: std::net::SocketAddr = v["listen"].as_str().unwrap().parse().unwrap();
-                break at.port();
+                let v: std::collections::BTreeMap<String, String> =
+                    serde_json::from_str(&text).unwrap();
+                break v
+                    .into_iter()
+                    .map(|(k, a)| (k, a.parse().unwrap()))
+                    .collect();
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
@@ -109,11 +115,13 @@ impl Running {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let bound = addresses["listen"].port();
         assert!(port == 0 || port == bound, "listens on {bound}, not {port}");
         let running = Self {
             child,
             client,
             port: bound,
+            addresses,
         };
         for _ in 0..100 {
             if running
@@ -131,6 +139,11 @@ impl Running {
             "keybroker did not start:\n{}",
             std::fs::read_to_string(root.join("stderr.log")).unwrap_or_default()
         );
+    }
+
+    /// The port of the listener `name` (`vault_api`, `egress`, `ops_listen`).
+    pub fn port_of(&self, name: &str) -> u16 {
+        self.addresses[name].port()
     }
 
     pub fn url(&self, path: &str) -> String {
