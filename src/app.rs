@@ -133,6 +133,7 @@ impl AppError {
                 | BuildError::FileSource { name, .. },
             ) => source(name),
             Self::Build(BuildError::Policy(_)) => None,
+            Self::Build(BuildError::Store(_)) => Some(Setting::Key("store", "path")),
             Self::Build(BuildError::Notify(e)) => Some(Setting::Key(
                 "notify",
                 match e {
@@ -183,6 +184,14 @@ impl App {
             let mut without_audit = config.clone();
             if let Some(audit) = without_audit.audit.take() {
                 audit_folder_exists(&audit.path)?;
+            }
+            // `check` creates nothing: a store that is not there yet has nothing to check.
+            if without_audit
+                .store
+                .as_ref()
+                .is_some_and(|st| !st.path.is_dir())
+            {
+                without_audit.store = None;
             }
             // Checked, not started: `check` sends nothing.
             if let Some(notify) = without_audit.notify.take() {

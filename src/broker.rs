@@ -19,6 +19,7 @@ mod credentials;
 mod expiry;
 mod failure;
 mod fair;
+mod manage;
 mod ops;
 mod plan;
 mod read;
@@ -34,6 +35,7 @@ pub use credentials::{
     RoleRepair,
 };
 pub use failure::Failure;
+pub use manage::{CredentialInput, ManageError, Managed, RoleRepairs};
 pub use ops::{PolicySummary, Readiness, ReloadError, SourceHealth};
 use read::source_reason;
 use resolve::{pick, repair_names};
@@ -154,6 +156,8 @@ pub enum BuildError {
     Audit(#[from] AuditError),
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("source `{name}`: cannot open {path}: {source}")]
     FileSource {
         name: String,
@@ -176,6 +180,10 @@ pub struct Broker {
     audit: Option<Arc<Audit>>,
     /// Verified secrets, shared by all callers; authorization is decided before it is asked.
     cache: Arc<SecretCache>,
+    /// `[store]`: where the management API keeps what it creates.
+    store: Option<Arc<crate::store::FileStore>>,
+    /// One management write at a time (each is read-check-write-reload).
+    manage: tokio::sync::Mutex<()>,
     /// `[notify]`: where expiry and rejection events are pushed, besides the audit trail.
     notifier: Option<crate::notify::Notifier>,
     /// Where references without a source name go (default and CCP sources).

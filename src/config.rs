@@ -19,8 +19,8 @@ use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, EgressConfig,
     ExpiryConfig, FileSourceConfig, FsyncPolicy, KUBERNETES_TOKEN_FILE, KvVersion, LimitsConfig,
-    NotifyConfig, PemMode, ServerConfig, SourceConfig, SourceKind, VaultApiConfig, VaultAuth,
-    VaultSourceConfig,
+    NotifyConfig, PemMode, STORE_SOURCE, ServerConfig, SourceConfig, SourceKind, StoreConfig,
+    StoreKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
 };
 
 /// The whole configuration, validated.
@@ -37,6 +37,8 @@ pub struct Config {
     pub expiry: ExpiryConfig,
     /// `[notify]`: expiry and rejection events pushed to a webhook.
     pub notify: Option<NotifyConfig>,
+    /// `[store]`: where the management API keeps what it creates.
+    pub store: Option<StoreConfig>,
     pub vault_api: Option<VaultApiConfig>,
     pub egress: Option<EgressConfig>,
     pub limits: LimitsConfig,
@@ -111,6 +113,7 @@ impl Config {
             cache: CacheConfig::default(),
             expiry: ExpiryConfig::default(),
             notify: None,
+            store: None,
             vault_api: None,
             egress: None,
             limits: LimitsConfig::default(),
@@ -146,6 +149,10 @@ impl Config {
                 }
                 "cache" => cfg.cache = d.section(value, &[]).unwrap_or_default(),
                 "expiry" => cfg.expiry = d.section(value, &[]).unwrap_or_default(),
+                "store" => {
+                    spans.record("store", value, &["kind", "path"]);
+                    cfg.store = d.section(value, &[]);
+                }
                 "notify" => {
                     spans.record("notify", value, &["webhook", "ca_cert", "hmac_key_file"]);
                     cfg.notify = d.section(value, &[]);
@@ -230,6 +237,9 @@ impl Config {
         if let Some(e) = &mut self.egress {
             fix_opt(&mut e.tls_cert);
             fix_opt(&mut e.tls_key);
+        }
+        if let Some(st) = &mut self.store {
+            fix(&mut st.path);
         }
         if let Some(n) = &mut self.notify {
             fix_opt(&mut n.ca_cert);
@@ -330,6 +340,22 @@ impl Config {
             d.at(
                 spans.at("limits", key),
                 "[limits] max_references and source_concurrency must be at least 1".to_owned(),
+            );
+        }
+        if self.store.is_some() && self.policies.is_none() {
+            d.at(
+                spans.at("store", "path"),
+                "[store] needs `policies`: the teams it keeps credentials for are defined there"
+                    .to_owned(),
+            );
+        }
+        if self.sources.iter().any(|s| s.name() == STORE_SOURCE) && self.store.is_some() {
+            d.at(
+                spans.at("store", "kind"),
+                format!(
+                    "the source name `{}` is the store's own: rename that source",
+                    STORE_SOURCE
+                ),
             );
         }
         let share = self.limits.team_share;

@@ -29,4 +29,5 @@ pub mod reference;
 pub mod resilience;
 pub mod secret;
 pub mod source;
+pub mod store;
 pub mod vault_api;

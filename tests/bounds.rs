@@ -34,9 +34,7 @@ async fn start() -> (tempfile::TempDir, support::server::Running) {
     .unwrap();
     std::fs::write(
         root.join("kb.toml"),
-        format!(
-            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[audit]\npath = \"audit.log\"\nfsync = \"never\"\n"
-        ),
+        "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[audit]\npath = \"audit.log\"\nfsync = \"never\"\n",
     )
     .unwrap();
     // 1 GiB of address space, as the resource-bounds issue demands.

@@ -66,8 +66,7 @@ allowed_hosts = ["api.partner.example"]
     .unwrap();
     std::fs::write(
         root.join("kb.toml"),
-        format!(
-            r#"
+        r#"
 policies = "policies"
 [server]
 listen = "127.0.0.1:0"
@@ -84,8 +83,7 @@ kind = "file"
 path = "secrets"
 [audit]
 path = "audit.log"
-"#
-        ),
+"#,
     )
     .unwrap();
     // Every listener on port 0: where each is comes from the ready file.

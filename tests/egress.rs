@@ -150,8 +150,7 @@ root_certificate = "$SECRET_files:partner/wrong-ca $KEY_ca"
     .unwrap();
     std::fs::write(
         root.join("kb.toml"),
-        format!(
-            r#"
+        r#"
 policies = "policies"
 [server]
 listen = "127.0.0.1:0"
@@ -159,7 +158,7 @@ tls_cert = "server.pem"
 tls_key = "server-key.pem"
 [egress]
 listen = "127.0.0.1:0"
-resolve = {{ "api.partner.example" = "127.0.0.1" }}
+resolve = { "api.partner.example" = "127.0.0.1" }
 timeout = "10s"
 [cache]
 ttl = "1s"
@@ -169,8 +168,7 @@ kind = "file"
 path = "secrets"
 [audit]
 path = "audit.log"
-"#
-        ),
+"#,
     )
     .unwrap();
     let server = Running::start(root, &ca.pem, 0, "info").await;

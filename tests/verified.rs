@@ -331,8 +331,7 @@ client_private_key = "$SECRET_files:creds/{n} $KEY_key"
     });
     std::fs::write(
         root.join("kb.toml"),
-        format!(
-            r#"
+        r#"
 policies = "policies"
 [server]
 listen = "127.0.0.1:0"
@@ -344,7 +343,7 @@ tls_cert = "server.pem"
 tls_key = "server-key.pem"
 [egress]
 listen = "127.0.0.1:0"
-resolve = {{ "api.partner.example" = "127.0.0.1" }}
+resolve = { "api.partner.example" = "127.0.0.1" }
 timeout = "10s"
 [[source]]
 name = "files"
@@ -352,8 +351,7 @@ kind = "file"
 path = "secrets"
 [audit]
 path = "audit.log"
-"#
-        ),
+"#,
     )
     .unwrap();
     let server = Running::start(root, &ca.pem, 0, "debug").await;

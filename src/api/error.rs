@@ -35,6 +35,8 @@ pub enum ApiError {
     UnknownSource(String),
     #[error(transparent)]
     Audit(#[from] AuditRefused),
+    #[error(transparent)]
+    Manage(#[from] crate::broker::ManageError),
 }
 
 #[derive(Serialize)]
@@ -134,6 +136,23 @@ impl ApiError {
             Self::Reload(ReloadError::NoPolicies) => (StatusCode::CONFLICT, "no_policies"),
             Self::Reload(ReloadError::Invalid(_)) => (StatusCode::CONFLICT, "policy_invalid"),
             Self::TlsReload(_) => (StatusCode::CONFLICT, "tls_invalid"),
+            Self::Manage(e) => {
+                use crate::broker::ManageError as M;
+                let status = match e {
+                    M::NoStore | M::NotFound => StatusCode::NOT_FOUND,
+                    M::NotAllowed(_) | M::GlobalNotAllowed => StatusCode::FORBIDDEN,
+                    M::Exists => StatusCode::CONFLICT,
+                    M::Invalid { .. } => StatusCode::BAD_REQUEST,
+                    M::PemRejected { .. } | M::Rejected(_) | M::PolicyRefused(_) => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
+                    M::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+                    M::Stale => StatusCode::PRECONDITION_FAILED,
+                    M::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    M::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                (status, e.code())
+            }
         }
     }
 }
@@ -165,10 +184,19 @@ impl IntoResponse for ApiError {
         let details = match &self {
             Self::Resolve(ResolveError::Unresolved { errors, .. }) => Details::References(errors),
             Self::Credential(CredentialError::Unresolved(e)) => Details::Roles(e),
-            Self::Credential(CredentialError::Rejected(r)) => Details::Rejected([Rejected {
-                role: r.role,
-                reason: r.code,
-            }]),
+            Self::Credential(CredentialError::Rejected(r))
+            | Self::Manage(crate::broker::ManageError::Rejected(r)) => {
+                Details::Rejected([Rejected {
+                    role: r.role,
+                    reason: r.code,
+                }])
+            }
+            Self::Manage(crate::broker::ManageError::PemRejected { role, code }) => {
+                Details::Rejected([Rejected { role, reason: code }])
+            }
+            Self::Manage(crate::broker::ManageError::PolicyRefused(lines)) => {
+                Details::Lines(lines.clone())
+            }
             // Policy files are not secret; their diagnostics tell the admin what to fix.
             Self::Reload(ReloadError::Invalid(crate::policy::PolicyError::Invalid(list))) => {
                 Details::Lines(list.iter().map(ToString::to_string).collect())

@@ -10,6 +10,7 @@ pub mod change;
 mod credentials;
 mod error;
 pub mod listen;
+mod manage;
 pub mod observe;
 mod ops;
 mod resolve;
@@ -49,6 +50,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/credentials/{name}/material"),
     ("POST", "/v1/admin/reload"),
     ("POST", "/v1/admin/cache/purge"),
+    ("POST", "/v1/credentials"),
+    ("PUT", "/v1/credentials/{name}"),
+    ("DELETE", "/v1/credentials/{name}"),
+    ("GET", "/v1/teams/{team}/credentials/{name}"),
+    ("POST", "/api/v1/user_credentials"),
+    ("GET", "/api/v1/user_credentials"),
+    ("GET", "/api/v1/user_credentials/{id}"),
+    ("DELETE", "/api/v1/user_credentials/{id}"),
 ];
 
 /// What every handler shares.
@@ -221,8 +230,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::admin_metrics))
         .route("/v1/resolve", post(resolve::resolve))
-        .route("/v1/credentials", get(credentials::list))
-        .route("/v1/credentials/{name}", get(credentials::info))
+        .route(
+            "/v1/credentials",
+            get(credentials::list).post(manage::create),
+        )
+        .route(
+            "/v1/credentials/{name}",
+            get(credentials::info)
+                .put(manage::replace)
+                .delete(manage::delete),
+        )
+        .route("/v1/teams/{team}/credentials/{name}", get(manage::show))
+        .route(
+            "/api/v1/user_credentials",
+            get(manage::tines_list).post(manage::tines_create),
+        )
+        .route(
+            "/api/v1/user_credentials/{id}",
+            get(manage::tines_show).delete(manage::tines_delete),
+        )
         .route(
             "/v1/credentials/{name}/material",
             post(credentials::material),

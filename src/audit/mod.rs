@@ -125,6 +125,15 @@ pub enum Action {
     /// A credential's verdict became a refusal (once per change, not per request).
     #[serde(rename = "credential.rejected")]
     CredentialRejected,
+    /// Management: a credential created through the API.
+    #[serde(rename = "credential.create")]
+    CredentialCreate,
+    /// Management: a credential's definition and material replaced (a rotation).
+    #[serde(rename = "credential.update")]
+    CredentialUpdate,
+    /// Management: a credential deleted.
+    #[serde(rename = "credential.delete")]
+    CredentialDelete,
 }
 
 /// How a decision ended (the line's `decision`).

@@ -63,6 +63,24 @@ impl Broker {
                 }
             }
         }
+        // The management store: its material is one more file source, its definitions one
+        // more policy folder.
+        let store = match &config.store {
+            None => None,
+            Some(st) => {
+                let store = crate::store::FileStore::open(&st.path)?;
+                let source =
+                    FileSource::new(crate::store::SOURCE, &store.material()).map_err(|source| {
+                        BuildError::FileSource {
+                            name: crate::store::SOURCE.to_owned(),
+                            path: store.material().display().to_string(),
+                            source,
+                        }
+                    })?;
+                sources.push(Arc::new(source));
+                Some(Arc::new(store))
+            }
+        };
         let mut broker = Self::new(
             sources,
             config.default_source().map(str::to_owned),
@@ -80,13 +98,15 @@ impl Broker {
         if tokio::runtime::Handle::try_current().is_ok() {
             broker.cache.spawn_maintenance();
         }
+        broker.store = store;
         if let Some(dir) = &config.policies {
-            let policy = crate::policy::load_checked(dir, &broker.known_sources())?;
+            broker.policies_dir = Some(dir.clone());
+            let policy =
+                crate::policy::load_checked_dirs(&broker.policy_dirs(), &broker.known_sources())?;
             for w in &policy.warnings {
                 tracing::warn!(warning = %w, "policy");
             }
             broker.policy = ArcSwap::from_pointee(Snapshot::new(policy));
-            broker.policies_dir = Some(dir.clone());
         }
         if let Some(audit) = &config.audit {
             broker.audit = Some(Arc::new(Audit::open(audit)?));
@@ -126,6 +146,8 @@ impl Broker {
             audit: None,
             cache: Arc::new(SecretCache::new(&crate::config::CacheConfig::default())),
             notifier: None,
+            store: None,
+            manage: tokio::sync::Mutex::new(()),
             routes: crate::policy::KnownSources {
                 names: std::collections::BTreeSet::new(),
                 default: default_source,
@@ -138,6 +160,17 @@ impl Broker {
             server_cert: None,
             verdicts: super::verdict::Verdicts::default(),
         }
+    }
+
+    /// The folders the policy is loaded from: the policy folder, then the store's
+    /// definitions.
+    pub(super) fn policy_dirs(&self) -> Vec<&std::path::Path> {
+        let mut dirs: Vec<&std::path::Path> =
+            self.policies_dir.iter().map(|p| p.as_path()).collect();
+        if let Some(store) = &self.store {
+            dirs.push(store.definitions_dir());
+        }
+        dirs
     }
 
     /// The source names policies are checked against.

@@ -53,8 +53,10 @@ impl Broker {
     /// Reads the policies folder again and swaps the policy in whole, or keeps the old one.
     /// Requests already running finish under the policy they started with.
     pub fn reload_policy(&self) -> Result<PolicySummary, ReloadError> {
-        let dir = self.policies_dir.as_ref().ok_or(ReloadError::NoPolicies)?;
-        match crate::policy::load_checked(dir, &self.known_sources()) {
+        if self.policies_dir.is_none() {
+            return Err(ReloadError::NoPolicies);
+        }
+        match crate::policy::load_checked_dirs(&self.policy_dirs(), &self.known_sources()) {
             Ok(policy) => {
                 let summary = PolicySummary::of(&policy);
                 self.policy.store(Arc::new(Snapshot::new(policy)));

@@ -620,3 +620,21 @@ fn default_attempts() -> u32 {
 fn default_queue() -> usize {
     1000
 }
+
+/// The name of the file source that serves the store's material (`$SECRET_store:…`).
+pub const STORE_SOURCE: &str = "store";
+
+/// `[store]`: where credentials created through the management API are kept (see
+/// docs/MANAGEMENT.md). `kind = "file"`: a folder (the `serve --dev` default).
+#[derive(Clone, Debug, Deserialize)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// The folder (`kind = "file"`), relative to the configuration file.
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    File,
+}

@@ -174,6 +174,7 @@ mod tests {
             subject: Some(crate::policy::SubjectPattern::parse("CN=worker-*").unwrap()),
             token_sha256: None,
             admin: false,
+            admin_teams: Vec::new(),
             vault_api_host: None,
         });
         let snapshot = super::super::Snapshot::new(policy);

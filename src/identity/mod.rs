@@ -66,6 +66,18 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Whether this caller may manage what team `team` owns through the management API:
+    /// the operator, a global admin, or an admin of that team (`admin_teams`).
+    pub fn may_manage(&self, team: &str) -> bool {
+        match self {
+            Self::Operator => true,
+            Self::Consumer(c) => {
+                let consumer = c.consumer();
+                consumer.admin || consumer.admin_teams.iter().any(|t| t == team)
+            }
+        }
+    }
+
     /// Whether this caller may use the admin endpoints (reload, purge).
     pub fn may_administer(&self) -> bool {
         match self {

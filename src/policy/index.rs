@@ -212,6 +212,7 @@ mod tests {
             subject: None,
             token_sha256: None,
             admin: false,
+            admin_teams: Vec::new(),
             vault_api_host: None,
         });
         assert!(ask(&p, "late"));

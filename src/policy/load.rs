@@ -37,6 +37,9 @@ pub enum PolicyError {
 #[derive(Deserialize)]
 struct TeamDef {
     slug: String,
+    /// The team's numeric ID in Tines' API (`team_id`), for the Tines-shaped management
+    /// routes.
+    tines_id: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +59,9 @@ struct ConsumerDef {
     token_sha256: Option<String>,
     #[serde(default)]
     admin: bool,
+    /// Teams this consumer administers through the management API.
+    #[serde(default)]
+    admin_teams: Vec<String>,
     /// The destination this consumer's reads through the Vault-compatible API are for.
     vault_api_host: Option<String>,
 }
@@ -153,21 +159,32 @@ pub struct KnownSources {
 /// Reads and validates every policy file under `dir`, without knowing the sources (for
 /// `policy explain --policies` and tests); see [`load_checked`].
 pub fn load(dir: &Path) -> Result<Policy, PolicyError> {
-    load_inner(dir, None)
+    load_inner(&[dir], None)
 }
 
 /// As [`load`], and every source a grant or a credential names must be one of `sources`.
 pub fn load_checked(dir: &Path, sources: &KnownSources) -> Result<Policy, PolicyError> {
-    load_inner(dir, Some(sources))
+    load_inner(&[dir], Some(sources))
 }
 
-fn load_inner(dir: &Path, sources: Option<&KnownSources>) -> Result<Policy, PolicyError> {
+/// As [`load_checked`], over several folders as one policy (the policy folder and the
+/// management store's definitions): a name defined in two of them is a load error like one
+/// defined twice in a folder.
+pub fn load_checked_dirs(dirs: &[&Path], sources: &KnownSources) -> Result<Policy, PolicyError> {
+    load_inner(dirs, Some(sources))
+}
+
+fn load_inner(dirs: &[&Path], sources: Option<&KnownSources>) -> Result<Policy, PolicyError> {
     let mut paths = Vec::new();
-    collect_files(dir, &mut paths).map_err(|source| PolicyError::Read {
-        path: dir.to_owned(),
-        source,
-    })?;
-    paths.sort();
+    for dir in dirs {
+        let mut found = Vec::new();
+        collect_files(dir, &mut found).map_err(|source| PolicyError::Read {
+            path: (*dir).to_owned(),
+            source,
+        })?;
+        found.sort();
+        paths.extend(found);
+    }
     let mut texts = Vec::new();
     for p in &paths {
         texts.push(read_stable(p, || ())?);
@@ -326,6 +343,19 @@ fn validate(
         }
     }
     policy.teams = slugs.iter().cloned().collect();
+    let mut tines_ids = BTreeMap::new();
+    for t in &teams {
+        if let Some(id) = t.def.tines_id
+            && let Some(other) = tines_ids.insert(id, t.def.slug.clone())
+        {
+            files.at(
+                t,
+                &key("tines_id"),
+                format!("tines_id {id} is also team `{other}`'s"),
+            );
+        }
+    }
+    policy.tines_ids = tines_ids;
     let mut names = BTreeSet::new();
     // Who holds each token digest and pin: a second holder is a load error, never "the first
     // one in file order wins" (THREATS row 32).
@@ -461,6 +491,18 @@ fn validate(
             subject,
             token_sha256: token,
             admin: def.admin,
+            admin_teams: def
+                .admin_teams
+                .iter()
+                .filter(|t| {
+                    let known = slugs.contains(*t);
+                    if !known {
+                        files.at(&c, &key("admin_teams"), format!("unknown team `{t}`"));
+                    }
+                    known
+                })
+                .cloned()
+                .collect(),
             vault_api_host,
         });
     }

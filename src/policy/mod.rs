@@ -13,7 +13,7 @@ mod subject;
 
 pub use decide::{Basis, Decision, DecisionReason, Rule, Subject};
 pub use host::{Destination, HostError, HostPattern};
-pub use load::{KnownSources, PolicyError, load, load_checked};
+pub use load::{KnownSources, PolicyError, load, load_checked, load_checked_dirs};
 pub use model::{
     Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Policy, ReadAccess,
 };

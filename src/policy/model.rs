@@ -61,6 +61,9 @@ pub struct Consumer {
     /// SHA-256 of the bearer token. Compared in constant time only.
     pub(crate) token_sha256: Option<[u8; 32]>,
     pub admin: bool,
+    /// Teams this consumer administers through the management API (`admin` administers
+    /// every team).
+    pub admin_teams: Vec<String>,
     /// Where this consumer's reads through the Vault-compatible API are used (that API
     /// carries no destination); `None`: every such read is denied.
     pub vault_api_host: Option<super::Destination>,
@@ -195,6 +198,8 @@ pub struct Grant {
 #[derive(Debug, Default)]
 pub struct Policy {
     pub teams: Vec<String>,
+    /// Tines' numeric team IDs (`[[team]] tines_id`), to the team slugs.
+    pub tines_ids: std::collections::BTreeMap<u64, String>,
     pub consumers: Vec<Consumer>,
     pub credentials: Vec<Credential>,
     pub grants: Vec<Grant>,

@@ -1,0 +1,351 @@
+//! The management routes (docs/MANAGEMENT.md): thin — parse, hand to the broker's management
+//! decision, render. Values come in by value and never go out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState, Authenticated, parse_body};
+use crate::broker::{CredentialInput, Managed};
+use crate::policy::{CredentialMode, ReadAccess};
+use crate::source::FieldValue;
+
+/// `POST /v1/credentials`, `PUT /v1/credentials/{name}`: keybroker's own shape.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialBody {
+    name: Option<String>,
+    team: String,
+    mode: CredentialMode,
+    client_certificate: Option<FieldValue>,
+    client_private_key: Option<FieldValue>,
+    root_certificate: Option<FieldValue>,
+    value: Option<FieldValue>,
+    #[serde(default)]
+    read_access: ReadAccess,
+    #[serde(default)]
+    shared_team_slugs: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    description: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+impl CredentialBody {
+    fn input(self, name: String) -> CredentialInput {
+        CredentialInput {
+            name,
+            team: self.team,
+            mode: self.mode,
+            client_certificate: self.client_certificate.map(|v| v.0),
+            client_private_key: self.client_private_key.map(|v| v.0),
+            root_certificate: self.root_certificate.map(|v| v.0),
+            value: self.value.map(|v| v.0),
+            read_access: self.read_access,
+            shared_team_slugs: self.shared_team_slugs,
+            allowed_hosts: self.allowed_hosts,
+            description: self.description,
+            metadata: self.metadata,
+            display_name: None,
+            folder_id: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct WriteQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+pub(super) struct TeamQuery {
+    team: Option<String>,
+}
+
+fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+}
+
+fn answer(status: StatusCode, m: &Managed) -> Response {
+    let mut r = (status, axum::Json(m)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&m.etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Query(q): Query<WriteQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: CredentialBody = parse_body(&body, "a credential definition with its material")?;
+    let name = body.name.clone().ok_or(ApiError::BadRequest {
+        code: "invalid",
+        message: "name: required".to_owned(),
+    })?;
+    let managed = state
+        .broker
+        .create_credential(&caller, body.input(name), q.dry_run)
+        .await?;
+    let status = if q.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(answer(status, &managed))
+}
+
+pub(super) async fn replace(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: CredentialBody = parse_body(&body, "a credential definition with its material")?;
+    if body.name.as_ref().is_some_and(|n| *n != name) {
+        return Err(ApiError::BadRequest {
+            code: "invalid",
+            message: "name: differs from the path (a rename is a create and a delete)".to_owned(),
+        });
+    }
+    let managed = state
+        .broker
+        .replace_credential(&caller, body.input(name), if_match(&headers))
+        .await?;
+    Ok(answer(StatusCode::OK, &managed))
+}
+
+pub(super) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    Query(q): Query<TeamQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let team = team_of(&state, &caller, &name, q.team)?;
+    state
+        .broker
+        .delete_credential(&caller, &team, &name, if_match(&headers))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/teams/{team}/credentials/{name}`: the store's view (definition and record) with
+/// its ETag, for a replace or delete.
+pub(super) async fn show(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if !caller.may_manage(&team) {
+        return Err(crate::broker::ManageError::NotAllowed(team).into());
+    }
+    match state.broker.managed_credential(&team, &name)? {
+        Some(m) => Ok(answer(StatusCode::OK, &m)),
+        None => Err(crate::broker::ManageError::NotFound.into()),
+    }
+}
+
+/// The team of credential `name` in the store: given, or the only one holding that name.
+fn team_of(
+    state: &AppState,
+    caller: &crate::broker::Caller,
+    name: &str,
+    team: Option<String>,
+) -> Result<String, ApiError> {
+    if let Some(t) = team {
+        return Ok(t);
+    }
+    let held: Vec<String> = state
+        .broker
+        .managed_credentials()?
+        .into_iter()
+        .filter(|m| m.name == name && caller.may_manage(&m.team))
+        .map(|m| m.team)
+        .collect();
+    match &held[..] {
+        [one] => Ok(one.clone()),
+        [] => Err(crate::broker::ManageError::NotFound.into()),
+        _ => Err(ApiError::BadRequest {
+            code: "team_required",
+            message: "several teams hold a credential of this name: add ?team=".to_owned(),
+        }),
+    }
+}
+
+// ---- Tines' shape: /api/v1/user_credentials (shared/seeds, docs/MANAGEMENT.md) ----
+
+#[derive(Deserialize)]
+struct TinesBody {
+    name: String,
+    mode: String,
+    team_id: serde_json::Value,
+    mtls_client_certificate: Option<FieldValue>,
+    mtls_client_private_key: Option<FieldValue>,
+    mtls_root_certificate: Option<FieldValue>,
+    value: Option<FieldValue>,
+    folder_id: Option<u64>,
+    #[serde(default)]
+    read_access: ReadAccess,
+    #[serde(default)]
+    shared_team_slugs: Vec<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+}
+
+/// Tines' `slug`: the name lower-cased, every other character an underscore.
+fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn tines(m: &Managed, tines_id: Option<u64>) -> serde_json::Value {
+    json!({
+        "id": m.record.id,
+        "name": m.record.display_name.clone().unwrap_or_else(|| m.name.clone()),
+        "mode": match m.mode { CredentialMode::Mtls => "MTLS", _ => "TEXT" },
+        "team_id": tines_id.map_or_else(|| json!(m.team), |id| json!(id)),
+        "folder_id": m.record.folder_id,
+        "read_access": m.read_access,
+        "shared_team_slugs": m.shared_team_slugs,
+        "slug": m.name,
+        "created_at": m.record.created_at,
+        "updated_at": m.record.updated_at,
+        "description": m.description,
+        "allowed_hosts": m.allowed_hosts,
+        "metadata": m.metadata,
+    })
+}
+
+fn tines_id_of(state: &AppState, team: &str) -> Option<u64> {
+    let snapshot = state.broker.policy();
+    snapshot
+        .policy()
+        .tines_ids
+        .iter()
+        .find(|(_, t)| *t == team)
+        .map(|(id, _)| *id)
+}
+
+pub(super) async fn tines_create(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: TinesBody = parse_body(&body, "a Tines user_credentials request")?;
+    let mode = match body.mode.as_str() {
+        "MTLS" => CredentialMode::Mtls,
+        "TEXT" => CredentialMode::Text,
+        _ => {
+            return Err(ApiError::BadRequest {
+                code: "invalid",
+                message: "mode: MTLS or TEXT".to_owned(),
+            });
+        }
+    };
+    // `team_id`: the team's `tines_id` from the policy, or its slug.
+    let team = match &body.team_id {
+        serde_json::Value::Number(n) => {
+            let snapshot = state.broker.policy();
+            n.as_u64()
+                .and_then(|id| snapshot.policy().tines_ids.get(&id).cloned())
+        }
+        serde_json::Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+    .ok_or(ApiError::BadRequest {
+        code: "invalid",
+        message: "team_id: no team has this tines_id".to_owned(),
+    })?;
+    let input = CredentialInput {
+        name: slug(&body.name),
+        team,
+        mode,
+        client_certificate: body.mtls_client_certificate.map(|v| v.0),
+        client_private_key: body.mtls_client_private_key.map(|v| v.0),
+        root_certificate: body.mtls_root_certificate.map(|v| v.0),
+        value: body.value.map(|v| v.0),
+        read_access: body.read_access,
+        shared_team_slugs: body.shared_team_slugs,
+        allowed_hosts: body.allowed_hosts,
+        description: (!body.description.is_empty()).then_some(body.description),
+        metadata: body.metadata,
+        display_name: Some(body.name),
+        folder_id: body.folder_id,
+    };
+    let m = state
+        .broker
+        .create_credential(&caller, input, false)
+        .await?;
+    let id = tines_id_of(&state, &m.team);
+    Ok((StatusCode::CREATED, axum::Json(tines(&m, id))).into_response())
+}
+
+pub(super) async fn tines_list(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+) -> Result<Response, ApiError> {
+    let list: Vec<serde_json::Value> = state
+        .broker
+        .managed_credentials()?
+        .iter()
+        .filter(|m| caller.may_manage(&m.team))
+        .map(|m| tines(m, tines_id_of(&state, &m.team)))
+        .collect();
+    Ok(axum::Json(json!({ "user_credentials": list })).into_response())
+}
+
+fn by_id(state: &AppState, caller: &crate::broker::Caller, id: u64) -> Result<Managed, ApiError> {
+    state
+        .broker
+        .managed_credentials()?
+        .into_iter()
+        .find(|m| m.record.id == id && caller.may_manage(&m.team))
+        .ok_or_else(|| crate::broker::ManageError::NotFound.into())
+}
+
+pub(super) async fn tines_show(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    let m = by_id(&state, &caller, id)?;
+    Ok(axum::Json(tines(&m, tines_id_of(&state, &m.team))).into_response())
+}
+
+pub(super) async fn tines_delete(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    let m = by_id(&state, &caller, id)?;
+    state
+        .broker
+        .delete_credential(&caller, &m.team, &m.name, None)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

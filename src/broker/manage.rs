@@ -1,0 +1,612 @@
+//! The management plane's one decision point (docs/MANAGEMENT.md): who may create, replace
+//! and delete a credential, ingest verification of its material, the store write and the
+//! policy reload — all or nothing, one audit line per action, never a value in an answer.
+//!
+//! Order of a write: authorize (the caller manages the owning team; only a global admin
+//! gives `GLOBAL`) → check the input → repair and verify the material as a whole (a refusal
+//! writes nothing) → write the material, then the definition (the commit point) → reload the
+//! policy (a definition the policy refuses is put back as it was, its material removed) →
+//! audit. The material is referenced only from the store, so an API-made credential can
+//! never republish a secret outside its team's grants.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use super::{AuditEntry, Broker, Caller};
+use crate::audit::{Action, Outcome};
+use crate::pem::{self, RepairKind};
+use crate::policy::{CredentialMode, ReadAccess};
+use crate::store::{FileStore, Record};
+
+/// A credential as the management API receives it: the definition, and the material by
+/// value (never read back).
+#[derive(Debug)]
+pub struct CredentialInput {
+    pub name: String,
+    pub team: String,
+    pub mode: CredentialMode,
+    pub client_certificate: Option<SecretString>,
+    pub client_private_key: Option<SecretString>,
+    pub root_certificate: Option<SecretString>,
+    pub value: Option<SecretString>,
+    pub read_access: ReadAccess,
+    pub shared_team_slugs: Vec<String>,
+    pub allowed_hosts: Vec<String>,
+    pub description: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Tines' own name and folder, kept for the Tines-shaped routes.
+    pub display_name: Option<String>,
+    pub folder_id: Option<u64>,
+}
+
+/// What a management answer says of a credential: the definition and the record, never
+/// material.
+#[derive(Clone, Debug, Serialize)]
+pub struct Managed {
+    pub name: String,
+    pub team: String,
+    pub mode: CredentialMode,
+    pub read_access: ReadAccess,
+    pub shared_team_slugs: Vec<String>,
+    pub allowed_hosts: Vec<String>,
+    pub description: String,
+    pub metadata: BTreeMap<String, String>,
+    pub origin: &'static str,
+    #[serde(flatten)]
+    pub record: Record,
+    /// The PEM repairs applied at ingest, by role.
+    pub repairs: Vec<RoleRepairs>,
+    /// Opaque; changes with every write. `If-Match` on a replace or delete.
+    #[serde(skip)]
+    pub etag: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RoleRepairs {
+    pub role: &'static str,
+    pub repairs: Vec<RepairKind>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("no [store] is configured: credentials are managed in policy files")]
+    NoStore,
+    #[error("this caller does not administer team `{0}`")]
+    NotAllowed(String),
+    #[error("only a global admin may give read_access GLOBAL")]
+    GlobalNotAllowed,
+    #[error("no such credential in the store")]
+    NotFound,
+    #[error("a credential of that name already exists for this team")]
+    Exists,
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{role}: the PEM value was refused ({code})")]
+    PemRejected {
+        role: &'static str,
+        code: &'static str,
+    },
+    #[error("the credential was refused by verification: {}: {}", .0.role, .0.code)]
+    Rejected(pem::credential::Rejection),
+    #[error("the policy refuses this definition")]
+    PolicyRefused(Vec<String>),
+    #[error("If-Match is required: send the ETag of the credential as you last read it")]
+    PreconditionRequired,
+    #[error("the credential changed since the ETag given")]
+    Stale,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the audit trail cannot be written; refusing to answer")]
+    AuditUnavailable,
+}
+
+impl ManageError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoStore => "no_store",
+            Self::NotAllowed(_) | Self::GlobalNotAllowed => "not_allowed",
+            Self::NotFound => "not_found",
+            Self::Exists => "exists",
+            Self::Invalid { .. } => "invalid",
+            Self::PemRejected { .. } => "pem_rejected",
+            Self::Rejected(_) => "credential_rejected",
+            Self::PolicyRefused(_) => "policy_refused",
+            Self::PreconditionRequired => "precondition_required",
+            Self::Stale => "stale",
+            Self::Store(_) => "store_unavailable",
+            Self::AuditUnavailable => "audit_unavailable",
+        }
+    }
+}
+
+/// The ETag of a stored definition and record.
+fn etag(toml: &str, record: &Record) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(toml.as_bytes());
+    h.update(serde_json::to_vec(record).unwrap_or_default());
+    format!("\"kb-{}\"", &hex::encode(h.finalize())[..24])
+}
+
+/// Names become file names and policy names: a slug.
+fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Bounds on what a caller may store (ingest bombs).
+const MAX_VALUE_BYTES: usize = 64 << 10;
+const MAX_METADATA: usize = 32;
+const MAX_METADATA_BYTES: usize = 256;
+const MAX_HOSTS: usize = 64;
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// The definition the store keeps for `input` at `version`: the policy's own schema, its
+/// values references to the store's material.
+#[derive(Serialize)]
+struct Definition<'a> {
+    credential: [DefinitionBody<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct DefinitionBody<'a> {
+    name: &'a str,
+    team: &'a str,
+    mode: CredentialMode,
+    read_access: ReadAccess,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    shared_team_slugs: &'a [String],
+    allowed_hosts: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_private_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    root_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+}
+
+impl Broker {
+    fn store(&self) -> Result<&FileStore, ManageError> {
+        self.store.as_deref().ok_or(ManageError::NoStore)
+    }
+
+    /// Creates a credential (`dry_run`: everything but the write).
+    pub async fn create_credential(
+        &self,
+        caller: &Caller,
+        input: CredentialInput,
+        dry_run: bool,
+    ) -> Result<Managed, ManageError> {
+        let started = Instant::now();
+        let _one = self.manage.lock().await;
+        let result = self.write_credential(caller, &input, None, dry_run).await;
+        self.audit_manage(
+            Action::CredentialCreate,
+            caller,
+            &input.team,
+            &input.name,
+            &result,
+            started,
+        )
+        .await?;
+        result
+    }
+
+    /// Replaces a credential's definition and material (a rotation): `if_match` must be the
+    /// ETag of the current one.
+    pub async fn replace_credential(
+        &self,
+        caller: &Caller,
+        input: CredentialInput,
+        if_match: Option<&str>,
+    ) -> Result<Managed, ManageError> {
+        let started = Instant::now();
+        let _one = self.manage.lock().await;
+        let result = async {
+            let if_match = if_match.ok_or(ManageError::PreconditionRequired)?;
+            let store = self.store()?;
+            self.authorize(caller, &input.team)?;
+            let (Some(toml), Some(record)) = (
+                store.definition(&input.team, &input.name)?,
+                store.record(&input.team, &input.name)?,
+            ) else {
+                return Err(ManageError::NotFound);
+            };
+            if etag(&toml, &record) != if_match {
+                return Err(ManageError::Stale);
+            }
+            self.write_credential(caller, &input, Some((toml, record)), false)
+                .await
+        }
+        .await;
+        self.audit_manage(
+            Action::CredentialUpdate,
+            caller,
+            &input.team,
+            &input.name,
+            &result,
+            started,
+        )
+        .await?;
+        result
+    }
+
+    /// Deletes a credential of the store; with `if_match`, only if it is unchanged.
+    pub async fn delete_credential(
+        &self,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), ManageError> {
+        let started = Instant::now();
+        let _one = self.manage.lock().await;
+        let result = async {
+            let store = self.store()?;
+            self.authorize(caller, team)?;
+            let (Some(toml), Some(record)) =
+                (store.definition(team, name)?, store.record(team, name)?)
+            else {
+                return Err(ManageError::NotFound);
+            };
+            if if_match.is_some_and(|m| m != etag(&toml, &record)) {
+                return Err(ManageError::Stale);
+            }
+            store.delete(team, name)?;
+            // The definition is gone: no door serves it once the policy is reloaded. A
+            // reload that fails keeps the previous policy, which still holds it — say so.
+            self.reload_policy()
+                .map_err(|e| ManageError::PolicyRefused(vec![e.to_string()]))?;
+            Ok(())
+        }
+        .await;
+        self.audit_manage(
+            Action::CredentialDelete,
+            caller,
+            team,
+            name,
+            &result,
+            started,
+        )
+        .await?;
+        result
+    }
+
+    /// The store's view of a credential (for `GET` with its ETag), if the store holds it.
+    pub fn managed_credential(
+        &self,
+        team: &str,
+        name: &str,
+    ) -> Result<Option<Managed>, ManageError> {
+        let store = self.store()?;
+        let (Some(toml), Some(record)) = (store.definition(team, name)?, store.record(team, name)?)
+        else {
+            return Ok(None);
+        };
+        let snapshot = self.policy();
+        let Some(cred) = snapshot
+            .policy()
+            .credentials
+            .iter()
+            .find(|c| c.team == team && c.name == name)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Managed {
+            name: cred.name.clone(),
+            team: cred.team.clone(),
+            mode: cred.mode,
+            read_access: cred.read_access,
+            shared_team_slugs: cred.shared_team_slugs.clone(),
+            allowed_hosts: cred.allowed_hosts.iter().map(ToString::to_string).collect(),
+            description: cred.description.clone().unwrap_or_default(),
+            metadata: cred.metadata.clone(),
+            origin: "api",
+            etag: etag(&toml, &record),
+            record,
+            repairs: Vec::new(),
+        }))
+    }
+
+    /// Every credential of the store, with team and record (the Tines routes list and find
+    /// by numeric ID).
+    pub fn managed_credentials(&self) -> Result<Vec<Managed>, ManageError> {
+        let store = self.store()?;
+        let mut out = Vec::new();
+        for (team, name, _) in store.records()? {
+            if let Some(m) = self.managed_credential(&team, &name)? {
+                out.push(m);
+            }
+        }
+        out.sort_by_key(|m| m.record.id);
+        Ok(out)
+    }
+
+    fn authorize(&self, caller: &Caller, team: &str) -> Result<(), ManageError> {
+        if caller.may_manage(team) {
+            Ok(())
+        } else {
+            Err(ManageError::NotAllowed(team.to_owned()))
+        }
+    }
+
+    async fn write_credential(
+        &self,
+        caller: &Caller,
+        input: &CredentialInput,
+        previous: Option<(String, Record)>,
+        dry_run: bool,
+    ) -> Result<Managed, ManageError> {
+        let store = self.store()?;
+        self.authorize(caller, &input.team)?;
+        if input.read_access == ReadAccess::Global && !caller.may_administer() {
+            return Err(ManageError::GlobalNotAllowed);
+        }
+        check_input(input)?;
+        let snapshot = self.policy();
+        let policy = snapshot.policy();
+        if !policy.teams.contains(&input.team) {
+            return Err(ManageError::Invalid {
+                field: "team",
+                message: format!("unknown team `{}`", input.team),
+            });
+        }
+        let exists = policy
+            .credentials
+            .iter()
+            .any(|c| c.team == input.team && c.name == input.name);
+        if previous.is_none() && exists {
+            return Err(ManageError::Exists);
+        }
+        let (fields, repairs) = ingest(input)?;
+        let version = previous.as_ref().map_or(1, |(_, r)| r.version + 1);
+        let at = now();
+        let id = match &previous {
+            Some((_, r)) => r.id,
+            None => {
+                store
+                    .records()?
+                    .iter()
+                    .map(|(_, _, r)| r.id)
+                    .max()
+                    .unwrap_or(0)
+                    + 1
+            }
+        };
+        let record = Record {
+            version,
+            created_at: previous
+                .as_ref()
+                .map_or_else(|| at.clone(), |(_, r)| r.created_at.clone()),
+            updated_at: at,
+            updated_by: match caller {
+                Caller::Operator => "operator".to_owned(),
+                Caller::Consumer(c) => c.name().to_owned(),
+            },
+            id,
+            display_name: input.display_name.clone(),
+            folder_id: input.folder_id,
+        };
+        let reference = |field: &str| {
+            format!(
+                "$SECRET_{}:{} $KEY_{field}",
+                crate::store::SOURCE,
+                FileStore::material_path(&input.team, &input.name, version)
+            )
+        };
+        let has = |f: &str| fields.iter().any(|(k, _)| *k == f);
+        let definition = Definition {
+            credential: [DefinitionBody {
+                name: &input.name,
+                team: &input.team,
+                mode: input.mode,
+                read_access: input.read_access,
+                shared_team_slugs: &input.shared_team_slugs,
+                allowed_hosts: &input.allowed_hosts,
+                description: input.description.as_deref(),
+                metadata: &input.metadata,
+                client_certificate: has("client_certificate")
+                    .then(|| reference("client_certificate")),
+                client_private_key: has("client_private_key")
+                    .then(|| reference("client_private_key")),
+                root_certificate: has("root_certificate").then(|| reference("root_certificate")),
+                value: has("value").then(|| reference("value")),
+            }],
+        };
+        let toml = toml::to_string(&definition).map_err(|e| ManageError::Invalid {
+            field: "definition",
+            message: e.to_string(),
+        })?;
+        let managed = Managed {
+            name: input.name.clone(),
+            team: input.team.clone(),
+            mode: input.mode,
+            read_access: input.read_access,
+            shared_team_slugs: input.shared_team_slugs.clone(),
+            allowed_hosts: input.allowed_hosts.clone(),
+            description: input.description.clone().unwrap_or_default(),
+            metadata: input.metadata.clone(),
+            origin: "api",
+            etag: etag(&toml, &record),
+            record: record.clone(),
+            repairs,
+        };
+        if dry_run {
+            return Ok(managed);
+        }
+        let refs: Vec<(&str, &SecretString)> = fields.iter().map(|(k, v)| (*k, v)).collect();
+        store.write_material(&input.team, &input.name, version, &refs)?;
+        store.write_definition(&input.team, &input.name, &toml, &record)?;
+        if let Err(e) = self.reload_policy() {
+            // A definition the policy refuses never stays: the previous one comes back.
+            let previous = previous.as_ref().map(|(t, r)| (t.as_str(), r));
+            store.restore(&input.team, &input.name, previous)?;
+            let lines = match e {
+                super::ReloadError::Invalid(crate::policy::PolicyError::Invalid(list)) => {
+                    list.iter().map(ToString::to_string).collect()
+                }
+                other => vec![other.to_string()],
+            };
+            return Err(ManageError::PolicyRefused(lines));
+        }
+        Ok(managed)
+    }
+
+    async fn audit_manage<T>(
+        &self,
+        action: Action,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        result: &Result<T, ManageError>,
+        started: Instant,
+    ) -> Result<(), ManageError> {
+        let (decision, reason) = match result {
+            Ok(_) => (Outcome::Allowed, "allowed"),
+            Err(ManageError::NotAllowed(_) | ManageError::GlobalNotAllowed) => {
+                (Outcome::Denied, "not_allowed")
+            }
+            Err(e) => (Outcome::Failed, e.code()),
+        };
+        self.audit(AuditEntry {
+            subjects: vec![format!("{team}/{name}")],
+            ..AuditEntry::new(action, Some(caller), decision, reason, started)
+        })
+        .await
+        .map_err(|super::AuditRefused| ManageError::AuditUnavailable)
+    }
+}
+
+fn check_input(input: &CredentialInput) -> Result<(), ManageError> {
+    let invalid = |field, message: &str| ManageError::Invalid {
+        field,
+        message: message.to_owned(),
+    };
+    if !valid_name(&input.name) {
+        return Err(invalid("name", "must match [a-z0-9_-]{1,64}"));
+    }
+    if !valid_name(&input.team) {
+        return Err(invalid("team", "must be a team slug"));
+    }
+    if input.metadata.len() > MAX_METADATA
+        || input
+            .metadata
+            .iter()
+            .any(|(k, v)| k.len() > MAX_METADATA_BYTES || v.len() > MAX_METADATA_BYTES)
+    {
+        return Err(invalid(
+            "metadata",
+            "at most 32 entries of at most 256 bytes each",
+        ));
+    }
+    if input.allowed_hosts.len() > MAX_HOSTS {
+        return Err(invalid("allowed_hosts", "at most 64 entries"));
+    }
+    if input.description.as_ref().is_some_and(|d| d.len() > 1024) {
+        return Err(invalid("description", "at most 1024 bytes"));
+    }
+    for (field, v) in [
+        ("client_certificate", &input.client_certificate),
+        ("client_private_key", &input.client_private_key),
+        ("root_certificate", &input.root_certificate),
+        ("value", &input.value),
+    ] {
+        if v.as_ref()
+            .is_some_and(|v| v.expose_secret().len() > MAX_VALUE_BYTES)
+        {
+            return Err(invalid(field, "at most 64 KiB"));
+        }
+    }
+    Ok(())
+}
+
+/// The material to store for `input`, each PEM value repaired and an mtls credential
+/// verified as a whole; a refusal names the role and a code, never the input.
+/// The material to store, by field, and the repairs made.
+type Ingested = (Vec<(&'static str, SecretString)>, Vec<RoleRepairs>);
+
+fn ingest(input: &CredentialInput) -> Result<Ingested, ManageError> {
+    let missing = |field: &'static str| ManageError::Invalid {
+        field,
+        message: "required for this mode".to_owned(),
+    };
+    match input.mode {
+        CredentialMode::Mtls => {
+            if input.value.is_some() {
+                return Err(ManageError::Invalid {
+                    field: "value",
+                    message: "an mtls credential has no value".to_owned(),
+                });
+            }
+            let cert = input
+                .client_certificate
+                .as_ref()
+                .ok_or_else(|| missing("client_certificate"))?;
+            let key = input
+                .client_private_key
+                .as_ref()
+                .ok_or_else(|| missing("client_private_key"))?;
+            let mut fields = Vec::new();
+            let mut repairs = Vec::new();
+            for (role, value) in [
+                ("client_certificate", Some(cert)),
+                ("client_private_key", Some(key)),
+                ("root_certificate", input.root_certificate.as_ref()),
+            ] {
+                let Some(value) = value else { continue };
+                let repaired = pem::repair(value.expose_secret(), &pem::Options::default())
+                    .map_err(|e| ManageError::PemRejected {
+                        role,
+                        code: e.code(),
+                    })?;
+                if !repaired.repairs.is_empty() {
+                    repairs.push(RoleRepairs {
+                        role,
+                        repairs: repaired.repairs.clone(),
+                    });
+                }
+                fields.push((role, crate::secret::secret_string(&repaired.pem)));
+            }
+            let text = |role: &str| {
+                fields
+                    .iter()
+                    .find(|(r, _)| *r == role)
+                    .map(|(_, v)| v.expose_secret())
+            };
+            let parts = pem::credential::Parts {
+                certificate: text("client_certificate").unwrap_or_default(),
+                private_key: text("client_private_key").unwrap_or_default(),
+                root: text("root_certificate"),
+            };
+            let window = pem::credential::verify(&parts).map_err(ManageError::Rejected)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            window.check(now).map_err(ManageError::Rejected)?;
+            Ok((fields, repairs))
+        }
+        CredentialMode::Text | CredentialMode::Fields => {
+            let value = input.value.as_ref().ok_or_else(|| missing("value"))?;
+            Ok((
+                vec![("value", crate::secret::secret_string(value.expose_secret()))],
+                Vec::new(),
+            ))
+        }
+    }
+}

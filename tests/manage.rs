@@ -1,0 +1,365 @@
+//! The management plane against the file store (docs/MANAGEMENT.md): a Tines user's
+//! create-credential request as sent, ingest verification that writes nothing when it
+//! refuses, team-scoped admins, If-Match on a rotation, delete, and the audit trail — and
+//! never material in a management answer.
+
+mod support {
+    pub mod openbao;
+    pub mod pki;
+    pub mod server;
+}
+
+use serde_json::{Value, json};
+
+use support::pki::Ca;
+use support::server::{Running, folder, token_sha256};
+
+const GW: &str = "manage-gw-token";
+const PAYMENTS_ADMIN: &str = "manage-payments-admin";
+const FRAUD_ADMIN: &str = "manage-fraud-admin";
+
+struct World {
+    dir: tempfile::TempDir,
+    server: Running,
+    partner: Ca,
+}
+
+async fn world() -> World {
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    std::fs::write(
+        root.join("policies/p.toml"),
+        format!(
+            r#"
+[[team]]
+slug = "payments"
+tines_id = 2
+[[team]]
+slug = "fraud"
+[[consumer]]
+name = "gw"
+team = "payments"
+token_sha256 = "{}"
+[[consumer]]
+name = "payments-admin"
+team = "payments"
+token_sha256 = "{}"
+admin_teams = ["payments"]
+[[consumer]]
+name = "fraud-admin"
+team = "fraud"
+token_sha256 = "{}"
+admin_teams = ["fraud"]
+"#,
+            token_sha256(GW),
+            token_sha256(PAYMENTS_ADMIN),
+            token_sha256(FRAUD_ADMIN)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("kb.toml"),
+        r#"
+policies = "policies"
+[server]
+listen = "127.0.0.1:0"
+tls_cert = "server.pem"
+tls_key = "server-key.pem"
+[store]
+kind = "file"
+path = "store"
+[audit]
+path = "audit.log"
+"#,
+    )
+    .unwrap();
+    let server = Running::start(root, &ca.pem, 0, "info").await;
+    World {
+        dir,
+        server,
+        partner: Ca::new("partner CA"),
+    }
+}
+
+impl World {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> (u16, Value, Option<String>) {
+        let mut r = self
+            .server
+            .client
+            .request(method, self.server.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        if let Some(m) = if_match {
+            r = r.header("if-match", m);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = resp.text().await.unwrap();
+        assert!(
+            !text.contains("PRIVATE KEY") || path.ends_with("/material"),
+            "a management answer holds material: {text}"
+        );
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            etag,
+        )
+    }
+
+    async fn material(&self, name: &str) -> (u16, Value) {
+        let (s, v, _) = self
+            .send(
+                reqwest::Method::POST,
+                GW,
+                &format!("/v1/credentials/{name}/material"),
+                Some(json!({ "host": "api.partner.example" })),
+                None,
+            )
+            .await;
+        (s, v)
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default()
+    }
+
+    fn stored(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["credentials", "material", "records"] {
+            let base = self.dir.path().join("store").join(sub);
+            for team in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+                for f in std::fs::read_dir(team.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    out.push(format!(
+                        "{sub}/{}/{}",
+                        team.file_name().to_string_lossy(),
+                        f.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// CyberArk CCP's flattening: every newline a space.
+fn flattened(pem: &str) -> String {
+    pem.trim_end().replace('\n', " ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tines_create_request_as_sent_makes_a_served_credential() {
+    let w = world().await;
+    let client = w.partner.client(w.dir.path(), "client", "gw-client");
+    // The seed's sample request, with the PEM as CCP hands it back.
+    let (status, v, _) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/api/v1/user_credentials",
+            Some(json!({
+                "name": "mtls credential",
+                "mode": "MTLS",
+                "team_id": 2,
+                "mtls_client_certificate": flattened(&client.cert_pem),
+                "mtls_client_private_key": flattened(&client.key_pem),
+                "mtls_root_certificate": flattened(&w.partner.pem),
+                "allowed_hosts": ["api.partner.example"],
+            })),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    for field in [
+        "id",
+        "name",
+        "mode",
+        "team_id",
+        "folder_id",
+        "read_access",
+        "shared_team_slugs",
+        "slug",
+        "created_at",
+        "updated_at",
+        "description",
+        "allowed_hosts",
+        "metadata",
+    ] {
+        assert!(v.get(field).is_some(), "Tines' field {field} missing: {v}");
+    }
+    assert_eq!(
+        (
+            &v["name"],
+            &v["slug"],
+            &v["mode"],
+            &v["team_id"],
+            &v["read_access"]
+        ),
+        (
+            &json!("mtls credential"),
+            &json!("mtls_credential"),
+            &json!("MTLS"),
+            &json!(2),
+            &json!("TEAM")
+        )
+    );
+    // Served at the main API, repaired byte for byte.
+    let (status, m) = w.material("mtls_credential").await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["certificate"], client.cert_pem.as_str());
+    assert_eq!(m["private_key"], client.key_pem.as_str());
+    // Listed and shown in Tines' shape; deleted by its id.
+    let id = v["id"].as_u64().unwrap();
+    let (status, list, _) = w
+        .send(
+            reqwest::Method::GET,
+            PAYMENTS_ADMIN,
+            "/api/v1/user_credentials",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["user_credentials"][0]["id"], id);
+    let (status, _, _) = w
+        .send(
+            reqwest::Method::DELETE,
+            PAYMENTS_ADMIN,
+            &format!("/api/v1/user_credentials/{id}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        w.material("mtls_credential").await.0,
+        403,
+        "no door serves it"
+    );
+    assert!(w.stored().is_empty(), "{:?}", w.stored());
+    let audit = w.audit();
+    assert!(audit.contains("\"credential.create\""), "{audit}");
+    assert!(audit.contains("\"credential.delete\""), "{audit}");
+    assert!(
+        !audit.contains("PRIVATE KEY") && !audit.contains("BEGIN"),
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_refusals_write_nothing_and_admins_are_scoped_to_their_teams() {
+    let w = world().await;
+    let a = w.partner.client(w.dir.path(), "a", "a-client");
+    let b = w.partner.client(w.dir.path(), "b", "b-client");
+    let body = |cert: &str, key: &str, access: &str| {
+        json!({
+            "name": "partner-api", "team": "payments", "mode": "mtls",
+            "client_certificate": cert, "client_private_key": key,
+            "root_certificate": w.partner.pem, "read_access": access,
+            "allowed_hosts": ["api.partner.example"],
+        })
+    };
+    let post = |token: &'static str, body: Value| {
+        w.send(
+            reqwest::Method::POST,
+            token,
+            "/v1/credentials",
+            Some(body),
+            None,
+        )
+    };
+    // Another pair's key: 422 with role and code, nothing stored.
+    let (status, v, _) = post(PAYMENTS_ADMIN, body(&a.cert_pem, &b.key_pem, "TEAM")).await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "credential_rejected");
+    assert_eq!(
+        v["error"]["details"][0]["reason"],
+        "key_certificate_mismatch"
+    );
+    // Not PEM at all: 422 pem_rejected, no input echoed.
+    let (status, v, _) = post(
+        PAYMENTS_ADMIN,
+        body("not a certificate", &a.key_pem, "TEAM"),
+    )
+    .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "pem_rejected");
+    assert!(!v.to_string().contains("not a certificate"));
+    assert!(w.stored().is_empty(), "{:?}", w.stored());
+    // Scoping: another team's admin, a plain consumer, GLOBAL by a team admin.
+    assert_eq!(
+        post(FRAUD_ADMIN, body(&a.cert_pem, &a.key_pem, "TEAM"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(post(GW, body(&a.cert_pem, &a.key_pem, "TEAM")).await.0, 403);
+    assert_eq!(
+        post(PAYMENTS_ADMIN, body(&a.cert_pem, &a.key_pem, "GLOBAL"))
+            .await
+            .0,
+        403
+    );
+    assert!(w.stored().is_empty(), "{:?}", w.stored());
+    let audit = w.audit();
+    assert!(audit.contains("\"not_allowed\""), "{audit}");
+
+    // Created; a second create of the name is 409.
+    let (status, created, etag) = post(PAYMENTS_ADMIN, body(&a.cert_pem, &a.key_pem, "TEAM")).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["origin"], "api");
+    assert_eq!(created["version"], 1);
+    let etag = etag.expect("an ETag");
+    assert_eq!(
+        post(PAYMENTS_ADMIN, body(&a.cert_pem, &a.key_pem, "TEAM"))
+            .await
+            .0,
+        409
+    );
+
+    // A rotation: If-Match required (428), a stale one refused (412), the current one used.
+    let put = async |m: Option<&str>, cert: &str, key: &str| {
+        w.send(
+            reqwest::Method::PUT,
+            PAYMENTS_ADMIN,
+            "/v1/credentials/partner-api",
+            Some(body(cert, key, "TEAM")),
+            m,
+        )
+        .await
+    };
+    assert_eq!(put(None, &b.cert_pem, &b.key_pem).await.0, 428);
+    assert_eq!(
+        put(Some("\"kb-stale\""), &b.cert_pem, &b.key_pem).await.0,
+        412
+    );
+    let (status, rotated, _) = put(Some(&etag), &b.cert_pem, &b.key_pem).await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_eq!(rotated["version"], 2);
+    let (status, m) = w.material("partner-api").await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(
+        m["certificate"],
+        b.cert_pem.as_str(),
+        "the rotation is served"
+    );
+    // The same ETag again is stale now.
+    assert_eq!(put(Some(&etag), &a.cert_pem, &a.key_pem).await.0, 412);
+    assert!(w.audit().contains("\"credential.update\""));
+}
