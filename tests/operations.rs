@@ -21,21 +21,20 @@ async fn probes_and_metrics_answer_on_ops_listen_while_the_api_requires_client_c
     let root = dir.path();
     let clients = support::pki::Ca::new("clients CA");
     clients.write(&root.join("clients-ca.pem"));
-    let (port, ops) = (free_port(), free_port());
     std::fs::write(
         root.join("kb.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\nclient_ca = \"clients-ca.pem\"\nclient_auth = \"required\"\nops_listen = \"127.0.0.1:{ops}\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n"
-        ),
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\nclient_ca = \"clients-ca.pem\"\nclient_auth = \"required\"\nops_listen = \"127.0.0.1:0\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n",
     )
     .unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
-        .args(["serve", "--config", "kb.toml"])
+        .args(["serve", "--config", "kb.toml", "--ready-file", "ready.json"])
         .current_dir(root)
         .kill_on_drop(true)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let bound = support::server::ready(&root.join("ready.json")).await;
+    let (port, ops) = (bound["listen"].port(), bound["ops_listen"].port());
     let plain = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let health = loop {
@@ -353,9 +352,10 @@ fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let port = free_port();
+    let ready = dir.path().join("ready.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keybroker"))
-        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--ready-file"])
+        .arg(&ready)
         .env("NOTIFY_SOCKET", &socket_path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -371,8 +371,12 @@ fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
     // Ready means bound: a connection is accepted now, without retrying.
+    // The ready file is written before READY=1: it names where serve listens.
+    let bound: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(&ready).expect("written before READY=1"))
+            .unwrap();
     let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening when READY=1");
+        std::net::TcpStream::connect(bound["listen"].as_str()).expect("listening when READY=1");
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -422,11 +426,10 @@ async fn a_refused_vault_token_is_77_and_an_outage_not_a_denial() {
         .trim()
         .to_owned();
     std::fs::write(root.join("token"), &token).unwrap();
-    let port = free_port();
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[cache]\nttl = \"1s\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\nauth = {{ method = \"token\", token_file = \"token\" }}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[cache]\nttl = \"1s\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\nauth = {{ method = \"token\", token_file = \"token\" }}\n",
             bao.addr
         ),
     )
@@ -495,7 +498,7 @@ async fn a_refused_vault_token_is_77_and_an_outage_not_a_denial() {
     let mut config = std::fs::read_to_string(root.join("kb.toml")).unwrap();
     config.insert_str(0, "policies = \"policies\"\n");
     std::fs::write(root.join("kb.toml"), config).unwrap();
-    let server = support::server::Running::start(root, &ca.pem, port, "info").await;
+    let server = support::server::Running::start(root, &ca.pem, 0, "info").await;
     let read = || async {
         let r = server
             .client
@@ -566,7 +569,6 @@ async fn sighup_reopens_the_audit_file_after_a_rename() {
     for fsync in ["never", "always"] {
         let (dir, ca) = support::server::folder("rotated");
         let root = dir.path();
-        let port = free_port();
         std::fs::write(
             root.join("policies/p.toml"),
             format!(
@@ -578,11 +580,11 @@ async fn sighup_reopens_the_audit_file_after_a_rename() {
         std::fs::write(
             root.join("kb.toml"),
             format!(
-                "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[audit]\npath = \"audit.log\"\nfsync = \"{fsync}\"\n"
+                "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[audit]\npath = \"audit.log\"\nfsync = \"{fsync}\"\n"
             ),
         )
         .unwrap();
-        let server = support::server::Running::start(root, &ca.pem, port, "info").await;
+        let server = support::server::Running::start(root, &ca.pem, 0, "info").await;
         let list = || async {
             let r = server
                 .client
@@ -720,12 +722,9 @@ fn check_lists_every_stage_and_online_logs_in_and_verifies() {
 /// first (accept errors, not keybroker's clean refusals): `serve` says so at start.
 #[test]
 fn serve_warns_when_max_connections_exceeds_the_open_files_limit() {
-    let port = free_port();
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "ulimit -n 512 && exec \"$0\" serve --dev --listen 127.0.0.1:{port}"
-        ))
+        .arg("ulimit -n 512 && exec \"$0\" serve --dev --listen 127.0.0.1:0")
         .arg(env!("CARGO_BIN_EXE_keybroker"))
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use support::openbao::free_port;
 use support::pki::{Ca, Issued};
 use tokio_rustls::TlsConnector;
 
@@ -117,11 +116,10 @@ async fn sighup_reloads_the_server_certificate_and_the_revocation_list_without_d
     let bob = clients.client(root, "bob", "bob");
     std::fs::write(root.join("clients.crl"), clients.crl(&[])).unwrap();
     let first_server_cert = std::fs::read_to_string(root.join("server.pem")).unwrap();
-    let port = free_port();
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\nclient_ca = \"clients-ca.pem\"\nclient_crl = \"clients.crl\"\nclient_auth = \"required\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\nclient_ca = \"clients-ca.pem\"\nclient_crl = \"clients.crl\"\nclient_auth = \"required\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n"
         ),
     )
     .unwrap();
@@ -129,6 +127,8 @@ async fn sighup_reloads_the_server_certificate_and_the_revocation_list_without_d
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
         .args(["serve", "--log-format", "text", "--config"])
         .arg(root.join("kb.toml"))
+        .arg("--ready-file")
+        .arg(root.join("ready.json"))
         // Elsewhere: the files' relative paths are relative to the configuration file.
         .current_dir(std::env::temp_dir())
         .env("RUST_LOG", "info")
@@ -137,6 +137,7 @@ async fn sighup_reloads_the_server_certificate_and_the_revocation_list_without_d
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
+    let port = support::server::ready(&root.join("ready.json")).await["listen"].port();
     let log = || std::fs::read_to_string(root.join("stderr.log")).unwrap_or_default();
 
     // A second server CA signs the replacement certificate: the client trusts both.

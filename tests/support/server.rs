@@ -38,6 +38,27 @@ pub struct Running {
     pub addresses: std::collections::BTreeMap<String, std::net::SocketAddr>,
 }
 
+/// Where each listener of a `serve` started with `--ready-file path` listens, once it wrote
+/// the file (within 30 s).
+pub async fn ready(path: &Path) -> std::collections::BTreeMap<String, std::net::SocketAddr> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let v: std::collections::BTreeMap<String, String> =
+                serde_json::from_str(&text).unwrap();
+            return v
+                .into_iter()
+                .map(|(k, a)| (k, a.parse().unwrap()))
+                .collect();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "serve wrote no ready file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Running {
     /// Starts `serve --config kb.toml` in `root` (which must listen on 127.0.0.1:`port` — or
     /// port 0, and `port` is then the one it bound — with a certificate of `ca_pem`), logs at `rust_log` into `root/stdout.log` and
