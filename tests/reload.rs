@@ -118,9 +118,7 @@ async fn sighup_reloads_the_server_certificate_and_the_revocation_list_without_d
     let first_server_cert = std::fs::read_to_string(root.join("server.pem")).unwrap();
     std::fs::write(
         root.join("kb.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\nclient_ca = \"clients-ca.pem\"\nclient_crl = \"clients.crl\"\nclient_auth = \"required\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n"
-        ),
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\nclient_ca = \"clients-ca.pem\"\nclient_crl = \"clients.crl\"\nclient_auth = \"required\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n",
     )
     .unwrap();
     let stderr = std::fs::File::create(root.join("stderr.log")).unwrap();

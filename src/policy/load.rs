@@ -329,8 +329,24 @@ fn validate(
     sources: Option<&KnownSources>,
 ) -> Policy {
     let mut policy = Policy::default();
+    let slugs = validate_teams(files, &teams, &mut policy);
+    validate_consumers(files, consumers, &slugs, &mut policy);
+    let cred_items = validate_credentials(files, credentials, &slugs, sources, &mut policy);
+    validate_grants(files, grants, &slugs, sources, &mut policy);
+    if let Some(known) = sources {
+        warn_credentials_outside_grants(files, &policy, &cred_items, known);
+    }
+    policy
+}
+
+/// Team slugs (valid, once each) and Tines IDs (once each).
+fn validate_teams(
+    files: &mut Files,
+    teams: &[Item<TeamDef>],
+    policy: &mut Policy,
+) -> BTreeSet<String> {
     let mut slugs = BTreeSet::new();
-    for t in &teams {
+    for t in teams {
         let slug = &t.def.slug;
         if !valid_slug(slug) {
             files.at(
@@ -344,7 +360,7 @@ fn validate(
     }
     policy.teams = slugs.iter().cloned().collect();
     let mut tines_ids = BTreeMap::new();
-    for t in &teams {
+    for t in teams {
         if let Some(id) = t.def.tines_id
             && let Some(other) = tines_ids.insert(id, t.def.slug.clone())
         {
@@ -356,6 +372,16 @@ fn validate(
         }
     }
     policy.tines_ids = tines_ids;
+    slugs
+}
+
+/// Consumers: names, pins, tokens (one holder each), issuer ACLs, admin teams.
+fn validate_consumers(
+    files: &mut Files,
+    consumers: Vec<Item<ConsumerDef>>,
+    slugs: &BTreeSet<String>,
+    policy: &mut Policy,
+) {
     let mut names = BTreeSet::new();
     // Who holds each token digest and pin: a second holder is a load error, never "the first
     // one in file order wins" (THREATS row 32).
@@ -506,11 +532,21 @@ fn validate(
             vault_api_host,
         });
     }
-    warn_overlapping_acls(files, &policy, &acl_items);
+    warn_overlapping_acls(files, policy, &acl_items);
+}
+
+/// Credentials: their values' sources, one definition per team and name.
+fn validate_credentials(
+    files: &mut Files,
+    credentials: Vec<Item<CredentialDef>>,
+    slugs: &BTreeSet<String>,
+    sources: Option<&KnownSources>,
+    policy: &mut Policy,
+) -> Vec<Item<usize>> {
     let mut cred_items = Vec::new();
     let mut cred_names = BTreeSet::new();
     for c in credentials {
-        if let Some(cred) = credential(files, &c, &slugs) {
+        if let Some(cred) = credential(files, &c, slugs) {
             if let Some(known) = sources {
                 for (role, r) in &cred.values.by_role {
                     match known.source_of(&r.target) {
@@ -539,6 +575,17 @@ fn validate(
             policy.credentials.push(cred);
         }
     }
+    cred_items
+}
+
+/// Grants: known teams and sources, path patterns, hosts.
+fn validate_grants(
+    files: &mut Files,
+    grants: Vec<Item<GrantDef>>,
+    slugs: &BTreeSet<String>,
+    sources: Option<&KnownSources>,
+    policy: &mut Policy,
+) {
     for g in grants {
         if !slugs.contains(&g.def.team) {
             files.at(&g, &key("team"), format!("unknown team `{}`", g.def.team));
@@ -565,10 +612,6 @@ fn validate(
             allowed_hosts,
         });
     }
-    if let Some(known) = sources {
-        warn_credentials_outside_grants(files, &policy, &cred_items, known);
-    }
-    policy
 }
 
 /// Issuer ACLs of different teams that one certificate could satisfy: the first in file
