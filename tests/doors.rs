@@ -5,6 +5,7 @@
 //! bypasses the shared piece.
 
 mod support {
+    pub mod fixture;
     pub mod openbao;
     pub mod pki;
     pub mod server;
@@ -15,7 +16,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::server::{Running, folder, token_sha256};
+use support::fixture;
+use support::server::{Running, folder};
 
 const GW: &str = "doors-gw-token";
 const OTHER: &str = "doors-other-token";
@@ -31,61 +33,22 @@ struct World {
 async fn world() -> World {
     let (dir, ca) = folder("door-secret");
     let root = dir.path();
-    std::fs::write(
-        root.join("policies/p.toml"),
-        format!(
-            r#"
-[[team]]
-slug = "payments"
-[[consumer]]
-name = "gw"
-team = "payments"
-token_sha256 = "{}"
-vault_api_host = "api.partner.example"
-[[consumer]]
-name = "other"
-team = "payments"
-token_sha256 = "{}"
-vault_api_host = "api.partner.example"
-[[consumer]]
-name = "ops"
-team = "payments"
-token_sha256 = "{}"
-admin = true
-[[grant]]
-team = "payments"
-source = "files"
-paths = ["app/*"]
-allowed_hosts = ["api.partner.example"]
-"#,
-            token_sha256(GW),
-            token_sha256(OTHER),
-            token_sha256(OPS)
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("kb.toml"),
-        r#"
-policies = "policies"
-[server]
-listen = "127.0.0.1:0"
-tls_cert = "server.pem"
-tls_key = "server-key.pem"
-[vault_api]
-listen = "127.0.0.1:0"
-[egress]
-listen = "127.0.0.1:0"
-timeout = "5s"
-[[source]]
-name = "files"
-kind = "file"
-path = "secrets"
-[audit]
-path = "audit.log"
-"#,
-    )
-    .unwrap();
+    let host = "vault_api_host = \"api.partner.example\"";
+    fixture::Policy::new()
+        .team("payments")
+        .consumer("gw", "payments", GW)
+        .and(host)
+        .consumer("other", "payments", OTHER)
+        .and(host)
+        .consumer("ops", "payments", OPS)
+        .and("admin = true")
+        .grant("payments", "files", &["app/*"], &["api.partner.example"])
+        .write(root);
+    fixture::Config::tls()
+        .with("[vault_api]\nlisten = \"127.0.0.1:0\"\n[egress]\nlisten = \"127.0.0.1:0\"\ntimeout = \"5s\"")
+        .files("files", "secrets")
+        .audit()
+        .write(root);
     // Every listener on port 0: where each is comes from the ready file.
     let server = Running::start(root, &ca.pem, 0, "info").await;
     World {

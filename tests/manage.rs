@@ -4,6 +4,7 @@
 //! never material in a management answer.
 
 mod support {
+    pub mod fixture;
     pub mod openbao;
     pub mod pki;
     pub mod server;
@@ -11,8 +12,9 @@ mod support {
 
 use serde_json::{Value, json};
 
+use support::fixture;
 use support::pki::Ca;
-use support::server::{Running, folder, token_sha256};
+use support::server::{Running, folder};
 
 const GW: &str = "manage-gw-token";
 const PAYMENTS_ADMIN: &str = "manage-payments-admin";
@@ -27,52 +29,17 @@ struct World {
 async fn world() -> World {
     let (dir, ca) = folder("unused");
     let root = dir.path();
-    std::fs::write(
-        root.join("policies/p.toml"),
-        format!(
-            r#"
-[[team]]
-slug = "payments"
-tines_id = 2
-[[team]]
-slug = "fraud"
-[[consumer]]
-name = "gw"
-team = "payments"
-token_sha256 = "{}"
-[[consumer]]
-name = "payments-admin"
-team = "payments"
-token_sha256 = "{}"
-admin_teams = ["payments"]
-[[consumer]]
-name = "fraud-admin"
-team = "fraud"
-token_sha256 = "{}"
-admin_teams = ["fraud"]
-"#,
-            token_sha256(GW),
-            token_sha256(PAYMENTS_ADMIN),
-            token_sha256(FRAUD_ADMIN)
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("kb.toml"),
-        r#"
-policies = "policies"
-[server]
-listen = "127.0.0.1:0"
-tls_cert = "server.pem"
-tls_key = "server-key.pem"
-[store]
-kind = "file"
-path = "store"
-[audit]
-path = "audit.log"
-"#,
-    )
-    .unwrap();
+    fixture::Policy::new()
+        .tines_team("payments", 2)
+        .team("fraud")
+        .consumer("gw", "payments", GW)
+        .team_admin("payments-admin", "payments", PAYMENTS_ADMIN, &["payments"])
+        .team_admin("fraud-admin", "fraud", FRAUD_ADMIN, &["fraud"])
+        .write(root);
+    fixture::Config::tls()
+        .with("[store]\nkind = \"file\"\npath = \"store\"")
+        .audit()
+        .write(root);
     let server = Running::start(root, &ca.pem, 0, "info").await;
     World {
         dir,

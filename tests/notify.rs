@@ -2,6 +2,7 @@
 //! the configured key, each once per change however many requests see it, and never a value.
 
 mod support {
+    pub mod fixture;
     pub mod openbao;
     pub mod pki;
     pub mod server;
@@ -15,8 +16,9 @@ use axum::http::HeaderMap;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
+use support::fixture;
 use support::pki::Ca;
-use support::server::{Running, folder, token_sha256};
+use support::server::{Running, folder};
 
 const GW: &str = "notify-gw-token";
 const KEY: &str = "a webhook signing key of enough bytes";
@@ -110,40 +112,24 @@ async fn expiry_and_rejection_events_reach_the_webhook_once_each_signed() {
         )
         .unwrap();
     }
-    let mut policy = format!(
-        "[[team]]\nslug = \"payments\"\n[[consumer]]\nname = \"gw\"\nteam = \"payments\"\ntoken_sha256 = \"{}\"\n",
-        token_sha256(GW)
-    );
+    let mut policy = fixture::Policy::new()
+        .team("payments")
+        .consumer("gw", "payments", GW);
     for name in ["good", "mismatched", "late"] {
-        policy.push_str(&format!(
-            "[[credential]]\nname = \"{name}\"\nmode = \"mtls\"\nteam = \"payments\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_files:creds/{name} $KEY_cert\"\nclient_private_key = \"$SECRET_files:creds/{name} $KEY_key\"\nroot_certificate = \"$SECRET_files:creds/{name} $KEY_ca\"\n"
-        ));
+        policy = policy.mtls(
+            name,
+            "payments",
+            &["api.partner.example"],
+            &format!("files:creds/{name}"),
+        );
     }
-    std::fs::write(root.join("policies/p.toml"), policy).unwrap();
-    std::fs::write(
-        root.join("kb.toml"),
-        format!(
-            r#"
-policies = "policies"
-[server]
-listen = "127.0.0.1:0"
-tls_cert = "server.pem"
-tls_key = "server-key.pem"
-[[source]]
-name = "files"
-kind = "file"
-path = "secrets"
-[expiry]
-interval = "1h"
-warn_before = "1000000d"
-[notify]
-webhook = "https://localhost:{hook}/hook"
-ca_cert = "hook-ca.pem"
-hmac_key_file = "hook.key"
-"#
-        ),
-    )
-    .unwrap();
+    policy.write(root);
+    fixture::Config::tls()
+        .files("files", "secrets")
+        .with(&format!(
+            "[expiry]\ninterval = \"1h\"\nwarn_before = \"1000000d\"\n[notify]\nwebhook = \"https://localhost:{hook}/hook\"\nca_cert = \"hook-ca.pem\"\nhmac_key_file = \"hook.key\""
+        ))
+        .write(root);
     let server = Running::start(root, &ca.pem, 0, "info").await;
     let material = |name: &'static str| {
         server
