@@ -222,12 +222,8 @@ impl Broker {
             let if_match = if_match.ok_or(ManageError::PreconditionRequired)?;
             let store = self.store()?;
             self.authorize(caller, &input.team)?;
-            let (Some(toml), Some(record)) = (
-                store.definition(&input.team, &input.name)?,
-                store.record(&input.team, &input.name)?,
-            ) else {
-                return Err(ManageError::NotFound);
-            };
+            let (toml, record) =
+                stored(store, &input.team, &input.name)?.ok_or(ManageError::NotFound)?;
             if etag(&toml, &record) != if_match {
                 return Err(ManageError::Stale);
             }
@@ -260,11 +256,7 @@ impl Broker {
         let result = async {
             let store = self.store()?;
             self.authorize(caller, team)?;
-            let (Some(toml), Some(record)) =
-                (store.definition(team, name)?, store.record(team, name)?)
-            else {
-                return Err(ManageError::NotFound);
-            };
+            let (toml, record) = stored(store, team, name)?.ok_or(ManageError::NotFound)?;
             if if_match.is_some_and(|m| m != etag(&toml, &record)) {
                 return Err(ManageError::Stale);
             }
@@ -295,8 +287,7 @@ impl Broker {
         name: &str,
     ) -> Result<Option<Managed>, ManageError> {
         let store = self.store()?;
-        let (Some(toml), Some(record)) = (store.definition(team, name)?, store.record(team, name)?)
-        else {
+        let Some((toml, record)) = stored(store, team, name)? else {
             return Ok(None);
         };
         let snapshot = self.policy();
@@ -491,6 +482,15 @@ impl Broker {
         .await
         .map_err(|super::AuditRefused| ManageError::AuditUnavailable)
     }
+}
+
+/// A stored credential's definition text and record, when both are there.
+fn stored(
+    store: &FileStore,
+    team: &str,
+    name: &str,
+) -> Result<Option<(String, Record)>, ManageError> {
+    Ok(store.definition(team, name)?.zip(store.record(team, name)?))
 }
 
 fn check_input(input: &CredentialInput) -> Result<(), ManageError> {
