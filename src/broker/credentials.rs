@@ -459,7 +459,7 @@ impl Broker {
                     Some((_, earlier)) => earlier.clone(),
                     None => {
                         let fetched = self
-                            .read_one(key.clone(), team)
+                            .read_one(key.clone(), team, true)
                             .await
                             .map_err(|e| source_reason(&e));
                         read.push((key, fetched.clone()));

@@ -34,11 +34,11 @@ impl Broker {
         }
         match misses[..] {
             [] => {}
-            [i] => out[i] = Some(self.read_one(keys[i].clone(), team).await),
+            [i] => out[i] = Some(self.read_one(keys[i].clone(), team, true).await),
             _ => {
                 let mut tasks = JoinSet::new();
                 for i in misses {
-                    let read = self.read_one(keys[i].clone(), team);
+                    let read = self.read_one(keys[i].clone(), team, false);
                     tasks.spawn(async move { (i, read.await) });
                 }
                 while let Some(joined) = tasks.join_next().await {
@@ -55,15 +55,18 @@ impl Broker {
     }
 
     /// One read through the cache: on a miss, the source (with retries), then the PEM stage,
-    /// within `team`'s share of the source's permits.
+    /// within `team`'s share of the source's permits. `solo`: the request needs no other read
+    /// from a source (see the 429 handling in [`Fetch::run`]).
     pub(crate) fn read_one(
         &self,
         key: ReadKey,
         team: &str,
+        solo: bool,
     ) -> impl std::future::Future<Output = Result<Fetched, SourceError>> + Send + 'static {
         // Only Arcs here: the key's strings are copied only when a read is really made.
         let mut fetch = self.fetcher(&key.0);
         fetch.team = Arc::from(team);
+        fetch.solo = solo;
         let cache = Arc::clone(&self.cache);
         let metrics = Arc::clone(&self.metrics);
         async move {
@@ -97,6 +100,7 @@ impl Broker {
         let entry = &self.sources[name];
         Fetch {
             team: Arc::from(BACKGROUND),
+            solo: false,
             source: Arc::clone(&entry.source),
             breaker: Arc::clone(&entry.breaker),
             in_flight: Arc::clone(&entry.in_flight),
@@ -138,6 +142,8 @@ fn after_read(
 struct Fetch {
     /// Whose read this is, for the source's fair share (refresh ahead: [`BACKGROUND`]).
     team: Arc<str>,
+    /// The only read its request makes.
+    solo: bool,
     source: Arc<dyn crate::source::SecretSource>,
     breaker: Arc<crate::resilience::CircuitBreaker>,
     in_flight: Arc<super::fair::FairPermits>,
@@ -167,6 +173,7 @@ impl Fetch {
         // The breaker fails fast while the source is quiet: wait that out first (bounded).
         wait_quiet().await;
         let attempt = || async {
+            let mut retried = false;
             loop {
                 if let Some(left) = self.breaker.quiet_left() {
                     if tokio::time::Instant::now() + left > budget {
@@ -183,9 +190,21 @@ impl Fetch {
                     drop(permit);
                     continue;
                 }
-                // A read that got a 429 itself is not made again (THREATS row 23): the
-                // breaker records the quiet, and reads still waiting to go out wait for it.
-                return self.source.read(&request).await;
+                let read = self.source.read(&request).await;
+                // A read that got a 429 is not made again (THREATS row 23) — unless it is the
+                // only read of its request: a caller reading one secret is not the burst that
+                // drained the limit, and gets one more try after the quiet (row 45). The
+                // breaker records the quiet either way.
+                if let Err(SourceError::RateLimited { retry_after }) = &read
+                    && !retried
+                    && self.solo
+                {
+                    self.breaker.quiet_for(*retry_after);
+                    drop(permit);
+                    retried = true;
+                    continue;
+                }
+                return read;
             }
         };
         let read = self
