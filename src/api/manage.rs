@@ -186,7 +186,7 @@ fn team_of(
     }
 }
 
-// ---- Tines' shape: /api/v1/user_credentials (shared/seeds, docs/MANAGEMENT.md) ----
+// ---- Tines' shape: /api/v1/user_credentials (docs/MANAGEMENT.md, "Tines' shape") ----
 
 #[derive(Deserialize)]
 struct TinesBody {
