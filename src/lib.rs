@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod api;
 pub mod app;
+mod atomic_file;
 pub mod audit;
 pub mod backoff;
 pub mod broker;

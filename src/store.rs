@@ -9,7 +9,6 @@
 //! failure in between leaves an unreferenced material file, never a definition without its
 //! material.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use secrecy::ExposeSecret;
@@ -244,32 +243,12 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
         })
 }
 
-/// Writes `bytes` to a new file beside `path` (0600) and renames it onto `path`. Writes are
-/// serialized by the broker (one management write at a time), so the temporary name is
-/// fixed.
+/// Writes `bytes` to `path` atomically (0600) in a private folder. Writes are serialized by
+/// the broker (one management write at a time).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let err = |source| StoreError::Write {
+    create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
+    crate::atomic_file::write(path, bytes, 0o600).map_err(|source| StoreError::Write {
         path: path.to_owned(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    create_private_dir(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)
+    })
 }

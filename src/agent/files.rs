@@ -280,22 +280,7 @@ pub(super) fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), Write
     if !dir.is_dir() {
         private_dir(dir, if mode & 0o040 != 0 { 0o750 } else { 0o700 })?;
     }
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    sync_dir(dir)
+    crate::atomic_file::write(path, text.as_bytes(), mode).map_err(io(path))
 }
 
 #[cfg(test)]

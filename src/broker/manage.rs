@@ -193,19 +193,15 @@ impl Broker {
         input: CredentialInput,
         dry_run: bool,
     ) -> Result<Managed, ManageError> {
-        let started = Instant::now();
-        let _one = self.manage.lock().await;
-        let result = self.write_credential(caller, &input, None, dry_run).await;
-        self.audit_manage(
+        let work = self.write_credential(caller, &input, None, dry_run);
+        self.one_write(
             Action::CredentialCreate,
             caller,
             &input.team,
             &input.name,
-            &result,
-            started,
+            work,
         )
-        .await?;
-        result
+        .await
     }
 
     /// Replaces a credential's definition and material (a rotation): `if_match` must be the
@@ -216,9 +212,7 @@ impl Broker {
         input: CredentialInput,
         if_match: Option<&str>,
     ) -> Result<Managed, ManageError> {
-        let started = Instant::now();
-        let _one = self.manage.lock().await;
-        let result = async {
+        let work = async {
             let if_match = if_match.ok_or(ManageError::PreconditionRequired)?;
             let store = self.store()?;
             self.authorize(caller, &input.team)?;
@@ -229,18 +223,15 @@ impl Broker {
             }
             self.write_credential(caller, &input, Some((toml, record)), false)
                 .await
-        }
-        .await;
-        self.audit_manage(
+        };
+        self.one_write(
             Action::CredentialUpdate,
             caller,
             &input.team,
             &input.name,
-            &result,
-            started,
+            work,
         )
-        .await?;
-        result
+        .await
     }
 
     /// Deletes a credential of the store; with `if_match`, only if it is unchanged.
@@ -251,9 +242,7 @@ impl Broker {
         name: &str,
         if_match: Option<&str>,
     ) -> Result<(), ManageError> {
-        let started = Instant::now();
-        let _one = self.manage.lock().await;
-        let result = async {
+        let work = async {
             let store = self.store()?;
             self.authorize(caller, team)?;
             let (toml, record) = stored(store, team, name)?.ok_or(ManageError::NotFound)?;
@@ -266,17 +255,25 @@ impl Broker {
             self.reload_policy()
                 .map_err(|e| ManageError::PolicyRefused(vec![e.to_string()]))?;
             Ok(())
-        }
-        .await;
-        self.audit_manage(
-            Action::CredentialDelete,
-            caller,
-            team,
-            name,
-            &result,
-            started,
-        )
-        .await?;
+        };
+        self.one_write(Action::CredentialDelete, caller, team, name, work)
+            .await
+    }
+
+    /// Runs one management write: alone (one at a time), then audited.
+    async fn one_write<T>(
+        &self,
+        action: Action,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        work: impl std::future::Future<Output = Result<T, ManageError>>,
+    ) -> Result<T, ManageError> {
+        let started = Instant::now();
+        let _one = self.manage.lock().await;
+        let result = work.await;
+        self.audit_manage(action, caller, team, name, &result, started)
+            .await?;
         result
     }
 
