@@ -283,6 +283,26 @@ async fn ingest_refusals_write_nothing_and_admins_are_scoped_to_their_teams() {
             .0,
         403
     );
+    // Huge input: a 70 KiB value is refused before any PEM work, nothing stored.
+    let huge = "A".repeat(70 << 10);
+    let (status, v, _) = post(PAYMENTS_ADMIN, body(&huge, &a.key_pem, "TEAM")).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid")),
+        "{v}"
+    );
+    // The door's rule holds here too: two Authorization headers count for no one (400).
+    let twice = w
+        .server
+        .client
+        .post(w.server.url("/v1/credentials"))
+        .header("authorization", format!("Bearer {PAYMENTS_ADMIN}"))
+        .header("authorization", format!("Bearer {GW}"))
+        .json(&body(&a.cert_pem, &a.key_pem, "TEAM"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 400);
     assert!(w.stored().is_empty(), "{:?}", w.stored());
     let audit = w.audit();
     assert!(audit.contains("\"not_allowed\""), "{audit}");
