@@ -275,7 +275,13 @@ async fn nginx_presents_the_agents_files_and_a_rotation_reaches_the_upstream_wit
     }
 
     w.start_nginx();
-    let client = reqwest::Client::new();
+    // A new connection per request: nginx's reload closes idle keep-alive connections, and a
+    // client reusing one just as it closes fails on its own side (a race of the client's
+    // pool, not a request nginx refused; seen once in a clean-clone run).
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let first = w.through_nginx(&client).await.expect("nginx answers");
     assert!(first.contains("CN=gateway-v1"), "{first}");
 
