@@ -6,6 +6,7 @@ mod support {
     pub mod nginx;
     pub mod openbao;
     pub mod pki;
+    pub mod ports;
     pub mod server;
 }
 
@@ -14,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::openbao::{OpenBao, free_port};
+use support::openbao::OpenBao;
 use support::pki::Ca;
+use support::ports::closed_port;
 use support::server::{Running, folder, token_sha256};
 
 const GW: &str = "agent-token";
@@ -161,10 +163,9 @@ reload_timeout = "10s"
         let upstream_ca = Ca::new("upstream server CA");
         let upstream = upstream_ca.server(&prefix, "upstream");
         self.partner.write(&prefix.join("partner-ca.pem"));
-        let (up, proxy) = (free_port(), free_port());
-        let nginx = support::nginx::Nginx::start(
-            &prefix,
-            &format!(
+        let (nginx, ports) = support::nginx::Nginx::start(&prefix, 2, |ports| {
+            let (up, proxy) = (ports[0], ports[1]);
+            format!(
                 r#"
   access_log off;
   server {{
@@ -189,10 +190,10 @@ reload_timeout = "10s"
                 upcert = upstream.cert.display(),
                 upkey = upstream.key.display(),
                 certs = root.join("certs").display(),
-            ),
-        );
+            )
+        });
         self.nginx = Some(nginx);
-        self.proxy_port = proxy;
+        self.proxy_port = ports[1];
     }
 
     async fn through_nginx(&self, client: &reqwest::Client) -> Result<String, String> {
@@ -332,8 +333,9 @@ async fn nginx_presents_the_agents_files_and_a_rotation_reaches_the_upstream_wit
         }
         assert!(
             Instant::now() < deadline,
-            "the rotation did not reach the upstream:\n{}",
-            std::fs::read_to_string(root.join("agent.log")).unwrap_or_default()
+            "the rotation did not reach the upstream:\n{}\nnginx:\n{}",
+            std::fs::read_to_string(root.join("agent.log")).unwrap_or_default(),
+            std::fs::read_to_string(root.join("nginx/logs/error.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -415,7 +417,8 @@ async fn a_failing_reload_puts_the_previous_files_back_and_an_absent_server_is_7
     assert_eq!(generations, 1, "the failed generation is removed");
 
     // No server there: 75, and the files stay.
-    let away = w.agent_config(&[], free_port());
+    let (_held, closed) = closed_port();
+    let away = w.agent_config(&[], closed);
     assert_eq!(w.agent_once(&away).0, Some(75));
     assert_eq!(
         std::fs::read_to_string(certs.join("cert.pem")).unwrap(),

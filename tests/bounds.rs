@@ -5,6 +5,7 @@
 mod support {
     pub mod openbao;
     pub mod pki;
+    pub mod ports;
     pub mod server;
 }
 

@@ -5,6 +5,7 @@
 mod support {
     pub mod openbao;
     pub mod pki;
+    pub mod ports;
     pub mod server;
 }
 
@@ -13,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use support::openbao::{OpenBao, free_port};
+use support::openbao::OpenBao;
 use support::pki::Ca;
+use support::ports::closed_port;
 use support::server::{Running, folder, token_sha256};
 
 const GW: &str = "gw-token";
@@ -521,7 +523,9 @@ async fn the_expiry_sweep_knows_every_certificate_from_the_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_is_about_keybroker_not_about_a_source_that_left() {
-    let listen = format!("127.0.0.1:{}", free_port());
+    // Held bound and not listening until OpenBao takes it: refused, as a source that left.
+    let (held, port) = closed_port();
+    let listen = format!("127.0.0.1:{port}");
     let s = serve(&format!("http://{listen}"), "").await;
     // OpenBao not there yet: not ready, and the body says which source.
     let (status, body) = s.readyz().await;
@@ -529,6 +533,7 @@ async fn readiness_is_about_keybroker_not_about_a_source_that_left() {
     assert_eq!(body["started"], false);
     assert_eq!(body["sources"][0]["answered"], false);
 
+    drop(held);
     let mut bao = OpenBao::start_at(&listen, None);
     until(
         "ready once OpenBao answered",

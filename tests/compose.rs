@@ -6,6 +6,9 @@
 
 mod support {
     pub mod openbao;
+    pub mod pki;
+    pub mod ports;
+    pub mod server;
 }
 
 use std::path::Path;
@@ -13,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::openbao::{OpenBao, ROOT_TOKEN, free_port};
+use support::openbao::{OpenBao, ROOT_TOKEN};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -131,7 +134,7 @@ fn services_ports_environment_and_seeding() {
 
 /// examples/compose/keybroker.toml as compose runs it, with compose's names mapped to this
 /// machine: `openbao:8200` to a `bao server -dev` seeded by the same script, `/kb/pki` to the
-/// output of the same gen-certs.sh, the listeners to free loopback ports.
+/// output of the same gen-certs.sh, the listeners to loopback port 0 (`--ready-file` says where).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_configuration_serves_the_seeded_secrets() {
     let bao = OpenBao::start();
@@ -147,13 +150,12 @@ async fn the_compose_configuration_serves_the_seeded_secrets() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let (port, ops) = (free_port(), free_port());
     let config = std::fs::read_to_string(format!("{REPO}/examples/compose/keybroker.toml"))
         .unwrap()
         .replace("http://openbao:8200", &bao.addr)
         .replace("/kb/pki/", &format!("{}/", pki.display()))
-        .replace("0.0.0.0:8443", &format!("127.0.0.1:{port}"))
-        .replace("0.0.0.0:9090", &format!("127.0.0.1:{ops}"))
+        .replace("0.0.0.0:8443", "127.0.0.1:0")
+        .replace("0.0.0.0:9090", "127.0.0.1:0")
         .replace(
             "policies = \"policies\"",
             &format!("policies = \"{REPO}/examples/compose/policies\""),
@@ -165,6 +167,8 @@ async fn the_compose_configuration_serves_the_seeded_secrets() {
     let _server = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
         .args(["serve", "--config"])
         .arg(&kb_toml)
+        .arg("--ready-file")
+        .arg(dir.path().join("ready.json"))
         .env("BAO_TOKEN", ROOT_TOKEN)
         .env_remove("VAULT_TOKEN")
         .env_remove("VAULT_ADDR")
@@ -182,7 +186,9 @@ async fn the_compose_configuration_serves_the_seeded_secrets() {
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&image_check.stdout);
-    assert!(said.contains(&format!("127.0.0.1:{ops}/readyz")), "{said}");
+    assert!(said.contains("127.0.0.1:0/readyz"), "{said}");
+    let bound = support::server::ready(&dir.path().join("ready.json")).await;
+    let (port, ops) = (bound["listen"].port(), bound["ops_listen"].port());
     let health = |url: &str| {
         Command::new(env!("CARGO_BIN_EXE_keybroker"))
             .args(["health", "--timeout", "2s", "--url", url])
@@ -223,7 +229,8 @@ async fn the_compose_configuration_serves_the_seeded_secrets() {
     assert_eq!(answer["document"]["user"], "app", "{answer}");
     assert_eq!(answer["document"]["legacy"], "v1-token-7f2", "{answer}");
     // Nothing listening: the health check fails (exit 1), it does not hang or pass.
-    let closed = health(&format!("http://127.0.0.1:{}/readyz", free_port()));
+    let (_held, closed_port) = support::ports::closed_port();
+    let closed = health(&format!("http://127.0.0.1:{closed_port}/readyz"));
     assert_eq!(closed.status.code(), Some(1));
 }
 

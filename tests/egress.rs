@@ -6,12 +6,12 @@ mod support {
     pub mod nginx;
     pub mod openbao;
     pub mod pki;
+    pub mod ports;
     pub mod server;
 }
 
 use std::process::Command;
 
-use support::openbao::free_port;
 use support::pki::Ca;
 use support::server::{Running, folder, token_sha256};
 
@@ -79,10 +79,9 @@ async fn world() -> World {
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n0123456789");
         }
     });
-    let up = free_port();
-    let nginx = support::nginx::Nginx::start(
-        &prefix,
-        &format!(
+    let (nginx, ports) = support::nginx::Nginx::start(&prefix, 1, |ports| {
+        let up = ports[0];
+        format!(
             r#"
   access_log {p}/logs/access.log;
   server {{
@@ -100,8 +99,9 @@ async fn world() -> World {
             p = prefix.display(),
             cert = upstream.cert.display(),
             key = upstream.key.display(),
-        ),
-    );
+        )
+    });
+    let up = ports[0];
     std::fs::write(
         root.join("policies/p.toml"),
         format!(

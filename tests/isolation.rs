@@ -4,6 +4,7 @@
 
 mod support {
     pub mod openbao;
+    pub mod ports;
     pub mod proxy;
 }
 

@@ -10,6 +10,7 @@ mod support {
     pub mod ccp;
     pub mod openbao;
     pub mod pki;
+    pub mod ports;
     pub mod server;
 }
 

@@ -5,6 +5,7 @@
 mod support {
     pub mod openbao;
     pub mod pki;
+    pub mod ports;
     pub mod server;
 }
 
@@ -12,8 +13,6 @@ use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-use support::openbao::free_port;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_and_metrics_answer_on_ops_listen_while_the_api_requires_client_certificates() {
@@ -89,7 +88,7 @@ fn resolve_exits_75_when_a_source_is_down_and_1_for_a_missing_secret() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("secrets")).unwrap();
-    let down = free_port();
+    let (_held, down) = support::ports::closed_port();
     std::fs::write(
         root.join("kb.toml"),
         format!("[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"http://127.0.0.1:{down}\"\n"),

@@ -3,6 +3,7 @@
 mod support {
     pub mod ccp;
     pub mod openbao;
+    pub mod ports;
     pub mod proxy;
 }
 

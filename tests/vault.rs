@@ -3,6 +3,8 @@
 mod support {
     pub mod openbao;
     pub mod pki;
+    pub mod ports;
+    pub mod server;
 }
 
 use keybroker::source::Outage;
@@ -257,12 +259,11 @@ async fn cert_auth_through_an_mtls_listener() {
     ca.write(&d.join("ca.pem"));
     ca.server(d, "server");
     ca.client(d, "client", "keybroker");
-    let tls_port = support::openbao::free_port();
     let extra = d.join("extra.hcl");
     std::fs::write(
         &extra,
         format!(
-            "listener \"tcp\" {{\n  address = \"127.0.0.1:{tls_port}\"\n  tls_cert_file = {:?}\n  tls_key_file = {:?}\n  tls_client_ca_file = {:?}\n}}\n",
+            "listener \"tcp\" {{\n  address = \"127.0.0.1:0\"\n  tls_cert_file = {:?}\n  tls_key_file = {:?}\n  tls_client_ca_file = {:?}\n}}\n",
             d.join("server.pem"),
             d.join("server-key.pem"),
             d.join("ca.pem")
@@ -270,6 +271,7 @@ async fn cert_auth_through_an_mtls_listener() {
     )
     .unwrap();
     let bao = OpenBao::start_with_config(Some(&extra));
+    let tls_port = bao.extra_port();
     bao.cli(&["auth", "enable", "cert"]);
     bao.cli(&[
         "write",
@@ -457,18 +459,19 @@ async fn kubernetes_login_sends_the_service_account_token_to_the_kubernetes_moun
 /// issued by `ca`; returns the server and the listener's port.
 fn bao_named_tls(d: &std::path::Path, ca: &support::pki::Ca) -> (OpenBao, u16) {
     ca.server_for(d, "named", &["vault.internal"]);
-    let tls_port = support::openbao::free_port();
     let extra = d.join("named.hcl");
     std::fs::write(
         &extra,
         format!(
-            "listener \"tcp\" {{\n  address = \"127.0.0.1:{tls_port}\"\n  tls_cert_file = {:?}\n  tls_key_file = {:?}\n}}\n",
+            "listener \"tcp\" {{\n  address = \"127.0.0.1:0\"\n  tls_cert_file = {:?}\n  tls_key_file = {:?}\n}}\n",
             d.join("named.pem"),
             d.join("named-key.pem"),
         ),
     )
     .unwrap();
-    (OpenBao::start_with_config(Some(&extra)), tls_port)
+    let bao = OpenBao::start_with_config(Some(&extra));
+    let tls_port = bao.extra_port();
+    (bao, tls_port)
 }
 
 #[tokio::test]
@@ -639,10 +642,11 @@ async fn serve_dev_adds_the_vault_of_the_environment() {
     let home = tempfile::tempdir().unwrap();
     std::fs::write(home.path().join(".vault-token"), ROOT_TOKEN).unwrap();
     for token_from_env in [true, false] {
-        let port = support::openbao::free_port();
+        let ready = home.path().join(format!("ready-{token_from_env}.json"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_keybroker"));
         command
-            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&ready)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env_remove("VAULT_TOKEN")
             .env_remove("VAULT_ADDR")
@@ -667,8 +671,9 @@ async fn serve_dev_adds_the_vault_of_the_environment() {
                     .map(|t| t.trim().to_owned())
             })
             .expect("the dev banner");
+        let listen = support::server::ready(&ready).await["listen"];
         let answer: serde_json::Value = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{port}/v1/resolve"))
+            .post(format!("http://{listen}/v1/resolve"))
             .bearer_auth(&token)
             .json(
                 &serde_json::json!({ "document": { "u": "$SECRET_vault:demo/db $KEY_username" } }),

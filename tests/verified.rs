@@ -7,6 +7,7 @@
 mod support {
     pub mod openbao;
     pub mod pki;
+    pub mod ports;
     pub mod server;
 }
 

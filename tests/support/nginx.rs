@@ -18,8 +18,25 @@ pub fn temp_paths(prefix: &Path) -> String {
 }
 
 impl Nginx {
-    /// Starts nginx on `prefix` with `http` as the body of its `http {}` block.
-    pub fn start(prefix: &Path, http: &str) -> Self {
+    /// Starts nginx on `prefix` with `http(ports)` as the body of its `http {}` block, on
+    /// `n` loopback ports nginx binds itself. nginx cannot listen on port 0, and a socket it
+    /// inherits breaks its reload (seen: connections left unaccepted after `-s reload`); so
+    /// ports are candidates, and a start that fails to bind one is tried again on others —
+    /// an nginx that started owns its ports, no other server can answer on them.
+    pub fn start(prefix: &Path, n: usize, http: impl Fn(&[u16]) -> String) -> (Self, Vec<u16>) {
+        for _ in 0..8 {
+            let ports: Vec<u16> = (0..n).map(|_| candidate_port()).collect();
+            if let Some(nginx) = Self::try_start(prefix, &http(&ports)) {
+                return (nginx, ports);
+            }
+        }
+        panic!(
+            "nginx did not start in 8 tries: {}",
+            std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default()
+        );
+    }
+
+    fn try_start(prefix: &Path, http: &str) -> Option<Self> {
         let found = Command::new("nginx").arg("-v").output();
         assert!(
             found.is_ok_and(|o| o.status.success()),
@@ -39,14 +56,17 @@ impl Nginx {
             .args(["-p", prefix.to_str().unwrap(), "-c", "nginx.conf"])
             .status()
             .unwrap();
-        assert!(
-            status.success(),
-            "nginx did not start: {}",
-            std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default()
-        );
-        Self {
-            prefix: prefix.to_owned(),
+        if !status.success() {
+            let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+            assert!(
+                log.contains("Address already in use"),
+                "nginx did not start: {log}"
+            );
+            return None;
         }
+        Some(Self {
+            prefix: prefix.to_owned(),
+        })
     }
 
     /// `nginx -s reload` for this instance, as an argv.
@@ -64,6 +84,15 @@ impl Nginx {
         .map(|s| (*s).to_owned())
         .collect()
     }
+}
+
+/// A port below Linux's ephemeral range (32768–60999), so that no client socket of this machine
+/// is given it meanwhile; not checked here — nginx's bind is the check.
+fn candidate_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    20_000 + (h.finish() % 12_000) as u16
 }
 
 impl Drop for Nginx {

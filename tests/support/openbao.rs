@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -23,59 +23,25 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A free TCP port on loopback, for a server a test starts.
-///
-/// Chosen at random below Linux's ephemeral range (32768–60999) and checked free, not with
-/// `bind(…:0)`: the kernel hands recently freed ephemeral ports out again, so two test
-/// processes picking at once could be given the same port, and one test would talk to the
-/// other's server (seen: a connection-limit test admitted by a server with other limits).
-/// The port is still free only until its server binds it (issue 33 replaces picking with
-/// servers that listen on port 0 and say where).
-pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
-    for attempt in 0u64.. {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(attempt);
-        h.write_u32(std::process::id());
-        let port = 20_000 + (h.finish() % 12_000) as u16;
-        if taken.contains(&port) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            taken.push(port);
-            return port;
-        }
-        assert!(attempt < 1_000, "no free port found");
-    }
-    unreachable!("the loop returns or panics")
-}
-
 impl OpenBao {
     pub fn start() -> Self {
         Self::start_with_config(None)
     }
 
-    /// With an extra configuration file (`-config=`), e.g. an mTLS listener.
-    /// The port is picked free and then handed to `bao`, so another process can take it in
-    /// between; a server that exits before it is healthy is started again on a new port.
+    /// With an extra configuration file (`-config=`), e.g. an mTLS listener on
+    /// `127.0.0.1:0` ([`OpenBao::extra_port`] says where it listens). The dev listener is on
+    /// port 0 too: the server binds, then the test reads where from the kernel.
     pub fn start_with_config(extra: Option<&std::path::Path>) -> Self {
-        for _ in 0..4 {
-            if let Some(bao) = Self::try_start_at(&format!("127.0.0.1:{}", free_port()), extra) {
-                return bao;
-            }
-        }
-        panic!("OpenBao exited before it was healthy, four times: see its log");
+        Self::spawn("127.0.0.1:0", extra).expect("OpenBao exited before it was healthy")
     }
 
     /// On a given address (to restart a server where clients expect it).
     pub fn start_at(listen: &str, extra: Option<&std::path::Path>) -> Self {
-        Self::try_start_at(listen, extra).expect("OpenBao exited before it was healthy")
+        Self::spawn(listen, extra).expect("OpenBao exited before it was healthy")
     }
 
-    /// `None` when the server exits before it is healthy (e.g. its port was taken).
-    fn try_start_at(listen: &str, extra: Option<&std::path::Path>) -> Option<Self> {
+    /// `None` when the server exits before it is healthy.
+    fn spawn(listen: &str, extra: Option<&std::path::Path>) -> Option<Self> {
         let found = Command::new("bao").arg("version").output();
         assert!(
             found.as_ref().is_ok_and(|o| o.status.success()),
@@ -99,13 +65,12 @@ impl OpenBao {
             .spawn()
             .expect("bao server starts");
         let mut bao = Self {
-            addr: format!("http://{listen}"),
+            addr: String::new(),
             approle_dir,
             child,
         };
-        if !bao.wait_healthy() {
-            return None;
-        }
+        let port = bao.wait_healthy()?;
+        bao.addr = format!("http://127.0.0.1:{port}");
         let out = Command::new("sh")
             .arg(repo().join("scripts/seed-openbao.sh"))
             .env("BAO_ADDR", &bao.addr)
@@ -121,25 +86,26 @@ impl OpenBao {
         Some(bao)
     }
 
-    /// Polls `sys/health` until the server answers 200, with a deadline; false if the
-    /// server exited first.
-    fn wait_healthy(&mut self) -> bool {
+    /// Polls the ports the server listens on until one answers `sys/health` with 200, with a
+    /// deadline; that port (the dev listener), or `None` if the server exited first.
+    fn wait_healthy(&mut self) -> Option<u16> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let hostport = self.addr.trim_start_matches("http://").to_owned();
         loop {
-            if let Ok(mut s) = TcpStream::connect(&hostport) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.write_all(
-                    b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                );
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                if out.starts_with("HTTP/1.1 200") {
-                    return true;
+            for port in super::ports::listening_ports(self.child.id()) {
+                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let _ = s.write_all(
+                        b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    );
+                    let mut out = String::new();
+                    let _ = s.read_to_string(&mut out);
+                    if out.starts_with("HTTP/1.1 200") {
+                        return Some(port);
+                    }
                 }
             }
             if self.child.try_wait().is_ok_and(|s| s.is_some()) {
-                return false;
+                return None;
             }
             assert!(
                 Instant::now() < deadline,
@@ -147,6 +113,36 @@ impl OpenBao {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The port of the one listener of the extra configuration: every port the server listens
+    /// on, less the dev listener and the cluster listeners its log names.
+    pub fn extra_port(&self) -> u16 {
+        let api = self.port();
+        let log = self.log();
+        let cluster: Vec<u16> = log
+            .split("cluster_listen_address=")
+            .skip(1)
+            .filter_map(|rest| {
+                let addr = rest.split_whitespace().next()?;
+                addr.rsplit(':').next()?.parse().ok()
+            })
+            .collect();
+        let left: Vec<u16> = super::ports::listening_ports(self.child.id())
+            .into_iter()
+            .filter(|p| *p != api && !cluster.contains(p))
+            .collect();
+        assert_eq!(
+            left.len(),
+            1,
+            "one extra listener expected: {left:?}\n{log}"
+        );
+        left[0]
+    }
+
+    /// The dev listener's port.
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     /// Runs the `bao` CLI against this server as root; returns stdout.
