@@ -158,6 +158,8 @@ pub enum BuildError {
     Notify(#[from] crate::notify::NotifyError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("[store] source `{0}` is not a vault source")]
+    StoreSource(String),
     #[error("source `{name}`: cannot open {path}: {source}")]
     FileSource {
         name: String,
@@ -181,7 +183,7 @@ pub struct Broker {
     /// Verified secrets, shared by all callers; authorization is decided before it is asked.
     cache: Arc<SecretCache>,
     /// `[store]`: where the management API keeps what it creates.
-    store: Option<Arc<crate::store::FileStore>>,
+    store: Option<Arc<crate::store::Store>>,
     /// One management write at a time (each is read-check-write-reload).
     manage: tokio::sync::Mutex<()>,
     /// `[notify]`: where expiry and rejection events are pushed, besides the audit trail.

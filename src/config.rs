@@ -150,7 +150,11 @@ impl Config {
                 "cache" => cfg.cache = d.section(value, &[]).unwrap_or_default(),
                 "expiry" => cfg.expiry = d.section(value, &[]).unwrap_or_default(),
                 "store" => {
-                    spans.record("store", value, &["kind", "path"]);
+                    spans.record(
+                        "store",
+                        value,
+                        &["kind", "path", "source", "prefix", "poll"],
+                    );
                     cfg.store = d.section(value, &[]);
                 }
                 "notify" => {
@@ -349,7 +353,38 @@ impl Config {
                     .to_owned(),
             );
         }
-        if self.sources.iter().any(|s| s.name() == STORE_SOURCE) && self.store.is_some() {
+        if let Some(st) = &self.store {
+            let vault_source = |name: &str| {
+                self.sources
+                    .iter()
+                    .any(|s| s.name() == name && s.kind() == SourceKind::Vault)
+            };
+            match (st.kind, st.source.as_deref()) {
+                (StoreKind::Vault, Some(name)) if vault_source(name) => {}
+                (StoreKind::Vault, _) => d.at(
+                    spans.at("store", "source"),
+                    "[store] kind = \"vault\" needs `source`, the name of a vault source"
+                        .to_owned(),
+                ),
+                (StoreKind::File, Some(_)) => d.at(
+                    spans.at("store", "source"),
+                    "[store] source is for kind = \"vault\"".to_owned(),
+                ),
+                (StoreKind::File, None) => {}
+            }
+            if st.kind == StoreKind::Vault && st.poll.0 < std::time::Duration::from_millis(100) {
+                d.at(
+                    spans.at("store", "poll"),
+                    "[store] poll must be at least 100ms".to_owned(),
+                );
+            }
+        }
+        if self.sources.iter().any(|s| s.name() == STORE_SOURCE)
+            && self
+                .store
+                .as_ref()
+                .is_some_and(|s| s.kind == StoreKind::File)
+        {
             d.at(
                 spans.at("store", "kind"),
                 format!(

@@ -1,22 +1,22 @@
-//! The management plane's store (`[store] kind = "file"`): what the management API creates,
-//! kept as the policy and the sources already understand it — each credential's definition
-//! a policy file (`credentials/<team>/<name>.toml`, loaded with the policy folder), its
-//! material a JSON file per version (`material/<team>/<name>/v<N>.json`, served by the file
-//! source `store`), and its record (`records/<team>/<name>.json`: version, times, who). So
-//! every door, the cache, PEM repair and credential verification apply to API-made
-//! credentials unchanged. Writes are atomic (a temporary file renamed into place, 0600);
-//! material first, then the definition — the definition's rename is the commit point, so a
-//! failure in between leaves an unreferenced material file, never a definition without its
-//! material.
+//! The management plane's store: what the management API creates, kept as the policy and
+//! the sources already understand it — each credential's definition a policy file, its
+//! material a secret a source serves — so every door, the cache, PEM repair and credential
+//! verification apply to API-made credentials unchanged. Two kinds: a folder
+//! ([`FileStore`], the `serve --dev` default) and a vault source's KV v2 mount
+//! ([`VaultStore`], shared by replicas, mirrored into a local folder the policy loader reads).
 
-use std::path::{Path, PathBuf};
+mod file;
+mod vault;
 
-use secrecy::ExposeSecret;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::secret::SecretBuf;
+pub use file::FileStore;
+pub use vault::VaultStore;
 
-/// The file source that serves the store's material.
+/// The file source that serves a file store's material.
 pub const SOURCE: &str = crate::config::STORE_SOURCE;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,12 @@ pub enum StoreError {
     },
     #[error("the store's record {0} is malformed")]
     Malformed(PathBuf),
+    /// Another writer (another replica) changed the credential first.
+    #[error("the credential changed meanwhile")]
+    Conflict,
+    /// The vault store's source failed (what failed, never an answer's text).
+    #[error("the store's vault: {0}")]
+    Remote(crate::source::SourceError),
 }
 
 /// What the store knows of a credential besides its definition.
@@ -53,202 +59,138 @@ pub struct Record {
     pub folder_id: Option<u64>,
 }
 
-#[derive(Debug)]
-pub struct FileStore {
-    root: PathBuf,
-    definitions: PathBuf,
+/// Now, as the store's records write times.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-impl FileStore {
-    /// The store at `root`, its folders created (0700).
-    pub fn open(root: &Path) -> Result<Self, StoreError> {
-        for sub in ["credentials", "material", "records"] {
-            let dir = root.join(sub);
-            create_private_dir(&dir)?;
+/// One write of a credential: its material (version `record.version`), definition and record.
+/// (`Debug` shows no value: `SecretString` redacts.)
+#[derive(Debug)]
+pub struct Write<'a> {
+    pub team: &'a str,
+    pub name: &'a str,
+    pub fields: &'a [(&'a str, &'a SecretString)],
+    pub toml: &'a str,
+    pub record: &'a Record,
+}
+
+/// The store of a broker: a folder, or a vault mount mirrored into one.
+#[derive(Debug)]
+pub struct Store {
+    /// The file store, or the vault store's local mirror (definitions and records).
+    local: FileStore,
+    remote: Option<VaultStore>,
+}
+
+impl Store {
+    pub fn file(local: FileStore) -> Self {
+        Self {
+            local,
+            remote: None,
         }
-        Ok(Self {
-            root: root.to_owned(),
-            definitions: root.join("credentials"),
-        })
     }
 
-    /// Where the definitions are (a policy folder).
-    pub fn definitions_dir(&self) -> &Path {
-        &self.definitions
+    pub fn vault(mirror: FileStore, remote: VaultStore) -> Self {
+        Self {
+            local: mirror,
+            remote: Some(remote),
+        }
     }
 
-    /// Where the material is (the `store` file source's folder).
-    pub fn material(&self) -> PathBuf {
-        self.root.join("material")
+    pub fn is_shared(&self) -> bool {
+        self.remote.is_some()
     }
 
-    fn definition_path(&self, team: &str, name: &str) -> PathBuf {
-        self.root
-            .join("credentials")
-            .join(team)
-            .join(format!("{name}.toml"))
+    /// The policy folder of the definitions (the mirror's, for a vault store).
+    pub fn definitions_dir(&self) -> &std::path::Path {
+        self.local.definitions_dir()
     }
 
-    fn record_path(&self, team: &str, name: &str) -> PathBuf {
-        self.root
-            .join("records")
-            .join(team)
-            .join(format!("{name}.json"))
+    /// The file store's material folder (the `store` file source); none for a vault store.
+    pub fn material_dir(&self) -> Option<PathBuf> {
+        self.remote.is_none().then(|| self.local.material())
     }
 
-    /// The path (`<team>/<name>/v<N>`) a reference to a version's material names.
-    pub fn material_path(team: &str, name: &str, version: u64) -> String {
-        format!("{team}/{name}/v{version}")
+    /// The source and path a reference to a version's material names.
+    pub fn reference(&self, team: &str, name: &str, version: u64) -> (String, String) {
+        match &self.remote {
+            Some(v) => v.reference(team, name, version),
+            None => (
+                SOURCE.to_owned(),
+                FileStore::material_path(team, name, version),
+            ),
+        }
     }
 
     pub fn record(&self, team: &str, name: &str) -> Result<Option<Record>, StoreError> {
-        let path = self.record_path(team, name);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|_| StoreError::Malformed(path)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StoreError::Read { path, source }),
-        }
+        self.local.record(team, name)
     }
 
-    /// Every record, with its team and name (the Tines routes find a credential by `id`).
     pub fn records(&self) -> Result<Vec<(String, String, Record)>, StoreError> {
-        let mut out = Vec::new();
-        let base = self.root.join("records");
-        let read = |p: &Path| {
-            std::fs::read_dir(p).map_err(|source| StoreError::Read {
-                path: p.to_owned(),
-                source,
-            })
-        };
-        for team in read(&base)? {
-            let team = team.map_err(|source| StoreError::Read {
-                path: base.clone(),
-                source,
-            })?;
-            let team_name = team.file_name().to_string_lossy().into_owned();
-            for file in read(&team.path())? {
-                let file = file.map_err(|source| StoreError::Read {
-                    path: team.path(),
-                    source,
-                })?;
-                let file_name = file.file_name().to_string_lossy().into_owned();
-                let Some(name) = file_name.strip_suffix(".json") else {
-                    continue;
-                };
-                if let Some(r) = self.record(&team_name, name)? {
-                    out.push((team_name.clone(), name.to_owned(), r));
-                }
+        self.local.records()
+    }
+
+    pub fn definition(&self, team: &str, name: &str) -> Result<Option<String>, StoreError> {
+        self.local.definition(team, name)
+    }
+
+    /// Writes the material, then the definition and record — the commit point; for a vault
+    /// store only if vault still holds `previous` ([`StoreError::Conflict`] otherwise).
+    pub async fn write(&self, w: Write<'_>, previous: Option<&Record>) -> Result<(), StoreError> {
+        let Write {
+            team,
+            name,
+            fields,
+            toml,
+            record,
+        } = w;
+        match &self.remote {
+            Some(v) => {
+                v.write_material(team, name, record.version, fields).await?;
+                v.commit(team, name, toml, record, previous).await?;
             }
+            None => self
+                .local
+                .write_material(team, name, record.version, fields)?,
         }
-        Ok(out)
+        self.local.write_definition(team, name, toml, record)
     }
 
-    /// Writes version `version` of the material (fields by name, JSON) — before the
-    /// definition that references it.
-    pub fn write_material(
-        &self,
-        team: &str,
-        name: &str,
-        version: u64,
-        fields: &[(&str, &secrecy::SecretString)],
-    ) -> Result<(), StoreError> {
-        let mut body = SecretBuf::with_capacity(
-            fields
-                .iter()
-                .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
-                .sum::<usize>()
-                + 2,
-        );
-        body.push_object(fields.iter().map(|(k, v)| (*k, *v)));
-        let path = self
-            .root
-            .join("material")
-            .join(format!("{}.json", Self::material_path(team, name, version)));
-        write_atomic(&path, body.as_bytes())
-    }
-
-    /// Writes the definition (policy TOML) and the record: the commit point of a write.
-    pub fn write_definition(
-        &self,
-        team: &str,
-        name: &str,
-        toml: &str,
-        record: &Record,
-    ) -> Result<(), StoreError> {
-        let record_bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
-        write_atomic(&self.record_path(team, name), &record_bytes)?;
-        write_atomic(&self.definition_path(team, name), toml.as_bytes())
-    }
-
-    /// Puts back what `write_definition` replaced (`None`: there was nothing), after a write
+    /// Puts back what [`Store::write`] replaced (`None`: there was nothing), after a write
     /// the policy refused to load.
-    pub fn restore(
+    pub async fn restore(
         &self,
         team: &str,
         name: &str,
+        written: &Record,
         previous: Option<(&str, &Record)>,
     ) -> Result<(), StoreError> {
-        match previous {
-            Some((toml, record)) => self.write_definition(team, name, toml, record),
-            None => self.delete(team, name),
+        if let Some(v) = &self.remote {
+            v.restore(team, name, written, previous).await?;
         }
+        self.local.restore(team, name, previous)
     }
 
-    /// The definition's text as stored, if any.
-    pub fn definition(&self, team: &str, name: &str) -> Result<Option<String>, StoreError> {
-        let path = self.definition_path(team, name);
-        match std::fs::read_to_string(&path) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StoreError::Read { path, source }),
+    /// Removes the definition (the commit point), the record and every version of the
+    /// material.
+    pub async fn delete(
+        &self,
+        team: &str,
+        name: &str,
+        previous: &Record,
+    ) -> Result<(), StoreError> {
+        if let Some(v) = &self.remote {
+            v.delete(team, name, previous).await?;
         }
+        self.local.delete(team, name)
     }
 
-    /// Removes the definition (the commit point: no door serves it after the reload), then
-    /// the record and every version of the material.
-    pub fn delete(&self, team: &str, name: &str) -> Result<(), StoreError> {
-        for path in [
-            self.definition_path(team, name),
-            self.record_path(team, name),
-        ] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(StoreError::Write { path, source }),
-            }
-        }
-        let material = self.root.join("material").join(team).join(name);
-        match std::fs::remove_dir_all(&material) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::Write {
-                path: material,
-                source,
-            }),
+    /// A vault store: pulls what other replicas wrote into the mirror; true when it changed.
+    pub async fn pull(&self) -> Result<bool, StoreError> {
+        match &self.remote {
+            Some(v) => v.pull(&self.local).await,
+            None => Ok(false),
         }
     }
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| StoreError::Write {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
-/// Writes `bytes` to `path` atomically (0600) in a private folder. Writes are serialized by
-/// the broker (one management write at a time).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
-    crate::atomic_file::write(path, bytes, 0o600).map_err(|source| StoreError::Write {
-        path: path.to_owned(),
-        source,
-    })
 }

@@ -754,3 +754,77 @@ async fn threat_44_a_held_wait_writes_audit_lines_only_on_change() {
     assert_eq!(changed.status(), 200);
     assert_eq!(lines(&s), 4, "{}", s.audit());
 }
+
+/// A held wait is re-asked under the policy in force: when a reload rotates its consumer's
+/// token (or removes the consumer), the wait ends unauthenticated at once — it does not keep
+/// receiving new material under the identity it was authenticated as.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_wait_ends_unauthenticated_when_a_reload_rotates_its_token() {
+    let bao = OpenBao::start();
+    let partner = Ca::new("partner CA");
+    put_certificate(&bao, &partner, "v1");
+    let s = serve(&bao.addr, "[limits]\nmax_waiting_per_consumer = 1\n").await;
+    let first = s
+        .running
+        .client
+        .post(s.running.url("/v1/credentials/partner-api/material"))
+        .bearer_auth(GW)
+        .json(&json!({ "host": HOST }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let e1 = etag(&first);
+    let waiter = {
+        let req = s
+            .running
+            .client
+            .post(
+                s.running
+                    .url("/v1/credentials/partner-api/material?wait=120s"),
+            )
+            .bearer_auth(GW)
+            .header("if-none-match", &e1)
+            .timeout(Duration::from_secs(150))
+            .json(&json!({ "host": HOST }));
+        tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+    };
+    // Once the waiter is held (a second wait of the consumer's is refused 429: it may hold
+    // one), the token rotates.
+    until("the waiter is held", Duration::from_secs(20), || async {
+        s.running
+            .client
+            .post(
+                s.running
+                    .url("/v1/credentials/partner-api/material?wait=1ms"),
+            )
+            .bearer_auth(GW)
+            .header("if-none-match", &e1)
+            .json(&json!({ "host": HOST }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 429
+    })
+    .await;
+    let path = s.dir.path().join("policies/p.toml");
+    let rotated = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&token_sha256(GW), &token_sha256("gw-rotated-token"));
+    std::fs::write(&path, rotated).unwrap();
+    let resp = s
+        .running
+        .client
+        .post(s.running.url("/v1/admin/reload"))
+        .bearer_auth(OPS)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let status = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("the held wait ended at the reload")
+        .unwrap();
+    assert_eq!(status, 401);
+}

@@ -74,6 +74,11 @@ pub(super) async fn material(
         &cond,
         state.recheck(),
         || async move {
+            // Each asking under the policy in force now (a held wait outlives reloads).
+            let caller = &state
+                .broker
+                .caller_now(caller)
+                .map_err(ApiError::Unauthorized)?;
             let material = state
                 .broker
                 .material_remembered(None, caller, name, host, memo)

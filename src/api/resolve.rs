@@ -74,6 +74,11 @@ pub(super) async fn resolve(
         let document = once.take().or_else(|| template.as_ref().map(copy));
         async move {
             let document = document.ok_or(ApiError::Timeout)?;
+            // Each asking under the policy in force now (a held wait outlives reloads).
+            let caller = &state
+                .broker
+                .caller_now(caller)
+                .map_err(ApiError::Unauthorized)?;
             let resolution = state
                 .broker
                 .resolve_remembered(None, caller, document, Layout::Compact, host, memo)

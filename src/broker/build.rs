@@ -26,6 +26,7 @@ impl Broker {
     pub fn from_config_with_env(config: &Config, env: &VaultEnv) -> Result<Self, BuildError> {
         let mut sources: Vec<Arc<dyn SecretSource>> = Vec::new();
         let mut pem_modes = Vec::new();
+        let mut vaults: Vec<(String, Arc<VaultSource>)> = Vec::new();
         for s in &config.sources {
             let mode = match s {
                 SourceConfig::File(f) => f.pem,
@@ -52,7 +53,9 @@ impl Broker {
                     if tokio::runtime::Handle::try_current().is_ok() {
                         source.spawn_renewer();
                     }
-                    sources.push(Arc::new(source));
+                    let source = Arc::new(source);
+                    vaults.push((v.name.clone(), Arc::clone(&source)));
+                    sources.push(source);
                 }
                 SourceConfig::Ccp(c) => {
                     let source = CcpSource::new(c).map_err(|source| BuildError::Ccp {
@@ -68,16 +71,31 @@ impl Broker {
         let store = match &config.store {
             None => None,
             Some(st) => {
-                let store = crate::store::FileStore::open(&st.path)?;
-                let source =
-                    FileSource::new(crate::store::SOURCE, &store.material()).map_err(|source| {
+                let local = crate::store::FileStore::open(&st.path)?;
+                let store = match (st.kind, st.source.as_deref()) {
+                    (crate::config::StoreKind::Vault, Some(name)) => {
+                        let source = vaults
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, s)| Arc::clone(s))
+                            .ok_or_else(|| BuildError::StoreSource(name.to_owned()))?;
+                        crate::store::Store::vault(
+                            local,
+                            crate::store::VaultStore::new(source, name, &st.prefix),
+                        )
+                    }
+                    _ => crate::store::Store::file(local),
+                };
+                if let Some(dir) = store.material_dir() {
+                    let source = FileSource::new(crate::store::SOURCE, &dir).map_err(|source| {
                         BuildError::FileSource {
                             name: crate::store::SOURCE.to_owned(),
-                            path: store.material().display().to_string(),
+                            path: dir.display().to_string(),
                             source,
                         }
                     })?;
-                sources.push(Arc::new(source));
+                    sources.push(Arc::new(source));
+                }
                 Some(Arc::new(store))
             }
         };
@@ -224,6 +242,14 @@ impl Broker {
 
     /// The policy a request of `caller` is decided under: the snapshot a consumer was
     /// authenticated under, the current one for the operator.
+    /// `caller` under the policy in force now — for a held blocking query's re-asks, so a
+    /// reload applies to it (a removed or changed consumer ends the wait unauthenticated).
+    pub fn caller_now(&self, caller: &Caller) -> Result<Caller, crate::identity::AuthError> {
+        caller
+            .under(&self.policy.load_full())
+            .ok_or(crate::identity::AuthError::Changed)
+    }
+
     pub(super) fn snapshot(&self, caller: &Caller) -> Arc<Snapshot> {
         match caller {
             Caller::Consumer(c) => Arc::clone(c.snapshot()),

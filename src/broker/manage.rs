@@ -19,7 +19,8 @@ use super::{AuditEntry, Broker, Caller};
 use crate::audit::{Action, Outcome};
 use crate::pem::{self, RepairKind};
 use crate::policy::{CredentialMode, ReadAccess};
-use crate::store::{FileStore, Record};
+use crate::store::{Record, Store, StoreError};
+use std::sync::Arc;
 
 /// A credential as the management API receives it: the definition, and the material by
 /// value (never read back).
@@ -147,10 +148,6 @@ const MAX_METADATA: usize = 32;
 const MAX_METADATA_BYTES: usize = 256;
 const MAX_HOSTS: usize = 64;
 
-fn now() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}
-
 /// The definition the store keeps for `input` at `version`: the policy's own schema, its
 /// values references to the store's material.
 #[derive(Serialize)]
@@ -182,7 +179,7 @@ struct DefinitionBody<'a> {
 }
 
 impl Broker {
-    fn store(&self) -> Result<&FileStore, ManageError> {
+    fn store(&self) -> Result<&Store, ManageError> {
         self.store.as_deref().ok_or(ManageError::NoStore)
     }
 
@@ -249,7 +246,10 @@ impl Broker {
             if if_match.is_some_and(|m| m != etag(&toml, &record)) {
                 return Err(ManageError::Stale);
             }
-            store.delete(team, name)?;
+            store
+                .delete(team, name, &record)
+                .await
+                .map_err(|e| lost_race(e, true))?;
             // The definition is gone: no door serves it once the policy is reloaded. A
             // reload that fails keeps the previous policy, which still holds it — say so.
             self.reload_policy()
@@ -258,6 +258,36 @@ impl Broker {
         };
         self.one_write(Action::CredentialDelete, caller, team, name, work)
             .await
+    }
+
+    /// A vault store: every `poll`, pulls what other replicas wrote and reloads the policy
+    /// when it changed (which wakes blocking queries and agents), while the broker lives.
+    pub fn spawn_store_poll(self: &Arc<Self>, every: std::time::Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(broker) = weak.upgrade() else { return };
+                broker.pull_store().await;
+                drop(broker);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// One pull of a shared store, under the write lock (never beside this replica's own
+    /// write). Failures are logged and retried at the next poll; the policy in force stays.
+    pub async fn pull_store(&self) {
+        let Some(store) = self.store.as_deref().filter(|s| s.is_shared()) else {
+            return;
+        };
+        let _one = self.manage.lock().await;
+        match store.pull().await {
+            Ok(false) => {}
+            Ok(true) => {
+                let _ = self.reload_policy();
+            }
+            Err(e) => tracing::warn!(error = %e, "store: pull failed; retrying at the next poll"),
+        }
     }
 
     /// Runs one management write: alone (one at a time), then audited.
@@ -364,7 +394,7 @@ impl Broker {
         }
         let (fields, repairs) = ingest(input)?;
         let version = previous.as_ref().map_or(1, |(_, r)| r.version + 1);
-        let at = now();
+        let at = crate::store::now();
         let id = match &previous {
             Some((_, r)) => r.id,
             None => {
@@ -391,13 +421,9 @@ impl Broker {
             display_name: input.display_name.clone(),
             folder_id: input.folder_id,
         };
-        let reference = |field: &str| {
-            format!(
-                "$SECRET_{}:{} $KEY_{field}",
-                crate::store::SOURCE,
-                FileStore::material_path(&input.team, &input.name, version)
-            )
-        };
+        let (material_source, material_path) = store.reference(&input.team, &input.name, version);
+        let reference =
+            |field: &str| format!("$SECRET_{material_source}:{material_path} $KEY_{field}");
         let has = |f: &str| fields.iter().any(|(k, _)| *k == f);
         let definition = Definition {
             credential: [DefinitionBody {
@@ -439,12 +465,24 @@ impl Broker {
             return Ok(managed);
         }
         let refs: Vec<(&str, &SecretString)> = fields.iter().map(|(k, v)| (*k, v)).collect();
-        store.write_material(&input.team, &input.name, version, &refs)?;
-        store.write_definition(&input.team, &input.name, &toml, &record)?;
+        let was = previous.as_ref().map(|(_, r)| r);
+        let write = crate::store::Write {
+            team: &input.team,
+            name: &input.name,
+            fields: &refs,
+            toml: &toml,
+            record: &record,
+        };
+        store
+            .write(write, was)
+            .await
+            .map_err(|e| lost_race(e, was.is_some()))?;
         if let Err(e) = self.reload_policy() {
             // A definition the policy refuses never stays: the previous one comes back.
             let previous = previous.as_ref().map(|(t, r)| (t.as_str(), r));
-            store.restore(&input.team, &input.name, previous)?;
+            store
+                .restore(&input.team, &input.name, &record, previous)
+                .await?;
             let lines = match e {
                 super::ReloadError::Invalid(crate::policy::PolicyError::Invalid(list)) => {
                     list.iter().map(ToString::to_string).collect()
@@ -481,12 +519,18 @@ impl Broker {
     }
 }
 
+/// Another replica wrote first: a create finds the name taken (409), a change or delete
+/// finds the credential changed (412).
+fn lost_race(e: StoreError, existed: bool) -> ManageError {
+    match e {
+        StoreError::Conflict if existed => ManageError::Stale,
+        StoreError::Conflict => ManageError::Exists,
+        other => other.into(),
+    }
+}
+
 /// A stored credential's definition text and record, when both are there.
-fn stored(
-    store: &FileStore,
-    team: &str,
-    name: &str,
-) -> Result<Option<(String, Record)>, ManageError> {
+fn stored(store: &Store, team: &str, name: &str) -> Result<Option<(String, Record)>, ManageError> {
     Ok(store.definition(team, name)?.zip(store.record(team, name)?))
 }
 

@@ -625,16 +625,36 @@ fn default_queue() -> usize {
 pub const STORE_SOURCE: &str = "store";
 
 /// `[store]`: where credentials created through the management API are kept (see
-/// docs/MANAGEMENT.md). `kind = "file"`: a folder (the `serve --dev` default).
+/// docs/MANAGEMENT.md). `kind = "file"`: a folder (the `serve --dev` default);
+/// `kind = "vault"`: a vault source's KV v2 mount, shared by replicas.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub kind: StoreKind,
-    /// The folder (`kind = "file"`), relative to the configuration file.
+    /// The folder (`kind = "file"`), or the vault store's local mirror; relative to the
+    /// configuration file.
     pub path: PathBuf,
+    /// `kind = "vault"`: the vault source whose mount holds the store.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// `kind = "vault"`: the folder of the mount the store writes under.
+    #[serde(default = "default_store_prefix")]
+    pub prefix: String,
+    /// `kind = "vault"`: how often each replica checks the store's generation.
+    #[serde(default = "default_store_poll")]
+    pub poll: Dur,
+}
+
+fn default_store_prefix() -> String {
+    "keybroker".to_owned()
+}
+fn default_store_poll() -> Dur {
+    Dur(Duration::from_secs(1))
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     File,
+    Vault,
 }

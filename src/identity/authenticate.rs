@@ -39,6 +39,10 @@ pub enum AuthError {
     /// `Authorization` naming someone else): refused, not settled by order.
     #[error("conflicting credentials in X-Vault-Token and Authorization")]
     ConflictingCredentials,
+    /// A held blocking query whose consumer was removed or changed (e.g. its token rotated)
+    /// by a policy reload: what it authenticated as no longer holds.
+    #[error("the consumer changed while the request waited")]
+    Changed,
 }
 
 impl AuthError {
@@ -101,6 +105,7 @@ impl AuthError {
             Self::UnknownToken => "unknown_token",
             Self::RepeatedAuthorization => "repeated_authorization",
             Self::ConflictingCredentials => "conflicting_credentials",
+            Self::Changed => "consumer_changed",
         }
     }
 }

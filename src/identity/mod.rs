@@ -66,6 +66,14 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// This caller under the policy snapshot `now`: see [`ConsumerRef::under`].
+    pub fn under(&self, now: &Arc<Snapshot>) -> Option<Self> {
+        match self {
+            Self::Operator => Some(Self::Operator),
+            Self::Consumer(c) => c.under(now).map(Self::Consumer),
+        }
+    }
+
     /// Whether this caller may manage what team `team` owns through the management API:
     /// the operator, a global admin, or an admin of that team (`admin_teams`).
     pub fn may_manage(&self, team: &str) -> bool {
@@ -136,6 +144,17 @@ impl ConsumerRef {
     /// The snapshot this consumer was authenticated under.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
+    }
+
+    /// The same consumer under `now` (a newer policy), if it is there unchanged; `None` when
+    /// it was removed or its entry changed (e.g. a rotated token): what it was authenticated
+    /// as no longer holds.
+    pub fn under(&self, now: &Arc<Snapshot>) -> Option<Self> {
+        if Arc::ptr_eq(&self.snapshot, now) {
+            return Some(self.clone());
+        }
+        let again = Self::of(Arc::clone(now), self.name())?;
+        (again.consumer() == self.consumer()).then_some(again)
     }
 }
 

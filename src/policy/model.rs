@@ -47,7 +47,9 @@ impl CredentialMode {
     }
 }
 
-/// A consumer: a caller identity belonging to one team.
+/// A consumer: a caller identity belonging to one team. Equal when nothing about who it is,
+/// how it authenticates or what it administers differs (a held wait continues only then).
+#[derive(PartialEq, Eq)]
 pub struct Consumer {
     pub name: String,
     pub team: String,

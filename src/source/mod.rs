@@ -25,7 +25,7 @@ pub(crate) use http::is_loopback;
 pub use http::{HttpSetupError, causes as http_causes, client as http_client};
 #[doc(hidden)]
 pub use vault::parse_kv_answer;
-pub use vault::{VaultConfigError, VaultEnv, VaultSource};
+pub use vault::{KvPart, VaultConfigError, VaultEnv, VaultSource};
 
 use crate::reference::SecretPath;
 use crate::secret::Secret;

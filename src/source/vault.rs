@@ -98,6 +98,9 @@ pub enum VaultConfigError {
     Unresolvable(String),
 }
 
+mod write;
+pub use write::KvPart;
+
 #[derive(Debug)]
 pub struct VaultSource {
     name: String,
@@ -478,6 +481,18 @@ impl Inner {
         token: Option<&SecretString>,
         body: Option<serde_json::Value>,
     ) -> Result<Zeroizing<Vec<u8>>, SourceError> {
+        let body = body.map(|b| bytes::Bytes::from(b.to_string()));
+        self.call_bytes(method, url, token, body).await
+    }
+
+    /// As [`Inner::call`], with a JSON body already encoded (a zeroizing owner for material).
+    async fn call_bytes(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        token: Option<&SecretString>,
+        body: Option<bytes::Bytes>,
+    ) -> Result<Zeroizing<Vec<u8>>, SourceError> {
         let endpoint = endpoint_of(&url, &self.mount);
         let mut req = self.http.request(method, url);
         if let Some(t) = token {
@@ -490,7 +505,9 @@ impl Inner {
             req = req.header("X-Vault-Namespace", ns);
         }
         if let Some(b) = body {
-            req = req.json(&b);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
         let resp = req.send().await.map_err(|e| transport(&e))?;
         let status = resp.status();

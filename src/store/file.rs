@@ -1,0 +1,214 @@
+//! `[store] kind = "file"`: a folder — each credential's definition a policy file
+//! (`credentials/<team>/<name>.toml`, loaded with the policy folder), its material a JSON file
+//! per version (`material/<team>/<name>/v<N>.json`, served by the file source `store`), its
+//! record `records/<team>/<name>.json`. Also the local mirror of a vault store. Writes are
+//! atomic (a temporary file renamed into place, 0600); material first, then the definition —
+//! the definition's rename is the commit point, so a failure in between leaves an
+//! unreferenced material file, never a definition without its material.
+
+use std::path::{Path, PathBuf};
+
+use secrecy::ExposeSecret;
+
+use super::{Record, StoreError};
+use crate::secret::SecretBuf;
+
+#[derive(Debug)]
+pub struct FileStore {
+    root: PathBuf,
+    definitions: PathBuf,
+}
+
+impl FileStore {
+    /// The store at `root`, its folders created (0700).
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        for sub in ["credentials", "material", "records"] {
+            let dir = root.join(sub);
+            create_private_dir(&dir)?;
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            definitions: root.join("credentials"),
+        })
+    }
+
+    /// Where the definitions are (a policy folder).
+    pub fn definitions_dir(&self) -> &Path {
+        &self.definitions
+    }
+
+    /// Where the material is (the `store` file source's folder).
+    pub fn material(&self) -> PathBuf {
+        self.root.join("material")
+    }
+
+    fn definition_path(&self, team: &str, name: &str) -> PathBuf {
+        self.root
+            .join("credentials")
+            .join(team)
+            .join(format!("{name}.toml"))
+    }
+
+    fn record_path(&self, team: &str, name: &str) -> PathBuf {
+        self.root
+            .join("records")
+            .join(team)
+            .join(format!("{name}.json"))
+    }
+
+    /// The path (`<team>/<name>/v<N>`) a reference to a version's material names.
+    pub fn material_path(team: &str, name: &str, version: u64) -> String {
+        format!("{team}/{name}/v{version}")
+    }
+
+    pub fn record(&self, team: &str, name: &str) -> Result<Option<Record>, StoreError> {
+        let path = self.record_path(team, name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Malformed(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Read { path, source }),
+        }
+    }
+
+    /// Every record, with its team and name (the Tines routes find a credential by `id`).
+    pub fn records(&self) -> Result<Vec<(String, String, Record)>, StoreError> {
+        let mut out = Vec::new();
+        let base = self.root.join("records");
+        let read = |p: &Path| {
+            std::fs::read_dir(p).map_err(|source| StoreError::Read {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        for team in read(&base)? {
+            let team = team.map_err(|source| StoreError::Read {
+                path: base.clone(),
+                source,
+            })?;
+            let team_name = team.file_name().to_string_lossy().into_owned();
+            for file in read(&team.path())? {
+                let file = file.map_err(|source| StoreError::Read {
+                    path: team.path(),
+                    source,
+                })?;
+                let file_name = file.file_name().to_string_lossy().into_owned();
+                let Some(name) = file_name.strip_suffix(".json") else {
+                    continue;
+                };
+                if let Some(r) = self.record(&team_name, name)? {
+                    out.push((team_name.clone(), name.to_owned(), r));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes version `version` of the material (fields by name, JSON) — before the
+    /// definition that references it.
+    pub fn write_material(
+        &self,
+        team: &str,
+        name: &str,
+        version: u64,
+        fields: &[(&str, &secrecy::SecretString)],
+    ) -> Result<(), StoreError> {
+        let mut body = SecretBuf::with_capacity(
+            fields
+                .iter()
+                .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
+                .sum::<usize>()
+                + 2,
+        );
+        body.push_object(fields.iter().map(|(k, v)| (*k, *v)));
+        let path = self
+            .root
+            .join("material")
+            .join(format!("{}.json", Self::material_path(team, name, version)));
+        write_atomic(&path, body.as_bytes())
+    }
+
+    /// Writes the definition (policy TOML) and the record: the commit point of a write.
+    pub fn write_definition(
+        &self,
+        team: &str,
+        name: &str,
+        toml: &str,
+        record: &Record,
+    ) -> Result<(), StoreError> {
+        let record_bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
+        write_atomic(&self.record_path(team, name), &record_bytes)?;
+        write_atomic(&self.definition_path(team, name), toml.as_bytes())
+    }
+
+    /// Puts back what `write_definition` replaced (`None`: there was nothing), after a write
+    /// the policy refused to load.
+    pub fn restore(
+        &self,
+        team: &str,
+        name: &str,
+        previous: Option<(&str, &Record)>,
+    ) -> Result<(), StoreError> {
+        match previous {
+            Some((toml, record)) => self.write_definition(team, name, toml, record),
+            None => self.delete(team, name),
+        }
+    }
+
+    /// The definition's text as stored, if any.
+    pub fn definition(&self, team: &str, name: &str) -> Result<Option<String>, StoreError> {
+        let path = self.definition_path(team, name);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Read { path, source }),
+        }
+    }
+
+    /// Removes the definition (the commit point: no door serves it after the reload), then
+    /// the record and every version of the material.
+    pub fn delete(&self, team: &str, name: &str) -> Result<(), StoreError> {
+        for path in [
+            self.definition_path(team, name),
+            self.record_path(team, name),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Write { path, source }),
+            }
+        }
+        let material = self.root.join("material").join(team).join(name);
+        match std::fs::remove_dir_all(&material) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Write {
+                path: material,
+                source,
+            }),
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::Write {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Writes `bytes` to `path` atomically (0600) in a private folder. Writes are serialized by
+/// the broker (one management write at a time).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
+    crate::atomic_file::write(path, bytes, 0o600).map_err(|source| StoreError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}

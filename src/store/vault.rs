@@ -1,0 +1,368 @@
+//! `[store] kind = "vault"`: the store kept in a vault source's KV v2 mount, shared by every
+//! replica — under `<prefix>/`:
+//! - `credentials/<team>/<name>`: `{definition, record}` (the policy TOML and the record);
+//! - `material/<team>/<name>/v<N>`: the material's fields, one KV secret per version, read by
+//!   the vault source itself like any secret;
+//! - `generation`: bumped by every write; each replica polls its version and, when it moved,
+//!   pulls every definition into its local mirror (a [`FileStore`] folder the policy loader
+//!   reads) and reloads.
+//!
+//! Writes: material first (a new path per version), then the definition with check-and-set
+//! (`cas` = the KV version this replica saw, 0 to create) — the commit point, so two replicas
+//! racing on one credential cannot both win — then the generation.
+
+use bytes::Bytes;
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::sync::Arc;
+
+use super::{FileStore, Record, StoreError};
+use crate::secret::SecretBuf;
+use crate::source::{KvPart, SourceError, VaultSource};
+
+#[derive(Debug)]
+pub struct VaultStore {
+    source: Arc<VaultSource>,
+    source_name: String,
+    prefix: String,
+    /// The generation this replica's mirror reflects.
+    seen: std::sync::Mutex<Option<u64>>,
+}
+
+/// What a KV v2 `data/` read answers, for the store's own records (no material).
+#[derive(Deserialize)]
+struct KvRead {
+    data: KvReadData,
+}
+#[derive(Deserialize)]
+struct KvReadData {
+    data: Option<StoredDefinition>,
+    metadata: KvMeta,
+}
+#[derive(Deserialize)]
+struct KvMeta {
+    version: u64,
+}
+#[derive(Deserialize)]
+struct StoredDefinition {
+    definition: String,
+    record: String,
+}
+#[derive(Deserialize)]
+struct KvWritten {
+    data: KvMeta,
+}
+#[derive(Deserialize)]
+struct KvMetadata {
+    data: KvMetadataData,
+}
+#[derive(Deserialize)]
+struct KvMetadataData {
+    current_version: u64,
+}
+#[derive(Deserialize)]
+struct KvList {
+    data: KvListData,
+}
+#[derive(Deserialize)]
+struct KvListData {
+    keys: Vec<String>,
+}
+
+fn remote(e: SourceError) -> StoreError {
+    StoreError::Remote(e)
+}
+
+fn malformed(what: &str) -> StoreError {
+    StoreError::Malformed(what.into())
+}
+
+impl VaultStore {
+    pub fn new(source: Arc<VaultSource>, source_name: &str, prefix: &str) -> Self {
+        Self {
+            source,
+            source_name: source_name.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            seen: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The vault source that serves the material, and the path of a version's material.
+    pub fn reference(&self, team: &str, name: &str, version: u64) -> (String, String) {
+        (
+            self.source_name.clone(),
+            format!(
+                "{}/material/{}",
+                self.prefix,
+                FileStore::material_path(team, name, version)
+            ),
+        )
+    }
+
+    fn definition_path(&self, team: &str, name: &str) -> String {
+        format!("{}/credentials/{team}/{name}", self.prefix)
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<String>, StoreError> {
+        let list = Method::from_bytes(b"LIST").unwrap_or(Method::GET);
+        match self
+            .source
+            .kv(list, KvPart::Metadata, path, None)
+            .await
+            .map_err(remote)?
+        {
+            None => Ok(Vec::new()),
+            Some(body) => Ok(serde_json::from_slice::<KvList>(&body)
+                .map_err(|_| malformed("a vault list answer"))?
+                .data
+                .keys),
+        }
+    }
+
+    /// The definition in vault with its KV version, if any.
+    async fn read_definition(
+        &self,
+        team: &str,
+        name: &str,
+    ) -> Result<Option<(u64, String, Record)>, StoreError> {
+        let Some(body) = self
+            .source
+            .kv(
+                Method::GET,
+                KvPart::Data,
+                &self.definition_path(team, name),
+                None,
+            )
+            .await
+            .map_err(remote)?
+        else {
+            return Ok(None);
+        };
+        let read: KvRead =
+            serde_json::from_slice(&body).map_err(|_| malformed("a stored definition"))?;
+        // A deleted version (soft delete) answers `data: null`.
+        let Some(stored) = read.data.data else {
+            return Ok(None);
+        };
+        let record: Record =
+            serde_json::from_str(&stored.record).map_err(|_| malformed("a stored record"))?;
+        Ok(Some((
+            read.data.metadata.version,
+            stored.definition,
+            record,
+        )))
+    }
+
+    async fn put(&self, path: &str, body: Bytes) -> Result<u64, StoreError> {
+        let answer = self
+            .source
+            .kv(Method::POST, KvPart::Data, path, Some(body))
+            .await
+            .map_err(|e| match e {
+                // Vault's answer to a check-and-set that did not match: another writer won.
+                SourceError::Invalid(_) => StoreError::Conflict,
+                other => remote(other),
+            })?
+            .ok_or_else(|| malformed("a vault write answer"))?;
+        Ok(serde_json::from_slice::<KvWritten>(&answer)
+            .map_err(|_| malformed("a vault write answer"))?
+            .data
+            .version)
+    }
+
+    /// Writes version `version` of the material — before the definition that references it.
+    pub async fn write_material(
+        &self,
+        team: &str,
+        name: &str,
+        version: u64,
+        fields: &[(&str, &SecretString)],
+    ) -> Result<(), StoreError> {
+        let mut body = SecretBuf::with_capacity(
+            fields
+                .iter()
+                .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
+                .sum::<usize>()
+                + 32,
+        );
+        // cas = 0: a version's material is written once, never over another's.
+        body.push_str("{\"options\":{\"cas\":0},\"data\":");
+        body.push_object(fields.iter().map(|(k, v)| (*k, *v)));
+        body.push_str("}");
+        let (_, path) = self.reference(team, name, version);
+        self.put(&path, Bytes::from_owner(body)).await.map(|_| ())
+    }
+
+    /// Writes the definition if vault still holds `previous` (`None`: nothing), then bumps
+    /// the generation. [`StoreError::Conflict`] when another replica changed it first.
+    pub async fn commit(
+        &self,
+        team: &str,
+        name: &str,
+        toml: &str,
+        record: &Record,
+        previous: Option<&Record>,
+    ) -> Result<(), StoreError> {
+        let cas = self.expect(team, name, previous).await?;
+        let body = serde_json::json!({
+            "options": { "cas": cas },
+            "data": {
+                "definition": toml,
+                "record": serde_json::to_string(record).unwrap_or_default(),
+            },
+        });
+        self.put(
+            &self.definition_path(team, name),
+            Bytes::from(body.to_string()),
+        )
+        .await?;
+        self.bump().await
+    }
+
+    /// The KV version to check-and-set against: vault must hold what this replica last saw.
+    async fn expect(
+        &self,
+        team: &str,
+        name: &str,
+        previous: Option<&Record>,
+    ) -> Result<u64, StoreError> {
+        match (self.read_definition(team, name).await?, previous) {
+            (None, None) => Ok(0),
+            (Some((kv, _, now)), Some(prev)) if now.version == prev.version => Ok(kv),
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    /// Deletes the definition (every KV version — the commit point), then every version of
+    /// the material, then bumps the generation.
+    pub async fn delete(
+        &self,
+        team: &str,
+        name: &str,
+        previous: &Record,
+    ) -> Result<(), StoreError> {
+        self.expect(team, name, Some(previous)).await?;
+        self.source
+            .kv(
+                Method::DELETE,
+                KvPart::Metadata,
+                &self.definition_path(team, name),
+                None,
+            )
+            .await
+            .map_err(remote)?;
+        let base = format!("{}/material/{team}/{name}", self.prefix);
+        for version in self.list(&base).await? {
+            self.source
+                .kv(
+                    Method::DELETE,
+                    KvPart::Metadata,
+                    &format!("{base}/{version}"),
+                    None,
+                )
+                .await
+                .map_err(remote)?;
+        }
+        self.bump().await
+    }
+
+    /// Puts back a definition after the writing replica's policy refused the new one.
+    pub async fn restore(
+        &self,
+        team: &str,
+        name: &str,
+        written: &Record,
+        previous: Option<(&str, &Record)>,
+    ) -> Result<(), StoreError> {
+        match previous {
+            Some((toml, record)) => {
+                let cas = self.expect(team, name, Some(written)).await?;
+                let body = serde_json::json!({
+                    "options": { "cas": cas },
+                    "data": {
+                        "definition": toml,
+                        "record": serde_json::to_string(record).unwrap_or_default(),
+                    },
+                });
+                self.put(
+                    &self.definition_path(team, name),
+                    Bytes::from(body.to_string()),
+                )
+                .await?;
+                self.bump().await
+            }
+            None => self.delete(team, name, written).await,
+        }
+    }
+
+    /// A new generation: every replica's poll sees it and pulls.
+    async fn bump(&self) -> Result<(), StoreError> {
+        let body = serde_json::json!({ "data": { "at": crate::store::now() } });
+        let path = format!("{}/generation", self.prefix);
+        let version = self.put(&path, Bytes::from(body.to_string())).await?;
+        // This replica's own write: its mirror is current only if no one wrote in between.
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.is_some_and(|s| s + 1 == version) {
+            *seen = Some(version);
+        }
+        Ok(())
+    }
+
+    /// When the generation moved since the last pull: every definition into `mirror`
+    /// (those gone removed). True when the mirror changed.
+    pub async fn pull(&self, mirror: &FileStore) -> Result<bool, StoreError> {
+        let path = format!("{}/generation", self.prefix);
+        let generation = match self
+            .source
+            .kv(Method::GET, KvPart::Metadata, &path, None)
+            .await
+            .map_err(remote)?
+        {
+            None => 0,
+            Some(body) => {
+                serde_json::from_slice::<KvMetadata>(&body)
+                    .map_err(|_| malformed("the store's generation"))?
+                    .data
+                    .current_version
+            }
+        };
+        if *self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            == Some(generation)
+        {
+            return Ok(false);
+        }
+        let mut present = Vec::new();
+        let base = format!("{}/credentials", self.prefix);
+        for team in self.list(&base).await? {
+            let team = team.trim_end_matches('/').to_owned();
+            for name in self.list(&format!("{base}/{team}")).await? {
+                if name.ends_with('/') {
+                    continue;
+                }
+                if let Some((_, toml, record)) = self.read_definition(&team, &name).await? {
+                    if mirror.definition(&team, &name)?.as_deref() != Some(toml.as_str()) {
+                        mirror.write_definition(&team, &name, &toml, &record)?;
+                    }
+                    present.push((team.clone(), name));
+                }
+            }
+        }
+        for (team, name, _) in mirror.records()? {
+            if !present.iter().any(|(t, n)| *t == team && *n == name) {
+                mirror.delete(&team, &name)?;
+            }
+        }
+        *self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(generation);
+        Ok(true)
+    }
+}

@@ -1,0 +1,316 @@
+//! Replicas sharing a vault store (docs/MANAGEMENT.md, docs/DEPLOY.md): two `keybroker serve`
+//! processes, each with its own local mirror, over one real OpenBao. What one replica writes
+//! the other serves within a few polls, wakes the other's blocking queries, and racing
+//! writes on the two replicas cannot both win.
+
+mod support {
+    pub mod fixture;
+    pub mod openbao;
+    pub mod pki;
+    pub mod ports;
+    pub mod server;
+}
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use support::fixture;
+use support::openbao::OpenBao;
+use support::pki::Ca;
+use support::server::{Running, folder};
+
+const ADMIN: &str = "replica-payments-admin";
+const GW: &str = "replica-gw";
+
+struct Replica {
+    _dir: tempfile::TempDir,
+    server: Running,
+}
+
+async fn replica(bao_addr: &str, prefix: &str) -> Replica {
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    fixture::Policy::new()
+        .team("payments")
+        .consumer("gw", "payments", GW)
+        .team_admin("payments-admin", "payments", ADMIN, &["payments"])
+        .write(root);
+    fixture::Config::tls()
+        .with(&format!(
+            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{bao_addr}\"\n[store]\nkind = \"vault\"\nsource = \"vault\"\nprefix = \"{prefix}\"\npath = \"mirror\"\npoll = \"200ms\"\n"
+        ))
+        .write(root);
+    let server = Running::start(root, &ca.pem, 0, "info").await;
+    Replica { _dir: dir, server }
+}
+
+impl Replica {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value, Option<String>) {
+        let mut r = self
+            .server
+            .client
+            .request(method, self.server.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            etag,
+        )
+    }
+
+    async fn material(
+        &self,
+        name: &str,
+        headers: &[(&str, &str)],
+        wait: &str,
+    ) -> (u16, Value, Option<String>) {
+        self.send(
+            reqwest::Method::POST,
+            GW,
+            &format!("/v1/credentials/{name}/material{wait}"),
+            Some(json!({ "host": "api.partner.example" })),
+            headers,
+        )
+        .await
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    fn mirror_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self._dir.path().join("mirror")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path().display().to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+fn body(name: &str, partner: &Ca, cn: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let client = partner.client(dir.path(), "c", cn);
+    json!({
+        "name": name,
+        "team": "payments",
+        "mode": "mtls",
+        "client_certificate": client.cert_pem,
+        "client_private_key": client.key_pem,
+        "root_certificate": partner.pem,
+        "allowed_hosts": ["api.partner.example"],
+    })
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_store_is_shared_by_replicas_and_racing_writes_cannot_both_win() {
+    let bao = OpenBao::start();
+    let (a, b) = (
+        replica(&bao.addr, "kb-test").await,
+        replica(&bao.addr, "kb-test").await,
+    );
+    let partner = Ca::new("partner CA");
+
+    // Created through A, served by B once B's poll pulled it.
+    let (status, v, _) = a
+        .send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/credentials",
+            Some(body("partner", &partner, "gateway-v1")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    until("B serves what A created", || async {
+        b.material("partner", &[], "").await.0 == 200
+    })
+    .await;
+    let (_, m, b_etag) = b.material("partner", &[], "").await;
+    assert!(
+        m["certificate"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    // The material is in OpenBao, not in either mirror.
+    for r in [&a, &b] {
+        let files = r.mirror_files();
+        assert!(
+            files.iter().all(|f| !f.contains("/material/")),
+            "material in a mirror: {files:?}"
+        );
+    }
+    let stored = bao.cli(&[
+        "kv",
+        "get",
+        "-format=json",
+        "secret/kb-test/material/payments/partner/v1",
+    ]);
+    assert!(stored.contains("BEGIN CERTIFICATE"), "{stored}");
+
+    // A blocking query on B is woken by a rotation written through A.
+    let b_etag = b_etag.unwrap();
+    let waiting = {
+        let b_url = b.server.url("/v1/credentials/partner/material?wait=60s");
+        let client = b.server.client.clone();
+        let etag = b_etag.clone();
+        tokio::spawn(async move {
+            let resp = client
+                .post(b_url)
+                .bearer_auth(GW)
+                .header("if-none-match", etag)
+                .timeout(Duration::from_secs(90))
+                .json(&json!({ "host": "api.partner.example" }))
+                .send()
+                .await
+                .unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        })
+    };
+    let (_, _, a_etag) = a
+        .send(
+            reqwest::Method::GET,
+            ADMIN,
+            "/v1/teams/payments/credentials/partner",
+            None,
+            &[],
+        )
+        .await;
+    let a_etag = a_etag.unwrap();
+    let (status, v, _) = a
+        .send(
+            reqwest::Method::PUT,
+            ADMIN,
+            "/v1/credentials/partner",
+            Some(body("partner", &partner, "gateway-v2")),
+            &[("if-match", &a_etag)],
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    until("B serves the rotation", || async {
+        b.material("partner", &[], "").await.1["certificate"] != m["certificate"]
+    })
+    .await;
+    let fresh = b
+        .material("partner", &[("if-none-match", &b_etag)], "?wait=5s")
+        .await;
+    assert_eq!(
+        fresh.0, 200,
+        "a fresh wait with the old ETag: {:?}",
+        fresh.1
+    );
+    let (status, woken) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("the waiter on B was not woken:\n{}", b.log()))
+        .unwrap();
+    assert_eq!(status, 200, "{woken}");
+    assert_ne!(
+        woken["certificate"], m["certificate"],
+        "the new certificate"
+    );
+
+    // A stale ETag (A's, from before the rotation) is refused on B too: 412, nothing written.
+    let (status, v, _) = b
+        .send(
+            reqwest::Method::PUT,
+            ADMIN,
+            "/v1/credentials/partner",
+            Some(body("partner", &partner, "gateway-v3")),
+            &[("if-match", &a_etag)],
+        )
+        .await;
+    assert_eq!(status, 412, "{v}");
+
+    // The same name created on both at once: exactly one wins.
+    let (ra, rb) = tokio::join!(
+        a.send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/credentials",
+            Some(body("race", &partner, "r1")),
+            &[]
+        ),
+        b.send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/credentials",
+            Some(body("race", &partner, "r2")),
+            &[]
+        ),
+    );
+    let mut codes = [ra.0, rb.0];
+    codes.sort_unstable();
+    assert_eq!(codes, [201, 409], "{:?} {:?}", ra.1, rb.1);
+
+    // Deleted through B: A stops serving it.
+    until("B has the rotation", || async {
+        b.send(
+            reqwest::Method::GET,
+            ADMIN,
+            "/v1/teams/payments/credentials/partner",
+            None,
+            &[],
+        )
+        .await
+        .1["version"]
+            == 2
+    })
+    .await;
+    let (status, v, _) = b
+        .send(
+            reqwest::Method::DELETE,
+            ADMIN,
+            "/v1/credentials/partner",
+            None,
+            &[],
+        )
+        .await;
+    assert!(status == 204 || status == 200, "{status} {v}");
+    let never = a.material("never-existed", &[], "").await.0;
+    assert_ne!(never, 200);
+    until("A no longer serves what B deleted", || async {
+        a.material("partner", &[], "").await.0 == never
+    })
+    .await;
+    let left = bao.cli(&["kv", "list", "secret/kb-test/material/payments/"]);
+    assert!(!left.contains("partner"), "{left}");
+}
