@@ -8,6 +8,7 @@ mod support {
     pub mod openbao;
     pub mod pki;
     pub mod ports;
+    pub mod raft;
     pub mod server;
 }
 
@@ -29,6 +30,11 @@ struct Replica {
 }
 
 async fn replica(bao_addr: &str, prefix: &str) -> Replica {
+    replica_with(&format!("{bao_addr:?}"), prefix, "").await
+}
+
+/// A replica whose vault source's `address` is `address` (TOML: a string or a list).
+async fn replica_with(address: &str, prefix: &str, extra: &str) -> Replica {
     let (dir, ca) = folder("unused");
     let root = dir.path();
     fixture::Policy::new()
@@ -38,7 +44,7 @@ async fn replica(bao_addr: &str, prefix: &str) -> Replica {
         .write(root);
     fixture::Config::tls()
         .with(&format!(
-            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{bao_addr}\"\n[store]\nkind = \"vault\"\nsource = \"vault\"\nprefix = \"{prefix}\"\npath = \"mirror\"\npoll = \"200ms\"\n"
+            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = {address}\n{extra}[store]\nkind = \"vault\"\nsource = \"vault\"\nprefix = \"{prefix}\"\npath = \"mirror\"\npoll = \"200ms\"\n"
         ))
         .write(root);
     let server = Running::start(root, &ca.pem, 0, "info").await;
@@ -313,4 +319,131 @@ async fn a_vault_store_is_shared_by_replicas_and_racing_writes_cannot_both_win()
     .await;
     let left = bao.cli(&["kv", "list", "secret/kb-test/material/payments/"]);
     assert!(!left.contains("partner"), "{left}");
+}
+
+/// THE replica promise: two keybrokers in front of a real 3-node OpenBao Raft cluster
+/// (`address` lists every node). The leader is killed under a steady load of reads on both
+/// replicas with a 1 s cache TTL (so reads keep reaching OpenBao): no read fails, a rotation
+/// written through A after the election reaches B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_over_a_raft_cluster_fail_no_read_when_the_leader_dies() {
+    let mut cluster = support::raft::Cluster::start();
+    let list = format!("{:?}", cluster.addresses());
+    let ttl = "[cache]\nttl = \"1s\"\n";
+    let (a, b) = (
+        replica_with(&list, "kb-raft", ttl).await,
+        replica_with(&list, "kb-raft", ttl).await,
+    );
+    let partner = Ca::new("partner CA");
+    let (status, v, _) = a
+        .send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/credentials",
+            Some(body("partner", &partner, "gateway-v1")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    until("B serves what A created", || async {
+        b.material("partner", &[], "").await.0 == 200
+    })
+    .await;
+
+    let before = b.material("partner", &[], "").await.1["certificate"].clone();
+    // A steady load on both replicas, every answer counted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loads = Vec::new();
+    for r in [&a, &b] {
+        let (client, url) = (
+            r.server.client.clone(),
+            r.server.url("/v1/credentials/partner/material"),
+        );
+        let stop = std::sync::Arc::clone(&stop);
+        loads.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(GW)
+                    .json(&json!({ "host": "api.partner.example" }))
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!(
+                        "{} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        }));
+    }
+    let leader = cluster.leader().expect("a leader before the kill");
+    cluster.kill(leader);
+    // A new leader among the two left.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.leader().is_none() {
+        if Instant::now() > deadline {
+            std::fs::write("/tmp/raft.log", cluster.logs()).unwrap();
+            panic!("no new leader within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A rotation through A once the store can be written again (a management write during
+    // the election may be refused 503: writes are not promised through it, reads are).
+    let mut rotated = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !rotated {
+        let (_, _, etag) = a
+            .send(
+                reqwest::Method::GET,
+                ADMIN,
+                "/v1/teams/payments/credentials/partner",
+                None,
+                &[],
+            )
+            .await;
+        let (status, _, _) = a
+            .send(
+                reqwest::Method::PUT,
+                ADMIN,
+                "/v1/credentials/partner",
+                Some(body("partner", &partner, "gateway-v2")),
+                &[("if-match", etag.as_deref().unwrap_or(""))],
+            )
+            .await;
+        rotated = status == 200;
+        assert!(
+            Instant::now() < deadline,
+            "no rotation after the election:\n{}",
+            a.log()
+        );
+        if !rotated {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    until(
+        "B serves the rotation written after the election",
+        || async {
+            let now = b.material("partner", &[], "").await;
+            now.0 == 200 && now.1["certificate"] != before
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for load in loads {
+        let (ok, failed) = load.await.unwrap();
+        assert!(ok > 10, "too few reads to mean anything: {ok}");
+        assert!(
+            failed.is_empty(),
+            "reads failed through the leader's death: {failed:?}\nA:\n{}\nB:\n{}",
+            a.log(),
+            b.log()
+        );
+    }
 }

@@ -119,11 +119,31 @@ impl SourceConfig {
     }
 }
 
+/// `address = "https://v1:8200"` or `address = ["https://v1:8200", "https://v2:8200"]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addresses(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        match OneOrMany::deserialize(d)? {
+            OneOrMany::One(a) => Ok(Self(vec![a])),
+            OneOrMany::Many(list) if !list.is_empty() => Ok(Self(list)),
+            OneOrMany::Many(_) => Err(serde::de::Error::custom("address: an empty list")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct VaultSourceConfig {
     pub name: String,
-    /// Else `VAULT_ADDR`.
-    pub address: Option<String>,
+    /// One address or a list tried in order (a Raft cluster's nodes); else `VAULT_ADDR`.
+    pub address: Option<Addresses>,
     #[serde(default = "default_mount")]
     pub mount: String,
     #[serde(default)]

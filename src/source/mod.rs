@@ -101,6 +101,9 @@ pub enum Outage {
     VaultNotConsistent,
     /// Vault 503: sealed or in maintenance.
     VaultSealed,
+    /// A Vault cluster between leaders: a standby with no active node to forward to, or a
+    /// mount on the new active node not ready yet (answered 400 by Vault).
+    VaultNoLeader,
     VaultTokenHeader,
     VaultTokenFile,
     AppRoleCredentials,
@@ -137,6 +140,7 @@ impl Outage {
             Self::FileRead => "file_read",
             Self::VaultNotConsistent => "vault_not_consistent",
             Self::VaultSealed => "vault_sealed",
+            Self::VaultNoLeader => "vault_no_leader",
             Self::VaultTokenHeader => "vault_token_header",
             Self::VaultTokenFile => "vault_token_file",
             Self::AppRoleCredentials => "approle_credentials",
@@ -167,6 +171,7 @@ impl std::fmt::Display for Outage {
             Self::FileRead => "cannot read the secret file",
             Self::VaultNotConsistent => "vault is not yet consistent (412)",
             Self::VaultSealed => "vault sealed or in maintenance (503)",
+            Self::VaultNoLeader => "vault cluster between leaders (an election)",
             Self::VaultTokenHeader => "the vault token is not a valid header",
             Self::VaultTokenFile => "cannot read the vault token file",
             Self::AppRoleCredentials => "cannot read the AppRole credentials",

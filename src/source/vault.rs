@@ -92,6 +92,8 @@ pub enum VaultConfigError {
     NoToken,
     #[error("tls_server_name {0:?} is not a DNS name")]
     BadServerName(String),
+    #[error("tls_server_name is for one address, not a list")]
+    ServerNameWithList,
     #[error("tls_server_name needs an https:// address")]
     ServerNameWithoutTls,
     #[error("cannot resolve {0} (resolved once at start when tls_server_name is set)")]
@@ -110,7 +112,9 @@ pub struct VaultSource {
 #[derive(Debug)]
 struct Inner {
     http: reqwest::Client,
-    base: Url,
+    /// `address`, one or a list tried in order; `current` is the one that answered last.
+    bases: Vec<Url>,
+    current: std::sync::atomic::AtomicUsize,
     mount: String,
     namespace: Option<String>,
     configured_kv: KvVersion,
@@ -181,22 +185,28 @@ impl Token {
 
 impl VaultSource {
     pub fn new(cfg: &VaultSourceConfig, env: &VaultEnv) -> Result<Self, VaultConfigError> {
-        let address = cfg
-            .address
-            .clone()
-            .or_else(|| env.addr.clone())
-            .ok_or(VaultConfigError::NoAddress)?;
+        let addresses = match &cfg.address {
+            Some(list) => list.0.clone(),
+            None => vec![env.addr.clone().ok_or(VaultConfigError::NoAddress)?],
+        };
+        if addresses.is_empty() {
+            return Err(VaultConfigError::NoAddress);
+        }
         if env.skip_verify {
             return Err(VaultConfigError::SkipVerifyRefused);
         }
-        let mut base =
-            Url::parse(&address).map_err(|_| VaultConfigError::BadAddress(address.clone()))?;
-        if base.scheme() == "http" && !cfg.insecure_dev && !is_loopback(&base) {
-            return Err(VaultConfigError::InsecureHttp);
-        }
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
+        let mut bases = Vec::with_capacity(addresses.len());
+        for address in &addresses {
+            let mut base =
+                Url::parse(address).map_err(|_| VaultConfigError::BadAddress(address.clone()))?;
+            if base.scheme() == "http" && !cfg.insecure_dev && !is_loopback(&base) {
+                return Err(VaultConfigError::InsecureHttp);
+            }
+            if !base.path().ends_with('/') {
+                let path = format!("{}/", base.path());
+                base.set_path(&path);
+            }
+            bases.push(base);
         }
         let timeout = cfg.timeout.map_or(Duration::from_secs(10), |d| d.0);
         let ca = cfg.ca_cert.as_deref().or(env.cacert.as_deref());
@@ -208,7 +218,8 @@ impl VaultSource {
             .or_else(|| env.tls_server_name.clone());
         let pinned = match &server_name {
             None => None,
-            Some(name) => Some(pin_server_name(&mut base, name)?),
+            Some(_) if bases.len() > 1 => return Err(VaultConfigError::ServerNameWithList),
+            Some(name) => Some(pin_server_name(&mut bases[0], name)?),
         };
         let http = super::http::client_resolving(
             timeout,
@@ -264,7 +275,8 @@ impl VaultSource {
             name: cfg.name.clone(),
             inner: Arc::new(Inner {
                 http,
-                base,
+                bases,
+                current: std::sync::atomic::AtomicUsize::new(0),
                 mount: cfg.mount.trim_matches('/').to_owned(),
                 namespace: cfg.namespace.clone().or_else(|| env.namespace.clone()),
                 configured_kv: cfg.kv_version,
@@ -440,6 +452,36 @@ fn classify(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -
     }
 }
 
+/// Whether a 400 is the cluster saying it cannot serve yet (an election under way, a mount on
+/// the new active node not ready), not a request Vault refused. Read only to classify: Vault's error text is never
+/// logged nor passed on (it can quote request data). Bounded: a short error body.
+async fn no_leader(resp: reqwest::Response) -> bool {
+    let Ok(body) = resp.bytes().await else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).to_ascii_lowercase();
+    // A standby with no active node; a KV v2 mount on a new active node still loading
+    // ("waiting for the primary to upgrade … will resume service").
+    text.contains("node not active")
+        || text.contains("cannot forward")
+        || text.contains("will resume service")
+}
+
+/// Whether another address of the list may answer what this one could not: it was not
+/// reached, or it is sealed or has no active node to forward to (an election).
+fn fails_over(e: &SourceError) -> bool {
+    matches!(
+        e,
+        SourceError::Unavailable(
+            Outage::Unreachable
+                | Outage::TimedOut
+                | Outage::VaultSealed
+                | Outage::VaultNoLeader
+                | Outage::ServerError
+        )
+    )
+}
+
 fn transport(e: &reqwest::Error) -> SourceError {
     // At warn: a wrong address or a dead server must be visible at the default level.
     tracing::warn!(cause = %super::http::causes(e), "vault request failed");
@@ -468,7 +510,7 @@ impl Inner {
     }
 
     fn url(&self, path: &str) -> Result<Url, SourceError> {
-        self.base
+        self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed)]
             .join(&format!("v1/{path}"))
             .map_err(|_| SourceError::Invalid("the path does not form a URL"))
     }
@@ -487,6 +529,43 @@ impl Inner {
 
     /// As [`Inner::call`], with a JSON body already encoded (a zeroizing owner for material).
     async fn call_bytes(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        token: Option<&SecretString>,
+        body: Option<bytes::Bytes>,
+    ) -> Result<Zeroizing<Vec<u8>>, SourceError> {
+        // The address in use first; on a connection failure or an answer that says this node
+        // cannot serve now (sealed, standby without a leader), the next ones in order.
+        let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let n = self.bases.len();
+        let mut last = None;
+        for i in (0..n).map(|k| (first + k) % n) {
+            let mut url = url.clone();
+            let base = &self.bases[i];
+            if i != first {
+                let _ = url.set_scheme(base.scheme());
+                let _ = url.set_host(base.host_str());
+                let _ = url.set_port(base.port());
+            }
+            match self.send(method.clone(), url, token, body.clone()).await {
+                Err(e) if n > 1 && fails_over(&e) => {
+                    tracing::warn!(address = i, error = %e, "vault address failed; trying the next");
+                    last = Some(e);
+                }
+                other => {
+                    if other.is_ok() && i != first {
+                        self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return other;
+                }
+            }
+        }
+        Err(last.unwrap_or(SourceError::Unavailable(Outage::Unreachable)))
+    }
+
+    /// One request to one address.
+    async fn send(
         &self,
         method: reqwest::Method,
         url: Url,
@@ -518,7 +597,11 @@ impl Inner {
             } else {
                 tracing::info!(status = status.as_u16(), %endpoint, "vault answered an error");
             }
-            return Err(classify(status, resp.headers()));
+            let error = classify(status, resp.headers());
+            if status == reqwest::StatusCode::BAD_REQUEST && no_leader(resp).await {
+                return Err(SourceError::Unavailable(Outage::VaultNoLeader));
+            }
+            return Err(error);
         }
         let bytes = resp.bytes().await.map_err(|e| transport(&e))?;
         Ok(Zeroizing::new(bytes.to_vec()))

@@ -25,7 +25,7 @@ impl Nginx {
     /// an nginx that started owns its ports, no other server can answer on them.
     pub fn start(prefix: &Path, n: usize, http: impl Fn(&[u16]) -> String) -> (Self, Vec<u16>) {
         for _ in 0..8 {
-            let ports: Vec<u16> = (0..n).map(|_| candidate_port()).collect();
+            let ports: Vec<u16> = (0..n).map(|_| super::ports::candidate_port()).collect();
             if let Some(nginx) = Self::try_start(prefix, &http(&ports)) {
                 return (nginx, ports);
             }
@@ -84,15 +84,6 @@ impl Nginx {
         .map(|s| (*s).to_owned())
         .collect()
     }
-}
-
-/// A port below Linux's ephemeral range (32768–60999), so that no client socket of this machine
-/// is given it meanwhile; not checked here — nginx's bind is the check.
-fn candidate_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    20_000 + (h.finish() % 12_000) as u16
 }
 
 impl Drop for Nginx {

@@ -43,3 +43,14 @@ pub fn listening_ports(pid: u32) -> BTreeSet<u16> {
         })
         .collect()
 }
+
+/// A port for a server that must be told its address before it starts (nginx, a Raft node's
+/// `api_addr`): below Linux's ephemeral range (32768–60999), so no client socket of this
+/// machine is given it meanwhile. Not checked here — the server's bind is the check, and its
+/// caller starts it again on other candidates when the bind failed.
+pub fn candidate_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    20_000 + (h.finish() % 12_000) as u16
+}
