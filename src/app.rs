@@ -135,6 +135,7 @@ impl AppError {
             Self::Build(BuildError::Policy(_)) => None,
             Self::Build(BuildError::Store(_)) => Some(Setting::Key("store", "path")),
             Self::Build(BuildError::StoreSource(_)) => Some(Setting::Key("store", "source")),
+            Self::Build(BuildError::PkiVault(name)) => source(name),
             Self::Build(BuildError::Notify(e)) => Some(Setting::Key(
                 "notify",
                 match e {

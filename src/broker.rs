@@ -158,6 +158,8 @@ pub enum BuildError {
     Notify(#[from] crate::notify::NotifyError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("pki source `{0}`: its `vault` is not a vault source")]
+    PkiVault(String),
     #[error("[store] source `{0}` is not a vault source")]
     StoreSource(String),
     #[error("source `{name}`: cannot open {path}: {source}")]

@@ -19,8 +19,8 @@ use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, EgressConfig,
     ExpiryConfig, FileSourceConfig, FsyncPolicy, KUBERNETES_TOKEN_FILE, KvVersion, LimitsConfig,
-    NotifyConfig, PemMode, STORE_SOURCE, ServerConfig, SourceConfig, SourceKind, StoreConfig,
-    StoreKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
+    NotifyConfig, PemMode, PkiProfile, PkiSourceConfig, STORE_SOURCE, ServerConfig, SourceConfig,
+    SourceKind, StoreConfig, StoreKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
 };
 
 /// The whole configuration, validated.
@@ -206,7 +206,10 @@ impl Config {
         if let Some(name) = &self.default_source {
             return Some(name);
         }
-        let mut candidates = self.sources.iter().filter(|s| s.kind() != SourceKind::Ccp);
+        let mut candidates = self
+            .sources
+            .iter()
+            .filter(|s| !matches!(s.kind(), SourceKind::Ccp | SourceKind::Pki));
         match (candidates.next(), candidates.next()) {
             (Some(only), None) => Some(only.name()),
             _ => None,
@@ -283,6 +286,7 @@ impl Config {
                     fix_opt(&mut c.client_key);
                 }
                 SourceConfig::File(f) => fix(&mut f.path),
+                SourceConfig::Pki(_) => {}
             }
         }
         if let Some(audit) = &mut self.audit {
@@ -543,17 +547,19 @@ impl ConfigSections {
                 Some((Some("vault"), _)) => d.section(item, &["kind"]).map(SourceConfig::Vault),
                 Some((Some("ccp"), _)) => d.section(item, &["kind"]).map(SourceConfig::Ccp),
                 Some((Some("file"), _)) => d.section(item, &["kind"]).map(SourceConfig::File),
+                Some((Some("pki"), _)) => d.section(item, &["kind"]).map(SourceConfig::Pki),
                 Some((_, span)) => {
                     d.at(
                         span,
-                        "source `kind` must be \"vault\", \"ccp\" or \"file\"".to_owned(),
+                        "source `kind` must be \"vault\", \"ccp\", \"file\" or \"pki\"".to_owned(),
                     );
                     None
                 }
                 None => {
                     d.at(
                         item.span(),
-                        "[[source]] needs `kind` (\"vault\", \"ccp\" or \"file\")".to_owned(),
+                        "[[source]] needs `kind` (\"vault\", \"ccp\", \"file\" or \"pki\")"
+                            .to_owned(),
                     );
                     None
                 }

@@ -27,11 +27,13 @@ impl Broker {
         let mut sources: Vec<Arc<dyn SecretSource>> = Vec::new();
         let mut pem_modes = Vec::new();
         let mut vaults: Vec<(String, Arc<VaultSource>)> = Vec::new();
+        let mut pkis = Vec::new();
         for s in &config.sources {
             let mode = match s {
                 SourceConfig::File(f) => f.pem,
                 SourceConfig::Vault(v) => v.pem,
                 SourceConfig::Ccp(c) => c.pem,
+                SourceConfig::Pki(_) => crate::config::PemMode::default(),
             };
             pem_modes.push((s.name().to_owned(), mode));
             match s {
@@ -57,6 +59,8 @@ impl Broker {
                     vaults.push((v.name.clone(), Arc::clone(&source)));
                     sources.push(source);
                 }
+                // Built once every vault source is: each issues through one.
+                SourceConfig::Pki(p) => pkis.push(p),
                 SourceConfig::Ccp(c) => {
                     let source = CcpSource::new(c).map_err(|source| BuildError::Ccp {
                         name: c.name.clone(),
@@ -65,6 +69,14 @@ impl Broker {
                     sources.push(Arc::new(source));
                 }
             }
+        }
+        for p in pkis {
+            let vault = vaults
+                .iter()
+                .find(|(n, _)| *n == p.vault)
+                .map(|(_, s)| Arc::clone(s))
+                .ok_or_else(|| BuildError::PkiVault(p.name.clone()))?;
+            sources.push(Arc::new(crate::source::PkiSource::new(p, vault)));
         }
         // The management store: its material is one more file source, its definitions one
         // more policy folder.

@@ -91,6 +91,7 @@ pub enum SourceKind {
     Vault,
     Ccp,
     File,
+    Pki,
 }
 
 /// One `[[source]]`, by `kind`.
@@ -99,6 +100,7 @@ pub enum SourceConfig {
     Vault(VaultSourceConfig),
     Ccp(CcpSourceConfig),
     File(FileSourceConfig),
+    Pki(PkiSourceConfig),
 }
 
 impl SourceConfig {
@@ -107,6 +109,7 @@ impl SourceConfig {
             Self::Vault(s) => &s.name,
             Self::Ccp(s) => &s.name,
             Self::File(s) => &s.name,
+            Self::Pki(s) => &s.name,
         }
     }
 
@@ -114,6 +117,7 @@ impl SourceConfig {
         match self {
             Self::Vault(_) => SourceKind::Vault,
             Self::Ccp(_) => SourceKind::Ccp,
+            Self::Pki(_) => SourceKind::Pki,
             Self::File(_) => SourceKind::File,
         }
     }
@@ -273,6 +277,45 @@ pub struct CcpSourceConfig {
 
 fn default_service_path() -> String {
     "AIMWebService".to_owned()
+}
+
+/// `kind = "pki"`: short-lived certificates issued by an OpenBao/Vault PKI mount through a
+/// vault source. A reference's path names one of the operator's issuance `profiles` — the
+/// policy and its consumers choose which profile, never the name or lifetime a certificate
+/// gets (docs/PKI.md).
+#[derive(Clone, Debug, Deserialize)]
+pub struct PkiSourceConfig {
+    pub name: String,
+    /// The vault source whose address and token issue.
+    pub vault: String,
+    /// The PKI secrets engine's mount.
+    #[serde(default = "default_pki_mount")]
+    pub mount: String,
+    pub profiles: std::collections::BTreeMap<String, PkiProfile>,
+}
+
+fn default_pki_mount() -> String {
+    "pki".to_owned()
+}
+
+/// What `<mount>/issue/<role>` is asked for.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiProfile {
+    pub role: String,
+    pub common_name: String,
+    /// Asked lifetime; the role's default (and its `max_ttl` bound) otherwise.
+    #[serde(default)]
+    pub ttl: Option<Dur>,
+    #[serde(default)]
+    pub alt_names: Vec<String>,
+    #[serde(default)]
+    pub ip_sans: Vec<String>,
+    #[serde(default)]
+    pub uri_sans: Vec<String>,
+    /// `rsa`, `ec` or `ed25519` when the role allows the caller to choose.
+    #[serde(default)]
+    pub key_type: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -8,6 +8,7 @@ mod fields;
 pub(crate) use fields::FieldValue;
 mod file;
 mod http;
+mod pki;
 mod vault;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ pub use ccp::{
 pub use file::FileSource;
 pub(crate) use http::is_loopback;
 pub use http::{HttpSetupError, causes as http_causes, client as http_client};
+pub use pki::PkiSource;
 #[doc(hidden)]
 pub use vault::parse_kv_answer;
 pub use vault::{KvPart, VaultConfigError, VaultEnv, VaultSource};

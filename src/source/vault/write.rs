@@ -3,7 +3,7 @@
 //! Only the store calls these; consumers' reads never write.
 
 use bytes::Bytes;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 use zeroize::Zeroizing;
 
@@ -29,23 +29,54 @@ impl VaultSource {
         body: Option<Bytes>,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, SourceError> {
         let inner = &self.inner;
-        let token = inner.token().await?;
-        let first = inner
-            .kv_once(&method, part, path, body.clone(), &token)
+        let answer = self
+            .authorized(|token| {
+                let (method, body) = (method.clone(), body.clone());
+                async move { inner.kv_once(&method, part, path, body, &token).await }
+            })
             .await;
-        let answer = match first {
-            Err(SourceError::Denied)
-                if inner.can_login() && inner.drop_if_invalid(&token).await =>
-            {
-                let token = inner.token().await?;
-                inner.kv_once(&method, part, path, body, &token).await
-            }
-            other => other,
-        };
         match answer {
             Ok(b) => Ok(Some(b)),
             Err(SourceError::NotFound) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// `method` on an API path outside the KV mount (e.g. `pki/issue/<role>`), with the
+    /// source's token and the same re-login.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Zeroizing<Vec<u8>>, SourceError> {
+        let inner = &self.inner;
+        self.authorized(|token| {
+            let (method, body) = (method.clone(), body.clone());
+            async move {
+                let url = inner.url(path)?;
+                inner.call_bytes(method, url, Some(&token), body).await
+            }
+        })
+        .await
+    }
+
+    /// Runs `once` with the current token; after a 403 with a token that is no longer valid,
+    /// once more with a new login's.
+    async fn authorized<F, Fut>(&self, mut once: F) -> Result<Zeroizing<Vec<u8>>, SourceError>
+    where
+        F: FnMut(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<Zeroizing<Vec<u8>>, SourceError>>,
+    {
+        let inner = &self.inner;
+        let token = inner.token().await?;
+        match once(crate::secret::secret_string(token.expose_secret())).await {
+            Err(SourceError::Denied)
+                if inner.can_login() && inner.drop_if_invalid(&token).await =>
+            {
+                once(inner.token().await?).await
+            }
+            other => other,
         }
     }
 }

@@ -1,0 +1,225 @@
+//! Short-lived client certificates from a real OpenBao PKI mount (docs/PKI.md): a root CA and a
+//! role in OpenBao, a `kind = "pki"` source, an mtls credential whose values name one of its
+//! profiles. The certificate verifies against the CA, has the profile's name and `clientAuth`,
+//! lives at most its TTL, is issued once for concurrent first uses and reused after, and the
+//! private key never reaches a log.
+
+mod support {
+    pub mod fixture;
+    pub mod openbao;
+    pub mod pki;
+    pub mod ports;
+    pub mod server;
+}
+
+use serde_json::{Value, json};
+use x509_parser::prelude::*;
+
+use support::fixture;
+use support::openbao::OpenBao;
+use support::server::{Running, folder};
+
+const GW: &str = "pki-gw-token";
+const OPS: &str = "pki-ops-token";
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    p.contents
+}
+
+/// OpenBao with a PKI mount: a root CA (returned, PEM) and a role for client certificates.
+fn pki_mount(bao: &OpenBao) -> String {
+    bao.cli(&["secrets", "enable", "pki"]);
+    bao.cli(&["secrets", "tune", "-max-lease-ttl=87600h", "pki"]);
+    let ca = bao.cli(&[
+        "write",
+        "-field=certificate",
+        "pki/root/generate/internal",
+        "common_name=keybroker test PKI root",
+        "ttl=87600h",
+    ]);
+    bao.cli(&[
+        "write",
+        "pki/roles/gateway",
+        "allowed_domains=payments.example",
+        "allow_subdomains=true",
+        "client_flag=true",
+        "server_flag=false",
+        "max_ttl=2h",
+        "key_type=ec",
+        "key_bits=256",
+    ]);
+    ca
+}
+
+async fn serve(bao: &OpenBao) -> (tempfile::TempDir, Running) {
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    fixture::Policy::new()
+        .team("payments")
+        .consumer("gw", "payments", GW)
+        .consumer("ops", "payments", OPS)
+        .and("admin = true")
+        .and("[[credential]]\nname = \"partner-pki\"\nmode = \"mtls\"\nteam = \"payments\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_pki:gateway $KEY_certificate\"\nclient_private_key = \"$SECRET_pki:gateway $KEY_private_key\"\nroot_certificate = \"$SECRET_pki:gateway $KEY_issuing_ca\"")
+        .write(root);
+    fixture::Config::tls()
+        .with(&format!(
+            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[[source]]\nname = \"pki\"\nkind = \"pki\"\nvault = \"vault\"\n[source.profiles.gateway]\nrole = \"gateway\"\ncommon_name = \"gw.payments.example\"\nttl = \"1h\"\n",
+            bao.addr
+        ))
+        .audit()
+        .write(root);
+    let running = Running::start(root, &ca.pem, 0, "info").await;
+    (dir, running)
+}
+
+async fn material(s: &Running) -> (u16, Value) {
+    let resp = s
+        .client
+        .post(s.url("/v1/credentials/partner-pki/material"))
+        .bearer_auth(GW)
+        .json(&json!({ "host": "api.partner.example" }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Issuances OpenBao answered, from its own audit log (a file audit device the test enables).
+fn issued_count(audit: &std::path::Path) -> usize {
+    String::from_utf8_lossy(&std::fs::read(audit).unwrap())
+        .lines()
+        .filter(|l| {
+            l.contains("\"type\":\"response\"") && l.contains("\"path\":\"pki/issue/gateway\"")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
+    // OpenBao's own audit log counts the issuances (audit devices are declared in its
+    // configuration, not enabled through the API).
+    let audit_dir = tempfile::tempdir().unwrap();
+    let bao_audit = audit_dir.path().join("bao-audit.log");
+    let hcl = audit_dir.path().join("audit.hcl");
+    std::fs::write(
+        &hcl,
+        format!(
+            "audit \"file\" \"to-file\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n",
+            bao_audit.display().to_string()
+        ),
+    )
+    .unwrap();
+    let bao = OpenBao::start_with_config(Some(&hcl));
+    let ca_pem = pki_mount(&bao);
+    let (dir, s) = serve(&bao).await;
+    // The expiry sweep at start reads every credential, so the certificate may already be
+    // issued: purged, the next uses are first uses again.
+    let purged = s
+        .client
+        .post(s.url("/v1/admin/cache/purge"))
+        .bearer_auth(OPS)
+        .json(&json!({ "source": "pki" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    let before = issued_count(&bao_audit);
+
+    // Ten first uses at once: one issuance.
+    let answers = futures_like_join(&s, 10).await;
+    let mut serials = Vec::new();
+    for (status, m) in &answers {
+        assert_eq!(*status, 200, "{m}");
+        let der = pem_der(m["certificate"].as_str().unwrap());
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        serials.push(cert.raw_serial_as_string());
+    }
+    serials.dedup();
+    assert_eq!(
+        serials.len(),
+        1,
+        "one certificate for concurrent first uses"
+    );
+    assert_eq!(
+        issued_count(&bao_audit) - before,
+        1,
+        "one issuance in OpenBao"
+    );
+
+    // What was issued: the profile's name, a client certificate, at most its TTL, signed by
+    // the mount's CA.
+    let m = &answers[0].1;
+    let der = pem_der(m["certificate"].as_str().unwrap());
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert_eq!(cn, "gw.payments.example");
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth, "clientAuth");
+    let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!(
+        life <= 3600 + 60,
+        "lives at most its TTL (+ OpenBao's 30 s backdate): {life}"
+    );
+    let ca_der = pem_der(&ca_pem);
+    let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+    cert.verify_signature(Some(ca.public_key()))
+        .expect("signed by the PKI mount's CA");
+    assert_eq!(
+        m["ca"].as_str().unwrap().trim(),
+        ca_pem.trim(),
+        "the issuing CA is the credential's root"
+    );
+
+    // Reused: a later read is the same certificate, and nothing more is issued.
+    let (_, again) = material(&s).await;
+    assert_eq!(again["certificate"], m["certificate"]);
+    assert_eq!(issued_count(&bao_audit) - before, 1);
+
+    // The private key never reaches keybroker's logs or its audit trail; the serial does
+    // reach the log (what an operator traces an issuance by).
+    let key = m["private_key"].as_str().unwrap();
+    assert!(key.contains("PRIVATE KEY"));
+    let body_line = key.lines().nth(1).unwrap();
+    for f in ["stderr.log", "stdout.log", "audit.log"] {
+        let text = std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+        assert!(!text.contains(body_line), "the key in {f}");
+    }
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(log.contains("pki: certificate issued"), "{log}");
+}
+
+async fn futures_like_join(s: &Running, n: usize) -> Vec<(u16, Value)> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (client, url) = (
+            s.client.clone(),
+            s.url("/v1/credentials/partner-pki/material"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .bearer_auth(GW)
+                .json(&json!({ "host": "api.partner.example" }))
+                .send()
+                .await
+                .unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
