@@ -6,6 +6,7 @@
 
 mod support {
     pub mod fixture;
+    pub mod nginx;
     pub mod openbao;
     pub mod pki;
     pub mod ports;
@@ -53,6 +54,10 @@ fn pki_mount(bao: &OpenBao) -> String {
 }
 
 async fn serve(bao: &OpenBao) -> (tempfile::TempDir, Running) {
+    serve_with(bao, "").await
+}
+
+async fn serve_with(bao: &OpenBao, extra: &str) -> (tempfile::TempDir, Running) {
     let (dir, ca) = folder("unused");
     let root = dir.path();
     fixture::Policy::new()
@@ -64,7 +69,7 @@ async fn serve(bao: &OpenBao) -> (tempfile::TempDir, Running) {
         .write(root);
     fixture::Config::tls()
         .with(&format!(
-            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[[source]]\nname = \"pki\"\nkind = \"pki\"\nvault = \"vault\"\n[source.profiles.gateway]\nrole = \"gateway\"\ncommon_name = \"gw.payments.example\"\nttl = \"1h\"\n",
+            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[[source]]\nname = \"pki\"\nkind = \"pki\"\nvault = \"vault\"\n[source.profiles.gateway]\nrole = \"gateway\"\ncommon_name = \"gw.payments.example\"\nttl = \"1h\"\n{extra}",
             bao.addr
         ))
         .audit()
@@ -222,4 +227,89 @@ async fn futures_like_join(s: &Running, n: usize) -> Vec<(u16, Value)> {
         out.push(t.await.unwrap());
     }
     out
+}
+
+/// The egress proxy presents the issued certificate to an upstream (a real nginx) that trusts
+/// only the PKI mount's CA — the key never leaves keybroker — and verifies that upstream's
+/// server certificate against the same CA (the credential's `root_certificate`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_proxy_presents_the_issued_certificate_to_an_upstream_trusting_only_the_pki_ca()
+{
+    let bao = OpenBao::start();
+    let ca_pem = pki_mount(&bao);
+    bao.cli(&[
+        "write",
+        "pki/roles/server",
+        "allowed_domains=api.partner.example",
+        "allow_bare_domains=true",
+        "server_flag=true",
+        "client_flag=false",
+        "max_ttl=2h",
+    ]);
+    let issued: Value = bao
+        .cli(&[
+            "write",
+            "-format=json",
+            "pki/issue/server",
+            "common_name=api.partner.example",
+            "ttl=1h",
+        ])
+        .parse()
+        .unwrap();
+    let up_dir = tempfile::tempdir().unwrap();
+    let prefix = up_dir.path().join("nginx");
+    std::fs::create_dir_all(&prefix).unwrap();
+    std::fs::write(
+        prefix.join("server.pem"),
+        issued["data"]["certificate"].as_str().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        prefix.join("server-key.pem"),
+        issued["data"]["private_key"].as_str().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(prefix.join("pki-ca.pem"), &ca_pem).unwrap();
+    let (_nginx, ports) = support::nginx::Nginx::start(&prefix, 1, |ports| {
+        format!(
+            r#"
+  access_log off;
+  server {{
+    listen 127.0.0.1:{up} ssl;
+    server_name api.partner.example;
+    ssl_certificate {p}/server.pem;
+    ssl_certificate_key {p}/server-key.pem;
+    ssl_client_certificate {p}/pki-ca.pem;
+    ssl_verify_client on;
+    location / {{ return 200 "verified $ssl_client_s_dn\n"; }}
+  }}
+"#,
+            up = ports[0],
+            p = prefix.display(),
+        )
+    });
+    let (dir, s) = serve_with(
+        &bao,
+        "[egress]\nlisten = \"127.0.0.1:0\"\nresolve = { \"api.partner.example\" = \"127.0.0.1\" }\n",
+    )
+    .await;
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-x",
+            &format!("http://127.0.0.1:{}", s.port_of("egress")),
+            "-H",
+            &format!("Proxy-Authorization: Bearer {GW}"),
+            "-H",
+            "Keybroker-Credential: partner-pki",
+            &format!("http://api.partner.example:{}/", ports[0]),
+        ])
+        .output()
+        .expect("curl runs");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("verified") && body.contains("CN=gw.payments.example"),
+        "{body}\n{}",
+        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+    );
 }
