@@ -138,18 +138,12 @@ impl ApiError {
             Self::TlsReload(_) => (StatusCode::CONFLICT, "tls_invalid"),
             Self::Manage(e) => {
                 use crate::broker::ManageError as M;
-                let status = match e {
-                    M::NoStore | M::NotFound => StatusCode::NOT_FOUND,
-                    M::NotAllowed(_) | M::GlobalNotAllowed => StatusCode::FORBIDDEN,
-                    M::Exists => StatusCode::CONFLICT,
-                    M::Invalid { .. } => StatusCode::BAD_REQUEST,
-                    M::PemRejected { .. } | M::Rejected(_) | M::PolicyRefused(_) => {
-                        StatusCode::UNPROCESSABLE_ENTITY
-                    }
-                    M::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
-                    M::Stale => StatusCode::PRECONDITION_FAILED,
-                    M::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                    M::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                let status = match (e.failure(), e) {
+                    (Some(class), _) => status(class),
+                    (None, M::Exists) => StatusCode::CONFLICT,
+                    (None, M::PreconditionRequired) => StatusCode::PRECONDITION_REQUIRED,
+                    (None, M::Stale) => StatusCode::PRECONDITION_FAILED,
+                    (None, _) => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 (status, e.code())
             }
@@ -222,5 +216,35 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::ManageError;
+    use crate::source::{Outage, SourceError};
+    use crate::store::StoreError;
+
+    /// The management routes answer through the one classification: a store whose vault is
+    /// down is "try again later" (503), not a server error; a store whose vault refuses
+    /// keybroker's own token is the operator's outage (503), like a read's.
+    #[test]
+    fn a_store_outage_is_503_at_the_management_routes() {
+        let down = ApiError::Manage(ManageError::Store(StoreError::Remote(
+            SourceError::Unavailable(Outage::VaultNoLeader),
+        )));
+        assert_eq!(
+            down.status_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        );
+        let refused = ApiError::Manage(ManageError::Store(StoreError::Remote(
+            SourceError::Unavailable(Outage::CredentialsRefused),
+        )));
+        assert_eq!(refused.status_code().0, StatusCode::SERVICE_UNAVAILABLE);
+        let not_allowed = ApiError::Manage(ManageError::NotAllowed("fraud".to_owned()));
+        assert_eq!(not_allowed.status_code().0, status(Failure::Denied));
+        let stale = ApiError::Manage(ManageError::Stale);
+        assert_eq!(stale.status_code().0, StatusCode::PRECONDITION_FAILED);
     }
 }

@@ -126,6 +126,37 @@ impl ManageError {
     }
 }
 
+impl ManageError {
+    /// The class of this failure in the one classification every door maps; `None` for the
+    /// management plane's own answers (409 exists, 428, 412, and 422 for material or a
+    /// definition the caller sent that fails verification — the caller's input, not stored
+    /// material failing, which is the class `Rejected`).
+    pub fn failure(&self) -> Option<super::Failure> {
+        use super::Failure as F;
+        Some(match self {
+            Self::NoStore | Self::NotFound => F::NotFound,
+            Self::NotAllowed(_) | Self::GlobalNotAllowed => F::Denied,
+            Self::Invalid { .. } => F::Invalid,
+            Self::AuditUnavailable => F::AuditUnavailable,
+            // The store's vault: an outage is an outage (retry), its refusal of keybroker's
+            // own token is the operator's to fix; anything else is the server's failure.
+            Self::Store(StoreError::Remote(e)) => match super::read::source_reason(e) {
+                crate::reference::Reason::SourceUnavailable => F::Unavailable,
+                crate::reference::Reason::SourceCredentialsRefused => F::SourceCredentialsRefused,
+                crate::reference::Reason::SourceDenied => F::SourceMisconfigured,
+                _ => F::Broken,
+            },
+            Self::Store(_) => F::Broken,
+            Self::Exists
+            | Self::PreconditionRequired
+            | Self::Stale
+            | Self::PemRejected { .. }
+            | Self::Rejected(_)
+            | Self::PolicyRefused(_) => return None,
+        })
+    }
+}
+
 /// The ETag of a stored definition and record.
 fn etag(toml: &str, record: &Record) -> String {
     use sha2::Digest as _;
