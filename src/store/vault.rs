@@ -276,22 +276,7 @@ impl VaultStore {
         previous: Option<(&str, &Record)>,
     ) -> Result<(), StoreError> {
         match previous {
-            Some((toml, record)) => {
-                let cas = self.expect(team, name, Some(written)).await?;
-                let body = serde_json::json!({
-                    "options": { "cas": cas },
-                    "data": {
-                        "definition": toml,
-                        "record": serde_json::to_string(record).unwrap_or_default(),
-                    },
-                });
-                self.put(
-                    &self.definition_path(team, name),
-                    Bytes::from(body.to_string()),
-                )
-                .await?;
-                self.bump().await
-            }
+            Some((toml, record)) => self.commit(team, name, toml, record, Some(written)).await,
             None => self.delete(team, name, written).await,
         }
     }
