@@ -351,3 +351,37 @@ async fn ingest_refusals_write_nothing_and_admins_are_scoped_to_their_teams() {
     assert_eq!(put(Some(&etag), &a.cert_pem, &a.key_pem).await.0, 412);
     assert!(w.audit().contains("\"credential.update\""));
 }
+
+/// A write's intent is audited before the write: with a fail-closed trail that cannot be
+/// written (every write to /dev/full fails, even for root), the create is refused 503 and
+/// nothing is stored — a write that stands is never missing from the trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_audit_trail_cannot_record_is_not_made() {
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    fixture::Policy::new()
+        .team("payments")
+        .team_admin("payments-admin", "payments", PAYMENTS_ADMIN, &["payments"])
+        .write(root);
+    fixture::Config::tls()
+        .with("[store]\nkind = \"file\"\npath = \"store\"\n[audit]\npath = \"/dev/full\"")
+        .write(root);
+    let server = Running::start(root, &ca.pem, 0, "info").await;
+    let resp = server
+        .client
+        .post(server.url("/v1/credentials"))
+        .bearer_auth(PAYMENTS_ADMIN)
+        .json(&json!({ "name": "token", "team": "payments", "mode": "text", "value": "v1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "audit_unavailable", "{body}");
+    for sub in ["credentials", "material", "records"] {
+        let entries = std::fs::read_dir(root.join("store").join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(entries, 0, "store/{sub} holds a write the trail never saw");
+    }
+}

@@ -321,7 +321,8 @@ impl Broker {
         }
     }
 
-    /// Runs one management write: alone (one at a time), then audited.
+    /// Runs one management write: alone (one at a time), its intent audited before it, its
+    /// outcome after.
     async fn one_write<T>(
         &self,
         action: Action,
@@ -332,9 +333,23 @@ impl Broker {
     ) -> Result<T, ManageError> {
         let started = Instant::now();
         let _one = self.manage.lock().await;
+        // The intent first: a trail that cannot take it refuses the write before anything is
+        // written (fail-closed), and a write that is made is always in the trail.
+        self.audit(AuditEntry {
+            subjects: vec![format!("{team}/{name}")],
+            ..AuditEntry::new(action, Some(caller), Outcome::Notice, "intent", started)
+        })
+        .await
+        .map_err(|super::AuditRefused| ManageError::AuditUnavailable)?;
         let result = work.await;
-        self.audit_manage(action, caller, team, name, &result, started)
-            .await?;
+        // The outcome line. If it cannot be written now, the write stands (its intent is in
+        // the trail) and the answer says what happened — not a 503 for a write that was made.
+        if let Err(e) = self
+            .audit_manage(action, caller, team, name, &result, started)
+            .await
+        {
+            tracing::error!(error = %e, "management: the outcome's audit line was not written; its intent line was");
+        }
         result
     }
 
