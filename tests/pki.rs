@@ -63,6 +63,7 @@ async fn serve_with(bao: &OpenBao, extra: &str) -> (tempfile::TempDir, Running) 
     fixture::Policy::new()
         .team("payments")
         .consumer("gw", "payments", GW)
+        .and("vault_api_host = \"api.partner.example\"")
         .consumer("ops", "payments", OPS)
         .and("admin = true")
         .and("[[credential]]\nname = \"partner-pki\"\nmode = \"mtls\"\nteam = \"payments\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_pki:gateway $KEY_certificate\"\nclient_private_key = \"$SECRET_pki:gateway $KEY_private_key\"\nroot_certificate = \"$SECRET_pki:gateway $KEY_issuing_ca\"")
@@ -290,7 +291,7 @@ async fn the_egress_proxy_presents_the_issued_certificate_to_an_upstream_trustin
     });
     let (dir, s) = serve_with(
         &bao,
-        "[egress]\nlisten = \"127.0.0.1:0\"\nresolve = { \"api.partner.example\" = \"127.0.0.1\" }\n",
+        "[egress]\nlisten = \"127.0.0.1:0\"\nresolve = { \"api.partner.example\" = \"127.0.0.1\" }\n[vault_api]\nlisten = \"127.0.0.1:0\"\n",
     )
     .await;
     let out = std::process::Command::new("curl")
@@ -311,5 +312,25 @@ async fn the_egress_proxy_presents_the_issued_certificate_to_an_upstream_trustin
         body.contains("verified") && body.contains("CN=gw.payments.example"),
         "{body}\n{}",
         std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+    );
+    // The Vault-compatible API serves the same issued certificate (one issuance, one cache).
+    let (_, m) = material(&s).await;
+    let kv: Value = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/v1/credentials/data/partner-pki",
+            s.port_of("vault_api")
+        ))
+        .header("X-Vault-Token", GW)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kv["data"]["data"]["certificate"], m["certificate"], "{kv}");
+    assert!(
+        kv["data"]["data"]["private_key"]
+            .as_str()
+            .is_some_and(|k| k.contains("PRIVATE KEY"))
     );
 }
