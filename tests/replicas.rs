@@ -447,3 +447,98 @@ async fn replicas_over_a_raft_cluster_fail_no_read_when_the_leader_dies() {
         );
     }
 }
+
+/// A replica with the Vault-compatible API over TLS, `auth/cert/login` for consumers of
+/// `clients`, and the token key at `key`.
+async fn vault_api_replica(
+    clients: &Ca,
+    key: &std::path::Path,
+) -> (tempfile::TempDir, Ca, Running) {
+    let (dir, ca) = folder("replicated-value");
+    let root = dir.path();
+    clients.write(&root.join("clients-ca.pem"));
+    fixture::Policy::new()
+        .team("payments")
+        .and(&format!(
+            "[[consumer]]\nname = \"workers\"\nteam = \"payments\"\nissuer_ca = {:?}\nsubject = \"CN=worker-*\"\nvault_api_host = \"api.partner.example\"",
+            root.join("clients-ca.pem")
+        ))
+        .grant("payments", "files", &["**"], &["api.partner.example"])
+        .write(root);
+    fixture::Config::tls()
+        .files("files", "secrets")
+        .with(&format!(
+            "[vault_api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\nclient_ca = \"clients-ca.pem\"\ntoken_key_file = {:?}\n",
+            key
+        ))
+        .write(root);
+    let running = Running::start(root, &ca.pem, 0, "info").await;
+    (dir, ca, running)
+}
+
+/// A token the Vault-compatible API issued on one replica is accepted by another holding the
+/// same `token_key_file` (a client's next request may land anywhere behind the load
+/// balancer), and refused by a replica with another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_api_token_issued_by_one_replica_is_accepted_by_another_sharing_the_key() {
+    let keys = tempfile::tempdir().unwrap();
+    let (shared, other) = (
+        keys.path().join("shared.key"),
+        keys.path().join("other.key"),
+    );
+    std::fs::write(&shared, "s".repeat(48)).unwrap();
+    std::fs::write(&other, "o".repeat(48)).unwrap();
+    let clients = Ca::new("replica clients CA");
+    let (_da, ca_a, a) = vault_api_replica(&clients, &shared).await;
+    let (_db, ca_b, b) = vault_api_replica(&clients, &shared).await;
+    let (_dc, ca_c, c) = vault_api_replica(&clients, &other).await;
+    let worker_dir = tempfile::tempdir().unwrap();
+    let worker = clients.client(worker_dir.path(), "worker", "worker-1");
+    let client = |ca: &Ca| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+            .identity(reqwest::Identity::from_pem(&worker.identity_pem()).unwrap())
+            .resolve("localhost", ([127, 0, 0, 1], 0).into())
+            .build()
+            .unwrap()
+    };
+    let login: Value = client(&ca_a)
+        .post(format!(
+            "https://localhost:{}/v1/auth/cert/login",
+            a.port_of("vault_api")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["auth"]["client_token"].as_str().unwrap().to_owned();
+    let read = |ca: &Ca, r: &Running| {
+        let (client, url, token) = (
+            client(ca),
+            format!(
+                "https://localhost:{}/v1/files/data/app/token",
+                r.port_of("vault_api")
+            ),
+            token.clone(),
+        );
+        async move {
+            let resp = client
+                .get(url)
+                .header("X-Vault-Token", token)
+                .send()
+                .await
+                .unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, v) = read(&ca_b, &b).await;
+    assert_eq!(status, 200, "B accepts A's token: {v}");
+    assert_eq!(v["data"]["data"]["value"], "replicated-value");
+    let (status, _) = read(&ca_c, &c).await;
+    assert_eq!(status, 403, "a replica with another key refuses it");
+}
