@@ -444,6 +444,9 @@ fn classify(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -
         },
         // Vault's "consistency not yet reached" on performance standbys: transient.
         412 => SourceError::Unavailable(Outage::VaultNotConsistent),
+        // A standby that cannot forward sends clients to the active node: never followed
+        // (the target is Vault's to choose); another configured address is tried instead.
+        307 | 308 => SourceError::Unavailable(Outage::Redirected),
         414 => SourceError::Invalid("the path is too long for vault (414)"),
         400..=499 => SourceError::Invalid("vault rejected the request (4xx)"),
         503 => SourceError::Unavailable(Outage::VaultSealed),
@@ -477,6 +480,7 @@ fn fails_over(e: &SourceError) -> bool {
                 | Outage::TimedOut
                 | Outage::VaultSealed
                 | Outage::VaultNoLeader
+                | Outage::Redirected
                 | Outage::ServerError
         )
     )
