@@ -200,6 +200,25 @@ async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
     }
     let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
     assert!(log.contains("pki: certificate issued"), "{log}");
+
+    // A consumer cannot issue by naming the source in a document: without a grant on `pki`
+    // it is denied (the credential's decision covers only the credential), for a profile that
+    // exists and one that does not alike — and nothing more is issued.
+    for reference in [
+        "$SECRET_pki:gateway $KEY_private_key",
+        "$SECRET_pki:no-such-profile $KEY_private_key",
+    ] {
+        let resp = s
+            .client
+            .post(s.url("/v1/resolve"))
+            .bearer_auth(GW)
+            .json(&json!({ "document": { "k": reference }, "host": "api.partner.example" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{reference}");
+    }
+    assert_eq!(issued_count(&bao_audit) - before, 1);
 }
 
 async fn futures_like_join(s: &Running, n: usize) -> Vec<(u16, Value)> {

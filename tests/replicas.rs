@@ -135,6 +135,25 @@ fn body(name: &str, partner: &Ca, cn: &str) -> Value {
     })
 }
 
+/// The credential `partner` (client certificate `gateway-v1` of `partner`) created through
+/// `a`, once `b`'s poll has pulled it and `b` serves it.
+async fn create_on_a_served_by_b(a: &Replica, b: &Replica, partner: &Ca) {
+    let (status, v, _) = a
+        .send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/credentials",
+            Some(body("partner", partner, "gateway-v1")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    until("B serves what A created", || async {
+        b.material("partner", &[], "").await.0 == 200
+    })
+    .await;
+}
+
 async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !check().await {
@@ -153,20 +172,7 @@ async fn a_vault_store_is_shared_by_replicas_and_racing_writes_cannot_both_win()
     let partner = Ca::new("partner CA");
 
     // Created through A, served by B once B's poll pulled it.
-    let (status, v, _) = a
-        .send(
-            reqwest::Method::POST,
-            ADMIN,
-            "/v1/credentials",
-            Some(body("partner", &partner, "gateway-v1")),
-            &[],
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
-    until("B serves what A created", || async {
-        b.material("partner", &[], "").await.0 == 200
-    })
-    .await;
+    create_on_a_served_by_b(&a, &b, &partner).await;
     let (_, m, b_etag) = b.material("partner", &[], "").await;
     assert!(
         m["certificate"]
@@ -335,20 +341,7 @@ async fn replicas_over_a_raft_cluster_fail_no_read_when_the_leader_dies() {
         replica_with(&list, "kb-raft", ttl).await,
     );
     let partner = Ca::new("partner CA");
-    let (status, v, _) = a
-        .send(
-            reqwest::Method::POST,
-            ADMIN,
-            "/v1/credentials",
-            Some(body("partner", &partner, "gateway-v1")),
-            &[],
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
-    until("B serves what A created", || async {
-        b.material("partner", &[], "").await.0 == 200
-    })
-    .await;
+    create_on_a_served_by_b(&a, &b, &partner).await;
 
     let before = b.material("partner", &[], "").await.1["certificate"].clone();
     // Both replicas have served it before the kill: what a replica never read it cannot serve
