@@ -35,7 +35,10 @@ pub use credentials::{
     RoleRepair,
 };
 pub use failure::Failure;
-pub use manage::{CredentialInput, ManageError, Managed, RoleRepairs};
+pub use manage::{
+    AclInput, CertificateInput, CertificateView, ConsumerInput, ConsumerPatch, CredentialInput,
+    ManageError, Managed, ManagedConsumer, RoleRepairs,
+};
 pub use ops::{PolicySummary, Readiness, ReloadError, SourceHealth};
 use read::source_reason;
 use resolve::{pick, repair_names};

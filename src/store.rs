@@ -41,7 +41,36 @@ pub enum StoreError {
     Remote(crate::source::SourceError),
 }
 
-/// What the store knows of a credential besides its definition.
+/// What a store entry is: a credential (definition and material) or a consumer (definition
+/// only — its token is kept as a digest, its certificates as fingerprints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Credential,
+    Consumer,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Credential, Kind::Consumer];
+
+    /// The folder of its definitions (a policy folder) in a file store, and under the vault
+    /// store's prefix.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Self::Credential => "credentials",
+            Self::Consumer => "consumers",
+        }
+    }
+
+    /// The folder of its records in a file store.
+    fn records_dir(self) -> &'static str {
+        match self {
+            Self::Credential => "records",
+            Self::Consumer => "consumer-records",
+        }
+    }
+}
+
+/// What the store knows of an entry besides its definition.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
     /// Increases with each write of material.
@@ -57,6 +86,32 @@ pub struct Record {
     pub display_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folder_id: Option<u64>,
+    /// A consumer's certificates, every one ever added (revoked ones stay, revoked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateRecord>,
+}
+
+/// A consumer's certificate as the store remembers it: public facts and its lifecycle
+/// (Gravitee's states are computed from these at each read).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// Hex SHA-256 of the DER.
+    pub fingerprint: String,
+    pub subject: String,
+    pub issuer: String,
+    /// The certificate's own validity (RFC 3339).
+    pub not_before: String,
+    pub not_after: String,
+    /// When it starts and stops identifying the consumer (RFC 3339; none: from now, until
+    /// it expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
+    pub added_at: String,
+    pub added_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
 }
 
 /// Now, as the store's records write times.
@@ -102,9 +157,12 @@ impl Store {
         self.remote.is_some()
     }
 
-    /// The policy folder of the definitions (the mirror's, for a vault store).
-    pub fn definitions_dir(&self) -> &std::path::Path {
-        self.local.definitions_dir()
+    /// The policy folders of the definitions (the mirror's, for a vault store).
+    pub fn definitions_dirs(&self) -> Vec<PathBuf> {
+        Kind::ALL
+            .iter()
+            .map(|k| self.local.definitions_dir(*k))
+            .collect()
     }
 
     /// The file store's material folder (the `store` file source); none for a vault store.
@@ -123,16 +181,21 @@ impl Store {
         }
     }
 
-    pub fn record(&self, team: &str, name: &str) -> Result<Option<Record>, StoreError> {
-        self.local.record(team, name)
+    pub fn record(&self, kind: Kind, team: &str, name: &str) -> Result<Option<Record>, StoreError> {
+        self.local.record(kind, team, name)
     }
 
-    pub fn records(&self) -> Result<Vec<(String, String, Record)>, StoreError> {
-        self.local.records()
+    pub fn records(&self, kind: Kind) -> Result<Vec<(String, String, Record)>, StoreError> {
+        self.local.records(kind)
     }
 
-    pub fn definition(&self, team: &str, name: &str) -> Result<Option<String>, StoreError> {
-        self.local.definition(team, name)
+    pub fn definition(
+        &self,
+        kind: Kind,
+        team: &str,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.local.definition(kind, team, name)
     }
 
     /// Writes the material, then the definition and record — the commit point; for a vault
@@ -146,44 +209,62 @@ impl Store {
             record,
         } = w;
         match &self.remote {
-            Some(v) => {
-                v.write_material(team, name, record.version, fields).await?;
-                v.commit(team, name, toml, record, previous).await?;
-            }
+            Some(v) => v.write_material(team, name, record.version, fields).await?,
             None => self
                 .local
                 .write_material(team, name, record.version, fields)?,
         }
-        self.local.write_definition(team, name, toml, record)
+        self.commit(Kind::Credential, team, name, toml, record, previous)
+            .await
+    }
+
+    /// Writes a definition and its record — the commit point; for a vault store only if
+    /// vault still holds `previous` ([`StoreError::Conflict`] otherwise). A consumer's whole
+    /// write; a credential's after its material.
+    pub async fn commit(
+        &self,
+        kind: Kind,
+        team: &str,
+        name: &str,
+        toml: &str,
+        record: &Record,
+        previous: Option<&Record>,
+    ) -> Result<(), StoreError> {
+        if let Some(v) = &self.remote {
+            v.commit(kind, team, name, toml, record, previous).await?;
+        }
+        self.local.write_definition(kind, team, name, toml, record)
     }
 
     /// Puts back what [`Store::write`] replaced (`None`: there was nothing), after a write
     /// the policy refused to load.
     pub async fn restore(
         &self,
+        kind: Kind,
         team: &str,
         name: &str,
         written: &Record,
         previous: Option<(&str, &Record)>,
     ) -> Result<(), StoreError> {
         if let Some(v) = &self.remote {
-            v.restore(team, name, written, previous).await?;
+            v.restore(kind, team, name, written, previous).await?;
         }
-        self.local.restore(team, name, previous)
+        self.local.restore(kind, team, name, previous)
     }
 
-    /// Removes the definition (the commit point), the record and every version of the
-    /// material.
+    /// Removes the definition (the commit point), the record and, for a credential, every
+    /// version of the material.
     pub async fn delete(
         &self,
+        kind: Kind,
         team: &str,
         name: &str,
         previous: &Record,
     ) -> Result<(), StoreError> {
         if let Some(v) = &self.remote {
-            v.delete(team, name, previous).await?;
+            v.delete(kind, team, name, previous).await?;
         }
-        self.local.delete(team, name)
+        self.local.delete(kind, team, name)
     }
 
     /// A vault store: pulls what other replicas wrote into the mirror; true when it changed.

@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod change;
+mod consumers;
 mod credentials;
 mod error;
 pub mod listen;
@@ -24,7 +25,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 
 use crate::identity::{Authenticator, TokenDigest};
 pub use error::{ApiError, status};
@@ -58,6 +59,20 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/user_credentials"),
     ("GET", "/api/v1/user_credentials/{id}"),
     ("DELETE", "/api/v1/user_credentials/{id}"),
+    ("GET", "/v1/teams/{team}/consumers"),
+    ("POST", "/v1/teams/{team}/consumers"),
+    ("GET", "/v1/teams/{team}/consumers/{name}"),
+    ("PATCH", "/v1/teams/{team}/consumers/{name}"),
+    ("DELETE", "/v1/teams/{team}/consumers/{name}"),
+    ("POST", "/v1/teams/{team}/consumers/{name}/token"),
+    ("GET", "/v1/teams/{team}/consumers/{name}/certificates"),
+    ("POST", "/v1/teams/{team}/consumers/{name}/certificates"),
+    (
+        "DELETE",
+        "/v1/teams/{team}/consumers/{name}/certificates/{fingerprint}",
+    ),
+    ("PUT", "/v1/teams/{team}/consumers/{name}/issuer-acl"),
+    ("DELETE", "/v1/teams/{team}/consumers/{name}/issuer-acl"),
 ];
 
 /// What every handler shares.
@@ -165,6 +180,11 @@ impl AppState {
         self.waiting.enter(caller, max)
     }
 
+    /// The main listener's TLS settings now (its verifier checks client certificates).
+    fn main_tls(&self) -> Option<Arc<tls::Loaded>> {
+        self.tls.as_ref().map(|t| t.current())
+    }
+
     /// The authenticated caller of a request.
     async fn caller(&self, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Caller, ApiError> {
         // The verifier checks forwarded certificates only: no TLS generation to load otherwise.
@@ -252,6 +272,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/credentials/{name}/material",
             post(credentials::material),
+        )
+        .route(
+            "/v1/teams/{team}/consumers",
+            get(consumers::list).post(consumers::create),
+        )
+        .route(
+            "/v1/teams/{team}/consumers/{name}",
+            get(consumers::show)
+                .patch(consumers::update)
+                .delete(consumers::delete),
+        )
+        .route(
+            "/v1/teams/{team}/consumers/{name}/token",
+            post(consumers::token),
+        )
+        .route(
+            "/v1/teams/{team}/consumers/{name}/certificates",
+            get(consumers::certificates).post(consumers::add_certificate),
+        )
+        .route(
+            "/v1/teams/{team}/consumers/{name}/certificates/{fingerprint}",
+            delete(consumers::revoke_certificate),
+        )
+        .route(
+            "/v1/teams/{team}/consumers/{name}/issuer-acl",
+            put(consumers::put_issuer_acl).delete(consumers::delete_issuer_acl),
         )
         .route("/v1/admin/reload", post(admin::reload))
         .route("/v1/admin/cache/purge", post(admin::purge))

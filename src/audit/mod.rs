@@ -134,6 +134,27 @@ pub enum Action {
     /// Management: a credential deleted.
     #[serde(rename = "credential.delete")]
     CredentialDelete,
+    /// Management: a consumer created (its token handed out once).
+    #[serde(rename = "consumer.create")]
+    ConsumerCreate,
+    /// Management: a consumer's settings changed.
+    #[serde(rename = "consumer.update")]
+    ConsumerUpdate,
+    /// Management: a consumer deleted.
+    #[serde(rename = "consumer.delete")]
+    ConsumerDelete,
+    /// Management: a consumer's token replaced (the new one handed out once).
+    #[serde(rename = "consumer.token")]
+    ConsumerToken,
+    /// Management: a client certificate added to a consumer.
+    #[serde(rename = "consumer.certificate.add")]
+    ConsumerCertificateAdd,
+    /// Management: a consumer's client certificate revoked.
+    #[serde(rename = "consumer.certificate.revoke")]
+    ConsumerCertificateRevoke,
+    /// Management: a consumer's issuer ACL set or removed.
+    #[serde(rename = "consumer.issuer_acl")]
+    ConsumerIssuerAcl,
 }
 
 /// How a decision ended (the line's `decision`).

@@ -194,11 +194,10 @@ impl Broker {
 
     /// The folders the policy is loaded from: the policy folder, then the store's
     /// definitions.
-    pub(super) fn policy_dirs(&self) -> Vec<&std::path::Path> {
-        let mut dirs: Vec<&std::path::Path> =
-            self.policies_dir.iter().map(|p| p.as_path()).collect();
+    pub(super) fn policy_dirs(&self) -> Vec<std::path::PathBuf> {
+        let mut dirs: Vec<std::path::PathBuf> = self.policies_dir.iter().cloned().collect();
         if let Some(store) = &self.store {
-            dirs.push(store.definitions_dir());
+            dirs.extend(store.definitions_dirs());
         }
         dirs
     }

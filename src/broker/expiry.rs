@@ -57,9 +57,9 @@ impl Broker {
             }
         }
         for c in &policy.consumers {
-            for (fp, not_after) in &c.cert_sha256 {
-                if let Some(at) = not_after.and_then(unix) {
-                    let name = format!("{}/{}", c.name, &hex::encode(fp)[..16]);
+            for pin in &c.cert_sha256 {
+                if let Some(at) = pin.not_after.and_then(unix) {
+                    let name = format!("{}/{}", c.name, &hex::encode(pin.sha256)[..16]);
                     found.push((ExpiryKind::ConsumerPin, name, at));
                 }
             }

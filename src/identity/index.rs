@@ -16,7 +16,7 @@ use crate::policy::Policy;
 /// Who each credential of a policy identifies, by consumer index into `policy.consumers`.
 pub struct Identities {
     /// Certificate pins (unique across consumers, checked at load) and their `not_after`.
-    pins: HashMap<[u8; 32], (usize, Option<SystemTime>)>,
+    pins: HashMap<[u8; 32], (usize, crate::policy::Pin)>,
     /// Token digests (unique across consumers, checked at load).
     tokens: HashMap<[u8; 32], usize>,
     /// Issuer ACLs in policy order: consumer index and the DER of each CA's public key.
@@ -41,8 +41,8 @@ impl Identities {
         let mut tokens = HashMap::new();
         let mut acls = Vec::new();
         for (i, c) in policy.consumers.iter().enumerate() {
-            for (fp, not_after) in &c.cert_sha256 {
-                pins.insert(*fp, (i, *not_after));
+            for pin in &c.cert_sha256 {
+                pins.insert(pin.sha256, (i, *pin));
             }
             if let Some(d) = &c.token_sha256 {
                 tokens.insert(*d, i);
@@ -79,8 +79,8 @@ impl Identities {
     /// The consumer pinned to this fingerprint at `now`; a pin past its `not_after` no
     /// longer identifies anyone (rotation with overlap).
     pub fn by_fingerprint(&self, fingerprint: &[u8; 32], now: SystemTime) -> Option<usize> {
-        let (i, not_after) = self.pins.get(fingerprint)?;
-        not_after.is_none_or(|t| now <= t).then_some(*i)
+        let (i, pin) = self.pins.get(fingerprint)?;
+        pin.identifies_at(now).then_some(*i)
     }
 
     /// The consumer this (already chain-verified) certificate identifies at `now`: a pin,

@@ -11,12 +11,29 @@ pub struct TokenDigest([u8; 32]);
 impl TokenDigest {
     /// A fresh random token (returned once, to be shown to the operator) and its digest.
     pub fn generate() -> (Zeroizing<String>, Self) {
+        Self::generate_prefixed("kbdev_")
+    }
+
+    /// A fresh random token `<prefix><64 hex digits>` and its digest. The token is written
+    /// straight into its zeroizing buffer (no temporary holds it).
+    pub fn generate_prefixed(prefix: &str) -> (Zeroizing<String>, Self) {
         let mut raw = Zeroizing::new([0u8; 32]);
         // Without an OS random source no token can be made safely.
         getrandom::fill(raw.as_mut()).expect("the OS random number generator is available");
-        let token = Zeroizing::new(format!("kbdev_{}", hex::encode(raw.as_ref())));
+        let mut token = Zeroizing::new(String::with_capacity(prefix.len() + 64));
+        token.push_str(prefix);
+        for b in raw.iter() {
+            for nibble in [b >> 4, b & 0xf] {
+                token.push(char::from(b"0123456789abcdef"[usize::from(nibble)]));
+            }
+        }
         let digest = Self::of(&token);
         (token, digest)
+    }
+
+    /// The digest in hex, as policies store it (`token_sha256`).
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
     }
 
     pub fn of(token: &str) -> Self {

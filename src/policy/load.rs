@@ -45,6 +45,7 @@ struct TeamDef {
 #[derive(Deserialize)]
 struct PinDef {
     fingerprint: String,
+    not_before: Option<String>,
     not_after: Option<String>,
 }
 
@@ -55,6 +56,8 @@ struct ConsumerDef {
     #[serde(default)]
     cert_sha256: Vec<PinDef>,
     issuer_ca: Option<PathBuf>,
+    /// The issuer CA inline (what the management API stores; public certificates).
+    issuer_ca_pem: Option<String>,
     subject: Option<String>,
     token_sha256: Option<String>,
     #[serde(default)]
@@ -170,8 +173,12 @@ pub fn load_checked(dir: &Path, sources: &KnownSources) -> Result<Policy, Policy
 /// As [`load_checked`], over several folders as one policy (the policy folder and the
 /// management store's definitions): a name defined in two of them is a load error like one
 /// defined twice in a folder.
-pub fn load_checked_dirs(dirs: &[&Path], sources: &KnownSources) -> Result<Policy, PolicyError> {
-    load_inner(dirs, Some(sources))
+pub fn load_checked_dirs(
+    dirs: &[std::path::PathBuf],
+    sources: &KnownSources,
+) -> Result<Policy, PolicyError> {
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    load_inner(&dirs, Some(sources))
 }
 
 fn load_inner(dirs: &[&Path], sources: Option<&KnownSources>) -> Result<Policy, PolicyError> {
@@ -412,19 +419,21 @@ fn validate_consumers(
                 );
                 continue;
             }
-            let not_after = match &pin.not_after {
-                None => None,
-                Some(t) => match humantime::parse_rfc3339(t) {
-                    Ok(t) => Some(t),
-                    Err(_) => {
-                        files.at(
-                            &c,
-                            &key_index("cert_sha256", i),
-                            format!("not_after {t:?} is not an RFC 3339 time"),
-                        );
-                        continue;
-                    }
-                },
+            let mut time = |what: &str, t: &Option<String>| match t {
+                None => Ok(None),
+                Some(t) => humantime::parse_rfc3339(t).map(Some).map_err(|_| {
+                    files.at(
+                        &c,
+                        &key_index("cert_sha256", i),
+                        format!("{what} {t:?} is not an RFC 3339 time"),
+                    );
+                }),
+            };
+            let (Ok(not_before), Ok(not_after)) = (
+                time("not_before", &pin.not_before),
+                time("not_after", &pin.not_after),
+            ) else {
+                continue;
             };
             if let Some(other) = pin_owner.insert(fp, def.name.clone()) {
                 files.at(
@@ -433,7 +442,11 @@ fn validate_consumers(
                     format!("this fingerprint is already pinned by consumer `{other}`"),
                 );
             }
-            pins.push((fp, not_after));
+            pins.push(super::model::Pin {
+                sha256: fp,
+                not_before,
+                not_after,
+            });
         }
         let token = match &def.token_sha256 {
             None => None,
@@ -456,14 +469,22 @@ fn validate_consumers(
                 Some(d)
             }
         };
-        if def.issuer_ca.is_some() != def.subject.is_some() {
+        let has_issuer = def.issuer_ca.is_some() || def.issuer_ca_pem.is_some();
+        if def.issuer_ca.is_some() && def.issuer_ca_pem.is_some() {
+            files.at(
+                &c,
+                &key("issuer_ca_pem"),
+                "issuer_ca and issuer_ca_pem: one of them".to_owned(),
+            );
+        }
+        if has_issuer != def.subject.is_some() {
             files.at(
                 &c,
                 &key("name"),
                 "issuer_ca and subject go together".to_owned(),
             );
         }
-        if def.cert_sha256.is_empty() && def.issuer_ca.is_none() && def.token_sha256.is_none() {
+        if def.cert_sha256.is_empty() && !has_issuer && def.token_sha256.is_none() {
             files.at(&c, &key("name"), format!("consumer `{}` has no way to authenticate (cert_sha256, issuer_ca + subject, or token_sha256)", def.name));
         }
         // Relative to the policy file; the CA certificates are read now, so a decision
@@ -473,6 +494,12 @@ fn validate_consumers(
             base.join(p)
         });
         let mut issuer_certs = Vec::new();
+        if let Some(pem) = &def.issuer_ca_pem {
+            match pem_certificates(pem.as_bytes()) {
+                Ok(certs) => issuer_certs = certs,
+                Err(why) => files.at(&c, &key("issuer_ca_pem"), format!("issuer_ca_pem: {why}")),
+            }
+        }
         if let Some(path) = &issuer_ca {
             match read_certificates(path) {
                 Ok(certs) => issuer_certs = certs,
@@ -791,11 +818,16 @@ fn credential(
 
 /// The certificates of a CA file (PEM). CA certificates are public: parse errors may be shown.
 fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    pem_certificates(&std::fs::read(path).map_err(|e| e.to_string())?)
+}
+
+/// The CERTIFICATE blocks of a PEM text, DER (public certificates only: other blocks are
+/// skipped, never quoted).
+pub fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 
-    let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| e.to_string())?
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(pem)
         .map(|c| c.map(|c| c.to_vec()).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
     if certs.is_empty() {

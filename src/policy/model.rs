@@ -47,14 +47,30 @@ impl CredentialMode {
     }
 }
 
+/// A pinned client certificate: identifies its consumer from `not_before` (scheduled until
+/// then) to `not_after` (rotation with overlap), both optional.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub sha256: [u8; 32],
+    pub not_before: Option<SystemTime>,
+    pub not_after: Option<SystemTime>,
+}
+
+impl Pin {
+    pub fn identifies_at(&self, now: SystemTime) -> bool {
+        self.not_before.is_none_or(|t| t <= now) && self.not_after.is_none_or(|t| now <= t)
+    }
+}
+
 /// A consumer: a caller identity belonging to one team. Equal when nothing about who it is,
 /// how it authenticates or what it administers differs (a held wait continues only then).
 #[derive(PartialEq, Eq)]
 pub struct Consumer {
     pub name: String,
     pub team: String,
-    /// Client-certificate SHA-256 fingerprints, each valid until its optional `not_after`.
-    pub cert_sha256: Vec<([u8; 32], Option<SystemTime>)>,
+    /// Client-certificate SHA-256 fingerprints, each identifying the consumer inside its
+    /// optional window.
+    pub cert_sha256: Vec<Pin>,
     /// Apinizer-style issuer ACL: a CA file (its certificates, DER, read at load) and a
     /// subject pattern.
     pub issuer_ca: Option<PathBuf>,

@@ -1,7 +1,8 @@
 //! `[store] kind = "file"`: a folder — each credential's definition a policy file
 //! (`credentials/<team>/<name>.toml`, loaded with the policy folder), its material a JSON file
 //! per version (`material/<team>/<name>/v<N>.json`, served by the file source `store`), its
-//! record `records/<team>/<name>.json`. Also the local mirror of a vault store. Writes are
+//! record `records/<team>/<name>.json`; a consumer's definition `consumers/<team>/<name>.toml`,
+//! its record `consumer-records/<team>/<name>.json`. Also the local mirror of a vault store. Writes are
 //! atomic (a temporary file renamed into place, 0600); material first, then the definition —
 //! the definition's rename is the commit point, so a failure in between leaves an
 //! unreferenced material file, never a definition without its material.
@@ -10,31 +11,30 @@ use std::path::{Path, PathBuf};
 
 use secrecy::ExposeSecret;
 
-use super::{Record, StoreError};
+use super::{Kind, Record, StoreError};
 use crate::secret::SecretBuf;
 
 #[derive(Debug)]
 pub struct FileStore {
     root: PathBuf,
-    definitions: PathBuf,
 }
 
 impl FileStore {
     /// The store at `root`, its folders created (0700).
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        for sub in ["credentials", "material", "records"] {
-            let dir = root.join(sub);
-            create_private_dir(&dir)?;
+        for kind in Kind::ALL {
+            create_private_dir(&root.join(kind.dir()))?;
+            create_private_dir(&root.join(kind.records_dir()))?;
         }
+        create_private_dir(&root.join("material"))?;
         Ok(Self {
             root: root.to_owned(),
-            definitions: root.join("credentials"),
         })
     }
 
-    /// Where the definitions are (a policy folder).
-    pub fn definitions_dir(&self) -> &Path {
-        &self.definitions
+    /// Where the definitions of `kind` are (a policy folder).
+    pub fn definitions_dir(&self, kind: Kind) -> PathBuf {
+        self.root.join(kind.dir())
     }
 
     /// Where the material is (the `store` file source's folder).
@@ -42,16 +42,16 @@ impl FileStore {
         self.root.join("material")
     }
 
-    fn definition_path(&self, team: &str, name: &str) -> PathBuf {
+    fn definition_path(&self, kind: Kind, team: &str, name: &str) -> PathBuf {
         self.root
-            .join("credentials")
+            .join(kind.dir())
             .join(team)
             .join(format!("{name}.toml"))
     }
 
-    fn record_path(&self, team: &str, name: &str) -> PathBuf {
+    fn record_path(&self, kind: Kind, team: &str, name: &str) -> PathBuf {
         self.root
-            .join("records")
+            .join(kind.records_dir())
             .join(team)
             .join(format!("{name}.json"))
     }
@@ -61,8 +61,8 @@ impl FileStore {
         format!("{team}/{name}/v{version}")
     }
 
-    pub fn record(&self, team: &str, name: &str) -> Result<Option<Record>, StoreError> {
-        let path = self.record_path(team, name);
+    pub fn record(&self, kind: Kind, team: &str, name: &str) -> Result<Option<Record>, StoreError> {
+        let path = self.record_path(kind, team, name);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -72,10 +72,11 @@ impl FileStore {
         }
     }
 
-    /// Every record, with its team and name (the Tines routes find a credential by `id`).
-    pub fn records(&self) -> Result<Vec<(String, String, Record)>, StoreError> {
+    /// Every record of `kind`, with its team and name (the Tines routes find a credential
+    /// by `id`).
+    pub fn records(&self, kind: Kind) -> Result<Vec<(String, String, Record)>, StoreError> {
         let mut out = Vec::new();
-        let base = self.root.join("records");
+        let base = self.root.join(kind.records_dir());
         let read = |p: &Path| {
             std::fs::read_dir(p).map_err(|source| StoreError::Read {
                 path: p.to_owned(),
@@ -97,7 +98,7 @@ impl FileStore {
                 let Some(name) = file_name.strip_suffix(".json") else {
                     continue;
                 };
-                if let Some(r) = self.record(&team_name, name)? {
+                if let Some(r) = self.record(kind, &team_name, name)? {
                     out.push((team_name.clone(), name.to_owned(), r));
                 }
             }
@@ -132,33 +133,40 @@ impl FileStore {
     /// Writes the definition (policy TOML) and the record: the commit point of a write.
     pub fn write_definition(
         &self,
+        kind: Kind,
         team: &str,
         name: &str,
         toml: &str,
         record: &Record,
     ) -> Result<(), StoreError> {
         let record_bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
-        write_atomic(&self.record_path(team, name), &record_bytes)?;
-        write_atomic(&self.definition_path(team, name), toml.as_bytes())
+        write_atomic(&self.record_path(kind, team, name), &record_bytes)?;
+        write_atomic(&self.definition_path(kind, team, name), toml.as_bytes())
     }
 
     /// Puts back what `write_definition` replaced (`None`: there was nothing), after a write
     /// the policy refused to load.
     pub fn restore(
         &self,
+        kind: Kind,
         team: &str,
         name: &str,
         previous: Option<(&str, &Record)>,
     ) -> Result<(), StoreError> {
         match previous {
-            Some((toml, record)) => self.write_definition(team, name, toml, record),
-            None => self.delete(team, name),
+            Some((toml, record)) => self.write_definition(kind, team, name, toml, record),
+            None => self.delete(kind, team, name),
         }
     }
 
     /// The definition's text as stored, if any.
-    pub fn definition(&self, team: &str, name: &str) -> Result<Option<String>, StoreError> {
-        let path = self.definition_path(team, name);
+    pub fn definition(
+        &self,
+        kind: Kind,
+        team: &str,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let path = self.definition_path(kind, team, name);
         match std::fs::read_to_string(&path) {
             Ok(t) => Ok(Some(t)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -167,17 +175,20 @@ impl FileStore {
     }
 
     /// Removes the definition (the commit point: no door serves it after the reload), then
-    /// the record and every version of the material.
-    pub fn delete(&self, team: &str, name: &str) -> Result<(), StoreError> {
+    /// the record and, for a credential, every version of the material.
+    pub fn delete(&self, kind: Kind, team: &str, name: &str) -> Result<(), StoreError> {
         for path in [
-            self.definition_path(team, name),
-            self.record_path(team, name),
+            self.definition_path(kind, team, name),
+            self.record_path(kind, team, name),
         ] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(StoreError::Write { path, source }),
             }
+        }
+        if kind != Kind::Credential {
+            return Ok(());
         }
         let material = self.root.join("material").join(team).join(name);
         match std::fs::remove_dir_all(&material) {

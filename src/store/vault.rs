@@ -1,6 +1,7 @@
 //! `[store] kind = "vault"`: the store kept in a vault source's KV v2 mount, shared by every
 //! replica — under `<prefix>/`:
-//! - `credentials/<team>/<name>`: `{definition, record}` (the policy TOML and the record);
+//! - `credentials/<team>/<name>`, `consumers/<team>/<name>`: `{definition, record}` (the
+//!   policy TOML and the record);
 //! - `material/<team>/<name>/v<N>`: the material's fields, one KV secret per version, read by
 //!   the vault source itself like any secret;
 //! - `generation`: bumped by every write; each replica polls its version and, when it moved,
@@ -17,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::sync::Arc;
 
-use super::{FileStore, Record, StoreError};
+use super::{FileStore, Kind, Record, StoreError};
 use crate::secret::SecretBuf;
 use crate::source::{KvPart, SourceError, VaultSource};
 
@@ -100,8 +101,8 @@ impl VaultStore {
         )
     }
 
-    fn definition_path(&self, team: &str, name: &str) -> String {
-        format!("{}/credentials/{team}/{name}", self.prefix)
+    fn definition_path(&self, kind: Kind, team: &str, name: &str) -> String {
+        format!("{}/{}/{team}/{name}", self.prefix, kind.dir())
     }
 
     async fn list(&self, path: &str) -> Result<Vec<String>, StoreError> {
@@ -123,6 +124,7 @@ impl VaultStore {
     /// The definition in vault with its KV version, if any.
     async fn read_definition(
         &self,
+        kind: Kind,
         team: &str,
         name: &str,
     ) -> Result<Option<(u64, String, Record)>, StoreError> {
@@ -131,7 +133,7 @@ impl VaultStore {
             .kv(
                 Method::GET,
                 KvPart::Data,
-                &self.definition_path(team, name),
+                &self.definition_path(kind, team, name),
                 None,
             )
             .await
@@ -198,13 +200,14 @@ impl VaultStore {
     /// the generation. [`StoreError::Conflict`] when another replica changed it first.
     pub async fn commit(
         &self,
+        kind: Kind,
         team: &str,
         name: &str,
         toml: &str,
         record: &Record,
         previous: Option<&Record>,
     ) -> Result<(), StoreError> {
-        let cas = self.expect(team, name, previous).await?;
+        let cas = self.expect(kind, team, name, previous).await?;
         let body = serde_json::json!({
             "options": { "cas": cas },
             "data": {
@@ -213,7 +216,7 @@ impl VaultStore {
             },
         });
         self.put(
-            &self.definition_path(team, name),
+            &self.definition_path(kind, team, name),
             Bytes::from(body.to_string()),
         )
         .await?;
@@ -223,11 +226,12 @@ impl VaultStore {
     /// The KV version to check-and-set against: vault must hold what this replica last saw.
     async fn expect(
         &self,
+        kind: Kind,
         team: &str,
         name: &str,
         previous: Option<&Record>,
     ) -> Result<u64, StoreError> {
-        match (self.read_definition(team, name).await?, previous) {
+        match (self.read_definition(kind, team, name).await?, previous) {
             (None, None) => Ok(0),
             (Some((kv, _, now)), Some(prev)) if now.version == prev.version => Ok(kv),
             _ => Err(StoreError::Conflict),
@@ -235,23 +239,27 @@ impl VaultStore {
     }
 
     /// Deletes the definition (every KV version — the commit point), then every version of
-    /// the material, then bumps the generation.
+    /// a credential's material, then bumps the generation.
     pub async fn delete(
         &self,
+        kind: Kind,
         team: &str,
         name: &str,
         previous: &Record,
     ) -> Result<(), StoreError> {
-        self.expect(team, name, Some(previous)).await?;
+        self.expect(kind, team, name, Some(previous)).await?;
         self.source
             .kv(
                 Method::DELETE,
                 KvPart::Metadata,
-                &self.definition_path(team, name),
+                &self.definition_path(kind, team, name),
                 None,
             )
             .await
             .map_err(remote)?;
+        if kind != Kind::Credential {
+            return self.bump().await;
+        }
         let base = format!("{}/material/{team}/{name}", self.prefix);
         for version in self.list(&base).await? {
             self.source
@@ -270,14 +278,18 @@ impl VaultStore {
     /// Puts back a definition after the writing replica's policy refused the new one.
     pub async fn restore(
         &self,
+        kind: Kind,
         team: &str,
         name: &str,
         written: &Record,
         previous: Option<(&str, &Record)>,
     ) -> Result<(), StoreError> {
         match previous {
-            Some((toml, record)) => self.commit(team, name, toml, record, Some(written)).await,
-            None => self.delete(team, name, written).await,
+            Some((toml, record)) => {
+                self.commit(kind, team, name, toml, record, Some(written))
+                    .await
+            }
+            None => self.delete(kind, team, name, written).await,
         }
     }
 
@@ -323,31 +335,44 @@ impl VaultStore {
         {
             return Ok(false);
         }
-        let mut present = Vec::new();
-        let base = format!("{}/credentials", self.prefix);
-        for team in self.list(&base).await? {
-            let team = team.trim_end_matches('/').to_owned();
-            for name in self.list(&format!("{base}/{team}")).await? {
-                if name.ends_with('/') {
-                    continue;
-                }
-                if let Some((_, toml, record)) = self.read_definition(&team, &name).await? {
-                    if mirror.definition(&team, &name)?.as_deref() != Some(toml.as_str()) {
-                        mirror.write_definition(&team, &name, &toml, &record)?;
-                    }
-                    present.push((team.clone(), name));
-                }
-            }
-        }
-        for (team, name, _) in mirror.records()? {
-            if !present.iter().any(|(t, n)| *t == team && *n == name) {
-                mirror.delete(&team, &name)?;
-            }
+        for kind in Kind::ALL {
+            self.pull_kind(kind, mirror).await?;
         }
         *self
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(generation);
         Ok(true)
+    }
+
+    /// Every definition of `kind` into `mirror`, those gone removed.
+    async fn pull_kind(&self, kind: Kind, mirror: &FileStore) -> Result<(), StoreError> {
+        let mut present = Vec::new();
+        let base = format!("{}/{}", self.prefix, kind.dir());
+        for team in self.list(&base).await? {
+            let team = team.trim_end_matches('/').to_owned();
+            for name in self.list(&format!("{base}/{team}")).await? {
+                if name.ends_with('/') {
+                    continue;
+                }
+                if let Some((_, toml, record)) = self.read_definition(kind, &team, &name).await? {
+                    let same_definition =
+                        mirror.definition(kind, &team, &name)?.as_deref() == Some(toml.as_str());
+                    let same_record = mirror
+                        .record(kind, &team, &name)?
+                        .is_some_and(|r| r.version == record.version && r.updated_at == record.updated_at);
+                    if !(same_definition && same_record) {
+                        mirror.write_definition(kind, &team, &name, &toml, &record)?;
+                    }
+                    present.push((team.clone(), name));
+                }
+            }
+        }
+        for (team, name, _) in mirror.records(kind)? {
+            if !present.iter().any(|(t, n)| *t == team && *n == name) {
+                mirror.delete(kind, &team, &name)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -15,11 +15,17 @@ use std::time::Instant;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
+mod certificates;
+mod consumers;
+
+pub use consumers::{AclInput, CertificateInput, ConsumerInput, ConsumerPatch, ManagedConsumer};
+pub use certificates::CertificateView;
+
 use super::{AuditEntry, Broker, Caller};
 use crate::audit::{Action, Outcome};
 use crate::pem::{self, RepairKind};
 use crate::policy::{CredentialMode, ReadAccess};
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Kind, Record, Store, StoreError};
 use std::sync::Arc;
 
 /// A credential as the management API receives it: the definition, and the material by
@@ -105,6 +111,17 @@ pub enum ManageError {
     Store(#[from] crate::store::StoreError),
     #[error("the audit trail cannot be written; refusing to answer")]
     AuditUnavailable,
+    /// A consumer certificate that cannot identify anyone here (`code` says why; never the
+    /// certificate's text).
+    #[error("certificate: {message}")]
+    CertificateRejected {
+        code: &'static str,
+        message: String,
+    },
+    #[error("this certificate already identifies a consumer (or was revoked)")]
+    CertificateInUse,
+    #[error("this issuer ACL could match a certificate another consumer's ACL matches")]
+    AclOverlap,
 }
 
 impl ManageError {
@@ -122,6 +139,9 @@ impl ManageError {
             Self::Stale => "stale",
             Self::Store(_) => "store_unavailable",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::CertificateRejected { code, .. } => code,
+            Self::CertificateInUse => "certificate_in_use",
+            Self::AclOverlap => "acl_overlap",
         }
     }
 }
@@ -148,6 +168,9 @@ impl ManageError {
             },
             Self::Store(_) => F::Broken,
             Self::Exists
+            | Self::CertificateInUse
+            | Self::AclOverlap
+            | Self::CertificateRejected { .. }
             | Self::PreconditionRequired
             | Self::Stale
             | Self::PemRejected { .. }
@@ -245,7 +268,7 @@ impl Broker {
             let store = self.store()?;
             self.authorize(caller, &input.team)?;
             let (toml, record) =
-                stored(store, &input.team, &input.name)?.ok_or(ManageError::NotFound)?;
+                stored(store, Kind::Credential, &input.team, &input.name)?.ok_or(ManageError::NotFound)?;
             if etag(&toml, &record) != if_match {
                 return Err(ManageError::Stale);
             }
@@ -273,12 +296,12 @@ impl Broker {
         let work = async {
             let store = self.store()?;
             self.authorize(caller, team)?;
-            let (toml, record) = stored(store, team, name)?.ok_or(ManageError::NotFound)?;
+            let (toml, record) = stored(store, Kind::Credential, team, name)?.ok_or(ManageError::NotFound)?;
             if if_match.is_some_and(|m| m != etag(&toml, &record)) {
                 return Err(ManageError::Stale);
             }
             store
-                .delete(team, name, &record)
+                .delete(Kind::Credential, team, name, &record)
                 .await
                 .map_err(|e| lost_race(e, true))?;
             // The definition is gone: no door serves it once the policy is reloaded. A
@@ -360,7 +383,7 @@ impl Broker {
         name: &str,
     ) -> Result<Option<Managed>, ManageError> {
         let store = self.store()?;
-        let Some((toml, record)) = stored(store, team, name)? else {
+        let Some((toml, record)) = stored(store, Kind::Credential, team, name)? else {
             return Ok(None);
         };
         let snapshot = self.policy();
@@ -393,7 +416,7 @@ impl Broker {
     pub fn managed_credentials(&self) -> Result<Vec<Managed>, ManageError> {
         let store = self.store()?;
         let mut out = Vec::new();
-        for (team, name, _) in store.records()? {
+        for (team, name, _) in store.records(Kind::Credential)? {
             if let Some(m) = self.managed_credential(&team, &name)? {
                 out.push(m);
             }
@@ -445,7 +468,7 @@ impl Broker {
             Some((_, r)) => r.id,
             None => {
                 store
-                    .records()?
+                    .records(Kind::Credential)?
                     .iter()
                     .map(|(_, _, r)| r.id)
                     .max()
@@ -466,6 +489,7 @@ impl Broker {
             id,
             display_name: input.display_name.clone(),
             folder_id: input.folder_id,
+            certificates: Vec::new(),
         };
         let (material_source, material_path) = store.reference(&input.team, &input.name, version);
         let reference =
@@ -523,21 +547,36 @@ impl Broker {
             .write(write, was)
             .await
             .map_err(|e| lost_race(e, was.is_some()))?;
-        if let Err(e) = self.reload_policy() {
-            // A definition the policy refuses never stays: the previous one comes back.
-            let previous = previous.as_ref().map(|(t, r)| (t.as_str(), r));
-            store
-                .restore(&input.team, &input.name, &record, previous)
-                .await?;
-            let lines = match e {
-                super::ReloadError::Invalid(crate::policy::PolicyError::Invalid(list)) => {
-                    list.iter().map(ToString::to_string).collect()
-                }
-                other => vec![other.to_string()],
-            };
-            return Err(ManageError::PolicyRefused(lines));
-        }
+        let previous = previous.as_ref().map(|(t, r)| (t.as_str(), r));
+        self.reload_or_restore(Kind::Credential, &input.team, &input.name, &record, previous)
+            .await?;
         Ok(managed)
+    }
+
+    /// After a store write: the policy reloaded — or, when it refuses what was written, the
+    /// previous definition put back (a bad definition never replaces a good one) and the
+    /// loader's lines returned.
+    async fn reload_or_restore(
+        &self,
+        kind: Kind,
+        team: &str,
+        name: &str,
+        written: &Record,
+        previous: Option<(&str, &Record)>,
+    ) -> Result<(), ManageError> {
+        let Err(e) = self.reload_policy() else {
+            return Ok(());
+        };
+        self.store()?
+            .restore(kind, team, name, written, previous)
+            .await?;
+        let lines = match e {
+            super::ReloadError::Invalid(crate::policy::PolicyError::Invalid(list)) => {
+                list.iter().map(ToString::to_string).collect()
+            }
+            other => vec![other.to_string()],
+        };
+        Err(ManageError::PolicyRefused(lines))
     }
 
     async fn audit_manage<T>(
@@ -576,8 +615,15 @@ fn lost_race(e: StoreError, existed: bool) -> ManageError {
 }
 
 /// A stored credential's definition text and record, when both are there.
-fn stored(store: &Store, team: &str, name: &str) -> Result<Option<(String, Record)>, ManageError> {
-    Ok(store.definition(team, name)?.zip(store.record(team, name)?))
+fn stored(
+    store: &Store,
+    kind: Kind,
+    team: &str,
+    name: &str,
+) -> Result<Option<(String, Record)>, ManageError> {
+    Ok(store
+        .definition(kind, team, name)?
+        .zip(store.record(kind, team, name)?))
 }
 
 fn check_input(input: &CredentialInput) -> Result<(), ManageError> {

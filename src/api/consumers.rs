@@ -1,0 +1,278 @@
+//! The management routes of consumers (docs/MANAGEMENT.md, "Consumers"): thin — parse, hand
+//! to the broker's management decision, render. A token goes out once, in the answer that
+//! made it, from a zeroizing buffer; no other answer carries it.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::{ApiError, AppState, Authenticated, json_response, parse_body, secret_response};
+use crate::broker::{
+    AclInput, CertificateInput, ConsumerInput, ConsumerPatch, ManageError, ManagedConsumer,
+};
+use crate::secret::SecretBuf;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    admin_teams: Vec<String>,
+    vault_api_host: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    admin_teams: Option<Vec<String>>,
+    /// `null` removes it; absent leaves it.
+    #[serde(default, deserialize_with = "present")]
+    vault_api_host: Option<Option<String>>,
+}
+
+/// A field given as `null` is `Some(None)`, an absent one `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateBody {
+    certificate: String,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+}
+
+/// Apinizer's names are accepted beside keybroker's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclBody {
+    issuer_ca: String,
+    subject: String,
+    #[serde(default = "yes", alias = "validateCertificate")]
+    validate_certificate: bool,
+    #[serde(default = "yes", alias = "validateACLForIssuer")]
+    validate_acl_for_issuer: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+}
+
+fn answer(status: StatusCode, m: &ManagedConsumer) -> Response {
+    let mut r = json_response(status, m);
+    if let Ok(v) = HeaderValue::from_str(&m.etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+/// The consumer with its new token: `{"token": …, <the consumer's fields>}`, in a buffer
+/// zeroized when the answer is dropped.
+fn with_token(status: StatusCode, m: &ManagedConsumer, token: &Zeroizing<String>) -> Response {
+    let rest = serde_json::to_string(m).unwrap_or_else(|_| "{}".to_owned());
+    let mut body = SecretBuf::with_capacity(rest.len() + token.len() + 16);
+    body.push_str("{\"token\":");
+    body.push_quoted(token);
+    if rest.len() > 2 {
+        body.push_str(",");
+    }
+    body.push_str(&rest[1..]);
+    let mut r = secret_response(body);
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(&m.etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path(team): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: CreateBody = parse_body(&body, "a consumer: {name, admin_teams, vault_api_host}")?;
+    let input = ConsumerInput {
+        name: body.name,
+        team,
+        admin_teams: body.admin_teams,
+        vault_api_host: body.vault_api_host,
+    };
+    let (m, token) = state.broker.create_consumer(&caller, input).await?;
+    Ok(with_token(StatusCode::CREATED, &m, &token))
+}
+
+pub(super) async fn list(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path(team): Path<String>,
+) -> Result<Response, ApiError> {
+    if !caller.may_manage(&team) {
+        return Err(ManageError::NotAllowed(team).into());
+    }
+    let list = state.broker.managed_consumers(&team)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "consumers": list }),
+    ))
+}
+
+pub(super) async fn show(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if !caller.may_manage(&team) {
+        return Err(ManageError::NotAllowed(team).into());
+    }
+    match state.broker.managed_consumer(&team, &name)? {
+        Some(m) => Ok(answer(StatusCode::OK, &m)),
+        None => Err(ManageError::NotFound.into()),
+    }
+}
+
+pub(super) async fn update(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path((team, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: PatchBody = parse_body(&body, "consumer fields: {admin_teams, vault_api_host}")?;
+    let patch = ConsumerPatch {
+        admin_teams: body.admin_teams,
+        vault_api_host: body.vault_api_host,
+    };
+    let m = state
+        .broker
+        .update_consumer(&caller, &team, &name, patch, if_match(&headers))
+        .await?;
+    Ok(answer(StatusCode::OK, &m))
+}
+
+pub(super) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path((team, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .broker
+        .delete_consumer(&caller, &team, &name, if_match(&headers))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST …/token`: a new token, returned once; the old one stops working.
+pub(super) async fn token(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path((team, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (m, token) = state
+        .broker
+        .rotate_consumer_token(&caller, &team, &name, if_match(&headers))
+        .await?;
+    Ok(with_token(StatusCode::OK, &m, &token))
+}
+
+pub(super) async fn certificates(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if !caller.may_manage(&team) {
+        return Err(ManageError::NotAllowed(team).into());
+    }
+    let m = state
+        .broker
+        .managed_consumer(&team, &name)?
+        .ok_or(ManageError::NotFound)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "certificates": m.certificates }),
+    ))
+}
+
+pub(super) async fn add_certificate(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path((team, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: CertificateBody =
+        parse_body(&body, "a certificate: {certificate, starts_at, ends_at}")?;
+    let input = CertificateInput {
+        certificate: body.certificate,
+        starts_at: body.starts_at,
+        ends_at: body.ends_at,
+    };
+    // The verifier handshakes use now: chain to client_ca, revocation by client_crl.
+    let tls = state.main_tls();
+    let verifier = tls.as_ref().and_then(|t| t.verifier.as_deref());
+    let added = state
+        .broker
+        .add_consumer_certificate(&caller, &team, &name, input, verifier)
+        .await?;
+    Ok(json_response(StatusCode::CREATED, &added))
+}
+
+pub(super) async fn revoke_certificate(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path((team, name, fingerprint)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let revoked = state
+        .broker
+        .revoke_consumer_certificate(&caller, &team, &name, &fingerprint)
+        .await?;
+    Ok(json_response(StatusCode::OK, &revoked))
+}
+
+pub(super) async fn put_issuer_acl(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path((team, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: AclBody = parse_body(
+        &body,
+        "an issuer ACL: {issuer_ca, subject, validate_certificate, validate_acl_for_issuer}",
+    )?;
+    let acl = AclInput {
+        issuer_ca: body.issuer_ca,
+        subject: body.subject,
+        validate_certificate: body.validate_certificate,
+        validate_acl_for_issuer: body.validate_acl_for_issuer,
+    };
+    let m = state
+        .broker
+        .set_issuer_acl(&caller, &team, &name, Some(acl), if_match(&headers))
+        .await?;
+    Ok(answer(StatusCode::OK, &m))
+}
+
+pub(super) async fn delete_issuer_acl(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path((team, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let m = state
+        .broker
+        .set_issuer_acl(&caller, &team, &name, None, if_match(&headers))
+        .await?;
+    Ok(answer(StatusCode::OK, &m))
+}

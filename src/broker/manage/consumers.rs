@@ -1,0 +1,626 @@
+//! Consumers through the management API (docs/MANAGEMENT.md, "Consumers"): created with a
+//! bearer token handed out once and stored as its digest, their client certificates added and
+//! revoked (Gravitee's lifecycle), their issuer ACL set (Apinizer's flags). A consumer is kept
+//! as a policy definition in the store like a credential, so authentication reads it through
+//! the one identity index and a reload (or another replica's poll) puts it in force.
+//!
+//! Escalation closed here: a team admin administers only consumers of teams it manages, gives
+//! `admin_teams` only among those teams, and never `admin`; a certificate or an issuer ACL that
+//! could identify another consumer is refused.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::certificates::{self, CertificateView};
+use super::{ManageError, etag, lost_race, stored, valid_name};
+use crate::audit::Action;
+use crate::broker::{Broker, Caller};
+use crate::store::{Kind, Record};
+
+/// `POST /v1/teams/{team}/consumers`.
+#[derive(Debug)]
+pub struct ConsumerInput {
+    pub name: String,
+    pub team: String,
+    pub admin_teams: Vec<String>,
+    pub vault_api_host: Option<String>,
+}
+
+/// `PATCH /v1/teams/{team}/consumers/{name}`: the fields given change, the others stay.
+#[derive(Debug, Default)]
+pub struct ConsumerPatch {
+    pub admin_teams: Option<Vec<String>>,
+    /// `Some(None)`: removed.
+    pub vault_api_host: Option<Option<String>>,
+}
+
+/// `POST …/certificates`.
+#[derive(Debug)]
+pub struct CertificateInput {
+    pub certificate: String,
+    pub starts_at: Option<String>,
+    pub ends_at: Option<String>,
+}
+
+/// `PUT …/issuer-acl`, with Apinizer's flags.
+#[derive(Debug)]
+pub struct AclInput {
+    pub issuer_ca: String,
+    pub subject: String,
+    pub validate_certificate: bool,
+    pub validate_acl_for_issuer: bool,
+}
+
+/// A consumer as management answers show it: never its token (only whether it has one).
+#[derive(Clone, Debug, Serialize)]
+pub struct ManagedConsumer {
+    pub name: String,
+    pub team: String,
+    pub admin_teams: Vec<String>,
+    pub vault_api_host: Option<String>,
+    pub has_token: bool,
+    pub certificates: Vec<CertificateView>,
+    pub issuer_acl: Option<AclView>,
+    pub origin: &'static str,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub updated_by: String,
+    #[serde(skip)]
+    pub etag: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AclView {
+    /// The subjects of the issuer CA certificates.
+    pub issuers: Vec<String>,
+    pub subject: String,
+    pub validate_certificate: bool,
+    pub validate_acl_for_issuer: bool,
+}
+
+/// The stored definition: a policy file with one `[[consumer]]`.
+#[derive(Serialize, Deserialize)]
+struct Definition {
+    consumer: Vec<Body>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Body {
+    name: String,
+    team: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cert_sha256: Vec<PinBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuer_ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    admin_teams: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vault_api_host: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct PinBody {
+    fingerprint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    not_after: Option<String>,
+}
+
+fn render(body: &Body) -> Result<String, ManageError> {
+    toml::to_string(&Definition {
+        consumer: vec![body.clone()],
+    })
+    .map_err(|e| ManageError::Invalid {
+        field: "definition",
+        message: e.to_string(),
+    })
+}
+
+fn parse(toml_text: &str) -> Result<Body, ManageError> {
+    toml::from_str::<Definition>(toml_text)
+        .ok()
+        .and_then(|d| d.consumer.into_iter().next())
+        .ok_or_else(|| crate::store::StoreError::Malformed("a stored consumer".into()).into())
+}
+
+fn who(caller: &Caller) -> String {
+    match caller {
+        Caller::Operator => "operator".to_owned(),
+        Caller::Consumer(c) => c.name().to_owned(),
+    }
+}
+
+/// A fingerprint as callers write it (hex, colons allowed, any case) in the stored form.
+fn normalize_fingerprint(text: &str) -> String {
+    text.chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// A change of one stored consumer: what it does to the definition and record.
+type Change<'a, R> =
+    Box<dyn FnOnce(&mut Body, &mut Record, &crate::policy::Policy) -> Result<R, ManageError> + Send + 'a>;
+
+impl Broker {
+    /// Creates a consumer of `input.team` with a new bearer token, returned here once.
+    pub async fn create_consumer(
+        &self,
+        caller: &Caller,
+        input: ConsumerInput,
+    ) -> Result<(ManagedConsumer, Zeroizing<String>), ManageError> {
+        let work = async {
+            let store = self.store()?;
+            self.authorize(caller, &input.team)?;
+            if !valid_name(&input.name) {
+                return Err(ManageError::Invalid {
+                    field: "name",
+                    message: "must match [a-z0-9_-]{1,64}".to_owned(),
+                });
+            }
+            let snapshot = self.policy();
+            let policy = snapshot.policy();
+            if !policy.teams.contains(&input.team) {
+                return Err(ManageError::Invalid {
+                    field: "team",
+                    message: format!("unknown team `{}`", input.team),
+                });
+            }
+            // Consumer names are unique across teams (the policy's rule); a stored one of
+            // another team counts too.
+            let taken = policy.consumers.iter().any(|c| c.name == input.name)
+                || store
+                    .records(Kind::Consumer)?
+                    .iter()
+                    .any(|(_, n, _)| *n == input.name);
+            if taken {
+                return Err(ManageError::Exists);
+            }
+            self.check_admin_teams(caller, &input.admin_teams, policy)?;
+            check_host(input.vault_api_host.as_deref())?;
+            let (token, digest) = crate::identity::TokenDigest::generate_prefixed("kbt_");
+            let body = Body {
+                name: input.name.clone(),
+                team: input.team.clone(),
+                token_sha256: Some(digest.hex()),
+                cert_sha256: Vec::new(),
+                issuer_ca_pem: None,
+                subject: None,
+                admin_teams: input.admin_teams.clone(),
+                vault_api_host: input.vault_api_host.clone(),
+            };
+            let at = crate::store::now();
+            let record = Record {
+                version: 1,
+                created_at: at.clone(),
+                updated_at: at,
+                updated_by: who(caller),
+                id: 0,
+                display_name: None,
+                folder_id: None,
+                certificates: Vec::new(),
+            };
+            let toml_text = render(&body)?;
+            store
+                .commit(Kind::Consumer, &input.team, &input.name, &toml_text, &record, None)
+                .await
+                .map_err(|e| lost_race(e, false))?;
+            self.reload_or_restore(Kind::Consumer, &input.team, &input.name, &record, None)
+                .await?;
+            let view = view(&body, &record, etag(&toml_text, &record));
+            Ok((view, token))
+        };
+        self.one_write(Action::ConsumerCreate, caller, &input.team, &input.name, work)
+            .await
+    }
+
+    /// Changes a consumer's settings (`If-Match` required).
+    pub async fn update_consumer(
+        &self,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        patch: ConsumerPatch,
+        if_match: Option<&str>,
+    ) -> Result<ManagedConsumer, ManageError> {
+        let if_match = if_match.ok_or(ManageError::PreconditionRequired);
+        let change: Change<'_, ()> = Box::new(move |body, _, policy| {
+            if let Some(teams) = patch.admin_teams {
+                self.check_admin_teams(caller, &teams, policy)?;
+                body.admin_teams = teams;
+            }
+            if let Some(host) = patch.vault_api_host {
+                check_host(host.as_deref())?;
+                body.vault_api_host = host;
+            }
+            Ok(())
+        });
+        let work = async {
+            let m = self.change_consumer(caller, team, name, Some(if_match), change);
+            m.await.map(|(m, ())| m)
+        };
+        self.one_write(Action::ConsumerUpdate, caller, team, name, work)
+            .await
+    }
+
+    /// Replaces a consumer's token: the new one is returned here once, the old one stops
+    /// working at every door with the reload.
+    pub async fn rotate_consumer_token(
+        &self,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<(ManagedConsumer, Zeroizing<String>), ManageError> {
+        let change: Change<'_, Zeroizing<String>> = Box::new(|body, _, _| {
+            let (token, digest) = crate::identity::TokenDigest::generate_prefixed("kbt_");
+            body.token_sha256 = Some(digest.hex());
+            Ok(token)
+        });
+        let work = self.change_consumer(caller, team, name, if_match.map(Ok), change);
+        self.one_write(Action::ConsumerToken, caller, team, name, work)
+            .await
+    }
+
+    /// Deletes a consumer of the store: its token and certificates stop working everywhere.
+    pub async fn delete_consumer(
+        &self,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), ManageError> {
+        let work = async {
+            let store = self.store()?;
+            self.authorize(caller, team)?;
+            let (toml_text, record) =
+                stored(store, Kind::Consumer, team, name)?.ok_or(ManageError::NotFound)?;
+            if if_match.is_some_and(|m| m != etag(&toml_text, &record)) {
+                return Err(ManageError::Stale);
+            }
+            store
+                .delete(Kind::Consumer, team, name, &record)
+                .await
+                .map_err(|e| lost_race(e, true))?;
+            self.reload_policy()
+                .map_err(|e| ManageError::PolicyRefused(vec![e.to_string()]))?;
+            Ok(())
+        };
+        self.one_write(Action::ConsumerDelete, caller, team, name, work)
+            .await
+    }
+
+    /// Adds a client certificate to a consumer, checked against the verifier handshakes use
+    /// (`[server] client_ca`, `client_crl`).
+    pub async fn add_consumer_certificate(
+        &self,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        input: CertificateInput,
+        verifier: Option<&dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Result<CertificateView, ManageError> {
+        let now = SystemTime::now();
+        // Checked before anything is read or written: a refusal costs the store nothing.
+        let checked = if caller.may_manage(team) {
+            Some(certificates::check(
+                &input.certificate,
+                input.starts_at.as_deref(),
+                input.ends_at.as_deref(),
+                verifier,
+                now,
+                &who(caller),
+            ))
+        } else {
+            None
+        };
+        let subject = format!("{name}/certificates");
+        let work = async {
+            self.authorize(caller, team)?;
+            let checked = checked.ok_or_else(|| ManageError::NotAllowed(team.to_owned()))??;
+            let in_other_records = self
+                .store()?
+                .records(Kind::Consumer)?
+                .iter()
+                .any(|(_, _, r)| r.certificates.iter().any(|c| c.fingerprint == checked.record.fingerprint));
+            let change: Change<'_, CertificateView> = Box::new(move |body, record, policy| {
+                let pinned = policy
+                    .consumers
+                    .iter()
+                    .any(|c| c.cert_sha256.iter().any(|p| p.sha256 == checked.sha256));
+                if pinned || in_other_records {
+                    return Err(ManageError::CertificateInUse);
+                }
+                let live = record
+                    .certificates
+                    .iter()
+                    .filter(|c| certificates::is_live(c, now))
+                    .count();
+                if live >= certificates::MAX_LIVE {
+                    return Err(ManageError::Invalid {
+                        field: "certificate",
+                        message: "at most 16 scheduled or active certificates per consumer"
+                            .to_owned(),
+                    });
+                }
+                body.cert_sha256.push(PinBody {
+                    fingerprint: checked.record.fingerprint.clone(),
+                    not_before: checked.record.starts_at.clone(),
+                    not_after: checked.record.ends_at.clone(),
+                });
+                record.certificates.push(checked.record.clone());
+                Ok(CertificateView::of(&checked.record, now))
+            });
+            let (_, added) = self.change_consumer(caller, team, name, None, change).await?;
+            Ok(added)
+        };
+        self.one_write(Action::ConsumerCertificateAdd, caller, team, &subject, work)
+            .await
+    }
+
+    /// Revokes a consumer's certificate: it stops identifying anyone with the reload (on every
+    /// replica within its poll), and cannot be added again.
+    pub async fn revoke_consumer_certificate(
+        &self,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        fingerprint: &str,
+    ) -> Result<CertificateView, ManageError> {
+        let fingerprint = normalize_fingerprint(fingerprint);
+        let subject = format!("{name}/certificates/{fingerprint}");
+        let change: Change<'_, CertificateView> = Box::new(|body, record, _| {
+            let cert = record
+                .certificates
+                .iter_mut()
+                .find(|c| c.fingerprint == fingerprint && c.revoked_at.is_none())
+                .ok_or(ManageError::NotFound)?;
+            cert.revoked_at = Some(crate::store::now());
+            let view = CertificateView::of(cert, SystemTime::now());
+            body.cert_sha256.retain(|p| normalize_fingerprint(&p.fingerprint) != fingerprint);
+            Ok(view)
+        });
+        let work = self.change_consumer(caller, team, name, None, change);
+        let work = async { work.await.map(|(_, v)| v) };
+        self.one_write(Action::ConsumerCertificateRevoke, caller, team, &subject, work)
+            .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) a consumer's issuer ACL.
+    pub async fn set_issuer_acl(
+        &self,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        acl: Option<AclInput>,
+        if_match: Option<&str>,
+    ) -> Result<ManagedConsumer, ManageError> {
+        let checked = acl.map(check_acl).transpose();
+        let work = async {
+            let checked = checked?;
+            let change: Change<'_, ()> = Box::new(move |body, _, policy| {
+                match checked {
+                    None => {
+                        body.issuer_ca_pem = None;
+                        body.subject = None;
+                    }
+                    Some((pem, ders, pattern, subject)) => {
+                        let overlaps = policy.consumers.iter().any(|c| {
+                            c.name != body.name
+                                && c.issuer_certs.iter().any(|x| ders.contains(x))
+                                && c.subject.as_ref().is_some_and(|s| s.overlaps(&pattern))
+                        });
+                        if overlaps {
+                            return Err(ManageError::AclOverlap);
+                        }
+                        body.issuer_ca_pem = Some(pem);
+                        body.subject = Some(subject);
+                    }
+                }
+                Ok(())
+            });
+            let changed = self.change_consumer(caller, team, name, if_match.map(Ok), change);
+            changed.await.map(|(m, ())| m)
+        };
+        self.one_write(Action::ConsumerIssuerAcl, caller, team, name, work)
+            .await
+    }
+
+    /// A consumer of the store as management shows it, with its ETag.
+    pub fn managed_consumer(
+        &self,
+        team: &str,
+        name: &str,
+    ) -> Result<Option<ManagedConsumer>, ManageError> {
+        let Some((toml_text, record)) = stored(self.store()?, Kind::Consumer, team, name)? else {
+            return Ok(None);
+        };
+        let body = parse(&toml_text)?;
+        Ok(Some(view(&body, &record, etag(&toml_text, &record))))
+    }
+
+    /// Every consumer of `team` in the store.
+    pub fn managed_consumers(&self, team: &str) -> Result<Vec<ManagedConsumer>, ManageError> {
+        let mut out = Vec::new();
+        for (t, name, _) in self.store()?.records(Kind::Consumer)? {
+            if t == team
+                && let Some(m) = self.managed_consumer(&t, &name)?
+            {
+                out.push(m);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// `admin_teams` a caller may give: known teams it manages itself.
+    fn check_admin_teams(
+        &self,
+        caller: &Caller,
+        teams: &[String],
+        policy: &crate::policy::Policy,
+    ) -> Result<(), ManageError> {
+        for t in teams {
+            if !policy.teams.contains(t) {
+                return Err(ManageError::Invalid {
+                    field: "admin_teams",
+                    message: format!("unknown team `{t}`"),
+                });
+            }
+            if !caller.may_manage(t) {
+                return Err(ManageError::NotAllowed(t.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// One change of a stored consumer: read, check the ETag (`Some(Err)`: required and
+    /// missing), apply, commit with check-and-set, reload (or put back what the policy
+    /// refuses).
+    async fn change_consumer<R>(
+        &self,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        if_match: Option<Result<&str, ManageError>>,
+        change: Change<'_, R>,
+    ) -> Result<(ManagedConsumer, R), ManageError> {
+        let store = self.store()?;
+        self.authorize(caller, team)?;
+        let (toml_text, record) =
+            stored(store, Kind::Consumer, team, name)?.ok_or(ManageError::NotFound)?;
+        if let Some(m) = if_match
+            && m? != etag(&toml_text, &record)
+        {
+            return Err(ManageError::Stale);
+        }
+        let mut body = parse(&toml_text)?;
+        let mut next = record.clone();
+        next.version += 1;
+        next.updated_at = crate::store::now();
+        next.updated_by = who(caller);
+        let snapshot = self.policy();
+        let out = change(&mut body, &mut next, snapshot.policy())?;
+        let new_text = render(&body)?;
+        store
+            .commit(Kind::Consumer, team, name, &new_text, &next, Some(&record))
+            .await
+            .map_err(|e| lost_race(e, true))?;
+        self.reload_or_restore(Kind::Consumer, team, name, &next, Some((&toml_text, &record)))
+            .await?;
+        Ok((view(&body, &next, etag(&new_text, &next)), out))
+    }
+}
+
+fn check_host(host: Option<&str>) -> Result<(), ManageError> {
+    match host {
+        Some(h) => crate::policy::Destination::parse(h)
+            .map(|_| ())
+            .map_err(|e| ManageError::Invalid {
+                field: "vault_api_host",
+                message: e.to_string(),
+            }),
+        None => Ok(()),
+    }
+}
+
+/// An issuer ACL's CA (PEM as stored, DER), subject pattern and its text. Apinizer's flags
+/// must be on: keybroker always checks the chain and the issuer, and a caller who asked for
+/// less learns it rather than getting a silently different check.
+type CheckedAcl = (String, Vec<Vec<u8>>, crate::policy::SubjectPattern, String);
+
+fn check_acl(acl: AclInput) -> Result<CheckedAcl, ManageError> {
+    for (field, on) in [
+        ("validate_certificate", acl.validate_certificate),
+        ("validate_acl_for_issuer", acl.validate_acl_for_issuer),
+    ] {
+        if !on {
+            return Err(ManageError::Invalid {
+                field,
+                message: "keybroker always validates the chain and the issuer; false is refused"
+                    .to_owned(),
+            });
+        }
+    }
+    let pattern =
+        crate::policy::SubjectPattern::parse(&acl.subject).map_err(|why| ManageError::Invalid {
+            field: "subject",
+            message: why.to_owned(),
+        })?;
+    if acl.issuer_ca.len() > 64 << 10 {
+        return Err(ManageError::Invalid {
+            field: "issuer_ca",
+            message: "at most 64 KiB".to_owned(),
+        });
+    }
+    let repaired = crate::pem::repair(&acl.issuer_ca, &crate::pem::Options::default()).map_err(
+        |e| ManageError::CertificateRejected {
+            code: "certificate_invalid",
+            message: format!("issuer_ca: {}", e.code()),
+        },
+    )?;
+    let ders = crate::policy::pem_certificates(repaired.pem.as_bytes()).map_err(|_| {
+        ManageError::CertificateRejected {
+            code: "certificate_invalid",
+            message: "issuer_ca: no CERTIFICATE block".to_owned(),
+        }
+    })?;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let all_ca = ders.len() <= 8
+        && ders
+            .iter()
+            .all(|d| X509Certificate::from_der(d).is_ok_and(|(_, c)| c.is_ca()));
+    if !all_ca {
+        return Err(ManageError::CertificateRejected {
+            code: "issuer_not_ca",
+            message: "issuer_ca: at most 8 CA certificates".to_owned(),
+        });
+    }
+    Ok((repaired.pem.to_string(), ders, pattern, acl.subject))
+}
+
+fn view(body: &Body, record: &Record, etag: String) -> ManagedConsumer {
+    let now = SystemTime::now();
+    let issuer_acl = body.issuer_ca_pem.as_ref().map(|pem| AclView {
+        issuers: crate::policy::pem_certificates(pem.as_bytes())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| {
+                use x509_parser::prelude::{FromDer, X509Certificate};
+                X509Certificate::from_der(d)
+                    .ok()
+                    .map(|(_, c)| c.subject().to_string())
+            })
+            .collect(),
+        subject: body.subject.clone().unwrap_or_default(),
+        validate_certificate: true,
+        validate_acl_for_issuer: true,
+    });
+    ManagedConsumer {
+        name: body.name.clone(),
+        team: body.team.clone(),
+        admin_teams: body.admin_teams.clone(),
+        vault_api_host: body.vault_api_host.clone(),
+        has_token: body.token_sha256.is_some(),
+        certificates: record
+            .certificates
+            .iter()
+            .map(|c| CertificateView::of(c, now))
+            .collect(),
+        issuer_acl,
+        origin: "api",
+        version: record.version,
+        created_at: record.created_at.clone(),
+        updated_at: record.updated_at.clone(),
+        updated_by: record.updated_by.clone(),
+        etag,
+    }
+}
