@@ -140,7 +140,7 @@ impl ApiError {
                 use crate::broker::ManageError as M;
                 let status = match (e.failure(), e) {
                     (Some(class), _) => status(class),
-                    (None, M::Exists) => StatusCode::CONFLICT,
+                    (None, M::Exists | M::CertificateInUse | M::AclOverlap) => StatusCode::CONFLICT,
                     (None, M::PreconditionRequired) => StatusCode::PRECONDITION_REQUIRED,
                     (None, M::Stale) => StatusCode::PRECONDITION_FAILED,
                     (None, _) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -13,10 +13,12 @@ mod subject;
 
 pub use decide::{Basis, Decision, DecisionReason, Rule, Subject};
 pub use host::{Destination, HostError, HostPattern};
-pub use load::{KnownSources, PolicyError, load, load_checked, load_checked_dirs, pem_certificates};
+pub use load::{
+    KnownSources, PolicyError, load, load_checked, load_checked_dirs, pem_certificates,
+};
 pub use model::{
-    Pin,
-    Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Policy, ReadAccess,
+    Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Pin, Policy,
+    ReadAccess,
 };
 pub use route::{Unrouted, path_of};
 pub use subject::SubjectPattern;

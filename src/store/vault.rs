@@ -358,9 +358,9 @@ impl VaultStore {
                 if let Some((_, toml, record)) = self.read_definition(kind, &team, &name).await? {
                     let same_definition =
                         mirror.definition(kind, &team, &name)?.as_deref() == Some(toml.as_str());
-                    let same_record = mirror
-                        .record(kind, &team, &name)?
-                        .is_some_and(|r| r.version == record.version && r.updated_at == record.updated_at);
+                    let same_record = mirror.record(kind, &team, &name)?.is_some_and(|r| {
+                        r.version == record.version && r.updated_at == record.updated_at
+                    });
                     if !(same_definition && same_record) {
                         mirror.write_definition(kind, &team, &name, &toml, &record)?;
                     }

@@ -58,7 +58,10 @@ pub(super) fn state(r: &CertificateRecord, now: SystemTime) -> State {
         return State::Revoked;
     }
     let ends_at = time(r.ends_at.as_deref());
-    let end = [time(Some(&r.not_after)), ends_at].into_iter().flatten().min();
+    let end = [time(Some(&r.not_after)), ends_at]
+        .into_iter()
+        .flatten()
+        .min();
     if end.is_some_and(|e| now > e) {
         return State::Expired;
     }
@@ -170,9 +173,14 @@ pub(super) fn check(
     // The chain is checked when the certificate first can be used: a certificate uploaded
     // ahead of its own start (a staged rotation) is checked as of that start.
     let at = now.max(not_before);
-    let at = UnixTime::since_unix_epoch(at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
-    let intermediates: Vec<CertificateDer<'_>> =
-        ders[1..].iter().map(|d| CertificateDer::from(d.as_slice())).collect();
+    let at = UnixTime::since_unix_epoch(
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    let intermediates: Vec<CertificateDer<'_>> = ders[1..]
+        .iter()
+        .map(|d| CertificateDer::from(d.as_slice()))
+        .collect();
     verifier
         .verify_client_cert(&CertificateDer::from(leaf.as_slice()), &intermediates, at)
         .map_err(|_| {

@@ -147,8 +147,11 @@ fn normalize_fingerprint(text: &str) -> String {
 }
 
 /// A change of one stored consumer: what it does to the definition and record.
-type Change<'a, R> =
-    Box<dyn FnOnce(&mut Body, &mut Record, &crate::policy::Policy) -> Result<R, ManageError> + Send + 'a>;
+type Change<'a, R> = Box<
+    dyn FnOnce(&mut Body, &mut Record, &crate::policy::Policy) -> Result<R, ManageError>
+        + Send
+        + 'a,
+>;
 
 impl Broker {
     /// Creates a consumer of `input.team` with a new bearer token, returned here once.
@@ -210,7 +213,14 @@ impl Broker {
             };
             let toml_text = render(&body)?;
             store
-                .commit(Kind::Consumer, &input.team, &input.name, &toml_text, &record, None)
+                .commit(
+                    Kind::Consumer,
+                    &input.team,
+                    &input.name,
+                    &toml_text,
+                    &record,
+                    None,
+                )
                 .await
                 .map_err(|e| lost_race(e, false))?;
             self.reload_or_restore(Kind::Consumer, &input.team, &input.name, &record, None)
@@ -218,8 +228,14 @@ impl Broker {
             let view = view(&body, &record, etag(&toml_text, &record));
             Ok((view, token))
         };
-        self.one_write(Action::ConsumerCreate, caller, &input.team, &input.name, work)
-            .await
+        self.one_write(
+            Action::ConsumerCreate,
+            caller,
+            &input.team,
+            &input.name,
+            work,
+        )
+        .await
     }
 
     /// Changes a consumer's settings (`If-Match` required).
@@ -326,11 +342,15 @@ impl Broker {
         let work = async {
             self.authorize(caller, team)?;
             let checked = checked.ok_or_else(|| ManageError::NotAllowed(team.to_owned()))??;
-            let in_other_records = self
-                .store()?
-                .records(Kind::Consumer)?
-                .iter()
-                .any(|(_, _, r)| r.certificates.iter().any(|c| c.fingerprint == checked.record.fingerprint));
+            let in_other_records =
+                self.store()?
+                    .records(Kind::Consumer)?
+                    .iter()
+                    .any(|(_, _, r)| {
+                        r.certificates
+                            .iter()
+                            .any(|c| c.fingerprint == checked.record.fingerprint)
+                    });
             let change: Change<'_, CertificateView> = Box::new(move |body, record, policy| {
                 let pinned = policy
                     .consumers
@@ -359,7 +379,9 @@ impl Broker {
                 record.certificates.push(checked.record.clone());
                 Ok(CertificateView::of(&checked.record, now))
             });
-            let (_, added) = self.change_consumer(caller, team, name, None, change).await?;
+            let (_, added) = self
+                .change_consumer(caller, team, name, None, change)
+                .await?;
             Ok(added)
         };
         self.one_write(Action::ConsumerCertificateAdd, caller, team, &subject, work)
@@ -385,13 +407,20 @@ impl Broker {
                 .ok_or(ManageError::NotFound)?;
             cert.revoked_at = Some(crate::store::now());
             let view = CertificateView::of(cert, SystemTime::now());
-            body.cert_sha256.retain(|p| normalize_fingerprint(&p.fingerprint) != fingerprint);
+            body.cert_sha256
+                .retain(|p| normalize_fingerprint(&p.fingerprint) != fingerprint);
             Ok(view)
         });
         let work = self.change_consumer(caller, team, name, None, change);
         let work = async { work.await.map(|(_, v)| v) };
-        self.one_write(Action::ConsumerCertificateRevoke, caller, team, &subject, work)
-            .await
+        self.one_write(
+            Action::ConsumerCertificateRevoke,
+            caller,
+            team,
+            &subject,
+            work,
+        )
+        .await
     }
 
     /// Sets (`Some`) or removes (`None`) a consumer's issuer ACL.
@@ -514,8 +543,14 @@ impl Broker {
             .commit(Kind::Consumer, team, name, &new_text, &next, Some(&record))
             .await
             .map_err(|e| lost_race(e, true))?;
-        self.reload_or_restore(Kind::Consumer, team, name, &next, Some((&toml_text, &record)))
-            .await?;
+        self.reload_or_restore(
+            Kind::Consumer,
+            team,
+            name,
+            &next,
+            Some((&toml_text, &record)),
+        )
+        .await?;
         Ok((view(&body, &next, etag(&new_text, &next)), out))
     }
 }
@@ -561,12 +596,13 @@ fn check_acl(acl: AclInput) -> Result<CheckedAcl, ManageError> {
             message: "at most 64 KiB".to_owned(),
         });
     }
-    let repaired = crate::pem::repair(&acl.issuer_ca, &crate::pem::Options::default()).map_err(
-        |e| ManageError::CertificateRejected {
-            code: "certificate_invalid",
-            message: format!("issuer_ca: {}", e.code()),
-        },
-    )?;
+    let repaired =
+        crate::pem::repair(&acl.issuer_ca, &crate::pem::Options::default()).map_err(|e| {
+            ManageError::CertificateRejected {
+                code: "certificate_invalid",
+                message: format!("issuer_ca: {}", e.code()),
+            }
+        })?;
     let ders = crate::policy::pem_certificates(repaired.pem.as_bytes()).map_err(|_| {
         ManageError::CertificateRejected {
             code: "certificate_invalid",

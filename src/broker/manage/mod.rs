@@ -18,8 +18,8 @@ use serde::Serialize;
 mod certificates;
 mod consumers;
 
-pub use consumers::{AclInput, CertificateInput, ConsumerInput, ConsumerPatch, ManagedConsumer};
 pub use certificates::CertificateView;
+pub use consumers::{AclInput, CertificateInput, ConsumerInput, ConsumerPatch, ManagedConsumer};
 
 use super::{AuditEntry, Broker, Caller};
 use crate::audit::{Action, Outcome};
@@ -114,10 +114,7 @@ pub enum ManageError {
     /// A consumer certificate that cannot identify anyone here (`code` says why; never the
     /// certificate's text).
     #[error("certificate: {message}")]
-    CertificateRejected {
-        code: &'static str,
-        message: String,
-    },
+    CertificateRejected { code: &'static str, message: String },
     #[error("this certificate already identifies a consumer (or was revoked)")]
     CertificateInUse,
     #[error("this issuer ACL could match a certificate another consumer's ACL matches")]
@@ -267,8 +264,8 @@ impl Broker {
             let if_match = if_match.ok_or(ManageError::PreconditionRequired)?;
             let store = self.store()?;
             self.authorize(caller, &input.team)?;
-            let (toml, record) =
-                stored(store, Kind::Credential, &input.team, &input.name)?.ok_or(ManageError::NotFound)?;
+            let (toml, record) = stored(store, Kind::Credential, &input.team, &input.name)?
+                .ok_or(ManageError::NotFound)?;
             if etag(&toml, &record) != if_match {
                 return Err(ManageError::Stale);
             }
@@ -296,7 +293,8 @@ impl Broker {
         let work = async {
             let store = self.store()?;
             self.authorize(caller, team)?;
-            let (toml, record) = stored(store, Kind::Credential, team, name)?.ok_or(ManageError::NotFound)?;
+            let (toml, record) =
+                stored(store, Kind::Credential, team, name)?.ok_or(ManageError::NotFound)?;
             if if_match.is_some_and(|m| m != etag(&toml, &record)) {
                 return Err(ManageError::Stale);
             }
@@ -548,8 +546,14 @@ impl Broker {
             .await
             .map_err(|e| lost_race(e, was.is_some()))?;
         let previous = previous.as_ref().map(|(t, r)| (t.as_str(), r));
-        self.reload_or_restore(Kind::Credential, &input.team, &input.name, &record, previous)
-            .await?;
+        self.reload_or_restore(
+            Kind::Credential,
+            &input.team,
+            &input.name,
+            &record,
+            previous,
+        )
+        .await?;
         Ok(managed)
     }
 

@@ -1,0 +1,603 @@
+//! Consumers through the management API against the file store (docs/MANAGEMENT.md,
+//! "Consumers"): a token shown once and kept as a digest, team-scoped admins who cannot
+//! escalate, If-Match, client certificates through Gravitee's states (a scheduled one does
+//! not identify yet, a revoked one no longer does and cannot come back), Apinizer-style issuer
+//! ACLs that may not overlap, and every refusal writing nothing.
+
+mod support {
+    pub mod fixture;
+    pub mod openbao;
+    pub mod pki;
+    pub mod ports;
+    pub mod server;
+}
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::DnType;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use support::fixture;
+use support::pki::{Ca, Issued};
+use support::server::{Running, folder, token_sha256};
+
+const GW: &str = "consumers-gw-token";
+const PAYMENTS_ADMIN: &str = "consumers-payments-admin";
+const FRAUD_ADMIN: &str = "consumers-fraud-admin";
+
+struct World {
+    dir: tempfile::TempDir,
+    server: Running,
+    server_ca: Ca,
+    clients: Ca,
+}
+
+async fn world() -> World {
+    let (dir, server_ca) = folder("unused");
+    let root = dir.path();
+    let clients = Ca::new("clients CA");
+    clients.write(&root.join("clients-ca.pem"));
+    fixture::Policy::new()
+        .team("payments")
+        .team("fraud")
+        .consumer("gw", "payments", GW)
+        .team_admin("payments-admin", "payments", PAYMENTS_ADMIN, &["payments"])
+        .team_admin("fraud-admin", "fraud", FRAUD_ADMIN, &["fraud"])
+        .write(root);
+    fixture::Config::tls()
+        .with("client_ca = \"clients-ca.pem\"\nclient_auth = \"optional\"")
+        .with("[store]\nkind = \"file\"\npath = \"store\"")
+        .audit()
+        .write(root);
+    let server = Running::start(root, &server_ca.pem, 0, "info").await;
+    World {
+        dir,
+        server,
+        server_ca,
+        clients,
+    }
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+    text: String,
+    etag: Option<String>,
+}
+
+impl World {
+    async fn send(
+        &self,
+        method: Method,
+        token: &str,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> Answer {
+        let mut r = self
+            .server
+            .client
+            .request(method, self.server.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        if let Some(m) = if_match {
+            r = r.header("if-match", m);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = resp.text().await.unwrap();
+        Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+            etag,
+        }
+    }
+
+    /// Whether `token` is accepted now (any authenticated route).
+    async fn token_works(&self, token: &str) -> u16 {
+        self.send(Method::GET, token, "/v1/credentials", None, None)
+            .await
+            .status
+    }
+
+    /// Whether the client certificate `id` authenticates now (a new client: a new handshake).
+    async fn certificate_works(&self, id: &Issued) -> u16 {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.server_ca.pem.as_bytes()).unwrap(),
+            )
+            .identity(reqwest::Identity::from_pem(&id.identity_pem()).unwrap())
+            .build()
+            .unwrap();
+        client
+            .get(self.server.url("/v1/credentials"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default()
+    }
+
+    /// Every file of the store, and its text.
+    fn store_text(&self) -> String {
+        fn walk(p: &std::path::Path, out: &mut String) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                } else {
+                    out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        let mut out = String::new();
+        walk(&self.dir.path().join("store"), &mut out);
+        out
+    }
+
+    async fn version(&self, name: &str) -> u64 {
+        let a = self
+            .send(
+                Method::GET,
+                PAYMENTS_ADMIN,
+                &format!("/v1/teams/payments/consumers/{name}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        a.body["version"].as_u64().unwrap()
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_token_is_shown_once_kept_as_a_digest_and_team_admins_cannot_escalate() {
+    let w = world().await;
+    let made = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/consumers",
+            Some(json!({ "name": "gw2" })),
+            None,
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let token = made.body["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("kbt_") && token.len() == 68, "{token}");
+    assert_eq!(made.body["has_token"], true);
+    assert_eq!(made.body["origin"], "api");
+    assert_eq!(w.token_works(&token).await, 200);
+
+    // Never again: not in a read, the store, the audit trail or the logs — the digest only.
+    let shown = w
+        .send(
+            Method::GET,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/consumers/gw2",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(shown.status, 200);
+    assert!(!shown.text.contains(&token) && shown.body.get("token").is_none());
+    let store = w.store_text();
+    assert!(!store.contains(&token));
+    assert!(store.contains(&token_sha256(&token)));
+    assert!(w.audit().contains("\"consumer.create\""));
+    for f in ["audit.log", "stderr.log", "stdout.log"] {
+        let text = std::fs::read_to_string(w.dir.path().join(f)).unwrap_or_default();
+        assert!(!text.contains(&token), "the token is in {f}");
+    }
+
+    // Escalation: another team's admin, admin of a team the caller does not manage, a name
+    // already taken (by a policy-file consumer) — each refused, nothing written.
+    let before = w.store_text();
+    let other_team = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            "/v1/teams/payments/consumers",
+            Some(json!({ "name": "intruder" })),
+            None,
+        )
+        .await;
+    assert_eq!(other_team.status, 403, "{}", other_team.text);
+    let escalate = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/consumers",
+            Some(json!({ "name": "sneaky", "admin_teams": ["fraud"] })),
+            None,
+        )
+        .await;
+    assert_eq!(escalate.status, 403, "{}", escalate.text);
+    let taken = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/consumers",
+            Some(json!({ "name": "gw" })),
+            None,
+        )
+        .await;
+    assert_eq!(taken.status, 409, "{}", taken.text);
+    let stolen = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            "/v1/teams/payments/consumers/gw2/token",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(stolen.status, 403, "{}", stolen.text);
+    assert_eq!(w.store_text(), before, "a refused write changed the store");
+
+    // PATCH needs If-Match; a stale one loses; admin_teams only among the caller's teams.
+    let etag = shown.etag.unwrap();
+    let path = "/v1/teams/payments/consumers/gw2";
+    let patch = json!({ "admin_teams": ["payments"] });
+    let no_match = w
+        .send(
+            Method::PATCH,
+            PAYMENTS_ADMIN,
+            path,
+            Some(patch.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(no_match.status, 428, "{}", no_match.text);
+    let up = json!({ "admin_teams": ["fraud"] });
+    let escalated = w
+        .send(Method::PATCH, PAYMENTS_ADMIN, path, Some(up), Some(&etag))
+        .await;
+    assert_eq!(escalated.status, 403, "{}", escalated.text);
+    let patched = w
+        .send(
+            Method::PATCH,
+            PAYMENTS_ADMIN,
+            path,
+            Some(patch.clone()),
+            Some(&etag),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    assert_eq!(patched.body["admin_teams"], json!(["payments"]));
+    let stale = w
+        .send(
+            Method::PATCH,
+            PAYMENTS_ADMIN,
+            path,
+            Some(patch),
+            Some(&etag),
+        )
+        .await;
+    assert_eq!(stale.status, 412, "{}", stale.text);
+
+    // A new token: shown once, the old one stops at once.
+    let rotated = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            &format!("{path}/token"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text);
+    let new_token = rotated.body["token"].as_str().unwrap().to_owned();
+    assert_ne!(new_token, token);
+    assert_eq!(w.token_works(&token).await, 401);
+    assert_eq!(w.token_works(&new_token).await, 200);
+    assert!(w.audit().contains("\"consumer.token\""));
+
+    // Deleted: its token is refused at once.
+    let gone = w
+        .send(Method::DELETE, PAYMENTS_ADMIN, path, None, None)
+        .await;
+    assert_eq!(gone.status, 204, "{}", gone.text);
+    assert_eq!(w.token_works(&new_token).await, 401);
+    assert!(w.audit().contains("\"consumer.delete\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_certificates_follow_gravitees_states_and_a_revoked_one_stops_at_once() {
+    let w = world().await;
+    let root = w.dir.path();
+    let made = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/consumers",
+            Some(json!({ "name": "gw2" })),
+            None,
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let certs = "/v1/teams/payments/consumers/gw2/certificates";
+    let now = SystemTime::now();
+    let add = |pem: String, extra: Value| {
+        let mut body = json!({ "certificate": pem });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+
+    // Scheduled: added now, identifies no one until its start.
+    let later = w.clients.client(root, "later", "gw2-later");
+    let scheduled = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            certs,
+            Some(add(
+                later.cert_pem.clone(),
+                json!({ "starts_at": rfc3339(now + Duration::from_secs(3600)) }),
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(scheduled.status, 201, "{}", scheduled.text);
+    assert_eq!(scheduled.body["state"], "scheduled");
+    assert_eq!(w.certificate_works(&later).await, 401);
+
+    // Active until an end, sent CCP-flattened: identifies the consumer now.
+    let current = w.clients.client(root, "current", "gw2-current");
+    let flattened = current.cert_pem.trim_end().replace('\n', " ");
+    assert_eq!(
+        w.certificate_works(&current).await,
+        401,
+        "before it is added"
+    );
+    let active = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            certs,
+            Some(add(
+                flattened,
+                json!({ "ends_at": rfc3339(now + Duration::from_secs(7200)) }),
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(active.status, 201, "{}", active.text);
+    assert_eq!(active.body["state"], "active_until");
+    let fingerprint = active.body["fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(fingerprint, current.fingerprint().replace(':', ""));
+    assert_eq!(w.certificate_works(&current).await, 200);
+
+    // Refusals, each writing nothing: a CA, another CA's certificate, garbage, a certificate
+    // already identifying someone, an end before now, no key material ever echoed.
+    let version = w.version("gw2").await;
+    let stranger = Ca::new("stranger CA").client(root, "stranger", "gw2-stranger");
+    for (body, status, code) in [
+        (
+            add(w.clients.pem.clone(), json!({})),
+            422,
+            "certificate_is_ca",
+        ),
+        (
+            add(stranger.cert_pem.clone(), json!({})),
+            422,
+            "certificate_untrusted",
+        ),
+        (
+            add(
+                "-----BEGIN CERTIFICATE----- bm9wZQ== -----END CERTIFICATE-----".to_owned(),
+                json!({}),
+            ),
+            422,
+            "certificate_invalid",
+        ),
+        (
+            add(current.cert_pem.clone(), json!({})),
+            409,
+            "certificate_in_use",
+        ),
+        (
+            add(
+                w.clients.client(root, "past", "gw2-past").cert_pem,
+                json!({ "ends_at": rfc3339(now - Duration::from_secs(60)) }),
+            ),
+            422,
+            "certificate_expired",
+        ),
+        (
+            add(current.key_pem.clone(), json!({})),
+            422,
+            "certificate_invalid",
+        ),
+    ] {
+        let a = w
+            .send(Method::POST, PAYMENTS_ADMIN, certs, Some(body), None)
+            .await;
+        assert_eq!(a.status, status, "{}", a.text);
+        assert_eq!(a.body["error"]["code"], code, "{}", a.text);
+        assert!(
+            !a.text.contains("PRIVATE KEY") && !a.text.contains("MII"),
+            "{}",
+            a.text
+        );
+    }
+    assert_eq!(
+        w.version("gw2").await,
+        version,
+        "a refused certificate was written"
+    );
+    // Another team's admin cannot add or revoke.
+    let foreign = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            certs,
+            Some(add(w.clients.client(root, "f", "f").cert_pem, json!({}))),
+            None,
+        )
+        .await;
+    assert_eq!(foreign.status, 403, "{}", foreign.text);
+
+    // Revoked: stops at once, listed as revoked, cannot be added back (here or elsewhere).
+    let revoke = w
+        .send(
+            Method::DELETE,
+            PAYMENTS_ADMIN,
+            &format!("{certs}/{fingerprint}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(revoke.status, 200, "{}", revoke.text);
+    assert_eq!(revoke.body["state"], "revoked");
+    assert_eq!(w.certificate_works(&current).await, 401);
+    let again = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            certs,
+            Some(add(current.cert_pem.clone(), json!({}))),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.text);
+    let listed = w.send(Method::GET, PAYMENTS_ADMIN, certs, None, None).await;
+    let states: Vec<&str> = listed.body["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["scheduled", "revoked"], "{}", listed.text);
+    let audit = w.audit();
+    assert!(audit.contains("\"consumer.certificate.add\""));
+    assert!(audit.contains("\"consumer.certificate.revoke\""));
+    assert!(
+        audit.contains(&fingerprint),
+        "the revocation names the fingerprint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_acl_identifies_by_issuer_and_subject_and_may_not_overlap_another() {
+    let w = world().await;
+    let root = w.dir.path();
+    for (admin, team, name) in [
+        (PAYMENTS_ADMIN, "payments", "workers"),
+        (FRAUD_ADMIN, "fraud", "fraud-workers"),
+    ] {
+        let made = w
+            .send(
+                Method::POST,
+                admin,
+                &format!("/v1/teams/{team}/consumers"),
+                Some(json!({ "name": name })),
+                None,
+            )
+            .await;
+        assert_eq!(made.status, 201, "{}", made.text);
+    }
+    let acl = "/v1/teams/payments/consumers/workers/issuer-acl";
+    // Apinizer's own field names; its flags cannot be turned off here.
+    let off = w
+        .send(
+            Method::PUT,
+            PAYMENTS_ADMIN,
+            acl,
+            Some(json!({ "issuer_ca": w.clients.pem, "subject": "CN=worker-*.payments.example", "validateACLForIssuer": false })),
+            None,
+        )
+        .await;
+    assert_eq!(off.status, 400, "{}", off.text);
+    let not_ca = w
+        .send(
+            Method::PUT,
+            PAYMENTS_ADMIN,
+            acl,
+            Some(json!({ "issuer_ca": w.clients.client(root, "leaf", "leaf").cert_pem, "subject": "CN=worker-*.payments.example" })),
+            None,
+        )
+        .await;
+    assert_eq!(not_ca.status, 422, "{}", not_ca.text);
+    assert_eq!(not_ca.body["error"]["code"], "issuer_not_ca");
+
+    let set = w
+        .send(
+            Method::PUT,
+            PAYMENTS_ADMIN,
+            acl,
+            Some(json!({ "issuer_ca": w.clients.pem, "subject": "CN=worker-*.payments.example", "validateCertificate": true, "validateACLForIssuer": true })),
+            None,
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    assert_eq!(set.body["issuer_acl"]["issuers"], json!(["CN=clients CA"]));
+    let member = w.clients.client_dn(
+        root,
+        "w1",
+        &[(DnType::CommonName, "worker-1.payments.example")],
+    );
+    let outsider = w.clients.client_dn(
+        root,
+        "w2",
+        &[(DnType::CommonName, "worker-1.fraud.example")],
+    );
+    assert_eq!(w.certificate_works(&member).await, 200);
+    assert_eq!(w.certificate_works(&outsider).await, 401);
+
+    // Another team's ACL that one certificate could satisfy too: refused, nothing written.
+    let fraud_acl = "/v1/teams/fraud/consumers/fraud-workers/issuer-acl";
+    let overlap = w
+        .send(
+            Method::PUT,
+            FRAUD_ADMIN,
+            fraud_acl,
+            Some(json!({ "issuer_ca": w.clients.pem, "subject": "CN=worker-*" })),
+            None,
+        )
+        .await;
+    assert_eq!(overlap.status, 409, "{}", overlap.text);
+    assert_eq!(overlap.body["error"]["code"], "acl_overlap");
+    assert!(
+        !overlap.text.contains("workers"),
+        "the other team's consumer is named: {}",
+        overlap.text
+    );
+    let disjoint = w
+        .send(
+            Method::PUT,
+            FRAUD_ADMIN,
+            fraud_acl,
+            Some(json!({ "issuer_ca": w.clients.pem, "subject": "CN=worker-*.fraud.example" })),
+            None,
+        )
+        .await;
+    assert_eq!(disjoint.status, 200, "{}", disjoint.text);
+    assert_eq!(w.certificate_works(&outsider).await, 200);
+
+    // Removed: the certificate identifies no one any more.
+    let removed = w
+        .send(Method::DELETE, PAYMENTS_ADMIN, acl, None, None)
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.text);
+    assert_eq!(removed.body["issuer_acl"], Value::Null);
+    assert_eq!(w.certificate_works(&member).await, 401);
+    assert!(w.audit().contains("\"consumer.issuer_acl\""));
+}
