@@ -27,6 +27,8 @@ const GW: &str = "replica-gw";
 struct Replica {
     _dir: tempfile::TempDir,
     server: Running,
+    /// The CA of its server certificate.
+    ca_pem: String,
 }
 
 async fn replica(bao_addr: &str, prefix: &str) -> Replica {
@@ -35,7 +37,18 @@ async fn replica(bao_addr: &str, prefix: &str) -> Replica {
 
 /// A replica whose vault source's `address` is `address` (TOML: a string or a list).
 async fn replica_with(address: &str, prefix: &str, extra: &str) -> Replica {
-    let (dir, ca) = folder("unused");
+    replica_in(folder("unused"), address, prefix, extra, "").await
+}
+
+/// A replica in `folder` (made by `support::server::folder`), with `server` added to its
+/// `[server]` section.
+async fn replica_in(
+    (dir, ca): (tempfile::TempDir, Ca),
+    address: &str,
+    prefix: &str,
+    extra: &str,
+    server: &str,
+) -> Replica {
     let root = dir.path();
     fixture::Policy::new()
         .team("payments")
@@ -43,12 +56,17 @@ async fn replica_with(address: &str, prefix: &str, extra: &str) -> Replica {
         .team_admin("payments-admin", "payments", ADMIN, &["payments"])
         .write(root);
     fixture::Config::tls()
+        .with(server)
         .with(&format!(
             "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = {address}\n{extra}[store]\nkind = \"vault\"\nsource = \"vault\"\nprefix = \"{prefix}\"\npath = \"mirror\"\npoll = \"200ms\"\n"
         ))
         .write(root);
     let server = Running::start(root, &ca.pem, 0, "info").await;
-    Replica { _dir: dir, server }
+    Replica {
+        _dir: dir,
+        server,
+        ca_pem: ca.pem,
+    }
 }
 
 impl Replica {
@@ -537,4 +555,93 @@ async fn a_vault_api_token_issued_by_one_replica_is_accepted_by_another_sharing_
     assert_eq!(v["data"]["data"]["value"], "replicated-value");
     let (status, _) = read(&ca_c, &c).await;
     assert_eq!(status, 403, "a replica with another key refuses it");
+}
+
+/// Consumers are shared like credentials: one made through A authenticates at B once B
+/// pulled it, and a certificate revoked through A stops identifying it at B within B's poll.
+/// OpenBao holds the token's digest, never the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_made_on_one_replica_works_on_the_other_and_a_revocation_reaches_both() {
+    let bao = OpenBao::start();
+    let clients = Ca::new("clients CA");
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let made = folder("unused");
+        clients.write(&made.0.path().join("clients-ca.pem"));
+        let address = format!("{:?}", bao.addr);
+        let server = "client_ca = \"clients-ca.pem\"\nclient_auth = \"optional\"";
+        replicas.push(replica_in(made, &address, "kb-consumers", "", server).await);
+    }
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let (status, made, _) = a
+        .send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/teams/payments/consumers",
+            Some(json!({ "name": "gw2" })),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let token = made["token"].as_str().unwrap().to_owned();
+    until("B accepts the token A made", || async {
+        b.send(reqwest::Method::GET, &token, "/v1/credentials", None, &[])
+            .await
+            .0
+            == 200
+    })
+    .await;
+    let stored = bao.cli(&[
+        "kv",
+        "get",
+        "-format=json",
+        "secret/kb-consumers/consumers/payments/gw2",
+    ]);
+    assert!(!stored.contains(&token), "the token is in OpenBao");
+    assert!(
+        stored.contains(&support::server::token_sha256(&token)),
+        "{stored}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let cert = clients.client(dir.path(), "gw2", "gw2.payments.example");
+    let (status, added, _) = a
+        .send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/teams/payments/consumers/gw2/certificates",
+            Some(json!({ "certificate": cert.cert_pem })),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201, "{added}");
+    let with_cert = |r: &Replica| {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(r.ca_pem.as_bytes()).unwrap())
+            .identity(reqwest::Identity::from_pem(&cert.identity_pem()).unwrap())
+            .build()
+            .unwrap();
+        let url = r.server.url("/v1/credentials");
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    until("B accepts the certificate added through A", || async {
+        with_cert(b).await == 200
+    })
+    .await;
+    let fingerprint = added["fingerprint"].as_str().unwrap();
+    let (status, revoked, _) = a
+        .send(
+            reqwest::Method::DELETE,
+            ADMIN,
+            &format!("/v1/teams/payments/consumers/gw2/certificates/{fingerprint}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(with_cert(a).await, 401, "A still accepts what it revoked");
+    until("B refuses the certificate A revoked", || async {
+        with_cert(b).await == 401
+    })
+    .await;
 }
