@@ -37,7 +37,7 @@ pub use credentials::{
 pub use failure::Failure;
 pub use manage::{
     AclInput, CertificateInput, CertificateView, ConsumerInput, ConsumerPatch, CredentialInput,
-    ManageError, Managed, ManagedConsumer, RoleRepairs,
+    CredentialPatch, ManageError, Managed, ManagedConsumer, RoleRepairs,
 };
 pub use ops::{PolicySummary, Readiness, ReloadError, SourceHealth};
 use read::source_reason;

@@ -86,9 +86,33 @@ pub struct Record {
     pub display_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folder_id: Option<u64>,
+    /// Increases with every write (a `PATCH` changes the definition, not the material's
+    /// `version`): what a check-and-set compares.
+    #[serde(default)]
+    pub revision: u64,
+    /// A credential's material versions, newest last (at most [`MAX_HISTORY`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<VersionRecord>,
     /// A consumer's certificates, every one ever added (revoked ones stay, revoked).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateRecord>,
+}
+
+/// Material versions a record remembers.
+pub const MAX_HISTORY: usize = 100;
+
+/// One version of a credential's material: who wrote it when, and the public facts of its
+/// certificate — never a value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub version: u64,
+    pub at: String,
+    pub by: String,
+    /// Hex SHA-256 of the client certificate (mtls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
 }
 
 /// A consumer's certificate as the store remembers it: public facts and its lifecycle
@@ -265,6 +289,23 @@ impl Store {
             v.delete(kind, team, name, previous).await?;
         }
         self.local.delete(kind, team, name)
+    }
+
+    /// A new credential's numeric ID (Tines' `id`): one past every ID in the store; for a
+    /// vault store a counter every replica takes from with check-and-set, so two replicas
+    /// creating at once never hand out the same ID.
+    pub async fn allocate_id(&self) -> Result<u64, StoreError> {
+        let local_max = self
+            .local
+            .records(Kind::Credential)?
+            .iter()
+            .map(|(_, _, r)| r.id)
+            .max()
+            .unwrap_or(0);
+        match &self.remote {
+            Some(v) => v.allocate_id(local_max + 1).await,
+            None => Ok(local_max + 1),
+        }
     }
 
     /// A vault store: pulls what other replicas wrote into the mirror; true when it changed.

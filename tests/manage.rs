@@ -385,3 +385,198 @@ async fn a_write_the_audit_trail_cannot_record_is_not_made() {
         assert_eq!(entries, 0, "store/{sub} holds a write the trail never saw");
     }
 }
+
+/// `PATCH` changes who may read a credential and where, never its material or version;
+/// `…/versions` lists each material version's certificate facts, never a value; Tines' `PUT`
+/// works as Tines' scripts send it (no `If-Match`): fields alone, or a rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_versions_and_tines_update_change_what_they_name_and_nothing_else() {
+    let w = world().await;
+    let v1 = w.partner.client(w.dir.path(), "v1", "gw-v1");
+    let (status, made, etag) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/api/v1/user_credentials",
+            Some(json!({
+                "name": "Partner API", "mode": "MTLS", "team_id": 2,
+                "mtls_client_certificate": v1.cert_pem, "mtls_client_private_key": v1.key_pem,
+                "mtls_root_certificate": w.partner.pem,
+                "allowed_hosts": ["api.partner.example"],
+            })),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    assert!(etag.is_none(), "Tines' answers carry no ETag");
+    let id = made["id"].as_u64().unwrap();
+    let (_, shown, etag) = w
+        .send(
+            reqwest::Method::GET,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/credentials/partner_api",
+            None,
+            None,
+        )
+        .await;
+    let etag = etag.unwrap();
+    assert_eq!(shown["version"], 1);
+
+    // PATCH: If-Match required; a team admin cannot make it GLOBAL; a host the policy
+    // refuses is put back; a good one applies without a new material version.
+    let path = "/v1/credentials/partner_api";
+    let hosts = json!({ "allowed_hosts": ["api.partner.example", "api2.partner.example"] });
+    let (status, _, _) = w
+        .send(
+            reqwest::Method::PATCH,
+            PAYMENTS_ADMIN,
+            path,
+            Some(hosts.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 428);
+    let (status, v, _) = w
+        .send(
+            reqwest::Method::PATCH,
+            PAYMENTS_ADMIN,
+            path,
+            Some(json!({ "read_access": "GLOBAL" })),
+            Some(&etag),
+        )
+        .await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v, _) = w
+        .send(
+            reqwest::Method::PATCH,
+            PAYMENTS_ADMIN,
+            path,
+            Some(json!({ "allowed_hosts": ["http://[::1"] })),
+            Some(&etag),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    let (status, patched, new_etag) = w
+        .send(
+            reqwest::Method::PATCH,
+            PAYMENTS_ADMIN,
+            path,
+            Some(hosts.clone()),
+            Some(&etag),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["allowed_hosts"], hosts["allowed_hosts"]);
+    assert_eq!(
+        patched["version"], 1,
+        "a PATCH is not a new material version"
+    );
+    assert_ne!(new_etag.as_deref(), Some(etag.as_str()));
+    let (status, _, _) = w
+        .send(
+            reqwest::Method::PATCH,
+            PAYMENTS_ADMIN,
+            path,
+            Some(hosts),
+            Some(&etag),
+        )
+        .await;
+    assert_eq!(status, 412, "the old ETag is stale");
+    let (status, m) = w.material("partner_api").await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(
+        m["certificate"],
+        v1.cert_pem.as_str(),
+        "the material is unchanged"
+    );
+
+    // Tines' PUT without If-Match: a description alone, then a rotation.
+    let tines_path = format!("/api/v1/user_credentials/{id}");
+    let (status, v, _) = w
+        .send(
+            reqwest::Method::PUT,
+            PAYMENTS_ADMIN,
+            &tines_path,
+            Some(json!({ "mode": "MTLS", "description": "the partner's API" })),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["description"], "the partner's API");
+    assert_eq!(v["name"], "Partner API");
+    let v2 = w.partner.client(w.dir.path(), "v2", "gw-v2");
+    let (status, v, _) = w
+        .send(
+            reqwest::Method::PUT,
+            PAYMENTS_ADMIN,
+            &tines_path,
+            Some(json!({
+                "mode": "MTLS",
+                "mtls_client_certificate": flattened(&v2.cert_pem),
+                "mtls_client_private_key": flattened(&v2.key_pem),
+                "mtls_root_certificate": w.partner.pem,
+            })),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["description"], "the partner's API",
+        "kept through the rotation"
+    );
+    let (_, m) = w.material("partner_api").await;
+    assert_eq!(m["certificate"], v2.cert_pem.as_str());
+    // Another team's admin cannot update it by id.
+    let (status, _, _) = w
+        .send(
+            reqwest::Method::PUT,
+            FRAUD_ADMIN,
+            &tines_path,
+            Some(json!({ "mode": "MTLS", "description": "mine now" })),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Versions: newest first, fingerprints of the two certificates, no values.
+    let (status, versions, _) = w
+        .send(
+            reqwest::Method::GET,
+            PAYMENTS_ADMIN,
+            "/v1/credentials/partner_api/versions",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{versions}");
+    let list = versions["versions"].as_array().unwrap();
+    let fingerprints: Vec<&str> = list
+        .iter()
+        .map(|v| v["fingerprint"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fingerprints,
+        [
+            v2.fingerprint().replace(':', "").as_str(),
+            v1.fingerprint().replace(':', "").as_str()
+        ]
+    );
+    assert_eq!(list[0]["version"], 2);
+    assert_eq!(list[0]["by"], "payments-admin");
+    assert!(!versions.to_string().contains("BEGIN"), "{versions}");
+    let (status, _, _) = w
+        .send(
+            reqwest::Method::GET,
+            FRAUD_ADMIN,
+            "/v1/credentials/partner_api/versions?team=payments",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let audit = w.audit();
+    assert!(
+        audit.contains("partner_api#allowed_hosts"),
+        "the PATCH's audit line names the changed fields"
+    );
+}

@@ -290,6 +290,49 @@ async fn a_vault_store_is_shared_by_replicas_and_racing_writes_cannot_both_win()
         .await;
     assert_eq!(status, 412, "{v}");
 
+    // A PATCH is a write like any other: once both replicas show the same ETag, a PATCH
+    // through A makes B's PATCH with that ETag lose (B's mirror may not have pulled A's
+    // yet: the store's check-and-set compares the record's revision, not only its version).
+    let current = etag_of(&a).await;
+    until("B shows A's ETag", || async {
+        etag_of(&b).await == current
+    })
+    .await;
+    let patch = |hosts: &[&str]| Some(json!({ "allowed_hosts": hosts }));
+    let (status, v, _) = a
+        .send(
+            reqwest::Method::PATCH,
+            ADMIN,
+            "/v1/credentials/partner",
+            patch(&["api.partner.example", "a.partner.example"]),
+            &[("if-match", &current)],
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v, _) = b
+        .send(
+            reqwest::Method::PATCH,
+            ADMIN,
+            "/v1/credentials/partner",
+            patch(&["api.partner.example", "b.partner.example"]),
+            &[("if-match", &current)],
+        )
+        .await;
+    assert_eq!(status, 412, "B's PATCH overwrote A's: {v}");
+    until("B shows A's PATCH", || async {
+        b.send(
+            reqwest::Method::GET,
+            ADMIN,
+            "/v1/teams/payments/credentials/partner",
+            None,
+            &[],
+        )
+        .await
+        .1["allowed_hosts"]
+            == json!(["api.partner.example", "a.partner.example"])
+    })
+    .await;
+
     // The same name created on both at once: exactly one wins.
     let (ra, rb) = tokio::join!(
         a.send(
@@ -644,4 +687,18 @@ async fn a_consumer_made_on_one_replica_works_on_the_other_and_a_revocation_reac
         with_cert(b).await == 401
     })
     .await;
+}
+
+/// The ETag `r` shows for the credential `partner`.
+async fn etag_of(r: &Replica) -> String {
+    r.send(
+        reqwest::Method::GET,
+        ADMIN,
+        "/v1/teams/payments/credentials/partner",
+        None,
+        &[],
+    )
+    .await
+    .2
+    .unwrap()
 }

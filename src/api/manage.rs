@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, Authenticated, parse_body};
-use crate::broker::{CredentialInput, Managed};
+use crate::broker::{CredentialInput, CredentialPatch, Managed};
 use crate::policy::{CredentialMode, ReadAccess};
 use crate::source::FieldValue;
 
@@ -141,6 +141,58 @@ pub(super) async fn delete(
         .delete_credential(&caller, &team, &name, if_match(&headers))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PATCH /v1/credentials/{name}`: definition fields only; the material stays.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    team: Option<String>,
+    read_access: Option<ReadAccess>,
+    shared_team_slugs: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+    description: Option<String>,
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+pub(super) async fn patch(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: PatchBody = parse_body(&body, "definition fields of a credential")?;
+    let team = team_of(&state, &caller, &name, body.team)?;
+    let patch = CredentialPatch {
+        read_access: body.read_access,
+        shared_team_slugs: body.shared_team_slugs,
+        allowed_hosts: body.allowed_hosts,
+        description: body.description,
+        metadata: body.metadata,
+        ..CredentialPatch::default()
+    };
+    let m = state
+        .broker
+        .patch_credential(&caller, &team, &name, patch, if_match(&headers), false)
+        .await?;
+    Ok(answer(StatusCode::OK, &m))
+}
+
+/// `GET /v1/credentials/{name}/versions`: who wrote each material version when, and its
+/// certificate's fingerprint and `notAfter`.
+pub(super) async fn versions(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    Query(q): Query<TeamQuery>,
+) -> Result<Response, ApiError> {
+    let team = team_of(&state, &caller, &name, q.team)?;
+    let versions = state.broker.credential_versions(&caller, &team, &name)?;
+    Ok(super::json_response(
+        StatusCode::OK,
+        &json!({ "team": team, "name": name, "versions": versions }),
+    ))
 }
 
 /// `GET /v1/teams/{team}/credentials/{name}`: the store's view (definition and record) with
@@ -317,6 +369,91 @@ pub(super) async fn tines_list(
         .map(|m| tines(m, tines_id_of(&state, &m.team)))
         .collect();
     Ok(axum::Json(json!({ "user_credentials": list })).into_response())
+}
+
+/// Tines' update: every field optional but `mode`; material given makes it a rotation
+/// (client certificate and key together), else only the definition changes. Tines sends no
+/// `If-Match`: without one the update applies to the credential as it is now (writes are
+/// serialized, and a vault store's check-and-set still refuses one that raced another);
+/// one given is checked.
+#[derive(Deserialize)]
+struct TinesUpdate {
+    mode: String,
+    name: Option<String>,
+    mtls_client_certificate: Option<FieldValue>,
+    mtls_client_private_key: Option<FieldValue>,
+    mtls_root_certificate: Option<FieldValue>,
+    value: Option<FieldValue>,
+    folder_id: Option<u64>,
+    read_access: Option<ReadAccess>,
+    shared_team_slugs: Option<Vec<String>>,
+    description: Option<String>,
+    metadata: Option<BTreeMap<String, String>>,
+    allowed_hosts: Option<Vec<String>>,
+}
+
+pub(super) async fn tines_update(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: TinesUpdate = parse_body(&body, "a Tines user_credentials update")?;
+    let m = by_id(&state, &caller, id)?;
+    let mode_matches = matches!(
+        (body.mode.as_str(), m.mode),
+        ("MTLS", CredentialMode::Mtls) | ("TEXT", CredentialMode::Text)
+    );
+    if !mode_matches {
+        return Err(ApiError::BadRequest {
+            code: "invalid",
+            message: "mode: a credential's mode cannot change".to_owned(),
+        });
+    }
+    let material = body.mtls_client_certificate.is_some()
+        || body.mtls_client_private_key.is_some()
+        || body.mtls_root_certificate.is_some()
+        || body.value.is_some();
+    let updated = if material {
+        let input = CredentialInput {
+            name: m.name.clone(),
+            team: m.team.clone(),
+            mode: m.mode,
+            client_certificate: body.mtls_client_certificate.map(|v| v.0),
+            client_private_key: body.mtls_client_private_key.map(|v| v.0),
+            root_certificate: body.mtls_root_certificate.map(|v| v.0),
+            value: body.value.map(|v| v.0),
+            read_access: body.read_access.unwrap_or(m.read_access),
+            shared_team_slugs: body.shared_team_slugs.unwrap_or(m.shared_team_slugs),
+            allowed_hosts: body.allowed_hosts.unwrap_or(m.allowed_hosts),
+            description: Some(body.description.unwrap_or(m.description)).filter(|d| !d.is_empty()),
+            metadata: body.metadata.unwrap_or(m.metadata),
+            display_name: body.name.or(m.record.display_name),
+            folder_id: body.folder_id.or(m.record.folder_id),
+        };
+        let expected = if_match(&headers).unwrap_or(&m.etag);
+        state
+            .broker
+            .replace_credential(&caller, input, Some(expected))
+            .await?
+    } else {
+        let patch = CredentialPatch {
+            read_access: body.read_access,
+            shared_team_slugs: body.shared_team_slugs,
+            allowed_hosts: body.allowed_hosts,
+            description: body.description,
+            metadata: body.metadata,
+            display_name: body.name,
+            folder_id: body.folder_id,
+        };
+        state
+            .broker
+            .patch_credential(&caller, &m.team, &m.name, patch, if_match(&headers), true)
+            .await?
+    };
+    let tines_id = tines_id_of(&state, &updated.team);
+    Ok(axum::Json(tines(&updated, tines_id)).into_response())
 }
 
 fn by_id(state: &AppState, caller: &crate::broker::Caller, id: u64) -> Result<Managed, ApiError> {

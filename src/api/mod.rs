@@ -54,6 +54,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/credentials"),
     ("PUT", "/v1/credentials/{name}"),
     ("DELETE", "/v1/credentials/{name}"),
+    ("PATCH", "/v1/credentials/{name}"),
+    ("GET", "/v1/credentials/{name}/versions"),
+    ("PUT", "/api/v1/user_credentials/{id}"),
     ("GET", "/v1/teams/{team}/credentials/{name}"),
     ("POST", "/api/v1/user_credentials"),
     ("GET", "/api/v1/user_credentials"),
@@ -258,8 +261,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/credentials/{name}",
             get(credentials::info)
                 .put(manage::replace)
+                .patch(manage::patch)
                 .delete(manage::delete),
         )
+        .route("/v1/credentials/{name}/versions", get(manage::versions))
         .route("/v1/teams/{team}/credentials/{name}", get(manage::show))
         .route(
             "/api/v1/user_credentials",
@@ -267,7 +272,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/api/v1/user_credentials/{id}",
-            get(manage::tines_show).delete(manage::tines_delete),
+            get(manage::tines_show)
+                .put(manage::tines_update)
+                .delete(manage::tines_delete),
         )
         .route(
             "/v1/credentials/{name}/material",

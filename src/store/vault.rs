@@ -233,7 +233,11 @@ impl VaultStore {
     ) -> Result<u64, StoreError> {
         match (self.read_definition(kind, team, name).await?, previous) {
             (None, None) => Ok(0),
-            (Some((kv, _, now)), Some(prev)) if now.version == prev.version => Ok(kv),
+            (Some((kv, _, now)), Some(prev))
+                if now.version == prev.version && now.revision == prev.revision =>
+            {
+                Ok(kv)
+            }
             _ => Err(StoreError::Conflict),
         }
     }
@@ -291,6 +295,52 @@ impl VaultStore {
             }
             None => self.delete(kind, team, name, written).await,
         }
+    }
+
+    /// Takes the next ID from the store's counter (`<prefix>/ids`), at least `floor`:
+    /// read, then write the next value with check-and-set; a replica that lost the race
+    /// reads again.
+    pub async fn allocate_id(&self, floor: u64) -> Result<u64, StoreError> {
+        #[derive(Deserialize)]
+        struct Ids {
+            data: IdsData,
+        }
+        #[derive(Deserialize)]
+        struct IdsData {
+            data: Option<Next>,
+            metadata: KvMeta,
+        }
+        #[derive(Deserialize)]
+        struct Next {
+            next: u64,
+        }
+        let path = format!("{}/ids", self.prefix);
+        for _ in 0..16 {
+            let (cas, next) = match self
+                .source
+                .kv(Method::GET, KvPart::Data, &path, None)
+                .await
+                .map_err(remote)?
+            {
+                None => (0, floor),
+                Some(body) => {
+                    let ids: Ids =
+                        serde_json::from_slice(&body).map_err(|_| malformed("the store's ids"))?;
+                    let next = ids.data.data.map_or(floor, |n| n.next.max(floor));
+                    (ids.data.metadata.version, next)
+                }
+            };
+            let body = serde_json::json!({
+                "options": { "cas": cas },
+                "data": { "next": next + 1 },
+            });
+            match self.put(&path, Bytes::from(body.to_string())).await {
+                Ok(_) => return Ok(next),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Conflict)
     }
 
     /// A new generation: every replica's poll sees it and pulls.
@@ -359,7 +409,7 @@ impl VaultStore {
                     let same_definition =
                         mirror.definition(kind, &team, &name)?.as_deref() == Some(toml.as_str());
                     let same_record = mirror.record(kind, &team, &name)?.is_some_and(|r| {
-                        r.version == record.version && r.updated_at == record.updated_at
+                        r.version == record.version && r.revision == record.revision
                     });
                     if !(same_definition && same_record) {
                         mirror.write_definition(kind, &team, &name, &toml, &record)?;

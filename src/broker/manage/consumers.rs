@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::certificates::{self, CertificateView};
-use super::{ManageError, etag, lost_race, stored, valid_name};
+use super::{ManageError, etag, lost_race, stored, valid_name, who};
 use crate::audit::Action;
 use crate::broker::{Broker, Caller};
 use crate::store::{Kind, Record};
@@ -131,13 +131,6 @@ fn parse(toml_text: &str) -> Result<Body, ManageError> {
         .ok_or_else(|| crate::store::StoreError::Malformed("a stored consumer".into()).into())
 }
 
-fn who(caller: &Caller) -> String {
-    match caller {
-        Caller::Operator => "operator".to_owned(),
-        Caller::Consumer(c) => c.name().to_owned(),
-    }
-}
-
 /// A fingerprint as callers write it (hex, colons allowed, any case) in the stored form.
 fn normalize_fingerprint(text: &str) -> String {
     text.chars()
@@ -203,12 +196,14 @@ impl Broker {
             let at = crate::store::now();
             let record = Record {
                 version: 1,
+                revision: 1,
                 created_at: at.clone(),
                 updated_at: at,
                 updated_by: who(caller),
                 id: 0,
                 display_name: None,
                 folder_id: None,
+                history: Vec::new(),
                 certificates: Vec::new(),
             };
             let toml_text = render(&body)?;
@@ -534,6 +529,7 @@ impl Broker {
         let mut body = parse(&toml_text)?;
         let mut next = record.clone();
         next.version += 1;
+        next.revision += 1;
         next.updated_at = crate::store::now();
         next.updated_by = who(caller);
         let snapshot = self.policy();

@@ -17,6 +17,9 @@ use serde::Serialize;
 
 mod certificates;
 mod consumers;
+mod patch;
+
+pub use patch::CredentialPatch;
 
 pub use certificates::CertificateView;
 pub use consumers::{AclInput, CertificateInput, ConsumerInput, ConsumerPatch, ManagedConsumer};
@@ -404,7 +407,7 @@ impl Broker {
             metadata: cred.metadata.clone(),
             origin: "api",
             etag: etag(&toml, &record),
-            record,
+            record: shown(&record),
             repairs: Vec::new(),
         }))
     }
@@ -459,34 +462,43 @@ impl Broker {
         if previous.is_none() && exists {
             return Err(ManageError::Exists);
         }
-        let (fields, repairs) = ingest(input)?;
+        let Ingested {
+            fields,
+            repairs,
+            certificate,
+        } = ingest(input)?;
         let version = previous.as_ref().map_or(1, |(_, r)| r.version + 1);
         let at = crate::store::now();
         let id = match &previous {
             Some((_, r)) => r.id,
-            None => {
-                store
-                    .records(Kind::Credential)?
-                    .iter()
-                    .map(|(_, _, r)| r.id)
-                    .max()
-                    .unwrap_or(0)
-                    + 1
-            }
+            None if dry_run => 0,
+            None => store.allocate_id().await?,
         };
+        let mut history = previous
+            .as_ref()
+            .map(|(_, r)| r.history.clone())
+            .unwrap_or_default();
+        history.push(crate::store::VersionRecord {
+            version,
+            at: at.clone(),
+            by: who(caller),
+            fingerprint: certificate.as_ref().map(|c| c.0.clone()),
+            not_after: certificate.map(|c| c.1),
+        });
+        let excess = history.len().saturating_sub(crate::store::MAX_HISTORY);
+        history.drain(..excess);
         let record = Record {
             version,
+            revision: previous.as_ref().map_or(1, |(_, r)| r.revision + 1),
             created_at: previous
                 .as_ref()
                 .map_or_else(|| at.clone(), |(_, r)| r.created_at.clone()),
             updated_at: at,
-            updated_by: match caller {
-                Caller::Operator => "operator".to_owned(),
-                Caller::Consumer(c) => c.name().to_owned(),
-            },
+            updated_by: who(caller),
             id,
             display_name: input.display_name.clone(),
             folder_id: input.folder_id,
+            history,
             certificates: Vec::new(),
         };
         let (material_source, material_path) = store.reference(&input.team, &input.name, version);
@@ -526,7 +538,7 @@ impl Broker {
             metadata: input.metadata.clone(),
             origin: "api",
             etag: etag(&toml, &record),
-            record: record.clone(),
+            record: shown(&record),
             repairs,
         };
         if dry_run {
@@ -641,23 +653,11 @@ fn check_input(input: &CredentialInput) -> Result<(), ManageError> {
     if !valid_name(&input.team) {
         return Err(invalid("team", "must be a team slug"));
     }
-    if input.metadata.len() > MAX_METADATA
-        || input
-            .metadata
-            .iter()
-            .any(|(k, v)| k.len() > MAX_METADATA_BYTES || v.len() > MAX_METADATA_BYTES)
-    {
-        return Err(invalid(
-            "metadata",
-            "at most 32 entries of at most 256 bytes each",
-        ));
-    }
-    if input.allowed_hosts.len() > MAX_HOSTS {
-        return Err(invalid("allowed_hosts", "at most 64 entries"));
-    }
-    if input.description.as_ref().is_some_and(|d| d.len() > 1024) {
-        return Err(invalid("description", "at most 1024 bytes"));
-    }
+    check_definition(
+        Some(&input.metadata),
+        Some(&input.allowed_hosts),
+        input.description.as_deref(),
+    )?;
     for (field, v) in [
         ("client_certificate", &input.client_certificate),
         ("client_private_key", &input.client_private_key),
@@ -675,8 +675,58 @@ fn check_input(input: &CredentialInput) -> Result<(), ManageError> {
 
 /// The material to store for `input`, each PEM value repaired and an mtls credential
 /// verified as a whole; a refusal names the role and a code, never the input.
-/// The material to store, by field, and the repairs made.
-type Ingested = (Vec<(&'static str, SecretString)>, Vec<RoleRepairs>);
+/// Bounds on a definition's descriptive fields (those given).
+fn check_definition(
+    metadata: Option<&BTreeMap<String, String>>,
+    allowed_hosts: Option<&[String]>,
+    description: Option<&str>,
+) -> Result<(), ManageError> {
+    let invalid = |field, message: &str| ManageError::Invalid {
+        field,
+        message: message.to_owned(),
+    };
+    if metadata.is_some_and(|m| {
+        m.len() > MAX_METADATA
+            || m.iter()
+                .any(|(k, v)| k.len() > MAX_METADATA_BYTES || v.len() > MAX_METADATA_BYTES)
+    }) {
+        return Err(invalid(
+            "metadata",
+            "at most 32 entries of at most 256 bytes each",
+        ));
+    }
+    if allowed_hosts.is_some_and(|h| h.len() > MAX_HOSTS) {
+        return Err(invalid("allowed_hosts", "at most 64 entries"));
+    }
+    if description.is_some_and(|d| d.len() > 1024) {
+        return Err(invalid("description", "at most 1024 bytes"));
+    }
+    Ok(())
+}
+
+/// The material to store, by field, the repairs made, and the client certificate's
+/// fingerprint (hex) and `notAfter` (RFC 3339).
+struct Ingested {
+    fields: Vec<(&'static str, SecretString)>,
+    repairs: Vec<RoleRepairs>,
+    certificate: Option<(String, String)>,
+}
+
+/// A record as answers show it: its version history is `…/versions`' alone.
+fn shown(record: &Record) -> Record {
+    Record {
+        history: Vec::new(),
+        ..record.clone()
+    }
+}
+
+/// Who a record names as the writer.
+fn who(caller: &Caller) -> String {
+    match caller {
+        Caller::Operator => "operator".to_owned(),
+        Caller::Consumer(c) => c.name().to_owned(),
+    }
+}
 
 fn ingest(input: &CredentialInput) -> Result<Ingested, ManageError> {
     let missing = |field: &'static str| ManageError::Invalid {
@@ -736,14 +786,34 @@ fn ingest(input: &CredentialInput) -> Result<Ingested, ManageError> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
             window.check(now).map_err(ManageError::Rejected)?;
-            Ok((fields, repairs))
+            // Verified above: the first block is the client certificate (public).
+            let certificate = crate::policy::pem_certificates(parts.certificate.as_bytes())
+                .ok()
+                .and_then(|ders| ders.into_iter().next())
+                .map(|der| {
+                    use sha2::Digest as _;
+                    let not_after = std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(
+                            u64::try_from(window.not_after).unwrap_or(0),
+                        );
+                    (
+                        hex::encode(sha2::Sha256::digest(&der)),
+                        humantime::format_rfc3339_seconds(not_after).to_string(),
+                    )
+                });
+            Ok(Ingested {
+                fields,
+                repairs,
+                certificate,
+            })
         }
         CredentialMode::Text | CredentialMode::Fields => {
             let value = input.value.as_ref().ok_or_else(|| missing("value"))?;
-            Ok((
-                vec![("value", crate::secret::secret_string(value.expose_secret()))],
-                Vec::new(),
-            ))
+            Ok(Ingested {
+                fields: vec![("value", crate::secret::secret_string(value.expose_secret()))],
+                repairs: Vec::new(),
+                certificate: None,
+            })
         }
     }
 }
