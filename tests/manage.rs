@@ -489,6 +489,17 @@ async fn patch_versions_and_tines_update_change_what_they_name_and_nothing_else(
         v1.cert_pem.as_str(),
         "the material is unchanged"
     );
+    let (status, info, _) = w
+        .send(
+            reqwest::Method::GET,
+            GW,
+            "/v1/credentials/partner_api",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["origin"], "api", "{info}");
 
     // Tines' PUT without If-Match: a description alone, then a rotation.
     let tines_path = format!("/api/v1/user_credentials/{id}");

@@ -131,8 +131,7 @@ impl Broker {
         broker.store = store;
         if let Some(dir) = &config.policies {
             broker.policies_dir = Some(dir.clone());
-            let policy =
-                crate::policy::load_checked_dirs(&broker.policy_dirs(), &broker.known_sources())?;
+            let policy = broker.load_policy()?;
             for w in &policy.warnings {
                 tracing::warn!(warning = %w, "policy");
             }
@@ -194,12 +193,14 @@ impl Broker {
 
     /// The folders the policy is loaded from: the policy folder, then the store's
     /// definitions.
-    pub(super) fn policy_dirs(&self) -> Vec<std::path::PathBuf> {
-        let mut dirs: Vec<std::path::PathBuf> = self.policies_dir.iter().cloned().collect();
-        if let Some(store) = &self.store {
-            dirs.extend(store.definitions_dirs());
-        }
-        dirs
+    pub(super) fn load_policy(&self) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
+        let dirs: Vec<std::path::PathBuf> = self.policies_dir.iter().cloned().collect();
+        let store = self
+            .store
+            .as_ref()
+            .map(|s| s.definitions_dirs())
+            .unwrap_or_default();
+        crate::policy::load_checked_dirs(&dirs, &store, &self.known_sources())
     }
 
     /// The source names policies are checked against.

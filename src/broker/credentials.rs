@@ -71,6 +71,8 @@ pub struct CredentialSummary {
     pub allowed_hosts: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `file` (a policy file) or `api` (the management store).
+    pub origin: crate::policy::Origin,
 }
 
 /// `GET /v1/credentials/{name}`: the summary plus facts read from the source (never values).
@@ -131,6 +133,7 @@ fn summary(c: &Credential) -> CredentialSummary {
         read_access: c.read_access,
         allowed_hosts: c.allowed_hosts.iter().map(ToString::to_string).collect(),
         description: c.description.clone(),
+        origin: c.origin,
     }
 }
 

@@ -56,7 +56,7 @@ impl Broker {
         if self.policies_dir.is_none() {
             return Err(ReloadError::NoPolicies);
         }
-        match crate::policy::load_checked_dirs(&self.policy_dirs(), &self.known_sources()) {
+        match self.load_policy() {
             Ok(policy) => {
                 let summary = PolicySummary::of(&policy);
                 self.policy.store(Arc::new(Snapshot::new(policy)));

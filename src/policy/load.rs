@@ -109,6 +109,8 @@ struct Item<T> {
 
 struct Files {
     paths: Vec<PathBuf>,
+    /// Per path: whether it is the management store's.
+    managed: Vec<bool>,
     texts: Vec<String>,
     list: Vec<Diagnostic>,
     /// Problems that do not stop the policy from loading (`check` prints them).
@@ -173,23 +175,36 @@ pub fn load_checked(dir: &Path, sources: &KnownSources) -> Result<Policy, Policy
 /// As [`load_checked`], over several folders as one policy (the policy folder and the
 /// management store's definitions): a name defined in two of them is a load error like one
 /// defined twice in a folder.
+/// `store` are the management store's folders: what they define has origin `api`.
 pub fn load_checked_dirs(
     dirs: &[std::path::PathBuf],
+    store: &[std::path::PathBuf],
     sources: &KnownSources,
 ) -> Result<Policy, PolicyError> {
-    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    load_inner(&dirs, Some(sources))
+    let dirs: Vec<&Path> = dirs.iter().chain(store).map(|d| d.as_path()).collect();
+    load_managed(&dirs, dirs.len() - store.len(), Some(sources))
 }
 
 fn load_inner(dirs: &[&Path], sources: Option<&KnownSources>) -> Result<Policy, PolicyError> {
+    load_managed(dirs, dirs.len(), sources)
+}
+
+/// Loads `dirs` as one policy; those from index `store_from` on are the store's.
+fn load_managed(
+    dirs: &[&Path],
+    store_from: usize,
+    sources: Option<&KnownSources>,
+) -> Result<Policy, PolicyError> {
     let mut paths = Vec::new();
-    for dir in dirs {
+    let mut managed = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
         let mut found = Vec::new();
         collect_files(dir, &mut found).map_err(|source| PolicyError::Read {
             path: (*dir).to_owned(),
             source,
         })?;
         found.sort();
+        managed.extend(found.iter().map(|_| i >= store_from));
         paths.extend(found);
     }
     let mut texts = Vec::new();
@@ -198,6 +213,7 @@ fn load_inner(dirs: &[&Path], sources: Option<&KnownSources>) -> Result<Policy, 
     }
     let mut files = Files {
         paths,
+        managed,
         texts,
         list: Vec::new(),
         warnings: Vec::new(),
@@ -573,7 +589,10 @@ fn validate_credentials(
     let mut cred_items = Vec::new();
     let mut cred_names = BTreeSet::new();
     for c in credentials {
-        if let Some(cred) = credential(files, &c, slugs) {
+        if let Some(mut cred) = credential(files, &c, slugs) {
+            if files.managed[c.file] {
+                cred.origin = super::model::Origin::Api;
+            }
             if let Some(known) = sources {
                 for (role, r) in &cred.values.by_role {
                     match known.source_of(&r.target) {
@@ -813,6 +832,7 @@ fn credential(
         metadata: def.metadata.clone(),
         pem: def.pem,
         values: CredentialValues { by_role },
+        origin: super::model::Origin::File,
     })
 }
 

@@ -17,8 +17,8 @@ pub use load::{
     KnownSources, PolicyError, load, load_checked, load_checked_dirs, pem_certificates,
 };
 pub use model::{
-    Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Pin, Policy,
-    ReadAccess,
+    Consumer, Credential, CredentialMode, CredentialValues, Grant, Origin, PathPattern, Pin,
+    Policy, ReadAccess,
 };
 pub use route::{Unrouted, path_of};
 pub use subject::SubjectPattern;

@@ -47,6 +47,16 @@ impl CredentialMode {
     }
 }
 
+/// Where a definition comes from: a policy file the operator wrote, or the management API's
+/// store (`GET` answers show it; only the latter is changed through the API).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    #[default]
+    File,
+    Api,
+}
+
 /// A pinned client certificate: identifies its consumer from `not_before` (scheduled until
 /// then) to `not_after` (rotation with overlap), both optional.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +131,7 @@ pub struct Credential {
     pub metadata: BTreeMap<String, String>,
     pub pem: Option<crate::pem::Mode>,
     pub values: CredentialValues,
+    pub origin: Origin,
 }
 
 /// A path pattern of a grant: `*` is one segment, `**` any number (also none).
