@@ -591,3 +591,67 @@ async fn patch_versions_and_tines_update_change_what_they_name_and_nothing_else(
         "the PATCH's audit line names the changed fields"
     );
 }
+
+/// `?dry_run=true` checks everything, writes nothing and says who will be able to read the
+/// credential — by the same visibility rule reads are decided with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_writes_nothing_and_names_who_will_read_it() {
+    let w = world().await;
+    let client = w.partner.client(w.dir.path(), "c", "gw-client");
+    let body = |access: &str, shared: &[&str]| {
+        json!({
+            "name": "partner-api", "team": "payments", "mode": "mtls",
+            "client_certificate": client.cert_pem, "client_private_key": client.key_pem,
+            "read_access": access, "shared_team_slugs": shared,
+            "allowed_hosts": ["api.partner.example"],
+        })
+    };
+    let readers = |v: &Value| {
+        let mut r: Vec<String> = v["readers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        format!("{}:{}:{}", r["consumer"], r["team"], r["why"]).replace('"', "")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        r.sort();
+        r
+    };
+    let (status, team_only, _) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/credentials?dry_run=true",
+            Some(body("TEAM", &[])),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{team_only}");
+    assert_eq!(
+        readers(&team_only),
+        ["gw:payments:team", "payments-admin:payments:team"]
+    );
+    let (status, shared, _) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/credentials?dry_run=true",
+            Some(body("SPECIFIC_TEAMS", &["fraud"])),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{shared}");
+    assert_eq!(
+        readers(&shared),
+        [
+            "fraud-admin:fraud:shared",
+            "gw:payments:team",
+            "payments-admin:payments:team"
+        ]
+    );
+    assert!(w.stored().is_empty(), "a dry run wrote {:?}", w.stored());
+    assert_eq!(w.material("partner-api").await.0, 403, "nothing is served");
+}

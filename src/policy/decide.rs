@@ -139,7 +139,51 @@ impl<'p> Decision<'p> {
     }
 }
 
+/// Whether a credential of another team, shared as `access` with `shared`, is visible to
+/// `team` (its own team always sees it).
+fn shares_with(access: ReadAccess, shared: &[String], team: &str) -> bool {
+    match access {
+        ReadAccess::Team => false,
+        ReadAccess::Global => true,
+        ReadAccess::SpecificTeams => shared.iter().any(|t| t == team),
+    }
+}
+
 impl Policy {
+    /// Who would read a credential `name` of `team` shared as `access` with `shared` — the
+    /// management plane's dry run: every consumer that [`Policy::visible_credential`] would
+    /// give it to, with why (`team`, `global`, `shared`). A consumer whose team has its own
+    /// credential of that name, or already sees another team's, would not.
+    pub fn readers(
+        &self,
+        team: &str,
+        name: &str,
+        access: ReadAccess,
+        shared: &[String],
+    ) -> Vec<(&str, &str, &'static str)> {
+        let others = |t: &str| {
+            self.credentials
+                .iter()
+                .filter(move |c| c.name == name && c.team != team)
+                .any(|c| c.team == t || shares_with(c.read_access, &c.shared_team_slugs, t))
+        };
+        self.consumers
+            .iter()
+            .filter_map(|c| {
+                let why = if c.team == team {
+                    "team"
+                } else if !shares_with(access, shared, &c.team) || others(&c.team) {
+                    return None;
+                } else if access == ReadAccess::Global {
+                    "global"
+                } else {
+                    "shared"
+                };
+                Some((c.name.as_str(), c.team.as_str(), why))
+            })
+            .collect()
+    }
+
     /// The credential `name` as `team` sees it: its own first (same-team name wins), else
     /// the one other team's credential shared with it.
     pub fn visible_credential(
@@ -158,11 +202,7 @@ impl Policy {
         if let Some(own) = named().find(|c| c.team == team) {
             return Ok(own);
         }
-        let mut shared = named().filter(|c| match c.read_access {
-            ReadAccess::Team => false,
-            ReadAccess::Global => true,
-            ReadAccess::SpecificTeams => c.shared_team_slugs.iter().any(|t| t == team),
-        });
+        let mut shared = named().filter(|c| shares_with(c.read_access, &c.shared_team_slugs, team));
         match (shared.next(), shared.next()) {
             (Some(c), None) => Ok(c),
             (Some(_), Some(_)) => Err(DecisionReason::AmbiguousCredential),

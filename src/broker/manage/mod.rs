@@ -69,9 +69,20 @@ pub struct Managed {
     pub record: Record,
     /// The PEM repairs applied at ingest, by role.
     pub repairs: Vec<RoleRepairs>,
+    /// A dry run's answer to "who will be able to read it": consumer, team and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<Reader>,
     /// Opaque; changes with every write. `If-Match` on a replace or delete.
     #[serde(skip)]
     pub etag: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Reader {
+    pub consumer: String,
+    pub team: String,
+    /// `team`, `global` or `shared`.
+    pub why: &'static str,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -409,6 +420,7 @@ impl Broker {
             etag: etag(&toml, &record),
             record: shown(&record),
             repairs: Vec::new(),
+            readers: Vec::new(),
         }))
     }
 
@@ -540,9 +552,24 @@ impl Broker {
             etag: etag(&toml, &record),
             record: shown(&record),
             repairs,
+            readers: Vec::new(),
         };
         if dry_run {
-            return Ok(managed);
+            let readers = policy
+                .readers(
+                    &input.team,
+                    &input.name,
+                    input.read_access,
+                    &input.shared_team_slugs,
+                )
+                .into_iter()
+                .map(|(consumer, team, why)| Reader {
+                    consumer: consumer.to_owned(),
+                    team: team.to_owned(),
+                    why,
+                })
+                .collect();
+            return Ok(Managed { readers, ..managed });
         }
         let refs: Vec<(&str, &SecretString)> = fields.iter().map(|(k, v)| (*k, v)).collect();
         let was = previous.as_ref().map(|(_, r)| r);
