@@ -224,6 +224,14 @@ impl Config {
             .map(SourceConfig::name)
     }
 
+    /// The vault source `name`'s settings.
+    pub fn vault_source(&self, name: &str) -> Option<&VaultSourceConfig> {
+        self.sources.iter().find_map(|s| match s {
+            SourceConfig::Vault(v) if v.name == name => Some(v),
+            _ => None,
+        })
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -247,6 +255,9 @@ impl Config {
         }
         if let Some(st) = &mut self.store {
             fix(&mut st.path);
+            if let Some(auth) = &mut st.auth {
+                fix_auth(auth, &fix);
+            }
         }
         if let Some(n) = &mut self.notify {
             fix_opt(&mut n.ca_cert);
@@ -265,20 +276,7 @@ impl Config {
                     fix_opt(&mut v.ca_cert);
                     fix_opt(&mut v.client_cert);
                     fix_opt(&mut v.client_key);
-                    match &mut v.auth {
-                        VaultAuth::Token { token_file } => fix_opt(token_file),
-                        VaultAuth::AppRole {
-                            role_id_file,
-                            secret_id_file,
-                            ..
-                        } => {
-                            fix_opt(role_id_file);
-                            fix_opt(secret_id_file);
-                        }
-                        VaultAuth::Jwt { token_file, .. } => fix(token_file),
-                        VaultAuth::Kubernetes { token_file, .. } => fix_opt(token_file),
-                        VaultAuth::Cert { .. } => {}
-                    }
+                    fix_auth(&mut v.auth, &fix);
                 }
                 SourceConfig::Ccp(c) => {
                     fix_opt(&mut c.ca_cert);
@@ -574,6 +572,29 @@ impl ConfigSections {
             }
         }
         out
+    }
+}
+
+/// The files of a vault login, relative to the configuration file.
+fn fix_auth(auth: &mut VaultAuth, fix: &dyn Fn(&mut PathBuf)) {
+    let fix_opt = |p: &mut Option<PathBuf>| {
+        if let Some(p) = p {
+            fix(p);
+        }
+    };
+    match auth {
+        VaultAuth::Token { token_file } => fix_opt(token_file),
+        VaultAuth::AppRole {
+            role_id_file,
+            secret_id_file,
+            ..
+        } => {
+            fix_opt(role_id_file);
+            fix_opt(secret_id_file);
+        }
+        VaultAuth::Jwt { token_file, .. } => fix(token_file),
+        VaultAuth::Kubernetes { token_file, .. } => fix_opt(token_file),
+        VaultAuth::Cert { .. } => {}
     }
 }
 

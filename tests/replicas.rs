@@ -37,7 +37,7 @@ async fn replica(bao_addr: &str, prefix: &str) -> Replica {
 
 /// A replica whose vault source's `address` is `address` (TOML: a string or a list).
 async fn replica_with(address: &str, prefix: &str, extra: &str) -> Replica {
-    replica_in(folder("unused"), address, prefix, extra, "").await
+    replica_in(folder("unused"), address, prefix, extra, "", "").await
 }
 
 /// A replica in `folder` (made by `support::server::folder`), with `server` added to its
@@ -48,6 +48,7 @@ async fn replica_in(
     prefix: &str,
     extra: &str,
     server: &str,
+    store: &str,
 ) -> Replica {
     let root = dir.path();
     fixture::Policy::new()
@@ -58,7 +59,7 @@ async fn replica_in(
     fixture::Config::tls()
         .with(server)
         .with(&format!(
-            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = {address}\n{extra}[store]\nkind = \"vault\"\nsource = \"vault\"\nprefix = \"{prefix}\"\npath = \"mirror\"\npoll = \"200ms\"\n"
+            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = {address}\n{extra}[store]\nkind = \"vault\"\nsource = \"vault\"\nprefix = \"{prefix}\"\npath = \"mirror\"\npoll = \"200ms\"\n{store}"
         ))
         .write(root);
     let server = Running::start(root, &ca.pem, 0, "info").await;
@@ -613,7 +614,7 @@ async fn a_consumer_made_on_one_replica_works_on_the_other_and_a_revocation_reac
         clients.write(&made.0.path().join("clients-ca.pem"));
         let address = format!("{:?}", bao.addr);
         let server = "client_ca = \"clients-ca.pem\"\nclient_auth = \"optional\"";
-        replicas.push(replica_in(made, &address, "kb-consumers", "", server).await);
+        replicas.push(replica_in(made, &address, "kb-consumers", "", server, "").await);
     }
     let (a, b) = (&replicas[0], &replicas[1]);
     let (status, made, _) = a
@@ -701,4 +702,79 @@ async fn etag_of(r: &Replica) -> String {
     .await
     .2
     .unwrap()
+}
+
+/// `[store] auth`: the store reads and writes its records with its own login, so the token
+/// consumers' reads go through cannot write the store. The control: the same replica without
+/// it cannot write at all (its source's token may only read material).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_store_writes_with_its_own_login_and_the_read_token_cannot() {
+    let bao = OpenBao::start();
+    let policies = tempfile::tempdir().unwrap();
+    for (name, hcl) in [
+        (
+            "kb-reader",
+            "path \"secret/data/kb-own/material/*\" { capabilities = [\"read\"] }\n",
+        ),
+        (
+            "kb-store",
+            "path \"secret/data/kb-own/*\" { capabilities = [\"create\", \"update\", \"read\", \"delete\"] }\npath \"secret/metadata/kb-own/*\" { capabilities = [\"read\", \"list\", \"delete\"] }\n",
+        ),
+    ] {
+        let file = policies.path().join(format!("{name}.hcl"));
+        std::fs::write(&file, hcl).unwrap();
+        bao.cli(&["policy", "write", name, file.to_str().unwrap()]);
+    }
+    let reader = bao.token("kb-reader", "1h");
+    let writer = bao.token("kb-store", "1h");
+    let start = |own_login: bool| {
+        let made = folder("unused");
+        std::fs::write(made.0.path().join("reader-token"), &reader).unwrap();
+        std::fs::write(made.0.path().join("store-token"), &writer).unwrap();
+        let address = format!("{:?}", bao.addr);
+        let source = "auth = { method = \"token\", token_file = \"reader-token\" }\n";
+        let store = if own_login {
+            "auth = { method = \"token\", token_file = \"store-token\" }\n"
+        } else {
+            ""
+        };
+        async move { replica_in(made, &address, "kb-own", source, "", store).await }
+    };
+    let partner = Ca::new("partner CA");
+
+    let without = start(false).await;
+    let (status, v, _) = without
+        .send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/credentials",
+            Some(body("partner", &partner, "gateway-v1")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 503, "the read token wrote the store: {v}");
+    drop(without);
+
+    let with = start(true).await;
+    let (status, v, _) = with
+        .send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/credentials",
+            Some(body("partner", &partner, "gateway-v1")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    // Consumers' reads go through the read token, which may read the material.
+    let (status, m, _) = with.material("partner", &[], "").await;
+    assert_eq!(status, 200, "{m}");
+    // That token cannot change the store.
+    let out = std::process::Command::new("bao")
+        .args(["kv", "put", "secret/kb-own/generation", "at=now"])
+        .env("BAO_ADDR", &bao.addr)
+        .env("BAO_TOKEN", &reader)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the read token can write the store");
 }

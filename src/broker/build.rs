@@ -91,9 +91,30 @@ impl Broker {
                             .find(|(n, _)| n == name)
                             .map(|(_, s)| Arc::clone(s))
                             .ok_or_else(|| BuildError::StoreSource(name.to_owned()))?;
+                        // Its own login: the same vault, the store's credentials.
+                        let writer = match (&st.auth, config.vault_source(name)) {
+                            (Some(auth), Some(cfg)) => {
+                                let cfg = crate::config::VaultSourceConfig {
+                                    name: format!("{name} (store)"),
+                                    auth: auth.clone(),
+                                    ..cfg.clone()
+                                };
+                                let writer = VaultSource::new(&cfg, env).map_err(|source| {
+                                    BuildError::Vault {
+                                        name: cfg.name.clone(),
+                                        source,
+                                    }
+                                })?;
+                                if tokio::runtime::Handle::try_current().is_ok() {
+                                    writer.spawn_renewer();
+                                }
+                                Arc::new(writer)
+                            }
+                            _ => source,
+                        };
                         crate::store::Store::vault(
                             local,
-                            crate::store::VaultStore::new(source, name, &st.prefix),
+                            crate::store::VaultStore::new(writer, name, &st.prefix),
                         )
                     }
                     _ => crate::store::Store::file(local),

@@ -706,6 +706,10 @@ pub struct StoreConfig {
     /// `kind = "vault"`: how often each replica checks the store's generation.
     #[serde(default = "default_store_poll")]
     pub poll: Dur,
+    /// `kind = "vault"`: the store's own login for its writes (and its reads of definitions),
+    /// so the token consumers' reads use cannot write; none: the source's `auth`.
+    #[serde(default)]
+    pub auth: Option<VaultAuth>,
 }
 
 fn default_store_prefix() -> String {
