@@ -153,7 +153,15 @@ impl Config {
                     spans.record(
                         "store",
                         value,
-                        &["kind", "path", "source", "prefix", "poll"],
+                        &[
+                            "kind",
+                            "path",
+                            "source",
+                            "prefix",
+                            "poll",
+                            "auth",
+                            "orphan_grace",
+                        ],
                     );
                     cfg.store = d.section(value, &[]);
                 }
@@ -378,6 +386,18 @@ impl Config {
                 d.at(
                     spans.at("store", "poll"),
                     "[store] poll must be at least 100ms".to_owned(),
+                );
+            }
+            if st.orphan_grace.0 < std::time::Duration::from_secs(1) {
+                d.at(
+                    spans.at("store", "orphan_grace"),
+                    "[store] orphan_grace must be at least 1s".to_owned(),
+                );
+            }
+            if st.kind == StoreKind::File && st.auth.is_some() {
+                d.at(
+                    spans.at("store", "auth"),
+                    "[store] auth is for kind = \"vault\"".to_owned(),
                 );
             }
         }

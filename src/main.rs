@@ -796,12 +796,11 @@ async fn serve(
     broker.spawn_startup_checks();
     broker.spawn_self_checks();
     broker.spawn_expiry_sweep();
-    if let Some(store) = config
-        .store
-        .as_ref()
-        .filter(|s| s.kind == keybroker::config::StoreKind::Vault)
-    {
-        broker.spawn_store_poll(store.poll.0);
+    if let Some(store) = &config.store {
+        if store.kind == keybroker::config::StoreKind::Vault {
+            broker.spawn_store_poll(store.poll.0);
+        }
+        broker.spawn_orphan_sweep(store.orphan_grace.0);
     }
     tracing::info!(
         %bound,

@@ -138,6 +138,17 @@ pub struct CertificateRecord {
     pub revoked_at: Option<String>,
 }
 
+/// `v<N>` (a material version's name, its extension removed) as `N`.
+fn version_of(name: &str) -> Option<u64> {
+    name.strip_prefix('v')?.parse().ok()
+}
+
+/// Whether material version `version` is referenced: the credential's current one or an
+/// earlier one (kept, like a KV version history).
+fn referenced(record: Option<&Record>, version: u64) -> bool {
+    record.is_some_and(|r| version <= r.version)
+}
+
 /// Now, as the store's records write times.
 pub fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
@@ -305,6 +316,17 @@ impl Store {
         match &self.remote {
             Some(v) => v.allocate_id(local_max + 1).await,
             None => Ok(local_max + 1),
+        }
+    }
+
+    /// Removes material versions no definition references (newer than the credential's
+    /// version, or of a credential that has none) once older than `grace`: what a write that
+    /// crashed, or lost a race, between its two steps left. Younger ones may belong to a
+    /// write in progress (on another replica) and stay. Returns how many were removed.
+    pub async fn collect_orphans(&self, grace: std::time::Duration) -> Result<usize, StoreError> {
+        match &self.remote {
+            Some(v) => v.collect_orphans(grace).await,
+            None => self.local.collect_orphans(grace),
         }
     }
 

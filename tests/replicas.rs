@@ -778,3 +778,60 @@ async fn the_vault_store_writes_with_its_own_login_and_the_read_token_cannot() {
         .unwrap();
     assert!(!out.status.success(), "the read token can write the store");
 }
+
+/// Material no definition references — a rotation or a create that crashed (or lost a race)
+/// between its two writes — is collected from OpenBao once `orphan_grace` old; the current
+/// version stays and the credential is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreferenced_material_is_collected_from_the_vault_store() {
+    let bao = OpenBao::start();
+    let address = format!("{:?}", bao.addr);
+    let r = replica_in(
+        folder("unused"),
+        &address,
+        "kb-orphans",
+        "",
+        "",
+        "orphan_grace = \"1s\"\n",
+    )
+    .await;
+    let partner = Ca::new("partner CA");
+    let (status, v, _) = r
+        .send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/credentials",
+            Some(body("partner", &partner, "gateway-v1")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    // What a crash between the two writes leaves: a version past the definition's, and
+    // material of a credential that was never committed.
+    for path in [
+        "secret/kb-orphans/material/payments/partner/v7",
+        "secret/kb-orphans/material/payments/ghost/v1",
+    ] {
+        bao.cli(&["kv", "put", path, "value=left-behind"]);
+    }
+    let listed = |p: &str| {
+        let out = std::process::Command::new("bao")
+            .args(["kv", "list", "-format=json", p])
+            .env("BAO_ADDR", &bao.addr)
+            .env("BAO_TOKEN", support::openbao::ROOT_TOKEN)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    until("the orphans are collected", || async {
+        let partner_versions = listed("secret/kb-orphans/material/payments/partner");
+        let teams = listed("secret/kb-orphans/material/payments");
+        !partner_versions.contains("v7") && !teams.contains("ghost")
+    })
+    .await;
+    assert!(
+        listed("secret/kb-orphans/material/payments/partner").contains("v1"),
+        "the referenced version was collected"
+    );
+    assert_eq!(r.material("partner", &[], "").await.0, 200);
+}

@@ -710,6 +710,14 @@ pub struct StoreConfig {
     /// so the token consumers' reads use cannot write; none: the source's `auth`.
     #[serde(default)]
     pub auth: Option<VaultAuth>,
+    /// Material versions no definition references (a write that crashed, or lost a race,
+    /// between its two steps) are removed once this old — and looked for this often.
+    #[serde(default = "default_orphan_grace")]
+    pub orphan_grace: Dur,
+}
+
+fn default_orphan_grace() -> Dur {
+    Dur(Duration::from_secs(600))
 }
 
 fn default_store_prefix() -> String {

@@ -202,6 +202,52 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// See [`super::Store::collect_orphans`].
+    pub fn collect_orphans(&self, grace: std::time::Duration) -> Result<usize, StoreError> {
+        let read = |p: &Path| -> Result<Vec<std::fs::DirEntry>, StoreError> {
+            std::fs::read_dir(p)
+                .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+                .map_err(|source| StoreError::Read {
+                    path: p.to_owned(),
+                    source,
+                })
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for team in read(&self.material())? {
+            let team_name = team.file_name().to_string_lossy().into_owned();
+            for cred in read(&team.path())? {
+                let name = cred.file_name().to_string_lossy().into_owned();
+                let record = self.record(Kind::Credential, &team_name, &name)?;
+                for file in read(&cred.path())? {
+                    let file_name = file.file_name().to_string_lossy().into_owned();
+                    let Some(version) = file_name.strip_suffix(".json").and_then(super::version_of)
+                    else {
+                        continue;
+                    };
+                    let old = file
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age >= grace));
+                    if !super::referenced(record.as_ref(), version) && old {
+                        std::fs::remove_file(file.path()).map_err(|source| StoreError::Write {
+                            path: file.path(),
+                            source,
+                        })?;
+                        removed += 1;
+                    }
+                }
+                // An emptied folder of a credential that does not exist goes too.
+                if record.is_none() {
+                    let _ = std::fs::remove_dir(cred.path());
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()
@@ -222,4 +268,83 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn record(version: u64) -> Record {
+        Record {
+            version,
+            revision: version,
+            created_at: String::new(),
+            updated_at: String::new(),
+            updated_by: "operator".to_owned(),
+            id: 1,
+            display_name: None,
+            folder_id: None,
+            history: Vec::new(),
+            certificates: Vec::new(),
+        }
+    }
+
+    /// What a crashed or lost write left is removed once old; the current and earlier
+    /// versions stay, and so does anything young enough to be a write in progress.
+    #[test]
+    fn orphans_are_collected_once_old_and_nothing_referenced_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let value = secrecy::SecretString::from("v".to_owned());
+        let fields = [("value", &value)];
+        for v in 1..=3 {
+            store
+                .write_material("payments", "live", v, &fields)
+                .unwrap();
+        }
+        store
+            .write_definition(Kind::Credential, "payments", "live", "x", &record(2))
+            .unwrap();
+        store
+            .write_material("payments", "ghost", 1, &fields)
+            .unwrap();
+        store
+            .write_material("payments", "young", 1, &fields)
+            .unwrap();
+        let material = dir.path().join("material/payments");
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for old in [
+            "live/v1.json",
+            "live/v2.json",
+            "live/v3.json",
+            "ghost/v1.json",
+        ] {
+            std::fs::File::options()
+                .append(true)
+                .open(material.join(old))
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        let removed = store.collect_orphans(Duration::from_secs(600)).unwrap();
+        assert_eq!(removed, 2);
+        assert!(
+            material.join("live/v1.json").exists(),
+            "an earlier version is kept"
+        );
+        assert!(
+            material.join("live/v2.json").exists(),
+            "the current version is kept"
+        );
+        assert!(
+            !material.join("live/v3.json").exists(),
+            "a lost rotation's version"
+        );
+        assert!(!material.join("ghost").exists(), "a lost create's material");
+        assert!(
+            material.join("young/v1.json").exists(),
+            "a write in progress"
+        );
+    }
 }

@@ -340,6 +340,31 @@ impl Broker {
         });
     }
 
+    /// Every `grace` (and once now): removes material no definition references once
+    /// `grace` old ([`Store::collect_orphans`]), under the write lock, while the broker lives.
+    pub fn spawn_orphan_sweep(self: &Arc<Self>, grace: std::time::Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(broker) = weak.upgrade() else { return };
+                if let Some(store) = broker.store.as_deref() {
+                    let _one = broker.manage.lock().await;
+                    match store.collect_orphans(grace).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(removed = n, "store: unreferenced material removed")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "store: orphan sweep failed; retrying later")
+                        }
+                    }
+                }
+                drop(broker);
+                tokio::time::sleep(grace).await;
+            }
+        });
+    }
+
     /// One pull of a shared store, under the write lock (never beside this replica's own
     /// write). Failures are logged and retried at the next poll; the policy in force stays.
     pub async fn pull_store(&self) {
