@@ -777,6 +777,46 @@ async fn the_vault_store_writes_with_its_own_login_and_the_read_token_cannot() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the read token can write the store");
+
+    // A refused write writes nothing to OpenBao: a mismatched pair is 422 and neither its
+    // material nor a new generation is there (read from OpenBao's own metadata).
+    let generation = || {
+        let meta = bao.cli(&[
+            "kv",
+            "metadata",
+            "get",
+            "-format=json",
+            "secret/kb-own/generation",
+        ]);
+        serde_json::from_str::<Value>(&meta).unwrap()["data"]["current_version"].clone()
+    };
+    let before = generation();
+    let dir = tempfile::tempdir().unwrap();
+    let (one, other) = (
+        partner.client(dir.path(), "one", "one"),
+        partner.client(dir.path(), "other", "other"),
+    );
+    let (status, v, _) = with
+        .send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/credentials",
+            Some(json!({
+                "name": "mismatched", "team": "payments", "mode": "mtls",
+                "client_certificate": one.cert_pem, "client_private_key": other.key_pem,
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "credential_rejected", "{v}");
+    assert_eq!(
+        generation(),
+        before,
+        "a refused write bumped the generation"
+    );
+    let listed = bao.cli(&["kv", "list", "secret/kb-own/material/payments"]);
+    assert!(!listed.contains("mismatched"), "{listed}");
 }
 
 /// Material no definition references — a rotation or a create that crashed (or lost a race)
