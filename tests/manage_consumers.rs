@@ -486,6 +486,41 @@ async fn consumer_certificates_follow_gravitees_states_and_a_revoked_one_stops_a
         .map(|c| c["state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["scheduled", "revoked"], "{}", listed.text);
+
+    // Over time: a start a moment ahead arrives and the certificate identifies the consumer;
+    // an end a moment ahead passes and it no longer does (polled, never slept).
+    let soon = w.clients.client(root, "soon", "gw2-soon");
+    let (start, end) = (
+        SystemTime::now() + Duration::from_secs(2),
+        SystemTime::now() + Duration::from_secs(5),
+    );
+    let timed = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            certs,
+            Some(add(
+                soon.cert_pem.clone(),
+                json!({ "starts_at": rfc3339(start), "ends_at": rfc3339(end) }),
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(timed.status, 201, "{}", timed.text);
+    assert_eq!(timed.body["state"], "scheduled");
+    assert_eq!(w.certificate_works(&soon).await, 401, "before its start");
+    until(
+        "the scheduled certificate identifies once its start arrives",
+        || async { w.certificate_works(&soon).await == 200 },
+    )
+    .await;
+    until("the certificate stops once its end passes", || async {
+        w.certificate_works(&soon).await == 401
+    })
+    .await;
+    let listed = w.send(Method::GET, PAYMENTS_ADMIN, certs, None, None).await;
+    assert!(listed.text.contains("\"expired\""), "{}", listed.text);
+
     let audit = w.audit();
     assert!(audit.contains("\"consumer.certificate.add\""));
     assert!(audit.contains("\"consumer.certificate.revoke\""));
@@ -600,4 +635,15 @@ async fn an_issuer_acl_identifies_by_issuer_and_subject_and_may_not_overlap_anot
     assert_eq!(removed.body["issuer_acl"], Value::Null);
     assert_eq!(w.certificate_works(&member).await, 401);
     assert!(w.audit().contains("\"consumer.issuer_acl\""));
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
