@@ -11,7 +11,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{ApiError, AppState, Authenticated, json_response, parse_body, secret_response};
+use super::{
+    ApiError, AppState, Authenticated, if_match, json_response, parse_body, secret_response,
+    with_etag,
+};
 use crate::broker::{
     AclInput, CertificateInput, ConsumerInput, ConsumerPatch, ManageError, ManagedConsumer,
 };
@@ -64,16 +67,8 @@ fn yes() -> bool {
     true
 }
 
-fn if_match(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-}
-
 fn answer(status: StatusCode, m: &ManagedConsumer) -> Response {
-    let mut r = json_response(status, m);
-    if let Ok(v) = HeaderValue::from_str(&m.etag) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    r
+    with_etag(json_response(status, m), &m.etag)
 }
 
 /// The consumer with its new token: `{"token": …, <the consumer's fields>}`, in a buffer
@@ -89,10 +84,7 @@ fn with_token(status: StatusCode, m: &ManagedConsumer, token: &Zeroizing<String>
     body.push_str(&rest[1..]);
     let mut r = secret_response(body);
     *r.status_mut() = status;
-    if let Ok(v) = HeaderValue::from_str(&m.etag) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    r
+    with_etag(r, &m.etag)
 }
 
 pub(super) async fn create(

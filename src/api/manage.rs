@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, Authenticated, parse_body};
+use super::{ApiError, AppState, Authenticated, if_match, parse_body, with_etag};
 use crate::broker::{CredentialInput, CredentialPatch, Managed};
 use crate::policy::{CredentialMode, ReadAccess};
 use crate::source::FieldValue;
@@ -70,18 +70,8 @@ pub(super) struct TeamQuery {
     team: Option<String>,
 }
 
-fn if_match(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-}
-
 fn answer(status: StatusCode, m: &Managed) -> Response {
-    let mut r = (status, axum::Json(m)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&m.etag) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    with_etag(super::json_response(status, m), &m.etag)
 }
 
 pub(super) async fn create(

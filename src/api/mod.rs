@@ -383,6 +383,19 @@ fn secret_response(body: SecretBuf) -> Response {
     response
 }
 
+/// The `If-Match` a management write names (the ETag the caller last read).
+fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+}
+
+/// `response` with the management ETag `etag`.
+fn with_etag(mut response: Response, etag: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
 /// A JSON answer without secrets.
 fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     let mut response = (status, axum::Json(value)).into_response();

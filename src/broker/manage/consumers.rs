@@ -289,22 +289,7 @@ impl Broker {
         name: &str,
         if_match: Option<&str>,
     ) -> Result<(), ManageError> {
-        let work = async {
-            let store = self.store()?;
-            self.authorize(caller, team)?;
-            let (toml_text, record) =
-                stored(store, Kind::Consumer, team, name)?.ok_or(ManageError::NotFound)?;
-            if if_match.is_some_and(|m| m != etag(&toml_text, &record)) {
-                return Err(ManageError::Stale);
-            }
-            store
-                .delete(Kind::Consumer, team, name, &record)
-                .await
-                .map_err(|e| lost_race(e, true))?;
-            self.reload_policy()
-                .map_err(|e| ManageError::PolicyRefused(vec![e.to_string()]))?;
-            Ok(())
-        };
+        let work = self.delete_stored(Kind::Consumer, caller, team, name, if_match);
         self.one_write(Action::ConsumerDelete, caller, team, name, work)
             .await
     }

@@ -304,26 +304,35 @@ impl Broker {
         name: &str,
         if_match: Option<&str>,
     ) -> Result<(), ManageError> {
-        let work = async {
-            let store = self.store()?;
-            self.authorize(caller, team)?;
-            let (toml, record) =
-                stored(store, Kind::Credential, team, name)?.ok_or(ManageError::NotFound)?;
-            if if_match.is_some_and(|m| m != etag(&toml, &record)) {
-                return Err(ManageError::Stale);
-            }
-            store
-                .delete(Kind::Credential, team, name, &record)
-                .await
-                .map_err(|e| lost_race(e, true))?;
-            // The definition is gone: no door serves it once the policy is reloaded. A
-            // reload that fails keeps the previous policy, which still holds it — say so.
-            self.reload_policy()
-                .map_err(|e| ManageError::PolicyRefused(vec![e.to_string()]))?;
-            Ok(())
-        };
+        let work = self.delete_stored(Kind::Credential, caller, team, name, if_match);
         self.one_write(Action::CredentialDelete, caller, team, name, work)
             .await
+    }
+
+    /// Deletes an entry of the store (with `if_match`, only if it is unchanged), then
+    /// reloads: no door serves a deleted credential, or accepts a deleted consumer, after it.
+    async fn delete_stored(
+        &self,
+        kind: Kind,
+        caller: &Caller,
+        team: &str,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), ManageError> {
+        let store = self.store()?;
+        self.authorize(caller, team)?;
+        let (toml, record) = stored(store, kind, team, name)?.ok_or(ManageError::NotFound)?;
+        if if_match.is_some_and(|m| m != etag(&toml, &record)) {
+            return Err(ManageError::Stale);
+        }
+        store
+            .delete(kind, team, name, &record)
+            .await
+            .map_err(|e| lost_race(e, true))?;
+        // A reload that fails keeps the previous policy, which still holds it — say so.
+        self.reload_policy()
+            .map_err(|e| ManageError::PolicyRefused(vec![e.to_string()]))?;
+        Ok(())
     }
 
     /// A vault store: every `poll`, pulls what other replicas wrote and reloads the policy
