@@ -659,15 +659,7 @@ async fn a_consumer_made_on_one_replica_works_on_the_other_and_a_revocation_reac
         )
         .await;
     assert_eq!(status, 201, "{added}");
-    let with_cert = |r: &Replica| {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(r.ca_pem.as_bytes()).unwrap())
-            .identity(reqwest::Identity::from_pem(&cert.identity_pem()).unwrap())
-            .build()
-            .unwrap();
-        let url = r.server.url("/v1/credentials");
-        async move { client.get(url).send().await.unwrap().status().as_u16() }
-    };
+    let with_cert = |r| with_certificate(r, &cert);
     until("B accepts the certificate added through A", || async {
         with_cert(b).await == 200
     })
@@ -688,6 +680,32 @@ async fn a_consumer_made_on_one_replica_works_on_the_other_and_a_revocation_reac
         with_cert(b).await == 401
     })
     .await;
+
+    // An Apinizer-style issuer ACL set through B identifies, at A, a certificate of that
+    // issuer whose subject matches — and only such a one.
+    let (status, v, _) = b
+        .send(
+            reqwest::Method::PUT,
+            ADMIN,
+            "/v1/teams/payments/consumers/gw2/issuer-acl",
+            Some(json!({
+                "issuer_ca": clients.pem,
+                "subject": "CN=worker-*.payments.example",
+                "validateCertificate": true,
+                "validateACLForIssuer": true,
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let worker = clients.client(dir.path(), "worker", "worker-7.payments.example");
+    let stranger = clients.client(dir.path(), "stranger", "worker-7.fraud.example");
+    until(
+        "A accepts a certificate the ACL set through B matches",
+        || async { with_certificate(a, &worker).await == 200 },
+    )
+    .await;
+    assert_eq!(with_certificate(a, &stranger).await, 401);
 }
 
 /// The ETag `r` shows for the credential `partner`.
@@ -874,4 +892,21 @@ async fn unreferenced_material_is_collected_from_the_vault_store() {
         "the referenced version was collected"
     );
     assert_eq!(r.material("partner", &[], "").await.0, 200);
+}
+
+/// The status `r` answers a request authenticated by the client certificate `id` (a new
+/// client: a new handshake).
+async fn with_certificate(r: &Replica, id: &support::pki::Issued) -> u16 {
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(r.ca_pem.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(&id.identity_pem()).unwrap())
+        .build()
+        .unwrap();
+    client
+        .get(r.server.url("/v1/credentials"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
