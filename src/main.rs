@@ -177,8 +177,12 @@ enum PolicyCommand {
         #[arg(long)]
         reference: Option<String>,
         /// The destination the values would be used for: host, host:port or URL.
-        #[arg(long)]
-        host: String,
+        #[arg(long, required_unless_present = "manage")]
+        host: Option<String>,
+        /// Instead: whether the consumer may manage this team's credentials and consumers
+        /// through the management API.
+        #[arg(long, conflicts_with_all = ["credential", "reference", "host"])]
+        manage: Option<String>,
     },
 }
 
@@ -348,6 +352,7 @@ fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
         credential,
         reference,
         host,
+        manage,
     } = command;
     let config = config.map(|c| load_config(&c)).transpose()?;
     let dir = match (&policies, &config) {
@@ -357,11 +362,43 @@ fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
         })?,
         (None, None) => return Err(Failure::Usage("give --config or --policies".to_owned())),
     };
+    // With a configuration, the management store's definitions too (for a vault store, its
+    // local mirror): what the API made is decided like what a file defines.
     let policy = match &config {
-        Some(cfg) => keybroker::policy::load_checked(&dir, &known_sources(cfg)),
+        Some(cfg) => {
+            let store: Vec<PathBuf> = cfg
+                .store
+                .iter()
+                .flat_map(|s| keybroker::store::Kind::ALL.map(|k| s.path.join(k.dir())))
+                .filter(|d| d.is_dir())
+                .collect();
+            keybroker::policy::load_checked_dirs(&[dir.clone()], &store, &known_sources(cfg))
+        }
         None => keybroker::policy::load(&dir),
     }
     .map_err(|e| Failure::Usage(e.to_string()))?;
+    if let Some(team) = manage {
+        let who = policy.consumers.iter().find(|c| c.name == consumer);
+        let why = who.and_then(|c| c.manages(&team));
+        let reason = match (who, why) {
+            (None, _) => "unknown_consumer",
+            (Some(_), None) => "not_an_admin_of_the_team",
+            (Some(_), Some(why)) => why,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "allowed": why.is_some(), "consumer": consumer, "manage": team, "reason": reason,
+            }))
+            .unwrap_or_default()
+        );
+        return if why.is_some() {
+            Ok(())
+        } else {
+            Err(Failure::Rejected)
+        };
+    }
+    let host = host.unwrap_or_default();
     let dest =
         Destination::parse(&host).map_err(|e| Failure::Usage(format!("--host {host:?}: {e}")))?;
     let (source, path) = match &reference {

@@ -280,6 +280,38 @@ async fn a_consumer_token_is_shown_once_kept_as_a_digest_and_team_admins_cannot_
         .await;
     assert_eq!(patched.status, 200, "{}", patched.text);
     assert_eq!(patched.body["admin_teams"], json!(["payments"]));
+    // `policy explain` decides an API-made consumer like a file-made one, management too.
+    let explain = |team: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args([
+                "policy",
+                "explain",
+                "--config",
+                "kb.toml",
+                "--consumer",
+                "gw2",
+            ])
+            .args(["--manage", team])
+            .current_dir(w.dir.path())
+            .env_remove("KEYBROKER_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let own = explain("payments");
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let d: Value = serde_json::from_slice(&own.stdout).unwrap();
+    assert_eq!(
+        (d["allowed"].clone(), d["reason"].clone()),
+        (json!(true), json!("admin_teams"))
+    );
+    let other = explain("fraud");
+    assert_eq!(other.status.code(), Some(1));
+    let d: Value = serde_json::from_slice(&other.stdout).unwrap();
+    assert_eq!(d["reason"], "not_an_admin_of_the_team");
     let stale = w
         .send(
             Method::PATCH,

@@ -79,10 +79,7 @@ impl Caller {
     pub fn may_manage(&self, team: &str) -> bool {
         match self {
             Self::Operator => true,
-            Self::Consumer(c) => {
-                let consumer = c.consumer();
-                consumer.admin || consumer.admin_teams.iter().any(|t| t == team)
-            }
+            Self::Consumer(c) => c.consumer().manages(team).is_some(),
         }
     }
 

@@ -97,6 +97,20 @@ pub struct Consumer {
     pub vault_api_host: Option<super::Destination>,
 }
 
+impl Consumer {
+    /// Whether this consumer administers `team` through the management API, and why
+    /// (`admin`: every team; `admin_teams`) — the one rule every management door asks.
+    pub fn manages(&self, team: &str) -> Option<&'static str> {
+        if self.admin {
+            Some("admin")
+        } else if self.admin_teams.iter().any(|t| t == team) {
+            Some("admin_teams")
+        } else {
+            None
+        }
+    }
+}
+
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
