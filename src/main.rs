@@ -372,7 +372,11 @@ fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
                 .flat_map(|s| keybroker::store::Kind::ALL.map(|k| s.path.join(k.dir())))
                 .filter(|d| d.is_dir())
                 .collect();
-            keybroker::policy::load_checked_dirs(&[dir.clone()], &store, &known_sources(cfg))
+            keybroker::policy::load_checked_dirs(
+                std::slice::from_ref(&dir),
+                &store,
+                &known_sources(cfg),
+            )
         }
         None => keybroker::policy::load(&dir),
     }
