@@ -78,7 +78,8 @@ struct Entry {
     digest: [u8; 32],
     /// When (after `fetched`) the refresh ahead is due.
     refresh_after: Duration,
-    /// Whether a [`RefreshAhead`] was handed out for this entry.
+    /// Whether a [`RefreshAhead`] was handed out for this entry (set from the start for a
+    /// pinned value: it is never refreshed ahead).
     claimed: std::sync::atomic::AtomicBool,
 }
 
@@ -399,13 +400,14 @@ impl SecretCache {
             Ok(s) => s.secret.meta().ttl.unwrap_or(self.ttl),
             Err(_) => self.negative_ttl,
         };
+        let pinned = secret.as_ref().is_ok_and(|s| s.secret.meta().pinned);
         Arc::new(Entry {
             digest: digest(&secret),
             secret: secret.map(Arc::new),
             fetched: Clock::now(),
             fresh_for,
             refresh_after: refresh_point(fresh_for),
-            claimed: std::sync::atomic::AtomicBool::new(false),
+            claimed: std::sync::atomic::AtomicBool::new(pinned),
         })
     }
 
@@ -550,6 +552,38 @@ mod tests {
             assert_eq!(value(&t.await.unwrap().unwrap()), "x");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A pinned value (a PKI period's certificate, staged as next before it is current) is
+    /// never refreshed ahead: no hit carries a ticket, so what was served stays until it
+    /// expires.
+    #[tokio::test(start_paused = true)]
+    async fn a_pinned_value_is_never_refreshed_ahead() {
+        let cache = SecretCache::new(&cfg(1000, 0));
+        let pinned = |v: &str| {
+            let mut c = checked(v);
+            let fields = c
+                .secret
+                .fields()
+                .map(|(k, s)| (k.to_owned(), secret_string(s.expose_secret())))
+                .collect();
+            c.secret = Secret::new(
+                fields,
+                SecretMeta {
+                    pinned: true,
+                    ..SecretMeta::default()
+                },
+            );
+            c
+        };
+        let read =
+            |v: &'static str| cache.get_or_fetch(key("p"), move |_| async move { Ok(pinned(v)) });
+        assert_eq!(value(&read("v1").await.unwrap()), "v1");
+        for _ in 0..3 {
+            let hit = read("no").await.unwrap();
+            assert!(hit.refresh.is_none(), "a pinned entry hands out no ticket");
+            assert_eq!(value(&hit), "v1");
+        }
     }
 
     /// The first hit hands out one ticket; run, it re-reads before the TTL ends, so the next

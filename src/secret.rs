@@ -38,6 +38,9 @@ pub struct SecretMeta {
     pub created_time: Option<String>,
     /// How long the source says the value may be cached.
     pub ttl: Option<Duration>,
+    /// The value must not change while it is fresh: no refresh ahead (a PKI period's
+    /// certificate, staged as next before it is current).
+    pub pinned: bool,
 }
 
 /// The field name a plain, single-valued secret is stored under.

@@ -50,7 +50,35 @@ fn pki_mount(bao: &OpenBao) -> String {
         "key_type=ec",
         "key_bits=256",
     ]);
+    bao.cli(&[
+        "write",
+        "pki/roles/fast",
+        "allowed_domains=payments.example",
+        "allow_subdomains=true",
+        "client_flag=true",
+        "server_flag=false",
+        "max_ttl=1h",
+        "key_type=ec",
+        "key_bits=256",
+    ]);
     ca
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits (polling the clock, at most one minute) until a rotation period of `period`
+/// seconds is at least a minute from its end, so a step that expects one certificate is not
+/// cut by the schedule's own change of certificate.
+async fn clear_of_a_period_end(period: u64) {
+    while period - unix_now() % period < 60 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 async fn serve(bao: &OpenBao) -> (tempfile::TempDir, Running) {
@@ -67,10 +95,12 @@ async fn serve_with(bao: &OpenBao, extra: &str) -> (tempfile::TempDir, Running) 
         .consumer("ops", "payments", OPS)
         .and("admin = true")
         .and("[[credential]]\nname = \"partner-pki\"\nmode = \"mtls\"\nteam = \"payments\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_pki:gateway $KEY_certificate\"\nclient_private_key = \"$SECRET_pki:gateway $KEY_private_key\"\nroot_certificate = \"$SECRET_pki:gateway $KEY_issuing_ca\"")
+        .grant("payments", "pki", &["fast"], &["api.partner.example"])
+        .and("[[credential]]\nname = \"partner-fast\"\nmode = \"mtls\"\nteam = \"payments\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_pki:fast $KEY_certificate\"\nclient_private_key = \"$SECRET_pki:fast $KEY_private_key\"\nroot_certificate = \"$SECRET_pki:fast $KEY_issuing_ca\"")
         .write(root);
     fixture::Config::tls()
         .with(&format!(
-            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[[source]]\nname = \"pki\"\nkind = \"pki\"\nvault = \"vault\"\n[source.profiles.gateway]\nrole = \"gateway\"\ncommon_name = \"gw.payments.example\"\nttl = \"1h\"\n{extra}",
+            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[[source]]\nname = \"pki\"\nkind = \"pki\"\nvault = \"vault\"\n[source.profiles.gateway]\nrole = \"gateway\"\ncommon_name = \"gw.payments.example\"\nttl = \"1h\"\n[source.profiles.fast]\nrole = \"fast\"\ncommon_name = \"fast.payments.example\"\nttl = \"30s\"\n{extra}",
             bao.addr
         ))
         .audit()
@@ -131,6 +161,8 @@ async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
         .await
         .unwrap();
     assert_eq!(purged.status(), 200);
+    // The 1h profile rotates every 20 minutes: one period for the whole step.
+    clear_of_a_period_end(1200).await;
     let before = issued_count(&bao_audit);
 
     // Ten first uses at once: one issuance.
@@ -352,4 +384,106 @@ async fn the_egress_proxy_presents_the_issued_certificate_to_an_upstream_trustin
             .as_str()
             .is_some_and(|k| k.contains("PRIVATE KEY"))
     );
+}
+
+/// Staged rotation: with `include_next`, the next period's certificate comes beside the
+/// current one with when it takes over; it verifies against the CA like the current one, and
+/// it is the very certificate served as current once its period begins (a gateway that
+/// pre-loaded it switches to what keybroker then serves). A profile of `ttl = "30s"` rotates
+/// every 10 s; the test polls the clock with a deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_certificate_is_staged_ahead_and_becomes_the_current_one() {
+    let bao = OpenBao::start();
+    let ca_pem = pki_mount(&bao);
+    let (_dir, s) = serve(&bao).await;
+    let read = |include_next: bool| {
+        let req = s
+            .client
+            .post(s.url("/v1/credentials/partner-fast/material"))
+            .bearer_auth(GW)
+            .json(&json!({ "host": "api.partner.example", "include_next": include_next }))
+            .send();
+        async move {
+            let resp = req.await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, m) = read(true).await;
+    assert_eq!(status, 200, "{m}");
+    let next = &m["next"];
+    let (current_cert, next_cert) = (
+        m["certificate"].as_str().unwrap().to_owned(),
+        next["certificate"].as_str().unwrap().to_owned(),
+    );
+    assert_ne!(current_cert, next_cert, "the next is another certificate");
+    assert!(
+        next["private_key"]
+            .as_str()
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    let not_before = humantime::parse_rfc3339(next["not_before"].as_str().unwrap()).unwrap();
+    let at = not_before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(at % 10, 0, "takes over at a period's start: {at}");
+    assert!(
+        at > unix_now().saturating_sub(1) && at <= unix_now() + 10,
+        "{at}"
+    );
+    let ca_der = pem_der(&ca_pem);
+    let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+    let der = pem_der(&next_cert);
+    let (_, staged) = X509Certificate::from_der(&der).unwrap();
+    staged
+        .verify_signature(Some(ca.public_key()))
+        .expect("the next certificate is signed by the PKI CA");
+    assert!(
+        staged.validity().not_after.timestamp() >= i64::try_from(at).unwrap() + 20,
+        "valid for all of its period and one more"
+    );
+    // Without include_next: no next.
+    let (_, plain) = read(false).await;
+    assert!(plain.get("next").is_none(), "{plain}");
+
+    // When the certificate served changes, it changes to the staged one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, now) = read(false).await;
+        assert_eq!(status, 200, "{now}");
+        let served = now["certificate"].as_str().unwrap();
+        if served != current_cert {
+            assert_eq!(served, next_cert, "a certificate other than the staged one");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rotation within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A version outside the current and next periods is refused: no one can make OpenBao
+    // issue for arbitrary periods (the team has a grant on the `fast` profile).
+    let resolve = |version: u64| {
+        let req = s
+            .client
+            .post(s.url("/v1/resolve"))
+            .bearer_auth(GW)
+            .json(&json!({
+                "document": { "k": format!("$SECRET_pki:fast@{version} $KEY_certificate") },
+                "host": "api.partner.example",
+            }))
+            .send();
+        async move {
+            let resp = req.await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (status, text) = resolve(unix_now() / 10).await;
+    assert_eq!(status, 200, "the current period, named: {text}");
+    let (status, text) = resolve(unix_now() / 10 + 100).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("unsupported"), "{text}");
 }

@@ -30,6 +30,10 @@ pub(super) async fn list(
 struct MaterialBody {
     /// Where the material will be used; checked against `allowed_hosts`.
     host: Option<String>,
+    /// Also the next values (a credential whose source rotates on a schedule), with when
+    /// they take over: staged rotation.
+    #[serde(default)]
+    include_next: bool,
 }
 
 pub(super) async fn info(
@@ -57,7 +61,10 @@ pub(super) async fn material(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: MaterialBody = if body.is_empty() {
-        MaterialBody { host: None }
+        MaterialBody {
+            host: None,
+            include_next: false,
+        }
     } else {
         parse_body(&body, "{\"host\": \"…\"}")?
     };
@@ -65,6 +72,7 @@ pub(super) async fn material(
     // A blocking query holds a slot of its consumer's for as long as it waits.
     let _slot = state.wait_slot(&caller, &cond)?;
     let (caller, name, host) = (&caller, name.as_str(), host.as_ref());
+    let include_next = body.include_next;
     let state = &*state;
     // A held wait's re-asks write a line only when something changed (THREATS row 43).
     let memo = (cond.wait() > std::time::Duration::ZERO).then(crate::broker::AuditMemo::default);
@@ -81,7 +89,7 @@ pub(super) async fn material(
                 .map_err(ApiError::Unauthorized)?;
             let material = state
                 .broker
-                .material_remembered(None, caller, name, host, memo)
+                .material_remembered(None, caller, name, host, memo, include_next)
                 .await?;
             Ok(material_answer(
                 &state.etag,
@@ -111,6 +119,7 @@ fn material_answer(
             material
                 .values
                 .iter()
+                .chain(material.next.iter().flat_map(|n| n.values.iter()))
                 .flat_map(|(k, v)| [k.as_bytes(), v.expose_secret().as_bytes()]),
         ),
     );
@@ -118,6 +127,7 @@ fn material_answer(
     let size: usize = material
         .values
         .iter()
+        .chain(material.next.iter().flat_map(|n| n.values.iter()))
         .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
         .sum();
     let mut out = SecretBuf::with_capacity(size + size / 8 + 512);
@@ -134,6 +144,17 @@ fn material_answer(
         out.push_quoted(value.expose_secret());
     }
     if nested {
+        out.push_str("}");
+    }
+    if let Some(next) = &material.next {
+        out.push_str(",\"next\":{\"not_before\":");
+        out.push_quoted(&humantime::format_rfc3339_seconds(next.not_before).to_string());
+        for (field, value) in &next.values {
+            out.push_str(",");
+            out.push_quoted(field);
+            out.push_str(":");
+            out.push_quoted(value.expose_secret());
+        }
         out.push_str("}");
     }
     out.push_str(",\"metadata\":");

@@ -105,6 +105,17 @@ pub struct Material {
     /// `certificate`, `private_key`, `ca` (mtls), `value` (text) or the secret's fields.
     pub values: Vec<(String, SecretString)>,
     pub metadata: MaterialMetadata,
+    /// Asked for with `include_next`, and the credential's source rotates on a schedule:
+    /// the values that take over at `not_before` (staged rotation).
+    pub next: Option<NextMaterial>,
+}
+
+/// The next values of a credential and when they take over; verified as a whole like the
+/// current ones.
+#[derive(Debug)]
+pub struct NextMaterial {
+    pub values: Vec<(String, SecretString)>,
+    pub not_before: std::time::SystemTime,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -113,6 +124,31 @@ pub struct MaterialMetadata {
     pub repairs: Vec<RoleRepair>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<BlockFacts>,
+}
+
+/// The read each role of a credential needs.
+type RoleKeys = std::collections::HashMap<&'static str, Result<super::ReadKey, Reason>>;
+
+/// The answer's fields of `values` (every role read and usable).
+fn answer_values(values: &[RoleValue]) -> Vec<(String, SecretString)> {
+    let mut out = Vec::new();
+    for v in values {
+        let Ok(Ok(resolved)) = v.fetched.as_ref().map(|f| pick(&v.reference, &f.secret)) else {
+            continue; // not reached: role_errors found none
+        };
+        match resolved {
+            Resolved::Value(s) => out.push((
+                answer_field(v.role).to_owned(),
+                secret_string(s.expose_secret()),
+            )),
+            Resolved::Whole(secret) => out.extend(
+                secret
+                    .fields()
+                    .map(|(k, s)| (k.to_owned(), secret_string(s.expose_secret()))),
+            ),
+        }
+    }
+    out
 }
 
 /// Where a role's value goes in a material answer.
@@ -245,7 +281,7 @@ impl Broker {
         name: &str,
         host: Option<&Destination>,
     ) -> Result<Material, CredentialError> {
-        self.material_remembered(via, caller, name, host, None)
+        self.material_remembered(via, caller, name, host, None, false)
             .await
     }
 
@@ -258,17 +294,26 @@ impl Broker {
         name: &str,
         host: Option<&Destination>,
         memo: Option<&super::AuditMemo>,
+        include_next: bool,
     ) -> Result<Material, CredentialError> {
         let started = Instant::now();
         let ticket = self.announce_audit();
         let snapshot = self.snapshot(caller);
         let policy = snapshot.policy();
-        let result = self.material_unaudited(policy, caller, name, host).await;
+        let result = self
+            .material_unaudited(policy, caller, name, host, include_next)
+            .await;
         let (decision, reason) = outcome(&result);
         if let Some(memo) = memo {
             let values = result.as_ref().map_or(&[][..], |m| &m.values[..]);
+            let next = result
+                .as_ref()
+                .ok()
+                .and_then(|m| m.next.as_ref())
+                .map_or(&[][..], |n| &n.values[..]);
             let answer = values
                 .iter()
+                .chain(next)
                 .flat_map(|(k, v)| [k.as_bytes(), v.expose_secret().as_bytes()]);
             if memo.repeats(decision, reason, answer) {
                 return result;
@@ -304,6 +349,7 @@ impl Broker {
         caller: &Caller,
         name: &str,
         host: Option<&Destination>,
+        include_next: bool,
     ) -> Result<Material, CredentialError> {
         let cred = match caller {
             // The operator holds the sources' own credentials; like `resolve` without `--as`
@@ -319,25 +365,35 @@ impl Broker {
                 }
             }
         };
-        let values = self.read_roles(cred, super::read::team_of(caller)).await;
+        let team = super::read::team_of(caller);
+        // The keys read, once: the next version is the one after the version read (a period
+        // may end in between).
+        let keys: RoleKeys = cred
+            .values
+            .by_role
+            .iter()
+            .map(|(role, r)| (*role, self.read_key(r)))
+            .collect();
+        let values = self
+            .read_roles_by(cred, team, |role| keys[role].clone())
+            .await;
         self.usable(cred, &values).await?;
-        let mut out = Vec::new();
-        for v in &values {
-            let Ok(Ok(resolved)) = v.fetched.as_ref().map(|f| pick(&v.reference, &f.secret)) else {
-                continue; // not reached: role_errors found none
-            };
-            match resolved {
-                Resolved::Value(s) => out.push((
-                    answer_field(v.role).to_owned(),
-                    secret_string(s.expose_secret()),
-                )),
-                Resolved::Whole(secret) => out.extend(
-                    secret
-                        .fields()
-                        .map(|(k, s)| (k.to_owned(), secret_string(s.expose_secret()))),
-                ),
+        let out = answer_values(&values);
+        // The next values, all or nothing: a caller that asked for them gets them or an
+        // error, never the current ones alone as if there were no next.
+        let next = match include_next.then(|| self.next_keys(&keys)).flatten() {
+            None => None,
+            Some((keys, not_before)) => {
+                let next = self
+                    .read_roles_by(cred, team, |role| keys[role].clone())
+                    .await;
+                self.usable(cred, &next).await?;
+                Some(NextMaterial {
+                    values: answer_values(&next),
+                    not_before,
+                })
             }
-        }
+        };
         let (repairs, stale, certificate) = facts(cred, &values);
         if let Some(at) = certificate.as_ref().and_then(|c| c.not_after_unix) {
             let kind = crate::metrics::ExpiryKind::Credential;
@@ -353,7 +409,22 @@ impl Broker {
                 repairs,
                 certificate,
             },
+            next,
         })
+    }
+
+    /// When every value of a credential comes from a scheduled source: the read of each
+    /// role's next version after the one in `current`, and when it takes over (the
+    /// earliest).
+    fn next_keys(&self, current: &RoleKeys) -> Option<(RoleKeys, std::time::SystemTime)> {
+        let mut keys = std::collections::HashMap::new();
+        let mut at: Option<std::time::SystemTime> = None;
+        for (role, key) in current {
+            let (next, when) = self.next_key(key.as_ref().ok()?)?;
+            at = Some(at.map_or(when, |a| a.min(when)));
+            keys.insert(*role, Ok(next));
+        }
+        Some((keys, at?))
     }
 
     /// Whether `cred`'s values may be handed out: every role read and accepted by the PEM
@@ -453,10 +524,21 @@ impl Broker {
     /// Roles in one secret share one read: read separately, a rotation landing between them
     /// could pair the old certificate with the new key.
     pub(super) async fn read_roles(&self, cred: &Credential, team: &str) -> Vec<RoleValue> {
+        self.read_roles_by(cred, team, |role| self.read_key(&cred.values.by_role[role]))
+            .await
+    }
+
+    /// [`Broker::read_roles`], each role read as `key_of(role)` says.
+    async fn read_roles_by(
+        &self,
+        cred: &Credential,
+        team: &str,
+        key_of: impl Fn(&'static str) -> Result<super::ReadKey, Reason>,
+    ) -> Vec<RoleValue> {
         let mut out: Vec<RoleValue> = Vec::new();
         let mut read: Vec<(super::ReadKey, Result<crate::cache::Fetched, Reason>)> = Vec::new();
         for (role, reference) in &cred.values.by_role {
-            let fetched = match self.read_key(reference) {
+            let fetched = match key_of(role) {
                 Err(reason) => Err(reason),
                 Ok(key) => match read.iter().find(|(k, _)| *k == key) {
                     Some((_, earlier)) => earlier.clone(),

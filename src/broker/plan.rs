@@ -43,10 +43,26 @@ impl Broker {
         self.read_of(source, request_of(r)?)
     }
 
-    fn read_of(&self, source: &str, request: ReadRequest) -> Result<ReadKey, Reason> {
+    fn read_of(&self, source: &str, mut request: ReadRequest) -> Result<ReadKey, Reason> {
         let entry = self.sources.get(source).ok_or(Reason::UnknownSource)?;
         check_lengths(&request.path)?;
+        // A scheduled source's "now" is a version: one cache entry per period.
+        if request.version.is_none() {
+            request.version = entry.source.current_version(&request.path);
+        }
         Ok((std::sync::Arc::clone(&entry.name), request))
+    }
+
+    /// The read that stages `key`'s next version, and when that version takes over; `None`
+    /// for a source without a schedule.
+    pub(super) fn next_key(&self, key: &ReadKey) -> Option<(ReadKey, std::time::SystemTime)> {
+        let entry = self.sources.get(&*key.0)?;
+        let (version, at) = entry.source.next_version(&key.1.path, key.1.version?)?;
+        let request = ReadRequest {
+            path: key.1.path.clone(),
+            version: Some(version),
+        };
+        Some(((std::sync::Arc::clone(&key.0), request), at))
     }
 }
 

@@ -235,6 +235,21 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
     fn self_check(&self) -> ProbeFuture<'_> {
         self.probe()
     }
+    /// For a source whose secrets change on a schedule (PKI: one certificate per rotation
+    /// period), the version in force now: a read without a version reads it, so each period
+    /// is one cache entry and the next one can be read ahead. `None`: no schedule.
+    fn current_version(&self, _path: &crate::reference::SecretPath) -> Option<u64> {
+        None
+    }
+    /// The version after `current` (as read: a period may have ended since) and when it
+    /// takes over (staged rotation: `include_next`).
+    fn next_version(
+        &self,
+        _path: &crate::reference::SecretPath,
+        _current: u64,
+    ) -> Option<(u64, std::time::SystemTime)> {
+        None
+    }
     /// How long the source's current login token has left (Vault), for
     /// `keybroker_vault_token_ttl_seconds`; `None`: no token, or one that does not expire.
     fn token_ttl(&self) -> Option<std::time::Duration> {

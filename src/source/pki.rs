@@ -3,9 +3,21 @@
 //! path names one of the operator's profiles (`$SECRET_pki:<profile> $KEY_certificate`); the
 //! fields are `certificate`, `private_key`, `issuing_ca`, `ca_chain` and `serial_number`.
 //!
-//! The answer's `ttl` is two thirds of the certificate's remaining life, so the cache keeps
-//! one issued certificate per profile (concurrent first uses share one issuance) and its
-//! refresh-ahead replaces it at about half to three fifths of its life. The private key goes
+//! A profile with a `ttl` T rotates on a schedule: time is cut into periods of T/3, and each
+//! period's certificate is one version (its number the period's). A read without a version
+//! reads the current period's; `include_next` reads the next one's ahead (staged rotation).
+//! Either is issued on first use — during its period or the one before — so it is valid for
+//! all of its period and at least one more period after it, the overlap a gateway switching
+//! late needs. Its cache entry lives until its period ends and is never refreshed ahead, so the
+//! certificate staged as next is the one that becomes current. Versions other than the current
+//! and the next (and the one that just ended, for a read planned a moment before its end) are
+//! refused: no caller can make OpenBao issue more than three certificates per profile per
+//! period.
+//!
+//! A profile without a `ttl` (the role's default) has no schedule: its answer's `ttl` is two
+//! thirds of the certificate's remaining life, refreshed ahead like any secret.
+//!
+//! Concurrent first uses share one issuance (the cache's single flight). The private key goes
 //! from the answer into zeroizing fields and nowhere else.
 
 use std::collections::BTreeMap;
@@ -56,7 +68,20 @@ impl PkiSource {
         }
     }
 
-    async fn issue(&self, profile: &PkiProfile) -> Result<Secret, SourceError> {
+    /// The rotation period of `profile`: a third of its `ttl` (none without one).
+    fn period(profile: &PkiProfile) -> Option<u64> {
+        profile.ttl.map(|t| (t.0.as_secs() / 3).max(1))
+    }
+
+    fn profile(&self, path: &crate::reference::SecretPath) -> Option<&PkiProfile> {
+        self.profiles.get(path.to_string().as_str())
+    }
+
+    async fn issue(
+        &self,
+        profile: &PkiProfile,
+        version: Option<u64>,
+    ) -> Result<Secret, SourceError> {
         let mut body = serde_json::json!({ "common_name": profile.common_name });
         let join = |v: &[String]| v.join(",");
         if let Some(ttl) = profile.ttl {
@@ -102,16 +127,38 @@ impl PkiSource {
             "serial_number".to_owned(),
             crate::secret::secret_string(&d.serial_number),
         );
-        tracing::info!(source = %self.name, serial = %d.serial_number, expires = d.expiration, "pki: certificate issued");
-        Ok(Secret::new(
-            fields,
-            SecretMeta {
-                // Two thirds of the life left: refreshed well before the end, never served
-                // past it from the fresh cache.
+        tracing::info!(source = %self.name, serial = %d.serial_number, expires = d.expiration, version = ?version, "pki: certificate issued");
+        let meta = match (version, Self::period(profile)) {
+            // Until its period ends; never refreshed ahead (the staged one stays the one).
+            (Some(v), Some(period)) => {
+                let now = u64::try_from(now).unwrap_or(0);
+                let ends = (v + 1).saturating_mul(period);
+                SecretMeta {
+                    version: Some(v),
+                    ttl: Some(Duration::from_secs(
+                        ends.saturating_sub(now).clamp(1, left.max(1)),
+                    )),
+                    pinned: true,
+                    ..SecretMeta::default()
+                }
+            }
+            // Two thirds of the life left: refreshed well before the end, never served past
+            // it from the fresh cache.
+            _ => SecretMeta {
                 ttl: Some(Duration::from_secs((left * 2 / 3).max(1))),
                 ..SecretMeta::default()
             },
-        ))
+        };
+        Ok(Secret::new(fields, meta))
+    }
+
+    /// The current period of `profile`, now.
+    fn current(profile: &PkiProfile) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        Some(now / Self::period(profile)?)
     }
 }
 
@@ -126,17 +173,36 @@ impl SecretSource for PkiSource {
 
     fn read<'a>(&'a self, request: &'a ReadRequest) -> ReadFuture<'a> {
         Box::pin(async move {
-            if request.version.is_some() {
-                return Err(SourceError::Unsupported(
-                    "an issued certificate has no versions",
-                ));
+            let profile = self.profile(&request.path).ok_or(SourceError::NotFound)?;
+            match (request.version, Self::current(profile)) {
+                (None, _) => {}
+                // The current period's and the next one's — and the one that just ended, for
+                // a read planned a moment before its end — nothing else (THREATS row 54).
+                (Some(v), Some(now)) if v + 1 >= now && v <= now + 1 => {}
+                (Some(_), _) => {
+                    return Err(SourceError::Unsupported(
+                        "an issued certificate's versions are its period and the next",
+                    ));
+                }
             }
-            let profile = self
-                .profiles
-                .get(request.path.to_string().as_str())
-                .ok_or(SourceError::NotFound)?;
-            self.issue(profile).await
+            self.issue(profile, request.version).await
         })
+    }
+
+    fn current_version(&self, path: &crate::reference::SecretPath) -> Option<u64> {
+        Self::current(self.profile(path)?)
+    }
+
+    fn next_version(
+        &self,
+        path: &crate::reference::SecretPath,
+        current: u64,
+    ) -> Option<(u64, std::time::SystemTime)> {
+        let profile = self.profile(path)?;
+        let next = current + 1;
+        let at = std::time::UNIX_EPOCH
+            + Duration::from_secs(next.saturating_mul(Self::period(profile)?));
+        Some((next, at))
     }
 
     fn probe(&self) -> super::ProbeFuture<'_> {
