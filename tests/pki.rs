@@ -105,6 +105,7 @@ async fn serve_with(bao: &OpenBao, extra: &str) -> (tempfile::TempDir, Running) 
         ))
         .audit()
         .write(root);
+    std::fs::write(root.join("server-ca.pem"), &ca.pem).unwrap();
     let running = Running::start(root, &ca.pem, 0, "info").await;
     (dir, running)
 }
@@ -486,4 +487,72 @@ async fn the_next_certificate_is_staged_ahead_and_becomes_the_current_one() {
     let (status, text) = resolve(unix_now() / 10 + 100).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("unsupported"), "{text}");
+}
+
+/// The agent stages the next certificate in `next/` (with `not_before`) ahead of the switch,
+/// and the files it switches to at the period's start are exactly the staged ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_stages_the_next_certificate_and_switches_to_exactly_it() {
+    let bao = OpenBao::start();
+    pki_mount(&bao);
+    // Blocking queries ask again every half cache TTL: every 500 ms here.
+    let (dir, s) = serve_with(&bao, "[cache]\nttl = \"1s\"\n").await;
+    let root = dir.path();
+    std::fs::write(root.join("gw-token"), GW).unwrap();
+    let config = root.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nurl = \"https://127.0.0.1:{}\"\nca_cert = \"server-ca.pem\"\ntoken_file = \"gw-token\"\nwait = \"5s\"\n[[output]]\ncredential = \"partner-fast\"\nhost = \"api.partner.example\"\ndir = \"certs\"\nfiles = [\"cert.pem\", \"key.pem\", \"ca.pem\"]\nnext = true\n",
+            s.port
+        ),
+    )
+    .unwrap();
+    let _agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let read = |p: &str| std::fs::read_to_string(root.join("certs").join(p)).ok();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut current, staged, takes_over) = loop {
+        if let (Some(n), Some(at), Some(c)) = (
+            read("next/cert.pem"),
+            read("next/not_before"),
+            read("cert.pem"),
+        ) {
+            let at = humantime::parse_rfc3339(at.trim()).unwrap();
+            break (c, n, at);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no files within 30 s:\n{}",
+            std::fs::read_to_string(root.join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_ne!(current, staged);
+    assert!(read("next/key.pem").unwrap().contains("PRIVATE KEY"));
+    loop {
+        let now = read("cert.pem").unwrap_or_default();
+        // A switch before the staged one's start (the files were read across a pass) is
+        // the current period's; the one at its start must be the staged certificate.
+        if now != current && std::time::SystemTime::now() < takes_over {
+            current = now;
+        } else if now != current {
+            assert_eq!(
+                now, staged,
+                "the agent switched to a certificate other than the staged one"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(15),
+            "no switch:\n{}",
+            std::fs::read_to_string(root.join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

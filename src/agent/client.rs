@@ -32,6 +32,15 @@ pub(super) struct Material {
     pub certificate: Option<FieldValue>,
     pub private_key: Option<FieldValue>,
     pub ca: Option<FieldValue>,
+    /// Asked for with `include_next`: the values that take over at `not_before`.
+    pub next: Option<Box<NextMaterial>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct NextMaterial {
+    pub not_before: String,
+    #[serde(flatten)]
+    pub values: Material,
 }
 
 #[derive(Deserialize)]
@@ -143,14 +152,13 @@ impl Client {
         &self,
         credential: &str,
         host: &str,
+        include_next: bool,
         etag: Option<&str>,
         wait: Option<Duration>,
     ) -> Result<Fetched<Material>, FetchError> {
         let path = format!("/v1/credentials/{credential}/material");
-        match self
-            .post(&path, serde_json::json!({ "host": host }), etag, wait)
-            .await?
-        {
+        let body = serde_json::json!({ "host": host, "include_next": include_next });
+        match self.post(&path, body, etag, wait).await? {
             None => Ok(Fetched::Unchanged),
             Some((etag, bytes)) => {
                 let value: Material = serde_json::from_slice(&bytes)

@@ -47,6 +47,10 @@ pub struct Output {
     pub reload: Vec<String>,
     #[serde(default = "default_reload_timeout", with = "humantime_serde_lite")]
     pub reload_timeout: Duration,
+    /// Also keep the next material (a credential that rotates on a schedule) in `dir/next/`,
+    /// with `not_before`, ahead of the switch: for gateways that pre-load a certificate.
+    #[serde(default)]
+    pub next: bool,
 }
 
 /// A text document with references, expanded by `/v1/resolve` into `destination`.

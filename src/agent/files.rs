@@ -223,6 +223,19 @@ pub(super) fn swap_in(
     Ok(previous)
 }
 
+/// Whether `dir`'s current generation holds exactly `contents` (each file, byte for byte;
+/// read into zeroizing buffers).
+pub(super) fn is_current(dir: &Path, contents: &Contents) -> bool {
+    let Some(generation) = current(dir) else {
+        return false;
+    };
+    contents.iter().all(|(name, text)| {
+        std::fs::read(dir.join(&generation).join(name))
+            .map(Zeroizing::new)
+            .is_ok_and(|on_disk| on_disk.as_slice() == text.as_slice())
+    })
+}
+
 /// Creates `dir` (and missing parents) and gives `dir` exactly `mode`.
 fn private_dir(dir: &Path, mode: u32) -> Result<(), WriteError> {
     use std::os::unix::fs::DirBuilderExt;

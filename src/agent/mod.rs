@@ -125,9 +125,9 @@ async fn output_pass(
     wait: Option<Duration>,
 ) -> Pass {
     let fetched = client
-        .material(&o.credential, &o.host, w.etag.as_deref(), wait)
+        .material(&o.credential, &o.host, o.next, w.etag.as_deref(), wait)
         .await;
-    let (etag, material) = match fetched {
+    let (etag, mut material) = match fetched {
         Ok(Fetched::Unchanged) => return Pass::Done,
         Ok(Fetched::Changed { etag, value }) => (etag, value),
         Err(e) => return report_fetch(&o.credential, &e),
@@ -157,8 +157,19 @@ async fn output_pass(
             return Pass::Failed;
         }
     };
+    let next = material.next.take();
     drop(material);
     let mode = config::parse_mode(&o.key_mode).unwrap_or(0o600);
+    if let Some(next) = next {
+        if !stage_next(o, &next, password.as_deref().map(String::as_str), mode) {
+            return Pass::Failed;
+        }
+    }
+    // Only the next changed (staged at a period's start): no new generation, no reload.
+    if files::is_current(&o.dir, &contents) {
+        w.etag = etag;
+        return Pass::Done;
+    }
     let previous = match files::swap_in(&o.dir, &contents, mode) {
         Ok(p) => p,
         Err(e) => {
@@ -193,6 +204,46 @@ async fn output_pass(
                 files::prune(&o.dir, &prev);
             }
             Pass::Failed
+        }
+    }
+}
+
+/// Writes the next material into `dir/next/` (verified first, swapped whole like the
+/// current files, with `not_before` beside them). No reload: the gateway pre-loads it on its
+/// own schedule. False when it was refused or could not be written.
+fn stage_next(
+    o: &config::Output,
+    next: &client::NextMaterial,
+    password: Option<&str>,
+    mode: u32,
+) -> bool {
+    let dir = o.dir.join("next");
+    let mut contents = match files::prepare(&next.values, &o.files, &o.credential, password) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(credential = %o.credential, error = %e, "next material refused; next/ stays as it is");
+            return false;
+        }
+    };
+    if files::is_current(&dir, &contents) {
+        return true;
+    }
+    let stamp = format!("{}\n", next.not_before);
+    contents.push((
+        "not_before".to_owned(),
+        zeroize::Zeroizing::new(stamp.into_bytes()),
+    ));
+    match files::swap_in(&dir, &contents, mode) {
+        Ok(_) => {
+            if let Some(new) = files::current(&dir) {
+                files::prune(&dir, &new);
+            }
+            tracing::info!(credential = %o.credential, not_before = %next.not_before, "next material staged");
+            true
+        }
+        Err(e) => {
+            tracing::error!(credential = %o.credential, error = %e, "cannot write next/");
+            false
         }
     }
 }
