@@ -85,6 +85,8 @@ pub enum AppError {
     EgressTls(TlsSetupError),
     #[error("[egress]: plain HTTP only listens on loopback, not {0}: set tls_cert and tls_key")]
     EgressPlainOffLoopback(SocketAddr),
+    #[error("[egress] ca_cert {path}: {why}")]
+    EgressCa { path: PathBuf, why: String },
     #[error("[audit] path {path}: the folder {folder} does not exist")]
     AuditFolder { path: PathBuf, folder: PathBuf },
 }
@@ -150,6 +152,7 @@ impl AppError {
             Self::TokenKey(_) => Some(Setting::Key("vault_api", "token_key_file")),
             Self::EgressTls(_) => Some(Setting::Key("egress", "tls_cert")),
             Self::EgressPlainOffLoopback(_) => Some(Setting::Key("egress", "listen")),
+            Self::EgressCa { .. } => Some(Setting::Key("egress", "ca_cert")),
         }
     }
 
@@ -275,12 +278,27 @@ fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Door,
     if !tls.is_tls() && !e.listen.ip().is_loopback() {
         return Err(AppError::EgressPlainOffLoopback(e.listen));
     }
+    // Read once and checked now: a bundle that does not parse is a start-up error, not a
+    // 502 at the first request.
+    let ca_bundle = match &e.ca_cert {
+        None => None,
+        Some(path) => {
+            let failed = |why: String| AppError::EgressCa {
+                path: path.clone(),
+                why,
+            };
+            let pem = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+            crate::policy::pem_certificates(pem.as_bytes()).map_err(failed)?;
+            Some(pem)
+        }
+    };
     let state = crate::egress::EgressState {
         auth: crate::identity::Authenticator::default(),
         broker: Arc::clone(broker),
         resolve: e.resolve.clone(),
         timeout: e.timeout.0,
         pool: crate::egress::Pool::default(),
+        ca_bundle,
     };
     // The whole exchange with the upstream is within `timeout`; the door's own work on top.
     let observed = crate::api::observe::Observe::new(

@@ -170,7 +170,7 @@ impl Config {
                     cfg.notify = d.section(value, &[]);
                 }
                 "egress" => {
-                    spans.record("egress", value, &["listen", "tls_cert"]);
+                    spans.record("egress", value, &["listen", "tls_cert", "ca_cert"]);
                     cfg.egress = d.section(value, &[]);
                 }
                 "vault_api" => {
@@ -260,6 +260,7 @@ impl Config {
         if let Some(e) = &mut self.egress {
             fix_opt(&mut e.tls_cert);
             fix_opt(&mut e.tls_key);
+            fix_opt(&mut e.ca_cert);
         }
         if let Some(st) = &mut self.store {
             fix(&mut st.path);

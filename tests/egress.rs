@@ -37,6 +37,8 @@ async fn world() -> World {
     // partner CA only.
     let upstream_ca = Ca::new("upstream CA");
     let upstream = upstream_ca.server_for(&prefix, "upstream", &["api.partner.example"]);
+    // `[egress] ca_cert`: what a credential without a root_certificate trusts.
+    upstream_ca.write(&root.join("upstream-ca.pem"));
     let partner = Ca::new("partner CA");
     partner.write(&prefix.join("partner-ca.pem"));
     let client = partner.client(root, "gw-client", "gw-client");
@@ -135,6 +137,13 @@ client_certificate = "$SECRET_files:partner/api $KEY_cert"
 client_private_key = "$SECRET_files:partner/api $KEY_key"
 root_certificate = "$SECRET_files:partner/api $KEY_ca"
 [[credential]]
+name = "no-root"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["api.partner.example"]
+client_certificate = "$SECRET_files:partner/api $KEY_cert"
+client_private_key = "$SECRET_files:partner/api $KEY_key"
+[[credential]]
 name = "wrong-root"
 mode = "mtls"
 team = "payments"
@@ -160,6 +169,7 @@ tls_key = "server-key.pem"
 listen = "127.0.0.1:0"
 resolve = { "api.partner.example" = "127.0.0.1" }
 timeout = "10s"
+ca_cert = "upstream-ca.pem"
 [cache]
 ttl = "1s"
 [[source]]
@@ -444,4 +454,25 @@ async fn threat_34_refusals_never_reach_the_upstream() {
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("upstream_untrusted"), "{body}");
     assert_eq!(w.upstream_requests(), before);
+}
+
+/// A credential without a `root_certificate` (an issued certificate's CA is its client's
+/// issuer, not the upstream's) verifies upstreams against `[egress] ca_cert`; a credential
+/// with its own root keeps trusting only that root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_ca_cert_verifies_upstreams_for_credentials_without_a_root() {
+    let w = world().await;
+    let (status, body) = w.curl(GW, Some("no-root"), &w.url("api.partner.example", "/"), &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("verified"), "{body}");
+    let (status, body) = w.curl(
+        GW,
+        Some("wrong-root"),
+        &w.url("api.partner.example", "/"),
+        &[],
+    );
+    assert_eq!(
+        status, 502,
+        "the bundle replaced a credential's own root: {body}"
+    );
 }

@@ -475,6 +475,10 @@ pub struct EgressConfig {
     /// A request to a destination that takes longer is answered 502 `upstream_timeout`.
     #[serde(default = "default_egress_timeout")]
     pub timeout: Dur,
+    /// CA certificates (PEM bundle) upstreams are verified against when the credential has
+    /// no `root_certificate` (e.g. an issued certificate, whose CA is the client's issuer);
+    /// none: the system roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 fn default_egress_listen() -> SocketAddr {

@@ -41,6 +41,9 @@ pub struct EgressState {
     /// Clients (with their keep-alive connections) by credential and destination; see
     /// [`Pool`].
     pub pool: Pool,
+    /// `[egress] ca_cert`: what upstreams are verified against when the credential has no
+    /// root (PEM; public certificates).
+    pub ca_bundle: Option<String>,
 }
 
 /// One HTTP client per (credential, host, checked address), reused so that requests to a
@@ -522,7 +525,8 @@ async fn checked_address(state: &EgressState, host: &str, port: u16) -> Result<I
     Ok(addr)
 }
 
-/// A client with the credential's certificate, trusting its root (else the system roots),
+/// A client with the credential's certificate, trusting its root (else `[egress] ca_cert`,
+/// else the system roots),
 /// reused from the pool while the material is the same; `Err` says why the material makes
 /// no client.
 fn client_for(
@@ -546,6 +550,8 @@ fn client_for(
             _ => {}
         }
     }
+    // The credential's own root first; else the operator's bundle; else the system roots.
+    let roots = roots.or_else(|| state.ca_bundle.clone());
     let credential_id = format!("{team}/{}", material.credential);
     drop(material);
     let digest: [u8; 32] = {
