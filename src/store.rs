@@ -93,6 +93,12 @@ pub struct Record {
     /// A credential's material versions, newest last (at most [`MAX_HISTORY`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<VersionRecord>,
+    /// A staged rotation: the version in force until `activate_at` (the newest, `version`,
+    /// takes over then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activate_at: Option<String>,
     /// A consumer's certificates, every one ever added (revoked ones stay, revoked).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateRecord>,

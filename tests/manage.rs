@@ -655,3 +655,107 @@ async fn a_dry_run_writes_nothing_and_names_who_will_read_it() {
     assert!(w.stored().is_empty(), "a dry run wrote {:?}", w.stored());
     assert_eq!(w.material("partner-api").await.0, 403, "nothing is served");
 }
+
+/// A rotation staged for a time (`activate_at`): the current material stays in force and is
+/// answered with the staged one as `next` (`include_next`) until then, when the staged one
+/// takes over at every door — with no write at that moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_staged_with_activate_at_is_next_until_it_takes_over() {
+    let w = world().await;
+    let (v1, v2) = (
+        w.partner.client(w.dir.path(), "v1", "gw-v1"),
+        w.partner.client(w.dir.path(), "v2", "gw-v2"),
+    );
+    let body = |c: &support::pki::Issued| {
+        json!({
+            "name": "partner-api", "team": "payments", "mode": "mtls",
+            "client_certificate": c.cert_pem, "client_private_key": c.key_pem,
+            "root_certificate": w.partner.pem,
+            "allowed_hosts": ["api.partner.example"],
+        })
+    };
+    let (status, v, etag) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/credentials",
+            Some(body(&v1)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    // Not for a create, not in the past.
+    let mut early = body(&v2);
+    early["activate_at"] = json!("2020-01-01T00:00:00Z");
+    let (status, v, _) = w
+        .send(
+            reqwest::Method::PUT,
+            PAYMENTS_ADMIN,
+            "/v1/credentials/partner-api",
+            Some(early),
+            etag.as_deref(),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let at = std::time::SystemTime::now() + std::time::Duration::from_secs(4);
+    let at_text = humantime::format_rfc3339_seconds(at).to_string();
+    let at = humantime::parse_rfc3339(&at_text).unwrap();
+    let mut staged = body(&v2);
+    staged["activate_at"] = json!(at_text);
+    let (status, v, _) = w
+        .send(
+            reqwest::Method::PUT,
+            PAYMENTS_ADMIN,
+            "/v1/credentials/partner-api",
+            Some(staged),
+            etag.as_deref(),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["version"].clone(), v["current_version"].clone()),
+        (json!(2), json!(1)),
+        "{v}"
+    );
+
+    let next_of = || async {
+        let (s, m, _) = w
+            .send(
+                reqwest::Method::POST,
+                GW,
+                "/v1/credentials/partner-api/material",
+                Some(json!({ "host": "api.partner.example", "include_next": true })),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{m}");
+        m
+    };
+    let m = next_of().await;
+    assert_eq!(
+        m["certificate"],
+        v1.cert_pem.as_str(),
+        "v1 is in force until activate_at"
+    );
+    assert_eq!(m["next"]["certificate"], v2.cert_pem.as_str());
+    assert_eq!(m["next"]["not_before"], at_text.as_str());
+    assert_eq!(
+        w.material("partner-api").await.1["certificate"],
+        v1.cert_pem.as_str()
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let m = next_of().await;
+        if m["certificate"] == v2.cert_pem.as_str() {
+            assert!(
+                std::time::SystemTime::now() >= at,
+                "v2 in force before activate_at"
+            );
+            assert!(m.get("next").is_none(), "nothing staged any more: {m}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "v2 never took over");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -36,10 +36,29 @@ struct CredentialBody {
     description: Option<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// `PUT` only: stage the rotation for this time (RFC 3339).
+    activate_at: Option<String>,
 }
 
 impl CredentialBody {
-    fn input(self, name: String) -> CredentialInput {
+    fn input(self, name: String) -> Result<CredentialInput, ApiError> {
+        let activate_at = self
+            .activate_at
+            .as_deref()
+            .map(|t| {
+                humantime::parse_rfc3339_weak(t).map_err(|_| ApiError::BadRequest {
+                    code: "invalid",
+                    message: "activate_at: an RFC 3339 time".to_owned(),
+                })
+            })
+            .transpose()?;
+        Ok(CredentialInput {
+            activate_at,
+            ..self.input_now(name)
+        })
+    }
+
+    fn input_now(self, name: String) -> CredentialInput {
         CredentialInput {
             name,
             team: self.team,
@@ -55,6 +74,7 @@ impl CredentialBody {
             metadata: self.metadata,
             display_name: None,
             folder_id: None,
+            activate_at: None,
         }
     }
 }
@@ -87,7 +107,7 @@ pub(super) async fn create(
     })?;
     let managed = state
         .broker
-        .create_credential(&caller, body.input(name), q.dry_run)
+        .create_credential(&caller, body.input(name)?, q.dry_run)
         .await?;
     let status = if q.dry_run {
         StatusCode::OK
@@ -113,7 +133,7 @@ pub(super) async fn replace(
     }
     let managed = state
         .broker
-        .replace_credential(&caller, body.input(name), if_match(&headers))
+        .replace_credential(&caller, body.input(name)?, if_match(&headers))
         .await?;
     Ok(answer(StatusCode::OK, &managed))
 }
@@ -338,6 +358,7 @@ pub(super) async fn tines_create(
         metadata: body.metadata,
         display_name: Some(body.name),
         folder_id: body.folder_id,
+        activate_at: None,
     };
     let m = state
         .broker
@@ -421,6 +442,7 @@ pub(super) async fn tines_update(
             metadata: body.metadata.unwrap_or(m.metadata),
             display_name: body.name.or(m.record.display_name),
             folder_id: body.folder_id.or(m.record.folder_id),
+            activate_at: None,
         };
         let expected = if_match(&headers).unwrap_or(&m.etag);
         state

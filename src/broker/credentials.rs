@@ -14,7 +14,9 @@ use super::{AuditEntry, Broker, Caller, pick, source_reason};
 use crate::audit::{Action, Outcome};
 use crate::pem::credential::{Parts, Rejection};
 use crate::pem::{self, BlockFacts, RepairKind};
-use crate::policy::{Credential, CredentialMode, Destination, Policy, ReadAccess};
+use crate::policy::{
+    Credential, CredentialMode, CredentialValues, Destination, Policy, ReadAccess,
+};
 use crate::reference::{Reason, Reference, Resolved};
 use crate::secret::secret_string;
 
@@ -366,27 +368,41 @@ impl Broker {
             }
         };
         let team = super::read::team_of(caller);
+        let now = std::time::SystemTime::now();
+        let current = cred.values_at(now);
         // The keys read, once: the next version is the one after the version read (a period
         // may end in between).
-        let keys: RoleKeys = cred
-            .values
+        let keys: RoleKeys = current
             .by_role
             .iter()
             .map(|(role, r)| (*role, self.read_key(r)))
             .collect();
         let values = self
-            .read_roles_by(cred, team, |role| keys[role].clone())
+            .read_roles_by(current, team, |role| keys[role].clone())
             .await;
         self.usable(cred, &values).await?;
         let out = answer_values(&values);
         // The next values, all or nothing: a caller that asked for them gets them or an
-        // error, never the current ones alone as if there were no next.
-        let next = match include_next.then(|| self.next_keys(&keys)).flatten() {
+        // error, never the current ones alone as if there were no next. A rotation staged
+        // in the definition first; else the next period of a scheduled source.
+        let next = if !include_next {
+            None
+        } else if let Some((staged, activate_at)) = cred.staged(now) {
+            let next = self
+                .read_roles_by(staged, team, |role| self.read_key(&staged.by_role[role]))
+                .await;
+            Some((next, activate_at))
+        } else if let Some((keys, not_before)) = self.next_keys(&keys) {
+            let next = self
+                .read_roles_by(current, team, |role| keys[role].clone())
+                .await;
+            Some((next, not_before))
+        } else {
+            None
+        };
+        let next = match next {
             None => None,
-            Some((keys, not_before)) => {
-                let next = self
-                    .read_roles_by(cred, team, |role| keys[role].clone())
-                    .await;
+            Some((next, not_before)) => {
                 self.usable(cred, &next).await?;
                 Some(NextMaterial {
                     values: answer_values(&next),
@@ -524,20 +540,21 @@ impl Broker {
     /// Roles in one secret share one read: read separately, a rotation landing between them
     /// could pair the old certificate with the new key.
     pub(super) async fn read_roles(&self, cred: &Credential, team: &str) -> Vec<RoleValue> {
-        self.read_roles_by(cred, team, |role| self.read_key(&cred.values.by_role[role]))
+        let values = cred.values_at(std::time::SystemTime::now());
+        self.read_roles_by(values, team, |role| self.read_key(&values.by_role[role]))
             .await
     }
 
-    /// [`Broker::read_roles`], each role read as `key_of(role)` says.
+    /// The roles of `values`, each read as `key_of(role)` says.
     async fn read_roles_by(
         &self,
-        cred: &Credential,
+        values: &CredentialValues,
         team: &str,
         key_of: impl Fn(&'static str) -> Result<super::ReadKey, Reason>,
     ) -> Vec<RoleValue> {
         let mut out: Vec<RoleValue> = Vec::new();
         let mut read: Vec<(super::ReadKey, Result<crate::cache::Fetched, Reason>)> = Vec::new();
-        for (role, reference) in &cred.values.by_role {
+        for (role, reference) in &values.by_role {
             let fetched = match key_of(role) {
                 Err(reason) => Err(reason),
                 Ok(key) => match read.iter().find(|(k, _)| *k == key) {

@@ -88,6 +88,18 @@ struct CredentialDef {
     client_private_key: Option<String>,
     root_certificate: Option<String>,
     value: Option<String>,
+    /// A rotation staged for a time.
+    next: Option<NextDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextDef {
+    activate_at: String,
+    client_certificate: Option<String>,
+    client_private_key: Option<String>,
+    root_certificate: Option<String>,
+    value: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -594,7 +606,8 @@ fn validate_credentials(
                 cred.origin = super::model::Origin::Api;
             }
             if let Some(known) = sources {
-                for (role, r) in &cred.values.by_role {
+                let staged = cred.next.iter().flat_map(|n| &n.values.by_role);
+                for (role, r) in cred.values.by_role.iter().chain(staged) {
                     match known.source_of(&r.target) {
                         Ok(name) if known.names.contains(name) => {}
                         Ok(name) => files.at(&c, &key(role), format!("unknown source `{name}`")),
@@ -775,7 +788,57 @@ fn credential(
         ("root_certificate", &def.root_certificate),
         ("value", &def.value),
     ];
-    let (required, allowed): (&[&str], &[&str]) = match def.mode {
+    let by_role = role_values(files, c, def.mode, roles, key);
+    let next = def.next.as_ref().and_then(|n| {
+        let at = |k: &str| vec![Seg::Key("next".to_owned()), Seg::Key(k.to_owned())];
+        let roles: [(&'static str, &Option<String>); 4] = [
+            ("client_certificate", &n.client_certificate),
+            ("client_private_key", &n.client_private_key),
+            ("root_certificate", &n.root_certificate),
+            ("value", &n.value),
+        ];
+        let by_role = role_values(files, c, def.mode, roles, at);
+        match humantime::parse_rfc3339(&n.activate_at) {
+            Ok(activate_at) => Some(super::model::NextValues {
+                values: CredentialValues { by_role },
+                activate_at,
+            }),
+            Err(_) => {
+                files.at(
+                    c,
+                    &at("activate_at"),
+                    format!("activate_at {:?} is not an RFC 3339 time", n.activate_at),
+                );
+                None
+            }
+        }
+    });
+    Some(Credential {
+        name: def.name.clone(),
+        mode: def.mode,
+        team: def.team.clone(),
+        read_access: def.read_access,
+        shared_team_slugs: def.shared_team_slugs.clone(),
+        allowed_hosts,
+        description: def.description.clone(),
+        metadata: def.metadata.clone(),
+        pem: def.pem,
+        values: CredentialValues { by_role },
+        origin: super::model::Origin::File,
+        next,
+    })
+}
+
+/// The references of one set of a credential's values (`at` names where each role's key is,
+/// for the diagnostics), checked against the mode.
+fn role_values(
+    files: &mut Files,
+    c: &Item<CredentialDef>,
+    mode: CredentialMode,
+    roles: [(&'static str, &Option<String>); 4],
+    at: impl Fn(&str) -> Vec<Seg>,
+) -> BTreeMap<&'static str, crate::reference::Reference> {
+    let (required, allowed): (&[&str], &[&str]) = match mode {
         CredentialMode::Mtls => (
             &["client_certificate", "client_private_key"],
             &[
@@ -792,48 +855,36 @@ fn credential(
             None if required.contains(&role) => files.at(
                 c,
                 &key("mode"),
-                format!("mode \"{}\" needs `{role}`", def.mode.code()),
+                format!("mode \"{}\" needs `{role}`", mode.code()),
             ),
             None => {}
             Some(_) if !allowed.contains(&role) => files.at(
                 c,
-                &key(role),
-                format!("`{role}` does not apply to mode \"{}\"", def.mode.code()),
+                &at(role),
+                format!("`{role}` does not apply to mode \"{}\"", mode.code()),
             ),
             Some(text) => match parse_reference(text) {
                 Ok(r) => {
                     let whole = r.is_whole_secret();
-                    if whole != (def.mode == CredentialMode::Fields) {
+                    if whole != (mode == CredentialMode::Fields) {
                         let want = if whole {
                             "a field (`$KEY_…`)"
                         } else {
                             "a whole secret (no `$KEY_`)"
                         };
-                        files.at(c, &key(role), format!("this mode needs {want} reference"));
+                        files.at(c, &at(role), format!("this mode needs {want} reference"));
                     }
                     by_role.insert(role, r);
                 }
                 Err(e) => files.at(
                     c,
-                    &key(role),
+                    &at(role),
                     format!("not a reference: {} ({})", e.kind, e.kind.code()),
                 ),
             },
         }
     }
-    Some(Credential {
-        name: def.name.clone(),
-        mode: def.mode,
-        team: def.team.clone(),
-        read_access: def.read_access,
-        shared_team_slugs: def.shared_team_slugs.clone(),
-        allowed_hosts,
-        description: def.description.clone(),
-        metadata: def.metadata.clone(),
-        pem: def.pem,
-        values: CredentialValues { by_role },
-        origin: super::model::Origin::File,
-    })
+    by_role
 }
 
 /// The certificates of a CA file (PEM). CA certificates are public: parse errors may be shown.

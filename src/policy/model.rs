@@ -133,6 +133,14 @@ pub struct CredentialValues {
     pub by_role: BTreeMap<&'static str, Reference>,
 }
 
+/// A rotation staged for a time (`[credential.next]`): these values take over at
+/// `activate_at`; until then they are answered as `next` (`include_next`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextValues {
+    pub values: CredentialValues,
+    pub activate_at: SystemTime,
+}
+
 #[derive(Debug)]
 pub struct Credential {
     pub name: String,
@@ -146,6 +154,26 @@ pub struct Credential {
     pub pem: Option<crate::pem::Mode>,
     pub values: CredentialValues,
     pub origin: Origin,
+    /// A staged rotation, if any.
+    pub next: Option<NextValues>,
+}
+
+impl Credential {
+    /// The values in force at `now`: the staged ones from their `activate_at` on.
+    pub fn values_at(&self, now: SystemTime) -> &CredentialValues {
+        match &self.next {
+            Some(n) if now >= n.activate_at => &n.values,
+            _ => &self.values,
+        }
+    }
+
+    /// The staged values and when they take over, while they are not in force yet.
+    pub fn staged(&self, now: SystemTime) -> Option<(&CredentialValues, SystemTime)> {
+        self.next
+            .as_ref()
+            .filter(|n| now < n.activate_at)
+            .map(|n| (&n.values, n.activate_at))
+    }
 }
 
 /// A path pattern of a grant: `*` is one segment, `**` any number (also none).

@@ -287,6 +287,8 @@ mod tests {
             folder_id: None,
             history: Vec::new(),
             certificates: Vec::new(),
+            current_version: None,
+            activate_at: None,
         }
     }
 

@@ -205,6 +205,8 @@ impl Broker {
                 folder_id: None,
                 history: Vec::new(),
                 certificates: Vec::new(),
+                current_version: None,
+                activate_at: None,
             };
             let toml_text = render(&body)?;
             store

@@ -50,6 +50,8 @@ pub struct CredentialInput {
     /// Tines' own name and folder, kept for the Tines-shaped routes.
     pub display_name: Option<String>,
     pub folder_id: Option<u64>,
+    /// A rotation staged for this time: the new material takes over then (`next` until).
+    pub activate_at: Option<std::time::SystemTime>,
 }
 
 /// What a management answer says of a credential: the definition and the record, never
@@ -233,6 +235,16 @@ struct DefinitionBody<'a> {
     description: Option<&'a str>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     metadata: &'a BTreeMap<String, String>,
+    #[serde(flatten)]
+    values: Refs,
+    /// A rotation staged for a time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<NextBody>,
+}
+
+/// The references of one version's material, by role.
+#[derive(Serialize, Default)]
+struct Refs {
     #[serde(skip_serializing_if = "Option::is_none")]
     client_certificate: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -241,6 +253,13 @@ struct DefinitionBody<'a> {
     root_certificate: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<String>,
+}
+
+#[derive(Serialize)]
+struct NextBody {
+    activate_at: String,
+    #[serde(flatten)]
+    values: Refs,
 }
 
 impl Broker {
@@ -508,6 +527,33 @@ impl Broker {
         if previous.is_none() && exists {
             return Err(ManageError::Exists);
         }
+        // A staged rotation replaces what is in force now at `activate_at`: the version in
+        // force, and the roles its material holds (from the policy in force).
+        let in_force = match (input.activate_at, &previous) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(ManageError::Invalid {
+                    field: "activate_at",
+                    message: "a rotation's; a new credential is in force at once".to_owned(),
+                });
+            }
+            (Some(at), Some((_, r))) => {
+                let now = std::time::SystemTime::now();
+                if at <= now || at > now + std::time::Duration::from_secs(366 * 86_400) {
+                    return Err(ManageError::Invalid {
+                        field: "activate_at",
+                        message: "in the future, within a year".to_owned(),
+                    });
+                }
+                let roles: Vec<&'static str> = policy
+                    .credentials
+                    .iter()
+                    .find(|c| c.team == input.team && c.name == input.name)
+                    .map(|c| c.values_at(now).by_role.keys().copied().collect())
+                    .unwrap_or_default();
+                Some((in_force_version(r, now), roles))
+            }
+        };
         let Ingested {
             fields,
             repairs,
@@ -546,11 +592,35 @@ impl Broker {
             folder_id: input.folder_id,
             history,
             certificates: Vec::new(),
+            current_version: in_force.as_ref().map(|(v, _)| *v),
+            activate_at: input
+                .activate_at
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
         };
-        let (material_source, material_path) = store.reference(&input.team, &input.name, version);
-        let reference =
-            |field: &str| format!("$SECRET_{material_source}:{material_path} $KEY_{field}");
-        let has = |f: &str| fields.iter().any(|(k, _)| *k == f);
+        // The references of version `v`'s material, for the roles `has` says it holds.
+        let refs = |v: u64, has: &dyn Fn(&str) -> bool| {
+            let (source, path) = store.reference(&input.team, &input.name, v);
+            let r =
+                |field: &str| has(field).then(|| format!("$SECRET_{source}:{path} $KEY_{field}"));
+            Refs {
+                client_certificate: r("client_certificate"),
+                client_private_key: r("client_private_key"),
+                root_certificate: r("root_certificate"),
+                value: r("value"),
+            }
+        };
+        let new_refs = refs(version, &|f| fields.iter().any(|(k, _)| *k == f));
+        // A staged rotation: what is in force now stays current until `activate_at`.
+        let (values, next) = match (input.activate_at, &in_force) {
+            (Some(at), Some((v, roles))) => (
+                refs(*v, &|f| roles.iter().any(|r| *r == f)),
+                Some(NextBody {
+                    activate_at: humantime::format_rfc3339_seconds(at).to_string(),
+                    values: new_refs,
+                }),
+            ),
+            _ => (new_refs, None),
+        };
         let definition = Definition {
             credential: [DefinitionBody {
                 name: &input.name,
@@ -561,12 +631,8 @@ impl Broker {
                 allowed_hosts: &input.allowed_hosts,
                 description: input.description.as_deref(),
                 metadata: &input.metadata,
-                client_certificate: has("client_certificate")
-                    .then(|| reference("client_certificate")),
-                client_private_key: has("client_private_key")
-                    .then(|| reference("client_private_key")),
-                root_certificate: has("root_certificate").then(|| reference("root_certificate")),
-                value: has("value").then(|| reference("value")),
+                values,
+                next,
             }],
         };
         let toml = toml::to_string(&definition).map_err(|e| ManageError::Invalid {
@@ -778,6 +844,19 @@ fn shown(record: &Record) -> Record {
     Record {
         history: Vec::new(),
         ..record.clone()
+    }
+}
+
+/// The material version in force at `now`: the newest, unless a staged one is still
+/// waiting for its `activate_at`.
+fn in_force_version(r: &Record, now: std::time::SystemTime) -> u64 {
+    let at = r
+        .activate_at
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok());
+    match (r.current_version, at) {
+        (Some(current), Some(at)) if now < at => current,
+        _ => r.version,
     }
 }
 
