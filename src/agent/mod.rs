@@ -160,10 +160,10 @@ async fn output_pass(
     let next = material.next.take();
     drop(material);
     let mode = config::parse_mode(&o.key_mode).unwrap_or(0o600);
-    if let Some(next) = next {
-        if !stage_next(o, &next, password.as_deref().map(String::as_str), mode) {
-            return Pass::Failed;
-        }
+    if let Some(next) = next
+        && !stage_next(o, &next, password.as_deref().map(String::as_str), mode)
+    {
+        return Pass::Failed;
     }
     // Only the next changed (staged at a period's start): no new generation, no reload.
     if files::is_current(&o.dir, &contents) {

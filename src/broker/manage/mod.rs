@@ -613,7 +613,7 @@ impl Broker {
         // A staged rotation: what is in force now stays current until `activate_at`.
         let (values, next) = match (input.activate_at, &in_force) {
             (Some(at), Some((v, roles))) => (
-                refs(*v, &|f| roles.iter().any(|r| *r == f)),
+                refs(*v, &|f| roles.contains(&f)),
                 Some(NextBody {
                     activate_at: humantime::format_rfc3339_seconds(at).to_string(),
                     values: new_refs,
