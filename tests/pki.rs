@@ -233,6 +233,15 @@ async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
     }
     let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
     assert!(log.contains("pki: certificate issued"), "{log}");
+    // The audit line of each hand-out carries the certificate's serial.
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let serial = format!("\"serial\":\"{}\"", cert.raw_serial_as_string());
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"credential.material\"") && l.contains(&serial)),
+        "no material line with {serial}:\n{audit}"
+    );
 
     // A consumer cannot issue by naming the source in a document: without a grant on `pki`
     // it is denied (the credential's decision covers only the credential), for a profile that

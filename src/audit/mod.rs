@@ -87,6 +87,10 @@ pub struct Record<'a> {
     /// The door a request came through when not keybroker's own API (`vault_api`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<&'static str>,
+    /// The serial of the client certificate handed out (an issued one is traced by it);
+    /// never the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<&'a str>,
 }
 
 /// What an audit line is about (its `action`).
@@ -531,6 +535,7 @@ mod tests {
             latency_us: 12,
             suppressed: None,
             via: None,
+            serial: None,
         }
     }
 

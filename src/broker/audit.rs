@@ -30,6 +30,8 @@ pub(crate) struct AuditEntry<'a> {
     pub via: Option<&'static str>,
     /// The line as announced when the request started ([`Broker::announce_audit`]).
     pub ticket: Option<crate::audit::Ticket>,
+    /// The serial of the client certificate handed out.
+    pub serial: Option<&'a str>,
 }
 
 impl<'a> AuditEntry<'a> {
@@ -54,6 +56,7 @@ impl<'a> AuditEntry<'a> {
             started,
             suppressed: None,
             via: None,
+            serial: None,
             ticket: None,
         }
     }
@@ -150,6 +153,7 @@ impl Broker {
             latency_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             suppressed: e.suppressed,
             via: e.via,
+            serial: e.serial,
         };
         match audit.write_announced(&record, e.ticket).await {
             Ok(()) => Ok(()),

@@ -325,6 +325,11 @@ impl Broker {
             let lists = m.metadata.repairs.iter().map(|u| &u.repairs[..]);
             (super::repair_names(lists), m.metadata.stale)
         });
+        let serial = result
+            .as_ref()
+            .ok()
+            .and_then(|m| m.metadata.certificate.as_ref())
+            .and_then(|c| c.serial.as_deref());
         self.audit(AuditEntry {
             subjects: vec![name.to_owned()],
             host,
@@ -332,6 +337,7 @@ impl Broker {
             stale,
             via,
             ticket,
+            serial,
             ..AuditEntry::new(
                 Action::CredentialMaterial,
                 Some(caller),
