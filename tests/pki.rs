@@ -565,3 +565,129 @@ async fn the_agent_stages_the_next_certificate_and_switches_to_exactly_it() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// A gateway's whole path: `keybroker agent` keeps an issued certificate (rotating every
+/// 10 s) as nginx's `proxy_ssl_certificate`, reloading nginx at each switch; an upstream that
+/// trusts only the PKI CA sees the serial change while a request loop through nginx runs —
+/// and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issued_certificate_rotates_through_nginx_without_a_failed_request() {
+    use std::time::{Duration, Instant};
+    let bao = OpenBao::start();
+    let ca_pem = pki_mount(&bao);
+    let (dir, s) = serve_with(&bao, "[cache]\nttl = \"1s\"\n").await;
+    let root = dir.path().to_owned();
+    std::fs::write(root.join("gw-token"), GW).unwrap();
+    let config = root.join("agent.toml");
+    let write_config = |reload: &[String]| {
+        let reload = reload
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nurl = \"https://127.0.0.1:{}\"\nca_cert = \"server-ca.pem\"\ntoken_file = \"gw-token\"\nwait = \"5s\"\n[[output]]\ncredential = \"partner-fast\"\nhost = \"api.partner.example\"\ndir = \"certs\"\nfiles = [\"cert.pem\", \"key.pem\"]\nnext = true\nreload = [{reload}]\n",
+                s.port
+            ),
+        )
+        .unwrap();
+    };
+    // The first files, before nginx starts (it needs them to start).
+    write_config(&[]);
+    let once = std::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["agent", "--once", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        once.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    let prefix = root.join("nginx");
+    std::fs::create_dir_all(&prefix).unwrap();
+    std::fs::write(prefix.join("pki-ca.pem"), &ca_pem).unwrap();
+    let upstream = support::pki::Ca::new("upstream server CA").server(&prefix, "upstream");
+    let (nginx, ports) = support::nginx::Nginx::start(&prefix, 2, |ports| {
+        format!(
+            r#"
+  access_log off;
+  server {{
+    listen 127.0.0.1:{up} ssl;
+    ssl_certificate {upcert};
+    ssl_certificate_key {upkey};
+    ssl_client_certificate {p}/pki-ca.pem;
+    ssl_verify_client on;
+    location / {{ return 200 "$ssl_client_serial\n"; }}
+  }}
+  server {{
+    listen 127.0.0.1:{proxy};
+    location / {{
+      proxy_pass https://127.0.0.1:{up};
+      proxy_ssl_certificate {certs}/cert.pem;
+      proxy_ssl_certificate_key {certs}/key.pem;
+      proxy_ssl_verify off;
+    }}
+  }}
+"#,
+            up = ports[0],
+            proxy = ports[1],
+            p = prefix.display(),
+            upcert = upstream.cert.display(),
+            upkey = upstream.key.display(),
+            certs = root.join("certs").display(),
+        )
+    });
+    write_config(&nginx.reload_argv());
+    let _agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // A new connection per request: a reload closes idle keep-alive connections.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/", ports[1]);
+    let (mut serials, mut failed, mut ok) = (Vec::<String>::new(), Vec::new(), 0u32);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    // Until the upstream has seen two rotations (three serials) through the loop itself.
+    while serials.len() < 3 {
+        match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => {
+                ok += 1;
+                let serial = r.text().await.unwrap_or_default().trim().to_owned();
+                if serials.last() != Some(&serial) {
+                    serials.push(serial);
+                }
+            }
+            Ok(r) => failed.push(r.status().to_string()),
+            Err(e) => failed.push(e.to_string()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serials seen {serials:?}:\n{}",
+            std::fs::read_to_string(root.join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    let mut distinct = serials.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        serials.len(),
+        "a serial came back: {serials:?}"
+    );
+}
