@@ -654,17 +654,20 @@ async fn an_issued_certificate_rotates_through_nginx_without_a_failed_request() 
         .build()
         .unwrap();
     let url = format!("http://127.0.0.1:{}/", ports[1]);
-    let (mut serials, mut failed, mut ok) = (Vec::<String>::new(), Vec::new(), 0u32);
+    let (mut serials, mut failed, mut ok) = (
+        std::collections::BTreeSet::<String>::new(),
+        Vec::new(),
+        0u32,
+    );
     let deadline = Instant::now() + Duration::from_secs(40);
     // Until the upstream has seen two rotations (three serials) through the loop itself.
+    // (Just after a reload an old nginx worker may still take a connection and present the
+    // previous certificate — still valid, so still a success.)
     while serials.len() < 3 {
         match client.get(&url).send().await {
             Ok(r) if r.status().is_success() => {
                 ok += 1;
-                let serial = r.text().await.unwrap_or_default().trim().to_owned();
-                if serials.last() != Some(&serial) {
-                    serials.push(serial);
-                }
+                serials.insert(r.text().await.unwrap_or_default().trim().to_owned());
             }
             Ok(r) => failed.push(r.status().to_string()),
             Err(e) => failed.push(e.to_string()),
@@ -681,13 +684,5 @@ async fn an_issued_certificate_rotates_through_nginx_without_a_failed_request() 
         "{} of {} requests failed: {failed:?}",
         failed.len(),
         ok as usize + failed.len()
-    );
-    let mut distinct = serials.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!(
-        distinct.len(),
-        serials.len(),
-        "a serial came back: {serials:?}"
     );
 }
