@@ -405,7 +405,7 @@ async fn the_egress_proxy_presents_the_issued_certificate_to_an_upstream_trustin
 async fn the_next_certificate_is_staged_ahead_and_becomes_the_current_one() {
     let bao = OpenBao::start();
     let ca_pem = pki_mount(&bao);
-    let (_dir, s) = serve(&bao).await;
+    let (dir, s) = serve(&bao).await;
     let read = |include_next: bool| {
         let req = s
             .client
@@ -433,6 +433,18 @@ async fn the_next_certificate_is_staged_ahead_and_becomes_the_current_one() {
             .unwrap()
             .contains("PRIVATE KEY")
     );
+    // Canary: the staged key reaches no log and no audit line.
+    let next_key_line = next["private_key"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    for f in ["stderr.log", "stdout.log", "audit.log"] {
+        let text = std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+        assert!(!text.contains(&next_key_line), "the staged key in {f}");
+    }
     let not_before = humantime::parse_rfc3339(next["not_before"].as_str().unwrap()).unwrap();
     let at = not_before
         .duration_since(std::time::UNIX_EPOCH)
