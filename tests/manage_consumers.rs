@@ -110,20 +110,9 @@ impl World {
 
     /// Whether the client certificate `id` authenticates now (a new client: a new handshake).
     async fn certificate_works(&self, id: &Issued) -> u16 {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(self.server_ca.pem.as_bytes()).unwrap(),
-            )
-            .identity(reqwest::Identity::from_pem(&id.identity_pem()).unwrap())
-            .build()
-            .unwrap();
-        client
-            .get(self.server.url("/v1/credentials"))
-            .send()
+        self.server
+            .status_with_identity(&self.server_ca.pem, &id.identity_pem(), "/v1/credentials")
             .await
-            .unwrap()
-            .status()
-            .as_u16()
     }
 
     fn audit(&self) -> String {

@@ -894,19 +894,9 @@ async fn unreferenced_material_is_collected_from_the_vault_store() {
     assert_eq!(r.material("partner", &[], "").await.0, 200);
 }
 
-/// The status `r` answers a request authenticated by the client certificate `id` (a new
-/// client: a new handshake).
+/// The status `r` answers a request authenticated by the client certificate `id`.
 async fn with_certificate(r: &Replica, id: &support::pki::Issued) -> u16 {
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(r.ca_pem.as_bytes()).unwrap())
-        .identity(reqwest::Identity::from_pem(&id.identity_pem()).unwrap())
-        .build()
-        .unwrap();
-    client
-        .get(r.server.url("/v1/credentials"))
-        .send()
+    r.server
+        .status_with_identity(&r.ca_pem, &id.identity_pem(), "/v1/credentials")
         .await
-        .unwrap()
-        .status()
-        .as_u16()
 }

@@ -171,6 +171,23 @@ impl Running {
         format!("https://localhost:{}{path}", self.port)
     }
 
+    /// The status of `GET path` from a new client (a new handshake) presenting the client
+    /// certificate and key `identity_pem`, trusting the server's CA `ca_pem`.
+    pub async fn status_with_identity(&self, ca_pem: &str, identity_pem: &[u8], path: &str) -> u16 {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+            .identity(reqwest::Identity::from_pem(identity_pem).unwrap())
+            .build()
+            .unwrap();
+        client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap()
     }
