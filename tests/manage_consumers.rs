@@ -582,6 +582,17 @@ async fn an_issuer_acl_identifies_by_issuer_and_subject_and_may_not_overlap_anot
         )
         .await;
     assert_eq!(off.status, 400, "{}", off.text);
+    // Another team's admin is refused before its ACL is judged at all.
+    let foreign = w
+        .send(
+            Method::PUT,
+            FRAUD_ADMIN,
+            acl,
+            Some(json!({ "issuer_ca": "not a certificate", "subject": "CN=x" })),
+            None,
+        )
+        .await;
+    assert_eq!(foreign.status, 403, "{}", foreign.text);
     let not_ca = w
         .send(
             Method::PUT,

@@ -414,9 +414,11 @@ impl Broker {
         acl: Option<AclInput>,
         if_match: Option<&str>,
     ) -> Result<ManagedConsumer, ManageError> {
-        let checked = acl.map(check_acl).transpose();
         let work = async {
-            let checked = checked?;
+            // Authorized first: a caller who may not manage the team learns nothing from
+            // how its ACL would have been judged.
+            self.authorize(caller, team)?;
+            let checked = acl.map(check_acl).transpose()?;
             let change: Change<'_, ()> = Box::new(move |body, _, policy| {
                 match checked {
                     None => {
