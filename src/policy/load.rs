@@ -709,7 +709,8 @@ fn warn_credentials_outside_grants(
 ) {
     for item in items {
         let cred = &policy.credentials[item.def];
-        for (role, r) in &cred.values.by_role {
+        let staged = cred.next.iter().flat_map(|n| &n.values.by_role);
+        for (role, r) in cred.values.by_role.iter().chain(staged) {
             let (Ok(source), Ok(path)) = (known.source_of(&r.target), super::path_of(&r.target))
             else {
                 continue;
@@ -938,5 +939,37 @@ mod tests {
             matches!(same_length, Err(PolicyError::Changed { .. })),
             "{same_length:?}"
         );
+    }
+
+    /// `[credential.next]`: the staged values are in force from `activate_at` on, the
+    /// current ones before; a bad time is a load error at its key.
+    #[test]
+    fn a_staged_rotation_switches_at_activate_at_and_a_bad_time_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = |at: &str| {
+            format!(
+                "[[team]]\nslug = \"a\"\n[[credential]]\nname = \"c\"\nteam = \"a\"\nmode = \"text\"\nvalue = \"$SECRET_s:a/v1 $KEY_value\"\n[credential.next]\nactivate_at = \"{at}\"\nvalue = \"$SECRET_s:a/v2 $KEY_value\"\n"
+            )
+        };
+        std::fs::write(dir.path().join("p.toml"), policy("2030-01-01T00:00:00Z")).unwrap();
+        let p = load(dir.path()).unwrap();
+        let c = &p.credentials[0];
+        let at = humantime::parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
+        let path = |v: &CredentialValues| {
+            super::super::path_of(&v.by_role["value"].target)
+                .unwrap()
+                .to_string()
+        };
+        let before = at - std::time::Duration::from_secs(1);
+        assert_eq!(path(c.values_at(before)), "a/v1");
+        assert_eq!(path(c.values_at(at)), "a/v2");
+        assert_eq!(
+            c.staged(before).map(|(v, t)| (path(v), t)),
+            Some(("a/v2".to_owned(), at))
+        );
+        assert!(c.staged(at).is_none());
+        std::fs::write(dir.path().join("p.toml"), policy("next tuesday")).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("activate_at"), "{err}");
     }
 }
