@@ -679,3 +679,91 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: imp
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// What an admin trying its luck would do: the same consumer created ten times at once (one
+/// wins, one token works), and more live certificates than a consumer may hold (refused at
+/// the 17th, nothing written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creates_make_one_consumer_and_live_certificates_are_bounded() {
+    let w = world().await;
+    let attempts = (0..10).map(|_| {
+        w.send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/consumers",
+            Some(json!({ "name": "racer" })),
+            None,
+        )
+    });
+    let answers = futures_join(attempts).await;
+    let made: Vec<&Answer> = answers.iter().filter(|a| a.status == 201).collect();
+    assert_eq!(
+        made.len(),
+        1,
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert!(answers.iter().all(|a| a.status == 201 || a.status == 409));
+    let token = made[0].body["token"].as_str().unwrap();
+    assert_eq!(w.token_works(token).await, 200);
+
+    let root = w.dir.path();
+    let certs = "/v1/teams/payments/consumers/racer/certificates";
+    for i in 0..16 {
+        let c = w
+            .clients
+            .client(root, &format!("c{i}"), &format!("racer-{i}"));
+        let a = w
+            .send(
+                Method::POST,
+                PAYMENTS_ADMIN,
+                certs,
+                Some(json!({ "certificate": c.cert_pem })),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, 201, "{i}: {}", a.text);
+    }
+    let version = w.version("racer").await;
+    let extra = w.clients.client(root, "c16", "racer-16");
+    let a = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            certs,
+            Some(json!({ "certificate": extra.cert_pem })),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert_eq!(
+        w.version("racer").await,
+        version,
+        "a refused certificate was written"
+    );
+    assert_eq!(w.certificate_works(&extra).await, 401);
+}
+
+/// Runs the futures together and answers their outputs in order.
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
