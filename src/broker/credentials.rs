@@ -128,8 +128,8 @@ pub struct MaterialMetadata {
     pub certificate: Option<BlockFacts>,
 }
 
-/// The read each role of a credential needs.
-type RoleKeys = std::collections::HashMap<&'static str, Result<super::ReadKey, Reason>>;
+/// The read one role of a credential needs.
+type RoleKey = Result<super::ReadKey, Reason>;
 
 /// The answer's fields of `values` (every role read and usable).
 fn answer_values(values: &[RoleValue]) -> Vec<(String, SecretString)> {
@@ -377,38 +377,27 @@ impl Broker {
         let now = std::time::SystemTime::now();
         let current = cred.values_at(now);
         // The keys read, once: the next version is the one after the version read (a period
-        // may end in between).
-        let keys: RoleKeys = current
-            .by_role
-            .iter()
-            .map(|(role, r)| (*role, self.read_key(r)))
-            .collect();
-        let values = self
-            .read_roles_by(current, team, |role| keys[role].clone())
-            .await;
+        // may end in between). What the next values are is settled before the read takes
+        // them: a rotation staged in the definition first, else a scheduled source's next
+        // period.
+        let keys = self.role_keys(current);
+        let next_plan = if !include_next {
+            None
+        } else if let Some((staged, activate_at)) = cred.staged(now) {
+            Some((staged, self.role_keys(staged), activate_at))
+        } else {
+            self.next_keys(&keys)
+                .map(|(next, not_before)| (current, next, not_before))
+        };
+        let values = self.read_roles_by(current, team, keys).await;
         self.usable(cred, &values).await?;
         let out = answer_values(&values);
         // The next values, all or nothing: a caller that asked for them gets them or an
-        // error, never the current ones alone as if there were no next. A rotation staged
-        // in the definition first; else the next period of a scheduled source.
-        let next = if !include_next {
-            None
-        } else if let Some((staged, activate_at)) = cred.staged(now) {
-            let next = self
-                .read_roles_by(staged, team, |role| self.read_key(&staged.by_role[role]))
-                .await;
-            Some((next, activate_at))
-        } else if let Some((keys, not_before)) = self.next_keys(&keys) {
-            let next = self
-                .read_roles_by(current, team, |role| keys[role].clone())
-                .await;
-            Some((next, not_before))
-        } else {
-            None
-        };
-        let next = match next {
+        // error, never the current ones alone as if there were no next.
+        let next = match next_plan {
             None => None,
-            Some((next, not_before)) => {
+            Some((of, keys, not_before)) => {
+                let next = self.read_roles_by(of, team, keys).await;
                 self.usable(cred, &next).await?;
                 Some(NextMaterial {
                     values: answer_values(&next),
@@ -438,15 +427,20 @@ impl Broker {
     /// When every value of a credential comes from a scheduled source: the read of each
     /// role's next version after the one in `current`, and when it takes over (the
     /// earliest).
-    fn next_keys(&self, current: &RoleKeys) -> Option<(RoleKeys, std::time::SystemTime)> {
-        let mut keys = std::collections::HashMap::new();
+    fn next_keys(&self, current: &[RoleKey]) -> Option<(Vec<RoleKey>, std::time::SystemTime)> {
+        let mut keys = Vec::with_capacity(current.len());
         let mut at: Option<std::time::SystemTime> = None;
-        for (role, key) in current {
+        for key in current {
             let (next, when) = self.next_key(key.as_ref().ok()?)?;
             at = Some(at.map_or(when, |a| a.min(when)));
-            keys.insert(*role, Ok(next));
+            keys.push(Ok(next));
         }
         Some((keys, at?))
+    }
+
+    /// The read each role of `values` needs, in role order.
+    fn role_keys(&self, values: &CredentialValues) -> Vec<RoleKey> {
+        values.by_role.values().map(|r| self.read_key(r)).collect()
     }
 
     /// Whether `cred`'s values may be handed out: every role read and accepted by the PEM
@@ -547,21 +541,21 @@ impl Broker {
     /// could pair the old certificate with the new key.
     pub(super) async fn read_roles(&self, cred: &Credential, team: &str) -> Vec<RoleValue> {
         let values = cred.values_at(std::time::SystemTime::now());
-        self.read_roles_by(values, team, |role| self.read_key(&values.by_role[role]))
+        self.read_roles_by(values, team, self.role_keys(values))
             .await
     }
 
-    /// The roles of `values`, each read as `key_of(role)` says.
+    /// The roles of `values`, each read with its key of `keys` (in role order).
     async fn read_roles_by(
         &self,
         values: &CredentialValues,
         team: &str,
-        key_of: impl Fn(&'static str) -> Result<super::ReadKey, Reason>,
+        keys: Vec<RoleKey>,
     ) -> Vec<RoleValue> {
         let mut out: Vec<RoleValue> = Vec::new();
         let mut read: Vec<(super::ReadKey, Result<crate::cache::Fetched, Reason>)> = Vec::new();
-        for (role, reference) in &values.by_role {
-            let fetched = match key_of(role) {
+        for ((role, reference), key) in values.by_role.iter().zip(keys) {
+            let fetched = match key {
                 Err(reason) => Err(reason),
                 Ok(key) => match read.iter().find(|(k, _)| *k == key) {
                     Some((_, earlier)) => earlier.clone(),
