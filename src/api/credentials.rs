@@ -101,6 +101,23 @@ pub(super) async fn material(
     .await
 }
 
+/// `"field":"value"` members, comma-separated (and after a comma when `after_comma`, i.e.
+/// not first in their object).
+fn push_members(
+    out: &mut SecretBuf,
+    values: &[(String, secrecy::SecretString)],
+    after_comma: bool,
+) {
+    for (i, (field, value)) in values.iter().enumerate() {
+        if after_comma || i > 0 {
+            out.push_str(",");
+        }
+        out.push_quoted(field);
+        out.push_str(":");
+        out.push_quoted(value.expose_secret());
+    }
+}
+
 /// The material as JSON in a zeroizing buffer, tagged by its values (not its metadata,
 /// which holds e.g. days left).
 fn material_answer(
@@ -137,24 +154,14 @@ fn material_answer(
     if nested {
         out.push_str(",\"fields\":{");
     }
-    for (i, (field, value)) in material.values.iter().enumerate() {
-        out.push_str(if nested && i == 0 { "" } else { "," });
-        out.push_quoted(field);
-        out.push_str(":");
-        out.push_quoted(value.expose_secret());
-    }
+    push_members(&mut out, &material.values, !nested);
     if nested {
         out.push_str("}");
     }
     if let Some(next) = &material.next {
         out.push_str(",\"next\":{\"not_before\":");
         out.push_quoted(&humantime::format_rfc3339_seconds(next.not_before).to_string());
-        for (field, value) in &next.values {
-            out.push_str(",");
-            out.push_quoted(field);
-            out.push_str(":");
-            out.push_quoted(value.expose_secret());
-        }
+        push_members(&mut out, &next.values, true);
         out.push_str("}");
     }
     out.push_str(",\"metadata\":");

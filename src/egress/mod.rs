@@ -550,8 +550,11 @@ fn client_for(
             _ => {}
         }
     }
-    // The credential's own root first; else the operator's bundle; else the system roots.
-    let roots = roots.or_else(|| state.ca_bundle.clone());
+    // The credential's own root first; else the operator's bundle (borrowed, not copied per
+    // request); else the system roots.
+    let roots: Option<std::borrow::Cow<'_, str>> = roots
+        .map(std::borrow::Cow::Owned)
+        .or_else(|| state.ca_bundle.as_deref().map(std::borrow::Cow::Borrowed));
     let credential_id = format!("{team}/{}", material.credential);
     drop(material);
     let digest: [u8; 32] = {
