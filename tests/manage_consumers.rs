@@ -48,6 +48,7 @@ async fn world() -> World {
     fixture::Config::tls()
         .with("client_ca = \"clients-ca.pem\"\nclient_auth = \"optional\"")
         .with("[store]\nkind = \"file\"\npath = \"store\"")
+        .with("[vault_api]\nlisten = \"127.0.0.1:0\"")
         .audit()
         .write(root);
     let server = Running::start(root, &server_ca.pem, 0, "info").await;
@@ -327,6 +328,19 @@ async fn a_consumer_token_is_shown_once_kept_as_a_digest_and_team_admins_cannot_
     assert_ne!(new_token, token);
     assert_eq!(w.token_works(&token).await, 401);
     assert_eq!(w.token_works(&new_token).await, 200);
+    // The same at another door: the Vault-compatible API takes the new token, not the old.
+    let vault_api = |t: &str| {
+        let req = reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{}/v1/auth/token/lookup-self",
+                w.server.port_of("vault_api")
+            ))
+            .header("X-Vault-Token", t)
+            .send();
+        async move { req.await.unwrap().status().as_u16() }
+    };
+    assert_eq!(vault_api(&new_token).await, 200);
+    assert_eq!(vault_api(&token).await, 403);
     assert!(w.audit().contains("\"consumer.token\""));
 
     // Deleted: its token is refused at once.
