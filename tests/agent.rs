@@ -163,35 +163,14 @@ reload_timeout = "10s"
         let upstream_ca = Ca::new("upstream server CA");
         let upstream = upstream_ca.server(&prefix, "upstream");
         self.partner.write(&prefix.join("partner-ca.pem"));
-        let (nginx, ports) = support::nginx::Nginx::start(&prefix, 2, |ports| {
-            let (up, proxy) = (ports[0], ports[1]);
-            format!(
-                r#"
-  access_log off;
-  server {{
-    listen 127.0.0.1:{up} ssl;
-    ssl_certificate {upcert};
-    ssl_certificate_key {upkey};
-    ssl_client_certificate {prefix}/partner-ca.pem;
-    ssl_verify_client on;
-    location / {{ return 200 "$ssl_client_s_dn\n"; }}
-  }}
-  server {{
-    listen 127.0.0.1:{proxy};
-    location / {{
-      proxy_pass https://127.0.0.1:{up};
-      proxy_ssl_certificate {certs}/cert.pem;
-      proxy_ssl_certificate_key {certs}/key.pem;
-      proxy_ssl_verify off;
-    }}
-  }}
-"#,
-                prefix = prefix.display(),
-                upcert = upstream.cert.display(),
-                upkey = upstream.key.display(),
-                certs = root.join("certs").display(),
-            )
-        });
+        let (nginx, ports) = support::nginx::gateway(
+            &prefix,
+            &prefix.join("partner-ca.pem"),
+            &upstream.cert,
+            &upstream.key,
+            &root.join("certs"),
+            "$ssl_client_s_dn",
+        );
         self.nginx = Some(nginx);
         self.proxy_port = ports[1];
     }

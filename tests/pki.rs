@@ -622,36 +622,14 @@ async fn an_issued_certificate_rotates_through_nginx_without_a_failed_request() 
     std::fs::create_dir_all(&prefix).unwrap();
     std::fs::write(prefix.join("pki-ca.pem"), &ca_pem).unwrap();
     let upstream = support::pki::Ca::new("upstream server CA").server(&prefix, "upstream");
-    let (nginx, ports) = support::nginx::Nginx::start(&prefix, 2, |ports| {
-        format!(
-            r#"
-  access_log off;
-  server {{
-    listen 127.0.0.1:{up} ssl;
-    ssl_certificate {upcert};
-    ssl_certificate_key {upkey};
-    ssl_client_certificate {p}/pki-ca.pem;
-    ssl_verify_client on;
-    location / {{ return 200 "$ssl_client_serial\n"; }}
-  }}
-  server {{
-    listen 127.0.0.1:{proxy};
-    location / {{
-      proxy_pass https://127.0.0.1:{up};
-      proxy_ssl_certificate {certs}/cert.pem;
-      proxy_ssl_certificate_key {certs}/key.pem;
-      proxy_ssl_verify off;
-    }}
-  }}
-"#,
-            up = ports[0],
-            proxy = ports[1],
-            p = prefix.display(),
-            upcert = upstream.cert.display(),
-            upkey = upstream.key.display(),
-            certs = root.join("certs").display(),
-        )
-    });
+    let (nginx, ports) = support::nginx::gateway(
+        &prefix,
+        &prefix.join("pki-ca.pem"),
+        &upstream.cert,
+        &upstream.key,
+        &root.join("certs"),
+        "$ssl_client_serial",
+    );
     write_config(&nginx.reload_argv());
     let _agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
         .args(["agent", "--config", config.to_str().unwrap()])

@@ -17,6 +17,50 @@ pub fn temp_paths(prefix: &Path) -> String {
     )
 }
 
+/// What a gateway test runs: nginx with, on `ports[0]`, a TLS upstream (`upstream_cert` and
+/// `upstream_key`) that requires a client certificate of `client_ca` and answers `answer` (an
+/// nginx string such as `$ssl_client_s_dn`), and on `ports[1]` a plain proxy in front of it
+/// presenting `certs/cert.pem` and `certs/key.pem` (a `keybroker agent` output).
+pub fn gateway(
+    prefix: &Path,
+    client_ca: &Path,
+    upstream_cert: &Path,
+    upstream_key: &Path,
+    certs: &Path,
+    answer: &str,
+) -> (Nginx, Vec<u16>) {
+    Nginx::start(prefix, 2, |ports| {
+        format!(
+            r#"
+  access_log off;
+  server {{
+    listen 127.0.0.1:{up} ssl;
+    ssl_certificate {upcert};
+    ssl_certificate_key {upkey};
+    ssl_client_certificate {ca};
+    ssl_verify_client on;
+    location / {{ return 200 "{answer}\n"; }}
+  }}
+  server {{
+    listen 127.0.0.1:{proxy};
+    location / {{
+      proxy_pass https://127.0.0.1:{up};
+      proxy_ssl_certificate {certs}/cert.pem;
+      proxy_ssl_certificate_key {certs}/key.pem;
+      proxy_ssl_verify off;
+    }}
+  }}
+"#,
+            up = ports[0],
+            proxy = ports[1],
+            upcert = upstream_cert.display(),
+            upkey = upstream_key.display(),
+            ca = client_ca.display(),
+            certs = certs.display(),
+        )
+    })
+}
+
 impl Nginx {
     /// Starts nginx on `prefix` with `http(ports)` as the body of its `http {}` block, on
     /// `n` loopback ports nginx binds itself. nginx cannot listen on port 0, and a socket it
