@@ -700,25 +700,37 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: imp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_creates_make_one_consumer_and_live_certificates_are_bounded() {
     let w = world().await;
-    let attempts = (0..10).map(|_| {
-        w.send(
-            Method::POST,
-            PAYMENTS_ADMIN,
-            "/v1/teams/payments/consumers",
-            Some(json!({ "name": "racer" })),
-            None,
-        )
-    });
-    let answers = futures_join(attempts).await;
-    let made: Vec<&Answer> = answers.iter().filter(|a| a.status == 201).collect();
-    assert_eq!(
-        made.len(),
-        1,
-        "{:?}",
-        answers.iter().map(|a| a.status).collect::<Vec<_>>()
-    );
-    assert!(answers.iter().all(|a| a.status == 201 || a.status == 409));
-    let token = made[0].body["token"].as_str().unwrap();
+    // Ten requests in flight at once (spawned: each on its own connection).
+    let attempts: Vec<_> = (0..10)
+        .map(|_| {
+            let sent = w
+                .server
+                .client
+                .post(w.server.url("/v1/teams/payments/consumers"))
+                .bearer_auth(PAYMENTS_ADMIN)
+                .json(&json!({ "name": "racer" }))
+                .send();
+            tokio::spawn(async move {
+                let r = sent.await.unwrap();
+                (
+                    r.status().as_u16(),
+                    r.json::<Value>().await.unwrap_or(Value::Null),
+                )
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for a in attempts {
+        answers.push(a.await.unwrap());
+    }
+    let made: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == 201)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(made.len(), 1, "{answers:?}");
+    assert!(answers.iter().all(|(s, _)| *s == 201 || *s == 409));
+    let token = made[0]["token"].as_str().unwrap();
     assert_eq!(w.token_works(token).await, 200);
 
     let root = w.dir.path();
@@ -756,28 +768,4 @@ async fn racing_creates_make_one_consumer_and_live_certificates_are_bounded() {
         "a refused certificate was written"
     );
     assert_eq!(w.certificate_works(&extra).await, 401);
-}
-
-/// Runs the futures together and answers their outputs in order.
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(Option::unwrap).collect()
 }
