@@ -33,12 +33,12 @@ pub struct VaultStore {
 
 /// What a KV v2 `data/` read answers, for the store's own records (no material).
 #[derive(Deserialize)]
-struct KvRead {
-    data: KvReadData,
+struct KvRead<T> {
+    data: KvReadData<T>,
 }
 #[derive(Deserialize)]
-struct KvReadData {
-    data: Option<StoredDefinition>,
+struct KvReadData<T> {
+    data: Option<T>,
     metadata: KvMeta,
 }
 #[derive(Deserialize)]
@@ -141,7 +141,7 @@ impl VaultStore {
         else {
             return Ok(None);
         };
-        let read: KvRead =
+        let read: KvRead<StoredDefinition> =
             serde_json::from_slice(&body).map_err(|_| malformed("a stored definition"))?;
         // A deleted version (soft delete) answers `data: null`.
         let Some(stored) = read.data.data else {
@@ -302,15 +302,6 @@ impl VaultStore {
     /// reads again.
     pub async fn allocate_id(&self, floor: u64) -> Result<u64, StoreError> {
         #[derive(Deserialize)]
-        struct Ids {
-            data: IdsData,
-        }
-        #[derive(Deserialize)]
-        struct IdsData {
-            data: Option<Next>,
-            metadata: KvMeta,
-        }
-        #[derive(Deserialize)]
         struct Next {
             next: u64,
         }
@@ -324,7 +315,7 @@ impl VaultStore {
             {
                 None => (0, floor),
                 Some(body) => {
-                    let ids: Ids =
+                    let ids: KvRead<Next> =
                         serde_json::from_slice(&body).map_err(|_| malformed("the store's ids"))?;
                     let next = ids.data.data.map_or(floor, |n| n.next.max(floor));
                     (ids.data.metadata.version, next)
