@@ -31,17 +31,32 @@ impl OpenBao {
     /// With an extra configuration file (`-config=`), e.g. an mTLS listener on
     /// `127.0.0.1:0` ([`OpenBao::extra_port`] says where it listens). The dev listener is on
     /// port 0 too: the server binds, then the test reads where from the kernel.
+    ///
+    /// A dev server on port 0 binds its cluster listener on the API port + 1, which another
+    /// process may already hold: it then exits at once (seen in a clean-clone run). Such a
+    /// start is tried again, a few times, on a new port; each failure keeps its log.
     pub fn start_with_config(extra: Option<&std::path::Path>) -> Self {
-        Self::spawn("127.0.0.1:0", extra).expect("OpenBao exited before it was healthy")
+        let mut logs = Vec::new();
+        for _ in 0..5 {
+            match Self::spawn("127.0.0.1:0", extra) {
+                Ok(bao) => return bao,
+                Err(log) => logs.push(log),
+            }
+        }
+        panic!(
+            "OpenBao exited before it was healthy, 5 times; its logs:\n{}",
+            logs.join("\n---\n")
+        )
     }
 
     /// On a given address (to restart a server where clients expect it).
     pub fn start_at(listen: &str, extra: Option<&std::path::Path>) -> Self {
-        Self::spawn(listen, extra).expect("OpenBao exited before it was healthy")
+        Self::spawn(listen, extra)
+            .unwrap_or_else(|log| panic!("OpenBao exited before it was healthy:\n{log}"))
     }
 
-    /// `None` when the server exits before it is healthy.
-    fn spawn(listen: &str, extra: Option<&std::path::Path>) -> Option<Self> {
+    /// `Err(its log)` when the server exits before it is healthy.
+    fn spawn(listen: &str, extra: Option<&std::path::Path>) -> Result<Self, String> {
         let found = Command::new("bao").arg("version").output();
         assert!(
             found.as_ref().is_ok_and(|o| o.status.success()),
@@ -69,7 +84,9 @@ impl OpenBao {
             approle_dir,
             child,
         };
-        let port = bao.wait_healthy()?;
+        let Some(port) = bao.wait_healthy() else {
+            return Err(bao.log());
+        };
         bao.addr = format!("http://127.0.0.1:{port}");
         let out = Command::new("sh")
             .arg(repo().join("scripts/seed-openbao.sh"))
@@ -83,7 +100,7 @@ impl OpenBao {
             "seeding failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Some(bao)
+        Ok(bao)
     }
 
     /// Polls the ports the server listens on until one answers `sys/health` with 200, with a
