@@ -506,3 +506,28 @@ async fn a_wrong_service_path_is_a_configuration_error_with_its_hint() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// THREATS row 29: reads share a keep-alive connection (no TLS handshake per cache miss), a
+/// purge of the source's cache closes it (its read buffers hold what was purged), and
+/// `keep_alive = "0s"` opens one connection per read.
+#[tokio::test]
+async fn misses_share_a_connection_until_a_purge_closes_it() {
+    async fn miss(broker: &Broker, name: &str) {
+        let doc = json!({ "v": format!("$SAFE_Payments $NAME_{name}") });
+        expand(broker, doc).await.unwrap();
+    }
+    let (pki, _, _, double) = started().await;
+    let broker = Broker::from_config(&config(&pki, &double.url, "keep_alive = \"1h\"")).unwrap();
+    miss(&broker, "partner-key").await;
+    miss(&broker, "partner-cert").await;
+    assert_eq!(double.connections(), 1, "the second miss reused the connection");
+    assert!(broker.purge("ccp", &[]));
+    miss(&broker, "partner-key").await;
+    assert_eq!(double.connections(), 2, "a purge closes the idle connection");
+
+    let (pki, _, _, double) = started().await;
+    let broker = Broker::from_config(&config(&pki, &double.url, "keep_alive = \"0s\"")).unwrap();
+    miss(&broker, "partner-key").await;
+    miss(&broker, "partner-cert").await;
+    assert_eq!(double.connections(), 2, "keep_alive = 0s: a connection per read");
+}

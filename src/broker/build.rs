@@ -17,6 +17,19 @@ use crate::policy::Policy;
 use crate::resilience::CircuitBreaker;
 use crate::source::{CcpSource, FileSource, SecretSource, VaultEnv, VaultSource};
 
+/// A source's `keep_alive` bounded by the cache's TTL too (the source bounds it by its own):
+/// a connection closes before an answer it carried leaves the cache.
+fn within_cache(
+    keep_alive: Option<crate::config::Dur>,
+    config: &Config,
+) -> Option<crate::config::Dur> {
+    let age = crate::source::connection_max_age(
+        keep_alive.map(|d| d.0),
+        &[Some(config.cache.ttl.0)],
+    );
+    Some(crate::config::Dur(age))
+}
+
 impl Broker {
     pub fn from_config(config: &Config) -> Result<Self, BuildError> {
         Self::from_config_with_env(config, &VaultEnv::from_process())
@@ -48,6 +61,10 @@ impl Broker {
                     sources.push(Arc::new(source));
                 }
                 SourceConfig::Vault(v) => {
+                    let v = &crate::config::VaultSourceConfig {
+                        keep_alive: within_cache(v.keep_alive, config),
+                        ..v.clone()
+                    };
                     let source = VaultSource::new(v, env).map_err(|source| BuildError::Vault {
                         name: v.name.clone(),
                         source,
@@ -62,6 +79,10 @@ impl Broker {
                 // Built once every vault source is: each issues through one.
                 SourceConfig::Pki(p) => pkis.push(p),
                 SourceConfig::Ccp(c) => {
+                    let c = &crate::config::CcpSourceConfig {
+                        keep_alive: within_cache(c.keep_alive, config),
+                        ..c.clone()
+                    };
                     let source = CcpSource::new(c).map_err(|source| BuildError::Ccp {
                         name: c.name.clone(),
                         source,
@@ -97,6 +118,7 @@ impl Broker {
                                 let cfg = crate::config::VaultSourceConfig {
                                     name: format!("{name} (store)"),
                                     auth: auth.clone(),
+                                    keep_alive: within_cache(cfg.keep_alive, config),
                                     ..cfg.clone()
                                 };
                                 let writer = VaultSource::new(&cfg, env).map_err(|source| {

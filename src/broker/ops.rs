@@ -247,10 +247,11 @@ impl Broker {
     /// Drops cached secrets of `source` under `prefix` (all of the source when empty).
     /// Returns false for an unknown source.
     pub fn purge(&self, source: &str, prefix: &[String]) -> bool {
-        if !self.sources.contains_key(source) {
+        let Some(entry) = self.sources.get(source) else {
             return false;
-        }
+        };
         self.cache.purge(source, prefix);
+        entry.source.close_connections();
         true
     }
 }

@@ -164,6 +164,9 @@ pub struct VaultSourceConfig {
     pub tls_server_name: Option<String>,
     pub timeout: Option<Dur>,
     pub ttl: Option<Dur>,
+    /// How long a connection to the backend may be kept and reused (default 5 s, at most
+    /// half of the shortest cache TTL; "0s": one connection per request). THREATS row 29.
+    pub keep_alive: Option<Dur>,
     #[serde(default)]
     pub pem: PemMode,
     /// Allows `http://` to a non-loopback address. For development only.
@@ -269,6 +272,9 @@ pub struct CcpSourceConfig {
     #[serde(default)]
     pub use_query: bool,
     pub ttl: Option<Dur>,
+    /// How long a connection to the backend may be kept and reused (default 5 s, at most
+    /// half of the shortest cache TTL; "0s": one connection per request). THREATS row 29.
+    pub keep_alive: Option<Dur>,
     #[serde(default)]
     pub pem: PemMode,
     #[serde(default)]

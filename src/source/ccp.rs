@@ -18,7 +18,7 @@ use url::Url;
 use zeroize::Zeroizing;
 
 use super::fields::Fields;
-use super::http::{HttpSetupError, client, is_loopback};
+use super::http::{ClientSettings, HttpSetupError, is_loopback};
 use super::{ReadFuture, ReadRequest, SecretSource, SourceError, SourceKind};
 use crate::config::CcpSourceConfig;
 use crate::reference::is_ccp_forbidden;
@@ -113,7 +113,7 @@ pub enum CcpConfigError {
 #[derive(Debug)]
 pub struct CcpSource {
     name: String,
-    http: reqwest::Client,
+    http: super::connections::Connections,
     accounts: Url,
     app_id: String,
     reason: Option<String>,
@@ -153,7 +153,10 @@ impl CcpSource {
         }
         let timeout = cfg.timeout.map_or(Duration::from_secs(10), |d| d.0);
         let identity = cfg.client_cert.as_deref().zip(cfg.client_key.as_deref());
-        let http = client(timeout, cfg.ca_cert.as_deref(), identity)?;
+        let http = super::connections::Connections::new(
+            ClientSettings::load(timeout, cfg.ca_cert.as_deref(), identity, None)?,
+            super::connections::max_age(cfg.keep_alive.map(|d| d.0), &[cfg.ttl.map(|d| d.0)]),
+        )?;
         Ok(Self {
             service_path: cfg.service_path.clone(),
             warned_service_path: std::sync::atomic::AtomicBool::new(false),
@@ -235,7 +238,7 @@ impl CcpSource {
         })?;
         let mut url = self.accounts.clone();
         url.set_query(Some(&query));
-        let resp = self.http.get(url).send().await.map_err(|e| {
+        let resp = self.http.client().get(url).send().await.map_err(|e| {
             let timed_out = e.is_timeout();
             // The URL carries the query; the log keeps only the causes.
             tracing::warn!(cause = %super::http::causes(&e), "ccp request failed");
@@ -315,13 +318,17 @@ pub fn parse_answer(
 }
 
 impl SecretSource for CcpSource {
+    fn close_connections(&self) {
+        self.http.close_idle();
+    }
+
     /// Any HTTP answer from the provider's web server over TLS: reachable. No query is made
     /// (a query would be a password retrieval in CCP's own audit).
     fn probe(&self) -> super::ProbeFuture<'_> {
         Box::pin(async move {
             let mut url = self.accounts.clone();
             url.set_query(None);
-            match self.http.get(url).send().await {
+            match self.http.client().get(url).send().await {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     tracing::warn!(cause = %super::http::causes(&e), "ccp not reachable");

@@ -39,55 +39,94 @@ pub fn client(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> Result<reqwest::Client, HttpSetupError> {
-    client_resolving(timeout, ca, identity, None)
+    ClientSettings::load(timeout, ca, identity, None)?.build(Duration::ZERO)
 }
 
-/// As [`client`], with `pinned` = (name, addresses): requests to `name` go to those addresses,
-/// and TLS checks the server's certificate for `name` (Vault's `tls_server_name`).
-pub(super) fn client_resolving(
+/// What a source's HTTP client is made of, read and checked once at start, so that a new
+/// client (a new generation of connections, `source/connections.rs`) is built without touching
+/// the files again.
+#[derive(Clone)]
+pub(super) struct ClientSettings {
     timeout: Duration,
-    ca: Option<&Path>,
-    identity: Option<(&Path, &Path)>,
-    pinned: Option<(&str, &[std::net::SocketAddr])>,
-) -> Result<reqwest::Client, HttpSetupError> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        // No idle connections: an idle connection keeps its last answer — a secret — in its
-        // TLS and HTTP read buffers until it is reused, and those buffers are never freed, so
-        // the zeroizing allocator cannot wipe them (THREATS row 29; tests/memory.rs found a
-        // CCP value there after purge). A closed connection's buffers are freed and wiped.
-        // Cost: a new connection (and TLS handshake) per source read — reads happen only on
-        // cache misses.
-        .pool_max_idle_per_host(0);
-    if let Some(ca) = ca {
-        // A bundle file (every certificate in it) or a folder of them (VAULT_CAPATH).
-        let pem = if ca.is_dir() {
-            read_folder(ca)?
-        } else {
-            read(ca)?
+    /// The given CAs *replace* the system roots, as the vault CLI treats VAULT_CACERT: a
+    /// private backend trusts exactly its own CA.
+    roots: Option<Vec<reqwest::Certificate>>,
+    identity: Option<reqwest::Identity>,
+    /// (name, addresses): requests to `name` go to those addresses, and TLS checks the
+    /// server's certificate for `name` (Vault's `tls_server_name`).
+    pinned: Option<(String, Vec<std::net::SocketAddr>)>,
+}
+
+impl ClientSettings {
+    pub(super) fn load(
+        timeout: Duration,
+        ca: Option<&Path>,
+        identity: Option<(&Path, &Path)>,
+        pinned: Option<(&str, &[std::net::SocketAddr])>,
+    ) -> Result<Self, HttpSetupError> {
+        let roots = match ca {
+            None => None,
+            Some(ca) => {
+                // A bundle file (every certificate in it) or a folder of them (VAULT_CAPATH).
+                let pem = if ca.is_dir() {
+                    read_folder(ca)?
+                } else {
+                    read(ca)?
+                };
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| HttpSetupError::BadPem(ca.display().to_string()))?;
+                Some(certs)
+            }
         };
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .ok()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| HttpSetupError::BadPem(ca.display().to_string()))?;
-        // The given CAs *replace* the system roots, as the vault CLI treats VAULT_CACERT: a
-        // private backend trusts exactly its own CA.
-        builder = builder.tls_certs_only(certs);
+        let identity = match identity {
+            None => None,
+            Some((cert, key)) => {
+                // Certificate and key in one zeroizing buffer, as reqwest wants them.
+                let mut pem = Zeroizing::new(read(cert)?.to_vec());
+                pem.extend_from_slice(&read(key)?);
+                Some(
+                    reqwest::Identity::from_pem(&pem)
+                        .map_err(|_| HttpSetupError::BadPem(cert.display().to_string()))?,
+                )
+            }
+        };
+        let settings = Self {
+            timeout,
+            roots,
+            identity,
+            pinned: pinned.map(|(n, a)| (n.to_owned(), a.to_vec())),
+        };
+        // Built once here so that a bad combination fails at start, not at the first read.
+        settings.build(Duration::ZERO)?;
+        Ok(settings)
     }
-    if let Some((cert, key)) = identity {
-        // Certificate and key in one zeroizing buffer, as reqwest wants them.
-        let mut pem = Zeroizing::new(read(cert)?.to_vec());
-        pem.extend_from_slice(&read(key)?);
-        let identity = reqwest::Identity::from_pem(&pem)
-            .map_err(|_| HttpSetupError::BadPem(cert.display().to_string()))?;
-        builder = builder.identity(identity);
+
+    /// A client that never follows redirects. `keep_alive` zero: no idle connections, each
+    /// request opens its own and closes it (its buffers are freed — and wiped — at once);
+    /// else an idle connection is closed after `keep_alive` (THREATS row 29).
+    pub(super) fn build(&self, keep_alive: Duration) -> Result<reqwest::Client, HttpSetupError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        builder = if keep_alive.is_zero() {
+            builder.pool_max_idle_per_host(0)
+        } else {
+            builder.pool_idle_timeout(keep_alive)
+        };
+        if let Some(roots) = &self.roots {
+            builder = builder.tls_certs_only(roots.iter().cloned());
+        }
+        if let Some(identity) = &self.identity {
+            builder = builder.identity(identity.clone());
+        }
+        if let Some((name, addrs)) = &self.pinned {
+            builder = builder.resolve_to_addrs(name, addrs);
+        }
+        builder.build().map_err(|_| HttpSetupError::Client)
     }
-    if let Some((name, addrs)) = pinned {
-        builder = builder.resolve_to_addrs(name, addrs);
-    }
-    builder.build().map_err(|_| HttpSetupError::Client)
 }
 
 /// Every `.pem`/`.crt` file of a folder, in name order, one after the other.

@@ -4,6 +4,7 @@
 //! failure. It knows nothing of references, policy, caching or who is asking.
 
 mod ccp;
+mod connections;
 mod fields;
 pub(crate) use fields::FieldValue;
 mod file;
@@ -22,6 +23,7 @@ pub use ccp::{
     build_composite_query, build_query, classify_error_code, parse_answer as parse_ccp_answer,
 };
 pub use file::FileSource;
+pub(crate) use connections::max_age as connection_max_age;
 pub(crate) use http::is_loopback;
 pub use http::{HttpSetupError, causes as http_causes, client as http_client};
 pub use pki::PkiSource;
@@ -255,6 +257,9 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
     fn token_ttl(&self) -> Option<std::time::Duration> {
         None
     }
+    /// Closes the idle keep-alive connections to the backend (a purge of the source's cache:
+    /// their read buffers may still hold what was purged).
+    fn close_connections(&self) {}
 }
 
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;

@@ -163,6 +163,11 @@ impl PkiSource {
 }
 
 impl SecretSource for PkiSource {
+    /// Issued keys came back over the vault source's connections.
+    fn close_connections(&self) {
+        self.vault.close_connections();
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -111,7 +111,7 @@ pub struct VaultSource {
 
 #[derive(Debug)]
 struct Inner {
-    http: reqwest::Client,
+    http: super::connections::Connections,
     /// `address`, one or a list tried in order; `current` is the one that answered last.
     bases: Vec<Url>,
     current: std::sync::atomic::AtomicUsize,
@@ -221,11 +221,15 @@ impl VaultSource {
             Some(_) if bases.len() > 1 => return Err(VaultConfigError::ServerNameWithList),
             Some(name) => Some(pin_server_name(&mut bases[0], name)?),
         };
-        let http = super::http::client_resolving(
+        let settings = super::http::ClientSettings::load(
             timeout,
             ca,
             cert.zip(key),
             pinned.as_ref().map(|(n, a)| (n.as_str(), a.as_slice())),
+        )?;
+        let http = super::connections::Connections::new(
+            settings,
+            super::connections::max_age(cfg.keep_alive.map(|d| d.0), &[cfg.ttl.map(|d| d.0)]),
         )?;
         let auth = match &cfg.auth {
             VaultAuth::Token {
@@ -290,6 +294,10 @@ impl VaultSource {
 }
 
 impl SecretSource for VaultSource {
+    fn close_connections(&self) {
+        self.inner.http.close_idle();
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -577,7 +585,7 @@ impl Inner {
         body: Option<bytes::Bytes>,
     ) -> Result<Zeroizing<Vec<u8>>, SourceError> {
         let endpoint = endpoint_of(&url, &self.mount);
-        let mut req = self.http.request(method, url);
+        let mut req = self.http.client().request(method, url);
         if let Some(t) = token {
             let mut hv = HeaderValue::from_str(t.expose_secret())
                 .map_err(|_| SourceError::Unavailable(Outage::VaultTokenHeader))?;

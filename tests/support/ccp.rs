@@ -69,6 +69,8 @@ pub struct Store {
     pub queries: Vec<String>,
     /// Answer this many requests with `APPAP007E` (vault unreachable) before serving.
     pub unreachable_next: usize,
+    /// TLS connections accepted so far (keep-alive reuse is visible as fewer of them).
+    pub connections: usize,
 }
 
 /// Test PKI: a CA, the server certificate, and a client certificate for keybroker.
@@ -211,10 +213,12 @@ impl CcpDouble {
                 }
                 let acceptor = acceptor.clone();
                 let app = app.clone();
+                let counted = Arc::clone(&shared);
                 tokio::spawn(async move {
                     let Ok(stream) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    counted.lock().unwrap().connections += 1;
                     let cert = stream
                         .get_ref()
                         .1
@@ -249,6 +253,10 @@ impl CcpDouble {
 
     pub fn set_fault(&self, fault: Option<Fault>) {
         self.store.lock().unwrap().fault = fault;
+    }
+
+    pub fn connections(&self) -> usize {
+        self.store.lock().unwrap().connections
     }
 
     pub fn queries(&self) -> Vec<String> {
