@@ -65,6 +65,9 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
     let (vault_canary, vault_random) = fresh("VAULTCANARY");
     let (short_canary, short_random) = fresh("SHORTCANARY");
     let (ccp_canary, ccp_random) = fresh("CCPCANARY");
+    // Read over TLS from a source whose entries live 1 s, never purged: its connection's
+    // buffers must be gone by the time the entry has expired (keep_alive at most half a TTL).
+    let (ccp_short_canary, ccp_short_random) = fresh("CCPSHORTCANARY");
     let pki = support::ccp::Pki::new();
     let mut store = support::ccp::Store::for_keybroker(&pki);
     let object = support::ccp::Object {
@@ -73,9 +76,16 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         props: [("Content".to_owned(), ccp_canary.clone())].into(),
         changing: false,
     };
-    store
-        .safes
-        .insert("Payments".into(), (vec!["keybroker".into()], vec![object]));
+    let short_object = support::ccp::Object {
+        folder: "Root".into(),
+        name: "mem-short".into(),
+        props: [("Content".to_owned(), ccp_short_canary.clone())].into(),
+        changing: false,
+    };
+    store.safes.insert(
+        "Payments".into(),
+        (vec!["keybroker".into()], vec![object, short_object]),
+    );
     let double = support::ccp::CcpDouble::start(&pki, store).await;
 
     let bao = support::openbao::OpenBao::start();
@@ -101,7 +111,8 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
              [[credential]]\nname = \"from-vault\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_vault:app/token $KEY_value\"\n\
              [[credential]]\nname = \"from-file\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_files:app/token $KEY_value\"\n\
              [[credential]]\nname = \"expiring\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_short:app/short $KEY_value\"\n\
-             [[credential]]\nname = \"from-ccp\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SAFE_Payments $NAME_mem-token\"\n",
+             [[credential]]\nname = \"from-ccp\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SAFE_Payments $NAME_mem-token\"\n\
+             [[credential]]\nname = \"expiring-ccp\"\nmode = \"text\"\nteam = \"t\"\nallowed_hosts = [\"api.example\"]\nvalue = \"$SECRET_ccpshort:Payments/mem-short $KEY_Content\"\n",
             sha("gw-token")
         ),
     )
@@ -109,7 +120,7 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{a}\"\n[[source]]\nname = \"short\"\nkind = \"vault\"\naddress = \"{a}\"\nttl = \"1s\"\n[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{c}\"\napp_id = \"keybroker\"\nca_cert = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\n[cache]\nttl = \"1h\"\nmax_stale = \"0s\"\n", a = bao.addr, c = double.url, ca = pki.dir.path().join("ca.pem"), cert = pki.dir.path().join("client.pem"), key = pki.dir.path().join("client-key.pem")
+            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{a}\"\n[[source]]\nname = \"short\"\nkind = \"vault\"\naddress = \"{a}\"\nttl = \"1s\"\n[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{c}\"\napp_id = \"keybroker\"\nca_cert = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\n[[source]]\nname = \"ccpshort\"\nkind = \"ccp\"\nurl = \"{c}\"\napp_id = \"keybroker\"\nca_cert = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\nttl = \"1s\"\n[cache]\nttl = \"1h\"\nmax_stale = \"0s\"\n", a = bao.addr, c = double.url, ca = pki.dir.path().join("ca.pem"), cert = pki.dir.path().join("client.pem"), key = pki.dir.path().join("client-key.pem")
         ),
     )
     .unwrap();
@@ -123,6 +134,7 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         ("from-vault", &vault_canary),
         ("expiring", &short_canary),
         ("from-ccp", &ccp_canary),
+        ("expiring-ccp", &ccp_short_canary),
     ];
     for _ in 0..20 {
         for (name, canary) in credentials {
@@ -159,13 +171,15 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
         assert_eq!(purged.status(), 200);
     }
     // The cache's maintenance runs every second; give it three (also past the 1 s TTL of
-    // the `short` source, whose entry is never purged: it must go by expiry).
+    // the `short` and `ccpshort` sources, whose entries are never purged: they must go by
+    // expiry — and the kept-alive TLS connection to CCP with them, its buffers included).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let randoms = [
         ("from-file", &file_random),
         ("from-vault", &vault_random),
         ("expiring", &short_random),
         ("from-ccp", &ccp_random),
+        ("expiring-ccp", &ccp_short_random),
     ];
     let left: Vec<(&str, Vec<String>)> = randoms
         .iter()
