@@ -24,6 +24,8 @@ struct Args {
     /// `{i}` is replaced by a request counter modulo `keys` (distinct secrets per request).
     body: String,
     keys: u64,
+    /// Added to the request counter before `keys` (a later run naming other secrets).
+    offset: u64,
     connections: usize,
     duration: Duration,
     warmup: Duration,
@@ -43,6 +45,7 @@ fn args() -> Args {
         headers: Vec::new(),
         body: String::new(),
         keys: 1,
+        offset: 0,
         connections: 32,
         duration: Duration::from_secs(10),
         warmup: Duration::from_secs(2),
@@ -70,6 +73,7 @@ fn args() -> Args {
                 }
             }
             "--keys" => a.keys = value().parse().expect("--keys"),
+            "--offset" => a.offset = value().parse().expect("--offset"),
             "-c" => a.connections = value().parse().expect("-c"),
             "-d" => a.duration = Duration::from_secs_f64(value().parse().expect("-d")),
             "--warmup" => a.warmup = Duration::from_secs_f64(value().parse().expect("--warmup")),
@@ -174,7 +178,8 @@ async fn worker(
             break;
         }
         let body = if a.body.contains("{i}") {
-            a.body.replace("{i}", &(i % a.keys).to_string())
+            a.body
+                .replace("{i}", &((i + a.offset) % a.keys).to_string())
         } else {
             a.body.clone()
         };
