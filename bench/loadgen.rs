@@ -66,8 +66,12 @@ fn args() -> Args {
                 let (k, v) = v.split_once(':').expect("--header 'Name: value'");
                 a.headers.push((k.trim().to_owned(), v.trim().to_owned()));
             }
-            "--body" => {
+            // A file for bodies larger than one argument may be (128 KiB on Linux).
+            "--body" | "--body-file" => {
                 a.body = value();
+                if flag == "--body-file" {
+                    a.body = std::fs::read_to_string(&a.body).expect("--body-file");
+                }
                 if a.method == hyper::Method::GET {
                     a.method = hyper::Method::POST;
                 }

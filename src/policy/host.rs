@@ -300,6 +300,44 @@ fn parse_ip_literal(host: &str) -> Option<IpAddr> {
 /// Normalises a host name the way a client resolving it would: WHATWG host parsing (IDNA
 /// UTS #46 mapping, IPv4 in all its legacy spellings), lower case, no trailing dot.
 fn normalise_dns(host: &str) -> Result<Host, HostError> {
+    if let Some(plain) = already_normal(host) {
+        return Ok(Host::Dns(plain.to_owned()));
+    }
+    normalise_dns_slowly(host)
+}
+
+/// `host` itself when WHATWG parsing and the checks of [`normalise_dns_slowly`] would give it
+/// back unchanged: lower-case ASCII letters, digits and hyphens in labels of 1–63 bytes not
+/// starting or ending with a hyphen, at most 253 bytes, no trailing dot, no `xn--` label (its
+/// Punycode is for IDNA to judge), and a last label starting with a letter (WHATWG reads a
+/// name whose last label is a number — `1.2`, `a.0x10` — as an IPv4 address). Most
+/// destinations are such names; they skip IDNA. `None`: ask the full parser. A differential
+/// test holds the two together.
+fn already_normal(host: &str) -> Option<&str> {
+    let bytes = host.as_bytes();
+    if bytes.is_empty() || bytes.len() > 253 {
+        return None;
+    }
+    let mut labels = host.split('.');
+    let last_starts_with_letter = host
+        .rsplit('.')
+        .next()
+        .and_then(|l| l.bytes().next())
+        .is_some_and(|b| b.is_ascii_lowercase());
+    let labels_ok = labels.all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && !l.starts_with("xn--")
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    });
+    (labels_ok && last_starts_with_letter).then_some(host)
+}
+
+/// [`normalise_dns`] through the `url` crate's WHATWG host parser.
+fn normalise_dns_slowly(host: &str) -> Result<Host, HostError> {
     let parsed = url::Host::parse(host).map_err(|_| HostError::Invalid)?;
     match parsed {
         url::Host::Domain(mut d) => {
@@ -400,6 +438,57 @@ impl Destination {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod fast_path {
+        use super::super::{already_normal, normalise_dns_slowly};
+        use proptest::prelude::*;
+
+        /// Names made of the pieces where the two paths could part: case, digits, hyphens,
+        /// `xn--`, `0x`, empty labels, trailing dots, non-ASCII, over-long labels.
+        fn name() -> impl Strategy<Value = String> {
+            let label = prop_oneof![
+                "[a-z][a-z0-9-]{0,10}",
+                "[a-zA-Z0-9-]{0,8}",
+                "[0-9]{1,4}",
+                "0x[0-9a-f]{1,3}",
+                "xn--[a-z0-9-]{0,8}",
+                "[a-zé-]{1,6}",
+                "[a-z]{60,66}",
+                Just(String::new()),
+            ];
+            (prop::collection::vec(label, 1..6), prop::bool::ANY).prop_map(|(l, dot)| {
+                let mut n = l.join(".");
+                if dot {
+                    n.push('.');
+                }
+                n
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+            /// Whenever the fast path answers, the WHATWG parser agrees byte for byte.
+            #[test]
+            fn the_fast_path_agrees_with_the_parser(n in name()) {
+                if let Some(fast) = already_normal(&n) {
+                    prop_assert_eq!(
+                        normalise_dns_slowly(&n),
+                        Ok(super::super::Host::Dns(fast.to_owned()))
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn common_names_take_the_fast_path_and_numbers_do_not() {
+            for n in ["api.partner.example", "a-1.b2.example", "localhost"] {
+                assert_eq!(already_normal(n), Some(n), "{n}");
+            }
+            for n in ["1.2.3.4", "a.0x10", "a.1", "API.example", "xn--bcher-kva.example", "a..b", "a.", "-a.example", ""] {
+                assert_eq!(already_normal(n), None, "{n}");
+            }
+        }
+    }
 
     fn pat(p: &str) -> HostPattern {
         HostPattern::parse(p).unwrap_or_else(|e| panic!("{p}: {e}"))
