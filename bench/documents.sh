@@ -7,6 +7,7 @@
 #
 #   bench/documents.sh
 #   KEYBROKERS="/tmp/before/release/keybroker target/release/keybroker" ROUNDS=3 bench/documents.sh
+#   PERF=hundred ROUNDS=1 bench/documents.sh     # perf profile of one document's row (or mib)
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -39,10 +40,10 @@ ref = lambda i: "$SECRET_bench/s-%d $KEY_value" % i
 hundred = {"document": {"items": [{"id": i, "secret": ref(i)} for i in range(100)]}, "host": "a.bench.example"}
 # ≈ 1 MiB: records with big-number amounts and plain strings, 10 of them holding a reference.
 records = []
-for i in range(7000):
+for i in range(10400):
     r = {"id": 12345678901234567890 + i, "amount": "1.10", "note": "plain text that passes through untouched"}
-    if i % 700 == 0:
-        r["secret"] = ref(i // 700)
+    if i % 1040 == 0:
+        r["secret"] = ref(i // 1040)
     records.append(r)
 mib = {"document": {"records": records}, "host": "a.bench.example"}
 for name, body in (("hundred", hundred), ("mib", mib)):
@@ -75,12 +76,22 @@ for round in $(seq "$ROUNDS"); do
     for kb in $KEYBROKERS; do
       i=$((i + 1))
       eval "set -- \$kb_$i"
+      if [ "${PERF:-}" = "$doc" ] && [ "$round" = "$ROUNDS" ]; then
+        perf record -q -F 999 --call-graph dwarf,16384 -o "$work/perf-$doc.data" -p "$1" >/dev/null 2>&1 &
+        perf_pid=$!
+      fi
       before=$(ticks "$1")
       out=$("$bin/examples/loadgen" --label "$doc" -c "$CONNECTIONS" -d "$DURATION" --warmup 0 \
         --url "http://127.0.0.1:$2/v1/resolve" --header "Authorization: Bearer $token" --body-file "$work/$doc.json")
       after=$(ticks "$1")
       python3 -c 'import json,sys; r=json.loads(sys.argv[1]); c=(int(sys.argv[3])-int(sys.argv[2]))*1e6/int(sys.argv[4])/max(r["sent"],1); print("round %s %-8s %-50s %7d req/s  %8.1f µs CPU/request  errors %s" % (sys.argv[5], r["label"], sys.argv[6], r["rps"], c, r.get("errors", 0)))' \
         "$out" "$before" "$after" "$hz" "$round" "$kb"
+      if [ "${PERF:-}" = "$doc" ] && [ "$round" = "$ROUNDS" ]; then
+        kill -INT "$perf_pid"; wait "$perf_pid" || true
+        perf report -i "$work/perf-$doc.data" --no-children --percent-limit 1 --stdio -g none 2>/dev/null \
+          | grep -v '^#' | grep -v '^$' | head -40
+        [ -z "${PERF_KEEP:-}" ] || cp "$work/perf-$doc.data" "$PERF_KEEP"
+      fi
     done
   done
 done

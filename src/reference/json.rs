@@ -121,14 +121,25 @@ pub(super) fn decode(text: &str, span: (usize, usize)) -> Option<String> {
 }
 
 /// RFC 6901 pointer of the current position.
+/// Made for every string that holds a reference (its site's location), so it borrows what it
+/// can: an index is written in place, a key without escapes is its raw text.
 fn pointer(text: &str, stack: &[Frame]) -> String {
+    use std::fmt::Write;
     let mut out = String::new();
     for frame in stack {
         match frame {
-            Frame::Array { index } => push_pointer_segment(&mut out, &index.to_string()),
+            Frame::Array { index } => {
+                let _ = write!(out, "/{index}");
+            }
             Frame::Object { key } => {
-                let key = key.and_then(|k| decode(text, k)).unwrap_or_default();
-                push_pointer_segment(&mut out, &key);
+                let raw = key.and_then(|(start, end)| text.get(start..end));
+                match raw.and_then(|r| r.get(1..r.len().saturating_sub(1))) {
+                    Some(inner) if !inner.contains('\\') => push_pointer_segment(&mut out, inner),
+                    _ => {
+                        let key = key.and_then(|k| decode(text, k)).unwrap_or_default();
+                        push_pointer_segment(&mut out, &key);
+                    }
+                }
             }
         }
     }
