@@ -120,7 +120,7 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
     std::fs::write(
         root.join("kb.toml"),
         format!(
-            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{a}\"\n[[source]]\nname = \"short\"\nkind = \"vault\"\naddress = \"{a}\"\nttl = \"1s\"\n[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{c}\"\napp_id = \"keybroker\"\nca_cert = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\n[[source]]\nname = \"ccpshort\"\nkind = \"ccp\"\nurl = \"{c}\"\napp_id = \"keybroker\"\nca_cert = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\nttl = \"1s\"\n[cache]\nttl = \"1h\"\nmax_stale = \"0s\"\n", a = bao.addr, c = double.url, ca = pki.dir.path().join("ca.pem"), cert = pki.dir.path().join("client.pem"), key = pki.dir.path().join("client-key.pem")
+            "policies = \"policies\"\ndefault_source = \"files\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{a}\"\n[[source]]\nname = \"short\"\nkind = \"vault\"\naddress = \"{a}\"\nttl = \"1s\"\n[[source]]\nname = \"ccp\"\nkind = \"ccp\"\nurl = \"{c}\"\napp_id = \"keybroker\"\nca_cert = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\nkeep_alive = \"1h\"\n[[source]]\nname = \"ccpshort\"\nkind = \"ccp\"\nurl = \"{c}\"\napp_id = \"keybroker\"\nca_cert = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\nttl = \"1s\"\n[cache]\nttl = \"1h\"\nmax_stale = \"0s\"\n", a = bao.addr, c = double.url, ca = pki.dir.path().join("ca.pem"), cert = pki.dir.path().join("client.pem"), key = pki.dir.path().join("client-key.pem")
         ),
     )
     .unwrap();
@@ -170,6 +170,8 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
             .unwrap();
         assert_eq!(purged.status(), 200);
     }
+    // The `ccp` source keeps its connection for half an hour (its `keep_alive`, capped by
+    // the cache's TTL): only the purge can have closed it.
     // Every copy must be gone within 4 s: the cache's maintenance runs every second, the
     // entries of the 1 s-TTL sources `short` and `ccpshort` are never purged (they must go by
     // expiry — and the kept-alive TLS connection to CCP with them, its buffers included, as a
