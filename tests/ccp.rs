@@ -520,14 +520,26 @@ async fn misses_share_a_connection_until_a_purge_closes_it() {
     let broker = Broker::from_config(&config(&pki, &double.url, "keep_alive = \"1h\"")).unwrap();
     miss(&broker, "partner-key").await;
     miss(&broker, "partner-cert").await;
-    assert_eq!(double.connections(), 1, "the second miss reused the connection");
+    assert_eq!(
+        double.connections(),
+        1,
+        "the second miss reused the connection"
+    );
     assert!(broker.purge("ccp", &[]));
     miss(&broker, "partner-key").await;
-    assert_eq!(double.connections(), 2, "a purge closes the idle connection");
+    assert_eq!(
+        double.connections(),
+        2,
+        "a purge closes the idle connection"
+    );
 
     let (pki, _, _, double) = started().await;
     let broker = Broker::from_config(&config(&pki, &double.url, "keep_alive = \"0s\"")).unwrap();
     miss(&broker, "partner-key").await;
     miss(&broker, "partner-cert").await;
-    assert_eq!(double.connections(), 2, "keep_alive = 0s: a connection per read");
+    assert_eq!(
+        double.connections(),
+        2,
+        "keep_alive = 0s: a connection per read"
+    );
 }

@@ -23,10 +23,8 @@ fn within_cache(
     keep_alive: Option<crate::config::Dur>,
     config: &Config,
 ) -> Option<crate::config::Dur> {
-    let age = crate::source::connection_max_age(
-        keep_alive.map(|d| d.0),
-        &[Some(config.cache.ttl.0)],
-    );
+    let age =
+        crate::source::connection_max_age(keep_alive.map(|d| d.0), &[Some(config.cache.ttl.0)]);
     Some(crate::config::Dur(age))
 }
 

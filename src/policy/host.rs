@@ -484,7 +484,17 @@ mod tests {
             for n in ["api.partner.example", "a-1.b2.example", "localhost"] {
                 assert_eq!(already_normal(n), Some(n), "{n}");
             }
-            for n in ["1.2.3.4", "a.0x10", "a.1", "API.example", "xn--bcher-kva.example", "a..b", "a.", "-a.example", ""] {
+            for n in [
+                "1.2.3.4",
+                "a.0x10",
+                "a.1",
+                "API.example",
+                "xn--bcher-kva.example",
+                "a..b",
+                "a.",
+                "-a.example",
+                "",
+            ] {
                 assert_eq!(already_normal(n), None, "{n}");
             }
         }

@@ -107,8 +107,14 @@ mod tests {
         let s = Duration::from_secs;
         assert_eq!(max_age(None, &[None]), DEFAULT_KEEP_ALIVE);
         assert_eq!(max_age(Some(s(2)), &[Some(s(300))]), s(2));
-        assert_eq!(max_age(None, &[Some(s(300)), Some(s(1))]), Duration::from_millis(500));
-        assert_eq!(max_age(Some(Duration::ZERO), &[Some(s(300))]), Duration::ZERO);
+        assert_eq!(
+            max_age(None, &[Some(s(300)), Some(s(1))]),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            max_age(Some(Duration::ZERO), &[Some(s(300))]),
+            Duration::ZERO
+        );
     }
 
     #[tokio::test]

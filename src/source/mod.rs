@@ -22,8 +22,8 @@ pub use ccp::{CcpConfigError, CcpQueryError, CcpSource};
 pub use ccp::{
     build_composite_query, build_query, classify_error_code, parse_answer as parse_ccp_answer,
 };
-pub use file::FileSource;
 pub(crate) use connections::max_age as connection_max_age;
+pub use file::FileSource;
 pub(crate) use http::is_loopback;
 pub use http::{HttpSetupError, causes as http_causes, client as http_client};
 pub use pki::PkiSource;
