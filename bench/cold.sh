@@ -46,13 +46,7 @@ PY
 mkdir -p "$work/policies"
 token=bench-token
 bench_policy "$work/policies/bench.toml" bench-gateway "$token"
-cat >>"$work/policies/bench.toml" <<TOML
-[[grant]]
-team = "bench"
-source = "vault"
-paths = ["bench/*"]
-allowed_hosts = ["*.bench.example"]
-TOML
+bench_grant "$work/policies/bench.toml" vault
 # kb_<label> holds "pid port".
 for label in reuse fresh; do
   p=$(port)

@@ -26,13 +26,7 @@ for i in $(seq 0 99); do
 done
 token=bench-token
 bench_policy "$work/policies/bench.toml" bench-gateway "$token"
-cat >>"$work/policies/bench.toml" <<TOML
-[[grant]]
-team = "bench"
-source = "files"
-paths = ["bench/*"]
-allowed_hosts = ["*.bench.example"]
-TOML
+bench_grant "$work/policies/bench.toml" files
 python3 - "$work" <<'PY'
 import json, sys
 work = sys.argv[1]

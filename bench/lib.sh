@@ -32,3 +32,15 @@ team = "bench"
 token_sha256 = "$(printf %s "$3" | sha256sum | cut -d' ' -f1)"
 TOML
 }
+
+# Appends a grant of `bench/*` in `source` to team `bench`, for hosts `*.bench.example`:
+# bench_grant file source.
+bench_grant() {
+  cat >>"$1" <<TOML
+[[grant]]
+team = "bench"
+source = "$2"
+paths = ["bench/*"]
+allowed_hosts = ["*.bench.example"]
+TOML
+}

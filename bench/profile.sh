@@ -30,13 +30,7 @@ mkdir -p "$work/secrets/bench" "$work/policies"
 printf %s "bench-secret-value-000000-0123456789abcdef" >"$work/secrets/bench/s-0"
 token=bench-token
 bench_policy "$work/policies/bench.toml" bench-gateway "$token"
-cat >>"$work/policies/bench.toml" <<TOML
-[[grant]]
-team = "bench"
-source = "files"
-paths = ["bench/*"]
-allowed_hosts = ["*.bench.example"]
-TOML
+bench_grant "$work/policies/bench.toml" files
 body='{"document":{"v":"$SECRET_bench/s-0 $KEY_value"},"host":"a.bench.example"}'
 
 # One keybroker per mode: kb_<mode> holds "pid port".
