@@ -53,35 +53,43 @@ impl Connections {
 
     /// The client of the current generation (a cheap handle; drop it when the request ends).
     pub(super) fn client(&self) -> reqwest::Client {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.max_age.is_zero() && current.born.elapsed() >= self.max_age {
-            self.renew(&mut current);
+        if !self.max_age.is_zero() && self.lock().born.elapsed() >= self.max_age {
+            self.renew(|current| current.born.elapsed() >= self.max_age);
         }
-        current.client.clone()
+        self.lock().client.clone()
     }
 
     /// Drops every idle connection now (a cache purge): the next request opens a new one.
     pub(super) fn close_idle(&self) {
-        if self.max_age.is_zero() {
-            return;
+        if !self.max_age.is_zero() {
+            self.renew(|_| true);
         }
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        self.renew(&mut current);
     }
 
-    fn renew(&self, current: &mut Generation) {
+    /// A new generation in place of the current one, if `still` says so once it is built.
+    /// Built outside the lock (it takes a TLS configuration): requests meanwhile take the
+    /// current client; two requests finding it old may both build, and the second keeps the
+    /// first's.
+    fn renew(&self, still: impl Fn(&Generation) -> bool) {
         // The settings were built once at start; should a build fail now, the old generation
         // serves on and is retried at the next request.
-        match self.settings.build(self.max_age) {
-            Ok(client) => {
-                *current = Generation {
-                    client,
-                    born: Instant::now(),
-                    number: current.number + 1,
-                }
-            }
-            Err(_) => tracing::warn!("cannot build a new HTTP client; the current one serves on"),
+        let Ok(client) = self.settings.build(self.max_age) else {
+            tracing::warn!("cannot build a new HTTP client; the current one serves on");
+            return;
+        };
+        let mut current = self.lock();
+        if still(&current) {
+            let number = current.number + 1;
+            *current = Generation {
+                client,
+                born: Instant::now(),
+                number,
+            };
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generation> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
