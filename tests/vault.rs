@@ -692,3 +692,52 @@ async fn serve_dev_adds_the_vault_of_the_environment() {
         );
     }
 }
+
+/// Client sockets of this process's kind to `port` that are open (ESTABLISHED), from
+/// /proc/net/tcp: the connections a source keeps to that OpenBao.
+#[cfg(target_os = "linux")]
+fn open_connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = f[2].rsplit(':').next().unwrap();
+            u16::from_str_radix(remote_port, 16).unwrap() == port && f[3] == "01"
+        })
+        .count()
+}
+
+/// THREATS row 29: a connection is kept for the next read, but an answer whose lease is
+/// shorter than twice `keep_alive` (here a KV v1 `ttl` of 1 s) closes the connection that
+/// carried it — its read buffers must not outlive the cache entry.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_short_lease_closes_the_connection_that_carried_it() {
+    let bao = OpenBao::start();
+    bao.cli(&["kv", "put", "kv1/lease/long", "value=kept"]);
+    bao.cli(&["kv", "put", "kv1/lease/short", "value=brief", "ttl=1s"]);
+    let src = source(
+        "[[source]]\nname = \"legacy\"\nkind = \"vault\"\nmount = \"kv1\"\nkv_version = 1\nkeep_alive = \"1h\"\n",
+        env(&bao, ROOT_TOKEN),
+    );
+    let port = bao.port();
+    let settle = |want: usize| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let open = open_connections_to(port);
+            if open == want || std::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let long = src.read(&req("lease/long", None)).await.unwrap();
+    // KV v1's default lease: 32 days.
+    assert!(long.meta().ttl > Some(std::time::Duration::from_secs(7200)));
+    assert_eq!(settle(1).await, 1, "the connection is kept for the next read");
+    let short = src.read(&req("lease/short", None)).await.unwrap();
+    assert_eq!(short.meta().ttl, Some(std::time::Duration::from_secs(1)));
+    assert_eq!(settle(0).await, 0, "the connection that carried a 1 s lease is closed");
+}

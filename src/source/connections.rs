@@ -59,6 +59,16 @@ impl Connections {
         self.lock().client.clone()
     }
 
+    /// After an answer that may stay cached only `ttl` (a lease shorter than the source's
+    /// own TTL, a certificate near the end of its period): when that is less than twice
+    /// `max_age`, the generation that carried it is closed now, so that no buffer outlives
+    /// the cache entry.
+    pub(super) fn carried(&self, ttl: Option<Duration>) {
+        if ttl.is_some_and(|ttl| ttl < self.max_age.saturating_mul(2)) {
+            self.close_idle();
+        }
+    }
+
     /// Drops every idle connection now (a cache purge): the next request opens a new one.
     pub(super) fn close_idle(&self) {
         if !self.max_age.is_zero() {
@@ -138,6 +148,14 @@ mod tests {
         let old = Connections::new(settings.clone(), Duration::from_nanos(1)).unwrap();
         old.client();
         assert_eq!(number(&old), 1);
+        // An answer cached for less than two ages closes its generation; a longer one not.
+        let s = Duration::from_secs;
+        let short = Connections::new(settings.clone(), s(5)).unwrap();
+        short.carried(Some(s(10)));
+        short.carried(None);
+        assert_eq!(number(&short), 0);
+        short.carried(Some(s(9)));
+        assert_eq!(number(&short), 1);
         // No pool, nothing to renew.
         let none = Connections::new(settings, Duration::ZERO).unwrap();
         none.client();

@@ -149,6 +149,8 @@ impl PkiSource {
                 ..SecretMeta::default()
             },
         };
+        // The key came back over the vault source's connections.
+        self.vault.carried(meta.ttl);
         Ok(Secret::new(fields, meta))
     }
 

@@ -293,6 +293,13 @@ impl VaultSource {
     }
 }
 
+impl VaultSource {
+    /// An answer that came over this source's connections stays cached only `ttl`.
+    pub(super) fn carried(&self, ttl: Option<Duration>) {
+        self.inner.http.carried(ttl);
+    }
+}
+
 impl SecretSource for VaultSource {
     fn close_connections(&self) {
         self.inner.http.close_idle();
@@ -701,7 +708,12 @@ impl Inner {
             ttl: self.ttl,
             ..SecretMeta::default()
         };
-        parse_kv_answer(&body, kv, meta)
+        let secret = parse_kv_answer(&body, kv, meta);
+        if let Ok(s) = &secret {
+            // A lease shorter than the source's TTL (KV v1 `ttl`): see `Connections::carried`.
+            self.http.carried(s.meta().ttl);
+        }
+        secret
     }
 
     /// The KV version of the mount: configured, or asked once (`sys/internal/ui/mounts`).
