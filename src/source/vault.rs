@@ -960,7 +960,10 @@ pub fn parse_kv_answer(body: &[u8], kv: u8, mut meta: SecretMeta) -> Result<Secr
     } else {
         let answer: KvV1 = serde_json::from_slice(body)
             .map_err(|_| SourceError::Malformed("unexpected KV v1 answer"))?;
-        if answer.lease_duration > 0 && meta.ttl.is_none() {
+        // A lease the writer asked for (a `ttl` field, KV v1's refresh hint) is the value's
+        // own TTL; without one, OpenBao answers the mount's default (32 days), which must not
+        // replace the cache's `ttl`.
+        if answer.lease_duration > 0 && meta.ttl.is_none() && answer.data.0.contains_key("ttl") {
             meta.ttl = Some(Duration::from_secs(answer.lease_duration));
         }
         answer.data
