@@ -104,6 +104,26 @@ pub struct Record {
     pub certificates: Vec<CertificateRecord>,
 }
 
+impl Record {
+    /// The record of an entry's first write, at `at`, by `by`.
+    pub fn first(at: String, by: String, id: u64) -> Self {
+        Self {
+            version: 1,
+            revision: 1,
+            created_at: at.clone(),
+            updated_at: at,
+            updated_by: by,
+            id,
+            display_name: None,
+            folder_id: None,
+            history: Vec::new(),
+            certificates: Vec::new(),
+            current_version: None,
+            activate_at: None,
+        }
+    }
+}
+
 /// Material versions a record remembers.
 pub const MAX_HISTORY: usize = 100;
 

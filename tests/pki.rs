@@ -529,13 +529,7 @@ async fn the_agent_stages_the_next_certificate_and_switches_to_exactly_it() {
         ),
     )
     .unwrap();
-    let _agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _agent = agent(&config, root);
     let read = |p: &str| std::fs::read_to_string(root.join("certs").join(p)).ok();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let (mut current, staged, takes_over) = loop {
@@ -631,13 +625,7 @@ async fn an_issued_certificate_rotates_through_nginx_without_a_failed_request() 
         "$ssl_client_serial",
     );
     write_config(&nginx.reload_argv());
-    let _agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _agent = agent(&config, &root);
     // A new connection per request: a reload closes idle keep-alive connections.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -675,4 +663,15 @@ async fn an_issued_certificate_rotates_through_nginx_without_a_failed_request() 
         failed.len(),
         ok as usize + failed.len()
     );
+}
+
+/// `keybroker agent --config config`, logging into `root/agent.log`; killed when dropped.
+fn agent(config: &std::path::Path, root: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }

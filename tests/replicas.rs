@@ -104,6 +104,19 @@ impl Replica {
         )
     }
 
+    /// `POST /v1/credentials` as the admin: credential `name` with a client certificate `cn`
+    /// of `partner`.
+    async fn create(&self, name: &str, partner: &Ca, cn: &str) -> (u16, Value, Option<String>) {
+        self.send(
+            reqwest::Method::POST,
+            ADMIN,
+            "/v1/credentials",
+            Some(body(name, partner, cn)),
+            &[],
+        )
+        .await
+    }
+
     async fn material(
         &self,
         name: &str,
@@ -157,15 +170,7 @@ fn body(name: &str, partner: &Ca, cn: &str) -> Value {
 /// The credential `partner` (client certificate `gateway-v1` of `partner`) created through
 /// `a`, once `b`'s poll has pulled it and `b` serves it.
 async fn create_on_a_served_by_b(a: &Replica, b: &Replica, partner: &Ca) {
-    let (status, v, _) = a
-        .send(
-            reqwest::Method::POST,
-            ADMIN,
-            "/v1/credentials",
-            Some(body("partner", partner, "gateway-v1")),
-            &[],
-        )
-        .await;
+    let (status, v, _) = a.create("partner", partner, "gateway-v1").await;
     assert_eq!(status, 201, "{v}");
     until("B serves what A created", || async {
         b.material("partner", &[], "").await.0 == 200
@@ -336,20 +341,8 @@ async fn a_vault_store_is_shared_by_replicas_and_racing_writes_cannot_both_win()
 
     // The same name created on both at once: exactly one wins.
     let (ra, rb) = tokio::join!(
-        a.send(
-            reqwest::Method::POST,
-            ADMIN,
-            "/v1/credentials",
-            Some(body("race", &partner, "r1")),
-            &[]
-        ),
-        b.send(
-            reqwest::Method::POST,
-            ADMIN,
-            "/v1/credentials",
-            Some(body("race", &partner, "r2")),
-            &[]
-        ),
+        a.create("race", &partner, "r1"),
+        b.create("race", &partner, "r2"),
     );
     let mut codes = [ra.0, rb.0];
     codes.sort_unstable();
@@ -761,28 +754,12 @@ async fn the_vault_store_writes_with_its_own_login_and_the_read_token_cannot() {
     let partner = Ca::new("partner CA");
 
     let without = start(false).await;
-    let (status, v, _) = without
-        .send(
-            reqwest::Method::POST,
-            ADMIN,
-            "/v1/credentials",
-            Some(body("partner", &partner, "gateway-v1")),
-            &[],
-        )
-        .await;
+    let (status, v, _) = without.create("partner", &partner, "gateway-v1").await;
     assert_eq!(status, 503, "the read token wrote the store: {v}");
     drop(without);
 
     let with = start(true).await;
-    let (status, v, _) = with
-        .send(
-            reqwest::Method::POST,
-            ADMIN,
-            "/v1/credentials",
-            Some(body("partner", &partner, "gateway-v1")),
-            &[],
-        )
-        .await;
+    let (status, v, _) = with.create("partner", &partner, "gateway-v1").await;
     assert_eq!(status, 201, "{v}");
     // Consumers' reads go through the read token, which may read the material.
     let (status, m, _) = with.material("partner", &[], "").await;
@@ -854,15 +831,7 @@ async fn unreferenced_material_is_collected_from_the_vault_store() {
     )
     .await;
     let partner = Ca::new("partner CA");
-    let (status, v, _) = r
-        .send(
-            reqwest::Method::POST,
-            ADMIN,
-            "/v1/credentials",
-            Some(body("partner", &partner, "gateway-v1")),
-            &[],
-        )
-        .await;
+    let (status, v, _) = r.create("partner", &partner, "gateway-v1").await;
     assert_eq!(status, 201, "{v}");
     // What a crash between the two writes leaves: a version past the definition's, and
     // material of a credential that was never committed.

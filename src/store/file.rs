@@ -279,16 +279,7 @@ mod tests {
         Record {
             version,
             revision: version,
-            created_at: String::new(),
-            updated_at: String::new(),
-            updated_by: "operator".to_owned(),
-            id: 1,
-            display_name: None,
-            folder_id: None,
-            history: Vec::new(),
-            certificates: Vec::new(),
-            current_version: None,
-            activate_at: None,
+            ..Record::first(String::new(), "operator".to_owned(), 1)
         }
     }
 

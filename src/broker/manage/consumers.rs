@@ -194,20 +194,7 @@ impl Broker {
                 vault_api_host: input.vault_api_host.clone(),
             };
             let at = crate::store::now();
-            let record = Record {
-                version: 1,
-                revision: 1,
-                created_at: at.clone(),
-                updated_at: at,
-                updated_by: who(caller),
-                id: 0,
-                display_name: None,
-                folder_id: None,
-                history: Vec::new(),
-                certificates: Vec::new(),
-                current_version: None,
-                activate_at: None,
-            };
+            let record = Record::first(at, who(caller), 0);
             let toml_text = render(&body)?;
             store
                 .commit(
