@@ -53,9 +53,14 @@ impl Connections {
 
     /// The client of the current generation (a cheap handle; drop it when the request ends).
     pub(super) fn client(&self) -> reqwest::Client {
-        if !self.max_age.is_zero() && self.lock().born.elapsed() >= self.max_age {
-            self.renew(|current| current.born.elapsed() >= self.max_age);
+        let old = |g: &Generation| !self.max_age.is_zero() && g.born.elapsed() >= self.max_age;
+        {
+            let current = self.lock();
+            if !old(&current) {
+                return current.client.clone();
+            }
         }
+        self.renew(old);
         self.lock().client.clone()
     }
 
