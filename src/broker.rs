@@ -19,7 +19,6 @@ mod credentials;
 mod expiry;
 mod failure;
 mod fair;
-mod manage;
 mod ops;
 mod plan;
 mod read;
@@ -35,12 +34,8 @@ pub use credentials::{
     RoleRepair,
 };
 pub use failure::Failure;
-pub use manage::{
-    AclInput, CertificateInput, CertificateView, ConsumerInput, ConsumerPatch, CredentialInput,
-    CredentialPatch, ManageError, Managed, ManagedConsumer, RoleRepairs,
-};
 pub use ops::{PolicySummary, Readiness, ReloadError, SourceHealth};
-use read::source_reason;
+pub(crate) use read::source_reason;
 use resolve::{pick, repair_names};
 pub use single::{SecretAnswer, SecretRead};
 
@@ -189,8 +184,6 @@ pub struct Broker {
     cache: Arc<SecretCache>,
     /// `[store]`: where the management API keeps what it creates.
     store: Option<Arc<crate::store::Store>>,
-    /// One management write at a time (each is read-check-write-reload).
-    manage: tokio::sync::Mutex<()>,
     /// `[notify]`: where expiry and rejection events are pushed, besides the audit trail.
     notifier: Option<crate::notify::Notifier>,
     /// Where references without a source name go (default and CCP sources).

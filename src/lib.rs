@@ -22,6 +22,7 @@ mod diag;
 pub mod egress;
 pub mod exit;
 pub mod identity;
+pub mod manage;
 pub mod metrics;
 pub mod notify;
 pub mod pem;

@@ -6,6 +6,7 @@
 //! ([`VaultStore`], shared by replicas, mirrored into a local folder the policy loader reads).
 
 mod file;
+mod name;
 mod vault;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub use file::FileStore;
+pub use name::{EntryName, NotAName, TeamSlug, is_slug};
 pub use vault::VaultStore;
 
 /// The file source that serves a file store's material.
@@ -184,8 +186,8 @@ pub fn now() -> String {
 /// (`Debug` shows no value: `SecretString` redacts.)
 #[derive(Debug)]
 pub struct Write<'a> {
-    pub team: &'a str,
-    pub name: &'a str,
+    pub team: &'a TeamSlug,
+    pub name: &'a EntryName,
     pub fields: &'a [(&'a str, &'a SecretString)],
     pub toml: &'a str,
     pub record: &'a Record,
@@ -232,7 +234,7 @@ impl Store {
     }
 
     /// The source and path a reference to a version's material names.
-    pub fn reference(&self, team: &str, name: &str, version: u64) -> (String, String) {
+    pub fn reference(&self, team: &TeamSlug, name: &EntryName, version: u64) -> (String, String) {
         match &self.remote {
             Some(v) => v.reference(team, name, version),
             None => (
@@ -242,19 +244,24 @@ impl Store {
         }
     }
 
-    pub fn record(&self, kind: Kind, team: &str, name: &str) -> Result<Option<Record>, StoreError> {
+    pub fn record(
+        &self,
+        kind: Kind,
+        team: &TeamSlug,
+        name: &EntryName,
+    ) -> Result<Option<Record>, StoreError> {
         self.local.record(kind, team, name)
     }
 
-    pub fn records(&self, kind: Kind) -> Result<Vec<(String, String, Record)>, StoreError> {
+    pub fn records(&self, kind: Kind) -> Result<Vec<(TeamSlug, EntryName, Record)>, StoreError> {
         self.local.records(kind)
     }
 
     pub fn definition(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
     ) -> Result<Option<String>, StoreError> {
         self.local.definition(kind, team, name)
     }
@@ -285,8 +292,8 @@ impl Store {
     pub async fn commit(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         toml: &str,
         record: &Record,
         previous: Option<&Record>,
@@ -302,8 +309,8 @@ impl Store {
     pub async fn restore(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         written: &Record,
         previous: Option<(&str, &Record)>,
     ) -> Result<(), StoreError> {
@@ -318,8 +325,8 @@ impl Store {
     pub async fn delete(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         previous: &Record,
     ) -> Result<(), StoreError> {
         if let Some(v) = &self.remote {

@@ -5,34 +5,35 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::names::NamePath;
 use super::{
     ApiError, AppState, Authenticated, if_match, json_response, parse_body, secret_response,
     with_etag,
 };
-use crate::broker::{
-    AclInput, CertificateInput, ConsumerInput, ConsumerPatch, ManageError, ManagedConsumer,
+use crate::manage::{
+    AclInput, CertificateInput, ConsumerInput, ConsumerPatch, EntryName, ManagedConsumer, TeamSlug,
 };
 use crate::secret::SecretBuf;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
-    name: String,
+    name: EntryName,
     #[serde(default)]
-    admin_teams: Vec<String>,
+    admin_teams: Vec<TeamSlug>,
     vault_api_host: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
-    admin_teams: Option<Vec<String>>,
+    admin_teams: Option<Vec<TeamSlug>>,
     /// `null` removes it; absent leaves it.
     #[serde(default, deserialize_with = "present")]
     vault_api_host: Option<Option<String>>,
@@ -90,7 +91,7 @@ fn with_token(status: StatusCode, m: &ManagedConsumer, token: &Zeroizing<String>
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path(team): Path<String>,
+    NamePath(team): NamePath<TeamSlug>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: CreateBody = parse_body(&body, "a consumer: {name, admin_teams, vault_api_host}")?;
@@ -100,19 +101,16 @@ pub(super) async fn create(
         admin_teams: body.admin_teams,
         vault_api_host: body.vault_api_host,
     };
-    let (m, token) = state.broker.create_consumer(&caller, input).await?;
+    let (m, token) = state.manager.create_consumer(&caller, input).await?;
     Ok(with_token(StatusCode::CREATED, &m, &token))
 }
 
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path(team): Path<String>,
+    NamePath(team): NamePath<TeamSlug>,
 ) -> Result<Response, ApiError> {
-    if !caller.may_manage(&team) {
-        return Err(ManageError::NotAllowed(team).into());
-    }
-    let list = state.broker.managed_consumers(&team)?;
+    let list = state.manager.list_consumers(&caller, &team).await?;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "consumers": list }),
@@ -122,21 +120,16 @@ pub(super) async fn list(
 pub(super) async fn show(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path((team, name)): Path<(String, String)>,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
 ) -> Result<Response, ApiError> {
-    if !caller.may_manage(&team) {
-        return Err(ManageError::NotAllowed(team).into());
-    }
-    match state.broker.managed_consumer(&team, &name)? {
-        Some(m) => Ok(answer(StatusCode::OK, &m)),
-        None => Err(ManageError::NotFound.into()),
-    }
+    let m = state.manager.show_consumer(&caller, &team, &name).await?;
+    Ok(answer(StatusCode::OK, &m))
 }
 
 pub(super) async fn update(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path((team, name)): Path<(String, String)>,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -146,7 +139,7 @@ pub(super) async fn update(
         vault_api_host: body.vault_api_host,
     };
     let m = state
-        .broker
+        .manager
         .update_consumer(&caller, &team, &name, patch, if_match(&headers))
         .await?;
     Ok(answer(StatusCode::OK, &m))
@@ -155,11 +148,11 @@ pub(super) async fn update(
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path((team, name)): Path<(String, String)>,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state
-        .broker
+        .manager
         .delete_consumer(&caller, &team, &name, if_match(&headers))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -169,11 +162,11 @@ pub(super) async fn delete(
 pub(super) async fn token(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path((team, name)): Path<(String, String)>,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (m, token) = state
-        .broker
+        .manager
         .rotate_consumer_token(&caller, &team, &name, if_match(&headers))
         .await?;
     Ok(with_token(StatusCode::OK, &m, &token))
@@ -182,15 +175,9 @@ pub(super) async fn token(
 pub(super) async fn certificates(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path((team, name)): Path<(String, String)>,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
 ) -> Result<Response, ApiError> {
-    if !caller.may_manage(&team) {
-        return Err(ManageError::NotAllowed(team).into());
-    }
-    let m = state
-        .broker
-        .managed_consumer(&team, &name)?
-        .ok_or(ManageError::NotFound)?;
+    let m = state.manager.show_consumer(&caller, &team, &name).await?;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "certificates": m.certificates }),
@@ -200,7 +187,7 @@ pub(super) async fn certificates(
 pub(super) async fn add_certificate(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path((team, name)): Path<(String, String)>,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: CertificateBody =
@@ -214,7 +201,7 @@ pub(super) async fn add_certificate(
     let tls = state.main_tls();
     let verifier = tls.as_ref().and_then(|t| t.verifier.as_deref());
     let added = state
-        .broker
+        .manager
         .add_consumer_certificate(&caller, &team, &name, input, verifier)
         .await?;
     Ok(json_response(StatusCode::CREATED, &added))
@@ -223,10 +210,10 @@ pub(super) async fn add_certificate(
 pub(super) async fn revoke_certificate(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path((team, name, fingerprint)): Path<(String, String, String)>,
+    NamePath((team, name, fingerprint)): NamePath<(TeamSlug, EntryName, String)>,
 ) -> Result<Response, ApiError> {
     let revoked = state
-        .broker
+        .manager
         .revoke_consumer_certificate(&caller, &team, &name, &fingerprint)
         .await?;
     Ok(json_response(StatusCode::OK, &revoked))
@@ -235,7 +222,7 @@ pub(super) async fn revoke_certificate(
 pub(super) async fn put_issuer_acl(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path((team, name)): Path<(String, String)>,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -250,7 +237,7 @@ pub(super) async fn put_issuer_acl(
         validate_acl_for_issuer: body.validate_acl_for_issuer,
     };
     let m = state
-        .broker
+        .manager
         .set_issuer_acl(&caller, &team, &name, Some(acl), if_match(&headers))
         .await?;
     Ok(answer(StatusCode::OK, &m))
@@ -259,11 +246,11 @@ pub(super) async fn put_issuer_acl(
 pub(super) async fn delete_issuer_acl(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path((team, name)): Path<(String, String)>,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let m = state
-        .broker
+        .manager
         .set_issuer_acl(&caller, &team, &name, None, if_match(&headers))
         .await?;
     Ok(answer(StatusCode::OK, &m))

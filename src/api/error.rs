@@ -36,7 +36,7 @@ pub enum ApiError {
     #[error(transparent)]
     Audit(#[from] AuditRefused),
     #[error(transparent)]
-    Manage(#[from] crate::broker::ManageError),
+    Manage(#[from] crate::manage::ManageError),
 }
 
 #[derive(Serialize)]
@@ -137,7 +137,7 @@ impl ApiError {
             Self::Reload(ReloadError::Invalid(_)) => (StatusCode::CONFLICT, "policy_invalid"),
             Self::TlsReload(_) => (StatusCode::CONFLICT, "tls_invalid"),
             Self::Manage(e) => {
-                use crate::broker::ManageError as M;
+                use crate::manage::ManageError as M;
                 let status = match (e.failure(), e) {
                     (Some(class), _) => status(class),
                     (None, M::Exists | M::CertificateInUse | M::AclOverlap) => StatusCode::CONFLICT,
@@ -179,16 +179,16 @@ impl IntoResponse for ApiError {
             Self::Resolve(ResolveError::Unresolved { errors, .. }) => Details::References(errors),
             Self::Credential(CredentialError::Unresolved(e)) => Details::Roles(e),
             Self::Credential(CredentialError::Rejected(r))
-            | Self::Manage(crate::broker::ManageError::Rejected(r)) => {
+            | Self::Manage(crate::manage::ManageError::Rejected(r)) => {
                 Details::Rejected([Rejected {
                     role: r.role,
                     reason: r.code,
                 }])
             }
-            Self::Manage(crate::broker::ManageError::PemRejected { role, code }) => {
+            Self::Manage(crate::manage::ManageError::PemRejected { role, code }) => {
                 Details::Rejected([Rejected { role, reason: code }])
             }
-            Self::Manage(crate::broker::ManageError::PolicyRefused(lines)) => {
+            Self::Manage(crate::manage::ManageError::PolicyRefused(lines)) => {
                 Details::Lines(lines.clone())
             }
             // Policy files are not secret; their diagnostics tell the admin what to fix.
@@ -222,7 +222,7 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::ManageError;
+    use crate::manage::ManageError;
     use crate::source::{Outage, SourceError};
     use crate::store::StoreError;
 

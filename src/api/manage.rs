@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::names::{NamePath, NameQuery};
 use super::{ApiError, AppState, Authenticated, if_match, parse_body, with_etag};
-use crate::broker::{CredentialInput, CredentialPatch, Managed};
+use crate::manage::{CredentialInput, CredentialPatch, EntryName, Managed, TeamSlug};
 use crate::policy::{CredentialMode, ReadAccess};
 use crate::source::FieldValue;
 
@@ -20,8 +21,8 @@ use crate::source::FieldValue;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CredentialBody {
-    name: Option<String>,
-    team: String,
+    name: Option<EntryName>,
+    team: TeamSlug,
     mode: CredentialMode,
     client_certificate: Option<FieldValue>,
     client_private_key: Option<FieldValue>,
@@ -30,7 +31,7 @@ struct CredentialBody {
     #[serde(default)]
     read_access: ReadAccess,
     #[serde(default)]
-    shared_team_slugs: Vec<String>,
+    shared_team_slugs: Vec<TeamSlug>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
     description: Option<String>,
@@ -41,7 +42,7 @@ struct CredentialBody {
 }
 
 impl CredentialBody {
-    fn input(self, name: String) -> Result<CredentialInput, ApiError> {
+    fn input(self, name: EntryName) -> Result<CredentialInput, ApiError> {
         let activate_at = self
             .activate_at
             .as_deref()
@@ -58,7 +59,7 @@ impl CredentialBody {
         })
     }
 
-    fn input_now(self, name: String) -> CredentialInput {
+    fn input_now(self, name: EntryName) -> CredentialInput {
         CredentialInput {
             name,
             team: self.team,
@@ -87,7 +88,7 @@ pub(super) struct WriteQuery {
 
 #[derive(Deserialize)]
 pub(super) struct TeamQuery {
-    team: Option<String>,
+    team: Option<TeamSlug>,
 }
 
 fn answer(status: StatusCode, m: &Managed) -> Response {
@@ -106,7 +107,7 @@ pub(super) async fn create(
         message: "name: required".to_owned(),
     })?;
     let managed = state
-        .broker
+        .manager
         .create_credential(&caller, body.input(name)?, q.dry_run)
         .await?;
     let status = if q.dry_run {
@@ -120,7 +121,7 @@ pub(super) async fn create(
 pub(super) async fn replace(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path(name): Path<String>,
+    NamePath(name): NamePath<EntryName>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -132,7 +133,7 @@ pub(super) async fn replace(
         });
     }
     let managed = state
-        .broker
+        .manager
         .replace_credential(&caller, body.input(name)?, if_match(&headers))
         .await?;
     Ok(answer(StatusCode::OK, &managed))
@@ -141,13 +142,13 @@ pub(super) async fn replace(
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path(name): Path<String>,
-    Query(q): Query<TeamQuery>,
+    NamePath(name): NamePath<EntryName>,
+    NameQuery(q): NameQuery<TeamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let team = team_of(&state, &caller, &name, q.team)?;
+    let team = state.manager.team_of(&caller, &name, q.team)?;
     state
-        .broker
+        .manager
         .delete_credential(&caller, &team, &name, if_match(&headers))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -157,9 +158,9 @@ pub(super) async fn delete(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
-    team: Option<String>,
+    team: Option<TeamSlug>,
     read_access: Option<ReadAccess>,
-    shared_team_slugs: Option<Vec<String>>,
+    shared_team_slugs: Option<Vec<TeamSlug>>,
     allowed_hosts: Option<Vec<String>>,
     description: Option<String>,
     metadata: Option<BTreeMap<String, String>>,
@@ -168,12 +169,12 @@ struct PatchBody {
 pub(super) async fn patch(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path(name): Path<String>,
+    NamePath(name): NamePath<EntryName>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: PatchBody = parse_body(&body, "definition fields of a credential")?;
-    let team = team_of(&state, &caller, &name, body.team)?;
+    let team = state.manager.team_of(&caller, &name, body.team)?;
     let patch = CredentialPatch {
         read_access: body.read_access,
         shared_team_slugs: body.shared_team_slugs,
@@ -183,7 +184,7 @@ pub(super) async fn patch(
         ..CredentialPatch::default()
     };
     let m = state
-        .broker
+        .manager
         .patch_credential(&caller, &team, &name, patch, if_match(&headers), false)
         .await?;
     Ok(answer(StatusCode::OK, &m))
@@ -194,11 +195,14 @@ pub(super) async fn patch(
 pub(super) async fn versions(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path(name): Path<String>,
-    Query(q): Query<TeamQuery>,
+    NamePath(name): NamePath<EntryName>,
+    NameQuery(q): NameQuery<TeamQuery>,
 ) -> Result<Response, ApiError> {
-    let team = team_of(&state, &caller, &name, q.team)?;
-    let versions = state.broker.credential_versions(&caller, &team, &name)?;
+    let team = state.manager.team_of(&caller, &name, q.team)?;
+    let versions = state
+        .manager
+        .credential_versions(&caller, &team, &name)
+        .await?;
     Ok(super::json_response(
         StatusCode::OK,
         &json!({ "team": team, "name": name, "versions": versions }),
@@ -210,42 +214,10 @@ pub(super) async fn versions(
 pub(super) async fn show(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path((team, name)): Path<(String, String)>,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
 ) -> Result<Response, ApiError> {
-    if !caller.may_manage(&team) {
-        return Err(crate::broker::ManageError::NotAllowed(team).into());
-    }
-    match state.broker.managed_credential(&team, &name)? {
-        Some(m) => Ok(answer(StatusCode::OK, &m)),
-        None => Err(crate::broker::ManageError::NotFound.into()),
-    }
-}
-
-/// The team of credential `name` in the store: given, or the only one holding that name.
-fn team_of(
-    state: &AppState,
-    caller: &crate::broker::Caller,
-    name: &str,
-    team: Option<String>,
-) -> Result<String, ApiError> {
-    if let Some(t) = team {
-        return Ok(t);
-    }
-    let held: Vec<String> = state
-        .broker
-        .managed_credentials()?
-        .into_iter()
-        .filter(|m| m.name == name && caller.may_manage(&m.team))
-        .map(|m| m.team)
-        .collect();
-    match &held[..] {
-        [one] => Ok(one.clone()),
-        [] => Err(crate::broker::ManageError::NotFound.into()),
-        _ => Err(ApiError::BadRequest {
-            code: "team_required",
-            message: "several teams hold a credential of this name: add ?team=".to_owned(),
-        }),
-    }
+    let m = state.manager.show_credential(&caller, &team, &name).await?;
+    Ok(answer(StatusCode::OK, &m))
 }
 
 // ---- Tines' shape: /api/v1/user_credentials (docs/MANAGEMENT.md, "Tines' shape") ----
@@ -263,7 +235,7 @@ struct TinesBody {
     #[serde(default)]
     read_access: ReadAccess,
     #[serde(default)]
-    shared_team_slugs: Vec<String>,
+    shared_team_slugs: Vec<TeamSlug>,
     #[serde(default)]
     description: String,
     #[serde(default)]
@@ -288,7 +260,7 @@ fn slug(name: &str) -> String {
 fn tines(m: &Managed, tines_id: Option<u64>) -> serde_json::Value {
     json!({
         "id": m.record.id,
-        "name": m.record.display_name.clone().unwrap_or_else(|| m.name.clone()),
+        "name": m.record.display_name.clone().unwrap_or_else(|| m.name.to_string()),
         "mode": match m.mode { CredentialMode::Mtls => "MTLS", _ => "TEXT" },
         "team_id": tines_id.map_or_else(|| json!(m.team), |id| json!(id)),
         "folder_id": m.record.folder_id,
@@ -302,6 +274,9 @@ fn tines(m: &Managed, tines_id: Option<u64>) -> serde_json::Value {
         "metadata": m.metadata,
     })
 }
+
+/// Tines' `name` (shown back as given).
+const MAX_TINES_NAME: usize = 256;
 
 fn tines_id_of(state: &AppState, team: &str) -> Option<u64> {
     let snapshot = state.broker.policy();
@@ -339,12 +314,24 @@ pub(super) async fn tines_create(
         serde_json::Value::String(s) => Some(s.clone()),
         _ => None,
     }
+    .and_then(|t| TeamSlug::parse(&t).ok())
     .ok_or(ApiError::BadRequest {
         code: "invalid",
         message: "team_id: no team has this tines_id".to_owned(),
     })?;
+    // Tines' name is shown back as given; keybroker's name is its slug, a name like any.
+    if body.name.len() > MAX_TINES_NAME {
+        return Err(ApiError::BadRequest {
+            code: "invalid",
+            message: "name: at most 256 bytes".to_owned(),
+        });
+    }
+    let name = EntryName::parse(&slug(&body.name)).map_err(|_| ApiError::BadRequest {
+        code: "invalid",
+        message: "name: its slug must match [a-z0-9_-]{1,64}".to_owned(),
+    })?;
     let input = CredentialInput {
-        name: slug(&body.name),
+        name,
         team,
         mode,
         client_certificate: body.mtls_client_certificate.map(|v| v.0),
@@ -361,7 +348,7 @@ pub(super) async fn tines_create(
         activate_at: None,
     };
     let m = state
-        .broker
+        .manager
         .create_credential(&caller, input, false)
         .await?;
     let id = tines_id_of(&state, &m.team);
@@ -373,10 +360,10 @@ pub(super) async fn tines_list(
     Authenticated(caller): Authenticated,
 ) -> Result<Response, ApiError> {
     let list: Vec<serde_json::Value> = state
-        .broker
-        .managed_credentials()?
+        .manager
+        .list_credentials(&caller)
+        .await?
         .iter()
-        .filter(|m| caller.may_manage(&m.team))
         .map(|m| tines(m, tines_id_of(&state, &m.team)))
         .collect();
     Ok(axum::Json(json!({ "user_credentials": list })).into_response())
@@ -397,7 +384,7 @@ struct TinesUpdate {
     value: Option<FieldValue>,
     folder_id: Option<u64>,
     read_access: Option<ReadAccess>,
-    shared_team_slugs: Option<Vec<String>>,
+    shared_team_slugs: Option<Vec<TeamSlug>>,
     description: Option<String>,
     metadata: Option<BTreeMap<String, String>>,
     allowed_hosts: Option<Vec<String>>,
@@ -411,7 +398,7 @@ pub(super) async fn tines_update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: TinesUpdate = parse_body(&body, "a Tines user_credentials update")?;
-    let m = by_id(&state, &caller, id)?;
+    let m = state.manager.credential_by_id(&caller, id).await?;
     let mode_matches = matches!(
         (body.mode.as_str(), m.mode),
         ("MTLS", CredentialMode::Mtls) | ("TEXT", CredentialMode::Text)
@@ -446,7 +433,7 @@ pub(super) async fn tines_update(
         };
         let expected = if_match(&headers).unwrap_or(&m.etag);
         state
-            .broker
+            .manager
             .replace_credential(&caller, input, Some(expected))
             .await?
     } else {
@@ -460,7 +447,7 @@ pub(super) async fn tines_update(
             folder_id: body.folder_id,
         };
         state
-            .broker
+            .manager
             .patch_credential(&caller, &m.team, &m.name, patch, if_match(&headers), true)
             .await?
     };
@@ -468,21 +455,12 @@ pub(super) async fn tines_update(
     Ok(axum::Json(tines(&updated, tines_id)).into_response())
 }
 
-fn by_id(state: &AppState, caller: &crate::broker::Caller, id: u64) -> Result<Managed, ApiError> {
-    state
-        .broker
-        .managed_credentials()?
-        .into_iter()
-        .find(|m| m.record.id == id && caller.may_manage(&m.team))
-        .ok_or_else(|| crate::broker::ManageError::NotFound.into())
-}
-
 pub(super) async fn tines_show(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
-    let m = by_id(&state, &caller, id)?;
+    let m = state.manager.credential_by_id(&caller, id).await?;
     Ok(axum::Json(tines(&m, tines_id_of(&state, &m.team))).into_response())
 }
 
@@ -491,9 +469,9 @@ pub(super) async fn tines_delete(
     Authenticated(caller): Authenticated,
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
-    let m = by_id(&state, &caller, id)?;
+    let m = state.manager.credential_by_id(&caller, id).await?;
     state
-        .broker
+        .manager
         .delete_credential(&caller, &m.team, &m.name, None)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

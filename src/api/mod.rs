@@ -12,6 +12,7 @@ mod credentials;
 mod error;
 pub mod listen;
 mod manage;
+mod names;
 pub mod observe;
 mod ops;
 mod resolve;
@@ -82,6 +83,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 #[derive(Debug)]
 pub struct AppState {
     pub broker: Arc<Broker>,
+    /// The management plane (its store, lock and decisions), one per broker.
+    pub manager: Arc<crate::manage::Manager>,
     pub auth: Authenticator,
     /// The main listener's TLS: its verifier checks forwarded certificates.
     tls: Option<Arc<ServerTls>>,
@@ -99,6 +102,7 @@ impl AppState {
     /// [`AppState::with_server`]).
     pub fn new(broker: Arc<Broker>) -> Self {
         Self {
+            manager: Arc::new(crate::manage::Manager::new(Arc::clone(&broker))),
             broker,
             auth: Authenticator::default(),
             tls: None,

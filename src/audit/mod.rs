@@ -159,6 +159,13 @@ pub enum Action {
     /// Management: a consumer's issuer ACL set or removed.
     #[serde(rename = "consumer.issuer_acl")]
     ConsumerIssuerAcl,
+    /// Management: a credential create checked and not written (`?dry_run=true`).
+    #[serde(rename = "credential.dry_run")]
+    CredentialDryRun,
+    /// Management: a read of the store's view (a credential, its versions, a consumer, a
+    /// list), decided like a write: the caller manages the team.
+    #[serde(rename = "manage.read")]
+    ManageRead,
 }
 
 /// How a decision ended (the line's `decision`).

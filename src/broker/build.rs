@@ -217,7 +217,6 @@ impl Broker {
             cache: Arc::new(SecretCache::new(&crate::config::CacheConfig::default())),
             notifier: None,
             store: None,
-            manage: tokio::sync::Mutex::new(()),
             routes: crate::policy::KnownSources {
                 names: std::collections::BTreeSet::new(),
                 default: default_source,
@@ -289,6 +288,12 @@ impl Broker {
     }
 
     /// The policy snapshot in force now.
+    /// `[store]`: where the management plane keeps what it creates (its definitions are
+    /// part of every policy load).
+    pub fn store(&self) -> Option<Arc<crate::store::Store>> {
+        self.store.clone()
+    }
+
     pub fn policy(&self) -> Arc<Snapshot> {
         self.policy.load_full()
     }

@@ -263,7 +263,7 @@ const RETRY_ATTEMPTS: u32 = 3;
 /// … starting from this delay, doubled each time, with jitter.
 const RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(100);
 
-pub(super) fn source_reason(e: &SourceError) -> Reason {
+pub(crate) fn source_reason(e: &SourceError) -> Reason {
     match e {
         SourceError::NotFound => Reason::NotFound,
         SourceError::Denied => Reason::SourceDenied,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use secrecy::ExposeSecret;
 
-use super::{Kind, Record, StoreError};
+use super::{EntryName, Kind, Record, StoreError, TeamSlug};
 use crate::secret::SecretBuf;
 
 #[derive(Debug)]
@@ -42,26 +42,31 @@ impl FileStore {
         self.root.join("material")
     }
 
-    fn definition_path(&self, kind: Kind, team: &str, name: &str) -> PathBuf {
+    fn definition_path(&self, kind: Kind, team: &TeamSlug, name: &EntryName) -> PathBuf {
         self.root
             .join(kind.dir())
-            .join(team)
-            .join(format!("{name}.toml"))
+            .join(team.segment())
+            .join(format!("{}.toml", name.segment()))
     }
 
-    fn record_path(&self, kind: Kind, team: &str, name: &str) -> PathBuf {
+    fn record_path(&self, kind: Kind, team: &TeamSlug, name: &EntryName) -> PathBuf {
         self.root
             .join(kind.records_dir())
-            .join(team)
-            .join(format!("{name}.json"))
+            .join(team.segment())
+            .join(format!("{}.json", name.segment()))
     }
 
     /// The path (`<team>/<name>/v<N>`) a reference to a version's material names.
-    pub fn material_path(team: &str, name: &str, version: u64) -> String {
-        format!("{team}/{name}/v{version}")
+    pub fn material_path(team: &TeamSlug, name: &EntryName, version: u64) -> String {
+        format!("{}/{}/v{version}", team.segment(), name.segment())
     }
 
-    pub fn record(&self, kind: Kind, team: &str, name: &str) -> Result<Option<Record>, StoreError> {
+    pub fn record(
+        &self,
+        kind: Kind,
+        team: &TeamSlug,
+        name: &EntryName,
+    ) -> Result<Option<Record>, StoreError> {
         let path = self.record_path(kind, team, name);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -74,7 +79,8 @@ impl FileStore {
 
     /// Every record of `kind`, with its team and name (the Tines routes find a credential
     /// by `id`).
-    pub fn records(&self, kind: Kind) -> Result<Vec<(String, String, Record)>, StoreError> {
+    /// Files whose names are not names (put there by hand) are not entries: skipped.
+    pub fn records(&self, kind: Kind) -> Result<Vec<(TeamSlug, EntryName, Record)>, StoreError> {
         let mut out = Vec::new();
         let base = self.root.join(kind.records_dir());
         let read = |p: &Path| {
@@ -88,18 +94,20 @@ impl FileStore {
                 path: base.clone(),
                 source,
             })?;
-            let team_name = team.file_name().to_string_lossy().into_owned();
+            let Ok(team_name) = TeamSlug::parse(&team.file_name().to_string_lossy()) else {
+                continue;
+            };
             for file in read(&team.path())? {
                 let file = file.map_err(|source| StoreError::Read {
                     path: team.path(),
                     source,
                 })?;
                 let file_name = file.file_name().to_string_lossy().into_owned();
-                let Some(name) = file_name.strip_suffix(".json") else {
+                let Some(Ok(name)) = file_name.strip_suffix(".json").map(EntryName::parse) else {
                     continue;
                 };
-                if let Some(r) = self.record(kind, &team_name, name)? {
-                    out.push((team_name.clone(), name.to_owned(), r));
+                if let Some(r) = self.record(kind, &team_name, &name)? {
+                    out.push((team_name.clone(), name, r));
                 }
             }
         }
@@ -110,8 +118,8 @@ impl FileStore {
     /// definition that references it.
     pub fn write_material(
         &self,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         version: u64,
         fields: &[(&str, &secrecy::SecretString)],
     ) -> Result<(), StoreError> {
@@ -134,8 +142,8 @@ impl FileStore {
     pub fn write_definition(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         toml: &str,
         record: &Record,
     ) -> Result<(), StoreError> {
@@ -149,8 +157,8 @@ impl FileStore {
     pub fn restore(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         previous: Option<(&str, &Record)>,
     ) -> Result<(), StoreError> {
         match previous {
@@ -163,8 +171,8 @@ impl FileStore {
     pub fn definition(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
     ) -> Result<Option<String>, StoreError> {
         let path = self.definition_path(kind, team, name);
         match std::fs::read_to_string(&path) {
@@ -176,7 +184,7 @@ impl FileStore {
 
     /// Removes the definition (the commit point: no door serves it after the reload), then
     /// the record and, for a credential, every version of the material.
-    pub fn delete(&self, kind: Kind, team: &str, name: &str) -> Result<(), StoreError> {
+    pub fn delete(&self, kind: Kind, team: &TeamSlug, name: &EntryName) -> Result<(), StoreError> {
         for path in [
             self.definition_path(kind, team, name),
             self.record_path(kind, team, name),
@@ -190,7 +198,11 @@ impl FileStore {
         if kind != Kind::Credential {
             return Ok(());
         }
-        let material = self.root.join("material").join(team).join(name);
+        let material = self
+            .root
+            .join("material")
+            .join(team.segment())
+            .join(name.segment());
         match std::fs::remove_dir_all(&material) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -216,9 +228,13 @@ impl FileStore {
         let now = std::time::SystemTime::now();
         let mut removed = 0;
         for team in read(&self.material())? {
-            let team_name = team.file_name().to_string_lossy().into_owned();
+            let Ok(team_name) = TeamSlug::parse(&team.file_name().to_string_lossy()) else {
+                continue;
+            };
             for cred in read(&team.path())? {
-                let name = cred.file_name().to_string_lossy().into_owned();
+                let Ok(name) = EntryName::parse(&cred.file_name().to_string_lossy()) else {
+                    continue;
+                };
                 let record = self.record(Kind::Credential, &team_name, &name)?;
                 for file in read(&cred.path())? {
                     let file_name = file.file_name().to_string_lossy().into_owned();
@@ -287,23 +303,30 @@ mod tests {
     /// versions stay, and so does anything young enough to be a write in progress.
     #[test]
     fn orphans_are_collected_once_old_and_nothing_referenced_is() {
+        let t = TeamSlug::parse("payments").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         let value = secrecy::SecretString::from("v".to_owned());
         let fields = [("value", &value)];
         for v in 1..=3 {
             store
-                .write_material("payments", "live", v, &fields)
+                .write_material(&t, &EntryName::parse("live").unwrap(), v, &fields)
                 .unwrap();
         }
         store
-            .write_definition(Kind::Credential, "payments", "live", "x", &record(2))
+            .write_definition(
+                Kind::Credential,
+                &t,
+                &EntryName::parse("live").unwrap(),
+                "x",
+                &record(2),
+            )
             .unwrap();
         store
-            .write_material("payments", "ghost", 1, &fields)
+            .write_material(&t, &EntryName::parse("ghost").unwrap(), 1, &fields)
             .unwrap();
         store
-            .write_material("payments", "young", 1, &fields)
+            .write_material(&t, &EntryName::parse("young").unwrap(), 1, &fields)
             .unwrap();
         let material = dir.path().join("material/payments");
         let hour_ago = SystemTime::now() - Duration::from_secs(3600);

@@ -18,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::sync::Arc;
 
-use super::{FileStore, Kind, Record, StoreError};
+use super::{EntryName, FileStore, Kind, Record, StoreError, TeamSlug};
 use crate::secret::SecretBuf;
 use crate::source::{KvPart, SourceError, VaultSource};
 
@@ -90,7 +90,7 @@ impl VaultStore {
     }
 
     /// The vault source that serves the material, and the path of a version's material.
-    pub fn reference(&self, team: &str, name: &str, version: u64) -> (String, String) {
+    pub fn reference(&self, team: &TeamSlug, name: &EntryName, version: u64) -> (String, String) {
         (
             self.source_name.clone(),
             format!(
@@ -101,8 +101,14 @@ impl VaultStore {
         )
     }
 
-    fn definition_path(&self, kind: Kind, team: &str, name: &str) -> String {
-        format!("{}/{}/{team}/{name}", self.prefix, kind.dir())
+    fn definition_path(&self, kind: Kind, team: &TeamSlug, name: &EntryName) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.prefix,
+            kind.dir(),
+            team.segment(),
+            name.segment()
+        )
     }
 
     async fn list(&self, path: &str) -> Result<Vec<String>, StoreError> {
@@ -125,8 +131,8 @@ impl VaultStore {
     async fn read_definition(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
     ) -> Result<Option<(u64, String, Record)>, StoreError> {
         let Some(body) = self
             .source
@@ -176,8 +182,8 @@ impl VaultStore {
     /// Writes version `version` of the material — before the definition that references it.
     pub async fn write_material(
         &self,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         version: u64,
         fields: &[(&str, &SecretString)],
     ) -> Result<(), StoreError> {
@@ -201,8 +207,8 @@ impl VaultStore {
     pub async fn commit(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         toml: &str,
         record: &Record,
         previous: Option<&Record>,
@@ -227,8 +233,8 @@ impl VaultStore {
     async fn expect(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         previous: Option<&Record>,
     ) -> Result<u64, StoreError> {
         match (self.read_definition(kind, team, name).await?, previous) {
@@ -247,8 +253,8 @@ impl VaultStore {
     pub async fn delete(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         previous: &Record,
     ) -> Result<(), StoreError> {
         self.expect(kind, team, name, Some(previous)).await?;
@@ -264,7 +270,12 @@ impl VaultStore {
         if kind != Kind::Credential {
             return self.bump().await;
         }
-        let base = format!("{}/material/{team}/{name}", self.prefix);
+        let base = format!(
+            "{}/material/{}/{}",
+            self.prefix,
+            team.segment(),
+            name.segment()
+        );
         for version in self.list(&base).await? {
             self.source
                 .kv(
@@ -283,8 +294,8 @@ impl VaultStore {
     pub async fn restore(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         written: &Record,
         previous: Option<(&str, &Record)>,
     ) -> Result<(), StoreError> {
@@ -349,9 +360,14 @@ impl VaultStore {
         let now = std::time::SystemTime::now();
         let mut removed = 0;
         for team in self.list(&base).await? {
-            let team = team.trim_end_matches('/').to_owned();
+            // What vault lists that is not a name was not written by a store: skipped.
+            let Ok(team) = TeamSlug::parse(team.trim_end_matches('/')) else {
+                continue;
+            };
             for name in self.list(&format!("{base}/{team}")).await? {
-                let name = name.trim_end_matches('/').to_owned();
+                let Ok(name) = EntryName::parse(name.trim_end_matches('/')) else {
+                    continue;
+                };
                 let dir = format!("{base}/{team}/{name}");
                 let mut record = None;
                 for version in self.list(&dir).await? {
@@ -452,11 +468,13 @@ impl VaultStore {
         let mut present = Vec::new();
         let base = format!("{}/{}", self.prefix, kind.dir());
         for team in self.list(&base).await? {
-            let team = team.trim_end_matches('/').to_owned();
+            let Ok(team) = TeamSlug::parse(team.trim_end_matches('/')) else {
+                continue;
+            };
             for name in self.list(&format!("{base}/{team}")).await? {
-                if name.ends_with('/') {
+                let Ok(name) = EntryName::parse(&name) else {
                     continue;
-                }
+                };
                 if let Some((_, toml, record)) = self.read_definition(kind, &team, &name).await? {
                     let same_definition =
                         mirror.definition(kind, &team, &name)?.as_deref() == Some(toml.as_str());

@@ -4,16 +4,17 @@
 
 use std::collections::BTreeMap;
 
-use super::{Broker, Caller, ManageError, Managed, etag, lost_race, stored, who};
+use super::{ManageError, Managed, Manager, etag, lost_race, stored, who};
 use crate::audit::Action;
+use crate::broker::Caller;
 use crate::policy::ReadAccess;
-use crate::store::{Kind, VersionRecord};
+use crate::store::{EntryName, Kind, TeamSlug};
 
 /// The definition fields a `PATCH` may change; those given change, the others stay.
 #[derive(Debug, Default)]
 pub struct CredentialPatch {
     pub read_access: Option<ReadAccess>,
-    pub shared_team_slugs: Option<Vec<String>>,
+    pub shared_team_slugs: Option<Vec<TeamSlug>>,
     pub allowed_hosts: Option<Vec<String>>,
     pub description: Option<String>,
     pub metadata: Option<BTreeMap<String, String>>,
@@ -44,14 +45,14 @@ fn malformed() -> ManageError {
     crate::store::StoreError::Malformed("a stored credential definition".into()).into()
 }
 
-impl Broker {
+impl Manager {
     /// Changes definition fields of a stored credential. `If-Match` is required unless
     /// `precondition_optional` (Tines' update sends none; a given one is still checked).
     pub async fn patch_credential(
         &self,
         caller: &Caller,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         patch: CredentialPatch,
         if_match: Option<&str>,
         precondition_optional: bool,
@@ -133,20 +134,6 @@ impl Broker {
         };
         self.one_write(Action::CredentialUpdate, caller, team, &subject, work)
             .await
-    }
-
-    /// A stored credential's material versions, newest first: who wrote each when, and its
-    /// certificate's fingerprint and `notAfter` — never a value.
-    pub fn credential_versions(
-        &self,
-        caller: &Caller,
-        team: &str,
-        name: &str,
-    ) -> Result<Vec<VersionRecord>, ManageError> {
-        self.authorize(caller, team)?;
-        let (_, record) =
-            stored(self.store()?, Kind::Credential, team, name)?.ok_or(ManageError::NotFound)?;
-        Ok(record.history.into_iter().rev().collect())
     }
 }
 

@@ -18,16 +18,18 @@ use serde::Serialize;
 mod certificates;
 mod consumers;
 mod patch;
+mod reads;
 
 pub use patch::CredentialPatch;
 
 pub use certificates::CertificateView;
 pub use consumers::{AclInput, CertificateInput, ConsumerInput, ConsumerPatch, ManagedConsumer};
 
-use super::{AuditEntry, Broker, Caller};
 use crate::audit::{Action, Outcome};
+use crate::broker::{AuditEntry, Broker, Caller};
 use crate::pem::{self, RepairKind};
 use crate::policy::{CredentialMode, ReadAccess};
+pub use crate::store::{EntryName, TeamSlug};
 use crate::store::{Kind, Record, Store, StoreError};
 use std::sync::Arc;
 
@@ -35,15 +37,15 @@ use std::sync::Arc;
 /// value (never read back).
 #[derive(Debug)]
 pub struct CredentialInput {
-    pub name: String,
-    pub team: String,
+    pub name: EntryName,
+    pub team: TeamSlug,
     pub mode: CredentialMode,
     pub client_certificate: Option<SecretString>,
     pub client_private_key: Option<SecretString>,
     pub root_certificate: Option<SecretString>,
     pub value: Option<SecretString>,
     pub read_access: ReadAccess,
-    pub shared_team_slugs: Vec<String>,
+    pub shared_team_slugs: Vec<TeamSlug>,
     pub allowed_hosts: Vec<String>,
     pub description: Option<String>,
     pub metadata: BTreeMap<String, String>,
@@ -58,11 +60,11 @@ pub struct CredentialInput {
 /// material.
 #[derive(Clone, Debug, Serialize)]
 pub struct Managed {
-    pub name: String,
-    pub team: String,
+    pub name: EntryName,
+    pub team: TeamSlug,
     pub mode: CredentialMode,
     pub read_access: ReadAccess,
-    pub shared_team_slugs: Vec<String>,
+    pub shared_team_slugs: Vec<TeamSlug>,
     pub allowed_hosts: Vec<String>,
     pub description: String,
     pub metadata: BTreeMap<String, String>,
@@ -105,6 +107,8 @@ pub enum ManageError {
     NotFound,
     #[error("a credential of that name already exists for this team")]
     Exists,
+    #[error("several teams hold a credential of this name: add ?team=")]
+    TeamRequired,
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,
@@ -144,6 +148,7 @@ impl ManageError {
             Self::NotAllowed(_) | Self::GlobalNotAllowed => "not_allowed",
             Self::NotFound => "not_found",
             Self::Exists => "exists",
+            Self::TeamRequired => "team_required",
             Self::Invalid { .. } => "invalid",
             Self::PemRejected { .. } => "pem_rejected",
             Self::Rejected(_) => "credential_rejected",
@@ -164,16 +169,16 @@ impl ManageError {
     /// management plane's own answers (409 exists, 428, 412, and 422 for material or a
     /// definition the caller sent that fails verification — the caller's input, not stored
     /// material failing, which is the class `Rejected`).
-    pub fn failure(&self) -> Option<super::Failure> {
-        use super::Failure as F;
+    pub fn failure(&self) -> Option<crate::broker::Failure> {
+        use crate::broker::Failure as F;
         Some(match self {
             Self::NoStore | Self::NotFound => F::NotFound,
             Self::NotAllowed(_) | Self::GlobalNotAllowed => F::Denied,
-            Self::Invalid { .. } => F::Invalid,
+            Self::Invalid { .. } | Self::TeamRequired => F::Invalid,
             Self::AuditUnavailable => F::AuditUnavailable,
             // The store's vault: an outage is an outage (retry), its refusal of keybroker's
             // own token is the operator's to fix; anything else is the server's failure.
-            Self::Store(StoreError::Remote(e)) => match super::read::source_reason(e) {
+            Self::Store(StoreError::Remote(e)) => match crate::broker::source_reason(e) {
                 crate::reference::Reason::SourceUnavailable => F::Unavailable,
                 crate::reference::Reason::SourceCredentialsRefused => F::SourceCredentialsRefused,
                 crate::reference::Reason::SourceDenied => F::SourceMisconfigured,
@@ -228,8 +233,8 @@ struct DefinitionBody<'a> {
     team: &'a str,
     mode: CredentialMode,
     read_access: ReadAccess,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    shared_team_slugs: &'a [String],
+    #[serde(skip_serializing_if = "<[TeamSlug]>::is_empty")]
+    shared_team_slugs: &'a [TeamSlug],
     allowed_hosts: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a str>,
@@ -262,7 +267,28 @@ struct NextBody {
     values: Refs,
 }
 
-impl Broker {
+/// The management plane: the store, the one write lock, and every management decision —
+/// writes and reads alike. Doors (keybroker's and Tines' routes) translate to and from it;
+/// it decides, writes, reloads the broker's policy and audits.
+#[derive(Debug)]
+pub struct Manager {
+    broker: Arc<Broker>,
+    store: Option<Arc<Store>>,
+    /// One management write at a time (each is read-check-write-reload).
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Manager {
+    /// The manager of `broker`'s store (none configured: every call answers
+    /// [`ManageError::NoStore`]). One per broker: its lock serializes the writes.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self {
+            store: broker.store(),
+            broker,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
     fn store(&self) -> Result<&Store, ManageError> {
         self.store.as_deref().ok_or(ManageError::NoStore)
     }
@@ -319,8 +345,8 @@ impl Broker {
     pub async fn delete_credential(
         &self,
         caller: &Caller,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         if_match: Option<&str>,
     ) -> Result<(), ManageError> {
         let work = self.delete_stored(Kind::Credential, caller, team, name, if_match);
@@ -334,8 +360,8 @@ impl Broker {
         &self,
         kind: Kind,
         caller: &Caller,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         if_match: Option<&str>,
     ) -> Result<(), ManageError> {
         let store = self.store()?;
@@ -349,7 +375,8 @@ impl Broker {
             .await
             .map_err(|e| lost_race(e, true))?;
         // A reload that fails keeps the previous policy, which still holds it — say so.
-        self.reload_policy()
+        self.broker
+            .reload_policy()
             .map_err(|e| ManageError::PolicyRefused(vec![e.to_string()]))?;
         Ok(())
     }
@@ -376,7 +403,7 @@ impl Broker {
             loop {
                 let Some(broker) = weak.upgrade() else { return };
                 if let Some(store) = broker.store.as_deref() {
-                    let _one = broker.manage.lock().await;
+                    let _one = broker.lock.lock().await;
                     match store.collect_orphans(grace).await {
                         Ok(0) => {}
                         Ok(n) => {
@@ -399,11 +426,11 @@ impl Broker {
         let Some(store) = self.store.as_deref().filter(|s| s.is_shared()) else {
             return;
         };
-        let _one = self.manage.lock().await;
+        let _one = self.lock.lock().await;
         match store.pull().await {
             Ok(false) => {}
             Ok(true) => {
-                let _ = self.reload_policy();
+                let _ = self.broker.reload_policy();
             }
             Err(e) => tracing::warn!(error = %e, "store: pull failed; retrying at the next poll"),
         }
@@ -420,15 +447,16 @@ impl Broker {
         work: impl std::future::Future<Output = Result<T, ManageError>>,
     ) -> Result<T, ManageError> {
         let started = Instant::now();
-        let _one = self.manage.lock().await;
+        let _one = self.lock.lock().await;
         // The intent first: a trail that cannot take it refuses the write before anything is
         // written (fail-closed), and a write that is made is always in the trail.
-        self.audit(AuditEntry {
-            subjects: vec![format!("{team}/{name}")],
-            ..AuditEntry::new(action, Some(caller), Outcome::Notice, "intent", started)
-        })
-        .await
-        .map_err(|super::AuditRefused| ManageError::AuditUnavailable)?;
+        self.broker
+            .audit(AuditEntry {
+                subjects: vec![format!("{team}/{name}")],
+                ..AuditEntry::new(action, Some(caller), Outcome::Notice, "intent", started)
+            })
+            .await
+            .map_err(|crate::broker::AuditRefused| ManageError::AuditUnavailable)?;
         let result = work.await;
         // The outcome line. If it cannot be written now, the write stands (its intent is in
         // the trail) and the answer says what happened — not a 503 for a write that was made.
@@ -444,28 +472,32 @@ impl Broker {
     /// The store's view of a credential (for `GET` with its ETag), if the store holds it.
     pub fn managed_credential(
         &self,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
     ) -> Result<Option<Managed>, ManageError> {
         let store = self.store()?;
         let Some((toml, record)) = stored(store, Kind::Credential, team, name)? else {
             return Ok(None);
         };
-        let snapshot = self.policy();
+        let snapshot = self.broker.policy();
         let Some(cred) = snapshot
             .policy()
             .credentials
             .iter()
-            .find(|c| c.team == team && c.name == name)
+            .find(|c| *team == c.team && *name == c.name)
         else {
             return Ok(None);
         };
         Ok(Some(Managed {
-            name: cred.name.clone(),
-            team: cred.team.clone(),
+            name: name.clone(),
+            team: team.clone(),
             mode: cred.mode,
             read_access: cred.read_access,
-            shared_team_slugs: cred.shared_team_slugs.clone(),
+            shared_team_slugs: cred
+                .shared_team_slugs
+                .iter()
+                .filter_map(|t| TeamSlug::parse(t).ok())
+                .collect(),
             allowed_hosts: cred.allowed_hosts.iter().map(ToString::to_string).collect(),
             description: cred.description.clone().unwrap_or_default(),
             metadata: cred.metadata.clone(),
@@ -512,9 +544,9 @@ impl Broker {
             return Err(ManageError::GlobalNotAllowed);
         }
         check_input(input)?;
-        let snapshot = self.policy();
+        let snapshot = self.broker.policy();
         let policy = snapshot.policy();
-        if !policy.teams.contains(&input.team) {
+        if !policy.teams.iter().any(|t| input.team == *t) {
             return Err(ManageError::Invalid {
                 field: "team",
                 message: format!("unknown team `{}`", input.team),
@@ -660,7 +692,11 @@ impl Broker {
                     &input.team,
                     &input.name,
                     input.read_access,
-                    &input.shared_team_slugs,
+                    &input
+                        .shared_team_slugs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>(),
                 )
                 .into_iter()
                 .map(|(consumer, team, why)| Reader {
@@ -702,19 +738,19 @@ impl Broker {
     async fn reload_or_restore(
         &self,
         kind: Kind,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         written: &Record,
         previous: Option<(&str, &Record)>,
     ) -> Result<(), ManageError> {
-        let Err(e) = self.reload_policy() else {
+        let Err(e) = self.broker.reload_policy() else {
             return Ok(());
         };
         self.store()?
             .restore(kind, team, name, written, previous)
             .await?;
         let lines = match e {
-            super::ReloadError::Invalid(crate::policy::PolicyError::Invalid(list)) => {
+            crate::broker::ReloadError::Invalid(crate::policy::PolicyError::Invalid(list)) => {
                 list.iter().map(ToString::to_string).collect()
             }
             other => vec![other.to_string()],
@@ -738,12 +774,13 @@ impl Broker {
             }
             Err(e) => (Outcome::Failed, e.code()),
         };
-        self.audit(AuditEntry {
-            subjects: vec![format!("{team}/{name}")],
-            ..AuditEntry::new(action, Some(caller), decision, reason, started)
-        })
-        .await
-        .map_err(|super::AuditRefused| ManageError::AuditUnavailable)
+        self.broker
+            .audit(AuditEntry {
+                subjects: vec![format!("{team}/{name}")],
+                ..AuditEntry::new(action, Some(caller), decision, reason, started)
+            })
+            .await
+            .map_err(|crate::broker::AuditRefused| ManageError::AuditUnavailable)
     }
 }
 
@@ -761,8 +798,8 @@ fn lost_race(e: StoreError, existed: bool) -> ManageError {
 fn stored(
     store: &Store,
     kind: Kind,
-    team: &str,
-    name: &str,
+    team: &TeamSlug,
+    name: &EntryName,
 ) -> Result<Option<(String, Record)>, ManageError> {
     Ok(store
         .definition(kind, team, name)?

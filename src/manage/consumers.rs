@@ -13,25 +13,26 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::Manager;
 use super::certificates::{self, CertificateView};
 use super::{ManageError, etag, lost_race, stored, valid_name, who};
 use crate::audit::Action;
-use crate::broker::{Broker, Caller};
-use crate::store::{Kind, Record};
+use crate::broker::Caller;
+use crate::store::{EntryName, Kind, Record, TeamSlug};
 
 /// `POST /v1/teams/{team}/consumers`.
 #[derive(Debug)]
 pub struct ConsumerInput {
-    pub name: String,
-    pub team: String,
-    pub admin_teams: Vec<String>,
+    pub name: EntryName,
+    pub team: TeamSlug,
+    pub admin_teams: Vec<TeamSlug>,
     pub vault_api_host: Option<String>,
 }
 
 /// `PATCH /v1/teams/{team}/consumers/{name}`: the fields given change, the others stay.
 #[derive(Debug, Default)]
 pub struct ConsumerPatch {
-    pub admin_teams: Option<Vec<String>>,
+    pub admin_teams: Option<Vec<TeamSlug>>,
     /// `Some(None)`: removed.
     pub vault_api_host: Option<Option<String>>,
 }
@@ -56,9 +57,9 @@ pub struct AclInput {
 /// A consumer as management answers show it: never its token (only whether it has one).
 #[derive(Clone, Debug, Serialize)]
 pub struct ManagedConsumer {
-    pub name: String,
-    pub team: String,
-    pub admin_teams: Vec<String>,
+    pub name: EntryName,
+    pub team: TeamSlug,
+    pub admin_teams: Vec<TeamSlug>,
     pub vault_api_host: Option<String>,
     pub has_token: bool,
     pub certificates: Vec<CertificateView>,
@@ -89,8 +90,8 @@ struct Definition {
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Body {
-    name: String,
-    team: String,
+    name: EntryName,
+    team: TeamSlug,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -100,7 +101,7 @@ struct Body {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    admin_teams: Vec<String>,
+    admin_teams: Vec<TeamSlug>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vault_api_host: Option<String>,
 }
@@ -146,7 +147,7 @@ type Change<'a, R> = Box<
         + 'a,
 >;
 
-impl Broker {
+impl Manager {
     /// Creates a consumer of `input.team` with a new bearer token, returned here once.
     pub async fn create_consumer(
         &self,
@@ -162,9 +163,9 @@ impl Broker {
                     message: "must match [a-z0-9_-]{1,64}".to_owned(),
                 });
             }
-            let snapshot = self.policy();
+            let snapshot = self.broker.policy();
             let policy = snapshot.policy();
-            if !policy.teams.contains(&input.team) {
+            if !policy.teams.iter().any(|t| input.team == *t) {
                 return Err(ManageError::Invalid {
                     field: "team",
                     message: format!("unknown team `{}`", input.team),
@@ -172,7 +173,7 @@ impl Broker {
             }
             // Consumer names are unique across teams (the policy's rule); a stored one of
             // another team counts too.
-            let taken = policy.consumers.iter().any(|c| c.name == input.name)
+            let taken = policy.consumers.iter().any(|c| input.name == c.name)
                 || store
                     .records(Kind::Consumer)?
                     .iter()
@@ -226,8 +227,8 @@ impl Broker {
     pub async fn update_consumer(
         &self,
         caller: &Caller,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         patch: ConsumerPatch,
         if_match: Option<&str>,
     ) -> Result<ManagedConsumer, ManageError> {
@@ -256,8 +257,8 @@ impl Broker {
     pub async fn rotate_consumer_token(
         &self,
         caller: &Caller,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         if_match: Option<&str>,
     ) -> Result<(ManagedConsumer, Zeroizing<String>), ManageError> {
         let change: Change<'_, Zeroizing<String>> = Box::new(|body, _, _| {
@@ -274,8 +275,8 @@ impl Broker {
     pub async fn delete_consumer(
         &self,
         caller: &Caller,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         if_match: Option<&str>,
     ) -> Result<(), ManageError> {
         let work = self.delete_stored(Kind::Consumer, caller, team, name, if_match);
@@ -288,8 +289,8 @@ impl Broker {
     pub async fn add_consumer_certificate(
         &self,
         caller: &Caller,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         input: CertificateInput,
         verifier: Option<&dyn rustls::server::danger::ClientCertVerifier>,
     ) -> Result<CertificateView, ManageError> {
@@ -310,7 +311,7 @@ impl Broker {
         let subject = format!("{name}/certificates");
         let work = async {
             self.authorize(caller, team)?;
-            let checked = checked.ok_or_else(|| ManageError::NotAllowed(team.to_owned()))??;
+            let checked = checked.ok_or_else(|| ManageError::NotAllowed(team.to_string()))??;
             let in_other_records =
                 self.store()?
                     .records(Kind::Consumer)?
@@ -362,8 +363,8 @@ impl Broker {
     pub async fn revoke_consumer_certificate(
         &self,
         caller: &Caller,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         fingerprint: &str,
     ) -> Result<CertificateView, ManageError> {
         let fingerprint = normalize_fingerprint(fingerprint);
@@ -396,8 +397,8 @@ impl Broker {
     pub async fn set_issuer_acl(
         &self,
         caller: &Caller,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         acl: Option<AclInput>,
         if_match: Option<&str>,
     ) -> Result<ManagedConsumer, ManageError> {
@@ -437,8 +438,8 @@ impl Broker {
     /// A consumer of the store as management shows it, with its ETag.
     pub fn managed_consumer(
         &self,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
     ) -> Result<Option<ManagedConsumer>, ManageError> {
         let Some((toml_text, record)) = stored(self.store()?, Kind::Consumer, team, name)? else {
             return Ok(None);
@@ -451,7 +452,7 @@ impl Broker {
     pub fn managed_consumers(&self, team: &str) -> Result<Vec<ManagedConsumer>, ManageError> {
         let mut out = Vec::new();
         for (t, name, _) in self.store()?.records(Kind::Consumer)? {
-            if t == team
+            if t == *team
                 && let Some(m) = self.managed_consumer(&t, &name)?
             {
                 out.push(m);
@@ -465,18 +466,20 @@ impl Broker {
     fn check_admin_teams(
         &self,
         caller: &Caller,
-        teams: &[String],
+        teams: &[TeamSlug],
         policy: &crate::policy::Policy,
     ) -> Result<(), ManageError> {
+        // Authorized first: a team the caller may not manage and one that does not exist
+        // answer alike, so the answer is no oracle of other teams.
         for t in teams {
-            if !policy.teams.contains(t) {
+            if !caller.may_manage(t) {
+                return Err(ManageError::NotAllowed(t.to_string()));
+            }
+            if !policy.teams.iter().any(|p| *t == *p) {
                 return Err(ManageError::Invalid {
                     field: "admin_teams",
                     message: format!("unknown team `{t}`"),
                 });
-            }
-            if !caller.may_manage(t) {
-                return Err(ManageError::NotAllowed(t.clone()));
             }
         }
         Ok(())
@@ -488,8 +491,8 @@ impl Broker {
     async fn change_consumer<R>(
         &self,
         caller: &Caller,
-        team: &str,
-        name: &str,
+        team: &TeamSlug,
+        name: &EntryName,
         if_match: Option<Result<&str, ManageError>>,
         change: Change<'_, R>,
     ) -> Result<(ManagedConsumer, R), ManageError> {
@@ -508,7 +511,7 @@ impl Broker {
         next.revision += 1;
         next.updated_at = crate::store::now();
         next.updated_by = who(caller);
-        let snapshot = self.policy();
+        let snapshot = self.broker.policy();
         let out = change(&mut body, &mut next, snapshot.policy())?;
         let new_text = render(&body)?;
         store
