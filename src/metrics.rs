@@ -169,6 +169,8 @@ pub struct Metrics {
     cache_bytes: Gauge,
     stale_answers: Counter,
     audit_failures: Counter,
+    /// Certificates refused because two consumers claim them.
+    ambiguous_identities: Counter,
     token_ttl: Family<SourceLabels, Gauge>,
 }
 
@@ -197,6 +199,7 @@ impl Default for Metrics {
         let cache_bytes = Gauge::default();
         let stale_answers = Counter::default();
         let audit_failures = Counter::default();
+        let ambiguous_identities = Counter::default();
         let token_ttl = Family::default();
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
@@ -234,6 +237,11 @@ impl Default for Metrics {
             "keybroker_audit_write_failures",
             "Audit lines that could not be written",
             Counter::clone(&audit_failures),
+        );
+        registry.register(
+            "keybroker_ambiguous_identities",
+            "Client certificates refused because more than one consumer claims them",
+            Counter::clone(&ambiguous_identities),
         );
         registry.register(
             "keybroker_vault_token_ttl_seconds",
@@ -313,6 +321,7 @@ impl Default for Metrics {
             cache_bytes,
             stale_answers,
             audit_failures,
+            ambiguous_identities,
             token_ttl,
         }
     }
@@ -363,6 +372,11 @@ impl Metrics {
     /// An audit line that could not be written.
     pub fn audit_failure(&self) {
         self.audit_failures.inc();
+    }
+
+    /// A client certificate refused because two consumers claim it.
+    pub fn ambiguous_identity(&self) {
+        self.ambiguous_identities.inc();
     }
 
     /// Time left on `source`'s Vault token; `None` removes the series (no expiring token).

@@ -164,6 +164,10 @@ pub struct CertificateRecord {
     pub added_by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
+    /// The certificate itself (base64 DER; public): a later issuer ACL is checked against
+    /// it, so no ACL can claim a certificate a consumer is pinned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// `v<N>` (a material version's name, its extension removed) as `N`.

@@ -38,9 +38,13 @@ async fn world() -> World {
     let root = dir.path();
     let clients = Ca::new("clients CA");
     clients.write(&root.join("clients-ca.pem"));
+    std::fs::create_dir_all(root.join("policies")).unwrap();
+    clients.write(&root.join("policies/clients-ca.pem"));
     fixture::Policy::new()
         .team("payments")
         .team("fraud")
+        // Payments' gateways, identified by a file-made issuer ACL (the operator's).
+        .and("[[consumer]]\nname = \"payments-gw\"\nteam = \"payments\"\nissuer_ca = \"clients-ca.pem\"\nsubject = \"CN=gw-*.payments.example\"")
         .consumer("gw", "payments", GW)
         .team_admin("payments-admin", "payments", PAYMENTS_ADMIN, &["payments"])
         .team_admin("fraud-admin", "fraud", FRAUD_ADMIN, &["fraud"])
@@ -768,4 +772,408 @@ async fn racing_creates_make_one_consumer_and_live_certificates_are_bounded() {
         "a refused certificate was written"
     );
     assert_eq!(w.certificate_works(&extra).await, 401);
+}
+
+/// Issue 43, finding 1: a name is a type before it is a path. A team admin of payments tries
+/// every management route with names that climb into fraud (`..%2F`, `%2E%2E`, an encoded
+/// slash in `?team=`): each is a 400 `invalid`, and fraud's consumer, its token and its
+/// credential are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_climbs_out_of_its_team_is_no_name_at_any_management_route() {
+    let w = world().await;
+    let made = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            "/v1/teams/fraud/consumers",
+            Some(json!({ "name": "fraud-ci" })),
+            None,
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let fraud_token = made.body["token"].as_str().unwrap().to_owned();
+    let cred = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            "/v1/credentials",
+            Some(
+                json!({ "name": "fraud-db", "team": "fraud", "mode": "text", "value": "fraud-v1" }),
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(cred.status, 201, "{}", cred.text);
+    let before = w
+        .send(
+            Method::GET,
+            FRAUD_ADMIN,
+            "/v1/teams/fraud/credentials/fraud-db",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(before.status, 200, "{}", before.text);
+
+    let climbs = [
+        "..%2Ffraud%2Ffraud-ci",
+        "%2E%2E%2Ffraud%2Ffraud-ci",
+        "%2e%2e%2ffraud%2ffraud-ci",
+        "..%5Cfraud%5Cfraud-ci",
+        "fraud-ci%00",
+        "FRAUD-CI",
+    ];
+    for c in climbs {
+        let routes: Vec<(Method, String, Option<Value>)> = vec![
+            (
+                Method::GET,
+                format!("/v1/teams/payments/consumers/{c}"),
+                None,
+            ),
+            (
+                Method::PATCH,
+                format!("/v1/teams/payments/consumers/{c}"),
+                Some(json!({})),
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/teams/payments/consumers/{c}"),
+                None,
+            ),
+            (
+                Method::POST,
+                format!("/v1/teams/payments/consumers/{c}/token"),
+                None,
+            ),
+            (
+                Method::GET,
+                format!("/v1/teams/payments/consumers/{c}/certificates"),
+                None,
+            ),
+            (
+                Method::PUT,
+                format!("/v1/teams/payments/consumers/{c}/issuer-acl"),
+                Some(json!({ "issuer_ca": w.clients.pem, "subject": "CN=x" })),
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/teams/payments/consumers/{c}/issuer-acl"),
+                None,
+            ),
+            (Method::GET, format!("/v1/teams/{c}/consumers"), None),
+            (
+                Method::GET,
+                format!(
+                    "/v1/teams/payments/credentials/{}",
+                    c.replace("fraud-ci", "fraud-db")
+                ),
+                None,
+            ),
+            (
+                Method::DELETE,
+                format!(
+                    "/v1/credentials/{}?team=payments",
+                    c.replace("fraud-ci", "fraud-db")
+                ),
+                None,
+            ),
+            (
+                Method::GET,
+                format!(
+                    "/v1/credentials/{}/versions?team=payments",
+                    c.replace("fraud-ci", "fraud-db")
+                ),
+                None,
+            ),
+            (
+                Method::PATCH,
+                format!("/v1/credentials/{}", c.replace("fraud-ci", "fraud-db")),
+                Some(json!({ "team": "payments", "description": "x" })),
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/credentials/fraud-db?team={c}"),
+                None,
+            ),
+            (
+                Method::GET,
+                format!("/v1/credentials/fraud-db/versions?team=..%2Ffraud"),
+                None,
+            ),
+        ];
+        for (method, path, body) in routes {
+            let a = w
+                .send(method.clone(), PAYMENTS_ADMIN, &path, body, Some("\"any\""))
+                .await;
+            assert!(
+                a.status == 400 || a.status == 404 || a.status == 405,
+                "{method} {path}: {} {}",
+                a.status,
+                a.text
+            );
+            assert!(
+                !a.text.contains("fraud-v1") && !a.text.contains("kbt_"),
+                "{path}: {}",
+                a.text
+            );
+            if a.status == 400 {
+                assert_eq!(a.body["error"]["code"], "invalid", "{path}: {}", a.text);
+            }
+        }
+    }
+    // A body naming a team or a shared team that is no name is refused alike.
+    for body in [
+        json!({ "name": "x", "team": "../fraud", "mode": "text", "value": "v" }),
+        json!({ "name": "../fraud/x", "team": "payments", "mode": "text", "value": "v" }),
+        json!({ "name": "x", "team": "payments", "mode": "text", "value": "v", "shared_team_slugs": ["../fraud"] }),
+    ] {
+        let a = w
+            .send(
+                Method::POST,
+                PAYMENTS_ADMIN,
+                "/v1/credentials",
+                Some(body),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, 400, "{}", a.text);
+    }
+    let a = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/consumers",
+            Some(json!({ "name": "../fraud/fraud-ci" })),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text);
+
+    // Fraud's consumer still holds its token, and its credential is as it was.
+    assert_eq!(w.token_works(&fraud_token).await, 200);
+    let after = w
+        .send(
+            Method::GET,
+            FRAUD_ADMIN,
+            "/v1/teams/fraud/credentials/fraud-db",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(after.status, 200, "{}", after.text);
+    assert_eq!(after.etag, before.etag, "fraud's credential changed");
+    assert!(
+        !root_has_escaped(w.dir.path()),
+        "a file was written outside its team"
+    );
+}
+
+/// Whether anything was written beside the store's team folders (a `..` that took effect).
+fn root_has_escaped(root: &std::path::Path) -> bool {
+    let store = root.join("store");
+    [
+        "credentials",
+        "consumers",
+        "records",
+        "consumer-records",
+        "material",
+    ]
+    .iter()
+    .any(|d| {
+        std::fs::read_dir(store.join(d))
+            .map(|it| {
+                it.flatten()
+                    .any(|e| !matches!(e.file_name().to_str(), Some("payments" | "fraud")))
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Issue 43, finding 2: a client certificate is public. Fraud's admin tries to pin payments'
+/// gateway certificate — identified by the operator's issuer ACL — to a fraud consumer: 409
+/// `identity_claimed` naming nobody, and the gateway stays payments'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_another_consumers_acl_claims_cannot_be_pinned() {
+    let w = world().await;
+    let root = w.dir.path();
+    let gateway = w.clients.client_dn(
+        root,
+        "gw-1",
+        &[(DnType::CommonName, "gw-1.payments.example")],
+    );
+    assert_eq!(
+        w.certificate_works(&gateway).await,
+        200,
+        "payments' gateway"
+    );
+    let made = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            "/v1/teams/fraud/consumers",
+            Some(json!({ "name": "fraud-squat" })),
+            None,
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let pin = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            "/v1/teams/fraud/consumers/fraud-squat/certificates",
+            Some(json!({ "certificate": gateway.cert_pem })),
+            None,
+        )
+        .await;
+    assert_eq!(pin.status, 409, "{}", pin.text);
+    assert_eq!(pin.body["error"]["code"], "identity_claimed");
+    assert!(
+        !pin.text.contains("payments"),
+        "names the owner: {}",
+        pin.text
+    );
+    let shown = w
+        .send(
+            Method::GET,
+            FRAUD_ADMIN,
+            "/v1/teams/fraud/consumers/fraud-squat/certificates",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(shown.body["certificates"], json!([]), "nothing written");
+    // Still payments': the gateway reads what payments may (its consumer is payments-gw).
+    assert_eq!(w.certificate_works(&gateway).await, 200);
+    let (_, who) = w
+        .server
+        .send_with_identity(
+            &w.server_ca.pem,
+            &gateway.identity_pem(),
+            "listen",
+            Method::GET,
+            "/v1/credentials",
+        )
+        .await;
+    assert!(!who.contains("fraud"), "{who}");
+}
+
+/// Issue 43, finding 3: a CA certificate anyone can make — payments' clients CA's name and
+/// public key, signed by the maker — is no issuer an ACL may name (it neither is nor chains
+/// to `client_ca`); the real CA with a subject that could match payments' gateways overlaps
+/// payments' ACL by public key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_acl_whose_ca_carries_another_cas_key_is_refused() {
+    let w = world().await;
+    let root = w.dir.path();
+    let made = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            "/v1/teams/fraud/consumers",
+            Some(json!({ "name": "fraud-gws" })),
+            None,
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let acl = "/v1/teams/fraud/consumers/fraud-gws/issuer-acl";
+    let forged = w
+        .send(
+            Method::PUT,
+            FRAUD_ADMIN,
+            acl,
+            Some(json!({ "issuer_ca": w.clients.impostor(), "subject": "CN=gw-*" })),
+            None,
+        )
+        .await;
+    assert_eq!(forged.status, 422, "{}", forged.text);
+    assert_eq!(forged.body["error"]["code"], "issuer_untrusted");
+    let overlapping = w
+        .send(
+            Method::PUT,
+            FRAUD_ADMIN,
+            acl,
+            Some(json!({ "issuer_ca": w.clients.pem, "subject": "CN=gw-*" })),
+            None,
+        )
+        .await;
+    assert_eq!(overlapping.status, 409, "{}", overlapping.text);
+    let gateway = w.clients.client_dn(
+        root,
+        "gw-2",
+        &[(DnType::CommonName, "gw-2.payments.example")],
+    );
+    assert_eq!(w.certificate_works(&gateway).await, 200);
+}
+
+/// A certificate two consumers claim by any path (here the operator's own files: a pin and an
+/// issuer ACL) is refused at authentication — on the main API and at the Vault API's
+/// `auth/cert/login` — never given to the first match; audited as `ambiguous_identity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_two_consumers_claim_identifies_nobody() {
+    let (dir, server_ca) = folder("unused");
+    let root = dir.path();
+    let clients = Ca::new("clients CA");
+    clients.write(&root.join("clients-ca.pem"));
+    std::fs::create_dir_all(root.join("policies")).unwrap();
+    clients.write(&root.join("policies/clients-ca.pem"));
+    let both = clients.client_dn(
+        root,
+        "gw-9",
+        &[(DnType::CommonName, "gw-9.payments.example")],
+    );
+    let pin = both.fingerprint();
+    fixture::Policy::new()
+        .team("payments")
+        .team("fraud")
+        .and(&format!("[[consumer]]\nname = \"payments-gw\"\nteam = \"payments\"\nissuer_ca = \"clients-ca.pem\"\nsubject = \"CN=gw-*.payments.example\"\n[[consumer]]\nname = \"fraud-pin\"\nteam = \"fraud\"\ncert_sha256 = [{{ fingerprint = \"{pin}\" }}]"))
+        .consumer("ops", "payments", "wall-ops")
+        .and("admin = true")
+        .write(root);
+    fixture::Config::tls()
+        .with("client_ca = \"clients-ca.pem\"\nclient_auth = \"optional\"")
+        .with("[vault_api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\nclient_ca = \"clients-ca.pem\"")
+        .audit()
+        .write(root);
+    let server = Running::start(root, &server_ca.pem, 0, "info").await;
+    let status = server
+        .status_with_identity(&server_ca.pem, &both.identity_pem(), "/v1/credentials")
+        .await;
+    assert_eq!(status, 401);
+    let (login, text) = server
+        .send_with_identity(
+            &server_ca.pem,
+            &both.identity_pem(),
+            "vault_api",
+            Method::POST,
+            "/v1/auth/cert/login",
+        )
+        .await;
+    assert_ne!(login, 200, "the Vault API gave it a token: {text}");
+    let other = clients.client_dn(
+        root,
+        "gw-8",
+        &[(DnType::CommonName, "gw-8.payments.example")],
+    );
+    let status = server
+        .status_with_identity(&server_ca.pem, &other.identity_pem(), "/v1/credentials")
+        .await;
+    assert_eq!(status, 200, "a certificate only the ACL claims");
+    let audit = std::fs::read_to_string(root.join("audit.log")).unwrap_or_default();
+    assert!(audit.contains("ambiguous_identity"), "{audit}");
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .bearer_auth("wall-ops")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("keybroker_ambiguous_identities_total 2")),
+        "{metrics}"
+    );
 }

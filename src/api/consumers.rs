@@ -236,9 +236,18 @@ pub(super) async fn put_issuer_acl(
         validate_certificate: body.validate_certificate,
         validate_acl_for_issuer: body.validate_acl_for_issuer,
     };
+    // An ACL's CA must be, or chain to, a certificate of `client_ca` (the handshakes').
+    let tls = state.main_tls();
+    let client_cas = tls.as_ref().map_or(&[][..], |t| &t.client_cas[..]);
     let m = state
         .manager
-        .set_issuer_acl(&caller, &team, &name, Some(acl), if_match(&headers))
+        .set_issuer_acl(
+            &caller,
+            &team,
+            &name,
+            Some((acl, client_cas)),
+            if_match(&headers),
+        )
         .await?;
     Ok(answer(StatusCode::OK, &m))
 }

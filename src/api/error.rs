@@ -140,7 +140,10 @@ impl ApiError {
                 use crate::manage::ManageError as M;
                 let status = match (e.failure(), e) {
                     (Some(class), _) => status(class),
-                    (None, M::Exists | M::CertificateInUse | M::AclOverlap) => StatusCode::CONFLICT,
+                    (
+                        None,
+                        M::Exists | M::CertificateInUse | M::AclOverlap | M::IdentityClaimed,
+                    ) => StatusCode::CONFLICT,
                     (None, M::PreconditionRequired) => StatusCode::PRECONDITION_REQUIRED,
                     (None, M::Stale) => StatusCode::PRECONDITION_FAILED,
                     (None, _) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -49,6 +49,8 @@ pub struct Loaded {
     /// Checks client certificates against `client_ca` and `client_crl`: in handshakes, and
     /// for certificates forwarded in `client_cert_header`.
     pub verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// `client_ca`'s certificates (DER): what an issuer ACL's CA must be or chain to.
+    pub client_cas: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -98,6 +100,7 @@ impl ServerTls {
             current: ArcSwap::from_pointee(Loaded {
                 acceptor: None,
                 verifier: None,
+                client_cas: Vec::new(),
             }),
         }
     }
@@ -146,7 +149,15 @@ impl Files {
             (Some(cert), Some(key)) => Some(acceptor(cert, key, verifier.clone())?),
             _ => None,
         };
-        Ok(Loaded { acceptor, verifier })
+        let client_cas = match &self.client_ca {
+            Some(ca) => certificates(ca)?.iter().map(|c| c.to_vec()).collect(),
+            None => Vec::new(),
+        };
+        Ok(Loaded {
+            acceptor,
+            verifier,
+            client_cas,
+        })
     }
 
     fn verifier(&self) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsSetupError> {

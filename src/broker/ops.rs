@@ -315,6 +315,9 @@ impl Broker {
         let snapshot = self.policy();
         let found = authenticator.authenticate(&snapshot, presented);
         if let Err(why) = &found {
+            if *why == crate::identity::AuthError::AmbiguousIdentity {
+                self.metrics.ambiguous_identity();
+            }
             // Refused either way; a failing audit sink changes nothing here.
             let _ = self.audit_unauthenticated(why.code(), presented.peer).await;
         }

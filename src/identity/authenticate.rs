@@ -24,6 +24,10 @@ pub enum AuthError {
     Missing,
     #[error("the client certificate identifies no consumer")]
     UnknownCertificate,
+    /// Two consumers claim the certificate (a pin and an issuer ACL, or two ACLs): refused,
+    /// never settled by order, so an overlap that reached the policy fails closed.
+    #[error("the client certificate is claimed by more than one consumer")]
+    AmbiguousIdentity,
     #[error("a client-certificate header from an address that is not a trusted proxy")]
     UntrustedHeader,
     #[error("the forwarded client certificate is malformed, repeated or not trusted")]
@@ -100,6 +104,7 @@ impl AuthError {
         match self {
             Self::Missing => "missing_credentials",
             Self::UnknownCertificate => "unknown_certificate",
+            Self::AmbiguousIdentity => "ambiguous_identity",
             Self::UntrustedHeader => "untrusted_header",
             Self::BadHeader => "bad_header",
             Self::UnknownToken => "unknown_token",
@@ -205,6 +210,7 @@ impl Authenticator {
         if let Some(cert) = certificate {
             return ids
                 .by_certificate(snapshot.policy(), cert, now)
+                .map_err(|super::Ambiguous| AuthError::AmbiguousIdentity)?
                 .map(|i| (consumer(i), Via::TlsCertificate))
                 .ok_or(AuthError::UnknownCertificate);
         }
@@ -214,6 +220,7 @@ impl Authenticator {
             let cert = self.forwarded_certificate(peer, verifier, headers, name)?;
             return ids
                 .by_certificate(snapshot.policy(), &cert, now)
+                .map_err(|super::Ambiguous| AuthError::AmbiguousIdentity)?
                 .map(|i| (consumer(i), Via::ForwardedCertificate))
                 .ok_or(AuthError::UnknownCertificate);
         }

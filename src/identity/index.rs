@@ -30,7 +30,40 @@ pub struct Identities {
 /// certificate under one policy. The dates are compared on every call, not remembered. The
 /// memo lives and dies with its snapshot, so a reload starts afresh.
 #[derive(Default)]
-struct IssuerMemo(Mutex<HashMap<[u8; 32], Option<usize>>>);
+struct IssuerMemo(Mutex<HashMap<[u8; 32], Claim>>);
+
+/// Who claims a certificate: nobody, one consumer, or more than one — which is refused,
+/// never settled by order (docs/THREATS.md, "a certificate identifies one consumer").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Claim {
+    Nobody,
+    One(usize),
+    Several,
+}
+
+impl Claim {
+    /// This claim with consumer `i` claiming too.
+    fn and(self, i: usize) -> Self {
+        match self {
+            Self::Nobody => Self::One(i),
+            Self::One(j) if j == i => self,
+            _ => Self::Several,
+        }
+    }
+
+    fn with(self, other: Self) -> Self {
+        match other {
+            Self::Nobody => self,
+            Self::One(i) => self.and(i),
+            Self::Several => Self::Several,
+        }
+    }
+}
+
+/// A certificate two consumers claim: refused at authentication (and never made by
+/// management).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ambiguous;
 
 /// Entries kept before the memo starts over (bounds memory against many distinct certificates).
 const MEMO_MAX: usize = 10_000;
@@ -48,16 +81,7 @@ impl Identities {
                 tokens.insert(*d, i);
             }
             if c.subject.is_some() {
-                let keys = c
-                    .issuer_certs
-                    .iter()
-                    .filter_map(|der| {
-                        X509Certificate::from_der(der)
-                            .ok()
-                            .map(|(_, ca)| ca.public_key().raw.to_vec())
-                    })
-                    .collect();
-                acls.push((i, keys));
+                acls.push((i, issuer_keys(&c.issuer_certs)));
             }
         }
         Self {
@@ -83,20 +107,48 @@ impl Identities {
         pin.identifies_at(now).then_some(*i)
     }
 
-    /// The consumer this (already chain-verified) certificate identifies at `now`: a pin,
-    /// else the first issuer ACL (signed by its CA, subject matching, valid now).
+    /// The consumer this (already chain-verified) certificate identifies at `now`: the one
+    /// pin or issuer ACL (signed by its CA's public key, subject matching, valid now) that
+    /// claims it. Every claim is looked at — a pin does not win over an ACL, nor the first ACL
+    /// over a later one: two consumers claiming it is [`Ambiguous`], refused.
     pub fn by_certificate(
         &self,
         policy: &Policy,
         cert: &ClientCert,
         now: SystemTime,
-    ) -> Option<usize> {
-        if let Some(i) = self.by_fingerprint(cert.fingerprint(), now) {
-            return Some(i);
+    ) -> Result<Option<usize>, Ambiguous> {
+        let pinned = match self.by_fingerprint(cert.fingerprint(), now) {
+            Some(i) => Claim::One(i),
+            None => Claim::Nobody,
+        };
+        let acl = if self.acls.is_empty() || !cert.valid_at(now) {
+            Claim::Nobody
+        } else {
+            self.remembered_acl_claim(policy, cert)
+        };
+        match pinned.with(acl) {
+            Claim::Nobody => Ok(None),
+            Claim::One(i) => Ok(Some(i)),
+            Claim::Several => Err(Ambiguous),
         }
-        if self.acls.is_empty() || !cert.valid_at(now) {
-            return None;
-        }
+    }
+
+    /// Every consumer that claims `cert` at any time in its validity, whatever the dates of
+    /// pins and the certificate: what management asks before it lets a claim be made.
+    pub fn claimants(&self, policy: &Policy, cert: &ClientCert) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .pins
+            .get(cert.fingerprint())
+            .map(|(i, _)| *i)
+            .into_iter()
+            .collect();
+        out.extend(self.acl_claims(policy, cert));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn remembered_acl_claim(&self, policy: &Policy, cert: &ClientCert) -> Claim {
         let known = (self.memo.0.lock())
             .unwrap_or_else(|p| p.into_inner())
             .get(cert.fingerprint())
@@ -104,7 +156,9 @@ impl Identities {
         if let Some(found) = known {
             return found;
         }
-        let found = self.issuer_acl(policy, cert);
+        let found = self
+            .acl_claims(policy, cert)
+            .fold(Claim::Nobody, Claim::and);
         let mut m = self.memo.0.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MEMO_MAX {
             m.clear();
@@ -113,18 +167,52 @@ impl Identities {
         found
     }
 
-    fn issuer_acl(&self, policy: &Policy, cert: &ClientCert) -> Option<usize> {
-        let attributes = cert.subject()?;
-        let (_, parsed) = X509Certificate::from_der(cert.der().as_ref()).ok()?;
-        self.acls.iter().find_map(|(i, keys)| {
+    /// The consumers whose issuer ACL matches `cert` (signature and subject; no dates).
+    fn acl_claims<'a>(
+        &'a self,
+        policy: &'a Policy,
+        cert: &'a ClientCert,
+    ) -> impl Iterator<Item = usize> + 'a {
+        self.acls.iter().filter_map(move |(i, keys)| {
             let pattern = policy.consumers[*i].subject.as_ref()?;
-            let signed = keys.iter().any(|spki| {
-                SubjectPublicKeyInfo::from_der(spki)
-                    .is_ok_and(|(_, key)| parsed.verify_signature(Some(&key)).is_ok())
-            });
-            (signed && pattern.matches(&attributes)).then_some(*i)
+            acl_matches(keys, pattern, cert).then_some(*i)
         })
     }
+}
+
+/// Whether an issuer ACL — its CAs' public keys (SubjectPublicKeyInfo DER) and its subject
+/// pattern — claims `cert`: signed by one of the keys, subject matching. The one matcher of
+/// authentication and of management's claim checks.
+pub fn acl_matches(
+    keys: &[Vec<u8>],
+    pattern: &crate::policy::SubjectPattern,
+    cert: &ClientCert,
+) -> bool {
+    let Some(attributes) = cert.subject() else {
+        return false;
+    };
+    if !pattern.matches(&attributes) {
+        return false;
+    }
+    let Ok((_, parsed)) = X509Certificate::from_der(cert.der().as_ref()) else {
+        return false;
+    };
+    keys.iter().any(|spki| {
+        SubjectPublicKeyInfo::from_der(spki)
+            .is_ok_and(|(_, key)| parsed.verify_signature(Some(&key)).is_ok())
+    })
+}
+
+/// The public key (SubjectPublicKeyInfo DER) of each CA certificate that parses: how issuers
+/// are compared — by key, never by the certificate's DER.
+pub fn issuer_keys(ders: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    ders.iter()
+        .filter_map(|der| {
+            X509Certificate::from_der(der)
+                .ok()
+                .map(|(_, ca)| ca.public_key().raw.to_vec())
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for Identities {
@@ -188,12 +276,12 @@ mod tests {
                 + std::time::Duration::from_secs((y - 1970) * 365 * 86_400 + 200 * 86_400)
         };
         let worker = issue("worker-1");
-        assert_eq!(who(&worker, at(2030)), Some(0));
-        assert_eq!(who(&worker, at(2032)), None, "expired");
-        assert_eq!(who(&worker, at(2029)), None, "not yet valid");
-        assert_eq!(who(&worker, at(2030)), Some(0));
+        assert_eq!(who(&worker, at(2030)), Ok(Some(0)));
+        assert_eq!(who(&worker, at(2032)), Ok(None), "expired");
+        assert_eq!(who(&worker, at(2029)), Ok(None), "not yet valid");
+        assert_eq!(who(&worker, at(2030)), Ok(Some(0)));
         let other = issue("gateway-1");
-        assert_eq!(who(&other, at(2030)), None, "subject");
-        assert_eq!(who(&other, at(2030)), None, "subject, remembered");
+        assert_eq!(who(&other, at(2030)), Ok(None), "subject");
+        assert_eq!(who(&other, at(2030)), Ok(None), "subject, remembered");
     }
 }

@@ -18,7 +18,7 @@ pub use authenticate::{
     presented_token,
 };
 pub use cert::ClientCert;
-pub use index::Identities;
+pub use index::{Ambiguous, Identities, acl_matches, issuer_keys};
 pub use token::TokenDigest;
 
 use crate::policy::{Consumer, Policy};

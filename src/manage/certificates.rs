@@ -5,6 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use serde::Serialize;
@@ -87,6 +88,8 @@ pub(super) fn is_live(r: &CertificateRecord, now: SystemTime) -> bool {
 /// A certificate that passed every check, ready to be recorded and pinned.
 pub(super) struct Checked {
     pub sha256: [u8; 32],
+    /// The leaf: what the identity matcher is asked who else claims it.
+    pub der: Vec<u8>,
     pub record: CertificateRecord,
 }
 
@@ -193,6 +196,7 @@ pub(super) fn check(
     let sha256: [u8; 32] = sha2::Sha256::digest(leaf).into();
     Ok(Checked {
         sha256,
+        der: leaf.clone(),
         record: CertificateRecord {
             fingerprint: hex::encode(sha256),
             subject: cert.subject().to_string(),
@@ -204,6 +208,7 @@ pub(super) fn check(
             added_at: crate::store::now(),
             added_by: by.to_owned(),
             revoked_at: None,
+            certificate: Some(base64::engine::general_purpose::STANDARD.encode(leaf)),
         },
     })
 }

@@ -18,6 +18,7 @@ use super::certificates::{self, CertificateView};
 use super::{ManageError, etag, lost_race, stored, valid_name, who};
 use crate::audit::Action;
 use crate::broker::Caller;
+use crate::identity::{ClientCert, Snapshot};
 use crate::store::{EntryName, Kind, Record, TeamSlug};
 
 /// `POST /v1/teams/{team}/consumers`.
@@ -141,11 +142,8 @@ fn normalize_fingerprint(text: &str) -> String {
 }
 
 /// A change of one stored consumer: what it does to the definition and record.
-type Change<'a, R> = Box<
-    dyn FnOnce(&mut Body, &mut Record, &crate::policy::Policy) -> Result<R, ManageError>
-        + Send
-        + 'a,
->;
+type Change<'a, R> =
+    Box<dyn FnOnce(&mut Body, &mut Record, &Snapshot) -> Result<R, ManageError> + Send + 'a>;
 
 impl Manager {
     /// Creates a consumer of `input.team` with a new bearer token, returned here once.
@@ -233,9 +231,9 @@ impl Manager {
         if_match: Option<&str>,
     ) -> Result<ManagedConsumer, ManageError> {
         let if_match = if_match.ok_or(ManageError::PreconditionRequired);
-        let change: Change<'_, ()> = Box::new(move |body, _, policy| {
+        let change: Change<'_, ()> = Box::new(move |body, _, snapshot| {
             if let Some(teams) = patch.admin_teams {
-                self.check_admin_teams(caller, &teams, policy)?;
+                self.check_admin_teams(caller, &teams, snapshot.policy())?;
                 body.admin_teams = teams;
             }
             if let Some(host) = patch.vault_api_host {
@@ -321,13 +319,25 @@ impl Manager {
                             .iter()
                             .any(|c| c.fingerprint == checked.record.fingerprint)
                     });
-            let change: Change<'_, CertificateView> = Box::new(move |body, record, policy| {
+            let change: Change<'_, CertificateView> = Box::new(move |body, record, snapshot| {
+                let policy = snapshot.policy();
                 let pinned = policy
                     .consumers
                     .iter()
                     .any(|c| c.cert_sha256.iter().any(|p| p.sha256 == checked.sha256));
                 if pinned || in_other_records {
                     return Err(ManageError::CertificateInUse);
+                }
+                // The matcher authentication uses: a certificate another consumer's issuer
+                // ACL claims (file-made or API-made) is that consumer's, not this one's.
+                let cert = ClientCert::new(checked.der.clone().into());
+                let claimed = snapshot
+                    .identities()
+                    .claimants(policy, &cert)
+                    .into_iter()
+                    .any(|i| body.name != policy.consumers[i].name);
+                if claimed {
+                    return Err(ManageError::IdentityClaimed);
                 }
                 let live = record
                     .certificates
@@ -393,37 +403,75 @@ impl Manager {
         .await
     }
 
-    /// Sets (`Some`) or removes (`None`) a consumer's issuer ACL.
+    /// Sets (`Some`, with `[server] client_ca`'s certificates) or removes (`None`) a
+    /// consumer's issuer ACL.
     pub async fn set_issuer_acl(
         &self,
         caller: &Caller,
         team: &TeamSlug,
         name: &EntryName,
-        acl: Option<AclInput>,
+        acl: Option<(AclInput, &[Vec<u8>])>,
         if_match: Option<&str>,
     ) -> Result<ManagedConsumer, ManageError> {
         let work = async {
             // Authorized first: a caller who may not manage the team learns nothing from
             // how its ACL would have been judged.
             self.authorize(caller, team)?;
-            let checked = acl.map(check_acl).transpose()?;
-            let change: Change<'_, ()> = Box::new(move |body, _, policy| {
+            let checked = acl
+                .map(|(acl, client_cas)| check_acl(acl, client_cas))
+                .transpose()?;
+            // Certificates API-made consumers are pinned to (revoked ones too: a revocation
+            // is not a release).
+            let pinned: Vec<(EntryName, Vec<u8>)> = match &checked {
+                None => Vec::new(),
+                Some(_) => self
+                    .store()?
+                    .records(Kind::Consumer)?
+                    .into_iter()
+                    .flat_map(|(_, n, r)| {
+                        r.certificates
+                            .into_iter()
+                            .filter_map(|c| c.certificate)
+                            .filter_map(|b| {
+                                use base64::Engine as _;
+                                base64::engine::general_purpose::STANDARD.decode(b).ok()
+                            })
+                            .map(move |der| (n.clone(), der))
+                    })
+                    .collect(),
+            };
+            let change: Change<'_, ()> = Box::new(move |body, _, snapshot| {
                 match checked {
                     None => {
                         body.issuer_ca_pem = None;
                         body.subject = None;
                     }
-                    Some((pem, ders, pattern, subject)) => {
+                    Some(acl) => {
+                        let policy = snapshot.policy();
+                        // Issuers compared by public key, as authentication matches them.
                         let overlaps = policy.consumers.iter().any(|c| {
-                            c.name != body.name
-                                && c.issuer_certs.iter().any(|x| ders.contains(x))
-                                && c.subject.as_ref().is_some_and(|s| s.overlaps(&pattern))
+                            body.name != c.name
+                                && crate::identity::issuer_keys(&c.issuer_certs)
+                                    .iter()
+                                    .any(|k| acl.keys.contains(k))
+                                && c.subject.as_ref().is_some_and(|s| s.overlaps(&acl.pattern))
                         });
                         if overlaps {
                             return Err(ManageError::AclOverlap);
                         }
-                        body.issuer_ca_pem = Some(pem);
-                        body.subject = Some(subject);
+                        let claims_a_pin = pinned.iter().any(|(owner, der)| {
+                            *owner != body.name
+                                && crate::identity::acl_matches(
+                                    &acl.keys,
+                                    &acl.pattern,
+                                    &ClientCert::new(der.clone().into()),
+                                )
+                        });
+                        if claims_a_pin {
+                            return Err(ManageError::IdentityClaimed);
+                        }
+                        body.issuer_ca_pem = Some(acl.pem);
+                        body.subject = Some(acl.subject);
                     }
                 }
                 Ok(())
@@ -512,7 +560,7 @@ impl Manager {
         next.updated_at = crate::store::now();
         next.updated_by = who(caller);
         let snapshot = self.broker.policy();
-        let out = change(&mut body, &mut next, snapshot.policy())?;
+        let out = change(&mut body, &mut next, &snapshot)?;
         let new_text = render(&body)?;
         store
             .commit(Kind::Consumer, team, name, &new_text, &next, Some(&record))
@@ -542,12 +590,21 @@ fn check_host(host: Option<&str>) -> Result<(), ManageError> {
     }
 }
 
-/// An issuer ACL's CA (PEM as stored, DER), subject pattern and its text. Apinizer's flags
-/// must be on: keybroker always checks the chain and the issuer, and a caller who asked for
-/// less learns it rather than getting a silently different check.
-type CheckedAcl = (String, Vec<Vec<u8>>, crate::policy::SubjectPattern, String);
+/// An issuer ACL that passed every check.
+struct CheckedAcl {
+    /// The CA certificates as stored (PEM).
+    pem: String,
+    /// Their public keys (SubjectPublicKeyInfo DER): what authentication matches.
+    keys: Vec<Vec<u8>>,
+    pattern: crate::policy::SubjectPattern,
+    subject: String,
+}
 
-fn check_acl(acl: AclInput) -> Result<CheckedAcl, ManageError> {
+/// Checks an issuer ACL. Apinizer's flags must be on: keybroker always checks the chain and
+/// the issuer, and a caller who asked for less learns it rather than getting a silently
+/// different check. Each CA must be a certificate of `client_ca` or be signed by one: a
+/// self-made CA certificate carrying another CA's public key is neither.
+fn check_acl(acl: AclInput, client_cas: &[Vec<u8>]) -> Result<CheckedAcl, ManageError> {
     for (field, on) in [
         ("validate_certificate", acl.validate_certificate),
         ("validate_acl_for_issuer", acl.validate_acl_for_issuer),
@@ -569,6 +626,13 @@ fn check_acl(acl: AclInput) -> Result<CheckedAcl, ManageError> {
         return Err(ManageError::Invalid {
             field: "issuer_ca",
             message: "at most 64 KiB".to_owned(),
+        });
+    }
+    if client_cas.is_empty() {
+        return Err(ManageError::CertificateRejected {
+            code: "no_client_ca",
+            message: "this server verifies no client certificates ([server] client_ca is not set)"
+                .to_owned(),
         });
     }
     let repaired =
@@ -595,7 +659,30 @@ fn check_acl(acl: AclInput) -> Result<CheckedAcl, ManageError> {
             message: "issuer_ca: at most 8 CA certificates".to_owned(),
         });
     }
-    Ok((repaired.pem.to_string(), ders, pattern, acl.subject))
+    let anchors = crate::identity::issuer_keys(client_cas);
+    let anchored = ders.iter().all(|d| {
+        client_cas.contains(d)
+            || X509Certificate::from_der(d).is_ok_and(|(_, c)| {
+                anchors.iter().any(|spki| {
+                    x509_parser::x509::SubjectPublicKeyInfo::from_der(spki)
+                        .is_ok_and(|(_, key)| c.verify_signature(Some(&key)).is_ok())
+                })
+            })
+    });
+    if !anchored {
+        return Err(ManageError::CertificateRejected {
+            code: "issuer_untrusted",
+            message: "issuer_ca: each CA must be a certificate of [server] client_ca or be \
+                      signed by one"
+                .to_owned(),
+        });
+    }
+    Ok(CheckedAcl {
+        pem: repaired.pem.to_string(),
+        keys: crate::identity::issuer_keys(&ders),
+        pattern,
+        subject: acl.subject,
+    })
 }
 
 fn view(body: &Body, record: &Record, etag: String) -> ManagedConsumer {

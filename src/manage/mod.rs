@@ -139,6 +139,10 @@ pub enum ManageError {
     CertificateInUse,
     #[error("this issuer ACL could match a certificate another consumer's ACL matches")]
     AclOverlap,
+    /// The certificate (or a certificate the ACL would match) identifies another consumer
+    /// by the matcher authentication uses; which one is not said.
+    #[error("this identity is claimed by another consumer")]
+    IdentityClaimed,
 }
 
 impl ManageError {
@@ -160,6 +164,7 @@ impl ManageError {
             Self::CertificateRejected { code, .. } => code,
             Self::CertificateInUse => "certificate_in_use",
             Self::AclOverlap => "acl_overlap",
+            Self::IdentityClaimed => "identity_claimed",
         }
     }
 }
@@ -188,6 +193,7 @@ impl ManageError {
             Self::Exists
             | Self::CertificateInUse
             | Self::AclOverlap
+            | Self::IdentityClaimed
             | Self::CertificateRejected { .. }
             | Self::PreconditionRequired
             | Self::Stale

@@ -26,6 +26,7 @@ use crate::api::listen::Peer;
 use crate::broker::{
     Broker, Caller, ConsumerRef, CredentialError, Failure, ResolveError, SecretRead,
 };
+use crate::identity::AuthError;
 use crate::reference::{Reason, SecretPath};
 use crate::secret::SecretBuf;
 use route::{Route, RouteError};
@@ -225,20 +226,27 @@ async fn authenticate(
 /// `auth/cert/login`: the connection's verified client certificate → its consumer → a token.
 async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
     let snapshot = state.broker.policy();
-    let consumer = peer
-        .and_then(|p| p.certificate.as_deref())
-        .and_then(|cert| {
-            snapshot
-                .identities()
-                .by_certificate(snapshot.policy(), cert, SystemTime::now())
-        })
-        .map(|i| snapshot.policy().consumers[i].name.clone());
-    let Some(name) = consumer else {
-        let _ = state
-            .broker
-            .audit_unauthenticated("unknown_certificate", peer.map(|p| p.addr.ip()))
-            .await;
-        return denied();
+    // The matcher authentication uses: a certificate two consumers claim gets no token.
+    let found = match peer.and_then(|p| p.certificate.as_deref()) {
+        None => Err(AuthError::Missing),
+        Some(cert) => snapshot
+            .identities()
+            .by_certificate(snapshot.policy(), cert, SystemTime::now())
+            .map_err(|crate::identity::Ambiguous| AuthError::AmbiguousIdentity)
+            .and_then(|i| i.ok_or(AuthError::UnknownCertificate)),
+    };
+    let name = match found {
+        Ok(i) => snapshot.policy().consumers[i].name.clone(),
+        Err(why) => {
+            if why == AuthError::AmbiguousIdentity {
+                state.broker.metrics().ambiguous_identity();
+            }
+            let _ = state
+                .broker
+                .audit_unauthenticated(why.code(), peer.map(|p| p.addr.ip()))
+                .await;
+            return denied();
+        }
     };
     // A token is a credential handed out: audited like a read (and refused when the trail
     // cannot be written).

@@ -54,6 +54,17 @@ impl Ca {
         std::fs::write(path, &self.pem).unwrap();
     }
 
+    /// A CA certificate anyone can make from this CA's public certificate alone: its name and
+    /// public key, signed by a key of the maker's own (other DER, same key).
+    pub fn impostor(&self) -> String {
+        let maker = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = self.params.distinguished_name.clone();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = Issuer::from_params(&params, &maker);
+        params.signed_by(&self.key, &issuer).unwrap().pem()
+    }
+
     /// A PEM revocation list of this CA revoking `revoked`, valid for a day.
     pub fn crl(&self, revoked: &[&Issued]) -> String {
         use rcgen::{

@@ -188,6 +188,30 @@ impl Running {
             .as_u16()
     }
 
+    /// `method path` on the listener `listener` (`listen`, `vault_api`) from a new client
+    /// presenting `identity_pem`: the status and the body.
+    pub async fn send_with_identity(
+        &self,
+        ca_pem: &str,
+        identity_pem: &[u8],
+        listener: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> (u16, String) {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+            .identity(reqwest::Identity::from_pem(identity_pem).unwrap())
+            .build()
+            .unwrap();
+        let url = format!(
+            "https://localhost:{}{path}",
+            self.addresses[listener].port()
+        );
+        let resp = client.request(method, url).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap()
     }
