@@ -134,10 +134,13 @@ impl Entry {
     }
 }
 
-/// What a reader of `secret` would see, hashed. The hasher's state is wiped on drop.
+/// What a reader of `secret` would see, hashed. The hasher lives on the heap and is
+/// finalized in place: `finalize(self)` would move it, and the moved-from copy of its last
+/// partial block (value bytes) would stay on the stack unwiped (issue 49). Dropped, the state
+/// is wiped (`zeroize`) and so is its heap block.
 fn digest(secret: &Result<CheckedSecret, SourceError>) -> [u8; 32] {
     use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
+    let mut h = Box::new(sha2::Sha256::new());
     match secret {
         Ok(s) => {
             h.update(b"found");
@@ -159,7 +162,7 @@ fn digest(secret: &Result<CheckedSecret, SourceError>) -> [u8; 32] {
         }
         Err(e) => h.update(format!("error {e:?}").as_bytes()),
     }
-    h.finalize().into()
+    h.finalize_reset().into()
 }
 
 /// Refresh-ahead tickets waiting at once, at most: each is a sleeping task (a few hundred

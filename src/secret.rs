@@ -204,19 +204,20 @@ impl SecretBuf {
                 None => {
                     // Built on the stack: even one escaped character of a secret stays
                     // out of unzeroized heap memory.
-                    let mut units = [0u16; 2];
-                    for unit in c.encode_utf16(&mut units) {
+                    // Both arrays are wiped when done (they hold a character of the value).
+                    let mut units = zeroize::Zeroizing::new([0u16; 2]);
+                    for unit in c.encode_utf16(&mut *units) {
                         const HEX: &[u8; 16] = b"0123456789abcdef";
                         let u = *unit as usize;
-                        let esc = [
+                        let esc = zeroize::Zeroizing::new([
                             b'\\',
                             b'u',
                             HEX[u >> 12],
                             HEX[(u >> 8) & 0xf],
                             HEX[(u >> 4) & 0xf],
                             HEX[u & 0xf],
-                        ];
-                        self.extend_from_slice(&esc);
+                        ]);
+                        self.extend_from_slice(&*esc);
                     }
                 }
             }

@@ -22,7 +22,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// The key of ETags. Keyed, so an ETag never lets anyone test a guess of a value. Held as the
 /// keyed HMAC state (wiped on drop), cloned per tag: the key is not re-hashed per answer.
-pub struct EtagKey(hmac::Hmac<sha2::Sha256>);
+pub struct EtagKey(hmac::HmacReset<sha2::Sha256>);
 
 impl std::fmt::Debug for EtagKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,7 +49,7 @@ impl EtagKey {
 
     fn keyed(key: &[u8]) -> Self {
         Self(
-            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
+            <hmac::HmacReset<sha2::Sha256> as KeyInit>::new_from_slice(key)
                 .expect("HMAC takes keys of any length"),
         )
     }
@@ -71,12 +71,16 @@ impl EtagKey {
     /// `"kb1-" + base64url(HMAC-SHA256(key, parts))`, 22 characters of it, quoted. Each part
     /// is length-prefixed, so different splits of the same bytes tag differently.
     pub fn tag<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> String {
-        let mut mac = self.0.clone();
+        // On the heap and finalized in place: a MAC state moved by value (`finalize(self)`)
+        // leaves a copy of its last partial block — value bytes — on the stack, unwiped
+        // (issue 49). Dropping the box wipes the state (`zeroize`), and the allocator the block.
+        let mut mac = Box::new(self.0.clone());
         for p in parts {
             mac.update(&(p.len() as u64).to_be_bytes());
             mac.update(p);
         }
-        let digest = mac.finalize().into_bytes();
+        let digest = mac.finalize_reset().into_bytes();
+        drop(mac);
         // The first 22 base64 digits of the MAC (those of its first 17 bytes), in one string.
         let mut tag = String::with_capacity(28);
         tag.push_str("\"kb1-");

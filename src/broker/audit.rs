@@ -68,7 +68,7 @@ impl<'a> AuditEntry<'a> {
 /// any of them is written before it is answered. The answer is remembered as a digest keyed
 /// per wait, never as its bytes.
 pub struct AuditMemo {
-    key: hmac::Hmac<sha2::Sha256>,
+    key: hmac::HmacReset<sha2::Sha256>,
     last: std::sync::Mutex<Option<(crate::audit::Outcome, String, [u8; 32])>>,
 }
 
@@ -85,7 +85,7 @@ impl Default for AuditMemo {
         // Without an OS random source no key can be made safely.
         getrandom::fill(&mut *key).expect("the OS random number generator is available");
         Self {
-            key: hmac::Hmac::new_from_slice(&*key).expect("HMAC takes keys of any length"),
+            key: hmac::HmacReset::new_from_slice(&*key).expect("HMAC takes keys of any length"),
             last: std::sync::Mutex::default(),
         }
     }
@@ -101,12 +101,14 @@ impl AuditMemo {
         answer: impl IntoIterator<Item = &'a [u8]>,
     ) -> bool {
         use hmac::Mac;
-        let mut mac = self.key.clone();
+        // In place on the heap, never moved once it holds answer bytes (see `EtagKey::tag`).
+        let mut mac = Box::new(self.key.clone());
         for part in answer {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
-        let digest: [u8; 32] = mac.finalize().into_bytes().into();
+        let digest: [u8; 32] = mac.finalize_reset().into_bytes().into();
+        drop(mac);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let same = last
             .as_ref()
