@@ -897,7 +897,7 @@ async fn a_name_that_climbs_out_of_its_team_is_no_name_at_any_management_route()
             ),
             (
                 Method::GET,
-                format!("/v1/credentials/fraud-db/versions?team=..%2Ffraud"),
+                "/v1/credentials/fraud-db/versions?team=..%2Ffraud".to_owned(),
                 None,
             ),
         ];
