@@ -6,7 +6,6 @@
 //! ([`VaultStore`], shared by replicas, mirrored into a local folder the policy loader reads).
 
 mod file;
-mod name;
 mod vault;
 
 use std::path::PathBuf;
@@ -14,8 +13,8 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+pub use crate::policy::{EntryName, NotAName, TeamSlug};
 pub use file::FileStore;
-pub use name::{EntryName, NotAName, TeamSlug, is_slug};
 pub use vault::VaultStore;
 
 /// The file source that serves a file store's material.

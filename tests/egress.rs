@@ -273,6 +273,22 @@ async fn curl_through_the_proxy_reaches_an_mtls_upstream_with_the_credentials_ce
     let (status, body) = w.curl(GW, None, &w.url("api.partner.example", "/"), &[]);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("credential_required"));
+    // A name given twice, or that is no name, is refused — never read as "none given", which
+    // would pick one for the caller — and nothing reaches the upstream.
+    let before = w.upstream_requests();
+    for (named, extra) in [
+        (
+            Some("partner-api"),
+            &["-H", "Keybroker-Credential: wrong-root"][..],
+        ),
+        (Some("../partner-api"), &[][..]),
+        (Some("Partner-API"), &[][..]),
+    ] {
+        let (status, body) = w.curl(GW, named, &w.url("api.partner.example", "/"), extra);
+        assert_eq!(status, 400, "{named:?} {extra:?}: {body}");
+        assert!(body.contains("invalid"), "{body}");
+    }
+    assert_eq!(w.upstream_requests(), before);
     // Redirects come back as they are, never followed.
     let (status, _) = w.curl(
         GW,

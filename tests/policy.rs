@@ -356,6 +356,32 @@ colour = "blue"
     }
 }
 
+/// A name is a type everywhere: credential and consumer names in policy files follow the
+/// grammar every route parses (`[a-z0-9_-]{1,64}`), so no door meets a name it cannot take.
+#[test]
+fn credential_and_consumer_names_are_names() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.toml",
+        "[[team]]\nslug = \"a\"\n[[consumer]]\nname = \"../gw\"\nteam = \"a\"\ntoken_sha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"\n[[credential]]\nname = \"Partner.API\"\nmode = \"text\"\nteam = \"a\"\nvalue = \"$SECRET_a/b $KEY_v\"\n",
+    );
+    let Err(PolicyError::Invalid(diags)) = load(dir.path()) else {
+        panic!("the policy must be rejected")
+    };
+    let text: Vec<String> = diags.iter().map(|d| d.message.clone()).collect();
+    assert!(
+        text.iter()
+            .any(|m| m.starts_with("consumer name \"../gw\" must match")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|m| m.starts_with("credential name \"Partner.API\" must match")),
+        "{text:#?}"
+    );
+}
+
 #[test]
 fn the_example_policies_load() {
     for dir in ["examples/dev/policies", "policies"] {

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::change::{self, Conditional, Tagged};
+use super::names::NamePath;
 use super::{ApiError, AppState, Authenticated, destination, json_response, parse_body};
 use crate::policy::CredentialMode;
 use crate::secret::SecretBuf;
@@ -39,7 +40,7 @@ struct MaterialBody {
 pub(super) async fn info(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path(name): Path<String>,
+    NamePath(name): NamePath<crate::policy::EntryName>,
 ) -> Result<Response, ApiError> {
     let info = state.broker.credential_info(&caller, &name).await?;
     let mut response = json_response(StatusCode::OK, &info);
@@ -56,7 +57,7 @@ pub(super) async fn info(
 pub(super) async fn material(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
-    Path(name): Path<String>,
+    NamePath(name): NamePath<crate::policy::EntryName>,
     cond: Conditional,
     body: Bytes,
 ) -> Result<Response, ApiError> {

@@ -395,13 +395,31 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
     let caller = Caller::Consumer(consumer.clone());
 
     // Which credential: named, or the one visible credential whose allowed_hosts match.
-    let named = request
-        .headers()
-        .get("keybroker-credential")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // A name is a type before it is a lookup: a header that is repeated, not text or not a
+    // name is refused — never read as "no name given", which would pick one for the caller.
+    let mut given = request.headers().get_all("keybroker-credential").iter();
+    let named = match (given.next(), given.next()) {
+        (None, _) => None,
+        (Some(v), None) => match v.to_str().ok().map(crate::policy::EntryName::parse) {
+            Some(Ok(n)) => Some(n),
+            _ => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "Keybroker-Credential: a credential name must match [a-z0-9_-]{1,64}",
+                );
+            }
+        },
+        (Some(_), Some(_)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "Keybroker-Credential: given more than once",
+            );
+        }
+    };
     let name = match named {
-        Some(n) => n,
+        Some(n) => n.to_string(),
         // The policy's choice (`policy explain` prints it); the decision below is the
         // same as for a named credential.
         None => match snapshot

@@ -425,7 +425,13 @@ fn validate_consumers(
     let mut acl_items: Vec<(Item<()>, String, usize)> = Vec::new();
     for c in consumers {
         let def = &c.def;
-        if !names.insert(def.name.clone()) {
+        if !super::is_slug(&def.name) {
+            files.at(
+                &c,
+                &key("name"),
+                format!("consumer name {:?} must match [a-z0-9_-]{{1,64}}", def.name),
+            );
+        } else if !names.insert(def.name.clone()) {
             files.at(
                 &c,
                 &key("name"),
@@ -615,7 +621,16 @@ fn validate_credentials(
                     }
                 }
             }
-            if !cred_names.insert((cred.team.clone(), cred.name.clone())) {
+            if !super::is_slug(&cred.name) {
+                files.at(
+                    &c,
+                    &key("name"),
+                    format!(
+                        "credential name {:?} must match [a-z0-9_-]{{1,64}}",
+                        cred.name
+                    ),
+                );
+            } else if !cred_names.insert((cred.team.clone(), cred.name.clone())) {
                 files.at(
                     &c,
                     &key("name"),

@@ -8,6 +8,7 @@ pub mod host;
 mod index;
 mod load;
 mod model;
+mod name;
 mod route;
 mod subject;
 
@@ -20,5 +21,6 @@ pub use model::{
     Consumer, Credential, CredentialMode, CredentialValues, Grant, Origin, PathPattern, Pin,
     Policy, ReadAccess,
 };
+pub use name::{EntryName, NotAName, TeamSlug, is_slug};
 pub use route::{Unrouted, path_of};
 pub use subject::SubjectPattern;

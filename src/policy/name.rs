@@ -1,6 +1,6 @@
-//! The names the management plane stores things under — a team's slug and an entry's name —
-//! as types: parsed once at the edge (every management route's path, query and body), so a
-//! string never reaches a path join. `..`, `/`, `%2F` decoded by the router, upper case,
+//! The names things are known by — a team's slug and a credential's or consumer's name — as
+//! types: parsed once at the edge (every route's path, query and body; the policy loader holds
+//! policy files to the same grammar), so a string never reaches a lookup or a path join. `..`, `/`, `%2F` decoded by the router, upper case,
 //! dots, empty and overlong names are not names: nothing is looked up for them.
 
 use std::fmt;
