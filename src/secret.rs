@@ -20,6 +20,24 @@ pub fn secret_string(s: &str) -> SecretString {
     SecretBox::new(Box::<str>::from(s))
 }
 
+/// A keyed digest of `parts` that may hold values: HMAC-SHA256 over each part, length-prefixed
+/// (different splits of the same bytes differ). The MAC state stays on the heap and is
+/// finalized in place: `finalize(self)` moves it, and the moved-from copy of its last partial
+/// block — value bytes — would stay on a stack unwiped (issue 49). Dropped, the state is wiped
+/// (`zeroize`), and so is its heap block.
+pub fn keyed_digest<'a>(
+    key: &hmac::HmacReset<sha2::Sha256>,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> [u8; 32] {
+    use hmac::Mac as _;
+    let mut mac = Box::new(key.clone());
+    for p in parts {
+        mac.update(&(p.len() as u64).to_be_bytes());
+        mac.update(p);
+    }
+    mac.finalize_reset().into_bytes().into()
+}
+
 /// One secret as a source returns it: named fields of zeroizing strings plus metadata that
 /// is not secret. A plain (non-object) value is a secret with the single field `value`.
 pub struct Secret {

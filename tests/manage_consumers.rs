@@ -106,6 +106,21 @@ impl World {
         }
     }
 
+    /// `admin` creates consumer `name` of `team`; it must succeed.
+    async fn create_consumer(&self, admin: &str, team: &str, name: &str) -> Answer {
+        let made = self
+            .send(
+                Method::POST,
+                admin,
+                &format!("/v1/teams/{team}/consumers"),
+                Some(json!({ "name": name })),
+                None,
+            )
+            .await;
+        assert_eq!(made.status, 201, "{}", made.text);
+        made
+    }
+
     /// Whether `token` is accepted now (any authenticated route).
     async fn token_works(&self, token: &str) -> u16 {
         self.send(Method::GET, token, "/v1/credentials", None, None)
@@ -781,16 +796,7 @@ async fn racing_creates_make_one_consumer_and_live_certificates_are_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_that_climbs_out_of_its_team_is_no_name_at_any_management_route() {
     let w = world().await;
-    let made = w
-        .send(
-            Method::POST,
-            FRAUD_ADMIN,
-            "/v1/teams/fraud/consumers",
-            Some(json!({ "name": "fraud-ci" })),
-            None,
-        )
-        .await;
-    assert_eq!(made.status, 201, "{}", made.text);
+    let made = w.create_consumer(FRAUD_ADMIN, "fraud", "fraud-ci").await;
     let fraud_token = made.body["token"].as_str().unwrap().to_owned();
     let cred = w
         .send(
@@ -1006,16 +1012,7 @@ async fn a_certificate_another_consumers_acl_claims_cannot_be_pinned() {
         200,
         "payments' gateway"
     );
-    let made = w
-        .send(
-            Method::POST,
-            FRAUD_ADMIN,
-            "/v1/teams/fraud/consumers",
-            Some(json!({ "name": "fraud-squat" })),
-            None,
-        )
-        .await;
-    assert_eq!(made.status, 201, "{}", made.text);
+    w.create_consumer(FRAUD_ADMIN, "fraud", "fraud-squat").await;
     let pin = w
         .send(
             Method::POST,
@@ -1065,16 +1062,7 @@ async fn a_certificate_another_consumers_acl_claims_cannot_be_pinned() {
 async fn an_issuer_acl_whose_ca_carries_another_cas_key_is_refused() {
     let w = world().await;
     let root = w.dir.path();
-    let made = w
-        .send(
-            Method::POST,
-            FRAUD_ADMIN,
-            "/v1/teams/fraud/consumers",
-            Some(json!({ "name": "fraud-gws" })),
-            None,
-        )
-        .await;
-    assert_eq!(made.status, 201, "{}", made.text);
+    w.create_consumer(FRAUD_ADMIN, "fraud", "fraud-gws").await;
     let acl = "/v1/teams/fraud/consumers/fraud-gws/issuer-acl";
     let forged = w
         .send(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use base64::Engine as _;
-use hmac::{KeyInit, Mac};
+use hmac::KeyInit;
 use zeroize::Zeroizing;
 
 use super::ApiError;
@@ -71,16 +71,7 @@ impl EtagKey {
     /// `"kb1-" + base64url(HMAC-SHA256(key, parts))`, 22 characters of it, quoted. Each part
     /// is length-prefixed, so different splits of the same bytes tag differently.
     pub fn tag<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> String {
-        // On the heap and finalized in place: a MAC state moved by value (`finalize(self)`)
-        // leaves a copy of its last partial block — value bytes — on the stack, unwiped
-        // (issue 49). Dropping the box wipes the state (`zeroize`), and the allocator the block.
-        let mut mac = Box::new(self.0.clone());
-        for p in parts {
-            mac.update(&(p.len() as u64).to_be_bytes());
-            mac.update(p);
-        }
-        let digest = mac.finalize_reset().into_bytes();
-        drop(mac);
+        let digest = crate::secret::keyed_digest(&self.0, parts);
         // The first 22 base64 digits of the MAC (those of its first 17 bytes), in one string.
         let mut tag = String::with_capacity(28);
         tag.push_str("\"kb1-");

@@ -100,15 +100,7 @@ impl AuditMemo {
         reason: &str,
         answer: impl IntoIterator<Item = &'a [u8]>,
     ) -> bool {
-        use hmac::Mac;
-        // In place on the heap, never moved once it holds answer bytes (see `EtagKey::tag`).
-        let mut mac = Box::new(self.key.clone());
-        for part in answer {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
-        }
-        let digest: [u8; 32] = mac.finalize_reset().into_bytes().into();
-        drop(mac);
+        let digest = crate::secret::keyed_digest(&self.key, answer);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let same = last
             .as_ref()
