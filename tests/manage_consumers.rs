@@ -31,6 +31,8 @@ struct World {
     server: Running,
     server_ca: Ca,
     clients: Ca,
+    /// Payments' certificate that the operator's policy file pins (consumer `payments-pinned`).
+    pinned: Issued,
 }
 
 async fn world() -> World {
@@ -40,9 +42,18 @@ async fn world() -> World {
     clients.write(&root.join("clients-ca.pem"));
     std::fs::create_dir_all(root.join("policies")).unwrap();
     clients.write(&root.join("policies/clients-ca.pem"));
+    let pinned = clients.client_dn(
+        root,
+        "pinned",
+        &[(DnType::CommonName, "pinned.payments.example")],
+    );
     fixture::Policy::new()
         .team("payments")
         .team("fraud")
+        .and(&format!(
+            "[[consumer]]\nname = \"payments-pinned\"\nteam = \"payments\"\ncert_sha256 = [{{ fingerprint = \"{}\" }}]",
+            pinned.fingerprint()
+        ))
         // Payments' gateways, identified by a file-made issuer ACL (the operator's).
         .and("[[consumer]]\nname = \"payments-gw\"\nteam = \"payments\"\nissuer_ca = \"clients-ca.pem\"\nsubject = \"CN=gw-*.payments.example\"")
         .consumer("gw", "payments", GW)
@@ -61,6 +72,7 @@ async fn world() -> World {
         server,
         server_ca,
         clients,
+        pinned,
     }
 }
 
@@ -1091,6 +1103,31 @@ async fn an_issuer_acl_whose_ca_carries_another_cas_key_is_refused() {
         &[(DnType::CommonName, "gw-2.payments.example")],
     );
     assert_eq!(w.certificate_works(&gateway).await, 200);
+
+    // An ACL over a certificate only the operator's policy file pins (a fingerprint: nothing
+    // to check the ACL against at write time) takes nothing and locks nothing out: the
+    // operator's claim outranks an API-made one.
+    let broad = w
+        .send(
+            Method::PUT,
+            FRAUD_ADMIN,
+            acl,
+            Some(json!({ "issuer_ca": w.clients.pem, "subject": "CN=pinned.*" })),
+            None,
+        )
+        .await;
+    assert_eq!(broad.status, 200, "{}", broad.text);
+    let (status, who) = w
+        .server
+        .send_with_identity(
+            &w.server_ca.pem,
+            &w.pinned.identity_pem(),
+            "listen",
+            Method::GET,
+            "/v1/credentials",
+        )
+        .await;
+    assert_eq!(status, 200, "{who}");
 }
 
 /// A certificate two consumers claim by any path (here the operator's own files: a pin and an

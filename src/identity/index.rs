@@ -30,7 +30,19 @@ pub struct Identities {
 /// certificate under one policy. The dates are compared on every call, not remembered. The
 /// memo lives and dies with its snapshot, so a reload starts afresh.
 #[derive(Default)]
-struct IssuerMemo(Mutex<HashMap<[u8; 32], Claim>>);
+struct IssuerMemo(Mutex<HashMap<[u8; 32], Ranked>>);
+
+/// Claims by rank: the operator's (policy files) first, then the management store's. The
+/// operator's claim outranks an API-made one — a team admin's ACL cannot take, or lock out,
+/// a certificate the operator's policy identifies — and two claims of one rank are refused.
+type Ranked = [Claim; 2];
+
+fn rank(policy: &Policy, i: usize) -> usize {
+    match policy.consumers[i].origin {
+        crate::policy::Origin::File => 0,
+        crate::policy::Origin::Api => 1,
+    }
+}
 
 /// Who claims a certificate: nobody, one consumer, or more than one — which is refused,
 /// never settled by order (docs/THREATS.md, "a certificate identifies one consumer").
@@ -48,14 +60,6 @@ impl Claim {
             Self::Nobody => Self::One(i),
             Self::One(j) if j == i => self,
             _ => Self::Several,
-        }
-    }
-
-    fn with(self, other: Self) -> Self {
-        match other {
-            Self::Nobody => self,
-            Self::One(i) => self.and(i),
-            Self::Several => Self::Several,
         }
     }
 }
@@ -110,23 +114,28 @@ impl Identities {
     /// The consumer this (already chain-verified) certificate identifies at `now`: the one
     /// pin or issuer ACL (signed by its CA's public key, subject matching, valid now) that
     /// claims it. Every claim is looked at — a pin does not win over an ACL, nor the first ACL
-    /// over a later one: two consumers claiming it is [`Ambiguous`], refused.
+    /// over a later one: two consumers claiming it is [`Ambiguous`], refused. The one rank
+    /// above the other: a claim of the operator's policy files outranks the store's.
     pub fn by_certificate(
         &self,
         policy: &Policy,
         cert: &ClientCert,
         now: SystemTime,
     ) -> Result<Option<usize>, Ambiguous> {
-        let pinned = match self.by_fingerprint(cert.fingerprint(), now) {
-            Some(i) => Claim::One(i),
-            None => Claim::Nobody,
-        };
-        let acl = if self.acls.is_empty() || !cert.valid_at(now) {
-            Claim::Nobody
+        let mut ranked = if self.acls.is_empty() || !cert.valid_at(now) {
+            [Claim::Nobody; 2]
         } else {
             self.remembered_acl_claim(policy, cert)
         };
-        match pinned.with(acl) {
+        if let Some(i) = self.by_fingerprint(cert.fingerprint(), now) {
+            let r = rank(policy, i);
+            ranked[r] = ranked[r].and(i);
+        }
+        let claim = match ranked {
+            [Claim::Nobody, api] => api,
+            [operator, _] => operator,
+        };
+        match claim {
             Claim::Nobody => Ok(None),
             Claim::One(i) => Ok(Some(i)),
             Claim::Several => Err(Ambiguous),
@@ -148,7 +157,7 @@ impl Identities {
         out
     }
 
-    fn remembered_acl_claim(&self, policy: &Policy, cert: &ClientCert) -> Claim {
+    fn remembered_acl_claim(&self, policy: &Policy, cert: &ClientCert) -> Ranked {
         let known = (self.memo.0.lock())
             .unwrap_or_else(|p| p.into_inner())
             .get(cert.fingerprint())
@@ -156,9 +165,11 @@ impl Identities {
         if let Some(found) = known {
             return found;
         }
-        let found = self
-            .acl_claims(policy, cert)
-            .fold(Claim::Nobody, Claim::and);
+        let mut found = [Claim::Nobody; 2];
+        for i in self.acl_claims(policy, cert) {
+            let r = rank(policy, i);
+            found[r] = found[r].and(i);
+        }
         let mut m = self.memo.0.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MEMO_MAX {
             m.clear();
@@ -264,6 +275,7 @@ mod tests {
             admin: false,
             admin_teams: Vec::new(),
             vault_api_host: None,
+            origin: crate::policy::Origin::File,
         });
         let snapshot = super::super::Snapshot::new(policy);
         let ids = snapshot.identities();

@@ -214,6 +214,7 @@ mod tests {
             admin: false,
             admin_teams: Vec::new(),
             vault_api_host: None,
+            origin: crate::policy::Origin::File,
         });
         assert!(ask(&p, "late"));
     }

@@ -570,6 +570,11 @@ fn validate_consumers(
                 .ok()
         });
         policy.consumers.push(Consumer {
+            origin: if files.managed[c.file] {
+                super::model::Origin::Api
+            } else {
+                super::model::Origin::File
+            },
             name: def.name.clone(),
             team: def.team.clone(),
             cert_sha256: pins,

@@ -95,6 +95,9 @@ pub struct Consumer {
     /// Where this consumer's reads through the Vault-compatible API are used (that API
     /// carries no destination); `None`: every such read is denied.
     pub vault_api_host: Option<super::Destination>,
+    /// A policy file's (the operator's) or the management store's: the operator's claim on
+    /// a certificate outranks an API-made one.
+    pub origin: Origin,
 }
 
 impl Consumer {
