@@ -171,6 +171,8 @@ pub struct Metrics {
     audit_failures: Counter,
     /// Certificates refused because two consumers claim them.
     ambiguous_identities: Counter,
+    /// Store entries the last policy load set aside.
+    quarantined: Gauge,
     token_ttl: Family<SourceLabels, Gauge>,
 }
 
@@ -200,6 +202,7 @@ impl Default for Metrics {
         let stale_answers = Counter::default();
         let audit_failures = Counter::default();
         let ambiguous_identities = Counter::default();
+        let quarantined = Gauge::default();
         let token_ttl = Family::default();
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
@@ -242,6 +245,11 @@ impl Default for Metrics {
             "keybroker_ambiguous_identities",
             "Client certificates refused because more than one consumer claims them",
             Counter::clone(&ambiguous_identities),
+        );
+        registry.register(
+            "keybroker_store_entries_quarantined",
+            "Management store entries the last policy load set aside (a policy file defines the name, or the entry conflicts)",
+            Gauge::clone(&quarantined),
         );
         registry.register(
             "keybroker_vault_token_ttl_seconds",
@@ -322,6 +330,7 @@ impl Default for Metrics {
             stale_answers,
             audit_failures,
             ambiguous_identities,
+            quarantined,
             token_ttl,
         }
     }
@@ -372,6 +381,11 @@ impl Metrics {
     /// An audit line that could not be written.
     pub fn audit_failure(&self) {
         self.audit_failures.inc();
+    }
+
+    /// How many store entries the policy in force set aside.
+    pub fn quarantined(&self, n: usize) {
+        self.quarantined.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A client certificate refused because two consumers claim it.

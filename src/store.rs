@@ -247,6 +247,12 @@ impl Store {
         }
     }
 
+    /// The local file of an entry's definition (the file store's, or the vault store's
+    /// mirror): what the policy loader names in its lines.
+    pub fn definition_file(&self, kind: Kind, team: &TeamSlug, name: &EntryName) -> PathBuf {
+        self.local.definition_path(kind, team, name)
+    }
+
     pub fn record(
         &self,
         kind: Kind,

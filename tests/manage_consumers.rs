@@ -25,6 +25,8 @@ use support::server::{Running, folder, token_sha256};
 const GW: &str = "consumers-gw-token";
 const PAYMENTS_ADMIN: &str = "consumers-payments-admin";
 const FRAUD_ADMIN: &str = "consumers-fraud-admin";
+/// The operator's admin consumer (reloads).
+const OPS: &str = "consumers-ops";
 
 struct World {
     dir: tempfile::TempDir,
@@ -59,6 +61,8 @@ async fn world() -> World {
         .consumer("gw", "payments", GW)
         .team_admin("payments-admin", "payments", PAYMENTS_ADMIN, &["payments"])
         .team_admin("fraud-admin", "fraud", FRAUD_ADMIN, &["fraud"])
+        .consumer("ops", "payments", OPS)
+        .and("admin = true")
         .write(root);
     fixture::Config::tls()
         .with("client_ca = \"clients-ca.pem\"\nclient_auth = \"optional\"")
@@ -1201,4 +1205,58 @@ async fn a_certificate_two_consumers_claim_identifies_nobody() {
             .any(|l| l.starts_with("keybroker_ambiguous_identities_total 2")),
         "{metrics}"
     );
+}
+
+/// Issue 43: a team admin takes a consumer name the operator later adds to a policy file.
+/// The operator's reload — which also revokes a token — applies whole: the policy file wins,
+/// the store entry is set aside (its token stops working, the gauge says so), and writes go
+/// on for every team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatted_name_never_stops_the_operators_reload() {
+    let w = world().await;
+    let root = w.dir.path();
+    let squat = w
+        .create_consumer(FRAUD_ADMIN, "fraud", "payments-api")
+        .await;
+    let squat_token = squat.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(w.token_works(&squat_token).await, 200);
+    assert_eq!(w.token_works(GW).await, 200);
+
+    // The operator adds payments-api and revokes gw's token (a new one), in one edit.
+    let file = root.join("policies/p.toml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&token_sha256(GW), &token_sha256("consumers-gw-token-2"));
+    std::fs::write(
+        &file,
+        format!(
+            "{text}[[consumer]]\nname = \"payments-api\"\nteam = \"payments\"\ntoken_sha256 = \"{}\"\n",
+            token_sha256("consumers-payments-api")
+        ),
+    )
+    .unwrap();
+    let reload = w
+        .send(Method::POST, OPS, "/v1/admin/reload", None, None)
+        .await;
+    assert_eq!(reload.status, 200, "{}", reload.text);
+    assert_eq!(w.token_works(GW).await, 401, "the revocation applied");
+    assert_eq!(w.token_works("consumers-payments-api").await, 200);
+    assert_eq!(
+        w.token_works(&squat_token).await,
+        401,
+        "the squatted entry is set aside"
+    );
+    let metrics = w.send(Method::GET, OPS, "/metrics", None, None).await;
+    assert!(
+        metrics
+            .text
+            .lines()
+            .any(|l| l == "keybroker_store_entries_quarantined 1"),
+        "{}",
+        metrics.text
+    );
+    // Writes go on, for either team.
+    w.create_consumer(PAYMENTS_ADMIN, "payments", "payments-ci")
+        .await;
+    w.create_consumer(FRAUD_ADMIN, "fraud", "fraud-ci").await;
 }

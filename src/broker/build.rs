@@ -176,6 +176,7 @@ impl Broker {
             for w in &policy.warnings {
                 tracing::warn!(warning = %w, "policy");
             }
+            broker.report_quarantined(&policy);
             broker.policy = ArcSwap::from_pointee(Snapshot::new(policy));
         }
         if let Some(audit) = &config.audit {

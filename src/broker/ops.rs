@@ -59,6 +59,7 @@ impl Broker {
         match self.load_policy() {
             Ok(policy) => {
                 let summary = PolicySummary::of(&policy);
+                self.report_quarantined(&policy);
                 self.policy.store(Arc::new(Snapshot::new(policy)));
                 self.metrics.reload(ReloadOutcome::Ok);
                 // Answers may differ under the new policy: blocking queries ask again.
@@ -76,6 +77,14 @@ impl Broker {
                 Err(e.into())
             }
         }
+    }
+
+    /// Store entries a load set aside: a warning each, and the gauge.
+    pub(super) fn report_quarantined(&self, policy: &crate::policy::Policy) {
+        for q in &policy.quarantined {
+            tracing::warn!(entry = %q, "store entry set aside: the policy files win, or it conflicts");
+        }
+        self.metrics.quarantined(policy.quarantined.len());
     }
 
     /// Whether keybroker itself is ready, and each source's state.

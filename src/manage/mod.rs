@@ -123,6 +123,10 @@ pub enum ManageError {
     Rejected(pem::credential::Rejection),
     #[error("the policy refuses this definition")]
     PolicyRefused(Vec<String>),
+    /// The operator's policy files do not load now: no write can take effect; it was put
+    /// back.
+    #[error("the policy cannot be reloaded now; nothing was written")]
+    PolicyUnavailable,
     #[error("If-Match is required: send the ETag of the credential as you last read it")]
     PreconditionRequired,
     #[error("the credential changed since the ETag given")]
@@ -157,6 +161,7 @@ impl ManageError {
             Self::PemRejected { .. } => "pem_rejected",
             Self::Rejected(_) => "credential_rejected",
             Self::PolicyRefused(_) => "policy_refused",
+            Self::PolicyUnavailable => "policy_unavailable",
             Self::PreconditionRequired => "precondition_required",
             Self::Stale => "stale",
             Self::Store(_) => "store_unavailable",
@@ -181,6 +186,7 @@ impl ManageError {
             Self::NotAllowed(_) | Self::GlobalNotAllowed => F::Denied,
             Self::Invalid { .. } | Self::TeamRequired => F::Invalid,
             Self::AuditUnavailable => F::AuditUnavailable,
+            Self::PolicyUnavailable => F::Unavailable,
             // The store's vault: an outage is an outage (retry), its refusal of keybroker's
             // own token is the operator's to fix; anything else is the server's failure.
             Self::Store(StoreError::Remote(e)) => match crate::broker::source_reason(e) {
@@ -749,19 +755,33 @@ impl Manager {
         written: &Record,
         previous: Option<(&str, &Record)>,
     ) -> Result<(), ManageError> {
-        let Err(e) = self.broker.reload_policy() else {
-            return Ok(());
-        };
-        self.store()?
-            .restore(kind, team, name, written, previous)
-            .await?;
-        let lines = match e {
-            crate::broker::ReloadError::Invalid(crate::policy::PolicyError::Invalid(list)) => {
-                list.iter().map(ToString::to_string).collect()
+        let store = self.store()?;
+        let file = store.definition_file(kind, team, name);
+        let refused = match self.broker.reload_policy() {
+            // Loaded — unless this very entry was set aside (a policy file defines the name,
+            // or it conflicts): then it is the caller's to hear, and only its own lines.
+            Ok(_) => {
+                let snapshot = self.broker.policy();
+                let own: Vec<String> = snapshot
+                    .policy()
+                    .quarantined
+                    .iter()
+                    .filter(|d| d.file == file)
+                    .map(own_line)
+                    .collect();
+                if own.is_empty() {
+                    return Ok(());
+                }
+                ManageError::PolicyRefused(own)
             }
-            other => vec![other.to_string()],
+            // The operator's files do not load now: nothing of the caller's, and none of the
+            // operator's lines are the caller's to read.
+            Err(_) => ManageError::PolicyUnavailable,
         };
-        Err(ManageError::PolicyRefused(lines))
+        store.restore(kind, team, name, written, previous).await?;
+        // What was there before is in force again (or nothing, for a create).
+        let _ = self.broker.reload_policy();
+        Err(refused)
     }
 
     async fn audit_manage<T>(
@@ -788,6 +808,19 @@ impl Manager {
             .await
             .map_err(|crate::broker::AuditRefused| ManageError::AuditUnavailable)
     }
+}
+
+/// A loader line about the caller's own entry, as its answer says it: where in the
+/// definition and why — never the server's paths or another consumer's name.
+fn own_line(d: &crate::diag::Diagnostic) -> String {
+    let message = if d.message.contains("already pinned by consumer") {
+        "this fingerprint is already pinned by another consumer".to_owned()
+    } else if d.message.contains("has the same token") {
+        "another consumer has the same token".to_owned()
+    } else {
+        d.message.clone()
+    };
+    format!("line {}: {message}", d.line)
 }
 
 /// Another replica wrote first: a create finds the name taken (409), a change or delete

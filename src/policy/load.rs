@@ -202,11 +202,51 @@ fn load_inner(dirs: &[&Path], sources: Option<&KnownSources>) -> Result<Policy, 
 }
 
 /// Loads `dirs` as one policy; those from index `store_from` on are the store's.
+///
+/// A store entry never fails the load: the operator's files are loaded as written (an error
+/// there fails the load, as always), and a store file with any error — a name or pin a policy
+/// file also defines, another store entry's pin or token, a malformed definition — is set
+/// aside and the rest loaded again, until nothing of the store errs. What was set aside is
+/// [`Policy::quarantined`] (logged, counted, printed by `check`, answered to its writer). An
+/// operator's definition therefore always wins over a store entry of the same name, and a
+/// team admin's entry can never stop a reload — revocations included.
 fn load_managed(
     dirs: &[&Path],
     store_from: usize,
     sources: Option<&KnownSources>,
 ) -> Result<Policy, PolicyError> {
+    let mut excluded = BTreeSet::new();
+    let mut quarantined = Vec::new();
+    loop {
+        match load_once(dirs, store_from, sources, &excluded)? {
+            Ok(mut policy) => {
+                quarantined.sort_by(|a: &Diagnostic, b: &Diagnostic| {
+                    (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column))
+                });
+                policy.quarantined = quarantined;
+                return Ok(policy);
+            }
+            Err(list) => {
+                let is_store =
+                    |d: &Diagnostic| dirs[store_from..].iter().any(|s| d.file.starts_with(s));
+                if list.iter().any(|d| !is_store(d)) {
+                    return Err(PolicyError::Invalid(list));
+                }
+                // Each round sets at least one file aside: it ends.
+                excluded.extend(list.iter().map(|d| d.file.clone()));
+                quarantined.extend(list);
+            }
+        }
+    }
+}
+
+/// One load of `dirs` without the files in `excluded`: the policy, or every error.
+fn load_once(
+    dirs: &[&Path],
+    store_from: usize,
+    sources: Option<&KnownSources>,
+    excluded: &BTreeSet<PathBuf>,
+) -> Result<Result<Policy, Vec<Diagnostic>>, PolicyError> {
     let mut paths = Vec::new();
     let mut managed = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
@@ -215,6 +255,7 @@ fn load_managed(
             path: (*dir).to_owned(),
             source,
         })?;
+        found.retain(|p| !excluded.contains(p));
         found.sort();
         managed.extend(found.iter().map(|_| i >= store_from));
         paths.extend(found);
@@ -276,9 +317,9 @@ fn load_managed(
     }
     if files.list.is_empty() {
         policy.warnings = files.warnings;
-        Ok(policy)
+        Ok(Ok(policy))
     } else {
-        Err(PolicyError::Invalid(files.list))
+        Ok(Err(files.list))
     }
 }
 

@@ -280,6 +280,9 @@ pub struct Policy {
     /// What `check` warns about (the policy loaded anyway): overlapping issuer ACLs of
     /// different teams, credentials reading outside their team's grants.
     pub warnings: Vec<crate::diag::Diagnostic>,
+    /// Store files set aside at load, with why (the operator's files define the name, or
+    /// the entry conflicts with another): everything else loaded.
+    pub quarantined: Vec<crate::diag::Diagnostic>,
     /// Where decisions look up consumers, grants and credentials (policy/index.rs).
     pub(super) index: super::index::Lazy,
 }

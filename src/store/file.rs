@@ -42,7 +42,7 @@ impl FileStore {
         self.root.join("material")
     }
 
-    fn definition_path(&self, kind: Kind, team: &TeamSlug, name: &EntryName) -> PathBuf {
+    pub fn definition_path(&self, kind: Kind, team: &TeamSlug, name: &EntryName) -> PathBuf {
         self.root
             .join(kind.dir())
             .join(team.segment())
