@@ -593,7 +593,9 @@ async fn patch_versions_and_tines_update_change_what_they_name_and_nothing_else(
 }
 
 /// `?dry_run=true` checks everything, writes nothing and says who will be able to read the
-/// credential — by the same visibility rule reads are decided with.
+/// credential — by the same visibility rule reads are decided with — naming the consumers of
+/// the caller's own teams only: another team is a count, and that count does not depend on
+/// what the other team holds (issue 43: a dry run was a probe of other teams).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_writes_nothing_and_names_who_will_read_it() {
     let w = world().await;
@@ -646,13 +648,35 @@ async fn a_dry_run_writes_nothing_and_names_who_will_read_it() {
     assert_eq!(status, 200, "{shared}");
     assert_eq!(
         readers(&shared),
-        [
-            "fraud-admin:fraud:shared",
-            "gw:payments:team",
-            "payments-admin:payments:team"
-        ]
+        ["gw:payments:team", "payments-admin:payments:team"]
     );
+    assert_eq!(shared["other_teams"], 1, "{shared}");
+    assert!(!shared.to_string().contains("fraud-admin"), "{shared}");
     assert!(w.stored().is_empty(), "a dry run wrote {:?}", w.stored());
+    // Fraud holding a credential of that name changes nothing in the answer.
+    let fraud_own = w
+        .send(
+            reqwest::Method::POST,
+            FRAUD_ADMIN,
+            "/v1/credentials",
+            Some(json!({ "name": "partner-api", "team": "fraud", "mode": "text", "value": "f" })),
+            None,
+        )
+        .await;
+    assert_eq!(fraud_own.0, 201, "{}", fraud_own.1);
+    let (_, again, _) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/credentials?dry_run=true",
+            Some(body("SPECIFIC_TEAMS", &["fraud"])),
+            None,
+        )
+        .await;
+    assert_eq!(readers(&again), readers(&shared));
+    assert_eq!(again["other_teams"], shared["other_teams"]);
+    let audit = w.audit();
+    assert!(audit.contains("\"credential.dry_run\""), "{audit}");
     assert_eq!(w.material("partner-api").await.0, 403, "nothing is served");
 }
 

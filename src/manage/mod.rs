@@ -73,9 +73,14 @@ pub struct Managed {
     pub record: Record,
     /// The PEM repairs applied at ingest, by role.
     pub repairs: Vec<RoleRepairs>,
-    /// A dry run's answer to "who will be able to read it": consumer, team and why.
+    /// A dry run's answer to "who will be able to read it": consumer, team and why — the
+    /// consumers of teams the caller manages.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub readers: Vec<Reader>,
+    /// A dry run's count of the other teams the credential would be shared with: never their
+    /// consumers, and never depending on what those teams hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_teams: Option<usize>,
     /// Opaque; changes with every write. `If-Match` on a replace or delete.
     #[serde(skip)]
     pub etag: String,
@@ -313,14 +318,13 @@ impl Manager {
         dry_run: bool,
     ) -> Result<Managed, ManageError> {
         let work = self.write_credential(caller, &input, None, dry_run);
-        self.one_write(
-            Action::CredentialCreate,
-            caller,
-            &input.team,
-            &input.name,
-            work,
-        )
-        .await
+        let action = if dry_run {
+            Action::CredentialDryRun
+        } else {
+            Action::CredentialCreate
+        };
+        self.one_write(action, caller, &input.team, &input.name, work)
+            .await
     }
 
     /// Replaces a credential's definition and material (a rotation): `if_match` must be the
@@ -518,6 +522,7 @@ impl Manager {
             record: shown(&record),
             repairs: Vec::new(),
             readers: Vec::new(),
+            other_teams: None,
         }))
     }
 
@@ -697,27 +702,41 @@ impl Manager {
             record: shown(&record),
             repairs,
             readers: Vec::new(),
+            other_teams: None,
         };
         if dry_run {
+            let shared: Vec<String> = input
+                .shared_team_slugs
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             let readers = policy
-                .readers(
-                    &input.team,
-                    &input.name,
-                    input.read_access,
-                    &input
-                        .shared_team_slugs
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>(),
-                )
+                .readers(&input.team, &input.name, input.read_access, &shared)
                 .into_iter()
+                .filter(|(_, team, _)| caller.may_manage(team))
                 .map(|(consumer, team, why)| Reader {
                     consumer: consumer.to_owned(),
                     team: team.to_owned(),
                     why,
                 })
                 .collect();
-            return Ok(Managed { readers, ..managed });
+            let other_teams = policy
+                .teams
+                .iter()
+                .filter(|t| {
+                    !caller.may_manage(t)
+                        && match input.read_access {
+                            ReadAccess::Team => false,
+                            ReadAccess::Global => true,
+                            ReadAccess::SpecificTeams => shared.contains(t),
+                        }
+                })
+                .count();
+            return Ok(Managed {
+                readers,
+                other_teams: Some(other_teams),
+                ..managed
+            });
         }
         let refs: Vec<(&str, &SecretString)> = fields.iter().map(|(k, v)| (*k, v)).collect();
         let was = previous.as_ref().map(|(_, r)| r);
