@@ -1260,3 +1260,30 @@ async fn a_squatted_name_never_stops_the_operators_reload() {
         .await;
     w.create_consumer(FRAUD_ADMIN, "fraud", "fraud-ci").await;
 }
+
+/// A write of a team the caller may not manage is decided before the write lock: one audit
+/// line (denied), no intent line, nothing written — it queues behind no one's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_write_is_refused_before_it_takes_the_write_lock() {
+    let w = world().await;
+    w.create_consumer(PAYMENTS_ADMIN, "payments", "payments-ci")
+        .await;
+    let refused = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            "/v1/teams/payments/consumers/payments-ci/token",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    let lines: Vec<Value> = w
+        .audit()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &Value| l["action"] == "consumer.token")
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["decision"], "denied", "{lines:#?}");
+}

@@ -463,6 +463,14 @@ impl Manager {
         work: impl std::future::Future<Output = Result<T, ManageError>>,
     ) -> Result<T, ManageError> {
         let started = Instant::now();
+        // Decided before the lock: a caller who may not manage the team waits behind no one's
+        // write, makes no one wait, and leaves one line (denied), no intent.
+        if !caller.may_manage(team) {
+            let denied = Err(ManageError::NotAllowed(team.to_owned()));
+            self.audit_manage(action, caller, team, name, &denied, started)
+                .await?;
+            return denied;
+        }
         let _one = self.lock.lock().await;
         // The intent first: a trail that cannot take it refuses the write before anything is
         // written (fail-closed), and a write that is made is always in the trail.
