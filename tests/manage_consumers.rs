@@ -1287,3 +1287,67 @@ async fn a_foreign_write_is_refused_before_it_takes_the_write_lock() {
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["decision"], "denied", "{lines:#?}");
 }
+
+/// Squatting by revocation: fraud pins a certificate of payments' (public), then revokes it.
+/// A revocation binds the team that made it — fraud cannot add it back — but it is no claim
+/// on the certificate: payments adds it to its own consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_another_team_revoked_does_not_keep_its_owner_out() {
+    let w = world().await;
+    let root = w.dir.path();
+    let theirs = w.clients.client_dn(
+        root,
+        "api-2",
+        &[(DnType::CommonName, "api-2.payments.example")],
+    );
+    w.create_consumer(FRAUD_ADMIN, "fraud", "fraud-squat").await;
+    w.create_consumer(PAYMENTS_ADMIN, "payments", "payments-api")
+        .await;
+    let squat = "/v1/teams/fraud/consumers/fraud-squat/certificates";
+    let pinned = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            squat,
+            Some(json!({ "certificate": theirs.cert_pem })),
+            None,
+        )
+        .await;
+    assert_eq!(pinned.status, 201, "{}", pinned.text);
+    let fingerprint = pinned.body["fingerprint"].as_str().unwrap().to_owned();
+    let revoked = w
+        .send(
+            Method::DELETE,
+            FRAUD_ADMIN,
+            &format!("{squat}/{fingerprint}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    let again = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            squat,
+            Some(json!({ "certificate": theirs.cert_pem })),
+            None,
+        )
+        .await;
+    assert_eq!(
+        again.status, 409,
+        "revoked stays revoked in its team: {}",
+        again.text
+    );
+    let owner = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/consumers/payments-api/certificates",
+            Some(json!({ "certificate": theirs.cert_pem })),
+            None,
+        )
+        .await;
+    assert_eq!(owner.status, 201, "{}", owner.text);
+    assert_eq!(w.certificate_works(&theirs).await, 200);
+}

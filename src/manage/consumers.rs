@@ -310,14 +310,18 @@ impl Manager {
         let work = async {
             self.authorize(caller, team)?;
             let checked = checked.ok_or_else(|| ManageError::NotAllowed(team.to_string()))??;
+            // Held by a record: live anywhere, or revoked in this team. A revocation binds the
+            // team that made it — another team's revoked pin is no claim, or an admin could
+            // pin a public certificate, revoke it, and keep its owner from ever adding it.
             let in_other_records =
                 self.store()?
                     .records(Kind::Consumer)?
                     .iter()
-                    .any(|(_, _, r)| {
-                        r.certificates
-                            .iter()
-                            .any(|c| c.fingerprint == checked.record.fingerprint)
+                    .any(|(t, _, r)| {
+                        r.certificates.iter().any(|c| {
+                            c.fingerprint == checked.record.fingerprint
+                                && (c.revoked_at.is_none() || t == team)
+                        })
                     });
             let change: Change<'_, CertificateView> = Box::new(move |body, record, snapshot| {
                 let policy = snapshot.policy();
@@ -420,17 +424,19 @@ impl Manager {
             let checked = acl
                 .map(|(acl, client_cas)| check_acl(acl, client_cas))
                 .transpose()?;
-            // Certificates API-made consumers are pinned to (revoked ones too: a revocation
-            // is not a release).
+            // Certificates API-made consumers are pinned to: live ones, and this team's
+            // revoked ones (a revocation binds the team that made it, as for pins).
             let pinned: Vec<(EntryName, Vec<u8>)> = match &checked {
                 None => Vec::new(),
                 Some(_) => self
                     .store()?
                     .records(Kind::Consumer)?
                     .into_iter()
-                    .flat_map(|(_, n, r)| {
+                    .flat_map(|(t, n, r)| {
+                        let own = t == *team;
                         r.certificates
                             .into_iter()
+                            .filter(move |c| c.revoked_at.is_none() || own)
                             .filter_map(|c| c.certificate)
                             .filter_map(|b| {
                                 use base64::Engine as _;
