@@ -725,7 +725,8 @@ async fn a_rotation_staged_with_activate_at_is_next_until_it_takes_over() {
     let at_text = humantime::format_rfc3339_seconds(at).to_string();
     let at = humantime::parse_rfc3339(&at_text).unwrap();
     let mut staged = body(&v2);
-    staged["activate_at"] = json!(at_text);
+    // Any RFC 3339 offset is taken (`+00:00` here; `Z` was the only form once).
+    staged["activate_at"] = json!(at_text.replace('Z', "+00:00"));
     let (status, v, _) = w
         .send(
             reqwest::Method::PUT,

@@ -47,7 +47,7 @@ impl CredentialBody {
             .activate_at
             .as_deref()
             .map(|t| {
-                humantime::parse_rfc3339_weak(t).map_err(|_| ApiError::BadRequest {
+                crate::policy::rfc3339(t).ok_or_else(|| ApiError::BadRequest {
                     code: "invalid",
                     message: "activate_at: an RFC 3339 time".to_owned(),
                 })

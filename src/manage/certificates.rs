@@ -51,7 +51,7 @@ impl CertificateView {
 }
 
 fn time(s: Option<&str>) -> Option<SystemTime> {
-    s.and_then(|s| humantime::parse_rfc3339(s).ok())
+    s.and_then(crate::policy::rfc3339)
 }
 
 pub(super) fn state(r: &CertificateRecord, now: SystemTime) -> State {
@@ -150,9 +150,9 @@ pub(super) fn check(
     let not_after = unix(cert.validity().not_after.timestamp());
     let when = |field: &'static str, t: Option<&str>| match t {
         None => Ok(None),
-        Some(t) => humantime::parse_rfc3339(t)
+        Some(t) => crate::policy::rfc3339(t)
             .map(Some)
-            .map_err(|_| ManageError::Invalid {
+            .ok_or_else(|| ManageError::Invalid {
                 field,
                 message: "an RFC 3339 time".to_owned(),
             }),

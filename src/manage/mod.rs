@@ -953,10 +953,7 @@ fn shown(record: &Record) -> Record {
 /// The material version in force at `now`: the newest, unless a staged one is still
 /// waiting for its `activate_at`.
 fn in_force_version(r: &Record, now: std::time::SystemTime) -> u64 {
-    let at = r
-        .activate_at
-        .as_deref()
-        .and_then(|t| humantime::parse_rfc3339(t).ok());
+    let at = r.activate_at.as_deref().and_then(crate::policy::rfc3339);
     match (r.current_version, at) {
         (Some(current), Some(at)) if now < at => current,
         _ => r.version,

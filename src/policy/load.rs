@@ -496,7 +496,7 @@ fn validate_consumers(
             }
             let mut time = |what: &str, t: &Option<String>| match t {
                 None => Ok(None),
-                Some(t) => humantime::parse_rfc3339(t).map(Some).map_err(|_| {
+                Some(t) => super::rfc3339(t).map(Some).ok_or_else(|| {
                     files.at(
                         &c,
                         &key_index("cert_sha256", i),
@@ -860,7 +860,7 @@ fn credential(
             ("value", &n.value),
         ];
         let by_role = role_values(files, c, def.mode, roles, at);
-        match humantime::parse_rfc3339(&n.activate_at) {
+        match super::rfc3339(&n.activate_at).ok_or(()) {
             Ok(activate_at) => Some(super::model::NextValues {
                 values: CredentialValues { by_role },
                 activate_at,

@@ -11,6 +11,7 @@ mod model;
 mod name;
 mod route;
 mod subject;
+mod time;
 
 pub use decide::{Basis, Decision, DecisionReason, Rule, Subject};
 pub use host::{Destination, HostError, HostPattern};
@@ -24,3 +25,4 @@ pub use model::{
 pub use name::{EntryName, NotAName, TeamSlug, is_slug};
 pub use route::{Unrouted, path_of};
 pub use subject::SubjectPattern;
+pub use time::rfc3339;
