@@ -19,8 +19,8 @@ use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, EgressConfig,
     ExpiryConfig, FileSourceConfig, FsyncPolicy, KUBERNETES_TOKEN_FILE, KvVersion, LimitsConfig,
-    NotifyConfig, PemMode, PkiProfile, PkiSourceConfig, STORE_SOURCE, ServerConfig, SourceConfig,
-    SourceKind, StoreConfig, StoreKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
+    NotifyConfig, PemMode, PkiProfile, PkiSourceConfig, QuotaConfig, STORE_SOURCE, ServerConfig,
+    SourceConfig, SourceKind, StoreConfig, StoreKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
 };
 
 /// The whole configuration, validated.

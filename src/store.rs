@@ -100,6 +100,9 @@ pub struct Record {
     pub current_version: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activate_at: Option<String>,
+    /// Bytes of the in-force version's material (a team's quota counts them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes: u64,
     /// A consumer's certificates, every one ever added (revoked ones stay, revoked).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateRecord>,
@@ -121,8 +124,13 @@ impl Record {
             certificates: Vec::new(),
             current_version: None,
             activate_at: None,
+            bytes: 0,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Material versions a record remembers.
@@ -202,6 +210,8 @@ pub struct Store {
     /// The file store, or the vault store's local mirror (definitions and records).
     local: FileStore,
     remote: Option<VaultStore>,
+    /// What one team may keep here.
+    quota: crate::config::QuotaConfig,
 }
 
 impl Store {
@@ -209,6 +219,7 @@ impl Store {
         Self {
             local,
             remote: None,
+            quota: crate::config::QuotaConfig::default(),
         }
     }
 
@@ -216,7 +227,17 @@ impl Store {
         Self {
             local: mirror,
             remote: Some(remote),
+            quota: crate::config::QuotaConfig::default(),
         }
+    }
+
+    /// This store with `[store.quota]`.
+    pub fn with_quota(self, quota: crate::config::QuotaConfig) -> Self {
+        Self { quota, ..self }
+    }
+
+    pub fn quota(&self) -> crate::config::QuotaConfig {
+        self.quota
     }
 
     pub fn is_shared(&self) -> bool {

@@ -1351,3 +1351,109 @@ async fn a_pin_another_team_revoked_does_not_keep_its_owner_out() {
     assert_eq!(owner.status, 201, "{}", owner.text);
     assert_eq!(w.certificate_works(&theirs).await, 200);
 }
+
+/// `[store.quota]`: one team cannot spend another's room. Fraud fills its own quota of
+/// credentials, bytes and consumers — each refusal 429 `quota_exceeded`, nothing written —
+/// and payments still writes. A replace counts the credential once, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_spends_only_its_own_store_quota() {
+    let (dir, server_ca) = folder("unused");
+    let root = dir.path();
+    fixture::Policy::new()
+        .team("payments")
+        .team("fraud")
+        .team_admin("payments-admin", "payments", PAYMENTS_ADMIN, &["payments"])
+        .team_admin("fraud-admin", "fraud", FRAUD_ADMIN, &["fraud"])
+        .write(root);
+    fixture::Config::tls()
+        .with("[store]\nkind = \"file\"\npath = \"store\"\n[store.quota]\ncredentials = 2\nconsumers = 1\nmaterial_bytes = 100")
+        .write(root);
+    let server = Running::start(root, &server_ca.pem, 0, "info").await;
+    let send = |token: &'static str, path: &'static str, body: Value| {
+        let req = server
+            .client
+            .post(server.url(path))
+            .bearer_auth(token)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let text = |team: &str, name: &str, value: &str| json!({ "name": name, "team": team, "mode": "text", "value": value });
+    let (s, t) = send(
+        FRAUD_ADMIN,
+        "/v1/credentials",
+        text("fraud", "a", &"x".repeat(60)),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    // 60 + 50 bytes > 100: refused, nothing written.
+    let (s, t) = send(
+        FRAUD_ADMIN,
+        "/v1/credentials",
+        text("fraud", "b", &"x".repeat(50)),
+    )
+    .await;
+    assert_eq!(s, 429, "{t}");
+    assert!(t.contains("quota_exceeded"), "{t}");
+    let (s, t) = send(FRAUD_ADMIN, "/v1/credentials", text("fraud", "b", "small")).await;
+    assert_eq!(s, 201, "{t}");
+    let (s, t) = send(FRAUD_ADMIN, "/v1/credentials", text("fraud", "c", "small")).await;
+    assert_eq!(s, 429, "a third credential: {t}");
+    assert!(!root.join("store/credentials/fraud/c.toml").exists());
+    let (s, t) = send(
+        FRAUD_ADMIN,
+        "/v1/teams/fraud/consumers",
+        json!({ "name": "f1" }),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    let (s, t) = send(
+        FRAUD_ADMIN,
+        "/v1/teams/fraud/consumers",
+        json!({ "name": "f2" }),
+    )
+    .await;
+    assert_eq!(s, 429, "{t}");
+    // A rotation of a counts a once: 90 + 5 ≤ 100.
+    let etag = server
+        .client
+        .get(server.url("/v1/teams/fraud/credentials/a"))
+        .bearer_auth(FRAUD_ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let r = server
+        .client
+        .put(server.url("/v1/credentials/a"))
+        .bearer_auth(FRAUD_ADMIN)
+        .header("if-match", etag)
+        .json(&text("fraud", "a", &"y".repeat(90)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Payments' room is its own.
+    for name in ["p1", "p2"] {
+        let (s, t) = send(
+            PAYMENTS_ADMIN,
+            "/v1/credentials",
+            text("payments", name, &"z".repeat(40)),
+        )
+        .await;
+        assert_eq!(s, 201, "{t}");
+    }
+    let (s, t) = send(
+        PAYMENTS_ADMIN,
+        "/v1/teams/payments/consumers",
+        json!({ "name": "p1" }),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+}

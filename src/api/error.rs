@@ -145,6 +145,7 @@ impl ApiError {
                         M::Exists | M::CertificateInUse | M::AclOverlap | M::IdentityClaimed,
                     ) => StatusCode::CONFLICT,
                     (None, M::PreconditionRequired) => StatusCode::PRECONDITION_REQUIRED,
+                    (None, M::QuotaExceeded(_)) => StatusCode::TOO_MANY_REQUESTS,
                     (None, M::Stale) => StatusCode::PRECONDITION_FAILED,
                     (None, _) => StatusCode::UNPROCESSABLE_ENTITY,
                 };

@@ -138,7 +138,8 @@ impl Broker {
                         )
                     }
                     _ => crate::store::Store::file(local),
-                };
+                }
+                .with_quota(st.quota);
                 if let Some(dir) = store.material_dir() {
                     let source = FileSource::new(crate::store::SOURCE, &dir).map_err(|source| {
                         BuildError::FileSource {

@@ -724,6 +724,46 @@ pub struct StoreConfig {
     /// between its two steps) are removed once this old — and looked for this often.
     #[serde(default = "default_orphan_grace")]
     pub orphan_grace: Dur,
+    /// What one team may keep in the store: one team's writes cannot spend another's room.
+    #[serde(default)]
+    pub quota: QuotaConfig,
+}
+
+/// `[store.quota]`: per team.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Credentials a team may hold in the store.
+    #[serde(default = "default_quota_credentials")]
+    pub credentials: usize,
+    /// Consumers a team may hold in the store.
+    #[serde(default = "default_quota_consumers")]
+    pub consumers: usize,
+    /// Bytes of material (the current version of each credential) a team may hold.
+    #[serde(default = "default_quota_bytes")]
+    pub material_bytes: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            credentials: default_quota_credentials(),
+            consumers: default_quota_consumers(),
+            material_bytes: default_quota_bytes(),
+        }
+    }
+}
+
+fn default_quota_credentials() -> usize {
+    1000
+}
+
+fn default_quota_consumers() -> usize {
+    200
+}
+
+fn default_quota_bytes() -> u64 {
+    8 << 20
 }
 
 fn default_orphan_grace() -> Dur {

@@ -181,6 +181,7 @@ impl Manager {
             }
             self.check_admin_teams(caller, &input.admin_teams, policy)?;
             check_host(input.vault_api_host.as_deref())?;
+            super::check_quota(store, Kind::Consumer, &input.team, &input.name, 0)?;
             let (token, digest) = crate::identity::TokenDigest::generate_prefixed("kbt_");
             let body = Body {
                 name: input.name.clone(),

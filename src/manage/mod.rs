@@ -128,6 +128,10 @@ pub enum ManageError {
     Rejected(pem::credential::Rejection),
     #[error("the policy refuses this definition")]
     PolicyRefused(Vec<String>),
+    /// The team's `[store.quota]` of this (`credentials`, `consumers`, `material_bytes`) is
+    /// spent; nothing was written.
+    #[error("the team's store quota of {0} is spent")]
+    QuotaExceeded(&'static str),
     /// The operator's policy files do not load now: no write can take effect; it was put
     /// back.
     #[error("the policy cannot be reloaded now; nothing was written")]
@@ -166,6 +170,7 @@ impl ManageError {
             Self::PemRejected { .. } => "pem_rejected",
             Self::Rejected(_) => "credential_rejected",
             Self::PolicyRefused(_) => "policy_refused",
+            Self::QuotaExceeded(_) => "quota_exceeded",
             Self::PolicyUnavailable => "policy_unavailable",
             Self::PreconditionRequired => "precondition_required",
             Self::Stale => "stale",
@@ -210,7 +215,8 @@ impl ManageError {
             | Self::Stale
             | Self::PemRejected { .. }
             | Self::Rejected(_)
-            | Self::PolicyRefused(_) => return None,
+            | Self::PolicyRefused(_)
+            | Self::QuotaExceeded(_) => return None,
         })
     }
 }
@@ -236,6 +242,7 @@ const MAX_VALUE_BYTES: usize = 64 << 10;
 const MAX_METADATA: usize = 32;
 const MAX_METADATA_BYTES: usize = 256;
 const MAX_HOSTS: usize = 64;
+const MAX_SHARED: usize = 64;
 
 /// The definition the store keeps for `input` at `version`: the policy's own schema, its
 /// values references to the store's material.
@@ -616,6 +623,11 @@ impl Manager {
             repairs,
             certificate,
         } = ingest(input)?;
+        let bytes: u64 = fields
+            .iter()
+            .map(|(_, v)| v.expose_secret().len() as u64)
+            .sum();
+        check_quota(store, Kind::Credential, &input.team, &input.name, bytes)?;
         let version = previous.as_ref().map_or(1, |(_, r)| r.version + 1);
         let at = crate::store::now();
         let id = match &previous {
@@ -637,6 +649,7 @@ impl Manager {
         let excess = history.len().saturating_sub(crate::store::MAX_HISTORY);
         history.drain(..excess);
         let record = Record {
+            bytes,
             version,
             revision: previous.as_ref().map_or(1, |(_, r)| r.revision + 1),
             created_at: previous
@@ -837,6 +850,40 @@ impl Manager {
     }
 }
 
+/// A team's room in the store (`[store.quota]`): entries of `kind`, and bytes of material —
+/// what is there now, less the entry being replaced, plus what this write adds. A refusal
+/// writes nothing.
+fn check_quota(
+    store: &Store,
+    kind: Kind,
+    team: &TeamSlug,
+    name: &EntryName,
+    bytes: u64,
+) -> Result<(), ManageError> {
+    let quota = store.quota();
+    let (mut count, mut held) = (0usize, 0u64);
+    for (t, n, r) in store.records(kind)? {
+        if t == *team && n != *name {
+            count += 1;
+            held += r.bytes;
+        }
+    }
+    let max = match kind {
+        Kind::Credential => quota.credentials,
+        Kind::Consumer => quota.consumers,
+    };
+    if count >= max {
+        return Err(ManageError::QuotaExceeded(match kind {
+            Kind::Credential => "credentials",
+            Kind::Consumer => "consumers",
+        }));
+    }
+    if held.saturating_add(bytes) > quota.material_bytes {
+        return Err(ManageError::QuotaExceeded("material_bytes"));
+    }
+    Ok(())
+}
+
 /// A loader line about the caller's own entry, as its answer says it: where in the
 /// definition and why — never the server's paths or another consumer's name.
 fn own_line(d: &crate::diag::Diagnostic) -> String {
@@ -886,6 +933,7 @@ fn check_input(input: &CredentialInput) -> Result<(), ManageError> {
     check_definition(
         Some(&input.metadata),
         Some(&input.allowed_hosts),
+        Some(&input.shared_team_slugs),
         input.description.as_deref(),
     )?;
     for (field, v) in [
@@ -909,6 +957,7 @@ fn check_input(input: &CredentialInput) -> Result<(), ManageError> {
 fn check_definition(
     metadata: Option<&BTreeMap<String, String>>,
     allowed_hosts: Option<&[String]>,
+    shared_team_slugs: Option<&[TeamSlug]>,
     description: Option<&str>,
 ) -> Result<(), ManageError> {
     let invalid = |field, message: &str| ManageError::Invalid {
@@ -927,6 +976,9 @@ fn check_definition(
     }
     if allowed_hosts.is_some_and(|h| h.len() > MAX_HOSTS) {
         return Err(invalid("allowed_hosts", "at most 64 entries"));
+    }
+    if shared_team_slugs.is_some_and(|t| t.len() > MAX_SHARED) {
+        return Err(invalid("shared_team_slugs", "at most 64 teams"));
     }
     if description.is_some_and(|d| d.len() > 1024) {
         return Err(invalid("description", "at most 1024 bytes"));

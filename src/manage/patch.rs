@@ -75,6 +75,7 @@ impl Manager {
             super::check_definition(
                 patch.metadata.as_ref(),
                 patch.allowed_hosts.as_deref(),
+                patch.shared_team_slugs.as_deref(),
                 patch.description.as_deref(),
             )?;
             let mut table: toml::Table = toml::from_str(&toml_text).map_err(|_| malformed())?;
