@@ -127,7 +127,28 @@ pub enum Via {
 /// token names, when it is one of them and valid now.
 pub trait IssuedTokens: Send + Sync {
     /// `None` when `token` is not of this kind; `Some(None)` when it is but does not verify.
-    fn consumer(&self, token: &str, now: SystemTime) -> Option<Option<String>>;
+    fn consumer(&self, token: &str, now: SystemTime) -> Option<Option<IssuedTo>>;
+}
+
+/// Whom an issued token was issued to: the consumer's name, team and origin. A token binds
+/// all three, so it never passes to another consumer that later takes the name (a team
+/// admin's API-made consumer deleted, the operator's of another team defined).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedTo {
+    pub consumer: String,
+    pub team: String,
+    pub origin: crate::policy::Origin,
+}
+
+impl IssuedTo {
+    /// Whom `consumer` would be issued to.
+    pub fn of(consumer: &crate::policy::Consumer) -> Self {
+        Self {
+            consumer: consumer.name.clone(),
+            team: consumer.team.clone(),
+            origin: consumer.origin,
+        }
+    }
 }
 
 /// The one authenticator of every door: what each door reads is fixed by its [`Door`] (the
@@ -197,8 +218,9 @@ impl Authenticator {
             // certificate is for `auth/cert/login`).
             let token = token.ok_or(AuthError::Missing)?;
             if let Some(found) = self.issued.as_ref().and_then(|i| i.consumer(token, now)) {
-                let name = found.ok_or(AuthError::UnknownToken)?;
-                return ConsumerRef::of(Arc::clone(snapshot), &name)
+                let to = found.ok_or(AuthError::UnknownToken)?;
+                return ConsumerRef::of(Arc::clone(snapshot), &to.consumer)
+                    .filter(|c| IssuedTo::of(c.consumer()) == to)
                     .map(|c| (Caller::Consumer(c), Via::Token))
                     .ok_or(AuthError::UnknownToken);
             }
@@ -320,5 +342,60 @@ mod tests {
         assert_eq!(bearer("bearer abc"), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearerabc"), None);
+    }
+
+    /// An issued token names its consumer by name, team and origin: after a team admin's
+    /// consumer is gone and the operator's of another team takes its name, the old token is
+    /// nobody's.
+    #[test]
+    fn an_issued_token_does_not_pass_to_the_next_holder_of_its_name() {
+        struct Issued(IssuedTo);
+        impl IssuedTokens for Issued {
+            fn consumer(&self, _: &str, _: SystemTime) -> Option<Option<IssuedTo>> {
+                Some(Some(self.0.clone()))
+            }
+        }
+        let mut policy = crate::policy::Policy::default();
+        policy.consumers.push(crate::policy::Consumer {
+            name: "payments-gw".into(),
+            team: "payments".into(),
+            cert_sha256: Vec::new(),
+            issuer_ca: None,
+            issuer_certs: Vec::new(),
+            subject: None,
+            token_sha256: None,
+            admin: false,
+            admin_teams: Vec::new(),
+            vault_api_host: None,
+            origin: crate::policy::Origin::File,
+        });
+        let snapshot = Arc::new(Snapshot::new(policy));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-vault-token", "kbv1.issued".parse().unwrap());
+        let presented = Presented {
+            door: Door::VaultApi,
+            peer: None,
+            certificate: None,
+            verifier: None,
+            headers: &headers,
+        };
+        let with = |to: IssuedTo| Authenticator {
+            issued: Some(Arc::new(Issued(to))),
+            ..Authenticator::default()
+        };
+        let fraud_made = IssuedTo {
+            consumer: "payments-gw".into(),
+            team: "fraud".into(),
+            origin: crate::policy::Origin::Api,
+        };
+        assert_eq!(
+            with(fraud_made)
+                .authenticate(&snapshot, presented)
+                .map(|_| ())
+                .unwrap_err(),
+            AuthError::UnknownToken
+        );
+        let its_own = IssuedTo::of(&snapshot.policy().consumers[0]);
+        assert!(with(its_own).authenticate(&snapshot, presented).is_ok());
     }
 }

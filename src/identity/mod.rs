@@ -14,8 +14,8 @@ mod token;
 use std::sync::Arc;
 
 pub use authenticate::{
-    AuthError, Authenticator, Door, IssuedTokens, Presented, Via, bearer, decode_certificate,
-    presented_token,
+    AuthError, Authenticator, Door, IssuedTo, IssuedTokens, Presented, Via, bearer,
+    decode_certificate, presented_token,
 };
 pub use cert::ClientCert;
 pub use index::{Ambiguous, Identities, acl_matches, issuer_keys};

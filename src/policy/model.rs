@@ -49,7 +49,7 @@ impl CredentialMode {
 
 /// Where a definition comes from: a policy file the operator wrote, or the management API's
 /// store (`GET` answers show it; only the latter is changed through the API).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     #[default]

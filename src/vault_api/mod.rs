@@ -235,8 +235,8 @@ async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
             .map_err(|crate::identity::Ambiguous| AuthError::AmbiguousIdentity)
             .and_then(|i| i.ok_or(AuthError::UnknownCertificate)),
     };
-    let name = match found {
-        Ok(i) => snapshot.policy().consumers[i].name.clone(),
+    let (index, name) = match found {
+        Ok(i) => (i, snapshot.policy().consumers[i].name.clone()),
         Err(why) => {
             if why == AuthError::AmbiguousIdentity {
                 state.broker.metrics().ambiguous_identity();
@@ -261,9 +261,8 @@ async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
     {
         return failed(Failure::AuditUnavailable);
     }
-    let token = state
-        .tokens
-        .issue(&name, state.token_ttl, SystemTime::now());
+    let to = crate::identity::IssuedTo::of(&snapshot.policy().consumers[index]);
+    let token = state.tokens.issue(&to, state.token_ttl, SystemTime::now());
     let mut body = SecretBuf::with_capacity(token.len() + 512);
     body.push_str("{\"request_id\":");
     body.push_quoted(&request_id());

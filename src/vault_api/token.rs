@@ -3,7 +3,9 @@
 //! logs in again (Vault Agent does this by itself).
 //!
 //! `kbv1.<base64url(payload)>.<base64url(HMAC-SHA256(key, "kbv1." + payload))>`, the payload
-//! `{"c": consumer, "e": expiry (Unix seconds), "n": nonce}`.
+//! `{"c": consumer, "t": its team, "o": its origin, "e": expiry (Unix seconds), "n": nonce}`:
+//! a token names its consumer by all three, so it never passes to another consumer that
+//! later takes the name.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -12,6 +14,8 @@ use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+use crate::identity::IssuedTo;
 
 const PREFIX: &str = "kbv1.";
 
@@ -35,6 +39,8 @@ pub enum TokenKeyError {
 #[derive(Serialize, Deserialize)]
 struct Payload {
     c: String,
+    t: String,
+    o: crate::policy::Origin,
     e: u64,
     n: String,
 }
@@ -74,8 +80,8 @@ impl TokenKey {
         mac
     }
 
-    /// A token for `consumer`, valid for `ttl` from `now`.
-    pub fn issue(&self, consumer: &str, ttl: Duration, now: SystemTime) -> Zeroizing<String> {
+    /// A token for `to`, valid for `ttl` from `now`.
+    pub fn issue(&self, to: &IssuedTo, ttl: Duration, now: SystemTime) -> Zeroizing<String> {
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).expect("the OS random number generator is available");
         let expiry = now
@@ -83,7 +89,9 @@ impl TokenKey {
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
         let payload = Payload {
-            c: consumer.to_owned(),
+            c: to.consumer.clone(),
+            t: to.team.clone(),
+            o: to.origin,
             e: expiry,
             n: hex::encode(nonce),
         };
@@ -94,8 +102,8 @@ impl TokenKey {
         Zeroizing::new(format!("{signed}.{tag}"))
     }
 
-    /// Whether `token` is one this key issued; the consumer it names if so, and unexpired.
-    pub fn verify(&self, token: &str, now: SystemTime) -> Result<String, Rejected> {
+    /// Whether `token` is one this key issued; whom it names if so, and unexpired.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<IssuedTo, Rejected> {
         let rest = token.strip_prefix(PREFIX).ok_or(Rejected::Malformed)?;
         let (body, tag) = rest.split_once('.').ok_or(Rejected::Malformed)?;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -116,7 +124,11 @@ impl TokenKey {
         if now >= payload.e {
             return Err(Rejected::Expired);
         }
-        Ok(payload.c)
+        Ok(IssuedTo {
+            consumer: payload.c,
+            team: payload.t,
+            origin: payload.o,
+        })
     }
 
     /// Seconds left on `token` (for `lookup-self`); 0 if it does not verify.
@@ -141,7 +153,7 @@ impl TokenKey {
 }
 
 impl crate::identity::IssuedTokens for TokenKey {
-    fn consumer(&self, token: &str, now: SystemTime) -> Option<Option<String>> {
+    fn consumer(&self, token: &str, now: SystemTime) -> Option<Option<IssuedTo>> {
         is_issued(token).then(|| self.verify(token, now).ok())
     }
 }
@@ -159,8 +171,13 @@ mod tests {
     fn issued_tokens_verify_and_tampering_or_expiry_is_refused() {
         let key = TokenKey::random();
         let now = SystemTime::now();
-        let t = key.issue("gw", Duration::from_secs(60), now);
-        assert_eq!(key.verify(&t, now), Ok("gw".to_owned()));
+        let gw = IssuedTo {
+            consumer: "gw".to_owned(),
+            team: "payments".to_owned(),
+            origin: crate::policy::Origin::File,
+        };
+        let t = key.issue(&gw, Duration::from_secs(60), now);
+        assert_eq!(key.verify(&t, now), Ok(gw));
         assert!(key.ttl_left(&t, now) > 50);
         assert_eq!(
             key.verify(&t, now + Duration::from_secs(61)),
