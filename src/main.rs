@@ -468,6 +468,12 @@ fn known_sources(config: &keybroker::config::Config) -> keybroker::policy::Known
         names: config.sources.iter().map(|s| s.name().to_owned()).collect(),
         default: config.default_source().map(str::to_owned),
         ccp: config.ccp_source().map(str::to_owned),
+        store: config.store.as_ref().map(|st| match (st.kind, &st.source) {
+            (keybroker::config::StoreKind::Vault, Some(source)) => {
+                (source.clone(), st.prefix.trim_matches('/').to_owned())
+            }
+            _ => (keybroker::config::STORE_SOURCE.to_owned(), String::new()),
+        }),
     }
 }
 

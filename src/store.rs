@@ -240,6 +240,15 @@ impl Store {
         self.quota
     }
 
+    /// The area of a source the store's material lives in: (source, folder; empty: all of
+    /// the file source `store`).
+    pub fn area(&self) -> (String, String) {
+        match &self.remote {
+            Some(v) => v.area(),
+            None => (SOURCE.to_owned(), String::new()),
+        }
+    }
+
     pub fn is_shared(&self) -> bool {
         self.remote.is_some()
     }

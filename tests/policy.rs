@@ -382,6 +382,47 @@ fn credential_and_consumer_names_are_names() {
     );
 }
 
+/// The management store's material is read only through its own definitions, each decided
+/// for its team: no grant may reach into the store's folder of its vault source (or, for a
+/// file store, the source `store` at all) — else one grant would read every team's material.
+#[test]
+fn no_grant_reaches_into_the_management_store() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.toml",
+        "[[team]]\nslug = \"a\"\n\
+         [[grant]]\nteam = \"a\"\nsource = \"vault\"\npaths = [\"**\", \"keybroker/**\", \"*/material/x/y/v1\", \"keybroker\", \"apps/**\", \"kb/**\"]\n",
+    );
+    let mut sources = known(&["vault"], Some("vault"), None);
+    sources.store = Some(("vault".to_owned(), "keybroker".to_owned()));
+    let got = messages(dir.path(), &sources);
+    let reaches = |p: &str| {
+        got.iter()
+            .any(|m| m.contains(&format!("\"{p}\" reaches the management store")))
+    };
+    for p in ["**", "keybroker/**", "*/material/x/y/v1"] {
+        assert!(reaches(p), "{p} must be refused: {got:#?}");
+    }
+    for p in ["keybroker", "apps/**", "kb/**"] {
+        assert!(!reaches(p), "{p} reaches nothing of the store: {got:#?}");
+    }
+    // A file store: the source `store` is its alone.
+    write(
+        dir.path(),
+        "p.toml",
+        "[[team]]\nslug = \"a\"\n[[grant]]\nteam = \"a\"\nsource = \"store\"\npaths = [\"a/x/v1\"]\n",
+    );
+    let mut sources = known(&["store"], None, None);
+    sources.store = Some(("store".to_owned(), String::new()));
+    let got = messages(dir.path(), &sources);
+    assert!(
+        got.iter()
+            .any(|m| m.contains("reaches the management store")),
+        "{got:#?}"
+    );
+}
+
 #[test]
 fn the_example_policies_load() {
     for dir in ["examples/dev/policies", "policies"] {
@@ -458,6 +499,7 @@ fn known(
         names: names.iter().map(|s| (*s).to_owned()).collect(),
         default: default.map(str::to_owned),
         ccp: ccp.map(str::to_owned),
+        store: None,
     }
 }
 

@@ -223,6 +223,7 @@ impl Broker {
                 names: std::collections::BTreeSet::new(),
                 default: default_source,
                 ccp: ccp_source,
+                store: None,
             },
             limits,
             refusals: crate::audit::RefusalBudget::default(),
@@ -249,6 +250,7 @@ impl Broker {
     pub fn known_sources(&self) -> crate::policy::KnownSources {
         crate::policy::KnownSources {
             names: self.sources.keys().cloned().collect(),
+            store: self.store.as_ref().map(|s| s.area()),
             ..self.routes.clone()
         }
     }

@@ -171,6 +171,10 @@ pub struct KnownSources {
     pub default: Option<String>,
     /// Where `$SAFE_ $NAME_` goes.
     pub ccp: Option<String>,
+    /// The management store's area of a source — (source, folder; empty: all of it): no
+    /// grant may reach into it, so the store's material is read only through its own
+    /// definitions, each decided for its own team.
+    pub store: Option<(String, String)>,
 }
 
 /// Reads and validates every policy file under `dir`, without knowing the sources (for
@@ -717,10 +721,27 @@ fn validate_grants(
                 format!("unknown source `{}`", g.def.source),
             );
         }
+        let store = sources
+            .and_then(|k| k.store.as_ref())
+            .filter(|(source, _)| *source == g.def.source);
         let mut paths = Vec::new();
         for (i, p) in g.def.paths.iter().enumerate() {
             match PathPattern::parse(p) {
-                Ok(p) => paths.push(p),
+                Ok(pattern) => {
+                    if let Some((_, folder)) = store
+                        && pattern.may_reach_under(folder)
+                    {
+                        files.at(
+                            &g,
+                            &key_index("paths", i),
+                            format!(
+                                "{p:?} reaches the management store's material (`{}:{folder}`): it is read only through its credentials",
+                                g.def.source
+                            ),
+                        );
+                    }
+                    paths.push(pattern);
+                }
                 Err(why) => files.at(&g, &key_index("paths", i), format!("{p:?}: {why}")),
             }
         }

@@ -207,6 +207,21 @@ impl PathPattern {
         })
     }
 
+    /// Whether the pattern could match a path under the folder `folder` (`a/b`; empty: the
+    /// whole source) — matched segment by segment against the folder, then needing at least
+    /// one segment more.
+    pub fn may_reach_under(&self, folder: &str) -> bool {
+        let folder: Vec<&str> = folder.split('/').filter(|s| !s.is_empty()).collect();
+        for (i, f) in folder.iter().enumerate() {
+            match self.segments.get(i).map(String::as_str) {
+                Some("**") => return true,
+                Some(p) if p == "*" || p == *f => {}
+                _ => return false,
+            }
+        }
+        self.segments.len() > folder.len()
+    }
+
     /// Whether `path` matches. One pass over the pattern keeping the set of path positions
     /// reachable so far: O(pattern × path) whatever the `**`s (a backtracking match grows as
     /// path^(number of `**`), and the consumer chooses the path).

@@ -50,6 +50,7 @@ mod tests {
             names: ["files".to_owned(), "cark".to_owned()].into(),
             default: Some("files".to_owned()),
             ccp: Some("cark".to_owned()),
+            store: None,
         };
         let route = |text: &str| {
             let r = parse_reference(text).unwrap();

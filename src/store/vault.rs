@@ -89,6 +89,11 @@ impl VaultStore {
         }
     }
 
+    /// The vault source and the folder of it the store writes under.
+    pub fn area(&self) -> (String, String) {
+        (self.source_name.clone(), self.prefix.clone())
+    }
+
     /// The vault source that serves the material, and the path of a version's material.
     pub fn reference(&self, team: &TeamSlug, name: &EntryName, version: u64) -> (String, String) {
         (
