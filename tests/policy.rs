@@ -623,13 +623,18 @@ value = "$SECRET_files:fraud/k $KEY_v"
         .iter()
         .map(|d| format!("{}: {}", d.line, d.message))
         .collect();
-    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got.len(), 3, "{got:?}");
     assert!(
         got[0].starts_with("14: issuer ACL overlaps consumer `gw` of team `payments`"),
         "{got:?}"
     );
+    // Within a team too: a certificate two consumers claim identifies nobody.
     assert!(
-        got[1].starts_with("28: `files:payments/k` is outside every grant of team `fraud`"),
+        got[1].starts_with("19: issuer ACL overlaps consumer `any-1` of team `fraud`: a certificate both match identifies nobody"),
+        "{got:?}"
+    );
+    assert!(
+        got[2].starts_with("28: `files:payments/k` is outside every grant of team `fraud`"),
         "{got:?}"
     );
 }

@@ -85,7 +85,7 @@ impl Identities {
                 tokens.insert(*d, i);
             }
             if c.subject.is_some() {
-                acls.push((i, issuer_keys(&c.issuer_certs)));
+                acls.push((i, crate::policy::issuer_keys(&c.issuer_certs)));
             }
         }
         Self {
@@ -212,18 +212,6 @@ pub fn acl_matches(
         SubjectPublicKeyInfo::from_der(spki)
             .is_ok_and(|(_, key)| parsed.verify_signature(Some(&key)).is_ok())
     })
-}
-
-/// The public key (SubjectPublicKeyInfo DER) of each CA certificate that parses: how issuers
-/// are compared — by key, never by the certificate's DER.
-pub fn issuer_keys(ders: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    ders.iter()
-        .filter_map(|der| {
-            X509Certificate::from_der(der)
-                .ok()
-                .map(|(_, ca)| ca.public_key().raw.to_vec())
-        })
-        .collect()
 }
 
 impl std::fmt::Debug for Identities {

@@ -18,7 +18,7 @@ pub use authenticate::{
     decode_certificate, presented_token,
 };
 pub use cert::ClientCert;
-pub use index::{Ambiguous, Identities, acl_matches, issuer_keys};
+pub use index::{Ambiguous, Identities, acl_matches};
 pub use token::TokenDigest;
 
 use crate::policy::{Consumer, Policy};

@@ -458,7 +458,7 @@ impl Manager {
                         // Issuers compared by public key, as authentication matches them.
                         let overlaps = policy.consumers.iter().any(|c| {
                             body.name != c.name
-                                && crate::identity::issuer_keys(&c.issuer_certs)
+                                && crate::policy::issuer_keys(&c.issuer_certs)
                                     .iter()
                                     .any(|k| acl.keys.contains(k))
                                 && c.subject.as_ref().is_some_and(|s| s.overlaps(&acl.pattern))
@@ -666,7 +666,7 @@ fn check_acl(acl: AclInput, client_cas: &[Vec<u8>]) -> Result<CheckedAcl, Manage
             message: "issuer_ca: at most 8 CA certificates".to_owned(),
         });
     }
-    let anchors = crate::identity::issuer_keys(client_cas);
+    let anchors = crate::policy::issuer_keys(client_cas);
     let anchored = ders.iter().all(|d| {
         client_cas.contains(d)
             || X509Certificate::from_der(d).is_ok_and(|(_, c)| {
@@ -686,7 +686,7 @@ fn check_acl(acl: AclInput, client_cas: &[Vec<u8>]) -> Result<CheckedAcl, Manage
     }
     Ok(CheckedAcl {
         pem: repaired.pem.to_string(),
-        keys: crate::identity::issuer_keys(&ders),
+        keys: crate::policy::issuer_keys(&ders),
         pattern,
         subject: acl.subject,
     })

@@ -758,26 +758,46 @@ fn validate_grants(
 /// Issuer ACLs of different teams that one certificate could satisfy: the first in file
 /// order would win, so a team could end up holding another's identity.
 fn warn_overlapping_acls(files: &mut Files, policy: &Policy, items: &[(Item<()>, String, usize)]) {
-    for (i, (item, team, a)) in items.iter().enumerate() {
-        for (_, other_team, b) in &items[..i] {
+    // Issuers compared by public key, as authentication matches them — never by DER.
+    let keys: Vec<Vec<Vec<u8>>> = items
+        .iter()
+        .map(|(_, _, c)| issuer_keys(&policy.consumers[*c].issuer_certs))
+        .collect();
+    for (i, (item, _, a)) in items.iter().enumerate() {
+        for (j, (_, other_team, b)) in items[..i].iter().enumerate() {
             let (ca, cb) = (&policy.consumers[*a], &policy.consumers[*b]);
-            let same_ca = ca.issuer_certs.iter().any(|x| cb.issuer_certs.contains(x));
+            let same_ca = keys[i].iter().any(|k| keys[j].contains(k));
             let overlap = match (&ca.subject, &cb.subject) {
                 (Some(pa), Some(pb)) => pa.overlaps(pb),
                 _ => false,
             };
-            if team != other_team && same_ca && overlap {
+            if same_ca && overlap {
+                let outcome = if ca.origin == cb.origin {
+                    "a certificate both match identifies nobody"
+                } else {
+                    "a certificate both match is the policy file's consumer's"
+                };
                 files.warn(
                     item,
                     &key("subject"),
                     format!(
-                        "issuer ACL overlaps consumer `{}` of team `{other_team}`: one certificate could match both (the first in file order wins)",
+                        "issuer ACL overlaps consumer `{}` of team `{other_team}`: {outcome}",
                         cb.name
                     ),
                 );
             }
         }
     }
+}
+
+/// The public key (SubjectPublicKeyInfo DER) of each CA certificate that parses: how issuers
+/// are compared — by key, never by the certificate's DER.
+pub fn issuer_keys(ders: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    ders.iter()
+        .filter_map(|d| X509Certificate::from_der(d).ok())
+        .map(|(_, c)| c.public_key().raw.to_vec())
+        .collect()
 }
 
 /// A credential hands out what its references read, with no grant check: one whose

@@ -16,7 +16,7 @@ mod time;
 pub use decide::{Basis, Decision, DecisionReason, Rule, Subject};
 pub use host::{Destination, HostError, HostPattern};
 pub use load::{
-    KnownSources, PolicyError, load, load_checked, load_checked_dirs, pem_certificates,
+    KnownSources, PolicyError, issuer_keys, load, load_checked, load_checked_dirs, pem_certificates,
 };
 pub use model::{
     Consumer, Credential, CredentialMode, CredentialValues, Grant, Origin, PathPattern, Pin,
