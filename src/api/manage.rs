@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::names::{NamePath, NameQuery};
 use super::{ApiError, AppState, Authenticated, if_match, parse_body, with_etag};
-use crate::manage::{CredentialInput, CredentialPatch, EntryName, Managed, TeamSlug};
+use crate::manage::{CredentialInput, CredentialPatch, EntryName, IfMatch, Managed, TeamSlug};
 use crate::policy::{CredentialMode, ReadAccess};
 use crate::source::FieldValue;
 
@@ -134,7 +134,11 @@ pub(super) async fn replace(
     }
     let managed = state
         .manager
-        .replace_credential(&caller, body.input(name)?, if_match(&headers))
+        .replace_credential(
+            &caller,
+            body.input(name)?,
+            IfMatch::Required(if_match(&headers)),
+        )
         .await?;
     Ok(answer(StatusCode::OK, &managed))
 }
@@ -185,7 +189,13 @@ pub(super) async fn patch(
     };
     let m = state
         .manager
-        .patch_credential(&caller, &team, &name, patch, if_match(&headers), false)
+        .patch_credential(
+            &caller,
+            &team,
+            &name,
+            patch,
+            IfMatch::Required(if_match(&headers)),
+        )
         .await?;
     Ok(answer(StatusCode::OK, &m))
 }
@@ -431,10 +441,9 @@ pub(super) async fn tines_update(
             folder_id: body.folder_id.or(m.record.folder_id),
             activate_at: None,
         };
-        let expected = if_match(&headers).unwrap_or(&m.etag);
         state
             .manager
-            .replace_credential(&caller, input, Some(expected))
+            .replace_credential(&caller, input, IfMatch::Optional(if_match(&headers)))
             .await?
     } else {
         let patch = CredentialPatch {
@@ -448,7 +457,13 @@ pub(super) async fn tines_update(
         };
         state
             .manager
-            .patch_credential(&caller, &m.team, &m.name, patch, if_match(&headers), true)
+            .patch_credential(
+                &caller,
+                &m.team,
+                &m.name,
+                patch,
+                IfMatch::Optional(if_match(&headers)),
+            )
             .await?
     };
     let tines_id = tines_id_of(&state, &updated.team);

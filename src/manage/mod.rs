@@ -221,6 +221,37 @@ impl ManageError {
     }
 }
 
+/// A write's precondition: the `If-Match` given, and whether one is required (keybroker's
+/// routes) or optional (Tines' update sends none: it then applies to the entry as it is when
+/// the write runs, under the write lock; a vault store's check-and-set still refuses one that
+/// raced another replica).
+#[derive(Clone, Copy, Debug)]
+pub enum IfMatch<'a> {
+    Required(Option<&'a str>),
+    Optional(Option<&'a str>),
+}
+
+impl IfMatch<'_> {
+    /// 428 when one is required and none was given.
+    fn given(self) -> Result<(), ManageError> {
+        match self {
+            Self::Required(None) => Err(ManageError::PreconditionRequired),
+            _ => Ok(()),
+        }
+    }
+
+    /// 412 when one was given and the entry is no longer what it tagged.
+    fn check(self, current: &str) -> Result<(), ManageError> {
+        self.given()?;
+        match self {
+            Self::Required(Some(m)) | Self::Optional(Some(m)) if m != current => {
+                Err(ManageError::Stale)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The ETag of a stored definition and record.
 fn etag(toml: &str, record: &Record) -> String {
     use sha2::Digest as _;
@@ -340,17 +371,15 @@ impl Manager {
         &self,
         caller: &Caller,
         input: CredentialInput,
-        if_match: Option<&str>,
+        if_match: IfMatch<'_>,
     ) -> Result<Managed, ManageError> {
         let work = async {
-            let if_match = if_match.ok_or(ManageError::PreconditionRequired)?;
+            if_match.given()?;
             let store = self.store()?;
             self.authorize(caller, &input.team)?;
             let (toml, record) = stored(store, Kind::Credential, &input.team, &input.name)?
                 .ok_or(ManageError::NotFound)?;
-            if etag(&toml, &record) != if_match {
-                return Err(ManageError::Stale);
-            }
+            if_match.check(&etag(&toml, &record))?;
             self.write_credential(caller, &input, Some((toml, record)), false)
                 .await
         };

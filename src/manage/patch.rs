@@ -54,21 +54,16 @@ impl Manager {
         team: &TeamSlug,
         name: &EntryName,
         patch: CredentialPatch,
-        if_match: Option<&str>,
-        precondition_optional: bool,
+        if_match: super::IfMatch<'_>,
     ) -> Result<Managed, ManageError> {
         let subject = format!("{name}#{}", patch.fields().join(","));
         let work = async {
-            if if_match.is_none() && !precondition_optional {
-                return Err(ManageError::PreconditionRequired);
-            }
+            if_match.given()?;
             let store = self.store()?;
             self.authorize(caller, team)?;
             let (toml_text, record) =
                 stored(store, Kind::Credential, team, name)?.ok_or(ManageError::NotFound)?;
-            if if_match.is_some_and(|m| m != etag(&toml_text, &record)) {
-                return Err(ManageError::Stale);
-            }
+            if_match.check(&etag(&toml_text, &record))?;
             if patch.read_access == Some(ReadAccess::Global) && !caller.may_administer() {
                 return Err(ManageError::GlobalNotAllowed);
             }
