@@ -132,6 +132,11 @@ struct ExpiryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: ExpiryKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     door: &'static str,
     route: &'static str,
@@ -150,6 +155,12 @@ fn latency_histogram() -> Histogram {
 /// Everything `/metrics` reports. Cheap to update from any task.
 pub struct Metrics {
     registry: Registry,
+    /// Series that name teams' credentials and consumers: the main listener's `/metrics`
+    /// (admins) has them, `ops_listen` (anyone who reaches it) does not.
+    named: Registry,
+    /// The earliest `not_after` of each kind, without names: what `ops_listen` shows instead.
+    earliest: Family<KindLabels, Gauge>,
+    expiries: std::sync::Mutex<std::collections::HashMap<(ExpiryKind, String), i64>>,
     requests: Family<RequestLabels, Counter>,
     source_reads: Family<SourceReadLabels, Counter>,
     /// Misses only; hits never reach a source.
@@ -291,10 +302,17 @@ impl Default for Metrics {
             "Policy reloads by outcome",
             Family::clone(&reloads),
         );
-        registry.register(
+        let mut named = Registry::default();
+        named.register(
             "keybroker_certificate_expiry_timestamp_seconds",
             "When a certificate keybroker knows expires (not_after, Unix seconds)",
             Family::clone(&expiry),
+        );
+        let earliest = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "keybroker_certificate_expiry_earliest_timestamp_seconds",
+            "The earliest not_after among the certificates of a kind keybroker knows (Unix seconds)",
+            Family::clone(&earliest),
         );
         registry.register(
             "keybroker_source_available",
@@ -313,6 +331,9 @@ impl Default for Metrics {
             .clone();
         Self {
             registry,
+            named,
+            earliest,
+            expiries: std::sync::Mutex::default(),
             source_up,
             cache_hits,
             cache_misses,
@@ -466,6 +487,7 @@ impl Metrics {
                 name: name.to_owned(),
             })
             .set(not_after);
+        self.set_earliest(kind, Some((name, not_after)), None);
     }
 
     /// Drops the series of a certificate that is gone (its object left the policy).
@@ -474,13 +496,57 @@ impl Metrics {
             kind,
             name: name.to_owned(),
         });
+        self.set_earliest(kind, None, Some(name));
     }
 
-    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]).
+    /// Keeps the unnamed earliest-expiry series of `kind` in step with the named ones.
+    fn set_earliest(&self, kind: ExpiryKind, set: Option<(&str, i64)>, forget: Option<&str>) {
+        let mut all = self
+            .expiries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((name, at)) = set {
+            all.insert((kind, name.to_owned()), at);
+        }
+        if let Some(name) = forget {
+            all.remove(&(kind, name.to_owned()));
+        }
+        match all
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|(_, at)| *at)
+            .min()
+        {
+            Some(at) => {
+                self.earliest.get_or_create(&KindLabels { kind }).set(at);
+            }
+            None => {
+                self.earliest.remove(&KindLabels { kind });
+            }
+        }
+    }
+
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]) with every series, names included:
+    /// for the operator and admins.
     pub fn render(&self) -> String {
+        self.render_with(true)
+    }
+
+    /// The exposition without the series that name teams' credentials and consumers: for
+    /// `ops_listen`, which answers anyone who reaches it.
+    pub fn render_unnamed(&self) -> String {
+        self.render_with(false)
+    }
+
+    fn render_with(&self, named: bool) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        if named {
+            let _ = encode_registry(&mut out, &self.named);
+        }
+        let _ = encode_eof(&mut out);
         out
     }
 }
@@ -488,6 +554,34 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ops_listen`'s exposition names no team's credential or consumer: the named expiry
+    /// series are the admins', an unnamed earliest-per-kind stands in for them.
+    #[test]
+    fn the_unnamed_exposition_names_no_credential_or_consumer() {
+        let m = Metrics::default();
+        m.certificate_expiry(
+            ExpiryKind::Credential,
+            "fraud-secret-project",
+            1_900_000_000,
+        );
+        m.certificate_expiry(ExpiryKind::Credential, "payments-api", 1_800_000_000);
+        m.certificate_expiry(ExpiryKind::ConsumerPin, "payments-gw/ab12", 1_700_000_000);
+        let unnamed = m.render_unnamed();
+        for name in ["fraud-secret-project", "payments-api", "payments-gw"] {
+            assert!(!unnamed.contains(name), "{unnamed}");
+            assert!(m.render().contains(name));
+        }
+        assert!(unnamed.contains(
+            "keybroker_certificate_expiry_earliest_timestamp_seconds{kind=\"credential\"} 1800000000"
+        ), "{unnamed}");
+        assert_eq!(unnamed.matches("# EOF").count(), 1);
+        assert_eq!(m.render().matches("# EOF").count(), 1);
+        m.forget_certificate(ExpiryKind::Credential, "payments-api");
+        assert!(m.render_unnamed().contains(
+            "keybroker_certificate_expiry_earliest_timestamp_seconds{kind=\"credential\"} 1900000000"
+        ));
+    }
 
     #[test]
     fn renders_counters_histograms_and_gauges() {

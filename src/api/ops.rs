@@ -1,7 +1,7 @@
 //! Liveness, readiness and metrics. The probes are unauthenticated, like the kubelets that
-//! call them; none carries a value or a secret's path. `/metrics` names teams' credentials,
-//! consumers and pin prefixes: on the consumer-facing listener it answers admins only, on
-//! `ops_listen` (bound by operators to their own network) anyone.
+//! call them; none carries a value or a secret's path. `/metrics` on the consumer-facing
+//! listener answers admins only, with every series — those naming teams' credentials and
+//! consumers included; on `ops_listen` it answers anyone who reaches it, without those.
 
 use std::sync::Arc;
 
@@ -36,14 +36,16 @@ pub(super) async fn admin_metrics(
     super::Authenticated(caller): super::Authenticated,
 ) -> Result<Response, super::ApiError> {
     state.admin(caller, crate::audit::Action::Metrics).await?;
-    Ok(metrics(State(state)).await)
+    state.broker.update_gauges().await;
+    Ok(exposition(state.broker.metrics().render()))
 }
 
+/// `/metrics` on `ops_listen`: no series names a team's credential or consumer.
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.broker.update_gauges().await;
-    (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        state.broker.metrics().render(),
-    )
-        .into_response()
+    exposition(state.broker.metrics().render_unnamed())
+}
+
+fn exposition(text: String) -> Response {
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
