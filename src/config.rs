@@ -389,6 +389,12 @@ impl Config {
                     "[store] poll must be at least 100ms".to_owned(),
                 );
             }
+            if st.kind == StoreKind::Vault && st.stale_after.0 < st.poll.0 * 2 {
+                d.at(
+                    spans.at("store", "stale_after"),
+                    "[store] stale_after must be at least twice poll".to_owned(),
+                );
+            }
             if st.orphan_grace.0 < std::time::Duration::from_secs(1) {
                 d.at(
                     spans.at("store", "orphan_grace"),

@@ -845,7 +845,9 @@ async fn serve(
     broker.spawn_expiry_sweep();
     if let Some(store) = &config.store {
         if store.kind == keybroker::config::StoreKind::Vault {
-            state.manager.spawn_store_poll(store.poll.0);
+            state
+                .manager
+                .spawn_store_poll(store.poll.0, store.stale_after.0);
         }
         state.manager.spawn_orphan_sweep(store.orphan_grace.0);
     }

@@ -184,6 +184,8 @@ pub struct Metrics {
     ambiguous_identities: Counter,
     /// Store entries the last policy load set aside.
     quarantined: Gauge,
+    /// When a shared store was last pulled successfully (Unix seconds).
+    store_pulled: Gauge,
     token_ttl: Family<SourceLabels, Gauge>,
 }
 
@@ -214,6 +216,7 @@ impl Default for Metrics {
         let audit_failures = Counter::default();
         let ambiguous_identities = Counter::default();
         let quarantined = Gauge::default();
+        let store_pulled = Gauge::default();
         let token_ttl = Family::default();
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
@@ -261,6 +264,11 @@ impl Default for Metrics {
             "keybroker_store_entries_quarantined",
             "Management store entries the last policy load set aside (a policy file defines the name, or the entry conflicts)",
             Gauge::clone(&quarantined),
+        );
+        registry.register(
+            "keybroker_store_last_pull_timestamp_seconds",
+            "When this replica last pulled the shared store successfully (Unix seconds)",
+            Gauge::clone(&store_pulled),
         );
         registry.register(
             "keybroker_vault_token_ttl_seconds",
@@ -352,6 +360,7 @@ impl Default for Metrics {
             audit_failures,
             ambiguous_identities,
             quarantined,
+            store_pulled,
             token_ttl,
         }
     }
@@ -402,6 +411,14 @@ impl Metrics {
     /// An audit line that could not be written.
     pub fn audit_failure(&self) {
         self.audit_failures.inc();
+    }
+
+    /// A shared store was pulled successfully now.
+    pub fn store_pulled(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.store_pulled.set(now);
     }
 
     /// How many store entries the policy in force set aside.

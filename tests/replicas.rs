@@ -869,3 +869,43 @@ async fn with_certificate(r: &Replica, id: &support::pki::Issued) -> u16 {
         .status_with_identity(&r.ca_pem, &id.identity_pem(), "/v1/credentials")
         .await
 }
+
+/// A replica that cannot pull its store says so: `/readyz` shows how long ago its last pull
+/// succeeded, and once that is older than `[store] stale_after` it is 503 with `store.stale`
+/// — it may no longer know of a deletion or a revocation made on another replica, and a load
+/// balancer takes it out. Polled with a deadline; the bound is 2 s here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_pull_its_store_is_not_ready() {
+    let mut bao = OpenBao::start();
+    let r = replica_in(
+        folder("unused"),
+        &format!("{:?}", bao.addr),
+        "stale",
+        "",
+        "",
+        "stale_after = \"2s\"\n",
+    )
+    .await;
+    let readyz = || async {
+        let resp = r
+            .server
+            .client
+            .get(r.server.url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap())
+    };
+    until("the store pulls and the replica is ready", || async {
+        let (status, body) = readyz().await;
+        status == 200 && body["store"]["stale"] == false
+    })
+    .await;
+    bao.stop();
+    until("the replica says its store view is stale", || async {
+        let (status, body) = readyz().await;
+        status == 503 && body["store"]["stale"] == true
+    })
+    .await;
+}

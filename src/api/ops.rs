@@ -21,13 +21,28 @@ pub(super) async fn healthz() -> impl IntoResponse {
 /// 200 when keybroker itself is ready (docs/DESIGN.md §15), else 503; the body says why and
 /// how each source is.
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let readiness = state.broker.readiness();
-    let status = if readiness.ready {
+    #[derive(serde::Serialize)]
+    struct Ready {
+        #[serde(flatten)]
+        broker: crate::broker::Readiness,
+        /// A shared store's pulls: a replica that cannot pull is not ready once its view is
+        /// older than `[store] stale_after`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        store: Option<crate::manage::StoreHealth>,
+    }
+    let mut ready = Ready {
+        broker: state.broker.readiness(),
+        store: state.manager.store_health(),
+    };
+    if ready.store.is_some_and(|s| s.stale) {
+        ready.broker.ready = false;
+    }
+    let status = if ready.broker.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(status, &readiness)
+    json_response(status, &ready)
 }
 
 /// `/metrics` on the consumer-facing listener: for the operator and admin consumers only.

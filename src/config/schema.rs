@@ -727,6 +727,15 @@ pub struct StoreConfig {
     /// What one team may keep in the store: one team's writes cannot spend another's room.
     #[serde(default)]
     pub quota: QuotaConfig,
+    /// `kind = "vault"`: a replica whose last successful pull is older than this is not
+    /// ready (`/readyz` 503, `store.stale`): it may still accept a consumer deleted, or a
+    /// certificate revoked, on another replica — for at most this long plus one `poll`.
+    #[serde(default = "default_store_stale_after")]
+    pub stale_after: Dur,
+}
+
+fn default_store_stale_after() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 /// `[store.quota]`: per team.

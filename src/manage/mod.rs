@@ -331,6 +331,25 @@ pub struct Manager {
     store: Option<Arc<Store>>,
     /// One management write at a time (each is read-check-write-reload).
     lock: tokio::sync::Mutex<()>,
+    /// A shared store's polling: when its last pull succeeded, and how old that may be
+    /// before this replica is not ready (set by [`Manager::spawn_store_poll`]).
+    polled: std::sync::Mutex<Option<Polled>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Polled {
+    stale_after: std::time::Duration,
+    last_ok: Instant,
+}
+
+/// A shared store's state as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StoreHealth {
+    /// Seconds since the last successful pull.
+    pub pulled_seconds_ago: u64,
+    /// Older than `[store] stale_after`: this replica may not know of a deletion or a
+    /// revocation made on another one, and is not ready.
+    pub stale: bool,
 }
 
 impl Manager {
@@ -341,7 +360,21 @@ impl Manager {
             store: broker.store(),
             broker,
             lock: tokio::sync::Mutex::new(()),
+            polled: std::sync::Mutex::new(None),
         }
+    }
+
+    /// A polled (shared) store's health: `None` without one.
+    pub fn store_health(&self) -> Option<StoreHealth> {
+        let polled = (*self
+            .polled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))?;
+        let ago = polled.last_ok.elapsed();
+        Some(StoreHealth {
+            pulled_seconds_ago: ago.as_secs(),
+            stale: ago > polled.stale_after,
+        })
     }
 
     fn store(&self) -> Result<&Store, ManageError> {
@@ -435,7 +468,18 @@ impl Manager {
 
     /// A vault store: every `poll`, pulls what other replicas wrote and reloads the policy
     /// when it changed (which wakes blocking queries and agents), while the broker lives.
-    pub fn spawn_store_poll(self: &Arc<Self>, every: std::time::Duration) {
+    pub fn spawn_store_poll(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+        stale_after: std::time::Duration,
+    ) {
+        *self
+            .polled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Polled {
+            stale_after,
+            last_ok: Instant::now(),
+        });
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -480,9 +524,19 @@ impl Manager {
         };
         let _one = self.lock.lock().await;
         match store.pull().await {
-            Ok(false) => {}
-            Ok(true) => {
-                let _ = self.broker.reload_policy();
+            Ok(changed) => {
+                if changed {
+                    let _ = self.broker.reload_policy();
+                }
+                if let Some(p) = self
+                    .polled
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_mut()
+                {
+                    p.last_ok = Instant::now();
+                }
+                self.broker.metrics().store_pulled();
             }
             Err(e) => tracing::warn!(error = %e, "store: pull failed; retrying at the next poll"),
         }
