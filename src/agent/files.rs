@@ -236,15 +236,31 @@ pub(super) fn is_current(dir: &Path, contents: &Contents) -> bool {
     })
 }
 
-/// Creates `dir` (and missing parents) and gives `dir` exactly `mode`.
+/// Creates `dir` (and missing parents) and gives `dir` exactly `mode`. A `dir` that is a
+/// symlink (or no directory) is refused, never followed: whoever planted it would choose
+/// where the keys go and whose folder's mode is changed.
 fn private_dir(dir: &Path, mode: u32) -> Result<(), WriteError> {
     use std::os::unix::fs::DirBuilderExt;
-    if !dir.is_dir() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(dir)
-            .map_err(io(dir))?;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(io(dir)(std::io::Error::other(
+                "a symlink where the agent keeps its files: refused, not followed",
+            )));
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(io(dir)(std::io::Error::other(
+                "not a directory where the agent keeps its files",
+            )));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .map_err(io(dir))?;
+        }
+        Err(e) => return Err(io(dir)(e)),
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io(dir))
 }
@@ -305,6 +321,28 @@ mod tests {
     }
 
     /// THREATS row 42: under umask 000 the agent's folders are still private, and entries of
+    /// A `next/` (or an output folder) that is a symlink is refused, never followed: nothing
+    /// is written through it and the folder it points at keeps its mode.
+    #[test]
+    fn a_symlinked_output_folder_is_refused_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = root.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join("next")).unwrap();
+        let contents: Contents = vec![("cert.pem".to_owned(), Zeroizing::new(b"x".to_vec()))];
+        assert!(swap_in(&out.join("next"), &contents, 0o600).is_err());
+        assert_eq!(
+            std::fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "written through"
+        );
+        assert_eq!(mode_of(&elsewhere), 0o755, "its mode was changed");
+    }
+
     /// its output folder that it did not write — a stale key.pem, a symlink someone planted —
     /// are replaced, never kept or followed.
     #[test]
