@@ -297,7 +297,13 @@ fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Door,
         broker: Arc::clone(broker),
         resolve: e.resolve.clone(),
         timeout: e.timeout.0,
-        pool: crate::egress::Pool::default(),
+        pool: {
+            let pool = Arc::new(crate::egress::Pool::new(e.keep_alive.0));
+            if tokio::runtime::Handle::try_current().is_ok() {
+                crate::egress::Pool::spawn_keeper(&pool, broker.changes());
+            }
+            pool
+        },
         ca_bundle,
     };
     // The whole exchange with the upstream is within `timeout`; the door's own work on top.

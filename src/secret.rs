@@ -20,6 +20,18 @@ pub fn secret_string(s: &str) -> SecretString {
     SecretBox::new(Box::<str>::from(s))
 }
 
+/// A digest (SHA-256) of `parts` that may hold values, length-prefixed, the hasher kept on the
+/// heap and finalized in place (see [`keyed_digest`]): nothing of the values stays behind.
+pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = Box::new(sha2::Sha256::new());
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize_reset().into()
+}
+
 /// A keyed digest of `parts` that may hold values: HMAC-SHA256 over each part, length-prefixed
 /// (different splits of the same bytes differ). The MAC state stays on the heap and is
 /// finalized in place: `finalize(self)` moves it, and the moved-from copy of its last partial

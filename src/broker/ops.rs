@@ -261,6 +261,8 @@ impl Broker {
         };
         self.cache.purge(source, prefix);
         entry.source.close_connections();
+        // What was built from purged values (the egress proxy's clients) goes too.
+        self.cache.announce_change();
         true
     }
 }

@@ -485,6 +485,14 @@ pub struct EgressConfig {
     /// no `root_certificate` (e.g. an issued certificate, whose CA is the client's issuer);
     /// none: the system roots.
     pub ca_cert: Option<PathBuf>,
+    /// How long a client holding a credential's key (and its upstream connections) is
+    /// reused; then it is dropped, used or not — the key leaves memory with it.
+    #[serde(default = "default_egress_keep_alive")]
+    pub keep_alive: Dur,
+}
+
+fn default_egress_keep_alive() -> Dur {
+    Dur(Duration::from_secs(5))
 }
 
 fn default_egress_listen() -> SocketAddr {

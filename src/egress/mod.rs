@@ -40,18 +40,30 @@ pub struct EgressState {
     pub timeout: Duration,
     /// Clients (with their keep-alive connections) by credential and destination; see
     /// [`Pool`].
-    pub pool: Pool,
+    pub pool: Arc<Pool>,
     /// `[egress] ca_cert`: what upstreams are verified against when the credential has no
     /// root (PEM; public certificates).
     pub ca_bundle: Option<String>,
 }
 
 /// One HTTP client per (credential, host, checked address), reused so that requests to a
-/// keep-alive upstream share connections. An entry remembers the digest of the material it
-/// was built from: when the credential's material changes, the next request replaces the
-/// client, and the old one's connections close with it.
-#[derive(Debug, Default)]
-pub struct Pool(std::sync::Mutex<std::collections::HashMap<PoolKey, ([u8; 32], reqwest::Client)>>);
+/// keep-alive upstream share connections. A client holds the credential's private key, so
+/// its life is bounded: an entry remembers the digest of the material it was built from
+/// (changed material: the next request replaces it), its birth (older than `keep_alive`: the
+/// keeper drops it, used or not), and every change of the cache or the policy — a rotation,
+/// a reload, a deletion, a purge — drops them all. The old client's connections close with it.
+#[derive(Debug)]
+pub struct Pool {
+    clients: std::sync::Mutex<std::collections::HashMap<PoolKey, Pooled>>,
+    keep_alive: Duration,
+}
+
+#[derive(Debug)]
+struct Pooled {
+    digest: [u8; 32],
+    client: reqwest::Client,
+    born: std::time::Instant,
+}
 
 /// (team/credential, host, checked address).
 type PoolKey = (String, String, SocketAddr);
@@ -60,23 +72,80 @@ type PoolKey = (String, String, SocketAddr);
 const POOL_MAX: usize = 256;
 
 impl Pool {
-    fn get(
-        &self,
-        key: &(String, String, SocketAddr),
-        digest: &[u8; 32],
-    ) -> Option<reqwest::Client> {
-        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(key)
-            .filter(|(d, _)| d == digest)
-            .map(|(_, c)| c.clone())
+    pub fn new(keep_alive: Duration) -> Self {
+        Self {
+            clients: std::sync::Mutex::default(),
+            keep_alive,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PoolKey, Pooled>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, key: &PoolKey, digest: &[u8; 32]) -> Option<reqwest::Client> {
+        self.lock()
+            .get(key)
+            .filter(|p| p.digest == *digest && p.born.elapsed() < self.keep_alive)
+            .map(|p| p.client.clone())
     }
 
     fn put(&self, key: PoolKey, digest: [u8; 32], client: reqwest::Client) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.lock();
         if m.len() >= POOL_MAX && !m.contains_key(&key) {
             m.clear();
         }
-        m.insert(key, (digest, client));
+        let born = std::time::Instant::now();
+        m.insert(
+            key,
+            Pooled {
+                digest,
+                client,
+                born,
+            },
+        );
+    }
+
+    /// Drops every client (a change: its material may be gone or rotated).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Drops the clients older than `keep_alive`.
+    fn expire(&self) {
+        let keep_alive = self.keep_alive;
+        self.lock().retain(|_, p| p.born.elapsed() < keep_alive);
+    }
+
+    /// How many clients (keys) are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// While `pool` lives: drops every client on each change `changes` announces (a
+    /// rotation, reload, deletion or purge), and those past `keep_alive` at least every
+    /// `keep_alive`.
+    pub fn spawn_keeper(pool: &Arc<Self>, mut changes: tokio::sync::watch::Receiver<u64>) {
+        let weak = Arc::downgrade(pool);
+        let every = pool.keep_alive.max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                let changed = tokio::select! {
+                    r = changes.changed() => r.is_ok(),
+                    () = tokio::time::sleep(every) => false,
+                };
+                let Some(pool) = weak.upgrade() else { return };
+                if changed {
+                    pool.clear();
+                } else {
+                    pool.expire();
+                }
+            }
+        });
     }
 }
 
@@ -575,13 +644,10 @@ fn client_for(
         .or_else(|| state.ca_bundle.as_deref().map(std::borrow::Cow::Borrowed));
     let credential_id = format!("{team}/{}", material.credential);
     drop(material);
-    let digest: [u8; 32] = {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        h.update(identity.as_bytes());
-        h.update(roots.as_deref().unwrap_or("").as_bytes());
-        h.finalize().into()
-    };
+    let digest = crate::secret::digest([
+        identity.as_bytes(),
+        roots.as_deref().unwrap_or("").as_bytes(),
+    ]);
     let pool_key = (credential_id, host.to_owned(), socket);
     let client = match state.pool.get(&pool_key, &digest) {
         Some(c) => c,
@@ -753,5 +819,43 @@ mod tests {
         }
         assert!(hop_by_hop(&n("x-secret-hop"), &["x-secret-hop".into()]));
         assert!(!hop_by_hop(&n("accept"), &[]));
+    }
+
+    /// A client holding a credential's key lives at most `keep_alive`, used or not, and goes
+    /// at once with any change (a rotation, a reload, a deletion, a purge).
+    #[tokio::test]
+    async fn pooled_clients_go_with_a_change_and_with_age() {
+        let key = || {
+            (
+                "payments/partner-api".to_owned(),
+                "api.partner.example".to_owned(),
+                SocketAddr::from(([127, 0, 0, 1], 443)),
+            )
+        };
+        let digest = [7u8; 32];
+        let fresh = Arc::new(Pool::new(Duration::from_secs(3600)));
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        Pool::spawn_keeper(&fresh, rx);
+        fresh.put(key(), digest, reqwest::Client::new());
+        assert!(fresh.get(&key(), &digest).is_some());
+        assert!(fresh.get(&key(), &[8u8; 32]).is_none(), "other material");
+        tx.send_modify(|g| *g += 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !fresh.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not dropped on change"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let aged = Pool::new(Duration::ZERO);
+        aged.put(key(), digest, reqwest::Client::new());
+        assert!(
+            aged.get(&key(), &digest).is_none(),
+            "past keep_alive: not reused"
+        );
+        aged.expire();
+        assert!(aged.is_empty(), "past keep_alive: dropped");
     }
 }
