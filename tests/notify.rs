@@ -184,8 +184,12 @@ async fn expiry_and_rejection_events_reach_the_webhook_once_each_signed() {
     // The start-up sweep: one event per certificate (expiring inside warn_before).
     let expiring = events("certificate.expiring");
     assert_eq!(good_expiring(&expiring), 1, "{expiring:?}");
+    let mut ids = std::collections::BTreeSet::new();
     for (v, sig) in got.lock().unwrap().iter() {
         assert_eq!(sig, "valid", "signed with the configured key: {v}");
+        // A delivery id under the signature: a replayed delivery can be told apart.
+        let id = v["delivery_id"].as_str().unwrap_or_default();
+        assert!(id.len() == 32 && ids.insert(id.to_owned()), "{v}");
         let text = v.to_string();
         assert!(
             !text.contains("PRIVATE KEY") && !text.contains("BEGIN"),

@@ -4,6 +4,7 @@
 //! document's. A consumer is told the same thing for a credential it may not see and for
 //! one that does not exist.
 
+use super::verdict::Phase;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -224,7 +225,7 @@ impl Broker {
             Ok(cred) => {
                 let values = self.read_roles(cred, super::read::team_of(caller)).await;
                 let (repairs, stale, certificate) = facts(cred, &values);
-                let (unread, rejected) = match self.usable(cred, &values).await {
+                let (unread, rejected) = match self.usable(cred, &values, Phase::Current).await {
                     Err(CredentialError::Rejected(r)) => (None, Some(r)),
                     Err(CredentialError::Unresolved(e)) => {
                         (e.first().map(|r| r.reason.code()), None)
@@ -390,7 +391,7 @@ impl Broker {
                 .map(|(next, not_before)| (current, next, not_before))
         };
         let values = self.read_roles_by(current, team, keys).await;
-        self.usable(cred, &values).await?;
+        self.usable(cred, &values, Phase::Current).await?;
         let out = answer_values(&values);
         // The next values, all or nothing: a caller that asked for them gets them or an
         // error, never the current ones alone as if there were no next.
@@ -398,7 +399,7 @@ impl Broker {
             None => None,
             Some((of, keys, not_before)) => {
                 let next = self.read_roles_by(of, team, keys).await;
-                self.usable(cred, &next).await?;
+                self.usable(cred, &next, Phase::Next).await?;
                 Some(NextMaterial {
                     values: answer_values(&next),
                     not_before,
@@ -450,23 +451,29 @@ impl Broker {
         &self,
         cred: &Credential,
         values: &[RoleValue],
+        phase: Phase,
     ) -> Result<(), CredentialError> {
         let errors = role_errors(cred, values);
         let result = if errors.is_empty() {
-            self.verdict(cred, values)
+            self.verdict(cred, values, phase)
                 .await
                 .map_err(CredentialError::Rejected)
         } else {
             Err(unresolved(errors))
         };
-        self.note_outcome(cred, &result).await;
+        self.note_outcome(cred, &result, phase).await;
         result
     }
 
     /// The whole-credential verification of an mtls credential whose values were all read
     /// (`pem::credential`): made once per cache fill of its values, the clock checked on every
     /// use. Other modes have nothing to verify together.
-    async fn verdict(&self, cred: &Credential, values: &[RoleValue]) -> Result<(), Rejection> {
+    async fn verdict(
+        &self,
+        cred: &Credential,
+        values: &[RoleValue],
+        phase: Phase,
+    ) -> Result<(), Rejection> {
         if cred.mode != CredentialMode::Mtls {
             return Ok(());
         }
@@ -474,18 +481,22 @@ impl Broker {
             .iter()
             .filter_map(|v| v.fetched.as_ref().ok().map(|f| &f.secret))
             .collect();
-        let verdict =
-            self.verdicts
-                .get_or_verify((&cred.team, &cred.name), &cred.values, &inputs, || {
-                    let certificate = role_text(values, "client_certificate");
-                    let private_key = role_text(values, "client_private_key");
-                    let root = role_text(values, "root_certificate");
-                    pem::credential::verify(&Parts {
-                        certificate: certificate.as_deref().map_or("", String::as_str),
-                        private_key: private_key.as_deref().map_or("", String::as_str),
-                        root: root.as_deref().map(String::as_str),
-                    })
-                });
+        let verdict = self.verdicts.get_or_verify(
+            phase,
+            (&cred.team, &cred.name),
+            &cred.values,
+            &inputs,
+            || {
+                let certificate = role_text(values, "client_certificate");
+                let private_key = role_text(values, "client_private_key");
+                let root = role_text(values, "root_certificate");
+                pem::credential::verify(&Parts {
+                    certificate: certificate.as_deref().map_or("", String::as_str),
+                    private_key: private_key.as_deref().map_or("", String::as_str),
+                    root: root.as_deref().map(String::as_str),
+                })
+            },
+        );
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -495,23 +506,28 @@ impl Broker {
     /// How a use of `cred` ended; a refusal that differs from the last one noted is reported:
     /// one WARN, one metric increment (no name), one `credential.rejected` audit event,
     /// whatever the number of requests that see it.
-    async fn note_outcome<T>(&self, cred: &Credential, result: &Result<T, CredentialError>) {
+    async fn note_outcome<T>(
+        &self,
+        cred: &Credential,
+        result: &Result<T, CredentialError>,
+        phase: Phase,
+    ) {
         let outcome = match result {
             Ok(_) => None,
             Err(CredentialError::Rejected(r)) => Some(*r),
             Err(_) => return,
         };
         let Some(r) = outcome else {
-            self.verdicts.note((&cred.team, &cred.name), None);
+            self.verdicts.note(phase, (&cred.team, &cred.name), None);
             return;
         };
-        if !self.verdicts.note((&cred.team, &cred.name), outcome) {
+        if !self.verdicts.note(phase, (&cred.team, &cred.name), outcome) {
             return;
         }
         tracing::warn!(team = %cred.team, credential = %cred.name, role = r.role, code = r.code, "credential refused by verification");
         self.metrics.credential_rejected(r.code);
         if let Some(n) = &self.notifier {
-            let subject = format!("{}/{}:{}", cred.team, cred.name, r.role);
+            let subject = format!("{}/{}:{}{}", cred.team, cred.name, r.role, phase.suffix());
             n.send(crate::notify::Event::now(
                 "credential.rejected",
                 subject,
@@ -522,7 +538,13 @@ impl Broker {
         // line does).
         let _ = self
             .audit(AuditEntry {
-                subjects: vec![format!("{}/{}:{}", cred.team, cred.name, r.role)],
+                subjects: vec![format!(
+                    "{}/{}:{}{}",
+                    cred.team,
+                    cred.name,
+                    r.role,
+                    phase.suffix()
+                )],
                 ..AuditEntry::new(
                     Action::CredentialRejected,
                     Some(&Caller::Operator),

@@ -50,7 +50,9 @@ impl Broker {
             let values = self.read_roles(cred, super::read::BACKGROUND).await;
             // A credential that no longer verifies (or never did) is reported by the sweep
             // too, before any consumer asks for it (once per change).
-            let _ = self.usable(cred, &values).await;
+            let _ = self
+                .usable(cred, &values, super::verdict::Phase::Current)
+                .await;
             let (_, _, certificate) = super::credentials::facts(cred, &values);
             if let Some(at) = certificate.and_then(|c| c.not_after_unix) {
                 found.push((ExpiryKind::Credential, credential_series(cred), at));

@@ -184,7 +184,10 @@ impl Broker {
         for cred in &snapshot.policy().credentials {
             let label = format!("credential {}/{}", cred.team, cred.name);
             let values = self.read_roles(cred, super::read::BACKGROUND).await;
-            match self.usable(cred, &values).await {
+            match self
+                .usable(cred, &values, super::verdict::Phase::Current)
+                .await
+            {
                 Ok(()) => out.push((true, format!("{label}: ok"))),
                 Err(super::CredentialError::Rejected(r)) => {
                     out.push((false, format!("{label}: rejected: {}: {}", r.role, r.code)));

@@ -17,11 +17,37 @@ use crate::policy::CredentialValues;
 /// starts again: every verdict is cheap to make anew.
 const MAX_VERDICTS: usize = 10_000;
 
+/// Which values of a credential: those in force, or the staged next ones (`include_next`).
+/// Each has its own verdict and its own last outcome — a current set that serves and a next
+/// set that is refused are two steady outcomes, not a change on every read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    Current,
+    Next,
+}
+
+impl Phase {
+    fn at(self) -> usize {
+        match self {
+            Self::Current => 0,
+            Self::Next => 1,
+        }
+    }
+
+    /// What a report's subject ends with.
+    pub(super) fn suffix(self) -> &'static str {
+        match self {
+            Self::Current => "",
+            Self::Next => " (next)",
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Verdicts {
-    by_credential: Mutex<ByCredential<Verdict>>,
-    /// The last outcome noted per credential (`None`: served).
-    reported: Mutex<ByCredential<Option<Rejection>>>,
+    by_credential: [Mutex<ByCredential<Verdict>>; 2],
+    /// The last outcome noted per credential and phase (`None`: served).
+    reported: [Mutex<ByCredential<Option<Rejection>>>; 2],
 }
 
 /// Values by team, then credential name: looked up with borrowed names, so a request that
@@ -64,11 +90,11 @@ impl<T> ByCredential<T> {
 
 impl fmt::Debug for Verdicts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self
+        let n: usize = self
             .by_credential
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len;
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner).len)
+            .sum();
         f.debug_struct("Verdicts").field("held", &n).finish()
     }
 }
@@ -84,6 +110,7 @@ impl Verdicts {
     /// these very entries, else `verify`'s (run outside the lock), kept.
     pub(super) fn get_or_verify(
         &self,
+        phase: Phase,
         key: (&str, &str),
         values: &CredentialValues,
         inputs: &[&Arc<CheckedSecret>],
@@ -98,8 +125,7 @@ impl Verdicts {
                     .all(|(w, a)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(a)))
         };
         {
-            let map = self
-                .by_credential
+            let map = self.by_credential[phase.at()]
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if let Some(v) = map.get(key)
@@ -109,8 +135,7 @@ impl Verdicts {
             }
         }
         let result = verify();
-        let mut map = self
-            .by_credential
+        let mut map = self.by_credential[phase.at()]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         map.insert(
@@ -127,8 +152,10 @@ impl Verdicts {
     /// Notes how a use of credential (`team`, `name`) ended (served, or refused by
     /// verification or the PEM stage); true when it is a refusal that differs from the last
     /// one noted: the moment to report it (once per change, not per request).
-    pub(super) fn note(&self, key: (&str, &str), outcome: Option<Rejection>) -> bool {
-        let mut map = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+    pub(super) fn note(&self, phase: Phase, key: (&str, &str), outcome: Option<Rejection>) -> bool {
+        let mut map = self.reported[phase.at()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // The usual case, the same outcome as last time: nothing to write.
         if let Some(before) = map.get(key)
             && *before == outcome
@@ -170,19 +197,19 @@ mod tests {
         let (a, b) = (secret(), secret());
         for _ in 0..3 {
             verdicts
-                .get_or_verify(("t", "c"), &values, &[&a, &b], ok)
+                .get_or_verify(Phase::Current, ("t", "c"), &values, &[&a, &b], ok)
                 .unwrap();
         }
         assert_eq!(runs.load(Ordering::Relaxed), 1);
         // A refill of one entry is a new verdict.
         let b2 = secret();
         verdicts
-            .get_or_verify(("t", "c"), &values, &[&a, &b2], ok)
+            .get_or_verify(Phase::Current, ("t", "c"), &values, &[&a, &b2], ok)
             .unwrap();
         assert_eq!(runs.load(Ordering::Relaxed), 2);
         // Another credential over the same entries is its own verdict.
         verdicts
-            .get_or_verify(("t", "d"), &values, &[&a, &b2], ok)
+            .get_or_verify(Phase::Current, ("t", "d"), &values, &[&a, &b2], ok)
             .unwrap();
         assert_eq!(runs.load(Ordering::Relaxed), 3);
     }
@@ -195,15 +222,35 @@ mod tests {
             code: "expired",
         });
         let key = ("t", "c");
-        assert!(verdicts.note(key, expired));
-        assert!(!verdicts.note(key, expired));
-        assert!(!verdicts.note(key, None));
-        assert!(verdicts.note(key, expired));
+        let note = |key, outcome| verdicts.note(Phase::Current, key, outcome);
+        assert!(note(key, expired));
+        assert!(!note(key, expired));
+        assert!(!note(key, None));
+        assert!(note(key, expired));
         let weak = Some(Rejection {
             role: "client_private_key",
             code: "weak_key",
         });
-        assert!(verdicts.note(key, weak));
-        assert!(verdicts.note(("t", "d"), weak));
+        assert!(note(key, weak));
+        assert!(note(("t", "d"), weak));
+    }
+
+    /// Issue 43: a staged next set that is refused (an expired certificate) beside a current
+    /// set that serves, read in a loop, is reported once — the two are noted apart, so a read
+    /// never re-raises an unchanged outcome.
+    #[test]
+    fn a_refused_next_beside_a_served_current_is_reported_once() {
+        let verdicts = Verdicts::default();
+        let expired = Some(Rejection {
+            role: "client_certificate",
+            code: "expired",
+        });
+        let key = ("t", "c");
+        let mut reports = 0;
+        for _ in 0..100 {
+            reports += usize::from(verdicts.note(Phase::Current, key, None));
+            reports += usize::from(verdicts.note(Phase::Next, key, expired));
+        }
+        assert_eq!(reports, 1);
     }
 }

@@ -2,21 +2,23 @@
 //! `credential.rejected` events, each once per change (where the audit trail gets its event),
 //! POSTed as JSON to a webhook. TLS is verified (against `ca_cert` when given, else the
 //! system roots; plain `http://` only to loopback); with `hmac_key_file` each body is signed
-//! (`X-Keybroker-Signature: sha256=<hex HMAC of the body>`). A bounded queue and one sender
-//! task: a slow or dead receiver costs keybroker a full queue (events dropped and counted,
-//! never a blocked request); failed deliveries are retried with backoff.
+//! (`X-Keybroker-Signature: sha256=<hex HMAC of the body>`); each body carries a
+//! `delivery_id` and its `time` under that signature, so a replayed delivery can be told
+//! apart. A bounded queue (`queue.rs`: one pending event per subject, fair across teams) and
+//! one sender task: a slow or dead receiver costs keybroker a full queue (events dropped and
+//! counted, never a blocked request); failed deliveries are retried with backoff.
 //!
 //! Events name credentials and certificates, never values.
 
+mod queue;
+
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
 
 pub use crate::config::NotifyConfig;
-use tokio::sync::mpsc;
 
 /// One event as the receiver gets it.
 #[derive(Clone, Debug, Serialize)]
@@ -30,6 +32,9 @@ pub struct Event {
     pub subject: String,
     /// The verification code of a rejection, or the kind of certificate.
     pub reason: &'static str,
+    /// Unique per event (the same on each retry of its delivery), under the signature: a
+    /// receiver tells a replayed delivery from a new event.
+    pub delivery_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,24 +52,20 @@ pub enum NotifyError {
 /// The sending side, held by the broker.
 #[derive(Clone, Debug)]
 pub struct Notifier {
-    queue: mpsc::Sender<Event>,
-    dropped: Arc<AtomicU64>,
+    queue: Arc<queue::Queue>,
 }
 
 impl Notifier {
     /// Checks the settings and starts the sender task (on the current runtime).
     pub fn start(cfg: &NotifyConfig) -> Result<Self, NotifyError> {
         let sender = Sender::new(cfg)?;
-        let (queue, rx) = mpsc::channel(cfg.queue.max(1));
+        let queue = Arc::new(queue::Queue::new(cfg.queue));
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(sender.run(rx))),
+            Ok(runtime) => drop(runtime.spawn(sender.run(Arc::clone(&queue)))),
             // Only outside `serve` (a library user without a runtime): nothing is sent.
             Err(_) => tracing::warn!("no async runtime: [notify] events will not be sent"),
         }
-        Ok(Self {
-            queue,
-            dropped: Arc::default(),
-        })
+        Ok(Self { queue })
     }
 
     /// Checks the settings without starting anything (`keybroker check`).
@@ -72,12 +73,10 @@ impl Notifier {
         Sender::new(cfg).map(|_| ())
     }
 
-    /// Queues `event`; never waits. A full queue drops it (counted, logged at WARN).
+    /// Queues `event`; never waits. A pending event about the same subject is replaced; a
+    /// full queue drops the oldest event of the team holding the most (counted, logged).
     pub fn send(&self, event: Event) {
-        if self.queue.try_send(event).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(dropped = n, "notification queue full: event dropped");
-        }
+        self.queue.push(event);
     }
 }
 
@@ -121,13 +120,14 @@ impl Sender {
         })
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<Event>) {
+    async fn run(self, queue: Arc<queue::Queue>) {
         let backoff = crate::backoff::Backoff {
             base: Duration::from_millis(500),
             max: Duration::from_secs(60),
             jitter: 0.25,
         };
-        while let Some(event) = rx.recv().await {
+        loop {
+            let event = queue.next().await;
             let body = serde_json::to_vec(&event).unwrap_or_default();
             for attempt in 1..=self.attempts {
                 match self.deliver(&body).await {
@@ -168,11 +168,14 @@ impl Sender {
 impl Event {
     /// An event that happens now.
     pub fn now(event: &'static str, subject: String, reason: &'static str) -> Self {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).expect("the OS random number generator is available");
         Self {
             event,
             time: now(),
             subject,
             reason,
+            delivery_id: hex::encode(id),
         }
     }
 }
