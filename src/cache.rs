@@ -21,6 +21,10 @@
 //!   queries.
 //! - Authorization is not here: the broker decides every request before it asks the cache.
 //!
+//! - Pinned entries (a PKI period's certificate) are also kept beside moka until their
+//!   freshness ends and put back on a miss: a full cache never evicts one (another team's
+//!   fills cannot cause a re-issue).
+//!
 //! **Invariant:** values are `Arc<CheckedSecret>`; the last reference dropping wipes them.
 
 use std::future::Future;
@@ -81,6 +85,9 @@ struct Entry {
     /// Whether a [`RefreshAhead`] was handed out for this entry (set from the start for a
     /// pinned value: it is never refreshed ahead).
     claimed: std::sync::atomic::AtomicBool,
+    /// A pinned value (a PKI period's certificate): kept apart from the weighted cache until
+    /// its freshness ends, so no fill — another team's included — can evict it.
+    pinned: bool,
 }
 
 impl Entry {
@@ -226,7 +233,14 @@ pub struct SecretCache {
     changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Refresh-ahead tickets handed out and not yet run.
     pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Pinned entries, beside the weighted cache: a PKI period's certificate (and the staged
+    /// next) is the one served until its period ends, however full the cache gets (THREATS
+    /// rows 54 and 58). Few: one or two per PKI profile.
+    pinned: Arc<std::sync::Mutex<std::collections::HashMap<CacheKey, Arc<Entry>>>>,
 }
+
+/// Pinned entries kept at most (a bound against a misconfiguration, not a working limit).
+const PINNED_MAX: usize = 10_000;
 
 impl std::fmt::Debug for SecretCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -264,7 +278,36 @@ impl SecretCache {
             refreshing: Arc::default(),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             pending: Arc::default(),
+            pinned: Arc::default(),
         }
+    }
+
+    fn pinned_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<CacheKey, Arc<Entry>>> {
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a pinned entry apart from the weighted cache.
+    fn keep_pinned(&self, key: &CacheKey, entry: &Arc<Entry>) {
+        if !entry.pinned {
+            return;
+        }
+        let mut m = self.pinned_map();
+        if m.len() < PINNED_MAX || m.contains_key(key) {
+            m.insert(key.clone(), Arc::clone(entry));
+        }
+    }
+
+    /// A fresh pinned entry the weighted cache lost (evicted under pressure): put back.
+    async fn pinned_hit(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let entry = self
+            .pinned_map()
+            .get(key)
+            .filter(|e| e.fresh())
+            .map(Arc::clone)?;
+        self.inner.insert(key.clone(), Arc::clone(&entry)).await;
+        Some(entry)
     }
 
     /// A receiver whose value changes whenever some entry's content changed (or
@@ -317,7 +360,10 @@ impl SecretCache {
     /// The answer for `key` if a fresh entry holds it (exactly what [`Self::get_or_fetch`]
     /// answers then), else `None`: for callers that want a hit without preparing a miss.
     pub async fn hit(&self, key: &CacheKey) -> Option<Result<Fetched, SourceError>> {
-        let entry = self.inner.get(key).await?;
+        let entry = match self.inner.get(key).await {
+            Some(e) => e,
+            None => self.pinned_hit(key).await?,
+        };
         entry.fresh().then(|| entry.answer_hit(key, &self.pending))
     }
 
@@ -338,6 +384,9 @@ impl SecretCache {
             }
             return self.refresh(key, entry, fetch).await;
         }
+        if let Some(entry) = self.pinned_hit(&key).await {
+            return entry.answer_hit(&key, &self.pending);
+        }
         let init = async {
             match fetch(&key).await {
                 Ok(secret) => Ok(self.entry(Ok(secret))),
@@ -350,6 +399,7 @@ impl SecretCache {
             .try_get_with(key.clone(), init)
             .await
             .map_err(|e: Arc<SourceError>| (*e).clone())?;
+        self.keep_pinned(&key, &entry);
         // A miss, or a caller that waited on one: the next hit shows the entry is in use.
         entry.answer(false)
     }
@@ -411,6 +461,7 @@ impl SecretCache {
             fresh_for,
             refresh_after: refresh_point(fresh_for),
             claimed: std::sync::atomic::AtomicBool::new(pinned),
+            pinned,
         })
     }
 
@@ -419,6 +470,7 @@ impl SecretCache {
     async fn store(&self, key: CacheKey, secret: Result<CheckedSecret, SourceError>) -> Arc<Entry> {
         let entry = self.entry(secret);
         let previous = self.inner.get(&key).await;
+        self.keep_pinned(&key, &entry);
         self.inner.insert(key, Arc::clone(&entry)).await;
         if previous.is_some_and(|p| p.digest != entry.digest) {
             self.announce_change();
@@ -431,6 +483,8 @@ impl SecretCache {
     pub fn purge(&self, source: &str, prefix: &[String]) {
         let source = source.to_owned();
         let prefix = prefix.to_vec();
+        self.pinned_map()
+            .retain(|(s, req), _| !(**s == *source && req.path.starts_with(&prefix)));
         // Only fails when closures are not enabled, which `new` does.
         let _ = self.inner.invalidate_entries_if(move |(s, req), _| {
             **s == *source && req.path.starts_with(&prefix)
@@ -459,6 +513,8 @@ impl SecretCache {
     /// Runs moka's pending work (expiry, eviction) now.
     pub async fn maintain(&self) {
         self.inner.run_pending_tasks().await;
+        // A pinned entry goes when its period (its freshness) ends.
+        self.pinned_map().retain(|_, e| e.fresh());
     }
 
     /// Runs [`SecretCache::maintain`] every second until the cache is dropped.
@@ -555,6 +611,55 @@ mod tests {
             assert_eq!(value(&t.await.unwrap().unwrap()), "x");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A pinned value (a PKI period's certificate) stays until its period ends however full
+    /// the cache gets: another team's fills evict it from the weighted cache, and it is served
+    /// from where pinned entries are kept — never fetched (issued) again (issue 43).
+    #[tokio::test]
+    async fn a_full_cache_never_evicts_a_pinned_value() {
+        let mut config = cfg(3_600_000, 0);
+        config.max_bytes = ByteSize(4 << 10);
+        let cache = SecretCache::new(&config);
+        let mut period = checked("the-period-certificate");
+        let fields = period
+            .secret
+            .fields()
+            .map(|(k, s)| (k.to_owned(), secret_string(s.expose_secret())))
+            .collect();
+        period.secret = Secret::new(
+            fields,
+            SecretMeta {
+                pinned: true,
+                ..SecretMeta::default()
+            },
+        );
+        let period = std::sync::Mutex::new(Some(period));
+        let got = cache
+            .get_or_fetch(key("pki/p"), |_| async {
+                Ok(period.lock().unwrap().take().unwrap())
+            })
+            .await
+            .unwrap();
+        assert_eq!(value(&got), "the-period-certificate");
+        // Another team fills the cache many times over.
+        for i in 0..200 {
+            let big = "x".repeat(1000);
+            cache
+                .get_or_fetch(key(&format!("fill/{i}")), move |_| async move {
+                    Ok(checked(&big))
+                })
+                .await
+                .unwrap();
+        }
+        cache.maintain().await;
+        let again = cache
+            .get_or_fetch(key("pki/p"), |_| async {
+                panic!("the pinned period was issued again")
+            })
+            .await
+            .unwrap();
+        assert_eq!(value(&again), "the-period-certificate");
     }
 
     /// A pinned value (a PKI period's certificate, staged as next before it is current) is
