@@ -1457,3 +1457,48 @@ async fn a_team_spends_only_its_own_store_quota() {
     .await;
     assert_eq!(s, 201, "{t}");
 }
+
+/// While the operator's files do not load (mid-edit), a team admin's write is put back and a
+/// delete is stored but not yet in force — both 503, and neither answer carries a loader
+/// line (the operator's paths, other teams' names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_operator_file_is_no_loader_output_for_a_team_admin() {
+    let w = world().await;
+    let root = w.dir.path();
+    w.create_consumer(FRAUD_ADMIN, "fraud", "fraud-a").await;
+    let file = root.join("policies/p.toml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "{good}[[consumer]]\nname = \"payments-secret-name\"\nteam = \"payments\"\nbroken =\n"
+        ),
+    )
+    .unwrap();
+    let made = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            "/v1/teams/fraud/consumers",
+            Some(json!({ "name": "fraud-b" })),
+            None,
+        )
+        .await;
+    let deleted = w
+        .send(
+            Method::DELETE,
+            FRAUD_ADMIN,
+            "/v1/teams/fraud/consumers/fraud-a",
+            None,
+            None,
+        )
+        .await;
+    for (answer, code) in [(&made, "policy_unavailable"), (&deleted, "reload_pending")] {
+        assert_eq!(answer.status, 503, "{}", answer.text);
+        assert_eq!(answer.body["error"]["code"], code, "{}", answer.text);
+        for leak in ["payments", "p.toml", root.to_str().unwrap()] {
+            assert!(!answer.text.contains(leak), "{leak} in {}", answer.text);
+        }
+    }
+    std::fs::write(&file, good).unwrap();
+}

@@ -136,6 +136,12 @@ pub enum ManageError {
     /// back.
     #[error("the policy cannot be reloaded now; nothing was written")]
     PolicyUnavailable,
+    /// A deletion is stored but the policy cannot be reloaded now: it takes effect with the
+    /// next reload that succeeds.
+    #[error(
+        "deleted from the store; the policy cannot be reloaded now, so it is still in force until the next reload"
+    )]
+    ReloadPending,
     #[error("If-Match is required: send the ETag of the credential as you last read it")]
     PreconditionRequired,
     #[error("the credential changed since the ETag given")]
@@ -172,6 +178,7 @@ impl ManageError {
             Self::PolicyRefused(_) => "policy_refused",
             Self::QuotaExceeded(_) => "quota_exceeded",
             Self::PolicyUnavailable => "policy_unavailable",
+            Self::ReloadPending => "reload_pending",
             Self::PreconditionRequired => "precondition_required",
             Self::Stale => "stale",
             Self::Store(_) => "store_unavailable",
@@ -196,7 +203,7 @@ impl ManageError {
             Self::NotAllowed(_) | Self::GlobalNotAllowed => F::Denied,
             Self::Invalid { .. } | Self::TeamRequired => F::Invalid,
             Self::AuditUnavailable => F::AuditUnavailable,
-            Self::PolicyUnavailable => F::Unavailable,
+            Self::PolicyUnavailable | Self::ReloadPending => F::Unavailable,
             // The store's vault: an outage is an outage (retry), its refusal of keybroker's
             // own token is the operator's to fix; anything else is the server's failure.
             Self::Store(StoreError::Remote(e)) => match crate::broker::source_reason(e) {
@@ -459,10 +466,12 @@ impl Manager {
             .delete(kind, team, name, &record)
             .await
             .map_err(|e| lost_race(e, true))?;
-        // A reload that fails keeps the previous policy, which still holds it — say so.
+        // A reload that fails (the operator's files do not load now) keeps the previous
+        // policy, which still holds it — say so, with none of the loader's lines (they are the
+        // operator's, and name other teams').
         self.broker
             .reload_policy()
-            .map_err(|e| ManageError::PolicyRefused(vec![e.to_string()]))?;
+            .map_err(|_| ManageError::ReloadPending)?;
         Ok(())
     }
 
