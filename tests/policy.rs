@@ -423,6 +423,65 @@ fn no_grant_reaches_into_the_management_store() {
     );
 }
 
+/// Two team admins' store entries that conflict (replicas racing: the same pin, the same
+/// consumer name) are both set aside — which team's slug sorts first decides nothing — and
+/// an operator's definition of a name wins over a store entry's; everything else loads.
+#[test]
+fn conflicting_store_entries_are_set_aside_together_and_the_operator_wins() {
+    let policies = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let pin = "ab".repeat(32);
+    write(
+        policies.path(),
+        "p.toml",
+        &format!(
+            "[[team]]\nslug = \"payments\"\n[[team]]\nslug = \"fraud\"\n[[consumer]]\nname = \"ops\"\nteam = \"payments\"\ntoken_sha256 = \"{}\"\n",
+            "11".repeat(32)
+        ),
+    );
+    let consumer = |team: &str, name: &str, extra: &str| {
+        let dir = store.path().join(team);
+        std::fs::create_dir_all(&dir).unwrap();
+        write(
+            &dir,
+            &format!("{name}.toml"),
+            &format!("[[consumer]]\nname = \"{name}\"\nteam = \"{team}\"\n{extra}\n"),
+        );
+    };
+    let pinned = format!("cert_sha256 = [{{ fingerprint = \"{pin}\" }}]");
+    consumer("fraud", "fraud-gw", &pinned);
+    consumer("payments", "payments-gw", &pinned);
+    consumer(
+        "payments",
+        "payments-ci",
+        &format!("token_sha256 = \"{}\"", "22".repeat(32)),
+    );
+    consumer(
+        "fraud",
+        "ops",
+        &format!("token_sha256 = \"{}\"", "33".repeat(32)),
+    );
+    let policy = keybroker::policy::load_checked_dirs(
+        &[policies.path().to_owned()],
+        &[store.path().to_owned()],
+        &known(&[], None, None),
+    )
+    .unwrap();
+    let names: Vec<&str> = policy.consumers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["ops", "payments-ci"], "{:#?}", policy.quarantined);
+    let set_aside: std::collections::BTreeSet<String> = policy
+        .quarantined
+        .iter()
+        .map(|d| d.file.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        set_aside,
+        ["fraud-gw.toml", "ops.toml", "payments-gw.toml"]
+            .map(str::to_owned)
+            .into(),
+    );
+}
+
 #[test]
 fn the_example_policies_load() {
     for dir in ["examples/dev/policies", "policies"] {

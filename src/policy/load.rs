@@ -456,17 +456,47 @@ fn validate_teams(
 }
 
 /// Consumers: names, pins, tokens (one holder each), issuer ACLs, admin teams.
+/// The first holder of a name, token or pin: where it was defined.
+struct Holder {
+    name: String,
+    at: Item<()>,
+}
+
+impl Holder {
+    fn of<T>(c: &Item<T>, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            at: Item {
+                def: (),
+                file: c.file,
+                span: c.span.clone(),
+                keys: BTreeMap::new(),
+            },
+        }
+    }
+
+    /// When both the first holder and `second` are store entries, the first errs too: a
+    /// conflict between two team admins' entries sets both aside.
+    fn also_errs<T>(&self, files: &mut Files, second: &Item<T>, message: &str) {
+        if files.managed[self.at.file] && files.managed[second.file] && self.at.file != second.file
+        {
+            files.at(&self.at, &[], message.to_owned());
+        }
+    }
+}
+
 fn validate_consumers(
     files: &mut Files,
     consumers: Vec<Item<ConsumerDef>>,
     slugs: &BTreeSet<String>,
     policy: &mut Policy,
 ) {
-    let mut names = BTreeSet::new();
-    // Who holds each token digest and pin: a second holder is a load error, never "the first
-    // one in file order wins" (THREATS row 32).
-    let mut token_owner: BTreeMap<[u8; 32], String> = BTreeMap::new();
-    let mut pin_owner: BTreeMap<[u8; 32], String> = BTreeMap::new();
+    // Who holds each name, token digest and pin: a second holder is a load error, never "the
+    // first one in file order wins" (THREATS row 32). Between two store entries (replicas
+    // racing), both err: path order — which team's slug sorts first — decides nothing.
+    let mut names: BTreeMap<String, Holder> = BTreeMap::new();
+    let mut token_owner: BTreeMap<[u8; 32], Holder> = BTreeMap::new();
+    let mut pin_owner: BTreeMap<[u8; 32], Holder> = BTreeMap::new();
     let mut acl_items: Vec<(Item<()>, String, usize)> = Vec::new();
     for c in consumers {
         let def = &c.def;
@@ -476,12 +506,13 @@ fn validate_consumers(
                 &key("name"),
                 format!("consumer name {:?} must match [a-z0-9_-]{{1,64}}", def.name),
             );
-        } else if !names.insert(def.name.clone()) {
+        } else if let Some(first) = names.insert(def.name.clone(), Holder::of(&c, &def.name)) {
             files.at(
                 &c,
                 &key("name"),
                 format!("consumer `{}` is defined twice", def.name),
             );
+            first.also_errs(files, &c, "a store entry defines this consumer name too");
         }
         if !slugs.contains(&def.team) {
             files.at(&c, &key("team"), format!("unknown team `{}`", def.team));
@@ -514,12 +545,16 @@ fn validate_consumers(
             ) else {
                 continue;
             };
-            if let Some(other) = pin_owner.insert(fp, def.name.clone()) {
+            if let Some(first) = pin_owner.insert(fp, Holder::of(&c, &def.name)) {
                 files.at(
                     &c,
                     &key_index("cert_sha256", i),
-                    format!("this fingerprint is already pinned by consumer `{other}`"),
+                    format!(
+                        "this fingerprint is already pinned by consumer `{}`",
+                        first.name
+                    ),
                 );
+                first.also_errs(files, &c, "a store entry pins this fingerprint too");
             }
             pins.push(super::model::Pin {
                 sha256: fp,
@@ -538,12 +573,13 @@ fn validate_consumers(
                         "token_sha256 must be the hex SHA-256 of the token (64 hex digits)"
                             .to_owned(),
                     );
-                } else if let Some(other) = token_owner.insert(d, def.name.clone()) {
+                } else if let Some(first) = token_owner.insert(d, Holder::of(&c, &def.name)) {
                     files.at(
                         &c,
                         &key("token_sha256"),
-                        format!("consumer `{other}` has the same token"),
+                        format!("consumer `{}` has the same token", first.name),
                     );
+                    first.also_errs(files, &c, "a store entry has the same token");
                 }
                 Some(d)
             }
