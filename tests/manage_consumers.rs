@@ -25,6 +25,10 @@ use support::server::{Running, folder, token_sha256};
 const GW: &str = "consumers-gw-token";
 const PAYMENTS_ADMIN: &str = "consumers-payments-admin";
 const FRAUD_ADMIN: &str = "consumers-fraud-admin";
+/// An admin of `legacy`, a team without identity domains.
+const LEGACY_ADMIN: &str = "consumers-legacy-admin";
+/// An admin of `legacy-b`, another team without identity domains.
+const LEGACY_B_ADMIN: &str = "consumers-legacy-b-admin";
 /// The operator's admin consumer (reloads).
 const OPS: &str = "consumers-ops";
 
@@ -44,23 +48,34 @@ async fn world() -> World {
     clients.write(&root.join("clients-ca.pem"));
     std::fs::create_dir_all(root.join("policies")).unwrap();
     clients.write(&root.join("policies/clients-ca.pem"));
+    // The operator pins a certificate to payments whose CN lies in fraud's identity domain:
+    // a hand-made inconsistency the rank rule (the operator's claim wins) still holds against.
     let pinned = clients.client_dn(
         root,
         "pinned",
-        &[(DnType::CommonName, "pinned.payments.example")],
+        &[(DnType::CommonName, "pinned.fraud.example")],
     );
     fixture::Policy::new()
         .team("payments")
+        .and("identity_domains = [\"payments.example\"]")
         .team("fraud")
+        .and("identity_domains = [\"fraud.example\"]")
+        // Teams without identity domains: their admins pin certificates one by one.
+        .team("legacy")
+        .team("legacy-b")
         .and(&format!(
             "[[consumer]]\nname = \"payments-pinned\"\nteam = \"payments\"\ncert_sha256 = [{{ fingerprint = \"{}\" }}]",
             pinned.fingerprint()
         ))
         // Payments' gateways, identified by a file-made issuer ACL (the operator's).
         .and("[[consumer]]\nname = \"payments-gw\"\nteam = \"payments\"\nissuer_ca = \"clients-ca.pem\"\nsubject = \"CN=gw-*.payments.example\"")
+        // And gateways outside every identity domain, by another operator's ACL.
+        .and("[[consumer]]\nname = \"shared-gw\"\nteam = \"payments\"\nissuer_ca = \"clients-ca.pem\"\nsubject = \"CN=shared-*.example.org\"")
         .consumer("gw", "payments", GW)
         .team_admin("payments-admin", "payments", PAYMENTS_ADMIN, &["payments"])
         .team_admin("fraud-admin", "fraud", FRAUD_ADMIN, &["fraud"])
+        .team_admin("legacy-admin", "legacy", LEGACY_ADMIN, &["legacy"])
+        .team_admin("legacy-b-admin", "legacy-b", LEGACY_B_ADMIN, &["legacy-b"])
         .consumer("ops", "payments", OPS)
         .and("admin = true")
         .write(root);
@@ -412,7 +427,9 @@ async fn consumer_certificates_follow_gravitees_states_and_a_revoked_one_stops_a
     };
 
     // Scheduled: added now, identifies no one until its start.
-    let later = w.clients.client(root, "later", "gw2-later");
+    let later = w
+        .clients
+        .client(root, "later", "gw2-later.payments.example");
     let scheduled = w
         .send(
             Method::POST,
@@ -430,7 +447,9 @@ async fn consumer_certificates_follow_gravitees_states_and_a_revoked_one_stops_a
     assert_eq!(w.certificate_works(&later).await, 401);
 
     // Active until an end, sent CCP-flattened: identifies the consumer now.
-    let current = w.clients.client(root, "current", "gw2-current");
+    let current = w
+        .clients
+        .client(root, "current", "gw2-current.payments.example");
     let flattened = current.cert_pem.trim_end().replace('\n', " ");
     assert_eq!(
         w.certificate_works(&current).await,
@@ -485,7 +504,9 @@ async fn consumer_certificates_follow_gravitees_states_and_a_revoked_one_stops_a
         ),
         (
             add(
-                w.clients.client(root, "past", "gw2-past").cert_pem,
+                w.clients
+                    .client(root, "past", "gw2-past.payments.example")
+                    .cert_pem,
                 json!({ "ends_at": rfc3339(now - Duration::from_secs(60)) }),
             ),
             422,
@@ -559,7 +580,7 @@ async fn consumer_certificates_follow_gravitees_states_and_a_revoked_one_stops_a
 
     // Over time: a start a moment ahead arrives and the certificate identifies the consumer;
     // an end a moment ahead passes and it no longer does (polled, never slept).
-    let soon = w.clients.client(root, "soon", "gw2-soon");
+    let soon = w.clients.client(root, "soon", "gw2-soon.payments.example");
     let (start, end) = (
         SystemTime::now() + Duration::from_secs(2),
         SystemTime::now() + Duration::from_secs(5),
@@ -678,9 +699,10 @@ async fn an_issuer_acl_identifies_by_issuer_and_subject_and_may_not_overlap_anot
     assert_eq!(w.certificate_works(&member).await, 200);
     assert_eq!(w.certificate_works(&outsider).await, 401);
 
-    // Another team's ACL that one certificate could satisfy too: refused, nothing written.
+    // Another team's ACL outside its own identity domain (one that could claim payments'
+    // workers): refused, nothing written.
     let fraud_acl = "/v1/teams/fraud/consumers/fraud-workers/issuer-acl";
-    let overlap = w
+    let outside = w
         .send(
             Method::PUT,
             FRAUD_ADMIN,
@@ -689,11 +711,26 @@ async fn an_issuer_acl_identifies_by_issuer_and_subject_and_may_not_overlap_anot
             None,
         )
         .await;
+    assert_eq!(outside.status, 422, "{}", outside.text);
+    assert_eq!(outside.body["error"]["code"], "outside_identity_domain");
+    // An ACL that one certificate could satisfy together with another consumer's: 409,
+    // naming nobody.
+    w.create_consumer(PAYMENTS_ADMIN, "payments", "workers-2")
+        .await;
+    let overlap = w
+        .send(
+            Method::PUT,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/consumers/workers-2/issuer-acl",
+            Some(json!({ "issuer_ca": w.clients.pem, "subject": "CN=worker-1.payments.example" })),
+            None,
+        )
+        .await;
     assert_eq!(overlap.status, 409, "{}", overlap.text);
     assert_eq!(overlap.body["error"]["code"], "acl_overlap");
     assert!(
-        !overlap.text.contains("workers"),
-        "the other team's consumer is named: {}",
+        !overlap.text.contains("\"workers\""),
+        "the other consumer is named: {}",
         overlap.text
     );
     let disjoint = w
@@ -771,9 +808,11 @@ async fn racing_creates_make_one_consumer_and_live_certificates_are_bounded() {
     let root = w.dir.path();
     let certs = "/v1/teams/payments/consumers/racer/certificates";
     for i in 0..16 {
-        let c = w
-            .clients
-            .client(root, &format!("c{i}"), &format!("racer-{i}"));
+        let c = w.clients.client(
+            root,
+            &format!("c{i}"),
+            &format!("racer-{i}.payments.example"),
+        );
         let a = w
             .send(
                 Method::POST,
@@ -786,7 +825,7 @@ async fn racing_creates_make_one_consumer_and_live_certificates_are_bounded() {
         assert_eq!(a.status, 201, "{i}: {}", a.text);
     }
     let version = w.version("racer").await;
-    let extra = w.clients.client(root, "c16", "racer-16");
+    let extra = w.clients.client(root, "c16", "racer-16.payments.example");
     let a = w
         .send(
             Method::POST,
@@ -1068,12 +1107,50 @@ async fn a_certificate_another_consumers_acl_claims_cannot_be_pinned() {
         )
         .await;
     assert!(!who.contains("fraud"), "{who}");
+
+    // Outside every identity domain, the matcher decides: a team without domains cannot pin
+    // a certificate the operator's ACL (`shared-gw`) identifies.
+    let shared = w.clients.client_dn(
+        root,
+        "shared-1",
+        &[(DnType::CommonName, "shared-1.example.org")],
+    );
+    w.create_consumer(LEGACY_ADMIN, "legacy", "legacy-squat")
+        .await;
+    let pin = w
+        .send(
+            Method::POST,
+            LEGACY_ADMIN,
+            "/v1/teams/legacy/consumers/legacy-squat/certificates",
+            Some(json!({ "certificate": shared.cert_pem })),
+            None,
+        )
+        .await;
+    assert_eq!(pin.status, 409, "{}", pin.text);
+    assert_eq!(pin.body["error"]["code"], "identity_claimed");
+    // And a team with domains pins only inside them.
+    let elsewhere = w.clients.client_dn(
+        root,
+        "free-1",
+        &[(DnType::CommonName, "free-1.example.net")],
+    );
+    let pin = w
+        .send(
+            Method::POST,
+            FRAUD_ADMIN,
+            "/v1/teams/fraud/consumers/fraud-squat/certificates",
+            Some(json!({ "certificate": elsewhere.cert_pem })),
+            None,
+        )
+        .await;
+    assert_eq!(pin.status, 422, "{}", pin.text);
+    assert_eq!(pin.body["error"]["code"], "outside_identity_domain");
 }
 
 /// Issue 43, finding 3: a CA certificate anyone can make — payments' clients CA's name and
 /// public key, signed by the maker — is no issuer an ACL may name (it neither is nor chains
-/// to `client_ca`); the real CA with a subject that could match payments' gateways overlaps
-/// payments' ACL by public key.
+/// to `client_ca`); the real CA with a subject that could match payments' gateways is outside
+/// fraud's identity domain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issuer_acl_whose_ca_carries_another_cas_key_is_refused() {
     let w = world().await;
@@ -1100,7 +1177,8 @@ async fn an_issuer_acl_whose_ca_carries_another_cas_key_is_refused() {
             None,
         )
         .await;
-    assert_eq!(overlapping.status, 409, "{}", overlapping.text);
+    assert_eq!(overlapping.status, 422, "{}", overlapping.text);
+    assert_eq!(overlapping.body["error"]["code"], "outside_identity_domain");
     let gateway = w.clients.client_dn(
         root,
         "gw-2",
@@ -1109,14 +1187,14 @@ async fn an_issuer_acl_whose_ca_carries_another_cas_key_is_refused() {
     assert_eq!(w.certificate_works(&gateway).await, 200);
 
     // An ACL over a certificate only the operator's policy file pins (a fingerprint: nothing
-    // to check the ACL against at write time) takes nothing and locks nothing out: the
-    // operator's claim outranks an API-made one.
+    // to check the ACL against at write time; here in fraud's own domain) takes nothing and
+    // locks nothing out: the operator's claim outranks an API-made one.
     let broad = w
         .send(
             Method::PUT,
             FRAUD_ADMIN,
             acl,
-            Some(json!({ "issuer_ca": w.clients.pem, "subject": "CN=pinned.*" })),
+            Some(json!({ "issuer_ca": w.clients.pem, "subject": "CN=pinned.fraud.example" })),
             None,
         )
         .await;
@@ -1288,26 +1366,25 @@ async fn a_foreign_write_is_refused_before_it_takes_the_write_lock() {
     assert_eq!(lines[0]["decision"], "denied", "{lines:#?}");
 }
 
-/// Squatting by revocation: fraud pins a certificate of payments' (public), then revokes it.
-/// A revocation binds the team that made it — fraud cannot add it back — but it is no claim
-/// on the certificate: payments adds it to its own consumer.
+/// Squatting by revocation between teams without identity domains (with domains, another
+/// team's certificate cannot be pinned at all): legacy pins a certificate of legacy-b's
+/// (public), then revokes it. A revocation binds the team that made it — legacy cannot add it
+/// back — but it is no claim on the certificate: legacy-b adds it to its own consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pin_another_team_revoked_does_not_keep_its_owner_out() {
     let w = world().await;
     let root = w.dir.path();
-    let theirs = w.clients.client_dn(
-        root,
-        "api-2",
-        &[(DnType::CommonName, "api-2.payments.example")],
-    );
-    w.create_consumer(FRAUD_ADMIN, "fraud", "fraud-squat").await;
-    w.create_consumer(PAYMENTS_ADMIN, "payments", "payments-api")
+    let theirs = w
+        .clients
+        .client_dn(root, "api-2", &[(DnType::CommonName, "api-2.example.net")]);
+    w.create_consumer(LEGACY_ADMIN, "legacy", "legacy-squat")
         .await;
-    let squat = "/v1/teams/fraud/consumers/fraud-squat/certificates";
+    w.create_consumer(LEGACY_B_ADMIN, "legacy-b", "b-api").await;
+    let squat = "/v1/teams/legacy/consumers/legacy-squat/certificates";
     let pinned = w
         .send(
             Method::POST,
-            FRAUD_ADMIN,
+            LEGACY_ADMIN,
             squat,
             Some(json!({ "certificate": theirs.cert_pem })),
             None,
@@ -1318,7 +1395,7 @@ async fn a_pin_another_team_revoked_does_not_keep_its_owner_out() {
     let revoked = w
         .send(
             Method::DELETE,
-            FRAUD_ADMIN,
+            LEGACY_ADMIN,
             &format!("{squat}/{fingerprint}"),
             None,
             None,
@@ -1328,7 +1405,7 @@ async fn a_pin_another_team_revoked_does_not_keep_its_owner_out() {
     let again = w
         .send(
             Method::POST,
-            FRAUD_ADMIN,
+            LEGACY_ADMIN,
             squat,
             Some(json!({ "certificate": theirs.cert_pem })),
             None,
@@ -1342,8 +1419,8 @@ async fn a_pin_another_team_revoked_does_not_keep_its_owner_out() {
     let owner = w
         .send(
             Method::POST,
-            PAYMENTS_ADMIN,
-            "/v1/teams/payments/consumers/payments-api/certificates",
+            LEGACY_B_ADMIN,
+            "/v1/teams/legacy-b/consumers/b-api/certificates",
             Some(json!({ "certificate": theirs.cert_pem })),
             None,
         )

@@ -482,6 +482,50 @@ fn conflicting_store_entries_are_set_aside_together_and_the_operator_wins() {
     );
 }
 
+/// `identity_domains`: DNS names, each held by one team — no team's domain is another's or
+/// under it, so a certificate's CN falls in one team's domain or in none.
+#[test]
+fn identity_domains_are_dns_names_each_held_by_one_team() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.toml",
+        "[[team]]\nslug = \"payments\"\nidentity_domains = [\"payments.example\"]\n\
+         [[team]]\nslug = \"fraud\"\nidentity_domains = [\"eu.payments.example\", \"Fraud.Example\", \"localhost\", \"a..b\"]\n",
+    );
+    let got = messages(dir.path(), &known(&[], None, None));
+    assert!(
+        got.iter()
+            .any(|m| m.contains("\"eu.payments.example\" overlaps team `payments`")),
+        "{got:#?}"
+    );
+    for bad in ["\"localhost\"", "\"a..b\""] {
+        assert!(
+            got.iter()
+                .any(|m| m.contains(&format!("identity domain {bad} must be a DNS name"))),
+            "{got:#?}"
+        );
+    }
+    assert_eq!(got.len(), 3, "{got:#?}");
+    write(
+        dir.path(),
+        "p.toml",
+        "[[team]]\nslug = \"payments\"\nidentity_domains = [\"payments.example\"]\n[[team]]\nslug = \"fraud\"\nidentity_domains = [\"Fraud.Example\"]\n",
+    );
+    let policy = keybroker::policy::load(dir.path()).unwrap();
+    assert_eq!(
+        policy.identity_domain_of("gw-1.payments.example"),
+        Some("payments")
+    );
+    assert_eq!(
+        policy.identity_domain_of("PAYMENTS.example"),
+        Some("payments")
+    );
+    assert_eq!(policy.identity_domain_of("x.fraud.example"), Some("fraud"));
+    assert_eq!(policy.identity_domain_of("evilpayments.example"), None);
+    assert_eq!(policy.identity_domain_of("payments.example.evil"), None);
+}
+
 #[test]
 fn the_example_policies_load() {
     for dir in ["examples/dev/policies", "policies"] {

@@ -53,6 +53,7 @@ async fn replica_in(
     let root = dir.path();
     fixture::Policy::new()
         .team("payments")
+        .and("identity_domains = [\"payments.example\"]")
         .consumer("gw", "payments", GW)
         .team_admin("payments-admin", "payments", ADMIN, &["payments"])
         .write(root);

@@ -90,6 +90,8 @@ pub(super) struct Checked {
     pub sha256: [u8; 32],
     /// The leaf: what the identity matcher is asked who else claims it.
     pub der: Vec<u8>,
+    /// Its subject's CN (the one, when there is exactly one): whose identity domain it is in.
+    pub cn: Option<String>,
     pub record: CertificateRecord,
 }
 
@@ -194,8 +196,14 @@ pub(super) fn check(
         })?;
     use sha2::Digest as _;
     let sha256: [u8; 32] = sha2::Sha256::digest(leaf).into();
+    let mut cns = cert.subject().iter_common_name();
+    let cn = match (cns.next(), cns.next()) {
+        (Some(cn), None) => cn.as_str().ok().map(str::to_owned),
+        _ => None,
+    };
     Ok(Checked {
         sha256,
+        cn,
         der: leaf.clone(),
         record: CertificateRecord {
             fingerprint: hex::encode(sha256),

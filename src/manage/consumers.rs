@@ -326,6 +326,7 @@ impl Manager {
                     });
             let change: Change<'_, CertificateView> = Box::new(move |body, record, snapshot| {
                 let policy = snapshot.policy();
+                check_identity_domain(policy, team, checked.cn.as_deref())?;
                 let pinned = policy
                     .consumers
                     .iter()
@@ -455,6 +456,22 @@ impl Manager {
                     }
                     Some(acl) => {
                         let policy = snapshot.policy();
+                        // An ACL claims many certificates: only in the team's own identity
+                        // domains, which the operator gives it.
+                        let domains = policy.identity_domains.get(team.as_str());
+                        if domains.is_none_or(Vec::is_empty) {
+                            return Err(ManageError::CertificateRejected {
+                                code: "no_identity_domain",
+                                message: "issuer ACLs through the API need the team's identity_domains in the policy".to_owned(),
+                            });
+                        }
+                        if !domains.is_some_and(|d| d.iter().any(|d| acl.pattern.within_domain(d)))
+                        {
+                            return Err(ManageError::CertificateRejected {
+                                code: "outside_identity_domain",
+                                message: "subject: its CN must be in one of the team's identity_domains (`CN=*.<domain>`)".to_owned(),
+                            });
+                        }
                         // Issuers compared by public key, as authentication matches them.
                         let overlaps = policy.consumers.iter().any(|c| {
                             body.name != c.name
@@ -583,6 +600,30 @@ impl Manager {
         .await?;
         Ok((view(&body, &next, etag(&new_text, &next)), out))
     }
+}
+
+/// A pinned certificate's CN against the identity domains: one in another team's domain is
+/// that team's to claim (409, naming nobody); a team with domains pins only inside them.
+fn check_identity_domain(
+    policy: &crate::policy::Policy,
+    team: &TeamSlug,
+    cn: Option<&str>,
+) -> Result<(), ManageError> {
+    let owner = cn.and_then(|cn| policy.identity_domain_of(cn));
+    if owner.is_some_and(|t| *team != *t) {
+        return Err(ManageError::IdentityClaimed);
+    }
+    let has_domains = policy
+        .identity_domains
+        .get(team.as_str())
+        .is_some_and(|d| !d.is_empty());
+    if has_domains && owner.is_none() {
+        return Err(ManageError::CertificateRejected {
+            code: "outside_identity_domain",
+            message: "its CN must be in one of the team's identity_domains".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn check_host(host: Option<&str>) -> Result<(), ManageError> {

@@ -40,6 +40,10 @@ struct TeamDef {
     /// The team's numeric ID in Tines' API (`team_id`), for the Tines-shaped management
     /// routes.
     tines_id: Option<u64>,
+    /// The DNS domains of the client certificates the team's admins may claim through the
+    /// management API (a certificate's CN is the domain or under it).
+    #[serde(default)]
+    identity_domains: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -439,6 +443,45 @@ fn validate_teams(
         }
     }
     policy.teams = slugs.iter().cloned().collect();
+    // Identity domains: DNS names, each held by one team — no domain of one team is another's
+    // or under it (a certificate's CN falls in one team's domain or in none).
+    let mut domains: Vec<(String, String)> = Vec::new();
+    for t in teams {
+        for (i, d) in t.def.identity_domains.iter().enumerate() {
+            let d = d.to_ascii_lowercase();
+            let dns = d.split('.').count() >= 2
+                && d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !dns {
+                files.at(
+                    t,
+                    &key_index("identity_domains", i),
+                    format!("identity domain {d:?} must be a DNS name of two labels or more"),
+                );
+                continue;
+            }
+            let clash = domains.iter().find(|(_, other)| {
+                other == &d
+                    || d.ends_with(&format!(".{other}"))
+                    || other.ends_with(&format!(".{d}"))
+            });
+            if let Some((team, other)) = clash {
+                files.at(
+                    t,
+                    &key_index("identity_domains", i),
+                    format!("identity domain {d:?} overlaps team `{team}`'s {other:?}: a certificate must fall in one team's domain"),
+                );
+                continue;
+            }
+            domains.push((t.def.slug.clone(), d));
+        }
+    }
+    for (team, d) in domains {
+        policy.identity_domains.entry(team).or_default().push(d);
+    }
     let mut tines_ids = BTreeMap::new();
     for t in teams {
         if let Some(id) = t.def.tines_id

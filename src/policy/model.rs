@@ -289,6 +289,9 @@ pub struct Policy {
     pub teams: Vec<String>,
     /// Tines' numeric team IDs (`[[team]] tines_id`), to the team slugs.
     pub tines_ids: std::collections::BTreeMap<u64, String>,
+    /// `[[team]] identity_domains`: the DNS domains whose client certificates (by CN) each
+    /// team's admins may claim through the management API.
+    pub identity_domains: std::collections::BTreeMap<String, Vec<String>>,
     pub consumers: Vec<Consumer>,
     pub credentials: Vec<Credential>,
     pub grants: Vec<Grant>,
@@ -375,5 +378,18 @@ mod tests {
         let mut ending = long.clone();
         ending.push("b");
         assert!(pattern.matches(&SecretPath::from_segments(ending).unwrap()));
+    }
+}
+
+impl Policy {
+    /// The team whose identity domain `cn` falls in (the domain itself or a name under it).
+    pub fn identity_domain_of(&self, cn: &str) -> Option<&str> {
+        let cn = cn.to_ascii_lowercase();
+        self.identity_domains.iter().find_map(|(team, domains)| {
+            domains
+                .iter()
+                .any(|d| cn == *d || cn.ends_with(&format!(".{d}")))
+                .then_some(team.as_str())
+        })
     }
 }

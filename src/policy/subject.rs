@@ -71,6 +71,16 @@ impl SubjectPattern {
         })
     }
 
+    /// Whether every subject this pattern matches has a CN in `domain` (the domain itself or
+    /// a name under it): the pattern names `CN`, and its glob is the domain, or ends with `.`
+    /// and the domain as literal text (no `*` there).
+    pub fn within_domain(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        self.pairs.iter().any(|(oid, glob)| {
+            *oid == "2.5.4.3" && (*glob == domain || glob.ends_with(&format!(".{domain}")))
+        })
+    }
+
     /// Whether some subject could satisfy both patterns (for `check`'s overlap warning):
     /// every attribute both name must admit a common value.
     pub fn overlaps(&self, other: &Self) -> bool {
@@ -151,6 +161,29 @@ fn globs_intersect(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// An API-made ACL claims only inside its team's identity domain: the CN's glob must end
+    /// with `.` and the domain as literal text.
+    #[test]
+    fn a_pattern_is_within_a_domain_only_by_a_literal_suffix() {
+        let within = |p: &str| {
+            SubjectPattern::parse(p)
+                .unwrap()
+                .within_domain("payments.example")
+        };
+        assert!(within("CN=worker-*.payments.example"));
+        assert!(within("CN=payments.example, O=Example"));
+        assert!(within("cn=*.PAYMENTS.example"));
+        assert!(
+            !within("CN=*payments.example"),
+            "evilpayments.example would match"
+        );
+        assert!(!within("CN=worker-*"));
+        assert!(!within("O=Example"), "no CN");
+        assert!(!within("CN=*.payments.example.*"));
+        assert!(!within("CN=x.payments.exampl*"));
+    }
+
     use super::*;
 
     const CN: &str = "2.5.4.3";
