@@ -305,6 +305,19 @@ pub struct Policy {
     pub(super) index: super::index::Lazy,
 }
 
+impl Policy {
+    /// The team whose identity domain `cn` falls in (the domain itself or a name under it).
+    pub fn identity_domain_of(&self, cn: &str) -> Option<&str> {
+        let cn = cn.to_ascii_lowercase();
+        self.identity_domains.iter().find_map(|(team, domains)| {
+            domains
+                .iter()
+                .any(|d| cn == *d || cn.ends_with(&format!(".{d}")))
+                .then_some(team.as_str())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,18 +391,5 @@ mod tests {
         let mut ending = long.clone();
         ending.push("b");
         assert!(pattern.matches(&SecretPath::from_segments(ending).unwrap()));
-    }
-}
-
-impl Policy {
-    /// The team whose identity domain `cn` falls in (the domain itself or a name under it).
-    pub fn identity_domain_of(&self, cn: &str) -> Option<&str> {
-        let cn = cn.to_ascii_lowercase();
-        self.identity_domains.iter().find_map(|(team, domains)| {
-            domains
-                .iter()
-                .any(|d| cn == *d || cn.ends_with(&format!(".{d}")))
-                .then_some(team.as_str())
-        })
     }
 }
