@@ -173,6 +173,9 @@ pub fn status(class: Failure) -> StatusCode {
     }
 }
 
+/// Loader lines an answer carries at most (the rest are counted in `omitted`).
+const MAX_LINES: usize = 20;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_code();
@@ -193,16 +196,28 @@ impl IntoResponse for ApiError {
                 Details::Rejected([Rejected { role, reason: code }])
             }
             Self::Manage(crate::manage::ManageError::PolicyRefused(lines)) => {
-                Details::Lines(lines.clone())
+                Details::Lines(lines.iter().take(MAX_LINES).cloned().collect())
             }
             // Policy files are not secret; their diagnostics tell the admin what to fix.
             Self::Reload(ReloadError::Invalid(crate::policy::PolicyError::Invalid(list))) => {
-                Details::Lines(list.iter().map(ToString::to_string).collect())
+                Details::Lines(
+                    list.iter()
+                        .take(MAX_LINES)
+                        .map(ToString::to_string)
+                        .collect(),
+                )
             }
             _ => Details::None,
         };
+        // Lists are capped: the first MAX_LINES and how many more there were.
         let omitted = match &self {
             Self::Resolve(ResolveError::Unresolved { omitted, .. }) => *omitted,
+            Self::Manage(crate::manage::ManageError::PolicyRefused(lines)) => {
+                lines.len().saturating_sub(MAX_LINES)
+            }
+            Self::Reload(ReloadError::Invalid(crate::policy::PolicyError::Invalid(list))) => {
+                list.len().saturating_sub(MAX_LINES)
+            }
             _ => 0,
         };
         let body = Body {
@@ -229,6 +244,33 @@ mod tests {
     use crate::manage::ManageError;
     use crate::source::{Outage, SourceError};
     use crate::store::StoreError;
+
+    /// An answer's list of lines is capped: the first 20 and how many more.
+    #[test]
+    fn loader_lines_are_capped_with_a_count() {
+        let lines: Vec<String> = (0..500).map(|i| format!("line {i}: refused")).collect();
+        let response = ApiError::Manage(ManageError::PolicyRefused(lines)).into_response();
+        let body = futures_body(response);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["error"]["details"].as_array().map(Vec::len),
+            Some(20),
+            "{v}"
+        );
+        assert_eq!(v["error"]["omitted"], 480, "{v}");
+    }
+
+    fn futures_body(response: Response) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap()
+                .to_vec()
+        })
+    }
 
     /// The management routes answer through the one classification: a store whose vault is
     /// down is "try again later" (503), not a server error; a store whose vault refuses
