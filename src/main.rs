@@ -365,19 +365,7 @@ fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
     // With a configuration, the management store's definitions too (for a vault store, its
     // local mirror): what the API made is decided like what a file defines.
     let policy = match &config {
-        Some(cfg) => {
-            let store: Vec<PathBuf> = cfg
-                .store
-                .iter()
-                .flat_map(|s| keybroker::store::Kind::ALL.map(|k| s.path.join(k.dir())))
-                .filter(|d| d.is_dir())
-                .collect();
-            keybroker::policy::load_checked_dirs(
-                std::slice::from_ref(&dir),
-                &store,
-                &known_sources(cfg),
-            )
-        }
+        Some(cfg) => load_with_store(cfg, &dir),
         None => keybroker::policy::load(&dir),
     }
     .map_err(|e| Failure::Usage(e.to_string()))?;
@@ -463,9 +451,36 @@ fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
 }
 
 /// The configured sources, for checking the policies against them.
+/// The policy folder `dir` with the management store's definitions (for a vault store, its
+/// local mirror), as `serve` loads them: what the API made is decided and checked like what a
+/// file defines.
+fn load_with_store(
+    config: &keybroker::config::Config,
+    dir: &Path,
+) -> Result<keybroker::policy::Policy, keybroker::policy::PolicyError> {
+    let store: Vec<PathBuf> = config
+        .store
+        .iter()
+        .flat_map(|s| keybroker::store::Kind::ALL.map(|k| s.path.join(k.dir())))
+        .filter(|d| d.is_dir())
+        .collect();
+    keybroker::policy::load_checked_dirs(&[dir.to_owned()], &store, &known_sources(config))
+}
+
 fn known_sources(config: &keybroker::config::Config) -> keybroker::policy::KnownSources {
+    // A file store's material is served by its own file source, `store`, which `serve` adds.
+    let file_store = config
+        .store
+        .as_ref()
+        .is_some_and(|st| st.kind == keybroker::config::StoreKind::File)
+        .then(|| keybroker::config::STORE_SOURCE.to_owned());
     keybroker::policy::KnownSources {
-        names: config.sources.iter().map(|s| s.name().to_owned()).collect(),
+        names: config
+            .sources
+            .iter()
+            .map(|s| s.name().to_owned())
+            .chain(file_store)
+            .collect(),
         default: config.default_source().map(str::to_owned),
         ccp: config.ccp_source().map(str::to_owned),
         store: config.store.as_ref().map(|st| match (st.kind, &st.source) {
@@ -489,10 +504,13 @@ fn check(path: &Path, online: bool) -> Result<(), Failure> {
         });
     }
     if let Some(dir) = &config.policies {
-        match keybroker::policy::load_checked(dir, &known_sources(&config)) {
+        match load_with_store(&config, dir) {
             Ok(policy) => {
                 for w in &policy.warnings {
                     eprintln!("warning: {w}");
+                }
+                for q in &policy.quarantined {
+                    eprintln!("warning: store entry set aside: {q}");
                 }
                 println!(
                     "{}: OK ({} team(s), {} consumer(s), {} credential(s), {} grant(s))",

@@ -1,5 +1,9 @@
 //! The `keybroker` command as a user runs it: exit codes, stdout, stderr.
 
+mod support {
+    pub mod dev;
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -27,14 +31,15 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn resolve_prints_the_expanded_example_document() {
+    let (dev, config) = support::dev::copy("127.0.0.1:0");
     let out = keybroker(
         &[
             "resolve",
             "--config",
-            "examples/dev/keybroker.toml",
-            "examples/dev/document.json",
+            config.to_str().unwrap(),
+            "document.json",
         ],
-        &repo(),
+        dev.path(),
     );
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -75,7 +80,7 @@ fn failed_resolve_lists_every_failure_on_stderr_and_prints_nothing() {
         r#"{"ok": "$SECRET_demo/db $KEY_password", "missing": "$SECRET_demo/nope $KEY_x", "bad": ["x $SECRET_demo/../db $KEY_password"]}"#,
     )
     .unwrap();
-    let config = repo().join("examples/dev/keybroker.toml");
+    let (_dev, config) = support::dev::copy("127.0.0.1:0");
     let out = keybroker(
         &[
             "resolve",
@@ -121,7 +126,7 @@ fn failed_resolve_lists_every_failure_on_stderr_and_prints_nothing() {
 #[test]
 fn text_documents_keep_their_bytes_and_report_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    let config = repo().join("examples/dev/keybroker.toml");
+    let (_dev, config) = support::dev::copy("127.0.0.1:0");
     let ok = dir.path().join("app.env");
     std::fs::write(
         &ok,
@@ -160,10 +165,8 @@ fn text_documents_keep_their_bytes_and_report_line_and_column() {
 
 #[test]
 fn check_accepts_the_examples_and_lists_every_error_with_file_and_line() {
-    let out = keybroker(
-        &["check", "--config", "examples/dev/keybroker.toml"],
-        &repo(),
-    );
+    let (dev, config) = support::dev::copy("127.0.0.1:0");
+    let out = keybroker(&["check", "--config", config.to_str().unwrap()], dev.path());
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("OK"));
 
@@ -429,20 +432,37 @@ fn version_names_the_commit() {
 }
 
 /// `keybroker health` without `--url` asks the configuration's probe: a plain main listener's
-/// `/readyz` (nothing listening here: exit 1, the URL named), and for a TLS main listener
-/// without `ops_listen` it says what to set (exit 2) instead of asking a port nobody serves.
+/// `/readyz` (here a listener this test holds, answering 503: exit 1, the URL named), and for a
+/// TLS main listener without `ops_listen` it says what to set (exit 2) instead of asking a port
+/// nobody serves. No fixed port: a `serve --dev` left running by the README's walkthrough
+/// changes nothing here.
 #[test]
 fn health_finds_its_url_in_the_configuration() {
+    use std::io::{Read, Write};
+    let not_ready = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = not_ready.local_addr().unwrap();
+    let answering = std::thread::spawn(move || {
+        let (mut conn, _) = not_ready.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let n = conn.read(&mut request).unwrap();
+        conn.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+        String::from_utf8_lossy(&request[..n]).into_owned()
+    });
+    let (dev, config) = support::dev::copy(&addr.to_string());
     let plain = keybroker(
         &[
             "health",
             "--timeout",
-            "1s",
+            "5s",
             "--config",
-            "examples/dev/keybroker.toml",
+            config.to_str().unwrap(),
         ],
-        &repo(),
+        dev.path(),
     );
+    assert!(answering.join().unwrap().starts_with("GET /readyz"));
     assert_eq!(plain.status.code(), Some(1), "{}", stderr(&plain));
     assert!(
         stdout(&plain).starts_with("http://127.0.0.1:"),
@@ -460,4 +480,40 @@ fn health_finds_its_url_in_the_configuration() {
         "{}",
         stderr(&tls)
     );
+}
+
+/// Issue 44: `policy explain --config` and `check` load the management store's definitions
+/// the way `serve` does — a file store's credential names its material in the source `store`,
+/// which these commands know too (it was "unknown source `store`", exit 2).
+#[test]
+fn policy_explain_and_check_know_a_file_stores_credentials() {
+    let (dev, config) = support::dev::copy("127.0.0.1:0");
+    let store = dev.path().join("store/credentials/payments");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(
+        store.join("billing-token.toml"),
+        "[[credential]]\nname = \"billing-token\"\nteam = \"payments\"\nmode = \"text\"\nread_access = \"TEAM\"\nallowed_hosts = [\"billing.payments.example\"]\nvalue = \"$SECRET_store:payments/billing-token/v1 $KEY_value\"\n",
+    )
+    .unwrap();
+    let explain = keybroker(
+        &[
+            "policy",
+            "explain",
+            "--config",
+            config.to_str().unwrap(),
+            "--consumer",
+            "gateway-dev",
+            "--credential",
+            "billing-token",
+            "--host",
+            "billing.payments.example",
+        ],
+        dev.path(),
+    );
+    assert!(explain.status.success(), "{}", stderr(&explain));
+    let d: serde_json::Value = serde_json::from_slice(&explain.stdout).unwrap();
+    assert_eq!(d["allowed"], true, "{d}");
+    let check = keybroker(&["check", "--config", config.to_str().unwrap()], dev.path());
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(!stderr(&check).contains("set aside"), "{}", stderr(&check));
 }

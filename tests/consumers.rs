@@ -1,6 +1,10 @@
 //! Consumers of the policy through the API and the CLI: every reference decided per request,
 //! denials that do not reveal whether a secret exists (docs/THREATS.md rows 10 and 12).
 
+mod support {
+    pub mod dev;
+}
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -24,7 +28,10 @@ fn repo() -> PathBuf {
 }
 
 fn app() -> axum::Router {
-    let config = Config::load(&repo().join("examples/dev/keybroker.toml")).unwrap();
+    // The router reads the copy's files for as long as the test runs: kept, not dropped.
+    let (dev, path) = support::dev::copy("127.0.0.1:0");
+    let _kept = dev.keep();
+    let config = Config::load(&path).unwrap();
     let state = AppState::new(Arc::new(Broker::from_config(&config).unwrap()))
         .with_dev_token(TokenDigest::of("operator-token"));
     router(Arc::new(state))
@@ -180,7 +187,8 @@ fn the_cli_applies_a_consumers_policy_with_as() {
     let doc = dir.path().join("d.json");
     std::fs::write(&doc, r#"{"pw": "$SECRET_demo/db $KEY_password"}"#).unwrap();
     let doc = doc.to_str().unwrap();
-    let cfg = "examples/dev/keybroker.toml";
+    let (_dev, path) = support::dev::copy("127.0.0.1:0");
+    let cfg = path.to_str().unwrap();
     let ok = run(&[
         "resolve",
         "--config",
@@ -232,13 +240,14 @@ fn the_cli_applies_a_consumers_policy_with_as() {
 /// `policy explain` prints: the one visible mtls credential whose allowed_hosts match.
 #[test]
 fn policy_explain_prints_the_egress_proxys_choice_of_credential() {
+    let (_dev, cfg) = support::dev::copy("127.0.0.1:0");
     let explain = |host: &str| {
         Command::new(env!("CARGO_BIN_EXE_keybroker"))
             .args([
                 "policy",
                 "explain",
                 "--config",
-                "examples/dev/keybroker.toml",
+                cfg.to_str().unwrap(),
                 "--consumer",
                 "gateway-dev",
                 "--host",

@@ -2,6 +2,7 @@
 //! socket, and a clean stop on Ctrl-C (SIGINT).
 
 mod support {
+    pub mod dev;
     pub mod pki;
 }
 
@@ -25,9 +26,13 @@ fn http(addr: &str, request: &str) -> String {
 #[cfg(unix)]
 #[test]
 fn dev_server_serves_and_stops_cleanly_on_ctrl_c() {
+    // The README's dev configuration, copied: its store is the copy's, not target/dev-store.
+    let (dev, config) = support::dev::copy("127.0.0.1:8080");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keybroker"))
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["serve", "--dev", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(dev.path())
         .env_remove("KEYBROKER_CONFIG")
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
@@ -85,6 +90,21 @@ fn dev_server_serves_and_stops_cleanly_on_ctrl_c() {
     );
     // The document comes back in its own bytes (its space after the colon included).
     assert!(resp.contains(r#"{"pw": "dev-only-Zq8#w2!v"}"#), "{resp}");
+
+    // The README's Tines request, as Tines sends it: `team_id` 2 is the dev team payments.
+    let body = r#"{"name": "tines token", "mode": "TEXT", "team_id": 2, "value": "s3cr3t"}"#;
+    let req = format!(
+        "POST /api/v1/user_credentials HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = http(&addr, &req);
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    assert!(resp.contains(r#""team_id":2"#), "{resp}");
+    assert!(
+        dev.path()
+            .join("store/credentials/payments/tines_token.toml")
+            .exists()
+    );
 
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
