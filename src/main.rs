@@ -489,6 +489,12 @@ fn known_sources(config: &keybroker::config::Config) -> keybroker::policy::Known
             }
             _ => (keybroker::config::STORE_SOURCE.to_owned(), String::new()),
         }),
+        issuing: config
+            .sources
+            .iter()
+            .filter(|s| s.kind() == keybroker::config::SourceKind::Pki)
+            .map(|s| s.name().to_owned())
+            .collect(),
     }
 }
 

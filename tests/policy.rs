@@ -526,6 +526,43 @@ fn identity_domains_are_dns_names_each_held_by_one_team() {
     assert_eq!(policy.identity_domain_of("payments.example.evil"), None);
 }
 
+/// The "outside every grant" warning is about what an operator wrote, not what the project
+/// makes itself: a pki profile a credential names (issued for it) and a store-made credential
+/// (its team's own material) warn nothing; a file-made credential reading another team's
+/// secret still does.
+#[test]
+fn the_projects_own_material_is_not_outside_every_grant() {
+    let policies = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    write(
+        policies.path(),
+        "p.toml",
+        "[[team]]\nslug = \"payments\"\n\
+         [[credential]]\nname = \"issued\"\nmode = \"mtls\"\nteam = \"payments\"\nclient_certificate = \"$SECRET_pki:gateway $KEY_certificate\"\nclient_private_key = \"$SECRET_pki:gateway $KEY_private_key\"\n\
+         [[credential]]\nname = \"foreign\"\nmode = \"text\"\nteam = \"payments\"\nvalue = \"$SECRET_files:fraud/k $KEY_v\"\n",
+    );
+    std::fs::create_dir_all(store.path().join("payments")).unwrap();
+    write(
+        &store.path().join("payments"),
+        "token.toml",
+        "[[credential]]\nname = \"token\"\nmode = \"text\"\nteam = \"payments\"\nvalue = \"$SECRET_store:payments/token/v1 $KEY_value\"\n",
+    );
+    let mut sources = known(&["pki", "files", "store"], None, None);
+    sources.issuing = ["pki".to_owned()].into();
+    let policy = keybroker::policy::load_checked_dirs(
+        &[policies.path().to_owned()],
+        &[store.path().to_owned()],
+        &sources,
+    )
+    .unwrap();
+    let warned: Vec<String> = policy.warnings.iter().map(|w| w.message.clone()).collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(
+        warned[0].starts_with("`files:fraud/k` is outside every grant"),
+        "{warned:#?}"
+    );
+}
+
 #[test]
 fn the_example_policies_load() {
     for dir in ["examples/dev/policies", "policies"] {
@@ -603,6 +640,7 @@ fn known(
         default: default.map(str::to_owned),
         ccp: ccp.map(str::to_owned),
         store: None,
+        issuing: Default::default(),
     }
 }
 

@@ -224,6 +224,7 @@ impl Broker {
                 default: default_source,
                 ccp: ccp_source,
                 store: None,
+                issuing: Default::default(),
             },
             limits,
             refusals: crate::audit::RefusalBudget::default(),
@@ -251,6 +252,12 @@ impl Broker {
         crate::policy::KnownSources {
             names: self.sources.keys().cloned().collect(),
             store: self.store.as_ref().map(|s| s.area()),
+            issuing: self
+                .sources
+                .iter()
+                .filter(|(_, e)| e.source.kind() == crate::source::SourceKind::Pki)
+                .map(|(n, _)| n.clone())
+                .collect(),
             ..self.routes.clone()
         }
     }

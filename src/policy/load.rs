@@ -179,6 +179,9 @@ pub struct KnownSources {
     /// grant may reach into it, so the store's material is read only through its own
     /// definitions, each decided for its own team.
     pub store: Option<(String, String)>,
+    /// Sources whose reads issue (kind `pki`): what a credential names there is made for it,
+    /// not a stored secret a grant could cover.
+    pub issuing: BTreeSet<String>,
 }
 
 /// Reads and validates every policy file under `dir`, without knowing the sources (for
@@ -890,12 +893,19 @@ fn warn_credentials_outside_grants(
 ) {
     for item in items {
         let cred = &policy.credentials[item.def];
+        // The store's own definitions name the team's own material, which only they serve.
+        if cred.origin == super::model::Origin::Api {
+            continue;
+        }
         let staged = cred.next.iter().flat_map(|n| &n.values.by_role);
         for (role, r) in cred.values.by_role.iter().chain(staged) {
             let (Ok(source), Ok(path)) = (known.source_of(&r.target), super::path_of(&r.target))
             else {
                 continue;
             };
+            if known.issuing.contains(source) {
+                continue;
+            }
             let granted = policy.grants.iter().any(|g| {
                 g.team == cred.team
                     && g.source == source

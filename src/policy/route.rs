@@ -51,6 +51,7 @@ mod tests {
             default: Some("files".to_owned()),
             ccp: Some("cark".to_owned()),
             store: None,
+            issuing: Default::default(),
         };
         let route = |text: &str| {
             let r = parse_reference(text).unwrap();
