@@ -632,7 +632,7 @@ async fn metrics_report_the_build_request_durations_cache_size_and_vault_token_t
     );
     for series in [
         "process_resident_memory_bytes ",
-        "process_cpu_seconds ",
+        "process_cpu_seconds_total ",
         "process_open_fds ",
         "process_max_fds ",
         "process_start_time_seconds ",

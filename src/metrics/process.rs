@@ -4,6 +4,7 @@
 
 use std::sync::atomic::AtomicU64;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -15,7 +16,11 @@ const PAGE_BYTES: i64 = 4096;
 #[derive(Debug, Default)]
 pub(super) struct ProcessGauges {
     resident: Gauge,
-    cpu_seconds: Gauge<f64, AtomicU64>,
+    /// A counter, as every client library spells it (`process_cpu_seconds_total`): it only
+    /// grows, by what `/proc` reports since the last scrape.
+    cpu_seconds: Counter<f64, AtomicU64>,
+    /// The CPU seconds counted so far (the bits of an `f64`).
+    cpu_counted: AtomicU64,
     open_fds: Gauge,
     max_fds: Gauge,
     start_time: Gauge,
@@ -59,7 +64,12 @@ impl ProcessGauges {
             self.resident.set(pages.saturating_mul(PAGE_BYTES));
         }
         if let Some((ticks, started)) = stat() {
-            self.cpu_seconds.set(ticks / TICKS_PER_SECOND);
+            use std::sync::atomic::Ordering;
+            let now = ticks / TICKS_PER_SECOND;
+            let before = f64::from_bits(self.cpu_counted.swap(now.to_bits(), Ordering::Relaxed));
+            if now > before {
+                self.cpu_seconds.inc_by(now - before);
+            }
             if let Some(boot) = boot_time() {
                 self.start_time
                     .set(boot + (started / TICKS_PER_SECOND) as i64);
