@@ -15,9 +15,14 @@ pub enum FetchError {
     /// The server could not be reached (or answered 5xx): try again later.
     #[error("the keybroker server is unreachable or unavailable: {0}")]
     Unreachable(String),
-    /// The server answered and refused (4xx), or refused our client certificate.
+    /// The server answered and refused (4xx).
     #[error("the keybroker server refused: {status} {code}")]
     Refused { status: u16, code: String },
+    /// The server refused our client certificate in the TLS handshake (no HTTP status came).
+    #[error(
+        "the keybroker server refused the agent's client certificate in the TLS handshake: {0}"
+    )]
+    CertificateRefused(String),
     /// The agent's own configuration is wrong in a way retrying cannot fix (the server's
     /// certificate is not trusted by `ca_cert`): exit 2, not "try again later".
     #[error("{0}")]
@@ -206,11 +211,7 @@ fn transport(e: &reqwest::Error) -> FetchError {
             "{at}: the server's certificate is not trusted (check [server] ca_cert): {causes}"
         ))
     } else if lower.contains("received fatal alert") {
-        tracing::error!(%at, %causes, "the server refused our client certificate");
-        FetchError::Refused {
-            status: 0,
-            code: "client_certificate_refused".to_owned(),
-        }
+        FetchError::CertificateRefused(format!("{at}: {causes}"))
     } else {
         FetchError::Unreachable(format!("{at}: {causes}"))
     }

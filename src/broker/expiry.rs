@@ -94,7 +94,7 @@ impl Broker {
                 };
                 let before = seen.get(&(*kind, name.clone())).copied();
                 if phase != Phase::Valid && before != Some(phase) {
-                    events.push((phase, *kind, name.clone()));
+                    events.push((phase, *kind, name.clone(), *at));
                 }
                 next.insert((*kind, name.clone()), phase);
             }
@@ -105,12 +105,16 @@ impl Broker {
             }
             *seen = next;
         }
-        for (phase, kind, name) in events {
+        for (phase, kind, name, at) in events {
             let action = match phase {
                 Phase::Expired => Action::CertificateExpired,
                 _ => Action::CertificateExpiring,
             };
-            tracing::warn!(kind = kind.code(), %name, expired = phase == Phase::Expired, "certificate expiry");
+            let not_after = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(u64::try_from(at).unwrap_or(0));
+            let not_after = humantime::format_rfc3339_seconds(not_after).to_string();
+            let days_left = (at - now).div_euclid(86_400);
+            tracing::warn!(kind = kind.code(), %name, %not_after, days_left, expired = phase == Phase::Expired, "certificate expiry");
             let reason = kind.code();
             if let Some(n) = &self.notifier {
                 let event = match phase {

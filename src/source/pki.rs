@@ -127,7 +127,8 @@ impl PkiSource {
             "serial_number".to_owned(),
             crate::secret::secret_string(&d.serial_number),
         );
-        tracing::info!(source = %self.name, serial = %d.serial_number, expires = d.expiration, version = ?version, "pki: certificate issued");
+        let period = version.map_or_else(|| "none".to_owned(), |v| v.to_string());
+        tracing::info!(source = %self.name, serial = %d.serial_number, expires = d.expiration, %period, "pki: certificate issued");
         let meta = match (version, Self::period(profile)) {
             // Until its period ends; never refreshed ahead (the staged one stays the one).
             (Some(v), Some(period)) => {

@@ -111,6 +111,8 @@ pub struct VaultSource {
 
 #[derive(Debug)]
 struct Inner {
+    /// The source's name, for log lines.
+    name: String,
     http: super::connections::Connections,
     /// `address`, one or a list tried in order; `current` is the one that answered last.
     bases: Vec<Url>,
@@ -278,6 +280,7 @@ impl VaultSource {
         Ok(Self {
             name: cfg.name.clone(),
             inner: Arc::new(Inner {
+                name: cfg.name.clone(),
                 http,
                 bases,
                 current: std::sync::atomic::AtomicUsize::new(0),
@@ -501,9 +504,10 @@ fn fails_over(e: &SourceError) -> bool {
     )
 }
 
-fn transport(e: &reqwest::Error) -> SourceError {
-    // At warn: a wrong address or a dead server must be visible at the default level.
-    tracing::warn!(cause = %super::http::causes(e), "vault request failed");
+fn transport(source: &str, address: &str, e: &reqwest::Error) -> SourceError {
+    // At warn: a wrong address or a dead server must be visible at the default level — with
+    // which source and which address, so a person can act on it.
+    tracing::warn!(source, address, cause = %super::http::causes(e), "vault request failed");
     if e.is_timeout() {
         SourceError::Unavailable(Outage::TimedOut)
     } else {
@@ -592,6 +596,7 @@ impl Inner {
         body: Option<bytes::Bytes>,
     ) -> Result<Zeroizing<Vec<u8>>, SourceError> {
         let endpoint = endpoint_of(&url, &self.mount);
+        let address = url.origin().ascii_serialization();
         let mut req = self.http.client().request(method, url);
         if let Some(t) = token {
             let mut hv = HeaderValue::from_str(t.expose_secret())
@@ -607,7 +612,10 @@ impl Inner {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(b);
         }
-        let resp = req.send().await.map_err(|e| transport(&e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport(&self.name, &address, &e))?;
         let status = resp.status();
         if !status.is_success() {
             // What failed, where — never Vault's error text (it can quote request data).
@@ -622,7 +630,10 @@ impl Inner {
             }
             return Err(error);
         }
-        let bytes = resp.bytes().await.map_err(|e| transport(&e))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport(&self.name, &address, &e))?;
         Ok(Zeroizing::new(bytes.to_vec()))
     }
 
