@@ -6,8 +6,8 @@
 # and fast phases of the machine fall on all of them alike. Prints each row (server CPU µs per
 # request, req/s) and, per mode, the median over the rounds of CPU and req/s relative to the
 # bare handler of the same round. PERF=1 (one mode) also records keybroker under `perf
-# record` in the last round and prints the top of the report (the release profile keeps line
-# tables: `debug = 1`).
+# record` in the last round and prints the top of the report (built with the `profiling`
+# profile: release with line tables, `debug = 1`).
 #
 #   bench/profile.sh                                   # always and never, 3 rounds of 5 s
 #   FSYNC=never ROUNDS=1 PERF=1 DURATION=10 bench/profile.sh
@@ -21,8 +21,8 @@ ROUNDS=${ROUNDS:-3}
 if [ "${PERF:-0}" = 1 ] && [ "$(echo $FSYNC | wc -w)" -ne 1 ]; then
   echo "PERF=1 profiles one mode: set FSYNC to one of always, never, off" >&2; exit 2
 fi
-cargo build --release --quiet --bin keybroker --example loadgen --example baseline
-bin=$root/target/release
+cargo build --profile profiling --quiet --bin keybroker --example loadgen --example baseline
+bin=$root/target/profiling
 . "$root/bench/lib.sh"
 scratch
 
