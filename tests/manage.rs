@@ -205,6 +205,36 @@ async fn a_tines_create_request_as_sent_makes_a_served_credential() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(list["user_credentials"][0]["id"], id);
+    // Paged as Tines pages, with its `meta`.
+    assert_eq!(list["meta"]["count"], 1, "{list}");
+    assert_eq!(list["meta"]["per_page"], 20);
+    assert_eq!(list["meta"]["pages"], 1);
+    assert_eq!(list["meta"]["next_page"], serde_json::Value::Null);
+    let (status, empty, _) = w
+        .send(
+            reqwest::Method::GET,
+            PAYMENTS_ADMIN,
+            "/api/v1/user_credentials?page=2&per_page=1",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(empty["user_credentials"], json!([]), "{empty}");
+    assert_eq!(
+        empty["meta"]["previous_page"],
+        "/api/v1/user_credentials?page=1&per_page=1"
+    );
+    let (status, _, _) = w
+        .send(
+            reqwest::Method::GET,
+            PAYMENTS_ADMIN,
+            "/api/v1/user_credentials?page=x",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
     let (status, _, _) = w
         .send(
             reqwest::Method::DELETE,

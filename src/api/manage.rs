@@ -365,18 +365,50 @@ pub(super) async fn tines_create(
     Ok((StatusCode::CREATED, axum::Json(tines(&m, id))).into_response())
 }
 
+/// `GET /api/v1/user_credentials`'s query, as Tines pages: `page` (from 1), `per_page`
+/// (default 20, at most 500), and the `team_id` and `folder_id` filters.
+#[derive(Deserialize)]
+pub(super) struct TinesPage {
+    page: Option<u64>,
+    per_page: Option<u64>,
+    team_id: Option<u64>,
+    folder_id: Option<u64>,
+}
+
 pub(super) async fn tines_list(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,
+    NameQuery(q): NameQuery<TinesPage>,
 ) -> Result<Response, ApiError> {
-    let list: Vec<serde_json::Value> = state
+    let per_page = q.per_page.unwrap_or(20).clamp(1, 500);
+    let page = q.page.unwrap_or(1).max(1);
+    let all: Vec<serde_json::Value> = state
         .manager
         .list_credentials(&caller)
         .await?
         .iter()
         .map(|m| tines(m, tines_id_of(&state, &m.team)))
+        .filter(|v| q.team_id.is_none_or(|t| v["team_id"] == t))
+        .filter(|v| q.folder_id.is_none_or(|f| v["folder_id"] == f))
         .collect();
-    Ok(axum::Json(json!({ "user_credentials": list })).into_response())
+    let count = all.len() as u64;
+    let pages = count.div_ceil(per_page).max(1);
+    let start = usize::try_from((page - 1).saturating_mul(per_page)).unwrap_or(usize::MAX);
+    let list: Vec<&serde_json::Value> = all
+        .iter()
+        .skip(start)
+        .take(usize::try_from(per_page).unwrap_or(usize::MAX))
+        .collect();
+    let link = |p: u64| format!("/api/v1/user_credentials?page={p}&per_page={per_page}");
+    let meta = json!({
+        "current_page": link(page),
+        "previous_page": (page > 1).then(|| link(page - 1)),
+        "next_page": (page < pages).then(|| link(page + 1)),
+        "per_page": per_page,
+        "pages": pages,
+        "count": count,
+    });
+    Ok(axum::Json(json!({ "user_credentials": list, "meta": meta })).into_response())
 }
 
 /// Tines' update: every field optional but `mode`; material given makes it a rotation
