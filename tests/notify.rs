@@ -22,6 +22,7 @@ use support::pki::Ca;
 use support::server::{Running, folder};
 
 const GW: &str = "notify-gw-token";
+const ADMIN: &str = "notify-admin-token";
 const KEY: &str = "a webhook signing key of enough bytes";
 
 type Received = Arc<Mutex<Vec<(Value, String)>>>;
@@ -115,7 +116,8 @@ async fn expiry_and_rejection_events_reach_the_webhook_once_each_signed() {
     }
     let mut policy = fixture::Policy::new()
         .team("payments")
-        .consumer("gw", "payments", GW);
+        .consumer("gw", "payments", GW)
+        .team_admin("payments-admin", "payments", ADMIN, &["payments"]);
     for name in ["good", "mismatched", "late"] {
         policy = policy.mtls(
             name,
@@ -128,7 +130,7 @@ async fn expiry_and_rejection_events_reach_the_webhook_once_each_signed() {
     fixture::Config::tls()
         .files("files", "secrets")
         .with(&format!(
-            "[expiry]\ninterval = \"1h\"\nwarn_before = \"1000000d\"\n[notify]\nwebhook = \"https://localhost:{hook}/hook\"\nca_cert = \"hook-ca.pem\"\nhmac_key_file = \"hook.key\""
+            "[expiry]\ninterval = \"1h\"\nwarn_before = \"1000000d\"\n[notify]\nwebhook = \"https://localhost:{hook}/hook\"\nca_cert = \"hook-ca.pem\"\nhmac_key_file = \"hook.key\"\n[store]\nkind = \"file\"\npath = \"store\""
         ))
         .write(root);
     let server = Running::start(root, &ca.pem, 0, "info").await;
@@ -195,5 +197,34 @@ async fn expiry_and_rejection_events_reach_the_webhook_once_each_signed() {
             !text.contains("PRIVATE KEY") && !text.contains("BEGIN"),
             "{text}"
         );
+    }
+
+    // A credential written through the management API is announced when it is written — the
+    // sweep runs every hour here, so only the write can have raised it (issue 44).
+    let fresh = partner.client(root, "fresh", "fresh-client");
+    let made = server
+        .client
+        .post(server.url("/v1/credentials"))
+        .bearer_auth(ADMIN)
+        .json(&json!({
+            "name": "api-made", "team": "payments", "mode": "mtls",
+            "client_certificate": fresh.cert_pem, "client_private_key": fresh.key_pem,
+            "root_certificate": partner.pem, "allowed_hosts": ["api.partner.example"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201, "{}", made.text().await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !events("certificate.expiring")
+        .iter()
+        .any(|(v, _)| v["subject"] == "credential:payments/api-made")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no event for the API-made credential: {:?}",
+            got.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -73,6 +73,34 @@ impl Broker {
         if let Some(at) = self.server_cert.as_deref().and_then(server_not_after) {
             found.push((ExpiryKind::Server, "server".to_owned(), at));
         }
+        let n = found.len();
+        self.note_expiries(found, true).await;
+        n
+    }
+
+    /// The expiry of one credential, right after it was written (the management API): a
+    /// certificate that expires soon is announced now, not at the next sweep.
+    pub async fn sweep_credential(&self, team: &str, name: &str) {
+        let snapshot = self.policy();
+        let Some(cred) = snapshot
+            .policy()
+            .credentials
+            .iter()
+            .find(|c| c.team == team && c.name == name && c.mode == CredentialMode::Mtls)
+        else {
+            return;
+        };
+        let values = self.read_roles(cred, super::read::BACKGROUND).await;
+        let (_, _, certificate) = super::credentials::facts(cred, &values);
+        if let Some(at) = certificate.and_then(|c| c.not_after_unix) {
+            let found = vec![(ExpiryKind::Credential, credential_series(cred), at)];
+            self.note_expiries(found, false).await;
+        }
+    }
+
+    /// Notes what was `found` (metrics, and an event for each certificate whose phase
+    /// changed); `whole`: it is everything, so what is no longer there is forgotten.
+    async fn note_expiries(&self, found: Vec<(ExpiryKind, String, i64)>, whole: bool) {
         let now = unix(SystemTime::now()).unwrap_or(0);
         let warn = i64::try_from(self.expiry.warn_before.0.as_secs()).unwrap_or(i64::MAX);
         let mut events = Vec::new();
@@ -82,7 +110,7 @@ impl Broker {
                 .0
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let mut next = HashMap::new();
+            let mut next = if whole { HashMap::new() } else { seen.clone() };
             for (kind, name, at) in &found {
                 self.metrics.certificate_expiry(*kind, name, *at);
                 let phase = if *at <= now {
@@ -98,9 +126,11 @@ impl Broker {
                 }
                 next.insert((*kind, name.clone()), phase);
             }
-            for (kind, name) in seen.keys() {
-                if !next.contains_key(&(*kind, name.clone())) {
-                    self.metrics.forget_certificate(*kind, name);
+            if whole {
+                for (kind, name) in seen.keys() {
+                    if !next.contains_key(&(*kind, name.clone())) {
+                        self.metrics.forget_certificate(*kind, name);
+                    }
                 }
             }
             *seen = next;
@@ -141,7 +171,6 @@ impl Broker {
                 })
                 .await;
         }
-        found.len()
     }
 
     /// Sweeps now and then every `[expiry] interval`, while the broker lives.

@@ -873,6 +873,13 @@ impl Manager {
             previous,
         )
         .await?;
+        // Its certificate's expiry is known now, not at the next sweep (in the background:
+        // the answer does not wait for the read).
+        if input.mode == CredentialMode::Mtls {
+            let broker = Arc::clone(&self.broker);
+            let (team, name) = (input.team.to_string(), input.name.to_string());
+            tokio::spawn(async move { broker.sweep_credential(&team, &name).await });
+        }
         Ok(managed)
     }
 
