@@ -50,6 +50,10 @@ async fn world() -> World {
             // trust for the upstream's certificate.
             "cert": client.cert_pem, "key": client.key_pem,
             "ca": format!("{}{}", upstream_ca.pem, partner.pem),
+            // Two trusts apart: the client chain's anchor, and the upstream's CA.
+            "client_ca": partner.pem,
+            "upstream": upstream_ca.pem,
+            "unrelated": Ca::new("unrelated CA").pem,
         })
         .to_string(),
     )
@@ -136,6 +140,24 @@ allowed_hosts = ["https://api.partner.example:{up}/v1/"]
 client_certificate = "$SECRET_files:partner/api $KEY_cert"
 client_private_key = "$SECRET_files:partner/api $KEY_key"
 root_certificate = "$SECRET_files:partner/api $KEY_ca"
+[[credential]]
+name = "split"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["api.partner.example"]
+client_certificate = "$SECRET_files:partner/api $KEY_cert"
+client_private_key = "$SECRET_files:partner/api $KEY_key"
+root_certificate = "$SECRET_files:partner/api $KEY_client_ca"
+upstream_ca = "$SECRET_files:partner/api $KEY_upstream"
+[[credential]]
+name = "split-elsewhere"
+mode = "mtls"
+team = "payments"
+allowed_hosts = ["api.partner.example"]
+client_certificate = "$SECRET_files:partner/api $KEY_cert"
+client_private_key = "$SECRET_files:partner/api $KEY_key"
+root_certificate = "$SECRET_files:partner/api $KEY_ca"
+upstream_ca = "$SECRET_files:partner/api $KEY_unrelated"
 [[credential]]
 name = "no-root"
 mode = "mtls"
@@ -464,6 +486,28 @@ async fn threat_34_refusals_never_reach_the_upstream() {
     let (status, body) = w.curl(
         GW,
         Some("wrong-root"),
+        &w.url("api.partner.example", "/"),
+        &[],
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_untrusted"), "{body}");
+    assert_eq!(w.upstream_requests(), before);
+}
+
+/// Two trusts (issue 50): with `upstream_ca`, it alone is the trust for the upstream and
+/// `root_certificate` only anchors the client chain. A credential whose root bundle holds the
+/// upstream's CA but whose `upstream_ca` is another CA is refused by the upstream's certificate;
+/// one whose `upstream_ca` is the upstream's CA (and whose root is the client CA alone) works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_ca_alone_is_the_upstreams_trust() {
+    let w = world().await;
+    let (status, body) = w.curl(GW, Some("split"), &w.url("api.partner.example", "/"), &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("verified CN=gw-client"), "{body}");
+    let before = w.upstream_requests();
+    let (status, body) = w.curl(
+        GW,
+        Some("split-elsewhere"),
         &w.url("api.partner.example", "/"),
         &[],
     );

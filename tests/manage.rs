@@ -814,3 +814,122 @@ async fn a_rotation_staged_with_activate_at_is_next_until_it_takes_over() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// Two trusts (issue 50), through both management shapes: `upstream_ca` (Tines' extension
+/// `mtls_upstream_ca`) is stored beside the root and answered as the material's `ca`; the root
+/// only anchors the client chain. A root bundle that is both trusts and holds a CA the client
+/// chain does not rest on is stored — it is today's meaning — with a warning naming that CA's
+/// fingerprint, in the write's answer and on the metadata route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_ca_is_stored_apart_and_a_mixed_root_bundle_is_warned_about() {
+    use sha2::Digest as _;
+    let w = world().await;
+    let client = w.partner.client(w.dir.path(), "c", "gw-client");
+    let upstream = Ca::new("partner's server CA");
+    let body = |name: &str, root: String, upstream_ca: Option<&str>| {
+        let mut b = json!({
+            "name": name, "team": "payments", "mode": "mtls",
+            "client_certificate": client.cert_pem, "client_private_key": client.key_pem,
+            "root_certificate": root, "allowed_hosts": ["api.partner.example"],
+        });
+        if let Some(u) = upstream_ca {
+            b["upstream_ca"] = json!(u);
+        }
+        b
+    };
+    let (status, split, _) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/credentials",
+            Some(body("split", w.partner.pem.clone(), Some(&upstream.pem))),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{split}");
+    assert!(split.get("warnings").is_none(), "{split}");
+    let (status, m) = w.material("split").await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(
+        m["ca"],
+        upstream.pem.as_str(),
+        "the upstream's trust is upstream_ca"
+    );
+
+    let mixed_root = format!("{}{}", w.partner.pem, upstream.pem);
+    let (status, mixed, _) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/credentials",
+            Some(body("mixed", mixed_root, None)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{mixed}");
+    let der = keybroker::policy::pem_certificates(upstream.pem.as_bytes()).unwrap();
+    let loose = hex::encode(sha2::Sha256::digest(&der[0]));
+    assert!(
+        mixed["warnings"][0].as_str().unwrap().contains(&loose),
+        "{mixed}"
+    );
+    let (status, info, _) = w
+        .send(
+            reqwest::Method::GET,
+            GW,
+            "/v1/credentials/mixed",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{info}");
+    assert!(
+        info["warnings"][0].as_str().unwrap().contains(&loose),
+        "{info}"
+    );
+    let (_, m) = w.material("mixed").await;
+    assert!(
+        m["ca"].as_str().unwrap().contains(&upstream.pem),
+        "today's meaning kept"
+    );
+
+    // Tines' shape, with keybroker's extension field; a client certificate as upstream_ca
+    // (no CA) is refused.
+    let (status, tines, _) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/api/v1/user_credentials",
+            Some(json!({
+                "name": "tines split", "mode": "MTLS", "team_id": 2,
+                "mtls_client_certificate": client.cert_pem,
+                "mtls_client_private_key": client.key_pem,
+                "mtls_root_certificate": w.partner.pem,
+                "mtls_upstream_ca": upstream.pem,
+                "allowed_hosts": ["api.partner.example"],
+            })),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{tines}");
+    let (_, m) = w.material("tines_split").await;
+    assert_eq!(m["ca"], upstream.pem.as_str());
+    let (status, refused, _) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/credentials",
+            Some(body(
+                "not-a-ca",
+                w.partner.pem.clone(),
+                Some(&client.cert_pem),
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(
+        refused["error"]["details"][0]["role"], "upstream_ca",
+        "{refused}"
+    );
+}

@@ -27,6 +27,8 @@ struct CredentialBody {
     client_certificate: Option<FieldValue>,
     client_private_key: Option<FieldValue>,
     root_certificate: Option<FieldValue>,
+    /// The upstream's trust when it differs from `root_certificate`.
+    upstream_ca: Option<FieldValue>,
     value: Option<FieldValue>,
     #[serde(default)]
     read_access: ReadAccess,
@@ -67,6 +69,7 @@ impl CredentialBody {
             client_certificate: self.client_certificate.map(|v| v.0),
             client_private_key: self.client_private_key.map(|v| v.0),
             root_certificate: self.root_certificate.map(|v| v.0),
+            upstream_ca: self.upstream_ca.map(|v| v.0),
             value: self.value.map(|v| v.0),
             read_access: self.read_access,
             shared_team_slugs: self.shared_team_slugs,
@@ -240,6 +243,9 @@ struct TinesBody {
     mtls_client_certificate: Option<FieldValue>,
     mtls_client_private_key: Option<FieldValue>,
     mtls_root_certificate: Option<FieldValue>,
+    /// keybroker's extension of Tines' shape: the upstream's trust when it differs from
+    /// `mtls_root_certificate`.
+    mtls_upstream_ca: Option<FieldValue>,
     value: Option<FieldValue>,
     folder_id: Option<u64>,
     #[serde(default)]
@@ -347,6 +353,7 @@ pub(super) async fn tines_create(
         client_certificate: body.mtls_client_certificate.map(|v| v.0),
         client_private_key: body.mtls_client_private_key.map(|v| v.0),
         root_certificate: body.mtls_root_certificate.map(|v| v.0),
+        upstream_ca: body.mtls_upstream_ca.map(|v| v.0),
         value: body.value.map(|v| v.0),
         read_access: body.read_access,
         shared_team_slugs: body.shared_team_slugs,
@@ -423,6 +430,7 @@ struct TinesUpdate {
     mtls_client_certificate: Option<FieldValue>,
     mtls_client_private_key: Option<FieldValue>,
     mtls_root_certificate: Option<FieldValue>,
+    mtls_upstream_ca: Option<FieldValue>,
     value: Option<FieldValue>,
     folder_id: Option<u64>,
     read_access: Option<ReadAccess>,
@@ -454,6 +462,7 @@ pub(super) async fn tines_update(
     let material = body.mtls_client_certificate.is_some()
         || body.mtls_client_private_key.is_some()
         || body.mtls_root_certificate.is_some()
+        || body.mtls_upstream_ca.is_some()
         || body.value.is_some();
     let updated = if material {
         let input = CredentialInput {
@@ -463,6 +472,7 @@ pub(super) async fn tines_update(
             client_certificate: body.mtls_client_certificate.map(|v| v.0),
             client_private_key: body.mtls_client_private_key.map(|v| v.0),
             root_certificate: body.mtls_root_certificate.map(|v| v.0),
+            upstream_ca: body.mtls_upstream_ca.map(|v| v.0),
             value: body.value.map(|v| v.0),
             read_access: body.read_access.unwrap_or(m.read_access),
             shared_team_slugs: body.shared_team_slugs.unwrap_or(m.shared_team_slugs),

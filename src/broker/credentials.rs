@@ -98,6 +98,32 @@ pub struct CredentialInfo {
     pub certificate: Option<BlockFacts>,
     pub repairs: Vec<RoleRepair>,
     pub stale: bool,
+    /// What the reader should know (e.g. a root bundle that is also the upstream's trust and
+    /// holds CAs the client chain does not rest on: their fingerprints).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The CAs of a root bundle that is also the upstream's trust (no `upstream_ca`) and that the
+/// client chain does not rest on, as a warning.
+fn mixed_bundle(values: &[RoleValue]) -> Vec<String> {
+    if values.iter().any(|v| v.role == "upstream_ca") {
+        return Vec::new();
+    }
+    let (Some(certificate), Some(root)) = (
+        role_text(values, "client_certificate"),
+        role_text(values, "root_certificate"),
+    ) else {
+        return Vec::new();
+    };
+    let loose = pem::credential::unanchoring_roots(&certificate, &root);
+    if loose.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "root_certificate is also the upstream's trust and holds CAs the client chain does not rest on (sha256 {}): give the upstream's CA as upstream_ca",
+        loose.join(", ")
+    )]
 }
 
 /// The values of a credential, by answer field, with facts about them.
@@ -135,7 +161,13 @@ type RoleKey = Result<super::ReadKey, Reason>;
 /// The answer's fields of `values` (every role read and usable).
 fn answer_values(values: &[RoleValue]) -> Vec<(String, SecretString)> {
     let mut out = Vec::new();
+    // With `upstream_ca`, it alone is the upstream's trust (`ca`); `root_certificate` then
+    // only anchors the client chain and is not handed out as a trust.
+    let split = values.iter().any(|v| v.role == "upstream_ca");
     for v in values {
+        if split && v.role == "root_certificate" {
+            continue;
+        }
         let Ok(Ok(resolved)) = v.fetched.as_ref().map(|f| pick(&v.reference, &f.secret)) else {
             continue; // not reached: role_errors found none
         };
@@ -159,7 +191,7 @@ fn answer_field(role: &str) -> &str {
     match role {
         "client_certificate" => "certificate",
         "client_private_key" => "private_key",
-        "root_certificate" => "ca",
+        "root_certificate" | "upstream_ca" => "ca",
         other => other,
     }
 }
@@ -246,6 +278,7 @@ impl Broker {
                     certificate,
                     repairs,
                     stale,
+                    warnings: mixed_bundle(&values),
                 })
             }
         };
@@ -490,10 +523,12 @@ impl Broker {
                 let certificate = role_text(values, "client_certificate");
                 let private_key = role_text(values, "client_private_key");
                 let root = role_text(values, "root_certificate");
+                let upstream = role_text(values, "upstream_ca");
                 pem::credential::verify(&Parts {
                     certificate: certificate.as_deref().map_or("", String::as_str),
                     private_key: private_key.as_deref().map_or("", String::as_str),
                     root: root.as_deref().map(String::as_str),
+                    upstream: upstream.as_deref().map(String::as_str),
                 })
             },
         );

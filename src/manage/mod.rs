@@ -43,6 +43,8 @@ pub struct CredentialInput {
     pub client_certificate: Option<SecretString>,
     pub client_private_key: Option<SecretString>,
     pub root_certificate: Option<SecretString>,
+    /// The upstream's trust when it differs from `root_certificate` (mtls).
+    pub upstream_ca: Option<SecretString>,
     pub value: Option<SecretString>,
     pub read_access: ReadAccess,
     pub shared_team_slugs: Vec<TeamSlug>,
@@ -73,6 +75,10 @@ pub struct Managed {
     pub record: Record,
     /// The PEM repairs applied at ingest, by role.
     pub repairs: Vec<RoleRepairs>,
+    /// What the caller should know of what was stored (e.g. a root bundle that is also the
+    /// upstream's trust and holds CAs the client chain does not rest on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// A dry run's answer to "who will be able to read it": consumer, team and why — the
     /// consumers of teams the caller manages.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -318,6 +324,8 @@ struct Refs {
     client_private_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     root_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_ca: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<String>,
 }
@@ -628,6 +636,7 @@ impl Manager {
             etag: etag(&toml, &record),
             record: shown(&record),
             repairs: Vec::new(),
+            warnings: Vec::new(),
             readers: Vec::new(),
             other_teams: None,
         }))
@@ -714,6 +723,7 @@ impl Manager {
             fields,
             repairs,
             certificate,
+            warnings,
         } = ingest(input)?;
         let bytes: u64 = fields
             .iter()
@@ -768,6 +778,7 @@ impl Manager {
                 client_certificate: r("client_certificate"),
                 client_private_key: r("client_private_key"),
                 root_certificate: r("root_certificate"),
+                upstream_ca: r("upstream_ca"),
                 value: r("value"),
             }
         };
@@ -814,6 +825,7 @@ impl Manager {
             etag: etag(&toml, &record),
             record: shown(&record),
             repairs,
+            warnings,
             readers: Vec::new(),
             other_teams: None,
         };
@@ -1039,6 +1051,7 @@ fn check_input(input: &CredentialInput) -> Result<(), ManageError> {
         ("client_certificate", &input.client_certificate),
         ("client_private_key", &input.client_private_key),
         ("root_certificate", &input.root_certificate),
+        ("upstream_ca", &input.upstream_ca),
         ("value", &input.value),
     ] {
         if v.as_ref()
@@ -1091,6 +1104,7 @@ struct Ingested {
     fields: Vec<(&'static str, SecretString)>,
     repairs: Vec<RoleRepairs>,
     certificate: Option<(String, String)>,
+    warnings: Vec<String>,
 }
 
 /// A record as answers show it: its version history is `…/versions`' alone.
@@ -1146,6 +1160,7 @@ fn ingest(input: &CredentialInput) -> Result<Ingested, ManageError> {
                 ("client_certificate", Some(cert)),
                 ("client_private_key", Some(key)),
                 ("root_certificate", input.root_certificate.as_ref()),
+                ("upstream_ca", input.upstream_ca.as_ref()),
             ] {
                 let Some(value) = value else { continue };
                 let repaired = pem::repair(value.expose_secret(), &pem::Options::default())
@@ -1171,8 +1186,25 @@ fn ingest(input: &CredentialInput) -> Result<Ingested, ManageError> {
                 certificate: text("client_certificate").unwrap_or_default(),
                 private_key: text("client_private_key").unwrap_or_default(),
                 root: text("root_certificate"),
+                upstream: text("upstream_ca"),
             };
             let window = pem::credential::verify(&parts).map_err(ManageError::Rejected)?;
+            // One bundle for both trusts: say which of its CAs the client chain does not
+            // rest on — they are trusted for the upstream for no reason the chain gives.
+            let warnings = match (parts.root, parts.upstream) {
+                (Some(root), None) => {
+                    let loose = pem::credential::unanchoring_roots(parts.certificate, root);
+                    if loose.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![format!(
+                            "root_certificate is also the upstream's trust and holds CAs the client chain does not rest on (sha256 {}): give the upstream's CA as upstream_ca",
+                            loose.join(", ")
+                        )]
+                    }
+                }
+                _ => Vec::new(),
+            };
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -1196,6 +1228,7 @@ fn ingest(input: &CredentialInput) -> Result<Ingested, ManageError> {
                 fields,
                 repairs,
                 certificate,
+                warnings,
             })
         }
         CredentialMode::Text | CredentialMode::Fields => {
@@ -1204,6 +1237,7 @@ fn ingest(input: &CredentialInput) -> Result<Ingested, ManageError> {
                 fields: vec![("value", crate::secret::secret_string(value.expose_secret()))],
                 repairs: Vec::new(),
                 certificate: None,
+                warnings: Vec::new(),
             })
         }
     }

@@ -24,6 +24,8 @@ pub struct Parts<'a> {
     pub certificate: &'a str,
     pub private_key: &'a str,
     pub root: Option<&'a str>,
+    /// The upstream's trust, when it differs from `root` (CA certificates only).
+    pub upstream: Option<&'a str>,
 }
 
 impl fmt::Debug for Parts<'_> {
@@ -42,6 +44,7 @@ pub struct Rejection {
 const CERT: &str = "client_certificate";
 const KEY: &str = "client_private_key";
 const ROOT: &str = "root_certificate";
+const UPSTREAM: &str = "upstream_ca";
 
 fn reject(role: &'static str, code: &'static str) -> Rejection {
     Rejection { role, code }
@@ -105,6 +108,16 @@ pub fn verify(parts: &Parts<'_>) -> Result<Window, Rejection> {
             return Err(reject(CERT, "untrusted_chain"));
         }
     }
+    if let Some(upstream) = parts.upstream {
+        let ders = certificates(upstream, UPSTREAM)?;
+        let cas = parse_all(&ders, UPSTREAM)?;
+        if cas.is_empty() {
+            return Err(reject(UPSTREAM, "no_certificate"));
+        }
+        if cas.iter().any(|c| !c.is_ca()) {
+            return Err(reject(UPSTREAM, "not_a_ca"));
+        }
+    }
     let mut window = Window {
         not_before: i64::MIN,
         not_after: i64::MAX,
@@ -115,6 +128,46 @@ pub fn verify(parts: &Parts<'_>) -> Result<Window, Rejection> {
         window.not_after = window.not_after.min(v.not_after.timestamp());
     }
     Ok(window)
+}
+
+/// The SHA-256 fingerprints (hex) of `root`'s certificates that anchor no certificate of the
+/// client chain (neither issue it nor issue a CA that does, nor are its top): when one bundle
+/// is both the chain's anchor and the upstream's trust, these are trusted for the upstream
+/// for no reason the client chain gives — what an operator is told about, never silently.
+pub fn unanchoring_roots(certificate: &str, root: &str) -> Vec<String> {
+    use sha2::Digest as _;
+    let (Ok(chain_der), Ok(roots_der)) =
+        (certificates(certificate, CERT), certificates(root, ROOT))
+    else {
+        return Vec::new();
+    };
+    let (Ok(chain), Ok(roots)) = (parse_all(&chain_der, CERT), parse_all(&roots_der, ROOT)) else {
+        return Vec::new();
+    };
+    // The roots the chain itself rests on, then every root that issued one of those.
+    let mut used: Vec<bool> = roots
+        .iter()
+        .map(|r| {
+            chain
+                .iter()
+                .any(|c| c.as_raw() == r.as_raw() || issued_by(c, r))
+        })
+        .collect();
+    let mut frontier: Vec<usize> = (0..roots.len()).filter(|i| used[*i]).collect();
+    while let Some(i) = frontier.pop() {
+        for (j, r) in roots.iter().enumerate() {
+            if !used[j] && issued_by(&roots[i], r) {
+                used[j] = true;
+                frontier.push(j);
+            }
+        }
+    }
+    roots_der
+        .iter()
+        .zip(used)
+        .filter(|(_, u)| !u)
+        .map(|(der, _)| hex::encode(sha2::Sha256::digest(der.as_slice())))
+        .collect()
 }
 
 /// The SubjectPublicKeyInfo of the one usable private key in `text`.

@@ -91,6 +91,9 @@ struct CredentialDef {
     client_certificate: Option<String>,
     client_private_key: Option<String>,
     root_certificate: Option<String>,
+    /// The trust for the upstream server when it differs from the CA that anchors the client
+    /// chain: then it alone is that trust, and `root_certificate` anchors the chain only.
+    upstream_ca: Option<String>,
     value: Option<String>,
     /// A rotation staged for a time.
     next: Option<NextDef>,
@@ -103,6 +106,7 @@ struct NextDef {
     client_certificate: Option<String>,
     client_private_key: Option<String>,
     root_certificate: Option<String>,
+    upstream_ca: Option<String>,
     value: Option<String>,
 }
 
@@ -974,19 +978,21 @@ fn credential(
         _ => {}
     }
     let allowed_hosts = hosts(files, c, &def.allowed_hosts);
-    let roles: [(&'static str, &Option<String>); 4] = [
+    let roles: [(&'static str, &Option<String>); 5] = [
         ("client_certificate", &def.client_certificate),
         ("client_private_key", &def.client_private_key),
         ("root_certificate", &def.root_certificate),
+        ("upstream_ca", &def.upstream_ca),
         ("value", &def.value),
     ];
     let by_role = role_values(files, c, def.mode, roles, key);
     let next = def.next.as_ref().and_then(|n| {
         let at = |k: &str| vec![Seg::Key("next".to_owned()), Seg::Key(k.to_owned())];
-        let roles: [(&'static str, &Option<String>); 4] = [
+        let roles: [(&'static str, &Option<String>); 5] = [
             ("client_certificate", &n.client_certificate),
             ("client_private_key", &n.client_private_key),
             ("root_certificate", &n.root_certificate),
+            ("upstream_ca", &n.upstream_ca),
             ("value", &n.value),
         ];
         let by_role = role_values(files, c, def.mode, roles, at);
@@ -1027,7 +1033,7 @@ fn role_values(
     files: &mut Files,
     c: &Item<CredentialDef>,
     mode: CredentialMode,
-    roles: [(&'static str, &Option<String>); 4],
+    roles: [(&'static str, &Option<String>); 5],
     at: impl Fn(&str) -> Vec<Seg>,
 ) -> BTreeMap<&'static str, crate::reference::Reference> {
     let (required, allowed): (&[&str], &[&str]) = match mode {
@@ -1037,6 +1043,7 @@ fn role_values(
                 "client_certificate",
                 "client_private_key",
                 "root_certificate",
+                "upstream_ca",
             ],
         ),
         CredentialMode::Text | CredentialMode::Fields => (&["value"], &["value"]),
