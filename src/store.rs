@@ -374,6 +374,40 @@ impl Store {
         self.local.delete(kind, team, name)
     }
 
+    /// The fingerprints revoked in `team` whose consumer is gone: they stay revoked (a
+    /// tombstone only the operator lifts), so deleting a consumer is no way around a
+    /// revocation.
+    pub async fn revoked(
+        &self,
+        team: &TeamSlug,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        match &self.remote {
+            Some(v) => v.revoked(team).await.map(|(_, set)| set),
+            None => self.local.revoked(team),
+        }
+    }
+
+    /// Changes `team`'s tombstones with `change` (for a vault store with check-and-set:
+    /// another replica's change in between is a [`StoreError::Conflict`]).
+    pub async fn change_revoked(
+        &self,
+        team: &TeamSlug,
+        change: impl FnOnce(&mut std::collections::BTreeSet<String>),
+    ) -> Result<(), StoreError> {
+        match &self.remote {
+            Some(v) => {
+                let (cas, mut set) = v.revoked(team).await?;
+                change(&mut set);
+                v.set_revoked(team, cas, &set).await
+            }
+            None => {
+                let mut set = self.local.revoked(team)?;
+                change(&mut set);
+                self.local.set_revoked(team, &set)
+            }
+        }
+    }
+
     /// A new credential's numeric ID (Tines' `id`): one past every ID in the store; for a
     /// vault store a counter every replica takes from with check-and-set, so two replicas
     /// creating at once never hand out the same ID.

@@ -1579,3 +1579,82 @@ async fn a_broken_operator_file_is_no_loader_output_for_a_team_admin() {
     }
     std::fs::write(&file, good).unwrap();
 }
+
+/// A revoked fingerprint stays revoked when its consumer is deleted — a tombstone only the
+/// operator lifts — so a team admin cannot re-add what was revoked by deleting the consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_outlives_its_consumer_until_the_operator_lifts_it() {
+    let w = world().await;
+    let root = w.dir.path();
+    let cert = w.clients.client_dn(
+        root,
+        "api-9",
+        &[(DnType::CommonName, "api-9.payments.example")],
+    );
+    w.create_consumer(PAYMENTS_ADMIN, "payments", "old-api")
+        .await;
+    let certs = "/v1/teams/payments/consumers/old-api/certificates";
+    let added = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            certs,
+            Some(json!({ "certificate": cert.cert_pem })),
+            None,
+        )
+        .await;
+    assert_eq!(added.status, 201, "{}", added.text);
+    let fingerprint = added.body["fingerprint"].as_str().unwrap().to_owned();
+    let revoked = w
+        .send(
+            Method::DELETE,
+            OPS,
+            &format!("{certs}/{fingerprint}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    let deleted = w
+        .send(
+            Method::DELETE,
+            PAYMENTS_ADMIN,
+            "/v1/teams/payments/consumers/old-api",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    w.create_consumer(PAYMENTS_ADMIN, "payments", "new-api")
+        .await;
+    let new_certs = "/v1/teams/payments/consumers/new-api/certificates";
+    let again = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            new_certs,
+            Some(json!({ "certificate": cert.cert_pem })),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert_eq!(w.certificate_works(&cert).await, 401);
+    // Only the operator lifts it; a team admin cannot.
+    let lift = format!("/v1/teams/payments/revoked-certificates/{fingerprint}");
+    let by_admin = w
+        .send(Method::DELETE, PAYMENTS_ADMIN, &lift, None, None)
+        .await;
+    assert_eq!(by_admin.status, 403, "{}", by_admin.text);
+    let by_operator = w.send(Method::DELETE, OPS, &lift, None, None).await;
+    assert_eq!(by_operator.status, 204, "{}", by_operator.text);
+    let added = w
+        .send(
+            Method::POST,
+            PAYMENTS_ADMIN,
+            new_certs,
+            Some(json!({ "certificate": cert.cert_pem })),
+            None,
+        )
+        .await;
+    assert_eq!(added.status, 201, "{}", added.text);
+}

@@ -219,6 +219,20 @@ pub(super) async fn revoke_certificate(
     Ok(json_response(StatusCode::OK, &revoked))
 }
 
+/// `DELETE /v1/teams/{team}/revoked-certificates/{fingerprint}`: the operator lifts the
+/// tombstone of a fingerprint revoked by a consumer since deleted.
+pub(super) async fn lift_revoked(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    NamePath((team, fingerprint)): NamePath<(TeamSlug, String)>,
+) -> Result<Response, ApiError> {
+    state
+        .manager
+        .lift_revoked(&caller, &team, &fingerprint)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 pub(super) async fn put_issuer_acl(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,

@@ -76,6 +76,10 @@ pub const ROUTES: &[(&str, &str)] = &[
         "/v1/teams/{team}/consumers/{name}/certificates/{fingerprint}",
     ),
     ("PUT", "/v1/teams/{team}/consumers/{name}/issuer-acl"),
+    (
+        "DELETE",
+        "/v1/teams/{team}/revoked-certificates/{fingerprint}",
+    ),
     ("DELETE", "/v1/teams/{team}/consumers/{name}/issuer-acl"),
 ];
 
@@ -309,6 +313,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/teams/{team}/consumers/{name}/issuer-acl",
             put(consumers::put_issuer_acl).delete(consumers::delete_issuer_acl),
+        )
+        .route(
+            "/v1/teams/{team}/revoked-certificates/{fingerprint}",
+            delete(consumers::lift_revoked),
         )
         .route("/v1/admin/reload", post(admin::reload))
         .route("/v1/admin/cache/purge", post(admin::purge))

@@ -159,6 +159,9 @@ pub enum Action {
     /// Management: a consumer's issuer ACL set or removed.
     #[serde(rename = "consumer.issuer_acl")]
     ConsumerIssuerAcl,
+    /// Management: a revoked fingerprint's tombstone lifted (operator only).
+    #[serde(rename = "consumer.certificate.lift")]
+    ConsumerCertificateLift,
     /// Management: a credential create checked and not written (`?dry_run=true`).
     #[serde(rename = "credential.dry_run")]
     CredentialDryRun,

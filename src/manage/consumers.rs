@@ -311,6 +311,12 @@ impl Manager {
         let work = async {
             self.authorize(caller, team)?;
             let checked = checked.ok_or_else(|| ManageError::NotAllowed(team.to_string()))??;
+            // Revoked in this team by a consumer since deleted: still revoked.
+            let tombstoned = self
+                .store()?
+                .revoked(team)
+                .await?
+                .contains(&checked.record.fingerprint);
             // Held by a record: live anywhere, or revoked in this team. A revocation binds the
             // team that made it — another team's revoked pin is no claim, or an admin could
             // pin a public certificate, revoke it, and keep its owner from ever adding it.
@@ -331,7 +337,7 @@ impl Manager {
                     .consumers
                     .iter()
                     .any(|c| c.cert_sha256.iter().any(|p| p.sha256 == checked.sha256));
-                if pinned || in_other_records {
+                if pinned || in_other_records || tombstoned {
                     return Err(ManageError::CertificateInUse);
                 }
                 // The matcher authentication uses: a certificate another consumer's issuer
@@ -401,6 +407,42 @@ impl Manager {
         let work = async { work.await.map(|(_, v)| v) };
         self.one_write(
             Action::ConsumerCertificateRevoke,
+            caller,
+            team,
+            &subject,
+            work,
+        )
+        .await
+    }
+
+    /// Lifts the tombstone of a fingerprint revoked in `team` whose consumer is gone: the
+    /// operator's (or a global admin's) decision alone — a team admin cannot undo a
+    /// revocation by deleting the consumer that held it.
+    pub async fn lift_revoked(
+        &self,
+        caller: &Caller,
+        team: &TeamSlug,
+        fingerprint: &str,
+    ) -> Result<(), ManageError> {
+        let fingerprint = normalize_fingerprint(fingerprint);
+        let subject = format!("revoked/{fingerprint}");
+        let work = async {
+            if !caller.may_administer() {
+                return Err(ManageError::NotAllowed(team.to_string()));
+            }
+            let store = self.store()?;
+            if !store.revoked(team).await?.contains(&fingerprint) {
+                return Err(ManageError::NotFound);
+            }
+            store
+                .change_revoked(team, |set| {
+                    set.remove(&fingerprint);
+                })
+                .await
+                .map_err(|e| lost_race(e, true))
+        };
+        self.one_write(
+            Action::ConsumerCertificateLift,
             caller,
             team,
             &subject,

@@ -470,6 +470,20 @@ impl Manager {
         if if_match.is_some_and(|m| m != etag(&toml, &record)) {
             return Err(ManageError::Stale);
         }
+        // A consumer's revoked certificates outlive it (tombstones, before the delete: a
+        // failure leaves the consumer, never a revocation lost).
+        let revoked: Vec<String> = record
+            .certificates
+            .iter()
+            .filter(|c| c.revoked_at.is_some())
+            .map(|c| c.fingerprint.clone())
+            .collect();
+        if !revoked.is_empty() {
+            store
+                .change_revoked(team, |set| set.extend(revoked))
+                .await
+                .map_err(|e| lost_race(e, true))?;
+        }
         store
             .delete(kind, team, name, &record)
             .await

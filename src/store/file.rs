@@ -215,6 +215,39 @@ impl FileStore {
 }
 
 impl FileStore {
+    fn revoked_path(&self, team: &TeamSlug) -> PathBuf {
+        self.root
+            .join("revoked")
+            .join(format!("{}.json", team.segment()))
+    }
+
+    /// The fingerprints revoked in `team` that outlived their consumer.
+    pub fn revoked(
+        &self,
+        team: &TeamSlug,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let path = self.revoked_path(team);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| StoreError::Malformed(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(source) => Err(StoreError::Read { path, source }),
+        }
+    }
+
+    pub fn set_revoked(
+        &self,
+        team: &TeamSlug,
+        fingerprints: &std::collections::BTreeSet<String>,
+    ) -> Result<(), StoreError> {
+        let path = self.revoked_path(team);
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir)?;
+        }
+        write_atomic(&path, &serde_json::to_vec(fingerprints).unwrap_or_default())
+    }
+}
+
+impl FileStore {
     /// See [`super::Store::collect_orphans`].
     pub fn collect_orphans(&self, grace: std::time::Duration) -> Result<usize, StoreError> {
         let read = |p: &Path| -> Result<Vec<std::fs::DirEntry>, StoreError> {

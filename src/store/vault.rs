@@ -253,6 +253,50 @@ impl VaultStore {
         }
     }
 
+    /// The fingerprints revoked in `team` that outlived their consumer (`<prefix>/revoked/
+    /// <team>`), with the KV version to check-and-set against (0: none yet).
+    pub async fn revoked(
+        &self,
+        team: &TeamSlug,
+    ) -> Result<(u64, std::collections::BTreeSet<String>), StoreError> {
+        #[derive(Deserialize)]
+        struct Revoked {
+            fingerprints: std::collections::BTreeSet<String>,
+        }
+        let path = format!("{}/revoked/{}", self.prefix, team.segment());
+        let Some(body) = self
+            .source
+            .kv(Method::GET, KvPart::Data, &path, None)
+            .await
+            .map_err(remote)?
+        else {
+            return Ok((0, Default::default()));
+        };
+        let read: KvRead<Revoked> =
+            serde_json::from_slice(&body).map_err(|_| malformed("the revoked fingerprints"))?;
+        Ok((
+            read.data.metadata.version,
+            read.data.data.map(|r| r.fingerprints).unwrap_or_default(),
+        ))
+    }
+
+    /// Writes `team`'s revoked fingerprints if vault still holds version `cas`.
+    pub async fn set_revoked(
+        &self,
+        team: &TeamSlug,
+        cas: u64,
+        fingerprints: &std::collections::BTreeSet<String>,
+    ) -> Result<(), StoreError> {
+        let path = format!("{}/revoked/{}", self.prefix, team.segment());
+        let body = serde_json::json!({
+            "options": { "cas": cas },
+            "data": { "fingerprints": fingerprints },
+        });
+        self.put(&path, Bytes::from(body.to_string()))
+            .await
+            .map(|_| ())
+    }
+
     /// Deletes the definition (every KV version — the commit point), then every version of
     /// a credential's material, then bumps the generation.
     pub async fn delete(
