@@ -480,15 +480,29 @@ impl SecretCache {
 
     /// Drops every entry of `source` whose path starts with the segments of `prefix`
     /// (all of the source when `prefix` is empty).
-    pub fn purge(&self, source: &str, prefix: &[String]) {
-        let source = source.to_owned();
-        let prefix = prefix.to_vec();
-        self.pinned_map()
-            .retain(|(s, req), _| !(**s == *source && req.path.starts_with(&prefix)));
+    ///
+    /// Every matching entry is removed now, by key: moka's `invalidate_entries_if` applies
+    /// only to entries inserted strictly before the call (an entry stored in the same clock
+    /// tick survived a purge with its values — issue 49), and only when its housekeeping
+    /// gets to it. The predicate is registered too, for an entry being inserted meanwhile.
+    pub async fn purge(&self, source: &str, prefix: &[String]) {
+        let matches = {
+            let (source, prefix) = (source.to_owned(), prefix.to_vec());
+            move |(s, req): &CacheKey| **s == *source && req.path.starts_with(&prefix)
+        };
+        self.pinned_map().retain(|k, _| !matches(k));
+        let keys: Vec<CacheKey> = self
+            .inner
+            .iter()
+            .filter(|(k, _)| matches(k))
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        for k in keys {
+            self.inner.invalidate(&k).await;
+        }
         // Only fails when closures are not enabled, which `new` does.
-        let _ = self.inner.invalidate_entries_if(move |(s, req), _| {
-            **s == *source && req.path.starts_with(&prefix)
-        });
+        let _ = self.inner.invalidate_entries_if(move |k, _| matches(k));
+        self.inner.run_pending_tasks().await;
     }
 
     /// The fresh-for of entries whose source gave no TTL.
@@ -749,7 +763,7 @@ mod tests {
         let read = || cache.get_or_fetch(key("a"), |_| async { Ok(checked("v1")) });
         read().await.unwrap();
         let first = read().await.unwrap();
-        cache.purge("s", &[]);
+        cache.purge("s", &[]).await;
         cache.maintain().await;
         let calls = AtomicUsize::new(0);
         cache
@@ -876,7 +890,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        cache.purge("s", &["pay".to_owned()]);
+        cache.purge("s", &["pay".to_owned()]).await;
         cache.maintain().await;
         let calls = AtomicUsize::new(0);
         for p in ["pay/a", "web/a"] {

@@ -525,7 +525,7 @@ async fn misses_share_a_connection_until_a_purge_closes_it() {
         1,
         "the second miss reused the connection"
     );
-    assert!(broker.purge("ccp", &[]));
+    assert!(broker.purge("ccp", &[]).await);
     miss(&broker, "partner-key").await;
     assert_eq!(
         double.connections(),

@@ -212,7 +212,6 @@ async fn handed_out_secrets_do_not_stay_in_the_process_after_purge() {
 /// was a hasher's moved-from state on a thread stack, seen in 7 of 8 processes; four server
 /// processes make a miss (1/8)^4 ≈ 0.02% likely.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 49 is open: in about 1 run in 5 a whole decoded copy of both values is still found in live heap chunks after the purge; run with --ignored to reproduce"]
 async fn a_decoded_vault_value_leaves_no_half_copy_after_purge() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let bao = support::openbao::OpenBao::start();

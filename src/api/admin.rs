@@ -63,7 +63,7 @@ pub(super) async fn purge(
         .map(str::to_owned)
         .collect();
     let started = Instant::now();
-    let found = state.broker.purge(&body.source, &prefix);
+    let found = state.broker.purge(&body.source, &prefix).await;
     let subject = format!("{}:{}", body.source, prefix.join("/"));
     state
         .broker

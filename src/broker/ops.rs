@@ -258,11 +258,11 @@ impl Broker {
 
     /// Drops cached secrets of `source` under `prefix` (all of the source when empty).
     /// Returns false for an unknown source.
-    pub fn purge(&self, source: &str, prefix: &[String]) -> bool {
+    pub async fn purge(&self, source: &str, prefix: &[String]) -> bool {
         let Some(entry) = self.sources.get(source) else {
             return false;
         };
-        self.cache.purge(source, prefix);
+        self.cache.purge(source, prefix).await;
         entry.source.close_connections();
         // What was built from purged values (the egress proxy's clients) goes too.
         self.cache.announce_change();
