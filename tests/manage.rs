@@ -933,3 +933,53 @@ async fn upstream_ca_is_stored_apart_and_a_mixed_root_bundle_is_warned_about() {
         "{refused}"
     );
 }
+
+/// RFC 9110 (issue 44): the ETag a manager gets from `GET /v1/credentials/{name}` is what
+/// `If-Match` on that URI compares — a PATCH with it applies; once the credential changed, the
+/// same tag is stale (412).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etag_of_a_get_on_a_credentials_uri_is_what_if_match_there_compares() {
+    let w = world().await;
+    let (status, made, _) = w
+        .send(
+            reqwest::Method::POST,
+            PAYMENTS_ADMIN,
+            "/v1/credentials",
+            Some(json!({ "name": "etag-cred", "team": "payments", "mode": "text", "value": "v1", "allowed_hosts": ["api.partner.example"] })),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let (status, _, tag) = w
+        .send(
+            reqwest::Method::GET,
+            PAYMENTS_ADMIN,
+            "/v1/credentials/etag-cred",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let tag = tag.expect("an ETag");
+    let patch = |description: &'static str| json!({ "description": description });
+    let (status, patched, _) = w
+        .send(
+            reqwest::Method::PATCH,
+            PAYMENTS_ADMIN,
+            "/v1/credentials/etag-cred",
+            Some(patch("first")),
+            Some(&tag),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    let (status, stale, _) = w
+        .send(
+            reqwest::Method::PATCH,
+            PAYMENTS_ADMIN,
+            "/v1/credentials/etag-cred",
+            Some(patch("second")),
+            Some(&tag),
+        )
+        .await;
+    assert_eq!(status, 412, "{stale}");
+}

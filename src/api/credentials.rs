@@ -42,16 +42,26 @@ pub(super) async fn info(
     Authenticated(caller): Authenticated,
     NamePath(name): NamePath<crate::policy::EntryName>,
 ) -> Result<Response, ApiError> {
-    let info = state.broker.credential_info(&caller, &name).await?;
+    let (info, etag) = info_tagged(&state, &caller, &name).await?;
     let mut response = json_response(StatusCode::OK, &info);
-    let body = serde_json::to_vec(&info).unwrap_or_default();
-    let etag = state
-        .etag
-        .tag([b"info".as_slice(), change::scope(&caller), &body]);
     if let Ok(v) = HeaderValue::from_str(&etag) {
         response.headers_mut().insert(header::ETAG, v);
     }
     Ok(response)
+}
+
+/// What `GET /v1/credentials/{name}` answers `caller`, and its ETag.
+pub(super) async fn info_tagged(
+    state: &AppState,
+    caller: &crate::broker::Caller,
+    name: &str,
+) -> Result<(crate::broker::CredentialInfo, String), ApiError> {
+    let info = state.broker.credential_info(caller, name).await?;
+    let body = serde_json::to_vec(&info).unwrap_or_default();
+    let etag = state
+        .etag
+        .tag([b"info".as_slice(), change::scope(caller), &body]);
+    Ok((info, etag))
 }
 
 pub(super) async fn material(

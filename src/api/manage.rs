@@ -94,6 +94,28 @@ pub(super) struct TeamQuery {
     team: Option<TeamSlug>,
 }
 
+/// The `If-Match` of a write on `/v1/credentials/{name}`, as the manager compares it. RFC 9110:
+/// a validator a caller got from a `GET` on a URI is what a conditional request on that URI
+/// compares — the ETag of `GET /v1/credentials/{name}` (the metadata answer, as this caller
+/// sees it now) stands for the stored credential's management ETag; any other is compared as
+/// given (a management ETag from `GET /v1/teams/{team}/credentials/{name}`, or a stale one).
+async fn uri_if_match(
+    state: &AppState,
+    caller: &crate::broker::Caller,
+    team: &TeamSlug,
+    name: &EntryName,
+    headers: &HeaderMap,
+) -> Option<String> {
+    let given = if_match(headers)?;
+    let on_this_uri = super::credentials::info_tagged(state, caller, name)
+        .await
+        .is_ok_and(|(_, tag)| tag == given);
+    if on_this_uri && let Ok(m) = state.manager.show_credential(caller, team, name).await {
+        return Some(m.etag);
+    }
+    Some(given.to_owned())
+}
+
 fn answer(status: StatusCode, m: &Managed) -> Response {
     with_etag(super::json_response(status, m), &m.etag)
 }
@@ -135,13 +157,11 @@ pub(super) async fn replace(
             message: "name: differs from the path (a rename is a create and a delete)".to_owned(),
         });
     }
+    let input = body.input(name)?;
+    let expected = uri_if_match(&state, &caller, &input.team, &input.name, &headers).await;
     let managed = state
         .manager
-        .replace_credential(
-            &caller,
-            body.input(name)?,
-            IfMatch::Required(if_match(&headers)),
-        )
+        .replace_credential(&caller, input, IfMatch::Required(expected.as_deref()))
         .await?;
     Ok(answer(StatusCode::OK, &managed))
 }
@@ -154,9 +174,10 @@ pub(super) async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let team = state.manager.team_of(&caller, &name, q.team)?;
+    let expected = uri_if_match(&state, &caller, &team, &name, &headers).await;
     state
         .manager
-        .delete_credential(&caller, &team, &name, if_match(&headers))
+        .delete_credential(&caller, &team, &name, expected.as_deref())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -190,6 +211,7 @@ pub(super) async fn patch(
         metadata: body.metadata,
         ..CredentialPatch::default()
     };
+    let expected = uri_if_match(&state, &caller, &team, &name, &headers).await;
     let m = state
         .manager
         .patch_credential(
@@ -197,7 +219,7 @@ pub(super) async fn patch(
             &team,
             &name,
             patch,
-            IfMatch::Required(if_match(&headers)),
+            IfMatch::Required(expected.as_deref()),
         )
         .await?;
     Ok(answer(StatusCode::OK, &m))

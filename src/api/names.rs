@@ -1,5 +1,4 @@
-//! The management routes' path and query parameters, parsed into names before a handler
-//! runs: a team slug or an entry name that is not one (`..%2F`, `%2E%2E`, an encoded slash in
+//! Path and query parameters parsed into types (names above all) before a handler runs: a team slug or an entry name that is not one (`..%2F`, `%2E%2E`, an encoded slash in
 //! `?team=`) is a 400 `invalid`, and nothing is looked up, decided or touched for it.
 
 use axum::extract::{FromRequestParts, Path, Query};
@@ -11,7 +10,9 @@ use super::ApiError;
 fn invalid(where_: &str) -> ApiError {
     ApiError::BadRequest {
         code: "invalid",
-        message: format!("{where_}: a team or a name must match [a-z0-9_-]{{1,64}}"),
+        message: format!(
+            "{where_}: a parameter does not parse (a team or a name matches [a-z0-9_-]{{1,64}})"
+        ),
     }
 }
 
