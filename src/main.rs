@@ -499,7 +499,11 @@ fn known_sources(config: &keybroker::config::Config) -> keybroker::policy::Known
 }
 
 fn check(path: &Path, online: bool) -> Result<(), Failure> {
-    let config = load_config(path)?;
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(Failure::Usage(why)) => return Err(Failure::Usage(check_unparsed(path, why))),
+        Err(other) => return Err(other),
+    };
     // Every stage runs, and every problem of every stage is listed in one run.
     let mut problems: Vec<String> = Vec::new();
     // What `serve` would refuse, `check` refuses: sources, TLS files, listener, audit folder.
@@ -549,6 +553,35 @@ fn check(path: &Path, online: bool) -> Result<(), Failure> {
 
 /// `check --online`: every source logged in to and probed, every credential read and verified
 /// as a whole — one line per problem, exit 1 when there is any.
+/// `check` on a configuration that does not parse: its problems, then whatever can still be
+/// checked — the policy folder it names, if that much reads — and what could not be, so one run
+/// lists every problem it can.
+fn check_unparsed(path: &Path, config_problems: String) -> String {
+    let mut out = vec![config_problems];
+    let policies = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("policies")?.as_str().map(PathBuf::from))
+        .map(|p| path.parent().unwrap_or(Path::new(".")).join(p));
+    match policies {
+        Some(dir) => {
+            match keybroker::policy::load(&dir) {
+                Ok(_) => out.push(format!("{}: the policy folder loads", dir.display())),
+                Err(e) => out.push(format!("invalid policies:\n{e}")),
+            }
+            out.push(
+                "sources, TLS files and the store are not checked: the configuration does not parse"
+                    .to_owned(),
+            );
+        }
+        None => out.push(
+            "the policy folder, sources and store are not checked: the configuration does not say where they are"
+                .to_owned(),
+        ),
+    }
+    out.join("\n")
+}
+
 fn check_online(config: &Config) -> Result<(), Failure> {
     let broker = Broker::from_config(config).map_err(|e| Failure::Usage(e.to_string()))?;
     let lines = runtime()?.block_on(broker.check_online());

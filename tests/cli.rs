@@ -517,3 +517,25 @@ fn policy_explain_and_check_know_a_file_stores_credentials() {
     assert!(check.status.success(), "{}", stderr(&check));
     assert!(!stderr(&check).contains("set aside"), "{}", stderr(&check));
 }
+
+/// Issue 44: `check` lists every problem in one run — a configuration with a stray key still
+/// has its policy folder checked (a policy error shows in the same run), and says what it
+/// could not check.
+#[test]
+fn check_lists_a_config_error_and_a_policy_error_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("p")).unwrap();
+    std::fs::write(
+        dir.path().join("p/p.toml"),
+        "[[team]]\nslug = \"a\"\n[[consumer]]\nname = \"c\"\nteam = \"nope\"\ntoken_sha256 = \"00\"\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("kb.toml");
+    std::fs::write(&cfg, "policies = \"p\"\nstray = 1\n").unwrap();
+    let out = keybroker(&["check", "--config", cfg.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("unknown key `stray`"), "{err}");
+    assert!(err.contains("unknown team `nope`"), "{err}");
+    assert!(err.contains("not checked"), "{err}");
+}
