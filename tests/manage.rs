@@ -983,3 +983,32 @@ async fn the_etag_of_a_get_on_a_credentials_uri_is_what_if_match_there_compares(
         .await;
     assert_eq!(status, 412, "{stale}");
 }
+
+/// Tines' numeric `team_id` is no map to other teams: an ID of a team the caller may not
+/// manage and an ID no team has answer alike (403), naming no team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tines_team_id_of_another_team_answers_like_one_no_team_has() {
+    let w = world().await;
+    let body = |id: u64| json!({ "name": "probe", "mode": "TEXT", "team_id": id, "value": "x" });
+    let (status, theirs, _) = w
+        .send(
+            reqwest::Method::POST,
+            FRAUD_ADMIN,
+            "/api/v1/user_credentials",
+            Some(body(2)),
+            None,
+        )
+        .await;
+    let (status_none, nobodys, _) = w
+        .send(
+            reqwest::Method::POST,
+            FRAUD_ADMIN,
+            "/api/v1/user_credentials",
+            Some(body(99)),
+            None,
+        )
+        .await;
+    assert_eq!((status, status_none), (403, 403), "{theirs} {nobodys}");
+    assert_eq!(theirs["error"]["code"], nobodys["error"]["code"]);
+    assert!(!theirs.to_string().contains("payments"), "{theirs}");
+}

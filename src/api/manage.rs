@@ -342,20 +342,27 @@ pub(super) async fn tines_create(
             });
         }
     };
-    // `team_id`: the team's `tines_id` from the policy, or its slug.
+    // `team_id`: the team's `tines_id` from the policy, or its slug. A numeric ID of a team
+    // the caller may not manage answers as one no team has, naming nothing: the answer is no
+    // map from Tines IDs to other teams' slugs.
+    let numeric = body.team_id.as_u64();
     let team = match &body.team_id {
         serde_json::Value::Number(n) => {
             let snapshot = state.broker.policy();
             n.as_u64()
                 .and_then(|id| snapshot.policy().tines_ids.get(&id).cloned())
+                .filter(|t| caller.may_manage(t))
         }
         serde_json::Value::String(s) => Some(s.clone()),
         _ => None,
     }
     .and_then(|t| TeamSlug::parse(&t).ok())
-    .ok_or(ApiError::BadRequest {
-        code: "invalid",
-        message: "team_id: no team has this tines_id".to_owned(),
+    .ok_or_else(|| match numeric {
+        Some(id) => crate::manage::ManageError::NotAllowed(format!("tines team {id}")).into(),
+        None => ApiError::BadRequest {
+            code: "invalid",
+            message: "team_id: a team's tines_id or slug".to_owned(),
+        },
     })?;
     // Tines' name is shown back as given; keybroker's name is its slug, a name like any.
     if body.name.len() > MAX_TINES_NAME {
