@@ -241,6 +241,20 @@ impl AppState {
     }
 }
 
+/// The requests whose body may hold material (a credential's values): a create or a
+/// replacement, in keybroker's shape or Tines'. Their answers close the connection
+/// ([`observe::DoorSpec::carries_material`] says why).
+fn carries_material(method: &axum::http::Method, route: &str) -> bool {
+    use axum::http::Method;
+    matches!(
+        (method, route),
+        (&Method::POST, "/v1/credentials")
+            | (&Method::PUT, "/v1/credentials/{name}")
+            | (&Method::POST, "/api/v1/user_credentials")
+            | (&Method::PUT, "/api/v1/user_credentials/{id}")
+    )
+}
+
 /// The probes and metrics alone (`[server] ops_listen`): for kubelets and scrapers that cannot
 /// present client certificates. Nothing here carries a value or needs a caller.
 pub fn ops_router(state: Arc<AppState>) -> Router {

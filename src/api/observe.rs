@@ -30,6 +30,17 @@ pub struct DoorSpec {
     pub timed_out: fn() -> Response,
     /// Whether the router's own refusals get the API's JSON error bodies.
     pub json_errors: bool,
+    /// Whether a request to this route may carry material in its body: its answer closes the
+    /// connection (`Connection: close`). A kept-alive connection's receive buffers — rustls'
+    /// deframer, hyper's read buffer — are reused, never freed, while it lives, and keep the
+    /// request's bytes until later requests happen to overwrite them; a closed connection's are
+    /// freed, which wipes them (the zeroizing allocator, docs/THREATS.md row 29).
+    pub carries_material: fn(&axum::http::Method, &str) -> bool,
+}
+
+/// No request to the door carries material.
+pub fn never(_: &axum::http::Method, _: &str) -> bool {
+    false
 }
 
 /// The service around a door's router.
@@ -65,6 +76,7 @@ pub(super) fn api_door() -> DoorSpec {
         route_of,
         timed_out: || ApiError::Timeout.into_response(),
         json_errors: true,
+        carries_material: super::carries_material,
     }
 }
 
@@ -94,6 +106,7 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let spec = self.spec;
         let route = (spec.route_of)(request.uri().path());
+        let close = (spec.carries_material)(request.method(), route);
         // A blocking query may take its `wait` beyond the request timeout.
         let wait = if spec.json_errors {
             change::wait(request.uri().query())
@@ -113,11 +126,16 @@ where
                 Ok(Err(never)) => match never {},
                 Err(_) => (spec.timed_out)(),
             };
-            let response = if spec.json_errors {
+            let mut response = if spec.json_errors {
                 json_errors(response)
             } else {
                 response
             };
+            if close {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             let decision = crate::metrics::RequestOutcome::of_status(response.status().as_u16());
             metrics.request(spec.door, route, decision);
             metrics.request_duration(spec.door, route, started.elapsed());

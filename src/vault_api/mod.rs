@@ -62,6 +62,7 @@ pub fn door() -> crate::api::observe::DoorSpec {
             )
         },
         json_errors: false,
+        carries_material: crate::api::observe::never,
     }
 }
 
