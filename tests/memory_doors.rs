@@ -8,8 +8,9 @@
 //! passes through (raw and JSON-escaped text hold the same random run; a key also as a run of
 //! its PEM base64 body and as its DER scalar).
 //!
-//! Five server processes, each with fresh values: a leftover that shows in one process of two
-//! escapes all five with probability 1/32 — and issue 49's showed in 7 of 8.
+//! Ten server processes, each with fresh values: five purge the cache, five let it expire (a 1 s
+//! TTL, nothing purged). A leftover that shows in one process of two escapes five with
+//! probability 1/32 — and issue 49's showed in 7 of 8.
 
 #![cfg(target_os = "linux")]
 
@@ -32,7 +33,7 @@ use support::pki::Ca;
 use support::server::{Running, folder, token_sha256};
 
 const GW: &str = "doors-gw-token";
-const RUNS: usize = 5;
+const RUNS: usize = 10;
 const ROUNDS: usize = 4;
 
 fn random_hex(bytes: usize) -> String {
@@ -103,6 +104,8 @@ async fn no_door_and_no_source_leaves_a_copy_after_purge() {
     for run in 0..RUNS {
         // Fresh values per run; the random parts' lengths vary, so where their bytes fall in
         // a hasher's block or a buffer differs from run to run.
+        // Odd runs never purge: their copies must go by expiry.
+        let expiry = run % 2 == 1;
         let r_field = random_hex(8 + run);
         let r_tail = random_hex(8);
         let r_user = random_hex(8 + run);
@@ -200,7 +203,7 @@ ca_cert = "upstream-ca.pem"
 kind = "file"
 path = "store"
 [cache]
-ttl = "1h"
+ttl = "{ttl}"
 max_stale = "0s"
 [[source]]
 name = "vault"
@@ -213,9 +216,13 @@ vault = "vault"
 [source.profiles.gateway]
 role = "gateway"
 common_name = "gw.payments.example"
-ttl = "1h"
+ttl = "{pki_ttl}"
 "#,
-                addr = bao.addr
+                addr = bao.addr,
+                ttl = if expiry { "1s" } else { "1h" },
+                // An issued certificate's entry lives until its period (a third of the
+                // profile's TTL) ends, whatever the cache's TTL: that is how it is reused.
+                pki_ttl = if expiry { "3s" } else { "1h" },
             ),
         )
         .unwrap();
@@ -361,8 +368,12 @@ ttl = "1h"
         needles.extend(key_needles("vault key", &vault_client.key_pem));
         needles.extend(key_needles("ingested key", &ingest_client.key_pem));
         needles.extend(key_needles("pki key", &pki_key));
-        // Positive control: while cached, the scan sees them.
-        let seen = scan(pid, &needles);
+        // Positive control (where entries live an hour): while cached, the scan sees them.
+        let seen = if expiry {
+            Vec::new()
+        } else {
+            scan(pid, &needles)
+        };
         for label in [
             "vault field",
             "ingested text",
@@ -370,19 +381,29 @@ ttl = "1h"
             "pki key (PEM base64)",
         ] {
             assert!(
-                seen.iter().any(|s| s.starts_with(&format!("{label} at"))),
+                expiry || seen.iter().any(|s| s.starts_with(&format!("{label} at"))),
                 "the scan cannot see the cached {label}: it would prove nothing"
             );
         }
 
-        for source in ["vault", "pki", "store"] {
-            let r = post("/v1/admin/cache/purge", json!({ "source": source }))
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200, "purge {source}");
+        if !expiry {
+            for source in ["vault", "pki", "store"] {
+                let r = post("/v1/admin/cache/purge", json!({ "source": source }))
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "purge {source}");
+            }
         }
-        let left = left_after(pid, &needles, Duration::from_secs(4)).await;
+        // Expiry: the 1 s entries (the issued certificate's: its 1 s period), the cache's
+        // maintenance each second, connections at most half a TTL, the egress clients at most
+        // `keep_alive` (5 s).
+        let wait = Duration::from_secs(if expiry { 8 } else { 4 });
+        let left = left_after(pid, &needles, wait).await;
         running.child.kill().await.unwrap();
-        assert!(left.is_empty(), "run {run}: copies left: {left:#?}");
+        let how = if expiry { "expiry" } else { "purge" };
+        assert!(
+            left.is_empty(),
+            "run {run}, after {how}: copies left: {left:#?}"
+        );
     }
 }
