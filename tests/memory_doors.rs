@@ -1,5 +1,5 @@
-//! docs/THREATS.md row 29, every door and every source (issue 49): a value read from OpenBao
-//! KV v2 (with escapes in its JSON), a key issued by OpenBao PKI, a key ingested through the
+//! docs/THREATS.md row 29, every door and every source (issue 49): values read from OpenBao
+//! KV v2 and KV v1 (with escapes in their JSON), a key issued by OpenBao PKI, a key ingested through the
 //! management API (flattened, so it is repaired) and a text value ingested alike — each read at
 //! `/v1/resolve` (one field and the whole secret), at `/material`, at the Vault-compatible API
 //! and, for a key, used by the egress proxy for an mTLS call to a real nginx — leaves no copy
@@ -70,6 +70,7 @@ async fn no_door_and_no_source_leaves_a_copy_after_purge() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let bao = support::openbao::OpenBao::start();
     pki_mount(&bao);
+    bao.cli(&["secrets", "enable", "-path=kvone", "-version=1", "kv"]);
 
     // One nginx for every run: it requires a client certificate of `partner` and answers 200
     // with the subject it verified.
@@ -110,6 +111,8 @@ async fn no_door_and_no_source_leaves_a_copy_after_purge() {
         let r_tail = random_hex(8);
         let r_user = random_hex(8 + run);
         let r_text = random_hex(8 + run);
+        let r_v1 = random_hex(8 + run);
+        let v1_value = format!("{r_v1}-kv1\n\"v1\"");
         let password = format!("{r_field}-vault\n{r_tail} \"q\" \\ end");
         let user = format!("{r_user}-vuser");
         let text = format!("{r_text}-ingested\nline \"two\"");
@@ -123,6 +126,12 @@ async fn no_door_and_no_source_leaves_a_copy_after_purge() {
             "secret/doors/app",
             &format!("password={password}"),
             &format!("user={user}"),
+        ]);
+        bao.cli(&[
+            "kv",
+            "put",
+            "kvone/doors/app",
+            &format!("password={v1_value}"),
         ]);
         bao.cli(&[
             "kv",
@@ -152,6 +161,11 @@ paths = ["doors/*"]
 allowed_hosts = ["api.partner.example"]
 [[grant]]
 team = "payments"
+source = "vault1"
+paths = ["doors/*"]
+allowed_hosts = ["api.partner.example"]
+[[grant]]
+team = "payments"
 source = "pki"
 paths = ["gateway"]
 allowed_hosts = ["api.partner.example"]
@@ -161,6 +175,12 @@ mode = "fields"
 team = "payments"
 allowed_hosts = ["api.partner.example"]
 value = "$SECRET_vault:doors/app"
+[[credential]]
+name = "v1db"
+mode = "text"
+team = "payments"
+allowed_hosts = ["api.partner.example"]
+value = "$SECRET_vault1:doors/app $KEY_password"
 [[credential]]
 name = "vault-tls"
 mode = "mtls"
@@ -209,6 +229,11 @@ max_stale = "0s"
 name = "vault"
 kind = "vault"
 address = "{addr}"
+[[source]]
+name = "vault1"
+kind = "vault"
+address = "{addr}"
+mount = "kvone"
 [[source]]
 name = "pki"
 kind = "pki"
@@ -294,6 +319,7 @@ ttl = "{pki_ttl}"
             }
             for name in [
                 "vdb",
+                "v1db",
                 "vault-tls",
                 "pki-tls",
                 "ingested-text",
@@ -310,6 +336,7 @@ ttl = "{pki_ttl}"
                 match name {
                     "vdb" => assert_eq!(m["fields"]["password"], password.as_str()),
                     "ingested-text" => assert_eq!(m["value"], text.as_str()),
+                    "v1db" => assert_eq!(m["value"], v1_value.as_str()),
                     "vault-tls" => assert_eq!(m["private_key"], vault_client.key_pem.as_str()),
                     "ingested-tls" => {
                         assert_eq!(m["private_key"], ingest_client.key_pem.as_str())
@@ -319,6 +346,7 @@ ttl = "{pki_ttl}"
             }
             for path in [
                 "/v1/vault/data/doors/app",
+                "/v1/vault1/data/doors/app",
                 "/v1/credentials/data/vdb",
                 "/v1/credentials/data/vault-tls",
                 "/v1/credentials/data/ingested-text",
@@ -364,6 +392,7 @@ ttl = "{pki_ttl}"
             ),
             ("vault user".to_owned(), r_user.as_bytes()[..16].to_vec()),
             ("ingested text".to_owned(), r_text.as_bytes()[..16].to_vec()),
+            ("kv v1 value".to_owned(), r_v1.as_bytes()[..16].to_vec()),
         ];
         needles.extend(key_needles("vault key", &vault_client.key_pem));
         needles.extend(key_needles("ingested key", &ingest_client.key_pem));
@@ -387,7 +416,7 @@ ttl = "{pki_ttl}"
         }
 
         if !expiry {
-            for source in ["vault", "pki", "store"] {
+            for source in ["vault", "vault1", "pki", "store"] {
                 let r = post("/v1/admin/cache/purge", json!({ "source": source }))
                     .await
                     .unwrap();
