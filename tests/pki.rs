@@ -86,6 +86,12 @@ async fn serve(bao: &OpenBao) -> (tempfile::TempDir, Running) {
 }
 
 async fn serve_with(bao: &OpenBao, extra: &str) -> (tempfile::TempDir, Running) {
+    serve_as(bao, None, extra).await
+}
+
+/// As [`serve_with`]; with `token`, the vault source uses that fixed token (the
+/// environment's `VAULT_TOKEN`, which a login cannot replace) instead of the root token.
+async fn serve_as(bao: &OpenBao, token: Option<&str>, extra: &str) -> (tempfile::TempDir, Running) {
     let (dir, ca) = folder("unused");
     let root = dir.path();
     fixture::Policy::new()
@@ -106,7 +112,10 @@ async fn serve_with(bao: &OpenBao, extra: &str) -> (tempfile::TempDir, Running) 
         .audit()
         .write(root);
     std::fs::write(root.join("server-ca.pem"), &ca.pem).unwrap();
-    let running = Running::start(root, &ca.pem, 0, "info").await;
+    let running = match token {
+        Some(t) => Running::start_with_vault_token(root, &ca.pem, "info", t).await,
+        None => Running::start(root, &ca.pem, 0, "info").await,
+    };
     (dir, running)
 }
 
@@ -133,10 +142,9 @@ fn issued_count(audit: &std::path::Path) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
-    // OpenBao's own audit log counts the issuances (audit devices are declared in its
-    // configuration, not enabled through the API).
+/// OpenBao with its own audit log, which counts the issuances (audit devices are declared in
+/// its configuration, not enabled through the API): the server, the log's path, its folder.
+fn audited_bao() -> (OpenBao, std::path::PathBuf, tempfile::TempDir) {
     let audit_dir = tempfile::tempdir().unwrap();
     let bao_audit = audit_dir.path().join("bao-audit.log");
     let hcl = audit_dir.path().join("audit.hcl");
@@ -148,7 +156,12 @@ async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
         ),
     )
     .unwrap();
-    let bao = OpenBao::start_with_config(Some(&hcl));
+    (OpenBao::start_with_config(Some(&hcl)), bao_audit, audit_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
+    let (bao, bao_audit, _audit_dir) = audited_bao();
     let ca_pem = pki_mount(&bao);
     let (dir, s) = serve(&bao).await;
     // The expiry sweep at start reads every credential, so the certificate may already be
@@ -261,6 +274,142 @@ async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
         assert_eq!(resp.status(), 403, "{reference}");
     }
     assert_eq!(issued_count(&bao_audit) - before, 1);
+}
+
+/// Issue 44, one truth about a source: a pki source answers when the vault it issues through
+/// does and refuses when it refuses. Its token revoked while serving, a read that needs an
+/// issuance is the same outage a refused token at start is (503, `source_credentials_refused`
+/// — not 502 `credential_unresolved`/`source_denied`); `/readyz` and the
+/// `keybroker_source_available` gauge say the same; `check --online` reads the roles and
+/// issues nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_one_outage_for_the_pki_source_and_check_issues_nothing() {
+    let (bao, bao_audit, _audit_dir) = audited_bao();
+    pki_mount(&bao);
+    let token = bao
+        .cli(&["token", "create", "-field=token"])
+        .trim()
+        .to_owned();
+    let (dir, s) = serve_as(&bao, Some(&token), "").await;
+    let (status, m) = material(&s).await;
+    assert_eq!(status, 200, "{m}");
+
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args(["check", "--online", "--config", "kb.toml"])
+            .current_dir(dir.path())
+            .env("VAULT_TOKEN", &token)
+            .env_remove("BAO_TOKEN")
+            .env_remove("VAULT_ADDR")
+            .output()
+            .unwrap()
+    };
+    let before = issued_count(&bao_audit);
+    let out = check();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ok: source pki: its vault source vault answered")
+            && stdout.contains("ok: source pki: profile gateway: role pki/roles/gateway readable")
+            && stdout.contains("ok: credential payments/partner-pki: not read"),
+        "{stdout}"
+    );
+    assert_eq!(
+        issued_count(&bao_audit),
+        before,
+        "check issued a certificate"
+    );
+
+    bao.cli(&["token", "revoke", &token]);
+    let purged = s
+        .client
+        .post(s.url("/v1/admin/cache/purge"))
+        .bearer_auth(OPS)
+        .json(&json!({ "source": "pki" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    let (status, m) = material(&s).await;
+    assert_eq!(status, 503, "{m}");
+    assert_eq!(m["error"]["code"], "source_unavailable", "{m}");
+    let reasons: Vec<&str> = m["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        !reasons.is_empty() && reasons.iter().all(|r| *r == "source_credentials_refused"),
+        "{m}"
+    );
+    // The probe and the gauge agree with the answer, and with each other.
+    let ready: Value = s
+        .client
+        .get(s.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pki = ready["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "pki")
+        .unwrap();
+    assert_eq!(pki["available"], false, "{ready}");
+    for source in ready["sources"].as_array().unwrap() {
+        assert!(
+            source["answered"] == true || source["available"] == false,
+            "never answered, yet available: {ready}"
+        );
+    }
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .bearer_auth(OPS)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keybroker_source_available{source=\"pki\"} 0"),
+        "{metrics}"
+    );
+    // Started with the token already revoked: the same answer, and no source that never
+    // answered is called available.
+    let (_dir2, s2) = serve_as(&bao, Some(&token), "").await;
+    let (status2, m2) = material(&s2).await;
+    assert_eq!((status2, &m2), (status, &m));
+    let ready: Value = s2
+        .client
+        .get(s2.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for source in ready["sources"].as_array().unwrap() {
+        assert_eq!(source["answered"], false, "{ready}");
+        assert_eq!(source["available"], false, "{ready}");
+    }
+    // And check says so, for the source and the vault under it.
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("problem: source pki: its vault source vault:")
+            && stderr.contains("refused keybroker's own credentials"),
+        "{stderr}"
+    );
 }
 
 async fn futures_like_join(s: &Running, n: usize) -> Vec<(u16, Value)> {

@@ -31,8 +31,9 @@ pub struct SourceHealth {
     pub kind: crate::source::SourceKind,
     /// The source has answered at least once (its start-up check, or any read).
     pub answered: bool,
-    /// False while the source's circuit breaker is open (repeated failures). Reported, not
-    /// counted against readiness: stale answers may still flow.
+    /// True when the source has answered, its circuit breaker is closed and it does not refuse
+    /// keybroker's own credentials. Reported, not counted against readiness once started:
+    /// stale answers may still flow.
     pub available: bool,
 }
 
@@ -113,7 +114,10 @@ impl Broker {
                 name: e.source.name().to_owned(),
                 kind: e.source.kind(),
                 answered: e.answered.load(Ordering::Relaxed),
-                available: !e.breaker.is_open() && !e.refused.load(Ordering::Relaxed),
+                // Not before it answered once: a source never heard from is not known to work.
+                available: e.answered.load(Ordering::Relaxed)
+                    && !e.breaker.is_open()
+                    && !e.refused.load(Ordering::Relaxed),
             })
             .collect();
         sources.sort_by(|a, b| a.name.cmp(&b.name));
@@ -146,7 +150,9 @@ impl Broker {
                     if e.answered.load(Ordering::Relaxed) {
                         continue;
                     }
-                    match e.source.probe().await {
+                    let probed = e.source.probe().await;
+                    super::read::note_credentials(&e.refused, probed.as_ref().err());
+                    match probed {
                         Ok(()) => {
                             e.answered.store(true, Ordering::Relaxed);
                             tracing::info!(source = e.source.name(), "source answered");
@@ -174,15 +180,19 @@ impl Broker {
         let mut names: Vec<&String> = self.sources.keys().collect();
         names.sort();
         for name in names {
-            let entry = &self.sources[name];
-            match entry.source.probe().await {
-                Ok(()) => out.push((true, format!("source {name}: answered"))),
-                Err(e) => out.push((false, format!("source {name}: {e}"))),
-            }
+            out.extend(self.sources[name].source.verify().await);
         }
         let snapshot = self.policy();
         for cred in &snapshot.policy().credentials {
             let label = format!("credential {}/{}", cred.team, cred.name);
+            // Reading would issue a certificate: the source's check read its roles instead.
+            if let Some(issuer) = self.issuing_source(cred) {
+                out.push((
+                    true,
+                    format!("{label}: not read: its values are issued by source {issuer} (check issues nothing)"),
+                ));
+                continue;
+            }
             let values = self.read_roles(cred, super::read::BACKGROUND).await;
             match self
                 .usable(cred, &values, super::verdict::Phase::Current)
@@ -205,6 +215,18 @@ impl Broker {
         out
     }
 
+    /// The first source among `cred`'s values (as in force now) whose reads issue something.
+    fn issuing_source<'a>(&'a self, cred: &'a crate::policy::Credential) -> Option<&'a str> {
+        let values = cred.values_at(std::time::SystemTime::now());
+        values.by_role.values().find_map(|r| {
+            let name = self.source_of(r).ok()?;
+            self.sources
+                .get(name)
+                .filter(|e| e.source.reads_issue())
+                .map(|_| name)
+        })
+    }
+
     /// Every `SELF_CHECK_EVERY`, each source checks that keybroker's own credentials still
     /// work (a revoked Vault token is found without waiting for a read): `/readyz` and
     /// `keybroker_source_available` follow, and a change is logged once.
@@ -216,27 +238,20 @@ impl Broker {
                 let Some(broker) = weak.upgrade() else { return };
                 for e in broker.sources.values() {
                     let result = e.source.self_check().await;
-                    let refused = matches!(
-                        result,
-                        Err(crate::source::SourceError::Unavailable(
-                            crate::source::Outage::CredentialsRefused
-                        ))
-                    );
                     // Only refusals and their end are this check's business; outages are
                     // the breaker's.
-                    if refused || result.is_ok() {
-                        let was = e.refused.swap(refused, Ordering::Relaxed);
-                        if refused && !was {
-                            tracing::error!(
-                                source = e.source.name(),
-                                "self-check: the source refuses keybroker's own credentials; reads fail until they are fixed"
-                            );
-                        } else if !refused && was {
-                            tracing::info!(
-                                source = e.source.name(),
-                                "self-check: the source accepts keybroker's credentials again"
-                            );
-                        }
+                    let was = super::read::note_credentials(&e.refused, result.as_ref().err());
+                    let refused = e.refused.load(Ordering::Relaxed);
+                    if refused && !was {
+                        tracing::error!(
+                            source = e.source.name(),
+                            "self-check: the source refuses keybroker's own credentials; reads fail until they are fixed"
+                        );
+                    } else if !refused && was {
+                        tracing::info!(
+                            source = e.source.name(),
+                            "self-check: the source accepts keybroker's credentials again"
+                        );
                     }
                 }
             }

@@ -137,6 +137,25 @@ fn after_read(
     fetched
 }
 
+/// Records what an answer of a source says about keybroker's own credentials there — the one
+/// rule for its reads, its start-up probe and its self-check, so `/readyz`, the
+/// `keybroker_source_available` gauge and the consumers' 503 `source_credentials_refused`
+/// agree: a refusal sets the flag; an answer clears it; an outage says nothing about
+/// credentials and leaves it. Returns the flag's value before.
+pub(super) fn note_credentials(
+    refused: &std::sync::atomic::AtomicBool,
+    error: Option<&SourceError>,
+) -> bool {
+    use std::sync::atomic::Ordering;
+    match error {
+        Some(SourceError::Unavailable(Outage::CredentialsRefused)) => {
+            refused.swap(true, Ordering::Relaxed)
+        }
+        Some(e) if e.is_outage() => refused.load(Ordering::Relaxed),
+        _ => refused.swap(false, Ordering::Relaxed),
+    }
+}
+
 /// A source read and its PEM stage, with what it needs.
 #[derive(Clone)]
 struct Fetch {
@@ -219,14 +238,7 @@ impl Fetch {
             self.answered
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let refused = matches!(
-            read,
-            Err(SourceError::Unavailable(Outage::CredentialsRefused))
-        );
-        if refused || read.as_ref().err().is_none_or(|e| !e.is_outage()) {
-            self.refused
-                .store(refused, std::sync::atomic::Ordering::Relaxed);
-        }
+        note_credentials(&self.refused, read.as_ref().err());
         self.metrics.source_read(&name, outcome, started.elapsed());
         let checked = pem::check_secret(&read?, &self.options);
         for (_, kinds) in &checked.repaired {

@@ -237,6 +237,21 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
     fn self_check(&self) -> ProbeFuture<'_> {
         self.probe()
     }
+    /// What `check --online` says of the source, a line per item (`ok` or not), never a value.
+    /// It must not change anything at the source: the default is the start-up probe.
+    fn verify(&self) -> VerifyFuture<'_> {
+        Box::pin(async move {
+            match self.probe().await {
+                Ok(()) => vec![(true, format!("source {}: answered", self.name()))],
+                Err(e) => vec![(false, format!("source {}: {e}", self.name()))],
+            }
+        })
+    }
+    /// Whether a read makes something new at the source (PKI: a certificate is issued), so
+    /// `check --online` does not read it.
+    fn reads_issue(&self) -> bool {
+        false
+    }
     /// For a source whose secrets change on a schedule (PKI: one certificate per rotation
     /// period), the version in force now: a read without a version reads it, so each period
     /// is one cache entry and the next one can be read ahead. `None`: no schedule.
@@ -263,3 +278,4 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
 }
 
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;
+pub type VerifyFuture<'a> = Pin<Box<dyn Future<Output = Vec<(bool, String)>> + Send + 'a>>;

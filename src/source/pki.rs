@@ -213,8 +213,59 @@ impl SecretSource for PkiSource {
         Some((next, at))
     }
 
+    /// Issuing is what the source does: it answers when the vault it issues through does,
+    /// and refuses keybroker's credentials when that vault does (one truth about a source).
     fn probe(&self) -> super::ProbeFuture<'_> {
-        // Issuing is what the source does; its vault source's probe says whether it can.
-        Box::pin(async { Ok(()) })
+        self.vault.probe()
+    }
+
+    fn self_check(&self) -> super::ProbeFuture<'_> {
+        self.vault.self_check()
+    }
+
+    /// The vault it issues through, then each profile's role read (`<mount>/roles/<role>`):
+    /// the role exists and the token reaches it — without issuing a certificate.
+    fn verify(&self) -> super::VerifyFuture<'_> {
+        Box::pin(async move {
+            let name = &self.name;
+            let vault = self.vault.name();
+            if let Err(e) = self.vault.probe().await {
+                return vec![(
+                    false,
+                    format!("source {name}: its vault source {vault}: {e}"),
+                )];
+            }
+            let mut out = vec![(
+                true,
+                format!("source {name}: its vault source {vault} answered"),
+            )];
+            for (profile, p) in &self.profiles {
+                let path = format!("{}/roles/{}", self.mount, p.role);
+                let line = match self.vault.api(reqwest::Method::GET, &path, None).await {
+                    Ok(_) => (
+                        true,
+                        format!(
+                            "source {name}: profile {profile}: role {path} readable (no certificate issued)"
+                        ),
+                    ),
+                    Err(SourceError::NotFound) => (
+                        false,
+                        format!("source {name}: profile {profile}: role {path} does not exist"),
+                    ),
+                    Err(e) => (
+                        false,
+                        format!(
+                            "source {name}: profile {profile}: role {path}: {e} (check --online reads the role; the token needs read on it)"
+                        ),
+                    ),
+                };
+                out.push(line);
+            }
+            out
+        })
+    }
+
+    fn reads_issue(&self) -> bool {
+        true
     }
 }

@@ -360,31 +360,43 @@ impl SecretSource for VaultSource {
     fn read<'a>(&'a self, request: &'a ReadRequest) -> ReadFuture<'a> {
         Box::pin(async move {
             let inner = &self.inner;
-            let token = inner.token().await?;
-            match inner.read_once(request, &token).await {
-                // A 403 is usually Vault's policy saying no to this path, which a new login
-                // would not change (and a consumer could repeat at will, THREATS row 24). Log
-                // in again only when the token itself is no longer valid.
-                Err(SourceError::Denied) if inner.can_login() => {
-                    if !inner.drop_if_invalid(&token).await {
-                        return Err(SourceError::Denied);
-                    }
-                    let token = inner.token().await?;
-                    inner.read_once(request, &token).await
-                }
-                // A fixed token: a 403 because the token itself is invalid or revoked is
-                // keybroker's own credentials failing, an outage for everyone — not the
-                // path being forbidden, which stays the caller's denial.
-                Err(SourceError::Denied) => {
-                    if inner.fixed_token_valid(&token).await {
-                        Err(SourceError::Denied)
-                    } else {
-                        Err(SourceError::Unavailable(Outage::CredentialsRefused))
-                    }
-                }
-                other => other,
-            }
+            self.authorized(|token| async move { inner.read_once(request, &token).await })
+                .await
         })
+    }
+}
+
+impl VaultSource {
+    /// Runs `once` with the current token, and classifies a 403 — the one place that does,
+    /// for reads, the store's calls and PKI issuance alike. A 403 is usually Vault's policy
+    /// saying no to this path, which a new login would not change (and a consumer could
+    /// repeat at will, THREATS row 24): the caller's denial. But when the token itself is no
+    /// longer valid, a source that can log in does so once and runs `once` again; a fixed
+    /// token is keybroker's own credentials refused, an outage for everyone
+    /// (`CredentialsRefused`), whether it was refused at start or while serving.
+    async fn authorized<T, F, Fut>(&self, mut once: F) -> Result<T, SourceError>
+    where
+        F: FnMut(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<T, SourceError>>,
+    {
+        let inner = &self.inner;
+        let token = inner.token().await?;
+        match once(secret_string(token.expose_secret())).await {
+            Err(SourceError::Denied) if inner.can_login() => {
+                if !inner.drop_if_invalid(&token).await {
+                    return Err(SourceError::Denied);
+                }
+                once(inner.token().await?).await
+            }
+            Err(SourceError::Denied) => {
+                if inner.fixed_token_valid(&token).await {
+                    Err(SourceError::Denied)
+                } else {
+                    Err(SourceError::Unavailable(Outage::CredentialsRefused))
+                }
+            }
+            other => other,
+        }
     }
 }
 

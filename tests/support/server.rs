@@ -92,18 +92,43 @@ impl Running {
         Self::start_command(command, root, ca_pem, port, rust_log).await
     }
 
+    /// As [`Running::start`], with `token` as the environment's Vault token (`VAULT_TOKEN`:
+    /// a fixed token, which keybroker cannot replace by logging in) instead of the root token.
+    pub async fn start_with_vault_token(
+        root: &Path,
+        ca_pem: &str,
+        rust_log: &str,
+        token: &str,
+    ) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"));
+        command.args(["serve", "--config", "kb.toml", "--ready-file", "ready.json"]);
+        Self::start_command_as(command, root, ca_pem, 0, rust_log, token).await
+    }
+
     async fn start_command(
-        mut command: tokio::process::Command,
+        command: tokio::process::Command,
         root: &Path,
         ca_pem: &str,
         port: u16,
         rust_log: &str,
     ) -> Self {
+        let token = super::openbao::ROOT_TOKEN;
+        Self::start_command_as(command, root, ca_pem, port, rust_log, token).await
+    }
+
+    async fn start_command_as(
+        mut command: tokio::process::Command,
+        root: &Path,
+        ca_pem: &str,
+        port: u16,
+        rust_log: &str,
+        vault_token: &str,
+    ) -> Self {
         let log = |name: &str| Stdio::from(std::fs::File::create(root.join(name)).unwrap());
         let child = command
             .current_dir(root)
             .env("RUST_LOG", rust_log)
-            .env("VAULT_TOKEN", super::openbao::ROOT_TOKEN)
+            .env("VAULT_TOKEN", vault_token)
             .env_remove("VAULT_ADDR")
             .stdout(log("stdout.log"))
             .stderr(log("stderr.log"))

@@ -3,7 +3,7 @@
 //! Only the store calls these; consumers' reads never write.
 
 use bytes::Bytes;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use url::Url;
 use zeroize::Zeroizing;
 
@@ -59,25 +59,6 @@ impl VaultSource {
             }
         })
         .await
-    }
-
-    /// Runs `once` with the current token; after a 403 with a token that is no longer valid,
-    /// once more with a new login's.
-    async fn authorized<F, Fut>(&self, mut once: F) -> Result<Zeroizing<Vec<u8>>, SourceError>
-    where
-        F: FnMut(SecretString) -> Fut,
-        Fut: std::future::Future<Output = Result<Zeroizing<Vec<u8>>, SourceError>>,
-    {
-        let inner = &self.inner;
-        let token = inner.token().await?;
-        match once(crate::secret::secret_string(token.expose_secret())).await {
-            Err(SourceError::Denied)
-                if inner.can_login() && inner.drop_if_invalid(&token).await =>
-            {
-                once(inner.token().await?).await
-            }
-            other => other,
-        }
     }
 }
 
