@@ -7,6 +7,13 @@
 # suite, so the suite is proven not to depend on the dev store or on port 8080 (issue 44).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v curl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq curl >/dev/null
+  else
+    echo "walkthrough: curl is required (apt-get install curl)" >&2; exit 2
+  fi
+fi
 cargo build -q --bin keybroker
 bin="$PWD/target/debug/keybroker"
 log="$PWD/target/walkthrough.log"

@@ -176,6 +176,20 @@ async fn expiry_and_rejection_events_reach_the_webhook_once_each_signed() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The log says the same in plain values a person can act on.
+    let log = std::fs::read_to_string(root.join("stderr.log")).unwrap();
+    let lines = support::server::log_lines(&log);
+    let expiry = lines
+        .iter()
+        .map(|l| &l["fields"])
+        .find(|f| f["message"] == "certificate expiry" && f["name"] == "payments/good")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(expiry["days_left"].as_i64().is_some(), "{expiry}");
+    let not_after = expiry["not_after"].as_str().unwrap_or_default();
+    assert!(
+        not_after.len() == 20 && not_after.ends_with('Z'),
+        "RFC 3339: {expiry}"
+    );
     let rejected = events("credential.rejected");
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     assert_eq!(

@@ -126,17 +126,21 @@ fn resolve_exits_75_when_a_source_is_down_and_1_for_a_missing_secret() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{stderr}");
     assert!(out.stdout.is_empty());
-    // The log lines are JSON objects, and say what failed.
-    let logged: Vec<serde_json::Value> = stderr
-        .lines()
-        .filter(|l| l.starts_with('{') && l.contains("\"level\""))
-        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
-        .collect();
+    // The log lines are JSON objects with plain values, and say what failed: which source,
+    // at which address, and why.
+    let lines = support::server::log_lines(&stderr);
     assert!(
-        logged
+        lines
             .iter()
             .any(|l| l["level"] == "WARN" && l.to_string().contains("refused")),
         "{stderr}"
+    );
+    let failed = support::server::logged(&lines, "vault request failed").expect("{stderr}");
+    assert_eq!(failed["source"], "vault", "{failed}");
+    assert_eq!(
+        failed["address"],
+        format!("http://127.0.0.1:{down}"),
+        "{failed}"
     );
     assert_eq!(run("missing.json").status.code(), Some(1));
 }

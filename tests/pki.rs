@@ -401,6 +401,15 @@ async fn a_revoked_token_is_one_outage_for_the_pki_source_and_check_issues_nothi
         assert_eq!(source["answered"], false, "{ready}");
         assert_eq!(source["available"], false, "{ready}");
     }
+    // The log lines about it are plain, and name what they are about.
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let lines = support::server::log_lines(&log);
+    let issued = support::server::logged(&lines, "pki: certificate issued").expect("{log}");
+    assert_eq!(issued["source"], "pki", "{issued}");
+    assert!(
+        issued["period"].as_str().unwrap().parse::<u64>().is_ok(),
+        "a period number: {issued}"
+    );
     // And check says so, for the source and the vault under it.
     let out = check();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -241,3 +241,36 @@ impl Running {
         self.child.id().unwrap()
     }
 }
+
+/// The JSON log lines of `text` (a server's stderr with `--log-format json`, or what it logs
+/// when stderr is not a terminal), each checked to be plain: no field holds a Rust `Debug`
+/// form (`Some(…)`, `None`, `"quoted"`) — a person reads these values (issue 44).
+pub fn log_lines(text: &str) -> Vec<serde_json::Value> {
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"level\""))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: a log line is not JSON: {l}"))
+        })
+        .collect();
+    for line in &lines {
+        let fields = line["fields"].as_object().expect("a log line has fields");
+        for (name, value) in fields {
+            if let Some(v) = value.as_str() {
+                assert!(
+                    !(v.starts_with("Some(") || v == "None" || v.starts_with('"')),
+                    "field {name} is a Debug form: {line}"
+                );
+            }
+        }
+    }
+    lines
+}
+
+/// The fields of the first log line of `lines` whose message is `message`.
+pub fn logged<'a>(lines: &'a [serde_json::Value], message: &str) -> Option<&'a serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| &l["fields"])
+        .find(|f| f["message"] == message)
+}
