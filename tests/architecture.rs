@@ -97,6 +97,143 @@ fn the_module_graph_keeps_its_boundaries() {
     }
 }
 
+/// The module path of a file under `src/` (`src/broker/credentials.rs` → `broker::credentials`,
+/// `src/broker.rs` and `src/broker/mod.rs` → `broker`).
+fn module_path(file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src()).unwrap();
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_str().unwrap().to_owned())
+        .collect();
+    let last = parts.pop().unwrap();
+    let stem = last.trim_end_matches(".rs");
+    if stem != "mod" && stem != "lib" {
+        parts.push(stem.to_owned());
+    }
+    parts
+}
+
+/// The code of a file without its `#[cfg(test)]` modules (tests may import anything).
+fn without_tests(text: &str) -> &str {
+    text.find("#[cfg(test)]\nmod ").map_or(text, |at| &text[..at])
+}
+
+/// File → the other files it names (`crate::…`, `super::…`, `self::…`, resolved to the
+/// longest module path that is a file), leaving out a file's own ancestors and descendants
+/// (a module root declares its children and re-exports them: that is not a loop).
+fn file_graph() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+    let mut all = Vec::new();
+    files(&src(), &mut all);
+    all.retain(|f| !f.ends_with("main.rs"));
+    let modules: BTreeSet<Vec<String>> = all.iter().map(|f| module_path(f)).collect();
+    let ident = |t: &str| -> String {
+        t.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut g: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    for file in &all {
+        let me = module_path(file);
+        let text = std::fs::read_to_string(file).unwrap();
+        // Comments name modules in prose and doc links: only code counts.
+        let code: String = without_tests(&text)
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let code = code.as_str();
+        let mut targets = Vec::new();
+        for start in ["crate::", "super::", "self::"] {
+            for (i, _) in code.match_indices(start) {
+                // A word that only ends in `super::` (`a_super::`) is not the keyword.
+                if i > 0 && code[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                    continue;
+                }
+                let mut base: Vec<String> = match start {
+                    "crate::" => Vec::new(),
+                    "self::" => me.clone(),
+                    _ => me[..me.len().saturating_sub(1)].to_vec(),
+                };
+                let mut rest = &code[i + start.len()..];
+                while let Some(r) = rest.strip_prefix("super::") {
+                    base.pop();
+                    rest = r;
+                }
+                // `super::{a::X, b}` names each of a, b.
+                let heads: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(inner) => inner
+                        .split('}')
+                        .next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::trim)
+                        .collect(),
+                    None => vec![rest],
+                };
+                for head in heads {
+                    let mut path = base.clone();
+                    let mut rest = head;
+                    loop {
+                        let word = ident(rest);
+                        if word.is_empty() {
+                            break;
+                        }
+                        path.push(word.clone());
+                        match rest[word.len()..].strip_prefix("::") {
+                            Some(r) => rest = r,
+                            None => break,
+                        }
+                    }
+                    while !path.is_empty() && !modules.contains(&path) {
+                        path.pop();
+                    }
+                    targets.push(path);
+                }
+            }
+        }
+        let edges = g.entry(me.clone()).or_default();
+        for t in targets {
+            let related = t.starts_with(&me) || me.starts_with(&t);
+            if !related {
+                edges.insert(t);
+            }
+        }
+    }
+    g
+}
+
+/// No two files import each other in a loop, not even inside one module (issue 45): a file
+/// reads the files below it, and the order is a ladder.
+#[test]
+fn no_file_imports_another_in_a_loop() {
+    let g = file_graph();
+    fn visit(
+        g: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+        m: &Vec<String>,
+        path: &mut Vec<Vec<String>>,
+        done: &mut BTreeSet<Vec<String>>,
+    ) {
+        if done.contains(m) {
+            return;
+        }
+        if let Some(at) = path.iter().position(|p| p == m) {
+            let circle: Vec<String> = path[at..].iter().map(|p| p.join("::")).collect();
+            panic!("import circle: {} -> {}", circle.join(" -> "), m.join("::"));
+        }
+        path.push(m.clone());
+        for d in g.get(m).into_iter().flatten() {
+            visit(g, d, path, done);
+        }
+        path.pop();
+        done.insert(m.clone());
+    }
+    assert!(g.len() > 50, "the graph reads the files: {}", g.len());
+    let mut done = BTreeSet::new();
+    for m in g.keys() {
+        visit(&g, m, &mut Vec::new(), &mut done);
+    }
+}
+
 #[test]
 fn architecture_md_names_every_module() {
     let map =

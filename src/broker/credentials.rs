@@ -443,7 +443,7 @@ impl Broker {
         if let Some(at) = certificate.as_ref().and_then(|c| c.not_after_unix) {
             let kind = crate::metrics::ExpiryKind::Credential;
             self.metrics
-                .certificate_expiry(kind, &super::expiry::credential_series(cred), at);
+                .certificate_expiry(kind, &credential_series(cred), at);
         }
         Ok(Material {
             credential: cred.name.clone(),
@@ -717,6 +717,12 @@ fn field_repaired(repaired: &[(String, Vec<RepairKind>)], reference: &Reference)
         Some(f) => repaired.iter().any(|(name, _)| name == f),
         None => !repaired.is_empty(),
     }
+}
+
+/// The series name of a credential in metrics and expiry events: team and name (names are
+/// unique only per team).
+pub(super) fn credential_series(cred: &Credential) -> String {
+    format!("{}/{}", cred.team, cred.name)
 }
 
 /// Repairs, staleness and the client certificate's facts of a credential's values.

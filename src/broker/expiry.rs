@@ -17,7 +17,7 @@ use x509_parser::prelude::FromDer;
 use super::{AuditEntry, Broker};
 use crate::audit::{Action, Outcome};
 use crate::metrics::ExpiryKind;
-use crate::policy::{Credential, CredentialMode};
+use crate::policy::CredentialMode;
 
 /// Where a certificate stands against `warn_before`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,11 +30,6 @@ enum Phase {
 /// What the last sweep saw, by series.
 #[derive(Debug, Default)]
 pub(super) struct ExpiryState(Mutex<HashMap<(ExpiryKind, String), Phase>>);
-
-/// The series name of a credential: team and name (names are unique only per team).
-pub(super) fn credential_series(cred: &Credential) -> String {
-    format!("{}/{}", cred.team, cred.name)
-}
 
 impl Broker {
     /// One sweep; returns how many certificates it found.
@@ -55,7 +50,7 @@ impl Broker {
                 .await;
             let (_, _, certificate) = super::credentials::facts(cred, &values);
             if let Some(at) = certificate.and_then(|c| c.not_after_unix) {
-                found.push((ExpiryKind::Credential, credential_series(cred), at));
+                found.push((ExpiryKind::Credential, super::credentials::credential_series(cred), at));
             }
         }
         for c in &policy.consumers {
@@ -93,7 +88,7 @@ impl Broker {
         let values = self.read_roles(cred, super::read::BACKGROUND).await;
         let (_, _, certificate) = super::credentials::facts(cred, &values);
         if let Some(at) = certificate.and_then(|c| c.not_after_unix) {
-            let found = vec![(ExpiryKind::Credential, credential_series(cred), at)];
+            let found = vec![(ExpiryKind::Credential, super::credentials::credential_series(cred), at)];
             self.note_expiries(found, false).await;
         }
     }

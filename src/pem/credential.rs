@@ -14,10 +14,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::public_key::PublicKey;
 use zeroize::Zeroizing;
 
-use super::verify::{decode, private_key};
-
-/// The smallest RSA modulus keybroker serves (NIST SP 800-131A; rustls' own floor).
-pub const MIN_RSA_BITS: usize = 2048;
+pub use super::verify::MIN_RSA_BITS;
+use super::verify::{decode, private_key, rsa_modulus_bits};
 
 /// The values of one mTLS credential, as PEM text.
 pub struct Parts<'a> {
@@ -206,28 +204,6 @@ fn weak_or_bad(der: &[u8]) -> Rejection {
     }
 }
 
-pub(super) fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
-    use x509_parser::asn1_rs::{Any, FromDer, Integer, OctetString, Sequence, Tag};
-    let (_, seq) = Sequence::from_der(der).ok()?;
-    let (rest, version) = Integer::from_der(&seq.content).ok()?;
-    // PKCS#8: version, AlgorithmIdentifier, OCTET STRING holding PKCS#1.
-    if let Ok((rest, _alg)) = Sequence::from_der(rest)
-        && let Ok((_, inner)) = OctetString::from_der(rest)
-    {
-        return rsa_modulus_bits(inner.as_ref());
-    }
-    // PKCS#1 RSAPrivateKey: version, modulus, …
-    version.as_u32().ok()?;
-    let (_, modulus) = Any::from_der(rest).ok()?;
-    // An EC key's second element is an OCTET STRING: not a modulus.
-    if modulus.header.tag() != Tag::Integer {
-        return None;
-    }
-    let bytes = modulus.data;
-    let significant = bytes.iter().skip_while(|b| **b == 0).count();
-    let first = bytes.iter().find(|b| **b != 0)?;
-    Some(significant * 8 - first.leading_zeros() as usize)
-}
 
 /// The DER of every CERTIFICATE block of `text`, in order.
 fn certificates(text: &str, role: &'static str) -> Result<Vec<Zeroizing<Vec<u8>>>, Rejection> {

@@ -95,8 +95,8 @@ pub(crate) fn verify(blocks: &[Block], checks: Checks) -> Result<Vec<BlockFacts>
             "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
                 private_keys += 1;
                 let k = private_key(&block.label, &der).ok_or_else(|| {
-                    match super::credential::rsa_modulus_bits(&der) {
-                        Some(bits) if bits < super::credential::MIN_RSA_BITS => {
+                    match rsa_modulus_bits(&der) {
+                        Some(bits) if bits < MIN_RSA_BITS => {
                             PemError::WeakKey { block: n }
                         }
                         _ => PemError::BadKey { block: n },
@@ -342,6 +342,34 @@ fn rfc3339(ts: i64) -> String {
         secs % 3600 / 60,
         secs % 60
     )
+}
+
+/// The smallest RSA modulus keybroker serves (NIST SP 800-131A; rustls' own floor).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// The modulus size of an RSA private key (PKCS#1, or PKCS#1 inside PKCS#8); `None` for
+/// other keys.
+pub(super) fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
+    use x509_parser::asn1_rs::{Any, FromDer, Integer, OctetString, Sequence, Tag};
+    let (_, seq) = Sequence::from_der(der).ok()?;
+    let (rest, version) = Integer::from_der(&seq.content).ok()?;
+    // PKCS#8: version, AlgorithmIdentifier, OCTET STRING holding PKCS#1.
+    if let Ok((rest, _alg)) = Sequence::from_der(rest)
+        && let Ok((_, inner)) = OctetString::from_der(rest)
+    {
+        return rsa_modulus_bits(inner.as_ref());
+    }
+    // PKCS#1 RSAPrivateKey: version, modulus, …
+    version.as_u32().ok()?;
+    let (_, modulus) = Any::from_der(rest).ok()?;
+    // An EC key's second element is an OCTET STRING: not a modulus.
+    if modulus.header.tag() != Tag::Integer {
+        return None;
+    }
+    let bytes = modulus.data;
+    let significant = bytes.iter().skip_while(|b| **b == 0).count();
+    let first = bytes.iter().find(|b| **b != 0)?;
+    Some(significant * 8 - first.leading_zeros() as usize)
 }
 
 #[cfg(test)]

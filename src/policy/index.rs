@@ -8,8 +8,6 @@
 
 use std::collections::HashMap;
 
-use super::model::Policy;
-
 #[derive(Clone, Debug)]
 pub(super) struct Index {
     /// Consumer name → its position (names are unique; the first wins if not).
@@ -23,35 +21,43 @@ pub(super) struct Index {
 }
 
 impl Index {
-    pub(super) fn build(policy: &Policy) -> Self {
-        let mut consumers = HashMap::with_capacity(policy.consumers.len());
-        for (i, c) in policy.consumers.iter().enumerate() {
-            consumers.entry(c.name.clone()).or_insert(i);
+    /// From the policy's lists, by their keys in order: consumer names, grants' (team,
+    /// source), credential names. Built from keys, not from the policy, so the model that
+    /// holds the index and the index stay one-way.
+    pub(super) fn build<'a>(
+        consumers: impl ExactSizeIterator<Item = &'a str>,
+        grants: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+        credentials: impl ExactSizeIterator<Item = &'a str>,
+    ) -> Self {
+        let sizes = (consumers.len(), grants.len(), credentials.len());
+        let mut by_name = HashMap::with_capacity(sizes.0);
+        for (i, name) in consumers.enumerate() {
+            by_name.entry(name.to_owned()).or_insert(i);
         }
-        let mut grants: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
-        for (i, g) in policy.grants.iter().enumerate() {
-            grants
-                .entry(g.team.clone())
+        let mut by_team: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        for (i, (team, source)) in grants.enumerate() {
+            by_team
+                .entry(team.to_owned())
                 .or_default()
-                .entry(g.source.clone())
+                .entry(source.to_owned())
                 .or_default()
                 .push(i);
         }
-        let mut credentials: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, c) in policy.credentials.iter().enumerate() {
-            credentials.entry(c.name.clone()).or_default().push(i);
+        let mut named: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, name) in credentials.enumerate() {
+            named.entry(name.to_owned()).or_default().push(i);
         }
         Self {
-            consumers,
-            grants,
-            credentials,
-            sizes: sizes(policy),
+            consumers: by_name,
+            grants: by_team,
+            credentials: named,
+            sizes,
         }
     }
 
-    /// Whether this index describes `policy` as it is now.
-    pub(super) fn describes(&self, policy: &Policy) -> bool {
-        self.sizes == sizes(policy)
+    /// Whether this index describes lists of these lengths (the policy as it is now).
+    pub(super) fn describes(&self, sizes: (usize, usize, usize)) -> bool {
+        self.sizes == sizes
     }
 
     pub(super) fn consumer(&self, name: &str) -> Option<usize> {
@@ -70,18 +76,10 @@ impl Index {
     }
 }
 
-fn sizes(policy: &Policy) -> (usize, usize, usize) {
-    (
-        policy.consumers.len(),
-        policy.grants.len(),
-        policy.credentials.len(),
-    )
-}
-
-/// The index as a field of [`Policy`]: built on first use, and printed as a word (a policy's
+/// The index as a field of the policy: built on first use, and printed as a word (a policy's
 /// `Debug` should not list it twice).
 #[derive(Default)]
-pub(super) struct Lazy(std::sync::OnceLock<Index>);
+pub(super) struct Lazy(pub(super) std::sync::OnceLock<Index>);
 
 impl std::fmt::Debug for Lazy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,28 +91,9 @@ impl std::fmt::Debug for Lazy {
     }
 }
 
-impl Policy {
-    /// Builds the index now, so the first request after a (re)load does not pay for it.
-    pub fn build_index(&self) {
-        self.index();
-    }
-
-    /// The index of this policy. A policy is complete before it decides (loading builds it
-    /// whole); one changed after its first decision is indexed afresh for each call rather
-    /// than decided on a stale index.
-    pub(super) fn index(&self) -> std::borrow::Cow<'_, Index> {
-        let built = self.index.0.get_or_init(|| Index::build(self));
-        if built.describes(self) {
-            std::borrow::Cow::Borrowed(built)
-        } else {
-            std::borrow::Cow::Owned(Index::build(self))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::{Consumer, Subject, load};
+    use super::super::{Consumer, Policy, Subject, load};
     use super::*;
 
     fn policy() -> Policy {

@@ -318,6 +318,39 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Builds the index now, so the first request after a (re)load does not pay for it.
+    pub fn build_index(&self) {
+        self.index();
+    }
+
+    /// The index of this policy. A policy is complete before it decides (loading builds it
+    /// whole); one changed after its first decision is indexed afresh for each call rather
+    /// than decided on a stale index.
+    pub(super) fn index(&self) -> std::borrow::Cow<'_, super::index::Index> {
+        let build = || {
+            super::index::Index::build(
+                self.consumers.iter().map(|c| c.name.as_str()),
+                self.grants
+                    .iter()
+                    .map(|g| (g.team.as_str(), g.source.as_str())),
+                self.credentials.iter().map(|c| c.name.as_str()),
+            )
+        };
+        let sizes = (
+            self.consumers.len(),
+            self.grants.len(),
+            self.credentials.len(),
+        );
+        let built = self.index.0.get_or_init(build);
+        if built.describes(sizes) {
+            std::borrow::Cow::Borrowed(built)
+        } else {
+            std::borrow::Cow::Owned(build())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@
 use serde::de::IgnoredAny;
 
 use super::error::DocumentError;
-use super::locate::push_pointer_segment;
+use super::pointer::push_pointer_segment;
 
 /// A string token in value position (not an object key): `span` includes its quotes.
 #[derive(Debug)]

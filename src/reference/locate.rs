@@ -437,17 +437,6 @@ fn placeholder(marker: &str, index: usize) -> String {
     out
 }
 
-/// Appends `/` and `key` as one RFC 6901 pointer segment (`~` written `~0`, `/` written `~1`):
-/// the one spelling of a segment, for the JSON and the YAML scanner.
-pub(super) fn push_pointer_segment(pointer: &mut String, key: &str) {
-    pointer.push('/');
-    if key.contains(['~', '/']) {
-        pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
-    } else {
-        pointer.push_str(key);
-    }
-}
-
 /// 1-based line and column (in characters) of each byte offset in `text`, in the order
 /// given: one walk over the text however many offsets there are.
 pub(super) fn line_columns(text: &str, offsets: &[usize]) -> Vec<Location> {

@@ -12,6 +12,7 @@ mod error;
 mod json;
 mod locate;
 mod parse;
+mod pointer;
 mod render;
 mod yaml;
 

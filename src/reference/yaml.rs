@@ -9,7 +9,7 @@
 use granit_parser::{Event, Parser, ScalarStyle};
 
 use super::error::DocumentError;
-use super::locate::push_pointer_segment;
+use super::pointer::push_pointer_segment;
 
 /// A scalar in value position: its decoded value, and the span of source text that a
 /// replacement must cover (for a block scalar, from its `|`/`>` indicator to the end of its
