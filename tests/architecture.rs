@@ -115,7 +115,8 @@ fn module_path(file: &Path) -> Vec<String> {
 
 /// The code of a file without its `#[cfg(test)]` modules (tests may import anything).
 fn without_tests(text: &str) -> &str {
-    text.find("#[cfg(test)]\nmod ").map_or(text, |at| &text[..at])
+    text.find("#[cfg(test)]\nmod ")
+        .map_or(text, |at| &text[..at])
 }
 
 /// File → the other files it names (`crate::…`, `super::…`, `self::…`, resolved to the

@@ -50,7 +50,11 @@ impl Broker {
                 .await;
             let (_, _, certificate) = super::credentials::facts(cred, &values);
             if let Some(at) = certificate.and_then(|c| c.not_after_unix) {
-                found.push((ExpiryKind::Credential, super::credentials::credential_series(cred), at));
+                found.push((
+                    ExpiryKind::Credential,
+                    super::credentials::credential_series(cred),
+                    at,
+                ));
             }
         }
         for c in &policy.consumers {
@@ -88,7 +92,11 @@ impl Broker {
         let values = self.read_roles(cred, super::read::BACKGROUND).await;
         let (_, _, certificate) = super::credentials::facts(cred, &values);
         if let Some(at) = certificate.and_then(|c| c.not_after_unix) {
-            let found = vec![(ExpiryKind::Credential, super::credentials::credential_series(cred), at)];
+            let found = vec![(
+                ExpiryKind::Credential,
+                super::credentials::credential_series(cred),
+                at,
+            )];
             self.note_expiries(found, false).await;
         }
     }

@@ -204,7 +204,6 @@ fn weak_or_bad(der: &[u8]) -> Rejection {
     }
 }
 
-
 /// The DER of every CERTIFICATE block of `text`, in order.
 fn certificates(text: &str, role: &'static str) -> Result<Vec<Zeroizing<Vec<u8>>>, Rejection> {
     let scanned = super::scan::scan(text, None).map_err(|_| reject(role, "no_certificate"))?;

@@ -96,9 +96,7 @@ pub(crate) fn verify(blocks: &[Block], checks: Checks) -> Result<Vec<BlockFacts>
                 private_keys += 1;
                 let k = private_key(&block.label, &der).ok_or_else(|| {
                     match rsa_modulus_bits(&der) {
-                        Some(bits) if bits < MIN_RSA_BITS => {
-                            PemError::WeakKey { block: n }
-                        }
+                        Some(bits) if bits < MIN_RSA_BITS => PemError::WeakKey { block: n },
                         _ => PemError::BadKey { block: n },
                     }
                 })?;

@@ -94,7 +94,6 @@ impl std::fmt::Debug for Lazy {
 #[cfg(test)]
 mod tests {
     use super::super::{Consumer, Policy, Subject, load};
-    use super::*;
 
     fn policy() -> Policy {
         let dir = tempfile::tempdir().unwrap();
