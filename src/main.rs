@@ -668,31 +668,12 @@ async fn resolve(
 
 /// The errors of a failed resolution as one JSON object on stderr. Never a value.
 fn error_json(e: &ResolveError) -> String {
-    let body = match e {
-        ResolveError::Document(d) => serde_json::json!({
-            "error": {"code": d.code(), "message": d.to_string()}
-        }),
-        ResolveError::Unresolved { errors, omitted } => serde_json::json!({
-            "error": {
-                "code": "unresolved_references",
-                "message": e.to_string(),
-                "details": errors,
-                "omitted": omitted,
-            }
-        }),
-        ResolveError::AuditUnavailable => serde_json::json!({
-            "error": {"code": "audit_unavailable", "message": e.to_string()}
-        }),
-        ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. } => {
-            serde_json::json!({
-                "error": {"code": "too_many_references", "message": e.to_string()}
-            })
-        }
-        ResolveError::TooLarge { .. } => serde_json::json!({
-            "error": {"code": "too_large", "message": e.to_string()}
-        }),
-    };
-    body.to_string()
+    let mut error = serde_json::json!({ "code": e.code(), "message": e.to_string() });
+    if let ResolveError::Unresolved { errors, omitted } = e {
+        error["details"] = serde_json::json!(errors);
+        error["omitted"] = serde_json::json!(omitted);
+    }
+    serde_json::json!({ "error": error }).to_string()
 }
 
 fn pem_command(command: PemCommand) -> Result<(), Failure> {

@@ -135,6 +135,15 @@ fn resolve_exits_75_when_a_source_is_down_and_1_for_a_missing_secret() {
             .any(|l| l["level"] == "WARN" && l.to_string().contains("refused")),
         "{stderr}"
     );
+    // The error line has the code the API answers the same failure with (one table).
+    let error: serde_json::Value = serde_json::from_str(
+        stderr
+            .lines()
+            .find(|l| l.starts_with("{\"error\""))
+            .expect("a JSON error line"),
+    )
+    .unwrap();
+    assert_eq!(error["error"]["code"], "source_unavailable", "{stderr}");
     let failed = support::server::logged(&lines, "vault request failed").expect("{stderr}");
     assert_eq!(failed["source"], "vault", "{failed}");
     assert_eq!(

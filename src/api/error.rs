@@ -103,36 +103,8 @@ impl ApiError {
                 status(Failure::AuditUnavailable),
                 Failure::AuditUnavailable.code(),
             ),
-            Self::Resolve(e) => {
-                let class = e.failure();
-                let code = match e {
-                    ResolveError::Document(d) => d.code(),
-                    ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. } => {
-                        "too_many_references"
-                    }
-                    ResolveError::TooLarge { .. } => "too_large",
-                    ResolveError::AuditUnavailable => "audit_unavailable",
-                    ResolveError::Unresolved { .. } => match class {
-                        f if f.is_outage() => "source_unavailable",
-                        Failure::Denied => "denied",
-                        _ => "unresolved_references",
-                    },
-                };
-                (status(class), code)
-            }
-            Self::Credential(e) => {
-                let class = e.failure();
-                let code = match e {
-                    CredentialError::Denied(_) => "denied",
-                    CredentialError::NotFound => "not_found",
-                    CredentialError::Ambiguous => "ambiguous_credential",
-                    CredentialError::AuditUnavailable => "audit_unavailable",
-                    CredentialError::Rejected(_) => "credential_rejected",
-                    CredentialError::Unresolved(_) if class.is_outage() => "source_unavailable",
-                    CredentialError::Unresolved(_) => "credential_unresolved",
-                };
-                (status(class), code)
-            }
+            Self::Resolve(e) => (status(e.failure()), e.code()),
+            Self::Credential(e) => (status(e.failure()), e.code()),
             Self::Reload(ReloadError::NoPolicies) => (StatusCode::CONFLICT, "no_policies"),
             Self::Reload(ReloadError::Invalid(_)) => (StatusCode::CONFLICT, "policy_invalid"),
             Self::TlsReload(_) => (StatusCode::CONFLICT, "tls_invalid"),

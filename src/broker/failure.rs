@@ -149,9 +149,38 @@ impl ResolveError {
             Self::TooLarge { .. } => Failure::TooLarge,
         }
     }
+
+    /// The stable code every door answers this error with (the API's `error.code`, the CLI's
+    /// JSON error line): the one table of them.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Document(d) => d.code(),
+            Self::TooManyReferences { .. } | Self::TooManySites { .. } => "too_many_references",
+            Self::TooLarge { .. } => "too_large",
+            Self::AuditUnavailable => "audit_unavailable",
+            Self::Unresolved { .. } => match self.failure() {
+                f if f.is_outage() => "source_unavailable",
+                Failure::Denied => "denied",
+                _ => "unresolved_references",
+            },
+        }
+    }
 }
 
 impl CredentialError {
+    /// The stable code every door answers this error with: the one table of them.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Denied(_) => "denied",
+            Self::NotFound => "not_found",
+            Self::Ambiguous => "ambiguous_credential",
+            Self::AuditUnavailable => "audit_unavailable",
+            Self::Rejected(_) => "credential_rejected",
+            Self::Unresolved(_) if self.failure().is_outage() => "source_unavailable",
+            Self::Unresolved(_) => "credential_unresolved",
+        }
+    }
+
     pub fn failure(&self) -> Failure {
         match self {
             Self::Denied(_) => Failure::Denied,
