@@ -237,6 +237,39 @@ pub struct SecretCache {
     /// next) is the one served until its period ends, however full the cache gets (THREATS
     /// rows 54 and 58). Few: one or two per PKI profile.
     pinned: Arc<std::sync::Mutex<std::collections::HashMap<CacheKey, Arc<Entry>>>>,
+    /// The purges, numbered: a read that was in flight when a purge of its key came is not
+    /// stored afterwards (it would bring the purged values back for a TTL — issue 49's
+    /// review). A read notes the number when it starts and asks [`Purges::since`] before
+    /// storing.
+    purges: Arc<std::sync::Mutex<Purges>>,
+}
+
+/// The last purges, by number: enough for the reads in flight at any moment; a read older
+/// than every purge remembered counts as purged (it is answered, not stored).
+#[derive(Debug, Default)]
+struct Purges {
+    count: u64,
+    recent: std::collections::VecDeque<(u64, Arc<str>, Vec<String>)>,
+}
+
+/// Purges remembered for reads in flight.
+const PURGES_KEPT: usize = 256;
+
+impl Purges {
+    /// Whether a purge after number `since` matched `key`.
+    fn since(&self, since: u64, (source, request): &CacheKey) -> bool {
+        if self.count == since {
+            return false;
+        }
+        // The purges right after `since` were forgotten: assume they matched.
+        if self.recent.front().is_none_or(|(n, _, _)| *n > since + 1) {
+            return true;
+        }
+        self.recent
+            .iter()
+            .filter(|(n, _, _)| *n > since)
+            .any(|(_, s, prefix)| **s == **source && request.path.starts_with(prefix))
+    }
 }
 
 /// Pinned entries kept at most (a bound against a misconfiguration, not a working limit).
@@ -279,7 +312,23 @@ impl SecretCache {
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             pending: Arc::default(),
             pinned: Arc::default(),
+            purges: Arc::default(),
         }
+    }
+
+    fn purges(&self) -> std::sync::MutexGuard<'_, Purges> {
+        self.purges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The number of the last purge: what a read notes when it starts.
+    fn purge_count(&self) -> u64 {
+        self.purges().count
+    }
+
+    /// Whether a purge since `since` covered `key`: then what a read that started at `since`
+    /// brought back is answered, never stored.
+    fn purged_since(&self, since: u64, key: &CacheKey) -> bool {
+        self.purges().since(since, key)
     }
 
     fn pinned_map(
@@ -345,8 +394,13 @@ impl SecretCache {
             return;
         }
         drop(entry);
+        let since = self.purge_count();
         // Boxed: while the ticket sleeps, its task holds only the small state above.
-        match Box::pin(fetch()).await {
+        let read = Box::pin(fetch()).await;
+        if self.purged_since(since, &ticket.key) {
+            return;
+        }
+        match read {
             Ok(secret) => {
                 self.store(ticket.key, Ok(secret)).await;
             }
@@ -387,6 +441,7 @@ impl SecretCache {
         if let Some(entry) = self.pinned_hit(&key).await {
             return entry.answer_hit(&key, &self.pending);
         }
+        let since = self.purge_count();
         let init = async {
             match fetch(&key).await {
                 Ok(secret) => Ok(self.entry(Ok(secret))),
@@ -399,6 +454,11 @@ impl SecretCache {
             .try_get_with(key.clone(), init)
             .await
             .map_err(|e: Arc<SourceError>| (*e).clone())?;
+        // moka stores what `init` made when it ends: a purge during the read is undone here.
+        if self.purged_since(since, &key) {
+            self.unstore(&key, &entry).await;
+            return entry.answer(false);
+        }
         self.keep_pinned(&key, &entry);
         // A miss, or a caller that waited on one: the next hit shows the entry is in use.
         entry.answer(false)
@@ -427,7 +487,16 @@ impl SecretCache {
                 {
                     return now.answer(false);
                 }
-                match fetch(&key).await {
+                let since = self.purge_count();
+                let read = fetch(&key).await;
+                // Purged meanwhile: answered, not stored.
+                if self.purged_since(since, &key) {
+                    return match read {
+                        Ok(secret) => self.entry(Ok(secret)).answer(false),
+                        Err(e) => Err(e),
+                    };
+                }
+                match read {
                     Ok(secret) => self.store(key.clone(), Ok(secret)).await.answer(false),
                     Err(e @ (SourceError::NotFound | SourceError::Denied)) => {
                         self.store(key.clone(), Err(e)).await.answer(false)
@@ -478,14 +547,41 @@ impl SecretCache {
         entry
     }
 
+    /// Removes `entry` from `key` if it is still the one stored there.
+    async fn unstore(&self, key: &CacheKey, entry: &Arc<Entry>) {
+        if self
+            .inner
+            .get(key)
+            .await
+            .is_some_and(|now| Arc::ptr_eq(&now, entry))
+        {
+            self.inner.invalidate(key).await;
+        }
+        let mut pinned = self.pinned_map();
+        if pinned.get(key).is_some_and(|now| Arc::ptr_eq(now, entry)) {
+            pinned.remove(key);
+        }
+    }
+
     /// Drops every entry of `source` whose path starts with the segments of `prefix`
     /// (all of the source when `prefix` is empty).
     ///
     /// Every matching entry is removed now, by key: moka's `invalidate_entries_if` applies
     /// only to entries inserted strictly before the call (an entry stored in the same clock
     /// tick survived a purge with its values — issue 49), and only when its housekeeping
-    /// gets to it. The predicate is registered too, for an entry being inserted meanwhile.
+    /// gets to it. A read in flight stores nothing after it ([`Purges`]).
     pub async fn purge(&self, source: &str, prefix: &[String]) {
+        {
+            let mut purges = self.purges();
+            purges.count += 1;
+            let n = purges.count;
+            purges
+                .recent
+                .push_back((n, Arc::from(source), prefix.to_vec()));
+            if purges.recent.len() > PURGES_KEPT {
+                purges.recent.pop_front();
+            }
+        }
         let matches = {
             let (source, prefix) = (source.to_owned(), prefix.to_vec());
             move |(s, req): &CacheKey| **s == *source && req.path.starts_with(&prefix)
@@ -779,6 +875,100 @@ mod tests {
             0,
             "the ticket was given back"
         );
+    }
+
+    /// A read whose source call is in flight when a purge of its key comes answers its caller
+    /// and stores nothing: the purged values do not come back for a TTL (issue 49's review
+    /// found a miss, a refresh ahead and a stale refresh all storing after the purge).
+    /// Each path: `purge_between(path)` runs the read, purges while its fetch waits, then
+    /// lets the fetch end.
+    async fn purge_between(cache: &SecretCache, purged: &str, path: &'static str) -> Fetched {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let fetch = move || async move {
+            let _ = started_tx.send(());
+            let _ = go_rx.await;
+            Ok(checked("v2"))
+        };
+        let c = cache.clone();
+        let read = tokio::spawn(async move {
+            match path {
+                "ahead" => {
+                    let first = c
+                        .get_or_fetch(key("a"), |_| async { Ok(checked("v1")) })
+                        .await;
+                    let ticket = first.unwrap().refresh.expect("a refresh ticket");
+                    c.refresh_ahead(ticket, fetch).await;
+                    None
+                }
+                _ => Some(c.get_or_fetch(key("a"), |_| fetch()).await.unwrap()),
+            }
+        });
+        started_rx.await.unwrap();
+        cache.purge(purged, &[]).await;
+        go_tx.send(()).unwrap();
+        let answered = read.await.unwrap();
+        cache.run_pending_tasks().await;
+        answered.unwrap_or_else(|| Fetched {
+            secret: Arc::new(checked("v2")),
+            stale: false,
+            refresh: None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_in_flight_at_a_purge_of_its_key_is_answered_and_not_stored() {
+        // A miss.
+        let cache = SecretCache::new(&cfg(60_000, 0));
+        let f = purge_between(&cache, "s", "miss").await;
+        assert_eq!(value(&f), "v2", "the caller gets its answer");
+        assert_eq!(cache.entry_count(), 0, "a miss stored after the purge");
+        // A stale entry's refresh.
+        let cache = SecretCache::new(&cfg(1000, 60_000));
+        cache
+            .get_or_fetch(key("a"), |_| async { Ok(checked("v1")) })
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let f = purge_between(&cache, "s", "stale").await;
+        assert_eq!(value(&f), "v2");
+        assert_eq!(cache.entry_count(), 0, "a refresh stored after the purge");
+        // A refresh ahead (the ticket comes with the second read of a fresh entry).
+        let cache = SecretCache::new(&cfg(1000, 0));
+        cache
+            .get_or_fetch(key("a"), |_| async { Ok(checked("v1")) })
+            .await
+            .unwrap();
+        purge_between(&cache, "s", "ahead").await;
+        assert_eq!(
+            cache.entry_count(),
+            0,
+            "a refresh ahead stored after the purge"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_purge_of_another_source_leaves_a_read_in_flight_stored() {
+        let cache = SecretCache::new(&cfg(60_000, 0));
+        purge_between(&cache, "other", "miss").await;
+        assert_eq!(cache.entry_count(), 1);
+        assert!(cache.hit(&key("a")).await.is_some());
+    }
+
+    #[test]
+    fn forgotten_purges_count_as_matching() {
+        let mut p = Purges::default();
+        let k = key("a");
+        assert!(!p.since(0, &k));
+        for n in 1..=(PURGES_KEPT as u64 + 5) {
+            p.count = n;
+            p.recent.push_back((n, Arc::from("other"), Vec::new()));
+            if p.recent.len() > PURGES_KEPT {
+                p.recent.pop_front();
+            }
+        }
+        assert!(!p.since(p.count - 3, &k), "remembered, another source");
+        assert!(p.since(1, &k), "older than every purge remembered");
     }
 
     #[tokio::test(start_paused = true)]

@@ -188,6 +188,56 @@ async fn the_routers_own_refusals_are_json() {
     }
 }
 
+/// docs/THREATS.md row 29: a request with a body that may hold material is answered with
+/// `Connection: close` — whatever its route, method or path, so a body sent to the wrong place
+/// does not stay in the kept-alive connection's receive buffers (issue 49's review found a
+/// value sent by `PATCH`, to a 405 and to a 404 still there seconds later). The hot routes whose
+/// bodies hold no values (resolve, material, purge, reload) and bodiless requests keep theirs.
+#[tokio::test]
+async fn a_body_that_may_hold_material_closes_its_connection() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    let broker = std::sync::Arc::new(keybroker::broker::Broker::new(Vec::new(), None, None));
+    let state = keybroker::api::AppState::new(broker)
+        .with_dev_token(keybroker::identity::TokenDigest::of("operator"));
+    let app = keybroker::api::router(std::sync::Arc::new(state));
+    let body = r#"{"name":"t","team":"payments","mode":"text","value":"v"}"#;
+    for (method, path, with_body, closes) in [
+        ("POST", "/v1/credentials", true, true),
+        ("PUT", "/v1/credentials/t", true, true),
+        ("PATCH", "/v1/credentials/t", true, true),
+        ("POST", "/api/v1/user_credentials", true, true),
+        ("PUT", "/v1/credentials/t/material", true, true),
+        ("PUT", "/v1/credentials/t/", true, true),
+        ("POST", "/api/v1/user_credentials/", true, true),
+        ("POST", "/v1/teams/payments/consumers", true, true),
+        ("POST", "/v1/resolve", true, false),
+        ("POST", "/v1/credentials/t/material", true, false),
+        ("POST", "/v1/admin/cache/purge", true, false),
+        ("GET", "/v1/credentials", false, false),
+        ("DELETE", "/v1/credentials/t", false, false),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", "Bearer operator")
+            .header("content-type", "application/json");
+        let req = if with_body {
+            req.header("content-length", body.len())
+                .body(Body::from(body))
+        } else {
+            req.body(Body::empty())
+        };
+        let resp = app.clone().oneshot(req.unwrap()).await.unwrap();
+        let closed = resp
+            .headers()
+            .get("connection")
+            .is_some_and(|v| v == "close");
+        assert_eq!(closed, closes, "{method} {path}: {}", resp.status());
+    }
+}
+
 /// `rust-version` in Cargo.toml is at least every dependency's own (as `cargo metadata`
 /// reports them), so the claim stays true when a dependency raises its floor.
 #[test]

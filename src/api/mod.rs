@@ -241,17 +241,19 @@ impl AppState {
     }
 }
 
-/// The requests whose body may hold material (a credential's values): a create or a
-/// replacement, in keybroker's shape or Tines'. Their answers close the connection
+/// Whether a request with a body to this route may hold material: every route but those whose
+/// bodies are known to hold none (a document of references, a destination, a purge's source),
+/// so a body sent to a neighbouring route, a wrong method or a path that is no route — a client's
+/// mistake — is treated as the values it may be. Their answers close the connection
 /// ([`observe::DoorSpec::carries_material`] says why).
 fn carries_material(method: &axum::http::Method, route: &str) -> bool {
     use axum::http::Method;
-    matches!(
+    !matches!(
         (method, route),
-        (&Method::POST, "/v1/credentials")
-            | (&Method::PUT, "/v1/credentials/{name}")
-            | (&Method::POST, "/api/v1/user_credentials")
-            | (&Method::PUT, "/api/v1/user_credentials/{id}")
+        (&Method::POST, "/v1/resolve")
+            | (&Method::POST, "/v1/credentials/{name}/material")
+            | (&Method::POST, "/v1/admin/cache/purge")
+            | (&Method::POST, "/v1/admin/reload")
     )
 }
 

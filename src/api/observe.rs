@@ -30,7 +30,7 @@ pub struct DoorSpec {
     pub timed_out: fn() -> Response,
     /// Whether the router's own refusals get the API's JSON error bodies.
     pub json_errors: bool,
-    /// Whether a request to this route may carry material in its body: its answer closes the
+    /// Whether a request with a body to this route may carry material: its answer closes the
     /// connection (`Connection: close`). A kept-alive connection's receive buffers — rustls'
     /// deframer, hyper's read buffer — are reused, never freed, while it lives, and keep the
     /// request's bytes until later requests happen to overwrite them; a closed connection's are
@@ -106,7 +106,12 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let spec = self.spec;
         let route = (spec.route_of)(request.uri().path());
-        let close = (spec.carries_material)(request.method(), route);
+        let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        let close = has_body && (spec.carries_material)(request.method(), route);
         // A blocking query may take its `wait` beyond the request timeout.
         let wait = if spec.json_errors {
             change::wait(request.uri().query())
