@@ -2,6 +2,7 @@
 //! API state — without touching the network. `check`, `serve`, the benches and tests use this
 //! one path, so `check` refuses exactly what `serve` would.
 
+pub mod operations;
 pub mod process;
 mod run;
 
@@ -48,6 +49,8 @@ pub struct App {
     pub vault_api: Option<Door>,
     /// The egress proxy's listener, when `[egress]` is configured.
     pub egress: Option<Door>,
+    /// What runs on its own once serving: [`operations::start`] starts it.
+    pub operations: operations::Operations,
 }
 
 /// An extra listener (`[vault_api]`, `[egress]`): where, with which TLS, serving what.
@@ -214,14 +217,18 @@ impl App {
             None => None,
             Some(v) => Some(vault_api(v, &broker)?),
         };
-        let egress = match &config.egress {
-            None => None,
-            Some(e) => Some(egress(e, &broker)?),
+        let (egress, egress_pool) = match &config.egress {
+            None => (None, None),
+            Some(e) => {
+                let (door, pool) = egress(e, &broker)?;
+                (Some(door), Some(pool))
+            }
         };
         for door in vault_api.iter().chain(&egress) {
             state = state.reloads_tls(Arc::clone(&door.tls));
         }
         Ok(Self {
+            operations: operations::Operations::new(&broker, config, egress_pool),
             broker,
             state,
             tls,
@@ -272,7 +279,10 @@ fn vault_api(v: &crate::config::VaultApiConfig, broker: &Arc<Broker>) -> Result<
 }
 
 /// The egress proxy, with the TLS rules of `[server]` applied to its own keys.
-fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Door, AppError> {
+fn egress(
+    e: &crate::config::EgressConfig,
+    broker: &Arc<Broker>,
+) -> Result<(Door, Arc<crate::egress::Pool>), AppError> {
     let server = e.server();
     let tls = Arc::new(ServerTls::load(&server).map_err(AppError::EgressTls)?);
     if !tls.is_tls() && !e.listen.ip().is_loopback() {
@@ -292,18 +302,13 @@ fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Door,
             Some(pem)
         }
     };
+    let pool = Arc::new(crate::egress::Pool::new(e.keep_alive.0));
     let state = crate::egress::EgressState {
         auth: crate::identity::Authenticator::default(),
         broker: Arc::clone(broker),
         resolve: e.resolve.clone(),
         timeout: e.timeout.0,
-        pool: {
-            let pool = Arc::new(crate::egress::Pool::new(e.keep_alive.0));
-            if tokio::runtime::Handle::try_current().is_ok() {
-                crate::egress::Pool::spawn_keeper(&pool, broker.changes());
-            }
-            pool
-        },
+        pool: Arc::clone(&pool),
         ca_bundle,
     };
     // The whole exchange with the upstream is within `timeout`; the door's own work on top.
@@ -313,11 +318,14 @@ fn egress(e: &crate::config::EgressConfig, broker: &Arc<Broker>) -> Result<Door,
         e.timeout.0 + server.request_timeout.0,
         crate::egress::door(),
     );
-    Ok(Door {
-        listen: e.listen,
-        tls,
-        router: axum::Router::new().fallback_service(observed),
-    })
+    Ok((
+        Door {
+            listen: e.listen,
+            tls,
+            router: axum::Router::new().fallback_service(observed),
+        },
+        pool,
+    ))
 }
 
 /// `check` does not create the audit file, but its folder must exist.

@@ -231,6 +231,14 @@ impl Store {
         }
     }
 
+    /// The store's background work (its own vault login's renewal), started by the server's
+    /// operations.
+    pub fn start(&self) {
+        if let Some(remote) = &self.remote {
+            remote.start();
+        }
+    }
+
     /// This store with `[store.quota]`.
     pub fn with_quota(self, quota: crate::config::QuotaConfig) -> Self {
         Self { quota, ..self }

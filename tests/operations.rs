@@ -238,6 +238,57 @@ async fn a_body_that_may_hold_material_closes_its_connection() {
     }
 }
 
+/// Issue 45: building the app starts nothing — no constructor spawns a task behind anyone's
+/// back (before: the vault renewers, the cache's maintenance, the egress pool's keeper and the
+/// webhook sender started whenever a runtime happened to exist) — and `operations::start`,
+/// which `serve` calls once, starts them all.
+#[test]
+fn building_the_app_starts_no_task_and_operations_start_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("secrets")).unwrap();
+    std::fs::create_dir_all(root.join("policies")).unwrap();
+    std::fs::write(root.join("policies/p.toml"), "[[team]]\nslug = \"t\"\n").unwrap();
+    std::fs::write(
+        root.join("kb.toml"),
+        "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+         [[source]]\nname = \"files\"\nkind = \"file\"\npath = \"secrets\"\n\
+         [store]\nkind = \"file\"\npath = \"store\"\n\
+         [egress]\nlisten = \"127.0.0.1:0\"\n\
+         [notify]\nwebhook = \"http://127.0.0.1:9/hook\"\n",
+    )
+    .unwrap();
+    let config = keybroker::config::Config::load(&root.join("kb.toml")).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = alive();
+        let app = keybroker::app::App::build(
+            &config,
+            &keybroker::app::Options {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                dev: false,
+                open_audit: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(alive(), before, "building the app started a task");
+        let state = std::sync::Arc::new(app.state);
+        keybroker::app::operations::start(app.operations, &state).await;
+        // Maintenance, the webhook sender, start-up and self checks, expiry sweep, orphan
+        // sweep, the egress keeper, SIGHUP.
+        assert!(alive() >= before + 7, "{} tasks", alive() - before);
+    });
+}
+
 /// `rust-version` in Cargo.toml is at least every dependency's own (as `cargo metadata`
 /// reports them), so the claim stays true when a dependency raises its floor.
 #[test]

@@ -67,9 +67,6 @@ impl Broker {
                         name: v.name.clone(),
                         source,
                     })?;
-                    if tokio::runtime::Handle::try_current().is_ok() {
-                        source.spawn_renewer();
-                    }
                     let source = Arc::new(source);
                     vaults.push((v.name.clone(), Arc::clone(&source)));
                     sources.push(source);
@@ -125,9 +122,6 @@ impl Broker {
                                         source,
                                     }
                                 })?;
-                                if tokio::runtime::Handle::try_current().is_ok() {
-                                    writer.spawn_renewer();
-                                }
                                 Arc::new(writer)
                             }
                             _ => source,
@@ -167,9 +161,6 @@ impl Broker {
         broker.expiry = config.expiry.clone();
         broker.server_cert = config.server.tls_cert.clone();
         broker.cache = Arc::new(SecretCache::new(&config.cache));
-        if tokio::runtime::Handle::try_current().is_ok() {
-            broker.cache.spawn_maintenance();
-        }
         broker.store = store;
         if let Some(dir) = &config.policies {
             broker.policies_dir = Some(dir.clone());
@@ -184,7 +175,7 @@ impl Broker {
             broker.audit = Some(Arc::new(Audit::open(audit)?));
         }
         if let Some(notify) = &config.notify {
-            broker.notifier = Some(crate::notify::Notifier::start(notify)?);
+            broker.notifier = Some(crate::notify::Notifier::new(notify)?);
         }
         Ok(broker)
     }

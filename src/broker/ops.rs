@@ -137,6 +137,28 @@ impl Broker {
         }
     }
 
+    /// The broker's background work, started once by the server's operations
+    /// (`app/operations.rs`) and by nothing else: the sources' own (token renewal) and the
+    /// store's, the cache's maintenance, the start-of-service audit line, the start-up and self
+    /// checks, and the expiry sweep.
+    pub async fn start(self: &Arc<Self>) {
+        for e in self.sources.values() {
+            e.source.start();
+        }
+        if let Some(store) = &self.store {
+            store.start();
+        }
+        self.cache.spawn_maintenance();
+        if let Some(notifier) = &self.notifier {
+            notifier.start();
+        }
+        // Readiness: the trail proves writable, each source answers once; then expiry sweeps.
+        self.audit_start().await;
+        self.spawn_startup_checks();
+        self.spawn_self_checks();
+        self.spawn_expiry_sweep();
+    }
+
     /// Probes every source that has not answered yet, with growing pauses (1 s to 30 s),
     /// until all have: what `/readyz` waits for at start.
     pub fn spawn_startup_checks(self: &Arc<Self>) {

@@ -100,11 +100,12 @@ pub async fn serve(
         open_audit: true,
     };
     let App {
-        broker,
+        broker: _,
         state,
         tls,
         vault_api,
         egress,
+        operations,
     } = App::build(&config, &options).map_err(|e| assembly(&config, &e))?;
     // Installed before anything is announced (banner, READY=1), so no signal is lost.
     let signalled = crate::app::process::shutdown_signal();
@@ -123,19 +124,6 @@ pub async fn serve(
         let scheme = if tls.is_tls() { "https" } else { "http" };
         print_dev_banner(scheme, bound, &token, &path.with_file_name("document.json"));
     }
-    // Readiness: the trail proves writable, each source answers once; then expiry sweeps.
-    broker.audit_start().await;
-    broker.spawn_startup_checks();
-    broker.spawn_self_checks();
-    broker.spawn_expiry_sweep();
-    if let Some(store) = &config.store {
-        if store.kind == crate::config::StoreKind::Vault {
-            state
-                .manager
-                .spawn_store_poll(store.poll.0, store.stale_after.0);
-        }
-        state.manager.spawn_orphan_sweep(store.orphan_grace.0);
-    }
     tracing::info!(
         %bound,
         tls = tls.is_tls(),
@@ -148,7 +136,7 @@ pub async fn serve(
         "keybroker serving"
     );
     let state = Arc::new(state);
-    crate::app::process::spawn_reload_on_sighup(Arc::clone(&state));
+    crate::app::operations::start(operations, &state).await;
     if let Some(file) = &ready_file {
         crate::app::process::write_ready_file(file, &listeners.addresses())
             .map_err(|e| Failure::Usage(format!("--ready-file {}: {e}", file.display())))?;

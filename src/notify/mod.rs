@@ -53,19 +53,30 @@ pub enum NotifyError {
 #[derive(Clone, Debug)]
 pub struct Notifier {
     queue: Arc<queue::Queue>,
+    /// The sender, until [`Notifier::start`] takes it into its task.
+    sender: Arc<std::sync::Mutex<Option<Sender>>>,
 }
 
 impl Notifier {
-    /// Checks the settings and starts the sender task (on the current runtime).
-    pub fn start(cfg: &NotifyConfig) -> Result<Self, NotifyError> {
+    /// Checks the settings; events queue (bounded) until [`Notifier::start`].
+    pub fn new(cfg: &NotifyConfig) -> Result<Self, NotifyError> {
         let sender = Sender::new(cfg)?;
-        let queue = Arc::new(queue::Queue::new(cfg.queue));
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(sender.run(Arc::clone(&queue)))),
-            // Only outside `serve` (a library user without a runtime): nothing is sent.
-            Err(_) => tracing::warn!("no async runtime: [notify] events will not be sent"),
+        Ok(Self {
+            queue: Arc::new(queue::Queue::new(cfg.queue)),
+            sender: Arc::new(std::sync::Mutex::new(Some(sender))),
+        })
+    }
+
+    /// Starts the sender task, once (the server's operations call it; from within a runtime).
+    pub fn start(&self) {
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(sender) = sender {
+            tokio::spawn(sender.run(Arc::clone(&self.queue)));
         }
-        Ok(Self { queue })
     }
 
     /// Checks the settings without starting anything (`keybroker check`).
@@ -80,6 +91,15 @@ impl Notifier {
     }
 }
 
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Its client and key are not printed.
 struct Sender {
     url: reqwest::Url,
     client: reqwest::Client,

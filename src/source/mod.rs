@@ -247,6 +247,9 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
             }
         })
     }
+    /// The source's own background work (Vault: renewing its token while nothing is read),
+    /// started once by the server's operations (`app/operations.rs`), never by a constructor.
+    fn start(&self) {}
     /// Whether a read makes something new at the source (PKI: a certificate is issued), so
     /// `check --online` does not read it.
     fn reads_issue(&self) -> bool {

@@ -304,6 +304,10 @@ impl VaultSource {
 }
 
 impl SecretSource for VaultSource {
+    fn start(&self) {
+        self.spawn_renewer();
+    }
+
     fn close_connections(&self) {
         self.inner.http.close_idle();
     }

@@ -89,6 +89,16 @@ impl VaultStore {
         }
     }
 
+    /// Its login's background work, when the store logs in on its own (`[store] auth`: a
+    /// source of its own, named `<source> (store)`); a source shared with the reads is
+    /// started as a source.
+    pub fn start(&self) {
+        use crate::source::SecretSource as _;
+        if self.source.name() != self.source_name {
+            self.source.start();
+        }
+    }
+
     /// The vault source and the folder of it the store writes under.
     pub fn area(&self) -> (String, String) {
         (self.source_name.clone(), self.prefix.clone())
