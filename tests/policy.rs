@@ -786,3 +786,65 @@ fn rcgen_ca_pem() -> String {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.self_signed(&key).unwrap().pem()
 }
+
+/// Issue 46: an AppRole's `role_id` names one consumer (a second holder is a load error, as a
+/// shared token is), its `secret_id` is kept as a hex SHA-256 only, and an AppRole alone is a
+/// way to authenticate.
+#[test]
+fn approle_ids_are_unique_and_secrets_are_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"[[team]]
+slug = "a"
+[[consumer]]
+name = "one"
+team = "a"
+approle = {{ role_id = "kong", secret_id_sha256 = "{s}" }}
+[[consumer]]
+name = "two"
+team = "a"
+approle = {{ role_id = "kong", secret_id_sha256 = "{s}" }}
+[[consumer]]
+name = "three"
+team = "a"
+approle = {{ role_id = "plain", secret_id_sha256 = "not-a-digest" }}
+[[consumer]]
+name = "four"
+team = "a"
+approle = {{ role_id = "has space", secret_id_sha256 = "{s}" }}
+"#,
+            s = sha("secret")
+        ),
+    );
+    let got = messages(dir.path(), &known(&[], None, None)).join("\n");
+    assert!(
+        got.contains("consumer `one` has the same approle.role_id"),
+        "{got}"
+    );
+    assert!(
+        got.contains("secret_id_sha256 must be the hex SHA-256"),
+        "{got}"
+    );
+    assert!(got.contains("role_id is 1 to 256 printable ASCII"), "{got}");
+    // Alone and well formed: it loads, and the consumer authenticates by it.
+    write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[[team]]\nslug = \"a\"\n[[consumer]]\nname = \"one\"\nteam = \"a\"\napprole = {{ role_id = \"kong\", secret_id_sha256 = \"{}\" }}\n",
+            sha("secret")
+        ),
+    );
+    let p = keybroker::policy::load_checked(dir.path(), &known(&[], None, None)).unwrap();
+    let ids = keybroker::identity::Identities::of(&p);
+    assert_eq!(ids.by_approle("kong", "secret"), Some(0));
+    assert_eq!(ids.by_approle("kong", "other"), None);
+    assert_eq!(ids.by_approle("other", "secret"), None);
+    assert!(
+        !format!("{p:?}").contains(&sha("secret")),
+        "Debug redacts the digest"
+    );
+}

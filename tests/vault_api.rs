@@ -23,6 +23,9 @@ const GW: &str = "gw-token";
 const NO_HOST: &str = "nohost-token";
 const STRANGER: &str = "stranger-token";
 const PASSWORD: &str = "VAULT-API-CANARY-5d1e";
+/// Kong's AppRole (`role_id` is an identifier; the `secret_id` a credential).
+const ROLE_ID: &str = "kong-payments";
+const SECRET_ID: &str = "approle-secret-CANARY-7f3a";
 
 /// The policy's part about the `vault` source (present only with OpenBao).
 const VAULT_POLICY: &str = r#"
@@ -112,6 +115,12 @@ team = "payments"
 token_sha256 = "{nohost}"
 
 [[consumer]]
+name = "kong"
+team = "payments"
+approle = {{ role_id = "{role_id}", secret_id_sha256 = "{secret_id}" }}
+vault_api_host = "api.partner.example"
+
+[[consumer]]
 name = "stranger"
 team = "other"
 token_sha256 = "{stranger}"
@@ -137,6 +146,8 @@ allowed_hosts = ["api.partner.example"]
 client_certificate = "$SECRET_files:partner/cert $KEY_cert"
 client_private_key = "$SAFE_Payments $NAME_partner-key"
 {vault_policy}"#,
+            role_id = ROLE_ID,
+            secret_id = token_sha256(SECRET_ID),
             gw = token_sha256(GW),
             nohost = token_sha256(NO_HOST),
             stranger = token_sha256(STRANGER),
@@ -337,6 +348,100 @@ async fn hvac_reads_a_secret() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("{PASSWORD} 1")
     );
+}
+
+/// Issue 46: Vault's AppRole login, as Kong, Gravitee and Ansible use it — hvac's
+/// `auth.approle.login` and the `bao` CLI's `write auth/approle/login`, then reads with the
+/// issued token. A wrong secret, an unknown role and another role's secret get one answer
+/// (Vault's 400 `invalid role or secret ID`: no oracle), each audited as a failed
+/// authentication; the `secret_id` reaches no log line or audit line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approle_logins_of_hvac_and_the_bao_cli_read_as_their_consumer() {
+    let s = setup().await;
+    let script = format!(
+        "import hvac\n\
+         c = hvac.Client(url={url:?}, verify={ca:?})\n\
+         c.auth.approle.login(role_id={ROLE_ID:?}, secret_id={SECRET_ID:?})\n\
+         r = c.secrets.kv.v2.read_secret_version(path='demo/db', mount_point='files', raise_on_deleted_version=True)\n\
+         print(r['data']['data']['password'], c.lookup_token()['data']['display_name'])\n",
+        url = s.addr(),
+        ca = s.dir.path().join("ca.pem").display().to_string(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{PASSWORD} kong")
+    );
+    // The bao CLI: a token from the login, then a read with it.
+    let out = s.bao(
+        "",
+        &[
+            "write",
+            "-field=token",
+            "auth/approle/login",
+            &format!("role_id={ROLE_ID}"),
+            &format!("secret_id={SECRET_ID}"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(token.starts_with("kbv1."), "{token}");
+    let out = s.bao(
+        &token,
+        &["kv", "get", "-mount=files", "-field=password", "demo/db"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), PASSWORD);
+
+    // Refused alike: wrong secret, unknown role, another role's secret, a bare token's value.
+    let login = |role: &str, secret: &str| {
+        let body = serde_json::json!({ "role_id": role, "secret_id": secret });
+        let client = s.client();
+        let url = format!("{}/v1/auth/approle/login", s.addr());
+        async move {
+            let r = client.post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let refused = (
+        400,
+        r#"{"errors":["invalid role or secret ID"]}"#.to_owned(),
+    );
+    for (role, secret) in [
+        (ROLE_ID, "wrong-secret"),
+        ("no-such-role", SECRET_ID),
+        ("no-such-role", "wrong-secret"),
+        (ROLE_ID, GW),
+        ("", ""),
+    ] {
+        assert_eq!(login(role, secret).await, refused, "{role} / {secret}");
+    }
+    // Not a login body: refused before any lookup.
+    let r = s
+        .client()
+        .post(format!("{}/v1/auth/approle/login", s.addr()))
+        .body("role_id=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let audit = s.audit();
+    assert_eq!(audit.matches("approle_refused").count(), 5, "{audit}");
+    let stderr = std::fs::read_to_string(s.dir.path().join("stderr.log")).unwrap_or_default();
+    for text in [&audit, &stderr] {
+        assert!(!text.contains(SECRET_ID), "the secret_id was written down");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

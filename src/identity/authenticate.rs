@@ -364,6 +364,7 @@ mod tests {
             issuer_certs: Vec::new(),
             subject: None,
             token_sha256: None,
+            approle: None,
             admin: false,
             admin_teams: Vec::new(),
             vault_api_host: None,

@@ -19,6 +19,8 @@ pub struct Identities {
     pins: HashMap<[u8; 32], (usize, crate::policy::Pin)>,
     /// Token digests (unique across consumers, checked at load).
     tokens: HashMap<[u8; 32], usize>,
+    /// AppRole `role_id`s (unique, checked at load): the consumer and its `secret_id` digest.
+    approles: HashMap<String, (usize, [u8; 32])>,
     /// Issuer ACLs in policy order: consumer index and the DER of each CA's public key.
     acls: Vec<(usize, Vec<Vec<u8>>)>,
     memo: IssuerMemo,
@@ -76,6 +78,7 @@ impl Identities {
     pub fn of(policy: &Policy) -> Self {
         let mut pins = HashMap::new();
         let mut tokens = HashMap::new();
+        let mut approles = HashMap::new();
         let mut acls = Vec::new();
         for (i, c) in policy.consumers.iter().enumerate() {
             for pin in &c.cert_sha256 {
@@ -84,6 +87,9 @@ impl Identities {
             if let Some(d) = &c.token_sha256 {
                 tokens.insert(*d, i);
             }
+            if let Some(a) = &c.approle {
+                approles.insert(a.role_id.clone(), (i, a.secret_id_sha256));
+            }
             if c.subject.is_some() {
                 acls.push((i, crate::policy::issuer_keys(&c.issuer_certs)));
             }
@@ -91,6 +97,7 @@ impl Identities {
         Self {
             pins,
             tokens,
+            approles,
             acls,
             memo: IssuerMemo::default(),
         }
@@ -102,6 +109,20 @@ impl Identities {
     pub fn by_token(&self, token: &str) -> Option<usize> {
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.tokens.get(&presented).copied()
+    }
+
+    /// The consumer whose AppRole is `role_id` with `secret_id`. The same work whether or not
+    /// the role exists (the digest is computed and compared either way), and one answer for
+    /// a wrong role and a wrong secret: no oracle (docs/THREATS.md row 78).
+    pub fn by_approle(&self, role_id: &str, secret_id: &str) -> Option<usize> {
+        use subtle::ConstantTimeEq as _;
+        let presented: [u8; 32] = Sha256::digest(secret_id.as_bytes()).into();
+        let (i, stored) = self
+            .approles
+            .get(role_id)
+            .map_or((None, [0u8; 32]), |(i, d)| (Some(*i), *d));
+        let same: bool = presented.ct_eq(&stored).into();
+        i.filter(|_| same)
     }
 
     /// The consumer pinned to this fingerprint at `now`; a pin past its `not_after` no
@@ -260,6 +281,7 @@ mod tests {
             issuer_certs: vec![ca_der],
             subject: Some(crate::policy::SubjectPattern::parse("CN=worker-*").unwrap()),
             token_sha256: None,
+            approle: None,
             admin: false,
             admin_teams: Vec::new(),
             vault_api_host: None,

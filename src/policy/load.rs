@@ -71,6 +71,15 @@ struct ConsumerDef {
     admin_teams: Vec<String>,
     /// The destination this consumer's reads through the Vault-compatible API are for.
     vault_api_host: Option<String>,
+    /// Vault's AppRole login on the Vault-compatible API.
+    approle: Option<AppRoleDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppRoleDef {
+    role_id: String,
+    secret_id_sha256: String,
 }
 
 #[derive(Deserialize)]
@@ -546,6 +555,7 @@ fn validate_consumers(
     // racing), both err: path order — which team's slug sorts first — decides nothing.
     let mut names: BTreeMap<String, Holder> = BTreeMap::new();
     let mut token_owner: BTreeMap<[u8; 32], Holder> = BTreeMap::new();
+    let mut role_owner: BTreeMap<String, Holder> = BTreeMap::new();
     let mut pin_owner: BTreeMap<[u8; 32], Holder> = BTreeMap::new();
     let mut acl_items: Vec<(Item<()>, String, usize)> = Vec::new();
     for c in consumers {
@@ -649,8 +659,32 @@ fn validate_consumers(
                 "issuer_ca and subject go together".to_owned(),
             );
         }
-        if def.cert_sha256.is_empty() && !has_issuer && def.token_sha256.is_none() {
-            files.at(&c, &key("name"), format!("consumer `{}` has no way to authenticate (cert_sha256, issuer_ca + subject, or token_sha256)", def.name));
+        let approle = def.approle.as_ref().and_then(|a| {
+            let mut digest = [0u8; 32];
+            if hex::decode_to_slice(&a.secret_id_sha256, &mut digest).is_err() {
+                files.at(&c, &key("approle"), "approle.secret_id_sha256 must be the hex SHA-256 of the secret_id (64 hex digits)".to_owned());
+                return None;
+            }
+            let printable = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+            if a.role_id.is_empty() || a.role_id.len() > 256 || !printable(&a.role_id) {
+                files.at(&c, &key("approle"), "approle.role_id is 1 to 256 printable ASCII characters".to_owned());
+                return None;
+            }
+            if let Some(first) = role_owner.insert(a.role_id.clone(), Holder::of(&c, &def.name)) {
+                files.at(&c, &key("approle"), format!("consumer `{}` has the same approle.role_id", first.name));
+                first.also_errs(files, &c, "a store entry has the same approle.role_id");
+            }
+            Some(super::model::AppRole {
+                role_id: a.role_id.clone(),
+                secret_id_sha256: digest,
+            })
+        });
+        if def.cert_sha256.is_empty()
+            && !has_issuer
+            && def.token_sha256.is_none()
+            && def.approle.is_none()
+        {
+            files.at(&c, &key("name"), format!("consumer `{}` has no way to authenticate (cert_sha256, issuer_ca + subject, token_sha256 or approle)", def.name));
         }
         // Relative to the policy file; the CA certificates are read now, so a decision
         // never does I/O.
@@ -713,6 +747,7 @@ fn validate_consumers(
             issuer_ca,
             subject,
             token_sha256: token,
+            approle,
             admin: def.admin,
             admin_teams: def
                 .admin_teams

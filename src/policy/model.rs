@@ -98,6 +98,26 @@ pub struct Consumer {
     /// A policy file's (the operator's) or the management store's: the operator's claim on
     /// a certificate outranks an API-made one.
     pub origin: Origin,
+    /// Vault's AppRole login on the Vault-compatible API (`auth/approle/login`).
+    pub approle: Option<AppRole>,
+}
+
+/// An AppRole: a `role_id` (an identifier, not a secret — as in Vault) and the SHA-256 of its
+/// `secret_id` (the secret, never kept).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppRole {
+    pub role_id: String,
+    /// Compared in constant time only.
+    pub(crate) secret_id_sha256: [u8; 32],
+}
+
+impl fmt::Debug for AppRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppRole")
+            .field("role_id", &self.role_id)
+            .field("secret_id", &"[redacted]")
+            .finish()
+    }
 }
 
 impl Consumer {
@@ -125,6 +145,7 @@ impl fmt::Debug for Consumer {
             .field("token", &self.token_sha256.map(|_| "[redacted]"))
             .field("admin", &self.admin)
             .field("vault_api_host", &self.vault_api_host)
+            .field("approle", &self.approle)
             .finish()
     }
 }

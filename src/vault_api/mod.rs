@@ -62,7 +62,8 @@ pub fn door() -> crate::api::observe::DoorSpec {
             )
         },
         json_errors: false,
-        carries_material: crate::api::observe::never,
+        // A login's `secret_id` is a credential: its connection's buffers go with it.
+        carries_material: |_, route| route == "/v1/auth/approle/login",
     }
 }
 
@@ -71,6 +72,7 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/sys/health" => "/v1/sys/health",
         "/v1/auth/cert/login" => "/v1/auth/cert/login",
+        "/v1/auth/approle/login" => "/v1/auth/approle/login",
         "/v1/auth/token/lookup-self" => "/v1/auth/token/lookup-self",
         p if p.starts_with("/v1/sys/") => "/v1/sys/*",
         p if p.starts_with("/v1/auth/") => "/v1/auth/*",
@@ -142,7 +144,7 @@ fn request_id() -> String {
 }
 
 async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Response {
-    let (parts, _body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let route = match route::route(&parts.method, parts.uri.path(), parts.uri.query()) {
         Ok(r) => r,
         Err(RouteError::NotApi) => return error(StatusCode::NOT_FOUND, &["unsupported path"]),
@@ -163,6 +165,7 @@ async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Re
             );
         }
         Route::Login => return login(&state, peer.as_ref()).await,
+        Route::AppRoleLogin => return approle_login(&state, peer.as_ref(), body).await,
         _ => {}
     }
     // Response wrapping is not served: a client asking for it must not get the secret
@@ -192,7 +195,7 @@ async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Re
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             read(&state, &caller, &mount, &path, version, metadata).await
         }
-        Route::Health | Route::Login | Route::NotFound => {
+        Route::Health | Route::Login | Route::AppRoleLogin | Route::NotFound => {
             error(StatusCode::NOT_FOUND, &["unsupported path"])
         }
     }
@@ -236,8 +239,8 @@ async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
             .map_err(|crate::identity::Ambiguous| AuthError::AmbiguousIdentity)
             .and_then(|i| i.ok_or(AuthError::UnknownCertificate)),
     };
-    let (index, name) = match found {
-        Ok(i) => (i, snapshot.policy().consumers[i].name.clone()),
+    let index = match found {
+        Ok(i) => i,
         Err(why) => {
             if why == AuthError::AmbiguousIdentity {
                 state.broker.metrics().ambiguous_identity();
@@ -249,9 +252,60 @@ async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
             return denied();
         }
     };
+    issue(state, &snapshot, index).await
+}
+
+/// What `auth/approle/login` takes (Vault's names). The `secret_id` is held in a zeroizing
+/// string and never printed.
+#[derive(serde::Deserialize)]
+struct AppRoleBody {
+    role_id: String,
+    secret_id: crate::source::FieldValue,
+}
+
+/// A login body is small; more is refused before it is read whole.
+const LOGIN_BODY_MAX: usize = 8 * 1024;
+
+/// `auth/approle/login`: `role_id` and `secret_id` → their consumer → a token. A wrong role
+/// and a wrong secret get one answer (Vault's 400 `invalid role or secret ID`), counted and
+/// audited as every failed authentication is (the refusal budget).
+async fn approle_login(state: &VaultApiState, peer: Option<&Peer>, body: Body) -> Response {
+    let Ok(bytes) = axum::body::to_bytes(body, LOGIN_BODY_MAX).await else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &["the login body is too large or cut short"],
+        );
+    };
+    let bytes = zeroize::Zeroizing::new(bytes.to_vec());
+    let Ok(login) = serde_json::from_slice::<AppRoleBody>(&bytes) else {
+        return error(StatusCode::BAD_REQUEST, &["missing role_id or secret_id"]);
+    };
+    let snapshot = state.broker.policy();
+    let found = snapshot
+        .identities()
+        .by_approle(&login.role_id, login.secret_id.0.expose_secret());
+    match found {
+        Some(index) => issue(state, &snapshot, index).await,
+        None => {
+            let _ = state
+                .broker
+                .audit_unauthenticated("approle_refused", peer.map(|p| p.addr.ip()))
+                .await;
+            error(StatusCode::BAD_REQUEST, &["invalid role or secret ID"])
+        }
+    }
+}
+
+/// A token for the consumer at `index` of `snapshot`'s policy, in Vault's login answer.
+async fn issue(
+    state: &VaultApiState,
+    snapshot: &Arc<crate::identity::Snapshot>,
+    index: usize,
+) -> Response {
+    let name = snapshot.policy().consumers[index].name.clone();
     // A token is a credential handed out: audited like a read (and refused when the trail
     // cannot be written).
-    let Some(consumer) = ConsumerRef::of(Arc::clone(&snapshot), &name) else {
+    let Some(consumer) = ConsumerRef::of(Arc::clone(snapshot), &name) else {
         return denied();
     };
     if state

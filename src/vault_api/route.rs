@@ -10,6 +10,8 @@ pub enum Route {
     Health,
     /// `POST auth/cert/login` (the client certificate is the credential).
     Login,
+    /// `POST auth/approle/login` (`role_id` and `secret_id` in the body).
+    AppRoleLogin,
     /// `GET sys/internal/ui/mounts/<mount>…`: what the CLIs ask before a KV read.
     MountInfo(String),
     LookupSelf,
@@ -57,6 +59,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
     Ok(match seg.as_slice() {
         ["sys", "health"] if get => Route::Health,
         ["auth", "cert", "login"] if post => Route::Login,
+        ["auth", "approle", "login"] if post => Route::AppRoleLogin,
         ["sys", "internal", "ui", "mounts", mount, ..] if get => {
             Route::MountInfo((*mount).to_owned())
         }
