@@ -551,11 +551,35 @@ fn put_partner(bao: &OpenBao, name: &str) -> String {
 /// template from `credentials/`, and renders it again when the secret changes in OpenBao.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bao_agent_renders_a_credential_and_follows_a_rotation() {
+    agent_follows_a_rotation("cert").await;
+}
+
+/// Issue 46: `bao agent` logs in with AppRole (`role_id` and `secret_id` files), as Vault
+/// Agent does on hosts without client certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bao_agent_with_approle_renders_a_credential_and_follows_a_rotation() {
+    agent_follows_a_rotation("approle").await;
+}
+
+/// `bao agent` with `auto_auth` `method` (`cert`: the workers' certificate; `approle`: the
+/// kong consumer's AppRole) renders `vault-partner`'s certificate, then the new one after a
+/// new KV version in OpenBao.
+async fn agent_follows_a_rotation(method: &str) {
     let bao = OpenBao::start();
     let first = put_partner(&bao, "v1");
     let s = setup_with(Some(&bao)).await;
     let root = s.dir.path();
     let out = root.join("rendered.pem");
+    std::fs::write(root.join("role_id"), ROLE_ID).unwrap();
+    std::fs::write(root.join("secret_id"), SECRET_ID).unwrap();
+    let auth = match method {
+        "cert" => "method \"cert\" {\n    config = {}\n  }".to_owned(),
+        _ => format!(
+            "method \"approle\" {{\n    config = {{\n      role_id_file_path = \"{}\"\n      secret_id_file_path = \"{}\"\n      remove_secret_id_file_after_reading = false\n    }}\n  }}",
+            root.join("role_id").display(),
+            root.join("secret_id").display()
+        ),
+    };
     std::fs::write(
         root.join("agent.hcl"),
         format!(
@@ -568,9 +592,7 @@ vault {{
   client_key = "{key}"
 }}
 auto_auth {{
-  method "cert" {{
-    config = {{}}
-  }}
+  {auth}
 }}
 template_config {{
   static_secret_render_interval = "1s"
@@ -622,4 +644,13 @@ template {{
     let second = put_partner(&bao, "v2");
     rendered(second).await;
     let _ = agent.kill().await;
+    // It read as the consumer its login names.
+    let who = if method == "cert" { "workers" } else { "kong" };
+    assert!(
+        s.audit()
+            .lines()
+            .any(|l| l.contains("vault-partner") && l.contains(&format!("\"{who}\""))),
+        "{}",
+        s.audit()
+    );
 }
