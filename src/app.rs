@@ -80,6 +80,8 @@ pub enum AppError {
     EtagKey(#[from] crate::api::change::EtagKeyError),
     #[error("[vault_api] {0}")]
     VaultApiTls(TlsSetupError),
+    #[error(transparent)]
+    VaultApiJwt(#[from] crate::vault_api::jwt::JwtKeyError),
     #[error("[vault_api]: plain HTTP only listens on loopback, not {0}: set tls_cert and tls_key")]
     VaultApiPlainOffLoopback(SocketAddr),
     #[error(transparent)]
@@ -153,6 +155,7 @@ impl AppError {
             Self::VaultApiTls(_) => Some(Setting::Key("vault_api", "tls_cert")),
             Self::VaultApiPlainOffLoopback(_) => Some(Setting::Key("vault_api", "listen")),
             Self::TokenKey(_) => Some(Setting::Key("vault_api", "token_key_file")),
+            Self::VaultApiJwt(_) => Some(Setting::Key("vault_api", "jwt")),
             Self::EgressTls(_) => Some(Setting::Key("egress", "tls_cert")),
             Self::EgressPlainOffLoopback(_) => Some(Setting::Key("egress", "listen")),
             Self::EgressCa { .. } => Some(Setting::Key("egress", "ca_cert")),
@@ -264,6 +267,11 @@ fn vault_api(v: &crate::config::VaultApiConfig, broker: &Arc<Broker>) -> Result<
         },
         tokens,
         token_ttl: v.token_ttl.0,
+        jwt: v
+            .jwt
+            .as_ref()
+            .map(crate::vault_api::jwt::JwtKeys::load)
+            .transpose()?,
     };
     let observed = crate::api::observe::Observe::new(
         crate::vault_api::router(Arc::new(state)),

@@ -18,9 +18,10 @@ pub use crate::diag::Diagnostic;
 use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, EgressConfig,
-    ExpiryConfig, FileSourceConfig, FsyncPolicy, KUBERNETES_TOKEN_FILE, KvVersion, LimitsConfig,
-    NotifyConfig, PemMode, PkiProfile, PkiSourceConfig, QuotaConfig, STORE_SOURCE, ServerConfig,
-    SourceConfig, SourceKind, StoreConfig, StoreKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
+    ExpiryConfig, FileSourceConfig, FsyncPolicy, JwtConfig, KUBERNETES_TOKEN_FILE, KvVersion,
+    LimitsConfig, NotifyConfig, PemMode, PkiProfile, PkiSourceConfig, QuotaConfig, STORE_SOURCE,
+    ServerConfig, SourceConfig, SourceKind, StoreConfig, StoreKind, VaultApiConfig, VaultAuth,
+    VaultSourceConfig,
 };
 
 /// The whole configuration, validated.
@@ -278,6 +279,9 @@ impl Config {
             fix_opt(&mut v.client_ca);
             fix_opt(&mut v.client_crl);
             fix_opt(&mut v.token_key_file);
+            if let Some(jwt) = &mut v.jwt {
+                fix(&mut jwt.validation_pubkeys);
+            }
         }
         for s in &mut self.sources {
             match s {

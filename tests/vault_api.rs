@@ -26,6 +26,7 @@ const PASSWORD: &str = "VAULT-API-CANARY-5d1e";
 /// Kong's AppRole (`role_id` is an identifier; the `secret_id` a credential).
 const ROLE_ID: &str = "kong-payments";
 const SECRET_ID: &str = "approle-secret-CANARY-7f3a";
+const JWT_ISSUER: &str = "https://issuer.example";
 
 /// The policy's part about the `vault` source (present only with OpenBao).
 const VAULT_POLICY: &str = r#"
@@ -52,6 +53,8 @@ struct Setup {
     key_pem: String,
     workers: support::pki::Issued,
     _double: CcpDouble,
+    /// The private key (PKCS#8 PEM) whose public half `[vault_api.jwt]` trusts.
+    jwt_signer: String,
 }
 
 async fn setup() -> Setup {
@@ -90,6 +93,9 @@ async fn setup_with(bao: Option<&OpenBao>) -> Setup {
         .safes
         .insert("Payments".into(), (vec!["keybroker".into()], vec![key]));
     let double = CcpDouble::start(&pki, store).await;
+    // The JWT issuer's key: its public half is what `[vault_api.jwt]` trusts.
+    let jwt_key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(root.join("jwt-keys.pem"), jwt_key.public_key_pem()).unwrap();
     // Consumers that log in with a certificate.
     let clients = Ca::new("clients CA");
     clients.write(&root.join("clients-ca.pem"));
@@ -118,6 +124,18 @@ token_sha256 = "{nohost}"
 name = "kong"
 team = "payments"
 approle = {{ role_id = "{role_id}", secret_id_sha256 = "{secret_id}" }}
+vault_api_host = "api.partner.example"
+
+[[consumer]]
+name = "ansible"
+team = "payments"
+jwt = {{ role = "ansible", bound_audiences = ["keybroker"], bound_subject = "ansible-runner" }}
+vault_api_host = "api.partner.example"
+
+[[consumer]]
+name = "kong-k8s"
+team = "payments"
+kubernetes = {{ role = "kong-k8s", service_account = "kong", namespace = "gateways" }}
 vault_api_host = "api.partner.example"
 
 [[consumer]]
@@ -171,6 +189,7 @@ listen = "127.0.0.1:0"
 tls_cert = "server.pem"
 tls_key = "server-key.pem"
 client_ca = "clients-ca.pem"
+jwt = {{ validation_pubkeys = "jwt-keys.pem", bound_issuer = "{JWT_ISSUER}" }}
 [[source]]
 name = "files"
 kind = "file"
@@ -209,6 +228,7 @@ path = "audit.log"
         vault_port,
         workers,
         _double: double,
+        jwt_signer: jwt_key.serialize_pem(),
     }
 }
 
@@ -442,6 +462,160 @@ async fn approle_logins_of_hvac_and_the_bao_cli_read_as_their_consumer() {
     for text in [&audit, &stderr] {
         assert!(!text.contains(SECRET_ID), "the secret_id was written down");
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A JWT over `claims`, signed ES256 by `signer` (a PKCS#8 PEM private key).
+fn jwt(signer: &str, claims: &serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(signer.as_bytes()).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        claims,
+        &key,
+    )
+    .unwrap()
+}
+
+/// Issue 46: the JWT and Kubernetes logins, as Ansible's `community.hashi_vault` (jwt),
+/// external-secrets and Vault Agent on Kubernetes use them — hvac's `auth.jwt.jwt_login` and
+/// `auth.kubernetes.login` — then reads with the issued token. Refused alike, each audited: an
+/// unknown role, another key's signature, a wrong audience, issuer or subject, an expired
+/// token, a token not yet valid, `alg: none`, and key confusion (HS256 keyed with the public
+/// key's PEM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer() {
+    let s = setup().await;
+    let now = unix_now();
+    let good = |sub: &str, aud: &str| serde_json::json!({ "iss": JWT_ISSUER, "aud": aud, "sub": sub, "exp": now + 300, "nbf": now - 10 });
+    let ansible = jwt(&s.jwt_signer, &good("ansible-runner", "keybroker"));
+    let kong = jwt(
+        &s.jwt_signer,
+        &good("system:serviceaccount:gateways:kong", "anything"),
+    );
+    let script = format!(
+        "import hvac\n\
+         c = hvac.Client(url={url:?}, verify={ca:?})\n\
+         c.auth.jwt.jwt_login(role='ansible', jwt={ansible:?})\n\
+         r = c.secrets.kv.v2.read_secret_version(path='demo/db', mount_point='files', raise_on_deleted_version=True)\n\
+         print(r['data']['data']['password'], c.lookup_token()['data']['display_name'])\n\
+         k = hvac.Client(url={url:?}, verify={ca:?})\n\
+         k.auth.kubernetes.login(role='kong-k8s', jwt={kong:?})\n\
+         print(k.lookup_token()['data']['display_name'])\n",
+        url = s.addr(),
+        ca = s.dir.path().join("ca.pem").display().to_string(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{PASSWORD} ansible\nkong-k8s")
+    );
+
+    let login = |method: &str, role: &str, token: String| {
+        let body = serde_json::json!({ "role": role, "jwt": token });
+        let client = s.client();
+        let url = format!("{}/v1/auth/{method}/login", s.addr());
+        async move {
+            let r = client.post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let b64 = |v: &serde_json::Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&serde_json::json!({ "alg": "none", "typ": "JWT" })),
+        b64(&good("ansible-runner", "keybroker"))
+    );
+    let public_pem = std::fs::read(s.dir.path().join("jwt-keys.pem")).unwrap();
+    let confused = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &good("ansible-runner", "keybroker"),
+        &jsonwebtoken::EncodingKey::from_secret(&public_pem).unwrap(),
+    )
+    .unwrap();
+    let with = |claims: serde_json::Value| jwt(&s.jwt_signer, &claims);
+    let refused = (400, r#"{"errors":["invalid role or JWT"]}"#.to_owned());
+    let cases: Vec<(&str, &str, String)> = vec![
+        ("jwt", "no-such-role", ansible.clone()),
+        (
+            "jwt",
+            "ansible",
+            jwt(&other_key, &good("ansible-runner", "keybroker")),
+        ),
+        (
+            "jwt",
+            "ansible",
+            with(good("ansible-runner", "someone-else")),
+        ),
+        ("jwt", "ansible", with(good("intruder", "keybroker"))),
+        (
+            "jwt",
+            "ansible",
+            with(
+                serde_json::json!({ "iss": "https://other.example", "aud": "keybroker", "sub": "ansible-runner", "exp": now + 300 }),
+            ),
+        ),
+        (
+            "jwt",
+            "ansible",
+            with(
+                serde_json::json!({ "iss": JWT_ISSUER, "aud": "keybroker", "sub": "ansible-runner", "exp": now - 600 }),
+            ),
+        ),
+        (
+            "jwt",
+            "ansible",
+            with(
+                serde_json::json!({ "iss": JWT_ISSUER, "aud": "keybroker", "sub": "ansible-runner", "exp": now + 900, "nbf": now + 600 }),
+            ),
+        ),
+        (
+            "jwt",
+            "ansible",
+            with(
+                serde_json::json!({ "iss": JWT_ISSUER, "aud": "keybroker", "sub": "ansible-runner" }),
+            ),
+        ),
+        ("jwt", "ansible", unsigned),
+        ("jwt", "ansible", confused),
+        ("jwt", "ansible", "not a jwt".to_owned()),
+        (
+            "kubernetes",
+            "kong-k8s",
+            with(good("system:serviceaccount:gateways:other", "x")),
+        ),
+        ("kubernetes", "ansible", ansible.clone()),
+        ("jwt", "kong-k8s", kong.clone()),
+    ];
+    for (i, (method, role, token)) in cases.into_iter().enumerate() {
+        assert_eq!(login(method, role, token).await, refused, "case {i}");
+    }
+    // Each refusal is audited within the refusal budget (10 lines per peer per minute; the
+    // rest are counted into a summary line): one peer here, 14 refusals.
+    let audit = s.audit();
+    assert_eq!(
+        audit.matches("jwt_refused").count() + audit.matches("kubernetes_refused").count(),
+        10,
+        "{audit}"
+    );
+    assert!(!audit.contains(&ansible), "a token was written down");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

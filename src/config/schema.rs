@@ -442,6 +442,26 @@ pub struct VaultApiConfig {
     pub token_key_file: Option<PathBuf>,
     #[serde(default = "default_token_ttl")]
     pub token_ttl: Dur,
+    /// `auth/jwt/login` and `auth/kubernetes/login`: how a presented JWT is verified.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// How the Vault API verifies a JWT login (Vault's `jwt_validation_pubkeys` and
+/// `bound_issuer`, as a file): which consumer a role is, and what it binds, is the policy's.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// PEM public keys (RSA, EC P-256/P-384, Ed25519) any of which may have signed a token.
+    pub validation_pubkeys: PathBuf,
+    /// The `iss` every token must carry (a Kubernetes cluster's service-account issuer).
+    pub bound_issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_jwt_leeway")]
+    pub leeway: Dur,
+}
+
+fn default_jwt_leeway() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 fn default_vault_api_listen() -> SocketAddr {

@@ -21,6 +21,9 @@ pub struct Identities {
     tokens: HashMap<[u8; 32], usize>,
     /// AppRole `role_id`s (unique, checked at load): the consumer and its `secret_id` digest.
     approles: HashMap<String, (usize, [u8; 32])>,
+    /// JWT and Kubernetes login roles (unique per method, checked at load).
+    jwt_roles: HashMap<String, usize>,
+    kubernetes_roles: HashMap<String, usize>,
     /// Issuer ACLs in policy order: consumer index and the DER of each CA's public key.
     acls: Vec<(usize, Vec<Vec<u8>>)>,
     memo: IssuerMemo,
@@ -79,6 +82,8 @@ impl Identities {
         let mut pins = HashMap::new();
         let mut tokens = HashMap::new();
         let mut approles = HashMap::new();
+        let mut jwt_roles = HashMap::new();
+        let mut kubernetes_roles = HashMap::new();
         let mut acls = Vec::new();
         for (i, c) in policy.consumers.iter().enumerate() {
             for pin in &c.cert_sha256 {
@@ -90,6 +95,12 @@ impl Identities {
             if let Some(a) = &c.approle {
                 approles.insert(a.role_id.clone(), (i, a.secret_id_sha256));
             }
+            if let Some(j) = &c.jwt {
+                jwt_roles.insert(j.role.clone(), i);
+            }
+            if let Some(k) = &c.kubernetes {
+                kubernetes_roles.insert(k.role.clone(), i);
+            }
             if c.subject.is_some() {
                 acls.push((i, crate::policy::issuer_keys(&c.issuer_certs)));
             }
@@ -98,6 +109,8 @@ impl Identities {
             pins,
             tokens,
             approles,
+            jwt_roles,
+            kubernetes_roles,
             acls,
             memo: IssuerMemo::default(),
         }
@@ -123,6 +136,16 @@ impl Identities {
             .map_or((None, [0u8; 32]), |(i, d)| (Some(*i), *d));
         let same: bool = presented.ct_eq(&stored).into();
         i.filter(|_| same)
+    }
+
+    /// The consumer whose JWT login role is `role` (its token is verified by the caller).
+    pub fn by_jwt_role(&self, role: &str) -> Option<usize> {
+        self.jwt_roles.get(role).copied()
+    }
+
+    /// The consumer whose Kubernetes login role is `role`.
+    pub fn by_kubernetes_role(&self, role: &str) -> Option<usize> {
+        self.kubernetes_roles.get(role).copied()
     }
 
     /// The consumer pinned to this fingerprint at `now`; a pin past its `not_after` no
@@ -282,6 +305,8 @@ mod tests {
             subject: Some(crate::policy::SubjectPattern::parse("CN=worker-*").unwrap()),
             token_sha256: None,
             approle: None,
+            jwt: None,
+            kubernetes: None,
             admin: false,
             admin_teams: Vec::new(),
             vault_api_host: None,

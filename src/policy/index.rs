@@ -190,6 +190,8 @@ mod tests {
             subject: None,
             token_sha256: None,
             approle: None,
+            jwt: None,
+            kubernetes: None,
             admin: false,
             admin_teams: Vec::new(),
             vault_api_host: None,

@@ -73,6 +73,27 @@ struct ConsumerDef {
     vault_api_host: Option<String>,
     /// Vault's AppRole login on the Vault-compatible API.
     approle: Option<AppRoleDef>,
+    /// Vault's JWT login on the Vault-compatible API.
+    jwt: Option<JwtDef>,
+    /// Vault's Kubernetes login on the Vault-compatible API.
+    kubernetes: Option<KubernetesDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtDef {
+    role: String,
+    bound_audiences: Vec<String>,
+    bound_subject: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubernetesDef {
+    role: String,
+    service_account: String,
+    namespace: String,
+    audience: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -556,6 +577,8 @@ fn validate_consumers(
     let mut names: BTreeMap<String, Holder> = BTreeMap::new();
     let mut token_owner: BTreeMap<[u8; 32], Holder> = BTreeMap::new();
     let mut role_owner: BTreeMap<String, Holder> = BTreeMap::new();
+    let mut jwt_owner: BTreeMap<String, Holder> = BTreeMap::new();
+    let mut kube_owner: BTreeMap<String, Holder> = BTreeMap::new();
     let mut pin_owner: BTreeMap<[u8; 32], Holder> = BTreeMap::new();
     let mut acl_items: Vec<(Item<()>, String, usize)> = Vec::new();
     for c in consumers {
@@ -679,12 +702,64 @@ fn validate_consumers(
                 secret_id_sha256: digest,
             })
         });
+        let role_ok = |role: &str| !role.is_empty() && role.len() <= 128 && super::is_slug(role);
+        let jwt = def.jwt.as_ref().and_then(|j| {
+            if !role_ok(&j.role) || j.bound_audiences.is_empty() {
+                files.at(
+                    &c,
+                    &key("jwt"),
+                    "jwt needs a role ([a-z0-9_-]) and at least one bound_audiences entry"
+                        .to_owned(),
+                );
+                return None;
+            }
+            if let Some(first) = jwt_owner.insert(j.role.clone(), Holder::of(&c, &def.name)) {
+                files.at(
+                    &c,
+                    &key("jwt"),
+                    format!("consumer `{}` has the same jwt.role", first.name),
+                );
+                first.also_errs(files, &c, "a store entry has the same jwt.role");
+            }
+            Some(super::model::JwtRole {
+                role: j.role.clone(),
+                bound_audiences: j.bound_audiences.clone(),
+                bound_subject: j.bound_subject.clone(),
+            })
+        });
+        let kubernetes = def.kubernetes.as_ref().and_then(|k| {
+            if !role_ok(&k.role) || k.service_account.is_empty() || k.namespace.is_empty() {
+                files.at(
+                    &c,
+                    &key("kubernetes"),
+                    "kubernetes needs a role ([a-z0-9_-]), a service_account and a namespace"
+                        .to_owned(),
+                );
+                return None;
+            }
+            if let Some(first) = kube_owner.insert(k.role.clone(), Holder::of(&c, &def.name)) {
+                files.at(
+                    &c,
+                    &key("kubernetes"),
+                    format!("consumer `{}` has the same kubernetes.role", first.name),
+                );
+                first.also_errs(files, &c, "a store entry has the same kubernetes.role");
+            }
+            Some(super::model::KubernetesRole {
+                role: k.role.clone(),
+                service_account: k.service_account.clone(),
+                namespace: k.namespace.clone(),
+                audience: k.audience.clone(),
+            })
+        });
         if def.cert_sha256.is_empty()
             && !has_issuer
             && def.token_sha256.is_none()
             && def.approle.is_none()
+            && def.jwt.is_none()
+            && def.kubernetes.is_none()
         {
-            files.at(&c, &key("name"), format!("consumer `{}` has no way to authenticate (cert_sha256, issuer_ca + subject, token_sha256 or approle)", def.name));
+            files.at(&c, &key("name"), format!("consumer `{}` has no way to authenticate (cert_sha256, issuer_ca + subject, token_sha256, approle, jwt or kubernetes)", def.name));
         }
         // Relative to the policy file; the CA certificates are read now, so a decision
         // never does I/O.
@@ -748,6 +823,8 @@ fn validate_consumers(
             subject,
             token_sha256: token,
             approle,
+            jwt,
+            kubernetes,
             admin: def.admin,
             admin_teams: def
                 .admin_teams

@@ -19,8 +19,8 @@ pub use load::{
     KnownSources, PolicyError, issuer_keys, load, load_checked, load_checked_dirs, pem_certificates,
 };
 pub use model::{
-    AppRole, Consumer, Credential, CredentialMode, CredentialValues, Grant, Origin, PathPattern,
-    Pin, Policy, ReadAccess,
+    AppRole, Consumer, Credential, CredentialMode, CredentialValues, Grant, JwtRole,
+    KubernetesRole, Origin, PathPattern, Pin, Policy, ReadAccess,
 };
 pub use name::{EntryName, NotAName, TeamSlug, is_slug};
 pub use route::{Unrouted, path_of};

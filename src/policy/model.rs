@@ -100,6 +100,30 @@ pub struct Consumer {
     pub origin: Origin,
     /// Vault's AppRole login on the Vault-compatible API (`auth/approle/login`).
     pub approle: Option<AppRole>,
+    /// Vault's JWT login (`auth/jwt/login`): the role, and what a token must carry.
+    pub jwt: Option<JwtRole>,
+    /// Vault's Kubernetes login (`auth/kubernetes/login`): the role, and the service account.
+    pub kubernetes: Option<KubernetesRole>,
+}
+
+/// A JWT login's role: a token verified by `[vault_api.jwt]`'s keys, carrying one of
+/// `bound_audiences` and, when set, `bound_subject` as its `sub`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtRole {
+    pub role: String,
+    pub bound_audiences: Vec<String>,
+    pub bound_subject: Option<String>,
+}
+
+/// A Kubernetes login's role: a service-account token (verified as a JWT by `[vault_api.jwt]`'s
+/// keys) of `namespace`/`service_account` — its `sub` is
+/// `system:serviceaccount:<namespace>:<service_account>` — with `audience` when set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesRole {
+    pub role: String,
+    pub service_account: String,
+    pub namespace: String,
+    pub audience: Option<String>,
 }
 
 /// An AppRole: a `role_id` (an identifier, not a secret — as in Vault) and the SHA-256 of its
@@ -146,6 +170,8 @@ impl fmt::Debug for Consumer {
             .field("admin", &self.admin)
             .field("vault_api_host", &self.vault_api_host)
             .field("approle", &self.approle)
+            .field("jwt", &self.jwt)
+            .field("kubernetes", &self.kubernetes)
             .finish()
     }
 }

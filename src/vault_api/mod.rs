@@ -8,6 +8,7 @@
 //! buffers. **Boundary:** uses `broker`, `identity` and `api::listen`'s `Peer`; `api` does not
 //! use it.
 
+pub mod jwt;
 pub mod route;
 pub mod token;
 
@@ -40,6 +41,9 @@ pub struct VaultApiState {
     /// The one authenticator, set for this door: its own tokens and the policy's.
     pub auth: crate::identity::Authenticator,
     pub token_ttl: Duration,
+    /// `[vault_api.jwt]`: the keys JWT and Kubernetes logins are verified with (none: both
+    /// logins are refused).
+    pub jwt: Option<jwt::JwtKeys>,
 }
 
 /// The router: one handler, since Vault's paths are a tree of mounts rather than routes.
@@ -63,7 +67,7 @@ pub fn door() -> crate::api::observe::DoorSpec {
         },
         json_errors: false,
         // A login's `secret_id` is a credential: its connection's buffers go with it.
-        carries_material: |_, route| route == "/v1/auth/approle/login",
+        carries_material: |_, route| route.starts_with("/v1/auth/") && route.ends_with("/login"),
     }
 }
 
@@ -73,6 +77,8 @@ fn route_label(path: &str) -> &'static str {
         "/v1/sys/health" => "/v1/sys/health",
         "/v1/auth/cert/login" => "/v1/auth/cert/login",
         "/v1/auth/approle/login" => "/v1/auth/approle/login",
+        "/v1/auth/jwt/login" => "/v1/auth/jwt/login",
+        "/v1/auth/kubernetes/login" => "/v1/auth/kubernetes/login",
         "/v1/auth/token/lookup-self" => "/v1/auth/token/lookup-self",
         p if p.starts_with("/v1/sys/") => "/v1/sys/*",
         p if p.starts_with("/v1/auth/") => "/v1/auth/*",
@@ -166,6 +172,9 @@ async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Re
         }
         Route::Login => return login(&state, peer.as_ref()).await,
         Route::AppRoleLogin => return approle_login(&state, peer.as_ref(), body).await,
+        Route::JwtLogin { kubernetes } => {
+            return jwt_login(&state, peer.as_ref(), body, kubernetes).await;
+        }
         _ => {}
     }
     // Response wrapping is not served: a client asking for it must not get the secret
@@ -195,9 +204,11 @@ async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Re
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             read(&state, &caller, &mount, &path, version, metadata).await
         }
-        Route::Health | Route::Login | Route::AppRoleLogin | Route::NotFound => {
-            error(StatusCode::NOT_FOUND, &["unsupported path"])
-        }
+        Route::Health
+        | Route::Login
+        | Route::AppRoleLogin
+        | Route::JwtLogin { .. }
+        | Route::NotFound => error(StatusCode::NOT_FOUND, &["unsupported path"]),
     }
 }
 
@@ -292,6 +303,73 @@ async fn approle_login(state: &VaultApiState, peer: Option<&Peer>, body: Body) -
                 .audit_unauthenticated("approle_refused", peer.map(|p| p.addr.ip()))
                 .await;
             error(StatusCode::BAD_REQUEST, &["invalid role or secret ID"])
+        }
+    }
+}
+
+/// What `auth/jwt/login` and `auth/kubernetes/login` take (Vault's names).
+#[derive(serde::Deserialize)]
+struct JwtBody {
+    role: String,
+    jwt: crate::source::FieldValue,
+}
+
+/// `auth/jwt/login` and `auth/kubernetes/login`: a role and a JWT → the role's consumer → a
+/// token, when the JWT is good ([`jwt::JwtKeys::verify`]) and carries what the role binds
+/// (a `sub`; for Kubernetes, `system:serviceaccount:<namespace>:<service_account>`). One
+/// answer for every refusal — an unknown role, a bad signature, a wrong audience, issuer or
+/// subject, an expired token — audited and budgeted as every failed authentication.
+async fn jwt_login(
+    state: &VaultApiState,
+    peer: Option<&Peer>,
+    body: Body,
+    kubernetes: bool,
+) -> Response {
+    let Ok(bytes) = axum::body::to_bytes(body, LOGIN_BODY_MAX).await else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &["the login body is too large or cut short"],
+        );
+    };
+    let bytes = zeroize::Zeroizing::new(bytes.to_vec());
+    let Ok(login) = serde_json::from_slice::<JwtBody>(&bytes) else {
+        return error(StatusCode::BAD_REQUEST, &["missing role or jwt"]);
+    };
+    let snapshot = state.broker.policy();
+    let consumers = &snapshot.policy().consumers;
+    let found = state.jwt.as_ref().and_then(|keys| {
+        let token = login.jwt.0.expose_secret();
+        if kubernetes {
+            let i = snapshot.identities().by_kubernetes_role(&login.role)?;
+            let k = consumers[i].kubernetes.as_ref()?;
+            let audiences: Vec<String> = k.audience.iter().cloned().collect();
+            let claims = keys.verify(token, &audiences)?;
+            let want = format!(
+                "system:serviceaccount:{}:{}",
+                k.namespace, k.service_account
+            );
+            (claims.sub.as_deref() == Some(want.as_str())).then_some(i)
+        } else {
+            let i = snapshot.identities().by_jwt_role(&login.role)?;
+            let j = consumers[i].jwt.as_ref()?;
+            let claims = keys.verify(token, &j.bound_audiences)?;
+            let bound = j.bound_subject.as_deref();
+            (bound.is_none() || claims.sub.as_deref() == bound).then_some(i)
+        }
+    });
+    match found {
+        Some(index) => issue(state, &snapshot, index).await,
+        None => {
+            let code = if kubernetes {
+                "kubernetes_refused"
+            } else {
+                "jwt_refused"
+            };
+            let _ = state
+                .broker
+                .audit_unauthenticated(code, peer.map(|p| p.addr.ip()))
+                .await;
+            error(StatusCode::BAD_REQUEST, &["invalid role or JWT"])
         }
     }
 }

@@ -12,6 +12,10 @@ pub enum Route {
     Login,
     /// `POST auth/approle/login` (`role_id` and `secret_id` in the body).
     AppRoleLogin,
+    /// `POST auth/jwt/login` or `auth/kubernetes/login` (`role` and `jwt` in the body).
+    JwtLogin {
+        kubernetes: bool,
+    },
     /// `GET sys/internal/ui/mounts/<mount>…`: what the CLIs ask before a KV read.
     MountInfo(String),
     LookupSelf,
@@ -60,6 +64,8 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         ["sys", "health"] if get => Route::Health,
         ["auth", "cert", "login"] if post => Route::Login,
         ["auth", "approle", "login"] if post => Route::AppRoleLogin,
+        ["auth", "jwt", "login"] if post => Route::JwtLogin { kubernetes: false },
+        ["auth", "kubernetes", "login"] if post => Route::JwtLogin { kubernetes: true },
         ["sys", "internal", "ui", "mounts", mount, ..] if get => {
             Route::MountInfo((*mount).to_owned())
         }

@@ -1,0 +1,117 @@
+//! The JWT and Kubernetes logins' verification: a token signed by one of the operator's public
+//! keys (`[vault_api.jwt] validation_pubkeys`, read at start), with an algorithm of that key's
+//! family only — never `none`, never an HMAC keyed by a public key (key confusion) — and its
+//! issuer, audience, expiry and not-before checked with a small leeway. Which consumer a role
+//! is and what it binds (`sub`) is the policy's; this file only says whether a token is good
+//! and what it claims.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::config::JwtConfig;
+
+/// The operator's keys and the issuer every token must carry.
+pub struct JwtKeys {
+    keys: Vec<(&'static [Algorithm], DecodingKey)>,
+    issuer: Option<String>,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKeys")
+            .field("keys", &self.keys.len())
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwtKeyError {
+    #[error("[vault_api.jwt] validation_pubkeys {0}: {1}")]
+    Read(std::path::PathBuf, std::io::Error),
+    #[error(
+        "[vault_api.jwt] validation_pubkeys {0}: block {1} is not an RSA, EC (P-256, P-384) or Ed25519 public key"
+    )]
+    NotAKey(std::path::PathBuf, usize),
+    #[error("[vault_api.jwt] validation_pubkeys {0} holds no public key")]
+    Empty(std::path::PathBuf),
+}
+
+const RSA: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+const EC: &[Algorithm] = &[Algorithm::ES256, Algorithm::ES384];
+const ED: &[Algorithm] = &[Algorithm::EdDSA];
+
+/// What a good token claims, as far as a login binds it.
+#[derive(Debug, serde::Deserialize)]
+pub struct Claims {
+    pub sub: Option<String>,
+}
+
+impl JwtKeys {
+    /// Reads the PEM public keys of `cfg` (each `-----BEGIN PUBLIC KEY-----` block one key).
+    pub fn load(cfg: &JwtConfig) -> Result<Self, JwtKeyError> {
+        let path = &cfg.validation_pubkeys;
+        let text = std::fs::read_to_string(path).map_err(|e| JwtKeyError::Read(path.clone(), e))?;
+        let mut keys = Vec::new();
+        for (i, block) in text
+            .split_inclusive("-----END PUBLIC KEY-----")
+            .filter(|b| b.contains("-----BEGIN"))
+            .enumerate()
+        {
+            let pem = block.trim().as_bytes();
+            let key = DecodingKey::from_rsa_pem(pem)
+                .map(|k| (RSA, k))
+                .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (EC, k)))
+                .or_else(|_| DecodingKey::from_ed_pem(pem).map(|k| (ED, k)))
+                .map_err(|_| JwtKeyError::NotAKey(path.clone(), i + 1))?;
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err(JwtKeyError::Empty(path.clone()));
+        }
+        Ok(Self {
+            keys,
+            issuer: cfg.bound_issuer.clone(),
+            leeway: cfg.leeway.0.as_secs(),
+        })
+    }
+
+    /// The claims of `token` when one of the keys signed it with an algorithm of its family,
+    /// it is within its `exp`/`nbf` (± leeway), its `iss` is the bound issuer (when one is
+    /// configured) and its `aud` holds one of `audiences` (when any is given); else `None`.
+    pub fn verify(&self, token: &str, audiences: &[String]) -> Option<Claims> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        for (family, key) in &self.keys {
+            if !family.contains(&header.alg) {
+                continue;
+            }
+            let mut v = Validation::new(header.alg);
+            v.algorithms = family.to_vec();
+            v.leeway = self.leeway;
+            v.validate_nbf = true;
+            let mut required = vec!["exp"];
+            if let Some(iss) = &self.issuer {
+                v.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            if audiences.is_empty() {
+                v.validate_aud = false;
+            } else {
+                v.set_audience(audiences);
+                required.push("aud");
+            }
+            v.set_required_spec_claims(&required);
+            if let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, &v) {
+                return Some(data.claims);
+            }
+        }
+        None
+    }
+}
