@@ -163,6 +163,13 @@ team = "payments"
 allowed_hosts = ["api.partner.example"]
 client_certificate = "$SECRET_files:partner/cert $KEY_cert"
 client_private_key = "$SAFE_Payments $NAME_partner-key"
+
+[[credential]]
+name = "elsewhere-api"
+mode = "text"
+team = "payments"
+allowed_hosts = ["api.elsewhere.example"]
+value = "$SECRET_files:demo/db $KEY_password"
 {vault_policy}"#,
             role_id = ROLE_ID,
             secret_id = token_sha256(SECRET_ID),
@@ -616,6 +623,54 @@ async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer()
         "{audit}"
     );
     assert!(!audit.contains(&ansible), "a token was written down");
+}
+
+/// Issue 46: `LIST credentials/metadata/` (`bao kv list`, hvac's `list_secrets`,
+/// external-secrets' `find`) answers the credentials the caller may read for its
+/// `vault_api_host` — decided as each read would be — and nothing else: a credential of its
+/// team for another host is absent, another team's caller and a caller without a host get
+/// Vault's 404 for an empty list, never a 403. A source mount is not listed (405).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_credentials_names_only_what_a_read_would_give() {
+    let s = setup().await;
+    let out = s.bao(GW, &["kv", "list", "-format=json", "credentials/"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys, serde_json::json!(["partner-api"]));
+    let script = format!(
+        "import hvac\n\
+         c = hvac.Client(url={url:?}, token={GW:?}, verify={ca:?})\n\
+         print(c.secrets.kv.v2.list_secrets(path='', mount_point='credentials')['data']['keys'])\n",
+        url = s.addr(),
+        ca = s.dir.path().join("ca.pem").display().to_string(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "['partner-api']"
+    );
+    for token in [STRANGER, NO_HOST] {
+        let (status, body) = s.get(token, "credentials/metadata/?list=true").await;
+        assert_eq!((status, body.as_str()), (404, r#"{"errors":[]}"#));
+    }
+    let (status, _) = s
+        .get(GW, "credentials/metadata/partner-api?list=true")
+        .await;
+    assert_eq!(status, 404, "names are flat");
+    let (status, _) = s.get(GW, "files/metadata/?list=true").await;
+    assert_eq!(status, 405);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

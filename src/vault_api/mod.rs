@@ -195,6 +195,7 @@ async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Re
         Route::RenewSelf => error(StatusCode::BAD_REQUEST, &["lease is not renewable"]),
         Route::ReadOnly => read_only(),
         Route::BadVersion => error(StatusCode::BAD_REQUEST, &["version is a number"]),
+        Route::List { mount, path } => list(&state, &caller, &mount, &path).await,
         Route::Read {
             mount,
             path,
@@ -446,6 +447,52 @@ fn mount_info(mount: &str) -> Response {
                 "local": false, "seal_wrap": false, "external_entropy_access": false,
             },
             "wrap_info": null, "warnings": null, "auth": null,
+        }),
+    )
+}
+
+/// `LIST credentials/metadata/`: the names of the credentials the caller may read for its
+/// `vault_api_host` — decided as a read of each would be, so a list reveals nothing a read
+/// would not (one it may not read is absent, never a 403). Vault answers 404 for an empty
+/// list. A source mount's listing is not served (sources are not listed through keybroker).
+async fn list(state: &VaultApiState, caller: &Caller, mount: &str, path: &[String]) -> Response {
+    if mount != "credentials" {
+        return read_only();
+    }
+    let Caller::Consumer(c) = caller else {
+        return denied();
+    };
+    let Some(host) = c.consumer().vault_api_host.clone() else {
+        return error(StatusCode::NOT_FOUND, &[]);
+    };
+    if !path.is_empty() {
+        // Credential names are flat: nothing lies under one.
+        return error(StatusCode::NOT_FOUND, &[]);
+    }
+    let listed = match state.broker.list_credentials(caller).await {
+        Ok(l) => l,
+        Err(e) => return failed(e.failure()),
+    };
+    let snapshot = state.broker.policy();
+    let keys: Vec<String> = listed
+        .into_iter()
+        .filter(|s| {
+            snapshot
+                .policy()
+                .decide_credential(c.name(), &s.name, Some(&host))
+                .0
+                .allowed
+        })
+        .map(|s| s.name)
+        .collect();
+    if keys.is_empty() {
+        return error(StatusCode::NOT_FOUND, &[]);
+    }
+    json_answer(
+        StatusCode::OK,
+        &json!({
+            "request_id": request_id(), "lease_id": "", "renewable": false, "lease_duration": 0,
+            "data": { "keys": keys }, "wrap_info": null, "warnings": null, "auth": null,
         }),
     )
 }

@@ -29,6 +29,11 @@ pub enum Route {
         version: Option<u64>,
         metadata: bool,
     },
+    /// `LIST <mount>/metadata/<path…>` (or `GET …?list=true`): the keys under a path.
+    List {
+        mount: String,
+        path: Vec<String>,
+    },
     /// `?version=` that is not a number (answered 400 once the caller is known).
     BadVersion,
     NotFound,
@@ -71,6 +76,10 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         }
         ["auth", "token", "lookup-self"] if get => Route::LookupSelf,
         ["auth", "token", "renew-self"] if post => Route::RenewSelf,
+        [mount, "metadata", path @ ..] if listing => Route::List {
+            mount: (*mount).to_owned(),
+            path: path.iter().map(|s| (*s).to_owned()).collect(),
+        },
         [_, "data" | "metadata", ..] if listing || !get => Route::ReadOnly,
         [mount, kind @ ("data" | "metadata"), path @ ..] if !path.is_empty() => {
             let version = match query
