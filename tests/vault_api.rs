@@ -673,6 +673,122 @@ async fn a_list_of_credentials_names_only_what_a_read_would_give() {
     assert_eq!(status, 405);
 }
 
+/// Issue 46: Ansible's `community.hashi_vault` (what Itential and most automation run) reads
+/// through keybroker with each login it would use against Vault — `vault_kv2_get` with
+/// `auth_method` token, approle, jwt and cert — and the `hashi_vault` lookup writes the
+/// partner's private key, stored flattened in CCP, to a file byte for byte as issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ansible_reads_with_token_approle_jwt_and_cert_logins() {
+    let s = setup().await;
+    let root = s.dir.path();
+    let now = unix_now();
+    let ansible_jwt = jwt(
+        &s.jwt_signer,
+        &serde_json::json!({ "iss": JWT_ISSUER, "aud": "keybroker", "sub": "ansible-runner", "exp": now + 300 }),
+    );
+    let python = String::from_utf8(
+        Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let vars = serde_json::json!({
+        "url": s.addr(), "ca": root.join("ca.pem"), "token": GW,
+        "role_id": ROLE_ID, "secret_id": SECRET_ID, "jwt": ansible_jwt,
+        "cert": s.workers.cert, "key": s.workers.key, "out": root.join("ansible"),
+        "ansible_python_interpreter": python.trim(),
+    });
+    std::fs::create_dir_all(root.join("ansible")).unwrap();
+    std::fs::write(root.join("vars.json"), vars.to_string()).unwrap();
+    let read = |name: &str, auth: &str| {
+        format!(
+            r#"
+    - name: {name}
+      community.hashi_vault.vault_kv2_get:
+        url: "{{{{ url }}}}"
+        ca_cert: "{{{{ ca }}}}"
+        engine_mount_point: files
+        path: demo/db
+{auth}
+      register: read_{name}
+    - copy:
+        content: "{{{{ read_{name}.secret.password }}}}"
+        dest: "{{{{ out }}}}/{name}"
+"#
+        )
+    };
+    let playbook = format!(
+        r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+{}{}{}{}
+    - name: lookup
+      copy:
+        content: "{{{{ lookup('community.hashi_vault.hashi_vault', 'secret=credentials/data/partner-api:private_key', url=url, token=token, ca_cert=ca) }}}}"
+        dest: "{{{{ out }}}}/partner-key.pem"
+"#,
+        read(
+            "token",
+            "        auth_method: token\n        token: \"{{ token }}\""
+        ),
+        read(
+            "approle",
+            "        auth_method: approle\n        role_id: \"{{ role_id }}\"\n        secret_id: \"{{ secret_id }}\""
+        ),
+        read(
+            "jwt",
+            "        auth_method: jwt\n        role_id: ansible\n        jwt: \"{{ jwt }}\""
+        ),
+        read(
+            "cert",
+            "        auth_method: cert\n        cert_auth_public_key: \"{{ cert }}\"\n        cert_auth_private_key: \"{{ key }}\""
+        ),
+    );
+    std::fs::write(root.join("playbook.yml"), playbook).unwrap();
+    let out = Command::new("ansible-playbook")
+        .args([
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            "@vars.json",
+            "playbook.yml",
+        ])
+        .current_dir(root)
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_LOCALHOST_WARNING", "0")
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
+        .output()
+        .expect("ansible-playbook runs (scripts/test.sh installs ansible)");
+    assert!(
+        out.status.success(),
+        "{}
+{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for login in ["token", "approle", "jwt", "cert"] {
+        let got = std::fs::read_to_string(root.join("ansible").join(login)).unwrap();
+        assert_eq!(got, PASSWORD, "{login}");
+    }
+    let key = std::fs::read_to_string(root.join("ansible/partner-key.pem")).unwrap();
+    assert_eq!(key, s.key_pem, "the key as issued, byte for byte");
+    // Each login is the consumer it names.
+    let audit = s.audit();
+    for who in ["gw", "kong", "ansible", "workers"] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains("demo/db") && l.contains(&format!("\"consumer\":\"{who}\""))),
+            "{who}: {audit}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denials_do_not_tell_existing_from_missing_and_writes_are_refused() {
     let s = setup().await;
