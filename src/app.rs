@@ -49,6 +49,8 @@ pub struct App {
     pub vault_api: Option<Door>,
     /// The egress proxy's listener, when `[egress]` is configured.
     pub egress: Option<Door>,
+    /// The CCP-shaped door's listener, when `[ccp_api]` is configured.
+    pub ccp_api: Option<Door>,
     /// What runs on its own once serving: [`operations::start`] starts it.
     pub operations: operations::Operations,
 }
@@ -80,6 +82,12 @@ pub enum AppError {
     EtagKey(#[from] crate::api::change::EtagKeyError),
     #[error("[vault_api] {0}")]
     VaultApiTls(TlsSetupError),
+    #[error("[ccp_api] {0}")]
+    CcpApiTls(TlsSetupError),
+    #[error(
+        "[ccp_api] needs tls_cert, tls_key and client_ca: CCP callers are their client certificates"
+    )]
+    CcpApiWithoutClientCertificates,
     #[error(transparent)]
     VaultApiJwt(#[from] crate::vault_api::jwt::JwtKeyError),
     #[error("[vault_api]: plain HTTP only listens on loopback, not {0}: set tls_cert and tls_key")]
@@ -156,6 +164,8 @@ impl AppError {
             Self::VaultApiPlainOffLoopback(_) => Some(Setting::Key("vault_api", "listen")),
             Self::TokenKey(_) => Some(Setting::Key("vault_api", "token_key_file")),
             Self::VaultApiJwt(_) => Some(Setting::Key("vault_api", "jwt")),
+            Self::CcpApiTls(_) => Some(Setting::Key("ccp_api", "tls_cert")),
+            Self::CcpApiWithoutClientCertificates => Some(Setting::Key("ccp_api", "client_ca")),
             Self::EgressTls(_) => Some(Setting::Key("egress", "tls_cert")),
             Self::EgressPlainOffLoopback(_) => Some(Setting::Key("egress", "listen")),
             Self::EgressCa { .. } => Some(Setting::Key("egress", "ca_cert")),
@@ -227,7 +237,11 @@ impl App {
                 (Some(door), Some(pool))
             }
         };
-        for door in vault_api.iter().chain(&egress) {
+        let ccp_api = match &config.ccp_api {
+            None => None,
+            Some(c) => Some(ccp_api(c, config, &broker)?),
+        };
+        for door in vault_api.iter().chain(&egress).chain(&ccp_api) {
             state = state.reloads_tls(Arc::clone(&door.tls));
         }
         Ok(Self {
@@ -237,6 +251,7 @@ impl App {
             tls,
             vault_api,
             egress,
+            ccp_api,
         })
     }
 
@@ -281,6 +296,36 @@ fn vault_api(v: &crate::config::VaultApiConfig, broker: &Arc<Broker>) -> Result<
     );
     Ok(Door {
         listen: v.listen,
+        tls,
+        router: axum::Router::new().fallback_service(observed),
+    })
+}
+
+/// The CCP-shaped door: TLS with required client certificates, always.
+fn ccp_api(
+    c: &crate::config::CcpApiConfig,
+    config: &Config,
+    broker: &Arc<Broker>,
+) -> Result<Door, AppError> {
+    if c.tls_cert.is_none() || c.tls_key.is_none() || c.client_ca.is_none() {
+        return Err(AppError::CcpApiWithoutClientCertificates);
+    }
+    let server = c.server();
+    let tls = Arc::new(ServerTls::load(&server).map_err(AppError::CcpApiTls)?);
+    let state = crate::ccp_api::CcpApiState {
+        broker: Arc::clone(broker),
+        auth: crate::identity::Authenticator::default(),
+        service_path: c.service_path.clone(),
+        ccp_source: config.ccp_source().map(str::to_owned),
+    };
+    let observed = crate::api::observe::Observe::new(
+        crate::ccp_api::router(Arc::new(state)),
+        broker.shared_metrics(),
+        server.request_timeout.0,
+        crate::ccp_api::door(),
+    );
+    Ok(Door {
+        listen: c.listen,
         tls,
         router: axum::Router::new().fallback_service(observed),
     })

@@ -17,11 +17,11 @@ use toml::de::{DeTable, DeValue};
 pub use crate::diag::Diagnostic;
 use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
-    AuditConfig, ByteSize, CacheConfig, CcpSourceConfig, ClientAuth, Dur, EgressConfig,
-    ExpiryConfig, FileSourceConfig, FsyncPolicy, JwtConfig, KUBERNETES_TOKEN_FILE, KvVersion,
-    LimitsConfig, NotifyConfig, PemMode, PkiProfile, PkiSourceConfig, QuotaConfig, STORE_SOURCE,
-    ServerConfig, SourceConfig, SourceKind, StoreConfig, StoreKind, VaultApiConfig, VaultAuth,
-    VaultSourceConfig,
+    AuditConfig, ByteSize, CacheConfig, CcpApiConfig, CcpSourceConfig, ClientAuth, Dur,
+    EgressConfig, ExpiryConfig, FileSourceConfig, FsyncPolicy, JwtConfig, KUBERNETES_TOKEN_FILE,
+    KvVersion, LimitsConfig, NotifyConfig, PemMode, PkiProfile, PkiSourceConfig, QuotaConfig,
+    STORE_SOURCE, ServerConfig, SourceConfig, SourceKind, StoreConfig, StoreKind, VaultApiConfig,
+    VaultAuth, VaultSourceConfig,
 };
 
 /// The whole configuration, validated.
@@ -41,6 +41,8 @@ pub struct Config {
     /// `[store]`: where the management API keeps what it creates.
     pub store: Option<StoreConfig>,
     pub vault_api: Option<VaultApiConfig>,
+    /// `[ccp_api]`: the CCP-shaped door.
+    pub ccp_api: Option<CcpApiConfig>,
     pub egress: Option<EgressConfig>,
     pub limits: LimitsConfig,
     pub audit: Option<AuditConfig>,
@@ -116,6 +118,7 @@ impl Config {
             notify: None,
             store: None,
             vault_api: None,
+            ccp_api: None,
             egress: None,
             limits: LimitsConfig::default(),
             audit: None,
@@ -181,6 +184,10 @@ impl Config {
                         &["listen", "tls_cert", "token_key_file"],
                     );
                     cfg.vault_api = d.section(value, &[]);
+                }
+                "ccp_api" => {
+                    spans.record("ccp_api", value, &["listen", "tls_cert", "client_ca"]);
+                    cfg.ccp_api = d.section(value, &[]);
                 }
                 "limits" => {
                     spans.record(
@@ -272,6 +279,12 @@ impl Config {
         if let Some(n) = &mut self.notify {
             fix_opt(&mut n.ca_cert);
             fix_opt(&mut n.hmac_key_file);
+        }
+        if let Some(c) = &mut self.ccp_api {
+            fix_opt(&mut c.tls_cert);
+            fix_opt(&mut c.tls_key);
+            fix_opt(&mut c.client_ca);
+            fix_opt(&mut c.client_crl);
         }
         if let Some(v) = &mut self.vault_api {
             fix_opt(&mut v.tls_cert);

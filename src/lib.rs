@@ -17,6 +17,7 @@ pub mod audit;
 pub mod backoff;
 pub mod broker;
 pub mod cache;
+pub mod ccp_api;
 pub mod cli;
 pub mod config;
 mod diag;

@@ -105,6 +105,7 @@ pub async fn serve(
         tls,
         vault_api,
         egress,
+        ccp_api,
         operations,
     } = App::build(&config, &options).map_err(|e| assembly(&config, &e))?;
     // Installed before anything is announced (banner, READY=1), so no signal is lost.
@@ -112,7 +113,11 @@ pub async fn serve(
     let listeners = crate::app::Listeners::bind(
         addr,
         config.server.ops_listen,
-        [("[vault_api]", vault_api), ("[egress]", egress)],
+        [
+            ("[vault_api]", vault_api),
+            ("[egress]", egress),
+            ("[ccp_api]", ccp_api),
+        ],
     )
     .await
     .map_err(|e| Failure::Usage(e.to_string()))?;

@@ -487,6 +487,45 @@ impl VaultApiConfig {
     }
 }
 
+/// `[ccp_api]`: the CCP-shaped door (docs/CCP-API.md, "keybroker as CCP"), on its own TLS
+/// listener; callers are identified by client certificate, so `client_ca` is required.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CcpApiConfig {
+    #[serde(default = "default_ccp_api_listen")]
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub client_crl: Option<PathBuf>,
+    /// The IIS application in the path (`/<service_path>/api/Accounts`).
+    #[serde(default = "default_ccp_service_path")]
+    pub service_path: String,
+}
+
+fn default_ccp_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8444))
+}
+
+fn default_ccp_service_path() -> String {
+    "AIMWebService".to_owned()
+}
+
+impl CcpApiConfig {
+    /// The `[server]` settings its listener is built from: client certificates required.
+    pub fn server(&self) -> ServerConfig {
+        ServerConfig {
+            listen: self.listen,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            client_ca: self.client_ca.clone(),
+            client_crl: self.client_crl.clone(),
+            client_auth: ClientAuth::Required,
+            ..ServerConfig::default()
+        }
+    }
+}
+
 /// `[egress]`: the egress proxy (docs/EGRESS.md), on its own listener.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

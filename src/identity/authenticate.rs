@@ -68,6 +68,8 @@ pub enum Door {
     VaultApi,
     /// `Proxy-Authorization: Bearer`.
     Egress,
+    /// The CCP-shaped door: the client certificate alone, as CCP identifies an application.
+    CcpApi,
 }
 
 /// The bearer credential a request presents at `door`, if any — one function for every door,
@@ -87,6 +89,7 @@ pub fn presented_token(headers: &HeaderMap, door: Door) -> Result<Option<&str>, 
     match door {
         Door::Api => bearer_of(&header::AUTHORIZATION),
         Door::Egress => bearer_of(&header::PROXY_AUTHORIZATION),
+        Door::CcpApi => Ok(None),
         Door::VaultApi => {
             let vault = one(&HeaderName::from_static("x-vault-token"))?;
             let authorization = bearer_of(&header::AUTHORIZATION)?;
@@ -210,9 +213,20 @@ impl Authenticator {
         let now = SystemTime::now();
         let ids = snapshot.identities();
         let consumer = |i: usize| Caller::Consumer(ConsumerRef::at(snapshot, i));
+        // The one matcher of a certificate to its consumer, for every way one is presented.
+        let by_certificate = |cert: &ClientCert, via: Via| {
+            ids.by_certificate(snapshot.policy(), cert, now)
+                .map_err(|super::Ambiguous| AuthError::AmbiguousIdentity)?
+                .map(|i| (consumer(i), via))
+                .ok_or(AuthError::UnknownCertificate)
+        };
         // The token first: a repeated or conflicting credential header is refused at every
         // door, also beside a certificate.
         let token = presented_token(headers, door)?;
+        // The CCP-shaped door: the handshake's certificate alone, as CCP identifies a caller.
+        if door == Door::CcpApi {
+            return by_certificate(certificate.ok_or(AuthError::Missing)?, Via::TlsCertificate);
+        }
         if door != Door::Api {
             // The Vault API and the egress proxy read tokens only (a Vault client's
             // certificate is for `auth/cert/login`).
@@ -230,21 +244,13 @@ impl Authenticator {
                 .ok_or(AuthError::UnknownToken);
         }
         if let Some(cert) = certificate {
-            return ids
-                .by_certificate(snapshot.policy(), cert, now)
-                .map_err(|super::Ambiguous| AuthError::AmbiguousIdentity)?
-                .map(|i| (consumer(i), Via::TlsCertificate))
-                .ok_or(AuthError::UnknownCertificate);
+            return by_certificate(cert, Via::TlsCertificate);
         }
         if let Some(name) = &self.cert_header
             && headers.contains_key(name)
         {
             let cert = self.forwarded_certificate(peer, verifier, headers, name)?;
-            return ids
-                .by_certificate(snapshot.policy(), &cert, now)
-                .map_err(|super::Ambiguous| AuthError::AmbiguousIdentity)?
-                .map(|i| (consumer(i), Via::ForwardedCertificate))
-                .ok_or(AuthError::UnknownCertificate);
+            return by_certificate(&cert, Via::ForwardedCertificate);
         }
         let presented = token.ok_or(AuthError::Missing)?;
         if self.dev_token.as_ref().is_some_and(|d| d.verify(presented)) {
@@ -367,6 +373,7 @@ mod tests {
             approle: None,
             jwt: None,
             kubernetes: None,
+            ccp_app_ids: Vec::new(),
             admin: false,
             admin_teams: Vec::new(),
             vault_api_host: None,

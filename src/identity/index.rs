@@ -307,6 +307,7 @@ mod tests {
             approle: None,
             jwt: None,
             kubernetes: None,
+            ccp_app_ids: Vec::new(),
             admin: false,
             admin_teams: Vec::new(),
             vault_api_host: None,

@@ -77,6 +77,9 @@ struct ConsumerDef {
     jwt: Option<JwtDef>,
     /// Vault's Kubernetes login on the Vault-compatible API.
     kubernetes: Option<KubernetesDef>,
+    /// The CCP `AppID`s this consumer may name at the CCP-shaped door.
+    #[serde(default)]
+    ccp_app_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -825,6 +828,7 @@ fn validate_consumers(
             approle,
             jwt,
             kubernetes,
+            ccp_app_ids: def.ccp_app_ids.clone(),
             admin: def.admin,
             admin_teams: def
                 .admin_teams

@@ -104,6 +104,8 @@ pub struct Consumer {
     pub jwt: Option<JwtRole>,
     /// Vault's Kubernetes login (`auth/kubernetes/login`): the role, and the service account.
     pub kubernetes: Option<KubernetesRole>,
+    /// The CCP `AppID`s this consumer may name at the CCP-shaped door (with its certificate).
+    pub ccp_app_ids: Vec<String>,
 }
 
 /// A JWT login's role: a token verified by `[vault_api.jwt]`'s keys, carrying one of

@@ -1,0 +1,388 @@
+//! A CyberArk CCP-shaped door (`[ccp_api]`, docs/CCP-API.md "keybroker as CCP"): tools
+//! configured for CCP — Ansible's `cyberark.pas.cyberark_credential`, Itential's CyberArk
+//! integration, CCP SDKs — point at keybroker and get repaired, verified, policy-checked,
+//! audited material with no change on their side.
+//!
+//! `GET /AIMWebService/api/Accounts?AppID=…&Safe=…&Folder=…&Object=…` (or `Query=Safe=…;…`).
+//! The caller is its client certificate, identified by the one authenticator as at every door,
+//! and the `AppID` must be one that consumer holds (`ccp_app_ids`). Then:
+//! - `Safe=keybroker`, `Folder=<team>`, `Object=<credential>` (text) or
+//!   `<credential>#<field>` (`certificate`, `private_key`, `ca`, or a field): a named
+//!   credential, decided as `/material` decides it;
+//! - any other safe: `Safe/Object` (or `Safe/Folder/Object`) of the CCP source, PEM repaired,
+//!   decided as a `$SAFE_` reference.
+//!
+//! Reads are for the consumer's `vault_api_host` (the door carries no destination). A refused
+//! read answers CCP's "not found" whether or not the object exists. **Boundary:** uses
+//! `broker`, `identity` and `api::listen`'s `Peer`, like the Vault API; no door uses it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use secrecy::ExposeSecret;
+
+use crate::api::listen::Peer;
+use crate::broker::{Broker, Caller, CredentialError, Failure, ResolveError, SecretRead};
+use crate::reference::SecretPath;
+use crate::secret::SecretBuf;
+
+/// The safe under which keybroker's named credentials are served (reserved: a CCP safe of
+/// this name is not reachable through this door).
+pub const CREDENTIALS_SAFE: &str = "keybroker";
+
+#[derive(Debug)]
+pub struct CcpApiState {
+    pub broker: Arc<Broker>,
+    pub auth: crate::identity::Authenticator,
+    /// The IIS application in the path (`AIMWebService`).
+    pub service_path: String,
+    /// The CCP source `Safe/Object` reads go to, if any.
+    pub ccp_source: Option<String>,
+}
+
+pub fn router(state: Arc<CcpApiState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// The CCP API as a door (request metrics, timeout in CCP's error shape).
+pub fn door() -> crate::api::observe::DoorSpec {
+    crate::api::observe::DoorSpec {
+        door: "ccp_api",
+        route_of: |path| {
+            if path.ends_with("/api/Accounts") {
+                "/{service}/api/Accounts"
+            } else {
+                "other"
+            }
+        },
+        timed_out: || ccp_error(StatusCode::INTERNAL_SERVER_ERROR, "APPAP282E", "timed out"),
+        json_errors: false,
+        carries_material: crate::api::observe::never,
+    }
+}
+
+/// CCP's error shape. The message never echoes the query (CCP's does; keybroker's never
+/// holds what the caller sent).
+fn ccp_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "ErrorCode": code, "ErrorMsg": message }).to_string();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Denied, missing, another team's: one answer (docs/THREATS.md row 80).
+fn not_found() -> Response {
+    ccp_error(
+        StatusCode::NOT_FOUND,
+        "APPAP004E",
+        "Password object matching query was not found (Diagnostic Info: 5)",
+    )
+}
+
+fn not_authorized() -> Response {
+    ccp_error(
+        StatusCode::FORBIDDEN,
+        "APPAP306E",
+        "Failed to verify application authentication data",
+    )
+}
+
+/// What a request asks: the application and where the account is.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ask {
+    pub app_id: String,
+    pub safe: String,
+    pub folder: Option<String>,
+    pub object: String,
+}
+
+/// Why a query was refused before anything else (CCP's 400s).
+#[derive(Debug, PartialEq, Eq)]
+pub enum AskError {
+    /// `AIMWS031E`.
+    NoAppId,
+    /// `AIMWS030E`: no `Safe` and `Object`, a malformed `Query`, a repeated parameter, or
+    /// something this door does not serve (a search on account properties).
+    BadQuery,
+}
+
+/// Parses the query string: parameter names without regard to case; `Query`
+/// (`Safe=S;Folder=F;Object=O`) replaces the single-property parameters; a parameter given
+/// twice is refused, never read one way here and another way elsewhere.
+pub fn ask(query: Option<&str>) -> Result<Ask, AskError> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = k.to_ascii_lowercase();
+        let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+            .decode_utf8()
+            .map_err(|_| AskError::BadQuery)?
+            .into_owned();
+        if seen.iter().any(|(s, _)| *s == k) {
+            return Err(AskError::BadQuery);
+        }
+        seen.push((k, v));
+    }
+    let get = |k: &str| seen.iter().find(|(s, _)| s == k).map(|(_, v)| v.clone());
+    let app_id = get("appid")
+        .filter(|a| !a.is_empty())
+        .ok_or(AskError::NoAppId)?;
+    let (mut safe, mut folder, mut object) = (get("safe"), get("folder"), get("object"));
+    if let Some(q) = get("query") {
+        (safe, folder, object) = (None, None, None);
+        for part in q.split(';').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or(AskError::BadQuery)?;
+            let slot = match k.trim().to_ascii_lowercase().as_str() {
+                "safe" => &mut safe,
+                "folder" => &mut folder,
+                "object" => &mut object,
+                _ => return Err(AskError::BadQuery),
+            };
+            if slot.replace(v.to_owned()).is_some() {
+                return Err(AskError::BadQuery);
+            }
+        }
+    } else if ["username", "address", "database", "policyid"]
+        .iter()
+        .any(|k| get(k).is_some())
+    {
+        return Err(AskError::BadQuery);
+    }
+    match (safe, object) {
+        (Some(safe), Some(object)) if !safe.is_empty() && !object.is_empty() => Ok(Ask {
+            app_id,
+            safe,
+            folder: folder.filter(|f| !f.is_empty() && !f.eq_ignore_ascii_case("root")),
+            object,
+        }),
+        _ => Err(AskError::BadQuery),
+    }
+}
+
+async fn handle(State(state): State<Arc<CcpApiState>>, request: Request) -> Response {
+    let (parts, _body) = request.into_parts();
+    let path = parts.uri.path();
+    let service_ok = path
+        .strip_suffix("/api/Accounts")
+        .and_then(|s| s.strip_prefix('/'))
+        .is_some_and(|s| s.eq_ignore_ascii_case(&state.service_path));
+    if parts.method != axum::http::Method::GET || !service_ok {
+        // IIS's bare 404 for a path that is no application.
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    }
+    let ask = match ask(parts.uri.query()) {
+        Ok(a) => a,
+        Err(AskError::NoAppId) => {
+            return ccp_error(StatusCode::BAD_REQUEST, "AIMWS031E", "AppID is missing");
+        }
+        Err(AskError::BadQuery) => {
+            return ccp_error(StatusCode::BAD_REQUEST, "AIMWS030E", "Invalid query format");
+        }
+    };
+    let peer = parts.extensions.get::<Peer>();
+    let presented = crate::identity::Presented {
+        door: crate::identity::Door::CcpApi,
+        peer: peer.map(|p| p.addr.ip()),
+        certificate: peer.and_then(|p| p.certificate.as_deref()),
+        verifier: None,
+        headers: &parts.headers,
+    };
+    let caller = match state.broker.authenticate(&state.auth, presented).await {
+        Ok((caller, _)) => caller,
+        Err(_) => return not_authorized(),
+    };
+    let Caller::Consumer(consumer) = &caller else {
+        return not_authorized();
+    };
+    // The application must be one this consumer holds: CCP's own rule (the AppID and its
+    // certificate together), refused like an unknown application.
+    if !consumer.consumer().ccp_app_ids.contains(&ask.app_id) {
+        let _ = state
+            .broker
+            .audit_unauthenticated("ccp_app_id_refused", peer.map(|p| p.addr.ip()))
+            .await;
+        return not_authorized();
+    }
+    let host = consumer.consumer().vault_api_host.clone();
+    if ask.safe == CREDENTIALS_SAFE {
+        credential(&state, &caller, &ask, host.as_ref()).await
+    } else {
+        account(&state, &caller, &ask, host.as_ref()).await
+    }
+}
+
+/// `Safe=keybroker;Folder=<team>;Object=<credential>[#<field>]`.
+async fn credential(
+    state: &CcpApiState,
+    caller: &Caller,
+    ask: &Ask,
+    host: Option<&crate::policy::Destination>,
+) -> Response {
+    let (name, field) = match ask.object.split_once('#') {
+        Some((n, f)) => (n, Some(f)),
+        None => (ask.object.as_str(), None),
+    };
+    // The folder names the team that owns it: the credential of that name the caller sees
+    // must be that team's (another team's of the same name, visible or not, is not this one).
+    let Caller::Consumer(consumer) = caller else {
+        return not_found();
+    };
+    let team = {
+        let snapshot = state.broker.policy();
+        match snapshot.policy().visible_credential(consumer.team(), name) {
+            Ok(c) if ask.folder.as_deref() == Some(c.team.as_str()) => c.team.clone(),
+            _ => return not_found(),
+        }
+    };
+    let team = team.as_str();
+    let material = match state
+        .broker
+        .material_via(Some("ccp_api"), caller, name, host)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => return failed(&CcpFailure::Credential(e)),
+    };
+    let wanted = field.unwrap_or("value");
+    let Some((_, value)) = material.values.iter().find(|(k, _)| k == wanted) else {
+        return not_found();
+    };
+    let mut body = SecretBuf::with_capacity(value.expose_secret().len() + 256);
+    body.push_str("{\"Content\":");
+    body.push_quoted(value.expose_secret());
+    for (k, v) in [
+        ("Name", ask.object.as_str()),
+        ("Safe", CREDENTIALS_SAFE),
+        ("Folder", team),
+    ] {
+        body.push_str(",");
+        body.push_quoted(k);
+        body.push_str(":");
+        body.push_quoted(v);
+    }
+    body.push_str("}");
+    answer(body)
+}
+
+/// `Safe/Object` (or `Safe/Folder/Object`) of the CCP source.
+async fn account(
+    state: &CcpApiState,
+    caller: &Caller,
+    ask: &Ask,
+    host: Option<&crate::policy::Destination>,
+) -> Response {
+    let Some(source) = &state.ccp_source else {
+        return not_found();
+    };
+    let segments: Vec<&str> = std::iter::once(ask.safe.as_str())
+        .chain(ask.folder.as_deref())
+        .chain(std::iter::once(ask.object.as_str()))
+        .collect();
+    let Ok(path) = SecretPath::from_segments(segments.iter().copied()) else {
+        return ccp_error(StatusCode::BAD_REQUEST, "APPAP081E", "Invalid characters");
+    };
+    let read = SecretRead {
+        source: source.clone(),
+        path,
+        version: None,
+    };
+    match state
+        .broker
+        .read_secret(Some("ccp_api"), caller, read, host)
+        .await
+    {
+        Ok(found) => answer(found.fields),
+        Err(e) => failed(&CcpFailure::Resolve(e)),
+    }
+}
+
+enum CcpFailure {
+    Credential(CredentialError),
+    Resolve(ResolveError),
+}
+
+/// The one classification, in CCP's dialect: the caller's denials and what does not exist
+/// are one "not found"; an outage is CCP's "cannot reach its vault" (retried by clients).
+fn failed(e: &CcpFailure) -> Response {
+    let class = match e {
+        CcpFailure::Credential(e) => e.failure(),
+        CcpFailure::Resolve(e) => e.failure(),
+    };
+    match class {
+        f if f.is_outage() || f == Failure::AuditUnavailable => ccp_error(
+            StatusCode::BAD_REQUEST,
+            "APPAP007E",
+            "The provider cannot reach the vault; try again later",
+        ),
+        Failure::Rejected | Failure::Broken => ccp_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "APPAP004E",
+            "The object's values could not be served",
+        ),
+        Failure::Ambiguous => ccp_error(
+            StatusCode::BAD_REQUEST,
+            "APPAP227E",
+            "Too many objects match the query",
+        ),
+        _ => not_found(),
+    }
+}
+
+fn answer(body: SecretBuf) -> Response {
+    let mut r = Response::new(Body::from(Bytes::from_owner(body)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_parse_as_ccp_reads_them_and_ambiguity_is_refused() {
+        let a = ask(Some("AppId=gw&Safe=Payments&Object=partner-key")).unwrap();
+        assert_eq!(
+            (a.safe.as_str(), a.object.as_str(), a.folder),
+            ("Payments", "partner-key", None)
+        );
+        let a = ask(Some(
+            "appid=gw&Query=Safe%3Dkeybroker%3BFolder%3Dpayments%3BObject%3Dapi%23private_key",
+        ))
+        .unwrap();
+        assert_eq!(a.folder.as_deref(), Some("payments"));
+        assert_eq!(a.object, "api#private_key");
+        // Query replaces the single-property parameters.
+        let a = ask(Some("AppID=gw&Safe=X&Object=Y&Query=Safe=A;Object=B")).unwrap();
+        assert_eq!((a.safe.as_str(), a.object.as_str()), ("A", "B"));
+        assert_eq!(ask(Some("Safe=A&Object=B")), Err(AskError::NoAppId));
+        for bad in [
+            "AppID=gw&Safe=A",
+            "AppID=gw&AppID=other&Safe=A&Object=B",
+            "AppID=gw&Safe=A&safe=B&Object=C",
+            "AppID=gw&Query=Safe=A;Safe=B;Object=C",
+            "AppID=gw&Query=Safe=A;Object",
+            "AppID=gw&Query=Safe=A;UserName=u;Object=B",
+            "AppID=gw&UserName=root&Safe=A&Object=B",
+            "AppID=gw&Safe=A&Object=%FF",
+        ] {
+            assert_eq!(ask(Some(bad)), Err(AskError::BadQuery), "{bad}");
+        }
+    }
+}
