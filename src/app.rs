@@ -228,12 +228,12 @@ impl App {
         }
         let vault_api = match &config.vault_api {
             None => None,
-            Some(v) => Some(vault_api(v, &broker)?),
+            Some(v) => Some(vault_api(v, &broker, config.server.request_timeout.0)?),
         };
         let (egress, egress_pool) = match &config.egress {
             None => (None, None),
             Some(e) => {
-                let (door, pool) = egress(e, &broker)?;
+                let (door, pool) = egress(e, &broker, config.server.request_timeout.0)?;
                 (Some(door), Some(pool))
             }
         };
@@ -263,7 +263,13 @@ impl App {
 }
 
 /// The Vault-compatible API, with the TLS rules of `[server]` applied to its own keys.
-fn vault_api(v: &crate::config::VaultApiConfig, broker: &Arc<Broker>) -> Result<Door, AppError> {
+/// `request_timeout` is `[server]`'s: every door keeps the one the operator set (a door's own
+/// `server()` settings would carry the default).
+fn vault_api(
+    v: &crate::config::VaultApiConfig,
+    broker: &Arc<Broker>,
+    request_timeout: std::time::Duration,
+) -> Result<Door, AppError> {
     let server = v.server();
     let tls = Arc::new(ServerTls::load(&server).map_err(AppError::VaultApiTls)?);
     if !tls.is_tls() && !v.listen.ip().is_loopback() {
@@ -291,7 +297,7 @@ fn vault_api(v: &crate::config::VaultApiConfig, broker: &Arc<Broker>) -> Result<
     let observed = crate::api::observe::Observe::new(
         crate::vault_api::router(Arc::new(state)),
         broker.shared_metrics(),
-        server.request_timeout.0,
+        request_timeout,
         crate::vault_api::door(),
     );
     Ok(Door {
@@ -311,6 +317,7 @@ fn ccp_api(
         return Err(AppError::CcpApiWithoutClientCertificates);
     }
     let server = c.server();
+    let request_timeout = config.server.request_timeout.0;
     let tls = Arc::new(ServerTls::load(&server).map_err(AppError::CcpApiTls)?);
     let state = crate::ccp_api::CcpApiState {
         broker: Arc::clone(broker),
@@ -321,7 +328,7 @@ fn ccp_api(
     let observed = crate::api::observe::Observe::new(
         crate::ccp_api::router(Arc::new(state)),
         broker.shared_metrics(),
-        server.request_timeout.0,
+        request_timeout,
         crate::ccp_api::door(),
     );
     Ok(Door {
@@ -335,6 +342,7 @@ fn ccp_api(
 fn egress(
     e: &crate::config::EgressConfig,
     broker: &Arc<Broker>,
+    request_timeout: std::time::Duration,
 ) -> Result<(Door, Arc<crate::egress::Pool>), AppError> {
     let server = e.server();
     let tls = Arc::new(ServerTls::load(&server).map_err(AppError::EgressTls)?);
@@ -368,7 +376,7 @@ fn egress(
     let observed = crate::api::observe::Observe::new(
         crate::egress::router(Arc::new(state)),
         broker.shared_metrics(),
-        e.timeout.0 + server.request_timeout.0,
+        e.timeout.0 + request_timeout,
         crate::egress::door(),
     );
     Ok((

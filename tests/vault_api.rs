@@ -135,7 +135,7 @@ vault_api_host = "api.partner.example"
 [[consumer]]
 name = "kong-k8s"
 team = "payments"
-kubernetes = {{ role = "kong-k8s", service_account = "kong", namespace = "gateways" }}
+kubernetes = {{ role = "kong-k8s", service_account = "kong", namespace = "gateways", audience = "keybroker" }}
 vault_api_host = "api.partner.example"
 
 [[consumer]]
@@ -492,7 +492,8 @@ fn jwt(signer: &str, claims: &serde_json::Value) -> String {
 /// Issue 46: the JWT and Kubernetes logins, as Ansible's `community.hashi_vault` (jwt),
 /// external-secrets and Vault Agent on Kubernetes use them — hvac's `auth.jwt.jwt_login` and
 /// `auth.kubernetes.login` — then reads with the issued token. Refused alike, each audited: an
-/// unknown role, another key's signature, a wrong audience, issuer or subject, an expired
+/// unknown role, another key's signature, a wrong audience, issuer or subject (a service
+/// account's own token at the JWT door, one minted for another service — attack review), an expired
 /// token, a token not yet valid, `alg: none`, and key confusion (HS256 keyed with the public
 /// key's PEM).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,7 +504,7 @@ async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer()
     let ansible = jwt(&s.jwt_signer, &good("ansible-runner", "keybroker"));
     let kong = jwt(
         &s.jwt_signer,
-        &good("system:serviceaccount:gateways:kong", "anything"),
+        &good("system:serviceaccount:gateways:kong", "keybroker"),
     );
     let script = format!(
         "import hvac\n\
@@ -606,7 +607,30 @@ async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer()
         (
             "kubernetes",
             "kong-k8s",
-            with(good("system:serviceaccount:gateways:other", "x")),
+            with(good("system:serviceaccount:gateways:other", "keybroker")),
+        ),
+        // Minted for another service: not replayable here.
+        (
+            "kubernetes",
+            "kong-k8s",
+            with(good(
+                "system:serviceaccount:gateways:kong",
+                "https://billing.internal",
+            )),
+        ),
+        // A service account's own token on the JWT door: the role binds another subject.
+        (
+            "jwt",
+            "ansible",
+            with(good("system:serviceaccount:gateways:kong", "keybroker")),
+        ),
+        (
+            "kubernetes",
+            "kong-k8s",
+            with(good(
+                "system:serviceaccount:gateways:kong:extra",
+                "keybroker",
+            )),
         ),
         ("kubernetes", "ansible", ansible.clone()),
         ("jwt", "kong-k8s", kong.clone()),
@@ -614,6 +638,20 @@ async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer()
     for (i, (method, role, token)) in cases.into_iter().enumerate() {
         assert_eq!(login(method, role, token).await, refused, "case {i}");
     }
+    // The login routes as the router reads them (empty segments, percent-encoding): still a
+    // login, and its connection closes (attack review: variants kept it open).
+    let r = s
+        .client()
+        .post(format!("{}/v1//auth/jwt/%6Cogin/", s.addr()))
+        .json(&serde_json::json!({ "role": "ansible", "jwt": ansible }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     // Each refusal is audited within the refusal budget (10 lines per peer per minute; the
     // rest are counted into a summary line): one peer here, 14 refusals.
     let audit = s.audit();

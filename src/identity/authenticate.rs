@@ -141,16 +141,94 @@ pub struct IssuedTo {
     pub consumer: String,
     pub team: String,
     pub origin: crate::policy::Origin,
+    /// The login it came from and a digest of that login's definition when it was issued
+    /// (`approle:<hex>`, `jwt:<hex>`, `kubernetes:<hex>`; `cert` for a certificate login): a
+    /// token dies with the login that made it — a rotated `secret_id`, a removed or changed
+    /// role — not only with its consumer.
+    pub login: String,
+}
+
+/// Which login a token was issued by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Login {
+    Cert,
+    AppRole,
+    Jwt,
+    Kubernetes,
+}
+
+impl Login {
+    /// `consumer`'s definition of this login as it is now, as a token carries it; `None` when
+    /// the consumer no longer has this login.
+    pub fn of(self, consumer: &crate::policy::Consumer) -> Option<String> {
+        use sha2::Digest as _;
+        let digest = |kind: &str, parts: &[&[u8]]| {
+            let mut h = sha2::Sha256::new();
+            for p in parts {
+                h.update((p.len() as u64).to_be_bytes());
+                h.update(p);
+            }
+            format!("{kind}:{}", &hex::encode(h.finalize())[..16])
+        };
+        match self {
+            Self::Cert => Some("cert".to_owned()),
+            Self::AppRole => consumer
+                .approle
+                .as_ref()
+                .map(|a| digest("approle", &[a.role_id.as_bytes(), &a.secret_id_sha256])),
+            Self::Jwt => consumer.jwt.as_ref().map(|j| {
+                let audiences = j.bound_audiences.join("\n");
+                digest(
+                    "jwt",
+                    &[
+                        j.role.as_bytes(),
+                        audiences.as_bytes(),
+                        j.bound_subject.as_bytes(),
+                    ],
+                )
+            }),
+            Self::Kubernetes => consumer.kubernetes.as_ref().map(|k| {
+                digest(
+                    "kubernetes",
+                    &[
+                        k.role.as_bytes(),
+                        k.service_account.as_bytes(),
+                        k.namespace.as_bytes(),
+                        k.audience.as_bytes(),
+                    ],
+                )
+            }),
+        }
+    }
+
+    fn of_token(login: &str) -> Option<Self> {
+        match login.split(':').next()? {
+            "cert" => Some(Self::Cert),
+            "approle" => Some(Self::AppRole),
+            "jwt" => Some(Self::Jwt),
+            "kubernetes" => Some(Self::Kubernetes),
+            _ => None,
+        }
+    }
 }
 
 impl IssuedTo {
-    /// Whom `consumer` would be issued to.
-    pub fn of(consumer: &crate::policy::Consumer) -> Self {
-        Self {
+    /// Whom `consumer` would be issued to by `login`; `None` when it has no such login.
+    pub fn by(consumer: &crate::policy::Consumer, login: Login) -> Option<Self> {
+        Some(Self {
             consumer: consumer.name.clone(),
             team: consumer.team.clone(),
             origin: consumer.origin,
-        }
+            login: login.of(consumer)?,
+        })
+    }
+
+    /// Whether this token still belongs to `consumer`: the same name, team and origin, and
+    /// the login that issued it unchanged.
+    pub fn still_held_by(&self, consumer: &crate::policy::Consumer) -> bool {
+        Login::of_token(&self.login)
+            .and_then(|l| Self::by(consumer, l))
+            .is_some_and(|now| now == *self)
     }
 }
 
@@ -234,7 +312,7 @@ impl Authenticator {
             if let Some(found) = self.issued.as_ref().and_then(|i| i.consumer(token, now)) {
                 let to = found.ok_or(AuthError::UnknownToken)?;
                 return ConsumerRef::of(Arc::clone(snapshot), &to.consumer)
-                    .filter(|c| IssuedTo::of(c.consumer()) == to)
+                    .filter(|c| to.still_held_by(c.consumer()))
                     .map(|c| (Caller::Consumer(c), Via::Token))
                     .ok_or(AuthError::UnknownToken);
             }
@@ -397,6 +475,7 @@ mod tests {
             consumer: "payments-gw".into(),
             team: "fraud".into(),
             origin: crate::policy::Origin::Api,
+            login: "cert".into(),
         };
         assert_eq!(
             with(fraud_made)
@@ -405,7 +484,7 @@ mod tests {
                 .unwrap_err(),
             AuthError::UnknownToken
         );
-        let its_own = IssuedTo::of(&snapshot.policy().consumers[0]);
+        let its_own = IssuedTo::by(&snapshot.policy().consumers[0], Login::Cert).unwrap();
         assert!(with(its_own).authenticate(&snapshot, presented).is_ok());
     }
 }

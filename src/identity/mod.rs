@@ -14,7 +14,7 @@ mod token;
 use std::sync::Arc;
 
 pub use authenticate::{
-    AuthError, Authenticator, Door, IssuedTo, IssuedTokens, Presented, Via, bearer,
+    AuthError, Authenticator, Door, IssuedTo, IssuedTokens, Login, Presented, Via, bearer,
     decode_certificate, presented_token,
 };
 pub use cert::ClientCert;

@@ -87,7 +87,7 @@ struct ConsumerDef {
 struct JwtDef {
     role: String,
     bound_audiences: Vec<String>,
-    bound_subject: Option<String>,
+    bound_subject: String,
 }
 
 #[derive(Deserialize)]
@@ -96,7 +96,7 @@ struct KubernetesDef {
     role: String,
     service_account: String,
     namespace: String,
-    audience: Option<String>,
+    audience: String,
 }
 
 #[derive(Deserialize)]
@@ -707,11 +707,15 @@ fn validate_consumers(
         });
         let role_ok = |role: &str| !role.is_empty() && role.len() <= 128 && super::is_slug(role);
         let jwt = def.jwt.as_ref().and_then(|j| {
-            if !role_ok(&j.role) || j.bound_audiences.is_empty() {
+            if !role_ok(&j.role)
+                || j.bound_audiences.is_empty()
+                || j.bound_audiences.iter().any(String::is_empty)
+                || j.bound_subject.is_empty()
+            {
                 files.at(
                     &c,
                     &key("jwt"),
-                    "jwt needs a role ([a-z0-9_-]) and at least one bound_audiences entry"
+                    "jwt needs a role ([a-z0-9_-]), at least one bound_audiences entry and a bound_subject"
                         .to_owned(),
                 );
                 return None;
@@ -731,11 +735,16 @@ fn validate_consumers(
             })
         });
         let kubernetes = def.kubernetes.as_ref().and_then(|k| {
-            if !role_ok(&k.role) || k.service_account.is_empty() || k.namespace.is_empty() {
+            let part = |s: &str| !s.is_empty() && !s.contains(':');
+            if !role_ok(&k.role)
+                || !part(&k.service_account)
+                || !part(&k.namespace)
+                || k.audience.is_empty()
+            {
                 files.at(
                     &c,
                     &key("kubernetes"),
-                    "kubernetes needs a role ([a-z0-9_-]), a service_account and a namespace"
+                    "kubernetes needs a role ([a-z0-9_-]), a service_account, a namespace (no `:`) and an audience"
                         .to_owned(),
                 );
                 return None;

@@ -109,23 +109,26 @@ pub struct Consumer {
 }
 
 /// A JWT login's role: a token verified by `[vault_api.jwt]`'s keys, carrying one of
-/// `bound_audiences` and, when set, `bound_subject` as its `sub`.
+/// `bound_audiences` and `bound_subject` as its `sub`. The subject is required: the keys may
+/// sign tokens for many subjects (every service account of a cluster), and a role that took
+/// any of them would be anyone's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JwtRole {
     pub role: String,
     pub bound_audiences: Vec<String>,
-    pub bound_subject: Option<String>,
+    pub bound_subject: String,
 }
 
 /// A Kubernetes login's role: a service-account token (verified as a JWT by `[vault_api.jwt]`'s
 /// keys) of `namespace`/`service_account` — its `sub` is
-/// `system:serviceaccount:<namespace>:<service_account>` — with `audience` when set.
+/// `system:serviceaccount:<namespace>:<service_account>` — minted for `audience` (required: a
+/// token minted for another service must not be replayable here).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KubernetesRole {
     pub role: String,
     pub service_account: String,
     pub namespace: String,
-    pub audience: Option<String>,
+    pub audience: String,
 }
 
 /// An AppRole: a `role_id` (an identifier, not a secret — as in Vault) and the SHA-256 of its

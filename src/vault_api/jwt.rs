@@ -52,6 +52,29 @@ const ED: &[Algorithm] = &[Algorithm::EdDSA];
 #[derive(Debug, serde::Deserialize)]
 pub struct Claims {
     pub sub: Option<String>,
+    #[serde(default)]
+    aud: Audience,
+}
+
+/// `aud`: one string or a list of them.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Claims {
+    /// Whether the token was minted for `audience`.
+    pub fn for_audience(&self, audience: &str) -> bool {
+        match &self.aud {
+            Audience::None => false,
+            Audience::One(a) => a == audience,
+            Audience::Many(all) => all.iter().any(|a| a == audience),
+        }
+    }
 }
 
 impl JwtKeys {
@@ -84,9 +107,11 @@ impl JwtKeys {
     }
 
     /// The claims of `token` when one of the keys signed it with an algorithm of its family,
-    /// it is within its `exp`/`nbf` (± leeway), its `iss` is the bound issuer (when one is
-    /// configured) and its `aud` holds one of `audiences` (when any is given); else `None`.
-    pub fn verify(&self, token: &str, audiences: &[String]) -> Option<Claims> {
+    /// it is within its `exp`/`nbf` (± leeway), carries an `aud`, and its `iss` is the bound
+    /// issuer (when one is configured); else `None`. Which audience is the role's to check
+    /// ([`Claims::for_audience`]): a token is verified before any role is looked up, so a
+    /// missing role costs the same work as a present one.
+    pub fn verify(&self, token: &str) -> Option<Claims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         for (family, key) in &self.keys {
             if !family.contains(&header.alg) {
@@ -96,16 +121,11 @@ impl JwtKeys {
             v.algorithms = family.to_vec();
             v.leeway = self.leeway;
             v.validate_nbf = true;
-            let mut required = vec!["exp"];
+            v.validate_aud = false;
+            let mut required = vec!["exp", "aud"];
             if let Some(iss) = &self.issuer {
                 v.set_issuer(&[iss]);
                 required.push("iss");
-            }
-            if audiences.is_empty() {
-                v.validate_aud = false;
-            } else {
-                v.set_audience(audiences);
-                required.push("aud");
             }
             v.set_required_spec_claims(&required);
             if let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, &v) {

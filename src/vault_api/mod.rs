@@ -71,9 +71,21 @@ pub fn door() -> crate::api::observe::DoorSpec {
     }
 }
 
-/// A closed vocabulary of routes for the request metrics: never the caller's path.
-fn route_label(path: &str) -> &'static str {
-    match path {
+/// A closed vocabulary of routes for the request metrics: never the caller's path. Named as
+/// the router reads the path (empty segments dropped, each segment percent-decoded), so
+/// `/v1/auth/approle//%6Cogin/` is the login it is — and closes its connection as one.
+fn route_label(raw: &str) -> &'static str {
+    let segments: Vec<String> = raw
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let path = format!("/{}", segments.join("/"));
+    match path.as_str() {
         "/v1/sys/health" => "/v1/sys/health",
         "/v1/auth/cert/login" => "/v1/auth/cert/login",
         "/v1/auth/approle/login" => "/v1/auth/approle/login",
@@ -264,7 +276,7 @@ async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
             return denied();
         }
     };
-    issue(state, &snapshot, index).await
+    issue(state, &snapshot, index, crate::identity::Login::Cert).await
 }
 
 /// What `auth/approle/login` takes (Vault's names). The `secret_id` is held in a zeroizing
@@ -297,7 +309,7 @@ async fn approle_login(state: &VaultApiState, peer: Option<&Peer>, body: Body) -
         .identities()
         .by_approle(&login.role_id, login.secret_id.0.expose_secret());
     match found {
-        Some(index) => issue(state, &snapshot, index).await,
+        Some(index) => issue(state, &snapshot, index, crate::identity::Login::AppRole).await,
         None => {
             let _ = state
                 .broker
@@ -339,27 +351,31 @@ async fn jwt_login(
     let snapshot = state.broker.policy();
     let consumers = &snapshot.policy().consumers;
     let found = state.jwt.as_ref().and_then(|keys| {
-        let token = login.jwt.0.expose_secret();
+        // The token first, whatever the role: a missing role costs the same work.
+        let claims = keys.verify(login.jwt.0.expose_secret())?;
+        let sub = claims.sub.as_deref();
         if kubernetes {
             let i = snapshot.identities().by_kubernetes_role(&login.role)?;
             let k = consumers[i].kubernetes.as_ref()?;
-            let audiences: Vec<String> = k.audience.iter().cloned().collect();
-            let claims = keys.verify(token, &audiences)?;
             let want = format!(
                 "system:serviceaccount:{}:{}",
                 k.namespace, k.service_account
             );
-            (claims.sub.as_deref() == Some(want.as_str())).then_some(i)
+            (claims.for_audience(&k.audience) && sub == Some(want.as_str())).then_some(i)
         } else {
             let i = snapshot.identities().by_jwt_role(&login.role)?;
             let j = consumers[i].jwt.as_ref()?;
-            let claims = keys.verify(token, &j.bound_audiences)?;
-            let bound = j.bound_subject.as_deref();
-            (bound.is_none() || claims.sub.as_deref() == bound).then_some(i)
+            let audience = j.bound_audiences.iter().any(|a| claims.for_audience(a));
+            (audience && sub == Some(j.bound_subject.as_str())).then_some(i)
         }
     });
+    let login_kind = if kubernetes {
+        crate::identity::Login::Kubernetes
+    } else {
+        crate::identity::Login::Jwt
+    };
     match found {
-        Some(index) => issue(state, &snapshot, index).await,
+        Some(index) => issue(state, &snapshot, index, login_kind).await,
         None => {
             let code = if kubernetes {
                 "kubernetes_refused"
@@ -380,6 +396,7 @@ async fn issue(
     state: &VaultApiState,
     snapshot: &Arc<crate::identity::Snapshot>,
     index: usize,
+    login: crate::identity::Login,
 ) -> Response {
     let name = snapshot.policy().consumers[index].name.clone();
     // A token is a credential handed out: audited like a read (and refused when the trail
@@ -395,7 +412,9 @@ async fn issue(
     {
         return failed(Failure::AuditUnavailable);
     }
-    let to = crate::identity::IssuedTo::of(&snapshot.policy().consumers[index]);
+    let Some(to) = crate::identity::IssuedTo::by(&snapshot.policy().consumers[index], login) else {
+        return denied();
+    };
     let token = state.tokens.issue(&to, state.token_ttl, SystemTime::now());
     let mut body = SecretBuf::with_capacity(token.len() + 512);
     body.push_str("{\"request_id\":");

@@ -141,6 +141,14 @@ mod tests {
                 "/v1/vault/metadata/x",
                 None
             ),
+            Ok(Route::List {
+                mount: "vault".into(),
+                path: vec!["x".into()],
+            })
+        );
+        // A list of `data/` is a write-shaped request: refused as one.
+        assert_eq!(
+            route(&get, "/v1/vault/data/x", Some("list=true")),
             Ok(Route::ReadOnly)
         );
         assert_eq!(

@@ -41,6 +41,8 @@ struct Payload {
     c: String,
     t: String,
     o: crate::policy::Origin,
+    /// The login it came from ([`IssuedTo::login`]).
+    l: String,
     e: u64,
     n: String,
 }
@@ -90,6 +92,7 @@ impl TokenKey {
             .map_or(0, |d| d.as_secs());
         let payload = Payload {
             c: to.consumer.clone(),
+            l: to.login.clone(),
             t: to.team.clone(),
             o: to.origin,
             e: expiry,
@@ -128,6 +131,7 @@ impl TokenKey {
             consumer: payload.c,
             team: payload.t,
             origin: payload.o,
+            login: payload.l,
         })
     }
 
@@ -175,6 +179,7 @@ mod tests {
             consumer: "gw".to_owned(),
             team: "payments".to_owned(),
             origin: crate::policy::Origin::File,
+            login: "cert".to_owned(),
         };
         let t = key.issue(&gw, Duration::from_secs(60), now);
         assert_eq!(key.verify(&t, now), Ok(gw));
