@@ -244,6 +244,20 @@ impl Setup {
         format!("https://localhost:{}", self.vault_port)
     }
 
+    /// Runs `script` with python3 (hvac installed by scripts/test.sh); its trimmed stdout.
+    fn python(&self, script: &str) -> String {
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "hvac is required (scripts/test.sh installs it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// The `bao` CLI against keybroker's Vault API as `token`.
     fn bao(&self, token: &str, args: &[&str]) -> std::process::Output {
         Command::new("bao")
@@ -362,19 +376,7 @@ async fn hvac_reads_a_secret() {
         url = s.addr(),
         ca = s.dir.path().join("ca.pem").display().to_string(),
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "hvac is required (scripts/test.sh installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("{PASSWORD} 1")
-    );
+    assert_eq!(s.python(&script), format!("{PASSWORD} 1"));
 }
 
 /// Issue 46: Vault's AppRole login, as Kong, Gravitee and Ansible use it — hvac's
@@ -394,19 +396,7 @@ async fn approle_logins_of_hvac_and_the_bao_cli_read_as_their_consumer() {
         url = s.addr(),
         ca = s.dir.path().join("ca.pem").display().to_string(),
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("{PASSWORD} kong")
-    );
+    assert_eq!(s.python(&script), format!("{PASSWORD} kong"));
     // The bao CLI: a token from the login, then a read with it.
     let out = s.bao(
         "",
@@ -518,19 +508,7 @@ async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer()
         url = s.addr(),
         ca = s.dir.path().join("ca.pem").display().to_string(),
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("{PASSWORD} ansible\nkong-k8s")
-    );
+    assert_eq!(s.python(&script), format!("{PASSWORD} ansible\nkong-k8s"));
 
     let login = |method: &str, role: &str, token: String| {
         let body = serde_json::json!({ "role": role, "jwt": token });
@@ -686,19 +664,7 @@ async fn a_list_of_credentials_names_only_what_a_read_would_give() {
         url = s.addr(),
         ca = s.dir.path().join("ca.pem").display().to_string(),
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "['partner-api']"
-    );
+    assert_eq!(s.python(&script), "['partner-api']");
     for token in [STRANGER, NO_HOST] {
         let (status, body) = s.get(token, "credentials/metadata/?list=true").await;
         assert_eq!((status, body.as_str()), (404, r#"{"errors":[]}"#));
