@@ -293,6 +293,16 @@ async fn refusals_answer_as_ccp_and_say_nothing_of_what_exists() {
         .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("APPAP306E"), "{body}");
+    // Refusals are audited within the refusal budget shared by every door (THREATS row 27):
+    // 10 lines per peer address per minute, the rest counted.
+    for _ in 0..12 {
+        let (status, _) = w
+            .get(&w.gw, "AppID=nope&Safe=Payments&Object=partner-key")
+            .await;
+        assert_eq!(status, 403);
+    }
+    let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap_or_default();
+    assert_eq!(audit.matches("ccp_app_id_refused").count(), 10, "{audit}");
     let (status, body) = w.get(&w.gw, "Safe=Payments&Object=partner-key").await;
     assert_eq!((status, body.contains("AIMWS031E")), (400, true), "{body}");
     for query in [

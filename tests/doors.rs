@@ -259,37 +259,49 @@ async fn threat_27_at_every_door_anonymous_refusals_are_budgeted_per_address() {
 }
 
 /// The one classification of failures, and each door's row: the main API's status, the Vault
-/// API's, the egress proxy's, the CLI's exit code. A door that maps a class on its own (or a
+/// API's, the egress proxy's, the CLI's exit code, the CCP API's status and `ErrorCode`. A door that maps a class on its own (or a
 /// class added without a row) fails here.
 #[test]
 fn each_failure_class_has_one_answer_per_door() {
     use keybroker::broker::Failure::{self, *};
     #[rustfmt::skip]
-    let table: &[(Failure, u16, u16, u16, u8)] = &[
-        //  class                       api  vault egress exit
-        (Unauthenticated,          401, 403, 407, 1),
-        (Invalid,                  400, 400, 400, 1),
-        (TooMany,                  400, 400, 400, 1),
-        (TooLarge,                 413, 413, 413, 1),
-        (Unresolved,               400, 400, 400, 1),
-        (NotFound,                 404, 404, 403, 1),
-        (Denied,                   403, 403, 403, 1),
-        (Ambiguous,                409, 409, 400, 1),
-        (Unavailable,              503, 503, 503, 75),
-        (SourceCredentialsRefused, 503, 503, 503, 77),
-        (SourceMisconfigured,      503, 503, 503, 2),
-        (AuditUnavailable,         503, 503, 503, 75),
-        (Rejected,                 502, 502, 502, 1),
-        (Broken,                   502, 502, 502, 1),
+    /// A class; the main API's, the Vault API's and the egress proxy's status; the CLI's exit
+    /// code; the CCP API's status and `ErrorCode`.
+    type Row = (Failure, u16, u16, u16, u8, (u16, &'static str));
+    let table: &[Row] = &[
+        //  class                       api  vault egress exit  ccp (CCP's status and ErrorCode)
+        (Unauthenticated, 401, 403, 407, 1, (403, "APPAP306E")),
+        (Invalid, 400, 400, 400, 1, (400, "AIMWS030E")),
+        (TooMany, 400, 400, 400, 1, (400, "AIMWS030E")),
+        (TooLarge, 413, 413, 413, 1, (400, "AIMWS030E")),
+        (Unresolved, 400, 400, 400, 1, (404, "APPAP004E")),
+        (NotFound, 404, 404, 403, 1, (404, "APPAP004E")),
+        (Denied, 403, 403, 403, 1, (404, "APPAP004E")),
+        (Ambiguous, 409, 409, 400, 1, (400, "APPAP227E")),
+        (Unavailable, 503, 503, 503, 75, (400, "APPAP007E")),
+        (
+            SourceCredentialsRefused,
+            503,
+            503,
+            503,
+            77,
+            (400, "APPAP007E"),
+        ),
+        (SourceMisconfigured, 503, 503, 503, 2, (400, "APPAP007E")),
+        (AuditUnavailable, 503, 503, 503, 75, (400, "APPAP007E")),
+        (Rejected, 502, 502, 502, 1, (500, "APPAP004E")),
+        (Broken, 502, 502, 502, 1, (500, "APPAP004E")),
     ];
     assert_eq!(table.len(), Failure::ALL.len(), "every class has a row");
-    for &(class, api, vault, egress, exit) in table {
+    for &(class, api, vault, egress, exit, ccp) in table {
+        let (ccp_status, ccp_code, _) = keybroker::ccp_api::status(class);
         let got = (
             keybroker::api::status(class).as_u16(),
             keybroker::vault_api::status(class).0.as_u16(),
             keybroker::egress::status(class).0.as_u16(),
             keybroker::exit::code(class),
+            (ccp_status.as_u16(), ccp_code),
         );
-        assert_eq!(got, (api, vault, egress, exit), "{class:?}");
+        assert_eq!(got, (api, vault, egress, exit, ccp), "{class:?}");
     }
 }

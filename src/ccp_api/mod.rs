@@ -82,19 +82,11 @@ fn ccp_error(status: StatusCode, code: &str, message: &str) -> Response {
 
 /// Denied, missing, another team's: one answer (docs/THREATS.md row 80).
 fn not_found() -> Response {
-    ccp_error(
-        StatusCode::NOT_FOUND,
-        "APPAP004E",
-        "Password object matching query was not found (Diagnostic Info: 5)",
-    )
+    answer_class(Failure::NotFound)
 }
 
 fn not_authorized() -> Response {
-    ccp_error(
-        StatusCode::FORBIDDEN,
-        "APPAP306E",
-        "Failed to verify application authentication data",
-    )
+    answer_class(Failure::Unauthenticated)
 }
 
 /// What a request asks: the application and where the account is.
@@ -313,31 +305,56 @@ enum CcpFailure {
     Resolve(ResolveError),
 }
 
-/// The one classification, in CCP's dialect: the caller's denials and what does not exist
-/// are one "not found"; an outage is CCP's "cannot reach its vault" (retried by clients).
+/// The CCP API's answer for each failure class — this door's row of the one table
+/// (`tests/doors.rs`): the caller's denials and what does not exist are one "not found"; an
+/// outage is CCP's "cannot reach its vault" (which clients retry), as CCP answers it (400).
+pub fn status(class: Failure) -> (StatusCode, &'static str, &'static str) {
+    match class {
+        Failure::Unauthenticated => (
+            StatusCode::FORBIDDEN,
+            "APPAP306E",
+            "Failed to verify application authentication data",
+        ),
+        Failure::Invalid | Failure::TooMany | Failure::TooLarge => {
+            (StatusCode::BAD_REQUEST, "AIMWS030E", "Invalid query format")
+        }
+        Failure::Ambiguous => (
+            StatusCode::BAD_REQUEST,
+            "APPAP227E",
+            "Too many objects match the query",
+        ),
+        Failure::Unavailable
+        | Failure::SourceCredentialsRefused
+        | Failure::SourceMisconfigured
+        | Failure::AuditUnavailable => (
+            StatusCode::BAD_REQUEST,
+            "APPAP007E",
+            "The provider cannot reach the vault; try again later",
+        ),
+        Failure::Rejected | Failure::Broken => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "APPAP004E",
+            "The object's values could not be served",
+        ),
+        Failure::Unresolved | Failure::NotFound | Failure::Denied => (
+            StatusCode::NOT_FOUND,
+            "APPAP004E",
+            "Password object matching query was not found (Diagnostic Info: 5)",
+        ),
+    }
+}
+
 fn failed(e: &CcpFailure) -> Response {
     let class = match e {
         CcpFailure::Credential(e) => e.failure(),
         CcpFailure::Resolve(e) => e.failure(),
     };
-    match class {
-        f if f.is_outage() || f == Failure::AuditUnavailable => ccp_error(
-            StatusCode::BAD_REQUEST,
-            "APPAP007E",
-            "The provider cannot reach the vault; try again later",
-        ),
-        Failure::Rejected | Failure::Broken => ccp_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "APPAP004E",
-            "The object's values could not be served",
-        ),
-        Failure::Ambiguous => ccp_error(
-            StatusCode::BAD_REQUEST,
-            "APPAP227E",
-            "Too many objects match the query",
-        ),
-        _ => not_found(),
-    }
+    answer_class(class)
+}
+
+fn answer_class(class: Failure) -> Response {
+    let (status, code, message) = status(class);
+    ccp_error(status, code, message)
 }
 
 fn answer(body: SecretBuf) -> Response {
