@@ -58,7 +58,7 @@ fn main() {
             "baseline listening on http://{}",
             listener.local_addr().unwrap()
         );
-        keybroker::api::listen::serve(
+        keybroker::door::listen::serve(
             listener,
             std::sync::Arc::new(keybroker::api::ServerTls::plain()),
             app,

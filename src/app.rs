@@ -294,7 +294,7 @@ fn vault_api(
             .map(crate::vault_api::jwt::JwtKeys::load)
             .transpose()?,
     };
-    let observed = crate::api::observe::Observe::new(
+    let observed = crate::door::observe::Observe::new(
         crate::vault_api::router(Arc::new(state)),
         broker.shared_metrics(),
         request_timeout,
@@ -325,7 +325,7 @@ fn ccp_api(
         service_path: c.service_path.clone(),
         ccp_source: config.ccp_source().map(str::to_owned),
     };
-    let observed = crate::api::observe::Observe::new(
+    let observed = crate::door::observe::Observe::new(
         crate::ccp_api::router(Arc::new(state)),
         broker.shared_metrics(),
         request_timeout,
@@ -373,7 +373,7 @@ fn egress(
         ca_bundle,
     };
     // The whole exchange with the upstream is within `timeout`; the door's own work on top.
-    let observed = crate::api::observe::Observe::new(
+    let observed = crate::door::observe::Observe::new(
         crate::egress::router(Arc::new(state)),
         broker.shared_metrics(),
         e.timeout.0 + request_timeout,

@@ -21,6 +21,7 @@ pub mod ccp_api;
 pub mod cli;
 pub mod config;
 mod diag;
+pub mod door;
 pub mod egress;
 pub mod exit;
 pub mod identity;

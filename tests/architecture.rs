@@ -235,6 +235,33 @@ fn no_file_imports_another_in_a_loop() {
     }
 }
 
+/// Issue 45: the doors stand on one floor, beside `door` (listeners, TLS, the observe layer):
+/// none imports another, `door` imports none of them, and the doors that only read — the Vault
+/// API, the egress proxy, the CCP API — never reach the management plane.
+#[test]
+fn no_door_imports_another() {
+    let g = graph();
+    let doors = ["api", "vault_api", "egress", "ccp_api"];
+    for d in doors {
+        let deps = &g[d];
+        for other in doors.iter().filter(|o| **o != d) {
+            assert!(!deps.contains(*other), "{d} imports {other}: {deps:?}");
+        }
+        assert!(
+            deps.contains("door"),
+            "{d} does not stand on door: {deps:?}"
+        );
+    }
+    for d in ["vault_api", "egress", "ccp_api"] {
+        assert!(!g[d].contains("manage"), "{d} reaches manage");
+    }
+    let door = &g["door"];
+    assert!(
+        doors.iter().all(|d| !door.contains(*d)),
+        "door imports a door: {door:?}"
+    );
+}
+
 #[test]
 fn architecture_md_names_every_module() {
     let map =

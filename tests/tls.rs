@@ -202,7 +202,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(api::listen::serve(
+        let task = tokio::spawn(keybroker::door::listen::serve(
             listener,
             tls,
             api::router(Arc::new(state)),

@@ -1,12 +1,15 @@
-//! The signed tokens of the Vault API's `auth/cert/login` (`vault_api::TokenKey`): an
-//! arbitrary string never verifies (nor panics), and an issued token verifies to its consumer.
+//! The signed tokens of the Vault API's logins (`vault_api::TokenKey`): an arbitrary string
+//! never verifies (nor panics), and an issued token verifies to whom it was issued — consumer,
+//! team, origin and login alike.
 //!
-//! Input: byte 0 picks forging (even) or issuing (odd); the rest is the token or the name.
+//! Input: byte 0 picks forging (even) or issuing (odd); the rest is the token, or the text the
+//! issued-to fields are made of.
 #![no_main]
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use keybroker::identity::IssuedTo;
 use keybroker::vault_api::TokenKey;
 use keybroker::vault_api::token::is_issued;
 use libfuzzer_sys::fuzz_target;
@@ -29,9 +32,15 @@ fuzz_target!(|data: &[u8]| {
         assert!(key().verify(text, now).is_err(), "a forged token verified");
         let _ = key().ttl_left(text, now);
     } else {
-        let token = key().issue(text, Duration::from_secs(60), now);
+        let to = IssuedTo {
+            consumer: text.to_owned(),
+            team: text.chars().rev().collect(),
+            origin: keybroker::policy::Origin::File,
+            login: format!("approle:{text}"),
+        };
+        let token = key().issue(&to, Duration::from_secs(60), now);
         assert!(is_issued(&token));
-        assert_eq!(key().verify(&token, now).as_deref(), Ok(text));
+        assert_eq!(key().verify(&token, now), Ok(to));
         // One byte changed anywhere: refused.
         let mut bytes = token.as_bytes().to_vec();
         let at = mode as usize % bytes.len();

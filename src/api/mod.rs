@@ -9,14 +9,12 @@ mod admin;
 pub mod change;
 mod consumers;
 mod credentials;
+mod door;
 mod error;
-pub mod listen;
 mod manage;
 mod names;
-pub mod observe;
 mod ops;
 mod resolve;
-pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,10 +26,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 
+pub use crate::door::listen::Peer;
+pub use crate::door::tls::{ServerTls, TlsSetupError};
 use crate::identity::{Authenticator, TokenDigest};
 pub use error::{ApiError, status};
-pub use listen::Peer;
-pub use tls::{ServerTls, TlsSetupError};
 
 use crate::broker::{Broker, Caller};
 use crate::config::ServerConfig;
@@ -192,7 +190,7 @@ impl AppState {
     }
 
     /// The main listener's TLS settings now (its verifier checks client certificates).
-    fn main_tls(&self) -> Option<Arc<tls::Loaded>> {
+    fn main_tls(&self) -> Option<Arc<crate::door::tls::Loaded>> {
         self.tls.as_ref().map(|t| t.current())
     }
 
@@ -340,7 +338,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(Arc::clone(&state));
     // Around the routing, not through `Router::layer` (observe.rs says why).
     let limited = tower_layer::Layer::layer(&DefaultBodyLimit::max(MAX_BODY_BYTES), routes);
-    let observed = observe::api(limited, &state);
+    let observed = door::api(limited, &state);
     Router::new().fallback_service(observed)
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use super::Door;
-use crate::api::listen::{ConnectionLimits, Gate};
 use crate::api::{self, AppState, ServerTls};
+use crate::door::listen::{ConnectionLimits, Gate};
 
 /// A listener that could not be bound, named by its setting.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,7 @@ impl Listeners {
         for (setting, door, listener) in self.doors {
             let bound = listener.local_addr().map_or(door.listen, |a| a);
             tracing::info!(door = setting, %bound, tls = door.tls.is_tls(), "serving");
-            all.spawn(api::listen::serve_gated(
+            all.spawn(crate::door::listen::serve_gated(
                 listener,
                 door.tls,
                 door.router,
@@ -135,7 +135,7 @@ impl Listeners {
             if let Ok(bound) = ops.local_addr() {
                 tracing::info!(door = "ops", %bound, "serving");
             }
-            all.spawn(api::listen::serve_gated(
+            all.spawn(crate::door::listen::serve_gated(
                 ops,
                 Arc::new(ServerTls::plain()),
                 api::ops_router(Arc::clone(&state)),
@@ -143,7 +143,7 @@ impl Listeners {
                 until_stopped(),
             ));
         }
-        all.spawn(api::listen::serve_gated(
+        all.spawn(crate::door::listen::serve_gated(
             self.main,
             tls,
             api::router(state),

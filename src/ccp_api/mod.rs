@@ -14,7 +14,7 @@
 //!
 //! Reads are for the consumer's `vault_api_host` (the door carries no destination). A refused
 //! read answers CCP's "not found" whether or not the object exists. **Boundary:** uses
-//! `broker`, `identity` and `api::listen`'s `Peer`, like the Vault API; no door uses it.
+//! `broker`, `identity` and `door`, like the Vault API; no door uses it.
 
 use std::sync::Arc;
 
@@ -25,8 +25,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use secrecy::ExposeSecret;
 
-use crate::api::listen::Peer;
 use crate::broker::{Broker, Caller, CredentialError, Failure, ResolveError, SecretRead};
+use crate::door::listen::Peer;
 use crate::reference::SecretPath;
 use crate::secret::SecretBuf;
 
@@ -49,8 +49,8 @@ pub fn router(state: Arc<CcpApiState>) -> Router {
 }
 
 /// The CCP API as a door (request metrics, timeout in CCP's error shape).
-pub fn door() -> crate::api::observe::DoorSpec {
-    crate::api::observe::DoorSpec {
+pub fn door() -> crate::door::observe::DoorSpec {
+    crate::door::observe::DoorSpec {
         door: "ccp_api",
         route_of: |path| {
             if path.ends_with("/api/Accounts") {
@@ -61,7 +61,8 @@ pub fn door() -> crate::api::observe::DoorSpec {
         },
         timed_out: || ccp_error(StatusCode::INTERNAL_SERVER_ERROR, "APPAP282E", "timed out"),
         json_errors: false,
-        carries_material: crate::api::observe::never,
+        extra_wait: crate::door::observe::no_wait,
+        carries_material: crate::door::observe::never,
     }
 }
 

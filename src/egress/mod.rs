@@ -157,8 +157,8 @@ pub fn router(state: Arc<EgressState>) -> Router {
 }
 
 /// The egress proxy as a door (request metrics, timeout as a JSON refusal).
-pub fn door() -> crate::api::observe::DoorSpec {
-    crate::api::observe::DoorSpec {
+pub fn door() -> crate::door::observe::DoorSpec {
+    crate::door::observe::DoorSpec {
         door: "egress",
         route_of: |_| "proxy",
         timed_out: || {
@@ -169,7 +169,8 @@ pub fn door() -> crate::api::observe::DoorSpec {
             )
         },
         json_errors: false,
-        carries_material: crate::api::observe::never,
+        extra_wait: crate::door::observe::no_wait,
+        carries_material: crate::door::observe::never,
     }
 }
 
@@ -230,7 +231,12 @@ pub fn status(class: Failure) -> (StatusCode, &'static str, &'static str) {
 
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
-    let mut r = Response::new(Body::from(body));
+    refuse_with(status, &body)
+}
+
+/// A refusal whose JSON body is `body`.
+fn refuse_with(status: StatusCode, body: &str) -> Response {
+    let mut r = Response::new(Body::from(body.to_owned()));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(
@@ -441,7 +447,7 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         door: crate::identity::Door::Egress,
         peer: request
             .extensions()
-            .get::<crate::api::Peer>()
+            .get::<crate::door::listen::Peer>()
             .map(|p| p.addr.ip()),
         certificate: None,
         verifier: None,
@@ -514,10 +520,19 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         .await
     {
         Ok(m) => m,
-        // The main API's answer, word for word (502 `credential_rejected`, role and code),
-        // before any upstream connection is opened.
+        // The main API's shape (502 `credential_rejected`, the role and the code as
+        // `details`), before any upstream connection is opened.
         Err(e @ CredentialError::Rejected(_)) => {
-            return axum::response::IntoResponse::into_response(crate::api::ApiError::from(e));
+            let CredentialError::Rejected(r) = &e else {
+                unreachable!("matched above")
+            };
+            let (status, code, _) = status(e.failure());
+            let body = serde_json::json!({ "error": {
+                "code": code,
+                "message": e.to_string(),
+                "details": [{ "role": r.role, "reason": r.code }],
+            }});
+            return refuse_with(status, &body.to_string());
         }
         Err(e) => {
             let (status, code, message) = status(e.failure());

@@ -5,7 +5,7 @@
 //! A read of `<mount>/data/<path>` is the reference `$SECRET_<mount>:<path>` decided and audited
 //! exactly as `/v1/resolve` decides it for that consumer, for the consumer's `vault_api_host`
 //! (this API carries no destination). Answers have Vault's shapes and are built in zeroizing
-//! buffers. **Boundary:** uses `broker`, `identity` and `api::listen`'s `Peer`; `api` does not
+//! buffers. **Boundary:** uses `broker`, `identity` and `door`; `api` does not
 //! use it.
 
 pub mod jwt;
@@ -23,10 +23,10 @@ use axum::response::Response;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::api::listen::Peer;
 use crate::broker::{
     Broker, Caller, ConsumerRef, CredentialError, Failure, ResolveError, SecretRead,
 };
+use crate::door::listen::Peer;
 use crate::identity::AuthError;
 use crate::reference::{Reason, SecretPath};
 use crate::secret::SecretBuf;
@@ -55,8 +55,8 @@ pub fn router(state: Arc<VaultApiState>) -> Router {
 }
 
 /// The Vault-compatible API as a door (request metrics, timeout in Vault's error shape).
-pub fn door() -> crate::api::observe::DoorSpec {
-    crate::api::observe::DoorSpec {
+pub fn door() -> crate::door::observe::DoorSpec {
+    crate::door::observe::DoorSpec {
         door: "vault_api",
         route_of: route_label,
         timed_out: || {
@@ -66,6 +66,7 @@ pub fn door() -> crate::api::observe::DoorSpec {
             )
         },
         json_errors: false,
+        extra_wait: crate::door::observe::no_wait,
         // A login's `secret_id` is a credential: its connection's buffers go with it.
         carries_material: |_, route| route.starts_with("/v1/auth/") && route.ends_with("/login"),
     }

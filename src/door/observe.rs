@@ -1,6 +1,8 @@
 //! Around every door's router: the request timeout, JSON bodies for the router's own
-//! refusals (main API), the per-door, per-route request counter and duration. Every door —
-//! the API, the Vault-compatible API, the egress proxy — is wrapped by this one service.
+//! refusals (main API), the per-door, per-route request counter and duration, and the close of
+//! a connection whose request may have carried material. Every door — the API, the
+//! Vault-compatible API, the egress proxy, the CCP API — is wrapped by this one service; what
+//! differs per door is its [`DoorSpec`].
 //!
 //! A hand-written service around the whole router, not a `Router::layer`: a layer wraps every
 //! route in one more boxed service, cloned on every request, and `axum::middleware::from_fn`
@@ -15,9 +17,7 @@ use std::task::{Context, Poll};
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-
-use super::{ApiError, AppState, ROUTES, change};
+use axum::response::Response;
 
 /// How one door is observed.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +30,9 @@ pub struct DoorSpec {
     pub timed_out: fn() -> Response,
     /// Whether the router's own refusals get the API's JSON error bodies.
     pub json_errors: bool,
+    /// Time a request may take beyond the timeout, from its query (the main API's blocking
+    /// queries: their `wait`).
+    pub extra_wait: fn(Option<&str>) -> std::time::Duration,
     /// Whether a request with a body to this route may carry material: its answer closes the
     /// connection (`Connection: close`). A kept-alive connection's receive buffers — rustls'
     /// deframer, hyper's read buffer — are reused, never freed, while it lives, and keep the
@@ -41,6 +44,11 @@ pub struct DoorSpec {
 /// No request to the door carries material.
 pub fn never(_: &axum::http::Method, _: &str) -> bool {
     false
+}
+
+/// No request waits beyond the timeout.
+pub fn no_wait(_: Option<&str>) -> std::time::Duration {
+    std::time::Duration::ZERO
 }
 
 /// The service around a door's router.
@@ -69,27 +77,6 @@ impl<S> Observe<S> {
     }
 }
 
-/// The main API as a door.
-pub(super) fn api_door() -> DoorSpec {
-    DoorSpec {
-        door: "api",
-        route_of,
-        timed_out: || ApiError::Timeout.into_response(),
-        json_errors: true,
-        carries_material: super::carries_material,
-    }
-}
-
-/// An `Observe` for the main API's router.
-pub(super) fn api<S>(inner: S, state: &AppState) -> Observe<S> {
-    Observe::new(
-        inner,
-        state.broker.shared_metrics(),
-        state.request_timeout,
-        api_door(),
-    )
-}
-
 impl<S> tower_service::Service<Request> for Observe<S>
 where
     S: tower_service::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
@@ -113,14 +100,7 @@ where
                 .is_some_and(|v| v.as_bytes() != b"0");
         let close = has_body && (spec.carries_material)(request.method(), route);
         // A blocking query may take its `wait` beyond the request timeout.
-        let wait = if spec.json_errors {
-            change::wait(request.uri().query())
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-        } else {
-            std::time::Duration::ZERO
-        };
+        let wait = (spec.extra_wait)(request.uri().query());
         let metrics = Arc::clone(&self.metrics);
         let timeout = self.timeout + wait;
         let answer = self.inner.call(request);
@@ -146,36 +126,6 @@ where
             metrics.request_duration(spec.door, route, started.elapsed());
             Ok(response)
         })
-    }
-}
-
-/// The template in [`ROUTES`] that `path` falls under (whatever the method: a 405 counts
-/// against its route), or `other`. A `{…}` segment stands for any one non-empty segment, as in
-/// the router.
-pub(super) fn route_of(path: &str) -> &'static str {
-    let templates = || ROUTES.iter().map(|(_, template)| *template);
-    // Most requests name a route without a placeholder: equal strings first.
-    templates()
-        .find(|template| *template == path)
-        .or_else(|| templates().find(|template| fits(template, path)))
-        .unwrap_or("other")
-}
-
-fn fits(template: &str, path: &str) -> bool {
-    // Segment by segment: a `{placeholder}` segment is any one non-empty segment.
-    let mut t = template.split('/');
-    let mut p = path.split('/');
-    loop {
-        match (t.next(), p.next()) {
-            (None, None) => return true,
-            (Some(ts), Some(ps)) if ts.starts_with('{') && ts.ends_with('}') => {
-                if ps.is_empty() {
-                    return false;
-                }
-            }
-            (Some(ts), Some(ps)) if ts == ps => {}
-            _ => return false,
-        }
     }
 }
 
@@ -208,41 +158,4 @@ fn json_errors(response: Response) -> Response {
     );
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     Response::from_parts(parts, axum::body::Body::from(body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{ROUTES, route_of};
-
-    #[test]
-    fn requests_are_named_by_their_route_template() {
-        for (_, template) in ROUTES {
-            let path = template
-                .replace("{name}", "db-prod")
-                .replace("{team}", "payments")
-                .replace("{id}", "7");
-            assert_eq!(route_of(&path), *template);
-        }
-        assert_eq!(route_of("/v1/resolve"), "/v1/resolve");
-        assert_eq!(route_of("/v1/credentials"), "/v1/credentials");
-        assert_eq!(route_of("/v1/credentials/db"), "/v1/credentials/{name}");
-        assert_eq!(
-            route_of("/v1/credentials/db/material"),
-            "/v1/credentials/{name}/material"
-        );
-        // Not a route: the label stays in a closed vocabulary whatever the caller sends.
-        for path in [
-            "/v1/credentials//material",
-            "/v1/credentials/",
-            "/v1/resolve/",
-            "/v1/resolve/x",
-            "/v1",
-            "/",
-            "",
-            "/V1/resolve",
-            "/v1/credentials/a/b/material",
-        ] {
-            assert_eq!(route_of(path), "other", "{path:?}");
-        }
-    }
 }
