@@ -288,6 +288,22 @@ async fn refusals_answer_as_ccp_and_say_nothing_of_what_exists() {
     ] {
         assert_eq!(w.get(who, query).await, not_found, "{query}");
     }
+    // Refused credential reads are the broker's refusals, audited (attack review: they left no
+    // line); the reserved safe in another spelling is still the reserved safe.
+    let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap_or_default();
+    let denied = audit
+        .lines()
+        .filter(|l| l.contains("\"via\":\"ccp_api\"") && l.contains("\"decision\":\"denied\""))
+        .count();
+    assert!(denied >= 4, "{audit}");
+    assert_eq!(
+        w.get(
+            &w.stranger,
+            "AppID=gateway-app&Safe=KEYBROKER%20&Folder=payments&Object=partner-api%23private_key"
+        )
+        .await,
+        not_found
+    );
     let (status, body) = w
         .get(&w.gw, "AppID=someone-else&Safe=Payments&Object=partner-key")
         .await;

@@ -109,24 +109,46 @@ pub enum AskError {
     BadQuery,
 }
 
-/// Parses the query string: parameter names without regard to case; `Query`
-/// (`Safe=S;Folder=F;Object=O`) replaces the single-property parameters; a parameter given
-/// twice is refused, never read one way here and another way elsewhere.
+/// Parameters a query may hold at most: CCP's own are a dozen; more is refused before any
+/// further work (a query of thousands of distinct names cost a quadratic scan — attack review).
+const MAX_PARAMETERS: usize = 32;
+
+/// The parameter names this door reads (lower case); others are accepted and ignored.
+const KNOWN: [&str; 9] = [
+    "appid", "safe", "folder", "object", "query", "username", "address", "database", "policyid",
+];
+
+/// Parses the query string: parameter names, percent-decoded, without regard to case;
+/// `Query` (`Safe=S;Folder=F;Object=O`) replaces the single-property parameters; a parameter
+/// given twice is refused, never read one way here and another way elsewhere.
 pub fn ask(query: Option<&str>) -> Result<Ask, AskError> {
-    let mut seen: Vec<(String, String)> = Vec::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = k.to_ascii_lowercase();
-        let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(&text.replace('+', " "))
             .decode_utf8()
-            .map_err(|_| AskError::BadQuery)?
-            .into_owned();
-        if seen.iter().any(|(s, _)| *s == k) {
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|_| AskError::BadQuery)
+    };
+    let mut seen: Vec<(&'static str, String)> = Vec::new();
+    for (n, pair) in query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .enumerate()
+    {
+        if n >= MAX_PARAMETERS {
             return Err(AskError::BadQuery);
         }
-        seen.push((k, v));
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = decode(k)?.to_ascii_lowercase();
+        let Some(known) = KNOWN.iter().find(|n| **n == k) else {
+            continue;
+        };
+        if seen.iter().any(|(s, _)| s == known) {
+            return Err(AskError::BadQuery);
+        }
+        seen.push((known, decode(v)?));
     }
-    let get = |k: &str| seen.iter().find(|(s, _)| s == k).map(|(_, v)| v.clone());
+    let get = |k: &str| seen.iter().find(|(s, _)| *s == k).map(|(_, v)| v.clone());
     let app_id = get("appid")
         .filter(|a| !a.is_empty())
         .ok_or(AskError::NoAppId)?;
@@ -209,7 +231,9 @@ async fn handle(State(state): State<Arc<CcpApiState>>, request: Request) -> Resp
         return not_authorized();
     }
     let host = consumer.consumer().vault_api_host.clone();
-    if ask.safe == CREDENTIALS_SAFE {
+    // The reserved safe in any spelling CCP would take for it (safe names are not case
+    // sensitive there): never the CCP source's.
+    if ask.safe.trim().eq_ignore_ascii_case(CREDENTIALS_SAFE) {
         credential(&state, &caller, &ask, host.as_ref()).await
     } else {
         account(&state, &caller, &ask, host.as_ref()).await
@@ -232,11 +256,28 @@ async fn credential(
     let Caller::Consumer(consumer) = caller else {
         return not_found();
     };
-    let team = {
-        let snapshot = state.broker.policy();
-        match snapshot.policy().visible_credential(consumer.team(), name) {
-            Ok(c) if ask.folder.as_deref() == Some(c.team.as_str()) => c.team.clone(),
-            _ => return not_found(),
+    let visible = state
+        .broker
+        .policy()
+        .policy()
+        .visible_credential(consumer.team(), name)
+        .ok()
+        .map(|c| c.team.clone());
+    let team = match visible {
+        Some(team) if ask.folder.as_deref() == Some(team.as_str()) => team,
+        // Of its own view, under the wrong folder: nothing it may not see is named.
+        Some(_) => return not_found(),
+        // Not visible (another team's, or none): the broker decides and audits the refusal,
+        // as at every door (attack review: these refusals left no audit line).
+        None => {
+            return match state
+                .broker
+                .material_via(Some("ccp_api"), caller, name, host)
+                .await
+            {
+                Err(e) => failed(&CcpFailure::Credential(e)),
+                Ok(_) => not_found(),
+            };
         }
     };
     let team = team.as_str();
@@ -390,6 +431,19 @@ mod tests {
         let a = ask(Some("AppID=gw&Safe=X&Object=Y&Query=Safe=A;Object=B")).unwrap();
         assert_eq!((a.safe.as_str(), a.object.as_str()), ("A", "B"));
         assert_eq!(ask(Some("Safe=A&Object=B")), Err(AskError::NoAppId));
+        // Past the bound, refused before more work (a quadratic scan of thousands of names
+        // stalled the runtime — attack review); unknown names below it are ignored.
+        let many: String = (0..40).map(|i| format!("&x{i}=1")).collect();
+        assert_eq!(
+            ask(Some(&format!("AppID=gw&Safe=A&Object=B{many}"))),
+            Err(AskError::BadQuery)
+        );
+        assert!(
+            ask(Some(
+                "AppID=gw&Safe=A&Object=B&Reason=r&ConnectionTimeout=30"
+            ))
+            .is_ok()
+        );
         for bad in [
             "AppID=gw&Safe=A",
             "AppID=gw&AppID=other&Safe=A&Object=B",
@@ -399,6 +453,9 @@ mod tests {
             "AppID=gw&Query=Safe=A;UserName=u;Object=B",
             "AppID=gw&UserName=root&Safe=A&Object=B",
             "AppID=gw&Safe=A&Object=%FF",
+            // A name percent-encoded is the name: a repeat all the same.
+            "AppID=gw&Safe=A&%53afe=B&Object=C",
+            "AppID=gw&Safe=A&Object=B&%61ppid=other",
         ] {
             assert_eq!(ask(Some(bad)), Err(AskError::BadQuery), "{bad}");
         }
