@@ -522,14 +522,12 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         Ok(m) => m,
         // The main API's shape (502 `credential_rejected`, the role and the code as
         // `details`), before any upstream connection is opened.
-        Err(e @ CredentialError::Rejected(_)) => {
-            let CredentialError::Rejected(r) = &e else {
-                unreachable!("matched above")
-            };
-            let (status, code, _) = status(e.failure());
+        Err(CredentialError::Rejected(r)) => {
+            let message = CredentialError::Rejected(r).to_string();
+            let (status, code, _) = status(Failure::Rejected);
             let body = serde_json::json!({ "error": {
                 "code": code,
-                "message": e.to_string(),
+                "message": message,
                 "details": [{ "role": r.role, "reason": r.code }],
             }});
             return refuse_with(status, &body.to_string());
