@@ -119,6 +119,19 @@ async fn serve_as(bao: &OpenBao, token: Option<&str>, extra: &str) -> (tempfile:
     (dir, running)
 }
 
+/// `POST /v1/admin/cache/purge` of the `pki` source, as the operator's admin.
+async fn purge_pki(s: &Running) {
+    let purged = s
+        .client
+        .post(s.url("/v1/admin/cache/purge"))
+        .bearer_auth(OPS)
+        .json(&json!({ "source": "pki" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+}
+
 async fn material(s: &Running) -> (u16, Value) {
     let resp = s
         .client
@@ -166,15 +179,7 @@ async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
     let (dir, s) = serve(&bao).await;
     // The expiry sweep at start reads every credential, so the certificate may already be
     // issued: purged, the next uses are first uses again.
-    let purged = s
-        .client
-        .post(s.url("/v1/admin/cache/purge"))
-        .bearer_auth(OPS)
-        .json(&json!({ "source": "pki" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(purged.status(), 200);
+    purge_pki(&s).await;
     // The 1h profile rotates every 20 minutes: one period for the whole step.
     clear_of_a_period_end(1200).await;
     let before = issued_count(&bao_audit);
@@ -324,15 +329,7 @@ async fn a_revoked_token_is_one_outage_for_the_pki_source_and_check_issues_nothi
     );
 
     bao.cli(&["token", "revoke", &token]);
-    let purged = s
-        .client
-        .post(s.url("/v1/admin/cache/purge"))
-        .bearer_auth(OPS)
-        .json(&json!({ "source": "pki" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(purged.status(), 200);
+    purge_pki(&s).await;
     let (status, m) = material(&s).await;
     assert_eq!(status, 503, "{m}");
     assert_eq!(m["error"]["code"], "source_unavailable", "{m}");

@@ -291,19 +291,29 @@ struct AppRoleBody {
 /// A login body is small; more is refused before it is read whole.
 const LOGIN_BODY_MAX: usize = 8 * 1024;
 
+/// A login's JSON body: at most [`LOGIN_BODY_MAX`] bytes, read into a zeroizing buffer (it
+/// holds a secret), else Vault's 400 — `missing` when it does not parse as `T`.
+async fn login_body<T: serde::de::DeserializeOwned>(
+    body: Body,
+    missing: &str,
+) -> Result<T, Response> {
+    let Ok(bytes) = axum::body::to_bytes(body, LOGIN_BODY_MAX).await else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            &["the login body is too large or cut short"],
+        ));
+    };
+    let bytes = zeroize::Zeroizing::new(bytes.to_vec());
+    serde_json::from_slice(&bytes).map_err(|_| error(StatusCode::BAD_REQUEST, &[missing]))
+}
+
 /// `auth/approle/login`: `role_id` and `secret_id` → their consumer → a token. A wrong role
 /// and a wrong secret get one answer (Vault's 400 `invalid role or secret ID`), counted and
 /// audited as every failed authentication is (the refusal budget).
 async fn approle_login(state: &VaultApiState, peer: Option<&Peer>, body: Body) -> Response {
-    let Ok(bytes) = axum::body::to_bytes(body, LOGIN_BODY_MAX).await else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &["the login body is too large or cut short"],
-        );
-    };
-    let bytes = zeroize::Zeroizing::new(bytes.to_vec());
-    let Ok(login) = serde_json::from_slice::<AppRoleBody>(&bytes) else {
-        return error(StatusCode::BAD_REQUEST, &["missing role_id or secret_id"]);
+    let login: AppRoleBody = match login_body(body, "missing role_id or secret_id").await {
+        Ok(l) => l,
+        Err(refused) => return refused,
     };
     let snapshot = state.broker.policy();
     let found = snapshot
@@ -339,15 +349,9 @@ async fn jwt_login(
     body: Body,
     kubernetes: bool,
 ) -> Response {
-    let Ok(bytes) = axum::body::to_bytes(body, LOGIN_BODY_MAX).await else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &["the login body is too large or cut short"],
-        );
-    };
-    let bytes = zeroize::Zeroizing::new(bytes.to_vec());
-    let Ok(login) = serde_json::from_slice::<JwtBody>(&bytes) else {
-        return error(StatusCode::BAD_REQUEST, &["missing role or jwt"]);
+    let login: JwtBody = match login_body(body, "missing role or jwt").await {
+        Ok(l) => l,
+        Err(refused) => return refused,
     };
     let snapshot = state.broker.policy();
     let consumers = &snapshot.policy().consumers;
