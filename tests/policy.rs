@@ -572,8 +572,10 @@ fn the_example_policies_load() {
     }
 }
 
+/// A DNS label that is plain ASCII: `xn--…` labels are punycode, valid or not by their
+/// content (CI drew `xn--0`, which no parser accepts), so they are left out here.
 fn label() -> impl Strategy<Value = String> {
-    "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?"
+    "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?".prop_filter("not an A-label", |l| !l.starts_with("xn--"))
 }
 
 proptest! {
