@@ -53,7 +53,14 @@ fn main() {
                 text: format!("$SECRET_s/k-{i} $KEY_value"),
             };
             broker
-                .resolve(&Caller::Operator, doc, Layout::Compact, None)
+                .read(keybroker::broker::Ask::new(
+                    &Caller::Operator,
+                    keybroker::identity::Door::Cli,
+                    keybroker::broker::Expand {
+                        document: doc,
+                        layout: Layout::Compact,
+                    },
+                ))
                 .await
                 .unwrap();
         }

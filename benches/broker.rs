@@ -9,7 +9,8 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
-use keybroker::broker::{Broker, Caller, Document};
+use keybroker::broker::{Ask, Broker, Caller, Document, Expand};
+use keybroker::identity::Door;
 use keybroker::reference::Layout;
 use keybroker::source::FileSource;
 
@@ -38,12 +39,14 @@ fn bench(c: &mut Criterion) {
     });
     let doc = json!({"password": "$SECRET_demo/db $KEY_password"});
     let resolve = || {
-        rt.block_on(broker.resolve(
+        rt.block_on(broker.read(Ask::new(
             &Caller::Operator,
-            Document::JsonValue(black_box(doc.clone())),
-            Layout::Compact,
-            None,
-        ))
+            Door::Api,
+            Expand {
+                document: Document::JsonValue(black_box(doc.clone())),
+                layout: Layout::Compact,
+            },
+        )))
         .unwrap()
     };
     resolve(); // warm the cache
@@ -56,12 +59,14 @@ fn bench(c: &mut Criterion) {
         "d": "$SECRET_demo/s3 $KEY_v", "e": "$SECRET_demo/s4 $KEY_v"
     });
     let resolve_five = || {
-        rt.block_on(broker.resolve(
+        rt.block_on(broker.read(Ask::new(
             &Caller::Operator,
-            Document::JsonValue(black_box(five.clone())),
-            Layout::Compact,
-            None,
-        ))
+            Door::Api,
+            Expand {
+                document: Document::JsonValue(black_box(five.clone())),
+                layout: Layout::Compact,
+            },
+        )))
         .unwrap()
     };
     resolve_five();

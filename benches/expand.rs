@@ -9,7 +9,8 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::Value;
 
-use keybroker::broker::{Broker, Caller, Document};
+use keybroker::broker::{Ask, Broker, Caller, Document, Expand};
+use keybroker::identity::Door;
 use keybroker::reference::{Layout, Prepared, Reason, Reference, Resolved};
 use keybroker::secret::{Secret, SecretMeta, secret_string};
 use keybroker::source::FileSource;
@@ -142,12 +143,14 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     g.bench_function("broker_file_source", |b| {
         b.iter(|| {
-            rt.block_on(broker.resolve(
+            rt.block_on(broker.read(Ask::new(
                 &Caller::Operator,
-                Document::JsonValue(doc.clone()),
-                Layout::Compact,
-                None,
-            ))
+                Door::Api,
+                Expand {
+                    document: Document::JsonValue(doc.clone()),
+                    layout: Layout::Compact,
+                },
+            )))
             .unwrap()
         })
     });

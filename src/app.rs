@@ -46,24 +46,46 @@ pub struct App {
     /// The main listener's TLS (plain HTTP when it has no certificate).
     pub tls: Arc<ServerTls>,
     /// The Vault-compatible API's listener, when `[vault_api]` is configured.
-    pub vault_api: Option<Door>,
+    pub vault_api: Option<Listener>,
     /// The egress proxy's listener, when `[egress]` is configured.
-    pub egress: Option<Door>,
+    pub egress: Option<Listener>,
     /// The CCP-shaped door's listener, when `[ccp_api]` is configured.
-    pub ccp_api: Option<Door>,
+    pub ccp_api: Option<Listener>,
     /// What runs on its own once serving: [`operations::start`] starts it.
     pub operations: operations::Operations,
 }
 
-/// An extra listener (`[vault_api]`, `[egress]`): where, with which TLS, serving what.
+/// A door's own listener (`[vault_api]`, `[egress]`, `[ccp_api]`): which door, where, with
+/// which TLS, serving what.
 #[expect(
     missing_debug_implementations,
     reason = "the TLS acceptor and router have none"
 )]
-pub struct Door {
+pub struct Listener {
+    pub door: crate::identity::Door,
     pub listen: SocketAddr,
     pub tls: Arc<ServerTls>,
     pub router: axum::Router,
+}
+
+impl Listener {
+    /// `router` wrapped in the one observe layer, as `spec` says.
+    fn observed(
+        spec: crate::door::observe::DoorSpec,
+        router: axum::Router,
+        (listen, tls): (SocketAddr, Arc<ServerTls>),
+        broker: &Broker,
+        timeout: std::time::Duration,
+    ) -> Self {
+        let observed =
+            crate::door::observe::Observe::new(router, broker.shared_metrics(), timeout, spec);
+        Self {
+            door: spec.door,
+            listen,
+            tls,
+            router: axum::Router::new().fallback_service(observed),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +291,7 @@ fn vault_api(
     v: &crate::config::VaultApiConfig,
     broker: &Arc<Broker>,
     request_timeout: std::time::Duration,
-) -> Result<Door, AppError> {
+) -> Result<Listener, AppError> {
     let server = v.server();
     let tls = Arc::new(ServerTls::load(&server).map_err(AppError::VaultApiTls)?);
     if !tls.is_tls() && !v.listen.ip().is_loopback() {
@@ -294,17 +316,13 @@ fn vault_api(
             .map(crate::vault_api::jwt::JwtKeys::load)
             .transpose()?,
     };
-    let observed = crate::door::observe::Observe::new(
-        crate::vault_api::router(Arc::new(state)),
-        broker.shared_metrics(),
-        request_timeout,
+    Ok(Listener::observed(
         crate::vault_api::door(),
-    );
-    Ok(Door {
-        listen: v.listen,
-        tls,
-        router: axum::Router::new().fallback_service(observed),
-    })
+        crate::vault_api::router(Arc::new(state)),
+        (v.listen, tls),
+        broker,
+        request_timeout,
+    ))
 }
 
 /// The CCP-shaped door: TLS with required client certificates, always.
@@ -312,7 +330,7 @@ fn ccp_api(
     c: &crate::config::CcpApiConfig,
     config: &Config,
     broker: &Arc<Broker>,
-) -> Result<Door, AppError> {
+) -> Result<Listener, AppError> {
     if c.tls_cert.is_none() || c.tls_key.is_none() || c.client_ca.is_none() {
         return Err(AppError::CcpApiWithoutClientCertificates);
     }
@@ -325,17 +343,13 @@ fn ccp_api(
         service_path: c.service_path.clone(),
         ccp_source: config.ccp_source().map(str::to_owned),
     };
-    let observed = crate::door::observe::Observe::new(
-        crate::ccp_api::router(Arc::new(state)),
-        broker.shared_metrics(),
-        request_timeout,
+    Ok(Listener::observed(
         crate::ccp_api::door(),
-    );
-    Ok(Door {
-        listen: c.listen,
-        tls,
-        router: axum::Router::new().fallback_service(observed),
-    })
+        crate::ccp_api::router(Arc::new(state)),
+        (c.listen, tls),
+        broker,
+        request_timeout,
+    ))
 }
 
 /// The egress proxy, with the TLS rules of `[server]` applied to its own keys.
@@ -343,7 +357,7 @@ fn egress(
     e: &crate::config::EgressConfig,
     broker: &Arc<Broker>,
     request_timeout: std::time::Duration,
-) -> Result<(Door, Arc<crate::egress::Pool>), AppError> {
+) -> Result<(Listener, Arc<crate::egress::Pool>), AppError> {
     let server = e.server();
     let tls = Arc::new(ServerTls::load(&server).map_err(AppError::EgressTls)?);
     if !tls.is_tls() && !e.listen.ip().is_loopback() {
@@ -373,20 +387,14 @@ fn egress(
         ca_bundle,
     };
     // The whole exchange with the upstream is within `timeout`; the door's own work on top.
-    let observed = crate::door::observe::Observe::new(
-        crate::egress::router(Arc::new(state)),
-        broker.shared_metrics(),
-        e.timeout.0 + request_timeout,
+    let listener = Listener::observed(
         crate::egress::door(),
+        crate::egress::router(Arc::new(state)),
+        (e.listen, tls),
+        broker,
+        e.timeout.0 + request_timeout,
     );
-    Ok((
-        Door {
-            listen: e.listen,
-            tls,
-            router: axum::Router::new().fallback_service(observed),
-        },
-        pool,
-    ))
+    Ok((listener, pool))
 }
 
 /// `check` does not create the audit file, but its folder must exist.

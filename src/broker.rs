@@ -1,6 +1,6 @@
-//! The one place where a request is decided. `keybroker resolve` and `POST /v1/resolve`
-//! both call [`Broker::resolve`]; later stages (identity, policy, cache, PEM) slot in here
-//! and nowhere else.
+//! The one place where a request is decided. Every door reads through [`Broker::read`] (an
+//! [`Ask`]: who, through which door, towards where, what); identity, policy, cache and PEM
+//! stages slot in here and nowhere else.
 //!
 //! The path of a document: caller → prepare the document (find and check every reference) →
 //! map each reference to a source and a read → the policy decides each read for a consumer →
@@ -13,6 +13,7 @@
 //! `read.rs` (cache, permit, breaker, retries, PEM stage), `audit.rs` (the audit line),
 //! `credentials.rs`, `ops.rs` (reload, readiness, purge). This file holds the types.
 
+mod ask;
 mod audit;
 mod build;
 mod credentials;
@@ -27,6 +28,7 @@ mod seen;
 mod single;
 mod verdict;
 
+pub use ask::{Ask, CredentialRead, Expand, Facts, ReadFailure, Want};
 pub(crate) use audit::AuditEntry;
 pub use audit::{AuditMemo, AuditRefused};
 pub use credentials::{
@@ -132,6 +134,10 @@ pub enum ResolveError {
     /// anything was reserved.
     #[error("the expanded answer would be larger than {limit} bytes ([limits] max_answer_bytes)")]
     TooLarge { limit: usize },
+    /// A single read ([`SecretRead`]): the secret is not there. A document's missing
+    /// reference is [`ResolveError::Unresolved`] (a document is not a resource).
+    #[error("the secret was not found")]
+    NotFound,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 //! without leaving copies in memory, logs or errors.
 //!
 //! The library is usable without the server: load a [`config::Config`], build a
-//! [`broker::Broker`], call [`broker::Broker::resolve`]. See ARCHITECTURE.md for the map.
+//! [`broker::Broker`], call [`broker::Broker::read`] with a [`broker::Ask`]. See ARCHITECTURE.md for the map.
 
 // `pub` only where something outside the crate uses it (as rustls); tests and benches keep
 // their own support modules public.

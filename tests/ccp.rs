@@ -120,12 +120,14 @@ async fn expand(
     doc: serde_json::Value,
 ) -> Result<keybroker::broker::Resolution, ResolveError> {
     broker
-        .resolve(
+        .read(keybroker::broker::Ask::new(
             &Caller::Operator,
-            Document::JsonValue(doc),
-            Layout::Compact,
-            None,
-        )
+            keybroker::identity::Door::Cli,
+            keybroker::broker::Expand {
+                document: Document::JsonValue(doc),
+                layout: Layout::Compact,
+            },
+        ))
         .await
 }
 

@@ -323,8 +323,15 @@ async fn a_request_is_decided_under_the_snapshot_it_was_authenticated_under() {
         let host = host.clone();
         async move {
             let doc = Document::JsonValue(serde_json::json!({"v": "$SECRET_files:demo/db $KEY_v"}));
+            let want = keybroker::broker::Expand {
+                document: doc,
+                layout: Layout::Compact,
+            };
             broker
-                .resolve(&caller, doc, Layout::Compact, Some(&host))
+                .read(
+                    keybroker::broker::Ask::new(&caller, keybroker::identity::Door::Cli, want)
+                        .towards(Some(&host)),
+                )
                 .await
                 .is_ok()
         }

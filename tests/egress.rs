@@ -295,6 +295,13 @@ async fn curl_through_the_proxy_reaches_an_mtls_upstream_with_the_credentials_ce
     let (status, body) = w.curl(GW, None, &w.url("api.partner.example", "/"), &[]);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("credential_required"));
+    // The choice is the broker's read like a named one: refused, it is audited too.
+    let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"via\":\"egress\"")
+            && l.contains("\"reason\":\"several_credentials_fit\"")),
+        "{audit}"
+    );
     // A name given twice, or that is no name, is refused — never read as "none given", which
     // would pick one for the caller — and nothing reaches the upstream.
     let before = w.upstream_requests();

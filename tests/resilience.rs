@@ -37,12 +37,14 @@ async fn resolve(
     b: &Broker,
     reference: &str,
 ) -> Result<keybroker::broker::Resolution, ResolveError> {
-    b.resolve(
+    b.read(keybroker::broker::Ask::new(
         &Caller::Operator,
-        Document::JsonValue(json!({ "v": reference })),
-        Layout::Compact,
-        None,
-    )
+        keybroker::identity::Door::Cli,
+        keybroker::broker::Expand {
+            document: Document::JsonValue(json!({ "v": reference })),
+            layout: Layout::Compact,
+        },
+    ))
     .await
 }
 

@@ -12,6 +12,8 @@ use serde::Deserialize;
 use super::change::{self, Conditional, Tagged};
 use super::names::NamePath;
 use super::{ApiError, AppState, Authenticated, destination, json_response, parse_body};
+use crate::broker::{Ask, CredentialRead};
+use crate::identity::Door;
 use crate::policy::CredentialMode;
 use crate::secret::SecretBuf;
 
@@ -100,7 +102,18 @@ pub(super) async fn material(
                 .map_err(ApiError::Unauthorized)?;
             let material = state
                 .broker
-                .material_remembered(None, caller, name, host, memo, include_next)
+                .read(
+                    Ask::new(
+                        caller,
+                        Door::Api,
+                        CredentialRead {
+                            name: Some(name.to_owned()),
+                            next: include_next,
+                        },
+                    )
+                    .towards(host)
+                    .remembered(memo),
+                )
                 .await?;
             Ok(material_answer(
                 &state.etag,

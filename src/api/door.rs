@@ -9,7 +9,7 @@ use crate::door::observe::{DoorSpec, Observe};
 /// The main API as a door.
 pub(super) fn api_door() -> DoorSpec {
     DoorSpec {
-        door: "api",
+        door: crate::identity::Door::Api,
         route_of,
         timed_out: || ApiError::Timeout.into_response(),
         json_errors: true,

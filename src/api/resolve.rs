@@ -10,7 +10,8 @@ use serde_json::value::RawValue;
 
 use super::change::{self, Conditional, Tagged};
 use super::{ApiError, AppState, Authenticated, destination, parse_body};
-use crate::broker::Document;
+use crate::broker::{Ask, Document, Expand};
+use crate::identity::Door;
 use crate::reference::{DocumentError, Format, Layout};
 use crate::secret::SecretBuf;
 
@@ -81,7 +82,18 @@ pub(super) async fn resolve(
                 .map_err(ApiError::Unauthorized)?;
             let resolution = state
                 .broker
-                .resolve_remembered(None, caller, document, Layout::Compact, host, memo)
+                .read(
+                    Ask::new(
+                        caller,
+                        Door::Api,
+                        Expand {
+                            document,
+                            layout: Layout::Compact,
+                        },
+                    )
+                    .towards(host)
+                    .remembered(memo),
+                )
                 .await?;
             Ok(resolution_answer(
                 &state.etag,

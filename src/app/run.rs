@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use super::Door;
+use super::Listener;
 use crate::api::{self, AppState, ServerTls};
 use crate::door::listen::{ConnectionLimits, Gate};
 
@@ -16,7 +16,7 @@ use crate::door::listen::{ConnectionLimits, Gate};
 #[derive(Debug, thiserror::Error)]
 #[error("{setting} cannot listen on {addr}: {source}")]
 pub struct BindError {
-    pub setting: &'static str,
+    pub setting: String,
     pub addr: SocketAddr,
     pub source: std::io::Error,
 }
@@ -30,14 +30,14 @@ pub struct Listeners {
     main: TcpListener,
     main_addr: SocketAddr,
     ops: Option<TcpListener>,
-    doors: Vec<(&'static str, Door, TcpListener)>,
+    doors: Vec<(Listener, TcpListener)>,
     /// Where each listener listens, by name (`listen`, `ops_listen`, `vault_api`, `egress`).
     addresses: Vec<(&'static str, SocketAddr)>,
 }
 
-async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+async fn bind(setting: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr).await.map_err(|source| BindError {
-        setting,
+        setting: setting.to_owned(),
         addr,
         source,
     })
@@ -48,11 +48,11 @@ impl Listeners {
     pub async fn bind(
         main: SocketAddr,
         ops: Option<SocketAddr>,
-        doors: impl IntoIterator<Item = (&'static str, Option<Door>)>,
+        doors: impl IntoIterator<Item = Option<Listener>>,
     ) -> Result<Self, BindError> {
         let main_listener = bind("[server] listen", main).await?;
         let main_addr = main_listener.local_addr().map_err(|source| BindError {
-            setting: "[server] listen",
+            setting: "[server] listen".to_owned(),
             addr: main,
             source,
         })?;
@@ -61,9 +61,9 @@ impl Listeners {
             Some(at) => Some(bind("[server] ops_listen", at).await?),
             None => None,
         };
-        let local = |l: &TcpListener, setting: &'static str, addr: SocketAddr| {
+        let local = |l: &TcpListener, setting: &str, addr: SocketAddr| {
             l.local_addr().map_err(|source| BindError {
-                setting,
+                setting: setting.to_owned(),
                 addr,
                 source,
             })
@@ -73,12 +73,13 @@ impl Listeners {
             addresses.push(("ops_listen", local(l, "[server] ops_listen", at)?));
         }
         let mut bound = Vec::new();
-        for (setting, door) in doors {
-            let Some(door) = door else { continue };
-            let listener = bind(setting, door.listen).await?;
-            let at = local(&listener, setting, door.listen)?;
-            addresses.push((setting.trim_matches(|c| c == '[' || c == ']'), at));
-            bound.push((setting, door, listener));
+        for door in doors.into_iter().flatten() {
+            let name = door.door.name();
+            let setting = format!("[{name}]");
+            let listener = bind(&setting, door.listen).await?;
+            let at = local(&listener, &setting, door.listen)?;
+            addresses.push((name, at));
+            bound.push((door, listener));
         }
         Ok(Self {
             main: main_listener,
@@ -120,9 +121,9 @@ impl Listeners {
             }
         };
         let mut all = tokio::task::JoinSet::new();
-        for (setting, door, listener) in self.doors {
+        for (door, listener) in self.doors {
             let bound = listener.local_addr().map_or(door.listen, |a| a);
-            tracing::info!(door = setting, %bound, tls = door.tls.is_tls(), "serving");
+            tracing::info!(door = door.door.name(), %bound, tls = door.tls.is_tls(), "serving");
             all.spawn(crate::door::listen::serve_gated(
                 listener,
                 door.tls,

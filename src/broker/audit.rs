@@ -26,8 +26,8 @@ pub(crate) struct AuditEntry<'a> {
     pub started: Instant,
     /// On a summary line: failed authentications of one peer that were not written.
     pub suppressed: Option<u64>,
-    /// The door the request came through, when not keybroker's own API (`vault_api`).
-    pub via: Option<&'static str>,
+    /// The door the request came through (written as `via` when not the main API).
+    pub door: crate::identity::Door,
     /// The line as announced when the request started ([`Broker::announce_audit`]).
     pub ticket: Option<crate::audit::Ticket>,
     /// The serial of the client certificate handed out.
@@ -55,7 +55,7 @@ impl<'a> AuditEntry<'a> {
             stale: false,
             started,
             suppressed: None,
-            via: None,
+            door: crate::identity::Door::Api,
             serial: None,
             ticket: None,
         }
@@ -146,7 +146,7 @@ impl Broker {
             stale: e.stale,
             latency_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             suppressed: e.suppressed,
-            via: e.via,
+            via: e.door.via(),
             serial: e.serial,
         };
         match audit.write_announced(&record, e.ticket).await {

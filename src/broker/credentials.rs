@@ -42,6 +42,10 @@ pub enum CredentialError {
     Rejected(Rejection),
     #[error("the audit trail cannot be written; refusing to answer")]
     AuditUnavailable,
+    /// No credential was named, and not exactly one the caller may see fits the destination
+    /// (the egress proxy's choice).
+    #[error("name the credential: none, or more than one, fits this destination")]
+    NoneFits(crate::policy::DecisionReason),
 }
 
 /// PEM repairs applied to one value of a credential.
@@ -287,93 +291,6 @@ impl Broker {
             subjects: vec![name.to_owned()],
             ..AuditEntry::new(
                 Action::CredentialMetadata,
-                Some(caller),
-                decision,
-                reason,
-                started,
-            )
-        })
-        .await
-        .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;
-        result
-    }
-
-    /// The values of credential `name` for use at `host`, after `read_access` and
-    /// `allowed_hosts`.
-    pub async fn material(
-        &self,
-        caller: &Caller,
-        name: &str,
-        host: Option<&Destination>,
-    ) -> Result<Material, CredentialError> {
-        self.material_via(None, caller, name, host).await
-    }
-
-    /// [`Broker::material`] through another door (`via` in the audit line).
-    pub async fn material_via(
-        &self,
-        via: Option<&'static str>,
-        caller: &Caller,
-        name: &str,
-        host: Option<&Destination>,
-    ) -> Result<Material, CredentialError> {
-        self.material_remembered(via, caller, name, host, None, false)
-            .await
-    }
-
-    /// [`Broker::material_via`] for one ask of a blocking query: a line that would repeat
-    /// the last one `memo` wrote is not written.
-    pub async fn material_remembered(
-        &self,
-        via: Option<&'static str>,
-        caller: &Caller,
-        name: &str,
-        host: Option<&Destination>,
-        memo: Option<&super::AuditMemo>,
-        include_next: bool,
-    ) -> Result<Material, CredentialError> {
-        let started = Instant::now();
-        let ticket = self.announce_audit();
-        let snapshot = self.snapshot(caller);
-        let policy = snapshot.policy();
-        let result = self
-            .material_unaudited(policy, caller, name, host, include_next)
-            .await;
-        let (decision, reason) = outcome(&result);
-        if let Some(memo) = memo {
-            let values = result.as_ref().map_or(&[][..], |m| &m.values[..]);
-            let next = result
-                .as_ref()
-                .ok()
-                .and_then(|m| m.next.as_ref())
-                .map_or(&[][..], |n| &n.values[..]);
-            let answer = values
-                .iter()
-                .chain(next)
-                .flat_map(|(k, v)| [k.as_bytes(), v.expose_secret().as_bytes()]);
-            if memo.repeats(decision, reason, answer) {
-                return result;
-            }
-        }
-        let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |m| {
-            let lists = m.metadata.repairs.iter().map(|u| &u.repairs[..]);
-            (super::repair_names(lists), m.metadata.stale)
-        });
-        let serial = result
-            .as_ref()
-            .ok()
-            .and_then(|m| m.metadata.certificate.as_ref())
-            .and_then(|c| c.serial.as_deref());
-        self.audit(AuditEntry {
-            subjects: vec![name.to_owned()],
-            host,
-            repairs,
-            stale,
-            via,
-            ticket,
-            serial,
-            ..AuditEntry::new(
-                Action::CredentialMaterial,
                 Some(caller),
                 decision,
                 reason,
@@ -692,6 +609,86 @@ fn role_text(values: &[RoleValue], role: &str) -> Option<zeroize::Zeroizing<Stri
 }
 
 /// The credential `name` as `caller` sees it.
+impl super::ask::Want for super::ask::CredentialRead {
+    type Answer = Material;
+    type Error = CredentialError;
+    const ACTION: Action = Action::CredentialMaterial;
+
+    async fn read_unaudited(
+        self,
+        broker: &Broker,
+        caller: &Caller,
+        host: Option<&Destination>,
+        subjects: &mut Vec<String>,
+    ) -> Result<Material, CredentialError> {
+        let snapshot = broker.snapshot(caller);
+        let policy = snapshot.policy();
+        let name = match (self.name, caller, host) {
+            (Some(name), _, _) => name,
+            // The egress proxy's choice: the one credential whose allowed_hosts fit; then
+            // decided below like a named one.
+            (None, Caller::Consumer(consumer), Some(dest)) => {
+                match policy.credential_for_destination(consumer.name(), dest) {
+                    Ok(c) => c.name.clone(),
+                    Err(reason) => return Err(CredentialError::NoneFits(reason)),
+                }
+            }
+            (None, _, _) => {
+                return Err(CredentialError::NoneFits(
+                    crate::policy::DecisionReason::NoCredentialFits,
+                ));
+            }
+        };
+        subjects.push(name.clone());
+        broker
+            .material_unaudited(policy, caller, &name, host, self.next)
+            .await
+    }
+
+    fn facts(m: &Material) -> super::ask::Facts<'_> {
+        let lists = m.metadata.repairs.iter().map(|u| &u.repairs[..]);
+        super::ask::Facts {
+            repairs: super::repair_names(lists),
+            stale: m.metadata.stale,
+            serial: m
+                .metadata
+                .certificate
+                .as_ref()
+                .and_then(|c| c.serial.as_deref()),
+        }
+    }
+
+    fn answer_bytes(m: &Material) -> Vec<&[u8]> {
+        let next = m.next.as_ref().map_or(&[][..], |n| &n.values[..]);
+        m.values
+            .iter()
+            .chain(next)
+            .flat_map(|(k, v)| [k.as_bytes(), v.expose_secret().as_bytes()])
+            .collect()
+    }
+}
+
+impl super::ask::ReadFailure for CredentialError {
+    fn outcome(&self) -> (Outcome, &'static str) {
+        match self {
+            Self::Denied(reason) => (Outcome::Denied, reason.code()),
+            Self::NotFound => (Outcome::Denied, "not_found"),
+            Self::NoneFits(reason) => (Outcome::Failed, reason.code()),
+            Self::Ambiguous => (Outcome::Failed, "ambiguous_credential"),
+            Self::Unresolved(e) => (
+                Outcome::Failed,
+                e.first().map_or("unresolved", |r| r.reason.code()),
+            ),
+            Self::AuditUnavailable => (Outcome::Failed, "audit_unavailable"),
+            Self::Rejected(r) => (Outcome::Failed, r.code),
+        }
+    }
+
+    fn audit_unavailable() -> Self {
+        Self::AuditUnavailable
+    }
+}
+
 fn visible<'p>(
     policy: &'p Policy,
     caller: &Caller,
@@ -761,14 +758,6 @@ pub(super) fn facts(
 fn outcome<T>(result: &Result<T, CredentialError>) -> (Outcome, &'static str) {
     match result {
         Ok(_) => (Outcome::Allowed, "allowed"),
-        Err(CredentialError::Denied(reason)) => (Outcome::Denied, reason.code()),
-        Err(CredentialError::NotFound) => (Outcome::Denied, "not_found"),
-        Err(CredentialError::Ambiguous) => (Outcome::Failed, "ambiguous_credential"),
-        Err(CredentialError::Unresolved(e)) => (
-            Outcome::Failed,
-            e.first().map_or("unresolved", |r| r.reason.code()),
-        ),
-        Err(CredentialError::AuditUnavailable) => (Outcome::Failed, "audit_unavailable"),
-        Err(CredentialError::Rejected(r)) => (Outcome::Failed, r.code),
+        Err(e) => super::ask::ReadFailure::outcome(e),
     }
 }

@@ -147,6 +147,7 @@ impl ResolveError {
             Self::AuditUnavailable => Failure::AuditUnavailable,
             Self::TooManyReferences { .. } | Self::TooManySites { .. } => Failure::TooMany,
             Self::TooLarge { .. } => Failure::TooLarge,
+            Self::NotFound => Failure::NotFound,
         }
     }
 
@@ -157,6 +158,7 @@ impl ResolveError {
             Self::Document(d) => d.code(),
             Self::TooManyReferences { .. } | Self::TooManySites { .. } => "too_many_references",
             Self::TooLarge { .. } => "too_large",
+            Self::NotFound => "not_found",
             Self::AuditUnavailable => "audit_unavailable",
             Self::Unresolved { .. } => match self.failure() {
                 f if f.is_outage() => "source_unavailable",
@@ -176,6 +178,7 @@ impl CredentialError {
             Self::Ambiguous => "ambiguous_credential",
             Self::AuditUnavailable => "audit_unavailable",
             Self::Rejected(_) => "credential_rejected",
+            Self::NoneFits(_) => "credential_required",
             Self::Unresolved(_) if self.failure().is_outage() => "source_unavailable",
             Self::Unresolved(_) => "credential_unresolved",
         }
@@ -192,6 +195,7 @@ impl CredentialError {
                 _ => Failure::Broken,
             },
             Self::Rejected(_) => Failure::Rejected,
+            Self::NoneFits(_) => Failure::Invalid,
             Self::AuditUnavailable => Failure::AuditUnavailable,
         }
     }

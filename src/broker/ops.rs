@@ -379,10 +379,10 @@ impl Broker {
     pub async fn audit_login(
         &self,
         caller: &super::Caller,
-        via: &'static str,
+        door: crate::identity::Door,
     ) -> Result<(), super::AuditRefused> {
         self.audit(super::AuditEntry {
-            via: Some(via),
+            door,
             ..super::AuditEntry::new(
                 crate::audit::Action::Login,
                 Some(caller),

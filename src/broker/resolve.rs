@@ -1,11 +1,9 @@
-//! `Broker::resolve`: prepare → plan → read → render, all or nothing, one audit line.
-
-use std::time::Instant;
+//! [`Expand`](super::Expand) a document: prepare → plan → read → render, all or nothing.
 
 use super::seen::FirstSeen;
 use super::{
-    AuditEntry, AuditRefused, Broker, Caller, Document, ReadKey, RepairUse, Resolution,
-    ResolveError, ResolveMetadata, SecretUse, source_reason,
+    Broker, Caller, Document, ReadKey, RepairUse, Resolution, ResolveError, ResolveMetadata,
+    SecretUse, source_reason,
 };
 use crate::audit::{Action, Outcome};
 use crate::cache::Fetched;
@@ -16,77 +14,48 @@ use crate::reference::{
 };
 use crate::source::SourceError;
 
-impl Broker {
-    /// Expands every reference in `document`, or reports every one that fails. Writes one
-    /// audit line either way.
-    pub async fn resolve(
-        &self,
-        caller: &Caller,
-        document: Document,
-        layout: Layout,
-        host: Option<&Destination>,
-    ) -> Result<Resolution, ResolveError> {
-        self.resolve_via(None, caller, document, layout, host).await
-    }
+impl super::ask::Want for super::ask::Expand {
+    type Answer = Resolution;
+    type Error = ResolveError;
+    const ACTION: Action = Action::Resolve;
 
-    /// [`Broker::resolve`] for a request that came through another door (`via` in the audit
-    /// line, e.g. `vault_api`).
-    pub async fn resolve_via(
-        &self,
-        via: Option<&'static str>,
+    async fn read_unaudited(
+        self,
+        broker: &Broker,
         caller: &Caller,
-        document: Document,
-        layout: Layout,
         host: Option<&Destination>,
+        subjects: &mut Vec<String>,
     ) -> Result<Resolution, ResolveError> {
-        self.resolve_remembered(via, caller, document, layout, host, None)
+        broker
+            .resolve_unaudited(caller, self.document, self.layout, host, subjects)
             .await
     }
 
-    /// [`Broker::resolve_via`] for one ask of a blocking query: a line that would repeat the
-    /// last one `memo` wrote is not written.
-    pub async fn resolve_remembered(
-        &self,
-        via: Option<&'static str>,
-        caller: &Caller,
-        document: Document,
-        layout: Layout,
-        host: Option<&Destination>,
-        memo: Option<&super::AuditMemo>,
-    ) -> Result<Resolution, ResolveError> {
-        let started = Instant::now();
-        let ticket = self.announce_audit();
-        let mut subjects = Vec::new();
-        let result = self
-            .resolve_unaudited(caller, document, layout, host, &mut subjects)
-            .await;
-        let (decision, reason) = outcome(&result);
-        if let Some(memo) = memo {
-            let answer = result.as_ref().map_or(&[][..], |r| r.document.as_bytes());
-            if memo.repeats(decision, reason, [answer]) {
-                return result;
-            }
+    fn facts(r: &Resolution) -> super::ask::Facts<'_> {
+        let lists = r.metadata.repairs.iter().map(|u| &u.repairs[..]);
+        super::ask::Facts {
+            repairs: repair_names(lists),
+            stale: r.metadata.stale,
+            serial: None,
         }
-        let (repairs, stale) = result.as_ref().map_or((Vec::new(), false), |r| {
-            let lists = r.metadata.repairs.iter().map(|u| &u.repairs[..]);
-            (repair_names(lists), r.metadata.stale)
-        });
-        let entry = AuditEntry {
-            subjects,
-            host,
-            repairs,
-            stale,
-            via,
-            ticket,
-            ..AuditEntry::new(Action::Resolve, Some(caller), decision, reason, started)
-        };
-        // A resolution that cannot be audited is dropped (and wiped) unanswered.
-        self.audit(entry)
-            .await
-            .map_err(|AuditRefused| ResolveError::AuditUnavailable)?;
-        result
     }
 
+    fn answer_bytes(r: &Resolution) -> Vec<&[u8]> {
+        vec![r.document.as_bytes()]
+    }
+}
+
+impl super::ask::ReadFailure for ResolveError {
+    fn outcome(&self) -> (Outcome, &'static str) {
+        outcome_of(self)
+    }
+
+    fn audit_unavailable() -> Self {
+        Self::AuditUnavailable
+    }
+}
+
+impl Broker {
     pub(super) async fn resolve_unaudited(
         &self,
         caller: &Caller,
@@ -187,10 +156,7 @@ impl Broker {
 
 /// The audit line's decision and reason for a resolution's result: the failure's class
 /// decides whether it was a denial, the first reason names it.
-pub(super) fn outcome<T>(result: &Result<T, ResolveError>) -> (Outcome, &'static str) {
-    let Err(e) = result else {
-        return (Outcome::Allowed, "allowed");
-    };
+fn outcome_of(e: &ResolveError) -> (Outcome, &'static str) {
     let decision = if e.failure() == super::Failure::Denied {
         Outcome::Denied
     } else {
@@ -207,6 +173,7 @@ pub(super) fn outcome<T>(result: &Result<T, ResolveError>) -> (Outcome, &'static
             "too_many_references"
         }
         ResolveError::TooLarge { .. } => "too_large",
+        ResolveError::NotFound => "not_found",
     };
     (decision, reason)
 }

@@ -3,9 +3,7 @@
 //! audit line as a document holding one whole-secret reference; no door formats reference
 //! text, so no part of a URL can add reference syntax.
 
-use std::time::Instant;
-
-use super::{AuditEntry, AuditRefused, Broker, Caller, ResolveError, source_reason};
+use super::{Broker, Caller, ResolveError, source_reason};
 use crate::audit::Action;
 use crate::policy::Destination;
 use crate::reference::{ExpandError, Location, Reason, Reference, Resolved, SecretPath, Target};
@@ -29,42 +27,43 @@ pub struct SecretAnswer {
     pub stale: bool,
 }
 
-impl Broker {
-    /// Reads one whole secret for `caller` towards `host`, deciding and auditing it like
-    /// [`Broker::resolve_via`] decides and audits a document.
-    pub async fn read_secret(
-        &self,
-        via: Option<&'static str>,
+impl super::ask::Want for SecretRead {
+    type Answer = SecretAnswer;
+    type Error = ResolveError;
+    const ACTION: Action = Action::Resolve;
+
+    async fn read_unaudited(
+        self,
+        broker: &Broker,
         caller: &Caller,
-        read: SecretRead,
         host: Option<&Destination>,
+        subjects: &mut Vec<String>,
     ) -> Result<SecretAnswer, ResolveError> {
-        let started = Instant::now();
-        let ticket = self.announce_audit();
         let reference = Reference {
             target: Target::Secret {
-                source: Some(read.source),
-                path: read.path,
-                version: read.version,
+                source: Some(self.source),
+                path: self.path,
+                version: self.version,
             },
             field: None,
         };
-        let result = self.read_unaudited(caller, &reference, host).await;
-        let (decision, reason) = super::resolve::outcome(&result);
-        let entry = AuditEntry {
-            subjects: vec![reference.to_string()],
-            host,
-            stale: result.as_ref().is_ok_and(|a| a.stale),
-            via,
-            ticket,
-            ..AuditEntry::new(Action::Resolve, Some(caller), decision, reason, started)
-        };
-        self.audit(entry)
-            .await
-            .map_err(|AuditRefused| ResolveError::AuditUnavailable)?;
-        result
+        subjects.push(reference.to_string());
+        broker.read_unaudited(caller, &reference, host).await
     }
 
+    fn facts(answer: &SecretAnswer) -> super::ask::Facts<'_> {
+        super::ask::Facts {
+            stale: answer.stale,
+            ..super::ask::Facts::default()
+        }
+    }
+
+    fn answer_bytes(answer: &SecretAnswer) -> Vec<&[u8]> {
+        vec![answer.fields.as_bytes()]
+    }
+}
+
+impl Broker {
     async fn read_unaudited(
         &self,
         caller: &Caller,
@@ -91,7 +90,12 @@ impl Broker {
             .pop()
             .ok_or(Reason::SourceUnavailable)
             .and_then(|r| r.map_err(|e| source_reason(&e)))
-            .map_err(unresolved)?;
+            .map_err(|reason| match reason {
+                // One secret that is not there is a typed "not found", not a document's
+                // unresolved reference.
+                Reason::NotFound => ResolveError::NotFound,
+                other => unresolved(other),
+            })?;
         let secret = match super::pick(reference, &fetched.secret).map_err(unresolved)? {
             Resolved::Whole(s) => s,
             // A reference without a field is always answered whole.

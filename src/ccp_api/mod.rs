@@ -25,8 +25,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use secrecy::ExposeSecret;
 
-use crate::broker::{Broker, Caller, CredentialError, Failure, ResolveError, SecretRead};
+use crate::broker::{
+    Broker, Caller, CredentialError, CredentialRead, Failure, ResolveError, SecretRead,
+};
 use crate::door::listen::Peer;
+use crate::identity::Door;
 use crate::reference::SecretPath;
 use crate::secret::SecretBuf;
 
@@ -51,7 +54,7 @@ pub fn router(state: Arc<CcpApiState>) -> Router {
 /// The CCP API as a door (request metrics, timeout in CCP's error shape).
 pub fn door() -> crate::door::observe::DoorSpec {
     crate::door::observe::DoorSpec {
-        door: "ccp_api",
+        door: crate::identity::Door::CcpApi,
         route_of: |path| {
             if path.ends_with("/api/Accounts") {
                 "/{service}/api/Accounts"
@@ -92,7 +95,7 @@ fn not_authorized() -> Response {
 
 /// What a request asks: the application and where the account is.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Ask {
+pub struct AccountQuery {
     pub app_id: String,
     pub safe: String,
     pub folder: Option<String>,
@@ -121,7 +124,7 @@ const KNOWN: [&str; 9] = [
 /// Parses the query string: parameter names, percent-decoded, without regard to case;
 /// `Query` (`Safe=S;Folder=F;Object=O`) replaces the single-property parameters; a parameter
 /// given twice is refused, never read one way here and another way elsewhere.
-pub fn ask(query: Option<&str>) -> Result<Ask, AskError> {
+pub fn ask(query: Option<&str>) -> Result<AccountQuery, AskError> {
     let decode = |text: &str| {
         percent_encoding::percent_decode_str(&text.replace('+', " "))
             .decode_utf8()
@@ -174,7 +177,7 @@ pub fn ask(query: Option<&str>) -> Result<Ask, AskError> {
         return Err(AskError::BadQuery);
     }
     match (safe, object) {
-        (Some(safe), Some(object)) if !safe.is_empty() && !object.is_empty() => Ok(Ask {
+        (Some(safe), Some(object)) if !safe.is_empty() && !object.is_empty() => Ok(AccountQuery {
             app_id,
             safe,
             folder: folder.filter(|f| !f.is_empty() && !f.eq_ignore_ascii_case("root")),
@@ -244,7 +247,7 @@ async fn handle(State(state): State<Arc<CcpApiState>>, request: Request) -> Resp
 async fn credential(
     state: &CcpApiState,
     caller: &Caller,
-    ask: &Ask,
+    ask: &AccountQuery,
     host: Option<&crate::policy::Destination>,
 ) -> Response {
     let (name, field) = match ask.object.split_once('#') {
@@ -272,7 +275,10 @@ async fn credential(
         None => {
             return match state
                 .broker
-                .material_via(Some("ccp_api"), caller, name, host)
+                .read(
+                    crate::broker::Ask::new(caller, Door::CcpApi, CredentialRead::named(name))
+                        .towards(host),
+                )
                 .await
             {
                 Err(e) => failed(&CcpFailure::Credential(e)),
@@ -283,7 +289,10 @@ async fn credential(
     let team = team.as_str();
     let material = match state
         .broker
-        .material_via(Some("ccp_api"), caller, name, host)
+        .read(
+            crate::broker::Ask::new(caller, Door::CcpApi, CredentialRead::named(name))
+                .towards(host),
+        )
         .await
     {
         Ok(m) => m,
@@ -314,7 +323,7 @@ async fn credential(
 async fn account(
     state: &CcpApiState,
     caller: &Caller,
-    ask: &Ask,
+    ask: &AccountQuery,
     host: Option<&crate::policy::Destination>,
 ) -> Response {
     let Some(source) = &state.ccp_source else {
@@ -334,7 +343,7 @@ async fn account(
     };
     match state
         .broker
-        .read_secret(Some("ccp_api"), caller, read, host)
+        .read(crate::broker::Ask::new(caller, Door::CcpApi, read).towards(host))
         .await
     {
         Ok(found) => answer(found.fields),

@@ -3,7 +3,8 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use crate::broker::{Broker, Caller, Document, ResolveError};
+use crate::broker::{Ask, Broker, Caller, Document, Expand, ResolveError};
+use crate::identity::Door;
 use crate::policy::Destination;
 use crate::reference::{Format, Layout};
 
@@ -38,11 +39,16 @@ pub async fn resolve(
     let (text, format) = read_document(file, format)?;
     let layout = Layout::Pretty;
     let result = broker
-        .resolve(
-            &caller,
-            Document::Text { format, text },
-            layout,
-            host.as_ref(),
+        .read(
+            Ask::new(
+                &caller,
+                Door::Cli,
+                Expand {
+                    document: Document::Text { format, text },
+                    layout,
+                },
+            )
+            .towards(host.as_ref()),
         )
         .await;
     match result {

@@ -110,17 +110,10 @@ pub async fn serve(
     } = App::build(&config, &options).map_err(|e| assembly(&config, &e))?;
     // Installed before anything is announced (banner, READY=1), so no signal is lost.
     let signalled = crate::app::process::shutdown_signal();
-    let listeners = crate::app::Listeners::bind(
-        addr,
-        config.server.ops_listen,
-        [
-            ("[vault_api]", vault_api),
-            ("[egress]", egress),
-            ("[ccp_api]", ccp_api),
-        ],
-    )
-    .await
-    .map_err(|e| Failure::Usage(e.to_string()))?;
+    let listeners =
+        crate::app::Listeners::bind(addr, config.server.ops_listen, [vault_api, egress, ccp_api])
+            .await
+            .map_err(|e| Failure::Usage(e.to_string()))?;
     let bound = listeners.main_addr();
     let mut state = state;
     if dev {

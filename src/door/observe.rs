@@ -22,8 +22,8 @@ use axum::response::Response;
 /// How one door is observed.
 #[derive(Clone, Copy, Debug)]
 pub struct DoorSpec {
-    /// The `door` label: `api`, `vault_api`, `egress`.
-    pub door: &'static str,
+    /// Which door: its name is the `door` label.
+    pub door: crate::identity::Door,
     /// The `route` label of a path, from a closed vocabulary.
     pub route_of: fn(&str) -> &'static str,
     /// The answer when the request timeout passes, in the door's dialect.
@@ -122,8 +122,8 @@ where
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             let decision = crate::metrics::RequestOutcome::of_status(response.status().as_u16());
-            metrics.request(spec.door, route, decision);
-            metrics.request_duration(spec.door, route, started.elapsed());
+            metrics.request(spec.door.name(), route, decision);
+            metrics.request_duration(spec.door.name(), route, started.elapsed());
             Ok(response)
         })
     }

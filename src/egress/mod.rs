@@ -3,8 +3,8 @@
 //!
 //! An HTTP forward proxy: `curl -x http://kb:8081 -H 'Proxy-Authorization: Bearer …'
 //! -H 'Keybroker-Credential: partner-api' http://api.partner.example/x`. The consumer is
-//! authenticated, the credential decided for the URL's real host and port (through
-//! `Broker::material_via`, audited with `via: "egress"`), the name resolved once and the
+//! authenticated, the credential chosen and decided for the URL's real host and port (one
+//! `Broker::read` of a `CredentialRead`, audited with `via: "egress"`), the name resolved once and the
 //! checked address connected to with the credential's client certificate; the answer is
 //! streamed back. Redirects are returned, never followed; `CONNECT` is refused.
 //!
@@ -23,7 +23,8 @@ use axum::response::Response;
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
-use crate::broker::{Broker, Caller, CredentialError, Failure};
+use crate::broker::{Ask, Broker, Caller, CredentialError, CredentialRead, Failure};
+use crate::identity::Door;
 use crate::policy::Destination;
 use crate::policy::host::Host;
 
@@ -159,7 +160,7 @@ pub fn router(state: Arc<EgressState>) -> Router {
 /// The egress proxy as a door (request metrics, timeout as a JSON refusal).
 pub fn door() -> crate::door::observe::DoorSpec {
     crate::door::observe::DoorSpec {
-        door: "egress",
+        door: crate::identity::Door::Egress,
         route_of: |_| "proxy",
         timed_out: || {
             refuse(
@@ -442,7 +443,6 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
 
     // Who is asking: the one authenticator, set for this door (refusals budgeted per peer
     // address like every door's, THREATS 27; repeated credentials refused, THREATS 32).
-    let snapshot = state.broker.policy();
     let presented = crate::identity::Presented {
         door: crate::identity::Door::Egress,
         peer: request
@@ -494,32 +494,26 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
             );
         }
     };
-    let name = match named {
-        Some(n) => n.to_string(),
-        // The policy's choice (`policy explain` prints it); the decision below is the
-        // same as for a named credential.
-        None => match snapshot
-            .policy()
-            .credential_for_destination(consumer.name(), &dest)
-        {
-            Ok(c) => c.name.clone(),
-            Err(_) => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "credential_required",
-                    "name the credential in Keybroker-Credential (none, or more than one, fits this host)",
-                );
-            }
-        },
-    };
+    // Named, or the policy's choice (`policy explain` prints it), decided and audited by the
+    // broker like a named credential.
+    let want = named.map_or_else(CredentialRead::for_destination, |n| {
+        CredentialRead::named(n.to_string())
+    });
 
     // The decision, on the URL's real host and port, audited.
     let material = match state
         .broker
-        .material_via(Some("egress"), &caller, &name, Some(&dest))
+        .read(Ask::new(&caller, Door::Egress, want).towards(Some(&dest)))
         .await
     {
         Ok(m) => m,
+        Err(CredentialError::NoneFits(_)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "credential_required",
+                "name the credential in Keybroker-Credential (none, or more than one, fits this host)",
+            );
+        }
         // The main API's shape (502 `credential_rejected`, the role and the code as
         // `details`), before any upstream connection is opened.
         Err(CredentialError::Rejected(r)) => {

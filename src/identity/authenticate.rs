@@ -70,6 +70,26 @@ pub enum Door {
     Egress,
     /// The CCP-shaped door: the client certificate alone, as CCP identifies an application.
     CcpApi,
+    /// The command line (`keybroker resolve`): the operator, or a consumer named by `--as`.
+    Cli,
+}
+
+impl Door {
+    /// Its name: the metrics' `door` label, the audit's `via`, the listener's setting.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::VaultApi => "vault_api",
+            Self::Egress => "egress",
+            Self::CcpApi => "ccp_api",
+            Self::Cli => "cli",
+        }
+    }
+
+    /// The audit line's `via`: every door but the main API names itself.
+    pub fn via(self) -> Option<&'static str> {
+        (self != Self::Api).then(|| self.name())
+    }
 }
 
 /// The bearer credential a request presents at `door`, if any — one function for every door,
@@ -89,7 +109,7 @@ pub fn presented_token(headers: &HeaderMap, door: Door) -> Result<Option<&str>, 
     match door {
         Door::Api => bearer_of(&header::AUTHORIZATION),
         Door::Egress => bearer_of(&header::PROXY_AUTHORIZATION),
-        Door::CcpApi => Ok(None),
+        Door::CcpApi | Door::Cli => Ok(None),
         Door::VaultApi => {
             let vault = one(&HeaderName::from_static("x-vault-token"))?;
             let authorization = bearer_of(&header::AUTHORIZATION)?;

@@ -23,12 +23,11 @@ use axum::response::Response;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::broker::{
-    Broker, Caller, ConsumerRef, CredentialError, Failure, ResolveError, SecretRead,
-};
+use crate::broker::{Ask, CredentialRead};
+use crate::broker::{Broker, Caller, ConsumerRef, CredentialError, Failure, SecretRead};
 use crate::door::listen::Peer;
-use crate::identity::AuthError;
-use crate::reference::{Reason, SecretPath};
+use crate::identity::{AuthError, Door};
+use crate::reference::SecretPath;
 use crate::secret::SecretBuf;
 use route::{Route, RouteError};
 pub use token::TokenKey;
@@ -57,7 +56,7 @@ pub fn router(state: Arc<VaultApiState>) -> Router {
 /// The Vault-compatible API as a door (request metrics, timeout in Vault's error shape).
 pub fn door() -> crate::door::observe::DoorSpec {
     crate::door::observe::DoorSpec {
-        door: "vault_api",
+        door: crate::identity::Door::VaultApi,
         route_of: route_label,
         timed_out: || {
             error(
@@ -411,7 +410,7 @@ async fn issue(
     };
     if state
         .broker
-        .audit_login(&Caller::Consumer(consumer), "vault_api")
+        .audit_login(&Caller::Consumer(consumer), Door::VaultApi)
         .await
         .is_err()
     {
@@ -540,7 +539,10 @@ async fn read(
         };
         let material = state
             .broker
-            .material_via(Some("vault_api"), caller, name, host.as_ref())
+            .read(
+                Ask::new(caller, Door::VaultApi, CredentialRead::named(*name))
+                    .towards(host.as_ref()),
+            )
             .await;
         return match material {
             Ok(m) => {
@@ -580,16 +582,10 @@ async fn read(
     };
     match state
         .broker
-        .read_secret(Some("vault_api"), caller, read, host.as_ref())
+        .read(Ask::new(caller, Door::VaultApi, read).towards(host.as_ref()))
         .await
     {
         Ok(answer) => envelope(&answer.fields, answer.version.unwrap_or(1), metadata_only),
-        // A single read that is not found is Vault's 404, not a document's 400.
-        Err(ResolveError::Unresolved { errors, .. })
-            if errors.iter().all(|e| e.reason == Reason::NotFound) =>
-        {
-            failed(Failure::NotFound)
-        }
         Err(e) => failed(e.failure()),
     }
 }
