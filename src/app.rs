@@ -100,8 +100,9 @@ pub enum AppError {
     Tls(#[from] TlsSetupError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// A key file (`etag_key_file`, `token_key_file`); the error names its setting.
     #[error(transparent)]
-    EtagKey(#[from] crate::api::change::EtagKeyError),
+    KeyFile(#[from] crate::secret::KeyFileError),
     #[error("[vault_api] {0}")]
     VaultApiTls(TlsSetupError),
     #[error("[ccp_api] {0}")]
@@ -114,8 +115,6 @@ pub enum AppError {
     VaultApiJwt(#[from] crate::vault_api::jwt::JwtKeyError),
     #[error("[vault_api]: plain HTTP only listens on loopback, not {0}: set tls_cert and tls_key")]
     VaultApiPlainOffLoopback(SocketAddr),
-    #[error(transparent)]
-    TokenKey(#[from] crate::vault_api::token::TokenKeyError),
     #[error("[egress] {0}")]
     EgressTls(TlsSetupError),
     #[error("[egress]: plain HTTP only listens on loopback, not {0}: set tls_cert and tls_key")]
@@ -181,10 +180,13 @@ impl AppError {
                     _ => "hmac_key_file",
                 },
             )),
-            Self::EtagKey(_) => Some(Setting::Key("server", "etag_key_file")),
+            Self::KeyFile(e) => e
+                .setting()
+                .strip_prefix('[')
+                .and_then(|s| s.split_once("] "))
+                .map(|(section, key)| Setting::Key(section, key)),
             Self::VaultApiTls(_) => Some(Setting::Key("vault_api", "tls_cert")),
             Self::VaultApiPlainOffLoopback(_) => Some(Setting::Key("vault_api", "listen")),
-            Self::TokenKey(_) => Some(Setting::Key("vault_api", "token_key_file")),
             Self::VaultApiJwt(_) => Some(Setting::Key("vault_api", "jwt")),
             Self::CcpApiTls(_) => Some(Setting::Key("ccp_api", "tls_cert")),
             Self::CcpApiWithoutClientCertificates => Some(Setting::Key("ccp_api", "client_ca")),

@@ -17,6 +17,7 @@ mod ask;
 mod audit;
 mod build;
 mod credentials;
+mod event;
 mod expiry;
 mod failure;
 mod fair;
@@ -121,8 +122,8 @@ pub enum ResolveError {
         omitted: usize,
     },
     /// The audit line could not be written and `fail_closed` is set.
-    #[error("the audit trail cannot be written; refusing to answer")]
-    AuditUnavailable,
+    #[error(transparent)]
+    AuditUnavailable(#[from] crate::broker::AuditRefused),
     /// The document needs more distinct reads than `[limits] max_references`; refused before
     /// any read.
     #[error("the document needs more than {limit} distinct secrets ([limits] max_references)")]

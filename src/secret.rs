@@ -12,6 +12,72 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use zeroize::Zeroize;
 
+/// A key read from a file (`etag_key_file`, `token_key_file`, the audit's and the
+/// notifications' `hmac_key_file`): its bytes without surrounding ASCII whitespace, at least
+/// the minimum its use needs; wiped when dropped. The one rule for every key file.
+pub struct KeyFile(zeroize::Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyFile([redacted])")
+    }
+}
+
+/// A key file that cannot be used, named by its setting (`[server] etag_key_file`).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{setting}: cannot read {path}: {source}")]
+    Read {
+        setting: &'static str,
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+    #[error("{setting}: {path} must hold at least {min} bytes")]
+    Short {
+        setting: &'static str,
+        path: std::path::PathBuf,
+        min: usize,
+    },
+}
+
+impl KeyFileError {
+    /// The setting that names the file (`[server] etag_key_file`).
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::Read { setting, .. } | Self::Short { setting, .. } => setting,
+        }
+    }
+}
+
+impl KeyFile {
+    /// The key in `path`, which `setting` names; at least `min_len` bytes.
+    pub fn load(
+        setting: &'static str,
+        path: &std::path::Path,
+        min_len: usize,
+    ) -> Result<Self, KeyFileError> {
+        let bytes =
+            zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| KeyFileError::Read {
+                setting,
+                path: path.to_owned(),
+                source,
+            })?);
+        let key = bytes.trim_ascii();
+        if key.len() < min_len {
+            return Err(KeyFileError::Short {
+                setting,
+                path: path.to_owned(),
+                min: min_len,
+            });
+        }
+        Ok(Self(zeroize::Zeroizing::new(key.to_vec())))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A zeroizing string made with an allocation of exactly `s.len()` bytes.
 ///
 /// `SecretString::from(String)` goes through `into_boxed_str`, which reallocates (and leaves

@@ -30,14 +30,6 @@ impl std::fmt::Debug for EtagKey {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum EtagKeyError {
-    #[error("cannot read the ETag key {0}: {1}")]
-    Read(std::path::PathBuf, std::io::Error),
-    #[error("the ETag key {0} must hold at least 16 bytes")]
-    Short(std::path::PathBuf),
-}
-
 impl EtagKey {
     /// A fresh random key (ETags then differ between processes).
     pub fn random() -> Self {
@@ -55,17 +47,9 @@ impl EtagKey {
     }
 
     /// The key in `path` (its bytes, trailing whitespace ignored), for replicas to share.
-    pub fn from_file(path: &Path) -> Result<Self, EtagKeyError> {
-        let mut bytes = Zeroizing::new(
-            std::fs::read(path).map_err(|e| EtagKeyError::Read(path.to_owned(), e))?,
-        );
-        while bytes.last().is_some_and(u8::is_ascii_whitespace) {
-            bytes.pop();
-        }
-        if bytes.len() < 16 {
-            return Err(EtagKeyError::Short(path.to_owned()));
-        }
-        Ok(Self::keyed(&bytes))
+    pub fn from_file(path: &Path) -> Result<Self, crate::secret::KeyFileError> {
+        let key = crate::secret::KeyFile::load("[server] etag_key_file", path, 16)?;
+        Ok(Self::keyed(key.bytes()))
     }
 
     /// `"kb1-" + base64url(HMAC-SHA256(key, parts))`, 22 characters of it, quoted. Each part

@@ -39,13 +39,8 @@ pub enum AuditError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot read the audit HMAC key {path}: {source}")]
-    Key {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the audit HMAC key file {0} is empty")]
-    EmptyKey(PathBuf),
+    #[error(transparent)]
+    Key(#[from] crate::secret::KeyFileError),
     /// The sink refused a line (disk full, file gone read-only, closed stdout, …).
     #[error("the audit log cannot be written: {0}")]
     Write(std::io::ErrorKind),
@@ -295,16 +290,8 @@ impl Audit {
         let key = match &cfg.hmac_key_file {
             None => None,
             Some(path) => {
-                let bytes =
-                    Zeroizing::new(std::fs::read(path).map_err(|source| AuditError::Key {
-                        path: path.clone(),
-                        source,
-                    })?);
-                let trimmed = bytes.trim_ascii();
-                if trimmed.is_empty() {
-                    return Err(AuditError::EmptyKey(path.clone()));
-                }
-                Some(Zeroizing::new(trimmed.to_vec()))
+                let key = crate::secret::KeyFile::load("[audit] hmac_key_file", path, 16)?;
+                Some(Zeroizing::new(key.bytes().to_vec()))
             }
         };
         let writer = match cfg.fsync {
@@ -684,6 +671,9 @@ mod tests {
     fn empty_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let err = Audit::open(&config(dir.path(), Some("  \n"))).unwrap_err();
-        assert!(matches!(err, AuditError::EmptyKey(_)));
+        assert!(matches!(
+            err,
+            AuditError::Key(crate::secret::KeyFileError::Short { min: 16, .. })
+        ));
     }
 }

@@ -90,7 +90,7 @@ impl CredentialRead {
 /// says; [`Broker::read`] does the rest the same way for all.
 pub trait Want: Sized + Send {
     type Answer: Send;
-    type Error: ReadFailure + Send;
+    type Error: ReadFailure + From<AuditRefused> + Send;
     /// The audit line's action.
     const ACTION: Action;
 
@@ -127,8 +127,6 @@ pub struct Facts<'a> {
 pub trait ReadFailure {
     /// The audit line's decision and reason.
     fn outcome(&self) -> (Outcome, &'static str);
-    /// The error of an answer dropped because its audit line could not be written.
-    fn audit_unavailable() -> Self;
 }
 
 impl Broker {
@@ -165,7 +163,7 @@ impl Broker {
         // An answer that cannot be audited is dropped (and wiped) unanswered.
         match self.audit(entry).await {
             Ok(()) => result,
-            Err(AuditRefused) => Err(W::Error::audit_unavailable()),
+            Err(refused) => Err(refused.into()),
         }
     }
 }

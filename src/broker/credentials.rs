@@ -40,8 +40,8 @@ pub enum CredentialError {
     /// not the leaf's, a CA or expired leaf, a chain that does not reach the root…).
     #[error("the credential was refused by verification: {}: {}", .0.role, .0.code)]
     Rejected(Rejection),
-    #[error("the audit trail cannot be written; refusing to answer")]
-    AuditUnavailable,
+    #[error(transparent)]
+    AuditUnavailable(#[from] crate::broker::AuditRefused),
     /// No credential was named, and not exactly one the caller may see fits the destination
     /// (the egress proxy's choice).
     #[error("name the credential: none, or more than one, fits this destination")]
@@ -243,7 +243,7 @@ impl Broker {
             Instant::now(),
         ))
         .await
-        .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;
+        .map_err(CredentialError::from)?;
         Ok(out)
     }
 
@@ -298,7 +298,7 @@ impl Broker {
             )
         })
         .await
-        .map_err(|super::AuditRefused| CredentialError::AuditUnavailable)?;
+        .map_err(CredentialError::from)?;
         result
     }
 
@@ -476,36 +476,14 @@ impl Broker {
         if !self.verdicts.note(phase, (&cred.team, &cred.name), outcome) {
             return;
         }
-        tracing::warn!(team = %cred.team, credential = %cred.name, role = r.role, code = r.code, "credential refused by verification");
-        self.metrics.credential_rejected(r.code);
-        if let Some(n) = &self.notifier {
-            let subject = format!("{}/{}:{}{}", cred.team, cred.name, r.role, phase.suffix());
-            n.send(crate::notify::Event::now(
-                "credential.rejected",
-                subject,
-                r.code,
-            ));
-        }
-        // An event, not a decision: a failing trail refuses nothing here (the request's own
-        // line does).
-        let _ = self
-            .audit(AuditEntry {
-                subjects: vec![format!(
-                    "{}/{}:{}{}",
-                    cred.team,
-                    cred.name,
-                    r.role,
-                    phase.suffix()
-                )],
-                ..AuditEntry::new(
-                    Action::CredentialRejected,
-                    Some(&Caller::Operator),
-                    Outcome::Notice,
-                    r.code,
-                    Instant::now(),
-                )
-            })
-            .await;
+        // The request's own line is its decision; this is the event.
+        self.emit(super::event::Event::Rejected {
+            team: &cred.team,
+            name: &cred.name,
+            next: phase == Phase::Next,
+            rejection: r,
+        })
+        .await;
     }
 
     /// Reads every role of `cred` through the cache (no grant check: the credential decision
@@ -679,13 +657,9 @@ impl super::ask::ReadFailure for CredentialError {
                 Outcome::Failed,
                 e.first().map_or("unresolved", |r| r.reason.code()),
             ),
-            Self::AuditUnavailable => (Outcome::Failed, "audit_unavailable"),
+            Self::AuditUnavailable(_) => (Outcome::Failed, "audit_unavailable"),
             Self::Rejected(r) => (Outcome::Failed, r.code),
         }
-    }
-
-    fn audit_unavailable() -> Self {
-        Self::AuditUnavailable
     }
 }
 

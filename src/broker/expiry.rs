@@ -10,12 +10,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use x509_parser::prelude::FromDer;
 
-use super::{AuditEntry, Broker};
-use crate::audit::{Action, Outcome};
+use super::Broker;
 use crate::metrics::ExpiryKind;
 use crate::policy::CredentialMode;
 
@@ -138,41 +137,15 @@ impl Broker {
             }
             *seen = next;
         }
-        for (phase, kind, name, at) in events {
-            let action = match phase {
-                Phase::Expired => Action::CertificateExpired,
-                _ => Action::CertificateExpiring,
-            };
-            let not_after = std::time::UNIX_EPOCH
-                + std::time::Duration::from_secs(u64::try_from(at).unwrap_or(0));
-            let not_after = humantime::format_rfc3339_seconds(not_after).to_string();
-            let days_left = (at - now).div_euclid(86_400);
-            tracing::warn!(kind = kind.code(), %name, %not_after, days_left, expired = phase == Phase::Expired, "certificate expiry");
-            let reason = kind.code();
-            if let Some(n) = &self.notifier {
-                let event = match phase {
-                    Phase::Expired => "certificate.expired",
-                    _ => "certificate.expiring",
-                };
-                n.send(crate::notify::Event::now(
-                    event,
-                    format!("{reason}:{name}"),
-                    reason,
-                ));
-            }
-            // An event, not a decision: a failing trail refuses nothing here.
-            let _ = self
-                .audit(AuditEntry {
-                    subjects: vec![format!("{reason}:{name}")],
-                    ..AuditEntry::new(
-                        action,
-                        Some(&super::Caller::Operator),
-                        Outcome::Notice,
-                        reason,
-                        Instant::now(),
-                    )
-                })
-                .await;
+        for (phase, kind, name, not_after) in events {
+            self.emit(super::event::Event::Expiry {
+                kind,
+                name: &name,
+                expired: phase == Phase::Expired,
+                not_after,
+                now,
+            })
+            .await;
         }
     }
 

@@ -144,7 +144,7 @@ impl ResolveError {
                     other => other,
                 }
             }
-            Self::AuditUnavailable => Failure::AuditUnavailable,
+            Self::AuditUnavailable(_) => Failure::AuditUnavailable,
             Self::TooManyReferences { .. } | Self::TooManySites { .. } => Failure::TooMany,
             Self::TooLarge { .. } => Failure::TooLarge,
             Self::NotFound => Failure::NotFound,
@@ -159,7 +159,7 @@ impl ResolveError {
             Self::TooManyReferences { .. } | Self::TooManySites { .. } => "too_many_references",
             Self::TooLarge { .. } => "too_large",
             Self::NotFound => "not_found",
-            Self::AuditUnavailable => "audit_unavailable",
+            Self::AuditUnavailable(_) => "audit_unavailable",
             Self::Unresolved { .. } => match self.failure() {
                 f if f.is_outage() => "source_unavailable",
                 Failure::Denied => "denied",
@@ -176,7 +176,7 @@ impl CredentialError {
             Self::Denied(_) => "denied",
             Self::NotFound => "not_found",
             Self::Ambiguous => "ambiguous_credential",
-            Self::AuditUnavailable => "audit_unavailable",
+            Self::AuditUnavailable(_) => "audit_unavailable",
             Self::Rejected(_) => "credential_rejected",
             Self::NoneFits(_) => "credential_required",
             Self::Unresolved(_) if self.failure().is_outage() => "source_unavailable",
@@ -196,7 +196,7 @@ impl CredentialError {
             },
             Self::Rejected(_) => Failure::Rejected,
             Self::NoneFits(_) => Failure::Invalid,
-            Self::AuditUnavailable => Failure::AuditUnavailable,
+            Self::AuditUnavailable(_) => Failure::AuditUnavailable,
         }
     }
 }

@@ -49,10 +49,6 @@ impl super::ask::ReadFailure for ResolveError {
     fn outcome(&self) -> (Outcome, &'static str) {
         outcome_of(self)
     }
-
-    fn audit_unavailable() -> Self {
-        Self::AuditUnavailable
-    }
 }
 
 impl Broker {
@@ -168,7 +164,7 @@ fn outcome_of(e: &ResolveError) -> (Outcome, &'static str) {
         ResolveError::Unresolved { errors, .. } => {
             errors.first().map_or("unresolved", |e| e.reason.code())
         }
-        ResolveError::AuditUnavailable => "audit_unavailable",
+        ResolveError::AuditUnavailable(_) => "audit_unavailable",
         ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. } => {
             "too_many_references"
         }

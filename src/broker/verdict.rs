@@ -33,14 +33,6 @@ impl Phase {
             Self::Next => 1,
         }
     }
-
-    /// What a report's subject ends with.
-    pub(super) fn suffix(self) -> &'static str {
-        match self {
-            Self::Current => "",
-            Self::Next => " (next)",
-        }
-    }
 }
 
 #[derive(Default)]

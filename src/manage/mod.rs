@@ -154,8 +154,8 @@ pub enum ManageError {
     Stale,
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("the audit trail cannot be written; refusing to answer")]
-    AuditUnavailable,
+    #[error(transparent)]
+    AuditUnavailable(#[from] crate::broker::AuditRefused),
     /// A consumer certificate that cannot identify anyone here (`code` says why; never the
     /// certificate's text).
     #[error("certificate: {message}")]
@@ -188,7 +188,7 @@ impl ManageError {
             Self::PreconditionRequired => "precondition_required",
             Self::Stale => "stale",
             Self::Store(_) => "store_unavailable",
-            Self::AuditUnavailable => "audit_unavailable",
+            Self::AuditUnavailable(_) => "audit_unavailable",
             Self::CertificateRejected { code, .. } => code,
             Self::CertificateInUse => "certificate_in_use",
             Self::AclOverlap => "acl_overlap",
@@ -208,7 +208,7 @@ impl ManageError {
             Self::NoStore | Self::NotFound => F::NotFound,
             Self::NotAllowed(_) | Self::GlobalNotAllowed => F::Denied,
             Self::Invalid { .. } | Self::TeamRequired => F::Invalid,
-            Self::AuditUnavailable => F::AuditUnavailable,
+            Self::AuditUnavailable(_) => F::AuditUnavailable,
             Self::PolicyUnavailable | Self::ReloadPending => F::Unavailable,
             // The store's vault: an outage is an outage (retry), its refusal of keybroker's
             // own token is the operator's to fix; anything else is the server's failure.
@@ -601,7 +601,7 @@ impl Manager {
                 ..AuditEntry::new(action, Some(caller), Outcome::Notice, "intent", started)
             })
             .await
-            .map_err(|crate::broker::AuditRefused| ManageError::AuditUnavailable)?;
+            .map_err(ManageError::from)?;
         let result = work.await;
         // The outcome line. If it cannot be written now, the write stands (its intent is in
         // the trail) and the answer says what happened — not a 503 for a write that was made.
@@ -971,7 +971,7 @@ impl Manager {
                 ..AuditEntry::new(action, Some(caller), decision, reason, started)
             })
             .await
-            .map_err(|crate::broker::AuditRefused| ManageError::AuditUnavailable)
+            .map_err(ManageError::from)
     }
 }
 

@@ -35,7 +35,7 @@ impl Manager {
                 ..AuditEntry::new(Action::ManageRead, Some(caller), decision, reason, started)
             })
             .await
-            .map_err(|crate::broker::AuditRefused| ManageError::AuditUnavailable)?;
+            .map_err(ManageError::from)?;
         result
     }
 

@@ -12,7 +12,6 @@
 
 mod queue;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,10 +40,8 @@ pub struct Event {
 pub enum NotifyError {
     #[error("[notify] webhook {0:?} is not an https URL (plain http only to loopback)")]
     Url(String),
-    #[error("[notify] cannot read hmac_key_file {0}: {1}")]
-    Key(PathBuf, std::io::Error),
-    #[error("[notify] hmac_key_file {0} must hold at least 16 bytes")]
-    ShortKey(PathBuf),
+    #[error(transparent)]
+    Key(#[from] crate::secret::KeyFileError),
     #[error("[notify] {0}")]
     Http(#[from] crate::source::HttpSetupError),
 }
@@ -120,16 +117,10 @@ impl Sender {
             None => None,
             Some(path) => {
                 use hmac::KeyInit;
-                let mut bytes = zeroize::Zeroizing::new(
-                    std::fs::read(path).map_err(|e| NotifyError::Key(path.clone(), e))?,
-                );
-                while bytes.last().is_some_and(u8::is_ascii_whitespace) {
-                    bytes.pop();
-                }
-                if bytes.len() < 16 {
-                    return Err(NotifyError::ShortKey(path.clone()));
-                }
-                Some(hmac::Hmac::new_from_slice(&bytes).expect("HMAC takes keys of any length"))
+                let key = crate::secret::KeyFile::load("[notify] hmac_key_file", path, 16)?;
+                Some(
+                    hmac::Hmac::new_from_slice(key.bytes()).expect("HMAC takes keys of any length"),
+                )
             }
         };
         Ok(Self {

@@ -28,14 +28,6 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TokenKeyError {
-    #[error("cannot read the token key {0}: {1}")]
-    Read(std::path::PathBuf, std::io::Error),
-    #[error("the token key {0} must hold at least 32 bytes")]
-    Short(std::path::PathBuf),
-}
-
 #[derive(Serialize, Deserialize)]
 struct Payload {
     c: String,
@@ -62,17 +54,9 @@ impl TokenKey {
         Self(key)
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, TokenKeyError> {
-        let mut bytes = Zeroizing::new(
-            std::fs::read(path).map_err(|e| TokenKeyError::Read(path.to_owned(), e))?,
-        );
-        while bytes.last().is_some_and(u8::is_ascii_whitespace) {
-            bytes.pop();
-        }
-        if bytes.len() < 32 {
-            return Err(TokenKeyError::Short(path.to_owned()));
-        }
-        Ok(Self(bytes))
+    pub fn from_file(path: &Path) -> Result<Self, crate::secret::KeyFileError> {
+        let key = crate::secret::KeyFile::load("[vault_api] token_key_file", path, 32)?;
+        Ok(Self(Zeroizing::new(key.bytes().to_vec())))
     }
 
     fn mac(&self, signed: &[u8]) -> hmac::Hmac<sha2::Sha256> {
