@@ -416,6 +416,21 @@ impl fmt::Debug for SecretBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_file_is_its_bytes_without_surrounding_whitespace_and_at_least_its_minimum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, "  sixteen bytes!!!\n").unwrap();
+        let key = KeyFile::load("[x] key_file", &path, 16).unwrap();
+        assert_eq!(key.bytes(), b"sixteen bytes!!!");
+        assert_eq!(format!("{key:?}"), "KeyFile([redacted])");
+        let short = KeyFile::load("[x] key_file", &path, 17).unwrap_err();
+        assert!(matches!(short, KeyFileError::Short { min: 17, .. }));
+        assert!(short.to_string().starts_with("[x] key_file: "), "{short}");
+        let missing = KeyFile::load("[x] key_file", &dir.path().join("none"), 1).unwrap_err();
+        assert_eq!(missing.setting(), "[x] key_file");
+    }
     use std::io::Write;
 
     #[test]
