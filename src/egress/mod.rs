@@ -394,160 +394,188 @@ pub fn target(uri: &axum::http::Uri) -> Result<Target, TargetError> {
 }
 
 async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Response {
-    if request.method() == Method::TRACE {
-        // TRACE echoes the request, Proxy-Authorization and all, back to whoever reads it.
-        return refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "trace_refused",
-            "TRACE is not forwarded",
-        );
+    match forward(&state, request).await {
+        Ok(answer) => answer,
+        Err(refusal) => refusal.into_response(),
     }
-    if request.method() == Method::CONNECT {
-        return refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "connect_refused",
-            "CONNECT is refused: a tunnel cannot carry the credential; send http://host/path",
-        );
-    }
-    let uri = request.uri().clone();
-    let Target {
-        host,
-        url_host,
-        port,
-        path_and_query,
-        dest,
-    } = match target(&uri) {
-        Ok(t) => t,
-        Err(TargetError::NotAbsolute) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
+}
+
+/// Why the proxy did not forward a request; each rendered once, by
+/// [`Refusal::into_response`], before any upstream connection is opened.
+#[derive(Debug)]
+enum Refusal {
+    /// TRACE echoes the request, Proxy-Authorization and all, back to whoever reads it.
+    Trace,
+    /// A tunnel cannot carry the credential.
+    Connect,
+    Target(TargetError),
+    Unauthenticated(crate::identity::AuthError),
+    /// Only the main API knows an operator token; nothing else gets through here.
+    NotConsumer,
+    /// `Keybroker-Credential` repeated, not text or not a name.
+    CredentialHeader(&'static str),
+    Credential(CredentialError),
+    /// The credential's material cannot make a client.
+    Unusable(&'static str),
+    BodyTooLarge,
+    /// Already rendered where its facts are (the address check, the upstream's failure).
+    Rendered(Box<Response>),
+}
+
+impl Refusal {
+    fn into_response(self) -> Response {
+        let bad = |code, message| refuse(StatusCode::BAD_REQUEST, code, message);
+        match self {
+            Self::Trace => refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "trace_refused",
+                "TRACE is not forwarded",
+            ),
+            Self::Connect => refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "connect_refused",
+                "CONNECT is refused: a tunnel cannot carry the credential; send http://host/path",
+            ),
+            Self::Target(TargetError::NotAbsolute) => bad(
                 "absolute_url_required",
                 "send the request in proxy form: GET http://host/path",
-            );
-        }
-        Err(TargetError::InvalidHost) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_host",
-                "the URL's host is not valid",
-            );
-        }
-        Err(TargetError::AmbiguousPath) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
+            ),
+            Self::Target(TargetError::InvalidHost) => {
+                bad("invalid_host", "the URL's host is not valid")
+            }
+            Self::Target(TargetError::AmbiguousPath) => bad(
                 "ambiguous_path",
                 "the path holds an encoded '/', '\\' or '.': send it decoded",
-            );
-        }
-    };
-
-    // Who is asking: the one authenticator, set for this door (refusals budgeted per peer
-    // address like every door's, THREATS 27; repeated credentials refused, THREATS 32).
-    let presented = crate::identity::Presented {
-        door: crate::identity::Door::Egress,
-        peer: request
-            .extensions()
-            .get::<crate::door::listen::Peer>()
-            .map(|p| p.addr.ip()),
-        certificate: None,
-        verifier: None,
-        headers: request.headers(),
-    };
-    let consumer = match state.broker.authenticate(&state.auth, presented).await {
-        Ok((Caller::Consumer(c), _)) => c,
-        // Only the main API knows an operator token; nothing else gets through here.
-        Ok((Caller::Operator, _)) => {
-            let (status, code, message) = status(Failure::Unauthenticated);
-            return refuse(status, code, message);
-        }
-        Err(why) if why.is_bad_request() => {
-            return refuse(status(why.into()).0, why.code(), &why.to_string());
-        }
-        Err(why) => {
-            let (status, code, message) = status(why.into());
-            return refuse(status, code, message);
-        }
-    };
-    let caller = Caller::Consumer(consumer.clone());
-
-    // Which credential: named, or the one visible credential whose allowed_hosts match.
-    // A name is a type before it is a lookup: a header that is repeated, not text or not a
-    // name is refused — never read as "no name given", which would pick one for the caller.
-    let mut given = request.headers().get_all("keybroker-credential").iter();
-    let named = match (given.next(), given.next()) {
-        (None, _) => None,
-        (Some(v), None) => match v.to_str().ok().map(crate::policy::EntryName::parse) {
-            Some(Ok(n)) => Some(n),
-            _ => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid",
-                    "Keybroker-Credential: a credential name must match [a-z0-9_-]{1,64}",
-                );
+            ),
+            Self::Unauthenticated(why) if why.is_bad_request() => {
+                refuse(status(why.into()).0, why.code(), &why.to_string())
             }
-        },
-        (Some(_), Some(_)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                "Keybroker-Credential: given more than once",
-            );
-        }
-    };
-    // Named, or the policy's choice (`policy explain` prints it), decided and audited by the
-    // broker like a named credential.
-    let want = named.map_or_else(CredentialRead::for_destination, |n| {
-        CredentialRead::named(n.to_string())
-    });
-
-    // The decision, on the URL's real host and port, audited.
-    let material = match state
-        .broker
-        .read(Ask::new(&caller, Door::Egress, want).towards(Some(&dest)))
-        .await
-    {
-        Ok(m) => m,
-        Err(CredentialError::NoneFits(_)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(why) => {
+                let (status, code, message) = status(why.into());
+                refuse(status, code, message)
+            }
+            Self::NotConsumer => {
+                let (status, code, message) = status(Failure::Unauthenticated);
+                refuse(status, code, message)
+            }
+            Self::CredentialHeader(message) => bad("invalid", message),
+            Self::Credential(CredentialError::NoneFits(_)) => bad(
                 "credential_required",
                 "name the credential in Keybroker-Credential (none, or more than one, fits this host)",
-            );
+            ),
+            // The main API's shape (502 `credential_rejected`, the role and the code as
+            // `details`).
+            Self::Credential(CredentialError::Rejected(r)) => {
+                let message = CredentialError::Rejected(r).to_string();
+                let (status, code, _) = status(Failure::Rejected);
+                let body = serde_json::json!({ "error": {
+                    "code": code,
+                    "message": message,
+                    "details": [{ "role": r.role, "reason": r.code }],
+                }});
+                refuse_with(status, &body.to_string())
+            }
+            Self::Credential(e) => {
+                let (status, code, message) = status(e.failure());
+                refuse(status, code, message)
+            }
+            Self::Unusable(why) => refuse(StatusCode::BAD_GATEWAY, "credential_unusable", why),
+            Self::BodyTooLarge => refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the request body is larger than 1 MiB",
+            ),
+            Self::Rendered(answer) => *answer,
         }
-        // The main API's shape (502 `credential_rejected`, the role and the code as
-        // `details`), before any upstream connection is opened.
-        Err(CredentialError::Rejected(r)) => {
-            let message = CredentialError::Rejected(r).to_string();
-            let (status, code, _) = status(Failure::Rejected);
-            let body = serde_json::json!({ "error": {
-                "code": code,
-                "message": message,
-                "details": [{ "role": r.role, "reason": r.code }],
-            }});
-            return refuse_with(status, &body.to_string());
-        }
-        Err(e) => {
-            let (status, code, message) = status(e.failure());
-            return refuse(status, code, message);
-        }
-    };
+    }
+}
 
-    let addr = match checked_address(&state, &host, port).await {
-        Ok(a) => a,
-        Err(refused) => return refused,
-    };
-    let socket = SocketAddr::new(addr, port);
-    let client = match client_for(&state, consumer.team(), material, &host, socket) {
-        Ok(c) => c,
-        Err(why) => return refuse(StatusCode::BAD_GATEWAY, "credential_unusable", why),
-    };
+/// The proxy's pipeline: the target, the caller, the credential (decided and audited by the
+/// broker on the URL's real host and port), the checked address, then the exchange.
+async fn forward(state: &EgressState, request: Request) -> Result<Response, Refusal> {
+    if request.method() == Method::TRACE {
+        return Err(Refusal::Trace);
+    }
+    if request.method() == Method::CONNECT {
+        return Err(Refusal::Connect);
+    }
+    let target = target(request.uri()).map_err(Refusal::Target)?;
+    let peer = request
+        .extensions()
+        .get::<crate::door::listen::Peer>()
+        .map(|p| p.addr.ip());
+    let consumer = authenticated(state, request.headers(), peer).await?;
+    let want = credential_asked(request.headers())?;
+    let caller = Caller::Consumer(consumer.clone());
+    let material = state
+        .broker
+        .read(Ask::new(&caller, Door::Egress, want).towards(Some(&target.dest)))
+        .await
+        .map_err(Refusal::Credential)?;
+    let addr = checked_address(state, &target.host, target.port)
+        .await
+        .map_err(|answer| Refusal::Rendered(Box::new(answer)))?;
+    let socket = SocketAddr::new(addr, target.port);
+    let client = client_for(state, consumer.team(), material, &target.host, socket)
+        .map_err(Refusal::Unusable)?;
+    exchange(&client, request, &target).await
+}
 
-    // Forward, without hop-by-hop and keybroker's own headers; stream both ways.
+/// Who is asking: the one authenticator, set for this door (refusals budgeted per peer
+/// address like every door's, THREATS 27; repeated credentials refused, THREATS 32).
+async fn authenticated(
+    state: &EgressState,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+) -> Result<crate::identity::ConsumerRef, Refusal> {
+    let presented = crate::identity::Presented {
+        door: Door::Egress,
+        peer,
+        certificate: None,
+        verifier: None,
+        headers,
+    };
+    match state.broker.authenticate(&state.auth, presented).await {
+        Ok((Caller::Consumer(c), _)) => Ok(c),
+        Ok((Caller::Operator, _)) => Err(Refusal::NotConsumer),
+        Err(why) => Err(Refusal::Unauthenticated(why)),
+    }
+}
+
+/// Which credential: named, or the one visible credential whose allowed_hosts match (the
+/// policy's choice, `policy explain` prints it). A name is a type before it is a lookup: a
+/// header that is repeated, not text or not a name is refused — never read as "no name
+/// given", which would pick one for the caller.
+fn credential_asked(headers: &HeaderMap) -> Result<CredentialRead, Refusal> {
+    let mut given = headers.get_all("keybroker-credential").iter();
+    match (given.next(), given.next()) {
+        (None, _) => Ok(CredentialRead::for_destination()),
+        (Some(v), None) => match v.to_str().ok().map(crate::policy::EntryName::parse) {
+            Some(Ok(n)) => Ok(CredentialRead::named(n.to_string())),
+            _ => Err(Refusal::CredentialHeader(
+                "Keybroker-Credential: a credential name must match [a-z0-9_-]{1,64}",
+            )),
+        },
+        (Some(_), Some(_)) => Err(Refusal::CredentialHeader(
+            "Keybroker-Credential: given more than once",
+        )),
+    }
+}
+
+/// Forwards, without hop-by-hop and keybroker's own headers; streams the answer back.
+async fn exchange(
+    client: &reqwest::Client,
+    request: Request,
+    target: &Target,
+) -> Result<Response, Refusal> {
     let (parts, body) = request.into_parts();
     // The path decided on, not the caller's spelling of it.
-    let target = format!("https://{url_host}:{port}{path_and_query}");
+    let url = format!(
+        "https://{}:{}{}",
+        target.url_host, target.port, target.path_and_query
+    );
     let skip = nominated(&parts.headers);
-    let mut out = client.request(parts.method.clone(), &target);
+    let mut out = client.request(parts.method.clone(), &url);
     for (k, v) in &parts.headers {
         if !hop_by_hop(k, &skip) {
             out = out.header(k, v);
@@ -555,18 +583,13 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
     }
     // The request body is read whole within the API's body limit (workflow requests are
     // small); the answer streams.
-    let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BODY).await else {
-        return refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "the request body is larger than 1 MiB",
-        );
-    };
+    let body = axum::body::to_bytes(body, MAX_REQUEST_BODY)
+        .await
+        .map_err(|_| Refusal::BodyTooLarge)?;
     out = out.body(body);
-    let answer = match out.send().await {
-        Ok(a) => a,
-        Err(e) => return upstream_failure(&e, &host, port),
-    };
+    let answer = out.send().await.map_err(|e| {
+        Refusal::Rendered(Box::new(upstream_failure(&e, &target.host, target.port)))
+    })?;
     let mut response = Response::new(Body::empty());
     *response.status_mut() = answer.status();
     let skip = nominated(answer.headers());
@@ -578,7 +601,7 @@ async fn proxy(State(state): State<Arc<EgressState>>, request: Request) -> Respo
         }
     }
     *response.body_mut() = Body::new(reqwest::Body::from(answer));
-    response
+    Ok(response)
 }
 
 /// The one address `host` is connected at: pinned by `[egress] resolve`, an IP literal, or
