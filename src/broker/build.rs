@@ -35,118 +35,8 @@ impl Broker {
 
     /// As [`Broker::from_config`], with the `VAULT_*` environment given explicitly.
     pub fn from_config_with_env(config: &Config, env: &VaultEnv) -> Result<Self, BuildError> {
-        let mut sources: Vec<Arc<dyn SecretSource>> = Vec::new();
-        let mut pem_modes = Vec::new();
-        let mut vaults: Vec<(String, Arc<VaultSource>)> = Vec::new();
-        let mut pkis = Vec::new();
-        for s in &config.sources {
-            let mode = match s {
-                SourceConfig::File(f) => f.pem,
-                SourceConfig::Vault(v) => v.pem,
-                SourceConfig::Ccp(c) => c.pem,
-                SourceConfig::Pki(_) => crate::config::PemMode::default(),
-            };
-            pem_modes.push((s.name().to_owned(), mode));
-            match s {
-                SourceConfig::File(f) => {
-                    let source = FileSource::new(&f.name, &f.path).map_err(|source| {
-                        BuildError::FileSource {
-                            name: f.name.clone(),
-                            path: f.path.display().to_string(),
-                            source,
-                        }
-                    })?;
-                    sources.push(Arc::new(source));
-                }
-                SourceConfig::Vault(v) => {
-                    let v = &crate::config::VaultSourceConfig {
-                        keep_alive: within_cache(v.keep_alive, config),
-                        ..v.clone()
-                    };
-                    let source = VaultSource::new(v, env).map_err(|source| BuildError::Vault {
-                        name: v.name.clone(),
-                        source,
-                    })?;
-                    let source = Arc::new(source);
-                    vaults.push((v.name.clone(), Arc::clone(&source)));
-                    sources.push(source);
-                }
-                // Built once every vault source is: each issues through one.
-                SourceConfig::Pki(p) => pkis.push(p),
-                SourceConfig::Ccp(c) => {
-                    let c = &crate::config::CcpSourceConfig {
-                        keep_alive: within_cache(c.keep_alive, config),
-                        ..c.clone()
-                    };
-                    let source = CcpSource::new(c).map_err(|source| BuildError::Ccp {
-                        name: c.name.clone(),
-                        source,
-                    })?;
-                    sources.push(Arc::new(source));
-                }
-            }
-        }
-        for p in pkis {
-            let vault = vaults
-                .iter()
-                .find(|(n, _)| *n == p.vault)
-                .map(|(_, s)| Arc::clone(s))
-                .ok_or_else(|| BuildError::PkiVault(p.name.clone()))?;
-            sources.push(Arc::new(crate::source::PkiSource::new(p, vault)));
-        }
-        // The management store: its material is one more file source, its definitions one
-        // more policy folder.
-        let store = match &config.store {
-            None => None,
-            Some(st) => {
-                let local = crate::store::FileStore::open(&st.path)?;
-                let store = match (st.kind, st.source.as_deref()) {
-                    (crate::config::StoreKind::Vault, Some(name)) => {
-                        let source = vaults
-                            .iter()
-                            .find(|(n, _)| n == name)
-                            .map(|(_, s)| Arc::clone(s))
-                            .ok_or_else(|| BuildError::StoreSource(name.to_owned()))?;
-                        // Its own login: the same vault, the store's credentials.
-                        let writer = match (&st.auth, config.vault_source(name)) {
-                            (Some(auth), Some(cfg)) => {
-                                let cfg = crate::config::VaultSourceConfig {
-                                    name: format!("{name} (store)"),
-                                    auth: auth.clone(),
-                                    keep_alive: within_cache(cfg.keep_alive, config),
-                                    ..cfg.clone()
-                                };
-                                let writer = VaultSource::new(&cfg, env).map_err(|source| {
-                                    BuildError::Vault {
-                                        name: cfg.name.clone(),
-                                        source,
-                                    }
-                                })?;
-                                Arc::new(writer)
-                            }
-                            _ => source,
-                        };
-                        crate::store::Store::vault(
-                            local,
-                            crate::store::VaultStore::new(writer, name, &st.prefix),
-                        )
-                    }
-                    _ => crate::store::Store::file(local),
-                }
-                .with_quota(st.quota);
-                if let Some(dir) = store.material_dir() {
-                    let source = FileSource::new(crate::store::SOURCE, &dir).map_err(|source| {
-                        BuildError::FileSource {
-                            name: crate::store::SOURCE.to_owned(),
-                            path: dir.display().to_string(),
-                            source,
-                        }
-                    })?;
-                    sources.push(Arc::new(source));
-                }
-                Some(Arc::new(store))
-            }
-        };
+        let (mut sources, pem_modes, vaults) = build_sources(config, env)?;
+        let store = build_store(config, env, &vaults, &mut sources)?;
         let mut broker = Self::new(
             sources,
             config.default_source().map(str::to_owned),
@@ -349,4 +239,143 @@ impl Broker {
 /// A source's read permits: `source_concurrency`, shared fairly between teams.
 fn semaphore(limits: &crate::config::LimitsConfig) -> Arc<super::fair::FairPermits> {
     super::fair::FairPermits::new(limits.source_concurrency, limits.team_share)
+}
+
+/// The configured sources, built (a pki source after the vault source it issues through),
+/// each with its PEM mode; and the vault sources by name, for pki profiles and the store.
+#[expect(
+    clippy::type_complexity,
+    reason = "one private constructor's three results"
+)]
+fn build_sources(
+    config: &Config,
+    env: &VaultEnv,
+) -> Result<
+    (
+        Vec<Arc<dyn SecretSource>>,
+        Vec<(String, crate::config::PemMode)>,
+        Vec<(String, Arc<VaultSource>)>,
+    ),
+    BuildError,
+> {
+    let mut sources: Vec<Arc<dyn SecretSource>> = Vec::new();
+    let mut pem_modes = Vec::new();
+    let mut vaults: Vec<(String, Arc<VaultSource>)> = Vec::new();
+    let mut pkis = Vec::new();
+    for s in &config.sources {
+        let mode = match s {
+            SourceConfig::File(f) => f.pem,
+            SourceConfig::Vault(v) => v.pem,
+            SourceConfig::Ccp(c) => c.pem,
+            SourceConfig::Pki(_) => crate::config::PemMode::default(),
+        };
+        pem_modes.push((s.name().to_owned(), mode));
+        match s {
+            SourceConfig::File(f) => {
+                let source =
+                    FileSource::new(&f.name, &f.path).map_err(|source| BuildError::FileSource {
+                        name: f.name.clone(),
+                        path: f.path.display().to_string(),
+                        source,
+                    })?;
+                sources.push(Arc::new(source));
+            }
+            SourceConfig::Vault(v) => {
+                let v = &crate::config::VaultSourceConfig {
+                    keep_alive: within_cache(v.keep_alive, config),
+                    ..v.clone()
+                };
+                let source = VaultSource::new(v, env).map_err(|source| BuildError::Vault {
+                    name: v.name.clone(),
+                    source,
+                })?;
+                let source = Arc::new(source);
+                vaults.push((v.name.clone(), Arc::clone(&source)));
+                sources.push(source);
+            }
+            // Built once every vault source is: each issues through one.
+            SourceConfig::Pki(p) => pkis.push(p),
+            SourceConfig::Ccp(c) => {
+                let c = &crate::config::CcpSourceConfig {
+                    keep_alive: within_cache(c.keep_alive, config),
+                    ..c.clone()
+                };
+                let source = CcpSource::new(c).map_err(|source| BuildError::Ccp {
+                    name: c.name.clone(),
+                    source,
+                })?;
+                sources.push(Arc::new(source));
+            }
+        }
+    }
+    for p in pkis {
+        let vault = vaults
+            .iter()
+            .find(|(n, _)| *n == p.vault)
+            .map(|(_, s)| Arc::clone(s))
+            .ok_or_else(|| BuildError::PkiVault(p.name.clone()))?;
+        sources.push(Arc::new(crate::source::PkiSource::new(p, vault)));
+    }
+    Ok((sources, pem_modes, vaults))
+}
+
+/// The management store, when configured: its material is one more file source (pushed to
+/// `sources`), its definitions one more policy folder.
+fn build_store(
+    config: &Config,
+    env: &VaultEnv,
+    vaults: &[(String, Arc<VaultSource>)],
+    sources: &mut Vec<Arc<dyn SecretSource>>,
+) -> Result<Option<Arc<crate::store::Store>>, BuildError> {
+    Ok(match &config.store {
+        None => None,
+        Some(st) => {
+            let local = crate::store::FileStore::open(&st.path)?;
+            let store = match (st.kind, st.source.as_deref()) {
+                (crate::config::StoreKind::Vault, Some(name)) => {
+                    let source = vaults
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, s)| Arc::clone(s))
+                        .ok_or_else(|| BuildError::StoreSource(name.to_owned()))?;
+                    // Its own login: the same vault, the store's credentials.
+                    let writer = match (&st.auth, config.vault_source(name)) {
+                        (Some(auth), Some(cfg)) => {
+                            let cfg = crate::config::VaultSourceConfig {
+                                name: format!("{name} (store)"),
+                                auth: auth.clone(),
+                                keep_alive: within_cache(cfg.keep_alive, config),
+                                ..cfg.clone()
+                            };
+                            let writer = VaultSource::new(&cfg, env).map_err(|source| {
+                                BuildError::Vault {
+                                    name: cfg.name.clone(),
+                                    source,
+                                }
+                            })?;
+                            Arc::new(writer)
+                        }
+                        _ => source,
+                    };
+                    crate::store::Store::vault(
+                        local,
+                        crate::store::VaultStore::new(writer, name, &st.prefix),
+                    )
+                }
+                _ => crate::store::Store::file(local),
+            }
+            .with_quota(st.quota);
+            if let Some(dir) = store.material_dir() {
+                let source = FileSource::new(crate::store::SOURCE, &dir).map_err(|source| {
+                    BuildError::FileSource {
+                        name: crate::store::SOURCE.to_owned(),
+                        path: dir.display().to_string(),
+                        source,
+                    }
+                })?;
+                sources.push(Arc::new(source));
+            }
+            Some(Arc::new(store))
+        }
+    })
 }

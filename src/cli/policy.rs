@@ -67,25 +67,7 @@ pub fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
     }
     .map_err(|e| Failure::Usage(e.to_string()))?;
     if let Some(team) = manage {
-        let who = policy.consumers.iter().find(|c| c.name == consumer);
-        let why = who.and_then(|c| c.manages(&team));
-        let reason = match (who, why) {
-            (None, _) => "unknown_consumer",
-            (Some(_), None) => "not_an_admin_of_the_team",
-            (Some(_), Some(why)) => why,
-        };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "allowed": why.is_some(), "consumer": consumer, "manage": team, "reason": reason,
-            }))
-            .unwrap_or_default()
-        );
-        return if why.is_some() {
-            Ok(())
-        } else {
-            Err(Failure::Rejected)
-        };
+        return explain_manage(&policy, &consumer, &team);
     }
     let host = host.unwrap_or_default();
     let dest =
@@ -112,39 +94,65 @@ pub fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
             source: &source,
             path,
         },
-        // The egress proxy's question: which credential, then the decision on it.
-        (None, None) => {
-            let chosen = match policy.credential_for_destination(&consumer, &dest) {
-                Ok(c) => c,
-                Err(reason) => {
-                    println!(
-                        "{}",
-                        serde_json::json!({"allowed": false, "reason": reason, "credential": null})
-                    );
-                    return Err(Failure::Rejected);
-                }
-            };
-            let (decision, _) = policy.decide_credential(&consumer, &chosen.name, Some(&dest));
-            let mut out = serde_json::to_value(&decision).unwrap_or_default();
-            out["credential"] = serde_json::Value::from(chosen.name.as_str());
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-            return if decision.allowed {
-                Ok(())
-            } else {
-                Err(Failure::Rejected)
-            };
-        }
+        (None, None) => return explain_destination(&policy, &consumer, &dest),
     };
     let decision = policy.decide(&consumer, subject, Some(&dest));
     println!(
         "{}",
         serde_json::to_string_pretty(&decision).unwrap_or_default()
     );
-    if decision.allowed {
-        Ok(())
-    } else {
-        Err(Failure::Rejected)
-    }
+    allowed(decision.allowed)
+}
+
+/// The exit of an explanation: 0 allowed, `Rejected` otherwise.
+fn allowed(yes: bool) -> Result<(), Failure> {
+    if yes { Ok(()) } else { Err(Failure::Rejected) }
+}
+
+/// `--manage TEAM`: whether `consumer` may manage `team`, and why.
+fn explain_manage(
+    policy: &crate::policy::Policy,
+    consumer: &str,
+    team: &str,
+) -> Result<(), Failure> {
+    let who = policy.consumers.iter().find(|c| c.name == consumer);
+    let why = who.and_then(|c| c.manages(team));
+    let reason = match (who, why) {
+        (None, _) => "unknown_consumer",
+        (Some(_), None) => "not_an_admin_of_the_team",
+        (Some(_), Some(why)) => why,
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "allowed": why.is_some(), "consumer": consumer, "manage": team, "reason": reason,
+        }))
+        .unwrap_or_default()
+    );
+    allowed(why.is_some())
+}
+
+/// The egress proxy's question: which credential fits `dest`, then the decision on it.
+fn explain_destination(
+    policy: &crate::policy::Policy,
+    consumer: &str,
+    dest: &Destination,
+) -> Result<(), Failure> {
+    let chosen = match policy.credential_for_destination(consumer, dest) {
+        Ok(c) => c,
+        Err(reason) => {
+            println!(
+                "{}",
+                serde_json::json!({"allowed": false, "reason": reason, "credential": null})
+            );
+            return Err(Failure::Rejected);
+        }
+    };
+    let (decision, _) = policy.decide_credential(consumer, &chosen.name, Some(dest));
+    let mut out = serde_json::to_value(&decision).unwrap_or_default();
+    out["credential"] = serde_json::Value::from(chosen.name.as_str());
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    allowed(decision.allowed)
 }
 
 /// The configured sources, for checking the policies against them.

@@ -233,50 +233,7 @@ impl VaultSource {
             settings,
             super::connections::max_age(cfg.keep_alive.map(|d| d.0), &[cfg.ttl.map(|d| d.0)]),
         )?;
-        let auth = match &cfg.auth {
-            VaultAuth::Token {
-                token_file: Some(f),
-            } => Auth::TokenFile(f.clone()),
-            VaultAuth::Token { token_file: None } => Auth::Token(
-                env.token
-                    .as_ref()
-                    .map(|t| secret_string(t.expose_secret()))
-                    .ok_or(VaultConfigError::NoToken)?,
-            ),
-            VaultAuth::AppRole {
-                role_id_file,
-                secret_id_file,
-                mount,
-            } => Auth::AppRole {
-                mount: mount.clone().unwrap_or_else(|| "approle".to_owned()),
-                role_id_file: role_id_file.clone().ok_or(VaultConfigError::NoToken)?,
-                secret_id_file: secret_id_file.clone().ok_or(VaultConfigError::NoToken)?,
-            },
-            VaultAuth::Cert { name, mount } => Auth::Cert {
-                mount: mount.clone().unwrap_or_else(|| "cert".to_owned()),
-                name: name.clone(),
-            },
-            VaultAuth::Jwt {
-                role,
-                token_file,
-                mount,
-            } => Auth::Jwt {
-                mount: mount.clone().unwrap_or_else(|| "jwt".to_owned()),
-                role: role.clone(),
-                token_file: token_file.clone(),
-            },
-            VaultAuth::Kubernetes {
-                role,
-                token_file,
-                mount,
-            } => Auth::Jwt {
-                mount: mount.clone().unwrap_or_else(|| "kubernetes".to_owned()),
-                role: role.clone(),
-                token_file: token_file
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(crate::config::KUBERNETES_TOKEN_FILE)),
-            },
-        };
+        let auth = auth_of(cfg, env)?;
         Ok(Self {
             name: cfg.name.clone(),
             inner: Arc::new(Inner {
@@ -294,6 +251,54 @@ impl VaultSource {
             }),
         })
     }
+}
+
+/// How the source logs in, from its `auth` (a token from the environment when none is named).
+fn auth_of(cfg: &VaultSourceConfig, env: &VaultEnv) -> Result<Auth, VaultConfigError> {
+    Ok(match &cfg.auth {
+        VaultAuth::Token {
+            token_file: Some(f),
+        } => Auth::TokenFile(f.clone()),
+        VaultAuth::Token { token_file: None } => Auth::Token(
+            env.token
+                .as_ref()
+                .map(|t| secret_string(t.expose_secret()))
+                .ok_or(VaultConfigError::NoToken)?,
+        ),
+        VaultAuth::AppRole {
+            role_id_file,
+            secret_id_file,
+            mount,
+        } => Auth::AppRole {
+            mount: mount.clone().unwrap_or_else(|| "approle".to_owned()),
+            role_id_file: role_id_file.clone().ok_or(VaultConfigError::NoToken)?,
+            secret_id_file: secret_id_file.clone().ok_or(VaultConfigError::NoToken)?,
+        },
+        VaultAuth::Cert { name, mount } => Auth::Cert {
+            mount: mount.clone().unwrap_or_else(|| "cert".to_owned()),
+            name: name.clone(),
+        },
+        VaultAuth::Jwt {
+            role,
+            token_file,
+            mount,
+        } => Auth::Jwt {
+            mount: mount.clone().unwrap_or_else(|| "jwt".to_owned()),
+            role: role.clone(),
+            token_file: token_file.clone(),
+        },
+        VaultAuth::Kubernetes {
+            role,
+            token_file,
+            mount,
+        } => Auth::Jwt {
+            mount: mount.clone().unwrap_or_else(|| "kubernetes".to_owned()),
+            role: role.clone(),
+            token_file: token_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::config::KUBERNETES_TOKEN_FILE)),
+        },
+    })
 }
 
 impl VaultSource {
