@@ -262,6 +262,68 @@ fn no_door_imports_another() {
     );
 }
 
+/// ARCHITECTURE.md's floor table: `| floor | `room` | `a`, `b` |` rows.
+fn floor_table() -> BTreeMap<String, (usize, BTreeSet<String>)> {
+    let map =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md"))
+            .unwrap();
+    let mut rows = BTreeMap::new();
+    for line in map.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // ["", floor, room, uses, ""]
+        let [_, floor, room, uses, _] = cells[..] else {
+            continue;
+        };
+        let Ok(floor) = floor.parse::<usize>() else {
+            continue;
+        };
+        let names = |text: &str| -> BTreeSet<String> {
+            text.split(',')
+                .map(|n| n.trim().trim_matches('`').to_owned())
+                .filter(|n| !n.is_empty() && n != "—")
+                .collect()
+        };
+        let room = room.trim_matches('`').to_owned();
+        assert!(
+            rows.insert(room.clone(), (floor, names(uses))).is_none(),
+            "ARCHITECTURE.md lists `{room}` twice"
+        );
+    }
+    rows
+}
+
+#[test]
+fn architecture_md_floors_are_the_imports() {
+    let mut g = graph();
+    g.remove("main");
+    let table = floor_table();
+    let listed: BTreeSet<&String> = table.keys().collect();
+    let rooms: BTreeSet<&String> = g.keys().collect();
+    assert_eq!(
+        listed, rooms,
+        "ARCHITECTURE.md's floor table lists other rooms than src/ has"
+    );
+    fn floor(g: &BTreeMap<String, BTreeSet<String>>, m: &str) -> usize {
+        g[m].iter()
+            .filter(|d| g.contains_key(*d))
+            .map(|d| floor(g, d) + 1)
+            .max()
+            .unwrap_or(0)
+    }
+    for (room, (at, uses)) in &table {
+        assert_eq!(
+            uses, &g[room],
+            "ARCHITECTURE.md says `{room}` uses {uses:?}; its imports are {:?}",
+            g[room]
+        );
+        assert_eq!(
+            *at,
+            floor(&g, room),
+            "ARCHITECTURE.md puts `{room}` on floor {at}"
+        );
+    }
+}
+
 #[test]
 fn architecture_md_names_every_module() {
     let map =
