@@ -26,6 +26,7 @@ mod plan;
 mod read;
 mod resolve;
 mod seen;
+mod sign;
 mod single;
 mod verdict;
 
@@ -40,6 +41,7 @@ pub use failure::Failure;
 pub use ops::{PolicySummary, Readiness, ReloadError, SourceHealth};
 pub(crate) use read::source_reason;
 use resolve::{pick, repair_names};
+pub use sign::{SIGNS_PER_PERIOD, SignError, SignRead, SignedCredential};
 pub use single::{SecretAnswer, SecretRead};
 
 use std::collections::HashMap;
@@ -204,6 +206,10 @@ pub struct Broker {
     server_cert: Option<PathBuf>,
     /// Whole-credential verdicts, one per cache fill of the credential's values.
     verdicts: verdict::Verdicts,
+    /// The pki sources, by name: those of their profiles that sign CSRs (`issue = "sign"`).
+    signers: HashMap<String, Arc<crate::source::PkiSource>>,
+    /// Signatures made per (consumer, source, profile, period): the signing budget.
+    signed: sign::Budget,
 }
 
 /// One configured source and everything the broker keeps for it.

@@ -19,9 +19,9 @@ use crate::diag::{Diags, Seg, span_of};
 pub use schema::{
     AuditConfig, ByteSize, CacheConfig, CcpApiConfig, CcpSourceConfig, ClientAuth, Dur,
     EgressConfig, ExpiryConfig, FileSourceConfig, FsyncPolicy, JwtConfig, KUBERNETES_TOKEN_FILE,
-    KvVersion, LimitsConfig, NotifyConfig, PemMode, PkiProfile, PkiSourceConfig, QuotaConfig,
-    STORE_SOURCE, ServerConfig, SourceConfig, SourceKind, StoreConfig, StoreKind, VaultApiConfig,
-    VaultAuth, VaultSourceConfig,
+    KvVersion, LimitsConfig, NotifyConfig, PemMode, PkiIssue, PkiProfile, PkiSourceConfig,
+    QuotaConfig, STORE_SOURCE, ServerConfig, SourceConfig, SourceKind, StoreConfig, StoreKind,
+    VaultApiConfig, VaultAuth, VaultSourceConfig,
 };
 
 /// The whole configuration, validated.

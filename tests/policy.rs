@@ -643,6 +643,7 @@ fn known(
         ccp: ccp.map(str::to_owned),
         store: None,
         issuing: Default::default(),
+        signing: Default::default(),
     }
 }
 

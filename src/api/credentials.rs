@@ -39,6 +39,53 @@ struct MaterialBody {
     include_next: bool,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignBody {
+    /// One PEM `CERTIFICATE REQUEST`, made on the caller's host with its own key.
+    csr: String,
+    /// Where the certificate will be used; checked against `allowed_hosts`.
+    host: Option<String>,
+}
+
+/// `POST /v1/credentials/{name}/sign`: a certificate for the caller's CSR, from the
+/// credential's signing profile — the certificate and its chain, never a key (docs/PKI.md).
+pub(super) async fn sign(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    NamePath(name): NamePath<crate::policy::EntryName>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: SignBody = parse_body(
+        &body,
+        "{\"csr\": \"-----BEGIN CERTIFICATE REQUEST-----…\", \"host\": \"…\"}",
+    )?;
+    let host = destination(body.host.as_deref())?;
+    let want = crate::broker::SignRead {
+        name: name.to_string(),
+        csr: body.csr,
+    };
+    let signed = state
+        .broker
+        .read(Ask::new(&caller, Door::Api, want).towards(host.as_ref()))
+        .await?;
+    let s = &signed.signed;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "credential": signed.credential,
+            "certificate": s.certificate,
+            "issuing_ca": s.issuing_ca,
+            "ca_chain": s.ca_chain,
+            "serial_number": s.serial_number,
+            "not_after": humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(s.not_after).unwrap_or(0))
+            ).to_string(),
+            "key_sha256": signed.key_sha256,
+        }),
+    ))
+}
+
 pub(super) async fn info(
     State(state): State<Arc<AppState>>,
     Authenticated(caller): Authenticated,

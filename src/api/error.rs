@@ -28,6 +28,8 @@ pub enum ApiError {
     #[error(transparent)]
     Credential(#[from] CredentialError),
     #[error(transparent)]
+    Sign(#[from] crate::broker::SignError),
+    #[error(transparent)]
     Reload(#[from] ReloadError),
     #[error("the TLS settings were not reloaded; the previous ones stay in force: {0}")]
     TlsReload(#[from] crate::api::TlsSetupError),
@@ -105,6 +107,10 @@ impl ApiError {
             ),
             Self::Resolve(e) => (status(e.failure()), e.code()),
             Self::Credential(e) => (status(e.failure()), e.code()),
+            Self::Sign(crate::broker::SignError::Budget) => {
+                (StatusCode::TOO_MANY_REQUESTS, "sign_budget_exhausted")
+            }
+            Self::Sign(e) => (status(e.failure()), e.code()),
             Self::Reload(ReloadError::NoPolicies) => (StatusCode::CONFLICT, "no_policies"),
             Self::Reload(ReloadError::Invalid(_)) => (StatusCode::CONFLICT, "policy_invalid"),
             Self::TlsReload(_) => (StatusCode::CONFLICT, "tls_invalid"),

@@ -48,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/credentials"),
     ("GET", "/v1/credentials/{name}"),
     ("POST", "/v1/credentials/{name}/material"),
+    ("POST", "/v1/credentials/{name}/sign"),
     ("POST", "/v1/admin/reload"),
     ("POST", "/v1/admin/cache/purge"),
     ("POST", "/v1/credentials"),
@@ -302,6 +303,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/credentials/{name}/material",
             post(credentials::material),
         )
+        .route("/v1/credentials/{name}/sign", post(credentials::sign))
         .route(
             "/v1/teams/{team}/consumers",
             get(consumers::list).post(consumers::create),

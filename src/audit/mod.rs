@@ -99,6 +99,9 @@ pub enum Action {
     CredentialMetadata,
     #[serde(rename = "credential.material")]
     CredentialMaterial,
+    /// A certificate signed for a caller's CSR (`POST /v1/credentials/{name}/sign`).
+    #[serde(rename = "credential.sign")]
+    CredentialSign,
     #[serde(rename = "admin.reload")]
     AdminReload,
     #[serde(rename = "admin.purge")]

@@ -35,7 +35,12 @@ impl Broker {
 
     /// As [`Broker::from_config`], with the `VAULT_*` environment given explicitly.
     pub fn from_config_with_env(config: &Config, env: &VaultEnv) -> Result<Self, BuildError> {
-        let (mut sources, pem_modes, vaults) = build_sources(config, env)?;
+        let Built {
+            mut sources,
+            pem_modes,
+            vaults,
+            signers,
+        } = build_sources(config, env)?;
         let store = build_store(config, env, &vaults, &mut sources)?;
         let mut broker = Self::new(
             sources,
@@ -52,6 +57,7 @@ impl Broker {
         broker.server_cert = config.server.tls_cert.clone();
         broker.cache = Arc::new(SecretCache::new(&config.cache));
         broker.store = store;
+        broker.signers = signers.into_iter().collect();
         if let Some(dir) = &config.policies {
             broker.policies_dir = Some(dir.clone());
             let policy = broker.load_policy()?;
@@ -106,6 +112,7 @@ impl Broker {
                 ccp: ccp_source,
                 store: None,
                 issuing: Default::default(),
+                signing: Default::default(),
             },
             limits,
             refusals: crate::audit::RefusalBudget::default(),
@@ -113,6 +120,8 @@ impl Broker {
             expiry_state: super::expiry::ExpiryState::default(),
             server_cert: None,
             verdicts: super::verdict::Verdicts::default(),
+            signers: std::collections::HashMap::new(),
+            signed: super::sign::Budget::default(),
         }
     }
 
@@ -138,6 +147,14 @@ impl Broker {
                 .iter()
                 .filter(|(_, e)| e.source.kind() == crate::source::SourceKind::Pki)
                 .map(|(n, _)| n.clone())
+                .collect(),
+            signing: self
+                .signers
+                .iter()
+                .flat_map(|(name, pki)| {
+                    pki.signing_profiles()
+                        .map(|profile| (name.clone(), profile.to_owned()))
+                })
                 .collect(),
             ..self.routes.clone()
         }
@@ -241,27 +258,24 @@ fn semaphore(limits: &crate::config::LimitsConfig) -> Arc<super::fair::FairPermi
     super::fair::FairPermits::new(limits.source_concurrency, limits.team_share)
 }
 
-/// The configured sources, built (a pki source after the vault source it issues through),
-/// each with its PEM mode; and the vault sources by name, for pki profiles and the store.
-#[expect(
-    clippy::type_complexity,
-    reason = "one private constructor's three results"
-)]
-fn build_sources(
-    config: &Config,
-    env: &VaultEnv,
-) -> Result<
-    (
-        Vec<Arc<dyn SecretSource>>,
-        Vec<(String, crate::config::PemMode)>,
-        Vec<(String, Arc<VaultSource>)>,
-    ),
-    BuildError,
-> {
+/// The configured sources, built.
+struct Built {
+    sources: Vec<Arc<dyn SecretSource>>,
+    /// Each source's PEM mode.
+    pem_modes: Vec<(String, crate::config::PemMode)>,
+    /// The vault sources by name, for pki profiles and the store.
+    vaults: Vec<(String, Arc<VaultSource>)>,
+    /// The pki sources by name, for signing.
+    signers: Vec<(String, Arc<crate::source::PkiSource>)>,
+}
+
+/// The configured sources, built (a pki source after the vault source it issues through).
+fn build_sources(config: &Config, env: &VaultEnv) -> Result<Built, BuildError> {
     let mut sources: Vec<Arc<dyn SecretSource>> = Vec::new();
     let mut pem_modes = Vec::new();
     let mut vaults: Vec<(String, Arc<VaultSource>)> = Vec::new();
     let mut pkis = Vec::new();
+    let mut signers = Vec::new();
     for s in &config.sources {
         let mode = match s {
             SourceConfig::File(f) => f.pem,
@@ -314,9 +328,16 @@ fn build_sources(
             .find(|(n, _)| *n == p.vault)
             .map(|(_, s)| Arc::clone(s))
             .ok_or_else(|| BuildError::PkiVault(p.name.clone()))?;
-        sources.push(Arc::new(crate::source::PkiSource::new(p, vault)));
+        let pki = Arc::new(crate::source::PkiSource::new(p, vault));
+        signers.push((p.name.clone(), Arc::clone(&pki)));
+        sources.push(pki);
     }
-    Ok((sources, pem_modes, vaults))
+    Ok(Built {
+        sources,
+        pem_modes,
+        vaults,
+        signers,
+    })
 }
 
 /// The management store, when configured: its material is one more file source (pushed to

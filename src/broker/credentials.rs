@@ -310,20 +310,7 @@ impl Broker {
         host: Option<&Destination>,
         include_next: bool,
     ) -> Result<Material, CredentialError> {
-        let cred = match caller {
-            // The operator holds the sources' own credentials; like `resolve` without `--as`
-            // it is not held to a destination.
-            Caller::Operator => visible(policy, caller, name)?,
-            Caller::Consumer(consumer) => {
-                match policy.decide_credential(consumer.name(), name, host) {
-                    (decision, Some(cred)) if decision.allowed => cred,
-                    (decision, _) => {
-                        tracing::debug!(consumer = %consumer.name(), reason = decision.reason.code(), "credential denied");
-                        return Err(CredentialError::Denied(decision.reason));
-                    }
-                }
-            }
-        };
+        let cred = decided(policy, caller, name, host)?;
         let team = super::read::team_of(caller);
         let now = std::time::SystemTime::now();
         let current = cred.values_at(now);
@@ -660,6 +647,27 @@ impl super::ask::ReadFailure for CredentialError {
             Self::AuditUnavailable(_) => (Outcome::Failed, "audit_unavailable"),
             Self::Rejected(r) => (Outcome::Failed, r.code),
         }
+    }
+}
+
+/// Credential `name` as `caller` may use it at `host`: `read_access` and `allowed_hosts`
+/// decided for a consumer; the operator holds the sources' own credentials and, like
+/// `resolve` without `--as`, is not held to a destination.
+pub(super) fn decided<'p>(
+    policy: &'p Policy,
+    caller: &Caller,
+    name: &str,
+    host: Option<&Destination>,
+) -> Result<&'p Credential, CredentialError> {
+    match caller {
+        Caller::Operator => visible(policy, caller, name),
+        Caller::Consumer(consumer) => match policy.decide_credential(consumer.name(), name, host) {
+            (decision, Some(cred)) if decision.allowed => Ok(cred),
+            (decision, _) => {
+                tracing::debug!(consumer = %consumer.name(), reason = decision.reason.code(), "credential denied");
+                Err(CredentialError::Denied(decision.reason))
+            }
+        },
     }
 }
 

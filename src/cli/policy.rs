@@ -200,5 +200,19 @@ pub fn known_sources(config: &crate::config::Config) -> crate::policy::KnownSour
             .filter(|s| s.kind() == crate::config::SourceKind::Pki)
             .map(|s| s.name().to_owned())
             .collect(),
+        signing: config
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                crate::config::SourceConfig::Pki(p) => Some(p),
+                _ => None,
+            })
+            .flat_map(|p| {
+                p.profiles
+                    .iter()
+                    .filter(|(_, profile)| profile.issue == crate::config::PkiIssue::Sign)
+                    .map(|(name, _)| (p.name.clone(), name.clone()))
+            })
+            .collect(),
     }
 }

@@ -319,9 +319,26 @@ pub struct PkiProfile {
     pub ip_sans: Vec<String>,
     #[serde(default)]
     pub uri_sans: Vec<String>,
-    /// `rsa`, `ec` or `ed25519` when the role allows the caller to choose.
+    /// `rsa`, `ec` or `ed25519` when the role allows the caller to choose; with
+    /// `issue = "sign"`, the only key family a CSR may carry.
     #[serde(default)]
     pub key_type: Option<String>,
+    /// `issue` (the default: OpenBao makes the key, `<mount>/issue/<role>`) or `sign`: the
+    /// caller makes its key and sends a CSR (`POST /v1/credentials/{name}/sign`,
+    /// `<mount>/sign/<role>`); a read of a signing profile issues nothing.
+    #[serde(default)]
+    pub issue: PkiIssue,
+}
+
+/// Who makes a profile's private key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PkiIssue {
+    /// OpenBao, and the key travels through keybroker.
+    #[default]
+    Issue,
+    /// The caller, on its own host: only the CSR and the certificate travel.
+    Sign,
 }
 
 #[derive(Clone, Debug, Deserialize)]

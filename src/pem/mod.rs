@@ -12,6 +12,7 @@
 //! about key input leaves the module (see [`PemError`]).
 
 pub mod credential;
+pub mod csr;
 mod error;
 mod scan;
 mod verify;
@@ -23,7 +24,7 @@ use zeroize::Zeroizing;
 
 pub use error::PemError;
 pub use scan::RepairKind;
-pub use verify::{BlockFacts, Checks};
+pub use verify::{BlockFacts, Checks, fingerprint};
 
 /// How a source's or credential's PEM values are treated (named by the configuration).
 pub use crate::config::PemMode as Mode;

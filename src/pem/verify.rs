@@ -306,7 +306,7 @@ fn private_keys_absent(blocks: &[Block]) -> bool {
     !blocks.iter().any(|b| b.label.ends_with("PRIVATE KEY"))
 }
 
-fn fingerprint(der: &[u8]) -> String {
+pub fn fingerprint(der: &[u8]) -> String {
     let digest = Sha256::digest(der);
     let hex = hex::encode(digest);
     let mut out = String::with_capacity(hex.len() + hex.len() / 2);

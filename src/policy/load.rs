@@ -219,6 +219,9 @@ pub struct KnownSources {
     /// Sources whose reads issue (kind `pki`): what a credential names there is made for it,
     /// not a stored secret a grant could cover.
     pub issuing: BTreeSet<String>,
+    /// (pki source, profile) pairs that sign CSRs (`issue = "sign"`): an mtls credential whose
+    /// certificate comes from one has no private key — its caller makes it.
+    pub signing: BTreeSet<(String, String)>,
 }
 
 /// Reads and validates every policy file under `dir`, without knowing the sources (for
@@ -460,7 +463,51 @@ fn validate(
     if let Some(known) = sources {
         warn_credentials_outside_grants(files, &policy, &cred_items, known);
     }
+    check_private_keys(files, &policy, &cred_items, sources);
     policy
+}
+
+/// An mtls credential has a `client_private_key` unless its certificate is signed from its
+/// caller's CSR (a signing profile): then it has none — keybroker never holds that key. Without
+/// the sources (`load` for `policy explain --policies`) a missing key is not judged.
+fn check_private_keys(
+    files: &mut Files,
+    policy: &Policy,
+    items: &[Item<usize>],
+    sources: Option<&KnownSources>,
+) {
+    let Some(known) = sources else { return };
+    for item in items {
+        let cred = &policy.credentials[item.def];
+        if cred.mode != CredentialMode::Mtls {
+            continue;
+        }
+        let roles = &cred.values.by_role;
+        let signing = roles.get("client_certificate").is_some_and(|r| {
+            let (Ok(source), Ok(path)) = (known.source_of(&r.target), super::path_of(&r.target))
+            else {
+                return false;
+            };
+            known
+                .signing
+                .contains(&(source.to_owned(), path.to_string()))
+        });
+        match (signing, roles.contains_key("client_private_key")) {
+            (false, false) => files.at(
+                item,
+                &key("mode"),
+                "mode \"mtls\" needs `client_private_key` (or a certificate from a signing profile)"
+                    .to_owned(),
+            ),
+            (true, true) => files.at(
+                item,
+                &key("client_private_key"),
+                "the certificate comes from a signing profile: its key is made by the caller, not read"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+    }
 }
 
 /// Team slugs (valid, once each) and Tines IDs (once each).
@@ -1162,8 +1209,9 @@ fn role_values(
     at: impl Fn(&str) -> Vec<Seg>,
 ) -> BTreeMap<&'static str, crate::reference::Reference> {
     let (required, allowed): (&[&str], &[&str]) = match mode {
+        // `client_private_key` is judged with the sources (`check_private_keys`).
         CredentialMode::Mtls => (
-            &["client_certificate", "client_private_key"],
+            &["client_certificate"],
             &[
                 "client_certificate",
                 "client_private_key",

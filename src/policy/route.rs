@@ -52,6 +52,7 @@ mod tests {
             ccp: Some("cark".to_owned()),
             store: None,
             issuing: Default::default(),
+            signing: Default::default(),
         };
         let route = |text: &str| {
             let r = parse_reference(text).unwrap();

@@ -26,7 +26,7 @@ pub(crate) use connections::max_age as connection_max_age;
 pub use file::FileSource;
 pub(crate) use http::is_loopback;
 pub use http::{HttpSetupError, causes as http_causes, client as http_client};
-pub use pki::PkiSource;
+pub use pki::{PkiSource, Signed};
 #[doc(hidden)]
 pub use vault::parse_kv_answer;
 pub use vault::{KvPart, VaultConfigError, VaultEnv, VaultSource};

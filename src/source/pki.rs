@@ -19,6 +19,10 @@
 //!
 //! Concurrent first uses share one issuance (the cache's single flight). The private key goes
 //! from the answer into zeroizing fields and nowhere else.
+//!
+//! A profile with `issue = "sign"` makes no key: a read of it is refused, and [`PkiSource::sign`]
+//! has a checked CSR signed (`<mount>/sign/<role>`) with the profile's names and lifetime; the
+//! certificate that comes back must carry the CSR's key and the profile's name.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +34,7 @@ use serde::Deserialize;
 
 use super::fields::FieldValue;
 use super::{Outage, ReadFuture, ReadRequest, SecretSource, SourceError, SourceKind, VaultSource};
-use crate::config::{PkiProfile, PkiSourceConfig};
+use crate::config::{PkiIssue, PkiProfile, PkiSourceConfig};
 use crate::secret::{Secret, SecretMeta};
 
 #[derive(Debug)]
@@ -56,6 +60,33 @@ struct IssuedData {
     serial_number: String,
     /// Unix seconds.
     expiration: i64,
+}
+
+#[derive(Deserialize)]
+struct SignedAnswer {
+    data: SignedData,
+}
+
+#[derive(Deserialize)]
+struct SignedData {
+    certificate: String,
+    issuing_ca: String,
+    #[serde(default)]
+    ca_chain: Vec<String>,
+    serial_number: String,
+    expiration: i64,
+}
+
+/// A certificate signed for a caller's CSR: public material only (the key never left the
+/// caller).
+#[derive(Clone, Debug)]
+pub struct Signed {
+    pub certificate: String,
+    pub issuing_ca: String,
+    pub ca_chain: String,
+    pub serial_number: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 impl PkiSource {
@@ -155,6 +186,103 @@ impl PkiSource {
         Ok(Secret::new(fields, meta))
     }
 
+    /// The names of the profiles that sign CSRs.
+    pub fn signing_profiles(&self) -> impl Iterator<Item = &str> {
+        self.profiles
+            .iter()
+            .filter(|(_, p)| p.issue == PkiIssue::Sign)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The rules a CSR for signing profile `name` must follow; `None` when there is no such
+    /// signing profile.
+    pub fn csr_rules(&self, name: &str) -> Option<crate::pem::csr::CsrRules<'_>> {
+        let p = self
+            .profiles
+            .get(name)
+            .filter(|p| p.issue == PkiIssue::Sign)?;
+        Some(crate::pem::csr::CsrRules {
+            key_type: p.key_type.as_deref(),
+            common_name: &p.common_name,
+            names: &p.alt_names,
+        })
+    }
+
+    /// The signing period of profile `name` (a third of its `ttl`, else an hour): what a
+    /// caller's signing budget is counted per.
+    pub fn sign_period(&self, name: &str) -> Duration {
+        let period = self
+            .profiles
+            .get(name)
+            .and_then(Self::period)
+            .unwrap_or(3600);
+        Duration::from_secs(period)
+    }
+
+    /// Has `csr` signed under signing profile `name`, with the profile's names and `ttl` (not
+    /// the CSR's), and checks that the certificate carries the CSR's key and the profile's
+    /// common name before it is answered.
+    pub async fn sign(
+        &self,
+        name: &str,
+        csr: &crate::pem::csr::CheckedCsr,
+    ) -> Result<Signed, SourceError> {
+        let profile = self
+            .profiles
+            .get(name)
+            .filter(|p| p.issue == PkiIssue::Sign)
+            .ok_or(SourceError::NotFound)?;
+        let mut body = serde_json::json!({
+            "csr": csr.pem,
+            "common_name": profile.common_name,
+            "format": "pem",
+        });
+        if let Some(ttl) = profile.ttl {
+            body["ttl"] = format!("{}s", ttl.0.as_secs()).into();
+        }
+        for (key, list) in [
+            ("alt_names", &profile.alt_names),
+            ("ip_sans", &profile.ip_sans),
+            ("uri_sans", &profile.uri_sans),
+        ] {
+            if !list.is_empty() {
+                body[key] = list.join(",").into();
+            }
+        }
+        let path = format!("{}/sign/{}", self.mount, profile.role);
+        let answer = self
+            .vault
+            .api(
+                reqwest::Method::POST,
+                &path,
+                Some(Bytes::from(body.to_string())),
+            )
+            .await?;
+        let unexpected = || SourceError::Unavailable(Outage::UnexpectedAnswer);
+        let signed: SignedAnswer = serde_json::from_slice(&answer).map_err(|_| unexpected())?;
+        let d = signed.data;
+        // What came back is what was asked for: the CSR's key, the profile's name.
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(d.certificate.as_bytes()).map_err(|_| unexpected())?;
+        let cert = pem.parse_x509().map_err(|_| unexpected())?;
+        let cn_ok = cert
+            .subject()
+            .iter_common_name()
+            .all(|cn| cn.as_str().ok() == Some(profile.common_name.as_str()));
+        if cert.public_key().raw != csr.spki.as_slice() || !cn_ok || cert.is_ca() {
+            tracing::error!(source = %self.name, profile = %name, "pki: the signed certificate does not carry the CSR's key and the profile's name");
+            return Err(unexpected());
+        }
+        tracing::info!(source = %self.name, serial = %d.serial_number, expires = d.expiration, profile = %name, "pki: certificate signed");
+        Ok(Signed {
+            certificate: d.certificate,
+            issuing_ca: d.issuing_ca,
+            ca_chain: d.ca_chain.join("\n"),
+            serial_number: d.serial_number,
+            not_after: d.expiration,
+        })
+    }
+
     /// The current period of `profile`, now.
     fn current(profile: &PkiProfile) -> Option<u64> {
         let now = std::time::SystemTime::now()
@@ -182,6 +310,11 @@ impl SecretSource for PkiSource {
     fn read<'a>(&'a self, request: &'a ReadRequest) -> ReadFuture<'a> {
         Box::pin(async move {
             let profile = self.profile(&request.path).ok_or(SourceError::NotFound)?;
+            if profile.issue == PkiIssue::Sign {
+                return Err(SourceError::Unsupported(
+                    "a signing profile makes no key: send a CSR to /v1/credentials/{name}/sign",
+                ));
+            }
             match (request.version, Self::current(profile)) {
                 (None, _) => {}
                 // The current period's and the next one's — and the one that just ended, for

@@ -1,0 +1,146 @@
+//! A certificate signing request checked before anything is asked to sign it (docs/PKI.md,
+//! "Signing"): one PEM `CERTIFICATE REQUEST`, its signature made by the key it carries, a key
+//! of a type and size the profile allows, no extension but the names it asks for, and those
+//! names no other than the profile's. The signer then signs with the profile's names and
+//! lifetime; a CSR cannot widen them.
+//!
+//! A CSR holds no secret: its errors may say what is wrong with it.
+
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+
+/// The largest CSR read (a 8192-bit RSA request with a few names is about 2.5 KB).
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// Why a CSR is refused; each a stable code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CsrError {
+    #[error("not one PEM CERTIFICATE REQUEST")]
+    NotACsr,
+    #[error("larger than {MAX_CSR_BYTES} bytes")]
+    TooLarge,
+    #[error("its signature is not made by the key it carries")]
+    BadSignature,
+    #[error(
+        "its key type or size is not allowed (EC P-256 or P-384, Ed25519, RSA 2048 to 8192 bits, within the profile's key_type)"
+    )]
+    WeakOrUnknownKey,
+    #[error("it requests an extension other than subjectAltName (a CA, key usages…)")]
+    Extension,
+    #[error("it asks for a name the profile does not give")]
+    OtherName,
+}
+
+impl CsrError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NotACsr => "not_a_csr",
+            Self::TooLarge => "csr_too_large",
+            Self::BadSignature => "csr_bad_signature",
+            Self::WeakOrUnknownKey => "csr_key_not_allowed",
+            Self::Extension => "csr_extension_not_allowed",
+            Self::OtherName => "csr_name_not_allowed",
+        }
+    }
+}
+
+/// What a profile lets a CSR be.
+#[derive(Clone, Copy, Debug)]
+pub struct CsrRules<'a> {
+    /// `rsa`, `ec` or `ed25519`: only that family; any of them when `None`.
+    pub key_type: Option<&'a str>,
+    /// The names the profile gives: the common name and its alternative names. A CSR's
+    /// subject CN must be the profile's; its alternative names, these or fewer.
+    pub common_name: &'a str,
+    pub names: &'a [String],
+}
+
+/// A CSR that passed: its DER (to send to the signer) and its public key (to verify what
+/// comes back against).
+#[derive(Debug)]
+pub struct CheckedCsr {
+    pub pem: String,
+    /// The SubjectPublicKeyInfo, DER.
+    pub spki: Vec<u8>,
+}
+
+/// Checks `text` (one PEM CSR) against `rules`.
+pub fn check(text: &str, rules: &CsrRules<'_>) -> Result<CheckedCsr, CsrError> {
+    if text.len() > MAX_CSR_BYTES {
+        return Err(CsrError::TooLarge);
+    }
+    let (rest, pem) =
+        x509_parser::pem::parse_x509_pem(text.as_bytes()).map_err(|_| CsrError::NotACsr)?;
+    if pem.label != "CERTIFICATE REQUEST" || !rest.iter().all(u8::is_ascii_whitespace) {
+        return Err(CsrError::NotACsr);
+    }
+    let (left, csr) =
+        X509CertificationRequest::from_der(&pem.contents).map_err(|_| CsrError::NotACsr)?;
+    if !left.is_empty() {
+        return Err(CsrError::NotACsr);
+    }
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    let info = &csr.certification_request_info;
+    key_allowed(&info.subject_pki, rules.key_type)?;
+    // Exactly the profile's common name: a signer that takes the CSR's subject (OpenBao's
+    // `use_csr_common_name`, on by default) then gives no other.
+    let mut cns = info.subject.iter_common_name();
+    match (cns.next(), cns.next()) {
+        (Some(cn), None) if cn.as_str().ok() == Some(rules.common_name) => {}
+        _ => return Err(CsrError::OtherName),
+    }
+    if let Some(extensions) = csr.requested_extensions() {
+        for ext in extensions {
+            let ParsedExtension::SubjectAlternativeName(san) = ext else {
+                return Err(CsrError::Extension);
+            };
+            for name in &san.general_names {
+                let allowed = match name {
+                    GeneralName::DNSName(d) => {
+                        *d == rules.common_name || rules.names.iter().any(|n| n == d)
+                    }
+                    _ => false,
+                };
+                if !allowed {
+                    return Err(CsrError::OtherName);
+                }
+            }
+        }
+    }
+    Ok(CheckedCsr {
+        pem: text.trim().to_owned(),
+        spki: info.subject_pki.raw.to_vec(),
+    })
+}
+
+fn key_allowed(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+    family: Option<&str>,
+) -> Result<(), CsrError> {
+    let oid = spki.algorithm.algorithm.to_id_string();
+    let (kind, ok) = match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => ("rsa", (2048..=8192).contains(&rsa.key_size())),
+        Ok(PublicKey::EC(_)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string());
+            // P-256 and P-384: what rustls and every gateway verify.
+            let named = matches!(
+                curve.as_deref(),
+                Some("1.2.840.10045.3.1.7" | "1.3.132.0.34")
+            );
+            ("ec", named)
+        }
+        _ if oid == "1.3.101.112" => ("ed25519", true),
+        _ => return Err(CsrError::WeakOrUnknownKey),
+    };
+    if !ok || family.is_some_and(|f| f != kind) {
+        return Err(CsrError::WeakOrUnknownKey);
+    }
+    Ok(())
+}
