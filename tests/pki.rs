@@ -22,6 +22,8 @@ use support::server::{Running, folder};
 
 const GW: &str = "pki-gw-token";
 const OPS: &str = "pki-ops-token";
+/// A consumer of another team, holding only public material.
+const INTRUDER: &str = "pki-intruder-token";
 
 fn pem_der(pem: &str) -> Vec<u8> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
@@ -42,6 +44,19 @@ fn pki_mount(bao: &OpenBao) -> String {
     bao.cli(&[
         "write",
         "pki/roles/gateway",
+        "allowed_domains=payments.example",
+        "allow_subdomains=true",
+        "client_flag=true",
+        "server_flag=false",
+        "max_ttl=2h",
+        "key_type=ec",
+        "key_bits=256",
+    ]);
+    // The role the signing profile uses (its own, so OpenBao's audit log tells its `sign` and
+    // `issue` apart from the other profiles').
+    bao.cli(&[
+        "write",
+        "pki/roles/signer",
         "allowed_domains=payments.example",
         "allow_subdomains=true",
         "client_flag=true",
@@ -100,13 +115,16 @@ async fn serve_as(bao: &OpenBao, token: Option<&str>, extra: &str) -> (tempfile:
         .and("vault_api_host = \"api.partner.example\"")
         .consumer("ops", "payments", OPS)
         .and("admin = true")
+        .team("other")
+        .consumer("intruder", "other", INTRUDER)
+        .and("[[credential]]\nname = \"partner-sign\"\nmode = \"mtls\"\nteam = \"payments\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_pki:gateway-sign $KEY_certificate\"")
         .and("[[credential]]\nname = \"partner-pki\"\nmode = \"mtls\"\nteam = \"payments\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_pki:gateway $KEY_certificate\"\nclient_private_key = \"$SECRET_pki:gateway $KEY_private_key\"\nroot_certificate = \"$SECRET_pki:gateway $KEY_issuing_ca\"")
         .grant("payments", "pki", &["fast"], &["api.partner.example"])
         .and("[[credential]]\nname = \"partner-fast\"\nmode = \"mtls\"\nteam = \"payments\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_pki:fast $KEY_certificate\"\nclient_private_key = \"$SECRET_pki:fast $KEY_private_key\"\nroot_certificate = \"$SECRET_pki:fast $KEY_issuing_ca\"")
         .write(root);
     fixture::Config::tls()
         .with(&format!(
-            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[[source]]\nname = \"pki\"\nkind = \"pki\"\nvault = \"vault\"\n[source.profiles.gateway]\nrole = \"gateway\"\ncommon_name = \"gw.payments.example\"\nttl = \"1h\"\n[source.profiles.fast]\nrole = \"fast\"\ncommon_name = \"fast.payments.example\"\nttl = \"30s\"\n{extra}",
+            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[[source]]\nname = \"pki\"\nkind = \"pki\"\nvault = \"vault\"\n[source.profiles.gateway]\nrole = \"gateway\"\ncommon_name = \"gw.payments.example\"\nttl = \"1h\"\n[source.profiles.fast]\nrole = \"fast\"\ncommon_name = \"fast.payments.example\"\nttl = \"30s\"\n[source.profiles.gateway-sign]\nrole = \"signer\"\ncommon_name = \"gw.payments.example\"\nttl = \"1h\"\nissue = \"sign\"\nkey_type = \"ec\"\n{extra}",
             bao.addr
         ))
         .audit()
@@ -829,4 +847,305 @@ fn agent(config: &std::path::Path, root: &std::path::Path) -> tokio::process::Ch
         .kill_on_drop(true)
         .spawn()
         .unwrap()
+}
+
+/// A CSR made by openssl in `dir` (`req` arguments after `-new`), and its key's
+/// SubjectPublicKeyInfo (DER).
+fn openssl_csr(dir: &std::path::Path, name: &str, args: &[&str]) -> (String, Vec<u8>) {
+    let key = dir.join(format!("{name}-key.pem"));
+    let csr = dir.join(format!("{name}.csr"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .args(args)
+        .output()
+        .expect("openssl is installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(public.status.success());
+    (std::fs::read_to_string(&csr).unwrap(), public.stdout)
+}
+
+async fn sign(s: &Running, token: &str, name: &str, csr: &str) -> (u16, Value) {
+    let resp = s
+        .client
+        .post(s.url(&format!("/v1/credentials/{name}/sign")))
+        .bearer_auth(token)
+        .json(&json!({ "csr": csr, "host": "api.partner.example" }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Signatures OpenBao answered for the signing profile's role, from its own audit log.
+fn signed_count(audit: &std::path::Path) -> usize {
+    String::from_utf8_lossy(&std::fs::read(audit).unwrap())
+        .lines()
+        .filter(|l| {
+            l.contains("\"type\":\"response\"")
+                && l.contains("\"path\":\"pki/sign/signer\"")
+                && l.contains("\"serial_number\"")
+        })
+        .count()
+}
+
+const P256: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+
+/// Issue 47: the key is born where it is used. The caller's CSR is signed with the profile's
+/// name; the certificate carries the caller's key and chains to the PKI's CA; OpenBao's own
+/// audit log shows a `sign` and no `issue`; keybroker's audit line names the serial and the
+/// key's fingerprint; no answer carries a private key — keybroker never had one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_is_signed_with_the_profiles_name_and_no_key_travels() {
+    let (bao, bao_audit, _audit_dir) = audited_bao();
+    let ca_pem = pki_mount(&bao);
+    let (dir, s) = serve(&bao).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut args = P256.to_vec();
+    args.extend(["-subj", "/CN=gw.payments.example"]);
+    let (csr, spki) = openssl_csr(work.path(), "gw", &args);
+
+    let (status, body) = sign(&s, GW, "partner-sign", &csr).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("private_key").is_none(), "{body}");
+    assert!(!body.to_string().contains("PRIVATE KEY"), "{body}");
+    let der = pem_der(body["certificate"].as_str().unwrap());
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    assert_eq!(
+        cert.public_key().raw,
+        spki.as_slice(),
+        "the caller's own key"
+    );
+    let cn: Vec<&str> = cert
+        .subject()
+        .iter_common_name()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(cn, ["gw.payments.example"]);
+    assert!(!cert.is_ca());
+    let ca_der = pem_der(&ca_pem);
+    let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+    cert.verify_signature(Some(ca.public_key()))
+        .expect("signed by the PKI's CA");
+    assert_eq!(body["issuing_ca"].as_str().unwrap().trim(), ca_pem.trim());
+
+    // OpenBao signed once and issued nothing more for it.
+    assert_eq!(signed_count(&bao_audit), 1);
+    let issued = String::from_utf8_lossy(&std::fs::read(&bao_audit).unwrap())
+        .matches("pki/issue/signer")
+        .count();
+    assert_eq!(issued, 0, "a signing profile issues no key");
+
+    // keybroker's audit line: the action, the serial, the key's fingerprint.
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let line = audit
+        .lines()
+        .find(|l| {
+            l.contains("\"action\":\"credential.sign\"") && l.contains("\"decision\":\"allowed\"")
+        })
+        .unwrap_or_else(|| panic!("no credential.sign line in {audit}"));
+    let serial = body["serial_number"].as_str().unwrap();
+    assert!(line.contains(serial), "{line}");
+    assert!(
+        line.contains(body["key_sha256"].as_str().unwrap()),
+        "{line}"
+    );
+
+    // A signing credential has no key to hand out: its material is refused, never a key.
+    let resp = s
+        .client
+        .post(s.url("/v1/credentials/partner-sign/material"))
+        .bearer_auth(GW)
+        .json(&json!({ "host": "api.partner.example" }))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status().as_u16(), 200);
+    assert!(!resp.text().await.unwrap().contains("PRIVATE KEY"));
+    assert_eq!(signed_count(&bao_audit), 1, "nothing more was signed");
+    drop(s);
+}
+
+/// Issue 47's attacker: a CSR asking for another name, a CA, a weak key, with a broken
+/// signature, or not a CSR at all — refused with its code before OpenBao is asked; a
+/// consumer of another team is answered like a credential that does not exist; the signing
+/// budget holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_asking_for_more_is_refused_and_nothing_is_signed() {
+    let (bao, bao_audit, _audit_dir) = audited_bao();
+    pki_mount(&bao);
+    let (_dir, s) = serve(&bao).await;
+    let work = tempfile::tempdir().unwrap();
+    let with = |extra: &[&'static str]| {
+        let mut a = P256.to_vec();
+        a.extend_from_slice(extra);
+        a
+    };
+    let cases: Vec<(&str, String)> = vec![
+        // The role allows any subdomain; the profile gives one name.
+        (
+            "csr_name_not_allowed",
+            openssl_csr(
+                work.path(),
+                "other-cn",
+                &with(&["-subj", "/CN=admin.payments.example"]),
+            )
+            .0,
+        ),
+        (
+            "csr_name_not_allowed",
+            openssl_csr(
+                work.path(),
+                "other-san",
+                &with(&[
+                    "-subj",
+                    "/CN=gw.payments.example",
+                    "-addext",
+                    "subjectAltName=DNS:admin.payments.example",
+                ]),
+            )
+            .0,
+        ),
+        (
+            "csr_name_not_allowed",
+            openssl_csr(work.path(), "no-cn", &with(&["-subj", "/O=payments"])).0,
+        ),
+        (
+            "csr_extension_not_allowed",
+            openssl_csr(
+                work.path(),
+                "ca",
+                &with(&[
+                    "-subj",
+                    "/CN=gw.payments.example",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                ]),
+            )
+            .0,
+        ),
+        (
+            "csr_key_not_allowed",
+            openssl_csr(
+                work.path(),
+                "rsa1024",
+                &["-newkey", "rsa:1024", "-subj", "/CN=gw.payments.example"],
+            )
+            .0,
+        ),
+        (
+            "csr_key_not_allowed",
+            openssl_csr(
+                work.path(),
+                "rsa2048",
+                &["-newkey", "rsa:2048", "-subj", "/CN=gw.payments.example"],
+            )
+            .0,
+        ),
+        (
+            "csr_key_not_allowed",
+            openssl_csr(
+                work.path(),
+                "p521",
+                &[
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-521",
+                    "-subj",
+                    "/CN=gw.payments.example",
+                ],
+            )
+            .0,
+        ),
+        (
+            "not_a_csr",
+            "-----BEGIN CERTIFICATE REQUEST-----\nnot base64\n-----END CERTIFICATE REQUEST-----\n"
+                .to_owned(),
+        ),
+        ("not_a_csr", String::new()),
+    ];
+    let (good, _) = openssl_csr(
+        work.path(),
+        "good",
+        &with(&["-subj", "/CN=gw.payments.example"]),
+    );
+    // The signature broken: one byte of the base64 body near its end changed.
+    let mut lines: Vec<String> = good.lines().map(str::to_owned).collect();
+    let last = lines.len() - 2;
+    let flipped: String = lines[last]
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 2 {
+                if c == 'A' { 'B' } else { 'A' }
+            } else {
+                c
+            }
+        })
+        .collect();
+    lines[last] = flipped;
+    let tampered = lines.join("\n") + "\n";
+    let twice = format!("{good}{good}");
+    let huge = format!("{good}{}", " ".repeat(20_000));
+    let mut cases = cases;
+    cases.push(("csr_bad_signature", tampered));
+    cases.push(("not_a_csr", twice));
+    cases.push(("csr_too_large", huge));
+    for (code, csr) in &cases {
+        let (status, body) = sign(&s, GW, "partner-sign", csr).await;
+        // A tampered body may no longer parse at all: refused either way, never signed.
+        if *code == "csr_bad_signature" {
+            assert_eq!(status, 400, "{body}");
+            let got = body["error"]["code"].as_str().unwrap();
+            assert!(got == "csr_bad_signature" || got == "not_a_csr", "{body}");
+        } else {
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (400, Some(*code)),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(signed_count(&bao_audit), 0, "nothing was signed");
+
+    // Another team's consumer, with a good CSR: the same answer as for no credential at all.
+    let (denied, d) = sign(&s, INTRUDER, "partner-sign", &good).await;
+    let (missing, m) = sign(&s, INTRUDER, "no-such-credential", &good).await;
+    assert_eq!((denied, missing), (403, 403), "{d} {m}");
+    assert_eq!(d, m);
+    // A credential whose certificate is issued, not signed: no CSR makes it sign.
+    let (status, body) = sign(&s, GW, "partner-pki", &good).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("not_a_signing_credential"))
+    );
+    assert_eq!(signed_count(&bao_audit), 0, "nothing was signed");
+
+    // The budget: two per consumer, profile and period; the third is refused unsigned.
+    for _ in 0..keybroker::broker::SIGNS_PER_PERIOD {
+        let (status, body) = sign(&s, GW, "partner-sign", &good).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = sign(&s, GW, "partner-sign", &good).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("sign_budget_exhausted"))
+    );
+    assert_eq!(
+        signed_count(&bao_audit),
+        keybroker::broker::SIGNS_PER_PERIOD as usize
+    );
 }

@@ -46,6 +46,17 @@ impl Broker {
     fn read_of(&self, source: &str, mut request: ReadRequest) -> Result<ReadKey, Reason> {
         let entry = self.sources.get(source).ok_or(Reason::UnknownSource)?;
         check_lengths(&request.path)?;
+        // A signing profile makes no key to read: refused here, before its source is asked
+        // (and so before a refusal could pass for the source's answer in `/readyz`).
+        if self
+            .signers
+            .get(source)
+            .is_some_and(|pki| pki.csr_rules(&request.path.to_string()).is_some())
+        {
+            return Err(Reason::Unsupported(
+                "a signing profile makes no key: send a CSR to /v1/credentials/{name}/sign",
+            ));
+        }
         // A scheduled source's "now" is a version: one cache entry per period.
         if request.version.is_none() {
             request.version = entry.source.current_version(&request.path);

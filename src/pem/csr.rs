@@ -81,9 +81,11 @@ pub fn check(text: &str, rules: &CsrRules<'_>) -> Result<CheckedCsr, CsrError> {
     if !left.is_empty() {
         return Err(CsrError::NotACsr);
     }
-    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
     let info = &csr.certification_request_info;
+    // The key first: a signature by a key refused anyway is not worth checking (and one of a
+    // curve the verifier lacks would read as "bad").
     key_allowed(&info.subject_pki, rules.key_type)?;
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
     // Exactly the profile's common name: a signer that takes the CSR's subject (OpenBao's
     // `use_csr_common_name`, on by default) then gives no other.
     let mut cns = info.subject.iter_common_name();
