@@ -4,6 +4,8 @@
 
 #[path = "../fuzz/checks/client_identity.rs"]
 mod client_identity;
+#[path = "../fuzz/checks/csr_check.rs"]
+mod csr_check;
 #[path = "../fuzz/checks/egress_target.rs"]
 mod egress_target;
 #[path = "../fuzz/checks/json_spans.rs"]
@@ -42,8 +44,9 @@ fn inputs(kind: &str, target: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn every_regression_and_seed_passes_its_targets_check() {
-    let targets: [Target; 5] = [
+    let targets: [Target; 6] = [
         ("client_identity", client_identity::check),
+        ("csr_check", csr_check::check),
         ("egress_target", egress_target::check),
         ("json_spans", json_spans::check),
         ("pem_repair", pem_repair::check),
