@@ -165,10 +165,19 @@ async fn material(s: &Running) -> (u16, Value) {
 
 /// Issuances OpenBao answered, from its own audit log (a file audit device the test enables).
 fn issued_count(audit: &std::path::Path) -> usize {
+    answered(audit, "pki/issue/gateway")
+}
+
+/// Requests to `path` OpenBao answered with a certificate (a response carrying a serial), from
+/// its own audit log.
+fn answered(audit: &std::path::Path, path: &str) -> usize {
+    let path = format!("\"path\":\"{path}\"");
     String::from_utf8_lossy(&std::fs::read(audit).unwrap())
         .lines()
         .filter(|l| {
-            l.contains("\"type\":\"response\"") && l.contains("\"path\":\"pki/issue/gateway\"")
+            l.contains("\"type\":\"response\"")
+                && l.contains(&path)
+                && l.contains("\"serial_number\"")
         })
         .count()
 }
@@ -891,14 +900,7 @@ async fn sign(s: &Running, token: &str, name: &str, csr: &str) -> (u16, Value) {
 
 /// Signatures OpenBao answered for the signing profile's role, from its own audit log.
 fn signed_count(audit: &std::path::Path) -> usize {
-    String::from_utf8_lossy(&std::fs::read(audit).unwrap())
-        .lines()
-        .filter(|l| {
-            l.contains("\"type\":\"response\"")
-                && l.contains("\"path\":\"pki/sign/signer\"")
-                && l.contains("\"serial_number\"")
-        })
-        .count()
+    answered(audit, "pki/sign/signer")
 }
 
 const P256: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];

@@ -62,6 +62,25 @@ struct IssuedData {
     expiration: i64,
 }
 
+/// What a profile asks OpenBao for, issuing or signing: its names and lifetime — never a
+/// caller's.
+fn asked(profile: &PkiProfile) -> serde_json::Value {
+    let mut body = serde_json::json!({ "common_name": profile.common_name });
+    if let Some(ttl) = profile.ttl {
+        body["ttl"] = format!("{}s", ttl.0.as_secs()).into();
+    }
+    for (key, list) in [
+        ("alt_names", &profile.alt_names),
+        ("ip_sans", &profile.ip_sans),
+        ("uri_sans", &profile.uri_sans),
+    ] {
+        if !list.is_empty() {
+            body[key] = list.join(",").into();
+        }
+    }
+    body
+}
+
 #[derive(Deserialize)]
 struct SignedAnswer {
     data: SignedData,
@@ -113,20 +132,7 @@ impl PkiSource {
         profile: &PkiProfile,
         version: Option<u64>,
     ) -> Result<Secret, SourceError> {
-        let mut body = serde_json::json!({ "common_name": profile.common_name });
-        let join = |v: &[String]| v.join(",");
-        if let Some(ttl) = profile.ttl {
-            body["ttl"] = format!("{}s", ttl.0.as_secs()).into();
-        }
-        for (key, list) in [
-            ("alt_names", &profile.alt_names),
-            ("ip_sans", &profile.ip_sans),
-            ("uri_sans", &profile.uri_sans),
-        ] {
-            if !list.is_empty() {
-                body[key] = join(list).into();
-            }
-        }
+        let mut body = asked(profile);
         if let Some(k) = &profile.key_type {
             body["key_type"] = k.clone().into();
         }
@@ -232,23 +238,9 @@ impl PkiSource {
             .get(name)
             .filter(|p| p.issue == PkiIssue::Sign)
             .ok_or(SourceError::NotFound)?;
-        let mut body = serde_json::json!({
-            "csr": csr.pem,
-            "common_name": profile.common_name,
-            "format": "pem",
-        });
-        if let Some(ttl) = profile.ttl {
-            body["ttl"] = format!("{}s", ttl.0.as_secs()).into();
-        }
-        for (key, list) in [
-            ("alt_names", &profile.alt_names),
-            ("ip_sans", &profile.ip_sans),
-            ("uri_sans", &profile.uri_sans),
-        ] {
-            if !list.is_empty() {
-                body[key] = list.join(",").into();
-            }
-        }
+        let mut body = asked(profile);
+        body["csr"] = csr.pem.clone().into();
+        body["format"] = "pem".into();
         let path = format!("{}/sign/{}", self.mount, profile.role);
         let answer = self
             .vault
