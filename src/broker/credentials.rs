@@ -635,17 +635,18 @@ impl super::ask::Want for super::ask::CredentialRead {
 
 impl super::ask::ReadFailure for CredentialError {
     fn outcome(&self) -> (Outcome, &'static str) {
+        // The error's own code, but the audit line names the policy's reason, the first
+        // value's reason or the verification's code where there is one.
         match self {
             Self::Denied(reason) => (Outcome::Denied, reason.code()),
-            Self::NotFound => (Outcome::Denied, "not_found"),
+            Self::NotFound => (Outcome::Denied, self.code()),
             Self::NoneFits(reason) => (Outcome::Failed, reason.code()),
-            Self::Ambiguous => (Outcome::Failed, "ambiguous_credential"),
             Self::Unresolved(e) => (
                 Outcome::Failed,
                 e.first().map_or("unresolved", |r| r.reason.code()),
             ),
-            Self::AuditUnavailable(_) => (Outcome::Failed, "audit_unavailable"),
             Self::Rejected(r) => (Outcome::Failed, r.code),
+            Self::Ambiguous | Self::AuditUnavailable(_) => (Outcome::Failed, self.code()),
         }
     }
 }

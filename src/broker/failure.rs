@@ -159,7 +159,7 @@ impl ResolveError {
             Self::TooManyReferences { .. } | Self::TooManySites { .. } => "too_many_references",
             Self::TooLarge { .. } => "too_large",
             Self::NotFound => "not_found",
-            Self::AuditUnavailable(_) => "audit_unavailable",
+            Self::AuditUnavailable(_) => super::Failure::AuditUnavailable.code(),
             Self::Unresolved { .. } => match self.failure() {
                 f if f.is_outage() => "source_unavailable",
                 Failure::Denied => "denied",
@@ -176,7 +176,7 @@ impl CredentialError {
             Self::Denied(_) => "denied",
             Self::NotFound => "not_found",
             Self::Ambiguous => "ambiguous_credential",
-            Self::AuditUnavailable(_) => "audit_unavailable",
+            Self::AuditUnavailable(_) => super::Failure::AuditUnavailable.code(),
             Self::Rejected(_) => "credential_rejected",
             Self::NoneFits(_) => "credential_required",
             Self::Unresolved(_) if self.failure().is_outage() => "source_unavailable",

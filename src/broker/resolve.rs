@@ -158,18 +158,12 @@ fn outcome_of(e: &ResolveError) -> (Outcome, &'static str) {
     } else {
         Outcome::Failed
     };
+    // The error's own code, but an unresolved document names its first reference's reason.
     let reason = match e {
-        ResolveError::Document(d) => d.code(),
-        ResolveError::Unresolved { .. } if decision == Outcome::Denied => "denied",
-        ResolveError::Unresolved { errors, .. } => {
+        ResolveError::Unresolved { errors, .. } if decision != Outcome::Denied => {
             errors.first().map_or("unresolved", |e| e.reason.code())
         }
-        ResolveError::AuditUnavailable(_) => "audit_unavailable",
-        ResolveError::TooManyReferences { .. } | ResolveError::TooManySites { .. } => {
-            "too_many_references"
-        }
-        ResolveError::TooLarge { .. } => "too_large",
-        ResolveError::NotFound => "not_found",
+        other => other.code(),
     };
     (decision, reason)
 }

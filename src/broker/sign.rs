@@ -71,7 +71,7 @@ impl SignError {
             Self::NotSigning => "not_a_signing_credential",
             Self::Csr(e) => e.code(),
             Self::Budget => "sign_budget_exhausted",
-            Self::AuditUnavailable(_) => "audit_unavailable",
+            Self::AuditUnavailable(_) => super::Failure::AuditUnavailable.code(),
         }
     }
 }

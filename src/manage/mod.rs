@@ -188,7 +188,7 @@ impl ManageError {
             Self::PreconditionRequired => "precondition_required",
             Self::Stale => "stale",
             Self::Store(_) => "store_unavailable",
-            Self::AuditUnavailable(_) => "audit_unavailable",
+            Self::AuditUnavailable(_) => crate::broker::Failure::AuditUnavailable.code(),
             Self::CertificateRejected { code, .. } => code,
             Self::CertificateInUse => "certificate_in_use",
             Self::AclOverlap => "acl_overlap",
