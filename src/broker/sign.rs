@@ -108,6 +108,14 @@ impl Budget {
         entry.1 += 1;
         true
     }
+
+    /// Gives back a signature taken for a CSR the PKI refused (nothing was signed).
+    fn give_back(&self, key: &Signer, period: u64) {
+        let mut used = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = used.get_mut(key).filter(|e| e.0 == period) {
+            entry.1 = entry.1.saturating_sub(1);
+        }
+    }
 }
 
 impl super::ask::Want for SignRead {
@@ -137,15 +145,18 @@ impl super::ask::Want for SignRead {
             Caller::Operator => "\0operator".to_owned(),
             Caller::Consumer(c) => c.name().to_owned(),
         };
-        if !broker
-            .signed
-            .take((who, pki.name().to_owned(), profile.clone()), now / period)
-        {
+        let signer = (who, pki.name().to_owned(), profile.clone());
+        if !broker.signed.take(signer.clone(), now / period) {
             return Err(SignError::Budget);
         }
         let key_sha256 = crate::pem::fingerprint(&csr.spki);
         subjects.push(format!("spki-sha256:{key_sha256}"));
-        let signed = pki.sign(&profile, &csr).await.map_err(|e| {
+        let signed = pki.sign(&profile, &csr).await;
+        if let Err(crate::source::SourceError::Invalid(_)) = &signed {
+            // The PKI refused the request: nothing was signed, so nothing is counted.
+            broker.signed.give_back(&signer, now / period);
+        }
+        let signed = signed.map_err(|e| {
             SignError::Credential(CredentialError::Unresolved(vec![super::RoleError {
                 role: "client_certificate",
                 reason: super::source_reason(&e),

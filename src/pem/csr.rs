@@ -7,6 +7,7 @@
 //! A CSR holds no secret: its errors may say what is wrong with it.
 
 use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
@@ -27,7 +28,9 @@ pub enum CsrError {
         "its key type or size is not allowed (EC P-256 or P-384, Ed25519, RSA 2048 to 8192 bits, within the profile's key_type)"
     )]
     WeakOrUnknownKey,
-    #[error("it requests an extension other than subjectAltName (a CA, key usages…)")]
+    #[error(
+        "it requests an extension other than one subjectAltName (a CA, key usages…), or carries an attribute other than one extension request"
+    )]
     Extension,
     #[error("it asks for a name the profile does not give")]
     OtherName,
@@ -71,6 +74,17 @@ pub fn check(text: &str, rules: &CsrRules<'_>) -> Result<CheckedCsr, CsrError> {
     if text.len() > MAX_CSR_BYTES {
         return Err(CsrError::TooLarge);
     }
+    // One block and nothing around it but ASCII whitespace: a reader that skips text before
+    // the block (this one) and one that does not (the signer's) must see the same CSR. And the
+    // signer is sent the DER checked here, re-armoured — never the caller's text (attack
+    // review: a leading space hid a second CSR that OpenBao signed).
+    if !text
+        .trim_start_matches(|c: char| c.is_ascii_whitespace())
+        .starts_with("-----BEGIN CERTIFICATE REQUEST-----")
+        || text.matches("-----BEGIN").count() != 1
+    {
+        return Err(CsrError::NotACsr);
+    }
     let (rest, pem) =
         x509_parser::pem::parse_x509_pem(text.as_bytes()).map_err(|_| CsrError::NotACsr)?;
     if pem.label != "CERTIFICATE REQUEST" || !rest.iter().all(u8::is_ascii_whitespace) {
@@ -93,9 +107,28 @@ pub fn check(text: &str, rules: &CsrRules<'_>) -> Result<CheckedCsr, CsrError> {
         (Some(cn), None) if cn.as_str().ok() == Some(rules.common_name) => {}
         _ => return Err(CsrError::OtherName),
     }
-    if let Some(extensions) = csr.requested_extensions() {
-        for ext in extensions {
-            let ParsedExtension::SubjectAlternativeName(san) = ext else {
+    // Every attribute, not the first extension request only (x509-parser's
+    // `requested_extensions`): a second one smuggled names that Go's parser, OpenBao's,
+    // merges in (attack review). One extension request at most, holding one subjectAltName.
+    let mut requests = info
+        .iter_attributes()
+        .map(|a| match a.parsed_attribute() {
+            ParsedCriAttribute::ExtensionRequest(r) => Ok(r),
+            _ => Err(CsrError::Extension),
+        })
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let request = match (requests.next(), requests.next()) {
+        (None, _) => None,
+        (Some(r), None) => Some(r),
+        (Some(_), Some(_)) => return Err(CsrError::Extension),
+    };
+    if let Some(request) = request {
+        if request.extensions.len() > 1 {
+            return Err(CsrError::Extension);
+        }
+        for ext in &request.extensions {
+            let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() else {
                 return Err(CsrError::Extension);
             };
             for name in &san.general_names {
@@ -112,9 +145,23 @@ pub fn check(text: &str, rules: &CsrRules<'_>) -> Result<CheckedCsr, CsrError> {
         }
     }
     Ok(CheckedCsr {
-        pem: text.trim().to_owned(),
+        pem: armoured(&pem.contents),
         spki: info.subject_pki.raw.to_vec(),
     })
+}
+
+/// `der` as one PEM `CERTIFICATE REQUEST` block (64-column base64).
+fn armoured(der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(body.len() + body.len() / 64 + 80);
+    out.push_str("-----BEGIN CERTIFICATE REQUEST-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE REQUEST-----\n");
+    out
 }
 
 fn key_allowed(
@@ -124,7 +171,7 @@ fn key_allowed(
     let oid = spki.algorithm.algorithm.to_id_string();
     let (kind, ok) = match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) => ("rsa", (2048..=8192).contains(&rsa.key_size())),
-        Ok(PublicKey::EC(_)) => {
+        Ok(PublicKey::EC(point)) => {
             let curve = spki
                 .algorithm
                 .parameters
@@ -132,11 +179,16 @@ fn key_allowed(
                 .and_then(|p| p.as_oid().ok())
                 .map(|o| o.to_id_string());
             // P-256 and P-384: what rustls and every gateway verify.
-            let named = matches!(
-                curve.as_deref(),
-                Some("1.2.840.10045.3.1.7" | "1.3.132.0.34")
-            );
-            ("ec", named)
+            // Uncompressed points only (0x04 ‖ x ‖ y): a compressed one passes here and is
+            // refused by OpenBao, at the caller's budget (attack review).
+            let (len, named) = match curve.as_deref() {
+                Some("1.2.840.10045.3.1.7") => (65, true),
+                Some("1.3.132.0.34") => (97, true),
+                _ => (0, false),
+            };
+            let data = point.data();
+            let uncompressed = data.len() == len && data.first() == Some(&4);
+            ("ec", named && uncompressed)
         }
         _ if oid == "1.3.101.112" => ("ed25519", true),
         _ => return Err(CsrError::WeakOrUnknownKey),

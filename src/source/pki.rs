@@ -62,6 +62,38 @@ struct IssuedData {
     expiration: i64,
 }
 
+/// Whether `cert` is what `profile` gives: its common name alone in the subject, no CA flag,
+/// and no alternative name but the profile's (DNS: the common name and `alt_names`; IP:
+/// `ip_sans`; URI: `uri_sans`).
+fn names_are_the_profiles(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    profile: &PkiProfile,
+) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let cn_ok = {
+        let mut cns = cert.subject().iter_common_name();
+        matches!((cns.next(), cns.next()), (Some(cn), None) if cn.as_str().ok() == Some(profile.common_name.as_str()))
+    };
+    let sans_ok = match cert.subject_alternative_name() {
+        Ok(None) => true,
+        Ok(Some(san)) => san.value.general_names.iter().all(|n| match n {
+            GeneralName::DNSName(d) => {
+                *d == profile.common_name || profile.alt_names.iter().any(|a| a == d)
+            }
+            GeneralName::IPAddress(ip) => profile.ip_sans.iter().any(|a| {
+                a.parse::<std::net::IpAddr>().is_ok_and(|want| match want {
+                    std::net::IpAddr::V4(v) => v.octets().as_slice() == *ip,
+                    std::net::IpAddr::V6(v) => v.octets().as_slice() == *ip,
+                })
+            }),
+            GeneralName::URI(u) => profile.uri_sans.iter().any(|a| a == u),
+            _ => false,
+        }),
+        Err(_) => false,
+    };
+    cn_ok && sans_ok && !cert.is_ca()
+}
+
 /// What a profile asks OpenBao for, issuing or signing: its names and lifetime — never a
 /// caller's.
 fn asked(profile: &PkiProfile) -> serde_json::Value {
@@ -257,12 +289,20 @@ impl PkiSource {
         let (_, pem) =
             x509_parser::pem::parse_x509_pem(d.certificate.as_bytes()).map_err(|_| unexpected())?;
         let cert = pem.parse_x509().map_err(|_| unexpected())?;
-        let cn_ok = cert
-            .subject()
-            .iter_common_name()
-            .all(|cn| cn.as_str().ok() == Some(profile.common_name.as_str()));
-        if cert.public_key().raw != csr.spki.as_slice() || !cn_ok || cert.is_ca() {
-            tracing::error!(source = %self.name, profile = %name, "pki: the signed certificate does not carry the CSR's key and the profile's name");
+        if cert.public_key().raw != csr.spki.as_slice() || !names_are_the_profiles(&cert, profile) {
+            // Signed, but not what the profile gives (a role that takes names from the CSR
+            // and a CSR this check missed): never answered, and revoked at once.
+            let revoke = serde_json::json!({ "serial_number": d.serial_number }).to_string();
+            let revoked = self
+                .vault
+                .api(
+                    reqwest::Method::POST,
+                    &format!("{}/revoke", self.mount),
+                    Some(Bytes::from(revoke)),
+                )
+                .await
+                .is_ok();
+            tracing::error!(source = %self.name, profile = %name, serial = %d.serial_number, revoked, "pki: the signed certificate is not the profile's (key, names or CA flag); not answered");
             return Err(unexpected());
         }
         tracing::info!(source = %self.name, serial = %d.serial_number, expires = d.expiration, profile = %name, "pki: certificate signed");
