@@ -159,6 +159,12 @@ pub enum Action {
     /// Management: a consumer's issuer ACL set or removed.
     #[serde(rename = "consumer.issuer_acl")]
     ConsumerIssuerAcl,
+    /// Management: a consumer's AppRole made or its `secret_id` replaced (handed out once).
+    #[serde(rename = "consumer.approle")]
+    ConsumerApprole,
+    /// Management: a consumer's AppRole removed.
+    #[serde(rename = "consumer.approle.delete")]
+    ConsumerApproleDelete,
     /// Management: a revoked fingerprint's tombstone lifted (operator only).
     #[serde(rename = "consumer.certificate.lift")]
     ConsumerCertificateLift,

@@ -223,6 +223,18 @@ impl IssuedTo {
         })
     }
 
+    /// Whether this token may be used from `peer`: an AppRole login's token only from inside
+    /// its `token_bound_cidrs` (read from the definition in force: the bound that holds now).
+    pub fn admits_peer(&self, consumer: &crate::policy::Consumer, peer: Option<IpAddr>) -> bool {
+        match Login::of_token(&self.login) {
+            Some(Login::AppRole) => consumer
+                .approle
+                .as_ref()
+                .is_some_and(|a| a.admits_token(peer)),
+            _ => true,
+        }
+    }
+
     /// Whether this token still belongs to `consumer`: the same name, team and origin, and
     /// the login that issued it unchanged.
     pub fn still_held_by(&self, consumer: &crate::policy::Consumer) -> bool {
@@ -313,6 +325,7 @@ impl Authenticator {
                 let to = found.ok_or(AuthError::UnknownToken)?;
                 return ConsumerRef::of(Arc::clone(snapshot), &to.consumer)
                     .filter(|c| to.still_held_by(c.consumer()))
+                    .filter(|c| to.admits_peer(c.consumer(), peer))
                     .map(|c| (Caller::Consumer(c), Via::Token))
                     .ok_or(AuthError::UnknownToken);
             }

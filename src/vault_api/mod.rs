@@ -316,11 +316,29 @@ async fn approle_login(state: &VaultApiState, peer: Option<&Peer>, body: Body) -
         Err(refused) => return refused,
     };
     let snapshot = state.broker.policy();
+    let now = SystemTime::now();
+    let peer_ip = peer.map(|p| p.addr.ip());
+    // The role and secret first, then the secret's bounds — an expired `secret_id` or one
+    // presented from outside `secret_id_bound_cidrs` is refused like a wrong one.
     let found = snapshot
         .identities()
-        .by_approle(&login.role_id, login.secret_id.0.expose_secret());
+        .by_approle(&login.role_id, login.secret_id.0.expose_secret())
+        .and_then(|i| {
+            let role = snapshot.policy().consumers[i].approle.as_ref()?;
+            role.admits_login(peer_ip, now)
+                .then_some((i, role.secret_id_expires_at))
+        });
     match found {
-        Some(index) => issue(state, &snapshot, index, crate::identity::Login::AppRole).await,
+        Some((index, until)) => {
+            issue_until(
+                state,
+                &snapshot,
+                index,
+                crate::identity::Login::AppRole,
+                until,
+            )
+            .await
+        }
         None => {
             let _ = state
                 .broker
@@ -403,6 +421,23 @@ async fn issue(
     index: usize,
     login: crate::identity::Login,
 ) -> Response {
+    issue_until(state, snapshot, index, login, None).await
+}
+
+/// As [`issue`], the token's lifetime cut to end by `until` (what the login was valid until:
+/// a `secret_id`'s expiry) — a token never outlives the credential that got it.
+async fn issue_until(
+    state: &VaultApiState,
+    snapshot: &Arc<crate::identity::Snapshot>,
+    index: usize,
+    login: crate::identity::Login,
+    until: Option<SystemTime>,
+) -> Response {
+    let now = SystemTime::now();
+    let ttl = until.map_or(state.token_ttl, |end| {
+        let left = end.duration_since(now).unwrap_or_default();
+        state.token_ttl.min(left)
+    });
     let name = snapshot.policy().consumers[index].name.clone();
     // A token is a credential handed out: audited like a read (and refused when the trail
     // cannot be written).
@@ -420,7 +455,7 @@ async fn issue(
     let Some(to) = crate::identity::IssuedTo::by(&snapshot.policy().consumers[index], login) else {
         return denied();
     };
-    let token = state.tokens.issue(&to, state.token_ttl, SystemTime::now());
+    let token = state.tokens.issue(&to, ttl, now);
     let mut body = SecretBuf::with_capacity(token.len() + 512);
     body.push_str("{\"request_id\":");
     body.push_quoted(&request_id());
@@ -430,7 +465,7 @@ async fn issue(
     body.push_quoted(&name);
     body.push_str(&format!(
         "}},\"lease_duration\":{},\"renewable\":false,\"entity_id\":\"\",\"token_type\":\"service\",\"orphan\":true}}}}",
-        state.token_ttl.as_secs()
+        ttl.as_secs()
     ));
     secret_answer(body)
 }
