@@ -100,6 +100,9 @@ pub enum Action {
     Resolve,
     #[serde(rename = "credentials.list")]
     CredentialsList,
+    /// The names under a folder of a source the caller may read (the Vault API's `LIST`).
+    #[serde(rename = "secrets.list")]
+    SecretsList,
     #[serde(rename = "credential.metadata")]
     CredentialMetadata,
     #[serde(rename = "credential.material")]

@@ -513,17 +513,42 @@ fn mount_info(mount: &str) -> Response {
 /// `LIST credentials/metadata/`: the names of the credentials the caller may read for its
 /// `vault_api_host` — decided as a read of each would be, so a list reveals nothing a read
 /// would not (one it may not read is absent, never a 403). Vault answers 404 for an empty
-/// list. A source mount's listing is not served (sources are not listed through keybroker).
+/// list. `LIST <source>/metadata/<folder>/`: the broker's [`Broker::list_secrets`], decided
+/// the same way; a source that cannot list (CCP, PKI, HTTP) answers 405.
 async fn list(state: &VaultApiState, caller: &Caller, mount: &str, path: &[String]) -> Response {
-    if mount != "credentials" {
-        return read_only();
-    }
     let Caller::Consumer(c) = caller else {
         return denied();
     };
     let Some(host) = c.consumer().vault_api_host.clone() else {
         return error(StatusCode::NOT_FOUND, &[]);
     };
+    if mount != "credentials" {
+        let name_ok = !mount.is_empty()
+            && mount
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let folder_ok =
+            path.is_empty() || SecretPath::from_segments(path.iter().map(String::as_str)).is_ok();
+        if !name_ok || !folder_ok {
+            return error(StatusCode::NOT_FOUND, &[]);
+        }
+        let listed = state
+            .broker
+            .list_secrets(Some("vault_api"), caller, mount, path, Some(&host))
+            .await;
+        return match listed {
+            Ok(None) => read_only(),
+            Ok(Some(keys)) if keys.is_empty() => error(StatusCode::NOT_FOUND, &[]),
+            Ok(Some(keys)) => json_answer(
+                StatusCode::OK,
+                &json!({
+                    "request_id": request_id(), "lease_id": "", "renewable": false, "lease_duration": 0,
+                    "data": { "keys": keys }, "wrap_info": null, "warnings": null, "auth": null,
+                }),
+            ),
+            Err(f) => failed(f),
+        };
+    }
     if !path.is_empty() {
         // Credential names are flat: nothing lies under one.
         return error(StatusCode::NOT_FOUND, &[]);
