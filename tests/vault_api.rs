@@ -579,6 +579,21 @@ async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer()
                 serde_json::json!({ "iss": JWT_ISSUER, "aud": "keybroker", "sub": "ansible-runner" }),
             ),
         ),
+        // `iss` as a list, even one holding only the bound issuer (issue 46: refused).
+        (
+            "jwt",
+            "ansible",
+            with(
+                serde_json::json!({ "iss": [JWT_ISSUER], "aud": "keybroker", "sub": "ansible-runner", "exp": now + 300 }),
+            ),
+        ),
+        (
+            "jwt",
+            "ansible",
+            with(
+                serde_json::json!({ "iss": [JWT_ISSUER, "https://other.example"], "aud": "keybroker", "sub": "ansible-runner", "exp": now + 300 }),
+            ),
+        ),
         ("jwt", "ansible", unsigned),
         ("jwt", "ansible", confused),
         ("jwt", "ansible", "not a jwt".to_owned()),
@@ -616,6 +631,20 @@ async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer()
     for (i, (method, role, token)) in cases.into_iter().enumerate() {
         assert_eq!(login(method, role, token).await, refused, "case {i}");
     }
+    // The token issued never outlives the JWT: one valid 20 s more gets at most 20 s.
+    let short = with(
+        serde_json::json!({ "iss": JWT_ISSUER, "aud": "keybroker", "sub": "ansible-runner", "exp": now + 20 }),
+    );
+    let (status, body) = login("jwt", "ansible", short).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let lease = answer["auth"]["lease_duration"].as_u64().unwrap();
+    assert!(lease <= 20, "the token outlives its JWT: {lease}");
+    let token = answer["auth"]["client_token"].as_str().unwrap().to_owned();
+    let (status, looked) = s.get(&token, "auth/token/lookup-self").await;
+    assert_eq!(status, 200);
+    let ttl: serde_json::Value = serde_json::from_str(&looked).unwrap();
+    assert!(ttl["data"]["ttl"].as_u64().unwrap() <= 20, "{looked}");
     // The login routes as the router reads them (empty segments, percent-encoding): still a
     // login, and its connection closes (attack review: variants kept it open).
     let r = s

@@ -54,6 +54,12 @@ pub struct Claims {
     pub sub: Option<String>,
     #[serde(default)]
     aud: Audience,
+    /// Required by [`JwtKeys::verify`]: a token issued here never outlives it.
+    pub exp: u64,
+    /// Kept to refuse a list: RFC 7519 makes `iss` one string, but a validator that takes
+    /// "one of the list matches" lets a token name several issuers at once.
+    #[serde(default)]
+    iss: Option<serde_json::Value>,
 }
 
 /// `aud`: one string or a list of them.
@@ -67,6 +73,11 @@ enum Audience {
 }
 
 impl Claims {
+    /// Until when the token is valid (its `exp`).
+    pub fn expires_at(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.exp)
+    }
+
     /// Whether the token was minted for `audience`.
     pub fn for_audience(&self, audience: &str) -> bool {
         match &self.aud {
@@ -129,7 +140,9 @@ impl JwtKeys {
             }
             v.set_required_spec_claims(&required);
             if let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, &v) {
-                return Some(data.claims);
+                // `iss` as a list is refused, whatever it holds (and with no bound issuer).
+                let one_issuer = data.claims.iss.as_ref().is_none_or(|i| i.is_string());
+                return one_issuer.then_some(data.claims);
             }
         }
         None

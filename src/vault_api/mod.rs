@@ -384,12 +384,13 @@ async fn jwt_login(
                 "system:serviceaccount:{}:{}",
                 k.namespace, k.service_account
             );
-            (claims.for_audience(&k.audience) && sub == Some(want.as_str())).then_some(i)
+            (claims.for_audience(&k.audience) && sub == Some(want.as_str()))
+                .then_some((i, claims.expires_at()))
         } else {
             let i = snapshot.identities().by_jwt_role(&login.role)?;
             let j = consumers[i].jwt.as_ref()?;
             let audience = j.bound_audiences.iter().any(|a| claims.for_audience(a));
-            (audience && sub == Some(j.bound_subject.as_str())).then_some(i)
+            (audience && sub == Some(j.bound_subject.as_str())).then_some((i, claims.expires_at()))
         }
     });
     let login_kind = if kubernetes {
@@ -398,7 +399,8 @@ async fn jwt_login(
         crate::identity::Login::Jwt
     };
     match found {
-        Some(index) => issue(state, &snapshot, index, login_kind).await,
+        // The token issued never outlives the JWT that got it.
+        Some((index, until)) => issue_until(state, &snapshot, index, login_kind, Some(until)).await,
         None => {
             let code = if kubernetes {
                 "kubernetes_refused"
