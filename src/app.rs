@@ -293,6 +293,11 @@ fn vault_api(
             .as_ref()
             .map(crate::vault_api::jwt::JwtKeys::load)
             .transpose()?,
+        kubernetes: v
+            .kubernetes
+            .as_ref()
+            .map(crate::vault_api::jwt::JwtKeys::load)
+            .transpose()?,
     };
     let observed = crate::door::observe::Observe::new(
         crate::vault_api::router(Arc::new(state)),

@@ -44,6 +44,8 @@ pub struct VaultApiState {
     /// `[vault_api.jwt]`: the keys JWT and Kubernetes logins are verified with (none: both
     /// logins are refused).
     pub jwt: Option<jwt::JwtKeys>,
+    /// `[vault_api.kubernetes]`: the Kubernetes login's own keys; absent, it uses `jwt`'s.
+    pub kubernetes: Option<jwt::JwtKeys>,
 }
 
 /// The router: one handler, since Vault's paths are a tree of mounts rather than routes.
@@ -373,7 +375,14 @@ async fn jwt_login(
     };
     let snapshot = state.broker.policy();
     let consumers = &snapshot.policy().consumers;
-    let found = state.jwt.as_ref().and_then(|keys| {
+    // Each login its own keys when the operator separated them: a token of the JWT issuer is
+    // never a service-account token, nor the reverse.
+    let keys = if kubernetes {
+        state.kubernetes.as_ref().or(state.jwt.as_ref())
+    } else {
+        state.jwt.as_ref()
+    };
+    let found = keys.and_then(|keys| {
         // The token first, whatever the role: a missing role costs the same work.
         let claims = keys.verify(login.jwt.0.expose_secret())?;
         let sub = claims.sub.as_deref();
