@@ -279,7 +279,21 @@ async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
             return denied();
         }
     };
-    issue(state, &snapshot, index, crate::identity::Login::Cert).await
+    // The token carries the pin or issuer ACL that identified the certificate: it dies when
+    // that is removed.
+    let cert = peer.and_then(|p| p.certificate.as_deref());
+    let to = cert.and_then(|cert| {
+        let consumer = &snapshot.policy().consumers[index];
+        crate::identity::Login::of_certificate(consumer, cert, SystemTime::now()).map(|login| {
+            crate::identity::IssuedTo {
+                consumer: consumer.name.clone(),
+                team: consumer.team.clone(),
+                origin: consumer.origin,
+                login,
+            }
+        })
+    });
+    issue_to(state, &snapshot, index, to, None).await
 }
 
 /// What `auth/approle/login` takes (Vault's names). The `secret_id` is held in a zeroizing
@@ -425,23 +439,26 @@ async fn jwt_login(
     }
 }
 
-/// A token for the consumer at `index` of `snapshot`'s policy, in Vault's login answer.
-async fn issue(
-    state: &VaultApiState,
-    snapshot: &Arc<crate::identity::Snapshot>,
-    index: usize,
-    login: crate::identity::Login,
-) -> Response {
-    issue_until(state, snapshot, index, login, None).await
-}
-
-/// As [`issue`], the token's lifetime cut to end by `until` (what the login was valid until:
-/// a `secret_id`'s expiry) — a token never outlives the credential that got it.
+/// A token for the consumer at `index` by `login`, its lifetime cut to end by `until` (what the login was valid until:
+/// a `secret_id`'s expiry, a JWT's `exp`) — a token never outlives the credential that got it.
 async fn issue_until(
     state: &VaultApiState,
     snapshot: &Arc<crate::identity::Snapshot>,
     index: usize,
     login: crate::identity::Login,
+    until: Option<SystemTime>,
+) -> Response {
+    let to = crate::identity::IssuedTo::by(&snapshot.policy().consumers[index], login);
+    issue_to(state, snapshot, index, to, until).await
+}
+
+/// A token for `to` (the consumer at `index`, by the login `to` names), in Vault's login
+/// answer, its lifetime cut to end by `until`.
+async fn issue_to(
+    state: &VaultApiState,
+    snapshot: &Arc<crate::identity::Snapshot>,
+    index: usize,
+    to: Option<crate::identity::IssuedTo>,
     until: Option<SystemTime>,
 ) -> Response {
     let now = SystemTime::now();
@@ -455,6 +472,9 @@ async fn issue_until(
     let Some(consumer) = ConsumerRef::of(Arc::clone(snapshot), &name) else {
         return denied();
     };
+    let Some(to) = to else {
+        return denied();
+    };
     if state
         .broker
         .audit_login(&Caller::Consumer(consumer), "vault_api")
@@ -463,9 +483,6 @@ async fn issue_until(
     {
         return failed(Failure::AuditUnavailable);
     }
-    let Some(to) = crate::identity::IssuedTo::by(&snapshot.policy().consumers[index], login) else {
-        return denied();
-    };
     let token = state.tokens.issue(&to, ttl, now);
     let mut body = SecretBuf::with_capacity(token.len() + 512);
     body.push_str("{\"request_id\":");
