@@ -317,6 +317,11 @@ fn vault_api(
             .as_ref()
             .map(crate::vault_api::jwt::JwtKeys::load)
             .transpose()?,
+        kubernetes: v
+            .kubernetes
+            .as_ref()
+            .map(crate::vault_api::jwt::JwtKeys::load)
+            .transpose()?,
     };
     Ok(Listener::observed(
         crate::vault_api::door(),

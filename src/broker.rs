@@ -42,7 +42,7 @@ pub use ops::{PolicySummary, Readiness, ReloadError, SourceHealth};
 pub(crate) use read::source_reason;
 use resolve::{pick, repair_names};
 pub use sign::{SIGNS_PER_PERIOD, SignError, SignRead, SignedCredential};
-pub use single::{SecretAnswer, SecretRead};
+pub use single::{SecretAnswer, SecretList, SecretRead};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -294,8 +294,9 @@ impl Config {
             fix_opt(&mut v.client_ca);
             fix_opt(&mut v.client_crl);
             fix_opt(&mut v.token_key_file);
-            if let Some(jwt) = &mut v.jwt {
-                fix(&mut jwt.validation_pubkeys);
+            for jwt in [&mut v.jwt, &mut v.kubernetes].into_iter().flatten() {
+                fix_opt(&mut jwt.validation_pubkeys);
+                fix_opt(&mut jwt.jwks_file);
             }
         }
         for s in &mut self.sources {

@@ -28,7 +28,15 @@ struct World {
     _double: CcpDouble,
 }
 
+/// A password stored in CCP (`Payments/db-password`): it may appear in granted answers only.
+const CANARY: &str = "CCP-DOOR-CANARY-b81f";
+
 async fn world() -> World {
+    world_logging("info").await
+}
+
+/// The world, with the server logging at `level`.
+async fn world_logging(level: &str) -> World {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let (dir, ca) = folder("unused");
     let root = dir.path();
@@ -51,9 +59,20 @@ async fn world() -> World {
         .into(),
         changing: false,
     };
-    store
-        .safes
-        .insert("Payments".into(), (vec!["keybroker".into()], vec![key]));
+    let password = Object {
+        folder: "Root".into(),
+        name: "db-password".into(),
+        props: [
+            ("Content".to_owned(), CANARY.to_owned()),
+            ("UserName".to_owned(), "svc-db".to_owned()),
+        ]
+        .into(),
+        changing: false,
+    };
+    store.safes.insert(
+        "Payments".into(),
+        (vec!["keybroker".into()], vec![key, password]),
+    );
     let double = CcpDouble::start(&pki, store).await;
     let clients = Ca::new("clients CA");
     clients.write(&root.join("clients-ca.pem"));
@@ -139,7 +158,7 @@ path = "audit.log"
     )
     .unwrap();
     ca.write(&root.join("ca.pem"));
-    let running = Running::start(root, &ca.pem, 0, "info").await;
+    let running = Running::start(root, &ca.pem, 0, level).await;
     World {
         key_pem: partner.key_pem,
         dir,
@@ -338,4 +357,109 @@ async fn refusals_answer_as_ccp_and_say_nothing_of_what_exists() {
     let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap_or_default();
     let line = w.key_pem.lines().nth(1).unwrap();
     assert!(!stderr.contains(line) && !audit.contains(line));
+}
+
+/// Issue 46 canary: over a run of CCP answers — granted, denied, missing, malformed, wrong
+/// `AppID`, another team's caller, repeated — the password and the private key appear only
+/// in the granted answers: in no error body, and in no log line (at `debug`) or audit line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ccp_value_reaches_only_the_granted_answers() {
+    let w = world_logging("debug").await;
+    let key_lines: Vec<&str> = w
+        .key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let leaks = |text: &str| text.contains(CANARY) || key_lines.iter().any(|l| text.contains(l));
+    let mut granted = 0;
+    for _ in 0..5 {
+        let (status, body) = w
+            .get(&w.gw, "AppID=gateway-app&Safe=Payments&Object=db-password")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["Content"], CANARY);
+        let (status, body) = w
+            .get(
+                &w.gw,
+                "AppID=gateway-app&Safe=keybroker&Folder=payments&Object=partner-api%23private_key",
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        granted += 2;
+    }
+    let refused: Vec<(&support::pki::Issued, String)> = vec![
+        (
+            &w.stranger,
+            "AppID=gateway-app&Safe=Payments&Object=db-password".into(),
+        ),
+        (
+            &w.stranger,
+            "AppID=gateway-app&Query=Safe=Payments;Object=db-password".into(),
+        ),
+        (
+            &w.stranger,
+            "AppID=gateway-app&Safe=keybroker&Folder=payments&Object=partner-api%23private_key"
+                .into(),
+        ),
+        (
+            &w.gw,
+            "AppID=someone-else&Safe=Payments&Object=db-password".into(),
+        ),
+        (
+            &w.gw,
+            "AppID=gateway-app&Safe=Payments&Object=db-password&Object=db-password".into(),
+        ),
+        (
+            &w.gw,
+            "AppID=gateway-app&Safe=Payments&Folder=Root&Object=db-password%2F..".into(),
+        ),
+        (
+            &w.gw,
+            "AppID=gateway-app&Safe=Payments&Object=db-password%00".into(),
+        ),
+        (
+            &w.gw,
+            "AppID=gateway-app&Safe=Payments&Object=no-such-object".into(),
+        ),
+        (&w.gw, "AppID=&Safe=Payments&Object=db-password".into()),
+        (
+            &w.gw,
+            "AppID=gateway-app&Safe=keybroker&Folder=other&Object=partner-api%23private_key".into(),
+        ),
+        (
+            &w.gw,
+            "AppID=gateway-app&Safe=keybroker&Folder=payments&Object=partner-api%23nope".into(),
+        ),
+    ];
+    // A long Reason is CCP's free text: granted, and still the one answer carrying it.
+    let (status, _) = w
+        .get(
+            &w.gw,
+            &format!(
+                "AppID=gateway-app&Safe=Payments&Object=db-password&Reason={}",
+                "r".repeat(10_000)
+            ),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for (who, query) in &refused {
+        let (status, body) = w.get(who, query).await;
+        assert_ne!(status, 200, "{query:.100}: {body}");
+        assert!(!leaks(&body), "{query:.100}: a value in a refusal: {body}");
+    }
+    let stderr = std::fs::read_to_string(w.dir.path().join("stderr.log")).unwrap_or_default();
+    let stdout = std::fs::read_to_string(w.dir.path().join("stdout.log")).unwrap_or_default();
+    let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap_or_default();
+    assert!(
+        stderr.contains("DEBUG") || stderr.contains("\"debug\""),
+        "not logging at debug"
+    );
+    for (name, text) in [("stderr", &stderr), ("stdout", &stdout), ("audit", &audit)] {
+        assert!(!leaks(text), "a value is in {name}");
+    }
+    assert!(
+        granted > 0 && audit.contains("ccp_app_id_refused"),
+        "{audit}"
+    );
 }

@@ -1658,3 +1658,106 @@ async fn a_revocation_outlives_its_consumer_until_the_operator_lifts_it() {
         .await;
     assert_eq!(added.status, 201, "{}", added.text);
 }
+
+/// Issue 46: a token of `auth/cert/login` carries the pin that identified its certificate:
+/// when a team admin revokes that certificate, the token dies with it at once, while a token
+/// of the consumer's other certificate lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cert_login_token_dies_with_the_pin_that_identified_it() {
+    let (dir, server_ca) = folder("unused");
+    let root = dir.path();
+    let clients = Ca::new("clients CA");
+    clients.write(&root.join("clients-ca.pem"));
+    let first = clients.client_dn(root, "c1", &[(DnType::CommonName, "c1.example")]);
+    let second = clients.client_dn(root, "c2", &[(DnType::CommonName, "c2.example")]);
+    fixture::Policy::new()
+        .team("legacy")
+        .team_admin("legacy-admin", "legacy", LEGACY_ADMIN, &["legacy"])
+        .write(root);
+    fixture::Config::tls()
+        .with("client_ca = \"clients-ca.pem\"\nclient_auth = \"optional\"")
+        .with("[store]\nkind = \"file\"\npath = \"store\"")
+        .with("[vault_api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\nclient_ca = \"clients-ca.pem\"")
+        .audit()
+        .write(root);
+    let server = Running::start(root, &server_ca.pem, 0, "info").await;
+    let send = |method: Method, path: String, body: Option<Value>| {
+        let mut r = server
+            .client
+            .request(method, server.url(&path))
+            .bearer_auth(LEGACY_ADMIN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (status, text) = send(
+        Method::POST,
+        "/v1/teams/legacy/consumers".into(),
+        Some(json!({ "name": "gw" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    for id in [&first, &second] {
+        let (status, text) = send(
+            Method::POST,
+            "/v1/teams/legacy/consumers/gw/certificates".into(),
+            Some(json!({ "certificate": id.cert_pem })),
+        )
+        .await;
+        assert_eq!(status, 201, "{text}");
+    }
+    let token_of = |id: &Issued| {
+        let pem = id.identity_pem();
+        let server = &server;
+        let ca = server_ca.pem.clone();
+        async move {
+            let (status, text) = server
+                .send_with_identity(&ca, &pem, "vault_api", Method::POST, "/v1/auth/cert/login")
+                .await;
+            assert_eq!(status, 200, "{text}");
+            let v: Value = serde_json::from_str(&text).unwrap();
+            v["auth"]["client_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let lookup = |token: String| {
+        let url = format!(
+            "https://localhost:{}/v1/auth/token/lookup-self",
+            server.port_of("vault_api")
+        );
+        let client = server.client.clone();
+        async move {
+            client
+                .get(url)
+                .header("X-Vault-Token", token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let t1 = token_of(&first).await;
+    let t2 = token_of(&second).await;
+    assert_eq!(lookup(t1.clone()).await, 200);
+    assert_eq!(lookup(t2.clone()).await, 200);
+    let (status, text) = send(
+        Method::DELETE,
+        format!(
+            "/v1/teams/legacy/consumers/gw/certificates/{}",
+            first.fingerprint()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(lookup(t1).await, 403, "a token of the revoked certificate");
+    assert_eq!(
+        lookup(t2).await,
+        200,
+        "a token of the certificate still pinned"
+    );
+}

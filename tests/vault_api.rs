@@ -579,6 +579,21 @@ async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer()
                 serde_json::json!({ "iss": JWT_ISSUER, "aud": "keybroker", "sub": "ansible-runner" }),
             ),
         ),
+        // `iss` as a list, even one holding only the bound issuer (issue 46: refused).
+        (
+            "jwt",
+            "ansible",
+            with(
+                serde_json::json!({ "iss": [JWT_ISSUER], "aud": "keybroker", "sub": "ansible-runner", "exp": now + 300 }),
+            ),
+        ),
+        (
+            "jwt",
+            "ansible",
+            with(
+                serde_json::json!({ "iss": [JWT_ISSUER, "https://other.example"], "aud": "keybroker", "sub": "ansible-runner", "exp": now + 300 }),
+            ),
+        ),
         ("jwt", "ansible", unsigned),
         ("jwt", "ansible", confused),
         ("jwt", "ansible", "not a jwt".to_owned()),
@@ -616,6 +631,20 @@ async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer()
     for (i, (method, role, token)) in cases.into_iter().enumerate() {
         assert_eq!(login(method, role, token).await, refused, "case {i}");
     }
+    // The token issued never outlives the JWT: one valid 20 s more gets at most 20 s.
+    let short = with(
+        serde_json::json!({ "iss": JWT_ISSUER, "aud": "keybroker", "sub": "ansible-runner", "exp": now + 20 }),
+    );
+    let (status, body) = login("jwt", "ansible", short).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let lease = answer["auth"]["lease_duration"].as_u64().unwrap();
+    assert!(lease <= 20, "the token outlives its JWT: {lease}");
+    let token = answer["auth"]["client_token"].as_str().unwrap().to_owned();
+    let (status, looked) = s.get(&token, "auth/token/lookup-self").await;
+    assert_eq!(status, 200);
+    let ttl: serde_json::Value = serde_json::from_str(&looked).unwrap();
+    assert!(ttl["data"]["ttl"].as_u64().unwrap() <= 20, "{looked}");
     // The login routes as the router reads them (empty segments, percent-encoding): still a
     // login, and its connection closes (attack review: variants kept it open).
     let r = s
@@ -645,7 +674,7 @@ async fn jwt_and_kubernetes_logins_verify_the_token_and_read_as_their_consumer()
 /// external-secrets' `find`) answers the credentials the caller may read for its
 /// `vault_api_host` — decided as each read would be — and nothing else: a credential of its
 /// team for another host is absent, another team's caller and a caller without a host get
-/// Vault's 404 for an empty list, never a 403. A source mount is not listed (405).
+/// Vault's 404 for an empty list, never a 403.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_of_credentials_names_only_what_a_read_would_give() {
     let s = setup().await;
@@ -673,8 +702,17 @@ async fn a_list_of_credentials_names_only_what_a_read_would_give() {
         .get(GW, "credentials/metadata/partner-api?list=true")
         .await;
     assert_eq!(status, 404, "names are flat");
-    let (status, _) = s.get(GW, "files/metadata/?list=true").await;
-    assert_eq!(status, 405);
+    // A source mount is listed as reads of it would be decided (tests/vault_list.rs); a
+    // source the caller holds no grant on is not even asked (Vault's empty 404).
+    let (status, body) = s.get(GW, "files/metadata/?list=true").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        listed["data"]["keys"],
+        serde_json::json!(["app/", "demo/", "partner/"])
+    );
+    let (status, body) = s.get(GW, "ccp/metadata/?list=true").await;
+    assert_eq!((status, body.as_str()), (404, r#"{"errors":[]}"#));
 }
 
 /// Issue 46: Ansible's `community.hashi_vault` (what Itential and most automation run) reads
@@ -810,13 +848,12 @@ async fn denials_do_not_tell_existing_from_missing_and_writes_are_refused() {
     // No token, a wrong one: 403.
     assert_eq!(s.get("", "files/data/demo/db").await.0, 403);
     assert_eq!(s.get(PASSWORD, "files/data/demo/db").await.0, 403);
-    // Writes, deletes and lists: 405.
+    // Writes and deletes: 405 (a list is served: tests/vault_list.rs).
     let client = s.client();
     for (method, path) in [
         ("POST", "files/data/demo/db"),
         ("PUT", "files/data/demo/db"),
         ("DELETE", "files/data/demo/db"),
-        ("LIST", "files/metadata/demo"),
     ] {
         let resp = client
             .request(
@@ -830,8 +867,12 @@ async fn denials_do_not_tell_existing_from_missing_and_writes_are_refused() {
             .unwrap();
         assert_eq!(resp.status(), 405, "{method} {path}");
     }
-    let (status, _) = s.get(GW, "files/metadata/demo?list=true").await;
-    assert_eq!(status, 405);
+    let (status, body) = s.get(GW, "files/metadata/demo?list=true").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"keys\":[\"db\"]") && !body.contains(PASSWORD),
+        "{body}"
+    );
     // No error body or log line holds the value.
     let stderr = std::fs::read_to_string(s.dir.path().join("stderr.log")).unwrap();
     assert!(!stderr.contains(PASSWORD));

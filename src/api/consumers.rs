@@ -17,7 +17,8 @@ use super::{
     with_etag,
 };
 use crate::manage::{
-    AclInput, CertificateInput, ConsumerInput, ConsumerPatch, EntryName, ManagedConsumer, TeamSlug,
+    AclInput, ApproleInput, CertificateInput, ConsumerInput, ConsumerPatch, EntryName,
+    ManagedConsumer, TeamSlug,
 };
 use crate::secret::SecretBuf;
 
@@ -62,6 +63,71 @@ struct AclBody {
     validate_certificate: bool,
     #[serde(default = "yes", alias = "validateACLForIssuer")]
     validate_acl_for_issuer: bool,
+}
+
+/// Vault's names for a `secret_id`'s options. `secret_id_ttl` as Vault takes it: seconds, or
+/// a duration (`"90m"`, `"24h"`); CIDR lists as arrays or one comma-separated string.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproleBody {
+    secret_id_ttl: Option<Ttl>,
+    secret_id_num_uses: Option<u64>,
+    #[serde(default)]
+    secret_id_bound_cidrs: Cidrs,
+    #[serde(default)]
+    token_bound_cidrs: Cidrs,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Ttl {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Default, Deserialize)]
+#[serde(untagged)]
+enum Cidrs {
+    #[default]
+    None,
+    List(Vec<String>),
+    Text(String),
+}
+
+impl Cidrs {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            Self::None => Vec::new(),
+            Self::List(l) => l,
+            Self::Text(t) => t
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+impl Ttl {
+    fn duration(self) -> Result<std::time::Duration, ApiError> {
+        match self {
+            Self::Seconds(s) => Ok(std::time::Duration::from_secs(s)),
+            Self::Text(t) if t.len() <= 32 => t
+                .parse::<u64>()
+                .map(std::time::Duration::from_secs)
+                .or_else(|_| humantime::parse_duration(&t))
+                .map_err(|_| bad_ttl()),
+            Self::Text(_) => Err(bad_ttl()),
+        }
+    }
+}
+
+fn bad_ttl() -> ApiError {
+    ApiError::BadRequest {
+        code: "invalid_body",
+        message: "secret_id_ttl: seconds, or a duration such as \"24h\"".to_owned(),
+    }
 }
 
 fn yes() -> bool {
@@ -275,6 +341,65 @@ pub(super) async fn delete_issuer_acl(
     let m = state
         .manager
         .set_issuer_acl(&caller, &team, &name, None, if_match(&headers))
+        .await?;
+    Ok(answer(StatusCode::OK, &m))
+}
+
+/// `POST …/approle`: the consumer's AppRole made, or its `secret_id` replaced — `role_id` and
+/// `secret_id` answered once, with the consumer (`{"role_id", "secret_id", …}`) in a buffer
+/// zeroized when the answer is dropped. An empty body takes Vault's defaults.
+pub(super) async fn set_approle(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let shape = "AppRole options: {secret_id_ttl, secret_id_bound_cidrs, token_bound_cidrs}";
+    let body: ApproleBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ApproleBody {
+            secret_id_ttl: None,
+            secret_id_num_uses: None,
+            secret_id_bound_cidrs: Cidrs::None,
+            token_bound_cidrs: Cidrs::None,
+        }
+    } else {
+        parse_body(&body, shape)?
+    };
+    let input = ApproleInput {
+        secret_id_ttl: body.secret_id_ttl.map(Ttl::duration).transpose()?,
+        secret_id_num_uses: body.secret_id_num_uses,
+        secret_id_bound_cidrs: body.secret_id_bound_cidrs.into_list(),
+        token_bound_cidrs: body.token_bound_cidrs.into_list(),
+    };
+    let (m, secret_id) = state
+        .manager
+        .set_approle(&caller, &team, &name, input, if_match(&headers))
+        .await?;
+    let rest = serde_json::to_string(&m).unwrap_or_else(|_| "{}".to_owned());
+    let role_id = m.approle.as_ref().map_or("", |a| a.role_id.as_str());
+    let mut out = SecretBuf::with_capacity(rest.len() + role_id.len() + secret_id.len() + 32);
+    out.push_str("{\"role_id\":");
+    out.push_quoted(role_id);
+    out.push_str(",\"secret_id\":");
+    out.push_quoted(&secret_id);
+    if rest.len() > 2 {
+        out.push_str(",");
+    }
+    out.push_str(&rest[1..]);
+    Ok(with_etag(secret_response(out), &m.etag))
+}
+
+/// `DELETE …/approle`: the AppRole removed; its `secret_id` and tokens stop working.
+pub(super) async fn delete_approle(
+    State(state): State<Arc<AppState>>,
+    Authenticated(caller): Authenticated,
+    NamePath((team, name)): NamePath<(TeamSlug, EntryName)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let m = state
+        .manager
+        .delete_approle(&caller, &team, &name, if_match(&headers))
         .await?;
     Ok(answer(StatusCode::OK, &m))
 }

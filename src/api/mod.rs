@@ -80,6 +80,8 @@ pub const ROUTES: &[(&str, &str)] = &[
         "/v1/teams/{team}/revoked-certificates/{fingerprint}",
     ),
     ("DELETE", "/v1/teams/{team}/consumers/{name}/issuer-acl"),
+    ("POST", "/v1/teams/{team}/consumers/{name}/approle"),
+    ("DELETE", "/v1/teams/{team}/consumers/{name}/approle"),
 ];
 
 /// What every handler shares.
@@ -329,6 +331,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/teams/{team}/consumers/{name}/issuer-acl",
             put(consumers::put_issuer_acl).delete(consumers::delete_issuer_acl),
+        )
+        .route(
+            "/v1/teams/{team}/consumers/{name}/approle",
+            post(consumers::set_approle).delete(consumers::delete_approle),
         )
         .route(
             "/v1/teams/{team}/revoked-certificates/{fingerprint}",

@@ -95,6 +95,9 @@ pub enum Action {
     Resolve,
     #[serde(rename = "credentials.list")]
     CredentialsList,
+    /// The names under a folder of a source the caller may read (the Vault API's `LIST`).
+    #[serde(rename = "secrets.list")]
+    SecretsList,
     #[serde(rename = "credential.metadata")]
     CredentialMetadata,
     #[serde(rename = "credential.material")]
@@ -157,6 +160,12 @@ pub enum Action {
     /// Management: a consumer's issuer ACL set or removed.
     #[serde(rename = "consumer.issuer_acl")]
     ConsumerIssuerAcl,
+    /// Management: a consumer's AppRole made or its `secret_id` replaced (handed out once).
+    #[serde(rename = "consumer.approle")]
+    ConsumerApprole,
+    /// Management: a consumer's AppRole removed.
+    #[serde(rename = "consumer.approle.delete")]
+    ConsumerApproleDelete,
     /// Management: a revoked fingerprint's tombstone lifted (operator only).
     #[serde(rename = "consumer.certificate.lift")]
     ConsumerCertificateLift,

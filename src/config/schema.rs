@@ -459,8 +459,13 @@ pub struct VaultApiConfig {
     pub token_key_file: Option<PathBuf>,
     #[serde(default = "default_token_ttl")]
     pub token_ttl: Dur,
-    /// `auth/jwt/login` and `auth/kubernetes/login`: how a presented JWT is verified.
+    /// `auth/jwt/login` (and `auth/kubernetes/login` when `kubernetes` is not set): how a
+    /// presented JWT is verified.
     pub jwt: Option<JwtConfig>,
+    /// `auth/kubernetes/login`'s own keys and issuer (a cluster's service-account issuer), so
+    /// the JWT login's issuer and the cluster's are never confused: when set, each login is
+    /// verified by its own keys only.
+    pub kubernetes: Option<JwtConfig>,
 }
 
 /// How the Vault API verifies a JWT login (Vault's `jwt_validation_pubkeys` and
@@ -469,7 +474,10 @@ pub struct VaultApiConfig {
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// PEM public keys (RSA, EC P-256/P-384, Ed25519) any of which may have signed a token.
-    pub validation_pubkeys: PathBuf,
+    pub validation_pubkeys: Option<PathBuf>,
+    /// Or a JWKS file (Vault's `jwks_url`, as a file: a cluster's `/openid/v1/jwks` saved),
+    /// read at start and again whenever it changes. Exactly one of the two.
+    pub jwks_file: Option<PathBuf>,
     /// The `iss` every token must carry (a Kubernetes cluster's service-account issuer).
     pub bound_issuer: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`.

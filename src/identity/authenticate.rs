@@ -177,21 +177,64 @@ pub enum Login {
     Kubernetes,
 }
 
+/// `kind:` and the first 16 hex digits of the SHA-256 of `parts`, each length-prefixed.
+fn login_digest(kind: &str, parts: &[&[u8]]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    format!("{kind}:{}", &hex::encode(h.finalize())[..16])
+}
+
 impl Login {
+    /// A certificate login through the pin `sha256`, as a token carries it.
+    pub fn of_pin(sha256: &[u8; 32]) -> String {
+        login_digest("cert", &[b"pin", sha256])
+    }
+
+    /// A certificate login through `consumer`'s issuer ACL (its CA keys and subject), as a
+    /// token carries it; `None` without one.
+    fn of_acl(consumer: &crate::policy::Consumer) -> Option<String> {
+        let subject = format!("{:?}", consumer.subject.as_ref()?);
+        let keys = crate::policy::issuer_keys(&consumer.issuer_certs).concat();
+        Some(login_digest("cert", &[b"acl", &keys, subject.as_bytes()]))
+    }
+
+    /// The certificate login by which `cert` identifies `consumer` at `now`: its pin, else
+    /// its issuer ACL. A token carries it, and dies when that pin or ACL is removed, changed
+    /// or (a pin) past its window.
+    pub fn of_certificate(
+        consumer: &crate::policy::Consumer,
+        cert: &ClientCert,
+        now: SystemTime,
+    ) -> Option<String> {
+        let pinned = consumer
+            .cert_sha256
+            .iter()
+            .any(|p| p.sha256 == *cert.fingerprint() && p.identifies_at(now));
+        if pinned {
+            return Some(Self::of_pin(cert.fingerprint()));
+        }
+        Self::of_acl(consumer)
+    }
+
+    /// Whether `consumer` still holds the certificate login `login` at `now`.
+    fn cert_still_held(consumer: &crate::policy::Consumer, login: &str, now: SystemTime) -> bool {
+        consumer
+            .cert_sha256
+            .iter()
+            .any(|p| p.identifies_at(now) && Self::of_pin(&p.sha256) == login)
+            || Self::of_acl(consumer).is_some_and(|a| a == login)
+    }
+
     /// `consumer`'s definition of this login as it is now, as a token carries it; `None` when
-    /// the consumer no longer has this login.
+    /// the consumer no longer has this login (a certificate login: [`Login::of_certificate`]).
     pub fn of(self, consumer: &crate::policy::Consumer) -> Option<String> {
-        use sha2::Digest as _;
-        let digest = |kind: &str, parts: &[&[u8]]| {
-            let mut h = sha2::Sha256::new();
-            for p in parts {
-                h.update((p.len() as u64).to_be_bytes());
-                h.update(p);
-            }
-            format!("{kind}:{}", &hex::encode(h.finalize())[..16])
-        };
+        let digest = login_digest;
         match self {
-            Self::Cert => Some("cert".to_owned()),
+            Self::Cert => None,
             Self::AppRole => consumer
                 .approle
                 .as_ref()
@@ -243,9 +286,27 @@ impl IssuedTo {
         })
     }
 
+    /// Whether this token may be used from `peer`: an AppRole login's token only from inside
+    /// its `token_bound_cidrs` (read from the definition in force: the bound that holds now).
+    pub fn admits_peer(&self, consumer: &crate::policy::Consumer, peer: Option<IpAddr>) -> bool {
+        match Login::of_token(&self.login) {
+            Some(Login::AppRole) => consumer
+                .approle
+                .as_ref()
+                .is_some_and(|a| a.admits_token(peer)),
+            _ => true,
+        }
+    }
+
     /// Whether this token still belongs to `consumer`: the same name, team and origin, and
     /// the login that issued it unchanged.
     pub fn still_held_by(&self, consumer: &crate::policy::Consumer) -> bool {
+        if Login::of_token(&self.login) == Some(Login::Cert) {
+            return self.consumer == consumer.name
+                && self.team == consumer.team
+                && self.origin == consumer.origin
+                && Login::cert_still_held(consumer, &self.login, SystemTime::now());
+        }
         Login::of_token(&self.login)
             .and_then(|l| Self::by(consumer, l))
             .is_some_and(|now| now == *self)
@@ -333,6 +394,7 @@ impl Authenticator {
                 let to = found.ok_or(AuthError::UnknownToken)?;
                 return ConsumerRef::of(Arc::clone(snapshot), &to.consumer)
                     .filter(|c| to.still_held_by(c.consumer()))
+                    .filter(|c| to.admits_peer(c.consumer(), peer))
                     .map(|c| (Caller::Consumer(c), Via::Token))
                     .ok_or(AuthError::UnknownToken);
             }
@@ -463,7 +525,11 @@ mod tests {
         policy.consumers.push(crate::policy::Consumer {
             name: "payments-gw".into(),
             team: "payments".into(),
-            cert_sha256: Vec::new(),
+            cert_sha256: vec![crate::policy::Pin {
+                sha256: [7; 32],
+                not_before: None,
+                not_after: None,
+            }],
             issuer_ca: None,
             issuer_certs: Vec::new(),
             subject: None,
@@ -498,13 +564,37 @@ mod tests {
             login: "cert".into(),
         };
         assert_eq!(
-            with(fraud_made)
+            with(fraud_made.clone())
                 .authenticate(&snapshot, presented)
                 .map(|_| ())
                 .unwrap_err(),
             AuthError::UnknownToken
         );
-        let its_own = IssuedTo::by(&snapshot.policy().consumers[0], Login::Cert).unwrap();
-        assert!(with(its_own).authenticate(&snapshot, presented).is_ok());
+        let its_own = IssuedTo {
+            login: Login::of_pin(&[7; 32]),
+            ..fraud_made.clone()
+        };
+        let its_own = IssuedTo {
+            team: "payments".into(),
+            origin: crate::policy::Origin::File,
+            ..its_own
+        };
+        assert!(
+            with(its_own.clone())
+                .authenticate(&snapshot, presented)
+                .is_ok()
+        );
+        // Another pin's login (one since removed): nobody's.
+        let removed_pin = IssuedTo {
+            login: Login::of_pin(&[8; 32]),
+            ..its_own
+        };
+        assert_eq!(
+            with(removed_pin)
+                .authenticate(&snapshot, presented)
+                .map(|_| ())
+                .unwrap_err(),
+            AuthError::UnknownToken
+        );
     }
 }

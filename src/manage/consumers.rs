@@ -55,6 +55,35 @@ pub struct AclInput {
     pub validate_acl_for_issuer: bool,
 }
 
+/// `POST …/approle`: Vault's options of a `secret_id` (docs/MANAGEMENT.md, "AppRole").
+#[derive(Debug, Default)]
+pub struct ApproleInput {
+    /// Vault's `secret_id_ttl` (`None` or zero: the `secret_id` does not expire).
+    pub secret_id_ttl: Option<std::time::Duration>,
+    /// Vault's `secret_id_num_uses`: only 0 (unlimited) is taken — see [`NUM_USES_REFUSED`].
+    pub secret_id_num_uses: Option<u64>,
+    pub secret_id_bound_cidrs: Vec<String>,
+    pub token_bound_cidrs: Vec<String>,
+}
+
+/// Why `secret_id_num_uses` is refused: replicas share the store but would each count uses
+/// of their own, so "at most N logins" would really be "at most N per replica" — a promise
+/// keybroker cannot keep is refused rather than made.
+const NUM_USES_REFUSED: &str = "not supported: replicas would each count uses on their own, so the limit would not hold (0, unlimited, is accepted); use secret_id_ttl and rotate";
+
+/// The longest `secret_id_ttl` taken (ten years).
+const MAX_SECRET_ID_TTL: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
+
+/// A consumer's AppRole as management answers show it: the `role_id` (an identifier, as in
+/// Vault) and the `secret_id`'s bounds — never the `secret_id` nor its digest.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApproleView {
+    pub role_id: String,
+    pub secret_id_expires_at: Option<String>,
+    pub secret_id_bound_cidrs: Vec<String>,
+    pub token_bound_cidrs: Vec<String>,
+}
+
 /// A consumer as management answers show it: never its token (only whether it has one).
 #[derive(Clone, Debug, Serialize)]
 pub struct ManagedConsumer {
@@ -65,6 +94,7 @@ pub struct ManagedConsumer {
     pub has_token: bool,
     pub certificates: Vec<CertificateView>,
     pub issuer_acl: Option<AclView>,
+    pub approle: Option<ApproleView>,
     pub origin: &'static str,
     pub version: u64,
     pub created_at: String,
@@ -105,6 +135,21 @@ struct Body {
     admin_teams: Vec<TeamSlug>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vault_api_host: Option<String>,
+    /// The policy file's `approle` (its `secret_id` as a digest only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    approle: Option<ApproleBody>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct ApproleBody {
+    role_id: String,
+    secret_id_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_id_expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    secret_id_bound_cidrs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    token_bound_cidrs: Vec<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -192,6 +237,7 @@ impl Manager {
                 subject: None,
                 admin_teams: input.admin_teams.clone(),
                 vault_api_host: input.vault_api_host.clone(),
+                approle: None,
             };
             let at = crate::store::now();
             let record = Record::first(at, who(caller), 0);
@@ -267,6 +313,61 @@ impl Manager {
         });
         let work = self.change_consumer(caller, team, name, if_match.map(Ok), change);
         self.one_write(Action::ConsumerToken, caller, team, name, work)
+            .await
+    }
+
+    /// Gives a consumer an AppRole, or replaces its `secret_id` (the `role_id` stays): the
+    /// `role_id` and the new `secret_id` are returned here once, the `secret_id` kept as its
+    /// digest. The old `secret_id` stops logging in, and the tokens it got stop working, with
+    /// the reload (their login digest no longer matches).
+    pub async fn set_approle(
+        &self,
+        caller: &Caller,
+        team: &TeamSlug,
+        name: &EntryName,
+        input: ApproleInput,
+        if_match: Option<&str>,
+    ) -> Result<(ManagedConsumer, Zeroizing<String>), ManageError> {
+        let change: Change<'_, Zeroizing<String>> = Box::new(move |body, _, _| {
+            // Judged after the caller is authorized and the consumer found (change_consumer).
+            let checked = check_approle(&input, SystemTime::now())?;
+            let role_id = body
+                .approle
+                .as_ref()
+                .map_or_else(new_role_id, |a| a.role_id.clone());
+            let (secret_id, digest) = crate::identity::TokenDigest::generate_prefixed("");
+            body.approle = Some(ApproleBody {
+                role_id,
+                secret_id_sha256: digest.hex(),
+                secret_id_expires_at: checked.expires_at,
+                secret_id_bound_cidrs: checked.secret_id_bound_cidrs,
+                token_bound_cidrs: checked.token_bound_cidrs,
+            });
+            Ok(secret_id)
+        });
+        let subject = format!("{name}/approle");
+        let work = self.change_consumer(caller, team, name, if_match.map(Ok), change);
+        self.one_write(Action::ConsumerApprole, caller, team, &subject, work)
+            .await
+    }
+
+    /// Removes a consumer's AppRole: its `secret_id` stops logging in and its tokens stop
+    /// working with the reload. 404 when the consumer has none.
+    pub async fn delete_approle(
+        &self,
+        caller: &Caller,
+        team: &TeamSlug,
+        name: &EntryName,
+        if_match: Option<&str>,
+    ) -> Result<ManagedConsumer, ManageError> {
+        let change: Change<'_, ()> =
+            Box::new(|body, _, _| body.approle.take().map(|_| ()).ok_or(ManageError::NotFound));
+        let subject = format!("{name}/approle");
+        let work = async {
+            let changed = self.change_consumer(caller, team, name, if_match.map(Ok), change);
+            changed.await.map(|(m, ())| m)
+        };
+        self.one_write(Action::ConsumerApproleDelete, caller, team, &subject, work)
             .await
     }
 
@@ -680,6 +781,73 @@ fn check_host(host: Option<&str>) -> Result<(), ManageError> {
     }
 }
 
+/// AppRole options that passed every check, in their stored form.
+struct CheckedApprole {
+    expires_at: Option<String>,
+    secret_id_bound_cidrs: Vec<String>,
+    token_bound_cidrs: Vec<String>,
+}
+
+fn check_approle(input: &ApproleInput, now: SystemTime) -> Result<CheckedApprole, ManageError> {
+    if input.secret_id_num_uses.is_some_and(|n| n != 0) {
+        return Err(ManageError::Unsupported {
+            field: "secret_id_num_uses",
+            message: NUM_USES_REFUSED,
+        });
+    }
+    let expires_at = match input.secret_id_ttl.filter(|t| !t.is_zero()) {
+        None => None,
+        Some(ttl) if ttl > MAX_SECRET_ID_TTL => {
+            return Err(ManageError::Invalid {
+                field: "secret_id_ttl",
+                message: "at most ten years (0: no expiry)".to_owned(),
+            });
+        }
+        Some(ttl) => Some(humantime::format_rfc3339_seconds(now + ttl).to_string()),
+    };
+    let nets = |field: &'static str, list: &[String]| -> Result<Vec<String>, ManageError> {
+        let invalid = |message: String| ManageError::Invalid { field, message };
+        if list.len() > crate::policy::MAX_BOUND_CIDRS {
+            return Err(invalid(format!(
+                "at most {} CIDR blocks",
+                crate::policy::MAX_BOUND_CIDRS
+            )));
+        }
+        list.iter()
+            .map(|n| {
+                crate::policy::parse_net(n)
+                    .map(|n| n.to_string())
+                    .ok_or_else(|| {
+                        invalid(
+                            "each is a CIDR block without host bits (`10.0.0.0/8`) or an address"
+                                .to_owned(),
+                        )
+                    })
+            })
+            .collect()
+    };
+    Ok(CheckedApprole {
+        expires_at,
+        secret_id_bound_cidrs: nets("secret_id_bound_cidrs", &input.secret_id_bound_cidrs)?,
+        token_bound_cidrs: nets("token_bound_cidrs", &input.token_bound_cidrs)?,
+    })
+}
+
+/// A fresh `role_id`: 128 random bits from the OS generator, in Vault's UUID shape.
+fn new_role_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random number generator is available");
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// An issuer ACL that passed every check.
 struct CheckedAcl {
     /// The CA certificates as stored (PEM).
@@ -804,6 +972,12 @@ fn view(body: &Body, record: &Record, etag: String) -> ManagedConsumer {
             .map(|c| CertificateView::of(c, now))
             .collect(),
         issuer_acl,
+        approle: body.approle.as_ref().map(|a| ApproleView {
+            role_id: a.role_id.clone(),
+            secret_id_expires_at: a.secret_id_expires_at.clone(),
+            secret_id_bound_cidrs: a.secret_id_bound_cidrs.clone(),
+            token_bound_cidrs: a.token_bound_cidrs.clone(),
+        }),
         origin: "api",
         version: record.version,
         created_at: record.created_at.clone(),

@@ -23,7 +23,9 @@ mod reads;
 pub use patch::CredentialPatch;
 
 pub use certificates::CertificateView;
-pub use consumers::{AclInput, CertificateInput, ConsumerInput, ConsumerPatch, ManagedConsumer};
+pub use consumers::{
+    AclInput, ApproleInput, CertificateInput, ConsumerInput, ConsumerPatch, ManagedConsumer,
+};
 
 use crate::audit::{Action, Outcome};
 use crate::broker::{AuditEntry, Broker, Caller};
@@ -168,6 +170,12 @@ pub enum ManageError {
     /// by the matcher authentication uses; which one is not said.
     #[error("this identity is claimed by another consumer")]
     IdentityClaimed,
+    /// An option keybroker will not pretend to honour (`field` says which, `message` why).
+    #[error("{field}: {message}")]
+    Unsupported {
+        field: &'static str,
+        message: &'static str,
+    },
 }
 
 impl ManageError {
@@ -193,6 +201,7 @@ impl ManageError {
             Self::CertificateInUse => "certificate_in_use",
             Self::AclOverlap => "acl_overlap",
             Self::IdentityClaimed => "identity_claimed",
+            Self::Unsupported { .. } => "unsupported",
         }
     }
 }
@@ -223,6 +232,7 @@ impl ManageError {
             | Self::CertificateInUse
             | Self::AclOverlap
             | Self::IdentityClaimed
+            | Self::Unsupported { .. }
             | Self::CertificateRejected { .. }
             | Self::PreconditionRequired
             | Self::Stale

@@ -12,7 +12,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::host::HostPattern;
 use super::model::{
-    Consumer, Credential, CredentialMode, CredentialValues, Grant, PathPattern, Policy, ReadAccess,
+    Consumer, Credential, CredentialMode, CredentialValues, Grant, MAX_BOUND_CIDRS, PathPattern,
+    Policy, ReadAccess, parse_net,
 };
 use crate::diag::{Diagnostic, Diags, Seg, diagnostic};
 use crate::reference::parse_reference;
@@ -104,6 +105,12 @@ struct KubernetesDef {
 struct AppRoleDef {
     role_id: String,
     secret_id_sha256: String,
+    /// RFC 3339: no login after it (what the management API's `secret_id_ttl` becomes).
+    secret_id_expires_at: Option<String>,
+    #[serde(default)]
+    secret_id_bound_cidrs: Vec<String>,
+    #[serde(default)]
+    token_bound_cidrs: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -747,9 +754,32 @@ fn validate_consumers(
                 files.at(&c, &key("approle"), format!("consumer `{}` has the same approle.role_id", first.name));
                 first.also_errs(files, &c, "a store entry has the same approle.role_id");
             }
+            let expires = match a.secret_id_expires_at.as_deref().map(super::rfc3339) {
+                None => None,
+                Some(Some(t)) => Some(t),
+                Some(None) => {
+                    files.at(&c, &key("approle"), "approle.secret_id_expires_at must be an RFC 3339 time".to_owned());
+                    return None;
+                }
+            };
+            let mut nets = |list: &[String], field: &str| -> Option<Vec<ipnet::IpNet>> {
+                let parsed: Option<Vec<ipnet::IpNet>> = list.iter().map(|n| parse_net(n)).collect();
+                match parsed {
+                    Some(v) if v.len() <= MAX_BOUND_CIDRS => Some(v),
+                    _ => {
+                        files.at(&c, &key("approle"), format!("approle.{field} holds at most {MAX_BOUND_CIDRS} CIDR blocks or addresses (`10.0.0.0/8`, `192.0.2.7`)"));
+                        None
+                    }
+                }
+            };
+            let secret_id_bound_cidrs = nets(&a.secret_id_bound_cidrs, "secret_id_bound_cidrs")?;
+            let token_bound_cidrs = nets(&a.token_bound_cidrs, "token_bound_cidrs")?;
             Some(super::model::AppRole {
                 role_id: a.role_id.clone(),
                 secret_id_sha256: digest,
+                secret_id_expires_at: expires,
+                secret_id_bound_cidrs,
+                token_bound_cidrs,
             })
         });
         let role_ok = |role: &str| !role.is_empty() && role.len() <= 128 && super::is_slug(role);

@@ -20,7 +20,7 @@ pub use load::{
 };
 pub use model::{
     AppRole, Consumer, Credential, CredentialMode, CredentialValues, Grant, JwtRole,
-    KubernetesRole, Origin, PathPattern, Pin, Policy, ReadAccess,
+    KubernetesRole, MAX_BOUND_CIDRS, Origin, PathPattern, Pin, Policy, ReadAccess, parse_net,
 };
 pub use name::{EntryName, NotAName, TeamSlug, is_slug};
 pub use route::{Unrouted, path_of};

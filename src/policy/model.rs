@@ -138,6 +138,63 @@ pub struct AppRole {
     pub role_id: String,
     /// Compared in constant time only.
     pub(crate) secret_id_sha256: [u8; 32],
+    /// Vault's `secret_id_ttl`, kept as the instant it ends: no login after it, and no token
+    /// issued by a login outlives it.
+    pub secret_id_expires_at: Option<std::time::SystemTime>,
+    /// Vault's `secret_id_bound_cidrs`: a login from another address is refused (empty: any).
+    pub secret_id_bound_cidrs: Vec<ipnet::IpNet>,
+    /// Vault's `token_bound_cidrs`: a token this login issued is refused from another address
+    /// (empty: any).
+    pub token_bound_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl AppRole {
+    /// Whether a login from `peer` at `now` may use this AppRole: before its `secret_id`
+    /// expires, from inside `secret_id_bound_cidrs`. An unknown peer is inside no bound.
+    pub fn admits_login(&self, peer: Option<std::net::IpAddr>, now: std::time::SystemTime) -> bool {
+        self.secret_id_expires_at.is_none_or(|end| now < end)
+            && within(&self.secret_id_bound_cidrs, peer)
+    }
+
+    /// Whether a token this AppRole's login issued may be used from `peer`.
+    pub fn admits_token(&self, peer: Option<std::net::IpAddr>) -> bool {
+        within(&self.token_bound_cidrs, peer)
+    }
+}
+
+/// CIDR blocks an AppRole's `secret_id_bound_cidrs` or `token_bound_cidrs` hold at most.
+pub const MAX_BOUND_CIDRS: usize = 16;
+
+/// A bound as Vault takes it: a CIDR block (`10.0.0.0/8`) or one address (`192.0.2.7`). A
+/// block with host bits set (`10.1.2.3/8`) is refused rather than silently widened or
+/// narrowed.
+pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    if text.len() > 64 {
+        return None;
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Some(ipnet::IpNet::from(ip));
+    }
+    let net = text.parse::<ipnet::IpNet>().ok()?;
+    (net.trunc() == net).then_some(net)
+}
+
+/// Whether `peer` (an IPv4-mapped IPv6 address as the IPv4 it maps) is in one of `nets`;
+/// every address is when `nets` is empty.
+fn within(nets: &[ipnet::IpNet], peer: Option<std::net::IpAddr>) -> bool {
+    if nets.is_empty() {
+        return true;
+    }
+    let Some(ip) = peer else {
+        return false;
+    };
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 impl fmt::Debug for AppRole {
@@ -145,6 +202,9 @@ impl fmt::Debug for AppRole {
         f.debug_struct("AppRole")
             .field("role_id", &self.role_id)
             .field("secret_id", &"[redacted]")
+            .field("secret_id_expires_at", &self.secret_id_expires_at)
+            .field("secret_id_bound_cidrs", &self.secret_id_bound_cidrs)
+            .field("token_bound_cidrs", &self.token_bound_cidrs)
             .finish()
     }
 }

@@ -70,6 +70,16 @@ impl SecretSource for FileSource {
         })
     }
 
+    fn list<'a>(&'a self, folder: &'a [String]) -> super::ListFuture<'a> {
+        let root = Arc::clone(&self.root);
+        let folder = folder.to_vec();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || list_blocking(&root, &folder))
+                .await
+                .unwrap_or(Err(SourceError::Unavailable(Outage::ReadTaskFailed)))
+        })
+    }
+
     fn probe(&self) -> super::ProbeFuture<'_> {
         let root = Arc::clone(&self.root);
         Box::pin(async move {
@@ -83,6 +93,48 @@ impl SecretSource for FileSource {
             }
         })
     }
+}
+
+/// The names under `root/folder…`: directories as `name/`, `name.json` and plain files as
+/// `name` — never through or to a symlink, sorted, at most [`super::MAX_LIST_ENTRIES`].
+fn list_blocking(root: &Path, folder: &[String]) -> Result<Vec<String>, SourceError> {
+    let dirs: Vec<&str> = folder.iter().map(String::as_str).collect();
+    let Some(dir) = open_dirs(root, &dirs)? else {
+        return Ok(Vec::new());
+    };
+    let unavailable = |_| SourceError::Unavailable(Outage::FileAccess);
+    let mut names = std::collections::BTreeSet::new();
+    let mut entries = rustix::fs::Dir::read_from(&dir).map_err(unavailable)?;
+    // Entries looked at, listed or not: a folder of millions costs a bounded walk.
+    let mut seen = 0usize;
+    while let Some(entry) = entries.read() {
+        let entry = entry.map_err(unavailable)?;
+        seen += 1;
+        if seen > 4 * super::MAX_LIST_ENTRIES || names.len() >= super::MAX_LIST_ENTRIES {
+            break;
+        }
+        let Ok(name) = entry.file_name().to_str() else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        let listed = match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => format!("{name}/"),
+            FileType::RegularFile => name.strip_suffix(".json").unwrap_or(name).to_owned(),
+            // Symlinks, FIFOs, sockets: nothing a read would give.
+            _ => continue,
+        };
+        // Only names a reference can hold (what a read could name).
+        let segment = listed.trim_end_matches('/');
+        if !segment.is_empty() && crate::reference::SecretPath::from_segments([segment]).is_ok() {
+            names.insert(listed);
+        }
+    }
+    Ok(names.into_iter().collect())
 }
 
 fn read_blocking(root: &Path, request: &ReadRequest) -> Result<Secret, SourceError> {

@@ -278,7 +278,21 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
     /// Closes the idle keep-alive connections to the backend (a purge of the source's cache:
     /// their read buffers may still hold what was purged).
     fn close_connections(&self) {}
+    /// The names directly under the folder `folder` (segments; empty: the source's root),
+    /// as Vault's `LIST` gives them: a secret as its name, a folder as `name/`. At most
+    /// [`MAX_LIST_ENTRIES`]; a missing folder is an empty list. Sources that cannot list
+    /// answer `Unsupported` (the default). Called only after the policy says the caller may
+    /// read something under `folder` (the broker's `SecretList` read).
+    fn list<'a>(&'a self, _folder: &'a [String]) -> ListFuture<'a> {
+        Box::pin(async { Err(SourceError::Unsupported("this source cannot list")) })
+    }
 }
+
+/// Names one `LIST` of a source gives at most (the rest are not listed).
+pub const MAX_LIST_ENTRIES: usize = 1000;
+
+pub type ListFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<String>, SourceError>> + Send + 'a>>;
 
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;
 pub type VerifyFuture<'a> = Pin<Box<dyn Future<Output = Vec<(bool, String)>> + Send + 'a>>;

@@ -373,6 +373,14 @@ impl SecretSource for VaultSource {
                 .await
         })
     }
+
+    fn list<'a>(&'a self, folder: &'a [String]) -> super::ListFuture<'a> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            self.authorized(|token| async move { inner.list_once(folder, &token).await })
+                .await
+        })
+    }
 }
 
 impl VaultSource {
@@ -746,6 +754,62 @@ impl Inner {
             self.http.carried(s.meta().ttl);
         }
         secret
+    }
+
+    /// `LIST <mount>/[metadata/]<folder>/`: the names Vault gives, those a reference can hold,
+    /// at most [`super::MAX_LIST_ENTRIES`]; Vault's 404 (nothing there) is an empty list.
+    async fn list_once(
+        &self,
+        folder: &[String],
+        token: &SecretString,
+    ) -> Result<Vec<String>, SourceError> {
+        let token = secret_string(token.expose_secret());
+        let kv = self.kv_version(&token).await?;
+        let mut url = self.url(&self.mount)?;
+        {
+            let mut segs = url
+                .path_segments_mut()
+                .map_err(|_| SourceError::Invalid("the path does not form a URL"))?;
+            if kv == 2 {
+                segs.push("metadata");
+            }
+            for s in folder {
+                segs.push(s);
+            }
+            // A trailing slash: the folder.
+            segs.push("");
+        }
+        url.query_pairs_mut().append_pair("list", "true");
+        let body = match self
+            .call(reqwest::Method::GET, url, Some(&token), None)
+            .await
+        {
+            Err(SourceError::NotFound) => return Ok(Vec::new()),
+            other => other?,
+        };
+        #[derive(Deserialize)]
+        struct Listed {
+            data: ListedKeys,
+        }
+        #[derive(Deserialize)]
+        struct ListedKeys {
+            #[serde(default)]
+            keys: Vec<String>,
+        }
+        let listed: Listed = serde_json::from_slice(&body)
+            .map_err(|_| SourceError::Malformed("not a Vault LIST answer"))?;
+        Ok(listed
+            .data
+            .keys
+            .into_iter()
+            .filter(|k| {
+                let segment = k.strip_suffix('/').unwrap_or(k);
+                !segment.is_empty()
+                    && !segment.contains('/')
+                    && crate::reference::SecretPath::from_segments([segment]).is_ok()
+            })
+            .take(super::MAX_LIST_ENTRIES)
+            .collect())
     }
 
     /// The KV version of the mount: configured, or asked once (`sys/internal/ui/mounts`).

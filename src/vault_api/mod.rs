@@ -43,6 +43,8 @@ pub struct VaultApiState {
     /// `[vault_api.jwt]`: the keys JWT and Kubernetes logins are verified with (none: both
     /// logins are refused).
     pub jwt: Option<jwt::JwtKeys>,
+    /// `[vault_api.kubernetes]`: the Kubernetes login's own keys; absent, it uses `jwt`'s.
+    pub kubernetes: Option<jwt::JwtKeys>,
 }
 
 /// The router: one handler, since Vault's paths are a tree of mounts rather than routes.
@@ -276,7 +278,21 @@ async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
             return denied();
         }
     };
-    issue(state, &snapshot, index, crate::identity::Login::Cert).await
+    // The token carries the pin or issuer ACL that identified the certificate: it dies when
+    // that is removed.
+    let cert = peer.and_then(|p| p.certificate.as_deref());
+    let to = cert.and_then(|cert| {
+        let consumer = &snapshot.policy().consumers[index];
+        crate::identity::Login::of_certificate(consumer, cert, SystemTime::now()).map(|login| {
+            crate::identity::IssuedTo {
+                consumer: consumer.name.clone(),
+                team: consumer.team.clone(),
+                origin: consumer.origin,
+                login,
+            }
+        })
+    });
+    issue_to(state, &snapshot, index, to, None).await
 }
 
 /// What `auth/approle/login` takes (Vault's names). The `secret_id` is held in a zeroizing
@@ -315,11 +331,29 @@ async fn approle_login(state: &VaultApiState, peer: Option<&Peer>, body: Body) -
         Err(refused) => return refused,
     };
     let snapshot = state.broker.policy();
+    let now = SystemTime::now();
+    let peer_ip = peer.map(|p| p.addr.ip());
+    // The role and secret first, then the secret's bounds — an expired `secret_id` or one
+    // presented from outside `secret_id_bound_cidrs` is refused like a wrong one.
     let found = snapshot
         .identities()
-        .by_approle(&login.role_id, login.secret_id.0.expose_secret());
+        .by_approle(&login.role_id, login.secret_id.0.expose_secret())
+        .and_then(|i| {
+            let role = snapshot.policy().consumers[i].approle.as_ref()?;
+            role.admits_login(peer_ip, now)
+                .then_some((i, role.secret_id_expires_at))
+        });
     match found {
-        Some(index) => issue(state, &snapshot, index, crate::identity::Login::AppRole).await,
+        Some((index, until)) => {
+            issue_until(
+                state,
+                &snapshot,
+                index,
+                crate::identity::Login::AppRole,
+                until,
+            )
+            .await
+        }
         None => {
             let _ = state
                 .broker
@@ -354,7 +388,14 @@ async fn jwt_login(
     };
     let snapshot = state.broker.policy();
     let consumers = &snapshot.policy().consumers;
-    let found = state.jwt.as_ref().and_then(|keys| {
+    // Each login its own keys when the operator separated them: a token of the JWT issuer is
+    // never a service-account token, nor the reverse.
+    let keys = if kubernetes {
+        state.kubernetes.as_ref().or(state.jwt.as_ref())
+    } else {
+        state.jwt.as_ref()
+    };
+    let found = keys.and_then(|keys| {
         // The token first, whatever the role: a missing role costs the same work.
         let claims = keys.verify(login.jwt.0.expose_secret())?;
         let sub = claims.sub.as_deref();
@@ -365,12 +406,13 @@ async fn jwt_login(
                 "system:serviceaccount:{}:{}",
                 k.namespace, k.service_account
             );
-            (claims.for_audience(&k.audience) && sub == Some(want.as_str())).then_some(i)
+            (claims.for_audience(&k.audience) && sub == Some(want.as_str()))
+                .then_some((i, claims.expires_at()))
         } else {
             let i = snapshot.identities().by_jwt_role(&login.role)?;
             let j = consumers[i].jwt.as_ref()?;
             let audience = j.bound_audiences.iter().any(|a| claims.for_audience(a));
-            (audience && sub == Some(j.bound_subject.as_str())).then_some(i)
+            (audience && sub == Some(j.bound_subject.as_str())).then_some((i, claims.expires_at()))
         }
     });
     let login_kind = if kubernetes {
@@ -379,7 +421,8 @@ async fn jwt_login(
         crate::identity::Login::Jwt
     };
     match found {
-        Some(index) => issue(state, &snapshot, index, login_kind).await,
+        // The token issued never outlives the JWT that got it.
+        Some((index, until)) => issue_until(state, &snapshot, index, login_kind, Some(until)).await,
         None => {
             let code = if kubernetes {
                 "kubernetes_refused"
@@ -395,17 +438,40 @@ async fn jwt_login(
     }
 }
 
-/// A token for the consumer at `index` of `snapshot`'s policy, in Vault's login answer.
-async fn issue(
+/// A token for the consumer at `index` by `login`, its lifetime cut to end by `until` (what the login was valid until:
+/// a `secret_id`'s expiry, a JWT's `exp`) — a token never outlives the credential that got it.
+async fn issue_until(
     state: &VaultApiState,
     snapshot: &Arc<crate::identity::Snapshot>,
     index: usize,
     login: crate::identity::Login,
+    until: Option<SystemTime>,
 ) -> Response {
+    let to = crate::identity::IssuedTo::by(&snapshot.policy().consumers[index], login);
+    issue_to(state, snapshot, index, to, until).await
+}
+
+/// A token for `to` (the consumer at `index`, by the login `to` names), in Vault's login
+/// answer, its lifetime cut to end by `until`.
+async fn issue_to(
+    state: &VaultApiState,
+    snapshot: &Arc<crate::identity::Snapshot>,
+    index: usize,
+    to: Option<crate::identity::IssuedTo>,
+    until: Option<SystemTime>,
+) -> Response {
+    let now = SystemTime::now();
+    let ttl = until.map_or(state.token_ttl, |end| {
+        let left = end.duration_since(now).unwrap_or_default();
+        state.token_ttl.min(left)
+    });
     let name = snapshot.policy().consumers[index].name.clone();
     // A token is a credential handed out: audited like a read (and refused when the trail
     // cannot be written).
     let Some(consumer) = ConsumerRef::of(Arc::clone(snapshot), &name) else {
+        return denied();
+    };
+    let Some(to) = to else {
         return denied();
     };
     if state
@@ -416,10 +482,7 @@ async fn issue(
     {
         return failed(Failure::AuditUnavailable);
     }
-    let Some(to) = crate::identity::IssuedTo::by(&snapshot.policy().consumers[index], login) else {
-        return denied();
-    };
-    let token = state.tokens.issue(&to, state.token_ttl, SystemTime::now());
+    let token = state.tokens.issue(&to, ttl, now);
     let mut body = SecretBuf::with_capacity(token.len() + 512);
     body.push_str("{\"request_id\":");
     body.push_quoted(&request_id());
@@ -429,7 +492,7 @@ async fn issue(
     body.push_quoted(&name);
     body.push_str(&format!(
         "}},\"lease_duration\":{},\"renewable\":false,\"entity_id\":\"\",\"token_type\":\"service\",\"orphan\":true}}}}",
-        state.token_ttl.as_secs()
+        ttl.as_secs()
     ));
     secret_answer(body)
 }
@@ -477,17 +540,52 @@ fn mount_info(mount: &str) -> Response {
 /// `LIST credentials/metadata/`: the names of the credentials the caller may read for its
 /// `vault_api_host` — decided as a read of each would be, so a list reveals nothing a read
 /// would not (one it may not read is absent, never a 403). Vault answers 404 for an empty
-/// list. A source mount's listing is not served (sources are not listed through keybroker).
+/// list. `LIST <source>/metadata/<folder>/`: the broker's read of a [`crate::broker::SecretList`], decided
+/// the same way; a source that cannot list (CCP, PKI, HTTP) answers 405.
 async fn list(state: &VaultApiState, caller: &Caller, mount: &str, path: &[String]) -> Response {
-    if mount != "credentials" {
-        return read_only();
-    }
     let Caller::Consumer(c) = caller else {
         return denied();
     };
     let Some(host) = c.consumer().vault_api_host.clone() else {
         return error(StatusCode::NOT_FOUND, &[]);
     };
+    if mount != "credentials" {
+        let name_ok = !mount.is_empty()
+            && mount
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let folder_ok =
+            path.is_empty() || SecretPath::from_segments(path.iter().map(String::as_str)).is_ok();
+        if !name_ok || !folder_ok {
+            return error(StatusCode::NOT_FOUND, &[]);
+        }
+        let listed = state
+            .broker
+            .read(
+                Ask::new(
+                    caller,
+                    Door::VaultApi,
+                    crate::broker::SecretList {
+                        source: mount.to_owned(),
+                        folder: path.to_vec(),
+                    },
+                )
+                .towards(Some(&host)),
+            )
+            .await;
+        return match listed {
+            Ok(None) => read_only(),
+            Ok(Some(keys)) if keys.is_empty() => error(StatusCode::NOT_FOUND, &[]),
+            Ok(Some(keys)) => json_answer(
+                StatusCode::OK,
+                &json!({
+                    "request_id": request_id(), "lease_id": "", "renewable": false, "lease_duration": 0,
+                    "data": { "keys": keys }, "wrap_info": null, "warnings": null, "auth": null,
+                }),
+            ),
+            Err(f) => failed(f),
+        };
+    }
     if !path.is_empty() {
         // Credential names are flat: nothing lies under one.
         return error(StatusCode::NOT_FOUND, &[]);
