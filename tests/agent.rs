@@ -644,7 +644,7 @@ async fn three_outputs_changing_together_reload_nginx_once() {
         );
         for d in dirs {
             text.push_str(&format!(
-                "[[output]]\ncredential = \"partner-api\"\nhost = \"api.partner.example\"\ndir = \"{d}\"\nreload = {}\n",
+                "[[output]]\ncredential = \"partner-api\"\nhost = \"api.partner.example\"\ndir = \"{d}\"\nfiles = [\"cert.pem\", \"key.pem\"]\nreload = {}\n",
                 toml_argv(reload)
             ));
         }
@@ -753,6 +753,7 @@ wait = "300s"
 credential = "partner-api"
 host = "api.partner.example"
 dir = "certs"
+files = ["cert.pem", "key.pem"]
 reload = {reload}
 [[template]]
 source = "app.conf.in"
@@ -862,6 +863,7 @@ wait = "300s"
 credential = "partner-api"
 host = "api.partner.example"
 dir = "certs"
+files = ["cert.pem", "key.pem"]
 [[template]]
 source = "app.conf.in"
 destination = "conf/app.conf"
@@ -873,6 +875,17 @@ reload = {reload}
         ),
     )
     .unwrap();
+    // The server may hold the good pair of `world` for its 1 s cache TTL: wait until it
+    // refuses (`--once` exits 1, writing nothing), so the agent starts refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.agent_once(&config).0 != Some(1) {
+        assert!(Instant::now() < deadline, "the mismatched pair was served");
+        std::fs::remove_dir_all(root.join("certs")).ok();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    std::fs::remove_dir_all(root.join("certs")).ok();
+    std::fs::remove_dir_all(root.join("conf")).unwrap();
+    std::fs::remove_file(&template_reloads).unwrap();
     let agent = Agent::start(&root, &config, "agent-ops").await;
     let mut answers = Vec::new();
     // Refused: alive, not ready (which output, why), counted by cause.

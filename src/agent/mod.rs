@@ -504,13 +504,16 @@ impl Agent {
 
     /// When the next held reload may run.
     fn next_reload(&self) -> Option<Instant> {
-        self.pending.keys().map(|argv| self.allowed_at(argv)).min()
+        let now = Instant::now();
+        self.pending
+            .keys()
+            .map(|argv| self.allowed_at(argv).unwrap_or(now))
+            .min()
     }
 
-    fn allowed_at(&self, argv: &[String]) -> Instant {
-        self.last_reload
-            .get(argv)
-            .map_or_else(Instant::now, |t| *t + self.min_interval)
+    /// When `argv` may run again; `None`: now (it never ran).
+    fn allowed_at(&self, argv: &[String]) -> Option<Instant> {
+        self.last_reload.get(argv).map(|t| *t + self.min_interval)
     }
 
     /// Runs every reload command with written changes whose `reload_min_interval` has passed
@@ -520,7 +523,7 @@ impl Agent {
         let due: Vec<Vec<String>> = self
             .pending
             .keys()
-            .filter(|argv| force || self.allowed_at(argv) <= now)
+            .filter(|argv| force || self.allowed_at(argv).is_none_or(|at| at <= now))
             .cloned()
             .collect();
         for argv in due {
