@@ -832,6 +832,37 @@ reload = {reload}
         Some(2.0)
     );
     assert_eq!(lines(&count).len(), 2, "one reload for both changes");
+
+    // A change held back when the agent is told to stop is reloaded before it exits: after a
+    // restart its files would be current, and the gateway would never be told.
+    let before = std::fs::read_to_string(root.join("certs/cert.pem")).unwrap();
+    put_partner(&w.bao, &w.partner, "gateway-v3");
+    agent
+        .until(30, "the third certificate held", || async {
+            std::fs::read_to_string(root.join("certs/cert.pem")).unwrap() != before
+                && agent.metric("keybroker_agent_reloads_pending").await == Some(1.0)
+        })
+        .await;
+    assert_eq!(lines(&count).len(), 2);
+    let mut agent = agent;
+    let pid = agent.child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), agent.child.wait())
+        .await
+        .expect("the agent stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        lines(&count).len(),
+        3,
+        "the held reload ran before the agent exited"
+    );
 }
 
 /// `/healthz`, `/readyz` and `/metrics` follow a failing pass (the server refuses a
@@ -885,7 +916,7 @@ reload = {reload}
     }
     std::fs::remove_dir_all(root.join("certs")).ok();
     std::fs::remove_dir_all(root.join("conf")).unwrap();
-    std::fs::remove_file(&template_reloads).unwrap();
+    std::fs::remove_file(&template_reloads).ok();
     let agent = Agent::start(&root, &config, "agent-ops").await;
     let mut answers = Vec::new();
     // Refused: alive, not ready (which output, why), counted by cause.

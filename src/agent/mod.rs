@@ -208,8 +208,13 @@ pub async fn once(cfg: &AgentConfig) -> Result<Vec<Pass>, FetchError> {
         .collect())
 }
 
-/// Keeps every output and template current until the process is stopped.
-pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
+/// Keeps every output and template current until `stop` completes; then runs the reloads
+/// `reload_min_interval` holds back (their files are written already) and returns.
+pub async fn run(
+    cfg: AgentConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    let mut stop = std::pin::pin!(stop);
     let state = Arc::new(ops::State::new(&cfg));
     if let Some(addr) = cfg.ops_listen {
         let listener = ops::bind(addr)
@@ -227,7 +232,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
     agent.sweep(&client, &all).await;
     if n == 0 {
         // Nothing to keep (ops_listen may still answer): wait to be stopped.
-        std::future::pending::<()>().await;
+        stop.await;
+        return Ok(());
     }
     let mut watching = tokio::task::JoinSet::new();
     // The blocking query in flight for each item; a result from any other task (one aborted
@@ -250,6 +256,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
         let joined = tokio::select! {
             j = watching.join_next_with_id() => j,
             () = sleep_until(deadline) => continue,
+            () = &mut stop => {
+                // Files written but not yet reloaded would otherwise wait for the next
+                // change after a restart (they are current then): reload them now.
+                watching.abort_all();
+                agent.reload_due(true).await;
+                return Ok(());
+            }
         };
         let (id, got) = match joined {
             None => continue,
