@@ -1041,3 +1041,60 @@ fn a_non_loopback_ops_listen_is_refused_at_load() {
         assert!(!dir.path().join("certs").exists());
     }
 }
+
+/// A template whose reload fails is put back like an output's files: the previous content
+/// is written back over the destination, and `--once` exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templates_failing_reload_puts_its_previous_content_back() {
+    let w = world().await;
+    let root = w.dir.path().to_owned();
+    put_canary(&w.bao, "first");
+    std::fs::write(
+        root.join("app.conf.in"),
+        "token $SECRET_vault:app/canary $KEY_v\n",
+    )
+    .unwrap();
+    let config = |reload: &[String]| {
+        let path = root.join("agent-template.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nurl = \"https://localhost:{}\"\nca_cert = \"ca.pem\"\ntoken_file = \"token\"\n[[template]]\nsource = \"app.conf.in\"\ndestination = \"conf/app.conf\"\nhost = \"api.partner.example\"\nreload = {}\n",
+                w.server_port,
+                toml_argv(reload)
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (code, stderr) = w.agent_once(&config(&["true".to_owned()]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let destination = root.join("conf/app.conf");
+    assert_eq!(
+        std::fs::read_to_string(&destination).unwrap(),
+        "token first\n"
+    );
+    put_canary(&w.bao, "second");
+    let failing = config(&["false".to_owned()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The server's cache (1 s TTL) may still expand `first` for a moment.
+        let (code, stderr) = w.agent_once(&failing);
+        if stderr.contains("reload failed") {
+            assert_eq!(code, Some(1), "{stderr}");
+            assert!(stderr.contains("put back"), "{stderr}");
+            assert!(!stderr.contains("second"), "the value leaked: {stderr}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failing reload never ran: {stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&destination).unwrap(),
+        "token first\n",
+        "the previous content is back"
+    );
+}

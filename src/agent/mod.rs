@@ -448,7 +448,15 @@ impl Agent {
                     return;
                 };
                 match write_template(t, &document) {
-                    Ok(undo) => {
+                    Ok(None) => {
+                        self.ops.written(i, None);
+                        self.watches[i].etag = etag;
+                        if !self.is_pending(i) {
+                            self.done(i);
+                        }
+                        return;
+                    }
+                    Ok(Some(undo)) => {
                         self.ops.written(i, None);
                         Written {
                             item: i,
@@ -691,16 +699,21 @@ fn write_output(o: &config::Output, mut material: Material) -> Result<Wrote, Cau
     })
 }
 
-/// Writes a template's expansion over its destination (atomically), keeping what was there.
-fn write_template(t: &config::Template, document: &SecretString) -> Result<Undo, Cause> {
+/// Writes a template's expansion over its destination (atomically), keeping what was there;
+/// `None` when the destination holds it already (no write, no reload).
+fn write_template(t: &config::Template, document: &SecretString) -> Result<Option<Undo>, Cause> {
     let mode = config::parse_mode(&t.mode).unwrap_or(0o600);
     let previous = files::read_previous(&t.destination);
-    match files::write_file(&t.destination, document.expose_secret().as_bytes(), mode) {
-        Ok(()) => Ok(Undo::Template {
+    let text = document.expose_secret().as_bytes();
+    if previous.as_deref().is_some_and(|p| p.as_slice() == text) {
+        return Ok(None);
+    }
+    match files::write_file(&t.destination, text, mode) {
+        Ok(()) => Ok(Some(Undo::Template {
             path: t.destination.clone(),
             previous,
             mode,
-        }),
+        })),
         Err(e) => {
             tracing::error!(error = %e, "cannot write the template's destination");
             Err(Cause::Io)
