@@ -179,6 +179,8 @@ struct Written {
     item: usize,
     etag: Option<String>,
     undo: Undo,
+    /// The certificate validity `ops_listen` showed before (shown again on a rollback).
+    before: Option<(i64, i64)>,
 }
 
 /// The agent: its items, their state, the reloads waiting to run.
@@ -433,11 +435,13 @@ impl Agent {
                         return;
                     }
                     Ok(Wrote::New { undo, validity }) => {
+                        let before = self.ops.validity(i);
                         self.ops.written(i, validity);
                         Written {
                             item: i,
                             etag,
                             undo,
+                            before,
                         }
                     }
                     Err(cause) => return self.failed(i, cause),
@@ -462,6 +466,7 @@ impl Agent {
                             item: i,
                             etag,
                             undo,
+                            before: None,
                         }
                     }
                     Err(cause) => return self.failed(i, cause),
@@ -615,6 +620,9 @@ impl Agent {
             }
             // Fetched again (after the back-off): a fixed gateway then gets the change.
             self.watches[w.item].etag = None;
+            if w.before.is_some() {
+                self.ops.written(w.item, w.before);
+            }
             self.failed(w.item, Cause::Reload);
         }
         if put_back {

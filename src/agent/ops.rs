@@ -257,6 +257,12 @@ impl State {
         }
     }
 
+    /// The validity `ops_listen` shows for item `i`'s certificate.
+    pub(super) fn validity(&self, i: usize) -> Option<(i64, i64)> {
+        let items = self.items.lock().unwrap_or_else(PoisonError::into_inner);
+        items.get(i).and_then(|item| item.validity)
+    }
+
     /// Item `i`'s pass ended well.
     pub(super) fn pass_ok(&self, i: usize) {
         self.passes.inc();
