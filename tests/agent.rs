@@ -974,6 +974,49 @@ reload = {reload}
     answers.push(agent.get("/readyz").await.1);
     answers.push(agent.get("/metrics").await.1);
 
+    // A certificate past 90 % of its life (valid, not expired): not ready, saying which and
+    // why, and its exact not_after exported.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (not_before, not_after) = (now - 9 * 86_400, now + 86_400);
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let old = w
+            .partner
+            .client_valid(dir.path(), "old", "gateway-old", not_before, not_after);
+        w.bao.cli(&[
+            "kv",
+            "put",
+            "-mount=secret",
+            "tls/partner",
+            &format!("cert={}", old.cert_pem),
+            &format!("key={}", old.key_pem),
+        ]);
+    }
+    agent
+        .until(30, "not ready at 90 % of life", || async {
+            agent.get("/readyz").await.0 == 503
+        })
+        .await;
+    let (_, body) = agent.get("/readyz").await;
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        ready["outputs"][0]["why"], "past_90_percent_of_life",
+        "{body}"
+    );
+    assert_eq!(ready["outputs"][0]["not_after"], not_after, "{body}");
+    assert_eq!(agent.metric(&expiry).await, Some(not_after as f64));
+    answers.push(body);
+    // Renewed: ready again.
+    put_partner(&w.bao, &w.partner, "gateway-v3");
+    agent
+        .until(30, "ready after the renewal", || async {
+            agent.get("/readyz").await.0 == 200
+        })
+        .await;
+
     // A template change reloads the template's command.
     put_canary(&w.bao, &format!("{CANARY}-2"));
     agent
