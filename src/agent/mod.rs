@@ -231,7 +231,16 @@ pub async fn run(
     let mut agent = Agent::new(&cfg, state);
     let n = agent.items.len();
     let all: Vec<usize> = (0..n).collect();
-    agent.sweep(&client, &all).await;
+    // A sweep waits for the server (up to the client's timeout) and is stopped by `stop`
+    // too; it applies nothing until every answer is in, so stopping it writes nothing.
+    let stopped = tokio::select! {
+        () = agent.sweep(&client, &all) => false,
+        () = &mut stop => true,
+    };
+    if stopped {
+        agent.reload_due(true).await;
+        return Ok(());
+    }
     if n == 0 {
         // Nothing to keep (ops_listen may still answer): wait to be stopped.
         stop.await;
@@ -293,7 +302,14 @@ pub async fn run(
                 })
                 .collect();
             agent.apply(i, got);
-            agent.sweep(&client, &others).await;
+            let stopped = tokio::select! {
+                () = agent.sweep(&client, &others) => false,
+                () = &mut stop => true,
+            };
+            if stopped {
+                agent.reload_due(true).await;
+                return Ok(());
+            }
         } else {
             agent.apply(i, got);
         }
