@@ -73,6 +73,11 @@ team = "edge"
 allowed_hosts = ["api.partner.example"]
 client_certificate = "$SECRET_vault:tls/partner $KEY_cert"
 client_private_key = "$SECRET_vault:tls/partner $KEY_key"
+[[grant]]
+team = "edge"
+source = "vault"
+paths = ["app/*"]
+allowed_hosts = ["api.partner.example"]
 "#,
             token_sha256(GW)
         ),
@@ -475,4 +480,664 @@ async fn a_mismatched_pair_is_refused_at_the_agents_door_too() {
     assert!(stderr.contains("credential_rejected"), "{stderr}");
     let key_line = other.key_pem.lines().nth(1).unwrap();
     assert!(!stderr.contains(key_line), "no key text in the agent's log");
+}
+
+// ---- A fleet an operator can run: ops_listen, reload batching, reload_min_interval ----
+
+/// A distinctive value that must never leave the template it is expanded into.
+const CANARY: &str = "KB-CANARY-5d1e0a77-ops-must-never-show-this";
+
+/// `app/canary` holds `v = value`.
+fn put_canary(bao: &OpenBao, value: &str) {
+    bao.cli(&[
+        "kv",
+        "put",
+        "-mount=secret",
+        "app/canary",
+        &format!("v={value}"),
+    ]);
+}
+
+/// A mismatched pair (the key of another certificate): the server refuses the credential.
+fn put_mismatched(bao: &OpenBao, partner: &Ca) {
+    let dir = tempfile::tempdir().unwrap();
+    let one = partner.client(dir.path(), "one", "one");
+    let other = partner.client(dir.path(), "other", "other");
+    bao.cli(&[
+        "kv",
+        "put",
+        "-mount=secret",
+        "tls/partner",
+        &format!("cert={}", one.cert_pem),
+        &format!("key={}", other.key_pem),
+    ]);
+}
+
+/// A TOML array of `argv`.
+fn toml_argv(argv: &[String]) -> String {
+    let items = argv
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("[{items}]")
+}
+
+/// A reload command that appends a line (the time, in seconds) to `count` and then runs
+/// `then` (e.g. nginx's reload): counts the reloads of a real gateway.
+fn counting(count: &Path, then: &[String]) -> Vec<String> {
+    let mut script = format!("date +%s.%N >> '{}'", count.display());
+    if !then.is_empty() {
+        script.push_str(" && exec");
+        for a in then {
+            script.push_str(&format!(" '{a}'"));
+        }
+    }
+    vec!["sh".to_owned(), "-c".to_owned(), script]
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A running `keybroker agent` with `ops_listen`, its log in `log`.
+struct Agent {
+    child: tokio::process::Child,
+    log: PathBuf,
+    ops: u16,
+}
+
+impl Agent {
+    /// Starts the agent on `config` and waits for it to say where `ops_listen` is.
+    async fn start(root: &Path, config: &Path, name: &str) -> Self {
+        let log = root.join(format!("{name}.log"));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args(["agent", "--config", config.to_str().unwrap()])
+            .current_dir(root)
+            .env("RUST_LOG", "trace")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ops = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            // JSON lines (stderr is no terminal): `"ops_listen":"127.0.0.1:<port>"`.
+            let at = "\"ops_listen\":\"127.0.0.1:";
+            if let Some(i) = text.find(at) {
+                let port: String = text[i + at.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                break port.parse().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not say where ops_listen is:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Self { child, log, ops }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}{path}", self.ops))
+            .send()
+            .await
+            .expect("ops_listen answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    /// The value of the series `series` (name and labels as exposed), if exposed.
+    async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").await;
+        metric_in(&text, series)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `what` until it holds, failing with the agent's log after `secs`.
+    async fn until<F, Fut>(&self, secs: u64, what: &str, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond().await {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen within {secs} s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Three outputs of a rotating credential change together: `--once` writes them and reloads
+/// once, and the long-running agent writes all three in one pass and reloads the real nginx
+/// in front of the upstream once — not three times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_outputs_changing_together_reload_nginx_once() {
+    let mut w = world().await;
+    let root = w.dir.path().to_owned();
+    let count = root.join("reloads.log");
+    let dirs = ["certs", "certs2", "certs3"];
+    let server_port = w.server_port;
+    let config = |reload: &[String]| {
+        let mut text = format!(
+            "ops_listen = \"127.0.0.1:0\"\n[server]\nurl = \"https://localhost:{server_port}\"\nca_cert = \"ca.pem\"\ntoken_file = \"token\"\nwait = \"300s\"\n"
+        );
+        for d in dirs {
+            text.push_str(&format!(
+                "[[output]]\ncredential = \"partner-api\"\nhost = \"api.partner.example\"\ndir = \"{d}\"\nfiles = [\"cert.pem\", \"key.pem\"]\nreload = {}\n",
+                toml_argv(reload)
+            ));
+        }
+        let path = root.join("agent-three.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // --once: three outputs written, one reload.
+    let (code, stderr) = w.agent_once(&config(&counting(&count, &[])));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        lines(&count).len(),
+        1,
+        "--once reloads once for three outputs"
+    );
+
+    w.start_nginx();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let first = w.through_nginx(&client).await.expect("nginx answers");
+    assert!(first.contains("CN=gateway-v1"), "{first}");
+    let config = config(&counting(&count, &w.nginx_reload()));
+    let agent = Agent::start(&root, &config, "agent-three").await;
+    // The files in place are current: ready, and no reload for them.
+    agent
+        .until(30, "ready", || async {
+            agent.get("/readyz").await.0 == 200
+        })
+        .await;
+    assert_eq!(
+        agent.metric("keybroker_agent_passes_total").await,
+        Some(3.0)
+    );
+    assert_eq!(lines(&count).len(), 1);
+
+    let before = std::fs::read_to_string(root.join("certs/cert.pem")).unwrap();
+    put_partner(&w.bao, &w.partner, "gateway-v2");
+    agent
+        .until(60, "the rotation through nginx", || async {
+            w.through_nginx(&client)
+                .await
+                .unwrap_or_default()
+                .contains("CN=gateway-v2")
+        })
+        .await;
+    // The pass that wrote them counts each output once it is over, reload included.
+    agent
+        .until(30, "the rotation's pass", || async {
+            agent.metric("keybroker_agent_passes_total").await >= Some(6.0)
+        })
+        .await;
+    for d in dirs {
+        let now = std::fs::read_to_string(root.join(d).join("cert.pem")).unwrap();
+        assert_ne!(now, before, "{d} kept the old certificate");
+    }
+    assert_eq!(
+        lines(&count).len(),
+        2,
+        "three outputs changing together reloaded nginx more than once:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        agent
+            .metric("keybroker_agent_reloads_total{outcome=\"ok\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        agent
+            .metric("keybroker_agent_reload_duration_seconds_count")
+            .await,
+        Some(1.0)
+    );
+}
+
+/// `reload_min_interval`: a change arriving within the interval after a reload is written at
+/// once, and its reload waits; the changes of an output and a template meanwhile are reloaded
+/// together, once, when the interval has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_min_interval_holds_reloads_back_and_batches_the_changes_in_between() {
+    const INTERVAL: f64 = 15.0;
+    let w = world().await;
+    let root = w.dir.path().to_owned();
+    put_canary(&w.bao, "first");
+    std::fs::write(
+        root.join("app.conf.in"),
+        "token $SECRET_vault:app/canary $KEY_v\n",
+    )
+    .unwrap();
+    let count = root.join("reloads.log");
+    let reload = toml_argv(&counting(&count, &[]));
+    let config = root.join("agent-interval.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"ops_listen = "127.0.0.1:0"
+reload_min_interval = "{INTERVAL}s"
+[server]
+url = "https://localhost:{port}"
+ca_cert = "ca.pem"
+token_file = "token"
+wait = "300s"
+[[output]]
+credential = "partner-api"
+host = "api.partner.example"
+dir = "certs"
+files = ["cert.pem", "key.pem"]
+reload = {reload}
+[[template]]
+source = "app.conf.in"
+destination = "conf/app.conf"
+host = "api.partner.example"
+reload = {reload}
+"#,
+            port = w.server_port
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&root, &config, "agent-interval").await;
+    // The first pass writes both and reloads once.
+    agent
+        .until(30, "the first reload", || async {
+            !lines(&count).is_empty()
+        })
+        .await;
+    agent
+        .until(30, "ready", || async {
+            agent.get("/readyz").await.0 == 200
+        })
+        .await;
+    assert_eq!(
+        lines(&count).len(),
+        1,
+        "an output and a template: one reload"
+    );
+    let t0: f64 = lines(&count)[0].parse().unwrap();
+    let started = Instant::now();
+
+    let before = std::fs::read_to_string(root.join("certs/cert.pem")).unwrap();
+    put_partner(&w.bao, &w.partner, "gateway-v2");
+    agent
+        .until(30, "the new certificate written", || async {
+            std::fs::read_to_string(root.join("certs/cert.pem")).unwrap() != before
+        })
+        .await;
+    put_canary(&w.bao, "second");
+    agent
+        .until(30, "the template rewritten", || async {
+            std::fs::read_to_string(root.join("conf/app.conf"))
+                .unwrap()
+                .contains("second")
+        })
+        .await;
+    assert!(
+        started.elapsed().as_secs_f64() < INTERVAL - 1.0,
+        "the changes took longer than the interval to arrive: nothing to conclude"
+    );
+    assert_eq!(
+        lines(&count).len(),
+        1,
+        "reloaded before reload_min_interval passed:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        agent.metric("keybroker_agent_reloads_pending").await,
+        Some(1.0)
+    );
+    // The held reload runs once, for both, when the interval has passed.
+    agent
+        .until(60, "the held reload", || async { lines(&count).len() >= 2 })
+        .await;
+    let t1: f64 = lines(&count)[1].parse().unwrap();
+    assert!(t1 - t0 >= INTERVAL - 0.5, "reloads {t0} and {t1}");
+    agent
+        .until(10, "the pending reload cleared", || async {
+            agent.metric("keybroker_agent_reloads_pending").await == Some(0.0)
+        })
+        .await;
+    assert_eq!(
+        agent
+            .metric("keybroker_agent_reloads_total{outcome=\"ok\"}")
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(lines(&count).len(), 2, "one reload for both changes");
+
+    // A change held back when the agent is told to stop is reloaded before it exits: after a
+    // restart its files would be current, and the gateway would never be told.
+    let before = std::fs::read_to_string(root.join("certs/cert.pem")).unwrap();
+    put_partner(&w.bao, &w.partner, "gateway-v3");
+    agent
+        .until(30, "the third certificate held", || async {
+            std::fs::read_to_string(root.join("certs/cert.pem")).unwrap() != before
+                && agent.metric("keybroker_agent_reloads_pending").await == Some(1.0)
+        })
+        .await;
+    assert_eq!(lines(&count).len(), 2);
+    let mut agent = agent;
+    let pid = agent.child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), agent.child.wait())
+        .await
+        .expect("the agent stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        lines(&count).len(),
+        3,
+        "the held reload ran before the agent exited"
+    );
+}
+
+/// `/healthz`, `/readyz` and `/metrics` follow a failing pass (the server refuses a
+/// mismatched pair) and its recovery; a template reloads its own command on a change; and
+/// nothing the ops listener answers, nor any log line, carries a value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_listen_follows_a_failing_pass_and_its_recovery_and_never_serves_a_value() {
+    let w = world().await;
+    let root = w.dir.path().to_owned();
+    put_mismatched(&w.bao, &w.partner);
+    put_canary(&w.bao, CANARY);
+    std::fs::write(
+        root.join("app.conf.in"),
+        "token $SECRET_vault:app/canary $KEY_v\n",
+    )
+    .unwrap();
+    let template_reloads = root.join("template-reloads.log");
+    let config = root.join("agent-ops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"ops_listen = "127.0.0.1:0"
+[server]
+url = "https://localhost:{port}"
+ca_cert = "ca.pem"
+token_file = "token"
+wait = "300s"
+[[output]]
+credential = "partner-api"
+host = "api.partner.example"
+dir = "certs"
+files = ["cert.pem", "key.pem"]
+[[template]]
+source = "app.conf.in"
+destination = "conf/app.conf"
+host = "api.partner.example"
+reload = {reload}
+"#,
+            port = w.server_port,
+            reload = toml_argv(&counting(&template_reloads, &[]))
+        ),
+    )
+    .unwrap();
+    // The server may hold the good pair of `world` for its 1 s cache TTL: wait until it
+    // refuses (`--once` exits 1, writing nothing), so the agent starts refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.agent_once(&config).0 != Some(1) {
+        assert!(Instant::now() < deadline, "the mismatched pair was served");
+        std::fs::remove_dir_all(root.join("certs")).ok();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    std::fs::remove_dir_all(root.join("certs")).ok();
+    std::fs::remove_dir_all(root.join("conf")).unwrap();
+    std::fs::remove_file(&template_reloads).ok();
+    let agent = Agent::start(&root, &config, "agent-ops").await;
+    let mut answers = Vec::new();
+    // Refused: alive, not ready (which output, why), counted by cause.
+    agent
+        .until(30, "the refusal counted", || async {
+            agent
+                .metric("keybroker_agent_failures_total{cause=\"refused\"}")
+                .await
+                >= Some(1.0)
+        })
+        .await;
+    let (status, body) = agent.get("/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    answers.push(body);
+    let (status, body) = agent.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], false);
+    assert_eq!(ready["outputs"][0]["credential"], "partner-api");
+    assert_eq!(ready["outputs"][0]["why"], "not_written");
+    assert_eq!(ready["outputs"][0]["last_failure"], "refused");
+    assert_eq!(ready["templates"][0]["ready"], true, "{body}");
+    answers.push(body);
+    let failing = format!(
+        "keybroker_agent_output_failing{{credential=\"partner-api\",dir=\"{}\"}}",
+        root.join("certs").display()
+    );
+    assert_eq!(agent.metric(&failing).await, Some(1.0));
+    answers.push(agent.get("/metrics").await.1);
+    // The template's value reached its file (the canary is real), and its reload ran.
+    assert!(
+        std::fs::read_to_string(root.join("conf/app.conf"))
+            .unwrap()
+            .contains(CANARY)
+    );
+    agent
+        .until(10, "the template's reload", || async {
+            lines(&template_reloads).len() == 1
+        })
+        .await;
+
+    // Fixed: the agent's back-off ends, the files are written, everything recovers.
+    let key_line = put_partner(&w.bao, &w.partner, "gateway-v2");
+    agent
+        .until(90, "ready", || async {
+            agent.get("/readyz").await.0 == 200
+        })
+        .await;
+    assert_eq!(agent.metric(&failing).await, Some(0.0));
+    let expiry = format!(
+        "keybroker_agent_certificate_expiry_timestamp_seconds{{credential=\"partner-api\",dir=\"{}\"}}",
+        root.join("certs").display()
+    );
+    assert!(agent.metric(&expiry).await.is_some_and(|t| t > 1.7e9));
+    answers.push(agent.get("/readyz").await.1);
+    answers.push(agent.get("/metrics").await.1);
+
+    // A certificate past 90 % of its life (valid, not expired): not ready, saying which and
+    // why, and its exact not_after exported.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (not_before, not_after) = (now - 9 * 86_400, now + 86_400);
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let old = w
+            .partner
+            .client_valid(dir.path(), "old", "gateway-old", not_before, not_after);
+        w.bao.cli(&[
+            "kv",
+            "put",
+            "-mount=secret",
+            "tls/partner",
+            &format!("cert={}", old.cert_pem),
+            &format!("key={}", old.key_pem),
+        ]);
+    }
+    agent
+        .until(30, "not ready at 90 % of life", || async {
+            agent.get("/readyz").await.0 == 503
+        })
+        .await;
+    let (_, body) = agent.get("/readyz").await;
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        ready["outputs"][0]["why"], "past_90_percent_of_life",
+        "{body}"
+    );
+    assert_eq!(ready["outputs"][0]["not_after"], not_after, "{body}");
+    assert_eq!(agent.metric(&expiry).await, Some(not_after as f64));
+    answers.push(body);
+    // Renewed: ready again.
+    put_partner(&w.bao, &w.partner, "gateway-v3");
+    agent
+        .until(30, "ready after the renewal", || async {
+            agent.get("/readyz").await.0 == 200
+        })
+        .await;
+
+    // A template change reloads the template's command.
+    put_canary(&w.bao, &format!("{CANARY}-2"));
+    agent
+        .until(30, "the template's reload on a change", || async {
+            lines(&template_reloads).len() == 2
+        })
+        .await;
+    assert!(
+        std::fs::read_to_string(root.join("conf/app.conf"))
+            .unwrap()
+            .contains(&format!("{CANARY}-2"))
+    );
+
+    // Refused again after it was written: the files in place stay in service (ready), and
+    // the failure shows.
+    put_mismatched(&w.bao, &w.partner);
+    agent
+        .until(30, "the second refusal", || async {
+            agent.metric(&failing).await == Some(1.0)
+        })
+        .await;
+    let (status, body) = agent.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"last_failure\":\"refused\""), "{body}");
+    answers.push(body);
+    answers.push(agent.get("/metrics").await.1);
+    answers.push(agent.get("/healthz").await.1);
+    answers.push(agent.get("/no-such-path").await.1);
+
+    let mut agent = agent;
+    let _ = agent.child.kill().await;
+    let log = agent.log();
+    assert!(log.contains("refused"), "{log}");
+    for text in answers.iter().chain(std::iter::once(&log)) {
+        assert!(!text.contains(CANARY), "the canary leaked:\n{text}");
+        assert!(!text.contains(&key_line), "the key leaked:\n{text}");
+        assert!(
+            !text.contains("PRIVATE KEY"),
+            "key material leaked:\n{text}"
+        );
+    }
+}
+
+/// `ops_listen` on an address other hosts reach is refused at load (exit 2, saying why),
+/// before anything is fetched or written.
+#[test]
+fn a_non_loopback_ops_listen_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "ops_listen = \"0.0.0.0:9180\"\n[server]\nurl = \"https://localhost:1\"\n[[output]]\ncredential = \"c\"\nhost = \"h\"\ndir = \"certs\"\n",
+    )
+    .unwrap();
+    for once in [true, false] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybroker"));
+        cmd.args(["agent", "--config", config.to_str().unwrap()]);
+        if once {
+            cmd.arg("--once");
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("not a loopback address"), "{stderr}");
+        assert!(!dir.path().join("certs").exists());
+    }
+}
+
+/// A template whose reload fails is put back like an output's files: the previous content
+/// is written back over the destination, and `--once` exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templates_failing_reload_puts_its_previous_content_back() {
+    let w = world().await;
+    let root = w.dir.path().to_owned();
+    put_canary(&w.bao, "first");
+    std::fs::write(
+        root.join("app.conf.in"),
+        "token $SECRET_vault:app/canary $KEY_v\n",
+    )
+    .unwrap();
+    let config = |reload: &[String]| {
+        let path = root.join("agent-template.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nurl = \"https://localhost:{}\"\nca_cert = \"ca.pem\"\ntoken_file = \"token\"\n[[template]]\nsource = \"app.conf.in\"\ndestination = \"conf/app.conf\"\nhost = \"api.partner.example\"\nreload = {}\n",
+                w.server_port,
+                toml_argv(reload)
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (code, stderr) = w.agent_once(&config(&["true".to_owned()]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let destination = root.join("conf/app.conf");
+    assert_eq!(
+        std::fs::read_to_string(&destination).unwrap(),
+        "token first\n"
+    );
+    put_canary(&w.bao, "second");
+    let failing = config(&["false".to_owned()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The server's cache (1 s TTL) may still expand `first` for a moment.
+        let (code, stderr) = w.agent_once(&failing);
+        if stderr.contains("reload failed") {
+            assert_eq!(code, Some(1), "{stderr}");
+            assert!(stderr.contains("put back"), "{stderr}");
+            assert!(!stderr.contains("second"), "the value leaked: {stderr}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failing reload never ran: {stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&destination).unwrap(),
+        "token first\n",
+        "the previous content is back"
+    );
 }

@@ -1,5 +1,5 @@
 //! An attack review of `POST /v1/credentials/{name}/sign` (docs/PKI.md "Signing", THREATS row
-//! 83), kept as tests: CSRs built byte by byte (a second extension request, a hidden second
+//! 85), kept as tests: CSRs built byte by byte (a second extension request, a hidden second
 //! block, odd names and encodings, compressed points), racing the budget, the egress proxy's
 //! refusals. Each asserts the secure behaviour; the three `attack_` tests failed before the
 //! fixes they name (the CSR check reads every attribute, one block only, and the signer is sent

@@ -1,5 +1,6 @@
 //! `agent.toml` (docs/AGENT.md): where the server is, how to authenticate, which files to keep.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,6 +9,16 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// Plain HTTP `/healthz`, `/readyz` and `/metrics` (docs/AGENT.md). Loopback only unless
+    /// `ops_allow_non_loopback` says otherwise: the answers name credentials and folders.
+    pub ops_listen: Option<SocketAddr>,
+    /// Lets `ops_listen` be an address other hosts reach (`0.0.0.0`, a pod IP).
+    #[serde(default)]
+    pub ops_allow_non_loopback: bool,
+    /// The least time between two runs of the same reload command; changes in between are
+    /// written at once and reloaded together when it has passed. 0 (the default): no cap.
+    #[serde(default, with = "humantime_serde_lite")]
+    pub reload_min_interval: Duration,
     pub server: ServerSection,
     #[serde(default)]
     pub output: Vec<Output>,
@@ -29,7 +40,7 @@ pub struct ServerSection {
 }
 
 /// One credential kept as files in one directory.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Output {
     pub credential: String,
@@ -54,7 +65,7 @@ pub struct Output {
 }
 
 /// A text document with references, expanded by `/v1/resolve` into `destination`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
     pub source: PathBuf,
@@ -62,6 +73,11 @@ pub struct Template {
     pub host: String,
     #[serde(default = "default_key_mode")]
     pub mode: String,
+    /// argv run after the destination changed (no shell), batched with the outputs' reloads.
+    #[serde(default)]
+    pub reload: Vec<String>,
+    #[serde(default = "default_reload_timeout", with = "humantime_serde_lite")]
+    pub reload_timeout: Duration,
 }
 
 fn default_wait() -> Duration {
@@ -107,6 +123,12 @@ pub enum AgentConfigError {
     },
     #[error("{}: {why}", path.display())]
     Invalid { path: PathBuf, why: String },
+    /// `ops_listen` on an address other hosts reach, without `ops_allow_non_loopback`.
+    #[error(
+        "{}: ops_listen {addr} is not a loopback address: its answers name credentials and folders (set ops_allow_non_loopback = true to serve it there)",
+        path.display()
+    )]
+    OpsListenNotLoopback { path: PathBuf, addr: SocketAddr },
 }
 
 impl AgentConfigError {
@@ -127,6 +149,15 @@ impl AgentConfig {
         })?;
         let mut cfg: Self =
             toml::from_str(&text).map_err(|e| AgentConfigError::invalid(path, e.to_string()))?;
+        if let Some(addr) = cfg.ops_listen
+            && !addr.ip().is_loopback()
+            && !cfg.ops_allow_non_loopback
+        {
+            return Err(AgentConfigError::OpsListenNotLoopback {
+                path: path.to_owned(),
+                addr,
+            });
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -218,7 +249,49 @@ pub fn parse_mode(text: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::secret_mode;
+    use super::{AgentConfig, AgentConfigError, secret_mode};
+
+    fn load(text: &str) -> Result<AgentConfig, AgentConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(&path)
+    }
+
+    /// `ops_listen` answers whoever reaches it: an address other hosts reach is refused at
+    /// load, with a typed error, unless the operator says so.
+    #[test]
+    fn a_non_loopback_ops_listen_is_refused_unless_allowed() {
+        let server = "[server]\nurl = \"https://kb:8443\"\n";
+        for bad in ["0.0.0.0:9180", "[::]:9180", "10.1.2.3:9180"] {
+            match load(&format!("ops_listen = \"{bad}\"\n{server}")) {
+                Err(AgentConfigError::OpsListenNotLoopback { addr, .. }) => {
+                    assert_eq!(addr.to_string(), bad);
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+            let allowed = load(&format!(
+                "ops_listen = \"{bad}\"\nops_allow_non_loopback = true\n{server}"
+            ))
+            .unwrap();
+            assert_eq!(allowed.ops_listen.unwrap().to_string(), bad);
+        }
+        for ok in ["127.0.0.1:9180", "[::1]:0"] {
+            let cfg = load(&format!("ops_listen = \"{ok}\"\n{server}")).unwrap();
+            assert!(cfg.ops_listen.unwrap().ip().is_loopback());
+        }
+        // A host name is not an address: refused, not resolved.
+        assert!(matches!(
+            load(&format!("ops_listen = \"localhost:9180\"\n{server}")),
+            Err(AgentConfigError::Invalid { .. })
+        ));
+        let cfg = load(&format!("reload_min_interval = \"30s\"\n{server}")).unwrap();
+        assert_eq!(cfg.reload_min_interval, std::time::Duration::from_secs(30));
+        assert_eq!(
+            load(server).unwrap().reload_min_interval,
+            std::time::Duration::ZERO
+        );
+    }
 
     /// THREATS row 42: a mode that lets the world, or the group to write, reach a private key
     /// is refused at load.

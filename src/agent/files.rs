@@ -281,15 +281,15 @@ pub(super) fn point_data_at(dir: &Path, generation: &str) -> Result<(), WriteErr
     sync_dir(dir)
 }
 
-/// Removes every generation but `keep`.
-pub(super) fn prune(dir: &Path, keep: &str) {
+/// Removes every generation but those in `keep`.
+pub(super) fn prune(dir: &Path, keep: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with("..") && name != DATA && name != keep && e.path().is_dir() {
+        if name.starts_with("..") && name != DATA && !keep.contains(&name) && e.path().is_dir() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -301,15 +301,34 @@ fn sync_dir(dir: &Path) -> Result<(), WriteError> {
         .map_err(io(dir))
 }
 
+/// When the first certificate of `chain` (PEM) is valid: (`not_before`, `not_after`), Unix
+/// seconds. `None` when there is none or it does not parse (verification refused it already).
+pub(super) fn leaf_validity(chain: &str) -> Option<(i64, i64)> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let leaf = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// What a template's destination holds now (to put back if the reload fails); `None` when
+/// there is no such file.
+pub(super) fn read_previous(path: &Path) -> Option<Zeroizing<Vec<u8>>> {
+    std::fs::read(path).ok().map(Zeroizing::new)
+}
+
 /// Writes one file atomically (a template's destination): temporary file, sync, rename.
-pub(super) fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), WriteError> {
+pub(super) fn write_file(path: &Path, text: &[u8], mode: u32) -> Result<(), WriteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     // A folder the agent creates is private whatever the umask; an existing one (a
     // gateway's configuration folder) is left as its owner set it.
     if !dir.is_dir() {
         private_dir(dir, if mode & 0o040 != 0 { 0o750 } else { 0o700 })?;
     }
-    crate::atomic_file::write(path, text.as_bytes(), mode).map_err(io(path))
+    crate::atomic_file::write(path, text, mode).map_err(io(path))
 }
 
 #[cfg(test)]
@@ -362,7 +381,7 @@ mod tests {
         ];
         swap_in(&dir, &contents, 0o600).unwrap();
         let template = root.path().join("new/sub/app.conf");
-        write_file(&template, "secret", 0o600).unwrap();
+        write_file(&template, b"secret", 0o600).unwrap();
         rustix::process::umask(old);
         assert_eq!(mode_of(&dir), 0o700);
         let generation = current(&dir).unwrap();

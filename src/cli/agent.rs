@@ -18,8 +18,7 @@ pub async fn agent(path: &Path, once: bool) -> Result<(), Failure> {
             _ => Err(Failure::Code(crate::exit::TEMPFAIL)),
         };
     }
-    tokio::select! {
-        r = crate::agent::run(cfg) => r.map_err(|e| Failure::Usage(e.to_string())),
-        () = crate::app::process::shutdown_signal() => Ok(()),
-    }
+    crate::agent::run(cfg, crate::app::process::shutdown_signal())
+        .await
+        .map_err(|e| Failure::Usage(e.to_string()))
 }

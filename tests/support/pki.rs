@@ -106,6 +106,25 @@ impl Ca {
         self.issue_dn(dir, name, &[(DnType::CommonName, cn)], sans, usage)
     }
 
+    /// A client certificate valid from `not_before` to `not_after` (Unix seconds).
+    pub fn client_valid(
+        &self,
+        dir: &Path,
+        name: &str,
+        cn: &str,
+        not_before: i64,
+        not_after: i64,
+    ) -> Issued {
+        self.issue_with(
+            dir,
+            name,
+            &[(DnType::CommonName, cn)],
+            vec![format!("{name}.test")],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            Some((not_before, not_after)),
+        )
+    }
+
     fn issue_dn(
         &self,
         dir: &Path,
@@ -114,9 +133,25 @@ impl Ca {
         sans: Vec<String>,
         usage: ExtendedKeyUsagePurpose,
     ) -> Issued {
+        self.issue_with(dir, name, dn, sans, usage, None)
+    }
+
+    fn issue_with(
+        &self,
+        dir: &Path,
+        name: &str,
+        dn: &[(DnType, &str)],
+        sans: Vec<String>,
+        usage: ExtendedKeyUsagePurpose,
+        validity: Option<(i64, i64)>,
+    ) -> Issued {
         let issuer = Issuer::from_params(&self.params, &self.key);
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(sans).unwrap();
+        if let Some((not_before, not_after)) = validity {
+            params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+            params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        }
         for (ty, value) in dn {
             params.distinguished_name.push(ty.clone(), *value);
         }
