@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     /// The delay after the first failure …
     pub base: Duration,
     /// … doubled per failure up to this.
@@ -18,7 +18,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// How long to wait after `failures` consecutive failures (1 = the first).
-    pub fn delay(&self, failures: u32) -> Duration {
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
         let doublings = failures.saturating_sub(1).min(31);
         let delay = self.base.saturating_mul(1u32 << doublings).min(self.max);
         let mut r = [0u8; 1];

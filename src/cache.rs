@@ -42,7 +42,7 @@ use crate::pem::CheckedSecret;
 use crate::source::{ReadRequest, SourceError};
 
 /// (source name, read).
-pub type CacheKey = (std::sync::Arc<str>, ReadRequest);
+pub(crate) type CacheKey = (std::sync::Arc<str>, ReadRequest);
 
 /// What a lookup returns.
 #[derive(Clone, Debug)]
@@ -174,7 +174,7 @@ fn digest(secret: &Result<CheckedSecret, SourceError>) -> [u8; 32] {
 
 /// Refresh-ahead tickets waiting at once, at most: each is a sleeping task (a few hundred
 /// bytes); past this, entries in use are refreshed on expiry instead (single-flight).
-pub const MAX_PENDING_REFRESHES: usize = 10_000;
+pub(crate) const MAX_PENDING_REFRESHES: usize = 10_000;
 
 /// A point between 75 % and 90 % of `fresh_for`, at random, so that entries read at the same
 /// moment are not refreshed at the same moment.

@@ -16,7 +16,7 @@ type Clock = tokio::time::Instant;
 /// is not called for `cool_down`; requests fail fast (and the cache serves what it may hold,
 /// stale). One trial call is let through after the cool-down; its outcome closes or reopens.
 #[derive(Debug)]
-pub struct CircuitBreaker {
+pub(crate) struct CircuitBreaker {
     threshold: u32,
     cool_down: Duration,
     state: std::sync::Mutex<BreakerState>,
@@ -36,7 +36,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl CircuitBreaker {
-    pub fn new(threshold: u32, cool_down: Duration) -> Self {
+    pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
         Self {
             threshold,
             cool_down,
@@ -45,20 +45,20 @@ impl CircuitBreaker {
     }
 
     /// Whether calls currently fail fast (for `/readyz`).
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.open_until.is_some_and(|t| Clock::now() < t)
     }
 
     /// How long the source still asked to be left alone (a 429's `Retry-After`), if it did.
-    pub fn quiet_left(&self) -> Option<Duration> {
+    pub(crate) fn quiet_left(&self) -> Option<Duration> {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Clock::now();
         st.quiet_until.filter(|t| now < *t).map(|t| t - now)
     }
 
     /// Records a 429: the source is left alone for `retry_after` (bounded).
-    pub fn quiet_for(&self, retry_after: Option<Duration>) {
+    pub(crate) fn quiet_for(&self, retry_after: Option<Duration>) {
         let pause = retry_after
             .unwrap_or(DEFAULT_RETRY_AFTER)
             .min(MAX_RETRY_AFTER);
@@ -70,7 +70,7 @@ impl CircuitBreaker {
     /// Runs `call` unless the circuit is open or the source asked for quiet; records its
     /// outcome. Only outages ([`SourceError::is_outage`]) count; a failure the caller's
     /// input caused neither counts nor proves the source healthy.
-    pub async fn call<F, Fut, T>(&self, call: F) -> Result<T, SourceError>
+    pub(crate) async fn call<F, Fut, T>(&self, call: F) -> Result<T, SourceError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, SourceError>>,
@@ -121,7 +121,7 @@ impl CircuitBreaker {
 /// Retries a transient failure (source unavailable) up to `attempts` times with jittered
 /// exponential backoff from `base`; never retries not-found, denied, malformed, a caller's
 /// invalid reference or a rate limit (429: retrying is what the backend asked us not to do).
-pub async fn with_retries<F, Fut, T>(
+pub(crate) async fn with_retries<F, Fut, T>(
     attempts: u32,
     base: Duration,
     mut call: F,

@@ -13,12 +13,12 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-pub use crate::policy::{EntryName, NotAName, TeamSlug};
-pub use file::FileStore;
-pub use vault::VaultStore;
+pub(crate) use crate::policy::{EntryName, TeamSlug};
+pub(crate) use file::FileStore;
+pub(crate) use vault::VaultStore;
 
 /// The file source that serves a file store's material.
-pub const SOURCE: &str = crate::config::STORE_SOURCE;
+pub(crate) const SOURCE: &str = crate::config::STORE_SOURCE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -134,7 +134,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// Material versions a record remembers.
-pub const MAX_HISTORY: usize = 100;
+pub(crate) const MAX_HISTORY: usize = 100;
 
 /// One version of a credential's material: who wrote it when, and the public facts of its
 /// certificate — never a value.
@@ -189,7 +189,7 @@ fn referenced(record: Option<&Record>, version: u64) -> bool {
 }
 
 /// Now, as the store's records write times.
-pub fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 

@@ -20,7 +20,7 @@ const MAX_PEERS: usize = 10_000;
 
 /// What to write for one failed authentication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admit {
+pub(crate) enum Admit {
     /// Write its line.
     Write,
     /// Write its line, and a summary of this many failures that were not written.
@@ -30,7 +30,7 @@ pub enum Admit {
 }
 
 #[derive(Debug, Default)]
-pub struct RefusalBudget {
+pub(crate) struct RefusalBudget {
     peers: Mutex<HashMap<IpAddr, Window>>,
 }
 
@@ -42,7 +42,7 @@ struct Window {
 }
 
 impl RefusalBudget {
-    pub fn admit(&self, peer: IpAddr, now: Instant) -> Admit {
+    pub(crate) fn admit(&self, peer: IpAddr, now: Instant) -> Admit {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if peers.len() >= MAX_PEERS && !peers.contains_key(&peer) {
             peers.clear();

@@ -29,8 +29,8 @@ use crate::config::{AuditConfig, FsyncPolicy};
 mod budget;
 mod group;
 
-pub use budget::{Admit, RefusalBudget};
-pub use group::Ticket;
+pub(crate) use budget::{Admit, RefusalBudget};
+pub(crate) use group::Ticket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -213,11 +213,11 @@ fn bounded(subject: Cow<'_, str>) -> Cow<'_, str> {
 }
 
 /// Subjects listed in one audit line before the rest are only counted and digested.
-pub const MAX_SUBJECTS: usize = 100;
+pub(crate) const MAX_SUBJECTS: usize = 100;
 
 /// A subject longer than this is written as its first bytes, its length and its digest: with
 /// [`MAX_SUBJECTS`] of them a line stays under 16 KiB however long a caller's reference is.
-pub const MAX_SUBJECT_BYTES: usize = 120;
+pub(crate) const MAX_SUBJECT_BYTES: usize = 120;
 
 /// Where audit lines go.
 #[derive(Debug)]

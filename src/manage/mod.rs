@@ -20,10 +20,9 @@ mod consumers;
 mod patch;
 mod reads;
 
-pub use patch::CredentialPatch;
+pub(crate) use patch::CredentialPatch;
 
-pub use certificates::CertificateView;
-pub use consumers::{
+pub(crate) use consumers::{
     AclInput, ApproleInput, CertificateInput, ConsumerInput, ConsumerPatch, ManagedConsumer,
 };
 
@@ -31,7 +30,7 @@ use crate::audit::{Action, Outcome};
 use crate::broker::{AuditEntry, Broker, Caller};
 use crate::pem::{self, RepairKind};
 use crate::policy::{CredentialMode, ReadAccess};
-pub use crate::store::{EntryName, TeamSlug};
+pub(crate) use crate::store::{EntryName, TeamSlug};
 use crate::store::{Kind, Record, Store, StoreError};
 use std::sync::Arc;
 

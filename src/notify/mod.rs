@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use crate::config::NotifyConfig;
+pub(crate) use crate::config::NotifyConfig;
 
 /// One event as the receiver gets it.
 #[derive(Clone, Debug, Serialize)]
-pub struct Event {
+pub(crate) struct Event {
     /// `certificate.expiring`, `certificate.expired`, `credential.rejected`.
     pub event: &'static str,
     /// RFC 3339, when keybroker saw the change.
@@ -48,7 +48,7 @@ pub enum NotifyError {
 
 /// The sending side, held by the broker.
 #[derive(Clone, Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     queue: Arc<queue::Queue>,
     /// The sender, until [`Notifier::start`] takes it into its task.
     sender: Arc<std::sync::Mutex<Option<Sender>>>,
@@ -56,7 +56,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// Checks the settings; events queue (bounded) until [`Notifier::start`].
-    pub fn new(cfg: &NotifyConfig) -> Result<Self, NotifyError> {
+    pub(crate) fn new(cfg: &NotifyConfig) -> Result<Self, NotifyError> {
         let sender = Sender::new(cfg)?;
         Ok(Self {
             queue: Arc::new(queue::Queue::new(cfg.queue)),
@@ -65,7 +65,7 @@ impl Notifier {
     }
 
     /// Starts the sender task, once (the server's operations call it; from within a runtime).
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         let sender = self
             .sender
             .lock()
@@ -77,13 +77,13 @@ impl Notifier {
     }
 
     /// Checks the settings without starting anything (`keybroker check`).
-    pub fn check(cfg: &NotifyConfig) -> Result<(), NotifyError> {
+    pub(crate) fn check(cfg: &NotifyConfig) -> Result<(), NotifyError> {
         Sender::new(cfg).map(|_| ())
     }
 
     /// Queues `event`; never waits. A pending event about the same subject is replaced; a
     /// full queue drops the oldest event of the team holding the most (counted, logged).
-    pub fn send(&self, event: Event) {
+    pub(crate) fn send(&self, event: Event) {
         self.queue.push(event);
     }
 }
@@ -178,7 +178,7 @@ impl Sender {
 
 impl Event {
     /// An event that happens now.
-    pub fn now(event: &'static str, subject: String, reason: &'static str) -> Self {
+    pub(crate) fn now(event: &'static str, subject: String, reason: &'static str) -> Self {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).expect("the OS random number generator is available");
         Self {
