@@ -622,6 +622,83 @@ impl Holder {
     }
 }
 
+/// A role name of the JWT and Kubernetes logins: a slug of at most 128 bytes.
+fn role_ok(role: &str) -> bool {
+    !role.is_empty() && role.len() <= 128 && super::is_slug(role)
+}
+
+/// Consumer `c`'s JWT login, checked; its role held by no other consumer.
+fn jwt_role(
+    files: &mut Files,
+    c: &Item<ConsumerDef>,
+    jwt_owner: &mut BTreeMap<String, Holder>,
+) -> Option<super::model::JwtRole> {
+    let j = c.def.jwt.as_ref()?;
+    if !role_ok(&j.role)
+        || j.bound_audiences.is_empty()
+        || j.bound_audiences.iter().any(String::is_empty)
+        || j.bound_subject.is_empty()
+    {
+        files.at(
+            c,
+            &key("jwt"),
+            "jwt needs a role ([a-z0-9_-]), at least one bound_audiences entry and a bound_subject"
+                .to_owned(),
+        );
+        return None;
+    }
+    if let Some(first) = jwt_owner.insert(j.role.clone(), Holder::of(c, &c.def.name)) {
+        files.at(
+            c,
+            &key("jwt"),
+            format!("consumer `{}` has the same jwt.role", first.name),
+        );
+        first.also_errs(files, c, "a store entry has the same jwt.role");
+    }
+    Some(super::model::JwtRole {
+        role: j.role.clone(),
+        bound_audiences: j.bound_audiences.clone(),
+        bound_subject: j.bound_subject.clone(),
+    })
+}
+
+/// Consumer `c`'s Kubernetes login, checked; its role held by no other consumer.
+fn kubernetes_role(
+    files: &mut Files,
+    c: &Item<ConsumerDef>,
+    kube_owner: &mut BTreeMap<String, Holder>,
+) -> Option<super::model::KubernetesRole> {
+    let k = c.def.kubernetes.as_ref()?;
+    let part = |s: &str| !s.is_empty() && !s.contains(':');
+    if !role_ok(&k.role)
+        || !part(&k.service_account)
+        || !part(&k.namespace)
+        || k.audience.is_empty()
+    {
+        files.at(
+            c,
+            &key("kubernetes"),
+            "kubernetes needs a role ([a-z0-9_-]), a service_account, a namespace (no `:`) and an audience"
+                .to_owned(),
+        );
+        return None;
+    }
+    if let Some(first) = kube_owner.insert(k.role.clone(), Holder::of(c, &c.def.name)) {
+        files.at(
+            c,
+            &key("kubernetes"),
+            format!("consumer `{}` has the same kubernetes.role", first.name),
+        );
+        first.also_errs(files, c, "a store entry has the same kubernetes.role");
+    }
+    Some(super::model::KubernetesRole {
+        role: k.role.clone(),
+        service_account: k.service_account.clone(),
+        namespace: k.namespace.clone(),
+        audience: k.audience.clone(),
+    })
+}
+
 fn validate_consumers(
     files: &mut Files,
     consumers: Vec<Item<ConsumerDef>>,
@@ -782,65 +859,8 @@ fn validate_consumers(
                 token_bound_cidrs,
             })
         });
-        let role_ok = |role: &str| !role.is_empty() && role.len() <= 128 && super::is_slug(role);
-        let jwt = def.jwt.as_ref().and_then(|j| {
-            if !role_ok(&j.role)
-                || j.bound_audiences.is_empty()
-                || j.bound_audiences.iter().any(String::is_empty)
-                || j.bound_subject.is_empty()
-            {
-                files.at(
-                    &c,
-                    &key("jwt"),
-                    "jwt needs a role ([a-z0-9_-]), at least one bound_audiences entry and a bound_subject"
-                        .to_owned(),
-                );
-                return None;
-            }
-            if let Some(first) = jwt_owner.insert(j.role.clone(), Holder::of(&c, &def.name)) {
-                files.at(
-                    &c,
-                    &key("jwt"),
-                    format!("consumer `{}` has the same jwt.role", first.name),
-                );
-                first.also_errs(files, &c, "a store entry has the same jwt.role");
-            }
-            Some(super::model::JwtRole {
-                role: j.role.clone(),
-                bound_audiences: j.bound_audiences.clone(),
-                bound_subject: j.bound_subject.clone(),
-            })
-        });
-        let kubernetes = def.kubernetes.as_ref().and_then(|k| {
-            let part = |s: &str| !s.is_empty() && !s.contains(':');
-            if !role_ok(&k.role)
-                || !part(&k.service_account)
-                || !part(&k.namespace)
-                || k.audience.is_empty()
-            {
-                files.at(
-                    &c,
-                    &key("kubernetes"),
-                    "kubernetes needs a role ([a-z0-9_-]), a service_account, a namespace (no `:`) and an audience"
-                        .to_owned(),
-                );
-                return None;
-            }
-            if let Some(first) = kube_owner.insert(k.role.clone(), Holder::of(&c, &def.name)) {
-                files.at(
-                    &c,
-                    &key("kubernetes"),
-                    format!("consumer `{}` has the same kubernetes.role", first.name),
-                );
-                first.also_errs(files, &c, "a store entry has the same kubernetes.role");
-            }
-            Some(super::model::KubernetesRole {
-                role: k.role.clone(),
-                service_account: k.service_account.clone(),
-                namespace: k.namespace.clone(),
-                audience: k.audience.clone(),
-            })
-        });
+        let jwt = jwt_role(files, &c, &mut jwt_owner);
+        let kubernetes = kubernetes_role(files, &c, &mut kube_owner);
         if def.cert_sha256.is_empty()
             && !has_issuer
             && def.token_sha256.is_none()
