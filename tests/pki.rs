@@ -9,6 +9,7 @@ mod support {
     pub mod nginx;
     pub mod openbao;
     pub mod pki;
+    pub mod pki_bao;
     pub mod ports;
     pub mod server;
 }
@@ -18,66 +19,13 @@ use x509_parser::prelude::*;
 
 use support::fixture;
 use support::openbao::OpenBao;
+use support::pki_bao::{answered, audited_bao, pem_der, pki_mount, sign, signed_count};
 use support::server::{Running, folder};
 
 const GW: &str = "pki-gw-token";
 const OPS: &str = "pki-ops-token";
 /// A consumer of another team, holding only public material.
 const INTRUDER: &str = "pki-intruder-token";
-
-fn pem_der(pem: &str) -> Vec<u8> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
-    p.contents
-}
-
-/// OpenBao with a PKI mount: a root CA (returned, PEM) and a role for client certificates.
-fn pki_mount(bao: &OpenBao) -> String {
-    bao.cli(&["secrets", "enable", "pki"]);
-    bao.cli(&["secrets", "tune", "-max-lease-ttl=87600h", "pki"]);
-    let ca = bao.cli(&[
-        "write",
-        "-field=certificate",
-        "pki/root/generate/internal",
-        "common_name=keybroker test PKI root",
-        "ttl=87600h",
-    ]);
-    bao.cli(&[
-        "write",
-        "pki/roles/gateway",
-        "allowed_domains=payments.example",
-        "allow_subdomains=true",
-        "client_flag=true",
-        "server_flag=false",
-        "max_ttl=2h",
-        "key_type=ec",
-        "key_bits=256",
-    ]);
-    // The role the signing profile uses (its own, so OpenBao's audit log tells its `sign` and
-    // `issue` apart from the other profiles').
-    bao.cli(&[
-        "write",
-        "pki/roles/signer",
-        "allowed_domains=payments.example",
-        "allow_subdomains=true",
-        "client_flag=true",
-        "server_flag=false",
-        "max_ttl=2h",
-        "key_type=ec",
-        "key_bits=256",
-    ]);
-    bao.cli(&[
-        "write",
-        "pki/roles/fast",
-        "allowed_domains=payments.example",
-        "allow_subdomains=true",
-        "client_flag=true",
-        "server_flag=false",
-        "max_ttl=1h",
-        "key_type=ec",
-        "key_bits=256",
-    ]);
-    ca
-}
 
 /// Seconds since the epoch.
 fn unix_now() -> u64 {
@@ -166,37 +114,6 @@ async fn material(s: &Running) -> (u16, Value) {
 /// Issuances OpenBao answered, from its own audit log (a file audit device the test enables).
 fn issued_count(audit: &std::path::Path) -> usize {
     answered(audit, "pki/issue/gateway")
-}
-
-/// Requests to `path` OpenBao answered with a certificate (a response carrying a serial), from
-/// its own audit log.
-fn answered(audit: &std::path::Path, path: &str) -> usize {
-    let path = format!("\"path\":\"{path}\"");
-    String::from_utf8_lossy(&std::fs::read(audit).unwrap())
-        .lines()
-        .filter(|l| {
-            l.contains("\"type\":\"response\"")
-                && l.contains(&path)
-                && l.contains("\"serial_number\"")
-        })
-        .count()
-}
-
-/// OpenBao with its own audit log, which counts the issuances (audit devices are declared in
-/// its configuration, not enabled through the API): the server, the log's path, its folder.
-fn audited_bao() -> (OpenBao, std::path::PathBuf, tempfile::TempDir) {
-    let audit_dir = tempfile::tempdir().unwrap();
-    let bao_audit = audit_dir.path().join("bao-audit.log");
-    let hcl = audit_dir.path().join("audit.hcl");
-    std::fs::write(
-        &hcl,
-        format!(
-            "audit \"file\" \"to-file\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n",
-            bao_audit.display().to_string()
-        ),
-    )
-    .unwrap();
-    (OpenBao::start_with_config(Some(&hcl)), bao_audit, audit_dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -883,24 +800,6 @@ fn openssl_csr(dir: &std::path::Path, name: &str, args: &[&str]) -> (String, Vec
         .unwrap();
     assert!(public.status.success());
     (std::fs::read_to_string(&csr).unwrap(), public.stdout)
-}
-
-async fn sign(s: &Running, token: &str, name: &str, csr: &str) -> (u16, Value) {
-    let resp = s
-        .client
-        .post(s.url(&format!("/v1/credentials/{name}/sign")))
-        .bearer_auth(token)
-        .json(&json!({ "csr": csr, "host": "api.partner.example" }))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Signatures OpenBao answered for the signing profile's role, from its own audit log.
-fn signed_count(audit: &std::path::Path) -> usize {
-    answered(audit, "pki/sign/signer")
 }
 
 const P256: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];

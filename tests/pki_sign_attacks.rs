@@ -19,6 +19,7 @@ mod support {
     pub mod nginx;
     pub mod openbao;
     pub mod pki;
+    pub mod pki_bao;
     pub mod ports;
     pub mod server;
 }
@@ -28,42 +29,12 @@ use x509_parser::prelude::*;
 
 use support::fixture;
 use support::openbao::OpenBao;
+use support::pki_bao::{audited_bao, pem_der, pki_mount, sign, signed_count};
 use support::server::{Running, folder};
 
 const GW: &str = "pki-gw-token";
 const OPS: &str = "pki-ops-token";
 const INTRUDER: &str = "pki-intruder-token";
-
-fn pem_der(pem: &str) -> Vec<u8> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
-    p.contents
-}
-
-fn pki_mount(bao: &OpenBao) -> String {
-    bao.cli(&["secrets", "enable", "pki"]);
-    bao.cli(&["secrets", "tune", "-max-lease-ttl=87600h", "pki"]);
-    let ca = bao.cli(&[
-        "write",
-        "-field=certificate",
-        "pki/root/generate/internal",
-        "common_name=keybroker test PKI root",
-        "ttl=87600h",
-    ]);
-    for role in ["gateway", "signer"] {
-        bao.cli(&[
-            "write",
-            &format!("pki/roles/{role}"),
-            "allowed_domains=payments.example",
-            "allow_subdomains=true",
-            "client_flag=true",
-            "server_flag=false",
-            "max_ttl=2h",
-            "key_type=ec",
-            "key_bits=256",
-        ]);
-    }
-    ca
-}
 
 async fn serve(bao: &OpenBao, extra: &str) -> (tempfile::TempDir, Running) {
     let (dir, ca) = folder("unused");
@@ -91,18 +62,6 @@ async fn serve(bao: &OpenBao, extra: &str) -> (tempfile::TempDir, Running) {
     (dir, running)
 }
 
-fn answered(audit: &std::path::Path, path: &str) -> usize {
-    let path = format!("\"path\":\"{path}\"");
-    String::from_utf8_lossy(&std::fs::read(audit).unwrap())
-        .lines()
-        .filter(|l| {
-            l.contains("\"type\":\"response\"")
-                && l.contains(&path)
-                && l.contains("\"serial_number\"")
-        })
-        .count()
-}
-
 /// Requests to `path` OpenBao saw (answered or refused).
 fn requested(audit: &std::path::Path, path: &str) -> usize {
     let path = format!("\"path\":\"{path}\"");
@@ -110,25 +69,6 @@ fn requested(audit: &std::path::Path, path: &str) -> usize {
         .lines()
         .filter(|l| l.contains("\"type\":\"request\"") && l.contains(&path))
         .count()
-}
-
-fn signed_count(audit: &std::path::Path) -> usize {
-    answered(audit, "pki/sign/signer")
-}
-
-fn audited_bao() -> (OpenBao, std::path::PathBuf, tempfile::TempDir) {
-    let audit_dir = tempfile::tempdir().unwrap();
-    let bao_audit = audit_dir.path().join("bao-audit.log");
-    let hcl = audit_dir.path().join("audit.hcl");
-    std::fs::write(
-        &hcl,
-        format!(
-            "audit \"file\" \"to-file\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n",
-            bao_audit.display().to_string()
-        ),
-    )
-    .unwrap();
-    (OpenBao::start_with_config(Some(&hcl)), bao_audit, audit_dir)
 }
 
 async fn sign_with(s: &Running, token: &str, name: &str, body: Value) -> (u16, Value) {
@@ -142,16 +82,6 @@ async fn sign_with(s: &Running, token: &str, name: &str, body: Value) -> (u16, V
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn sign(s: &Running, token: &str, name: &str, csr: &str) -> (u16, Value) {
-    sign_with(
-        s,
-        token,
-        name,
-        json!({ "csr": csr, "host": "api.partner.example" }),
-    )
-    .await
 }
 
 // ---------------------------------------------------------------------------------------
