@@ -853,38 +853,7 @@ impl Manager {
             other_teams: None,
         };
         if dry_run {
-            let shared: Vec<String> = input
-                .shared_team_slugs
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            let readers = policy
-                .readers(&input.team, &input.name, input.read_access, &shared)
-                .into_iter()
-                .filter(|(_, team, _)| caller.may_manage(team))
-                .map(|(consumer, team, why)| Reader {
-                    consumer: consumer.to_owned(),
-                    team: team.to_owned(),
-                    why,
-                })
-                .collect();
-            let other_teams = policy
-                .teams
-                .iter()
-                .filter(|t| {
-                    !caller.may_manage(t)
-                        && match input.read_access {
-                            ReadAccess::Team => false,
-                            ReadAccess::Global => true,
-                            ReadAccess::SpecificTeams => shared.contains(t),
-                        }
-                })
-                .count();
-            return Ok(Managed {
-                readers,
-                other_teams: Some(other_teams),
-                ..managed
-            });
+            return Ok(self::dry_run(policy, caller, input, managed));
         }
         let refs: Vec<(&str, &SecretString)> = fields.iter().map(|(k, v)| (*k, v)).collect();
         let was = previous.as_ref().map(|(_, r)| r);
@@ -1263,5 +1232,47 @@ fn ingest(input: &CredentialInput) -> Result<Ingested, ManageError> {
                 warnings: Vec::new(),
             })
         }
+    }
+}
+
+/// A dry run's answer: who would read the credential — the readers `caller` may see, and how
+/// many other teams — and nothing written.
+fn dry_run(
+    policy: &crate::policy::Policy,
+    caller: &Caller,
+    input: &CredentialInput,
+    managed: Managed,
+) -> Managed {
+    let shared: Vec<String> = input
+        .shared_team_slugs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let readers = policy
+        .readers(&input.team, &input.name, input.read_access, &shared)
+        .into_iter()
+        .filter(|(_, team, _)| caller.may_manage(team))
+        .map(|(consumer, team, why)| Reader {
+            consumer: consumer.to_owned(),
+            team: team.to_owned(),
+            why,
+        })
+        .collect();
+    let other_teams = policy
+        .teams
+        .iter()
+        .filter(|t| {
+            !caller.may_manage(t)
+                && match input.read_access {
+                    ReadAccess::Team => false,
+                    ReadAccess::Global => true,
+                    ReadAccess::SpecificTeams => shared.contains(t),
+                }
+        })
+        .count();
+    Managed {
+        readers,
+        other_teams: Some(other_teams),
+        ..managed
     }
 }
