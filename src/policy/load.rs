@@ -622,6 +622,73 @@ impl Holder {
     }
 }
 
+/// Consumer `c`'s AppRole login, checked; its `role_id` held by no other consumer.
+fn approle_of(
+    files: &mut Files,
+    c: &Item<ConsumerDef>,
+    role_owner: &mut BTreeMap<String, Holder>,
+) -> Option<super::model::AppRole> {
+    let a = c.def.approle.as_ref()?;
+    let mut digest = [0u8; 32];
+    if hex::decode_to_slice(&a.secret_id_sha256, &mut digest).is_err() {
+        files.at(
+            c,
+            &key("approle"),
+            "approle.secret_id_sha256 must be the hex SHA-256 of the secret_id (64 hex digits)"
+                .to_owned(),
+        );
+        return None;
+    }
+    let printable = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+    if a.role_id.is_empty() || a.role_id.len() > 256 || !printable(&a.role_id) {
+        files.at(
+            c,
+            &key("approle"),
+            "approle.role_id is 1 to 256 printable ASCII characters".to_owned(),
+        );
+        return None;
+    }
+    if let Some(first) = role_owner.insert(a.role_id.clone(), Holder::of(c, &c.def.name)) {
+        files.at(
+            c,
+            &key("approle"),
+            format!("consumer `{}` has the same approle.role_id", first.name),
+        );
+        first.also_errs(files, c, "a store entry has the same approle.role_id");
+    }
+    let expires = match a.secret_id_expires_at.as_deref().map(super::rfc3339) {
+        None => None,
+        Some(Some(t)) => Some(t),
+        Some(None) => {
+            files.at(
+                c,
+                &key("approle"),
+                "approle.secret_id_expires_at must be an RFC 3339 time".to_owned(),
+            );
+            return None;
+        }
+    };
+    let mut nets = |list: &[String], field: &str| -> Option<Vec<ipnet::IpNet>> {
+        let parsed: Option<Vec<ipnet::IpNet>> = list.iter().map(|n| parse_net(n)).collect();
+        match parsed {
+            Some(v) if v.len() <= MAX_BOUND_CIDRS => Some(v),
+            _ => {
+                files.at(c, &key("approle"), format!("approle.{field} holds at most {MAX_BOUND_CIDRS} CIDR blocks or addresses (`10.0.0.0/8`, `192.0.2.7`)"));
+                None
+            }
+        }
+    };
+    let secret_id_bound_cidrs = nets(&a.secret_id_bound_cidrs, "secret_id_bound_cidrs")?;
+    let token_bound_cidrs = nets(&a.token_bound_cidrs, "token_bound_cidrs")?;
+    Some(super::model::AppRole {
+        role_id: a.role_id.clone(),
+        secret_id_sha256: digest,
+        secret_id_expires_at: expires,
+        secret_id_bound_cidrs,
+        token_bound_cidrs,
+    })
+}
+
 /// A role name of the JWT and Kubernetes logins: a slug of at most 128 bytes.
 fn role_ok(role: &str) -> bool {
     !role.is_empty() && role.len() <= 128 && super::is_slug(role)
@@ -816,49 +883,7 @@ fn validate_consumers(
                 "issuer_ca and subject go together".to_owned(),
             );
         }
-        let approle = def.approle.as_ref().and_then(|a| {
-            let mut digest = [0u8; 32];
-            if hex::decode_to_slice(&a.secret_id_sha256, &mut digest).is_err() {
-                files.at(&c, &key("approle"), "approle.secret_id_sha256 must be the hex SHA-256 of the secret_id (64 hex digits)".to_owned());
-                return None;
-            }
-            let printable = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
-            if a.role_id.is_empty() || a.role_id.len() > 256 || !printable(&a.role_id) {
-                files.at(&c, &key("approle"), "approle.role_id is 1 to 256 printable ASCII characters".to_owned());
-                return None;
-            }
-            if let Some(first) = role_owner.insert(a.role_id.clone(), Holder::of(&c, &def.name)) {
-                files.at(&c, &key("approle"), format!("consumer `{}` has the same approle.role_id", first.name));
-                first.also_errs(files, &c, "a store entry has the same approle.role_id");
-            }
-            let expires = match a.secret_id_expires_at.as_deref().map(super::rfc3339) {
-                None => None,
-                Some(Some(t)) => Some(t),
-                Some(None) => {
-                    files.at(&c, &key("approle"), "approle.secret_id_expires_at must be an RFC 3339 time".to_owned());
-                    return None;
-                }
-            };
-            let mut nets = |list: &[String], field: &str| -> Option<Vec<ipnet::IpNet>> {
-                let parsed: Option<Vec<ipnet::IpNet>> = list.iter().map(|n| parse_net(n)).collect();
-                match parsed {
-                    Some(v) if v.len() <= MAX_BOUND_CIDRS => Some(v),
-                    _ => {
-                        files.at(&c, &key("approle"), format!("approle.{field} holds at most {MAX_BOUND_CIDRS} CIDR blocks or addresses (`10.0.0.0/8`, `192.0.2.7`)"));
-                        None
-                    }
-                }
-            };
-            let secret_id_bound_cidrs = nets(&a.secret_id_bound_cidrs, "secret_id_bound_cidrs")?;
-            let token_bound_cidrs = nets(&a.token_bound_cidrs, "token_bound_cidrs")?;
-            Some(super::model::AppRole {
-                role_id: a.role_id.clone(),
-                secret_id_sha256: digest,
-                secret_id_expires_at: expires,
-                secret_id_bound_cidrs,
-                token_bound_cidrs,
-            })
-        });
+        let approle = approle_of(files, &c, &mut role_owner);
         let jwt = jwt_role(files, &c, &mut jwt_owner);
         let kubernetes = kubernetes_role(files, &c, &mut kube_owner);
         if def.cert_sha256.is_empty()
