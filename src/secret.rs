@@ -76,6 +76,11 @@ impl KeyFile {
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The key itself, for a holder that keeps it (no second copy).
+    pub fn into_bytes(self) -> zeroize::Zeroizing<Vec<u8>> {
+        self.0
+    }
 }
 
 /// A zeroizing string made with an allocation of exactly `s.len()` bytes.

@@ -303,7 +303,7 @@ impl Audit {
             None => None,
             Some(path) => {
                 let key = crate::secret::KeyFile::load("[audit] hmac_key_file", path, 16)?;
-                Some(Zeroizing::new(key.bytes().to_vec()))
+                Some(key.into_bytes())
             }
         };
         let writer = match cfg.fsync {

@@ -56,7 +56,7 @@ impl TokenKey {
 
     pub fn from_file(path: &Path) -> Result<Self, crate::secret::KeyFileError> {
         let key = crate::secret::KeyFile::load("[vault_api] token_key_file", path, 32)?;
-        Ok(Self(Zeroizing::new(key.bytes().to_vec())))
+        Ok(Self(key.into_bytes()))
     }
 
     fn mac(&self, signed: &[u8]) -> hmac::Hmac<sha2::Sha256> {
