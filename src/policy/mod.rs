@@ -6,6 +6,7 @@
 mod decide;
 pub mod host;
 mod index;
+mod known;
 mod load;
 mod model;
 mod name;
