@@ -214,7 +214,7 @@ impl Broker {
     }
 
     /// Counters for `/metrics`.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
@@ -224,7 +224,7 @@ impl Broker {
     }
 
     /// The counters, shared (for the service around every door).
-    pub fn shared_metrics(&self) -> Arc<Metrics> {
+    pub(crate) fn shared_metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
     }
 

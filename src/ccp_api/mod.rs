@@ -36,10 +36,10 @@ pub use error::{CcpError, status};
 
 /// The safe under which keybroker's named credentials are served (reserved: a CCP safe of
 /// this name is not reachable through this door).
-pub const CREDENTIALS_SAFE: &str = "keybroker";
+pub(crate) const CREDENTIALS_SAFE: &str = "keybroker";
 
 #[derive(Debug)]
-pub struct CcpApiState {
+pub(crate) struct CcpApiState {
     pub broker: Arc<Broker>,
     pub auth: crate::identity::Authenticator,
     /// The IIS application in the path (`AIMWebService`).
@@ -48,12 +48,12 @@ pub struct CcpApiState {
     pub ccp_source: Option<String>,
 }
 
-pub fn router(state: Arc<CcpApiState>) -> Router {
+pub(crate) fn router(state: Arc<CcpApiState>) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
 /// The CCP API as a door (request metrics, timeout in CCP's error shape).
-pub fn door() -> crate::door::observe::DoorSpec {
+pub(crate) fn door() -> crate::door::observe::DoorSpec {
     crate::door::observe::DoorSpec {
         door: crate::identity::Door::CcpApi,
         route_of: |path| {
@@ -72,7 +72,7 @@ pub fn door() -> crate::door::observe::DoorSpec {
 
 /// What a request asks: the application and where the account is.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct AccountQuery {
+pub(crate) struct AccountQuery {
     pub app_id: String,
     pub safe: String,
     pub folder: Option<String>,
@@ -101,7 +101,7 @@ const KNOWN: [&str; 9] = [
 /// Parses the query string: parameter names, percent-decoded, without regard to case;
 /// `Query` (`Safe=S;Folder=F;Object=O`) replaces the single-property parameters; a parameter
 /// given twice is refused, never read one way here and another way elsewhere.
-pub fn ask(query: Option<&str>) -> Result<AccountQuery, AskError> {
+pub(crate) fn ask(query: Option<&str>) -> Result<AccountQuery, AskError> {
     let decode = |text: &str| {
         percent_encoding::percent_decode_str(&text.replace('+', " "))
             .decode_utf8()

@@ -1171,7 +1171,7 @@ fn warn_overlapping_acls(files: &mut Files, policy: &Policy, items: &[(Item<()>,
 
 /// The public key (SubjectPublicKeyInfo DER) of each CA certificate that parses: how issuers
 /// are compared — by key, never by the certificate's DER.
-pub fn issuer_keys(ders: &[Vec<u8>]) -> Vec<Vec<u8>> {
+pub(crate) fn issuer_keys(ders: &[Vec<u8>]) -> Vec<Vec<u8>> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     ders.iter()
         .filter_map(|d| X509Certificate::from_der(d).ok())

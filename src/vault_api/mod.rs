@@ -9,9 +9,9 @@
 //! use it.
 
 mod error;
-pub mod jwt;
-pub mod route;
-pub mod token;
+pub(crate) mod jwt;
+pub(crate) mod route;
+pub(crate) mod token;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -36,7 +36,7 @@ pub use token::TokenKey;
 
 /// What the Vault API's handlers share.
 #[derive(Debug)]
-pub struct VaultApiState {
+pub(crate) struct VaultApiState {
     pub broker: Arc<Broker>,
     pub tokens: Arc<TokenKey>,
     /// The one authenticator, set for this door: its own tokens and the policy's.
@@ -50,7 +50,7 @@ pub struct VaultApiState {
 }
 
 /// The router: one handler, since Vault's paths are a tree of mounts rather than routes.
-pub fn router(state: Arc<VaultApiState>) -> Router {
+pub(crate) fn router(state: Arc<VaultApiState>) -> Router {
     Router::new()
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
@@ -58,7 +58,7 @@ pub fn router(state: Arc<VaultApiState>) -> Router {
 }
 
 /// The Vault-compatible API as a door (request metrics, timeout in Vault's error shape).
-pub fn door() -> crate::door::observe::DoorSpec {
+pub(crate) fn door() -> crate::door::observe::DoorSpec {
     crate::door::observe::DoorSpec {
         door: crate::identity::Door::VaultApi,
         route_of: route_label,
