@@ -177,7 +177,6 @@ pub(crate) fn door() -> crate::door::observe::DoorSpec {
     }
 }
 
-/// A refusal: a JSON error with a stable code (never a value).
 /// The egress proxy's answer for each failure class: this door's row of the one table
 /// (`tests/doors.rs`). A credential that is not there is a denial, as for any consumer.
 pub fn status(class: Failure) -> (StatusCode, &'static str, &'static str) {
@@ -232,6 +231,7 @@ pub fn status(class: Failure) -> (StatusCode, &'static str, &'static str) {
     }
 }
 
+/// A refusal: a JSON error with a stable code (never a value).
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     refuse_with(status, &body)
