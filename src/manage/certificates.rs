@@ -110,6 +110,72 @@ fn unix(secs: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
+/// The pin's own window (`starts_at`, `ends_at`): RFC 3339, `ends_at` after `starts_at` and
+/// not past, and the certificate itself not expired.
+fn window(
+    starts_at: Option<&str>,
+    ends_at: Option<&str>,
+    not_after: SystemTime,
+    now: SystemTime,
+) -> Result<(Option<SystemTime>, Option<SystemTime>), ManageError> {
+    let when = |field: &'static str, t: Option<&str>| match t {
+        None => Ok(None),
+        Some(t) => crate::policy::rfc3339(t)
+            .map(Some)
+            .ok_or_else(|| ManageError::Invalid {
+                field,
+                message: "an RFC 3339 time".to_owned(),
+            }),
+    };
+    let starts = when("starts_at", starts_at)?;
+    let ends = when("ends_at", ends_at)?;
+    if now > not_after || ends.is_some_and(|e| e <= now) {
+        return Err(rejected(
+            "certificate_expired",
+            "expired (or ends_at is past)",
+        ));
+    }
+    if let (Some(s), Some(e)) = (starts, ends)
+        && e <= s
+    {
+        return Err(ManageError::Invalid {
+            field: "ends_at",
+            message: "must be after starts_at".to_owned(),
+        });
+    }
+    Ok((starts, ends))
+}
+
+/// The leaf (`ders[0]`, its intermediates after it) chains to `[server] client_ca` at `at`
+/// and is not revoked.
+fn trusted(
+    verifier: &dyn ClientCertVerifier,
+    ders: &[Vec<u8>],
+    at: SystemTime,
+) -> Result<(), ManageError> {
+    let at = UnixTime::since_unix_epoch(
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    let intermediates: Vec<CertificateDer<'_>> = ders[1..]
+        .iter()
+        .map(|d| CertificateDer::from(d.as_slice()))
+        .collect();
+    verifier
+        .verify_client_cert(
+            &CertificateDer::from(ders[0].as_slice()),
+            &intermediates,
+            at,
+        )
+        .map(|_| ())
+        .map_err(|_| {
+            rejected(
+                "certificate_untrusted",
+                "does not chain to [server] client_ca, or is revoked by client_crl",
+            )
+        })
+}
+
 /// Checks an uploaded certificate (PEM; CCP-flattened accepted; the leaf first, then its
 /// intermediates) for use from `starts_at` to `ends_at` (RFC 3339, both optional).
 pub(super) fn check(
@@ -150,50 +216,10 @@ pub(super) fn check(
     }
     let not_before = unix(cert.validity().not_before.timestamp());
     let not_after = unix(cert.validity().not_after.timestamp());
-    let when = |field: &'static str, t: Option<&str>| match t {
-        None => Ok(None),
-        Some(t) => crate::policy::rfc3339(t)
-            .map(Some)
-            .ok_or_else(|| ManageError::Invalid {
-                field,
-                message: "an RFC 3339 time".to_owned(),
-            }),
-    };
-    let starts = when("starts_at", starts_at)?;
-    let ends = when("ends_at", ends_at)?;
-    if now > not_after || ends.is_some_and(|e| e <= now) {
-        return Err(rejected(
-            "certificate_expired",
-            "expired (or ends_at is past)",
-        ));
-    }
-    if let (Some(s), Some(e)) = (starts, ends)
-        && e <= s
-    {
-        return Err(ManageError::Invalid {
-            field: "ends_at",
-            message: "must be after starts_at".to_owned(),
-        });
-    }
+    let (starts, ends) = window(starts_at, ends_at, not_after, now)?;
     // The chain is checked when the certificate first can be used: a certificate uploaded
     // ahead of its own start (a staged rotation) is checked as of that start.
-    let at = now.max(not_before);
-    let at = UnixTime::since_unix_epoch(
-        at.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default(),
-    );
-    let intermediates: Vec<CertificateDer<'_>> = ders[1..]
-        .iter()
-        .map(|d| CertificateDer::from(d.as_slice()))
-        .collect();
-    verifier
-        .verify_client_cert(&CertificateDer::from(leaf.as_slice()), &intermediates, at)
-        .map_err(|_| {
-            rejected(
-                "certificate_untrusted",
-                "does not chain to [server] client_ca, or is revoked by client_crl",
-            )
-        })?;
+    trusted(verifier, &ders, now.max(not_before))?;
     use sha2::Digest as _;
     let sha256: [u8; 32] = sha2::Sha256::digest(leaf).into();
     let mut cns = cert.subject().iter_common_name();
