@@ -218,14 +218,7 @@ pub(crate) async fn run(
 ) -> Result<(), RunError> {
     let mut stop = std::pin::pin!(stop);
     let state = Arc::new(ops::State::new(&cfg));
-    if let Some(addr) = cfg.ops_listen {
-        let listener = ops::bind(addr)
-            .await
-            .map_err(|error| RunError::OpsListen { addr, error })?;
-        let bound = listener.local_addr().unwrap_or(addr);
-        tracing::info!(ops_listen = %bound, "serving /healthz, /readyz and /metrics");
-        tokio::spawn(ops::serve(listener, Arc::clone(&state)));
-    }
+    serve_ops(&cfg, &state).await?;
     let client = Arc::new(Client::new(&cfg.server)?);
     let wait = cfg.server.wait;
     let mut agent = Agent::new(&cfg, state);
@@ -252,17 +245,7 @@ pub(crate) async fn run(
     let mut in_flight: Vec<Option<tokio::task::AbortHandle>> = (0..n).map(|_| None).collect();
     loop {
         agent.reload_due(false).await;
-        for (i, slot) in in_flight.iter_mut().enumerate() {
-            if slot.is_none() {
-                let delay = backoff(agent.watches[i].failures);
-                let (client, item) = (Arc::clone(&client), agent.items[i].clone());
-                let etag = agent.watches[i].etag.clone();
-                *slot = Some(watching.spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    fetch(&client, &item, etag.as_deref(), Some(wait)).await
-                }));
-            }
-        }
+        agent.watch_idle(&client, wait, &mut in_flight, &mut watching);
         let deadline = agent.next_reload();
         let joined = tokio::select! {
             j = watching.join_next_with_id() => j,
@@ -314,6 +297,20 @@ pub(crate) async fn run(
             agent.apply(i, got);
         }
     }
+}
+
+/// `ops_listen`, when set: bound now (a taken address fails the start), served in the
+/// background.
+async fn serve_ops(cfg: &AgentConfig, state: &Arc<ops::State>) -> Result<(), RunError> {
+    if let Some(addr) = cfg.ops_listen {
+        let listener = ops::bind(addr)
+            .await
+            .map_err(|error| RunError::OpsListen { addr, error })?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        tracing::info!(ops_listen = %bound, "serving /healthz, /readyz and /metrics");
+        tokio::spawn(ops::serve(listener, Arc::clone(state)));
+    }
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -542,6 +539,27 @@ impl Agent {
         }
         self.watches[w.item].etag = w.etag;
         self.done(w.item);
+    }
+
+    /// A blocking query (after its item's backoff) for every item with none in flight.
+    fn watch_idle(
+        &self,
+        client: &Arc<Client>,
+        wait: Duration,
+        in_flight: &mut [Option<tokio::task::AbortHandle>],
+        watching: &mut tokio::task::JoinSet<Result<Got, Cause>>,
+    ) {
+        for (i, slot) in in_flight.iter_mut().enumerate() {
+            if slot.is_none() {
+                let delay = backoff(self.watches[i].failures);
+                let (client, item) = (Arc::clone(client), self.items[i].clone());
+                let etag = self.watches[i].etag.clone();
+                *slot = Some(watching.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    fetch(&client, &item, etag.as_deref(), Some(wait)).await
+                }));
+            }
+        }
     }
 
     /// When the next held reload may run.

@@ -98,6 +98,47 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// Each output's then each template's health (the agent's item indices), none written yet;
+/// their `failing` gauges start at 0.
+fn items_of(
+    cfg: &AgentConfig,
+    output_failing: &Family<OutputLabels, Gauge>,
+    template_failing: &Family<TemplateLabels, Gauge>,
+) -> Vec<ItemHealth> {
+    let mut items = Vec::new();
+    for o in &cfg.output {
+        let labels = OutputLabels {
+            credential: o.credential.clone(),
+            dir: o.dir.display().to_string(),
+        };
+        output_failing.get_or_create(&labels).set(0);
+        items.push(ItemHealth {
+            name: Name::Output {
+                credential: labels.credential,
+                dir: labels.dir,
+            },
+            written: false,
+            validity: None,
+            failing: None,
+        });
+    }
+    for t in &cfg.template {
+        let labels = TemplateLabels {
+            destination: t.destination.display().to_string(),
+        };
+        template_failing.get_or_create(&labels).set(0);
+        items.push(ItemHealth {
+            name: Name::Template {
+                destination: labels.destination,
+            },
+            written: false,
+            validity: None,
+            failing: None,
+        });
+    }
+    items
+}
+
 impl State {
     /// The state of `cfg`'s outputs then templates (in that order: the agent's item indices),
     /// none written yet; the identity's `not_after` when it presents a client certificate.
@@ -167,37 +208,7 @@ impl State {
                 identity,
             );
         }
-        let mut items = Vec::new();
-        for o in &cfg.output {
-            let labels = OutputLabels {
-                credential: o.credential.clone(),
-                dir: o.dir.display().to_string(),
-            };
-            output_failing.get_or_create(&labels).set(0);
-            items.push(ItemHealth {
-                name: Name::Output {
-                    credential: labels.credential,
-                    dir: labels.dir,
-                },
-                written: false,
-                validity: None,
-                failing: None,
-            });
-        }
-        for t in &cfg.template {
-            let labels = TemplateLabels {
-                destination: t.destination.display().to_string(),
-            };
-            template_failing.get_or_create(&labels).set(0);
-            items.push(ItemHealth {
-                name: Name::Template {
-                    destination: labels.destination,
-                },
-                written: false,
-                validity: None,
-                failing: None,
-            });
-        }
+        let items = items_of(cfg, &output_failing, &template_failing);
         Self {
             registry,
             items: Mutex::new(items),
