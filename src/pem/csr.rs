@@ -1,8 +1,8 @@
 //! A certificate signing request checked before anything is asked to sign it (docs/PKI.md,
 //! "Signing"): one PEM `CERTIFICATE REQUEST`, its signature made by the key it carries, a key
 //! of a type and size the profile allows, no extension but the names it asks for, and those
-//! names no other than the profile's. The signer then signs with the profile's names and
-//! lifetime; a CSR cannot widen them.
+//! names no other than the profile's — or no names at all. The signer then signs with the
+//! profile's names and lifetime; a CSR cannot widen them.
 //!
 //! A CSR holds no secret: its errors may say what is wrong with it.
 
@@ -100,6 +100,15 @@ pub fn check(text: &str, rules: &CsrRules<'_>) -> Result<CheckedCsr, CsrError> {
     // curve the verifier lacks would read as "bad").
     key_allowed(&info.subject_pki, rules.key_type)?;
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    // A CSR that names nothing — an empty subject and no attribute at all — is signed with
+    // the profile's names (the signer falls back to those it is asked for), like SPIRE's
+    // agent: a caller need not know them. Anything named must be the profile's, below.
+    if info.subject.iter().next().is_none() && info.iter_attributes().next().is_none() {
+        return Ok(CheckedCsr {
+            pem: armoured(&pem.contents),
+            spki: info.subject_pki.raw.to_vec(),
+        });
+    }
     // Exactly the profile's common name: a signer that takes the CSR's subject (OpenBao's
     // `use_csr_common_name`, on by default) then gives no other.
     let mut cns = info.subject.iter_common_name();
@@ -197,4 +206,56 @@ fn key_allowed(
         return Err(CsrError::WeakOrUnknownKey);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: CsrRules<'static> = CsrRules {
+        key_type: None,
+        common_name: "gw.payments.example",
+        names: &[],
+    };
+
+    fn csr(subject: &[(rcgen::DnType, &str)], sans: &[&str]) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in subject {
+            params.distinguished_name.push(t.clone(), *v);
+        }
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    /// A CSR naming nothing is taken (the profile's names are signed); one naming anything
+    /// but the profile's — a subject without its CN, a SAN with an empty subject — is not.
+    #[test]
+    fn a_nameless_csr_is_taken_and_a_half_named_one_is_not() {
+        assert!(check(&csr(&[], &[]), &RULES).is_ok());
+        assert!(
+            check(
+                &csr(&[(rcgen::DnType::CommonName, "gw.payments.example")], &[]),
+                &RULES
+            )
+            .is_ok()
+        );
+        for (subject, sans) in [
+            (vec![(rcgen::DnType::OrganizationName, "payments")], vec![]),
+            (vec![], vec!["admin.payments.example"]),
+            (vec![], vec!["gw.payments.example"]),
+            (
+                vec![(rcgen::DnType::CommonName, "admin.payments.example")],
+                vec![],
+            ),
+        ] {
+            assert_eq!(
+                check(&csr(&subject, &sans), &RULES).unwrap_err(),
+                CsrError::OtherName,
+                "{subject:?} {sans:?}"
+            );
+        }
+    }
 }
