@@ -68,8 +68,28 @@ pub struct Output {
     pub key: KeySource,
     /// The key the agent makes with `key = "generate"`.
     #[serde(default)]
-    pub key_type: super::generate::KeyType,
+    pub key_type: KeyType,
 }
+
+/// The key an output's agent makes (`key_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum KeyType {
+    #[default]
+    #[serde(rename = "P-256")]
+    P256,
+    #[serde(rename = "P-384")]
+    P384,
+    #[serde(rename = "Ed25519")]
+    Ed25519,
+    #[serde(rename = "RSA-2048")]
+    Rsa2048,
+    #[serde(rename = "RSA-3072")]
+    Rsa3072,
+}
+
+/// The files of an output that hold its certificate, in the order they are looked in (when
+/// the agent makes the key: when its certificate is due).
+pub const CERT_FILES: &[&str] = &["cert.pem", "chain.pem", "bundle.pem"];
 
 /// Where an output's key comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -251,19 +271,12 @@ fn generate_fits(o: &Output) -> Result<(), &'static str> {
         KeySource::Generate if o.next => Err(
             "key = \"generate\" cannot stage the next certificate (next = true): the agent signs its next key when the current certificate is a third through its life",
         ),
-        KeySource::Read if o.key_type != super::generate::KeyType::default() => {
+        KeySource::Read if o.key_type != KeyType::default() => {
             Err("key_type needs key = \"generate\"")
         }
-        KeySource::Generate
-            if !o
-                .files
-                .iter()
-                .any(|f| super::generate::CERT_FILES.contains(&f.as_str())) =>
-        {
-            Err(
-                "key = \"generate\" needs cert.pem, chain.pem or bundle.pem among the files (the agent reads when its certificate is due from them)",
-            )
-        }
+        KeySource::Generate if !o.files.iter().any(|f| CERT_FILES.contains(&f.as_str())) => Err(
+            "key = \"generate\" needs cert.pem, chain.pem or bundle.pem among the files (the agent reads when its certificate is due from them)",
+        ),
         _ => Ok(()),
     }
 }
@@ -349,10 +362,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(cfg.output[0].key, super::KeySource::Generate);
-        assert_eq!(
-            cfg.output[0].key_type,
-            super::super::generate::KeyType::Ed25519
-        );
+        assert_eq!(cfg.output[0].key_type, super::KeyType::Ed25519);
         for (extra, why) in [
             ("key = \"generate\"\nnext = true\n", "next = true"),
             (

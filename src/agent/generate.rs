@@ -2,24 +2,9 @@
 //! CSR that names nothing — the signing profile gives the names. Only the CSR leaves the host;
 //! the key stays in zeroizing buffers until it is written into the output's next generation.
 
-use serde::Deserialize;
 use zeroize::Zeroizing;
 
-/// The key an output's agent makes (`key_type`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-pub enum KeyType {
-    #[default]
-    #[serde(rename = "P-256")]
-    P256,
-    #[serde(rename = "P-384")]
-    P384,
-    #[serde(rename = "Ed25519")]
-    Ed25519,
-    #[serde(rename = "RSA-2048")]
-    Rsa2048,
-    #[serde(rename = "RSA-3072")]
-    Rsa3072,
-}
+use super::config::{CERT_FILES, KeyType};
 
 /// Why no key or CSR could be made (no key material in it: the library's error is dropped).
 #[derive(Debug, thiserror::Error)]
@@ -144,9 +129,6 @@ fn now_unix() -> i64 {
         .and_then(|d| i64::try_from(d.as_secs()).ok())
         .unwrap_or(0)
 }
-
-/// The files of an output that hold its certificate, in the order they are looked in.
-pub(super) const CERT_FILES: &[&str] = &["cert.pem", "chain.pem", "bundle.pem"];
 
 /// When the certificate in `dir` should be replaced (Unix seconds): a third of the way from
 /// when it was written (its file's time; its `not_before` when that is later) to its
