@@ -46,7 +46,14 @@ async fn serve(bao: &OpenBao) -> (tempfile::TempDir, Running) {
     (dir, running)
 }
 
+/// `agent.toml` for one generating output; `ops_listen` on a port of the system's choosing when
+/// `reload` is given (the running agent).
 fn agent_config(root: &std::path::Path, port: u16, reload: &[String]) -> std::path::PathBuf {
+    let ops = if reload.is_empty() {
+        ""
+    } else {
+        "ops_listen = \"127.0.0.1:0\"\n"
+    };
     let reload = reload
         .iter()
         .map(|a| format!("{a:?}"))
@@ -56,7 +63,7 @@ fn agent_config(root: &std::path::Path, port: u16, reload: &[String]) -> std::pa
     std::fs::write(
         &config,
         format!(
-            "[server]\nurl = \"https://127.0.0.1:{port}\"\nca_cert = \"server-ca.pem\"\ntoken_file = \"gw-token\"\nwait = \"5s\"\n[[output]]\ncredential = \"partner-sign\"\nhost = \"api.partner.example\"\ndir = \"certs\"\nfiles = [\"cert.pem\", \"key.pem\"]\nkey = \"generate\"\nreload = [{reload}]\n"
+            "{ops}[server]\nurl = \"https://127.0.0.1:{port}\"\nca_cert = \"server-ca.pem\"\ntoken_file = \"gw-token\"\nwait = \"5s\"\n[[output]]\ncredential = \"partner-sign\"\nhost = \"api.partner.example\"\ndir = \"certs\"\nfiles = [\"cert.pem\", \"key.pem\"]\nkey = \"generate\"\nreload = [{reload}]\n"
         ),
     )
     .unwrap();
@@ -82,6 +89,26 @@ fn try_serial(pem: &str) -> Option<String> {
             .trim_start_matches('0')
             .to_owned(),
     )
+}
+
+/// The port of the agent's `ops_listen`, from its log (within 20 s).
+async fn ops_port(log: &std::path::Path) -> String {
+    let at = "\"ops_listen\":\"127.0.0.1:";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(i) = text.find(at) {
+            return text[i + at.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ops_listen in the log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The public key (SPKI, DER) of a private key in PEM, by openssl.
@@ -166,6 +193,7 @@ async fn the_agent_makes_its_key_and_nginx_presents_it_through_two_periods() {
     let mut agent_logs = String::from_utf8_lossy(&once.stderr).into_owned();
     assert_eq!(once.status.code(), Some(0), "{agent_logs}");
     let certs = root.join("certs");
+    let once_serial = try_serial(&std::fs::read_to_string(certs.join("cert.pem")).unwrap());
     let prefix = root.join("nginx");
     std::fs::create_dir_all(&prefix).unwrap();
     std::fs::write(prefix.join("pki-ca.pem"), &ca_pem).unwrap();
@@ -190,6 +218,28 @@ async fn the_agent_makes_its_key_and_nginx_presents_it_through_two_periods() {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
+    // Ready at once: the files `--once` wrote are found current (not signed again).
+    let ops = format!(
+        "http://127.0.0.1:{}",
+        ops_port(&root.join("agent.log")).await
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .get(format!("{ops}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        try_serial(&std::fs::read_to_string(certs.join("cert.pem")).unwrap()),
+        once_serial,
+        "ready only after a new key: the files in place were not taken as current"
+    );
     let url = format!("http://127.0.0.1:{}/", ports[1]);
     let mut seen = std::collections::BTreeSet::<String>::new();
     // Each key the agent wrote, by the serial of the certificate beside it.
@@ -226,7 +276,17 @@ async fn the_agent_makes_its_key_and_nginx_presents_it_through_two_periods() {
         failed.len(),
         ok as usize + failed.len()
     );
+    // The running agent found the files of `--once` current at its start and is ready; its
+    // health and metrics answers carry no key.
+    let mut ops_answers = String::new();
+    for path in ["/readyz", "/metrics"] {
+        let r = client.get(format!("{ops}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        ops_answers.push_str(&r.text().await.unwrap());
+    }
+    assert!(ops_answers.contains("keybroker_agent_certificate_expiry_timestamp_seconds"));
     drop(agent);
+    agent_logs.push_str(&ops_answers);
     agent_logs.push_str(&std::fs::read_to_string(root.join("agent.log")).unwrap());
 
     // What nginx presented is what the agent wrote: each serial's certificate beside the key
@@ -248,7 +308,8 @@ async fn the_agent_makes_its_key_and_nginx_presents_it_through_two_periods() {
     assert!(signed_count(&bao_audit) >= 3);
     assert_eq!(bao_log.matches("pki/issue/").count(), 0, "no issue");
 
-    // No key the agent made is in any log or audit line of keybroker's, nor in the agent's.
+    // No key the agent made is in any log or audit line of keybroker's, nor in the agent's
+    // log and `ops_listen` answers.
     let server_logs = ["stdout.log", "stderr.log", "audit.log"]
         .iter()
         .map(|f| std::fs::read_to_string(root.join(f)).unwrap_or_default())
