@@ -148,8 +148,18 @@ pub(super) fn renew_at(dir: &std::path::Path) -> Option<(i64, (i64, i64))> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_secs()).ok())
         .unwrap_or(not_before);
-    let from = written.max(not_before);
-    Some((from + (not_after - from) / 3, (not_before, not_after)))
+    Some((
+        due(written, not_before, not_after, now_unix()),
+        (not_before, not_after),
+    ))
+}
+
+/// A third of the way from `written` (or `not_before` if later; never after `now`, a file
+/// time in the future — a clock set back — must not put renewal past `not_after`) to
+/// `not_after`.
+fn due(written: i64, not_before: i64, not_after: i64, now: i64) -> i64 {
+    let from = written.max(not_before).min(now);
+    from + (not_after - from) / 3
 }
 
 #[cfg(test)]
@@ -178,6 +188,17 @@ mod tests {
             assert_eq!(checked.spki, fresh.spki);
             assert!(!format!("{fresh:?}").contains("PRIVATE"));
         }
+    }
+
+    /// Due a third into the life left when written; a back-dated `not_before` does not make
+    /// it due at once, and a file time in the future does not put renewal past `not_after`.
+    #[test]
+    fn a_certificate_is_due_a_third_into_its_life() {
+        // Written at 1000, valid 970..1030 (back-dated 30 s, ttl 30 s): due at 1010.
+        assert_eq!(due(1000, 970, 1030, 1000), 1010);
+        assert_eq!(due(900, 970, 1030, 1000), 990);
+        // A file time far ahead of the clock: measured from now.
+        assert_eq!(due(5000, 970, 1030, 1000), 1010);
     }
 
     /// A certificate for another key is told apart from one for ours.
