@@ -58,11 +58,11 @@ fn main() {
             "baseline listening on http://{}",
             listener.local_addr().unwrap()
         );
-        keybroker::door::listen::serve(
+        keybroker::testing::door::listen::serve(
             listener,
-            std::sync::Arc::new(keybroker::api::ServerTls::plain()),
+            std::sync::Arc::new(keybroker::testing::api::ServerTls::plain()),
             app,
-            (&keybroker::config::LimitsConfig::default()).into(),
+            (&keybroker::testing::config::LimitsConfig::default()).into(),
             std::future::pending(),
         )
         .await;

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use keybroker::broker::{Broker, Caller, Document};
-use keybroker::config::Config;
-use keybroker::reference::{Format, Layout};
+use keybroker::testing::broker::{Broker, Caller, Document};
+use keybroker::testing::config::Config;
+use keybroker::testing::reference::{Format, Layout};
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -53,10 +53,10 @@ fn main() {
                 text: format!("$SECRET_s/k-{i} $KEY_value"),
             };
             broker
-                .read(keybroker::broker::Ask::new(
+                .read(keybroker::testing::broker::Ask::new(
                     &Caller::Operator,
-                    keybroker::identity::Door::Cli,
-                    keybroker::broker::Expand {
+                    keybroker::testing::identity::Door::Cli,
+                    keybroker::testing::broker::Expand {
                         document: doc,
                         layout: Layout::Compact,
                     },

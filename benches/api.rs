@@ -9,8 +9,8 @@ use axum::http::Request;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::ServiceExt;
 
-use keybroker::app::{App, Options};
-use keybroker::config::Config;
+use keybroker::testing::app::{App, Options};
+use keybroker::testing::config::Config;
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();

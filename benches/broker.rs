@@ -9,10 +9,10 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
-use keybroker::broker::{Ask, Broker, Caller, Document, Expand};
-use keybroker::identity::Door;
-use keybroker::reference::Layout;
-use keybroker::source::FileSource;
+use keybroker::testing::broker::{Ask, Broker, Caller, Document, Expand};
+use keybroker::testing::identity::Door;
+use keybroker::testing::reference::Layout;
+use keybroker::testing::source::FileSource;
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();

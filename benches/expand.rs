@@ -9,11 +9,11 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::Value;
 
-use keybroker::broker::{Ask, Broker, Caller, Document, Expand};
-use keybroker::identity::Door;
-use keybroker::reference::{Layout, Prepared, Reason, Reference, Resolved};
-use keybroker::secret::{Secret, SecretMeta, secret_string};
-use keybroker::source::FileSource;
+use keybroker::testing::broker::{Ask, Broker, Caller, Document, Expand};
+use keybroker::testing::identity::Door;
+use keybroker::testing::reference::{Layout, Prepared, Reason, Reference, Resolved};
+use keybroker::testing::secret::{Secret, SecretMeta, secret_string};
+use keybroker::testing::source::FileSource;
 
 const REFS: usize = 10_000;
 const SECRETS: usize = 100;
@@ -67,7 +67,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("render", |b| {
         b.iter(|| {
             prepared
-                .render(&lookup, keybroker::reference::RenderLimits::default())
+                .render(
+                    &lookup,
+                    keybroker::testing::reference::RenderLimits::default(),
+                )
                 .unwrap()
         })
     });
@@ -75,7 +78,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             Prepared::json(black_box(doc.clone()), Layout::Compact)
                 .unwrap()
-                .render(&lookup, keybroker::reference::RenderLimits::default())
+                .render(
+                    &lookup,
+                    keybroker::testing::reference::RenderLimits::default(),
+                )
                 .unwrap()
         })
     });
@@ -89,7 +95,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             Prepared::json_text(black_box(&text))
                 .unwrap()
-                .render(&lookup, keybroker::reference::RenderLimits::default())
+                .render(
+                    &lookup,
+                    keybroker::testing::reference::RenderLimits::default(),
+                )
                 .unwrap()
         })
     });
@@ -119,7 +128,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             Prepared::json_text(black_box(&big))
                 .unwrap()
-                .render(&lookup, keybroker::reference::RenderLimits::default())
+                .render(
+                    &lookup,
+                    keybroker::testing::reference::RenderLimits::default(),
+                )
                 .unwrap()
         })
     });

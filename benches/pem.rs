@@ -9,7 +9,7 @@ use std::process::Command;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-use keybroker::pem::{Options, danger_restore_unverified, repair};
+use keybroker::testing::pem::{Options, danger_restore_unverified, repair};
 
 fn rsa4096() -> String {
     let out = Command::new("openssl")

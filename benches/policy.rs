@@ -7,8 +7,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use keybroker::policy::{Destination, HostPattern, Subject};
-use keybroker::reference::SecretPath;
+use keybroker::testing::policy::{Destination, HostPattern, Subject};
+use keybroker::testing::reference::SecretPath;
 
 fn bench(c: &mut Criterion) {
     c.bench_function("destination_parse_host", |b| {
@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
     }
     text.push_str("[[grant]]\nteam = \"payments\"\nsource = \"vault\"\npaths = [\"payments/**\"]\nallowed_hosts = [\"*.payments.example\"]\n");
     std::fs::write(dir.path().join("p.toml"), text).unwrap();
-    let policy = keybroker::policy::load(dir.path()).unwrap();
+    let policy = keybroker::testing::policy::load(dir.path()).unwrap();
     let host = Destination::parse("gw.payments.example").unwrap();
     c.bench_function("decide_credential_100_consumers", |b| {
         b.iter(|| {
@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
-    let snapshot = keybroker::identity::Snapshot::new(policy);
+    let snapshot = keybroker::testing::identity::Snapshot::new(policy);
     let identities = snapshot.identities();
     c.bench_function("consumer_by_token_100_consumers", |b| {
         b.iter(|| identities.by_token(black_box("token-99")))
@@ -107,7 +107,7 @@ fn large_policy(c: &mut Criterion) {
         ));
     }
     std::fs::write(dir.path().join("p.toml"), text).unwrap();
-    let policy = keybroker::policy::load(dir.path()).unwrap();
+    let policy = keybroker::testing::policy::load(dir.path()).unwrap();
     // c999 is in team t199, whose grants are the last ones of each round of 200.
     let host = Destination::parse("gw.t199.example").unwrap();
     let path = SecretPath::from_segments(["t199", "g1999", "key"]).unwrap();

@@ -2,11 +2,11 @@
 //! API state — without touching the network. `check`, `serve`, the benches and tests use this
 //! one path, so `check` refuses exactly what `serve` would.
 
-pub mod operations;
-pub mod process;
+pub(crate) mod operations;
+pub(crate) mod process;
 mod run;
 
-pub use run::{BindError, Listeners};
+pub(crate) use run::Listeners;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

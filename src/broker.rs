@@ -30,19 +30,18 @@ mod sign;
 mod single;
 mod verdict;
 
-pub use ask::{Ask, CredentialRead, Expand, Facts, ReadFailure, Want};
+pub use ask::{Ask, Expand};
+pub(crate) use ask::{CredentialRead, ReadFailure};
 pub(crate) use audit::AuditEntry;
-pub use audit::{AuditMemo, AuditRefused};
-pub use credentials::{
-    CredentialError, CredentialInfo, CredentialSummary, Material, MaterialMetadata, RoleError,
-    RoleRepair,
-};
+pub(crate) use audit::{AuditMemo, AuditRefused};
+pub(crate) use credentials::{CredentialError, CredentialInfo, Material, RoleError};
 pub use failure::Failure;
-pub use ops::{PolicySummary, Readiness, ReloadError, SourceHealth};
+pub(crate) use ops::{Readiness, ReloadError};
 pub(crate) use read::source_reason;
 use resolve::{pick, repair_names};
-pub use sign::{SIGNS_PER_PERIOD, SignError, SignRead, SignedCredential};
-pub use single::{SecretAnswer, SecretList, SecretRead};
+pub use sign::SIGNS_PER_PERIOD;
+pub(crate) use sign::{SignError, SignRead};
+pub(crate) use single::{SecretList, SecretRead};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -137,7 +136,7 @@ pub enum ResolveError {
     /// anything was reserved.
     #[error("the expanded answer would be larger than {limit} bytes ([limits] max_answer_bytes)")]
     TooLarge { limit: usize },
-    /// A single read ([`SecretRead`]): the secret is not there. A document's missing
+    /// A single read (`SecretRead`): the secret is not there. A document's missing
     /// reference is [`ResolveError::Unresolved`] (a document is not a resource).
     #[error("the secret was not found")]
     NotFound,

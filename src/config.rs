@@ -14,14 +14,18 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-pub use crate::diag::Diagnostic;
+pub(crate) use crate::diag::Diagnostic;
 use crate::diag::{Diags, Seg, span_of};
-pub use schema::{
-    AuditConfig, ByteSize, CacheConfig, CcpApiConfig, CcpSourceConfig, ClientAuth, Dur,
-    EgressConfig, ExpiryConfig, FileSourceConfig, FsyncPolicy, JwtConfig, KUBERNETES_TOKEN_FILE,
-    KvVersion, LimitsConfig, NotifyConfig, PemMode, PkiIssue, PkiProfile, PkiSourceConfig,
-    QuotaConfig, STORE_SOURCE, ServerConfig, SourceConfig, SourceKind, StoreConfig, StoreKind,
-    VaultApiConfig, VaultAuth, VaultSourceConfig,
+#[cfg(test)]
+pub(crate) use schema::ByteSize;
+pub use schema::LimitsConfig;
+pub use schema::PemMode;
+pub use schema::SourceConfig;
+pub(crate) use schema::{
+    AuditConfig, CacheConfig, CcpApiConfig, CcpSourceConfig, ClientAuth, Dur, EgressConfig,
+    ExpiryConfig, FsyncPolicy, JwtConfig, KUBERNETES_TOKEN_FILE, KvVersion, NotifyConfig, PkiIssue,
+    PkiProfile, PkiSourceConfig, QuotaConfig, STORE_SOURCE, ServerConfig, SourceKind, StoreConfig,
+    StoreKind, VaultApiConfig, VaultAuth, VaultSourceConfig,
 };
 
 /// The whole configuration, validated.

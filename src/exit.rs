@@ -5,13 +5,13 @@
 use crate::broker::Failure;
 
 /// sysexits' EX_TEMPFAIL: a source was unavailable, try again later.
-pub const TEMPFAIL: u8 = 75;
+pub(crate) const TEMPFAIL: u8 = 75;
 /// sysexits' EX_NOPERM: a source refused keybroker's own credentials; retrying will not help.
-pub const NOPERM: u8 = 77;
+pub(crate) const NOPERM: u8 = 77;
 /// Usage, configuration or environment error (also a source's configuration shown wrong).
-pub const USAGE: u8 = 2;
+pub(crate) const USAGE: u8 = 2;
 /// The request was understood and refused or could not be satisfied.
-pub const REFUSED: u8 = 1;
+pub(crate) const REFUSED: u8 = 1;
 
 pub fn code(class: Failure) -> u8 {
     match class {
@@ -32,7 +32,7 @@ pub fn code(class: Failure) -> u8 {
 }
 
 /// What to tell the operator beside the code, for the classes that have a fix to name.
-pub fn hint(class: Failure) -> Option<&'static str> {
+pub(crate) fn hint(class: Failure) -> Option<&'static str> {
     match class {
         Failure::SourceCredentialsRefused => Some(
             "a source refused keybroker's own credentials: check VAULT_TOKEN/BAO_TOKEN, the source's token_file, or its login method's role and secret",

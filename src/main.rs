@@ -18,12 +18,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use keybroker::Format;
 use keybroker::cli::{
     Failure, agent::agent, check::check, health, logging::LogFormat, logging::init_logging,
     pem::PemCommand, pem::pem_command, policy::PolicyCommand, policy::policy_command,
     resolve::resolve, runtime, serve::serve,
 };
-use keybroker::reference::Format;
 
 #[derive(Parser)]
 #[command(

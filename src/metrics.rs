@@ -18,17 +18,17 @@ use prometheus_client::registry::Registry;
 const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
 /// The content type of [`Metrics::render`].
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A closed vocabulary used as a label value: encoded as its `code()`.
 macro_rules! vocabulary {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $code:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-        pub enum $name { $($variant),+ }
+        pub(crate) enum $name { $($variant),+ }
 
         impl $name {
-            pub fn code(self) -> &'static str {
+            pub(crate) fn code(self) -> &'static str {
                 match self { $(Self::$variant => $code),+ }
             }
         }
@@ -54,7 +54,7 @@ vocabulary! {
 }
 
 impl RequestOutcome {
-    pub fn of_status(status: u16) -> Self {
+    pub(crate) fn of_status(status: u16) -> Self {
         match status {
             200..=399 => Self::Ok,
             401 | 407 => Self::Unauthenticated,
@@ -153,7 +153,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// Everything `/metrics` reports. Cheap to update from any task.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Series that name teams' credentials and consumers: the main listener's `/metrics`
     /// (admins) has them, `ops_listen` (anyone who reaches it) does not.
@@ -375,7 +375,12 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, door: &'static str, route: &'static str, decision: RequestOutcome) {
+    pub(crate) fn request(
+        &self,
+        door: &'static str,
+        route: &'static str,
+        decision: RequestOutcome,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 door,
@@ -386,7 +391,7 @@ impl Metrics {
     }
 
     /// How long a request to `route` of `door` took to answer.
-    pub fn request_duration(&self, door: &'static str, route: &'static str, took: Duration) {
+    pub(crate) fn request_duration(&self, door: &'static str, route: &'static str, took: Duration) {
         self.request_seconds
             .get_or_create(&RouteLabels { door, route })
             .observe(took.as_secs_f64());
@@ -394,11 +399,11 @@ impl Metrics {
 
     /// The cache's size now (set before each exposition).
     /// The `process_*` series, read now (at scrape time).
-    pub fn update_process(&self) {
+    pub(crate) fn update_process(&self) {
         self.process.update();
     }
 
-    pub fn cache_size(&self, entries: u64, bytes: u64) {
+    pub(crate) fn cache_size(&self, entries: u64, bytes: u64) {
         self.cache_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.cache_bytes
@@ -406,17 +411,17 @@ impl Metrics {
     }
 
     /// A read answered from a stale entry (stale-if-error).
-    pub fn stale_answer(&self) {
+    pub(crate) fn stale_answer(&self) {
         self.stale_answers.inc();
     }
 
     /// An audit line that could not be written.
-    pub fn audit_failure(&self) {
+    pub(crate) fn audit_failure(&self) {
         self.audit_failures.inc();
     }
 
     /// A shared store was pulled successfully now.
-    pub fn store_pulled(&self) {
+    pub(crate) fn store_pulled(&self) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -424,17 +429,17 @@ impl Metrics {
     }
 
     /// How many store entries the policy in force set aside.
-    pub fn quarantined(&self, n: usize) {
+    pub(crate) fn quarantined(&self, n: usize) {
         self.quarantined.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A client certificate refused because two consumers claim it.
-    pub fn ambiguous_identity(&self) {
+    pub(crate) fn ambiguous_identity(&self) {
         self.ambiguous_identities.inc();
     }
 
     /// Time left on `source`'s Vault token; `None` removes the series (no expiring token).
-    pub fn token_ttl(&self, source: &str, left: Option<Duration>) {
+    pub(crate) fn token_ttl(&self, source: &str, left: Option<Duration>) {
         let labels = SourceLabels {
             source: source.to_owned(),
         };
@@ -451,7 +456,7 @@ impl Metrics {
     }
 
     /// One read of `source` (a cache miss), `outcome` = `ok` or a reason code.
-    pub fn source_read(&self, source: &str, outcome: &'static str, took: Duration) {
+    pub(crate) fn source_read(&self, source: &str, outcome: &'static str, took: Duration) {
         self.source_reads
             .get_or_create(&SourceReadLabels {
                 source: source.to_owned(),
@@ -465,7 +470,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn cache(&self, hit: bool) {
+    pub(crate) fn cache(&self, hit: bool) {
         if hit {
             self.cache_hits.inc();
         } else {
@@ -474,23 +479,23 @@ impl Metrics {
     }
 
     /// A PEM field repaired; `kind` is a repair code (`pem::RepairKind::code`).
-    pub fn repaired(&self, kind: &'static str) {
+    pub(crate) fn repaired(&self, kind: &'static str) {
         self.repairs.get_or_create(&RepairLabels { kind }).inc();
     }
 
     /// A credential's verdict became a refusal; `code` is a verification or PEM code.
-    pub fn credential_rejected(&self, code: &'static str) {
+    pub(crate) fn credential_rejected(&self, code: &'static str) {
         self.rejections
             .get_or_create(&RejectionLabels { code })
             .inc();
     }
 
-    pub fn reload(&self, outcome: ReloadOutcome) {
+    pub(crate) fn reload(&self, outcome: ReloadOutcome) {
         self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
     }
 
     /// Whether `source` takes reads (its circuit is closed).
-    pub fn source_available(&self, source: &str, available: bool) {
+    pub(crate) fn source_available(&self, source: &str, available: bool) {
         self.source_up
             .get_or_create(&SourceLabels {
                 source: source.to_owned(),
@@ -499,7 +504,7 @@ impl Metrics {
     }
 
     /// Sets when the certificate `name` of `kind` expires (Unix seconds).
-    pub fn certificate_expiry(&self, kind: ExpiryKind, name: &str, not_after: i64) {
+    pub(crate) fn certificate_expiry(&self, kind: ExpiryKind, name: &str, not_after: i64) {
         self.expiry
             .get_or_create(&ExpiryLabels {
                 kind,
@@ -510,7 +515,7 @@ impl Metrics {
     }
 
     /// Drops the series of a certificate that is gone (its object left the policy).
-    pub fn forget_certificate(&self, kind: ExpiryKind, name: &str) {
+    pub(crate) fn forget_certificate(&self, kind: ExpiryKind, name: &str) {
         self.expiry.remove(&ExpiryLabels {
             kind,
             name: name.to_owned(),
@@ -547,13 +552,13 @@ impl Metrics {
 
     /// The OpenMetrics text exposition ([`CONTENT_TYPE`]) with every series, names included:
     /// for the operator and admins.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.render_with(true)
     }
 
     /// The exposition without the series that name teams' credentials and consumers: for
     /// `ops_listen`, which answers anyone who reaches it.
-    pub fn render_unnamed(&self) -> String {
+    pub(crate) fn render_unnamed(&self) -> String {
         self.render_with(false)
     }
 

@@ -15,7 +15,7 @@ use zeroize::Zeroize;
 /// A key read from a file (`etag_key_file`, `token_key_file`, the audit's and the
 /// notifications' `hmac_key_file`): its bytes without surrounding ASCII whitespace, at least
 /// the minimum its use needs; wiped when dropped. The one rule for every key file.
-pub struct KeyFile(zeroize::Zeroizing<Vec<u8>>);
+pub(crate) struct KeyFile(zeroize::Zeroizing<Vec<u8>>);
 
 impl fmt::Debug for KeyFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -51,7 +51,7 @@ impl KeyFileError {
 
 impl KeyFile {
     /// The key in `path`, which `setting` names; at least `min_len` bytes.
-    pub fn load(
+    pub(crate) fn load(
         setting: &'static str,
         path: &std::path::Path,
         min_len: usize,
@@ -73,12 +73,12 @@ impl KeyFile {
         Ok(Self(zeroize::Zeroizing::new(key.to_vec())))
     }
 
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
     }
 
     /// The key itself, for a holder that keeps it (no second copy).
-    pub fn into_bytes(self) -> zeroize::Zeroizing<Vec<u8>> {
+    pub(crate) fn into_bytes(self) -> zeroize::Zeroizing<Vec<u8>> {
         self.0
     }
 }
@@ -93,7 +93,7 @@ pub fn secret_string(s: &str) -> SecretString {
 
 /// A digest (SHA-256) of `parts` that may hold values, length-prefixed, the hasher kept on the
 /// heap and finalized in place (see [`keyed_digest`]): nothing of the values stays behind.
-pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+pub(crate) fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
     use sha2::Digest as _;
     let mut h = Box::new(sha2::Sha256::new());
     for p in parts {
@@ -108,7 +108,7 @@ pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
 /// finalized in place: `finalize(self)` moves it, and the moved-from copy of its last partial
 /// block — value bytes — would stay on a stack unwiped (issue 49). Dropped, the state is wiped
 /// (`zeroize`), and so is its heap block.
-pub fn keyed_digest<'a>(
+pub(crate) fn keyed_digest<'a>(
     key: &hmac::HmacReset<sha2::Sha256>,
     parts: impl IntoIterator<Item = &'a [u8]>,
 ) -> [u8; 32] {
@@ -145,7 +145,7 @@ pub struct SecretMeta {
 }
 
 /// The field name a plain, single-valued secret is stored under.
-pub const VALUE_FIELD: &str = "value";
+pub(crate) const VALUE_FIELD: &str = "value";
 
 impl Secret {
     pub fn new(fields: BTreeMap<String, SecretString>, meta: SecretMeta) -> Self {

@@ -7,10 +7,10 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use keybroker::api::{AppState, router};
-use keybroker::broker::Broker;
-use keybroker::config::Config;
-use keybroker::identity::TokenDigest;
+use keybroker::testing::api::{AppState, router};
+use keybroker::testing::broker::Broker;
+use keybroker::testing::config::Config;
+use keybroker::testing::identity::TokenDigest;
 
 const TOKEN: &str = "test-token-1234";
 const CANARY: &str = "canary-9d3e2f-never-log";
@@ -177,7 +177,7 @@ async fn oversized_bodies_are_refused() {
     let (app, _dir) = app();
     let big = format!(
         r#"{{"document": "{}"}}"#,
-        "a".repeat(keybroker::api::MAX_BODY_BYTES)
+        "a".repeat(keybroker::testing::api::MAX_BODY_BYTES)
     );
     let (status, _, _) = post(&app, Some(TOKEN), &big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);

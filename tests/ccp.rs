@@ -4,17 +4,17 @@ mod support {
     pub mod ccp;
 }
 
-use keybroker::source::Outage;
+use keybroker::testing::source::Outage;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use keybroker::broker::{Broker, Caller, Document, ResolveError};
-use keybroker::config::{Config, SourceConfig};
-use keybroker::reference::{Layout, SecretPath};
-use keybroker::source::{CcpSource, ReadRequest, SecretSource, SourceError};
+use keybroker::testing::broker::{Broker, Caller, Document, ResolveError};
+use keybroker::testing::config::{Config, SourceConfig};
+use keybroker::testing::reference::{Layout, SecretPath};
+use keybroker::testing::source::{CcpSource, ReadRequest, SecretSource, SourceError};
 use support::ccp::{
     AppAuth, CcpDouble, ERRORMSG_CANARY, Fault, Object, Pki, Store, flatten, stored_as,
 };
@@ -118,12 +118,12 @@ fn source(cfg: &Config) -> CcpSource {
 async fn expand(
     broker: &Broker,
     doc: serde_json::Value,
-) -> Result<keybroker::broker::Resolution, ResolveError> {
+) -> Result<keybroker::testing::broker::Resolution, ResolveError> {
     broker
-        .read(keybroker::broker::Ask::new(
+        .read(keybroker::testing::broker::Ask::new(
             &Caller::Operator,
-            keybroker::identity::Door::Cli,
-            keybroker::broker::Expand {
+            keybroker::testing::identity::Door::Cli,
+            keybroker::testing::broker::Expand {
                 document: Document::JsonValue(doc),
                 layout: Layout::Compact,
             },
@@ -165,7 +165,7 @@ async fn the_seeds_scenario_key_and_certificate_from_ccp_come_back_intact() {
         v["cert"].as_str().unwrap(),
         v["key"].as_str().unwrap()
     );
-    keybroker::pem::repair(&bundle, &keybroker::pem::Options::default()).unwrap();
+    keybroker::testing::pem::repair(&bundle, &keybroker::testing::pem::Options::default()).unwrap();
     // On the wire: AppID first and exactly once in every query.
     for q in double.queries() {
         assert!(q.starts_with("AppID=keybroker&"), "{q}");

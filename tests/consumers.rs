@@ -14,10 +14,10 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use keybroker::api::{AppState, router};
-use keybroker::broker::Broker;
-use keybroker::config::Config;
-use keybroker::identity::TokenDigest;
+use keybroker::testing::api::{AppState, router};
+use keybroker::testing::broker::Broker;
+use keybroker::testing::config::Config;
+use keybroker::testing::identity::TokenDigest;
 
 /// The token of the dev policy's consumer `gateway-dev` (team payments; grant files:demo/*
 /// towards *.payments.example).
@@ -282,8 +282,8 @@ fn policy_explain_prints_the_egress_proxys_choice_of_credential() {
 /// was authenticated under, even when a reload changed the policy in between.
 #[tokio::test]
 async fn a_request_is_decided_under_the_snapshot_it_was_authenticated_under() {
-    use keybroker::broker::{Caller, ConsumerRef, Document};
-    use keybroker::reference::Layout;
+    use keybroker::testing::broker::{Caller, ConsumerRef, Document};
+    use keybroker::testing::reference::Layout;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("secrets/demo")).unwrap();
@@ -317,20 +317,24 @@ async fn a_request_is_decided_under_the_snapshot_it_was_authenticated_under() {
     policy(false);
     broker.reload_policy().unwrap();
     let after = Caller::Consumer(ConsumerRef::of(broker.policy(), "gw").unwrap());
-    let host = keybroker::policy::Destination::parse("api.snapshot.example").unwrap();
+    let host = keybroker::testing::policy::Destination::parse("api.snapshot.example").unwrap();
     let resolve = |caller: Caller| {
         let broker = &broker;
         let host = host.clone();
         async move {
             let doc = Document::JsonValue(serde_json::json!({"v": "$SECRET_files:demo/db $KEY_v"}));
-            let want = keybroker::broker::Expand {
+            let want = keybroker::testing::broker::Expand {
                 document: doc,
                 layout: Layout::Compact,
             };
             broker
                 .read(
-                    keybroker::broker::Ask::new(&caller, keybroker::identity::Door::Cli, want)
-                        .towards(Some(&host)),
+                    keybroker::testing::broker::Ask::new(
+                        &caller,
+                        keybroker::testing::identity::Door::Cli,
+                        want,
+                    )
+                    .towards(Some(&host)),
                 )
                 .await
                 .is_ok()

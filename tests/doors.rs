@@ -261,9 +261,9 @@ async fn threat_27_at_every_door_anonymous_refusals_are_budgeted_per_address() {
 /// The one classification of failures, and each door's row: the main API's status, the Vault
 /// API's, the egress proxy's, the CLI's exit code, the CCP API's status and `ErrorCode`. A door that maps a class on its own (or a
 /// class added without a row) fails here.
-#[test]
-fn each_failure_class_has_one_answer_per_door() {
-    use keybroker::broker::Failure::{self, *};
+#[tokio::test]
+async fn each_failure_class_has_one_answer_per_door() {
+    use keybroker::testing::broker::Failure::{self, *};
     #[rustfmt::skip]
     /// A class; the main API's, the Vault API's and the egress proxy's status; the CLI's exit
     /// code; the CCP API's status and `ErrorCode`.
@@ -294,14 +294,32 @@ fn each_failure_class_has_one_answer_per_door() {
     ];
     assert_eq!(table.len(), Failure::ALL.len(), "every class has a row");
     for &(class, api, vault, egress, exit, ccp) in table {
-        let (ccp_status, ccp_code, _) = keybroker::ccp_api::status(class);
+        let (ccp_status, ccp_code, _) = keybroker::testing::ccp_api::status(class);
         let got = (
-            keybroker::api::status(class).as_u16(),
-            keybroker::vault_api::status(class).0.as_u16(),
-            keybroker::egress::status(class).0.as_u16(),
-            keybroker::exit::code(class),
+            keybroker::testing::api::status(class).as_u16(),
+            keybroker::testing::vault_api::status(class).0.as_u16(),
+            keybroker::testing::egress::status(class).0.as_u16(),
+            keybroker::testing::exit::code(class),
             (ccp_status.as_u16(), ccp_code),
         );
         assert_eq!(got, (api, vault, egress, exit, ccp), "{class:?}");
+        // Each dialect's one renderer gives the row's status and its own error shape.
+        let vault_answer = rendered(keybroker::testing::vault_api::VaultError::from(class)).await;
+        assert_eq!(vault_answer.0, vault, "{class:?}");
+        assert!(vault_answer.1["errors"].is_array(), "{class:?}");
+        let ccp_answer = rendered(keybroker::testing::ccp_api::CcpError::from(class)).await;
+        assert_eq!(
+            (ccp_answer.0, ccp_answer.1["ErrorCode"].as_str()),
+            (ccp.0, Some(ccp.1))
+        );
     }
+}
+
+async fn rendered(e: impl axum::response::IntoResponse) -> (u16, Value) {
+    let answer = e.into_response();
+    let status = answer.status().as_u16();
+    let body = axum::body::to_bytes(answer.into_body(), 64 * 1024)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
 }

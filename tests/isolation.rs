@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use tower::ServiceExt;
 
-use keybroker::api::{AppState, router};
-use keybroker::broker::Broker;
-use keybroker::config::Config;
-use keybroker::source::{ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource};
+use keybroker::testing::api::{AppState, router};
+use keybroker::testing::broker::Broker;
+use keybroker::testing::config::Config;
+use keybroker::testing::source::{ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource};
 use support::openbao::{OpenBao, ROOT_TOKEN};
 use support::proxy::{Seen, counting_proxy};
 
@@ -116,7 +116,7 @@ timeout = "5s"
     let cfg = Config::parse(&text, &root.join("kb.toml")).unwrap();
     let env = VaultEnv {
         addr: Some(proxy),
-        token: Some(keybroker::secret::secret_string(ROOT_TOKEN)),
+        token: Some(keybroker::testing::secret::secret_string(ROOT_TOKEN)),
         ..VaultEnv::default()
     };
     let broker = Broker::from_config_with_env(&cfg, &env).unwrap();
@@ -320,7 +320,7 @@ async fn threat_24_denied_reads_do_not_mint_vault_tokens() {
         dir.join("secret_id")
     );
     let cfg = Config::parse(&toml, &dir.join("kb.toml")).unwrap();
-    let keybroker::config::SourceConfig::Vault(v) = &cfg.sources[0] else {
+    let keybroker::testing::config::SourceConfig::Vault(v) = &cfg.sources[0] else {
         panic!()
     };
     let env = VaultEnv {
@@ -334,7 +334,7 @@ async fn threat_24_denied_reads_do_not_mint_vault_tokens() {
     };
     let before = tokens();
     let req = ReadRequest {
-        path: keybroker::reference::SecretPath::from_segments(["x"]).unwrap(),
+        path: keybroker::testing::reference::SecretPath::from_segments(["x"]).unwrap(),
         version: None,
     };
     for _ in 0..100 {

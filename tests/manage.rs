@@ -867,7 +867,7 @@ async fn upstream_ca_is_stored_apart_and_a_mixed_root_bundle_is_warned_about() {
         )
         .await;
     assert_eq!(status, 201, "{mixed}");
-    let der = keybroker::policy::pem_certificates(upstream.pem.as_bytes()).unwrap();
+    let der = keybroker::testing::policy::pem_certificates(upstream.pem.as_bytes()).unwrap();
     let loose = hex::encode(sha2::Sha256::digest(&der[0]));
     assert!(
         mixed["warnings"][0].as_str().unwrap().contains(&loose),

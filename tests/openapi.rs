@@ -10,8 +10,8 @@ use axum::http::{Method, Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use keybroker::api::{AppState, ROUTES, router};
-use keybroker::broker::Broker;
+use keybroker::testing::api::{AppState, ROUTES, router};
+use keybroker::testing::broker::Broker;
 
 fn described() -> BTreeSet<(String, String)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");

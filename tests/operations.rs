@@ -159,10 +159,14 @@ async fn the_routers_own_refusals_are_json() {
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
     use tower::ServiceExt;
-    let broker = std::sync::Arc::new(keybroker::broker::Broker::new(Vec::new(), None, None));
-    let state = keybroker::api::AppState::new(broker)
-        .with_dev_token(keybroker::identity::TokenDigest::of("operator"));
-    let app = keybroker::api::router(std::sync::Arc::new(state));
+    let broker = std::sync::Arc::new(keybroker::testing::broker::Broker::new(
+        Vec::new(),
+        None,
+        None,
+    ));
+    let state = keybroker::testing::api::AppState::new(broker)
+        .with_dev_token(keybroker::testing::identity::TokenDigest::of("operator"));
+    let app = keybroker::testing::api::router(std::sync::Arc::new(state));
     for (req, status, code) in [
         (
             Request::get("/v1/resolve").body(Body::empty()).unwrap(),
@@ -198,10 +202,14 @@ async fn a_body_that_may_hold_material_closes_its_connection() {
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
-    let broker = std::sync::Arc::new(keybroker::broker::Broker::new(Vec::new(), None, None));
-    let state = keybroker::api::AppState::new(broker)
-        .with_dev_token(keybroker::identity::TokenDigest::of("operator"));
-    let app = keybroker::api::router(std::sync::Arc::new(state));
+    let broker = std::sync::Arc::new(keybroker::testing::broker::Broker::new(
+        Vec::new(),
+        None,
+        None,
+    ));
+    let state = keybroker::testing::api::AppState::new(broker)
+        .with_dev_token(keybroker::testing::identity::TokenDigest::of("operator"));
+    let app = keybroker::testing::api::router(std::sync::Arc::new(state));
     let body = r#"{"name":"t","team":"payments","mode":"text","value":"v"}"#;
     for (method, path, with_body, closes) in [
         ("POST", "/v1/credentials", true, true),
@@ -258,7 +266,7 @@ fn building_the_app_starts_no_task_and_operations_start_them() {
          [notify]\nwebhook = \"http://127.0.0.1:9/hook\"\n",
     )
     .unwrap();
-    let config = keybroker::config::Config::load(&root.join("kb.toml")).unwrap();
+    let config = keybroker::testing::config::Config::load(&root.join("kb.toml")).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -271,9 +279,9 @@ fn building_the_app_starts_no_task_and_operations_start_them() {
                 .num_alive_tasks()
         };
         let before = alive();
-        let app = keybroker::app::App::build(
+        let app = keybroker::testing::app::App::build(
             &config,
-            &keybroker::app::Options {
+            &keybroker::testing::app::Options {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 dev: false,
                 open_audit: true,
@@ -282,7 +290,7 @@ fn building_the_app_starts_no_task_and_operations_start_them() {
         .unwrap();
         assert_eq!(alive(), before, "building the app started a task");
         let state = std::sync::Arc::new(app.state);
-        keybroker::app::operations::start(app.operations, &state).await;
+        keybroker::testing::app::operations::start(app.operations, &state).await;
         // Maintenance, the webhook sender, start-up and self checks, expiry sweep, orphan
         // sweep, the egress keeper, SIGHUP.
         assert!(alive() >= before + 7, "{} tasks", alive() - before);

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use proptest::prelude::*;
 
-use keybroker::pem::{Checks, Mode, Options, PemError, RepairKind, repair};
+use keybroker::testing::pem::{Checks, Mode, Options, PemError, RepairKind, repair};
 
 /// Key material generated once per test binary.
 struct Material {

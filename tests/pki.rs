@@ -1036,7 +1036,7 @@ async fn a_csr_asking_for_more_is_refused_and_nothing_is_signed() {
     assert_eq!(signed_count(&bao_audit), 0, "nothing was signed");
 
     // The budget: two per consumer, profile and period; the third is refused unsigned.
-    for _ in 0..keybroker::broker::SIGNS_PER_PERIOD {
+    for _ in 0..keybroker::testing::broker::SIGNS_PER_PERIOD {
         let (status, body) = sign(&s, GW, "partner-sign", &good).await;
         assert_eq!(status, 200, "{body}");
     }
@@ -1047,6 +1047,6 @@ async fn a_csr_asking_for_more_is_refused_and_nothing_is_signed() {
     );
     assert_eq!(
         signed_count(&bao_audit),
-        keybroker::broker::SIGNS_PER_PERIOD as usize
+        keybroker::testing::broker::SIGNS_PER_PERIOD as usize
     );
 }

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use keybroker::identity::Snapshot;
-use keybroker::policy::{Destination, HostPattern, Policy, PolicyError, Subject, load};
-use keybroker::reference::SecretPath;
+use keybroker::testing::identity::Snapshot;
+use keybroker::testing::policy::{Destination, HostPattern, Policy, PolicyError, Subject, load};
+use keybroker::testing::reference::SecretPath;
 
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
@@ -461,7 +461,7 @@ fn conflicting_store_entries_are_set_aside_together_and_the_operator_wins() {
         "ops",
         &format!("token_sha256 = \"{}\"", "33".repeat(32)),
     );
-    let policy = keybroker::policy::load_checked_dirs(
+    let policy = keybroker::testing::policy::load_checked_dirs(
         &[policies.path().to_owned()],
         &[store.path().to_owned()],
         &known(&[], None, None),
@@ -512,7 +512,7 @@ fn identity_domains_are_dns_names_each_held_by_one_team() {
         "p.toml",
         "[[team]]\nslug = \"payments\"\nidentity_domains = [\"payments.example\"]\n[[team]]\nslug = \"fraud\"\nidentity_domains = [\"Fraud.Example\"]\n",
     );
-    let policy = keybroker::policy::load(dir.path()).unwrap();
+    let policy = keybroker::testing::policy::load(dir.path()).unwrap();
     assert_eq!(
         policy.identity_domain_of("gw-1.payments.example"),
         Some("payments")
@@ -549,7 +549,7 @@ fn the_projects_own_material_is_not_outside_every_grant() {
     );
     let mut sources = known(&["pki", "files", "store"], None, None);
     sources.issuing = ["pki".to_owned()].into();
-    let policy = keybroker::policy::load_checked_dirs(
+    let policy = keybroker::testing::policy::load_checked_dirs(
         &[policies.path().to_owned()],
         &[store.path().to_owned()],
         &sources,
@@ -636,8 +636,8 @@ fn known(
     names: &[&str],
     default: Option<&str>,
     ccp: Option<&str>,
-) -> keybroker::policy::KnownSources {
-    keybroker::policy::KnownSources {
+) -> keybroker::testing::policy::KnownSources {
+    keybroker::testing::policy::KnownSources {
         names: names.iter().map(|s| (*s).to_owned()).collect(),
         default: default.map(str::to_owned),
         ccp: ccp.map(str::to_owned),
@@ -647,8 +647,9 @@ fn known(
     }
 }
 
-fn messages(dir: &Path, sources: &keybroker::policy::KnownSources) -> Vec<String> {
-    let Err(PolicyError::Invalid(diags)) = keybroker::policy::load_checked(dir, sources) else {
+fn messages(dir: &Path, sources: &keybroker::testing::policy::KnownSources) -> Vec<String> {
+    let Err(PolicyError::Invalid(diags)) = keybroker::testing::policy::load_checked(dir, sources)
+    else {
         panic!("the policy must be rejected")
     };
     diags
@@ -761,7 +762,8 @@ team = "fraud"
 value = "$SECRET_files:fraud/k $KEY_v"
 "#,
     );
-    let p = keybroker::policy::load_checked(dir.path(), &known(&["files"], None, None)).unwrap();
+    let p = keybroker::testing::policy::load_checked(dir.path(), &known(&["files"], None, None))
+        .unwrap();
     let got: Vec<String> = p
         .warnings
         .iter()
@@ -841,8 +843,8 @@ approle = {{ role_id = "has space", secret_id_sha256 = "{s}" }}
             sha("secret")
         ),
     );
-    let p = keybroker::policy::load_checked(dir.path(), &known(&[], None, None)).unwrap();
-    let ids = keybroker::identity::Identities::of(&p);
+    let p = keybroker::testing::policy::load_checked(dir.path(), &known(&[], None, None)).unwrap();
+    let ids = keybroker::testing::identity::Identities::of(&p);
     assert_eq!(ids.by_approle("kong", "secret"), Some(0));
     assert_eq!(ids.by_approle("kong", "other"), None);
     assert_eq!(ids.by_approle("other", "secret"), None);

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use keybroker::reference::{
+use keybroker::testing::reference::{
     Layout, Prepared, Reason, Reference, RenderError, RenderLimits, Resolved, SecretPath, Target,
     parse_reference,
 };
-use keybroker::secret::{Secret, SecretMeta, secret_string};
+use keybroker::testing::secret::{Secret, SecretMeta, secret_string};
 
 const KEYWORDS: [&str; 4] = ["$SECRET_", "$SAFE_", "$KEY_", "$NAME_"];
 
@@ -170,7 +170,8 @@ fn segment() -> impl Strategy<Value = String> {
 
 fn ccp_name() -> impl Strategy<Value = String> {
     segment().prop_filter("CCP-safe", |s| {
-        !s.chars().any(keybroker::reference::is_ccp_forbidden)
+        !s.chars()
+            .any(keybroker::testing::reference::is_ccp_forbidden)
     })
 }
 
@@ -301,7 +302,7 @@ proptest! {
     #[test]
     fn parsing_arbitrary_text_never_panics(s in "\\PC{0,40}", prefix in prop_oneof![Just("$SECRET_"), Just("$SAFE_"), Just("")]) {
         let text = format!("{prefix}{s}");
-        let _ = keybroker::reference::parse_template(&text);
+        let _ = keybroker::testing::reference::parse_template(&text);
         let _ = Prepared::text(&text).unwrap();
     }
 

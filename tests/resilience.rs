@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use keybroker::broker::{Broker, Caller, Document, ResolveError};
-use keybroker::config::Config;
-use keybroker::reference::{Layout, Reason};
-use keybroker::source::VaultEnv;
+use keybroker::testing::broker::{Broker, Caller, Document, ResolveError};
+use keybroker::testing::config::Config;
+use keybroker::testing::reference::{Layout, Reason};
+use keybroker::testing::source::VaultEnv;
 use support::openbao::{OpenBao, ROOT_TOKEN};
 use support::proxy::counting_proxy;
 
@@ -27,7 +27,7 @@ fn broker(addr: &str, cache: &str) -> Broker {
     let cfg = Config::parse(&text, &dir.path().join("kb.toml")).unwrap();
     let env = VaultEnv {
         addr: Some(addr.to_owned()),
-        token: Some(keybroker::secret::secret_string(ROOT_TOKEN)),
+        token: Some(keybroker::testing::secret::secret_string(ROOT_TOKEN)),
         ..VaultEnv::default()
     };
     Broker::from_config_with_env(&cfg, &env).unwrap()
@@ -36,11 +36,11 @@ fn broker(addr: &str, cache: &str) -> Broker {
 async fn resolve(
     b: &Broker,
     reference: &str,
-) -> Result<keybroker::broker::Resolution, ResolveError> {
-    b.read(keybroker::broker::Ask::new(
+) -> Result<keybroker::testing::broker::Resolution, ResolveError> {
+    b.read(keybroker::testing::broker::Ask::new(
         &Caller::Operator,
-        keybroker::identity::Door::Cli,
-        keybroker::broker::Expand {
+        keybroker::testing::identity::Door::Cli,
+        keybroker::testing::broker::Expand {
             document: Document::JsonValue(json!({ "v": reference })),
             layout: Layout::Compact,
         },

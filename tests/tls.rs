@@ -14,9 +14,9 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use keybroker::api;
-use keybroker::app::App;
-use keybroker::config::Config;
+use keybroker::testing::api;
+use keybroker::testing::app::App;
+use keybroker::testing::config::Config;
 use support::pki::{Ca, Issued};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
@@ -189,7 +189,7 @@ impl Server {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let config = Config::load(config).unwrap();
         // What `serve` assembles, as `serve` does.
-        let options = keybroker::app::Options {
+        let options = keybroker::testing::app::Options {
             listen: "127.0.0.1:0".parse().unwrap(),
             dev: false,
             open_audit: true,
@@ -202,7 +202,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(keybroker::door::listen::serve(
+        let task = tokio::spawn(keybroker::testing::door::listen::serve(
             listener,
             tls,
             api::router(Arc::new(state)),

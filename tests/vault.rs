@@ -7,15 +7,15 @@ mod support {
     pub mod server;
 }
 
-use keybroker::source::Outage;
+use keybroker::testing::source::Outage;
 use std::path::PathBuf;
 use std::process::Command;
 
 use secrecy::ExposeSecret;
 
-use keybroker::config::{Config, SourceConfig};
-use keybroker::reference::SecretPath;
-use keybroker::source::{ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource};
+use keybroker::testing::config::{Config, SourceConfig};
+use keybroker::testing::reference::SecretPath;
+use keybroker::testing::source::{ReadRequest, SecretSource, SourceError, VaultEnv, VaultSource};
 use support::openbao::{OpenBao, ROOT_TOKEN};
 
 fn source(toml: &str, env: VaultEnv) -> VaultSource {
@@ -30,7 +30,7 @@ fn source(toml: &str, env: VaultEnv) -> VaultSource {
 fn env(bao: &OpenBao, token: &str) -> VaultEnv {
     VaultEnv {
         addr: Some(bao.addr.clone()),
-        token: Some(keybroker::secret::secret_string(token)),
+        token: Some(keybroker::testing::secret::secret_string(token)),
         ..VaultEnv::default()
     }
 }
@@ -486,7 +486,7 @@ async fn tls_server_name_checks_the_certificate_for_that_name() {
         d.join("ca.pem")
     );
     let token = VaultEnv {
-        token: Some(keybroker::secret::secret_string(ROOT_TOKEN)),
+        token: Some(keybroker::testing::secret::secret_string(ROOT_TOKEN)),
         ..VaultEnv::default()
     };
     // The certificate does not name 127.0.0.1: refused without a server name.

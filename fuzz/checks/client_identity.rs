@@ -8,8 +8,8 @@
 //!
 //! Shared by the fuzz target and `tests/fuzz_regressions.rs`, which replays
 //! `fuzz/regressions/client_identity/` on stable.
-use keybroker::identity::decode_certificate;
-use keybroker::policy::SubjectPattern;
+use keybroker::testing::identity::decode_certificate;
+use keybroker::testing::policy::SubjectPattern;
 
 /// The oracle's own attribute table (not the library's).
 const OIDS: &[(&str, &str)] = &[

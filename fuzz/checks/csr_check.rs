@@ -4,7 +4,7 @@
 //!
 //! Shared by the fuzz target and `tests/fuzz_regressions.rs`, which replays
 //! `fuzz/seeds/csr_check/` on stable.
-use keybroker::pem::csr::{CsrRules, check as csr_check};
+use keybroker::testing::pem::csr::{CsrRules, check as csr_check};
 
 const NAMES: [String; 0] = [];
 

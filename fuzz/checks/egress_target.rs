@@ -3,7 +3,7 @@
 //!
 //! Shared by the fuzz target and `tests/fuzz_regressions.rs`, which replays
 //! `fuzz/regressions/egress_target/` on stable.
-use keybroker::egress::target;
+use keybroker::testing::egress::target;
 
 /// The target's check of one input.
 pub fn check(data: &[u8]) {

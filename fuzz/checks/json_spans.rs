@@ -3,7 +3,7 @@
 //!
 //! Shared by the fuzz target and `tests/fuzz_regressions.rs`, which replays
 //! `fuzz/regressions/json_spans/` on stable.
-use keybroker::reference::{
+use keybroker::testing::reference::{
     Prepared, Reason, Reference, RenderLimits, Resolved, parse_template_lenient,
 };
 use serde_json::Value;
@@ -61,7 +61,7 @@ pub fn check(data: &[u8]) {
         .into_iter()
         .map(|(r, l)| {
             let pointer = match l {
-                keybroker::reference::Location::Pointer { pointer } => pointer,
+                keybroker::testing::reference::Location::Pointer { pointer } => pointer,
                 other => other.to_string(),
             };
             (r.to_string(), pointer)

@@ -3,7 +3,7 @@
 //!
 //! Shared by the fuzz target and `tests/fuzz_regressions.rs`, which replays
 //! `fuzz/regressions/pem_repair/` on stable.
-use keybroker::pem::{Options, repair};
+use keybroker::testing::pem::{Options, repair};
 
 /// The target's check of one input (inputs that are not UTF-8 are skipped, as libFuzzer
 /// skips them for a `&str` target).

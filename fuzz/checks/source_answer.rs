@@ -7,8 +7,8 @@
 //!
 //! Shared by the fuzz target and `tests/fuzz_regressions.rs`, which replays
 //! `fuzz/regressions/source_answer/` on stable.
-use keybroker::secret::SecretMeta;
-use keybroker::source::{parse_ccp_answer, parse_kv_answer};
+use keybroker::testing::secret::SecretMeta;
+use keybroker::testing::source::{parse_ccp_answer, parse_kv_answer};
 use secrecy::ExposeSecret;
 
 /// The target's check of one input.

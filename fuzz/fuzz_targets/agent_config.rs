@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use keybroker::agent::AgentConfig;
+use keybroker::testing::agent::AgentConfig;
 use libfuzzer_sys::fuzz_target;
 
 fn file() -> &'static std::path::Path {

@@ -3,7 +3,7 @@
 //! to themselves — or the builder refuses.
 #![no_main]
 
-use keybroker::source::build_query;
+use keybroker::testing::source::build_query;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (&str, &str, &str, &str, &str)| {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use keybroker::config::{Config, ConfigError};
+use keybroker::testing::config::{Config, ConfigError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

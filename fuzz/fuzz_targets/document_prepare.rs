@@ -2,7 +2,7 @@
 //! failing never yields output.
 #![no_main]
 
-use keybroker::reference::{Prepared, Reason, Reference, RenderError, RenderLimits, Resolved};
+use keybroker::testing::reference::{Prepared, Reason, Reference, RenderError, RenderLimits, Resolved};
 use libfuzzer_sys::fuzz_target;
 
 fn missing(_: &Reference) -> Result<Resolved<'static>, Reason> {

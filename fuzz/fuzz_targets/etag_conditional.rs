@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, header};
-use keybroker::api::change::Conditional;
+use keybroker::testing::api::change::Conditional;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

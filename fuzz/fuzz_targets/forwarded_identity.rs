@@ -5,8 +5,8 @@
 //! Input: `pattern|header value`.
 #![no_main]
 
-use keybroker::identity::{ClientCert, decode_certificate};
-use keybroker::policy::SubjectPattern;
+use keybroker::testing::identity::{ClientCert, decode_certificate};
+use keybroker::testing::policy::SubjectPattern;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

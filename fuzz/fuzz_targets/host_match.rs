@@ -2,7 +2,7 @@
 //! and hosts over a tiny alphabet (so collisions, dots and wildcards are frequent).
 #![no_main]
 
-use keybroker::policy::{Destination, HostPattern};
+use keybroker::testing::policy::{Destination, HostPattern};
 use libfuzzer_sys::fuzz_target;
 
 const ALPHABET: &[u8] = b"ab.*-";

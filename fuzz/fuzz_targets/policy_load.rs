@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use keybroker::policy::{PolicyError, load};
+use keybroker::testing::policy::{PolicyError, load};
 use libfuzzer_sys::fuzz_target;
 
 fn dir() -> &'static std::path::Path {
@@ -16,7 +16,7 @@ fn dir() -> &'static std::path::Path {
     })
 }
 
-fn outcome(r: &Result<keybroker::policy::Policy, PolicyError>) -> String {
+fn outcome(r: &Result<keybroker::testing::policy::Policy, PolicyError>) -> String {
     match r {
         Ok(p) => format!(
             "ok {} {} {} {}",

@@ -2,7 +2,7 @@
 //! canonical form that parses back to the same reference.
 #![no_main]
 
-use keybroker::reference::{Part, parse_reference, parse_template};
+use keybroker::testing::reference::{Part, parse_reference, parse_template};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

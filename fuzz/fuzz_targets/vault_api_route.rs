@@ -6,7 +6,7 @@
 #![no_main]
 
 use axum::http::Method;
-use keybroker::vault_api::route::{Route, route};
+use keybroker::testing::vault_api::route::{Route, route};
 use libfuzzer_sys::fuzz_target;
 
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "LIST", "PATCH", "OPTIONS"];

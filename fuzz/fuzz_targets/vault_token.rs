@@ -9,9 +9,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use keybroker::identity::IssuedTo;
-use keybroker::vault_api::TokenKey;
-use keybroker::vault_api::token::is_issued;
+use keybroker::testing::identity::IssuedTo;
+use keybroker::testing::vault_api::TokenKey;
+use keybroker::testing::vault_api::token::is_issued;
 use libfuzzer_sys::fuzz_target;
 
 fn key() -> &'static TokenKey {
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         let to = IssuedTo {
             consumer: text.to_owned(),
             team: text.chars().rev().collect(),
-            origin: keybroker::policy::Origin::File,
+            origin: keybroker::testing::policy::Origin::File,
             login: format!("approle:{text}"),
         };
         let token = key().issue(&to, Duration::from_secs(60), now);

@@ -11,7 +11,7 @@ use crate::source::FieldValue;
 
 /// Why a fetch did not give new material.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     /// The server could not be reached (or answered 5xx): try again later.
     #[error("the keybroker server is unreachable or unavailable: {0}")]
     Unreachable(String),

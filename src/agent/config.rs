@@ -143,7 +143,7 @@ mod humantime_serde_lite {
 }
 
 /// The files an output may name.
-pub const KNOWN_FILES: &[&str] = &[
+pub(crate) const KNOWN_FILES: &[&str] = &[
     "cert.pem",
     "key.pem",
     "ca.pem",
@@ -284,7 +284,7 @@ fn generate_fits(o: &Output) -> Result<(), &'static str> {
 /// The mode of a file holding secrets: octal, and giving no one but the owner (and, for
 /// reading only, its group — a gateway running in the agent's group) any access. `0644`,
 /// `0666` or `0660` on a private key are refused, not obeyed.
-pub fn secret_mode(text: &str) -> Result<u32, String> {
+pub(crate) fn secret_mode(text: &str) -> Result<u32, String> {
     let mode = parse_mode(text).ok_or_else(|| format!("{text:?} is not an octal mode"))?;
     if mode & 0o007 != 0 {
         return Err(format!(
@@ -299,7 +299,7 @@ pub fn secret_mode(text: &str) -> Result<u32, String> {
     Ok(mode)
 }
 
-pub fn parse_mode(text: &str) -> Option<u32> {
+pub(crate) fn parse_mode(text: &str) -> Option<u32> {
     u32::from_str_radix(text.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)

@@ -14,7 +14,7 @@
 //! source module's zeroizing field decoder, never the broker.
 
 mod client;
-pub mod config;
+pub(crate) mod config;
 mod files;
 mod generate;
 mod ops;
@@ -28,13 +28,13 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-pub use client::FetchError;
+pub(crate) use client::FetchError;
 use client::{Client, Fetched, Material};
-pub use config::{AgentConfig, AgentConfigError};
+pub use config::AgentConfig;
 
 /// How one pass over an output or template ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pass {
+pub(crate) enum Pass {
     /// Written (or already current).
     Done,
     /// Refused by the server, the material did not verify, or the reload failed.
@@ -49,7 +49,7 @@ impl Pass {
     /// The `--once` exit code of a set of passes: 2 if the configuration is wrong, else 1 if
     /// any failed, else 75 if any could not reach the server, else 0 — so an init container
     /// retries only what a retry can fix.
-    pub fn exit_code(passes: &[Pass]) -> u8 {
+    pub(crate) fn exit_code(passes: &[Pass]) -> u8 {
         if passes.contains(&Pass::Misconfigured) {
             2
         } else if passes.contains(&Pass::Failed) {
@@ -65,7 +65,7 @@ impl Pass {
 /// Why a pass failed: a closed vocabulary (the `cause` label of
 /// `keybroker_agent_failures_total`, `last_failure` in `/readyz`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cause {
+pub(crate) enum Cause {
     /// The server could not be reached, or answered 5xx.
     Unreachable,
     /// The server refused (4xx, a credential it verified and rejected, our client
@@ -83,7 +83,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Self::Unreachable => "unreachable",
             Self::Refused => "refused",
@@ -105,7 +105,7 @@ impl Cause {
 
 /// Why `run` stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error("ops_listen {addr}: {error}")]
@@ -201,7 +201,7 @@ struct Agent {
 
 /// Writes every output and template once (`--once`), then runs each distinct reload command
 /// of what was written once.
-pub async fn once(cfg: &AgentConfig) -> Result<Vec<Pass>, FetchError> {
+pub(crate) async fn once(cfg: &AgentConfig) -> Result<Vec<Pass>, FetchError> {
     let client = Arc::new(Client::new(&cfg.server)?);
     let mut agent = Agent::new(cfg, Arc::new(ops::State::new(cfg)));
     let all: Vec<usize> = (0..agent.items.len()).collect();
@@ -216,7 +216,7 @@ pub async fn once(cfg: &AgentConfig) -> Result<Vec<Pass>, FetchError> {
 
 /// Keeps every output and template current until `stop` completes; then runs the reloads
 /// `reload_min_interval` holds back (their files are written already) and returns.
-pub async fn run(
+pub(crate) async fn run(
     cfg: AgentConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {

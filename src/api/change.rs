@@ -18,7 +18,7 @@ use super::ApiError;
 use crate::secret::SecretBuf;
 
 /// The longest `?wait=` accepted.
-pub const MAX_WAIT: Duration = Duration::from_secs(300);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// The key of ETags. Keyed, so an ETag never lets anyone test a guess of a value. Held as the
 /// keyed HMAC state (wiped on drop), cloned per tag: the key is not re-hashed per answer.
@@ -69,7 +69,7 @@ impl EtagKey {
 /// Whose answer an ETag tags: the consumer's team (the operator has its own scope). ETags of
 /// the same content differ between teams, so a tag seen elsewhere is no guess oracle for
 /// another team's document or material (THREATS row 40).
-pub fn scope(caller: &crate::broker::Caller) -> &[u8] {
+pub(crate) fn scope(caller: &crate::broker::Caller) -> &[u8] {
     match caller {
         crate::broker::Caller::Operator => b"\0operator",
         crate::broker::Caller::Consumer(c) => c.team().as_bytes(),
@@ -198,7 +198,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Conditional {
 }
 
 /// The `wait` of a query (`30s`, `2m`; at most [`MAX_WAIT`]); other parameters are refused.
-pub fn wait(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
+pub(crate) fn wait(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
     let mut found = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -227,7 +227,7 @@ fn bad(code: &'static str, message: &str) -> ApiError {
 
 /// An answer and its ETag.
 #[derive(Debug)]
-pub struct Tagged {
+pub(crate) struct Tagged {
     pub etag: String,
     pub body: SecretBuf,
 }
@@ -237,7 +237,7 @@ pub struct Tagged {
 /// `answer` asked again on each change (and every `recheck`) until its ETag differs (200) or
 /// the wait ends (304). Each asking is a full request — decided again, so a policy change
 /// during the wait applies, and audited when something changed (`broker::AuditMemo`).
-pub async fn answer<F, Fut>(
+pub(crate) async fn answer<F, Fut>(
     mut changes: tokio::sync::watch::Receiver<u64>,
     cond: &Conditional,
     recheck: Duration,

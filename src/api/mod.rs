@@ -6,7 +6,7 @@
 //! **Boundary:** the API decides nothing about secrets; it calls [`crate::broker`].
 
 mod admin;
-pub mod change;
+pub(crate) mod change;
 mod consumers;
 mod credentials;
 mod door;
@@ -26,10 +26,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 
-pub use crate::door::listen::Peer;
-pub use crate::door::tls::{ServerTls, TlsSetupError};
+pub(crate) use crate::door::listen::Peer;
+pub use crate::door::tls::ServerTls;
+pub(crate) use crate::door::tls::TlsSetupError;
 use crate::identity::{Authenticator, TokenDigest};
-pub use error::{ApiError, status};
+pub(crate) use error::ApiError;
+pub use error::status;
 
 use crate::broker::{Broker, Caller};
 use crate::config::ServerConfig;
@@ -260,7 +262,7 @@ fn carries_material(method: &axum::http::Method, route: &str) -> bool {
 
 /// The probes and metrics alone (`[server] ops_listen`): for kubelets and scrapers that cannot
 /// present client certificates. Nothing here carries a value or needs a caller.
-pub fn ops_router(state: Arc<AppState>) -> Router {
+pub(crate) fn ops_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -269,7 +271,7 @@ pub fn ops_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The router; tests drive it without a socket (then no [`Peer`] is known: no certificate,
+/// The router; tests drive it without a socket (then no `Peer` is known: no certificate,
 /// no trusted proxy).
 pub fn router(state: Arc<AppState>) -> Router {
     // Every `/v1/` handler takes an [`Authenticated`] caller first.

@@ -13,7 +13,7 @@ use crate::config::Config;
 /// every listener of the process) plus some for sources, the audit file and the policies
 /// exceeds what the process may open, the limit that bites first is the kernel's — accept
 /// errors instead of keybroker's clean refusals. Said at start, with the numbers.
-pub fn warn_if_files_run_out(config: &Config) {
+pub(crate) fn warn_if_files_run_out(config: &Config) {
     let files = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let Some(open_files) = files.current else {
         return;
@@ -30,7 +30,7 @@ pub fn warn_if_files_run_out(config: &Config) {
 
 /// No core dumps (they would hold every cached secret) and no ptrace attach by other
 /// processes of the same user. Failure is logged, not fatal: containers may forbid it.
-pub fn harden() {
+pub(crate) fn harden() {
     use rustix::process::{Resource, Rlimit, setrlimit};
     let none = Rlimit {
         current: Some(0),
@@ -60,7 +60,7 @@ pub fn harden() {
 
 /// SIGHUP reopens the audit file and reloads the policy and every listener's TLS files; what
 /// does not load leaves the previous version in force.
-pub fn spawn_reload_on_sighup(state: Arc<AppState>) {
+pub(crate) fn spawn_reload_on_sighup(state: Arc<AppState>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -89,7 +89,7 @@ pub fn spawn_reload_on_sighup(state: Arc<AppState>) {
 /// Installs the stop handlers now and returns the wait for them: a signal that arrives after
 /// this returns (e.g. right after `READY=1`) stops the server cleanly instead of killing it with
 /// the default action.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     // `tokio::signal::ctrl_c()` registers only when first polled; `signal()` registers now.
     #[cfg(unix)]
     let (interrupt, terminate) = {
@@ -125,7 +125,10 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 /// Where each listener listens, as one JSON object, written beside `file` and renamed onto
 /// it so a reader never sees half of it.
-pub fn write_ready_file(file: &Path, addresses: &[(&str, SocketAddr)]) -> std::io::Result<()> {
+pub(crate) fn write_ready_file(
+    file: &Path,
+    addresses: &[(&str, SocketAddr)],
+) -> std::io::Result<()> {
     let map: serde_json::Map<String, serde_json::Value> = addresses
         .iter()
         .map(|(name, addr)| ((*name).to_owned(), addr.to_string().into()))

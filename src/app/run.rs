@@ -15,18 +15,14 @@ use crate::door::listen::{ConnectionLimits, Gate};
 /// A listener that could not be bound, named by its setting.
 #[derive(Debug, thiserror::Error)]
 #[error("{setting} cannot listen on {addr}: {source}")]
-pub struct BindError {
+pub(crate) struct BindError {
     pub setting: String,
     pub addr: SocketAddr,
     pub source: std::io::Error,
 }
 
 /// Every listener of a server, bound.
-#[expect(
-    missing_debug_implementations,
-    reason = "doors hold routers, which have none"
-)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     main: TcpListener,
     main_addr: SocketAddr,
     ops: Option<TcpListener>,
@@ -45,7 +41,7 @@ async fn bind(setting: &str, addr: SocketAddr) -> Result<TcpListener, BindError>
 
 impl Listeners {
     /// Binds the main listener at `main`, the ops listener and each door, in that order.
-    pub async fn bind(
+    pub(crate) async fn bind(
         main: SocketAddr,
         ops: Option<SocketAddr>,
         doors: impl IntoIterator<Item = Option<Listener>>,
@@ -91,17 +87,17 @@ impl Listeners {
     }
 
     /// Where each listener listens (the real ports when the configuration said 0).
-    pub fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
+    pub(crate) fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
         self.addresses.clone()
     }
 
     /// Where the main listener listens (the port when it was 0).
-    pub fn main_addr(&self) -> SocketAddr {
+    pub(crate) fn main_addr(&self) -> SocketAddr {
         self.main_addr
     }
 
     /// Serves every door until `stop` completes, then waits for each to drain.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self,
         tls: Arc<ServerTls>,
         state: Arc<AppState>,

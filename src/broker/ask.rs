@@ -63,14 +63,14 @@ pub struct Expand {
 /// A credential's values: by name, or the one credential whose `allowed_hosts` fit the
 /// destination (the egress proxy's choice, decided and audited here like a named read).
 #[derive(Clone, Debug)]
-pub struct CredentialRead {
+pub(crate) struct CredentialRead {
     pub name: Option<String>,
     /// Also the values that take over next (`include_next`).
     pub next: bool,
 }
 
 impl CredentialRead {
-    pub fn named(name: impl Into<String>) -> Self {
+    pub(crate) fn named(name: impl Into<String>) -> Self {
         Self {
             name: Some(name.into()),
             next: false,
@@ -78,7 +78,7 @@ impl CredentialRead {
     }
 
     /// The one credential the destination's host fits.
-    pub fn for_destination() -> Self {
+    pub(crate) fn for_destination() -> Self {
         Self {
             name: None,
             next: false,

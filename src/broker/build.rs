@@ -58,6 +58,7 @@ impl Broker {
         broker.cache = Arc::new(SecretCache::new(&config.cache));
         broker.store = store;
         broker.signers = signers.into_iter().collect();
+        broker.routes = crate::policy::KnownSources::of(config);
         if let Some(dir) = &config.policies {
             broker.policies_dir = Some(dir.clone());
             let policy = broker.load_policy()?;
@@ -137,25 +138,13 @@ impl Broker {
         crate::policy::load_checked_dirs(&dirs, &store, &self.known_sources())
     }
 
-    /// The source names policies are checked against.
+    /// What policies are checked against: the configuration's facts ([`KnownSources::of`]),
+    /// named by the sources this broker holds.
+    ///
+    /// [`KnownSources::of`]: crate::policy::KnownSources::of
     pub fn known_sources(&self) -> crate::policy::KnownSources {
         crate::policy::KnownSources {
             names: self.sources.keys().cloned().collect(),
-            store: self.store.as_ref().map(|s| s.area()),
-            issuing: self
-                .sources
-                .iter()
-                .filter(|(_, e)| e.source.kind() == crate::source::SourceKind::Pki)
-                .map(|(n, _)| n.clone())
-                .collect(),
-            signing: self
-                .signers
-                .iter()
-                .flat_map(|(name, pki)| {
-                    pki.signing_profiles()
-                        .map(|profile| (name.clone(), profile.to_owned()))
-                })
-                .collect(),
             ..self.routes.clone()
         }
     }
@@ -225,7 +214,7 @@ impl Broker {
     }
 
     /// Counters for `/metrics`.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
@@ -235,7 +224,7 @@ impl Broker {
     }
 
     /// The counters, shared (for the service around every door).
-    pub fn shared_metrics(&self) -> Arc<Metrics> {
+    pub(crate) fn shared_metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
     }
 

@@ -132,7 +132,7 @@ fn mixed_bundle(values: &[RoleValue]) -> Vec<String> {
 
 /// The values of a credential, by answer field, with facts about them.
 #[derive(Debug)]
-pub struct Material {
+pub(crate) struct Material {
     pub credential: String,
     pub mode: CredentialMode,
     /// `certificate`, `private_key`, `ca` (mtls), `value` (text) or the secret's fields.
@@ -146,13 +146,13 @@ pub struct Material {
 /// The next values of a credential and when they take over; verified as a whole like the
 /// current ones.
 #[derive(Debug)]
-pub struct NextMaterial {
+pub(crate) struct NextMaterial {
     pub values: Vec<(String, SecretString)>,
     pub not_before: std::time::SystemTime,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct MaterialMetadata {
+pub(crate) struct MaterialMetadata {
     pub stale: bool,
     pub repairs: Vec<RoleRepair>,
     #[serde(skip_serializing_if = "Option::is_none")]

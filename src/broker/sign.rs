@@ -23,14 +23,14 @@ pub const SIGNS_PER_PERIOD: u32 = 2;
 
 /// Sign `csr` (PEM) for credential `name`.
 #[derive(Debug)]
-pub struct SignRead {
+pub(crate) struct SignRead {
     pub name: String,
     pub csr: String,
 }
 
 /// A signed certificate and what it is for.
 #[derive(Debug)]
-pub struct SignedCredential {
+pub(crate) struct SignedCredential {
     pub credential: String,
     pub signed: Signed,
     /// SHA-256 of the certificate's SubjectPublicKeyInfo (`aa:bb:…`), as the audit line has it.

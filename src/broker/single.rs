@@ -11,7 +11,7 @@ use crate::secret::SecretBuf;
 
 /// Which secret to read.
 #[derive(Clone, Debug)]
-pub struct SecretRead {
+pub(crate) struct SecretRead {
     pub source: String,
     pub path: SecretPath,
     pub version: Option<u64>,
@@ -19,7 +19,7 @@ pub struct SecretRead {
 
 /// A secret read whole: its fields as one JSON object in a zeroizing buffer.
 #[derive(Debug)]
-pub struct SecretAnswer {
+pub(crate) struct SecretAnswer {
     pub fields: SecretBuf,
     /// The version the source served (KV v2), when it says.
     pub version: Option<u64>,
@@ -133,7 +133,7 @@ const MAX_LIST_DEPTH: usize = 8;
 /// reach under `folder`; an unknown source, a folder no grant reaches and an empty one answer
 /// alike (empty). Answered `None`: the source cannot list.
 #[derive(Clone, Debug)]
-pub struct SecretList {
+pub(crate) struct SecretList {
     pub source: String,
     pub folder: Vec<String>,
 }

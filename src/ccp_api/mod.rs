@@ -16,29 +16,30 @@
 //! read answers CCP's "not found" whether or not the object exists. **Boundary:** uses
 //! `broker`, `identity` and `door`, like the Vault API; no door uses it.
 
+mod error;
+
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
 
-use crate::broker::{
-    Broker, Caller, CredentialError, CredentialRead, Failure, ResolveError, SecretRead,
-};
+use crate::broker::{Broker, Caller, CredentialRead, Failure, SecretRead};
 use crate::door::listen::Peer;
 use crate::identity::Door;
 use crate::reference::SecretPath;
 use crate::secret::SecretBuf;
+pub use error::{CcpError, status};
 
 /// The safe under which keybroker's named credentials are served (reserved: a CCP safe of
 /// this name is not reachable through this door).
-pub const CREDENTIALS_SAFE: &str = "keybroker";
+pub(crate) const CREDENTIALS_SAFE: &str = "keybroker";
 
 #[derive(Debug)]
-pub struct CcpApiState {
+pub(crate) struct CcpApiState {
     pub broker: Arc<Broker>,
     pub auth: crate::identity::Authenticator,
     /// The IIS application in the path (`AIMWebService`).
@@ -47,12 +48,12 @@ pub struct CcpApiState {
     pub ccp_source: Option<String>,
 }
 
-pub fn router(state: Arc<CcpApiState>) -> Router {
+pub(crate) fn router(state: Arc<CcpApiState>) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
 /// The CCP API as a door (request metrics, timeout in CCP's error shape).
-pub fn door() -> crate::door::observe::DoorSpec {
+pub(crate) fn door() -> crate::door::observe::DoorSpec {
     crate::door::observe::DoorSpec {
         door: crate::identity::Door::CcpApi,
         route_of: |path| {
@@ -62,40 +63,16 @@ pub fn door() -> crate::door::observe::DoorSpec {
                 "other"
             }
         },
-        timed_out: || ccp_error(StatusCode::INTERNAL_SERVER_ERROR, "APPAP282E", "timed out"),
+        timed_out: || CcpError::TimedOut.into_response(),
         json_errors: false,
         extra_wait: crate::door::observe::no_wait,
         carries_material: crate::door::observe::never,
     }
 }
 
-/// CCP's error shape. The message never echoes the query (CCP's does; keybroker's never
-/// holds what the caller sent).
-fn ccp_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "ErrorCode": code, "ErrorMsg": message }).to_string();
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-/// Denied, missing, another team's: one answer (docs/THREATS.md row 80).
-fn not_found() -> Response {
-    answer_class(Failure::NotFound)
-}
-
-fn not_authorized() -> Response {
-    answer_class(Failure::Unauthenticated)
-}
-
 /// What a request asks: the application and where the account is.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct AccountQuery {
+pub(crate) struct AccountQuery {
     pub app_id: String,
     pub safe: String,
     pub folder: Option<String>,
@@ -124,7 +101,7 @@ const KNOWN: [&str; 9] = [
 /// Parses the query string: parameter names, percent-decoded, without regard to case;
 /// `Query` (`Safe=S;Folder=F;Object=O`) replaces the single-property parameters; a parameter
 /// given twice is refused, never read one way here and another way elsewhere.
-pub fn ask(query: Option<&str>) -> Result<AccountQuery, AskError> {
+pub(crate) fn ask(query: Option<&str>) -> Result<AccountQuery, AskError> {
     let decode = |text: &str| {
         percent_encoding::percent_decode_str(&text.replace('+', " "))
             .decode_utf8()
@@ -188,6 +165,12 @@ pub fn ask(query: Option<&str>) -> Result<AccountQuery, AskError> {
 }
 
 async fn handle(State(state): State<Arc<CcpApiState>>, request: Request) -> Response {
+    account_answer(&state, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn account_answer(state: &CcpApiState, request: Request) -> Result<Response, CcpError> {
     let (parts, _body) = request.into_parts();
     let path = parts.uri.path();
     let service_ok = path
@@ -195,20 +178,9 @@ async fn handle(State(state): State<Arc<CcpApiState>>, request: Request) -> Resp
         .and_then(|s| s.strip_prefix('/'))
         .is_some_and(|s| s.eq_ignore_ascii_case(&state.service_path));
     if parts.method != axum::http::Method::GET || !service_ok {
-        // IIS's bare 404 for a path that is no application.
-        let mut r = Response::new(Body::empty());
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        return r;
+        return Err(CcpError::NoApplication);
     }
-    let ask = match ask(parts.uri.query()) {
-        Ok(a) => a,
-        Err(AskError::NoAppId) => {
-            return ccp_error(StatusCode::BAD_REQUEST, "AIMWS031E", "AppID is missing");
-        }
-        Err(AskError::BadQuery) => {
-            return ccp_error(StatusCode::BAD_REQUEST, "AIMWS030E", "Invalid query format");
-        }
-    };
+    let ask = ask(parts.uri.query())?;
     let peer = parts.extensions.get::<Peer>();
     let presented = crate::identity::Presented {
         door: crate::identity::Door::CcpApi,
@@ -217,12 +189,11 @@ async fn handle(State(state): State<Arc<CcpApiState>>, request: Request) -> Resp
         verifier: None,
         headers: &parts.headers,
     };
-    let caller = match state.broker.authenticate(&state.auth, presented).await {
-        Ok((caller, _)) => caller,
-        Err(_) => return not_authorized(),
+    let Ok((caller, _)) = state.broker.authenticate(&state.auth, presented).await else {
+        return Err(Failure::Unauthenticated.into());
     };
     let Caller::Consumer(consumer) = &caller else {
-        return not_authorized();
+        return Err(Failure::Unauthenticated.into());
     };
     // The application must be one this consumer holds: CCP's own rule (the AppID and its
     // certificate together), refused like an unknown application.
@@ -231,15 +202,15 @@ async fn handle(State(state): State<Arc<CcpApiState>>, request: Request) -> Resp
             .broker
             .audit_unauthenticated("ccp_app_id_refused", peer.map(|p| p.addr.ip()))
             .await;
-        return not_authorized();
+        return Err(Failure::Unauthenticated.into());
     }
     let host = consumer.consumer().vault_api_host.clone();
     // The reserved safe in any spelling CCP would take for it (safe names are not case
     // sensitive there): never the CCP source's.
     if ask.safe.trim().eq_ignore_ascii_case(CREDENTIALS_SAFE) {
-        credential(&state, &caller, &ask, host.as_ref()).await
+        credential(state, &caller, &ask, host.as_ref()).await
     } else {
-        account(&state, &caller, &ask, host.as_ref()).await
+        account(state, &caller, &ask, host.as_ref()).await
     }
 }
 
@@ -249,13 +220,15 @@ async fn credential(
     caller: &Caller,
     ask: &AccountQuery,
     host: Option<&crate::policy::Destination>,
-) -> Response {
+) -> Result<Response, CcpError> {
     let (name, field) = match ask.object.split_once('#') {
         Some((n, f)) => (n, Some(f)),
         None => (ask.object.as_str(), None),
     };
     // The folder names the team that owns it: the credential of that name the caller sees
     // must be that team's (another team's of the same name, visible or not, is not this one).
+    // Denied, missing, another team's: one answer (docs/THREATS.md row 80).
+    let not_found = || Err(Failure::NotFound.into());
     let Caller::Consumer(consumer) = caller else {
         return not_found();
     };
@@ -273,31 +246,24 @@ async fn credential(
         // Not visible (another team's, or none): the broker decides and audits the refusal,
         // as at every door (attack review: these refusals left no audit line).
         None => {
-            return match state
+            state
                 .broker
                 .read(
                     crate::broker::Ask::new(caller, Door::CcpApi, CredentialRead::named(name))
                         .towards(host),
                 )
-                .await
-            {
-                Err(e) => failed(&CcpFailure::Credential(e)),
-                Ok(_) => not_found(),
-            };
+                .await?;
+            return not_found();
         }
     };
     let team = team.as_str();
-    let material = match state
+    let material = state
         .broker
         .read(
             crate::broker::Ask::new(caller, Door::CcpApi, CredentialRead::named(name))
                 .towards(host),
         )
-        .await
-    {
-        Ok(m) => m,
-        Err(e) => return failed(&CcpFailure::Credential(e)),
-    };
+        .await?;
     let wanted = field.unwrap_or("value");
     let Some((_, value)) = material.values.iter().find(|(k, _)| k == wanted) else {
         return not_found();
@@ -316,7 +282,7 @@ async fn credential(
         body.push_quoted(v);
     }
     body.push_str("}");
-    answer(body)
+    Ok(answer(body))
 }
 
 /// `Safe/Object` (or `Safe/Folder/Object`) of the CCP source.
@@ -325,87 +291,27 @@ async fn account(
     caller: &Caller,
     ask: &AccountQuery,
     host: Option<&crate::policy::Destination>,
-) -> Response {
+) -> Result<Response, CcpError> {
     let Some(source) = &state.ccp_source else {
-        return not_found();
+        return Err(Failure::NotFound.into());
     };
     let segments: Vec<&str> = std::iter::once(ask.safe.as_str())
         .chain(ask.folder.as_deref())
         .chain(std::iter::once(ask.object.as_str()))
         .collect();
     let Ok(path) = SecretPath::from_segments(segments.iter().copied()) else {
-        return ccp_error(StatusCode::BAD_REQUEST, "APPAP081E", "Invalid characters");
+        return Err(CcpError::InvalidCharacters);
     };
     let read = SecretRead {
         source: source.clone(),
         path,
         version: None,
     };
-    match state
+    let found = state
         .broker
         .read(crate::broker::Ask::new(caller, Door::CcpApi, read).towards(host))
-        .await
-    {
-        Ok(found) => answer(found.fields),
-        Err(e) => failed(&CcpFailure::Resolve(e)),
-    }
-}
-
-enum CcpFailure {
-    Credential(CredentialError),
-    Resolve(ResolveError),
-}
-
-/// The CCP API's answer for each failure class — this door's row of the one table
-/// (`tests/doors.rs`): the caller's denials and what does not exist are one "not found"; an
-/// outage is CCP's "cannot reach its vault" (which clients retry), as CCP answers it (400).
-pub fn status(class: Failure) -> (StatusCode, &'static str, &'static str) {
-    match class {
-        Failure::Unauthenticated => (
-            StatusCode::FORBIDDEN,
-            "APPAP306E",
-            "Failed to verify application authentication data",
-        ),
-        Failure::Invalid | Failure::TooMany | Failure::TooLarge => {
-            (StatusCode::BAD_REQUEST, "AIMWS030E", "Invalid query format")
-        }
-        Failure::Ambiguous => (
-            StatusCode::BAD_REQUEST,
-            "APPAP227E",
-            "Too many objects match the query",
-        ),
-        Failure::Unavailable
-        | Failure::SourceCredentialsRefused
-        | Failure::SourceMisconfigured
-        | Failure::AuditUnavailable => (
-            StatusCode::BAD_REQUEST,
-            "APPAP007E",
-            "The provider cannot reach the vault; try again later",
-        ),
-        Failure::Rejected | Failure::Broken => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "APPAP004E",
-            "The object's values could not be served",
-        ),
-        Failure::Unresolved | Failure::NotFound | Failure::Denied => (
-            StatusCode::NOT_FOUND,
-            "APPAP004E",
-            "Password object matching query was not found (Diagnostic Info: 5)",
-        ),
-    }
-}
-
-fn failed(e: &CcpFailure) -> Response {
-    let class = match e {
-        CcpFailure::Credential(e) => e.failure(),
-        CcpFailure::Resolve(e) => e.failure(),
-    };
-    answer_class(class)
-}
-
-fn answer_class(class: Failure) -> Response {
-    let (status, code, message) = status(class);
-    ccp_error(status, code, message)
+        .await?;
+    Ok(answer(found.fields))
 }
 
 fn answer(body: SecretBuf) -> Response {

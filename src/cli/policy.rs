@@ -78,7 +78,10 @@ pub fn policy_command(command: PolicyCommand) -> Result<(), Failure> {
             let r = parse_reference(text)
                 .map_err(|e| Failure::Usage(format!("--reference: {}", e.kind)))?;
             // The broker's routing: without a configuration only named sources route.
-            let known = config.as_ref().map(known_sources).unwrap_or_default();
+            let known = config
+                .as_ref()
+                .map(crate::policy::KnownSources::of)
+                .unwrap_or_default();
             let source = known
                 .source_of(&r.target)
                 .map(str::to_owned)
@@ -155,7 +158,6 @@ fn explain_destination(
     allowed(decision.allowed)
 }
 
-/// The configured sources, for checking the policies against them.
 /// The policy folder `dir` with the management store's definitions (for a vault store, its
 /// local mirror), as `serve` loads them: what the API made is decided and checked like what a
 /// file defines.
@@ -169,50 +171,9 @@ pub fn load_with_store(
         .flat_map(|s| crate::store::Kind::ALL.map(|k| s.path.join(k.dir())))
         .filter(|d| d.is_dir())
         .collect();
-    crate::policy::load_checked_dirs(&[dir.to_owned()], &store, &known_sources(config))
-}
-
-pub fn known_sources(config: &crate::config::Config) -> crate::policy::KnownSources {
-    // A file store's material is served by its own file source, `store`, which `serve` adds.
-    let file_store = config
-        .store
-        .as_ref()
-        .is_some_and(|st| st.kind == crate::config::StoreKind::File)
-        .then(|| crate::config::STORE_SOURCE.to_owned());
-    crate::policy::KnownSources {
-        names: config
-            .sources
-            .iter()
-            .map(|s| s.name().to_owned())
-            .chain(file_store)
-            .collect(),
-        default: config.default_source().map(str::to_owned),
-        ccp: config.ccp_source().map(str::to_owned),
-        store: config.store.as_ref().map(|st| match (st.kind, &st.source) {
-            (crate::config::StoreKind::Vault, Some(source)) => {
-                (source.clone(), st.prefix.trim_matches('/').to_owned())
-            }
-            _ => (crate::config::STORE_SOURCE.to_owned(), String::new()),
-        }),
-        issuing: config
-            .sources
-            .iter()
-            .filter(|s| s.kind() == crate::config::SourceKind::Pki)
-            .map(|s| s.name().to_owned())
-            .collect(),
-        signing: config
-            .sources
-            .iter()
-            .filter_map(|s| match s {
-                crate::config::SourceConfig::Pki(p) => Some(p),
-                _ => None,
-            })
-            .flat_map(|p| {
-                p.profiles
-                    .iter()
-                    .filter(|(_, profile)| profile.issue == crate::config::PkiIssue::Sign)
-                    .map(|(name, _)| (p.name.clone(), name.clone()))
-            })
-            .collect(),
-    }
+    crate::policy::load_checked_dirs(
+        &[dir.to_owned()],
+        &store,
+        &crate::policy::KnownSources::of(config),
+    )
 }

@@ -243,7 +243,8 @@ pub enum VaultAuth {
 }
 
 /// Where Kubernetes mounts a pod's service-account token.
-pub const KUBERNETES_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub(crate) const KUBERNETES_TOKEN_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 impl Default for VaultAuth {
     fn default() -> Self {
@@ -787,7 +788,7 @@ fn default_queue() -> usize {
 }
 
 /// The name of the file source that serves the store's material (`$SECRET_store:…`).
-pub const STORE_SOURCE: &str = "store";
+pub(crate) const STORE_SOURCE: &str = "store";
 
 /// `[store]`: where credentials created through the management API are kept (see
 /// docs/MANAGEMENT.md). `kind = "file"`: a folder (the `serve --dev` default);

@@ -17,7 +17,7 @@ use crate::identity::ClientCert;
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub addr: SocketAddr,
     /// The client certificate the TLS handshake verified against `client_ca` (end entity),
     /// parsed once for the life of the connection.
@@ -54,7 +54,7 @@ impl From<&crate::config::LimitsConfig> for ConnectionLimits {
 /// every listener of a process, so `[limits]` count the process's connections, not each
 /// listener's (one address cannot hold the per-address limit once per door).
 #[derive(Debug)]
-pub struct Gate {
+pub(crate) struct Gate {
     total: Arc<tokio::sync::Semaphore>,
     per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     limit_per_ip: usize,
@@ -69,7 +69,7 @@ struct Slot {
 }
 
 impl Gate {
-    pub fn new(limits: &ConnectionLimits) -> Arc<Self> {
+    pub(crate) fn new(limits: &ConnectionLimits) -> Arc<Self> {
         Arc::new(Self {
             total: Arc::new(tokio::sync::Semaphore::new(limits.max.max(1))),
             per_ip: std::sync::Mutex::default(),
@@ -120,7 +120,7 @@ pub async fn serve(
 /// Serves `app` on `listener`, admitting connections through `gate` (shared by every
 /// listener of the process), until `shutdown` completes; then lets open connections finish
 /// (up to 30 s).
-pub async fn serve_gated(
+pub(crate) async fn serve_gated(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     app: Router,

@@ -3,6 +3,6 @@
 //! around each door's router (`observe.rs`). The main API, the Vault-compatible API, the egress
 //! proxy and the CCP API all import it; no door imports another (`tests/architecture.rs`).
 
-pub mod listen;
-pub mod observe;
-pub mod tls;
+pub(crate) mod listen;
+pub(crate) mod observe;
+pub(crate) mod tls;

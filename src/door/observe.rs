@@ -21,7 +21,7 @@ use axum::response::Response;
 
 /// How one door is observed.
 #[derive(Clone, Copy, Debug)]
-pub struct DoorSpec {
+pub(crate) struct DoorSpec {
     /// Which door: its name is the `door` label.
     pub door: crate::identity::Door,
     /// The `route` label of a path, from a closed vocabulary.
@@ -42,19 +42,18 @@ pub struct DoorSpec {
 }
 
 /// No request to the door carries material.
-pub fn never(_: &axum::http::Method, _: &str) -> bool {
+pub(crate) fn never(_: &axum::http::Method, _: &str) -> bool {
     false
 }
 
 /// No request waits beyond the timeout.
-pub fn no_wait(_: Option<&str>) -> std::time::Duration {
+pub(crate) fn no_wait(_: Option<&str>) -> std::time::Duration {
     std::time::Duration::ZERO
 }
 
 /// The service around a door's router.
 #[derive(Clone)]
-#[expect(missing_debug_implementations, reason = "the inner router has none")]
-pub struct Observe<S> {
+pub(crate) struct Observe<S> {
     inner: S,
     metrics: Arc<crate::metrics::Metrics>,
     timeout: std::time::Duration,
@@ -62,7 +61,7 @@ pub struct Observe<S> {
 }
 
 impl<S> Observe<S> {
-    pub fn new(
+    pub(crate) fn new(
         inner: S,
         metrics: Arc<crate::metrics::Metrics>,
         timeout: std::time::Duration,

@@ -30,7 +30,7 @@ use crate::policy::host::Host;
 
 /// What the egress handler shares.
 #[derive(Debug)]
-pub struct EgressState {
+pub(crate) struct EgressState {
     pub broker: Arc<Broker>,
     /// The one authenticator, set for this door: the policy's tokens in
     /// `Proxy-Authorization`.
@@ -54,7 +54,7 @@ pub struct EgressState {
 /// keeper drops it, used or not), and every change of the cache or the policy — a rotation,
 /// a reload, a deletion, a purge — drops them all. The old client's connections close with it.
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     clients: std::sync::Mutex<std::collections::HashMap<PoolKey, Pooled>>,
     keep_alive: Duration,
 }
@@ -73,7 +73,7 @@ type PoolKey = (String, String, SocketAddr);
 const POOL_MAX: usize = 256;
 
 impl Pool {
-    pub fn new(keep_alive: Duration) -> Self {
+    pub(crate) fn new(keep_alive: Duration) -> Self {
         Self {
             clients: std::sync::Mutex::default(),
             keep_alive,
@@ -108,7 +108,7 @@ impl Pool {
     }
 
     /// Drops every client (a change: its material may be gone or rotated).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.lock().clear();
     }
 
@@ -119,18 +119,20 @@ impl Pool {
     }
 
     /// How many clients (keys) are held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// While `pool` lives: drops every client on each change `changes` announces (a
     /// rotation, reload, deletion or purge), and those past `keep_alive` at least every
     /// `keep_alive`.
-    pub fn spawn_keeper(pool: &Arc<Self>, mut changes: tokio::sync::watch::Receiver<u64>) {
+    pub(crate) fn spawn_keeper(pool: &Arc<Self>, mut changes: tokio::sync::watch::Receiver<u64>) {
         let weak = Arc::downgrade(pool);
         let every = pool.keep_alive.max(Duration::from_millis(100));
         tokio::spawn(async move {
@@ -153,12 +155,12 @@ impl Pool {
 /// The largest request body forwarded.
 const MAX_REQUEST_BODY: usize = 1 << 20;
 
-pub fn router(state: Arc<EgressState>) -> Router {
+pub(crate) fn router(state: Arc<EgressState>) -> Router {
     Router::new().fallback(proxy).with_state(state)
 }
 
 /// The egress proxy as a door (request metrics, timeout as a JSON refusal).
-pub fn door() -> crate::door::observe::DoorSpec {
+pub(crate) fn door() -> crate::door::observe::DoorSpec {
     crate::door::observe::DoorSpec {
         door: crate::identity::Door::Egress,
         route_of: |_| "proxy",
@@ -175,7 +177,6 @@ pub fn door() -> crate::door::observe::DoorSpec {
     }
 }
 
-/// A refusal: a JSON error with a stable code (never a value).
 /// The egress proxy's answer for each failure class: this door's row of the one table
 /// (`tests/doors.rs`). A credential that is not there is a denial, as for any consumer.
 pub fn status(class: Failure) -> (StatusCode, &'static str, &'static str) {
@@ -230,6 +231,7 @@ pub fn status(class: Failure) -> (StatusCode, &'static str, &'static str) {
     }
 }
 
+/// A refusal: a JSON error with a stable code (never a value).
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     refuse_with(status, &body)

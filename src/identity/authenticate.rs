@@ -95,7 +95,7 @@ impl Door {
 /// The bearer credential a request presents at `door`, if any — one function for every door,
 /// so a repeated or conflicting credential is refused the same way everywhere (THREATS row
 /// 32).
-pub fn presented_token(headers: &HeaderMap, door: Door) -> Result<Option<&str>, AuthError> {
+pub(crate) fn presented_token(headers: &HeaderMap, door: Door) -> Result<Option<&str>, AuthError> {
     let one = |name: &HeaderName| -> Result<Option<&str>, AuthError> {
         let mut values = headers.get_all(name).iter();
         match (values.next(), values.next()) {
@@ -493,7 +493,7 @@ pub fn decode_certificate(value: &[u8]) -> Option<CertificateDer<'static>> {
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.
-pub fn bearer(header: &str) -> Option<&str> {
+pub(crate) fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

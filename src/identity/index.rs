@@ -238,7 +238,7 @@ impl Identities {
 /// Whether an issuer ACL — its CAs' public keys (SubjectPublicKeyInfo DER) and its subject
 /// pattern — claims `cert`: signed by one of the keys, subject matching. The one matcher of
 /// authentication and of management's claim checks.
-pub fn acl_matches(
+pub(crate) fn acl_matches(
     keys: &[Vec<u8>],
     pattern: &crate::policy::SubjectPattern,
     cert: &ClientCert,

@@ -13,12 +13,13 @@ mod token;
 
 use std::sync::Arc;
 
-pub use authenticate::{
-    AuthError, Authenticator, Door, IssuedTo, IssuedTokens, Login, Presented, Via, bearer,
-    decode_certificate, presented_token,
+pub(crate) use authenticate::{
+    AuthError, Authenticator, IssuedTokens, Login, Presented, Via, presented_token,
 };
+pub use authenticate::{Door, IssuedTo, decode_certificate};
 pub use cert::ClientCert;
-pub use index::{Ambiguous, Identities, acl_matches};
+pub use index::Identities;
+pub(crate) use index::{Ambiguous, acl_matches};
 pub use token::TokenDigest;
 
 use crate::policy::{Consumer, Policy};

@@ -14,11 +14,11 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::public_key::PublicKey;
 use zeroize::Zeroizing;
 
-pub use super::verify::MIN_RSA_BITS;
+pub(crate) use super::verify::MIN_RSA_BITS;
 use super::verify::{decode, private_key, rsa_modulus_bits};
 
 /// The values of one mTLS credential, as PEM text.
-pub struct Parts<'a> {
+pub(crate) struct Parts<'a> {
     pub certificate: &'a str,
     pub private_key: &'a str,
     pub root: Option<&'a str>,
@@ -52,13 +52,13 @@ fn reject(role: &'static str, code: &'static str) -> Rejection {
 /// certificates, in Unix seconds. A verdict is cached with the material; the clock is checked
 /// against this window on every use ([`Window::check`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
+pub(crate) struct Window {
     pub not_before: i64,
     pub not_after: i64,
 }
 
 impl Window {
-    pub fn check(self, now: i64) -> Result<(), Rejection> {
+    pub(crate) fn check(self, now: i64) -> Result<(), Rejection> {
         if now < self.not_before {
             return Err(reject(CERT, "not_yet_valid"));
         }
@@ -72,7 +72,7 @@ impl Window {
 /// Everything about the credential that does not depend on the clock; the caller applies
 /// [`Window::check`]. Order: what keybroker must be able to use at all (the key), then the
 /// pair, then the leaf's purpose, then the chain.
-pub fn verify(parts: &Parts<'_>) -> Result<Window, Rejection> {
+pub(crate) fn verify(parts: &Parts<'_>) -> Result<Window, Rejection> {
     let key_spki = key_public(parts.private_key)?;
     let chain = certificates(parts.certificate, CERT)?;
     let certs = parse_all(&chain, CERT)?;
@@ -132,7 +132,7 @@ pub fn verify(parts: &Parts<'_>) -> Result<Window, Rejection> {
 /// client chain (neither issue it nor issue a CA that does, nor are its top): when one bundle
 /// is both the chain's anchor and the upstream's trust, these are trusted for the upstream
 /// for no reason the client chain gives — what an operator is told about, never silently.
-pub fn unanchoring_roots(certificate: &str, root: &str) -> Vec<String> {
+pub(crate) fn unanchoring_roots(certificate: &str, root: &str) -> Vec<String> {
     use sha2::Digest as _;
     let (Ok(chain_der), Ok(roots_der)) =
         (certificates(certificate, CERT), certificates(root, ROOT))

@@ -13,7 +13,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
 /// The largest CSR read (a 8192-bit RSA request with a few names is about 2.5 KB).
-pub const MAX_CSR_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_CSR_BYTES: usize = 16 * 1024;
 
 /// Why a CSR is refused; each a stable code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -11,8 +11,8 @@
 //! **Invariant:** every buffer holding key text or DER is zeroizing, and no parser message
 //! about key input leaves the module (see [`PemError`]).
 
-pub mod credential;
-pub mod csr;
+pub(crate) mod credential;
+pub(crate) mod csr;
 mod error;
 mod scan;
 mod verify;
@@ -24,7 +24,8 @@ use zeroize::Zeroizing;
 
 pub use error::PemError;
 pub use scan::RepairKind;
-pub use verify::{BlockFacts, Checks, fingerprint};
+pub use verify::Checks;
+pub(crate) use verify::{BlockFacts, fingerprint};
 
 /// How a source's or credential's PEM values are treated (named by the configuration).
 pub use crate::config::PemMode as Mode;
@@ -61,12 +62,12 @@ impl fmt::Debug for Repaired {
 }
 
 /// The label keybroker knows by that name (`"PRIVATE KEY"`, `"CERTIFICATE"`, …).
-pub fn known_label(name: &str) -> Option<&'static str> {
+pub(crate) fn known_label(name: &str) -> Option<&'static str> {
     scan::KNOWN_LABELS.iter().copied().find(|l| *l == name)
 }
 
 /// True when `value` holds a PEM armour line (possibly flattened).
-pub fn looks_like_pem(value: &str) -> bool {
+pub(crate) fn looks_like_pem(value: &str) -> bool {
     value.contains("-----BEGIN")
 }
 
@@ -182,7 +183,7 @@ pub struct CheckedSecret {
 }
 
 /// Applies [`repair`] to every field of `secret` that looks like PEM.
-pub fn check_secret(secret: &crate::secret::Secret, opts: &Options) -> CheckedSecret {
+pub(crate) fn check_secret(secret: &crate::secret::Secret, opts: &Options) -> CheckedSecret {
     use secrecy::ExposeSecret;
 
     use crate::secret::{Secret, secret_string};

@@ -306,7 +306,7 @@ fn private_keys_absent(blocks: &[Block]) -> bool {
     !blocks.iter().any(|b| b.label.ends_with("PRIVATE KEY"))
 }
 
-pub fn fingerprint(der: &[u8]) -> String {
+pub(crate) fn fingerprint(der: &[u8]) -> String {
     let digest = Sha256::digest(der);
     let hex = hex::encode(digest);
     let mut out = String::with_capacity(hex.len() + hex.len() / 2);
@@ -343,7 +343,7 @@ fn rfc3339(ts: i64) -> String {
 }
 
 /// The smallest RSA modulus keybroker serves (NIST SP 800-131A; rustls' own floor).
-pub const MIN_RSA_BITS: usize = 2048;
+pub(crate) const MIN_RSA_BITS: usize = 2048;
 
 /// The modulus size of an RSA private key (PKCS#1, or PKCS#1 inside PKCS#8); `None` for
 /// other keys.

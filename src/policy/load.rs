@@ -766,21 +766,26 @@ fn kubernetes_role(
     })
 }
 
+/// Who holds each name, token digest, login role and pin: a second holder is a load error,
+/// never "the first one in file order wins" (THREATS row 32). Between two store entries
+/// (replicas racing), both err: path order — which team's slug sorts first — decides nothing.
+#[derive(Default)]
+struct Owners {
+    names: BTreeMap<String, Holder>,
+    token: BTreeMap<[u8; 32], Holder>,
+    role: BTreeMap<String, Holder>,
+    jwt: BTreeMap<String, Holder>,
+    kube: BTreeMap<String, Holder>,
+    pin: BTreeMap<[u8; 32], Holder>,
+}
+
 fn validate_consumers(
     files: &mut Files,
     consumers: Vec<Item<ConsumerDef>>,
     slugs: &BTreeSet<String>,
     policy: &mut Policy,
 ) {
-    // Who holds each name, token digest and pin: a second holder is a load error, never "the
-    // first one in file order wins" (THREATS row 32). Between two store entries (replicas
-    // racing), both err: path order — which team's slug sorts first — decides nothing.
-    let mut names: BTreeMap<String, Holder> = BTreeMap::new();
-    let mut token_owner: BTreeMap<[u8; 32], Holder> = BTreeMap::new();
-    let mut role_owner: BTreeMap<String, Holder> = BTreeMap::new();
-    let mut jwt_owner: BTreeMap<String, Holder> = BTreeMap::new();
-    let mut kube_owner: BTreeMap<String, Holder> = BTreeMap::new();
-    let mut pin_owner: BTreeMap<[u8; 32], Holder> = BTreeMap::new();
+    let mut owners = Owners::default();
     let mut acl_items: Vec<(Item<()>, String, usize)> = Vec::new();
     for c in consumers {
         let def = &c.def;
@@ -790,7 +795,10 @@ fn validate_consumers(
                 &key("name"),
                 format!("consumer name {:?} must match [a-z0-9_-]{{1,64}}", def.name),
             );
-        } else if let Some(first) = names.insert(def.name.clone(), Holder::of(&c, &def.name)) {
+        } else if let Some(first) = owners
+            .names
+            .insert(def.name.clone(), Holder::of(&c, &def.name))
+        {
             files.at(
                 &c,
                 &key("name"),
@@ -801,91 +809,13 @@ fn validate_consumers(
         if !slugs.contains(&def.team) {
             files.at(&c, &key("team"), format!("unknown team `{}`", def.team));
         }
-        let mut pins = Vec::new();
-        for (i, pin) in def.cert_sha256.iter().enumerate() {
-            let hex_text: String = pin.fingerprint.chars().filter(|c| *c != ':').collect();
-            let mut fp = [0u8; 32];
-            if hex::decode_to_slice(&hex_text, &mut fp).is_err() {
-                files.at(
-                    &c,
-                    &key_index("cert_sha256", i),
-                    "fingerprint must be 32 bytes of hex (colons allowed)".to_owned(),
-                );
-                continue;
-            }
-            let mut time = |what: &str, t: &Option<String>| match t {
-                None => Ok(None),
-                Some(t) => super::rfc3339(t).map(Some).ok_or_else(|| {
-                    files.at(
-                        &c,
-                        &key_index("cert_sha256", i),
-                        format!("{what} {t:?} is not an RFC 3339 time"),
-                    );
-                }),
-            };
-            let (Ok(not_before), Ok(not_after)) = (
-                time("not_before", &pin.not_before),
-                time("not_after", &pin.not_after),
-            ) else {
-                continue;
-            };
-            if let Some(first) = pin_owner.insert(fp, Holder::of(&c, &def.name)) {
-                files.at(
-                    &c,
-                    &key_index("cert_sha256", i),
-                    format!(
-                        "this fingerprint is already pinned by consumer `{}`",
-                        first.name
-                    ),
-                );
-                first.also_errs(files, &c, "a store entry pins this fingerprint too");
-            }
-            pins.push(super::model::Pin {
-                sha256: fp,
-                not_before,
-                not_after,
-            });
-        }
-        let token = match &def.token_sha256 {
-            None => None,
-            Some(h) => {
-                let mut d = [0u8; 32];
-                if hex::decode_to_slice(h, &mut d).is_err() {
-                    files.at(
-                        &c,
-                        &key("token_sha256"),
-                        "token_sha256 must be the hex SHA-256 of the token (64 hex digits)"
-                            .to_owned(),
-                    );
-                } else if let Some(first) = token_owner.insert(d, Holder::of(&c, &def.name)) {
-                    files.at(
-                        &c,
-                        &key("token_sha256"),
-                        format!("consumer `{}` has the same token", first.name),
-                    );
-                    first.also_errs(files, &c, "a store entry has the same token");
-                }
-                Some(d)
-            }
-        };
+        let pins = consumer_pins(files, &c, &mut owners.pin);
+        let token = consumer_token(files, &c, &mut owners.token);
+        let (issuer_ca, issuer_certs, subject) = consumer_issuer(files, &c);
         let has_issuer = def.issuer_ca.is_some() || def.issuer_ca_pem.is_some();
-        if def.issuer_ca.is_some() && def.issuer_ca_pem.is_some() {
-            files.at(
-                &c,
-                &key("issuer_ca_pem"),
-                "issuer_ca and issuer_ca_pem: one of them".to_owned(),
-            );
-        }
-        if has_issuer != def.subject.is_some() {
-            files.at(
-                &c,
-                &key("name"),
-                "issuer_ca and subject go together".to_owned(),
-            );
-        }
-        let approle = approle_of(files, &c, &mut role_owner);
-        let jwt = jwt_role(files, &c, &mut jwt_owner);
-        let kubernetes = kubernetes_role(files, &c, &mut kube_owner);
+        let approle = approle_of(files, &c, &mut owners.role);
+        let jwt = jwt_role(files, &c, &mut owners.jwt);
+        let kubernetes = kubernetes_role(files, &c, &mut owners.kube);
         if def.cert_sha256.is_empty()
             && !has_issuer
             && def.token_sha256.is_none()
@@ -895,34 +825,6 @@ fn validate_consumers(
         {
             files.at(&c, &key("name"), format!("consumer `{}` has no way to authenticate (cert_sha256, issuer_ca + subject, token_sha256, approle, jwt or kubernetes)", def.name));
         }
-        // Relative to the policy file; the CA certificates are read now, so a decision
-        // never does I/O.
-        let issuer_ca = def.issuer_ca.as_ref().map(|p| {
-            let base = files.paths[c.file].parent().unwrap_or(Path::new("."));
-            base.join(p)
-        });
-        let mut issuer_certs = Vec::new();
-        if let Some(pem) = &def.issuer_ca_pem {
-            match pem_certificates(pem.as_bytes()) {
-                Ok(certs) => issuer_certs = certs,
-                Err(why) => files.at(&c, &key("issuer_ca_pem"), format!("issuer_ca_pem: {why}")),
-            }
-        }
-        if let Some(path) = &issuer_ca {
-            match read_certificates(path) {
-                Ok(certs) => issuer_certs = certs,
-                Err(why) => files.at(
-                    &c,
-                    &key("issuer_ca"),
-                    format!("issuer_ca {}: {why}", path.display()),
-                ),
-            }
-        }
-        let subject = def.subject.as_ref().and_then(|pattern| {
-            super::SubjectPattern::parse(pattern)
-                .map_err(|why| files.at(&c, &key("subject"), format!("subject {pattern:?}: {why}")))
-                .ok()
-        });
         if subject.is_some() {
             let at = Item {
                 def: (),
@@ -961,22 +863,166 @@ fn validate_consumers(
             kubernetes,
             ccp_app_ids: def.ccp_app_ids.clone(),
             admin: def.admin,
-            admin_teams: def
-                .admin_teams
-                .iter()
-                .filter(|t| {
-                    let known = slugs.contains(*t);
-                    if !known {
-                        files.at(&c, &key("admin_teams"), format!("unknown team `{t}`"));
-                    }
-                    known
-                })
-                .cloned()
-                .collect(),
+            admin_teams: admin_teams(files, &c, slugs),
             vault_api_host,
         });
     }
     warn_overlapping_acls(files, policy, &acl_items);
+}
+
+/// A consumer's `cert_sha256` pins, each fingerprint held by one consumer only.
+fn consumer_pins(
+    files: &mut Files,
+    c: &Item<ConsumerDef>,
+    pin_owner: &mut BTreeMap<[u8; 32], Holder>,
+) -> Vec<super::model::Pin> {
+    let def = &c.def;
+    let mut pins = Vec::new();
+    for (i, pin) in def.cert_sha256.iter().enumerate() {
+        let hex_text: String = pin.fingerprint.chars().filter(|c| *c != ':').collect();
+        let mut fp = [0u8; 32];
+        if hex::decode_to_slice(&hex_text, &mut fp).is_err() {
+            files.at(
+                c,
+                &key_index("cert_sha256", i),
+                "fingerprint must be 32 bytes of hex (colons allowed)".to_owned(),
+            );
+            continue;
+        }
+        let mut time = |what: &str, t: &Option<String>| match t {
+            None => Ok(None),
+            Some(t) => super::rfc3339(t).map(Some).ok_or_else(|| {
+                files.at(
+                    c,
+                    &key_index("cert_sha256", i),
+                    format!("{what} {t:?} is not an RFC 3339 time"),
+                );
+            }),
+        };
+        let (Ok(not_before), Ok(not_after)) = (
+            time("not_before", &pin.not_before),
+            time("not_after", &pin.not_after),
+        ) else {
+            continue;
+        };
+        if let Some(first) = pin_owner.insert(fp, Holder::of(c, &def.name)) {
+            files.at(
+                c,
+                &key_index("cert_sha256", i),
+                format!(
+                    "this fingerprint is already pinned by consumer `{}`",
+                    first.name
+                ),
+            );
+            first.also_errs(files, c, "a store entry pins this fingerprint too");
+        }
+        pins.push(super::model::Pin {
+            sha256: fp,
+            not_before,
+            not_after,
+        });
+    }
+    pins
+}
+
+/// The teams a consumer administers; an unknown one is a load error (and is not kept).
+fn admin_teams(files: &mut Files, c: &Item<ConsumerDef>, slugs: &BTreeSet<String>) -> Vec<String> {
+    let mut known = Vec::new();
+    for t in &c.def.admin_teams {
+        if slugs.contains(t) {
+            known.push(t.clone());
+        } else {
+            files.at(c, &key("admin_teams"), format!("unknown team `{t}`"));
+        }
+    }
+    known
+}
+
+/// A consumer's `token_sha256`, each digest held by one consumer only.
+fn consumer_token(
+    files: &mut Files,
+    c: &Item<ConsumerDef>,
+    token_owner: &mut BTreeMap<[u8; 32], Holder>,
+) -> Option<[u8; 32]> {
+    let def = &c.def;
+    match &def.token_sha256 {
+        None => None,
+        Some(h) => {
+            let mut d = [0u8; 32];
+            if hex::decode_to_slice(h, &mut d).is_err() {
+                files.at(
+                    c,
+                    &key("token_sha256"),
+                    "token_sha256 must be the hex SHA-256 of the token (64 hex digits)".to_owned(),
+                );
+            } else if let Some(first) = token_owner.insert(d, Holder::of(c, &def.name)) {
+                files.at(
+                    c,
+                    &key("token_sha256"),
+                    format!("consumer `{}` has the same token", first.name),
+                );
+                first.also_errs(files, c, "a store entry has the same token");
+            }
+            Some(d)
+        }
+    }
+}
+
+/// A consumer's issuer ACL: its CA (a file relative to the policy file, or inline PEM, read
+/// now so a decision never does I/O) and its subject pattern.
+fn consumer_issuer(
+    files: &mut Files,
+    c: &Item<ConsumerDef>,
+) -> (
+    Option<std::path::PathBuf>,
+    Vec<Vec<u8>>,
+    Option<super::SubjectPattern>,
+) {
+    let def = &c.def;
+    let has_issuer = def.issuer_ca.is_some() || def.issuer_ca_pem.is_some();
+    if def.issuer_ca.is_some() && def.issuer_ca_pem.is_some() {
+        files.at(
+            c,
+            &key("issuer_ca_pem"),
+            "issuer_ca and issuer_ca_pem: one of them".to_owned(),
+        );
+    }
+    if has_issuer != def.subject.is_some() {
+        files.at(
+            c,
+            &key("name"),
+            "issuer_ca and subject go together".to_owned(),
+        );
+    }
+    // Relative to the policy file; the CA certificates are read now, so a decision
+    // never does I/O.
+    let issuer_ca = def.issuer_ca.as_ref().map(|p| {
+        let base = files.paths[c.file].parent().unwrap_or(Path::new("."));
+        base.join(p)
+    });
+    let mut issuer_certs = Vec::new();
+    if let Some(pem) = &def.issuer_ca_pem {
+        match pem_certificates(pem.as_bytes()) {
+            Ok(certs) => issuer_certs = certs,
+            Err(why) => files.at(c, &key("issuer_ca_pem"), format!("issuer_ca_pem: {why}")),
+        }
+    }
+    if let Some(path) = &issuer_ca {
+        match read_certificates(path) {
+            Ok(certs) => issuer_certs = certs,
+            Err(why) => files.at(
+                c,
+                &key("issuer_ca"),
+                format!("issuer_ca {}: {why}", path.display()),
+            ),
+        }
+    }
+    let subject = def.subject.as_ref().and_then(|pattern| {
+        super::SubjectPattern::parse(pattern)
+            .map_err(|why| files.at(c, &key("subject"), format!("subject {pattern:?}: {why}")))
+            .ok()
+    });
+    (issuer_ca, issuer_certs, subject)
 }
 
 /// Credentials: their values' sources, one definition per team and name.
@@ -1125,7 +1171,7 @@ fn warn_overlapping_acls(files: &mut Files, policy: &Policy, items: &[(Item<()>,
 
 /// The public key (SubjectPublicKeyInfo DER) of each CA certificate that parses: how issuers
 /// are compared — by key, never by the certificate's DER.
-pub fn issuer_keys(ders: &[Vec<u8>]) -> Vec<Vec<u8>> {
+pub(crate) fn issuer_keys(ders: &[Vec<u8>]) -> Vec<Vec<u8>> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     ders.iter()
         .filter_map(|d| X509Certificate::from_der(d).ok())

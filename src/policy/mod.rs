@@ -4,8 +4,9 @@
 //! the default is deny. **Boundary:** no I/O but loading; nothing here is cached with values.
 
 mod decide;
-pub mod host;
+pub(crate) mod host;
 mod index;
+mod known;
 mod load;
 mod model;
 mod name;
@@ -13,16 +14,19 @@ mod route;
 mod subject;
 mod time;
 
-pub use decide::{Basis, Decision, DecisionReason, Rule, Subject};
-pub use host::{Destination, HostError, HostPattern};
+pub(crate) use decide::DecisionReason;
+pub use decide::Subject;
+pub use host::{Destination, HostPattern};
+pub(crate) use load::issuer_keys;
 pub use load::{
-    KnownSources, PolicyError, issuer_keys, load, load_checked, load_checked_dirs, pem_certificates,
+    KnownSources, PolicyError, load, load_checked, load_checked_dirs, pem_certificates,
 };
-pub use model::{
-    AppRole, Consumer, Credential, CredentialMode, CredentialValues, Grant, JwtRole,
-    KubernetesRole, MAX_BOUND_CIDRS, Origin, PathPattern, Pin, Policy, ReadAccess, parse_net,
+pub(crate) use model::{
+    Consumer, Credential, CredentialMode, CredentialValues, MAX_BOUND_CIDRS, PathPattern, Pin,
+    ReadAccess, parse_net,
 };
-pub use name::{EntryName, NotAName, TeamSlug, is_slug};
-pub use route::{Unrouted, path_of};
+pub use model::{Origin, Policy};
+pub(crate) use name::{EntryName, TeamSlug, is_slug};
+pub(crate) use route::{Unrouted, path_of};
 pub use subject::SubjectPattern;
-pub use time::rfc3339;
+pub(crate) use time::rfc3339;

@@ -163,12 +163,12 @@ impl AppRole {
 }
 
 /// CIDR blocks an AppRole's `secret_id_bound_cidrs` or `token_bound_cidrs` hold at most.
-pub const MAX_BOUND_CIDRS: usize = 16;
+pub(crate) const MAX_BOUND_CIDRS: usize = 16;
 
 /// A bound as Vault takes it: a CIDR block (`10.0.0.0/8`) or one address (`192.0.2.7`). A
 /// block with host bits set (`10.1.2.3/8`) is refused rather than silently widened or
 /// narrowed.
-pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+pub(crate) fn parse_net(text: &str) -> Option<ipnet::IpNet> {
     if text.len() > 64 {
         return None;
     }

@@ -7,7 +7,7 @@ use std::fmt;
 
 /// The one grammar of a stored name: `[a-z0-9_-]{1,64}`. No dot, so never `.` or `..`; no
 /// slash, so never a second path segment.
-pub fn is_slug(s: &str) -> bool {
+pub(crate) fn is_slug(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')

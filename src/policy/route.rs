@@ -32,7 +32,7 @@ impl KnownSources {
 }
 
 /// The path `target` reads at its source.
-pub fn path_of(target: &Target) -> Result<SecretPath, ParseErrorKind> {
+pub(crate) fn path_of(target: &Target) -> Result<SecretPath, ParseErrorKind> {
     match target {
         Target::Secret { path, .. } => Ok(path.clone()),
         Target::Ccp { safe, object } => SecretPath::from_segments([safe.as_str(), object]),

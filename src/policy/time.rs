@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 /// `text` as a point in time, if it is an RFC 3339 date-time.
-pub fn rfc3339(text: &str) -> Option<SystemTime> {
+pub(crate) fn rfc3339(text: &str) -> Option<SystemTime> {
     OffsetDateTime::parse(text, &Rfc3339)
         .ok()
         .map(SystemTime::from)

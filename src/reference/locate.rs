@@ -26,7 +26,7 @@ pub enum Format {
 
 /// A string of the document that holds at least one reference.
 #[derive(Debug)]
-pub struct Site {
+pub(crate) struct Site {
     pub location: Location,
     pub template: Template,
     /// Position in document order, shared with the errors found while preparing.

@@ -16,10 +16,12 @@ mod pointer;
 mod render;
 mod yaml;
 
-pub use error::{DocumentError, ExpandError, Location, ParseErrorKind, Reason};
-pub use locate::{Format, Layout, Prepared, Site};
+pub use error::Location;
+pub use error::Reason;
+pub(crate) use error::{DocumentError, ExpandError, ParseErrorKind};
+pub use locate::{Format, Layout, Prepared};
+pub use parse::parse_template_lenient;
 pub use parse::{
-    ParseError, Part, Reference, SecretPath, Target, Template, is_ccp_forbidden, parse_reference,
-    parse_template, parse_template_lenient,
+    Part, Reference, SecretPath, Target, is_ccp_forbidden, parse_reference, parse_template,
 };
 pub use render::{RenderError, RenderLimits, Resolved};

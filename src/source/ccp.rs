@@ -76,7 +76,7 @@ pub fn build_query(app_id: &str, params: &[(&'static str, &str)]) -> Result<Stri
 /// As [`build_query`], with `parts` sent as one `Query=k=v;k=v` parameter and
 /// `QueryFormat=Exact`. Each part is checked first, so the only `;` and `=` in the composed
 /// value are the ones keybroker put there.
-pub fn build_composite_query(
+pub(crate) fn build_composite_query(
     app_id: &str,
     parts: &[(&'static str, &str)],
     params: &[(&'static str, &str)],
@@ -181,7 +181,7 @@ struct CcpError {
 }
 
 /// What an `ErrorCode` means (docs/CCP-API.md, error table).
-pub fn classify_error_code(code: &str) -> SourceError {
+pub(crate) fn classify_error_code(code: &str) -> SourceError {
     match code {
         "APPAP004E" => SourceError::NotFound,
         "APPAP306E" | "APPAP008E" | "APPAP133E" => SourceError::Denied,

@@ -34,7 +34,7 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
 
 /// A client that never follows redirects, keeps no idle connections, trusts only `ca` (when
 /// given) instead of the system roots, and presents `identity` (certificate, key) when given.
-pub fn client(
+pub(crate) fn client(
     timeout: Duration,
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
@@ -174,7 +174,7 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
 /// What went wrong under a transport error, for the log: the chain of causes below reqwest's
 /// own message (which quotes the URL, and CCP's URL carries the query) — e.g. "tcp connect
 /// error: Connection refused (os error 111)".
-pub fn causes(e: &reqwest::Error) -> String {
+pub(crate) fn causes(e: &reqwest::Error) -> String {
     let mut out = String::new();
     let mut next = std::error::Error::source(e);
     while let Some(cause) = next {

@@ -15,21 +15,21 @@ mod vault;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use ccp::{CcpConfigError, CcpQueryError, CcpSource};
+pub(crate) use ccp::CcpConfigError;
+pub use ccp::CcpSource;
 /// CCP's query builder and error classification, exported for the fuzz targets and the
 /// CCP conformance tests; not an API.
 #[doc(hidden)]
-pub use ccp::{
-    build_composite_query, build_query, classify_error_code, parse_answer as parse_ccp_answer,
-};
+pub use ccp::build_query;
+pub use ccp::parse_answer as parse_ccp_answer;
 pub(crate) use connections::max_age as connection_max_age;
 pub use file::FileSource;
 pub(crate) use http::is_loopback;
-pub use http::{HttpSetupError, causes as http_causes, client as http_client};
-pub use pki::{PkiSource, Signed};
-#[doc(hidden)]
+pub(crate) use http::{HttpSetupError, causes as http_causes, client as http_client};
+pub(crate) use pki::{PkiSource, Signed};
 pub use vault::parse_kv_answer;
-pub use vault::{KvPart, VaultConfigError, VaultEnv, VaultSource};
+pub(crate) use vault::{KvPart, VaultConfigError};
+pub use vault::{VaultEnv, VaultSource};
 
 use crate::reference::SecretPath;
 use crate::secret::Secret;
@@ -212,15 +212,16 @@ impl SourceError {
 
 /// Longest path segment any source accepts (NAME_MAX of common file systems; Vault and CCP
 /// names are shorter in practice). Checked before any source call.
-pub const MAX_SEGMENT_BYTES: usize = 255;
+pub(crate) const MAX_SEGMENT_BYTES: usize = 255;
 /// Longest whole path (segments and `/`) any source accepts. Checked before any source call.
-pub const MAX_PATH_BYTES: usize = 1024;
+pub(crate) const MAX_PATH_BYTES: usize = 1024;
 
 /// The kinds of backend keybroker speaks to (defined with the configuration, which names
 /// them, so that `config` depends on nothing).
-pub use crate::config::SourceKind;
+pub(crate) use crate::config::SourceKind;
 
-pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<Secret, SourceError>> + Send + 'a>>;
+pub(crate) type ReadFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Secret, SourceError>> + Send + 'a>>;
 
 /// A backend that returns secrets. Object-safe so the broker can hold `dyn SecretSource`.
 pub trait SecretSource: Send + Sync + std::fmt::Debug {
@@ -280,7 +281,7 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
     fn close_connections(&self) {}
     /// The names directly under the folder `folder` (segments; empty: the source's root),
     /// as Vault's `LIST` gives them: a secret as its name, a folder as `name/`. At most
-    /// [`MAX_LIST_ENTRIES`]; a missing folder is an empty list. Sources that cannot list
+    /// `MAX_LIST_ENTRIES`; a missing folder is an empty list. Sources that cannot list
     /// answer `Unsupported` (the default). Called only after the policy says the caller may
     /// read something under `folder` (the broker's `SecretList` read).
     fn list<'a>(&'a self, _folder: &'a [String]) -> ListFuture<'a> {
@@ -289,10 +290,11 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
 }
 
 /// Names one `LIST` of a source gives at most (the rest are not listed).
-pub const MAX_LIST_ENTRIES: usize = 1000;
+pub(crate) const MAX_LIST_ENTRIES: usize = 1000;
 
-pub type ListFuture<'a> =
+pub(crate) type ListFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<String>, SourceError>> + Send + 'a>>;
 
-pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;
-pub type VerifyFuture<'a> = Pin<Box<dyn Future<Output = Vec<(bool, String)>> + Send + 'a>>;
+pub(crate) type ProbeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;
+pub(crate) type VerifyFuture<'a> = Pin<Box<dyn Future<Output = Vec<(bool, String)>> + Send + 'a>>;

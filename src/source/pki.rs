@@ -38,7 +38,7 @@ use crate::config::{PkiIssue, PkiProfile, PkiSourceConfig};
 use crate::secret::{Secret, SecretMeta};
 
 #[derive(Debug)]
-pub struct PkiSource {
+pub(crate) struct PkiSource {
     name: String,
     vault: Arc<VaultSource>,
     mount: String,
@@ -131,7 +131,7 @@ struct SignedData {
 /// A certificate signed for a caller's CSR: public material only (the key never left the
 /// caller).
 #[derive(Clone, Debug)]
-pub struct Signed {
+pub(crate) struct Signed {
     pub certificate: String,
     pub issuing_ca: String,
     pub ca_chain: String,
@@ -141,7 +141,7 @@ pub struct Signed {
 }
 
 impl PkiSource {
-    pub fn new(cfg: &PkiSourceConfig, vault: Arc<VaultSource>) -> Self {
+    pub(crate) fn new(cfg: &PkiSourceConfig, vault: Arc<VaultSource>) -> Self {
         Self {
             name: cfg.name.clone(),
             vault,
@@ -224,17 +224,9 @@ impl PkiSource {
         Ok(Secret::new(fields, meta))
     }
 
-    /// The names of the profiles that sign CSRs.
-    pub fn signing_profiles(&self) -> impl Iterator<Item = &str> {
-        self.profiles
-            .iter()
-            .filter(|(_, p)| p.issue == PkiIssue::Sign)
-            .map(|(n, _)| n.as_str())
-    }
-
     /// The rules a CSR for signing profile `name` must follow; `None` when there is no such
     /// signing profile.
-    pub fn csr_rules(&self, name: &str) -> Option<crate::pem::csr::CsrRules<'_>> {
+    pub(crate) fn csr_rules(&self, name: &str) -> Option<crate::pem::csr::CsrRules<'_>> {
         let p = self
             .profiles
             .get(name)
@@ -248,7 +240,7 @@ impl PkiSource {
 
     /// The signing period of profile `name` (a third of its `ttl`, else an hour): what a
     /// caller's signing budget is counted per.
-    pub fn sign_period(&self, name: &str) -> Duration {
+    pub(crate) fn sign_period(&self, name: &str) -> Duration {
         let period = self
             .profiles
             .get(name)
@@ -260,7 +252,7 @@ impl PkiSource {
     /// Has `csr` signed under signing profile `name`, with the profile's names and `ttl` (not
     /// the CSR's), and checks that the certificate carries the CSR's key and the profile's
     /// common name before it is answered.
-    pub async fn sign(
+    pub(crate) async fn sign(
         &self,
         name: &str,
         csr: &crate::pem::csr::CheckedCsr,

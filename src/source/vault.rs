@@ -101,7 +101,7 @@ pub enum VaultConfigError {
 }
 
 mod write;
-pub use write::KvPart;
+pub(crate) use write::KvPart;
 
 #[derive(Debug)]
 pub struct VaultSource {

@@ -12,7 +12,7 @@ use crate::config::JwtConfig;
 /// The operator's keys and the issuer every token must carry. A JWKS file is read again when
 /// it changes (its modification time), so a cluster's rotated signing keys are taken without
 /// a restart; a file that no longer loads keeps the keys in force (and says so in the log).
-pub struct JwtKeys {
+pub(crate) struct JwtKeys {
     cfg: JwtConfig,
     set: arc_swap::ArcSwap<Vec<(&'static [Algorithm], DecodingKey)>>,
     /// The JWKS file's modification time when it was last read.
@@ -59,7 +59,7 @@ const ED: &[Algorithm] = &[Algorithm::EdDSA];
 
 /// What a good token claims, as far as a login binds it.
 #[derive(Debug, serde::Deserialize)]
-pub struct Claims {
+pub(crate) struct Claims {
     pub sub: Option<String>,
     #[serde(default)]
     aud: Audience,
@@ -83,12 +83,12 @@ enum Audience {
 
 impl Claims {
     /// Until when the token is valid (its `exp`).
-    pub fn expires_at(&self) -> std::time::SystemTime {
+    pub(crate) fn expires_at(&self) -> std::time::SystemTime {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.exp)
     }
 
     /// Whether the token was minted for `audience`.
-    pub fn for_audience(&self, audience: &str) -> bool {
+    pub(crate) fn for_audience(&self, audience: &str) -> bool {
         match &self.aud {
             Audience::None => false,
             Audience::One(a) => a == audience,
@@ -100,7 +100,7 @@ impl Claims {
 impl JwtKeys {
     /// Reads the keys of `cfg`: PEM public keys (each `-----BEGIN PUBLIC KEY-----` block one
     /// key) or a JWKS file.
-    pub fn load(cfg: &JwtConfig) -> Result<Self, JwtKeyError> {
+    pub(crate) fn load(cfg: &JwtConfig) -> Result<Self, JwtKeyError> {
         let (set, stamp) = read_keys(cfg)?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -143,7 +143,7 @@ impl JwtKeys {
     /// issuer (when one is configured); else `None`. Which audience is the role's to check
     /// ([`Claims::for_audience`]): a token is verified before any role is looked up, so a
     /// missing role costs the same work as a present one.
-    pub fn verify(&self, token: &str) -> Option<Claims> {
+    pub(crate) fn verify(&self, token: &str) -> Option<Claims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         self.refresh();
         let keys = self.set.load();

@@ -8,9 +8,10 @@
 //! buffers. **Boundary:** uses `broker`, `identity` and `door`; `api` does not
 //! use it.
 
-pub mod jwt;
-pub mod route;
-pub mod token;
+mod error;
+pub(crate) mod jwt;
+pub(crate) mod route;
+pub(crate) mod token;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,22 +20,23 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::broker::{Ask, CredentialRead};
-use crate::broker::{Broker, Caller, ConsumerRef, CredentialError, Failure, SecretRead};
+use crate::broker::{Broker, Caller, ConsumerRef, Failure, SecretRead};
 use crate::door::listen::Peer;
 use crate::identity::{AuthError, Door};
 use crate::reference::SecretPath;
 use crate::secret::SecretBuf;
+pub use error::{VaultError, status};
 use route::{Route, RouteError};
 pub use token::TokenKey;
 
 /// What the Vault API's handlers share.
 #[derive(Debug)]
-pub struct VaultApiState {
+pub(crate) struct VaultApiState {
     pub broker: Arc<Broker>,
     pub tokens: Arc<TokenKey>,
     /// The one authenticator, set for this door: its own tokens and the policy's.
@@ -48,7 +50,7 @@ pub struct VaultApiState {
 }
 
 /// The router: one handler, since Vault's paths are a tree of mounts rather than routes.
-pub fn router(state: Arc<VaultApiState>) -> Router {
+pub(crate) fn router(state: Arc<VaultApiState>) -> Router {
     Router::new()
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
@@ -56,16 +58,11 @@ pub fn router(state: Arc<VaultApiState>) -> Router {
 }
 
 /// The Vault-compatible API as a door (request metrics, timeout in Vault's error shape).
-pub fn door() -> crate::door::observe::DoorSpec {
+pub(crate) fn door() -> crate::door::observe::DoorSpec {
     crate::door::observe::DoorSpec {
         door: crate::identity::Door::VaultApi,
         route_of: route_label,
-        timed_out: || {
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &["the request took longer than the server's request_timeout"],
-            )
-        },
+        timed_out: || VaultError::TimedOut.into_response(),
         json_errors: false,
         extra_wait: crate::door::observe::no_wait,
         // A login's `secret_id` is a credential: its connection's buffers go with it.
@@ -99,31 +96,6 @@ fn route_label(raw: &str) -> &'static str {
         p if p.starts_with("/v1/") => "/v1/{mount}/*",
         _ => "other",
     }
-}
-
-/// Vault's error shape.
-fn error(status: StatusCode, messages: &[&str]) -> Response {
-    let body = json!({ "errors": messages }).to_string();
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-fn denied() -> Response {
-    failed(Failure::Denied)
-}
-
-fn read_only() -> Response {
-    error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &["keybroker's Vault API is read-only: writes, deletes and lists are not served"],
-    )
 }
 
 fn json_answer(status: StatusCode, value: &serde_json::Value) -> Response {
@@ -164,52 +136,52 @@ fn request_id() -> String {
 }
 
 async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Response {
+    answer(&state, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn answer(state: &VaultApiState, request: Request) -> Result<Response, VaultError> {
     let (parts, body) = request.into_parts();
     let route = match route::route(&parts.method, parts.uri.path(), parts.uri.query()) {
         Ok(r) => r,
-        Err(RouteError::NotApi) => return error(StatusCode::NOT_FOUND, &["unsupported path"]),
-        Err(RouteError::NotUtf8) => {
-            return error(StatusCode::BAD_REQUEST, &["the path is not UTF-8"]);
-        }
+        Err(RouteError::NotApi) => return Err(VaultError::Unsupported),
+        Err(RouteError::NotUtf8) => return Err(VaultError::BadRequest("the path is not UTF-8")),
     };
     let peer = parts.extensions.get::<Peer>().cloned();
     match route {
         Route::Health => {
-            return json_answer(
+            return Ok(json_answer(
                 StatusCode::OK,
                 &json!({
                     "initialized": true, "sealed": false, "standby": false,
                     "version": concat!("keybroker-", env!("CARGO_PKG_VERSION")),
                     "server_time_utc": unix(SystemTime::now()),
                 }),
-            );
+            ));
         }
-        Route::Login => return login(&state, peer.as_ref()).await,
-        Route::AppRoleLogin => return approle_login(&state, peer.as_ref(), body).await,
+        Route::Login => return login(state, peer.as_ref()).await,
+        Route::AppRoleLogin => return approle_login(state, peer.as_ref(), body).await,
         Route::JwtLogin { kubernetes } => {
-            return jwt_login(&state, peer.as_ref(), body, kubernetes).await;
+            return jwt_login(state, peer.as_ref(), body, kubernetes).await;
         }
         _ => {}
     }
     // Response wrapping is not served: a client asking for it must not get the secret
     // unwrapped in its place.
     if parts.headers.contains_key("x-vault-wrap-ttl") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &["response wrapping (X-Vault-Wrap-TTL) is not supported"],
-        );
+        return Err(VaultError::BadRequest(
+            "response wrapping (X-Vault-Wrap-TTL) is not supported",
+        ));
     }
-    let caller = match authenticate(&state, &parts.headers, peer.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let caller = authenticate(state, &parts.headers, peer.as_ref()).await?;
     match route {
-        Route::MountInfo(mount) => mount_info(&mount),
-        Route::LookupSelf => lookup_self(&state, &caller, &parts.headers),
-        Route::RenewSelf => error(StatusCode::BAD_REQUEST, &["lease is not renewable"]),
-        Route::ReadOnly => read_only(),
-        Route::BadVersion => error(StatusCode::BAD_REQUEST, &["version is a number"]),
-        Route::List { mount, path } => list(&state, &caller, &mount, &path).await,
+        Route::MountInfo(mount) => Ok(mount_info(&mount)),
+        Route::LookupSelf => lookup_self(state, &caller, &parts.headers),
+        Route::RenewSelf => Err(VaultError::BadRequest("lease is not renewable")),
+        Route::ReadOnly => Err(VaultError::ReadOnly),
+        Route::BadVersion => Err(VaultError::BadRequest("version is a number")),
+        Route::List { mount, path } => list(state, &caller, &mount, &path).await,
         Route::Read {
             mount,
             path,
@@ -217,13 +189,13 @@ async fn handle(State(state): State<Arc<VaultApiState>>, request: Request) -> Re
             metadata,
         } => {
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
-            read(&state, &caller, &mount, &path, version, metadata).await
+            read(state, &caller, &mount, &path, version, metadata).await
         }
         Route::Health
         | Route::Login
         | Route::AppRoleLogin
         | Route::JwtLogin { .. }
-        | Route::NotFound => error(StatusCode::NOT_FOUND, &["unsupported path"]),
+        | Route::NotFound => Err(VaultError::Unsupported),
     }
 }
 
@@ -237,7 +209,7 @@ async fn authenticate(
     state: &VaultApiState,
     headers: &HeaderMap,
     peer: Option<&Peer>,
-) -> Result<Caller, Response> {
+) -> Result<Caller, VaultError> {
     let presented = crate::identity::Presented {
         door: crate::identity::Door::VaultApi,
         peer: peer.map(|p| p.addr.ip()),
@@ -247,14 +219,14 @@ async fn authenticate(
     };
     match state.broker.authenticate(&state.auth, presented).await {
         Ok((caller, _)) => Ok(caller),
-        Err(why) if why.is_bad_request() => Err(error(status(why.into()).0, &[&why.to_string()])),
+        Err(why) if why.is_bad_request() => Err(VaultError::BadAuth(why)),
         // Vault's own answer to a missing or wrong token.
-        Err(why) => Err(failed(why.into())),
+        Err(why) => Err(VaultError::Failed(why.into())),
     }
 }
 
 /// `auth/cert/login`: the connection's verified client certificate → its consumer → a token.
-async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
+async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Result<Response, VaultError> {
     let snapshot = state.broker.policy();
     // The matcher authentication uses: a certificate two consumers claim gets no token.
     let found = match peer.and_then(|p| p.certificate.as_deref()) {
@@ -275,7 +247,7 @@ async fn login(state: &VaultApiState, peer: Option<&Peer>) -> Response {
                 .broker
                 .audit_unauthenticated(why.code(), peer.map(|p| p.addr.ip()))
                 .await;
-            return denied();
+            return Err(Failure::Denied.into());
         }
     };
     // The token carries the pin or issuer ACL that identified the certificate: it dies when
@@ -310,26 +282,26 @@ const LOGIN_BODY_MAX: usize = 8 * 1024;
 /// holds a secret), else Vault's 400 — `missing` when it does not parse as `T`.
 async fn login_body<T: serde::de::DeserializeOwned>(
     body: Body,
-    missing: &str,
-) -> Result<T, Response> {
+    missing: &'static str,
+) -> Result<T, VaultError> {
     let Ok(bytes) = axum::body::to_bytes(body, LOGIN_BODY_MAX).await else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            &["the login body is too large or cut short"],
+        return Err(VaultError::BadRequest(
+            "the login body is too large or cut short",
         ));
     };
     let bytes = zeroize::Zeroizing::new(bytes.to_vec());
-    serde_json::from_slice(&bytes).map_err(|_| error(StatusCode::BAD_REQUEST, &[missing]))
+    serde_json::from_slice(&bytes).map_err(|_| VaultError::BadRequest(missing))
 }
 
 /// `auth/approle/login`: `role_id` and `secret_id` → their consumer → a token. A wrong role
 /// and a wrong secret get one answer (Vault's 400 `invalid role or secret ID`), counted and
 /// audited as every failed authentication is (the refusal budget).
-async fn approle_login(state: &VaultApiState, peer: Option<&Peer>, body: Body) -> Response {
-    let login: AppRoleBody = match login_body(body, "missing role_id or secret_id").await {
-        Ok(l) => l,
-        Err(refused) => return refused,
-    };
+async fn approle_login(
+    state: &VaultApiState,
+    peer: Option<&Peer>,
+    body: Body,
+) -> Result<Response, VaultError> {
+    let login: AppRoleBody = login_body(body, "missing role_id or secret_id").await?;
     let snapshot = state.broker.policy();
     let now = SystemTime::now();
     let peer_ip = peer.map(|p| p.addr.ip());
@@ -359,7 +331,7 @@ async fn approle_login(state: &VaultApiState, peer: Option<&Peer>, body: Body) -
                 .broker
                 .audit_unauthenticated("approle_refused", peer.map(|p| p.addr.ip()))
                 .await;
-            error(StatusCode::BAD_REQUEST, &["invalid role or secret ID"])
+            Err(VaultError::BadRequest("invalid role or secret ID"))
         }
     }
 }
@@ -381,11 +353,8 @@ async fn jwt_login(
     peer: Option<&Peer>,
     body: Body,
     kubernetes: bool,
-) -> Response {
-    let login: JwtBody = match login_body(body, "missing role or jwt").await {
-        Ok(l) => l,
-        Err(refused) => return refused,
-    };
+) -> Result<Response, VaultError> {
+    let login: JwtBody = login_body(body, "missing role or jwt").await?;
     let snapshot = state.broker.policy();
     let consumers = &snapshot.policy().consumers;
     // Each login its own keys when the operator separated them: a token of the JWT issuer is
@@ -433,7 +402,7 @@ async fn jwt_login(
                 .broker
                 .audit_unauthenticated(code, peer.map(|p| p.addr.ip()))
                 .await;
-            error(StatusCode::BAD_REQUEST, &["invalid role or JWT"])
+            Err(VaultError::BadRequest("invalid role or JWT"))
         }
     }
 }
@@ -446,7 +415,7 @@ async fn issue_until(
     index: usize,
     login: crate::identity::Login,
     until: Option<SystemTime>,
-) -> Response {
+) -> Result<Response, VaultError> {
     let to = crate::identity::IssuedTo::by(&snapshot.policy().consumers[index], login);
     issue_to(state, snapshot, index, to, until).await
 }
@@ -459,7 +428,7 @@ async fn issue_to(
     index: usize,
     to: Option<crate::identity::IssuedTo>,
     until: Option<SystemTime>,
-) -> Response {
+) -> Result<Response, VaultError> {
     let now = SystemTime::now();
     let ttl = until.map_or(state.token_ttl, |end| {
         let left = end.duration_since(now).unwrap_or_default();
@@ -468,11 +437,8 @@ async fn issue_to(
     let name = snapshot.policy().consumers[index].name.clone();
     // A token is a credential handed out: audited like a read (and refused when the trail
     // cannot be written).
-    let Some(consumer) = ConsumerRef::of(Arc::clone(snapshot), &name) else {
-        return denied();
-    };
-    let Some(to) = to else {
-        return denied();
+    let (Some(consumer), Some(to)) = (ConsumerRef::of(Arc::clone(snapshot), &name), to) else {
+        return Err(Failure::Denied.into());
     };
     if state
         .broker
@@ -480,7 +446,7 @@ async fn issue_to(
         .await
         .is_err()
     {
-        return failed(Failure::AuditUnavailable);
+        return Err(Failure::AuditUnavailable.into());
     }
     let token = state.tokens.issue(&to, ttl, now);
     let mut body = SecretBuf::with_capacity(token.len() + 512);
@@ -494,19 +460,23 @@ async fn issue_to(
         "}},\"lease_duration\":{},\"renewable\":false,\"entity_id\":\"\",\"token_type\":\"service\",\"orphan\":true}}}}",
         ttl.as_secs()
     ));
-    secret_answer(body)
+    Ok(secret_answer(body))
 }
 
-fn lookup_self(state: &VaultApiState, caller: &Caller, headers: &HeaderMap) -> Response {
+fn lookup_self(
+    state: &VaultApiState,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<Response, VaultError> {
     let Caller::Consumer(c) = caller else {
-        return denied();
+        return Err(Failure::Denied.into());
     };
     let ttl = crate::identity::presented_token(headers, crate::identity::Door::VaultApi)
         .ok()
         .flatten()
         .filter(|t| token::is_issued(t))
         .map_or(0, |t| state.tokens.ttl_left(t, SystemTime::now()));
-    json_answer(
+    Ok(json_answer(
         StatusCode::OK,
         &json!({
             "request_id": request_id(), "lease_id": "", "renewable": false, "lease_duration": 0,
@@ -517,7 +487,7 @@ fn lookup_self(state: &VaultApiState, caller: &Caller, headers: &HeaderMap) -> R
             },
             "wrap_info": null, "warnings": null, "auth": null,
         }),
-    )
+    ))
 }
 
 /// The CLI's mount detection: every first segment is a KV v2 mount, known or not, so the
@@ -542,12 +512,17 @@ fn mount_info(mount: &str) -> Response {
 /// would not (one it may not read is absent, never a 403). Vault answers 404 for an empty
 /// list. `LIST <source>/metadata/<folder>/`: the broker's read of a [`crate::broker::SecretList`], decided
 /// the same way; a source that cannot list (CCP, PKI, HTTP) answers 405.
-async fn list(state: &VaultApiState, caller: &Caller, mount: &str, path: &[String]) -> Response {
+async fn list(
+    state: &VaultApiState,
+    caller: &Caller,
+    mount: &str,
+    path: &[String],
+) -> Result<Response, VaultError> {
     let Caller::Consumer(c) = caller else {
-        return denied();
+        return Err(Failure::Denied.into());
     };
     let Some(host) = c.consumer().vault_api_host.clone() else {
-        return error(StatusCode::NOT_FOUND, &[]);
+        return Err(VaultError::NotFound);
     };
     if mount != "credentials" {
         let name_ok = !mount.is_empty()
@@ -557,7 +532,7 @@ async fn list(state: &VaultApiState, caller: &Caller, mount: &str, path: &[Strin
         let folder_ok =
             path.is_empty() || SecretPath::from_segments(path.iter().map(String::as_str)).is_ok();
         if !name_ok || !folder_ok {
-            return error(StatusCode::NOT_FOUND, &[]);
+            return Err(VaultError::NotFound);
         }
         let listed = state
             .broker
@@ -574,26 +549,23 @@ async fn list(state: &VaultApiState, caller: &Caller, mount: &str, path: &[Strin
             )
             .await;
         return match listed {
-            Ok(None) => read_only(),
-            Ok(Some(keys)) if keys.is_empty() => error(StatusCode::NOT_FOUND, &[]),
-            Ok(Some(keys)) => json_answer(
+            Ok(None) => Err(VaultError::ReadOnly),
+            Ok(Some(keys)) if keys.is_empty() => Err(VaultError::NotFound),
+            Ok(Some(keys)) => Ok(json_answer(
                 StatusCode::OK,
                 &json!({
                     "request_id": request_id(), "lease_id": "", "renewable": false, "lease_duration": 0,
                     "data": { "keys": keys }, "wrap_info": null, "warnings": null, "auth": null,
                 }),
-            ),
-            Err(f) => failed(f),
+            )),
+            Err(f) => Err(f.into()),
         };
     }
     if !path.is_empty() {
         // Credential names are flat: nothing lies under one.
-        return error(StatusCode::NOT_FOUND, &[]);
+        return Err(VaultError::NotFound);
     }
-    let listed = match state.broker.list_credentials(caller).await {
-        Ok(l) => l,
-        Err(e) => return failed(e.failure()),
-    };
+    let listed = state.broker.list_credentials(caller).await?;
     let snapshot = state.broker.policy();
     let keys: Vec<String> = listed
         .into_iter()
@@ -607,15 +579,15 @@ async fn list(state: &VaultApiState, caller: &Caller, mount: &str, path: &[Strin
         .map(|s| s.name)
         .collect();
     if keys.is_empty() {
-        return error(StatusCode::NOT_FOUND, &[]);
+        return Err(VaultError::NotFound);
     }
-    json_answer(
+    Ok(json_answer(
         StatusCode::OK,
         &json!({
             "request_id": request_id(), "lease_id": "", "renewable": false, "lease_duration": 0,
             "data": { "keys": keys }, "wrap_info": null, "warnings": null, "auth": null,
         }),
-    )
+    ))
 }
 
 /// `<mount>/data/<path>` (or `metadata/`): a credential, or a whole secret of a source.
@@ -626,40 +598,30 @@ async fn read(
     path: &[&str],
     version: Option<u64>,
     metadata_only: bool,
-) -> Response {
+) -> Result<Response, VaultError> {
     let host = match caller {
         Caller::Consumer(c) => c.consumer().vault_api_host.clone(),
         _ => None,
     };
     if mount == "credentials" {
         let [name] = path else {
-            return error(StatusCode::NOT_FOUND, &[]);
+            return Err(VaultError::NotFound);
         };
-        let material = state
+        let m = state
             .broker
             .read(
                 Ask::new(caller, Door::VaultApi, CredentialRead::named(*name))
                     .towards(host.as_ref()),
             )
-            .await;
-        return match material {
-            Ok(m) => {
-                let size = m
-                    .values
-                    .iter()
-                    .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
-                    .sum::<usize>();
-                let mut inner = SecretBuf::with_capacity(size + 2);
-                inner.push_object(m.values.iter().map(|(k, v)| (k.as_str(), v)));
-                envelope(&inner, 1, metadata_only)
-            }
-            // Vault's error shape: the role and the verification code, no data.
-            Err(CredentialError::Rejected(r)) => error(
-                status(Failure::Rejected).0,
-                &[&format!("credential_rejected: {}: {}", r.role, r.code)],
-            ),
-            Err(e) => failed(e.failure()),
-        };
+            .await?;
+        let size = m
+            .values
+            .iter()
+            .map(|(k, v)| k.len() + v.expose_secret().len() + 8)
+            .sum::<usize>();
+        let mut inner = SecretBuf::with_capacity(size + 2);
+        inner.push_object(m.values.iter().map(|(k, v)| (k.as_str(), v)));
+        return Ok(envelope(&inner, 1, metadata_only));
     }
     // The mount must be a source name, the path one keybroker's references can hold; the
     // broker reads it as a typed read (no reference text is built from the URL).
@@ -668,64 +630,25 @@ async fn read(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     let Ok(secret_path) = SecretPath::from_segments(path.iter().copied()) else {
-        return error(StatusCode::BAD_REQUEST, &["invalid path"]);
+        return Err(VaultError::BadRequest("invalid path"));
     };
     if !name_ok {
-        return denied();
+        return Err(Failure::Denied.into());
     }
     let read = SecretRead {
         source: mount.to_owned(),
         path: secret_path,
         version,
     };
-    match state
+    let answer = state
         .broker
         .read(Ask::new(caller, Door::VaultApi, read).towards(host.as_ref()))
-        .await
-    {
-        Ok(answer) => envelope(&answer.fields, answer.version.unwrap_or(1), metadata_only),
-        Err(e) => failed(e.failure()),
-    }
-}
-
-/// The Vault API's answer for each failure class: this door's row of the one table
-/// (`tests/doors.rs`). Vault answers 403 "permission denied" to a missing or wrong token and
-/// to a denial alike, and 404 with no messages to a path that holds nothing.
-pub fn status(class: Failure) -> (StatusCode, &'static str) {
-    match class {
-        Failure::Unauthenticated | Failure::Denied => (StatusCode::FORBIDDEN, "permission denied"),
-        Failure::NotFound => (StatusCode::NOT_FOUND, ""),
-        Failure::Invalid | Failure::TooMany | Failure::Unresolved => {
-            (StatusCode::BAD_REQUEST, "the secret could not be read")
-        }
-        Failure::TooLarge => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the answer would be too large",
-        ),
-        Failure::Ambiguous => (
-            StatusCode::CONFLICT,
-            "ambiguous: several teams define this credential",
-        ),
-        Failure::Unavailable | Failure::SourceCredentialsRefused | Failure::SourceMisconfigured => {
-            (StatusCode::SERVICE_UNAVAILABLE, "source unavailable")
-        }
-        Failure::AuditUnavailable => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the audit trail cannot be written",
-        ),
-        Failure::Rejected => (StatusCode::BAD_GATEWAY, "credential_rejected"),
-        Failure::Broken => (
-            StatusCode::BAD_GATEWAY,
-            "credential_unresolved: the credential's values could not be resolved",
-        ),
-    }
-}
-
-fn failed(class: Failure) -> Response {
-    match status(class) {
-        (code, "") => error(code, &[]),
-        (code, message) => error(code, &[message]),
-    }
+        .await?;
+    Ok(envelope(
+        &answer.fields,
+        answer.version.unwrap_or(1),
+        metadata_only,
+    ))
 }
 
 /// Vault's KV v2 answer around `data` (a JSON object, in a zeroizing buffer), or — for
