@@ -89,10 +89,10 @@ fn the_nameless_csr_seed_is_accepted() {
         .into_iter()
         .find(|(n, _)| n == "p256-nameless.csr")
         .expect("fuzz/seeds/csr_check/p256-nameless.csr");
-    let rules = keybroker::pem::csr::CsrRules {
+    let rules = keybroker::testing::pem::csr::CsrRules {
         key_type: Some("ec"),
         common_name: "gw.payments.example",
         names: &[],
     };
-    keybroker::pem::csr::check(std::str::from_utf8(&data).unwrap(), &rules).unwrap();
+    keybroker::testing::pem::csr::check(std::str::from_utf8(&data).unwrap(), &rules).unwrap();
 }

@@ -89,7 +89,7 @@ pub enum KeyType {
 
 /// The files of an output that hold its certificate, in the order they are looked in (when
 /// the agent makes the key: when its certificate is due).
-pub const CERT_FILES: &[&str] = &["cert.pem", "chain.pem", "bundle.pem"];
+pub(crate) const CERT_FILES: &[&str] = &["cert.pem", "chain.pem", "bundle.pem"];
 
 /// Where an output's key comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
