@@ -209,8 +209,19 @@ fn csr_der(
     spki: &[u8],
     attributes: &[Vec<u8>],
 ) -> Vec<u8> {
+    csr_der_v(key, 0, subject, spki, attributes)
+}
+
+/// [`csr_der`] with PKCS#10 version `version` (0 is the only one defined).
+fn csr_der_v(
+    key: &std::path::Path,
+    version: u8,
+    subject: Vec<u8>,
+    spki: &[u8],
+    attributes: &[Vec<u8>],
+) -> Vec<u8> {
     let info = seq(&[
-        vec![0x02, 0x01, 0x00],
+        vec![0x02, 0x01, version],
         subject,
         spki.to_vec(),
         der(0xa0, &cat(attributes)),
@@ -734,4 +745,206 @@ async fn held_egress_refusals_are_audited() {
         lines.join("\n")
     );
     assert!(lines.len() >= 3, "{audit}");
+}
+
+/// Nameless CSRs (THREATS row 88) that smuggle names or powers: an empty subject beside an
+/// attribute (a challengePassword, an empty extension request, one asking for a CA, key usages,
+/// name constraints or another team's DNS name, IP, URI or email), subjects empty in odd DER
+/// (an empty RDN, an empty AttributeTypeAndValue, a zero-length CN), PKCS#10 version 1,
+/// trailing data, two blocks, a signature over other bytes — all refused before OpenBao is
+/// asked. Then a true nameless CSR is signed with the profile's name only, and another team's
+/// consumer sending one gets the missing credential's answer, audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_nameless_csrs_that_smuggle_names_or_powers_are_refused() {
+    let (bao, bao_audit, _a) = audited_bao();
+    pki_mount(&bao);
+    let (dir, s) = serve(&bao, "").await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, spki) = p256_key(work.path(), "k");
+    let empty = || seq(&[]);
+    let with_attrs = |attrs: &[Vec<u8>]| csr_pem(&csr_der(&key, empty(), &spki, attrs));
+    let ext_only = |e: Vec<u8>| with_attrs(&[ext_req(&[e])]);
+    const OID_KU: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x0f];
+    const OID_NC: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x1e];
+    let nameless_der = csr_der(&key, empty(), &spki, &[]);
+    let mut trailing = nameless_der.clone();
+    trailing.extend([0x05, 0x00]);
+    let nameless = csr_pem(&nameless_der);
+    // The signature over other bytes: the info with a CN, the signature of the nameless one.
+    let forged = {
+        let named = csr_der(&key, cn_name("admin.payments.example"), &spki, &[]);
+        let (_, n) = X509CertificationRequest::from_der(&named).unwrap();
+        let (_, e) = X509CertificationRequest::from_der(&nameless_der).unwrap();
+        let mut bits = vec![0u8];
+        bits.extend_from_slice(&e.signature_value.data);
+        csr_pem(&seq(&[
+            n.certification_request_info.raw.to_vec(),
+            ECDSA_SHA256.to_vec(),
+            der(0x03, &bits),
+        ]))
+    };
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "challengePassword",
+            "csr_name_not_allowed",
+            with_attrs(&[seq(&[OID_CHALLENGE.to_vec(), set(&[utf8("pw")])])]),
+        ),
+        (
+            "empty extension request",
+            "csr_name_not_allowed",
+            with_attrs(&[ext_req(&[])]),
+        ),
+        (
+            "empty attribute set",
+            "not_a_csr",
+            with_attrs(&[seq(&[OID_EXT_REQ.to_vec(), set(&[])])]),
+        ),
+        (
+            "basicConstraints CA",
+            "csr_name_not_allowed",
+            ext_only(ext(OID_BC, true, seq(&[vec![0x01, 0x01, 0xff]]))),
+        ),
+        (
+            "keyUsage keyCertSign",
+            "csr_name_not_allowed",
+            ext_only(ext(OID_KU, true, vec![0x03, 0x02, 0x02, 0x04])),
+        ),
+        (
+            "nameConstraints",
+            "csr_name_not_allowed",
+            ext_only(ext(
+                OID_NC,
+                true,
+                seq(&[der(0xa0, &seq(&[der(0x82, b"payments.example")]))]),
+            )),
+        ),
+        (
+            "another team's DNS",
+            "csr_name_not_allowed",
+            ext_only(ext(OID_SAN, false, san(&[Gn::Dns("gw.fraud.example")]))),
+        ),
+        (
+            "the profile's DNS only",
+            "csr_name_not_allowed",
+            ext_only(ext(OID_SAN, false, san(&[Gn::Dns(CN)]))),
+        ),
+        (
+            "an IP",
+            "csr_name_not_allowed",
+            ext_only(ext(OID_SAN, false, san(&[Gn::Ip([10, 0, 0, 1])]))),
+        ),
+        (
+            "a URI",
+            "csr_name_not_allowed",
+            ext_only(ext(
+                OID_SAN,
+                false,
+                san(&[Gn::Uri("spiffe://fraud.example/gw")]),
+            )),
+        ),
+        (
+            "an email",
+            "csr_name_not_allowed",
+            ext_only(ext(
+                OID_SAN,
+                false,
+                san(&[Gn::Email("admin@fraud.example")]),
+            )),
+        ),
+        (
+            "an empty RDN",
+            "not_a_csr",
+            csr_pem(&csr_der(&key, seq(&[set(&[])]), &spki, &[])),
+        ),
+        (
+            "an empty AttributeTypeAndValue",
+            "not_a_csr",
+            csr_pem(&csr_der(&key, seq(&[set(&[seq(&[])])]), &spki, &[])),
+        ),
+        (
+            "the CN beside an empty RDN",
+            "not_a_csr",
+            csr_pem(&csr_der(
+                &key,
+                seq(&[set(&[atv(OID_CN, utf8(CN))]), set(&[])]),
+                &spki,
+                &[],
+            )),
+        ),
+        (
+            "the CN beside an empty AttributeTypeAndValue",
+            "not_a_csr",
+            csr_pem(&csr_der(
+                &key,
+                seq(&[set(&[atv(OID_CN, utf8(CN))]), set(&[seq(&[])])]),
+                &spki,
+                &[],
+            )),
+        ),
+        (
+            "the subject as a long-form empty SEQUENCE",
+            "not_a_csr",
+            csr_pem(&csr_der(&key, vec![0x30, 0x81, 0x00], &spki, &[])),
+        ),
+        (
+            "a zero-length CN",
+            "csr_name_not_allowed",
+            csr_pem(&csr_der(&key, cn_name(""), &spki, &[])),
+        ),
+        (
+            "version 1",
+            "not_a_csr",
+            csr_pem(&csr_der_v(&key, 1, empty(), &spki, &[])),
+        ),
+        ("trailing DER", "not_a_csr", csr_pem(&trailing)),
+        ("two blocks", "not_a_csr", format!("{nameless}{nameless}")),
+        ("signature over other bytes", "csr_bad_signature", forged),
+    ];
+    let mut wrong = vec![];
+    for (what, code, csr) in &cases {
+        let (status, body) = sign(&s, GW, "partner-sign", csr).await;
+        let got = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        eprintln!("{what}: {status} {got}");
+        if status != 400 || got != *code {
+            wrong.push(format!("{what}: {status} {body}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert_eq!(
+        requested(&bao_audit, "pki/sign/signer"),
+        0,
+        "OpenBao was asked"
+    );
+    // Another team's consumer: the missing credential's answer, and no signature.
+    let (a, ab) = sign(&s, INTRUDER, "partner-sign", &nameless).await;
+    let (b, bb) = sign(&s, INTRUDER, "no-such-credential", &nameless).await;
+    eprintln!("intruder: {a} {ab} / {b} {bb}");
+    assert_eq!((a, &ab), (b, &bb));
+    assert_eq!((a, ab["error"]["code"].as_str()), (403, Some("denied")));
+    assert_eq!(signed_count(&bao_audit), 0);
+    // The true nameless CSR: the profile's name, nothing else, no CA.
+    let (status, body) = sign(&s, GW, "partner-sign", &nameless).await;
+    assert_eq!(status, 200, "{body}");
+    let der = pem_der(body["certificate"].as_str().unwrap());
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let cns: Vec<_> = cert
+        .subject()
+        .iter_common_name()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(cns, [CN]);
+    assert!(!cert.is_ca());
+    assert_eq!(cert.public_key().raw, spki.as_slice());
+    if let Ok(Some(sans)) = cert.subject_alternative_name() {
+        for n in &sans.value.general_names {
+            assert!(matches!(n, GeneralName::DNSName(d) if *d == CN), "{n:?}");
+        }
+    }
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let refused: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("credential.sign") && l.contains("intruder"))
+        .collect();
+    eprintln!("{refused:#?}");
+    assert_eq!(refused.len(), 2, "{audit}");
 }
