@@ -948,3 +948,61 @@ async fn held_nameless_csrs_that_smuggle_names_or_powers_are_refused() {
     eprintln!("{refused:#?}");
     assert_eq!(refused.len(), 2, "{audit}");
 }
+
+/// THREATS row 89: another team's signing credential on a profile whose name is a
+/// consumer's identity. Reproduced end to end before the check: team `other`'s consumer sent
+/// a nameless CSR to `other-sign` (profile CN `gw.payments.example`) and the certificate
+/// OpenBao signed authenticated at the main API as payments' `gw-cert` (`issuer_ca` = the PKI
+/// CA + `subject = CN=gw.payments.example`). Now the configuration is refused at load when
+/// the name is in payments' `identity_domains` (exit 2, nothing served), and warned about
+/// when it is only a CN payments' ACL matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_naming_another_teams_identity_is_refused_at_load() {
+    let (bao, _bao_audit, _a) = audited_bao();
+    let pki_ca = pki_mount(&bao);
+    let check = |domains: &str| {
+        let (dir, ca) = folder("unused");
+        let root = dir.path();
+        fixture::Policy::new()
+            .team("payments")
+            .and(domains)
+            .and("[[consumer]]\nname = \"gw-cert\"\nteam = \"payments\"\nissuer_ca = \"pki-ca.pem\"\nsubject = \"CN=gw.payments.example\"")
+            .team("other")
+            .consumer("intruder", "other", INTRUDER)
+            .and("[[credential]]\nname = \"other-sign\"\nmode = \"mtls\"\nteam = \"other\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_pki:gateway-sign $KEY_certificate\"")
+            .write(root);
+        std::fs::write(root.join("policies/pki-ca.pem"), &pki_ca).unwrap();
+        std::fs::write(root.join("pki-ca.pem"), &pki_ca).unwrap();
+        fixture::Config::tls()
+            .with("client_ca = \"pki-ca.pem\"\nclient_auth = \"optional\"")
+            .with(&format!(
+                "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[[source]]\nname = \"pki\"\nkind = \"pki\"\nvault = \"vault\"\n[source.profiles.gateway-sign]\nrole = \"signer\"\ncommon_name = \"gw.payments.example\"\nttl = \"1h\"\nissue = \"sign\"\nkey_type = \"ec\"\n",
+                bao.addr
+            ))
+            .write(root);
+        std::fs::write(root.join("server-ca.pem"), &ca.pem).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args(["check", "--config", "kb.toml"])
+            .env("VAULT_TOKEN", support::openbao::ROOT_TOKEN)
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{domains}: {:?}\n{err}", out.status.code());
+        (out.status.code(), err)
+    };
+    let (code, err) = check("identity_domains = [\"payments.example\"]");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("identity_domains of team `payments`")
+            && err.contains("team `other` would hold its identity"),
+        "{err}"
+    );
+    let (code, err) = check("");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("consumer `gw-cert` of team `payments`")
+            && err.contains("team `other` would hold that identity"),
+        "{err}"
+    );
+}
