@@ -1006,3 +1006,56 @@ async fn a_profile_naming_another_teams_identity_is_refused_at_load() {
         "{err}"
     );
 }
+
+/// The budget is the caller's, per profile and period, whatever its CSRs are: nameless or
+/// named, P-256 or P-384, the third signature is refused and OpenBao signs two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_the_budget_does_not_care_for_key_types_or_names() {
+    let (bao, bao_audit, _a) = audited_bao();
+    pki_mount(&bao);
+    let (_dir, s) = serve(&bao, "").await;
+    let work = tempfile::tempdir().unwrap();
+    let (k256, spki256) = p256_key(work.path(), "k256");
+    let k384 = work.path().join("k384.key");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+        ])
+        .arg(&k384)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let spki384 = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&k384)
+        .output()
+        .unwrap()
+        .stdout;
+    let csrs = [
+        csr_pem(&csr_der(&k256, seq(&[]), &spki256, &[])),
+        csr_pem(&csr_der(&k384, cn_name(CN), &spki384, &[])),
+        csr_pem(&csr_der(&k384, seq(&[]), &spki384, &[])),
+        csr_pem(&csr_der(&k256, cn_name(CN), &spki256, &[])),
+    ];
+    let mut got = vec![];
+    for csr in &csrs {
+        let (status, body) = sign(&s, GW, "partner-sign", csr).await;
+        got.push((status, body["error"]["code"].as_str().map(str::to_owned)));
+    }
+    eprintln!("{got:?}");
+    assert_eq!(
+        got,
+        [
+            (200, None),
+            (200, None),
+            (429, Some("sign_budget_exhausted".to_owned())),
+            (429, Some("sign_budget_exhausted".to_owned())),
+        ]
+    );
+    assert_eq!(signed_count(&bao_audit), 2);
+}
