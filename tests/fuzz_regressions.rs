@@ -80,3 +80,19 @@ fn every_regression_and_seed_passes_its_targets_check() {
     }
     assert!(replayed >= 20, "{replayed} inputs replayed");
 }
+
+/// The seed of a CSR that names nothing (what `keybroker agent` sends with `key = "generate"`)
+/// is accepted: the profile's names are signed (docs/PKI.md).
+#[test]
+fn the_nameless_csr_seed_is_accepted() {
+    let (_, data) = inputs("seeds", "csr_check")
+        .into_iter()
+        .find(|(n, _)| n == "p256-nameless.csr")
+        .expect("fuzz/seeds/csr_check/p256-nameless.csr");
+    let rules = keybroker::testing::pem::csr::CsrRules {
+        key_type: Some("ec"),
+        common_name: "gw.payments.example",
+        names: &[],
+    };
+    keybroker::testing::pem::csr::check(std::str::from_utf8(&data).unwrap(), &rules).unwrap();
+}

@@ -209,8 +209,19 @@ fn csr_der(
     spki: &[u8],
     attributes: &[Vec<u8>],
 ) -> Vec<u8> {
+    csr_der_v(key, 0, subject, spki, attributes)
+}
+
+/// [`csr_der`] with PKCS#10 version `version` (0 is the only one defined).
+fn csr_der_v(
+    key: &std::path::Path,
+    version: u8,
+    subject: Vec<u8>,
+    spki: &[u8],
+    attributes: &[Vec<u8>],
+) -> Vec<u8> {
     let info = seq(&[
-        vec![0x02, 0x01, 0x00],
+        vec![0x02, 0x01, version],
         subject,
         spki.to_vec(),
         der(0xa0, &cat(attributes)),
@@ -734,4 +745,317 @@ async fn held_egress_refusals_are_audited() {
         lines.join("\n")
     );
     assert!(lines.len() >= 3, "{audit}");
+}
+
+/// Nameless CSRs (THREATS row 88) that smuggle names or powers: an empty subject beside an
+/// attribute (a challengePassword, an empty extension request, one asking for a CA, key usages,
+/// name constraints or another team's DNS name, IP, URI or email), subjects empty in odd DER
+/// (an empty RDN, an empty AttributeTypeAndValue, a zero-length CN), PKCS#10 version 1,
+/// trailing data, two blocks, a signature over other bytes — all refused before OpenBao is
+/// asked. Then a true nameless CSR is signed with the profile's name only, and another team's
+/// consumer sending one gets the missing credential's answer, audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_nameless_csrs_that_smuggle_names_or_powers_are_refused() {
+    let (bao, bao_audit, _a) = audited_bao();
+    pki_mount(&bao);
+    let (dir, s) = serve(&bao, "").await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, spki) = p256_key(work.path(), "k");
+    let empty = || seq(&[]);
+    let with_attrs = |attrs: &[Vec<u8>]| csr_pem(&csr_der(&key, empty(), &spki, attrs));
+    let ext_only = |e: Vec<u8>| with_attrs(&[ext_req(&[e])]);
+    const OID_KU: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x0f];
+    const OID_NC: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x1e];
+    let nameless_der = csr_der(&key, empty(), &spki, &[]);
+    let mut trailing = nameless_der.clone();
+    trailing.extend([0x05, 0x00]);
+    let nameless = csr_pem(&nameless_der);
+    // The signature over other bytes: the info with a CN, the signature of the nameless one.
+    let forged = {
+        let named = csr_der(&key, cn_name("admin.payments.example"), &spki, &[]);
+        let (_, n) = X509CertificationRequest::from_der(&named).unwrap();
+        let (_, e) = X509CertificationRequest::from_der(&nameless_der).unwrap();
+        let mut bits = vec![0u8];
+        bits.extend_from_slice(&e.signature_value.data);
+        csr_pem(&seq(&[
+            n.certification_request_info.raw.to_vec(),
+            ECDSA_SHA256.to_vec(),
+            der(0x03, &bits),
+        ]))
+    };
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "challengePassword",
+            "csr_name_not_allowed",
+            with_attrs(&[seq(&[OID_CHALLENGE.to_vec(), set(&[utf8("pw")])])]),
+        ),
+        (
+            "empty extension request",
+            "csr_name_not_allowed",
+            with_attrs(&[ext_req(&[])]),
+        ),
+        (
+            "empty attribute set",
+            "not_a_csr",
+            with_attrs(&[seq(&[OID_EXT_REQ.to_vec(), set(&[])])]),
+        ),
+        (
+            "basicConstraints CA",
+            "csr_name_not_allowed",
+            ext_only(ext(OID_BC, true, seq(&[vec![0x01, 0x01, 0xff]]))),
+        ),
+        (
+            "keyUsage keyCertSign",
+            "csr_name_not_allowed",
+            ext_only(ext(OID_KU, true, vec![0x03, 0x02, 0x02, 0x04])),
+        ),
+        (
+            "nameConstraints",
+            "csr_name_not_allowed",
+            ext_only(ext(
+                OID_NC,
+                true,
+                seq(&[der(0xa0, &seq(&[der(0x82, b"payments.example")]))]),
+            )),
+        ),
+        (
+            "another team's DNS",
+            "csr_name_not_allowed",
+            ext_only(ext(OID_SAN, false, san(&[Gn::Dns("gw.fraud.example")]))),
+        ),
+        (
+            "the profile's DNS only",
+            "csr_name_not_allowed",
+            ext_only(ext(OID_SAN, false, san(&[Gn::Dns(CN)]))),
+        ),
+        (
+            "an IP",
+            "csr_name_not_allowed",
+            ext_only(ext(OID_SAN, false, san(&[Gn::Ip([10, 0, 0, 1])]))),
+        ),
+        (
+            "a URI",
+            "csr_name_not_allowed",
+            ext_only(ext(
+                OID_SAN,
+                false,
+                san(&[Gn::Uri("spiffe://fraud.example/gw")]),
+            )),
+        ),
+        (
+            "an email",
+            "csr_name_not_allowed",
+            ext_only(ext(
+                OID_SAN,
+                false,
+                san(&[Gn::Email("admin@fraud.example")]),
+            )),
+        ),
+        (
+            "an empty RDN",
+            "not_a_csr",
+            csr_pem(&csr_der(&key, seq(&[set(&[])]), &spki, &[])),
+        ),
+        (
+            "an empty AttributeTypeAndValue",
+            "not_a_csr",
+            csr_pem(&csr_der(&key, seq(&[set(&[seq(&[])])]), &spki, &[])),
+        ),
+        (
+            "the CN beside an empty RDN",
+            "not_a_csr",
+            csr_pem(&csr_der(
+                &key,
+                seq(&[set(&[atv(OID_CN, utf8(CN))]), set(&[])]),
+                &spki,
+                &[],
+            )),
+        ),
+        (
+            "the CN beside an empty AttributeTypeAndValue",
+            "not_a_csr",
+            csr_pem(&csr_der(
+                &key,
+                seq(&[set(&[atv(OID_CN, utf8(CN))]), set(&[seq(&[])])]),
+                &spki,
+                &[],
+            )),
+        ),
+        (
+            "the subject as a long-form empty SEQUENCE",
+            "not_a_csr",
+            csr_pem(&csr_der(&key, vec![0x30, 0x81, 0x00], &spki, &[])),
+        ),
+        (
+            "a zero-length CN",
+            "csr_name_not_allowed",
+            csr_pem(&csr_der(&key, cn_name(""), &spki, &[])),
+        ),
+        (
+            "version 1",
+            "not_a_csr",
+            csr_pem(&csr_der_v(&key, 1, empty(), &spki, &[])),
+        ),
+        ("trailing DER", "not_a_csr", csr_pem(&trailing)),
+        ("two blocks", "not_a_csr", format!("{nameless}{nameless}")),
+        ("signature over other bytes", "csr_bad_signature", forged),
+    ];
+    let mut wrong = vec![];
+    for (what, code, csr) in &cases {
+        let (status, body) = sign(&s, GW, "partner-sign", csr).await;
+        let got = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        eprintln!("{what}: {status} {got}");
+        if status != 400 || got != *code {
+            wrong.push(format!("{what}: {status} {body}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert_eq!(
+        requested(&bao_audit, "pki/sign/signer"),
+        0,
+        "OpenBao was asked"
+    );
+    // Another team's consumer: the missing credential's answer, and no signature.
+    let (a, ab) = sign(&s, INTRUDER, "partner-sign", &nameless).await;
+    let (b, bb) = sign(&s, INTRUDER, "no-such-credential", &nameless).await;
+    eprintln!("intruder: {a} {ab} / {b} {bb}");
+    assert_eq!((a, &ab), (b, &bb));
+    assert_eq!((a, ab["error"]["code"].as_str()), (403, Some("denied")));
+    assert_eq!(signed_count(&bao_audit), 0);
+    // The true nameless CSR: the profile's name, nothing else, no CA.
+    let (status, body) = sign(&s, GW, "partner-sign", &nameless).await;
+    assert_eq!(status, 200, "{body}");
+    let der = pem_der(body["certificate"].as_str().unwrap());
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let cns: Vec<_> = cert
+        .subject()
+        .iter_common_name()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(cns, [CN]);
+    assert!(!cert.is_ca());
+    assert_eq!(cert.public_key().raw, spki.as_slice());
+    if let Ok(Some(sans)) = cert.subject_alternative_name() {
+        for n in &sans.value.general_names {
+            assert!(matches!(n, GeneralName::DNSName(d) if *d == CN), "{n:?}");
+        }
+    }
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let refused: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("credential.sign") && l.contains("intruder"))
+        .collect();
+    eprintln!("{refused:#?}");
+    assert_eq!(refused.len(), 2, "{audit}");
+}
+
+/// THREATS row 89: another team's signing credential on a profile whose name is a
+/// consumer's identity. Reproduced end to end before the check: team `other`'s consumer sent
+/// a nameless CSR to `other-sign` (profile CN `gw.payments.example`) and the certificate
+/// OpenBao signed authenticated at the main API as payments' `gw-cert` (`issuer_ca` = the PKI
+/// CA + `subject = CN=gw.payments.example`). Now the configuration is refused at load when
+/// the name is in payments' `identity_domains` (exit 2, nothing served), and warned about
+/// when it is only a CN payments' ACL matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_naming_another_teams_identity_is_refused_at_load() {
+    let (bao, _bao_audit, _a) = audited_bao();
+    let pki_ca = pki_mount(&bao);
+    let check = |domains: &str| {
+        let (dir, ca) = folder("unused");
+        let root = dir.path();
+        fixture::Policy::new()
+            .team("payments")
+            .and(domains)
+            .and("[[consumer]]\nname = \"gw-cert\"\nteam = \"payments\"\nissuer_ca = \"pki-ca.pem\"\nsubject = \"CN=gw.payments.example\"")
+            .team("other")
+            .consumer("intruder", "other", INTRUDER)
+            .and("[[credential]]\nname = \"other-sign\"\nmode = \"mtls\"\nteam = \"other\"\nallowed_hosts = [\"api.partner.example\"]\nclient_certificate = \"$SECRET_pki:gateway-sign $KEY_certificate\"")
+            .write(root);
+        std::fs::write(root.join("policies/pki-ca.pem"), &pki_ca).unwrap();
+        std::fs::write(root.join("pki-ca.pem"), &pki_ca).unwrap();
+        fixture::Config::tls()
+            .with("client_ca = \"pki-ca.pem\"\nclient_auth = \"optional\"")
+            .with(&format!(
+                "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[[source]]\nname = \"pki\"\nkind = \"pki\"\nvault = \"vault\"\n[source.profiles.gateway-sign]\nrole = \"signer\"\ncommon_name = \"gw.payments.example\"\nttl = \"1h\"\nissue = \"sign\"\nkey_type = \"ec\"\n",
+                bao.addr
+            ))
+            .write(root);
+        std::fs::write(root.join("server-ca.pem"), &ca.pem).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keybroker"))
+            .args(["check", "--config", "kb.toml"])
+            .env("VAULT_TOKEN", support::openbao::ROOT_TOKEN)
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{domains}: {:?}\n{err}", out.status.code());
+        (out.status.code(), err)
+    };
+    let (code, err) = check("identity_domains = [\"payments.example\"]");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("identity_domains of team `payments`")
+            && err.contains("team `other` would hold its identity"),
+        "{err}"
+    );
+    let (code, err) = check("");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("consumer `gw-cert` of team `payments`")
+            && err.contains("team `other` would hold that identity"),
+        "{err}"
+    );
+}
+
+/// The budget is the caller's, per profile and period, whatever its CSRs are: nameless or
+/// named, P-256 or P-384, the third signature is refused and OpenBao signs two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_the_budget_does_not_care_for_key_types_or_names() {
+    let (bao, bao_audit, _a) = audited_bao();
+    pki_mount(&bao);
+    let (_dir, s) = serve(&bao, "").await;
+    let work = tempfile::tempdir().unwrap();
+    let (k256, spki256) = p256_key(work.path(), "k256");
+    let k384 = work.path().join("k384.key");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+        ])
+        .arg(&k384)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let spki384 = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&k384)
+        .output()
+        .unwrap()
+        .stdout;
+    let csrs = [
+        csr_pem(&csr_der(&k256, seq(&[]), &spki256, &[])),
+        csr_pem(&csr_der(&k384, cn_name(CN), &spki384, &[])),
+        csr_pem(&csr_der(&k384, seq(&[]), &spki384, &[])),
+        csr_pem(&csr_der(&k256, cn_name(CN), &spki256, &[])),
+    ];
+    let mut got = vec![];
+    for csr in &csrs {
+        let (status, body) = sign(&s, GW, "partner-sign", csr).await;
+        got.push((status, body["error"]["code"].as_str().map(str::to_owned)));
+    }
+    eprintln!("{got:?}");
+    assert_eq!(
+        got,
+        [
+            (200, None),
+            (200, None),
+            (429, Some("sign_budget_exhausted".to_owned())),
+            (429, Some("sign_budget_exhausted".to_owned())),
+        ]
+    );
+    assert_eq!(signed_count(&bao_audit), 2);
 }

@@ -644,6 +644,7 @@ fn known(
         store: None,
         issuing: Default::default(),
         signing: Default::default(),
+        pki_names: Default::default(),
     }
 }
 

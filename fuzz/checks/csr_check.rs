@@ -1,5 +1,5 @@
 //! The CSR check on arbitrary input: never panics, and what it accepts is what a signer may
-//! sign — its DER parses, its subject names exactly the profile's common name, and checking
+//! sign — its DER parses, its subject names exactly the profile's common name or nothing at all, and checking
 //! the accepted text again accepts it with the same key.
 //!
 //! Shared by the fuzz target and `tests/fuzz_regressions.rs`, which replays

@@ -48,6 +48,15 @@ pub(super) struct NextMaterial {
     pub values: Material,
 }
 
+/// A certificate signed for the agent's CSR (public: no key travels).
+#[derive(Deserialize)]
+pub(super) struct SignedCertificate {
+    pub certificate: String,
+    pub issuing_ca: String,
+    pub serial_number: String,
+    pub key_sha256: String,
+}
+
 #[derive(Deserialize)]
 struct Expanded {
     document: FieldValue,
@@ -170,6 +179,23 @@ impl Client {
                     .map_err(|_| FetchError::Unreachable("an answer that does not parse".into()))?;
                 Ok(Fetched::Changed { etag, value })
             }
+        }
+    }
+
+    /// `POST /v1/credentials/{credential}/sign` with `csr`: the certificate for the agent's
+    /// own key (never an ETag or a blocking query: each call signs).
+    pub(super) async fn sign(
+        &self,
+        credential: &str,
+        host: &str,
+        csr: &str,
+    ) -> Result<SignedCertificate, FetchError> {
+        let path = format!("/v1/credentials/{credential}/sign");
+        let body = serde_json::json!({ "csr": csr, "host": host });
+        match self.post(&path, body, None, None).await? {
+            None => Err(FetchError::Unreachable("an unexpected 304".into())),
+            Some((_, bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|_| FetchError::Unreachable("an answer that does not parse".into())),
         }
     }
 

@@ -62,6 +62,44 @@ pub struct Output {
     /// with `not_before`, ahead of the switch: for gateways that pre-load a certificate.
     #[serde(default)]
     pub next: bool,
+    /// `"generate"`: the agent makes the key itself and has keybroker sign only a CSR
+    /// (`/v1/credentials/{name}/sign`); the key never leaves this host. Default: read it.
+    #[serde(default)]
+    pub key: KeySource,
+    /// The key the agent makes with `key = "generate"`.
+    #[serde(default)]
+    pub key_type: KeyType,
+}
+
+/// The key an output's agent makes (`key_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum KeyType {
+    #[default]
+    #[serde(rename = "P-256")]
+    P256,
+    #[serde(rename = "P-384")]
+    P384,
+    #[serde(rename = "Ed25519")]
+    Ed25519,
+    #[serde(rename = "RSA-2048")]
+    Rsa2048,
+    #[serde(rename = "RSA-3072")]
+    Rsa3072,
+}
+
+/// The files of an output that hold its certificate, in the order they are looked in (when
+/// the agent makes the key: when its certificate is due).
+pub(crate) const CERT_FILES: &[&str] = &["cert.pem", "chain.pem", "bundle.pem"];
+
+/// Where an output's key comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySource {
+    /// The credential's material, read from the server.
+    #[default]
+    Read,
+    /// Made by the agent, certified through the credential's signing profile.
+    Generate,
 }
 
 /// A text document with references, expanded by `/v1/resolve` into `destination`.
@@ -200,6 +238,9 @@ impl AgentConfig {
             }
             secret_mode(&o.key_mode)
                 .map_err(|why| AgentConfigError::invalid(path, format!("key_mode: {why}")))?;
+            generate_fits(o).map_err(|why| {
+                AgentConfigError::invalid(path, format!("output {}: {why}", o.credential))
+            })?;
         }
         for t in &cfg.template {
             secret_mode(&t.mode).map_err(|why| {
@@ -220,6 +261,23 @@ impl AgentConfig {
             ));
         }
         Ok(cfg)
+    }
+}
+
+/// What `key = "generate"` cannot do yet: stage the next certificate (`next = true` would need
+/// a second key and CSR per period, not built). A `key_type` without `generate` is a mistake.
+fn generate_fits(o: &Output) -> Result<(), &'static str> {
+    match o.key {
+        KeySource::Generate if o.next => Err(
+            "key = \"generate\" cannot stage the next certificate (next = true): the agent signs its next key when the current certificate is a third through its life",
+        ),
+        KeySource::Read if o.key_type != KeyType::default() => {
+            Err("key_type needs key = \"generate\"")
+        }
+        KeySource::Generate if !o.files.iter().any(|f| CERT_FILES.contains(&f.as_str())) => Err(
+            "key = \"generate\" needs cert.pem, chain.pem or bundle.pem among the files (the agent reads when its certificate is due from them)",
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -291,6 +349,36 @@ mod tests {
             load(server).unwrap().reload_min_interval,
             std::time::Duration::ZERO
         );
+    }
+
+    /// `key = "generate"` with `next = true` (a second CSR per period, not built), without a
+    /// file the certificate's due time is read from, or a `key_type` without it: refused at
+    /// load, each with its reason.
+    #[test]
+    fn generate_options_that_cannot_work_are_refused_at_load() {
+        let base = "[server]\nurl = \"https://kb:8443\"\n[[output]]\ncredential = \"c\"\nhost = \"h\"\ndir = \"d\"\n";
+        let cfg = load(&format!(
+            "{base}key = \"generate\"\nkey_type = \"Ed25519\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.output[0].key, super::KeySource::Generate);
+        assert_eq!(cfg.output[0].key_type, super::KeyType::Ed25519);
+        for (extra, why) in [
+            ("key = \"generate\"\nnext = true\n", "next = true"),
+            (
+                "key = \"generate\"\nfiles = [\"key.pem\", \"keystore.p12\"]\npkcs12_password_file = \"p\"\n",
+                "cert.pem, chain.pem or bundle.pem",
+            ),
+            ("key_type = \"P-384\"\n", "key_type needs"),
+        ] {
+            match load(&format!("{base}{extra}")) {
+                Err(AgentConfigError::Invalid { why: got, .. }) => {
+                    assert!(got.contains(why), "{extra}: {got}");
+                }
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        assert!(load(&format!("{base}key = \"make\"\n")).is_err());
     }
 
     /// THREATS row 42: a mode that lets the world, or the group to write, reach a private key

@@ -16,6 +16,7 @@
 mod client;
 pub(crate) mod config;
 mod files;
+mod generate;
 mod ops;
 
 use std::collections::{BTreeMap, HashMap};
@@ -133,6 +134,9 @@ impl Item {
 /// What a fetch brought.
 enum Got {
     Unchanged,
+    /// An output whose agent makes its key: its files are kept (their certificate's
+    /// validity), not yet due for a new key.
+    Kept(Option<(i64, i64)>),
     Material(Option<String>, Material),
     Document(Option<String>, SecretString),
 }
@@ -342,6 +346,9 @@ async fn fetch(
     wait: Option<Duration>,
 ) -> Result<Got, Cause> {
     match item {
+        Item::Output(o) if o.key == config::KeySource::Generate => {
+            generate::fetch(client, o, wait).await
+        }
         Item::Output(o) => {
             match client
                 .material(&o.credential, &o.host, o.next, etag, wait)
@@ -429,6 +436,13 @@ impl Agent {
             Err(cause) => return self.failed(i, cause),
             Ok(Got::Unchanged) => {
                 // Still waiting for its reload: the pass ends with it.
+                if !self.is_pending(i) {
+                    self.done(i);
+                }
+                return;
+            }
+            Ok(Got::Kept(validity)) => {
+                self.ops.written(i, validity);
                 if !self.is_pending(i) {
                     self.done(i);
                 }

@@ -114,6 +114,7 @@ impl Broker {
                 store: None,
                 issuing: Default::default(),
                 signing: Default::default(),
+                pki_names: Default::default(),
             },
             limits,
             refusals: crate::audit::RefusalBudget::default(),

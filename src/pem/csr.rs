@@ -1,8 +1,8 @@
 //! A certificate signing request checked before anything is asked to sign it (docs/PKI.md,
 //! "Signing"): one PEM `CERTIFICATE REQUEST`, its signature made by the key it carries, a key
 //! of a type and size the profile allows, no extension but the names it asks for, and those
-//! names no other than the profile's. The signer then signs with the profile's names and
-//! lifetime; a CSR cannot widen them.
+//! names no other than the profile's — or no names at all. The signer then signs with the
+//! profile's names and lifetime; a CSR cannot widen them.
 //!
 //! A CSR holds no secret: its errors may say what is wrong with it.
 
@@ -96,10 +96,28 @@ pub fn check(text: &str, rules: &CsrRules<'_>) -> Result<CheckedCsr, CsrError> {
         return Err(CsrError::NotACsr);
     }
     let info = &csr.certification_request_info;
+    // Version 1 (0) is the only one PKCS#10 defines; another is not a CSR (attack review:
+    // `version 1` passed here and OpenBao signed it).
+    if info.version.0 != 0 || !strict_name(info.subject.as_raw()) {
+        return Err(CsrError::NotACsr);
+    }
     // The key first: a signature by a key refused anyway is not worth checking (and one of a
     // curve the verifier lacks would read as "bad").
     key_allowed(&info.subject_pki, rules.key_type)?;
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    // A CSR that names nothing — an empty subject and no attribute at all — is signed with
+    // the profile's names (the signer falls back to those it is asked for), like SPIRE's
+    // agent: a caller need not know them. Anything named must be the profile's, below.
+    // Empty means the empty SEQUENCE itself: an RDN holding nothing (`SEQUENCE { SET {} }`)
+    // or an empty AttributeTypeAndValue is a name this reader and the signer's may read
+    // apart (attack review: both passed as nameless; OpenBao signed the first and refused
+    // the second, at the caller's budget). Those go to the name check below, and fail it.
+    if info.subject.as_raw() == [0x30, 0x00] && info.iter_attributes().next().is_none() {
+        return Ok(CheckedCsr {
+            pem: armoured(&pem.contents),
+            spki: info.subject_pki.raw.to_vec(),
+        });
+    }
     // Exactly the profile's common name: a signer that takes the CSR's subject (OpenBao's
     // `use_csr_common_name`, on by default) then gives no other.
     let mut cns = info.subject.iter_common_name();
@@ -150,6 +168,56 @@ pub fn check(text: &str, rules: &CsrRules<'_>) -> Result<CheckedCsr, CsrError> {
     })
 }
 
+/// Whether `raw` is a Name in DER as the signer reads it: a SEQUENCE of SETs, each of one or
+/// more SEQUENCEs of an OID and one value, every length minimal and consumed. x509-parser
+/// passes over an empty RDN or an empty AttributeTypeAndValue, which Go's parser (OpenBao's)
+/// keeps or refuses (attack review: a CN beside an empty AttributeTypeAndValue passed here
+/// and OpenBao refused it, at the caller's budget).
+fn strict_name(raw: &[u8]) -> bool {
+    fn tlv(i: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, i) = i.split_first()?;
+        let (&first, i) = i.split_first()?;
+        let (len, i) = match first {
+            n if n < 0x80 => (usize::from(n), i),
+            0x81 => {
+                let (&n, i) = i.split_first()?;
+                (n >= 0x80).then_some((usize::from(n), i))?
+            }
+            0x82 => {
+                let n = usize::from(*i.first()?) << 8 | usize::from(*i.get(1)?);
+                (n >= 0x100).then_some((n, i.get(2..)?))?
+            }
+            _ => return None,
+        };
+        (i.len() >= len).then(|| (tag, &i[..len], &i[len..]))
+    }
+    let Some((0x30, mut rdns, [])) = tlv(raw) else {
+        return false;
+    };
+    while !rdns.is_empty() {
+        let Some((0x31, mut atvs, rest)) = tlv(rdns) else {
+            return false;
+        };
+        if atvs.is_empty() {
+            return false;
+        }
+        while !atvs.is_empty() {
+            let Some((0x30, atv, rest)) = tlv(atvs) else {
+                return false;
+            };
+            let Some((0x06, oid, value)) = tlv(atv) else {
+                return false;
+            };
+            if oid.is_empty() || !matches!(tlv(value), Some((_, _, []))) {
+                return false;
+            }
+            atvs = rest;
+        }
+        rdns = rest;
+    }
+    true
+}
+
 /// `der` as one PEM `CERTIFICATE REQUEST` block (64-column base64).
 fn armoured(der: &[u8]) -> String {
     use base64::Engine;
@@ -197,4 +265,56 @@ fn key_allowed(
         return Err(CsrError::WeakOrUnknownKey);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: CsrRules<'static> = CsrRules {
+        key_type: None,
+        common_name: "gw.payments.example",
+        names: &[],
+    };
+
+    fn csr(subject: &[(rcgen::DnType, &str)], sans: &[&str]) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in subject {
+            params.distinguished_name.push(t.clone(), *v);
+        }
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    /// A CSR naming nothing is taken (the profile's names are signed); one naming anything
+    /// but the profile's — a subject without its CN, a SAN with an empty subject — is not.
+    #[test]
+    fn a_nameless_csr_is_taken_and_a_half_named_one_is_not() {
+        assert!(check(&csr(&[], &[]), &RULES).is_ok());
+        assert!(
+            check(
+                &csr(&[(rcgen::DnType::CommonName, "gw.payments.example")], &[]),
+                &RULES
+            )
+            .is_ok()
+        );
+        for (subject, sans) in [
+            (vec![(rcgen::DnType::OrganizationName, "payments")], vec![]),
+            (vec![], vec!["admin.payments.example"]),
+            (vec![], vec!["gw.payments.example"]),
+            (
+                vec![(rcgen::DnType::CommonName, "admin.payments.example")],
+                vec![],
+            ),
+        ] {
+            assert_eq!(
+                check(&csr(&subject, &sans), &RULES).unwrap_err(),
+                CsrError::OtherName,
+                "{subject:?} {sans:?}"
+            );
+        }
+    }
 }

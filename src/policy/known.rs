@@ -49,6 +49,22 @@ impl KnownSources {
                         .map(|(name, _)| (p.name.clone(), name.clone()))
                 })
                 .collect(),
+            pki_names: config
+                .sources
+                .iter()
+                .filter_map(|s| match s {
+                    SourceConfig::Pki(p) => Some(p),
+                    _ => None,
+                })
+                .flat_map(|p| {
+                    p.profiles.iter().map(|(name, profile)| {
+                        let names = std::iter::once(profile.common_name.clone())
+                            .chain(profile.alt_names.iter().cloned())
+                            .collect();
+                        ((p.name.clone(), name.clone()), names)
+                    })
+                })
+                .collect(),
         }
     }
 }

@@ -229,6 +229,10 @@ pub struct KnownSources {
     /// (pki source, profile) pairs that sign CSRs (`issue = "sign"`): an mtls credential whose
     /// certificate comes from one has no private key — its caller makes it.
     pub signing: BTreeSet<(String, String)>,
+    /// The names each (pki source, profile) puts in its certificates — its common name, then
+    /// its `alt_names`: a credential of one team may not be given another team's identity
+    /// (THREATS row 89).
+    pub pki_names: std::collections::BTreeMap<(String, String), Vec<String>>,
 }
 
 /// Reads and validates every policy file under `dir`, without knowing the sources (for
@@ -469,6 +473,7 @@ fn validate(
     validate_grants(files, grants, &slugs, sources, &mut policy);
     if let Some(known) = sources {
         warn_credentials_outside_grants(files, &policy, &cred_items, known);
+        check_pki_names_are_the_teams(files, &policy, &cred_items, known);
     }
     check_private_keys(files, &policy, &cred_items, sources);
     policy
@@ -1217,6 +1222,65 @@ fn warn_credentials_outside_grants(
                         cred.team
                     ),
                 );
+            }
+        }
+    }
+}
+
+/// A credential whose certificate a pki profile issues or signs hands its team's readers a
+/// certificate with the profile's names: none of them may be another team's identity — in
+/// its `identity_domains` (refused), or a CN another team's issuer ACL matches (warned: the
+/// ACL's CA is not known here, only the CN) — or that team's consumer could be impersonated
+/// with it (attack review: a nameless CSR on another team's signing credential authenticated
+/// as payments' `issuer_ca` + `subject` consumer).
+fn check_pki_names_are_the_teams(
+    files: &mut Files,
+    policy: &Policy,
+    items: &[Item<usize>],
+    known: &KnownSources,
+) {
+    for item in items {
+        let cred = &policy.credentials[item.def];
+        let staged = cred.next.iter().flat_map(|n| &n.values.by_role);
+        for (role, r) in cred.values.by_role.iter().chain(staged) {
+            let (Ok(source), Ok(path)) = (known.source_of(&r.target), super::path_of(&r.target))
+            else {
+                continue;
+            };
+            let Some(names) = known.pki_names.get(&(source.to_owned(), path.to_string())) else {
+                continue;
+            };
+            for name in names {
+                if let Some(owner) = policy
+                    .identity_domain_of(name)
+                    .filter(|owner| *owner != cred.team)
+                {
+                    files.at(
+                        item,
+                        &key(role),
+                        format!(
+                            "`{source}:{path}` gives certificates for {name:?}, in the identity_domains of team `{owner}`: team `{}` would hold its identity",
+                            cred.team
+                        ),
+                    );
+                }
+            }
+            let cn = names.first().map(String::as_str);
+            for c in &policy.consumers {
+                let claims = c.team != cred.team
+                    && c.subject
+                        .as_ref()
+                        .is_some_and(|s| s.matches(&[("2.5.4.3", cn)]));
+                if claims {
+                    files.warn(
+                        item,
+                        &key(role),
+                        format!(
+                            "`{source}:{path}` gives certificates whose CN consumer `{}` of team `{}` is identified by (issuer_ca + subject), if its CA signs them: team `{}` would hold that identity",
+                            c.name, c.team, cred.team
+                        ),
+                    );
+                }
             }
         }
     }

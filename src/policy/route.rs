@@ -53,6 +53,7 @@ mod tests {
             store: None,
             issuing: Default::default(),
             signing: Default::default(),
+            pki_names: Default::default(),
         };
         let route = |text: &str| {
             let r = parse_reference(text).unwrap();
