@@ -144,7 +144,7 @@ impl Client {
         if status == 304 {
             return Ok(None);
         }
-        let bytes = Zeroizing::new(resp.bytes().await.map_err(|e| transport(&e))?.to_vec());
+        let bytes = capped_body(resp, status).await?;
         if status == 200 {
             return Ok(Some((etag, bytes)));
         }
@@ -225,6 +225,33 @@ impl Client {
 /// error): an untrusted server certificate is the agent's configuration (`ca_cert`), a TLS
 /// alert from the server is a refusal of our client certificate, anything else (refused
 /// connection, timeout, reset) is the server being away.
+/// The most of an answer the agent reads: twice the server's own default cap on an answer
+/// (`[limits] max_answer_bytes`, 8 MiB). A server that sends more — compromised, or not
+/// keybroker — costs the gateway's host no more memory than this.
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+
+/// The answer's body, read chunk by chunk into a zeroizing buffer, refused past
+/// [`MAX_ANSWER_BYTES`] before it is all in.
+async fn capped_body(
+    mut resp: reqwest::Response,
+    status: u16,
+) -> Result<Zeroizing<Vec<u8>>, FetchError> {
+    let too_large = || FetchError::Refused {
+        status,
+        code: "answer_too_large".to_owned(),
+    };
+    // What the server announces sizes the buffer, never past the cap.
+    let announced = usize::try_from(resp.content_length().unwrap_or(0)).unwrap_or(usize::MAX);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(announced.min(MAX_ANSWER_BYTES)));
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(&e))? {
+        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 fn transport(e: &reqwest::Error) -> FetchError {
     let causes = crate::source::http_causes(e);
     let url = e
@@ -240,5 +267,27 @@ fn transport(e: &reqwest::Error) -> FetchError {
         FetchError::CertificateRefused(format!("{at}: {causes}"))
     } else {
         FetchError::Unreachable(format!("{at}: {causes}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: Vec<u8>) -> reqwest::Response {
+        let b = axum::http::Response::builder().status(200);
+        reqwest::Response::from(b.body(reqwest::Body::from(body)).unwrap())
+    }
+
+    fn refused(r: Result<Zeroizing<Vec<u8>>, FetchError>) -> bool {
+        matches!(r, Err(FetchError::Refused { ref code, .. }) if code == "answer_too_large")
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_cap_is_refused() {
+        let ok = capped_body(answer(vec![b'x'; MAX_ANSWER_BYTES]), 200).await;
+        assert_eq!(ok.unwrap().len(), MAX_ANSWER_BYTES);
+        let over = capped_body(answer(vec![b'x'; MAX_ANSWER_BYTES + 1]), 200).await;
+        assert!(refused(over), "one byte past the cap");
     }
 }
