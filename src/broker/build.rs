@@ -122,6 +122,7 @@ impl Broker {
             verdicts: super::verdict::Verdicts::default(),
             signers: std::collections::HashMap::new(),
             signed: super::sign::Budget::default(),
+            load_cache: std::sync::Mutex::default(),
         }
     }
 
@@ -134,7 +135,11 @@ impl Broker {
             .as_ref()
             .map(|s| s.definitions_dirs())
             .unwrap_or_default();
-        crate::policy::load_checked_dirs(&dirs, &store, &self.known_sources())
+        let mut cache = self
+            .load_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::policy::load_checked_dirs_cached(&dirs, &store, &self.known_sources(), &mut cache)
     }
 
     /// The source names policies are checked against.

@@ -16,7 +16,8 @@ mod time;
 pub use decide::{Basis, Decision, DecisionReason, Rule, Subject};
 pub use host::{Destination, HostError, HostPattern};
 pub use load::{
-    KnownSources, PolicyError, issuer_keys, load, load_checked, load_checked_dirs, pem_certificates,
+    KnownSources, LoadCache, PolicyError, issuer_keys, load, load_checked, load_checked_dirs,
+    load_checked_dirs_cached, pem_certificates,
 };
 pub use model::{
     AppRole, Consumer, Credential, CredentialMode, CredentialValues, Grant, JwtRole,
