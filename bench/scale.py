@@ -83,6 +83,7 @@ def rotations(count, text_names):
                 reads["lat"].append(time.monotonic() - t)
             else:
                 reads["failed"] += 1
+            time.sleep(0.01)  # about 100 reads a second: reads beside the writes, not a load test
     th = threading.Thread(target=reader)
     th.start()
     before, t0 = requests_by_accessor(), time.monotonic()
@@ -118,6 +119,7 @@ def idle_rate():
 def report(label, n):
     # Rotated and read: team `bench`'s text credentials (c0..c99), the gateway's team.
     text_names = [f"c{i}" for i in range(min(n, 100))]
+    time.sleep(3)  # B settles: what it has to pull of what was just made is not idle
     rates = idle_rate()
     lat_w, lat_b, reqs, took, reads = rotations(writes, text_names)
     per = {r: (reqs[r] - rates[r] * took) / writes for r in "ab"}

@@ -74,7 +74,7 @@ path = "mirror"
 TOML
   token=$(bao token create -policy=root -field=token)
   bao token lookup -format=json "$token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["accessor"])' >"$work/$r/accessor"
-  (cd "$work/$r" && VAULT_TOKEN=$token exec "$bin/keybroker" serve --config kb.toml --ready-file ready.json >"$work/$r/log" 2>&1) &
+  (cd "$work/$r" && BAO_TOKEN=$token VAULT_TOKEN=$token exec "$bin/keybroker" serve --config kb.toml --ready-file ready.json >"$work/$r/log" 2>&1) &
   echo $! >"$work/$r/pid"
   pids="$pids $!"
 }
