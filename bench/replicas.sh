@@ -105,7 +105,8 @@ q = lambda v, p: v[min(len(v) - 1, int(p * len(v)))] * 1000
 def generation_reads():
     n = 0
     for line in open(f"{work}/bao-audit.log"):
-        if '"type":"response"' in line and '"path":"secret/metadata/keybroker/generation"' in line:
+        # The poll reads the generation's newest version (issue 48; its metadata before).
+        if '"type":"response"' in line and '"path":"secret/data/keybroker/generation"' in line:
             n += 1
     return n
 

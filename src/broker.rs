@@ -209,6 +209,8 @@ pub struct Broker {
     signers: HashMap<String, Arc<crate::source::PkiSource>>,
     /// Signatures made per (consumer, source, profile, period): the signing budget.
     signed: sign::Budget,
+    /// What the last policy load read and parsed: a reload parses only what changed.
+    load_cache: std::sync::Mutex<crate::policy::LoadCache>,
 }
 
 /// One configured source and everything the broker keeps for it.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use crate::policy::{EntryName, TeamSlug};
 pub(crate) use file::FileStore;
+pub(crate) use vault::Pulled;
 pub(crate) use vault::VaultStore;
 
 /// The file source that serves a file store's material.
@@ -44,7 +45,7 @@ pub enum StoreError {
 
 /// What a store entry is: a credential (definition and material) or a consumer (definition
 /// only — its token is kept as a digest, its certificates as fingerprints).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Credential,
     Consumer,
@@ -304,6 +305,15 @@ impl Store {
         self.local.records(kind)
     }
 
+    /// The records of `kind` in `team` alone.
+    pub fn team_records(
+        &self,
+        kind: Kind,
+        team: &TeamSlug,
+    ) -> Result<Vec<(EntryName, Record)>, StoreError> {
+        self.local.team_records(kind, team)
+    }
+
     pub fn definition(
         &self,
         kind: Kind,
@@ -418,18 +428,12 @@ impl Store {
 
     /// A new credential's numeric ID (Tines' `id`): one past every ID in the store; for a
     /// vault store a counter every replica takes from with check-and-set, so two replicas
-    /// creating at once never hand out the same ID.
+    /// creating at once never hand out the same ID. The store's records are read once (the
+    /// first ID of a file store, or of a vault store without a counter yet), not per write.
     pub async fn allocate_id(&self) -> Result<u64, StoreError> {
-        let local_max = self
-            .local
-            .records(Kind::Credential)?
-            .iter()
-            .map(|(_, _, r)| r.id)
-            .max()
-            .unwrap_or(0);
         match &self.remote {
-            Some(v) => v.allocate_id(local_max + 1).await,
-            None => Ok(local_max + 1),
+            Some(v) => v.allocate_id(|| self.local.max_id().map(|m| m + 1)).await,
+            None => self.local.next_id(),
         }
     }
 
@@ -444,11 +448,11 @@ impl Store {
         }
     }
 
-    /// A vault store: pulls what other replicas wrote into the mirror; true when it changed.
-    pub async fn pull(&self) -> Result<bool, StoreError> {
+    /// A vault store: pulls what other replicas wrote into the mirror.
+    pub(crate) async fn pull(&self) -> Result<Pulled, StoreError> {
         match &self.remote {
             Some(v) => v.pull(&self.local).await,
-            None => Ok(false),
+            None => Ok(Pulled::Unchanged),
         }
     }
 }

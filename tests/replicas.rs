@@ -910,3 +910,70 @@ async fn a_replica_that_cannot_pull_its_store_is_not_ready() {
     })
     .await;
 }
+
+/// A write the writing replica's policy refuses is put back (issue 48: under the reload that
+/// parses only changed files, and the pull that reads only changed entries): the operator's
+/// file on A is broken mid-edit, so A's reload fails and its rotation is put back — in vault
+/// too; B, pulling the write and the put-back as two changes, ends with what A has and
+/// serves the first certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_policy_refuses_is_put_back_and_the_other_replica_pulls_it_back() {
+    let bao = OpenBao::start();
+    let (a, b) = (
+        replica(&bao.addr, "put-back").await,
+        replica(&bao.addr, "put-back").await,
+    );
+    let partner = Ca::new("partner CA");
+    create_on_a_served_by_b(&a, &b, &partner).await;
+    let (_, first, _) = b.material("partner", &[], "").await;
+    let (_, _, etag) = a
+        .send(
+            reqwest::Method::GET,
+            ADMIN,
+            "/v1/teams/payments/credentials/partner",
+            None,
+            &[],
+        )
+        .await;
+
+    // The operator's file on A, mid-edit: A's next reload fails.
+    let file = a._dir.path().join("policies/p.toml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{good}\n[[team]\n")).unwrap();
+    let (status, v, _) = a
+        .send(
+            reqwest::Method::PUT,
+            ADMIN,
+            "/v1/credentials/partner",
+            Some(body("partner", &partner, "gateway-v2")),
+            &[("if-match", etag.as_deref().unwrap())],
+        )
+        .await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "policy_unavailable", "{v}");
+
+    // A witness written after the put-back: once B serves it, B has pulled both changes.
+    std::fs::write(&file, good).unwrap();
+    let (status, v, _) = a.create("witness", &partner, "gateway-w").await;
+    assert_eq!(status, 201, "{v}");
+    until("B serves the witness", || async {
+        b.material("witness", &[], "").await.0 == 200
+    })
+    .await;
+    let definition = |r: &Replica| {
+        std::fs::read_to_string(
+            r._dir
+                .path()
+                .join("mirror/credentials/payments/partner.toml"),
+        )
+        .unwrap()
+    };
+    assert_eq!(definition(&b), definition(&a), "B's mirror is A's");
+    assert!(definition(&b).contains("/v1 "), "{}", definition(&b));
+    let (status, now, _) = b.material("partner", &[], "").await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(
+        now["certificate"], first["certificate"],
+        "the first certificate"
+    );
+}

@@ -124,6 +124,7 @@ impl Broker {
             verdicts: super::verdict::Verdicts::default(),
             signers: std::collections::HashMap::new(),
             signed: super::sign::Budget::default(),
+            load_cache: std::sync::Mutex::default(),
         }
     }
 
@@ -136,7 +137,11 @@ impl Broker {
             .as_ref()
             .map(|s| s.definitions_dirs())
             .unwrap_or_default();
-        crate::policy::load_checked_dirs(&dirs, &store, &self.known_sources())
+        let mut cache = self
+            .load_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::policy::load_checked_dirs_cached(&dirs, &store, &self.known_sources(), &mut cache)
     }
 
     /// What policies are checked against: the configuration's facts ([`KnownSources::of`]),

@@ -7,6 +7,12 @@
 //! event (`certificate.expiring`, `certificate.expired`) per change of state. Each mtls
 //! credential is also verified as a whole; a refusal is reported (`credential.rejected`) once
 //! per change, before any consumer asks for it.
+//!
+//! The sweep in the background (at start and every `interval`) reads at most
+//! [`SWEEP_BURST`] credentials at once, then [`SWEEP_PER_SECOND`] a second, one at a time:
+//! ten thousand stored credentials cost their sources a trickle, never a storm, and readiness
+//! never waits for it. A credential whose values a source issues (pki) is not read — a read
+//! would issue a certificate before any use — unless `[expiry] issue = true`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,17 +36,36 @@ enum Phase {
 #[derive(Debug, Default)]
 pub(super) struct ExpiryState(Mutex<HashMap<(ExpiryKind, String), Phase>>);
 
+/// Credentials the background sweep reads before it paces itself.
+pub(crate) const SWEEP_BURST: u32 = 100;
+/// Credentials the background sweep reads a second past its burst.
+pub(crate) const SWEEP_PER_SECOND: u32 = 20;
+
 impl Broker {
-    /// One sweep; returns how many certificates it found.
+    /// One sweep, as fast as its reads go (an operator's reload waits for it); returns how
+    /// many certificates it found.
     pub async fn sweep_expiry(&self) -> usize {
+        self.sweep_expiry_paced(None).await
+    }
+
+    /// One sweep; `pace`: one credential read per tick past the first [`SWEEP_BURST`].
+    async fn sweep_expiry_paced(&self, mut pace: Option<tokio::time::Interval>) -> usize {
         let snapshot = self.policy();
         let policy = snapshot.policy();
         let mut found: Vec<(ExpiryKind, String, i64)> = Vec::new();
+        let mut read = 0u32;
         for cred in policy
             .credentials
             .iter()
             .filter(|c| c.mode == CredentialMode::Mtls)
         {
+            if !self.expiry.issue && self.issuing_source(cred).is_some() {
+                continue;
+            }
+            read += 1;
+            if let Some(tick) = pace.as_mut().filter(|_| read > SWEEP_BURST) {
+                tick.tick().await;
+            }
             let values = self.read_roles(cred, super::read::BACKGROUND).await;
             // A credential that no longer verifies (or never did) is reported by the sweep
             // too, before any consumer asks for it (once per change).
@@ -156,7 +181,10 @@ impl Broker {
         tokio::spawn(async move {
             loop {
                 let Some(broker) = weak.upgrade() else { return };
-                broker.sweep_expiry().await;
+                let mut pace =
+                    tokio::time::interval(std::time::Duration::from_secs(1) / SWEEP_PER_SECOND);
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                broker.sweep_expiry_paced(Some(pace)).await;
                 drop(broker);
                 tokio::time::sleep(every).await;
             }

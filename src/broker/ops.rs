@@ -238,7 +238,10 @@ impl Broker {
     }
 
     /// The first source among `cred`'s values (as in force now) whose reads issue something.
-    fn issuing_source<'a>(&'a self, cred: &'a crate::policy::Credential) -> Option<&'a str> {
+    pub(super) fn issuing_source<'a>(
+        &'a self,
+        cred: &'a crate::policy::Credential,
+    ) -> Option<&'a str> {
         let values = cred.values_at(std::time::SystemTime::now());
         values.by_role.values().find_map(|r| {
             let name = self.source_of(r).ok()?;

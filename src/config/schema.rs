@@ -610,6 +610,10 @@ pub struct ExpiryConfig {
     /// A certificate that expires sooner than this is `certificate.expiring`.
     #[serde(default = "default_warn_before")]
     pub warn_before: Dur,
+    /// Whether the sweep reads credentials a source issues (pki): a read issues a
+    /// certificate, so by default the first use does, not the sweep.
+    #[serde(default)]
+    pub issue: bool,
 }
 
 impl Default for ExpiryConfig {
@@ -617,6 +621,7 @@ impl Default for ExpiryConfig {
         Self {
             interval: default_expiry_interval(),
             warn_before: default_warn_before(),
+            issue: false,
         }
     }
 }

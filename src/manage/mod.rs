@@ -17,9 +17,11 @@ use serde::Serialize;
 
 mod certificates;
 mod consumers;
+mod ingest;
 mod patch;
 mod reads;
 
+use ingest::{Ingested, ingest};
 pub(crate) use patch::CredentialPatch;
 
 pub(crate) use consumers::{
@@ -91,6 +93,29 @@ pub struct Managed {
     /// Opaque; changes with every write. `If-Match` on a replace or delete.
     #[serde(skip)]
     pub etag: String,
+}
+
+impl Managed {
+    /// The answer to a write of `input` as `toml` and `record`.
+    fn written(input: &CredentialInput, toml: &str, record: &Record) -> Self {
+        Self {
+            name: input.name.clone(),
+            team: input.team.clone(),
+            mode: input.mode,
+            read_access: input.read_access,
+            shared_team_slugs: input.shared_team_slugs.clone(),
+            allowed_hosts: input.allowed_hosts.clone(),
+            description: input.description.clone().unwrap_or_default(),
+            metadata: input.metadata.clone(),
+            origin: "api",
+            etag: etag(toml, record),
+            record: shown(record),
+            repairs: Vec::new(),
+            warnings: Vec::new(),
+            readers: Vec::new(),
+            other_teams: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -564,8 +589,8 @@ impl Manager {
         };
         let _one = self.lock.lock().await;
         match store.pull().await {
-            Ok(changed) => {
-                if changed {
+            Ok(pulled) => {
+                if pulled != crate::store::Pulled::Unchanged {
                     let _ = self.broker.reload_policy();
                 }
                 if let Some(p) = self
@@ -687,6 +712,8 @@ impl Manager {
         }
     }
 
+    /// A create or a rotation (`previous`: the stored definition and record it replaces):
+    /// checked, ingested, written, reloaded — or, for a dry run, everything but the write.
     async fn write_credential(
         &self,
         caller: &Caller,
@@ -695,53 +722,10 @@ impl Manager {
         dry_run: bool,
     ) -> Result<Managed, ManageError> {
         let store = self.store()?;
-        self.authorize(caller, &input.team)?;
-        if input.read_access == ReadAccess::Global && !caller.may_administer() {
-            return Err(ManageError::GlobalNotAllowed);
-        }
-        check_input(input)?;
         let snapshot = self.broker.policy();
         let policy = snapshot.policy();
-        if !policy.teams.iter().any(|t| input.team == *t) {
-            return Err(ManageError::Invalid {
-                field: "team",
-                message: format!("unknown team `{}`", input.team),
-            });
-        }
-        let exists = policy
-            .credentials
-            .iter()
-            .any(|c| c.team == input.team && c.name == input.name);
-        if previous.is_none() && exists {
-            return Err(ManageError::Exists);
-        }
-        // A staged rotation replaces what is in force now at `activate_at`: the version in
-        // force, and the roles its material holds (from the policy in force).
-        let in_force = match (input.activate_at, &previous) {
-            (None, _) => None,
-            (Some(_), None) => {
-                return Err(ManageError::Invalid {
-                    field: "activate_at",
-                    message: "a rotation's; a new credential is in force at once".to_owned(),
-                });
-            }
-            (Some(at), Some((_, r))) => {
-                let now = std::time::SystemTime::now();
-                if at <= now || at > now + std::time::Duration::from_secs(366 * 86_400) {
-                    return Err(ManageError::Invalid {
-                        field: "activate_at",
-                        message: "in the future, within a year".to_owned(),
-                    });
-                }
-                let roles: Vec<&'static str> = policy
-                    .credentials
-                    .iter()
-                    .find(|c| c.team == input.team && c.name == input.name)
-                    .map(|c| c.values_at(now).by_role.keys().copied().collect())
-                    .unwrap_or_default();
-                Some((in_force_version(r, now), roles))
-            }
-        };
+        self.check_write(caller, input, policy, previous.is_some())?;
+        let in_force = staged(input, previous.as_ref().map(|(_, r)| r), policy)?;
         let Ingested {
             fields,
             repairs,
@@ -753,110 +737,31 @@ impl Manager {
             .map(|(_, v)| v.expose_secret().len() as u64)
             .sum();
         check_quota(store, Kind::Credential, &input.team, &input.name, bytes)?;
-        let version = previous.as_ref().map_or(1, |(_, r)| r.version + 1);
-        let at = crate::store::now();
-        let id = match &previous {
-            Some((_, r)) => r.id,
+        let was = previous.as_ref().map(|(_, r)| r);
+        let id = match was {
+            Some(r) => r.id,
             None if dry_run => 0,
             None => store.allocate_id().await?,
         };
-        let mut history = previous
-            .as_ref()
-            .map(|(_, r)| r.history.clone())
-            .unwrap_or_default();
-        history.push(crate::store::VersionRecord {
-            version,
-            at: at.clone(),
+        let facts = Facts {
             by: who(caller),
-            fingerprint: certificate.as_ref().map(|c| c.0.clone()),
-            not_after: certificate.map(|c| c.1),
-        });
-        let excess = history.len().saturating_sub(crate::store::MAX_HISTORY);
-        history.drain(..excess);
-        let record = Record {
-            bytes,
-            version,
-            revision: previous.as_ref().map_or(1, |(_, r)| r.revision + 1),
-            created_at: previous
-                .as_ref()
-                .map_or_else(|| at.clone(), |(_, r)| r.created_at.clone()),
-            updated_at: at,
-            updated_by: who(caller),
             id,
-            display_name: input.display_name.clone(),
-            folder_id: input.folder_id,
-            history,
-            certificates: Vec::new(),
-            current_version: in_force.as_ref().map(|(v, _)| *v),
-            activate_at: input
-                .activate_at
-                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            bytes,
+            certificate,
+            in_force: in_force.as_ref().map(|(v, _)| *v),
         };
-        // The references of version `v`'s material, for the roles `has` says it holds.
-        let refs = |v: u64, has: &dyn Fn(&str) -> bool| {
-            let (source, path) = store.reference(&input.team, &input.name, v);
-            let r =
-                |field: &str| has(field).then(|| format!("$SECRET_{source}:{path} $KEY_{field}"));
-            Refs {
-                client_certificate: r("client_certificate"),
-                client_private_key: r("client_private_key"),
-                root_certificate: r("root_certificate"),
-                upstream_ca: r("upstream_ca"),
-                value: r("value"),
-            }
-        };
-        let new_refs = refs(version, &|f| fields.iter().any(|(k, _)| *k == f));
-        // A staged rotation: what is in force now stays current until `activate_at`.
-        let (values, next) = match (input.activate_at, &in_force) {
-            (Some(at), Some((v, roles))) => (
-                refs(*v, &|f| roles.contains(&f)),
-                Some(NextBody {
-                    activate_at: humantime::format_rfc3339_seconds(at).to_string(),
-                    values: new_refs,
-                }),
-            ),
-            _ => (new_refs, None),
-        };
-        let definition = Definition {
-            credential: [DefinitionBody {
-                name: &input.name,
-                team: &input.team,
-                mode: input.mode,
-                read_access: input.read_access,
-                shared_team_slugs: &input.shared_team_slugs,
-                allowed_hosts: &input.allowed_hosts,
-                description: input.description.as_deref(),
-                metadata: &input.metadata,
-                values,
-                next,
-            }],
-        };
-        let toml = toml::to_string(&definition).map_err(|e| ManageError::Invalid {
-            field: "definition",
-            message: e.to_string(),
-        })?;
+        let record = new_record(input, was, facts);
+        let has = |f: &str| fields.iter().any(|(k, _)| *k == f);
+        let toml = definition_toml(store, input, record.version, &has, in_force.as_ref())?;
         let managed = Managed {
-            name: input.name.clone(),
-            team: input.team.clone(),
-            mode: input.mode,
-            read_access: input.read_access,
-            shared_team_slugs: input.shared_team_slugs.clone(),
-            allowed_hosts: input.allowed_hosts.clone(),
-            description: input.description.clone().unwrap_or_default(),
-            metadata: input.metadata.clone(),
-            origin: "api",
-            etag: etag(&toml, &record),
-            record: shown(&record),
             repairs,
             warnings,
-            readers: Vec::new(),
-            other_teams: None,
+            ..Managed::written(input, &toml, &record)
         };
         if dry_run {
             return Ok(self::dry_run(policy, caller, input, managed));
         }
         let refs: Vec<(&str, &SecretString)> = fields.iter().map(|(k, v)| (*k, v)).collect();
-        let was = previous.as_ref().map(|(_, r)| r);
         let write = crate::store::Write {
             team: &input.team,
             name: &input.name,
@@ -885,6 +790,37 @@ impl Manager {
             tokio::spawn(async move { broker.sweep_credential(&team, &name).await });
         }
         Ok(managed)
+    }
+
+    /// Who may write this credential, and whether it may be: the caller manages the team
+    /// (a global admin alone gives `GLOBAL`), the input is in bounds, the team is known, and
+    /// a create's name is not taken.
+    fn check_write(
+        &self,
+        caller: &Caller,
+        input: &CredentialInput,
+        policy: &crate::policy::Policy,
+        replaces: bool,
+    ) -> Result<(), ManageError> {
+        self.authorize(caller, &input.team)?;
+        if input.read_access == ReadAccess::Global && !caller.may_administer() {
+            return Err(ManageError::GlobalNotAllowed);
+        }
+        check_input(input)?;
+        if !policy.teams.iter().any(|t| input.team == *t) {
+            return Err(ManageError::Invalid {
+                field: "team",
+                message: format!("unknown team `{}`", input.team),
+            });
+        }
+        let exists = policy
+            .credentials
+            .iter()
+            .any(|c| c.team == input.team && c.name == input.name);
+        if !replaces && exists {
+            return Err(ManageError::Exists);
+        }
+        Ok(())
     }
 
     /// After a store write: the policy reloaded — or, when it refuses what was written, the
@@ -953,6 +889,135 @@ impl Manager {
     }
 }
 
+/// A staged rotation replaces what is in force now at `activate_at`: the version in force,
+/// and the roles its material holds (from the policy in force). `None`: in force at once.
+fn staged(
+    input: &CredentialInput,
+    previous: Option<&Record>,
+    policy: &crate::policy::Policy,
+) -> Result<Option<(u64, Vec<&'static str>)>, ManageError> {
+    let (Some(at), previous) = (input.activate_at, previous) else {
+        return Ok(None);
+    };
+    let Some(r) = previous else {
+        return Err(ManageError::Invalid {
+            field: "activate_at",
+            message: "a rotation's; a new credential is in force at once".to_owned(),
+        });
+    };
+    let now = std::time::SystemTime::now();
+    if at <= now || at > now + std::time::Duration::from_secs(366 * 86_400) {
+        return Err(ManageError::Invalid {
+            field: "activate_at",
+            message: "in the future, within a year".to_owned(),
+        });
+    }
+    let roles: Vec<&'static str> = policy
+        .credentials
+        .iter()
+        .find(|c| c.team == input.team && c.name == input.name)
+        .map(|c| c.values_at(now).by_role.keys().copied().collect())
+        .unwrap_or_default();
+    Ok(Some((in_force_version(r, now), roles)))
+}
+
+/// What a write's record says besides its input: who, the ID, the material's size, its
+/// client certificate's facts and the version staying in force (a staged rotation).
+struct Facts {
+    by: String,
+    id: u64,
+    bytes: u64,
+    certificate: Option<(String, String)>,
+    in_force: Option<u64>,
+}
+
+/// The record of a write replacing `previous` (none: a create): the next version, its
+/// history entry, at most [`crate::store::MAX_HISTORY`] kept.
+fn new_record(input: &CredentialInput, previous: Option<&Record>, facts: Facts) -> Record {
+    let version = previous.map_or(1, |r| r.version + 1);
+    let at = crate::store::now();
+    let mut history = previous.map(|r| r.history.clone()).unwrap_or_default();
+    let (fingerprint, not_after) = facts.certificate.unzip();
+    history.push(crate::store::VersionRecord {
+        version,
+        at: at.clone(),
+        by: facts.by.clone(),
+        fingerprint,
+        not_after,
+    });
+    let excess = history.len().saturating_sub(crate::store::MAX_HISTORY);
+    history.drain(..excess);
+    Record {
+        bytes: facts.bytes,
+        version,
+        revision: previous.map_or(1, |r| r.revision + 1),
+        created_at: previous.map_or_else(|| at.clone(), |r| r.created_at.clone()),
+        updated_at: at,
+        updated_by: facts.by,
+        id: facts.id,
+        display_name: input.display_name.clone(),
+        folder_id: input.folder_id,
+        history,
+        certificates: Vec::new(),
+        current_version: facts.in_force,
+        activate_at: input
+            .activate_at
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+    }
+}
+
+/// The definition (policy TOML) of version `version`, its values references to the store's
+/// material for the roles `has` says it holds; a staged rotation keeps `in_force` current
+/// until `activate_at`.
+fn definition_toml(
+    store: &Store,
+    input: &CredentialInput,
+    version: u64,
+    has: &dyn Fn(&str) -> bool,
+    in_force: Option<&(u64, Vec<&'static str>)>,
+) -> Result<String, ManageError> {
+    let refs = |v: u64, has: &dyn Fn(&str) -> bool| {
+        let (source, path) = store.reference(&input.team, &input.name, v);
+        let r = |field: &str| has(field).then(|| format!("$SECRET_{source}:{path} $KEY_{field}"));
+        Refs {
+            client_certificate: r("client_certificate"),
+            client_private_key: r("client_private_key"),
+            root_certificate: r("root_certificate"),
+            upstream_ca: r("upstream_ca"),
+            value: r("value"),
+        }
+    };
+    let new_refs = refs(version, has);
+    let (values, next) = match (input.activate_at, in_force) {
+        (Some(at), Some((v, roles))) => (
+            refs(*v, &|f| roles.contains(&f)),
+            Some(NextBody {
+                activate_at: humantime::format_rfc3339_seconds(at).to_string(),
+                values: new_refs,
+            }),
+        ),
+        _ => (new_refs, None),
+    };
+    let definition = Definition {
+        credential: [DefinitionBody {
+            name: &input.name,
+            team: &input.team,
+            mode: input.mode,
+            read_access: input.read_access,
+            shared_team_slugs: &input.shared_team_slugs,
+            allowed_hosts: &input.allowed_hosts,
+            description: input.description.as_deref(),
+            metadata: &input.metadata,
+            values,
+            next,
+        }],
+    };
+    toml::to_string(&definition).map_err(|e| ManageError::Invalid {
+        field: "definition",
+        message: e.to_string(),
+    })
+}
+
 /// A team's room in the store (`[store.quota]`): entries of `kind`, and bytes of material —
 /// what is there now, less the entry being replaced, plus what this write adds. A refusal
 /// writes nothing.
@@ -965,8 +1030,8 @@ fn check_quota(
 ) -> Result<(), ManageError> {
     let quota = store.quota();
     let (mut count, mut held) = (0usize, 0u64);
-    for (t, n, r) in store.records(kind)? {
-        if t == *team && n != *name {
+    for (n, r) in store.team_records(kind, team)? {
+        if n != *name {
             count += 1;
             held += r.bytes;
         }
@@ -1090,15 +1155,6 @@ fn check_definition(
     Ok(())
 }
 
-/// The material to store, by field, the repairs made, and the client certificate's
-/// fingerprint (hex) and `notAfter` (RFC 3339).
-struct Ingested {
-    fields: Vec<(&'static str, SecretString)>,
-    repairs: Vec<RoleRepairs>,
-    certificate: Option<(String, String)>,
-    warnings: Vec<String>,
-}
-
 /// A record as answers show it: its version history is `…/versions`' alone.
 fn shown(record: &Record) -> Record {
     Record {
@@ -1122,116 +1178,6 @@ fn who(caller: &Caller) -> String {
     match caller {
         Caller::Operator => "operator".to_owned(),
         Caller::Consumer(c) => c.name().to_owned(),
-    }
-}
-
-fn ingest(input: &CredentialInput) -> Result<Ingested, ManageError> {
-    let missing = |field: &'static str| ManageError::Invalid {
-        field,
-        message: "required for this mode".to_owned(),
-    };
-    match input.mode {
-        CredentialMode::Mtls => {
-            if input.value.is_some() {
-                return Err(ManageError::Invalid {
-                    field: "value",
-                    message: "an mtls credential has no value".to_owned(),
-                });
-            }
-            let cert = input
-                .client_certificate
-                .as_ref()
-                .ok_or_else(|| missing("client_certificate"))?;
-            let key = input
-                .client_private_key
-                .as_ref()
-                .ok_or_else(|| missing("client_private_key"))?;
-            let mut fields = Vec::new();
-            let mut repairs = Vec::new();
-            for (role, value) in [
-                ("client_certificate", Some(cert)),
-                ("client_private_key", Some(key)),
-                ("root_certificate", input.root_certificate.as_ref()),
-                ("upstream_ca", input.upstream_ca.as_ref()),
-            ] {
-                let Some(value) = value else { continue };
-                let repaired = pem::repair(value.expose_secret(), &pem::Options::default())
-                    .map_err(|e| ManageError::PemRejected {
-                        role,
-                        code: e.code(),
-                    })?;
-                if !repaired.repairs.is_empty() {
-                    repairs.push(RoleRepairs {
-                        role,
-                        repairs: repaired.repairs.clone(),
-                    });
-                }
-                fields.push((role, crate::secret::secret_string(&repaired.pem)));
-            }
-            let text = |role: &str| {
-                fields
-                    .iter()
-                    .find(|(r, _)| *r == role)
-                    .map(|(_, v)| v.expose_secret())
-            };
-            let parts = pem::credential::Parts {
-                certificate: text("client_certificate").unwrap_or_default(),
-                private_key: text("client_private_key").unwrap_or_default(),
-                root: text("root_certificate"),
-                upstream: text("upstream_ca"),
-            };
-            let window = pem::credential::verify(&parts).map_err(ManageError::Rejected)?;
-            // One bundle for both trusts: say which of its CAs the client chain does not
-            // rest on — they are trusted for the upstream for no reason the chain gives.
-            let warnings = match (parts.root, parts.upstream) {
-                (Some(root), None) => {
-                    let loose = pem::credential::unanchoring_roots(parts.certificate, root);
-                    if loose.is_empty() {
-                        Vec::new()
-                    } else {
-                        vec![format!(
-                            "root_certificate is also the upstream's trust and holds CAs the client chain does not rest on (sha256 {}): give the upstream's CA as upstream_ca",
-                            loose.join(", ")
-                        )]
-                    }
-                }
-                _ => Vec::new(),
-            };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            window.check(now).map_err(ManageError::Rejected)?;
-            // Verified above: the first block is the client certificate (public).
-            let certificate = crate::policy::pem_certificates(parts.certificate.as_bytes())
-                .ok()
-                .and_then(|ders| ders.into_iter().next())
-                .map(|der| {
-                    use sha2::Digest as _;
-                    let not_after = std::time::UNIX_EPOCH
-                        + std::time::Duration::from_secs(
-                            u64::try_from(window.not_after).unwrap_or(0),
-                        );
-                    (
-                        hex::encode(sha2::Sha256::digest(&der)),
-                        humantime::format_rfc3339_seconds(not_after).to_string(),
-                    )
-                });
-            Ok(Ingested {
-                fields,
-                repairs,
-                certificate,
-                warnings,
-            })
-        }
-        CredentialMode::Text | CredentialMode::Fields => {
-            let value = input.value.as_ref().ok_or_else(|| missing("value"))?;
-            Ok(Ingested {
-                fields: vec![("value", crate::secret::secret_string(value.expose_secret()))],
-                repairs: Vec::new(),
-                certificate: None,
-                warnings: Vec::new(),
-            })
-        }
     }
 }
 

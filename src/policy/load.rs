@@ -35,7 +35,7 @@ pub enum PolicyError {
     Changed { path: PathBuf },
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct TeamDef {
     slug: String,
     /// The team's numeric ID in Tines' API (`team_id`), for the Tines-shaped management
@@ -47,14 +47,14 @@ struct TeamDef {
     identity_domains: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct PinDef {
     fingerprint: String,
     not_before: Option<String>,
     not_after: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct ConsumerDef {
     name: String,
     team: String,
@@ -83,7 +83,7 @@ struct ConsumerDef {
     ccp_app_ids: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JwtDef {
     role: String,
@@ -91,7 +91,7 @@ struct JwtDef {
     bound_subject: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KubernetesDef {
     role: String,
@@ -100,7 +100,7 @@ struct KubernetesDef {
     audience: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AppRoleDef {
     role_id: String,
@@ -113,7 +113,7 @@ struct AppRoleDef {
     token_bound_cidrs: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct CredentialDef {
     name: String,
     mode: CredentialMode,
@@ -139,7 +139,7 @@ struct CredentialDef {
     next: Option<NextDef>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NextDef {
     activate_at: String,
@@ -150,7 +150,7 @@ struct NextDef {
     value: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct GrantDef {
     team: String,
     source: String,
@@ -160,6 +160,7 @@ struct GrantDef {
 }
 
 /// One parsed item with where it came from: the spans of its keys and array elements.
+#[derive(Clone)]
 struct Item<T> {
     def: T,
     file: usize,
@@ -171,7 +172,7 @@ struct Files {
     paths: Vec<PathBuf>,
     /// Per path: whether it is the management store's.
     managed: Vec<bool>,
-    texts: Vec<String>,
+    texts: Vec<std::sync::Arc<str>>,
     list: Vec<Diagnostic>,
     /// Problems that do not stop the policy from loading (`check` prints them).
     warnings: Vec<Diagnostic>,
@@ -255,12 +256,23 @@ pub fn load_checked_dirs(
     store: &[std::path::PathBuf],
     sources: &KnownSources,
 ) -> Result<Policy, PolicyError> {
+    load_checked_dirs_cached(dirs, store, sources, &mut LoadCache::default())
+}
+
+/// As [`load_checked_dirs`], reading and parsing again only the files that changed since
+/// the load that filled `cache` (see [`LoadCache`]).
+pub(crate) fn load_checked_dirs_cached(
+    dirs: &[std::path::PathBuf],
+    store: &[std::path::PathBuf],
+    sources: &KnownSources,
+    cache: &mut LoadCache,
+) -> Result<Policy, PolicyError> {
     let dirs: Vec<&Path> = dirs.iter().chain(store).map(|d| d.as_path()).collect();
-    load_managed(&dirs, dirs.len() - store.len(), Some(sources))
+    load_managed(&dirs, dirs.len() - store.len(), Some(sources), cache)
 }
 
 fn load_inner(dirs: &[&Path], sources: Option<&KnownSources>) -> Result<Policy, PolicyError> {
-    load_managed(dirs, dirs.len(), sources)
+    load_managed(dirs, dirs.len(), sources, &mut LoadCache::default())
 }
 
 /// Loads `dirs` as one policy; those from index `store_from` on are the store's.
@@ -276,11 +288,12 @@ fn load_managed(
     dirs: &[&Path],
     store_from: usize,
     sources: Option<&KnownSources>,
+    cache: &mut LoadCache,
 ) -> Result<Policy, PolicyError> {
     let mut excluded = BTreeSet::new();
     let mut quarantined = Vec::new();
     loop {
-        match load_once(dirs, store_from, sources, &excluded)? {
+        match load_once(dirs, store_from, sources, &excluded, cache)? {
             Ok(mut policy) => {
                 quarantined.sort_by(|a: &Diagnostic, b: &Diagnostic| {
                     (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column))
@@ -308,6 +321,7 @@ fn load_once(
     store_from: usize,
     sources: Option<&KnownSources>,
     excluded: &BTreeSet<PathBuf>,
+    cache: &mut LoadCache,
 ) -> Result<Result<Policy, Vec<Diagnostic>>, PolicyError> {
     let mut paths = Vec::new();
     let mut managed = Vec::new();
@@ -322,57 +336,28 @@ fn load_once(
         managed.extend(found.iter().map(|_| i >= store_from));
         paths.extend(found);
     }
-    let mut texts = Vec::new();
-    for p in &paths {
-        texts.push(read_stable(p, || ())?);
-    }
+    cache.keep_only(&paths);
     let mut files = Files {
+        texts: Vec::with_capacity(paths.len()),
         paths,
         managed,
-        texts,
         list: Vec::new(),
         warnings: Vec::new(),
     };
-    let mut teams: Vec<Item<TeamDef>> = Vec::new();
-    let mut consumers: Vec<Item<ConsumerDef>> = Vec::new();
-    let mut credentials: Vec<Item<CredentialDef>> = Vec::new();
-    let mut grants: Vec<Item<GrantDef>> = Vec::new();
+    let mut parsed = Parsed::default();
     for i in 0..files.paths.len() {
-        let text = files.texts[i].clone();
-        let path = files.paths[i].clone();
-        let mut d = Diags::new(&path, &text);
-        match DeTable::parse(&text) {
-            Err(e) => d.at(e.span().unwrap_or(0..0), e.message().trim().to_owned()),
-            Ok(root) => {
-                for (k, v) in root.get_ref().iter() {
-                    let Some(items) = v.get_ref().as_array() else {
-                        d.at(
-                            k.span(),
-                            format!(
-                                "`{}` must be an array of tables: write [[{}]]",
-                                k.get_ref(),
-                                k.get_ref()
-                            ),
-                        );
-                        continue;
-                    };
-                    for item in items.iter() {
-                        match k.get_ref().as_ref() {
-                            "team" => push(&mut d, &mut teams, item, i),
-                            "consumer" => push(&mut d, &mut consumers, item, i),
-                            "credential" => push(&mut d, &mut credentials, item, i),
-                            "grant" => push(&mut d, &mut grants, item, i),
-                            other => {
-                                d.at(k.span(), format!("unknown key `{other}` (expected team, consumer, credential, grant)"));
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        files.list.append(&mut d.list);
+        let one = cache.parsed(&files.paths[i])?;
+        files.texts.push(std::sync::Arc::clone(&one.text));
+        files.list.extend(one.diags.iter().cloned());
+        parsed.extend_from(one, i);
     }
+    let Parsed {
+        teams,
+        consumers,
+        credentials,
+        grants,
+        ..
+    } = parsed;
     let mut policy = validate(&mut files, teams, consumers, credentials, grants, sources);
     for list in [&mut files.list, &mut files.warnings] {
         list.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
@@ -383,6 +368,121 @@ fn load_once(
     } else {
         Ok(Err(files.list))
     }
+}
+
+/// What loads read and parsed, by file: a later load reads and parses again only a file
+/// whose identity (size, modification time, inode) changed — the store's writes rename a new
+/// file into place — and validates everything as a load from scratch does, so every rule
+/// across definitions (unique names, pins and tokens identifying one consumer, issuer ACLs)
+/// holds exactly as before. A broker keeps one (docs/DESIGN.md §21).
+#[derive(Default)]
+pub(crate) struct LoadCache {
+    files: std::collections::HashMap<PathBuf, Parsed>,
+}
+
+impl std::fmt::Debug for LoadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoadCache({} files)", self.files.len())
+    }
+}
+
+/// One file's text and what it defines (its items' `file` is 0 until a load numbers them),
+/// or everything a load parsed.
+#[derive(Clone, Default)]
+struct Parsed {
+    identity: Identity,
+    text: std::sync::Arc<str>,
+    diags: Vec<Diagnostic>,
+    teams: Vec<Item<TeamDef>>,
+    consumers: Vec<Item<ConsumerDef>>,
+    credentials: Vec<Item<CredentialDef>>,
+    grants: Vec<Item<GrantDef>>,
+}
+
+impl Parsed {
+    /// Adds `one`'s items, as the load's file `file`.
+    fn extend_from(&mut self, one: &Parsed, file: usize) {
+        fn numbered<T: Clone>(items: &[Item<T>], file: usize) -> impl Iterator<Item = Item<T>> {
+            items.iter().cloned().map(move |i| Item { file, ..i })
+        }
+        self.teams.extend(numbered(&one.teams, file));
+        self.consumers.extend(numbered(&one.consumers, file));
+        self.credentials.extend(numbered(&one.credentials, file));
+        self.grants.extend(numbered(&one.grants, file));
+    }
+}
+
+impl LoadCache {
+    fn keep_only(&mut self, paths: &[PathBuf]) {
+        let wanted: std::collections::HashSet<&PathBuf> = paths.iter().collect();
+        self.files.retain(|p, _| wanted.contains(p));
+    }
+
+    /// `path` parsed: from the cache while its identity is the same, else read and parsed.
+    fn parsed(&mut self, path: &Path) -> Result<&Parsed, PolicyError> {
+        let now = identity(path)?;
+        let fresh = self.files.get(path).is_some_and(|p| p.identity == now);
+        if !fresh {
+            let (text, identity) = read_stable(path, || ())?;
+            let one = parse_file(path, text, identity);
+            self.files.insert(path.to_owned(), one);
+        }
+        Ok(&self.files[path])
+    }
+}
+
+/// What names one version of a file: size, modification time, inode, device.
+type Identity = (u64, i64, i64, u64, u64);
+
+fn identity(path: &Path) -> Result<Identity, PolicyError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|source| PolicyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((m.len(), m.mtime(), m.mtime_nsec(), m.ino(), m.dev()))
+}
+
+/// One file's text parsed into its items (numbered file 0) and its diagnostics.
+fn parse_file(path: &Path, text: String, identity: Identity) -> Parsed {
+    let mut one = Parsed {
+        identity,
+        ..Parsed::default()
+    };
+    let mut d = Diags::new(path, &text);
+    match DeTable::parse(&text) {
+        Err(e) => d.at(e.span().unwrap_or(0..0), e.message().trim().to_owned()),
+        Ok(root) => {
+            for (k, v) in root.get_ref().iter() {
+                let Some(items) = v.get_ref().as_array() else {
+                    d.at(
+                        k.span(),
+                        format!(
+                            "`{}` must be an array of tables: write [[{}]]",
+                            k.get_ref(),
+                            k.get_ref()
+                        ),
+                    );
+                    continue;
+                };
+                for item in items.iter() {
+                    match k.get_ref().as_ref() {
+                        "team" => push(&mut d, &mut one.teams, item, 0),
+                        "consumer" => push(&mut d, &mut one.consumers, item, 0),
+                        "credential" => push(&mut d, &mut one.credentials, item, 0),
+                        "grant" => push(&mut d, &mut one.grants, item, 0),
+                        other => {
+                            d.at(k.span(), format!("unknown key `{other}` (expected team, consumer, credential, grant)"));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    one.diags = d.list;
+    one.text = text.into();
+    one
 }
 
 fn push<T: serde::de::DeserializeOwned>(
@@ -418,7 +518,7 @@ fn push<T: serde::de::DeserializeOwned>(
 /// Reads `path`, refusing it when its size, modification time or inode changed between
 /// before and after the read, or the bytes read are not the size it has (THREATS row 30).
 /// `between` runs after the read (tests use it to change the file at that moment).
-fn read_stable(path: &Path, between: impl FnOnce()) -> Result<String, PolicyError> {
+fn read_stable(path: &Path, between: impl FnOnce()) -> Result<(String, Identity), PolicyError> {
     use std::os::unix::fs::MetadataExt;
     let read_error = |source| PolicyError::Read {
         path: path.to_owned(),
@@ -434,13 +534,19 @@ fn read_stable(path: &Path, between: impl FnOnce()) -> Result<String, PolicyErro
             path: path.to_owned(),
         });
     }
-    Ok(text)
+    Ok((text, same(&after)))
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
+        let entry = entry?;
+        let path = entry.path();
+        // The entry's type costs no `stat` (but a symbolic link's target is looked at).
+        let is_dir = match entry.file_type()? {
+            t if t.is_symlink() => path.is_dir(),
+            t => t.is_dir(),
+        };
+        if is_dir {
             if path.file_name().is_some_and(|n| n == "vault") {
                 continue;
             }
@@ -1475,7 +1581,7 @@ mod tests {
         let path = dir.path().join("p.toml");
         let full = "[[team]]\nslug = \"a\"\n";
         std::fs::write(&path, full).unwrap();
-        assert_eq!(read_stable(&path, || ()).unwrap(), full);
+        assert_eq!(read_stable(&path, || ()).unwrap().0, full);
         let changed = read_stable(&path, || {
             std::fs::write(&path, "[[team]]\nslug = \"a\"\n[[team]]\nslug = \"b\"\n").unwrap();
         });

@@ -17,10 +17,10 @@ mod time;
 pub(crate) use decide::DecisionReason;
 pub use decide::Subject;
 pub use host::{Destination, HostPattern};
-pub(crate) use load::issuer_keys;
 pub use load::{
     KnownSources, PolicyError, load, load_checked, load_checked_dirs, pem_certificates,
 };
+pub(crate) use load::{LoadCache, issuer_keys, load_checked_dirs_cached};
 pub(crate) use model::{
     Consumer, Credential, CredentialMode, CredentialValues, MAX_BOUND_CIDRS, PathPattern, Pin,
     ReadAccess, parse_net,

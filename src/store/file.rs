@@ -17,6 +17,8 @@ use crate::secret::SecretBuf;
 #[derive(Debug)]
 pub struct FileStore {
     root: PathBuf,
+    /// The highest credential ID handed out (read from the records once, then counted).
+    last_id: std::sync::Mutex<Option<u64>>,
 }
 
 impl FileStore {
@@ -29,7 +31,34 @@ impl FileStore {
         create_private_dir(&root.join("material"))?;
         Ok(Self {
             root: root.to_owned(),
+            last_id: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The highest credential ID in the records (0: none).
+    pub fn max_id(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .records(Kind::Credential)?
+            .iter()
+            .map(|(_, _, r)| r.id)
+            .max()
+            .unwrap_or(0))
+    }
+
+    /// A new credential ID: one past every ID in the records and every one handed out
+    /// before (a refused create's is not handed out again). Writes are serialized by the
+    /// manager; the lock only keeps the count whole.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        let mut last = self
+            .last_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = match *last {
+            Some(n) => n + 1,
+            None => self.max_id()? + 1,
+        };
+        *last = Some(next);
+        Ok(next)
     }
 
     /// Where the definitions of `kind` are (a policy folder).
@@ -82,33 +111,42 @@ impl FileStore {
     /// Files whose names are not names (put there by hand) are not entries: skipped.
     pub fn records(&self, kind: Kind) -> Result<Vec<(TeamSlug, EntryName, Record)>, StoreError> {
         let mut out = Vec::new();
-        let base = self.root.join(kind.records_dir());
-        let read = |p: &Path| {
-            std::fs::read_dir(p).map_err(|source| StoreError::Read {
-                path: p.to_owned(),
-                source,
-            })
-        };
-        for team in read(&base)? {
-            let team = team.map_err(|source| StoreError::Read {
-                path: base.clone(),
-                source,
-            })?;
-            let Ok(team_name) = TeamSlug::parse(&team.file_name().to_string_lossy()) else {
+        for team in read_dir(&self.root.join(kind.records_dir()))? {
+            let Ok(team) = TeamSlug::parse(&team.file_name().to_string_lossy()) else {
                 continue;
             };
-            for file in read(&team.path())? {
-                let file = file.map_err(|source| StoreError::Read {
-                    path: team.path(),
-                    source,
-                })?;
-                let file_name = file.file_name().to_string_lossy().into_owned();
-                let Some(Ok(name)) = file_name.strip_suffix(".json").map(EntryName::parse) else {
-                    continue;
-                };
-                if let Some(r) = self.record(kind, &team_name, &name)? {
-                    out.push((team_name.clone(), name, r));
-                }
+            out.extend(
+                self.team_records(kind, &team)?
+                    .into_iter()
+                    .map(|(n, r)| (team.clone(), n, r)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The records of `kind` in `team` alone (a write's quota looks at its own team's).
+    pub fn team_records(
+        &self,
+        kind: Kind,
+        team: &TeamSlug,
+    ) -> Result<Vec<(EntryName, Record)>, StoreError> {
+        let dir = self.root.join(kind.records_dir()).join(team.segment());
+        let files = match read_dir(&dir) {
+            Err(StoreError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(Vec::new());
+            }
+            other => other?,
+        };
+        let mut out = Vec::new();
+        for file in files {
+            let file_name = file.file_name().to_string_lossy().into_owned();
+            let Some(Ok(name)) = file_name.strip_suffix(".json").map(EntryName::parse) else {
+                continue;
+            };
+            if let Some(r) = self.record(kind, team, &name)? {
+                out.push((name, r));
             }
         }
         Ok(out)
@@ -250,14 +288,7 @@ impl FileStore {
 impl FileStore {
     /// See [`super::Store::collect_orphans`].
     pub fn collect_orphans(&self, grace: std::time::Duration) -> Result<usize, StoreError> {
-        let read = |p: &Path| -> Result<Vec<std::fs::DirEntry>, StoreError> {
-            std::fs::read_dir(p)
-                .and_then(|d| d.collect::<Result<Vec<_>, _>>())
-                .map_err(|source| StoreError::Read {
-                    path: p.to_owned(),
-                    source,
-                })
-        };
+        let read = read_dir;
         let now = std::time::SystemTime::now();
         let mut removed = 0;
         for team in read(&self.material())? {
@@ -295,6 +326,16 @@ impl FileStore {
         }
         Ok(removed)
     }
+}
+
+/// The entries of folder `p`.
+fn read_dir(p: &Path) -> Result<Vec<std::fs::DirEntry>, StoreError> {
+    std::fs::read_dir(p)
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| StoreError::Read {
+            path: p.to_owned(),
+            source,
+        })
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {

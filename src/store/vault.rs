@@ -4,9 +4,10 @@
 //!   policy TOML and the record);
 //! - `material/<team>/<name>/v<N>`: the material's fields, one KV secret per version, read by
 //!   the vault source itself like any secret;
-//! - `generation`: bumped by every write; each replica polls its version and, when it moved,
-//!   pulls every definition into its local mirror (a [`FileStore`] folder the policy loader
-//!   reads) and reloads.
+//! - `generation`: bumped by every write, each version naming the entry it changed — the
+//!   change list; each replica polls it and, when it moved, reads only the entries named since
+//!   the version it saw into its local mirror (a [`FileStore`] folder the policy loader reads)
+//!   and reloads them (`pull.rs`).
 //!
 //! Writes: material first (a new path per version), then the definition with check-and-set
 //! (`cas` = the KV version this replica saw, 0 to create) — the commit point, so two replicas
@@ -22,6 +23,9 @@ use super::{EntryName, FileStore, Kind, Record, StoreError, TeamSlug};
 use crate::secret::SecretBuf;
 use crate::source::{KvPart, SourceError, VaultSource};
 
+mod pull;
+pub(crate) use pull::Pulled;
+
 #[derive(Debug)]
 pub struct VaultStore {
     source: Arc<VaultSource>,
@@ -29,6 +33,8 @@ pub struct VaultStore {
     prefix: String,
     /// The generation this replica's mirror reflects.
     seen: std::sync::Mutex<Option<u64>>,
+    /// Whether this process asked OpenBao to keep the generation's history (once).
+    history_asked: std::sync::atomic::AtomicBool,
 }
 
 /// What a KV v2 `data/` read answers, for the store's own records (no material).
@@ -55,20 +61,39 @@ struct KvWritten {
     data: KvMeta,
 }
 #[derive(Deserialize)]
-struct KvMetadata {
-    data: KvMetadataData,
-}
-#[derive(Deserialize)]
-struct KvMetadataData {
-    current_version: u64,
-}
-#[derive(Deserialize)]
 struct KvList {
     data: KvListData,
 }
 #[derive(Deserialize)]
 struct KvListData {
     keys: Vec<String>,
+}
+
+/// A definition as vault holds it: its KV version, the policy TOML and the record.
+type Stored = (u64, String, Record);
+
+/// The definition at `path`, if any.
+async fn read_stored(source: &VaultSource, path: &str) -> Result<Option<Stored>, StoreError> {
+    let Some(body) = source
+        .kv(Method::GET, KvPart::Data, path, None)
+        .await
+        .map_err(remote)?
+    else {
+        return Ok(None);
+    };
+    let read: KvRead<StoredDefinition> =
+        serde_json::from_slice(&body).map_err(|_| malformed("a stored definition"))?;
+    // A deleted version (soft delete) answers `data: null`.
+    let Some(stored) = read.data.data else {
+        return Ok(None);
+    };
+    let record: Record =
+        serde_json::from_str(&stored.record).map_err(|_| malformed("a stored record"))?;
+    Ok(Some((
+        read.data.metadata.version,
+        stored.definition,
+        record,
+    )))
 }
 
 fn remote(e: SourceError) -> StoreError {
@@ -86,6 +111,7 @@ impl VaultStore {
             source_name: source_name.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
             seen: std::sync::Mutex::new(None),
+            history_asked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -148,33 +174,8 @@ impl VaultStore {
         kind: Kind,
         team: &TeamSlug,
         name: &EntryName,
-    ) -> Result<Option<(u64, String, Record)>, StoreError> {
-        let Some(body) = self
-            .source
-            .kv(
-                Method::GET,
-                KvPart::Data,
-                &self.definition_path(kind, team, name),
-                None,
-            )
-            .await
-            .map_err(remote)?
-        else {
-            return Ok(None);
-        };
-        let read: KvRead<StoredDefinition> =
-            serde_json::from_slice(&body).map_err(|_| malformed("a stored definition"))?;
-        // A deleted version (soft delete) answers `data: null`.
-        let Some(stored) = read.data.data else {
-            return Ok(None);
-        };
-        let record: Record =
-            serde_json::from_str(&stored.record).map_err(|_| malformed("a stored record"))?;
-        Ok(Some((
-            read.data.metadata.version,
-            stored.definition,
-            record,
-        )))
+    ) -> Result<Option<Stored>, StoreError> {
+        read_stored(&self.source, &self.definition_path(kind, team, name)).await
     }
 
     async fn put(&self, path: &str, body: Bytes) -> Result<u64, StoreError> {
@@ -241,10 +242,12 @@ impl VaultStore {
             Bytes::from(body.to_string()),
         )
         .await?;
-        self.bump().await
+        self.bump(kind, team, name).await
     }
 
     /// The KV version to check-and-set against: vault must hold what this replica last saw.
+    /// A create needs no read: `cas = 0` already fails when anything is there (a deleted
+    /// entry's versions go with its metadata).
     async fn expect(
         &self,
         kind: Kind,
@@ -252,6 +255,9 @@ impl VaultStore {
         name: &EntryName,
         previous: Option<&Record>,
     ) -> Result<u64, StoreError> {
+        if previous.is_none() {
+            return Ok(0);
+        }
         match (self.read_definition(kind, team, name).await?, previous) {
             (None, None) => Ok(0),
             (Some((kv, _, now)), Some(prev))
@@ -327,7 +333,7 @@ impl VaultStore {
             .await
             .map_err(remote)?;
         if kind != Kind::Credential {
-            return self.bump().await;
+            return self.bump(kind, team, name).await;
         }
         let base = format!(
             "{}/material/{}/{}",
@@ -346,7 +352,7 @@ impl VaultStore {
                 .await
                 .map_err(remote)?;
         }
-        self.bump().await
+        self.bump(kind, team, name).await
     }
 
     /// Puts back a definition after the writing replica's policy refused the new one.
@@ -367,10 +373,13 @@ impl VaultStore {
         }
     }
 
-    /// Takes the next ID from the store's counter (`<prefix>/ids`), at least `floor`:
+    /// Takes the next ID from the store's counter (`<prefix>/ids`; none yet: `floor()`):
     /// read, then write the next value with check-and-set; a replica that lost the race
     /// reads again.
-    pub async fn allocate_id(&self, floor: u64) -> Result<u64, StoreError> {
+    pub async fn allocate_id(
+        &self,
+        floor: impl Fn() -> Result<u64, StoreError>,
+    ) -> Result<u64, StoreError> {
         #[derive(Deserialize)]
         struct Next {
             next: u64,
@@ -383,11 +392,14 @@ impl VaultStore {
                 .await
                 .map_err(remote)?
             {
-                None => (0, floor),
+                None => (0, floor()?),
                 Some(body) => {
                     let ids: KvRead<Next> =
                         serde_json::from_slice(&body).map_err(|_| malformed("the store's ids"))?;
-                    let next = ids.data.data.map_or(floor, |n| n.next.max(floor));
+                    let next = match ids.data.data {
+                        Some(n) => n.next,
+                        None => floor()?,
+                    };
                     (ids.data.metadata.version, next)
                 }
             };
@@ -470,9 +482,16 @@ impl VaultStore {
         Ok(removed)
     }
 
-    /// A new generation: every replica's poll sees it and pulls.
-    async fn bump(&self) -> Result<(), StoreError> {
-        let body = serde_json::json!({ "data": { "at": crate::store::now() } });
+    /// A new generation naming what changed: every replica's poll sees it and reads that
+    /// entry again.
+    async fn bump(&self, kind: Kind, team: &TeamSlug, name: &EntryName) -> Result<(), StoreError> {
+        self.keep_history().await;
+        let body = serde_json::json!({ "data": {
+            "at": crate::store::now(),
+            "kind": kind.dir(),
+            "team": team.segment(),
+            "name": name.segment(),
+        }});
         let path = format!("{}/generation", self.prefix);
         let version = self.put(&path, Bytes::from(body.to_string())).await?;
         // This replica's own write: its mirror is current only if no one wrote in between.
@@ -482,75 +501,6 @@ impl VaultStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if seen.is_some_and(|s| s + 1 == version) {
             *seen = Some(version);
-        }
-        Ok(())
-    }
-
-    /// When the generation moved since the last pull: every definition into `mirror`
-    /// (those gone removed). True when the mirror changed.
-    pub async fn pull(&self, mirror: &FileStore) -> Result<bool, StoreError> {
-        let path = format!("{}/generation", self.prefix);
-        let generation = match self
-            .source
-            .kv(Method::GET, KvPart::Metadata, &path, None)
-            .await
-            .map_err(remote)?
-        {
-            None => 0,
-            Some(body) => {
-                serde_json::from_slice::<KvMetadata>(&body)
-                    .map_err(|_| malformed("the store's generation"))?
-                    .data
-                    .current_version
-            }
-        };
-        if *self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            == Some(generation)
-        {
-            return Ok(false);
-        }
-        for kind in Kind::ALL {
-            self.pull_kind(kind, mirror).await?;
-        }
-        *self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(generation);
-        Ok(true)
-    }
-
-    /// Every definition of `kind` into `mirror`, those gone removed.
-    async fn pull_kind(&self, kind: Kind, mirror: &FileStore) -> Result<(), StoreError> {
-        let mut present = Vec::new();
-        let base = format!("{}/{}", self.prefix, kind.dir());
-        for team in self.list(&base).await? {
-            let Ok(team) = TeamSlug::parse(team.trim_end_matches('/')) else {
-                continue;
-            };
-            for name in self.list(&format!("{base}/{team}")).await? {
-                let Ok(name) = EntryName::parse(&name) else {
-                    continue;
-                };
-                if let Some((_, toml, record)) = self.read_definition(kind, &team, &name).await? {
-                    let same_definition =
-                        mirror.definition(kind, &team, &name)?.as_deref() == Some(toml.as_str());
-                    let same_record = mirror.record(kind, &team, &name)?.is_some_and(|r| {
-                        r.version == record.version && r.revision == record.revision
-                    });
-                    if !(same_definition && same_record) {
-                        mirror.write_definition(kind, &team, &name, &toml, &record)?;
-                    }
-                    present.push((team.clone(), name));
-                }
-            }
-        }
-        for (team, name, _) in mirror.records(kind)? {
-            if !present.iter().any(|(t, n)| *t == team && *n == name) {
-                mirror.delete(kind, &team, &name)?;
-            }
         }
         Ok(())
     }

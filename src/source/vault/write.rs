@@ -10,11 +10,12 @@ use zeroize::Zeroizing;
 use super::{Inner, VaultSource};
 use crate::source::SourceError;
 
-/// Which half of a KV v2 path: the versioned `data/` or the `metadata/` (list, versions,
-/// delete of every version).
+/// Which half of a KV v2 path: the versioned `data/` (its newest version, or `DataAt` one
+/// version) or the `metadata/` (list, versions, delete of every version).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvPart {
     Data,
+    DataAt(u64),
     Metadata,
 }
 
@@ -86,12 +87,16 @@ impl Inner {
                 .path_segments_mut()
                 .map_err(|_| SourceError::Invalid("the path does not form a URL"))?;
             segs.push(match part {
-                KvPart::Data => "data",
+                KvPart::Data | KvPart::DataAt(_) => "data",
                 KvPart::Metadata => "metadata",
             });
             for s in path.split('/').filter(|s| !s.is_empty()) {
                 segs.push(s);
             }
+        }
+        if let KvPart::DataAt(version) = part {
+            url.query_pairs_mut()
+                .append_pair("version", &version.to_string());
         }
         Ok(url)
     }
