@@ -422,3 +422,126 @@ fn crate_dependencies(path: &Path) -> Vec<String> {
         .map(|d| d.as_str().unwrap().split(' ').next().unwrap().to_owned())
         .collect()
 }
+
+/// The lines of `line` that count for braces: string and char literals and `//` comments out.
+fn code_of(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            // A char literal ('{', '\''), never a lifetime ('a).
+            '\'' if matches!(chars.clone().nth(1), Some('\'')) => {
+                chars.next();
+                chars.next();
+            }
+            '\'' if chars.peek() == Some(&'\\') => {
+                for d in chars.by_ref() {
+                    if d == '\'' {
+                        break;
+                    }
+                }
+                chars.next();
+            }
+            '/' if chars.peek() == Some(&'/') => break,
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Every function outside tests longer than 100 lines, as `file:line name (lines)`, unless a
+/// comment just above it says why it is long ("Long by nature").
+fn long_functions() -> Vec<String> {
+    let mut all = Vec::new();
+    files(&src(), &mut all);
+    let starts = fn_name_of();
+    let mut long = Vec::new();
+    for file in all {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // Unit tests sit at the end of a file, after `#[cfg(test)]`.
+        let end = lines
+            .iter()
+            .position(|l| l.trim() == "#[cfg(test)]")
+            .unwrap_or(lines.len());
+        for i in 0..end {
+            let Some(name) = starts(lines[i]) else {
+                continue;
+            };
+            let (mut depth, mut opened) = (0i32, false);
+            for (j, line) in lines.iter().enumerate().skip(i) {
+                let code = code_of(line);
+                if !opened && code.contains(';') && !code.contains('{') {
+                    break; // a declaration without a body
+                }
+                for c in code.chars() {
+                    match c {
+                        '{' => {
+                            depth += 1;
+                            opened = true;
+                        }
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                }
+                if opened && depth == 0 {
+                    let n = j - i + 1;
+                    let why = lines[i.saturating_sub(8)..i]
+                        .iter()
+                        .any(|l| l.contains("Long by nature"));
+                    if n > 100 && !why {
+                        let rel = file.strip_prefix(src()).unwrap().display().to_string();
+                        long.push(format!("src/{rel}:{} {name} ({n} lines)", i + 1));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    long
+}
+
+/// The name of the function a line starts, if it starts one.
+fn fn_name_of() -> impl Fn(&str) -> Option<String> {
+    |line: &str| {
+        let mut words = line.split_whitespace().peekable();
+        while let Some(w) = words.peek() {
+            let qualifier = w.starts_with("pub")
+                || matches!(*w, "async" | "const" | "unsafe" | "extern" | "\"C\"");
+            if !qualifier {
+                break;
+            }
+            words.next();
+        }
+        if words.next()? != "fn" {
+            return None;
+        }
+        let name: String = words
+            .next()?
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        (!name.is_empty()).then_some(name)
+    }
+}
+
+#[test]
+fn no_function_outside_tests_is_over_100_lines_without_saying_why() {
+    let long = long_functions();
+    assert!(
+        long.is_empty(),
+        "split these, or say above each why it is long (\"Long by nature: …\"):\n{}",
+        long.join("\n")
+    );
+}
