@@ -35,13 +35,7 @@ impl KnownSources {
                 .filter(|s| s.kind() == SourceKind::Pki)
                 .map(|s| s.name().to_owned())
                 .collect(),
-            signing: config
-                .sources
-                .iter()
-                .filter_map(|s| match s {
-                    SourceConfig::Pki(p) => Some(p),
-                    _ => None,
-                })
+            signing: pki_sources(config)
                 .flat_map(|p| {
                     p.profiles
                         .iter()
@@ -49,13 +43,7 @@ impl KnownSources {
                         .map(|(name, _)| (p.name.clone(), name.clone()))
                 })
                 .collect(),
-            pki_names: config
-                .sources
-                .iter()
-                .filter_map(|s| match s {
-                    SourceConfig::Pki(p) => Some(p),
-                    _ => None,
-                })
+            pki_names: pki_sources(config)
                 .flat_map(|p| {
                     p.profiles.iter().map(|(name, profile)| {
                         let names = std::iter::once(profile.common_name.clone())
@@ -67,4 +55,11 @@ impl KnownSources {
                 .collect(),
         }
     }
+}
+
+fn pki_sources(config: &Config) -> impl Iterator<Item = &crate::config::PkiSourceConfig> {
+    config.sources.iter().filter_map(|s| match s {
+        SourceConfig::Pki(p) => Some(p),
+        _ => None,
+    })
 }
