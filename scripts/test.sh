@@ -30,7 +30,7 @@ if [ -n "$quick" ]; then
   # tests, and the integration tests that drive the router, the PEM engine, the policy and the
   # CLI in process.
   quick_tests=(--lib --bins --test api --test architecture --test openapi --test pem --test policy
-    --test properties --test tls --test consumers --test cli --test fuzz_regressions)
+    --test properties --test tls --test consumers --test cli --test fuzz_regressions --test library)
   if need cargo-nextest; then
     exec cargo nextest run "${quick_tests[@]}" "$@"
   fi

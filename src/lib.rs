@@ -3,7 +3,8 @@
 //! without leaving copies in memory, logs or errors.
 //!
 //! The library is usable without the server: load a [`Config`], build a [`Broker`], call
-//! [`Broker::read`] with an [`Ask`]. See ARCHITECTURE.md for the map.
+//! [`Broker::read`] with an [`Ask`] (a [`Caller`], the [`Door`] it came through, and what it
+//! asks: an [`Expand`] of a [`Document`] in a [`Layout`]). See ARCHITECTURE.md for the map.
 
 // The public surface is the list below (as rustls' `lib.rs`): every room is private, so
 // `unreachable_pub` and `dead_code` see into each of them and name what nothing uses. `cli`
@@ -45,4 +46,5 @@ pub mod testing;
 // The library's surface: load a configuration, build a broker, read through it.
 pub use broker::{Ask, Broker, Caller, Document, Expand, Failure, Resolution, ResolveError};
 pub use config::{Config, ConfigError};
-pub use reference::Format;
+pub use identity::Door;
+pub use reference::{Format, Layout};
