@@ -733,6 +733,26 @@ impl Holder {
     }
 }
 
+/// `c` claims `k` (a login's role, a token digest) at `field`: another consumer holding it
+/// is a load error — and, between two store entries, for the first as well.
+fn claim<K: Ord>(
+    files: &mut Files,
+    c: &Item<ConsumerDef>,
+    owners: &mut BTreeMap<K, Holder>,
+    k: K,
+    field: &str,
+    what: &str,
+) {
+    if let Some(first) = owners.insert(k, Holder::of(c, &c.def.name)) {
+        files.at(
+            c,
+            &key(field),
+            format!("consumer `{}` has the same {what}", first.name),
+        );
+        first.also_errs(files, c, &format!("a store entry has the same {what}"));
+    }
+}
+
 /// Consumer `c`'s AppRole login, checked; its `role_id` held by no other consumer.
 fn approle_of(
     files: &mut Files,
@@ -759,14 +779,14 @@ fn approle_of(
         );
         return None;
     }
-    if let Some(first) = role_owner.insert(a.role_id.clone(), Holder::of(c, &c.def.name)) {
-        files.at(
-            c,
-            &key("approle"),
-            format!("consumer `{}` has the same approle.role_id", first.name),
-        );
-        first.also_errs(files, c, "a store entry has the same approle.role_id");
-    }
+    claim(
+        files,
+        c,
+        role_owner,
+        a.role_id.clone(),
+        "approle",
+        "approle.role_id",
+    );
     let expires = match a.secret_id_expires_at.as_deref().map(super::rfc3339) {
         None => None,
         Some(Some(t)) => Some(t),
@@ -825,14 +845,7 @@ fn jwt_role(
         );
         return None;
     }
-    if let Some(first) = jwt_owner.insert(j.role.clone(), Holder::of(c, &c.def.name)) {
-        files.at(
-            c,
-            &key("jwt"),
-            format!("consumer `{}` has the same jwt.role", first.name),
-        );
-        first.also_errs(files, c, "a store entry has the same jwt.role");
-    }
+    claim(files, c, jwt_owner, j.role.clone(), "jwt", "jwt.role");
     Some(super::model::JwtRole {
         role: j.role.clone(),
         bound_audiences: j.bound_audiences.clone(),
@@ -861,14 +874,14 @@ fn kubernetes_role(
         );
         return None;
     }
-    if let Some(first) = kube_owner.insert(k.role.clone(), Holder::of(c, &c.def.name)) {
-        files.at(
-            c,
-            &key("kubernetes"),
-            format!("consumer `{}` has the same kubernetes.role", first.name),
-        );
-        first.also_errs(files, c, "a store entry has the same kubernetes.role");
-    }
+    claim(
+        files,
+        c,
+        kube_owner,
+        k.role.clone(),
+        "kubernetes",
+        "kubernetes.role",
+    );
     Some(super::model::KubernetesRole {
         role: k.role.clone(),
         service_account: k.service_account.clone(),
@@ -1066,13 +1079,8 @@ fn consumer_token(
                     &key("token_sha256"),
                     "token_sha256 must be the hex SHA-256 of the token (64 hex digits)".to_owned(),
                 );
-            } else if let Some(first) = token_owner.insert(d, Holder::of(c, &def.name)) {
-                files.at(
-                    c,
-                    &key("token_sha256"),
-                    format!("consumer `{}` has the same token", first.name),
-                );
-                first.also_errs(files, c, "a store entry has the same token");
+            } else {
+                claim(files, c, token_owner, d, "token_sha256", "token");
             }
             Some(d)
         }
