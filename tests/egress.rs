@@ -259,6 +259,23 @@ impl World {
             .count()
     }
 
+    /// Requests the upstream has logged, once at least `n` are: nginx writes its access log
+    /// line after the answer leaves, so curl can hold a 200 before its line is there.
+    fn upstream_requests_at_least(&self, n: usize) -> usize {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let seen = self.upstream_requests();
+            if seen >= n {
+                return seen;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "the upstream logged {seen} of {n} requests"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn url(&self, host: &str, path: &str) -> String {
         format!("http://{host}:{}{path}", self.upstream)
     }
@@ -267,6 +284,7 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_through_the_proxy_reaches_an_mtls_upstream_with_the_credentials_certificate() {
     let w = world().await;
+    let start = w.upstream_requests();
     let (status, body) = w.curl(
         GW,
         Some("partner-api"),
@@ -304,7 +322,7 @@ async fn curl_through_the_proxy_reaches_an_mtls_upstream_with_the_credentials_ce
     );
     // A name given twice, or that is no name, is refused — never read as "none given", which
     // would pick one for the caller — and nothing reaches the upstream.
-    let before = w.upstream_requests();
+    let before = w.upstream_requests_at_least(start + 1);
     for (named, extra) in [
         (
             Some("partner-api"),
@@ -406,10 +424,11 @@ async fn url_form_allowed_hosts_match_the_path_decided_on() {
             &["--path-as-is"],
         )
     };
+    let start = w.upstream_requests();
     let (status, body) = v1("/v1/accounts");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("for GET /v1/accounts "), "{body}");
-    let before = w.upstream_requests();
+    let before = w.upstream_requests_at_least(start + 1);
     for outside in ["/admin", "/v1/../admin", "/v1/./../admin", "/v1"] {
         let (status, body) = v1(outside);
         assert_eq!(status, 403, "{outside}: {body}");
@@ -508,10 +527,11 @@ async fn threat_34_refusals_never_reach_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_ca_alone_is_the_upstreams_trust() {
     let w = world().await;
+    let start = w.upstream_requests();
     let (status, body) = w.curl(GW, Some("split"), &w.url("api.partner.example", "/"), &[]);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("verified CN=gw-client"), "{body}");
-    let before = w.upstream_requests();
+    let before = w.upstream_requests_at_least(start + 1);
     let (status, body) = w.curl(
         GW,
         Some("split-elsewhere"),
