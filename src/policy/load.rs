@@ -980,23 +980,7 @@ fn validate_consumers(
             };
             acl_items.push((at, def.team.clone(), policy.consumers.len()));
         }
-        if let Some(profile) = &def.identity_profile {
-            if files.managed[c.file] {
-                // A team admin choosing it would choose names the PKI trusts.
-                files.at(
-                    &c,
-                    &key("identity_profile"),
-                    "identity_profile is named by the operator's policy files only".to_owned(),
-                );
-            }
-            let at = Item {
-                def: (),
-                file: c.file,
-                span: c.span.clone(),
-                keys: c.keys.clone(),
-            };
-            profile_items.push((at, policy.consumers.len(), profile.clone()));
-        }
+        profile_items.extend(identity::profile_item(files, &c, policy.consumers.len()));
         let vault_api_host = def.vault_api_host.as_ref().and_then(|h| {
             super::Destination::parse(h)
                 .map_err(|e| {

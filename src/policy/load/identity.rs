@@ -30,6 +30,30 @@ pub(super) struct ConsumerItems {
     pub pins: BTreeMap<[u8; 32], Holder>,
 }
 
+/// Consumer `c`'s `identity_profile` as it is written (it becomes consumer `index`): only an
+/// operator's file names one — a team admin choosing it would choose names the PKI trusts.
+pub(super) fn profile_item(
+    files: &mut Files,
+    c: &Item<super::ConsumerDef>,
+    index: usize,
+) -> Option<(Item<()>, usize, String)> {
+    let profile = c.def.identity_profile.as_ref()?;
+    if files.managed[c.file] {
+        files.at(
+            c,
+            &key("identity_profile"),
+            "identity_profile is named by the operator's policy files only".to_owned(),
+        );
+    }
+    let at = Item {
+        def: (),
+        file: c.file,
+        span: c.span.clone(),
+        keys: c.keys.clone(),
+    };
+    Some((at, index, profile.clone()))
+}
+
 /// `text` (`<source>:<profile>`, or `<profile>` when one pki source has it) as a known
 /// signing profile; `Err` says why not.
 fn resolve(text: &str, known: &KnownSources) -> Result<IdentityProfile, String> {
