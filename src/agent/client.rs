@@ -130,6 +130,8 @@ impl Client {
             let mut pem = Zeroizing::new(
                 std::fs::read(cert).map_err(|e| setup(format!("{}: {e}", cert.display())))?,
             );
+            // A certificate file without a final newline would run into the key's line.
+            pem.push(b'\n');
             pem.extend_from_slice(&Zeroizing::new(
                 std::fs::read(key).map_err(|e| setup(format!("{}: {e}", key.display())))?,
             ));
