@@ -246,6 +246,15 @@ pub(super) fn attach_renewed(
                 &key("fingerprint"),
                 format!("consumer `{other}` pins this fingerprint too"),
             );
+            // A team admin's entry pinning it too is set aside as well: the certificate
+            // then identifies nobody, never the wrong consumer.
+            if let Some(first) = items.pins.get(&fp) {
+                first.also_errs(
+                    files,
+                    &item,
+                    "a renewed identity's pin holds this fingerprint",
+                );
+            }
             continue;
         }
         c.renewed.0.push(Pin {
