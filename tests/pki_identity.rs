@@ -445,6 +445,26 @@ async fn only_a_profiled_certificate_renews_itself_and_nobody_else_claims_the_re
     assert_eq!(status, 409, "{body}");
     let r = next.get(env.s.url("/v1/credentials")).send().await.unwrap();
     assert_eq!(r.status(), 200, "still the agent's");
+    // The operator revokes the first certificate (its pin removed from the file): it renews
+    // nothing more, and the renewed one, pinned by the store, still identifies the agent.
+    let revoked = good_policy(
+        "0000000000000000000000000000000000000000000000000000000000000002",
+        &fingerprint(&env.plain.0),
+    );
+    std::fs::write(env.root().join("policies/p.toml"), revoked).unwrap();
+    let r = plain_http
+        .post(env.s.url("/v1/admin/reload"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, after, _) = csr(None);
+    let (status, _) = env.renew(&agent, None, &after).await;
+    assert_eq!(status, 401, "a revoked certificate renews nothing");
+    assert_eq!(env.signed(), 1);
+    let r = next.get(env.s.url("/v1/credentials")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the renewed certificate stays the agent's");
     // No key in keybroker's logs or audit; the renewal is audited with serial and key.
     let logs = env.logs();
     assert!(logs.contains("consumer.renew"));
