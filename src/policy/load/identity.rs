@@ -264,3 +264,76 @@ pub(super) fn attach_renewed(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{KnownSources, PolicyError, load_checked_dirs};
+
+    const FP: &str = "aa00000000000000000000000000000000000000000000000000000000000001";
+
+    fn known() -> KnownSources {
+        let pair = ("pki".to_owned(), "agent-id".to_owned());
+        KnownSources {
+            names: ["pki".to_owned()].into(),
+            signing: [pair.clone()].into(),
+            pki_names: [(pair, vec!["agent.payments.example".to_owned()])].into(),
+            ..KnownSources::default()
+        }
+    }
+
+    fn operator(dir: &Path, profile: bool, extra: &str) {
+        let profile = if profile {
+            "identity_profile = \"agent-id\"\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            dir.join("p.toml"),
+            format!("[[team]]\nslug = \"payments\"\n[[team]]\nslug = \"other\"\n[[consumer]]\nname = \"agent\"\nteam = \"payments\"\ntoken_sha256 = \"{}\"\n{profile}{extra}", "ab".repeat(32)),
+        )
+        .unwrap();
+    }
+
+    fn pin() -> String {
+        format!(
+            "[[identity_pin]]\nconsumer = \"agent\"\nteam = \"payments\"\nfingerprint = \"{FP}\"\nnot_after = \"2999-01-01T00:00:00Z\"\n"
+        )
+    }
+
+    /// A store's identity pin attaches to the operator's consumer while its file names the
+    /// profile; a team admin's consumer pinning the same fingerprint sets both aside; a pin in
+    /// an operator's file is refused.
+    #[test]
+    fn identity_pins_are_the_stores_and_identify_one_consumer_or_none() {
+        let (ops, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let dirs = [ops.path().to_owned()];
+        let stores = [store.path().to_owned()];
+        operator(ops.path(), true, "");
+        std::fs::write(store.path().join("agent.toml"), pin()).unwrap();
+        let p = load_checked_dirs(&dirs, &stores, &known()).unwrap();
+        assert_eq!(p.consumers[0].renewed.0.len(), 1);
+        assert!(p.quarantined.is_empty());
+        // The file no longer names the profile: the pin is dropped, nothing refused.
+        operator(ops.path(), false, "");
+        let p = load_checked_dirs(&dirs, &stores, &known()).unwrap();
+        assert!(p.consumers[0].renewed.0.is_empty());
+        // A team admin's consumer pinning it too: both set aside.
+        operator(ops.path(), true, "");
+        std::fs::write(
+            store.path().join("thief.toml"),
+            format!("[[consumer]]\nname = \"thief\"\nteam = \"other\"\ncert_sha256 = [{{ fingerprint = \"{FP}\" }}]\n"),
+        )
+        .unwrap();
+        let p = load_checked_dirs(&dirs, &stores, &known()).unwrap();
+        assert!(p.consumers[0].renewed.0.is_empty());
+        assert!(p.consumers.iter().all(|c| c.name != "thief"));
+        assert_eq!(p.quarantined.len(), 2, "{:?}", p.quarantined);
+        // In the operator's file: refused.
+        std::fs::remove_file(store.path().join("thief.toml")).unwrap();
+        operator(ops.path(), true, &pin());
+        let refused = load_checked_dirs(&dirs, &stores, &known());
+        assert!(matches!(refused, Err(PolicyError::Invalid(_))));
+    }
+}
