@@ -223,9 +223,10 @@ pub(crate) async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
     let mut stop = std::pin::pin!(stop);
+    // Before anything reads the identity (the metric, the client).
+    identity::recover(&cfg.server);
     let state = Arc::new(ops::State::new(&cfg));
     serve_ops(&cfg, &state).await?;
-    identity::recover(&cfg.server);
     let client = Arc::new(Client::new(&cfg.server)?);
     // Dropped (the renewal stopped) when `run` returns.
     let mut renewing = tokio::task::JoinSet::new();
