@@ -23,6 +23,11 @@ pub(super) const PATIENCE: Duration = Duration::from_secs(300);
 /// after its entry was read.
 pub(super) const LOOKBACK: u64 = 32;
 
+/// Pending entries past which a replica pulls everything instead: versions forged by
+/// whoever can write the store's prefix cost it no more than a full pull (which such a writer
+/// can force anyway, with a version that names nothing).
+pub(super) const MAX_PENDING: usize = 256;
+
 /// One entry of the store.
 pub(super) type Entry = (Kind, TeamSlug, EntryName);
 
@@ -94,9 +99,15 @@ impl Pending {
         self.map().remove(entry);
     }
 
-    /// The entries to read again.
-    pub(super) fn entries(&self) -> Vec<Entry> {
-        self.map().keys().cloned().collect()
+    /// The entries to read again; `None` when there are more than [`MAX_PENDING`] (all
+    /// forgotten: the caller pulls everything).
+    pub(super) fn entries(&self) -> Option<Vec<Entry>> {
+        let mut map = self.map();
+        if map.len() > MAX_PENDING {
+            map.clear();
+            return None;
+        }
+        Some(map.keys().cloned().collect())
     }
 }
 
@@ -114,5 +125,25 @@ mod tests {
         assert!(!Expect::Gone.met_by(Some(1)));
         let json = serde_json::to_string(&[Expect::Version(7), Expect::Gone]).unwrap();
         assert_eq!(json, r#"[{"version":7},"gone"]"#);
+    }
+
+    #[test]
+    fn past_the_cap_every_pending_entry_is_forgotten_for_a_full_pull() {
+        let pending = Pending::default();
+        let team = TeamSlug::parse("payments").unwrap();
+        let entry = |i: usize| {
+            (
+                Kind::Consumer,
+                team.clone(),
+                EntryName::parse(&format!("e{i}")).unwrap(),
+            )
+        };
+        for i in 0..MAX_PENDING {
+            pending.note(entry(i), Expect::Version(2), Some(1));
+        }
+        assert_eq!(pending.entries().map(|e| e.len()), Some(MAX_PENDING));
+        pending.note(entry(MAX_PENDING), Expect::Gone, Some(1));
+        assert_eq!(pending.entries(), None);
+        assert_eq!(pending.entries(), Some(vec![]));
     }
 }
