@@ -5,6 +5,7 @@
 
 mod support {
     pub mod fixture;
+    pub mod memscan;
     pub mod nginx;
     pub mod openbao;
     pub mod pki;
@@ -175,7 +176,8 @@ async fn a_nameless_csr_is_signed_with_the_profiles_name() {
 /// The whole path: the agent makes a P-256 key per period, nginx presents the certificate
 /// signed for it to an upstream that trusts only the PKI CA, through two periods, and no
 /// request fails. OpenBao's audit log shows `sign` and no `issue`; the key file is 0600 and
-/// carries the certificate's key; no key is in keybroker's log or audit, nor in the agent's.
+/// carries the certificate's key; no key is in keybroker's memory, log or audit, nor in the
+/// agent's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_makes_its_key_and_nginx_presents_it_through_two_periods() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -270,6 +272,16 @@ async fn the_agent_makes_its_key_and_nginx_presents_it_through_two_periods() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // keybroker never had a key the agent made (only CSRs): none is anywhere in its memory.
+    let needles: Vec<(String, Vec<u8>)> = written
+        .iter()
+        .flat_map(|(serial, k)| support::memscan::key_needles(&format!("key of {serial}"), k))
+        .collect();
+    let found = support::memscan::scan(s.pid(), &needles);
+    assert!(
+        found.is_empty(),
+        "keybroker holds a key the agent made: {found:?}"
+    );
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {failed:?}",

@@ -555,6 +555,18 @@ async fn held_odd_csrs_are_refused_before_openbao() {
             wrong.push(format!("{what}: {status} {body}"));
         }
     }
+    // No second certificate for a next period: OpenBao cannot date one's start ahead, so it
+    // would be a second live certificate (docs/PKI.md).
+    let (status, body) = sign_with(
+        &s,
+        GW,
+        "partner-sign",
+        json!({ "csr": good_pem, "host": "api.partner.example", "include_next": true }),
+    )
+    .await;
+    if status != 400 || body["error"]["code"] != "invalid_body" {
+        wrong.push(format!("include_next: {status} {body}"));
+    }
     assert_eq!(signed_count(&bao_audit), 0, "something was signed");
     // CRLF is just a PEM: accepted (one budget unit).
     let (status, body) = sign(&s, GW, "partner-sign", &crlf).await;

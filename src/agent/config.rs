@@ -275,8 +275,9 @@ impl AgentConfig {
     }
 }
 
-/// What `key = "generate"` cannot do yet: stage the next certificate (`next = true` would need
-/// a second key and CSR per period, not built). A `key_type` without `generate` is a mistake.
+/// What `key = "generate"` does not do: stage the next certificate (OpenBao cannot date a
+/// signed certificate's start ahead, so it would be a second live one — docs/PKI.md). A
+/// `key_type` other than the default without `generate` is a mistake.
 fn generate_fits(o: &Output) -> Result<(), &'static str> {
     match o.key {
         KeySource::Generate if o.next => Err(

@@ -16,9 +16,9 @@ use crate::reference::Target;
 use crate::source::SecretSource;
 use crate::source::{PkiSource, Signed};
 
-/// Signatures one consumer may have made per signing profile per period: the current
-/// period's certificate and the next one's (the two a staged rotation holds) — a caller cannot
-/// turn keybroker into a certificate mint (THREATS: signing as an amplifier).
+/// Signatures one consumer may have made per signing profile per period: a period's
+/// certificate and one retry (a failed reload throws its key away) — a caller cannot turn
+/// keybroker into a certificate mint (THREATS: signing as an amplifier).
 pub const SIGNS_PER_PERIOD: u32 = 2;
 
 /// Sign `csr` (PEM) for credential `name`.

@@ -9,9 +9,11 @@
 //!   the version it saw into its local mirror (a [`FileStore`] folder the policy loader reads)
 //!   and reloads them (`pull.rs`).
 //!
-//! Writes: material first (a new path per version), then the definition with check-and-set
+//! Writes: material first (a new path per version), then the generation announcing the entry
+//! and the KV version it will have (`pending.rs`), then the definition with check-and-set
 //! (`cas` = the KV version this replica saw, 0 to create) — the commit point, so two replicas
-//! racing on one credential cannot both win — then the generation.
+//! racing on one credential cannot both win. Announced before the commit, a write whose
+//! writer dies or fails half-way is still named to every replica.
 
 use bytes::Bytes;
 use reqwest::Method;
@@ -23,6 +25,7 @@ use super::{EntryName, FileStore, Kind, Record, StoreError, TeamSlug};
 use crate::secret::SecretBuf;
 use crate::source::{KvPart, SourceError, VaultSource};
 
+mod pending;
 mod pull;
 pub(crate) use pull::Pulled;
 
@@ -35,6 +38,8 @@ pub struct VaultStore {
     seen: std::sync::Mutex<Option<u64>>,
     /// Whether this process asked OpenBao to keep the generation's history (once).
     history_asked: std::sync::atomic::AtomicBool,
+    /// Entries announced but not yet seen as announced: read again at each poll.
+    pending: pending::Pending,
 }
 
 /// What a KV v2 `data/` read answers, for the store's own records (no material).
@@ -112,6 +117,7 @@ impl VaultStore {
             prefix: prefix.trim_matches('/').to_owned(),
             seen: std::sync::Mutex::new(None),
             history_asked: std::sync::atomic::AtomicBool::new(false),
+            pending: pending::Pending::default(),
         }
     }
 
@@ -218,8 +224,9 @@ impl VaultStore {
         self.put(&path, Bytes::from_owner(body)).await.map(|_| ())
     }
 
-    /// Writes the definition if vault still holds `previous` (`None`: nothing), then bumps
-    /// the generation. [`StoreError::Conflict`] when another replica changed it first.
+    /// Announces the write in the generation, then writes the definition if vault still holds
+    /// `previous` (`None`: nothing). [`StoreError::Conflict`] when another replica changed it
+    /// first.
     pub async fn commit(
         &self,
         kind: Kind,
@@ -230,6 +237,8 @@ impl VaultStore {
         previous: Option<&Record>,
     ) -> Result<(), StoreError> {
         let cas = self.expect(kind, team, name, previous).await?;
+        self.bump(kind, team, name, pending::Expect::Version(cas + 1))
+            .await?;
         let body = serde_json::json!({
             "options": { "cas": cas },
             "data": {
@@ -242,7 +251,8 @@ impl VaultStore {
             Bytes::from(body.to_string()),
         )
         .await?;
-        self.bump(kind, team, name).await
+        self.pending.landed(&(kind, team.clone(), name.clone()));
+        Ok(())
     }
 
     /// The KV version to check-and-set against: vault must hold what this replica last saw.
@@ -313,8 +323,8 @@ impl VaultStore {
             .map(|_| ())
     }
 
-    /// Deletes the definition (every KV version — the commit point), then every version of
-    /// a credential's material, then bumps the generation.
+    /// Announces the deletion in the generation, deletes the definition (every KV version —
+    /// the commit point), then every version of a credential's material.
     pub async fn delete(
         &self,
         kind: Kind,
@@ -323,6 +333,7 @@ impl VaultStore {
         previous: &Record,
     ) -> Result<(), StoreError> {
         self.expect(kind, team, name, Some(previous)).await?;
+        self.bump(kind, team, name, pending::Expect::Gone).await?;
         self.source
             .kv(
                 Method::DELETE,
@@ -332,8 +343,9 @@ impl VaultStore {
             )
             .await
             .map_err(remote)?;
+        self.pending.landed(&(kind, team.clone(), name.clone()));
         if kind != Kind::Credential {
-            return self.bump(kind, team, name).await;
+            return Ok(());
         }
         let base = format!(
             "{}/material/{}/{}",
@@ -352,7 +364,7 @@ impl VaultStore {
                 .await
                 .map_err(remote)?;
         }
-        self.bump(kind, team, name).await
+        Ok(())
     }
 
     /// Puts back a definition after the writing replica's policy refused the new one.
@@ -482,15 +494,22 @@ impl VaultStore {
         Ok(removed)
     }
 
-    /// A new generation naming what changed: every replica's poll sees it and reads that
-    /// entry again.
-    async fn bump(&self, kind: Kind, team: &TeamSlug, name: &EntryName) -> Result<(), StoreError> {
+    /// A new generation announcing a write: every replica's poll sees it and reads that entry
+    /// until vault holds what `expect` says.
+    async fn bump(
+        &self,
+        kind: Kind,
+        team: &TeamSlug,
+        name: &EntryName,
+        expect: pending::Expect,
+    ) -> Result<(), StoreError> {
         self.keep_history().await;
         let body = serde_json::json!({ "data": {
             "at": crate::store::now(),
             "kind": kind.dir(),
             "team": team.segment(),
             "name": name.segment(),
+            "expect": expect,
         }});
         let path = format!("{}/generation", self.prefix);
         let version = self.put(&path, Bytes::from(body.to_string())).await?;
@@ -502,6 +521,9 @@ impl VaultStore {
         if seen.is_some_and(|s| s + 1 == version) {
             *seen = Some(version);
         }
+        drop(seen);
+        self.pending
+            .announce((kind, team.clone(), name.clone()), expect);
         Ok(())
     }
 }

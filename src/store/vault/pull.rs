@@ -4,14 +4,17 @@
 //! write costs every replica two reads, whatever the store holds. A replica with nothing seen
 //! (its start), further behind than OpenBao's history of the generation, or meeting a version
 //! that names nothing (written by an older keybroker), lists and reads everything, at most
-//! [`FULL_PULL_CONCURRENCY`] reads at a time.
+//! [`FULL_PULL_CONCURRENCY`] reads at a time. Each version also says what its entry will be
+//! once the write it announces lands (`pending.rs`): an entry read before that is read again
+//! at each poll until it is.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use reqwest::Method;
 use serde::Deserialize;
 
+use super::pending::{Entry, Expect, LOOKBACK, PATIENCE};
 use super::{
     EntryName, FileStore, Kind, KvRead, StoreError, Stored, TeamSlug, VaultStore, malformed,
     read_stored, remote,
@@ -36,22 +39,37 @@ pub(crate) enum Pulled {
     Everything,
 }
 
-/// One version of the generation: what it names.
+/// One version of the generation: what it names, and what that entry will be.
 #[derive(Deserialize)]
 struct Change {
+    at: Option<String>,
     kind: Option<String>,
     team: Option<String>,
     name: Option<String>,
+    /// Absent in versions an older keybroker wrote (after its commit): nothing to wait for.
+    expect: Option<Expect>,
 }
 
+/// What one version of the generation names.
+type Named = (Entry, Option<Expect>);
+
 impl Change {
-    fn entry(&self) -> Option<(Kind, TeamSlug, EntryName)> {
+    fn entry(&self) -> Option<Named> {
         let kind = Kind::ALL
             .into_iter()
             .find(|k| Some(k.dir()) == self.kind.as_deref())?;
         let team = TeamSlug::parse(self.team.as_deref()?).ok()?;
         let name = EntryName::parse(self.name.as_deref()?).ok()?;
-        Some((kind, team, name))
+        Some(((kind, team, name), self.expect))
+    }
+
+    /// Written within [`PATIENCE`]: a write it announces may still be on its way.
+    fn recent(&self) -> bool {
+        self.at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < PATIENCE)
     }
 }
 
@@ -60,12 +78,12 @@ impl VaultStore {
         format!("{}/generation", self.prefix)
     }
 
-    /// Version `at` of the generation (`None`: the newest) and the entry it names; `None`
-    /// when there is no such version (none yet, or no longer kept).
+    /// Version `at` of the generation (`None`: the newest) and what it names; `None` when
+    /// there is no such version (none yet, or no longer kept).
     async fn generation_at(
         &self,
         at: Option<u64>,
-    ) -> Result<Option<(u64, Option<(Kind, TeamSlug, EntryName)>)>, StoreError> {
+    ) -> Result<Option<(u64, Option<Named>, bool)>, StoreError> {
         let part = at.map_or(KvPart::Data, KvPart::DataAt);
         let Some(body) = self
             .source
@@ -77,8 +95,10 @@ impl VaultStore {
         };
         let read: KvRead<Change> =
             serde_json::from_slice(&body).map_err(|_| malformed("the store's generation"))?;
-        let entry = read.data.data.as_ref().and_then(Change::entry);
-        Ok(Some((read.data.metadata.version, entry)))
+        let change = read.data.data.as_ref();
+        let entry = change.and_then(Change::entry);
+        let recent = change.is_some_and(Change::recent);
+        Ok(Some((read.data.metadata.version, entry, recent)))
     }
 
     /// Once per process, before its first bump: asks OpenBao to keep
@@ -107,25 +127,27 @@ impl VaultStore {
     /// When the generation moved since the last pull: what changed into `mirror` (or
     /// everything, see the module's notes).
     pub(crate) async fn pull(&self, mirror: &FileStore) -> Result<Pulled, StoreError> {
-        let (generation, newest) = self.generation_at(None).await?.unwrap_or((0, None));
+        let (generation, newest, _) = self.generation_at(None).await?.unwrap_or((0, None, false));
         let seen = *self
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seen == Some(generation) {
-            return Ok(Pulled::Unchanged);
-        }
         let changes = match seen {
+            Some(s) if s == generation => Some(BTreeMap::new()),
             Some(s) if s < generation && generation - s <= GENERATION_HISTORY => {
                 self.changes(s, generation, newest).await?
             }
             _ => None,
         };
         let pulled = match changes {
-            Some(entries) => {
-                for (kind, team, name) in &entries {
-                    let stored = self.read_definition(*kind, team, name).await?;
-                    mirror_one(mirror, *kind, team, name, stored)?;
+            Some(named) => {
+                let mut entries = Vec::with_capacity(named.len());
+                for (entry, expect) in named {
+                    let stored = self.read_entry(mirror, &entry).await?;
+                    if let Some(expect) = expect {
+                        self.pending.note(entry.clone(), expect, stored);
+                    }
+                    entries.push(entry);
                 }
                 Pulled::Entries(entries)
             }
@@ -133,6 +155,7 @@ impl VaultStore {
                 for kind in Kind::ALL {
                     self.pull_kind(kind, mirror).await?;
                 }
+                self.look_back(generation).await?;
                 Pulled::Everything
             }
         };
@@ -140,30 +163,93 @@ impl VaultStore {
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(generation);
-        Ok(pulled)
+        self.read_pending(mirror, pulled).await
     }
 
-    /// The entries named by versions `seen+1..=generation` (the newest already read);
-    /// `None` when one of them is gone or names nothing.
+    /// What versions `seen+1..=generation` name (the newest already read; of an entry named
+    /// twice, the later); `None` when one of them is gone or names nothing.
     async fn changes(
         &self,
         seen: u64,
         generation: u64,
-        newest: Option<(Kind, TeamSlug, EntryName)>,
-    ) -> Result<Option<Vec<(Kind, TeamSlug, EntryName)>>, StoreError> {
-        let Some(newest) = newest else {
+        newest: Option<Named>,
+    ) -> Result<Option<BTreeMap<Entry, Option<Expect>>>, StoreError> {
+        let Some((entry, expect)) = newest else {
             return Ok(None);
         };
-        let mut entries = BTreeSet::from([newest]);
+        let mut named = BTreeMap::new();
         for v in seen + 1..generation {
             match self.generation_at(Some(v)).await? {
-                Some((_, Some(entry))) => {
-                    entries.insert(entry);
+                Some((_, Some((entry, expect)), _)) => {
+                    named.insert(entry, expect);
                 }
                 _ => return Ok(None),
             }
         }
-        Ok(Some(entries.into_iter().collect()))
+        named.insert(entry, expect);
+        Ok(Some(named))
+    }
+
+    /// After a full pull: the writes announced in the last [`LOOKBACK`] versions within
+    /// [`PATIENCE`] become pending (their entries may have been listed before they landed).
+    async fn look_back(&self, generation: u64) -> Result<(), StoreError> {
+        // Newest first: of an entry named twice, the later announcement counts.
+        let mut named = BTreeSet::new();
+        for v in (generation.saturating_sub(LOOKBACK) + 1..=generation).rev() {
+            match self.generation_at(Some(v)).await? {
+                Some((_, Some((entry, Some(expect))), true)) => {
+                    if named.insert(entry.clone()) {
+                        self.pending.announce(entry, expect);
+                    }
+                }
+                Some((_, _, true)) => {}
+                // Older than the patience, or no longer kept: nothing before it is either.
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads each pending entry that `pulled` did not just read into the mirror again; they
+    /// join what was pulled.
+    async fn read_pending(&self, mirror: &FileStore, pulled: Pulled) -> Result<Pulled, StoreError> {
+        let mut pulled = pulled;
+        let Some(pending) = self.pending.entries() else {
+            tracing::warn!("store: too many announced writes not landed; reading everything");
+            for kind in Kind::ALL {
+                self.pull_kind(kind, mirror).await?;
+            }
+            return Ok(Pulled::Everything);
+        };
+        for entry in pending {
+            if let Pulled::Entries(e) = &pulled
+                && e.contains(&entry)
+            {
+                continue;
+            }
+            let stored = self.read_entry(mirror, &entry).await?;
+            self.pending.settle(&entry, stored);
+            if let Pulled::Entries(e) = &mut pulled {
+                e.push(entry);
+            }
+        }
+        Ok(match pulled {
+            Pulled::Entries(e) if e.is_empty() => Pulled::Unchanged,
+            other => other,
+        })
+    }
+
+    /// `entry` read from vault into the mirror; its KV version (`None`: gone).
+    async fn read_entry(
+        &self,
+        mirror: &FileStore,
+        entry: &Entry,
+    ) -> Result<Option<u64>, StoreError> {
+        let (kind, team, name) = entry;
+        let stored = self.read_definition(*kind, team, name).await?;
+        let version = stored.as_ref().map(|s| s.0);
+        mirror_one(mirror, *kind, team, name, stored)?;
+        Ok(version)
     }
 
     /// Every definition of `kind` into `mirror`, those gone removed.

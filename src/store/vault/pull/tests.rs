@@ -232,3 +232,129 @@ fn two_replicas_pulling_what_changed_end_with_mirrors_equal_to_the_store() {
         }
     });
 }
+
+/// A write announced in the generation whose commit lands after the other replicas read its
+/// entry (its writer died between the two, and the request already on its way landed): each
+/// replica that read the entry early — by a pull of what changed, or by a full pull at its
+/// start — reads it again at its next poll, though the generation did not move.
+#[test]
+fn an_announced_write_that_lands_late_reaches_every_replica() {
+    let bao = openbao::OpenBao::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (a, b) = (replica(&bao, "late"), replica(&bao, "late"));
+        a.store.pull().await.unwrap();
+        b.store.pull().await.unwrap();
+        let (team, name) = (team(), entry(0));
+        let key = (Kind::Consumer, team.to_string(), name.to_string());
+        let first = Record::first(crate::store::now(), "operator".into(), 1);
+        a.store
+            .commit(Kind::Consumer, &team, &name, "# v1\n", &first, None)
+            .await
+            .unwrap();
+        b.store.pull().await.unwrap();
+        assert_eq!(holds(b._dir.path())[&key].0, "# v1\n");
+
+        // A announces its next write, then "dies": the commit lands later, with no bump.
+        let writer = a.store.remote.as_ref().unwrap();
+        writer
+            .bump(Kind::Consumer, &team, &name, super::Expect::Version(2))
+            .await
+            .unwrap();
+        b.store.pull().await.unwrap();
+        let c = replica(&bao, "late");
+        assert_eq!(c.store.pull().await.unwrap(), super::Pulled::Everything);
+        assert_eq!(holds(b._dir.path())[&key].0, "# v1\n");
+        assert_eq!(holds(c._dir.path())[&key].0, "# v1\n");
+        let second = Record {
+            revision: first.revision + 1,
+            ..first.clone()
+        };
+        let body = serde_json::json!({
+            "options": { "cas": 1 },
+            "data": {
+                "definition": "# v2\n",
+                "record": serde_json::to_string(&second).unwrap(),
+            },
+        });
+        writer
+            .put(
+                &writer.definition_path(Kind::Consumer, &team, &name),
+                bytes::Bytes::from(body.to_string()),
+            )
+            .await
+            .unwrap();
+        for r in [&b, &c] {
+            let pulled = r.store.pull().await.unwrap();
+            assert!(
+                matches!(pulled, super::Pulled::Entries(_)),
+                "{pulled:?} {:?}",
+                r.store.remote.as_ref().unwrap().pending
+            );
+            assert_eq!(holds(r._dir.path())[&key].0, "# v2\n");
+            // Landed: read no more.
+            assert_eq!(r.store.pull().await.unwrap(), super::Pulled::Unchanged);
+        }
+    });
+}
+
+/// A write whose announcement fails (OpenBao refuses the generation's write) writes nothing:
+/// were the definition committed first, every other replica would keep the old one.
+#[test]
+fn a_write_that_cannot_be_announced_writes_nothing() {
+    let bao = openbao::OpenBao::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (a, b) = (replica(&bao, "mute"), replica(&bao, "mute"));
+        a.store.pull().await.unwrap();
+        b.store.pull().await.unwrap();
+        let (team, name) = (team(), entry(0));
+        let first = Record::first(crate::store::now(), "operator".into(), 1);
+        a.store
+            .commit(Kind::Consumer, &team, &name, "# v1\n", &first, None)
+            .await
+            .unwrap();
+        b.store.pull().await.unwrap();
+        // Every write of the generation now needs a check-and-set the store does not send.
+        bao.cli(&[
+            "kv",
+            "metadata",
+            "put",
+            "-cas-required=true",
+            "secret/mute/generation",
+        ]);
+        let second = Record {
+            revision: first.revision + 1,
+            ..first.clone()
+        };
+        let refused = a
+            .store
+            .commit(
+                Kind::Consumer,
+                &team,
+                &name,
+                "# v2\n",
+                &second,
+                Some(&first),
+            )
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        let truth = replica(&bao, "mute");
+        truth.store.pull().await.unwrap();
+        let key = (Kind::Consumer, team.to_string(), name.to_string());
+        assert_eq!(
+            holds(truth._dir.path())[&key].0,
+            "# v1\n",
+            "nothing written"
+        );
+        b.store.pull().await.unwrap();
+        assert_eq!(holds(b._dir.path()), holds(truth._dir.path()));
+        assert_eq!(holds(a._dir.path()), holds(truth._dir.path()));
+    });
+}
