@@ -24,6 +24,7 @@ mod fair;
 mod ops;
 mod plan;
 mod read;
+mod renew;
 mod resolve;
 mod seen;
 mod sign;
@@ -38,6 +39,7 @@ pub(crate) use credentials::{CredentialError, CredentialInfo, Material, RoleErro
 pub use failure::Failure;
 pub(crate) use ops::{Readiness, ReloadError};
 pub(crate) use read::source_reason;
+pub(crate) use renew::{RenewError, Renewal, SelfRenew};
 use resolve::{pick, repair_names};
 pub use sign::SIGNS_PER_PERIOD;
 pub(crate) use sign::{SignError, SignRead};

@@ -49,10 +49,13 @@ pub enum StoreError {
 pub enum Kind {
     Credential,
     Consumer,
+    /// The pins of an operator's consumer's renewed certificates (`identity_profile`), kept
+    /// beside its policy file: written by keybroker only, never by a team admin.
+    Identity,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Credential, Kind::Consumer];
+    pub const ALL: [Kind; 3] = [Kind::Credential, Kind::Consumer, Kind::Identity];
 
     /// The folder of its definitions (a policy folder) in a file store, and under the vault
     /// store's prefix.
@@ -60,6 +63,7 @@ impl Kind {
         match self {
             Self::Credential => "credentials",
             Self::Consumer => "consumers",
+            Self::Identity => "identities",
         }
     }
 
@@ -68,6 +72,7 @@ impl Kind {
         match self {
             Self::Credential => "records",
             Self::Consumer => "consumer-records",
+            Self::Identity => "identity-records",
         }
     }
 }

@@ -68,14 +68,54 @@ pub(super) enum Fetched<T> {
     Unchanged,
 }
 
+/// The agent's own next client certificate (public: its key stays here).
+#[derive(Deserialize)]
+pub(super) struct RenewedIdentity {
+    pub certificate: String,
+    #[serde(default)]
+    pub ca_chain: Option<String>,
+    pub serial_number: String,
+}
+
 pub(super) struct Client {
-    http: reqwest::Client,
+    /// Swapped whole when the agent's identity is renewed: requests after it present the new
+    /// certificate; those in flight finish on their connection.
+    http: std::sync::RwLock<reqwest::Client>,
     base: String,
     token: Option<SecretString>,
 }
 
 impl Client {
     pub(super) fn new(server: &ServerSection) -> Result<Self, FetchError> {
+        let token = match &server.token_file {
+            None => None,
+            Some(p) => {
+                let t = Zeroizing::new(
+                    std::fs::read_to_string(p)
+                        .map_err(|e| FetchError::Setup(format!("{}: {e}", p.display())))?,
+                );
+                Some(crate::secret::secret_string(t.trim()))
+            }
+        };
+        Ok(Self {
+            http: std::sync::RwLock::new(Self::http(server)?),
+            base: server.url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// Reads `client_cert` and `client_key` again (a renewed identity) into a new HTTP client
+    /// for the requests to come; on error the one in use stays.
+    pub(super) fn reload_identity(&self, server: &ServerSection) -> Result<(), FetchError> {
+        let http = Self::http(server)?;
+        *self
+            .http
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = http;
+        Ok(())
+    }
+
+    fn http(server: &ServerSection) -> Result<reqwest::Client, FetchError> {
         let setup = |e: String| FetchError::Setup(e);
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -90,6 +130,8 @@ impl Client {
             let mut pem = Zeroizing::new(
                 std::fs::read(cert).map_err(|e| setup(format!("{}: {e}", cert.display())))?,
             );
+            // A certificate file without a final newline would run into the key's line.
+            pem.push(b'\n');
             pem.extend_from_slice(&Zeroizing::new(
                 std::fs::read(key).map_err(|e| setup(format!("{}: {e}", key.display())))?,
             ));
@@ -98,21 +140,7 @@ impl Client {
                     .map_err(|_| setup("the client certificate or key does not parse".into()))?,
             );
         }
-        let token = match &server.token_file {
-            None => None,
-            Some(p) => {
-                let t = Zeroizing::new(
-                    std::fs::read_to_string(p)
-                        .map_err(|e| setup(format!("{}: {e}", p.display())))?,
-                );
-                Some(crate::secret::secret_string(t.trim()))
-            }
-        };
-        Ok(Self {
-            http: b.build().map_err(|e| setup(e.to_string()))?,
-            base: server.url.trim_end_matches('/').to_owned(),
-            token,
-        })
+        b.build().map_err(|e| setup(e.to_string()))
     }
 
     async fn post(
@@ -126,7 +154,12 @@ impl Client {
         if let (Some(_), Some(w)) = (etag, wait) {
             url.push_str(&format!("?wait={}s", w.as_secs().clamp(1, 300)));
         }
-        let mut req = self.http.post(url).json(&body);
+        let http = self
+            .http
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut req = http.post(url).json(&body);
         if let Some(t) = &self.token {
             use secrecy::ExposeSecret;
             req = req.bearer_auth(t.expose_secret());
@@ -193,6 +226,20 @@ impl Client {
         let path = format!("/v1/credentials/{credential}/sign");
         let body = serde_json::json!({ "csr": csr, "host": host });
         match self.post(&path, body, None, None).await? {
+            None => Err(FetchError::Unreachable("an unexpected 304".into())),
+            Some((_, bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|_| FetchError::Unreachable("an answer that does not parse".into())),
+        }
+    }
+
+    /// `POST /v1/consumers/self/certificates` with `csr`: the agent's own next certificate,
+    /// through its consumer's `identity_profile` (the client certificate is the caller).
+    pub(super) async fn renew_identity(&self, csr: &str) -> Result<RenewedIdentity, FetchError> {
+        let body = serde_json::json!({ "csr": csr });
+        match self
+            .post("/v1/consumers/self/certificates", body, None, None)
+            .await?
+        {
             None => Err(FetchError::Unreachable("an unexpected 304".into())),
             Some((_, bytes)) => serde_json::from_slice(&bytes)
                 .map_err(|_| FetchError::Unreachable("an answer that does not parse".into())),

@@ -26,13 +26,24 @@ pub struct AgentConfig {
     pub template: Vec<Template>,
 }
 
-#[derive(Debug, Deserialize)]
+fn renew_default() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     pub url: String,
     pub ca_cert: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// Renew `client_cert` at two thirds of its life through the consumer's
+    /// `identity_profile` (docs/AGENT.md); `false`: never.
+    #[serde(default = "renew_default")]
+    pub renew: bool,
+    /// The key a renewed identity gets.
+    #[serde(default)]
+    pub renew_key_type: KeyType,
     pub token_file: Option<PathBuf>,
     /// How long one blocking query waits for a change (at most the server's 300 s).
     #[serde(default = "default_wait", with = "humantime_serde_lite")]

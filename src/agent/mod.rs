@@ -17,6 +17,7 @@ mod client;
 pub(crate) mod config;
 mod files;
 mod generate;
+mod identity;
 mod ops;
 
 use std::collections::{BTreeMap, HashMap};
@@ -202,6 +203,7 @@ struct Agent {
 /// Writes every output and template once (`--once`), then runs each distinct reload command
 /// of what was written once.
 pub(crate) async fn once(cfg: &AgentConfig) -> Result<Vec<Pass>, FetchError> {
+    identity::recover(&cfg.server);
     let client = Arc::new(Client::new(&cfg.server)?);
     let mut agent = Agent::new(cfg, Arc::new(ops::State::new(cfg)));
     let all: Vec<usize> = (0..agent.items.len()).collect();
@@ -221,9 +223,20 @@ pub(crate) async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
     let mut stop = std::pin::pin!(stop);
+    // Before anything reads the identity (the metric, the client).
+    identity::recover(&cfg.server);
     let state = Arc::new(ops::State::new(&cfg));
     serve_ops(&cfg, &state).await?;
     let client = Arc::new(Client::new(&cfg.server)?);
+    // Dropped (the renewal stopped) when `run` returns.
+    let mut renewing = tokio::task::JoinSet::new();
+    if cfg.server.renew && cfg.server.client_cert.is_some() {
+        renewing.spawn(identity::keep(
+            Arc::clone(&client),
+            cfg.server.clone(),
+            Arc::clone(&state),
+        ));
+    }
     let wait = cfg.server.wait;
     let mut agent = Agent::new(&cfg, state);
     let n = agent.items.len();

@@ -90,6 +90,8 @@ pub(super) struct State {
     expiry: Family<OutputLabels, Gauge>,
     output_failing: Family<OutputLabels, Gauge>,
     template_failing: Family<TemplateLabels, Gauge>,
+    /// The identity's `not_after` (registered only when the agent presents a certificate).
+    identity: Gauge<i64>,
 }
 
 impl std::fmt::Debug for State {
@@ -192,6 +194,7 @@ impl State {
             "1 while a template's last pass failed, else 0",
             template_failing.clone(),
         );
+        let identity = Gauge::<i64>::default();
         if let Some(not_after) = cfg
             .server
             .client_cert
@@ -200,12 +203,11 @@ impl State {
             .and_then(|pem| super::files::leaf_validity(&pem))
             .map(|(_, not_after)| not_after)
         {
-            let identity = Gauge::<i64>::default();
             identity.set(not_after);
             registry.register(
                 "keybroker_agent_identity_expiry_timestamp_seconds",
                 "When the agent's own client certificate expires (not_after, Unix seconds)",
-                identity,
+                identity.clone(),
             );
         }
         let items = items_of(cfg, &output_failing, &template_failing);
@@ -220,7 +222,13 @@ impl State {
             expiry,
             output_failing,
             template_failing,
+            identity,
         }
+    }
+
+    /// A renewed identity's `not_after`.
+    pub(super) fn set_identity_expiry(&self, not_after: i64) {
+        self.identity.set(not_after);
     }
 
     fn with_item(&self, i: usize, f: impl FnOnce(&mut ItemHealth)) -> Option<Name> {

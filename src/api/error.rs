@@ -30,6 +30,8 @@ pub enum ApiError {
     #[error(transparent)]
     Sign(#[from] crate::broker::SignError),
     #[error(transparent)]
+    Renew(#[from] crate::broker::RenewError),
+    #[error(transparent)]
     Reload(#[from] ReloadError),
     #[error("the TLS settings were not reloaded; the previous ones stay in force: {0}")]
     TlsReload(#[from] crate::api::TlsSetupError),
@@ -111,6 +113,10 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, "sign_budget_exhausted")
             }
             Self::Sign(e) => (status(e.failure()), e.code()),
+            Self::Renew(crate::broker::RenewError::Budget) => {
+                (StatusCode::TOO_MANY_REQUESTS, "renew_budget_exhausted")
+            }
+            Self::Renew(e) => (status(e.failure()), e.code()),
             Self::Reload(ReloadError::NoPolicies) => (StatusCode::CONFLICT, "no_policies"),
             Self::Reload(ReloadError::Invalid(_)) => (StatusCode::CONFLICT, "policy_invalid"),
             Self::TlsReload(_) => (StatusCode::CONFLICT, "tls_invalid"),

@@ -14,6 +14,7 @@ mod error;
 mod manage;
 mod names;
 mod ops;
+mod renew;
 mod resolve;
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/credentials/{name}"),
     ("POST", "/v1/credentials/{name}/material"),
     ("POST", "/v1/credentials/{name}/sign"),
+    ("POST", "/v1/consumers/self/certificates"),
     ("POST", "/v1/admin/reload"),
     ("POST", "/v1/admin/cache/purge"),
     ("POST", "/v1/credentials"),
@@ -308,6 +310,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(credentials::material),
         )
         .route("/v1/credentials/{name}/sign", post(credentials::sign))
+        .route("/v1/consumers/self/certificates", post(renew::renew))
         .route(
             "/v1/teams/{team}/consumers",
             get(consumers::list).post(consumers::create),

@@ -105,6 +105,10 @@ pub enum Action {
     /// A certificate signed for a caller's CSR (`POST /v1/credentials/{name}/sign`).
     #[serde(rename = "credential.sign")]
     CredentialSign,
+    /// A consumer's own next certificate signed through its `identity_profile`
+    /// (`POST /v1/consumers/self/certificates`).
+    #[serde(rename = "consumer.renew")]
+    ConsumerRenew,
     #[serde(rename = "admin.reload")]
     AdminReload,
     #[serde(rename = "admin.purge")]

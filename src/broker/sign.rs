@@ -91,18 +91,18 @@ impl ReadFailure for SignError {
 pub(super) struct Budget(Mutex<HashMap<Signer, (u64, u32)>>);
 
 /// Who signs with what: (consumer, pki source, profile).
-type Signer = (String, String, String);
+pub(super) type Signer = (String, String, String);
 
 impl Budget {
-    /// Takes one signature of `key`'s budget in `period`, if one is left.
-    fn take(&self, key: Signer, period: u64) -> bool {
+    /// Takes one of `limit` signatures of `key`'s budget in `period`, if one is left.
+    pub(super) fn take(&self, key: Signer, period: u64, limit: u32) -> bool {
         let mut used = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // Past periods are forgotten: the map holds one entry per caller and profile.
         let entry = used.entry(key).or_insert((period, 0));
         if entry.0 != period {
             *entry = (period, 0);
         }
-        if entry.1 >= SIGNS_PER_PERIOD {
+        if entry.1 >= limit {
             return false;
         }
         entry.1 += 1;
@@ -110,7 +110,7 @@ impl Budget {
     }
 
     /// Gives back a signature taken for a CSR the PKI refused (nothing was signed).
-    fn give_back(&self, key: &Signer, period: u64) {
+    pub(super) fn give_back(&self, key: &Signer, period: u64) {
         let mut used = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = used.get_mut(key).filter(|e| e.0 == period) {
             entry.1 = entry.1.saturating_sub(1);
@@ -146,7 +146,10 @@ impl super::ask::Want for SignRead {
             Caller::Consumer(c) => c.name().to_owned(),
         };
         let signer = (who, pki.name().to_owned(), profile.clone());
-        if !broker.signed.take(signer.clone(), now / period) {
+        if !broker
+            .signed
+            .take(signer.clone(), now / period, SIGNS_PER_PERIOD)
+        {
             return Err(SignError::Budget);
         }
         let key_sha256 = crate::pem::fingerprint(&csr.spki);

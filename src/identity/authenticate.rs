@@ -211,8 +211,7 @@ impl Login {
         now: SystemTime,
     ) -> Option<String> {
         let pinned = consumer
-            .cert_sha256
-            .iter()
+            .pins()
             .any(|p| p.sha256 == *cert.fingerprint() && p.identifies_at(now));
         if pinned {
             return Some(Self::of_pin(cert.fingerprint()));
@@ -223,8 +222,7 @@ impl Login {
     /// Whether `consumer` still holds the certificate login `login` at `now`.
     fn cert_still_held(consumer: &crate::policy::Consumer, login: &str, now: SystemTime) -> bool {
         consumer
-            .cert_sha256
-            .iter()
+            .pins()
             .any(|p| p.identifies_at(now) && Self::of_pin(&p.sha256) == login)
             || Self::of_acl(consumer).is_some_and(|a| a == login)
     }
@@ -542,6 +540,8 @@ mod tests {
             admin_teams: Vec::new(),
             vault_api_host: None,
             origin: crate::policy::Origin::File,
+            identity_profile: None,
+            renewed: crate::policy::Renewed::default(),
         });
         let snapshot = Arc::new(Snapshot::new(policy));
         let mut headers = HeaderMap::new();

@@ -86,7 +86,7 @@ impl Identities {
         let mut kubernetes_roles = HashMap::new();
         let mut acls = Vec::new();
         for (i, c) in policy.consumers.iter().enumerate() {
-            for pin in &c.cert_sha256 {
+            for pin in c.pins() {
                 pins.insert(pin.sha256, (i, *pin));
             }
             if let Some(d) = &c.token_sha256 {
@@ -171,7 +171,12 @@ impl Identities {
         } else {
             self.remembered_acl_claim(policy, cert)
         };
-        if let Some(i) = self.by_fingerprint(cert.fingerprint(), now) {
+        // A pin identifies only inside the certificate's own validity too: a keep-alive
+        // connection opened before its end does not outlive it.
+        let pinned = self
+            .by_fingerprint(cert.fingerprint(), now)
+            .filter(|_| cert.valid_at(now));
+        if let Some(i) = pinned {
             let r = rank(policy, i);
             ranked[r] = ranked[r].and(i);
         }
@@ -312,6 +317,8 @@ mod tests {
             admin_teams: Vec::new(),
             vault_api_host: None,
             origin: crate::policy::Origin::File,
+            identity_profile: None,
+            renewed: crate::policy::Renewed::default(),
         });
         let snapshot = super::super::Snapshot::new(policy);
         let ids = snapshot.identities();

@@ -437,7 +437,7 @@ impl Manager {
                 let pinned = policy
                     .consumers
                     .iter()
-                    .any(|c| c.cert_sha256.iter().any(|p| p.sha256 == checked.sha256));
+                    .any(|c| c.pins().any(|p| p.sha256 == checked.sha256));
                 if pinned || in_other_records || tombstoned {
                     return Err(ManageError::CertificateInUse);
                 }

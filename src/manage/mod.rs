@@ -17,6 +17,7 @@ use serde::Serialize;
 
 mod certificates;
 mod consumers;
+mod identity;
 mod ingest;
 mod patch;
 mod reads;
@@ -1038,12 +1039,13 @@ fn check_quota(
     }
     let max = match kind {
         Kind::Credential => quota.credentials,
-        Kind::Consumer => quota.consumers,
+        // Identity pins are keybroker's, one entry per operator consumer: no team quota.
+        Kind::Consumer | Kind::Identity => quota.consumers,
     };
     if count >= max {
         return Err(ManageError::QuotaExceeded(match kind {
             Kind::Credential => "credentials",
-            Kind::Consumer => "consumers",
+            Kind::Consumer | Kind::Identity => "consumers",
         }));
     }
     if held.saturating_add(bytes) > quota.material_bytes {

@@ -197,6 +197,8 @@ mod tests {
             admin_teams: Vec::new(),
             vault_api_host: None,
             origin: crate::policy::Origin::File,
+            identity_profile: None,
+            renewed: crate::policy::Renewed::default(),
         });
         assert!(ask(&p, "late"));
     }

@@ -18,6 +18,9 @@ use super::model::{
 use crate::diag::{Diagnostic, Diags, Seg, diagnostic};
 use crate::reference::parse_reference;
 
+mod identity;
+use identity::IdentityPinDef;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("{}: cannot read the policies: {source}", path.display())]
@@ -81,6 +84,8 @@ struct ConsumerDef {
     /// The CCP `AppID`s this consumer may name at the CCP-shaped door.
     #[serde(default)]
     ccp_app_ids: Vec<String>,
+    /// The signing profile that renews this consumer's certificate (operator files only).
+    identity_profile: Option<String>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -356,9 +361,17 @@ fn load_once(
         consumers,
         credentials,
         grants,
+        identity_pins,
         ..
     } = parsed;
-    let mut policy = validate(&mut files, teams, consumers, credentials, grants, sources);
+    let defs = Defs {
+        teams,
+        consumers,
+        credentials,
+        grants,
+        identity_pins,
+    };
+    let mut policy = validate(&mut files, defs, sources);
     for list in [&mut files.list, &mut files.warnings] {
         list.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     }
@@ -397,6 +410,7 @@ struct Parsed {
     consumers: Vec<Item<ConsumerDef>>,
     credentials: Vec<Item<CredentialDef>>,
     grants: Vec<Item<GrantDef>>,
+    identity_pins: Vec<Item<IdentityPinDef>>,
 }
 
 impl Parsed {
@@ -409,6 +423,8 @@ impl Parsed {
         self.consumers.extend(numbered(&one.consumers, file));
         self.credentials.extend(numbered(&one.credentials, file));
         self.grants.extend(numbered(&one.grants, file));
+        self.identity_pins
+            .extend(numbered(&one.identity_pins, file));
     }
 }
 
@@ -471,6 +487,7 @@ fn parse_file(path: &Path, text: String, identity: Identity) -> Parsed {
                         "consumer" => push(&mut d, &mut one.consumers, item, 0),
                         "credential" => push(&mut d, &mut one.credentials, item, 0),
                         "grant" => push(&mut d, &mut one.grants, item, 0),
+                        "identity_pin" => push(&mut d, &mut one.identity_pins, item, 0),
                         other => {
                             d.at(k.span(), format!("unknown key `{other}` (expected team, consumer, credential, grant)"));
                             break;
@@ -564,23 +581,27 @@ fn valid_slug(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn validate(
-    files: &mut Files,
+/// Everything a load parsed, by kind.
+struct Defs {
     teams: Vec<Item<TeamDef>>,
     consumers: Vec<Item<ConsumerDef>>,
     credentials: Vec<Item<CredentialDef>>,
     grants: Vec<Item<GrantDef>>,
-    sources: Option<&KnownSources>,
-) -> Policy {
+    identity_pins: Vec<Item<IdentityPinDef>>,
+}
+
+fn validate(files: &mut Files, defs: Defs, sources: Option<&KnownSources>) -> Policy {
     let mut policy = Policy::default();
-    let slugs = validate_teams(files, &teams, &mut policy);
-    validate_consumers(files, consumers, &slugs, &mut policy);
-    let cred_items = validate_credentials(files, credentials, &slugs, sources, &mut policy);
-    validate_grants(files, grants, &slugs, sources, &mut policy);
+    let slugs = validate_teams(files, &defs.teams, &mut policy);
+    let consumer_items = validate_consumers(files, defs.consumers, &slugs, &mut policy);
+    let cred_items = validate_credentials(files, defs.credentials, &slugs, sources, &mut policy);
+    validate_grants(files, defs.grants, &slugs, sources, &mut policy);
     if let Some(known) = sources {
         warn_credentials_outside_grants(files, &policy, &cred_items, known);
         check_pki_names_are_the_teams(files, &policy, &cred_items, known);
     }
+    identity::check_profiles(files, &mut policy, &consumer_items, &cred_items, sources);
+    identity::attach_renewed(files, &mut policy, defs.identity_pins, &consumer_items);
     check_private_keys(files, &policy, &cred_items, sources);
     policy
 }
@@ -908,9 +929,10 @@ fn validate_consumers(
     consumers: Vec<Item<ConsumerDef>>,
     slugs: &BTreeSet<String>,
     policy: &mut Policy,
-) {
+) -> identity::ConsumerItems {
     let mut owners = Owners::default();
     let mut acl_items: Vec<(Item<()>, String, usize)> = Vec::new();
+    let mut profile_items: Vec<(Item<()>, usize, String)> = Vec::new();
     for c in consumers {
         let def = &c.def;
         if !super::is_slug(&def.name) {
@@ -958,6 +980,7 @@ fn validate_consumers(
             };
             acl_items.push((at, def.team.clone(), policy.consumers.len()));
         }
+        profile_items.extend(identity::profile_item(files, &c, policy.consumers.len()));
         let vault_api_host = def.vault_api_host.as_ref().and_then(|h| {
             super::Destination::parse(h)
                 .map_err(|e| {
@@ -989,9 +1012,16 @@ fn validate_consumers(
             admin: def.admin,
             admin_teams: admin_teams(files, &c, slugs),
             vault_api_host,
+            identity_profile: None,
+            renewed: super::model::Renewed::default(),
         });
     }
     warn_overlapping_acls(files, policy, &acl_items);
+    identity::ConsumerItems {
+        acl: acl_items,
+        profiles: profile_items,
+        pins: owners.pin,
+    }
 }
 
 /// A consumer's `cert_sha256` pins, each fingerprint held by one consumer only.

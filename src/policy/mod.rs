@@ -21,6 +21,8 @@ pub use load::{
     KnownSources, PolicyError, load, load_checked, load_checked_dirs, pem_certificates,
 };
 pub(crate) use load::{LoadCache, issuer_keys, load_checked_dirs_cached};
+#[cfg(test)]
+pub(crate) use model::Renewed;
 pub(crate) use model::{
     Consumer, Credential, CredentialMode, CredentialValues, MAX_BOUND_CIDRS, PathPattern, Pin,
     ReadAccess, parse_net,

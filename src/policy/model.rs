@@ -106,7 +106,34 @@ pub struct Consumer {
     pub kubernetes: Option<KubernetesRole>,
     /// The CCP `AppID`s this consumer may name at the CCP-shaped door (with its certificate).
     pub ccp_app_ids: Vec<String>,
+    /// The signing profile that renews this consumer's own certificate
+    /// (`POST /v1/consumers/self/certificates`); named by the operator only.
+    pub identity_profile: Option<IdentityProfile>,
+    /// Certificates renewed through `identity_profile`, pinned by the store until their own
+    /// end.
+    pub renewed: Renewed,
 }
+
+/// A consumer's `identity_profile`: a pki source and one of its signing profiles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityProfile {
+    /// Empty when the policy was loaded without its sources (`policy explain --policies`).
+    pub source: String,
+    pub profile: String,
+}
+
+/// Pins of renewed certificates. Always equal: a renewal adds one, and a blocking query the
+/// consumer holds goes on — who it is and how it authenticates did not change.
+#[derive(Clone, Debug, Default)]
+pub struct Renewed(pub Vec<Pin>);
+
+impl PartialEq for Renewed {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Renewed {}
 
 /// A JWT login's role: a token verified by `[vault_api.jwt]`'s keys, carrying one of
 /// `bound_audiences` and `bound_subject` as its `sub`. The subject is required: the keys may
@@ -210,6 +237,11 @@ impl fmt::Debug for AppRole {
 }
 
 impl Consumer {
+    /// Every pin: the definition's and the renewed certificates'.
+    pub fn pins(&self) -> impl Iterator<Item = &Pin> {
+        self.cert_sha256.iter().chain(&self.renewed.0)
+    }
+
     /// Whether this consumer administers `team` through the management API, and why
     /// (`admin`: every team; `admin_teams`) — the one rule every management door asks.
     pub fn manages(&self, team: &str) -> Option<&'static str> {
@@ -237,6 +269,8 @@ impl fmt::Debug for Consumer {
             .field("approle", &self.approle)
             .field("jwt", &self.jwt)
             .field("kubernetes", &self.kubernetes)
+            .field("identity_profile", &self.identity_profile)
+            .field("renewed", &self.renewed.0.len())
             .finish()
     }
 }

@@ -70,6 +70,11 @@ impl Policy {
         self
     }
 
+    /// The policy's text.
+    pub fn into_text(self) -> String {
+        self.0
+    }
+
     /// Writes `policies/p.toml` under `root`.
     pub fn write(self, root: &Path) {
         std::fs::create_dir_all(root.join("policies")).unwrap();

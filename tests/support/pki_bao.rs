@@ -1,5 +1,6 @@
 //! OpenBao with a PKI mount and its own audit log, and the calls the PKI tests make of
 //! keybroker (`tests/pki.rs`, `tests/pki_sign_attacks.rs`).
+#![allow(dead_code)]
 
 use serde_json::{Value, json};
 

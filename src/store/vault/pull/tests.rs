@@ -127,7 +127,7 @@ async fn apply(replicas: &[Replica], op: &Op) {
                     };
                     store.write(w, None).await
                 }
-                Kind::Consumer => {
+                Kind::Consumer | Kind::Identity => {
                     store
                         .commit(kind, &team, &name, &toml(&record), &record, None)
                         .await
