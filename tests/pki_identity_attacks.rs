@@ -638,3 +638,70 @@ async fn attack_renewed_certificate_revived_when_profile_is_named_again() {
     );
     drop(env.bao);
 }
+
+/// THREATS row 94: "a pinned certificate identifies only inside its own validity at every
+/// request". A blocking query opened with a renewed certificate shortly before its end is held
+/// past that end and, when the secret changes afterwards, answers the new value to a
+/// certificate that no longer identifies anyone (a new request with it is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: a blocking query outlives its renewed certificate's end and answers a secret changed after it"]
+async fn attack_blocking_query_outlives_the_renewed_certificates_end() {
+    let env = start("20s", "").await;
+    let agent = env.client(&env.agent.0, &env.agent.1);
+    let (key, c) = csr();
+    let (status, body) = env.renew(&agent, &c).await;
+    assert_eq!(status, 200, "{body}");
+    let renewed = body["certificate"].as_str().unwrap().to_owned();
+    let end = {
+        let der = pem_der(&renewed);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        u64::try_from(cert.validity().not_after.timestamp()).unwrap()
+    };
+    let next = env.client(&renewed, &key);
+    let url = env.s.url("/v1/credentials/app-token/material");
+    let r = next
+        .post(&url)
+        .json(&json!({ "host": "api.partner.example" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let waiter = {
+        let req = next
+            .post(format!("{url}?wait=60s"))
+            .header("if-none-match", &etag)
+            .timeout(Duration::from_secs(90))
+            .json(&json!({ "host": "api.partner.example" }));
+        tokio::spawn(async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        })
+    };
+    // Past the renewed certificate's end: a new request with it is refused.
+    let wait = end.saturating_sub(support_now()) + 2;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let fresh = env.client(&renewed, &key);
+    let r = fresh
+        .post(&url)
+        .json(&json!({ "host": "api.partner.example" }))
+        .send()
+        .await;
+    assert!(
+        r.is_err() || r.unwrap().status() == 401,
+        "a new request past the end"
+    );
+    // The secret changes after the end.
+    std::fs::write(
+        env.root().join("secrets/app/token.json"),
+        json!({ "value": "token-v2" }).to_string(),
+    )
+    .unwrap();
+    let (status, text) = waiter.await.unwrap();
+    assert!(
+        !text.contains("token-v2"),
+        "a secret changed after the certificate's end was answered to it: {status} {text}"
+    );
+    drop(env.bao);
+}
