@@ -1,0 +1,707 @@
+//! Issue 47 under attack: another team's admin (public material only), an ordinary consumer of
+//! another team, or a holder of a renewed certificate's public part tries to become the
+//! profiled consumer, claim or void its renewed certificate, renew for it or past its budget,
+//! or smuggle names through the CSR. `attack_` tests reproduce a weakness (ignored while it is
+//! real); `held_` tests assert the refusal.
+
+mod support {
+    pub mod fixture;
+    pub mod openbao;
+    pub mod pki;
+    pub mod pki_bao;
+    pub mod ports;
+    pub mod server;
+}
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use x509_parser::prelude::*;
+
+use support::fixture;
+use support::openbao::OpenBao;
+use support::pki_bao::{answered, audited_bao, pem_der, pki_mount};
+use support::server::{Running, folder};
+
+const GW: &str = "identity-gw-token";
+const ADMIN: &str = "identity-admin-token";
+const OTHER_ADMIN: &str = "identity-other-admin-token";
+const CN: &str = "agent.payments.example";
+const HEADER: &str = "x-client-cert";
+const PROFILE_LINE: &str = "identity_profile = \"agent-id\"";
+
+fn identity_role(bao: &OpenBao) {
+    bao.cli(&[
+        "write",
+        "pki/roles/ident",
+        "allowed_domains=payments.example",
+        "allow_subdomains=true",
+        "client_flag=true",
+        "server_flag=false",
+        "max_ttl=2h",
+        "key_type=ec",
+        "key_bits=256",
+    ]);
+}
+
+fn issued(bao: &OpenBao, role: &str, cn: &str, ttl: &str) -> (String, String) {
+    let out = bao.cli(&[
+        "write",
+        "-format=json",
+        &format!("pki/issue/{role}"),
+        &format!("common_name={cn}"),
+        &format!("ttl={ttl}"),
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    (
+        v["data"]["certificate"].as_str().unwrap().to_owned(),
+        v["data"]["private_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn fingerprint(pem: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(pem_der(pem)))
+}
+
+fn good_policy(agent_fp: &str, plain_fp: &str) -> String {
+    fixture::Policy::new()
+        .team("payments")
+        .team("other")
+        .consumer("gw", "payments", GW)
+        .consumer("root-admin", "other", ADMIN)
+        .and("admin = true")
+        .team_admin("other-admin", "other", OTHER_ADMIN, &["other"])
+        .and(&format!("[[consumer]]\nname = \"agent\"\nteam = \"payments\"\n{PROFILE_LINE}\ncert_sha256 = [{{ fingerprint = \"{agent_fp}\" }}]"))
+        .and(&format!("[[consumer]]\nname = \"plain\"\nteam = \"payments\"\ncert_sha256 = [{{ fingerprint = \"{plain_fp}\" }}]"))
+        .grant("payments", "files", &["app/*"], &["api.partner.example"])
+        .and("[[credential]]\nname = \"app-token\"\nteam = \"payments\"\nmode = \"text\"\nallowed_hosts = [\"api.partner.example\"]\nvalue = \"$SECRET_files:app/token $KEY_value\"")
+        .into_text()
+}
+
+struct Env {
+    bao: OpenBao,
+    bao_audit: std::path::PathBuf,
+    _audit_dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    server_ca: String,
+    pki_ca: String,
+    s: Running,
+    agent: (String, String),
+    plain: (String, String),
+}
+
+impl Env {
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn client(&self, cert: &str, key: &str) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.server_ca.as_bytes()).unwrap(),
+            )
+            .identity(reqwest::Identity::from_pem(format!("{cert}\n{key}").as_bytes()).unwrap())
+            .resolve("localhost", ([127, 0, 0, 1], 0).into())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    }
+
+    /// A client with no certificate (tokens only).
+    fn http(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.server_ca.as_bytes()).unwrap(),
+            )
+            .resolve("localhost", ([127, 0, 0, 1], 0).into())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    }
+
+    async fn renew(&self, client: &reqwest::Client, csr: &str) -> (u16, Value) {
+        let resp = client
+            .post(self.s.url("/v1/consumers/self/certificates"))
+            .json(&json!({ "csr": csr }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    fn signed(&self) -> usize {
+        answered(&self.bao_audit, "pki/sign/ident")
+    }
+
+    async fn reload(&self, policy: &str) -> (u16, Value) {
+        std::fs::write(self.root().join("policies/p.toml"), policy).unwrap();
+        let r = self
+            .http()
+            .post(self.s.url("/v1/admin/reload"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The team admin of `other` calls `method path` with `body`.
+    async fn other_admin(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http()
+            .request(method, self.s.url(path))
+            .bearer_auth(OTHER_ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    fn good(&self) -> String {
+        good_policy(&fingerprint(&self.agent.0), &fingerprint(&self.plain.0))
+    }
+}
+
+/// Who `client` is: the status of `GET /v1/credentials` and whether it lists the agent's
+/// credential (`app-token`, granted to team payments).
+async fn whoami(env: &Env, client: &reqwest::Client) -> (u16, bool) {
+    let r = client
+        .get(env.s.url("/v1/credentials"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (status, text.contains("app-token"))
+}
+
+async fn start(ttl: &str, server_extra: &str) -> Env {
+    let (bao, bao_audit, audit_dir) = audited_bao();
+    let pki_ca = pki_mount(&bao);
+    identity_role(&bao);
+    let agent = issued(&bao, "ident", CN, "1h");
+    let plain = issued(&bao, "gateway", "plain.payments.example", "1h");
+    let (dir, ca) = folder("token-v1");
+    let root = dir.path();
+    std::fs::write(root.join("pki-ca.pem"), &pki_ca).unwrap();
+    std::fs::write(root.join("server-ca.pem"), &ca.pem).unwrap();
+    std::fs::write(
+        root.join("policies/p.toml"),
+        good_policy(&fingerprint(&agent.0), &fingerprint(&plain.0)),
+    )
+    .unwrap();
+    fixture::Config::tls()
+        .with(&format!("client_ca = \"pki-ca.pem\"\n{server_extra}"))
+        .files("files", "secrets")
+        .with(&format!(
+            "[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[[source]]\nname = \"pki\"\nkind = \"pki\"\nvault = \"vault\"\n[source.profiles.agent-id]\nrole = \"ident\"\ncommon_name = \"{CN}\"\nttl = \"{ttl}\"\nissue = \"sign\"\nkey_type = \"ec\"\n",
+            bao.addr
+        ))
+        .with("[cache]\nttl = \"1s\"\n[store]\nkind = \"file\"\npath = \"store\"")
+        .audit()
+        .write(root);
+    let s = Running::start(root, &ca.pem, 0, "debug").await;
+    Env {
+        bao,
+        bao_audit,
+        _audit_dir: audit_dir,
+        server_ca: ca.pem.clone(),
+        pki_ca,
+        dir,
+        s,
+        agent,
+        plain,
+    }
+}
+
+/// A new P-256 key (PEM) and a CSR for it naming `cn`, with `sans` (DNS names) and `extra`
+/// subject attributes.
+fn csr_with(cn: Option<&str>, sans: &[&str], extra: &[(rcgen::DnType, &str)]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(cn) = cn {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+    }
+    for (t, v) in extra {
+        params.distinguished_name.push(t.clone(), *v);
+    }
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| rcgen::SanType::DnsName((*s).try_into().unwrap()))
+        .collect();
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key.serialize_pem(), csr)
+}
+
+fn csr() -> (String, String) {
+    csr_with(None, &[], &[])
+}
+
+/// A store entry conflicting with a renewed identity pin sets the identity entry aside; the
+/// only write-time guard is the policy's attached pins, which exist only while the operator's
+/// file names the profile — `in_other_records` never looks at `identity-records`. So while
+/// the profile is dropped (an operator pausing renewal, or deleting and recreating the
+/// consumer), another team's admin pins the public renewed certificate to its own consumer:
+/// the agent's certificate then identifies the attacker's consumer, and once the operator
+/// names the profile again the agent's renewed certificate identifies nobody and the agent
+/// can never renew again (every renewal's pin carries the conflicting old pin along).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: an identity pin is unguarded while the profile is dropped; another team pins it, then the agent is locked out"]
+async fn attack_renewed_certificate_claimed_while_profile_dropped_locks_agent_out() {
+    let env = start("60s", "").await;
+    let agent = env.client(&env.agent.0, &env.agent.1);
+    let (key, csr_pem) = csr();
+    let (status, body) = env.renew(&agent, &csr_pem).await;
+    assert_eq!(status, 200, "{body}");
+    let renewed = body["certificate"].as_str().unwrap().to_owned();
+    let next = env.client(&renewed, &key);
+    assert_eq!(whoami(&env, &next).await, (200, true), "the agent's");
+    // The operator drops the profile line for a moment (renewal paused, consumer edited).
+    let good = env.good();
+    let (status, body) = env.reload(&good.replace(PROFILE_LINE, "")).await;
+    assert_eq!(status, 200, "{body}");
+    // Another team's admin, holding only the public renewed certificate, pins it.
+    let (status, body) = env
+        .other_admin(
+            reqwest::Method::POST,
+            "/v1/teams/other/consumers",
+            json!({ "name": "thief" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = env
+        .other_admin(
+            reqwest::Method::POST,
+            "/v1/teams/other/consumers/thief/certificates",
+            json!({ "certificate": renewed }),
+        )
+        .await;
+    // Held would be 409 (certificate_in_use): the store still records it as the agent's.
+    assert_eq!(status, 201, "pinned by another team: {body}");
+    let (status, listed) = whoami(&env, &next).await;
+    assert_eq!(status, 200);
+    assert!(
+        !listed,
+        "the agent's renewed certificate now identifies `thief`"
+    );
+    // The operator names the profile again: the renewed certificate identifies nobody.
+    let (status, body) = env.reload(&good).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        whoami(&env, &next).await.0,
+        401,
+        "the agent's renewed certificate identifies no one"
+    );
+    // And renewing again (next period) cannot pin: the identity entry stays set aside.
+    let period = 20;
+    let wait = period - (support_now() % period) + 1;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let (_, again) = csr();
+    let (status, body) = env.renew(&agent, &again).await;
+    assert_eq!(body["error"]["code"], "policy_refused", "{status} {body}");
+    assert_ne!(status, 200, "a renewal pinned despite the conflict: {body}");
+    // The refusal also names the other team's consumer to the agent.
+    assert!(body.to_string().contains("thief"), "{body}");
+    // Still refused in the period after: the conflicting pin rides along in every write.
+    let wait = period - (support_now() % period) + 1;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let (_, third) = csr();
+    let (status, body) = env.renew(&agent, &third).await;
+    assert_eq!(body["error"]["code"], "policy_refused", "{status} {body}");
+    assert_ne!(status, 200, "{body}");
+    assert_eq!(
+        env.signed(),
+        3,
+        "each refused renewal was signed by OpenBao, then dropped"
+    );
+    drop(env.bao);
+}
+
+fn support_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Names smuggled through the CSR — SANs inside and outside the role's domain, a second CN,
+/// extra subject attributes, the right CN plus a SAN — are refused before OpenBao is asked;
+/// two renewals raced in one period sign exactly once; the renewed certificate carries the
+/// profile's CN only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_csr_smuggling_and_raced_renewals() {
+    let env = start("1h", "").await;
+    let agent = env.client(&env.agent.0, &env.agent.1);
+    let evil: Vec<(&str, (String, String))> = vec![
+        (
+            "san in the role's domain",
+            csr_with(None, &["evil.payments.example"], &[]),
+        ),
+        (
+            "right cn plus a san",
+            csr_with(Some(CN), &["gw.payments.example"], &[]),
+        ),
+        ("san outside", csr_with(None, &["evil.example.org"], &[])),
+        (
+            "upper-case cn",
+            csr_with(Some("AGENT.PAYMENTS.EXAMPLE"), &[], &[]),
+        ),
+        (
+            "plain's cn",
+            csr_with(Some("plain.payments.example"), &[], &[]),
+        ),
+        (
+            "organizational unit, no cn",
+            csr_with(
+                None,
+                &[],
+                &[(rcgen::DnType::OrganizationalUnitName, "admins")],
+            ),
+        ),
+    ];
+    for (case, (_, pem)) in &evil {
+        let (status, body) = env.renew(&agent, pem).await;
+        assert_eq!(status, 400, "{case}: {body}");
+    }
+    assert_eq!(env.signed(), 0, "nothing signed for a smuggling CSR");
+    // Two renewals raced, with subject attributes the profile does not give: one signs (the
+    // profile's CN only, the attributes dropped), the other is over budget.
+    let (_, a) = csr_with(Some(CN), &[], &[(rcgen::DnType::OrganizationName, "other")]);
+    let (_, b) = csr_with(
+        Some(CN),
+        &[],
+        &[(rcgen::DnType::OrganizationName, "payments")],
+    );
+    let (ra, rb) = tokio::join!(env.renew(&agent, &a), env.renew(&agent, &b));
+    let mut statuses = [ra.0, rb.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 429], "{ra:?} {rb:?}");
+    assert_eq!(env.signed(), 1);
+    let won = if ra.0 == 200 { &ra.1 } else { &rb.1 };
+    let der = pem_der(won["certificate"].as_str().unwrap());
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    assert_eq!(cert.subject().to_string(), format!("CN={CN}"));
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .map(|g| g.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(sans, [format!("DNSName({CN})")]);
+    // No key material in the answer.
+    assert!(!won.to_string().contains("PRIVATE"));
+    drop(env.bao);
+}
+
+/// A certificate forwarded by a trusted proxy's header (the renewed certificate's public part,
+/// or the agent's first), a bearer token of the agent's team beside another consumer's
+/// certificate, and a token alone: none renews the agent; nothing is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_forwarded_certificates_and_tokens_never_renew() {
+    use base64::Engine as _;
+    let env = start(
+        "1h",
+        &format!("trusted_proxies = [\"127.0.0.1/32\"]\nclient_cert_header = \"{HEADER}\""),
+    )
+    .await;
+    let http = env.http();
+    let forwarded = base64::engine::general_purpose::STANDARD.encode(pem_der(&env.agent.0));
+    // The header does identify the agent (the proxy's word): reads work...
+    let r = http
+        .get(env.s.url("/v1/credentials"))
+        .header(HEADER, &forwarded)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("app-token"));
+    // ...but it renews nothing.
+    let (_, c) = csr();
+    let r = http
+        .post(env.s.url("/v1/consumers/self/certificates"))
+        .header(HEADER, &forwarded)
+        .json(&json!({ "csr": c }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("certificate_required")),
+        "{body}"
+    );
+    // The agent's team's token beside plain's certificate: plain (no profile).
+    let plain = env.client(&env.plain.0, &env.plain.1);
+    let r = plain
+        .post(env.s.url("/v1/consumers/self/certificates"))
+        .bearer_auth(GW)
+        .json(&json!({ "csr": c }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Another team's admin token: not a certificate.
+    let r = http
+        .post(env.s.url("/v1/consumers/self/certificates"))
+        .bearer_auth(OTHER_ADMIN)
+        .json(&json!({ "csr": c }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(env.signed(), 0);
+    // The agent renews for real; the renewed certificate forwarded renews nothing either.
+    let agent = env.client(&env.agent.0, &env.agent.1);
+    let (_, c2) = csr();
+    let (status, body) = env.renew(&agent, &c2).await;
+    assert_eq!(status, 200, "{body}");
+    let renewed = body["certificate"].as_str().unwrap();
+    let fwd = base64::engine::general_purpose::STANDARD.encode(pem_der(renewed));
+    let (_, c3) = csr();
+    let r = http
+        .post(env.s.url("/v1/consumers/self/certificates"))
+        .header(HEADER, &fwd)
+        .json(&json!({ "csr": c3 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(env.signed(), 1);
+    drop(env.bao);
+}
+
+/// Another team's admin, with public material only, cannot claim or collide with the profiled
+/// consumer: no consumer of its name (any case, encoded, `../`), no issuer ACL on the PKI's CA
+/// matching the profile's CN (exact or wildcard), no pin of the renewed certificate, no read
+/// or delete of the agent; through all of it the renewed certificate stays the agent's, and
+/// the good policy stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_other_team_admin_cannot_claim_collide_or_reach_the_identity() {
+    let env = start("1h", "").await;
+    let agent = env.client(&env.agent.0, &env.agent.1);
+    let (key, c) = csr();
+    let (status, body) = env.renew(&agent, &c).await;
+    assert_eq!(status, 200, "{body}");
+    let renewed = body["certificate"].as_str().unwrap().to_owned();
+    let next = env.client(&renewed, &key);
+    assert_eq!(whoami(&env, &next).await, (200, true));
+    // Names that would collide with the agent or its store entry.
+    for name in [
+        "agent",
+        "Agent",
+        "AGENT",
+        "..%2Fagent",
+        "agent%00",
+        "ａgent",
+        "../agent",
+    ] {
+        let (status, body) = env
+            .other_admin(
+                reqwest::Method::POST,
+                "/v1/teams/other/consumers",
+                json!({ "name": name }),
+            )
+            .await;
+        assert!(status == 400 || status == 409, "{name}: {status} {body}");
+    }
+    // Encoded team paths reaching payments' entries.
+    for path in [
+        "/v1/teams/payments/consumers/agent",
+        "/v1/teams/other%2F..%2Fpayments/consumers/agent",
+        "/v1/teams/other/..%2Fpayments/consumers/agent",
+    ] {
+        for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+            let (status, body) = env.other_admin(method.clone(), path, Value::Null).await;
+            assert!(
+                matches!(status, 400 | 403 | 404 | 405),
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+    // An issuer ACL on the PKI's CA matching the profile's CN, exact and wildcard.
+    let (status, body) = env
+        .other_admin(
+            reqwest::Method::POST,
+            "/v1/teams/other/consumers",
+            json!({ "name": "thief" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for subject in [
+        format!("CN={CN}"),
+        "CN=*.payments.example".to_owned(),
+        "CN=*".to_owned(),
+    ] {
+        let (status, body) = env
+            .other_admin(
+                reqwest::Method::PUT,
+                "/v1/teams/other/consumers/thief/issuer-acl",
+                json!({ "issuer_ca": env.pki_ca, "subject": subject }),
+            )
+            .await;
+        assert!(
+            (400..500).contains(&status),
+            "an ACL claiming the agent's names: {subject}: {status} {body}"
+        );
+        assert_eq!(whoami(&env, &next).await, (200, true), "{subject}");
+        assert_eq!(whoami(&env, &agent).await, (200, true), "{subject}");
+    }
+    // The renewed and the first certificate: neither pins to another team's consumer.
+    for cert in [&renewed, &env.agent.0] {
+        let (status, body) = env
+            .other_admin(
+                reqwest::Method::POST,
+                "/v1/teams/other/consumers/thief/certificates",
+                json!({ "certificate": cert }),
+            )
+            .await;
+        assert_eq!(status, 409, "{body}");
+    }
+    assert_eq!(whoami(&env, &next).await, (200, true));
+    // Deleting and recreating the attacker's own consumer changes nothing for the agent.
+    let (status, _) = env
+        .other_admin(
+            reqwest::Method::DELETE,
+            "/v1/teams/other/consumers/thief",
+            Value::Null,
+        )
+        .await;
+    assert!(status == 200 || status == 204, "{status}");
+    assert_eq!(whoami(&env, &next).await, (200, true));
+    // A token consumer of payments renews nothing; the good policy is in force (gw reads).
+    let r = env
+        .http()
+        .get(env.s.url("/v1/credentials"))
+        .bearer_auth(GW)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(env.signed(), 1);
+    drop(env.bao);
+}
+
+/// docs/PKI.md: "The pins count while the file names `identity_profile`: removing it drops
+/// them at the reload" — the operator's way to cut a renewed certificate off (a host
+/// compromised, its key stolen). But the store entry keeps the pins: naming the profile again
+/// (the consumer recreated for a new host, renewal re-enabled) brings every still-valid
+/// renewed certificate back as the consumer, without the operator seeing it in any file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: dropping identity_profile does not revoke renewed pins; naming it again revives the stolen certificate"]
+async fn attack_renewed_certificate_revived_when_profile_is_named_again() {
+    let env = start("1h", "").await;
+    let agent = env.client(&env.agent.0, &env.agent.1);
+    let (key, c) = csr();
+    let (status, body) = env.renew(&agent, &c).await;
+    assert_eq!(status, 200, "{body}");
+    // The renewed key is stolen; the operator cuts it off as documented (and the first pin).
+    let stolen = env.client(body["certificate"].as_str().unwrap(), &key);
+    assert_eq!(whoami(&env, &stolen).await, (200, true));
+    let cut = good_policy(
+        "0000000000000000000000000000000000000000000000000000000000000002",
+        &fingerprint(&env.plain.0),
+    )
+    .replace(PROFILE_LINE, "");
+    let (status, body) = env.reload(&cut).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(whoami(&env, &stolen).await.0, 401, "cut off");
+    // A new host for `agent`: a new first certificate, renewal named again.
+    let fresh = issued(&env.bao, "ident", CN, "1h");
+    let (status, body) = env
+        .reload(&good_policy(
+            &fingerprint(&fresh.0),
+            &fingerprint(&env.plain.0),
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Held would be 401: the stolen renewed certificate is the agent again.
+    assert_eq!(
+        whoami(&env, &stolen).await,
+        (200, true),
+        "the cut-off renewed certificate identifies the agent again"
+    );
+    drop(env.bao);
+}
+
+/// THREATS row 94: "a pinned certificate identifies only inside its own validity at every
+/// request". A blocking query opened with a renewed certificate shortly before its end is held
+/// past that end and, when the secret changes afterwards, answers the new value to a
+/// certificate that no longer identifies anyone (a new request with it is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: a blocking query outlives its renewed certificate's end and answers a secret changed after it"]
+async fn attack_blocking_query_outlives_the_renewed_certificates_end() {
+    let env = start("20s", "").await;
+    let agent = env.client(&env.agent.0, &env.agent.1);
+    let (key, c) = csr();
+    let (status, body) = env.renew(&agent, &c).await;
+    assert_eq!(status, 200, "{body}");
+    let renewed = body["certificate"].as_str().unwrap().to_owned();
+    let end = {
+        let der = pem_der(&renewed);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        u64::try_from(cert.validity().not_after.timestamp()).unwrap()
+    };
+    let next = env.client(&renewed, &key);
+    let url = env.s.url("/v1/credentials/app-token/material");
+    let r = next
+        .post(&url)
+        .json(&json!({ "host": "api.partner.example" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let waiter = {
+        let req = next
+            .post(format!("{url}?wait=60s"))
+            .header("if-none-match", &etag)
+            .timeout(Duration::from_secs(90))
+            .json(&json!({ "host": "api.partner.example" }));
+        tokio::spawn(async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        })
+    };
+    // Past the renewed certificate's end: a new request with it is refused.
+    let wait = end.saturating_sub(support_now()) + 2;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let fresh = env.client(&renewed, &key);
+    let r = fresh
+        .post(&url)
+        .json(&json!({ "host": "api.partner.example" }))
+        .send()
+        .await;
+    assert!(
+        r.is_err() || r.unwrap().status() == 401,
+        "a new request past the end"
+    );
+    // The secret changes after the end.
+    std::fs::write(
+        env.root().join("secrets/app/token.json"),
+        json!({ "value": "token-v2" }).to_string(),
+    )
+    .unwrap();
+    let (status, text) = waiter.await.unwrap();
+    assert!(
+        !text.contains("token-v2"),
+        "a secret changed after the certificate's end was answered to it: {status} {text}"
+    );
+    drop(env.bao);
+}
