@@ -246,17 +246,13 @@ fn csr() -> (String, String) {
     csr_with(None, &[], &[])
 }
 
-/// A store entry conflicting with a renewed identity pin sets the identity entry aside; the
-/// only write-time guard is the policy's attached pins, which exist only while the operator's
-/// file names the profile — `in_other_records` never looks at `identity-records`. So while
-/// the profile is dropped (an operator pausing renewal, or deleting and recreating the
-/// consumer), another team's admin pins the public renewed certificate to its own consumer:
-/// the agent's certificate then identifies the attacker's consumer, and once the operator
-/// names the profile again the agent's renewed certificate identifies nobody and the agent
-/// can never renew again (every renewal's pin carries the conflicting old pin along).
+/// Another team's admin, holding only the public renewed certificate, cannot pin it while the
+/// operator's file stops naming the profile (an operator pausing renewal, editing the
+/// consumer): the store's identity records count as claims whatever the policy attaches
+/// right now (THREATS row 95). Before, the pin was taken (201), the certificate identified
+/// `thief`, and once the profile was named again every renewal of the agent was refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces: an identity pin is unguarded while the profile is dropped; another team pins it, then the agent is locked out"]
-async fn attack_renewed_certificate_claimed_while_profile_dropped_locks_agent_out() {
+async fn held_renewed_certificate_cannot_be_claimed_while_the_profile_is_dropped() {
     let env = start("60s", "").await;
     let agent = env.client(&env.agent.0, &env.agent.1);
     let (key, csr_pem) = csr();
@@ -269,7 +265,6 @@ async fn attack_renewed_certificate_claimed_while_profile_dropped_locks_agent_ou
     let good = env.good();
     let (status, body) = env.reload(&good.replace(PROFILE_LINE, "")).await;
     assert_eq!(status, 200, "{body}");
-    // Another team's admin, holding only the public renewed certificate, pins it.
     let (status, body) = env
         .other_admin(
             reqwest::Method::POST,
@@ -285,44 +280,20 @@ async fn attack_renewed_certificate_claimed_while_profile_dropped_locks_agent_ou
             json!({ "certificate": renewed }),
         )
         .await;
-    // Held would be 409 (certificate_in_use): the store still records it as the agent's.
-    assert_eq!(status, 201, "pinned by another team: {body}");
-    let (status, listed) = whoami(&env, &next).await;
-    assert_eq!(status, 200);
-    assert!(
-        !listed,
-        "the agent's renewed certificate now identifies `thief`"
-    );
-    // The operator names the profile again: the renewed certificate identifies nobody.
+    assert_eq!(status, 409, "pinned by another team: {body}");
+    assert_eq!(body["error"]["code"], "certificate_in_use", "{body}");
+    // The operator names the profile again: the renewed certificate is the agent's, and the
+    // agent renews in the next period.
     let (status, body) = env.reload(&good).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        whoami(&env, &next).await.0,
-        401,
-        "the agent's renewed certificate identifies no one"
-    );
-    // And renewing again (next period) cannot pin: the identity entry stays set aside.
+    assert_eq!(whoami(&env, &next).await, (200, true), "the agent's again");
     let period = 20;
-    let wait = period - (support_now() % period) + 1;
-    tokio::time::sleep(Duration::from_secs(wait)).await;
+    // Letting the budget's period pass is the point here, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(period - (support_now() % period) + 1)).await;
     let (_, again) = csr();
-    let (status, body) = env.renew(&agent, &again).await;
-    assert_eq!(body["error"]["code"], "policy_refused", "{status} {body}");
-    assert_ne!(status, 200, "a renewal pinned despite the conflict: {body}");
-    // The refusal also names the other team's consumer to the agent.
-    assert!(body.to_string().contains("thief"), "{body}");
-    // Still refused in the period after: the conflicting pin rides along in every write.
-    let wait = period - (support_now() % period) + 1;
-    tokio::time::sleep(Duration::from_secs(wait)).await;
-    let (_, third) = csr();
-    let (status, body) = env.renew(&agent, &third).await;
-    assert_eq!(body["error"]["code"], "policy_refused", "{status} {body}");
-    assert_ne!(status, 200, "{body}");
-    assert_eq!(
-        env.signed(),
-        3,
-        "each refused renewal was signed by OpenBao, then dropped"
-    );
+    let (status, body) = env.renew(&next, &again).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains("thief"), "{body}");
     drop(env.bao);
 }
 

@@ -78,14 +78,14 @@ pub(super) async fn fetch(
 ) -> Result<super::Got, super::Cause> {
     use super::{Cause, Got};
     if let Some((at, validity)) = renew_at(&o.dir) {
-        let now = now_unix();
+        let now = super::now_unix();
         if now < at {
             let Some(wait) = wait else {
                 return Ok(Got::Kept(Some(validity)));
             };
             let left = std::time::Duration::from_secs(u64::try_from(at - now).unwrap_or(0));
             tokio::time::sleep(left.min(wait)).await;
-            if now_unix() < at {
+            if super::now_unix() < at {
                 return Ok(Got::Kept(Some(validity)));
             }
         }
@@ -122,14 +122,6 @@ pub(super) async fn fetch(
     ))
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_secs()).ok())
-        .unwrap_or(0)
-}
-
 /// When the certificate in `dir` should be replaced (Unix seconds): a third of the way from
 /// when it was written (its file's time; its `not_before` when that is later) to its
 /// `not_after` — once per period of a profile whose `ttl` is three periods, whatever the
@@ -149,7 +141,7 @@ pub(super) fn renew_at(dir: &std::path::Path) -> Option<(i64, (i64, i64))> {
         .and_then(|d| i64::try_from(d.as_secs()).ok())
         .unwrap_or(not_before);
     Some((
-        due(written, not_before, not_after, now_unix()),
+        due(written, not_before, not_after, super::now_unix()),
         (not_before, not_after),
     ))
 }

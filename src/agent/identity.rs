@@ -84,21 +84,18 @@ fn due(cert: &Path) -> Option<i64> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_secs()).ok())
         .unwrap_or(not_before);
-    Some(two_thirds(written, not_before, not_after, now_unix()))
+    Some(two_thirds(
+        written,
+        not_before,
+        not_after,
+        super::now_unix(),
+    ))
 }
 
 /// Two thirds from `written` (or `not_before` if later; never after `now`) to `not_after`.
 fn two_thirds(written: i64, not_before: i64, not_after: i64, now: i64) -> i64 {
     let from = written.max(not_before).min(now);
     from + (not_after - from) * 2 / 3
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_secs()).ok())
-        .unwrap_or(0)
 }
 
 /// One renewal: the new identity written and in use; its `not_after`.
@@ -136,7 +133,7 @@ pub(super) async fn keep(client: Arc<Client>, server: ServerSection, ops: Arc<su
     let mut failures = 0u32;
     loop {
         let until_due = due(&cert).map_or(Duration::from_secs(60), |at| {
-            Duration::from_secs(u64::try_from(at - now_unix()).unwrap_or(0))
+            Duration::from_secs(u64::try_from(at - super::now_unix()).unwrap_or(0))
         });
         tokio::time::sleep(until_due.max(super::backoff(failures))).await;
         match renew_once(&client, &server).await {

@@ -868,3 +868,10 @@ async fn reload(argv: &[String], timeout: Duration) -> Result<(), String> {
         Ok(Ok(out)) => Err(format!("{program} exited with {}", out.status)),
     }
 }
+
+/// Now, in Unix seconds: the clock certificates' `not_before`/`not_after` are read against.
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

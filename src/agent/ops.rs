@@ -417,12 +417,6 @@ struct ItemReadiness {
     not_after: Option<i64>,
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 fn router(state: Arc<State>) -> Router {
     let ready = Arc::clone(&state);
     let metrics = state;
@@ -439,7 +433,7 @@ fn router(state: Arc<State>) -> Router {
         .route(
             "/readyz",
             get(move || async move {
-                let r = ready.readiness(now_unix());
+                let r = ready.readiness(super::now_unix());
                 let status = if r.ready {
                     StatusCode::OK
                 } else {

@@ -69,21 +69,24 @@ pub(super) async fn sign(
         .broker
         .read(Ask::new(&caller, Door::Api, want).towards(host.as_ref()))
         .await?;
-    let s = &signed.signed;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({
-            "credential": signed.credential,
-            "certificate": s.certificate,
-            "issuing_ca": s.issuing_ca,
-            "ca_chain": s.ca_chain,
-            "serial_number": s.serial_number,
-            "not_after": humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(s.not_after).unwrap_or(0))
-            ).to_string(),
-            "key_sha256": signed.key_sha256,
-        }),
-    ))
+    let mut answer = signed_json(&signed.signed, &signed.key_sha256);
+    answer["credential"] = signed.credential.into();
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// A certificate signed for the caller's CSR as a sign and a renewal answer it: the
+/// certificate and its chain, never a key.
+pub(super) fn signed_json(s: &crate::source::Signed, key_sha256: &str) -> serde_json::Value {
+    let not_after = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(u64::try_from(s.not_after).unwrap_or(0));
+    serde_json::json!({
+        "certificate": s.certificate,
+        "issuing_ca": s.issuing_ca,
+        "ca_chain": s.ca_chain,
+        "serial_number": s.serial_number,
+        "not_after": humantime::format_rfc3339_seconds(not_after).to_string(),
+        "key_sha256": key_sha256,
+    })
 }
 
 pub(super) async fn info(

@@ -41,20 +41,8 @@ pub(super) async fn renew(
     state.manager.pin_renewed(&renewal).await.inspect_err(|e| {
         tracing::error!(consumer = %renewal.consumer, serial = %renewal.signed.serial_number, error = %e, "renewal signed but not pinned; not answered");
     })?;
-    let s = &renewal.signed;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({
-            "consumer": renewal.consumer,
-            "certificate": s.certificate,
-            "issuing_ca": s.issuing_ca,
-            "ca_chain": s.ca_chain,
-            "serial_number": s.serial_number,
-            "not_after": humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(s.not_after).unwrap_or(0))
-            ).to_string(),
-            "key_sha256": renewal.key_sha256,
-            "fingerprint": hex::encode(renewal.fingerprint),
-        }),
-    ))
+    let mut answer = super::credentials::signed_json(&renewal.signed, &renewal.key_sha256);
+    answer["consumer"] = renewal.consumer.clone().into();
+    answer["fingerprint"] = hex::encode(renewal.fingerprint).into();
+    Ok(json_response(StatusCode::OK, &answer))
 }

@@ -421,16 +421,18 @@ impl Manager {
             // Held by a record: live anywhere, or revoked in this team. A revocation binds the
             // team that made it — another team's revoked pin is no claim, or an admin could
             // pin a public certificate, revoke it, and keep its owner from ever adding it.
-            let in_other_records =
-                self.store()?
-                    .records(Kind::Consumer)?
-                    .iter()
-                    .any(|(t, _, r)| {
-                        r.certificates.iter().any(|c| {
-                            c.fingerprint == checked.record.fingerprint
-                                && (c.revoked_at.is_none() || t == team)
-                        })
-                    });
+            // Renewed identities' records count whether or not their consumer names its
+            // profile right now: a profile switched off and on again would find its
+            // certificate taken (THREATS row 95).
+            let store = self.store()?;
+            let mut records = store.records(Kind::Consumer)?;
+            records.extend(store.records(Kind::Identity)?);
+            let in_other_records = records.iter().any(|(t, _, r)| {
+                r.certificates.iter().any(|c| {
+                    c.fingerprint == checked.record.fingerprint
+                        && (c.revoked_at.is_none() || t == team)
+                })
+            });
             let change: Change<'_, CertificateView> = Box::new(move |body, record, snapshot| {
                 let policy = snapshot.policy();
                 check_identity_domain(policy, team, checked.cn.as_deref())?;
@@ -573,23 +575,26 @@ impl Manager {
             // revoked ones (a revocation binds the team that made it, as for pins).
             let pinned: Vec<(EntryName, Vec<u8>)> = match &checked {
                 None => Vec::new(),
-                Some(_) => self
-                    .store()?
-                    .records(Kind::Consumer)?
-                    .into_iter()
-                    .flat_map(|(t, n, r)| {
-                        let own = t == *team;
-                        r.certificates
-                            .into_iter()
-                            .filter(move |c| c.revoked_at.is_none() || own)
-                            .filter_map(|c| c.certificate)
-                            .filter_map(|b| {
-                                use base64::Engine as _;
-                                base64::engine::general_purpose::STANDARD.decode(b).ok()
-                            })
-                            .map(move |der| (n.clone(), der))
-                    })
-                    .collect(),
+                Some(_) => {
+                    let store = self.store()?;
+                    let mut records = store.records(Kind::Consumer)?;
+                    records.extend(store.records(Kind::Identity)?);
+                    records
+                        .into_iter()
+                        .flat_map(|(t, n, r)| {
+                            let own = t == *team;
+                            r.certificates
+                                .into_iter()
+                                .filter(move |c| c.revoked_at.is_none() || own)
+                                .filter_map(|c| c.certificate)
+                                .filter_map(|b| {
+                                    use base64::Engine as _;
+                                    base64::engine::general_purpose::STANDARD.decode(b).ok()
+                                })
+                                .map(move |der| (n.clone(), der))
+                        })
+                        .collect()
+                }
             };
             let change: Change<'_, ()> = Box::new(move |body, _, snapshot| {
                 match checked {

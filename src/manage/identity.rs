@@ -56,7 +56,18 @@ impl Manager {
                 .map_err(|_| crate::store::StoreError::Malformed("an identity entry".into()))?,
             None => Definition::default(),
         };
-        def.identity_pin.retain(|p| !ended(&p.not_after, now));
+        // A pin another consumer's record holds too would set this entry aside at every
+        // load, and with it each renewal after: dropped (that certificate then identifies
+        // no one, never the wrong consumer).
+        let taken: std::collections::BTreeSet<String> = store
+            .records(Kind::Consumer)?
+            .into_iter()
+            .flat_map(|(_, _, r)| r.certificates)
+            .filter(|c| c.revoked_at.is_none())
+            .map(|c| c.fingerprint)
+            .collect();
+        def.identity_pin
+            .retain(|p| !ended(&p.not_after, now) && !taken.contains(&p.fingerprint));
         let fingerprint = hex::encode(renewal.fingerprint);
         let not_after = rfc3339(renewal.signed.not_after);
         def.identity_pin.push(PinBody {
@@ -75,7 +86,9 @@ impl Manager {
             }
             None => Record::first(crate::store::now(), renewal.consumer.clone(), 0),
         };
-        record.certificates.retain(|c| !ended(&c.not_after, now));
+        record
+            .certificates
+            .retain(|c| !ended(&c.not_after, now) && !taken.contains(&c.fingerprint));
         record
             .certificates
             .push(record_of(renewal, fingerprint, not_after));

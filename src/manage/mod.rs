@@ -1057,7 +1057,9 @@ fn check_quota(
 /// A loader line about the caller's own entry, as its answer says it: where in the
 /// definition and why — never the server's paths or another consumer's name.
 fn own_line(d: &crate::diag::Diagnostic) -> String {
-    let message = if d.message.contains("already pinned by consumer") {
+    let message = if d.message.contains("already pinned by consumer")
+        || d.message.contains("pins this fingerprint too")
+    {
         "this fingerprint is already pinned by another consumer".to_owned()
     } else if d.message.contains("has the same token") {
         "another consumer has the same token".to_owned()
