@@ -374,7 +374,10 @@ impl Authenticator {
         let by_certificate = |cert: &ClientCert, via: Via| {
             ids.by_certificate(snapshot.policy(), cert, now)
                 .map_err(|super::Ambiguous| AuthError::AmbiguousIdentity)?
-                .map(|i| (consumer(i), via))
+                .map(|i| {
+                    let c = ConsumerRef::at(snapshot, i).identified_until(cert.not_after());
+                    (Caller::Consumer(c), via)
+                })
                 .ok_or(AuthError::UnknownCertificate)
         };
         // The token first: a repeated or conflicting credential header is refused at every

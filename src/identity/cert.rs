@@ -61,6 +61,13 @@ impl ClientCert {
         &self.fingerprint
     }
 
+    /// The end of the certificate's validity (`None` if unparsed).
+    pub fn not_after(&self) -> Option<SystemTime> {
+        let p = self.parsed.as_ref()?;
+        let secs = u64::try_from(p.not_after).ok()?;
+        Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    }
+
     /// True when `now` is inside the certificate's validity window (false if unparsed).
     pub fn valid_at(&self, now: SystemTime) -> bool {
         let Some(p) = &self.parsed else {

@@ -12,6 +12,7 @@ mod index;
 mod token;
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 pub(crate) use authenticate::{
     AuthError, Authenticator, IssuedTokens, Login, Presented, Via, presented_token,
@@ -99,6 +100,8 @@ impl Caller {
 pub struct ConsumerRef {
     snapshot: Arc<Snapshot>,
     index: usize,
+    /// The end of the certificate it was identified by: a held wait does not outlive it.
+    until: Option<SystemTime>,
 }
 
 impl ConsumerRef {
@@ -109,7 +112,11 @@ impl ConsumerRef {
             .consumers
             .iter()
             .position(|c| c.name == name)?;
-        Some(Self { snapshot, index })
+        Some(Self {
+            snapshot,
+            index,
+            until: None,
+        })
     }
 
     /// The consumer whose bearer token is `token` in `snapshot` (a digest lookup in the
@@ -124,7 +131,14 @@ impl ConsumerRef {
         Self {
             snapshot: Arc::clone(snapshot),
             index,
+            until: None,
         }
+    }
+
+    /// Identified by a certificate that ends at `until`.
+    fn identified_until(mut self, until: Option<SystemTime>) -> Self {
+        self.until = until;
+        self
     }
 
     pub fn consumer(&self) -> &Consumer {
@@ -147,11 +161,15 @@ impl ConsumerRef {
     /// The same consumer under `now` (a newer policy), if it is there unchanged; `None` when
     /// it was removed or its entry changed (e.g. a rotated token): what it was authenticated
     /// as no longer holds.
+    /// Past the end of the certificate it was identified by, it is no one (THREATS row 94).
     pub fn under(&self, now: &Arc<Snapshot>) -> Option<Self> {
+        if self.until.is_some_and(|t| SystemTime::now() > t) {
+            return None;
+        }
         if Arc::ptr_eq(&self.snapshot, now) {
             return Some(self.clone());
         }
-        let again = Self::of(Arc::clone(now), self.name())?;
+        let again = Self::of(Arc::clone(now), self.name())?.identified_until(self.until);
         (again.consumer() == self.consumer()).then_some(again)
     }
 }
