@@ -568,14 +568,13 @@ async fn held_other_team_admin_cannot_claim_collide_or_reach_the_identity() {
     drop(env.bao);
 }
 
-/// docs/PKI.md: "The pins count while the file names `identity_profile`: removing it drops
-/// them at the reload" — the operator's way to cut a renewed certificate off (a host
-/// compromised, its key stolen). But the store entry keeps the pins: naming the profile again
-/// (the consumer recreated for a new host, renewal re-enabled) brings every still-valid
-/// renewed certificate back as the consumer, without the operator seeing it in any file.
+/// A renewed certificate cut off by replacing the consumer's first certificate (a host
+/// compromised, its key stolen) stays cut off when `identity_profile` is named again for a
+/// new host: each renewed pin records the identity the operator gave the consumer when it
+/// renewed, and counts only while it is the same (THREATS row 96). Before, the store's pins
+/// came back with the profile and the stolen certificate was the agent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces: dropping identity_profile does not revoke renewed pins; naming it again revives the stolen certificate"]
-async fn attack_renewed_certificate_revived_when_profile_is_named_again() {
+async fn held_renewed_certificate_stays_cut_off_when_the_profile_is_named_again() {
     let env = start("1h", "").await;
     let agent = env.client(&env.agent.0, &env.agent.1);
     let (key, c) = csr();
@@ -601,12 +600,14 @@ async fn attack_renewed_certificate_revived_when_profile_is_named_again() {
         ))
         .await;
     assert_eq!(status, 200, "{body}");
-    // Held would be 401: the stolen renewed certificate is the agent again.
     assert_eq!(
-        whoami(&env, &stolen).await,
-        (200, true),
+        whoami(&env, &stolen).await.0,
+        401,
         "the cut-off renewed certificate identifies the agent again"
     );
+    // The new host is the agent.
+    let new_host = env.client(&fresh.0, &fresh.1);
+    assert_eq!(whoami(&env, &new_host).await, (200, true));
     drop(env.bao);
 }
 

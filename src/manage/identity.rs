@@ -25,6 +25,7 @@ struct PinBody {
     team: String,
     fingerprint: String,
     not_after: String,
+    root: String,
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -66,8 +67,20 @@ impl Manager {
             .filter(|c| c.revoked_at.is_none())
             .map(|c| c.fingerprint)
             .collect();
-        def.identity_pin
-            .retain(|p| !ended(&p.not_after, now) && !taken.contains(&p.fingerprint));
+        // Renewed from the identity the operator gives the consumer now: pins renewed from
+        // an earlier one (a replaced first certificate) go.
+        let root = self
+            .broker
+            .policy()
+            .policy()
+            .consumers
+            .iter()
+            .find(|c| c.name == renewal.consumer && c.team == renewal.team)
+            .map(crate::policy::Consumer::identity_root)
+            .ok_or(ManageError::NotFound)?;
+        def.identity_pin.retain(|p| {
+            !ended(&p.not_after, now) && !taken.contains(&p.fingerprint) && p.root == root
+        });
         let fingerprint = hex::encode(renewal.fingerprint);
         let not_after = rfc3339(renewal.signed.not_after);
         def.identity_pin.push(PinBody {
@@ -75,6 +88,7 @@ impl Manager {
             team: renewal.team.clone(),
             fingerprint: fingerprint.clone(),
             not_after: not_after.clone(),
+            root,
         });
         let mut record = match &previous {
             Some((_, r)) => {
@@ -86,9 +100,12 @@ impl Manager {
             }
             None => Record::first(crate::store::now(), renewal.consumer.clone(), 0),
         };
-        record
-            .certificates
-            .retain(|c| !ended(&c.not_after, now) && !taken.contains(&c.fingerprint));
+        // The record lists what the entry pins, nothing more.
+        record.certificates.retain(|c| {
+            def.identity_pin
+                .iter()
+                .any(|p| p.fingerprint == c.fingerprint)
+        });
         record
             .certificates
             .push(record_of(renewal, fingerprint, not_after));

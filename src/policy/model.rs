@@ -237,6 +237,31 @@ impl fmt::Debug for AppRole {
 }
 
 impl Consumer {
+    /// What the operator made this consumer's identity — its pinned fingerprints and issuer
+    /// ACL — as a hex SHA-256. A renewed certificate's pin records it and counts only while
+    /// it is the same: replacing the first certificate cuts off every certificate renewed
+    /// from the old one, also once `identity_profile` is named again.
+    pub fn identity_root(&self) -> String {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        let mut pins: Vec<[u8; 32]> = self.cert_sha256.iter().map(|p| p.sha256).collect();
+        pins.sort_unstable();
+        for pin in pins {
+            h.update(b"pin");
+            h.update(pin);
+        }
+        for der in &self.issuer_certs {
+            h.update(b"ca");
+            h.update((der.len() as u64).to_be_bytes());
+            h.update(der);
+        }
+        if let Some(s) = &self.subject {
+            h.update(b"subject");
+            h.update(s.canonical().as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
     /// Every pin: the definition's and the renewed certificates'.
     pub fn pins(&self) -> impl Iterator<Item = &Pin> {
         self.cert_sha256.iter().chain(&self.renewed.0)

@@ -32,6 +32,16 @@ pub struct SubjectPattern {
 }
 
 impl SubjectPattern {
+    /// The pattern as parsed (attribute OIDs and lower-cased globs, in order): what two
+    /// patterns that claim the same certificates have in common.
+    pub fn canonical(&self) -> String {
+        self.pairs
+            .iter()
+            .map(|(oid, glob)| format!("{oid}={glob}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn parse(text: &str) -> Result<Self, &'static str> {
         let mut pairs: Vec<(&'static str, String)> = Vec::new();
         for part in text.split(',') {

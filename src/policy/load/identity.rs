@@ -20,6 +20,9 @@ pub(super) struct IdentityPinDef {
     fingerprint: String,
     /// The certificate's own end (RFC 3339): the pin identifies until then.
     not_after: String,
+    /// The consumer's [`identity_root`](crate::policy::Consumer::identity_root) when it
+    /// renewed: the pin counts only while the operator's identity of it is the same.
+    root: String,
 }
 
 /// Where a load found what this file checks: issuer ACLs (item, team, consumer index),
@@ -195,8 +198,9 @@ fn refuse_credentials_using(
 }
 
 /// Attaches each `[[identity_pin]]` of the store to its consumer — an operator's consumer of
-/// that team that still names an `identity_profile`; a pin of anyone else is dropped (the
-/// file stopped naming the profile). A pin in an operator's file, or a fingerprint another
+/// that team that still names an `identity_profile` and whose identity root is the one it
+/// renewed from; a pin of anyone else is dropped (the file stopped naming the profile, or
+/// its first certificate was replaced). A pin in an operator's file, or a fingerprint another
 /// consumer pins, is an error (a store entry with one is set aside).
 pub(super) fn attach_renewed(
     files: &mut Files,
@@ -237,6 +241,7 @@ pub(super) fn attach_renewed(
                 && c.team == def.team
                 && c.origin == Origin::File
                 && c.identity_profile.is_some()
+                && c.identity_root() == def.root
         }) else {
             continue;
         };
@@ -296,10 +301,18 @@ mod tests {
         .unwrap();
     }
 
-    fn pin() -> String {
+    /// The identity root of a consumer the operator gave no pin and no issuer ACL: the
+    /// SHA-256 of nothing.
+    const EMPTY_ROOT: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn pin_from(root: &str) -> String {
         format!(
-            "[[identity_pin]]\nconsumer = \"agent\"\nteam = \"payments\"\nfingerprint = \"{FP}\"\nnot_after = \"2999-01-01T00:00:00Z\"\n"
+            "[[identity_pin]]\nconsumer = \"agent\"\nteam = \"payments\"\nfingerprint = \"{FP}\"\nnot_after = \"2999-01-01T00:00:00Z\"\nroot = \"{root}\"\n"
         )
+    }
+
+    fn pin() -> String {
+        pin_from(EMPTY_ROOT)
     }
 
     /// A store's identity pin attaches to the operator's consumer while its file names the
@@ -315,6 +328,13 @@ mod tests {
         let p = load_checked_dirs(&dirs, &stores, &known()).unwrap();
         assert_eq!(p.consumers[0].renewed.0.len(), 1);
         assert!(p.quarantined.is_empty());
+        // Renewed from another identity of the consumer (a first certificate since replaced):
+        // not attached.
+        std::fs::write(store.path().join("agent.toml"), pin_from(&"0".repeat(64))).unwrap();
+        let p = load_checked_dirs(&dirs, &stores, &known()).unwrap();
+        assert!(p.consumers[0].renewed.0.is_empty());
+        assert!(p.quarantined.is_empty());
+        std::fs::write(store.path().join("agent.toml"), pin()).unwrap();
         // The file no longer names the profile: the pin is dropped, nothing refused.
         operator(ops.path(), false, "");
         let p = load_checked_dirs(&dirs, &stores, &known()).unwrap();
