@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -165,11 +166,12 @@ struct Item<T> {
     def: T,
     file: usize,
     span: Range<usize>,
-    keys: BTreeMap<Vec<Seg>, Range<usize>>,
+    /// Shared: a load numbers the cached items of every file without copying them.
+    keys: Arc<BTreeMap<Vec<Seg>, Range<usize>>>,
 }
 
 struct Files {
-    paths: Vec<PathBuf>,
+    paths: Vec<Arc<Path>>,
     /// Per path: whether it is the management store's.
     managed: Vec<bool>,
     texts: Vec<std::sync::Arc<str>>,
@@ -256,23 +258,33 @@ pub fn load_checked_dirs(
     store: &[std::path::PathBuf],
     sources: &KnownSources,
 ) -> Result<Policy, PolicyError> {
-    load_checked_dirs_cached(dirs, store, sources, &mut LoadCache::default())
+    load_checked_dirs_cached(dirs, store, sources, &mut LoadCache::default(), None)
 }
 
 /// As [`load_checked_dirs`], reading and parsing again only the files that changed since
 /// the load that filled `cache` (see [`LoadCache`]).
+/// `changed`: when the caller knows every file that changed since that load (a management
+/// write, a pull's change list), only those are looked at — the folders are not walked and
+/// no other file is `stat`ed; `None` walks and checks everything (start, SIGHUP, a full pull).
 pub(crate) fn load_checked_dirs_cached(
     dirs: &[std::path::PathBuf],
     store: &[std::path::PathBuf],
     sources: &KnownSources,
     cache: &mut LoadCache,
+    changed: Option<&[PathBuf]>,
 ) -> Result<Policy, PolicyError> {
     let dirs: Vec<&Path> = dirs.iter().chain(store).map(|d| d.as_path()).collect();
-    load_managed(&dirs, dirs.len() - store.len(), Some(sources), cache)
+    load_managed(
+        &dirs,
+        dirs.len() - store.len(),
+        Some(sources),
+        cache,
+        changed,
+    )
 }
 
 fn load_inner(dirs: &[&Path], sources: Option<&KnownSources>) -> Result<Policy, PolicyError> {
-    load_managed(dirs, dirs.len(), sources, &mut LoadCache::default())
+    load_managed(dirs, dirs.len(), sources, &mut LoadCache::default(), None)
 }
 
 /// Loads `dirs` as one policy; those from index `store_from` on are the store's.
@@ -289,11 +301,16 @@ fn load_managed(
     store_from: usize,
     sources: Option<&KnownSources>,
     cache: &mut LoadCache,
+    changed: Option<&[PathBuf]>,
 ) -> Result<Policy, PolicyError> {
+    // The operator's folders are small and edited by hand: always walked and checked. The
+    // store's are taken from the last load plus `changed` when that is known.
+    let trusted = changed.is_some_and(|c| cache.apply_changes(dirs, store_from, c));
+    cache.walk(dirs, if trusted { store_from } else { dirs.len() })?;
     let mut excluded = BTreeSet::new();
     let mut quarantined = Vec::new();
     loop {
-        match load_once(dirs, store_from, sources, &excluded, cache)? {
+        match load_once(store_from, sources, &excluded, cache, trusted)? {
             Ok(mut policy) => {
                 quarantined.sort_by(|a: &Diagnostic, b: &Diagnostic| {
                     (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column))
@@ -315,28 +332,28 @@ fn load_managed(
     }
 }
 
-/// One load of `dirs` without the files in `excluded`: the policy, or every error.
+/// One load of the files `cache` lists, without those in `excluded`: the policy, or every
+/// error.
 fn load_once(
-    dirs: &[&Path],
     store_from: usize,
     sources: Option<&KnownSources>,
     excluded: &BTreeSet<PathBuf>,
     cache: &mut LoadCache,
+    trusted: bool,
 ) -> Result<Result<Policy, Vec<Diagnostic>>, PolicyError> {
     let mut paths = Vec::new();
     let mut managed = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let mut found = Vec::new();
-        collect_files(dir, &mut found).map_err(|source| PolicyError::Read {
-            path: (*dir).to_owned(),
-            source,
-        })?;
-        found.retain(|p| !excluded.contains(p));
-        found.sort();
-        managed.extend(found.iter().map(|_| i >= store_from));
-        paths.extend(found);
+    for (i, found) in cache.listed.iter().enumerate() {
+        let found = found.iter().filter(|p| !excluded.contains(&***p));
+        for p in found {
+            managed.push(i >= store_from);
+            paths.push(Arc::clone(p));
+        }
     }
-    cache.keep_only(&paths);
+    // A load told what changed has dropped what went (`apply_changes`).
+    if !trusted {
+        cache.keep_only(&paths);
+    }
     let mut files = Files {
         texts: Vec::with_capacity(paths.len()),
         paths,
@@ -346,7 +363,7 @@ fn load_once(
     };
     let mut parsed = Parsed::default();
     for i in 0..files.paths.len() {
-        let one = cache.parsed(&files.paths[i])?;
+        let one = cache.parsed(&files.paths[i], trusted && files.managed[i])?;
         files.texts.push(std::sync::Arc::clone(&one.text));
         files.list.extend(one.diags.iter().cloned());
         parsed.extend_from(one, i);
@@ -378,6 +395,10 @@ fn load_once(
 #[derive(Default)]
 pub(crate) struct LoadCache {
     files: std::collections::HashMap<PathBuf, Parsed>,
+    /// The folders of the last load and the files found in each (sorted, as a walk finds
+    /// them): a load told what changed updates this instead of walking again.
+    dirs: Vec<PathBuf>,
+    listed: Vec<BTreeSet<Arc<Path>>>,
 }
 
 impl std::fmt::Debug for LoadCache {
@@ -393,10 +414,10 @@ struct Parsed {
     identity: Identity,
     text: std::sync::Arc<str>,
     diags: Vec<Diagnostic>,
-    teams: Vec<Item<TeamDef>>,
-    consumers: Vec<Item<ConsumerDef>>,
-    credentials: Vec<Item<CredentialDef>>,
-    grants: Vec<Item<GrantDef>>,
+    teams: Vec<Item<Arc<TeamDef>>>,
+    consumers: Vec<Item<Arc<ConsumerDef>>>,
+    credentials: Vec<Item<Arc<CredentialDef>>>,
+    grants: Vec<Item<Arc<GrantDef>>>,
 }
 
 impl Parsed {
@@ -413,15 +434,80 @@ impl Parsed {
 }
 
 impl LoadCache {
-    fn keep_only(&mut self, paths: &[PathBuf]) {
-        let wanted: std::collections::HashSet<&PathBuf> = paths.iter().collect();
-        self.files.retain(|p, _| wanted.contains(p));
+    fn keep_only(&mut self, paths: &[Arc<Path>]) {
+        let wanted: std::collections::HashSet<&Path> = paths.iter().map(|p| &**p).collect();
+        self.files.retain(|p, _| wanted.contains(p.as_path()));
+    }
+
+    /// Walks `dirs` for their files and remembers them — all but those from `keep` on,
+    /// whose last listing stands.
+    fn walk(&mut self, dirs: &[&Path], keep: usize) -> Result<(), PolicyError> {
+        // `keep` below `dirs.len()` only after `apply_changes` matched the same folders.
+        let kept = if keep < dirs.len() {
+            self.listed.split_off(keep)
+        } else {
+            Vec::new()
+        };
+        self.dirs.clear();
+        self.listed.clear();
+        for dir in &dirs[..keep] {
+            let mut found = Vec::new();
+            let read = collect_files(dir, &mut found).map_err(|source| PolicyError::Read {
+                path: (*dir).to_owned(),
+                source,
+            });
+            if let Err(e) = read {
+                self.listed.clear();
+                return Err(e);
+            }
+            self.dirs.push(dir.to_path_buf());
+            self.listed
+                .push(found.into_iter().map(|p| Arc::from(p.as_path())).collect());
+        }
+        self.dirs
+            .extend(dirs[keep..].iter().map(|d| d.to_path_buf()));
+        self.listed.extend(kept);
+        Ok(())
+    }
+
+    /// Takes `changed` into the store's files of the last load of the same `dirs`: each is
+    /// found again (there, or gone) and will be read again. `false` when there is no such
+    /// load or a path is in none of the store's folders — then the caller walks them.
+    fn apply_changes(&mut self, dirs: &[&Path], store_from: usize, changed: &[PathBuf]) -> bool {
+        let same = self.listed.len() == dirs.len()
+            && self.dirs.len() == dirs.len()
+            && self.dirs.iter().zip(dirs).all(|(a, b)| a == b);
+        if !same {
+            return false;
+        }
+        for path in changed {
+            let Some(i) = dirs.iter().rposition(|d| path.starts_with(d)) else {
+                return false;
+            };
+            if i < store_from {
+                return false;
+            }
+            self.files.remove(path);
+            let is_toml = path.extension().is_some_and(|e| e == "toml");
+            if is_toml && path.is_file() {
+                self.listed[i].insert(Arc::from(path.as_path()));
+            } else {
+                self.listed[i].remove(path.as_path());
+            }
+        }
+        true
     }
 
     /// `path` parsed: from the cache while its identity is the same, else read and parsed.
-    fn parsed(&mut self, path: &Path) -> Result<&Parsed, PolicyError> {
-        let now = identity(path)?;
-        let fresh = self.files.get(path).is_some_and(|p| p.identity == now);
+    /// `trusted`: a cached file is taken as it is, without a `stat` (only the files named
+    /// changed were dropped from the cache).
+    fn parsed(&mut self, path: &Path, trusted: bool) -> Result<&Parsed, PolicyError> {
+        let fresh = if trusted && self.files.contains_key(path) {
+            true
+        } else {
+            let now = identity(path)?;
+            self.files.get(path).is_some_and(|p| p.identity == now)
+        };
         if !fresh {
             let (text, identity) = read_stable(path, || ())?;
             let one = parse_file(path, text, identity);
@@ -487,7 +573,7 @@ fn parse_file(path: &Path, text: String, identity: Identity) -> Parsed {
 
 fn push<T: serde::de::DeserializeOwned>(
     d: &mut Diags<'_>,
-    out: &mut Vec<Item<T>>,
+    out: &mut Vec<Item<Arc<T>>>,
     item: &Spanned<DeValue<'_>>,
     file: usize,
 ) {
@@ -508,10 +594,10 @@ fn push<T: serde::de::DeserializeOwned>(
         }
     }
     out.push(Item {
-        def,
+        def: Arc::new(def),
         file,
         span: item.span(),
-        keys,
+        keys: Arc::new(keys),
     });
 }
 
@@ -566,10 +652,10 @@ fn valid_slug(s: &str) -> bool {
 
 fn validate(
     files: &mut Files,
-    teams: Vec<Item<TeamDef>>,
-    consumers: Vec<Item<ConsumerDef>>,
-    credentials: Vec<Item<CredentialDef>>,
-    grants: Vec<Item<GrantDef>>,
+    teams: Vec<Item<Arc<TeamDef>>>,
+    consumers: Vec<Item<Arc<ConsumerDef>>>,
+    credentials: Vec<Item<Arc<CredentialDef>>>,
+    grants: Vec<Item<Arc<GrantDef>>>,
     sources: Option<&KnownSources>,
 ) -> Policy {
     let mut policy = Policy::default();
@@ -631,7 +717,7 @@ fn check_private_keys(
 /// Team slugs (valid, once each) and Tines IDs (once each).
 fn validate_teams(
     files: &mut Files,
-    teams: &[Item<TeamDef>],
+    teams: &[Item<Arc<TeamDef>>],
     policy: &mut Policy,
 ) -> BTreeSet<String> {
     let mut slugs = BTreeSet::new();
@@ -718,7 +804,7 @@ impl Holder {
                 def: (),
                 file: c.file,
                 span: c.span.clone(),
-                keys: BTreeMap::new(),
+                keys: Arc::clone(&c.keys),
             },
         }
     }
@@ -737,7 +823,7 @@ impl Holder {
 /// is a load error — and, between two store entries, for the first as well.
 fn claim<K: Ord>(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     owners: &mut BTreeMap<K, Holder>,
     k: K,
     field: &str,
@@ -756,7 +842,7 @@ fn claim<K: Ord>(
 /// Consumer `c`'s AppRole login, checked; its `role_id` held by no other consumer.
 fn approle_of(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     role_owner: &mut BTreeMap<String, Holder>,
 ) -> Option<super::model::AppRole> {
     let a = c.def.approle.as_ref()?;
@@ -828,7 +914,7 @@ fn role_ok(role: &str) -> bool {
 /// Consumer `c`'s JWT login, checked; its role held by no other consumer.
 fn jwt_role(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     jwt_owner: &mut BTreeMap<String, Holder>,
 ) -> Option<super::model::JwtRole> {
     let j = c.def.jwt.as_ref()?;
@@ -856,7 +942,7 @@ fn jwt_role(
 /// Consumer `c`'s Kubernetes login, checked; its role held by no other consumer.
 fn kubernetes_role(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     kube_owner: &mut BTreeMap<String, Holder>,
 ) -> Option<super::model::KubernetesRole> {
     let k = c.def.kubernetes.as_ref()?;
@@ -905,7 +991,7 @@ struct Owners {
 
 fn validate_consumers(
     files: &mut Files,
-    consumers: Vec<Item<ConsumerDef>>,
+    consumers: Vec<Item<Arc<ConsumerDef>>>,
     slugs: &BTreeSet<String>,
     policy: &mut Policy,
 ) {
@@ -954,7 +1040,7 @@ fn validate_consumers(
                 def: (),
                 file: c.file,
                 span: c.span.clone(),
-                keys: c.keys.clone(),
+                keys: Arc::clone(&c.keys),
             };
             acl_items.push((at, def.team.clone(), policy.consumers.len()));
         }
@@ -997,7 +1083,7 @@ fn validate_consumers(
 /// A consumer's `cert_sha256` pins, each fingerprint held by one consumer only.
 fn consumer_pins(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     pin_owner: &mut BTreeMap<[u8; 32], Holder>,
 ) -> Vec<super::model::Pin> {
     let def = &c.def;
@@ -1050,7 +1136,11 @@ fn consumer_pins(
 }
 
 /// The teams a consumer administers; an unknown one is a load error (and is not kept).
-fn admin_teams(files: &mut Files, c: &Item<ConsumerDef>, slugs: &BTreeSet<String>) -> Vec<String> {
+fn admin_teams(
+    files: &mut Files,
+    c: &Item<Arc<ConsumerDef>>,
+    slugs: &BTreeSet<String>,
+) -> Vec<String> {
     let mut known = Vec::new();
     for t in &c.def.admin_teams {
         if slugs.contains(t) {
@@ -1065,7 +1155,7 @@ fn admin_teams(files: &mut Files, c: &Item<ConsumerDef>, slugs: &BTreeSet<String
 /// A consumer's `token_sha256`, each digest held by one consumer only.
 fn consumer_token(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     token_owner: &mut BTreeMap<[u8; 32], Holder>,
 ) -> Option<[u8; 32]> {
     let def = &c.def;
@@ -1091,7 +1181,7 @@ fn consumer_token(
 /// now so a decision never does I/O) and its subject pattern.
 fn consumer_issuer(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
 ) -> (
     Option<std::path::PathBuf>,
     Vec<Vec<u8>>,
@@ -1147,7 +1237,7 @@ fn consumer_issuer(
 /// Credentials: their values' sources, one definition per team and name.
 fn validate_credentials(
     files: &mut Files,
-    credentials: Vec<Item<CredentialDef>>,
+    credentials: Vec<Item<Arc<CredentialDef>>>,
     slugs: &BTreeSet<String>,
     sources: Option<&KnownSources>,
     policy: &mut Policy,
@@ -1192,7 +1282,7 @@ fn validate_credentials(
                 def: policy.credentials.len(),
                 file: c.file,
                 span: c.span.clone(),
-                keys: c.keys.clone(),
+                keys: Arc::clone(&c.keys),
             });
             policy.credentials.push(cred);
         }
@@ -1203,7 +1293,7 @@ fn validate_credentials(
 /// Grants: known teams and sources, path patterns, hosts.
 fn validate_grants(
     files: &mut Files,
-    grants: Vec<Item<GrantDef>>,
+    grants: Vec<Item<Arc<GrantDef>>>,
     slugs: &BTreeSet<String>,
     sources: Option<&KnownSources>,
     policy: &mut Policy,
@@ -1417,7 +1507,7 @@ fn hosts<T>(files: &mut Files, item: &Item<T>, list: &[String]) -> Vec<HostPatte
 
 fn credential(
     files: &mut Files,
-    c: &Item<CredentialDef>,
+    c: &Item<Arc<CredentialDef>>,
     slugs: &BTreeSet<String>,
 ) -> Option<Credential> {
     let def = &c.def;
@@ -1502,7 +1592,7 @@ fn credential(
 /// for the diagnostics), checked against the mode.
 fn role_values(
     files: &mut Files,
-    c: &Item<CredentialDef>,
+    c: &Item<Arc<CredentialDef>>,
     mode: CredentialMode,
     roles: [(&'static str, &Option<String>); 5],
     at: impl Fn(&str) -> Vec<Seg>,

@@ -286,7 +286,7 @@ impl FileStore {
 }
 
 impl FileStore {
-    /// See [`super::Store::collect_orphans`].
+    /// The whole sweep of [`super::Store::remove_orphans`], local and quick.
     pub fn collect_orphans(&self, grace: std::time::Duration) -> Result<usize, StoreError> {
         let read = read_dir;
         let now = std::time::SystemTime::now();
