@@ -114,7 +114,7 @@ struct AppRoleDef {
     token_bound_cidrs: Vec<String>,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Deserialize)]
 struct CredentialDef {
     name: String,
     mode: CredentialMode,
@@ -138,6 +138,41 @@ struct CredentialDef {
     value: Option<String>,
     /// A rotation staged for a time.
     next: Option<NextDef>,
+    /// What a load built of this definition (it lives as long as the file's cached parse):
+    /// reused by the next load under the same teams and sources.
+    #[serde(skip)]
+    built: std::sync::Mutex<Option<Built>>,
+}
+
+/// A credential as built from its definition, with the lines its checks wrote, under the
+/// teams and sources of [`Context`] `context`.
+struct Built {
+    context: u64,
+    credential: Arc<Credential>,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+/// What a credential's own checks depend on beyond its definition — the team slugs and the
+/// sources — numbered: a definition's [`Built`] stands while the number is the same.
+#[derive(Default)]
+struct Context {
+    id: u64,
+    last: Option<(BTreeSet<String>, Option<KnownSources>)>,
+}
+
+impl Context {
+    fn of(&mut self, slugs: &BTreeSet<String>, sources: Option<&KnownSources>) -> u64 {
+        let same = self
+            .last
+            .as_ref()
+            .is_some_and(|(s, k)| s == slugs && k.as_ref() == sources);
+        if !same {
+            self.id += 1;
+            self.last = Some((slugs.clone(), sources.cloned()));
+        }
+        self.id
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -215,7 +250,7 @@ fn key_index(k: &str, i: usize) -> Vec<Seg> {
 
 /// The sources a policy is loaded against: grants and credentials must name one of them
 /// (a misspelt source would otherwise load and silently grant nothing, or fail on use).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct KnownSources {
     pub names: BTreeSet<String>,
     /// Where `$SECRET_<path>` without `<source>:` goes.
@@ -375,7 +410,12 @@ fn load_once(
         grants,
         ..
     } = parsed;
-    let mut policy = validate(&mut files, teams, consumers, credentials, grants, sources);
+    let mut policy = validate(
+        &mut files,
+        (teams, consumers, credentials, grants),
+        sources,
+        &mut cache.context,
+    );
     for list in [&mut files.list, &mut files.warnings] {
         list.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     }
@@ -399,6 +439,7 @@ pub(crate) struct LoadCache {
     /// them): a load told what changed updates this instead of walking again.
     dirs: Vec<PathBuf>,
     listed: Vec<BTreeSet<Arc<Path>>>,
+    context: Context,
 }
 
 impl std::fmt::Debug for LoadCache {
@@ -650,18 +691,26 @@ fn valid_slug(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// Every definition a load found, by kind.
+type Defs = (
+    Vec<Item<Arc<TeamDef>>>,
+    Vec<Item<Arc<ConsumerDef>>>,
+    Vec<Item<Arc<CredentialDef>>>,
+    Vec<Item<Arc<GrantDef>>>,
+);
+
 fn validate(
     files: &mut Files,
-    teams: Vec<Item<Arc<TeamDef>>>,
-    consumers: Vec<Item<Arc<ConsumerDef>>>,
-    credentials: Vec<Item<Arc<CredentialDef>>>,
-    grants: Vec<Item<Arc<GrantDef>>>,
+    (teams, consumers, credentials, grants): Defs,
     sources: Option<&KnownSources>,
+    context: &mut Context,
 ) -> Policy {
     let mut policy = Policy::default();
     let slugs = validate_teams(files, &teams, &mut policy);
     validate_consumers(files, consumers, &slugs, &mut policy);
-    let cred_items = validate_credentials(files, credentials, &slugs, sources, &mut policy);
+    let context = context.of(&slugs, sources);
+    let cred_items =
+        validate_credentials(files, &credentials, (&slugs, sources, context), &mut policy);
     validate_grants(files, grants, &slugs, sources, &mut policy);
     if let Some(known) = sources {
         warn_credentials_outside_grants(files, &policy, &cred_items, known);
@@ -687,15 +736,17 @@ fn check_private_keys(
             continue;
         }
         let roles = &cred.values.by_role;
-        let signing = roles.get("client_certificate").is_some_and(|r| {
-            let (Ok(source), Ok(path)) = (known.source_of(&r.target), super::path_of(&r.target))
-            else {
-                return false;
-            };
-            known
-                .signing
-                .contains(&(source.to_owned(), path.to_string()))
-        });
+        let signing = !known.signing.is_empty()
+            && roles.get("client_certificate").is_some_and(|r| {
+                let (Ok(source), Ok(path)) =
+                    (known.source_of(&r.target), super::path_of(&r.target))
+                else {
+                    return false;
+                };
+                known
+                    .signing
+                    .contains(&(source.to_owned(), path.to_string()))
+            });
         match (signing, roles.contains_key("client_private_key")) {
             (false, false) => files.at(
                 item,
@@ -1234,60 +1285,93 @@ fn consumer_issuer(
     (issuer_ca, issuer_certs, subject)
 }
 
-/// Credentials: their values' sources, one definition per team and name.
+/// Credentials: each built from its definition (or taken as the last load built it), then
+/// one definition per team and name.
 fn validate_credentials(
     files: &mut Files,
-    credentials: Vec<Item<Arc<CredentialDef>>>,
-    slugs: &BTreeSet<String>,
-    sources: Option<&KnownSources>,
+    credentials: &[Item<Arc<CredentialDef>>],
+    (slugs, sources, context): (&BTreeSet<String>, Option<&KnownSources>, u64),
     policy: &mut Policy,
 ) -> Vec<Item<usize>> {
-    let mut cred_items = Vec::new();
-    let mut cred_names = BTreeSet::new();
+    let mut cred_items = Vec::with_capacity(credentials.len());
     for c in credentials {
-        if let Some(mut cred) = credential(files, &c, slugs) {
-            if files.managed[c.file] {
-                cred.origin = super::model::Origin::Api;
-            }
-            if let Some(known) = sources {
-                let staged = cred.next.iter().flat_map(|n| &n.values.by_role);
-                for (role, r) in cred.values.by_role.iter().chain(staged) {
-                    match known.source_of(&r.target) {
-                        Ok(name) if known.names.contains(name) => {}
-                        Ok(name) => files.at(&c, &key(role), format!("unknown source `{name}`")),
-                        Err(why) => files.at(&c, &key(role), why.to_string()),
-                    }
-                }
-            }
-            if !super::is_slug(&cred.name) {
-                files.at(
-                    &c,
-                    &key("name"),
-                    format!(
-                        "credential name {:?} must match [a-z0-9_-]{{1,64}}",
-                        cred.name
-                    ),
-                );
-            } else if !cred_names.insert((cred.team.clone(), cred.name.clone())) {
-                files.at(
-                    &c,
-                    &key("name"),
-                    format!(
-                        "team `{}` defines credential `{}` twice",
-                        cred.team, cred.name
-                    ),
-                );
-            }
-            cred_items.push(Item {
-                def: policy.credentials.len(),
-                file: c.file,
-                span: c.span.clone(),
-                keys: Arc::clone(&c.keys),
-            });
-            policy.credentials.push(cred);
+        let cred = built_credential(files, c, slugs, sources, context);
+        cred_items.push(Item {
+            def: policy.credentials.len(),
+            file: c.file,
+            span: c.span.clone(),
+            keys: Arc::clone(&c.keys),
+        });
+        policy.credentials.push(cred);
+    }
+    let mut cred_names = BTreeSet::new();
+    for item in &cred_items {
+        let cred = &policy.credentials[item.def];
+        if !super::is_slug(&cred.name) {
+            files.at(
+                item,
+                &key("name"),
+                format!(
+                    "credential name {:?} must match [a-z0-9_-]{{1,64}}",
+                    cred.name
+                ),
+            );
+        } else if !cred_names.insert((cred.team.as_str(), cred.name.as_str())) {
+            files.at(
+                item,
+                &key("name"),
+                format!(
+                    "team `{}` defines credential `{}` twice",
+                    cred.team, cred.name
+                ),
+            );
         }
     }
     cred_items
+}
+
+/// Credential `c` built and checked against the teams and sources, with its lines — or
+/// taken, lines and all, from the last load that built it under the same `context`.
+fn built_credential(
+    files: &mut Files,
+    c: &Item<Arc<CredentialDef>>,
+    slugs: &BTreeSet<String>,
+    sources: Option<&KnownSources>,
+    context: u64,
+) -> Arc<Credential> {
+    let mut memo = c
+        .def
+        .built
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(b) = memo.as_ref().filter(|b| b.context == context) {
+        files.list.extend(b.errors.iter().cloned());
+        files.warnings.extend(b.warnings.iter().cloned());
+        return Arc::clone(&b.credential);
+    }
+    let (errors, warnings) = (files.list.len(), files.warnings.len());
+    let mut cred = credential(files, c, slugs);
+    if files.managed[c.file] {
+        cred.origin = super::model::Origin::Api;
+    }
+    if let Some(known) = sources {
+        let staged = cred.next.iter().flat_map(|n| &n.values.by_role);
+        for (role, r) in cred.values.by_role.iter().chain(staged) {
+            match known.source_of(&r.target) {
+                Ok(name) if known.names.contains(name) => {}
+                Ok(name) => files.at(c, &key(role), format!("unknown source `{name}`")),
+                Err(why) => files.at(c, &key(role), why.to_string()),
+            }
+        }
+    }
+    let cred = Arc::new(cred);
+    *memo = Some(Built {
+        context,
+        credential: Arc::clone(&cred),
+        errors: files.list[errors..].to_vec(),
+        warnings: files.warnings[warnings..].to_vec(),
+    });
+    cred
 }
 
 /// Grants: known teams and sources, path patterns, hosts.
@@ -1443,6 +1527,9 @@ fn check_pki_names_are_the_teams(
     items: &[Item<usize>],
     known: &KnownSources,
 ) {
+    if known.pki_names.is_empty() {
+        return;
+    }
     for item in items {
         let cred = &policy.credentials[item.def];
         let staged = cred.next.iter().flat_map(|n| &n.values.by_role);
@@ -1509,7 +1596,7 @@ fn credential(
     files: &mut Files,
     c: &Item<Arc<CredentialDef>>,
     slugs: &BTreeSet<String>,
-) -> Option<Credential> {
+) -> Credential {
     let def = &c.def;
     if !slugs.contains(&def.team) {
         files.at(c, &key("team"), format!("unknown team `{}`", def.team));
@@ -1572,7 +1659,7 @@ fn credential(
             }
         }
     });
-    Some(Credential {
+    Credential {
         name: def.name.clone(),
         mode: def.mode,
         team: def.team.clone(),
@@ -1585,7 +1672,7 @@ fn credential(
         values: CredentialValues { by_role },
         origin: super::model::Origin::File,
         next,
-    })
+    }
 }
 
 /// The references of one set of a credential's values (`at` names where each role's key is,
