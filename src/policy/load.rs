@@ -1819,4 +1819,68 @@ mod tests {
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("activate_at"), "{err}");
     }
+
+    /// Issue 48: a reload told which store files changed (a write, a pull's change list)
+    /// reads only those — and its policy is the one a load from scratch makes, a refused
+    /// file included (set aside with its lines, as the put-back of a write relies on).
+    #[test]
+    fn a_reload_told_what_changed_loads_what_a_load_from_scratch_loads() {
+        let root = tempfile::tempdir().unwrap();
+        let (ops, store) = (root.path().join("ops"), root.path().join("store"));
+        std::fs::create_dir_all(&ops).unwrap();
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::write(ops.join("p.toml"), "[[team]]\nslug = \"a\"\n").unwrap();
+        let def = |name: &str, v: &str| {
+            format!(
+                "[[credential]]\nname = \"{name}\"\nteam = \"a\"\nmode = \"text\"\nvalue = \"$SECRET_s:a/{v} $KEY_value\"\n"
+            )
+        };
+        for (n, v) in [("one", "v1"), ("two", "v1"), ("three", "v1")] {
+            std::fs::write(store.join(format!("{n}.toml")), def(n, v)).unwrap();
+        }
+        let sources = KnownSources {
+            names: ["s".to_owned()].into(),
+            ..KnownSources::default()
+        };
+        let (dirs, stores) = (vec![ops.clone()], vec![store.clone()]);
+        let mut cache = LoadCache::default();
+        let load = |cache: &mut LoadCache, changed: Option<&[PathBuf]>| {
+            load_checked_dirs_cached(&dirs, &stores, &sources, cache, changed).unwrap()
+        };
+        let summary = |p: &Policy| {
+            let mut c: Vec<String> = p
+                .credentials
+                .iter()
+                .map(|c| {
+                    let path = super::super::path_of(&c.values.by_role["value"].target).unwrap();
+                    format!("{} {path}", c.name)
+                })
+                .collect();
+            c.sort();
+            let q: Vec<String> = p.quarantined.iter().map(|d| d.to_string()).collect();
+            (c, q)
+        };
+        load(&mut cache, None);
+        // Rewritten (renamed into place, as the store does), made, removed, and refused.
+        let tmp = root.path().join("tmp.toml");
+        std::fs::write(&tmp, def("one", "v2")).unwrap();
+        std::fs::rename(&tmp, store.join("one.toml")).unwrap();
+        std::fs::write(store.join("four.toml"), def("four", "v1")).unwrap();
+        std::fs::remove_file(store.join("two.toml")).unwrap();
+        std::fs::write(store.join("five.toml"), "[[credential]]\nname = \"five\"\nteam = \"nobody\"\nmode = \"text\"\nvalue = \"$SECRET_s:a/v $KEY_value\"\n").unwrap();
+        let changed: Vec<PathBuf> = ["one", "two", "four", "five"]
+            .iter()
+            .map(|n| store.join(format!("{n}.toml")))
+            .collect();
+        let told = load(&mut cache, Some(&changed));
+        let scratch = load(&mut LoadCache::default(), None);
+        assert_eq!(summary(&told), summary(&scratch));
+        assert_eq!(
+            summary(&told).0,
+            ["four a/v1", "one a/v2", "three a/v1"],
+            "{:?}",
+            summary(&told)
+        );
+        assert_eq!(told.quarantined.len(), 1, "{:?}", told.quarantined);
+    }
 }
