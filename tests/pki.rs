@@ -121,8 +121,8 @@ async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
     let (bao, bao_audit, _audit_dir) = audited_bao();
     let ca_pem = pki_mount(&bao);
     let (dir, s) = serve(&bao).await;
-    // The expiry sweep at start reads every credential, so the certificate may already be
-    // issued: purged, the next uses are first uses again.
+    // Nothing issued before first use (the start-up sweep skips issued credentials unless
+    // `[expiry] issue = true`); purged anyway, so the next uses are first uses whatever ran.
     purge_pki(&s).await;
     // The 1h profile rotates every 20 minutes: one period for the whole step.
     clear_of_a_period_end(1200).await;
