@@ -20,6 +20,8 @@ command -v bao >/dev/null || { echo "bench needs OpenBao's bao: pip install open
 cargo build --release --quiet --bin keybroker
 bin=$root/target/release
 . "$root/bench/lib.sh"
+# KEEP=folder: the scratch folder (replicas' logs, OpenBao's audit log) is copied there at the end.
+before_cleanup() { [ -z "${KEEP:-}" ] || cp -r "$work" "$KEEP"; }
 scratch
 
 bao_port=$(port)

@@ -9,6 +9,18 @@ use std::path::Path;
 
 /// Writes `bytes` to `path` (mode `mode`) atomically; the folder must exist.
 pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_with(path, bytes, mode, true)
+}
+
+/// As [`write`]; `durable = false` skips both syncs: still whole or not at all for readers,
+/// but a power loss may lose it — for copies of what another system holds (a vault store's
+/// mirror, which a replica's start pulls whole again).
+pub(crate) fn write_with(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    durable: bool,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
@@ -21,8 +33,13 @@ pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
         .mode(mode)
         .open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
     std::fs::rename(&tmp, path)?;
+    if !durable {
+        return Ok(());
+    }
     std::fs::File::open(dir).and_then(|d| d.sync_all())
 }

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use crate::policy::{EntryName, TeamSlug};
 pub(crate) use file::FileStore;
-pub(crate) use vault::Pulled;
 pub(crate) use vault::VaultStore;
+pub(crate) use vault::{Orphans, Pulled};
 
 /// The file source that serves a file store's material.
 pub(crate) const SOURCE: &str = crate::config::STORE_SOURCE;
@@ -442,13 +442,35 @@ impl Store {
         }
     }
 
-    /// Removes material versions no definition references (newer than the credential's
+    /// The orphan sweep: removes material versions no definition references (newer than the credential's
     /// version, or of a credential that has none) once older than `grace`: what a write that
     /// crashed, or lost a race, between its two steps left. Younger ones may belong to a
     /// write in progress (on another replica) and stay. Returns how many were removed.
-    pub async fn collect_orphans(&self, grace: std::time::Duration) -> Result<usize, StoreError> {
+    ///
+    /// In two halves, so that listing every credential's material does not hold the write
+    /// lock: [`Store::find_orphans`] without it, [`Store::remove_orphans`] under it.
+    pub(crate) async fn find_orphans(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<Orphans, StoreError> {
         match &self.remote {
-            Some(v) => v.collect_orphans(grace).await,
+            Some(v) => v.find_orphans(grace, &self.local).await,
+            // A file store's listing is local and quick: done whole in the second half.
+            None => Ok(Orphans::default()),
+        }
+    }
+
+    /// The second half of the sweep, under the write lock: each of `found` checked again
+    /// against its definition as the store holds it now, and removed (a file store: the
+    /// whole local sweep). Returns how many versions were removed.
+    pub(crate) async fn remove_orphans(
+        &self,
+        found: Orphans,
+        grace: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        match &self.remote {
+            Some(_) if found.is_empty() => Ok(0),
+            Some(v) => v.remove_orphans(found).await,
             None => self.local.collect_orphans(grace),
         }
     }

@@ -833,3 +833,126 @@ async fn a_held_wait_ends_unauthenticated_when_a_reload_rotates_its_token() {
         .unwrap();
     assert_eq!(status, 401);
 }
+
+/// OpenBao with a file audit device (declared in its configuration): the server, the log's
+/// path, and the folder holding both.
+fn audited_bao() -> (OpenBao, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("bao-audit.log");
+    let hcl = dir.path().join("audit.hcl");
+    std::fs::write(
+        &hcl,
+        format!("audit \"file\" \"to-file\" {{\n  options {{\n    file_path = {log:?}\n  }}\n}}\n"),
+    )
+    .unwrap();
+    (OpenBao::start_with_config(Some(&hcl)), log, dir)
+}
+
+/// OpenBao's audit entries of reads (not the test's writes) under `secret/data/tls/many/`, in log order: (request or
+/// not, path, time).
+fn sweep_reads(audit: &Path) -> Vec<(bool, String, std::time::SystemTime)> {
+    let text = String::from_utf8_lossy(&std::fs::read(audit).unwrap_or_default()).into_owned();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            let path = v["request"]["path"].as_str()?.to_owned();
+            if !path.starts_with("secret/data/tls/many/") || v["request"]["operation"] != "read" {
+                return None;
+            }
+            let time = humantime::parse_rfc3339_weak(v["time"].as_str()?).ok()?;
+            Some((v["type"] == "request", path, time))
+        })
+        .collect()
+}
+
+/// Issue 48, the start-up sweep's pacing (docs/CONFIGURATION.md `[expiry]`): with more mtls
+/// credentials than its burst, the sweep reads one credential at a time, at most 20 a second
+/// past the first 100, and the replica is ready long before it has read them all. Counted
+/// from OpenBao's own audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_sweep_reads_one_at_a_time_paced_and_readiness_does_not_wait_for_it() {
+    const MANY: usize = 300;
+    let (bao, bao_audit, _bao_dir) = audited_bao();
+    let partner = Ca::new("partner CA");
+    let cert_dir = tempfile::tempdir().unwrap();
+    let issued = partner.client(cert_dir.path(), "many", "many.partner.example");
+    let http = reqwest::Client::new();
+    let body = json!({ "data": { "cert": issued.cert_pem, "key": issued.key_pem } });
+    let mut policy = format!(
+        "[[team]]\nslug = \"payments\"\n[[consumer]]\nname = \"ops\"\nteam = \"payments\"\ntoken_sha256 = \"{}\"\nadmin = true\n",
+        token_sha256(OPS)
+    );
+    for i in 0..MANY {
+        let put = http
+            .post(format!("{}/v1/secret/data/tls/many/c{i}", bao.addr))
+            .header("X-Vault-Token", support::openbao::ROOT_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success(), "{}", put.status());
+        policy.push_str(&format!(
+            "[[credential]]\nname = \"c{i}\"\nmode = \"mtls\"\nteam = \"payments\"\nallowed_hosts = [\"{HOST}\"]\nclient_certificate = \"$SECRET_vault:tls/many/c{i} $KEY_cert\"\nclient_private_key = \"$SECRET_vault:tls/many/c{i} $KEY_key\"\n"
+        ));
+    }
+    let (dir, ca) = folder("unused");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("policies")).unwrap();
+    std::fs::write(root.join("policies/p.toml"), policy).unwrap();
+    std::fs::write(
+        root.join("kb.toml"),
+        format!(
+            "policies = \"policies\"\n[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n[[source]]\nname = \"vault\"\nkind = \"vault\"\naddress = \"{}\"\n[expiry]\ninterval = \"1h\"\n",
+            bao.addr
+        ),
+    )
+    .unwrap();
+    let running = Running::start(root, &ca.pem, 0, "info").await;
+    let s = Server { dir, ca, running };
+    until("ready", Duration::from_secs(30), || async {
+        s.readyz().await.0 == 200
+    })
+    .await;
+    // Past the burst the sweep takes at least (MANY - 100) / 20 = 10 s: ready came first.
+    let answered = |reads: &[(bool, String, std::time::SystemTime)]| {
+        let paths = reads.iter().filter(|r| !r.0).map(|r| r.1.clone());
+        paths.collect::<std::collections::BTreeSet<_>>().len()
+    };
+    let at_ready = sweep_reads(&bao_audit);
+    let answered_at_ready = answered(&at_ready);
+    assert!(
+        answered_at_ready < MANY,
+        "ready only after all {MANY} credentials were read"
+    );
+
+    until(
+        "the sweep read every credential",
+        Duration::from_secs(60),
+        || async { sweep_reads(&bao_audit).iter().filter(|r| !r.0).count() >= MANY },
+    )
+    .await;
+    let reads = sweep_reads(&bao_audit);
+    // One credential at a time: never a request for a second path before the first answered.
+    let mut in_flight = std::collections::BTreeSet::new();
+    let mut most = 0;
+    for (request, path, _) in &reads {
+        if *request {
+            in_flight.insert(path.clone());
+        } else {
+            in_flight.remove(path);
+        }
+        most = most.max(in_flight.len());
+    }
+    assert_eq!(most, 1, "credentials read at once");
+    // Each credential read once, and past the first 100 at most 21 in any second (20 a second
+    // and the one a late tick lets through).
+    let requests: Vec<_> = reads.iter().filter(|r| r.0).collect();
+    assert_eq!(requests.len(), MANY, "one read per credential");
+    for w in requests[100..].windows(22) {
+        let span = w[21].2.duration_since(w[0].2).unwrap_or_default();
+        assert!(
+            span >= Duration::from_millis(950),
+            "22 reads within {span:?} past the burst"
+        );
+    }
+}

@@ -121,8 +121,8 @@ async fn a_short_lived_certificate_is_issued_once_verified_and_reused() {
     let (bao, bao_audit, _audit_dir) = audited_bao();
     let ca_pem = pki_mount(&bao);
     let (dir, s) = serve(&bao).await;
-    // The expiry sweep at start reads every credential, so the certificate may already be
-    // issued: purged, the next uses are first uses again.
+    // Nothing issued before first use (the start-up sweep skips issued credentials unless
+    // `[expiry] issue = true`); purged anyway, so the next uses are first uses whatever ran.
     purge_pki(&s).await;
     // The 1h profile rotates every 20 minutes: one period for the whole step.
     clear_of_a_period_end(1200).await;
@@ -1049,4 +1049,51 @@ async fn a_csr_asking_for_more_is_refused_and_nothing_is_signed() {
         signed_count(&bao_audit),
         keybroker::testing::broker::SIGNS_PER_PERIOD as usize
     );
+}
+
+/// `GET /metrics` as the operator's admin.
+async fn metrics(s: &Running) -> String {
+    let resp = s.client.get(s.url("/metrics")).bearer_auth(OPS).send();
+    resp.await.unwrap().text().await.unwrap()
+}
+
+/// Issue 48: the expiry sweep at start issues no certificate for a credential a pki source
+/// issues (a read would issue before any use) — unless `[expiry] issue = true`, when it
+/// issues each one once. The sweep's end is its series of the server's own certificate,
+/// noted after every credential; the issuances are counted in OpenBao's audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_sweep_issues_a_certificate_only_when_asked() {
+    let (bao, bao_audit, _audit_dir) = audited_bao();
+    pki_mount(&bao);
+    let swept = |m: &str| {
+        m.lines().any(|l| {
+            l.starts_with("keybroker_certificate_expiry_timestamp_seconds{kind=\"server\"")
+        })
+    };
+    for (extra, issued) in [("", 0), ("[expiry]\nissue = true\n", 1)] {
+        let before = (
+            issued_count(&bao_audit),
+            answered(&bao_audit, "pki/issue/fast"),
+        );
+        let (_dir, s) = serve_with(&bao, extra).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !swept(&metrics(&s).await) {
+            assert!(std::time::Instant::now() < deadline, "no sweep within 30 s");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let after = (
+            issued_count(&bao_audit),
+            answered(&bao_audit, "pki/issue/fast"),
+        );
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (issued, issued),
+            "issuances by the start-up sweep with {extra:?}"
+        );
+        assert_eq!(
+            signed_count(&bao_audit),
+            0,
+            "a signing profile signs nothing"
+        );
+    }
 }

@@ -61,7 +61,7 @@ impl Broker {
         broker.routes = crate::policy::KnownSources::of(config);
         if let Some(dir) = &config.policies {
             broker.policies_dir = Some(dir.clone());
-            let policy = broker.load_policy()?;
+            let policy = broker.load_policy(None)?;
             for w in &policy.warnings {
                 tracing::warn!(warning = %w, "policy");
             }
@@ -130,7 +130,12 @@ impl Broker {
 
     /// The folders the policy is loaded from: the policy folder, then the store's
     /// definitions.
-    pub(super) fn load_policy(&self) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
+    /// `changed`: every file changed since the last load, when known (see
+    /// `policy::load_checked_dirs_cached`).
+    pub(super) fn load_policy(
+        &self,
+        changed: Option<&[std::path::PathBuf]>,
+    ) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
         let dirs: Vec<std::path::PathBuf> = self.policies_dir.iter().cloned().collect();
         let store = self
             .store
@@ -141,7 +146,13 @@ impl Broker {
             .load_cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::policy::load_checked_dirs_cached(&dirs, &store, &self.known_sources(), &mut cache)
+        crate::policy::load_checked_dirs_cached(
+            &dirs,
+            &store,
+            &self.known_sources(),
+            &mut cache,
+            changed,
+        )
     }
 
     /// What policies are checked against: the configuration's facts ([`KnownSources::of`]),

@@ -54,10 +54,24 @@ impl Broker {
     /// Reads the policies folder again and swaps the policy in whole, or keeps the old one.
     /// Requests already running finish under the policy they started with.
     pub fn reload_policy(&self) -> Result<PolicySummary, ReloadError> {
+        self.reload(None)
+    }
+
+    /// As [`Broker::reload_policy`] after store writes or a pull that changed exactly these
+    /// definition files: only they are read again; the folders are not walked and the other
+    /// files not looked at (a policy file edited meanwhile waits for SIGHUP or a full reload).
+    pub fn reload_policy_changed(
+        &self,
+        changed: &[std::path::PathBuf],
+    ) -> Result<PolicySummary, ReloadError> {
+        self.reload(Some(changed))
+    }
+
+    fn reload(&self, changed: Option<&[std::path::PathBuf]>) -> Result<PolicySummary, ReloadError> {
         if self.policies_dir.is_none() {
             return Err(ReloadError::NoPolicies);
         }
-        match self.load_policy() {
+        match self.load_policy(changed) {
             Ok(policy) => {
                 let summary = PolicySummary::of(&policy);
                 self.report_quarantined(&policy);

@@ -527,7 +527,7 @@ impl Manager {
         // policy, which still holds it — say so, with none of the loader's lines (they are the
         // operator's, and name other teams').
         self.broker
-            .reload_policy()
+            .reload_policy_changed(&[store.definition_file(kind, team, name)])
             .map_err(|_| ManageError::ReloadPending)?;
         Ok(())
     }
@@ -558,15 +558,22 @@ impl Manager {
     }
 
     /// Every `grace` (and once now): removes material no definition references once
-    /// `grace` old ([`Store::collect_orphans`]), under the write lock, while the broker lives.
+    /// `grace` old ([`Store::find_orphans`] then, under the write lock, [`Store::remove_orphans`]), while the broker lives.
     pub fn spawn_orphan_sweep(self: &Arc<Self>, grace: std::time::Duration) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let Some(broker) = weak.upgrade() else { return };
                 if let Some(store) = broker.store.as_deref() {
+                    // Listed without the lock (O(store) requests); only the candidates are
+                    // checked again and removed under it.
+                    let found = store.find_orphans(grace).await;
                     let _one = broker.lock.lock().await;
-                    match store.collect_orphans(grace).await {
+                    let removed = match found {
+                        Ok(found) => store.remove_orphans(found, grace).await,
+                        Err(e) => Err(e),
+                    };
+                    match removed {
                         Ok(0) => {}
                         Ok(n) => {
                             tracing::info!(removed = n, "store: unreferenced material removed")
@@ -591,8 +598,18 @@ impl Manager {
         let _one = self.lock.lock().await;
         match store.pull().await {
             Ok(pulled) => {
-                if pulled != crate::store::Pulled::Unchanged {
-                    let _ = self.broker.reload_policy();
+                match pulled {
+                    crate::store::Pulled::Unchanged => {}
+                    crate::store::Pulled::Entries(entries) => {
+                        let changed: Vec<_> = entries
+                            .iter()
+                            .map(|(kind, team, name)| store.definition_file(*kind, team, name))
+                            .collect();
+                        let _ = self.broker.reload_policy_changed(&changed);
+                    }
+                    crate::store::Pulled::Everything => {
+                        let _ = self.broker.reload_policy();
+                    }
                 }
                 if let Some(p) = self
                     .polled
@@ -837,7 +854,8 @@ impl Manager {
     ) -> Result<(), ManageError> {
         let store = self.store()?;
         let file = store.definition_file(kind, team, name);
-        let refused = match self.broker.reload_policy() {
+        let changed = [file.clone()];
+        let refused = match self.broker.reload_policy_changed(&changed) {
             // Loaded — unless this very entry was set aside (a policy file defines the name,
             // or it conflicts): then it is the caller's to hear, and only its own lines.
             Ok(_) => {
@@ -860,7 +878,7 @@ impl Manager {
         };
         store.restore(kind, team, name, written, previous).await?;
         // What was there before is in force again (or nothing, for a create).
-        let _ = self.broker.reload_policy();
+        let _ = self.broker.reload_policy_changed(&changed);
         Err(refused)
     }
 

@@ -324,7 +324,7 @@ impl Policy {
                 && cred.allowed_hosts.iter().any(|p| p.matches(dest))
                 && self
                     .visible_credential(team, &cred.name)
-                    .is_ok_and(|seen| std::ptr::eq(seen, *cred))
+                    .is_ok_and(|seen| std::ptr::eq(seen, &***cred))
         });
         match (fitting.next(), fitting.next()) {
             (Some(cred), None) => Ok(cred),

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -118,7 +119,7 @@ struct AppRoleDef {
     token_bound_cidrs: Vec<String>,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Deserialize)]
 struct CredentialDef {
     name: String,
     mode: CredentialMode,
@@ -142,6 +143,41 @@ struct CredentialDef {
     value: Option<String>,
     /// A rotation staged for a time.
     next: Option<NextDef>,
+    /// What a load built of this definition (it lives as long as the file's cached parse):
+    /// reused by the next load under the same teams and sources.
+    #[serde(skip)]
+    built: std::sync::Mutex<Option<Built>>,
+}
+
+/// A credential as built from its definition, with the lines its checks wrote, under the
+/// teams and sources of [`Context`] `context`.
+struct Built {
+    context: u64,
+    credential: Arc<Credential>,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+/// What a credential's own checks depend on beyond its definition — the team slugs and the
+/// sources — numbered: a definition's [`Built`] stands while the number is the same.
+#[derive(Default)]
+struct Context {
+    id: u64,
+    last: Option<(BTreeSet<String>, Option<KnownSources>)>,
+}
+
+impl Context {
+    fn of(&mut self, slugs: &BTreeSet<String>, sources: Option<&KnownSources>) -> u64 {
+        let same = self
+            .last
+            .as_ref()
+            .is_some_and(|(s, k)| s == slugs && k.as_ref() == sources);
+        if !same {
+            self.id += 1;
+            self.last = Some((slugs.clone(), sources.cloned()));
+        }
+        self.id
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -170,11 +206,12 @@ struct Item<T> {
     def: T,
     file: usize,
     span: Range<usize>,
-    keys: BTreeMap<Vec<Seg>, Range<usize>>,
+    /// Shared: a load numbers the cached items of every file without copying them.
+    keys: Arc<BTreeMap<Vec<Seg>, Range<usize>>>,
 }
 
 struct Files {
-    paths: Vec<PathBuf>,
+    paths: Vec<Arc<Path>>,
     /// Per path: whether it is the management store's.
     managed: Vec<bool>,
     texts: Vec<std::sync::Arc<str>>,
@@ -218,7 +255,7 @@ fn key_index(k: &str, i: usize) -> Vec<Seg> {
 
 /// The sources a policy is loaded against: grants and credentials must name one of them
 /// (a misspelt source would otherwise load and silently grant nothing, or fail on use).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct KnownSources {
     pub names: BTreeSet<String>,
     /// Where `$SECRET_<path>` without `<source>:` goes.
@@ -261,23 +298,33 @@ pub fn load_checked_dirs(
     store: &[std::path::PathBuf],
     sources: &KnownSources,
 ) -> Result<Policy, PolicyError> {
-    load_checked_dirs_cached(dirs, store, sources, &mut LoadCache::default())
+    load_checked_dirs_cached(dirs, store, sources, &mut LoadCache::default(), None)
 }
 
 /// As [`load_checked_dirs`], reading and parsing again only the files that changed since
 /// the load that filled `cache` (see [`LoadCache`]).
+/// `changed`: when the caller knows every file that changed since that load (a management
+/// write, a pull's change list), only those are looked at — the folders are not walked and
+/// no other file is `stat`ed; `None` walks and checks everything (start, SIGHUP, a full pull).
 pub(crate) fn load_checked_dirs_cached(
     dirs: &[std::path::PathBuf],
     store: &[std::path::PathBuf],
     sources: &KnownSources,
     cache: &mut LoadCache,
+    changed: Option<&[PathBuf]>,
 ) -> Result<Policy, PolicyError> {
     let dirs: Vec<&Path> = dirs.iter().chain(store).map(|d| d.as_path()).collect();
-    load_managed(&dirs, dirs.len() - store.len(), Some(sources), cache)
+    load_managed(
+        &dirs,
+        dirs.len() - store.len(),
+        Some(sources),
+        cache,
+        changed,
+    )
 }
 
 fn load_inner(dirs: &[&Path], sources: Option<&KnownSources>) -> Result<Policy, PolicyError> {
-    load_managed(dirs, dirs.len(), sources, &mut LoadCache::default())
+    load_managed(dirs, dirs.len(), sources, &mut LoadCache::default(), None)
 }
 
 /// Loads `dirs` as one policy; those from index `store_from` on are the store's.
@@ -294,11 +341,16 @@ fn load_managed(
     store_from: usize,
     sources: Option<&KnownSources>,
     cache: &mut LoadCache,
+    changed: Option<&[PathBuf]>,
 ) -> Result<Policy, PolicyError> {
+    // The operator's folders are small and edited by hand: always walked and checked. The
+    // store's are taken from the last load plus `changed` when that is known.
+    let trusted = changed.is_some_and(|c| cache.apply_changes(dirs, store_from, c));
+    cache.walk(dirs, if trusted { store_from } else { dirs.len() })?;
     let mut excluded = BTreeSet::new();
     let mut quarantined = Vec::new();
     loop {
-        match load_once(dirs, store_from, sources, &excluded, cache)? {
+        match load_once(store_from, sources, &excluded, cache, trusted)? {
             Ok(mut policy) => {
                 quarantined.sort_by(|a: &Diagnostic, b: &Diagnostic| {
                     (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column))
@@ -320,28 +372,28 @@ fn load_managed(
     }
 }
 
-/// One load of `dirs` without the files in `excluded`: the policy, or every error.
+/// One load of the files `cache` lists, without those in `excluded`: the policy, or every
+/// error.
 fn load_once(
-    dirs: &[&Path],
     store_from: usize,
     sources: Option<&KnownSources>,
     excluded: &BTreeSet<PathBuf>,
     cache: &mut LoadCache,
+    trusted: bool,
 ) -> Result<Result<Policy, Vec<Diagnostic>>, PolicyError> {
     let mut paths = Vec::new();
     let mut managed = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let mut found = Vec::new();
-        collect_files(dir, &mut found).map_err(|source| PolicyError::Read {
-            path: (*dir).to_owned(),
-            source,
-        })?;
-        found.retain(|p| !excluded.contains(p));
-        found.sort();
-        managed.extend(found.iter().map(|_| i >= store_from));
-        paths.extend(found);
+    for (i, found) in cache.listed.iter().enumerate() {
+        let found = found.iter().filter(|p| !excluded.contains(&***p));
+        for p in found {
+            managed.push(i >= store_from);
+            paths.push(Arc::clone(p));
+        }
     }
-    cache.keep_only(&paths);
+    // A load told what changed has dropped what went (`apply_changes`).
+    if !trusted {
+        cache.keep_only(&paths);
+    }
     let mut files = Files {
         texts: Vec::with_capacity(paths.len()),
         paths,
@@ -351,7 +403,7 @@ fn load_once(
     };
     let mut parsed = Parsed::default();
     for i in 0..files.paths.len() {
-        let one = cache.parsed(&files.paths[i])?;
+        let one = cache.parsed(&files.paths[i], trusted && files.managed[i])?;
         files.texts.push(std::sync::Arc::clone(&one.text));
         files.list.extend(one.diags.iter().cloned());
         parsed.extend_from(one, i);
@@ -364,14 +416,12 @@ fn load_once(
         identity_pins,
         ..
     } = parsed;
-    let defs = Defs {
-        teams,
-        consumers,
-        credentials,
-        grants,
-        identity_pins,
-    };
-    let mut policy = validate(&mut files, defs, sources);
+    let mut policy = validate(
+        &mut files,
+        (teams, consumers, credentials, grants, identity_pins),
+        sources,
+        &mut cache.context,
+    );
     for list in [&mut files.list, &mut files.warnings] {
         list.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     }
@@ -391,6 +441,11 @@ fn load_once(
 #[derive(Default)]
 pub(crate) struct LoadCache {
     files: std::collections::HashMap<PathBuf, Parsed>,
+    /// The folders of the last load and the files found in each (sorted, as a walk finds
+    /// them): a load told what changed updates this instead of walking again.
+    dirs: Vec<PathBuf>,
+    listed: Vec<BTreeSet<Arc<Path>>>,
+    context: Context,
 }
 
 impl std::fmt::Debug for LoadCache {
@@ -406,11 +461,11 @@ struct Parsed {
     identity: Identity,
     text: std::sync::Arc<str>,
     diags: Vec<Diagnostic>,
-    teams: Vec<Item<TeamDef>>,
-    consumers: Vec<Item<ConsumerDef>>,
-    credentials: Vec<Item<CredentialDef>>,
-    grants: Vec<Item<GrantDef>>,
-    identity_pins: Vec<Item<IdentityPinDef>>,
+    teams: Vec<Item<Arc<TeamDef>>>,
+    consumers: Vec<Item<Arc<ConsumerDef>>>,
+    credentials: Vec<Item<Arc<CredentialDef>>>,
+    grants: Vec<Item<Arc<GrantDef>>>,
+    identity_pins: Vec<Item<Arc<IdentityPinDef>>>,
 }
 
 impl Parsed {
@@ -429,15 +484,80 @@ impl Parsed {
 }
 
 impl LoadCache {
-    fn keep_only(&mut self, paths: &[PathBuf]) {
-        let wanted: std::collections::HashSet<&PathBuf> = paths.iter().collect();
-        self.files.retain(|p, _| wanted.contains(p));
+    fn keep_only(&mut self, paths: &[Arc<Path>]) {
+        let wanted: std::collections::HashSet<&Path> = paths.iter().map(|p| &**p).collect();
+        self.files.retain(|p, _| wanted.contains(p.as_path()));
+    }
+
+    /// Walks `dirs` for their files and remembers them — all but those from `keep` on,
+    /// whose last listing stands.
+    fn walk(&mut self, dirs: &[&Path], keep: usize) -> Result<(), PolicyError> {
+        // `keep` below `dirs.len()` only after `apply_changes` matched the same folders.
+        let kept = if keep < dirs.len() {
+            self.listed.split_off(keep)
+        } else {
+            Vec::new()
+        };
+        self.dirs.clear();
+        self.listed.clear();
+        for dir in &dirs[..keep] {
+            let mut found = Vec::new();
+            let read = collect_files(dir, &mut found).map_err(|source| PolicyError::Read {
+                path: (*dir).to_owned(),
+                source,
+            });
+            if let Err(e) = read {
+                self.listed.clear();
+                return Err(e);
+            }
+            self.dirs.push(dir.to_path_buf());
+            self.listed
+                .push(found.into_iter().map(|p| Arc::from(p.as_path())).collect());
+        }
+        self.dirs
+            .extend(dirs[keep..].iter().map(|d| d.to_path_buf()));
+        self.listed.extend(kept);
+        Ok(())
+    }
+
+    /// Takes `changed` into the store's files of the last load of the same `dirs`: each is
+    /// found again (there, or gone) and will be read again. `false` when there is no such
+    /// load or a path is in none of the store's folders — then the caller walks them.
+    fn apply_changes(&mut self, dirs: &[&Path], store_from: usize, changed: &[PathBuf]) -> bool {
+        let same = self.listed.len() == dirs.len()
+            && self.dirs.len() == dirs.len()
+            && self.dirs.iter().zip(dirs).all(|(a, b)| a == b);
+        if !same {
+            return false;
+        }
+        for path in changed {
+            let Some(i) = dirs.iter().rposition(|d| path.starts_with(d)) else {
+                return false;
+            };
+            if i < store_from {
+                return false;
+            }
+            self.files.remove(path);
+            let is_toml = path.extension().is_some_and(|e| e == "toml");
+            if is_toml && path.is_file() {
+                self.listed[i].insert(Arc::from(path.as_path()));
+            } else {
+                self.listed[i].remove(path.as_path());
+            }
+        }
+        true
     }
 
     /// `path` parsed: from the cache while its identity is the same, else read and parsed.
-    fn parsed(&mut self, path: &Path) -> Result<&Parsed, PolicyError> {
-        let now = identity(path)?;
-        let fresh = self.files.get(path).is_some_and(|p| p.identity == now);
+    /// `trusted`: a cached file is taken as it is, without a `stat` (only the files named
+    /// changed were dropped from the cache).
+    fn parsed(&mut self, path: &Path, trusted: bool) -> Result<&Parsed, PolicyError> {
+        let fresh = if trusted && self.files.contains_key(path) {
+            true
+        } else {
+            let now = identity(path)?;
+            self.files.get(path).is_some_and(|p| p.identity == now)
+        };
         if !fresh {
             let (text, identity) = read_stable(path, || ())?;
             let one = parse_file(path, text, identity);
@@ -504,7 +624,7 @@ fn parse_file(path: &Path, text: String, identity: Identity) -> Parsed {
 
 fn push<T: serde::de::DeserializeOwned>(
     d: &mut Diags<'_>,
-    out: &mut Vec<Item<T>>,
+    out: &mut Vec<Item<Arc<T>>>,
     item: &Spanned<DeValue<'_>>,
     file: usize,
 ) {
@@ -525,10 +645,10 @@ fn push<T: serde::de::DeserializeOwned>(
         }
     }
     out.push(Item {
-        def,
+        def: Arc::new(def),
         file,
         span: item.span(),
-        keys,
+        keys: Arc::new(keys),
     });
 }
 
@@ -581,27 +701,34 @@ fn valid_slug(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// Everything a load parsed, by kind.
-struct Defs {
-    teams: Vec<Item<TeamDef>>,
-    consumers: Vec<Item<ConsumerDef>>,
-    credentials: Vec<Item<CredentialDef>>,
-    grants: Vec<Item<GrantDef>>,
-    identity_pins: Vec<Item<IdentityPinDef>>,
-}
+/// Every definition a load found, by kind.
+type Defs = (
+    Vec<Item<Arc<TeamDef>>>,
+    Vec<Item<Arc<ConsumerDef>>>,
+    Vec<Item<Arc<CredentialDef>>>,
+    Vec<Item<Arc<GrantDef>>>,
+    Vec<Item<Arc<IdentityPinDef>>>,
+);
 
-fn validate(files: &mut Files, defs: Defs, sources: Option<&KnownSources>) -> Policy {
+fn validate(
+    files: &mut Files,
+    (teams, consumers, credentials, grants, identity_pins): Defs,
+    sources: Option<&KnownSources>,
+    context: &mut Context,
+) -> Policy {
     let mut policy = Policy::default();
-    let slugs = validate_teams(files, &defs.teams, &mut policy);
-    let consumer_items = validate_consumers(files, defs.consumers, &slugs, &mut policy);
-    let cred_items = validate_credentials(files, defs.credentials, &slugs, sources, &mut policy);
-    validate_grants(files, defs.grants, &slugs, sources, &mut policy);
+    let slugs = validate_teams(files, &teams, &mut policy);
+    let consumer_items = validate_consumers(files, consumers, &slugs, &mut policy);
+    let context = context.of(&slugs, sources);
+    let cred_items =
+        validate_credentials(files, &credentials, (&slugs, sources, context), &mut policy);
+    validate_grants(files, grants, &slugs, sources, &mut policy);
     if let Some(known) = sources {
         warn_credentials_outside_grants(files, &policy, &cred_items, known);
         check_pki_names_are_the_teams(files, &policy, &cred_items, known);
     }
     identity::check_profiles(files, &mut policy, &consumer_items, &cred_items, sources);
-    identity::attach_renewed(files, &mut policy, defs.identity_pins, &consumer_items);
+    identity::attach_renewed(files, &mut policy, identity_pins, &consumer_items);
     check_private_keys(files, &policy, &cred_items, sources);
     policy
 }
@@ -622,15 +749,17 @@ fn check_private_keys(
             continue;
         }
         let roles = &cred.values.by_role;
-        let signing = roles.get("client_certificate").is_some_and(|r| {
-            let (Ok(source), Ok(path)) = (known.source_of(&r.target), super::path_of(&r.target))
-            else {
-                return false;
-            };
-            known
-                .signing
-                .contains(&(source.to_owned(), path.to_string()))
-        });
+        let signing = !known.signing.is_empty()
+            && roles.get("client_certificate").is_some_and(|r| {
+                let (Ok(source), Ok(path)) =
+                    (known.source_of(&r.target), super::path_of(&r.target))
+                else {
+                    return false;
+                };
+                known
+                    .signing
+                    .contains(&(source.to_owned(), path.to_string()))
+            });
         match (signing, roles.contains_key("client_private_key")) {
             (false, false) => files.at(
                 item,
@@ -652,7 +781,7 @@ fn check_private_keys(
 /// Team slugs (valid, once each) and Tines IDs (once each).
 fn validate_teams(
     files: &mut Files,
-    teams: &[Item<TeamDef>],
+    teams: &[Item<Arc<TeamDef>>],
     policy: &mut Policy,
 ) -> BTreeSet<String> {
     let mut slugs = BTreeSet::new();
@@ -739,7 +868,7 @@ impl Holder {
                 def: (),
                 file: c.file,
                 span: c.span.clone(),
-                keys: BTreeMap::new(),
+                keys: Arc::clone(&c.keys),
             },
         }
     }
@@ -758,7 +887,7 @@ impl Holder {
 /// is a load error — and, between two store entries, for the first as well.
 fn claim<K: Ord>(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     owners: &mut BTreeMap<K, Holder>,
     k: K,
     field: &str,
@@ -777,7 +906,7 @@ fn claim<K: Ord>(
 /// Consumer `c`'s AppRole login, checked; its `role_id` held by no other consumer.
 fn approle_of(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     role_owner: &mut BTreeMap<String, Holder>,
 ) -> Option<super::model::AppRole> {
     let a = c.def.approle.as_ref()?;
@@ -849,7 +978,7 @@ fn role_ok(role: &str) -> bool {
 /// Consumer `c`'s JWT login, checked; its role held by no other consumer.
 fn jwt_role(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     jwt_owner: &mut BTreeMap<String, Holder>,
 ) -> Option<super::model::JwtRole> {
     let j = c.def.jwt.as_ref()?;
@@ -877,7 +1006,7 @@ fn jwt_role(
 /// Consumer `c`'s Kubernetes login, checked; its role held by no other consumer.
 fn kubernetes_role(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     kube_owner: &mut BTreeMap<String, Holder>,
 ) -> Option<super::model::KubernetesRole> {
     let k = c.def.kubernetes.as_ref()?;
@@ -926,7 +1055,7 @@ struct Owners {
 
 fn validate_consumers(
     files: &mut Files,
-    consumers: Vec<Item<ConsumerDef>>,
+    consumers: Vec<Item<Arc<ConsumerDef>>>,
     slugs: &BTreeSet<String>,
     policy: &mut Policy,
 ) -> identity::ConsumerItems {
@@ -976,7 +1105,7 @@ fn validate_consumers(
                 def: (),
                 file: c.file,
                 span: c.span.clone(),
-                keys: c.keys.clone(),
+                keys: Arc::clone(&c.keys),
             };
             acl_items.push((at, def.team.clone(), policy.consumers.len()));
         }
@@ -1027,7 +1156,7 @@ fn validate_consumers(
 /// A consumer's `cert_sha256` pins, each fingerprint held by one consumer only.
 fn consumer_pins(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     pin_owner: &mut BTreeMap<[u8; 32], Holder>,
 ) -> Vec<super::model::Pin> {
     let def = &c.def;
@@ -1080,7 +1209,11 @@ fn consumer_pins(
 }
 
 /// The teams a consumer administers; an unknown one is a load error (and is not kept).
-fn admin_teams(files: &mut Files, c: &Item<ConsumerDef>, slugs: &BTreeSet<String>) -> Vec<String> {
+fn admin_teams(
+    files: &mut Files,
+    c: &Item<Arc<ConsumerDef>>,
+    slugs: &BTreeSet<String>,
+) -> Vec<String> {
     let mut known = Vec::new();
     for t in &c.def.admin_teams {
         if slugs.contains(t) {
@@ -1095,7 +1228,7 @@ fn admin_teams(files: &mut Files, c: &Item<ConsumerDef>, slugs: &BTreeSet<String
 /// A consumer's `token_sha256`, each digest held by one consumer only.
 fn consumer_token(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
     token_owner: &mut BTreeMap<[u8; 32], Holder>,
 ) -> Option<[u8; 32]> {
     let def = &c.def;
@@ -1121,7 +1254,7 @@ fn consumer_token(
 /// now so a decision never does I/O) and its subject pattern.
 fn consumer_issuer(
     files: &mut Files,
-    c: &Item<ConsumerDef>,
+    c: &Item<Arc<ConsumerDef>>,
 ) -> (
     Option<std::path::PathBuf>,
     Vec<Vec<u8>>,
@@ -1174,66 +1307,99 @@ fn consumer_issuer(
     (issuer_ca, issuer_certs, subject)
 }
 
-/// Credentials: their values' sources, one definition per team and name.
+/// Credentials: each built from its definition (or taken as the last load built it), then
+/// one definition per team and name.
 fn validate_credentials(
     files: &mut Files,
-    credentials: Vec<Item<CredentialDef>>,
-    slugs: &BTreeSet<String>,
-    sources: Option<&KnownSources>,
+    credentials: &[Item<Arc<CredentialDef>>],
+    (slugs, sources, context): (&BTreeSet<String>, Option<&KnownSources>, u64),
     policy: &mut Policy,
 ) -> Vec<Item<usize>> {
-    let mut cred_items = Vec::new();
-    let mut cred_names = BTreeSet::new();
+    let mut cred_items = Vec::with_capacity(credentials.len());
     for c in credentials {
-        if let Some(mut cred) = credential(files, &c, slugs) {
-            if files.managed[c.file] {
-                cred.origin = super::model::Origin::Api;
-            }
-            if let Some(known) = sources {
-                let staged = cred.next.iter().flat_map(|n| &n.values.by_role);
-                for (role, r) in cred.values.by_role.iter().chain(staged) {
-                    match known.source_of(&r.target) {
-                        Ok(name) if known.names.contains(name) => {}
-                        Ok(name) => files.at(&c, &key(role), format!("unknown source `{name}`")),
-                        Err(why) => files.at(&c, &key(role), why.to_string()),
-                    }
-                }
-            }
-            if !super::is_slug(&cred.name) {
-                files.at(
-                    &c,
-                    &key("name"),
-                    format!(
-                        "credential name {:?} must match [a-z0-9_-]{{1,64}}",
-                        cred.name
-                    ),
-                );
-            } else if !cred_names.insert((cred.team.clone(), cred.name.clone())) {
-                files.at(
-                    &c,
-                    &key("name"),
-                    format!(
-                        "team `{}` defines credential `{}` twice",
-                        cred.team, cred.name
-                    ),
-                );
-            }
-            cred_items.push(Item {
-                def: policy.credentials.len(),
-                file: c.file,
-                span: c.span.clone(),
-                keys: c.keys.clone(),
-            });
-            policy.credentials.push(cred);
+        let cred = built_credential(files, c, slugs, sources, context);
+        cred_items.push(Item {
+            def: policy.credentials.len(),
+            file: c.file,
+            span: c.span.clone(),
+            keys: Arc::clone(&c.keys),
+        });
+        policy.credentials.push(cred);
+    }
+    let mut cred_names = BTreeSet::new();
+    for item in &cred_items {
+        let cred = &policy.credentials[item.def];
+        if !super::is_slug(&cred.name) {
+            files.at(
+                item,
+                &key("name"),
+                format!(
+                    "credential name {:?} must match [a-z0-9_-]{{1,64}}",
+                    cred.name
+                ),
+            );
+        } else if !cred_names.insert((cred.team.as_str(), cred.name.as_str())) {
+            files.at(
+                item,
+                &key("name"),
+                format!(
+                    "team `{}` defines credential `{}` twice",
+                    cred.team, cred.name
+                ),
+            );
         }
     }
     cred_items
 }
 
+/// Credential `c` built and checked against the teams and sources, with its lines — or
+/// taken, lines and all, from the last load that built it under the same `context`.
+fn built_credential(
+    files: &mut Files,
+    c: &Item<Arc<CredentialDef>>,
+    slugs: &BTreeSet<String>,
+    sources: Option<&KnownSources>,
+    context: u64,
+) -> Arc<Credential> {
+    let mut memo = c
+        .def
+        .built
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(b) = memo.as_ref().filter(|b| b.context == context) {
+        files.list.extend(b.errors.iter().cloned());
+        files.warnings.extend(b.warnings.iter().cloned());
+        return Arc::clone(&b.credential);
+    }
+    let (errors, warnings) = (files.list.len(), files.warnings.len());
+    let mut cred = credential(files, c, slugs);
+    if files.managed[c.file] {
+        cred.origin = super::model::Origin::Api;
+    }
+    if let Some(known) = sources {
+        let staged = cred.next.iter().flat_map(|n| &n.values.by_role);
+        for (role, r) in cred.values.by_role.iter().chain(staged) {
+            match known.source_of(&r.target) {
+                Ok(name) if known.names.contains(name) => {}
+                Ok(name) => files.at(c, &key(role), format!("unknown source `{name}`")),
+                Err(why) => files.at(c, &key(role), why.to_string()),
+            }
+        }
+    }
+    let cred = Arc::new(cred);
+    *memo = Some(Built {
+        context,
+        credential: Arc::clone(&cred),
+        errors: files.list[errors..].to_vec(),
+        warnings: files.warnings[warnings..].to_vec(),
+    });
+    cred
+}
+
 /// Grants: known teams and sources, path patterns, hosts.
 fn validate_grants(
     files: &mut Files,
-    grants: Vec<Item<GrantDef>>,
+    grants: Vec<Item<Arc<GrantDef>>>,
     slugs: &BTreeSet<String>,
     sources: Option<&KnownSources>,
     policy: &mut Policy,
@@ -1383,6 +1549,9 @@ fn check_pki_names_are_the_teams(
     items: &[Item<usize>],
     known: &KnownSources,
 ) {
+    if known.pki_names.is_empty() {
+        return;
+    }
     for item in items {
         let cred = &policy.credentials[item.def];
         let staged = cred.next.iter().flat_map(|n| &n.values.by_role);
@@ -1447,9 +1616,9 @@ fn hosts<T>(files: &mut Files, item: &Item<T>, list: &[String]) -> Vec<HostPatte
 
 fn credential(
     files: &mut Files,
-    c: &Item<CredentialDef>,
+    c: &Item<Arc<CredentialDef>>,
     slugs: &BTreeSet<String>,
-) -> Option<Credential> {
+) -> Credential {
     let def = &c.def;
     if !slugs.contains(&def.team) {
         files.at(c, &key("team"), format!("unknown team `{}`", def.team));
@@ -1512,7 +1681,7 @@ fn credential(
             }
         }
     });
-    Some(Credential {
+    Credential {
         name: def.name.clone(),
         mode: def.mode,
         team: def.team.clone(),
@@ -1525,14 +1694,14 @@ fn credential(
         values: CredentialValues { by_role },
         origin: super::model::Origin::File,
         next,
-    })
+    }
 }
 
 /// The references of one set of a credential's values (`at` names where each role's key is,
 /// for the diagnostics), checked against the mode.
 fn role_values(
     files: &mut Files,
-    c: &Item<CredentialDef>,
+    c: &Item<Arc<CredentialDef>>,
     mode: CredentialMode,
     roles: [(&'static str, &Option<String>); 5],
     at: impl Fn(&str) -> Vec<Seg>,
@@ -1671,5 +1840,69 @@ mod tests {
         std::fs::write(dir.path().join("p.toml"), policy("next tuesday")).unwrap();
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("activate_at"), "{err}");
+    }
+
+    /// Issue 48: a reload told which store files changed (a write, a pull's change list)
+    /// reads only those — and its policy is the one a load from scratch makes, a refused
+    /// file included (set aside with its lines, as the put-back of a write relies on).
+    #[test]
+    fn a_reload_told_what_changed_loads_what_a_load_from_scratch_loads() {
+        let root = tempfile::tempdir().unwrap();
+        let (ops, store) = (root.path().join("ops"), root.path().join("store"));
+        std::fs::create_dir_all(&ops).unwrap();
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::write(ops.join("p.toml"), "[[team]]\nslug = \"a\"\n").unwrap();
+        let def = |name: &str, v: &str| {
+            format!(
+                "[[credential]]\nname = \"{name}\"\nteam = \"a\"\nmode = \"text\"\nvalue = \"$SECRET_s:a/{v} $KEY_value\"\n"
+            )
+        };
+        for (n, v) in [("one", "v1"), ("two", "v1"), ("three", "v1")] {
+            std::fs::write(store.join(format!("{n}.toml")), def(n, v)).unwrap();
+        }
+        let sources = KnownSources {
+            names: ["s".to_owned()].into(),
+            ..KnownSources::default()
+        };
+        let (dirs, stores) = (vec![ops.clone()], vec![store.clone()]);
+        let mut cache = LoadCache::default();
+        let load = |cache: &mut LoadCache, changed: Option<&[PathBuf]>| {
+            load_checked_dirs_cached(&dirs, &stores, &sources, cache, changed).unwrap()
+        };
+        let summary = |p: &Policy| {
+            let mut c: Vec<String> = p
+                .credentials
+                .iter()
+                .map(|c| {
+                    let path = super::super::path_of(&c.values.by_role["value"].target).unwrap();
+                    format!("{} {path}", c.name)
+                })
+                .collect();
+            c.sort();
+            let q: Vec<String> = p.quarantined.iter().map(|d| d.to_string()).collect();
+            (c, q)
+        };
+        load(&mut cache, None);
+        // Rewritten (renamed into place, as the store does), made, removed, and refused.
+        let tmp = root.path().join("tmp.toml");
+        std::fs::write(&tmp, def("one", "v2")).unwrap();
+        std::fs::rename(&tmp, store.join("one.toml")).unwrap();
+        std::fs::write(store.join("four.toml"), def("four", "v1")).unwrap();
+        std::fs::remove_file(store.join("two.toml")).unwrap();
+        std::fs::write(store.join("five.toml"), "[[credential]]\nname = \"five\"\nteam = \"nobody\"\nmode = \"text\"\nvalue = \"$SECRET_s:a/v $KEY_value\"\n").unwrap();
+        let changed: Vec<PathBuf> = ["one", "two", "four", "five"]
+            .iter()
+            .map(|n| store.join(format!("{n}.toml")))
+            .collect();
+        let told = load(&mut cache, Some(&changed));
+        let scratch = load(&mut LoadCache::default(), None);
+        assert_eq!(summary(&told), summary(&scratch));
+        assert_eq!(
+            summary(&told).0,
+            ["four a/v1", "one a/v2", "three a/v1"],
+            "{:?}",
+            summary(&told)
+        );
+        assert_eq!(told.quarantined.len(), 1, "{:?}", told.quarantined);
     }
 }

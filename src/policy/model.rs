@@ -464,7 +464,8 @@ pub struct Policy {
     /// team's admins may claim through the management API.
     pub identity_domains: std::collections::BTreeMap<String, Vec<String>>,
     pub consumers: Vec<Consumer>,
-    pub credentials: Vec<Credential>,
+    /// Shared with the load cache: a reload reuses each unchanged credential as built.
+    pub credentials: Vec<std::sync::Arc<Credential>>,
     pub grants: Vec<Grant>,
     /// What `check` warns about (the policy loaded anyway): overlapping issuer ACLs of
     /// different teams, credentials reading outside their team's grants.

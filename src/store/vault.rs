@@ -25,8 +25,10 @@ use super::{EntryName, FileStore, Kind, Record, StoreError, TeamSlug};
 use crate::secret::SecretBuf;
 use crate::source::{KvPart, SourceError, VaultSource};
 
+mod orphans;
 mod pending;
 mod pull;
+pub(crate) use orphans::Orphans;
 pub(crate) use pull::Pulled;
 
 #[derive(Debug)]
@@ -426,72 +428,6 @@ impl VaultStore {
             }
         }
         Err(StoreError::Conflict)
-    }
-
-    /// See [`super::Store::collect_orphans`]: the definitions consulted are vault's, not
-    /// the mirror's (which may lag), and a version's age is its KV `created_time`.
-    pub async fn collect_orphans(&self, grace: std::time::Duration) -> Result<usize, StoreError> {
-        #[derive(Deserialize)]
-        struct Meta {
-            data: MetaData,
-        }
-        #[derive(Deserialize)]
-        struct MetaData {
-            created_time: String,
-        }
-        let base = format!("{}/material", self.prefix);
-        let now = std::time::SystemTime::now();
-        let mut removed = 0;
-        for team in self.list(&base).await? {
-            // What vault lists that is not a name was not written by a store: skipped.
-            let Ok(team) = TeamSlug::parse(team.trim_end_matches('/')) else {
-                continue;
-            };
-            for name in self.list(&format!("{base}/{team}")).await? {
-                let Ok(name) = EntryName::parse(name.trim_end_matches('/')) else {
-                    continue;
-                };
-                let dir = format!("{base}/{team}/{name}");
-                let mut record = None;
-                for version in self.list(&dir).await? {
-                    let Some(n) = super::version_of(&version) else {
-                        continue;
-                    };
-                    if record.is_none() {
-                        record = Some(
-                            self.read_definition(Kind::Credential, &team, &name)
-                                .await?
-                                .map(|(_, _, r)| r),
-                        );
-                    }
-                    if super::referenced(record.as_ref().and_then(Option::as_ref), n) {
-                        continue;
-                    }
-                    let path = format!("{dir}/{version}");
-                    let Some(meta) = self
-                        .source
-                        .kv(Method::GET, KvPart::Metadata, &path, None)
-                        .await
-                        .map_err(remote)?
-                    else {
-                        continue;
-                    };
-                    let created = serde_json::from_slice::<Meta>(&meta)
-                        .ok()
-                        .and_then(|m| humantime::parse_rfc3339_weak(&m.data.created_time).ok());
-                    let old = created
-                        .is_some_and(|t| now.duration_since(t).is_ok_and(|age| age >= grace));
-                    if old {
-                        self.source
-                            .kv(Method::DELETE, KvPart::Metadata, &path, None)
-                            .await
-                            .map_err(remote)?;
-                        removed += 1;
-                    }
-                }
-            }
-        }
-        Ok(removed)
     }
 
     /// A new generation announcing a write: every replica's poll sees it and reads that entry

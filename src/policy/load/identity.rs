@@ -37,7 +37,7 @@ pub(super) struct ConsumerItems {
 /// operator's file names one — a team admin choosing it would choose names the PKI trusts.
 pub(super) fn profile_item(
     files: &mut Files,
-    c: &Item<super::ConsumerDef>,
+    c: &Item<std::sync::Arc<super::ConsumerDef>>,
     index: usize,
 ) -> Option<(Item<()>, usize, String)> {
     let profile = c.def.identity_profile.as_ref()?;
@@ -205,7 +205,7 @@ fn refuse_credentials_using(
 pub(super) fn attach_renewed(
     files: &mut Files,
     policy: &mut Policy,
-    pins: Vec<Item<IdentityPinDef>>,
+    pins: Vec<Item<std::sync::Arc<IdentityPinDef>>>,
     items: &ConsumerItems,
 ) {
     let mut taken: BTreeMap<[u8; 32], String> = items

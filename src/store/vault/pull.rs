@@ -328,7 +328,7 @@ fn mirror_one(
     if same_definition && same_record {
         return Ok(());
     }
-    mirror.write_definition(kind, team, name, &toml, &record)
+    mirror.write_definition_with(kind, team, name, (&toml, &record), false)
 }
 
 #[cfg(test)]
