@@ -6,6 +6,7 @@
 
 mod support {
     pub mod fixture;
+    pub mod identity;
     pub mod openbao;
     pub mod pki;
     pub mod pki_bao;
@@ -20,65 +21,14 @@ use serde_json::{Value, json};
 use x509_parser::prelude::*;
 
 use support::fixture;
+use support::identity::{
+    ADMIN, CN, GW, OTHER_ADMIN, PROFILE_LINE, fingerprint, good_policy, identity_role, issued,
+};
 use support::openbao::OpenBao;
 use support::pki_bao::{answered, audited_bao, pem_der, pki_mount};
 use support::server::{Running, folder};
 
-const GW: &str = "identity-gw-token";
-const ADMIN: &str = "identity-admin-token";
-const OTHER_ADMIN: &str = "identity-other-admin-token";
-const CN: &str = "agent.payments.example";
 const HEADER: &str = "x-client-cert";
-const PROFILE_LINE: &str = "identity_profile = \"agent-id\"";
-
-fn identity_role(bao: &OpenBao) {
-    bao.cli(&[
-        "write",
-        "pki/roles/ident",
-        "allowed_domains=payments.example",
-        "allow_subdomains=true",
-        "client_flag=true",
-        "server_flag=false",
-        "max_ttl=2h",
-        "key_type=ec",
-        "key_bits=256",
-    ]);
-}
-
-fn issued(bao: &OpenBao, role: &str, cn: &str, ttl: &str) -> (String, String) {
-    let out = bao.cli(&[
-        "write",
-        "-format=json",
-        &format!("pki/issue/{role}"),
-        &format!("common_name={cn}"),
-        &format!("ttl={ttl}"),
-    ]);
-    let v: Value = serde_json::from_str(&out).unwrap();
-    (
-        v["data"]["certificate"].as_str().unwrap().to_owned(),
-        v["data"]["private_key"].as_str().unwrap().to_owned(),
-    )
-}
-
-fn fingerprint(pem: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(pem_der(pem)))
-}
-
-fn good_policy(agent_fp: &str, plain_fp: &str) -> String {
-    fixture::Policy::new()
-        .team("payments")
-        .team("other")
-        .consumer("gw", "payments", GW)
-        .consumer("root-admin", "other", ADMIN)
-        .and("admin = true")
-        .team_admin("other-admin", "other", OTHER_ADMIN, &["other"])
-        .and(&format!("[[consumer]]\nname = \"agent\"\nteam = \"payments\"\n{PROFILE_LINE}\ncert_sha256 = [{{ fingerprint = \"{agent_fp}\" }}]"))
-        .and(&format!("[[consumer]]\nname = \"plain\"\nteam = \"payments\"\ncert_sha256 = [{{ fingerprint = \"{plain_fp}\" }}]"))
-        .grant("payments", "files", &["app/*"], &["api.partner.example"])
-        .and("[[credential]]\nname = \"app-token\"\nteam = \"payments\"\nmode = \"text\"\nallowed_hosts = [\"api.partner.example\"]\nvalue = \"$SECRET_files:app/token $KEY_value\"")
-        .into_text()
-}
 
 struct Env {
     bao: OpenBao,
